@@ -1,0 +1,88 @@
+// The builder: turns a Network into a serialized plan through named, separately tested passes.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ember/engine/dim.h"
+#include "ember/engine/network.h"
+
+namespace ember::engine {
+
+/// min <= opt <= max for one symbol.
+struct DimRange {
+  int64_t min = 1;
+  int64_t opt = 1;
+  int64_t max = 1;
+};
+
+/// The range of input shapes an engine must accept. Ranges are per symbol; set_dimensions
+/// derives them from whole input shapes the way TensorRT profiles are written.
+class OptimizationProfile {
+ public:
+  /// Sets the range of `symbol`.
+  OptimizationProfile& set_range(const std::string& symbol, int64_t min, int64_t opt, int64_t max);
+  /// Records min/opt/max shapes of input `input`; the builder turns each symbolic dim of that
+  /// input into its symbol's range (and checks the constant dims match).
+  OptimizationProfile& set_dimensions(const std::string& input, std::vector<int64_t> min,
+                                      std::vector<int64_t> opt, std::vector<int64_t> max);
+  /// Symbol ranges after resolve() (or as set).
+  const std::map<std::string, DimRange, std::less<>>& ranges() const { return ranges_; }
+  /// Turns set_dimensions entries into symbol ranges against `network`'s inputs and checks
+  /// that every symbol of the inputs has a range. Throws Error naming the input/dim/symbol.
+  void resolve(const Network& network);
+  /// The ranges as intervals [min, max].
+  SymbolRanges intervals() const;
+  /// Bindings at the min, opt or max point.
+  SymbolBindings at_min() const;
+  SymbolBindings at_opt() const;
+  SymbolBindings at_max() const;
+
+ private:
+  struct InputDims {
+    std::string input;
+    std::vector<int64_t> min, opt, max;
+  };
+  std::map<std::string, DimRange, std::less<>> ranges_;
+  std::vector<InputDims> input_dims_;
+};
+
+/// Build settings.
+struct BuilderConfig {
+  /// At least one profile when the network has symbolic dims; the first is the default.
+  std::vector<OptimizationProfile> profiles;
+  /// 0 = fastest build (no folding beyond the required), 5 = slowest build, fastest engine.
+  int optimization_level = 3;
+  /// Upper bound for the activation arena in bytes (0 = no limit); exceeding it fails the build.
+  int64_t memory_limit = 0;
+  /// Back end to build for: "cpu" (always built in) or "cuda" (when compiled with CUDA).
+  std::string backend = "cpu";
+  /// Largest constant (bytes) the constant folder may produce.
+  int64_t max_folded_constant_bytes = 64 << 20;
+};
+
+/// What each pass did, for logs and tests.
+struct BuildReport {
+  std::vector<std::string> pass_log;  ///< One line per pass: "fold_constants: folded 3 layers".
+  int64_t arena_bytes = 0;
+  int num_layers = 0;
+};
+
+/// Builds plans. Stateless apart from its config; reuse freely.
+class Builder {
+ public:
+  explicit Builder(BuilderConfig config) : config_(std::move(config)) {}
+  /// Runs every pass and returns the serialized plan. Throws Error naming the pass and layer.
+  std::vector<uint8_t> build(const Network& network, BuildReport* report = nullptr) const;
+  const BuilderConfig& config() const { return config_; }
+
+ private:
+  BuilderConfig config_;
+};
+
+/// Back ends compiled into this library ("cpu", and "cuda" when built with CUDA).
+std::vector<std::string> available_backends();
+
+}  // namespace ember::engine

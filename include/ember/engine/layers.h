@@ -1,0 +1,416 @@
+// The engine's closed set of layer kinds and their parameters.
+//
+// One parameter struct per LayerKind, in the same order: `LayerParams` is a std::variant whose
+// index *is* the LayerKind, so a layer's kind can never disagree with its parameters. Each struct
+// lists its fields once in `fields(v)`; the plan writer/reader and the JSON inspector all visit
+// those lists, so adding a field touches one place.
+//
+// Conventions shared by all layers:
+// - Shapes are row-major; dimension 0 is the outermost. Negative axes are not accepted here
+//   (the compiler normalizes them); every axis must be in [0, rank).
+// - Inputs of one layer have one dtype unless a layer says otherwise (strong typing: there is no
+//   implicit promotion; use a Cast layer).
+// - f16/bf16 are computed in f32 and rounded on store by the reference back end.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "ember/engine/dim.h"
+#include "ember/engine/types.h"
+#include "ember/engine/weights.h"
+
+namespace ember::engine {
+
+/// Every layer kind. Values are the indices of LayerParams.
+enum class LayerKind : uint8_t {
+  kConstant,
+  kConvolution,
+  kDeconvolution,
+  kPooling,
+  kActivation,
+  kElementWise,
+  kUnary,
+  kReduce,
+  kTopK,
+  kSoftMax,
+  kMatrixMultiply,
+  kShuffle,
+  kConcatenation,
+  kSlice,
+  kGather,
+  kScatter,
+  kSelect,
+  kCast,
+  kNormalization,
+  kResize,
+  kPadding,
+  kCumulative,
+  kFill,
+  kShape,
+  kIdentity,
+};
+inline constexpr int kNumLayerKinds = 25;
+/// "Convolution", "ElementWise", ...
+const char* layer_kind_name(LayerKind kind);
+
+/// Output = input values of a Weights blob. Inputs: none. Output: weights' dtype and dims.
+struct ConstantParams {
+  Weights weights;
+  template <class V> void fields(V& v) { v("weights", weights); }
+};
+
+/// N-d convolution (1d/2d/3d), cross-correlation as in PyTorch.
+/// Inputs: x [N, C, *spatial], w [K, C/groups, *kernel], optional bias [K] (nullptr to omit).
+/// Output: [N, K, *out] with out = floor((in + pad_begin + pad_end - dilation*(k-1) - 1)/stride)+1.
+/// Types: float; all inputs one dtype. Accumulation in f32.
+struct ConvolutionParams {
+  std::vector<int64_t> stride;        ///< One per spatial dim, >= 1.
+  std::vector<int64_t> padding_begin; ///< One per spatial dim, >= 0.
+  std::vector<int64_t> padding_end;   ///< One per spatial dim, >= 0.
+  std::vector<int64_t> dilation;      ///< One per spatial dim, >= 1.
+  int64_t groups = 1;
+  template <class V> void fields(V& v) {
+    v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
+    v("dilation", dilation); v("groups", groups);
+  }
+};
+
+/// N-d transposed convolution (PyTorch conv_transpose semantics).
+/// Inputs: x [N, C, *spatial], w [C, K/groups, *kernel], optional bias [K].
+/// Output: [N, K, *out], out = (in-1)*stride - pad_begin - pad_end + dilation*(k-1) + output_padding + 1.
+struct DeconvolutionParams {
+  std::vector<int64_t> stride;
+  std::vector<int64_t> padding_begin;
+  std::vector<int64_t> padding_end;
+  std::vector<int64_t> dilation;
+  std::vector<int64_t> output_padding;  ///< One per spatial dim, < max(stride, dilation).
+  int64_t groups = 1;
+  template <class V> void fields(V& v) {
+    v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
+    v("dilation", dilation); v("output_padding", output_padding); v("groups", groups);
+  }
+};
+
+enum class PoolingType : uint8_t { kMax, kAverage };
+inline constexpr int kNumPoolingTypes = 2;
+
+/// Max or average pooling over the trailing `window.size()` dims (1 to 3) of x [N, C, *spatial].
+/// Output size as convolution; with ceil_mode the division rounds up, but a window may not start
+/// inside the end padding (PyTorch's rule). Padded elements never win a max; for average,
+/// count_include_pad counts padding (not the ceil-mode overhang) in the divisor.
+/// Types: float, plus integers for max.
+struct PoolingParams {
+  PoolingType type = PoolingType::kMax;
+  std::vector<int64_t> window;
+  std::vector<int64_t> stride;
+  std::vector<int64_t> padding_begin;
+  std::vector<int64_t> padding_end;
+  std::vector<int64_t> dilation;  ///< Max pooling only (all ones for average).
+  bool ceil_mode = false;
+  bool count_include_pad = true;
+  int64_t divisor_override = 0;   ///< When > 0, average divides by this instead.
+  template <class V> void fields(V& v) {
+    v("type", type); v("window", window); v("stride", stride); v("padding_begin", padding_begin);
+    v("padding_end", padding_end); v("dilation", dilation); v("ceil_mode", ceil_mode);
+    v("count_include_pad", count_include_pad); v("divisor_override", divisor_override);
+  }
+};
+
+enum class ActivationType : uint8_t {
+  kRelu,         ///< max(x, 0)
+  kSigmoid,      ///< 1 / (1 + exp(-x))
+  kTanh,
+  kLeakyRelu,    ///< x >= 0 ? x : alpha * x
+  kElu,          ///< x > 0 ? x : alpha * (exp(x) - 1)
+  kSelu,         ///< beta * (x > 0 ? x : alpha * (exp(x) - 1))
+  kSoftsign,     ///< x / (1 + |x|)
+  kSoftplus,     ///< alpha = beta_torch, beta = threshold: x*a > b ? x : log1p(exp(a*x)) / a
+  kClip,         ///< min(max(x, alpha), beta)
+  kHardSigmoid,  ///< max(0, min(1, alpha * x + beta))
+  kGeluErf,      ///< 0.5 x (1 + erf(x / sqrt 2))
+  kGeluTanh,     ///< 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  kSilu,         ///< x * sigmoid(x)
+};
+inline constexpr int kNumActivationTypes = 13;
+
+/// Pointwise activation. Input and output one float dtype, same shape.
+struct ActivationParams {
+  ActivationType type = ActivationType::kRelu;
+  double alpha = 0.0;
+  double beta = 0.0;
+  template <class V> void fields(V& v) { v("type", type); v("alpha", alpha); v("beta", beta); }
+};
+
+enum class ElementWiseOp : uint8_t {
+  kSum, kProd, kMax, kMin, kSub,
+  kDiv,       ///< Floats: true division. Integers: truncation toward zero (x/0 is an error on CPU).
+  kPow,
+  kFloorDiv,  ///< floor(a / b); integers round toward negative infinity.
+  kAnd, kOr, kXor,              ///< bool inputs only.
+  kEqual, kGreater, kLess,      ///< bool output.
+};
+inline constexpr int kNumElementWiseOps = 14;
+
+/// Binary op with numpy broadcasting (shapes aligned at the right; a dim of 1 stretches).
+/// Inputs: a, b of one dtype. Output: that dtype, or bool for comparisons.
+struct ElementWiseParams {
+  ElementWiseOp op = ElementWiseOp::kSum;
+  template <class V> void fields(V& v) { v("op", op); }
+};
+
+enum class UnaryOp : uint8_t {
+  kExp, kLog, kSqrt, kRsqrt, kReciprocal, kAbs, kNeg, kSin, kCos, kTan, kAsin, kAcos, kAtan,
+  kSinh, kCosh, kAsinh, kAcosh, kAtanh, kCeil, kFloor,
+  kRound,  ///< Half to even, as torch.round.
+  kErf,
+  kNot,    ///< bool only.
+  kSign,
+  kIsInf,  ///< float in, bool out.
+  kIsNan,  ///< float in, bool out.
+};
+inline constexpr int kNumUnaryOps = 26;
+
+/// Pointwise unary op. Math functions take floats; abs, neg and sign also integers; not takes bool.
+struct UnaryParams {
+  UnaryOp op = UnaryOp::kExp;
+  template <class V> void fields(V& v) { v("op", op); }
+};
+
+enum class ReduceOp : uint8_t { kSum, kProd, kMax, kMin, kAvg };
+inline constexpr int kNumReduceOps = 5;
+
+/// Reduction over `axes` (distinct, sorted). keep_dims keeps them as size 1.
+/// Types: float and integer (avg: float only). An empty reduction of max/min is an error.
+struct ReduceParams {
+  ReduceOp op = ReduceOp::kSum;
+  std::vector<int64_t> axes;
+  bool keep_dims = false;
+  template <class V> void fields(V& v) { v("op", op); v("axes", axes); v("keep_dims", keep_dims); }
+};
+
+enum class TopKOp : uint8_t { kMax, kMin };
+inline constexpr int kNumTopKOps = 2;
+
+/// The k largest (kMax) or smallest (kMin) values along `axis`, sorted, with their indices.
+/// ArgMax/ArgMin are TopK with k = 1. Ties keep the lower index first.
+/// Outputs: values (input dtype), indices (index_dtype: i32 or i64), both with dim axis = k.
+struct TopKParams {
+  TopKOp op = TopKOp::kMax;
+  int64_t k = 1;
+  int64_t axis = 0;
+  DataType index_dtype = DataType::kI64;
+  template <class V> void fields(V& v) {
+    v("op", op); v("k", k); v("axis", axis); v("index_dtype", index_dtype);
+  }
+};
+
+/// Softmax (or log-softmax when `log`) along `axis`. Float only.
+struct SoftMaxParams {
+  int64_t axis = 0;
+  bool log = false;
+  template <class V> void fields(V& v) { v("axis", axis); v("log", log); }
+};
+
+/// Batched matrix product with numpy.matmul semantics: operands of rank >= 2 multiply their
+/// last two dims and broadcast the rest; a rank-1 operand is a vector (its dim is dropped from
+/// the output). transpose_a/b swap the last two dims of a rank >= 2 operand first.
+/// Types: float, both one dtype; f32 accumulation.
+struct MatrixMultiplyParams {
+  bool transpose_a = false;
+  bool transpose_b = false;
+  template <class V> void fields(V& v) { v("transpose_a", transpose_a); v("transpose_b", transpose_b); }
+};
+
+/// Transpose, reshape, transpose (TensorRT's shuffle). Any dtype.
+/// first_transpose/second_transpose: permutations (empty = identity).
+/// reshape: new shape (when has_reshape); one dim may be -1 (inferred); numel must match.
+struct ShuffleParams {
+  std::vector<int64_t> first_transpose;
+  bool has_reshape = false;
+  Shape reshape;
+  std::vector<int64_t> second_transpose;
+  template <class V> void fields(V& v) {
+    v("first_transpose", first_transpose); v("has_reshape", has_reshape); v("reshape", reshape);
+    v("second_transpose", second_transpose);
+  }
+};
+
+/// Concatenation of >= 1 inputs of one dtype and rank along `axis`; other dims must agree.
+struct ConcatenationParams {
+  int64_t axis = 0;
+  template <class V> void fields(V& v) { v("axis", axis); }
+};
+
+/// Strided slice: output[i] = input[start + i * stride] per dim. stride != 0 (negative walks
+/// backward); every index touched must be inside the input. Any dtype.
+struct SliceParams {
+  Shape start;
+  Shape size;
+  std::vector<int64_t> stride;
+  template <class V> void fields(V& v) { v("start", start); v("size", size); v("stride", stride); }
+};
+
+enum class GatherMode : uint8_t {
+  kDefault,  ///< numpy.take along axis: out shape = data[:axis] + indices + data[axis+1:].
+  kElement,  ///< torch.gather: indices has data's rank; out[i..] = data[.. idx[i..] at axis ..].
+  kNd,       ///< gather_nd with num_batch_dims leading batch dims.
+};
+inline constexpr int kNumGatherModes = 3;
+
+/// Gather. Inputs: data (any dtype), indices (i32 or i64). Negative indices count from the end;
+/// out-of-range indices are an error (CPU back end) .
+struct GatherParams {
+  GatherMode mode = GatherMode::kDefault;
+  int64_t axis = 0;
+  int64_t num_batch_dims = 0;
+  template <class V> void fields(V& v) { v("mode", mode); v("axis", axis); v("num_batch_dims", num_batch_dims); }
+};
+
+enum class ScatterReduction : uint8_t { kNone, kSum, kProd, kMax, kMin };
+inline constexpr int kNumScatterReductions = 5;
+
+/// Elementwise scatter (torch.scatter / scatter_reduce with include_self=True).
+/// Inputs: data, indices (i32/i64, data's rank, dims <= data's), updates (indices' shape).
+/// Output: a copy of data with data[.. idx ..] = (or combined with) updates.
+struct ScatterParams {
+  int64_t axis = 0;
+  ScatterReduction reduction = ScatterReduction::kNone;
+  template <class V> void fields(V& v) { v("axis", axis); v("reduction", reduction); }
+};
+
+/// Where: condition (bool) ? a : b, numpy broadcasting over all three. a and b one dtype.
+struct SelectParams {
+  template <class V> void fields(V&) {}
+};
+
+/// Converts to `to`. float->int truncates toward zero; anything->bool is (x != 0);
+/// bool->number is 0/1.
+struct CastParams {
+  DataType to = DataType::kF32;
+  template <class V> void fields(V& v) { v("to", to); }
+};
+
+enum class NormalizationType : uint8_t {
+  kLayer,     ///< Normalize over dims [axis, rank); scale/bias have shape input[axis:].
+  kGroup,     ///< x [N, C, *]: C split in num_groups groups; scale/bias [C].
+  kInstance,  ///< Group norm with one group per channel; scale/bias [C].
+};
+inline constexpr int kNumNormalizationTypes = 3;
+
+/// (x - mean) / sqrt(var + epsilon) * scale + bias, biased variance, computed in f32.
+/// Inputs: x, optional scale, optional bias (nullptr to omit), all one float dtype.
+struct NormalizationParams {
+  NormalizationType type = NormalizationType::kLayer;
+  int64_t axis = 1;
+  int64_t num_groups = 1;
+  double epsilon = 1e-5;
+  template <class V> void fields(V& v) {
+    v("type", type); v("axis", axis); v("num_groups", num_groups); v("epsilon", epsilon);
+  }
+};
+
+enum class ResizeMode : uint8_t { kNearest, kLinear, kCubic };
+inline constexpr int kNumResizeModes = 3;
+enum class ResizeCoordinate : uint8_t {
+  kAlignCorners,  ///< in = out * (in_size - 1) / (out_size - 1)
+  kHalfPixel,     ///< in = (out + 0.5) / scale - 0.5  (linear/cubic with align_corners=False)
+  kAsymmetric,    ///< in = out / scale                (PyTorch "nearest")
+};
+inline constexpr int kNumResizeCoordinates = 3;
+enum class ResizeRounding : uint8_t {
+  kFloor,       ///< PyTorch "nearest".
+  kHalfUp,      ///< round(x) with .5 up: PyTorch "nearest-exact" with kHalfPixel.
+};
+inline constexpr int kNumResizeRoundings = 2;
+
+/// Resize to `output` shape (same rank as input). Linear interpolates over each dim whose size
+/// changes (bilinear for 2, trilinear for 3); cubic uses the Keys kernel with cubic_coeff over
+/// the last two dims. `scales` (optional, one per dim) override in/out size ratios for coordinate
+/// mapping, as PyTorch does when given scale_factor. Types: float (nearest: any).
+struct ResizeParams {
+  ResizeMode mode = ResizeMode::kNearest;
+  ResizeCoordinate coordinate = ResizeCoordinate::kAsymmetric;
+  ResizeRounding rounding = ResizeRounding::kFloor;
+  Shape output;
+  std::vector<double> scales;
+  double cubic_coeff = -0.75;
+  template <class V> void fields(V& v) {
+    v("mode", mode); v("coordinate", coordinate); v("rounding", rounding); v("output", output);
+    v("scales", scales); v("cubic_coeff", cubic_coeff);
+  }
+};
+
+enum class PaddingMode : uint8_t { kConstant, kReflect, kReplicate, kCircular };
+inline constexpr int kNumPaddingModes = 4;
+
+/// Pads every dim by pre[d] before and post[d] after (one entry per input dim, >= 0).
+/// Reflect needs pad < dim; circular needs pad <= dim. Any dtype.
+struct PaddingParams {
+  PaddingMode mode = PaddingMode::kConstant;
+  std::vector<int64_t> pre;
+  std::vector<int64_t> post;
+  double value = 0.0;
+  template <class V> void fields(V& v) { v("mode", mode); v("pre", pre); v("post", post); v("value", value); }
+};
+
+enum class CumulativeOp : uint8_t { kSum };
+inline constexpr int kNumCumulativeOps = 1;
+
+/// Running reduction along axis (inclusive unless exclusive; reverse runs from the end).
+/// Types: float and integer.
+struct CumulativeParams {
+  CumulativeOp op = CumulativeOp::kSum;
+  int64_t axis = 0;
+  bool exclusive = false;
+  bool reverse = false;
+  template <class V> void fields(V& v) {
+    v("op", op); v("axis", axis); v("exclusive", exclusive); v("reverse", reverse);
+  }
+};
+
+enum class FillOp : uint8_t {
+  kConstant,  ///< Every element = value.
+  kArange,    ///< Rank 1: element i = start + i * delta.
+};
+inline constexpr int kNumFillOps = 2;
+
+/// Creates a tensor of `shape` and `dtype`. No inputs.
+struct FillParams {
+  FillOp op = FillOp::kConstant;
+  Shape shape;
+  DataType dtype = DataType::kF32;
+  double value = 0.0;
+  double start = 0.0;
+  double delta = 1.0;
+  template <class V> void fields(V& v) {
+    v("op", op); v("shape", shape); v("dtype", dtype); v("value", value); v("start", start);
+    v("delta", delta);
+  }
+};
+
+/// Output: the input's dims as a 1-D i64 tensor of length rank.
+struct ShapeParams {
+  template <class V> void fields(V&) {}
+};
+
+/// Output = input (a copy).
+struct IdentityParams {
+  template <class V> void fields(V&) {}
+};
+
+/// The parameters of a layer; the active alternative's index is the layer's LayerKind.
+using LayerParams =
+    std::variant<ConstantParams, ConvolutionParams, DeconvolutionParams, PoolingParams,
+                 ActivationParams, ElementWiseParams, UnaryParams, ReduceParams, TopKParams,
+                 SoftMaxParams, MatrixMultiplyParams, ShuffleParams, ConcatenationParams,
+                 SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
+                 NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
+                 ShapeParams, IdentityParams>;
+static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
+              "one LayerParams alternative per LayerKind, in enum order");
+
+}  // namespace ember::engine

@@ -1,0 +1,98 @@
+// The runtime: plans become Engines (immutable, shared by threads), and Engines make
+// ExecutionContexts (one per thread or stream) that bind shapes and addresses and execute.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ember/engine/dim.h"
+#include "ember/engine/types.h"
+
+namespace ember::engine {
+
+class ExecutionContext;
+struct PlanModel;
+
+/// One input or output of an engine.
+struct IOTensorInfo {
+  std::string name;
+  DataType dtype = DataType::kF32;
+  Shape shape;          ///< Symbolic shape.
+  bool is_input = true;
+};
+
+/// A deserialized plan. Immutable: any number of threads may create contexts from one Engine.
+class Engine : public std::enable_shared_from_this<Engine> {
+ public:
+  ~Engine();
+  /// Inputs first (in network order), then outputs.
+  const std::vector<IOTensorInfo>& io_tensors() const { return io_; }
+  /// The I/O tensor called `name`; throws Error listing the valid names when there is none.
+  const IOTensorInfo& io_tensor(const std::string& name) const;
+  /// The back end this plan was built for ("cpu", "cuda").
+  const std::string& backend() const;
+  /// Symbol ranges of profile `index`.
+  std::map<std::string, Interval, std::less<>> profile_ranges(size_t index = 0) const;
+  size_t num_profiles() const;
+  /// Bytes of activation memory one context needs.
+  int64_t arena_bytes() const;
+  /// Per-layer information as JSON: name, type, implementation, input/output names, dtypes and
+  /// (symbolic) shapes, parameters.
+  std::string inspect_json() const;
+  /// A new context. Contexts are independent; each owns its activation memory.
+  std::unique_ptr<ExecutionContext> create_execution_context() const;
+
+  /// The plan (engine-internal).
+  const PlanModel& plan() const { return *plan_; }
+
+ private:
+  friend class Runtime;
+  Engine() = default;
+  std::unique_ptr<PlanModel> plan_;
+  std::vector<IOTensorInfo> io_;
+};
+
+/// Deserializes plans.
+class Runtime {
+ public:
+  /// Validates and loads a plan. Throws Error ("plan: ...") for a truncated, corrupted,
+  /// wrong-version or wrong-back-end plan; never crashes on bad bytes.
+  std::shared_ptr<const Engine> deserialize(const void* data, size_t size) const;
+  /// Reads a plan file; errors name the path.
+  std::shared_ptr<const Engine> deserialize_file(const std::string& path) const;
+};
+
+/// Per-thread execution state: input shapes, tensor addresses and activation memory.
+class ExecutionContext {
+ public:
+  ~ExecutionContext();
+  /// Selects the optimization profile that input shapes are checked against (default 0).
+  void set_optimization_profile(size_t index);
+  /// Sets the concrete shape of input `name`. Throws Error naming the input, the dim and the
+  /// profile range when the shape is outside the profile, or the rank is wrong.
+  void set_input_shape(const std::string& name, const std::vector<int64_t>& dims);
+  /// The concrete shape of any I/O tensor once every input shape is set.
+  std::vector<int64_t> tensor_shape(const std::string& name);
+  /// Sets the memory of an input or output (host memory for "cpu", device memory for "cuda").
+  void set_tensor_address(const std::string& name, void* data);
+  /// As above, and checks that the caller's buffer holds `dtype` (throws Error on a mismatch,
+  /// naming the tensor and both dtypes). Bridges that know their buffers' types use this form.
+  void set_tensor_address(const std::string& name, void* data, DataType dtype);
+  /// Runs synchronously. Throws Error when an input shape or an address is missing.
+  void execute();
+  /// Enqueues on `stream` (a cudaStream_t for "cuda"; the CPU back end runs synchronously).
+  void enqueue(void* stream);
+
+ private:
+  friend class Engine;
+  explicit ExecutionContext(std::shared_ptr<const Engine> engine);
+  void prepare();  // binds symbols and evaluates shapes for a new shape signature
+  struct State;
+  std::shared_ptr<const Engine> engine_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace ember::engine

@@ -1,0 +1,54 @@
+// Builder::build: the pass pipeline (passes live in builder/passes/, one file each).
+#include "ember/engine/builder.h"
+
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+std::vector<std::string> available_backends() {
+  std::vector<std::string> b{"cpu"};
+#ifdef EMBER_WITH_CUDA
+  b.push_back("cuda");
+#endif
+  return b;
+}
+
+std::vector<Pass> default_passes() {
+  return {
+      {"validate", 0, pass_validate},
+      {"infer_shapes", 0, pass_infer_shapes},
+      {"fold_constants", 1, pass_fold_constants},
+      {"remove_dead_layers", 0, pass_remove_dead_layers},
+      // Fusion and layout passes of the CUDA back end go here.
+      {"select_implementations", 0, pass_select_implementations},
+      {"plan_memory", 0, pass_plan_memory},
+  };
+}
+
+std::vector<uint8_t> Builder::build(const Network& network, BuildReport* report) const {
+  BuildState s;
+  s.config = config_;
+  s.plan.network = network.clone();
+  for (const Pass& pass : default_passes()) {
+    if (config_.optimization_level < pass.min_optimization_level) {
+      s.log.push_back(pass.name + ": skipped at optimization level " +
+                      std::to_string(config_.optimization_level));
+      continue;
+    }
+    try {
+      pass.run(s);
+    } catch (const Error& e) {
+      throw Error("build: pass " + pass.name + ": " + e.what());
+    }
+  }
+  std::vector<uint8_t> bytes = plan_write(s.plan);
+  s.log.push_back("emit: " + std::to_string(bytes.size()) + " bytes");
+  if (report != nullptr) {
+    report->pass_log = s.log;
+    report->arena_bytes = s.plan.arena_bytes;
+    report->num_layers = static_cast<int>(s.plan.network.layers().size());
+  }
+  return bytes;
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,58 @@
+// The builder's passes (private to the engine). Each pass takes the BuildState and changes it in
+// place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
+//
+// Order (Builder::build): validate -> infer_shapes -> fold_constants -> remove_dead_layers ->
+// [fusion: the CUDA back end adds its passes here] -> select_implementations -> plan_memory ->
+// emission (plan_write).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ember/engine/builder.h"
+#include "plan/plan.h"
+
+namespace ember::engine {
+
+/// What the passes work on.
+struct BuildState {
+  BuilderConfig config;
+  PlanModel plan;                     ///< plan.network is the builder's own clone.
+  std::vector<std::string> log;       ///< One line per pass.
+};
+
+/// A named pass.
+struct Pass {
+  std::string name;
+  int min_optimization_level = 0;     ///< Skipped below this level.
+  std::function<void(BuildState&)> run;
+};
+
+/// Checks the network and config: at least one output, unique names, known back end, every
+/// profile resolved against the inputs (each input symbol has a range, min <= opt <= max).
+void pass_validate(BuildState& s);
+/// Re-infers every shape and proves the shape conditions over every profile: a condition or
+/// dim that fails at the profile's min, opt or max point, or is negative over the whole range,
+/// is a build error; ones that interval arithmetic proves are dropped; the rest stay as
+/// run-time checks.
+void pass_infer_shapes(BuildState& s);
+/// Evaluates layers whose inputs are all constants (with static shapes and outputs no larger
+/// than config.max_folded_constant_bytes) on the CPU reference back end and replaces them with
+/// Constant layers. Fill and Shape layers with static shapes fold too.
+void pass_fold_constants(BuildState& s);
+/// Removes layers none of whose outputs reach a network output.
+void pass_remove_dead_layers(BuildState& s);
+/// Chooses an implementation for every layer (plan.impls).
+void pass_select_implementations(BuildState& s);
+/// Assigns arena offsets by liveness (first fit, 256-byte aligned) using each tensor's largest
+/// size over all profiles; fails when the arena exceeds config.memory_limit.
+void pass_plan_memory(BuildState& s);
+
+/// The default pipeline, in order.
+std::vector<Pass> default_passes();
+
+/// Largest byte size of `t` over all of `profiles` (upper bound by interval arithmetic).
+int64_t max_tensor_bytes(const Tensor& t, const std::vector<OptimizationProfile>& profiles);
+
+}  // namespace ember::engine

@@ -1,0 +1,115 @@
+// Engine::inspect_json: per-layer information as JSON, parameters through their fields() lists.
+#include <sstream>
+
+#include "ember/engine/runtime.h"
+#include "plan/plan.h"
+
+namespace ember::engine {
+namespace {
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// Writes "name": value pairs for every field of a params struct.
+class JsonFields {
+ public:
+  explicit JsonFields(std::ostringstream& os) : os_(os) {}
+  void operator()(const char* name, const int64_t& v) { key(name) << v; }
+  void operator()(const char* name, const bool& v) { key(name) << (v ? "true" : "false"); }
+  void operator()(const char* name, const double& v) { key(name) << v; }
+  void operator()(const char* name, const DataType& v) { key(name) << quote(dtype_name(v)); }
+  void operator()(const char* name, const std::vector<int64_t>& v) { list(name, v); }
+  void operator()(const char* name, const std::vector<double>& v) { list(name, v); }
+  void operator()(const char* name, const Shape& v) { key(name) << quote(shape_to_string(v)); }
+  void operator()(const char* name, const Weights& w) {
+    key(name) << "{\"dtype\": " << quote(dtype_name(w.dtype())) << ", \"dims\": " << quote(dims_to_string(w.dims())) << "}";
+  }
+  template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+  void operator()(const char* name, const E& v) {
+    key(name) << static_cast<int>(v);
+  }
+
+ private:
+  std::ostringstream& key(const char* name) {
+    os_ << (first_ ? "" : ", ") << quote(name) << ": ";
+    first_ = false;
+    return os_;
+  }
+  template <class T>
+  void list(const char* name, const std::vector<T>& v) {
+    key(name) << "[";
+    for (size_t i = 0; i < v.size(); ++i) os_ << (i ? ", " : "") << v[i];
+    os_ << "]";
+  }
+  std::ostringstream& os_;
+  bool first_ = true;
+};
+
+void tensor_list(std::ostringstream& os, const std::vector<Tensor*>& ts) {
+  os << "[";
+  bool first = true;
+  for (const Tensor* t : ts) {
+    os << (first ? "" : ", ");
+    first = false;
+    if (t == nullptr) {
+      os << "null";
+      continue;
+    }
+    os << "{\"name\": " << quote(t->name()) << ", \"dtype\": " << quote(dtype_name(t->dtype()))
+       << ", \"shape\": " << quote(shape_to_string(t->shape())) << "}";
+  }
+  os << "]";
+}
+
+}  // namespace
+
+std::string Engine::inspect_json() const {
+  const PlanModel& p = *plan_;
+  std::ostringstream os;
+  os << "{\"backend\": " << quote(p.backend) << ", \"arena_bytes\": " << p.arena_bytes
+     << ", \"inputs\": ";
+  tensor_list(os, p.network.inputs());
+  os << ", \"outputs\": ";
+  tensor_list(os, p.network.outputs());
+  os << ", \"layers\": [";
+  const auto layers = p.network.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer* l = layers[i];
+    os << (i ? ",\n  " : "\n  ") << "{\"name\": " << quote(l->name()) << ", \"type\": "
+       << quote(layer_kind_name(l->kind())) << ", \"implementation\": "
+       << quote(i < p.impls.size() ? p.impls[i] : "") << ", \"inputs\": ";
+    tensor_list(os, l->inputs());
+    os << ", \"outputs\": ";
+    tensor_list(os, l->outputs());
+    os << ", \"params\": {";
+    std::visit(
+        [&os](const auto& params) {
+          JsonFields v(os);
+          const_cast<std::decay_t<decltype(params)>&>(params).fields(v);
+        },
+        l->params());
+    os << "}}";
+  }
+  os << "\n]}";
+  return os.str();
+}
+
+}  // namespace ember::engine

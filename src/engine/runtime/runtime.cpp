@@ -1,0 +1,200 @@
+// Runtime, Engine and ExecutionContext.
+#include "ember/engine/runtime.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "backends/cpu/executor.h"
+#include "plan/plan.h"
+#include "runtime/shapes.h"
+
+namespace ember::engine {
+
+// ---------------------------------------------------------------- Runtime
+
+std::shared_ptr<const Engine> Runtime::deserialize(const void* data, size_t size) const {
+  auto plan = std::make_unique<PlanModel>(plan_read(data, size));
+  std::shared_ptr<Engine> engine(new Engine());
+  for (const Tensor* t : plan->network.inputs()) engine->io_.push_back({t->name(), t->dtype(), t->shape(), true});
+  for (const Tensor* t : plan->network.outputs()) engine->io_.push_back({t->name(), t->dtype(), t->shape(), false});
+  engine->plan_ = std::move(plan);
+  return engine;
+}
+
+std::shared_ptr<const Engine> Runtime::deserialize_file(const std::string& path) const {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("plan file '" + path + "' cannot be opened");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  try {
+    return deserialize(bytes.data(), bytes.size());
+  } catch (const Error& e) {
+    throw Error("plan file '" + path + "': " + e.what());
+  }
+}
+
+// ---------------------------------------------------------------- Engine
+
+Engine::~Engine() = default;
+
+const IOTensorInfo& Engine::io_tensor(const std::string& name) const {
+  for (const auto& t : io_) {
+    if (t.name == name) return t;
+  }
+  std::string names;
+  for (const auto& t : io_) names += (names.empty() ? "" : ", ") + t.name;
+  throw Error("engine has no input or output named '" + name + "' (it has: " + names + ")");
+}
+
+const std::string& Engine::backend() const { return plan_->backend; }
+size_t Engine::num_profiles() const { return plan_->profiles.size(); }
+int64_t Engine::arena_bytes() const { return plan_->arena_bytes; }
+
+std::map<std::string, Interval, std::less<>> Engine::profile_ranges(size_t index) const {
+  if (index >= plan_->profiles.size()) {
+    throw Error("engine has " + std::to_string(plan_->profiles.size()) + " profiles; no profile " +
+                std::to_string(index));
+  }
+  return plan_->profiles[index].intervals();
+}
+
+std::unique_ptr<ExecutionContext> Engine::create_execution_context() const {
+  return std::unique_ptr<ExecutionContext>(new ExecutionContext(shared_from_this()));
+}
+
+// ---------------------------------------------------------------- ExecutionContext
+
+struct ExecutionContext::State {
+  size_t profile = 0;
+  std::vector<std::vector<int64_t>> input_dims;   // per network input; empty until set
+  std::vector<bool> input_set;
+  std::vector<void*> addrs;                       // per tensor id
+  std::vector<std::vector<int64_t>> dims;         // per tensor id, for the current signature
+  std::vector<std::vector<int64_t>> signature;    // input dims the dims were evaluated for
+  bool shapes_valid = false;
+  std::vector<uint8_t> arena;                     // CPU back end's activation memory
+};
+
+ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
+    : engine_(std::move(engine)), state_(std::make_unique<State>()) {
+  const PlanModel& p = engine_->plan();
+  const size_t n_in = p.network.inputs().size();
+  state_->input_dims.resize(n_in);
+  state_->input_set.assign(n_in, false);
+  const auto tensors = p.network.tensors();
+  state_->addrs.assign(tensors.size(), nullptr);
+  state_->arena.resize(static_cast<size_t>(p.arena_bytes));
+  uint8_t* base = state_->arena.data();
+  for (const Tensor* t : tensors) {
+    const Layer* prod = t->producer();
+    if (prod != nullptr && prod->kind() == LayerKind::kConstant && !t->is_output()) {
+      state_->addrs[t->id()] = const_cast<void*>(prod->params_as<ConstantParams>().weights.data());
+    } else if (p.placements[t->id()].arena_offset >= 0) {
+      state_->addrs[t->id()] = base + p.placements[t->id()].arena_offset;
+    }
+  }
+}
+
+ExecutionContext::~ExecutionContext() = default;
+
+void ExecutionContext::set_optimization_profile(size_t index) {
+  if (index >= engine_->num_profiles()) {
+    throw Error("set_optimization_profile: engine has " + std::to_string(engine_->num_profiles()) +
+                " profiles; no profile " + std::to_string(index));
+  }
+  state_->profile = index;
+  state_->shapes_valid = false;
+}
+
+void ExecutionContext::set_input_shape(const std::string& name, const std::vector<int64_t>& dims) {
+  const Network& net = engine_->plan().network;
+  const auto& inputs = net.inputs();
+  size_t i = 0;
+  while (i < inputs.size() && inputs[i]->name() != name) ++i;
+  if (i == inputs.size()) {
+    engine_->io_tensor(name);  // throws with the list of names when unknown
+    throw Error("set_input_shape: '" + name + "' is an output, not an input");
+  }
+  const Tensor& t = *inputs[i];
+  if (dims.size() != t.shape().size()) {
+    throw Error("set_input_shape: input '" + name + "' has rank " + std::to_string(t.rank()) + " " +
+                shape_to_string(t.shape()) + ", got dims " + dims_to_string(dims));
+  }
+  const auto ranges = engine_->profile_ranges(state_->profile);
+  for (size_t d = 0; d < dims.size(); ++d) {
+    const DimExpr& e = t.shape()[d];
+    if (e.is_constant()) {
+      if (dims[d] != e.constant()) {
+        throw Error("set_input_shape: input '" + name + "' dim " + std::to_string(d) + " is " +
+                    std::to_string(dims[d]) + " but the engine was built for " +
+                    std::to_string(e.constant()));
+      }
+      continue;
+    }
+    const Interval r = ranges.at(e.symbol_name());
+    if (dims[d] < r.lo || dims[d] > r.hi) {
+      throw Error("set_input_shape: input '" + name + "' dim " + std::to_string(d) + " (symbol '" +
+                  e.symbol_name() + "') is " + std::to_string(dims[d]) +
+                  ", outside the optimization profile range [" + std::to_string(r.lo) + ", " +
+                  std::to_string(r.hi) + "]");
+    }
+  }
+  state_->input_dims[i] = dims;
+  state_->input_set[i] = true;
+}
+
+void ExecutionContext::prepare() {
+  const Network& net = engine_->plan().network;
+  for (size_t i = 0; i < state_->input_set.size(); ++i) {
+    if (!state_->input_set[i]) {
+      throw Error("input '" + net.inputs()[i]->name() + "' has no shape: call set_input_shape");
+    }
+  }
+  if (state_->shapes_valid && state_->signature == state_->input_dims) return;
+  // A new shape signature: bind symbols (inputs sharing a symbol must agree), check the shape
+  // conditions the builder left for run time, and evaluate every tensor's dims once.
+  const SymbolBindings b = bind_input_shapes(net, state_->input_dims);
+  state_->dims = evaluate_all_shapes(net, b);
+  state_->signature = state_->input_dims;
+  state_->shapes_valid = true;
+}
+
+std::vector<int64_t> ExecutionContext::tensor_shape(const std::string& name) {
+  engine_->io_tensor(name);
+  prepare();
+  return state_->dims[engine_->plan().network.find_tensor(name)->id()];
+}
+
+void ExecutionContext::set_tensor_address(const std::string& name, void* data) {
+  engine_->io_tensor(name);
+  if (data == nullptr) throw Error("set_tensor_address: null address for '" + name + "'");
+  state_->addrs[engine_->plan().network.find_tensor(name)->id()] = data;
+}
+
+void ExecutionContext::set_tensor_address(const std::string& name, void* data, DataType dtype) {
+  const IOTensorInfo& io = engine_->io_tensor(name);
+  if (io.dtype != dtype) {
+    throw Error(std::string(io.is_input ? "input" : "output") + " '" + name + "' is " +
+                dtype_name(io.dtype) + ", but the buffer given is " + dtype_name(dtype));
+  }
+  set_tensor_address(name, data);
+}
+
+void ExecutionContext::execute() {
+  prepare();
+  const Network& net = engine_->plan().network;
+  for (const auto& io : engine_->io_tensors()) {
+    const Tensor* t = net.find_tensor(io.name);
+    if (state_->addrs[t->id()] == nullptr) {
+      throw Error(std::string(io.is_input ? "input" : "output") + " '" + io.name +
+                  "' has no address: call set_tensor_address");
+    }
+  }
+  cpu::execute_layers(net, state_->dims, state_->addrs);
+}
+
+void ExecutionContext::enqueue(void* /*stream*/) {
+  // The CPU back end has no streams: enqueue runs to completion.
+  execute();
+}
+
+}  // namespace ember::engine

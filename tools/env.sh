@@ -1,0 +1,5 @@
+# Sourced by the tool scripts: runs setup and puts the venv first on PATH.
+EMBER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EMBER_VENV="$("$EMBER_ROOT/tools/setup.sh" | tail -n 1)"
+export PATH="$EMBER_VENV/bin:$PATH"
+export CCACHE_DIR="${CCACHE_DIR:-${EMBER_CACHE:-$HOME/.cache/ember}/ccache}"

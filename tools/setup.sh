@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up everything Ember needs on a fresh Debian machine; fast (seconds) when already done.
+#   - Debian packages: compilers and build tools, GoogleTest, OpenBLAS, clang (libFuzzer,
+#     sanitizers), ccache, Python venv support.
+#   - A Python virtual environment with PyTorch 2.11.0 and the test/build tools from
+#     tools/requirements.txt, cached outside the clone in $EMBER_CACHE (default ~/.cache/ember),
+#     keyed by the requirements' hash.
+# Prints the venv path as its last line (`eval` not needed: scripts source tools/env.sh).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${EMBER_CACHE:-$HOME/.cache/ember}"
+mkdir -p "$cache"
+
+apt_packages=(build-essential cmake ninja-build git pkg-config libgtest-dev libgmock-dev
+  libopenblas-dev clang libclang-rt-14-dev ccache)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[setup] installing Debian packages: ${missing[*]}" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+req="$root/tools/requirements.txt"
+hash="$(sha256sum "$req" | cut -c1-12)"
+venv="$cache/venv-$hash"
+if [ ! -f "$venv/.ember-ready" ]; then
+  echo "[setup] creating Python environment $venv (PyTorch download: a few minutes once)" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip >&2
+  "$venv/bin/python" -m pip install -q -r "$req" >&2
+  touch "$venv/.ember-ready"
+fi
+echo "$venv"
