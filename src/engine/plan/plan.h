@@ -1,16 +1,30 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
 // Byte layout (little-endian), version 1:
-//   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 | payload size u64 |
-//            checksum u64 (FNV-1a 64 over the payload) | weights offset u64 | weights size u64
-//   payload  backend name, profiles, symbols, tensors (name, dtype, shape exprs, role, arena offset,
-//            weights range), layers (kind, name, impl, input/output tensor ids, params through
-//            their fields() lists), network inputs/outputs, arena size
+//   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
+//            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
+//   payload  back end name | arena size i64 | profiles | inputs | layers | outputs
+//   padding  zeros up to the weights offset (the payload end rounded up to 256)
 //   weights  constant bytes, each constant aligned to 256 bytes from the start of the file, so a
-//            plan loaded at an aligned address can be uploaded to a device without repacking.
+//            plan loaded at an aligned address can be uploaded to a device without repacking;
+//            the file ends with the weight section.
+// The checksum is FNV-1a 64 over everything after the header (payload, padding, weights).
+// Payload encodings: strings u32 length + bytes (at most 64 KiB); lists u32 count + entries;
+// enums and bools one byte; shapes a list of DimExpr::to_string texts.
+//   profiles  list of profiles, each a list of (symbol, min i64, opt i64, max i64), sorted by symbol
+//   tensor    dtype u8 | shape | arena offset i64 (-1: not in the arena)
+//   inputs    list of (name, tensor)
+//   layers    list of (kind u8 | name | implementation | input tensor ids i32 (-1: omitted
+//             optional input) | params through their fields() lists | list of output tensors)
+//   outputs   list of (tensor id i32, name)
+// Tensor ids count in canonical order: inputs, then layer outputs in layer order (the order
+// Network::clone() produces, which PlanModel's placements follow). A Weights field is stored as
+// offset u64 into the weight section | byte size u64 | dtype u8 | dims (list of i64).
 // Every field is validated on read: sizes against the remaining bytes, enums against their
 // counts, tensor ids against the table, and the network is rebuilt through Network::add_layer,
-// so every layer's parameters pass the same checks as at build time.
+// so every layer's parameters pass the same checks as at build time; the rebuilt outputs must
+// match the recorded dtypes and shapes, and arena slots must hold their tensors at the largest
+// size any profile allows.
 #pragma once
 
 #include <cstdint>

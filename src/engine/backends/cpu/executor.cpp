@@ -7,12 +7,13 @@
 namespace ember::engine::cpu {
 
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
-                    const std::vector<void*>& addrs) {
+                    const std::vector<void*>& addrs, const SymbolBindings* symbols) {
   std::vector<HostTensor> views(dims.size());
   for (const Tensor* t : net.tensors()) {
     views[t->id()] = HostTensor{t->dtype(), dims[t->id()], addrs[t->id()]};
   }
   KernelArgs args;
+  args.symbols = symbols;
   for (const Layer* l : net.layers()) {
     if (l->kind() == LayerKind::kConstant) {
       // Constants are read in place; only a constant that is also a network output is copied.
@@ -63,7 +64,7 @@ std::vector<OwnedTensor> execute_network(const Network& net, const std::vector<O
       addrs[t->id()] = storage[t->id()].data();
     }
   }
-  execute_layers(net, dims, addrs);
+  execute_layers(net, dims, addrs, &b);
   std::vector<OwnedTensor> outs;
   for (const Tensor* t : net.outputs()) {
     OwnedTensor o;

@@ -11,9 +11,11 @@
 namespace ember::engine::cpu {
 
 /// Runs every non-Constant layer in order. `dims` and `addrs` are indexed by tensor id; the
-/// address of a Constant layer's output must point at its weights' bytes.
+/// address of a Constant layer's output must point at its weights' bytes. `symbols` (the
+/// bindings the dims were evaluated with) reaches kernels whose parameters hold symbolic
+/// expressions; a layer that needs it throws Error when it is nullptr.
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
-                    const std::vector<void*>& addrs);
+                    const std::vector<void*>& addrs, const SymbolBindings* symbols = nullptr);
 
 /// A host tensor with its own storage.
 struct OwnedTensor {

@@ -39,6 +39,9 @@ struct KernelArgs {
   const HostTensor& in(size_t i) const { return *inputs.at(i); }
   bool has(size_t i) const { return i < inputs.size() && inputs[i] != nullptr; }
   HostTensor& out(size_t i = 0) const { return *outputs.at(i); }
+  /// Values of the network's symbols for the current input shapes, for parameters that are
+  /// DimExprs a kernel must evaluate (a Slice start such as `n - 3`). nullptr when unknown.
+  const SymbolBindings* symbols = nullptr;
 };
 
 // ---- element access shared by kernels ----

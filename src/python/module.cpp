@@ -1,0 +1,75 @@
+// ember._C: the Python extension. For now it exposes the engine runtime (load a plan, inspect
+// it, run it on host buffers); the compiler and torch bridge bind here in later issues.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "ember/engine/builder.h"
+#include "ember/engine/runtime.h"
+
+namespace py = pybind11;
+using namespace ember::engine;
+
+namespace {
+
+struct PyEngine {
+  std::shared_ptr<const Engine> engine;
+
+  explicit PyEngine(const py::bytes& plan) {
+    const std::string_view bytes = plan;
+    engine = Runtime().deserialize(bytes.data(), bytes.size());
+  }
+
+  std::vector<std::tuple<std::string, std::string, std::string, bool>> io() const {
+    std::vector<std::tuple<std::string, std::string, std::string, bool>> out;
+    for (const auto& t : engine->io_tensors()) {
+      out.emplace_back(t.name, dtype_name(t.dtype), shape_to_string(t.shape), t.is_input);
+    }
+    return out;
+  }
+
+  // inputs: name -> object with the buffer protocol (C-contiguous, checked by the caller).
+  py::dict run(const py::dict& inputs) const {
+    auto ctx = engine->create_execution_context();
+    std::vector<py::buffer_info> keep;
+    for (const auto& t : engine->io_tensors()) {
+      if (!t.is_input) continue;
+      py::buffer buf = inputs[py::str(t.name)].cast<py::buffer>();
+      keep.push_back(buf.request());
+      const py::buffer_info& info = keep.back();
+      ctx->set_input_shape(t.name, std::vector<int64_t>(info.shape.begin(), info.shape.end()));
+      if (info.size * static_cast<py::ssize_t>(dtype_size(t.dtype)) != info.size * info.itemsize) {
+        throw Error("input '" + t.name + "': element size does not match " + dtype_name(t.dtype));
+      }
+      ctx->set_tensor_address(t.name, info.ptr);
+    }
+    py::dict result;
+    std::vector<std::pair<std::string, py::bytearray>> outs;
+    for (const auto& t : engine->io_tensors()) {
+      if (t.is_input) continue;
+      const auto dims = ctx->tensor_shape(t.name);
+      py::bytearray buf(nullptr, static_cast<size_t>(dims_numel(dims)) * dtype_size(t.dtype));
+      ctx->set_tensor_address(t.name, PyByteArray_AsString(buf.ptr()));
+      result[py::str(t.name)] = py::make_tuple(buf, dtype_name(t.dtype), dims);
+    }
+    {
+      py::gil_scoped_release release;
+      ctx->execute();
+    }
+    return result;
+  }
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Ember native extension";
+  m.attr("__version__") = "0.1.0";
+  py::register_exception<Error>(m, "EngineError", PyExc_RuntimeError);
+  m.def("available_backends", &available_backends);
+  py::class_<PyEngine>(m, "Engine")
+      .def(py::init<const py::bytes&>(), py::arg("plan"))
+      .def("backend", [](const PyEngine& e) { return e.engine->backend(); })
+      .def("io", &PyEngine::io)
+      .def("inspect_json", [](const PyEngine& e) { return e.engine->inspect_json(); })
+      .def("run", &PyEngine::run);
+}

@@ -1,0 +1,773 @@
+// The plan format: round trips, weight alignment, and the corrupted-plan corpus (truncations,
+// bit flips, crafted files, fuzzer finds). Every rejection must be an ember::engine::Error and
+// nothing may crash; the CI runs this suite under AddressSanitizer (`asan` preset).
+#include "plan/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "ember/engine/network.h"
+#include "plan/serialize.h"
+
+namespace ember::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------- helpers
+
+int64_t max_bytes(const Tensor& t, const std::vector<OptimizationProfile>& profiles) {
+  int64_t best = 0;
+  for (const auto& p : profiles)
+    best = std::max(best, shape_numel(t.shape()).bounds(p.intervals()).hi);
+  return best * static_cast<int64_t>(dtype_size(t.dtype()));
+}
+
+// A plan as the builder would make it, without the builder: every tensor the runtime keeps in
+// the arena gets its own 256-aligned slot.
+PlanModel make_plan(const Network& net, std::vector<OptimizationProfile> profiles) {
+  PlanModel p;
+  p.backend = "cpu";
+  p.network = net.clone();
+  p.profiles = std::move(profiles);
+  for (const Layer* l : p.network.layers())
+    p.impls.push_back(std::string("cpu.") + layer_kind_name(l->kind()));
+  for (const Tensor* t : p.network.tensors()) {
+    TensorPlacement placement;
+    const Layer* producer = t->producer();
+    if (producer != nullptr && producer->kind() != LayerKind::kConstant && !t->is_output()) {
+      placement.arena_offset = p.arena_bytes;
+      p.arena_bytes += (std::max<int64_t>(max_bytes(*t, p.profiles), 1) + 255) / 256 * 256;
+    }
+    p.placements.push_back(placement);
+  }
+  return p;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Recomputes the checksum after a deliberate edit, so the edit reaches the field validation.
+void reseal(std::vector<uint8_t>& b) {
+  const uint64_t h = fnv1a64(b.data() + kPlanHeaderBytes, b.size() - kPlanHeaderBytes);
+  for (int i = 0; i < 8; ++i) b[kPlanChecksumPos + i] = static_cast<uint8_t>(h >> (8 * i));
+}
+
+uint64_t get_u64(const std::vector<uint8_t>& b, size_t pos) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(b[pos + i]) << (8 * i);
+  return v;
+}
+
+void put_le(std::vector<uint8_t>& b, size_t pos, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) b[pos + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+// Position of the `nth` occurrence of `pattern` in `b`.
+size_t find_bytes(const std::vector<uint8_t>& b, const std::vector<uint8_t>& pattern, int nth = 0) {
+  for (size_t i = 0; i + pattern.size() <= b.size(); ++i) {
+    if (std::memcmp(b.data() + i, pattern.data(), pattern.size()) == 0 && nth-- == 0) return i;
+  }
+  ADD_FAILURE() << "pattern not found in the plan";
+  return 0;
+}
+
+// A length-prefixed string as the plan stores it.
+std::vector<uint8_t> encoded(const std::string& s) {
+  std::vector<uint8_t> v(4);
+  put_le(v, 0, s.size(), 4);
+  v.insert(v.end(), s.begin(), s.end());
+  return v;
+}
+
+// Everything about one params struct as text, through its fields() list, independent of the
+// plan encoding.
+class ParamsText {
+ public:
+  void operator()(const char* name, const int64_t& v) { os_ << name << "=" << v << ";"; }
+  void operator()(const char* name, const bool& v) { os_ << name << "=" << v << ";"; }
+  void operator()(const char* name, const double& v) { os_ << name << "=" << hex(v) << ";"; }
+  void operator()(const char* name, const std::vector<int64_t>& v) {
+    os_ << name << "=" << dims_to_string(v) << ";";
+  }
+  void operator()(const char* name, const std::vector<double>& v) {
+    os_ << name << "=[";
+    for (double x : v) os_ << hex(x) << ",";
+    os_ << "];";
+  }
+  void operator()(const char* name, const Shape& v) {
+    os_ << name << "=" << shape_to_string(v) << ";";
+  }
+  void operator()(const char* name, const Weights& w) {
+    os_ << name << "=" << dtype_name(w.dtype()) << dims_to_string(w.dims()) << ":";
+    const auto* p = static_cast<const uint8_t*>(w.data());
+    for (size_t i = 0; i < w.nbytes(); ++i) os_ << static_cast<int>(p[i]) << ",";
+    os_ << ";";
+  }
+  template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+  void operator()(const char* name, const E& v) {
+    os_ << name << "=" << static_cast<int>(v) << ";";
+  }
+  std::string str() const { return os_.str(); }
+
+ private:
+  static std::string hex(double v) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%a", v);
+    return buf;
+  }
+  std::ostringstream os_;
+};
+
+std::string params_text(const Layer& l) {
+  LayerParams p = l.params();
+  ParamsText text;
+  visit_layer_fields(p, text);
+  return text.str();
+}
+
+// One network with every layer kind, non-default parameters, several dtypes, a shared constant,
+// an omitted optional input and a symbolic batch dim "n".
+Network all_kinds_network() {
+  Network net;
+  const DimExpr n = DimExpr::symbol("n");
+  Tensor* x = net.add_input("x", DataType::kF32, {n, 4, 8, 8});
+  Tensor* idx = net.add_input("idx", DataType::kI64, {n, 4, 2, 8});
+
+  std::vector<float> wv(4 * 2 * 3 * 3);
+  for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.25f * static_cast<float>(i) - 3.0f;
+  const Weights conv_w = Weights::from_vector<float>(DataType::kF32, {4, 2, 3, 3}, wv);
+  Tensor* w = net.add_constant(conv_w, "conv_w")->output();
+  Tensor* b =
+      net.add_constant(Weights::from_vector<float>(DataType::kF32, {4}, {1, -2, 3, -4}), "conv_b")
+          ->output();
+  ConvolutionParams cp;
+  cp.stride = {2, 1};
+  cp.padding_begin = {1, 0};
+  cp.padding_end = {0, 1};
+  cp.dilation = {1, 2};
+  cp.groups = 2;
+  Tensor* conv = net.add_convolution(x, w, b, cp, "conv")->output();
+
+  Tensor* dw = net.add_constant(Weights::from_vector<float>(DataType::kF32, {4, 1, 2, 2},
+                                                            std::vector<float>(16, 0.5f)),
+                                "deconv_w")
+                   ->output();
+  DeconvolutionParams dp;
+  dp.stride = {2, 2};
+  dp.padding_begin = {1, 0};
+  dp.padding_end = {0, 1};
+  dp.dilation = {1, 1};
+  dp.output_padding = {1, 0};
+  dp.groups = 2;
+  Tensor* deconv = net.add_deconvolution(conv, dw, nullptr, dp, "deconv")->output();
+
+  PoolingParams pp;
+  pp.type = PoolingType::kAverage;
+  pp.window = {2, 3};
+  pp.stride = {1, 2};
+  pp.padding_begin = {1, 1};
+  pp.padding_end = {0, 1};
+  pp.dilation = {1, 1};
+  pp.ceil_mode = true;
+  pp.count_include_pad = false;
+  pp.divisor_override = 3;
+  Tensor* pool = net.add_pooling(conv, pp, "pool")->output();
+  Tensor* act = net.add_activation(pool, ActivationType::kLeakyRelu, 0.125, 0.5, "act")->output();
+  Tensor* ew = net.add_elementwise(act, act, ElementWiseOp::kSub, "sub")->output();
+  Tensor* un = net.add_unary(x, UnaryOp::kSin, "sin")->output();
+  Tensor* red = net.add_reduce(un, ReduceOp::kMax, {2, 3}, true, "max")->output();
+  TopKParams tp;
+  tp.op = TopKOp::kMin;
+  tp.k = 2;
+  tp.axis = 1;
+  tp.index_dtype = DataType::kI32;
+  Layer* topk = net.add_layer(tp, {x}, "topk");
+  Tensor* sm = net.add_softmax(x, 3, true, "logsoftmax")->output();
+  Tensor* mm = net.add_matrix_multiply(sm, false, x, true, "mm")->output();
+  ShuffleParams sp;
+  sp.first_transpose = {0, 2, 1, 3};
+  sp.has_reshape = true;
+  sp.reshape = {n, 8, 32};
+  sp.second_transpose = {0, 2, 1};
+  Tensor* shuf = net.add_shuffle(x, sp, "shuffle")->output();
+  Tensor* cat = net.add_concatenation({x, un}, 1, "cat")->output();
+  Tensor* slice = net.add_slice(x, {0, 1, 0, 2}, {n, 2, 3, 2}, {1, 2, 2, -1}, "slice")->output();
+  GatherParams gp;
+  gp.mode = GatherMode::kElement;
+  gp.axis = 2;
+  Tensor* gat = net.add_gather(x, idx, gp, "gather")->output();
+  ScatterParams scp;
+  scp.axis = 2;
+  scp.reduction = ScatterReduction::kSum;
+  Tensor* sc = net.add_scatter(x, idx, gat, scp, "scatter")->output();
+  Tensor* gt = net.add_elementwise(x, sm, ElementWiseOp::kGreater, "gt")->output();
+  Tensor* sel = net.add_select(gt, x, sc, "select")->output();
+  Tensor* cast = net.add_cast(sel, DataType::kF16, "cast")->output();
+  Tensor* gs =
+      net.add_constant(Weights::from_vector<float>(DataType::kF32, {4}, {1, 2, 3, 4}), "gn_scale")
+          ->output();
+  Tensor* gb =
+      net.add_constant(Weights::from_vector<float>(DataType::kF32, {4}, {0, 1, 0, 1}), "gn_bias")
+          ->output();
+  NormalizationParams np;
+  np.type = NormalizationType::kGroup;
+  np.num_groups = 2;
+  np.epsilon = 1e-3;
+  Tensor* norm = net.add_normalization(x, gs, gb, np, "groupnorm")->output();
+  ResizeParams rp;
+  rp.mode = ResizeMode::kLinear;
+  rp.coordinate = ResizeCoordinate::kHalfPixel;
+  rp.rounding = ResizeRounding::kHalfUp;
+  rp.output = {n, 4, 16, 12};
+  rp.scales = {1.0, 1.0, 2.0, 1.5};
+  rp.cubic_coeff = -0.5;
+  Tensor* rs = net.add_resize(x, rp, "resize")->output();
+  PaddingParams pdp;
+  pdp.mode = PaddingMode::kReflect;
+  pdp.pre = {0, 0, 1, 2};
+  pdp.post = {0, 0, 2, 1};
+  pdp.value = 0.5;
+  Tensor* pad = net.add_padding(x, pdp, "pad")->output();
+  CumulativeParams cup;
+  cup.axis = 3;
+  cup.exclusive = true;
+  cup.reverse = true;
+  Tensor* cum = net.add_cumulative(x, cup, "cumsum")->output();
+  FillParams fp;
+  fp.op = FillOp::kArange;
+  fp.shape = {n * 2};
+  fp.dtype = DataType::kI32;
+  fp.value = 7.0;
+  fp.start = 2.0;
+  fp.delta = 3.0;
+  Tensor* fill = net.add_fill(fp, "arange")->output();
+  Tensor* shp = net.add_shape(x, "shape")->output();
+  Tensor* id = net.add_identity(x, "identity")->output();
+  // Other dtypes, an empty constant, and a constant sharing conv_w's bytes (stored once).
+  Tensor* half =
+      net.add_constant(
+             Weights::from_vector<uint16_t>(DataType::kF16, {3}, {0x3c00, 0xc000, 0x7bff}), "half")
+          ->output();
+  Tensor* i64 =
+      net.add_constant(Weights::from_vector<int64_t>(DataType::kI64, {2}, {-1, int64_t{1} << 40}),
+                       "i64")
+          ->output();
+  Tensor* flags =
+      net.add_constant(Weights::from_vector<uint8_t>(DataType::kBool, {5}, {1, 0, 1, 1, 0}),
+                       "flags")
+          ->output();
+  Tensor* empty = net.add_constant(Weights::zeros(DataType::kF32, {0, 3}), "empty")->output();
+  Tensor* again = net.add_constant(conv_w, "conv_w_again")->output();
+
+  const std::vector<std::pair<Tensor*, std::string>> outputs = {{deconv, "deconv_out"},
+                                                                {ew, "sub_out"},
+                                                                {red, "max_out"},
+                                                                {topk->output(0), "topk_values"},
+                                                                {topk->output(1), ""},
+                                                                {mm, "mm_out"},
+                                                                {shuf, ""},
+                                                                {cat, "cat_out"},
+                                                                {slice, "slice_out"},
+                                                                {cast, "cast_out"},
+                                                                {norm, "norm_out"},
+                                                                {rs, "resize_out"},
+                                                                {pad, "pad_out"},
+                                                                {cum, "cum_out"},
+                                                                {fill, "arange_out"},
+                                                                {shp, "shape_out"},
+                                                                {id, "id_out"},
+                                                                {half, "half_out"},
+                                                                {i64, ""},
+                                                                {flags, "flags_out"},
+                                                                {empty, "empty_out"},
+                                                                {again, "again_out"}};
+  for (const auto& [t, name] : outputs) net.mark_output(t, name);
+  return net;
+}
+
+std::vector<OptimizationProfile> two_profiles() {
+  std::vector<OptimizationProfile> p(2);
+  p[0].set_range("n", 1, 2, 4);
+  p[1].set_range("n", 3, 6, 8);
+  return p;
+}
+
+const std::vector<uint8_t>& all_kinds_plan() {
+  static const std::vector<uint8_t> bytes =
+      plan_write(make_plan(all_kinds_network(), two_profiles()));
+  return bytes;
+}
+
+// The smallest interesting plan: x [n, 2] + constant -> intermediate (in the arena) -> identity.
+Network tiny_network() {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {DimExpr::symbol("n"), 2});
+  Tensor* c =
+      net.add_constant(Weights::from_vector<float>(DataType::kF32, {2}, {1, 2}), "c")->output();
+  Tensor* s = net.add_elementwise(x, c, ElementWiseOp::kSum, "add")->output();
+  net.mark_output(net.add_identity(s, "ident")->output(), "y");
+  return net;
+}
+
+std::vector<uint8_t> tiny_plan() {
+  std::vector<OptimizationProfile> p(1);
+  p[0].set_range("n", 1, 2, 3);
+  return plan_write(make_plan(tiny_network(), p));
+}
+
+// Reads `b` and expects an Error (never another exception, never a crash); returns its message.
+std::string expect_rejected(const std::vector<uint8_t>& b, size_t size, bool verify,
+                            const std::string& what) {
+  PlanReadOptions options;
+  options.verify_checksum = verify;
+  try {
+    plan_read(b.data(), size, options);
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("plan: ", 0), 0u) << what << ": " << m;
+    return m;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << what << ": threw a non-Error exception: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << what << ": was accepted";
+  return "";
+}
+
+// Reads `b`; either outcome is fine as long as a failure is an Error.
+bool load_or_error(const uint8_t* data, size_t size, bool verify, const std::string& what) {
+  PlanReadOptions options;
+  options.verify_checksum = verify;
+  try {
+    plan_read(data, size, options);
+    return true;
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("plan: ", 0), 0u) << what << ": " << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << what << ": threw a non-Error exception: " << e.what();
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- round trips
+
+TEST(PlanFormat, RoundTripEveryLayerKindIsByteIdentical) {
+  const PlanModel original = make_plan(all_kinds_network(), two_profiles());
+  std::set<LayerKind> kinds;
+  for (const Layer* l : original.network.layers()) kinds.insert(l->kind());
+  ASSERT_EQ(kinds.size(), static_cast<size_t>(kNumLayerKinds))
+      << "the test network must use every kind";
+
+  const std::vector<uint8_t> bytes = plan_write(original);
+  const PlanModel read = plan_read(bytes.data(), bytes.size());
+  EXPECT_EQ(plan_write(read), bytes);
+
+  EXPECT_EQ(read.backend, "cpu");
+  EXPECT_EQ(read.arena_bytes, original.arena_bytes);
+  EXPECT_EQ(read.impls, original.impls);
+  ASSERT_EQ(read.profiles.size(), 2u);
+  EXPECT_EQ(read.profiles[1].ranges().at("n").opt, 6);
+  EXPECT_EQ(read.profiles[1].ranges().at("n").max, 8);
+  const auto la = original.network.layers(), lb = read.network.layers();
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); ++i) {
+    SCOPED_TRACE(la[i]->describe());
+    EXPECT_EQ(lb[i]->name(), la[i]->name());
+    EXPECT_EQ(lb[i]->kind(), la[i]->kind());
+    EXPECT_EQ(params_text(*lb[i]), params_text(*la[i]));
+    ASSERT_EQ(lb[i]->inputs().size(), la[i]->inputs().size());
+    for (size_t j = 0; j < la[i]->inputs().size(); ++j) {
+      const Tensor* ta = la[i]->inputs()[j];
+      const Tensor* tb = lb[i]->inputs()[j];
+      ASSERT_EQ(ta == nullptr, tb == nullptr);
+      if (ta != nullptr) EXPECT_EQ(tb->id(), ta->id());
+    }
+    ASSERT_EQ(lb[i]->outputs().size(), la[i]->outputs().size());
+    for (size_t j = 0; j < la[i]->outputs().size(); ++j) {
+      EXPECT_EQ(lb[i]->output(j)->dtype(), la[i]->output(j)->dtype());
+      EXPECT_EQ(shape_to_string(lb[i]->output(j)->shape()),
+                shape_to_string(la[i]->output(j)->shape()));
+    }
+  }
+  const auto ta = original.network.tensors(), tb = read.network.tensors();
+  ASSERT_EQ(ta.size(), tb.size());
+  for (size_t i = 0; i < ta.size(); ++i) {
+    EXPECT_EQ(read.placements[i].arena_offset, original.placements[i].arena_offset) << i;
+    EXPECT_EQ(tb[i]->is_output(), ta[i]->is_output());
+    if (ta[i]->is_input() || ta[i]->is_output()) EXPECT_EQ(tb[i]->name(), ta[i]->name());
+  }
+  ASSERT_EQ(read.network.outputs().size(), original.network.outputs().size());
+  for (size_t i = 0; i < original.network.outputs().size(); ++i) {
+    EXPECT_EQ(read.network.outputs()[i]->name(), original.network.outputs()[i]->name());
+  }
+  // Symbolic shapes survive as expressions.
+  EXPECT_EQ(shape_to_string(read.network.find_tensor("arange_out")->shape()),
+            shape_to_string(original.network.find_tensor("arange_out")->shape()));
+  EXPECT_FALSE(shape_is_static(read.network.find_tensor("arange_out")->shape()));
+}
+
+TEST(PlanFormat, WeightsAreAlignedTo256InTheFileAndInMemory) {
+  const PlanModel original = make_plan(all_kinds_network(), two_profiles());
+  const std::vector<uint8_t>& bytes = all_kinds_plan();
+  const uint64_t weights_offset = get_u64(bytes, kPlanWeightsOffsetPos);
+  EXPECT_EQ(weights_offset % kPlanWeightAlignment, 0u);
+  EXPECT_EQ(weights_offset + get_u64(bytes, kPlanWeightsSizePos), bytes.size());
+  for (const Layer* l : original.network.layers()) {
+    if (l->kind() != LayerKind::kConstant) continue;
+    const Weights& w = l->params_as<ConstantParams>().weights;
+    if (w.nbytes() == 0) continue;
+    bool found = false;
+    for (size_t pos = weights_offset; !found && pos + w.nbytes() <= bytes.size();
+         pos += kPlanWeightAlignment) {
+      found = std::memcmp(bytes.data() + pos, w.data(), w.nbytes()) == 0;
+    }
+    EXPECT_TRUE(found) << l->describe() << " is not stored at a 256-aligned file offset";
+  }
+  const PlanModel read = plan_read(bytes.data(), bytes.size());
+  for (const Layer* l : read.network.layers()) {
+    if (l->kind() != LayerKind::kConstant) continue;
+    const auto addr = reinterpret_cast<uintptr_t>(l->params_as<ConstantParams>().weights.data());
+    EXPECT_EQ(addr % kPlanWeightAlignment, 0u) << l->describe();
+  }
+  // A constant used twice is stored once and shared again after reading.
+  EXPECT_EQ(read.network.find_layer("conv_w")->params_as<ConstantParams>().weights.data(),
+            read.network.find_layer("conv_w_again")->params_as<ConstantParams>().weights.data());
+}
+
+TEST(PlanFormat, WriterCanonicalizesTensorOrder) {
+  // An input added after a layer: tensors() is not in canonical order, the plan is.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
+  Tensor* r = net.add_activation(x, ActivationType::kRelu, 0, 0, "relu")->output();
+  Tensor* y = net.add_input("y", DataType::kF32, {2, 3});
+  net.mark_output(net.add_elementwise(r, y, ElementWiseOp::kProd, "mul")->output(), "out");
+  PlanModel p;
+  p.backend = "cpu";
+  p.network = std::move(net);
+  p.profiles.emplace_back();
+  p.impls = {"cpu.Activation", "cpu.ElementWise"};
+  p.placements.resize(4);
+  p.placements[r->id()].arena_offset = 256;  // r is tensor 1 here, tensor 2 in canonical order
+  p.arena_bytes = 512;
+  const auto bytes = plan_write(p);
+  const PlanModel read = plan_read(bytes.data(), bytes.size());
+  EXPECT_EQ(read.network.tensors()[1]->name(), "y");
+  EXPECT_EQ(read.placements[2].arena_offset, 256);
+  EXPECT_EQ(read.placements[1].arena_offset, -1);
+  EXPECT_EQ(plan_write(read), bytes);
+}
+
+TEST(PlanFormat, WriterRejectsInconsistentModels) {
+  PlanModel p = make_plan(tiny_network(), {});
+  p.impls.pop_back();
+  EXPECT_NE(error_of([&] { plan_write(p); }).find("implementations"), std::string::npos);
+  PlanModel q = make_plan(tiny_network(), {});
+  q.placements.push_back({});
+  EXPECT_NE(error_of([&] { plan_write(q); }).find("placements"), std::string::npos);
+}
+
+TEST(PlanFormat, ReaderChecksArenaPlacementsAgainstProfiles) {
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("n", 1, 2, 3);
+  PlanModel p = make_plan(tiny_network(), profiles);
+  // The intermediate [n, 2] f32 needs 24 bytes at n = 3.
+  p.arena_bytes = 23;
+  auto bytes = plan_write(p);
+  EXPECT_NE(error_of([&] { plan_read(bytes.data(), bytes.size()); }).find("past the 23-byte arena"),
+            std::string::npos);
+  p.arena_bytes = 24;
+  bytes = plan_write(p);
+  EXPECT_NO_THROW(plan_read(bytes.data(), bytes.size()));
+  // An intermediate without a slot would leave the runtime without memory for it.
+  p.placements[p.network.find_layer("add")->output()->id()].arena_offset = -1;
+  bytes = plan_write(p);
+  EXPECT_NE(error_of([&] { plan_read(bytes.data(), bytes.size()); }).find("no place in the arena"),
+            std::string::npos);
+}
+
+// ---------------------------------------------------------------- corrupted plans
+
+TEST(PlanFormatCorrupt, EveryTruncationIsRejected) {
+  for (const auto& bytes : {tiny_plan(), all_kinds_plan()}) {
+    for (size_t len = 0; len < bytes.size(); ++len) {
+      expect_rejected(bytes, len, true, "truncated to " + std::to_string(len));
+      expect_rejected(bytes, len, false, "truncated to " + std::to_string(len) + " (no checksum)");
+    }
+  }
+}
+
+TEST(PlanFormatCorrupt, EveryTruncatedPayloadWithAConsistentHeaderIsRejected) {
+  // Cut the payload at every length and fix the header around it, so the cursor itself must
+  // notice the missing bytes at every position.
+  for (const auto& bytes : {tiny_plan(), all_kinds_plan()}) {
+    const size_t payload = get_u64(bytes, kPlanPayloadSizePos);
+    const size_t woff = get_u64(bytes, kPlanWeightsOffsetPos);
+    for (size_t len = 0; len < payload; ++len) {
+      std::vector<uint8_t> b(bytes.begin(), bytes.begin() + kPlanHeaderBytes + len);
+      const size_t new_woff = (b.size() + 255) / 256 * 256;
+      b.resize(new_woff, 0);
+      b.insert(b.end(), bytes.begin() + woff, bytes.end());
+      put_le(b, kPlanPayloadSizePos, len, 8);
+      put_le(b, kPlanWeightsOffsetPos, new_woff, 8);
+      reseal(b);
+      const std::string m =
+          expect_rejected(b, b.size(), true, "payload cut at " + std::to_string(len));
+      EXPECT_NE(m.find(" at byte "), std::string::npos) << m;
+    }
+  }
+}
+
+// Every bit of the tiny plan, and one bit of every byte (cycling through the bit positions) of
+// the plan with every layer kind: enough to visit every field, fast enough under ASan.
+template <class F>
+void for_each_bit_flip(std::vector<uint8_t> b, bool every_bit, F&& check) {
+  for (size_t i = 0; i < b.size(); ++i) {
+    for (int k = 0; k < (every_bit ? 8 : 1); ++k) {
+      const int bit = every_bit ? k : static_cast<int>(i % 8);
+      b[i] ^= static_cast<uint8_t>(1u << bit);
+      check(b, "bit " + std::to_string(bit) + " of byte " + std::to_string(i));
+      b[i] ^= static_cast<uint8_t>(1u << bit);
+    }
+  }
+}
+
+TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
+  auto check = [](const std::vector<uint8_t>& b, const std::string& what) {
+    expect_rejected(b, b.size(), true, what);
+  };
+  for_each_bit_flip(tiny_plan(), true, check);
+  for_each_bit_flip(all_kinds_plan(), false, check);
+}
+
+TEST(PlanFormatCorrupt, BitFlipsWithoutChecksumLoadOrFailCleanly) {
+  // Past the checksum every field is validated on its own; a flip either makes another valid
+  // plan (a weight value, a double parameter) or is rejected with an Error.
+  int loaded = 0;
+  auto check = [&](const std::vector<uint8_t>& b, const std::string& what) {
+    loaded += load_or_error(b.data(), b.size(), false, what);
+  };
+  for_each_bit_flip(tiny_plan(), true, check);
+  for_each_bit_flip(all_kinds_plan(), false, check);
+  EXPECT_GT(loaded, 0);  // weight bytes at least
+}
+
+TEST(PlanFormatCorrupt, WrongMagic) {
+  auto b = tiny_plan();
+  b[0] = 'X';
+  EXPECT_NE(expect_rejected(b, b.size(), true, "magic").find("not an Ember plan"),
+            std::string::npos);
+}
+
+TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
+  auto b = tiny_plan();
+  put_le(b, 8, 2, 4);
+  const std::string m = expect_rejected(b, b.size(), true, "version");
+  EXPECT_NE(m.find("format version 2"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads version 1"), std::string::npos) << m;
+}
+
+TEST(PlanFormatCorrupt, UnknownBackend) {
+  auto b = tiny_plan();
+  const size_t pos = find_bytes(b, encoded("cpu"));
+  b[pos + 4] = 't';
+  reseal(b);
+  const std::string m = expect_rejected(b, b.size(), true, "backend");
+  EXPECT_NE(m.find("back end 'tpu'"), std::string::npos) << m;
+  EXPECT_NE(m.find("available: cpu"), std::string::npos) << m;
+}
+
+TEST(PlanFormatCorrupt, HugeCountsAreRejectedBeforeAllocating) {
+  const auto original = tiny_plan();
+  // Profile list count, right after the back end name and the arena size.
+  const size_t profiles_at = kPlanHeaderBytes + 4 + 3 + 8;
+  // Layer count: the u32 before the first layer record (kind 0, name "c").
+  std::vector<uint8_t> first_layer{0};
+  for (uint8_t c : encoded("c")) first_layer.push_back(c);
+  const size_t layers_at = find_bytes(original, first_layer) - 4;
+  // A dims count inside the constant's weights record (after offset, size, dtype).
+  const size_t impl_at = find_bytes(original, encoded("cpu.Constant"));
+  const size_t dims_at = impl_at + 4 + 12 + 4 + 8 + 8 + 1;
+  for (const size_t pos : {profiles_at, layers_at, dims_at}) {
+    for (const uint32_t count : {0xffffffffu, 0x10000000u, 1000u}) {
+      auto b = original;
+      put_le(b, pos, count, 4);
+      reseal(b);
+      const std::string m = expect_rejected(b, b.size(), true, "count at " + std::to_string(pos));
+      EXPECT_NE(m.find("claims " + std::to_string(count) + " entries"), std::string::npos) << m;
+    }
+  }
+  // A string length far beyond the limit.
+  auto b = original;
+  put_le(b, kPlanHeaderBytes, 0xfffffff0u, 4);
+  reseal(b);
+  EXPECT_NE(expect_rejected(b, b.size(), true, "string length").find("the limit is"),
+            std::string::npos);
+}
+
+// ---------------------------------------------------------------- crafted corpus
+
+struct CraftedPlan {
+  const char* file;
+  const char* expected;                             ///< A substring of the rejection message.
+  std::function<void(std::vector<uint8_t>&)> edit;  ///< Applied to tiny_plan(); resealed after.
+};
+
+std::vector<CraftedPlan> crafted_plans() {
+  auto after = [](const std::vector<uint8_t>& b, const std::string& s, int nth = 0) {
+    return find_bytes(b, encoded(s), nth) + 4 + s.size();
+  };
+  return {
+      {"empty.plan", "truncated: magic", [](auto& b) { b.clear(); }},
+      {"short_header.plan", "truncated: payload size", [](auto& b) { b.resize(20); }},
+      {"bad_magic.plan", "not an Ember plan", [](auto& b) { b[3] = 'X'; }},
+      {"version_2.plan", "format version 2", [](auto& b) { put_le(b, 8, 2, 4); }},
+      {"unknown_flags.plan", "unknown flags", [](auto& b) { put_le(b, 12, 1, 4); }},
+      {"huge_payload_size.plan", "truncated: the header announces",
+       [](auto& b) { put_le(b, kPlanPayloadSizePos, ~uint64_t{0}, 8); }},
+      {"weights_offset_wrong.plan", "weight section offset",
+       [](auto& b) {
+         put_le(b, kPlanWeightsOffsetPos, get_u64(b, kPlanWeightsOffsetPos) + 256, 8);
+       }},
+      {"trailing_bytes.plan", "truncated or padded", [](auto& b) { b.push_back(0); }},
+      {"unknown_backend.plan", "back end 'gpu'",
+       [&](auto& b) { b[find_bytes(b, encoded("cpu")) + 4] = 'g'; }},
+      {"negative_arena.plan", "arena size -1",
+       [](auto& b) { put_le(b, kPlanHeaderBytes + 7, ~uint64_t{0}, 8); }},
+      {"arena_too_small.plan", "past the 1-byte arena",
+       [](auto& b) { put_le(b, kPlanHeaderBytes + 7, 1, 8); }},
+      {"profile_min_above_max.plan", "min <= opt <= max",
+       [&](auto& b) { put_le(b, after(b, "n"), 9, 8); }},
+      {"huge_layer_count.plan", "claims 4294967295 entries",
+       [&](auto& b) { put_le(b, after(b, "x") + 1 + 4 + 5 + 5 + 8, 0xffffffffu, 4); }},
+      {"bad_layer_kind.plan", "layer kind has value 200",
+       [&](auto& b) { b[find_bytes(b, encoded("ident")) - 1] = 200; }},
+      {"bad_elementwise_op.plan", "op has value 99",
+       [&](auto& b) { b[after(b, "cpu.ElementWise") + 4 + 8] = 99; }},
+      {"tensor_id_out_of_range.plan", "input tensor id 7",
+       [&](auto& b) { put_le(b, after(b, "cpu.ElementWise") + 4 + 4, 7, 4); }},
+      {"bad_dim_text.plan", "is not a dimension expression",
+       [&](auto& b) { b[find_bytes(b, encoded("n"), 1) + 4] = '('; }},
+      {"input_symbol_without_range.plan", "which has no range",
+       [&](auto& b) { b[find_bytes(b, encoded("n")) + 4] = 'm'; }},
+      {"weights_out_of_range.plan", "outside the",
+       [&](auto& b) { put_le(b, after(b, "cpu.Constant") + 4, 1 << 20, 8); }},
+      {"weights_misaligned.plan", "not a multiple of 256",
+       [&](auto& b) { put_le(b, after(b, "cpu.Constant") + 4, 4, 8); }},
+      {"weights_size_mismatch.plan", "the plan gives it",
+       [&](auto& b) { put_le(b, after(b, "cpu.Constant") + 4 + 8, 4, 8); }},
+      {"output_shape_mismatch.plan", "when rebuilt",
+       [&](auto& b) { b[find_bytes(b, encoded("2"), 1) + 4] = '3'; }},
+      {"output_is_input.plan", "is network input",
+       [&](auto& b) { put_le(b, find_bytes(b, encoded("y")) - 4, 0, 4); }},
+      {"trailing_payload.plan", "unexpected bytes after the output list",
+       [](auto& b) {
+         // One more payload byte: shift the weights by a whole alignment unit when needed.
+         const size_t end = kPlanHeaderBytes + get_u64(b, kPlanPayloadSizePos);
+         put_le(b, kPlanPayloadSizePos, get_u64(b, kPlanPayloadSizePos) + 1, 8);
+         b[end] = 0x5a;
+       }},
+  };
+}
+
+fs::path corpus_dir() { return fs::path(EMBER_TEST_DATA_DIR) / "plan_corpus"; }
+
+std::vector<uint8_t> read_file(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void write_file(const fs::path& path, const std::vector<uint8_t>& b) {
+  fs::create_directories(path.parent_path());
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+std::vector<uint8_t> craft(const CraftedPlan& c) {
+  auto b = tiny_plan();
+  c.edit(b);
+  if (b.size() >= kPlanHeaderBytes) reseal(b);
+  return b;
+}
+
+TEST(PlanFormatCorpus, CraftedPlansAreRejectedWithTheirReason) {
+  for (const CraftedPlan& c : crafted_plans()) {
+    const auto b = craft(c);
+    for (const bool verify : {true, false}) {
+      const std::string m = expect_rejected(b, b.size(), verify, c.file);
+      EXPECT_NE(m.find(c.expected), std::string::npos) << c.file << ": " << m;
+    }
+  }
+}
+
+TEST(PlanFormatCorpus, CheckedInFilesMatchTheGenerator) {
+  for (const CraftedPlan& c : crafted_plans()) {
+    const fs::path path = corpus_dir() / c.file;
+    ASSERT_TRUE(fs::exists(path)) << path << " is missing; run the DISABLED_Regenerate test";
+    EXPECT_EQ(read_file(path), craft(c)) << path << " is stale; run the DISABLED_Regenerate test";
+  }
+}
+
+TEST(PlanFormatCorpus, EveryCorpusFileLoadsOrFailsCleanly) {
+  // Crafted files and fuzzer finds (crash-*): with the checksum off they reach the field
+  // validation; nothing may crash.
+  std::map<std::string, std::string> expected;
+  for (const CraftedPlan& c : crafted_plans()) expected[c.file] = c.expected;
+  int files = 0;
+  for (const auto& entry : fs::directory_iterator(corpus_dir())) {
+    const auto b = read_file(entry.path());
+    const std::string name = entry.path().filename().string();
+    ++files;
+    const auto it = expected.find(name);
+    if (it != expected.end()) {
+      const std::string m = expect_rejected(b, b.size(), false, name);
+      EXPECT_NE(m.find(it->second), std::string::npos) << name << ": " << m;
+    } else {
+      load_or_error(b.data(), b.size(), false, name);
+      load_or_error(b.data(), b.size(), true, name);
+    }
+  }
+  EXPECT_GE(files, static_cast<int>(expected.size()));
+}
+
+// Writes the crafted corpus files and the fuzzer's seed plans:
+//   ember_engine_tests --gtest_also_run_disabled_tests
+//   --gtest_filter='PlanFormatCorpus.DISABLED_Regenerate'
+TEST(PlanFormatCorpus, DISABLED_Timing) {
+  const auto& b = all_kinds_plan();
+  std::printf("all kinds plan: %zu bytes, payload %llu\n", b.size(),
+              static_cast<unsigned long long>(get_u64(b, kPlanPayloadSizePos)));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100; ++i) plan_read(b.data(), b.size());
+  const auto t1 = std::chrono::steady_clock::now();
+  std::printf("read: %.1f us\n", std::chrono::duration<double, std::micro>(t1 - t0).count() / 100);
+}
+
+TEST(PlanFormatCorpus, DISABLED_Regenerate) {
+  for (const CraftedPlan& c : crafted_plans()) write_file(corpus_dir() / c.file, craft(c));
+  const fs::path seeds = fs::path(EMBER_TEST_DATA_DIR) / ".." / ".." / ".." / "fuzz" / "corpus";
+  write_file(seeds / "seed_tiny.plan", tiny_plan());
+  write_file(seeds / "seed_all_kinds.plan", all_kinds_plan());
+}
+
+}  // namespace
+}  // namespace ember::engine

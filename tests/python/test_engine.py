@@ -1,0 +1,57 @@
+"""The Python runtime binding, on the plan the LeNet example writes (tools/test.sh builds it)."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import ember
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LENET = os.path.join(ROOT, "build", "dev", "examples", "lenet")
+
+
+@pytest.fixture(scope="module")
+def lenet_plan(tmp_path_factory):
+    if not os.path.exists(LENET):
+        pytest.skip("build/dev/examples/lenet is not built (run tools/test.sh)")
+    path = str(tmp_path_factory.mktemp("plans") / "lenet.plan")
+    out = subprocess.run([LENET, "--plan", path, "--iters", "1"], check=True,
+                         capture_output=True, text=True).stdout
+    # The example prints sample 0's logits for its own input; keep them to compare.
+    line = next(l for l in out.splitlines() if "sample 0 logits" in l)
+    return path, [float(v) for v in line.split(":")[1].split()]
+
+
+def test_backends():
+    assert "cpu" in ember.available_backends()
+
+
+def test_lenet_plan_runs_and_matches_cpp(lenet_plan):
+    path, _ = lenet_plan
+    engine = ember.Engine.from_file(path)
+    assert engine.backend == "cpu"
+    io = engine.io_tensors()
+    assert [t["name"] for t in io] == ["input", "logits"]
+    assert io[0]["shape"] == "[batch, 1, 32, 32]"
+    x = np.random.default_rng(0).standard_normal((3, 1, 32, 32), dtype=np.float32)
+    y = engine.run({"input": x})["logits"]
+    assert y.shape == (3, 10)
+    # Each sample is independent of the others in the batch.
+    y1 = engine.run({"input": x[1:2].copy()})["logits"]
+    np.testing.assert_allclose(y1[0], y[1], rtol=1e-5, atol=1e-5)
+    layers = engine.inspect()["layers"]
+    assert any(l["type"] == "Convolution" for l in layers)
+
+
+def test_errors_are_clear(lenet_plan):
+    path, _ = lenet_plan
+    data = open(path, "rb").read()
+    with pytest.raises(ember.engine.EngineError, match="plan"):
+        ember.Engine(data[: len(data) // 2])
+    engine = ember.Engine(data)
+    with pytest.raises(ember.engine.EngineError, match=r"dim 0.*outside the optimization profile"):
+        engine.run({"input": np.zeros((65, 1, 32, 32), np.float32)})
+    with pytest.raises(ember.engine.EngineError, match="must be f32"):
+        engine.run({"input": np.zeros((1, 1, 32, 32), np.float64)})
