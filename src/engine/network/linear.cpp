@@ -43,9 +43,9 @@ void expect_per_dim(const std::vector<int64_t>& v, const char* name, size_t spat
                             std::to_string(spatial_rank) + "), got " + std::to_string(v.size()));
   for (size_t d = 0; d < v.size(); ++d) {
     InferContext::require(v[d] >= lo && v[d] <= kMaxWindowParam,
-                          std::string(name) + "[" + std::to_string(d) + "] = " +
-                              std::to_string(v[d]) + " is out of range [" + std::to_string(lo) +
-                              ", 2^30]");
+                          std::string(name) + "[" + std::to_string(d) +
+                              "] = " + std::to_string(v[d]) + " is out of range [" +
+                              std::to_string(lo) + ", 2^30]");
   }
 }
 
@@ -84,17 +84,20 @@ void infer(const ConvolutionParams& p, InferContext& ctx) {
   const Shape& w = ctx.shape(ConvInputs::kWeight);
   const DimExpr groups(p.groups);
   ctx.check_less_equal(1, w[0], dim_label("weight", 0, w[0]) + " (output channels) must be >= 1");
-  ctx.check_less_equal(1, w[1], dim_label("weight", 1, w[1]) + " (input channels per group) must be >= 1");
+  ctx.check_less_equal(1, w[1],
+                       dim_label("weight", 1, w[1]) + " (input channels per group) must be >= 1");
   ctx.check_equal(w[1] * groups, x[1],
                   dim_label("weight", 1, w[1]) + " times groups (" + std::to_string(p.groups) +
                       ") must equal " + dim_label("input", 1, x[1]) + " (input channels)");
   ctx.check_equal(mod(w[0], groups), 0,
-                  dim_label("weight", 0, w[0]) + " (output channels) must be divisible by groups (" +
+                  dim_label("weight", 0, w[0]) +
+                      " (output channels) must be divisible by groups (" +
                       std::to_string(p.groups) + ")");
   if (ctx.has(ConvInputs::kBias)) {
     const Shape& b = ctx.shape(ConvInputs::kBias);
-    ctx.check_equal(b[0], w[0], dim_label("bias", 0, b[0]) + " must equal " +
-                                    dim_label("weight", 0, w[0]) + " (output channels)");
+    ctx.check_equal(b[0], w[0],
+                    dim_label("bias", 0, b[0]) + " must equal " + dim_label("weight", 0, w[0]) +
+                        " (output channels)");
   }
   Shape out{x[0], w[0]};
   for (size_t d = 0; d < nsp; ++d) {
@@ -120,8 +123,8 @@ void infer(const DeconvolutionParams& p, InferContext& ctx) {
   expect_per_dim(p.output_padding, "output_padding", nsp, 0);
   for (size_t d = 0; d < nsp; ++d) {
     InferContext::require(p.output_padding[d] < std::max(p.stride[d], p.dilation[d]),
-                          "output_padding[" + std::to_string(d) + "] = " +
-                              std::to_string(p.output_padding[d]) +
+                          "output_padding[" + std::to_string(d) +
+                              "] = " + std::to_string(p.output_padding[d]) +
                               " must be smaller than stride or dilation (as in PyTorch)");
   }
 
@@ -129,9 +132,11 @@ void infer(const DeconvolutionParams& p, InferContext& ctx) {
   const Shape& w = ctx.shape(ConvInputs::kWeight);
   const DimExpr groups(p.groups);
   ctx.check_less_equal(1, x[1], dim_label("input", 1, x[1]) + " (channels) must be >= 1");
-  ctx.check_less_equal(1, w[1], dim_label("weight", 1, w[1]) + " (output channels per group) must be >= 1");
-  ctx.check_equal(w[0], x[1], dim_label("weight", 0, w[0]) + " must equal " +
-                                  dim_label("input", 1, x[1]) + " (input channels)");
+  ctx.check_less_equal(1, w[1],
+                       dim_label("weight", 1, w[1]) + " (output channels per group) must be >= 1");
+  ctx.check_equal(w[0], x[1],
+                  dim_label("weight", 0, w[0]) + " must equal " + dim_label("input", 1, x[1]) +
+                      " (input channels)");
   ctx.check_equal(mod(x[1], groups), 0,
                   dim_label("input", 1, x[1]) + " (channels) must be divisible by groups (" +
                       std::to_string(p.groups) + ")");
@@ -166,12 +171,12 @@ void infer(const PoolingParams& p, InferContext& ctx) {
   const DataType t = ctx.dtype(0);
   InferContext::require(dtype_is_float(t) || (!average && dtype_is_integer(t)),
                         std::string("input (input 0) must be ") +
-                            (average ? "f32, f16 or bf16" : "a float or integer type") +
-                            " for " + (average ? "average" : "max") + " pooling, got " +
-                            dtype_name(t));
+                            (average ? "f32, f16 or bf16" : "a float or integer type") + " for " +
+                            (average ? "average" : "max") + " pooling, got " + dtype_name(t));
   const size_t nsp = p.window.size();
-  InferContext::require(nsp >= 1 && nsp <= 3, "window must have 1 to 3 entries (spatial dims), got " +
-                                                  std::to_string(nsp));
+  InferContext::require(
+      nsp >= 1 && nsp <= 3,
+      "window must have 1 to 3 entries (spatial dims), got " + std::to_string(nsp));
   ctx.expect_rank_between(0, static_cast<int>(nsp) + 1, static_cast<int>(nsp) + 2,
                           "input [N, C, *spatial] or [C, *spatial]");
   expect_per_dim(p.window, "window", nsp, 1);
@@ -184,7 +189,8 @@ void infer(const PoolingParams& p, InferContext& ctx) {
         p.padding_begin[d] <= p.window[d] / 2 && p.padding_end[d] <= p.window[d] / 2,
         "padding along spatial dim " + std::to_string(d) + " (" +
             std::to_string(p.padding_begin[d]) + ", " + std::to_string(p.padding_end[d]) +
-            ") must be at most half the window (" + std::to_string(p.window[d]) + "), as in PyTorch");
+            ") must be at most half the window (" + std::to_string(p.window[d]) +
+            "), as in PyTorch");
     InferContext::require(!average || p.dilation[d] == 1,
                           "average pooling has no dilation; dilation[" + std::to_string(d) +
                               "] = " + std::to_string(p.dilation[d]) + " must be 1");
@@ -231,12 +237,12 @@ void infer(const MatrixMultiplyParams& p, InferContext& ctx) {
   // Rows and columns after the transpose flags; a vector a is one row, a vector b one column.
   const DimExpr a_inner = ra == 1 ? a[0] : (p.transpose_a ? a[ra - 2] : a[ra - 1]);
   const DimExpr b_inner = rb == 1 ? b[0] : (p.transpose_b ? b[rb - 1] : b[rb - 2]);
-  ctx.check_equal(a_inner, b_inner,
-                  "the contracted dims must agree: a's " + std::string(ra == 1 ? "length" : "columns") +
-                      " (" + a_inner.to_string() + ") vs b's " +
-                      std::string(rb == 1 ? "length" : "rows") + " (" + b_inner.to_string() +
-                      ") with transpose_a=" + (p.transpose_a ? "true" : "false") +
-                      ", transpose_b=" + (p.transpose_b ? "true" : "false"));
+  ctx.check_equal(
+      a_inner, b_inner,
+      "the contracted dims must agree: a's " + std::string(ra == 1 ? "length" : "columns") + " (" +
+          a_inner.to_string() + ") vs b's " + std::string(rb == 1 ? "length" : "rows") + " (" +
+          b_inner.to_string() + ") with transpose_a=" + (p.transpose_a ? "true" : "false") +
+          ", transpose_b=" + (p.transpose_b ? "true" : "false"));
   const Shape a_batch(a.begin(), a.end() - std::min<size_t>(ra, 2));
   const Shape b_batch(b.begin(), b.end() - std::min<size_t>(rb, 2));
   Shape out = ctx.broadcast_shapes(a_batch, b_batch);

@@ -7,7 +7,6 @@
 #include <new>
 #include <set>
 #include <string>
-#include <string_view>
 
 #include "plan/plan.h"
 #include "plan/serialize.h"
@@ -556,6 +555,26 @@ class PlanReader {
 
 }  // namespace
 
+namespace {
+
+// Messages quote names and texts from the file; a corrupt one may hold any bytes.
+std::string printable(const char* message) {
+  std::string out;
+  for (const char* p = message; *p != '\0'; ++p) {
+    const auto c = static_cast<unsigned char>(*p);
+    if (c >= 0x20 && c < 0x7f) {
+      out += *p;
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 PlanModel plan_read(const void* data, size_t size, const PlanReadOptions& options) {
   if (data == nullptr && size != 0) throw Error("plan: null data with a non-zero size");
   const uint8_t empty = 0;
@@ -563,12 +582,12 @@ PlanModel plan_read(const void* data, size_t size, const PlanReadOptions& option
   try {
     return PlanReader(bytes, size, options).read();
   } catch (const Error& e) {
-    if (std::string_view(e.what()).substr(0, 6) == "plan: ") throw;
-    throw Error(std::string("plan: ") + e.what());
+    const std::string m = printable(e.what());
+    throw Error(m.rfind("plan: ", 0) == 0 ? m : "plan: " + m);
   } catch (const std::exception& e) {
     // A lower layer failed in a way it does not report as Error (bad_alloc, length_error,
     // bad_variant_access): still a corrupt plan to the caller.
-    throw Error(std::string("plan: corrupt plan (") + e.what() + ")");
+    throw Error("plan: corrupt plan (" + printable(e.what()) + ")");
   }
 }
 

@@ -191,16 +191,16 @@ class ParamsWriter {
  public:
   ParamsWriter(ByteWriter& out, WeightsBlobWriter& weights) : out_(out), weights_(weights) {}
 
-  void operator()(const char* name, const int64_t& v) { out_.i64(v); }
-  void operator()(const char* name, const bool& v) { out_.u8(v ? 1 : 0); }
-  void operator()(const char* name, const double& v) { out_.f64(v); }
+  void operator()(const char* /*name*/, const int64_t& v) { out_.i64(v); }
+  void operator()(const char* /*name*/, const bool& v) { out_.u8(v ? 1 : 0); }
+  void operator()(const char* /*name*/, const double& v) { out_.f64(v); }
   void operator()(const char* name, const std::vector<int64_t>& v);
   void operator()(const char* name, const std::vector<double>& v);
   void operator()(const char* name, const Shape& v);
   void operator()(const char* name, const Weights& v);
   /// Every enum, DataType included.
   template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
-  void operator()(const char* name, const E& v) {
+  void operator()(const char* /*name*/, const E& v) {
     static_assert(kEnumCount<E> > 0, "add a kEnumCount specialization for this enum");
     out_.u8(static_cast<uint8_t>(v));
   }

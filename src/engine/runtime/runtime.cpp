@@ -70,6 +70,7 @@ struct ExecutionContext::State {
   std::vector<void*> addrs;                       // per tensor id
   std::vector<std::vector<int64_t>> dims;         // per tensor id, for the current signature
   std::vector<std::vector<int64_t>> signature;    // input dims the dims were evaluated for
+  SymbolBindings bindings;                        // symbol values of that signature
   bool shapes_valid = false;
   std::vector<uint8_t> arena;                     // CPU back end's activation memory
 };
@@ -152,8 +153,8 @@ void ExecutionContext::prepare() {
   if (state_->shapes_valid && state_->signature == state_->input_dims) return;
   // A new shape signature: bind symbols (inputs sharing a symbol must agree), check the shape
   // conditions the builder left for run time, and evaluate every tensor's dims once.
-  const SymbolBindings b = bind_input_shapes(net, state_->input_dims);
-  state_->dims = evaluate_all_shapes(net, b);
+  state_->bindings = bind_input_shapes(net, state_->input_dims);
+  state_->dims = evaluate_all_shapes(net, state_->bindings);
   state_->signature = state_->input_dims;
   state_->shapes_valid = true;
 }
@@ -189,7 +190,7 @@ void ExecutionContext::execute() {
                   "' has no address: call set_tensor_address");
     }
   }
-  cpu::execute_layers(net, state_->dims, state_->addrs);
+  cpu::execute_layers(net, state_->dims, state_->addrs, &state_->bindings);
 }
 
 void ExecutionContext::enqueue(void* /*stream*/) {

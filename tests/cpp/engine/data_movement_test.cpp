@@ -231,6 +231,18 @@ TEST(ShuffleLayer, TransposeNchwToNhwc) {
   expect_same(run_one(net, {x}), shuffle_reference(x, {0, 2, 3, 1}, {}, {}), "nchw -> nhwc");
 }
 
+TEST(ShuffleLayer, LargeTransposesSplitAcrossThreads) {
+  // Big enough for parallel_for to use several workers (where the machine has them).
+  const TestTensor x = random_of(DataType::kF16, {2, 64, 40, 33}, 4);
+  for (const std::vector<int64_t>& perm : {std::vector<int64_t>{0, 2, 3, 1}, {3, 1, 2, 0}}) {
+    const Network net = one_input(DataType::kF16, {2, 64, 40, 33}, [&](Network& n, Tensor* in) {
+      return n.add_transpose(in, perm);
+    });
+    expect_same(run_one(net, {x}), shuffle_reference(x, perm, {}, {}),
+                "large transpose " + dims_to_string(perm));
+  }
+}
+
 TEST(ShuffleLayer, TransposeReshapeTranspose) {
   for (DataType t : {DataType::kF16, DataType::kI64, DataType::kBool}) {
     const TestTensor x = random_of(t, {2, 3, 4}, 5);
@@ -444,15 +456,15 @@ TEST(SliceLayer, DynamicSizeAndReversal) {
 }
 
 TEST(SliceLayer, SymbolicStart) {
-  // x[-2:] and x[::-1] on [n, 3]: the starts are n - 2 and n - 1. The kernel evaluates them from
-  // the symbol bindings the executor passes.
+  // x[-2:] and x[::-1, ::-1] on [n, 3]: the starts are n - 2 and n - 1. The kernel evaluates
+  // them from the symbol bindings the executor and the runtime pass.
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {kN, 3});
   net.mark_output(net.add_slice(x, {kN - 2, 0}, {2, 3}, {1, 1})->output());
   net.mark_output(net.add_slice(x, {kN - 1, 2}, {kN, 3}, {-1, -1})->output());
   for (int64_t n : {2, 6}) {
     const TestTensor in = random_of(DataType::kF32, {n, 3}, static_cast<uint32_t>(n));
-    const auto outs = run_network_direct(net, {in});
+    const auto outs = run_network(net, {in});
     ASSERT_EQ(outs.size(), 2u);
     expect_same(outs[0], slice_reference(in, {n - 2, 0}, {2, 3}, {1, 1}), "x[-2:]");
     expect_same(outs[1], slice_reference(in, {n - 1, 2}, {n, 3}, {-1, -1}), "x[::-1, ::-1]");
@@ -563,6 +575,37 @@ TEST(GatherLayer, DefaultModeScalarIndexAndDynamicShapes) {
                                }),
                 "column -2, n = " + std::to_string(n));
   }
+}
+
+TEST(GatherLayer, LargeDefaultAndElementGathers) {
+  const std::vector<int64_t> dims = {64, 50, 48};
+  const TestTensor data = random_of(DataType::kI32, dims, 33);
+  std::vector<int64_t> iv;
+  for (int64_t i = 0; i < 2 * 50 * 48; ++i) iv.push_back((i * 37) % 128 - 64);
+  // Default: rows picked along axis 0 by 100 indices; element: indices [2, 50, 48] along axis 0.
+  const TestTensor rows = TestTensor::ints(DataType::kI64, {100}, {iv.begin(), iv.begin() + 100});
+  const TestTensor elems = TestTensor::ints(DataType::kI64, {2, 50, 48}, iv);
+  Network net;
+  Tensor* d = net.add_input("data", DataType::kI32, shape_from_dims(dims));
+  Tensor* r = net.add_input("rows", DataType::kI64, {100});
+  Tensor* e = net.add_input("elems", DataType::kI64, {2, 50, 48});
+  net.mark_output(net.add_gather(d, r, GatherParams{})->output());
+  net.mark_output(net.add_gather(d, e, GatherParams{GatherMode::kElement, 0, 0})->output());
+  const auto outs = run_network(net, {data, rows, elems});
+  ASSERT_EQ(outs.size(), 2u);
+  expect_same(outs[0],
+              move_reference(data, {100, 50, 48},
+                             [&](const Coord& c) {
+                               return ravel({wrap(iv[c[0]], 64), c[1], c[2]}, dims);
+                             }),
+              "large default gather");
+  expect_same(
+      outs[1],
+      move_reference(data, {2, 50, 48},
+                     [&](const Coord& c) {
+                       return ravel({wrap(iv[ravel(c, {2, 50, 48})], 64), c[1], c[2]}, dims);
+                     }),
+      "large element gather");
 }
 
 TEST(GatherLayer, ElementModeWithNegativeIndices) {
@@ -872,6 +915,17 @@ TEST(PaddingLayer, EveryModeEveryDimSeveralDtypes) {
           run_one(net, {x}), pad_reference(x, p),
           std::string("pad ") + dtype_name(t) + " mode " + std::to_string(static_cast<int>(mode)));
     }
+  }
+}
+
+TEST(PaddingLayer, LargeInputsSplitAcrossThreads) {
+  const TestTensor x = random_of(DataType::kF32, {4, 32, 30, 30}, 72);
+  for (PaddingMode mode : {PaddingMode::kConstant, PaddingMode::kReflect}) {
+    const PaddingParams p{mode, {0, 1, 3, 2}, {1, 0, 2, 3}, -1.0};
+    const Network net = one_input(DataType::kF32, {4, 32, 30, 30},
+                                  [&](Network& n, Tensor* in) { return n.add_padding(in, p); });
+    expect_same(run_one(net, {x}), pad_reference(x, p),
+                "large pad mode " + std::to_string(static_cast<int>(mode)));
   }
 }
 

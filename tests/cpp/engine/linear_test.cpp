@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <string>
@@ -239,9 +239,9 @@ void check_deconv(DataType dt, const std::vector<int64_t>& xd, const std::vector
 
 // ---------------------------------------------------------------- pooling reference
 
-PoolingParams pool_params(PoolingType type, std::vector<int64_t> window, std::vector<int64_t> stride,
-                          std::vector<int64_t> pb, std::vector<int64_t> pe,
-                          std::vector<int64_t> dil = {}) {
+PoolingParams pool_params(PoolingType type, std::vector<int64_t> window,
+                          std::vector<int64_t> stride, std::vector<int64_t> pb,
+                          std::vector<int64_t> pe, std::vector<int64_t> dil = {}) {
   PoolingParams p;
   p.type = type;
   p.window = std::move(window);
@@ -363,8 +363,12 @@ std::vector<float> ref_matmul(const std::vector<float>& a, const std::vector<int
       for (int64_t j = 0; j < n; ++j) {
         double acc = 0;
         for (int64_t q = 0; q < k; ++q) {
-          const float av = ra == 1 ? a[q] : ta ? a[ai * m * k + q * m + i] : a[ai * m * k + i * k + q];
-          const float bv = rb == 1 ? b[q] : tb ? b[bj * k * n + j * k + q] : b[bj * k * n + q * n + j];
+          const float av = ra == 1 ? a[q]
+                           : ta    ? a[ai * m * k + q * m + i]
+                                   : a[ai * m * k + i * k + q];
+          const float bv = rb == 1 ? b[q]
+                           : tb    ? b[bj * k * n + j * k + q]
+                                   : b[bj * k * n + q * n + j];
           acc += static_cast<double>(av) * bv;
         }
         out.push_back(static_cast<float>(acc));
@@ -391,10 +395,10 @@ void check_matmul(DataType dt, const std::vector<int64_t>& ad, bool ta,
 // ================================================================ Convolution
 
 TEST(ConvolutionLayer, Conv2dBasic) {
-  check_conv(DataType::kF32, {2, 3, 7, 6}, {4, 3, 3, 3}, true, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1),
-             "conv2d 3x3 pad 1");
-  check_conv(DataType::kF32, {2, 3, 7, 6}, {4, 3, 3, 3}, false, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 1),
-             "conv2d 3x3 no pad, no bias");
+  check_conv(DataType::kF32, {2, 3, 7, 6}, {4, 3, 3, 3}, true,
+             conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1), "conv2d 3x3 pad 1");
+  check_conv(DataType::kF32, {2, 3, 7, 6}, {4, 3, 3, 3}, false,
+             conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 1), "conv2d 3x3 no pad, no bias");
 }
 
 TEST(ConvolutionLayer, Conv2dStridePaddingDilationAsymmetric) {
@@ -405,7 +409,8 @@ TEST(ConvolutionLayer, Conv2dStridePaddingDilationAsymmetric) {
 }
 
 TEST(ConvolutionLayer, Conv1d) {
-  check_conv(DataType::kF32, {2, 4, 11}, {6, 4, 3}, false, conv_params({2}, {1}, {0}, {2}, 1), "conv1d");
+  check_conv(DataType::kF32, {2, 4, 11}, {6, 4, 3}, false, conv_params({2}, {1}, {0}, {2}, 1),
+             "conv1d");
   check_conv(DataType::kF32, {1, 2, 5}, {3, 2, 5}, true, conv_params({1}, {0}, {0}, {1}, 1),
              "conv1d kernel = input");
 }
@@ -452,8 +457,10 @@ TEST(ConvolutionLayer, LargeChunked) {
 
 TEST(ConvolutionLayer, HalfTypes) {
   for (DataType dt : {DataType::kF16, DataType::kBF16}) {
-    check_conv(dt, {2, 3, 6, 7}, {4, 3, 3, 3}, true, conv_params({2, 1}, {1, 1}, {1, 0}, {1, 1}, 1), "conv2d");
-    check_conv(dt, {1, 6, 5, 5}, {6, 1, 3, 3}, true, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 6), "depthwise");
+    check_conv(dt, {2, 3, 6, 7}, {4, 3, 3, 3}, true, conv_params({2, 1}, {1, 1}, {1, 0}, {1, 1}, 1),
+               "conv2d");
+    check_conv(dt, {1, 6, 5, 5}, {6, 1, 3, 3}, true, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 6),
+               "depthwise");
     check_conv(dt, {1, 4, 9}, {2, 4, 3}, false, conv_params({1}, {0}, {0}, {1}, 1), "conv1d");
   }
 }
@@ -468,16 +475,18 @@ TEST(ConvolutionLayer, ConstantWeights) {
 TEST(ConvolutionLayer, DynamicBatchAndSpatial) {
   const ConvolutionParams p = conv_params({2, 1}, {1, 1}, {0, 1}, {1, 1}, 1);
   Network net;
-  Tensor* x = net.add_input("x", DataType::kF32,
-                            Shape{DimExpr::symbol("n"), 3, DimExpr::symbol("h"), 6});
+  Tensor* x =
+      net.add_input("x", DataType::kF32, Shape{DimExpr::symbol("n"), 3, DimExpr::symbol("h"), 6});
   Tensor* w = net.add_input("w", DataType::kF32, Shape{4, 3, 3, 2});
   Layer* conv = net.add_convolution(x, w, nullptr, p, "conv");
   net.mark_output(conv->output());
   EXPECT_FALSE(shape_is_static(conv->output()->shape()));
   test::RunOptions opts;
-  opts.profiles.push_back(OptimizationProfile().set_dimensions("x", {1, 3, 4, 6}, {2, 3, 8, 6}, {4, 3, 12, 6}));
+  opts.profiles.push_back(
+      OptimizationProfile().set_dimensions("x", {1, 3, 4, 6}, {2, 3, 8, 6}, {4, 3, 12, 6}));
   const TestTensor wt = TestTensor::random(DataType::kF32, {4, 3, 3, 2}, 11);
-  for (const std::vector<int64_t>& xd : {std::vector<int64_t>{1, 3, 7, 6}, std::vector<int64_t>{3, 3, 12, 6}}) {
+  for (const std::vector<int64_t>& xd :
+       {std::vector<int64_t>{1, 3, 7, 6}, std::vector<int64_t>{3, 3, 12, 6}}) {
     const TestTensor xt = TestTensor::random(DataType::kF32, xd, 12);
     const auto out = test::run_network(net, {xt, wt}, opts);
     expect_result(out[0], conv_out_dims(xd, wt.dims, p),
@@ -499,42 +508,57 @@ TEST(ConvolutionLayer, RejectsBadInputs) {
   Tensor* b5 = net.add_input("b5", DataType::kF32, Shape{5});
   Tensor* x1 = net.add_input("x1", DataType::kF32, Shape{4, 8});
   const ConvolutionParams ok = conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 1);
-  expect_error([&] { net.add_convolution(x, w, nullptr, ok, "c1"); }, {"Convolution 'c1'", "input channels"});
+  expect_error([&] { net.add_convolution(x, w, nullptr, ok, "c1"); },
+               {"Convolution 'c1'", "input channels"});
   ConvolutionParams bad_stride = ok;
   bad_stride.stride = {1, 0};
-  expect_error([&] { net.add_convolution(x, w4, nullptr, bad_stride, "c2"); }, {"Convolution 'c2'", "stride[1]"});
+  expect_error([&] { net.add_convolution(x, w4, nullptr, bad_stride, "c2"); },
+               {"Convolution 'c2'", "stride[1]"});
   ConvolutionParams short_pad = ok;
   short_pad.padding_begin = {0};
-  expect_error([&] { net.add_convolution(x, w4, nullptr, short_pad, "c3"); }, {"Convolution 'c3'", "padding_begin"});
+  expect_error([&] { net.add_convolution(x, w4, nullptr, short_pad, "c3"); },
+               {"Convolution 'c3'", "padding_begin"});
   ConvolutionParams neg_pad = ok;
   neg_pad.padding_end = {0, -1};
-  expect_error([&] { net.add_convolution(x, w4, nullptr, neg_pad, "c4"); }, {"Convolution 'c4'", "padding_end[1]"});
+  expect_error([&] { net.add_convolution(x, w4, nullptr, neg_pad, "c4"); },
+               {"Convolution 'c4'", "padding_end[1]"});
   ConvolutionParams zero_dil = ok;
   zero_dil.dilation = {0, 1};
-  expect_error([&] { net.add_convolution(x, w4, nullptr, zero_dil, "c5"); }, {"Convolution 'c5'", "dilation[0]"});
-  expect_error([&] { net.add_convolution(xi, wi, nullptr, ok, "c6"); }, {"Convolution 'c6'", "i32"});
-  expect_error([&] { net.add_convolution(xh, w4, nullptr, ok, "c7"); }, {"Convolution 'c7'", "dtype"});
+  expect_error([&] { net.add_convolution(x, w4, nullptr, zero_dil, "c5"); },
+               {"Convolution 'c5'", "dilation[0]"});
+  expect_error([&] { net.add_convolution(xi, wi, nullptr, ok, "c6"); },
+               {"Convolution 'c6'", "i32"});
+  expect_error([&] { net.add_convolution(xh, w4, nullptr, ok, "c7"); },
+               {"Convolution 'c7'", "dtype"});
   expect_error([&] { net.add_convolution(x, w4, b5, ok, "c8"); }, {"Convolution 'c8'", "bias"});
-  expect_error([&] { net.add_convolution(x, big, nullptr, ok, "c9"); }, {"Convolution 'c9'", "kernel"});
-  expect_error([&] { net.add_convolution(x1, w4, nullptr, ok, "c10"); }, {"Convolution 'c10'", "rank"});
+  expect_error([&] { net.add_convolution(x, big, nullptr, ok, "c9"); },
+               {"Convolution 'c9'", "kernel"});
+  expect_error([&] { net.add_convolution(x1, w4, nullptr, ok, "c10"); },
+               {"Convolution 'c10'", "rank"});
   ConvolutionParams groups3 = ok;
   groups3.groups = 3;  // 6 output channels divide, but 2 * 3 != 4 input channels
-  expect_error([&] { net.add_convolution(x, w2, nullptr, groups3, "c11"); }, {"Convolution 'c11'", "groups"});
+  expect_error([&] { net.add_convolution(x, w2, nullptr, groups3, "c11"); },
+               {"Convolution 'c11'", "groups"});
   ConvolutionParams groups0 = ok;
   groups0.groups = 0;
-  expect_error([&] { net.add_convolution(x, w4, nullptr, groups0, "c12"); }, {"Convolution 'c12'", "groups"});
+  expect_error([&] { net.add_convolution(x, w4, nullptr, groups0, "c12"); },
+               {"Convolution 'c12'", "groups"});
   ConvolutionParams groups4 = ok;
   groups4.groups = 4;  // 4 * 1 input channels fit, but 6 output channels do not divide by 4
   Tensor* w1 = net.add_input("w1", DataType::kF32, Shape{6, 1, 3, 3});
-  expect_error([&] { net.add_convolution(x, w1, nullptr, groups4, "c13"); }, {"Convolution 'c13'", "divisible"});
-  EXPECT_NO_THROW(net.add_convolution(x, w2, nullptr, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 2), "good"));
+  expect_error([&] { net.add_convolution(x, w1, nullptr, groups4, "c13"); },
+               {"Convolution 'c13'", "divisible"});
+  EXPECT_NO_THROW(
+      net.add_convolution(x, w2, nullptr, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 2), "good"));
 }
 
 TEST(ConvolutionLayer, SymbolicChannelMismatchFailsAtRunTime) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, Shape{1, DimExpr::symbol("c"), 5, 5});
   Tensor* w = net.add_input("w", DataType::kF32, Shape{2, 3, 3, 3});
-  net.mark_output(net.add_convolution(x, w, nullptr, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 1), "conv")->output());
+  net.mark_output(
+      net.add_convolution(x, w, nullptr, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 1), "conv")
+          ->output());
   const TestTensor wt = TestTensor::random(DataType::kF32, {2, 3, 3, 3}, 1);
   const TestTensor good = TestTensor::random(DataType::kF32, {1, 3, 5, 5}, 2);
   EXPECT_EQ(test::run_network(net, {good, wt})[0].dims, (std::vector<int64_t>{1, 2, 3, 3}));
@@ -556,7 +580,8 @@ TEST(ConvolutionLayer, DISABLED_Timing224) {
   for (int i = 0; i < 3; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     cpu::run(p, args);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     std::printf("conv 64->64 3x3 224x224 f32 batch 1: %.1f ms (%.1f GFLOP/s)\n", ms,
                 2.0 * 64 * 64 * 9 * 224 * 224 / ms / 1e6);
   }
@@ -566,9 +591,11 @@ TEST(ConvolutionLayer, DISABLED_Timing224) {
 
 TEST(DeconvolutionLayer, Deconv2dStrideOutputPadding) {
   check_deconv(DataType::kF32, {2, 4, 5, 6}, {4, 3, 3, 3}, true,
-               deconv_params({2, 2}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1), "stride 2 output_padding 1");
+               deconv_params({2, 2}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 1),
+               "stride 2 output_padding 1");
   check_deconv(DataType::kF32, {1, 3, 4, 4}, {3, 2, 4, 4}, false,
-               deconv_params({2, 2}, {1, 1}, {1, 1}, {1, 1}, {0, 0}, 1), "4x4 stride 2 (upsample x2)");
+               deconv_params({2, 2}, {1, 1}, {1, 1}, {1, 1}, {0, 0}, 1),
+               "4x4 stride 2 (upsample x2)");
   check_deconv(DataType::kF32, {1, 2, 3, 3}, {2, 2, 2, 2}, true,
                deconv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, {0, 0}, 1), "stride 1");
 }
@@ -581,7 +608,8 @@ TEST(DeconvolutionLayer, GroupsDilationAsymmetricPadding) {
 }
 
 TEST(DeconvolutionLayer, Deconv1dAnd3d) {
-  check_deconv(DataType::kF32, {2, 3, 7}, {3, 4, 3}, true, deconv_params({3}, {1}, {2}, {2}, {1}, 1), "1d");
+  check_deconv(DataType::kF32, {2, 3, 7}, {3, 4, 3}, true,
+               deconv_params({3}, {1}, {2}, {2}, {1}, 1), "1d");
   check_deconv(DataType::kF32, {1, 2, 3, 2, 4}, {2, 3, 2, 3, 2}, true,
                deconv_params({2, 1, 2}, {0, 1, 1}, {1, 0, 0}, {1, 1, 1}, {1, 0, 0}, 1), "3d");
 }
@@ -605,7 +633,8 @@ TEST(DeconvolutionLayer, DynamicBatch) {
   Tensor* w = net.add_input("w", DataType::kF32, Shape{3, 2, 3, 3});
   net.mark_output(net.add_deconvolution(x, w, nullptr, p, "deconv")->output());
   test::RunOptions opts;
-  opts.profiles.push_back(OptimizationProfile().set_dimensions("x", {1, 3, 4, 5}, {2, 3, 4, 5}, {3, 3, 4, 5}));
+  opts.profiles.push_back(
+      OptimizationProfile().set_dimensions("x", {1, 3, 4, 5}, {2, 3, 4, 5}, {3, 3, 4, 5}));
   const TestTensor wt = TestTensor::random(DataType::kF32, {3, 2, 3, 3}, 13);
   for (int64_t n : {1, 3}) {
     const std::vector<int64_t> xd{n, 3, 4, 5};
@@ -625,37 +654,43 @@ TEST(DeconvolutionLayer, RejectsBadInputs) {
   Tensor* b3 = net.add_input("b3", DataType::kF32, Shape{3});
   const DeconvolutionParams ok = deconv_params({2, 2}, {0, 0}, {0, 0}, {1, 1}, {0, 0}, 1);
   EXPECT_NO_THROW(net.add_deconvolution(x, w, nullptr, ok, "good"));
-  expect_error([&] { net.add_deconvolution(x, w3, nullptr, ok, "d1"); }, {"Deconvolution 'd1'", "input channels"});
+  expect_error([&] { net.add_deconvolution(x, w3, nullptr, ok, "d1"); },
+               {"Deconvolution 'd1'", "input channels"});
   DeconvolutionParams big_op = ok;
   big_op.output_padding = {2, 0};
-  expect_error([&] { net.add_deconvolution(x, w, nullptr, big_op, "d2"); }, {"Deconvolution 'd2'", "output_padding[0]"});
+  expect_error([&] { net.add_deconvolution(x, w, nullptr, big_op, "d2"); },
+               {"Deconvolution 'd2'", "output_padding[0]"});
   DeconvolutionParams groups3 = ok;
   groups3.groups = 3;
-  expect_error([&] { net.add_deconvolution(x, w, nullptr, groups3, "d3"); }, {"Deconvolution 'd3'", "groups"});
+  expect_error([&] { net.add_deconvolution(x, w, nullptr, groups3, "d3"); },
+               {"Deconvolution 'd3'", "groups"});
   expect_error([&] { net.add_deconvolution(x, w, b3, ok, "d4"); }, {"Deconvolution 'd4'", "bias"});
   DeconvolutionParams huge_pad = ok;
   huge_pad.padding_begin = {6, 0};
   huge_pad.padding_end = {6, 0};
-  expect_error([&] { net.add_deconvolution(x, w, nullptr, huge_pad, "d5"); }, {"Deconvolution 'd5'", "padding"});
+  expect_error([&] { net.add_deconvolution(x, w, nullptr, huge_pad, "d5"); },
+               {"Deconvolution 'd5'", "padding"});
   DeconvolutionParams no_op = ok;
   no_op.output_padding = {};
-  expect_error([&] { net.add_deconvolution(x, w, nullptr, no_op, "d6"); }, {"Deconvolution 'd6'", "output_padding"});
+  expect_error([&] { net.add_deconvolution(x, w, nullptr, no_op, "d6"); },
+               {"Deconvolution 'd6'", "output_padding"});
 }
 
 // ================================================================ Pooling
 
 TEST(PoolingLayer, MaxPool2d) {
-  check_pool(DataType::kF32, {2, 3, 9, 9}, pool_params(PoolingType::kMax, {3, 3}, {2, 2}, {1, 1}, {1, 1}), "3x3 s2 p1");
-  check_pool(DataType::kF32, {1, 2, 7, 8}, pool_params(PoolingType::kMax, {2, 3}, {1, 2}, {1, 0}, {0, 1}),
-             "asymmetric");
-  check_pool(DataType::kF32, {1, 2, 9, 8}, pool_params(PoolingType::kMax, {2, 3}, {1, 2}, {1, 1}, {1, 0}, {3, 2}),
-             "dilation");
+  check_pool(DataType::kF32, {2, 3, 9, 9},
+             pool_params(PoolingType::kMax, {3, 3}, {2, 2}, {1, 1}, {1, 1}), "3x3 s2 p1");
+  check_pool(DataType::kF32, {1, 2, 7, 8},
+             pool_params(PoolingType::kMax, {2, 3}, {1, 2}, {1, 0}, {0, 1}), "asymmetric");
+  check_pool(DataType::kF32, {1, 2, 9, 8},
+             pool_params(PoolingType::kMax, {2, 3}, {1, 2}, {1, 1}, {1, 0}, {3, 2}), "dilation");
 }
 
 TEST(PoolingLayer, MaxPool1dAnd3d) {
   check_pool(DataType::kF32, {2, 3, 10}, pool_params(PoolingType::kMax, {3}, {2}, {1}, {1}), "1d");
-  check_pool(DataType::kF32, {1, 2, 5, 6, 7}, pool_params(PoolingType::kMax, {2, 3, 2}, {2, 1, 2}, {1, 1, 0}, {0, 1, 1}),
-             "3d");
+  check_pool(DataType::kF32, {1, 2, 5, 6, 7},
+             pool_params(PoolingType::kMax, {2, 3, 2}, {2, 1, 2}, {1, 1, 0}, {0, 1, 1}), "3d");
 }
 
 TEST(PoolingLayer, MaxPool2dCeilMode) {
@@ -677,7 +712,8 @@ TEST(PoolingLayer, MaxPool2dCeilMode) {
 TEST(PoolingLayer, MaxPoolIntegersAndNan) {
   for (DataType dt : {DataType::kI8, DataType::kU8, DataType::kI32, DataType::kI64}) {
     const std::vector<int64_t> xd{1, 2, 5, 6};
-    const TestTensor x = TestTensor::random(dt, xd, 3, dt == DataType::kU8 ? 0.0f : -100.0f, 100.0f);
+    const TestTensor x =
+        TestTensor::random(dt, xd, 3, dt == DataType::kU8 ? 0.0f : -100.0f, 100.0f);
     PoolingParams p = pool_params(PoolingType::kMax, {3, 2}, {2, 2}, {1, 1}, {1, 0});
     p.ceil_mode = true;
     const TestTensor out = run_pool(x, p);
@@ -690,7 +726,8 @@ TEST(PoolingLayer, MaxPoolIntegersAndNan) {
   }
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const TestTensor x = TestTensor::floats(DataType::kF32, {1, 1, 1, 4}, {1.0f, nan, 3.0f, 2.0f});
-  const TestTensor out = run_pool(x, pool_params(PoolingType::kMax, {1, 2}, {1, 2}, {0, 0}, {0, 0}));
+  const TestTensor out =
+      run_pool(x, pool_params(PoolingType::kMax, {1, 2}, {1, 2}, {0, 0}, {0, 0}));
   const std::vector<float> v = out.to_floats();
   ASSERT_EQ(v.size(), 2u);
   EXPECT_TRUE(std::isnan(v[0]));
@@ -707,7 +744,8 @@ TEST(PoolingLayer, AvgPool2dCountIncludePad) {
     PoolingParams q = pool_params(PoolingType::kAverage, {2, 3}, {2, 2}, {1, 0}, {0, 1});
     q.count_include_pad = include;
     q.ceil_mode = true;
-    check_pool(DataType::kF32, {1, 2, 6, 7}, q, include ? "asymmetric include" : "asymmetric exclude");
+    check_pool(DataType::kF32, {1, 2, 6, 7}, q,
+               include ? "asymmetric include" : "asymmetric exclude");
   }
 }
 
@@ -719,11 +757,13 @@ TEST(PoolingLayer, AvgPoolDivisorOverride) {
 }
 
 TEST(PoolingLayer, AvgPool1dAnd3dUnbatched) {
-  check_pool(DataType::kF32, {2, 3, 10}, pool_params(PoolingType::kAverage, {4}, {3}, {2}, {1}), "1d");
-  check_pool(DataType::kF32, {2, 4, 5, 6}, pool_params(PoolingType::kAverage, {2, 2, 3}, {1, 2, 2}, {1, 0, 1}, {0, 1, 1}),
+  check_pool(DataType::kF32, {2, 3, 10}, pool_params(PoolingType::kAverage, {4}, {3}, {2}, {1}),
+             "1d");
+  check_pool(DataType::kF32, {2, 4, 5, 6},
+             pool_params(PoolingType::kAverage, {2, 2, 3}, {1, 2, 2}, {1, 0, 1}, {0, 1, 1}),
              "3d unbatched [C, D, H, W]");
-  check_pool(DataType::kF32, {3, 7, 7}, pool_params(PoolingType::kMax, {3, 3}, {2, 2}, {1, 1}, {1, 1}),
-             "2d unbatched");
+  check_pool(DataType::kF32, {3, 7, 7},
+             pool_params(PoolingType::kMax, {3, 3}, {2, 2}, {1, 1}, {1, 1}), "2d unbatched");
 }
 
 TEST(PoolingLayer, HalfTypes) {
@@ -732,13 +772,14 @@ TEST(PoolingLayer, HalfTypes) {
     avg.count_include_pad = false;
     avg.ceil_mode = true;
     check_pool(dt, {1, 3, 8, 7}, avg, "avg");
-    check_pool(dt, {1, 3, 8, 7}, pool_params(PoolingType::kMax, {2, 2}, {2, 2}, {0, 0}, {0, 0}), "max");
+    check_pool(dt, {1, 3, 8, 7}, pool_params(PoolingType::kMax, {2, 2}, {2, 2}, {0, 0}, {0, 0}),
+               "max");
   }
 }
 
 TEST(PoolingLayer, GlobalAverage) {
-  check_pool(DataType::kF32, {2, 16, 7, 7}, pool_params(PoolingType::kAverage, {7, 7}, {1, 1}, {0, 0}, {0, 0}),
-             "global 7x7");
+  check_pool(DataType::kF32, {2, 16, 7, 7},
+             pool_params(PoolingType::kAverage, {7, 7}, {1, 1}, {0, 0}, {0, 0}), "global 7x7");
 }
 
 TEST(PoolingLayer, DynamicShapeCeilMode) {
@@ -746,12 +787,15 @@ TEST(PoolingLayer, DynamicShapeCeilMode) {
   PoolingParams p = pool_params(PoolingType::kMax, {2, 3}, {2, 2}, {1, 1}, {1, 1});
   p.ceil_mode = true;
   Network net;
-  Tensor* x = net.add_input("x", DataType::kF32,
-                            Shape{DimExpr::symbol("n"), 2, DimExpr::symbol("h"), DimExpr::symbol("w")});
+  Tensor* x =
+      net.add_input("x", DataType::kF32,
+                    Shape{DimExpr::symbol("n"), 2, DimExpr::symbol("h"), DimExpr::symbol("w")});
   net.mark_output(net.add_pooling(x, p, "pool")->output());
   test::RunOptions opts;
-  opts.profiles.push_back(OptimizationProfile().set_dimensions("x", {1, 2, 3, 3}, {1, 2, 5, 5}, {3, 2, 9, 9}));
-  for (const std::vector<int64_t>& xd : {std::vector<int64_t>{1, 2, 5, 6}, std::vector<int64_t>{3, 2, 6, 5}}) {
+  opts.profiles.push_back(
+      OptimizationProfile().set_dimensions("x", {1, 2, 3, 3}, {1, 2, 5, 5}, {3, 2, 9, 9}));
+  for (const std::vector<int64_t>& xd :
+       {std::vector<int64_t>{1, 2, 5, 6}, std::vector<int64_t>{3, 2, 6, 5}}) {
     const TestTensor xt = TestTensor::random(DataType::kF32, xd, 15);
     const auto out = test::run_network(net, {xt}, opts);
     const std::vector<float> xf = xt.to_floats();
@@ -786,7 +830,8 @@ TEST(PoolingLayer, RejectsBadParams) {
   avg.type = PoolingType::kAverage;
   expect_error([&] { net.add_pooling(xi, avg, "p5"); }, {"Pooling 'p5'", "i32"});
   expect_error([&] { net.add_pooling(xb, ok, "p6"); }, {"Pooling 'p6'", "bool"});
-  PoolingParams four = pool_params(PoolingType::kMax, {1, 1, 1, 1}, {1, 1, 1, 1}, {0, 0, 0, 0}, {0, 0, 0, 0});
+  PoolingParams four =
+      pool_params(PoolingType::kMax, {1, 1, 1, 1}, {1, 1, 1, 1}, {0, 0, 0, 0}, {0, 0, 0, 0});
   expect_error([&] { net.add_pooling(x, four, "p7"); }, {"Pooling 'p7'", "window"});
   PoolingParams too_big = pool_params(PoolingType::kMax, {8, 2}, {1, 1}, {0, 0}, {0, 0});
   expect_error([&] { net.add_pooling(x, too_big, "p8"); }, {"Pooling 'p8'", "must be >= 1"});
@@ -805,7 +850,8 @@ TEST(MatrixMultiplyLayer, TwoDimensionalAndTransposes) {
     for (bool tb : {false, true}) {
       const std::vector<int64_t> ad = ta ? std::vector<int64_t>{4, 3} : std::vector<int64_t>{3, 4};
       const std::vector<int64_t> bd = tb ? std::vector<int64_t>{5, 4} : std::vector<int64_t>{4, 5};
-      check_matmul(DataType::kF32, ad, ta, bd, tb, std::string("2d ta=") + (ta ? "1" : "0") + " tb=" + (tb ? "1" : "0"));
+      check_matmul(DataType::kF32, ad, ta, bd, tb,
+                   std::string("2d ta=") + (ta ? "1" : "0") + " tb=" + (tb ? "1" : "0"));
     }
   }
 }
@@ -878,12 +924,18 @@ TEST(MatrixMultiplyLayer, RejectsBadInputs) {
   Tensor* ai = net.add_input("ai", DataType::kI64, Shape{3, 4});
   Tensor* bi = net.add_input("bi", DataType::kI64, Shape{4, 5});
   Tensor* bh = net.add_input("bh", DataType::kF16, Shape{4, 5});
-  expect_error([&] { net.add_matrix_multiply(a, false, b, false, "m1"); }, {"MatrixMultiply 'm1'", "contracted"});
-  expect_error([&] { net.add_matrix_multiply(a, true, b2, false, "m2"); }, {"MatrixMultiply 'm2'", "contracted"});
-  expect_error([&] { net.add_matrix_multiply(a3, false, b2, false, "m3"); }, {"MatrixMultiply 'm3'"});
-  expect_error([&] { net.add_matrix_multiply(s, false, a, false, "m4"); }, {"MatrixMultiply 'm4'", "scalar"});
-  expect_error([&] { net.add_matrix_multiply(ai, false, bi, false, "m5"); }, {"MatrixMultiply 'm5'", "i64"});
-  expect_error([&] { net.add_matrix_multiply(a, false, bh, false, "m6"); }, {"MatrixMultiply 'm6'", "dtype"});
+  expect_error([&] { net.add_matrix_multiply(a, false, b, false, "m1"); },
+               {"MatrixMultiply 'm1'", "contracted"});
+  expect_error([&] { net.add_matrix_multiply(a, true, b2, false, "m2"); },
+               {"MatrixMultiply 'm2'", "contracted"});
+  expect_error([&] { net.add_matrix_multiply(a3, false, b2, false, "m3"); },
+               {"MatrixMultiply 'm3'"});
+  expect_error([&] { net.add_matrix_multiply(s, false, a, false, "m4"); },
+               {"MatrixMultiply 'm4'", "scalar"});
+  expect_error([&] { net.add_matrix_multiply(ai, false, bi, false, "m5"); },
+               {"MatrixMultiply 'm5'", "i64"});
+  expect_error([&] { net.add_matrix_multiply(a, false, bh, false, "m6"); },
+               {"MatrixMultiply 'm6'", "dtype"});
   EXPECT_NO_THROW(net.add_matrix_multiply(a, false, b2, false, "good"));
 }
 

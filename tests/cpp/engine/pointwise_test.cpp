@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/kernels.h"
 #include "ember/engine/half.h"
 #include "ember/engine/network.h"
 #include "test_util.h"
@@ -58,7 +59,8 @@ std::vector<int64_t> broadcast(const std::vector<int64_t>& a, const std::vector<
 }
 
 /// Flat index into `in` (broadcast to `out`) of output element `flat`.
-int64_t source_index(int64_t flat, const std::vector<int64_t>& out, const std::vector<int64_t>& in) {
+int64_t source_index(int64_t flat, const std::vector<int64_t>& out,
+                     const std::vector<int64_t>& in) {
   const std::vector<int64_t> idx = unravel(flat, out);
   int64_t s = 0;
   const size_t off = out.size() - in.size();
@@ -69,20 +71,28 @@ int64_t source_index(int64_t flat, const std::vector<int64_t>& out, const std::v
 /// Wraps v to what storing it as `t` and reading it back gives (two's complement).
 int64_t wrap_to(DataType t, int64_t v) {
   switch (t) {
-    case DataType::kI8: return static_cast<int8_t>(v);
-    case DataType::kU8: return static_cast<uint8_t>(v);
-    case DataType::kI32: return static_cast<int32_t>(v);
-    case DataType::kBool: return v != 0;
-    default: return v;
+    case DataType::kI8:
+      return static_cast<int8_t>(v);
+    case DataType::kU8:
+      return static_cast<uint8_t>(v);
+    case DataType::kI32:
+      return static_cast<int32_t>(v);
+    case DataType::kBool:
+      return v != 0;
+    default:
+      return v;
   }
 }
 
 /// Rounds a float to dtype `t` and back (the store every float kernel ends with).
 float round_to(DataType t, float v) {
   switch (t) {
-    case DataType::kF16: return f16_to_f32(f32_to_f16(v));
-    case DataType::kBF16: return bf16_to_f32(f32_to_bf16(v));
-    default: return v;
+    case DataType::kF16:
+      return f16_to_f32(f32_to_f16(v));
+    case DataType::kBF16:
+      return bf16_to_f32(f32_to_bf16(v));
+    default:
+      return v;
   }
 }
 
@@ -153,20 +163,32 @@ const std::vector<ActivationCase> kActivationCases = {
 double activation_ref(const ActivationCase& c, double x) {
   const double a = c.alpha, b = c.beta;
   switch (c.type) {
-    case ActivationType::kRelu: return std::max(x, 0.0);
-    case ActivationType::kSigmoid: return 1.0 / (1.0 + std::exp(-x));
-    case ActivationType::kTanh: return std::tanh(x);
-    case ActivationType::kLeakyRelu: return x >= 0 ? x : a * x;
-    case ActivationType::kElu: return x > 0 ? x : a * (std::exp(x) - 1.0);
-    case ActivationType::kSelu: return b * (x > 0 ? x : a * (std::exp(x) - 1.0));
-    case ActivationType::kSoftsign: return x / (1.0 + std::fabs(x));
-    case ActivationType::kSoftplus: return x * a > b ? x : std::log1p(std::exp(a * x)) / a;
-    case ActivationType::kClip: return std::min(std::max(x, a), b);
-    case ActivationType::kHardSigmoid: return std::max(0.0, std::min(1.0, a * x + b));
-    case ActivationType::kGeluErf: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case ActivationType::kRelu:
+      return std::max(x, 0.0);
+    case ActivationType::kSigmoid:
+      return 1.0 / (1.0 + std::exp(-x));
+    case ActivationType::kTanh:
+      return std::tanh(x);
+    case ActivationType::kLeakyRelu:
+      return x >= 0 ? x : a * x;
+    case ActivationType::kElu:
+      return x > 0 ? x : a * (std::exp(x) - 1.0);
+    case ActivationType::kSelu:
+      return b * (x > 0 ? x : a * (std::exp(x) - 1.0));
+    case ActivationType::kSoftsign:
+      return x / (1.0 + std::fabs(x));
+    case ActivationType::kSoftplus:
+      return x * a > b ? x : std::log1p(std::exp(a * x)) / a;
+    case ActivationType::kClip:
+      return std::min(std::max(x, a), b);
+    case ActivationType::kHardSigmoid:
+      return std::max(0.0, std::min(1.0, a * x + b));
+    case ActivationType::kGeluErf:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
     case ActivationType::kGeluTanh:
       return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / kPi) * (x + 0.044715 * x * x * x)));
-    case ActivationType::kSilu: return x / (1.0 + std::exp(-x));
+    case ActivationType::kSilu:
+      return x / (1.0 + std::exp(-x));
   }
   return kNan;
 }
@@ -186,7 +208,8 @@ TEST(ActivationLayer, EveryTypeEveryFloatDtype) {
     const std::vector<float> xs = in.to_floats();
     for (size_t k = 0; k < kActivationCases.size(); ++k) {
       std::vector<float> expected;
-      for (float v : xs) expected.push_back(static_cast<float>(activation_ref(kActivationCases[k], v)));
+      for (float v : xs)
+        expected.push_back(static_cast<float>(activation_ref(kActivationCases[k], v)));
       EXPECT_EQ(outs[k].dtype, dt);
       EXPECT_EQ(outs[k].dims, (std::vector<int64_t>{2, 3, 17}));
       test::expect_close(outs[k], expected, dt, label(dt, kActivationCases[k].name));
@@ -216,7 +239,8 @@ TEST(ActivationLayer, LargeTensorRunsInParallel) {
   net.mark_output(net.add_activation(x, ActivationType::kGeluErf)->output());
   const TestTensor in = TestTensor::random(DataType::kF32, dims, 5, -3.0f, 3.0f);
   std::vector<float> expected;
-  for (float v : in.to_floats()) expected.push_back(static_cast<float>(activation_ref(kActivationCases[10], v)));
+  for (float v : in.to_floats())
+    expected.push_back(static_cast<float>(activation_ref(kActivationCases[10], v)));
   test::expect_close(run_one(net, {in}), expected, DataType::kF32, "gelu_erf large");
 }
 
@@ -240,8 +264,11 @@ TEST(ActivationLayer, RejectsBadInputsAndParams) {
         },
         {"Activation 'act_enum'", "unknown activation type 77"});
     Tensor* y = net.add_input("y", DataType::kF32, {3});
-    expect_error([&] { net.add_layer(ActivationParams{}, {x, y}, "act_two"); },
-                 {"Activation 'act_two'", "1 inputs"});
+    expect_error(
+        [&] {
+          net.add_layer(ActivationParams{}, {x, y}, "act_two");
+        },
+        {"Activation 'act_two'", "1 inputs"});
   }
 }
 
@@ -253,34 +280,48 @@ struct BinaryCase {
 };
 
 const std::vector<BinaryCase> kArithmeticOps = {
-    {ElementWiseOp::kSum, "sum"},   {ElementWiseOp::kProd, "prod"},
-    {ElementWiseOp::kMax, "max"},   {ElementWiseOp::kMin, "min"},
-    {ElementWiseOp::kSub, "sub"},   {ElementWiseOp::kDiv, "div"},
-    {ElementWiseOp::kPow, "pow"},   {ElementWiseOp::kFloorDiv, "floor_div"},
+    {ElementWiseOp::kSum, "sum"}, {ElementWiseOp::kProd, "prod"},
+    {ElementWiseOp::kMax, "max"}, {ElementWiseOp::kMin, "min"},
+    {ElementWiseOp::kSub, "sub"}, {ElementWiseOp::kDiv, "div"},
+    {ElementWiseOp::kPow, "pow"}, {ElementWiseOp::kFloorDiv, "floor_div"},
 };
 
 double float_binary_ref(ElementWiseOp op, double a, double b) {
   switch (op) {
-    case ElementWiseOp::kSum: return a + b;
-    case ElementWiseOp::kProd: return a * b;
-    case ElementWiseOp::kMax: return std::max(a, b);
-    case ElementWiseOp::kMin: return std::min(a, b);
-    case ElementWiseOp::kSub: return a - b;
-    case ElementWiseOp::kDiv: return a / b;
-    case ElementWiseOp::kPow: return std::pow(a, b);
-    case ElementWiseOp::kFloorDiv: return std::floor(a / b);
-    default: return kNan;
+    case ElementWiseOp::kSum:
+      return a + b;
+    case ElementWiseOp::kProd:
+      return a * b;
+    case ElementWiseOp::kMax:
+      return std::max(a, b);
+    case ElementWiseOp::kMin:
+      return std::min(a, b);
+    case ElementWiseOp::kSub:
+      return a - b;
+    case ElementWiseOp::kDiv:
+      return a / b;
+    case ElementWiseOp::kPow:
+      return std::pow(a, b);
+    case ElementWiseOp::kFloorDiv:
+      return std::floor(a / b);
+    default:
+      return kNan;
   }
 }
 
 /// Computes an integer op the slow, obvious way: in 128-bit-free int64 with explicit wrapping.
 int64_t int_binary_ref(ElementWiseOp op, int64_t a, int64_t b) {
   switch (op) {
-    case ElementWiseOp::kSum: return static_cast<int64_t>(u(a) + u(b));
-    case ElementWiseOp::kProd: return static_cast<int64_t>(u(a) * u(b));
-    case ElementWiseOp::kMax: return std::max(a, b);
-    case ElementWiseOp::kMin: return std::min(a, b);
-    case ElementWiseOp::kSub: return static_cast<int64_t>(u(a) - u(b));
+    case ElementWiseOp::kSum:
+      return static_cast<int64_t>(u(a) + u(b));
+    case ElementWiseOp::kProd:
+      return static_cast<int64_t>(u(a) * u(b));
+    case ElementWiseOp::kMax:
+      return std::max(a, b);
+    case ElementWiseOp::kMin:
+      return std::min(a, b);
+    case ElementWiseOp::kSub:
+      return static_cast<int64_t>(u(a) - u(b));
     case ElementWiseOp::kDiv:
       if (a == kI64Min && b == -1) return kI64Min;
       return a / b;
@@ -295,7 +336,8 @@ int64_t int_binary_ref(ElementWiseOp op, int64_t a, int64_t b) {
       for (int64_t i = 0; i < b; ++i) r *= u(a);
       return static_cast<int64_t>(r);
     }
-    default: return 0;
+    default:
+      return 0;
   }
 }
 
@@ -347,7 +389,8 @@ TEST(ElementWiseLayer, FloatPowPositiveBase) {
     const TestTensor b = TestTensor::floats(dt, {6}, {-2.0f, -0.5f, 0.0f, 0.5f, 2.0f, 3.0f});
     const auto av = a.to_floats(), bv = b.to_floats();
     std::vector<float> expected;
-    for (size_t i = 0; i < av.size(); ++i) expected.push_back(static_cast<float>(std::pow(av[i], bv[i])));
+    for (size_t i = 0; i < av.size(); ++i)
+      expected.push_back(static_cast<float>(std::pow(av[i], bv[i])));
     test::expect_close(run_one(net, {a, b}), expected, dt, label(dt, "pow"));
   }
 }
@@ -358,8 +401,10 @@ TEST(ElementWiseLayer, FloatEdgeCases) {
                                          {ElementWiseOp::kMin, "min"},
                                          {ElementWiseOp::kDiv, "div"}};
   const Network net = binary_network(DataType::kF32, {7}, {7}, cases);
-  const TestTensor a = TestTensor::floats(DataType::kF32, {7}, {1.0f, -7.0f, 7.0f, -7.0f, 1.0f, kNan, 2.0f});
-  const TestTensor b = TestTensor::floats(DataType::kF32, {7}, {0.1f, 2.0f, -2.0f, -2.0f, 0.0f, 1.0f, kNan});
+  const TestTensor a =
+      TestTensor::floats(DataType::kF32, {7}, {1.0f, -7.0f, 7.0f, -7.0f, 1.0f, kNan, 2.0f});
+  const TestTensor b =
+      TestTensor::floats(DataType::kF32, {7}, {0.1f, 2.0f, -2.0f, -2.0f, 0.0f, 1.0f, kNan});
   const auto outs = test::run_network(net, {a, b});
   ASSERT_EQ(outs.size(), 4u);
   // torch.floor_divide (Python //): 1 // 0.1 is 9 because fmod(1, 0.1) > 0; x // 0 is x / 0.
@@ -376,8 +421,8 @@ TEST(ElementWiseLayer, ArithmeticIntegerDtypesBroadcast) {
     const bool is_unsigned = dt == DataType::kU8;
     // Inputs large enough that i8/u8 sums and products wrap.
     const TestTensor a = TestTensor::random(dt, a_dims, 3, is_unsigned ? 0.0f : -100.0f, 100.0f);
-    const std::vector<int64_t> bv =
-        is_unsigned ? std::vector<int64_t>{1, 2, 3, 5, 200} : std::vector<int64_t>{-3, -1, 2, 7, 100};
+    const std::vector<int64_t> bv = is_unsigned ? std::vector<int64_t>{1, 2, 3, 5, 200}
+                                                : std::vector<int64_t>{-3, -1, 2, 7, 100};
     const TestTensor b = TestTensor::ints(dt, b_dims, bv);
     // pow gets small non-negative exponents in its own network.
     std::vector<BinaryCase> ops(kArithmeticOps.begin(), kArithmeticOps.end());
@@ -389,8 +434,9 @@ TEST(ElementWiseLayer, ArithmeticIntegerDtypesBroadcast) {
     for (size_t k = 0; k < ops.size(); ++k) {
       std::vector<int64_t> expected;
       for (int64_t i = 0; i < dims_numel(out_dims); ++i) {
-        expected.push_back(wrap_to(dt, int_binary_ref(ops[k].op, av[source_index(i, out_dims, a_dims)],
-                                                      bw[source_index(i, out_dims, b_dims)])));
+        expected.push_back(
+            wrap_to(dt, int_binary_ref(ops[k].op, av[source_index(i, out_dims, a_dims)],
+                                       bw[source_index(i, out_dims, b_dims)])));
       }
       EXPECT_EQ(outs[k].dtype, dt);
       test::expect_equal_ints(outs[k], expected, label(dt, ops[k].name));
@@ -401,8 +447,9 @@ TEST(ElementWiseLayer, ArithmeticIntegerDtypesBroadcast) {
     const auto bav = base.to_ints(), bev = exponent.to_ints();
     std::vector<int64_t> expected;
     for (int64_t i = 0; i < dims_numel(out_dims); ++i) {
-      expected.push_back(wrap_to(dt, int_binary_ref(ElementWiseOp::kPow, bav[source_index(i, out_dims, a_dims)],
-                                                    bev[source_index(i, out_dims, b_dims)])));
+      expected.push_back(
+          wrap_to(dt, int_binary_ref(ElementWiseOp::kPow, bav[source_index(i, out_dims, a_dims)],
+                                     bev[source_index(i, out_dims, b_dims)])));
     }
     test::expect_equal_ints(run_one(pow_net, {base, exponent}), expected, label(dt, "pow"));
   }
@@ -436,10 +483,12 @@ TEST(ElementWiseLayer, IntegerWrapAndRounding) {
   };
   for (const Case& c : cases) {
     const Network net = binary_network(c.dt, {1}, {1}, {{c.op, "op"}});
-    const auto out = run_one(net, {TestTensor::ints(c.dt, {1}, {c.a}), TestTensor::ints(c.dt, {1}, {c.b})});
-    test::expect_equal_ints(out, {c.expected},
-                            label(c.dt, std::to_string(c.a) + " op" + std::to_string(static_cast<int>(c.op)) +
-                                            " " + std::to_string(c.b)));
+    const auto out =
+        run_one(net, {TestTensor::ints(c.dt, {1}, {c.a}), TestTensor::ints(c.dt, {1}, {c.b})});
+    test::expect_equal_ints(
+        out, {c.expected},
+        label(c.dt, std::to_string(c.a) + " op" + std::to_string(static_cast<int>(c.op)) + " " +
+                        std::to_string(c.b)));
   }
 }
 
@@ -479,8 +528,8 @@ TEST(ElementWiseLayer, ComparisonsEveryDtype) {
     // Small whole values so that equality happens.
     const TestTensor a = is_bool ? TestTensor::ints(dt, a_dims, {0, 1, 1, 0, 0, 1})
                                  : TestTensor::ints(dt, a_dims, {0, 1, 2, 3, 2, 1});
-    const TestTensor b = is_bool ? TestTensor::ints(dt, b_dims, {0, 0, 1})
-                                 : TestTensor::ints(dt, b_dims, {2, 1, 0});
+    const TestTensor b =
+        is_bool ? TestTensor::ints(dt, b_dims, {0, 0, 1}) : TestTensor::ints(dt, b_dims, {2, 1, 0});
     const auto outs = test::run_network(net, {a, b});
     ASSERT_EQ(outs.size(), cases.size());
     const auto av = a.to_ints(), bv = b.to_ints();
@@ -489,7 +538,7 @@ TEST(ElementWiseLayer, ComparisonsEveryDtype) {
       for (int64_t i = 0; i < dims_numel(out_dims); ++i) {
         const int64_t x = av[source_index(i, out_dims, a_dims)];
         const int64_t y = bv[source_index(i, out_dims, b_dims)];
-        expected.push_back(cases[k].op == ElementWiseOp::kEqual ? x == y
+        expected.push_back(cases[k].op == ElementWiseOp::kEqual     ? x == y
                            : cases[k].op == ElementWiseOp::kGreater ? x > y
                                                                     : x < y);
       }
@@ -529,11 +578,11 @@ TEST(ElementWiseLayer, BroadcastShapes) {
       {{}, {2, 3}},               // rank-0 scalar
       {{2, 3}, {}},
       {{1}, {3, 1, 1}},
-      {{2, 3, 5}, {2, 3, 5}},     // same shape (one contiguous run)
-      {{2, 3, 5}, {2, 1, 5}},     // middle broadcast
-      {{6, 1}, {1, 7}},           // outer product
-      {{1, 1, 1}, {1, 1}},        // all ones
-      {{0, 3}, {3}},              // empty
+      {{2, 3, 5}, {2, 3, 5}},  // same shape (one contiguous run)
+      {{2, 3, 5}, {2, 1, 5}},  // middle broadcast
+      {{6, 1}, {1, 7}},        // outer product
+      {{1, 1, 1}, {1, 1}},     // all ones
+      {{0, 3}, {3}},           // empty
   };
   for (const Case& c : cases) {
     const std::vector<int64_t> out_dims = broadcast(c.a, c.b);
@@ -546,13 +595,15 @@ TEST(ElementWiseLayer, BroadcastShapes) {
       const bool empty = dims_numel(out_dims) == 0;
       const TestTensor out =
           empty ? test::run_network_direct(net, {a, b}).at(0) : run_one(net, {a, b});
-      const std::string what = label(dt, "sub " + dims_to_string(c.a) + " - " + dims_to_string(c.b));
+      const std::string what =
+          label(dt, "sub " + dims_to_string(c.a) + " - " + dims_to_string(c.b));
       EXPECT_EQ(out.dims, out_dims) << what;
       const auto av = a.to_floats(), bv = b.to_floats();
       std::vector<float> expected;
       for (int64_t i = 0; i < dims_numel(out_dims); ++i) {
-        expected.push_back(static_cast<float>(static_cast<double>(av[source_index(i, out_dims, c.a)]) -
-                                              bv[source_index(i, out_dims, c.b)]));
+        expected.push_back(
+            static_cast<float>(static_cast<double>(av[source_index(i, out_dims, c.a)]) -
+                               bv[source_index(i, out_dims, c.b)]));
       }
       test::expect_close(out, expected, dt, what);
     }
@@ -582,7 +633,8 @@ TEST(ElementWiseLayer, LargeTensorsRunInParallel) {
       expected[i] = static_cast<float>(static_cast<double>(av[source_index(i, out_dims, c.a)]) +
                                        bv[source_index(i, out_dims, c.b)]);
     }
-    test::expect_close(run_one(net, {a, b}), expected, c.dt, label(c.dt, "large sum " + dims_to_string(out_dims)));
+    test::expect_close(run_one(net, {a, b}), expected, c.dt,
+                       label(c.dt, "large sum " + dims_to_string(out_dims)));
   }
 }
 
@@ -636,19 +688,22 @@ TEST(ElementWiseLayer, DynamicBroadcastCheckedAtRunTime) {
   net.mark_output(l->output());
   RunOptions options;
   options.profiles.push_back(OptimizationProfile().set_range("n", 1, 3, 3).set_range("m", 1, 3, 3));
-  const auto out1 = run_one(net, {TestTensor::ints(DataType::kI32, {3}, {1, 2, 3}),
-                                  TestTensor::ints(DataType::kI32, {1}, {10})},
+  const auto out1 = run_one(net,
+                            {TestTensor::ints(DataType::kI32, {3}, {1, 2, 3}),
+                             TestTensor::ints(DataType::kI32, {1}, {10})},
                             options);
   EXPECT_EQ(out1.dims, (std::vector<int64_t>{3}));
   test::expect_equal_ints(out1, {11, 12, 13}, "[3] + [1]");
-  const auto out2 = run_one(net, {TestTensor::ints(DataType::kI32, {3}, {1, 2, 3}),
-                                  TestTensor::ints(DataType::kI32, {3}, {10, 20, 30})},
+  const auto out2 = run_one(net,
+                            {TestTensor::ints(DataType::kI32, {3}, {1, 2, 3}),
+                             TestTensor::ints(DataType::kI32, {3}, {10, 20, 30})},
                             options);
   test::expect_equal_ints(out2, {11, 22, 33}, "[3] + [3]");
   expect_error(
       [&] {
-        test::run_network(net, {TestTensor::ints(DataType::kI32, {3}, {1, 2, 3}),
-                                TestTensor::ints(DataType::kI32, {2}, {1, 2})},
+        test::run_network(net,
+                          {TestTensor::ints(DataType::kI32, {3}, {1, 2, 3}),
+                           TestTensor::ints(DataType::kI32, {2}, {1, 2})},
                           options);
       },
       {"sum_nm"});
@@ -688,6 +743,24 @@ TEST(ElementWiseLayer, RejectsBadDtypesAndShapes) {
   EXPECT_EQ(net.add_elementwise(i, i, ElementWiseOp::kLess)->output()->dtype(), DataType::kBool);
 }
 
+TEST(ElementWiseLayer, KernelRejectsDimsInferenceWouldNotProduce) {
+  // Kernels trust infer(), but a corrupt plan must give an Error rather than a stray write.
+  std::vector<float> a(6), b(4), out(6);
+  cpu::HostTensor ta{DataType::kF32, {2, 3}, a.data()};
+  cpu::HostTensor tb{DataType::kF32, {4}, b.data()};
+  cpu::HostTensor to{DataType::kF32, {2, 3}, out.data()};
+  cpu::KernelArgs args{{&ta, &tb}, {&to}};
+  expect_error([&] { cpu::run(ElementWiseParams{ElementWiseOp::kSum}, args); },
+               {"do not broadcast"});
+  cpu::HostTensor tu{DataType::kF32, {6}, out.data()};
+  cpu::KernelArgs unary{{&ta}, {&tu}};
+  expect_error([&] { cpu::run(UnaryParams{UnaryOp::kExp}, unary); }, {"differ"});
+  cpu::HostTensor tbool{DataType::kBool, {2, 3}, out.data()};
+  cpu::KernelArgs wrong_dtype{{&ta, &ta}, {&tbool}};
+  expect_error([&] { cpu::run(ElementWiseParams{ElementWiseOp::kSum}, wrong_dtype); },
+               {"output dtype bool"});
+}
+
 // ---------------------------------------------------------------- unary
 
 struct UnaryCase {
@@ -720,7 +793,9 @@ const std::vector<UnaryCase> kFloatUnaryCases = {
     {UnaryOp::kFloor, "floor", -5, 5, [](double x) { return std::floor(x); }},
     {UnaryOp::kRound, "round", -5, 5, [](double x) { return std::nearbyint(x); }},
     {UnaryOp::kErf, "erf", -3, 3, [](double x) { return std::erf(x); }},
-    {UnaryOp::kSign, "sign", -5, 5, [](double x) { return x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0; }},
+    {UnaryOp::kSign, "sign", -5, 5, [](double x) { return x > 0   ? 1.0
+                                                          : x < 0 ? -1.0
+                                                                  : 0.0; }},
 };
 
 TEST(UnaryLayer, EveryFloatOpEveryFloatDtype) {
@@ -730,7 +805,8 @@ TEST(UnaryLayer, EveryFloatOpEveryFloatDtype) {
       Network net;
       Tensor* x = net.add_input("x", dt, {3, 19});
       net.mark_output(net.add_unary(x, c.op, c.name)->output());
-      const TestTensor in = TestTensor::random(dt, {3, 19}, 20 + static_cast<uint32_t>(k), c.lo, c.hi);
+      const TestTensor in =
+          TestTensor::random(dt, {3, 19}, 20 + static_cast<uint32_t>(k), c.lo, c.hi);
       std::vector<float> expected;
       for (float v : in.to_floats()) expected.push_back(static_cast<float>(c.ref(v)));
       const TestTensor out = run_one(net, {in});
@@ -741,9 +817,8 @@ TEST(UnaryLayer, EveryFloatOpEveryFloatDtype) {
 }
 
 TEST(UnaryLayer, RoundSignAndClassification) {
-  const std::vector<float> xs = {-2.5f, -1.5f, -0.5f, 0.5f, 1.5f, 2.5f, 0.49f, -3.75f, 0.0f, -0.0f,
-                                 kInf, -kInf,
-                                 kNan};
+  const std::vector<float> xs = {-2.5f,  -1.5f, -0.5f, 0.5f, 1.5f,  2.5f, 0.49f,
+                                 -3.75f, 0.0f,  -0.0f, kInf, -kInf, kNan};
   const std::vector<int64_t> dims = {static_cast<int64_t>(xs.size())};
   for (DataType dt : kFloatTypes) {
     Network net;
@@ -837,11 +912,16 @@ TEST(UnaryLayer, RejectsBadDtypes) {
   Tensor* f = net.add_input("f", DataType::kF32, {3});
   Tensor* i = net.add_input("i", DataType::kI32, {3});
   Tensor* b = net.add_input("b", DataType::kBool, {3});
-  expect_error([&] { net.add_unary(i, UnaryOp::kExp, "int_exp"); }, {"Unary 'int_exp'", "exp", "i32"});
-  expect_error([&] { net.add_unary(i, UnaryOp::kRound, "int_round"); }, {"Unary 'int_round'", "round"});
-  expect_error([&] { net.add_unary(i, UnaryOp::kIsNan, "int_isnan"); }, {"Unary 'int_isnan'", "isnan"});
-  expect_error([&] { net.add_unary(f, UnaryOp::kNot, "float_not"); }, {"Unary 'float_not'", "not", "bool"});
-  expect_error([&] { net.add_unary(b, UnaryOp::kAbs, "bool_abs"); }, {"Unary 'bool_abs'", "abs", "bool"});
+  expect_error([&] { net.add_unary(i, UnaryOp::kExp, "int_exp"); },
+               {"Unary 'int_exp'", "exp", "i32"});
+  expect_error([&] { net.add_unary(i, UnaryOp::kRound, "int_round"); },
+               {"Unary 'int_round'", "round"});
+  expect_error([&] { net.add_unary(i, UnaryOp::kIsNan, "int_isnan"); },
+               {"Unary 'int_isnan'", "isnan"});
+  expect_error([&] { net.add_unary(f, UnaryOp::kNot, "float_not"); },
+               {"Unary 'float_not'", "not", "bool"});
+  expect_error([&] { net.add_unary(b, UnaryOp::kAbs, "bool_abs"); },
+               {"Unary 'bool_abs'", "abs", "bool"});
   expect_error([&] { net.add_unary(b, UnaryOp::kNeg, "bool_neg"); }, {"Unary 'bool_neg'", "neg"});
   expect_error([&] { net.add_layer(UnaryParams{static_cast<UnaryOp>(26)}, {f}, "bad_unary"); },
                {"Unary 'bad_unary'", "unknown unary op 26"});
@@ -868,8 +948,9 @@ TEST(SelectLayer, EveryDtypeBroadcastOverAllThree) {
     const auto cv = ct.to_ints(), av = at.to_ints(), bv = bt.to_ints();
     std::vector<int64_t> expected;
     for (int64_t i = 0; i < dims_numel(out_dims); ++i) {
-      expected.push_back(cv[source_index(i, out_dims, c_dims)] ? av[source_index(i, out_dims, a_dims)]
-                                                              : bv[source_index(i, out_dims, b_dims)]);
+      expected.push_back(cv[source_index(i, out_dims, c_dims)]
+                             ? av[source_index(i, out_dims, a_dims)]
+                             : bv[source_index(i, out_dims, b_dims)]);
     }
     test::expect_equal_ints(out, expected, label(dt, "select"));
   }
@@ -904,11 +985,16 @@ TEST(SelectLayer, RejectsBadInputs) {
   Tensor* f = net.add_input("f", DataType::kF32, {3});
   Tensor* h = net.add_input("h", DataType::kF16, {3});
   Tensor* f2 = net.add_input("f2", DataType::kF32, {2});
-  expect_error([&] { net.add_select(cf, f, f, "float_cond"); }, {"Select 'float_cond'", "condition", "bool"});
+  expect_error([&] { net.add_select(cf, f, f, "float_cond"); },
+               {"Select 'float_cond'", "condition", "bool"});
   expect_error([&] { net.add_select(cb, f, h, "mixed"); }, {"Select 'mixed'", "f32", "f16"});
-  expect_error([&] { net.add_select(cb, f, f2, "no_bcast"); }, {"Select 'no_bcast'", "do not broadcast"});
-  expect_error([&] { net.add_layer(SelectParams{}, {cb, f}, "two_inputs"); },
-               {"Select 'two_inputs'", "3 inputs"});
+  expect_error([&] { net.add_select(cb, f, f2, "no_bcast"); },
+               {"Select 'no_bcast'", "do not broadcast"});
+  expect_error(
+      [&] {
+        net.add_layer(SelectParams{}, {cb, f}, "two_inputs");
+      },
+      {"Select 'two_inputs'", "3 inputs"});
 }
 
 // ---------------------------------------------------------------- cast
@@ -932,15 +1018,28 @@ int64_t cast_float_to_int_ref(double v, DataType to) {
 }
 
 TEST(CastLayer, EveryDtypePair) {
-  const std::vector<float> float_values = {0.0f,   -0.0f,  1.0f,    -1.0f,  2.5f,   -2.5f,  3.7f,
-                                           -3.7f,  0.1f,   127.0f,  128.0f, 200.0f, -129.0f, 300.0f,
-                                           1000.5f, 65504.0f, -70000.0f, 1e10f, 3e9f,
-                                           kNan, kInf,
-                                           -kInf};
-  const std::vector<int64_t> int_values = {0,     1,      -1,   2,     127,   128,    255,
-                                           256,   -128,   -129, 300,   65504, 70000,  2147483647,
-                                           -2147483647 - 1, (int64_t{1} << 40) + 1,
-                                           (int64_t{1} << 53) + 1, kI64Max, kI64Min};
+  const std::vector<float> float_values = {
+      0.0f,   -0.0f,   1.0f,   -1.0f,   2.5f,     -2.5f,     3.7f,  -3.7f, 0.1f, 127.0f, 128.0f,
+      200.0f, -129.0f, 300.0f, 1000.5f, 65504.0f, -70000.0f, 1e10f, 3e9f,  kNan, kInf,   -kInf};
+  const std::vector<int64_t> int_values = {0,
+                                           1,
+                                           -1,
+                                           2,
+                                           127,
+                                           128,
+                                           255,
+                                           256,
+                                           -128,
+                                           -129,
+                                           300,
+                                           65504,
+                                           70000,
+                                           2147483647,
+                                           -2147483647 - 1,
+                                           (int64_t{1} << 40) + 1,
+                                           (int64_t{1} << 53) + 1,
+                                           kI64Max,
+                                           kI64Min};
   for (DataType from : kAllTypes) {
     TestTensor in;
     if (dtype_is_float(from)) {
@@ -996,9 +1095,7 @@ TEST(CastLayer, DocumentedEdgeValues) {
   net.mark_output(net.add_cast(x, DataType::kI64)->output());
   net.mark_output(net.add_cast(x, DataType::kBool)->output());
   const auto outs = test::run_network(
-      net, {TestTensor::floats(DataType::kF32, {6},
-                               {-1.0f, 300.0f, -2.9f, kNan,
-                                kInf, -0.0f})});
+      net, {TestTensor::floats(DataType::kF32, {6}, {-1.0f, 300.0f, -2.9f, kNan, kInf, -0.0f})});
   ASSERT_EQ(outs.size(), 4u);
   // Truncate toward zero into int64 (NaN -> 0, inf saturates), then narrow like a C cast.
   test::expect_equal_ints(outs[0], {255, 44, 254, 0, 255, 0}, "f32 -> u8");
@@ -1058,8 +1155,11 @@ TEST(CastLayer, DynamicShapeAndRejects) {
   }
   expect_error([&] { net.add_cast(x, static_cast<DataType>(99), "bad_cast"); },
                {"Cast 'bad_cast'", "unknown cast target dtype 99"});
-  expect_error([&] { net.add_layer(CastParams{}, {x, x}, "two_casts"); },
-               {"Cast 'two_casts'", "1 inputs"});
+  expect_error(
+      [&] {
+        net.add_layer(CastParams{}, {x, x}, "two_casts");
+      },
+      {"Cast 'two_casts'", "1 inputs"});
 }
 
 }  // namespace

@@ -103,9 +103,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const fl
   static std::once_flag threads_set;
   // OpenBLAS threads the GEMM itself; keep it to the engine's thread budget.
   std::call_once(threads_set, [] { openblas_set_num_threads(num_threads()); });
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              blas_dim(m), blas_dim(n), blas_dim(k), 1.0f, a, blas_dim(lda), b, blas_dim(ldb), beta,
-              c, blas_dim(ldc));
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, blas_dim(m), blas_dim(n), blas_dim(k), 1.0f, a,
+              blas_dim(lda), b, blas_dim(ldb), beta, c, blas_dim(ldc));
 }
 
 // ---------------------------------------------------------------- spatial geometry
@@ -282,7 +282,8 @@ void conv_gemm(const ConvShape& s, const float* x, const float* w, float* out) {
   const int64_t cg = s.in_per_group(), kg = s.out_per_group();
   const int64_t depth = cg * g.taps();
   bool direct_input = g.taps() == 1;  // 1x1, stride 1, no padding: the input is the column matrix.
-  for (int d = 0; d < 3; ++d) direct_input = direct_input && g.in[d] == g.out[d] && g.stride[d] == 1 && g.pad[d] == 0;
+  for (int d = 0; d < 3; ++d)
+    direct_input = direct_input && g.in[d] == g.out[d] && g.stride[d] == 1 && g.pad[d] == 0;
   const int64_t rows = g.out[0] * g.out[1];
   const int64_t chunk = rows_per_chunk(depth * g.out[2], rows);
   float* col = direct_input ? nullptr : column_scratch(chunk * depth * g.out[2]);
@@ -292,15 +293,16 @@ void conv_gemm(const ConvShape& s, const float* x, const float* w, float* out) {
       const float* wg = w + grp * kg * depth;
       float* og = out + (n * s.out_channels + grp * kg) * g.out_plane();
       if (direct_input) {
-        sgemm(false, false, kg, g.out_plane(), cg, wg, cg, xg, g.in_plane(), 0.0f, og, g.out_plane());
+        sgemm(false, false, kg, g.out_plane(), cg, wg, cg, xg, g.in_plane(), 0.0f, og,
+              g.out_plane());
         continue;
       }
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t r1 = std::min(rows, r0 + chunk);
         const int64_t cols = (r1 - r0) * g.out[2];
         im2col(xg, cg, g, r0, r1, col);
-        sgemm(false, false, kg, cols, depth, wg, depth, col, cols, 0.0f,
-              og + r0 * g.out[2], g.out_plane());
+        sgemm(false, false, kg, cols, depth, wg, depth, col, cols, 0.0f, og + r0 * g.out[2],
+              g.out_plane());
       }
     }
   }
@@ -312,43 +314,45 @@ void conv_direct(const ConvShape& s, const float* x, const float* w, const float
                  float* out) {
   const Geometry& g = s.g;
   const int64_t cg = s.in_per_group(), kg = s.out_per_group(), taps = g.taps();
-  parallel_for(s.batch * s.out_channels, g.out_plane() * cg * taps, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / s.out_channels, oc = plane % s.out_channels, grp = oc / kg;
-      float* o = out + plane * g.out_plane();
-      std::fill(o, o + g.out_plane(), bias ? bias[oc] : 0.0f);
-      for (int64_t ci = 0; ci < cg; ++ci) {
-        const float* xc = x + (n * s.in_channels + grp * cg + ci) * g.in_plane();
-        const float* wk = w + (oc * cg + ci) * taps;
-        for (int64_t t = 0; t < taps; ++t) {
-          const int64_t kd = t / (g.k[1] * g.k[2]), kh = (t / g.k[2]) % g.k[1], kw = t % g.k[2];
-          const float wv = wk[t];
-          const int64_t d_off = kd * g.dil[0] - g.pad[0];
-          const int64_t h_off = kh * g.dil[1] - g.pad[1];
-          const int64_t w_off = kw * g.dil[2] - g.pad[2];
-          const Range dr = valid_range(g.out[0], g.stride[0], d_off, g.in[0]);
-          const Range hr = valid_range(g.out[1], g.stride[1], h_off, g.in[1]);
-          const Range wr = valid_range(g.out[2], g.stride[2], w_off, g.in[2]);
-          if (wr.lo >= wr.hi) continue;
-          for (int64_t od = dr.lo; od < dr.hi; ++od) {
-            const int64_t id = od * g.stride[0] + d_off;
-            for (int64_t oh = hr.lo; oh < hr.hi; ++oh) {
-              const int64_t ih = oh * g.stride[1] + h_off;
-              float* orow = o + (od * g.out[1] + oh) * g.out[2];
-              const float* xrow = xc + (id * g.in[1] + ih) * g.in[2];
-              if (g.stride[2] == 1) {
-                const float* xs = xrow + (wr.lo + w_off);
-                float* os = orow + wr.lo;
-                for (int64_t j = 0, e = wr.hi - wr.lo; j < e; ++j) os[j] += wv * xs[j];
-              } else {
-                for (int64_t ow = wr.lo; ow < wr.hi; ++ow) orow[ow] += wv * xrow[ow * g.stride[2] + w_off];
+  parallel_for(
+      s.batch * s.out_channels, g.out_plane() * cg * taps, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t n = plane / s.out_channels, oc = plane % s.out_channels, grp = oc / kg;
+          float* o = out + plane * g.out_plane();
+          std::fill(o, o + g.out_plane(), bias ? bias[oc] : 0.0f);
+          for (int64_t ci = 0; ci < cg; ++ci) {
+            const float* xc = x + (n * s.in_channels + grp * cg + ci) * g.in_plane();
+            const float* wk = w + (oc * cg + ci) * taps;
+            for (int64_t t = 0; t < taps; ++t) {
+              const int64_t kd = t / (g.k[1] * g.k[2]), kh = (t / g.k[2]) % g.k[1], kw = t % g.k[2];
+              const float wv = wk[t];
+              const int64_t d_off = kd * g.dil[0] - g.pad[0];
+              const int64_t h_off = kh * g.dil[1] - g.pad[1];
+              const int64_t w_off = kw * g.dil[2] - g.pad[2];
+              const Range dr = valid_range(g.out[0], g.stride[0], d_off, g.in[0]);
+              const Range hr = valid_range(g.out[1], g.stride[1], h_off, g.in[1]);
+              const Range wr = valid_range(g.out[2], g.stride[2], w_off, g.in[2]);
+              if (wr.lo >= wr.hi) continue;
+              for (int64_t od = dr.lo; od < dr.hi; ++od) {
+                const int64_t id = od * g.stride[0] + d_off;
+                for (int64_t oh = hr.lo; oh < hr.hi; ++oh) {
+                  const int64_t ih = oh * g.stride[1] + h_off;
+                  float* orow = o + (od * g.out[1] + oh) * g.out[2];
+                  const float* xrow = xc + (id * g.in[1] + ih) * g.in[2];
+                  if (g.stride[2] == 1) {
+                    const float* xs = xrow + (wr.lo + w_off);
+                    float* os = orow + wr.lo;
+                    for (int64_t j = 0, e = wr.hi - wr.lo; j < e; ++j) os[j] += wv * xs[j];
+                  } else {
+                    for (int64_t ow = wr.lo; ow < wr.hi; ++ow)
+                      orow[ow] += wv * xrow[ow * g.stride[2] + w_off];
+                  }
+                }
               }
             }
           }
         }
-      }
-    }
-  });
+      });
 }
 
 /// Whether the direct loop beats per-group GEMMs: grouped with few channels per group.
@@ -406,8 +410,8 @@ void run(const DeconvolutionParams& p, const KernelArgs& a) {
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t r1 = std::min(rows, r0 + chunk);
         const int64_t cols = (r1 - r0) * g.out[2];
-        sgemm(true, false, depth, cols, cg, wg, depth, xg + r0 * g.out[2], g.out_plane(), 0.0f,
-              col, cols);
+        sgemm(true, false, depth, cols, cg, wg, depth, xg + r0 * g.out[2], g.out_plane(), 0.0f, col,
+              cols);
         col2im(col, kg, g, r0, r1, og);
       }
     }
@@ -440,7 +444,8 @@ void max_pool(const T* x, T* out, int64_t planes, const Geometry& g) {
             T best = lowest;
             for (int64_t kd = dr.lo; kd < dr.hi; ++kd) {
               for (int64_t kh = hr.lo; kh < hr.hi; ++kh) {
-                const int64_t row = ((d0 + kd * g.dil[0]) * g.in[1] + h0 + kh * g.dil[1]) * g.in[2] + w0;
+                const int64_t row =
+                    ((d0 + kd * g.dil[0]) * g.in[1] + h0 + kh * g.dil[1]) * g.in[2] + w0;
                 for (int64_t kw = wr.lo; kw < wr.hi; ++kw) {
                   const T v = xp[row + kw * g.dil[2]];
                   if constexpr (std::is_floating_point_v<T>) {
@@ -515,8 +520,8 @@ void run(const PoolingParams& p, const KernelArgs& a) {
   const Geometry g = make_geometry(xt.dims, ot.dims, p.window, p.stride, p.padding_begin,
                                    p.padding_end, p.dilation);
   const size_t lead = xt.dims.size() - p.window.size();
-  const int64_t planes =
-      dims_numel(std::vector<int64_t>(xt.dims.begin(), xt.dims.begin() + static_cast<std::ptrdiff_t>(lead)));
+  const int64_t planes = dims_numel(
+      std::vector<int64_t>(xt.dims.begin(), xt.dims.begin() + static_cast<std::ptrdiff_t>(lead)));
   switch (p.type) {
     case PoolingType::kAverage: {
       const FloatIn x(xt);
@@ -529,7 +534,9 @@ void run(const PoolingParams& p, const KernelArgs& a) {
       break;
   }
   switch (xt.dtype) {
-    case DataType::kF32: max_pool(xt.as<const float>(), ot.as<float>(), planes, g); return;
+    case DataType::kF32:
+      max_pool(xt.as<const float>(), ot.as<float>(), planes, g);
+      return;
     case DataType::kF16:
     case DataType::kBF16: {
       const FloatIn x(xt);
@@ -538,11 +545,20 @@ void run(const PoolingParams& p, const KernelArgs& a) {
       out.finish();
       return;
     }
-    case DataType::kI8: max_pool(xt.as<const int8_t>(), ot.as<int8_t>(), planes, g); return;
-    case DataType::kU8: max_pool(xt.as<const uint8_t>(), ot.as<uint8_t>(), planes, g); return;
-    case DataType::kI32: max_pool(xt.as<const int32_t>(), ot.as<int32_t>(), planes, g); return;
-    case DataType::kI64: max_pool(xt.as<const int64_t>(), ot.as<int64_t>(), planes, g); return;
-    case DataType::kBool: break;
+    case DataType::kI8:
+      max_pool(xt.as<const int8_t>(), ot.as<int8_t>(), planes, g);
+      return;
+    case DataType::kU8:
+      max_pool(xt.as<const uint8_t>(), ot.as<uint8_t>(), planes, g);
+      return;
+    case DataType::kI32:
+      max_pool(xt.as<const int32_t>(), ot.as<int32_t>(), planes, g);
+      return;
+    case DataType::kI64:
+      max_pool(xt.as<const int64_t>(), ot.as<int64_t>(), planes, g);
+      return;
+    case DataType::kBool:
+      break;
   }
   throw Error(std::string("max pooling of ") + dtype_name(xt.dtype) + " is not supported");
 }
@@ -564,7 +580,8 @@ void run(const MatrixMultiplyParams& p, const KernelArgs& a) {
   const std::vector<int64_t> a_batch(at.dims.begin(), at.dims.end() - std::min<size_t>(ra, 2));
   const std::vector<int64_t> b_batch(bt.dims.begin(), bt.dims.end() - std::min<size_t>(rb, 2));
   const size_t out_batch_rank = ot.dims.size() - (ra >= 2 ? 1 : 0) - (rb >= 2 ? 1 : 0);
-  const std::vector<int64_t> out_batch(ot.dims.begin(), ot.dims.begin() + static_cast<std::ptrdiff_t>(out_batch_rank));
+  const std::vector<int64_t> out_batch(
+      ot.dims.begin(), ot.dims.begin() + static_cast<std::ptrdiff_t>(out_batch_rank));
   const int64_t batch = dims_numel(out_batch);
 
   const FloatIn x(at), y(bt);

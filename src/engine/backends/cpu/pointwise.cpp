@@ -94,17 +94,42 @@ using Tag = std::integral_constant<DataType, D>;
               " (the layer should have been rejected by shape inference)");
 }
 
+/// Checks what infer() guarantees (dtypes, shapes) once per call, so a bug elsewhere (a wrong
+/// plan, a missed shape check) surfaces as an Error instead of an out-of-bounds access.
+void expect_kernel(bool cond, const char* what, const std::string& detail) {
+  if (!cond) {
+    throw Error(std::string(what) + ": " + detail +
+                " (inconsistent with shape inference; the plan may be corrupt)");
+  }
+}
+
+void expect_same_dims(const HostTensor& in, const HostTensor& out, const char* what) {
+  expect_kernel(in.dims == out.dims, what,
+                "input dims " + dims_to_string(in.dims) + " differ from output dims " +
+                    dims_to_string(out.dims));
+}
+
+void expect_out_dtype(const HostTensor& out, DataType t, const char* what) {
+  expect_kernel(
+      out.dtype == t, what,
+      std::string("output dtype ") + dtype_name(out.dtype) + ", expected " + dtype_name(t));
+}
+
 template <typename Fn>
 void dispatch_float(DataType t, const char* what, Fn&& fn) {
   switch (t) {
-    case DataType::kF32: return fn(Tag<DataType::kF32>{});
-    case DataType::kF16: return fn(Tag<DataType::kF16>{});
-    case DataType::kBF16: return fn(Tag<DataType::kBF16>{});
+    case DataType::kF32:
+      return fn(Tag<DataType::kF32>{});
+    case DataType::kF16:
+      return fn(Tag<DataType::kF16>{});
+    case DataType::kBF16:
+      return fn(Tag<DataType::kBF16>{});
     case DataType::kI8:
     case DataType::kU8:
     case DataType::kI32:
     case DataType::kI64:
-    case DataType::kBool: break;
+    case DataType::kBool:
+      break;
   }
   unsupported(what, t);
 }
@@ -112,14 +137,19 @@ void dispatch_float(DataType t, const char* what, Fn&& fn) {
 template <typename Fn>
 void dispatch_int(DataType t, const char* what, Fn&& fn) {
   switch (t) {
-    case DataType::kI8: return fn(Tag<DataType::kI8>{});
-    case DataType::kU8: return fn(Tag<DataType::kU8>{});
-    case DataType::kI32: return fn(Tag<DataType::kI32>{});
-    case DataType::kI64: return fn(Tag<DataType::kI64>{});
+    case DataType::kI8:
+      return fn(Tag<DataType::kI8>{});
+    case DataType::kU8:
+      return fn(Tag<DataType::kU8>{});
+    case DataType::kI32:
+      return fn(Tag<DataType::kI32>{});
+    case DataType::kI64:
+      return fn(Tag<DataType::kI64>{});
     case DataType::kF32:
     case DataType::kF16:
     case DataType::kBF16:
-    case DataType::kBool: break;
+    case DataType::kBool:
+      break;
   }
   unsupported(what, t);
 }
@@ -127,14 +157,22 @@ void dispatch_int(DataType t, const char* what, Fn&& fn) {
 template <typename Fn>
 void dispatch_all(DataType t, Fn&& fn) {
   switch (t) {
-    case DataType::kF32: return fn(Tag<DataType::kF32>{});
-    case DataType::kF16: return fn(Tag<DataType::kF16>{});
-    case DataType::kBF16: return fn(Tag<DataType::kBF16>{});
-    case DataType::kI8: return fn(Tag<DataType::kI8>{});
-    case DataType::kU8: return fn(Tag<DataType::kU8>{});
-    case DataType::kI32: return fn(Tag<DataType::kI32>{});
-    case DataType::kI64: return fn(Tag<DataType::kI64>{});
-    case DataType::kBool: return fn(Tag<DataType::kBool>{});
+    case DataType::kF32:
+      return fn(Tag<DataType::kF32>{});
+    case DataType::kF16:
+      return fn(Tag<DataType::kF16>{});
+    case DataType::kBF16:
+      return fn(Tag<DataType::kBF16>{});
+    case DataType::kI8:
+      return fn(Tag<DataType::kI8>{});
+    case DataType::kU8:
+      return fn(Tag<DataType::kU8>{});
+    case DataType::kI32:
+      return fn(Tag<DataType::kI32>{});
+    case DataType::kI64:
+      return fn(Tag<DataType::kI64>{});
+    case DataType::kBool:
+      return fn(Tag<DataType::kBool>{});
   }
   unsupported("cast", t);
 }
@@ -148,6 +186,7 @@ constexpr int64_t kMathCost = 16;
 /// Applies out[i] = f(in[i]) over a same-shaped contiguous tensor.
 template <typename EI, typename EO, typename F>
 void unary_loop(const HostTensor& in, HostTensor& out, int64_t cost, F f) {
+  expect_same_dims(in, out, "pointwise");
   const auto* x = in.as<const typename EI::T>();
   auto* y = out.as<typename EO::T>();
   parallel_for(out.numel(), cost, [&](int64_t begin, int64_t end) {
@@ -168,7 +207,18 @@ class BroadcastLoop {
   BroadcastLoop(const std::array<const std::vector<int64_t>*, N>& in_dims,
                 const std::vector<int64_t>& out_dims) {
     std::array<std::vector<int64_t>, N> in_strides;
-    for (size_t k = 0; k < N; ++k) in_strides[k] = broadcast_strides(*in_dims[k], out_dims);
+    for (size_t k = 0; k < N; ++k) {
+      const std::vector<int64_t>& in = *in_dims[k];
+      bool ok = in.size() <= out_dims.size();
+      for (size_t d = 0; ok && d < in.size(); ++d) {
+        const int64_t o = out_dims[out_dims.size() - in.size() + d];
+        ok = in[d] == o || in[d] == 1;
+      }
+      expect_kernel(ok, "broadcast",
+                    "input " + std::to_string(k) + " dims " + dims_to_string(in) +
+                        " do not broadcast to output dims " + dims_to_string(out_dims));
+      in_strides[k] = broadcast_strides(in, out_dims);
+    }
     for (size_t d = 0; d < out_dims.size(); ++d) {
       if (out_dims[d] == 1) continue;
       Offsets s;
@@ -242,8 +292,8 @@ void binary_loop(const HostTensor& a, const HostTensor& b, HostTensor& out, int6
   const auto* pb = b.as<const typename EB::T>();
   auto* po = out.as<typename EO::T>();
   BroadcastLoop<2>({&a.dims, &b.dims}, out.dims)
-      .run(cost, [&](int64_t o, const std::array<int64_t, 2>& off,
-                     const std::array<int64_t, 2>& st, int64_t n) {
+      .run(cost, [&](int64_t o, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st,
+                     int64_t n) {
         const auto* x = pa + off[0];
         const auto* y = pb + off[1];
         auto* z = po + o;
@@ -446,6 +496,7 @@ typename Elem<To>::T convert(typename Elem<From>::T v) {
 void run(const ActivationParams& p, const KernelArgs& args) {
   const HostTensor& in = args.in(0);
   HostTensor& out = args.out();
+  expect_out_dtype(out, in.dtype, "activation");
   const float alpha = param_to_float(p.alpha);
   const float beta = param_to_float(p.beta);
   dispatch_float(in.dtype, "activation", [&](auto tag) {
@@ -462,12 +513,10 @@ void run(const ActivationParams& p, const KernelArgs& args) {
       case ActivationType::kLeakyRelu:
         return go(kCheapCost, [alpha](float x) { return x >= 0.0f ? x : alpha * x; });
       case ActivationType::kElu:
-        return go(kMathCost,
-                  [alpha](float x) { return x > 0.0f ? x : alpha * std::expm1(x); });
+        return go(kMathCost, [alpha](float x) { return x > 0.0f ? x : alpha * std::expm1(x); });
       case ActivationType::kSelu:
-        return go(kMathCost, [alpha, beta](float x) {
-          return beta * (x > 0.0f ? x : alpha * std::expm1(x));
-        });
+        return go(kMathCost,
+                  [alpha, beta](float x) { return beta * (x > 0.0f ? x : alpha * std::expm1(x)); });
       case ActivationType::kSoftsign:
         return go(kCheapCost, [](float x) { return x / (1.0f + std::fabs(x)); });
       case ActivationType::kSoftplus:
@@ -487,9 +536,8 @@ void run(const ActivationParams& p, const KernelArgs& args) {
           return std::max(0.0f, std::min(1.0f, y));
         });
       case ActivationType::kGeluErf:
-        return go(kMathCost, [](float x) {
-          return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
-        });
+        return go(kMathCost,
+                  [](float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); });
       case ActivationType::kGeluTanh:
         return go(kMathCost, [](float x) {
           const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
@@ -506,6 +554,10 @@ void run(const ElementWiseParams& p, const KernelArgs& args) {
   const HostTensor& a = args.in(0);
   const HostTensor& b = args.in(1);
   HostTensor& out = args.out();
+  expect_kernel(a.dtype == b.dtype, "elementwise", "inputs have different dtypes");
+  const bool compare = p.op == ElementWiseOp::kEqual || p.op == ElementWiseOp::kGreater ||
+                       p.op == ElementWiseOp::kLess;
+  expect_out_dtype(out, compare ? DataType::kBool : a.dtype, "elementwise");
   using I = int64_t;
   switch (p.op) {
     case ElementWiseOp::kSum:
@@ -559,15 +611,22 @@ void run(const ElementWiseParams& p, const KernelArgs& args) {
 void run(const UnaryParams& p, const KernelArgs& args) {
   const HostTensor& in = args.in(0);
   HostTensor& out = args.out();
+  const bool classify = p.op == UnaryOp::kIsInf || p.op == UnaryOp::kIsNan;
+  expect_out_dtype(out, classify ? DataType::kBool : in.dtype, "unary");
   using I = int64_t;
   auto math = [&](auto f) { unary_float(in, out, kMathCost, f); };
   auto cheap = [&](auto f) { unary_float(in, out, kCheapCost, f); };
   switch (p.op) {
-    case UnaryOp::kExp: return math([](float x) { return std::exp(x); });
-    case UnaryOp::kLog: return math([](float x) { return std::log(x); });
-    case UnaryOp::kSqrt: return cheap([](float x) { return std::sqrt(x); });
-    case UnaryOp::kRsqrt: return cheap([](float x) { return 1.0f / std::sqrt(x); });
-    case UnaryOp::kReciprocal: return cheap([](float x) { return 1.0f / x; });
+    case UnaryOp::kExp:
+      return math([](float x) { return std::exp(x); });
+    case UnaryOp::kLog:
+      return math([](float x) { return std::log(x); });
+    case UnaryOp::kSqrt:
+      return cheap([](float x) { return std::sqrt(x); });
+    case UnaryOp::kRsqrt:
+      return cheap([](float x) { return 1.0f / std::sqrt(x); });
+    case UnaryOp::kReciprocal:
+      return cheap([](float x) { return 1.0f / x; });
     case UnaryOp::kAbs:
       return unary_numeric(
           in, out, [](float x) { return std::fabs(x); },
@@ -575,22 +634,37 @@ void run(const UnaryParams& p, const KernelArgs& args) {
     case UnaryOp::kNeg:
       return unary_numeric(
           in, out, [](float x) { return -x; }, [](I x) { return wrap_neg(x); });
-    case UnaryOp::kSin: return math([](float x) { return std::sin(x); });
-    case UnaryOp::kCos: return math([](float x) { return std::cos(x); });
-    case UnaryOp::kTan: return math([](float x) { return std::tan(x); });
-    case UnaryOp::kAsin: return math([](float x) { return std::asin(x); });
-    case UnaryOp::kAcos: return math([](float x) { return std::acos(x); });
-    case UnaryOp::kAtan: return math([](float x) { return std::atan(x); });
-    case UnaryOp::kSinh: return math([](float x) { return std::sinh(x); });
-    case UnaryOp::kCosh: return math([](float x) { return std::cosh(x); });
-    case UnaryOp::kAsinh: return math([](float x) { return std::asinh(x); });
-    case UnaryOp::kAcosh: return math([](float x) { return std::acosh(x); });
-    case UnaryOp::kAtanh: return math([](float x) { return std::atanh(x); });
-    case UnaryOp::kCeil: return cheap([](float x) { return std::ceil(x); });
-    case UnaryOp::kFloor: return cheap([](float x) { return std::floor(x); });
+    case UnaryOp::kSin:
+      return math([](float x) { return std::sin(x); });
+    case UnaryOp::kCos:
+      return math([](float x) { return std::cos(x); });
+    case UnaryOp::kTan:
+      return math([](float x) { return std::tan(x); });
+    case UnaryOp::kAsin:
+      return math([](float x) { return std::asin(x); });
+    case UnaryOp::kAcos:
+      return math([](float x) { return std::acos(x); });
+    case UnaryOp::kAtan:
+      return math([](float x) { return std::atan(x); });
+    case UnaryOp::kSinh:
+      return math([](float x) { return std::sinh(x); });
+    case UnaryOp::kCosh:
+      return math([](float x) { return std::cosh(x); });
+    case UnaryOp::kAsinh:
+      return math([](float x) { return std::asinh(x); });
+    case UnaryOp::kAcosh:
+      return math([](float x) { return std::acosh(x); });
+    case UnaryOp::kAtanh:
+      return math([](float x) { return std::atanh(x); });
+    case UnaryOp::kCeil:
+      return cheap([](float x) { return std::ceil(x); });
+    case UnaryOp::kFloor:
+      return cheap([](float x) { return std::floor(x); });
     // nearbyint rounds half to even in the default rounding mode, without raising FE_INEXACT.
-    case UnaryOp::kRound: return cheap([](float x) { return std::nearbyint(x); });
-    case UnaryOp::kErf: return math([](float x) { return std::erf(x); });
+    case UnaryOp::kRound:
+      return cheap([](float x) { return std::nearbyint(x); });
+    case UnaryOp::kErf:
+      return math([](float x) { return std::erf(x); });
     case UnaryOp::kNot: {
       using E = Elem<DataType::kBool>;
       if (in.dtype != DataType::kBool) unsupported("not", in.dtype);
@@ -598,8 +672,7 @@ void run(const UnaryParams& p, const KernelArgs& args) {
     }
     case UnaryOp::kSign:
       return unary_numeric(
-          in, out,
-          [](float x) { return static_cast<float>((0.0f < x) - (x < 0.0f)); },
+          in, out, [](float x) { return static_cast<float>((0.0f < x) - (x < 0.0f)); },
           [](I x) { return static_cast<I>((0 < x) - (x < 0)); });
     case UnaryOp::kIsInf:
       return unary_float_to_bool(in, out, [](float x) { return std::isinf(x); });
@@ -615,7 +688,8 @@ void run(const SelectParams&, const KernelArgs& args) {
   const HostTensor& b = args.in(2);
   HostTensor& out = args.out();
   if (cond.dtype != DataType::kBool) unsupported("select condition", cond.dtype);
-  if (a.dtype != b.dtype || a.dtype != out.dtype) unsupported("select", b.dtype);
+  expect_kernel(a.dtype == b.dtype, "select", "a and b have different dtypes");
+  expect_out_dtype(out, a.dtype, "select");
   // Select only moves elements, so one instantiation per element size serves every dtype.
   auto go = [&](auto zero) {
     using T = decltype(zero);
@@ -640,18 +714,24 @@ void run(const SelectParams&, const KernelArgs& args) {
         });
   };
   switch (dtype_size(a.dtype)) {
-    case 1: return go(uint8_t{});
-    case 2: return go(uint16_t{});
-    case 4: return go(uint32_t{});
-    case 8: return go(uint64_t{});
-    default: unsupported("select", a.dtype);
+    case 1:
+      return go(uint8_t{});
+    case 2:
+      return go(uint16_t{});
+    case 4:
+      return go(uint32_t{});
+    case 8:
+      return go(uint64_t{});
+    default:
+      unsupported("select", a.dtype);
   }
 }
 
 void run(const CastParams& p, const KernelArgs& args) {
   const HostTensor& in = args.in(0);
   HostTensor& out = args.out();
-  if (out.dtype != p.to) unsupported("cast output", out.dtype);
+  expect_out_dtype(out, p.to, "cast");
+  expect_same_dims(in, out, "cast");
   if (in.dtype == out.dtype) {
     if (in.data != out.data) std::memcpy(out.data, in.data, out.nbytes());
     return;

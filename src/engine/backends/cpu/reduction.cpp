@@ -2,9 +2,9 @@
 //
 // Numerics (chosen once for the whole family):
 // - Float sums (reduce sum/avg/prod, softmax denominators, normalization moments, cumulative
-//   sums) accumulate in double. That costs little next to the memory traffic, makes results
-//   independent of summation order and blocking, and keeps long f32 reductions well inside the
-//   f32 test tolerance without Kahan bookkeeping. Max/min work in the input's own precision.
+//   sums) accumulate in double. That costs little next to the memory traffic, makes the
+//   summation order (partial sums, thread split) invisible at f32 precision, and keeps long f32
+//   reductions well inside the f32 test tolerance without Kahan bookkeeping. Max/min work in the input's own precision.
 // - Integers accumulate in int64 with wrap-around (two's complement, computed in uint64 so an
 //   overflow is never undefined behaviour) and wrap again on store, like a C cast.
 // - NaN propagates through max/min and sorts as the largest value in TopK (as torch does).
@@ -559,8 +559,8 @@ void run(const NormalizationParams& p, const KernelArgs& a) {
   HostTensor& y = a.out(0);
   const int64_t numel = x.numel();
   // Each normalized block is contiguous: a row of [axis:] for layer norm, the channels of one
-  // group times the spatial size for group/instance norm. Per-element affine params (layer) use
-  // params_per = 1; per-channel ones (group/instance) repeat each param over `spatial` elements.
+  // group times the spatial size for group/instance norm. Layer norm has one scale/bias per
+  // block element; group/instance norm one per channel, repeated over `spatial` elements.
   int64_t block = 0, spatial = 1, num_params = 0;
   bool per_channel = false;
   switch (p.type) {
