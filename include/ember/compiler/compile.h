@@ -1,0 +1,45 @@
+// Building an engine for one segment: conversion into an engine::Network, then the engine's
+// Builder. The Python layer calls this once per engine segment.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ember/compiler/ir.h"
+#include "ember/compiler/partitioning.h"
+#include "ember/compiler/settings.h"
+#include "ember/engine/network.h"
+
+namespace ember::compiler {
+
+/// One engine I/O tensor as PyTorch sees it.
+struct EngineIO {
+  std::string name;        ///< Engine tensor name ("input_0", "output_1").
+  std::string value;       ///< IR value name.
+  std::string fx_name;     ///< torch.fx node name of the value.
+  ScalarType torch_dtype;  ///< dtype on the PyTorch side (cast at the boundary when it differs).
+  engine::DataType engine_dtype;
+  std::string shape;       ///< Symbolic shape text, "[s0, 3, 224, 224]".
+};
+
+/// A built segment.
+struct SegmentEngine {
+  std::vector<uint8_t> plan;
+  std::vector<EngineIO> inputs;
+  std::vector<EngineIO> outputs;
+  std::vector<std::string> build_log;
+  double build_seconds = 0.0;
+};
+
+/// Converts the segment's nodes into a network (inputs named input_<i>, outputs output_<i>).
+/// Throws Error naming the node whose converter failed.
+engine::Network convert_segment(const Graph& g, const Segment& segment,
+                                const CompileSettings& settings);
+
+/// Converts and builds the segment with one optimization profile made from the graph's symbol
+/// ranges.
+SegmentEngine build_segment(const Graph& g, const Segment& segment,
+                            const CompileSettings& settings);
+
+}  // namespace ember::compiler
