@@ -1,0 +1,241 @@
+// torch.classes.ember.Engine and torch.ops.ember.execute_engine (see docs/torch_bridge.md).
+#include "engine_class.h"
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <utility>
+
+namespace ember::bridge {
+
+namespace {
+
+// The compiler's ScalarType names (engine_state.h) as PyTorch dtypes.
+c10::ScalarType torch_scalar_type(const std::string& name) {
+  if (name == "f32") return c10::ScalarType::Float;
+  if (name == "f16") return c10::ScalarType::Half;
+  if (name == "bf16") return c10::ScalarType::BFloat16;
+  if (name == "i8") return c10::ScalarType::Char;
+  if (name == "u8") return c10::ScalarType::Byte;
+  if (name == "i32") return c10::ScalarType::Int;
+  if (name == "i64") return c10::ScalarType::Long;
+  if (name == "bool") return c10::ScalarType::Bool;
+  if (name == "f64") return c10::ScalarType::Double;
+  if (name == "i16") return c10::ScalarType::Short;
+  // engine_state_load has validated the names already.
+  TORCH_CHECK(false, "ember.Engine: unknown torch_dtype '", name, "'");
+}
+
+c10::ScalarType engine_scalar_type(engine::DataType t) {
+  switch (t) {
+    case engine::DataType::kF32: return c10::ScalarType::Float;
+    case engine::DataType::kF16: return c10::ScalarType::Half;
+    case engine::DataType::kBF16: return c10::ScalarType::BFloat16;
+    case engine::DataType::kI8: return c10::ScalarType::Char;
+    case engine::DataType::kU8: return c10::ScalarType::Byte;
+    case engine::DataType::kI32: return c10::ScalarType::Int;
+    case engine::DataType::kI64: return c10::ScalarType::Long;
+    case engine::DataType::kBool: return c10::ScalarType::Bool;
+  }
+  TORCH_CHECK(false, "ember.Engine: invalid engine dtype ", static_cast<int>(t));
+}
+
+// How Python prints the dtype ("torch.float32"), for messages read by Python users.
+std::string python_dtype_name(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return "torch.float32";
+    case c10::ScalarType::Double: return "torch.float64";
+    case c10::ScalarType::Half: return "torch.float16";
+    case c10::ScalarType::BFloat16: return "torch.bfloat16";
+    case c10::ScalarType::Char: return "torch.int8";
+    case c10::ScalarType::Byte: return "torch.uint8";
+    case c10::ScalarType::Short: return "torch.int16";
+    case c10::ScalarType::Int: return "torch.int32";
+    case c10::ScalarType::Long: return "torch.int64";
+    case c10::ScalarType::Bool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+std::string names_list(const std::vector<BridgeIO>& list) {
+  std::string s;
+  for (const auto& io : list) s += (s.empty() ? "'" : ", '") + io.name + "'";
+  return "[" + s + "]";
+}
+
+}  // namespace
+
+TorchEngine::TorchEngine(std::vector<std::string> state) {
+  try {
+    loaded_ = engine_state_load(std::move(state));
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, e.what());
+  }
+  for (const auto& io : loaded_.metadata.inputs) {
+    input_torch_types_.push_back(torch_scalar_type(io.torch_dtype));
+    input_engine_types_.push_back(engine_scalar_type(io.engine_dtype));
+  }
+  for (const auto& io : loaded_.metadata.outputs) {
+    output_torch_types_.push_back(torch_scalar_type(io.torch_dtype));
+    output_engine_types_.push_back(engine_scalar_type(io.engine_dtype));
+  }
+  const std::string& backend = loaded_.engine->backend();
+  TORCH_CHECK(backend == "cpu", "ember.Engine: back end '", backend,
+              "' plans cannot run through this build of libember_torch (CPU execution only); "
+              "build the engine for backend 'cpu'");
+  device_type_ = c10::DeviceType::CPU;
+}
+
+std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!idle_contexts_.empty()) {
+      auto ctx = std::move(idle_contexts_.back());
+      idle_contexts_.pop_back();
+      return ctx;
+    }
+  }
+  return loaded_.engine->create_execution_context();
+}
+
+void TorchEngine::release_context(std::unique_ptr<engine::ExecutionContext> ctx) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  idle_contexts_.push_back(std::move(ctx));
+}
+
+std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inputs) {
+  const EngineMetadata& meta = loaded_.metadata;
+  TORCH_CHECK(inputs.size() == meta.inputs.size(), "ember::execute_engine: the engine takes ",
+              meta.inputs.size(), " input(s) ", names_list(meta.inputs), ", got ", inputs.size());
+
+  // Inputs in engine dtype, contiguous; kept alive until the engine has run.
+  std::vector<at::Tensor> engine_inputs;
+  engine_inputs.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const BridgeIO& io = meta.inputs[i];
+    const at::Tensor& x = inputs[i];
+    TORCH_CHECK(x.defined(), "ember::execute_engine: input '", io.name, "' (#", i,
+                ") is an undefined tensor");
+    TORCH_CHECK(x.device().type() == device_type_, "ember::execute_engine: input '", io.name,
+                "' (#", i, ") is on device ", x.device(), " but this ", meta.backend,
+                " engine needs device ", c10::Device(device_type_),
+                "; move the input with .to('", c10::Device(device_type_), "')");
+    TORCH_CHECK(x.scalar_type() == input_torch_types_[i], "ember::execute_engine: input '",
+                io.name, "' (#", i, ") must have dtype ", python_dtype_name(input_torch_types_[i]),
+                ", got ", python_dtype_name(x.scalar_type()),
+                "; convert it with .to(", python_dtype_name(input_torch_types_[i]), ")");
+    at::Tensor y = x.scalar_type() == input_engine_types_[i]
+                       ? x.contiguous()
+                       // f64 -> f32 rounds, i64 -> i32 truncates: the compiler chose the engine
+                       // dtype knowing the value range.
+                       : x.to(input_engine_types_[i]).contiguous();
+    engine_inputs.push_back(std::move(y));
+  }
+
+  std::unique_ptr<engine::ExecutionContext> ctx = acquire_context();
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(meta.outputs.size());
+  try {
+    for (size_t i = 0; i < engine_inputs.size(); ++i) {
+      const BridgeIO& io = meta.inputs[i];
+      const at::Tensor& x = engine_inputs[i];
+      ctx->set_input_shape(io.name, std::vector<int64_t>(x.sizes().begin(), x.sizes().end()));
+      ctx->set_tensor_address(io.name, x.data_ptr(), io.engine_dtype);
+    }
+    for (size_t i = 0; i < meta.outputs.size(); ++i) {
+      const BridgeIO& io = meta.outputs[i];
+      at::Tensor y = at::empty(ctx->tensor_shape(io.name),
+                               at::TensorOptions().dtype(output_engine_types_[i]).device(device_type_));
+      ctx->set_tensor_address(io.name, y.data_ptr(), io.engine_dtype);
+      outputs.push_back(std::move(y));
+    }
+    ctx->execute();
+  } catch (const engine::Error& e) {
+    release_context(std::move(ctx));
+    TORCH_CHECK(false, "ember::execute_engine: ", e.what());
+  }
+  release_context(std::move(ctx));
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (output_engine_types_[i] != output_torch_types_[i]) {
+      outputs[i] = outputs[i].to(output_torch_types_[i]);
+    }
+  }
+  num_runs_.fetch_add(1);
+  return outputs;
+}
+
+namespace {
+
+std::vector<at::Tensor> execute_engine(const std::vector<at::Tensor>& inputs,
+                                       const c10::intrusive_ptr<TorchEngine>& engine) {
+  return engine->execute(inputs);
+}
+
+std::vector<std::string> io_names(const std::vector<BridgeIO>& list) {
+  std::vector<std::string> out;
+  for (const auto& io : list) out.push_back(io.name);
+  return out;
+}
+
+std::vector<std::string> io_shapes(const std::vector<BridgeIO>& list) {
+  std::vector<std::string> out;
+  for (const auto& io : list) out.push_back(io.shape);
+  return out;
+}
+
+std::vector<std::string> io_torch_dtypes(const std::vector<BridgeIO>& list) {
+  std::vector<std::string> out;
+  for (const auto& io : list) out.push_back(io.torch_dtype);
+  return out;
+}
+
+using EnginePtr = c10::intrusive_ptr<TorchEngine>;
+
+}  // namespace
+
+}  // namespace ember::bridge
+
+// The ember namespace belongs to this library: other translation units that add to it use
+// TORCH_LIBRARY_FRAGMENT(ember, m).
+TORCH_LIBRARY(ember, m) {
+  using ember::bridge::EnginePtr;
+  using ember::bridge::TorchEngine;
+  m.class_<TorchEngine>("Engine")
+      .def(torch::init<std::vector<std::string>>())
+      // torch.export fakes script objects from (name, value) pairs; the fake class in
+      // ember/_runtime.py rebuilds itself from the same state list.
+      .def("__obj_flatten__",
+           [](const EnginePtr& self) { return std::make_tuple(std::make_tuple(std::string("state"), self->state())); })
+      .def("state", [](const EnginePtr& self) { return self->state(); })
+      .def("backend", [](const EnginePtr& self) { return self->engine().backend(); })
+      .def("inspect", [](const EnginePtr& self) { return self->engine().inspect_json(); })
+      .def("metadata_json",
+           [](const EnginePtr& self) { return ember::bridge::metadata_to_json(self->metadata()); })
+      .def("input_names", [](const EnginePtr& self) { return ember::bridge::io_names(self->metadata().inputs); })
+      .def("output_names", [](const EnginePtr& self) { return ember::bridge::io_names(self->metadata().outputs); })
+      .def("input_shapes", [](const EnginePtr& self) { return ember::bridge::io_shapes(self->metadata().inputs); })
+      .def("output_shapes", [](const EnginePtr& self) { return ember::bridge::io_shapes(self->metadata().outputs); })
+      .def("input_dtypes",
+           [](const EnginePtr& self) { return ember::bridge::io_torch_dtypes(self->metadata().inputs); })
+      .def("output_dtypes",
+           [](const EnginePtr& self) { return ember::bridge::io_torch_dtypes(self->metadata().outputs); })
+      .def("num_runs", [](const EnginePtr& self) { return self->num_runs(); })
+      .def("__repr__",
+           [](const EnginePtr& self) {
+             const auto& m = self->metadata();
+             return "ember.Engine(backend=" + m.backend + ", inputs=" +
+                    std::to_string(m.inputs.size()) + ", outputs=" + std::to_string(m.outputs.size()) + ")";
+           })
+      .def_pickle(
+          [](const EnginePtr& self) { return self->state(); },
+          [](std::vector<std::string> state) { return c10::make_intrusive<TorchEngine>(std::move(state)); });
+
+  m.def("execute_engine(Tensor[] inputs, __torch__.torch.classes.ember.Engine engine) -> Tensor[]");
+}
+
+// One kernel for every device key that can reach it: the kernel itself checks that the inputs
+// live where the engine runs, so a CUDA tensor fed to a cpu engine gets a message naming the
+// input and both devices rather than the dispatcher's "no kernel for CUDA". Meta/fake shapes come
+// from the Python fake implementation (ember/_runtime.py).
+TORCH_LIBRARY_IMPL(ember, CPU, m) { m.impl("execute_engine", &ember::bridge::execute_engine); }
+TORCH_LIBRARY_IMPL(ember, CUDA, m) { m.impl("execute_engine", &ember::bridge::execute_engine); }

@@ -1,0 +1,453 @@
+// The Engine state format (see engine_state.h): base64, a small JSON reader for the metadata,
+// and the checks that tie the metadata to the plan.
+#include "engine_state.h"
+
+#include <array>
+#include <map>
+#include <stdexcept>
+#include <utility>
+
+namespace ember::bridge {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) {
+  throw std::runtime_error("ember.Engine state: " + message);
+}
+
+constexpr char kBase64Alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+// Compiler ScalarType names (ember/compiler/ir.h); the bridge does not link the compiler.
+constexpr std::array<const char*, 10> kTorchDtypeNames = {"f32", "f16", "bf16", "i8",  "u8",
+                                                          "i32", "i64", "bool", "f64", "i16"};
+
+// ---------------------------------------------------------------- JSON
+// Just enough JSON for the metadata: objects, arrays, strings (with escapes, \u for ASCII and
+// BMP), numbers, true/false/null. Nesting is bounded so hostile text cannot overflow the stack.
+
+struct Json {
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+  Kind kind = Kind::kNull;
+  bool boolean = false;
+  double number = 0;
+  std::string string;
+  std::vector<Json> array;
+  std::vector<std::pair<std::string, Json>> object;
+
+  const Json* find(std::string_view key) const {
+    for (const auto& [k, v] : object) {
+      if (k == key) return &v;
+    }
+    return nullptr;
+  }
+};
+
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view text) : text_(text) {}
+
+  Json parse_all() {
+    Json v = parse_value(0);
+    skip_space();
+    if (pos_ != text_.size()) error("unexpected text after the JSON value");
+    return v;
+  }
+
+ private:
+  static constexpr int kMaxDepth = 32;
+
+  [[noreturn]] void error(const std::string& what) const {
+    fail("metadata JSON: " + what + " at offset " + std::to_string(pos_));
+  }
+  void skip_space() {
+    while (pos_ < text_.size() &&
+           (text_[pos_] == ' ' || text_[pos_] == '\n' || text_[pos_] == '\r' || text_[pos_] == '\t')) {
+      ++pos_;
+    }
+  }
+  bool consume(char c) {
+    skip_space();
+    if (pos_ < text_.size() && text_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+  void expect(char c) {
+    if (!consume(c)) error(std::string("expected '") + c + "'");
+  }
+  bool consume_word(std::string_view word) {
+    if (text_.substr(pos_, word.size()) == word) {
+      pos_ += word.size();
+      return true;
+    }
+    return false;
+  }
+
+  Json parse_value(int depth) {
+    if (depth > kMaxDepth) error("nesting deeper than " + std::to_string(kMaxDepth));
+    skip_space();
+    if (pos_ >= text_.size()) error("unexpected end of text");
+    Json v;
+    const char c = text_[pos_];
+    if (c == '{') {
+      ++pos_;
+      v.kind = Json::Kind::kObject;
+      if (consume('}')) return v;
+      do {
+        skip_space();
+        std::string key = parse_string();
+        expect(':');
+        v.object.emplace_back(std::move(key), parse_value(depth + 1));
+      } while (consume(','));
+      expect('}');
+    } else if (c == '[') {
+      ++pos_;
+      v.kind = Json::Kind::kArray;
+      if (consume(']')) return v;
+      do {
+        v.array.push_back(parse_value(depth + 1));
+      } while (consume(','));
+      expect(']');
+    } else if (c == '"') {
+      v.kind = Json::Kind::kString;
+      v.string = parse_string();
+    } else if (consume_word("true")) {
+      v.kind = Json::Kind::kBool;
+      v.boolean = true;
+    } else if (consume_word("false")) {
+      v.kind = Json::Kind::kBool;
+    } else if (consume_word("null")) {
+      v.kind = Json::Kind::kNull;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      const size_t start = pos_;
+      while (pos_ < text_.size() && std::string_view("+-0123456789.eE").find(text_[pos_]) !=
+                                        std::string_view::npos) {
+        ++pos_;
+      }
+      v.kind = Json::Kind::kNumber;
+      try {
+        v.number = std::stod(std::string(text_.substr(start, pos_ - start)));
+      } catch (const std::exception&) {
+        error("malformed number");
+      }
+    } else {
+      error(std::string("unexpected character '") + c + "'");
+    }
+    return v;
+  }
+
+  std::string parse_string() {
+    if (pos_ >= text_.size() || text_[pos_] != '"') error("expected a string");
+    ++pos_;
+    std::string out;
+    while (true) {
+      if (pos_ >= text_.size()) error("unterminated string");
+      const char c = text_[pos_++];
+      if (c == '"') return out;
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (pos_ >= text_.size()) error("unterminated escape");
+      const char e = text_[pos_++];
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          if (pos_ + 4 > text_.size()) error("truncated \\u escape");
+          unsigned code = 0;
+          for (int i = 0; i < 4; ++i) {
+            const char h = text_[pos_++];
+            code <<= 4;
+            if (h >= '0' && h <= '9') code |= static_cast<unsigned>(h - '0');
+            else if (h >= 'a' && h <= 'f') code |= static_cast<unsigned>(h - 'a' + 10);
+            else if (h >= 'A' && h <= 'F') code |= static_cast<unsigned>(h - 'A' + 10);
+            else error("bad hex digit in \\u escape");
+          }
+          // UTF-8 encode (surrogate pairs are not needed for names and dtypes).
+          if (code < 0x80) {
+            out += static_cast<char>(code);
+          } else if (code < 0x800) {
+            out += static_cast<char>(0xC0 | (code >> 6));
+            out += static_cast<char>(0x80 | (code & 0x3F));
+          } else {
+            out += static_cast<char>(0xE0 | (code >> 12));
+            out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (code & 0x3F));
+          }
+          break;
+        }
+        default:
+          error(std::string("unknown escape '\\") + e + "'");
+      }
+    }
+  }
+
+  std::string_view text_;
+  size_t pos_ = 0;
+};
+
+void json_write_string(const std::string& s, std::string& out) {
+  out += '"';
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          static constexpr char kHex[] = "0123456789abcdef";
+          out += "\\u00";
+          out += kHex[(c >> 4) & 0xF];
+          out += kHex[c & 0xF];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+const std::string& json_string_field(const Json& object, std::string_view key,
+                                     const std::string& where) {
+  const Json* v = object.find(key);
+  if (v == nullptr) fail("metadata " + where + " has no \"" + std::string(key) + "\" key");
+  if (v->kind != Json::Kind::kString) {
+    fail("metadata " + where + " key \"" + std::string(key) + "\" must be a string");
+  }
+  return v->string;
+}
+
+std::vector<BridgeIO> json_io_list(const Json& root, std::string_view key) {
+  const Json* list = root.find(key);
+  if (list == nullptr || list->kind != Json::Kind::kArray) {
+    fail("metadata needs an \"" + std::string(key) + "\" array");
+  }
+  std::vector<BridgeIO> out;
+  for (size_t i = 0; i < list->array.size(); ++i) {
+    const Json& item = list->array[i];
+    const std::string where = std::string(key) + "[" + std::to_string(i) + "]";
+    if (item.kind != Json::Kind::kObject) fail("metadata " + where + " must be an object");
+    BridgeIO io;
+    io.name = json_string_field(item, "name", where);
+    io.torch_dtype = json_string_field(item, "torch_dtype", where);
+    if (!is_torch_dtype_name(io.torch_dtype)) {
+      fail("metadata " + where + " ('" + io.name + "') has unknown torch_dtype '" + io.torch_dtype +
+           "' (expected one of f32 f16 bf16 i8 u8 i32 i64 bool f64 i16)");
+    }
+    const std::string& engine_dtype = json_string_field(item, "engine_dtype", where);
+    const auto dt = engine::dtype_from_name(engine_dtype);
+    if (!dt) {
+      fail("metadata " + where + " ('" + io.name + "') has unknown engine_dtype '" + engine_dtype +
+           "' (expected one of f32 f16 bf16 i8 u8 i32 i64 bool)");
+    }
+    io.engine_dtype = *dt;
+    if (const Json* shape = item.find("shape"); shape != nullptr) {
+      if (shape->kind != Json::Kind::kString) fail("metadata " + where + " shape must be a string");
+      io.shape = shape->string;
+    }
+    out.push_back(std::move(io));
+  }
+  return out;
+}
+
+// Rank of a shape text "[a, b, c]" ("[]" is rank 0); -1 when it is not bracketed.
+int shape_text_rank(const std::string& text) {
+  if (text.size() < 2 || text.front() != '[' || text.back() != ']') return -1;
+  if (text.find_first_not_of(' ', 1) == text.size() - 1) return 0;
+  int rank = 1, depth = 0;
+  for (size_t i = 1; i + 1 < text.size(); ++i) {
+    if (text[i] == '(') ++depth;
+    if (text[i] == ')') --depth;
+    if (text[i] == ',' && depth == 0) ++rank;
+  }
+  return rank;
+}
+
+void check_io_list(std::vector<BridgeIO>& meta, const std::vector<const engine::IOTensorInfo*>& plan,
+                   const char* kind) {
+  auto names = [](const auto& list, auto get) {
+    std::string s;
+    for (const auto& x : list) s += (s.empty() ? "" : ", ") + get(x);
+    return "[" + s + "]";
+  };
+  const std::string meta_names = names(meta, [](const BridgeIO& io) { return io.name; });
+  const std::string plan_names =
+      names(plan, [](const engine::IOTensorInfo* t) { return t->name; });
+  if (meta.size() != plan.size() || meta_names != plan_names) {
+    fail(std::string("metadata ") + kind + " " + meta_names + " do not match the plan's " + kind +
+         " " + plan_names + "; the metadata belongs to a different plan (rebuild the engine)");
+  }
+  for (size_t i = 0; i < meta.size(); ++i) {
+    BridgeIO& io = meta[i];
+    const engine::IOTensorInfo& t = *plan[i];
+    if (io.engine_dtype != t.dtype) {
+      fail(std::string(kind).substr(0, std::string(kind).size() - 1) + " '" + io.name +
+           "': metadata engine_dtype " + engine::dtype_name(io.engine_dtype) + " but the plan has " +
+           engine::dtype_name(t.dtype));
+    }
+    const std::string plan_shape = engine::shape_to_string(t.shape);
+    if (io.shape.empty()) {
+      io.shape = plan_shape;
+    } else if (shape_text_rank(io.shape) != static_cast<int>(t.shape.size())) {
+      fail(std::string(kind).substr(0, std::string(kind).size() - 1) + " '" + io.name +
+           "': metadata shape " + io.shape + " does not have the rank of the plan's shape " +
+           plan_shape);
+    }
+  }
+}
+
+}  // namespace
+
+bool is_torch_dtype_name(std::string_view name) {
+  for (const char* n : kTorchDtypeNames) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
+std::string base64_encode(const void* data, size_t size) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  std::string out;
+  out.reserve((size + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 3 <= size; i += 3) {
+    const uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8) | p[i + 2];
+    out += kBase64Alphabet[(v >> 18) & 63];
+    out += kBase64Alphabet[(v >> 12) & 63];
+    out += kBase64Alphabet[(v >> 6) & 63];
+    out += kBase64Alphabet[v & 63];
+  }
+  if (size - i == 1) {
+    const uint32_t v = uint32_t{p[i]} << 16;
+    out += kBase64Alphabet[(v >> 18) & 63];
+    out += kBase64Alphabet[(v >> 12) & 63];
+    out += "==";
+  } else if (size - i == 2) {
+    const uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8);
+    out += kBase64Alphabet[(v >> 18) & 63];
+    out += kBase64Alphabet[(v >> 12) & 63];
+    out += kBase64Alphabet[(v >> 6) & 63];
+    out += '=';
+  }
+  return out;
+}
+
+std::vector<uint8_t> base64_decode(std::string_view text) {
+  std::array<int8_t, 256> value{};
+  value.fill(-1);
+  for (int i = 0; i < 64; ++i) value[static_cast<uint8_t>(kBase64Alphabet[i])] = static_cast<int8_t>(i);
+  if (text.size() % 4 != 0) {
+    fail("plan base64 has length " + std::to_string(text.size()) +
+         ", not a multiple of 4 (truncated or not base64)");
+  }
+  // Padding is only allowed as the end of the last group: "xxx=" or "xx==".
+  size_t pad = 0;
+  if (!text.empty() && text.back() == '=') pad = text[text.size() - 2] == '=' ? 2 : 1;
+  std::vector<uint8_t> out;
+  out.reserve(text.size() / 4 * 3);
+  for (size_t i = 0; i < text.size(); i += 4) {
+    const bool last = i + 4 == text.size();
+    uint32_t v = 0;
+    for (size_t j = 0; j < 4; ++j) {
+      const char c = text[i + j];
+      const bool is_pad = last && j >= 4 - pad;
+      const int8_t d = is_pad ? (c == '=' ? 0 : -1) : value[static_cast<uint8_t>(c)];
+      if (d < 0) {
+        fail("plan base64 has an invalid character at position " + std::to_string(i + j) +
+             " (the state string is corrupted or not base64; re-save the engine)");
+      }
+      v = (v << 6) | static_cast<uint32_t>(d);
+    }
+    out.push_back(static_cast<uint8_t>(v >> 16));
+    if (!last || pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
+    if (!last || pad < 1) out.push_back(static_cast<uint8_t>(v));
+  }
+  return out;
+}
+
+EngineMetadata metadata_from_json(std::string_view json) {
+  const Json root = JsonParser(json).parse_all();
+  if (root.kind != Json::Kind::kObject) fail("metadata JSON must be an object");
+  EngineMetadata m;
+  m.backend = json_string_field(root, "backend", "object");
+  m.inputs = json_io_list(root, "inputs");
+  m.outputs = json_io_list(root, "outputs");
+  return m;
+}
+
+std::string metadata_to_json(const EngineMetadata& metadata) {
+  std::string out = "{\"backend\": ";
+  json_write_string(metadata.backend, out);
+  auto write_list = [&](const char* key, const std::vector<BridgeIO>& list) {
+    out += ", \"";
+    out += key;
+    out += "\": [";
+    for (size_t i = 0; i < list.size(); ++i) {
+      const BridgeIO& io = list[i];
+      if (i > 0) out += ", ";
+      out += "{\"name\": ";
+      json_write_string(io.name, out);
+      out += ", \"torch_dtype\": ";
+      json_write_string(io.torch_dtype, out);
+      out += ", \"engine_dtype\": ";
+      json_write_string(engine::dtype_name(io.engine_dtype), out);
+      out += ", \"shape\": ";
+      json_write_string(io.shape, out);
+      out += '}';
+    }
+    out += ']';
+  };
+  write_list("inputs", metadata.inputs);
+  write_list("outputs", metadata.outputs);
+  out += '}';
+  return out;
+}
+
+void metadata_check(EngineMetadata& metadata, const engine::Engine& engine) {
+  if (metadata.backend != engine.backend()) {
+    fail("metadata says back end '" + metadata.backend + "' but the plan was built for '" +
+         engine.backend() + "'");
+  }
+  std::vector<const engine::IOTensorInfo*> inputs, outputs;
+  for (const auto& t : engine.io_tensors()) (t.is_input ? inputs : outputs).push_back(&t);
+  check_io_list(metadata.inputs, inputs, "inputs");
+  check_io_list(metadata.outputs, outputs, "outputs");
+}
+
+LoadedEngineState engine_state_load(std::vector<std::string> state) {
+  if (state.empty()) fail("empty state list; expected [format tag, plan base64, metadata JSON]");
+  if (state[0] != kEngineStateTag) {
+    // A tag is short; anything long is probably not a tag at all.
+    const std::string found = state[0].size() > 40 ? state[0].substr(0, 40) + "..." : state[0];
+    fail(std::string("expected format tag '") + kEngineStateTag + "' but found '" + found +
+         "' (saved by an incompatible Ember version, or not an Ember engine state)");
+  }
+  if (state.size() != kEngineStateSize) {
+    fail("format " + state[0] + " has " + std::to_string(kEngineStateSize) +
+         " strings [tag, plan base64, metadata JSON], got " + std::to_string(state.size()));
+  }
+  const std::vector<uint8_t> plan = base64_decode(state[1]);
+  LoadedEngineState loaded;
+  loaded.metadata = metadata_from_json(state[2]);
+  try {
+    loaded.engine = engine::Runtime().deserialize(plan.data(), plan.size());
+  } catch (const engine::Error& e) {
+    fail(std::string("the plan does not load: ") + e.what());
+  }
+  metadata_check(loaded.metadata, *loaded.engine);
+  loaded.state = std::move(state);
+  return loaded;
+}
+
+}  // namespace ember::bridge
