@@ -1,11 +1,28 @@
 """Ember: an ahead-of-time compiler and inference engine for PyTorch models.
 
-This release exposes the engine runtime (`ember.engine`); the compiler and the PyTorch
-integration (`ember.compile`, `ember.dynamo`) come with the next releases.
+    import torch, ember
+    exp_program = torch.export.export(model, tuple(inputs))
+    compiled = ember.dynamo.compile(exp_program, inputs)   # a torch.fx.GraphModule
+    compiled(*inputs)
+
+or in one call: ``ember.compile(model, ir="dynamo", inputs=inputs, **settings)``. Settings are the
+fields of `ember.CompileSettings`. `ember.engine` loads and runs plans without PyTorch.
 """
 
 from ember import _C
-from ember.engine import Engine, available_backends
+from ember.engine import Engine, EngineError, available_backends
 
 __version__ = _C.__version__
-__all__ = ["Engine", "available_backends", "__version__"]
+
+try:  # the compiler needs PyTorch; the engine runtime above does not
+    import torch as _torch  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+else:
+    from ember import dynamo
+    from ember._api import compile, load, save
+    from ember._input import Input
+    from ember._settings import CompileSettings
+
+__all__ = ["Engine", "EngineError", "available_backends", "__version__", "dynamo", "compile",
+           "save", "load", "Input", "CompileSettings"]

@@ -1,5 +1,6 @@
-// ember._C: the Python extension. For now it exposes the engine runtime (load a plan, inspect
-// it, run it on host buffers); the compiler and torch bridge bind here in later issues.
+// ember._C: the Python extension: the engine runtime (load a plan, inspect it, run it on host
+// buffers) and the compiler (compiler_bindings.cpp). The torch bridge is a separate library,
+// libember_torch.so, loaded through torch.ops.load_library.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -61,6 +62,8 @@ struct PyEngine {
 
 }  // namespace
 
+void bind_compiler(py::module_& m);
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Ember native extension";
   m.attr("__version__") = "0.1.0";
@@ -72,4 +75,5 @@ PYBIND11_MODULE(_C, m) {
       .def("io", &PyEngine::io)
       .def("inspect_json", [](const PyEngine& e) { return e.engine->inspect_json(); })
       .def("run", &PyEngine::run);
+  bind_compiler(m);
 }

@@ -1,0 +1,317 @@
+"""The FX importer: a decomposed ExportedProgram's graph -> the C++ compiler IR (ember._C.Graph).
+
+Each FX node with an aten OpOverload target becomes an IR node keyed "aten::add.Tensor" (the
+default overload without a suffix), its arguments normalized to schema order with defaults
+filled in. Parameters, buffers and lifted constants become IR constants that borrow the tensors'
+memory. SymInt sizes (from node.meta["val"]) become symbolic dims over the export's symbols.
+
+A node the IR cannot hold (not an aten op, a non-tensor result, a dtype the engine lacks) is not
+imported: it runs in PyTorch, and a tensor it produces enters the IR as a graph input, so its
+consumers can still be converted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any
+
+import sympy
+import torch
+import torch.fx
+
+from ember import _C
+from ember._settings import op_key
+
+DTYPE_NAMES = {
+    torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int8: "i8",
+    torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.bool: "bool",
+    torch.float64: "f64", torch.int16: "i16",
+}
+TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+class Unsupported(Exception):
+    """A node or value the IR cannot represent (the reason is the message)."""
+
+
+def sym_text(expr: sympy.Expr) -> str:
+    """A sympy size expression (torch.export SymInt) as DimExpr text."""
+    try:
+        from torch.utils._sympy.functions import FloorDiv, Mod, PythonMod
+        mods = (Mod, PythonMod)
+    except ImportError:  # pragma: no cover - older torch
+        from torch.utils._sympy.functions import FloorDiv
+        mods = ()
+    if expr.is_Integer:
+        return str(int(expr))
+    if expr.is_Symbol:
+        return str(expr.name)
+    if isinstance(expr, sympy.Add):
+        return "(" + " + ".join(sym_text(a) for a in expr.args) + ")"
+    if isinstance(expr, sympy.Mul):
+        return "(" + "*".join(sym_text(a) for a in expr.args) + ")"
+    if isinstance(expr, FloorDiv):
+        return f"floordiv({sym_text(expr.args[0])}, {sym_text(expr.args[1])})"
+    if isinstance(expr, mods) or isinstance(expr, sympy.Mod):
+        return f"mod({sym_text(expr.args[0])}, {sym_text(expr.args[1])})"
+    if isinstance(expr, (sympy.Min, sympy.Max)):
+        fn = "min" if isinstance(expr, sympy.Min) else "max"
+        args = [sym_text(a) for a in expr.args]
+        text = args[0]
+        for a in args[1:]:
+            text = f"{fn}({text}, {a})"
+        return text
+    raise Unsupported(f"symbolic size {expr} ({type(expr).__name__}) has no engine form")
+
+
+def dim_arg(d) -> int | str:
+    """An int or SymInt as an int or DimExpr text."""
+    if isinstance(d, torch.SymInt):
+        expr = d.node.expr
+        return int(expr) if expr.is_Integer else sym_text(expr)
+    if isinstance(d, bool):
+        raise Unsupported("a bool where a size was expected")
+    return int(d)
+
+
+def tensor_type(val) -> tuple[str, list]:
+    if not isinstance(val, torch.Tensor):
+        raise Unsupported(f"a {type(val).__name__} result, not a tensor")
+    if val.dtype not in DTYPE_NAMES:
+        raise Unsupported(f"dtype {val.dtype} has no engine type")
+    return DTYPE_NAMES[val.dtype], [dim_arg(d) for d in val.shape]
+
+
+def module_info(node: torch.fx.Node) -> tuple[str, list[str]]:
+    stack = node.meta.get("nn_module_stack") or {}
+    path, types = "", []
+    for entry in stack.values():
+        p, t = entry[0], entry[1]
+        path = str(p)
+        types.append(t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}")
+    for prefix in ("L['self'].", "L__self___"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    return path, types
+
+
+@dataclasses.dataclass
+class ImportedProgram:
+    graph: Any                                    # ember._C.Graph
+    #: FX nodes not imported, with why: (fx name, target, reason).
+    skipped: list[tuple[str, str, str]]
+    #: IR value name of every imported FX node that is a tensor.
+    value_of: dict[str, str]
+    #: FX placeholder name -> (kind, state key) for parameters/buffers/constants.
+    lifted: dict[str, tuple[str, str]]
+    #: Constant tensors by placeholder name (kept alive for the compiled program).
+    constants: dict[str, torch.Tensor]
+    #: User input placeholder names, in order.
+    user_inputs: list[str]
+
+
+class _Importer:
+    def __init__(self, ep: torch.export.ExportedProgram):
+        self.ep = ep
+        self.g = _C.Graph()
+        self.value_of: dict[str, str] = {}
+        self.skipped: list[tuple[str, str, str]] = []
+
+    # ---- arguments
+    def encode(self, v: Any) -> tuple:
+        if isinstance(v, torch.fx.Node):
+            val = v.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                if v.name not in self.value_of:
+                    raise Unsupported(f"its input '{v.name}' is not in the IR")
+                return ("tensor", self.value_of[v.name])
+            if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
+                d = dim_arg(val)
+                return ("int", d) if isinstance(d, int) else ("sym", d)
+            raise Unsupported(f"argument '{v.name}' is a {type(val).__name__}")
+        if v is None:
+            return ("none",)
+        if isinstance(v, bool):
+            return ("bool", v)
+        if isinstance(v, torch.SymInt):
+            d = dim_arg(v)
+            return ("int", d) if isinstance(d, int) else ("sym", d)
+        if isinstance(v, int):
+            return ("int", v)
+        if isinstance(v, float):
+            return ("float", v)
+        if isinstance(v, str):
+            return ("str", v)
+        if isinstance(v, torch.dtype):
+            if v not in DTYPE_NAMES:
+                raise Unsupported(f"dtype argument {v} has no engine type")
+            return ("dtype", DTYPE_NAMES[v])
+        if isinstance(v, (torch.device, torch.layout, torch.memory_format)):
+            return ("str", str(v))
+        if isinstance(v, (list, tuple)):
+            return self.encode_list(list(v))
+        if isinstance(v, (torch.SymFloat, torch.SymBool)):
+            raise Unsupported(f"a symbolic {type(v).__name__} argument")
+        raise Unsupported(f"an argument of type {type(v).__name__}")
+
+    def encode_list(self, items: list) -> tuple:
+        if not items:
+            return ("ints", [])
+
+        def is_tensor(x):
+            return isinstance(x, torch.fx.Node) and isinstance(x.meta.get("val"), torch.Tensor)
+
+        if all(x is None or is_tensor(x) for x in items) and any(is_tensor(x) for x in items):
+            return ("tensors", [None if x is None else self.encode(x)[1] for x in items])
+        if all(isinstance(x, bool) for x in items):
+            return ("bools", list(items))
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items) and any(
+                isinstance(x, float) for x in items):
+            return ("floats", [float(x) for x in items])
+        dims = []
+        for x in items:
+            e = self.encode(x)
+            if e[0] not in ("int", "sym"):
+                raise Unsupported(f"a list mixing {e[0]} with sizes")
+            dims.append(e[1])
+        return ("ints", dims)
+
+    def schema_args(self, node: torch.fx.Node) -> list:
+        """Arguments in schema order, kwargs and defaults filled in."""
+        schema = node.target._schema
+        out = []
+        for i, a in enumerate(schema.arguments):
+            if i < len(node.args):
+                out.append(node.args[i])
+            elif a.name in node.kwargs:
+                out.append(node.kwargs[a.name])
+            elif a.has_default_value():
+                out.append(a.default_value)
+            else:
+                out.append(None)
+        return out
+
+    # ---- nodes
+    def as_graph_input(self, node: torch.fx.Node, reason: str) -> None:
+        """A node that runs in PyTorch; its tensor result enters the IR as an input."""
+        self.skipped.append((node.name, str(node.target), reason))
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            try:
+                dtype, shape = tensor_type(val)
+            except Unsupported:
+                return
+            self.g.add_input(node.name, dtype, shape, node.name)
+            self.value_of[node.name] = node.name
+
+    def add_op(self, node: torch.fx.Node) -> None:
+        val = node.meta.get("val")
+        if isinstance(val, (list, tuple)):
+            vals = list(val)
+        else:
+            vals = [val]
+        types = [tensor_type(v) if v is not None else None for v in vals]
+        args = [self.encode(a) for a in self.schema_args(node)]
+        # Multi-output ops: each output is named by the getitem node that reads it.
+        getitems = {u.args[1]: u for u in node.users
+                    if u.op == "call_function" and u.target is operator.getitem}
+        names, fx_names, out_types = [], [], []
+        multi = isinstance(val, (list, tuple))
+        for i, t in enumerate(types):
+            if t is None:  # an optional output PyTorch left out: a placeholder 0-d value
+                t = ("f32", [])
+            out_types.append(t)
+            if not multi:
+                names.append(node.name)
+                fx_names.append(node.name)
+            elif i in getitems:
+                names.append(getitems[i].name)
+                fx_names.append(getitems[i].name)
+            else:
+                names.append(f"{node.name}__{i}")
+                fx_names.append("")
+        path, mtypes = module_info(node)
+        self.g.add_node(op_key(node.target), args, out_types, names, fx_names, node.name, path,
+                        mtypes)
+        for n in names:
+            self.value_of.setdefault(n, n)
+        if multi:
+            for i, u in getitems.items():
+                self.value_of[u.name] = names[i]
+
+
+def import_program(ep: torch.export.ExportedProgram,
+                   symbol_ranges: dict[str, tuple[int, int, int]]) -> ImportedProgram:
+    """Imports `ep` (already decomposed). symbol_ranges: symbol name -> (min, opt, max)."""
+    imp = _Importer(ep)
+    sig = ep.graph_signature
+    kinds = {spec.arg.name: spec for spec in sig.input_specs}
+    lifted, constants, user_inputs = {}, {}, []
+    from torch.export.graph_signature import InputKind
+
+    for node in ep.graph_module.graph.nodes:
+        if node.op == "placeholder":
+            spec = kinds.get(node.name)
+            if spec is None or spec.kind == InputKind.USER_INPUT:
+                user_inputs.append(node.name)
+                val = node.meta.get("val")
+                if isinstance(val, torch.Tensor):
+                    try:
+                        dtype, shape = tensor_type(val)
+                        imp.g.add_input(node.name, dtype, shape, node.name)
+                        imp.value_of[node.name] = node.name
+                    except Unsupported as e:
+                        imp.skipped.append((node.name, "placeholder", str(e)))
+                continue
+            if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                target = spec.target
+                if target in ep.state_dict:
+                    t = ep.state_dict[target]
+                else:
+                    t = ep.constants[target]
+                t = t.detach()
+                lifted[node.name] = (spec.kind.name, target)
+                constants[node.name] = t
+                host = t.to("cpu").contiguous()
+                if host.dtype not in DTYPE_NAMES:
+                    imp.skipped.append((node.name, "constant", f"dtype {host.dtype}"))
+                    continue
+                imp.g.add_constant(node.name, DTYPE_NAMES[host.dtype], list(host.shape),
+                                   host.data_ptr(), host.numel() * host.element_size(), host,
+                                   node.name)
+                imp.value_of[node.name] = node.name
+            else:
+                imp.skipped.append((node.name, "placeholder", f"{spec.kind.name} input"))
+            continue
+        if node.op == "call_function":
+            if node.target is operator.getitem:
+                if node.name not in imp.value_of:  # its producer runs in PyTorch
+                    imp.as_graph_input(node, "reads a result of a node that runs in PyTorch")
+                continue  # otherwise mapped by its producer
+            if not isinstance(node.target, torch._ops.OpOverload):
+                imp.as_graph_input(node, f"not an aten op ({node.target})")
+                continue
+            val = node.meta.get("val")
+            if not (isinstance(val, torch.Tensor) or (isinstance(val, (list, tuple)) and val and all(
+                    v is None or isinstance(v, torch.Tensor) for v in val))):
+                imp.skipped.append((node.name, op_key(node.target), "its result is not a tensor"))
+                continue
+            try:
+                imp.add_op(node)
+            except Unsupported as e:
+                imp.as_graph_input(node, str(e))
+            continue
+        if node.op == "output":
+            outs = []
+            flat = node.args[0]
+            for o in (flat if isinstance(flat, (list, tuple)) else [flat]):
+                if isinstance(o, torch.fx.Node) and o.name in imp.value_of:
+                    outs.append(imp.value_of[o.name])
+            imp.g.set_outputs(outs)
+        elif node.op == "get_attr":
+            imp.skipped.append((node.name, "get_attr", "attribute read"))
+
+    for name, (lo, opt, hi) in symbol_ranges.items():
+        imp.g.add_symbol(name, lo, opt, hi)
+    return ImportedProgram(imp.g, imp.skipped, imp.value_of, lifted, constants, user_inputs)

@@ -1,0 +1,126 @@
+"""Compile settings: one dataclass, documented field by field, validated by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Collection
+
+
+@dataclasses.dataclass
+class CompileSettings:
+    """What `ember.compile` / `ember.dynamo.compile` accept as keyword arguments.
+
+    Names and meanings follow Torch-TensorRT's dynamo settings where they exist.
+    """
+
+    #: Segments with fewer compute nodes (views and reshapes don't count) run in PyTorch.
+    min_block_size: int = 5
+    #: Ops forced to run in PyTorch: "aten::add" / "aten.add" (all overloads), "aten::add.Tensor",
+    #: or the OpOverload / OpOverloadPacket itself (torch.ops.aten.add.Tensor).
+    torch_executed_ops: Collection[Any] = ()
+    #: Modules forced to run in PyTorch: an nn.Module class, its name ("Conv2d" or
+    #: "torch.nn.modules.conv.Conv2d"), or a qualified submodule name ("layer1.0").
+    torch_executed_modules: Collection[Any] = ()
+    #: Raise instead of falling back; the error lists every unsupported node and why.
+    require_full_compilation: bool = False
+    #: Run f64 as f32 and i64 as i32 inside engines (values are cast at the boundary).
+    truncate_double: bool = False
+    #: Keep the model's dtypes (the only mode today: casts in the model are the precision plan).
+    use_explicit_typing: bool = True
+    #: Builder optimization level, 0 (fast build) .. 5 (fast engine).
+    optimization_level: int = 3
+    #: Limit for each engine's activation memory in bytes (0: no limit).
+    workspace_size: int = 0
+    #: "cpu" or "cuda"; None picks cuda when a GPU and the CUDA back end are present, else cpu.
+    device: str | None = None
+    #: Print the partition report and the engine build logs.
+    debug: bool = False
+    #: Print the partition report and stop: nothing is built, the input program is returned.
+    dryrun: bool = False
+    #: Raise when an engine fails to build instead of running its segment in PyTorch.
+    pass_through_build_failures: bool = False
+    #: Use the global partitioner (merges non-adjacent supported nodes); False: adjacency only.
+    use_global_partitioner: bool = True
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "CompileSettings":
+        names = [f.name for f in dataclasses.fields(cls)]
+        aliases = {"truncate_long_and_double": "truncate_double"}
+        clean = {}
+        for key, value in kwargs.items():
+            key = aliases.get(key, key)
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise TypeError(f"ember: unknown setting '{key}'{hint} "
+                                f"(valid settings: {', '.join(names)})")
+            clean[key] = value
+        settings = cls(**clean)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not isinstance(self.min_block_size, int) or self.min_block_size < 1:
+            raise ValueError(f"ember: min_block_size must be an int >= 1, got {self.min_block_size!r}")
+        if not 0 <= int(self.optimization_level) <= 5:
+            raise ValueError(f"ember: optimization_level must be in 0..5, got {self.optimization_level}")
+        if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda"):
+            raise ValueError(f"ember: device must be 'cpu' or 'cuda', got {self.device!r}")
+        if not self.use_explicit_typing:
+            raise ValueError("ember: use_explicit_typing=False (autocast) is not supported yet; "
+                             "cast the model to the dtype you want instead")
+
+    def backend(self) -> str:
+        if self.device is not None:
+            return "cuda" if str(self.device).startswith("cuda") else "cpu"
+        from ember import _C
+        import torch
+        if torch.cuda.is_available() and "cuda" in _C.available_backends():
+            return "cuda"
+        return "cpu"
+
+    def to_compiler(self) -> dict:
+        """The subset the C++ compiler reads (ember._C settings dict)."""
+        return {
+            "min_block_size": int(self.min_block_size),
+            "torch_executed_ops": [_op_name(o) for o in self.torch_executed_ops],
+            "torch_executed_modules": [_module_name(m) for m in self.torch_executed_modules],
+            "require_full_compilation": bool(self.require_full_compilation),
+            "truncate_double": bool(self.truncate_double),
+            "optimization_level": int(self.optimization_level),
+            "workspace_size": int(self.workspace_size),
+            "backend": self.backend(),
+            "debug": bool(self.debug),
+        }
+
+
+def _op_name(op: Any) -> str:
+    """aten::add.Tensor style key for an op given as a string or a torch op object."""
+    import torch
+    if isinstance(op, torch._ops.OpOverload):
+        return op_key(op)
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return op._qualified_op_name
+    text = str(op)
+    if text.startswith("torch.ops."):
+        text = text[len("torch.ops."):]
+    if "::" not in text and "." in text:
+        ns, rest = text.split(".", 1)
+        text = f"{ns}::{rest}"
+    if text.endswith(".default"):
+        text = text[: -len(".default")]
+    return text
+
+
+def _module_name(m: Any) -> str:
+    if isinstance(m, type):
+        return f"{m.__module__}.{m.__qualname__}"
+    return str(m)
+
+
+def op_key(op) -> str:
+    """The IR key of an OpOverload: "aten::add.Tensor", or "aten::relu" for the default."""
+    name = op._schema.name
+    overload = op._overloadname
+    return name if overload == "default" else f"{name}.{overload}"

@@ -1,0 +1,341 @@
+"""The dynamo path: torch.export -> decompose -> import -> lower -> partition -> build -> GraphModule.
+
+    exp_program = torch.export.export(model, tuple(inputs))
+    compiled = ember.dynamo.compile(exp_program, inputs)   # a torch.fx.GraphModule
+    compiled(*inputs)
+
+Engine segments become calls to ``torch.ops.ember.execute_engine(inputs, engine)``; everything
+else stays as PyTorch nodes.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import time
+import warnings
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+
+from ember import _C, _runtime
+from ember._importer import DTYPE_NAMES, import_program
+from ember._input import Input
+from ember._settings import CompileSettings, op_key
+
+__all__ = ["trace", "compile", "decomposition_table", "CompilationReport"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and tracing
+
+def _as_inputs(inputs: Sequence[Any] | None) -> list[Input]:
+    out = []
+    for i, x in enumerate(inputs or []):
+        if isinstance(x, Input):
+            out.append(x)
+        elif isinstance(x, torch.Tensor):
+            out.append(Input.from_tensor(x))
+        else:
+            raise TypeError(f"ember: input {i} must be a torch.Tensor or ember.Input, got {type(x).__name__}")
+    return out
+
+
+def _examples(inputs: Sequence[Any]) -> tuple:
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            out.append(x)
+        else:
+            # Trace with the opt shape, but never 1 on a dynamic dim (torch.export specializes 1).
+            shape = [max(o, min(2, hi)) if lo != hi else o
+                     for lo, o, hi in zip(x.min_shape, x.opt_shape, x.max_shape)]
+            t = Input(shape=shape, dtype=x.dtype).example()
+            out.append(t)
+    return tuple(out)
+
+
+def _dynamic_shapes(inputs: Sequence[Any]):
+    specs = []
+    any_dynamic = False
+    for i, x in enumerate(inputs):
+        if isinstance(x, Input) and x.is_dynamic():
+            any_dynamic = True
+            name = x.name or f"input{i}"
+            specs.append({d: torch.export.Dim(f"{name}_d{d}", min=x.min_shape[d], max=x.max_shape[d])
+                          for d in x.dynamic_dims()})
+        else:
+            specs.append(None)
+    return tuple(specs) if any_dynamic else None
+
+
+def trace(model: torch.nn.Module, inputs: Sequence[Any], **kwargs) -> torch.export.ExportedProgram:
+    """torch.export.export with dynamic dims (torch.export.Dim) made from the Inputs' ranges."""
+    if kwargs:
+        unknown = ", ".join(kwargs)
+        raise TypeError(f"ember.dynamo.trace: unexpected arguments {unknown}")
+    return torch.export.export(model, _examples(inputs), dynamic_shapes=_dynamic_shapes(inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompositions
+
+def decomposition_table() -> dict:
+    """PyTorch's default decompositions, minus the ops Ember converts whole (layer norm,
+    attention, linear, ...): decompose what has no converter, keep what converts better whole."""
+    table = torch.export.default_decompositions()
+    converted = set(_C.converter_ops())
+    for op in list(table.keys()):
+        try:
+            key = op_key(op)
+        except AttributeError:
+            continue
+        if key in converted:
+            del table[op]
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation
+
+class CompilationReport:
+    """What a compile did: the partition, each engine's build, the nodes left to PyTorch."""
+
+    def __init__(self):
+        self.partition_report = ""
+        self.lowering_log: list[str] = []
+        self.engines: list[dict] = []
+        self.skipped: list[tuple[str, str, str]] = []
+        self.fallback: list[tuple[str, str, str]] = []
+        self.build_failures: list[tuple[int, str]] = []
+        self.seconds = 0.0
+
+    def __str__(self) -> str:
+        lines = [self.partition_report.rstrip()]
+        if self.skipped:
+            lines.append("Not imported (run in PyTorch):")
+            lines += [f"  {name} ({target}): {why}" for name, target, why in self.skipped]
+        for i, e in enumerate(self.engines):
+            lines.append(f"engine {i}: {e['nodes']} nodes, {len(e['inputs'])} inputs, "
+                         f"{len(e['outputs'])} outputs, plan {e['plan_bytes']} bytes, "
+                         f"built in {e['build_seconds']:.2f} s")
+        for seg, why in self.build_failures:
+            lines.append(f"segment {seg} failed to build and runs in PyTorch: {why}")
+        return "\n".join(lines)
+
+
+def _symbol_ranges(ep: torch.export.ExportedProgram, inputs: list[Input],
+                   user_inputs: list[str]) -> dict[str, tuple[int, int, int]]:
+    """min/opt/max of every export symbol that is an input dim."""
+    placeholders = {n.name: n for n in ep.graph_module.graph.nodes if n.op == "placeholder"}
+    ranges: dict[str, tuple[int, int, int]] = {}
+    constraints = {str(k): v for k, v in ep.range_constraints.items()}
+    for i, name in enumerate(user_inputs):
+        val = placeholders[name].meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for d, size in enumerate(val.shape):
+            if not isinstance(size, torch.SymInt) or not size.node.expr.is_Symbol:
+                continue
+            sym = str(size.node.expr)
+            vr = constraints.get(sym)
+            lo = int(vr.lower) if vr is not None else 1
+            hi_raw = vr.upper if vr is not None else None
+            spec = inputs[i] if i < len(inputs) else None
+            if spec is not None and spec.is_dynamic() and d in spec.dynamic_dims():
+                lo, opt, hi = spec.min_shape[d], spec.opt_shape[d], spec.max_shape[d]
+            else:
+                try:
+                    hi = int(hi_raw)
+                except (TypeError, ValueError, OverflowError):
+                    raise ValueError(
+                        f"ember: input '{name}' dim {d} ({sym}) has no upper bound; give it a "
+                        f"range with ember.Input(min_shape=, opt_shape=, max_shape=) or "
+                        f"torch.export.Dim(max=...)") from None
+                hint = size.node.hint
+                opt = int(hint) if hint is not None else lo
+                opt = min(max(opt, lo), hi)
+            prev = ranges.get(sym)
+            if prev is not None and prev != (lo, opt, hi):
+                lo, opt, hi = max(lo, prev[0]), max(opt, prev[1]), min(hi, prev[2])
+            ranges[sym] = (lo, opt, hi)
+    return ranges
+
+
+def compile(exported_program: torch.export.ExportedProgram,
+            inputs: Sequence[Any] | None = None, *, report: CompilationReport | None = None,
+            **kwargs) -> torch.fx.GraphModule:
+    """Compiles an ExportedProgram into a torch.fx.GraphModule whose engine segments run
+    through torch.ops.ember.execute_engine. Keyword arguments are CompileSettings fields."""
+    settings = CompileSettings.from_kwargs(**kwargs)
+    if not isinstance(exported_program, torch.export.ExportedProgram):
+        raise TypeError("ember.dynamo.compile takes a torch.export.ExportedProgram (use "
+                        "ember.dynamo.trace or torch.export.export first, or ember.compile for "
+                        f"an nn.Module); got {type(exported_program).__name__}")
+    start = time.perf_counter()
+    report = report if report is not None else CompilationReport()
+    specs = _as_inputs(inputs)
+    csettings = settings.to_compiler()
+    _runtime.load_library()
+
+    ep = exported_program.run_decompositions(decomposition_table())
+    imported = import_program(ep, {})
+    ranges = _symbol_ranges(ep, specs, imported.user_inputs)
+    for name, (lo, opt, hi) in ranges.items():
+        imported.graph.add_symbol(name, lo, opt, hi)
+    report.skipped = imported.skipped
+    report.lowering_log = imported.graph.lower(csettings)
+    part = _C.partition(imported.graph, csettings, settings.use_global_partitioner)
+    report.partition_report = part.report()
+    report.fallback = list(part.fallback())
+    if settings.debug or settings.dryrun:
+        print(report.partition_report, file=sys.stderr)
+        if imported.skipped:
+            print("Not imported (run in PyTorch):", file=sys.stderr)
+            for name, target, why in imported.skipped:
+                print(f"  {name} ({target}): {why}", file=sys.stderr)
+    if settings.dryrun:
+        return ep.module()
+
+    segments = part.segments()
+    engines: dict[int, Any] = {}
+    for k, seg in enumerate(segments):
+        if not seg["engine"]:
+            continue
+        try:
+            built = _C.build_segment(imported.graph, part, k, csettings)
+        except Exception as e:  # noqa: BLE001 - reported, or re-raised on request
+            if settings.pass_through_build_failures:
+                raise
+            warnings.warn(f"ember: engine segment {k} failed to build and runs in PyTorch: {e}")
+            report.build_failures.append((k, str(e)))
+            continue
+        meta = {"backend": csettings["backend"],
+                "inputs": [_io_meta(io) for io in built["inputs"]],
+                "outputs": [_io_meta(io) for io in built["outputs"]]}
+        engines[k] = (_runtime.make_engine(built["plan"], meta), built)
+        report.engines.append({"nodes": len(seg["nodes"]), "inputs": built["inputs"],
+                               "outputs": built["outputs"], "plan_bytes": len(built["plan"]),
+                               "build_seconds": built["build_seconds"],
+                               "build_log": built["build_log"]})
+        if settings.debug:
+            print(f"[ember] engine {k}: " + "; ".join(built["build_log"]), file=sys.stderr)
+
+    gm = _stitch(ep, imported, segments, engines)
+    report.seconds = time.perf_counter() - start
+    gm.ember_report = report
+    return gm
+
+
+def _io_meta(io: dict) -> dict:
+    return {k: io[k] for k in ("name", "torch_dtype", "engine_dtype", "shape")}
+
+
+def _attr_name(target: str) -> str:
+    return "_w_" + "".join(c if c.isalnum() else "_" for c in target)
+
+
+def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
+    """Rebuilds the FX graph: engine segments become execute_engine calls, the rest is copied.
+
+    Nodes are emitted on demand from the outputs (an iterative depth-first walk), so every node
+    and engine call comes after what it reads, whatever order the segments have.
+    """
+    old = ep.graph_module.graph
+    by_name = {n.name: n for n in old.nodes}
+    seg_of_output: dict[str, tuple[int, int]] = {}
+    for k, (engine, built) in engines.items():
+        for i, io in enumerate(built["outputs"]):
+            if io["fx_name"]:
+                seg_of_output[io["fx_name"]] = (k, i)
+
+    root = torch.nn.Module()
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    done_segments: set[int] = set()
+
+    for node in old.nodes:  # user inputs first, in order
+        if node.op == "placeholder" and node.name not in imported.lifted:
+            env[node] = graph.node_copy(node, lambda x: env[x])
+
+    def deps(item):
+        kind, x = item
+        if kind == "seg":
+            engine, built = engines[x]
+            return [("node", by_name[io["fx_name"]]) for io in built["inputs"]]
+        if x.name in seg_of_output:
+            return [("seg", seg_of_output[x.name][0])]
+        return [("node", y) for y in x.all_input_nodes]
+
+    def is_done(item):
+        kind, x = item
+        return x in done_segments if kind == "seg" else x in env
+
+    def build(item):
+        kind, x = item
+        if kind == "seg":
+            engine, built = engines[x]
+            attr = f"_ember_engine_{x}"
+            setattr(root, attr, engine)
+            eng = graph.get_attr(attr)
+            args = [env[by_name[io["fx_name"]]] for io in built["inputs"]]
+            call = graph.call_function(torch.ops.ember.execute_engine.default, (args, eng))
+            for i, io in enumerate(built["outputs"]):
+                if not io["fx_name"]:
+                    continue
+                out = graph.call_function(operator.getitem, (call, i))
+                src = by_name[io["fx_name"]]
+                out.meta = dict(src.meta)
+                env[src] = out
+            done_segments.add(x)
+            return
+        if x.op == "placeholder":  # a lifted parameter, buffer or constant
+            kind_name, target = imported.lifted[x.name]
+            attr = _attr_name(target)
+            t = imported.constants[x.name]
+            if not hasattr(root, attr):
+                if kind_name == "PARAMETER":
+                    root.register_parameter(attr, torch.nn.Parameter(t, requires_grad=False))
+                else:
+                    root.register_buffer(attr, t)
+            env[x] = graph.get_attr(attr)
+            env[x].meta = dict(x.meta)
+            return
+        env[x] = graph.node_copy(x, lambda y: env[y])
+
+    def ensure(target):
+        stack = [("node", target)]
+        active = set()
+        while stack:
+            item = stack[-1]
+            if is_done(item):
+                stack.pop()
+                continue
+            pending = [d for d in deps(item) if not is_done(d)]
+            if pending:
+                if item in active:
+                    raise RuntimeError(f"ember: internal error, cycle at {item}")
+                active.add(item)
+                stack.extend(pending)
+                continue
+            build(item)
+            active.discard(item)
+            stack.pop()
+
+    output = next(n for n in old.nodes if n.op == "output")
+    ensure(output)
+    # Only the user outputs (eval programs mutate no buffers).
+    from torch.export.graph_signature import OutputKind
+    user_idx = [i for i, s in enumerate(ep.graph_signature.output_specs)
+                if s.kind == OutputKind.USER_OUTPUT]
+    new_out = env[output]
+    flat = list(new_out.args[0])
+    if len(user_idx) != len(flat):
+        new_out.args = ([flat[i] for i in user_idx],)
+    graph._codegen = torch.fx.graph._PyTreeCodeGen(torch.fx.graph._PyTreeInfo(
+        orig_args=list(imported.user_inputs), in_spec=ep.call_spec.in_spec,
+        out_spec=ep.call_spec.out_spec))
+    graph.eliminate_dead_code()
+    gm = torch.fx.GraphModule(root, graph)
+    return gm

@@ -1,0 +1,241 @@
+// ember._C compiler bindings: the FX importer builds a compiler::Graph through these calls, then
+// lowering, partitioning and per-segment engine builds run in C++.
+//
+// Arguments arrive as tagged tuples, ("int", 3), ("sym", "s0*2"), ("tensor", "%name"), ...:
+// the Python importer knows torch's types, this side knows the IR's.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "ember/compiler/compile.h"
+#include "ember/compiler/conversion.h"
+#include "ember/compiler/lowering.h"
+#include "ember/compiler/partitioning.h"
+
+namespace py = pybind11;
+using namespace ember::compiler;
+using ember::engine::DimExpr;
+
+namespace {
+
+ScalarType parse_dtype(const std::string& name) {
+  auto t = scalar_type_from_name(name);
+  if (!t) throw Error("unknown dtype '" + name + "'");
+  return *t;
+}
+
+DimExpr parse_dim(const py::handle& h) {
+  if (py::isinstance<py::int_>(h)) return DimExpr(h.cast<int64_t>());
+  return DimExpr::parse(h.cast<std::string>());
+}
+
+Shape parse_shape(const py::list& dims) {
+  Shape s;
+  for (const auto& d : dims) s.push_back(parse_dim(d));
+  return s;
+}
+
+Value* find(Graph& g, const std::string& name) {
+  Value* v = g.find_value(name);
+  if (v == nullptr) throw Error("importer: no value named '" + name + "'");
+  return v;
+}
+
+Arg parse_arg(Graph& g, const py::tuple& t) {
+  const auto tag = t[0].cast<std::string>();
+  if (tag == "none") return NoneArg{};
+  if (tag == "bool") return t[1].cast<bool>();
+  if (tag == "int") return t[1].cast<int64_t>();
+  if (tag == "float") return t[1].cast<double>();
+  if (tag == "str") return t[1].cast<std::string>();
+  if (tag == "dtype") return parse_dtype(t[1].cast<std::string>());
+  if (tag == "sym") return DimExpr::parse(t[1].cast<std::string>());
+  if (tag == "ints") return parse_shape(t[1].cast<py::list>());
+  if (tag == "floats") return t[1].cast<std::vector<double>>();
+  if (tag == "bools") return t[1].cast<std::vector<bool>>();
+  if (tag == "tensor") return find(g, t[1].cast<std::string>());
+  if (tag == "tensors") {
+    std::vector<Value*> out;
+    for (const auto& e : t[1].cast<py::list>()) {
+      out.push_back(e.is_none() ? nullptr : find(g, e.cast<std::string>()));
+    }
+    return out;
+  }
+  throw Error("importer: unknown argument tag '" + tag + "'");
+}
+
+CompileSettings parse_settings(const py::dict& d) {
+  CompileSettings s;
+  for (const auto& [k, v] : d) {
+    const auto key = k.cast<std::string>();
+    if (key == "min_block_size") s.min_block_size = v.cast<int64_t>();
+    else if (key == "torch_executed_ops") s.torch_executed_ops = v.cast<std::vector<std::string>>();
+    else if (key == "torch_executed_modules") s.torch_executed_modules = v.cast<std::vector<std::string>>();
+    else if (key == "require_full_compilation") s.require_full_compilation = v.cast<bool>();
+    else if (key == "truncate_double") s.truncate_double = v.cast<bool>();
+    else if (key == "optimization_level") s.optimization_level = v.cast<int>();
+    else if (key == "workspace_size") s.workspace_size = v.cast<int64_t>();
+    else if (key == "backend") s.backend = v.cast<std::string>();
+    else if (key == "debug") s.debug = v.cast<bool>();
+    else throw Error("unknown compiler setting '" + key + "'");
+  }
+  return s;
+}
+
+// Keeps a Python object alive from C++ (the tensor whose memory a constant borrows).
+std::shared_ptr<const void> keep_alive(uintptr_t ptr, py::object owner) {
+  auto* holder = new py::object(std::move(owner));
+  return std::shared_ptr<const void>(reinterpret_cast<const void*>(ptr), [holder](const void*) {
+    py::gil_scoped_acquire gil;
+    delete holder;
+  });
+}
+
+py::dict io_dict(const EngineIO& io) {
+  py::dict d;
+  d["name"] = io.name;
+  d["value"] = io.value;
+  d["fx_name"] = io.fx_name;
+  d["torch_dtype"] = scalar_type_name(io.torch_dtype);
+  d["engine_dtype"] = ember::engine::dtype_name(io.engine_dtype);
+  d["shape"] = io.shape;
+  return d;
+}
+
+py::list value_names(const std::vector<Value*>& vs) {
+  py::list out;
+  for (const Value* v : vs) out.append(py::make_tuple(v->name(), v->fx_name()));
+  return out;
+}
+
+struct PyPartition {
+  PartitionResult result;
+};
+
+}  // namespace
+
+void bind_compiler(py::module_& m) {
+  py::class_<Graph>(m, "Graph")
+      .def(py::init<>())
+      .def("add_input",
+           [](Graph& g, const std::string& name, const std::string& dtype, const py::list& shape,
+              const std::string& fx_name) {
+             g.add_input(name, parse_dtype(dtype), parse_shape(shape))->set_fx_name(fx_name);
+           })
+      .def("add_constant",
+           [](Graph& g, const std::string& name, const std::string& dtype, const py::list& shape,
+              uintptr_t data_ptr, size_t nbytes, py::object owner, const std::string& fx_name) {
+             ConstantData data{keep_alive(data_ptr, std::move(owner)), nbytes};
+             g.add_constant(name, parse_dtype(dtype), parse_shape(shape), std::move(data))
+                 ->set_fx_name(fx_name);
+           })
+      .def("add_node",
+           [](Graph& g, const std::string& op, const py::list& args, const py::list& out_types,
+              const std::vector<std::string>& out_names,
+              const std::vector<std::string>& out_fx_names, const std::string& fx_name,
+              const std::string& module_path, const std::vector<std::string>& module_types) {
+             std::vector<Arg> a;
+             for (const auto& x : args) a.push_back(parse_arg(g, x.cast<py::tuple>()));
+             std::vector<TensorType> types;
+             for (const auto& t : out_types) {
+               auto tt = t.cast<py::tuple>();
+               types.push_back({parse_dtype(tt[0].cast<std::string>()),
+                                parse_shape(tt[1].cast<py::list>())});
+             }
+             Node* n = g.add_node(op, std::move(a), types, out_names);
+             n->set_fx_name(fx_name);
+             n->set_module(module_path, module_types);
+             for (size_t i = 0; i < out_fx_names.size() && i < n->outputs().size(); ++i) {
+               n->output(i)->set_fx_name(out_fx_names[i]);
+             }
+           })
+      .def("set_outputs",
+           [](Graph& g, const std::vector<std::string>& names) {
+             std::vector<Value*> out;
+             for (const auto& n : names) out.push_back(find(g, n));
+             g.set_outputs(out);
+           })
+      .def("add_symbol",
+           [](Graph& g, const std::string& name, int64_t min, int64_t opt, int64_t max) {
+             if (!(min <= opt && opt <= max)) {
+               throw Error("symbol " + name + ": needs min <= opt <= max, got " +
+                           std::to_string(min) + ", " + std::to_string(opt) + ", " +
+                           std::to_string(max));
+             }
+             g.symbols().push_back({name, SymbolRange{min, opt, max}});
+           })
+      .def("num_nodes", &Graph::num_nodes)
+      .def("to_string", &Graph::to_string)
+      .def("node_ops",
+           [](const Graph& g) {
+             std::vector<std::string> out;
+             for (const Node* n : g.nodes()) out.push_back(n->op());
+             return out;
+           })
+      .def("lower", [](Graph& g, const py::dict& settings) {
+        return lower(g, parse_settings(settings)).log;
+      });
+
+  py::class_<PyPartition>(m, "Partition")
+      .def("report", [](const PyPartition& p) { return p.result.report(); })
+      .def("segments",
+           [](const PyPartition& p) {
+             py::list out;
+             for (const Segment& s : p.result.segments) {
+               py::dict d;
+               d["engine"] = s.engine;
+               py::list nodes;
+               for (const Node* n : s.nodes) nodes.append(n->fx_name());
+               d["nodes"] = nodes;
+               d["inputs"] = value_names(s.inputs);
+               d["outputs"] = value_names(s.outputs);
+               d["compute_nodes"] = s.compute_nodes;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("fallback", [](const PyPartition& p) {
+        py::list out;
+        for (const auto& [n, why] : p.result.fallback) {
+          out.append(py::make_tuple(n->fx_name(), n->op(), why));
+        }
+        return out;
+      });
+
+  m.def("partition",
+        [](const Graph& g, const py::dict& settings, bool global) {
+          return PyPartition{partition(g, parse_settings(settings), global)};
+        },
+        py::arg("graph"), py::arg("settings"), py::arg("global_partitioner") = true);
+
+  m.def("build_segment",
+        [](const Graph& g, const PyPartition& p, size_t index, const py::dict& settings) {
+          if (index >= p.result.segments.size() || !p.result.segments[index].engine) {
+            throw Error("build_segment: segment " + std::to_string(index) +
+                        " is not an engine segment");
+          }
+          const CompileSettings s = parse_settings(settings);
+          SegmentEngine e;
+          {
+            py::gil_scoped_release release;
+            e = build_segment(g, p.result.segments[index], s);
+          }
+          py::dict d;
+          d["plan"] = py::bytes(reinterpret_cast<const char*>(e.plan.data()), e.plan.size());
+          py::list ins, outs;
+          for (const auto& io : e.inputs) ins.append(io_dict(io));
+          for (const auto& io : e.outputs) outs.append(io_dict(io));
+          d["inputs"] = ins;
+          d["outputs"] = outs;
+          d["build_log"] = e.build_log;
+          d["build_seconds"] = e.build_seconds;
+          return d;
+        });
+
+  m.def("converter_ops", [] { return ConverterRegistry::instance().ops(); });
+  m.def("converter_files", [] {
+    py::dict out;
+    auto& r = ConverterRegistry::instance();
+    for (const auto& op : r.ops()) out[py::str(op)] = r.entries(op).front()->file;
+    return out;
+  });
+}
