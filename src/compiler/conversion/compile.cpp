@@ -61,7 +61,9 @@ Converted convert(const Graph& g, const Segment& segment, const CompileSettings&
   c.extra_symbols = shapes.extra_symbols;
   for (size_t i = 0; i < segment.inputs.size(); ++i) {
     const Value* v = segment.inputs[i];
-    const std::string name = "input_" + std::to_string(i);
+    // Named after the PyTorch value, so run-time errors (a shape outside the profile) name the
+    // tensor the user knows.
+    const std::string name = v->fx_name().empty() ? "input_" + std::to_string(i) : v->fx_name();
     engine::Tensor* t = c.net.add_input(name, ctx.engine_dtype(v->dtype()), shapes.shapes[i]);
     ctx.bind(v, t);
     c.inputs.push_back(make_io(name, v, t));
