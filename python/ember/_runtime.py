@@ -58,8 +58,13 @@ def library_path() -> Optional[str]:
     $EMBER_NATIVE_DIR (a build folder such as build/dev/src/torch). None when neither has it."""
     candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME)]
     # Editable installs keep the native files in site-packages, beside ember._C, not here.
-    from ember import _C
-    candidates.append(os.path.join(os.path.dirname(os.path.abspath(_C.__file__)), _LIBRARY_NAME))
+    # ember._C may be missing (source tree without an install): then only the other places count.
+    try:
+        from ember import _C
+    except ImportError:
+        _C = None
+    if _C is not None and getattr(_C, "__file__", None):
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(_C.__file__)), _LIBRARY_NAME))
     native_dir = os.environ.get("EMBER_NATIVE_DIR")
     if native_dir:
         candidates.append(os.path.join(native_dir, _LIBRARY_NAME))
