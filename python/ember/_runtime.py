@@ -54,9 +54,14 @@ TORCH_DTYPES: Dict[str, torch.dtype] = {
 
 
 def library_path() -> Optional[str]:
-    """Where libember_torch.so is: next to this file (installed package), else in
-    $EMBER_NATIVE_DIR (a build folder such as build/dev/src/torch). None when neither has it."""
-    candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME)]
+    """Where libember_torch.so is: in $EMBER_NATIVE_DIR when set (an explicit choice, e.g. a
+    build folder such as build/dev/src/torch, wins over an installed copy), else next to this
+    file (installed package), else beside ember._C (editable installs). None when none has it."""
+    candidates = []
+    native_dir = os.environ.get("EMBER_NATIVE_DIR")
+    if native_dir:
+        candidates.append(os.path.join(native_dir, _LIBRARY_NAME))
+    candidates.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME))
     # Editable installs keep the native files in site-packages, beside ember._C, not here.
     # ember._C may be missing (source tree without an install): then only the other places count.
     try:
@@ -65,9 +70,6 @@ def library_path() -> Optional[str]:
         _C = None
     if _C is not None and getattr(_C, "__file__", None):
         candidates.append(os.path.join(os.path.dirname(os.path.abspath(_C.__file__)), _LIBRARY_NAME))
-    native_dir = os.environ.get("EMBER_NATIVE_DIR")
-    if native_dir:
-        candidates.append(os.path.join(native_dir, _LIBRARY_NAME))
     for path in candidates:
         if os.path.isfile(path):
             return path

@@ -239,3 +239,8 @@ TORCH_LIBRARY(ember, m) {
 // from the Python fake implementation (ember/_runtime.py).
 TORCH_LIBRARY_IMPL(ember, CPU, m) { m.impl("execute_engine", &ember::bridge::execute_engine); }
 TORCH_LIBRARY_IMPL(ember, CUDA, m) { m.impl("execute_engine", &ember::bridge::execute_engine); }
+// Engines are inference-only: outputs never require grad (no autograd graph is recorded), rather
+// than the default fallback that lets backward run through the op with silently wrong gradients.
+TORCH_LIBRARY_IMPL(ember, Autograd, m) {
+  m.impl("execute_engine", torch::CppFunction::makeFallthrough());
+}

@@ -109,6 +109,13 @@ def test_results_match_torch_for_every_batch_in_profile(affine):
     assert affine.num_runs() == 5
 
 
+def test_outputs_do_not_require_grad(affine):
+    x = torch.randn(2, 4, requires_grad=True)
+    (y,) = run(affine, x)
+    assert not y.requires_grad  # inference-only: no autograd graph through an engine
+    torch.testing.assert_close(y, torch.relu(x.detach() * 2 + 1))
+
+
 def test_non_contiguous_input_is_made_contiguous(affine):
     x = torch.randn(4, 6)[:, 1:5]  # strided view
     assert not x.is_contiguous()
