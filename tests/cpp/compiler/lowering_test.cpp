@@ -1,0 +1,349 @@
+// Lowering passes, each tested alone as before/after IR text, then the whole pipeline.
+#include "ember/compiler/lowering.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ember/compiler/conversion.h"
+#include "ember/compiler/ir.h"
+
+namespace ember::compiler {
+namespace {
+
+// The canonical text of a hand-written graph (comments, blank lines and spacing normalized).
+std::string canonical(const std::string& text) { return Graph::parse(text).to_string(); }
+
+// Parses `before`, runs `pass` and compares the result with `after`; returns the pass's count.
+template <class Pass>
+int expect_pass(const std::string& before, Pass pass, const std::string& after) {
+  Graph g = Graph::parse(before);
+  const int changed = pass(g);
+  EXPECT_EQ(g.to_string(), canonical(after));
+  // The result is itself valid IR text.
+  EXPECT_EQ(Graph::parse(g.to_string()).to_string(), g.to_string());
+  return changed;
+}
+
+// A constant owning a copy of `values`.
+Value* add_float_constant(Graph& g, const std::string& name, const std::vector<float>& values) {
+  auto data = std::make_shared<std::vector<float>>(values);
+  return g.add_constant(
+      name, ScalarType::kF32, {static_cast<int64_t>(values.size())},
+      ConstantData{std::shared_ptr<const void>(data, data->data()), values.size() * sizeof(float)});
+}
+
+std::vector<float> constant_floats(const Value* v) {
+  const auto* p = static_cast<const float*>(v->constant().data.get());
+  return std::vector<float>(p, p + v->constant().nbytes / sizeof(float));
+}
+
+bool have_converters(const std::vector<std::string>& ops) {
+  for (const std::string& op : ops) {
+    if (!ConverterRegistry::instance().has(op)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// remove_dead_code
+
+TEST(LowerRemoveDeadCode, RemovesUnusedChainsAndTheirConstants) {
+  const int removed = expect_pass(R"(
+graph(%x: f32[2]):
+  constant %w: f32[2]
+  constant %v: f32[2]
+  %a = aten::add.Tensor(%x, %w, 1) : f32[2]
+  %b = aten::mul.Tensor(%a, %v) : f32[2]      # dead, and so is %a through it
+  %c = aten::relu(%b) : f32[2]                # dead
+  %d = aten::relu(%x) : f32[2]
+  %m, %i = aten::max.dim(%d, 0, False) : f32[], i64[]   # kept: %m is used
+  ember::side_effect_free(%x)                 # no outputs: nothing reads it
+  return (%d, %m, %x)
+)",
+                                  lower_remove_dead_code, R"(
+graph(%x: f32[2]):
+  %d = aten::relu(%x) : f32[2]
+  %m, %i = aten::max.dim(%d, 0, False) : f32[], i64[]
+  return (%d, %m, %x)
+)");
+  EXPECT_EQ(removed, 4);
+}
+
+TEST(LowerRemoveDeadCode, LeavesLiveGraphsAlone) {
+  const std::string text = R"(
+graph(%x: f32[2]):
+  constant %w: f32[2]
+  %a = aten::add.Tensor(%x, %w, 1) : f32[2]
+  return (%a)
+)";
+  EXPECT_EQ(expect_pass(text, lower_remove_dead_code, text), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// remove_noops
+
+TEST(LowerRemoveNoops, BypassesIdentityOps) {
+  const int removed = expect_pass(R"(
+graph(%x: f32[s0, 4]):
+  %d0 = aten::dropout(%x, 0.5, False) : f32[s0, 4]
+  %d1 = aten::dropout(%d0, 0.0, True) : f32[s0, 4]
+  %a = aten::detach(%d1) : f32[s0, 4]
+  %b = aten::alias(%a) : f32[s0, 4]
+  %c = aten::clone(%b, None) : f32[s0, 4]
+  %e = aten::contiguous(%c, 0) : f32[s0, 4]
+  %f = aten::lift_fresh_copy(%e) : f32[s0, 4]
+  %g = aten::_to_copy(%f, dtype(f32), None, None, None, False, None) : f32[s0, 4]
+  %h = aten::to.dtype(%g, dtype(f32), False, False, None) : f32[s0, 4]
+  %i = aten::view(%h, [s0, 4]) : f32[s0, 4]
+  %j = aten::reshape(%i, [-1, 4]) : f32[s0, 4]
+  %k = aten::expand(%j, [s0, 4], False) : f32[s0, 4]
+  %r = aten::relu(%k) : f32[s0, 4]
+  return (%r, %c)
+)",
+                                  lower_remove_noops, R"(
+graph(%x: f32[s0, 4]):
+  %r = aten::relu(%x) : f32[s0, 4]
+  return (%r, %x)
+)");
+  EXPECT_EQ(removed, 12);
+}
+
+TEST(LowerRemoveNoops, KeepsOpsThatChangeValues) {
+  const std::string text = R"(
+graph(%x: f32[2, 2], %y: f32[s0]):
+  %d = aten::dropout(%x, 0.5, True) : f32[2, 2]
+  %n, %mask = aten::native_dropout(%x, 0.5, False) : f32[2, 2], bool[2, 2]
+  %h = aten::_to_copy(%x, dtype(f16), None, None, None, False, None) : f16[2, 2]
+  %dev = aten::_to_copy(%x, None, None, "cuda:0", None, False, None) : f32[2, 2]
+  %v = aten::view(%x, [4]) : f32[4]
+  %e = aten::expand(%y, [2, s0], False) : f32[2, s0]
+  %p = aten::permute(%x, [1, 0]) : f32[2, 2]
+  return (%d, %n, %h, %dev, %v, %e, %p)
+)";
+  EXPECT_EQ(expect_pass(text, lower_remove_noops, text), 0);
+}
+
+// A no-op may leave a graph output equal to a graph input; that is fine.
+TEST(LowerRemoveNoops, OutputMayBecomeAnInput) {
+  EXPECT_EQ(expect_pass(R"(
+graph(%x: f32[3]):
+  %c = aten::clone(%x, None) : f32[3]
+  return (%c)
+)",
+                        lower_remove_noops, R"(
+graph(%x: f32[3]):
+  return (%x)
+)"),
+            1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// canonicalize
+
+TEST(LowerCanonicalize, TransposesBecomePermutes) {
+  const int rewritten = expect_pass(R"(
+graph(%x: f32[s0, 3], %v: f32[5], %y: f32[2, 3, 4]):
+  %t = aten::t(%x) : f32[3, s0] {fx="t", module="fc"}
+  %t1 = aten::t(%v) : f32[5]
+  %tr = aten::transpose.int(%y, -1, 0) : f32[4, 3, 2]
+  %same = aten::transpose.int(%y, 1, -2) : f32[2, 3, 4]
+  %sw = aten::swapaxes(%y, 0, 1) : f32[3, 2, 4]
+  return (%t, %t1, %tr, %same, %sw)
+)",
+                                    lower_canonicalize, R"(
+graph(%x: f32[s0, 3], %v: f32[5], %y: f32[2, 3, 4]):
+  %t_0 = aten::permute(%x, [1, 0]) : f32[3, s0] {fx="t", module="fc"}
+  %tr_1 = aten::permute(%y, [2, 1, 0]) : f32[4, 3, 2]
+  %sw_2 = aten::permute(%y, [1, 0, 2]) : f32[3, 2, 4]
+  return (%t_0, %v, %tr_1, %y, %sw_2)
+)");
+  EXPECT_EQ(rewritten, 5);
+}
+
+TEST(LowerCanonicalize, SqueezeFlattenAndFullReductions) {
+  const int rewritten = expect_pass(R"(
+graph(%x: f32[1, s0, 1, 3], %y: f32[s0, 3, 4, 5], %z: f32[]):
+  %sq = aten::squeeze(%x) : f32[s0, 3]
+  %f0 = aten::flatten.using_ints(%y, 1, -1) : f32[s0, 60]
+  %f1 = aten::flatten.using_ints(%y, 0, 1) : f32[s0*3, 4, 5]
+  %f2 = aten::flatten.using_ints(%z, 0, -1) : f32[1]
+  %m = aten::mean(%y) : f32[]
+  %s = aten::sum(%y, dtype(f32)) : f32[]
+  return (%sq, %f0, %f1, %f2, %m, %s)
+)",
+                                    lower_canonicalize, R"(
+graph(%x: f32[1, s0, 1, 3], %y: f32[s0, 3, 4, 5], %z: f32[]):
+  %sq_0 = aten::squeeze.dims(%x, [0, 2]) : f32[s0, 3]
+  %f0_1 = aten::view(%y, [s0, 60]) : f32[s0, 60]
+  %f1_2 = aten::view(%y, [s0*3, 4, 5]) : f32[s0*3, 4, 5]
+  %f2_3 = aten::view(%z, [1]) : f32[1]
+  %m_4 = aten::mean.dim(%y, [0, 1, 2, 3], False, None) : f32[]
+  %s_5 = aten::sum.dim_IntList(%y, [0, 1, 2, 3], False, dtype(f32)) : f32[]
+  return (%sq_0, %f0_1, %f1_2, %f2_3, %m_4, %s_5)
+)");
+  EXPECT_EQ(rewritten, 6);
+}
+
+TEST(LowerCanonicalize, ScalarOverloadsBecomeTensorOverloads) {
+  EXPECT_EQ(expect_pass(R"(
+graph(%x: f32[2]):
+  %a = aten::add.Scalar(%x, 2, 1) : f32[2]
+  %m = aten::mul.Scalar(%a, 0.5) : f32[2]
+  %e = aten::eq.Scalar(%m, 1.0) : bool[2]
+  return (%e)
+)",
+                        lower_canonicalize, R"(
+graph(%x: f32[2]):
+  %a_0 = aten::add.Tensor(%x, 2, 1) : f32[2]
+  %m_1 = aten::mul.Tensor(%a_0, 0.5) : f32[2]
+  %e_2 = aten::eq.Tensor(%m_1, 1.0) : bool[2]
+  return (%e_2)
+)"),
+            3);
+}
+
+TEST(LowerCanonicalize, LeavesMalformedOrCanonicalNodesAlone) {
+  const std::string text = R"(
+graph(%x: f32[s0, 3], %y: f32[2, 3]):
+  %bad = aten::transpose.int(%x, 0, 5) : f32[3, s0]
+  %sym = aten::transpose.int(%x, sym(s0), 1) : f32[3, s0]
+  %sq = aten::squeeze(%x) : f32[3]
+  %p = aten::permute(%y, [1, 0]) : f32[3, 2]
+  %a = aten::add.Tensor(%y, 1.0, 1) : f32[2, 3]
+  return (%bad, %sym, %sq, %p, %a)
+)";
+  EXPECT_EQ(expect_pass(text, lower_canonicalize, text), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// fold_constants
+
+// Two constants -> add -> relu, feeding a node that also reads an input: add and relu fold into
+// one constant holding relu(a + b); the node reading the input stays.
+TEST(LowerFoldConstants, FoldsChainsOfConstantNodes) {
+  if (!have_converters({"aten::add.Tensor", "aten::relu", "aten::mul.Tensor"})) {
+    GTEST_SKIP() << "converters for add/relu/mul are not registered yet";
+  }
+  Graph g;
+  Value* x = g.add_input("x", ScalarType::kF32, {4});
+  Value* a = add_float_constant(g, "a", {1.0f, -2.0f, 3.0f, -4.0f});
+  Value* b = add_float_constant(g, "b", {0.5f, 0.5f, 0.5f, 0.5f});
+  Node* add =
+      g.add_node("aten::add.Tensor", {a, b, int64_t{1}}, {{ScalarType::kF32, {4}}}, {"add"});
+  Node* relu = g.add_node("aten::relu", {add->output()}, {{ScalarType::kF32, {4}}}, {"relu"});
+  relu->output()->set_fx_name("relu");
+  Node* mul =
+      g.add_node("aten::mul.Tensor", {relu->output(), x}, {{ScalarType::kF32, {4}}}, {"mul"});
+  g.set_outputs({mul->output()});
+
+  EXPECT_EQ(lower_fold_constants(g, CompileSettings{}), 2);
+  EXPECT_EQ(lower_remove_dead_code(g), 0);  // folding removed the nodes; compact drops a, b
+  EXPECT_EQ(g.to_string(), canonical(R"(
+graph(%x: f32[4]):
+  constant %fold_1: f32[4] {fx="relu"}
+  %mul = aten::mul.Tensor(%fold_1, %x) : f32[4]
+  return (%mul)
+)"));
+  const Value* folded = g.find_value("fold_1");
+  ASSERT_NE(folded, nullptr);
+  EXPECT_EQ(constant_floats(folded), (std::vector<float>{1.5f, 0.0f, 3.5f, 0.0f}));
+}
+
+TEST(LowerFoldConstants, RespectsTheSizeLimit) {
+  if (!have_converters({"aten::add.Tensor"})) GTEST_SKIP() << "no aten::add.Tensor converter";
+  Graph g;
+  Value* a = add_float_constant(g, "a", {1.0f, 2.0f});
+  Node* add =
+      g.add_node("aten::add.Tensor", {a, a, int64_t{1}}, {{ScalarType::kF32, {2}}}, {"add"});
+  g.set_outputs({add->output()});
+  EXPECT_EQ(lower_fold_constants(g, CompileSettings{}, /*max_bytes=*/4), 0);
+  EXPECT_EQ(lower_fold_constants(g, CompileSettings{}, /*max_bytes=*/8), 1);
+  EXPECT_EQ(constant_floats(g.outputs()[0]), (std::vector<float>{2.0f, 4.0f}));
+}
+
+// What must not fold: constants without data (parsed text), inputs, symbolic shapes, dead
+// nodes, ops without a converter and random ops.
+TEST(LowerFoldConstants, SkipsWhatCannotOrMustNotFold) {
+  const std::string text = R"(
+graph(%x: f32[s0]):
+  constant %c: f32[2]
+  %a = aten::add.Tensor(%c, %c, 1) : f32[2]
+  %b = aten::add.Tensor(%x, %x, 1) : f32[s0]
+  return (%a, %b)
+)";
+  EXPECT_EQ(expect_pass(
+                text, [](Graph& g) { return lower_fold_constants(g, CompileSettings{}); }, text),
+            0);
+
+  Graph g;
+  Value* a = add_float_constant(g, "a", {1.0f, 2.0f});
+  Node* unknown = g.add_node("ember::no_such_op", {a}, {{ScalarType::kF32, {2}}}, {"u"});
+  Node* rand = g.add_node("aten::rand_like", {a, NoneArg{}}, {{ScalarType::kF32, {2}}}, {"r"});
+  Node* drop = g.add_node("aten::dropout", {a, 0.5, true}, {{ScalarType::kF32, {2}}}, {"d"});
+  g.add_node("aten::relu", {a}, {{ScalarType::kF32, {2}}}, {"dead"});
+  g.set_outputs({unknown->output(), rand->output(), drop->output()});
+  EXPECT_EQ(lower_fold_constants(g, CompileSettings{}), 0);
+  EXPECT_EQ(g.num_nodes(), 4u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline
+
+TEST(Lower, RunsPassesUntilNothingChanges) {
+  Graph g = Graph::parse(R"(
+graph(%x: f32[2, 3]):
+  constant %w: f32[3, 2]
+  %c = aten::clone(%x, None) : f32[2, 3]
+  %t = aten::t(%c) : f32[3, 2]
+  %s = aten::add.Scalar(%t, 1, 1) : f32[3, 2]
+  %dead = aten::mul.Tensor(%s, %w) : f32[3, 2]
+  %f = aten::flatten.using_ints(%s, 0, -1) : f32[6]
+  return (%f)
+)");
+  const LoweringReport report = lower(g, CompileSettings{});
+  EXPECT_EQ(g.to_string(), canonical(R"(
+graph(%x: f32[2, 3]):
+  %t_0 = aten::permute(%x, [1, 0]) : f32[3, 2]
+  %s_1 = aten::add.Tensor(%t_0, 1, 1) : f32[3, 2]
+  %f_2 = aten::view(%s_1, [6]) : f32[6]
+  return (%f_2)
+)"));
+  const std::vector<std::string> expected_log = {
+      "remove_noops: removed 1 node",   "canonicalize: rewrote 3 nodes",
+      "fold_constants: folded 0 nodes", "remove_dead_code: removed 1 node",
+      "remove_noops: removed 0 nodes",  "canonicalize: rewrote 0 nodes",
+      "fold_constants: folded 0 nodes", "remove_dead_code: removed 0 nodes",
+      "lower: done after 2 rounds",
+  };
+  EXPECT_EQ(report.log, expected_log);
+}
+
+TEST(Lower, FoldsConstantSubgraphsExposedByOtherPasses) {
+  if (!have_converters({"aten::add.Tensor", "aten::relu", "aten::mul.Tensor"})) {
+    GTEST_SKIP() << "converters for add/relu/mul are not registered yet";
+  }
+  Graph g;
+  Value* x = g.add_input("x", ScalarType::kF32, {2});
+  Value* a = add_float_constant(g, "a", {1.0f, -3.0f});
+  Value* b = add_float_constant(g, "b", {2.0f, 1.0f});
+  Node* clone = g.add_node("aten::clone", {a, NoneArg{}}, {{ScalarType::kF32, {2}}}, {"c"});
+  Node* add = g.add_node("aten::add.Scalar", {clone->output(), 1.0, int64_t{1}},
+                         {{ScalarType::kF32, {2}}}, {"s"});
+  Node* mul = g.add_node("aten::mul.Tensor", {add->output(), b}, {{ScalarType::kF32, {2}}}, {"m"});
+  Node* relu = g.add_node("aten::relu", {mul->output()}, {{ScalarType::kF32, {2}}}, {"r"});
+  Node* out =
+      g.add_node("aten::mul.Tensor", {relu->output(), x}, {{ScalarType::kF32, {2}}}, {"out"});
+  g.set_outputs({out->output()});
+  lower(g, CompileSettings{});
+  ASSERT_EQ(g.num_nodes(), 1u);
+  const Value* folded = g.nodes()[0]->arg_tensor(0);
+  ASSERT_TRUE(folded->is_constant());
+  EXPECT_EQ(constant_floats(folded), (std::vector<float>{4.0f, 0.0f}));  // relu((a+1)*b)
+  EXPECT_EQ(g.constants().size(), 1u);
+}
+
+}  // namespace
+}  // namespace ember::compiler
