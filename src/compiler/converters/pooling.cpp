@@ -3,9 +3,10 @@
 //
 // Indices: the engine's Pooling layer does not produce argmax indices, so the converters of
 // max_pool*_with_indices and adaptive_max_pool* set output 0 only. Models in inference read
-// only the values (torch.export keeps the indices output because the op has it); a segment
-// that does read the indices fails to convert with an error naming the missing value. The
-// validator cannot tell, since a node does not see its users.
+// only the values (torch.export keeps the indices output because the op has it). The FX
+// importer names each output of a multi-output op by the getitem node that reads it and leaves
+// unread outputs unnamed, so the validator rejects a node whose indices output has a name
+// (someone reads it) and the node runs in PyTorch.
 //
 // Adaptive pooling: when every spatial size divides by its output size, one Pooling layer with
 // window = stride = in / out; when every output size is 1, one Reduce layer (dynamic sizes
@@ -83,7 +84,17 @@ Reason validate_pool_input(const Node& node, bool allow_integers) {
   return std::nullopt;
 }
 
+/// Rejects nodes whose indices output (output 1) is read: see the note at the top of the file.
+Reason validate_indices_unused(const Node& node) {
+  if (node.outputs().size() > 1 && !node.output(1)->fx_name().empty()) {
+    return "the indices output of max pooling (read by '" + node.output(1)->fx_name() +
+           "') is not supported; only the values can run in an engine";
+  }
+  return std::nullopt;
+}
+
 Reason validate_max_pool(const Node& node, const CompileSettings&) {
+  if (Reason r = validate_indices_unused(node)) return r;
   return validate_pool_input(node, true);
 }
 Reason validate_avg_pool(const Node& node, const CompileSettings&) {
@@ -93,6 +104,7 @@ Reason validate_avg_pool(const Node& node, const CompileSettings&) {
 bool is_max(const Node& node) { return node.op().find("max_pool") != std::string::npos; }
 
 Reason validate_adaptive(const Node& node, const CompileSettings&) {
+  if (Reason r = validate_indices_unused(node)) return r;
   if (Reason r = validate_pool_input(node, is_max(node))) return r;
   const Value* x = node.arg_tensor(AdaptiveArgs::input);
   const size_t nsp = spatial_dims(node);
@@ -152,7 +164,7 @@ EMBER_CONVERTER(max_pool,
   p.padding_end = p.padding_begin;
   p.dilation = per_spatial(node, A::dilation, nsp, std::vector<int64_t>(nsp, 1));
   p.ceil_mode = node.arg_bool_or(A::ceil_mode, false);
-  // Output 1 (indices) is left unset: see the note at the top of this file.
+  // Output 1 (indices) is left unset: the validator made sure nothing reads it.
   ctx.set_output(node, 0, pool(ctx, node, ctx.input(node, A::input), p));
 }
 
@@ -222,7 +234,8 @@ EMBER_CONVERTER(adaptive_pool,
       if (in != out[d]) y = adaptive_axis(ctx, node, y, axis, in, out[d], op);
     }
   }
-  // Output 1 of adaptive_max_pool (indices) is left unset: see the note at the top of this file.
+  // Output 1 of adaptive_max_pool (indices) is left unset: the validator made sure nothing
+  // reads it.
   ctx.set_output(node, 0, y);
 }
 
