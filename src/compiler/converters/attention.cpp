@@ -1,0 +1,175 @@
+// Attention: aten::scaled_dot_product_attention and the CPU flash-attention op PyTorch lowers it
+// to, as softmax(q @ k^T * scale + mask) @ v with MatrixMultiply, ElementWise, Select and
+// SoftMax layers (the builder fuses what its back end can).
+//
+// Like PyTorch, a row whose scores are all masked out (-inf) gives zeros, not NaN.
+#include <cmath>
+#include <string>
+
+#include "ember/compiler/conversion.h"
+
+namespace ember::compiler {
+
+namespace {
+
+using engine::DataType;
+using engine::ElementWiseOp;
+using engine::ReduceOp;
+using engine::Tensor;
+
+/// scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+/// is_causal=False, *, scale=None, enable_gqa=False).
+struct SdpaArgs {
+  enum { query = 0, key = 1, value = 2, attn_mask = 3, dropout_p = 4, is_causal = 5, scale = 6,
+         enable_gqa = 7 };
+};
+/// _scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p=0.0,
+/// is_causal=False, *, attn_mask=None, scale=None) -> (output, logsumexp).
+struct FlashCpuArgs {
+  enum { query = 0, key = 1, value = 2, dropout_p = 3, is_causal = 4, attn_mask = 5, scale = 6 };
+};
+
+/// The argument positions of whichever op the node is.
+struct AttentionSpec {
+  size_t attn_mask, dropout_p, is_causal, scale;
+};
+AttentionSpec spec_of(const Node& node) {
+  if (node.op() == "aten::scaled_dot_product_attention") {
+    return {SdpaArgs::attn_mask, SdpaArgs::dropout_p, SdpaArgs::is_causal, SdpaArgs::scale};
+  }
+  return {FlashCpuArgs::attn_mask, FlashCpuArgs::dropout_p, FlashCpuArgs::is_causal,
+          FlashCpuArgs::scale};
+}
+
+Reason validate_attention(const Node& node, const CompileSettings&) {
+  const AttentionSpec s = spec_of(node);
+  for (size_t i = 0; i < 3; ++i) {
+    const Value* v = node.arg_tensor(i);
+    if (!scalar_type_is_float(v->dtype())) {
+      return std::string("attention needs float query/key/value, got ") +
+             scalar_type_name(v->dtype());
+    }
+    if (v->rank() < 2) return "attention needs query/key/value of rank >= 2";
+  }
+  if (node.arg_double_or(s.dropout_p, 0.0) != 0.0) {
+    return "attention with dropout_p > 0 is not supported in inference engines";
+  }
+  const Value* q = node.arg_tensor(0);
+  if (node.arg_is_none(s.scale) && !q->shape().back().is_constant()) {
+    return "attention without an explicit scale needs a static head dim (got " +
+           q->shape().back().to_string() + ")";
+  }
+  if (const Value* m = node.arg_optional_tensor(s.attn_mask)) {
+    if (m->dtype() != ScalarType::kBool && !scalar_type_is_float(m->dtype())) {
+      return std::string("attention masks must be bool or float, got ") +
+             scalar_type_name(m->dtype());
+    }
+    if (node.arg_bool_or(s.is_causal, false)) return "attn_mask together with is_causal";
+  }
+  if (node.op() == "aten::scaled_dot_product_attention" &&
+      node.arg_bool_or(SdpaArgs::enable_gqa, false)) {
+    const Value* k = node.arg_tensor(1);
+    if (q->rank() < 3 || k->rank() < 3 || !(q->shape()[q->rank() - 3] == k->shape()[k->rank() - 3])) {
+      return "grouped-query attention (enable_gqa with fewer key/value heads) is not supported";
+    }
+  }
+  return std::nullopt;
+}
+
+Tensor* elementwise(ConversionContext& ctx, const Node& node, Tensor* a, Tensor* b,
+                    ElementWiseOp op) {
+  return ctx.net().add_elementwise(a, b, op, ctx.layer_name(node))->output();
+}
+
+/// The causal mask "key position > query position" [L, S] (true = masked out), built from
+/// aranges so that it works for dynamic sequence lengths.
+Tensor* causal_masked(ConversionContext& ctx, const Node& node, const DimExpr& l,
+                      const DimExpr& s) {
+  auto arange = [&](const DimExpr& n, const engine::Shape& shape) {
+    engine::FillParams p;
+    p.op = engine::FillOp::kArange;
+    p.shape = {n};
+    p.dtype = DataType::kI32;
+    Tensor* t = ctx.net().add_fill(p, ctx.layer_name(node, "arange"))->output();
+    return ctx.net().add_reshape(t, shape, ctx.layer_name(node))->output();
+  };
+  Tensor* row = arange(l, {l, 1});
+  Tensor* col = arange(s, {1, s});
+  return elementwise(ctx, node, col, row, ElementWiseOp::kGreater);
+}
+
+}  // namespace
+
+EMBER_CONVERTER(attention,
+                ({"aten::scaled_dot_product_attention",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu"}),
+                true, validate_attention) {
+  const AttentionSpec spec = spec_of(node);
+  auto& net = ctx.net();
+  const DataType dt = ctx.engine_dtype(node.output(0)->dtype());
+  Tensor* q = ctx.cast(ctx.input(node, 0), dt);
+  Tensor* k = ctx.cast(ctx.input(node, 1), dt);
+  Tensor* v = ctx.cast(ctx.input(node, 2), dt);
+  const double scale =
+      node.arg_is_none(spec.scale)
+          ? 1.0 / std::sqrt(static_cast<double>(q->shape().back().constant()))
+          : node.arg_double(spec.scale);
+
+  Tensor* scores = net.add_matrix_multiply(q, false, k, true, ctx.layer_name(node, "qk"))->output();
+  const int rank = scores->rank();
+  scores = elementwise(ctx, node, scores, ctx.scalar(scale, dt, rank), ElementWiseOp::kProd);
+  Tensor* neg_inf = ctx.scalar(-INFINITY, dt, rank);
+  bool may_mask_rows = false;
+  if (const Value* m = node.arg_optional_tensor(spec.attn_mask)) {
+    Tensor* mask = ctx.tensor(m);
+    if (mask->dtype() == DataType::kBool) {
+      scores = net.add_select(mask, scores, neg_inf, ctx.layer_name(node, "mask"))->output();
+    } else {
+      scores = elementwise(ctx, node, scores, ctx.cast(mask, dt), ElementWiseOp::kSum);
+    }
+    may_mask_rows = true;
+  } else if (node.arg_bool_or(spec.is_causal, false)) {
+    // Causal masks keep key 0 for every query: no row is fully masked.
+    const engine::Shape& s = scores->shape();
+    Tensor* masked = causal_masked(ctx, node, s[rank - 2], s[rank - 1]);
+    scores = net.add_select(masked, neg_inf, scores, ctx.layer_name(node, "causal"))->output();
+  }
+
+  Tensor* probs = net.add_softmax(scores, rank - 1, false, ctx.layer_name(node))->output();
+  Tensor* dead = nullptr;  // rows whose scores are all -inf
+  if (may_mask_rows) {
+    Tensor* row_max =
+        net.add_reduce(scores, ReduceOp::kMax, {rank - 1}, true, ctx.layer_name(node))->output();
+    dead = elementwise(ctx, node, row_max, neg_inf, ElementWiseOp::kEqual);
+    probs = net.add_select(dead, ctx.scalar(0.0, dt, rank), probs, ctx.layer_name(node))
+                ->output();
+  }
+  ctx.set_output(node, 0,
+                 net.add_matrix_multiply(probs, false, v, false, ctx.layer_name(node, "pv"))
+                     ->output());
+
+  if (node.outputs().size() > 1) {
+    // logsumexp [.., L] in f32: max + log(sum(exp(s - max))); 0 for fully masked rows.
+    Tensor* s32 = ctx.cast(scores, DataType::kF32);
+    Tensor* mx =
+        net.add_reduce(s32, ReduceOp::kMax, {rank - 1}, true, ctx.layer_name(node))->output();
+    Tensor* e = net.add_unary(elementwise(ctx, node, s32, mx, ElementWiseOp::kSub),
+                              engine::UnaryOp::kExp, ctx.layer_name(node))
+                    ->output();
+    Tensor* sum = net.add_reduce(e, ReduceOp::kSum, {rank - 1}, true, ctx.layer_name(node))
+                      ->output();
+    Tensor* lse = elementwise(
+        ctx, node, mx, net.add_unary(sum, engine::UnaryOp::kLog, ctx.layer_name(node))->output(),
+        ElementWiseOp::kSum);
+    if (dead != nullptr) {
+      lse = net.add_select(dead, ctx.scalar(0.0, DataType::kF32, rank), lse,
+                           ctx.layer_name(node))
+                ->output();
+    }
+    engine::Shape shape = lse->shape();
+    shape.pop_back();
+    ctx.set_output(node, 1, net.add_reshape(lse, shape, ctx.layer_name(node))->output());
+  }
+}
+
+}  // namespace ember::compiler
