@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every suite CI runs: the C++ engine tests, the corrupted-plan corpus under
-# AddressSanitizer, a short fuzzing run of the plan reader, and the Python tests.
+# Runs every suite CI runs: the C++ engine and compiler tests, the corrupted-plan corpus and the
+# compiler tests (IR parser on mutated text) under AddressSanitizer, a short fuzzing run of the
+# plan reader, and the Python tests (torch bridge, dynamo path, models, per-op converters).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$EMBER_ROOT"
@@ -13,8 +14,9 @@ ctest --preset dev -j "$jobs"
 
 echo "== plan corpus and network validation under AddressSanitizer + UBSan"
 cmake --preset asan >/dev/null
-cmake --build --preset asan -j "$jobs" --target ember_engine_tests
+cmake --build --preset asan -j "$jobs" --target ember_engine_tests ember_compiler_tests
 ASAN_OPTIONS=detect_leaks=1 ./build/asan/tests/cpp/ember_engine_tests --gtest_filter='PlanFormat*:Network*:Runtime*'
+ASAN_OPTIONS=detect_leaks=1 ./build/asan/tests/cpp/ember_compiler_tests --gtest_brief=1
 
 echo "== plan reader fuzzing (libFuzzer, 30 s)"
 cmake --preset fuzz >/dev/null
@@ -25,5 +27,5 @@ mkdir -p build/fuzz/corpus
 if [ -d tests/python ]; then
   echo "== Python tests"
   python -m pip install -q --no-build-isolation -e . >/dev/null
-  python -m pytest -q tests/python
+  python -m pytest -q -p no:cacheprovider tests/python
 fi
