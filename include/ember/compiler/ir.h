@@ -242,9 +242,10 @@ class Graph {
   /// A fresh value name with the given prefix ("%fold_3").
   std::string fresh_name(const std::string& prefix);
 
-  /// The text form (see docs/compiler.md); parse(to_string()) gives an equal graph.
+  /// The text form (see docs/compiler_ir.md); parse(to_string()).to_string() == to_string().
   std::string to_string() const;
-  /// Parses the text form; constants get no data. Throws Error with the line number.
+  /// Parses the text form; constants get no data. Throws Error starting "line N: " on malformed
+  /// text (never crashes); values must be defined before they are used.
   static Graph parse(std::string_view text);
 
  private:

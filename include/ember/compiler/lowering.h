@@ -17,7 +17,9 @@ struct LoweringReport {
 };
 
 /// Removes nodes whose outputs are unused (aten ops are side-effect free in exported programs),
-/// then drops constants no node reads. Returns the number of nodes removed.
+/// then drops constants no node reads. Nodes without outputs (runtime asserts such as
+/// aten::_assert_scalar) count as unused: engines do not run them. Returns the number of nodes
+/// removed.
 int lower_remove_dead_code(Graph& g);
 /// Removes nodes that compute their input unchanged: dropout in eval (p = 0 or train = false),
 /// detach, alias, clone, contiguous, lift_fresh_copy, identity-dtype _to_copy, no-op
