@@ -1,0 +1,84 @@
+"""scaled_dot_product_attention (masks, causal, scale) against eager."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import DTYPES_FLOAT, check_op
+
+BATCH = torch.export.Dim("batch", min=2, max=8)
+SEQ = torch.export.Dim("seq", min=2, max=32)
+
+
+def _qkv(b=2, h=3, lq=5, lk=6, e=8, ev=8, dtype=torch.float32):
+    return [torch.randn(b, h, lq, e, dtype=dtype), torch.randn(b, h, lk, e, dtype=dtype),
+            torch.randn(b, h, lk, ev, dtype=dtype)]
+
+
+def _dyn(*specs):
+    return (specs,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_sdpa(dtype):
+    check_op(F.scaled_dot_product_attention, _qkv(dtype=dtype),
+             expect_ops={"aten::scaled_dot_product_attention"})
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_sdpa_causal(dtype):
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+             _qkv(lq=6, lk=6, dtype=dtype))
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+             _qkv(lq=4, lk=7, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_sdpa_bool_mask(dtype):
+    mask = torch.rand(5, 6) > 0.3
+    mask[2] = False  # a fully masked row gives zeros
+    check_op(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+             _qkv(dtype=dtype) + [mask])
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_sdpa_float_mask(dtype):
+    mask = torch.randn(2, 1, 5, 6, dtype=dtype)
+    mask[0, 0, 1] = float("-inf")
+    check_op(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+             _qkv(dtype=dtype) + [mask])
+
+
+def test_sdpa_scale_and_value_dim():
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=0.3),
+             _qkv(e=4, ev=7))
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(2)),
+             [torch.randn(5, 4), torch.randn(6, 4), torch.randn(6, 3)])
+
+
+def test_sdpa_dynamic():
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+             _qkv(lq=6, lk=6),
+             dynamic_shapes=_dyn({0: BATCH, 2: SEQ}, {0: BATCH, 2: SEQ}, {0: BATCH, 2: SEQ}),
+             extra_inputs=[_qkv(b=5, lq=17, lk=17), _qkv(b=2, lq=2, lk=2)])
+
+
+def test_sdpa_dynamic_bool_mask():
+    check_op(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+             _qkv(lq=6, lk=6) + [torch.rand(6, 6) > 0.3],
+             dynamic_shapes=_dyn({2: SEQ}, {2: SEQ}, {2: SEQ}, {0: SEQ, 1: SEQ}),
+             extra_inputs=[_qkv(lq=11, lk=11) + [torch.rand(11, 11) > 0.3]])
+
+
+def test_flash_attention_for_cpu():
+    """The op torch lowers SDPA to on CPU, with its logsumexp output."""
+    def fn(q, k, v):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    check_op(fn, _qkv(lq=6, lk=6))
+
+
+def test_sdpa_dropout_falls_back():
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5) * 0 + 1,
+             _qkv(), require_full=False)
