@@ -20,8 +20,16 @@ using engine::Tensor;
 /// scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
 /// is_causal=False, *, scale=None, enable_gqa=False).
 struct SdpaArgs {
-  enum { query = 0, key = 1, value = 2, attn_mask = 3, dropout_p = 4, is_causal = 5, scale = 6,
-         enable_gqa = 7 };
+  enum {
+    query = 0,
+    key = 1,
+    value = 2,
+    attn_mask = 3,
+    dropout_p = 4,
+    is_causal = 5,
+    scale = 6,
+    enable_gqa = 7
+  };
 };
 /// _scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p=0.0,
 /// is_causal=False, *, attn_mask=None, scale=None) -> (output, logsumexp).
@@ -69,7 +77,8 @@ Reason validate_attention(const Node& node, const CompileSettings&) {
   if (node.op() == "aten::scaled_dot_product_attention" &&
       node.arg_bool_or(SdpaArgs::enable_gqa, false)) {
     const Value* k = node.arg_tensor(1);
-    if (q->rank() < 3 || k->rank() < 3 || !(q->shape()[q->rank() - 3] == k->shape()[k->rank() - 3])) {
+    if (q->rank() < 3 || k->rank() < 3 ||
+        !(q->shape()[q->rank() - 3] == k->shape()[k->rank() - 3])) {
       return "grouped-query attention (enable_gqa with fewer key/value heads) is not supported";
     }
   }
@@ -110,10 +119,9 @@ EMBER_CONVERTER(attention,
   Tensor* q = ctx.cast(ctx.input(node, 0), dt);
   Tensor* k = ctx.cast(ctx.input(node, 1), dt);
   Tensor* v = ctx.cast(ctx.input(node, 2), dt);
-  const double scale =
-      node.arg_is_none(spec.scale)
-          ? 1.0 / std::sqrt(static_cast<double>(q->shape().back().constant()))
-          : node.arg_double(spec.scale);
+  const double scale = node.arg_is_none(spec.scale)
+                           ? 1.0 / std::sqrt(static_cast<double>(q->shape().back().constant()))
+                           : node.arg_double(spec.scale);
 
   Tensor* scores = net.add_matrix_multiply(q, false, k, true, ctx.layer_name(node, "qk"))->output();
   const int rank = scores->rank();
@@ -141,12 +149,11 @@ EMBER_CONVERTER(attention,
     Tensor* row_max =
         net.add_reduce(scores, ReduceOp::kMax, {rank - 1}, true, ctx.layer_name(node))->output();
     dead = elementwise(ctx, node, row_max, neg_inf, ElementWiseOp::kEqual);
-    probs = net.add_select(dead, ctx.scalar(0.0, dt, rank), probs, ctx.layer_name(node))
-                ->output();
+    probs = net.add_select(dead, ctx.scalar(0.0, dt, rank), probs, ctx.layer_name(node))->output();
   }
-  ctx.set_output(node, 0,
-                 net.add_matrix_multiply(probs, false, v, false, ctx.layer_name(node, "pv"))
-                     ->output());
+  ctx.set_output(
+      node, 0,
+      net.add_matrix_multiply(probs, false, v, false, ctx.layer_name(node, "pv"))->output());
 
   if (node.outputs().size() > 1) {
     // logsumexp [.., L] in f32: max + log(sum(exp(s - max))); 0 for fully masked rows.
@@ -156,14 +163,13 @@ EMBER_CONVERTER(attention,
     Tensor* e = net.add_unary(elementwise(ctx, node, s32, mx, ElementWiseOp::kSub),
                               engine::UnaryOp::kExp, ctx.layer_name(node))
                     ->output();
-    Tensor* sum = net.add_reduce(e, ReduceOp::kSum, {rank - 1}, true, ctx.layer_name(node))
-                      ->output();
+    Tensor* sum =
+        net.add_reduce(e, ReduceOp::kSum, {rank - 1}, true, ctx.layer_name(node))->output();
     Tensor* lse = elementwise(
         ctx, node, mx, net.add_unary(sum, engine::UnaryOp::kLog, ctx.layer_name(node))->output(),
         ElementWiseOp::kSum);
     if (dead != nullptr) {
-      lse = net.add_select(dead, ctx.scalar(0.0, DataType::kF32, rank), lse,
-                           ctx.layer_name(node))
+      lse = net.add_select(dead, ctx.scalar(0.0, DataType::kF32, rank), lse, ctx.layer_name(node))
                 ->output();
     }
     engine::Shape shape = lse->shape();

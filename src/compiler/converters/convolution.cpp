@@ -15,8 +15,17 @@ using engine::DataType;
 /// aten::convolution(input, weight, bias?, stride, padding, dilation, transposed,
 /// output_padding, groups); aten::_convolution has the same leading arguments.
 struct ConvArgs {
-  enum { input = 0, weight = 1, bias = 2, stride = 3, padding = 4, dilation = 5, transposed = 6,
-         output_padding = 7, groups = 8 };
+  enum {
+    input = 0,
+    weight = 1,
+    bias = 2,
+    stride = 3,
+    padding = 4,
+    dilation = 5,
+    transposed = 6,
+    output_padding = 7,
+    groups = 8
+  };
 };
 /// aten::conv{1,2,3}d(input, weight, bias?, stride, padding, dilation, groups).
 struct ConvNdArgs {
@@ -25,8 +34,16 @@ struct ConvNdArgs {
 /// aten::conv_transpose{1,2,3}d.input(input, weight, bias?, stride, padding, output_padding,
 /// groups, dilation).
 struct ConvTransposeNdArgs {
-  enum { input = 0, weight = 1, bias = 2, stride = 3, padding = 4, output_padding = 5,
-         groups = 6, dilation = 7 };
+  enum {
+    input = 0,
+    weight = 1,
+    bias = 2,
+    stride = 3,
+    padding = 4,
+    output_padding = 5,
+    groups = 6,
+    dilation = 7
+  };
 };
 
 /// Everything a (de)convolution layer needs, read from whichever schema the node has.
@@ -44,8 +61,7 @@ std::vector<int64_t> per_spatial(const Node& node, size_t i, size_t nsp, int64_t
   if (v.size() == 1) v.resize(nsp, v[0]);
   if (v.size() != nsp) {
     throw Error(node.describe() + ": argument " + std::to_string(i) + " has " +
-                std::to_string(v.size()) + " values for " + std::to_string(nsp) +
-                " spatial dims");
+                std::to_string(v.size()) + " values for " + std::to_string(nsp) + " spatial dims");
   }
   return v;
 }

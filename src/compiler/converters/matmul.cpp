@@ -53,11 +53,11 @@ engine::Tensor* elementwise(ConversionContext& ctx, const Node& node, engine::Te
 
 }  // namespace
 
-EMBER_CONVERTER(matmul, ({"aten::mm", "aten::bmm", "aten::matmul", "aten::mv", "aten::dot"}),
-                true, validate_float_tensors) {
-  ctx.set_output(node, 0,
-                 matmul(ctx, node, operand(ctx, node, ProductArgs::a),
-                        operand(ctx, node, ProductArgs::b)));
+EMBER_CONVERTER(matmul, ({"aten::mm", "aten::bmm", "aten::matmul", "aten::mv", "aten::dot"}), true,
+                validate_float_tensors) {
+  ctx.set_output(
+      node, 0,
+      matmul(ctx, node, operand(ctx, node, ProductArgs::a), operand(ctx, node, ProductArgs::b)));
 }
 
 // beta * self + alpha * (mat1 @ mat2); with beta == 0, self is ignored (nan and inf too), as in

@@ -26,14 +26,29 @@ using engine::UnaryOp;
 /// aten::_native_batch_norm_legit_no_training(input, weight?, bias?, running_mean,
 /// running_var, momentum, eps) -> (out, save_mean, save_rstd).
 struct BatchNormNoTrainingArgs {
-  enum { input = 0, weight = 1, bias = 2, running_mean = 3, running_var = 4, momentum = 5,
-         eps = 6 };
+  enum {
+    input = 0,
+    weight = 1,
+    bias = 2,
+    running_mean = 3,
+    running_var = 4,
+    momentum = 5,
+    eps = 6
+  };
 };
 /// aten::native_batch_norm / aten::batch_norm(input, weight?, bias?, running_mean?,
 /// running_var?, training, momentum, eps[, cudnn_enabled]).
 struct BatchNormArgs {
-  enum { input = 0, weight = 1, bias = 2, running_mean = 3, running_var = 4, training = 5,
-         momentum = 6, eps = 7 };
+  enum {
+    input = 0,
+    weight = 1,
+    bias = 2,
+    running_mean = 3,
+    running_var = 4,
+    training = 5,
+    momentum = 6,
+    eps = 7
+  };
 };
 /// aten::_native_batch_norm_legit.no_stats(input, weight?, bias?, training, momentum, eps):
 /// batch statistics, no running ones (what instance norm lowers to).
@@ -43,8 +58,16 @@ struct BatchNormNoStatsArgs {
 /// aten::instance_norm(input, weight?, bias?, running_mean?, running_var?, use_input_stats,
 /// momentum, eps, cudnn_enabled).
 struct InstanceNormArgs {
-  enum { input = 0, weight = 1, bias = 2, running_mean = 3, running_var = 4,
-         use_input_stats = 5, momentum = 6, eps = 7 };
+  enum {
+    input = 0,
+    weight = 1,
+    bias = 2,
+    running_mean = 3,
+    running_var = 4,
+    use_input_stats = 5,
+    momentum = 6,
+    eps = 7
+  };
 };
 /// aten::native_layer_norm / aten::layer_norm(input, normalized_shape, weight?, bias?, eps).
 struct LayerNormArgs {
@@ -101,8 +124,8 @@ struct Moments {
 Moments moments(ConversionContext& ctx, const Node& node, Tensor* x,
                 const std::vector<int64_t>& axes, double eps) {
   auto& net = ctx.net();
-  Tensor* mean = net.add_reduce(x, ReduceOp::kAvg, axes, true, ctx.layer_name(node, "mean"))
-                     ->output();
+  Tensor* mean =
+      net.add_reduce(x, ReduceOp::kAvg, axes, true, ctx.layer_name(node, "mean"))->output();
   Tensor* d = elementwise(ctx, node, x, mean, ElementWiseOp::kSub);
   Tensor* var = net.add_reduce(elementwise(ctx, node, d, d, ElementWiseOp::kProd), ReduceOp::kAvg,
                                axes, true, ctx.layer_name(node, "var"))
@@ -147,15 +170,15 @@ Tensor* batch_norm_eval(ConversionContext& ctx, const Node& node, size_t weight,
   if (Tensor* w = optional_input(ctx, node, weight, f32)) {
     scale = elementwise(ctx, node, w, rstd, ElementWiseOp::kProd);
   }
-  Tensor* shift = elementwise(ctx, node, ctx.cast(ctx.input(node, mean), f32), scale,
-                              ElementWiseOp::kProd);
+  Tensor* shift =
+      elementwise(ctx, node, ctx.cast(ctx.input(node, mean), f32), scale, ElementWiseOp::kProd);
   if (Tensor* b = optional_input(ctx, node, bias, f32)) {
     shift = elementwise(ctx, node, b, shift, ElementWiseOp::kSub);
   } else {
     shift = ctx.net().add_unary(shift, UnaryOp::kNeg, ctx.layer_name(node))->output();
   }
-  Tensor* y = elementwise(ctx, node, x, per_channel(ctx, node, scale, x->rank()),
-                          ElementWiseOp::kProd);
+  Tensor* y =
+      elementwise(ctx, node, x, per_channel(ctx, node, scale, x->rank()), ElementWiseOp::kProd);
   return elementwise(ctx, node, y, per_channel(ctx, node, shift, x->rank()), ElementWiseOp::kSum);
 }
 
@@ -174,8 +197,8 @@ Normalized batch_stats_norm(ConversionContext& ctx, const Node& node, size_t wei
   std::vector<int64_t> axes{0};
   for (int64_t a = 2; a < x->rank(); ++a) axes.push_back(a);
   const Moments m = moments(ctx, node, x, axes, eps);
-  Tensor* y = elementwise(ctx, node, elementwise(ctx, node, x, m.mean, ElementWiseOp::kSub),
-                          m.rstd, ElementWiseOp::kProd);
+  Tensor* y = elementwise(ctx, node, elementwise(ctx, node, x, m.mean, ElementWiseOp::kSub), m.rstd,
+                          ElementWiseOp::kProd);
   if (Tensor* w = optional_input(ctx, node, weight, f32)) {
     y = elementwise(ctx, node, y, per_channel(ctx, node, w, x->rank()), ElementWiseOp::kProd);
   }
@@ -267,9 +290,9 @@ EMBER_CONVERTER(instance_norm, {"aten::instance_norm"}, true, validate_instance_
   using A = InstanceNormArgs;
   const double eps = node.arg_double(A::eps);
   if (!node.arg_bool(A::use_input_stats)) {
-    ctx.set_output(node, 0,
-                   batch_norm_eval(ctx, node, A::weight, A::bias, A::running_mean,
-                                   A::running_var, eps));
+    ctx.set_output(
+        node, 0,
+        batch_norm_eval(ctx, node, A::weight, A::bias, A::running_mean, A::running_var, eps));
     return;
   }
   engine::NormalizationParams p;
@@ -312,10 +335,11 @@ EMBER_CONVERTER(layer_norm, ({"aten::native_layer_norm", "aten::layer_norm"}), t
 EMBER_CONVERTER(group_norm, ({"aten::native_group_norm", "aten::group_norm"}), true,
                 validate_float_input) {
   const bool native = node.op() == "aten::native_group_norm";
-  const size_t weight = native ? size_t{NativeGroupNormArgs::weight} : size_t{GroupNormArgs::weight};
+  const size_t weight =
+      native ? size_t{NativeGroupNormArgs::weight} : size_t{GroupNormArgs::weight};
   const size_t bias = native ? size_t{NativeGroupNormArgs::bias} : size_t{GroupNormArgs::bias};
-  const int64_t groups = native ? node.arg_int(NativeGroupNormArgs::group)
-                                : node.arg_int(GroupNormArgs::num_groups);
+  const int64_t groups =
+      native ? node.arg_int(NativeGroupNormArgs::group) : node.arg_int(GroupNormArgs::num_groups);
   const double eps = native ? node.arg_double(NativeGroupNormArgs::eps)
                             : node.arg_double_or(GroupNormArgs::eps, 1e-5);
   Tensor* x = ctx.input(node, 0);
@@ -323,12 +347,12 @@ EMBER_CONVERTER(group_norm, ({"aten::native_group_norm", "aten::group_norm"}), t
   p.type = NormalizationType::kGroup;
   p.num_groups = groups;
   p.epsilon = eps;
-  ctx.set_output(node, 0,
-                 ctx.net()
-                     .add_normalization(x, optional_input(ctx, node, weight, x->dtype()),
-                                        optional_input(ctx, node, bias, x->dtype()), p,
-                                        ctx.layer_name(node))
-                     ->output());
+  ctx.set_output(
+      node, 0,
+      ctx.net()
+          .add_normalization(x, optional_input(ctx, node, weight, x->dtype()),
+                             optional_input(ctx, node, bias, x->dtype()), p, ctx.layer_name(node))
+          ->output());
   if (node.outputs().size() > 1) {
     // mean and rstd are [N, groups]: statistics of x viewed as [N, groups, -1].
     Tensor* g = ctx.net()

@@ -35,8 +35,15 @@ struct MaxPoolArgs {
 /// avg_pool{1,2,3}d(input, kernel_size, stride=[], padding=0, ceil_mode=False,
 /// count_include_pad=True, divisor_override=None); avg_pool1d has no divisor_override.
 struct AvgPoolArgs {
-  enum { input = 0, kernel_size = 1, stride = 2, padding = 3, ceil_mode = 4,
-         count_include_pad = 5, divisor_override = 6 };
+  enum {
+    input = 0,
+    kernel_size = 1,
+    stride = 2,
+    padding = 3,
+    ceil_mode = 4,
+    count_include_pad = 5,
+    divisor_override = 6
+  };
 };
 /// [_]adaptive_{avg,max}_pool{1,2,3}d(input, output_size).
 struct AdaptiveArgs {
@@ -60,8 +67,7 @@ std::vector<int64_t> per_spatial(const Node& node, size_t i, size_t nsp,
   if (v.size() == 1) v.resize(nsp, v[0]);
   if (v.size() != nsp) {
     throw Error(node.describe() + ": argument " + std::to_string(i) + " has " +
-                std::to_string(v.size()) + " values for " + std::to_string(nsp) +
-                " spatial dims");
+                std::to_string(v.size()) + " values for " + std::to_string(nsp) + " spatial dims");
   }
   return v;
 }
@@ -74,8 +80,8 @@ Reason validate_pool_input(const Node& node, bool allow_integers) {
            std::to_string(nsp + 1) + " or " + std::to_string(nsp + 2) + ", got " +
            std::to_string(x->rank());
   }
-  const bool ok = scalar_type_is_float(x->dtype()) ||
-                  (allow_integers && x->dtype() != ScalarType::kBool);
+  const bool ok =
+      scalar_type_is_float(x->dtype()) || (allow_integers && x->dtype() != ScalarType::kBool);
   if (!ok) {
     return std::string(allow_integers ? "max pooling needs a numeric input"
                                       : "average pooling needs a float input") +
@@ -127,8 +133,8 @@ Tensor* pool(ConversionContext& ctx, const Node& node, Tensor* x, engine::Poolin
 }
 
 /// 1-d adaptive pooling of static axis `axis` from `in` to `out` elements by slicing.
-Tensor* adaptive_axis(ConversionContext& ctx, const Node& node, Tensor* x, int64_t axis,
-                      int64_t in, int64_t out, ReduceOp op) {
+Tensor* adaptive_axis(ConversionContext& ctx, const Node& node, Tensor* x, int64_t axis, int64_t in,
+                      int64_t out, ReduceOp op) {
   std::vector<Tensor*> parts;
   const size_t rank = static_cast<size_t>(x->rank());
   for (int64_t i = 0; i < out; ++i) {

@@ -98,8 +98,7 @@ Tensor* reshape(ConversionContext& ctx, const Node& node, Tensor* x, const Shape
   return ctx.net().add_reshape(x, shape, ctx.layer_name(node, "reshape"))->output();
 }
 
-Tensor* transpose(ConversionContext& ctx, const Node& node, Tensor* x,
-                  std::vector<int64_t> perm) {
+Tensor* transpose(ConversionContext& ctx, const Node& node, Tensor* x, std::vector<int64_t> perm) {
   return ctx.net().add_transpose(x, std::move(perm), ctx.layer_name(node, "transpose"))->output();
 }
 
@@ -160,8 +159,9 @@ DimExpr clamp_index(const DimExpr& i, const DimExpr& size) {
   if (i.is_constant()) {
     const int64_t v = i.constant();
     if (v == 0) return 0;
-    if (v < 0) return size.is_constant() ? DimExpr(std::max<int64_t>(size.constant() + v, 0))
-                                         : max(size + i, DimExpr(0));
+    if (v < 0)
+      return size.is_constant() ? DimExpr(std::max<int64_t>(size.constant() + v, 0))
+                                : max(size + i, DimExpr(0));
     if (v >= std::numeric_limits<int64_t>::max() / 2) return size;  // "to the end"
   }
   if (i == size) return size;
@@ -316,9 +316,9 @@ Tensor* roll_axis(ConversionContext& ctx, const Node& node, Tensor* x, int64_t a
   if (n == 0) return x;
   const int64_t s = ((shift % n) + n) % n;
   if (s == 0) return x;
-  return concat(ctx, node,
-                {slice_axis(ctx, node, x, axis, n - s, s), slice_axis(ctx, node, x, axis, 0, n - s)},
-                axis);
+  return concat(
+      ctx, node,
+      {slice_axis(ctx, node, x, axis, n - s, s), slice_axis(ctx, node, x, axis, 0, n - s)}, axis);
 }
 
 /// Number of spatial dims of an upsample/pad op from its name ("..._bilinear2d.vec" -> 2).
@@ -337,7 +337,7 @@ size_t spatial_dims(const Node& node) {
 ///   upsample_*{1,2,3}d(input, output_size, [align_corners,] scales_d?...)
 struct UpsampleSpec {
   engine::ResizeMode mode = engine::ResizeMode::kNearest;
-  bool exact = false;          ///< nearest-exact
+  bool exact = false;  ///< nearest-exact
   bool align_corners = false;
   std::vector<DimExpr> output_size;  ///< Spatial sizes, or empty.
   std::vector<double> scales;        ///< Spatial scale factors, or empty.
@@ -411,8 +411,8 @@ Reason validate_upsample(const Node& node, const CompileSettings&) {
 // Views
 
 EMBER_CONVERTER(view, ({"aten::view", "aten::reshape", "aten::_unsafe_view"}), true, nullptr) {
-  ctx.set_output(node, 0, reshape(ctx, node, ctx.input(node, ViewArgs::self),
-                                  node.arg_dims(ViewArgs::size)));
+  ctx.set_output(
+      node, 0, reshape(ctx, node, ctx.input(node, ViewArgs::self), node.arg_dims(ViewArgs::size)));
 }
 
 EMBER_CONVERTER(permute, {"aten::permute"}, true, nullptr) {
@@ -538,9 +538,9 @@ EMBER_CONVERTER(stack, {"aten::stack"}, true, nullptr) {
   ctx.set_output(node, 0, concat(ctx, node, xs, axis));
 }
 
-EMBER_CONVERTER(split, ({"aten::split.Tensor", "aten::split_with_sizes", "aten::split.sizes",
-                         "aten::chunk", "aten::unsafe_split.Tensor",
-                         "aten::unsafe_split_with_sizes"}),
+EMBER_CONVERTER(split,
+                ({"aten::split.Tensor", "aten::split_with_sizes", "aten::split.sizes",
+                  "aten::chunk", "aten::unsafe_split.Tensor", "aten::unsafe_split_with_sizes"}),
                 true, nullptr) {
   Tensor* x = ctx.input(node, SplitArgs::self);
   const int64_t axis = dim_arg(node, SplitArgs::dim, x->rank());
@@ -579,8 +579,9 @@ EMBER_CONVERTER(slice, {"aten::slice.Tensor"}, true, nullptr) {
   const int64_t step = node.arg_int_or(SliceArgs::step, 1);
   if (step < 1) throw Error(node.describe() + ": slice step must be positive");
   const DimExpr& n = x->shape()[axis];
-  const DimExpr start =
-      node.arg_is_none(SliceArgs::start) ? DimExpr(0) : clamp_index(node.arg_dim(SliceArgs::start), n);
+  const DimExpr start = node.arg_is_none(SliceArgs::start)
+                            ? DimExpr(0)
+                            : clamp_index(node.arg_dim(SliceArgs::start), n);
   const DimExpr end =
       node.arg_is_none(SliceArgs::end) ? n : clamp_index(node.arg_dim(SliceArgs::end), n);
   DimExpr size = floor_div(end - start + DimExpr(step - 1), DimExpr(step));
@@ -598,8 +599,7 @@ EMBER_CONVERTER(narrow, {"aten::narrow"}, true, nullptr) {
   const int64_t axis = dim_arg(node, NarrowArgs::dim, x->rank());
   DimExpr start = node.arg_dim(NarrowArgs::start);
   if (start.is_constant() && start.constant() < 0) start = x->shape()[axis] + start;
-  ctx.set_output(node, 0,
-                 slice_axis(ctx, node, x, axis, start, node.arg_dim(NarrowArgs::length)));
+  ctx.set_output(node, 0, slice_axis(ctx, node, x, axis, start, node.arg_dim(NarrowArgs::length)));
 }
 
 EMBER_CONVERTER(select, {"aten::select.int"}, true, nullptr) {
@@ -661,8 +661,7 @@ EMBER_CONVERTER(roll, {"aten::roll"}, true, validate_roll) {
 }
 
 // pixel_shuffle: [*, C*r*r, H, W] -> [*, C, H*r, W*r]; pixel_unshuffle is the inverse.
-EMBER_CONVERTER(pixel_shuffle, ({"aten::pixel_shuffle", "aten::pixel_unshuffle"}), true,
-                nullptr) {
+EMBER_CONVERTER(pixel_shuffle, ({"aten::pixel_shuffle", "aten::pixel_unshuffle"}), true, nullptr) {
   Tensor* x = ctx.input(node, 0);
   const int64_t r = node.arg_int(1);
   const int k = x->rank() - 3;
@@ -753,11 +752,11 @@ EMBER_CONVERTER(scatter,
   } else {
     updates = ctx.cast(ctx.input(node, ScatterArgs::src), x->dtype());
     if (updates->shape() != idx->shape()) {  // only src[:index.shape] is read
-      updates = ctx.net()
-                    .add_slice(updates, Shape(idx->shape().size(), DimExpr(0)), idx->shape(),
-                               std::vector<int64_t>(idx->shape().size(), 1),
-                               ctx.layer_name(node, "src"))
-                    ->output();
+      updates =
+          ctx.net()
+              .add_slice(updates, Shape(idx->shape().size(), DimExpr(0)), idx->shape(),
+                         std::vector<int64_t>(idx->shape().size(), 1), ctx.layer_name(node, "src"))
+              ->output();
     }
   }
   if (node.op() == "aten::scatter_add") {
@@ -794,8 +793,7 @@ EMBER_CONVERTER(constant_pad, {"aten::constant_pad_nd"}, true, validate_constant
 
 EMBER_CONVERTER(reflect_pad,
                 ({"aten::reflection_pad1d", "aten::reflection_pad2d", "aten::reflection_pad3d",
-                  "aten::replication_pad1d", "aten::replication_pad2d",
-                  "aten::replication_pad3d"}),
+                  "aten::replication_pad1d", "aten::replication_pad2d", "aten::replication_pad3d"}),
                 true, validate_constant_pad) {
   Tensor* x = ctx.input(node, PadArgs::self);
   const std::vector<int64_t> pad = node.arg_ints(PadArgs::pad);
@@ -815,25 +813,24 @@ EMBER_CONVERTER(reflect_pad,
 // ---------------------------------------------------------------------------------------------
 // Upsampling
 
-EMBER_CONVERTER(upsample,
-                ({"aten::upsample_nearest1d.vec", "aten::upsample_nearest2d.vec",
-                  "aten::upsample_nearest3d.vec", "aten::_upsample_nearest_exact1d.vec",
-                  "aten::_upsample_nearest_exact2d.vec", "aten::_upsample_nearest_exact3d.vec",
-                  "aten::upsample_linear1d.vec", "aten::upsample_bilinear2d.vec",
-                  "aten::upsample_trilinear3d.vec", "aten::upsample_bicubic2d.vec",
-                  "aten::upsample_nearest1d", "aten::upsample_nearest2d",
-                  "aten::upsample_nearest3d", "aten::upsample_linear1d",
-                  "aten::upsample_bilinear2d", "aten::upsample_trilinear3d",
-                  "aten::upsample_bicubic2d"}),
-                true, validate_upsample) {
+EMBER_CONVERTER(
+    upsample,
+    ({"aten::upsample_nearest1d.vec", "aten::upsample_nearest2d.vec",
+      "aten::upsample_nearest3d.vec", "aten::_upsample_nearest_exact1d.vec",
+      "aten::_upsample_nearest_exact2d.vec", "aten::_upsample_nearest_exact3d.vec",
+      "aten::upsample_linear1d.vec", "aten::upsample_bilinear2d.vec",
+      "aten::upsample_trilinear3d.vec", "aten::upsample_bicubic2d.vec", "aten::upsample_nearest1d",
+      "aten::upsample_nearest2d", "aten::upsample_nearest3d", "aten::upsample_linear1d",
+      "aten::upsample_bilinear2d", "aten::upsample_trilinear3d", "aten::upsample_bicubic2d"}),
+    true, validate_upsample) {
   Tensor* x = ctx.input(node, 0);
   const UpsampleSpec s = upsample_spec(node);
   const size_t nsp = spatial_dims(node);
   engine::ResizeParams p;
   p.mode = s.mode;
   if (s.mode == engine::ResizeMode::kNearest) {
-    p.coordinate = s.exact ? engine::ResizeCoordinate::kHalfPixel
-                           : engine::ResizeCoordinate::kAsymmetric;
+    p.coordinate =
+        s.exact ? engine::ResizeCoordinate::kHalfPixel : engine::ResizeCoordinate::kAsymmetric;
     p.rounding = s.exact ? engine::ResizeRounding::kHalfUp : engine::ResizeRounding::kFloor;
   } else {
     p.coordinate = s.align_corners ? engine::ResizeCoordinate::kAlignCorners
@@ -845,8 +842,8 @@ EMBER_CONVERTER(upsample,
     if (!s.output_size.empty()) {
       p.output.push_back(s.output_size[d]);
     } else if (in.is_constant()) {
-      p.output.push_back(static_cast<int64_t>(std::floor(static_cast<double>(in.constant()) *
-                                                         s.scales[d])));
+      p.output.push_back(
+          static_cast<int64_t>(std::floor(static_cast<double>(in.constant()) * s.scales[d])));
     } else {
       p.output.push_back(in * DimExpr(static_cast<int64_t>(s.scales[d])));
     }
