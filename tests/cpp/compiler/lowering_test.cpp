@@ -289,6 +289,46 @@ graph(%x: f32[s0]):
   EXPECT_EQ(g.num_nodes(), 4u);
 }
 
+// Test-only converters (op names no real program uses) pin down the skip rules independently
+// of the real converter set: a converter that throws, and an identity under a random-looking name.
+void register_test_converters() {
+  static const bool registered = [] {
+    auto identity = [](ConversionContext& ctx, const Node& node) {
+      ctx.set_output(node, 0, ctx.net().add_identity(ctx.input(node, 0))->output());
+    };
+    auto& registry = ConverterRegistry::instance();
+    registry.add(ConverterEntry{"ember_test::identity", identity, nullptr, 0, true, __FILE__});
+    registry.add(ConverterEntry{"ember_test::randish", identity, nullptr, 0, true, __FILE__});
+    registry.add(ConverterEntry{"ember_test::throws",
+                                [](ConversionContext&, const Node& node) {
+                                  throw Error(node.describe() + ": converter failed on purpose");
+                                },
+                                nullptr, 0, true, __FILE__});
+    return true;
+  }();
+  (void)registered;
+}
+
+TEST(LowerFoldConstants, SkipsFailedConversionsAndRandomOps) {
+  register_test_converters();
+  Graph g;
+  Value* a = add_float_constant(g, "a", {1.0f, 2.0f});
+  Node* id = g.add_node("ember_test::identity", {a}, {{ScalarType::kF32, {2}}}, {"id"});
+  Node* thr = g.add_node("ember_test::throws", {a}, {{ScalarType::kF32, {2}}}, {"thr"});
+  Node* rnd = g.add_node("ember_test::randish", {a}, {{ScalarType::kF32, {2}}}, {"rnd"});
+  g.set_outputs({id->output(), thr->output(), rnd->output()});
+  EXPECT_EQ(lower_fold_constants(g, CompileSettings{}), 1);
+  EXPECT_EQ(g.to_string(), canonical(R"(
+graph():
+  constant %a: f32[2]
+  constant %fold_0: f32[2]
+  %thr = ember_test::throws(%a) : f32[2]
+  %rnd = ember_test::randish(%a) : f32[2]
+  return (%fold_0, %thr, %rnd)
+)"));
+  EXPECT_EQ(constant_floats(g.outputs()[0]), (std::vector<float>{1.0f, 2.0f}));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The pipeline
 
