@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import ember
 from harness import DTYPES_FLOAT, check_op
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
@@ -111,3 +112,30 @@ def test_native_group_norm_stats():
     def fn(x, w, b):
         return torch.ops.aten.native_group_norm(x, w, b, 2, 6, 12, 3, 1e-5)
     check_op(fn, [torch.randn(2, 6, 3, 4), torch.randn(6), torch.randn(6)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_batch_norm_no_stats(dtype):
+    """_native_batch_norm_legit.no_stats: batch statistics (what instance norm lowers to), with
+    its per-channel mean and rstd outputs."""
+    def fn(x, w, b):
+        return torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5)
+    check_op(fn, [torch.randn(2, 3, 4, 5, dtype=dtype), torch.randn(3, dtype=dtype),
+                  torch.randn(3, dtype=dtype)])
+
+
+def test_native_batch_norm_eval():
+    def fn(x, w, b, mean, var):
+        return torch.ops.aten.native_batch_norm(x, w, b, mean, var, False, 0.1, 1e-5)[0]
+    check_op(fn, [torch.randn(2, 3, 4), torch.randn(3), torch.randn(3), torch.randn(3),
+                  torch.rand(3) + 0.5])
+
+
+def test_batch_norm_training_falls_back():
+    """Training-mode batch norm (running-stat updates) is left to PyTorch."""
+    m = _randomize(nn.BatchNorm2d(3)).train()
+    x = torch.randn(2, 3, 4, 4)
+    ep = torch.export.export(m, (x,))
+    report = ember.dynamo.CompilationReport()
+    ember.dynamo.compile(ep, [x], device="cpu", min_block_size=1, report=report)
+    assert report.fallback, f"training batch norm should fall back:\n{report}"
