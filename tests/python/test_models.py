@@ -68,7 +68,8 @@ def small_bert():
 
 
 def small_gpt2():
-    cfg = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    cfg = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                  use_cache=False)
     return transformers.GPT2Model(cfg)
 
 
