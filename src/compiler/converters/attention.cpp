@@ -76,10 +76,18 @@ Reason validate_attention(const Node& node, const CompileSettings&) {
   }
   if (node.op() == "aten::scaled_dot_product_attention" &&
       node.arg_bool_or(SdpaArgs::enable_gqa, false)) {
-    const Value* k = node.arg_tensor(1);
-    if (q->rank() < 3 || k->rank() < 3 ||
-        !(q->shape()[q->rank() - 3] == k->shape()[k->rank() - 3])) {
-      return "grouped-query attention (enable_gqa with fewer key/value heads) is not supported";
+    for (size_t i = 1; i < 3; ++i) {
+      const Value* kv = node.arg_tensor(i);
+      if (q->rank() < 3 || kv->rank() != q->rank()) {
+        return "grouped-query attention needs query/key/value of one rank >= 3";
+      }
+      const DimExpr& hq = q->shape()[q->rank() - 3];
+      const DimExpr& hk = kv->shape()[kv->rank() - 3];
+      if (hq == hk) continue;
+      if (!hq.is_constant() || !hk.is_constant() || hq.constant() % hk.constant() != 0) {
+        return "grouped-query attention needs static head counts, query heads a multiple of "
+               "key/value heads";
+      }
     }
   }
   return std::nullopt;
@@ -88,6 +96,29 @@ Reason validate_attention(const Node& node, const CompileSettings&) {
 Tensor* elementwise(ConversionContext& ctx, const Node& node, Tensor* a, Tensor* b,
                     ElementWiseOp op) {
   return ctx.net().add_elementwise(a, b, op, ctx.layer_name(node))->output();
+}
+
+/// Grouped-query attention: key/value [.., Hk, S, E] with each head repeated for the
+/// Hq / Hk query heads that share it (repeat_interleave on the head dim), as
+/// [.., Hk, 1, S, E] broadcast to [.., Hk, G, S, E] and merged back into Hq heads.
+Tensor* repeat_heads(ConversionContext& ctx, const Node& node, Tensor* t, const DimExpr& hq) {
+  const int r = t->rank();
+  const DimExpr& hk = t->shape()[r - 3];
+  if (hk == hq) return t;
+  const int64_t groups = hq.constant() / hk.constant();
+  engine::Shape split = t->shape(), wide = t->shape(), merged = t->shape();
+  split.insert(split.begin() + (r - 2), DimExpr(1));
+  wide.insert(wide.begin() + (r - 2), DimExpr(groups));
+  merged[r - 3] = hq;
+  auto& net = ctx.net();
+  Tensor* x = net.add_reshape(t, split, ctx.layer_name(node, "gqa"))->output();
+  engine::FillParams all;
+  all.shape = wide;
+  all.dtype = DataType::kBool;
+  all.value = 1.0;
+  Tensor* mask = net.add_fill(all, ctx.layer_name(node, "gqa"))->output();
+  x = net.add_select(mask, x, x, ctx.layer_name(node, "gqa"))->output();
+  return net.add_reshape(x, merged, ctx.layer_name(node, "gqa"))->output();
 }
 
 /// The causal mask "key position > query position" [L, S] (true = masked out), built from
@@ -119,6 +150,12 @@ EMBER_CONVERTER(attention,
   Tensor* q = ctx.cast(ctx.input(node, 0), dt);
   Tensor* k = ctx.cast(ctx.input(node, 1), dt);
   Tensor* v = ctx.cast(ctx.input(node, 2), dt);
+  if (node.op() == "aten::scaled_dot_product_attention" &&
+      node.arg_bool_or(SdpaArgs::enable_gqa, false)) {
+    const DimExpr hq = q->shape()[q->rank() - 3];
+    k = repeat_heads(ctx, node, k, hq);
+    v = repeat_heads(ctx, node, v, hq);
+  }
   const double scale = node.arg_is_none(spec.scale)
                            ? 1.0 / std::sqrt(static_cast<double>(q->shape().back().constant()))
                            : node.arg_double(spec.scale);

@@ -97,3 +97,14 @@ def test_flash_attention_for_cpu():
 def test_sdpa_dropout_falls_back():
     _check_fallback(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5) * 0 + 1,
                     _qkv(), "scaled_dot_product_attention")
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_sdpa_grouped_query(dtype):
+    q = torch.randn(2, 6, 5, 8, dtype=dtype)
+    k = torch.randn(2, 2, 7, 8, dtype=dtype)
+    v = torch.randn(2, 2, 7, 4, dtype=dtype)
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+             [q, k, v])
+    check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                            enable_gqa=True), [q, k, v])
