@@ -315,3 +315,10 @@ def test_atan2_quadrants():
     y = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0, 2.0, -2.0, 0.0, 0.5])
     x = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 3.0])
     check_op(torch.atan2, [y, x], expect_ops={"aten::atan2"})
+
+
+def test_truncate_double():
+    check_op(lambda a, b, i: (a * b + 1.5, a > b, i * 3 + i // 2), [torch.randn(3, 4, dtype=torch.float64),
+                                                                     torch.randn(4, dtype=torch.float64),
+                                                                     torch.randint(-9, 9, (3, 4))],
+             truncate_double=True)

@@ -227,3 +227,15 @@ def test_vector_norm(ord, dtype):
 def test_norm_keepdim_dynamic():
     check_op(lambda x: x.norm(dim=1, keepdim=True), [randn(4, 6)], dynamic_shapes=dyn({0: BATCH}),
              extra_inputs=[[randn(10, 6)]])
+
+
+def test_truncate_double_int64():
+    # i64 runs as i32 inside the engine; indices and integer sums come back as i64.
+    x = torch.randint(-50, 50, (4, 6))
+    check_op(lambda a: (a.sum(1), a.argmax(1), torch.topk(a.float(), 2)[1], a.cumsum(0)), [x],
+             truncate_double=True)
+
+
+def test_truncate_double_float64():
+    check_op(lambda a: (a.sum(0), a.mean(), a.var(1)), [torch.randn(4, 6, dtype=torch.float64)],
+             truncate_double=True)
