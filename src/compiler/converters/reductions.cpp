@@ -114,6 +114,20 @@ Tensor* squeeze_axis(ConversionContext& ctx, const Node& node, Tensor* t, int64_
   return ctx.net().add_reshape(t, shape, ctx.layer_name(node, "squeeze"))->output();
 }
 
+Tensor* negate(ConversionContext& ctx, const Node& node, Tensor* x) {
+  return ctx.net().add_unary(x, engine::UnaryOp::kNeg, ctx.layer_name(node))->output();
+}
+
+/// TopK ranks NaN largest, so a TopK min skips NaN, while torch.min/argmin return it. For floats
+/// a min is therefore a max of -x (exact), which picks NaN. Returns the op to use; `x` is
+/// negated when needed and `negated` says so.
+TopKOp nan_aware(ConversionContext& ctx, const Node& node, TopKOp op, Tensor*& x, bool& negated) {
+  negated = op == TopKOp::kMin && engine::dtype_is_float(x->dtype());
+  if (!negated) return op;
+  x = negate(ctx, node, x);
+  return TopKOp::kMax;
+}
+
 Reason reject_symbolic_args(const Node& node) {
   for (size_t i = 1; i < node.num_args(); ++i) {
     if (std::holds_alternative<DimExpr>(node.args()[i])) {
@@ -192,9 +206,11 @@ Reason validate_indexed(const Node& node, const CompileSettings& s) {
 void convert_max_min_dim(ConversionContext& ctx, const Node& node, TopKOp op) {
   Tensor* x = ctx.cast(ctx.input(node, ReduceArgs::self), orderable(out_dtype(ctx, node)));
   const int64_t axis = normalize_dim(node.arg_int(ReduceArgs::dim), x->rank(), node);
+  bool negated = false;
+  op = nan_aware(ctx, node, op, x, negated);
   engine::TopKParams p{op, 1, axis, ctx.engine_dtype(ScalarType::kI64)};
   engine::Layer* topk = ctx.net().add_layer(p, {x}, ctx.layer_name(node));
-  Tensor* values = topk->output(0);
+  Tensor* values = negated ? negate(ctx, node, topk->output(0)) : topk->output(0);
   Tensor* indices = topk->output(1);
   if (!node.arg_bool_or(ReduceArgs::keepdim, false)) {
     values = squeeze_axis(ctx, node, values, axis);
@@ -216,6 +232,8 @@ EMBER_CONVERTER(min_dim, ({"aten::min.dim"}), true, validate_indexed) {
 void convert_arg(ConversionContext& ctx, const Node& node, TopKOp op) {
   Tensor* x = ctx.input(node, ReduceArgs::self);
   x = ctx.cast(x, orderable(x->dtype()));
+  bool negated = false;
+  op = nan_aware(ctx, node, op, x, negated);
   const bool keep = node.arg_bool_or(ReduceArgs::keepdim, false);
   const DataType index = ctx.engine_dtype(ScalarType::kI64);
   if (node.arg_is_none(ReduceArgs::dim)) {

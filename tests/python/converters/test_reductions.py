@@ -239,3 +239,9 @@ def test_truncate_double_int64():
 def test_truncate_double_float64():
     check_op(lambda a: (a.sum(0), a.mean(), a.var(1)), [torch.randn(4, 6, dtype=torch.float64)],
              truncate_double=True)
+
+
+def test_max_min_arg_with_nan():
+    # torch.max/min/argmax/argmin return the NaN (topk/sort put it last instead).
+    x = torch.tensor([[1.0, float("nan"), -2.0, 0.5], [3.0, -1.0, 2.0, -4.0]])
+    check_op(lambda a: (*a.max(1), *a.min(1), a.argmax(1), a.argmin(1), a.argmin()), [x])
