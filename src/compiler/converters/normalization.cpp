@@ -157,12 +157,13 @@ void set_empty_output(ConversionContext& ctx, const Node& node, size_t i) {
   ctx.set_output(node, i, ctx.net().add_fill(p, ctx.layer_name(node, "empty"))->output());
 }
 
-/// Inference batch norm: (x - mean) / sqrt(var + eps) * w + b as x * scale + shift, in f32
-/// (PyTorch computes half types in f32 too), cast back to x's dtype by set_output.
+/// Inference batch norm: (x - mean) / sqrt(var + eps) * w + b as x * scale + shift. scale and
+/// shift are computed in f32 (constants fold) and applied in x's dtype, so that half-precision
+/// activations are not cast around and the builder can fuse the affine into the producer.
 Tensor* batch_norm_eval(ConversionContext& ctx, const Node& node, size_t weight, size_t bias,
                         size_t mean, size_t var, double eps) {
   const DataType f32 = DataType::kF32;
-  Tensor* x = ctx.cast(ctx.input(node, 0), f32);
+  Tensor* x = ctx.input(node, 0);
   Tensor* rstd = elementwise(ctx, node, ctx.cast(ctx.input(node, var), f32),
                              ctx.scalar(eps, f32, 1), ElementWiseOp::kSum);
   rstd = ctx.net().add_unary(rstd, UnaryOp::kRsqrt, ctx.layer_name(node, "rstd"))->output();
@@ -177,9 +178,10 @@ Tensor* batch_norm_eval(ConversionContext& ctx, const Node& node, size_t weight,
   } else {
     shift = ctx.net().add_unary(shift, UnaryOp::kNeg, ctx.layer_name(node))->output();
   }
-  Tensor* y =
-      elementwise(ctx, node, x, per_channel(ctx, node, scale, x->rank()), ElementWiseOp::kProd);
-  return elementwise(ctx, node, y, per_channel(ctx, node, shift, x->rank()), ElementWiseOp::kSum);
+  scale = per_channel(ctx, node, ctx.cast(scale, x->dtype()), x->rank());
+  shift = per_channel(ctx, node, ctx.cast(shift, x->dtype()), x->rank());
+  Tensor* y = elementwise(ctx, node, x, scale, ElementWiseOp::kProd);
+  return elementwise(ctx, node, y, shift, ElementWiseOp::kSum);
 }
 
 /// Normalization with statistics over every dim but the channel dim 1 (batch norm in training

@@ -261,8 +261,10 @@ Reason validate_constant_pad(const Node& node, const CompileSettings&) {
   if (pad.size() % 2 != 0 || pad.size() / 2 > static_cast<size_t>(node.arg_tensor(0)->rank())) {
     return "pad needs an even number of values, two per padded dim";
   }
-  for (int64_t p : pad) {
-    if (p < 0) return "negative padding (cropping) is not supported";
+  if (node.op() != "aten::constant_pad_nd") {
+    for (int64_t p : pad) {
+      if (p < 0) return "negative reflection/replication padding is not supported";
+    }
   }
   return std::nullopt;
 }
@@ -319,6 +321,37 @@ Tensor* roll_axis(ConversionContext& ctx, const Node& node, Tensor* x, int64_t a
   return concat(
       ctx, node,
       {slice_axis(ctx, node, x, axis, n - s, s), slice_axis(ctx, node, x, axis, 0, n - s)}, axis);
+}
+
+/// PyTorch's pad list (before/after pairs from the last dim backward) as a Padding layer for
+/// the positive entries and a Slice that crops for the negative ones.
+Tensor* pad(ConversionContext& ctx, const Node& node, Tensor* x, const std::vector<int64_t>& pads,
+            engine::PaddingMode mode, double value) {
+  const size_t rank = static_cast<size_t>(x->rank());
+  engine::PaddingParams p;
+  p.mode = mode;
+  p.value = value;
+  p.pre.assign(rank, 0);
+  p.post.assign(rank, 0);
+  std::vector<int64_t> pre(rank, 0), post(rank, 0);
+  for (size_t i = 0; i < pads.size() / 2; ++i) {
+    const size_t d = rank - 1 - i;
+    pre[d] = pads[2 * i];
+    post[d] = pads[2 * i + 1];
+    p.pre[d] = std::max<int64_t>(pre[d], 0);
+    p.post[d] = std::max<int64_t>(post[d], 0);
+  }
+  if (p.pre != std::vector<int64_t>(rank, 0) || p.post != std::vector<int64_t>(rank, 0)) {
+    x = ctx.net().add_padding(x, p, ctx.layer_name(node))->output();
+  }
+  for (size_t d = 0; d < rank; ++d) {
+    if (pre[d] >= 0 && post[d] >= 0) continue;
+    const int64_t crop_begin = std::max<int64_t>(-pre[d], 0);
+    const int64_t crop_end = std::max<int64_t>(-post[d], 0);
+    x = slice_axis(ctx, node, x, static_cast<int64_t>(d), crop_begin,
+                   x->shape()[d] - DimExpr(crop_begin + crop_end));
+  }
+  return x;
 }
 
 /// Number of spatial dims of an upsample/pad op from its name ("..._bilinear2d.vec" -> 2).
@@ -776,38 +809,20 @@ EMBER_CONVERTER(scatter,
 // Padding
 
 EMBER_CONVERTER(constant_pad, {"aten::constant_pad_nd"}, true, validate_constant_pad) {
-  Tensor* x = ctx.input(node, PadArgs::self);
-  const std::vector<int64_t> pad = node.arg_ints(PadArgs::pad);
-  engine::PaddingParams p;
-  p.mode = engine::PaddingMode::kConstant;
-  p.pre.assign(static_cast<size_t>(x->rank()), 0);
-  p.post = p.pre;
-  for (size_t i = 0; i < pad.size() / 2; ++i) {  // pairs start from the last dim
-    const size_t d = static_cast<size_t>(x->rank()) - 1 - i;
-    p.pre[d] = pad[2 * i];
-    p.post[d] = pad[2 * i + 1];
-  }
-  p.value = node.arg_double_or(PadArgs::value, 0.0);
-  ctx.set_output(node, 0, ctx.net().add_padding(x, p, ctx.layer_name(node))->output());
+  ctx.set_output(node, 0,
+                 pad(ctx, node, ctx.input(node, PadArgs::self), node.arg_ints(PadArgs::pad),
+                     engine::PaddingMode::kConstant, node.arg_double_or(PadArgs::value, 0.0)));
 }
 
 EMBER_CONVERTER(reflect_pad,
                 ({"aten::reflection_pad1d", "aten::reflection_pad2d", "aten::reflection_pad3d",
                   "aten::replication_pad1d", "aten::replication_pad2d", "aten::replication_pad3d"}),
                 true, validate_constant_pad) {
-  Tensor* x = ctx.input(node, PadArgs::self);
-  const std::vector<int64_t> pad = node.arg_ints(PadArgs::pad);
-  engine::PaddingParams p;
-  p.mode = node.op().find("reflection") != std::string::npos ? engine::PaddingMode::kReflect
-                                                             : engine::PaddingMode::kReplicate;
-  p.pre.assign(static_cast<size_t>(x->rank()), 0);
-  p.post = p.pre;
-  for (size_t i = 0; i < pad.size() / 2; ++i) {
-    const size_t d = static_cast<size_t>(x->rank()) - 1 - i;
-    p.pre[d] = pad[2 * i];
-    p.post[d] = pad[2 * i + 1];
-  }
-  ctx.set_output(node, 0, ctx.net().add_padding(x, p, ctx.layer_name(node))->output());
+  const bool reflect = node.op().find("reflection") != std::string::npos;
+  ctx.set_output(
+      node, 0,
+      pad(ctx, node, ctx.input(node, PadArgs::self), node.arg_ints(PadArgs::pad),
+          reflect ? engine::PaddingMode::kReflect : engine::PaddingMode::kReplicate, 0.0));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -307,3 +307,8 @@ def test_upsample_dynamic():
     size = torch.export.Dim("size", min=2, max=16)
     check_op(lambda x: F.interpolate(x, scale_factor=2, mode="nearest") * 2, [_r(2, 3, 4, 4)],
              dynamic_shapes=_dyn({0: BATCH, 2: size}), extra_inputs=[[_r(5, 3, 9, 4)]])
+
+
+def test_constant_pad_negative():
+    """Negative pads crop."""
+    check_op(lambda x: F.pad(x, (-1, 2, 1, -2), value=3.0), [_r(2, 5, 6)])
