@@ -108,20 +108,16 @@ Tensor* concat(ConversionContext& ctx, const Node& node, std::vector<Tensor*> xs
 }
 
 /// x[..., start : start + size (: stride), ...] along `axis`. A slice that is empty for certain
-/// becomes a Fill: the Slice layer needs its start inside the dim even when reading nothing.
+/// starts at 0: the Slice layer needs its start inside the dim even when reading nothing, and
+/// PyTorch's clamped start may be the dim itself (x[:, n:]).
 Tensor* slice_axis(ConversionContext& ctx, const Node& node, Tensor* x, int64_t axis,
                    const DimExpr& start, const DimExpr& size, int64_t stride = 1) {
   const size_t rank = static_cast<size_t>(x->rank());
   Shape out = x->shape();
   out[axis] = size;
-  if (size.is_constant() && size.constant() == 0) {
-    engine::FillParams p;
-    p.shape = out;
-    p.dtype = x->dtype();
-    return ctx.net().add_fill(p, ctx.layer_name(node, "empty"))->output();
-  }
+  const bool empty = size.is_constant() && size.constant() == 0;
   Shape begin(rank, DimExpr(0));
-  begin[axis] = start;
+  begin[axis] = empty ? DimExpr(0) : start;
   std::vector<int64_t> strides(rank, 1);
   strides[axis] = stride;
   return ctx.net().add_slice(x, begin, out, strides, ctx.layer_name(node, "slice"))->output();

@@ -145,8 +145,6 @@ def test_slice_dynamic():
              extra_inputs=[[_r(3, 4)]])
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a folded empty constant (weights [3, 0]) makes "
-                   "the plan fail to load ('needs more than the 0 bytes the plan gives it')")
 def test_slice_empty():
     check_op(lambda x: torch.cat([x[:, 5:], x], 1) * 2, [_r(3, 5)])
 
