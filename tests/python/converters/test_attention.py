@@ -6,24 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ember
-from harness import DTYPES_FLOAT, _Wrap, assert_close, check_op
+from fallback import check_fallback
+from harness import DTYPES_FLOAT, check_op
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
 SEQ = torch.export.Dim("seq", min=2, max=32)
-
-def _check_fallback(fn, inputs, op):
-    """Compiles allowing fallback; asserts that a node of `op` ran in PyTorch and that the
-    result still matches eager."""
-    module = _Wrap(fn).eval()
-    ep = torch.export.export(module, tuple(inputs))
-    report = ember.dynamo.CompilationReport()
-    compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", min_block_size=1,
-                                    report=report)
-    assert any(op in str(entry) for entry in report.fallback), (
-        f"expected {op} to fall back to PyTorch:\n{report}")
-    with torch.no_grad():
-        assert_close(compiled(*inputs), module(*inputs))
 
 
 
@@ -95,8 +82,8 @@ def test_flash_attention_for_cpu():
 
 
 def test_sdpa_dropout_falls_back():
-    _check_fallback(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5) * 0 + 1,
-                    _qkv(), "scaled_dot_product_attention")
+    check_fallback(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5) * 0 + 1,
+                   _qkv(), "scaled_dot_product_attention")
 
 
 @pytest.mark.parametrize("dtype", DTYPES_FLOAT)

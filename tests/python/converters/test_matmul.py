@@ -4,23 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-import ember
-from harness import DTYPES_FLOAT, _Wrap, assert_close, check_op
+from fallback import check_fallback
+from harness import DTYPES_FLOAT, check_op
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
-
-def _check_fallback(fn, inputs, op):
-    """Compiles allowing fallback; asserts that a node of `op` ran in PyTorch and that the
-    result still matches eager."""
-    module = _Wrap(fn).eval()
-    ep = torch.export.export(module, tuple(inputs))
-    report = ember.dynamo.CompilationReport()
-    compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", min_block_size=1,
-                                    report=report)
-    assert any(op in str(entry) for entry in report.fallback), (
-        f"expected {op} to fall back to PyTorch:\n{report}")
-    with torch.no_grad():
-        assert_close(compiled(*inputs), module(*inputs))
 
 
 
@@ -105,4 +92,4 @@ def test_integer_matmul_falls_back():
     """Integer products are not converted: the node runs in PyTorch instead."""
     a = torch.randint(-5, 5, (3, 4))
     b = torch.randint(-5, 5, (4, 2))
-    _check_fallback(lambda a, b: torch.mm(a, b) + 1, [a, b], "mm")
+    check_fallback(lambda a, b: torch.mm(a, b) + 1, [a, b], "mm")

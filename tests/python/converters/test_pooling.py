@@ -5,23 +5,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-import ember
-from harness import DTYPES_FLOAT, _Wrap, assert_close, check_op
+from fallback import check_fallback
+from harness import DTYPES_FLOAT, check_op
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
-
-def _check_fallback(fn, inputs, op):
-    """Compiles allowing fallback; asserts that a node of `op` ran in PyTorch and that the
-    result still matches eager."""
-    module = _Wrap(fn).eval()
-    ep = torch.export.export(module, tuple(inputs))
-    report = ember.dynamo.CompilationReport()
-    compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", min_block_size=1,
-                                    report=report)
-    assert any(op in str(entry) for entry in report.fallback), (
-        f"expected {op} to fall back to PyTorch:\n{report}")
-    with torch.no_grad():
-        assert_close(compiled(*inputs), module(*inputs))
 
 
 
@@ -57,9 +44,9 @@ def test_max_pool_indices_read_falls_back():
     def fn(x):
         v, i = F.max_pool2d(x, 2, return_indices=True)
         return v * 2, i
-    _check_fallback(fn, [_x(2, size=8)], "max_pool2d_with_indices")
-    _check_fallback(lambda x: F.adaptive_max_pool2d(x, 3, return_indices=True), [_x(2, size=9)],
-                    "adaptive_max_pool2d")
+    check_fallback(fn, [_x(2, size=8)], "max_pool2d_with_indices")
+    check_fallback(lambda x: F.adaptive_max_pool2d(x, 3, return_indices=True), [_x(2, size=9)],
+                   "adaptive_max_pool2d")
 
 
 @pytest.mark.parametrize("dtype", DTYPES_FLOAT)
