@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -252,6 +253,7 @@ class Graph {
   Value* new_value(Value::Kind kind, const std::string& name, ScalarType dtype, Shape shape);
   void renumber();
   std::vector<std::unique_ptr<Value>> values_;
+  std::unordered_map<std::string, Value*> by_name_;  // every value in values_, by name
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<Value*> inputs_;
   std::vector<Value*> outputs_;

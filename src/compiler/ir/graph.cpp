@@ -2,6 +2,7 @@
 // The text form (to_string / parse) lives in text.cpp.
 #include <algorithm>
 #include <array>
+#include <set>
 #include <sstream>
 
 #include "ember/compiler/ir.h"
@@ -235,6 +236,7 @@ Value* Graph::new_value(Value::Kind kind, const std::string& name, ScalarType dt
   v->dtype_ = dtype;
   v->shape_ = std::move(shape);
   v->id_ = static_cast<int>(values_.size());
+  by_name_[name] = v.get();
   values_.push_back(std::move(v));
   return values_.back().get();
 }
@@ -301,14 +303,16 @@ Node* Graph::insert_node_before(Node* before, const std::string& op, std::vector
     node->outputs_.push_back(v);
   }
   if (before == nullptr) {
+    // Appending (the importer's case) keeps every other index: no renumbering.
+    node->index_ = static_cast<int>(nodes_.size());
     nodes_.push_back(std::move(n));
   } else {
     auto it = std::find_if(nodes_.begin(), nodes_.end(),
                            [&](const auto& p) { return p.get() == before; });
     if (it == nodes_.end()) throw Error("graph: insert_node_before: node not in this graph");
     nodes_.insert(it, std::move(n));
+    renumber();
   }
-  renumber();
   return node;
 }
 
@@ -344,10 +348,8 @@ std::vector<Value*> Graph::values() const {
 }
 
 Value* Graph::find_value(std::string_view name) const {
-  for (const auto& v : values_) {
-    if (v->name_ == name) return v.get();
-  }
-  return nullptr;
+  auto it = by_name_.find(std::string(name));
+  return it == by_name_.end() ? nullptr : it->second;
 }
 
 const SymbolRange* Graph::find_symbol(std::string_view symbol) const {
@@ -397,6 +399,7 @@ void Graph::remove_node(Node* node) {
                          [&](const auto& p) { return p.get() == node; });
   if (it == nodes_.end()) throw Error("graph: remove_node: node not in this graph");
   std::vector<const Value*> dead(node->outputs_.begin(), node->outputs_.end());
+  for (const Value* v : dead) by_name_.erase(v->name_);
   nodes_.erase(it);
   values_.erase(std::remove_if(values_.begin(), values_.end(),
                                [&](const auto& v) {
@@ -407,10 +410,15 @@ void Graph::remove_node(Node* node) {
 }
 
 void Graph::compact() {
+  std::set<const Value*> used(outputs_.begin(), outputs_.end());
+  for (const auto& n : nodes_) {
+    for (const Value* v : n->input_values()) used.insert(v);
+  }
   std::vector<const Value*> unused;
   for (const auto& v : values_) {
-    if (v->is_constant() && !is_used(v.get())) unused.push_back(v.get());
+    if (v->is_constant() && used.count(v.get()) == 0) unused.push_back(v.get());
   }
+  for (const Value* v : unused) by_name_.erase(v->name_);
   values_.erase(std::remove_if(values_.begin(), values_.end(),
                                [&](const auto& v) {
                                  return std::find(unused.begin(), unused.end(), v.get()) !=

@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 
 #include "ember/compiler/conversion.h"
 #include "ember/compiler/partitioning.h"
@@ -269,8 +270,12 @@ PartitionResult partition(const Graph& g, const CompileSettings& settings, bool 
     }
   }
 
-  // 5. Segment inputs and outputs.
+  // 5. Segment inputs and outputs. Users are gathered once (Graph::users scans the graph).
   const std::vector<Value*>& graph_outputs = g.outputs();
+  std::unordered_map<const Value*, std::vector<size_t>> users;
+  for (size_t i = 0; i < n; ++i) {
+    for (const Value* v : nodes[i]->input_values()) users[v].push_back(i);
+  }
   for (size_t si = 0; si < result.segments.size(); ++si) {
     Segment& s = result.segments[si];
     std::set<const Value*> seen_in;
@@ -284,8 +289,8 @@ PartitionResult partition(const Graph& g, const CompileSettings& settings, bool 
       for (Value* v : node->outputs()) {
         bool outside = std::find(graph_outputs.begin(), graph_outputs.end(), v) !=
                        graph_outputs.end();
-        for (const Node* user : g.users(v)) {
-          if (segment_of[user->index()] != static_cast<int>(si)) outside = true;
+        for (size_t user : users[v]) {
+          if (segment_of[user] != static_cast<int>(si)) outside = true;
         }
         if (outside) s.outputs.push_back(v);
       }

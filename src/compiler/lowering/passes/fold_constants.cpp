@@ -55,6 +55,10 @@ size_t foldable_bytes(const Value* v) {
 
 bool can_fold(const Graph& g, const Node& node, const CompileSettings& settings, size_t max_bytes) {
   if (node.outputs().empty() || is_nondeterministic(node.op())) return false;
+  // Cheap checks first: most nodes read a non-constant.
+  for (const Value* in : node.input_values()) {
+    if (!in->is_constant() || in->constant().data == nullptr) return false;
+  }
   bool used = false;
   for (const Value* out : node.outputs()) {
     const size_t bytes = foldable_bytes(out);
@@ -63,9 +67,6 @@ bool can_fold(const Graph& g, const Node& node, const CompileSettings& settings,
   }
   // Dead nodes are dead-code removal's job; evaluating them would be wasted work.
   if (!used) return false;
-  for (const Value* in : node.input_values()) {
-    if (!in->is_constant() || in->constant().data == nullptr) return false;
-  }
   try {
     return ConverterRegistry::instance().find(node, settings) != nullptr;
   } catch (const std::exception&) {
