@@ -73,6 +73,10 @@ struct InstanceNormArgs {
 struct LayerNormArgs {
   enum { input = 0, normalized_shape = 1, weight = 2, bias = 3, eps = 4 };
 };
+/// aten::rms_norm(input, normalized_shape, weight?, eps?).
+struct RmsNormArgs {
+  enum { input = 0, normalized_shape = 1, weight = 2, eps = 3 };
+};
 /// aten::native_group_norm(input, weight?, bias?, N, C, HxW, group, eps).
 struct NativeGroupNormArgs {
   enum { input = 0, weight = 1, bias = 2, n = 3, c = 4, hxw = 5, group = 6, eps = 7 };
@@ -257,6 +261,20 @@ Reason validate_layer_norm(const Node& node, const CompileSettings& s) {
   return std::nullopt;
 }
 
+/// torch.finfo(t).eps, rms_norm's default epsilon.
+double machine_epsilon(ScalarType t) {
+  switch (t) {
+    case ScalarType::kF16:
+      return 0.0009765625;
+    case ScalarType::kBF16:
+      return 0.0078125;
+    case ScalarType::kF64:
+      return 2.220446049250313e-16;
+    default:
+      return 1.1920928955078125e-07;
+  }
+}
+
 }  // namespace
 
 EMBER_CONVERTER(batch_norm_no_training, {"aten::_native_batch_norm_legit_no_training"}, true,
@@ -369,6 +387,29 @@ EMBER_CONVERTER(group_norm, ({"aten::native_group_norm", "aten::group_norm"}), t
     set_stat_output(ctx, node, 1, flat(m.mean));
     set_stat_output(ctx, node, 2, flat(m.rstd));
   }
+}
+
+// x / sqrt(mean(x^2 over the normalized dims) + eps) * weight, in f32 like PyTorch's
+// implementation for half types.
+EMBER_CONVERTER(rms_norm, {"aten::rms_norm"}, true, validate_layer_norm) {
+  using A = RmsNormArgs;
+  const Value* in = node.arg_tensor(A::input);
+  Tensor* x = ctx.cast(ctx.input(node, A::input), DataType::kF32);
+  const int rank = x->rank();
+  const int64_t axis = rank - static_cast<int64_t>(node.arg_dims(A::normalized_shape).size());
+  const double eps = node.arg_double_or(A::eps, machine_epsilon(in->dtype()));
+  auto& net = ctx.net();
+  Tensor* ms = net.add_reduce(elementwise(ctx, node, x, x, ElementWiseOp::kProd), ReduceOp::kAvg,
+                              axes_from(axis, rank), true, ctx.layer_name(node, "mean_square"))
+                   ->output();
+  ms = elementwise(ctx, node, ms, ctx.scalar(eps, DataType::kF32, rank), ElementWiseOp::kSum);
+  Tensor* y =
+      elementwise(ctx, node, x, net.add_unary(ms, UnaryOp::kRsqrt, ctx.layer_name(node))->output(),
+                  ElementWiseOp::kProd);
+  if (Tensor* w = optional_input(ctx, node, A::weight, DataType::kF32)) {
+    y = elementwise(ctx, node, y, w, ElementWiseOp::kProd);
+  }
+  ctx.set_output(node, 0, y);
 }
 
 }  // namespace ember::compiler

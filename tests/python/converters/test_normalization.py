@@ -139,3 +139,18 @@ def test_batch_norm_training_falls_back():
     report = ember.dynamo.CompilationReport()
     ember.dynamo.compile(ep, [x], device="cpu", min_block_size=1, report=report)
     assert report.fallback, f"training batch norm should fall back:\n{report}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+@pytest.mark.parametrize("normalized,eps,affine", [((8,), None, True), ((4, 8), 1e-6, True),
+                                                   ((8,), 1e-5, False)])
+def test_rms_norm(dtype, normalized, eps, affine):
+    m = _randomize(nn.RMSNorm(normalized, eps=eps, elementwise_affine=affine)).to(dtype)
+    check_op(m, [torch.randn(2, 3, 4, 8, dtype=dtype)], expect_ops={"aten::rms_norm"})
+
+
+def test_rms_norm_dynamic():
+    seq = torch.export.Dim("seq", min=2, max=32)
+    m = _randomize(nn.RMSNorm(8))
+    check_op(m, [torch.randn(2, 5, 8)], dynamic_shapes=({0: BATCH, 1: seq},),
+             extra_inputs=[[torch.randn(3, 17, 8)]])
