@@ -325,11 +325,11 @@ void convert_max_min(ConversionContext& ctx, const Node& node, bool max) {
                              ctx.operand(node, BinaryArgs::other, out, 0), op));
 }
 
-EMBER_CONVERTER(maximum, ({"aten::maximum"}), true, validate_any) {
+EMBER_CONVERTER(maximum, ({"aten::maximum", "aten::max.other"}), true, validate_any) {
   convert_max_min(ctx, node, true);
 }
 
-EMBER_CONVERTER(minimum, ({"aten::minimum"}), true, validate_any) {
+EMBER_CONVERTER(minimum, ({"aten::minimum", "aten::min.other"}), true, validate_any) {
   convert_max_min(ctx, node, false);
 }
 

@@ -322,3 +322,7 @@ def test_truncate_double():
                                                                      torch.randn(4, dtype=torch.float64),
                                                                      torch.randint(-9, 9, (3, 4))],
              truncate_double=True)
+
+
+def test_max_min_other():
+    check_op(lambda a, b: (torch.max(a, b), torch.min(a, b)), [randn(3, 4), randn(4)])
