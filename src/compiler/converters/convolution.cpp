@@ -67,7 +67,7 @@ std::vector<int64_t> per_spatial(const Node& node, size_t i, size_t nsp, int64_t
 }
 
 ConvSpec conv_spec(const Node& node) {
-  const size_t nsp = static_cast<size_t>(node.arg_tensor(0)->rank() - 2);
+  const size_t nsp = static_cast<size_t>(node.arg_tensor(1)->rank() - 2);
   ConvSpec s;
   const std::string& op = node.op();
   if (op == "aten::convolution" || op == "aten::_convolution") {
@@ -101,9 +101,10 @@ Reason validate_conv(const Node& node, const CompileSettings&) {
     return std::string("convolution needs float input and weight, got ") +
            scalar_type_name(x->dtype()) + " and " + scalar_type_name(w->dtype());
   }
-  if (x->rank() < 3 || x->rank() > 5 || w->rank() != x->rank()) {
-    return "convolution needs a batched input [N, C, *spatial] with 1 to 3 spatial dims and a "
-           "weight of the same rank, got input rank " +
+  // An unbatched input [C, *spatial] has one dim less than the weight.
+  if (w->rank() < 3 || w->rank() > 5 || (x->rank() != w->rank() && x->rank() != w->rank() - 1)) {
+    return "convolution needs an input [N, C, *spatial] or [C, *spatial] with 1 to 3 spatial "
+           "dims and a weight [K, C/groups, *kernel], got input rank " +
            std::to_string(x->rank()) + " and weight rank " + std::to_string(w->rank());
   }
   // conv2d.padding (padding="same"/"valid") has a string where the ints go.
@@ -136,6 +137,8 @@ EMBER_CONVERTER(convolution,
   const DataType dt = ctx.engine_dtype(node.output(0)->dtype());
   engine::Tensor* x = ctx.cast(ctx.input(node, ConvArgs::input), dt);
   engine::Tensor* w = ctx.cast(ctx.input(node, ConvArgs::weight), dt);
+  const bool unbatched = x->rank() == w->rank() - 1;
+  if (unbatched) x = ctx.broadcast_rank(x, w->rank());
   const Value* b = node.arg_optional_tensor(ConvArgs::bias);
   engine::Tensor* bias = b != nullptr ? ctx.cast(ctx.tensor(b), dt) : nullptr;
   engine::Layer* layer = nullptr;
@@ -157,7 +160,12 @@ EMBER_CONVERTER(convolution,
     p.groups = s.groups;
     layer = ctx.net().add_convolution(x, w, bias, p, ctx.layer_name(node));
   }
-  ctx.set_output(node, 0, layer->output());
+  engine::Tensor* y = layer->output();
+  if (unbatched) {
+    const engine::Shape shape(y->shape().begin() + 1, y->shape().end());
+    y = ctx.net().add_reshape(y, shape, ctx.layer_name(node, "unbatch"))->output();
+  }
+  ctx.set_output(node, 0, y);
 }
 
 }  // namespace ember::compiler

@@ -98,3 +98,11 @@ def test_conv_transpose_dynamic_batch():
               padding=1)
     check_op(m, [_input(2, 2, 3, 5, torch.float32)], dynamic_shapes=({0: BATCH},),
              extra_inputs=[[_input(2, 7, 3, 5, torch.float32)]])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_unbatched(transposed):
+    m = _conv(2, transposed, torch.float32, in_channels=3, out_channels=4, kernel_size=3)
+    check_op(m, [torch.randn(3, 6, 7)])
+    m = _conv(1, transposed, torch.float32, in_channels=3, out_channels=4, kernel_size=3)
+    check_op(m, [torch.randn(3, 6)])
