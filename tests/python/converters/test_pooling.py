@@ -118,3 +118,11 @@ def test_adaptive_avg_pool2d_direct():
     """aten::_adaptive_avg_pool2d, the form PyTorch's decompositions produce."""
     check_op(lambda x: torch.ops.aten._adaptive_avg_pool2d(x, [3, 4]), [_x(2, size=12)],
              expect_ops={"aten::_adaptive_avg_pool2d"})
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_max_pool_with_indices_values(nd):
+    """max_pool{2,3}d_with_indices with only the values read (PyTorch's decomposed form)."""
+    op = {2: torch.ops.aten.max_pool2d_with_indices, 3: torch.ops.aten.max_pool3d_with_indices}[nd]
+    check_op(lambda x: op(x, [3] * nd, [2] * nd, [1] * nd)[0], [_x(nd, size=7)],
+             expect_ops={f"aten::max_pool{nd}d_with_indices"})
