@@ -61,6 +61,10 @@ struct SplitArgs {
 struct SliceArgs {
   enum { self = 0, dim = 1, start = 2, end = 3, step = 4 };
 };
+/// slice_scatter(self, src, dim=0, start=None, end=None, step=1).
+struct SliceScatterArgs {
+  enum { self = 0, src = 1, dim = 2, start = 3, end = 4, step = 5 };
+};
 /// narrow(self, dim, start, length).
 struct NarrowArgs {
   enum { self = 0, dim = 1, start = 2, length = 3 };
@@ -246,6 +250,21 @@ Reason validate_scatter(const Node& node, const CompileSettings&) {
     }
     if (!node.arg_bool_or(ScatterArgs::include_self, true)) {
       return "scatter_reduce with include_self=False is not supported";
+    }
+  }
+  return std::nullopt;
+}
+
+Reason validate_slice_scatter(const Node& node, const CompileSettings&) {
+  const int64_t step = node.arg_int_or(SliceScatterArgs::step, 1);
+  if (step < 1) return "slice_scatter step must be positive";
+  if (step > 1 && !node.arg_is_none(SliceScatterArgs::start)) {
+    const DimExpr start = node.arg_dim(SliceScatterArgs::start);
+    const DimExpr& n = node.arg_tensor(SliceScatterArgs::self)
+                           ->shape()[normalize_dim(node.arg_int_or(SliceScatterArgs::dim, 0),
+                                                   node.arg_tensor(0)->rank(), node)];
+    if (!clamp_index(start, n).is_constant()) {
+      return "slice_scatter with step > 1 needs a start that does not depend on a dynamic dim";
     }
   }
   return std::nullopt;
@@ -621,6 +640,49 @@ EMBER_CONVERTER(slice, {"aten::slice.Tensor"}, true, nullptr) {
     return;
   }
   ctx.set_output(node, 0, slice_axis(ctx, node, x, axis, start, size, step));
+}
+
+// self with self[..., start:end:step, ...] = src. Step 1 concatenates the untouched head and
+// tail around src (any start, dynamic too); other steps scatter src along the axis at the
+// indices start, start + step, ... (an arange broadcast to src's shape).
+EMBER_CONVERTER(slice_scatter, {"aten::slice_scatter"}, true, validate_slice_scatter) {
+  Tensor* x = ctx.input(node, SliceScatterArgs::self);
+  Tensor* src = ctx.cast(ctx.input(node, SliceScatterArgs::src), x->dtype());
+  const int64_t axis = dim_arg(node, SliceScatterArgs::dim, x->rank());
+  const int64_t step = node.arg_int_or(SliceScatterArgs::step, 1);
+  const DimExpr& n = x->shape()[axis];
+  const DimExpr& len = src->shape()[axis];
+  const DimExpr start = node.arg_is_none(SliceScatterArgs::start)
+                            ? DimExpr(0)
+                            : clamp_index(node.arg_dim(SliceScatterArgs::start), n);
+  if (len.is_constant() && len.constant() == 0) {
+    ctx.set_output(node, 0, x);
+    return;
+  }
+  if (step == 1) {
+    const DimExpr end = start + len;
+    std::vector<Tensor*> pieces;
+    if (!(start.is_constant() && start.constant() == 0)) {
+      pieces.push_back(slice_axis(ctx, node, x, axis, DimExpr(0), start));
+    }
+    pieces.push_back(src);
+    if (!(end == n)) pieces.push_back(slice_axis(ctx, node, x, axis, end, n - end));
+    ctx.set_output(node, 0, concat(ctx, node, pieces, axis));
+    return;
+  }
+  engine::FillParams f;
+  f.op = engine::FillOp::kArange;
+  f.shape = {len};
+  f.dtype = DataType::kI64;
+  f.start = static_cast<double>(start.constant());
+  f.delta = static_cast<double>(step);
+  Tensor* idx = ctx.net().add_fill(f, ctx.layer_name(node, "indices"))->output();
+  Shape along(static_cast<size_t>(x->rank()), DimExpr(1));
+  along[axis] = len;
+  idx = broadcast_to(ctx, node, reshape(ctx, node, idx, along), src->shape());
+  engine::ScatterParams p;
+  p.axis = axis;
+  ctx.set_output(node, 0, ctx.net().add_scatter(x, idx, src, p, ctx.layer_name(node))->output());
 }
 
 EMBER_CONVERTER(narrow, {"aten::narrow"}, true, nullptr) {

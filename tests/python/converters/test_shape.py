@@ -151,6 +151,46 @@ def test_select_dynamic():
              extra_inputs=[[_r(5, 6)]])
 
 
+@pytest.mark.parametrize("dtype", DTYPES_ALL)
+def test_slice_scatter(dtype):
+    def r(*shape):
+        return _r(*shape, dtype=dtype)
+    check_op(lambda x, s: torch.slice_scatter(x, s, 1, 1, 3), [r(3, 5), r(3, 2)],
+             expect_ops={"aten::slice_scatter"})
+    check_op(lambda x, s: torch.slice_scatter(x, s, 0, -2), [r(4, 3), r(2, 3)])
+    check_op(lambda x, s: torch.slice_scatter(x, s, 0, 0, 2), [r(4, 3), r(2, 3)])
+    check_op(lambda x, s: torch.slice_scatter(x, s, 1), [r(2, 3), r(2, 3)])
+
+
+def test_slice_scatter_step():
+    check_op(lambda x, s: torch.slice_scatter(x, s, 1, 1, 6, 2), [_r(2, 7), _r(2, 3)],
+             expect_ops={"aten::slice_scatter"})
+    check_op(lambda x, s: torch.slice_scatter(x, s, 0, None, None, 3), [_r(7, 2), _r(3, 2)])
+
+
+def test_slice_scatter_window_mask():
+    """Swin's shifted-window mask: slices of a fresh tensor assigned in place."""
+    def mask(x):
+        m = x.new_zeros(8, 8)
+        count = 0
+        for h in (slice(0, -4), slice(-4, -2), slice(-2, None)):
+            for w in (slice(0, -4), slice(-4, -2), slice(-2, None)):
+                m[h, w] = count
+                count += 1
+        return x + m
+    check_op(mask, [_r(2, 8, 8)], expect_ops={"aten::slice_scatter"})
+
+
+def test_slice_scatter_dynamic():
+    seq = torch.export.Dim("seq", min=4, max=32)
+    check_op(lambda x, s: torch.slice_scatter(x, s, 1, 1, 3), [_r(3, 6), _r(3, 2)],
+             dynamic_shapes=_dyn({0: BATCH, 1: seq}, {0: BATCH}),
+             extra_inputs=[[_r(5, 13), _r(5, 2)], [_r(2, 4), _r(2, 2)]])
+    check_op(lambda x, s: torch.slice_scatter(x, s, 0, 2), [_r(6, 3), _r(4, 3)],
+             dynamic_shapes=_dyn({0: BATCH + 2}, {0: BATCH}),
+             extra_inputs=[[_r(8, 3), _r(6, 3)]])
+
+
 # ---- repeat, tile, flip, roll, pixel shuffle ----
 
 @pytest.mark.parametrize("dtype", DTYPES_ALL)
