@@ -37,6 +37,33 @@ struct FlashCpuArgs {
   enum { query = 0, key = 1, value = 2, dropout_p = 3, is_causal = 4, attn_mask = 5, scale = 6 };
 };
 
+/// The CUDA kernels' ops (what attention lowers to when exported or compiled on a GPU):
+/// _scaled_dot_product_flash_attention(query, key, value, dropout_p=0.0, is_causal=False,
+///     return_debug_mask=False, *, scale=None);
+/// _scaled_dot_product_efficient_attention(query, key, value, attn_bias, compute_log_sumexp,
+///     dropout_p=0.0, is_causal=False, *, scale=None);
+/// _scaled_dot_product_cudnn_attention(query, key, value, attn_bias, compute_log_sumexp,
+///     dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None).
+/// Only output 0 (the attention) is converted for these: the others (logsumexp padded to the
+/// kernel's block size, RNG state, sequence bookkeeping) serve the backward pass.
+struct FlashCudaArgs {
+  enum { dropout_p = 3, is_causal = 4, scale = 6 };
+};
+struct EfficientArgs {
+  enum { attn_bias = 3, dropout_p = 5, is_causal = 6, scale = 7 };
+};
+struct CudnnArgs {
+  enum { attn_bias = 3, dropout_p = 5, is_causal = 6, scale = 8 };
+};
+/// A position past every argument: the op has no mask (arg_optional_tensor gives nullptr).
+constexpr size_t kNoArg = 64;
+
+bool is_gpu_kernel_op(const Node& node) {
+  return node.op() == "aten::_scaled_dot_product_flash_attention" ||
+         node.op() == "aten::_scaled_dot_product_efficient_attention" ||
+         node.op() == "aten::_scaled_dot_product_cudnn_attention";
+}
+
 /// The argument positions of whichever op the node is.
 struct AttentionSpec {
   size_t attn_mask, dropout_p, is_causal, scale;
@@ -44,6 +71,16 @@ struct AttentionSpec {
 AttentionSpec spec_of(const Node& node) {
   if (node.op() == "aten::scaled_dot_product_attention") {
     return {SdpaArgs::attn_mask, SdpaArgs::dropout_p, SdpaArgs::is_causal, SdpaArgs::scale};
+  }
+  if (node.op() == "aten::_scaled_dot_product_flash_attention") {
+    return {kNoArg, FlashCudaArgs::dropout_p, FlashCudaArgs::is_causal, FlashCudaArgs::scale};
+  }
+  if (node.op() == "aten::_scaled_dot_product_efficient_attention") {
+    return {EfficientArgs::attn_bias, EfficientArgs::dropout_p, EfficientArgs::is_causal,
+            EfficientArgs::scale};
+  }
+  if (node.op() == "aten::_scaled_dot_product_cudnn_attention") {
+    return {CudnnArgs::attn_bias, CudnnArgs::dropout_p, CudnnArgs::is_causal, CudnnArgs::scale};
   }
   return {FlashCpuArgs::attn_mask, FlashCpuArgs::dropout_p, FlashCpuArgs::is_causal,
           FlashCpuArgs::scale};
@@ -73,6 +110,14 @@ Reason validate_attention(const Node& node, const CompileSettings&) {
              scalar_type_name(m->dtype());
     }
     if (node.arg_bool_or(s.is_causal, false)) return "attn_mask together with is_causal";
+  }
+  if (is_gpu_kernel_op(node)) {
+    for (size_t i = 1; i < node.outputs().size(); ++i) {
+      if (!node.output(i)->fx_name().empty()) {
+        return "only output 0 of " + node.op() + " is converted; output " + std::to_string(i) +
+               " (logsumexp or kernel bookkeeping) is used";
+      }
+    }
   }
   if (node.op() == "aten::scaled_dot_product_attention" &&
       node.arg_bool_or(SdpaArgs::enable_gqa, false)) {
@@ -142,7 +187,10 @@ Tensor* causal_masked(ConversionContext& ctx, const Node& node, const DimExpr& l
 
 EMBER_CONVERTER(attention,
                 ({"aten::scaled_dot_product_attention",
-                  "aten::_scaled_dot_product_flash_attention_for_cpu"}),
+                  "aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention",
+                  "aten::_scaled_dot_product_efficient_attention",
+                  "aten::_scaled_dot_product_cudnn_attention"}),
                 true, validate_attention) {
   const AttentionSpec spec = spec_of(node);
   auto& net = ctx.net();
@@ -192,7 +240,8 @@ EMBER_CONVERTER(attention,
       node, 0,
       net.add_matrix_multiply(probs, false, v, false, ctx.layer_name(node, "pv"))->output());
 
-  if (node.outputs().size() > 1) {
+  if (node.op() == "aten::_scaled_dot_product_flash_attention_for_cpu" &&
+      node.outputs().size() > 1) {
     // logsumexp [.., L] in f32: max + log(sum(exp(s - max))); 0 for fully masked rows.
     Tensor* s32 = ctx.cast(scores, DataType::kF32);
     Tensor* mx =

@@ -232,6 +232,49 @@ EMBER_CONVERTER(arange, ({"aten::arange", "aten::arange.start", "aten::arange.st
   ctx.set_output(node, 0, ctx.net().add_fill(p, ctx.layer_name(node))->output());
 }
 
+// ---------------------------------------------------------------- linspace
+
+/// linspace(start, end, steps, *, dtype=None, ...).
+struct LinspaceArgs {
+  enum { start = 0, end = 1, steps = 2 };
+};
+
+Reason validate_linspace(const Node& node, const CompileSettings&) {
+  if (!scalar_type_is_float(node.output(0)->dtype())) {
+    return "linspace with an integer dtype (PyTorch rounds through a float step)";
+  }
+  for (size_t i : {LinspaceArgs::start, LinspaceArgs::end, LinspaceArgs::steps}) {
+    if (Reason r = reject_symbolic(node, i)) return r;
+  }
+  return std::nullopt;
+}
+
+// PyTorch's kernel: the first half counts up from start, the second half down from end, so both
+// ends are exact: start + i*step for i < steps/2, end - (steps-1-i)*step after.
+EMBER_CONVERTER(linspace, ({"aten::linspace"}), true, validate_linspace) {
+  const double start = node.arg_double(LinspaceArgs::start);
+  const double end = node.arg_double(LinspaceArgs::end);
+  const int64_t steps = node.arg_int(LinspaceArgs::steps);
+  const double step = steps > 1 ? (end - start) / static_cast<double>(steps - 1) : 0.0;
+  const int64_t half = steps / 2;
+  auto range = [&](int64_t n, double first) {
+    engine::FillParams p;
+    p.op = FillOp::kArange;
+    p.shape = {DimExpr(n)};
+    p.dtype = out_dtype(ctx, node);
+    p.start = first;
+    p.delta = step;
+    return ctx.net().add_fill(p, ctx.layer_name(node))->output();
+  };
+  if (half == 0) {
+    ctx.set_output(node, 0, range(steps, start));
+    return;
+  }
+  Tensor* lo = range(half, start);
+  Tensor* hi = range(steps - half, end - static_cast<double>(steps - 1 - half) * step);
+  ctx.set_output(node, 0, ctx.net().add_concatenation({lo, hi}, 0, ctx.layer_name(node))->output());
+}
+
 }  // namespace
 
 }  // namespace ember::compiler
