@@ -35,3 +35,14 @@ def test_prepare_gives_meaningful_outputs():
         with torch.no_grad():
             out = vision.flat_outputs(model(*inputs))[0]
         assert 0.01 < out.std().item() < 100, f"{name}: output std {out.std().item()}"
+
+
+def test_cosine_of_tiny_outputs():
+    """Random-init models can output ~1e-13; torch's cosine_similarity would call a perfect
+    match of such values ~0 (its eps clamp), the zoo's cosine must not."""
+    import torch
+    e = torch.randn(100, dtype=torch.float64) * 1e-13
+    assert vision.cosine(e, e) > 1 - 1e-12
+    assert vision.cosine(e, -e) < -1 + 1e-12
+    assert vision.cosine(torch.zeros(3), torch.zeros(3)) == 1.0
+    assert vision.cosine(torch.zeros(3), torch.ones(3)) == 0.0
