@@ -10,7 +10,7 @@ back end and compared with eager PyTorch in f32.
 
 Random weights alone make poor test signals: a BatchNorm in eval mode with fresh running stats
 (mean 0, var 1) is an identity, so activations shrink or grow layer after layer (MobileNetV3's
-logits come out near 1e-16), and some heads start at zero (ViT's classifier: every logit is 0).
+logits come out near 1e-10, EfficientNet-B0's near 1e-13), and some heads start at zero (ViT's classifier: every logit is 0).
 `prepare` therefore re-initializes all-zero weights and estimates every BatchNorm's running
 stats from one random batch, like a trained network's: outputs are then O(1) and their error
 means something. (Ember matches eager on the raw models too, to cosine 1 - 1e-12: `cosine`
