@@ -1,0 +1,312 @@
+"""The Hugging Face transformers part of the model zoo: small configs, random weights, eval mode.
+
+Each entry builds a model and example inputs; `run(entry)` exports it, compiles it through Ember
+on the CPU back end and compares every output tensor with eager PyTorch (f32):
+
+    from zoo import hf
+    result = hf.run(hf.ENTRIES["BertModel"])   # {"model", "compiled", "engines", "fallback", ...}
+
+tests/python/test_zoo_hf.py runs the table; tools/zoo.py builds docs/zoo.md from `run`'s results.
+Models take their inputs positionally through `_Call` (argument names -> the model's keyword
+arguments), so torch.export and the compiled program see plain tensors in a fixed order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import torch
+
+import ember
+
+#: Nodes the importer leaves to PyTorch that compute no tensor (shape asserts, symbolic sizes):
+#: they cost nothing and stay out of the "fallback" list.
+HARMLESS_SKIPS = frozenset({
+    "aten::_assert_tensor_metadata", "aten::_assert_scalar", "aten::sym_size.int",
+    "aten::sym_numel", "aten::sym_stride.int", "aten::sym_storage_offset",
+})
+
+
+class _Call(torch.nn.Module):
+    """Calls `model` with its positional arguments passed as the keyword arguments `names`."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...], **fixed: Any):
+        super().__init__()
+        self.model = model
+        self.names = names
+        self.fixed = fixed
+
+    def forward(self, *args: torch.Tensor):
+        return self.model(**dict(zip(self.names, args)), **self.fixed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One zoo model: `make()` returns (model, example inputs). `dynamic` gives torch.export
+    dynamic_shapes for the inputs (one dict or None per input) and `extra` makes more input
+    tuples inside those ranges; `attention` is the transformers attn_implementation."""
+
+    name: str
+    make: Callable[[], tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]
+    attention: str = "sdpa"
+    dynamic: Callable[[], tuple[Any, ...]] | None = None
+    extra: Callable[[], list[tuple[torch.Tensor, ...]]] | None = None
+    #: "op: reason" strings of nodes expected to run in PyTorch (empty: everything in engines).
+    expected_fallback: tuple[str, ...] = ()
+
+
+def _transformers():
+    import transformers
+    return transformers
+
+
+def _ids(batch: int, seq: int, vocab: int = 128) -> torch.Tensor:
+    # Ids 3.. keep clear of the pad/bos/eos ids the configs below use.
+    return torch.randint(3, vocab, (batch, seq))
+
+
+def _padding_mask(batch: int, seq: int) -> torch.Tensor:
+    """All ones except the last row, which is padded after 2/3 of its length."""
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    mask[-1, (2 * seq) // 3:] = 0
+    return mask
+
+
+# ---- constructors: every model small (hidden 64, 2 layers, 4 heads), seeded, in eval mode
+
+#: Weight init std for models whose config has one. The default (0.02) gives attention scores
+#: near 0, so attention is nearly uniform (ViT's and Whisper's exactly, to 3 digits) and a wrong
+#: softmax scale, mask or position bias would barely show; 1/sqrt(hidden) makes scores O(1).
+#: T5 scales its own init by d_model and already attends selectively.
+_INIT = 64 ** -0.5
+
+def bert(attention: str):
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=128,
+                           max_position_embeddings=64, initializer_range=_INIT,
+                           attn_implementation=attention)
+        model = _Call(t.BertModel(cfg), ("input_ids", "attention_mask", "token_type_ids"))
+        return model, (_ids(2, 16), _padding_mask(2, 16), torch.randint(0, 2, (2, 16)))
+    return make
+
+
+def gpt2(attention: str):
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                           bos_token_id=1, eos_token_id=2, initializer_range=_INIT,
+                           use_cache=False, attn_implementation=attention)
+        model = _Call(t.GPT2Model(cfg), ("input_ids", "attention_mask"), use_cache=False)
+        return model, (_ids(2, 16), _padding_mask(2, 16))
+    return make
+
+
+def _t5_config(attention: str, **kw):
+    return _transformers().T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                    num_heads=4, relative_attention_num_buckets=8,
+                                    relative_attention_max_distance=32, use_cache=False,
+                                    attn_implementation=attention, **kw)
+
+
+def t5_encoder(attention: str):
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        model = _Call(t.T5EncoderModel(_t5_config(attention)), ("input_ids", "attention_mask"))
+        return model, (_ids(2, 16), _padding_mask(2, 16))
+    return make
+
+
+def t5_decoder(attention: str):
+    """T5's decoder stack (causal self-attention with relative position bias, cross-attention
+    over encoder_hidden_states), T5 v1.1's gated-GELU feed-forward."""
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = _t5_config(attention, feed_forward_proj="gated-gelu")
+        decoder = t.T5Model(cfg).decoder
+        model = _Call(decoder, ("input_ids", "encoder_hidden_states", "encoder_attention_mask"),
+                      use_cache=False)
+        return model, (_ids(2, 8), torch.randn(2, 16, 64), _padding_mask(2, 16))
+    return make
+
+
+def vit(attention: str):
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=128, image_size=32, patch_size=8, initializer_range=_INIT,
+                          attn_implementation=attention)
+        return _Call(t.ViTModel(cfg), ("pixel_values",)), (torch.randn(2, 3, 32, 32),)
+    return make
+
+
+def llama(attention: str):
+    """Grouped-query attention (4 query heads, 2 key/value heads), RoPE, RMSNorm, SwiGLU."""
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                            initializer_range=_INIT, use_cache=False, attn_implementation=attention)
+        model = _Call(t.LlamaModel(cfg), ("input_ids", "attention_mask"), use_cache=False)
+        return model, (_ids(2, 16), _padding_mask(2, 16))
+    return make
+
+
+def whisper_encoder(attention: str):
+    """WhisperModel's encoder on log-mel input_features (16 bins, 2 * max_source_positions
+    frames, as Whisper requires)."""
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.WhisperConfig(vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
+                              encoder_attention_heads=4, decoder_attention_heads=4,
+                              encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
+                              max_source_positions=32, max_target_positions=32, pad_token_id=0,
+                              bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                              init_std=_INIT, use_cache=False, attn_implementation=attention)
+        encoder = t.WhisperModel(cfg).encoder
+        return _Call(encoder, ("input_features",)), (torch.randn(2, 16, 64),)
+    return make
+
+
+def _seq_dynamic(n_inputs: int, lo: int = 2, hi: int = 32):
+    """Batch and sequence length dynamic on `n_inputs` (batch, seq) inputs."""
+    def dynamic():
+        b = torch.export.Dim("batch", min=1, max=4)
+        s = torch.export.Dim("seq", min=lo, max=hi)
+        return tuple({0: b, 1: s} for _ in range(n_inputs))
+    return dynamic
+
+
+def _t5_encoder_extra():
+    torch.manual_seed(1)
+    return [(_ids(1, 5), _padding_mask(1, 5)), (_ids(4, 32), _padding_mask(4, 32))]
+
+
+def _bert_extra():
+    torch.manual_seed(1)
+    return [(_ids(1, 3), _padding_mask(1, 3), torch.randint(0, 2, (1, 3))),
+            (_ids(4, 32), _padding_mask(4, 32), torch.randint(0, 2, (4, 32)))]
+
+
+def _whisper_batch_dynamic():
+    return ({0: torch.export.Dim("batch", min=1, max=4)},)
+
+
+def _whisper_extra():
+    torch.manual_seed(1)
+    return [(torch.randn(1, 16, 64),), (torch.randn(4, 16, 64),)]
+
+
+def _table() -> dict[str, Entry]:
+    entries = []
+    for attention in ("sdpa", "eager"):
+        suffix = "" if attention == "sdpa" else " (eager attention)"
+        entries += [
+            Entry("BertModel" + suffix, bert(attention), attention),
+            Entry("GPT2Model" + suffix, gpt2(attention), attention),
+            Entry("T5EncoderModel" + suffix, t5_encoder(attention), attention),
+            Entry("T5 decoder stack" + suffix, t5_decoder(attention), attention),
+            Entry("ViTModel" + suffix, vit(attention), attention),
+            Entry("LlamaModel" + suffix, llama(attention), attention),
+            Entry("Whisper encoder" + suffix, whisper_encoder(attention), attention),
+        ]
+    entries += [
+        Entry("BertModel (dynamic batch, sequence)", bert("sdpa"), "sdpa",
+              dynamic=_seq_dynamic(3, lo=3), extra=_bert_extra),
+        Entry("T5EncoderModel (dynamic batch, sequence)", t5_encoder("sdpa"), "sdpa",
+              dynamic=_seq_dynamic(2, lo=3), extra=_t5_encoder_extra),
+        Entry("Whisper encoder (dynamic batch)", whisper_encoder("sdpa"), "sdpa",
+              dynamic=_whisper_batch_dynamic, extra=_whisper_extra),
+    ]
+    return {e.name: e for e in entries}
+
+
+#: name -> Entry; insertion order is the order of docs/zoo.md.
+ENTRIES: dict[str, Entry] = _table()
+
+
+# ---- running an entry
+
+def flat_outputs(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output (ModelOutput, tuple, dict), in order, Nones dropped."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if out is None:
+        return []
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    elif isinstance(out, dict):
+        out = tuple(out.values())
+    result: list[torch.Tensor] = []
+    for o in out:
+        result += flat_outputs(o)
+    return result
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two tensors, flattened, in f64."""
+    a, b = a.flatten().double(), b.flatten().double()
+    if not a.any() and not b.any():
+        return 1.0
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+
+def fallback_lines(report: "ember.dynamo.CompilationReport") -> list[str]:
+    """"op: reason" for every node left to PyTorch, harmless non-tensor nodes left out."""
+    lines = [f"{op}: {why}" for _, op, why in report.fallback]
+    lines += [f"{op}: {why}" for _, op, why in report.skipped if op not in HARMLESS_SKIPS]
+    lines += [f"engine segment {seg}: build failed: {why}" for seg, why in report.build_failures]
+    return lines
+
+
+def run(entry: Entry) -> dict:
+    """Exports `entry`'s model, compiles it on the CPU back end (fallback allowed) and compares
+    each output tensor with eager f32 on the example inputs and, for dynamic entries, the extra
+    inputs. Returns {"model", "compiled", "engines", "fallback", "cosine", "max_error",
+    "compile_seconds"}: cosine is the smallest and max_error the largest over every output."""
+    model, inputs = entry.make()
+    model = model.eval()
+    result = {"model": entry.name, "compiled": False, "engines": 0, "fallback": [],
+              "cosine": None, "max_error": None, "compile_seconds": None}
+    dynamic = entry.dynamic() if entry.dynamic else None
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, inputs, dynamic_shapes=(dynamic,) if dynamic else None)
+        report = ember.dynamo.CompilationReport()
+        start = time.perf_counter()
+        compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report)
+        result["compile_seconds"] = round(time.perf_counter() - start, 3)
+    except Exception as e:  # noqa: BLE001 - a zoo row records why a model does not compile
+        result["fallback"] = [f"compile: {type(e).__name__}: {e}"]
+        return result
+    result["compiled"] = True
+    result["engines"] = len(report.engines)
+    result["fallback"] = fallback_lines(report)
+
+    cosines, errors = [], []
+    for args in [inputs, *(entry.extra() if entry.extra else [])]:
+        with torch.no_grad():
+            expected = flat_outputs(model(*args))
+            actual = flat_outputs(compiled(*args))
+        if len(actual) != len(expected):
+            raise AssertionError(f"{entry.name}: {len(actual)} outputs, eager has {len(expected)}")
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            if a.shape != e.shape or a.dtype != e.dtype:
+                raise AssertionError(f"{entry.name}: output {i} is {a.dtype}{tuple(a.shape)}, "
+                                     f"eager gives {e.dtype}{tuple(e.shape)}")
+            cosines.append(cosine(a, e))
+            errors.append((a.double() - e.double()).abs().max().item() if a.numel() else 0.0)
+    result["cosine"] = min(cosines)
+    result["max_error"] = max(errors)
+    return result
