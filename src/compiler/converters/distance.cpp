@@ -68,7 +68,8 @@ EMBER_CONVERTER(cdist, {"aten::_cdist_forward"}, true, validate_cdist) {
   Tensor* out = nullptr;
   if (p == 0) {  // the number of differing coordinates
     Tensor* nz = net.add_elementwise(d, ctx.scalar(0, DataType::kF32, rank + 1),
-                                     ElementWiseOp::kGreater, ctx.layer_name(node))->output();
+                                     ElementWiseOp::kGreater, ctx.layer_name(node))
+                     ->output();
     out = reduce(ctx.cast(nz, DataType::kF32), ReduceOp::kSum);
   } else if (std::isinf(p)) {
     out = reduce(d, ReduceOp::kMax);
@@ -78,10 +79,12 @@ EMBER_CONVERTER(cdist, {"aten::_cdist_forward"}, true, validate_cdist) {
     Tensor* sq = net.add_elementwise(d, d, ElementWiseOp::kProd, ctx.layer_name(node))->output();
     out = net.add_unary(reduce(sq, ReduceOp::kSum), UnaryOp::kSqrt, ctx.layer_name(node))->output();
   } else {
-    Tensor* pw = net.add_elementwise(d, ctx.scalar(p, DataType::kF32, rank + 1), ElementWiseOp::kPow,
-                                     ctx.layer_name(node))->output();
+    Tensor* pw = net.add_elementwise(d, ctx.scalar(p, DataType::kF32, rank + 1),
+                                     ElementWiseOp::kPow, ctx.layer_name(node))
+                     ->output();
     out = net.add_elementwise(reduce(pw, ReduceOp::kSum), ctx.scalar(1.0 / p, DataType::kF32, rank),
-                              ElementWiseOp::kPow, ctx.layer_name(node))->output();
+                              ElementWiseOp::kPow, ctx.layer_name(node))
+              ->output();
   }
   ctx.set_output(node, 0, out);
 }
@@ -96,7 +99,8 @@ int64_t cross_dim(const Node& node) {
   const Value* a = node.arg_tensor(CrossArgs::self);
   const Value* b = node.arg_tensor(CrossArgs::other);
   const int rank = std::max(a->rank(), b->rank());
-  if (!node.arg_is_none(CrossArgs::dim)) return normalize_dim(node.arg_int(CrossArgs::dim), rank, node);
+  if (!node.arg_is_none(CrossArgs::dim))
+    return normalize_dim(node.arg_int(CrossArgs::dim), rank, node);
   // aten::cross without dim: the first dim of size 3 (of the broadcast shape).
   for (int d = 0; d < rank; ++d) {
     const int da = d - (rank - a->rank()), db = d - (rank - b->rank());
@@ -139,16 +143,20 @@ EMBER_CONVERTER(cross, ({"aten::linalg_cross", "aten::cross"}), true, validate_c
     Shape start(static_cast<size_t>(rank), DimExpr(0)), size = t->shape();
     start[dim] = i;
     size[dim] = 1;
-    return net.add_slice(t, start, size, std::vector<int64_t>(static_cast<size_t>(rank), 1),
-                         ctx.layer_name(node))->output();
+    return net
+        .add_slice(t, start, size, std::vector<int64_t>(static_cast<size_t>(rank), 1),
+                   ctx.layer_name(node))
+        ->output();
   };
   Tensor* ac[3] = {component(a, 0), component(a, 1), component(a, 2)};
   Tensor* bc[3] = {component(b, 0), component(b, 1), component(b, 2)};
   std::vector<Tensor*> parts;
   for (int i = 0; i < 3; ++i) {
     const int j = (i + 1) % 3, k = (i + 2) % 3;
-    Tensor* l = net.add_elementwise(ac[j], bc[k], ElementWiseOp::kProd, ctx.layer_name(node))->output();
-    Tensor* r = net.add_elementwise(ac[k], bc[j], ElementWiseOp::kProd, ctx.layer_name(node))->output();
+    Tensor* l =
+        net.add_elementwise(ac[j], bc[k], ElementWiseOp::kProd, ctx.layer_name(node))->output();
+    Tensor* r =
+        net.add_elementwise(ac[k], bc[j], ElementWiseOp::kProd, ctx.layer_name(node))->output();
     parts.push_back(net.add_elementwise(l, r, ElementWiseOp::kSub, ctx.layer_name(node))->output());
   }
   ctx.set_output(node, 0, net.add_concatenation(parts, dim, ctx.layer_name(node))->output());

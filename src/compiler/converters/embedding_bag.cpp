@@ -113,16 +113,19 @@ EMBER_CONVERTER(embedding_bag, ({"aten::_embedding_bag", "aten::_embedding_bag_f
   ar.shape = {l};
   ar.dtype = it;
   Tensor* pos = net.add_reshape(net.add_fill(ar, name("positions"))->output(), {DimExpr(1), l},
-                                name("positions"))->output();
+                                name("positions"))
+                    ->output();
   starts = net.add_reshape(starts, {b, DimExpr(1)}, name("starts"))->output();
   ends = net.add_reshape(ends, {b, DimExpr(1)}, name("ends"))->output();
   Tensor* before = ew(pos, starts, ElementWiseOp::kLess);
   Tensor* inside = ew(net.add_unary(before, engine::UnaryOp::kNot, name("bag"))->output(),
                       ew(pos, ends, ElementWiseOp::kLess), ElementWiseOp::kAnd);  // [B, L]
   if (padding_idx >= 0) {
-    Tensor* pad = ew(idx, ctx.scalar(static_cast<double>(padding_idx), it, 1), ElementWiseOp::kEqual);
+    Tensor* pad =
+        ew(idx, ctx.scalar(static_cast<double>(padding_idx), it, 1), ElementWiseOp::kEqual);
     pad = net.add_reshape(net.add_unary(pad, engine::UnaryOp::kNot, name("padding"))->output(),
-                          {DimExpr(1), l}, name("padding"))->output();
+                          {DimExpr(1), l}, name("padding"))
+              ->output();
     inside = ew(inside, pad, ElementWiseOp::kAnd);
   }
 
@@ -138,19 +141,22 @@ EMBER_CONVERTER(embedding_bag, ({"aten::_embedding_bag", "aten::_embedding_bag_f
   Tensor* mask = net.add_reshape(inside, {b, l, DimExpr(1)}, name("mask"))->output();
   Tensor* out = nullptr;
   if (mode == kMax) {
-    Tensor* masked = net.add_select(mask, rows, ctx.scalar(-INFINITY, DataType::kF32, 3), name("max"))
-                         ->output();
+    Tensor* masked =
+        net.add_select(mask, rows, ctx.scalar(-INFINITY, DataType::kF32, 3), name("max"))->output();
     out = net.add_reduce(masked, ReduceOp::kMax, {1}, false, name("max"))->output();
     Tensor* any = net.add_reduce(ctx.cast(inside, DataType::kF32), ReduceOp::kMax, {1}, true,
-                                 name("nonempty"))->output();  // [B, 1]
+                                 name("nonempty"))
+                      ->output();  // [B, 1]
     Tensor* empty = ew(any, ctx.scalar(0, DataType::kF32, 2), ElementWiseOp::kEqual);
     out = net.add_select(empty, ctx.scalar(0, DataType::kF32, 2), out, name("empty"))->output();
   } else {
-    Tensor* masked = net.add_select(mask, rows, ctx.scalar(0, DataType::kF32, 3), name("sum"))->output();
+    Tensor* masked =
+        net.add_select(mask, rows, ctx.scalar(0, DataType::kF32, 3), name("sum"))->output();
     out = net.add_reduce(masked, ReduceOp::kSum, {1}, false, name("sum"))->output();
     if (mode == kMean) {
-      Tensor* count = net.add_reduce(ctx.cast(inside, DataType::kF32), ReduceOp::kSum, {1}, true,
-                                     name("count"))->output();
+      Tensor* count =
+          net.add_reduce(ctx.cast(inside, DataType::kF32), ReduceOp::kSum, {1}, true, name("count"))
+              ->output();
       count = ew(count, ctx.scalar(1, DataType::kF32, 2), ElementWiseOp::kMax);
       out = ew(out, count, ElementWiseOp::kDiv);
     }

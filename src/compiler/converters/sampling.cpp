@@ -75,8 +75,9 @@ class GridSampler {
     ar.op = engine::FillOp::kArange;
     ar.shape = {n_};
     ar.dtype = DataType::kI32;
-    Tensor* batch = net_.add_reshape(net_.add_fill(ar, name())->output(),
-                                     {n_, DimExpr(1), DimExpr(1)}, name())->output();
+    Tensor* batch =
+        net_.add_reshape(net_.add_fill(ar, name())->output(), {n_, DimExpr(1), DimExpr(1)}, name())
+            ->output();
     batch_base_ = ew(batch, ew(hi_, wi_, ElementWiseOp::kProd), ElementWiseOp::kProd);
 
     Tensor* ix = unnormalize(coordinate(grid, 0), w_, align);
@@ -123,7 +124,8 @@ class GridSampler {
   /// grid[..., i] as [N, Ho, Wo].
   Tensor* coordinate(Tensor* grid, int64_t i) {
     Tensor* s = net_.add_slice(grid, {DimExpr(0), DimExpr(0), DimExpr(0), DimExpr(i)},
-                               {n_, ho_, wo_, DimExpr(1)}, {1, 1, 1, 1}, name())->output();
+                               {n_, ho_, wo_, DimExpr(1)}, {1, 1, 1, 1}, name())
+                    ->output();
     return net_.add_reshape(s, {n_, ho_, wo_}, name())->output();
   }
 
@@ -153,7 +155,8 @@ class GridSampler {
   Tensor* corner(Tensor* cx, Tensor* cy, Tensor* weight) {
     Tensor* zero = ctx_.scalar(0.0, DataType::kF32, 3);
     auto inside = [&](Tensor* c, Tensor* size) {
-      Tensor* lo = net_.add_unary(ew(c, zero, ElementWiseOp::kLess), UnaryOp::kNot, name())->output();
+      Tensor* lo =
+          net_.add_unary(ew(c, zero, ElementWiseOp::kLess), UnaryOp::kNot, name())->output();
       return ew(lo, ew(c, size, ElementWiseOp::kLess), ElementWiseOp::kAnd);
     };
     Tensor* valid = ew(inside(cx, w_), inside(cy, h_), ElementWiseOp::kAnd);

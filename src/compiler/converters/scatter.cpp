@@ -1,13 +1,12 @@
 // Scatter family: ops that write values into a copy of a tensor.
 //
-// - slice_scatter / select_scatter: src written into a strided slice (or one index) of a dim;
+// - select_scatter: src written into one index of a dim (slice_scatter is in shape.cpp);
 // - index_put with one index tensor (x[..., idx, ...] = v, accumulate or not; index_copy
 //   decomposes to it);
 // - copy(self, src): src broadcast to self's shape and cast to its dtype.
 //
-// All become one Scatter layer along the written dim, with indices built from Fill layers (an
-// arange for slices), so the same layers serve every size of a dynamic dim.
-#include <algorithm>
+// Each becomes one Scatter layer along the written dim (copy: a broadcast and a cast), with
+// indices built from Fill and Shape layers, so the same layers serve every size of a dynamic dim.
 #include <string>
 #include <vector>
 
@@ -21,10 +20,6 @@ using engine::ElementWiseOp;
 using engine::Shape;
 using engine::Tensor;
 
-/// slice_scatter(self, src, dim=0, start=None, end=None, step=1).
-struct SliceScatterArgs {
-  enum { self = 0, src = 1, dim = 2, start = 3, end = 4, step = 5 };
-};
 /// select_scatter(self, src, dim, index).
 struct SelectScatterArgs {
   enum { self = 0, src = 1, dim = 2, index = 3 };
@@ -50,33 +45,17 @@ Tensor* broadcast_to(ConversionContext& ctx, const Node& node, Tensor* t, const 
   return ctx.net().add_select(mask, t, t, ctx.layer_name(node, "broadcast"))->output();
 }
 
-/// A tensor of `shape` whose value is start + i * step at position i of `axis`.
-Tensor* axis_positions(ConversionContext& ctx, const Node& node, const Shape& shape, int64_t axis,
-                       int64_t start, int64_t step) {
-  const DataType it = ctx.engine_dtype(ScalarType::kI64);
-  engine::FillParams p;
-  p.op = engine::FillOp::kArange;
-  p.shape = {shape[axis]};
-  p.dtype = it;
-  p.start = static_cast<double>(start);
-  p.delta = static_cast<double>(step);
-  Tensor* t = ctx.net().add_fill(p, ctx.layer_name(node, "positions"))->output();
-  Shape col(shape.size(), DimExpr(1));
-  col[axis] = shape[axis];
-  t = ctx.net().add_reshape(t, col, ctx.layer_name(node, "positions"))->output();
-  return broadcast_to(ctx, node, t, shape);
-}
-
 Tensor* scatter(ConversionContext& ctx, const Node& node, Tensor* data, Tensor* idx,
                 Tensor* updates, int64_t axis, bool accumulate) {
   engine::ScatterParams p;
   p.axis = axis;
   p.reduction = accumulate ? engine::ScatterReduction::kSum : engine::ScatterReduction::kNone;
-  return ctx.net().add_scatter(data, idx, ctx.cast(updates, data->dtype()), p, ctx.layer_name(node))
+  return ctx.net()
+      .add_scatter(data, idx, ctx.cast(updates, data->dtype()), p, ctx.layer_name(node))
       ->output();
 }
 
-/// A constant int argument (or `fallback` for None); symbolic values are rejected.
+/// Rejects a symbolic value at argument i (None and constant ints pass).
 Reason constant_int(const Node& node, size_t i, const char* what) {
   if (node.arg_is_none(i)) return std::nullopt;
   try {
@@ -88,25 +67,11 @@ Reason constant_int(const Node& node, size_t i, const char* what) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// slice_scatter / select_scatter
-
-Reason validate_slice_scatter(const Node& node, const CompileSettings&) {
-  for (auto [i, what] : {std::pair<size_t, const char*>{SliceScatterArgs::start, "start"},
-                         {SliceScatterArgs::end, "end"},
-                         {SliceScatterArgs::step, "step"}}) {
-    if (Reason r = constant_int(node, i, what)) return "slice_scatter " + *r;
-  }
-  const Value* self = node.arg_tensor(SliceScatterArgs::self);
-  const int64_t axis = normalize_dim(node.arg_int_or(SliceScatterArgs::dim, 0), self->rank(), node);
-  if (node.arg_int_or(SliceScatterArgs::step, 1) < 1) return "slice_scatter step must be >= 1";
-  if (node.arg_int_or(SliceScatterArgs::start, 0) < 0 && !self->shape()[axis].is_constant()) {
-    return "slice_scatter with a negative start needs a static size of the sliced dim";
-  }
-  return std::nullopt;
-}
+// select_scatter
 
 Reason validate_select_scatter(const Node& node, const CompileSettings&) {
-  if (Reason r = constant_int(node, SelectScatterArgs::index, "index")) return "select_scatter " + *r;
+  if (Reason r = constant_int(node, SelectScatterArgs::index, "index"))
+    return "select_scatter " + *r;
   const Value* self = node.arg_tensor(SelectScatterArgs::self);
   const int64_t axis = normalize_dim(node.arg_int(SelectScatterArgs::dim), self->rank(), node);
   if (node.arg_int(SelectScatterArgs::index) < 0 && !self->shape()[axis].is_constant()) {
@@ -116,18 +81,6 @@ Reason validate_select_scatter(const Node& node, const CompileSettings&) {
 }
 
 }  // namespace
-
-EMBER_CONVERTER(slice_scatter, {"aten::slice_scatter"}, true, validate_slice_scatter) {
-  Tensor* x = ctx.input(node, SliceScatterArgs::self);
-  Tensor* src = ctx.input(node, SliceScatterArgs::src);
-  const int64_t axis = normalize_dim(node.arg_int_or(SliceScatterArgs::dim, 0), x->rank(), node);
-  int64_t start = node.arg_int_or(SliceScatterArgs::start, 0);
-  if (start < 0) start = std::max<int64_t>(start + x->shape()[axis].constant(), 0);
-  // src has exactly the slice's shape: its size along axis is the number of positions written.
-  Tensor* idx = axis_positions(ctx, node, src->shape(), axis, start,
-                               node.arg_int_or(SliceScatterArgs::step, 1));
-  ctx.set_output(node, 0, scatter(ctx, node, x, idx, src, axis, false));
-}
 
 EMBER_CONVERTER(select_scatter, {"aten::select_scatter"}, true, validate_select_scatter) {
   Tensor* x = ctx.input(node, SelectScatterArgs::self);
@@ -197,22 +150,24 @@ EMBER_CONVERTER(index_put, {"aten::index_put"}, true, validate_index_put) {
   flat.push_back(m);
   indexed.insert(indexed.end(), xs.begin() + k + 1, xs.end());
   flat.insert(flat.end(), xs.begin() + k + 1, xs.end());
-  Tensor* v = broadcast_to(ctx, node, ctx.cast(ctx.input(node, IndexPutArgs::values), x->dtype()),
-                           indexed);
+  Tensor* v =
+      broadcast_to(ctx, node, ctx.cast(ctx.input(node, IndexPutArgs::values), x->dtype()), indexed);
   v = net.add_reshape(v, flat, ctx.layer_name(node, "values"))->output();
 
   idx = net.add_reshape(idx, {m}, ctx.layer_name(node, "index"))->output();
   Tensor* n = ctx.cast(net.add_shape(x, ctx.layer_name(node))->output(), it);
   n = net.add_slice(n, {DimExpr(k)}, {DimExpr(1)}, {1}, ctx.layer_name(node))->output();
-  Tensor* negative = net.add_elementwise(idx, ctx.scalar(0, it, 1), ElementWiseOp::kLess,
-                                         ctx.layer_name(node))->output();
-  Tensor* wrapped = net.add_elementwise(idx, n, ElementWiseOp::kSum, ctx.layer_name(node))->output();
+  Tensor* negative =
+      net.add_elementwise(idx, ctx.scalar(0, it, 1), ElementWiseOp::kLess, ctx.layer_name(node))
+          ->output();
+  Tensor* wrapped =
+      net.add_elementwise(idx, n, ElementWiseOp::kSum, ctx.layer_name(node))->output();
   idx = net.add_select(negative, wrapped, idx, ctx.layer_name(node))->output();
   Shape col(flat.size(), DimExpr(1));
   col[k] = m;
   idx = broadcast_to(ctx, node, net.add_reshape(idx, col, ctx.layer_name(node))->output(), flat);
-  ctx.set_output(node, 0,
-                 scatter(ctx, node, x, idx, v, k, node.arg_bool_or(IndexPutArgs::accumulate, false)));
+  ctx.set_output(
+      node, 0, scatter(ctx, node, x, idx, v, k, node.arg_bool_or(IndexPutArgs::accumulate, false)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ EMBER_CONVERTER(diagonal, {"aten::diagonal"}, true, validate_diagonal) {
   perm.push_back(d2);
   const DimExpr n = x->shape()[d1], m = x->shape()[d2];
   bool identity = true;
-  for (size_t i = 0; i < perm.size(); ++i) identity = identity && perm[i] == static_cast<int64_t>(i);
+  for (size_t i = 0; i < perm.size(); ++i)
+    identity = identity && perm[i] == static_cast<int64_t>(i);
   if (!identity) x = net.add_transpose(x, perm, ctx.layer_name(node))->output();
   Shape flat = lead;
   flat.push_back(n * m);
@@ -88,14 +89,17 @@ EMBER_CONVERTER(diagonal, {"aten::diagonal"}, true, validate_diagonal) {
   p.shape = {length};
   p.dtype = it;
   Tensor* i = net.add_fill(p, ctx.layer_name(node, "rows"))->output();
-  Tensor* mm = ctx.cast(net.add_shape(ctx.input(node, DiagonalArgs::self), ctx.layer_name(node))->output(), it);
+  Tensor* mm = ctx.cast(
+      net.add_shape(ctx.input(node, DiagonalArgs::self), ctx.layer_name(node))->output(), it);
   mm = net.add_slice(mm, {DimExpr(d2)}, {DimExpr(1)}, {1}, ctx.layer_name(node))->output();
   Tensor* step = net.add_elementwise(mm, ctx.scalar(1, it, 1), engine::ElementWiseOp::kSum,
-                                     ctx.layer_name(node))->output();
-  Tensor* first = offset >= 0 ? ctx.scalar(static_cast<double>(offset), it, 1)
-                              : net.add_elementwise(mm, ctx.scalar(static_cast<double>(-offset), it, 1),
-                                                    engine::ElementWiseOp::kProd,
-                                                    ctx.layer_name(node))->output();
+                                     ctx.layer_name(node))
+                     ->output();
+  Tensor* first = offset >= 0
+                      ? ctx.scalar(static_cast<double>(offset), it, 1)
+                      : net.add_elementwise(mm, ctx.scalar(static_cast<double>(-offset), it, 1),
+                                            engine::ElementWiseOp::kProd, ctx.layer_name(node))
+                            ->output();
   i = net.add_elementwise(i, step, engine::ElementWiseOp::kProd, ctx.layer_name(node))->output();
   i = net.add_elementwise(i, first, engine::ElementWiseOp::kSum, ctx.layer_name(node))->output();
   engine::GatherParams g;
@@ -112,10 +116,11 @@ namespace {
 /// result reads the base tensor's storage in PyTorch, which an engine does not have.
 bool is_strided_view(const std::string& op) {
   static const char* const kViews[] = {
-      "aten::slice.Tensor",  "aten::select.int",  "aten::transpose.int", "aten::permute",
-      "aten::t",             "aten::expand",      "aten::narrow",        "aten::diagonal",
-      "aten::split.Tensor",  "aten::split_with_sizes", "aten::unbind.int", "aten::chunk",
-      "aten::as_strided",    "aten::unfold",      "aten::expand_as"};
+      "aten::slice.Tensor",     "aten::select.int", "aten::transpose.int",
+      "aten::permute",          "aten::t",          "aten::expand",
+      "aten::narrow",           "aten::diagonal",   "aten::split.Tensor",
+      "aten::split_with_sizes", "aten::unbind.int", "aten::chunk",
+      "aten::as_strided",       "aten::unfold",     "aten::expand_as"};
   return std::find(std::begin(kViews), std::end(kViews), op) != std::end(kViews);
 }
 
@@ -167,11 +172,13 @@ EMBER_CONVERTER(as_strided, {"aten::as_strided"}, false, validate_as_strided) {
     }
     index = std::move(next);
   }
-  Tensor* flat = net.add_reshape(x, {engine::shape_numel(x->shape())}, ctx.layer_name(node))->output();
+  Tensor* flat =
+      net.add_reshape(x, {engine::shape_numel(x->shape())}, ctx.layer_name(node))->output();
   Tensor* idx = ctx.int_vector(index, ctx.engine_dtype(ScalarType::kI64));
   engine::GatherParams g;
   Tensor* out = net.add_gather(flat, idx, g, ctx.layer_name(node))->output();
-  ctx.set_output(node, 0, net.add_reshape(out, engine::shape_from_dims(size), ctx.layer_name(node))->output());
+  ctx.set_output(
+      node, 0, net.add_reshape(out, engine::shape_from_dims(size), ctx.layer_name(node))->output());
 }
 
 // ---------------------------------------------------------------------------------------------
