@@ -55,8 +55,9 @@ def sym_text(expr: sympy.Expr) -> str:
         return f"floordiv({sym_text(expr.args[0])}, {sym_text(expr.args[1])})"
     if isinstance(expr, mods) or isinstance(expr, sympy.Mod):
         return f"mod({sym_text(expr.args[0])}, {sym_text(expr.args[1])})"
-    if isinstance(expr, (sympy.Min, sympy.Max)):
-        fn = "min" if isinstance(expr, sympy.Min) else "max"
+    # torch's own Min/Max (torch.utils._sympy.functions) are not sympy's subclasses.
+    if isinstance(expr, (sympy.Min, sympy.Max)) or type(expr).__name__ in ("Min", "Max"):
+        fn = "min" if type(expr).__name__ == "Min" else "max"
         args = [sym_text(a) for a in expr.args]
         text = args[0]
         for a in args[1:]:
