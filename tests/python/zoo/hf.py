@@ -142,8 +142,8 @@ def vit(attention: str):
         t = _transformers()
         torch.manual_seed(0)
         cfg = t.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=128, image_size=32, patch_size=8, initializer_range=_INIT,
-                          attn_implementation=attention)
+                          intermediate_size=128, image_size=32, patch_size=8,
+                          initializer_range=_INIT, attn_implementation=attention)
         return _Call(t.ViTModel(cfg), ("pixel_values",)), (torch.randn(2, 3, 32, 32),)
     return make
 
