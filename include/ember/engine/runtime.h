@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -50,9 +51,14 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
  private:
   friend class Runtime;
+  friend class ExecutionContext;
   Engine() = default;
+  /// The constants on the device (cuda plans), uploaded by the first context that needs them.
+  std::shared_ptr<void> device_weights() const;
   std::unique_ptr<PlanModel> plan_;
   std::vector<IOTensorInfo> io_;
+  mutable std::mutex device_mutex_;
+  mutable std::shared_ptr<void> device_weights_;
 };
 
 /// Deserializes plans.
@@ -90,6 +96,7 @@ class ExecutionContext {
   friend class Engine;
   explicit ExecutionContext(std::shared_ptr<const Engine> engine);
   void prepare();  // binds symbols and evaluates shapes for a new shape signature
+  void run(void* stream);  // prepare, check addresses, run/enqueue every layer
   struct State;
   std::shared_ptr<const Engine> engine_;
   std::unique_ptr<State> state_;

@@ -2,9 +2,13 @@
 #include "ember/engine/runtime.h"
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "backends/cpu/executor.h"
+#ifdef EMBER_WITH_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
 #include "plan/plan.h"
 #include "runtime/shapes.h"
 
@@ -57,6 +61,16 @@ std::map<std::string, Interval, std::less<>> Engine::profile_ranges(size_t index
   return plan_->profiles[index].intervals();
 }
 
+std::shared_ptr<void> Engine::device_weights() const {
+#ifdef EMBER_WITH_CUDA
+  std::lock_guard<std::mutex> lock(device_mutex_);
+  if (!device_weights_) device_weights_ = std::make_shared<cuda::DeviceWeights>(plan_->network);
+  return device_weights_;
+#else
+  throw Error("this build of Ember has no CUDA back end");
+#endif
+}
+
 std::unique_ptr<ExecutionContext> Engine::create_execution_context() const {
   return std::unique_ptr<ExecutionContext>(new ExecutionContext(shared_from_this()));
 }
@@ -73,6 +87,11 @@ struct ExecutionContext::State {
   SymbolBindings bindings;                        // symbol values of that signature
   bool shapes_valid = false;
   std::vector<uint8_t> arena;                     // CPU back end's activation memory
+  bool cuda = false;                              // a "cuda" plan: device memory, streams
+#ifdef EMBER_WITH_CUDA
+  std::shared_ptr<void> device_weights;           // cuda::DeviceWeights of the engine
+  std::unique_ptr<cuda::ContextState> device;     // device arena and library handles
+#endif
 };
 
 ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
@@ -83,12 +102,29 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
   state_->input_set.assign(n_in, false);
   const auto tensors = p.network.tensors();
   state_->addrs.assign(tensors.size(), nullptr);
-  state_->arena.resize(static_cast<size_t>(p.arena_bytes));
-  uint8_t* base = state_->arena.data();
+  state_->cuda = p.backend == "cuda";
+  uint8_t* base = nullptr;
+  std::function<void*(const Tensor*)> constant_address = [](const Tensor* t) -> void* {
+    return const_cast<void*>(t->producer()->params_as<ConstantParams>().weights.data());
+  };
+  if (state_->cuda) {
+#ifdef EMBER_WITH_CUDA
+    state_->device_weights = engine_->device_weights();
+    state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes);
+    base = state_->device->arena();
+    const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
+    constant_address = [dw](const Tensor* t) { return dw->address(t->id()); };
+#else
+    throw Error("this plan is for the cuda back end, which this build does not include");
+#endif
+  } else {
+    state_->arena.resize(static_cast<size_t>(p.arena_bytes));
+    base = state_->arena.data();
+  }
   for (const Tensor* t : tensors) {
     const Layer* prod = t->producer();
     if (prod != nullptr && prod->kind() == LayerKind::kConstant && !t->is_output()) {
-      state_->addrs[t->id()] = const_cast<void*>(prod->params_as<ConstantParams>().weights.data());
+      state_->addrs[t->id()] = constant_address(t);
     } else if (p.placements[t->id()].arena_offset >= 0) {
       state_->addrs[t->id()] = base + p.placements[t->id()].arena_offset;
     }
@@ -181,6 +217,17 @@ void ExecutionContext::set_tensor_address(const std::string& name, void* data, D
 }
 
 void ExecutionContext::execute() {
+  if (state_->cuda) {
+#ifdef EMBER_WITH_CUDA
+    enqueue(nullptr);
+    cuda::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize (execute)");
+    return;
+#endif
+  }
+  run(nullptr);
+}
+
+void ExecutionContext::run(void* stream) {
   prepare();
   const Network& net = engine_->plan().network;
   for (const auto& io : engine_->io_tensors()) {
@@ -190,12 +237,20 @@ void ExecutionContext::execute() {
                   "' has no address: call set_tensor_address");
     }
   }
+  if (state_->cuda) {
+#ifdef EMBER_WITH_CUDA
+    const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
+    cuda::execute_layers(net, state_->dims, state_->addrs, &state_->bindings, *dw,
+                         *state_->device, static_cast<cudaStream_t>(stream));
+    return;
+#endif
+  }
   cpu::execute_layers(net, state_->dims, state_->addrs, &state_->bindings);
 }
 
-void ExecutionContext::enqueue(void* /*stream*/) {
-  // The CPU back end has no streams: enqueue runs to completion.
-  execute();
+void ExecutionContext::enqueue(void* stream) {
+  // The CPU back end has no streams: it runs to completion.
+  run(stream);
 }
 
 }  // namespace ember::engine

@@ -1,0 +1,151 @@
+// The CUDA back end (private to the engine; compiled when EMBER_WITH_CUDA is defined).
+//
+// Mirrors the CPU back end: one `run(const XParams&, const CudaArgs&)` overload per layer kind,
+// dispatched with std::visit so a kind without a case is a compile error. A kind whose device
+// kernel does not exist yet says so explicitly by calling host_fallback(), which runs the CPU
+// reference kernel on host copies (correct, slow; the inspector shows "cuda.host").
+//
+// Memory: activations live in one device arena per ExecutionContext (offsets from the builder's
+// memory plan); constants are uploaded once per Engine (DeviceWeights); inputs and outputs are
+// the caller's device buffers. Everything is enqueued on the context's stream.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ember/engine/layers.h"
+#include "ember/engine/network.h"
+#include "ember/engine/types.h"
+
+namespace ember::engine::cuda {
+
+/// Throws Error naming the call and the CUDA error when `status` is not cudaSuccess.
+void check(cudaError_t status, const char* what);
+
+/// A dense row-major tensor in device memory.
+struct DeviceTensor {
+  DataType dtype = DataType::kF32;
+  std::vector<int64_t> dims;
+  void* data = nullptr;
+  int64_t numel() const;
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+};
+
+/// Library handles and scratch memory of one context (created on first use).
+class Resources {
+ public:
+  explicit Resources(cudaStream_t stream) : stream_(stream) {}
+  ~Resources();
+  Resources(const Resources&) = delete;
+  Resources& operator=(const Resources&) = delete;
+  cudaStream_t stream() const { return stream_; }
+  void set_stream(cudaStream_t s) { stream_ = s; }
+  /// Device scratch of at least `bytes`, valid until the next call (stream-ordered reuse).
+  void* workspace(size_t bytes);
+  /// Pinned host staging buffer of at least `bytes` (host fallback).
+  void* host_staging(size_t bytes);
+  /// cublasLtHandle_t / cudnnHandle_t, created lazily (void* keeps their headers out of here).
+  void* cublaslt();
+  void* cudnn();
+
+ private:
+  cudaStream_t stream_;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  void* staging_ = nullptr;
+  size_t staging_bytes_ = 0;
+  void* cublaslt_ = nullptr;
+  void* cudnn_ = nullptr;
+};
+
+/// Inputs (nullptr for absent optional ones) and outputs of one kernel call.
+struct CudaArgs {
+  std::vector<const DeviceTensor*> inputs;
+  std::vector<DeviceTensor*> outputs;
+  const Layer* layer = nullptr;
+  const SymbolBindings* symbols = nullptr;
+  Resources* res = nullptr;
+  const DeviceTensor& in(size_t i) const { return *inputs.at(i); }
+  bool has(size_t i) const { return i < inputs.size() && inputs[i] != nullptr; }
+  DeviceTensor& out(size_t i = 0) const { return *outputs.at(i); }
+  cudaStream_t stream() const { return res->stream(); }
+};
+
+/// Runs the CPU reference kernel for `a.layer` on host copies of its inputs, then copies the
+/// outputs back (synchronizes the stream).
+void host_fallback(const CudaArgs& a);
+
+// ---- the kernels, one per layer kind (files by family) ----
+void run(const ConstantParams& p, const CudaArgs& a);
+void run(const ShuffleParams& p, const CudaArgs& a);
+void run(const ConcatenationParams& p, const CudaArgs& a);
+void run(const SliceParams& p, const CudaArgs& a);
+void run(const GatherParams& p, const CudaArgs& a);
+void run(const ScatterParams& p, const CudaArgs& a);
+void run(const PaddingParams& p, const CudaArgs& a);
+void run(const ResizeParams& p, const CudaArgs& a);
+void run(const FillParams& p, const CudaArgs& a);
+void run(const ShapeParams& p, const CudaArgs& a);
+void run(const IdentityParams& p, const CudaArgs& a);
+void run(const ActivationParams& p, const CudaArgs& a);
+void run(const ElementWiseParams& p, const CudaArgs& a);
+void run(const UnaryParams& p, const CudaArgs& a);
+void run(const SelectParams& p, const CudaArgs& a);
+void run(const CastParams& p, const CudaArgs& a);
+void run(const ConvolutionParams& p, const CudaArgs& a);
+void run(const DeconvolutionParams& p, const CudaArgs& a);
+void run(const PoolingParams& p, const CudaArgs& a);
+void run(const MatrixMultiplyParams& p, const CudaArgs& a);
+void run(const ReduceParams& p, const CudaArgs& a);
+void run(const TopKParams& p, const CudaArgs& a);
+void run(const SoftMaxParams& p, const CudaArgs& a);
+void run(const NormalizationParams& p, const CudaArgs& a);
+void run(const CumulativeParams& p, const CudaArgs& a);
+
+/// True when the layer kind has a device kernel in this build ("cuda.<Kind>"), false when it
+/// runs through host_fallback ("cuda.host.<Kind>"): what select_implementations records.
+bool has_device_kernel(LayerKind kind);
+
+/// The constants of one Engine on the device: uploaded once, shared by its contexts.
+class DeviceWeights {
+ public:
+  /// Uploads every Constant layer's weights of `net` (synchronously, on the current device).
+  explicit DeviceWeights(const Network& net);
+  ~DeviceWeights();
+  DeviceWeights(const DeviceWeights&) = delete;
+  DeviceWeights& operator=(const DeviceWeights&) = delete;
+  /// Device address of the output of a Constant layer (by tensor id), or nullptr.
+  void* address(int tensor_id) const;
+
+ private:
+  void* base_ = nullptr;
+  std::vector<int64_t> offsets_;  // per tensor id, -1 when not a constant
+};
+
+/// Per-context device state: the activation arena and the library resources.
+class ContextState {
+ public:
+  ContextState(int64_t arena_bytes);
+  ~ContextState();
+  ContextState(const ContextState&) = delete;
+  ContextState& operator=(const ContextState&) = delete;
+  uint8_t* arena() const { return static_cast<uint8_t*>(arena_); }
+  Resources& resources() { return res_; }
+
+ private:
+  void* arena_ = nullptr;
+  Resources res_{nullptr};
+};
+
+/// Enqueues every layer of `net` on `stream`. `dims` and `addrs` are indexed by
+/// tensor id (device addresses). Errors name the layer.
+void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
+                    const std::vector<void*>& addrs, const SymbolBindings* symbols,
+                    const DeviceWeights& weights, ContextState& state, cudaStream_t stream);
+
+}  // namespace ember::engine::cuda
