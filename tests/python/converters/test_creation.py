@@ -156,3 +156,28 @@ def test_arange_dynamic_end():
 def test_arange_dynamic_float():
     check_op(lambda x: torch.arange(x.shape[1], dtype=torch.float32) * x, [randn(2, 6)],
              dynamic_shapes=dyn({1: BATCH}), extra_inputs=[[randn(2, 3)], [randn(2, 16)]])
+
+
+# ---- linspace ----
+
+@pytest.mark.parametrize("start,end,steps", [(0, 1, 5), (-3.5, 2.25, 8), (2, -2, 7), (0, 10, 1),
+                                             (1e-3, 1e3, 33), (5, 5, 4), (0, 1, 2)])
+def test_linspace(start, end, steps):
+    check_op(lambda x: x + torch.linspace(start, end, steps), [randn(steps)],
+             expect_ops={"aten::linspace"})
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_linspace_dtype(dtype):
+    check_op(lambda x: x * torch.linspace(-1, 3, 6, dtype=dtype), [randn(2, 6, dtype=dtype)])
+
+
+def test_linspace_broadcast_dynamic():
+    check_op(lambda x: x * torch.linspace(0, 2, 4), [randn(3, 4)], dynamic_shapes=dyn({0: BATCH}),
+             extra_inputs=[[randn(16, 4)], [randn(1, 4)]])
+
+
+def test_linspace_int_fallback():
+    from fallback import check_fallback
+    check_fallback(lambda x: x + torch.linspace(0, 10, 4, dtype=torch.int64), [sample(torch.int64, 4)],
+                   "linspace")
