@@ -67,10 +67,14 @@ def _ids(batch: int, seq: int, vocab: int = 128) -> torch.Tensor:
     return torch.randint(3, vocab, (batch, seq))
 
 
-def _padding_mask(batch: int, seq: int) -> torch.Tensor:
-    """All ones except the last row, which is padded after 2/3 of its length."""
+def _padding_mask(batch: int, seq: int, left: bool = False) -> torch.Tensor:
+    """All ones except the last row, whose last third is padding (first third with `left`:
+    decoder-only models pad on the left for generation, so early queries see only padding)."""
     mask = torch.ones(batch, seq, dtype=torch.int64)
-    mask[-1, (2 * seq) // 3:] = 0
+    if left:
+        mask[-1, :seq // 3] = 0
+    else:
+        mask[-1, (2 * seq) // 3:] = 0
     return mask
 
 
@@ -103,7 +107,7 @@ def gpt2(attention: str):
                            bos_token_id=1, eos_token_id=2, initializer_range=_INIT,
                            use_cache=False, attn_implementation=attention)
         model = _Call(t.GPT2Model(cfg), ("input_ids", "attention_mask"), use_cache=False)
-        return model, (_ids(2, 16), _padding_mask(2, 16))
+        return model, (_ids(2, 16), _padding_mask(2, 16, left=True))
     return make
 
 
@@ -158,7 +162,7 @@ def llama(attention: str):
                             max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
                             initializer_range=_INIT, use_cache=False, attn_implementation=attention)
         model = _Call(t.LlamaModel(cfg), ("input_ids", "attention_mask"), use_cache=False)
-        return model, (_ids(2, 16), _padding_mask(2, 16))
+        return model, (_ids(2, 16), _padding_mask(2, 16, left=True))
     return make
 
 
@@ -208,7 +212,8 @@ def _batch_dynamic(n_inputs: int):
 
 def _llama_extra():
     torch.manual_seed(1)
-    return [(_ids(1, 16), _padding_mask(1, 16)), (_ids(4, 16), _padding_mask(4, 16))]
+    return [(_ids(1, 16), _padding_mask(1, 16, left=True)),
+            (_ids(4, 16), _padding_mask(4, 16, left=True))]
 
 
 def _t5_decoder_dynamic():
