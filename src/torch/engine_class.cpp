@@ -1,6 +1,13 @@
 // torch.classes.ember.Engine and torch.ops.ember.execute_engine (see docs/torch_bridge.md).
 #include "engine_class.h"
 
+#include <optional>
+
+#ifdef EMBER_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -80,27 +87,33 @@ TorchEngine::TorchEngine(std::vector<std::string> state) {
     output_engine_types_.push_back(engine_scalar_type(io.engine_dtype));
   }
   const std::string& backend = loaded_.engine->backend();
+#ifdef EMBER_WITH_CUDA
+  TORCH_CHECK(backend == "cpu" || backend == "cuda", "ember.Engine: unknown back end '", backend, "'");
+  device_type_ = backend == "cuda" ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+#else
   TORCH_CHECK(backend == "cpu", "ember.Engine: back end '", backend,
-              "' plans cannot run through this build of libember_torch (CPU execution only); "
+              "' plans cannot run through this build of libember_torch (built without CUDA); "
               "build the engine for backend 'cpu'");
   device_type_ = c10::DeviceType::CPU;
+#endif
 }
 
-std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context() {
+std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context(void* stream) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!idle_contexts_.empty()) {
-      auto ctx = std::move(idle_contexts_.back());
-      idle_contexts_.pop_back();
+    auto& idle = idle_contexts_[stream];
+    if (!idle.empty()) {
+      auto ctx = std::move(idle.back());
+      idle.pop_back();
       return ctx;
     }
   }
   return loaded_.engine->create_execution_context();
 }
 
-void TorchEngine::release_context(std::unique_ptr<engine::ExecutionContext> ctx) {
+void TorchEngine::release_context(void* stream, std::unique_ptr<engine::ExecutionContext> ctx) {
   std::lock_guard<std::mutex> lock(mutex_);
-  idle_contexts_.push_back(std::move(ctx));
+  idle_contexts_[stream].push_back(std::move(ctx));
 }
 
 std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inputs) {
@@ -132,7 +145,18 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     engine_inputs.push_back(std::move(y));
   }
 
-  std::unique_ptr<engine::ExecutionContext> ctx = acquire_context();
+  // CUDA engines run on PyTorch's current stream of the inputs' device, so they order with the
+  // surrounding PyTorch work without synchronizing.
+  void* stream = nullptr;
+#ifdef EMBER_WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+  if (device_type_ == c10::DeviceType::CUDA && !engine_inputs.empty()) {
+    const c10::Device device = engine_inputs[0].device();
+    guard.emplace(device);
+    stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  }
+#endif
+  std::unique_ptr<engine::ExecutionContext> ctx = acquire_context(stream);
   std::vector<at::Tensor> outputs;
   outputs.reserve(meta.outputs.size());
   try {
@@ -144,17 +168,23 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     }
     for (size_t i = 0; i < meta.outputs.size(); ++i) {
       const BridgeIO& io = meta.outputs[i];
+      const c10::Device device = engine_inputs.empty() ? c10::Device(device_type_)
+                                                       : engine_inputs[0].device();
       at::Tensor y = at::empty(ctx->tensor_shape(io.name),
-                               at::TensorOptions().dtype(output_engine_types_[i]).device(device_type_));
+                               at::TensorOptions().dtype(output_engine_types_[i]).device(device));
       ctx->set_tensor_address(io.name, y.data_ptr(), io.engine_dtype);
       outputs.push_back(std::move(y));
     }
-    ctx->execute();
+    if (device_type_ == c10::DeviceType::CUDA) {
+      ctx->enqueue(stream);
+    } else {
+      ctx->execute();
+    }
   } catch (const engine::Error& e) {
-    release_context(std::move(ctx));
+    release_context(stream, std::move(ctx));
     TORCH_CHECK(false, "ember::execute_engine: ", e.what());
   }
-  release_context(std::move(ctx));
+  release_context(stream, std::move(ctx));
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (output_engine_types_[i] != output_torch_types_[i]) {
       outputs[i] = outputs[i].to(output_torch_types_[i]);

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -37,15 +38,17 @@ class TorchEngine : public torch::CustomClassHolder {
   std::vector<at::Tensor> execute(const std::vector<at::Tensor>& inputs);
 
  private:
-  std::unique_ptr<engine::ExecutionContext> acquire_context();
-  void release_context(std::unique_ptr<engine::ExecutionContext> ctx);
+  // Contexts are pooled per stream: a context whose work is still queued on a stream is only
+  // handed out again on that stream, where stream order makes reusing its arena safe.
+  std::unique_ptr<engine::ExecutionContext> acquire_context(void* stream);
+  void release_context(void* stream, std::unique_ptr<engine::ExecutionContext> ctx);
 
   LoadedEngineState loaded_;
   std::vector<c10::ScalarType> input_torch_types_, input_engine_types_;
   std::vector<c10::ScalarType> output_torch_types_, output_engine_types_;
   c10::DeviceType device_type_ = c10::DeviceType::CPU;
   std::mutex mutex_;  // guards idle_contexts_
-  std::vector<std::unique_ptr<engine::ExecutionContext>> idle_contexts_;
+  std::map<void*, std::vector<std::unique_ptr<engine::ExecutionContext>>> idle_contexts_;
   std::atomic<int64_t> num_runs_{0};
 };
 
