@@ -212,15 +212,28 @@ class _Importer:
             vals = list(val)
         else:
             vals = [val]
-        types = [tensor_type(v) if v is not None else None for v in vals]
         args = [self.encode(a) for a in self.schema_args(node)]
         # Multi-output ops: each output is named by the getitem node that reads it.
         getitems = {u.args[1]: u for u in node.users
                     if u.op == "call_function" and u.target is operator.getitem}
         names, fx_names, out_types = [], [], []
         multi = isinstance(val, (list, tuple))
+
+        def out_type(i, v):
+            if not isinstance(v, torch.Tensor):
+                return None
+            try:
+                return tensor_type(v)
+            except Unsupported:
+                if multi and i not in getitems:  # unused (an RNG state in u64): a placeholder
+                    return None
+                raise
+
+        types = [out_type(i, v) for i, v in enumerate(vals)]
         for i, t in enumerate(types):
-            if t is None:  # an optional output PyTorch left out: a placeholder 0-d value
+            # An optional output PyTorch left out, or a size (an attention kernel's max_q):
+            # a placeholder 0-d value. Readers of a size take it from the FX meta, not the IR.
+            if t is None:
                 t = ("f32", [])
             out_types.append(t)
             if not multi:
@@ -295,7 +308,9 @@ def import_program(ep: torch.export.ExportedProgram,
                 continue
             val = node.meta.get("val")
             if not (isinstance(val, torch.Tensor) or (isinstance(val, (list, tuple)) and val and all(
-                    v is None or isinstance(v, torch.Tensor) for v in val))):
+                    v is None or isinstance(v, (torch.Tensor, torch.SymInt))
+                    or (isinstance(v, int) and not isinstance(v, bool)) for v in val)
+                    and any(isinstance(v, torch.Tensor) for v in val))):
                 imp.skipped.append((node.name, op_key(node.target), "its result is not a tensor"))
                 continue
             try:
