@@ -1,0 +1,136 @@
+"""The CUDA back end through the dynamo path (needs a GPU and a build with the CUDA back end;
+skipped visibly elsewhere, as on CI). f32 within the model tolerances of test_models.py; f16
+models against eager f32 with cosine similarity > 0.999."""
+
+import pytest
+import torch
+
+import ember
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif("cuda" not in ember.available_backends(),
+                       reason="this build of Ember has no CUDA back end"),
+]
+
+torchvision = pytest.importorskip("torchvision")
+transformers = pytest.importorskip("transformers")
+
+
+def cosine(a, b):
+    a, b = a.flatten().double(), b.flatten().double()
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+def flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    res = []
+    for o in out:
+        res += flat(o) if o is not None else []
+    return res
+
+
+def compile_cuda(model, specs):
+    report = ember.dynamo.CompilationReport()
+    gm = ember.compile(model, inputs=specs, device="cuda", report=report,
+                       require_full_compilation=True)
+    assert not report.fallback, str(report)
+    return gm, report
+
+
+def check_f32(model, inputs, specs=None, extra=()):
+    model = model.eval().cuda()
+    inputs = [x.cuda() for x in inputs]
+    gm, report = compile_cuda(model, specs or inputs)
+    for args in (inputs, *[[x.cuda() for x in e] for e in extra]):
+        with torch.no_grad():
+            expected = flat(model(*args))
+            actual = flat(gm(*args))
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert a.device.type == "cuda"
+            assert cosine(a, e) > 0.9999
+            torch.testing.assert_close(a, e, atol=1e-3, rtol=1e-3)
+    return gm
+
+
+def check_f16(model, inputs):
+    model = model.eval().cuda()
+    inputs = [x.cuda() for x in inputs]
+    with torch.no_grad():
+        expected = flat(model(*inputs))
+    half = model.half()
+    half_inputs = [x.half() if x.is_floating_point() else x for x in inputs]
+    gm, _ = compile_cuda(half, half_inputs)
+    with torch.no_grad():
+        actual = flat(gm(*half_inputs))
+    for a, e in zip(actual, expected):
+        assert a.dtype == torch.float16
+        assert cosine(a.float(), e) > 0.999
+
+
+def small_bert():
+    return transformers.BertModel(transformers.BertConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64))
+
+
+def small_gpt2():
+    return transformers.GPT2Model(transformers.GPT2Config(
+        vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64, use_cache=False))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_f32(name):
+    torch.manual_seed(0)
+    check_f32(getattr(torchvision.models, name)(weights=None), [torch.randn(2, 3, 64, 64)])
+
+
+@pytest.mark.parametrize("make", [small_bert, small_gpt2], ids=["bert", "gpt2"])
+def test_transformers_f32(make):
+    torch.manual_seed(0)
+    check_f32(make(), [torch.randint(0, 128, (2, 16))])
+
+
+@pytest.mark.parametrize("make,example", [
+    (lambda: torchvision.models.resnet18(weights=None), lambda: torch.randn(2, 3, 64, 64)),
+    (small_bert, lambda: torch.randint(0, 128, (2, 16))),
+], ids=["resnet18", "bert"])
+def test_f16_against_eager_f32(make, example):
+    torch.manual_seed(0)
+    check_f16(make(), [example()])
+
+
+def test_dynamic_batch_on_gpu():
+    torch.manual_seed(0)
+    spec = ember.Input(min_shape=(1, 3, 32, 32), opt_shape=(4, 3, 32, 32), max_shape=(8, 3, 32, 32))
+    check_f32(torchvision.models.resnet18(weights=None), [torch.randn(4, 3, 32, 32)], [spec],
+              extra=[[torch.randn(1, 3, 32, 32)], [torch.randn(8, 3, 32, 32)]])
+
+
+def test_cpu_tensor_to_a_cuda_engine_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval().cuda()
+    gm, _ = compile_cuda(model, [torch.randn(2, 8, device="cuda")])
+    with pytest.raises(RuntimeError, match="device"):
+        gm(torch.randn(2, 8))
+
+
+def test_runs_on_the_current_stream_and_on_two_streams():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().cuda()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    gm, _ = compile_cuda(model, [x])
+    with torch.no_grad():
+        expected = model(x)
+        s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+        torch.cuda.synchronize()
+        with torch.cuda.stream(s1):
+            a = gm(x)
+        with torch.cuda.stream(s2):
+            b = gm(x)
+        torch.cuda.synchronize()
+    torch.testing.assert_close(a, expected, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(b, expected, atol=1e-3, rtol=1e-3)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds Ember on the GPU machine (the `device` tool: no network, no apt) with the CUDA back end,
+# the Python extension and the torch bridge, and lays the package out for PYTHONPATH=python.
+# BLAS and GoogleTest come from Debian packages unpacked into .deps/root (tools/gpu_deps.sh
+# makes it here; the run carries it). Source this file: it exports PYTHONPATH and LD_LIBRARY_PATH.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+deps="$root/.deps/root/usr"
+blas_dir="$deps/lib/x86_64-linux-gnu/openblas-pthread"
+py="$(command -v python3)"
+export LD_LIBRARY_PATH="$blas_dir:${LD_LIBRARY_PATH:-}"
+cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1" -DEMBER_BUILD_CUDA=ON -DEMBER_BUILD_PYTHON=ON \
+  -DEMBER_BUILD_TORCH=ON -DEMBER_BUILD_TESTS=ON -DEMBER_BUILD_EXAMPLES=ON \
+  -DCMAKE_LIBRARY_PATH="$blas_dir" -DEMBER_CBLAS_INCLUDE_DIR="$deps/include/x86_64-linux-gnu/openblas-pthread" \
+  -DGTest_DIR="$deps/lib/x86_64-linux-gnu/cmake/GTest" -DGTest_ROOT="$deps" \
+  -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$py" >/dev/null
+ninja -C "$root/build/gpu" -j "$(nproc)" >/dev/null
+cp "$root"/build/gpu/python/_C*.so "$root/build/gpu/src/torch/libember_torch.so" "$root/python/ember/"
+export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
+echo "[gpu_build] built $(ls "$root"/python/ember/_C*.so | xargs -n1 basename) and libember_torch.so"
