@@ -9,12 +9,21 @@ deps="$root/.deps/root/usr"
 blas_dir="$deps/lib/x86_64-linux-gnu/openblas-pthread"
 py="$(command -v python3)"
 export LD_LIBRARY_PATH="$blas_dir:${LD_LIBRARY_PATH:-}"
+# cuDNN: the system's when ldconfig knows it, else the copy that comes with PyTorch's wheel.
+cudnn_args=()
+if ! ldconfig -p | grep -q 'libcudnn\.so '; then
+  d="$("$py" -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null || true)"
+  if [ -n "$d" ] && [ -e "$d/lib/libcudnn.so.9" ]; then
+    cudnn_args=(-DEMBER_CUDNN_LIBRARY="$d/lib/libcudnn.so.9" -DEMBER_CUDNN_INCLUDE_DIR="$d/include")
+    export LD_LIBRARY_PATH="$d/lib:$LD_LIBRARY_PATH"
+  fi
+fi
 cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1" -DEMBER_BUILD_CUDA=ON -DEMBER_BUILD_PYTHON=ON \
   -DEMBER_BUILD_TORCH=ON -DEMBER_BUILD_TESTS=ON -DEMBER_BUILD_EXAMPLES=ON \
   -DCMAKE_LIBRARY_PATH="$blas_dir" -DEMBER_CBLAS_INCLUDE_DIR="$deps/include/x86_64-linux-gnu/openblas-pthread" \
   -DGTest_DIR="$deps/lib/x86_64-linux-gnu/cmake/GTest" -DGTest_ROOT="$deps" \
-  -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$py" >/dev/null
+  -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$py" "${cudnn_args[@]}" >/dev/null
 ninja -C "$root/build/gpu" -j "$(nproc)" >/dev/null
 cp "$root"/build/gpu/python/_C*.so "$root/build/gpu/src/torch/libember_torch.so" "$root/python/ember/"
 export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
