@@ -10,10 +10,7 @@ namespace ember::engine::cuda {
 
 namespace {
 constexpr std::array kHostKinds = {
-    LayerKind::kShuffle,  LayerKind::kConcatenation, LayerKind::kSlice,     LayerKind::kGather,
-    LayerKind::kScatter,  LayerKind::kPadding,       LayerKind::kResize,    LayerKind::kFill,
-    LayerKind::kShape,    LayerKind::kIdentity,      LayerKind::kActivation, LayerKind::kElementWise,
-    LayerKind::kUnary,    LayerKind::kSelect,        LayerKind::kCast,      LayerKind::kConvolution,
+    LayerKind::kScatter,  LayerKind::kResize,    LayerKind::kConvolution,
     LayerKind::kDeconvolution, LayerKind::kPooling,  LayerKind::kMatrixMultiply, LayerKind::kReduce,
     LayerKind::kTopK,     LayerKind::kSoftMax,       LayerKind::kNormalization,
     LayerKind::kCumulative,
@@ -27,21 +24,8 @@ bool has_device_kernel(LayerKind kind) {
 // Constants never reach run(): execute_layers reads them in place.
 void run(const ConstantParams&, const CudaArgs&) {}
 
-void run(const ShuffleParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ConcatenationParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const SliceParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const GatherParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const ScatterParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const PaddingParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const ResizeParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const FillParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ShapeParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const IdentityParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ActivationParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ElementWiseParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const UnaryParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const SelectParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const CastParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const ConvolutionParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const DeconvolutionParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const PoolingParams&, const CudaArgs& a) { host_fallback(a); }

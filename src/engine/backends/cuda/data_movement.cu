@@ -1,0 +1,652 @@
+// CUDA kernels of the data-movement family: Shuffle, Concatenation, Slice, Gather, Padding,
+// Fill, Shape and Identity (Scatter and Resize still run through host_fallback).
+//
+// These layers only move elements, so kernels are templated on the element size (1, 2, 4 or 8
+// bytes), not the dtype. Every kernel writes a contiguous output in a grid-stride loop and finds
+// its source through a small by-value map (IndexMap: coalesced dims with per-operand strides,
+// negative for backward slices). Semantics match src/engine/backends/cpu/data_movement.cpp;
+// gather indices are validated on the device and an out-of-range index is an Error, as on the
+// CPU (the flag is read back, which synchronizes the stream).
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "backends/cuda/device_common.cuh"
+#include "ember/engine/half.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------- kernels
+
+/// dst[off_dst(i)] = src[off_src(i)] for each position i of the walk `m` (strides[0]: source,
+/// strides[1]: destination, in elements).
+template <typename S>
+__global__ void strided_copy_kernel(const S* __restrict__ src, S* __restrict__ dst, int64_t n,
+                                    IndexMap<2> m) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t off[2];
+    m.offsets(i, off);
+    dst[off[1]] = src[off[0]];
+  }
+}
+
+/// Shuffle with a transpose on both sides of a reshape: output position i maps through
+/// `to_reshaped` to its row-major position L in the reshaped tensor, which is also its position
+/// in the first-transposed input, mapped through `to_src` to the input offset.
+template <typename S>
+__global__ void shuffle2_kernel(const S* __restrict__ src, S* __restrict__ dst, int64_t n,
+                                IndexMap<1> to_reshaped, IndexMap<1> to_src) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t l[1], off[1];
+    to_reshaped.offsets(i, l);
+    to_src.offsets(l[0], off);
+    dst[i] = src[off[0]];
+  }
+}
+
+/// Per-dim geometry of a padding: out dim d reads input coordinate (o - pre[d]) folded by mode.
+struct PadGeometry {
+  int rank = 0;
+  int64_t out_dims[kMaxRank];
+  int64_t in_dims[kMaxRank];
+  int64_t in_strides[kMaxRank];
+  int64_t pre[kMaxRank];
+};
+
+/// Padded copy into a contiguous output (constant/reflect/replicate/circular; the host checked
+/// that every folded coordinate lands inside the input).
+template <typename S>
+__global__ void pad_kernel(const S* __restrict__ src, S* __restrict__ dst, int64_t n,
+                           PadGeometry g, PaddingMode mode, S fill) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t rem = i, off = 0;
+    bool outside = false;
+    for (int d = g.rank - 1; d >= 0; --d) {
+      const int64_t o = rem % g.out_dims[d];
+      rem /= g.out_dims[d];
+      const int64_t len = g.in_dims[d];
+      int64_t x = o - g.pre[d];
+      if (x < 0 || x >= len) {
+        switch (mode) {
+          case PaddingMode::kConstant: outside = true; break;
+          case PaddingMode::kReflect: x = x < 0 ? -x : 2 * (len - 1) - x; break;
+          case PaddingMode::kReplicate: x = x < 0 ? 0 : len - 1; break;
+          case PaddingMode::kCircular: x = ((x % len) + len) % len; break;
+        }
+      }
+      off += x * g.in_strides[d];
+    }
+    dst[i] = outside ? fill : src[off];
+  }
+}
+
+template <typename S>
+__global__ void fill_kernel(S* __restrict__ dst, int64_t n, S value) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) dst[i] = value;
+}
+
+/// Saturating double -> int64 (NaN -> 0), the CPU reference's saturating_int64.
+__host__ __device__ inline int64_t saturating_int64(double v) {
+  if (v != v) return 0;
+  if (v >= 9.2233720368547758e18) return INT64_MAX;
+  if (v < -9.2233720368547758e18) return INT64_MIN;
+  return static_cast<int64_t>(v);
+}
+
+/// Stores integer v into element i of an integer/bool buffer (C-cast narrowing).
+__device__ inline void store_int(DataType t, void* p, int64_t i, int64_t v) {
+  switch (t) {
+    case DataType::kI8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); return;
+    case DataType::kU8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); return;
+    case DataType::kI32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
+    case DataType::kI64: static_cast<int64_t*>(p)[i] = v; return;
+    case DataType::kBool: static_cast<uint8_t*>(p)[i] = v != 0; return;
+    default: return;  // floats take the float branch of arange_kernel
+  }
+}
+
+/// Rank-1 arange: element i = start + i * delta, in wrapping int64 for whole integer ranges,
+/// else in double rounded to the dtype (floats) or saturated (integers), as the CPU reference.
+__global__ void arange_kernel(void* __restrict__ dst, int64_t n, DataType t, double start,
+                              double delta, bool whole_int) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    if (whole_int) {
+      const auto s = static_cast<uint64_t>(static_cast<int64_t>(start));
+      const auto d = static_cast<uint64_t>(static_cast<int64_t>(delta));
+      store_int(t, dst, i, static_cast<int64_t>(s + static_cast<uint64_t>(i) * d));
+      continue;
+    }
+    const double v = start + static_cast<double>(i) * delta;
+    switch (t) {
+      case DataType::kF32: static_cast<float*>(dst)[i] = static_cast<float>(v); break;
+      case DataType::kF16:
+        static_cast<__half*>(dst)[i] = __float2half_rn(static_cast<float>(v));
+        break;
+      case DataType::kBF16:
+        static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(static_cast<float>(v));
+        break;
+      default: store_int(t, dst, i, saturating_int64(v)); break;
+    }
+  }
+}
+
+/// The input's dims, passed by value (no host buffer has to outlive the launch).
+struct ShapeValues {
+  int64_t v[kMaxRank];
+};
+
+__global__ void shape_kernel(int64_t* __restrict__ dst, int rank, ShapeValues dims) {
+  const int i = threadIdx.x;
+  if (i < rank) dst[i] = dims.v[i];
+}
+
+/// Index i read as int64 from an i32 or i64 buffer.
+__device__ __forceinline__ int64_t load_index(const void* idx, bool is64, int64_t i) {
+  return is64 ? static_cast<const int64_t*>(idx)[i]
+              : static_cast<int64_t>(static_cast<const int32_t*>(idx)[i]);
+}
+
+/// Bounds of the indices: element i indexes a dim of size bound[i % count].
+struct IndexBounds {
+  int count = 1;
+  int64_t bound[kMaxRank];
+};
+
+/// Sets *flag when an index lies outside [-bound, bound) (the CPU reference's load_indices).
+__global__ void validate_indices_kernel(const void* __restrict__ idx, bool is64, int64_t n,
+                                        IndexBounds b, int* flag) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t v = load_index(idx, is64, i);
+    const int64_t bound = b.bound[i % b.count];
+    if (v < -bound || v >= bound) *flag = 1;
+  }
+}
+
+/// The validated index wrapped into [0, bound) (the clamp only guards against a bug).
+__device__ __forceinline__ int64_t wrap_index(int64_t v, int64_t bound) {
+  const int64_t w = v < 0 ? v + bound : v;
+  return w < 0 ? 0 : (w >= bound ? bound - 1 : w);
+}
+
+/// numpy.take: out[o, j, e] = data[o, idx[j], e] with out flattened as [outer, nidx, inner].
+template <typename S>
+__global__ void gather_default_kernel(const S* __restrict__ src, const void* __restrict__ idx,
+                                      bool is64, S* __restrict__ dst, int64_t n, int64_t nidx,
+                                      int64_t inner, int64_t axis_dim) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t e = i % inner;
+    const int64_t t = i / inner;
+    const int64_t j = t % nidx;
+    const int64_t o = t / nidx;
+    const int64_t w = wrap_index(load_index(idx, is64, j), axis_dim);
+    dst[i] = src[(o * axis_dim + w) * inner + e];
+  }
+}
+
+/// torch.gather geometry: out (and indices) dims, data strides, the axis.
+struct ElementGeometry {
+  int rank = 0;
+  int axis = 0;
+  int64_t dims[kMaxRank];
+  int64_t data_strides[kMaxRank];
+  int64_t axis_dim = 0;
+};
+
+/// torch.gather: out[c] = data[c with c[axis] = idx[c]]; out and indices share dims.
+template <typename S>
+__global__ void gather_element_kernel(const S* __restrict__ src, const void* __restrict__ idx,
+                                      bool is64, S* __restrict__ dst, int64_t n,
+                                      ElementGeometry g) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t rem = i, off = 0;
+    for (int d = g.rank - 1; d >= 0; --d) {
+      const int64_t c = rem % g.dims[d];
+      rem /= g.dims[d];
+      if (d != g.axis) off += c * g.data_strides[d];
+    }
+    off += wrap_index(load_index(idx, is64, i), g.axis_dim) * g.data_strides[g.axis];
+    dst[i] = src[off];
+  }
+}
+
+/// gather_nd geometry: k index components per tuple, their dims' sizes and strides.
+struct NdGeometry {
+  int k = 0;
+  int64_t bounds[kMaxRank];
+  int64_t strides[kMaxRank];
+  int64_t batch_stride = 0;  // data elements per batch entry
+  int64_t tuples = 1;        // index tuples per batch entry
+  int64_t block = 1;         // data elements each tuple selects
+};
+
+/// gather_nd: out[tuple, e] = data[batch(tuple), idx[tuple, 0..k), e].
+template <typename S>
+__global__ void gather_nd_kernel(const S* __restrict__ src, const void* __restrict__ idx,
+                                 bool is64, S* __restrict__ dst, int64_t n, NdGeometry g) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t e = i % g.block;
+    const int64_t tuple = i / g.block;
+    int64_t off = (tuple / g.tuples) * g.batch_stride + e;
+    for (int t = 0; t < g.k; ++t) {
+      off += wrap_index(load_index(idx, is64, tuple * g.k + t), g.bounds[t]) * g.strides[t];
+    }
+    dst[i] = src[off];
+  }
+}
+
+// ---------------------------------------------------------------- host helpers
+
+/// Calls fn(storage zero) for an element size of 1, 2, 4 or 8 bytes.
+template <typename Fn>
+void dispatch_elem_size(size_t elem, Fn&& fn) {
+  switch (elem) {
+    case 1: return fn(uint8_t{});
+    case 2: return fn(uint16_t{});
+    case 4: return fn(uint32_t{});
+    case 8: return fn(uint64_t{});
+    default: throw Error("unsupported element size " + std::to_string(elem));
+  }
+}
+
+void copy_device(void* dst, const void* src, size_t bytes, const CudaArgs& a, const char* what) {
+  if (dst == src || bytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, a.stream()), what);
+}
+
+/// Launches a strided copy of a `dims` block from src (element strides ss, negative allowed)
+/// to dst (strides ds). Returns false (nothing launched) when the walk needs > kMaxRank dims.
+bool strided_copy(size_t elem, const std::vector<int64_t>& dims, const std::vector<int64_t>& ss,
+                  const std::vector<int64_t>& ds, const void* src, void* dst, const CudaArgs& a) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  IndexMap<2> m;
+  if (!make_index_map<2>(dims, {ss, ds}, m)) return false;
+  if (n == 0) return true;
+  dispatch_elem_size(elem, [&](auto zero) {
+    using S = decltype(zero);
+    strided_copy_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+        static_cast<const S*>(src), static_cast<S*>(dst), n, m);
+  });
+  check(cudaGetLastError(), "strided_copy_kernel");
+  return true;
+}
+
+bool is_identity(const std::vector<int64_t>& perm) {
+  for (size_t i = 0; i < perm.size(); ++i) {
+    if (perm[i] != static_cast<int64_t>(i)) return false;
+  }
+  return true;
+}
+
+/// The bits of one element of dtype t holding v (floats round; integers saturate then narrow),
+/// the CPU reference's scalar_bytes, in the low bytes of a uint64.
+uint64_t scalar_bits(DataType t, double v) {
+  uint64_t bits = 0;
+  auto put = [&bits](const auto x) { std::memcpy(&bits, &x, sizeof(x)); };
+  const int64_t iv = saturating_int64(v);
+  switch (t) {
+    case DataType::kF32: put(static_cast<float>(v)); break;
+    case DataType::kF16: put(f32_to_f16(static_cast<float>(v))); break;
+    case DataType::kBF16: put(f32_to_bf16(static_cast<float>(v))); break;
+    case DataType::kI8: put(static_cast<int8_t>(iv)); break;
+    case DataType::kU8: put(static_cast<uint8_t>(iv)); break;
+    case DataType::kI32: put(static_cast<int32_t>(iv)); break;
+    case DataType::kI64: put(iv); break;
+    case DataType::kBool: put(static_cast<uint8_t>(iv != 0)); break;
+  }
+  return bits;
+}
+
+template <typename S>
+S low_bits(uint64_t bits) {
+  S s;
+  std::memcpy(&s, &bits, sizeof(S));
+  return s;
+}
+
+int64_t product(const std::vector<int64_t>& dims, size_t begin, size_t end) {
+  int64_t n = 1;
+  for (size_t i = begin; i < end; ++i) n *= dims[i];
+  return n;
+}
+
+/// Validates gather indices on the device; throws Error when one is out of range.
+void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const CudaArgs& a) {
+  const int64_t n = indices.numel();
+  if (n == 0) return;
+  expect_device(indices.dtype == DataType::kI32 || indices.dtype == DataType::kI64, "gather",
+                std::string("indices dtype ") + dtype_name(indices.dtype) + ", expected i32 or i64");
+  int* flag = error_flag(a);
+  validate_indices_kernel<<<grid_for(n), kThreads, 0, a.stream()>>>(
+      indices.data, indices.dtype == DataType::kI64, n, b, flag);
+  check(cudaGetLastError(), "validate_indices_kernel");
+  if (read_error_flag(flag, a) == 0) return;
+  std::string sizes;
+  for (int i = 0; i < b.count; ++i) sizes += (i ? ", " : "") + std::to_string(b.bound[i]);
+  throw Error("index out of range: an index of the indices lies outside [-size, size) for the "
+              "indexed data dim (size " + sizes + "); check the indices");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Identity, Shape
+
+void run(const IdentityParams&, const CudaArgs& a) {
+  copy_device(a.out().data, a.in(0).data, a.out().nbytes(), a, "cudaMemcpyAsync (identity)");
+}
+
+void run(const ShapeParams&, const CudaArgs& a) {
+  const DeviceTensor& in = a.in(0);
+  const int rank = static_cast<int>(in.dims.size());
+  if (rank == 0) return;
+  if (rank > kMaxRank) return host_fallback(a);
+  expect_device(a.out().dtype == DataType::kI64 && a.out().numel() == rank, "shape",
+                "output is not an i64 vector of the input's rank");
+  ShapeValues v{};
+  for (int i = 0; i < rank; ++i) v.v[i] = in.dims[i];
+  shape_kernel<<<1, kMaxRank, 0, a.stream()>>>(static_cast<int64_t*>(a.out().data), rank, v);
+  check(cudaGetLastError(), "shape_kernel");
+}
+
+// ---------------------------------------------------------------- Shuffle
+
+void run(const ShuffleParams& p, const CudaArgs& a) {
+  const DeviceTensor& in = a.in(0);
+  DeviceTensor& out = a.out();
+  const size_t elem = dtype_size(in.dtype);
+  const int64_t n = out.numel();
+  expect_device(n == in.numel(), "shuffle", "input and output element counts differ");
+  const bool first_identity = is_identity(p.first_transpose);
+  const bool second_identity = is_identity(p.second_transpose);
+  if (first_identity && second_identity) {  // a pure reshape: row-major order is unchanged
+    copy_device(out.data, in.data, out.nbytes(), a, "cudaMemcpyAsync (reshape)");
+    return;
+  }
+  if (n == 0) return;
+  const std::vector<int64_t> in_strides = row_major_strides(in.dims);
+  // The first-transposed input: dims T with the input strides permuted.
+  std::vector<int64_t> t_dims = in.dims, t_strides = in_strides;
+  if (!first_identity) {
+    for (size_t i = 0; i < p.first_transpose.size(); ++i) {
+      t_dims[i] = in.dims[p.first_transpose[i]];
+      t_strides[i] = in_strides[p.first_transpose[i]];
+    }
+  }
+  // The reshaped tensor R, whose permutation by second_transpose is the output.
+  std::vector<int64_t> r_dims = out.dims;
+  if (!second_identity) {
+    for (size_t i = 0; i < p.second_transpose.size(); ++i) {
+      r_dims[p.second_transpose[i]] = out.dims[i];
+    }
+  }
+  const std::vector<int64_t> r_strides = row_major_strides(r_dims);
+  std::vector<int64_t> out_to_r(out.dims.size());  // R's strides in output dim order
+  for (size_t i = 0; i < out.dims.size(); ++i) {
+    out_to_r[i] = second_identity ? r_strides[i] : r_strides[p.second_transpose[i]];
+  }
+  const std::vector<int64_t> out_strides = row_major_strides(out.dims);
+  bool launched = false;
+  if (!p.has_reshape || r_dims == t_dims) {
+    // R is T itself: the two permutations compose into one strided read of the input.
+    std::vector<int64_t> src(out.dims.size());
+    for (size_t i = 0; i < out.dims.size(); ++i) {
+      src[i] = t_strides[second_identity ? i : p.second_transpose[i]];
+    }
+    launched = strided_copy(elem, out.dims, src, out_strides, in.data, out.data, a);
+  } else if (first_identity) {
+    // R's row-major position is the input offset.
+    launched = strided_copy(elem, out.dims, out_to_r, out_strides, in.data, out.data, a);
+  } else if (second_identity) {
+    // The output's row-major position is T's: walk T and read through its strides.
+    launched = strided_copy(elem, t_dims, t_strides, row_major_strides(t_dims), in.data, out.data,
+                            a);
+  } else {
+    IndexMap<1> to_r, to_src;
+    if (make_index_map<1>(out.dims, {out_to_r}, to_r) &&
+        make_index_map<1>(t_dims, {t_strides}, to_src)) {
+      dispatch_elem_size(elem, [&](auto zero) {
+        using S = decltype(zero);
+        shuffle2_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+            static_cast<const S*>(in.data), static_cast<S*>(out.data), n, to_r, to_src);
+      });
+      check(cudaGetLastError(), "shuffle2_kernel");
+      launched = true;
+    }
+  }
+  if (!launched) host_fallback(a);
+}
+
+// ---------------------------------------------------------------- Concatenation
+
+void run(const ConcatenationParams& p, const CudaArgs& a) {
+  DeviceTensor& out = a.out();
+  const size_t elem = dtype_size(out.dtype);
+  const std::vector<int64_t> out_strides = row_major_strides(out.dims);
+  const auto axis = static_cast<size_t>(p.axis);
+  expect_device(axis < out.dims.size(), "concatenation", "axis out of range");
+  int64_t offset = 0;  // position along the axis
+  for (const DeviceTensor* in : a.inputs) {
+    expect_device(in->dims.size() == out.dims.size() && offset + in->dims[axis] <= out.dims[axis],
+                  "concatenation", "input dims " + dims_to_string(in->dims) +
+                                       " do not fit output dims " + dims_to_string(out.dims));
+    auto* dst = static_cast<uint8_t*>(out.data) + offset * out_strides[axis] * elem;
+    if (!strided_copy(elem, in->dims, row_major_strides(in->dims), out_strides, in->data, dst, a)) {
+      // Only a rank > kMaxRank concatenation gets here, before any copy (ranks agree).
+      return host_fallback(a);
+    }
+    offset += in->dims[axis];
+  }
+}
+
+// ---------------------------------------------------------------- Slice
+
+void run(const SliceParams& p, const CudaArgs& a) {
+  const DeviceTensor& in = a.in(0);
+  DeviceTensor& out = a.out();
+  if (out.numel() == 0) return;
+  const size_t elem = dtype_size(in.dtype);
+  const std::vector<int64_t> in_strides = row_major_strides(in.dims);
+  std::vector<int64_t> src_strides;
+  int64_t base = 0;
+  for (size_t d = 0; d < in.dims.size(); ++d) {
+    int64_t start;
+    if (p.start[d].is_constant()) {
+      start = p.start[d].constant();
+    } else if (a.symbols != nullptr) {
+      start = p.start[d].evaluate(*a.symbols);
+    } else {
+      throw Error("slice start " + p.start[d].to_string() + " of dim " + std::to_string(d) +
+                  " is symbolic but the executor passed no symbol bindings");
+    }
+    // The CPU reference's bounds check: O(rank), and it keeps every read inside the input.
+    int64_t span = 0, last = 0;
+    const bool overflow = __builtin_mul_overflow(out.dims[d] - 1, p.stride[d], &span) ||
+                          __builtin_add_overflow(start, span, &last);
+    if (overflow || std::min(start, last) < 0 || std::max(start, last) >= in.dims[d]) {
+      throw Error("slice of dim " + std::to_string(d) + " (size " + std::to_string(in.dims[d]) +
+                  ") from " + std::to_string(start) + " to " + std::to_string(last) +
+                  " is out of range");
+    }
+    base += start * in_strides[d];
+    src_strides.push_back(p.stride[d] * in_strides[d]);
+  }
+  const auto* src = static_cast<const uint8_t*>(in.data) + base * static_cast<int64_t>(elem);
+  if (!strided_copy(elem, out.dims, src_strides, row_major_strides(out.dims), src, out.data, a)) {
+    host_fallback(a);
+  }
+}
+
+// ---------------------------------------------------------------- Gather
+
+void run(const GatherParams& p, const CudaArgs& a) {
+  const DeviceTensor& data = a.in(0);
+  const DeviceTensor& indices = a.in(1);
+  DeviceTensor& out = a.out();
+  const size_t elem = dtype_size(data.dtype);
+  const bool is64 = indices.dtype == DataType::kI64;
+  const int64_t n = out.numel();
+  const auto axis = static_cast<size_t>(p.axis);
+  switch (p.mode) {
+    case GatherMode::kDefault: {
+      expect_device(axis < data.dims.size(), "gather", "axis out of range");
+      IndexBounds b;
+      b.bound[0] = data.dims[axis];
+      validate_indices(indices, b, a);
+      if (n == 0) return;
+      const int64_t inner = product(data.dims, axis + 1, data.dims.size());
+      dispatch_elem_size(elem, [&](auto zero) {
+        using S = decltype(zero);
+        gather_default_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+            static_cast<const S*>(data.data), indices.data, is64, static_cast<S*>(out.data), n,
+            indices.numel(), inner, data.dims[axis]);
+      });
+      check(cudaGetLastError(), "gather_default_kernel");
+      return;
+    }
+    case GatherMode::kElement: {
+      const size_t r = indices.dims.size();
+      expect_device(axis < r && r == data.dims.size() && out.dims == indices.dims, "gather",
+                    "element mode needs indices of data's rank and an output of their dims");
+      if (r > static_cast<size_t>(kMaxRank)) return host_fallback(a);
+      IndexBounds b;
+      b.bound[0] = data.dims[axis];
+      validate_indices(indices, b, a);
+      if (n == 0) return;
+      ElementGeometry g;
+      g.rank = static_cast<int>(r);
+      g.axis = static_cast<int>(axis);
+      g.axis_dim = data.dims[axis];
+      const std::vector<int64_t> ds = row_major_strides(data.dims);
+      for (size_t d = 0; d < r; ++d) {
+        g.dims[d] = indices.dims[d];
+        g.data_strides[d] = ds[d];
+      }
+      dispatch_elem_size(elem, [&](auto zero) {
+        using S = decltype(zero);
+        gather_element_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+            static_cast<const S*>(data.data), indices.data, is64, static_cast<S*>(out.data), n, g);
+      });
+      check(cudaGetLastError(), "gather_element_kernel");
+      return;
+    }
+    case GatherMode::kNd: {
+      const auto nb = static_cast<size_t>(p.num_batch_dims);
+      const size_t q = indices.dims.size();
+      expect_device(q >= 1 && q > nb, "gather", "nd mode needs indices of rank > num_batch_dims");
+      const int64_t k = indices.dims[q - 1];
+      expect_device(nb + static_cast<size_t>(k) <= data.dims.size(), "gather",
+                    "nd mode: index tuples longer than data's remaining rank");
+      if (k > kMaxRank) return host_fallback(a);
+      IndexBounds b;
+      NdGeometry g;
+      const std::vector<int64_t> ds = row_major_strides(data.dims);
+      b.count = k > 0 ? static_cast<int>(k) : 1;
+      b.bound[0] = 0;
+      g.k = static_cast<int>(k);
+      for (int64_t t = 0; t < k; ++t) {
+        b.bound[t] = data.dims[nb + t];
+        g.bounds[t] = data.dims[nb + t];
+        g.strides[t] = ds[nb + t];
+      }
+      if (k > 0) validate_indices(indices, b, a);
+      if (n == 0) return;
+      g.batch_stride = product(data.dims, nb, data.dims.size());
+      g.tuples = product(indices.dims, nb, q - 1);
+      g.block = product(data.dims, nb + k, data.dims.size());
+      if (g.tuples == 0 || g.block == 0) return;
+      dispatch_elem_size(elem, [&](auto zero) {
+        using S = decltype(zero);
+        gather_nd_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+            static_cast<const S*>(data.data), indices.data, is64, static_cast<S*>(out.data), n, g);
+      });
+      check(cudaGetLastError(), "gather_nd_kernel");
+      return;
+    }
+  }
+  throw Error("unknown gather mode " + std::to_string(static_cast<int>(p.mode)));
+}
+
+// ---------------------------------------------------------------- Padding
+
+void run(const PaddingParams& p, const CudaArgs& a) {
+  const DeviceTensor& in = a.in(0);
+  DeviceTensor& out = a.out();
+  const size_t r = in.dims.size();
+  expect_device(out.dims.size() == r && p.pre.size() == r && p.post.size() == r, "padding",
+                "pads or output rank differ from the input rank");
+  // The CPU reference's checks, on the same per-dim maps (O(sum of output dims), no data).
+  for (size_t d = 0; d < r; ++d) {
+    const int64_t len = in.dims[d];
+    for (int64_t o = 0; o < out.dims[d]; ++o) {
+      const int64_t i = o - p.pre[d];
+      if (i >= 0 && i < len) continue;
+      if (p.mode == PaddingMode::kConstant) continue;
+      if (len == 0) throw Error("cannot pad empty dim " + std::to_string(d) + " in this mode");
+      int64_t m = 0;
+      switch (p.mode) {
+        case PaddingMode::kConstant: break;
+        case PaddingMode::kReflect: m = i < 0 ? -i : 2 * (len - 1) - i; break;
+        case PaddingMode::kReplicate: m = i < 0 ? 0 : len - 1; break;
+        case PaddingMode::kCircular: m = ((i % len) + len) % len; break;
+      }
+      if (m < 0 || m >= len) {
+        throw Error("padding of dim " + std::to_string(d) + " (size " + std::to_string(len) +
+                    ") by " + std::to_string(p.pre[d]) + "/" + std::to_string(p.post[d]) +
+                    " is too large for this mode");
+      }
+    }
+  }
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  if (r > static_cast<size_t>(kMaxRank)) return host_fallback(a);
+  PadGeometry g;
+  g.rank = static_cast<int>(r);
+  const std::vector<int64_t> in_strides = row_major_strides(in.dims);
+  for (size_t d = 0; d < r; ++d) {
+    g.out_dims[d] = out.dims[d];
+    g.in_dims[d] = in.dims[d];
+    g.in_strides[d] = in_strides[d];
+    g.pre[d] = p.pre[d];
+  }
+  const uint64_t fill = scalar_bits(out.dtype, p.value);
+  dispatch_elem_size(dtype_size(in.dtype), [&](auto zero) {
+    using S = decltype(zero);
+    pad_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(static_cast<const S*>(in.data),
+                                                             static_cast<S*>(out.data), n, g,
+                                                             p.mode, low_bits<S>(fill));
+  });
+  check(cudaGetLastError(), "pad_kernel");
+}
+
+// ---------------------------------------------------------------- Fill
+
+void run(const FillParams& p, const CudaArgs& a) {
+  DeviceTensor& out = a.out();
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  switch (p.op) {
+    case FillOp::kConstant: {
+      const uint64_t bits = scalar_bits(out.dtype, p.value);
+      dispatch_elem_size(dtype_size(out.dtype), [&](auto zero) {
+        using S = decltype(zero);
+        fill_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(static_cast<S*>(out.data), n,
+                                                                  low_bits<S>(bits));
+      });
+      check(cudaGetLastError(), "fill_kernel");
+      return;
+    }
+    case FillOp::kArange: {
+      const bool whole = std::floor(p.start) == p.start && std::floor(p.delta) == p.delta &&
+                         std::fabs(p.start) < 9e18 && std::fabs(p.delta) < 9e18;
+      arange_kernel<<<grid_for(n), kThreads, 0, a.stream()>>>(
+          out.data, n, out.dtype, p.start, p.delta, whole && !dtype_is_float(out.dtype));
+      check(cudaGetLastError(), "arange_kernel");
+      return;
+    }
+  }
+  throw Error("unknown fill op " + std::to_string(static_cast<int>(p.op)));
+}
+
+}  // namespace ember::engine::cuda
