@@ -10,10 +10,7 @@ namespace ember::engine::cuda {
 
 namespace {
 constexpr std::array kHostKinds = {
-    LayerKind::kScatter,  LayerKind::kResize,    LayerKind::kConvolution,
-    LayerKind::kDeconvolution, LayerKind::kPooling,  LayerKind::kMatrixMultiply, LayerKind::kReduce,
-    LayerKind::kTopK,     LayerKind::kSoftMax,       LayerKind::kNormalization,
-    LayerKind::kCumulative,
+    LayerKind::kScatter,  LayerKind::kResize,    LayerKind::kTopK,     LayerKind::kCumulative,
 };
 }  // namespace
 
@@ -26,14 +23,7 @@ void run(const ConstantParams&, const CudaArgs&) {}
 
 void run(const ScatterParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const ResizeParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ConvolutionParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const DeconvolutionParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const PoolingParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const MatrixMultiplyParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ReduceParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const TopKParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const SoftMaxParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const NormalizationParams&, const CudaArgs& a) { host_fallback(a); }
 void run(const CumulativeParams&, const CudaArgs& a) { host_fallback(a); }
 
 }  // namespace ember::engine::cuda

@@ -1,0 +1,630 @@
+// CUDA kernels of the linear family through the vendor libraries: MatrixMultiply on cuBLASLt,
+// Convolution and Deconvolution on cuDNN 9's legacy convolution API. Pooling and the bias fill
+// are hand-written (linear_kernels.cu).
+//
+// Precision: f32 stays f32 end to end (cuBLASLt CUBLAS_COMPUTE_32F without TF32, cuDNN
+// CUDNN_FMA_MATH and no FFT/Winograd algorithms, whose transforms lose more than the f32
+// tolerance); f16/bf16 run on tensor cores with f32 accumulation. A bias is written into the
+// output first and accumulated onto with beta = 1, so the result is rounded once, as on the CPU.
+//
+// Row-major matrices are column-major transposes, so C = A B is computed as C^T = B^T A^T with
+// the operands swapped; no data moves.
+#include <cublasLt.h>
+#include <cudnn.h>
+
+#include <algorithm>
+#include <climits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/linear_kernels.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+/// Library scratch for one call: cuBLASLt's recommended maximum and enough for cuDNN's fast
+/// convolution algorithms.
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+void lt_check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw Error(std::string("MatrixMultiply (cuda): ") + what + " failed: " +
+                cublasLtGetStatusString(status));
+  }
+}
+
+void dnn_check(cudnnStatus_t status, const char* layer, const char* what) {
+  if (status != CUDNN_STATUS_SUCCESS) {
+    throw Error(std::string(layer) + " (cuda): " + what + " failed: " +
+                cudnnGetErrorString(status));
+  }
+}
+
+/// Owns one library descriptor and destroys it with `Destroy`.
+template <typename Handle, auto Destroy>
+struct Owned {
+  Handle h = nullptr;
+  Owned() = default;
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+  ~Owned() {
+    if (h != nullptr) Destroy(h);
+  }
+};
+
+int64_t product(const std::vector<int64_t>& v) {
+  int64_t n = 1;
+  for (int64_t d : v) n *= d;
+  return n;
+}
+
+/// Largest power of two (at most 256) dividing every one of `bytes` (0 entries ignored).
+uint32_t alignment_of(std::initializer_list<uint64_t> bytes) {
+  uint32_t a = 256;
+  for (uint64_t b : bytes) {
+    while (b != 0 && b % a != 0) a /= 2;
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------- cuBLASLt GEMM
+
+cudaDataType_t lt_type(DataType t) {
+  switch (t) {
+    case DataType::kF32: return CUDA_R_32F;
+    case DataType::kF16: return CUDA_R_16F;
+    case DataType::kBF16: return CUDA_R_16BF;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+  }
+  throw Error(std::string("MatrixMultiply (cuda): dtype ") + dtype_name(t) +
+              " is not supported (float types only)");
+}
+
+/// One row-major (strided-batched) GEMM: C_i[m x n] = op(A_i)[m x k] op(B_i)[k x n] for
+/// i < batch, A_i = a + i * stride_a (elements; 0 broadcasts), likewise B and C.
+struct Gemm {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  int64_t batch = 1;
+};
+
+using LtLayout = Owned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+
+/// A column-major layout of `rows` x `cols` with leading dim `ld`, strided-batched.
+void make_layout(LtLayout& l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld,
+                 int64_t batch, int64_t stride) {
+  lt_check(cublasLtMatrixLayoutCreate(&l.h, type, static_cast<uint64_t>(rows),
+                                      static_cast<uint64_t>(cols), ld),
+           "cublasLtMatrixLayoutCreate");
+  if (batch > 1) {
+    const auto count = static_cast<int32_t>(batch);
+    lt_check(cublasLtMatrixLayoutSetAttribute(l.h, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                              sizeof(count)),
+             "set batch count");
+    lt_check(cublasLtMatrixLayoutSetAttribute(l.h, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                              &stride, sizeof(stride)),
+             "set batch stride");
+  }
+}
+
+void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
+  auto handle = static_cast<cublasLtHandle_t>(args.res->cublaslt());
+  const cudaDataType_t type = lt_type(dtype);
+  const size_t esize = dtype_size(dtype);
+  // Column-major view: C^T [n x m] = op(B)^T [n x k] * op(A)^T [k x m]. The stored row-major
+  // B is, read column-major, B^T (or B when trans_b), so the library's first operand is B with
+  // the same transpose flag, and its second operand is A.
+  Owned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> op;
+  lt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+           "cublasLtMatmulDescCreate");
+  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSA, &op_first,
+                                          sizeof(op_first)),
+           "set TRANSA");
+  lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSB, &op_second,
+                                          sizeof(op_second)),
+           "set TRANSB");
+  LtLayout first, second, out;
+  if (g.trans_b) {
+    make_layout(first, type, g.k, g.n, g.ldb, g.batch, g.stride_b);
+  } else {
+    make_layout(first, type, g.n, g.k, g.ldb, g.batch, g.stride_b);
+  }
+  if (g.trans_a) {
+    make_layout(second, type, g.m, g.k, g.lda, g.batch, g.stride_a);
+  } else {
+    make_layout(second, type, g.k, g.m, g.lda, g.batch, g.stride_a);
+  }
+  make_layout(out, type, g.n, g.m, g.ldc, g.batch, g.stride_c);
+
+  // The heuristic assumes 256-byte aligned operands unless told otherwise; arena offsets and
+  // batch entries can be less aligned, and an algorithm that needs more would fault.
+  Owned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> pref;
+  lt_check(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate");
+  const uint64_t ws = kWorkspaceBytes;
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                &ws, sizeof(ws)),
+           "set workspace preference");
+  const uint32_t align_first = alignment_of({reinterpret_cast<uint64_t>(g.b),
+                                             static_cast<uint64_t>(g.stride_b) * esize});
+  const uint32_t align_second = alignment_of({reinterpret_cast<uint64_t>(g.a),
+                                              static_cast<uint64_t>(g.stride_a) * esize});
+  const uint32_t align_out = alignment_of({reinterpret_cast<uint64_t>(g.c),
+                                           static_cast<uint64_t>(g.stride_c) * esize});
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                &align_first, sizeof(align_first)),
+           "set alignment A");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                &align_second, sizeof(align_second)),
+           "set alignment B");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                &align_out, sizeof(align_out)),
+           "set alignment C");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                &align_out, sizeof(align_out)),
+           "set alignment D");
+  cublasLtMatmulHeuristicResult_t result{};
+  int returned = 0;
+  lt_check(cublasLtMatmulAlgoGetHeuristic(handle, op.h, first.h, second.h, out.h, out.h, pref.h, 1,
+                                          &result, &returned),
+           "cublasLtMatmulAlgoGetHeuristic");
+  if (returned == 0) {
+    throw Error("MatrixMultiply (cuda): cuBLASLt has no algorithm for m=" + std::to_string(g.m) +
+                " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " batch=" +
+                std::to_string(g.batch) + " of " + dtype_name(dtype));
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  void* workspace = args.res->workspace(kWorkspaceBytes);
+  lt_check(cublasLtMatmul(handle, op.h, &alpha, g.b, first.h, g.a, second.h, &beta, g.c, out.h,
+                          g.c, out.h, &result.algo, workspace, kWorkspaceBytes, args.stream()),
+           "cublasLtMatmul");
+}
+
+// ---------------------------------------------------------------- cuDNN convolution
+
+cudnnDataType_t dnn_type(DataType t, const char* layer) {
+  switch (t) {
+    case DataType::kF32: return CUDNN_DATA_FLOAT;
+    case DataType::kF16: return CUDNN_DATA_HALF;
+    case DataType::kBF16: return CUDNN_DATA_BFLOAT16;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+  }
+  throw Error(std::string(layer) + " (cuda): dtype " + dtype_name(t) +
+              " is not supported (float types only)");
+}
+
+using TensorDesc = Owned<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
+using FilterDesc = Owned<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
+using ConvDesc = Owned<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
+
+/// Dims as cuDNN takes them: 1d becomes 2d with H = 1 (cuDNN needs at least 4-d tensors).
+/// False when a dim or a contiguous stride does not fit cuDNN's int.
+bool dnn_dims(const std::vector<int64_t>& dims, size_t nsp, std::vector<int>& out,
+              std::vector<int>& strides) {
+  std::vector<int64_t> d(dims.begin(), dims.end());
+  if (nsp == 1) d.insert(d.end() - 1, 1);
+  out.assign(d.size(), 0);
+  strides.assign(d.size(), 0);
+  int64_t stride = 1;
+  for (size_t i = d.size(); i-- > 0;) {
+    if (d[i] > INT_MAX || stride > INT_MAX) return false;
+    out[i] = static_cast<int>(d[i]);
+    strides[i] = static_cast<int>(stride);
+    stride *= d[i];
+  }
+  return stride <= INT_MAX;
+}
+
+/// The descriptors of one (de)convolution: x is the convolution's input side, y its output
+/// side (for deconvolution: y = the deconvolution's input, x = its output).
+struct ConvSetup {
+  TensorDesc x, y;
+  FilterDesc w;
+  ConvDesc conv;
+  cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  bool is_f32 = true;
+};
+
+/// Fills `s`; false when cuDNN's legacy API cannot express the problem (asymmetric padding,
+/// sizes beyond int), in which case the caller falls back to the host.
+bool make_conv_setup(ConvSetup& s, const char* layer, DataType dtype,
+                     const std::vector<int64_t>& x_dims, const std::vector<int64_t>& w_dims,
+                     const std::vector<int64_t>& y_dims, const std::vector<int64_t>& stride,
+                     const std::vector<int64_t>& pad_begin, const std::vector<int64_t>& pad_end,
+                     const std::vector<int64_t>& dilation, int64_t groups) {
+  const size_t nsp = stride.size();
+  if (nsp < 1 || nsp > 3 || pad_begin != pad_end || groups > INT_MAX) return false;
+  std::vector<int> xd, xs, yd, ys, wd, ws;
+  if (!dnn_dims(x_dims, nsp, xd, xs) || !dnn_dims(y_dims, nsp, yd, ys) ||
+      !dnn_dims(w_dims, nsp, wd, ws)) {
+    return false;
+  }
+  std::vector<int> pads, strides, dils;
+  if (nsp == 1) {
+    pads.push_back(0);
+    strides.push_back(1);
+    dils.push_back(1);
+  }
+  for (size_t d = 0; d < nsp; ++d) {
+    if (pad_begin[d] > INT_MAX || stride[d] > INT_MAX || dilation[d] > INT_MAX) return false;
+    pads.push_back(static_cast<int>(pad_begin[d]));
+    strides.push_back(static_cast<int>(stride[d]));
+    dils.push_back(static_cast<int>(dilation[d]));
+  }
+  s.type = dnn_type(dtype, layer);
+  s.is_f32 = dtype == DataType::kF32;
+  const int nb = static_cast<int>(xd.size());
+  dnn_check(cudnnCreateTensorDescriptor(&s.x.h), layer, "cudnnCreateTensorDescriptor");
+  dnn_check(cudnnSetTensorNdDescriptor(s.x.h, s.type, nb, xd.data(), xs.data()), layer,
+            "cudnnSetTensorNdDescriptor (x)");
+  dnn_check(cudnnCreateTensorDescriptor(&s.y.h), layer, "cudnnCreateTensorDescriptor");
+  dnn_check(cudnnSetTensorNdDescriptor(s.y.h, s.type, nb, yd.data(), ys.data()), layer,
+            "cudnnSetTensorNdDescriptor (y)");
+  dnn_check(cudnnCreateFilterDescriptor(&s.w.h), layer, "cudnnCreateFilterDescriptor");
+  dnn_check(cudnnSetFilterNdDescriptor(s.w.h, s.type, CUDNN_TENSOR_NCHW, nb, wd.data()), layer,
+            "cudnnSetFilterNdDescriptor");
+  dnn_check(cudnnCreateConvolutionDescriptor(&s.conv.h), layer,
+            "cudnnCreateConvolutionDescriptor");
+  dnn_check(cudnnSetConvolutionNdDescriptor(s.conv.h, static_cast<int>(pads.size()), pads.data(),
+                                            strides.data(), dils.data(), CUDNN_CROSS_CORRELATION,
+                                            CUDNN_DATA_FLOAT),
+            layer, "cudnnSetConvolutionNdDescriptor");
+  dnn_check(cudnnSetConvolutionGroupCount(s.conv.h, static_cast<int>(groups)), layer,
+            "cudnnSetConvolutionGroupCount");
+  // f32 must not silently become TF32 (cuDNN's default math on Ampere and later).
+  dnn_check(cudnnSetConvolutionMathType(s.conv.h, s.is_f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH),
+            layer, "cudnnSetConvolutionMathType");
+  return true;
+}
+
+/// A chosen algorithm and the math type it was timed with.
+struct ConvChoice {
+  int algo = 0;
+  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+};
+
+/// Algorithms chosen per (layer, direction, dtype, x dims, w dims, y dims): found once per shape
+/// signature, then reused by every context of the process.
+using ConvKey = std::tuple<const Layer*, int, int, std::vector<int64_t>, std::vector<int64_t>,
+                           std::vector<int64_t>>;
+std::mutex conv_cache_mutex;
+std::map<ConvKey, ConvChoice>& conv_cache() {
+  static std::map<ConvKey, ConvChoice> cache;
+  return cache;
+}
+
+/// Whether a found algorithm is acceptable: it ran, fits the workspace, and for f32 keeps f32
+/// accuracy (no tensor-core math, no FFT/Winograd transforms).
+template <typename Perf>
+bool acceptable(const Perf& perf, bool is_f32, bool lossy_transform) {
+  if (perf.status != CUDNN_STATUS_SUCCESS || perf.memory > kWorkspaceBytes) return false;
+  if (!is_f32) return true;
+  return perf.mathType != CUDNN_TENSOR_OP_MATH &&
+         perf.mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION && !lossy_transform;
+}
+
+bool lossy(cudnnConvolutionFwdAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+bool lossy(cudnnConvolutionBwdDataAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+
+/// Picks the first acceptable entry of cuDNN's ranked list (fastest first).
+template <typename Perf>
+bool pick(const Perf* perf, int count, bool is_f32, ConvChoice& choice) {
+  for (int i = 0; i < count; ++i) {
+    if (acceptable(perf[i], is_f32, lossy(perf[i].algo))) {
+      choice = {static_cast<int>(perf[i].algo), perf[i].mathType};
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Whether `stream` is being captured into a CUDA graph: the Find calls time kernels and
+/// synchronize, which capture forbids, so they give way to the heuristics then.
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
+/// The bias, checked against the output channel count and dtype, or nullptr.
+const void* conv_bias(const CudaArgs& a, int64_t channels, DataType dtype, const char* layer) {
+  if (!a.has(2)) return nullptr;
+  const DeviceTensor& b = a.in(2);
+  if (b.numel() != channels || b.dtype != dtype) {
+    throw Error(std::string(layer) + " (cuda): bias has " + std::to_string(b.numel()) +
+                " elements of " + dtype_name(b.dtype) + ", expected " + std::to_string(channels) +
+                " of " + dtype_name(dtype));
+  }
+  return b.data;
+}
+
+/// Output = bias per channel (or zeros): the starting value the library accumulates onto, and
+/// the whole result when the input or the weights are empty.
+void init_output(DeviceTensor& out, const void* bias, cudaStream_t stream) {
+  if (bias == nullptr) {
+    if (out.nbytes() > 0) {
+      check(cudaMemsetAsync(out.data, 0, out.nbytes(), stream), "cudaMemsetAsync (conv output)");
+    }
+    return;
+  }
+  const int64_t batch = out.dims[0], channels = out.dims[1];
+  const int64_t plane = batch * channels == 0 ? 0 : out.numel() / (batch * channels);
+  launch_fill_channel_bias(out.dtype, out.data, bias, batch, channels, plane, stream);
+}
+
+void check_same_dtype(const CudaArgs& a, const char* layer) {
+  const DataType t = a.in(0).dtype;
+  if (a.in(1).dtype != t || a.out().dtype != t) {
+    throw Error(std::string(layer) + " (cuda): input, weights and output must share one dtype, got " +
+                dtype_name(t) + ", " + dtype_name(a.in(1).dtype) + ", " +
+                dtype_name(a.out().dtype));
+  }
+}
+
+}  // namespace
+
+void run(const ConvolutionParams& p, const CudaArgs& a) {
+  constexpr const char* kLayer = "Convolution";
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& y = a.out();
+  check_same_dtype(a, kLayer);
+  const void* bias = conv_bias(a, y.dims.at(1), y.dtype, kLayer);
+  if (y.numel() == 0) return;
+  if (x.numel() == 0 || w.numel() == 0) {
+    init_output(y, bias, a.stream());
+    return;
+  }
+  ConvSetup s;
+  if (!make_conv_setup(s, kLayer, x.dtype, x.dims, w.dims, y.dims, p.stride, p.padding_begin,
+                       p.padding_end, p.dilation, p.groups)) {
+    host_fallback(a);  // asymmetric padding or sizes beyond cuDNN's int
+    return;
+  }
+  auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
+  void* workspace = a.res->workspace(kWorkspaceBytes);
+  const ConvKey key{a.layer, 0, static_cast<int>(x.dtype), x.dims, w.dims, y.dims};
+  ConvChoice choice;
+  bool found;
+  {
+    std::lock_guard<std::mutex> lock(conv_cache_mutex);
+    auto it = conv_cache().find(key);
+    found = it != conv_cache().end();
+    if (found) choice = it->second;
+  }
+  if (!found) {
+    constexpr int kMaxAlgos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
+    int count = 0;
+    if (capturing(a.stream())) {
+      dnn_check(cudnnGetConvolutionForwardAlgorithm_v7(handle, s.x.h, s.w.h, s.conv.h, s.y.h,
+                                                       kMaxAlgos, &count, perf),
+                kLayer, "cudnnGetConvolutionForwardAlgorithm_v7");
+    } else {
+      // Find times real launches on y (overwritten below) with our workspace.
+      dnn_check(cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data,
+                                                       s.conv.h, s.y.h, y.data, kMaxAlgos, &count,
+                                                       perf, workspace, kWorkspaceBytes),
+                kLayer, "cudnnFindConvolutionForwardAlgorithmEx");
+    }
+    if (!pick(perf, count, s.is_f32, choice)) {
+      host_fallback(a);  // no algorithm meets the precision and workspace limits
+      return;
+    }
+    std::lock_guard<std::mutex> lock(conv_cache_mutex);
+    conv_cache()[key] = choice;
+  }
+  dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
+            "cudnnSetConvolutionMathType");
+  init_output(y, bias, a.stream());
+  const float alpha = 1.0f, beta = bias != nullptr ? 1.0f : 0.0f;
+  dnn_check(cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h,
+                                    static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
+                                    workspace, kWorkspaceBytes, &beta, s.y.h, y.data),
+            kLayer, "cudnnConvolutionForward");
+}
+
+void run(const DeconvolutionParams& p, const CudaArgs& a) {
+  constexpr const char* kLayer = "Deconvolution";
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& y = a.out();
+  check_same_dtype(a, kLayer);
+  const void* bias = conv_bias(a, y.dims.at(1), y.dtype, kLayer);
+  if (y.numel() == 0) return;
+  if (x.numel() == 0 || w.numel() == 0) {
+    init_output(y, bias, a.stream());
+    return;
+  }
+  // Deconvolution is the data gradient of the convolution from its output (y here) to its input
+  // (x here); output_padding lives only in y's size. cuDNN derives x's size from y's by the
+  // convolution rule, which holds exactly when output_padding < stride: otherwise (allowed when
+  // dilation is larger) fall back.
+  const size_t nsp = p.stride.size();
+  bool expressible = x.dims.size() == nsp + 2 && y.dims.size() == nsp + 2 &&
+                     w.dims.size() == nsp + 2;
+  for (size_t d = 0; expressible && d < nsp; ++d) {
+    const int64_t out = y.dims[2 + d], in = x.dims[2 + d], k = w.dims[2 + d];
+    expressible = (out + p.padding_begin[d] + p.padding_end[d] - p.dilation[d] * (k - 1) - 1) /
+                          p.stride[d] + 1 == in;
+  }
+  ConvSetup s;
+  if (!expressible || !make_conv_setup(s, kLayer, x.dtype, y.dims, w.dims, x.dims, p.stride,
+                                       p.padding_begin, p.padding_end, p.dilation, p.groups)) {
+    host_fallback(a);
+    return;
+  }
+  auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
+  void* workspace = a.res->workspace(kWorkspaceBytes);
+  const ConvKey key{a.layer, 1, static_cast<int>(x.dtype), x.dims, w.dims, y.dims};
+  ConvChoice choice;
+  bool found;
+  {
+    std::lock_guard<std::mutex> lock(conv_cache_mutex);
+    auto it = conv_cache().find(key);
+    found = it != conv_cache().end();
+    if (found) choice = it->second;
+  }
+  if (!found) {
+    constexpr int kMaxAlgos = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+    cudnnConvolutionBwdDataAlgoPerf_t perf[kMaxAlgos];
+    int count = 0;
+    if (capturing(a.stream())) {
+      dnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, s.w.h, s.y.h, s.conv.h, s.x.h,
+                                                            kMaxAlgos, &count, perf),
+                kLayer, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+    } else {
+      dnn_check(cudnnFindConvolutionBackwardDataAlgorithmEx(handle, s.w.h, w.data, s.y.h, x.data,
+                                                            s.conv.h, s.x.h, y.data, kMaxAlgos,
+                                                            &count, perf, workspace,
+                                                            kWorkspaceBytes),
+                kLayer, "cudnnFindConvolutionBackwardDataAlgorithmEx");
+    }
+    if (!pick(perf, count, s.is_f32, choice)) {
+      host_fallback(a);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(conv_cache_mutex);
+    conv_cache()[key] = choice;
+  }
+  dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
+            "cudnnSetConvolutionMathType");
+  init_output(y, bias, a.stream());
+  const float alpha = 1.0f, beta = bias != nullptr ? 1.0f : 0.0f;
+  dnn_check(cudnnConvolutionBackwardData(handle, &alpha, s.w.h, w.data, s.y.h, x.data, s.conv.h,
+                                         static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo),
+                                         workspace, kWorkspaceBytes, &beta, s.x.h, y.data),
+            kLayer, "cudnnConvolutionBackwardData");
+}
+
+void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
+  const DeviceTensor& at = a.in(0);
+  const DeviceTensor& bt = a.in(1);
+  DeviceTensor& ot = a.out();
+  if (at.dtype != bt.dtype || ot.dtype != at.dtype) {
+    throw Error(std::string("MatrixMultiply (cuda): operands and output must share one dtype, got ") +
+                dtype_name(at.dtype) + ", " + dtype_name(bt.dtype) + ", " + dtype_name(ot.dtype));
+  }
+  const size_t ra = at.dims.size(), rb = bt.dims.size();
+  // A vector a is one row [1, K]; a vector b one column [K, 1]; their flags have no effect.
+  const bool ta = ra >= 2 && p.transpose_a, tb = rb >= 2 && p.transpose_b;
+  const int64_t m = ra >= 2 ? at.dims[ra - (ta ? 1 : 2)] : 1;
+  const int64_t k = ra >= 2 ? at.dims[ra - (ta ? 2 : 1)] : at.dims[0];
+  const int64_t n = rb >= 2 ? bt.dims[rb - (tb ? 2 : 1)] : 1;
+  const std::vector<int64_t> a_batch(at.dims.begin(), at.dims.end() - std::min<size_t>(ra, 2));
+  const std::vector<int64_t> b_batch(bt.dims.begin(), bt.dims.end() - std::min<size_t>(rb, 2));
+  const size_t out_batch_rank = ot.dims.size() - (ra >= 2 ? 1 : 0) - (rb >= 2 ? 1 : 0);
+  const std::vector<int64_t> out_batch(
+      ot.dims.begin(), ot.dims.begin() + static_cast<std::ptrdiff_t>(out_batch_rank));
+  const int64_t batch = product(out_batch);
+  if (ot.numel() == 0) return;
+  if (k == 0) {  // an empty sum: zeros (all-zero bits in every float dtype)
+    check(cudaMemsetAsync(ot.data, 0, ot.nbytes(), a.stream()), "cudaMemsetAsync (matmul k=0)");
+    return;
+  }
+  Gemm g;
+  g.trans_a = ta;
+  g.trans_b = tb;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = at.data;
+  g.lda = ra >= 2 ? at.dims[ra - 1] : k;
+  g.b = bt.data;
+  // A vector b is a [K, 1] column: leading dim 1.
+  g.ldb = rb >= 2 ? bt.dims[rb - 1] : 1;
+  g.c = ot.data;
+  g.ldc = n;
+  const int64_t a_count = product(a_batch), b_count = product(b_batch);
+  if (!ta && ra >= 2 && b_count == 1) {
+    // One shared b: a's batch entries are consecutive row blocks of one [batch*M, K] matrix.
+    g.m = batch * m;
+    run_gemm(g, at.dtype, a);
+    return;
+  }
+  // Each operand's batch is either broadcast whole (stride 0) or equal to the output's (a
+  // broadcast-compatible batch with the output's element count is the output's batch): one
+  // strided-batched call, in chunks of what cuBLASLt's int32 batch count holds.
+  if ((a_count == 1 || a_count == batch) && (b_count == 1 || b_count == batch)) {
+    const size_t esize = dtype_size(at.dtype);
+    g.stride_a = a_count == 1 ? 0 : m * k;
+    g.stride_b = b_count == 1 ? 0 : k * n;
+    g.stride_c = m * n;
+    for (int64_t first = 0; first < batch; first += INT_MAX) {
+      Gemm chunk = g;
+      chunk.batch = std::min<int64_t>(batch - first, INT_MAX);
+      chunk.a = static_cast<const uint8_t*>(at.data) + first * g.stride_a * esize;
+      chunk.b = static_cast<const uint8_t*>(bt.data) + first * g.stride_b * esize;
+      chunk.c = static_cast<uint8_t*>(ot.data) + first * g.stride_c * esize;
+      run_gemm(chunk, at.dtype, a);
+    }
+    return;
+  }
+  // Mixed broadcasting ([2, 1] x [1, 3] batches): one GEMM per output batch entry, walking the
+  // operands' broadcast offsets like the CPU kernel.
+  const size_t esize = dtype_size(at.dtype);
+  const size_t rank = out_batch.size();
+  std::vector<int64_t> as(rank, 0), bs(rank, 0);
+  {
+    int64_t sa = 1, sb = 1;
+    for (size_t d = rank; d-- > 0;) {
+      const size_t oa = rank - d, ob = rank - d;  // distance from the end
+      if (oa <= a_batch.size()) {
+        const int64_t dim = a_batch[a_batch.size() - oa];
+        as[d] = dim == 1 ? 0 : sa;
+        sa *= dim;
+      }
+      if (ob <= b_batch.size()) {
+        const int64_t dim = b_batch[b_batch.size() - ob];
+        bs[d] = dim == 1 ? 0 : sb;
+        sb *= dim;
+      }
+    }
+  }
+  for (int64_t i = 0; i < batch; ++i) {
+    int64_t rem = i, a_off = 0, b_off = 0;  // in matrices
+    for (size_t d = rank; d-- > 0;) {
+      const int64_t idx = rem % out_batch[d];
+      rem /= out_batch[d];
+      a_off += idx * as[d];
+      b_off += idx * bs[d];
+    }
+    Gemm one = g;
+    one.a = static_cast<const uint8_t*>(at.data) + a_off * m * k * esize;
+    one.b = static_cast<const uint8_t*>(bt.data) + b_off * k * n * esize;
+    one.c = static_cast<uint8_t*>(ot.data) + i * m * n * esize;
+    run_gemm(one, at.dtype, a);
+  }
+}
+
+}  // namespace ember::engine::cuda

@@ -1,0 +1,292 @@
+// Hand-written kernels of the linear family: Pooling (every case, one code path) and the
+// per-channel bias fill that convolution/deconvolution accumulate onto.
+//
+// Pooling is a direct kernel rather than cuDNN's: cuDNN's legacy pooling has no dilation,
+// ceil_mode, divisor_override, asymmetric padding or integer max pooling, and a direct loop is
+// already memory-bound, so one kernel that mirrors the CPU reference (same window clipping, same
+// summation order in f32, same NaN rule) serves every case exactly.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <limits>
+#include <string>
+
+#include "backends/cuda/linear_kernels.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void store_f32(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_f32(__half* p, int64_t i, float v) {
+  p[i] = __float2half_rn(v);
+}
+__device__ __forceinline__ void store_f32(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16_rn(v);
+}
+
+unsigned grid_for(int64_t items, int64_t per_block) {
+  const int64_t blocks = (items + per_block - 1) / per_block;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
+}
+
+/// out[(i * channels + c) * plane + j] = bias[c]: one thread per element, grid-stride.
+template <typename T>
+__global__ void fill_channel_bias_kernel(T* __restrict__ out, const T* __restrict__ bias,
+                                         int64_t total, int64_t channels, int64_t plane) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = bias[(i / plane) % channels];
+  }
+}
+
+// ---------------------------------------------------------------- pooling
+
+/// Pooling geometry right-aligned to three spatial dims (the CPU's Geometry): missing leading
+/// dims have size 1, a unit window and no padding.
+struct PoolGeometry {
+  int64_t in[3];
+  int64_t out[3];
+  int64_t k[3];
+  int64_t stride[3];
+  int64_t pad[3];
+  int64_t pad_end[3];
+  int64_t dil[3];
+};
+
+/// The window taps t in [0, count) with 0 <= t * step + offset < limit, as [lo, hi).
+__device__ __forceinline__ void valid_range(int64_t count, int64_t step, int64_t offset,
+                                            int64_t limit, int64_t& lo, int64_t& hi) {
+  lo = offset >= 0 ? 0 : (-offset + step - 1) / step;
+  hi = limit - offset <= 0 ? 0 : (limit - offset - 1) / step + 1;
+  hi = hi < count ? hi : count;
+  lo = lo < hi ? lo : hi;
+}
+
+/// Output element (plane, od, oh, ow) of a flat output index.
+__device__ __forceinline__ void unravel_output(int64_t idx, const PoolGeometry& g, int64_t& plane,
+                                               int64_t o[3]) {
+  o[2] = idx % g.out[2];
+  idx /= g.out[2];
+  o[1] = idx % g.out[1];
+  idx /= g.out[1];
+  o[0] = idx % g.out[0];
+  plane = idx / g.out[0];
+}
+
+/// Max pooling of float storage T in f32, x/out [planes, *in] / [planes, *out]; padded taps never
+/// win and NaN propagates (as torch and the CPU kernel).
+template <typename T>
+__global__ void max_pool_float_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t total,
+                                      PoolGeometry g) {
+  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t plane, o[3], lo[3], hi[3], start[3];
+    unravel_output(idx, g, plane, o);
+    for (int d = 0; d < 3; ++d) {
+      start[d] = o[d] * g.stride[d] - g.pad[d];
+      valid_range(g.k[d], g.dil[d], start[d], g.in[d], lo[d], hi[d]);
+    }
+    const T* xp = x + plane * in_plane;
+    float best = -INFINITY;
+    for (int64_t kd = lo[0]; kd < hi[0]; ++kd) {
+      for (int64_t kh = lo[1]; kh < hi[1]; ++kh) {
+        const int64_t row =
+            ((start[0] + kd * g.dil[0]) * g.in[1] + start[1] + kh * g.dil[1]) * g.in[2] + start[2];
+        for (int64_t kw = lo[2]; kw < hi[2]; ++kw) {
+          const float v = to_f32(xp[row + kw * g.dil[2]]);
+          if (v > best || v != v) best = v;
+        }
+      }
+    }
+    store_f32(out, idx, best);
+  }
+}
+
+/// Max pooling of integer storage T (no NaN; an all-padding window gives T's lowest value).
+template <typename T>
+__global__ void max_pool_int_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t total,
+                                    PoolGeometry g, T lowest) {
+  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t plane, o[3], lo[3], hi[3], start[3];
+    unravel_output(idx, g, plane, o);
+    for (int d = 0; d < 3; ++d) {
+      start[d] = o[d] * g.stride[d] - g.pad[d];
+      valid_range(g.k[d], g.dil[d], start[d], g.in[d], lo[d], hi[d]);
+    }
+    const T* xp = x + plane * in_plane;
+    T best = lowest;
+    for (int64_t kd = lo[0]; kd < hi[0]; ++kd) {
+      for (int64_t kh = lo[1]; kh < hi[1]; ++kh) {
+        const int64_t row =
+            ((start[0] + kd * g.dil[0]) * g.in[1] + start[1] + kh * g.dil[1]) * g.in[2] + start[2];
+        for (int64_t kw = lo[2]; kw < hi[2]; ++kw) {
+          const T v = xp[row + kw * g.dil[2]];
+          best = v > best ? v : best;
+        }
+      }
+    }
+    out[idx] = best;
+  }
+}
+
+/// Average pooling in f32 with torch's divisor rules: the window is clipped to the padded input
+/// (count_include_pad counts padding but not the ceil-mode overhang), then to the input; an
+/// empty window writes 0; divisor_override wins when > 0. Sums in the CPU's order (d, h, w).
+template <typename T>
+__global__ void avg_pool_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t total,
+                                PoolGeometry g, bool count_include_pad, int64_t divisor_override) {
+  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t plane, o[3], lo[3], hi[3], padded[3];
+    unravel_output(idx, g, plane, o);
+    bool empty = false;
+    for (int d = 0; d < 3; ++d) {
+      const int64_t start = o[d] * g.stride[d] - g.pad[d];
+      const int64_t limit = g.in[d] + g.pad_end[d];
+      const int64_t stop = start + g.k[d] < limit ? start + g.k[d] : limit;
+      padded[d] = stop - start;
+      lo[d] = start > 0 ? start : 0;
+      hi[d] = stop < g.in[d] ? stop : g.in[d];
+      empty = empty || hi[d] <= lo[d];
+    }
+    if (empty) {
+      store_f32(out, idx, 0.0f);
+      continue;
+    }
+    const T* xp = x + plane * in_plane;
+    float sum = 0.0f;
+    for (int64_t id = lo[0]; id < hi[0]; ++id) {
+      for (int64_t ih = lo[1]; ih < hi[1]; ++ih) {
+        const T* row = xp + (id * g.in[1] + ih) * g.in[2];
+        for (int64_t iw = lo[2]; iw < hi[2]; ++iw) sum = __fadd_rn(sum, to_f32(row[iw]));
+      }
+    }
+    int64_t divisor;
+    if (divisor_override > 0) {
+      divisor = divisor_override;
+    } else if (count_include_pad) {
+      divisor = padded[0] * padded[1] * padded[2];
+    } else {
+      divisor = (hi[0] - lo[0]) * (hi[1] - lo[1]) * (hi[2] - lo[2]);
+    }
+    store_f32(out, idx, __fdiv_rn(sum, static_cast<float>(divisor)));
+  }
+}
+
+template <typename T>
+void launch_max_int(const DeviceTensor& x, DeviceTensor& y, int64_t total, const PoolGeometry& g,
+                    cudaStream_t stream) {
+  max_pool_int_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(
+      static_cast<const T*>(x.data), static_cast<T*>(y.data), total, g,
+      std::numeric_limits<T>::lowest());
+  check(cudaGetLastError(), "max_pool_int_kernel");
+}
+
+template <typename T>
+void launch_float_pool(const PoolingParams& p, const DeviceTensor& x, DeviceTensor& y,
+                       int64_t total, const PoolGeometry& g, cudaStream_t stream) {
+  const auto* in = static_cast<const T*>(x.data);
+  auto* out = static_cast<T*>(y.data);
+  if (p.type == PoolingType::kMax) {
+    max_pool_float_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(in, out, total, g);
+    check(cudaGetLastError(), "max_pool_float_kernel");
+  } else {
+    avg_pool_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(in, out, total, g,
+                                                                 p.count_include_pad,
+                                                                 p.divisor_override);
+    check(cudaGetLastError(), "avg_pool_kernel");
+  }
+}
+
+}  // namespace
+
+void launch_fill_channel_bias(DataType dtype, void* out, const void* bias, int64_t batch,
+                              int64_t channels, int64_t plane, cudaStream_t stream) {
+  const int64_t total = batch * channels * plane;
+  if (total == 0) return;
+  const unsigned grid = grid_for(total, 256);
+  switch (dtype) {
+    case DataType::kF32:
+      fill_channel_bias_kernel<float><<<grid, 256, 0, stream>>>(
+          static_cast<float*>(out), static_cast<const float*>(bias), total, channels, plane);
+      break;
+    case DataType::kF16:
+    case DataType::kBF16:  // both 2-byte: the fill copies bits
+      fill_channel_bias_kernel<uint16_t><<<grid, 256, 0, stream>>>(
+          static_cast<uint16_t*>(out), static_cast<const uint16_t*>(bias), total, channels, plane);
+      break;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool:
+      throw Error(std::string("bias fill (cuda): dtype ") + dtype_name(dtype) +
+                  " is not supported");
+  }
+  check(cudaGetLastError(), "fill_channel_bias_kernel");
+}
+
+void run(const PoolingParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  DeviceTensor& y = a.out(0);
+  const size_t nsp = p.window.size();
+  if (nsp < 1 || nsp > 3 || x.dims.size() < nsp || y.dims.size() != x.dims.size() ||
+      p.stride.size() != nsp || p.padding_begin.size() != nsp || p.padding_end.size() != nsp ||
+      p.dilation.size() != nsp) {
+    throw Error("Pooling kernel (cuda): parameters do not match input " + dims_to_string(x.dims));
+  }
+  PoolGeometry g;
+  for (int d = 0; d < 3; ++d) {
+    g.in[d] = g.out[d] = g.k[d] = g.stride[d] = g.dil[d] = 1;
+    g.pad[d] = g.pad_end[d] = 0;
+  }
+  const size_t off = 3 - nsp;
+  for (size_t d = 0; d < nsp; ++d) {
+    g.in[off + d] = x.dims[x.dims.size() - nsp + d];
+    g.out[off + d] = y.dims[y.dims.size() - nsp + d];
+    g.k[off + d] = p.window[d];
+    g.stride[off + d] = p.stride[d];
+    g.pad[off + d] = p.padding_begin[d];
+    g.pad_end[off + d] = p.padding_end[d];
+    g.dil[off + d] = p.dilation[d];
+  }
+  const int64_t total = y.numel();
+  if (total == 0) return;
+  switch (x.dtype) {
+    case DataType::kF32: launch_float_pool<float>(p, x, y, total, g, a.stream()); return;
+    case DataType::kF16: launch_float_pool<__half>(p, x, y, total, g, a.stream()); return;
+    case DataType::kBF16: launch_float_pool<__nv_bfloat16>(p, x, y, total, g, a.stream()); return;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+  }
+  if (p.type == PoolingType::kMax) {
+    switch (x.dtype) {
+      case DataType::kI8: launch_max_int<int8_t>(x, y, total, g, a.stream()); return;
+      case DataType::kU8: launch_max_int<uint8_t>(x, y, total, g, a.stream()); return;
+      case DataType::kI32: launch_max_int<int32_t>(x, y, total, g, a.stream()); return;
+      case DataType::kI64: launch_max_int<int64_t>(x, y, total, g, a.stream()); return;
+      case DataType::kF32:
+      case DataType::kF16:
+      case DataType::kBF16:
+      case DataType::kBool: break;
+    }
+  }
+  throw Error(std::string("Pooling kernel (cuda): ") +
+              (p.type == PoolingType::kMax ? "max" : "average") + " pooling of " +
+              dtype_name(x.dtype) + " is not supported");
+}
+
+}  // namespace ember::engine::cuda

@@ -1,0 +1,16 @@
+// Hand-written kernels of the linear family (linear_kernels.cu), called from linear.cpp where
+// cuBLASLt/cuDNN do the heavy lifting.
+#pragma once
+
+#include <cstdint>
+
+#include "backends/cuda/cuda_backend.h"
+
+namespace ember::engine::cuda {
+
+/// Sets every plane of out [batch, channels, plane] (f32/f16/bf16) to its channel's bias
+/// (same dtype), so a library call can accumulate onto it with beta = 1 and round only once.
+void launch_fill_channel_bias(DataType dtype, void* out, const void* bias, int64_t batch,
+                              int64_t channels, int64_t plane, cudaStream_t stream);
+
+}  // namespace ember::engine::cuda

@@ -1,0 +1,625 @@
+// CUDA kernels of the reduction family: Reduce, SoftMax and Normalization (TopK and Cumulative
+// still run through host_fallback, see host_kinds.cpp).
+//
+// Numerics follow the CPU back end (src/engine/backends/cpu/reduction.cpp) step for step, so the
+// two agree to rounding: float sums, products and moments accumulate in double, max/min keep the
+// input's values (NaN propagates), integers accumulate in int64 with wrap-around and wrap again on
+// store; f16/bf16 are computed in f32 (or double) and rounded once on store, through f32 exactly
+// where the CPU rounds through f32.
+//
+// Work split: a "row" (the elements combined into one result) is handled by a group of threads —
+// a warp for short rows, a whole block for long ones — when the row is contiguous; when the kept
+// dims have a contiguous inner run, one thread per output walks the reduced dims, so a warp's loads
+// are coalesced across the inner run. Every grid is a grid-stride loop and every index is int64.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+#include <algorithm>
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------- element access
+
+/// Loads element i of a buffer of storage type T as the accumulator domain: double for floats,
+/// int64 for integers (both exact for every value of T).
+__device__ __forceinline__ double load_acc(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ double load_acc(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ double load_acc(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ int64_t load_acc(const int8_t* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ int64_t load_acc(const uint8_t* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ int64_t load_acc(const int32_t* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ int64_t load_acc(const int64_t* p, int64_t i) { return p[i]; }
+
+/// Stores a result: floats go double -> f32 -> T (the CPU's static_cast<float> then store);
+/// integers wrap like a C cast.
+__device__ __forceinline__ void store_acc(float* p, int64_t i, double v) {
+  p[i] = static_cast<float>(v);
+}
+__device__ __forceinline__ void store_acc(__half* p, int64_t i, double v) {
+  p[i] = __float2half_rn(static_cast<float>(v));
+}
+__device__ __forceinline__ void store_acc(__nv_bfloat16* p, int64_t i, double v) {
+  p[i] = __float2bfloat16_rn(static_cast<float>(v));
+}
+template <typename T>
+__device__ __forceinline__ void store_acc(T* p, int64_t i, int64_t v) {
+  p[i] = static_cast<T>(v);
+}
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+/// Accumulator type of storage type T.
+template <typename T>
+struct AccOf {
+  using type = int64_t;
+};
+template <>
+struct AccOf<float> {
+  using type = double;
+};
+template <>
+struct AccOf<__half> {
+  using type = double;
+};
+template <>
+struct AccOf<__nv_bfloat16> {
+  using type = double;
+};
+
+// ---------------------------------------------------------------- reduce ops
+
+__device__ __forceinline__ bool is_nan(double v) { return v != v; }
+__device__ __forceinline__ bool is_nan(int64_t) { return false; }
+
+// Integer sums and products wrap (two's complement, computed unsigned so overflow is defined).
+__device__ __forceinline__ double op_add(double a, double b) { return a + b; }
+__device__ __forceinline__ int64_t op_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+__device__ __forceinline__ double op_mul(double a, double b) { return a * b; }
+__device__ __forceinline__ int64_t op_mul(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
+}
+
+/// Joins two partial results of `op` (also folds one element in). The op is a run-time value,
+/// uniform across the grid, so the branch costs nothing next to the loads and keeps one
+/// instantiation per dtype.
+template <typename Acc>
+__device__ __forceinline__ Acc combine(ReduceOp op, Acc a, Acc v) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg: return op_add(a, v);
+    case ReduceOp::kProd: return op_mul(a, v);
+    case ReduceOp::kMax: return (v > a || is_nan(v)) && !is_nan(a) ? v : a;
+    case ReduceOp::kMin: return (v < a || is_nan(v)) && !is_nan(a) ? v : a;
+  }
+  return a;
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc identity(ReduceOp op);
+template <>
+__device__ __forceinline__ double identity<double>(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kProd: return 1.0;
+    case ReduceOp::kMax: return -CUDART_INF;
+    case ReduceOp::kMin: return CUDART_INF;
+    default: return 0.0;
+  }
+}
+template <>
+__device__ __forceinline__ int64_t identity<int64_t>(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kProd: return 1;
+    case ReduceOp::kMax: return LLONG_MIN;
+    case ReduceOp::kMin: return LLONG_MAX;
+    default: return 0;
+  }
+}
+
+/// The stored value of a finished accumulator: avg divides by the count in double.
+__device__ __forceinline__ double finish(ReduceOp op, double a, int64_t count) {
+  return op == ReduceOp::kAvg ? a / static_cast<double>(count) : a;
+}
+__device__ __forceinline__ int64_t finish(ReduceOp, int64_t a, int64_t) { return a; }
+
+/// Combines `v` across the lanes of a warp (every lane gets the result).
+template <typename Acc>
+__device__ __forceinline__ Acc warp_combine(ReduceOp op, Acc v) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    v = combine(op, v, static_cast<Acc>(__shfl_xor_sync(0xffffffffu, v, offset)));
+  }
+  return v;
+}
+
+/// Combines `v` across the block (every thread gets the result). `scratch` holds one Acc per
+/// warp; the trailing barrier lets the caller reuse it.
+template <typename Acc>
+__device__ Acc block_combine(ReduceOp op, Acc v, Acc* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_combine(op, v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  Acc r = scratch[0];
+  for (int w = 1; w < warps; ++w) r = combine(op, r, scratch[w]);
+  __syncthreads();
+  return r;
+}
+
+// ---------------------------------------------------------------- reduce layout
+
+constexpr int kMaxGroups = 8;
+
+/// A reduction as [outer kept groups] x [reduced groups] x [inner kept run] (the CPU's
+/// ReduceLayout): adjacent dims of one kind merged, size-1 dims dropped. Passed by value.
+struct ReduceLayout {
+  int num_outer_groups = 0;
+  int num_reduced_groups = 0;
+  int64_t outer_size[kMaxGroups];
+  int64_t outer_stride[kMaxGroups];
+  int64_t reduced_size[kMaxGroups];
+  int64_t reduced_stride[kMaxGroups];
+  int64_t inner = 1;
+  int64_t num_outer = 1;
+  int64_t num_reduced = 1;
+};
+
+/// Input offset of index `i` of the groups (row-major over them, last fastest).
+__device__ __forceinline__ int64_t group_offset(int64_t i, int n, const int64_t* size,
+                                                const int64_t* stride) {
+  int64_t off = 0;
+  for (int g = n - 1; g >= 0; --g) {
+    off += (i % size[g]) * stride[g];
+    i /= size[g];
+  }
+  return off;
+}
+
+/// Builds the layout on the host; false when it needs more than kMaxGroups groups per kind.
+bool make_reduce_layout(const std::vector<int64_t>& dims, const std::vector<int64_t>& axes,
+                        ReduceLayout& l) {
+  std::vector<bool> is_reduced(dims.size(), false);
+  for (int64_t a : axes) is_reduced.at(static_cast<size_t>(a)) = true;
+  std::vector<int64_t> strides(dims.size(), 1);
+  for (size_t d = dims.size(); d-- > 1;) strides[d - 1] = strides[d] * dims[d];
+  struct Run {
+    bool reduced;
+    int64_t size;
+    int64_t stride;
+  };
+  std::vector<Run> runs;
+  for (size_t d = 0; d < dims.size(); ++d) {
+    if (dims[d] == 1) continue;
+    if (!runs.empty() && runs.back().reduced == is_reduced[d]) {
+      runs.back().size *= dims[d];
+      runs.back().stride = strides[d];
+    } else {
+      runs.push_back({is_reduced[d], dims[d], strides[d]});
+    }
+  }
+  if (!runs.empty() && !runs.back().reduced) {
+    l.inner = runs.back().size;
+    runs.pop_back();
+  }
+  for (const Run& r : runs) {
+    int& n = r.reduced ? l.num_reduced_groups : l.num_outer_groups;
+    if (n == kMaxGroups) return false;
+    (r.reduced ? l.reduced_size : l.outer_size)[n] = r.size;
+    (r.reduced ? l.reduced_stride : l.outer_stride)[n] = r.stride;
+    ++n;
+    (r.reduced ? l.num_reduced : l.num_outer) *= r.size;
+  }
+  return true;
+}
+
+/// Reduce with the reduced elements of one output contiguous-or-strided but no inner run
+/// (inner == 1): a group of `threads_per_row` threads (32, or the whole block) per output,
+/// grid-stride over outputs. Output o is at out[o].
+template <typename T>
+__global__ void reduce_rows_kernel(const T* __restrict__ in, T* __restrict__ out, ReduceLayout l,
+                                   ReduceOp op, int threads_per_row) {
+  using Acc = typename AccOf<T>::type;
+  __shared__ Acc scratch[32];
+  const int rows_per_block = blockDim.x / threads_per_row;
+  const int lane = threadIdx.x % threads_per_row;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * rows_per_block +
+                        threadIdx.x / threads_per_row;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * rows_per_block;
+  // Rows of one block finish in lockstep (block_combine has barriers): iterate over the block's
+  // row slots until every slot is past the end.
+  const int64_t block_first = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  for (int64_t base = block_first; base < l.num_outer; base += step) {
+    const int64_t o = first + (base - block_first);
+    Acc acc = identity<Acc>(op);
+    if (o < l.num_outer) {
+      const T* row = in + group_offset(o, l.num_outer_groups, l.outer_size, l.outer_stride);
+      if (l.num_reduced_groups == 1) {
+        const int64_t s = l.reduced_stride[0];
+        for (int64_t r = lane; r < l.num_reduced; r += threads_per_row) {
+          acc = combine(op, acc, load_acc(row, r * s));
+        }
+      } else {
+        for (int64_t r = lane; r < l.num_reduced; r += threads_per_row) {
+          const int64_t off =
+              group_offset(r, l.num_reduced_groups, l.reduced_size, l.reduced_stride);
+          acc = combine(op, acc, load_acc(row, off));
+        }
+      }
+    }
+    acc = threads_per_row == 32 ? warp_combine(op, acc) : block_combine(op, acc, scratch);
+    if (o < l.num_outer && lane == 0) store_acc(out, o, finish(op, acc, l.num_reduced));
+  }
+}
+
+/// Reduce with an inner kept run: one thread per output (o, i), walking the reduced groups;
+/// neighbouring threads read neighbouring inner elements. Output (o, i) is at out[o*inner + i].
+template <typename T>
+__global__ void reduce_columns_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                      ReduceLayout l, ReduceOp op) {
+  using Acc = typename AccOf<T>::type;
+  const int64_t total = l.num_outer * l.inner;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t o = idx / l.inner, i = idx % l.inner;
+    const T* base = in + group_offset(o, l.num_outer_groups, l.outer_size, l.outer_stride) + i;
+    Acc acc = identity<Acc>(op);
+    for (int64_t r = 0; r < l.num_reduced; ++r) {
+      const int64_t off = group_offset(r, l.num_reduced_groups, l.reduced_size, l.reduced_stride);
+      acc = combine(op, acc, load_acc(base, off));
+    }
+    store_acc(out, idx, finish(op, acc, l.num_reduced));
+  }
+}
+
+/// Blocks for a grid-stride loop over `items` with `per_block` items per block (capped; the
+/// loops cover the rest).
+unsigned grid_for(int64_t items, int64_t per_block) {
+  const int64_t blocks = (items + per_block - 1) / per_block;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
+}
+
+template <typename T>
+void launch_reduce(const DeviceTensor& x, DeviceTensor& y, const ReduceLayout& l, ReduceOp op,
+                   cudaStream_t stream) {
+  const auto* in = static_cast<const T*>(x.data);
+  auto* out = static_cast<T*>(y.data);
+  if (l.inner == 1) {
+    // Long rows get a whole block each; short ones a warp, eight rows per block.
+    const int threads_per_row = l.num_reduced >= 2048 ? 256 : 32;
+    const int64_t rows_per_block = 256 / threads_per_row;
+    reduce_rows_kernel<T><<<grid_for(l.num_outer, rows_per_block), 256, 0, stream>>>(
+        in, out, l, op, threads_per_row);
+    check(cudaGetLastError(), "reduce_rows_kernel");
+  } else {
+    reduce_columns_kernel<T><<<grid_for(l.num_outer * l.inner, 256), 256, 0, stream>>>(in, out, l,
+                                                                                      op);
+    check(cudaGetLastError(), "reduce_columns_kernel");
+  }
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// Softmax over contiguous rows [rows, n]: a group of `threads_per_row` threads per row, three
+/// passes (max, sum of exp in double, write). Mirrors the CPU: the max skips NaN (a NaN still
+/// poisons the sum), exp in f32 of the f32 shifted value, the factor 1/sum or log(sum) in double
+/// rounded to f32.
+template <typename T>
+__global__ void softmax_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows,
+                                    int64_t n, bool log_softmax, int threads_per_row) {
+  __shared__ double scratch_d[32];
+  __shared__ float scratch_f[32];
+  const int rows_per_block = blockDim.x / threads_per_row;
+  const int lane = threadIdx.x % threads_per_row;
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int64_t block_first = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * rows_per_block;
+  const bool whole_block = threads_per_row != 32;
+  for (int64_t base = block_first; base < rows; base += step) {
+    const int64_t r = base + threadIdx.x / threads_per_row;
+    const bool active = r < rows;
+    const T* src = in + (active ? r : 0) * n;
+    float row_max = -CUDART_INF_F;
+    if (active) {
+      for (int64_t j = lane; j < n; j += threads_per_row) row_max = fmaxf(row_max, to_f32(src[j]));
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, offset));
+    }
+    if (whole_block) {
+      if (threadIdx.x % 32 == 0) scratch_f[warp] = row_max;
+      __syncthreads();
+      row_max = scratch_f[0];
+      for (int w = 1; w < warps; ++w) row_max = fmaxf(row_max, scratch_f[w]);
+    }
+    double sum = 0.0;
+    if (active) {
+      for (int64_t j = lane; j < n; j += threads_per_row) sum += expf(to_f32(src[j]) - row_max);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (whole_block) {
+      if (threadIdx.x % 32 == 0) scratch_d[warp] = sum;
+      __syncthreads();
+      sum = scratch_d[0];
+      for (int w = 1; w < warps; ++w) sum += scratch_d[w];
+      __syncthreads();  // scratch is rewritten by the next row
+    }
+    const float f = static_cast<float>(log_softmax ? log(sum) : 1.0 / sum);
+    if (active) {
+      T* dst = out + r * n;
+      for (int64_t j = lane; j < n; j += threads_per_row) {
+        const float shifted = to_f32(src[j]) - row_max;
+        dst[j] = from_f32<T>(log_softmax ? shifted - f : expf(shifted) * f);
+      }
+    }
+  }
+}
+
+/// Softmax along a strided axis of [outer, n, inner]: one thread per (outer, inner) column,
+/// neighbouring threads on neighbouring inner elements (coalesced), same numerics as above.
+template <typename T>
+__global__ void softmax_columns_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                       int64_t outer, int64_t n, int64_t inner, bool log_softmax) {
+  const int64_t total = outer * inner;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t o = idx / inner, i = idx % inner;
+    const int64_t base = o * n * inner + i;
+    float row_max = -CUDART_INF_F;
+    for (int64_t j = 0; j < n; ++j) row_max = fmaxf(row_max, to_f32(in[base + j * inner]));
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) sum += expf(to_f32(in[base + j * inner]) - row_max);
+    const float f = static_cast<float>(log_softmax ? log(sum) : 1.0 / sum);
+    for (int64_t j = 0; j < n; ++j) {
+      const float shifted = to_f32(in[base + j * inner]) - row_max;
+      out[base + j * inner] = from_f32<T>(log_softmax ? shifted - f : expf(shifted) * f);
+    }
+  }
+}
+
+template <typename T>
+void launch_softmax(const DeviceTensor& x, DeviceTensor& y, int64_t outer, int64_t n,
+                    int64_t inner, bool log_softmax, cudaStream_t stream) {
+  const auto* in = static_cast<const T*>(x.data);
+  auto* out = static_cast<T*>(y.data);
+  if (inner == 1) {
+    const int threads_per_row = n >= 2048 ? 256 : 32;
+    softmax_rows_kernel<T><<<grid_for(outer, 256 / threads_per_row), 256, 0, stream>>>(
+        in, out, outer, n, log_softmax, threads_per_row);
+    check(cudaGetLastError(), "softmax_rows_kernel");
+  } else {
+    softmax_columns_kernel<T><<<grid_for(outer * inner, 256), 256, 0, stream>>>(in, out, outer, n,
+                                                                               inner, log_softmax);
+    check(cudaGetLastError(), "softmax_columns_kernel");
+  }
+}
+
+// ---------------------------------------------------------------- normalization
+
+/// Normalizes contiguous blocks of `block` elements, one CUDA block per normalized block
+/// (grid-stride). Two passes for the moments in double (mean stays double, as on the CPU), then
+/// out = f32(x - mean) * rstd [* scale] [+ bias] with scale/bias per element (layer norm,
+/// per_channel false) or per channel of `spatial` elements (group/instance norm: channel
+/// c0 + j / spatial, c0 = (b % channel_blocks) * channels_per_block).
+template <typename T>
+__global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                     const T* __restrict__ scale, const T* __restrict__ bias,
+                                     int64_t blocks, int64_t block, int64_t spatial,
+                                     bool per_channel, int64_t channels_per_block,
+                                     int64_t channel_blocks, double epsilon) {
+  __shared__ double scratch[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const auto block_sum = [&](double v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double r = 0.0;
+    for (int w = 0; w < warps; ++w) r += scratch[w];
+    __syncthreads();
+    return r;
+  };
+  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
+    const T* src = in + b * block;
+    T* dst = out + b * block;
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < block; j += blockDim.x) s += to_f32(src[j]);
+    const double mean = block_sum(s) / static_cast<double>(block);
+    double q = 0.0;
+    for (int64_t j = threadIdx.x; j < block; j += blockDim.x) {
+      const double d = to_f32(src[j]) - mean;
+      q += d * d;
+    }
+    const double var = block_sum(q) / static_cast<double>(block);
+    const float rstd = static_cast<float>(1.0 / sqrt(var + epsilon));
+    const int64_t c0 = per_channel ? (b % channel_blocks) * channels_per_block : 0;
+    for (int64_t j = threadIdx.x; j < block; j += blockDim.x) {
+      const float centered = static_cast<float>(to_f32(src[j]) - mean);
+      float r;
+      if (per_channel) {
+        const int64_t c = c0 + j / spatial;
+        // As the CPU: the scale folds into the factor, then one multiply-add.
+        const float g = scale != nullptr ? __fmul_rn(rstd, to_f32(scale[c])) : rstd;
+        r = __fadd_rn(__fmul_rn(centered, g), bias != nullptr ? to_f32(bias[c]) : 0.0f);
+      } else {
+        r = __fmul_rn(centered, rstd);
+        if (scale != nullptr) r = __fmul_rn(r, to_f32(scale[j]));
+        if (bias != nullptr) r = __fadd_rn(r, to_f32(bias[j]));
+      }
+      dst[j] = from_f32<T>(r);
+    }
+  }
+}
+
+/// Device pointer of optional input i as T, checking its element count (a plan whose shapes
+/// slipped past inference must not make the kernel read out of bounds).
+template <typename T>
+const T* affine_operand(const CudaArgs& a, size_t i, int64_t expected, const char* role) {
+  if (!a.has(i)) return nullptr;
+  const DeviceTensor& t = a.in(i);
+  if (t.numel() != expected || t.dtype != a.in(0).dtype) {
+    throw Error(std::string("Normalization kernel (cuda): ") + role + " has " +
+                std::to_string(t.numel()) + " elements of " + dtype_name(t.dtype) + ", expected " +
+                std::to_string(expected) + " of " + dtype_name(a.in(0).dtype));
+  }
+  return static_cast<const T*>(t.data);
+}
+
+/// Splits dims around `axis` into outer, n and inner sizes; throws on a bad axis.
+void split_at(const std::vector<int64_t>& dims, int64_t axis, const char* layer, int64_t& outer,
+              int64_t& n, int64_t& inner) {
+  if (axis < 0 || axis >= static_cast<int64_t>(dims.size())) {
+    throw Error(std::string(layer) + " kernel (cuda): axis " + std::to_string(axis) +
+                " is out of range for dims " + dims_to_string(dims));
+  }
+  outer = 1;
+  inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= dims[static_cast<size_t>(d)];
+  n = dims[static_cast<size_t>(axis)];
+  for (size_t d = static_cast<size_t>(axis) + 1; d < dims.size(); ++d) inner *= dims[d];
+}
+
+}  // namespace
+
+void run(const ReduceParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  DeviceTensor& y = a.out(0);
+  int64_t count = 1;
+  for (int64_t axis : p.axes) {
+    if (axis < 0 || axis >= static_cast<int64_t>(x.dims.size())) {
+      throw Error("Reduce kernel (cuda): axis " + std::to_string(axis) +
+                  " is out of range for dims " + dims_to_string(x.dims));
+    }
+    count *= x.dims[static_cast<size_t>(axis)];
+  }
+  if (y.numel() == 0) return;
+  if (count == 0 && (p.op == ReduceOp::kMax || p.op == ReduceOp::kMin)) {
+    throw Error("Reduce kernel (cuda): max/min over an empty dim of input " +
+                dims_to_string(x.dims));
+  }
+  ReduceLayout l;
+  if (!make_reduce_layout(x.dims, p.axes, l)) {
+    host_fallback(a);  // more than kMaxGroups alternating kept/reduced runs: rank > 16
+    return;
+  }
+  // An empty reduction runs the same kernels with no elements: identity, and avg = 0/0 = NaN.
+  switch (x.dtype) {
+    case DataType::kF32: launch_reduce<float>(x, y, l, p.op, a.stream()); return;
+    case DataType::kF16: launch_reduce<__half>(x, y, l, p.op, a.stream()); return;
+    case DataType::kBF16: launch_reduce<__nv_bfloat16>(x, y, l, p.op, a.stream()); return;
+    case DataType::kI8: launch_reduce<int8_t>(x, y, l, p.op, a.stream()); return;
+    case DataType::kU8: launch_reduce<uint8_t>(x, y, l, p.op, a.stream()); return;
+    case DataType::kI32: launch_reduce<int32_t>(x, y, l, p.op, a.stream()); return;
+    case DataType::kI64: launch_reduce<int64_t>(x, y, l, p.op, a.stream()); return;
+    case DataType::kBool: break;
+  }
+  throw Error(std::string("Reduce kernel (cuda): dtype ") + dtype_name(x.dtype) +
+              " is not supported");
+}
+
+void run(const SoftMaxParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  DeviceTensor& y = a.out(0);
+  int64_t outer, n, inner;
+  split_at(x.dims, p.axis, "SoftMax", outer, n, inner);
+  if (x.numel() == 0) return;
+  switch (x.dtype) {
+    case DataType::kF32: launch_softmax<float>(x, y, outer, n, inner, p.log, a.stream()); return;
+    case DataType::kF16: launch_softmax<__half>(x, y, outer, n, inner, p.log, a.stream()); return;
+    case DataType::kBF16:
+      launch_softmax<__nv_bfloat16>(x, y, outer, n, inner, p.log, a.stream());
+      return;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+  }
+  throw Error(std::string("SoftMax kernel (cuda): dtype ") + dtype_name(x.dtype) +
+              " is not supported");
+}
+
+void run(const NormalizationParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  DeviceTensor& y = a.out(0);
+  // Each normalized block is contiguous (see the CPU kernel): a row of [axis:] for layer norm,
+  // the channels of one group times the spatial size for group/instance norm.
+  int64_t block = 0, spatial = 1, num_params = 0;
+  bool per_channel = false;
+  switch (p.type) {
+    case NormalizationType::kLayer: {
+      int64_t outer, n, inner;
+      split_at(x.dims, p.axis, "Normalization", outer, n, inner);
+      block = n * inner;
+      num_params = block;
+      break;
+    }
+    case NormalizationType::kGroup:
+    case NormalizationType::kInstance: {
+      if (x.dims.size() < 2) {
+        throw Error("Normalization kernel (cuda): group/instance norm needs [N, C, *], got " +
+                    dims_to_string(x.dims));
+      }
+      const int64_t channels = x.dims[1];
+      const int64_t groups = p.type == NormalizationType::kGroup ? p.num_groups : channels;
+      if (groups < 1 || channels % groups != 0) {
+        if (channels == 0) break;
+        throw Error("Normalization kernel (cuda): " + std::to_string(channels) +
+                    " channels do not split into " + std::to_string(groups) + " groups");
+      }
+      for (size_t d = 2; d < x.dims.size(); ++d) spatial *= x.dims[d];
+      block = channels / groups * spatial;
+      num_params = channels;
+      per_channel = true;
+      break;
+    }
+  }
+  const int64_t numel = x.numel();
+  const auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    const T* scale = affine_operand<T>(a, 1, num_params, "scale");
+    const T* bias = affine_operand<T>(a, 2, num_params, "bias");
+    if (numel == 0 || block == 0) return;
+    const int64_t blocks = numel / block;
+    const int64_t channels_per_block = per_channel ? block / spatial : 0;
+    const int64_t channel_blocks = per_channel ? num_params / channels_per_block : 1;
+    normalization_kernel<T><<<grid_for(blocks, 1), 256, 0, a.stream()>>>(
+        static_cast<const T*>(x.data), static_cast<T*>(y.data), scale, bias, blocks, block,
+        spatial, per_channel, channels_per_block, channel_blocks, p.epsilon);
+    check(cudaGetLastError(), "normalization_kernel");
+  };
+  switch (x.dtype) {
+    case DataType::kF32: launch(float{}); return;
+    case DataType::kF16: launch(__half{}); return;
+    case DataType::kBF16: launch(__nv_bfloat16{}); return;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+  }
+  throw Error(std::string("Normalization kernel (cuda): dtype ") + dtype_name(x.dtype) +
+              " is not supported");
+}
+
+}  // namespace ember::engine::cuda
