@@ -1,0 +1,314 @@
+// CUDA conformance of the linear family (MatrixMultiply, Convolution, Deconvolution, Pooling):
+// each network is built for "cuda", run on device buffers and compared with the CPU reference
+// executor under tolerance_for(dtype). Skipped (visibly) without a CUDA device.
+#ifdef EMBER_WITH_CUDA
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
+
+std::string label(const std::string& what, DataType t) { return what + " " + dtype_name(t); }
+
+Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
+
+// ---------------------------------------------------------------- matrix multiply
+
+void check_matmul(DataType t, const std::vector<int64_t>& da, bool ta,
+                  const std::vector<int64_t>& db, bool tb, uint32_t seed) {
+  Network net;
+  Tensor* a = net.add_input("a", t, shape_of(da));
+  Tensor* b = net.add_input("b", t, shape_of(db));
+  net.mark_output(net.add_matrix_multiply(a, ta, b, tb)->output(), "out");
+  const std::string what = label("matmul " + dims_to_string(da) + (ta ? "^T" : "") + " x " +
+                                     dims_to_string(db) + (tb ? "^T" : ""),
+                                 t);
+  test::check_cuda_matches_cpu(
+      net, {TestTensor::random(t, da, seed), TestTensor::random(t, db, seed + 1)}, what);
+}
+
+TEST(CudaMatrixMultiply, PlainAndTransposed) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    check_matmul(t, {5, 7}, false, {7, 3}, false, 1);
+    check_matmul(t, {7, 5}, true, {7, 3}, false, 3);
+    check_matmul(t, {5, 7}, false, {3, 7}, true, 5);
+    check_matmul(t, {7, 5}, true, {3, 7}, true, 7);
+    check_matmul(t, {33, 300}, false, {300, 17}, false, 9);  // long K: f32 accumulation
+    check_matmul(t, {1, 1}, false, {1, 1}, false, 11);
+  }
+}
+
+TEST(CudaMatrixMultiply, BatchedAndBroadcast) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    check_matmul(t, {3, 4, 6}, false, {3, 6, 5}, false, 21);        // equal batches
+    check_matmul(t, {2, 3, 4, 6}, false, {6, 5}, false, 23);        // shared b: folded rows
+    check_matmul(t, {2, 3, 6, 4}, true, {6, 5}, false, 25);         // shared b, a transposed
+    check_matmul(t, {4, 6}, false, {2, 3, 6, 5}, false, 27);        // shared a: stride 0
+    check_matmul(t, {2, 1, 4, 6}, false, {3, 5, 6}, true, 29);      // mixed: per-entry loop
+    check_matmul(t, {1, 3, 4, 6}, false, {2, 1, 6, 5}, false, 31);  // mixed, both broadcast
+  }
+}
+
+TEST(CudaMatrixMultiply, Vectors) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    check_matmul(t, {6}, false, {6, 5}, false, 41);
+    check_matmul(t, {6}, false, {2, 6, 5}, false, 43);
+    check_matmul(t, {2, 4, 6}, false, {6}, false, 45);
+    check_matmul(t, {6, 4}, true, {6}, false, 47);
+    check_matmul(t, {6}, false, {5, 6}, true, 49);
+    check_matmul(t, {6}, false, {6}, false, 51);
+  }
+}
+
+TEST(CudaMatrixMultiply, SymbolicBatchAtTwoSizes) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    Network net;
+    const DimExpr n = DimExpr::symbol("n");
+    Tensor* a = net.add_input("a", t, {n, 5, 8});
+    Tensor* b = net.add_input("b", t, {8, 3});
+    Tensor* c = net.add_input("c", t, {n, 3, 4});
+    Layer* ab = net.add_matrix_multiply(a, false, b, false);
+    net.mark_output(net.add_matrix_multiply(ab->output(), false, c, false)->output(), "out");
+    std::vector<OptimizationProfile> profiles(1);
+    profiles[0].set_range("n", 1, 4, 8);
+    const TestTensor bt = TestTensor::random(t, {8, 3}, 61);
+    test::CudaRunner runner(net, {}, profiles);
+    for (int64_t batch : {2, 7}) {
+      const std::vector<TestTensor> in = {TestTensor::random(t, {batch, 5, 8}, 62), bt,
+                                          TestTensor::random(t, {batch, 3, 4}, 63)};
+      test::expect_matches_cpu(net, in, runner.run(in),
+                               label("matmul n=" + std::to_string(batch), t));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- convolution
+
+struct ConvCase {
+  std::vector<int64_t> x;  ///< [N, C, *spatial]
+  std::vector<int64_t> w;  ///< [K, C/groups, *kernel]
+  ConvolutionParams p;
+  bool bias;
+};
+
+ConvolutionParams conv_params(std::vector<int64_t> stride, std::vector<int64_t> pad_begin,
+                              std::vector<int64_t> pad_end, std::vector<int64_t> dilation,
+                              int64_t groups) {
+  ConvolutionParams p;
+  p.stride = std::move(stride);
+  p.padding_begin = std::move(pad_begin);
+  p.padding_end = std::move(pad_end);
+  p.dilation = std::move(dilation);
+  p.groups = groups;
+  return p;
+}
+
+void check_conv(DataType t, const ConvCase& c, uint32_t seed) {
+  Network net;
+  Tensor* x = net.add_input("x", t, shape_of(c.x));
+  Tensor* w = net.add_input("w", t, shape_of(c.w));
+  Tensor* b = c.bias ? net.add_input("b", t, shape_of({c.w[0]})) : nullptr;
+  net.mark_output(net.add_convolution(x, w, b, c.p)->output(), "out");
+  std::vector<TestTensor> in = {TestTensor::random(t, c.x, seed),
+                                TestTensor::random(t, c.w, seed + 1, -0.5f, 0.5f)};
+  if (c.bias) in.push_back(TestTensor::random(t, {c.w[0]}, seed + 2));
+  test::check_cuda_matches_cpu(
+      net, in, label("conv x" + dims_to_string(c.x) + " w" + dims_to_string(c.w), t));
+}
+
+TEST(CudaConvolution, OneTwoThreeD) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<ConvCase> cases = {
+      {{2, 3, 17}, {4, 3, 3}, conv_params({1}, {1}, {1}, {1}, 1), true},
+      {{2, 4, 19}, {6, 2, 5}, conv_params({2}, {2}, {2}, {2}, 2), false},
+      {{2, 3, 9, 11}, {5, 3, 3, 3}, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1), true},
+      {{1, 4, 13, 10}, {8, 4, 3, 2}, conv_params({2, 3}, {1, 0}, {1, 0}, {2, 1}, 1), true},
+      {{2, 6, 8, 8}, {6, 1, 3, 3}, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 6), true},  // dw
+      {{2, 8, 7, 7}, {4, 2, 1, 1}, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 4), false},
+      {{1, 16, 12, 12}, {32, 16, 3, 3}, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1), true},
+      {{1, 2, 5, 6, 7}, {3, 2, 2, 3, 3}, conv_params({1, 2, 1}, {0, 1, 1}, {0, 1, 1},
+                                                     {1, 1, 2}, 1), true},
+  };
+  for (DataType t : kFloatTypes) {
+    for (size_t i = 0; i < cases.size(); ++i) check_conv(t, cases[i], 100 + 10 * i);
+  }
+}
+
+TEST(CudaConvolution, AsymmetricPaddingFallsBackCorrectly) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const ConvCase c = {{1, 3, 9, 9}, {4, 3, 3, 3}, conv_params({1, 1}, {0, 1}, {2, 1}, {1, 1}, 1),
+                      true};
+  for (DataType t : kFloatTypes) check_conv(t, c, 200);
+}
+
+TEST(CudaConvolution, SymbolicBatchAndHeight) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    Network net;
+    const DimExpr n = DimExpr::symbol("n"), h = DimExpr::symbol("h");
+    Tensor* x = net.add_input("x", t, {n, 3, h, 10});
+    Tensor* w = net.add_input("w", t, {4, 3, 3, 3});
+    Tensor* b = net.add_input("b", t, {4});
+    net.mark_output(
+        net.add_convolution(x, w, b, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1))->output(),
+        "out");
+    std::vector<OptimizationProfile> profiles(1);
+    profiles[0].set_range("n", 1, 2, 4);
+    profiles[0].set_range("h", 4, 8, 16);
+    test::CudaRunner runner(net, {}, profiles);
+    for (auto [batch, height] : {std::pair<int64_t, int64_t>{1, 5}, {3, 13}}) {
+      const std::vector<TestTensor> in = {TestTensor::random(t, {batch, 3, height, 10}, 300),
+                                          TestTensor::random(t, {4, 3, 3, 3}, 301),
+                                          TestTensor::random(t, {4}, 302)};
+      test::expect_matches_cpu(net, in, runner.run(in),
+                               label("conv n=" + std::to_string(batch) + " h=" +
+                                         std::to_string(height),
+                                     t));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- deconvolution
+
+void check_deconv(DataType t, const std::vector<int64_t>& xd, const std::vector<int64_t>& wd,
+                  const DeconvolutionParams& p, bool bias, uint32_t seed) {
+  Network net;
+  Tensor* x = net.add_input("x", t, shape_of(xd));
+  Tensor* w = net.add_input("w", t, shape_of(wd));
+  const int64_t out_channels = wd[1] * p.groups;
+  Tensor* b = bias ? net.add_input("b", t, shape_of({out_channels})) : nullptr;
+  net.mark_output(net.add_deconvolution(x, w, b, p)->output(), "out");
+  std::vector<TestTensor> in = {TestTensor::random(t, xd, seed),
+                                TestTensor::random(t, wd, seed + 1, -0.5f, 0.5f)};
+  if (bias) in.push_back(TestTensor::random(t, {out_channels}, seed + 2));
+  test::check_cuda_matches_cpu(
+      net, in, label("deconv x" + dims_to_string(xd) + " w" + dims_to_string(wd), t));
+}
+
+DeconvolutionParams deconv_params(std::vector<int64_t> stride, std::vector<int64_t> pad,
+                                  std::vector<int64_t> dilation, std::vector<int64_t> out_pad,
+                                  int64_t groups) {
+  DeconvolutionParams p;
+  p.stride = std::move(stride);
+  p.padding_begin = pad;
+  p.padding_end = std::move(pad);
+  p.dilation = std::move(dilation);
+  p.output_padding = std::move(out_pad);
+  p.groups = groups;
+  return p;
+}
+
+TEST(CudaDeconvolution, StridesGroupsOutputPadding) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    check_deconv(t, {2, 3, 9}, {3, 4, 3}, deconv_params({2}, {1}, {1}, {1}, 1), true, 400);
+    check_deconv(t, {2, 4, 5, 6}, {4, 3, 3, 3}, deconv_params({2, 2}, {1, 1}, {1, 1}, {1, 0}, 1),
+                 true, 410);
+    check_deconv(t, {1, 4, 6, 5}, {4, 2, 4, 4}, deconv_params({2, 2}, {1, 1}, {1, 1}, {0, 0}, 2),
+                 false, 420);
+    check_deconv(t, {1, 2, 5, 5}, {2, 3, 3, 3}, deconv_params({1, 1}, {2, 2}, {2, 2}, {0, 0}, 1),
+                 true, 430);
+    check_deconv(t, {1, 2, 3, 4, 4}, {2, 3, 2, 3, 3},
+                 deconv_params({2, 1, 2}, {0, 1, 1}, {1, 1, 1}, {1, 0, 1}, 1), true, 440);
+    // output_padding >= stride (allowed below dilation): cuDNN cannot express it, host runs it.
+    check_deconv(t, {1, 2, 5, 5}, {2, 2, 3, 3}, deconv_params({1, 1}, {0, 0}, {3, 3}, {1, 1}, 1),
+                 true, 450);
+  }
+}
+
+// ---------------------------------------------------------------- pooling
+
+PoolingParams pool_params(PoolingType type, std::vector<int64_t> window, std::vector<int64_t> stride,
+                          std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
+                          std::vector<int64_t> dilation, bool ceil_mode = false,
+                          bool count_include_pad = true, int64_t divisor_override = 0) {
+  PoolingParams p;
+  p.type = type;
+  p.window = std::move(window);
+  p.stride = std::move(stride);
+  p.padding_begin = std::move(pad_begin);
+  p.padding_end = std::move(pad_end);
+  p.dilation = std::move(dilation);
+  p.ceil_mode = ceil_mode;
+  p.count_include_pad = count_include_pad;
+  p.divisor_override = divisor_override;
+  return p;
+}
+
+void check_pool(const TestTensor& x, const PoolingParams& p, const std::string& what) {
+  Network net;
+  Tensor* in = net.add_input("x", x.dtype, shape_of(x.dims));
+  net.mark_output(net.add_pooling(in, p)->output(), "out");
+  test::check_cuda_matches_cpu(net, {x}, label(what, x.dtype));
+}
+
+TEST(CudaPooling, MaxAndAverageCases) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const PoolingType kMax = PoolingType::kMax, kAvg = PoolingType::kAverage;
+  const std::vector<std::pair<std::string, PoolingParams>> cases = {
+      {"max 2d", pool_params(kMax, {3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1})},
+      {"max 2d ceil", pool_params(kMax, {3, 2}, {2, 2}, {0, 1}, {0, 1}, {1, 1}, true)},
+      {"max 2d dilated", pool_params(kMax, {2, 3}, {1, 2}, {1, 1}, {1, 1}, {2, 2})},
+      {"avg 2d", pool_params(kAvg, {3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1})},
+      {"avg 2d exclude pad", pool_params(kAvg, {3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1}, false, false)},
+      {"avg 2d ceil", pool_params(kAvg, {2, 2}, {2, 2}, {1, 0}, {1, 0}, {1, 1}, true, true)},
+      {"avg 2d divisor", pool_params(kAvg, {2, 3}, {1, 2}, {0, 1}, {0, 1}, {1, 1}, false, true, 5)},
+  };
+  for (DataType t : kFloatTypes) {
+    const TestTensor x = TestTensor::random(t, {2, 3, 11, 10}, 500);
+    for (const auto& [what, p] : cases) check_pool(x, p, what);
+  }
+  for (DataType t : kFloatTypes) {
+    const TestTensor x1 = TestTensor::random(t, {2, 5, 23}, 510);
+    check_pool(x1, pool_params(kMax, {4}, {3}, {2}, {2}, {1}, true), "max 1d ceil");
+    check_pool(x1, pool_params(kAvg, {3}, {2}, {1}, {1}, {1}, true, false), "avg 1d ceil");
+    const TestTensor x3 = TestTensor::random(t, {1, 2, 6, 7, 8}, 520);
+    check_pool(x3, pool_params(kMax, {2, 2, 3}, {2, 2, 2}, {0, 1, 1}, {0, 1, 1}, {1, 1, 1}),
+               "max 3d");
+    check_pool(x3, pool_params(kAvg, {3, 2, 2}, {1, 2, 2}, {1, 0, 1}, {1, 0, 1}, {1, 1, 1}),
+               "avg 3d");
+  }
+}
+
+TEST(CudaPooling, IntegerMaxAndNan) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const PoolingParams p = pool_params(PoolingType::kMax, {2, 2}, {2, 2}, {1, 1}, {1, 1}, {1, 1});
+  for (DataType t : {DataType::kI8, DataType::kU8, DataType::kI32, DataType::kI64}) {
+    check_pool(TestTensor::random(t, {2, 3, 7, 6}, 600, -100.0f, 100.0f), p, "int max");
+  }
+  std::vector<float> v(2 * 1 * 4 * 4);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 7) - 3.0f;
+  v[5] = std::numeric_limits<float>::quiet_NaN();
+  v[20] = -std::numeric_limits<float>::infinity();
+  for (DataType t : kFloatTypes) {
+    check_pool(TestTensor::floats(t, {2, 1, 4, 4}, v), p, "max with NaN");
+  }
+}
+
+TEST(CudaPooling, ManyBlocks) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // 2 x 64 x 512 x 512 outputs = 33.5M: more than 65535 blocks of 256 threads.
+  const TestTensor x = TestTensor::random(DataType::kF16, {2, 64, 512, 512}, 700);
+  check_pool(x, pool_params(PoolingType::kAverage, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}),
+             "avg many blocks");
+}
+
+}  // namespace
+}  // namespace ember::engine
+
+#endif  // EMBER_WITH_CUDA
