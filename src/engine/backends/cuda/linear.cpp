@@ -431,11 +431,13 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                                                        kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionForwardAlgorithm_v7");
     } else {
-      // Find times real launches on y (overwritten below) with our workspace.
-      dnn_check(cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data,
-                                                       s.conv.h, s.y.h, y.data, kMaxAlgos, &count,
-                                                       perf, workspace, kWorkspaceBytes),
-                kLayer, "cudnnFindConvolutionForwardAlgorithmEx");
+      // Find times real launches on y (overwritten below) with our workspace. A configuration
+      // cuDNN does not support (some bf16 cases) leaves count at 0: host fallback below.
+      if (cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data, s.conv.h,
+                                                 s.y.h, y.data, kMaxAlgos, &count, perf, workspace,
+                                                 kWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+        count = 0;
+      }
     }
     if (!pick(perf, count, s.is_f32, choice)) {
       host_fallback(a);  // no algorithm meets the precision and workspace limits
@@ -504,11 +506,12 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
                                                             kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
     } else {
-      dnn_check(cudnnFindConvolutionBackwardDataAlgorithmEx(handle, s.w.h, w.data, s.y.h, x.data,
-                                                            s.conv.h, s.x.h, y.data, kMaxAlgos,
-                                                            &count, perf, workspace,
-                                                            kWorkspaceBytes),
-                kLayer, "cudnnFindConvolutionBackwardDataAlgorithmEx");
+      if (cudnnFindConvolutionBackwardDataAlgorithmEx(handle, s.w.h, w.data, s.y.h, x.data,
+                                                      s.conv.h, s.x.h, y.data, kMaxAlgos, &count,
+                                                      perf, workspace,
+                                                      kWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+        count = 0;  // unsupported configuration: host fallback below
+      }
     }
     if (!pick(perf, count, s.is_f32, choice)) {
       host_fallback(a);
