@@ -49,8 +49,7 @@ void check_binary(DataType t, ElementWiseOp op, const std::vector<int64_t>& da,
 
 std::vector<ElementWiseOp> ops_for(DataType t) {
   if (t == DataType::kBool) {
-    return {ElementWiseOp::kAnd, ElementWiseOp::kOr, ElementWiseOp::kXor, ElementWiseOp::kEqual,
-            ElementWiseOp::kGreater, ElementWiseOp::kLess};
+    return {ElementWiseOp::kAnd, ElementWiseOp::kOr, ElementWiseOp::kXor, ElementWiseOp::kEqual};
   }
   return {ElementWiseOp::kSum,     ElementWiseOp::kProd,     ElementWiseOp::kMax,
           ElementWiseOp::kMin,     ElementWiseOp::kSub,      ElementWiseOp::kDiv,
