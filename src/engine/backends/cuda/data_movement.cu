@@ -138,8 +138,12 @@ struct ShapeValues {
 };
 
 __global__ void shape_kernel(int64_t* __restrict__ dst, int rank, ShapeValues dims) {
-  const int i = threadIdx.x;
-  if (i < rank) dst[i] = dims.v[i];
+  // One thread, compile-time indices: a run-time index would copy `dims` to local memory.
+  if (threadIdx.x != 0) return;
+#pragma unroll
+  for (int k = 0; k < kMaxRank; ++k) {
+    if (k < rank) dst[k] = dims.v[k];
+  }
 }
 
 /// Index i read as int64 from an i32 or i64 buffer.
@@ -159,7 +163,10 @@ __global__ void validate_indices_kernel(const void* __restrict__ idx, bool is64,
                                         IndexBounds b, int* flag) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t v = load_index(idx, is64, i);
-    const int64_t bound = b.bound[i % b.count];
+    const int r = static_cast<int>(i % b.count);
+    int64_t bound = b.bound[0];
+#pragma unroll
+    for (int k = 1; k < kMaxRank; ++k) bound = k == r ? b.bound[k] : bound;  // no local copy
     if (v < -bound || v >= bound) *flag = 1;
   }
 }
@@ -346,7 +353,7 @@ void run(const ShapeParams&, const CudaArgs& a) {
                 "output is not an i64 vector of the input's rank");
   ShapeValues v{};
   for (int i = 0; i < rank; ++i) v.v[i] = in.dims[i];
-  shape_kernel<<<1, kMaxRank, 0, a.stream()>>>(static_cast<int64_t*>(a.out().data), rank, v);
+  shape_kernel<<<1, 1, 0, a.stream()>>>(static_cast<int64_t*>(a.out().data), rank, v);
   check(cudaGetLastError(), "shape_kernel");
 }
 
