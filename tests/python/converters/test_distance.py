@@ -87,7 +87,7 @@ def test_linalg_cross(dtype):
 
 @pytest.mark.parametrize("dim,shape", [(0, (3, 2, 4)), (1, (2, 3, 4)), (-2, (2, 3, 4)),
                                        (-3, (3, 2, 4)), (2, (2, 4, 3))])
-@pytest.mark.parametrize("dtype", DTYPES_FLOAT + DTYPES_INT)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
 def test_cross_dim(dim, shape, dtype):
     check_op(lambda a, b: torch.linalg.cross(a, b, dim=dim),
              [_r(*shape, dtype=dtype), _r(*shape, dtype=dtype)])
