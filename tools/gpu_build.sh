@@ -24,7 +24,7 @@ cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
   -DCMAKE_LIBRARY_PATH="$blas_dir" -DEMBER_CBLAS_INCLUDE_DIR="$deps/include/x86_64-linux-gnu/openblas-pthread" \
   -DGTest_DIR="$deps/lib/x86_64-linux-gnu/cmake/GTest" -DGTest_ROOT="$deps" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$py" "${cudnn_args[@]}" >/dev/null
-ninja -C "$root/build/gpu" -j "$(nproc)" >/dev/null
+ninja -C "$root/build/gpu" -j "$(nproc)" ${EMBER_GPU_TARGETS:-} >/dev/null
 cp "$root"/build/gpu/python/_C*.so "$root/build/gpu/src/torch/libember_torch.so" "$root/python/ember/"
 export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
 echo "[gpu_build] built $(ls "$root"/python/ember/_C*.so | xargs -n1 basename) and libember_torch.so"

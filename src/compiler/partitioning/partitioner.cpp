@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <map>
 #include <set>
-#include <sstream>
 #include <unordered_map>
 
 #include "ember/compiler/conversion.h"
@@ -91,7 +90,7 @@ NodeSupport node_support(const Node& node, const CompileSettings& settings) {
 }
 
 std::string PartitionResult::report() const {
-  std::ostringstream os;
+  // Plain string building (no iostreams; see Text in src/engine/runtime/inspector.cpp).
   int engines = 0;
   int engine_nodes = 0;
   int fallback_nodes = 0;
@@ -103,20 +102,21 @@ std::string PartitionResult::report() const {
       fallback_nodes += static_cast<int>(s.nodes.size());
     }
   }
-  os << "Partition: " << segments.size() << " segments (" << engines << " engine, "
-     << segments.size() - engines << " PyTorch); " << engine_nodes << " nodes in engines, "
-     << fallback_nodes << " in PyTorch\n";
+  const auto n = [](auto v) { return std::to_string(v); };
+  std::string out = "Partition: " + n(segments.size()) + " segments (" + n(engines) + " engine, " +
+                    n(segments.size() - engines) + " PyTorch); " + n(engine_nodes) +
+                    " nodes in engines, " + n(fallback_nodes) + " in PyTorch\n";
   for (size_t i = 0; i < segments.size(); ++i) {
     const Segment& s = segments[i];
-    os << "  segment " << i << ": " << (s.engine ? "engine " : "pytorch") << " "
-       << s.nodes.size() << " nodes (" << s.compute_nodes << " compute), " << s.inputs.size()
-       << " inputs, " << s.outputs.size() << " outputs\n";
+    out += "  segment " + n(i) + ": " + (s.engine ? "engine " : "pytorch") + " " +
+           n(s.nodes.size()) + " nodes (" + n(s.compute_nodes) + " compute), " +
+           n(s.inputs.size()) + " inputs, " + n(s.outputs.size()) + " outputs\n";
   }
   if (!fallback.empty()) {
-    os << "Nodes run in PyTorch:\n";
-    for (const auto& [node, why] : fallback) os << "  " << node->describe() << ": " << why << "\n";
+    out += "Nodes run in PyTorch:\n";
+    for (const auto& [node, why] : fallback) out += "  " + node->describe() + ": " + why + "\n";
   }
-  return os.str();
+  return out;
 }
 
 PartitionResult partition(const Graph& g, const CompileSettings& settings, bool global) {
@@ -197,17 +197,17 @@ PartitionResult partition(const Graph& g, const CompileSettings& settings, bool 
   }
 
   if (settings.require_full_compilation) {
-    std::ostringstream os;
+    std::string list;
     int count = 0;
     for (size_t i = 0; i < n; ++i) {
       if (part[i] < 0 && !support[i].supported) {
-        os << "\n  " << nodes[i]->describe() << ": " << why[i];
+        list += "\n  " + nodes[i]->describe() + ": " + why[i];
         ++count;
       }
     }
     if (count > 0) {
       throw Error("require_full_compilation=True, but " + std::to_string(count) +
-                  " node(s) cannot run in an engine:" + os.str());
+                  " node(s) cannot run in an engine:" + list);
     }
     // Every node is supported: the whole graph is one engine, whatever min_block_size says.
     std::fill(part.begin(), part.end(), 0);

@@ -1,5 +1,6 @@
 // Engine::inspect_json: per-layer information as JSON, parameters through their fields() lists.
-#include <sstream>
+#include <cstdio>
+#include <string>
 
 #include "ember/engine/runtime.h"
 #include "plan/plan.h"
@@ -28,10 +29,31 @@ std::string quote(const std::string& s) {
   return out + "\"";
 }
 
+// A string builder with ostream-like `<<`. Not std::ostringstream: inside a Python extension
+// loaded after PyTorch (whose libraries carry their own copy of libstdc++'s locale code),
+// iostreams crashed on Ubuntu 24.04 / GCC 13, so engine text is built without them.
+class Text {
+ public:
+  Text& operator<<(const std::string& v) { s_ += v; return *this; }
+  Text& operator<<(const char* v) { s_ += v; return *this; }
+  Text& operator<<(int64_t v) { s_ += std::to_string(v); return *this; }
+  Text& operator<<(int v) { s_ += std::to_string(v); return *this; }
+  Text& operator<<(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    s_ += buf;
+    return *this;
+  }
+  const std::string& str() const { return s_; }
+
+ private:
+  std::string s_;
+};
+
 // Writes "name": value pairs for every field of a params struct.
 class JsonFields {
  public:
-  explicit JsonFields(std::ostringstream& os) : os_(os) {}
+  explicit JsonFields(Text& os) : os_(os) {}
   void operator()(const char* name, const int64_t& v) { key(name) << v; }
   void operator()(const char* name, const bool& v) { key(name) << (v ? "true" : "false"); }
   void operator()(const char* name, const double& v) { key(name) << v; }
@@ -48,7 +70,7 @@ class JsonFields {
   }
 
  private:
-  std::ostringstream& key(const char* name) {
+  Text& key(const char* name) {
     os_ << (first_ ? "" : ", ") << quote(name) << ": ";
     first_ = false;
     return os_;
@@ -59,11 +81,11 @@ class JsonFields {
     for (size_t i = 0; i < v.size(); ++i) os_ << (i ? ", " : "") << v[i];
     os_ << "]";
   }
-  std::ostringstream& os_;
+  Text& os_;
   bool first_ = true;
 };
 
-void tensor_list(std::ostringstream& os, const std::vector<Tensor*>& ts) {
+void tensor_list(Text& os, const std::vector<Tensor*>& ts) {
   os << "[";
   bool first = true;
   for (const Tensor* t : ts) {
@@ -83,7 +105,7 @@ void tensor_list(std::ostringstream& os, const std::vector<Tensor*>& ts) {
 
 std::string Engine::inspect_json() const {
   const PlanModel& p = *plan_;
-  std::ostringstream os;
+  Text os;
   os << "{\"backend\": " << quote(p.backend) << ", \"arena_bytes\": " << p.arena_bytes
      << ", \"inputs\": ";
   tensor_list(os, p.network.inputs());

@@ -1,9 +1,8 @@
 // Runtime, Engine and ExecutionContext.
 #include "ember/engine/runtime.h"
 
-#include <fstream>
+#include <cstdio>
 #include <functional>
-#include <sstream>
 
 #include "backends/cpu/executor.h"
 #ifdef EMBER_WITH_CUDA
@@ -26,9 +25,16 @@ std::shared_ptr<const Engine> Runtime::deserialize(const void* data, size_t size
 }
 
 std::shared_ptr<const Engine> Runtime::deserialize_file(const std::string& path) const {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("plan file '" + path + "' cannot be opened");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  // stdio, not iostreams (see the note on Text in inspector.cpp).
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw Error("plan file '" + path + "' cannot be opened");
+  std::vector<char> bytes;
+  char buf[1 << 16];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + n);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) throw Error("plan file '" + path + "' could not be read");
   try {
     return deserialize(bytes.data(), bytes.size());
   } catch (const Error& e) {
