@@ -41,7 +41,7 @@ def save(compiled: torch.fx.GraphModule, path: str, output_format: str = "export
     if not inputs:
         raise ValueError("ember.save: inputs= is required to re-export the compiled program")
     _runtime.load_library()
-    ep = torch.export.export(compiled, dynamo._examples(inputs),
+    ep = torch.export.export(compiled, dynamo._examples(inputs, dynamo._module_device(compiled)),
                              dynamic_shapes=dynamo._dynamic_shapes(inputs), strict=False)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ember-save-", suffix=".pt2")

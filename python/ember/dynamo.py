@@ -42,7 +42,7 @@ def _as_inputs(inputs: Sequence[Any] | None) -> list[Input]:
     return out
 
 
-def _examples(inputs: Sequence[Any]) -> tuple:
+def _examples(inputs: Sequence[Any], device: torch.device | str = "cpu") -> tuple:
     out = []
     for x in inputs:
         if isinstance(x, torch.Tensor):
@@ -52,8 +52,15 @@ def _examples(inputs: Sequence[Any]) -> tuple:
             shape = [max(o, min(2, hi)) if lo != hi else o
                      for lo, o, hi in zip(x.min_shape, x.opt_shape, x.max_shape)]
             t = Input(shape=shape, dtype=x.dtype).example()
-            out.append(t)
+            out.append(t.to(device))
     return tuple(out)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    """Where the module's parameters (or buffers) live: example inputs are made there."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _dynamic_shapes(inputs: Sequence[Any]):
@@ -75,7 +82,8 @@ def trace(model: torch.nn.Module, inputs: Sequence[Any], **kwargs) -> torch.expo
     if kwargs:
         unknown = ", ".join(kwargs)
         raise TypeError(f"ember.dynamo.trace: unexpected arguments {unknown}")
-    return torch.export.export(model, _examples(inputs), dynamic_shapes=_dynamic_shapes(inputs))
+    return torch.export.export(model, _examples(inputs, _module_device(model)),
+                               dynamic_shapes=_dynamic_shapes(inputs))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ def compile_cuda(model, specs):
     gm = ember.compile(model, inputs=specs, device="cuda", report=report,
                        require_full_compilation=True)
     assert not report.fallback, str(report)
+    assert not report.build_failures, str(report)
+    assert len(report.engines) == 1, str(report)
     return gm, report
 
 
