@@ -1,0 +1,149 @@
+"""Ember against eager PyTorch and torch.compile on the GPU (run on the device machine).
+
+    python bench/bench.py [--rows resnet50:1,resnet50:32,bert:1,...] [--iters 50]
+                          [--compile-modes default,reduce-overhead] [--json out.json]
+
+Each row: a model in f16 with random weights on one GPU; for every mode the median latency of
+`--iters` CUDA-event-timed calls after warm-up, the build/compile time, and the accuracy of the
+f16 result against eager f32 (cosine similarity, max abs error). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import ember
+
+
+def make(name: str, batch: int):
+    if name == "resnet50":
+        import torchvision
+        model = torchvision.models.resnet50(weights=None)
+        x = torch.randn(batch, 3, 224, 224)
+    elif name == "bert":
+        import transformers
+        model = transformers.BertModel(transformers.BertConfig())
+        x = torch.randint(0, 30522, (batch, 128))
+    elif name == "gpt2":
+        import transformers
+        model = transformers.GPT2Model(transformers.GPT2Config(use_cache=False))
+        x = torch.randint(0, 50257, (batch, 128))
+    else:
+        raise ValueError(f"unknown model '{name}' (resnet50, bert, gpt2)")
+    return model.eval().cuda(), x.cuda()
+
+
+def first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    return first_tensor(out[0])
+
+
+def median_ms(fn, x, iters: int, warmup: int = 10) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(x)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    a, b = out.flatten().double(), ref.flatten().double()
+    cos = (a @ b / (a.norm() * b.norm())).item()
+    return cos, (a - b).abs().max().item()
+
+
+def run_row(name: str, batch: int, iters: int, modes: list[str]) -> dict:
+    torch.manual_seed(0)
+    model, x = make(name, batch)
+    with torch.no_grad():
+        ref = first_tensor(model(x)).float()
+    model = model.half()
+    xin = x.half() if x.is_floating_point() else x
+    row = {"model": name, "batch": batch, "dtype": "f16", "gpu": torch.cuda.get_device_name()}
+    with torch.no_grad():
+        row["eager_ms"] = median_ms(model, xin, iters)
+        row["eager_cos"], row["eager_maxerr"] = accuracy(first_tensor(model(xin)), ref)
+    for mode in modes:
+        key = "compile" if mode == "default" else mode.replace("-", "_")
+        torch._dynamo.reset()
+        start = time.perf_counter()
+        compiled = torch.compile(model, mode=None if mode == "default" else mode)
+        with torch.no_grad():
+            compiled(xin)
+            torch.cuda.synchronize()
+        row[f"{key}_build_s"] = time.perf_counter() - start
+        row[f"{key}_ms"] = median_ms(compiled, xin, iters)
+        del compiled
+    torch._dynamo.reset()
+    report = ember.dynamo.CompilationReport()
+    start = time.perf_counter()
+    gm = ember.compile(model, inputs=[xin], device="cuda", report=report)
+    row["ember_build_s"] = time.perf_counter() - start
+    row["ember_engines"] = len(report.engines)
+    row["ember_fallback_nodes"] = len(report.fallback)
+    row["ember_ms"] = median_ms(gm, xin, iters)
+    with torch.no_grad():
+        row["ember_cos"], row["ember_maxerr"] = accuracy(first_tensor(gm(xin)).float(), ref)
+    compiled_ms = [row[k] for k in ("compile_ms", "reduce_overhead_ms") if k in row]
+    if compiled_ms:
+        row["ember_vs_best_compile"] = row["ember_ms"] / min(compiled_ms)
+    row["ember_vs_eager"] = row["ember_ms"] / row["eager_ms"]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | batch | eager ms | compile ms | reduce-overhead ms | Ember ms | Ember/eager | "
+            "Ember/best compile | Ember build s | engines | fallback | cosine vs f32 | max err |")
+    lines = [head, "|" + " --- |" * 13]
+    f = lambda r, k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {f(r, 'eager_ms')} | {f(r, 'compile_ms')} | "
+                     f"{f(r, 'reduce_overhead_ms')} | {f(r, 'ember_ms')} | {f(r, 'ember_vs_eager', '{:.2f}')} | "
+                     f"{f(r, 'ember_vs_best_compile', '{:.2f}')} | {f(r, 'ember_build_s', '{:.1f}')} | "
+                     f"{r.get('ember_engines', '-')} | {r.get('ember_fallback_nodes', '-')} | "
+                     f"{f(r, 'ember_cos', '{:.6f}')} | {f(r, 'ember_maxerr', '{:.2e}')} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="resnet50:1,resnet50:32,bert:1,bert:32,gpt2:1,gpt2:32")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--compile-modes", default="default,reduce-overhead",
+                   help="torch.compile modes to time ('' for none)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    modes = [m for m in args.compile_modes.split(",") if m]
+    rows = []
+    for spec in args.rows.split(","):
+        name, batch = spec.split(":")
+        try:
+            rows.append(run_row(name, int(batch), args.iters, modes))
+        except Exception as e:  # noqa: BLE001 - a failing row is reported, the others still run
+            rows.append({"model": name, "batch": int(batch), "error": f"{type(e).__name__}: {e}"})
+            print(f"row {spec} failed: {type(e).__name__}: {e}", flush=True)
+        print(json.dumps(rows[-1]), flush=True)
+        if args.json:  # after every row, so a run cut short keeps what it measured
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
+    print(table([r for r in rows if "error" not in r]))
+
+
+if __name__ == "__main__":
+    main()
