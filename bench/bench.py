@@ -71,8 +71,10 @@ def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 def run_row(name: str, batch: int, iters: int, modes: list[str]) -> dict:
     torch.manual_seed(0)
     model, x = make(name, batch)
+    torch.backends.cudnn.allow_tf32 = False  # an exact f32 reference (eager convs default to TF32)
     with torch.no_grad():
         ref = first_tensor(model(x)).float()
+    torch.backends.cudnn.allow_tf32 = True
     model = model.half()
     xin = x.half() if x.is_floating_point() else x
     row = {"model": name, "batch": batch, "dtype": "f16", "gpu": torch.cuda.get_device_name()}

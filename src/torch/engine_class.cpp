@@ -2,6 +2,9 @@
 #include "engine_class.h"
 
 #include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #ifdef EMBER_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -17,6 +20,27 @@ namespace ember::bridge {
 
 namespace {
 
+// Error messages are built with std::string, not TORCH_CHECK's c10::str (std::ostringstream):
+// inside a library built with GCC 13 and loaded into a PyTorch process on Ubuntu 24.04 (the GPU
+// machine), inline iostream code crashed. std::runtime_error reaches Python as RuntimeError.
+std::string text(const std::string& v) { return v; }
+std::string text(const char* v) { return v; }
+std::string text(const c10::Device& d) { return d.str(); }
+template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
+std::string text(T v) { return std::to_string(v); }
+
+template <class... Args>
+[[noreturn]] void fail(const Args&... args) {
+  std::string msg;
+  ((msg += text(args)), ...);
+  throw std::runtime_error(msg);
+}
+
+#define EMBER_CHECK(cond, ...) \
+  do {                         \
+    if (!(cond)) fail(__VA_ARGS__); \
+  } while (0)
+
 // The compiler's ScalarType names (engine_state.h) as PyTorch dtypes.
 c10::ScalarType torch_scalar_type(const std::string& name) {
   if (name == "f32") return c10::ScalarType::Float;
@@ -30,7 +54,7 @@ c10::ScalarType torch_scalar_type(const std::string& name) {
   if (name == "f64") return c10::ScalarType::Double;
   if (name == "i16") return c10::ScalarType::Short;
   // engine_state_load has validated the names already.
-  TORCH_CHECK(false, "ember.Engine: unknown torch_dtype '", name, "'");
+  fail("ember.Engine: unknown torch_dtype '", name, "'");
 }
 
 c10::ScalarType engine_scalar_type(engine::DataType t) {
@@ -44,7 +68,7 @@ c10::ScalarType engine_scalar_type(engine::DataType t) {
     case engine::DataType::kI64: return c10::ScalarType::Long;
     case engine::DataType::kBool: return c10::ScalarType::Bool;
   }
-  TORCH_CHECK(false, "ember.Engine: invalid engine dtype ", static_cast<int>(t));
+  fail("ember.Engine: invalid engine dtype ", static_cast<int>(t));
 }
 
 // How Python prints the dtype ("torch.float32"), for messages read by Python users.
@@ -76,7 +100,7 @@ TorchEngine::TorchEngine(std::vector<std::string> state) {
   try {
     loaded_ = engine_state_load(std::move(state));
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, e.what());
+    fail(e.what());
   }
   for (const auto& io : loaded_.metadata.inputs) {
     input_torch_types_.push_back(torch_scalar_type(io.torch_dtype));
@@ -88,10 +112,10 @@ TorchEngine::TorchEngine(std::vector<std::string> state) {
   }
   const std::string& backend = loaded_.engine->backend();
 #ifdef EMBER_WITH_CUDA
-  TORCH_CHECK(backend == "cpu" || backend == "cuda", "ember.Engine: unknown back end '", backend, "'");
+  EMBER_CHECK(backend == "cpu" || backend == "cuda", "ember.Engine: unknown back end '", backend, "'");
   device_type_ = backend == "cuda" ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
 #else
-  TORCH_CHECK(backend == "cpu", "ember.Engine: back end '", backend,
+  EMBER_CHECK(backend == "cpu", "ember.Engine: back end '", backend,
               "' plans cannot run through this build of libember_torch (built without CUDA); "
               "build the engine for backend 'cpu'");
   device_type_ = c10::DeviceType::CPU;
@@ -118,7 +142,7 @@ void TorchEngine::release_context(void* stream, std::unique_ptr<engine::Executio
 
 std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inputs) {
   const EngineMetadata& meta = loaded_.metadata;
-  TORCH_CHECK(inputs.size() == meta.inputs.size(), "ember::execute_engine: the engine takes ",
+  EMBER_CHECK(inputs.size() == meta.inputs.size(), "ember::execute_engine: the engine takes ",
               meta.inputs.size(), " input(s) ", names_list(meta.inputs), ", got ", inputs.size());
 
   // Inputs in engine dtype, contiguous; kept alive until the engine has run.
@@ -127,13 +151,13 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
   for (size_t i = 0; i < inputs.size(); ++i) {
     const BridgeIO& io = meta.inputs[i];
     const at::Tensor& x = inputs[i];
-    TORCH_CHECK(x.defined(), "ember::execute_engine: input '", io.name, "' (#", i,
+    EMBER_CHECK(x.defined(), "ember::execute_engine: input '", io.name, "' (#", i,
                 ") is an undefined tensor");
-    TORCH_CHECK(x.device().type() == device_type_, "ember::execute_engine: input '", io.name,
+    EMBER_CHECK(x.device().type() == device_type_, "ember::execute_engine: input '", io.name,
                 "' (#", i, ") is on device ", x.device(), " but this ", meta.backend,
                 " engine needs device ", c10::Device(device_type_),
                 "; move the input with .to('", c10::Device(device_type_), "')");
-    TORCH_CHECK(x.scalar_type() == input_torch_types_[i], "ember::execute_engine: input '",
+    EMBER_CHECK(x.scalar_type() == input_torch_types_[i], "ember::execute_engine: input '",
                 io.name, "' (#", i, ") must have dtype ", python_dtype_name(input_torch_types_[i]),
                 ", got ", python_dtype_name(x.scalar_type()),
                 "; convert it with .to(", python_dtype_name(input_torch_types_[i]), ")");
@@ -182,7 +206,7 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     }
   } catch (const engine::Error& e) {
     release_context(stream, std::move(ctx));
-    TORCH_CHECK(false, "ember::execute_engine: ", e.what());
+    fail("ember::execute_engine: ", e.what());
   }
   release_context(stream, std::move(ctx));
   for (size_t i = 0; i < outputs.size(); ++i) {

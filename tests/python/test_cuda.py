@@ -14,6 +14,15 @@ pytestmark = [
 ]
 
 torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.fixture(autouse=True)
+def exact_f32_reference():
+    """Eager f32 convolutions use TF32 by default (cudnn.allow_tf32); the reference must not."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 transformers = pytest.importorskip("transformers")
 
 
