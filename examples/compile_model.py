@@ -18,12 +18,15 @@ import ember
 
 
 def median_ms(fn, x, iters):
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for _ in range(2):
         fn(x)
     times = []
     for _ in range(iters):
+        sync()
         start = time.perf_counter()
         fn(x)
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -38,7 +41,10 @@ def main():
     args = p.parse_args()
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, args.model)(weights=None).eval()
+    backend = ember.CompileSettings(device=args.device).backend()
+    device = "cuda" if backend == "cuda" else "cpu"
+    torch.backends.cudnn.allow_tf32 = False  # eager f32 as the exact reference
+    model = getattr(torchvision.models, args.model)(weights=None).eval().to(device)
     spec = ember.Input(min_shape=(1, 3, args.size, args.size),
                        opt_shape=(args.batch, 3, args.size, args.size),
                        max_shape=(max(8, args.batch), 3, args.size, args.size))
@@ -48,7 +54,7 @@ def main():
     compile_s = time.perf_counter() - start
     print(report)
 
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     with torch.no_grad():
         expected = model(x)
         got = compiled(x)
@@ -56,7 +62,6 @@ def main():
         err = (got - expected).abs().max().item()
         eager_ms = median_ms(model, x, args.iters)
         ember_ms = median_ms(compiled, x, args.iters)
-    backend = ember.CompileSettings(device=args.device).backend()
     print(f"\n{args.model} batch {args.batch} {args.size}x{args.size}, back end '{backend}': "
           f"compiled in {compile_s:.1f} s, {len(report.engines)} engine(s), "
           f"{len(report.fallback)} node(s) in PyTorch")
