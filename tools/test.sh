@@ -7,8 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$EMBER_ROOT"
 jobs="${EMBER_JOBS:-$(nproc)}"
 
-echo "== C++ engine tests (dev preset)"
-cmake --preset dev >/dev/null
+echo "== C++ tests (dev preset; also builds ember._C and the torch bridge for the Python tests)"
+cmake --preset dev -DEMBER_BUILD_PYTHON=ON -DEMBER_BUILD_TORCH=ON \
+  -DPython_EXECUTABLE="$(command -v python)" >/dev/null
 cmake --build --preset dev -j "$jobs"
 ctest --preset dev -j "$jobs"
 
@@ -26,8 +27,9 @@ mkdir -p build/fuzz/corpus
 
 if [ -d tests/python ]; then
   echo "== Python tests"
-  # CI compiles the CUDA back end once, in the dev preset above; the Python package here is
-  # built without it (a GPU machine builds it with tools/gpu_build.sh).
-  SKBUILD_CMAKE_DEFINE="EMBER_BUILD_CUDA=OFF" python -m pip install -q --no-build-isolation -e . >/dev/null
-  python -m pytest -q -p no:cacheprovider tests/python
+  # The package from the dev build above, not a second compile through pip: ember._C and
+  # libember_torch.so go next to python/ember (git-ignored), which PYTHONPATH puts first.
+  cp build/dev/python/_C*.so build/dev/src/torch/libember_torch.so python/ember/
+  python -m pip uninstall -q -y ember >/dev/null 2>&1 || true
+  PYTHONPATH="$EMBER_ROOT/python" python -m pytest -q -n "$jobs" -p no:cacheprovider tests/python
 fi
