@@ -1,0 +1,54 @@
+"""Where an Ember engine spends its GPU time: the kernels of one compiled model under
+torch.profiler (CUPTI sees every kernel in the process, Ember's and the libraries'), grouped by
+name, with their share of the total.
+
+    python bench/profile.py --model resnet50 --batch 32 [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import ember
+from bench import make
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--iters", type=int, default=10)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model, x = make(args.model, args.batch)
+    model = model.half()
+    x = x.half() if x.is_floating_point() else x
+    gm = ember.compile(model, inputs=[x], device="cuda")
+    with torch.no_grad():
+        for _ in range(5):
+            gm(x)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.iters):
+                gm(x)
+            torch.cuda.synchronize()
+    totals: dict[str, tuple[float, int]] = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.name[:90]
+        t, n = totals.get(name, (0.0, 0))
+        totals[name] = (t + e.device_time_total, n + 1)
+    total = sum(t for t, _ in totals.values())
+    print(f"{args.model} batch {args.batch} f16: {total / args.iters / 1e3:.3f} ms of GPU time per "
+          f"call in {sum(n for _, n in totals.values()) // args.iters} kernels")
+    print("| share | ms/call | calls/call | kernel |\n| --- | --- | --- | --- |")
+    for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"| {100 * t / total:.1f}% | {t / args.iters / 1e3:.3f} | {n // args.iters} | `{name}` |")
+
+
+if __name__ == "__main__":
+    main()
