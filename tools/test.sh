@@ -9,7 +9,7 @@ jobs="${EMBER_JOBS:-$(nproc)}"
 
 echo "== C++ tests (dev preset; also builds ember._C and the torch bridge for the Python tests)"
 cmake --preset dev -DEMBER_BUILD_PYTHON=ON -DEMBER_BUILD_TORCH=ON \
-  -DPython_EXECUTABLE="$(command -v python)" >/dev/null
+  -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" >/dev/null
 cmake --build --preset dev -j "$jobs"
 ctest --preset dev -j "$jobs"
 
