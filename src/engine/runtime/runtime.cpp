@@ -88,6 +88,7 @@ struct ExecutionContext::State {
   std::vector<std::vector<int64_t>> input_dims;   // per network input; empty until set
   std::vector<bool> input_set;
   std::vector<void*> addrs;                       // per tensor id
+  std::vector<bool> address_set;                  // per tensor id: I/O given by the caller
   std::vector<std::vector<int64_t>> dims;         // per tensor id, for the current signature
   std::vector<std::vector<int64_t>> signature;    // input dims the dims were evaluated for
   SymbolBindings bindings;                        // symbol values of that signature
@@ -108,6 +109,7 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
   state_->input_set.assign(n_in, false);
   const auto tensors = p.network.tensors();
   state_->addrs.assign(tensors.size(), nullptr);
+  state_->address_set.assign(tensors.size(), false);
   state_->cuda = p.backend == "cuda";
   uint8_t* base = nullptr;
   std::function<void*(const Tensor*)> constant_address = [](const Tensor* t) -> void* {
@@ -209,8 +211,11 @@ std::vector<int64_t> ExecutionContext::tensor_shape(const std::string& name) {
 
 void ExecutionContext::set_tensor_address(const std::string& name, void* data) {
   engine_->io_tensor(name);
-  if (data == nullptr) throw Error("set_tensor_address: null address for '" + name + "'");
-  state_->addrs[engine_->plan().network.find_tensor(name)->id()] = data;
+  // A null address is allowed (PyTorch gives one for empty tensors); run() rejects it unless
+  // the tensor has no elements for the current shapes.
+  const int id = engine_->plan().network.find_tensor(name)->id();
+  state_->addrs[id] = data;
+  state_->address_set[id] = true;
 }
 
 void ExecutionContext::set_tensor_address(const std::string& name, void* data, DataType dtype) {
@@ -238,9 +243,13 @@ void ExecutionContext::run(void* stream) {
   const Network& net = engine_->plan().network;
   for (const auto& io : engine_->io_tensors()) {
     const Tensor* t = net.find_tensor(io.name);
-    if (state_->addrs[t->id()] == nullptr) {
-      throw Error(std::string(io.is_input ? "input" : "output") + " '" + io.name +
-                  "' has no address: call set_tensor_address");
+    const char* kind = io.is_input ? "input" : "output";
+    if (!state_->address_set[t->id()]) {
+      throw Error(std::string(kind) + " '" + io.name + "' has no address: call set_tensor_address");
+    }
+    if (state_->addrs[t->id()] == nullptr && dims_numel(state_->dims[t->id()]) != 0) {
+      throw Error(std::string(kind) + " '" + io.name + "' has a null address but " +
+                  dims_to_string(state_->dims[t->id()]) + " elements to hold");
     }
   }
   if (state_->cuda) {

@@ -106,6 +106,25 @@ TEST(Runtime, MissingShapeAddressOrDtypeMismatchIsAnError) {
   ctx->execute();
 }
 
+TEST(Runtime, NullAddressIsOnlyAcceptedForEmptyTensors) {
+  // PyTorch hands out null data pointers for empty tensors: an empty batch runs, a null buffer
+  // for a tensor with elements is an error naming it.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {DimExpr::symbol("n"), 4});
+  net.mark_output(net.add_activation(x, ActivationType::kRelu)->output(), "y");
+  BuilderConfig config;
+  config.profiles.push_back(OptimizationProfile().set_range("n", 0, 2, 8));
+  const auto plan = Builder(config).build(net);
+  auto ctx = Runtime().deserialize(plan.data(), plan.size())->create_execution_context();
+  ctx->set_input_shape("x", {0, 4});
+  ctx->set_tensor_address("x", nullptr);
+  ctx->set_tensor_address("y", nullptr);
+  ctx->execute();
+  ctx->set_input_shape("x", {2, 4});
+  const std::string e = error_of([&] { ctx->execute(); });
+  EXPECT_NE(e.find("input 'x' has a null address"), std::string::npos) << e;
+}
+
 TEST(Runtime, ContextsRunConcurrently) {
   SmallMlp m;
   const auto engine = m.build();
