@@ -285,11 +285,12 @@ bool is_stable_variant(const Node& node) {
 }
 
 size_t sort_dim_arg(const Node& node) {
-  return is_stable_variant(node) ? SortStableArgs::dim : SortArgs::dim;
+  return is_stable_variant(node) ? size_t{SortStableArgs::dim} : size_t{SortArgs::dim};
 }
 
 size_t sort_descending_arg(const Node& node) {
-  return is_stable_variant(node) ? SortStableArgs::descending : SortArgs::descending;
+  return is_stable_variant(node) ? size_t{SortStableArgs::descending}
+                                 : size_t{SortArgs::descending};
 }
 
 Reason validate_sort(const Node& node, const CompileSettings& s) {
