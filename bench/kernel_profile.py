@@ -2,7 +2,7 @@
 torch.profiler (CUPTI sees every kernel in the process, Ember's and the libraries'), grouped by
 name, with their share of the total.
 
-    python bench/profile.py --model resnet50 --batch 32 [--top 15]
+    python bench/kernel_profile.py --model resnet50 --batch 32 [--top 15]
 """
 
 from __future__ import annotations
