@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "backends/cpu/kernels.h"
+#include "backends/slice_walk.h"
 
 namespace ember::engine::cpu {
 
@@ -566,35 +567,9 @@ void run(const SliceParams& p, const KernelArgs& a) {
   const HostTensor& out = a.out();
   if (out.numel() == 0) return;
   const int64_t elem = elem_size(in);
-  const std::vector<int64_t> in_strides = contiguous_strides(in.dims);
-  StridedCopy c;
-  c.dims = out.dims;
-  c.dst_strides = contiguous_strides(out.dims);
-  int64_t base = 0;
-  for (size_t d = 0; d < in.dims.size(); ++d) {
-    int64_t start;
-    if (p.start[d].is_constant()) {
-      start = p.start[d].constant();
-    } else if (a.symbols != nullptr) {
-      start = p.start[d].evaluate(*a.symbols);
-    } else {
-      throw Error("slice start " + p.start[d].to_string() + " of dim " + std::to_string(d) +
-                  " is symbolic but the executor passed no symbol bindings");
-    }
-    // infer() made these run-time shape checks; re-checking costs O(rank) and keeps a kernel
-    // called without them from reading out of bounds.
-    int64_t span = 0, last = 0;
-    const bool overflow = __builtin_mul_overflow(out.dims[d] - 1, p.stride[d], &span) ||
-                          __builtin_add_overflow(start, span, &last);
-    if (overflow || std::min(start, last) < 0 || std::max(start, last) >= in.dims[d]) {
-      throw Error("slice of dim " + std::to_string(d) + " (size " + std::to_string(in.dims[d]) +
-                  ") from " + std::to_string(start) + " to " + std::to_string(last) +
-                  " is out of range");
-    }
-    base += start * in_strides[d];
-    c.src_strides.push_back(p.stride[d] * in_strides[d]);
-  }
-  strided_copy(elem, std::move(c), bytes(in) + base * elem, mutable_bytes(out));
+  SliceWalk w = slice_walk(p, in.dims, out.dims, a.symbols);
+  StridedCopy c{out.dims, std::move(w.strides), contiguous_strides(out.dims)};
+  strided_copy(elem, std::move(c), bytes(in) + w.base * elem, mutable_bytes(out));
 }
 
 // ---------------------------------------------------------------- Gather

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "backends/cuda/device_common.cuh"
+#include "backends/slice_walk.h"
 #include "ember/engine/half.h"
 
 namespace ember::engine::cuda {
@@ -454,33 +455,9 @@ void run(const SliceParams& p, const CudaArgs& a) {
   DeviceTensor& out = a.out();
   if (out.numel() == 0) return;
   const size_t elem = dtype_size(in.dtype);
-  const std::vector<int64_t> in_strides = row_major_strides(in.dims);
-  std::vector<int64_t> src_strides;
-  int64_t base = 0;
-  for (size_t d = 0; d < in.dims.size(); ++d) {
-    int64_t start;
-    if (p.start[d].is_constant()) {
-      start = p.start[d].constant();
-    } else if (a.symbols != nullptr) {
-      start = p.start[d].evaluate(*a.symbols);
-    } else {
-      throw Error("slice start " + p.start[d].to_string() + " of dim " + std::to_string(d) +
-                  " is symbolic but the executor passed no symbol bindings");
-    }
-    // The CPU reference's bounds check: O(rank), and it keeps every read inside the input.
-    int64_t span = 0, last = 0;
-    const bool overflow = __builtin_mul_overflow(out.dims[d] - 1, p.stride[d], &span) ||
-                          __builtin_add_overflow(start, span, &last);
-    if (overflow || std::min(start, last) < 0 || std::max(start, last) >= in.dims[d]) {
-      throw Error("slice of dim " + std::to_string(d) + " (size " + std::to_string(in.dims[d]) +
-                  ") from " + std::to_string(start) + " to " + std::to_string(last) +
-                  " is out of range");
-    }
-    base += start * in_strides[d];
-    src_strides.push_back(p.stride[d] * in_strides[d]);
-  }
-  const auto* src = static_cast<const uint8_t*>(in.data) + base * static_cast<int64_t>(elem);
-  if (!strided_copy(elem, out.dims, src_strides, row_major_strides(out.dims), src, out.data, a)) {
+  const SliceWalk w = slice_walk(p, in.dims, out.dims, a.symbols);
+  const auto* src = static_cast<const uint8_t*>(in.data) + w.base * static_cast<int64_t>(elem);
+  if (!strided_copy(elem, out.dims, w.strides, row_major_strides(out.dims), src, out.data, a)) {
     host_fallback(a);
   }
 }
