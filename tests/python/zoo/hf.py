@@ -20,15 +20,10 @@ from typing import Any, Callable
 import torch
 
 import ember
+from zoo.common import HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs  # noqa: F401 (re-exported)
 
 #: Nodes the importer leaves to PyTorch that compute no tensor (shape asserts, symbolic sizes):
 #: they cost nothing and stay out of the "fallback" list.
-HARMLESS_SKIPS = frozenset({
-    "aten::_assert_tensor_metadata", "aten::_assert_scalar", "aten::sym_size.int",
-    "aten::sym_numel", "aten::sym_stride.int", "aten::sym_storage_offset",
-})
-
-
 class _Call(torch.nn.Module):
     """Calls `model` with its positional arguments passed as the keyword arguments `names`."""
 
@@ -277,38 +272,6 @@ ENTRIES: dict[str, Entry] = _table()
 
 
 # ---- running an entry
-
-def flat_outputs(out: Any) -> list[torch.Tensor]:
-    """Every tensor in a model output (ModelOutput, tuple, dict), in order, Nones dropped."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if out is None:
-        return []
-    if hasattr(out, "to_tuple"):
-        out = out.to_tuple()
-    elif isinstance(out, dict):
-        out = tuple(out.values())
-    result: list[torch.Tensor] = []
-    for o in out:
-        result += flat_outputs(o)
-    return result
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity of two tensors, flattened, in f64."""
-    a, b = a.flatten().double(), b.flatten().double()
-    if not a.any() and not b.any():
-        return 1.0
-    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
-
-
-def fallback_lines(report: "ember.dynamo.CompilationReport") -> list[str]:
-    """"op: reason" for every node left to PyTorch, harmless non-tensor nodes left out."""
-    lines = [f"{op}: {why}" for _, op, why in report.fallback]
-    lines += [f"{op}: {why}" for _, op, why in report.skipped if op not in HARMLESS_SKIPS]
-    lines += [f"engine segment {seg}: build failed: {why}" for seg, why in report.build_failures]
-    return lines
-
 
 def run(entry: Entry) -> dict:
     """Exports `entry`'s model, compiles it on the CPU back end (fallback allowed) and compares

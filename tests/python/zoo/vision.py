@@ -26,16 +26,13 @@ from typing import Any, Callable
 import torch
 
 import ember
+from zoo.common import HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs  # noqa: F401 (re-exported)
 
 #: Every output must have a cosine similarity above this against eager f32...
 MIN_COSINE = 0.9999
 #: ...and a max |compiled - eager| at most this times max(1, max |eager|): outputs are O(1)
 #: after `prepare`, but some heads (Inception v3's, EfficientNet's) reach ~100.
 MAX_ERROR = 1e-3
-#: Partition-report entries that are no fallback: nodes whose result is not a tensor (sym_size,
-#: shape arithmetic) are left to PyTorch by design.
-HARMLESS_SKIPS = ("its result is not a tensor",)
-
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -104,36 +101,6 @@ def prepare(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.n
     return model
 
 
-def flat_outputs(out: Any) -> list[torch.Tensor]:
-    """Tensors of a model output (tensor, tuple, list or dict such as DeepLab's {"out": ...})."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    result: list[torch.Tensor] = []
-    for o in out:
-        result += flat_outputs(o)
-    return result
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity in f64. Not torch's cosine_similarity: it clamps the norms' product
-    to eps=1e-8, which reads as ~0 for outputs of magnitude 1e-12 that match perfectly."""
-    a, b = a.flatten().double(), b.flatten().double()
-    na, nb = a.norm().item(), b.norm().item()
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return (a @ b).item() / (na * nb)
-
-
-def fallback_nodes(report: ember.dynamo.CompilationReport) -> list[str]:
-    """"op: reason" for every node left to PyTorch (not imported, or not in an engine)."""
-    nodes = [f"{op}: {why}" for _, op, why in report.skipped if why not in HARMLESS_SKIPS]
-    nodes += [f"{op}: {why}" for _, op, why in report.fallback]
-    nodes += [f"engine build: {why}" for _, why in report.build_failures]
-    return nodes
-
-
 def run(entry: Entry) -> dict:
     """Builds, prepares, compiles (CPU back end) and compares one model with eager f32: the
     zoo row {"model", "compiled", "engines", "fallback", "cosine", "max_error",
@@ -159,7 +126,7 @@ def evaluate(entry: Entry) -> tuple[dict, float]:
     row["compile_seconds"] = round(time.perf_counter() - start, 2)
     row["compiled"] = True
     row["engines"] = len(report.engines)
-    row["fallback"] = fallback_nodes(report)
+    row["fallback"] = fallback_lines(report)
     with torch.no_grad():
         expected = flat_outputs(model(*inputs))
         actual = flat_outputs(compiled(*inputs))
