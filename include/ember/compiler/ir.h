@@ -118,6 +118,13 @@ class Node {
   Value* output(size_t i = 0) const { return outputs_.at(i); }
   /// Every tensor this node reads (Value args and the entries of Value lists), in order.
   std::vector<Value*> input_values() const;
+  /// Whether PyTorch code reads output `i`. The FX importer names an output after the node that
+  /// reads it (the getitem of a multi-output op) and leaves outputs nobody reads unnamed, so
+  /// converters may skip or reject secondary outputs (pooling indices, batch-norm statistics)
+  /// by asking this. Compiler-made values are unnamed too: ask only about imported nodes.
+  bool output_is_read(size_t i) const {
+    return i < outputs_.size() && !outputs_[i]->fx_name().empty();
+  }
 
   // ---- Typed argument access: throws Error naming the node, position and expected type.
   /// True when position i is absent or None.

@@ -113,7 +113,7 @@ Reason validate_attention(const Node& node, const CompileSettings&) {
   }
   if (is_gpu_kernel_op(node)) {
     for (size_t i = 1; i < node.outputs().size(); ++i) {
-      if (!node.output(i)->fx_name().empty()) {
+      if (node.output_is_read(i)) {
         return "only output 0 of " + node.op() + " is converted; output " + std::to_string(i) +
                " (logsumexp or kernel bookkeeping) is used";
       }

@@ -65,7 +65,7 @@ Reason validate_embedding_bag(const Node& node, const CompileSettings&) {
     }
   }
   for (size_t i = 1; i < node.outputs().size(); ++i) {
-    if (!node.output(i)->fx_name().empty()) {
+    if (node.output_is_read(i)) {
       return "only the first output of embedding_bag is converted; output " + std::to_string(i) +
              " (offset2bag/bag_size/max_indices) is used";
     }

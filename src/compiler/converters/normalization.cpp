@@ -152,7 +152,7 @@ void set_empty_output(ConversionContext& ctx, const Node& node, size_t i) {
   const Value* v = node.output(i);
   // Nothing reads it (the importer names only outputs that are read): no layer needed. This
   // matters on CUDA, where PyTorch's meta function gives these outputs shape [C], not [0].
-  if (v->fx_name().empty()) return;
+  if (!node.output_is_read(i)) return;
   const DimExpr numel = engine::shape_numel(v->shape());
   if (!numel.is_constant() || numel.constant() != 0) {
     throw Error(node.describe() + ": output " + std::to_string(i) + " has shape " +

@@ -92,7 +92,7 @@ Reason validate_pool_input(const Node& node, bool allow_integers) {
 
 /// Rejects nodes whose indices output (output 1) is read: see the note at the top of the file.
 Reason validate_indices_unused(const Node& node) {
-  if (node.outputs().size() > 1 && !node.output(1)->fx_name().empty()) {
+  if (node.output_is_read(1)) {
     return "the indices output of max pooling (read by '" + node.output(1)->fx_name() +
            "') is not supported; only the values can run in an engine";
   }
