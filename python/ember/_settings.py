@@ -42,6 +42,9 @@ class CompileSettings:
     pass_through_build_failures: bool = False
     #: Use the global partitioner (merges non-adjacent supported nodes); False: adjacency only.
     use_global_partitioner: bool = True
+    #: CUDA engines replay a CUDA graph per input-shape signature (captured on the second call
+    #: of a signature); False runs layer by layer on every call. Stored with the engine.
+    cuda_graphs: bool = True
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CompileSettings":

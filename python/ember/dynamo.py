@@ -219,7 +219,7 @@ def compile(exported_program: torch.export.ExportedProgram,
             warnings.warn(f"ember: engine segment {k} failed to build and runs in PyTorch: {e}")
             report.build_failures.append((k, str(e)))
             continue
-        meta = {"backend": csettings["backend"],
+        meta = {"backend": csettings["backend"], "cuda_graphs": bool(settings.cuda_graphs),
                 "inputs": [_io_meta(io) for io in built["inputs"]],
                 "outputs": [_io_meta(io) for io in built["outputs"]]}
         engines[k] = (_runtime.make_engine(built["plan"], meta), built)

@@ -132,7 +132,9 @@ std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context(void* str
       return ctx;
     }
   }
-  return loaded_.engine->create_execution_context();
+  auto ctx = loaded_.engine->create_execution_context();
+  ctx->set_cuda_graphs(loaded_.metadata.cuda_graphs);
+  return ctx;
 }
 
 void TorchEngine::release_context(void* stream, std::unique_ptr<engine::ExecutionContext> ctx) {

@@ -381,6 +381,10 @@ EngineMetadata metadata_from_json(std::string_view json) {
   if (root.kind != Json::Kind::kObject) fail("metadata JSON must be an object");
   EngineMetadata m;
   m.backend = json_string_field(root, "backend", "object");
+  if (const Json* g = root.find("cuda_graphs")) {
+    if (g->kind != Json::Kind::kBool) fail("metadata key \"cuda_graphs\" must be true or false");
+    m.cuda_graphs = g->boolean;
+  }
   m.inputs = json_io_list(root, "inputs");
   m.outputs = json_io_list(root, "outputs");
   return m;
@@ -389,6 +393,7 @@ EngineMetadata metadata_from_json(std::string_view json) {
 std::string metadata_to_json(const EngineMetadata& metadata) {
   std::string out = "{\"backend\": ";
   json_write_string(metadata.backend, out);
+  out += metadata.cuda_graphs ? ", \"cuda_graphs\": true" : ", \"cuda_graphs\": false";
   auto write_list = [&](const char* key, const std::vector<BridgeIO>& list) {
     out += ", \"";
     out += key;

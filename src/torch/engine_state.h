@@ -2,7 +2,7 @@
 //
 //   [0] format tag "ember-engine-v1"
 //   [1] the plan, base64 (RFC 4648, with padding)
-//   [2] metadata JSON: {"backend": "cpu",
+//   [2] metadata JSON: {"backend": "cpu", "cuda_graphs": true (optional, default true),
 //                       "inputs":  [{"name": "input_0", "torch_dtype": "f64",
 //                                    "engine_dtype": "f32", "shape": "[s0, 3]"}, ...],
 //                       "outputs": [...same keys...]}
@@ -38,6 +38,7 @@ struct BridgeIO {
 /// The metadata element of the state.
 struct EngineMetadata {
   std::string backend;
+  bool cuda_graphs = true;  ///< Optional key "cuda_graphs" (default true): replay CUDA graphs.
   std::vector<BridgeIO> inputs;
   std::vector<BridgeIO> outputs;
 };

@@ -63,8 +63,41 @@ struct ConstantParams {
   template <class V> void fields(V& v) { v("weights", weights); }
 };
 
+enum class ActivationType : uint8_t {
+  kRelu,         ///< max(x, 0)
+  kSigmoid,      ///< 1 / (1 + exp(-x))
+  kTanh,
+  kLeakyRelu,    ///< x >= 0 ? x : alpha * x
+  kElu,          ///< x > 0 ? x : alpha * (exp(x) - 1)
+  kSelu,         ///< beta * (x > 0 ? x : alpha * (exp(x) - 1))
+  kSoftsign,     ///< x / (1 + |x|)
+  kSoftplus,     ///< alpha = beta_torch, beta = threshold: x*a > b ? x : log1p(exp(a*x)) / a
+  kClip,         ///< min(max(x, alpha), beta)
+  kHardSigmoid,  ///< max(0, min(1, alpha * x + beta))
+  kGeluErf,      ///< 0.5 x (1 + erf(x / sqrt 2))
+  kGeluTanh,     ///< 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  kSilu,         ///< x * sigmoid(x)
+};
+inline constexpr int kNumActivationTypes = 13;
+
+/// A fused epilogue of Convolution and MatrixMultiply, set by the builder's fusion passes
+/// (converters leave it off): out = act(product + bias + residual), where the residual is an
+/// optional extra input of the output's shape and act the activation when `fused_activation`.
+/// Computed in f32 and rounded to the output dtype once.
+struct Epilogue {
+  bool fused_activation = false;
+  ActivationType activation = ActivationType::kRelu;
+  double alpha = 0.0;
+  double beta = 0.0;
+  template <class V> void fields(V& v) {
+    v("fused_activation", fused_activation); v("activation", activation);
+    v("activation_alpha", alpha); v("activation_beta", beta);
+  }
+};
+
 /// N-d convolution (1d/2d/3d), cross-correlation as in PyTorch.
-/// Inputs: x [N, C, *spatial], w [K, C/groups, *kernel], optional bias [K] (nullptr to omit).
+/// Inputs: x [N, C, *spatial], w [K, C/groups, *kernel], optional bias [K] (nullptr to omit),
+/// optional residual [N, K, *out] (the epilogue's; nullptr to omit).
 /// Output: [N, K, *out] with out = floor((in + pad_begin + pad_end - dilation*(k-1) - 1)/stride)+1.
 /// Types: float; all inputs one dtype. Accumulation in f32.
 struct ConvolutionParams {
@@ -73,9 +106,10 @@ struct ConvolutionParams {
   std::vector<int64_t> padding_end;   ///< One per spatial dim, >= 0.
   std::vector<int64_t> dilation;      ///< One per spatial dim, >= 1.
   int64_t groups = 1;
+  Epilogue epilogue;
   template <class V> void fields(V& v) {
     v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
-    v("dilation", dilation); v("groups", groups);
+    v("dilation", dilation); v("groups", groups); epilogue.fields(v);
   }
 };
 
@@ -120,22 +154,6 @@ struct PoolingParams {
   }
 };
 
-enum class ActivationType : uint8_t {
-  kRelu,         ///< max(x, 0)
-  kSigmoid,      ///< 1 / (1 + exp(-x))
-  kTanh,
-  kLeakyRelu,    ///< x >= 0 ? x : alpha * x
-  kElu,          ///< x > 0 ? x : alpha * (exp(x) - 1)
-  kSelu,         ///< beta * (x > 0 ? x : alpha * (exp(x) - 1))
-  kSoftsign,     ///< x / (1 + |x|)
-  kSoftplus,     ///< alpha = beta_torch, beta = threshold: x*a > b ? x : log1p(exp(a*x)) / a
-  kClip,         ///< min(max(x, alpha), beta)
-  kHardSigmoid,  ///< max(0, min(1, alpha * x + beta))
-  kGeluErf,      ///< 0.5 x (1 + erf(x / sqrt 2))
-  kGeluTanh,     ///< 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-  kSilu,         ///< x * sigmoid(x)
-};
-inline constexpr int kNumActivationTypes = 13;
 
 /// Pointwise activation. Input and output one float dtype, same shape.
 struct ActivationParams {
@@ -219,10 +237,15 @@ struct SoftMaxParams {
 /// last two dims and broadcast the rest; a rank-1 operand is a vector (its dim is dropped from
 /// the output). transpose_a/b swap the last two dims of a rank >= 2 operand first.
 /// Types: float, both one dtype; f32 accumulation.
+/// Fused epilogue (builder only): optional input 2 bias [N] (added along the output's last dim)
+/// and optional input 3 residual of the output's shape, then the epilogue's activation.
 struct MatrixMultiplyParams {
   bool transpose_a = false;
   bool transpose_b = false;
-  template <class V> void fields(V& v) { v("transpose_a", transpose_a); v("transpose_b", transpose_b); }
+  Epilogue epilogue;
+  template <class V> void fields(V& v) {
+    v("transpose_a", transpose_a); v("transpose_b", transpose_b); epilogue.fields(v);
+  }
 };
 
 /// Transpose, reshape, transpose (TensorRT's shuffle). Any dtype.

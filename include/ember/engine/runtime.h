@@ -90,7 +90,22 @@ class ExecutionContext {
   /// Runs synchronously. Throws Error when an input shape or an address is missing.
   void execute();
   /// Enqueues on `stream` (a cudaStream_t for "cuda"; the CPU back end runs synchronously).
+  /// "cuda" contexts replay a CUDA graph per (shape signature, I/O addresses) from the second
+  /// call of a signature on (see set_cuda_graphs).
   void enqueue(void* stream);
+  /// CUDA graphs on (the default) or off for this context. With graphs on, the first call of a
+  /// shape signature runs layer by layer (it also times and caches library algorithms); later
+  /// calls capture the layers once into a graph and replay it, so the launch cost is paid once.
+  /// A plan with a layer that cannot be captured (host fallback) runs layer by layer, as does a
+  /// context whose I/O addresses change on nearly every call. No effect on "cpu" plans.
+  void set_cuda_graphs(bool enabled);
+  /// Graph statistics of this context: launches served by a replay, and captures made.
+  struct GraphStats {
+    int64_t replays = 0;
+    int64_t captures = 0;
+    bool disabled = false;  ///< Off by setting, or because capture failed or kept missing.
+  };
+  GraphStats cuda_graph_stats() const;
 
  private:
   friend class Engine;

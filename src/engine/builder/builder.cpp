@@ -19,7 +19,7 @@ std::vector<Pass> default_passes() {
       {"infer_shapes", 0, pass_infer_shapes},
       {"fold_constants", 1, pass_fold_constants},
       {"remove_dead_layers", 0, pass_remove_dead_layers},
-      // Fusion and layout passes of the CUDA back end go here.
+      {"fuse_epilogues", 1, pass_fuse_epilogues},
       {"select_implementations", 0, pass_select_implementations},
       {"plan_memory", 0, pass_plan_memory},
   };

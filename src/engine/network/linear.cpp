@@ -25,12 +25,37 @@ namespace {
 
 /// Input positions of Convolution and Deconvolution.
 struct ConvInputs {
-  enum : size_t { kX = 0, kWeight = 1, kBias = 2 };
+  enum : size_t { kX = 0, kWeight = 1, kBias = 2, kResidual = 3 };
 };
 /// Input positions of MatrixMultiply.
 struct MatMulInputs {
-  enum : size_t { kA = 0, kB = 1 };
+  enum : size_t { kA = 0, kB = 1, kBias = 2, kResidual = 3 };
 };
+
+/// "input dim 2 (h)" for check messages.
+std::string dim_label(const char* role, size_t axis, const DimExpr& d) {
+  return std::string(role) + " dim " + std::to_string(axis) + " (" + d.to_string() + ")";
+}
+
+/// Checks a fused epilogue's residual input (same dtype and shape as the output `out`) and its
+/// activation parameters.
+void expect_epilogue(const Epilogue& e, InferContext& ctx, size_t residual, size_t like,
+                     const Shape& out) {
+  if (ctx.has(residual)) {
+    ctx.expect_same_dtype(like, residual);
+    const Shape& r = ctx.shape(residual);
+    InferContext::require(r.size() == out.size(),
+                          "epilogue residual (input " + std::to_string(residual) +
+                              ") must have the output's rank " + std::to_string(out.size()) +
+                              ", got " + std::to_string(r.size()));
+    for (size_t d = 0; d < out.size(); ++d) {
+      ctx.check_equal(r[d], out[d], dim_label("epilogue residual", d, r[d]) +
+                                        " must equal output dim " + out[d].to_string());
+    }
+  }
+  InferContext::require(static_cast<int>(e.activation) < kNumActivationTypes,
+                        "epilogue activation type is out of range");
+}
 
 /// Upper bound on stride, dilation, padding, window and output_padding values.
 constexpr int64_t kMaxWindowParam = int64_t{1} << 30;
@@ -49,15 +74,11 @@ void expect_per_dim(const std::vector<int64_t>& v, const char* name, size_t spat
   }
 }
 
-/// "input dim 2 (h)" for check messages.
-std::string dim_label(const char* role, size_t axis, const DimExpr& d) {
-  return std::string(role) + " dim " + std::to_string(axis) + " (" + d.to_string() + ")";
-}
 
 /// Validates what Convolution and Deconvolution share: input count, float dtypes, ranks, bias
 /// rank, groups. Returns the number of spatial dims.
-size_t expect_conv_inputs(InferContext& ctx, int64_t groups) {
-  ctx.expect_num_inputs(2, 3);
+size_t expect_conv_inputs(InferContext& ctx, int64_t groups, size_t max_inputs = 3) {
+  ctx.expect_num_inputs(2, max_inputs);
   ctx.expect_float(ConvInputs::kX, "input");
   ctx.expect_same_dtype(ConvInputs::kX, ConvInputs::kWeight);
   ctx.expect_rank_between(ConvInputs::kX, 3, 5, "input [N, C, *spatial]");
@@ -74,7 +95,7 @@ size_t expect_conv_inputs(InferContext& ctx, int64_t groups) {
 }  // namespace
 
 void infer(const ConvolutionParams& p, InferContext& ctx) {
-  const size_t nsp = expect_conv_inputs(ctx, p.groups);
+  const size_t nsp = expect_conv_inputs(ctx, p.groups, 4);
   expect_per_dim(p.stride, "stride", nsp, 1);
   expect_per_dim(p.padding_begin, "padding_begin", nsp, 0);
   expect_per_dim(p.padding_end, "padding_end", nsp, 0);
@@ -111,6 +132,7 @@ void infer(const ConvolutionParams& p, InferContext& ctx) {
                              "; reduce the kernel or dilation, or pad more");
     out.push_back(floor_div(padded - extent, p.stride[d]) + 1);
   }
+  expect_epilogue(p.epilogue, ctx, ConvInputs::kResidual, ConvInputs::kX, out);
   ctx.add_output(ctx.dtype(ConvInputs::kX), std::move(out));
 }
 
@@ -226,7 +248,7 @@ void infer(const PoolingParams& p, InferContext& ctx) {
 }
 
 void infer(const MatrixMultiplyParams& p, InferContext& ctx) {
-  ctx.expect_num_inputs(2, 2);
+  ctx.expect_num_inputs(2, 4);
   ctx.expect_float(MatMulInputs::kA, "a");
   ctx.expect_same_dtype(MatMulInputs::kA, MatMulInputs::kB);
   const Shape& a = ctx.shape(MatMulInputs::kA);
@@ -248,6 +270,15 @@ void infer(const MatrixMultiplyParams& p, InferContext& ctx) {
   Shape out = ctx.broadcast_shapes(a_batch, b_batch);
   if (ra >= 2) out.push_back(p.transpose_a ? a[ra - 1] : a[ra - 2]);
   if (rb >= 2) out.push_back(p.transpose_b ? b[rb - 2] : b[rb - 1]);
+  if (ctx.has(MatMulInputs::kBias)) {
+    ctx.expect_same_dtype(MatMulInputs::kA, MatMulInputs::kBias);
+    ctx.expect_rank(MatMulInputs::kBias, 1, "epilogue bias");
+    InferContext::require(!out.empty(), "an epilogue bias needs an output of rank >= 1");
+    ctx.check_equal(ctx.shape(MatMulInputs::kBias)[0], out.back(),
+                    "epilogue bias length must equal the output's last dim " +
+                        out.back().to_string());
+  }
+  expect_epilogue(p.epilogue, ctx, MatMulInputs::kResidual, MatMulInputs::kA, out);
   ctx.add_output(ctx.dtype(MatMulInputs::kA), std::move(out));
 }
 

@@ -269,7 +269,7 @@ Layer* Network::add_softmax(Tensor* x, int64_t axis, bool log, const std::string
 }
 Layer* Network::add_matrix_multiply(Tensor* a, bool transpose_a, Tensor* b, bool transpose_b,
                                     const std::string& name) {
-  return add_layer(MatrixMultiplyParams{transpose_a, transpose_b}, {a, b}, name);
+  return add_layer(MatrixMultiplyParams{transpose_a, transpose_b, {}}, {a, b}, name);
 }
 Layer* Network::add_shuffle(Tensor* x, ShuffleParams p, const std::string& name) {
   return add_layer(std::move(p), {x}, name);

@@ -1,6 +1,6 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 1:
+// Byte layout (little-endian), version 2 (version 1 had no Convolution/MatrixMultiply epilogue):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | profiles | inputs | layers | outputs
@@ -37,7 +37,7 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 1;
+inline constexpr uint32_t kPlanFormatVersion = 2;  // 2: fused epilogues
 inline constexpr size_t kPlanWeightAlignment = 256;
 
 /// Where a tensor lives at run time.

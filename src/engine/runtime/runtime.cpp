@@ -97,7 +97,9 @@ struct ExecutionContext::State {
   bool cuda = false;                              // a "cuda" plan: device memory, streams
 #ifdef EMBER_WITH_CUDA
   std::shared_ptr<void> device_weights;           // cuda::DeviceWeights of the engine
-  std::unique_ptr<cuda::ContextState> device;     // device arena and library handles
+  std::unique_ptr<cuda::ContextState> device;     // device arena, library handles, graphs
+  std::vector<int> io_ids;                        // tensor ids of the inputs and outputs
+  bool capturable = true;                         // no layer runs through the host fallback
 #endif
 };
 
@@ -122,6 +124,11 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
     base = state_->device->arena();
     const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
     constant_address = [dw](const Tensor* t) { return dw->address(t->id()); };
+    for (const Tensor* t : p.network.inputs()) state_->io_ids.push_back(t->id());
+    for (const Tensor* t : p.network.outputs()) state_->io_ids.push_back(t->id());
+    for (const std::string& impl : p.impls) {
+      if (impl.rfind("cuda.host", 0) == 0) state_->capturable = false;
+    }
 #else
     throw Error("this plan is for the cuda back end, which this build does not include");
 #endif
@@ -255,12 +262,40 @@ void ExecutionContext::run(void* stream) {
   if (state_->cuda) {
 #ifdef EMBER_WITH_CUDA
     const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
-    cuda::execute_layers(net, state_->dims, state_->addrs, &state_->bindings, *dw,
-                         *state_->device, static_cast<cudaStream_t>(stream));
+    cuda::enqueue_network(net, state_->dims, state_->addrs, &state_->bindings, *dw,
+                          *state_->device, static_cast<cudaStream_t>(stream), state_->signature,
+                          state_->io_ids, state_->capturable);
     return;
 #endif
   }
   cpu::execute_layers(net, state_->dims, state_->addrs, &state_->bindings);
+}
+
+void ExecutionContext::set_cuda_graphs(bool enabled) {
+#ifdef EMBER_WITH_CUDA
+  if (state_->device) {
+    state_->device->graphs().enabled = enabled;
+    if (!enabled) state_->device->graphs().clear();
+  }
+#else
+  (void)enabled;
+#endif
+}
+
+ExecutionContext::GraphStats ExecutionContext::cuda_graph_stats() const {
+  GraphStats st;
+  st.disabled = true;
+#ifdef EMBER_WITH_CUDA
+  if (state_->device) {
+    const cuda::GraphCache& g = state_->device->graphs();
+    st.replays = g.replays;
+    st.captures = g.captures;
+    st.disabled = !g.enabled || g.failed || g.thrashing || !state_->capturable;
+  }
+#else
+  st.disabled = true;
+#endif
+  return st;
 }
 
 void ExecutionContext::enqueue(void* stream) {

@@ -38,6 +38,85 @@ void check_matmul(DataType t, const std::vector<int64_t>& da, bool ta,
       net, {TestTensor::random(t, da, seed), TestTensor::random(t, db, seed + 1)}, what);
 }
 
+/// A MatrixMultiply with a fused epilogue (as the builder's fuse_epilogues makes it): optional
+/// bias [N], optional residual of the output's shape, optional activation.
+void check_matmul_epilogue(DataType t, const std::vector<int64_t>& da, const std::vector<int64_t>& db,
+                           bool bias, bool residual, bool act, ActivationType type, uint32_t seed) {
+  Network net;
+  Tensor* a = net.add_input("a", t, shape_of(da));
+  Tensor* b = net.add_input("b", t, shape_of(db));
+  const Shape out_shape = net.add_matrix_multiply(a, false, b, false, "probe")->output()->shape();
+  std::vector<TestTensor> inputs{TestTensor::random(t, da, seed), TestTensor::random(t, db, seed + 1)};
+  std::vector<Tensor*> ins{a, b, nullptr, nullptr};
+  if (bias) {
+    const int64_t n = db.back();
+    ins[2] = net.add_input("bias", t, {n});
+    inputs.push_back(TestTensor::random(t, {n}, seed + 2));
+  }
+  if (residual) {
+    std::vector<int64_t> od;
+    for (const DimExpr& d : out_shape) od.push_back(d.constant());
+    ins[3] = net.add_input("res", t, out_shape);
+    inputs.push_back(TestTensor::random(t, od, seed + 3));
+  }
+  MatrixMultiplyParams p;
+  p.epilogue.fused_activation = act;
+  p.epilogue.activation = type;
+  net.mark_output(net.add_layer(p, ins, "mm")->output(), "out");
+  test::check_cuda_matches_cpu(net, inputs,
+                               label("matmul epilogue " + dims_to_string(da) + " x " +
+                                         dims_to_string(db) + (bias ? " +bias" : "") +
+                                         (residual ? " +residual" : "") + (act ? " +act" : ""),
+                                     t));
+}
+
+TEST(CudaEpilogue, MatrixMultiplyBiasResidualActivation) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    for (int mask = 1; mask < 8; ++mask) {
+      const bool bias = mask & 1, residual = mask & 2, act = mask & 4;
+      check_matmul_epilogue(t, {6, 16}, {16, 8}, bias, residual, act, ActivationType::kRelu, 40);
+      check_matmul_epilogue(t, {2, 3, 8, 16}, {16, 24}, bias, residual, act,
+                            ActivationType::kGeluErf, 41);                       // shared b
+      check_matmul_epilogue(t, {3, 8, 16}, {3, 16, 8}, bias, residual, act,
+                            ActivationType::kGeluTanh, 42);                      // batched
+      check_matmul_epilogue(t, {2, 1, 4, 8}, {3, 8, 8}, bias, residual, act,
+                            ActivationType::kRelu, 43);                          // mixed
+    }
+  }
+}
+
+TEST(CudaEpilogue, ConvolutionBiasResidualActivation) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    for (int mask = 0; mask < 8; ++mask) {
+      const bool bias = mask & 1, residual = mask & 2, act = mask & 4;
+      Network net;
+      Tensor* x = net.add_input("x", t, {2, 3, 7, 7});
+      Tensor* w = net.add_input("w", t, {4, 3, 3, 3});
+      std::vector<TestTensor> inputs{TestTensor::random(t, {2, 3, 7, 7}, 50),
+                                     TestTensor::random(t, {4, 3, 3, 3}, 51)};
+      std::vector<Tensor*> ins{x, w, nullptr, nullptr};
+      if (bias) {
+        ins[2] = net.add_input("bias", t, {4});
+        inputs.push_back(TestTensor::random(t, {4}, 52));
+      }
+      if (residual) {
+        ins[3] = net.add_input("res", t, {2, 4, 4, 4});
+        inputs.push_back(TestTensor::random(t, {2, 4, 4, 4}, 53));
+      }
+      ConvolutionParams p;
+      p.stride = {2, 2};
+      p.padding_begin = p.padding_end = {1, 1};
+      p.dilation = {1, 1};
+      p.epilogue.fused_activation = act;
+      p.epilogue.activation = ActivationType::kRelu;
+      net.mark_output(net.add_layer(p, ins, "conv")->output(), "out");
+      test::check_cuda_matches_cpu(net, inputs, label("conv epilogue mask " + std::to_string(mask), t));
+    }
+  }
+}
+
 TEST(CudaMatrixMultiply, PlainAndTransposed) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {

@@ -64,6 +64,7 @@ class CudaRunner {
 
   /// The engine's per-layer JSON (to check which layers got device kernels).
   std::string inspect_json() const { return engine_->inspect_json(); }
+  ExecutionContext& context() { return *ctx_; }
 
   /// Runs on device copies of `inputs`; returns the outputs copied back to the host.
   std::vector<TestTensor> run(const std::vector<TestTensor>& inputs) {
@@ -134,7 +135,8 @@ inline void expect_matches_cpu(const Network& net, const std::vector<TestTensor>
 }
 
 /// Builds `net` for cuda (exact shapes of `inputs`), runs it and compares with the CPU.
-/// Also expects no layer of the engine to have run through the host fallback.
+/// Also expects no layer of the engine to have run through the host fallback. Runs twice: the
+/// first call of a shape runs layer by layer, the second captures and replays a CUDA graph.
 inline void check_cuda_matches_cpu(const Network& net, const std::vector<TestTensor>& inputs,
                                    const std::string& what) {
   CudaRunner runner(net, inputs);
@@ -142,6 +144,7 @@ inline void check_cuda_matches_cpu(const Network& net, const std::vector<TestTen
       << what << ": a layer ran through host_fallback:\n"
       << runner.inspect_json();
   expect_matches_cpu(net, inputs, runner.run(inputs), what);
+  expect_matches_cpu(net, inputs, runner.run(inputs), what + " (CUDA graph)");
 }
 
 }  // namespace ember::engine::test

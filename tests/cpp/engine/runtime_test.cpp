@@ -152,7 +152,7 @@ TEST(Runtime, InspectorListsLayers) {
   SmallMlp m;
   const auto engine = m.build();
   const std::string json = engine->inspect_json();
-  EXPECT_NE(json.find("\"name\": \"mm\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"name\": \"mm+bias+relu\""), std::string::npos) << json;
   EXPECT_NE(json.find("\"type\": \"MatrixMultiply\""), std::string::npos);
   EXPECT_NE(json.find("\"implementation\": \"cpu.MatrixMultiply\""), std::string::npos);
   EXPECT_NE(json.find("\"shape\": \"[n, 4]\""), std::string::npos) << json;

@@ -7,11 +7,16 @@ Tolerances are per dtype, written once here (TOLERANCES) and never loosened to p
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 import ember
+
+#: Where check_op runs the engine and the eager reference: "cpu" (CI) or "cuda"
+#: (EMBER_TEST_DEVICE=cuda on the GPU machine; eager then runs without TF32).
+DEVICE = os.environ.get("EMBER_TEST_DEVICE", "cpu")
 
 #: |actual - expected| <= atol + rtol * |expected|, against eager PyTorch in the same dtype.
 TOLERANCES = {
@@ -63,9 +68,17 @@ def check_op(fn: Callable | torch.nn.Module, inputs: Sequence[torch.Tensor], *,
     module = fn if isinstance(fn, torch.nn.Module) else _Wrap(fn)
     module = module.eval()
     inputs = tuple(inputs)
-    ep = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes)
+    if DEVICE != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        module = module.to(DEVICE)
+        move = lambda xs: tuple(x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in xs)  # noqa: E731
+        inputs = move(inputs)
+        extra_inputs = [move(x) for x in extra_inputs]
+    with _default_device():
+        ep = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes)
     report = ember.dynamo.CompilationReport()
-    compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", min_block_size=min_block_size,
+    compiled = ember.dynamo.compile(ep, list(inputs), device=DEVICE, min_block_size=min_block_size,
                                     require_full_compilation=require_full,
                                     truncate_double=truncate_double, report=report, **settings)
     if require_full:
@@ -79,11 +92,17 @@ def check_op(fn: Callable | torch.nn.Module, inputs: Sequence[torch.Tensor], *,
         missing = set(expect_ops) - converted
         assert not missing, f"expected ops {sorted(missing)} in the decomposed graph, got {sorted(converted)}"
     for args in (inputs, *map(tuple, extra_inputs)):
-        with torch.no_grad():
+        with torch.no_grad(), _default_device():
             expected = module(*args)
             actual = compiled(*args)
         assert_close(actual, expected)
     return compiled
+
+
+def _default_device():
+    """Factory functions inside test modules (torch.arange, torch.full) make tensors on DEVICE."""
+    import contextlib
+    return torch.device(DEVICE) if DEVICE != "cpu" else contextlib.nullcontext()
 
 
 def _engine_ops(ep: torch.export.ExportedProgram) -> list[str]:

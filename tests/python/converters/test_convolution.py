@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import DTYPES_FLOAT, check_op
+from harness import DEVICE, DTYPES_FLOAT, check_op
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
 
@@ -62,8 +62,9 @@ def test_conv_transpose2d_groups_dilation(bias):
 @pytest.mark.parametrize("bias", [True, False])
 def test_aten_convolution(dtype, transposed, bias):
     """The core op itself, as TorchScript and other frontends hand it over."""
-    w = torch.randn(4, 2, 3, 3, dtype=dtype)  # [C_out, C_in/groups, k] or [C_in, C_out/groups, k]
-    b = torch.randn(4, dtype=dtype) if bias else None
+    # [C_out, C_in/groups, k] or [C_in, C_out/groups, k]; captured, so made on the test device.
+    w = torch.randn(4, 2, 3, 3, dtype=dtype).to(DEVICE)
+    b = torch.randn(4, dtype=dtype).to(DEVICE) if bias else None
 
     def fn(x):
         return torch.ops.aten.convolution(x, w, b, [2, 1], [1, 0], [1, 2], transposed,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness import DTYPES_FLOAT, DTYPES_INT, check_op
+from harness import DEVICE, DTYPES_FLOAT, DTYPES_INT, check_op
 
 BATCH = torch.export.Dim("batch", min=1, max=16)
 
@@ -49,6 +49,7 @@ def test_to_copy_dynamic():
              extra_inputs=[[randn(10, 3)]])
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="a .to('cpu') inside a CUDA engine stays on the GPU")
 def test_to_with_device_and_copy():
     check_op(lambda x: x.to("cpu", torch.float16, copy=True) + 1, [randn(3, 4)])
 

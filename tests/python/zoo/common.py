@@ -3,11 +3,26 @@ the rule for which nodes left to PyTorch count as fallback."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 import ember
+
+#: Where the zoo runs: "cpu" (CI) or "cuda" (EMBER_TEST_DEVICE=cuda on the GPU machine, where the
+#: eager reference runs on the GPU too, without TF32).
+DEVICE = os.environ.get("EMBER_TEST_DEVICE", "cpu")
+
+
+def to_device(model: torch.nn.Module, inputs: tuple) -> tuple[torch.nn.Module, tuple]:
+    """The model and its tensor inputs on DEVICE (a no-op on the CPU)."""
+    if DEVICE == "cpu":
+        return model, inputs
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return model.to(DEVICE), tuple(x.to(DEVICE) if isinstance(x, torch.Tensor) else x
+                                   for x in inputs)
 
 #: Nodes that are not imported because their result is not a tensor (shape arithmetic, runtime
 #: asserts): PyTorch runs them by design, so they are no fallback.

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 
 import ember
-from zoo.common import HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs  # noqa: F401 (re-exported)
+from zoo.common import (  # noqa: F401 (re-exported)
+    DEVICE, HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs, to_device)
 
 #: Nodes the importer leaves to PyTorch that compute no tensor (shape asserts, symbolic sizes):
 #: they cost nothing and stay out of the "fallback" list.
@@ -279,7 +280,7 @@ def run(entry: Entry) -> dict:
     inputs. Returns {"model", "compiled", "engines", "fallback", "cosine", "max_error",
     "compile_seconds"}: cosine is the smallest and max_error the largest over every output."""
     model, inputs = entry.make()
-    model = model.eval()
+    model, inputs = to_device(model.eval(), inputs)
     result = {"model": entry.name, "compiled": False, "engines": 0, "fallback": [],
               "cosine": None, "max_error": None, "compile_seconds": None}
     dynamic = entry.dynamic() if entry.dynamic else None
@@ -288,7 +289,7 @@ def run(entry: Entry) -> dict:
             ep = torch.export.export(model, inputs, dynamic_shapes=(dynamic,) if dynamic else None)
         report = ember.dynamo.CompilationReport()
         start = time.perf_counter()
-        compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report)
+        compiled = ember.dynamo.compile(ep, list(inputs), device=DEVICE, report=report)
         result["compile_seconds"] = round(time.perf_counter() - start, 3)
     except Exception as e:  # noqa: BLE001 - a zoo row records why a model does not compile
         result["fallback"] = [f"compile: {type(e).__name__}: {e}"]
@@ -298,7 +299,8 @@ def run(entry: Entry) -> dict:
     result["fallback"] = fallback_lines(report)
 
     cosines, errors = [], []
-    for args in [inputs, *(entry.extra() if entry.extra else [])]:
+    extra = [to_device(model, tuple(a))[1] for a in (entry.extra() if entry.extra else [])]
+    for args in [inputs, *extra]:
         with torch.no_grad():
             expected = flat_outputs(model(*args))
             actual = flat_outputs(compiled(*args))

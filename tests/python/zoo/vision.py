@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 
 import ember
-from zoo.common import HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs  # noqa: F401 (re-exported)
+from zoo.common import (  # noqa: F401 (re-exported)
+    DEVICE, HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs, to_device)
 
 #: Every output must have a cosine similarity above this against eager f32...
 MIN_COSINE = 0.9999
@@ -114,12 +115,13 @@ def evaluate(entry: Entry) -> tuple[dict, float]:
     torch.manual_seed(0)
     inputs = entry.inputs()
     model = prepare(entry.make(), inputs)
+    model, inputs = to_device(model, inputs)
     report = ember.dynamo.CompilationReport()
     row = {"model": entry.name, "compiled": False, "engines": 0, "fallback": [],
            "cosine": None, "max_error": None, "compile_seconds": None}
     start = time.perf_counter()
     try:
-        compiled = ember.compile(model, inputs=list(inputs), device="cpu", report=report)
+        compiled = ember.compile(model, inputs=list(inputs), device=DEVICE, report=report)
     except Exception as e:  # the row says why; the test fails on compiled=False
         row["fallback"] = [f"compile: {type(e).__name__}: {e}"]
         return row, 0.0

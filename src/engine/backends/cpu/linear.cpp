@@ -360,6 +360,36 @@ bool prefer_direct(const ConvShape& s) {
   return s.groups > 1 && s.in_per_group() * s.out_per_group() <= 64;
 }
 
+/// Finishes a product with its fused epilogue: adds the bias along the last dim (`bias_index`,
+/// MatrixMultiply only) and the residual in f32, rounds once to the output dtype, then applies
+/// the activation in place.
+void finish_with_epilogue(const Epilogue& e, const KernelArgs& a, size_t bias_index,
+                          size_t residual_index, FloatOut& out) {
+  HostTensor& ot = a.out();
+  const int64_t n = ot.numel();
+  float* y = out.data();
+  if (a.has(bias_index)) {
+    const std::vector<float> bias = to_float_vector(a.in(bias_index));
+    const auto cols = static_cast<int64_t>(bias.size());
+    for (int64_t i = 0; i < n; ++i) y[i] += bias[static_cast<size_t>(i % cols)];
+  }
+  if (a.has(residual_index)) {
+    const FloatIn r(a.in(residual_index));
+    for (int64_t i = 0; i < n; ++i) y[i] += r.data()[i];
+  }
+  out.finish();
+  if (e.fused_activation) {
+    ActivationParams act;
+    act.type = e.activation;
+    act.alpha = e.alpha;
+    act.beta = e.beta;
+    KernelArgs in_place;
+    in_place.inputs = {&ot};
+    in_place.outputs = {&ot};
+    run(act, in_place);
+  }
+}
+
 }  // namespace
 
 void run(const ConvolutionParams& p, const KernelArgs& a) {
@@ -380,7 +410,7 @@ void run(const ConvolutionParams& p, const KernelArgs& a) {
     conv_gemm(s, x.data(), w.data(), out.data());
     if (b) add_bias(out.data(), s.batch, s.out_channels, s.g.out_plane(), b);
   }
-  out.finish();
+  finish_with_epilogue(p.epilogue, a, /*bias_index=*/99, /*residual_index=*/3, out);
 }
 
 void run(const DeconvolutionParams& p, const KernelArgs& a) {
@@ -589,7 +619,7 @@ void run(const MatrixMultiplyParams& p, const KernelArgs& a) {
   if (!ta && ra >= 2 && dims_numel(b_batch) == 1) {
     // One shared b: a's batch entries are consecutive row blocks of one [batch*M, K] matrix.
     sgemm(false, tb, batch * m, n, k, x.data(), lda, y.data(), ldb, 0.0f, out.data(), n);
-    out.finish();
+    finish_with_epilogue(p.epilogue, a, 2, 3, out);
     return;
   }
   const std::vector<int64_t> as = broadcast_strides(a_batch, out_batch);
@@ -609,7 +639,7 @@ void run(const MatrixMultiplyParams& p, const KernelArgs& a) {
       index[d] = 0;
     }
   }
-  out.finish();
+  finish_with_epilogue(p.epilogue, a, 2, 3, out);
 }
 
 }  // namespace ember::engine::cpu

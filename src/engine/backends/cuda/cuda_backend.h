@@ -47,6 +47,8 @@ class Resources {
   void set_stream(cudaStream_t s) { stream_ = s; }
   /// Device scratch of at least `bytes`, valid until the next call (stream-ordered reuse).
   void* workspace(size_t bytes);
+  /// Increases whenever the workspace moves (captured graphs that point at it are stale).
+  uint64_t workspace_generation() const { return workspace_generation_; }
   /// Pinned host staging buffer of at least `bytes` (host fallback).
   void* host_staging(size_t bytes);
   /// cublasLtHandle_t / cudnnHandle_t, created lazily (void* keeps their headers out of here).
@@ -57,6 +59,7 @@ class Resources {
   cudaStream_t stream_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  uint64_t workspace_generation_ = 0;
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
   void* cublaslt_ = nullptr;
@@ -127,7 +130,28 @@ class DeviceWeights {
   std::vector<int64_t> offsets_;  // per tensor id, -1 when not a constant
 };
 
-/// Per-context device state: the activation arena and the library resources.
+/// The CUDA graphs of one context, keyed by shape signature and I/O addresses (LRU).
+struct GraphCache {
+  struct Entry {
+    std::vector<std::vector<int64_t>> signature;
+    std::vector<void*> io;
+    uint64_t workspace_generation = 0;
+    void* exec = nullptr;  // cudaGraphExec_t
+    uint64_t last_use = 0;
+  };
+  bool enabled = true;
+  bool failed = false;            // a capture failed: this plan cannot be captured
+  bool thrashing = false;         // addresses change on nearly every call
+  std::vector<Entry> entries;
+  std::vector<std::vector<std::vector<int64_t>>> warm;  // signatures run once layer by layer
+  uint64_t clock = 0;
+  int64_t replays = 0, captures = 0;
+  void* capture_stream = nullptr;  // cudaStream_t, created on first capture
+  ~GraphCache();
+  void clear();
+};
+
+/// Per-context device state: the activation arena, the library resources and the graphs.
 class ContextState {
  public:
   ContextState(int64_t arena_bytes);
@@ -136,10 +160,12 @@ class ContextState {
   ContextState& operator=(const ContextState&) = delete;
   uint8_t* arena() const { return static_cast<uint8_t*>(arena_); }
   Resources& resources() { return res_; }
+  GraphCache& graphs() { return graphs_; }
 
  private:
   void* arena_ = nullptr;
   Resources res_{nullptr};
+  GraphCache graphs_;
 };
 
 /// Enqueues every layer of `net` on `stream`. `dims` and `addrs` are indexed by
@@ -147,5 +173,14 @@ class ContextState {
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
                     const std::vector<void*>& addrs, const SymbolBindings* symbols,
                     const DeviceWeights& weights, ContextState& state, cudaStream_t stream);
+
+/// execute_layers through the context's CUDA graphs: replays the graph of (`signature`, the
+/// addresses of the `io_ids` tensors) when there is one, captures it when the signature has
+/// run before, and runs layer by layer otherwise (first call, graphs off, capture impossible).
+void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>& dims,
+                     const std::vector<void*>& addrs, const SymbolBindings* symbols,
+                     const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
+                     const std::vector<std::vector<int64_t>>& signature,
+                     const std::vector<int>& io_ids, bool capturable);
 
 }  // namespace ember::engine::cuda

@@ -3,6 +3,7 @@
 #include <cublasLt.h>
 #include <cudnn.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "backends/cuda/cuda_backend.h"
@@ -40,6 +41,7 @@ void* Resources::workspace(size_t bytes) {
     workspace_ = nullptr;
     check(cudaMalloc(&workspace_, bytes), "cudaMalloc (workspace)");
     workspace_bytes_ = bytes;
+    ++workspace_generation_;
   }
   return workspace_;
 }
@@ -120,7 +122,119 @@ ContextState::ContextState(int64_t arena_bytes) {
 }
 
 ContextState::~ContextState() {
+  graphs_.clear();
   if (arena_ != nullptr) cudaFree(arena_);
+}
+
+// ---------------------------------------------------------------- graphs
+
+GraphCache::~GraphCache() {
+  clear();
+  if (capture_stream != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(capture_stream));
+}
+
+void GraphCache::clear() {
+  for (Entry& e : entries) {
+    if (e.exec != nullptr) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(e.exec));
+  }
+  entries.clear();
+}
+
+namespace {
+
+constexpr size_t kMaxGraphs = 8;
+// After this many captures, graphs stay on only while most calls are replays.
+constexpr int64_t kThrashCaptures = 32;
+
+/// Ends a capture that went wrong and clears the sticky capture error, so the context can go on
+/// layer by layer.
+void abandon_capture(cudaStream_t s) {
+  cudaGraph_t g = nullptr;
+  cudaStreamEndCapture(s, &g);
+  if (g != nullptr) cudaGraphDestroy(g);
+  cudaGetLastError();
+}
+
+}  // namespace
+
+void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>& dims,
+                     const std::vector<void*>& addrs, const SymbolBindings* symbols,
+                     const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
+                     const std::vector<std::vector<int64_t>>& signature,
+                     const std::vector<int>& io_ids, bool capturable) {
+  GraphCache& g = state.graphs();
+  if (!g.enabled || g.failed || g.thrashing || !capturable) {
+    execute_layers(net, dims, addrs, symbols, weights, state, stream);
+    return;
+  }
+  std::vector<void*> io;
+  io.reserve(io_ids.size());
+  for (int id : io_ids) io.push_back(addrs[id]);
+  const uint64_t generation = state.resources().workspace_generation();
+  ++g.clock;
+  for (GraphCache::Entry& e : g.entries) {
+    if (e.signature == signature && e.io == io && e.workspace_generation == generation) {
+      e.last_use = g.clock;
+      check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(e.exec), stream), "cudaGraphLaunch");
+      ++g.replays;
+      return;
+    }
+  }
+  // The first call of a signature runs eagerly: it sizes the workspace and lets cuDNN time its
+  // algorithms (neither may happen inside a capture).
+  if (std::find(g.warm.begin(), g.warm.end(), signature) == g.warm.end()) {
+    execute_layers(net, dims, addrs, symbols, weights, state, stream);
+    g.warm.push_back(signature);
+    return;
+  }
+  if (g.captures >= kThrashCaptures && g.replays < 4 * g.captures) {
+    g.thrashing = true;
+    g.clear();
+    execute_layers(net, dims, addrs, symbols, weights, state, stream);
+    return;
+  }
+  if (g.capture_stream == nullptr) {
+    cudaStream_t s = nullptr;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate (capture)");
+    g.capture_stream = s;
+  }
+  auto cs = static_cast<cudaStream_t>(g.capture_stream);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool captured = false;
+  if (cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+    try {
+      execute_layers(net, dims, addrs, symbols, weights, state, cs);
+      captured = cudaStreamEndCapture(cs, &graph) == cudaSuccess && graph != nullptr &&
+                 state.resources().workspace_generation() == generation;
+    } catch (const Error&) {
+      abandon_capture(cs);
+    }
+    state.resources().set_stream(stream);
+  }
+  if (captured && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+    captured = false;
+    exec = nullptr;
+  }
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (!captured) {
+    // Something in the plan cannot be captured (a host fallback synchronizes): layer by layer
+    // from now on. A real error shows up again, with its message, in this eager run.
+    cudaGetLastError();
+    g.failed = true;
+    g.clear();
+    execute_layers(net, dims, addrs, symbols, weights, state, stream);
+    return;
+  }
+  if (g.entries.size() >= kMaxGraphs) {
+    auto oldest = std::min_element(g.entries.begin(), g.entries.end(),
+                                   [](const auto& a, const auto& b) { return a.last_use < b.last_use; });
+    cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(oldest->exec));
+    g.entries.erase(oldest);
+  }
+  g.entries.push_back({signature, std::move(io), generation, exec, g.clock});
+  ++g.captures;
+  check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
 }
 
 // ---------------------------------------------------------------- execution

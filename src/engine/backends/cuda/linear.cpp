@@ -102,6 +102,11 @@ struct Gemm {
   void* c = nullptr;
   int64_t ldc = 0, stride_c = 0;
   int64_t batch = 1;
+  // Epilogue: bias along the output's columns, a residual read as C (beta = 1, same layout
+  // as the output), relu after both.
+  const void* bias = nullptr;
+  const void* residual = nullptr;
+  bool relu = false;
 };
 
 using LtLayout = Owned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
@@ -141,6 +146,20 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
   lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSB, &op_second,
                                           sizeof(op_second)),
            "set TRANSB");
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  if (g.bias != nullptr) {
+    epilogue = g.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
+                                            sizeof(g.bias)),
+             "set bias pointer");
+  } else if (g.relu) {
+    epilogue = CUBLASLT_EPILOGUE_RELU;
+  }
+  if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+    lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                            sizeof(epilogue)),
+             "set epilogue");
+  }
   LtLayout first, second, out;
   if (g.trans_b) {
     make_layout(first, type, g.k, g.n, g.ldb, g.batch, g.stride_b);
@@ -167,6 +186,7 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
   const uint32_t align_second = alignment_of({reinterpret_cast<uint64_t>(g.a),
                                               static_cast<uint64_t>(g.stride_a) * esize});
   const uint32_t align_out = alignment_of({reinterpret_cast<uint64_t>(g.c),
+                                           reinterpret_cast<uint64_t>(g.residual),
                                            static_cast<uint64_t>(g.stride_c) * esize});
   lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                 &align_first, sizeof(align_first)),
@@ -190,9 +210,10 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
                 " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " batch=" +
                 std::to_string(g.batch) + " of " + dtype_name(dtype));
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = g.residual != nullptr ? 1.0f : 0.0f;
+  const void* c = g.residual != nullptr ? g.residual : g.c;
   void* workspace = args.res->workspace(kWorkspaceBytes);
-  lt_check(cublasLtMatmul(handle, op.h, &alpha, g.b, first.h, g.a, second.h, &beta, g.c, out.h,
+  lt_check(cublasLtMatmul(handle, op.h, &alpha, g.b, first.h, g.a, second.h, &beta, c, out.h,
                           g.c, out.h, &result.algo, workspace, kWorkspaceBytes, args.stream()),
            "cublasLtMatmul");
 }
@@ -382,6 +403,18 @@ void init_output(DeviceTensor& out, const void* bias, cudaStream_t stream) {
   launch_fill_channel_bias(out.dtype, out.data, bias, batch, channels, plane, stream);
 }
 
+/// The epilogue residual input `index` (nullptr when absent); it must match the output.
+const void* epilogue_residual(const CudaArgs& a, size_t index, const char* layer) {
+  if (!a.has(index)) return nullptr;
+  const DeviceTensor& r = a.in(index);
+  if (r.dims != a.out().dims || r.dtype != a.out().dtype) {
+    throw Error(std::string(layer) + " (cuda): epilogue residual " + dims_to_string(r.dims) + " " +
+                dtype_name(r.dtype) + " does not match the output " +
+                dims_to_string(a.out().dims) + " " + dtype_name(a.out().dtype));
+  }
+  return r.data;
+}
+
 void check_same_dtype(const CudaArgs& a, const char* layer) {
   const DataType t = a.in(0).dtype;
   if (a.in(1).dtype != t || a.out().dtype != t) {
@@ -400,9 +433,13 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   DeviceTensor& y = a.out();
   check_same_dtype(a, kLayer);
   const void* bias = conv_bias(a, y.dims.at(1), y.dtype, kLayer);
+  const void* residual = epilogue_residual(a, 3, kLayer);
   if (y.numel() == 0) return;
+  const int64_t channels = y.dims[1], plane = y.numel() / (y.dims[0] * channels);
   if (x.numel() == 0 || w.numel() == 0) {
     init_output(y, bias, a.stream());
+    launch_epilogue(y.dtype, y.data, nullptr, channels, plane, residual, &p.epilogue, y.numel(),
+                    a.stream());
     return;
   }
   ConvSetup s;
@@ -448,12 +485,14 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
             "cudnnSetConvolutionMathType");
-  init_output(y, bias, a.stream());
-  const float alpha = 1.0f, beta = bias != nullptr ? 1.0f : 0.0f;
+  const float alpha = 1.0f, beta = 0.0f;
   dnn_check(cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h,
                                     static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
                                     workspace, kWorkspaceBytes, &beta, s.y.h, y.data),
             kLayer, "cudnnConvolutionForward");
+  // Bias, residual and activation in one pass over the output.
+  launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
+                  a.stream());
 }
 
 void run(const DeconvolutionParams& p, const CudaArgs& a) {
@@ -551,8 +590,26 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
       ot.dims.begin(), ot.dims.begin() + static_cast<std::ptrdiff_t>(out_batch_rank));
   const int64_t batch = product(out_batch);
   if (ot.numel() == 0) return;
+  const void* bias = nullptr;
+  if (a.has(2)) {
+    const DeviceTensor& b = a.in(2);
+    if (b.dtype != ot.dtype || b.dims.size() != 1 || ot.dims.empty() || b.dims[0] != ot.dims.back()) {
+      throw Error("MatrixMultiply (cuda): epilogue bias " + dims_to_string(b.dims) +
+                  " does not match the output's last dim of " + dims_to_string(ot.dims));
+    }
+    bias = b.data;
+  }
+  const void* residual = epilogue_residual(a, 3, "MatrixMultiply");
+  const Epilogue& e = p.epilogue;
+  // cuBLASLt applies bias and relu itself (relu only without a residual, whose order against C
+  // is not specified); anything else runs as one epilogue pass afterwards.
+  const bool lt_relu = e.fused_activation && e.activation == ActivationType::kRelu &&
+                       residual == nullptr;
+  const bool act_after = e.fused_activation && !lt_relu;
+  const int64_t cols = ot.dims.empty() ? 1 : ot.dims.back();
   if (k == 0) {  // an empty sum: zeros (all-zero bits in every float dtype)
     check(cudaMemsetAsync(ot.data, 0, ot.nbytes(), a.stream()), "cudaMemsetAsync (matmul k=0)");
+    launch_epilogue(ot.dtype, ot.data, bias, cols, 1, residual, &e, ot.numel(), a.stream());
     return;
   }
   Gemm g;
@@ -568,11 +625,21 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
   g.ldb = rb >= 2 ? bt.dims[rb - 1] : 1;
   g.c = ot.data;
   g.ldc = n;
+  g.bias = bias;
+  g.residual = residual;
+  g.relu = lt_relu;
+  // The activation cuBLASLt does not apply, once every GEMM below is enqueued.
+  auto finish = [&] {
+    if (act_after) {
+      launch_epilogue(ot.dtype, ot.data, nullptr, 1, 1, nullptr, &e, ot.numel(), a.stream());
+    }
+  };
   const int64_t a_count = product(a_batch), b_count = product(b_batch);
   if (!ta && ra >= 2 && b_count == 1) {
     // One shared b: a's batch entries are consecutive row blocks of one [batch*M, K] matrix.
     g.m = batch * m;
     run_gemm(g, at.dtype, a);
+    finish();
     return;
   }
   // Each operand's batch is either broadcast whole (stride 0) or equal to the output's (a
@@ -589,8 +656,12 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
       chunk.a = static_cast<const uint8_t*>(at.data) + first * g.stride_a * esize;
       chunk.b = static_cast<const uint8_t*>(bt.data) + first * g.stride_b * esize;
       chunk.c = static_cast<uint8_t*>(ot.data) + first * g.stride_c * esize;
+      if (residual != nullptr) {
+        chunk.residual = static_cast<const uint8_t*>(residual) + first * g.stride_c * esize;
+      }
       run_gemm(chunk, at.dtype, a);
     }
+    finish();
     return;
   }
   // Mixed broadcasting ([2, 1] x [1, 3] batches): one GEMM per output batch entry, walking the
@@ -626,8 +697,10 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
     one.a = static_cast<const uint8_t*>(at.data) + a_off * m * k * esize;
     one.b = static_cast<const uint8_t*>(bt.data) + b_off * k * n * esize;
     one.c = static_cast<uint8_t*>(ot.data) + i * m * n * esize;
+    if (residual != nullptr) one.residual = static_cast<const uint8_t*>(residual) + i * m * n * esize;
     run_gemm(one, at.dtype, a);
   }
+  finish();
 }
 
 }  // namespace ember::engine::cuda

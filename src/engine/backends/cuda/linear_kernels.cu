@@ -13,6 +13,7 @@
 #include <limits>
 #include <string>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/linear_kernels.h"
 
 namespace ember::engine::cuda {
@@ -43,6 +44,46 @@ __global__ void fill_channel_bias_kernel(T* __restrict__ out, const T* __restric
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = bias[(i / plane) % channels];
   }
+}
+
+/// y = act(y + bias[(i / plane) % channels] + residual[i]) in f32, rounded once; bias and
+/// residual optional. 2 elements per thread when the sizes allow (f16/bf16 pairs).
+template <typename T, bool kBias, bool kResidual, bool kAct>
+__global__ void epilogue_kernel(T* __restrict__ y, const T* __restrict__ bias,
+                                const T* __restrict__ residual, int64_t total, int64_t channels,
+                                int64_t plane, ActivationFn act) {
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    float v = Num<T>::load(y[i]);
+    if constexpr (kBias) v += Num<T>::load(bias[(i / plane) % channels]);
+    if constexpr (kResidual) v += Num<T>::load(residual[i]);
+    if constexpr (kAct) v = act(v);
+    y[i] = Num<T>::store(v);
+  }
+}
+
+template <typename T>
+void launch_epilogue_t(T* y, const T* bias, const T* residual, int64_t total, int64_t channels,
+                       int64_t plane, const ActivationFn* act, cudaStream_t stream) {
+  const unsigned grid = grid_for(total, kThreads);
+  const ActivationFn f = act != nullptr ? *act : ActivationFn{ActivationType::kRelu, 0.f, 0.f};
+  const int key = (bias != nullptr ? 4 : 0) | (residual != nullptr ? 2 : 0) | (act != nullptr ? 1 : 0);
+  switch (key) {
+#define EMBER_EPILOGUE_CASE(K, B, R, A)                                                        \
+  case K:                                                                                     \
+    epilogue_kernel<T, B, R, A><<<grid, kThreads, 0, stream>>>(y, bias, residual, total,      \
+                                                               channels, plane, f);           \
+    break;
+    EMBER_EPILOGUE_CASE(1, false, false, true)
+    EMBER_EPILOGUE_CASE(2, false, true, false)
+    EMBER_EPILOGUE_CASE(3, false, true, true)
+    EMBER_EPILOGUE_CASE(4, true, false, false)
+    EMBER_EPILOGUE_CASE(5, true, false, true)
+    EMBER_EPILOGUE_CASE(6, true, true, false)
+    EMBER_EPILOGUE_CASE(7, true, true, true)
+#undef EMBER_EPILOGUE_CASE
+    default: return;  // nothing to do
+  }
+  check(cudaGetLastError(), "epilogue_kernel");
 }
 
 // ---------------------------------------------------------------- pooling
@@ -234,6 +275,40 @@ void launch_fill_channel_bias(DataType dtype, void* out, const void* bias, int64
                   " is not supported");
   }
   check(cudaGetLastError(), "fill_channel_bias_kernel");
+}
+
+void launch_epilogue(DataType dtype, void* y, const void* bias, int64_t channels, int64_t plane,
+                     const void* residual, const Epilogue* activation, int64_t total,
+                     cudaStream_t stream) {
+  if (total == 0) return;
+  ActivationFn act{ActivationType::kRelu, 0.f, 0.f};
+  const ActivationFn* actp = nullptr;
+  if (activation != nullptr && activation->fused_activation) {
+    act = ActivationFn{activation->activation, static_cast<float>(activation->alpha),
+                       static_cast<float>(activation->beta)};
+    actp = &act;
+  }
+  switch (dtype) {
+    case DataType::kF32:
+      return launch_epilogue_t(static_cast<float*>(y), static_cast<const float*>(bias),
+                               static_cast<const float*>(residual), total, channels, plane, actp,
+                               stream);
+    case DataType::kF16:
+      return launch_epilogue_t(static_cast<__half*>(y), static_cast<const __half*>(bias),
+                               static_cast<const __half*>(residual), total, channels, plane, actp,
+                               stream);
+    case DataType::kBF16:
+      return launch_epilogue_t(static_cast<__nv_bfloat16*>(y),
+                               static_cast<const __nv_bfloat16*>(bias),
+                               static_cast<const __nv_bfloat16*>(residual), total, channels,
+                               plane, actp, stream);
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+  }
+  throw Error(std::string("epilogue (cuda): dtype ") + dtype_name(dtype) + " is not supported");
 }
 
 void run(const PoolingParams& p, const CudaArgs& a) {

@@ -2,8 +2,7 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fold_constants -> remove_dead_layers ->
-// [fusion: the CUDA back end adds its passes here] -> select_implementations -> plan_memory ->
-// emission (plan_write).
+// fuse_epilogues -> select_implementations -> plan_memory -> emission (plan_write).
 #pragma once
 
 #include <functional>
@@ -43,10 +42,15 @@ void pass_infer_shapes(BuildState& s);
 void pass_fold_constants(BuildState& s);
 /// Removes layers none of whose outputs reach a network output.
 void pass_remove_dead_layers(BuildState& s);
+/// Folds per-channel scale/shift constants after a Convolution into its weights and bias, and
+/// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
+/// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).
+void pass_fuse_epilogues(BuildState& s);
 /// Chooses an implementation for every layer (plan.impls).
 void pass_select_implementations(BuildState& s);
 /// Assigns arena offsets by liveness (first fit, 256-byte aligned) using each tensor's largest
-/// size over all profiles; fails when the arena exceeds config.memory_limit.
+/// size over all profiles; the output of a reshape-only Shuffle shares its input's slot. Fails
+/// when the arena exceeds config.memory_limit.
 void pass_plan_memory(BuildState& s);
 
 /// The default pipeline, in order.

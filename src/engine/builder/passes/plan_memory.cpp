@@ -10,6 +10,20 @@ constexpr int64_t kArenaAlignment = 256;
 
 int64_t align_up(int64_t v) { return (v + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment; }
 
+/// A Shuffle that only reshapes keeps the row-major bytes: its output can share its input's
+/// arena slot (both back ends skip the copy when the addresses are equal).
+bool is_pure_reshape(const Layer& l) {
+  if (l.kind() != LayerKind::kShuffle) return false;
+  const auto& p = l.params_as<ShuffleParams>();
+  auto identity = [](const std::vector<int64_t>& perm) {
+    for (size_t i = 0; i < perm.size(); ++i) {
+      if (perm[i] != static_cast<int64_t>(i)) return false;
+    }
+    return true;
+  };
+  return identity(p.first_transpose) && identity(p.second_transpose);
+}
+
 }  // namespace
 
 void pass_plan_memory(BuildState& s) {
@@ -28,10 +42,11 @@ void pass_plan_memory(BuildState& s) {
   }
   struct Block {
     int64_t offset, size, last;
+    int root;  // the tensor the slot was allocated for (aliases extend its life)
   };
   std::vector<Block> live;
   s.plan.placements.assign(tensors.size(), TensorPlacement{});
-  int64_t arena = 0, placed = 0, naive = 0;
+  int64_t arena = 0, placed = 0, naive = 0, aliased = 0;
   for (size_t li = 0; li < layers.size(); ++li) {
     const Layer* l = layers[li];
     if (l->kind() == LayerKind::kConstant) continue;
@@ -39,6 +54,23 @@ void pass_plan_memory(BuildState& s) {
     live.erase(std::remove_if(live.begin(), live.end(),
                               [&](const Block& b) { return b.last < static_cast<int64_t>(li); }),
                live.end());
+    if (is_pure_reshape(*l) && !l->output()->is_output()) {
+      const Tensor* in = l->input(0);
+      const int64_t in_offset = s.plan.placements[in->id()].arena_offset;
+      auto block = std::find_if(live.begin(), live.end(), [&](const Block& b) {
+        return in_offset >= 0 && b.offset == in_offset;
+      });
+      // The bounds of the two shapes come from interval arithmetic and can differ (a reshape
+      // to floordiv(...) dims): share only when the output's bound fits the slot.
+      if (block != live.end() &&
+          align_up(std::max<int64_t>(max_tensor_bytes(*l->output(), s.plan.profiles), 1)) <=
+              block->size) {
+        block->last = std::max(block->last, last[l->output()->id()]);
+        s.plan.placements[l->output()->id()].arena_offset = in_offset;
+        ++aliased;
+        continue;
+      }
+    }
     for (const Tensor* t : l->outputs()) {
       if (t->is_output()) continue;  // written straight into the caller's memory
       const int64_t size = align_up(std::max<int64_t>(max_tensor_bytes(*t, s.plan.profiles), 1));
@@ -48,7 +80,7 @@ void pass_plan_memory(BuildState& s) {
         if (offset + size <= b.offset) break;
         offset = std::max(offset, b.offset + b.size);
       }
-      live.push_back({offset, size, last[t->id()]});
+      live.push_back({offset, size, last[t->id()], t->id()});
       s.plan.placements[t->id()].arena_offset = offset;
       arena = std::max(arena, offset + size);
       naive += size;
@@ -62,7 +94,8 @@ void pass_plan_memory(BuildState& s) {
   }
   s.log.push_back("plan_memory: " + std::to_string(placed) + " tensors in a " +
                   std::to_string(arena) + "-byte arena (" + std::to_string(naive) +
-                  " bytes without reuse)");
+                  " bytes without reuse); " + std::to_string(aliased) +
+                  " reshapes share their input's slot");
 }
 
 }  // namespace ember::engine

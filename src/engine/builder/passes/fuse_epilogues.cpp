@@ -1,0 +1,301 @@
+// fuse_epilogues: folds what follows a Convolution or MatrixMultiply into it.
+//
+//   Conv(x, W, b) -> x * c  (c constant, per output channel or scalar)  => Conv(x, W*c, b*c)
+//   Conv(x, W, b) -> x + c / x - c                                      => Conv(x, W, b +/- c)
+//   MatMul(a, B)  -> x + c  (c constant, broadcast along the last dim)  => MatMul bias c
+//   Conv/MatMul   -> x + r  (r a tensor of the output's shape)          => epilogue residual r
+//   MatMul -> reshape -> x + r  (r of the reshaped shape)               => the same, with r
+//                                                                          reshaped back (free)
+//   Conv/MatMul   -> Activation                                         => epilogue activation
+//
+// Each rewrite needs the product to have that one consumer and not be a network output; the
+// epilogue's order (bias, residual, activation) is the order rewrites are tried in, so a
+// product gains a residual only before its activation. Batch-norm folding changes the weights
+// (computed in f32, rounded to the weights' dtype once), which is what TensorRT does too.
+#include <cmath>
+#include <optional>
+
+#include "backends/cpu/kernels.h"
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+namespace {
+
+/// The only consumer of `t`, when it has exactly one and is not a network output.
+Layer* sole_consumer(const Network& net, const Tensor* t) {
+  if (t->is_output()) return nullptr;
+  const auto users = net.consumers(t);
+  if (users.size() != 1) return nullptr;
+  // A consumer reading t twice (x + x) is not a pattern here.
+  int reads = 0;
+  for (const Tensor* in : users[0]->inputs()) reads += in == t ? 1 : 0;
+  return reads == 1 ? users[0] : nullptr;
+}
+
+bool is_float(DataType t) {
+  return t == DataType::kF32 || t == DataType::kF16 || t == DataType::kBF16;
+}
+
+const Weights* constant_of(const Tensor* t) {
+  if (t == nullptr || t->producer() == nullptr ||
+      t->producer()->kind() != LayerKind::kConstant) {
+    return nullptr;
+  }
+  return &t->producer()->params_as<ConstantParams>().weights;
+}
+
+std::vector<float> to_floats(const Weights& w) {
+  std::vector<float> v(static_cast<size_t>(w.numel()));
+  for (int64_t i = 0; i < w.numel(); ++i) v[i] = cpu::load_float(w.dtype(), w.data(), i);
+  return v;
+}
+
+Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector<float>& v) {
+  Weights w = Weights::zeros(dtype, std::move(dims));
+  auto* out = const_cast<void*>(w.data());  // freshly allocated, not shared yet
+  for (size_t i = 0; i < v.size(); ++i) cpu::store_float(dtype, out, static_cast<int64_t>(i), v[i]);
+  return w;
+}
+
+/// The values of constant `c` as one value per entry of output dim `axis` (size `n`) of a
+/// tensor of rank `rank`, when `c` broadcasts that way (every other dim 1); nullopt otherwise.
+std::optional<std::vector<float>> per_axis(const Weights& c, int rank, int axis, int64_t n) {
+  const auto& d = c.dims();
+  if (static_cast<int>(d.size()) > rank) return std::nullopt;
+  const int lead = rank - static_cast<int>(d.size());
+  int64_t along = 1;
+  for (int i = 0; i < static_cast<int>(d.size()); ++i) {
+    if (d[i] == 1) continue;
+    if (i + lead != axis || d[i] != n) return std::nullopt;
+    along = n;
+  }
+  const std::vector<float> v = to_floats(c);
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) out[k] = v[along == 1 ? 0 : k];
+  return out;
+}
+
+bool shapes_equal(const Shape& a, const Shape& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!(a[i] == b[i])) return false;
+  }
+  return true;
+}
+
+/// The other operand of a two-input layer that reads `t`.
+Tensor* other_input(const Layer& l, const Tensor* t) {
+  return l.input(0) == t ? l.input(1) : l.input(0);
+}
+
+/// "conv+add+relu": the fused layer is named after the layers it replaces.
+std::string fused_name(const Layer& prod, const Layer& absorbed) {
+  return prod.name() + "+" + absorbed.name();
+}
+
+/// Replaces `absorbed`'s output by a new layer of `prod`'s kind with `params` and `inputs`.
+Layer* rebuild(Network& net, Layer* prod, Layer* absorbed, LayerParams params,
+               std::vector<Tensor*> inputs) {
+  Layer* l = net.add_layer(std::move(params), std::move(inputs), fused_name(*prod, *absorbed));
+  net.replace_all_uses(absorbed->output(), l->output());
+  return l;
+}
+
+struct Fuser {
+  Network& net;
+  int folded_scales = 0, biases = 0, residuals = 0, activations = 0;
+
+  /// Conv followed by x*c, x+c or x-c with c a per-channel constant, into new weights/bias.
+  bool fold_conv_affine(Layer* conv) {
+    const auto& p = conv->params_as<ConvolutionParams>();
+    if (p.epilogue.fused_activation || conv->input(3) != nullptr) return false;
+    const Weights* w = constant_of(conv->input(1));
+    const Tensor* bias_t = conv->input(2);
+    const Weights* b = constant_of(bias_t);
+    if (w == nullptr || (bias_t != nullptr && b == nullptr) || !is_float(w->dtype())) return false;
+    Layer* next = sole_consumer(net, conv->output());
+    if (next == nullptr || next->kind() != LayerKind::kElementWise) return false;
+    const ElementWiseOp op = next->params_as<ElementWiseParams>().op;
+    const bool conv_first = next->input(0) == conv->output();
+    if (!(op == ElementWiseOp::kProd || op == ElementWiseOp::kSum ||
+          (op == ElementWiseOp::kSub && conv_first))) {
+      return false;
+    }
+    const Weights* c = constant_of(other_input(*next, conv->output()));
+    if (c == nullptr || c->dtype() != w->dtype() ||
+        next->output()->dtype() != conv->output()->dtype() ||
+        !shapes_equal(next->output()->shape(), conv->output()->shape())) {
+      return false;
+    }
+    const int64_t k = w->dims()[0];
+    const auto per_channel = per_axis(*c, conv->output()->rank(), 1, k);
+    if (!per_channel) return false;
+    std::vector<float> wv = to_floats(*w);
+    std::vector<float> bv = b != nullptr ? to_floats(*b) : std::vector<float>(k, 0.0f);
+    const int64_t per_filter = w->numel() / std::max<int64_t>(k, 1);
+    for (int64_t o = 0; o < k; ++o) {
+      const float s = (*per_channel)[o];
+      if (op == ElementWiseOp::kProd) {
+        for (int64_t i = 0; i < per_filter; ++i) wv[o * per_filter + i] *= s;
+        bv[o] *= s;
+      } else {
+        bv[o] += op == ElementWiseOp::kSum ? s : -s;
+      }
+    }
+    for (float v : wv) {
+      if (!std::isfinite(v)) return false;  // the rounded weights would overflow: leave it
+    }
+    Tensor* nw = net.add_constant(from_floats(w->dtype(), w->dims(), wv),
+                                  conv->name() + "/folded_w")->output();
+    Tensor* nb = net.add_constant(from_floats(w->dtype(), {k}, bv),
+                                  conv->name() + "/folded_b")->output();
+    rebuild(net, conv, next, p, {conv->input(0), nw, nb});
+    ++folded_scales;
+    return true;
+  }
+
+  /// MatMul followed by x + c with c constant along the last dim, into the bias input.
+  bool fuse_matmul_bias(Layer* mm) {
+    const auto& p = mm->params_as<MatrixMultiplyParams>();
+    if (mm->input(2) != nullptr || mm->input(3) != nullptr || p.epilogue.fused_activation) {
+      return false;
+    }
+    const Tensor* out = mm->output();
+    if (out->rank() < 1 || !out->shape().back().is_constant()) return false;
+    Layer* next = sole_consumer(net, out);
+    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
+        next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum ||
+        !shapes_equal(next->output()->shape(), out->shape())) {
+      return false;
+    }
+    const Weights* c = constant_of(other_input(*next, out));
+    if (c == nullptr || c->dtype() != out->dtype()) return false;
+    const int64_t n = out->shape().back().constant();
+    const auto per_col = per_axis(*c, out->rank(), out->rank() - 1, n);
+    if (!per_col) return false;
+    Tensor* bias = net.add_constant(from_floats(c->dtype(), {n}, *per_col),
+                                    mm->name() + "/bias")->output();
+    rebuild(net, mm, next, p, {mm->input(0), mm->input(1), bias});
+    ++biases;
+    return true;
+  }
+
+  /// Conv/MatMul followed by x + r, r a computed tensor of the output's shape (directly, or
+  /// after a reshape of a MatMul's output), into the residual input.
+  bool fuse_residual(Layer* prod, const Epilogue& e, size_t residual_index) {
+    if (e.fused_activation || prod->input(residual_index) != nullptr) return false;
+    Tensor* out = prod->output();
+    Layer* next = sole_consumer(net, out);
+    Layer* reshape = nullptr;
+    if (next != nullptr && next->kind() == LayerKind::kShuffle &&
+        prod->kind() == LayerKind::kMatrixMultiply) {
+      const auto& sp = next->params_as<ShuffleParams>();
+      if (!sp.first_transpose.empty() || !sp.second_transpose.empty()) return false;
+      reshape = next;
+      next = sole_consumer(net, reshape->output());
+    }
+    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
+        next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum) {
+      return false;
+    }
+    const Tensor* sum_in = reshape != nullptr ? reshape->output() : out;
+    Tensor* r = other_input(*next, sum_in);
+    if (r == nullptr || constant_of(r) != nullptr || r->dtype() != out->dtype() ||
+        !shapes_equal(r->shape(), sum_in->shape()) ||
+        !shapes_equal(next->output()->shape(), sum_in->shape())) {
+      return false;
+    }
+    if (reshape != nullptr) {
+      r = net.add_reshape(r, out->shape(), next->name() + "/residual")->output();
+    }
+    std::vector<Tensor*> inputs = prod->inputs();
+    inputs.resize(residual_index + 1, nullptr);
+    inputs[residual_index] = r;
+    Layer* fused = net.add_layer(prod->params(), inputs, fused_name(*prod, *next));
+    Tensor* result = fused->output();
+    if (reshape != nullptr) {
+      result = net.add_reshape(result, next->output()->shape(), reshape->name() + "+")->output();
+    }
+    net.replace_all_uses(next->output(), result);
+    ++residuals;
+    return true;
+  }
+
+  /// Conv/MatMul followed by an Activation, into the epilogue.
+  bool fuse_activation(Layer* prod) {
+    Layer* next = sole_consumer(net, prod->output());
+    if (next == nullptr || next->kind() != LayerKind::kActivation ||
+        next->output()->dtype() != prod->output()->dtype()) {
+      return false;
+    }
+    const auto& ap = next->params_as<ActivationParams>();
+    LayerParams params = prod->params();
+    Epilogue* e = prod->kind() == LayerKind::kConvolution
+                      ? &std::get<ConvolutionParams>(params).epilogue
+                      : &std::get<MatrixMultiplyParams>(params).epilogue;
+    if (e->fused_activation) return false;
+    e->fused_activation = true;
+    e->activation = ap.type;
+    e->alpha = ap.alpha;
+    e->beta = ap.beta;
+    rebuild(net, prod, next, params, prod->inputs());
+    ++activations;
+    return true;
+  }
+
+  bool try_layer(Layer* l) {
+    if (l->kind() == LayerKind::kConvolution) {
+      const auto& e = l->params_as<ConvolutionParams>().epilogue;
+      return fold_conv_affine(l) || fuse_residual(l, e, 3) || fuse_activation(l);
+    }
+    if (l->kind() == LayerKind::kMatrixMultiply && is_float(l->output()->dtype())) {
+      const auto& e = l->params_as<MatrixMultiplyParams>().epilogue;
+      return fuse_matmul_bias(l) || fuse_residual(l, e, 3) || fuse_activation(l);
+    }
+    return false;
+  }
+};
+
+/// Removes layers whose outputs nobody reads (what a rewrite left behind).
+void drop_unused(Network& net) {
+  bool changed = true;
+  while (changed) {
+    changed = false;
+    const auto layers = net.layers();
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+      bool used = false;
+      for (const Tensor* t : (*it)->outputs()) used = used || t->is_output() || !net.consumers(t).empty();
+      if (!used) {
+        net.remove_layer(*it);
+        changed = true;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void pass_fuse_epilogues(BuildState& s) {
+  Network& net = s.plan.network;
+  Fuser f{net};
+  // Each success replaces layers, so restart the walk; every rewrite removes a layer from the
+  // live graph, which bounds the loop.
+  bool changed = true;
+  while (changed) {
+    changed = false;
+    for (Layer* l : net.layers()) {
+      if (f.try_layer(l)) {
+        changed = true;
+        drop_unused(net);
+        break;
+      }
+    }
+  }
+  s.log.push_back("fuse_epilogues: " + std::to_string(f.folded_scales) +
+                  " scale/shift folds into convolution weights, " + std::to_string(f.biases) +
+                  " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
+                  std::to_string(f.activations) + " activations");
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,131 @@
+// CUDA graphs of an ExecutionContext: the first call of a shape runs layer by layer, later calls
+// replay a captured graph that follows new input data, new addresses (a new capture) and new
+// shapes, and set_cuda_graphs(false) turns replay off. Skipped (visibly) without a CUDA device.
+#ifdef EMBER_WITH_CUDA
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "cuda_test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+/// y = relu(x @ w + b) * 2 + x[:, :4], fused by the builder into a few layers.
+struct GraphNet {
+  Network net;
+  GraphNet() {
+    const DimExpr n = DimExpr::symbol("n");
+    Tensor* x = net.add_input("x", DataType::kF32, {n, 4});
+    const TestTensor w = TestTensor::random(DataType::kF32, {4, 4}, 1);
+    const TestTensor b = TestTensor::random(DataType::kF32, {4}, 2);
+    Tensor* wt = net.add_constant(Weights::copy(DataType::kF32, {4, 4}, w.bytes.data()), "w")->output();
+    Tensor* bt = net.add_constant(Weights::copy(DataType::kF32, {4}, b.bytes.data()), "b")->output();
+    Tensor* y = net.add_matrix_multiply(x, false, wt, false, "mm")->output();
+    y = net.add_elementwise(y, bt, ElementWiseOp::kSum, "bias")->output();
+    y = net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output();
+    const TestTensor two = TestTensor::floats(DataType::kF32, {1}, {2.0f});
+    y = net.add_elementwise(
+             y, net.add_constant(Weights::copy(DataType::kF32, {1}, two.bytes.data()), "two")->output(),
+             ElementWiseOp::kProd, "scale")->output();
+    y = net.add_elementwise(y, x, ElementWiseOp::kSum, "skip")->output();
+    net.mark_output(y, "y");
+  }
+};
+
+/// Device buffers for one call: input copied in, output allocated.
+struct Buffers {
+  void* x = nullptr;
+  void* y = nullptr;
+  int64_t rows = 0;
+  Buffers(const TestTensor& in, int64_t n) : rows(n) {
+    test::cuda_ok(cudaMalloc(&x, in.bytes.size()), "cudaMalloc");
+    test::cuda_ok(cudaMalloc(&y, static_cast<size_t>(n) * 4 * sizeof(float)), "cudaMalloc");
+    load(in);
+  }
+  void load(const TestTensor& in) {
+    test::cuda_ok(cudaMemcpy(x, in.bytes.data(), in.bytes.size(), cudaMemcpyHostToDevice), "copy in");
+  }
+  ~Buffers() {
+    cudaFree(x);
+    cudaFree(y);
+  }
+  TestTensor run(ExecutionContext& ctx) {
+    ctx.set_input_shape("x", {rows, 4});
+    ctx.set_tensor_address("x", x);
+    ctx.set_tensor_address("y", y);
+    ctx.enqueue(nullptr);
+    test::cuda_ok(cudaStreamSynchronize(nullptr), "sync");
+    TestTensor out;
+    out.dims = {rows, 4};
+    out.bytes.resize(static_cast<size_t>(rows) * 4 * sizeof(float));
+    test::cuda_ok(cudaMemcpy(out.bytes.data(), y, out.bytes.size(), cudaMemcpyDeviceToHost), "copy out");
+    return out;
+  }
+};
+
+TEST(CudaGraphs, ReplayFollowsDataAddressesAndShapes) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  GraphNet g;
+  BuilderConfig config;
+  config.backend = "cuda";
+  config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
+  const auto plan = Builder(config).build(g.net);
+  const auto engine = Runtime().deserialize(plan.data(), plan.size());
+  auto ctx = engine->create_execution_context();
+  auto check = [&](const TestTensor& in, const TestTensor& out, const char* what) {
+    test::expect_matches_cpu(g.net, {in}, {out}, what);
+  };
+
+  const TestTensor in1 = TestTensor::random(DataType::kF32, {8, 4}, 10);
+  Buffers a(in1, 8);
+  check(in1, a.run(*ctx), "first call (layer by layer)");
+  EXPECT_EQ(ctx->cuda_graph_stats().captures, 0);
+  check(in1, a.run(*ctx), "second call (capture)");
+  EXPECT_EQ(ctx->cuda_graph_stats().captures, 1);
+  const TestTensor in2 = TestTensor::random(DataType::kF32, {8, 4}, 11);
+  a.load(in2);
+  check(in2, a.run(*ctx), "replay with new input data");
+  EXPECT_EQ(ctx->cuda_graph_stats().replays, 1);
+
+  Buffers b(in1, 8);  // same shape, other addresses: one more capture, then replays
+  check(in1, b.run(*ctx), "new addresses");
+  check(in1, b.run(*ctx), "new addresses, replay");
+  EXPECT_EQ(ctx->cuda_graph_stats().captures, 2);
+  EXPECT_EQ(ctx->cuda_graph_stats().replays, 2);
+  check(in2, a.run(*ctx), "back to the first addresses");
+  EXPECT_EQ(ctx->cuda_graph_stats().replays, 3);
+
+  const TestTensor in3 = TestTensor::random(DataType::kF32, {3, 4}, 12);
+  Buffers c(in3, 3);  // a new shape signature: layer by layer first
+  check(in3, c.run(*ctx), "new shape");
+  check(in3, c.run(*ctx), "new shape, captured");
+  EXPECT_EQ(ctx->cuda_graph_stats().captures, 3);
+  EXPECT_FALSE(ctx->cuda_graph_stats().disabled);
+
+  ctx->set_cuda_graphs(false);
+  check(in2, a.run(*ctx), "graphs off");
+  EXPECT_EQ(ctx->cuda_graph_stats().replays, 3);
+  EXPECT_TRUE(ctx->cuda_graph_stats().disabled);
+}
+
+TEST(CudaGraphs, HostFallbackPlansRunLayerByLayer) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // TopK runs through the host fallback (it synchronizes): such plans are never captured.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 8});
+  net.mark_output(net.add_topk(x, TopKOp::kMax, 3, 1, "top")->output(0), "v");
+  const TestTensor in = TestTensor::random(DataType::kF32, {2, 8}, 3);
+  test::CudaRunner runner(net, {in});
+  for (int i = 0; i < 3; ++i) test::expect_matches_cpu(net, {in}, runner.run({in}), "topk");
+  EXPECT_EQ(runner.context().cuda_graph_stats().captures, 0);
+  EXPECT_TRUE(runner.context().cuda_graph_stats().disabled);
+}
+
+}  // namespace
+}  // namespace ember::engine
+
+#endif  // EMBER_WITH_CUDA

@@ -1,0 +1,134 @@
+// The builder's fuse_epilogues pass: what it fuses (layer counts in the built plan) and that the
+// fused engine computes what the unfused network computes (run_network compares the built plan
+// with the reference executor running the network as written).
+#include <gtest/gtest.h>
+
+#include "ember/engine/builder.h"
+#include "ember/engine/runtime.h"
+#include "test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+/// How many layers of type `kind` the built plan has.
+int count_layers(const Network& net, const std::string& kind,
+                 std::vector<OptimizationProfile> profiles = {}) {
+  BuilderConfig config;
+  config.profiles = std::move(profiles);
+  const auto plan = Builder(config).build(net);
+  const std::string json = Runtime().deserialize(plan.data(), plan.size())->inspect_json();
+  const std::string key = "\"type\": \"" + kind + "\"";
+  int n = 0;
+  for (size_t at = json.find(key); at != std::string::npos; at = json.find(key, at + 1)) ++n;
+  return n;
+}
+
+Tensor* constant(Network& net, DataType dt, std::vector<int64_t> dims, uint32_t seed,
+                 const std::string& name, float lo = -1.0f, float hi = 1.0f) {
+  const TestTensor t = TestTensor::random(dt, dims, seed, lo, hi);
+  return net.add_constant(Weights::copy(dt, dims, t.bytes.data()), name)->output();
+}
+
+/// conv -> *scale -> +shift (batch norm) -> +skip -> relu, as the converters emit ResNet blocks.
+void build_conv_block(Network& net, DataType dt) {
+  Tensor* x = net.add_input("x", dt, {2, 3, 6, 6});
+  Tensor* skip = net.add_input("skip", dt, {2, 4, 6, 6});
+  ConvolutionParams p;
+  p.stride = {1, 1};
+  p.padding_begin = p.padding_end = {1, 1};
+  p.dilation = {1, 1};
+  Tensor* w = constant(net, dt, {4, 3, 3, 3}, 1, "w");
+  Tensor* y = net.add_convolution(x, w, nullptr, p, "conv")->output();
+  y = net.add_elementwise(y, constant(net, dt, {1, 4, 1, 1}, 2, "scale", 0.5f, 1.5f),
+                          ElementWiseOp::kProd, "bn_scale")->output();
+  y = net.add_elementwise(y, constant(net, dt, {1, 4, 1, 1}, 3, "shift"), ElementWiseOp::kSum,
+                          "bn_shift")->output();
+  y = net.add_elementwise(skip, y, ElementWiseOp::kSum, "residual")->output();
+  y = net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output();
+  net.mark_output(y, "y");
+}
+
+TEST(FuseEpilogues, ConvBatchNormResidualReluBecomeOneConvolution) {
+  for (DataType dt : {DataType::kF32, DataType::kF16}) {
+    Network net;
+    build_conv_block(net, dt);
+    EXPECT_EQ(count_layers(net, "Convolution"), 1);
+    EXPECT_EQ(count_layers(net, "ElementWise"), 0) << dtype_name(dt);
+    EXPECT_EQ(count_layers(net, "Activation"), 0) << dtype_name(dt);
+    const auto out = test::run_network(net, {TestTensor::random(dt, {2, 3, 6, 6}, 7),
+                                             TestTensor::random(dt, {2, 4, 6, 6}, 8)});
+    EXPECT_EQ(out.size(), 1u);
+  }
+}
+
+TEST(FuseEpilogues, MatMulBiasActivationAndResidualBehindAReshape) {
+  // [n, 8] x [8, 6] + bias[6] -> gelu ; [n, 6] x [6, 8] + bias -> reshape [1, n, 8] + x3
+  Network net;
+  const DimExpr n = DimExpr::symbol("n");
+  Tensor* x = net.add_input("x", DataType::kF32, {n, 8});
+  Tensor* x3 = net.add_input("x3", DataType::kF32, {1, n, 8});
+  Tensor* h = net.add_matrix_multiply(x, false, constant(net, DataType::kF32, {8, 6}, 1, "w1"),
+                                      false, "fc1")->output();
+  h = net.add_elementwise(h, constant(net, DataType::kF32, {6}, 2, "b1"), ElementWiseOp::kSum,
+                          "fc1_bias")->output();
+  h = net.add_activation(h, ActivationType::kGeluErf, 0, 0, "gelu")->output();
+  Tensor* o = net.add_matrix_multiply(h, false, constant(net, DataType::kF32, {6, 8}, 3, "w2"),
+                                      false, "fc2")->output();
+  o = net.add_elementwise(o, constant(net, DataType::kF32, {1, 8}, 4, "b2"), ElementWiseOp::kSum,
+                          "fc2_bias")->output();
+  o = net.add_reshape(o, {1, n, 8}, "view")->output();
+  o = net.add_elementwise(x3, o, ElementWiseOp::kSum, "residual")->output();
+  net.mark_output(o, "y");
+  test::RunOptions opts;
+  opts.profiles = {OptimizationProfile().set_range("n", 1, 5, 9)};
+  EXPECT_EQ(count_layers(net, "MatrixMultiply", opts.profiles), 2);
+  EXPECT_EQ(count_layers(net, "ElementWise", opts.profiles), 0);
+  EXPECT_EQ(count_layers(net, "Activation", opts.profiles), 0);
+  for (int64_t rows : {1, 5, 9}) {
+    test::run_network(net, {TestTensor::random(DataType::kF32, {rows, 8}, 5),
+                            TestTensor::random(DataType::kF32, {1, rows, 8}, 6)}, opts);
+  }
+}
+
+TEST(FuseEpilogues, LeavesProductsReadTwiceAndNonConstantScales) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {4, 8});
+  Tensor* s = net.add_input("s", DataType::kF32, {4, 6});
+  Tensor* mm = net.add_matrix_multiply(x, false, constant(net, DataType::kF32, {8, 6}, 1, "w"),
+                                       false, "mm")->output();
+  Tensor* a = net.add_activation(mm, ActivationType::kRelu, 0, 0, "relu")->output();
+  Tensor* b = net.add_elementwise(mm, s, ElementWiseOp::kProd, "scaled")->output();
+  net.mark_output(a, "a");
+  net.mark_output(b, "b");
+  EXPECT_EQ(count_layers(net, "Activation"), 1);
+  EXPECT_EQ(count_layers(net, "ElementWise"), 1);
+  test::run_network(net, {TestTensor::random(DataType::kF32, {4, 8}, 2),
+                          TestTensor::random(DataType::kF32, {4, 6}, 3)});
+}
+
+TEST(PlanMemory, ReshapesShareTheirInputsSlot) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {4, 6});
+  Tensor* r = net.add_activation(x, ActivationType::kRelu, 0, 0, "relu")->output();
+  Tensor* v = net.add_reshape(r, {2, 12}, "view")->output();
+  Tensor* y = net.add_activation(v, ActivationType::kSigmoid, 0, 0, "sig")->output();
+  y = net.add_elementwise(y, net.add_reshape(r, {2, 12}, "view2")->output(), ElementWiseOp::kSum,
+                          "sum")->output();
+  net.mark_output(y, "y");
+  BuilderConfig config;
+  BuildReport report;
+  Builder(config).build(net, &report);
+  bool logged = false;
+  for (const auto& line : report.pass_log) {
+    logged = logged || line.find("2 reshapes share their input's slot") != std::string::npos;
+  }
+  EXPECT_TRUE(logged);
+  // relu, sig: two 96-byte tensors (256-byte slots); the views cost nothing.
+  EXPECT_EQ(report.arena_bytes, 2 * 256);
+  test::run_network(net, {TestTensor::random(DataType::kF32, {4, 6}, 9)});
+}
+
+}  // namespace
+}  // namespace ember::engine
