@@ -4,19 +4,25 @@
 #   1. the CUDA conformance suites and fusion tests (ember_engine_tests, Cuda* and FuseEpilogues*),
 #   2. tests/python/test_cuda.py (models in f32/f16 incl. full-size resnet50, bert-base, gpt2;
 #      CUDA graphs; streams),
-#   3. the converter (op) suite and the model zoo with EMBER_TEST_DEVICE=cuda.
-# Logs go to $OUT (or ./gpu_out); the last line of each says how it ended. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo]...   (default: all)
+#   3. the converter (op) suite and the model zoo with EMBER_TEST_DEVICE=cuda,
+#   4. bench/bench.py (BENCH_ARGS, e.g. "--compile-modes ''" for Ember against eager only) and
+#      bench/kernel_profile.py for resnet50 and gpt2 at batch 32.
+# Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
+# back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
+# last line of its log. Usage:
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile]...   (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${OUT:-$root/gpu_out}"
-mkdir -p "$out"
+dest="${OUT:-$root/gpu_out}"
+out="$(mktemp -d)"
+mkdir -p "$dest"
 steps=("${@:-all}")
 want() { [[ " ${steps[*]} " == *" all "* || " ${steps[*]} " == *" $1 "* ]]; }
 
 start=$(date +%s)
 # shellcheck source=/dev/null
-source "$root/tools/gpu_build.sh" > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+source "$root/tools/gpu_build.sh" > "$out/build.log" 2>&1 ||
+  { tail -30 "$out/build.log"; cp "$out/build.log" "$dest/"; exit 1; }
 set +e +u
 echo "[gpu_check] build: $(( $(date +%s) - start )) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
@@ -28,7 +34,8 @@ run_step() {  # name, command...
   local t0=$(date +%s)
   "$@" > "$out/$name.log" 2>&1
   local rc=$?
-  echo "[gpu_check] $name: rc=$rc in $(( $(date +%s) - t0 )) s: $(tail -n 1 "$out/$name.log")"
+  echo "[gpu_check] $name: rc=$rc in $(( $(date +%s) - t0 )) s: $(tail -n 1 "$out/$name.log")" |
+    tee -a "$out/summary.txt"
 }
 
 want cpp && run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
@@ -38,4 +45,13 @@ want ops && EMBER_TEST_DEVICE=cuda run_step ops python3 -m pytest -q -p no:cache
   -n "$workers" tests/python/converters
 want zoo && EMBER_TEST_DEVICE=cuda run_step zoo python3 -m pytest -q -p no:cacheprovider \
   -n 4 tests/python/test_zoo_vision.py tests/python/test_zoo_hf.py
-echo "[gpu_check] total: $(( $(date +%s) - start )) s"
+want bench && run_step bench python3 bench/bench.py --json "$out/bench.json" ${BENCH_ARGS:-}
+if want profile; then
+  for m in resnet50 gpt2 bert; do
+    run_step "profile_$m" python3 bench/kernel_profile.py --model "$m" --batch 32 --top 14
+  done
+fi
+echo "[gpu_check] total: $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
+cp "$out/summary.txt" "$dest/"
+[ -f "$out/bench.json" ] && cp "$out/bench.json" "$dest/"
+tar -czf "$dest/gpu_logs.tgz" -C "$out" .

@@ -19,6 +19,10 @@ MAX_ERROR = 1e-4
 @pytest.mark.parametrize("name", list(hf.ENTRIES))
 def test_zoo_hf(name):
     entry = hf.ENTRIES[name]
+    if hf.DEVICE == "cuda" and name == "BertModel (dynamic batch, sequence)":
+        # torch.export itself fails here on CUDA: HF's SDPA path adds a guard on the sequence
+        # length (mask padding to a multiple of 8) that the dynamic range 3..32 violates.
+        pytest.xfail("torch.export on CUDA rejects the dynamic sequence range (HF SDPA guard)")
     row = hf.run(entry)
     assert set(row) == {"model", "compiled", "engines", "fallback", "cosine", "max_error",
                         "compile_seconds"}

@@ -44,8 +44,13 @@ int lower_fold_constants(Graph& g, const CompileSettings& settings, size_t max_b
 /// Nodes with arguments it cannot read are left for conversion to report. Returns the number
 /// of nodes rewritten or removed.
 int lower_canonicalize(Graph& g);
+/// Replaces the tanh approximation of GELU written as arithmetic,
+/// 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3)))), by aten::gelu(x, "tanh").
+/// The formula's other nodes are left for remove_dead_code. Returns the number of rewrites.
+int lower_recognize_gelu(Graph& g);
 
-/// Runs remove_noops, canonicalize, fold_constants and remove_dead_code in that order, for at
+/// Runs remove_noops, canonicalize, recognize_gelu, fold_constants and remove_dead_code in that
+/// order, for at
 /// most 4 rounds, until a round changes nothing. The report has one line per pass run and a
 /// last line saying how many rounds it took.
 LoweringReport lower(Graph& g, const CompileSettings& settings);

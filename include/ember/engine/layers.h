@@ -81,16 +81,17 @@ enum class ActivationType : uint8_t {
 inline constexpr int kNumActivationTypes = 13;
 
 /// A fused epilogue of Convolution and MatrixMultiply, set by the builder's fusion passes
-/// (converters leave it off): out = act(product + bias + residual), where the residual is an
-/// optional extra input of the output's shape and act the activation when `fused_activation`.
-/// Computed in f32 and rounded to the output dtype once.
+/// (converters leave it off): out = act(scale * product + bias + residual), where the residual
+/// is an optional extra input of the output's shape and act the activation when
+/// `fused_activation`. Computed in f32 and rounded to the output dtype once.
 struct Epilogue {
+  double scale = 1.0;
   bool fused_activation = false;
   ActivationType activation = ActivationType::kRelu;
   double alpha = 0.0;
   double beta = 0.0;
   template <class V> void fields(V& v) {
-    v("fused_activation", fused_activation); v("activation", activation);
+    v("scale", scale); v("fused_activation", fused_activation); v("activation", activation);
     v("activation_alpha", alpha); v("activation_beta", beta);
   }
 };
@@ -227,10 +228,15 @@ struct TopKParams {
 };
 
 /// Softmax (or log-softmax when `log`) along `axis`. Float only.
+/// zero_masked_rows: a row whose inputs are all -inf gives zeros instead of NaN (attention with
+/// a mask that hides every key of a query; not with `log`).
 struct SoftMaxParams {
   int64_t axis = 0;
   bool log = false;
-  template <class V> void fields(V& v) { v("axis", axis); v("log", log); }
+  bool zero_masked_rows = false;
+  template <class V> void fields(V& v) {
+    v("axis", axis); v("log", log); v("zero_masked_rows", zero_masked_rows);
+  }
 };
 
 /// Batched matrix product with numpy.matmul semantics: operands of rank >= 2 multiply their

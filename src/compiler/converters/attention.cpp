@@ -228,14 +228,11 @@ EMBER_CONVERTER(attention,
     scores = net.add_select(masked, neg_inf, scores, ctx.layer_name(node, "causal"))->output();
   }
 
-  Tensor* probs = net.add_softmax(scores, rank - 1, false, ctx.layer_name(node))->output();
-  Tensor* dead = nullptr;  // rows whose scores are all -inf
-  if (may_mask_rows) {
-    Tensor* row_max =
-        net.add_reduce(scores, ReduceOp::kMax, {rank - 1}, true, ctx.layer_name(node))->output();
-    dead = elementwise(ctx, node, row_max, neg_inf, ElementWiseOp::kEqual);
-    probs = net.add_select(dead, ctx.scalar(0.0, dt, rank), probs, ctx.layer_name(node))->output();
-  }
+  // A query whose keys are all masked gets zeros (PyTorch's CPU and math kernels), not NaN.
+  engine::SoftMaxParams sp;
+  sp.axis = rank - 1;
+  sp.zero_masked_rows = may_mask_rows;
+  Tensor* probs = net.add_layer(sp, {scores}, ctx.layer_name(node))->output();
   ctx.set_output(
       node, 0,
       net.add_matrix_multiply(probs, false, v, false, ctx.layer_name(node, "pv"))->output());
@@ -254,7 +251,9 @@ EMBER_CONVERTER(attention,
     Tensor* lse = elementwise(
         ctx, node, mx, net.add_unary(sum, engine::UnaryOp::kLog, ctx.layer_name(node))->output(),
         ElementWiseOp::kSum);
-    if (dead != nullptr) {
+    if (may_mask_rows) {  // rows whose scores are all -inf: logsumexp 0
+      Tensor* dead = elementwise(ctx, node, mx, ctx.scalar(-INFINITY, DataType::kF32, rank),
+                                 ElementWiseOp::kEqual);
       lse = net.add_select(dead, ctx.scalar(0.0, DataType::kF32, rank), lse, ctx.layer_name(node))
                 ->output();
     }

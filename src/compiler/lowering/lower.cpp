@@ -26,6 +26,7 @@ LoweringReport lower(Graph& g, const CompileSettings& settings) {
     };
     run("remove_noops", "removed", lower_remove_noops(g));
     run("canonicalize", "rewrote", lower_canonicalize(g));
+    run("recognize_gelu", "rewrote", lower_recognize_gelu(g));
     run("fold_constants", "folded", lower_fold_constants(g, settings));
     run("remove_dead_code", "removed", lower_remove_dead_code(g));
     if (changed == 0) {

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <cmath>
+
 #include "network/infer.h"
 
 namespace ember::engine {
@@ -55,6 +57,7 @@ void expect_epilogue(const Epilogue& e, InferContext& ctx, size_t residual, size
   }
   InferContext::require(static_cast<int>(e.activation) < kNumActivationTypes,
                         "epilogue activation type is out of range");
+  InferContext::require(std::isfinite(e.scale), "epilogue scale must be finite");
 }
 
 /// Upper bound on stride, dilation, padding, window and output_padding values.

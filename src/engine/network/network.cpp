@@ -265,7 +265,7 @@ Layer* Network::add_topk(Tensor* x, TopKOp op, int64_t k, int64_t axis, const st
   return add_layer(p, {x}, name);
 }
 Layer* Network::add_softmax(Tensor* x, int64_t axis, bool log, const std::string& name) {
-  return add_layer(SoftMaxParams{axis, log}, {x}, name);
+  return add_layer(SoftMaxParams{axis, log, false}, {x}, name);
 }
 Layer* Network::add_matrix_multiply(Tensor* a, bool transpose_a, Tensor* b, bool transpose_b,
                                     const std::string& name) {

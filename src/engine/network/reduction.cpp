@@ -127,6 +127,8 @@ void infer(const SoftMaxParams& p, InferContext& ctx) {
   ctx.expect_float(0, "input");
   expect_rank_at_least(ctx, 1, "input");
   InferContext::expect_axis(p.axis, ctx.rank(0), "axis");
+  InferContext::require(!(p.log && p.zero_masked_rows),
+                        "zero_masked_rows is for softmax, not log-softmax");
   ctx.add_output(ctx.dtype(0), ctx.shape(0));
 }
 

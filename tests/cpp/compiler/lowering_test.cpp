@@ -83,6 +83,57 @@ graph(%x: f32[2]):
 }
 
 // ---------------------------------------------------------------------------------------------
+// recognize_gelu
+
+TEST(LowerRecognizeGelu, TanhFormulaBecomesOneGelu) {
+  // GPT-2's NewGELU as torch.export writes it; the formula's nodes become dead.
+  const int rewritten = expect_pass(R"(
+graph(%x: f16[s0, 8]):
+  %h = aten::mul.Tensor(%x, 0.5) : f16[s0, 8]
+  %p = aten::pow.Tensor_Scalar(%x, 3.0) : f16[s0, 8]
+  %c = aten::mul.Tensor(%p, 0.044715) : f16[s0, 8]
+  %i = aten::add.Tensor(%x, %c) : f16[s0, 8]
+  %s = aten::mul.Tensor(%i, 0.7978845608028654) : f16[s0, 8]
+  %t = aten::tanh(%s) : f16[s0, 8]
+  %o = aten::add.Tensor(%t, 1.0) : f16[s0, 8]
+  %y = aten::mul.Tensor(%h, %o) : f16[s0, 8]
+  return (%y)
+)",
+                                    lower_recognize_gelu, R"(
+graph(%x: f16[s0, 8]):
+  %h = aten::mul.Tensor(%x, 0.5) : f16[s0, 8]
+  %p = aten::pow.Tensor_Scalar(%x, 3.0) : f16[s0, 8]
+  %c = aten::mul.Tensor(%p, 0.044715) : f16[s0, 8]
+  %i = aten::add.Tensor(%x, %c) : f16[s0, 8]
+  %s = aten::mul.Tensor(%i, 0.7978845608028654) : f16[s0, 8]
+  %t = aten::tanh(%s) : f16[s0, 8]
+  %o = aten::add.Tensor(%t, 1.0) : f16[s0, 8]
+  %y_0 = aten::gelu(%x, "tanh") : f16[s0, 8]
+  return (%y_0)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
+TEST(LowerRecognizeGelu, OtherConstantsOrOperandsAreLeftAlone) {
+  // 0.04 instead of 0.044715, and a half of another tensor: neither is GELU.
+  const std::string text = R"(
+graph(%x: f32[4], %z: f32[4]):
+  %h = aten::mul.Tensor(%x, 0.5) : f32[4]
+  %p = aten::pow.Tensor_Scalar(%x, 3.0) : f32[4]
+  %c = aten::mul.Tensor(%p, 0.04) : f32[4]
+  %i = aten::add.Tensor(%x, %c) : f32[4]
+  %s = aten::mul.Tensor(%i, 0.7978845608028654) : f32[4]
+  %t = aten::tanh(%s) : f32[4]
+  %o = aten::add.Tensor(%t, 1.0) : f32[4]
+  %y = aten::mul.Tensor(%h, %o) : f32[4]
+  %h2 = aten::mul.Tensor(%z, 0.5) : f32[4]
+  %y2 = aten::mul.Tensor(%h2, %o) : f32[4]
+  return (%y, %y2)
+)";
+  EXPECT_EQ(expect_pass(text, lower_recognize_gelu, text), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // remove_noops
 
 TEST(LowerRemoveNoops, BypassesIdentityOps) {
@@ -353,8 +404,9 @@ graph(%x: f32[2, 3]):
 )"));
   const std::vector<std::string> expected_log = {
       "remove_noops: removed 1 node",   "canonicalize: rewrote 3 nodes",
-      "fold_constants: folded 0 nodes", "remove_dead_code: removed 1 node",
-      "remove_noops: removed 0 nodes",  "canonicalize: rewrote 0 nodes",
+      "recognize_gelu: rewrote 0 nodes", "fold_constants: folded 0 nodes",
+      "remove_dead_code: removed 1 node", "remove_noops: removed 0 nodes",
+      "canonicalize: rewrote 0 nodes",  "recognize_gelu: rewrote 0 nodes",
       "fold_constants: folded 0 nodes", "remove_dead_code: removed 0 nodes",
       "lower: done after 2 rounds",
   };

@@ -60,6 +60,7 @@ void check_matmul_epilogue(DataType t, const std::vector<int64_t>& da, const std
     inputs.push_back(TestTensor::random(t, od, seed + 3));
   }
   MatrixMultiplyParams p;
+  p.epilogue.scale = 0.75;  // cuBLASLt's alpha
   p.epilogue.fused_activation = act;
   p.epilogue.activation = type;
   net.mark_output(net.add_layer(p, ins, "mm")->output(), "out");
@@ -109,6 +110,7 @@ TEST(CudaEpilogue, ConvolutionBiasResidualActivation) {
       p.stride = {2, 2};
       p.padding_begin = p.padding_end = {1, 1};
       p.dilation = {1, 1};
+      p.epilogue.scale = mask == 5 ? 0.5 : 1.0;  // cuDNN's alpha
       p.epilogue.fused_activation = act;
       p.epilogue.activation = ActivationType::kRelu;
       net.mark_output(net.add_layer(p, ins, "conv")->output(), "out");

@@ -103,12 +103,17 @@ TEST(CudaReduce, ManyBlocks) {
 
 // ---------------------------------------------------------------- softmax
 
-void check_softmax(const TestTensor& x, int64_t axis, bool log) {
+void check_softmax(const TestTensor& x, int64_t axis, bool log, bool zero_masked = false) {
   Network net;
   Tensor* in = net.add_input("x", x.dtype, shape_of(x.dims));
-  net.mark_output(net.add_softmax(in, axis, log)->output(), "out");
+  SoftMaxParams p;
+  p.axis = axis;
+  p.log = log;
+  p.zero_masked_rows = zero_masked;
+  net.mark_output(net.add_layer(p, {in})->output(), "out");
   test::check_cuda_matches_cpu(net, {x},
                                label(std::string(log ? "log_softmax " : "softmax ") +
+                                         (zero_masked ? "zero_masked_rows " : "") +
                                          dims_to_string(x.dims) + " axis " + std::to_string(axis),
                                      x.dtype));
 }
@@ -137,6 +142,8 @@ TEST(CudaSoftMax, NanAndInfinities) {
   for (DataType t : kFloatTypes) {
     check_softmax(TestTensor::floats(t, {4, 4}, v), 1, false);
     check_softmax(TestTensor::floats(t, {4, 4}, v), 1, true);
+    check_softmax(TestTensor::floats(t, {4, 4}, v), 1, false, true);  // all -inf row: zeros
+    check_softmax(TestTensor::floats(t, {4, 4}, v), 0, false, true);
   }
 }
 

@@ -92,6 +92,21 @@ TEST(FuseEpilogues, MatMulBiasActivationAndResidualBehindAReshape) {
   }
 }
 
+TEST(FuseEpilogues, AttentionScoreScaleBecomesTheMatMulScale) {
+  Network net;
+  Tensor* q = net.add_input("q", DataType::kF32, {2, 5, 8});
+  Tensor* k = net.add_input("k", DataType::kF32, {2, 6, 8});
+  Tensor* s = net.add_matrix_multiply(q, false, k, true, "qk")->output();
+  const TestTensor c = TestTensor::floats(DataType::kF32, {1, 1, 1}, {0.35355339f});
+  s = net.add_elementwise(
+           s, net.add_constant(Weights::copy(DataType::kF32, {1, 1, 1}, c.bytes.data()), "c")->output(),
+           ElementWiseOp::kProd, "scale")->output();
+  net.mark_output(net.add_softmax(s, 2, false, "softmax")->output(), "p");
+  EXPECT_EQ(count_layers(net, "ElementWise"), 0);
+  test::run_network(net, {TestTensor::random(DataType::kF32, {2, 5, 8}, 1),
+                          TestTensor::random(DataType::kF32, {2, 6, 8}, 2)});
+}
+
 TEST(FuseEpilogues, LeavesProductsReadTwiceAndNonConstantScales) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {4, 8});

@@ -500,6 +500,27 @@ TEST(SoftMaxLayer, LargeLogitsAreStable) {
   }
 }
 
+TEST(SoftMaxLayer, ZeroMaskedRowsGivesZerosForAllMinusInfinityRows) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // rows of [3, 4] along axis 1, and the same data along axis 0 (a strided axis)
+  const TestTensor x = TestTensor::floats(DataType::kF32, {3, 4},
+                                          {-inf, -inf, -inf, -inf, 0, 1, -inf, 2, 1, 1, 1, 1});
+  for (int64_t axis : {0, 1}) {
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {3, 4});
+    SoftMaxParams p;
+    p.axis = axis;
+    p.zero_masked_rows = true;
+    net.mark_output(net.add_layer(p, {in}, "softmax")->output());
+    const TestTensor y = test::run_network(net, {x}).at(0);
+    std::vector<float> ref = softmax_ref(x.to_floats(), x.dims, axis, false);
+    if (axis == 1) {
+      for (int j = 0; j < 4; ++j) ref[j] = 0.0f;  // the all -inf row; NaN without the flag
+    }
+    test::expect_close(y, ref, DataType::kF32, "zero_masked_rows axis " + std::to_string(axis));
+  }
+}
+
 TEST(SoftMaxLayer, LongRowsAndWideInnerAcrossThreads) {
   const TestTensor rows = TestTensor::random(DataType::kF32, {64, 3000}, 310, -5.0f, 5.0f);
   test::expect_close(run_softmax(rows, 1, false), softmax_ref(rows.to_floats(), rows.dims, 1, false),

@@ -368,6 +368,10 @@ void finish_with_epilogue(const Epilogue& e, const KernelArgs& a, size_t bias_in
   HostTensor& ot = a.out();
   const int64_t n = ot.numel();
   float* y = out.data();
+  if (e.scale != 1.0) {
+    const auto s = static_cast<float>(e.scale);
+    for (int64_t i = 0; i < n; ++i) y[i] *= s;
+  }
   if (a.has(bias_index)) {
     const std::vector<float> bias = to_float_vector(a.in(bias_index));
     const auto cols = static_cast<int64_t>(bias.size());

@@ -432,6 +432,8 @@ void run(const SoftMaxParams& p, const KernelArgs& a) {
   const int64_t chunk = inner_chunk(s.n, s.inner);
   const int64_t chunks = (s.inner + chunk - 1) / chunk;
   const bool log = p.log;
+  const bool zero_masked = p.zero_masked_rows;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   visit_float(x.dtype, "SoftMax", [&](auto elem) {
     using E = decltype(elem);
     using T = typename E::T;
@@ -447,6 +449,10 @@ void run(const SoftMaxParams& p, const KernelArgs& a) {
           for (int64_t j = 0; j < s.n; ++j) {
             scratch[j] = E::load(src[j]);
             row_max = std::max(row_max, scratch[j]);  // NaN is skipped here but poisons the sum
+          }
+          if (zero_masked && row_max == kNegInf) {
+            for (int64_t j = 0; j < s.n; ++j) dst[j] = E::store(0.0f);
+            continue;
           }
           double sum = 0.0;
           for (int64_t j = 0; j < s.n; ++j) {
@@ -500,7 +506,8 @@ void run(const SoftMaxParams& p, const KernelArgs& a) {
           T* dst = out + base + j * s.inner;
           for (int64_t t = 0; t < w; ++t) {
             const float f = static_cast<float>(row_sum[t]);
-            dst[t] = E::store(log ? sc[t] - f : sc[t] * f);
+            const bool dead = zero_masked && row_max[t] == kNegInf;
+            dst[t] = E::store(dead ? 0.0f : log ? sc[t] - f : sc[t] * f);
           }
         }
       }

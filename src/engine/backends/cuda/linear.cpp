@@ -28,9 +28,11 @@ namespace ember::engine::cuda {
 
 namespace {
 
-/// Library scratch for one call: cuBLASLt's recommended maximum and enough for cuDNN's fast
-/// convolution algorithms.
+/// Library scratch for one call: cuBLASLt's recommended maximum.
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+// cuDNN's tensor-core algorithms for NCHW half tensors transform the operands to NHWC in the
+// workspace: at batch 32 a ResNet activation alone is ~50 MB, so convolutions may use more.
+constexpr size_t kConvWorkspaceBytes = size_t{256} << 20;
 
 void lt_check(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS) {
@@ -107,6 +109,7 @@ struct Gemm {
   const void* bias = nullptr;
   const void* residual = nullptr;
   bool relu = false;
+  float scale = 1.0f;  // alpha
 };
 
 using LtLayout = Owned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
@@ -210,7 +213,7 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
                 " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " batch=" +
                 std::to_string(g.batch) + " of " + dtype_name(dtype));
   }
-  const float alpha = 1.0f, beta = g.residual != nullptr ? 1.0f : 0.0f;
+  const float alpha = g.scale, beta = g.residual != nullptr ? 1.0f : 0.0f;
   const void* c = g.residual != nullptr ? g.residual : g.c;
   void* workspace = args.res->workspace(kWorkspaceBytes);
   lt_check(cublasLtMatmul(handle, op.h, &alpha, g.b, first.h, g.a, second.h, &beta, c, out.h,
@@ -339,7 +342,7 @@ std::map<ConvKey, ConvChoice>& conv_cache() {
 /// accuracy (no tensor-core math, no FFT/Winograd transforms).
 template <typename Perf>
 bool acceptable(const Perf& perf, bool is_f32, bool lossy_transform) {
-  if (perf.status != CUDNN_STATUS_SUCCESS || perf.memory > kWorkspaceBytes) return false;
+  if (perf.status != CUDNN_STATUS_SUCCESS || perf.memory > kConvWorkspaceBytes) return false;
   if (!is_f32) return true;
   return perf.mathType != CUDNN_TENSOR_OP_MATH &&
          perf.mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION && !lossy_transform;
@@ -449,7 +452,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     return;
   }
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
-  void* workspace = a.res->workspace(kWorkspaceBytes);
+  void* workspace = a.res->workspace(kConvWorkspaceBytes);
   const ConvKey key{a.layer, 0, static_cast<int>(x.dtype), x.dims, w.dims, y.dims};
   ConvChoice choice;
   bool found;
@@ -472,7 +475,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
       // cuDNN does not support (some bf16 cases) leaves count at 0: host fallback below.
       if (cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data, s.conv.h,
                                                  s.y.h, y.data, kMaxAlgos, &count, perf, workspace,
-                                                 kWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+                                                 kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
         count = 0;
       }
     }
@@ -485,10 +488,10 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
             "cudnnSetConvolutionMathType");
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = static_cast<float>(p.epilogue.scale), beta = 0.0f;
   dnn_check(cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h,
                                     static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
-                                    workspace, kWorkspaceBytes, &beta, s.y.h, y.data),
+                                    workspace, kConvWorkspaceBytes, &beta, s.y.h, y.data),
             kLayer, "cudnnConvolutionForward");
   // Bias, residual and activation in one pass over the output.
   launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
@@ -526,7 +529,7 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
     return;
   }
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
-  void* workspace = a.res->workspace(kWorkspaceBytes);
+  void* workspace = a.res->workspace(kConvWorkspaceBytes);
   const ConvKey key{a.layer, 1, static_cast<int>(x.dtype), x.dims, w.dims, y.dims};
   ConvChoice choice;
   bool found;
@@ -548,7 +551,7 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
       if (cudnnFindConvolutionBackwardDataAlgorithmEx(handle, s.w.h, w.data, s.y.h, x.data,
                                                       s.conv.h, s.x.h, y.data, kMaxAlgos, &count,
                                                       perf, workspace,
-                                                      kWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+                                                      kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
         count = 0;  // unsupported configuration: host fallback below
       }
     }
@@ -565,7 +568,7 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
   const float alpha = 1.0f, beta = bias != nullptr ? 1.0f : 0.0f;
   dnn_check(cudnnConvolutionBackwardData(handle, &alpha, s.w.h, w.data, s.y.h, x.data, s.conv.h,
                                          static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo),
-                                         workspace, kWorkspaceBytes, &beta, s.x.h, y.data),
+                                         workspace, kConvWorkspaceBytes, &beta, s.x.h, y.data),
             kLayer, "cudnnConvolutionBackwardData");
 }
 
@@ -628,6 +631,7 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
   g.bias = bias;
   g.residual = residual;
   g.relu = lt_relu;
+  g.scale = static_cast<float>(e.scale);
   // The activation cuBLASLt does not apply, once every GEMM below is enqueued.
   auto finish = [&] {
     if (act_after) {

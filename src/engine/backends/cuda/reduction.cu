@@ -327,7 +327,8 @@ void launch_reduce(const DeviceTensor& x, DeviceTensor& y, const ReduceLayout& l
 /// rounded to f32.
 template <typename T>
 __global__ void softmax_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows,
-                                    int64_t n, bool log_softmax, int threads_per_row) {
+                                    int64_t n, bool log_softmax, bool zero_masked,
+                                    int threads_per_row) {
   __shared__ double scratch_d[32];
   __shared__ float scratch_f[32];
   const int rows_per_block = blockDim.x / threads_per_row;
@@ -366,11 +367,12 @@ __global__ void softmax_rows_kernel(const T* __restrict__ in, T* __restrict__ ou
       __syncthreads();  // scratch is rewritten by the next row
     }
     const float f = static_cast<float>(log_softmax ? log(sum) : 1.0 / sum);
+    const bool dead = zero_masked && row_max == -CUDART_INF_F;
     if (active) {
       T* dst = out + r * n;
       for (int64_t j = lane; j < n; j += threads_per_row) {
         const float shifted = to_f32(src[j]) - row_max;
-        dst[j] = from_f32<T>(log_softmax ? shifted - f : expf(shifted) * f);
+        dst[j] = from_f32<T>(dead ? 0.0f : log_softmax ? shifted - f : expf(shifted) * f);
       }
     }
   }
@@ -380,7 +382,8 @@ __global__ void softmax_rows_kernel(const T* __restrict__ in, T* __restrict__ ou
 /// neighbouring threads on neighbouring inner elements (coalesced), same numerics as above.
 template <typename T>
 __global__ void softmax_columns_kernel(const T* __restrict__ in, T* __restrict__ out,
-                                       int64_t outer, int64_t n, int64_t inner, bool log_softmax) {
+                                       int64_t outer, int64_t n, int64_t inner, bool log_softmax,
+                                       bool zero_masked) {
   const int64_t total = outer * inner;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -391,26 +394,28 @@ __global__ void softmax_columns_kernel(const T* __restrict__ in, T* __restrict__
     double sum = 0.0;
     for (int64_t j = 0; j < n; ++j) sum += expf(to_f32(in[base + j * inner]) - row_max);
     const float f = static_cast<float>(log_softmax ? log(sum) : 1.0 / sum);
+    const bool dead = zero_masked && row_max == -CUDART_INF_F;
     for (int64_t j = 0; j < n; ++j) {
       const float shifted = to_f32(in[base + j * inner]) - row_max;
-      out[base + j * inner] = from_f32<T>(log_softmax ? shifted - f : expf(shifted) * f);
+      out[base + j * inner] =
+          from_f32<T>(dead ? 0.0f : log_softmax ? shifted - f : expf(shifted) * f);
     }
   }
 }
 
 template <typename T>
 void launch_softmax(const DeviceTensor& x, DeviceTensor& y, int64_t outer, int64_t n,
-                    int64_t inner, bool log_softmax, cudaStream_t stream) {
+                    int64_t inner, bool log_softmax, bool zero_masked, cudaStream_t stream) {
   const auto* in = static_cast<const T*>(x.data);
   auto* out = static_cast<T*>(y.data);
   if (inner == 1) {
     const int threads_per_row = n >= 2048 ? 256 : 32;
     softmax_rows_kernel<T><<<grid_for(outer, 256 / threads_per_row), 256, 0, stream>>>(
-        in, out, outer, n, log_softmax, threads_per_row);
+        in, out, outer, n, log_softmax, zero_masked, threads_per_row);
     check(cudaGetLastError(), "softmax_rows_kernel");
   } else {
-    softmax_columns_kernel<T><<<grid_for(outer * inner, 256), 256, 0, stream>>>(in, out, outer, n,
-                                                                               inner, log_softmax);
+    softmax_columns_kernel<T><<<grid_for(outer * inner, 256), 256, 0, stream>>>(
+        in, out, outer, n, inner, log_softmax, zero_masked);
     check(cudaGetLastError(), "softmax_columns_kernel");
   }
 }
@@ -544,10 +549,14 @@ void run(const SoftMaxParams& p, const CudaArgs& a) {
   split_at(x.dims, p.axis, "SoftMax", outer, n, inner);
   if (x.numel() == 0) return;
   switch (x.dtype) {
-    case DataType::kF32: launch_softmax<float>(x, y, outer, n, inner, p.log, a.stream()); return;
-    case DataType::kF16: launch_softmax<__half>(x, y, outer, n, inner, p.log, a.stream()); return;
+    case DataType::kF32:
+      launch_softmax<float>(x, y, outer, n, inner, p.log, p.zero_masked_rows, a.stream());
+      return;
+    case DataType::kF16:
+      launch_softmax<__half>(x, y, outer, n, inner, p.log, p.zero_masked_rows, a.stream());
+      return;
     case DataType::kBF16:
-      launch_softmax<__nv_bfloat16>(x, y, outer, n, inner, p.log, a.stream());
+      launch_softmax<__nv_bfloat16>(x, y, outer, n, inner, p.log, p.zero_masked_rows, a.stream());
       return;
     case DataType::kI8:
     case DataType::kU8:

@@ -2,11 +2,12 @@
 //
 //   Conv(x, W, b) -> x * c  (c constant, per output channel or scalar)  => Conv(x, W*c, b*c)
 //   Conv(x, W, b) -> x + c / x - c                                      => Conv(x, W, b +/- c)
+//   MatMul(a, B)  -> x * c  (c a one-element constant)                  => epilogue scale c
 //   MatMul(a, B)  -> x + c  (c constant, broadcast along the last dim)  => MatMul bias c
 //   Conv/MatMul   -> x + r  (r a tensor of the output's shape)          => epilogue residual r
 //   MatMul -> reshape -> x + r  (r of the reshaped shape)               => the same, with r
 //                                                                          reshaped back (free)
-//   Conv/MatMul   -> Activation                                         => epilogue activation
+//   Conv/MatMul   -> Activation (MatMul: also behind a reshape)         => epilogue activation
 //
 // Each rewrite needs the product to have that one consumer and not be a network output; the
 // epilogue's order (bias, residual, activation) is the order rewrites are tried in, so a
@@ -104,7 +105,7 @@ Layer* rebuild(Network& net, Layer* prod, Layer* absorbed, LayerParams params,
 
 struct Fuser {
   Network& net;
-  int folded_scales = 0, biases = 0, residuals = 0, activations = 0;
+  int folded_scales = 0, scales = 0, biases = 0, residuals = 0, activations = 0;
 
   /// Conv followed by x*c, x+c or x-c with c a per-channel constant, into new weights/bias.
   bool fold_conv_affine(Layer* conv) {
@@ -152,6 +153,32 @@ struct Fuser {
                                   conv->name() + "/folded_b")->output();
     rebuild(net, conv, next, p, {conv->input(0), nw, nb});
     ++folded_scales;
+    return true;
+  }
+
+  /// MatMul followed by x * c with c a one-element constant, into the epilogue scale (the
+  /// 1/sqrt(d) of attention scores: cuBLASLt's alpha).
+  bool fuse_matmul_scale(Layer* mm) {
+    const auto& p = mm->params_as<MatrixMultiplyParams>();
+    if (mm->input(2) != nullptr || mm->input(3) != nullptr || p.epilogue.fused_activation ||
+        p.epilogue.scale != 1.0) {
+      return false;
+    }
+    const Tensor* out = mm->output();
+    Layer* next = sole_consumer(net, out);
+    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
+        next->params_as<ElementWiseParams>().op != ElementWiseOp::kProd ||
+        !shapes_equal(next->output()->shape(), out->shape())) {
+      return false;
+    }
+    const Weights* c = constant_of(other_input(*next, out));
+    if (c == nullptr || c->numel() != 1 || c->dtype() != out->dtype()) return false;
+    const float value = to_floats(*c)[0];
+    if (!std::isfinite(value)) return false;
+    MatrixMultiplyParams scaled = p;
+    scaled.epilogue.scale = value;
+    rebuild(net, mm, next, scaled, mm->inputs());
+    ++scales;
     return true;
   }
 
@@ -222,9 +249,18 @@ struct Fuser {
     return true;
   }
 
-  /// Conv/MatMul followed by an Activation, into the epilogue.
+  /// Conv/MatMul followed by an Activation (for a MatMul also behind a reshape), into the
+  /// epilogue.
   bool fuse_activation(Layer* prod) {
     Layer* next = sole_consumer(net, prod->output());
+    Layer* reshape = nullptr;
+    if (next != nullptr && next->kind() == LayerKind::kShuffle &&
+        prod->kind() == LayerKind::kMatrixMultiply) {
+      const auto& sp = next->params_as<ShuffleParams>();
+      if (!sp.first_transpose.empty() || !sp.second_transpose.empty()) return false;
+      reshape = next;
+      next = sole_consumer(net, reshape->output());
+    }
     if (next == nullptr || next->kind() != LayerKind::kActivation ||
         next->output()->dtype() != prod->output()->dtype()) {
       return false;
@@ -239,7 +275,14 @@ struct Fuser {
     e->activation = ap.type;
     e->alpha = ap.alpha;
     e->beta = ap.beta;
-    rebuild(net, prod, next, params, prod->inputs());
+    if (reshape == nullptr) {
+      rebuild(net, prod, next, params, prod->inputs());
+    } else {
+      Layer* fused = net.add_layer(params, prod->inputs(), fused_name(*prod, *next));
+      Tensor* out = net.add_reshape(fused->output(), next->output()->shape(),
+                                    reshape->name() + "+")->output();
+      net.replace_all_uses(next->output(), out);
+    }
     ++activations;
     return true;
   }
@@ -251,7 +294,8 @@ struct Fuser {
     }
     if (l->kind() == LayerKind::kMatrixMultiply && is_float(l->output()->dtype())) {
       const auto& e = l->params_as<MatrixMultiplyParams>().epilogue;
-      return fuse_matmul_bias(l) || fuse_residual(l, e, 3) || fuse_activation(l);
+      return fuse_matmul_scale(l) || fuse_matmul_bias(l) || fuse_residual(l, e, 3) ||
+             fuse_activation(l);
     }
     return false;
   }
@@ -293,7 +337,8 @@ void pass_fuse_epilogues(BuildState& s) {
     }
   }
   s.log.push_back("fuse_epilogues: " + std::to_string(f.folded_scales) +
-                  " scale/shift folds into convolution weights, " + std::to_string(f.biases) +
+                  " scale/shift folds into convolution weights, " + std::to_string(f.scales) +
+                  " matmul scales, " + std::to_string(f.biases) +
                   " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
                   std::to_string(f.activations) + " activations");
 }
