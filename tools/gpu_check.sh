@@ -17,7 +17,6 @@ dest="${OUT:-$root/gpu_out}"
 out="$(mktemp -d)"
 mkdir -p "$dest"
 steps=("${@:-all}")
-want() { [[ " ${steps[*]} " == *" all "* || " ${steps[*]} " == *" $1 "* ]]; }
 
 start=$(date +%s)
 # shellcheck source=/dev/null
@@ -36,22 +35,39 @@ run_step() {  # name, command...
   local rc=$?
   echo "[gpu_check] $name: rc=$rc in $(( $(date +%s) - t0 )) s: $(tail -n 1 "$out/$name.log")" |
     tee -a "$out/summary.txt"
+  pack  # after every step, so a run cut short by its time limit still brings back its logs
 }
 
-want cpp && run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
-  --gtest_filter='Cuda*:FuseEpilogues*:PlanMemory*:Runtime*'
-want models && run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py
-want ops && EMBER_TEST_DEVICE=cuda run_step ops python3 -m pytest -q -p no:cacheprovider \
-  -n "$workers" tests/python/converters
-want zoo && EMBER_TEST_DEVICE=cuda run_step zoo python3 -m pytest -q -p no:cacheprovider \
-  -n 4 tests/python/test_zoo_vision.py tests/python/test_zoo_hf.py
-want bench && run_step bench python3 bench/bench.py --json "$out/bench.json" ${BENCH_ARGS:-}
-if want profile; then
+pack() {
+  cp "$out/summary.txt" "$dest/" 2>/dev/null
+  [ -f "$out/bench.json" ] && cp "$out/bench.json" "$dest/"
+  tar -czf "$dest/gpu_logs.tgz" -C "$out" .
+}
+
+step_cpp() {
+  run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
+    --gtest_filter='Cuda*:FuseEpilogues*:PlanMemory*:Runtime*'
+}
+step_models() { run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py; }
+step_ops() {
+  EMBER_TEST_DEVICE=cuda run_step ops python3 -m pytest -q -p no:cacheprovider \
+    -n "$workers" tests/python/converters
+}
+step_zoo() {
+  EMBER_TEST_DEVICE=cuda run_step zoo python3 -m pytest -q -p no:cacheprovider \
+    -n 4 tests/python/test_zoo_vision.py tests/python/test_zoo_hf.py
+}
+step_bench() { run_step bench python3 bench/bench.py --json "$out/bench.json" ${BENCH_ARGS:-}; }
+step_profile() {
   for m in resnet50 gpt2 bert; do
     run_step "profile_$m" python3 bench/kernel_profile.py --model "$m" --batch 32 --top 14
   done
-fi
+}
+# Steps run in the order given; "all" is the tests, then the benchmark and the profiles.
+[[ " ${steps[*]} " == *" all "* ]] && steps=(cpp models ops zoo bench profile)
+for s in "${steps[@]}"; do
+  [ "$s" = build ] && continue
+  "step_$s"
+done
 echo "[gpu_check] total: $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
-cp "$out/summary.txt" "$dest/"
-[ -f "$out/bench.json" ] && cp "$out/bench.json" "$dest/"
-tar -czf "$dest/gpu_logs.tgz" -C "$out" .
+pack

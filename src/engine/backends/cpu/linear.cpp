@@ -360,9 +360,11 @@ bool prefer_direct(const ConvShape& s) {
   return s.groups > 1 && s.in_per_group() * s.out_per_group() <= 64;
 }
 
-/// Finishes a product with its fused epilogue: adds the bias along the last dim (`bias_index`,
-/// MatrixMultiply only) and the residual in f32, rounds once to the output dtype, then applies
-/// the activation in place.
+constexpr size_t kNoInput = static_cast<size_t>(-1);
+
+/// Finishes a product with its fused epilogue: scales it, adds the bias along the last dim
+/// (`bias_index`, MatrixMultiply only) and the residual in f32, rounds once to the output dtype,
+/// then applies the activation in place.
 void finish_with_epilogue(const Epilogue& e, const KernelArgs& a, size_t bias_index,
                           size_t residual_index, FloatOut& out) {
   HostTensor& ot = a.out();
@@ -408,13 +410,24 @@ void run(const ConvolutionParams& p, const KernelArgs& a) {
   if (a.has(2)) bias = to_float_vector(a.in(2));
   FloatOut out(ot);
   const float* b = a.has(2) ? bias.data() : nullptr;
-  if (prefer_direct(s)) {
+  // The epilogue scale multiplies the product, not the bias.
+  const float scale = static_cast<float>(p.epilogue.scale);
+  if (prefer_direct(s) && scale == 1.0f) {
     conv_direct(s, x.data(), w.data(), b, out.data());
   } else {
-    conv_gemm(s, x.data(), w.data(), out.data());
+    if (prefer_direct(s)) {
+      conv_direct(s, x.data(), w.data(), nullptr, out.data());
+    } else {
+      conv_gemm(s, x.data(), w.data(), out.data());
+    }
+    if (scale != 1.0f) {
+      for (int64_t i = 0; i < ot.numel(); ++i) out.data()[i] *= scale;
+    }
     if (b) add_bias(out.data(), s.batch, s.out_channels, s.g.out_plane(), b);
   }
-  finish_with_epilogue(p.epilogue, a, /*bias_index=*/99, /*residual_index=*/3, out);
+  Epilogue rest = p.epilogue;
+  rest.scale = 1.0;  // applied above
+  finish_with_epilogue(rest, a, kNoInput, /*residual_index=*/3, out);
 }
 
 void run(const DeconvolutionParams& p, const KernelArgs& a) {

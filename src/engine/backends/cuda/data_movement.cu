@@ -263,6 +263,47 @@ void copy_device(void* dst, const void* src, size_t bytes, const CudaArgs& a, co
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, a.stream()), what);
 }
 
+/// The strided copy in 16-, 8- or 4-byte units when the walk's innermost dim is contiguous on
+/// both sides (slices along the last dim, transposes that keep it): each thread then moves
+/// several elements per offset computation. Returns false when no unit fits (the caller copies
+/// element by element).
+bool strided_copy_wide(size_t elem, const IndexMap<2>& m, const void* src, void* dst,
+                       const CudaArgs& a) {
+  const int last = m.rank - 1;
+  if (m.rank == 0 || m.strides[0][last] != 1 || m.strides[1][last] != 1) return false;
+  for (const int64_t unit : {int64_t{16}, int64_t{8}, int64_t{4}}) {
+    const auto e = static_cast<int64_t>(elem);
+    if (unit <= e || (m.dims[last] * e) % unit != 0 || !aligned(src, unit) || !aligned(dst, unit)) {
+      continue;
+    }
+    bool fits = true;
+    for (int d = 0; d < last && fits; ++d) {
+      fits = (m.strides[0][d] * e) % unit == 0 && (m.strides[1][d] * e) % unit == 0;
+    }
+    if (!fits) continue;
+    const int64_t k = unit / e;  // elements per unit
+    IndexMap<2> w = m;
+    w.dims[last] = m.dims[last] / k;
+    for (int d = 0; d < last; ++d) {
+      w.strides[0][d] = m.strides[0][d] / k;
+      w.strides[1][d] = m.strides[1][d] / k;
+    }
+    int64_t units = 1;
+    for (int d = 0; d < w.rank; ++d) units *= w.dims[d];
+    auto go = [&](auto zero) {
+      using U = decltype(zero);
+      strided_copy_kernel<U><<<grid_for(units), kThreads, 0, a.stream()>>>(
+          static_cast<const U*>(src), static_cast<U*>(dst), units, w);
+    };
+    if (unit == 16) go(uint4{});
+    else if (unit == 8) go(uint2{});
+    else go(uint32_t{});
+    check(cudaGetLastError(), "strided_copy_kernel (wide)");
+    return true;
+  }
+  return false;
+}
+
 /// Launches a strided copy of a `dims` block from src (element strides ss, negative allowed)
 /// to dst (strides ds). Returns false (nothing launched) when the walk needs > kMaxRank dims.
 bool strided_copy(size_t elem, const std::vector<int64_t>& dims, const std::vector<int64_t>& ss,
@@ -272,6 +313,7 @@ bool strided_copy(size_t elem, const std::vector<int64_t>& dims, const std::vect
   IndexMap<2> m;
   if (!make_index_map<2>(dims, {ss, ds}, m)) return false;
   if (n == 0) return true;
+  if (strided_copy_wide(elem, m, src, dst, a)) return true;
   dispatch_elem_size(elem, [&](auto zero) {
     using S = decltype(zero);
     strided_copy_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(

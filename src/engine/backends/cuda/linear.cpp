@@ -635,7 +635,7 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
   // The activation cuBLASLt does not apply, once every GEMM below is enqueued.
   auto finish = [&] {
     if (act_after) {
-      launch_epilogue(ot.dtype, ot.data, nullptr, 1, 1, nullptr, &e, ot.numel(), a.stream());
+      launch_epilogue(ot.dtype, ot.data, nullptr, cols, 1, nullptr, &e, ot.numel(), a.stream());
     }
   };
   const int64_t a_count = product(a_batch), b_count = product(b_batch);

@@ -46,32 +46,74 @@ __global__ void fill_channel_bias_kernel(T* __restrict__ out, const T* __restric
   }
 }
 
-/// y = act(y + bias[(i / plane) % channels] + residual[i]) in f32, rounded once; bias and
-/// residual optional. 2 elements per thread when the sizes allow (f16/bf16 pairs).
+/// y = act(y + bias[c] + residual) in f32, rounded once, over y viewed as [outer, channels,
+/// plane]; bias and residual optional. One block per (outer, channel) plane (a conv output
+/// channel), threads along the plane: the channel is known per block, so the loop does no
+/// division (64-bit division per element made this kernel compute-bound).
 template <typename T, bool kBias, bool kResidual, bool kAct>
-__global__ void epilogue_kernel(T* __restrict__ y, const T* __restrict__ bias,
-                                const T* __restrict__ residual, int64_t total, int64_t channels,
-                                int64_t plane, ActivationFn act) {
-  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    float v = Num<T>::load(y[i]);
-    if constexpr (kBias) v += Num<T>::load(bias[(i / plane) % channels]);
-    if constexpr (kResidual) v += Num<T>::load(residual[i]);
-    if constexpr (kAct) v = act(v);
-    y[i] = Num<T>::store(v);
+__global__ void epilogue_planes_kernel(T* __restrict__ y, const T* __restrict__ bias,
+                                       const T* __restrict__ residual, int64_t planes,
+                                       int64_t channels, int64_t plane, ActivationFn act) {
+  for (int64_t pl = blockIdx.x; pl < planes; pl += gridDim.x) {
+    const float b = kBias ? Num<T>::load(bias[pl % channels]) : 0.0f;
+    T* row = y + pl * plane;
+    const T* res = kResidual ? residual + pl * plane : nullptr;
+    for (int64_t j = threadIdx.x; j < plane; j += blockDim.x) {
+      float v = Num<T>::load(row[j]) + b;
+      if constexpr (kResidual) v += Num<T>::load(res[j]);
+      if constexpr (kAct) v = act(v);
+      row[j] = Num<T>::store(v);
+    }
+  }
+}
+
+/// The same over rows of a matrix product [rows, channels] with the bias along the row (plane
+/// 1): one block per row, threads along the columns.
+template <typename T, bool kBias, bool kResidual, bool kAct>
+__global__ void epilogue_rows_kernel(T* __restrict__ y, const T* __restrict__ bias,
+                                     const T* __restrict__ residual, int64_t rows,
+                                     int64_t channels, ActivationFn act) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    T* row = y + r * channels;
+    const T* res = kResidual ? residual + r * channels : nullptr;
+    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
+      float v = Num<T>::load(row[c]);
+      if constexpr (kBias) v += Num<T>::load(bias[c]);
+      if constexpr (kResidual) v += Num<T>::load(res[c]);
+      if constexpr (kAct) v = act(v);
+      row[c] = Num<T>::store(v);
+    }
+  }
+}
+
+template <typename T, bool kBias, bool kResidual, bool kAct>
+void launch_epilogue_kernel(T* y, const T* bias, const T* residual, int64_t total,
+                            int64_t channels, int64_t plane, const ActivationFn& f,
+                            cudaStream_t stream) {
+  if (plane == 1) {
+    const int64_t rows = total / channels;
+    const int threads = channels >= 256 ? 256 : static_cast<int>((channels + 31) / 32 * 32);
+    const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, int64_t{1} << 20));
+    epilogue_rows_kernel<T, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
+        y, bias, residual, rows, channels, f);
+  } else {
+    const int64_t planes = total / plane;
+    const int threads = plane >= 256 ? 256 : static_cast<int>((plane + 31) / 32 * 32);
+    const auto grid = static_cast<unsigned>(std::min<int64_t>(planes, int64_t{1} << 20));
+    epilogue_planes_kernel<T, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
+        y, bias, residual, planes, channels, plane, f);
   }
 }
 
 template <typename T>
 void launch_epilogue_t(T* y, const T* bias, const T* residual, int64_t total, int64_t channels,
                        int64_t plane, const ActivationFn* act, cudaStream_t stream) {
-  const unsigned grid = grid_for(total, kThreads);
   const ActivationFn f = act != nullptr ? *act : ActivationFn{ActivationType::kRelu, 0.f, 0.f};
   const int key = (bias != nullptr ? 4 : 0) | (residual != nullptr ? 2 : 0) | (act != nullptr ? 1 : 0);
   switch (key) {
-#define EMBER_EPILOGUE_CASE(K, B, R, A)                                                        \
-  case K:                                                                                     \
-    epilogue_kernel<T, B, R, A><<<grid, kThreads, 0, stream>>>(y, bias, residual, total,      \
-                                                               channels, plane, f);           \
+#define EMBER_EPILOGUE_CASE(K, B, R, A)                                                      \
+  case K:                                                                                   \
+    launch_epilogue_kernel<T, B, R, A>(y, bias, residual, total, channels, plane, f, stream); \
     break;
     EMBER_EPILOGUE_CASE(1, false, false, true)
     EMBER_EPILOGUE_CASE(2, false, true, false)
@@ -83,7 +125,7 @@ void launch_epilogue_t(T* y, const T* bias, const T* residual, int64_t total, in
 #undef EMBER_EPILOGUE_CASE
     default: return;  // nothing to do
   }
-  check(cudaGetLastError(), "epilogue_kernel");
+  check(cudaGetLastError(), "epilogue kernel");
 }
 
 // ---------------------------------------------------------------- pooling

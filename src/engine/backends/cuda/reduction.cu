@@ -476,6 +476,50 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
   }
 }
 
+/// Layer norm of rows of at most 1024 elements: one warp per row, the row held in registers
+/// (32 per lane), the moments by warp shuffles alone. Same numerics as normalization_kernel:
+/// moments in double, rstd and the affine in f32 with explicit rounding.
+template <typename T>
+__global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                       const T* __restrict__ scale, const T* __restrict__ bias,
+                                       int64_t rows, int block, double epsilon) {
+  constexpr int kPerLane = 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps_per_block = blockDim.x / 32;
+  for (int64_t r = blockIdx.x * warps_per_block + threadIdx.x / 32; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * warps_per_block) {
+    const T* src = in + r * block;
+    T* dst = out + r * block;
+    float v[kPerLane];
+    double s = 0.0;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int j = lane + k * 32;
+      v[k] = j < block ? to_f32(src[j]) : 0.0f;
+      s += v[k];
+    }
+    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    const double mean = s / static_cast<double>(block);
+    double q = 0.0;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const double d = v[k] - mean;
+      q += lane + k * 32 < block ? d * d : 0.0;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) q += __shfl_xor_sync(0xffffffffu, q, offset);
+    const float rstd = static_cast<float>(1.0 / sqrt(q / static_cast<double>(block) + epsilon));
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int j = lane + k * 32;
+      if (j >= block) break;
+      float y = __fmul_rn(static_cast<float>(v[k] - mean), rstd);
+      if (scale != nullptr) y = __fmul_rn(y, to_f32(scale[j]));
+      if (bias != nullptr) y = __fadd_rn(y, to_f32(bias[j]));
+      dst[j] = from_f32<T>(y);
+    }
+  }
+}
+
 /// Device pointer of optional input i as T, checking its element count (a plan whose shapes
 /// slipped past inference must not make the kernel read out of bounds).
 template <typename T>
@@ -612,6 +656,13 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
     const int64_t blocks = numel / block;
     const int64_t channels_per_block = per_channel ? block / spatial : 0;
     const int64_t channel_blocks = per_channel ? num_params / channels_per_block : 1;
+    if (!per_channel && block <= 1024) {  // layer norm over short rows: a warp per row
+      layer_norm_warp_kernel<T><<<grid_for(blocks, 8), 256, 0, a.stream()>>>(
+          static_cast<const T*>(x.data), static_cast<T*>(y.data), scale, bias, blocks,
+          static_cast<int>(block), p.epsilon);
+      check(cudaGetLastError(), "layer_norm_warp_kernel");
+      return;
+    }
     normalization_kernel<T><<<grid_for(blocks, 1), 256, 0, a.stream()>>>(
         static_cast<const T*>(x.data), static_cast<T*>(y.data), scale, bias, blocks, block,
         spatial, per_channel, channels_per_block, channel_blocks, p.epsilon);
