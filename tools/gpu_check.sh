@@ -40,7 +40,6 @@ run_step() {  # name, command...
 
 pack() {
   cp "$out/summary.txt" "$dest/" 2>/dev/null
-  [ -f "$out/bench.json" ] && cp "$out/bench.json" "$dest/"
   tar -czf "$dest/gpu_logs.tgz" -C "$out" .
 }
 
@@ -57,7 +56,12 @@ step_zoo() {
   EMBER_TEST_DEVICE=cuda run_step zoo python3 -m pytest -q -p no:cacheprovider \
     -n 4 tests/python/test_zoo_vision.py tests/python/test_zoo_hf.py
 }
-step_bench() { run_step bench python3 bench/bench.py --json "$out/bench.json" ${BENCH_ARGS:-}; }
+# The benchmark writes its JSON (after every row) and a live copy of its log straight to the
+# destination, so a run stopped by its time limit keeps the rows it finished.
+step_bench() {
+  run_step bench bash -c "python3 bench/bench.py --json '$dest/bench.json' ${BENCH_ARGS:-} 2>&1 |
+    tee '$dest/bench_live.log'"
+}
 step_profile() {
   for m in resnet50 gpt2 bert; do
     run_step "profile_$m" python3 bench/kernel_profile.py --model "$m" --batch 32 --top 14
