@@ -100,6 +100,12 @@ def run_row(name: str, batch: int, iters: int, modes: list[str]) -> dict:
     row["ember_engines"] = len(report.engines)
     row["ember_fallback_nodes"] = len(report.fallback)
     row["ember_ms"] = median_ms(gm, xin, iters)
+    # [replays, captures, contexts running layer by layer] over the engines: whether the timed
+    # calls replayed CUDA graphs.
+    stats = [getattr(gm, n).cuda_graph_stats() for n in dir(gm) if n.startswith("_ember_engine_")]
+    row["ember_graph_replays"] = sum(s[0] for s in stats)
+    row["ember_graph_captures"] = sum(s[1] for s in stats)
+    row["ember_eager_contexts"] = sum(s[2] for s in stats)
     with torch.no_grad():
         row["ember_cos"], row["ember_maxerr"] = accuracy(first_tensor(gm(xin)).float(), ref)
     compiled_ms = [row[k] for k in ("compile_ms", "reduce_overhead_ms") if k in row]

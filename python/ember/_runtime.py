@@ -324,6 +324,9 @@ class FakeEngine:
     def num_runs(self) -> int:
         return 0
 
+    def cuda_graph_stats(self) -> list[int]:
+        return [0, 0, 0]
+
     def metadata_json(self) -> str:
         return json.dumps(self.metadata)
 

@@ -137,6 +137,20 @@ std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context(void* str
   return ctx;
 }
 
+std::vector<int64_t> TorchEngine::cuda_graph_stats() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<int64_t> total{0, 0, 0};
+  for (const auto& [stream, contexts] : idle_contexts_) {
+    for (const auto& ctx : contexts) {
+      const auto st = ctx->cuda_graph_stats();
+      total[0] += st.replays;
+      total[1] += st.captures;
+      total[2] += st.disabled ? 1 : 0;
+    }
+  }
+  return total;
+}
+
 void TorchEngine::release_context(void* stream, std::unique_ptr<engine::ExecutionContext> ctx) {
   std::lock_guard<std::mutex> lock(mutex_);
   idle_contexts_[stream].push_back(std::move(ctx));
@@ -276,6 +290,7 @@ TORCH_LIBRARY(ember, m) {
       .def("output_dtypes",
            [](const EnginePtr& self) { return ember::bridge::io_torch_dtypes(self->metadata().outputs); })
       .def("num_runs", [](const EnginePtr& self) { return self->num_runs(); })
+      .def("cuda_graph_stats", [](const EnginePtr& self) { return self->cuda_graph_stats(); })
       .def("__repr__",
            [](const EnginePtr& self) {
              const auto& m = self->metadata();

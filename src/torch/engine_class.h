@@ -35,6 +35,9 @@ class TorchEngine : public torch::CustomClassHolder {
 
   /// Runs the engine: checks count, devices and dtypes of `inputs` against the metadata, casts
   /// them to the engine dtypes, executes, and returns outputs in their PyTorch dtypes.
+  /// CUDA graph statistics summed over the idle contexts: [replays, captures, contexts that
+  /// run layer by layer (graphs off, or a plan that cannot be captured)].
+  std::vector<int64_t> cuda_graph_stats();
   std::vector<at::Tensor> execute(const std::vector<at::Tensor>& inputs);
 
  private:

@@ -187,3 +187,18 @@ def test_full_size_models(name, dtype):
         check_f32(model, [x])
     else:
         check_f16(model, [x])
+
+
+def test_transformer_engines_replay_cuda_graphs():
+    """An embedding's index check synchronizes, which a capture forbids: it runs on the eager
+    first call and is skipped in the capture, so transformer engines do replay graphs."""
+    torch.manual_seed(0)
+    model = small_bert().eval().cuda()
+    x = torch.randint(0, 128, (2, 16), device="cuda")
+    gm = ember.compile(model, inputs=[x], device="cuda")
+    with torch.no_grad():
+        for _ in range(4):
+            gm(x)
+    torch.cuda.synchronize()
+    replays, captures, eager = gm._ember_engine_0.cuda_graph_stats()
+    assert eager == 0 and captures >= 1 and replays >= 2, (replays, captures, eager)

@@ -27,6 +27,11 @@ namespace ember::engine::cuda {
 /// Throws Error naming the call and the CUDA error when `status` is not cudaSuccess.
 void check(cudaError_t status, const char* what);
 
+/// Whether `stream` is being captured into a CUDA graph. Work that must synchronize (cuDNN's
+/// Find, data-dependent checks read back to the host) cannot run then: it runs on the eager
+/// first call of each shape signature, and captures skip it.
+bool capturing(cudaStream_t stream);
+
 /// A dense row-major tensor in device memory.
 struct DeviceTensor {
   DataType dtype = DataType::kF32;

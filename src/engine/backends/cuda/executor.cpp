@@ -17,6 +17,12 @@ void check(cudaError_t status, const char* what) {
   }
 }
 
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
 int64_t DeviceTensor::numel() const {
   int64_t n = 1;
   for (int64_t d : dims) n *= d;

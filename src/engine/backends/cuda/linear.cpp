@@ -372,13 +372,6 @@ bool pick(const Perf* perf, int count, bool is_f32, ConvChoice& choice) {
   return false;
 }
 
-/// Whether `stream` is being captured into a CUDA graph: the Find calls time kernels and
-/// synchronize, which capture forbids, so they give way to the heuristics then.
-bool capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
-  return status != cudaStreamCaptureStatusNone;
-}
 
 /// The bias, checked against the output channel count and dtype, or nullptr.
 const void* conv_bias(const CudaArgs& a, int64_t channels, DataType dtype, const char* layer) {
