@@ -208,20 +208,38 @@ struct Fuser {
     return true;
   }
 
+  /// The layer reading `prod`'s output: its sole consumer, or for a MatMul the sole consumer of
+  /// a reshape-only Shuffle in between (then returned in `reshape`). nullptr when neither.
+  Layer* next_through_reshape(Layer* prod, Layer*& reshape) {
+    reshape = nullptr;
+    Layer* next = sole_consumer(net, prod->output());
+    if (next != nullptr && next->kind() == LayerKind::kShuffle &&
+        prod->kind() == LayerKind::kMatrixMultiply) {
+      const auto& sp = next->params_as<ShuffleParams>();
+      if (!sp.first_transpose.empty() || !sp.second_transpose.empty()) return nullptr;
+      reshape = next;
+      next = sole_consumer(net, reshape->output());
+    }
+    return next;
+  }
+
+  /// Makes the readers of `absorbed` read `fused` instead, reshaped back to `absorbed`'s shape
+  /// when a reshape sat between the product and `absorbed`.
+  void replace_through_reshape(Layer* fused, Layer* absorbed, const Layer* reshape) {
+    Tensor* result = fused->output();
+    if (reshape != nullptr) {
+      result = net.add_reshape(result, absorbed->output()->shape(), reshape->name() + "+")->output();
+    }
+    net.replace_all_uses(absorbed->output(), result);
+  }
+
   /// Conv/MatMul followed by x + r, r a computed tensor of the output's shape (directly, or
   /// after a reshape of a MatMul's output), into the residual input.
   bool fuse_residual(Layer* prod, const Epilogue& e, size_t residual_index) {
     if (e.fused_activation || prod->input(residual_index) != nullptr) return false;
     Tensor* out = prod->output();
-    Layer* next = sole_consumer(net, out);
     Layer* reshape = nullptr;
-    if (next != nullptr && next->kind() == LayerKind::kShuffle &&
-        prod->kind() == LayerKind::kMatrixMultiply) {
-      const auto& sp = next->params_as<ShuffleParams>();
-      if (!sp.first_transpose.empty() || !sp.second_transpose.empty()) return false;
-      reshape = next;
-      next = sole_consumer(net, reshape->output());
-    }
+    Layer* next = next_through_reshape(prod, reshape);
     if (next == nullptr || next->kind() != LayerKind::kElementWise ||
         next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum) {
       return false;
@@ -239,12 +257,8 @@ struct Fuser {
     std::vector<Tensor*> inputs = prod->inputs();
     inputs.resize(residual_index + 1, nullptr);
     inputs[residual_index] = r;
-    Layer* fused = net.add_layer(prod->params(), inputs, fused_name(*prod, *next));
-    Tensor* result = fused->output();
-    if (reshape != nullptr) {
-      result = net.add_reshape(result, next->output()->shape(), reshape->name() + "+")->output();
-    }
-    net.replace_all_uses(next->output(), result);
+    replace_through_reshape(net.add_layer(prod->params(), inputs, fused_name(*prod, *next)), next,
+                            reshape);
     ++residuals;
     return true;
   }
@@ -252,15 +266,8 @@ struct Fuser {
   /// Conv/MatMul followed by an Activation (for a MatMul also behind a reshape), into the
   /// epilogue.
   bool fuse_activation(Layer* prod) {
-    Layer* next = sole_consumer(net, prod->output());
     Layer* reshape = nullptr;
-    if (next != nullptr && next->kind() == LayerKind::kShuffle &&
-        prod->kind() == LayerKind::kMatrixMultiply) {
-      const auto& sp = next->params_as<ShuffleParams>();
-      if (!sp.first_transpose.empty() || !sp.second_transpose.empty()) return false;
-      reshape = next;
-      next = sole_consumer(net, reshape->output());
-    }
+    Layer* next = next_through_reshape(prod, reshape);
     if (next == nullptr || next->kind() != LayerKind::kActivation ||
         next->output()->dtype() != prod->output()->dtype()) {
       return false;
@@ -275,14 +282,8 @@ struct Fuser {
     e->activation = ap.type;
     e->alpha = ap.alpha;
     e->beta = ap.beta;
-    if (reshape == nullptr) {
-      rebuild(net, prod, next, params, prod->inputs());
-    } else {
-      Layer* fused = net.add_layer(params, prod->inputs(), fused_name(*prod, *next));
-      Tensor* out = net.add_reshape(fused->output(), next->output()->shape(),
-                                    reshape->name() + "+")->output();
-      net.replace_all_uses(next->output(), out);
-    }
+    replace_through_reshape(net.add_layer(params, prod->inputs(), fused_name(*prod, *next)), next,
+                            reshape);
     ++activations;
     return true;
   }
