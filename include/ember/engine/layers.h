@@ -83,7 +83,8 @@ inline constexpr int kNumActivationTypes = 13;
 /// A fused epilogue of Convolution and MatrixMultiply, set by the builder's fusion passes
 /// (converters leave it off): out = act(scale * product + bias + residual), where the residual
 /// is an optional extra input of the output's shape and act the activation when
-/// `fused_activation`. Computed in f32 and rounded to the output dtype once.
+/// `fused_activation`. Computed in f32; where a library returns the product in the output
+/// dtype first (cuDNN, cuBLASLt before a separate activation pass), f16/bf16 round twice.
 struct Epilogue {
   double scale = 1.0;
   bool fused_activation = false;

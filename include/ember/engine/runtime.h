@@ -97,7 +97,10 @@ class ExecutionContext {
   /// shape signature runs layer by layer (it also times and caches library algorithms); later
   /// calls capture the layers once into a graph and replay it, so the launch cost is paid once.
   /// A plan with a layer that cannot be captured (host fallback) runs layer by layer, as does a
-  /// context whose I/O addresses change on nearly every call. No effect on "cpu" plans.
+  /// context whose I/O addresses change on nearly every call, or a call on a stream that is
+  /// itself being captured. Data-dependent checks that read a result back (an index out of
+  /// range, an integer division by zero) run on the first call of each shape only: replays
+  /// clamp such indices instead of failing. No effect on "cpu" plans.
   void set_cuda_graphs(bool enabled);
   /// Graph statistics of this context: launches served by a replay, and captures made.
   struct GraphStats {

@@ -274,6 +274,8 @@ void infer(const MatrixMultiplyParams& p, InferContext& ctx) {
   if (ra >= 2) out.push_back(p.transpose_a ? a[ra - 1] : a[ra - 2]);
   if (rb >= 2) out.push_back(p.transpose_b ? b[rb - 2] : b[rb - 1]);
   if (ctx.has(MatMulInputs::kBias)) {
+    // Along the columns of b: a vector b has none (its output's last dim belongs to a).
+    InferContext::require(rb >= 2, "an epilogue bias needs b (input 1) of rank >= 2");
     ctx.expect_same_dtype(MatMulInputs::kA, MatMulInputs::kBias);
     ctx.expect_rank(MatMulInputs::kBias, 1, "epilogue bias");
     InferContext::require(!out.empty(), "an epilogue bias needs an output of rank >= 1");

@@ -133,6 +133,17 @@ graph(%x: f32[4], %z: f32[4]):
   EXPECT_EQ(expect_pass(text, lower_recognize_gelu, text), 0);
 }
 
+TEST(LowerRecognizeGelu, SymbolicSizeOperandsAreNotNumbers) {
+  // x * x.size(0): the operand is a symbolic size, not a number the pattern could compare.
+  const std::string text = R"(
+graph(%x: f32[s0], %y: f32[s0]):
+  %a = aten::mul.Tensor(%x, sym(s0)) : f32[s0]
+  %b = aten::mul.Tensor(%a, %y) : f32[s0]
+  return (%b)
+)";
+  EXPECT_EQ(expect_pass(text, lower_recognize_gelu, text), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // remove_noops
 

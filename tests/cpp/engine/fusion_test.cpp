@@ -123,6 +123,29 @@ TEST(FuseEpilogues, LeavesProductsReadTwiceAndNonConstantScales) {
                           TestTensor::random(DataType::kF32, {4, 6}, 3)});
 }
 
+TEST(FuseEpilogues, NoBiasForAMatrixTimesVector) {
+  // W [4, 8] @ v [8] + c [4]: the output's last dim is W's rows, and cuBLASLt's bias runs along
+  // b's columns, which a vector lacks: the add stays a layer, and the epilogue input refuses it.
+  Network net;
+  Tensor* v = net.add_input("v", DataType::kF32, {8});
+  Tensor* y = net.add_matrix_multiply(constant(net, DataType::kF32, {4, 8}, 1, "w"), false, v,
+                                      false, "mv")->output();
+  y = net.add_elementwise(y, constant(net, DataType::kF32, {4}, 2, "c"), ElementWiseOp::kSum,
+                          "add")->output();
+  net.mark_output(y, "y");
+  EXPECT_EQ(count_layers(net, "ElementWise"), 1);
+  test::run_network(net, {TestTensor::random(DataType::kF32, {8}, 3)});
+  Network bad;
+  Tensor* b = bad.add_input("b", DataType::kF32, {4});
+  try {
+    bad.add_layer(MatrixMultiplyParams{},
+                  {bad.add_input("a", DataType::kF32, {4, 8}), bad.add_input("x", DataType::kF32, {8}), b});
+    ADD_FAILURE() << "a bias with a vector b was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("b (input 1) of rank >= 2"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PlanMemory, ReshapesShareTheirInputsSlot) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {4, 6});

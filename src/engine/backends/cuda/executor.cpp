@@ -169,7 +169,9 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
                      const std::vector<std::vector<int64_t>>& signature,
                      const std::vector<int>& io_ids, bool capturable) {
   GraphCache& g = state.graphs();
-  if (!g.enabled || g.failed || g.thrashing || !capturable) {
+  // A caller that is itself capturing (torch.cuda.graph, reduce-overhead) records our layers
+  // into its graph: no graph of our own inside it.
+  if (!g.enabled || g.failed || g.thrashing || !capturable || capturing(stream)) {
     execute_layers(net, dims, addrs, symbols, weights, state, stream);
     return;
   }
@@ -213,7 +215,7 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
       execute_layers(net, dims, addrs, symbols, weights, state, cs);
       captured = cudaStreamEndCapture(cs, &graph) == cudaSuccess && graph != nullptr &&
                  state.resources().workspace_generation() == generation;
-    } catch (const Error&) {
+    } catch (...) {  // any exception: end the capture, or the thread stays in capture mode
       abandon_capture(cs);
     }
     state.resources().set_stream(stream);

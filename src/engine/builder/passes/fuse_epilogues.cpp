@@ -189,7 +189,10 @@ struct Fuser {
       return false;
     }
     const Tensor* out = mm->output();
-    if (out->rank() < 1 || !out->shape().back().is_constant()) return false;
+    // The bias runs along b's columns: a vector b has none.
+    if (mm->input(1)->rank() < 2 || out->rank() < 1 || !out->shape().back().is_constant()) {
+      return false;
+    }
     Layer* next = sole_consumer(net, out);
     if (next == nullptr || next->kind() != LayerKind::kElementWise ||
         next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum ||
