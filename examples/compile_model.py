@@ -68,6 +68,11 @@ def main():
     print(f"accuracy vs eager: cosine {cos:.6f}, max abs error {err:.2e}")
     print(f"median latency over {args.iters} runs: eager {eager_ms:.1f} ms, Ember {ember_ms:.1f} ms")
     print(f"top-1 class of sample 0: eager {expected[0].argmax().item()}, Ember {got[0].argmax().item()}")
+    if backend == "cuda":
+        stats = [getattr(compiled, n).cuda_graph_stats() for n in dir(compiled)
+                 if n.startswith("_ember_engine_")]
+        print(f"CUDA graphs: {sum(s[0] for s in stats)} replays, {sum(s[1] for s in stats)} "
+              f"captures, {sum(s[2] for s in stats)} context(s) running layer by layer")
 
 
 if __name__ == "__main__":
