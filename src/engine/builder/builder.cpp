@@ -1,6 +1,9 @@
 // Builder::build: the pass pipeline (passes live in builder/passes/, one file each).
 #include "ember/engine/builder.h"
 
+#include <chrono>
+#include <cstdio>
+
 #include "builder/passes/passes.h"
 
 namespace ember::engine {
@@ -35,10 +38,20 @@ std::vector<uint8_t> Builder::build(const Network& network, BuildReport* report)
                       std::to_string(config_.optimization_level));
       continue;
     }
+    const size_t lines = s.log.size();
+    const auto start = std::chrono::steady_clock::now();
     try {
       pass.run(s);
     } catch (const Error& e) {
       throw Error("build: pass " + pass.name + ": " + e.what());
+    }
+    // Each pass's line ends with its time, so slow passes show in the build log.
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (s.log.size() > lines) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, " (%.1f ms)", ms);
+      s.log.back() += buf;
     }
   }
   std::vector<uint8_t> bytes = plan_write(s.plan);
