@@ -205,5 +205,24 @@ TEST(BuilderPasses, BuilderRunsAllPassesAndReports) {
   EXPECT_NE(error_of([&] { Builder(config).build(net); }).find("optimization_level"), std::string::npos);
 }
 
+#ifdef EMBER_WITH_CUDA
+TEST(BuilderPasses, SelectImplementationsNamesHostFallbackKindsOfCudaPlans) {
+  // Building a "cuda" plan needs no GPU; the plan says which layers fall back to the host (the
+  // runtime never captures such plans into CUDA graphs).
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 8});
+  Tensor* r = net.add_activation(x, ActivationType::kRelu, 0, 0, "relu")->output();
+  net.mark_output(net.add_topk(r, TopKOp::kMax, 3, 1, "top")->output(0), "v");
+  BuildState s = state_for(net);
+  s.config.backend = "cuda";
+  pass_validate(s);
+  pass_infer_shapes(s);
+  pass_select_implementations(s);
+  ASSERT_EQ(s.plan.impls.size(), 2u);
+  EXPECT_EQ(s.plan.impls[0], "cuda.Activation");
+  EXPECT_EQ(s.plan.impls[1], "cuda.host.TopK");
+}
+#endif
+
 }  // namespace
 }  // namespace ember::engine
