@@ -38,6 +38,20 @@ class _Wrap(torch.nn.Module):
         return self.fn(*args)
 
 
+def dynamic(*specs):
+    """dynamic_shapes for a lambda under check_op: the harness wraps it in forward(*args)."""
+    return (specs,)
+
+
+def random_tensor(*shape, dtype=torch.float32):
+    """Test data of any dtype: normal floats, integers in [-50, 50), random booleans."""
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    if not dtype.is_floating_point:
+        return torch.randint(-50, 50, shape, dtype=dtype)
+    return torch.randn(shape, dtype=dtype)
+
+
 def assert_close(actual: Any, expected: Any, where: str = "output") -> None:
     if isinstance(expected, (list, tuple)):
         assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), (

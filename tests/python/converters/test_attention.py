@@ -7,20 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from fallback import check_fallback
-from harness import DEVICE, DTYPES_FLOAT, check_op
+from harness import DEVICE, DTYPES_FLOAT, check_op, dynamic as _dyn
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
 SEQ = torch.export.Dim("seq", min=2, max=32)
 
 
-
 def _qkv(b=2, h=3, lq=5, lk=6, e=8, ev=8, dtype=torch.float32):
     return [torch.randn(b, h, lq, e, dtype=dtype), torch.randn(b, h, lk, e, dtype=dtype),
             torch.randn(b, h, lk, ev, dtype=dtype)]
-
-
-def _dyn(*specs):
-    return (specs,)
 
 
 @pytest.mark.parametrize("dtype", DTYPES_FLOAT)

@@ -5,13 +5,9 @@ import torch
 
 import ember
 from harness import DTYPES_FLOAT, DTYPES_INT, _Wrap, assert_close, check_op
+from harness import dynamic as _dyn
 
 P_VALUES = [0.0, 1.0, 2.0, 3.0, 0.5, float("inf")]
-
-
-def _dyn(*specs):
-    """dynamic_shapes for a lambda: the harness wraps it in forward(*args)."""
-    return (specs,)
 
 
 def _r(*shape, dtype=torch.float32):

@@ -5,14 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from fallback import check_fallback
-from harness import DTYPES_FLOAT, check_op
+from harness import DTYPES_FLOAT, check_op, dynamic as _dyn
 
 MODES = ["sum", "mean", "max"]
-
-
-def _dyn(*specs):
-    """dynamic_shapes for a lambda: the harness wraps it in forward(*args)."""
-    return (specs,)
 
 
 def _i(*values, dtype=torch.int64):

@@ -4,24 +4,11 @@ import pytest
 import torch
 
 from fallback import check_fallback
-from harness import DTYPES_FLOAT, check_op
+from harness import DTYPES_FLOAT, check_op, dynamic as _dyn, random_tensor as _r
 
 DTYPES_ALL = DTYPES_FLOAT + [torch.int32, torch.int64, torch.bool]
 DTYPES_NUM = DTYPES_FLOAT + [torch.int32, torch.int64]
 BATCH = torch.export.Dim("batch", min=2, max=8)
-
-
-def _dyn(*specs):
-    """dynamic_shapes for a lambda: the harness wraps it in forward(*args)."""
-    return (specs,)
-
-
-def _r(*shape, dtype=torch.float32):
-    if dtype == torch.bool:
-        return torch.rand(shape) > 0.5
-    if not dtype.is_floating_point:
-        return torch.randint(-50, 50, shape, dtype=dtype)
-    return torch.randn(shape, dtype=dtype)
 
 
 def _i(*values):
