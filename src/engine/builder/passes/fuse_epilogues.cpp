@@ -305,23 +305,6 @@ struct Fuser {
   }
 };
 
-/// Removes layers whose outputs nobody reads (what a rewrite left behind).
-void drop_unused(Network& net) {
-  bool changed = true;
-  while (changed) {
-    changed = false;
-    const auto layers = net.layers();
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-      bool used = false;
-      for (const Tensor* t : (*it)->outputs()) used = used || t->is_output() || !net.consumers(t).empty();
-      if (!used) {
-        net.remove_layer(*it);
-        changed = true;
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void pass_fuse_epilogues(BuildState& s) {
@@ -335,7 +318,7 @@ void pass_fuse_epilogues(BuildState& s) {
     for (Layer* l : net.layers()) {
       if (f.try_layer(l)) {
         changed = true;
-        drop_unused(net);
+        remove_unreachable_layers(net);  // what the rewrite left behind
         break;
       }
     }

@@ -42,6 +42,8 @@ void pass_infer_shapes(BuildState& s);
 void pass_fold_constants(BuildState& s);
 /// Removes layers none of whose outputs reach a network output.
 void pass_remove_dead_layers(BuildState& s);
+/// The same without the log line (for passes that leave layers behind); returns how many.
+int remove_unreachable_layers(Network& net);
 /// Folds per-channel scale/shift constants after a Convolution into its weights and bias, and
 /// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
 /// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).

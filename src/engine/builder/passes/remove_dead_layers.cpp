@@ -4,8 +4,7 @@
 
 namespace ember::engine {
 
-void pass_remove_dead_layers(BuildState& s) {
-  Network& net = s.plan.network;
+int remove_unreachable_layers(Network& net) {
   // Mark what reaches an output, walking backwards from the outputs.
   std::set<const Layer*> live;
   std::vector<const Tensor*> work(net.outputs().begin(), net.outputs().end());
@@ -26,6 +25,11 @@ void pass_remove_dead_layers(BuildState& s) {
       ++removed;
     }
   }
+  return removed;
+}
+
+void pass_remove_dead_layers(BuildState& s) {
+  const int removed = remove_unreachable_layers(s.plan.network);
   s.log.push_back("remove_dead_layers: removed " + std::to_string(removed) + " layers");
 }
 
