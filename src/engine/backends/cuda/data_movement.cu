@@ -362,12 +362,11 @@ int64_t product(const std::vector<int64_t>& dims, size_t begin, size_t end) {
   return n;
 }
 
-/// Validates gather indices on the device; throws Error when one is out of range.
-/// Inside a CUDA graph capture the check cannot read its flag back: it ran on the eager first
-/// call of this shape signature, and replays clamp out-of-range indices (wrap_index) instead.
+/// Validates gather indices on the device; throws Error when one is out of range (not in CUDA
+/// graph replays, see read_error_flag).
 void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const CudaArgs& a) {
   const int64_t n = indices.numel();
-  if (n == 0 || capturing(a.stream())) return;
+  if (n == 0) return;
   expect_device(indices.dtype == DataType::kI32 || indices.dtype == DataType::kI64, "gather",
                 std::string("indices dtype ") + dtype_name(indices.dtype) + ", expected i32 or i64");
   int* flag = error_flag(a);

@@ -447,9 +447,7 @@ bool launch_binary(const DeviceTensor& x, const DeviceTensor& y, DeviceTensor& o
 template <typename T>
 void check_int_operand(const DeviceTensor& b, const DeviceTensor& out, ElementWiseOp op,
                        const CudaArgs& a) {
-  // Not inside a graph capture (the flag cannot be read back there): the eager first call of
-  // each shape signature checked; replays divide as the kernel does (no trap, no error).
-  if (out.numel() == 0 || b.numel() == 0 || capturing(a.stream())) return;
+  if (out.numel() == 0 || b.numel() == 0) return;
   int* flag = error_flag(a);
   const bool pow = op == ElementWiseOp::kPow;
   int_operand_check_kernel<T><<<grid_for(b.numel()), kThreads, 0, a.stream()>>>(
