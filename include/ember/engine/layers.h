@@ -52,8 +52,9 @@ enum class LayerKind : uint8_t {
   kFill,
   kShape,
   kIdentity,
+  kAttention,
 };
-inline constexpr int kNumLayerKinds = 25;
+inline constexpr int kNumLayerKinds = 26;
 /// "Convolution", "ElementWise", ...
 const char* layer_kind_name(LayerKind kind);
 
@@ -432,6 +433,26 @@ struct IdentityParams {
   template <class V> void fields(V&) {}
 };
 
+/// Fused scaled dot-product attention: per batch b, head h and query i,
+///   out[b,h,i,:] = sum_j softmax_j(scale * (q[b,h,i,:] . k[b,g,j,:]) + mask[b,h,i,j]) v[b,g,j,:]
+/// with g = h / (H / Hkv): grouped-query heads share a key/value head (Hkv divides H).
+/// Inputs: 0 query, 1 key, 2 value, optional 3 mask; rank 4, one float dtype, f32 accumulation.
+/// Layout: head-major (seq_major = false) q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev],
+/// output [B, H, L, Ev]; seq-major (seq_major = true, a model's tensors before its
+/// transpose(1, 2)) swaps the head and sequence dims of q, k, v and the output.
+/// mask (either layout): bool (true = attend) or the inputs' dtype (added to the scaled
+/// scores), broadcastable to [B, H, L, S]. causal: query i attends keys j <= i (PyTorch's
+/// is_causal, aligned top-left); it may be combined with a mask.
+/// A query whose keys are all masked out gets zeros (PyTorch's math kernel), not NaN.
+struct AttentionParams {
+  double scale = 1.0;
+  bool causal = false;
+  bool seq_major = false;
+  template <class V> void fields(V& v) {
+    v("scale", scale); v("causal", causal); v("seq_major", seq_major);
+  }
+};
+
 /// The parameters of a layer; the active alternative's index is the layer's LayerKind.
 using LayerParams =
     std::variant<ConstantParams, ConvolutionParams, DeconvolutionParams, PoolingParams,
@@ -439,7 +460,7 @@ using LayerParams =
                  SoftMaxParams, MatrixMultiplyParams, ShuffleParams, ConcatenationParams,
                  SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
                  NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
-                 ShapeParams, IdentityParams>;
+                 ShapeParams, IdentityParams, AttentionParams>;
 static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
               "one LayerParams alternative per LayerKind, in enum order");
 

@@ -102,6 +102,8 @@ void infer(const TopKParams& p, InferContext& ctx);
 void infer(const SoftMaxParams& p, InferContext& ctx);
 void infer(const NormalizationParams& p, InferContext& ctx);
 void infer(const CumulativeParams& p, InferContext& ctx);
+// attention.cpp
+void infer(const AttentionParams& p, InferContext& ctx);
 
 /// Runs the overload for `params`.
 inline void infer_layer(const LayerParams& params, InferContext& ctx) {

@@ -39,6 +39,7 @@ const char* layer_kind_name(LayerKind kind) {
     case LayerKind::kFill: return "Fill";
     case LayerKind::kShape: return "Shape";
     case LayerKind::kIdentity: return "Identity";
+    case LayerKind::kAttention: return "Attention";
   }
   return "Invalid";
 }

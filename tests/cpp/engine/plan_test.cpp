@@ -262,6 +262,10 @@ Network all_kinds_network() {
   Tensor* fill = net.add_fill(fp, "arange")->output();
   Tensor* shp = net.add_shape(x, "shape")->output();
   Tensor* id = net.add_identity(x, "identity")->output();
+  AttentionParams ap;
+  ap.scale = 0.125;
+  ap.causal = true;
+  Tensor* attn = net.add_layer(ap, {x, x, x, gt}, "attention")->output();
   // Other dtypes, an empty constant, and a constant sharing conv_w's bytes (stored once).
   Tensor* half =
       net.add_constant(
@@ -295,6 +299,7 @@ Network all_kinds_network() {
                                                                 {fill, "arange_out"},
                                                                 {shp, "shape_out"},
                                                                 {id, "id_out"},
+                                                                {attn, "attn_out"},
                                                                 {half, "half_out"},
                                                                 {i64, ""},
                                                                 {flags, "flags_out"},

@@ -127,6 +127,8 @@ void run(const TopKParams& p, const KernelArgs& a);
 void run(const SoftMaxParams& p, const KernelArgs& a);
 void run(const NormalizationParams& p, const KernelArgs& a);
 void run(const CumulativeParams& p, const KernelArgs& a);
+// attention.cpp
+void run(const AttentionParams& p, const KernelArgs& a);
 
 /// Runs the kernel for `params`.
 inline void run_layer(const LayerParams& params, const KernelArgs& args) {

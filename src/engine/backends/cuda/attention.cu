@@ -1,0 +1,425 @@
+// CUDA kernels of the fused Attention layer (AttentionParams in layers.h; the CPU reference is
+// src/engine/backends/cpu/attention.cpp).
+//
+// f16/bf16 with head sizes up to 128: a flash-attention kernel on tensor cores (WMMA). One block
+// of 4 warps takes 64 queries of one (batch, head); 64-key tiles of K and V pass through shared
+// memory; each warp keeps the running max, sum and output of its 16 queries (online softmax), so
+// the [L, S] scores never reach device memory. Scores, softmax and the output accumulate in f32;
+// the probabilities round to the input dtype for the second product (as FlashAttention does) and
+// the output rounds once.
+// Everything else (f32, head sizes over 128): one warp per query row on CUDA cores, f32 throughout.
+//
+// Operands are read through strides, so the seq-major layout (a model's [B, L, H, E] before its
+// transpose) costs nothing; the mask is read in place with stride 0 on its broadcast dims.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <string>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/device_common.cuh"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAddMask = 2 };
+
+/// Sizes and element strides of one call. Strides are for the logical dims [batch, heads, seq]
+/// (features are contiguous); the mask element of (b, h, i, j) is at b*m_b + h*m_h + i*m_l + j*m_s.
+struct AttnArgs {
+  int64_t B, H, L, S, E, Ev, group;  // group = H / Hkv query heads per key/value head
+  int64_t q_b, q_h, q_l, k_b, k_h, k_l, v_b, v_h, v_l, o_b, o_h, o_l;
+  int64_t m_b, m_h, m_l, m_s;
+  int mask_kind;
+  bool causal;
+  float scale;
+};
+
+/// The scaled, masked score of query i and key j (dot = q_i . k_j), -inf where masked out or
+/// outside [0, L) x [0, S).
+template <typename T>
+__device__ __forceinline__ float masked_score(float dot, const AttnArgs& p, const void* mask,
+                                              int64_t b, int64_t h, int64_t i, int64_t j) {
+  if (i >= p.L || j >= p.S || (p.causal && j > i)) return -CUDART_INF_F;
+  float s = dot * p.scale;
+  if (p.mask_kind != kNoMask) {
+    const int64_t off = b * p.m_b + h * p.m_h + i * p.m_l + j * p.m_s;
+    if (p.mask_kind == kBoolMask) {
+      if (static_cast<const uint8_t*>(mask)[off] == 0) return -CUDART_INF_F;
+    } else {
+      s += Num<T>::load(static_cast<const T*>(mask)[off]);
+    }
+  }
+  return s;
+}
+
+/// Online-softmax step: folds a tile whose max is tile_max into the running (m, l); returns the
+/// subtrahend for this tile's exponentials and sets alpha, the factor for what was accumulated.
+/// A row with no unmasked key so far keeps m = -inf and uses 0 (so exp gives 0, never NaN).
+__device__ __forceinline__ float online_max(float& m, float tile_max, float& alpha) {
+  const float m_new = fmaxf(m, tile_max);
+  const float base = m_new == -CUDART_INF_F ? 0.0f : m_new;
+  alpha = expf(m - base);
+  m = m_new;
+  return base;
+}
+
+// ---------------------------------------------------------------- flash kernel (f16/bf16)
+
+constexpr int kBlockQ = 64;  // queries per block (16 per warp)
+constexpr int kBlockK = 64;  // keys per tile
+constexpr int kWarps = 4;
+
+/// Shared-memory layout of the flash kernel for head size bound D (64 or 128); 2-byte elements.
+template <int D>
+struct FlashSmem {
+  static constexpr int ldt = D + 8;                             // Q/K/V tile rows
+  static constexpr int lds = (D > kBlockK ? D : kBlockK) + 4;  // per-warp f32 scratch
+  static constexpr int ldp = kBlockK + 8;                       // per-warp probabilities
+  static constexpr int lda = D + 2;                             // per-warp output accumulator
+  static constexpr size_t q = size_t{kBlockQ} * ldt * 2;
+  static constexpr size_t kv = size_t{kBlockK} * ldt * 2;
+  static constexpr size_t scratch = 16 * lds * 4;
+  static constexpr size_t probs = 16 * ldp * 2;
+  static constexpr size_t acc = ((16 * lda * 4 + 127) / 128) * 128;
+  static constexpr size_t bytes = q + 2 * kv + kWarps * (scratch + probs + acc);
+  static_assert(q % 128 == 0 && kv % 128 == 0 && scratch % 32 == 0 && probs % 32 == 0,
+                "WMMA tiles need 32-byte aligned rows of 16");
+};
+
+/// Copies rows [row0, row0 + 64) x features [0, D) of a strided operand into a shared tile,
+/// zero past `rows` and `cols`. vec: 16-byte loads are aligned (checked by the host).
+template <typename T, int D>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int64_t row0,
+                                          int64_t rows, int64_t cols, bool vec) {
+  constexpr int kVec = 8;
+  constexpr int kPerRow = D / kVec;
+  for (int idx = threadIdx.x; idx < kBlockK * kPerRow; idx += blockDim.x) {
+    const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
+    T* d = dst + r * FlashSmem<D>::ldt + c;
+    const int64_t row = row0 + r;
+    const T* s = src + row * row_stride + c;
+    if (row < rows && vec && c + kVec <= cols) {
+      *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(s);
+    } else {
+      for (int e = 0; e < kVec; ++e) {
+        d[e] = (row < rows && c + e < cols) ? s[e] : Num<T>::store(0.0f);
+      }
+    }
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32)
+    flash_attention_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                           const T* __restrict__ v, const void* __restrict__ mask,
+                           T* __restrict__ out, AttnArgs p, bool vec) {
+  namespace wmma = nvcuda::wmma;
+  using Sm = FlashSmem<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* qs = reinterpret_cast<T*>(smem);
+  T* ks = reinterpret_cast<T*>(smem + Sm::q);
+  T* vs = reinterpret_cast<T*>(smem + Sm::q + Sm::kv);
+  unsigned char* per_warp = smem + Sm::q + 2 * Sm::kv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* scratch = reinterpret_cast<float*>(per_warp + warp * Sm::scratch);
+  T* probs = reinterpret_cast<T*>(per_warp + kWarps * Sm::scratch + warp * Sm::probs);
+  float* acc =
+      reinterpret_cast<float*>(per_warp + kWarps * (Sm::scratch + Sm::probs) + warp * Sm::acc);
+
+  const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, g = h / p.group;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kBlockQ;
+  load_tile<T, D>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
+
+  // Lane pairs own rows: row r of the warp's 16, and every other column/key (half = parity),
+  // which keeps shared-memory accesses within 2-way bank conflicts.
+  const int r = lane >> 1, half = lane & 1;
+  const int64_t qi = q0 + warp * 16 + r;
+  for (int c = half; c < D; c += 2) acc[r * Sm::lda + c] = 0.0f;
+  float m = -CUDART_INF_F, l = 0.0f;
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + kBlockQ) : p.S;  // later keys are all masked
+  const T* kb = k + b * p.k_b + g * p.k_h;
+  const T* vb = v + b * p.v_b + g * p.v_h;
+
+  for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
+    __syncthreads();  // every warp is done with the previous tiles
+    load_tile<T, D>(ks, kb, p.k_l, k0, p.S, p.E, vec);
+    load_tile<T, D>(vs, vb, p.v_l, k0, p.S, p.Ev, vec);
+    __syncthreads();
+
+    // Scores of the warp's 16 queries against the 64 keys: Q [16, D] x K^T [D, 64].
+    for (int n = 0; n < kBlockK / 16; ++n) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_frag;
+      wmma::fill_fragment(s_frag, 0.0f);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b_frag;
+        wmma::load_matrix_sync(a_frag, qs + warp * 16 * Sm::ldt + kk * 16, Sm::ldt);
+        wmma::load_matrix_sync(b_frag, ks + n * 16 * Sm::ldt + kk * 16, Sm::ldt);
+        wmma::mma_sync(s_frag, a_frag, b_frag, s_frag);
+      }
+      wmma::store_matrix_sync(scratch + n * 16, s_frag, Sm::lds, wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    float s[kBlockK / 2];
+    float tile_max = -CUDART_INF_F;
+#pragma unroll
+    for (int t = 0; t < kBlockK / 2; ++t) {
+      const int j = half + 2 * t;
+      s[t] = masked_score<T>(scratch[r * Sm::lds + j], p, mask, b, h, qi, k0 + j);
+      tile_max = fmaxf(tile_max, s[t]);
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    float alpha;
+    const float base = online_max(m, tile_max, alpha);
+    float sum = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kBlockK / 2; ++t) {
+      const float e = expf(s[t] - base);
+      sum += e;
+      probs[r * Sm::ldp + half + 2 * t] = Num<T>::store(e);
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    l = l * alpha + sum;
+    __syncwarp();
+
+    // This tile's share of the output: P [16, 64] x V [64, D], into the scratch.
+    for (int n = 0; n < D / 16; ++n) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o_frag;
+      wmma::fill_fragment(o_frag, 0.0f);
+      for (int kk = 0; kk < kBlockK / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag;
+        wmma::load_matrix_sync(a_frag, probs + kk * 16, Sm::ldp);
+        wmma::load_matrix_sync(b_frag, vs + kk * 16 * Sm::ldt + n * 16, Sm::ldt);
+        wmma::mma_sync(o_frag, a_frag, b_frag, o_frag);
+      }
+      wmma::store_matrix_sync(scratch + n * 16, o_frag, Sm::lds, wmma::mem_row_major);
+    }
+    __syncwarp();
+    for (int c = half; c < D; c += 2) {
+      acc[r * Sm::lda + c] = acc[r * Sm::lda + c] * alpha + scratch[r * Sm::lds + c];
+    }
+    __syncwarp();
+  }
+
+  // out = acc / l (0 for a row with no unmasked key), written by the whole warp row by row.
+  if (half == 0) scratch[r] = l > 0.0f ? 1.0f / l : 0.0f;
+  __syncwarp();
+  for (int idx = lane; idx < 16 * D; idx += 32) {
+    const int row = idx / D, c = idx % D;
+    const int64_t i = q0 + warp * 16 + row;
+    if (i < p.L && c < p.Ev) {
+      out[b * p.o_b + h * p.o_h + i * p.o_l + c] = Num<T>::store(acc[row * Sm::lda + c] * scratch[row]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- row kernel (any float type)
+
+/// One warp per query row (grid-stride over B*H*L rows): each lane scores one key of a 32-key
+/// chunk, the warp folds the chunk into the running softmax, and lane c accumulates output
+/// features c, c + 32, ... Shared memory per warp: the query row, the output row, 32 weights.
+template <typename T>
+__global__ void attention_rows_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                      const T* __restrict__ v, const void* __restrict__ mask,
+                                      T* __restrict__ out, AttnArgs p) {
+  extern __shared__ float row_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  float* qrow = row_smem + warp * (p.E + p.Ev + 32);
+  float* orow = qrow + p.E;
+  float* weights = orow + p.Ev;
+  const int64_t rows = p.B * p.H * p.L;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps + warp; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * warps) {
+    const int64_t i = row % p.L, h = (row / p.L) % p.H, b = row / (p.L * p.H), g = h / p.group;
+    const T* qp = q + b * p.q_b + h * p.q_h + i * p.q_l;
+    for (int64_t c = lane; c < p.E; c += 32) qrow[c] = Num<T>::load(qp[c]);
+    for (int64_t c = lane; c < p.Ev; c += 32) orow[c] = 0.0f;
+    __syncwarp();
+    const T* kb = k + b * p.k_b + g * p.k_h;
+    const T* vb = v + b * p.v_b + g * p.v_h;
+    const int64_t k_end = p.causal ? ::min(p.S, i + 1) : p.S;
+    float m = -CUDART_INF_F, l = 0.0f;
+    for (int64_t j0 = 0; j0 < k_end; j0 += 32) {
+      const int64_t j = j0 + lane;
+      float s = -CUDART_INF_F;
+      if (j < k_end) {
+        const T* kp = kb + j * p.k_l;
+        float dot = 0.0f;
+        for (int64_t e = 0; e < p.E; ++e) dot += qrow[e] * Num<T>::load(kp[e]);
+        s = masked_score<T>(dot, p, mask, b, h, i, j);
+      }
+      float tile_max = s;
+      for (int o = 16; o > 0; o /= 2) {
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
+      }
+      float alpha;
+      const float base = online_max(m, tile_max, alpha);
+      const float e = expf(s - base);
+      float sum = e;
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      l = l * alpha + sum;
+      weights[lane] = e;
+      __syncwarp();
+      const int64_t n = ::min(int64_t{32}, k_end - j0);
+      for (int64_t c = lane; c < p.Ev; c += 32) {
+        float a = orow[c] * alpha;
+        for (int64_t t = 0; t < n; ++t) a += weights[t] * Num<T>::load(vb[(j0 + t) * p.v_l + c]);
+        orow[c] = a;
+      }
+      __syncwarp();
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    T* op = out + b * p.o_b + h * p.o_h + i * p.o_l;
+    for (int64_t c = lane; c < p.Ev; c += 32) op[c] = Num<T>::store(orow[c] * inv);
+    __syncwarp();
+  }
+}
+
+// ---------------------------------------------------------------- host side
+
+/// Element strides of a contiguous rank-4 operand for [batch, heads, seq].
+void head_strides(const std::vector<int64_t>& d, bool seq_major, int64_t& sb, int64_t& sh,
+                  int64_t& sl) {
+  sb = d[1] * d[2] * d[3];
+  sh = seq_major ? d[3] : d[2] * d[3];
+  sl = seq_major ? d[2] * d[3] : d[3];
+}
+
+/// Lets `kernel` use `bytes` of dynamic shared memory on the current device (once per device).
+template <typename K>
+void allow_shared_memory(K kernel, size_t bytes, std::atomic<uint64_t>& done, const char* what) {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const uint64_t bit = uint64_t{1} << (device % 64);
+  if (done.load() & bit) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)),
+        what);
+  done.fetch_or(bit);
+}
+
+template <typename T, int D>
+void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
+                  const AttnArgs& p, bool vec, cudaStream_t stream) {
+  static std::atomic<uint64_t> configured{0};
+  const auto kernel = flash_attention_kernel<T, D>;
+  allow_shared_memory(kernel, FlashSmem<D>::bytes, configured,
+                      "cudaFuncSetAttribute(flash_attention_kernel)");
+  const dim3 grid(static_cast<unsigned>(p.B * p.H),
+                  static_cast<unsigned>((p.L + kBlockQ - 1) / kBlockQ));
+  kernel<<<grid, kWarps * 32, FlashSmem<D>::bytes, stream>>>(q, k, v, mask, out, p, vec);
+  check(cudaGetLastError(), "flash_attention_kernel");
+}
+
+template <typename T>
+void launch_rows(const T* q, const T* k, const T* v, const void* mask, T* out,
+                 const AttnArgs& p, cudaStream_t stream) {
+  static std::atomic<uint64_t> configured{0};
+  const size_t per_warp = static_cast<size_t>(p.E + p.Ev + 32) * sizeof(float);
+  int optin = 0, device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  if (per_warp > static_cast<size_t>(optin)) {
+    throw Error("Attention kernel (cuda): head sizes E=" + std::to_string(p.E) +
+                ", Ev=" + std::to_string(p.Ev) + " need " + std::to_string(per_warp) +
+                " bytes of shared memory per query row; this GPU has " + std::to_string(optin));
+  }
+  const int warps = static_cast<int>(std::clamp<size_t>(size_t{48 * 1024} / per_warp, 1, 4));
+  const size_t bytes = per_warp * static_cast<size_t>(warps);
+  if (bytes > size_t{48 * 1024}) {
+    allow_shared_memory(attention_rows_kernel<T>, static_cast<size_t>(optin), configured,
+                        "cudaFuncSetAttribute(attention_rows_kernel)");
+  }
+  const int64_t rows = p.B * p.H * p.L;
+  const int64_t blocks = std::min<int64_t>((rows + warps - 1) / warps, 65535 * 16);
+  attention_rows_kernel<T><<<static_cast<unsigned>(blocks), warps * 32, bytes, stream>>>(
+      q, k, v, mask, out, p);
+  check(cudaGetLastError(), "attention_rows_kernel");
+}
+
+template <typename T>
+void launch_attention(const CudaArgs& a, const AttnArgs& p) {
+  const auto* q = static_cast<const T*>(a.in(0).data);
+  const auto* k = static_cast<const T*>(a.in(1).data);
+  const auto* v = static_cast<const T*>(a.in(2).data);
+  const void* mask = a.has(3) ? a.in(3).data : nullptr;
+  auto* out = static_cast<T*>(a.out(0).data);
+  if constexpr (sizeof(T) == 2) {  // f16/bf16: tensor cores
+    const bool fits_grid = p.B * p.H <= INT32_MAX && (p.L + kBlockQ - 1) / kBlockQ <= 65535;
+    if (fits_grid && p.E <= 128 && p.Ev <= 128) {
+      // 16-byte tile loads need 16-byte aligned bases and strides that are multiples of 8.
+      const bool vec =
+          aligned(q, 16) && aligned(k, 16) && aligned(v, 16) &&
+          (p.q_b | p.q_h | p.q_l | p.k_b | p.k_h | p.k_l | p.v_b | p.v_h | p.v_l) % 8 == 0;
+      if (std::max(p.E, p.Ev) <= 64) {
+        launch_flash<T, 64>(q, k, v, mask, out, p, vec, a.stream());
+      } else {
+        launch_flash<T, 128>(q, k, v, mask, out, p, vec, a.stream());
+      }
+      return;
+    }
+  }
+  launch_rows<T>(q, k, v, mask, out, p, a.stream());
+}
+
+}  // namespace
+
+void run(const AttentionParams& p, const CudaArgs& a) {
+  const DeviceTensor& qt = a.in(0);
+  const DeviceTensor& kt = a.in(1);
+  const DeviceTensor& vt = a.in(2);
+  DeviceTensor& o = a.out(0);
+  if (o.numel() == 0) return;
+  const bool sm = p.seq_major;
+  AttnArgs g{};
+  g.B = qt.dims[0];
+  g.H = qt.dims[sm ? 2 : 1];
+  g.L = qt.dims[sm ? 1 : 2];
+  g.E = qt.dims[3];
+  g.S = kt.dims[sm ? 1 : 2];
+  g.Ev = vt.dims[3];
+  g.group = g.H / std::max<int64_t>(kt.dims[sm ? 2 : 1], 1);
+  head_strides(qt.dims, sm, g.q_b, g.q_h, g.q_l);
+  head_strides(kt.dims, sm, g.k_b, g.k_h, g.k_l);
+  head_strides(vt.dims, sm, g.v_b, g.v_h, g.v_l);
+  head_strides(o.dims, sm, g.o_b, g.o_h, g.o_l);
+  g.mask_kind = kNoMask;
+  if (a.has(3)) {
+    const DeviceTensor& m = a.in(3);
+    g.mask_kind = m.dtype == DataType::kBool ? kBoolMask : kAddMask;
+    // Right-aligned against [B, H, L, S]; stride 0 where the mask has size 1 (or no dim).
+    int64_t st[4] = {0, 0, 0, 0};
+    int64_t stride = 1;
+    const int rank = static_cast<int>(m.dims.size());
+    for (int d = rank - 1; d >= 0; --d) {
+      st[4 - rank + d] = m.dims[d] == 1 ? 0 : stride;
+      stride *= m.dims[d];
+    }
+    g.m_b = st[0];
+    g.m_h = st[1];
+    g.m_l = st[2];
+    g.m_s = st[3];
+  }
+  g.causal = p.causal;
+  g.scale = static_cast<float>(p.scale);
+  switch (qt.dtype) {
+    case DataType::kF32: launch_attention<float>(a, g); return;
+    case DataType::kF16: launch_attention<__half>(a, g); return;
+    case DataType::kBF16: launch_attention<__nv_bfloat16>(a, g); return;
+    default: break;
+  }
+  throw Error(std::string("Attention kernel (cuda): dtype ") + dtype_name(qt.dtype) +
+              " is not supported");
+}
+
+}  // namespace ember::engine::cuda

@@ -1,0 +1,70 @@
+// Shape and type inference of the fused Attention layer (see AttentionParams in layers.h).
+#include <cmath>
+#include <string>
+
+#include "network/infer.h"
+
+namespace ember::engine {
+
+namespace {
+
+/// Logical dims of a rank-4 attention operand: [batch, heads, sequence, features].
+struct HeadDims {
+  DimExpr batch, heads, seq, features;
+};
+
+HeadDims head_dims(const Shape& s, bool seq_major) {
+  return seq_major ? HeadDims{s[0], s[2], s[1], s[3]} : HeadDims{s[0], s[1], s[2], s[3]};
+}
+
+}  // namespace
+
+void infer(const AttentionParams& p, InferContext& ctx) {
+  ctx.expect_num_inputs(3, 4);
+  ctx.expect_float(0, "query");
+  ctx.expect_same_dtype(0, 1);
+  ctx.expect_same_dtype(0, 2);
+  ctx.expect_rank(0, 4, "query");
+  ctx.expect_rank(1, 4, "key");
+  ctx.expect_rank(2, 4, "value");
+  InferContext::require(std::isfinite(p.scale), "scale must be finite");
+  const char* layout = p.seq_major ? " (seq-major [B, L, H, E])" : " (head-major [B, H, L, E])";
+  const HeadDims q = head_dims(ctx.shape(0), p.seq_major);
+  const HeadDims k = head_dims(ctx.shape(1), p.seq_major);
+  const HeadDims v = head_dims(ctx.shape(2), p.seq_major);
+  ctx.check_equal(q.batch, k.batch, std::string("key batch must equal query batch") + layout);
+  ctx.check_equal(q.batch, v.batch, std::string("value batch must equal query batch") + layout);
+  ctx.check_equal(q.features, k.features,
+                  std::string("key features must equal query features") + layout);
+  ctx.check_equal(k.heads, v.heads, std::string("key and value heads must agree") + layout);
+  ctx.check_equal(k.seq, v.seq, std::string("key and value lengths must agree") + layout);
+  if (q.heads.is_constant() && k.heads.is_constant()) {
+    InferContext::require(k.heads.constant() > 0 && q.heads.constant() % k.heads.constant() == 0,
+                          "key/value heads (" + k.heads.to_string() +
+                              ") must divide query heads (" + q.heads.to_string() + ")");
+  } else {
+    ctx.check_equal(q.heads, k.heads,
+                    std::string("symbolic key/value heads must equal query heads") + layout);
+  }
+  if (ctx.has(3)) {
+    const DataType mt = ctx.dtype(3);
+    InferContext::require(mt == DataType::kBool || mt == ctx.dtype(0),
+                          std::string("mask (input 3) must be bool or the query's dtype ") +
+                              dtype_name(ctx.dtype(0)) + ", got " + dtype_name(mt));
+    const Shape& m = ctx.shape(3);
+    InferContext::require(m.size() <= 4, "mask (input 3) must have rank <= 4, got rank " +
+                                             std::to_string(m.size()));
+    const Shape scores = {q.batch, q.heads, q.seq, k.seq};
+    const Shape b = ctx.broadcast_shapes(m, scores);
+    for (size_t i = 0; i < 4; ++i) {
+      ctx.check_equal(b[i], scores[i],
+                      "mask " + shape_to_string(m) + " must broadcast to the scores [B, H, L, S] " +
+                          shape_to_string(scores));
+    }
+  }
+  const Shape out = p.seq_major ? Shape{q.batch, q.seq, q.heads, v.features}
+                                : Shape{q.batch, q.heads, q.seq, v.features};
+  ctx.add_output(ctx.dtype(0), out);
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,306 @@
+// Tests of the fused Attention layer on the CPU reference back end against a naive double
+// computation: both layouts, causal, bool and additive masks (broadcast), fully masked rows,
+// grouped-query heads, f16/bf16 rounding, dynamic shapes, and the shape errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "ember/engine/network.h"
+#include "test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
+
+/// One attention problem: logical sizes, layout and mask.
+struct Case {
+  int64_t B = 2, H = 3, Hkv = 3, L = 5, S = 7, E = 8, Ev = 8;
+  bool seq_major = false;
+  bool causal = false;
+  std::vector<int64_t> mask_dims;  // empty: no mask
+  DataType mask_dtype = DataType::kBool;
+  double scale = 0.35;
+};
+
+/// Dims of an operand [B, heads, seq, features] in the case's layout.
+std::vector<int64_t> dims(const Case& c, int64_t heads, int64_t seq, int64_t features) {
+  return c.seq_major ? std::vector<int64_t>{c.B, seq, heads, features}
+                     : std::vector<int64_t>{c.B, heads, seq, features};
+}
+
+/// Flat index of (b, h, s, f) in an operand of `heads`, `seq`, `features` in the case's layout.
+int64_t at(const Case& c, int64_t heads, int64_t seq, int64_t features, int64_t b, int64_t h,
+           int64_t s, int64_t f) {
+  return c.seq_major ? ((b * seq + s) * heads + h) * features + f
+                     : ((b * heads + h) * seq + s) * features + f;
+}
+
+/// The mask value of (b, h, i, j) broadcast from mask_dims (right-aligned to [B, H, L, S]).
+float mask_at(const Case& c, const std::vector<float>& m, int64_t b, int64_t h, int64_t i,
+              int64_t j) {
+  const int64_t full[4] = {b, h, i, j};
+  const int rank = static_cast<int>(c.mask_dims.size());
+  int64_t off = 0;
+  for (int d = 0; d < rank; ++d) {
+    const int64_t size = c.mask_dims[d];
+    off = off * size + (size == 1 ? 0 : full[4 - rank + d]);
+  }
+  return m[off];
+}
+
+std::vector<float> reference(const Case& c, const std::vector<float>& q,
+                             const std::vector<float>& k, const std::vector<float>& v,
+                             const std::vector<float>& m) {
+  std::vector<float> out(static_cast<size_t>(c.B * c.H * c.L * c.Ev));
+  const int64_t group = c.H / c.Hkv;
+  for (int64_t b = 0; b < c.B; ++b) {
+    for (int64_t h = 0; h < c.H; ++h) {
+      for (int64_t i = 0; i < c.L; ++i) {
+        std::vector<double> s(static_cast<size_t>(c.S), -INFINITY);
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < c.S; ++j) {
+          if (c.causal && j > i) continue;
+          double add = 0;
+          if (!c.mask_dims.empty()) {
+            const float mv = mask_at(c, m, b, h, i, j);
+            if (c.mask_dtype == DataType::kBool) {
+              if (mv == 0.0f) continue;
+            } else {
+              add = mv;
+            }
+          }
+          double dot = 0;
+          for (int64_t e = 0; e < c.E; ++e) {
+            dot += double{q[at(c, c.H, c.L, c.E, b, h, i, e)]} *
+                   k[at(c, c.Hkv, c.S, c.E, b, h / group, j, e)];
+          }
+          s[j] = dot * c.scale + add;
+          mx = std::max(mx, s[j]);
+        }
+        for (int64_t e = 0; e < c.Ev; ++e) {
+          double acc = 0, sum = 0;
+          if (mx != -INFINITY) {
+            for (int64_t j = 0; j < c.S; ++j) {
+              const double w = std::exp(s[j] - mx);
+              sum += w;
+              acc += w * v[at(c, c.Hkv, c.S, c.Ev, b, h / group, j, e)];
+            }
+          }
+          out[at(c, c.H, c.L, c.Ev, b, h, i, e)] = sum > 0 ? static_cast<float>(acc / sum) : 0.0f;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/// Builds the layer for `c` in dtype `t`, runs it through the pipeline and compares.
+void check(const Case& c, DataType t, uint32_t seed, const std::string& what) {
+  SCOPED_TRACE(what + " " + dtype_name(t));
+  const TestTensor q = TestTensor::random(t, dims(c, c.H, c.L, c.E), seed, -2.0f, 2.0f);
+  const TestTensor k = TestTensor::random(t, dims(c, c.Hkv, c.S, c.E), seed + 1, -2.0f, 2.0f);
+  const TestTensor v = TestTensor::random(t, dims(c, c.Hkv, c.S, c.Ev), seed + 2);
+  std::vector<TestTensor> inputs = {q, k, v};
+  Network net;
+  std::vector<Tensor*> ins = {net.add_input("q", t, shape_of(q.dims)),
+                              net.add_input("k", t, shape_of(k.dims)),
+                              net.add_input("v", t, shape_of(v.dims))};
+  std::vector<float> mask_values;
+  if (!c.mask_dims.empty()) {
+    TestTensor m;
+    if (c.mask_dtype == DataType::kBool) {
+      m = TestTensor::random(DataType::kI32, c.mask_dims, seed + 3, 0.0f, 3.0f);  // 2/3 true
+      std::vector<int64_t> flags = m.to_ints();
+      for (auto& f : flags) f = f != 0;
+      m = TestTensor::ints(DataType::kBool, c.mask_dims, flags);
+    } else {
+      m = TestTensor::random(t, c.mask_dims, seed + 3, -3.0f, 1.0f);
+    }
+    mask_values = m.to_floats();
+    ins.push_back(net.add_input("mask", m.dtype, shape_of(m.dims)));
+    inputs.push_back(m);
+  }
+  AttentionParams p;
+  p.scale = c.scale;
+  p.causal = c.causal;
+  p.seq_major = c.seq_major;
+  net.mark_output(net.add_layer(p, ins, "attn")->output(), "out");
+  const TestTensor out = test::run_network(net, inputs).at(0);
+  ASSERT_EQ(out.dims, dims(c, c.H, c.L, c.Ev));
+  test::expect_close(out, reference(c, q.to_floats(), k.to_floats(), v.to_floats(), mask_values),
+                     t, what);
+}
+
+const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
+
+TEST(AttentionLayer, PlainBothLayoutsEveryFloatType) {
+  for (DataType t : kFloatTypes) {
+    Case c;
+    check(c, t, 1, "head-major");
+    c.seq_major = true;
+    check(c, t, 2, "seq-major");
+    c.E = 5;
+    c.Ev = 3;  // value features differ from query/key features
+    check(c, t, 3, "seq-major E=5 Ev=3");
+  }
+}
+
+TEST(AttentionLayer, CausalIncludingMoreKeysThanQueries) {
+  for (DataType t : kFloatTypes) {
+    Case c;
+    c.causal = true;
+    check(c, t, 4, "causal L<S");
+    c.L = 9;
+    c.S = 4;
+    c.seq_major = true;
+    check(c, t, 5, "causal L>S seq-major");
+  }
+}
+
+TEST(AttentionLayer, BoolAndAdditiveMasksBroadcast) {
+  for (DataType t : kFloatTypes) {
+    for (const std::vector<int64_t>& md :
+         {std::vector<int64_t>{2, 1, 5, 7}, {2, 3, 5, 7}, {5, 7}, {7}, {2, 1, 1, 7}}) {
+      Case c;
+      c.mask_dims = md;
+      check(c, t, 6, "bool mask");
+      c.mask_dtype = t;
+      check(c, t, 7, "additive mask");
+      c.seq_major = true;
+      c.causal = true;
+      check(c, t, 8, "additive mask + causal, seq-major");
+    }
+  }
+}
+
+TEST(AttentionLayer, FullyMaskedRowsGiveZeros) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (DataType t : kFloatTypes) {
+    Network net;
+    Tensor* q = net.add_input("q", t, {1, 1, 2, 4});
+    Tensor* k = net.add_input("k", t, {1, 1, 3, 4});
+    Tensor* v = net.add_input("v", t, {1, 1, 3, 4});
+    Tensor* mb = net.add_input("mb", DataType::kBool, {2, 3});
+    Tensor* mf = net.add_input("mf", t, {2, 3});
+    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mb}, "bool")->output(), "a");
+    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mf}, "float")->output(), "b");
+    const auto outs = test::run_network(
+        net, {TestTensor::random(t, {1, 1, 2, 4}, 9), TestTensor::random(t, {1, 1, 3, 4}, 10),
+              TestTensor::random(t, {1, 1, 3, 4}, 11),
+              TestTensor::ints(DataType::kBool, {2, 3}, {0, 0, 0, 1, 0, 1}),
+              TestTensor::floats(t, {2, 3}, {-inf, -inf, -inf, 0, -inf, 0})});
+    for (const TestTensor& o : outs) {
+      const std::vector<float> f = o.to_floats();
+      for (int e = 0; e < 4; ++e) EXPECT_EQ(f[e], 0.0f) << "row 0 is fully masked";
+      for (int e = 4; e < 8; ++e) EXPECT_FALSE(std::isnan(f[e])) << "row 1 has keys";
+    }
+    EXPECT_EQ(outs[0].to_floats(), outs[1].to_floats());
+  }
+}
+
+TEST(AttentionLayer, GroupedQueryHeadsShareKeyValueHeads) {
+  for (DataType t : kFloatTypes) {
+    Case c;
+    c.H = 6;
+    c.Hkv = 2;
+    check(c, t, 12, "gqa 6/2");
+    c.seq_major = true;
+    c.mask_dims = {2, 6, 5, 7};
+    check(c, t, 13, "gqa 6/2 seq-major with a per-head mask");
+  }
+}
+
+TEST(AttentionLayer, LongRowsAcrossThreads) {
+  Case c;
+  c.B = 2;
+  c.H = 4;
+  c.L = 70;
+  c.S = 130;
+  c.E = 64;
+  c.Ev = 64;
+  c.causal = true;
+  check(c, DataType::kF32, 14, "70x130 causal");
+}
+
+TEST(AttentionLayer, DynamicSequenceLengths) {
+  Network net;
+  const DimExpr b = DimExpr::symbol("b"), s = DimExpr::symbol("s");
+  Tensor* q = net.add_input("q", DataType::kF32, {b, s, 2, 4});
+  Tensor* k = net.add_input("k", DataType::kF32, {b, s, 2, 4});
+  Tensor* v = net.add_input("v", DataType::kF32, {b, s, 2, 4});
+  AttentionParams p;
+  p.seq_major = true;
+  p.causal = true;
+  p.scale = 0.5;
+  net.mark_output(net.add_layer(p, {q, k, v}, "attn")->output(), "out");
+  test::RunOptions options;
+  options.profiles.resize(1);
+  options.profiles[0].set_range("b", 1, 2, 3);
+  options.profiles[0].set_range("s", 1, 4, 9);
+  for (int64_t len : {1, 4, 9}) {
+    Case c;
+    c.B = 3;
+    c.H = c.Hkv = 2;
+    c.L = c.S = len;
+    c.E = c.Ev = 4;
+    c.seq_major = true;
+    c.causal = true;
+    c.scale = 0.5;
+    const TestTensor qt = TestTensor::random(DataType::kF32, {3, len, 2, 4}, 15);
+    const TestTensor kt = TestTensor::random(DataType::kF32, {3, len, 2, 4}, 16);
+    const TestTensor vt = TestTensor::random(DataType::kF32, {3, len, 2, 4}, 17);
+    const TestTensor out = test::run_network(net, {qt, kt, vt}, options).at(0);
+    test::expect_close(out, reference(c, qt.to_floats(), kt.to_floats(), vt.to_floats(), {}),
+                       DataType::kF32, "s=" + std::to_string(len));
+  }
+}
+
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& n : needles) {
+      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
+    }
+  }
+}
+
+TEST(AttentionLayer, BadShapesAndTypesNameTheLayer) {
+  Network net;
+  Tensor* q = net.add_input("q", DataType::kF32, {2, 4, 5, 8});
+  Tensor* k = net.add_input("k", DataType::kF32, {2, 4, 7, 8});
+  Tensor* v = net.add_input("v", DataType::kF32, {2, 4, 7, 6});
+  Tensor* k3 = net.add_input("k3", DataType::kF32, {2, 3, 7, 8});
+  Tensor* kbad = net.add_input("kbad", DataType::kF32, {2, 4, 7, 9});
+  Tensor* qh = net.add_input("qh", DataType::kF16, {2, 4, 5, 8});
+  Tensor* r3 = net.add_input("r3", DataType::kF32, {4, 5, 8});
+  Tensor* mi = net.add_input("mi", DataType::kI32, {5, 7});
+  Tensor* mw = net.add_input("mw", DataType::kBool, {5, 6});
+  const AttentionParams p;
+  expect_error([&] { net.add_layer(p, {q, k3, k3}, "gqa"); },
+               {"Attention 'gqa'", "must divide query heads"});
+  expect_error([&] { net.add_layer(p, {q, kbad, v}, "feat"); },
+               {"Attention 'feat'", "key features must equal query features"});
+  expect_error([&] { net.add_layer(p, {qh, k, v}, "dt"); }, {"Attention 'dt'", "dtype"});
+  expect_error([&] { net.add_layer(p, {r3, k, v}, "rank"); }, {"Attention 'rank'", "rank 4"});
+  expect_error([&] { net.add_layer(p, {q, k, v, mi}, "mi"); },
+               {"Attention 'mi'", "mask (input 3) must be bool"});
+  expect_error([&] { net.add_layer(p, {q, k, v, mw}, "mw"); },
+               {"Attention 'mw'", "must broadcast to the scores"});
+  AttentionParams nan;
+  nan.scale = std::numeric_limits<double>::quiet_NaN();
+  expect_error([&] { net.add_layer(nan, {q, k, v}, "nan"); },
+               {"Attention 'nan'", "scale must be finite"});
+}
+
+}  // namespace
+}  // namespace ember::engine

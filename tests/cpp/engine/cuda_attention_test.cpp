@@ -1,0 +1,187 @@
+// CUDA conformance of the fused Attention layer against the CPU reference executor: the
+// tensor-core flash kernel (f16/bf16, head sizes <= 128, several query/key tiles, partial
+// tiles, strided seq-major operands) and the row kernel (f32, head sizes > 128), with causal,
+// bool and additive masks and grouped-query heads. Skipped (visibly) without a CUDA device.
+#ifdef EMBER_WITH_CUDA
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
+
+Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
+
+struct Case {
+  int64_t B = 2, H = 3, Hkv = 3, L = 5, S = 7, E = 16, Ev = 16;
+  bool seq_major = false, causal = false;
+  std::vector<int64_t> mask_dims;
+  bool bool_mask = true;
+};
+
+std::vector<int64_t> dims(const Case& c, int64_t heads, int64_t seq, int64_t features) {
+  return c.seq_major ? std::vector<int64_t>{c.B, seq, heads, features}
+                     : std::vector<int64_t>{c.B, heads, seq, features};
+}
+
+void check(const Case& c, DataType t, uint32_t seed) {
+  const std::string what = std::string(dtype_name(t)) + " B" + std::to_string(c.B) + " H" +
+                           std::to_string(c.H) + "/" + std::to_string(c.Hkv) + " L" +
+                           std::to_string(c.L) + " S" + std::to_string(c.S) + " E" +
+                           std::to_string(c.E) + " Ev" + std::to_string(c.Ev) +
+                           (c.seq_major ? " seq-major" : "") + (c.causal ? " causal" : "") +
+                           (c.mask_dims.empty() ? "" : c.bool_mask ? " bool mask" : " add mask");
+  std::vector<TestTensor> inputs = {
+      TestTensor::random(t, dims(c, c.H, c.L, c.E), seed, -2.0f, 2.0f),
+      TestTensor::random(t, dims(c, c.Hkv, c.S, c.E), seed + 1, -2.0f, 2.0f),
+      TestTensor::random(t, dims(c, c.Hkv, c.S, c.Ev), seed + 2)};
+  Network net;
+  std::vector<Tensor*> ins;
+  const char* names[] = {"q", "k", "v", "mask"};
+  if (!c.mask_dims.empty()) {
+    if (c.bool_mask) {
+      std::vector<int64_t> flags = TestTensor::random(DataType::kI32, c.mask_dims, seed + 3, 0.0f,
+                                                      3.0f).to_ints();
+      for (auto& f : flags) f = f != 0;
+      inputs.push_back(TestTensor::ints(DataType::kBool, c.mask_dims, flags));
+    } else {
+      inputs.push_back(TestTensor::random(t, c.mask_dims, seed + 3, -3.0f, 1.0f));
+    }
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ins.push_back(net.add_input(names[i], inputs[i].dtype, shape_of(inputs[i].dims)));
+  }
+  AttentionParams p;
+  p.scale = 0.3;
+  p.causal = c.causal;
+  p.seq_major = c.seq_major;
+  net.mark_output(net.add_layer(p, ins, "attn")->output(), "out");
+  test::check_cuda_matches_cpu(net, inputs, what);
+}
+
+TEST(CudaAttention, FlashKernelTilesAndLayouts) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    for (bool seq_major : {false, true}) {
+      Case c;
+      c.seq_major = seq_major;
+      check(c, t, 1);  // one partial tile each way
+      c.L = 130;
+      c.S = 200;  // three query blocks, four key tiles, partial at both ends
+      c.E = c.Ev = 64;
+      check(c, t, 2);
+      c.causal = true;
+      check(c, t, 3);
+      c.E = c.Ev = 128;  // the D = 128 instantiation
+      c.L = c.S = 128;
+      check(c, t, 4);
+      c.E = 40;  // padded features, value features differ
+      c.Ev = 72;
+      check(c, t, 5);
+    }
+  }
+}
+
+TEST(CudaAttention, MasksAndGroupedHeads) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    for (const std::vector<int64_t>& md :
+         {std::vector<int64_t>{2, 1, 70, 90}, {2, 6, 70, 90}, {90}, {2, 1, 1, 90}}) {
+      Case c;
+      c.H = 6;
+      c.Hkv = 2;
+      c.L = 70;
+      c.S = 90;
+      c.E = c.Ev = 64;
+      c.mask_dims = md;
+      check(c, t, 6);
+      c.bool_mask = false;
+      c.seq_major = true;
+      check(c, t, 7);
+    }
+  }
+}
+
+TEST(CudaAttention, FullyMaskedRowsGiveZerosOnBothKernels) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (DataType t : kFloatTypes) {
+    Network net;
+    Tensor* q = net.add_input("q", t, {1, 2, 3, 16});
+    Tensor* k = net.add_input("k", t, {1, 2, 4, 16});
+    Tensor* v = net.add_input("v", t, {1, 2, 4, 16});
+    Tensor* mb = net.add_input("mb", DataType::kBool, {3, 4});
+    Tensor* mf = net.add_input("mf", t, {3, 4});
+    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mb}, "bool")->output(), "a");
+    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mf}, "float")->output(), "b");
+    test::check_cuda_matches_cpu(
+        net,
+        {TestTensor::random(t, {1, 2, 3, 16}, 9), TestTensor::random(t, {1, 2, 4, 16}, 10),
+         TestTensor::random(t, {1, 2, 4, 16}, 11),
+         TestTensor::ints(DataType::kBool, {3, 4}, {0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1}),
+         TestTensor::floats(t, {3, 4}, {-inf, -inf, -inf, -inf, 0, -inf, 0, 0, -inf, -inf, -inf, 0})},
+        std::string("fully masked ") + dtype_name(t));
+  }
+}
+
+TEST(CudaAttention, RowKernelForF32AndLargeHeads) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    Case c;
+    c.E = 160;  // beyond the flash kernel's 128
+    c.Ev = 200;
+    c.L = 33;
+    c.S = 70;
+    c.causal = true;
+    check(c, t, 12);
+    c.causal = false;
+    c.mask_dims = {33, 70};
+    check(c, t, 13);
+  }
+  Case c;
+  c.L = 100;
+  c.S = 150;
+  c.E = c.Ev = 64;
+  c.seq_major = true;
+  check(c, DataType::kF32, 14);
+}
+
+TEST(CudaAttention, SymbolicSequenceAtTwoLengths) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    Network net;
+    const DimExpr s = DimExpr::symbol("s");
+    Tensor* q = net.add_input("q", t, {2, s, 4, 64});
+    Tensor* k = net.add_input("k", t, {2, s, 4, 64});
+    Tensor* v = net.add_input("v", t, {2, s, 4, 64});
+    AttentionParams p;
+    p.seq_major = true;
+    p.causal = true;
+    p.scale = 0.125;
+    net.mark_output(net.add_layer(p, {q, k, v}, "attn")->output(), "out");
+    std::vector<OptimizationProfile> profiles(1);
+    profiles[0].set_range("s", 1, 64, 160);
+    test::CudaRunner runner(net, {}, profiles);
+    for (int64_t len : {1, 37, 160}) {
+      const std::vector<TestTensor> in = {TestTensor::random(t, {2, len, 4, 64}, 20),
+                                          TestTensor::random(t, {2, len, 4, 64}, 21),
+                                          TestTensor::random(t, {2, len, 4, 64}, 22)};
+      test::expect_matches_cpu(net, in, runner.run(in),
+                               std::string("s=") + std::to_string(len) + " " + dtype_name(t));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ember::engine
+
+#endif  // EMBER_WITH_CUDA
