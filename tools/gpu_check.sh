@@ -4,7 +4,8 @@
 #   1. the CUDA conformance suites and fusion tests (ember_engine_tests, Cuda* and FuseEpilogues*),
 #   2. tests/python/test_cuda.py (models in f32/f16 incl. full-size resnet50, bert-base, gpt2;
 #      CUDA graphs; streams),
-#   3. the converter (op) suite and the model zoo with EMBER_TEST_DEVICE=cuda,
+#   3. the converter (op) suite (OPS_TESTS narrows it) and the model zoo with
+#      EMBER_TEST_DEVICE=cuda,
 #   4. bench/bench.py (BENCH_ARGS, e.g. "--compile-modes ''" for Ember against eager only) and
 #      bench/kernel_profile.py for resnet50 and gpt2 at batch 32.
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
@@ -45,12 +46,12 @@ pack() {
 
 step_cpp() {
   run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
-    --gtest_filter='Cuda*:FuseEpilogues*:PlanMemory*:Runtime*'
+    --gtest_filter='Cuda*:FuseEpilogues*:FoldAttention*:Attention*:PlanMemory*:Runtime*'
 }
 step_models() { run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py; }
 step_ops() {
   EMBER_TEST_DEVICE=cuda run_step ops python3 -m pytest -q -p no:cacheprovider \
-    -n "$workers" tests/python/converters
+    -n "$workers" ${OPS_TESTS:-tests/python/converters}
 }
 step_zoo() {
   EMBER_TEST_DEVICE=cuda run_step zoo python3 -m pytest -q -p no:cacheprovider \

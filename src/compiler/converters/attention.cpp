@@ -1,10 +1,13 @@
-// Attention: aten::scaled_dot_product_attention and the CPU flash-attention op PyTorch lowers it
-// to, as softmax(q @ k^T * scale + mask) @ v with MatrixMultiply, ElementWise, Select and
-// SoftMax layers (the builder fuses what its back end can).
+// Attention: aten::scaled_dot_product_attention and the flash/efficient/cuDNN ops PyTorch
+// lowers it to. Rank-4 operands whose batch and head dims line up (and a mask that broadcasts
+// to the scores without widening them) become one fused Attention layer; anything else is
+// written out as softmax(q @ k^T * scale + mask) @ v with MatrixMultiply, ElementWise, Select
+// and SoftMax layers. The CPU flash op's logsumexp output, when read, also takes the long form.
 //
 // Like PyTorch, a row whose scores are all masked out (-inf) gives zeros, not NaN.
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "ember/compiler/conversion.h"
 
@@ -183,6 +186,42 @@ Tensor* causal_masked(ConversionContext& ctx, const Node& node, const DimExpr& l
   return elementwise(ctx, node, col, row, ElementWiseOp::kGreater);
 }
 
+/// Whether the fused Attention layer computes this node exactly as the long form would: rank-4
+/// operands with one batch dim, key/value heads that divide the query heads (grouped-query
+/// attention, or a single shared head that the long form would broadcast), and a mask of rank
+/// <= 4 whose every dim is 1 or the scores' dim.
+bool fits_attention_layer(const Node& node, const AttentionSpec& spec, const Tensor* q,
+                          const Tensor* k, const Tensor* v) {
+  if (node.op() == "aten::_scaled_dot_product_flash_attention_for_cpu" &&
+      node.outputs().size() > 1 && node.output_is_read(1)) {
+    return false;  // the logsumexp comes from the long form's scores
+  }
+  if (q->rank() != 4 || k->rank() != 4 || v->rank() != 4) return false;
+  const engine::Shape &qs = q->shape(), &ks = k->shape(), &vs = v->shape();
+  if (!(qs[0] == ks[0]) || !(qs[0] == vs[0]) || !(ks[1] == vs[1]) || !(ks[2] == vs[2]) ||
+      !(qs[3] == ks[3])) {
+    return false;
+  }
+  if (!(qs[1] == ks[1])) {
+    const bool gqa = node.op() == "aten::scaled_dot_product_attention" &&
+                     node.arg_bool_or(SdpaArgs::enable_gqa, false);
+    if (!qs[1].is_constant() || !ks[1].is_constant() || ks[1].constant() <= 0 ||
+        qs[1].constant() % ks[1].constant() != 0 || !(gqa || ks[1].constant() == 1)) {
+      return false;
+    }
+  }
+  if (const Value* m = node.arg_optional_tensor(spec.attn_mask)) {
+    if (m->rank() > 4) return false;
+    const engine::Shape scores = {qs[0], qs[1], qs[2], ks[2]};
+    for (int i = 0; i < m->rank(); ++i) {
+      const DimExpr& d = m->shape()[i];
+      const DimExpr& want = scores[4 - m->rank() + i];
+      if (!(d == want) && !(d.is_constant() && d.constant() == 1)) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 EMBER_CONVERTER(attention,
@@ -198,15 +237,27 @@ EMBER_CONVERTER(attention,
   Tensor* q = ctx.cast(ctx.input(node, 0), dt);
   Tensor* k = ctx.cast(ctx.input(node, 1), dt);
   Tensor* v = ctx.cast(ctx.input(node, 2), dt);
+  const double scale = node.arg_is_none(spec.scale)
+                           ? 1.0 / std::sqrt(static_cast<double>(q->shape().back().constant()))
+                           : node.arg_double(spec.scale);
+  if (fits_attention_layer(node, spec, q, k, v)) {
+    engine::AttentionParams ap;
+    ap.scale = scale;
+    ap.causal = node.arg_bool_or(spec.is_causal, false);
+    std::vector<Tensor*> inputs = {q, k, v};
+    if (const Value* m = node.arg_optional_tensor(spec.attn_mask)) {
+      Tensor* mask = ctx.tensor(m);
+      inputs.push_back(mask->dtype() == DataType::kBool ? mask : ctx.cast(mask, dt));
+    }
+    ctx.set_output(node, 0, net.add_layer(ap, inputs, ctx.layer_name(node))->output());
+    return;
+  }
   if (node.op() == "aten::scaled_dot_product_attention" &&
       node.arg_bool_or(SdpaArgs::enable_gqa, false)) {
     const DimExpr hq = q->shape()[q->rank() - 3];
     k = repeat_heads(ctx, node, k, hq);
     v = repeat_heads(ctx, node, v, hq);
   }
-  const double scale = node.arg_is_none(spec.scale)
-                           ? 1.0 / std::sqrt(static_cast<double>(q->shape().back().constant()))
-                           : node.arg_double(spec.scale);
 
   Tensor* scores = net.add_matrix_multiply(q, false, k, true, ctx.layer_name(node, "qk"))->output();
   const int rank = scores->rank();

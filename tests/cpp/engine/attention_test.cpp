@@ -220,7 +220,7 @@ TEST(AttentionLayer, GroupedQueryHeadsShareKeyValueHeads) {
 TEST(AttentionLayer, LongRowsAcrossThreads) {
   Case c;
   c.B = 2;
-  c.H = 4;
+  c.H = c.Hkv = 4;
   c.L = 70;
   c.S = 130;
   c.E = 64;
@@ -295,7 +295,7 @@ TEST(AttentionLayer, BadShapesAndTypesNameTheLayer) {
   expect_error([&] { net.add_layer(p, {q, k, v, mi}, "mi"); },
                {"Attention 'mi'", "mask (input 3) must be bool"});
   expect_error([&] { net.add_layer(p, {q, k, v, mw}, "mw"); },
-               {"Attention 'mw'", "must broadcast to the scores"});
+               {"Attention 'mw'", "do not broadcast"});
   AttentionParams nan;
   nan.scale = std::numeric_limits<double>::quiet_NaN();
   expect_error([&] { net.add_layer(nan, {q, k, v}, "nan"); },

@@ -168,5 +168,48 @@ TEST(PlanMemory, ReshapesShareTheirInputsSlot) {
   test::run_network(net, {TestTensor::random(DataType::kF32, {4, 6}, 9)});
 }
 
+// ---------------------------------------------------------------- fold_attention_transposes
+
+/// q, k, v [b, 5, 3, 8] (seq-major, as a model holds them) -> transpose(1, 2) -> Attention with
+/// a bool mask -> (transpose(1, 2) when transpose_out) -> reshape [b, 5, 24].
+Network attention_block(bool transpose_out) {
+  Network net;
+  const DimExpr b = DimExpr::symbol("b");
+  std::vector<Tensor*> heads;
+  for (const char* name : {"q", "k", "v"}) {
+    Tensor* x = net.add_input(name, DataType::kF16, {b, 5, 3, 8});
+    heads.push_back(net.add_transpose(x, {0, 2, 1, 3}, std::string(name) + "_t")->output());
+  }
+  heads.push_back(net.add_input("mask", DataType::kBool, {b, 1, 5, 5}));
+  AttentionParams p;
+  p.scale = 0.25;
+  Tensor* o = net.add_layer(p, heads, "attn")->output();
+  if (transpose_out) o = net.add_transpose(o, {0, 2, 1, 3}, "o_t")->output();
+  net.mark_output(net.add_reshape(o, {b, 5, 24}, "merge")->output(), "y");
+  return net;
+}
+
+TEST(FoldAttentionTransposes, TransposesAroundAttentionBecomeTheSeqMajorLayout) {
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("b", 1, 2, 4);
+  Network folded = attention_block(true);
+  EXPECT_EQ(count_layers(folded, "Attention", profiles), 1);
+  EXPECT_EQ(count_layers(folded, "Shuffle", profiles), 1) << "only the final reshape is left";
+  // Without the output transpose the layout cannot change: everything stays.
+  Network kept = attention_block(false);
+  EXPECT_EQ(count_layers(kept, "Shuffle", profiles), 4);
+  test::RunOptions options;
+  options.profiles = profiles;
+  std::vector<int64_t> flags(3 * 25);
+  for (size_t i = 0; i < flags.size(); ++i) flags[i] = (i * 7) % 5 != 0;
+  const std::vector<TestTensor> in = {TestTensor::random(DataType::kF16, {3, 5, 3, 8}, 1),
+                                      TestTensor::random(DataType::kF16, {3, 5, 3, 8}, 2),
+                                      TestTensor::random(DataType::kF16, {3, 5, 3, 8}, 3),
+                                      TestTensor::ints(DataType::kBool, {3, 1, 5, 5}, flags)};
+  // run_network compares the built (folded) plan with the network as written.
+  EXPECT_EQ(test::run_network(folded, in, options).at(0).dims, (std::vector<int64_t>{3, 5, 24}));
+  test::run_network(kept, in, options);
+}
+
 }  // namespace
 }  // namespace ember::engine

@@ -94,3 +94,37 @@ def test_sdpa_grouped_query(dtype):
              [q, k, v])
     check_op(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                             enable_gqa=True), [q, k, v])
+
+
+class _SelfAttention(torch.nn.Module):
+    """The transformer layout: [B, L, D] -> heads [B, L, H, E] -> transpose(1, 2) -> SDPA ->
+    transpose back -> [B, L, D] (what HF BERT and GPT-2 do)."""
+
+    def __init__(self, d=32, heads=4, causal=False):
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.heads, self.causal = heads, causal
+
+    def forward(self, x, mask=None):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
+        return o.transpose(1, 2).reshape(b, n, d)
+
+
+def _folded(compiled) -> list[str]:
+    return [line for e in compiled.ember_report.engines for line in e["build_log"]
+            if line.startswith("fold_attention_transposes: 1 ")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES_FLOAT)
+def test_sdpa_in_model_layout_reads_heads_in_place(dtype):
+    """The fused layer reads [B, L, H, E] directly: the four transposes fold away."""
+    x = torch.randn(2, 9, 32, dtype=dtype)
+    mask = torch.rand(2, 1, 9, 9) > 0.2
+    compiled = check_op(_SelfAttention().to(dtype), [x, mask])
+    assert _folded(compiled), compiled.ember_report.engines[0]["build_log"]
+    compiled = check_op(_SelfAttention(causal=True).to(dtype), [x],
+                        dynamic_shapes=({1: SEQ},), extra_inputs=[[torch.randn(2, 17, 32, dtype=dtype)]])
+    assert _folded(compiled), compiled.ember_report.engines[0]["build_log"]

@@ -23,17 +23,6 @@ namespace ember::engine {
 
 namespace {
 
-/// The only consumer of `t`, when it has exactly one and is not a network output.
-Layer* sole_consumer(const Network& net, const Tensor* t) {
-  if (t->is_output()) return nullptr;
-  const auto users = net.consumers(t);
-  if (users.size() != 1) return nullptr;
-  // A consumer reading t twice (x + x) is not a pattern here.
-  int reads = 0;
-  for (const Tensor* in : users[0]->inputs()) reads += in == t ? 1 : 0;
-  return reads == 1 ? users[0] : nullptr;
-}
-
 bool is_float(DataType t) {
   return t == DataType::kF32 || t == DataType::kF16 || t == DataType::kBF16;
 }
@@ -306,6 +295,16 @@ struct Fuser {
 };
 
 }  // namespace
+
+Layer* sole_consumer(const Network& net, const Tensor* t) {
+  if (t->is_output()) return nullptr;
+  const auto users = net.consumers(t);
+  if (users.size() != 1) return nullptr;
+  // A consumer reading t twice (x + x) is not a pattern here.
+  int reads = 0;
+  for (const Tensor* in : users[0]->inputs()) reads += in == t ? 1 : 0;
+  return reads == 1 ? users[0] : nullptr;
+}
 
 void pass_fuse_epilogues(BuildState& s) {
   Network& net = s.plan.network;
