@@ -7,7 +7,7 @@
 #   3. the converter (op) suite (OPS_TESTS narrows it) and the model zoo with
 #      EMBER_TEST_DEVICE=cuda,
 #   4. bench/bench.py (BENCH_ARGS, e.g. "--compile-modes ''" for Ember against eager only) and
-#      bench/kernel_profile.py for resnet50 and gpt2 at batch 32.
+#      bench/kernel_profile.py for PROFILES (default resnet50, gpt2 and bert at batch 32).
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
@@ -63,9 +63,10 @@ step_bench() {
   run_step bench bash -c "python3 bench/bench.py --json '$dest/bench.json' ${BENCH_ARGS:-} 2>&1 |
     tee '$dest/bench_live.log'"
 }
-step_profile() {
-  for m in resnet50 gpt2 bert; do
-    run_step "profile_$m" python3 bench/kernel_profile.py --model "$m" --batch 32 --top 14
+step_profile() {  # PROFILES="model:batch ..." (default: the three models at batch 32)
+  for mb in ${PROFILES:-resnet50:32 gpt2:32 bert:32}; do
+    run_step "profile_${mb/:/_b}" python3 bench/kernel_profile.py --model "${mb%%:*}" \
+      --batch "${mb##*:}" --top 14
   done
 }
 # Steps run in the order given; "all" is the tests, then the benchmark and the profiles.

@@ -3,6 +3,9 @@
 // with the reference executor running the network as written).
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <limits>
+
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
 #include "test_util.h"
@@ -168,7 +171,7 @@ TEST(PlanMemory, ReshapesShareTheirInputsSlot) {
   test::run_network(net, {TestTensor::random(DataType::kF32, {4, 6}, 9)});
 }
 
-// ---------------------------------------------------------------- fold_attention_transposes
+// ---------------------------------------------------------------- simplify_attention
 
 /// q, k, v [b, 5, 3, 8] (seq-major, as a model holds them) -> transpose(1, 2) -> Attention with
 /// a bool mask -> (transpose(1, 2) when transpose_out) -> reshape [b, 5, 24].
@@ -189,7 +192,7 @@ Network attention_block(bool transpose_out) {
   return net;
 }
 
-TEST(FoldAttentionTransposes, TransposesAroundAttentionBecomeTheSeqMajorLayout) {
+TEST(SimplifyAttention, TransposesAroundAttentionBecomeTheSeqMajorLayout) {
   std::vector<OptimizationProfile> profiles(1);
   profiles[0].set_range("b", 1, 2, 4);
   Network folded = attention_block(true);
@@ -209,6 +212,58 @@ TEST(FoldAttentionTransposes, TransposesAroundAttentionBecomeTheSeqMajorLayout) 
   // run_network compares the built (folded) plan with the network as written.
   EXPECT_EQ(test::run_network(folded, in, options).at(0).dims, (std::vector<int64_t>{3, 5, 24}));
   test::run_network(kept, in, options);
+}
+
+/// The built plan's inspector JSON.
+std::string built_json(const Network& net) {
+  const auto plan = Builder(BuilderConfig{}).build(net);
+  return Runtime().deserialize(plan.data(), plan.size())->inspect_json();
+}
+
+/// q, k, v [2, 3, 6, 8] and a constant mask of `dims` (values from `value(i, j)` per query i and
+/// key j, the same for every batch/head) -> Attention.
+Network masked_attention(DataType mask_dtype, const std::vector<int64_t>& dims,
+                         const std::function<float(int64_t, int64_t)>& value) {
+  Network net;
+  std::vector<Tensor*> in;
+  for (const char* name : {"q", "k", "v"}) in.push_back(net.add_input(name, DataType::kF32, {2, 3, 6, 8}));
+  const TestTensor shape_only = TestTensor::random(DataType::kF32, dims, 1);
+  std::vector<float> v(static_cast<size_t>(shape_only.numel()));
+  const int64_t cols = dims.back(), rows = dims.size() >= 2 ? dims[dims.size() - 2] : 1;
+  for (size_t n = 0; n < v.size(); ++n) v[n] = value((n / cols) % rows, n % cols);
+  const TestTensor m = TestTensor::floats(mask_dtype, dims, v);
+  in.push_back(net.add_constant(Weights::copy(mask_dtype, dims, m.bytes.data()), "mask")->output());
+  net.mark_output(net.add_layer(AttentionParams{}, in, "attn")->output(), "y");
+  return net;
+}
+
+TEST(SimplifyAttention, ConstantCausalAndKeepAllMasksAreDropped) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const auto causal_bool = [](int64_t i, int64_t j) { return j <= i ? 1.0f : 0.0f; };
+  const auto causal_float = [inf](int64_t i, int64_t j) { return j <= i ? 0.0f : -inf; };
+  const auto keep_all = [](int64_t, int64_t) { return 1.0f; };
+  const auto bias = [](int64_t i, int64_t j) { return j <= i ? 0.0f : -1.0f; };
+  const auto anti = [](int64_t i, int64_t j) { return j >= i ? 1.0f : 0.0f; };
+  struct Expect {
+    Network net;
+    bool masked, causal;
+  };
+  std::vector<Expect> cases;
+  cases.push_back({masked_attention(DataType::kBool, {2, 1, 6, 6}, causal_bool), false, true});
+  cases.push_back({masked_attention(DataType::kF32, {6, 6}, causal_float), false, true});
+  cases.push_back({masked_attention(DataType::kBool, {2, 1, 1, 6}, keep_all), false, false});
+  cases.push_back({masked_attention(DataType::kF32, {6, 6}, bias), true, false});  // a real bias
+  cases.push_back({masked_attention(DataType::kBool, {6, 6}, anti), true, false});
+  for (size_t c = 0; c < cases.size(); ++c) {
+    SCOPED_TRACE("case " + std::to_string(c));
+    const std::string json = built_json(cases[c].net);
+    EXPECT_EQ(json.find("\"mask\"") != std::string::npos, cases[c].masked) << json;
+    EXPECT_EQ(json.find("\"causal\": true") != std::string::npos, cases[c].causal) << json;
+    // The rewritten engine computes what the network as written computes.
+    test::run_network(cases[c].net, {TestTensor::random(DataType::kF32, {2, 3, 6, 8}, 1),
+                                     TestTensor::random(DataType::kF32, {2, 3, 6, 8}, 2),
+                                     TestTensor::random(DataType::kF32, {2, 3, 6, 8}, 3)});
+  }
 }
 
 }  // namespace

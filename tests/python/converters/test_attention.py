@@ -115,7 +115,7 @@ class _SelfAttention(torch.nn.Module):
 
 def _folded(compiled) -> list[str]:
     return [line for e in compiled.ember_report.engines for line in e["build_log"]
-            if line.startswith("fold_attention_transposes: 1 ")]
+            if line.startswith("simplify_attention:") and ", 1 attention layers read" in line]
 
 
 @pytest.mark.parametrize("dtype", DTYPES_FLOAT)

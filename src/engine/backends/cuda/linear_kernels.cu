@@ -46,62 +46,102 @@ __global__ void fill_channel_bias_kernel(T* __restrict__ out, const T* __restric
   }
 }
 
-/// y = act(y + bias[c] + residual) in f32, rounded once, over y viewed as [outer, channels,
-/// plane]; bias and residual optional. One block per (outer, channel) plane (a conv output
-/// channel), threads along the plane: the channel is known per block, so the loop does no
-/// division (64-bit division per element made this kernel compute-bound).
-template <typename T, bool kBias, bool kResidual, bool kAct>
+/// One N-element chunk of the fused epilogue: y = act(y + b + residual) in f32, rounded once.
+/// b is the chunk's bias (per element) and residual its residual chunk (when present).
+template <typename T, int N, bool kResidual, bool kAct>
+__device__ __forceinline__ void epilogue_chunk(T* y, const float (&b)[N], const T* residual,
+                                               const ActivationFn& act) {
+  Vec<T, N> out = *reinterpret_cast<const Vec<T, N>*>(y);
+  Vec<T, N> res;
+  if constexpr (kResidual) res = *reinterpret_cast<const Vec<T, N>*>(residual);
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    float v = Num<T>::load(out.v[e]) + b[e];
+    if constexpr (kResidual) v += Num<T>::load(res.v[e]);
+    if constexpr (kAct) v = act(v);
+    out.v[e] = Num<T>::store(v);
+  }
+  *reinterpret_cast<Vec<T, N>*>(y) = out;
+}
+
+/// y = act(y + bias[c] + residual) over y viewed as [outer, channels, plane]; bias and residual
+/// optional. One block per (outer, channel) plane (a conv output channel), threads along the
+/// plane in N-element chunks (plane % N == 0, aligned): the channel is known per block, so the
+/// loop does no division (64-bit division per element made this kernel compute-bound).
+template <typename T, int N, bool kBias, bool kResidual, bool kAct>
 __global__ void epilogue_planes_kernel(T* __restrict__ y, const T* __restrict__ bias,
                                        const T* __restrict__ residual, int64_t planes,
                                        int64_t channels, int64_t plane, ActivationFn act) {
   for (int64_t pl = blockIdx.x; pl < planes; pl += gridDim.x) {
-    const float b = kBias ? Num<T>::load(bias[pl % channels]) : 0.0f;
+    float b[N];
+    const float channel_bias = kBias ? Num<T>::load(bias[pl % channels]) : 0.0f;
+#pragma unroll
+    for (int e = 0; e < N; ++e) b[e] = channel_bias;
     T* row = y + pl * plane;
     const T* res = kResidual ? residual + pl * plane : nullptr;
-    for (int64_t j = threadIdx.x; j < plane; j += blockDim.x) {
-      float v = Num<T>::load(row[j]) + b;
-      if constexpr (kResidual) v += Num<T>::load(res[j]);
-      if constexpr (kAct) v = act(v);
-      row[j] = Num<T>::store(v);
+    for (int64_t j = threadIdx.x * N; j < plane; j += blockDim.x * N) {
+      epilogue_chunk<T, N, kResidual, kAct>(row + j, b, kResidual ? res + j : nullptr, act);
     }
   }
 }
 
 /// The same over rows of a matrix product [rows, channels] with the bias along the row (plane
-/// 1): one block per row, threads along the columns.
-template <typename T, bool kBias, bool kResidual, bool kAct>
+/// 1): one block per row, threads along the columns in N-element chunks.
+template <typename T, int N, bool kBias, bool kResidual, bool kAct>
 __global__ void epilogue_rows_kernel(T* __restrict__ y, const T* __restrict__ bias,
                                      const T* __restrict__ residual, int64_t rows,
                                      int64_t channels, ActivationFn act) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* row = y + r * channels;
     const T* res = kResidual ? residual + r * channels : nullptr;
-    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
-      float v = Num<T>::load(row[c]);
-      if constexpr (kBias) v += Num<T>::load(bias[c]);
-      if constexpr (kResidual) v += Num<T>::load(res[c]);
-      if constexpr (kAct) v = act(v);
-      row[c] = Num<T>::store(v);
+    for (int64_t c = threadIdx.x * N; c < channels; c += blockDim.x * N) {
+      float b[N];
+#pragma unroll
+      for (int e = 0; e < N; ++e) b[e] = kBias ? Num<T>::load(bias[c + e]) : 0.0f;
+      epilogue_chunk<T, N, kResidual, kAct>(row + c, b, kResidual ? res + c : nullptr, act);
     }
   }
 }
 
+template <typename T, int N, bool kBias, bool kResidual, bool kAct>
+void launch_epilogue_n(T* y, const T* bias, const T* residual, int64_t total, int64_t channels,
+                       int64_t plane, const ActivationFn& f, cudaStream_t stream) {
+  const int64_t run = plane == 1 ? channels : plane;  // contiguous elements per block
+  const int64_t chunks = run / N;
+  const int threads = chunks >= 256 ? 256 : static_cast<int>((chunks + 31) / 32 * 32);
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(total / run, int64_t{1} << 20));
+  if (plane == 1) {
+    epilogue_rows_kernel<T, N, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
+        y, bias, residual, total / run, channels, f);
+  } else {
+    epilogue_planes_kernel<T, N, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
+        y, bias, residual, total / run, channels, plane, f);
+  }
+}
+
+/// Picks the widest chunk (16 bytes, then 8, then one element) that divides each block's run
+/// and keeps every access aligned.
 template <typename T, bool kBias, bool kResidual, bool kAct>
 void launch_epilogue_kernel(T* y, const T* bias, const T* residual, int64_t total,
                             int64_t channels, int64_t plane, const ActivationFn& f,
                             cudaStream_t stream) {
-  if (plane == 1) {
-    const int64_t rows = total / channels;
-    const int threads = channels >= 256 ? 256 : static_cast<int>((channels + 31) / 32 * 32);
-    const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, int64_t{1} << 20));
-    epilogue_rows_kernel<T, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
-        y, bias, residual, rows, channels, f);
+  const int64_t run = plane == 1 ? channels : plane;
+  const auto fits = [&](int n) {
+    const size_t bytes = sizeof(T) * static_cast<size_t>(n);
+    return run % n == 0 && aligned(y, bytes) && (!kResidual || aligned(residual, bytes)) &&
+           (!kBias || plane != 1 || aligned(bias, bytes));
+  };
+  constexpr int kWide = 16 / sizeof(T);
+  if (fits(kWide)) {
+    launch_epilogue_n<T, kWide, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
+  } else if constexpr (kWide > 2) {
+    if (fits(kWide / 2)) {
+      launch_epilogue_n<T, kWide / 2, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
+      return;
+    }
+    launch_epilogue_n<T, 1, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
   } else {
-    const int64_t planes = total / plane;
-    const int threads = plane >= 256 ? 256 : static_cast<int>((plane + 31) / 32 * 32);
-    const auto grid = static_cast<unsigned>(std::min<int64_t>(planes, int64_t{1} << 20));
-    epilogue_planes_kernel<T, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
-        y, bias, residual, planes, channels, plane, f);
+    launch_epilogue_n<T, 1, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
   }
 }
 

@@ -476,28 +476,37 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
   }
 }
 
-/// Layer norm of rows of at most 1024 elements: one warp per row, the row held in registers
-/// (32 per lane), the moments by warp shuffles alone. Same numerics as normalization_kernel:
+/// Layer norm of rows of at most 32 * kPerLane (<= 1024) elements: one warp per row, the row,
+/// its scale and its bias held in registers (kPerLane per lane, all loads issued before any
+/// arithmetic), the moments by warp shuffles alone. Same numerics as normalization_kernel:
 /// moments in double, rstd and the affine in f32 with explicit rounding.
-template <typename T>
+template <typename T, int kPerLane>
 __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__ out,
                                        const T* __restrict__ scale, const T* __restrict__ bias,
                                        int64_t rows, int block, double epsilon) {
-  constexpr int kPerLane = 32;
   const int lane = threadIdx.x % 32;
   const int64_t warps_per_block = blockDim.x / 32;
+  // The affine parameters are the same for every row: load them once per warp.
+  float g[kPerLane], b[kPerLane];
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int j = lane + k * 32;
+    g[k] = scale != nullptr && j < block ? to_f32(scale[j]) : 1.0f;
+    b[k] = bias != nullptr && j < block ? to_f32(bias[j]) : 0.0f;
+  }
   for (int64_t r = blockIdx.x * warps_per_block + threadIdx.x / 32; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps_per_block) {
     const T* src = in + r * block;
     T* dst = out + r * block;
     float v[kPerLane];
-    double s = 0.0;
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int j = lane + k * 32;
       v[k] = j < block ? to_f32(src[j]) : 0.0f;
-      s += v[k];
     }
+    double s = 0.0;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) s += v[k];
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
     const double mean = s / static_cast<double>(block);
     double q = 0.0;
@@ -511,13 +520,29 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int j = lane + k * 32;
-      if (j >= block) break;
       float y = __fmul_rn(static_cast<float>(v[k] - mean), rstd);
-      if (scale != nullptr) y = __fmul_rn(y, to_f32(scale[j]));
-      if (bias != nullptr) y = __fadd_rn(y, to_f32(bias[j]));
-      dst[j] = from_f32<T>(y);
+      if (scale != nullptr) y = __fmul_rn(y, g[k]);
+      if (bias != nullptr) y = __fadd_rn(y, b[k]);
+      if (j < block) dst[j] = from_f32<T>(y);
     }
   }
+}
+
+/// Launches layer_norm_warp_kernel with the fewest registers per lane that hold a row.
+template <typename T>
+void launch_layer_norm_warp(const T* in, T* out, const T* scale, const T* bias, int64_t rows,
+                            int block, double epsilon, cudaStream_t stream) {
+  const unsigned grid = grid_for(rows, 8);
+  if (block <= 256) {
+    layer_norm_warp_kernel<T, 8><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+  } else if (block <= 512) {
+    layer_norm_warp_kernel<T, 16><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+  } else if (block <= 768) {
+    layer_norm_warp_kernel<T, 24><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+  } else {
+    layer_norm_warp_kernel<T, 32><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+  }
+  check(cudaGetLastError(), "layer_norm_warp_kernel");
 }
 
 /// Device pointer of optional input i as T, checking its element count (a plan whose shapes
@@ -657,10 +682,8 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
     const int64_t channels_per_block = per_channel ? block / spatial : 0;
     const int64_t channel_blocks = per_channel ? num_params / channels_per_block : 1;
     if (!per_channel && block <= 1024) {  // layer norm over short rows: a warp per row
-      layer_norm_warp_kernel<T><<<grid_for(blocks, 8), 256, 0, a.stream()>>>(
-          static_cast<const T*>(x.data), static_cast<T*>(y.data), scale, bias, blocks,
-          static_cast<int>(block), p.epsilon);
-      check(cudaGetLastError(), "layer_norm_warp_kernel");
+      launch_layer_norm_warp<T>(static_cast<const T*>(x.data), static_cast<T*>(y.data), scale,
+                                bias, blocks, static_cast<int>(block), p.epsilon, a.stream());
       return;
     }
     normalization_kernel<T><<<grid_for(blocks, 1), 256, 0, a.stream()>>>(

@@ -2,7 +2,7 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fold_constants -> remove_dead_layers ->
-// fuse_epilogues -> fold_attention_transposes -> select_implementations -> plan_memory -> emission (plan_write).
+// fuse_epilogues -> simplify_attention -> select_implementations -> plan_memory -> emission (plan_write).
 #pragma once
 
 #include <functional>
@@ -48,10 +48,11 @@ int remove_unreachable_layers(Network& net);
 /// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
 /// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).
 void pass_fuse_epilogues(BuildState& s);
-/// Rewrites an Attention layer whose query, key and value are transpose(1, 2)s of [B, L, H, E]
-/// tensors and whose output only feeds a transpose(1, 2) into a seq-major Attention on the
-/// untransposed tensors, so those four copies disappear.
-void pass_fold_attention_transposes(BuildState& s);
+/// Attention layers: drops constant masks that keep every key, turns constant causal masks into
+/// the causal flag, and rewrites a layer whose query, key and value are transpose(1, 2)s of
+/// [B, L, H, E] tensors and whose output only feeds a transpose(1, 2) into a seq-major layer on
+/// the untransposed tensors, so those four copies disappear.
+void pass_simplify_attention(BuildState& s);
 /// The only consumer of `t`, when it has exactly one, reads it once, and `t` is not a network
 /// output (the precondition of most rewrites).
 Layer* sole_consumer(const Network& net, const Tensor* t);

@@ -1,0 +1,129 @@
+// simplify_attention: two rewrites of Attention layers.
+//
+// 1. Constant masks that say nothing or say "causal". Exported models often carry their mask as
+//    a constant (torch.export materializes HF's causal mask for a static sequence length). A
+//    mask that keeps every key is dropped; one that keeps exactly the keys j <= i (bool true /
+//    float 0 there, bool false / float -inf elsewhere) becomes `causal`, which the kernels
+//    evaluate without reading memory and which lets them skip key tiles past the diagonal.
+//
+// 2. Transposes. Attention models keep activations as [B, L, H, E] and transpose them to
+//    [B, H, L, E] only for the attention itself:
+//
+//   q' = transpose(q, 1, 2)   k' = ...   v' = ...     (Shuffle {0, 2, 1, 3}, a copy each)
+//   o  = Attention(q', k', v' [, mask])               (head-major)
+//   o' = transpose(o, 1, 2)                           (a copy)
+//   =>  o' = Attention(q, k, v [, mask], seq_major)   (reads and writes [B, L, H, E] in place)
+//
+//    The mask keeps its [B, H, L, S] logical order in both layouts. All four transposes must
+//    be there: the layout flag covers the inputs and the output together.
+#include <cmath>
+#include <vector>
+
+#include "backends/cpu/kernels.h"
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+namespace {
+
+const std::vector<int64_t> kSwapHeadsAndSeq = {0, 2, 1, 3};
+
+/// The input of `t`'s producer when that producer is a pure transpose(1, 2) of a rank-4 tensor.
+Tensor* untransposed(const Tensor* t) {
+  const Layer* l = t->producer();
+  if (l == nullptr || l->kind() != LayerKind::kShuffle) return nullptr;
+  const auto& p = l->params_as<ShuffleParams>();
+  const bool swap = p.first_transpose == kSwapHeadsAndSeq && !p.has_reshape &&
+                    p.second_transpose.empty();
+  return swap ? l->input(0) : nullptr;
+}
+
+/// What a constant mask says, judged over all its elements.
+enum class MaskMeaning { kOther, kKeepAll, kCausal };
+
+MaskMeaning mask_meaning(const Tensor* mask, const Shape& q_shape, const Shape& k_shape,
+                         bool seq_major) {
+  const Layer* l = mask->producer();
+  if (l == nullptr || l->kind() != LayerKind::kConstant) return MaskMeaning::kOther;
+  const Weights& w = l->params_as<ConstantParams>().weights;
+  const auto& d = w.dims();
+  const bool is_bool = w.dtype() == DataType::kBool;
+  // The mask's own query/key dims (1 when broadcast); causal needs both at full size.
+  const DimExpr& len_q = q_shape[seq_major ? 1 : 2];
+  const DimExpr& len_k = k_shape[seq_major ? 1 : 2];
+  const int64_t rows = d.size() >= 2 ? d[d.size() - 2] : 1;
+  const int64_t cols = d.empty() ? 1 : d.back();
+  const bool full = len_q.is_constant() && len_k.is_constant() && rows == len_q.constant() &&
+                    cols == len_k.constant() && rows > 1;
+  bool keep_all = true, causal = full;
+  for (int64_t n = 0; n < w.numel() && (keep_all || causal); ++n) {
+    const float v = cpu::load_float(w.dtype(), w.data(), n);
+    const bool keep = is_bool ? v != 0.0f : v == 0.0f;
+    const bool drop = is_bool ? v == 0.0f : std::isinf(v) && v < 0.0f;
+    if (!keep && !drop) return MaskMeaning::kOther;  // a real additive bias
+    keep_all = keep_all && keep;
+    if (causal) {
+      const int64_t i = (n / cols) % rows, j = n % cols;
+      causal = keep == (j <= i);
+    }
+  }
+  if (keep_all) return MaskMeaning::kKeepAll;
+  return causal ? MaskMeaning::kCausal : MaskMeaning::kOther;
+}
+
+/// Rewrite 1 on every Attention layer; returns how many masks were dropped (`as_causal` of them
+/// became the causal flag).
+int drop_constant_masks(Network& net, int& as_causal) {
+  int dropped = 0;
+  for (Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kAttention || l->input(3) == nullptr) continue;
+    AttentionParams p = l->params_as<AttentionParams>();
+    const MaskMeaning m =
+        mask_meaning(l->input(3), l->input(0)->shape(), l->input(1)->shape(), p.seq_major);
+    if (m == MaskMeaning::kOther) continue;
+    if (m == MaskMeaning::kCausal) {
+      p.causal = true;
+      ++as_causal;
+    }
+    Layer* plain = net.add_layer(p, {l->input(0), l->input(1), l->input(2)}, l->name() + "+mask");
+    net.replace_all_uses(l->output(), plain->output());
+    ++dropped;
+  }
+  return dropped;
+}
+
+}  // namespace
+
+void pass_simplify_attention(BuildState& s) {
+  Network& net = s.plan.network;
+  int as_causal = 0;
+  const int dropped = drop_constant_masks(net, as_causal);
+  int folded = 0;
+  for (Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kAttention || l->params_as<AttentionParams>().seq_major) continue;
+    Layer* after = sole_consumer(net, l->output());
+    if (after == nullptr || after->kind() != LayerKind::kShuffle ||
+        untransposed(after->output()) != l->output()) {
+      continue;
+    }
+    std::vector<Tensor*> inputs = l->inputs();
+    bool all = true;
+    for (size_t i = 0; i < 3 && all; ++i) {
+      inputs[i] = untransposed(inputs[i]);
+      all = inputs[i] != nullptr;
+    }
+    if (!all) continue;
+    AttentionParams p = l->params_as<AttentionParams>();
+    p.seq_major = true;
+    Layer* fused = net.add_layer(p, inputs, l->name() + "+" + after->name());
+    net.replace_all_uses(after->output(), fused->output());
+    ++folded;
+  }
+  const int removed = folded + dropped > 0 ? remove_unreachable_layers(net) : 0;
+  s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
+                  std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
+                  " attention layers read and write [B, L, H, E] in place (" +
+                  std::to_string(removed) + " layers removed)");
+}
+
+}  // namespace ember::engine
