@@ -444,12 +444,19 @@ struct IdentityParams {
 /// scores), broadcastable to [B, H, L, S]. causal: query i attends keys j <= i (PyTorch's
 /// is_causal, aligned top-left); it may be combined with a mask.
 /// A query whose keys are all masked out gets zeros (PyTorch's math kernel), not NaN.
+/// packed_heads > 0 (seq-major, the builder's rewrite of a split fused QKV projection): inputs
+/// 0-2 are rank 3, [B, L, 3 * packed_heads * E], each holding q, k and v side by side along its
+/// last dim; the layer reads q from the first third of input 0, k from the second third of
+/// input 1 and v from the last third of input 2 (usually one tensor three times). Output
+/// [B, L, packed_heads, E].
 struct AttentionParams {
   double scale = 1.0;
   bool causal = false;
   bool seq_major = false;
+  int64_t packed_heads = 0;
   template <class V> void fields(V& v) {
     v("scale", scale); v("causal", causal); v("seq_major", seq_major);
+    v("packed_heads", packed_heads);
   }
 };
 

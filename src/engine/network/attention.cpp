@@ -17,6 +17,15 @@ HeadDims head_dims(const Shape& s, bool seq_major) {
   return seq_major ? HeadDims{s[0], s[2], s[1], s[3]} : HeadDims{s[0], s[1], s[2], s[3]};
 }
 
+/// Logical dims of one third of a packed operand [B, S, 3 * heads * F].
+HeadDims packed_dims(const Shape& s, int64_t heads, const char* role) {
+  InferContext::require(s[2].is_constant() && s[2].constant() % (3 * heads) == 0,
+                        std::string(role) + " (packed) last dim " + s[2].to_string() +
+                            " must be a constant multiple of 3 * packed_heads = " +
+                            std::to_string(3 * heads));
+  return HeadDims{s[0], DimExpr(heads), s[1], DimExpr(s[2].constant() / 3 / heads)};
+}
+
 }  // namespace
 
 void infer(const AttentionParams& p, InferContext& ctx) {
@@ -24,14 +33,20 @@ void infer(const AttentionParams& p, InferContext& ctx) {
   ctx.expect_float(0, "query");
   ctx.expect_same_dtype(0, 1);
   ctx.expect_same_dtype(0, 2);
-  ctx.expect_rank(0, 4, "query");
-  ctx.expect_rank(1, 4, "key");
-  ctx.expect_rank(2, 4, "value");
   InferContext::require(std::isfinite(p.scale), "scale must be finite");
-  const char* layout = p.seq_major ? " (seq-major [B, L, H, E])" : " (head-major [B, H, L, E])";
-  const HeadDims q = head_dims(ctx.shape(0), p.seq_major);
-  const HeadDims k = head_dims(ctx.shape(1), p.seq_major);
-  const HeadDims v = head_dims(ctx.shape(2), p.seq_major);
+  InferContext::require(p.packed_heads >= 0, "packed_heads must be >= 0");
+  const bool packed = p.packed_heads > 0;
+  InferContext::require(!packed || p.seq_major, "packed_heads needs the seq-major layout");
+  const char* roles[] = {"query", "key", "value"};
+  for (size_t i = 0; i < 3; ++i) ctx.expect_rank(i, packed ? 3 : 4, roles[i]);
+  const char* layout = packed            ? " (packed [B, L, 3 * H * E])"
+                       : p.seq_major ? " (seq-major [B, L, H, E])"
+                                     : " (head-major [B, H, L, E])";
+  const auto dims_of = [&](size_t i) {
+    return packed ? packed_dims(ctx.shape(i), p.packed_heads, roles[i])
+                  : head_dims(ctx.shape(i), p.seq_major);
+  };
+  const HeadDims q = dims_of(0), k = dims_of(1), v = dims_of(2);
   ctx.check_equal(q.batch, k.batch, std::string("key batch must equal query batch") + layout);
   ctx.check_equal(q.batch, v.batch, std::string("value batch must equal query batch") + layout);
   ctx.check_equal(q.features, k.features,

@@ -140,6 +140,18 @@ void check(const Case& c, DataType t, uint32_t seed, const std::string& what) {
 
 const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
 
+void expect_error_message(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& n : needles) {
+      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
+    }
+  }
+}
+
 TEST(AttentionLayer, PlainBothLayoutsEveryFloatType) {
   for (DataType t : kFloatTypes) {
     Case c;
@@ -262,16 +274,55 @@ TEST(AttentionLayer, DynamicSequenceLengths) {
   }
 }
 
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
+TEST(AttentionLayer, PackedQkvReadsThirdsOfOneTensor) {
+  for (DataType t : kFloatTypes) {
+    for (bool causal : {false, true}) {
+      Case c;
+      c.seq_major = true;
+      c.causal = causal;
+      c.L = c.S = 6;
+      c.mask_dims = {2, 1, 6, 6};
+      // x [B, L, 3 * H * E]: q, k and v side by side.
+      const int64_t width = c.H * c.E;
+      const TestTensor x = TestTensor::random(t, {c.B, c.L, 3 * width}, 30, -2.0f, 2.0f);
+      const std::vector<float> xv = x.to_floats();
+      std::vector<float> thirds[3];
+      for (int part = 0; part < 3; ++part) {
+        for (int64_t r = 0; r < c.B * c.L; ++r) {
+          for (int64_t e = 0; e < width; ++e) {
+            thirds[part].push_back(xv[r * 3 * width + part * width + e]);
+          }
+        }
+      }
+      std::vector<int64_t> flags(static_cast<size_t>(2 * 36));
+      for (size_t i = 0; i < flags.size(); ++i) flags[i] = (i * 5) % 7 != 0;
+      const TestTensor m = TestTensor::ints(DataType::kBool, c.mask_dims, flags);
+      Network net;
+      Tensor* xi = net.add_input("x", t, shape_of(x.dims));
+      Tensor* mi = net.add_input("mask", DataType::kBool, shape_of(m.dims));
+      AttentionParams p;
+      p.scale = c.scale;
+      p.causal = causal;
+      p.seq_major = true;
+      p.packed_heads = c.H;
+      net.mark_output(net.add_layer(p, {xi, xi, xi, mi}, "attn")->output(), "out");
+      const TestTensor out = test::run_network(net, {x, m}).at(0);
+      ASSERT_EQ(out.dims, dims(c, c.H, c.L, c.Ev));
+      test::expect_close(out, reference(c, thirds[0], thirds[1], thirds[2], m.to_floats()), t,
+                         std::string("packed") + (causal ? " causal" : ""));
     }
   }
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 5, 40});
+  AttentionParams p;
+  p.seq_major = true;
+  p.packed_heads = 3;  // 40 is not a multiple of 9
+  expect_error_message([&] { net.add_layer(p, {x, x, x}, "packed"); },
+                       {"Attention 'packed'", "multiple of 3 * packed_heads"});
+  p.packed_heads = 2;
+  p.seq_major = false;
+  expect_error_message([&] { net.add_layer(p, {x, x, x}, "layout"); },
+                       {"Attention 'layout'", "packed_heads needs the seq-major layout"});
 }
 
 TEST(AttentionLayer, BadShapesAndTypesNameTheLayer) {
@@ -286,19 +337,19 @@ TEST(AttentionLayer, BadShapesAndTypesNameTheLayer) {
   Tensor* mi = net.add_input("mi", DataType::kI32, {5, 7});
   Tensor* mw = net.add_input("mw", DataType::kBool, {5, 6});
   const AttentionParams p;
-  expect_error([&] { net.add_layer(p, {q, k3, k3}, "gqa"); },
+  expect_error_message([&] { net.add_layer(p, {q, k3, k3}, "gqa"); },
                {"Attention 'gqa'", "must divide query heads"});
-  expect_error([&] { net.add_layer(p, {q, kbad, v}, "feat"); },
+  expect_error_message([&] { net.add_layer(p, {q, kbad, v}, "feat"); },
                {"Attention 'feat'", "key features must equal query features"});
-  expect_error([&] { net.add_layer(p, {qh, k, v}, "dt"); }, {"Attention 'dt'", "dtype"});
-  expect_error([&] { net.add_layer(p, {r3, k, v}, "rank"); }, {"Attention 'rank'", "rank 4"});
-  expect_error([&] { net.add_layer(p, {q, k, v, mi}, "mi"); },
+  expect_error_message([&] { net.add_layer(p, {qh, k, v}, "dt"); }, {"Attention 'dt'", "dtype"});
+  expect_error_message([&] { net.add_layer(p, {r3, k, v}, "rank"); }, {"Attention 'rank'", "rank 4"});
+  expect_error_message([&] { net.add_layer(p, {q, k, v, mi}, "mi"); },
                {"Attention 'mi'", "mask (input 3) must be bool"});
-  expect_error([&] { net.add_layer(p, {q, k, v, mw}, "mw"); },
+  expect_error_message([&] { net.add_layer(p, {q, k, v, mw}, "mw"); },
                {"Attention 'mw'", "do not broadcast"});
   AttentionParams nan;
   nan.scale = std::numeric_limits<double>::quiet_NaN();
-  expect_error([&] { net.add_layer(nan, {q, k, v}, "nan"); },
+  expect_error_message([&] { net.add_layer(nan, {q, k, v}, "nan"); },
                {"Attention 'nan'", "scale must be finite"});
 }
 

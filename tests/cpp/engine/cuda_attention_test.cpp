@@ -181,6 +181,26 @@ TEST(CudaAttention, SymbolicSequenceAtTwoLengths) {
   }
 }
 
+TEST(CudaAttention, PackedQkvThirdsOfOneProjection) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    for (bool causal : {false, true}) {
+      // GPT-2's shape family: x [B, L, 3 * H * 64]; L = 130 covers partial query and key tiles.
+      Network net;
+      Tensor* x = net.add_input("x", t, {2, 130, 3 * 4 * 64});
+      AttentionParams p;
+      p.scale = 0.125;
+      p.causal = causal;
+      p.seq_major = true;
+      p.packed_heads = 4;
+      net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "out");
+      test::check_cuda_matches_cpu(
+          net, {TestTensor::random(t, {2, 130, 3 * 4 * 64}, 40, -2.0f, 2.0f)},
+          std::string("packed ") + dtype_name(t) + (causal ? " causal" : ""));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ember::engine
 

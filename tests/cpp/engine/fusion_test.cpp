@@ -266,5 +266,37 @@ TEST(SimplifyAttention, ConstantCausalAndKeepAllMasksAreDropped) {
   }
 }
 
+TEST(SimplifyAttention, ThirdsOfOneProjectionAreReadInPlace) {
+  // GPT-2's attention: x [b, 5, 72] -> split into three [b, 5, 24] -> view [b, 5, 3, 8] ->
+  // transpose(1, 2) -> Attention (constant causal mask) -> transpose(1, 2) -> view [b, 5, 24].
+  Network net;
+  const DimExpr b = DimExpr::symbol("b");
+  Tensor* x = net.add_input("x", DataType::kF16, {b, 5, 72});
+  std::vector<Tensor*> heads;
+  for (int part = 0; part < 3; ++part) {
+    Tensor* t = net.add_slice(x, {0, 0, 24 * part}, {b, 5, 24}, {1, 1, 1})->output();
+    t = net.add_reshape(t, {b, 5, 3, 8})->output();
+    heads.push_back(net.add_transpose(t, {0, 2, 1, 3})->output());
+  }
+  std::vector<uint8_t> tril(25);
+  for (int i = 0; i < 25; ++i) tril[i] = i % 5 <= i / 5;
+  heads.push_back(
+      net.add_constant(Weights::from_vector<uint8_t>(DataType::kBool, {1, 1, 5, 5}, tril), "tril")
+          ->output());
+  AttentionParams p;
+  p.scale = 0.3;
+  Tensor* o = net.add_layer(p, heads, "attn")->output();
+  o = net.add_transpose(o, {0, 2, 1, 3})->output();
+  net.mark_output(net.add_reshape(o, {b, 5, 24})->output(), "y");
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("b", 1, 2, 4);
+  EXPECT_EQ(count_layers(net, "Slice", profiles), 0);
+  EXPECT_EQ(count_layers(net, "Shuffle", profiles), 1) << "only the final reshape is left";
+  EXPECT_EQ(count_layers(net, "Constant", profiles), 0) << "the causal mask became a flag";
+  test::RunOptions options;
+  options.profiles = profiles;
+  test::run_network(net, {TestTensor::random(DataType::kF16, {3, 5, 72}, 4)}, options);
+}
+
 }  // namespace
 }  // namespace ember::engine

@@ -1,28 +1,16 @@
 // CPU reference kernel of the fused Attention layer: one query row at a time, scores, softmax
-// and the value sum in f32 (the output rounds once to the layer's dtype).
+// and the value sum in f32 (the output rounds once to the layer's dtype). Operands are read
+// through attention_geometry (shared with the CUDA back end), so every layout is one loop.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "backends/attention_geometry.h"
 #include "backends/cpu/kernels.h"
 #include "backends/cpu/parallel.h"
 
 namespace ember::engine::cpu {
-
-namespace {
-
-/// Element strides of a rank-4 operand for the logical dims [batch, heads, sequence, features].
-struct HeadStrides {
-  int64_t batch, heads, seq;
-};
-
-HeadStrides head_strides(const std::vector<int64_t>& d, bool seq_major) {
-  const int64_t s2 = d[3], s1 = d[2] * d[3], s0 = d[1] * d[2] * d[3];
-  return seq_major ? HeadStrides{s0, s2, s1} : HeadStrides{s0, s1, s2};
-}
-
-}  // namespace
 
 void run(const AttentionParams& p, const KernelArgs& a) {
   const HostTensor& qt = a.in(0);
@@ -30,32 +18,27 @@ void run(const AttentionParams& p, const KernelArgs& a) {
   const HostTensor& vt = a.in(2);
   HostTensor& out = a.out(0);
   if (out.numel() == 0) return;
-  const bool sm = p.seq_major;
-  const int64_t B = qt.dims[0], H = qt.dims[sm ? 2 : 1], L = qt.dims[sm ? 1 : 2], E = qt.dims[3];
-  const int64_t Hkv = kt.dims[sm ? 2 : 1], S = kt.dims[sm ? 1 : 2], Ev = vt.dims[3];
-  const int64_t group = H / std::max<int64_t>(Hkv, 1);
-  const HeadStrides qs = head_strides(qt.dims, sm), ks = head_strides(kt.dims, sm),
-                    vs = head_strides(vt.dims, sm), os = head_strides(out.dims, sm);
+  const HostTensor* mt = a.has(3) ? &a.in(3) : nullptr;
+  const AttentionGeometry geo = attention_geometry(p, qt.dims, kt.dims, vt.dims, out.dims,
+                                                   mt != nullptr ? &mt->dims : nullptr);
+  const int64_t H = geo.H, L = geo.L, S = geo.S, E = geo.E, Ev = geo.Ev;
+  const int64_t group = H / std::max<int64_t>(geo.Hkv, 1);
+  const AttentionOperand &qs = geo.q, &ks = geo.k, &vs = geo.v, &os = geo.out;
   const std::vector<float> q = to_float_vector(qt), k = to_float_vector(kt),
                            v = to_float_vector(vt);
-  // The mask broadcast to [B, H, L, S]: stride 0 along its broadcast dims.
-  const HostTensor* mt = a.has(3) ? &a.in(3) : nullptr;
-  std::vector<float> mask_values;
-  std::vector<int64_t> mst(4, 0);
-  if (mt != nullptr) {
-    mask_values = to_float_vector(*mt);  // bool becomes 0/1
-    mst = broadcast_strides(mt->dims, {B, H, L, S});
-  }
+  const std::vector<float> mask_values =
+      mt != nullptr ? to_float_vector(*mt) : std::vector<float>{};  // bool: 0/1
+  const int64_t* mst = geo.mask;
   const bool bool_mask = mt != nullptr && mt->dtype == DataType::kBool;
   const float scale = static_cast<float>(p.scale);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  parallel_for(B * H * L, S * (E + Ev) * 2, [&](int64_t begin, int64_t end) {
+  parallel_for(geo.B * H * L, S * (E + Ev) * 2, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(S));
     std::vector<float> acc(static_cast<size_t>(Ev));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % L, h = (row / L) % H, b = row / (L * H), g = h / group;
-      const float* qi = q.data() + b * qs.batch + h * qs.heads + i * qs.seq;
+      const float* qi = q.data() + qs.offset + b * qs.batch + h * qs.heads + i * qs.seq;
       float row_max = kNegInf;
       for (int64_t j = 0; j < S; ++j) {
         float s = kNegInf;
@@ -64,7 +47,7 @@ void run(const AttentionParams& p, const KernelArgs& a) {
                             ? mask_values[b * mst[0] + h * mst[1] + i * mst[2] + j * mst[3]]
                             : 0.0f;
         if (!causal_out && !(bool_mask && m == 0.0f)) {
-          const float* kj = k.data() + b * ks.batch + g * ks.heads + j * ks.seq;
+          const float* kj = k.data() + ks.offset + b * ks.batch + g * ks.heads + j * ks.seq;
           float dot = 0.0f;
           for (int64_t e = 0; e < E; ++e) dot += qi[e] * kj[e];
           s = dot * scale + (bool_mask ? 0.0f : m);
@@ -83,11 +66,11 @@ void run(const AttentionParams& p, const KernelArgs& a) {
         for (int64_t j = 0; j < S; ++j) {
           const float w = scores[j] * inv;
           if (w == 0.0f) continue;
-          const float* vj = v.data() + b * vs.batch + g * vs.heads + j * vs.seq;
+          const float* vj = v.data() + vs.offset + b * vs.batch + g * vs.heads + j * vs.seq;
           for (int64_t e = 0; e < Ev; ++e) acc[e] += w * vj[e];
         }
       }
-      const int64_t dst = b * os.batch + h * os.heads + i * os.seq;
+      const int64_t dst = os.offset + b * os.batch + h * os.heads + i * os.seq;
       for (int64_t e = 0; e < Ev; ++e) store_float(out.dtype, out.data, dst + e, acc[e]);
     }
   });

@@ -21,6 +21,7 @@
 #include <climits>
 #include <string>
 
+#include "backends/attention_geometry.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/device_common.cuh"
 
@@ -286,14 +287,6 @@ __global__ void attention_rows_kernel(const T* __restrict__ q, const T* __restri
 
 // ---------------------------------------------------------------- host side
 
-/// Element strides of a contiguous rank-4 operand for [batch, heads, seq].
-void head_strides(const std::vector<int64_t>& d, bool seq_major, int64_t& sb, int64_t& sh,
-                  int64_t& sl) {
-  sb = d[1] * d[2] * d[3];
-  sh = seq_major ? d[3] : d[2] * d[3];
-  sl = seq_major ? d[2] * d[3] : d[3];
-}
-
 /// Lets `kernel` use `bytes` of dynamic shared memory on the current device (once per device).
 template <typename K>
 void allow_shared_memory(K kernel, size_t bytes, std::atomic<uint64_t>& done, const char* what) {
@@ -348,12 +341,12 @@ void launch_rows(const T* q, const T* k, const T* v, const void* mask, T* out,
 }
 
 template <typename T>
-void launch_attention(const CudaArgs& a, const AttnArgs& p) {
-  const auto* q = static_cast<const T*>(a.in(0).data);
-  const auto* k = static_cast<const T*>(a.in(1).data);
-  const auto* v = static_cast<const T*>(a.in(2).data);
+void launch_attention(const CudaArgs& a, const AttnArgs& p, const AttentionGeometry& geo) {
+  const auto* q = static_cast<const T*>(a.in(0).data) + geo.q.offset;
+  const auto* k = static_cast<const T*>(a.in(1).data) + geo.k.offset;
+  const auto* v = static_cast<const T*>(a.in(2).data) + geo.v.offset;
   const void* mask = a.has(3) ? a.in(3).data : nullptr;
-  auto* out = static_cast<T*>(a.out(0).data);
+  auto* out = static_cast<T*>(a.out(0).data) + geo.out.offset;
   if constexpr (sizeof(T) == 2) {  // f16/bf16: tensor cores
     const bool fits_grid = p.B * p.H <= INT32_MAX && (p.L + kBlockQ - 1) / kBlockQ <= 65535;
     if (fits_grid && p.E <= 128 && p.Ev <= 128) {
@@ -376,46 +369,39 @@ void launch_attention(const CudaArgs& a, const AttnArgs& p) {
 
 void run(const AttentionParams& p, const CudaArgs& a) {
   const DeviceTensor& qt = a.in(0);
-  const DeviceTensor& kt = a.in(1);
-  const DeviceTensor& vt = a.in(2);
   DeviceTensor& o = a.out(0);
   if (o.numel() == 0) return;
-  const bool sm = p.seq_major;
+  const AttentionGeometry geo =
+      attention_geometry(p, qt.dims, a.in(1).dims, a.in(2).dims, o.dims,
+                         a.has(3) ? &a.in(3).dims : nullptr);
   AttnArgs g{};
-  g.B = qt.dims[0];
-  g.H = qt.dims[sm ? 2 : 1];
-  g.L = qt.dims[sm ? 1 : 2];
-  g.E = qt.dims[3];
-  g.S = kt.dims[sm ? 1 : 2];
-  g.Ev = vt.dims[3];
-  g.group = g.H / std::max<int64_t>(kt.dims[sm ? 2 : 1], 1);
-  head_strides(qt.dims, sm, g.q_b, g.q_h, g.q_l);
-  head_strides(kt.dims, sm, g.k_b, g.k_h, g.k_l);
-  head_strides(vt.dims, sm, g.v_b, g.v_h, g.v_l);
-  head_strides(o.dims, sm, g.o_b, g.o_h, g.o_l);
-  g.mask_kind = kNoMask;
-  if (a.has(3)) {
-    const DeviceTensor& m = a.in(3);
-    g.mask_kind = m.dtype == DataType::kBool ? kBoolMask : kAddMask;
-    // Right-aligned against [B, H, L, S]; stride 0 where the mask has size 1 (or no dim).
-    int64_t st[4] = {0, 0, 0, 0};
-    int64_t stride = 1;
-    const int rank = static_cast<int>(m.dims.size());
-    for (int d = rank - 1; d >= 0; --d) {
-      st[4 - rank + d] = m.dims[d] == 1 ? 0 : stride;
-      stride *= m.dims[d];
-    }
-    g.m_b = st[0];
-    g.m_h = st[1];
-    g.m_l = st[2];
-    g.m_s = st[3];
-  }
+  g.B = geo.B;
+  g.H = geo.H;
+  g.L = geo.L;
+  g.E = geo.E;
+  g.S = geo.S;
+  g.Ev = geo.Ev;
+  g.group = geo.H / std::max<int64_t>(geo.Hkv, 1);
+  const auto strides = [](const AttentionOperand& op, int64_t& sb, int64_t& sh, int64_t& sl) {
+    sb = op.batch;
+    sh = op.heads;
+    sl = op.seq;
+  };
+  strides(geo.q, g.q_b, g.q_h, g.q_l);
+  strides(geo.k, g.k_b, g.k_h, g.k_l);
+  strides(geo.v, g.v_b, g.v_h, g.v_l);
+  strides(geo.out, g.o_b, g.o_h, g.o_l);
+  g.mask_kind = !a.has(3) ? kNoMask : a.in(3).dtype == DataType::kBool ? kBoolMask : kAddMask;
+  g.m_b = geo.mask[0];
+  g.m_h = geo.mask[1];
+  g.m_l = geo.mask[2];
+  g.m_s = geo.mask[3];
   g.causal = p.causal;
   g.scale = static_cast<float>(p.scale);
   switch (qt.dtype) {
-    case DataType::kF32: launch_attention<float>(a, g); return;
-    case DataType::kF16: launch_attention<__half>(a, g); return;
-    case DataType::kBF16: launch_attention<__nv_bfloat16>(a, g); return;
+    case DataType::kF32: launch_attention<float>(a, g, geo); return;
+    case DataType::kF16: launch_attention<__half>(a, g, geo); return;
+    case DataType::kBF16: launch_attention<__nv_bfloat16>(a, g, geo); return;
     default: break;
   }
   throw Error(std::string("Attention kernel (cuda): dtype ") + dtype_name(qt.dtype) +

@@ -16,6 +16,10 @@
 //
 //    The mask keeps its [B, H, L, S] logical order in both layouts. All four transposes must
 //    be there: the layout flag covers the inputs and the output together.
+//
+// 3. Packed projections. When q, k and v of a seq-major layer are reshaped thirds (slices along
+//    the last dim) of one [B, L, 3 * H * E] tensor, the layer reads them from it in place
+//    (packed_heads = H) and the three slice copies disappear.
 #include <cmath>
 #include <vector>
 
@@ -92,6 +96,57 @@ int drop_constant_masks(Network& net, int& as_causal) {
   return dropped;
 }
 
+/// When `t` is a reshape to [B, L, H, E] of slice `third` (of three equal ones along the last
+/// dim) of a rank-3 [B, L, 3 * H * E] tensor, that tensor; nullptr otherwise.
+Tensor* packed_source(const Tensor* t, int third) {
+  const Layer* r = t->producer();
+  if (r == nullptr || r->kind() != LayerKind::kShuffle || t->rank() != 4) return nullptr;
+  const auto& rp = r->params_as<ShuffleParams>();
+  if (!rp.has_reshape || !rp.first_transpose.empty() || !rp.second_transpose.empty()) {
+    return nullptr;
+  }
+  const Layer* sl = r->input(0)->producer();
+  if (sl == nullptr || sl->kind() != LayerKind::kSlice) return nullptr;
+  Tensor* x = sl->input(0);
+  const auto& sp = sl->params_as<SliceParams>();
+  const Shape& xs = x->shape();
+  const Shape& ts = t->shape();
+  if (xs.size() != 3 || !xs[2].is_constant() || !ts[2].is_constant() || !ts[3].is_constant()) {
+    return nullptr;
+  }
+  const int64_t width = ts[2].constant() * ts[3].constant();  // H * E
+  const bool unit = sp.stride == std::vector<int64_t>{1, 1, 1};
+  const bool starts = sp.start.size() == 3 && sp.start[0] == DimExpr(0) &&
+                      sp.start[1] == DimExpr(0) && sp.start[2] == DimExpr(third * width);
+  const bool sizes = sp.size.size() == 3 && sp.size[0] == xs[0] && sp.size[1] == xs[1] &&
+                     sp.size[2] == DimExpr(width);
+  const bool rows = ts[0] == xs[0] && ts[1] == xs[1] && xs[2].constant() == 3 * width;
+  return unit && starts && sizes && rows ? x : nullptr;
+}
+
+/// Rewrite 3: a seq-major Attention whose q, k and v are the three thirds of one fused QKV
+/// projection X [B, L, 3 * H * E] (slice + reshape each, what GPT-2's split does) reads them
+/// from X in place (packed_heads = H), so the three slice copies disappear.
+int read_packed_qkv(Network& net) {
+  int packed = 0;
+  for (Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kAttention) continue;
+    AttentionParams p = l->params_as<AttentionParams>();
+    if (!p.seq_major || p.packed_heads > 0) continue;
+    Tensor* x = packed_source(l->input(0), 0);
+    if (x == nullptr || packed_source(l->input(1), 1) != x || packed_source(l->input(2), 2) != x) {
+      continue;
+    }
+    p.packed_heads = l->input(0)->shape()[2].constant();
+    std::vector<Tensor*> inputs = {x, x, x};
+    if (l->input(3) != nullptr) inputs.push_back(l->input(3));
+    Layer* fused = net.add_layer(p, inputs, l->name() + "+qkv");
+    net.replace_all_uses(l->output(), fused->output());
+    ++packed;
+  }
+  return packed;
+}
+
 }  // namespace
 
 void pass_simplify_attention(BuildState& s) {
@@ -119,10 +174,12 @@ void pass_simplify_attention(BuildState& s) {
     net.replace_all_uses(after->output(), fused->output());
     ++folded;
   }
-  const int removed = folded + dropped > 0 ? remove_unreachable_layers(net) : 0;
+  const int packed = read_packed_qkv(net);
+  const int removed = folded + dropped + packed > 0 ? remove_unreachable_layers(net) : 0;
   s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
-                  " attention layers read and write [B, L, H, E] in place (" +
+                  " attention layers read and write [B, L, H, E] in place, " +
+                  std::to_string(packed) + " read q, k and v from one packed projection (" +
                   std::to_string(removed) + " layers removed)");
 }
 
