@@ -91,6 +91,25 @@ TEST(CudaAttention, FlashKernelTilesAndLayouts) {
   }
 }
 
+TEST(CudaAttention, FlashKernelFourWarpBlocksOnLargeGrids) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // B * H * ceil(L / 64) = 4 * 12 * 4 = 192 blocks of 64 queries: more than an H100/H200 has
+  // SMs, so the 4-warp variant runs (the cases above take the 2-warp one).
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    Case c;
+    c.B = 4;
+    c.H = c.Hkv = 12;
+    c.L = c.S = 200;
+    c.E = c.Ev = 64;
+    c.seq_major = true;
+    c.causal = true;
+    check(c, t, 50);
+    c.causal = false;
+    c.mask_dims = {4, 1, 200, 200};
+    check(c, t, 51);
+  }
+}
+
 TEST(CudaAttention, MasksAndGroupedHeads) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {

@@ -2,7 +2,8 @@
 // src/engine/backends/cpu/attention.cpp).
 //
 // f16/bf16 with head sizes up to 128: a flash-attention kernel on tensor cores (WMMA). One block
-// of 4 warps takes 64 queries of one (batch, head); 64-key tiles of K and V pass through shared
+// of 4 warps takes 64 queries of one (batch, head) (2 warps and 32 queries when the grid would
+// not fill the GPU); 64-key tiles of K and V pass through shared
 // memory; each warp keeps the running max, sum and output of its 16 queries (online softmax), so
 // the [L, S] scores never reach device memory. Scores, softmax and the output accumulate in f32;
 // the probabilities round to the input dtype for the second product (as FlashAttention does) and
@@ -73,37 +74,38 @@ __device__ __forceinline__ float online_max(float& m, float tile_max, float& alp
 
 // ---------------------------------------------------------------- flash kernel (f16/bf16)
 
-constexpr int kBlockQ = 64;  // queries per block (16 per warp)
 constexpr int kBlockK = 64;  // keys per tile
-constexpr int kWarps = 4;
 
-/// Shared-memory layout of the flash kernel for head size bound D (64 or 128); 2-byte elements.
-template <int D>
+/// Shared-memory layout of the flash kernel for head size bound D (64 or 128) and W warps per
+/// block (16 queries each); 2-byte elements.
+template <int D, int W>
 struct FlashSmem {
+  static constexpr int kRowsQ = 16 * W;                         // queries per block
   static constexpr int ldt = D + 8;                             // Q/K/V tile rows
   static constexpr int lds = (D > kBlockK ? D : kBlockK) + 4;  // per-warp f32 scratch
   static constexpr int ldp = kBlockK + 8;                       // per-warp probabilities
   static constexpr int lda = D + 2;                             // per-warp output accumulator
-  static constexpr size_t q = size_t{kBlockQ} * ldt * 2;
+  static constexpr size_t q = size_t{kRowsQ} * ldt * 2;
   static constexpr size_t kv = size_t{kBlockK} * ldt * 2;
   static constexpr size_t scratch = 16 * lds * 4;
   static constexpr size_t probs = 16 * ldp * 2;
   static constexpr size_t acc = ((16 * lda * 4 + 127) / 128) * 128;
-  static constexpr size_t bytes = q + 2 * kv + kWarps * (scratch + probs + acc);
+  static constexpr size_t bytes = q + 2 * kv + W * (scratch + probs + acc);
   static_assert(q % 128 == 0 && kv % 128 == 0 && scratch % 32 == 0 && probs % 32 == 0,
                 "WMMA tiles need 32-byte aligned rows of 16");
 };
 
-/// Copies rows [row0, row0 + 64) x features [0, D) of a strided operand into a shared tile,
-/// zero past `rows` and `cols`. vec: 16-byte loads are aligned (checked by the host).
-template <typename T, int D>
+/// Copies rows [row0, row0 + kRows) x features [0, D) of a strided operand into a shared tile
+/// (row pitch D + 8), zero past `rows` and `cols`. vec: 16-byte loads are aligned (checked by
+/// the host).
+template <typename T, int D, int kRows>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int64_t row0,
                                           int64_t rows, int64_t cols, bool vec) {
   constexpr int kVec = 8;
   constexpr int kPerRow = D / kVec;
-  for (int idx = threadIdx.x; idx < kBlockK * kPerRow; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < kRows * kPerRow; idx += blockDim.x) {
     const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
-    T* d = dst + r * FlashSmem<D>::ldt + c;
+    T* d = dst + r * (D + 8) + c;
     const int64_t row = row0 + r;
     const T* s = src + row * row_stride + c;
     if (row < rows && vec && c + kVec <= cols) {
@@ -116,13 +118,13 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stri
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32)
+template <typename T, int D, int W>
+__global__ void __launch_bounds__(W * 32)
     flash_attention_kernel(const T* __restrict__ q, const T* __restrict__ k,
                            const T* __restrict__ v, const void* __restrict__ mask,
                            T* __restrict__ out, AttnArgs p, bool vec) {
   namespace wmma = nvcuda::wmma;
-  using Sm = FlashSmem<D>;
+  using Sm = FlashSmem<D, W>;
   extern __shared__ __align__(128) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);
   T* ks = reinterpret_cast<T*>(smem + Sm::q);
@@ -130,13 +132,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   unsigned char* per_warp = smem + Sm::q + 2 * Sm::kv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* scratch = reinterpret_cast<float*>(per_warp + warp * Sm::scratch);
-  T* probs = reinterpret_cast<T*>(per_warp + kWarps * Sm::scratch + warp * Sm::probs);
+  T* probs = reinterpret_cast<T*>(per_warp + W * Sm::scratch + warp * Sm::probs);
   float* acc =
-      reinterpret_cast<float*>(per_warp + kWarps * (Sm::scratch + Sm::probs) + warp * Sm::acc);
+      reinterpret_cast<float*>(per_warp + W * (Sm::scratch + Sm::probs) + warp * Sm::acc);
 
   const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, g = h / p.group;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kBlockQ;
-  load_tile<T, D>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * Sm::kRowsQ;
+  load_tile<T, D, Sm::kRowsQ>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
 
   // Lane pairs own rows: row r of the warp's 16, and every other column/key (half = parity),
   // which keeps shared-memory accesses within 2-way bank conflicts.
@@ -144,14 +146,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t qi = q0 + warp * 16 + r;
   for (int c = half; c < D; c += 2) acc[r * Sm::lda + c] = 0.0f;
   float m = -CUDART_INF_F, l = 0.0f;
-  const int64_t k_end = p.causal ? ::min(p.S, q0 + kBlockQ) : p.S;  // later keys are all masked
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + Sm::kRowsQ) : p.S;  // later keys: all masked
   const T* kb = k + b * p.k_b + g * p.k_h;
   const T* vb = v + b * p.v_b + g * p.v_h;
 
   for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
     __syncthreads();  // every warp is done with the previous tiles
-    load_tile<T, D>(ks, kb, p.k_l, k0, p.S, p.E, vec);
-    load_tile<T, D>(vs, vb, p.v_l, k0, p.S, p.Ev, vec);
+    load_tile<T, D, kBlockK>(ks, kb, p.k_l, k0, p.S, p.E, vec);
+    load_tile<T, D, kBlockK>(vs, vb, p.v_l, k0, p.S, p.Ev, vec);
     __syncthreads();
 
     // Scores of the warp's 16 queries against the 64 keys: Q [16, D] x K^T [D, 64].
@@ -300,17 +302,33 @@ void allow_shared_memory(K kernel, size_t bytes, std::atomic<uint64_t>& done, co
   done.fetch_or(bit);
 }
 
-template <typename T, int D>
+template <typename T, int D, int W>
 void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
                   const AttnArgs& p, bool vec, cudaStream_t stream) {
+  using Sm = FlashSmem<D, W>;
   static std::atomic<uint64_t> configured{0};
-  const auto kernel = flash_attention_kernel<T, D>;
-  allow_shared_memory(kernel, FlashSmem<D>::bytes, configured,
-                      "cudaFuncSetAttribute(flash_attention_kernel)");
+  const auto kernel = flash_attention_kernel<T, D, W>;
+  allow_shared_memory(kernel, Sm::bytes, configured, "cudaFuncSetAttribute(flash_attention_kernel)");
   const dim3 grid(static_cast<unsigned>(p.B * p.H),
-                  static_cast<unsigned>((p.L + kBlockQ - 1) / kBlockQ));
-  kernel<<<grid, kWarps * 32, FlashSmem<D>::bytes, stream>>>(q, k, v, mask, out, p, vec);
+                  static_cast<unsigned>((p.L + Sm::kRowsQ - 1) / Sm::kRowsQ));
+  kernel<<<grid, W * 32, Sm::bytes, stream>>>(q, k, v, mask, out, p, vec);
   check(cudaGetLastError(), "flash_attention_kernel");
+}
+
+/// 4 warps (64 queries) per block, or 2 (32 queries) when 64-query blocks would leave SMs idle
+/// (batch 1 at short sequences): more, shorter blocks.
+template <typename T, int D>
+void launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T* out,
+                        const AttnArgs& p, bool vec, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute");
+  if (p.B * p.H * ((p.L + 63) / 64) >= sms) {
+    launch_flash<T, D, 4>(q, k, v, mask, out, p, vec, stream);
+  } else {
+    launch_flash<T, D, 2>(q, k, v, mask, out, p, vec, stream);
+  }
 }
 
 template <typename T>
@@ -348,16 +366,16 @@ void launch_attention(const CudaArgs& a, const AttnArgs& p, const AttentionGeome
   const void* mask = a.has(3) ? a.in(3).data : nullptr;
   auto* out = static_cast<T*>(a.out(0).data) + geo.out.offset;
   if constexpr (sizeof(T) == 2) {  // f16/bf16: tensor cores
-    const bool fits_grid = p.B * p.H <= INT32_MAX && (p.L + kBlockQ - 1) / kBlockQ <= 65535;
+    const bool fits_grid = p.B * p.H <= INT32_MAX && (p.L + 31) / 32 <= 65535;
     if (fits_grid && p.E <= 128 && p.Ev <= 128) {
       // 16-byte tile loads need 16-byte aligned bases and strides that are multiples of 8.
       const bool vec =
           aligned(q, 16) && aligned(k, 16) && aligned(v, 16) &&
           (p.q_b | p.q_h | p.q_l | p.k_b | p.k_h | p.k_l | p.v_b | p.v_h | p.v_l) % 8 == 0;
       if (std::max(p.E, p.Ev) <= 64) {
-        launch_flash<T, 64>(q, k, v, mask, out, p, vec, a.stream());
+        launch_flash_sized<T, 64>(q, k, v, mask, out, p, vec, a.stream());
       } else {
-        launch_flash<T, 128>(q, k, v, mask, out, p, vec, a.stream());
+        launch_flash_sized<T, 128>(q, k, v, mask, out, p, vec, a.stream());
       }
       return;
     }
