@@ -110,6 +110,32 @@ TEST(CudaAttention, FlashKernelFourWarpBlocksOnLargeGrids) {
   }
 }
 
+TEST(CudaAttention, FlashKernelEdgeCases) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    Case c;
+    c.E = c.Ev = 36;  // not a multiple of 8: element-wise tile loads
+    c.L = 70;
+    c.S = 90;
+    check(c, t, 60);
+    c.E = c.Ev = 64;
+    c.causal = true;  // more queries than keys: query blocks that start past the last key
+    c.L = 150;
+    c.S = 40;
+    check(c, t, 61);
+    c.L = c.S = 100;  // causal and a mask together
+    c.mask_dims = {2, 1, 100, 100};
+    check(c, t, 62);
+    Case big;  // head size 128 with 4-warp blocks (the largest shared-memory layout)
+    big.B = 4;
+    big.H = big.Hkv = 12;
+    big.L = big.S = 200;
+    big.E = big.Ev = 128;
+    big.seq_major = true;
+    check(big, t, 63);
+  }
+}
+
 TEST(CudaAttention, MasksAndGroupedHeads) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {

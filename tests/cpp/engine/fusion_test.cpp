@@ -298,5 +298,23 @@ TEST(SimplifyAttention, ThirdsOfOneProjectionAreReadInPlace) {
   test::run_network(net, {TestTensor::random(DataType::kF16, {3, 5, 72}, 4)}, options);
 }
 
+TEST(SimplifyAttention, StaticMaskOnSymbolicLengthsKeepsItsCheck) {
+  // A keep-all constant mask [6, 6] on a layer whose lengths are symbolic also says "the
+  // lengths are 6". The rewrite only drops masks whose dims it can prove from the shapes, so
+  // this one stays (with its shape check) even where the profile pins n to 6.
+  Network net;
+  const DimExpr n = DimExpr::symbol("n");
+  std::vector<Tensor*> in;
+  for (const char* name : {"q", "k", "v"}) in.push_back(net.add_input(name, DataType::kF32, {1, 2, n, 4}));
+  in.push_back(net.add_constant(
+                      Weights::from_vector<uint8_t>(DataType::kBool, {6, 6}, std::vector<uint8_t>(36, 1)),
+                      "mask")
+                   ->output());
+  net.mark_output(net.add_layer(AttentionParams{}, in, "attn")->output(), "y");
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("n", 6, 6, 6);
+  EXPECT_EQ(count_layers(net, "Constant", profiles), 1);
+}
+
 }  // namespace
 }  // namespace ember::engine

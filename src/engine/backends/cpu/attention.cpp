@@ -24,8 +24,15 @@ void run(const AttentionParams& p, const KernelArgs& a) {
   const int64_t H = geo.H, L = geo.L, S = geo.S, E = geo.E, Ev = geo.Ev;
   const int64_t group = H / std::max<int64_t>(geo.Hkv, 1);
   const AttentionOperand &qs = geo.q, &ks = geo.k, &vs = geo.v, &os = geo.out;
-  const std::vector<float> q = to_float_vector(qt), k = to_float_vector(kt),
-                           v = to_float_vector(vt);
+  // Packed layers read one tensor three times: convert it once.
+  const auto same_as_q = [&qt](const HostTensor& t) {
+    return t.data == qt.data && t.numel() == qt.numel();
+  };
+  const std::vector<float> q = to_float_vector(qt);
+  const std::vector<float> k_own = same_as_q(kt) ? std::vector<float>{} : to_float_vector(kt);
+  const std::vector<float> v_own = same_as_q(vt) ? std::vector<float>{} : to_float_vector(vt);
+  const std::vector<float>& k = same_as_q(kt) ? q : k_own;
+  const std::vector<float>& v = same_as_q(vt) ? q : v_own;
   const std::vector<float> mask_values =
       mt != nullptr ? to_float_vector(*mt) : std::vector<float>{};  // bool: 0/1
   const int64_t* mst = geo.mask;

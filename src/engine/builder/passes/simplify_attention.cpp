@@ -45,20 +45,24 @@ Tensor* untransposed(const Tensor* t) {
 /// What a constant mask says, judged over all its elements.
 enum class MaskMeaning { kOther, kKeepAll, kCausal };
 
-MaskMeaning mask_meaning(const Tensor* mask, const Shape& q_shape, const Shape& k_shape,
-                         bool seq_major) {
+/// `scores` is the layer's [B, H, L, S]. A mask whose dims are not provably 1 or the scores'
+/// (a static mask on symbolic lengths) is kOther: dropping it would drop its run-time check.
+MaskMeaning mask_meaning(const Tensor* mask, const Shape& scores) {
   const Layer* l = mask->producer();
   if (l == nullptr || l->kind() != LayerKind::kConstant) return MaskMeaning::kOther;
   const Weights& w = l->params_as<ConstantParams>().weights;
   const auto& d = w.dims();
+  if (d.size() > 4) return MaskMeaning::kOther;
+  for (size_t i = 0; i < d.size(); ++i) {
+    const DimExpr& want = scores[4 - d.size() + i];
+    if (d[i] != 1 && !(want.is_constant() && want.constant() == d[i])) return MaskMeaning::kOther;
+  }
   const bool is_bool = w.dtype() == DataType::kBool;
   // The mask's own query/key dims (1 when broadcast); causal needs both at full size.
-  const DimExpr& len_q = q_shape[seq_major ? 1 : 2];
-  const DimExpr& len_k = k_shape[seq_major ? 1 : 2];
   const int64_t rows = d.size() >= 2 ? d[d.size() - 2] : 1;
   const int64_t cols = d.empty() ? 1 : d.back();
-  const bool full = len_q.is_constant() && len_k.is_constant() && rows == len_q.constant() &&
-                    cols == len_k.constant() && rows > 1;
+  const bool full = d.size() >= 2 && scores[2].is_constant() && scores[3].is_constant() &&
+                    rows == scores[2].constant() && cols == scores[3].constant() && rows > 1;
   bool keep_all = true, causal = full;
   for (int64_t n = 0; n < w.numel() && (keep_all || causal); ++n) {
     const float v = cpu::load_float(w.dtype(), w.data(), n);
@@ -82,8 +86,12 @@ int drop_constant_masks(Network& net, int& as_causal) {
   for (Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kAttention || l->input(3) == nullptr) continue;
     AttentionParams p = l->params_as<AttentionParams>();
-    const MaskMeaning m =
-        mask_meaning(l->input(3), l->input(0)->shape(), l->input(1)->shape(), p.seq_major);
+    const Shape& qs = l->input(0)->shape();
+    const Shape& ks = l->input(1)->shape();
+    const bool sm = p.seq_major || p.packed_heads > 0;
+    const Shape scores = {qs[0], p.packed_heads > 0 ? DimExpr(p.packed_heads) : qs[sm ? 2 : 1],
+                          qs[sm ? 1 : 2], ks[sm ? 1 : 2]};
+    const MaskMeaning m = mask_meaning(l->input(3), scores);
     if (m == MaskMeaning::kOther) continue;
     if (m == MaskMeaning::kCausal) {
       p.causal = true;
@@ -152,7 +160,10 @@ int read_packed_qkv(Network& net) {
 void pass_simplify_attention(BuildState& s) {
   Network& net = s.plan.network;
   int as_causal = 0;
+  // Each rewrite leaves the layer it replaced unread; removing those between the steps keeps
+  // the next step from rewriting (and counting) them again.
   const int dropped = drop_constant_masks(net, as_causal);
+  int removed = dropped > 0 ? remove_unreachable_layers(net) : 0;
   int folded = 0;
   for (Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kAttention || l->params_as<AttentionParams>().seq_major) continue;
@@ -174,8 +185,9 @@ void pass_simplify_attention(BuildState& s) {
     net.replace_all_uses(after->output(), fused->output());
     ++folded;
   }
+  removed += folded > 0 ? remove_unreachable_layers(net) : 0;
   const int packed = read_packed_qkv(net);
-  const int removed = folded + dropped + packed > 0 ? remove_unreachable_layers(net) : 0;
+  removed += packed > 0 ? remove_unreachable_layers(net) : 0;
   s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
                   " attention layers read and write [B, L, H, E] in place, " +
