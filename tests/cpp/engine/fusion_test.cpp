@@ -316,5 +316,56 @@ TEST(SimplifyAttention, StaticMaskOnSymbolicLengthsKeepsItsCheck) {
   EXPECT_EQ(count_layers(net, "Constant", profiles), 1);
 }
 
+/// BERT's attention: x [b, 5, 24] -> three linears (q, k, v; constant weights and biases) ->
+/// view [b, 5, 3, 8] -> transpose(1, 2) -> Attention -> transpose(1, 2) -> view [b, 5, 24].
+/// `gelu_on_k` gives the key projection a different epilogue (no merge then).
+Network bert_attention(DataType dt, bool transpose_b, bool gelu_on_k) {
+  Network net;
+  const DimExpr b = DimExpr::symbol("b");
+  Tensor* x = net.add_input("x", dt, {b, 5, 24});
+  std::vector<Tensor*> heads;
+  for (uint32_t part = 0; part < 3; ++part) {
+    // Small weights keep the scores small: the reference runs the bias add unfused (one more
+    // f16 rounding), and large scores would amplify that difference through the softmax.
+    Tensor* w = constant(net, dt, {24, 24}, 10 + part, "w" + std::to_string(part), -0.2f, 0.2f);
+    Tensor* y = net.add_matrix_multiply(x, false, w, transpose_b, "proj" + std::to_string(part))
+                    ->output();
+    y = net.add_elementwise(y, constant(net, dt, {24}, 20 + part, "b" + std::to_string(part)),
+                            ElementWiseOp::kSum, "bias" + std::to_string(part))
+            ->output();
+    if (gelu_on_k && part == 1) y = net.add_activation(y, ActivationType::kGeluErf, 0, 0)->output();
+    y = net.add_reshape(y, {b, 5, 3, 8})->output();
+    heads.push_back(net.add_transpose(y, {0, 2, 1, 3})->output());
+  }
+  AttentionParams p;
+  p.scale = 0.35;
+  Tensor* o = net.add_layer(p, heads, "attn")->output();
+  o = net.add_transpose(o, {0, 2, 1, 3})->output();
+  net.mark_output(net.add_reshape(o, {b, 5, 24})->output(), "y");
+  return net;
+}
+
+TEST(SimplifyAttention, ThreeProjectionsOfOneInputMergeIntoOnePackedProduct) {
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("b", 1, 2, 4);
+  test::RunOptions options;
+  options.profiles = profiles;
+  for (DataType dt : {DataType::kF32, DataType::kF16}) {
+    for (bool transpose_b : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (transpose_b ? " transpose_b" : ""));
+      Network net = bert_attention(dt, transpose_b, false);
+      EXPECT_EQ(count_layers(net, "MatrixMultiply", profiles), 1);
+      EXPECT_EQ(count_layers(net, "Slice", profiles), 0);
+      EXPECT_EQ(count_layers(net, "Shuffle", profiles), 1) << "only the final reshape is left";
+      // run_network compares the merged engine with the network as written.
+      test::run_network(net, {TestTensor::random(dt, {3, 5, 24}, 5)}, options);
+    }
+  }
+  // Projections with different epilogues stay apart (and the attention reads their reshapes).
+  Network apart = bert_attention(DataType::kF32, true, true);
+  EXPECT_EQ(count_layers(apart, "MatrixMultiply", profiles), 3);
+  test::run_network(apart, {TestTensor::random(DataType::kF32, {3, 5, 24}, 6)}, options);
+}
+
 }  // namespace
 }  // namespace ember::engine

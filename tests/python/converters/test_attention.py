@@ -132,3 +132,26 @@ def test_sdpa_in_model_layout_reads_heads_in_place(dtype):
     compiled = check_op(_SelfAttention(causal=True).to(dtype), [x],
                         dynamic_shapes=({1: SEQ},), extra_inputs=[[torch.randn(2, 17, 32, dtype=dtype)]])
     assert _folded(compiled), compiled.ember_report.engines[0]["build_log"]
+
+
+class _SeparateProjections(torch.nn.Module):
+    """BERT's layout: query, key and value are three linears of one input."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(d, d) for _ in range(3))
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (p(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))
+        o = F.scaled_dot_product_attention(q, k, v)
+        return o.transpose(1, 2).reshape(b, n, d)
+
+
+def test_sdpa_three_projections_merge_into_one():
+    """The three projections become one matmul whose output the attention reads in place."""
+    compiled = check_op(_SeparateProjections(), [torch.randn(2, 9, 32)])
+    logs = [line for e in compiled.ember_report.engines for line in e["build_log"]]
+    assert any("(1 of them merged from three)" in line for line in logs), logs

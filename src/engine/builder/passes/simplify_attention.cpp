@@ -19,7 +19,10 @@
 //
 // 3. Packed projections. When q, k and v of a seq-major layer are reshaped thirds (slices along
 //    the last dim) of one [B, L, 3 * H * E] tensor, the layer reads them from it in place
-//    (packed_heads = H) and the three slice copies disappear.
+//    (packed_heads = H) and the three slice copies disappear. When they come from three
+//    projections of one input instead (three MatrixMultiply layers with constant weights and the
+//    same settings), those merge first into one product with the weights side by side: one
+//    larger GEMM instead of three, and its output is read in place.
 #include <cmath>
 #include <vector>
 
@@ -132,19 +135,140 @@ Tensor* packed_source(const Tensor* t, int third) {
   return unit && starts && sizes && rows ? x : nullptr;
 }
 
+/// The constant weights of `t`, or nullptr.
+const Weights* constant_weights(const Tensor* t) {
+  if (t == nullptr || t->producer() == nullptr ||
+      t->producer()->kind() != LayerKind::kConstant) {
+    return nullptr;
+  }
+  return &t->producer()->params_as<ConstantParams>().weights;
+}
+
+bool same_epilogue(const Epilogue& a, const Epilogue& b) {
+  return a.scale == b.scale && a.fused_activation == b.fused_activation &&
+         (!a.fused_activation ||
+          (a.activation == b.activation && a.alpha == b.alpha && a.beta == b.beta));
+}
+
+/// The MatrixMultiply behind a reshape-only Shuffle that produces `t`, when the product feeds
+/// only that reshape and has a constant rank-2 weight, a constant bias or none, no residual.
+Layer* projection_of(const Network& net, const Tensor* t) {
+  const Layer* r = t->producer();
+  if (r == nullptr || r->kind() != LayerKind::kShuffle) return nullptr;
+  const auto& rp = r->params_as<ShuffleParams>();
+  if (!rp.has_reshape || !rp.first_transpose.empty() || !rp.second_transpose.empty()) {
+    return nullptr;
+  }
+  Layer* mm = r->input(0)->producer();
+  if (mm == nullptr || mm->kind() != LayerKind::kMatrixMultiply || mm->output()->rank() != 3 ||
+      sole_consumer(net, mm->output()) != r || mm->input(3) != nullptr) {
+    return nullptr;
+  }
+  const Weights* w = constant_weights(mm->input(1));
+  const bool bias_ok = mm->input(2) == nullptr || constant_weights(mm->input(2)) != nullptr;
+  return w != nullptr && w->dims().size() == 2 && bias_ok ? mm : nullptr;
+}
+
+/// Concatenates rank-2 weights along the product's N axis (rows when transpose_b: [N, K]).
+Weights concat_weights(const std::vector<const Weights*>& ws, bool transpose_b) {
+  const DataType dt = ws[0]->dtype();
+  const size_t elem = dtype_size(dt);
+  const int64_t k = transpose_b ? ws[0]->dims()[1] : ws[0]->dims()[0];
+  int64_t n = 0;
+  for (const Weights* w : ws) n += transpose_b ? w->dims()[0] : w->dims()[1];
+  std::vector<uint8_t> bytes;
+  bytes.reserve(static_cast<size_t>(n * k) * elem);
+  if (transpose_b) {  // [N_i, K] blocks one after another
+    for (const Weights* w : ws) {
+      const auto* b = static_cast<const uint8_t*>(w->data());
+      bytes.insert(bytes.end(), b, b + w->nbytes());
+    }
+    return Weights::copy(dt, {n, k}, bytes.data());
+  }
+  for (int64_t row = 0; row < k; ++row) {  // [K, N_i] side by side
+    for (const Weights* w : ws) {
+      const size_t row_bytes = static_cast<size_t>(w->dims()[1]) * elem;
+      const auto* b = static_cast<const uint8_t*>(w->data()) + static_cast<size_t>(row) * row_bytes;
+      bytes.insert(bytes.end(), b, b + row_bytes);
+    }
+  }
+  return Weights::copy(dt, {k, n}, bytes.data());
+}
+
+/// Rewrite 3a: q, k and v projected from one input by three MatrixMultiply layers with the same
+/// settings (BERT's query/key/value linears) become one product with the weights and biases
+/// side by side, read back as three slices (which rewrite 3 then reads in place). Returns
+/// whether it merged.
+bool merge_projections(Network& net, Layer* attn) {
+  Layer* mm[3];
+  for (size_t t = 0; t < 3; ++t) {
+    mm[t] = projection_of(net, attn->input(t));
+    if (mm[t] == nullptr) return false;
+  }
+  if (mm[0] == mm[1] || mm[1] == mm[2] || mm[0] == mm[2]) return false;
+  const auto& p0 = mm[0]->params_as<MatrixMultiplyParams>();
+  std::vector<const Weights*> ws, bs;
+  for (Layer* m : mm) {
+    const auto& p = m->params_as<MatrixMultiplyParams>();
+    if (m->input(0) != mm[0]->input(0) || p.transpose_a != p0.transpose_a ||
+        p.transpose_b != p0.transpose_b || !same_epilogue(p.epilogue, p0.epilogue) ||
+        (m->input(2) == nullptr) != (mm[0]->input(2) == nullptr) ||
+        !(m->output()->shape() == mm[0]->output()->shape())) {
+      return false;
+    }
+    ws.push_back(constant_weights(m->input(1)));
+    if (m->input(2) != nullptr) bs.push_back(constant_weights(m->input(2)));
+  }
+  for (const Weights* w : ws) {
+    if (w->dtype() != ws[0]->dtype() || w->dims() != ws[0]->dims()) return false;
+  }
+  const std::string name = mm[0]->name() + "+" + mm[1]->name() + "+" + mm[2]->name();
+  Tensor* w = net.add_constant(concat_weights(ws, p0.transpose_b), name + "/weight")->output();
+  Tensor* bias = nullptr;
+  if (!bs.empty()) {
+    std::vector<uint8_t> bytes;
+    for (const Weights* b : bs) {
+      const auto* d = static_cast<const uint8_t*>(b->data());
+      bytes.insert(bytes.end(), d, d + b->nbytes());
+    }
+    bias = net.add_constant(Weights::copy(bs[0]->dtype(), {3 * bs[0]->dims()[0]}, bytes.data()),
+                            name + "/bias")
+               ->output();
+  }
+  Tensor* y = net.add_layer(p0, {mm[0]->input(0), w, bias}, name)->output();
+  const Shape& part = mm[0]->output()->shape();  // [B, L, N]
+  const int64_t n = part[2].constant();
+  for (int64_t t = 0; t < 3; ++t) {
+    Tensor* third = net.add_slice(y, {DimExpr(0), DimExpr(0), DimExpr(t * n)}, part, {1, 1, 1},
+                                  mm[t]->name() + "/third")
+                        ->output();
+    net.replace_all_uses(mm[t]->output(), third);
+  }
+  return true;
+}
+
 /// Rewrite 3: a seq-major Attention whose q, k and v are the three thirds of one fused QKV
 /// projection X [B, L, 3 * H * E] (slice + reshape each, what GPT-2's split does) reads them
 /// from X in place (packed_heads = H), so the three slice copies disappear.
-int read_packed_qkv(Network& net) {
+int read_packed_qkv(Network& net, int& merged) {
   int packed = 0;
   for (Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kAttention) continue;
     AttentionParams p = l->params_as<AttentionParams>();
     if (!p.seq_major || p.packed_heads > 0) continue;
-    Tensor* x = packed_source(l->input(0), 0);
-    if (x == nullptr || packed_source(l->input(1), 1) != x || packed_source(l->input(2), 2) != x) {
-      continue;
+    const auto source = [l]() -> Tensor* {
+      Tensor* x = packed_source(l->input(0), 0);
+      return x != nullptr && packed_source(l->input(1), 1) == x &&
+                     packed_source(l->input(2), 2) == x
+                 ? x
+                 : nullptr;
+    };
+    Tensor* x = source();
+    if (x == nullptr && merge_projections(net, l)) {
+      ++merged;
+      x = source();
     }
+    if (x == nullptr) continue;
     p.packed_heads = l->input(0)->shape()[2].constant();
     std::vector<Tensor*> inputs = {x, x, x};
     if (l->input(3) != nullptr) inputs.push_back(l->input(3));
@@ -186,12 +310,14 @@ void pass_simplify_attention(BuildState& s) {
     ++folded;
   }
   removed += folded > 0 ? remove_unreachable_layers(net) : 0;
-  const int packed = read_packed_qkv(net);
+  int merged = 0;
+  const int packed = read_packed_qkv(net, merged);
   removed += packed > 0 ? remove_unreachable_layers(net) : 0;
   s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
                   " attention layers read and write [B, L, H, E] in place, " +
                   std::to_string(packed) + " read q, k and v from one packed projection (" +
+                  std::to_string(merged) + " of them merged from three) (" +
                   std::to_string(removed) + " layers removed)");
 }
 
