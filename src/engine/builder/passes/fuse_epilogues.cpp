@@ -27,14 +27,6 @@ bool is_float(DataType t) {
   return t == DataType::kF32 || t == DataType::kF16 || t == DataType::kBF16;
 }
 
-const Weights* constant_of(const Tensor* t) {
-  if (t == nullptr || t->producer() == nullptr ||
-      t->producer()->kind() != LayerKind::kConstant) {
-    return nullptr;
-  }
-  return &t->producer()->params_as<ConstantParams>().weights;
-}
-
 std::vector<float> to_floats(const Weights& w) {
   std::vector<float> v(static_cast<size_t>(w.numel()));
   for (int64_t i = 0; i < w.numel(); ++i) v[i] = cpu::load_float(w.dtype(), w.data(), i);
@@ -207,8 +199,7 @@ struct Fuser {
     Layer* next = sole_consumer(net, prod->output());
     if (next != nullptr && next->kind() == LayerKind::kShuffle &&
         prod->kind() == LayerKind::kMatrixMultiply) {
-      const auto& sp = next->params_as<ShuffleParams>();
-      if (!sp.first_transpose.empty() || !sp.second_transpose.empty()) return nullptr;
+      if (!is_pure_reshape(next)) return nullptr;
       reshape = next;
       next = sole_consumer(net, reshape->output());
     }
@@ -295,16 +286,6 @@ struct Fuser {
 };
 
 }  // namespace
-
-Layer* sole_consumer(const Network& net, const Tensor* t) {
-  if (t->is_output()) return nullptr;
-  const auto users = net.consumers(t);
-  if (users.size() != 1) return nullptr;
-  // A consumer reading t twice (x + x) is not a pattern here.
-  int reads = 0;
-  for (const Tensor* in : users[0]->inputs()) reads += in == t ? 1 : 0;
-  return reads == 1 ? users[0] : nullptr;
-}
 
 void pass_fuse_epilogues(BuildState& s) {
   Network& net = s.plan.network;

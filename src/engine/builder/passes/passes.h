@@ -53,9 +53,15 @@ void pass_fuse_epilogues(BuildState& s);
 /// [B, L, H, E] tensors and whose output only feeds a transpose(1, 2) into a seq-major layer on
 /// the untransposed tensors, so those four copies disappear.
 void pass_simplify_attention(BuildState& s);
+// Graph queries shared by the rewriting passes (graph_queries.cpp).
 /// The only consumer of `t`, when it has exactly one, reads it once, and `t` is not a network
 /// output (the precondition of most rewrites).
 Layer* sole_consumer(const Network& net, const Tensor* t);
+/// The weights of `t` when a Constant layer produces it; nullptr otherwise (or for nullptr).
+const Weights* constant_of(const Tensor* t);
+/// A Shuffle whose transposes are identities: it keeps the row-major bytes (a reshape, or a
+/// copy). False for nullptr.
+bool is_pure_reshape(const Layer* l);
 /// Chooses an implementation for every layer (plan.impls).
 void pass_select_implementations(BuildState& s);
 /// Assigns arena offsets by liveness (first fit, 256-byte aligned) using each tensor's largest

@@ -10,20 +10,6 @@ constexpr int64_t kArenaAlignment = 256;
 
 int64_t align_up(int64_t v) { return (v + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment; }
 
-/// A Shuffle that only reshapes keeps the row-major bytes: its output can share its input's
-/// arena slot (both back ends skip the copy when the addresses are equal).
-bool is_pure_reshape(const Layer& l) {
-  if (l.kind() != LayerKind::kShuffle) return false;
-  const auto& p = l.params_as<ShuffleParams>();
-  auto identity = [](const std::vector<int64_t>& perm) {
-    for (size_t i = 0; i < perm.size(); ++i) {
-      if (perm[i] != static_cast<int64_t>(i)) return false;
-    }
-    return true;
-  };
-  return identity(p.first_transpose) && identity(p.second_transpose);
-}
-
 }  // namespace
 
 void pass_plan_memory(BuildState& s) {
@@ -54,7 +40,7 @@ void pass_plan_memory(BuildState& s) {
     live.erase(std::remove_if(live.begin(), live.end(),
                               [&](const Block& b) { return b.last < static_cast<int64_t>(li); }),
                live.end());
-    if (is_pure_reshape(*l) && !l->output()->is_output()) {
+    if (is_pure_reshape(l) && !l->output()->is_output()) {
       const Tensor* in = l->input(0);
       const int64_t in_offset = s.plan.placements[in->id()].arena_offset;
       auto block = std::find_if(live.begin(), live.end(), [&](const Block& b) {

@@ -51,9 +51,9 @@ enum class MaskMeaning { kOther, kKeepAll, kCausal };
 /// `scores` is the layer's [B, H, L, S]. A mask whose dims are not provably 1 or the scores'
 /// (a static mask on symbolic lengths) is kOther: dropping it would drop its run-time check.
 MaskMeaning mask_meaning(const Tensor* mask, const Shape& scores) {
-  const Layer* l = mask->producer();
-  if (l == nullptr || l->kind() != LayerKind::kConstant) return MaskMeaning::kOther;
-  const Weights& w = l->params_as<ConstantParams>().weights;
+  const Weights* constant = constant_of(mask);
+  if (constant == nullptr) return MaskMeaning::kOther;
+  const Weights& w = *constant;
   const auto& d = w.dims();
   if (d.size() > 4) return MaskMeaning::kOther;
   for (size_t i = 0; i < d.size(); ++i) {
@@ -111,11 +111,7 @@ int drop_constant_masks(Network& net, int& as_causal) {
 /// dim) of a rank-3 [B, L, 3 * H * E] tensor, that tensor; nullptr otherwise.
 Tensor* packed_source(const Tensor* t, int third) {
   const Layer* r = t->producer();
-  if (r == nullptr || r->kind() != LayerKind::kShuffle || t->rank() != 4) return nullptr;
-  const auto& rp = r->params_as<ShuffleParams>();
-  if (!rp.has_reshape || !rp.first_transpose.empty() || !rp.second_transpose.empty()) {
-    return nullptr;
-  }
+  if (!is_pure_reshape(r) || t->rank() != 4) return nullptr;
   const Layer* sl = r->input(0)->producer();
   if (sl == nullptr || sl->kind() != LayerKind::kSlice) return nullptr;
   Tensor* x = sl->input(0);
@@ -135,15 +131,6 @@ Tensor* packed_source(const Tensor* t, int third) {
   return unit && starts && sizes && rows ? x : nullptr;
 }
 
-/// The constant weights of `t`, or nullptr.
-const Weights* constant_weights(const Tensor* t) {
-  if (t == nullptr || t->producer() == nullptr ||
-      t->producer()->kind() != LayerKind::kConstant) {
-    return nullptr;
-  }
-  return &t->producer()->params_as<ConstantParams>().weights;
-}
-
 bool same_epilogue(const Epilogue& a, const Epilogue& b) {
   return a.scale == b.scale && a.fused_activation == b.fused_activation &&
          (!a.fused_activation ||
@@ -154,18 +141,14 @@ bool same_epilogue(const Epilogue& a, const Epilogue& b) {
 /// only that reshape and has a constant rank-2 weight, a constant bias or none, no residual.
 Layer* projection_of(const Network& net, const Tensor* t) {
   const Layer* r = t->producer();
-  if (r == nullptr || r->kind() != LayerKind::kShuffle) return nullptr;
-  const auto& rp = r->params_as<ShuffleParams>();
-  if (!rp.has_reshape || !rp.first_transpose.empty() || !rp.second_transpose.empty()) {
-    return nullptr;
-  }
+  if (!is_pure_reshape(r)) return nullptr;
   Layer* mm = r->input(0)->producer();
   if (mm == nullptr || mm->kind() != LayerKind::kMatrixMultiply || mm->output()->rank() != 3 ||
       sole_consumer(net, mm->output()) != r || mm->input(3) != nullptr) {
     return nullptr;
   }
-  const Weights* w = constant_weights(mm->input(1));
-  const bool bias_ok = mm->input(2) == nullptr || constant_weights(mm->input(2)) != nullptr;
+  const Weights* w = constant_of(mm->input(1));
+  const bool bias_ok = mm->input(2) == nullptr || constant_of(mm->input(2)) != nullptr;
   return w != nullptr && w->dims().size() == 2 && bias_ok ? mm : nullptr;
 }
 
@@ -216,8 +199,8 @@ bool merge_projections(Network& net, Layer* attn) {
         !(m->output()->shape() == mm[0]->output()->shape())) {
       return false;
     }
-    ws.push_back(constant_weights(m->input(1)));
-    if (m->input(2) != nullptr) bs.push_back(constant_weights(m->input(2)));
+    ws.push_back(constant_of(m->input(1)));
+    if (m->input(2) != nullptr) bs.push_back(constant_of(m->input(2)));
   }
   for (const Weights* w : ws) {
     if (w->dtype() != ws[0]->dtype() || w->dims() != ws[0]->dims()) return false;
@@ -292,10 +275,7 @@ void pass_simplify_attention(BuildState& s) {
   for (Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kAttention || l->params_as<AttentionParams>().seq_major) continue;
     Layer* after = sole_consumer(net, l->output());
-    if (after == nullptr || after->kind() != LayerKind::kShuffle ||
-        untransposed(after->output()) != l->output()) {
-      continue;
-    }
+    if (after == nullptr || untransposed(after->output()) != l->output()) continue;
     std::vector<Tensor*> inputs = l->inputs();
     bool all = true;
     for (size_t i = 0; i < 3 && all; ++i) {

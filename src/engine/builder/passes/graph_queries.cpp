@@ -1,0 +1,36 @@
+// Small questions the rewriting passes ask about the graph (declared in passes.h).
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+Layer* sole_consumer(const Network& net, const Tensor* t) {
+  if (t->is_output()) return nullptr;
+  const auto users = net.consumers(t);
+  if (users.size() != 1) return nullptr;
+  // A consumer reading t twice (x + x) is not a pattern here.
+  int reads = 0;
+  for (const Tensor* in : users[0]->inputs()) reads += in == t ? 1 : 0;
+  return reads == 1 ? users[0] : nullptr;
+}
+
+const Weights* constant_of(const Tensor* t) {
+  if (t == nullptr || t->producer() == nullptr ||
+      t->producer()->kind() != LayerKind::kConstant) {
+    return nullptr;
+  }
+  return &t->producer()->params_as<ConstantParams>().weights;
+}
+
+bool is_pure_reshape(const Layer* l) {
+  if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
+  const auto& p = l->params_as<ShuffleParams>();
+  auto identity = [](const std::vector<int64_t>& perm) {
+    for (size_t i = 0; i < perm.size(); ++i) {
+      if (perm[i] != static_cast<int64_t>(i)) return false;
+    }
+    return true;
+  };
+  return identity(p.first_transpose) && identity(p.second_transpose);
+}
+
+}  // namespace ember::engine
