@@ -140,18 +140,6 @@ void check(const Case& c, DataType t, uint32_t seed, const std::string& what) {
 
 const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
 
-void expect_error_message(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
-    }
-  }
-}
-
 TEST(AttentionLayer, PlainBothLayoutsEveryFloatType) {
   for (DataType t : kFloatTypes) {
     Case c;
@@ -317,11 +305,11 @@ TEST(AttentionLayer, PackedQkvReadsThirdsOfOneTensor) {
   AttentionParams p;
   p.seq_major = true;
   p.packed_heads = 3;  // 40 is not a multiple of 9
-  expect_error_message([&] { net.add_layer(p, {x, x, x}, "packed"); },
+  test::expect_error([&] { net.add_layer(p, {x, x, x}, "packed"); },
                        {"Attention 'packed'", "multiple of 3 * packed_heads"});
   p.packed_heads = 2;
   p.seq_major = false;
-  expect_error_message([&] { net.add_layer(p, {x, x, x}, "layout"); },
+  test::expect_error([&] { net.add_layer(p, {x, x, x}, "layout"); },
                        {"Attention 'layout'", "packed_heads needs the seq-major layout"});
 }
 
@@ -337,19 +325,19 @@ TEST(AttentionLayer, BadShapesAndTypesNameTheLayer) {
   Tensor* mi = net.add_input("mi", DataType::kI32, {5, 7});
   Tensor* mw = net.add_input("mw", DataType::kBool, {5, 6});
   const AttentionParams p;
-  expect_error_message([&] { net.add_layer(p, {q, k3, k3}, "gqa"); },
+  test::expect_error([&] { net.add_layer(p, {q, k3, k3}, "gqa"); },
                {"Attention 'gqa'", "must divide query heads"});
-  expect_error_message([&] { net.add_layer(p, {q, kbad, v}, "feat"); },
+  test::expect_error([&] { net.add_layer(p, {q, kbad, v}, "feat"); },
                {"Attention 'feat'", "key features must equal query features"});
-  expect_error_message([&] { net.add_layer(p, {qh, k, v}, "dt"); }, {"Attention 'dt'", "dtype"});
-  expect_error_message([&] { net.add_layer(p, {r3, k, v}, "rank"); }, {"Attention 'rank'", "rank 4"});
-  expect_error_message([&] { net.add_layer(p, {q, k, v, mi}, "mi"); },
+  test::expect_error([&] { net.add_layer(p, {qh, k, v}, "dt"); }, {"Attention 'dt'", "dtype"});
+  test::expect_error([&] { net.add_layer(p, {r3, k, v}, "rank"); }, {"Attention 'rank'", "rank 4"});
+  test::expect_error([&] { net.add_layer(p, {q, k, v, mi}, "mi"); },
                {"Attention 'mi'", "mask (input 3) must be bool"});
-  expect_error_message([&] { net.add_layer(p, {q, k, v, mw}, "mw"); },
+  test::expect_error([&] { net.add_layer(p, {q, k, v, mw}, "mw"); },
                {"Attention 'mw'", "do not broadcast"});
   AttentionParams nan;
   nan.scale = std::numeric_limits<double>::quiet_NaN();
-  expect_error_message([&] { net.add_layer(nan, {q, k, v}, "nan"); },
+  test::expect_error([&] { net.add_layer(nan, {q, k, v}, "nan"); },
                {"Attention 'nan'", "scale must be finite"});
 }
 

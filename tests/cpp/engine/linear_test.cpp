@@ -18,6 +18,7 @@ namespace ember::engine {
 namespace {
 
 using test::TestTensor;
+using test::expect_error;
 
 constexpr DataType kFloatTypes[] = {DataType::kF32, DataType::kF16, DataType::kBF16};
 
@@ -55,17 +56,6 @@ void expect_result(const TestTensor& actual, const std::vector<int64_t>& dims,
                    const std::vector<float>& expected, const std::string& what) {
   ASSERT_EQ(actual.dims, dims) << what;
   test::expect_close(actual, expected, actual.dtype, what);
-}
-
-/// Expects `fn` to throw Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error mentioning '" << parts.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg;
-  }
 }
 
 // ---------------------------------------------------------------- convolution reference

@@ -20,6 +20,7 @@ namespace {
 
 using test::RunOptions;
 using test::TestTensor;
+using test::expect_error;
 
 const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
 const std::vector<DataType> kIntTypes = {DataType::kI8, DataType::kU8, DataType::kI32,
@@ -97,19 +98,6 @@ float round_to(DataType t, float v) {
 }
 
 uint64_t u(int64_t v) { return static_cast<uint64_t>(v); }
-
-/// Calls fn and expects an Error whose message contains every needle.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
-    }
-  }
-}
 
 /// Runs a network with one output.
 TestTensor run_one(const Network& net, const std::vector<TestTensor>& inputs,

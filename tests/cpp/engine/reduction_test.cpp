@@ -17,6 +17,7 @@ namespace {
 
 using test::RunOptions;
 using test::TestTensor;
+using test::expect_error;
 
 const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
 const std::vector<DataType> kIntTypes = {DataType::kI8, DataType::kU8, DataType::kI32,
@@ -53,19 +54,6 @@ int64_t wrapping_add(int64_t a, int64_t b) {
 }
 int64_t wrapping_mul(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
-}
-
-/// Calls fn and expects an Error whose message contains every needle.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
-    }
-  }
 }
 
 const char* reduce_name(ReduceOp op) {

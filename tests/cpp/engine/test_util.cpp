@@ -179,4 +179,16 @@ void expect_equal_ints(const TestTensor& actual, const std::vector<int64_t>& exp
   }
 }
 
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an Error mentioning '" << needles.front() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& n : needles) {
+      EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
+    }
+  }
+}
+
 }  // namespace ember::engine::test

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -61,5 +62,8 @@ void expect_close(const TestTensor& actual, const std::vector<float>& expected, 
 /// Expects exact integer equality.
 void expect_equal_ints(const TestTensor& actual, const std::vector<int64_t>& expected,
                        const std::string& what);
+
+/// Calls fn and expects an Error whose message contains every needle.
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles);
 
 }  // namespace ember::engine::test
