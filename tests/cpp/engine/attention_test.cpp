@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_cases.h"
 #include "ember/engine/network.h"
 #include "test_util.h"
 
@@ -19,20 +20,10 @@ using test::TestTensor;
 
 Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
 
-/// One attention problem: logical sizes, layout and mask.
-struct Case {
-  int64_t B = 2, H = 3, Hkv = 3, L = 5, S = 7, E = 8, Ev = 8;
-  bool seq_major = false;
-  bool causal = false;
-  std::vector<int64_t> mask_dims;  // empty: no mask
-  DataType mask_dtype = DataType::kBool;
-  double scale = 0.35;
-};
+using Case = test::AttentionCase;
 
-/// Dims of an operand [B, heads, seq, features] in the case's layout.
 std::vector<int64_t> dims(const Case& c, int64_t heads, int64_t seq, int64_t features) {
-  return c.seq_major ? std::vector<int64_t>{c.B, seq, heads, features}
-                     : std::vector<int64_t>{c.B, heads, seq, features};
+  return test::operand_dims(c, heads, seq, features);
 }
 
 /// Flat index of (b, h, s, f) in an operand of `heads`, `seq`, `features` in the case's layout.
@@ -104,37 +95,11 @@ std::vector<float> reference(const Case& c, const std::vector<float>& q,
 /// Builds the layer for `c` in dtype `t`, runs it through the pipeline and compares.
 void check(const Case& c, DataType t, uint32_t seed, const std::string& what) {
   SCOPED_TRACE(what + " " + dtype_name(t));
-  const TestTensor q = TestTensor::random(t, dims(c, c.H, c.L, c.E), seed, -2.0f, 2.0f);
-  const TestTensor k = TestTensor::random(t, dims(c, c.Hkv, c.S, c.E), seed + 1, -2.0f, 2.0f);
-  const TestTensor v = TestTensor::random(t, dims(c, c.Hkv, c.S, c.Ev), seed + 2);
-  std::vector<TestTensor> inputs = {q, k, v};
-  Network net;
-  std::vector<Tensor*> ins = {net.add_input("q", t, shape_of(q.dims)),
-                              net.add_input("k", t, shape_of(k.dims)),
-                              net.add_input("v", t, shape_of(v.dims))};
-  std::vector<float> mask_values;
-  if (!c.mask_dims.empty()) {
-    TestTensor m;
-    if (c.mask_dtype == DataType::kBool) {
-      m = TestTensor::random(DataType::kI32, c.mask_dims, seed + 3, 0.0f, 3.0f);  // 2/3 true
-      std::vector<int64_t> flags = m.to_ints();
-      for (auto& f : flags) f = f != 0;
-      m = TestTensor::ints(DataType::kBool, c.mask_dims, flags);
-    } else {
-      m = TestTensor::random(t, c.mask_dims, seed + 3, -3.0f, 1.0f);
-    }
-    mask_values = m.to_floats();
-    ins.push_back(net.add_input("mask", m.dtype, shape_of(m.dims)));
-    inputs.push_back(m);
-  }
-  AttentionParams p;
-  p.scale = c.scale;
-  p.causal = c.causal;
-  p.seq_major = c.seq_major;
-  net.mark_output(net.add_layer(p, ins, "attn")->output(), "out");
-  const TestTensor out = test::run_network(net, inputs).at(0);
+  const std::vector<TestTensor> in = test::attention_inputs(c, t, seed);
+  const TestTensor out = test::run_network(test::attention_network(c, in), in).at(0);
   ASSERT_EQ(out.dims, dims(c, c.H, c.L, c.Ev));
-  test::expect_close(out, reference(c, q.to_floats(), k.to_floats(), v.to_floats(), mask_values),
+  const std::vector<float> mask = in.size() > 3 ? in[3].to_floats() : std::vector<float>{};
+  test::expect_close(out, reference(c, in[0].to_floats(), in[1].to_floats(), in[2].to_floats(), mask),
                      t, what);
 }
 
@@ -181,21 +146,9 @@ TEST(AttentionLayer, BoolAndAdditiveMasksBroadcast) {
 }
 
 TEST(AttentionLayer, FullyMaskedRowsGiveZeros) {
-  const float inf = std::numeric_limits<float>::infinity();
   for (DataType t : kFloatTypes) {
-    Network net;
-    Tensor* q = net.add_input("q", t, {1, 1, 2, 4});
-    Tensor* k = net.add_input("k", t, {1, 1, 3, 4});
-    Tensor* v = net.add_input("v", t, {1, 1, 3, 4});
-    Tensor* mb = net.add_input("mb", DataType::kBool, {2, 3});
-    Tensor* mf = net.add_input("mf", t, {2, 3});
-    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mb}, "bool")->output(), "a");
-    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mf}, "float")->output(), "b");
-    const auto outs = test::run_network(
-        net, {TestTensor::random(t, {1, 1, 2, 4}, 9), TestTensor::random(t, {1, 1, 3, 4}, 10),
-              TestTensor::random(t, {1, 1, 3, 4}, 11),
-              TestTensor::ints(DataType::kBool, {2, 3}, {0, 0, 0, 1, 0, 1}),
-              TestTensor::floats(t, {2, 3}, {-inf, -inf, -inf, 0, -inf, 0})});
+    const auto [net, in] = test::fully_masked_case(t, 1, 2, 3, 4);
+    const auto outs = test::run_network(net, in);
     for (const TestTensor& o : outs) {
       const std::vector<float> f = o.to_floats();
       for (int e = 0; e < 4; ++e) EXPECT_EQ(f[e], 0.0f) << "row 0 is fully masked";

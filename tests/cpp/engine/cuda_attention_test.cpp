@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_cases.h"
 #include "cuda_test_util.h"
 
 namespace ember::engine {
@@ -19,19 +20,7 @@ using test::TestTensor;
 
 const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
 
-Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
-
-struct Case {
-  int64_t B = 2, H = 3, Hkv = 3, L = 5, S = 7, E = 16, Ev = 16;
-  bool seq_major = false, causal = false;
-  std::vector<int64_t> mask_dims;
-  bool bool_mask = true;
-};
-
-std::vector<int64_t> dims(const Case& c, int64_t heads, int64_t seq, int64_t features) {
-  return c.seq_major ? std::vector<int64_t>{c.B, seq, heads, features}
-                     : std::vector<int64_t>{c.B, heads, seq, features};
-}
+using Case = test::AttentionCase;
 
 void check(const Case& c, DataType t, uint32_t seed) {
   const std::string what = std::string(dtype_name(t)) + " B" + std::to_string(c.B) + " H" +
@@ -39,33 +28,11 @@ void check(const Case& c, DataType t, uint32_t seed) {
                            std::to_string(c.L) + " S" + std::to_string(c.S) + " E" +
                            std::to_string(c.E) + " Ev" + std::to_string(c.Ev) +
                            (c.seq_major ? " seq-major" : "") + (c.causal ? " causal" : "") +
-                           (c.mask_dims.empty() ? "" : c.bool_mask ? " bool mask" : " add mask");
-  std::vector<TestTensor> inputs = {
-      TestTensor::random(t, dims(c, c.H, c.L, c.E), seed, -2.0f, 2.0f),
-      TestTensor::random(t, dims(c, c.Hkv, c.S, c.E), seed + 1, -2.0f, 2.0f),
-      TestTensor::random(t, dims(c, c.Hkv, c.S, c.Ev), seed + 2)};
-  Network net;
-  std::vector<Tensor*> ins;
-  const char* names[] = {"q", "k", "v", "mask"};
-  if (!c.mask_dims.empty()) {
-    if (c.bool_mask) {
-      std::vector<int64_t> flags = TestTensor::random(DataType::kI32, c.mask_dims, seed + 3, 0.0f,
-                                                      3.0f).to_ints();
-      for (auto& f : flags) f = f != 0;
-      inputs.push_back(TestTensor::ints(DataType::kBool, c.mask_dims, flags));
-    } else {
-      inputs.push_back(TestTensor::random(t, c.mask_dims, seed + 3, -3.0f, 1.0f));
-    }
-  }
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    ins.push_back(net.add_input(names[i], inputs[i].dtype, shape_of(inputs[i].dims)));
-  }
-  AttentionParams p;
-  p.scale = 0.3;
-  p.causal = c.causal;
-  p.seq_major = c.seq_major;
-  net.mark_output(net.add_layer(p, ins, "attn")->output(), "out");
-  test::check_cuda_matches_cpu(net, inputs, what);
+                           (c.mask_dims.empty()                    ? ""
+                            : c.mask_dtype == DataType::kBool ? " bool mask"
+                                                              : " add mask");
+  const std::vector<TestTensor> in = test::attention_inputs(c, t, seed);
+  test::check_cuda_matches_cpu(test::attention_network(c, in), in, what);
 }
 
 TEST(CudaAttention, FlashKernelTilesAndLayouts) {
@@ -73,6 +40,7 @@ TEST(CudaAttention, FlashKernelTilesAndLayouts) {
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     for (bool seq_major : {false, true}) {
       Case c;
+      c.E = c.Ev = 16;
       c.seq_major = seq_major;
       check(c, t, 1);  // one partial tile each way
       c.L = 130;
@@ -149,7 +117,7 @@ TEST(CudaAttention, MasksAndGroupedHeads) {
       c.E = c.Ev = 64;
       c.mask_dims = md;
       check(c, t, 6);
-      c.bool_mask = false;
+      c.mask_dtype = t;  // additive
       c.seq_major = true;
       check(c, t, 7);
     }
@@ -158,23 +126,9 @@ TEST(CudaAttention, MasksAndGroupedHeads) {
 
 TEST(CudaAttention, FullyMaskedRowsGiveZerosOnBothKernels) {
   EMBER_SKIP_WITHOUT_CUDA();
-  const float inf = std::numeric_limits<float>::infinity();
   for (DataType t : kFloatTypes) {
-    Network net;
-    Tensor* q = net.add_input("q", t, {1, 2, 3, 16});
-    Tensor* k = net.add_input("k", t, {1, 2, 4, 16});
-    Tensor* v = net.add_input("v", t, {1, 2, 4, 16});
-    Tensor* mb = net.add_input("mb", DataType::kBool, {3, 4});
-    Tensor* mf = net.add_input("mf", t, {3, 4});
-    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mb}, "bool")->output(), "a");
-    net.mark_output(net.add_layer(AttentionParams{}, {q, k, v, mf}, "float")->output(), "b");
-    test::check_cuda_matches_cpu(
-        net,
-        {TestTensor::random(t, {1, 2, 3, 16}, 9), TestTensor::random(t, {1, 2, 4, 16}, 10),
-         TestTensor::random(t, {1, 2, 4, 16}, 11),
-         TestTensor::ints(DataType::kBool, {3, 4}, {0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1}),
-         TestTensor::floats(t, {3, 4}, {-inf, -inf, -inf, -inf, 0, -inf, 0, 0, -inf, -inf, -inf, 0})},
-        std::string("fully masked ") + dtype_name(t));
+    const auto [net, in] = test::fully_masked_case(t, 2, 3, 4, 16);
+    test::check_cuda_matches_cpu(net, in, std::string("fully masked ") + dtype_name(t));
   }
 }
 
