@@ -137,6 +137,19 @@ struct Fuser {
     return true;
   }
 
+  /// The sole consumer of `out` when it is an ElementWise `op` keeping `out`'s shape whose other
+  /// operand is a constant of `out`'s dtype (returned in `c`); nullptr otherwise.
+  Layer* constant_elementwise_after(const Tensor* out, ElementWiseOp op, const Weights*& c) {
+    Layer* next = sole_consumer(net, out);
+    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
+        next->params_as<ElementWiseParams>().op != op ||
+        !shapes_equal(next->output()->shape(), out->shape())) {
+      return nullptr;
+    }
+    c = constant_of(other_input(*next, out));
+    return c != nullptr && c->dtype() == out->dtype() ? next : nullptr;
+  }
+
   /// MatMul followed by x * c with c a one-element constant, into the epilogue scale (the
   /// 1/sqrt(d) of attention scores: cuBLASLt's alpha).
   bool fuse_matmul_scale(Layer* mm) {
@@ -146,14 +159,9 @@ struct Fuser {
       return false;
     }
     const Tensor* out = mm->output();
-    Layer* next = sole_consumer(net, out);
-    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
-        next->params_as<ElementWiseParams>().op != ElementWiseOp::kProd ||
-        !shapes_equal(next->output()->shape(), out->shape())) {
-      return false;
-    }
-    const Weights* c = constant_of(other_input(*next, out));
-    if (c == nullptr || c->numel() != 1 || c->dtype() != out->dtype()) return false;
+    const Weights* c = nullptr;
+    Layer* next = constant_elementwise_after(out, ElementWiseOp::kProd, c);
+    if (next == nullptr || c->numel() != 1) return false;
     const float value = to_floats(*c)[0];
     if (!std::isfinite(value)) return false;
     MatrixMultiplyParams scaled = p;
@@ -174,14 +182,9 @@ struct Fuser {
     if (mm->input(1)->rank() < 2 || out->rank() < 1 || !out->shape().back().is_constant()) {
       return false;
     }
-    Layer* next = sole_consumer(net, out);
-    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
-        next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum ||
-        !shapes_equal(next->output()->shape(), out->shape())) {
-      return false;
-    }
-    const Weights* c = constant_of(other_input(*next, out));
-    if (c == nullptr || c->dtype() != out->dtype()) return false;
+    const Weights* c = nullptr;
+    Layer* next = constant_elementwise_after(out, ElementWiseOp::kSum, c);
+    if (next == nullptr) return false;
     const int64_t n = out->shape().back().constant();
     const auto per_col = per_axis(*c, out->rank(), out->rank() - 1, n);
     if (!per_col) return false;
