@@ -316,19 +316,28 @@ void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
 }
 
 /// 4 warps (64 queries) per block, or 2 (32 queries) when 64-query blocks would leave SMs idle
-/// (batch 1 at short sequences): more, shorter blocks.
+/// (batch 1 at short sequences) or do not fit the GPU's shared memory. Returns false when
+/// neither fits (GPUs before sm_80 or with less than 80 KiB per block): the caller runs the
+/// row kernel instead.
 template <typename T, int D>
-void launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T* out,
+bool launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T* out,
                         const AttnArgs& p, bool vec, cudaStream_t stream) {
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, optin = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute");
-  if (p.B * p.H * ((p.L + 63) / 64) >= sms) {
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  const bool four_fit = FlashSmem<D, 4>::bytes <= static_cast<size_t>(optin);
+  const bool two_fit = FlashSmem<D, 2>::bytes <= static_cast<size_t>(optin);
+  if (four_fit && p.B * p.H * ((p.L + 63) / 64) >= sms) {
     launch_flash<T, D, 4>(q, k, v, mask, out, p, vec, stream);
-  } else {
+  } else if (two_fit) {
     launch_flash<T, D, 2>(q, k, v, mask, out, p, vec, stream);
+  } else {
+    return false;
   }
+  return true;
 }
 
 template <typename T>
@@ -372,12 +381,10 @@ void launch_attention(const CudaArgs& a, const AttnArgs& p, const AttentionGeome
       const bool vec =
           aligned(q, 16) && aligned(k, 16) && aligned(v, 16) &&
           (p.q_b | p.q_h | p.q_l | p.k_b | p.k_h | p.k_l | p.v_b | p.v_h | p.v_l) % 8 == 0;
-      if (std::max(p.E, p.Ev) <= 64) {
-        launch_flash_sized<T, 64>(q, k, v, mask, out, p, vec, a.stream());
-      } else {
-        launch_flash_sized<T, 128>(q, k, v, mask, out, p, vec, a.stream());
-      }
-      return;
+      const bool ran = std::max(p.E, p.Ev) <= 64
+                           ? launch_flash_sized<T, 64>(q, k, v, mask, out, p, vec, a.stream())
+                           : launch_flash_sized<T, 128>(q, k, v, mask, out, p, vec, a.stream());
+      if (ran) return;
     }
   }
   launch_rows<T>(q, k, v, mask, out, p, a.stream());
