@@ -210,6 +210,18 @@ TEST(CudaNormalization, LayerGroupInstance) {
   }
 }
 
+TEST(CudaNormalization, LayerNormRowWidthsOfTransformers) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // Rows of 64..1024 (multiples of 8: the 16-byte path for f16/bf16) and 776/1000 (not a
+  // whole number of 32-lane chunks), with and without the affine.
+  for (DataType t : kFloatTypes) {
+    for (int64_t width : {64, 200, 512, 768, 776, 1000, 1024}) {
+      check_norm(t, {3, 37, width}, NormalizationType::kLayer, 2, 1, true, true, 40);
+      check_norm(t, {3, 37, width}, NormalizationType::kLayer, 2, 1, false, false, 41);
+    }
+  }
+}
+
 TEST(CudaNormalization, SymbolicAtTwoSizes) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {

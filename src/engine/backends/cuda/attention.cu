@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
 #include <string>
 
 #include "backends/attention_geometry.h"
@@ -225,6 +226,207 @@ __global__ void __launch_bounds__(W * 32)
   }
 }
 
+// ---------------------------------------------------------------- mma.sync kernel (f16/bf16)
+//
+// FlashAttention-2 on mma.sync.m16n8k16 (f32 accumulate), everything per warp in registers:
+// the warp's 16 query rows as A fragments, the scores of a 64-key tile (8 n-tiles of 8 keys,
+// 4 floats each), the probabilities re-packed straight into A fragments for the second product
+// (the accumulator layout of one m16n8k16 is the A layout of the next), and the output (D / 8
+// n-tiles). Lane (g = lane / 4, t = lane % 4) owns rows g and g + 8 and, in each n-tile,
+// columns 2t and 2t + 1 (PTX ISA, "Matrix Fragments for mma.m16n8k16"). Shared memory holds
+// only the K tile [64][D + 8] and the V tile transposed [D][64 + 8], so both B operands are
+// two consecutive 16-bit values (one 32-bit load, bank-conflict free at these pitches).
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/// Two floats as one 32-bit register of T pairs, the first in the low half (lower column).
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+/// A 32-bit shared-memory load of two consecutive 16-bit elements.
+template <typename T>
+__device__ __forceinline__ uint32_t ld2(const T* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+template <int D>
+struct MmaSmem {
+  static constexpr int ldq = D + 8;       // Q tile [64][D + 8]
+  static constexpr int ldk = D + 8;       // K tile [64][D + 8]
+  static constexpr int ldv = kBlockK + 8; // V tile transposed [D][64 + 8]
+  static constexpr size_t q = size_t{64} * ldq * 2;
+  static constexpr size_t k = size_t{kBlockK} * ldk * 2;
+  static constexpr size_t v = size_t{D} * ldv * 2;
+  static constexpr size_t bytes = q + k + v;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128)
+    flash_attention_mma_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                               const T* __restrict__ v, const void* __restrict__ mask,
+                               T* __restrict__ out, AttnArgs p, bool vec) {
+  using Sm = MmaSmem<D>;
+  constexpr int kNT = kBlockK / 8;  // score n-tiles per key tile
+  constexpr int kDT = D / 8;        // output n-tiles
+  constexpr int kKS = D / 16;       // k-steps over the features
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* qs = reinterpret_cast<T*>(smem);
+  T* ks = reinterpret_cast<T*>(smem + Sm::q);
+  T* vt = reinterpret_cast<T*>(smem + Sm::q + Sm::k);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, grp = h / p.group;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * 64;
+  const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8;  // this lane's two query rows
+
+  load_tile<T, D, 64>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
+  __syncthreads();
+  uint32_t qa[kKS][4];
+#pragma unroll
+  for (int kk = 0; kk < kKS; ++kk) {
+    const T* base = qs + (warp * 16 + g) * Sm::ldq + kk * 16 + 2 * t;
+    qa[kk][0] = ld2(base);
+    qa[kk][1] = ld2(base + 8 * Sm::ldq);
+    qa[kk][2] = ld2(base + 8);
+    qa[kk][3] = ld2(base + 8 * Sm::ldq + 8);
+  }
+  float o[kDT][4];
+#pragma unroll
+  for (int n = 0; n < kDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;  // l: this lane's share
+
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + 64) : p.S;
+  const T* kb = k + b * p.k_b + grp * p.k_h;
+  const T* vb = v + b * p.v_b + grp * p.v_h;
+  for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
+    __syncthreads();  // every warp is done with the previous tiles
+    load_tile<T, D, kBlockK>(ks, kb, p.k_l, k0, p.S, p.E, vec);
+    // V transposed: vt[feature][key], zero past S and Ev.
+    for (int idx = threadIdx.x; idx < kBlockK * (D / 8); idx += blockDim.x) {
+      const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+      const int64_t key = k0 + r;
+      const T* src = vb + key * p.v_l + c;
+      Vec<T, 8> x;
+      if (key < p.S && vec && c + 8 <= p.Ev) {
+        x = *reinterpret_cast<const Vec<T, 8>*>(src);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x.v[e] = key < p.S && c + e < p.Ev ? src[e] : Num<T>::store(0.0f);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) vt[(c + e) * Sm::ldv + r] = x.v[e];
+    }
+    __syncthreads();
+
+    float sc[kNT][4];
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) {
+      sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kKS; ++kk) {
+        const T* kp = ks + (n * 8 + g) * Sm::ldk + kk * 16 + 2 * t;
+        mma_16816<T>(sc[n], qa[kk], ld2(kp), ld2(kp + 8));
+      }
+    }
+    float tile0 = -CUDART_INF_F, tile1 = -CUDART_INF_F;
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t key = k0 + n * 8 + 2 * t + e;
+        sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key);
+        sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key);
+        tile0 = fmaxf(tile0, sc[n][e]);
+        tile1 = fmaxf(tile1, sc[n][2 + e]);
+      }
+    }
+    // A row's 64 scores are spread over the 4 lanes of its quad.
+    tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 1));
+    tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 2));
+    tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
+    tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 2));
+    float alpha0, alpha1;
+    const float base0 = online_max(m0, tile0, alpha0);
+    const float base1 = online_max(m1, tile1, alpha1);
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[n][e] = expf(sc[n][e] - base0);
+        sc[n][2 + e] = expf(sc[n][2 + e] - base1);
+        sum0 += sc[n][e];
+        sum1 += sc[n][2 + e];
+      }
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+#pragma unroll
+    for (int n = 0; n < kDT; ++n) {
+      o[n][0] *= alpha0;
+      o[n][1] *= alpha0;
+      o[n][2] *= alpha1;
+      o[n][3] *= alpha1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack2(sc[2 * kk][0], sc[2 * kk][1], T{});
+      pa[1] = pack2(sc[2 * kk][2], sc[2 * kk][3], T{});
+      pa[2] = pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], T{});
+      pa[3] = pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], T{});
+#pragma unroll
+      for (int n = 0; n < kDT; ++n) {
+        const T* vp = vt + (n * 8 + g) * Sm::ldv + kk * 16 + 2 * t;
+        mma_16816<T>(o[n], pa, ld2(vp), ld2(vp + 8));
+      }
+    }
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  T* out0 = out + b * p.o_b + h * p.o_h + r0 * p.o_l;
+  T* out1 = out + b * p.o_b + h * p.o_h + r1 * p.o_l;
+#pragma unroll
+  for (int n = 0; n < kDT; ++n) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = n * 8 + 2 * t + e;
+      if (c >= p.Ev) continue;
+      if (r0 < p.L) out0[c] = Num<T>::store(o[n][e] * inv0);
+      if (r1 < p.L) out1[c] = Num<T>::store(o[n][2 + e] * inv1);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- row kernel (any float type)
 
 /// One warp per query row (grid-stride over B*H*L rows): each lane scores one key of a 32-key
@@ -316,19 +518,52 @@ void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
 }
 
 /// 4 warps (64 queries) per block, or 2 (32 queries) when 64-query blocks would leave SMs idle
-/// (batch 1 at short sequences): more, shorter blocks.
+/// (batch 1 at short sequences) or do not fit the GPU's shared memory. Returns false when
+/// neither fits (GPUs before sm_80 or with less than 80 KiB per block): the caller runs the
+/// row kernel instead.
 template <typename T, int D>
-void launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T* out,
+bool launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T* out,
                         const AttnArgs& p, bool vec, cudaStream_t stream) {
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, optin = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute");
-  if (p.B * p.H * ((p.L + 63) / 64) >= sms) {
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  const bool four_fit = FlashSmem<D, 4>::bytes <= static_cast<size_t>(optin);
+  const bool two_fit = FlashSmem<D, 2>::bytes <= static_cast<size_t>(optin);
+  if (four_fit && p.B * p.H * ((p.L + 63) / 64) >= sms) {
     launch_flash<T, D, 4>(q, k, v, mask, out, p, vec, stream);
-  } else {
+  } else if (two_fit) {
     launch_flash<T, D, 2>(q, k, v, mask, out, p, vec, stream);
+  } else {
+    return false;
   }
+  return true;
+}
+
+template <typename T, int D>
+void launch_flash_mma(const T* q, const T* k, const T* v, const void* mask, T* out,
+                      const AttnArgs& p, bool vec, cudaStream_t stream) {
+  static std::atomic<uint64_t> configured{0};
+  const auto kernel = flash_attention_mma_kernel<T, D>;
+  if (MmaSmem<D>::bytes > size_t{48 * 1024}) {
+    allow_shared_memory(kernel, MmaSmem<D>::bytes, configured,
+                        "cudaFuncSetAttribute(flash_attention_mma_kernel)");
+  }
+  const dim3 grid(static_cast<unsigned>(p.B * p.H), static_cast<unsigned>((p.L + 63) / 64));
+  kernel<<<grid, 128, MmaSmem<D>::bytes, stream>>>(q, k, v, mask, out, p, vec);
+  check(cudaGetLastError(), "flash_attention_mma_kernel");
+}
+
+/// EMBER_ATTENTION_KERNEL=wmma selects the shared-memory WMMA kernel instead of the mma.sync
+/// one (for comparing them; read once).
+bool use_wmma_kernel() {
+  static const bool wmma = [] {
+    const char* e = std::getenv("EMBER_ATTENTION_KERNEL");
+    return e != nullptr && std::string(e) == "wmma";
+  }();
+  return wmma;
 }
 
 template <typename T>
@@ -372,12 +607,18 @@ void launch_attention(const CudaArgs& a, const AttnArgs& p, const AttentionGeome
       const bool vec =
           aligned(q, 16) && aligned(k, 16) && aligned(v, 16) &&
           (p.q_b | p.q_h | p.q_l | p.k_b | p.k_h | p.k_l | p.v_b | p.v_h | p.v_l) % 8 == 0;
-      if (std::max(p.E, p.Ev) <= 64) {
-        launch_flash_sized<T, 64>(q, k, v, mask, out, p, vec, a.stream());
-      } else {
-        launch_flash_sized<T, 128>(q, k, v, mask, out, p, vec, a.stream());
+      if (!use_wmma_kernel()) {
+        if (std::max(p.E, p.Ev) <= 64) {
+          launch_flash_mma<T, 64>(q, k, v, mask, out, p, vec, a.stream());
+        } else {
+          launch_flash_mma<T, 128>(q, k, v, mask, out, p, vec, a.stream());
+        }
+        return;
       }
-      return;
+      const bool ran = std::max(p.E, p.Ev) <= 64
+                           ? launch_flash_sized<T, 64>(q, k, v, mask, out, p, vec, a.stream())
+                           : launch_flash_sized<T, 128>(q, k, v, mask, out, p, vec, a.stream());
+      if (ran) return;
     }
   }
   launch_rows<T>(q, k, v, mask, out, p, a.stream());

@@ -128,8 +128,8 @@ void launch_epilogue_kernel(T* y, const T* bias, const T* residual, int64_t tota
   const int64_t run = plane == 1 ? channels : plane;
   const auto fits = [&](int n) {
     const size_t bytes = sizeof(T) * static_cast<size_t>(n);
-    return run % n == 0 && aligned(y, bytes) && (!kResidual || aligned(residual, bytes)) &&
-           (!kBias || plane != 1 || aligned(bias, bytes));
+    // The bias is read element by element: only y and the residual move in chunks.
+    return run % n == 0 && aligned(y, bytes) && (!kResidual || aligned(residual, bytes));
   };
   constexpr int kWide = 16 / sizeof(T);
   if (fits(kWide)) {
