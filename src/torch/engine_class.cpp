@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #ifdef EMBER_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -94,11 +95,37 @@ std::string names_list(const std::vector<BridgeIO>& list) {
   return "[" + s + "]";
 }
 
+#ifdef EMBER_WITH_CUDA
+/// Engine weights, activation arenas and library workspaces come from PyTorch's caching
+/// allocator (on the current device and stream, which execute() sets to the inputs' device and
+/// PyTorch's current stream), so they count in torch.cuda.memory_allocated() and go back to
+/// PyTorch's pool with their context. Ember synchronizes a block's stream before freeing it.
+class TorchDeviceAllocator final : public engine::DeviceAllocator {
+ public:
+  void* allocate(size_t bytes) override {
+    return c10::cuda::CUDACachingAllocator::raw_alloc(bytes);
+  }
+  void deallocate(void* ptr) noexcept override {
+    try {
+      c10::cuda::CUDACachingAllocator::raw_delete(ptr);
+    } catch (...) {  // raw_delete of a pointer it gave out does not throw; destructors must not
+    }
+  }
+};
+
+std::shared_ptr<engine::DeviceAllocator> device_allocator() {
+  static const auto allocator = std::make_shared<TorchDeviceAllocator>();
+  return allocator;
+}
+#else
+std::shared_ptr<engine::DeviceAllocator> device_allocator() { return nullptr; }
+#endif
+
 }  // namespace
 
 TorchEngine::TorchEngine(std::vector<std::string> state) {
   try {
-    loaded_ = engine_state_load(std::move(state));
+    loaded_ = engine_state_load(std::move(state), device_allocator());
   } catch (const std::exception& e) {
     fail(e.what());
   }

@@ -430,7 +430,8 @@ void metadata_check(EngineMetadata& metadata, const engine::Engine& engine) {
   check_io_list(metadata.outputs, outputs, "outputs");
 }
 
-LoadedEngineState engine_state_load(std::vector<std::string> state) {
+LoadedEngineState engine_state_load(std::vector<std::string> state,
+                                    std::shared_ptr<engine::DeviceAllocator> allocator) {
   if (state.empty()) fail("empty state list; expected [format tag, plan base64, metadata JSON]");
   if (state[0] != kEngineStateTag) {
     // A tag is short; anything long is probably not a tag at all.
@@ -446,7 +447,9 @@ LoadedEngineState engine_state_load(std::vector<std::string> state) {
   LoadedEngineState loaded;
   loaded.metadata = metadata_from_json(state[2]);
   try {
-    loaded.engine = engine::Runtime().deserialize(plan.data(), plan.size());
+    engine::Runtime runtime;
+    runtime.set_device_allocator(std::move(allocator));
+    loaded.engine = runtime.deserialize(plan.data(), plan.size());
   } catch (const engine::Error& e) {
     fail(std::string("the plan does not load: ") + e.what());
   }

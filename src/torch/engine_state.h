@@ -66,9 +66,11 @@ std::string metadata_to_json(const EngineMetadata& metadata);
 /// order, same engine dtypes, same ranks; fills in missing shapes from the plan.
 void metadata_check(EngineMetadata& metadata, const engine::Engine& engine);
 
-/// Validates a state list (tag, base64, JSON, agreement) and deserializes the plan. Throws
+/// Validates a state list (tag, base64, JSON, agreement) and deserializes the plan, whose device
+/// memory (cuda plans) comes from `allocator` (cudaMalloc when null). Throws
 /// std::runtime_error ("ember.Engine state: ...") on any problem.
-LoadedEngineState engine_state_load(std::vector<std::string> state);
+LoadedEngineState engine_state_load(std::vector<std::string> state,
+                                    std::shared_ptr<engine::DeviceAllocator> allocator = nullptr);
 
 /// True for the compiler's ScalarType names ("f32" ... "f64", "i16").
 bool is_torch_dtype_name(std::string_view name);

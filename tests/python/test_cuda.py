@@ -147,6 +147,32 @@ def test_runs_on_the_current_stream_and_on_two_streams():
     torch.testing.assert_close(b, expected, atol=1e-3, rtol=1e-3)
 
 
+def test_engine_memory_comes_from_pytorchs_caching_allocator():
+    """Engine weights, the activation arena and the library workspace come from PyTorch's caching
+    allocator: they count in torch.cuda.memory_allocated() while the engine lives, and go back to
+    PyTorch's pool when it is deleted."""
+    import gc
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
+                                torch.nn.Linear(1024, 1024)).eval().cuda()
+    x = torch.randn(64, 1024, device="cuda")
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    gm, report = compile_cuda(model, [x])
+    with torch.no_grad():
+        y = gm(x)
+    torch.cuda.synchronize()
+    out_bytes = y.numel() * y.element_size()
+    grown = torch.cuda.memory_allocated() - before - out_bytes
+    assert grown >= weight_bytes, f"engine memory not from PyTorch's allocator: +{grown} bytes"
+    del gm, report
+    gc.collect()
+    torch.cuda.synchronize()
+    left = torch.cuda.memory_allocated() - before - out_bytes
+    assert left <= 0, f"{left} bytes still allocated after the engine was deleted"
+
+
 def test_cuda_graph_replays_follow_new_data_and_can_be_turned_off():
     """From the second call on, a shape replays a CUDA graph: in-place changes of the input and
     new input tensors must both show in the result; cuda_graphs=False gives the same values."""

@@ -17,6 +17,22 @@ namespace ember::engine {
 class ExecutionContext;
 struct PlanModel;
 
+/// Where the CUDA back end gets its device memory: the engine's weights, each context's
+/// activation arena and its library workspace (TensorRT's IGpuAllocator). Without one, Ember
+/// calls cudaMalloc/cudaFree. Ember synchronizes the stream that last used a block before it
+/// deallocates it, so an allocator need not track streams. The PyTorch bridge installs one
+/// that draws from PyTorch's caching allocator, so Ember's memory shows in
+/// torch.cuda.memory_allocated() and returns to PyTorch's pool when a context is released.
+class DeviceAllocator {
+ public:
+  virtual ~DeviceAllocator() = default;
+  /// `bytes` (> 0) of device memory on the current device, aligned to at least 256 bytes.
+  /// Throws (any std::exception) when it cannot; Ember adds what the memory was for.
+  virtual void* allocate(size_t bytes) = 0;
+  /// Gives back memory returned by allocate. Must not throw.
+  virtual void deallocate(void* ptr) noexcept = 0;
+};
+
 /// One input or output of an engine.
 struct IOTensorInfo {
   std::string name;
@@ -57,6 +73,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::shared_ptr<void> device_weights() const;
   std::unique_ptr<PlanModel> plan_;
   std::vector<IOTensorInfo> io_;
+  std::shared_ptr<DeviceAllocator> allocator_;  // nullptr: cudaMalloc
   mutable std::mutex device_mutex_;
   mutable std::shared_ptr<void> device_weights_;
 };
@@ -69,6 +86,14 @@ class Runtime {
   std::shared_ptr<const Engine> deserialize(const void* data, size_t size) const;
   /// Reads a plan file; errors name the path.
   std::shared_ptr<const Engine> deserialize_file(const std::string& path) const;
+  /// The device memory source of the engines this runtime deserializes from now on ("cuda"
+  /// plans; nullptr, the default, means cudaMalloc). Engines keep it alive.
+  void set_device_allocator(std::shared_ptr<DeviceAllocator> allocator) {
+    allocator_ = std::move(allocator);
+  }
+
+ private:
+  std::shared_ptr<DeviceAllocator> allocator_;
 };
 
 /// Per-thread execution state: input shapes, tensor addresses and activation memory.

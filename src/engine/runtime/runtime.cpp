@@ -21,6 +21,7 @@ std::shared_ptr<const Engine> Runtime::deserialize(const void* data, size_t size
   for (const Tensor* t : plan->network.inputs()) engine->io_.push_back({t->name(), t->dtype(), t->shape(), true});
   for (const Tensor* t : plan->network.outputs()) engine->io_.push_back({t->name(), t->dtype(), t->shape(), false});
   engine->plan_ = std::move(plan);
+  engine->allocator_ = allocator_;
   return engine;
 }
 
@@ -70,7 +71,7 @@ std::map<std::string, Interval, std::less<>> Engine::profile_ranges(size_t index
 std::shared_ptr<void> Engine::device_weights() const {
 #ifdef EMBER_WITH_CUDA
   std::lock_guard<std::mutex> lock(device_mutex_);
-  if (!device_weights_) device_weights_ = std::make_shared<cuda::DeviceWeights>(plan_->network);
+  if (!device_weights_) device_weights_ = std::make_shared<cuda::DeviceWeights>(plan_->network, allocator_);
   return device_weights_;
 #else
   throw Error("this build of Ember has no CUDA back end");
@@ -120,7 +121,7 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
   if (state_->cuda) {
 #ifdef EMBER_WITH_CUDA
     state_->device_weights = engine_->device_weights();
-    state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes);
+    state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes, engine_->allocator_);
     base = state_->device->arena();
     const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
     constant_address = [dw](const Tensor* t) { return dw->address(t->id()); };

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <memory>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -123,6 +125,81 @@ TEST(CudaGraphs, HostFallbackPlansRunLayerByLayer) {
   for (int i = 0; i < 3; ++i) test::expect_matches_cpu(net, {in}, runner.run({in}), "topk");
   EXPECT_EQ(runner.context().cuda_graph_stats().captures, 0);
   EXPECT_TRUE(runner.context().cuda_graph_stats().disabled);
+}
+
+/// Records every block it hands out (cudaMalloc underneath) and what is still live.
+class CountingAllocator final : public DeviceAllocator {
+ public:
+  void* allocate(size_t bytes) override {
+    void* p = nullptr;
+    test::cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc (CountingAllocator)");
+    live[p] = bytes;
+    ++allocations;
+    return p;
+  }
+  void deallocate(void* p) noexcept override {
+    live.erase(p);
+    cudaFree(p);
+  }
+  size_t live_bytes() const {
+    size_t n = 0;
+    for (const auto& [p, b] : live) n += b;
+    return n;
+  }
+  std::map<void*, size_t> live;
+  int allocations = 0;
+};
+
+class FailingAllocator final : public DeviceAllocator {
+ public:
+  void* allocate(size_t) override { throw std::runtime_error("out of test memory"); }
+  void deallocate(void*) noexcept override {}
+};
+
+// The weights, the arena and the library workspace come from the runtime's allocator, and go
+// back to it with the context (the arena, the workspace) and the engine (the weights).
+TEST(CudaDeviceAllocator, WeightsArenaAndWorkspaceComeFromTheAllocator) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  GraphNet g;
+  BuilderConfig config;
+  config.backend = "cuda";
+  config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
+  const auto plan = Builder(config).build(g.net);
+  auto allocator = std::make_shared<CountingAllocator>();
+  Runtime runtime;
+  runtime.set_device_allocator(allocator);
+  auto engine = runtime.deserialize(plan.data(), plan.size());
+  const TestTensor in = TestTensor::random(DataType::kF32, {8, 4}, 5);
+  {
+    auto ctx = engine->create_execution_context();
+    // Weights and arena at once (the workspace comes with the first matmul).
+    EXPECT_GE(allocator->allocations, engine->arena_bytes() > 0 ? 2 : 1);
+    EXPECT_GE(allocator->live_bytes(), static_cast<size_t>(engine->arena_bytes()));
+    Buffers buf(in, 8);
+    for (int call = 0; call < 3; ++call) {  // layer by layer, capture, replay
+      const TestTensor out = buf.run(*ctx);
+      test::expect_matches_cpu(g.net, {in}, {out}, "allocator-backed context");
+    }
+    EXPECT_GE(allocator->allocations, 3) << "the cuBLASLt workspace did not use the allocator";
+  }
+  // The context is gone: only the engine's weights remain.
+  EXPECT_EQ(allocator->live.size(), 1u);
+  engine.reset();
+  EXPECT_TRUE(allocator->live.empty()) << allocator->live.size() << " blocks leaked";
+}
+
+TEST(CudaDeviceAllocator, AFailingAllocatorIsAnErrorThatNamesTheMemory) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  GraphNet g;
+  BuilderConfig config;
+  config.backend = "cuda";
+  config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
+  const auto plan = Builder(config).build(g.net);
+  Runtime runtime;
+  runtime.set_device_allocator(std::make_shared<FailingAllocator>());
+  const auto engine = runtime.deserialize(plan.data(), plan.size());
+  test::expect_error([&] { engine->create_execution_context(); },
+                     {"device allocator failed for the engine weights", "out of test memory"});
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 
 #include "ember/engine/layers.h"
 #include "ember/engine/network.h"
+#include "ember/engine/runtime.h"
 #include "ember/engine/types.h"
 
 namespace ember::engine::cuda {
@@ -41,10 +42,34 @@ struct DeviceTensor {
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
 };
 
+/// A block of device memory from a DeviceAllocator, or from cudaMalloc when there is none.
+/// Whoever frees it synchronizes the streams that used it first (cudaFree does so implicitly; a
+/// caching allocator would hand the block out again at once).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  /// `bytes` > 0; errors name `what` (e.g. "activation arena").
+  DeviceBuffer(std::shared_ptr<DeviceAllocator> allocator, size_t bytes, const char* what);
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  void* get() const { return ptr_; }
+  size_t size() const { return bytes_; }
+  void reset() noexcept;
+
+ private:
+  std::shared_ptr<DeviceAllocator> allocator_;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 /// Library handles and scratch memory of one context (created on first use).
 class Resources {
  public:
-  explicit Resources(cudaStream_t stream) : stream_(stream) {}
+  Resources(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocator)
+      : stream_(stream), allocator_(std::move(allocator)) {}
   ~Resources();
   Resources(const Resources&) = delete;
   Resources& operator=(const Resources&) = delete;
@@ -62,8 +87,8 @@ class Resources {
 
  private:
   cudaStream_t stream_;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  std::shared_ptr<DeviceAllocator> allocator_;
+  DeviceBuffer workspace_;
   uint64_t workspace_generation_ = 0;
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
@@ -123,8 +148,9 @@ bool has_device_kernel(LayerKind kind);
 /// The constants of one Engine on the device: uploaded once, shared by its contexts.
 class DeviceWeights {
  public:
-  /// Uploads every Constant layer's weights of `net` (synchronously, on the current device).
-  explicit DeviceWeights(const Network& net);
+  /// Uploads every Constant layer's weights of `net` (synchronously, on the current device),
+  /// into memory from `allocator` (cudaMalloc when null).
+  DeviceWeights(const Network& net, std::shared_ptr<DeviceAllocator> allocator);
   ~DeviceWeights();
   DeviceWeights(const DeviceWeights&) = delete;
   DeviceWeights& operator=(const DeviceWeights&) = delete;
@@ -132,7 +158,7 @@ class DeviceWeights {
   void* address(int tensor_id) const;
 
  private:
-  void* base_ = nullptr;
+  DeviceBuffer base_;
   std::vector<int64_t> offsets_;  // per tensor id, -1 when not a constant
 };
 
@@ -160,17 +186,17 @@ struct GraphCache {
 /// Per-context device state: the activation arena, the library resources and the graphs.
 class ContextState {
  public:
-  ContextState(int64_t arena_bytes);
+  ContextState(int64_t arena_bytes, std::shared_ptr<DeviceAllocator> allocator);
   ~ContextState();
   ContextState(const ContextState&) = delete;
   ContextState& operator=(const ContextState&) = delete;
-  uint8_t* arena() const { return static_cast<uint8_t*>(arena_); }
+  uint8_t* arena() const { return static_cast<uint8_t*>(arena_.get()); }
   Resources& resources() { return res_; }
   GraphCache& graphs() { return graphs_; }
 
  private:
-  void* arena_ = nullptr;
-  Resources res_{nullptr};
+  DeviceBuffer arena_;
+  Resources res_;
   GraphCache graphs_;
 };
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -29,27 +30,69 @@ int64_t DeviceTensor::numel() const {
   return n;
 }
 
+// ---------------------------------------------------------------- DeviceBuffer
+
+DeviceBuffer::DeviceBuffer(std::shared_ptr<DeviceAllocator> allocator, size_t bytes,
+                           const char* what)
+    : allocator_(std::move(allocator)), bytes_(bytes) {
+  if (!allocator_) {
+    check(cudaMalloc(&ptr_, bytes), what);
+    return;
+  }
+  try {
+    ptr_ = allocator_->allocate(bytes);
+  } catch (const std::exception& e) {
+    throw Error(std::string("device allocator failed for the ") + what + " (" +
+                std::to_string(bytes) + " bytes): " + e.what());
+  }
+  if (ptr_ == nullptr) {
+    throw Error(std::string("device allocator returned no memory for the ") + what + " (" +
+                std::to_string(bytes) + " bytes)");
+  }
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    allocator_ = std::move(o.allocator_);
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+void DeviceBuffer::reset() noexcept {
+  // Errors are ignored: this runs in destructors.
+  if (ptr_ != nullptr) {
+    if (allocator_) {
+      allocator_->deallocate(ptr_);
+    } else {
+      cudaFree(ptr_);
+    }
+  }
+  ptr_ = nullptr;
+  bytes_ = 0;
+}
+
 // ---------------------------------------------------------------- Resources
 
 Resources::~Resources() {
-  // Destructors must not throw: errors here are ignored (the context is going away).
-  if (workspace_ != nullptr) cudaFree(workspace_);
+  // Destructors must not throw: errors here are ignored (the context is going away). The
+  // workspace is freed after the stream's work (ContextState's destructor synchronizes it).
   if (staging_ != nullptr) cudaFreeHost(staging_);
   if (cublaslt_ != nullptr) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
   if (cudnn_ != nullptr) cudnnDestroy(static_cast<cudnnHandle_t>(cudnn_));
 }
 
 void* Resources::workspace(size_t bytes) {
-  if (bytes > workspace_bytes_) {
+  if (bytes > workspace_.size()) {
     // Work already enqueued may still use the old buffer.
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (workspace growth)");
-    if (workspace_ != nullptr) check(cudaFree(workspace_), "cudaFree (workspace)");
-    workspace_ = nullptr;
-    check(cudaMalloc(&workspace_, bytes), "cudaMalloc (workspace)");
-    workspace_bytes_ = bytes;
+    workspace_.reset();
+    workspace_ = DeviceBuffer(allocator_, bytes, "library workspace");
     ++workspace_generation_;
   }
-  return workspace_;
+  return workspace_.get();
 }
 
 void* Resources::host_staging(size_t bytes) {
@@ -86,7 +129,7 @@ void* Resources::cudnn() {
 
 // ---------------------------------------------------------------- DeviceWeights
 
-DeviceWeights::DeviceWeights(const Network& net) {
+DeviceWeights::DeviceWeights(const Network& net, std::shared_ptr<DeviceAllocator> allocator) {
   constexpr int64_t kAlign = 256;
   int64_t total = 0;
   const auto tensors = net.tensors();
@@ -98,38 +141,43 @@ DeviceWeights::DeviceWeights(const Network& net) {
     total += (static_cast<int64_t>(w.nbytes()) + kAlign - 1) / kAlign * kAlign;
   }
   if (total == 0) return;
-  check(cudaMalloc(&base_, static_cast<size_t>(total)), "cudaMalloc (engine weights)");
+  base_ = DeviceBuffer(std::move(allocator), static_cast<size_t>(total), "engine weights");
+  auto* base = static_cast<uint8_t*>(base_.get());
   for (const Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kConstant) continue;
     const auto& w = l->params_as<ConstantParams>().weights;
     if (w.nbytes() == 0) continue;
-    check(cudaMemcpy(static_cast<uint8_t*>(base_) + offsets_[l->output()->id()], w.data(),
+    check(cudaMemcpy(base + offsets_[l->output()->id()], w.data(),
                      w.nbytes(), cudaMemcpyHostToDevice),
           "cudaMemcpy (engine weights upload)");
   }
 }
 
-DeviceWeights::~DeviceWeights() {
-  if (base_ != nullptr) cudaFree(base_);
-}
+// The weights outlive every context of the engine (contexts hold them), and each context
+// synchronizes its stream before it goes, so nothing still reads them when they are freed.
+DeviceWeights::~DeviceWeights() = default;
 
 void* DeviceWeights::address(int tensor_id) const {
   if (tensor_id < 0 || static_cast<size_t>(tensor_id) >= offsets_.size()) return nullptr;
   const int64_t off = offsets_[tensor_id];
-  return off < 0 ? nullptr : static_cast<uint8_t*>(base_) + off;
+  return off < 0 ? nullptr : static_cast<uint8_t*>(base_.get()) + off;
 }
 
 // ---------------------------------------------------------------- ContextState
 
-ContextState::ContextState(int64_t arena_bytes) {
+ContextState::ContextState(int64_t arena_bytes, std::shared_ptr<DeviceAllocator> allocator)
+    : res_(nullptr, allocator) {
   if (arena_bytes > 0) {
-    check(cudaMalloc(&arena_, static_cast<size_t>(arena_bytes)), "cudaMalloc (activation arena)");
+    arena_ = DeviceBuffer(std::move(allocator), static_cast<size_t>(arena_bytes),
+                          "activation arena");
   }
 }
 
 ContextState::~ContextState() {
+  // The arena and workspace may go back to a caching allocator, which hands them out again at
+  // once: the work queued on this context's last stream must be done first.
+  cudaStreamSynchronize(res_.stream());
   graphs_.clear();
-  if (arena_ != nullptr) cudaFree(arena_);
 }
 
 // ---------------------------------------------------------------- graphs
