@@ -87,6 +87,34 @@ TEST(CudaEpilogue, MatrixMultiplyBiasResidualActivation) {
   }
 }
 
+// cuBLASLt's GELU epilogue runs the tanh-approximated GELU layers (without a residual). Its
+// formula is not documented: the pre-activations here span about [-6, 6], where the erf and tanh
+// forms differ by far more than the f32 tolerance, so this pins it to the tanh form.
+TEST(CudaEpilogue, MatmulGeluTanhEpilogue) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    for (bool bias : {false, true}) {
+      Network net;
+      Tensor* a = net.add_input("a", t, {64, 32});
+      Tensor* b = net.add_input("b", t, {32, 48});
+      std::vector<TestTensor> inputs{TestTensor::random(t, {64, 32}, 60, -1.0f, 1.0f),
+                                     TestTensor::random(t, {32, 48}, 61, -1.0f, 1.0f)};
+      std::vector<Tensor*> ins{a, b, nullptr, nullptr};
+      if (bias) {
+        ins[2] = net.add_input("bias", t, {48});
+        inputs.push_back(TestTensor::random(t, {48}, 62, -2.0f, 2.0f));
+      }
+      MatrixMultiplyParams p;
+      p.epilogue.fused_activation = true;
+      p.epilogue.activation = ActivationType::kGeluTanh;
+      net.mark_output(net.add_layer(p, ins, "mm")->output(), "out");
+      test::check_cuda_matches_cpu(net, inputs,
+                                   label(std::string("matmul gelu-tanh epilogue") +
+                                             (bias ? " +bias" : ""), t));
+    }
+  }
+}
+
 TEST(CudaEpilogue, ConvolutionBiasResidualActivation) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {

@@ -105,10 +105,10 @@ struct Gemm {
   int64_t ldc = 0, stride_c = 0;
   int64_t batch = 1;
   // Epilogue: bias along the output's columns, a residual read as C (beta = 1, same layout
-  // as the output), relu after both.
+  // as the output), an activation after both.
   const void* bias = nullptr;
   const void* residual = nullptr;
-  bool relu = false;
+  enum class Act { kNone, kRelu, kGeluTanh } act = Act::kNone;
   float scale = 1.0f;  // alpha
 };
 
@@ -150,13 +150,21 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
                                           sizeof(op_second)),
            "set TRANSB");
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  switch (g.act) {
+    case Gemm::Act::kNone:
+      epilogue = g.bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+      break;
+    case Gemm::Act::kRelu:
+      epilogue = g.bias != nullptr ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+      break;
+    case Gemm::Act::kGeluTanh:
+      epilogue = g.bias != nullptr ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+      break;
+  }
   if (g.bias != nullptr) {
-    epilogue = g.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
     lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
                                             sizeof(g.bias)),
              "set bias pointer");
-  } else if (g.relu) {
-    epilogue = CUBLASLT_EPILOGUE_RELU;
   }
   if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
     lt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
@@ -597,11 +605,16 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
   }
   const void* residual = epilogue_residual(a, 3, "MatrixMultiply");
   const Epilogue& e = p.epilogue;
-  // cuBLASLt applies bias and relu itself (relu only without a residual, whose order against C
-  // is not specified); anything else runs as one epilogue pass afterwards.
-  const bool lt_relu = e.fused_activation && e.activation == ActivationType::kRelu &&
-                       residual == nullptr;
-  const bool act_after = e.fused_activation && !lt_relu;
+  // cuBLASLt applies the bias, and relu or tanh-approximated GELU, itself (only without a
+  // residual, whose order against C is not specified; its GELU epilogue is the tanh form, which
+  // CudaLinear.MatmulGeluTanhEpilogue checks against the CPU reference); anything else (the erf
+  // GELU included) runs as one epilogue pass afterwards.
+  Gemm::Act lt_act = Gemm::Act::kNone;
+  if (e.fused_activation && residual == nullptr) {
+    if (e.activation == ActivationType::kRelu) lt_act = Gemm::Act::kRelu;
+    if (e.activation == ActivationType::kGeluTanh) lt_act = Gemm::Act::kGeluTanh;
+  }
+  const bool act_after = e.fused_activation && lt_act == Gemm::Act::kNone;
   const int64_t cols = ot.dims.empty() ? 1 : ot.dims.back();
   if (k == 0) {  // an empty sum: zeros (all-zero bits in every float dtype)
     check(cudaMemsetAsync(ot.data, 0, ot.nbytes(), a.stream()), "cudaMemsetAsync (matmul k=0)");
@@ -623,7 +636,7 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
   g.ldc = n;
   g.bias = bias;
   g.residual = residual;
-  g.relu = lt_relu;
+  g.act = lt_act;
   g.scale = static_cast<float>(e.scale);
   // The activation cuBLASLt does not apply, once every GEMM below is enqueued.
   auto finish = [&] {
