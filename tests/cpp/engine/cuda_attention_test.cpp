@@ -59,22 +59,27 @@ TEST(CudaAttention, FlashKernelTilesAndLayouts) {
   }
 }
 
-TEST(CudaAttention, FlashKernelFourWarpBlocksOnLargeGrids) {
+TEST(CudaAttention, FlashKernelWarpCountsFollowTheGrid) {
   EMBER_SKIP_WITHOUT_CUDA();
-  // B * H * ceil(L / 64) = 4 * 12 * 4 = 192 blocks of 64 queries: more than an H100/H200 has
-  // SMs, so the 4-warp variant runs (the cases above take the 2-warp one).
+  // The mma.sync kernel runs 4-warp blocks (64 queries) when they fill the GPU's SMs, else 2 or
+  // 1 (32 or 16 queries); on an H100/H200 (132 or so SMs):
+  //   B 4: 4 * 12 * ceil(200 / 64) = 192 blocks of 64 -> 4 warps;
+  //   B 2: 2 * 12 * 4 = 96 blocks of 64, 2 * 12 * 7 = 168 of 32 -> 2 warps;
+  // and the small cases of the other tests take 1 warp.
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
-    Case c;
-    c.B = 4;
-    c.H = c.Hkv = 12;
-    c.L = c.S = 200;
-    c.E = c.Ev = 64;
-    c.seq_major = true;
-    c.causal = true;
-    check(c, t, 50);
-    c.causal = false;
-    c.mask_dims = {4, 1, 200, 200};
-    check(c, t, 51);
+    for (int64_t batch : {4, 2}) {
+      Case c;
+      c.B = batch;
+      c.H = c.Hkv = 12;
+      c.L = c.S = 200;
+      c.E = c.Ev = 64;
+      c.seq_major = true;
+      c.causal = true;
+      check(c, t, 50);
+      c.causal = false;
+      c.mask_dims = {batch, 1, 200, 200};
+      check(c, t, 51);
+    }
   }
 }
 

@@ -275,23 +275,25 @@ __device__ __forceinline__ uint32_t ld2(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
-template <int D>
+/// Shared memory of the mma.sync kernel with W warps (16 query rows each).
+template <int D, int W>
 struct MmaSmem {
-  static constexpr int ldq = D + 8;       // Q tile [64][D + 8]
+  static constexpr int kRowsQ = 16 * W;
+  static constexpr int ldq = D + 8;       // Q tile [16 W][D + 8]
   static constexpr int ldk = D + 8;       // K tile [64][D + 8]
   static constexpr int ldv = kBlockK + 8; // V tile transposed [D][64 + 8]
-  static constexpr size_t q = size_t{64} * ldq * 2;
+  static constexpr size_t q = size_t{kRowsQ} * ldq * 2;
   static constexpr size_t k = size_t{kBlockK} * ldk * 2;
   static constexpr size_t v = size_t{D} * ldv * 2;
   static constexpr size_t bytes = q + k + v;
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(128)
+template <typename T, int D, int W>
+__global__ void __launch_bounds__(W * 32)
     flash_attention_mma_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                const T* __restrict__ v, const void* __restrict__ mask,
                                T* __restrict__ out, AttnArgs p, bool vec) {
-  using Sm = MmaSmem<D>;
+  using Sm = MmaSmem<D, W>;
   constexpr int kNT = kBlockK / 8;  // score n-tiles per key tile
   constexpr int kDT = D / 8;        // output n-tiles
   constexpr int kKS = D / 16;       // k-steps over the features
@@ -302,10 +304,10 @@ __global__ void __launch_bounds__(128)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, grp = h / p.group;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * 64;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * Sm::kRowsQ;
   const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8;  // this lane's two query rows
 
-  load_tile<T, D, 64>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
+  load_tile<T, D, Sm::kRowsQ>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
   __syncthreads();
   uint32_t qa[kKS][4];
 #pragma unroll
@@ -321,7 +323,7 @@ __global__ void __launch_bounds__(128)
   for (int n = 0; n < kDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;  // l: this lane's share
 
-  const int64_t k_end = p.causal ? ::min(p.S, q0 + 64) : p.S;
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + Sm::kRowsQ) : p.S;
   const T* kb = k + b * p.k_b + grp * p.k_h;
   const T* vb = v + b * p.v_b + grp * p.v_h;
   for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
@@ -504,6 +506,21 @@ void allow_shared_memory(K kernel, size_t bytes, std::atomic<uint64_t>& done, co
   done.fetch_or(bit);
 }
 
+/// The number of SMs of the current device (queried once per device).
+int sm_count() {
+  static std::atomic<int> counts[64] = {};
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  std::atomic<int>& slot = counts[device % 64];
+  int n = slot.load();
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device),
+          "cudaDeviceGetAttribute");
+    slot.store(n);
+  }
+  return n;
+}
+
 template <typename T, int D, int W>
 void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
                   const AttnArgs& p, bool vec, cudaStream_t stream) {
@@ -524,10 +541,9 @@ void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
 template <typename T, int D>
 bool launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T* out,
                         const AttnArgs& p, bool vec, cudaStream_t stream) {
-  int device = 0, sms = 0, optin = 0;
+  int device = 0, optin = 0;
+  const int sms = sm_count();
   check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute");
   const bool four_fit = FlashSmem<D, 4>::bytes <= static_cast<size_t>(optin);
@@ -542,18 +558,36 @@ bool launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T*
   return true;
 }
 
+template <typename T, int D, int W>
+void launch_flash_mma_w(const T* q, const T* k, const T* v, const void* mask, T* out,
+                        const AttnArgs& p, bool vec, cudaStream_t stream) {
+  using Sm = MmaSmem<D, W>;
+  static std::atomic<uint64_t> configured{0};
+  const auto kernel = flash_attention_mma_kernel<T, D, W>;
+  if (Sm::bytes > size_t{48 * 1024}) {
+    allow_shared_memory(kernel, Sm::bytes, configured,
+                        "cudaFuncSetAttribute(flash_attention_mma_kernel)");
+  }
+  const dim3 grid(static_cast<unsigned>(p.B * p.H),
+                  static_cast<unsigned>((p.L + Sm::kRowsQ - 1) / Sm::kRowsQ));
+  kernel<<<grid, W * 32, Sm::bytes, stream>>>(q, k, v, mask, out, p, vec);
+  check(cudaGetLastError(), "flash_attention_mma_kernel");
+}
+
+/// 4 warps (64 query rows) per block share each K/V tile; when 64-row blocks would leave SMs
+/// idle (batch 1, short sequences), 2 or 1 warps per block spread the queries over more SMs.
 template <typename T, int D>
 void launch_flash_mma(const T* q, const T* k, const T* v, const void* mask, T* out,
                       const AttnArgs& p, bool vec, cudaStream_t stream) {
-  static std::atomic<uint64_t> configured{0};
-  const auto kernel = flash_attention_mma_kernel<T, D>;
-  if (MmaSmem<D>::bytes > size_t{48 * 1024}) {
-    allow_shared_memory(kernel, MmaSmem<D>::bytes, configured,
-                        "cudaFuncSetAttribute(flash_attention_mma_kernel)");
+  const int64_t sms = sm_count();
+  const auto blocks = [&](int rows) { return p.B * p.H * ((p.L + rows - 1) / rows); };
+  if (blocks(64) >= sms) {
+    launch_flash_mma_w<T, D, 4>(q, k, v, mask, out, p, vec, stream);
+  } else if (blocks(32) >= sms) {
+    launch_flash_mma_w<T, D, 2>(q, k, v, mask, out, p, vec, stream);
+  } else {
+    launch_flash_mma_w<T, D, 1>(q, k, v, mask, out, p, vec, stream);
   }
-  const dim3 grid(static_cast<unsigned>(p.B * p.H), static_cast<unsigned>((p.L + 63) / 64));
-  kernel<<<grid, 128, MmaSmem<D>::bytes, stream>>>(q, k, v, mask, out, p, vec);
-  check(cudaGetLastError(), "flash_attention_mma_kernel");
 }
 
 /// EMBER_ATTENTION_KERNEL=wmma selects the shared-memory WMMA kernel instead of the mma.sync
@@ -601,7 +635,7 @@ void launch_attention(const CudaArgs& a, const AttnArgs& p, const AttentionGeome
   const void* mask = a.has(3) ? a.in(3).data : nullptr;
   auto* out = static_cast<T*>(a.out(0).data) + geo.out.offset;
   if constexpr (sizeof(T) == 2) {  // f16/bf16: tensor cores
-    const bool fits_grid = p.B * p.H <= INT32_MAX && (p.L + 31) / 32 <= 65535;
+    const bool fits_grid = p.B * p.H <= INT32_MAX && (p.L + 15) / 16 <= 65535;
     if (fits_grid && p.E <= 128 && p.Ev <= 128) {
       // 16-byte tile loads need 16-byte aligned bases and strides that are multiples of 8.
       const bool vec =
