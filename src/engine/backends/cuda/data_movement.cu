@@ -463,9 +463,17 @@ __device__ __forceinline__ int resize_taps(const ResizeGeometry& g, int d, int64
   int64_t i;
   float t;
   resize_floor_fraction(resize_source(g.coordinate, g.scale[d], j, false), in, i, t);
+  // The CPU's cubic_weights (torch's Keys kernel), rounded step by step like the CPU.
   const float a = g.cubic_coeff;
-  const auto near = [a](float x) { return ((a + 2) * x - (a + 3)) * x * x + 1; };
-  const auto far = [a](float x) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; };
+  const auto near = [a](float x) {
+    const float p = __fsub_rn(__fmul_rn(__fadd_rn(a, 2.0f), x), __fadd_rn(a, 3.0f));
+    return __fadd_rn(__fmul_rn(__fmul_rn(p, x), x), 1.0f);
+  };
+  const auto far = [a](float x) {
+    const float p = __fsub_rn(__fmul_rn(a, x), __fmul_rn(5.0f, a));
+    const float q = __fadd_rn(__fmul_rn(p, x), __fmul_rn(8.0f, a));
+    return __fsub_rn(__fmul_rn(q, x), __fmul_rn(4.0f, a));
+  };
   const float u = 1.0f - t;
   weight[0] = far(t + 1.0f);
   weight[1] = near(t);
