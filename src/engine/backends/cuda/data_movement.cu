@@ -9,6 +9,8 @@
 // index is an Error, as on the CPU (the flag is read back, which synchronizes the stream).
 // Scatter reductions and linear/cubic resize compute on values (f16/bf16 in f32, integers in
 // int64), like the CPU kernels.
+#include <math_constants.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -261,7 +263,8 @@ __global__ void gather_nd_kernel(const S* __restrict__ src, const void* __restri
 /// position per destination element (atomicMax on `winner`, initialised to -1); pass two lets
 /// only the winner write, so the result is deterministic.
 __global__ void scatter_winner_kernel(const void* __restrict__ idx, bool is64,
-                                      long long* __restrict__ winner, int64_t n, ElementGeometry g) {
+                                      long long* __restrict__ winner, int64_t n,
+                                      ElementGeometry g) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     atomicMax(winner + element_offset(g, idx, is64, i), static_cast<long long>(i));
   }
@@ -283,8 +286,8 @@ __device__ __forceinline__ float scatter_combine(ScatterReduction r, float acc, 
     case ScatterReduction::kNone: return v;
     case ScatterReduction::kSum: return __fadd_rn(acc, v);
     case ScatterReduction::kProd: return __fmul_rn(acc, v);
-    case ScatterReduction::kMax: return acc != acc || v != v ? __int_as_float(0x7fffffff) : fmaxf(acc, v);
-    case ScatterReduction::kMin: return acc != acc || v != v ? __int_as_float(0x7fffffff) : fminf(acc, v);
+    case ScatterReduction::kMax: return acc != acc || v != v ? CUDART_NAN_F : fmaxf(acc, v);
+    case ScatterReduction::kMin: return acc != acc || v != v ? CUDART_NAN_F : fminf(acc, v);
   }
   return v;
 }
@@ -660,8 +663,8 @@ int64_t product(const std::vector<int64_t>& dims, size_t begin, size_t end) {
   return n;
 }
 
-/// Validates gather/scatter indices on the device; throws Error when one is out of range (not in CUDA
-/// graph replays, see read_error_flag).
+/// Validates gather/scatter indices on the device; throws Error when one is out of range (not in
+/// CUDA graph replays, see read_error_flag).
 void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const CudaArgs& a,
                       const char* layer = "gather") {
   const int64_t n = indices.numel();
@@ -919,7 +922,8 @@ void run(const ScatterParams& p, const CudaArgs& a) {
   if (!reduce) {
     scratch = static_cast<size_t>(m) * sizeof(long long);
   } else if (!in_place) {
-    scratch = static_cast<size_t>(m) * (dtype_is_float(out.dtype) ? sizeof(float) : sizeof(int64_t));
+    scratch = static_cast<size_t>(m) * (dtype_is_float(out.dtype) ? sizeof(float)
+                                                                  : sizeof(int64_t));
   }
   auto* ws = static_cast<uint8_t*>(a.res->workspace(kScratchOffset + scratch));
   IndexBounds b;
