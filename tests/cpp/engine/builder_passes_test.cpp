@@ -206,21 +206,27 @@ TEST(BuilderPasses, BuilderRunsAllPassesAndReports) {
 }
 
 #ifdef EMBER_WITH_CUDA
-TEST(BuilderPasses, SelectImplementationsNamesHostFallbackKindsOfCudaPlans) {
-  // Building a "cuda" plan needs no GPU; the plan says which layers fall back to the host (the
-  // runtime never captures such plans into CUDA graphs).
+TEST(BuilderPasses, SelectImplementationsNamesDeviceKernelsOfCudaPlans) {
+  // Building a "cuda" plan needs no GPU. Every layer kind has a device kernel ("cuda.<Kind>");
+  // a kind without one would be named "cuda.host.<Kind>" and its plans never captured into CUDA
+  // graphs. The four kinds that were host-only until recently:
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 8});
-  Tensor* r = net.add_activation(x, ActivationType::kRelu, 0, 0, "relu")->output();
-  net.mark_output(net.add_topk(r, TopKOp::kMax, 3, 1, "top")->output(0), "v");
+  Tensor* idx = net.add_input("idx", DataType::kI64, {2, 3});
+  Tensor* upd = net.add_input("upd", DataType::kF32, {2, 3});
+  Tensor* s1 = net.add_scatter(x, idx, upd, ScatterParams{1, ScatterReduction::kNone})->output();
+  ResizeParams rp;
+  rp.output = {2, 16};
+  Tensor* r = net.add_resize(s1, rp)->output();
+  Tensor* c = net.add_cumulative(r, CumulativeParams{})->output();
+  net.mark_output(net.add_topk(c, TopKOp::kMax, 3, 1, "top")->output(0), "v");
   BuildState s = state_for(net);
   s.config.backend = "cuda";
   pass_validate(s);
   pass_infer_shapes(s);
   pass_select_implementations(s);
-  ASSERT_EQ(s.plan.impls.size(), 2u);
-  EXPECT_EQ(s.plan.impls[0], "cuda.Activation");
-  EXPECT_EQ(s.plan.impls[1], "cuda.host.TopK");
+  EXPECT_EQ(s.plan.impls,
+            (std::vector<std::string>{"cuda.Scatter", "cuda.Resize", "cuda.Cumulative", "cuda.TopK"}));
 }
 #endif
 

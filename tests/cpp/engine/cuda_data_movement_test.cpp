@@ -1,10 +1,11 @@
-// CUDA conformance of the data-movement family (Shuffle, Concatenation, Slice, Gather, Padding,
-// Fill, Shape, Identity): each network is built for "cuda", run on device buffers and compared
-// with the CPU reference executor. Skipped (visibly) without a CUDA device.
+// CUDA conformance of the data-movement family (Shuffle, Concatenation, Slice, Gather, Scatter,
+// Padding, Resize, Fill, Shape, Identity): each network is built for "cuda", run on device buffers
+// and compared with the CPU reference executor. Skipped (visibly) without a CUDA device.
 #ifdef EMBER_WITH_CUDA
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -251,6 +252,200 @@ TEST(CudaDataMovement, GatherIndexOutOfRangeIsAnError) {
     }
     // The context still works after the error.
     test::expect_matches_cpu(net, {data, good}, runner.run({data, good}), "after error");
+  }
+}
+
+// ---------------------------------------------------------------- Scatter
+
+const std::vector<ScatterReduction> kScatterReductions = {
+    ScatterReduction::kNone, ScatterReduction::kSum, ScatterReduction::kProd,
+    ScatterReduction::kMax, ScatterReduction::kMin};
+
+/// A scatter of updates [3, 4, 5] into data [4, 5, 6] along `axis` (every axis: the indices are
+/// smaller than data on the other dims). Values in [-4, 4] keep float sums and products of the
+/// few updates per destination exact to well inside the tolerance in any order (the device
+/// combines them with atomics).
+void check_scatter(DataType t, DataType it, int64_t axis, ScatterReduction r,
+                   const TestTensor& idx, const std::string& what) {
+  const std::vector<int64_t> data_dims = {4, 5, 6};
+  const std::vector<int64_t> idx_dims = idx.dims;
+  Network net;
+  Tensor* d = net.add_input("data", t, shape_of(data_dims));
+  Tensor* i = net.add_input("indices", it, shape_of(idx_dims));
+  Tensor* u = net.add_input("updates", t, shape_of(idx_dims));
+  net.mark_output(net.add_scatter(d, i, u, ScatterParams{axis, r})->output(), "y");
+  const float lo = t == DataType::kBool ? 0.0f : (t == DataType::kU8 ? 0.0f : -4.0f);
+  const float hi = t == DataType::kBool ? 2.0f : 4.0f;
+  test::check_cuda_matches_cpu(net,
+                               {TestTensor::random(t, data_dims, 21, lo, hi), idx,
+                                TestTensor::random(t, idx_dims, 22, lo, hi)},
+                               what + " axis " + std::to_string(axis) + " reduction " +
+                                   std::to_string(static_cast<int>(r)));
+}
+
+TEST(CudaDataMovement, ScatterEveryReductionDtypeAndAxis) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<DataType> numeric = {DataType::kF32, DataType::kF16, DataType::kBF16,
+                                         DataType::kI8,  DataType::kU8,  DataType::kI32,
+                                         DataType::kI64};
+  const std::vector<int64_t> data_dims = {4, 5, 6};
+  const std::vector<int64_t> idx_dims = {3, 4, 5};
+  for (DataType t : numeric) {
+    for (DataType it : {DataType::kI32, DataType::kI64}) {
+      for (int64_t axis = 0; axis < 3; ++axis) {
+        const int64_t bound = data_dims[axis];
+        // A spread of positive and negative indices (some destinations hit more than once) ...
+        const TestTensor spread = indices_of(it, idx_dims, {bound});
+        // ... and every update of a line onto one destination (torch leaves the winner of
+        // duplicates unspecified without a reduction; the device picks the last, as the CPU).
+        const TestTensor same =
+            TestTensor::ints(it, idx_dims, std::vector<int64_t>(60, axis == 1 ? -2 : 1));
+        for (ScatterReduction r : kScatterReductions) {
+          const std::string what = label("scatter", t) + " indices " + dtype_name(it);
+          check_scatter(t, it, axis, r, spread, what + " spread");
+          check_scatter(t, it, axis, r, same, what + " duplicates");
+        }
+      }
+    }
+  }
+  // Bool: reduction none only.
+  check_scatter(DataType::kBool, DataType::kI64, 1, ScatterReduction::kNone,
+                indices_of(DataType::kI64, idx_dims, {5}), "scatter bool");
+  // NaN propagates through max and min.
+  for (ScatterReduction r : {ScatterReduction::kMax, ScatterReduction::kMin, ScatterReduction::kSum}) {
+    Network net;
+    Tensor* d = net.add_input("data", DataType::kF32, {2, 3});
+    Tensor* i = net.add_input("indices", DataType::kI64, {2, 3});
+    Tensor* u = net.add_input("updates", DataType::kF32, {2, 3});
+    net.mark_output(net.add_scatter(d, i, u, ScatterParams{1, r})->output(), "y");
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    test::check_cuda_matches_cpu(
+        net,
+        {TestTensor::floats(DataType::kF32, {2, 3}, {1, nan, 3, 4, 5, 6}),
+         TestTensor::ints(DataType::kI64, {2, 3}, {0, 0, 2, 1, 1, 1}),
+         TestTensor::floats(DataType::kF32, {2, 3}, {nan, 2, -1, 7, nan, -7})},
+        "scatter nan reduction " + std::to_string(static_cast<int>(r)));
+  }
+  // A large one: 100000 updates onto 1000 rows of 64 (many duplicates per destination).
+  for (ScatterReduction r : {ScatterReduction::kNone, ScatterReduction::kSum, ScatterReduction::kMax}) {
+    Network net;
+    Tensor* d = net.add_input("data", DataType::kF32, {1000, 64});
+    Tensor* i = net.add_input("indices", DataType::kI64, {1600, 64});
+    Tensor* u = net.add_input("updates", DataType::kF32, {1600, 64});
+    net.mark_output(net.add_scatter(d, i, u, ScatterParams{0, r})->output(), "y");
+    test::check_cuda_matches_cpu(net,
+                                 {TestTensor::random(DataType::kF32, {1000, 64}, 1, -1.0f, 1.0f),
+                                  indices_of(DataType::kI64, {1600, 64}, {1000}),
+                                  TestTensor::random(DataType::kF32, {1600, 64}, 2, -1.0f, 1.0f)},
+                                 "large scatter reduction " + std::to_string(static_cast<int>(r)));
+  }
+}
+
+TEST(CudaDataMovement, ScatterIndexOutOfRangeIsAnError) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (ScatterReduction r : {ScatterReduction::kNone, ScatterReduction::kSum}) {
+    Network net;
+    Tensor* d = net.add_input("data", DataType::kF32, {3, 3});
+    Tensor* i = net.add_input("indices", DataType::kI64, {2, 1});
+    Tensor* u = net.add_input("updates", DataType::kF32, {2, 1});
+    net.mark_output(net.add_scatter(d, i, u, ScatterParams{0, r}, "put")->output(), "y");
+    const TestTensor data = random_of(DataType::kF32, {3, 3}, 1);
+    const TestTensor upd = random_of(DataType::kF32, {2, 1}, 2);
+    const TestTensor good = TestTensor::ints(DataType::kI64, {2, 1}, {0, -3});
+    test::CudaRunner runner(net, {data, good, upd});
+    for (int64_t bad : {3, -4}) {
+      const TestTensor idx = TestTensor::ints(DataType::kI64, {2, 1}, {0, bad});
+      try {
+        runner.run({data, idx, upd});
+        ADD_FAILURE() << "no error for index " << bad;
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("Scatter 'put'"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("out of range"), std::string::npos) << msg;
+      }
+    }
+    // The context still works after the error, through a captured graph too.
+    test::expect_matches_cpu(net, {data, good, upd}, runner.run({data, good, upd}), "after error");
+    test::expect_matches_cpu(net, {data, good, upd}, runner.run({data, good, upd}),
+                             "after error (CUDA graph)");
+  }
+}
+
+// ---------------------------------------------------------------- Resize
+
+ResizeParams resize_params(ResizeMode mode, ResizeCoordinate coordinate, ResizeRounding rounding,
+                           const std::vector<int64_t>& output, std::vector<double> scales = {}) {
+  ResizeParams p;
+  p.mode = mode;
+  p.coordinate = coordinate;
+  p.rounding = rounding;
+  p.output = shape_of(output);
+  p.scales = std::move(scales);
+  return p;
+}
+
+void check_resize(DataType t, const std::vector<int64_t>& in, const ResizeParams& p,
+                  const std::string& what) {
+  Network net;
+  Tensor* x = net.add_input("x", t, shape_of(in));
+  net.mark_output(net.add_resize(x, p)->output(), "y");
+  test::check_cuda_matches_cpu(
+      net, {random_of(t, in, 7)},
+      label(what + " mode " + std::to_string(static_cast<int>(p.mode)) + " coordinate " +
+                std::to_string(static_cast<int>(p.coordinate)) + " rounding " +
+                std::to_string(static_cast<int>(p.rounding)) + " " + dims_to_string(in) + " -> " +
+                shape_to_string(p.output),
+            t));
+}
+
+TEST(CudaDataMovement, ResizeNearestEveryCoordinateAndRounding) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<ResizeCoordinate> coordinates = {
+      ResizeCoordinate::kAlignCorners, ResizeCoordinate::kHalfPixel, ResizeCoordinate::kAsymmetric};
+  for (DataType t : kMoveTypes) {
+    for (ResizeCoordinate c : coordinates) {
+      for (ResizeRounding r : {ResizeRounding::kFloor, ResizeRounding::kHalfUp}) {
+        // Up, down, doubled (torch's shortcut) and unchanged dims at once.
+        check_resize(t, {2, 3, 5, 7}, resize_params(ResizeMode::kNearest, c, r, {2, 6, 3, 14}),
+                     "resize");
+        check_resize(t, {3, 4, 6}, resize_params(ResizeMode::kNearest, c, r, {5, 9, 6},
+                                                 {1.7, 2.3, 1.0}),
+                     "resize scales");
+      }
+    }
+  }
+}
+
+TEST(CudaDataMovement, ResizeLinearAndCubicEveryCoordinate) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<ResizeCoordinate> coordinates = {
+      ResizeCoordinate::kAlignCorners, ResizeCoordinate::kHalfPixel, ResizeCoordinate::kAsymmetric};
+  for (DataType t : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
+    for (ResizeCoordinate c : coordinates) {
+      const ResizeRounding fl = ResizeRounding::kFloor;
+      // Linear: bilinear (up and down), trilinear, a leading dim only, and with scales.
+      check_resize(t, {2, 3, 5, 7}, resize_params(ResizeMode::kLinear, c, fl, {2, 3, 9, 4}),
+                   "resize");
+      check_resize(t, {1, 2, 4, 5, 6}, resize_params(ResizeMode::kLinear, c, fl, {1, 2, 7, 3, 11}),
+                   "resize");
+      check_resize(t, {4, 5, 6}, resize_params(ResizeMode::kLinear, c, fl, {9, 5, 6}), "resize");
+      check_resize(t, {1, 3, 4, 6},
+                   resize_params(ResizeMode::kLinear, c, fl, {1, 3, 7, 15}, {1.0, 1.0, 1.9, 2.5}),
+                   "resize scales");
+      // Cubic over the last two dims; with a scale that resamples a dim of unchanged size.
+      check_resize(t, {2, 3, 5, 7}, resize_params(ResizeMode::kCubic, c, fl, {2, 3, 11, 4}),
+                   "resize");
+      check_resize(t, {1, 2, 4, 4},
+                   resize_params(ResizeMode::kCubic, c, fl, {1, 2, 4, 8}, {1.0, 1.0, 1.5, 2.0}),
+                   "resize scales");
+    }
+  }
+  // Large: a 64-channel feature map upsampled 2x, bilinear and bicubic.
+  for (ResizeMode m : {ResizeMode::kLinear, ResizeMode::kCubic}) {
+    check_resize(DataType::kF16, {2, 64, 33, 47},
+                 resize_params(m, ResizeCoordinate::kHalfPixel, ResizeRounding::kFloor,
+                               {2, 64, 66, 94}),
+                 "large resize");
   }
 }
 

@@ -1,4 +1,5 @@
-// CUDA conformance of the reduction family's device kernels (Reduce, SoftMax, Normalization):
+// CUDA conformance of the reduction family's device kernels (Reduce, TopK, SoftMax,
+// Normalization, Cumulative):
 // each network is built for "cuda", run on device buffers and compared with the CPU reference
 // executor under tolerance_for(dtype). Skipped (visibly) without a CUDA device.
 #ifdef EMBER_WITH_CUDA
@@ -99,6 +100,135 @@ TEST(CudaReduce, ManyBlocks) {
   EMBER_SKIP_WITHOUT_CUDA();
   // 700k rows of 4: warp-per-row with 8 rows per block = 87.5k blocks (> 65535).
   check_reduce(TestTensor::random(DataType::kF32, {700000, 4}, 8), ReduceOp::kSum, {1}, false);
+}
+
+// ---------------------------------------------------------------- topk
+
+void check_topk(const TestTensor& x, TopKOp op, int64_t k, int64_t axis, DataType index_dtype) {
+  Network net;
+  Tensor* in = net.add_input("x", x.dtype, shape_of(x.dims));
+  TopKParams p;
+  p.op = op;
+  p.k = k;
+  p.axis = axis;
+  p.index_dtype = index_dtype;
+  Layer* l = net.add_layer(p, {in});
+  net.mark_output(l->output(0), "values");
+  net.mark_output(l->output(1), "indices");
+  test::check_cuda_matches_cpu(
+      net, {x},
+      label(std::string(op == TopKOp::kMax ? "topk max " : "topk min ") + dims_to_string(x.dims) +
+                " k " + std::to_string(k) + " axis " + std::to_string(axis) + " indices " +
+                dtype_name(index_dtype),
+            x.dtype));
+}
+
+/// Values with many ties: ((i * 7) % levels) - levels / 2, in dtype t.
+TestTensor tied(DataType t, const std::vector<int64_t>& dims, int64_t levels) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = (i * 7) % levels - (t == DataType::kU8 ? 0 : levels / 2);
+  return TestTensor::ints(t, dims, v);
+}
+
+TEST(CudaTopK, EveryDtypeAxisAndK) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  std::vector<DataType> types = kFloatTypes;
+  types.insert(types.end(), kIntTypes.begin(), kIntTypes.end());
+  for (DataType t : types) {
+    const TestTensor x = TestTensor::random(t, {5, 6, 7}, 11, -100.0f, 100.0f);
+    const TestTensor ties = tied(t, {5, 6, 7}, 3);  // ties keep the lower index first
+    for (TopKOp op : {TopKOp::kMax, TopKOp::kMin}) {
+      for (int64_t axis = 0; axis < 3; ++axis) {
+        const int64_t n = x.dims[static_cast<size_t>(axis)];
+        for (int64_t k : {int64_t{1}, int64_t{3}, n}) {
+          check_topk(x, op, k, axis, DataType::kI64);
+          check_topk(ties, op, k, axis, axis == 1 ? DataType::kI32 : DataType::kI64);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaTopK, NanSortsAsLargest) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (DataType t : kFloatTypes) {
+    const TestTensor x =
+        TestTensor::floats(t, {2, 6}, {1, nan, -inf, 3, nan, inf, 0, 0, -0.0f, nan, 2, -inf});
+    for (TopKOp op : {TopKOp::kMax, TopKOp::kMin}) {
+      for (int64_t k : {1, 2, 4, 6}) check_topk(x, op, k, 1, DataType::kI64);
+    }
+  }
+}
+
+TEST(CudaTopK, LongRows) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF32, DataType::kBF16, DataType::kI32}) {
+    // 4096: the longest row sorted in shared memory, also along a leading axis.
+    const TestTensor sortable = TestTensor::random(t, {3, 4096}, 12, -1000.0f, 1000.0f);
+    check_topk(sortable, TopKOp::kMax, 4096, 1, DataType::kI64);
+    check_topk(sortable, TopKOp::kMin, 100, 1, DataType::kI32);
+    check_topk(TestTensor::random(t, {4096, 2}, 13, -1000.0f, 1000.0f), TopKOp::kMax, 7, 0,
+               DataType::kI64);
+    // Longer rows: argmax and small k select in k passes (ties from a narrow integer range).
+    const TestTensor rows = tied(t, {4, 100003}, 1000);
+    check_topk(rows, TopKOp::kMax, 1, 1, DataType::kI64);
+    check_topk(rows, TopKOp::kMin, 5, 1, DataType::kI64);
+    check_topk(rows, TopKOp::kMax, 128, 1, DataType::kI32);
+  }
+  // Many short rows: a block per row, more rows than one grid of 65535 blocks.
+  check_topk(TestTensor::random(DataType::kF16, {70000, 9}, 14), TopKOp::kMax, 3, 1,
+             DataType::kI64);
+}
+
+// ---------------------------------------------------------------- cumulative
+
+void check_cumulative(const TestTensor& x, int64_t axis, bool exclusive, bool reverse) {
+  Network net;
+  Tensor* in = net.add_input("x", x.dtype, shape_of(x.dims));
+  CumulativeParams p;
+  p.op = CumulativeOp::kSum;
+  p.axis = axis;
+  p.exclusive = exclusive;
+  p.reverse = reverse;
+  net.mark_output(net.add_cumulative(in, p)->output(), "out");
+  test::check_cuda_matches_cpu(net, {x},
+                               label(std::string("cumsum ") + dims_to_string(x.dims) + " axis " +
+                                         std::to_string(axis) + (exclusive ? " exclusive" : "") +
+                                         (reverse ? " reverse" : ""),
+                                     x.dtype));
+}
+
+TEST(CudaCumulative, EveryDtypeAxisExclusiveAndReverse) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  std::vector<DataType> types = kFloatTypes;
+  types.insert(types.end(), kIntTypes.begin(), kIntTypes.end());
+  for (DataType t : types) {
+    const TestTensor x = TestTensor::random(t, {4, 5, 6}, 20, -100.0f, 100.0f);  // i8/u8 wrap
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      for (bool exclusive : {false, true}) {
+        for (bool reverse : {false, true}) check_cumulative(x, axis, exclusive, reverse);
+      }
+    }
+  }
+}
+
+TEST(CudaCumulative, LongRowsAndManyColumns) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF32, DataType::kF16, DataType::kI8, DataType::kI64}) {
+    for (bool exclusive : {false, true}) {
+      for (bool reverse : {false, true}) {
+        // Rows of 5000: a block per row scans tile by tile (contiguous, then strided).
+        check_cumulative(TestTensor::random(t, {3, 5000}, 21, -100.0f, 100.0f), 1, exclusive, reverse);
+        check_cumulative(TestTensor::random(t, {5000, 3}, 22, -100.0f, 100.0f), 0, exclusive, reverse);
+        // 6000 columns: a thread per column.
+        check_cumulative(TestTensor::random(t, {2, 300, 3000}, 23, -100.0f, 100.0f), 1, exclusive, reverse);
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------- softmax

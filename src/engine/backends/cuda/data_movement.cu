@@ -1,12 +1,17 @@
-// CUDA kernels of the data-movement family: Shuffle, Concatenation, Slice, Gather, Padding,
-// Fill, Shape and Identity (Scatter and Resize still run through host_fallback).
+// CUDA kernels of the data-movement family: Shuffle, Concatenation, Slice, Gather, Scatter,
+// Padding, Resize, Fill, Shape and Identity.
 //
-// These layers only move elements, so kernels are templated on the element size (1, 2, 4 or 8
-// bytes), not the dtype. Every kernel writes a contiguous output in a grid-stride loop and finds
-// its source through a small by-value map (IndexMap: coalesced dims with per-operand strides,
-// negative for backward slices). Semantics match src/engine/backends/cpu/data_movement.cpp;
-// gather indices are validated on the device and an out-of-range index is an Error, as on the
-// CPU (the flag is read back, which synchronizes the stream).
+// Most of these layers only move elements, so kernels are templated on the element size (1, 2, 4
+// or 8 bytes), not the dtype. Every kernel writes a contiguous output in a grid-stride loop and
+// finds its source through a small by-value map (IndexMap: coalesced dims with per-operand
+// strides, negative for backward slices). Semantics match src/engine/backends/cpu/
+// data_movement.cpp; gather and scatter indices are validated on the device and an out-of-range
+// index is an Error, as on the CPU (the flag is read back, which synchronizes the stream).
+// Scatter reductions and linear/cubic resize compute on values (f16/bf16 in f32, integers in
+// int64), like the CPU kernels.
+#include <math_constants.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -202,20 +207,27 @@ struct ElementGeometry {
   int64_t axis_dim = 0;
 };
 
+/// The data offset of position i of the indices (row-major over g.dims) with its axis
+/// coordinate replaced by the (validated) index stored there: torch.gather's source and
+/// torch.scatter's destination.
+__device__ __forceinline__ int64_t element_offset(const ElementGeometry& g, const void* idx,
+                                                  bool is64, int64_t i) {
+  int64_t rem = i, off = 0;
+  for (int d = g.rank - 1; d >= 0; --d) {
+    const int64_t c = rem % g.dims[d];
+    rem /= g.dims[d];
+    if (d != g.axis) off += c * g.data_strides[d];
+  }
+  return off + wrap_index(load_index(idx, is64, i), g.axis_dim) * g.data_strides[g.axis];
+}
+
 /// torch.gather: out[c] = data[c with c[axis] = idx[c]]; out and indices share dims.
 template <typename S>
 __global__ void gather_element_kernel(const S* __restrict__ src, const void* __restrict__ idx,
                                       bool is64, S* __restrict__ dst, int64_t n,
                                       ElementGeometry g) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    int64_t rem = i, off = 0;
-    for (int d = g.rank - 1; d >= 0; --d) {
-      const int64_t c = rem % g.dims[d];
-      rem /= g.dims[d];
-      if (d != g.axis) off += c * g.data_strides[d];
-    }
-    off += wrap_index(load_index(idx, is64, i), g.axis_dim) * g.data_strides[g.axis];
-    dst[i] = src[off];
+    dst[i] = src[element_offset(g, idx, is64, i)];
   }
 }
 
@@ -241,6 +253,295 @@ __global__ void gather_nd_kernel(const S* __restrict__ src, const void* __restri
       off += wrap_index(load_index(idx, is64, tuple * g.k + t), g.bounds[t]) * g.strides[t];
     }
     dst[i] = src[off];
+  }
+}
+
+// ---------------------------------------------------------------- scatter kernels
+
+/// Duplicate destinations with reduction none: the update with the highest flat position in the
+/// indices wins, as on the CPU (which applies updates in row-major order). Pass one records that
+/// position per destination element (atomicMax on `winner`, initialised to -1); pass two lets
+/// only the winner write, so the result is deterministic.
+__global__ void scatter_winner_kernel(const void* __restrict__ idx, bool is64,
+                                      long long* __restrict__ winner, int64_t n,
+                                      ElementGeometry g) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    atomicMax(winner + element_offset(g, idx, is64, i), static_cast<long long>(i));
+  }
+}
+
+template <typename S>
+__global__ void scatter_assign_kernel(const S* __restrict__ updates, const void* __restrict__ idx,
+                                      bool is64, const long long* __restrict__ winner,
+                                      S* __restrict__ dst, int64_t n, ElementGeometry g) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t off = element_offset(g, idx, is64, i);
+    if (winner[off] == static_cast<long long>(i)) dst[off] = updates[i];
+  }
+}
+
+/// The CPU's reduce_float: NaN propagates through max and min (torch's scatter_reduce).
+__device__ __forceinline__ float scatter_combine(ScatterReduction r, float acc, float v) {
+  switch (r) {
+    case ScatterReduction::kNone: return v;
+    case ScatterReduction::kSum: return __fadd_rn(acc, v);
+    case ScatterReduction::kProd: return __fmul_rn(acc, v);
+    case ScatterReduction::kMax: return acc != acc || v != v ? CUDART_NAN_F : fmaxf(acc, v);
+    case ScatterReduction::kMin: return acc != acc || v != v ? CUDART_NAN_F : fminf(acc, v);
+  }
+  return v;
+}
+
+/// The CPU's reduce_int: sums and products wrap (computed unsigned).
+__device__ __forceinline__ int64_t scatter_combine(ScatterReduction r, int64_t acc, int64_t v) {
+  switch (r) {
+    case ScatterReduction::kNone: return v;
+    case ScatterReduction::kSum:
+      return static_cast<int64_t>(static_cast<uint64_t>(acc) + static_cast<uint64_t>(v));
+    case ScatterReduction::kProd:
+      return static_cast<int64_t>(static_cast<uint64_t>(acc) * static_cast<uint64_t>(v));
+    case ScatterReduction::kMax: return acc > v ? acc : v;
+    case ScatterReduction::kMin: return acc < v ? acc : v;
+  }
+  return v;
+}
+
+/// *p = combine(*p, v) atomically: the hardware's add where there is one, a compare-and-swap
+/// loop on the whole 32- or 64-bit word otherwise. The loop stops once the stored bits are the
+/// combined bits, so a NaN that is already there ends it.
+__device__ __forceinline__ void atomic_combine(ScatterReduction r, float* p, float v) {
+  if (r == ScatterReduction::kSum) {
+    atomicAdd(p, v);
+    return;
+  }
+  auto* word = reinterpret_cast<unsigned int*>(p);
+  unsigned int old = *word, assumed;
+  do {
+    assumed = old;
+    const unsigned int next = __float_as_uint(scatter_combine(r, __uint_as_float(assumed), v));
+    if (next == assumed) return;
+    old = atomicCAS(word, assumed, next);
+  } while (old != assumed);
+}
+__device__ __forceinline__ void atomic_combine(ScatterReduction r, int64_t* p, int64_t v) {
+  auto* word = reinterpret_cast<unsigned long long*>(p);
+  switch (r) {
+    case ScatterReduction::kSum: atomicAdd(word, static_cast<unsigned long long>(v)); return;
+    case ScatterReduction::kMax: atomicMax(reinterpret_cast<long long*>(p), v); return;
+    case ScatterReduction::kMin: atomicMin(reinterpret_cast<long long*>(p), v); return;
+    case ScatterReduction::kNone:
+    case ScatterReduction::kProd: break;
+  }
+  unsigned long long old = *word, assumed;
+  do {
+    assumed = old;
+    const auto next = static_cast<unsigned long long>(
+        scatter_combine(r, static_cast<int64_t>(assumed), v));
+    if (next == assumed) return;
+    old = atomicCAS(word, assumed, next);
+  } while (old != assumed);
+}
+
+/// acc[dst(i)] = combine(acc[dst(i)], updates[i]) on the accumulator buffer (f32 for float types,
+/// int64 for integers: the output itself for f32/i64, a scratch copy otherwise).
+template <typename T>
+__global__ void scatter_reduce_kernel(const T* __restrict__ updates, const void* __restrict__ idx,
+                                      bool is64, typename Num<T>::C* __restrict__ acc, int64_t n,
+                                      ElementGeometry g, ScatterReduction r) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    atomic_combine(r, acc + element_offset(g, idx, is64, i), Num<T>::load(updates[i]));
+  }
+}
+
+/// dst[i] = Convert(src[i]) between a storage type and its compute type (both directions).
+template <typename T>
+__global__ void to_compute_kernel(const T* __restrict__ src, typename Num<T>::C* __restrict__ dst,
+                                  int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) dst[i] = Num<T>::load(src[i]);
+}
+template <typename T>
+__global__ void from_compute_kernel(const typename Num<T>::C* __restrict__ src, T* __restrict__ dst,
+                                    int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) dst[i] = Num<T>::store(src[i]);
+}
+
+// ---------------------------------------------------------------- resize kernels
+
+/// Per-dim geometry of a resize; `ratio` is the CPU's size_ratio and `scale` its
+/// coordinate_scale, both computed on the host with the CPU's float arithmetic.
+struct ResizeGeometry {
+  int rank = 0;
+  int64_t out_dims[kMaxRank];
+  int64_t in_dims[kMaxRank];
+  int64_t in_strides[kMaxRank];
+  float ratio[kMaxRank];
+  float scale[kMaxRank];
+  // Dims interpolated (linear/cubic), outermost first: the CPU's passes, innermost first.
+  int active = 0;
+  int active_dims[kMaxRank];
+  ResizeMode mode = ResizeMode::kNearest;
+  ResizeCoordinate coordinate = ResizeCoordinate::kAsymmetric;
+  ResizeRounding rounding = ResizeRounding::kFloor;
+  float cubic_coeff = -0.75f;
+};
+
+// The coordinate arithmetic below uses explicitly rounded operations (no fused multiply-add), so
+// source indices match the CPU's float arithmetic bit for bit.
+
+/// The CPU's clamp_index: a floored coordinate into [0, n - 1], NaN to 0.
+__device__ __forceinline__ int64_t resize_clamp_index(float v, int64_t n) {
+  if (!(v > 0.0f)) return 0;
+  if (v >= static_cast<float>(n - 1)) return n - 1;
+  const auto i = static_cast<int64_t>(v);
+  return i < n - 1 ? i : n - 1;
+}
+
+/// The CPU's source_coordinate.
+__device__ __forceinline__ float resize_source(ResizeCoordinate c, float scale, int64_t j,
+                                               bool clamp_negative) {
+  if (c == ResizeCoordinate::kHalfPixel) {
+    const float s = __fsub_rn(__fmul_rn(scale, __fadd_rn(static_cast<float>(j), 0.5f)), 0.5f);
+    return clamp_negative && s < 0.0f ? 0.0f : s;
+  }
+  return __fmul_rn(scale, static_cast<float>(j));
+}
+
+/// The CPU's nearest_map entry for output index j of dim d (torch's own shortcuts included).
+__device__ __forceinline__ int64_t resize_nearest(const ResizeGeometry& g, int d, int64_t j) {
+  const int64_t in = g.in_dims[d], out = g.out_dims[d];
+  if (g.coordinate == ResizeCoordinate::kAsymmetric && g.rounding == ResizeRounding::kFloor) {
+    if (in == out) return j;
+    if (out == 2 * in) return j >> 1;
+    return resize_clamp_index(floorf(__fmul_rn(static_cast<float>(j), g.ratio[d])), in);
+  }
+  if (g.coordinate == ResizeCoordinate::kHalfPixel && g.rounding == ResizeRounding::kHalfUp) {
+    const double x = __dmul_rn(static_cast<double>(j) + 0.5, static_cast<double>(g.ratio[d]));
+    return resize_clamp_index(floorf(static_cast<float>(x)), in);
+  }
+  const float src = resize_source(g.coordinate, g.scale[d], j, false);
+  const float rounded =
+      g.rounding == ResizeRounding::kFloor ? floorf(src) : floorf(__fadd_rn(src, 0.5f));
+  return resize_clamp_index(rounded, in);
+}
+
+/// Nearest resize of any dtype: out[c] = in[map_0(c_0), map_1(c_1), ...].
+template <typename S>
+__global__ void resize_nearest_kernel(const S* __restrict__ src, S* __restrict__ dst, int64_t n,
+                                      ResizeGeometry g) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t rem = i, off = 0;
+    for (int d = g.rank - 1; d >= 0; --d) {
+      const int64_t o = rem % g.out_dims[d];
+      rem /= g.out_dims[d];
+      off += resize_nearest(g, d, o) * g.in_strides[d];
+    }
+    dst[i] = src[off];
+  }
+}
+
+/// The CPU's floor_and_fraction (torch's guard_index_and_lambda).
+__device__ __forceinline__ void resize_floor_fraction(float real, int64_t n, int64_t& index,
+                                                      float& t) {
+  const float f = fmaxf(floorf(real), -1.0f);
+  index = f >= static_cast<float>(n - 1) ? n - 1 : static_cast<int64_t>(f);
+  t = fminf(fmaxf(__fsub_rn(real, static_cast<float>(index)), 0.0f), 1.0f);
+}
+
+/// The taps (source indices, weights) of output index j along dim d: 2 for linear, 4 for cubic
+/// (the CPU's linear_taps / cubic_taps).
+__device__ __forceinline__ int resize_taps(const ResizeGeometry& g, int d, int64_t j,
+                                           int64_t (&index)[4], float (&weight)[4]) {
+  const int64_t in = g.in_dims[d];
+  if (g.mode == ResizeMode::kLinear) {
+    int64_t i0;
+    float l1;
+    resize_floor_fraction(resize_source(g.coordinate, g.scale[d], j, true), in, i0, l1);
+    i0 = i0 > 0 ? i0 : 0;
+    index[0] = i0;
+    index[1] = i0 + (i0 < in - 1 ? 1 : 0);
+    weight[0] = __fsub_rn(1.0f, l1);
+    weight[1] = l1;
+    return 2;
+  }
+  int64_t i;
+  float t;
+  resize_floor_fraction(resize_source(g.coordinate, g.scale[d], j, false), in, i, t);
+  // The CPU's cubic_weights (torch's Keys kernel), rounded step by step like the CPU.
+  const float a = g.cubic_coeff;
+  const auto near = [a](float x) {
+    const float p = __fsub_rn(__fmul_rn(__fadd_rn(a, 2.0f), x), __fadd_rn(a, 3.0f));
+    return __fadd_rn(__fmul_rn(__fmul_rn(p, x), x), 1.0f);
+  };
+  const auto far = [a](float x) {
+    const float p = __fsub_rn(__fmul_rn(a, x), __fmul_rn(5.0f, a));
+    const float q = __fadd_rn(__fmul_rn(p, x), __fmul_rn(8.0f, a));
+    return __fsub_rn(__fmul_rn(q, x), __fmul_rn(4.0f, a));
+  };
+  const float u = 1.0f - t;
+  weight[0] = far(t + 1.0f);
+  weight[1] = near(t);
+  weight[2] = near(u);
+  weight[3] = far(u + 1.0f);
+  for (int k = 0; k < 4; ++k) {
+    const int64_t s = i - 1 + k;
+    index[k] = s < 0 ? 0 : (s > in - 1 ? in - 1 : s);
+  }
+  return 4;
+}
+
+/// Linear or cubic resize, one thread per output element. The CPU resamples one dim at a time,
+/// innermost first, rounding each pass to f32; here each output walks the taps of its
+/// interpolated dims as nested sums (innermost dim innermost), which performs the same f32
+/// operations in the same order.
+template <typename T>
+__global__ void resize_interpolate_kernel(const T* __restrict__ src, T* __restrict__ dst,
+                                          int64_t n, ResizeGeometry g) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    int64_t coord[kMaxRank];
+    int64_t rem = i;
+    for (int d = g.rank - 1; d >= 0; --d) {
+      coord[d] = rem % g.out_dims[d];
+      rem /= g.out_dims[d];
+    }
+    // The fixed part of the source offset: dims that are not interpolated keep their coordinate
+    // (their sizes are equal).
+    int64_t base = 0;
+    for (int d = 0; d < g.rank; ++d) base += coord[d] * g.in_strides[d];
+    int64_t index[kMaxRank][4];
+    float weight[kMaxRank][4];
+    int taps[kMaxRank];
+    for (int l = 0; l < g.active; ++l) {
+      const int d = g.active_dims[l];
+      base -= coord[d] * g.in_strides[d];
+      taps[l] = resize_taps(g, d, coord[d], index[l], weight[l]);
+    }
+    // Odometer over the taps, the last active dim fastest; acc[l] sums level l's taps.
+    float acc[kMaxRank];
+    int t[kMaxRank];
+    for (int l = 0; l < g.active; ++l) t[l] = 0;
+    float result = 0.0f;
+    while (true) {
+      int64_t off = base;
+      for (int l = 0; l < g.active; ++l) {
+        off += index[l][t[l]] * g.in_strides[g.active_dims[l]];
+      }
+      float v = Num<T>::load(src[off]);
+      // Fold v into its level, and every level this tap completes into the one above.
+      int l = g.active - 1;
+      for (; l >= 0; --l) {
+        const float wv = __fmul_rn(weight[l][t[l]], v);
+        acc[l] = t[l] == 0 ? wv : __fadd_rn(acc[l], wv);
+        if (t[l] + 1 < taps[l]) break;
+        v = acc[l];
+      }
+      if (l < 0) {
+        result = v;
+        break;
+      }
+      ++t[l];
+      for (int k = l + 1; k < g.active; ++k) t[k] = 0;
+    }
+    dst[i] = Num<T>::store(result);
   }
 }
 
@@ -362,12 +663,13 @@ int64_t product(const std::vector<int64_t>& dims, size_t begin, size_t end) {
   return n;
 }
 
-/// Validates gather indices on the device; throws Error when one is out of range (not in CUDA
-/// graph replays, see read_error_flag).
-void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const CudaArgs& a) {
+/// Validates gather/scatter indices on the device; throws Error when one is out of range (not in
+/// CUDA graph replays, see read_error_flag).
+void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const CudaArgs& a,
+                      const char* layer = "gather") {
   const int64_t n = indices.numel();
   if (n == 0) return;
-  expect_device(indices.dtype == DataType::kI32 || indices.dtype == DataType::kI64, "gather",
+  expect_device(indices.dtype == DataType::kI32 || indices.dtype == DataType::kI64, layer,
                 std::string("indices dtype ") + dtype_name(indices.dtype) + ", expected i32 or i64");
   int* flag = error_flag(a);
   validate_indices_kernel<<<grid_for(n), kThreads, 0, a.stream()>>>(
@@ -595,6 +897,87 @@ void run(const GatherParams& p, const CudaArgs& a) {
   throw Error("unknown gather mode " + std::to_string(static_cast<int>(p.mode)));
 }
 
+// ---------------------------------------------------------------- Scatter
+
+void run(const ScatterParams& p, const CudaArgs& a) {
+  const DeviceTensor& data = a.in(0);
+  const DeviceTensor& indices = a.in(1);
+  const DeviceTensor& updates = a.in(2);
+  DeviceTensor& out = a.out();
+  const size_t r = indices.dims.size();
+  const auto axis = static_cast<size_t>(p.axis);
+  expect_device(axis < r && data.dims.size() == r && updates.dims == indices.dims &&
+                    out.dims == data.dims && updates.dtype == data.dtype,
+                "scatter", "data, indices and updates need one rank, updates indices' dims");
+  if (r > static_cast<size_t>(kMaxRank)) return host_fallback(a);
+  const int64_t n = indices.numel();
+  const int64_t m = out.numel();
+  const bool reduce = p.reduction != ScatterReduction::kNone;
+  const bool in_place = out.dtype == DataType::kF32 || out.dtype == DataType::kI64;
+  // Scratch after the error flag (error_flag() puts it at the workspace's start), sized in one
+  // request so that the flag does not move: the winning update of each destination (reduction
+  // none), or the f32/int64 accumulator copy of an output of another dtype.
+  constexpr size_t kScratchOffset = 256;
+  size_t scratch = 0;
+  if (!reduce) {
+    scratch = static_cast<size_t>(m) * sizeof(long long);
+  } else if (!in_place) {
+    scratch = static_cast<size_t>(m) * (dtype_is_float(out.dtype) ? sizeof(float)
+                                                                  : sizeof(int64_t));
+  }
+  auto* ws = static_cast<uint8_t*>(a.res->workspace(kScratchOffset + scratch));
+  IndexBounds b;
+  b.bound[0] = data.dims[axis];
+  validate_indices(indices, b, a, "scatter");
+  copy_device(out.data, data.data, out.nbytes(), a, "cudaMemcpyAsync (scatter data)");
+  if (n == 0) return;
+  ElementGeometry g;
+  g.rank = static_cast<int>(r);
+  g.axis = static_cast<int>(axis);
+  g.axis_dim = data.dims[axis];
+  const std::vector<int64_t> ds = row_major_strides(data.dims);
+  for (size_t d = 0; d < r; ++d) {
+    g.dims[d] = indices.dims[d];
+    g.data_strides[d] = ds[d];
+  }
+  const bool is64 = indices.dtype == DataType::kI64;
+  if (!reduce) {
+    auto* winner = reinterpret_cast<long long*>(ws + kScratchOffset);
+    check(cudaMemsetAsync(winner, 0xff, scratch, a.stream()), "cudaMemsetAsync (scatter)");
+    scatter_winner_kernel<<<grid_for(n), kThreads, 0, a.stream()>>>(indices.data, is64, winner, n,
+                                                                      g);
+    check(cudaGetLastError(), "scatter_winner_kernel");
+    dispatch_elem_size(dtype_size(out.dtype), [&](auto zero) {
+      using S = decltype(zero);
+      scatter_assign_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+          static_cast<const S*>(updates.data), indices.data, is64, winner,
+          static_cast<S*>(out.data), n, g);
+    });
+    check(cudaGetLastError(), "scatter_assign_kernel");
+    return;
+  }
+  const bool supported = dispatch_numeric(out.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    using C = typename Num<T>::C;
+    C* acc = reinterpret_cast<C*>(in_place ? static_cast<uint8_t*>(out.data) : ws + kScratchOffset);
+    if (!in_place) {
+      to_compute_kernel<T><<<grid_for(m), kThreads, 0, a.stream()>>>(
+          static_cast<const T*>(out.data), acc, m);
+    }
+    scatter_reduce_kernel<T><<<grid_for(n), kThreads, 0, a.stream()>>>(
+        static_cast<const T*>(updates.data), indices.data, is64, acc, n, g, p.reduction);
+    if (!in_place) {
+      from_compute_kernel<T><<<grid_for(m), kThreads, 0, a.stream()>>>(acc,
+                                                                         static_cast<T*>(out.data), m);
+    }
+  });
+  if (!supported) {
+    throw Error(std::string("Scatter kernel (cuda): reductions need a float or integer dtype, got ") +
+                dtype_name(out.dtype));
+  }
+  check(cudaGetLastError(), "scatter_reduce_kernel");
+}
+
 // ---------------------------------------------------------------- Padding
 
 void run(const PaddingParams& p, const CudaArgs& a) {
@@ -645,6 +1028,92 @@ void run(const PaddingParams& p, const CudaArgs& a) {
                                                              p.mode, low_bits<S>(fill));
   });
   check(cudaGetLastError(), "pad_kernel");
+}
+
+// ---------------------------------------------------------------- Resize
+
+void run(const ResizeParams& p, const CudaArgs& a) {
+  const DeviceTensor& in = a.in(0);
+  DeviceTensor& out = a.out();
+  const size_t r = in.dims.size();
+  expect_device(out.dims.size() == r && (p.scales.empty() || p.scales.size() == r), "resize",
+                "output or scales rank differ from the input rank");
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  for (size_t d = 0; d < r; ++d) {
+    if (in.dims[d] == 0) {
+      throw Error("cannot resize empty input dim " + std::to_string(d) + " to " +
+                  std::to_string(out.dims[d]));
+    }
+  }
+  if (r > static_cast<size_t>(kMaxRank)) return host_fallback(a);
+  ResizeGeometry g;
+  g.rank = static_cast<int>(r);
+  g.mode = p.mode;
+  g.coordinate = p.coordinate;
+  g.rounding = p.rounding;
+  g.cubic_coeff = static_cast<float>(p.cubic_coeff);
+  const std::vector<int64_t> in_strides = row_major_strides(in.dims);
+  for (size_t d = 0; d < r; ++d) {
+    const int64_t i = in.dims[d], o = out.dims[d];
+    g.in_dims[d] = i;
+    g.out_dims[d] = o;
+    g.in_strides[d] = in_strides[d];
+    // The CPU's size_ratio and coordinate_scale (torch's compute_scales_value and
+    // area_pixel_compute_scale), in the same float arithmetic.
+    g.ratio[d] = !p.scales.empty() ? static_cast<float>(1.0 / p.scales[d])
+                                   : static_cast<float>(i) / static_cast<float>(o);
+    if (p.coordinate == ResizeCoordinate::kAlignCorners) {
+      g.scale[d] = o > 1 ? static_cast<float>(i - 1) / static_cast<float>(o - 1) : 0.0f;
+    } else {
+      g.scale[d] = g.ratio[d];
+    }
+  }
+  if (p.mode == ResizeMode::kNearest) {
+    dispatch_elem_size(dtype_size(in.dtype), [&](auto zero) {
+      using S = decltype(zero);
+      resize_nearest_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(
+          static_cast<const S*>(in.data), static_cast<S*>(out.data), n, g);
+    });
+    check(cudaGetLastError(), "resize_nearest_kernel");
+    return;
+  }
+  // The dims the CPU resamples: linear every dim whose size changes; cubic the last two unless
+  // one keeps its size and ratio (torch copies those).
+  for (size_t dd = r; dd-- > 0;) {
+    const bool same = in.dims[dd] == out.dims[dd];
+    if (p.mode == ResizeMode::kLinear) {
+      if (same) continue;
+    } else {
+      const bool unit_ratio = p.scales.empty() || p.scales[dd] == 1.0 ||
+                              p.coordinate == ResizeCoordinate::kAlignCorners;
+      if (same && (dd + 2 < r || unit_ratio)) continue;
+      if (dd + 2 < r) {
+        throw Error("cubic resize changes dim " + std::to_string(dd) +
+                    " (only the last two dims may change)");
+      }
+    }
+    g.active_dims[g.active++] = static_cast<int>(dd);
+  }
+  std::reverse(g.active_dims, g.active_dims + g.active);  // outermost first
+  auto launch = [&](auto zero) {
+    using T = decltype(zero);
+    resize_interpolate_kernel<T><<<grid_for(n), kThreads, 0, a.stream()>>>(
+        static_cast<const T*>(in.data), static_cast<T*>(out.data), n, g);
+  };
+  switch (in.dtype) {
+    case DataType::kF32: launch(float{}); break;
+    case DataType::kF16: launch(__half{}); break;
+    case DataType::kBF16: launch(__nv_bfloat16{}); break;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool:
+      throw Error(std::string("Resize kernel (cuda): linear and cubic resize need a float dtype, "
+                              "got ") + dtype_name(in.dtype));
+  }
+  check(cudaGetLastError(), "resize_interpolate_kernel");
 }
 
 // ---------------------------------------------------------------- Fill

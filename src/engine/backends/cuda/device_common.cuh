@@ -82,6 +82,23 @@ struct Num<Bool8> {
   __device__ static Bool8 store(C v) { return Bool8{static_cast<uint8_t>(v ? 1 : 0)}; }
 };
 
+/// Calls fn(T{}) with the storage type T of a float or integer dtype (f16/bf16 as __half /
+/// __nv_bfloat16); returns false, calling nothing, for bool.
+template <typename Fn>
+bool dispatch_numeric(DataType t, Fn&& fn) {
+  switch (t) {
+    case DataType::kF32: fn(float{}); return true;
+    case DataType::kF16: fn(__half{}); return true;
+    case DataType::kBF16: fn(__nv_bfloat16{}); return true;
+    case DataType::kI8: fn(int8_t{}); return true;
+    case DataType::kU8: fn(uint8_t{}); return true;
+    case DataType::kI32: fn(int32_t{}); return true;
+    case DataType::kI64: fn(int64_t{}); return true;
+    case DataType::kBool: break;
+  }
+  return false;
+}
+
 /// N elements moved as one aligned access (16 bytes for the input side of a pointwise kernel).
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {

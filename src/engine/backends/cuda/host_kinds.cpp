@@ -1,6 +1,8 @@
-// Layer kinds that have no device kernel yet: each runs its CPU reference kernel through
-// host_fallback. Giving a kind a device kernel = moving its run() overload from here to the
-// family's .cu file and deleting its line in kHostKinds.
+// Which layer kinds run through host_fallback as a whole: none today, every kind has a device
+// kernel (a kernel may still call host_fallback for a case it does not cover, such as a rank
+// above kMaxRank; the capture of such a call fails and the context runs layer by layer). A new
+// kind without a device kernel lists itself in kHostKinds and calls host_fallback from its
+// run(), so the inspector shows "cuda.host.<Kind>" and the runtime never captures its plans.
 #include <algorithm>
 #include <array>
 
@@ -9,9 +11,7 @@
 namespace ember::engine::cuda {
 
 namespace {
-constexpr std::array kHostKinds = {
-    LayerKind::kScatter,  LayerKind::kResize,    LayerKind::kTopK,     LayerKind::kCumulative,
-};
+constexpr std::array<LayerKind, 0> kHostKinds{};
 }  // namespace
 
 bool has_device_kernel(LayerKind kind) {
@@ -20,10 +20,5 @@ bool has_device_kernel(LayerKind kind) {
 
 // Constants never reach run(): execute_layers reads them in place.
 void run(const ConstantParams&, const CudaArgs&) {}
-
-void run(const ScatterParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const ResizeParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const TopKParams&, const CudaArgs& a) { host_fallback(a); }
-void run(const CumulativeParams&, const CudaArgs& a) { host_fallback(a); }
 
 }  // namespace ember::engine::cuda

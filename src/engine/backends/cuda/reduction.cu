@@ -1,5 +1,4 @@
-// CUDA kernels of the reduction family: Reduce, SoftMax and Normalization (TopK and Cumulative
-// still run through host_fallback, see host_kinds.cpp).
+// CUDA kernels of the reduction family: Reduce, TopK, SoftMax, Normalization and Cumulative.
 //
 // Numerics follow the CPU back end (src/engine/backends/cpu/reduction.cpp) step for step, so the
 // two agree to rounding: float sums, products and moments accumulate in double, max/min keep the
@@ -11,6 +10,9 @@
 // a warp for short rows, a whole block for long ones — when the row is contiguous; when the kept
 // dims have a contiguous inner run, one thread per output walks the reduced dims, so a warp's loads
 // are coalesced across the inner run. Every grid is a grid-stride loop and every index is int64.
+// TopK sorts each row in shared memory (one block per row; ties keep the lower index first, NaN
+// is the largest value) or, for k == 1 and for small k over rows too long to sort, selects k
+// times; Cumulative scans a column per thread or a row per block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
@@ -660,6 +662,262 @@ void split_at(const std::vector<int64_t>& dims, int64_t axis, const char* layer,
   for (size_t d = static_cast<size_t>(axis) + 1; d < dims.size(); ++d) inner *= dims[d];
 }
 
+// ---------------------------------------------------------------- topk
+
+/// "a comes before b" in TopK order (the CPU's topk_before): NaN counts as the largest value.
+template <typename C>
+__device__ __forceinline__ bool topk_before(bool max, C a, C b) {
+  if (max) return is_nan(a) ? !is_nan(b) : (!is_nan(b) && a > b);
+  return !is_nan(a) && (is_nan(b) || a < b);
+}
+
+/// The total order of TopK entries: TopK order of the values, then the lower index first.
+template <typename C>
+__device__ __forceinline__ bool topk_entry_before(bool max, C a, int64_t ia, C b, int64_t ib) {
+  if (topk_before(max, a, b)) return true;
+  if (topk_before(max, b, a)) return false;
+  return ia < ib;
+}
+
+/// Rows of a TopK: row r = (o, i) reads in[(o * n + j) * inner + i] for j < n and writes entry t
+/// at [(o * k + t) * inner + i].
+struct TopKRows {
+  int64_t rows = 0, n = 0, inner = 1, k = 1;
+  bool max = true;
+};
+
+/// One block per row: the row (values in the compute type, indices) is bitonic-sorted in shared
+/// memory, padded to a power of two `n_pow2` with entries that sort last; the first k are written.
+template <typename T, typename I>
+__global__ void topk_sort_kernel(const T* __restrict__ in, T* __restrict__ values,
+                                 I* __restrict__ indices, TopKRows g, int n_pow2) {
+  using C = typename Num<T>::C;
+  extern __shared__ __align__(16) unsigned char topk_smem[];
+  C* key = reinterpret_cast<C*>(topk_smem);
+  int* idx = reinterpret_cast<int*>(key + n_pow2);
+  const int n = static_cast<int>(g.n);
+  // Entry a before entry b; padding (index >= n) after every real entry.
+  const auto before = [&](int a, int b) {
+    if (idx[a] >= n) return false;
+    if (idx[b] >= n) return true;
+    return topk_entry_before(g.max, key[a], idx[a], key[b], idx[b]);
+  };
+  for (int64_t r = blockIdx.x; r < g.rows; r += gridDim.x) {
+    const int64_t o = r / g.inner, i = r % g.inner;
+    const T* src = in + o * g.n * g.inner + i;
+    for (int j = threadIdx.x; j < n_pow2; j += blockDim.x) {
+      idx[j] = j;
+      key[j] = j < n ? Num<T>::load(src[j * g.inner]) : C{};
+    }
+    __syncthreads();
+    for (int size = 2; size <= n_pow2; size <<= 1) {
+      for (int stride = size >> 1; stride > 0; stride >>= 1) {
+        for (int t = threadIdx.x; t < n_pow2 / 2; t += blockDim.x) {
+          const int lo = 2 * t - (t & (stride - 1));
+          const int hi = lo + stride;
+          const bool ascending = (lo & size) == 0;
+          if (before(hi, lo) == ascending) {
+            const C kv = key[lo];
+            key[lo] = key[hi];
+            key[hi] = kv;
+            const int iv = idx[lo];
+            idx[lo] = idx[hi];
+            idx[hi] = iv;
+          }
+        }
+        __syncthreads();
+      }
+    }
+    const int64_t dst = o * g.k * g.inner + i;
+    for (int t = threadIdx.x; t < g.k; t += blockDim.x) {
+      values[dst + t * g.inner] = Num<T>::store(key[t]);
+      indices[dst + t * g.inner] = static_cast<I>(idx[t]);
+    }
+    __syncthreads();
+  }
+}
+
+/// One block per row, k passes: pass t finds the first entry, in TopK order, after the one pass
+/// t - 1 found (a block-wide arg-best over the row). O(k * n) loads per row: for k == 1
+/// (argmax/argmin) and small k over rows too long to sort in shared memory.
+template <typename T, typename I>
+__global__ void topk_select_kernel(const T* __restrict__ in, T* __restrict__ values,
+                                   I* __restrict__ indices, TopKRows g) {
+  using C = typename Num<T>::C;
+  __shared__ C best_key[32];
+  __shared__ int64_t best_idx[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int64_t r = blockIdx.x; r < g.rows; r += gridDim.x) {
+    const int64_t o = r / g.inner, i = r % g.inner;
+    const T* src = in + o * g.n * g.inner + i;
+    const int64_t dst = o * g.k * g.inner + i;
+    C prev{};
+    int64_t prev_j = -1;  // nothing taken yet
+    for (int64_t t = 0; t < g.k; ++t) {
+      C best{};
+      int64_t best_j = -1;
+      for (int64_t j = threadIdx.x; j < g.n; j += blockDim.x) {
+        const C v = Num<T>::load(src[j * g.inner]);
+        if (prev_j >= 0 && !topk_entry_before(g.max, prev, prev_j, v, j)) continue;  // taken
+        if (best_j < 0 || topk_entry_before(g.max, v, j, best, best_j)) {
+          best = v;
+          best_j = j;
+        }
+      }
+      for (int offset = 16; offset > 0; offset /= 2) {
+        const C ov = __shfl_down_sync(0xffffffffu, best, offset);
+        const int64_t oj = __shfl_down_sync(0xffffffffu, best_j, offset);
+        if (oj >= 0 && (best_j < 0 || topk_entry_before(g.max, ov, oj, best, best_j))) {
+          best = ov;
+          best_j = oj;
+        }
+      }
+      if (lane == 0) {
+        best_key[warp] = best;
+        best_idx[warp] = best_j;
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        for (int w = 1; w < warps; ++w) {
+          if (best_idx[w] >= 0 &&
+              (best_j < 0 || topk_entry_before(g.max, best_key[w], best_idx[w], best, best_j))) {
+            best = best_key[w];
+            best_j = best_idx[w];
+          }
+        }
+        values[dst + t * g.inner] = Num<T>::store(best);
+        indices[dst + t * g.inner] = static_cast<I>(best_j);
+        best_key[0] = best;
+        best_idx[0] = best_j;
+      }
+      __syncthreads();
+      prev = best_key[0];
+      prev_j = best_idx[0];
+      __syncthreads();
+    }
+  }
+}
+
+/// Longest row topk_sort_kernel sorts (its shared memory: 4096 x 12 bytes for int64 values).
+constexpr int64_t kTopKSortMax = 4096;
+/// Largest k topk_select_kernel takes for rows longer than kTopKSortMax.
+constexpr int64_t kTopKSelectMaxK = 128;
+
+/// Threads for one block per row of n elements: whole warps, at most 1024.
+unsigned row_block_threads(int64_t n) {
+  const int64_t t = (n + 31) / 32 * 32;
+  return static_cast<unsigned>(t < 32 ? 32 : (t > 1024 ? 1024 : t));
+}
+
+/// One block per row, the rows split over at most 65535 blocks (grid-stride).
+unsigned row_grid(int64_t rows) { return static_cast<unsigned>(rows < 65535 ? rows : 65535); }
+
+template <typename T, typename I>
+void launch_topk(const DeviceTensor& x, DeviceTensor& values, DeviceTensor& indices,
+                 const TopKRows& g, bool sort, cudaStream_t stream) {
+  const auto* in = static_cast<const T*>(x.data);
+  auto* v = static_cast<T*>(values.data);
+  auto* ix = static_cast<I*>(indices.data);
+  if (sort) {
+    int n_pow2 = 1;
+    while (n_pow2 < g.n) n_pow2 *= 2;
+    const size_t smem = static_cast<size_t>(n_pow2) * (sizeof(typename Num<T>::C) + sizeof(int));
+    topk_sort_kernel<T, I><<<row_grid(g.rows), row_block_threads(n_pow2 / 2), smem, stream>>>(
+        in, v, ix, g, n_pow2);
+    check(cudaGetLastError(), "topk_sort_kernel");
+    return;
+  }
+  topk_select_kernel<T, I><<<row_grid(g.rows), row_block_threads(g.n), 0, stream>>>(in, v, ix, g);
+  check(cudaGetLastError(), "topk_select_kernel");
+}
+
+// ---------------------------------------------------------------- cumulative
+
+/// One thread per (outer, inner) position walks the axis in order, accumulating like the CPU
+/// (double for floats, wrapping int64 for integers): loads are coalesced across the inner run.
+template <typename T>
+__global__ void cumulative_columns_kernel(const T* __restrict__ in, T* __restrict__ out,
+                                          int64_t rows, int64_t n, int64_t inner, bool exclusive,
+                                          bool reverse) {
+  using Acc = typename AccOf<T>::type;
+  for (int64_t r = global_thread(); r < rows; r += grid_threads()) {
+    const int64_t base = (r / inner) * n * inner + r % inner;
+    Acc acc = 0;
+    for (int64_t step = 0; step < n; ++step) {
+      const int64_t off = base + (reverse ? n - 1 - step : step) * inner;
+      const Acc v = load_acc(in, off);
+      if (exclusive) {
+        store_acc(out, off, acc);
+        acc = op_add(acc, v);
+      } else {
+        acc = op_add(acc, v);
+        store_acc(out, off, acc);
+      }
+    }
+  }
+}
+
+/// One block per row for long rows: tiles of blockDim elements, each an inclusive warp scan plus
+/// a scan of the warp totals, carried from tile to tile (same accumulator types as the CPU; the
+/// float association differs, far below f32 rounding since it is in double).
+template <typename T>
+__global__ void cumulative_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows,
+                                       int64_t n, int64_t inner, bool exclusive, bool reverse) {
+  using Acc = typename AccOf<T>::type;
+  __shared__ Acc warp_total[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t base = (r / inner) * n * inner + r % inner;
+    Acc carry = 0;
+    for (int64_t tile = 0; tile < n; tile += blockDim.x) {
+      const int64_t step = tile + threadIdx.x;
+      const bool live = step < n;
+      const int64_t off = base + (reverse ? n - 1 - step : step) * inner;
+      const Acc v = live ? load_acc(in, off) : Acc(0);
+      Acc x = v;  // inclusive scan within the warp
+      for (int d = 1; d < 32; d *= 2) {
+        const Acc y = __shfl_up_sync(0xffffffffu, x, d);
+        if (lane >= d) x = op_add(x, y);
+      }
+      Acc before_lane = __shfl_up_sync(0xffffffffu, x, 1);  // exclusive within the warp
+      if (lane == 0) before_lane = 0;
+      if (lane == 31) warp_total[warp] = x;
+      __syncthreads();
+      if (warp == 0) {
+        Acc s = lane < warps ? warp_total[lane] : Acc(0);
+        for (int d = 1; d < 32; d *= 2) {
+          const Acc y = __shfl_up_sync(0xffffffffu, s, d);
+          if (lane >= d) s = op_add(s, y);
+        }
+        if (lane < warps) warp_total[lane] = s;  // inclusive prefix of the warp totals
+      }
+      __syncthreads();
+      const Acc prefix = op_add(carry, warp > 0 ? warp_total[warp - 1] : Acc(0));
+      if (live) store_acc(out, off, exclusive ? op_add(prefix, before_lane) : op_add(prefix, x));
+      carry = op_add(carry, warp_total[warps - 1]);
+      __syncthreads();
+    }
+  }
+}
+
+template <typename T>
+void launch_cumulative(const DeviceTensor& x, DeviceTensor& y, int64_t outer, int64_t n,
+                       int64_t inner, bool exclusive, bool reverse, cudaStream_t stream) {
+  const auto* in = static_cast<const T*>(x.data);
+  auto* out = static_cast<T*>(y.data);
+  const int64_t rows = outer * inner;
+  // Enough independent columns to fill the GPU, or rows too short to share: a thread each.
+  if ((inner > 1 && rows >= 4096) || n <= 32) {
+    cumulative_columns_kernel<T><<<grid_for(rows, 256), 256, 0, stream>>>(in, out, rows, n, inner,
+                                                                          exclusive, reverse);
+    check(cudaGetLastError(), "cumulative_columns_kernel");
+    return;
+  }
+  cumulative_rows_kernel<T><<<row_grid(rows), row_block_threads(n), 0, stream>>>(
+      in, out, rows, n, inner, exclusive, reverse);
+  check(cudaGetLastError(), "cumulative_rows_kernel");
+}
+
 }  // namespace
 
 void run(const ReduceParams& p, const CudaArgs& a) {
@@ -790,6 +1048,72 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
   }
   throw Error(std::string("Normalization kernel (cuda): dtype ") + dtype_name(x.dtype) +
               " is not supported");
+}
+
+
+void run(const TopKParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  DeviceTensor& values = a.out(0);
+  DeviceTensor& indices = a.out(1);
+  int64_t outer, n, inner;
+  split_at(x.dims, p.axis, "TopK", outer, n, inner);
+  if (p.k < 1 || p.k > n) {
+    throw Error("TopK kernel (cuda): k " + std::to_string(p.k) + " must be in [1, " +
+                std::to_string(n) + "] for input " + dims_to_string(x.dims) + " along axis " +
+                std::to_string(p.axis));
+  }
+  if (p.index_dtype == DataType::kI32 && n > INT_MAX) {
+    throw Error("TopK kernel (cuda): axis size " + std::to_string(n) + " does not fit i32 indices");
+  }
+  expect_device(indices.dtype == p.index_dtype &&
+                    (p.index_dtype == DataType::kI32 || p.index_dtype == DataType::kI64),
+                "topk", "indices output is not of index_dtype i32/i64");
+  TopKRows g;
+  g.rows = outer * inner;
+  g.n = n;
+  g.inner = inner;
+  g.k = p.k;
+  g.max = p.op == TopKOp::kMax;
+  if (g.rows == 0) return;
+  const bool sort = n <= kTopKSortMax && p.k > 1;
+  if (!sort && p.k > kTopKSelectMaxK) {
+    // A long row with a large k: neither kernel fits (shared memory, k passes). Explicitly the
+    // CPU kernel on host copies, which keeps this call correct (and this plan out of graphs).
+    host_fallback(a);
+    return;
+  }
+  const bool is64 = p.index_dtype == DataType::kI64;
+  const bool supported = dispatch_numeric(x.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    if (is64) {
+      launch_topk<T, int64_t>(x, values, indices, g, sort, a.stream());
+    } else {
+      launch_topk<T, int32_t>(x, values, indices, g, sort, a.stream());
+    }
+  });
+  if (!supported) {
+    throw Error(std::string("TopK kernel (cuda): dtype ") + dtype_name(x.dtype) +
+                " is not supported");
+  }
+}
+
+void run(const CumulativeParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  DeviceTensor& y = a.out(0);
+  int64_t outer, n, inner;
+  split_at(x.dims, p.axis, "Cumulative", outer, n, inner);
+  if (p.op != CumulativeOp::kSum) {
+    throw Error("Cumulative kernel (cuda): unknown op " + std::to_string(static_cast<int>(p.op)));
+  }
+  if (x.numel() == 0) return;
+  const bool supported = dispatch_numeric(x.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    launch_cumulative<T>(x, y, outer, n, inner, p.exclusive, p.reverse, a.stream());
+  });
+  if (!supported) {
+    throw Error(std::string("Cumulative kernel (cuda): dtype ") + dtype_name(x.dtype) +
+                " is not supported");
+  }
 }
 
 }  // namespace ember::engine::cuda
