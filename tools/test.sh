@@ -13,10 +13,10 @@ cmake --preset dev -DEMBER_BUILD_PYTHON=ON -DEMBER_BUILD_TORCH=ON \
 cmake --build --preset dev -j "$jobs"
 ctest --preset dev -j "$jobs"
 
-echo "== plan corpus and network validation under AddressSanitizer + UBSan"
+echo "== plan corpus, timing cache and network validation under AddressSanitizer + UBSan"
 cmake --preset asan >/dev/null
 cmake --build --preset asan -j "$jobs" --target ember_engine_tests ember_compiler_tests
-ASAN_OPTIONS=detect_leaks=1 ./build/asan/tests/cpp/ember_engine_tests --gtest_filter='PlanFormat*:Network*:Runtime*'
+ASAN_OPTIONS=detect_leaks=1 ./build/asan/tests/cpp/ember_engine_tests --gtest_filter='PlanFormat*:Network*:Runtime*:TimingCache*'
 ASAN_OPTIONS=detect_leaks=1 ./build/asan/tests/cpp/ember_compiler_tests --gtest_brief=1
 
 echo "== plan reader fuzzing (libFuzzer, 30 s)"

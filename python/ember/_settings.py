@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from typing import Any, Collection
 
 
@@ -45,6 +46,10 @@ class CompileSettings:
     #: CUDA engines replay a CUDA graph per input-shape signature (captured on the second call
     #: of a signature); False runs layer by layer on every call. Stored with the engine.
     cuda_graphs: bool = True
+    #: A timing-cache file (str or os.PathLike): CUDA builds start from the tactic choices in
+    #: it when it exists, and write it back (atomically) with every choice timed, so a second
+    #: build of the same model on the same GPU times nothing. None: no file.
+    timing_cache: str | os.PathLike | None = None
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CompileSettings":
@@ -70,6 +75,9 @@ class CompileSettings:
             raise ValueError(f"ember: optimization_level must be in 0..5, got {self.optimization_level}")
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda"):
             raise ValueError(f"ember: device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.timing_cache is not None and not isinstance(self.timing_cache, (str, os.PathLike)):
+            raise TypeError("ember: timing_cache must be a file path (str or os.PathLike) or None, "
+                            f"got {type(self.timing_cache).__name__}")
         if not self.use_explicit_typing:
             raise ValueError("ember: use_explicit_typing=False (autocast) is not supported yet; "
                              "cast the model to the dtype you want instead")

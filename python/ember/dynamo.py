@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx
 
-from ember import _C, _runtime
+from ember import _C, _runtime, _timing_cache
 from ember._importer import DTYPE_NAMES, import_program
 from ember._input import Input
 from ember._settings import CompileSettings, op_key
@@ -208,11 +208,12 @@ def compile(exported_program: torch.export.ExportedProgram,
 
     segments = part.segments()
     engines: dict[int, Any] = {}
+    timing_cache = _timing_cache.load(settings.timing_cache)
     for k, seg in enumerate(segments):
         if not seg["engine"]:
             continue
         try:
-            built = _C.build_segment(imported.graph, part, k, csettings)
+            built = _C.build_segment(imported.graph, part, k, csettings, timing_cache)
         except Exception as e:  # noqa: BLE001 - reported, or re-raised on request
             if settings.pass_through_build_failures:
                 raise
@@ -230,6 +231,7 @@ def compile(exported_program: torch.export.ExportedProgram,
         if settings.debug:
             print(f"[ember] engine {k}: " + "; ".join(built["build_log"]), file=sys.stderr)
 
+    _timing_cache.save(timing_cache, settings.timing_cache)
     gm = _stitch(ep, imported, segments, engines)
     report.seconds = time.perf_counter() - start
     gm.ember_report = report

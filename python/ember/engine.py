@@ -54,6 +54,12 @@ class Engine:
         """Per-layer information (name, type, implementation, tensors, parameters)."""
         return json.loads(self._engine.inspect_json())
 
+    def timing_cache(self) -> bytes:
+        """The engine's timing cache as bytes: the plan's tactic choices plus any timed by
+        calls since (a "cuda" engine times each new problem on its first call). The bytes are
+        what a `timing_cache` file holds (ember._C.TimingCache.from_bytes reads them)."""
+        return self._engine.timing_cache()
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the engine; inputs by name, converted to C-contiguous arrays of the engine's
         dtype only when they already have it (no silent casts)."""

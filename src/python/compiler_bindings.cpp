@@ -208,7 +208,8 @@ void bind_compiler(py::module_& m) {
         py::arg("graph"), py::arg("settings"), py::arg("global_partitioner") = true);
 
   m.def("build_segment",
-        [](const Graph& g, const PyPartition& p, size_t index, const py::dict& settings) {
+        [](const Graph& g, const PyPartition& p, size_t index, const py::dict& settings,
+           std::shared_ptr<ember::engine::TimingCache> timing_cache) {
           if (index >= p.result.segments.size() || !p.result.segments[index].engine) {
             throw Error("build_segment: segment " + std::to_string(index) +
                         " is not an engine segment");
@@ -217,7 +218,7 @@ void bind_compiler(py::module_& m) {
           SegmentEngine e;
           {
             py::gil_scoped_release release;
-            e = build_segment(g, p.result.segments[index], s);
+            e = build_segment(g, p.result.segments[index], s, std::move(timing_cache));
           }
           py::dict d;
           d["plan"] = py::bytes(reinterpret_cast<const char*>(e.plan.data()), e.plan.size());
@@ -229,7 +230,9 @@ void bind_compiler(py::module_& m) {
           d["build_log"] = e.build_log;
           d["build_seconds"] = e.build_seconds;
           return d;
-        });
+        },
+        py::arg("graph"), py::arg("partition"), py::arg("index"), py::arg("settings"),
+        py::arg("timing_cache") = nullptr);
 
   m.def("converter_ops", [] { return ConverterRegistry::instance().ops(); });
   m.def("converter_files", [] {

@@ -6,6 +6,7 @@
 
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
+#include "ember/engine/timing_cache.h"
 
 namespace py = pybind11;
 using namespace ember::engine;
@@ -74,6 +75,30 @@ PYBIND11_MODULE(_C, m) {
       .def("backend", [](const PyEngine& e) { return e.engine->backend(); })
       .def("io", &PyEngine::io)
       .def("inspect_json", [](const PyEngine& e) { return e.engine->inspect_json(); })
+      .def("timing_cache",
+           [](const PyEngine& e) {
+             const std::vector<uint8_t> b = e.engine->timing_cache().serialize();
+             return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+           },
+           "The engine's timing cache (the plan's tactic choices and any timed since) as "
+           "bytes, loadable with TimingCache.from_bytes.")
       .def("run", &PyEngine::run);
+  py::class_<TimingCache, std::shared_ptr<TimingCache>>(
+      m, "TimingCache", "Tactic choices per problem (see ember/engine/timing_cache.h).")
+      .def(py::init<>())
+      .def_static(
+          "from_bytes",
+          [](const py::bytes& data) {
+            const std::string_view b = data;
+            return TimingCache::deserialize(b.data(), b.size());
+          },
+          py::arg("data"))
+      .def("serialize",
+           [](const TimingCache& c) {
+             const std::vector<uint8_t> b = c.serialize();
+             return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+           })
+      .def("__len__", &TimingCache::size)
+      .def("timed_problems", &TimingCache::timed_problems);
   bind_compiler(m);
 }

@@ -55,3 +55,11 @@ def test_errors_are_clear(lenet_plan):
         engine.run({"input": np.zeros((65, 1, 32, 32), np.float32)})
     with pytest.raises(ember.engine.EngineError, match="must be f32"):
         engine.run({"input": np.zeros((1, 1, 32, 32), np.float64)})
+
+
+def test_timing_cache_bytes(lenet_plan):
+    path, _ = lenet_plan
+    data = ember.Engine.from_file(path).timing_cache()
+    assert data.startswith(b"EMBRTCAC")
+    # A cpu plan carries no tactic choices.
+    assert len(ember._C.TimingCache.from_bytes(data)) == 0

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "ember/compiler/partitioning.h"
 #include "ember/compiler/settings.h"
 #include "ember/engine/network.h"
+#include "ember/engine/timing_cache.h"
 
 namespace ember::compiler {
 
@@ -38,8 +40,10 @@ engine::Network convert_segment(const Graph& g, const Segment& segment,
                                 const CompileSettings& settings);
 
 /// Converts and builds the segment with one optimization profile made from the graph's symbol
-/// ranges.
+/// ranges. `timing_cache` (optional) seeds the build's tactic timing and receives its choices
+/// (BuilderConfig::timing_cache); one cache serves every segment of a compilation.
 SegmentEngine build_segment(const Graph& g, const Segment& segment,
-                            const CompileSettings& settings);
+                            const CompileSettings& settings,
+                            std::shared_ptr<engine::TimingCache> timing_cache = nullptr);
 
 }  // namespace ember::compiler

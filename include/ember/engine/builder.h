@@ -3,11 +3,13 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "ember/engine/dim.h"
 #include "ember/engine/network.h"
+#include "ember/engine/timing_cache.h"
 
 namespace ember::engine {
 
@@ -61,6 +63,12 @@ struct BuilderConfig {
   std::string backend = "cpu";
   /// Largest constant (bytes) the constant folder may produce.
   int64_t max_folded_constant_bytes = 64 << 20;
+  /// Tactic choices to start from and to add to (TensorRT's IBuilderConfig::setTimingCache).
+  /// A "cuda" build on a machine with a GPU times every matmul and convolution problem the
+  /// cache lacks (running the plan once at the first profile's opt shapes), stores the choices
+  /// in the plan, and adds them here; save it with TimingCache::serialize for the next build.
+  /// Null: the build starts from an empty cache and keeps its choices only in the plan.
+  std::shared_ptr<TimingCache> timing_cache;
 };
 
 /// What each pass did, for logs and tests.
@@ -68,6 +76,8 @@ struct BuildReport {
   std::vector<std::string> pass_log;  ///< One line per pass: "fold_constants: folded 3 layers".
   int64_t arena_bytes = 0;
   int num_layers = 0;
+  int64_t timed_problems = 0;  ///< Problems timed on the GPU (not found in the timing cache).
+  int64_t timing_entries = 0;  ///< Tactic choices stored in the plan.
 };
 
 /// Builds plans. Stateless apart from its config; reuse freely.

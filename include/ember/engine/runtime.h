@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ember/engine/dim.h"
+#include "ember/engine/timing_cache.h"
 #include "ember/engine/types.h"
 
 namespace ember::engine {
@@ -62,6 +63,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   /// A new context. Contexts are independent; each owns its activation memory.
   std::unique_ptr<ExecutionContext> create_execution_context() const;
 
+  /// The engine's timing cache, shared by its contexts: seeded from the plan's timing section,
+  /// and filled by the first (layer-by-layer) call of each problem the plan did not cover (a
+  /// plan built without a GPU, or on another GPU or library version).
+  TimingCache& timing_cache() const { return *timing_; }
+
   /// The plan (engine-internal).
   const PlanModel& plan() const { return *plan_; }
 
@@ -74,6 +80,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::unique_ptr<PlanModel> plan_;
   std::vector<IOTensorInfo> io_;
   std::shared_ptr<DeviceAllocator> allocator_;  // nullptr: cudaMalloc
+  std::shared_ptr<TimingCache> timing_ = std::make_shared<TimingCache>();
   mutable std::mutex device_mutex_;
   mutable std::shared_ptr<void> device_weights_;
 };

@@ -101,7 +101,8 @@ engine::Network convert_segment(const Graph& g, const Segment& segment,
 }
 
 SegmentEngine build_segment(const Graph& g, const Segment& segment,
-                            const CompileSettings& settings) {
+                            const CompileSettings& settings,
+                            std::shared_ptr<engine::TimingCache> timing_cache) {
   const auto start = std::chrono::steady_clock::now();
   Converted c = convert(g, segment, settings);
 
@@ -129,6 +130,7 @@ SegmentEngine build_segment(const Graph& g, const Segment& segment,
   config.optimization_level = settings.optimization_level;
   config.memory_limit = settings.workspace_size;
   config.backend = settings.backend;
+  config.timing_cache = std::move(timing_cache);
   engine::BuildReport report;
   SegmentEngine out;
   out.plan = engine::Builder(config).build(c.net, &report);

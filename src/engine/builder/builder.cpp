@@ -26,6 +26,7 @@ std::vector<Pass> default_passes() {
       {"simplify_attention", 1, pass_simplify_attention},
       {"select_implementations", 0, pass_select_implementations},
       {"plan_memory", 0, pass_plan_memory},
+      {"time_tactics", 0, pass_time_tactics},
   };
 }
 
@@ -61,6 +62,8 @@ std::vector<uint8_t> Builder::build(const Network& network, BuildReport* report)
     report->pass_log = s.log;
     report->arena_bytes = s.plan.arena_bytes;
     report->num_layers = static_cast<int>(s.plan.network.layers().size());
+    report->timed_problems = s.timed_problems;
+    report->timing_entries = static_cast<int64_t>(s.plan.timing.size());
   }
   return bytes;
 }

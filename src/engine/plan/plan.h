@@ -1,9 +1,10 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 2 (version 1 had no Convolution/MatrixMultiply epilogue):
+// Byte layout (little-endian), version 3 (version 1 had no Convolution/MatrixMultiply epilogue,
+// version 2 no timing section):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
-//   payload  back end name | arena size i64 | profiles | inputs | layers | outputs
+//   payload  back end name | arena size i64 | profiles | inputs | layers | outputs | timing
 //   padding  zeros up to the weights offset (the payload end rounded up to 256)
 //   weights  constant bytes, each constant aligned to 256 bytes from the start of the file, so a
 //            plan loaded at an aligned address can be uploaded to a device without repacking;
@@ -17,6 +18,9 @@
 //   layers    list of (kind u8 | name | implementation | input tensor ids i32 (-1: omitted
 //             optional input) | params through their fields() lists | list of output tensors)
 //   outputs   list of (tensor id i32, name)
+//   timing    the timing-cache entries of the plan's problems (write_timing_entries in
+//             serialize.h): list of (device | problem | choice: u32 length + bytes); empty when
+//             the build did not time (no GPU, "cpu" back end)
 // Tensor ids count in canonical order: inputs, then layer outputs in layer order (the order
 // Network::clone() produces, which PlanModel's placements follow). A Weights field is stored as
 // offset u64 into the weight section | byte size u64 | dtype u8 | dims (list of i64).
@@ -33,11 +37,12 @@
 
 #include "ember/engine/builder.h"
 #include "ember/engine/network.h"
+#include "ember/engine/timing_cache.h"
 
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 2;  // 2: fused epilogues
+inline constexpr uint32_t kPlanFormatVersion = 3;  // 2: fused epilogues, 3: timing section
 inline constexpr size_t kPlanWeightAlignment = 256;
 
 /// Where a tensor lives at run time.
@@ -53,6 +58,7 @@ struct PlanModel {
   std::vector<OptimizationProfile> profiles;  ///< Resolved profiles (symbol ranges).
   std::vector<TensorPlacement> placements;    ///< Per tensor (tensors() order).
   int64_t arena_bytes = 0;                    ///< Size of the activation arena.
+  std::vector<TimingEntry> timing;            ///< Tactic choices for the plan's problems.
 };
 
 /// Options for plan_read.

@@ -240,8 +240,9 @@ class PlanReader {
     read_inputs(in);
     read_layers(in);
     read_outputs(in);
+    plan_.timing = read_timing_entries(in);
     if (in.remaining() != 0) {
-      ByteReader::fail(std::to_string(in.remaining()) + " unexpected bytes after the output list",
+      ByteReader::fail(std::to_string(in.remaining()) + " unexpected bytes after the timing section",
                        in.offset());
     }
     check_network();

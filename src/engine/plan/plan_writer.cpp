@@ -176,6 +176,7 @@ std::vector<uint8_t> plan_write(const PlanModel& plan) {
     out.i32(canonical.at(t));
     out.str(t->name(), "output name");
   }
+  write_timing_entries(out, plan.timing);
 
   const size_t payload_end = out.size();
   const size_t weights_offset =

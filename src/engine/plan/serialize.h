@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ember/engine/layers.h"
+#include "ember/engine/timing_cache.h"
 #include "ember/engine/types.h"
 #include "ember/engine/weights.h"
 
@@ -244,6 +245,16 @@ class ParamsReader {
 void write_shape(ByteWriter& out, const Shape& shape, const char* what);
 /// Reads a Shape written by write_shape; malformed text is an Error naming the byte offset.
 Shape read_shape(ByteReader& in, const char* what);
+
+/// Longest timing-cache choice (a back end's encoding of one algorithm) a plan or cache holds.
+inline constexpr size_t kTimingMaxChoiceBytes = 1024;
+
+/// Writes timing-cache entries: a list of (device string | problem string | choice: u32 length
+/// + bytes). Shared by the plan's timing section and TimingCache::serialize.
+void write_timing_entries(ByteWriter& out, const std::vector<TimingEntry>& entries);
+/// Reads entries written by write_timing_entries, bounds-checked; a repeated (device, problem)
+/// key or an over-long choice is an Error naming the byte offset.
+std::vector<TimingEntry> read_timing_entries(ByteReader& in);
 
 /// FNV-1a 64 of [data, data + size).
 uint64_t fnv1a64(const uint8_t* data, size_t size);

@@ -20,6 +20,7 @@ std::shared_ptr<const Engine> Runtime::deserialize(const void* data, size_t size
   std::shared_ptr<Engine> engine(new Engine());
   for (const Tensor* t : plan->network.inputs()) engine->io_.push_back({t->name(), t->dtype(), t->shape(), true});
   for (const Tensor* t : plan->network.outputs()) engine->io_.push_back({t->name(), t->dtype(), t->shape(), false});
+  engine->timing_->insert(plan->timing);
   engine->plan_ = std::move(plan);
   engine->allocator_ = allocator_;
   return engine;
@@ -121,7 +122,8 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
   if (state_->cuda) {
 #ifdef EMBER_WITH_CUDA
     state_->device_weights = engine_->device_weights();
-    state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes, engine_->allocator_);
+    state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes, engine_->allocator_,
+                                                          &engine_->timing_cache());
     base = state_->device->arena();
     const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
     constant_address = [dw](const Tensor* t) { return dw->address(t->id()); };

@@ -62,6 +62,11 @@ class CudaRunner {
     ctx_ = engine_->create_execution_context();
   }
 
+  /// Runs an engine already built (and deserialized) from `net`.
+  CudaRunner(const Network& net, std::shared_ptr<const Engine> engine)
+      : net_(net), engine_(std::move(engine)), ctx_(engine_->create_execution_context()) {}
+
+  const Engine& engine() const { return *engine_; }
   /// The engine's per-layer JSON (to check which layers got device kernels).
   std::string inspect_json() const { return engine_->inspect_json(); }
   ExecutionContext& context() { return *ctx_; }

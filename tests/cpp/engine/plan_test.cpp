@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ember/engine/network.h"
+#include "ember/engine/runtime.h"
 #include "plan/serialize.h"
 
 namespace ember::engine {
@@ -598,7 +599,7 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads version 2"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads version 3"), std::string::npos) << m;
 }
 
 TEST(PlanFormatCorrupt, UnknownBackend) {
@@ -637,6 +638,122 @@ TEST(PlanFormatCorrupt, HugeCountsAreRejectedBeforeAllocating) {
   reseal(b);
   EXPECT_NE(expect_rejected(b, b.size(), true, "string length").find("the limit is"),
             std::string::npos);
+}
+
+// ---------------------------------------------------------------- timing section
+
+const char* const kThisGpu = "NVIDIA H100 80GB HBM3|sm90|132 SMs|cudart 13000|cublasLt 1|cudnn 1";
+const char* const kOtherGpu = "NVIDIA A100|sm80|108 SMs|cudart 13000|cublasLt 1|cudnn 1";
+
+// The tiny plan with a timing section built by hand (as a GPU build would fill it).
+PlanModel timing_model() {
+  std::vector<OptimizationProfile> p(1);
+  p[0].set_range("n", 1, 2, 3);
+  PlanModel m = make_plan(tiny_network(), p);
+  m.timing = {{kThisGpu, "cublasLt f16 m=2 n=2 k=2", std::vector<uint8_t>(64, 0xab)},
+              {kThisGpu, "cudnn fwd f32 x=[1, 3, 4, 4]", {1, 0, 0, 0, 3, 0, 0, 0}},
+              {kOtherGpu, "cublasLt f16 m=2 n=2 k=2", std::vector<uint8_t>(64, 0xcd)}};
+  return m;
+}
+std::vector<uint8_t> timing_plan() { return plan_write(timing_model()); }
+
+TEST(PlanFormatTiming, SectionRoundTripsByteIdentical) {
+  const PlanModel original = timing_model();
+  const std::vector<uint8_t> b = plan_write(original);
+  const PlanModel loaded = plan_read(b.data(), b.size());
+  ASSERT_EQ(loaded.timing.size(), original.timing.size());
+  for (size_t i = 0; i < original.timing.size(); ++i) {
+    EXPECT_EQ(loaded.timing[i].device, original.timing[i].device);
+    EXPECT_EQ(loaded.timing[i].problem, original.timing[i].problem);
+    EXPECT_EQ(loaded.timing[i].choice, original.timing[i].choice);
+  }
+  EXPECT_EQ(plan_write(loaded), b);
+}
+
+TEST(PlanFormatTiming, LoadingSeedsTheEngineCacheForItsGpuOnly) {
+  const std::vector<uint8_t> b = timing_plan();
+  const auto engine = Runtime().deserialize(b.data(), b.size());
+  TimingCache& cache = engine->timing_cache();
+  EXPECT_EQ(cache.size(), 3u);
+  EXPECT_EQ(cache.timed_problems(), 0);
+  bool checked = true;
+  const auto hit = cache.lookup(kThisGpu, "cublasLt f16 m=2 n=2 k=2", &checked);
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(*hit, std::vector<uint8_t>(64, 0xab));
+  EXPECT_FALSE(checked);  // loaded choices are checked against the library before use
+  // The choice for another GPU is kept apart: never returned for this one.
+  EXPECT_FALSE(cache.lookup(kThisGpu, "cudnn fwd f32 x=[9, 9]"));
+  EXPECT_FALSE(cache.lookup("some third GPU", "cublasLt f16 m=2 n=2 k=2"));
+  EXPECT_EQ(*cache.lookup(kOtherGpu, "cublasLt f16 m=2 n=2 k=2"), std::vector<uint8_t>(64, 0xcd));
+}
+
+TEST(PlanFormatTiming, CpuBuildHasAnEmptySection) {
+  BuilderConfig config;
+  OptimizationProfile p;
+  p.set_range("n", 1, 2, 3);
+  config.profiles.push_back(p);
+  config.timing_cache = std::make_shared<TimingCache>();
+  BuildReport report;
+  const std::vector<uint8_t> b = Builder(config).build(tiny_network(), &report);
+  EXPECT_TRUE(plan_read(b.data(), b.size()).timing.empty());
+  EXPECT_EQ(report.timing_entries, 0);
+  EXPECT_EQ(report.timed_problems, 0);
+  EXPECT_EQ(config.timing_cache->size(), 0u);
+  for (const std::string& line : report.pass_log) {
+    EXPECT_EQ(line.find("time_tactics"), std::string::npos) << line;
+  }
+}
+
+TEST(PlanFormatTiming, CorruptSectionSaysWhatAndWhere) {
+  const std::vector<uint8_t> good = tiny_plan();
+  // The (empty) section's entry count is the payload's last four bytes.
+  const size_t count_at = kPlanHeaderBytes + get_u64(good, kPlanPayloadSizePos) - 4;
+  {
+    auto b = good;
+    put_le(b, count_at, 0x10000000u, 4);
+    reseal(b);
+    const std::string m = expect_rejected(b, b.size(), true, "timing count");
+    EXPECT_NE(m.find("timing entry list claims 268435456 entries"), std::string::npos) << m;
+    EXPECT_NE(m.find("at byte " + std::to_string(count_at)), std::string::npos) << m;
+  }
+  {
+    PlanModel m = timing_model();
+    m.timing.push_back(m.timing[0]);
+    const auto b = plan_write(m);
+    const std::string e = expect_rejected(b, b.size(), true, "repeated entry");
+    EXPECT_NE(e.find("timing entry 3 repeats the problem 'cublasLt f16 m=2 n=2 k=2'"),
+              std::string::npos)
+        << e;
+  }
+  {
+    // A choice length larger than what follows.
+    auto b = timing_plan();
+    const std::vector<uint8_t> choice(64, 0xab);
+    std::vector<uint8_t> len_and_choice(4);
+    put_le(len_and_choice, 0, 64, 4);
+    len_and_choice.insert(len_and_choice.end(), choice.begin(), choice.end());
+    const size_t at = find_bytes(b, len_and_choice);
+    put_le(b, at, 5000, 4);
+    reseal(b);
+    const std::string m = expect_rejected(b, b.size(), true, "choice length");
+    EXPECT_NE(m.find("timing entry choice"), std::string::npos) << m;
+  }
+  // Truncating the section anywhere is an error (the payload size is fixed up each time).
+  const auto full = timing_plan();
+  const size_t payload = get_u64(full, kPlanPayloadSizePos);
+  for (size_t cut = 1; cut < 60; ++cut) {
+    auto b = full;
+    const size_t end = kPlanHeaderBytes + payload - cut;
+    const size_t woff = (end + kPlanWeightAlignment - 1) / kPlanWeightAlignment * kPlanWeightAlignment;
+    std::vector<uint8_t> c(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(end));
+    c.resize(woff, 0);
+    const size_t old_woff = get_u64(b, kPlanWeightsOffsetPos);
+    c.insert(c.end(), b.begin() + static_cast<std::ptrdiff_t>(old_woff), b.end());
+    put_le(c, kPlanPayloadSizePos, payload - cut, 8);
+    put_le(c, kPlanWeightsOffsetPos, woff, 8);
+    reseal(c);
+    expect_rejected(c, c.size(), true, "section cut by " + std::to_string(cut));
+  }
 }
 
 // ---------------------------------------------------------------- crafted corpus
@@ -694,7 +811,7 @@ std::vector<CraftedPlan> crafted_plans() {
        [&](auto& b) { b[find_bytes(b, encoded("2"), 1) + 4] = '3'; }},
       {"output_is_input.plan", "is network input",
        [&](auto& b) { put_le(b, find_bytes(b, encoded("y")) - 4, 0, 4); }},
-      {"trailing_payload.plan", "unexpected bytes after the output list",
+      {"trailing_payload.plan", "unexpected bytes after the timing section",
        [](auto& b) {
          // One more payload byte: shift the weights by a whole alignment unit when needed.
          const size_t end = kPlanHeaderBytes + get_u64(b, kPlanPayloadSizePos);
@@ -771,6 +888,7 @@ TEST(PlanFormatCorpus, DISABLED_Regenerate) {
   const fs::path seeds = fs::path(EMBER_TEST_DATA_DIR) / ".." / ".." / ".." / "fuzz" / "corpus";
   write_file(seeds / "seed_tiny.plan", tiny_plan());
   write_file(seeds / "seed_all_kinds.plan", all_kinds_plan());
+  write_file(seeds / "seed_timing.plan", timing_plan());
 }
 
 }  // namespace

@@ -21,12 +21,17 @@
 #include "ember/engine/layers.h"
 #include "ember/engine/network.h"
 #include "ember/engine/runtime.h"
+#include "ember/engine/timing_cache.h"
 #include "ember/engine/types.h"
 
 namespace ember::engine::cuda {
 
 /// Throws Error naming the call and the CUDA error when `status` is not cudaSuccess.
 void check(cudaError_t status, const char* what);
+
+/// The identity a timing-cache choice is valid for on the current device: GPU name, SM count,
+/// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.
+const std::string& timing_device_key();
 
 /// Whether `stream` is being captured into a CUDA graph. Work that must synchronize (cuDNN's
 /// Find, data-dependent checks read back to the host) cannot run then: it runs on the eager
@@ -68,8 +73,9 @@ class DeviceBuffer {
 /// Library handles and scratch memory of one context (created on first use).
 class Resources {
  public:
-  Resources(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocator)
-      : stream_(stream), allocator_(std::move(allocator)) {}
+  Resources(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocator,
+            TimingCache* timing = nullptr)
+      : stream_(stream), allocator_(std::move(allocator)), timing_(timing) {}
   ~Resources();
   Resources(const Resources&) = delete;
   Resources& operator=(const Resources&) = delete;
@@ -84,11 +90,17 @@ class Resources {
   /// cublasLtHandle_t / cudnnHandle_t, created lazily (void* keeps their headers out of here).
   void* cublaslt();
   void* cudnn();
+  /// Where device memory comes from (nullptr: cudaMalloc), for other scratch (tactic timing).
+  const std::shared_ptr<DeviceAllocator>& allocator() const { return allocator_; }
+  /// The engine's timing cache (algorithm choices per problem), or nullptr: then every problem
+  /// is chosen afresh and nothing is kept.
+  TimingCache* timing_cache() const { return timing_; }
 
  private:
   cudaStream_t stream_;
   std::shared_ptr<DeviceAllocator> allocator_;
   DeviceBuffer workspace_;
+  TimingCache* timing_ = nullptr;
   uint64_t workspace_generation_ = 0;
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
@@ -186,7 +198,9 @@ struct GraphCache {
 /// Per-context device state: the activation arena, the library resources and the graphs.
 class ContextState {
  public:
-  ContextState(int64_t arena_bytes, std::shared_ptr<DeviceAllocator> allocator);
+  /// `timing` is the engine's timing cache (it outlives the context).
+  ContextState(int64_t arena_bytes, std::shared_ptr<DeviceAllocator> allocator,
+               TimingCache* timing);
   ~ContextState();
   ContextState(const ContextState&) = delete;
   ContextState& operator=(const ContextState&) = delete;

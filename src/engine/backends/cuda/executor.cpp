@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "backends/cuda/cuda_backend.h"
@@ -22,6 +24,26 @@ bool capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
   return status != cudaStreamCaptureStatusNone;
+}
+
+const std::string& timing_device_key() {
+  static std::mutex mutex;
+  static std::map<int, std::string> keys;  // per device ordinal
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mutex);
+  std::string& key = keys[device];
+  if (key.empty()) {
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+    int runtime = 0;
+    check(cudaRuntimeGetVersion(&runtime), "cudaRuntimeGetVersion");
+    key = std::string(prop.name) + "|sm" + std::to_string(prop.major) +
+          std::to_string(prop.minor) + "|" + std::to_string(prop.multiProcessorCount) +
+          " SMs|cudart " + std::to_string(runtime) + "|cublasLt " +
+          std::to_string(cublasLtGetVersion()) + "|cudnn " + std::to_string(cudnnGetVersion());
+  }
+  return key;
 }
 
 int64_t DeviceTensor::numel() const {
@@ -165,8 +187,9 @@ void* DeviceWeights::address(int tensor_id) const {
 
 // ---------------------------------------------------------------- ContextState
 
-ContextState::ContextState(int64_t arena_bytes, std::shared_ptr<DeviceAllocator> allocator)
-    : res_(nullptr, allocator) {
+ContextState::ContextState(int64_t arena_bytes, std::shared_ptr<DeviceAllocator> allocator,
+                           TimingCache* timing)
+    : res_(nullptr, allocator, timing) {
   if (arena_bytes > 0) {
     arena_ = DeviceBuffer(std::move(allocator), static_cast<size_t>(arena_bytes),
                           "activation arena");

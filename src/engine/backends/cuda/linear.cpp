@@ -7,6 +7,12 @@
 // tolerance); f16/bf16 run on tensor cores with f32 accumulation. A bias is written into the
 // output first and accumulated onto with beta = 1, so the result is rounded once, as on the CPU.
 //
+// Algorithm choice (tactics): the first eager call of a problem times up to 8 of cuBLASLt's
+// heuristic candidates on the real operands (cuDNN: its Find), and the winner goes into the
+// engine's TimingCache under a key naming the problem, not the layer; later calls, captures and
+// engines loaded from a plan that carries the choice look it up. A choice loaded from bytes is
+// checked against the library before its first use.
+//
 // Row-major matrices are column-major transposes, so C = A B is computed as C^T = B^T A^T with
 // the operands swapped; no data moves.
 #include <cublasLt.h>
@@ -14,11 +20,11 @@
 
 #include <algorithm>
 #include <climits>
-#include <map>
+#include <cstdio>
+#include <cstring>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
@@ -131,6 +137,136 @@ void make_layout(LtLayout& l, cudaDataType_t type, int64_t rows, int64_t cols, i
   }
 }
 
+/// The operands and descriptors of one cuBLASLt call; run() launches it with one algorithm.
+struct LtCall {
+  cublasLtHandle_t handle;
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t first, second, out;
+  const float* alpha;
+  const float* beta;
+  const void* b;
+  const void* a;
+  const void* c;
+  void* workspace;
+  cudaStream_t stream;
+  cublasStatus_t run(const cublasLtMatmulAlgo_t& algo, void* d) const {
+    return cublasLtMatmul(handle, op, alpha, b, first, a, second, beta, c, out, d, out, &algo,
+                          workspace, kWorkspaceBytes, stream);
+  }
+};
+
+/// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call.
+constexpr int kGemmCandidates = 8;
+
+/// Owns the CUDA events and the scratch output of one timing run.
+struct GemmTimer {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  DeviceBuffer scratch;  // freed after the last timed run has been waited for
+  GemmTimer() {
+    check(cudaEventCreate(&start), "cudaEventCreate (tactic timing)");
+    check(cudaEventCreate(&stop), "cudaEventCreate (tactic timing)");
+  }
+  GemmTimer(const GemmTimer&) = delete;
+  GemmTimer& operator=(const GemmTimer&) = delete;
+  ~GemmTimer() {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+};
+
+/// Milliseconds of two launches of `algo` after one warm-up, or a negative value when a launch
+/// fails (the candidate is then skipped).
+float time_gemm(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void* d, GemmTimer& t) {
+  if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) return -1.0f;
+  check(cudaEventRecord(t.start, call.stream), "cudaEventRecord (tactic timing)");
+  for (int i = 0; i < 2; ++i) {
+    if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) {
+      check(cudaStreamSynchronize(call.stream), "cudaStreamSynchronize (tactic timing)");
+      return -1.0f;
+    }
+  }
+  check(cudaEventRecord(t.stop, call.stream), "cudaEventRecord (tactic timing)");
+  check(cudaEventSynchronize(t.stop), "cudaEventSynchronize (tactic timing)");
+  float ms = 0.0f;
+  check(cudaEventElapsedTime(&ms, t.start, t.stop), "cudaEventElapsedTime (tactic timing)");
+  return ms;
+}
+
+/// The algorithm for one GEMM problem: the timing cache's choice when there is one (a choice
+/// loaded from bytes is checked with cublasLtMatmulAlgoCheck first, and timed again when this
+/// library rejects it); otherwise, on an eager call, the fastest of up to kGemmCandidates
+/// heuristic candidates timed on the real operands, stored in the cache. A call being captured
+/// cannot synchronize, so it takes the heuristic's first candidate and stores nothing.
+/// `problem` is empty when there is no cache; `out_extent` is the output's byte span.
+cublasLtMatmulAlgo_t gemm_algo(const LtCall& call, cublasLtMatmulPreference_t pref, const Gemm& g,
+                               DataType dtype, const std::string& problem, TimingCache* cache,
+                               size_t out_extent,
+                               const std::shared_ptr<DeviceAllocator>& allocator) {
+  const std::string* device = cache != nullptr ? &timing_device_key() : nullptr;
+  if (cache != nullptr) {
+    bool checked = false;
+    const auto choice = cache->lookup(*device, problem, &checked);
+    if (choice && choice->size() == sizeof(cublasLtMatmulAlgo_t)) {
+      cublasLtMatmulAlgo_t algo;
+      std::memcpy(&algo, choice->data(), sizeof algo);
+      if (checked) return algo;
+      cublasLtMatmulHeuristicResult_t result{};
+      if (cublasLtMatmulAlgoCheck(call.handle, call.op, call.first, call.second, call.out,
+                                  call.out, &algo, &result) == CUBLAS_STATUS_SUCCESS &&
+          result.workspaceSize <= kWorkspaceBytes) {
+        cache->mark_checked(*device, problem);
+        return algo;
+      }
+      // Another library version or corrupt bytes: time the problem again below.
+    }
+  }
+  cublasLtMatmulHeuristicResult_t results[kGemmCandidates] = {};
+  int returned = 0;
+  lt_check(cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
+                                          call.out, pref, kGemmCandidates, results, &returned),
+           "cublasLtMatmulAlgoGetHeuristic");
+  if (returned == 0) {
+    throw Error("MatrixMultiply (cuda): cuBLASLt has no algorithm for m=" + std::to_string(g.m) +
+                " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " batch=" +
+                std::to_string(g.batch) + " of " + dtype_name(dtype));
+  }
+  if (cache == nullptr || capturing(call.stream)) return results[0].algo;
+  int best = 0;
+  if (returned > 1) {
+    GemmTimer timer;
+    // With a residual read as C, D = alpha AB + C: repeated launches are harmless unless C and
+    // D overlap (an in-place residual), which would accumulate; time into scratch then.
+    void* d = g.c;
+    const auto* c0 = static_cast<const uint8_t*>(call.c);
+    const auto* d0 = static_cast<const uint8_t*>(g.c);
+    if (g.residual != nullptr && c0 < d0 + out_extent && d0 < c0 + out_extent) {
+      timer.scratch = DeviceBuffer(allocator, out_extent, "tactic timing scratch");
+      d = timer.scratch.get();
+    }
+    float best_ms = -1.0f;
+    best = -1;
+    for (int i = 0; i < returned; ++i) {
+      if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > kWorkspaceBytes) {
+        continue;
+      }
+      const float ms = time_gemm(call, results[i].algo, d, timer);
+      if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
+        best = i;
+        best_ms = ms;
+      }
+    }
+    if (best < 0) {
+      throw Error("MatrixMultiply (cuda): none of cuBLASLt's " + std::to_string(returned) +
+                  " candidate algorithms ran for m=" + std::to_string(g.m) + " n=" +
+                  std::to_string(g.n) + " k=" + std::to_string(g.k) + " of " + dtype_name(dtype));
+    }
+  }
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&results[best].algo);
+  cache->store(*device, problem, std::vector<uint8_t>(bytes, bytes + sizeof(cublasLtMatmulAlgo_t)));
+  cache->note_timed();
+  return results[best].algo;
+}
+
 void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
   auto handle = static_cast<cublasLtHandle_t>(args.res->cublaslt());
   const cudaDataType_t type = lt_type(dtype);
@@ -211,22 +347,29 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
   lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                 &align_out, sizeof(align_out)),
            "set alignment D");
-  cublasLtMatmulHeuristicResult_t result{};
-  int returned = 0;
-  lt_check(cublasLtMatmulAlgoGetHeuristic(handle, op.h, first.h, second.h, out.h, out.h, pref.h, 1,
-                                          &result, &returned),
-           "cublasLtMatmulAlgoGetHeuristic");
-  if (returned == 0) {
-    throw Error("MatrixMultiply (cuda): cuBLASLt has no algorithm for m=" + std::to_string(g.m) +
-                " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " batch=" +
-                std::to_string(g.batch) + " of " + dtype_name(dtype));
-  }
   const float alpha = g.scale, beta = g.residual != nullptr ? 1.0f : 0.0f;
-  const void* c = g.residual != nullptr ? g.residual : g.c;
-  void* workspace = args.res->workspace(kWorkspaceBytes);
-  lt_check(cublasLtMatmul(handle, op.h, &alpha, g.b, first.h, g.a, second.h, &beta, c, out.h,
-                          g.c, out.h, &result.algo, workspace, kWorkspaceBytes, args.stream()),
-           "cublasLtMatmul");
+  LtCall call{handle, op.h, first.h, second.h, out.h, &alpha, &beta, g.b, g.a,
+              g.residual != nullptr ? g.residual : g.c, args.res->workspace(kWorkspaceBytes),
+              args.stream()};
+  std::string problem;
+  if (args.res->timing_cache() != nullptr) {
+    problem = "cublasLt " + std::string(dtype_name(dtype)) + " ta=" + std::to_string(g.trans_a) +
+              " tb=" + std::to_string(g.trans_b) + " m=" + std::to_string(g.m) +
+              " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
+              " ld=" + std::to_string(g.lda) + "," + std::to_string(g.ldb) + "," +
+              std::to_string(g.ldc) + " batch=" + std::to_string(g.batch) +
+              " strides=" + std::to_string(g.stride_a) + "," + std::to_string(g.stride_b) + "," +
+              std::to_string(g.stride_c) + " epilogue=" + std::to_string(epilogue) +
+              " residual=" + std::to_string(g.residual != nullptr) +
+              " align=" + std::to_string(align_first) + "," + std::to_string(align_second) + "," +
+              std::to_string(align_out) + " workspace=" + std::to_string(kWorkspaceBytes);
+  }
+  const size_t out_extent =
+      static_cast<size_t>((g.batch - 1) * g.stride_c + (g.m - 1) * g.ldc + g.n) * esize;
+  const cublasLtMatmulAlgo_t algo = gemm_algo(call, pref.h, g, dtype, problem,
+                                              args.res->timing_cache(), out_extent,
+                                              args.res->allocator());
+  lt_check(call.run(algo, g.c), "cublasLtMatmul");
 }
 
 // ---------------------------------------------------------------- cuDNN convolution
@@ -336,16 +479,6 @@ struct ConvChoice {
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
 };
 
-/// Algorithms chosen per (layer, direction, dtype, x dims, w dims, y dims): found once per shape
-/// signature, then reused by every context of the process.
-using ConvKey = std::tuple<const Layer*, int, int, std::vector<int64_t>, std::vector<int64_t>,
-                           std::vector<int64_t>>;
-std::mutex conv_cache_mutex;
-std::map<ConvKey, ConvChoice>& conv_cache() {
-  static std::map<ConvKey, ConvChoice> cache;
-  return cache;
-}
-
 /// Whether a found algorithm is acceptable: it ran, fits the workspace, and for f32 keeps f32
 /// accuracy (no tensor-core math, no FFT/Winograd transforms).
 template <typename Perf>
@@ -380,6 +513,79 @@ bool pick(const Perf* perf, int count, bool is_f32, ConvChoice& choice) {
   return false;
 }
 
+
+// ---- the timing cache's conv problems and choices
+
+/// Appends every field of a params struct to a problem key as "name=value;", so that a field
+/// added to the params later is part of the key without a change here.
+struct ProblemText {
+  std::string& s;
+  void put(const char* name, const std::string& v) { s += std::string(name) + "=" + v + ";"; }
+  void operator()(const char* name, const int64_t& v) { put(name, std::to_string(v)); }
+  void operator()(const char* name, const bool& v) { put(name, v ? "1" : "0"); }
+  void operator()(const char* name, const double& v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    put(name, buf);
+  }
+  void operator()(const char* name, const std::vector<int64_t>& v) { put(name, dims_to_string(v)); }
+  template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+  void operator()(const char* name, const E& v) {
+    put(name, std::to_string(static_cast<int>(v)));
+  }
+};
+
+/// The problem key of a (de)convolution: direction, dtype, the x/w/y dims of the layer, and
+/// every field of its params (a copy: fields() is not const).
+template <class Params>
+std::string conv_problem(const char* direction, DataType dtype, const std::vector<int64_t>& x,
+                         const std::vector<int64_t>& w, const std::vector<int64_t>& y, Params p) {
+  std::string s = std::string("cudnn ") + direction + " " + dtype_name(dtype) +
+                  " x=" + dims_to_string(x) + " w=" + dims_to_string(w) +
+                  " y=" + dims_to_string(y) + " ";
+  ProblemText text{s};
+  p.fields(text);
+  return s;
+}
+
+bool known_math(int m) {
+  return m == CUDNN_DEFAULT_MATH || m == CUDNN_TENSOR_OP_MATH ||
+         m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION || m == CUDNN_FMA_MATH;
+}
+
+/// The cached choice of `problem` in `choice`. A choice loaded from bytes must be well formed,
+/// keep the precision rules and pass `valid` (cuDNN reports a workspace size for it on this
+/// problem) before it is used; one that fails is not trusted, and the caller finds again.
+template <class Algo, class Valid>
+bool conv_lookup(TimingCache* cache, const std::string& problem, int algo_count, bool is_f32,
+                 ConvChoice& choice, Valid valid) {
+  if (cache == nullptr) return false;
+  bool checked = false;
+  const auto bytes = cache->lookup(timing_device_key(), problem, &checked);
+  if (!bytes || bytes->size() != 8) return false;
+  int32_t algo = 0, math = 0;
+  std::memcpy(&algo, bytes->data(), 4);
+  std::memcpy(&math, bytes->data() + 4, 4);
+  if (algo < 0 || algo >= algo_count || !known_math(math)) return false;
+  choice = {algo, static_cast<cudnnMathType_t>(math)};
+  if (checked) return true;
+  if (is_f32 && (lossy(static_cast<Algo>(algo)) || choice.math == CUDNN_TENSOR_OP_MATH ||
+                 choice.math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)) {
+    return false;
+  }
+  if (!valid(static_cast<Algo>(algo), choice.math)) return false;
+  cache->mark_checked(timing_device_key(), problem);
+  return true;
+}
+
+/// Stores a choice found by timing (Find) and counts the problem as timed.
+void conv_store(TimingCache* cache, const std::string& problem, const ConvChoice& choice) {
+  if (cache == nullptr) return;
+  const int32_t v[2] = {choice.algo, static_cast<int32_t>(choice.math)};
+  const auto* b = reinterpret_cast<const uint8_t*>(v);
+  cache->store(timing_device_key(), problem, std::vector<uint8_t>(b, b + 8));
+  cache->note_timed();
+}
 
 /// The bias, checked against the output channel count and dtype, or nullptr.
 const void* conv_bias(const CudaArgs& a, int64_t channels, DataType dtype, const char* layer) {
@@ -454,20 +660,24 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   }
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
   void* workspace = a.res->workspace(kConvWorkspaceBytes);
-  const ConvKey key{a.layer, 0, static_cast<int>(x.dtype), x.dims, w.dims, y.dims};
+  TimingCache* cache = a.res->timing_cache();
+  const std::string problem = conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
   ConvChoice choice;
-  bool found;
-  {
-    std::lock_guard<std::mutex> lock(conv_cache_mutex);
-    auto it = conv_cache().find(key);
-    found = it != conv_cache().end();
-    if (found) choice = it->second;
-  }
+  const bool found = conv_lookup<cudnnConvolutionFwdAlgo_t>(
+      cache, problem, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, s.is_f32, choice,
+      [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
+        size_t bytes = 0;
+        return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
+               cudnnGetConvolutionForwardWorkspaceSize(handle, s.x.h, s.w.h, s.conv.h, s.y.h,
+                                                       algo, &bytes) == CUDNN_STATUS_SUCCESS &&
+               bytes <= kConvWorkspaceBytes;
+      });
   if (!found) {
     constexpr int kMaxAlgos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
     cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
     int count = 0;
-    if (capturing(a.stream())) {
+    const bool eager = !capturing(a.stream());
+    if (!eager) {
       dnn_check(cudnnGetConvolutionForwardAlgorithm_v7(handle, s.x.h, s.w.h, s.conv.h, s.y.h,
                                                        kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionForwardAlgorithm_v7");
@@ -484,8 +694,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
       host_fallback(a);  // no algorithm meets the precision and workspace limits
       return;
     }
-    std::lock_guard<std::mutex> lock(conv_cache_mutex);
-    conv_cache()[key] = choice;
+    if (eager) conv_store(cache, problem, choice);  // a capture's heuristic guess is not kept
   }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
             "cudnnSetConvolutionMathType");
@@ -531,20 +740,25 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
   }
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
   void* workspace = a.res->workspace(kConvWorkspaceBytes);
-  const ConvKey key{a.layer, 1, static_cast<int>(x.dtype), x.dims, w.dims, y.dims};
+  TimingCache* cache = a.res->timing_cache();
+  const std::string problem = conv_problem("bwd_data", x.dtype, x.dims, w.dims, y.dims, p);
   ConvChoice choice;
-  bool found;
-  {
-    std::lock_guard<std::mutex> lock(conv_cache_mutex);
-    auto it = conv_cache().find(key);
-    found = it != conv_cache().end();
-    if (found) choice = it->second;
-  }
+  const bool found = conv_lookup<cudnnConvolutionBwdDataAlgo_t>(
+      cache, problem, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, s.is_f32, choice,
+      [&](cudnnConvolutionBwdDataAlgo_t algo, cudnnMathType_t math) {
+        size_t bytes = 0;
+        return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
+               cudnnGetConvolutionBackwardDataWorkspaceSize(handle, s.w.h, s.y.h, s.conv.h,
+                                                            s.x.h, algo, &bytes) ==
+                   CUDNN_STATUS_SUCCESS &&
+               bytes <= kConvWorkspaceBytes;
+      });
   if (!found) {
     constexpr int kMaxAlgos = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
     cudnnConvolutionBwdDataAlgoPerf_t perf[kMaxAlgos];
     int count = 0;
-    if (capturing(a.stream())) {
+    const bool eager = !capturing(a.stream());
+    if (!eager) {
       dnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, s.w.h, s.y.h, s.conv.h, s.x.h,
                                                             kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
@@ -560,8 +774,7 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
       host_fallback(a);
       return;
     }
-    std::lock_guard<std::mutex> lock(conv_cache_mutex);
-    conv_cache()[key] = choice;
+    if (eager) conv_store(cache, problem, choice);
   }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
             "cudnnSetConvolutionMathType");

@@ -2,7 +2,8 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fold_constants -> remove_dead_layers ->
-// fuse_epilogues -> simplify_attention -> select_implementations -> plan_memory -> emission (plan_write).
+// fuse_epilogues -> simplify_attention -> select_implementations -> plan_memory -> time_tactics ->
+// emission (plan_write).
 #pragma once
 
 #include <functional>
@@ -19,6 +20,7 @@ struct BuildState {
   BuilderConfig config;
   PlanModel plan;                     ///< plan.network is the builder's own clone.
   std::vector<std::string> log;       ///< One line per pass.
+  int64_t timed_problems = 0;         ///< Problems time_tactics timed (cache misses).
 };
 
 /// A named pass.
@@ -69,6 +71,11 @@ void pass_select_implementations(BuildState& s);
 /// when the arena exceeds config.memory_limit.
 void pass_plan_memory(BuildState& s);
 
+/// "cuda" builds on a machine with a GPU: runs the plan once at the first profile's opt shapes
+/// (zero inputs) so that every matmul and convolution problem is timed, seeded from
+/// config.timing_cache, and fills plan.timing with the choices of the plan's problems (and
+/// config.timing_cache with them). Without a GPU, or for "cpu", plan.timing stays empty.
+void pass_time_tactics(BuildState& s);
 /// The default pipeline, in order.
 std::vector<Pass> default_passes();
 
