@@ -35,6 +35,10 @@ class CompileSettings:
     workspace_size: int = 0
     #: "cpu" or "cuda"; None picks cuda when a GPU and the CUDA back end are present, else cpu.
     device: str | None = None
+    #: Convolutions in NHWC (the builder's channels_last pass): None moves f16/bf16 2-d
+    #: convolutions of CUDA engines (tensor cores want NHWC); True every 2-d float convolution on
+    #: any device; False none.
+    channels_last: bool | None = None
     #: Print the partition report and the engine build logs.
     debug: bool = False
     #: Print the partition report and stop: nothing is built, the input program is returned.
@@ -78,6 +82,8 @@ class CompileSettings:
         if self.timing_cache is not None and not isinstance(self.timing_cache, (str, os.PathLike)):
             raise TypeError("ember: timing_cache must be a file path (str or os.PathLike) or None, "
                             f"got {type(self.timing_cache).__name__}")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"ember: channels_last must be None, True or False, got {self.channels_last!r}")
         if not self.use_explicit_typing:
             raise ValueError("ember: use_explicit_typing=False (autocast) is not supported yet; "
                              "cast the model to the dtype you want instead")
@@ -102,6 +108,7 @@ class CompileSettings:
             "optimization_level": int(self.optimization_level),
             "workspace_size": int(self.workspace_size),
             "backend": self.backend(),
+            "channels_last": {None: "auto", True: "on", False: "off"}[self.channels_last],
             "debug": bool(self.debug),
         }
 

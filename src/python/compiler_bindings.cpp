@@ -75,6 +75,7 @@ CompileSettings parse_settings(const py::dict& d) {
     else if (key == "optimization_level") s.optimization_level = v.cast<int>();
     else if (key == "workspace_size") s.workspace_size = v.cast<int64_t>();
     else if (key == "backend") s.backend = v.cast<std::string>();
+    else if (key == "channels_last") s.channels_last = v.cast<std::string>();
     else if (key == "debug") s.debug = v.cast<bool>();
     else throw Error("unknown compiler setting '" + key + "'");
   }

@@ -25,12 +25,12 @@ def flat_outputs(out):
     return result
 
 
-def check_model(model, inputs, *, dynamic=None, extra=()):
+def check_model(model, inputs, *, dynamic=None, extra=(), **settings):
     model = model.eval()
     report = ember.dynamo.CompilationReport()
     specs = dynamic if dynamic is not None else list(inputs)
     gm = ember.compile(model, inputs=specs, device="cpu", report=report,
-                       require_full_compilation=True)
+                       require_full_compilation=True, **settings)
     assert not report.fallback, str(report)
     assert len(report.engines) == 1, str(report)
     for args in (tuple(inputs), *extra):
@@ -58,6 +58,17 @@ def test_resnet18_dynamic_batch():
     spec = ember.Input(min_shape=(1, 3, 64, 64), opt_shape=(2, 3, 64, 64), max_shape=(4, 3, 64, 64))
     check_model(model, [torch.randn(2, 3, 64, 64)], dynamic=[spec],
                 extra=[(torch.randn(1, 3, 64, 64),), (torch.randn(4, 3, 64, 64),)])
+
+
+def test_resnet18_channels_last():
+    # The channels_last pass forced on for the CPU back end (normally CUDA f16/bf16 only): every
+    # convolution and pooling in NHWC, one transpose in, the pooled features out by a reshape.
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None)
+    _, report = check_model(model, [torch.randn(2, 3, 64, 64)], channels_last=True)
+    log = [line for line in report.engines[0]["build_log"] if line.startswith("channels_last")]
+    assert log and log[0].startswith("channels_last: 20 convolutions, 2 poolings"), log
+    assert "1 transposes in, 1 out" in log[0], log
 
 
 def small_bert():

@@ -51,6 +51,13 @@ class OptimizationProfile {
   std::vector<InputDims> input_dims_;
 };
 
+/// Which convolutions the builder's channels_last pass moves to NHWC.
+enum class ChannelsLast : uint8_t {
+  kAuto,  ///< f16/bf16 2-d convolutions of CUDA builds (tensor-core convolution wants NHWC).
+  kOn,    ///< Every 2-d float convolution, on any back end (for tests and experiments).
+  kOff,   ///< None: everything stays NCHW.
+};
+
 /// Build settings.
 struct BuilderConfig {
   /// At least one profile when the network has symbolic dims; the first is the default.
@@ -69,6 +76,8 @@ struct BuilderConfig {
   /// in the plan, and adds them here; save it with TimingCache::serialize for the next build.
   /// Null: the build starts from an empty cache and keeps its choices only in the plan.
   std::shared_ptr<TimingCache> timing_cache;
+  /// The channels_last pass (optimization level >= 1).
+  ChannelsLast channels_last = ChannelsLast::kAuto;
 };
 
 /// What each pass did, for logs and tests.

@@ -103,6 +103,8 @@ struct Epilogue {
 /// optional residual [N, K, *out] (the epilogue's; nullptr to omit).
 /// Output: [N, K, *out] with out = floor((in + pad_begin + pad_end - dilation*(k-1) - 1)/stride)+1.
 /// Types: float; all inputs one dtype. Accumulation in f32.
+/// channels_last (2-d only; set by the builder's channels_last pass): x is [N, H, W, C], w is
+/// [K, R, S, C/groups] (KRSC), and the output and residual are [N, OH, OW, K].
 struct ConvolutionParams {
   std::vector<int64_t> stride;        ///< One per spatial dim, >= 1.
   std::vector<int64_t> padding_begin; ///< One per spatial dim, >= 0.
@@ -110,9 +112,11 @@ struct ConvolutionParams {
   std::vector<int64_t> dilation;      ///< One per spatial dim, >= 1.
   int64_t groups = 1;
   Epilogue epilogue;
+  bool channels_last = false;
   template <class V> void fields(V& v) {
     v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
     v("dilation", dilation); v("groups", groups); epilogue.fields(v);
+    v("channels_last", channels_last);
   }
 };
 
@@ -140,6 +144,8 @@ inline constexpr int kNumPoolingTypes = 2;
 /// inside the end padding (PyTorch's rule). Padded elements never win a max; for average,
 /// count_include_pad counts padding (not the ceil-mode overhang) in the divisor.
 /// Types: float, plus integers for max.
+/// channels_last (2-d only; set by the builder's channels_last pass): x is [N, H, W, C] and the
+/// output [N, OH, OW, C].
 struct PoolingParams {
   PoolingType type = PoolingType::kMax;
   std::vector<int64_t> window;
@@ -150,10 +156,12 @@ struct PoolingParams {
   bool ceil_mode = false;
   bool count_include_pad = true;
   int64_t divisor_override = 0;   ///< When > 0, average divides by this instead.
+  bool channels_last = false;
   template <class V> void fields(V& v) {
     v("type", type); v("window", window); v("stride", stride); v("padding_begin", padding_begin);
     v("padding_end", padding_end); v("dilation", dilation); v("ceil_mode", ceil_mode);
     v("count_include_pad", count_include_pad); v("divisor_override", divisor_override);
+    v("channels_last", channels_last);
   }
 };
 

@@ -131,6 +131,14 @@ SegmentEngine build_segment(const Graph& g, const Segment& segment,
   config.memory_limit = settings.workspace_size;
   config.backend = settings.backend;
   config.timing_cache = std::move(timing_cache);
+  if (settings.channels_last == "on") {
+    config.channels_last = engine::ChannelsLast::kOn;
+  } else if (settings.channels_last == "off") {
+    config.channels_last = engine::ChannelsLast::kOff;
+  } else if (settings.channels_last != "auto") {
+    throw Error("channels_last setting '" + settings.channels_last +
+                "' is not one of auto, on, off");
+  }
   engine::BuildReport report;
   SegmentEngine out;
   out.plan = engine::Builder(config).build(c.net, &report);

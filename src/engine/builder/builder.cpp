@@ -23,6 +23,7 @@ std::vector<Pass> default_passes() {
       {"fold_constants", 1, pass_fold_constants},
       {"remove_dead_layers", 0, pass_remove_dead_layers},
       {"fuse_epilogues", 1, pass_fuse_epilogues},
+      {"channels_last", 1, pass_channels_last},
       {"simplify_attention", 1, pass_simplify_attention},
       {"select_implementations", 0, pass_select_implementations},
       {"plan_memory", 0, pass_plan_memory},

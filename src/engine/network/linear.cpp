@@ -8,6 +8,9 @@
 // - Convolution/Deconvolution take x [N, C, *spatial] with 1 to 3 spatial dims; the weight has
 //   x's rank; every kernel dim, channel count and output dim is >= 1 (symbolic dims become
 //   run-time checks). Deconvolution also needs every input spatial dim >= 1.
+// - channels_last (Convolution, Pooling) needs rank 4 (2-d, batched): x [N, H, W, C], weight
+//   [K, R, S, C/groups]. The checks run on the NCHW view of those shapes, and their messages
+//   name the actual (NHWC) dim positions.
 // - Pooling takes [N, C, *spatial] or unbatched [C, *spatial] input. As torch requires, each
 //   padding is at most window/2, so every window overlaps the input; ceil_mode drops a last
 //   window that would start inside the end padding. Average pooling needs dilation all ones;
@@ -60,6 +63,28 @@ void expect_epilogue(const Epilogue& e, InferContext& ctx, size_t residual, size
   InferContext::require(std::isfinite(e.scale), "epilogue scale must be finite");
 }
 
+/// NCHW dim position -> NHWC position (0 -> 0, 1 -> 3, 2 -> 1, 3 -> 2); also KCRS -> KRSC.
+size_t nhwc_axis(size_t nchw) { return nchw == 0 ? 0 : nchw == 1 ? 3 : nchw - 1; }
+
+/// The NCHW (KCRS) view of a channels-last shape, or the shape itself.
+Shape nchw_view(const Shape& s, bool channels_last) {
+  return channels_last ? Shape{s[0], s[3], s[1], s[2]} : s;
+}
+
+/// The channels-last form of an NCHW shape, or the shape itself.
+Shape nhwc_form(const Shape& s, bool channels_last) {
+  return channels_last ? Shape{s[0], s[2], s[3], s[1]} : s;
+}
+
+/// Requires rank 4 of input `i` when `channels_last` is set.
+void expect_channels_last_rank(InferContext& ctx, bool channels_last, size_t i, const char* what) {
+  if (!channels_last) return;
+  InferContext::require(ctx.rank(i) == 4,
+                        std::string("channels_last needs a 2-d ") + what + " of rank 4 (" +
+                            (i == 0 ? "[N, H, W, C]" : "[K, R, S, C/groups]") + "), got rank " +
+                            std::to_string(ctx.rank(i)));
+}
+
 /// Upper bound on stride, dilation, padding, window and output_padding values.
 constexpr int64_t kMaxWindowParam = int64_t{1} << 30;
 
@@ -99,42 +124,47 @@ size_t expect_conv_inputs(InferContext& ctx, int64_t groups, size_t max_inputs =
 
 void infer(const ConvolutionParams& p, InferContext& ctx) {
   const size_t nsp = expect_conv_inputs(ctx, p.groups, 4);
+  expect_channels_last_rank(ctx, p.channels_last, ConvInputs::kX, "input");
+  expect_channels_last_rank(ctx, p.channels_last, ConvInputs::kWeight, "weight");
   expect_per_dim(p.stride, "stride", nsp, 1);
   expect_per_dim(p.padding_begin, "padding_begin", nsp, 0);
   expect_per_dim(p.padding_end, "padding_end", nsp, 0);
   expect_per_dim(p.dilation, "dilation", nsp, 1);
 
-  const Shape& x = ctx.shape(ConvInputs::kX);
-  const Shape& w = ctx.shape(ConvInputs::kWeight);
+  const Shape x = nchw_view(ctx.shape(ConvInputs::kX), p.channels_last);
+  const Shape w = nchw_view(ctx.shape(ConvInputs::kWeight), p.channels_last);
+  // Messages name the dims where they are: NHWC / KRSC positions under channels_last.
+  const auto at = [&](size_t d) { return p.channels_last ? nhwc_axis(d) : d; };
   const DimExpr groups(p.groups);
-  ctx.check_less_equal(1, w[0], dim_label("weight", 0, w[0]) + " (output channels) must be >= 1");
+  ctx.check_less_equal(1, w[0], dim_label("weight", at(0), w[0]) + " (output channels) must be >= 1");
   ctx.check_less_equal(1, w[1],
-                       dim_label("weight", 1, w[1]) + " (input channels per group) must be >= 1");
+                       dim_label("weight", at(1), w[1]) + " (input channels per group) must be >= 1");
   ctx.check_equal(w[1] * groups, x[1],
-                  dim_label("weight", 1, w[1]) + " times groups (" + std::to_string(p.groups) +
-                      ") must equal " + dim_label("input", 1, x[1]) + " (input channels)");
+                  dim_label("weight", at(1), w[1]) + " times groups (" + std::to_string(p.groups) +
+                      ") must equal " + dim_label("input", at(1), x[1]) + " (input channels)");
   ctx.check_equal(mod(w[0], groups), 0,
-                  dim_label("weight", 0, w[0]) +
+                  dim_label("weight", at(0), w[0]) +
                       " (output channels) must be divisible by groups (" +
                       std::to_string(p.groups) + ")");
   if (ctx.has(ConvInputs::kBias)) {
     const Shape& b = ctx.shape(ConvInputs::kBias);
     ctx.check_equal(b[0], w[0],
-                    dim_label("bias", 0, b[0]) + " must equal " + dim_label("weight", 0, w[0]) +
+                    dim_label("bias", 0, b[0]) + " must equal " + dim_label("weight", at(0), w[0]) +
                         " (output channels)");
   }
   Shape out{x[0], w[0]};
   for (size_t d = 0; d < nsp; ++d) {
     const DimExpr& k = w[2 + d];
-    ctx.check_less_equal(1, k, dim_label("weight", 2 + d, k) + " (kernel size) must be >= 1");
+    ctx.check_less_equal(1, k, dim_label("weight", at(2 + d), k) + " (kernel size) must be >= 1");
     const DimExpr extent = DimExpr(p.dilation[d]) * (k - 1) + 1;
     const DimExpr padded = x[2 + d] + p.padding_begin[d] + p.padding_end[d];
     ctx.check_less_equal(extent, padded,
                          "dilated kernel extent along spatial dim " + std::to_string(d) +
-                             " must fit in the padded " + dim_label("input", 2 + d, x[2 + d]) +
+                             " must fit in the padded " + dim_label("input", at(2 + d), x[2 + d]) +
                              "; reduce the kernel or dilation, or pad more");
     out.push_back(floor_div(padded - extent, p.stride[d]) + 1);
   }
+  out = nhwc_form(out, p.channels_last);
   expect_epilogue(p.epilogue, ctx, ConvInputs::kResidual, ConvInputs::kX, out);
   ctx.add_output(ctx.dtype(ConvInputs::kX), std::move(out));
 }
@@ -204,6 +234,10 @@ void infer(const PoolingParams& p, InferContext& ctx) {
       "window must have 1 to 3 entries (spatial dims), got " + std::to_string(nsp));
   ctx.expect_rank_between(0, static_cast<int>(nsp) + 1, static_cast<int>(nsp) + 2,
                           "input [N, C, *spatial] or [C, *spatial]");
+  InferContext::require(!p.channels_last || nsp == 2,
+                        "channels_last pooling needs a 2-d window, got " + std::to_string(nsp) +
+                            " entries");
+  expect_channels_last_rank(ctx, p.channels_last, 0, "input");
   expect_per_dim(p.window, "window", nsp, 1);
   expect_per_dim(p.stride, "stride", nsp, 1);
   expect_per_dim(p.padding_begin, "padding_begin", nsp, 0);
@@ -226,7 +260,8 @@ void infer(const PoolingParams& p, InferContext& ctx) {
   InferContext::require(average || p.divisor_override == 0,
                         "divisor_override applies to average pooling only; set it to 0");
 
-  const Shape& x = ctx.shape(0);
+  const Shape x = nchw_view(ctx.shape(0), p.channels_last);
+  const auto at = [&](size_t d) { return p.channels_last ? nhwc_axis(d) : d; };
   const size_t first = x.size() - nsp;
   Shape out(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(first));
   for (size_t d = 0; d < nsp; ++d) {
@@ -244,10 +279,10 @@ void infer(const PoolingParams& p, InferContext& ctx) {
     ctx.check_less_equal(1, size,
                          "output spatial dim " + std::to_string(d) + " (" + size.to_string() +
                              ") must be >= 1: the window does not fit in the padded " +
-                             dim_label("input", first + d, in));
+                             dim_label("input", at(first + d), in));
     out.push_back(size);
   }
-  ctx.add_output(t, std::move(out));
+  ctx.add_output(t, nhwc_form(out, p.channels_last));
 }
 
 void infer(const MatrixMultiplyParams& p, InferContext& ctx) {

@@ -42,7 +42,8 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 3;  // 2: fused epilogues, 3: timing section
+inline constexpr uint32_t kPlanFormatVersion = 4;  // 2: fused epilogues, 3: timing section,
+                                                   // 4: channels_last
 inline constexpr size_t kPlanWeightAlignment = 256;
 
 /// Where a tensor lives at run time.

@@ -37,17 +37,18 @@ inline void cuda_ok(cudaError_t s, const char* what) {
   if (s != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(s));
 }
 
-/// One "cuda" engine of a network (optimization level 0: no constant folding, so every layer
-/// runs as written) and one context; run() may be called with several shapes.
+/// One "cuda" engine of a network (optimization level 0 unless asked: no constant folding or
+/// fusion, so every layer runs as written) and one context; run() may be called with several
+/// shapes.
 class CudaRunner {
  public:
   /// Builds with `profiles`, or one exact profile from `example_inputs` when profiles is empty.
   CudaRunner(const Network& net, const std::vector<TestTensor>& example_inputs,
-             std::vector<OptimizationProfile> profiles = {})
+             std::vector<OptimizationProfile> profiles = {}, int optimization_level = 0)
       : net_(net) {
     BuilderConfig config;
     config.backend = "cuda";
-    config.optimization_level = 0;
+    config.optimization_level = optimization_level;
     config.profiles = std::move(profiles);
     if (config.profiles.empty()) {
       OptimizationProfile p;

@@ -15,6 +15,9 @@
 // - MatrixMultiply: one sgemm per broadcast batch entry; when b has no batch and a is not
 //   transposed, a's batch folds into the rows of a single sgemm.
 // - Pooling: direct loops, parallel over the planes (N*C).
+// - channels_last Convolution/Pooling (NHWC, KRSC weights): the reference permutes its operands
+//   to NCHW, runs the kernels above and permutes the result back (correct, not fast: the CPU
+//   back end never chooses this layout itself, the builder does so for the CUDA back end).
 //
 // GEMMs are called from the calling thread and threaded by OpenBLAS (set to num_threads());
 // the memory-bound im2col/col2im/pooling loops use parallel_for.
@@ -23,6 +26,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <string>
@@ -362,6 +367,53 @@ bool prefer_direct(const ConvShape& s) {
 
 constexpr size_t kNoInput = static_cast<size_t>(-1);
 
+constexpr int64_t kNhwcToNchw[] = {0, 3, 1, 2};  // NHWC -> NCHW, KRSC -> KCRS
+
+/// `t` permuted (torch.permute's meaning) into `storage`, which the result points into.
+HostTensor permuted(const HostTensor& t, const int64_t (&perm)[4], std::vector<uint8_t>& storage) {
+  HostTensor out;
+  out.dtype = t.dtype;
+  for (const int64_t d : perm) out.dims.push_back(t.dims.at(static_cast<size_t>(d)));
+  storage.resize(t.nbytes());
+  out.data = storage.data();
+  ShuffleParams p;
+  p.first_transpose.assign(std::begin(perm), std::end(perm));
+  KernelArgs a;
+  a.inputs = {&t};
+  a.outputs = {&out};
+  run(p, a);
+  return out;
+}
+
+/// Runs a channels_last layer (`p` with the flag set) through its NCHW kernel: inputs listed in
+/// `nhwc_inputs` are permuted to NCHW (the others, such as a bias, pass as they are) and the
+/// NCHW result is permuted back into the output.
+template <class P>
+void run_through_nchw(P p, const KernelArgs& a, std::initializer_list<size_t> nhwc_inputs) {
+  p.channels_last = false;
+  std::vector<std::vector<uint8_t>> storage(a.inputs.size() + 1);  // the last: the output
+  std::vector<HostTensor> nchw(a.inputs.size());
+  KernelArgs b = a;
+  for (const size_t i : nhwc_inputs) {
+    if (!a.has(i)) continue;
+    nchw[i] = permuted(a.in(i), kNhwcToNchw, storage[i]);
+    b.inputs[i] = &nchw[i];
+  }
+  HostTensor out;
+  out.dtype = a.out().dtype;
+  for (const int64_t d : kNhwcToNchw) out.dims.push_back(a.out().dims[static_cast<size_t>(d)]);
+  storage.back().resize(out.nbytes());
+  out.data = storage.back().data();
+  b.outputs = {&out};
+  run(p, b);
+  ShuffleParams to_nhwc;
+  to_nhwc.first_transpose = {0, 2, 3, 1};
+  KernelArgs c;
+  c.inputs = {&out};
+  c.outputs = {&a.out()};
+  run(to_nhwc, c);
+}
+
 /// Finishes a product with its fused epilogue: scales it, adds the bias along the last dim
 /// (`bias_index`, MatrixMultiply only) and the residual in f32, rounds once to the output dtype,
 /// then applies the activation in place.
@@ -399,6 +451,10 @@ void finish_with_epilogue(const Epilogue& e, const KernelArgs& a, size_t bias_in
 }  // namespace
 
 void run(const ConvolutionParams& p, const KernelArgs& a) {
+  if (p.channels_last) {
+    run_through_nchw(p, a, {0, 1, 3});  // x, weight (KRSC -> KCRS), residual
+    return;
+  }
   const HostTensor& xt = a.in(0);
   const HostTensor& wt = a.in(1);
   HostTensor& ot = a.out();
@@ -562,6 +618,10 @@ void avg_pool(const float* x, float* out, int64_t planes, const Geometry& g, boo
 }  // namespace
 
 void run(const PoolingParams& p, const KernelArgs& a) {
+  if (p.channels_last) {
+    run_through_nchw(p, a, {0});
+    return;
+  }
   const HostTensor& xt = a.in(0);
   HostTensor& ot = a.out();
   const Geometry g = make_geometry(xt.dims, ot.dims, p.window, p.stride, p.padding_begin,

@@ -2,6 +2,11 @@
 // Convolution and Deconvolution on cuDNN 9's legacy convolution API. Pooling and the bias fill
 // are hand-written (linear_kernels.cu).
 //
+// A channels_last Convolution (the builder's channels_last pass) describes x and y as
+// CUDNN_TENSOR_NHWC tensors and the KRSC weight as an NHWC filter, the layout of cuDNN's
+// tensor-core kernels (NCHW f16 makes cuDNN transpose in its workspace or pick slower kernels).
+// Its epilogue then runs along the last dim: bias index i % C (launch_epilogue with plane 1).
+//
 // Precision: f32 stays f32 end to end (cuBLASLt CUBLAS_COMPUTE_32F without TF32, cuDNN
 // CUDNN_FMA_MATH and no FFT/Winograd algorithms, whose transforms lose more than the f32
 // tolerance); f16/bf16 run on tensor cores with f32 accumulation. A bias is written into the
@@ -427,13 +432,19 @@ bool make_conv_setup(ConvSetup& s, const char* layer, DataType dtype,
                      const std::vector<int64_t>& x_dims, const std::vector<int64_t>& w_dims,
                      const std::vector<int64_t>& y_dims, const std::vector<int64_t>& stride,
                      const std::vector<int64_t>& pad_begin, const std::vector<int64_t>& pad_end,
-                     const std::vector<int64_t>& dilation, int64_t groups) {
+                     const std::vector<int64_t>& dilation, int64_t groups,
+                     bool channels_last = false) {
   const size_t nsp = stride.size();
   if (nsp < 1 || nsp > 3 || pad_begin != pad_end || groups > INT_MAX) return false;
+  if (channels_last && (nsp != 2 || x_dims.size() != 4)) return false;
   std::vector<int> xd, xs, yd, ys, wd, ws;
   if (!dnn_dims(x_dims, nsp, xd, xs) || !dnn_dims(y_dims, nsp, yd, ys) ||
       !dnn_dims(w_dims, nsp, wd, ws)) {
     return false;
+  }
+  if (channels_last) {
+    // cuDNN takes NCHW-ordered dims with the NHWC format (filters: KCRS order, KRSC memory).
+    for (std::vector<int>* d : {&xd, &yd, &wd}) *d = {(*d)[0], (*d)[3], (*d)[1], (*d)[2]};
   }
   std::vector<int> pads, strides, dils;
   if (nsp == 1) {
@@ -451,14 +462,23 @@ bool make_conv_setup(ConvSetup& s, const char* layer, DataType dtype,
   s.is_f32 = dtype == DataType::kF32;
   const int nb = static_cast<int>(xd.size());
   dnn_check(cudnnCreateTensorDescriptor(&s.x.h), layer, "cudnnCreateTensorDescriptor");
-  dnn_check(cudnnSetTensorNdDescriptor(s.x.h, s.type, nb, xd.data(), xs.data()), layer,
-            "cudnnSetTensorNdDescriptor (x)");
   dnn_check(cudnnCreateTensorDescriptor(&s.y.h), layer, "cudnnCreateTensorDescriptor");
-  dnn_check(cudnnSetTensorNdDescriptor(s.y.h, s.type, nb, yd.data(), ys.data()), layer,
-            "cudnnSetTensorNdDescriptor (y)");
+  if (channels_last) {
+    dnn_check(cudnnSetTensorNdDescriptorEx(s.x.h, CUDNN_TENSOR_NHWC, s.type, nb, xd.data()), layer,
+              "cudnnSetTensorNdDescriptorEx (x, NHWC)");
+    dnn_check(cudnnSetTensorNdDescriptorEx(s.y.h, CUDNN_TENSOR_NHWC, s.type, nb, yd.data()), layer,
+              "cudnnSetTensorNdDescriptorEx (y, NHWC)");
+  } else {
+    dnn_check(cudnnSetTensorNdDescriptor(s.x.h, s.type, nb, xd.data(), xs.data()), layer,
+              "cudnnSetTensorNdDescriptor (x)");
+    dnn_check(cudnnSetTensorNdDescriptor(s.y.h, s.type, nb, yd.data(), ys.data()), layer,
+              "cudnnSetTensorNdDescriptor (y)");
+  }
   dnn_check(cudnnCreateFilterDescriptor(&s.w.h), layer, "cudnnCreateFilterDescriptor");
-  dnn_check(cudnnSetFilterNdDescriptor(s.w.h, s.type, CUDNN_TENSOR_NCHW, nb, wd.data()), layer,
-            "cudnnSetFilterNdDescriptor");
+  dnn_check(cudnnSetFilterNdDescriptor(s.w.h, s.type,
+                                       channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, nb,
+                                       wd.data()),
+            layer, "cudnnSetFilterNdDescriptor");
   dnn_check(cudnnCreateConvolutionDescriptor(&s.conv.h), layer,
             "cudnnCreateConvolutionDescriptor");
   dnn_check(cudnnSetConvolutionNdDescriptor(s.conv.h, static_cast<int>(pads.size()), pads.data(),
@@ -600,12 +620,20 @@ const void* conv_bias(const CudaArgs& a, int64_t channels, DataType dtype, const
 }
 
 /// Output = bias per channel (or zeros): the starting value the library accumulates onto, and
-/// the whole result when the input or the weights are empty.
-void init_output(DeviceTensor& out, const void* bias, cudaStream_t stream) {
+/// the whole result when the input or the weights are empty. A channels-last output has its
+/// channels along the last dim.
+void init_output(DeviceTensor& out, const void* bias, cudaStream_t stream,
+                 bool channels_last = false) {
   if (bias == nullptr) {
     if (out.nbytes() > 0) {
       check(cudaMemsetAsync(out.data, 0, out.nbytes(), stream), "cudaMemsetAsync (conv output)");
     }
+    return;
+  }
+  if (channels_last) {
+    const int64_t channels = out.dims.back();
+    launch_fill_channel_bias(out.dtype, out.data, bias, channels == 0 ? 0 : out.numel() / channels,
+                             channels, 1, stream);
     return;
   }
   const int64_t batch = out.dims[0], channels = out.dims[1];
@@ -642,19 +670,21 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   const DeviceTensor& w = a.in(1);
   DeviceTensor& y = a.out();
   check_same_dtype(a, kLayer);
-  const void* bias = conv_bias(a, y.dims.at(1), y.dtype, kLayer);
+  // The epilogue sees y as [outer, channels, plane]: NHWC is [N*H*W, C, 1].
+  const int64_t channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
+  const void* bias = conv_bias(a, channels, y.dtype, kLayer);
   const void* residual = epilogue_residual(a, 3, kLayer);
   if (y.numel() == 0) return;
-  const int64_t channels = y.dims[1], plane = y.numel() / (y.dims[0] * channels);
+  const int64_t plane = p.channels_last ? 1 : y.numel() / (y.dims[0] * channels);
   if (x.numel() == 0 || w.numel() == 0) {
-    init_output(y, bias, a.stream());
+    init_output(y, bias, a.stream(), p.channels_last);
     launch_epilogue(y.dtype, y.data, nullptr, channels, plane, residual, &p.epilogue, y.numel(),
                     a.stream());
     return;
   }
   ConvSetup s;
   if (!make_conv_setup(s, kLayer, x.dtype, x.dims, w.dims, y.dims, p.stride, p.padding_begin,
-                       p.padding_end, p.dilation, p.groups)) {
+                       p.padding_end, p.dilation, p.groups, p.channels_last)) {
     host_fallback(a);  // asymmetric padding or sizes beyond cuDNN's int
     return;
   }

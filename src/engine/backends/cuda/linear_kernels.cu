@@ -171,8 +171,10 @@ void launch_epilogue_t(T* y, const T* bias, const T* residual, int64_t total, in
 // ---------------------------------------------------------------- pooling
 
 /// Pooling geometry right-aligned to three spatial dims (the CPU's Geometry): missing leading
-/// dims have size 1, a unit window and no padding.
+/// dims have size 1, a unit window and no padding. channels_last > 0 is the channel count of an
+/// [N, H, W, C] tensor (then a "plane" is one image and elements step by C); 0 for [planes, ...].
 struct PoolGeometry {
+  int64_t channels_last;
   int64_t in[3];
   int64_t out[3];
   int64_t k[3];
@@ -191,9 +193,20 @@ __device__ __forceinline__ void valid_range(int64_t count, int64_t step, int64_t
   lo = lo < hi ? lo : hi;
 }
 
-/// Output element (plane, od, oh, ow) of a flat output index.
+/// Distance between spatial neighbours of one channel: C for channels-last, else 1.
+__device__ __forceinline__ int64_t element_step(const PoolGeometry& g) {
+  return g.channels_last > 0 ? g.channels_last : 1;
+}
+
+/// Output element (plane, od, oh, ow) of a flat output index; `channel` is the channel of a
+/// channels-last element (0 otherwise).
 __device__ __forceinline__ void unravel_output(int64_t idx, const PoolGeometry& g, int64_t& plane,
-                                               int64_t o[3]) {
+                                               int64_t& channel, int64_t o[3]) {
+  channel = 0;
+  if (g.channels_last > 0) {
+    channel = idx % g.channels_last;
+    idx /= g.channels_last;
+  }
   o[2] = idx % g.out[2];
   idx /= g.out[2];
   o[1] = idx % g.out[1];
@@ -210,20 +223,21 @@ __global__ void max_pool_float_kernel(const T* __restrict__ x, T* __restrict__ o
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, o[3], lo[3], hi[3], start[3];
-    unravel_output(idx, g, plane, o);
+    int64_t plane, channel, o[3], lo[3], hi[3], start[3];
+    unravel_output(idx, g, plane, channel, o);
     for (int d = 0; d < 3; ++d) {
       start[d] = o[d] * g.stride[d] - g.pad[d];
       valid_range(g.k[d], g.dil[d], start[d], g.in[d], lo[d], hi[d]);
     }
-    const T* xp = x + plane * in_plane;
+    const int64_t step = element_step(g);
+    const T* xp = x + plane * in_plane * step + channel;
     float best = -INFINITY;
     for (int64_t kd = lo[0]; kd < hi[0]; ++kd) {
       for (int64_t kh = lo[1]; kh < hi[1]; ++kh) {
         const int64_t row =
             ((start[0] + kd * g.dil[0]) * g.in[1] + start[1] + kh * g.dil[1]) * g.in[2] + start[2];
         for (int64_t kw = lo[2]; kw < hi[2]; ++kw) {
-          const float v = to_f32(xp[row + kw * g.dil[2]]);
+          const float v = to_f32(xp[(row + kw * g.dil[2]) * step]);
           if (v > best || v != v) best = v;
         }
       }
@@ -239,20 +253,21 @@ __global__ void max_pool_int_kernel(const T* __restrict__ x, T* __restrict__ out
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, o[3], lo[3], hi[3], start[3];
-    unravel_output(idx, g, plane, o);
+    int64_t plane, channel, o[3], lo[3], hi[3], start[3];
+    unravel_output(idx, g, plane, channel, o);
     for (int d = 0; d < 3; ++d) {
       start[d] = o[d] * g.stride[d] - g.pad[d];
       valid_range(g.k[d], g.dil[d], start[d], g.in[d], lo[d], hi[d]);
     }
-    const T* xp = x + plane * in_plane;
+    const int64_t step = element_step(g);
+    const T* xp = x + plane * in_plane * step + channel;
     T best = lowest;
     for (int64_t kd = lo[0]; kd < hi[0]; ++kd) {
       for (int64_t kh = lo[1]; kh < hi[1]; ++kh) {
         const int64_t row =
             ((start[0] + kd * g.dil[0]) * g.in[1] + start[1] + kh * g.dil[1]) * g.in[2] + start[2];
         for (int64_t kw = lo[2]; kw < hi[2]; ++kw) {
-          const T v = xp[row + kw * g.dil[2]];
+          const T v = xp[(row + kw * g.dil[2]) * step];
           best = v > best ? v : best;
         }
       }
@@ -270,8 +285,8 @@ __global__ void avg_pool_kernel(const T* __restrict__ x, T* __restrict__ out, in
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, o[3], lo[3], hi[3], padded[3];
-    unravel_output(idx, g, plane, o);
+    int64_t plane, channel, o[3], lo[3], hi[3], padded[3];
+    unravel_output(idx, g, plane, channel, o);
     bool empty = false;
     for (int d = 0; d < 3; ++d) {
       const int64_t start = o[d] * g.stride[d] - g.pad[d];
@@ -286,12 +301,13 @@ __global__ void avg_pool_kernel(const T* __restrict__ x, T* __restrict__ out, in
       store_f32(out, idx, 0.0f);
       continue;
     }
-    const T* xp = x + plane * in_plane;
+    const int64_t step = element_step(g);
+    const T* xp = x + plane * in_plane * step + channel;
     float sum = 0.0f;
     for (int64_t id = lo[0]; id < hi[0]; ++id) {
       for (int64_t ih = lo[1]; ih < hi[1]; ++ih) {
-        const T* row = xp + (id * g.in[1] + ih) * g.in[2];
-        for (int64_t iw = lo[2]; iw < hi[2]; ++iw) sum = __fadd_rn(sum, to_f32(row[iw]));
+        const T* row = xp + (id * g.in[1] + ih) * g.in[2] * step;
+        for (int64_t iw = lo[2]; iw < hi[2]; ++iw) sum = __fadd_rn(sum, to_f32(row[iw * step]));
       }
     }
     int64_t divisor;
@@ -399,18 +415,21 @@ void run(const PoolingParams& p, const CudaArgs& a) {
   const size_t nsp = p.window.size();
   if (nsp < 1 || nsp > 3 || x.dims.size() < nsp || y.dims.size() != x.dims.size() ||
       p.stride.size() != nsp || p.padding_begin.size() != nsp || p.padding_end.size() != nsp ||
-      p.dilation.size() != nsp) {
+      p.dilation.size() != nsp || (p.channels_last && (nsp != 2 || x.dims.size() != 4))) {
     throw Error("Pooling kernel (cuda): parameters do not match input " + dims_to_string(x.dims));
   }
   PoolGeometry g;
+  g.channels_last = p.channels_last ? x.dims[3] : 0;
+  // Channels-last spatial dims sit before the channel dim.
+  const size_t last = p.channels_last ? x.dims.size() - 1 : x.dims.size();
   for (int d = 0; d < 3; ++d) {
     g.in[d] = g.out[d] = g.k[d] = g.stride[d] = g.dil[d] = 1;
     g.pad[d] = g.pad_end[d] = 0;
   }
   const size_t off = 3 - nsp;
   for (size_t d = 0; d < nsp; ++d) {
-    g.in[off + d] = x.dims[x.dims.size() - nsp + d];
-    g.out[off + d] = y.dims[y.dims.size() - nsp + d];
+    g.in[off + d] = x.dims[last - nsp + d];
+    g.out[off + d] = y.dims[last - nsp + d];
     g.k[off + d] = p.window[d];
     g.stride[off + d] = p.stride[d];
     g.pad[off + d] = p.padding_begin[d];

@@ -111,7 +111,7 @@ struct Fuser {
       return false;
     }
     const int64_t k = w->dims()[0];
-    const auto per_channel = per_axis(*c, conv->output()->rank(), 1, k);
+    const auto per_channel = per_axis(*c, conv->output()->rank(), p.channels_last ? 3 : 1, k);
     if (!per_channel) return false;
     std::vector<float> wv = to_floats(*w);
     std::vector<float> bv = b != nullptr ? to_floats(*b) : std::vector<float>(k, 0.0f);

@@ -2,8 +2,8 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fold_constants -> remove_dead_layers ->
-// fuse_epilogues -> simplify_attention -> select_implementations -> plan_memory -> time_tactics ->
-// emission (plan_write).
+// fuse_epilogues -> channels_last -> simplify_attention -> select_implementations -> plan_memory
+// -> time_tactics -> emission (plan_write).
 #pragma once
 
 #include <functional>
@@ -50,6 +50,14 @@ int remove_unreachable_layers(Network& net);
 /// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
 /// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).
 void pass_fuse_epilogues(BuildState& s);
+/// Moves connected regions of 2-d convolutions (f16/bf16 only when `f16_bf16_only`), the
+/// poolings and pointwise layers they feed to channels_last (NHWC activations, KRSC weights),
+/// with one transpose where a tensor enters or leaves a region (see channels_last.cpp).
+/// Callable on any network (tests); returns the summary for the pass log.
+std::string rewrite_channels_last(Network& net, bool f16_bf16_only);
+/// rewrite_channels_last as config.channels_last says: by default f16/bf16 only and only for the
+/// CUDA back end, where tensor-core convolution wants NHWC; other back ends keep NCHW.
+void pass_channels_last(BuildState& s);
 /// Attention layers: drops constant masks that keep every key, turns constant causal masks into
 /// the causal flag, and rewrites a layer whose query, key and value are transpose(1, 2)s of
 /// [B, L, H, E] tensors and whose output only feeds a transpose(1, 2) into a seq-major layer on

@@ -1,0 +1,245 @@
+// channels_last: moves connected regions of 2-d convolutions and poolings to the NHWC layout.
+//
+// Tensor-core convolution (cuDNN) wants NHWC activations and KRSC filters; PyTorch models are
+// NCHW. Converting each convolution alone would wrap it in two transposes, so the pass converts
+// regions:
+//
+//   - Every wanted 2-d Convolution joins (the builder: f16/bf16 on the CUDA back end). Its
+//     constant weight is permuted to KRSC here (a computed weight gets a transpose), its bias
+//     stays, and a fused residual joins the region with it (it must share the output's layout).
+//   - A 2-d Pooling, Activation, Unary or ElementWise joins when one of its inputs comes from the
+//     region. Broadcasting is per dim, so it survives permuting every operand the same way: an
+//     ElementWise operand must have rank 4 (or be one element along every dim, which is the same
+//     in every layout); a constant one is permuted here ([1, C, 1, 1] becomes [1, 1, 1, C]).
+//   - Inside the region, tensors are NHWC: their logical dims become [N, H, W, C].
+//   - A tensor enters through one Shuffle {0, 2, 3, 1} (shared by its readers), and a region
+//     tensor leaves through one Shuffle {0, 3, 1, 2} to every reader outside the region,
+//     network outputs included. When H = W = 1 both are reshapes instead, which the memory
+//     planner makes free (ResNet's pooled [N, 2048, 1, 1] before its flatten).
+//   - A tensor that is itself a transpose {0, 3, 1, 2} of an NHWC tensor enters as that tensor,
+//     so the pass never leaves two transposes back to back.
+//
+// It runs after fuse_epilogues, so batch norm, bias, residual add and activation are already
+// inside the convolutions. Deconvolution stays NCHW.
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+namespace {
+
+const std::vector<int64_t> kToNhwc = {0, 2, 3, 1};
+const std::vector<int64_t> kToNchw = {0, 3, 1, 2};
+
+bool is_float(DataType t) {
+  return t == DataType::kF32 || t == DataType::kF16 || t == DataType::kBF16;
+}
+
+bool is_one(const DimExpr& d) { return d.is_constant() && d.constant() == 1; }
+
+/// Every dim 1: the same value in every layout.
+bool layout_free(const Tensor* t) {
+  for (const DimExpr& d : t->shape()) {
+    if (!is_one(d)) return false;
+  }
+  return true;
+}
+
+/// A pure transpose by `perm` (no reshape).
+bool is_transpose(const Layer* l, const std::vector<int64_t>& perm) {
+  if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
+  const auto& p = l->params_as<ShuffleParams>();
+  return p.first_transpose == perm && !p.has_reshape &&
+         (p.second_transpose.empty() ||
+          p.second_transpose == std::vector<int64_t>{0, 1, 2, 3});
+}
+
+/// NCHW -> NHWC bytes of a rank-4 constant (for a weight: KCRS -> KRSC).
+Weights to_nhwc_constant(const Weights& w) {
+  const auto& d = w.dims();
+  const int64_t k = d[0], c = d[1], r = d[2], s = d[3];
+  Weights out = Weights::zeros(w.dtype(), {k, r, s, c});
+  const size_t e = dtype_size(w.dtype());
+  const auto* src = static_cast<const uint8_t*>(w.data());
+  auto* dst = static_cast<uint8_t*>(const_cast<void*>(out.data()));  // fresh, not shared yet
+  for (int64_t ko = 0; ko < k; ++ko) {
+    for (int64_t ci = 0; ci < c; ++ci) {
+      for (int64_t ri = 0; ri < r; ++ri) {
+        for (int64_t si = 0; si < s; ++si) {
+          const int64_t from = ((ko * c + ci) * r + ri) * s + si;
+          const int64_t to = ((ko * r + ri) * s + si) * c + ci;
+          std::memcpy(dst + to * e, src + from * e, e);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+struct Rewriter {
+  Rewriter(Network& n, bool half_only) : net(n), f16_bf16_only(half_only) {}
+
+  Network& net;
+  bool f16_bf16_only;
+  std::set<const Layer*> converted;             ///< Original layers that move to NHWC.
+  std::map<const Tensor*, Tensor*> nhwc;        ///< Original NCHW tensor -> its NHWC version.
+  int convs = 0, pools = 0, pointwise = 0, entries = 0, exits = 0;
+
+  bool in_region(const Tensor* t) const {
+    return t != nullptr && t->producer() != nullptr && converted.count(t->producer()) > 0;
+  }
+
+  bool wanted_conv(const Layer* l) const {
+    if (l->kind() != LayerKind::kConvolution || l->input(0)->rank() != 4) return false;
+    if (l->params_as<ConvolutionParams>().channels_last) return false;
+    const DataType t = l->output()->dtype();
+    return f16_bf16_only ? (t == DataType::kF16 || t == DataType::kBF16) : is_float(t);
+  }
+
+  /// Whether pointwise layer `l` (output rank 4) can join: one input from the region, every
+  /// input of rank 4 or layout-free.
+  bool pointwise_joins(const Layer* l) const {
+    if (l->output()->rank() != 4) return false;
+    bool from_region = false;
+    for (const Tensor* in : l->inputs()) {
+      if (in == nullptr) continue;
+      from_region = from_region || in_region(in);
+      if (in->rank() != 4 && !layout_free(in)) return false;
+    }
+    return from_region;
+  }
+
+  bool joins(const Layer* l) const {
+    switch (l->kind()) {
+      case LayerKind::kConvolution:
+        return wanted_conv(l);
+      case LayerKind::kPooling:
+        return l->input(0)->rank() == 4 && in_region(l->input(0)) &&
+               !l->params_as<PoolingParams>().channels_last;
+      case LayerKind::kActivation:
+      case LayerKind::kUnary:
+      case LayerKind::kElementWise:
+        return pointwise_joins(l);
+      default:
+        return false;
+    }
+  }
+
+  /// NCHW <-> NHWC of `t` by `perm`: a reshape when H = W = 1 (same bytes), else a transpose.
+  Tensor* relayout(Tensor* t, const std::vector<int64_t>& perm, const std::string& name) {
+    const Shape& s = t->shape();
+    Shape to;
+    for (const int64_t d : perm) to.push_back(s[static_cast<size_t>(d)]);
+    // H and W are dims 2, 3 of an NCHW tensor and 1, 2 of an NHWC one.
+    const bool hw_one =
+        perm == kToNhwc ? is_one(s[2]) && is_one(s[3]) : is_one(s[1]) && is_one(s[2]);
+    if (hw_one) return net.add_reshape(t, to, name)->output();
+    return net.add_transpose(t, perm, name)->output();
+  }
+
+  /// The NHWC version of NCHW tensor `t` (for a weight: KRSC): the region's own, a constant
+  /// permuted here, or one entry shared by its readers.
+  Tensor* to_nhwc(Tensor* t) {
+    const auto it = nhwc.find(t);
+    if (it != nhwc.end()) return it->second;
+    Tensor* v = nullptr;
+    if (const Weights* c = constant_of(t)) {
+      v = net.add_constant(to_nhwc_constant(*c), t->name() + "/nhwc")->output();
+    } else if (is_transpose(t->producer(), kToNchw)) {
+      v = t->producer()->input(0);  // undo a transpose instead of adding its inverse
+    } else {
+      v = relayout(t, kToNhwc, t->name() + "/to_nhwc");
+      ++entries;
+    }
+    nhwc[t] = v;
+    return v;
+  }
+
+  Layer* convert(const Layer* l) {
+    const std::string name = l->name() + "/nhwc";
+    std::vector<Tensor*> inputs = l->inputs();
+    switch (l->kind()) {
+      case LayerKind::kConvolution: {
+        auto p = l->params_as<ConvolutionParams>();
+        p.channels_last = true;
+        inputs[0] = to_nhwc(inputs[0]);
+        inputs[1] = to_nhwc(inputs[1]);  // KCRS -> KRSC is the same permutation
+        if (inputs.size() > 3 && inputs[3] != nullptr) inputs[3] = to_nhwc(inputs[3]);
+        ++convs;
+        return net.add_layer(p, inputs, name);
+      }
+      case LayerKind::kPooling: {
+        auto p = l->params_as<PoolingParams>();
+        p.channels_last = true;
+        inputs[0] = to_nhwc(inputs[0]);
+        ++pools;
+        return net.add_layer(p, inputs, name);
+      }
+      default:
+        break;
+    }
+    // Pointwise: every rank-4 operand moves (constants at build time).
+    for (Tensor*& in : inputs) {
+      if (in != nullptr && (in_region(in) || !layout_free(in))) in = to_nhwc(in);
+    }
+    ++pointwise;
+    return net.add_layer(l->params(), inputs, name);
+  }
+
+  void run() {
+    const std::vector<Layer*> original = net.layers();
+    std::vector<const Layer*> order;
+    for (const Layer* l : original) {
+      if (!joins(l)) continue;
+      converted.insert(l);
+      order.push_back(l);
+    }
+    for (const Layer* l : order) nhwc[l->output()] = convert(l)->output();
+    // Readers outside the region (and network outputs) get the NCHW tensor back, once each.
+    for (const Layer* l : order) {
+      Tensor* old = l->output();
+      bool leaves = old->is_output();
+      for (const Layer* user : net.consumers(old)) {
+        leaves = leaves || converted.count(user) == 0;
+      }
+      if (!leaves) continue;
+      Tensor* exit = relayout(nhwc[old], kToNchw, l->name() + "/to_nchw");
+      net.replace_all_uses(old, exit);
+      ++exits;
+    }
+    remove_unreachable_layers(net);
+  }
+};
+
+}  // namespace
+
+std::string rewrite_channels_last(Network& net, bool f16_bf16_only) {
+  Rewriter r(net, f16_bf16_only);
+  r.run();
+  return std::to_string(r.convs) + " convolutions, " + std::to_string(r.pools) + " poolings, " +
+         std::to_string(r.pointwise) + " pointwise layers to NHWC; " + std::to_string(r.entries) +
+         " transposes in, " + std::to_string(r.exits) + " out";
+}
+
+void pass_channels_last(BuildState& s) {
+  switch (s.config.channels_last) {
+    case ChannelsLast::kOff:
+      s.log.push_back("channels_last: off");
+      return;
+    case ChannelsLast::kOn:
+      s.log.push_back("channels_last: " + rewrite_channels_last(s.plan.network, false));
+      return;
+    case ChannelsLast::kAuto:
+      break;
+  }
+  if (s.config.backend != "cuda") {
+    s.log.push_back("channels_last: skipped (back end " + s.config.backend + " keeps NCHW)");
+    return;
+  }
+  s.log.push_back("channels_last: " + rewrite_channels_last(s.plan.network, true));
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,409 @@
+// channels_last: the layer flag (shape inference, CPU kernels, plan round trip) and the builder
+// pass that moves regions of 2-d convolutions to NHWC. The pass runs here on f32 networks on the
+// CPU (rewrite_channels_last with f16_bf16_only = false): with and without it, after
+// fuse_epilogues, the reference executor must give the same outputs within the f32 tolerance.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "builder/passes/passes.h"
+#include "ember/engine/builder.h"
+#include "ember/engine/runtime.h"
+#include "test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
+
+Tensor* constant(Network& net, std::vector<int64_t> dims, uint32_t seed, const std::string& name,
+                 float lo = -1.0f, float hi = 1.0f) {
+  const TestTensor t = TestTensor::random(DataType::kF32, dims, seed, lo, hi);
+  return net.add_constant(Weights::copy(DataType::kF32, dims, t.bytes.data()), name)->output();
+}
+
+ConvolutionParams conv_params(int64_t stride = 1, int64_t pad = 0, int64_t dilation = 1,
+                              int64_t groups = 1) {
+  ConvolutionParams p;
+  p.stride = {stride, stride};
+  p.padding_begin = p.padding_end = {pad, pad};
+  p.dilation = {dilation, dilation};
+  p.groups = groups;
+  return p;
+}
+
+PoolingParams pool_params(PoolingType type, int64_t window, int64_t stride, int64_t pad) {
+  PoolingParams p;
+  p.type = type;
+  p.window = {window, window};
+  p.stride = {stride, stride};
+  p.padding_begin = p.padding_end = {pad, pad};
+  p.dilation = {1, 1};
+  return p;
+}
+
+/// conv (constant weights) -> batch norm (per-channel * and +) -> optional relu, as the
+/// converters emit it; fuse_epilogues folds it into one Convolution.
+Tensor* conv_bn(Network& net, Tensor* x, int64_t out_channels, int64_t kernel,
+                const ConvolutionParams& p, bool relu, const std::string& name, uint32_t seed) {
+  const int64_t in_per_group = x->shape()[1].constant() / p.groups;
+  Tensor* w = constant(net, {out_channels, in_per_group, kernel, kernel}, seed, name + "_w");
+  Tensor* y = net.add_convolution(x, w, nullptr, p, name)->output();
+  y = net.add_elementwise(y, constant(net, {1, out_channels, 1, 1}, seed + 1, name + "_s", 0.5f,
+                                      1.5f),
+                          ElementWiseOp::kProd, name + "_bn_scale")->output();
+  y = net.add_elementwise(y, constant(net, {1, out_channels, 1, 1}, seed + 2, name + "_b"),
+                          ElementWiseOp::kSum, name + "_bn_shift")->output();
+  if (relu) y = net.add_activation(y, ActivationType::kRelu, 0, 0, name + "_relu")->output();
+  return y;
+}
+
+/// What the builder does before the pass (fuse_epilogues), then the pass when `nhwc`.
+Network prepared(const Network& net, bool nhwc, std::string* summary = nullptr) {
+  BuildState s;
+  s.plan.network = net.clone();
+  pass_fuse_epilogues(s);
+  if (nhwc) {
+    const std::string line = rewrite_channels_last(s.plan.network, false);
+    if (summary != nullptr) *summary = line;
+  }
+  return std::move(s.plan.network);
+}
+
+int count_kind(const Network& net, LayerKind kind) {
+  int n = 0;
+  for (const Layer* l : net.layers()) n += l->kind() == kind ? 1 : 0;
+  return n;
+}
+
+bool is_transpose(const Layer* l) {
+  return l != nullptr && l->kind() == LayerKind::kShuffle && !is_pure_reshape(l);
+}
+
+/// No transpose reads the output of another transpose (ins and outs cancel, never stack).
+void expect_no_stacked_transposes(const Network& net, const std::string& what) {
+  for (const Layer* l : net.layers()) {
+    if (!is_transpose(l)) continue;
+    const Layer* producer = l->input(0)->producer();
+    EXPECT_FALSE(is_transpose(producer))
+        << what << ": " << l->describe() << " reads " << producer->describe();
+  }
+}
+
+/// Every 2-d convolution and pooling of `net` is channels_last.
+void expect_all_channels_last(const Network& net, const std::string& what) {
+  for (const Layer* l : net.layers()) {
+    if (l->kind() == LayerKind::kConvolution) {
+      EXPECT_TRUE(l->params_as<ConvolutionParams>().channels_last) << what << ": " << l->describe();
+    } else if (l->kind() == LayerKind::kPooling) {
+      EXPECT_TRUE(l->params_as<PoolingParams>().channels_last) << what << ": " << l->describe();
+    }
+  }
+}
+
+/// Runs `net` fused with and without the pass (reference executor) and compares every output
+/// within the f32 tolerance; also builds and runs the rewritten network through a CPU plan.
+/// Returns the rewritten network for further checks.
+Network expect_pass_keeps_results(const Network& net, const std::vector<TestTensor>& inputs,
+                                  const std::string& what) {
+  const Network nchw = prepared(net, false);
+  std::string summary;
+  Network nhwc = prepared(net, true, &summary);
+  SCOPED_TRACE(what + ": " + summary);
+  expect_all_channels_last(nhwc, what);
+  expect_no_stacked_transposes(nhwc, what);
+  const auto expected = test::run_network_direct(nchw, inputs);
+  const auto actual = test::run_network(nhwc, inputs);  // plan round trip, checked vs direct
+  EXPECT_EQ(expected.size(), actual.size()) << what;
+  for (size_t i = 0; i < expected.size() && i < actual.size(); ++i) {
+    EXPECT_EQ(expected[i].dims, actual[i].dims) << what << " output " << i;
+    test::expect_close(actual[i], expected[i].to_floats(), DataType::kF32,
+                       what + " output " + std::to_string(i));
+  }
+  return nhwc;
+}
+
+// ---------------------------------------------------------------- the layer flag
+
+TEST(ChannelsLast, ShapeInference) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 9, 7, 6});   // [N, H, W, C]
+  Tensor* w = net.add_input("w", DataType::kF32, {8, 3, 3, 3});   // [K, R, S, C/groups]
+  ConvolutionParams p = conv_params(2, 1, 1, 2);
+  p.channels_last = true;
+  Tensor* y = net.add_convolution(x, w, nullptr, p, "conv")->output();
+  EXPECT_EQ(shape_to_string(y->shape()), shape_to_string(shape_of({2, 5, 4, 8})));
+  PoolingParams pp = pool_params(PoolingType::kMax, 3, 2, 1);
+  pp.channels_last = true;
+  Tensor* z = net.add_pooling(y, pp, "pool")->output();
+  EXPECT_EQ(shape_to_string(z->shape()), shape_to_string(shape_of({2, 3, 2, 8})));
+}
+
+TEST(ChannelsLast, ShapeErrorsNameTheNhwcDims) {
+  Network net;
+  Tensor* x3 = net.add_input("x3", DataType::kF32, {2, 7, 6});
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 7, 7, 6});
+  Tensor* w = net.add_input("w", DataType::kF32, {8, 3, 3, 4});
+  ConvolutionParams p = conv_params();
+  p.channels_last = true;
+  test::expect_error([&] { net.add_convolution(x, w, nullptr, p, "c1"); },
+                     {"c1", "weight dim 3 (4) times groups (1) must equal input dim 3 (6)"});
+  ConvolutionParams p1 = p;
+  p1.stride = {1};
+  p1.padding_begin = p1.padding_end = {0};
+  p1.dilation = {1};
+  Tensor* w1 = net.add_input("w1", DataType::kF32, {8, 3, 6});
+  test::expect_error([&] { net.add_convolution(x3, w1, nullptr, p1, "c2"); },
+                     {"c2", "channels_last needs a 2-d input of rank 4", "got rank 3"});
+  PoolingParams pp = pool_params(PoolingType::kMax, 2, 2, 0);
+  pp.channels_last = true;
+  pp.window = {2};
+  pp.stride = {2};
+  pp.padding_begin = pp.padding_end = {0};
+  pp.dilation = {1};
+  test::expect_error([&] { net.add_pooling(x3, pp, "p1"); },
+                     {"p1", "channels_last pooling needs a 2-d window"});
+}
+
+TEST(ChannelsLast, LayersRunOnTheCpuAndSurviveThePlan) {
+  // An NHWC conv (bias, residual, relu) and pooling against the same NCHW layers wrapped in
+  // explicit transposes; run_network also round-trips the plan and compares it with the
+  // reference executor.
+  const std::vector<int64_t> to_nhwc{0, 2, 3, 1}, to_nchw{0, 3, 1, 2};
+  auto build = [&](Network& net, bool flag) {
+    Tensor* x = net.add_input("x", DataType::kF32, {2, 6, 6, 4});  // NHWC either way
+    Tensor* r = net.add_input("r", DataType::kF32, {2, 3, 3, 6});
+    Tensor* w = constant(net, {6, 4, 3, 3}, 1, "w");               // KCRS
+    Tensor* b = constant(net, {6}, 2, "b");
+    ConvolutionParams p = conv_params(2, 1);
+    p.epilogue.fused_activation = true;
+    PoolingParams pp = pool_params(PoolingType::kAverage, 3, 1, 1);
+    pp.count_include_pad = false;
+    Tensor* y;
+    if (flag) {
+      p.channels_last = pp.channels_last = true;
+      Tensor* w_krsc = net.add_transpose(w, to_nhwc)->output();
+      y = net.add_layer(p, {x, w_krsc, b, r}, "conv")->output();
+      y = net.add_pooling(y, pp, "pool")->output();
+    } else {
+      Tensor* xc = net.add_transpose(x, to_nchw)->output();
+      Tensor* rc = net.add_transpose(r, to_nchw)->output();
+      y = net.add_layer(p, {xc, w, b, rc}, "conv")->output();
+      y = net.add_pooling(y, pp, "pool")->output();
+      y = net.add_transpose(y, to_nhwc)->output();
+    }
+    net.mark_output(y, "y");
+  };
+  Network nchw, nhwc;
+  build(nchw, false);
+  build(nhwc, true);
+  const std::vector<TestTensor> in{TestTensor::random(DataType::kF32, {2, 6, 6, 4}, 3),
+                                   TestTensor::random(DataType::kF32, {2, 3, 3, 6}, 4)};
+  const auto expected = test::run_network_direct(nchw, in);
+  const auto actual = test::run_network(nhwc, in);
+  test::expect_close(actual[0], expected[0].to_floats(), DataType::kF32, "nhwc conv+pool");
+
+  BuilderConfig config;
+  config.optimization_level = 0;
+  const auto plan = Builder(config).build(nhwc);
+  const std::string json = Runtime().deserialize(plan.data(), plan.size())->inspect_json();
+  EXPECT_NE(json.find("\"channels_last\": true"), std::string::npos) << json;
+}
+
+// ---------------------------------------------------------------- the pass
+
+TEST(ChannelsLastPass, ConvBiasRelu) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 8, 8});
+  Tensor* y = net.add_convolution(x, constant(net, {5, 3, 3, 3}, 1, "w"), constant(net, {5}, 2, "b"),
+                                  conv_params(1, 1), "conv")->output();
+  y = net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output();
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 8, 8}, 3)}, "conv+bias+relu");
+  // One transpose in, one out, one fused convolution.
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 2);
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kActivation), 0);
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kConvolution), 1);
+}
+
+TEST(ChannelsLastPass, StridedPaddedDilatedGroupedDepthwise) {
+  struct Case {
+    const char* what;
+    int64_t in_c, out_c, kernel;
+    ConvolutionParams p;
+  };
+  const std::vector<Case> cases = {
+      {"strided", 3, 4, 3, conv_params(2, 0)},
+      {"padded", 3, 4, 5, conv_params(1, 2)},
+      {"dilated", 4, 6, 3, conv_params(1, 2, 2)},
+      {"grouped", 6, 4, 3, conv_params(1, 1, 1, 2)},
+      {"depthwise", 4, 8, 3, conv_params(2, 1, 1, 4)},
+      {"1x1", 4, 6, 1, conv_params()},
+  };
+  uint32_t seed = 10;
+  for (const Case& c : cases) {
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF32, {2, c.in_c, 9, 9});
+    Tensor* y = conv_bn(net, x, c.out_c, c.kernel, c.p, true, "conv", seed);
+    net.mark_output(y, "y");
+    expect_pass_keeps_results(net, {TestTensor::random(DataType::kF32, {2, c.in_c, 9, 9}, seed)},
+                              c.what);
+    seed += 5;
+  }
+}
+
+TEST(ChannelsLastPass, ConvMaxPoolConvIsOneRegion) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 12, 12});
+  Tensor* y = conv_bn(net, x, 8, 3, conv_params(2, 1), true, "conv1", 1);
+  y = net.add_pooling(y, pool_params(PoolingType::kMax, 3, 2, 1), "pool")->output();
+  y = conv_bn(net, y, 6, 3, conv_params(1, 1), true, "conv2", 5);
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 12, 12}, 9)}, "conv-maxpool-conv");
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 2);  // in at x, out at y
+}
+
+/// A ResNet basic block with a downsampling shortcut: both branches and the residual add.
+Tensor* basic_block(Network& net, Tensor* x, int64_t out_c, int64_t stride, const std::string& name,
+                    uint32_t seed) {
+  Tensor* h = conv_bn(net, x, out_c, 3, conv_params(stride, 1), true, name + "_c1", seed);
+  h = conv_bn(net, h, out_c, 3, conv_params(1, 1), false, name + "_c2", seed + 3);
+  Tensor* shortcut = x;
+  if (stride != 1 || x->shape()[1].constant() != out_c) {
+    shortcut = conv_bn(net, x, out_c, 1, conv_params(stride, 0), false, name + "_down", seed + 6);
+  }
+  Tensor* y = net.add_elementwise(h, shortcut, ElementWiseOp::kSum, name + "_add")->output();
+  return net.add_activation(y, ActivationType::kRelu, 0, 0, name + "_relu")->output();
+}
+
+TEST(ChannelsLastPass, ResidualBlocksKeepTheirFusedResidual) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 4, 10, 10});
+  Tensor* y = basic_block(net, x, 4, 1, "b1", 1);   // identity shortcut: residual is the input
+  y = basic_block(net, y, 8, 2, "b2", 20);          // downsampling shortcut
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 4, 10, 10}, 7)}, "residual blocks");
+  int residuals = 0;
+  for (const Layer* l : nhwc.layers()) {
+    if (l->kind() == LayerKind::kConvolution && l->input(3) != nullptr) ++residuals;
+  }
+  EXPECT_EQ(residuals, 2);
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kElementWise), 0);
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 2);
+}
+
+TEST(ChannelsLastPass, RegionOutputToFlattenMatMulAndNetworkOutput) {
+  // conv -> (network output) and conv -> global average pool -> flatten -> linear: the pool
+  // joins the region, and its [N, 1, 1, C] output leaves through a free reshape.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 7, 7});
+  Tensor* f = conv_bn(net, x, 6, 3, conv_params(1, 1), true, "conv", 1);
+  net.mark_output(f, "features");
+  Tensor* g = net.add_pooling(f, pool_params(PoolingType::kAverage, 7, 7, 0), "gap")->output();
+  g = net.add_reshape(g, {2, 6}, "flatten")->output();
+  g = net.add_matrix_multiply(g, false, constant(net, {6, 5}, 9, "fc_w"), false, "fc")->output();
+  net.mark_output(g, "logits");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 7, 7}, 4)}, "flatten+matmul");
+  // Shuffles: x in (transpose), features out (transpose), gap out (reshape), flatten.
+  int transposes = 0;
+  for (const Layer* l : nhwc.layers()) transposes += is_transpose(l) ? 1 : 0;
+  EXPECT_EQ(transposes, 2);
+  ASSERT_NE(nhwc.find_tensor("features"), nullptr);
+}
+
+TEST(ChannelsLastPass, PointwiseBetweenConvolutionsJoins) {
+  // conv -> sigmoid -> * [1, C, 1, 1] constant -> max with a full-shape input -> abs ->
+  // squeeze-and-excitation -> conv: one region.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  Tensor* skip = net.add_input("skip", DataType::kF32, {2, 4, 6, 6});
+  ConvolutionParams p = conv_params(1, 1);
+  Tensor* y = net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w1"), nullptr, p, "c1")
+                  ->output();
+  y = net.add_activation(y, ActivationType::kSigmoid, 0, 0, "sig")->output();
+  y = net.add_elementwise(y, constant(net, {1, 4, 1, 1}, 2, "gain"), ElementWiseOp::kProd, "gain_mul")
+          ->output();
+  y = net.add_elementwise(y, skip, ElementWiseOp::kMax, "max_skip")->output();
+  y = net.add_unary(y, UnaryOp::kAbs, "abs")->output();
+  // Squeeze-and-excitation: a pooled [N, C, 1, 1] region tensor broadcasts over the region.
+  Tensor* se = net.add_pooling(y, pool_params(PoolingType::kAverage, 6, 6, 0), "se_pool")->output();
+  se = net.add_activation(se, ActivationType::kSigmoid, 0, 0, "se_sig")->output();
+  y = net.add_elementwise(y, se, ElementWiseOp::kProd, "se_mul")->output();
+  y = net.add_convolution(y, constant(net, {5, 4, 3, 3}, 3, "w2"), nullptr, p, "c2")->output();
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net,
+      {TestTensor::random(DataType::kF32, {2, 3, 6, 6}, 5),
+       TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 6)},
+      "pointwise region");
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 3);  // x and skip in, y out
+}
+
+TEST(ChannelsLastPass, TransposedInputEntersWithoutATranspose) {
+  // A model that takes NHWC and permutes to NCHW itself: the region reads the input directly.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 6, 6, 3});
+  Tensor* xc = net.add_transpose(x, {0, 3, 1, 2}, "to_nchw")->output();
+  Tensor* y = conv_bn(net, xc, 4, 3, conv_params(1, 1), true, "conv", 1);
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 6, 6, 3}, 2)}, "transposed input");
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 1);  // only the exit
+}
+
+TEST(ChannelsLastPass, BuilderRunsItOnlyForCudaHalfPrecision) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {1, 3, 6, 6});
+  net.mark_output(conv_bn(net, x, 4, 3, conv_params(1, 1), true, "conv", 1), "y");
+  // The CPU back end keeps NCHW.
+  BuildReport report;
+  Builder(BuilderConfig{}).build(net, &report);
+  bool logged = false;
+  for (const std::string& line : report.pass_log) {
+    if (line.rfind("channels_last", 0) == 0) {
+      logged = true;
+      EXPECT_NE(line.find("skipped"), std::string::npos) << line;
+    }
+  }
+  EXPECT_TRUE(logged);
+  // For CUDA, only f16/bf16 convolutions move: an f32 network is left alone.
+  Network f32 = prepared(net, false);
+  EXPECT_EQ(rewrite_channels_last(f32, true).rfind("0 convolutions", 0), 0u);
+  for (const Layer* l : f32.layers()) {
+    if (l->kind() == LayerKind::kConvolution) {
+      EXPECT_FALSE(l->params_as<ConvolutionParams>().channels_last);
+    }
+  }
+  // Deconvolution and 1-d convolutions stay NCHW.
+  Network other;
+  Tensor* a = other.add_input("a", DataType::kF32, {1, 4, 5, 5});
+  DeconvolutionParams dp;
+  dp.stride = {2, 2};
+  dp.padding_begin = dp.padding_end = {0, 0};
+  dp.dilation = {1, 1};
+  dp.output_padding = {0, 0};
+  other.mark_output(
+      other.add_deconvolution(a, constant(other, {4, 2, 2, 2}, 1, "dw"), nullptr, dp, "deconv")
+          ->output(),
+      "d");
+  Tensor* s = other.add_input("s", DataType::kF32, {1, 3, 9});
+  ConvolutionParams p1;
+  p1.stride = p1.dilation = {1};
+  p1.padding_begin = p1.padding_end = {0};
+  other.mark_output(
+      other.add_convolution(s, constant(other, {2, 3, 3}, 2, "w1d"), nullptr, p1, "conv1d")
+          ->output(),
+      "c");
+  EXPECT_EQ(rewrite_channels_last(other, false).rfind("0 convolutions", 0), 0u);
+  EXPECT_EQ(count_kind(other, LayerKind::kShuffle), 0);
+}
+
+}  // namespace
+}  // namespace ember::engine

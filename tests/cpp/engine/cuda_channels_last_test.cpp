@@ -1,0 +1,211 @@
+// CUDA conformance of channels_last (NHWC) Convolution and Pooling, and of the builder's
+// channels_last pass on a ResNet-style network, against the CPU back end with the CPU
+// tolerances. Skips without a GPU.
+#ifdef EMBER_WITH_CUDA
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "builder/passes/passes.h"
+#include "cuda_test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
+
+std::string label(const std::string& what, DataType t) { return what + " " + dtype_name(t); }
+
+Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), dims.end()); }
+
+ConvolutionParams nhwc_conv(int64_t stride, int64_t pad, int64_t dilation, int64_t groups) {
+  ConvolutionParams p;
+  p.stride = {stride, stride};
+  p.padding_begin = p.padding_end = {pad, pad};
+  p.dilation = {dilation, dilation};
+  p.groups = groups;
+  p.channels_last = true;
+  return p;
+}
+
+PoolingParams nhwc_pool(PoolingType type, int64_t window, int64_t stride, int64_t pad,
+                        int64_t dilation = 1, bool ceil_mode = false,
+                        bool count_include_pad = true) {
+  PoolingParams p;
+  p.type = type;
+  p.window = {window, window};
+  p.stride = {stride, stride};
+  p.padding_begin = p.padding_end = {pad, pad};
+  p.dilation = {dilation, dilation};
+  p.ceil_mode = ceil_mode;
+  p.count_include_pad = count_include_pad;
+  p.channels_last = true;
+  return p;
+}
+
+/// x [N, H, W, C], w [K, R, S, C/groups] (both inputs), optional bias.
+void check_nhwc_conv(DataType t, std::vector<int64_t> x, std::vector<int64_t> w,
+                     const ConvolutionParams& p, bool bias, uint32_t seed) {
+  Network net;
+  Tensor* xt = net.add_input("x", t, shape_of(x));
+  Tensor* wt = net.add_input("w", t, shape_of(w));
+  Tensor* bt = bias ? net.add_input("b", t, shape_of({w[0]})) : nullptr;
+  net.mark_output(net.add_convolution(xt, wt, bt, p, "conv")->output(), "out");
+  std::vector<TestTensor> in = {TestTensor::random(t, x, seed),
+                                TestTensor::random(t, w, seed + 1, -0.5f, 0.5f)};
+  if (bias) in.push_back(TestTensor::random(t, {w[0]}, seed + 2));
+  test::check_cuda_matches_cpu(
+      net, in, label("nhwc conv x" + dims_to_string(x) + " w" + dims_to_string(w), t));
+}
+
+TEST(CudaChannelsLast, Convolution) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    check_nhwc_conv(t, {2, 9, 9, 8}, {16, 3, 3, 8}, nhwc_conv(1, 1, 1, 1), true, 1);    // 3x3
+    check_nhwc_conv(t, {2, 10, 10, 8}, {8, 3, 3, 8}, nhwc_conv(2, 1, 1, 1), false, 2);  // strided
+    check_nhwc_conv(t, {1, 11, 11, 16}, {8, 3, 3, 16}, nhwc_conv(1, 2, 2, 1), true, 3); // dilated
+    check_nhwc_conv(t, {2, 8, 8, 16}, {16, 3, 3, 8}, nhwc_conv(1, 1, 1, 2), true, 4);   // grouped
+    check_nhwc_conv(t, {2, 8, 8, 16}, {16, 3, 3, 1}, nhwc_conv(2, 1, 1, 16), true, 5);  // depthwise
+    check_nhwc_conv(t, {4, 7, 7, 32}, {16, 1, 1, 32}, nhwc_conv(1, 0, 1, 1), true, 6);  // 1x1
+    check_nhwc_conv(t, {1, 14, 14, 3}, {8, 7, 7, 3}, nhwc_conv(2, 3, 1, 1), true, 7);   // stem, C=3
+  }
+}
+
+TEST(CudaChannelsLast, ConvolutionEpilogue) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : kFloatTypes) {
+    for (int mask = 0; mask < 8; ++mask) {
+      const bool bias = mask & 1, residual = mask & 2, act = mask & 4;
+      Network net;
+      Tensor* x = net.add_input("x", t, {2, 7, 7, 8});
+      Tensor* w = net.add_input("w", t, {8, 3, 3, 8});
+      std::vector<TestTensor> inputs{TestTensor::random(t, {2, 7, 7, 8}, 50),
+                                     TestTensor::random(t, {8, 3, 3, 8}, 51, -0.5f, 0.5f)};
+      std::vector<Tensor*> ins{x, w, nullptr, nullptr};
+      if (bias) {
+        ins[2] = net.add_input("bias", t, {8});
+        inputs.push_back(TestTensor::random(t, {8}, 52));
+      }
+      if (residual) {
+        ins[3] = net.add_input("res", t, {2, 4, 4, 8});
+        inputs.push_back(TestTensor::random(t, {2, 4, 4, 8}, 53));
+      }
+      ConvolutionParams p = nhwc_conv(2, 1, 1, 1);
+      p.epilogue.scale = mask == 5 ? 0.5 : 1.0;  // cuDNN's alpha
+      p.epilogue.fused_activation = act;
+      p.epilogue.activation = mask == 7 ? ActivationType::kSilu : ActivationType::kRelu;
+      net.mark_output(net.add_layer(p, ins, "conv")->output(), "out");
+      test::check_cuda_matches_cpu(net, inputs,
+                                   label("nhwc conv epilogue mask " + std::to_string(mask), t));
+    }
+  }
+}
+
+TEST(CudaChannelsLast, Pooling) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const PoolingType kMax = PoolingType::kMax, kAvg = PoolingType::kAverage;
+  const std::vector<std::pair<std::string, PoolingParams>> cases = {
+      {"max 3/2/1", nhwc_pool(kMax, 3, 2, 1)},
+      {"max dilated", nhwc_pool(kMax, 3, 1, 1, 2)},
+      {"max ceil", nhwc_pool(kMax, 2, 2, 0, 1, true)},
+      {"avg 3/1/1", nhwc_pool(kAvg, 3, 1, 1)},
+      {"avg no pad count", nhwc_pool(kAvg, 3, 2, 1, 1, true, false)},
+      {"avg global", nhwc_pool(kAvg, 9, 9, 0)},
+  };
+  for (DataType t : kFloatTypes) {
+    for (const auto& [what, p] : cases) {
+      Network net;
+      Tensor* x = net.add_input("x", t, {2, 9, 9, 6});
+      net.mark_output(net.add_pooling(x, p, "pool")->output(), "out");
+      test::check_cuda_matches_cpu(net, {TestTensor::random(t, {2, 9, 9, 6}, 60)},
+                                   label("nhwc pool " + what, t));
+    }
+  }
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI32, {2, 5, 5, 3});
+  net.mark_output(net.add_pooling(x, nhwc_pool(kMax, 2, 2, 1), "pool")->output(), "out");
+  test::check_cuda_matches_cpu(net, {TestTensor::random(DataType::kI32, {2, 5, 5, 3}, 61, -50, 50)},
+                               "nhwc max pool i32");
+}
+
+Tensor* constant(Network& net, DataType t, std::vector<int64_t> dims, uint32_t seed,
+                 const std::string& name, float lo, float hi) {
+  const TestTensor v = TestTensor::random(t, dims, seed, lo, hi);
+  return net.add_constant(Weights::copy(t, dims, v.bytes.data()), name)->output();
+}
+
+/// conv -> batch norm -> optional relu (NCHW, as the converters emit ResNet).
+Tensor* conv_bn(Network& net, Tensor* x, int64_t out_c, int64_t kernel, int64_t stride, bool relu,
+                const std::string& name, uint32_t seed) {
+  const DataType t = x->dtype();
+  const int64_t in_c = x->shape()[1].constant();
+  ConvolutionParams p;
+  p.stride = {stride, stride};
+  p.padding_begin = p.padding_end = {kernel / 2, kernel / 2};
+  p.dilation = {1, 1};
+  const float bound = 1.0f / static_cast<float>(kernel * kernel * in_c);
+  Tensor* y = net.add_convolution(
+      x, constant(net, t, {out_c, in_c, kernel, kernel}, seed, name + "_w", -3 * bound, 3 * bound),
+      nullptr, p, name)->output();
+  y = net.add_elementwise(y, constant(net, t, {1, out_c, 1, 1}, seed + 1, name + "_s", 0.5f, 1.5f),
+                          ElementWiseOp::kProd, name + "_bn_scale")->output();
+  y = net.add_elementwise(y, constant(net, t, {1, out_c, 1, 1}, seed + 2, name + "_b", -0.5f, 0.5f),
+                          ElementWiseOp::kSum, name + "_bn_shift")->output();
+  if (relu) y = net.add_activation(y, ActivationType::kRelu, 0, 0, name + "_relu")->output();
+  return y;
+}
+
+TEST(CudaChannelsLast, ResNetBlockWithThePass) {
+  // stem conv -> maxpool -> basic block with a downsampling shortcut -> global average pool ->
+  // flatten -> linear, built for cuda at level 3 (fusion + channels_last) against the CPU
+  // reference running the same fused network in NCHW (batch norm folded into the weights in
+  // the storage dtype, as the builder does), so the comparison isolates the layout.
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    Network net;
+    Tensor* x = net.add_input("x", t, {2, 3, 16, 16});
+    Tensor* y = conv_bn(net, x, 16, 3, 2, true, "stem", 1);
+    PoolingParams mp;
+    mp.type = PoolingType::kMax;
+    mp.window = {3, 3};
+    mp.stride = {2, 2};
+    mp.padding_begin = mp.padding_end = {1, 1};
+    mp.dilation = {1, 1};
+    y = net.add_pooling(y, mp, "maxpool")->output();
+    Tensor* h = conv_bn(net, y, 32, 3, 2, true, "c1", 10);
+    h = conv_bn(net, h, 32, 3, 1, false, "c2", 20);
+    Tensor* shortcut = conv_bn(net, y, 32, 1, 2, false, "down", 30);
+    y = net.add_elementwise(h, shortcut, ElementWiseOp::kSum, "add")->output();
+    y = net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output();
+    PoolingParams gap;
+    gap.type = PoolingType::kAverage;
+    gap.window = gap.stride = {2, 2};
+    gap.padding_begin = gap.padding_end = {0, 0};
+    gap.dilation = {1, 1};
+    y = net.add_pooling(y, gap, "gap")->output();
+    y = net.add_reshape(y, {2, 32}, "flatten")->output();
+    y = net.add_matrix_multiply(y, false, constant(net, t, {32, 10}, 40, "fc_w", -0.2f, 0.2f),
+                                false, "fc")->output();
+    net.mark_output(y, "logits");
+    const std::vector<TestTensor> in{TestTensor::random(t, {2, 3, 16, 16}, 41)};
+    test::CudaRunner runner(net, in, {}, /*optimization_level=*/3);
+    const std::string json = runner.inspect_json();
+    EXPECT_NE(json.find("\"channels_last\": true"), std::string::npos) << json;
+    EXPECT_EQ(json.find("cuda.host"), std::string::npos) << json;
+    BuildState fused;
+    fused.plan.network = net.clone();
+    pass_fuse_epilogues(fused);
+    test::expect_matches_cpu(fused.plan.network, in, runner.run(in), label("resnet block", t));
+    test::expect_matches_cpu(fused.plan.network, in, runner.run(in),
+                             label("resnet block (CUDA graph)", t));
+  }
+}
+
+}  // namespace
+}  // namespace ember::engine
+
+#endif  // EMBER_WITH_CUDA
