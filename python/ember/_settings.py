@@ -83,7 +83,8 @@ class CompileSettings:
             raise TypeError("ember: timing_cache must be a file path (str or os.PathLike) or None, "
                             f"got {type(self.timing_cache).__name__}")
         if self.channels_last not in (None, True, False):
-            raise ValueError(f"ember: channels_last must be None, True or False, got {self.channels_last!r}")
+            raise ValueError("ember: channels_last must be None, True or False, "
+                             f"got {self.channels_last!r}")
         if not self.use_explicit_typing:
             raise ValueError("ember: use_explicit_typing=False (autocast) is not supported yet; "
                              "cast the model to the dtype you want instead")

@@ -136,9 +136,11 @@ void infer(const ConvolutionParams& p, InferContext& ctx) {
   // Messages name the dims where they are: NHWC / KRSC positions under channels_last.
   const auto at = [&](size_t d) { return p.channels_last ? nhwc_axis(d) : d; };
   const DimExpr groups(p.groups);
-  ctx.check_less_equal(1, w[0], dim_label("weight", at(0), w[0]) + " (output channels) must be >= 1");
+  ctx.check_less_equal(1, w[0],
+                       dim_label("weight", at(0), w[0]) + " (output channels) must be >= 1");
   ctx.check_less_equal(1, w[1],
-                       dim_label("weight", at(1), w[1]) + " (input channels per group) must be >= 1");
+                       dim_label("weight", at(1), w[1]) +
+                           " (input channels per group) must be >= 1");
   ctx.check_equal(w[1] * groups, x[1],
                   dim_label("weight", at(1), w[1]) + " times groups (" + std::to_string(p.groups) +
                       ") must equal " + dim_label("input", at(1), x[1]) + " (input channels)");

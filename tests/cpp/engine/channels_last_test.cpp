@@ -218,8 +218,9 @@ TEST(ChannelsLast, LayersRunOnTheCpuAndSurviveThePlan) {
 TEST(ChannelsLastPass, ConvBiasRelu) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 8, 8});
-  Tensor* y = net.add_convolution(x, constant(net, {5, 3, 3, 3}, 1, "w"), constant(net, {5}, 2, "b"),
-                                  conv_params(1, 1), "conv")->output();
+  Tensor* y = net.add_convolution(x, constant(net, {5, 3, 3, 3}, 1, "w"),
+                                  constant(net, {5}, 2, "b"), conv_params(1, 1), "conv")
+                  ->output();
   y = net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output();
   net.mark_output(y, "y");
   const Network nhwc = expect_pass_keeps_results(
@@ -328,8 +329,8 @@ TEST(ChannelsLastPass, PointwiseBetweenConvolutionsJoins) {
   Tensor* y = net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w1"), nullptr, p, "c1")
                   ->output();
   y = net.add_activation(y, ActivationType::kSigmoid, 0, 0, "sig")->output();
-  y = net.add_elementwise(y, constant(net, {1, 4, 1, 1}, 2, "gain"), ElementWiseOp::kProd, "gain_mul")
-          ->output();
+  y = net.add_elementwise(y, constant(net, {1, 4, 1, 1}, 2, "gain"), ElementWiseOp::kProd,
+                          "gain_mul")->output();
   y = net.add_elementwise(y, skip, ElementWiseOp::kMax, "max_skip")->output();
   y = net.add_unary(y, UnaryOp::kAbs, "abs")->output();
   // Squeeze-and-excitation: a pooled [N, C, 1, 1] region tensor broadcasts over the region.
@@ -374,12 +375,36 @@ TEST(ChannelsLastPass, BuilderRunsItOnlyForCudaHalfPrecision) {
   }
   EXPECT_TRUE(logged);
   // For CUDA, only f16/bf16 convolutions move: an f32 network is left alone.
-  Network f32 = prepared(net, false);
-  EXPECT_EQ(rewrite_channels_last(f32, true).rfind("0 convolutions", 0), 0u);
-  for (const Layer* l : f32.layers()) {
-    if (l->kind() == LayerKind::kConvolution) {
-      EXPECT_FALSE(l->params_as<ConvolutionParams>().channels_last);
+  for (const DataType dt : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
+    Network typed;
+    Tensor* xt = typed.add_input("x", dt, {1, 3, 6, 6});
+    ConvolutionParams p = conv_params(1, 1);
+    p.epilogue.fused_activation = true;  // as fuse_epilogues leaves it
+    Tensor* w = typed.add_constant(Weights::zeros(dt, {4, 3, 3, 3}), "w")->output();
+    typed.mark_output(typed.add_convolution(xt, w, nullptr, p, "conv")->output(), "y");
+    BuildState s;
+    s.config.backend = "cuda";
+    s.plan.network = typed.clone();
+    pass_channels_last(s);
+    const bool half = dt != DataType::kF32;
+    ASSERT_EQ(s.log.size(), 1u);
+    const std::string expected =
+        half ? "channels_last: 1 convolutions" : "channels_last: 0 convolutions";
+    EXPECT_EQ(s.log[0].rfind(expected, 0), 0u) << s.log[0];
+    for (const Layer* l : s.plan.network.layers()) {
+      if (l->kind() == LayerKind::kConvolution) {
+        EXPECT_EQ(l->params_as<ConvolutionParams>().channels_last, half) << dtype_name(dt);
+      }
     }
+    // Forced off, nothing moves; forced on, f32 moves too, on any back end.
+    s.plan.network = typed.clone();
+    s.config.channels_last = ChannelsLast::kOff;
+    pass_channels_last(s);
+    EXPECT_EQ(s.log.back(), "channels_last: off");
+    s.config.backend = "cpu";
+    s.config.channels_last = ChannelsLast::kOn;
+    pass_channels_last(s);
+    EXPECT_EQ(s.log.back().rfind("channels_last: 1 convolutions", 0), 0u) << s.log.back();
   }
   // Deconvolution and 1-d convolutions stay NCHW.
   Network other;
