@@ -85,13 +85,15 @@ __global__ void epilogue_planes_kernel(T* __restrict__ y, const T* __restrict__ 
   }
 }
 
-/// The same over rows of a matrix product [rows, channels] with the bias along the row (plane
-/// 1): one block per row, threads along the columns in N-element chunks.
+/// The same over rows [rows, channels] with the bias along the row (plane 1: a matrix product,
+/// or an NHWC convolution whose rows are pixels): threadIdx.x runs along a row in N-element
+/// chunks, threadIdx.y over blockDim.y rows, so short rows (64 channels) still fill a block.
 template <typename T, int N, bool kBias, bool kResidual, bool kAct>
 __global__ void epilogue_rows_kernel(T* __restrict__ y, const T* __restrict__ bias,
                                      const T* __restrict__ residual, int64_t rows,
                                      int64_t channels, ActivationFn act) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     T* row = y + r * channels;
     const T* res = kResidual ? residual + r * channels : nullptr;
     for (int64_t c = threadIdx.x * N; c < channels; c += blockDim.x * N) {
@@ -108,12 +110,17 @@ void launch_epilogue_n(T* y, const T* bias, const T* residual, int64_t total, in
                        int64_t plane, const ActivationFn& f, cudaStream_t stream) {
   const int64_t run = plane == 1 ? channels : plane;  // contiguous elements per block
   const int64_t chunks = run / N;
-  const int threads = chunks >= 256 ? 256 : static_cast<int>((chunks + 31) / 32 * 32);
-  const auto grid = static_cast<unsigned>(std::min<int64_t>(total / run, int64_t{1} << 20));
   if (plane == 1) {
-    epilogue_rows_kernel<T, N, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
-        y, bias, residual, total / run, channels, f);
+    const int64_t rows = total / run;
+    const int tx = chunks >= 256 ? 256 : static_cast<int>(chunks);
+    const int ty = 256 / tx;
+    const auto grid =
+        static_cast<unsigned>(std::min<int64_t>((rows + ty - 1) / ty, int64_t{1} << 20));
+    epilogue_rows_kernel<T, N, kBias, kResidual, kAct><<<grid, dim3(tx, ty), 0, stream>>>(
+        y, bias, residual, rows, channels, f);
   } else {
+    const int threads = chunks >= 256 ? 256 : static_cast<int>((chunks + 31) / 32 * 32);
+    const auto grid = static_cast<unsigned>(std::min<int64_t>(total / run, int64_t{1} << 20));
     epilogue_planes_kernel<T, N, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
         y, bias, residual, total / run, channels, plane, f);
   }
