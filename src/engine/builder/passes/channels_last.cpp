@@ -53,8 +53,7 @@ bool is_transpose(const Layer* l, const std::vector<int64_t>& perm) {
   if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
   const auto& p = l->params_as<ShuffleParams>();
   return p.first_transpose == perm && !p.has_reshape &&
-         (p.second_transpose.empty() ||
-          p.second_transpose == std::vector<int64_t>{0, 1, 2, 3});
+         (p.second_transpose.empty() || p.second_transpose == std::vector<int64_t>{0, 1, 2, 3});
 }
 
 /// NCHW -> NHWC bytes of a rank-4 constant (for a weight: KCRS -> KRSC).
@@ -84,8 +83,8 @@ struct Rewriter {
 
   Network& net;
   bool f16_bf16_only;
-  std::set<const Layer*> converted;             ///< Original layers that move to NHWC.
-  std::map<const Tensor*, Tensor*> nhwc;        ///< Original NCHW tensor -> its NHWC version.
+  std::set<const Layer*> converted;       ///< Original layers that move to NHWC.
+  std::map<const Tensor*, Tensor*> nhwc;  ///< Original NCHW tensor -> its NHWC version.
   int convs = 0, pools = 0, pointwise = 0, entries = 0, exits = 0;
 
   bool in_region(const Tensor* t) const {
