@@ -599,7 +599,7 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads version 3"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads version 4"), std::string::npos) << m;
 }
 
 TEST(PlanFormatCorrupt, UnknownBackend) {

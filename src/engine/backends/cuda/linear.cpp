@@ -556,7 +556,7 @@ struct ProblemText {
 };
 
 /// The problem key of a (de)convolution: direction, dtype, the x/w/y dims of the layer, and
-/// every field of its params (a copy: fields() is not const).
+/// every field of its params, channels_last included (a copy: fields() is not const).
 template <class Params>
 std::string conv_problem(const char* direction, DataType dtype, const std::vector<int64_t>& x,
                          const std::vector<int64_t>& w, const std::vector<int64_t>& y, Params p) {
