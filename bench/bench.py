@@ -68,7 +68,7 @@ def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return cos, (a - b).abs().max().item()
 
 
-def run_row(name: str, batch: int, iters: int, modes: list[str]) -> dict:
+def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings: dict) -> dict:
     torch.manual_seed(0)
     model, x = make(name, batch)
     torch.backends.cudnn.allow_tf32 = False  # an exact f32 reference (eager convs default to TF32)
@@ -95,7 +95,7 @@ def run_row(name: str, batch: int, iters: int, modes: list[str]) -> dict:
     torch._dynamo.reset()
     report = ember.dynamo.CompilationReport()
     start = time.perf_counter()
-    gm = ember.compile(model, inputs=[xin], device="cuda", report=report)
+    gm = ember.compile(model, inputs=[xin], device="cuda", report=report, **ember_settings)
     row["ember_build_s"] = time.perf_counter() - start
     row["ember_engines"] = len(report.engines)
     row["ember_fallback_nodes"] = len(report.fallback)
@@ -136,13 +136,17 @@ def main():
     p.add_argument("--compile-modes", default="default,reduce-overhead",
                    help="torch.compile modes to time ('' for none)")
     p.add_argument("--json", default=None)
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="Ember's channels_last setting (auto: NHWC for f16/bf16 convolutions)")
     args = p.parse_args()
+    ember_settings = {} if args.channels_last == "auto" else {
+        "channels_last": args.channels_last == "on"}
     modes = [m for m in args.compile_modes.split(",") if m]
     rows = []
     for spec in args.rows.split(","):
         name, batch = spec.split(":")
         try:
-            rows.append(run_row(name, int(batch), args.iters, modes))
+            rows.append(run_row(name, int(batch), args.iters, modes, ember_settings))
         except Exception as e:  # noqa: BLE001 - a failing row is reported, the others still run
             rows.append({"model": name, "batch": int(batch), "error": f"{type(e).__name__}: {e}"})
             print(f"row {spec} failed: {type(e).__name__}: {e}", flush=True)

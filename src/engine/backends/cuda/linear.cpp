@@ -44,6 +44,9 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 // cuDNN's tensor-core algorithms for NCHW half tensors transform the operands to NHWC in the
 // workspace: at batch 32 a ResNet activation alone is ~50 MB, so convolutions may use more.
 constexpr size_t kConvWorkspaceBytes = size_t{256} << 20;
+/// cuDNN Find runs this many times per problem; the last round's ranking is used (the first
+/// includes lazy kernel loading).
+constexpr int kFindRounds = 2;
 
 void lt_check(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS) {
@@ -713,11 +716,17 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                 kLayer, "cudnnGetConvolutionForwardAlgorithm_v7");
     } else {
       // Find times real launches on y (overwritten below) with our workspace. A configuration
-      // cuDNN does not support (some bf16 cases) leaves count at 0: host fallback below.
-      if (cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data, s.conv.h,
-                                                 s.y.h, y.data, kMaxAlgos, &count, perf, workspace,
-                                                 kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
-        count = 0;
+      // cuDNN does not support (some bf16 cases) leaves count at 0: host fallback below. It
+      // runs twice (kFindRounds): with CUDA's lazy module loading, a candidate's first launch
+      // also loads its kernel, so the first round favours kernels an earlier layer loaded.
+      for (int round = 0; round < kFindRounds; ++round) {
+        if (cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data,
+                                                   s.conv.h, s.y.h, y.data, kMaxAlgos, &count,
+                                                   perf, workspace,
+                                                   kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+          count = 0;
+          break;
+        }
       }
     }
     if (!pick(perf, count, s.is_f32, choice)) {
@@ -793,11 +802,13 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
                                                             kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
     } else {
-      if (cudnnFindConvolutionBackwardDataAlgorithmEx(handle, s.w.h, w.data, s.y.h, x.data,
-                                                      s.conv.h, s.x.h, y.data, kMaxAlgos, &count,
-                                                      perf, workspace,
-                                                      kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
-        count = 0;  // unsupported configuration: host fallback below
+      for (int round = 0; round < kFindRounds; ++round) {  // see run(ConvolutionParams)
+        if (cudnnFindConvolutionBackwardDataAlgorithmEx(
+                handle, s.w.h, w.data, s.y.h, x.data, s.conv.h, s.x.h, y.data, kMaxAlgos, &count,
+                perf, workspace, kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+          count = 0;  // unsupported configuration: host fallback below
+          break;
+        }
       }
     }
     if (!pick(perf, count, s.is_f32, choice)) {
