@@ -574,20 +574,15 @@ void launch_flash_mma_w(const T* q, const T* k, const T* v, const void* mask, T*
   check(cudaGetLastError(), "flash_attention_mma_kernel");
 }
 
-/// 4 warps (64 query rows) per block share each K/V tile; when 64-row blocks would leave SMs
-/// idle (batch 1, short sequences), 2 or 1 warps per block spread the queries over more SMs.
+/// 4 warps (64 query rows) per block, sharing each K/V tile. 2- or 1-warp blocks (to fill the
+/// SMs at batch 1) passed the tests, but the H100 run that had them measured GPT-2 b1 at 0.93 ms
+/// and BERT b1 at 0.94 ms, against 0.74 and 0.70 before (other changes came in between; this
+/// was the only one aimed at batch 1). A tile loaded by 32 threads costs each several dependent
+/// global loads. Not re-measured since.
 template <typename T, int D>
 void launch_flash_mma(const T* q, const T* k, const T* v, const void* mask, T* out,
                       const AttnArgs& p, bool vec, cudaStream_t stream) {
-  const int64_t sms = sm_count();
-  const auto blocks = [&](int rows) { return p.B * p.H * ((p.L + rows - 1) / rows); };
-  if (blocks(64) >= sms) {
-    launch_flash_mma_w<T, D, 4>(q, k, v, mask, out, p, vec, stream);
-  } else if (blocks(32) >= sms) {
-    launch_flash_mma_w<T, D, 2>(q, k, v, mask, out, p, vec, stream);
-  } else {
-    launch_flash_mma_w<T, D, 1>(q, k, v, mask, out, p, vec, stream);
-  }
+  launch_flash_mma_w<T, D, 4>(q, k, v, mask, out, p, vec, stream);
 }
 
 /// EMBER_ATTENTION_KERNEL=wmma selects the shared-memory WMMA kernel instead of the mma.sync
