@@ -135,9 +135,11 @@ SegmentEngine build_segment(const Graph& g, const Segment& segment,
     config.channels_last = engine::ChannelsLast::kOn;
   } else if (settings.channels_last == "off") {
     config.channels_last = engine::ChannelsLast::kOff;
+  } else if (settings.channels_last == "half") {
+    config.channels_last = engine::ChannelsLast::kHalf;
   } else if (settings.channels_last != "auto") {
     throw Error("channels_last setting '" + settings.channels_last +
-                "' is not one of auto, on, off");
+                "' is not one of auto, half, on, off");
   }
   engine::BuildReport report;
   SegmentEngine out;

@@ -359,21 +359,26 @@ TEST(ChannelsLastPass, TransposedInputEntersWithoutATranspose) {
   EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 1);  // only the exit
 }
 
-TEST(ChannelsLastPass, BuilderRunsItOnlyForCudaHalfPrecision) {
+TEST(ChannelsLastPass, BuilderRunsItOnRequest) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {1, 3, 6, 6});
   net.mark_output(conv_bn(net, x, 4, 3, conv_params(1, 1), true, "conv", 1), "y");
-  // The CPU back end keeps NCHW.
-  BuildReport report;
-  Builder(BuilderConfig{}).build(net, &report);
-  bool logged = false;
-  for (const std::string& line : report.pass_log) {
-    if (line.rfind("channels_last", 0) == 0) {
-      logged = true;
-      EXPECT_NE(line.find("skipped"), std::string::npos) << line;
+  // The default (kAuto) keeps NCHW; kHalf skips the CPU back end.
+  for (const ChannelsLast mode : {ChannelsLast::kAuto, ChannelsLast::kHalf}) {
+    BuilderConfig config;
+    config.channels_last = mode;
+    BuildReport report;
+    Builder(config).build(net, &report);
+    bool logged = false;
+    for (const std::string& line : report.pass_log) {
+      if (line.rfind("channels_last", 0) == 0) {
+        logged = true;
+        const char* expected = mode == ChannelsLast::kAuto ? "auto keeps NCHW" : "skipped";
+        EXPECT_NE(line.find(expected), std::string::npos) << line;
+      }
     }
+    EXPECT_TRUE(logged);
   }
-  EXPECT_TRUE(logged);
   // For CUDA, only f16/bf16 convolutions move: an f32 network is left alone.
   for (const DataType dt : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
     Network typed;
@@ -385,6 +390,11 @@ TEST(ChannelsLastPass, BuilderRunsItOnlyForCudaHalfPrecision) {
     BuildState s;
     s.config.backend = "cuda";
     s.plan.network = typed.clone();
+    pass_channels_last(s);  // the default, kAuto, keeps NCHW today
+    ASSERT_EQ(s.log.size(), 1u);
+    EXPECT_EQ(s.log[0], "channels_last: auto keeps NCHW");
+    s.log.clear();
+    s.config.channels_last = ChannelsLast::kHalf;
     pass_channels_last(s);
     const bool half = dt != DataType::kF32;
     ASSERT_EQ(s.log.size(), 1u);

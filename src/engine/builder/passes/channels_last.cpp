@@ -231,7 +231,10 @@ void pass_channels_last(BuildState& s) {
     case ChannelsLast::kOn:
       s.log.push_back("channels_last: " + rewrite_channels_last(s.plan.network, false));
       return;
-    case ChannelsLast::kAuto:
+    case ChannelsLast::kAuto:  // see ChannelsLast::kAuto for why
+      s.log.push_back("channels_last: auto keeps NCHW");
+      return;
+    case ChannelsLast::kHalf:
       break;
   }
   if (s.config.backend != "cuda") {
