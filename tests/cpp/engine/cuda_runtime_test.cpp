@@ -36,6 +36,13 @@ struct GraphNet {
     y = net.add_elementwise(y, x, ElementWiseOp::kSum, "skip")->output();
     net.mark_output(y, "y");
   }
+  /// The plan for "cuda", batch n in [1, 16].
+  std::vector<uint8_t> plan() const {
+    BuilderConfig config;
+    config.backend = "cuda";
+    config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
+    return Builder(config).build(net);
+  }
 };
 
 /// Device buffers for one call: input copied in, output allocated.
@@ -72,10 +79,7 @@ struct Buffers {
 TEST(CudaGraphs, ReplayFollowsDataAddressesAndShapes) {
   EMBER_SKIP_WITHOUT_CUDA();
   GraphNet g;
-  BuilderConfig config;
-  config.backend = "cuda";
-  config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
-  const auto plan = Builder(config).build(g.net);
+  const auto plan = g.plan();
   const auto engine = Runtime().deserialize(plan.data(), plan.size());
   auto ctx = engine->create_execution_context();
   auto check = [&](const TestTensor& in, const TestTensor& out, const char* what) {
@@ -195,10 +199,7 @@ class FailingAllocator final : public DeviceAllocator {
 TEST(CudaDeviceAllocator, WeightsArenaAndWorkspaceComeFromTheAllocator) {
   EMBER_SKIP_WITHOUT_CUDA();
   GraphNet g;
-  BuilderConfig config;
-  config.backend = "cuda";
-  config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
-  const auto plan = Builder(config).build(g.net);
+  const auto plan = g.plan();
   auto allocator = std::make_shared<CountingAllocator>();
   Runtime runtime;
   runtime.set_device_allocator(allocator);
@@ -225,10 +226,7 @@ TEST(CudaDeviceAllocator, WeightsArenaAndWorkspaceComeFromTheAllocator) {
 TEST(CudaDeviceAllocator, AFailingAllocatorIsAnErrorThatNamesTheMemory) {
   EMBER_SKIP_WITHOUT_CUDA();
   GraphNet g;
-  BuilderConfig config;
-  config.backend = "cuda";
-  config.profiles = {OptimizationProfile().set_range("n", 1, 8, 16)};
-  const auto plan = Builder(config).build(g.net);
+  const auto plan = g.plan();
   Runtime runtime;
   runtime.set_device_allocator(std::make_shared<FailingAllocator>());
   const auto engine = runtime.deserialize(plan.data(), plan.size());

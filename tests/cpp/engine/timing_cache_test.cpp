@@ -55,6 +55,18 @@ void put_le(std::vector<uint8_t>& b, size_t pos, uint64_t v, int n) {
   for (int i = 0; i < n; ++i) b[pos + i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
+/// The cache's magic and version with zeroed flags, payload size and checksum: the caller
+/// writes entries, then fixes the size and reseals.
+ByteWriter header_with_zero_fields() {
+  ByteWriter w;
+  w.raw("EMBRTCAC", 8);
+  w.u32(1);
+  w.u32(0);
+  w.u64(0);
+  w.u64(0);
+  return w;
+}
+
 // Recomputes the checksum (header bytes 24..31, over everything after the 32-byte header).
 void reseal(std::vector<uint8_t>& b) {
   put_le(b, 24, fnv1a64(b.data() + 32, b.size() - 32), 8);
@@ -167,12 +179,7 @@ TEST(TimingCache, CorruptFieldsSayWhatAndWhere) {
   }
   {
     // A choice length beyond the limit, with enough bytes behind it to pass the count check.
-    ByteWriter w;
-    w.raw("EMBRTCAC", 8);
-    w.u32(1);
-    w.u32(0);
-    w.u64(0);
-    w.u64(0);
+    ByteWriter w = header_with_zero_fields();
     w.u32(1);
     w.str(kGpuA, "d");
     w.str("p", "p");
@@ -185,12 +192,7 @@ TEST(TimingCache, CorruptFieldsSayWhatAndWhere) {
   }
   {
     // The same (device, problem) twice.
-    ByteWriter w;
-    w.raw("EMBRTCAC", 8);
-    w.u32(1);
-    w.u32(0);
-    w.u64(0);
-    w.u64(0);
+    ByteWriter w = header_with_zero_fields();
     write_timing_entries(w, {{kGpuA, "p", bytes_of({1})}, {kGpuA, "p", bytes_of({2})}});
     auto b = w.bytes();
     put_le(b, 16, b.size() - 32, 8);
