@@ -223,7 +223,12 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   }
 #endif
-  std::unique_ptr<engine::ExecutionContext> ctx = acquire_context(stream);
+  std::unique_ptr<engine::ExecutionContext> ctx;
+  try {
+    ctx = acquire_context(stream);  // a new context allocates its arena: errors name it
+  } catch (const engine::Error& e) {
+    fail("ember::execute_engine: ", e.what());
+  }
   std::vector<at::Tensor> outputs;
   outputs.reserve(meta.outputs.size());
   try {

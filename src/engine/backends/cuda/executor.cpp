@@ -58,7 +58,15 @@ DeviceBuffer::DeviceBuffer(std::shared_ptr<DeviceAllocator> allocator, size_t by
                            const char* what)
     : allocator_(std::move(allocator)), bytes_(bytes) {
   if (!allocator_) {
-    check(cudaMalloc(&ptr_, bytes), what);
+    const cudaError_t status = cudaMalloc(&ptr_, bytes);
+    if (status != cudaSuccess) {
+      ptr_ = nullptr;
+      bytes_ = 0;
+      cudaGetLastError();  // a later check() of an unrelated launch must not report this
+      throw Error(std::string("cudaMalloc failed for the ") + what + " (" +
+                  std::to_string(bytes) + " bytes): " + cudaGetErrorName(status) + " (" +
+                  cudaGetErrorString(status) + ")");
+    }
     return;
   }
   try {
@@ -110,9 +118,11 @@ void* Resources::workspace(size_t bytes) {
   if (bytes > workspace_.size()) {
     // Work already enqueued may still use the old buffer.
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (workspace growth)");
+    // Graphs captured with the old address are stale from here on, even when the allocation
+    // below fails: a caching allocator may hand the freed block to someone else at once.
+    ++workspace_generation_;
     workspace_.reset();
     workspace_ = DeviceBuffer(allocator_, bytes, "library workspace");
-    ++workspace_generation_;
   }
   return workspace_.get();
 }
