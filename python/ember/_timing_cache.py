@@ -32,8 +32,18 @@ def save(cache: Any, path: str | os.PathLike | None) -> None:
         return
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"ember: timing_cache file '{path}' cannot be written: its folder "
+                         f"'{directory}' does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ember-timing-", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600: keep an existing cache's mode, else the usual umask one.
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(cache.serialize())
             f.flush()

@@ -3,6 +3,7 @@ rejected clearly (all on the CPU), and on a GPU a second compile that times noth
 visibly without one)."""
 
 import os
+import stat
 
 import pytest
 import torch
@@ -87,6 +88,17 @@ def test_save_is_atomic(tmp_path):
     assert not leftovers(tmp_path)
     assert _timing_cache.load(tmp_path / "missing.timing") is not None
     assert _timing_cache.load(None) is None
+
+
+def test_save_keeps_the_file_mode_and_names_a_missing_folder(tmp_path):
+    path = tmp_path / "cache.timing"
+    path.write_bytes(b"")
+    os.chmod(path, 0o640)
+    _timing_cache.save(_C.TimingCache(), path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # not mkstemp's 0600
+    missing = tmp_path / "no_such_folder" / "cache.timing"
+    with pytest.raises(ValueError, match="no_such_folder.*does not exist"):
+        _timing_cache.save(_C.TimingCache(), missing)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -1,7 +1,7 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 3 (version 1 had no Convolution/MatrixMultiply epilogue,
-// version 2 no timing section):
+// Byte layout (little-endian), version 4 (version 1 had no Convolution/MatrixMultiply epilogue,
+// version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | profiles | inputs | layers | outputs | timing
