@@ -248,6 +248,9 @@ Shape read_shape(ByteReader& in, const char* what);
 
 /// Longest timing-cache choice (a back end's encoding of one algorithm) a plan or cache holds.
 inline constexpr size_t kTimingMaxChoiceBytes = 1024;
+/// The most entries one timing list may hold (a model has hundreds of problems): a crafted count
+/// must not make the reader allocate gigabytes before the bytes run out.
+inline constexpr size_t kTimingMaxEntries = size_t{1} << 20;
 
 /// Writes timing-cache entries: a list of (device string | problem string | choice: u32 length
 /// + bytes). Shared by the plan's timing section and TimingCache::serialize.

@@ -43,11 +43,17 @@ void write_timing_entries(ByteWriter& out, const std::vector<TimingEntry>& entri
 
 std::vector<TimingEntry> read_timing_entries(ByteReader& in) {
   // An entry is at least three u32 lengths.
+  const size_t count_at = in.offset();
   const size_t n = in.count("timing entry list", 12);
-  std::vector<TimingEntry> entries(n);
+  if (n > kTimingMaxEntries) {
+    ByteReader::fail("the timing entry list claims " + std::to_string(n) +
+                         " entries; the limit is " + std::to_string(kTimingMaxEntries),
+                     count_at);
+  }
+  std::vector<TimingEntry> entries;  // grows with the entries actually read
   std::set<std::pair<std::string, std::string>> seen;
   for (size_t i = 0; i < n; ++i) {
-    TimingEntry& e = entries[i];
+    TimingEntry& e = entries.emplace_back();
     const size_t at = in.offset();
     e.device = in.str("timing entry device");
     e.problem = in.str("timing entry problem");

@@ -178,6 +178,17 @@ TEST(TimingCache, CorruptFieldsSayWhatAndWhere) {
     expect_cache_error(b, "claims 4294967280 entries", "huge count");
   }
   {
+    // More entries than the reader accepts, with enough bytes behind the count to pass its
+    // bytes-per-entry check: refused before anything is allocated for them.
+    ByteWriter w = header_with_zero_fields();
+    w.u32(static_cast<uint32_t>(kTimingMaxEntries + 1));
+    auto b = w.bytes();
+    b.resize(b.size() + (kTimingMaxEntries + 1) * 12, 0);
+    put_le(b, 16, b.size() - 32, 8);
+    reseal(b);
+    expect_cache_error(b, "claims 1048577 entries; the limit is 1048576 at byte", "too many");
+  }
+  {
     // A choice length beyond the limit, with enough bytes behind it to pass the count check.
     ByteWriter w = header_with_zero_fields();
     w.u32(1);
