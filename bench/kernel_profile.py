@@ -2,7 +2,7 @@
 torch.profiler (CUPTI sees every kernel in the process, Ember's and the libraries'), grouped by
 name, with their share of the total.
 
-    python bench/kernel_profile.py --model resnet50 --batch 32 [--top 15]
+    python bench/kernel_profile.py --model resnet50 --batch 32 [--top 15] [--channels-last on]
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="Ember's channels_last setting, as in bench.py")
     args = p.parse_args()
+    settings = {} if args.channels_last == "auto" else {"channels_last": args.channels_last == "on"}
     torch.manual_seed(0)
     model, x = make(args.model, args.batch)
     model = model.half()
     x = x.half() if x.is_floating_point() else x
-    gm = ember.compile(model, inputs=[x], device="cuda")
+    gm = ember.compile(model, inputs=[x], device="cuda", **settings)
     with torch.no_grad():
         for _ in range(5):
             gm(x)

@@ -66,7 +66,7 @@ step_bench() {
 step_profile() {  # PROFILES="model:batch ..." (default: the three models at batch 32)
   for mb in ${PROFILES:-resnet50:32 gpt2:32 bert:32}; do
     run_step "profile_${mb/:/_b}" python3 bench/kernel_profile.py --model "${mb%%:*}" \
-      --batch "${mb##*:}" --top 14
+      --batch "${mb##*:}" --top 14 ${PROFILE_ARGS:-}
   done
 }
 # Steps run in the order given; "all" is the tests, then the benchmark and the profiles.

@@ -161,7 +161,7 @@ Tensor* conv_bn(Network& net, Tensor* x, int64_t out_c, int64_t kernel, int64_t 
 
 TEST(CudaChannelsLast, ResNetBlockWithThePass) {
   // stem conv -> maxpool -> basic block with a downsampling shortcut -> global average pool ->
-  // flatten -> linear, built for cuda at level 3 (fusion + channels_last) against the CPU
+  // flatten -> linear, built for cuda at level 3 (fusion + channels_last on) against the CPU
   // reference running the same fused network in NCHW (batch norm folded into the weights in
   // the storage dtype, as the builder does), so the comparison isolates the layout.
   EMBER_SKIP_WITHOUT_CUDA();
@@ -192,7 +192,8 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
                                 false, "fc")->output();
     net.mark_output(y, "logits");
     const std::vector<TestTensor> in{TestTensor::random(t, {2, 3, 16, 16}, 41)};
-    test::CudaRunner runner(net, in, {}, /*optimization_level=*/3);
+    // kHalf: the default (kAuto) keeps NCHW since NHWC measured slower on ResNet-50.
+    test::CudaRunner runner(net, in, {}, /*optimization_level=*/3, ChannelsLast::kHalf);
     const std::string json = runner.inspect_json();
     EXPECT_NE(json.find("\"channels_last\": true"), std::string::npos) << json;
     EXPECT_EQ(json.find("cuda.host"), std::string::npos) << json;

@@ -44,11 +44,13 @@ class CudaRunner {
  public:
   /// Builds with `profiles`, or one exact profile from `example_inputs` when profiles is empty.
   CudaRunner(const Network& net, const std::vector<TestTensor>& example_inputs,
-             std::vector<OptimizationProfile> profiles = {}, int optimization_level = 0)
+             std::vector<OptimizationProfile> profiles = {}, int optimization_level = 0,
+             ChannelsLast channels_last = ChannelsLast::kAuto)
       : net_(net) {
     BuilderConfig config;
     config.backend = "cuda";
     config.optimization_level = optimization_level;
+    config.channels_last = channels_last;
     config.profiles = std::move(profiles);
     if (config.profiles.empty()) {
       OptimizationProfile p;

@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -44,9 +45,6 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 // cuDNN's tensor-core algorithms for NCHW half tensors transform the operands to NHWC in the
 // workspace: at batch 32 a ResNet activation alone is ~50 MB, so convolutions may use more.
 constexpr size_t kConvWorkspaceBytes = size_t{256} << 20;
-/// cuDNN Find runs this many times per problem; the last round's ranking is used (the first
-/// includes lazy kernel loading).
-constexpr int kFindRounds = 2;
 
 void lt_check(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS) {
@@ -166,38 +164,46 @@ struct LtCall {
 /// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call.
 constexpr int kGemmCandidates = 8;
 
-/// Owns the CUDA events and the scratch output of one timing run.
-struct GemmTimer {
+/// Owns the CUDA events, the stream gate (see StreamGate) and, for a GEMM, the scratch output of
+/// one tactic-timing run.
+struct TacticTimer {
   cudaEvent_t start = nullptr, stop = nullptr;
+  StreamGate gate;
   DeviceBuffer scratch;  // freed after the last timed run has been waited for
-  GemmTimer() {
+  TacticTimer() {
     check(cudaEventCreate(&start), "cudaEventCreate (tactic timing)");
     check(cudaEventCreate(&stop), "cudaEventCreate (tactic timing)");
   }
-  GemmTimer(const GemmTimer&) = delete;
-  GemmTimer& operator=(const GemmTimer&) = delete;
-  ~GemmTimer() {
+  TacticTimer(const TacticTimer&) = delete;
+  TacticTimer& operator=(const TacticTimer&) = delete;
+  ~TacticTimer() {
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
   }
 };
 
-/// Milliseconds of two launches of `algo` after one warm-up, or a negative value when a launch
-/// fails (the candidate is then skipped).
-float time_gemm(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void* d, GemmTimer& t) {
-  if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) return -1.0f;
-  check(cudaEventRecord(t.start, call.stream), "cudaEventRecord (tactic timing)");
-  for (int i = 0; i < 2; ++i) {
-    if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) {
-      check(cudaStreamSynchronize(call.stream), "cudaStreamSynchronize (tactic timing)");
-      return -1.0f;
-    }
-  }
-  check(cudaEventRecord(t.stop, call.stream), "cudaEventRecord (tactic timing)");
+/// Milliseconds of GPU time of two calls of `launch` (true when it launched) queued behind the
+/// stream gate, or a negative value when a call fails (the candidate is then skipped).
+template <typename Launch>
+float time_launches(TacticTimer& t, cudaStream_t stream, Launch launch) {
+  t.gate.hold(stream);
+  check(cudaEventRecord(t.start, stream), "cudaEventRecord (tactic timing)");
+  const bool ran = launch() && launch();
+  const cudaError_t recorded = cudaEventRecord(t.stop, stream);
+  t.gate.release();
+  check(recorded, "cudaEventRecord (tactic timing)");
   check(cudaEventSynchronize(t.stop), "cudaEventSynchronize (tactic timing)");
+  if (!ran) return -1.0f;
   float ms = 0.0f;
   check(cudaEventElapsedTime(&ms, t.start, t.stop), "cudaEventElapsedTime (tactic timing)");
   return ms;
+}
+
+/// Milliseconds of two launches of `algo` after one warm-up, or a negative value when a launch
+/// fails (the candidate is then skipped).
+float time_gemm(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void* d, TacticTimer& t) {
+  if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) return -1.0f;
+  return time_launches(t, call.stream, [&] { return call.run(algo, d) == CUBLAS_STATUS_SUCCESS; });
 }
 
 /// The algorithm for one GEMM problem: the timing cache's choice when there is one (a choice
@@ -241,7 +247,7 @@ cublasLtMatmulAlgo_t gemm_algo(const LtCall& call, cublasLtMatmulPreference_t pr
   if (cache == nullptr || capturing(call.stream)) return results[0].algo;
   int best = 0;
   if (returned > 1) {
-    GemmTimer timer;
+    TacticTimer timer;
     // With a residual read as C, D = alpha AB + C: repeated launches are harmless unless C and
     // D overlap (an in-place residual), which would accumulate; time into scratch then.
     void* d = g.c;
@@ -400,6 +406,7 @@ cudnnDataType_t dnn_type(DataType t, const char* layer) {
 using TensorDesc = Owned<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
 using FilterDesc = Owned<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
 using ConvDesc = Owned<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
+using ActivationDesc = Owned<cudnnActivationDescriptor_t, cudnnDestroyActivationDescriptor>;
 
 /// Dims as cuDNN takes them: 1d becomes 2d with H = 1 (cuDNN needs at least 4-d tensors).
 /// False when a dim or a contiguous stride does not fit cuDNN's int.
@@ -496,10 +503,12 @@ bool make_conv_setup(ConvSetup& s, const char* layer, DataType dtype,
   return true;
 }
 
-/// A chosen algorithm and the math type it was timed with.
+/// A chosen algorithm, the math type it was timed with, and whether it runs through
+/// cudnnConvolutionBiasActivationForward (bias, residual and relu fused into the convolution).
 struct ConvChoice {
   int algo = 0;
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+  bool fused = false;
 };
 
 /// Whether a found algorithm is acceptable: it ran, fits the workspace, and for f32 keeps f32
@@ -534,6 +543,55 @@ bool pick(const Perf* perf, int count, bool is_f32, ConvChoice& choice) {
     }
   }
   return false;
+}
+
+/// EMBER_TACTIC_LOG=1 prints every convolution tactic timing to stderr: Find's entries (algo,
+/// math type, status, Find's ms, workspace) with the re-timed ms or why one was skipped.
+bool tactic_log() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMBER_TACTIC_LOG");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
+/// Times every acceptable entry of Find's list again with CUDA events (one warm-up launch, then
+/// two timed ones behind the stream gate) and keeps in `choice` the fastest that beats
+/// `best_ms` (negative: nothing yet). `launch(algo, math)` sets the math type and runs the
+/// algorithm once, false when cuDNN refuses it; `fused` says which call it makes. Find's own ranking is not used: it is paced
+/// by the host (cuDNN's legacy API spends tens of microseconds per call, more than many of
+/// ResNet-50's kernels run), and on 2026-11-23 it ranked the slow implicit_convolve_sgemm first
+/// for 13 to 25 of ResNet-50's 53 NHWC convolutions, 57-76% of the GPU time.
+template <typename Perf, typename Launch>
+void pick_timed(const Perf* perf, int count, bool is_f32, cudaStream_t stream, bool fused,
+                Launch launch, ConvChoice& choice, float& best_ms, const std::string& problem) {
+  TacticTimer t;
+  if (tactic_log()) {
+    std::fprintf(stderr, "[ember tactic] %s%s: %d entries\n", problem.c_str(),
+                 fused ? " (fused call)" : "", count);
+  }
+  for (int i = 0; i < count; ++i) {
+    float ms = -1.0f;
+    const char* skipped = nullptr;
+    if (!acceptable(perf[i], is_f32, lossy(perf[i].algo))) {
+      skipped = "not acceptable";
+    } else if (!launch(perf[i].algo, perf[i].mathType)) {
+      skipped = "launch refused";
+    } else {
+      ms = time_launches(t, stream, [&] { return launch(perf[i].algo, perf[i].mathType); });
+      if (ms < 0.0f) skipped = "launch refused";
+    }
+    if (tactic_log()) {
+      std::fprintf(stderr, "[ember tactic]   algo %d math %d status %d find %.4f ms ws %zu: %s%.4f\n",
+                   static_cast<int>(perf[i].algo), static_cast<int>(perf[i].mathType),
+                   static_cast<int>(perf[i].status), perf[i].time, perf[i].memory,
+                   skipped != nullptr ? skipped : "2 runs ms ", skipped != nullptr ? 0.0 : ms);
+    }
+    if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
+      best_ms = ms;
+      choice = {static_cast<int>(perf[i].algo), perf[i].mathType, fused};
+    }
+  }
 }
 
 
@@ -585,12 +643,16 @@ bool conv_lookup(TimingCache* cache, const std::string& problem, int algo_count,
   if (cache == nullptr) return false;
   bool checked = false;
   const auto bytes = cache->lookup(timing_device_key(), problem, &checked);
-  if (!bytes || bytes->size() != 8) return false;
-  int32_t algo = 0, math = 0;
+  // 8 bytes {algo, math} (unfused; older caches) or 12 bytes {algo, math, fused}.
+  if (!bytes || (bytes->size() != 8 && bytes->size() != 12)) return false;
+  int32_t algo = 0, math = 0, fused = 0;
   std::memcpy(&algo, bytes->data(), 4);
   std::memcpy(&math, bytes->data() + 4, 4);
-  if (algo < 0 || algo >= algo_count || !known_math(math)) return false;
-  choice = {algo, static_cast<cudnnMathType_t>(math)};
+  if (bytes->size() == 12) std::memcpy(&fused, bytes->data() + 8, 4);
+  if (algo < 0 || algo >= algo_count || !known_math(math) || (fused != 0 && fused != 1)) {
+    return false;
+  }
+  choice = {algo, static_cast<cudnnMathType_t>(math), fused == 1};
   if (checked) return true;
   if (is_f32 && (lossy(static_cast<Algo>(algo)) || choice.math == CUDNN_TENSOR_OP_MATH ||
                  choice.math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)) {
@@ -604,9 +666,9 @@ bool conv_lookup(TimingCache* cache, const std::string& problem, int algo_count,
 /// Stores a choice found by timing (Find) and counts the problem as timed.
 void conv_store(TimingCache* cache, const std::string& problem, const ConvChoice& choice) {
   if (cache == nullptr) return;
-  const int32_t v[2] = {choice.algo, static_cast<int32_t>(choice.math)};
+  const int32_t v[3] = {choice.algo, static_cast<int32_t>(choice.math), choice.fused ? 1 : 0};
   const auto* b = reinterpret_cast<const uint8_t*>(v);
-  cache->store(timing_device_key(), problem, std::vector<uint8_t>(b, b + 8));
+  cache->store(timing_device_key(), problem, std::vector<uint8_t>(b, b + sizeof v));
   cache->note_timed();
 }
 
@@ -644,6 +706,13 @@ void init_output(DeviceTensor& out, const void* bias, cudaStream_t stream,
   launch_fill_channel_bias(out.dtype, out.data, bias, batch, channels, plane, stream);
 }
 
+/// Whether two byte ranges of length `bytes` starting at p and q overlap.
+bool overlaps(const void* p, const void* q, size_t bytes) {
+  const auto* a = static_cast<const uint8_t*>(p);
+  const auto* b = static_cast<const uint8_t*>(q);
+  return a < b + bytes && b < a + bytes;
+}
+
 /// The epilogue residual input `index` (nullptr when absent); it must match the output.
 const void* epilogue_residual(const CudaArgs& a, size_t index, const char* layer) {
   if (!a.has(index)) return nullptr;
@@ -663,6 +732,42 @@ void check_same_dtype(const CudaArgs& a, const char* layer) {
                 dtype_name(t) + ", " + dtype_name(a.in(1).dtype) + ", " +
                 dtype_name(a.out().dtype));
   }
+}
+
+/// How a convolution's epilogue may run: timed against the separate pass (default), never fused
+/// (EMBER_CONV_FUSED_EPILOGUE=0, for A/B comparisons), or fused whenever cuDNN takes it
+/// (=force, so that tests reach the fused call on shapes where it would lose). Read once.
+enum class ConvFusion { kTimed, kOff, kForce };
+ConvFusion conv_fusion_mode() {
+  static const ConvFusion mode = [] {
+    const char* e = std::getenv("EMBER_CONV_FUSED_EPILOGUE");
+    const std::string v = e != nullptr ? e : "";
+    return v == "0" ? ConvFusion::kOff : v == "force" ? ConvFusion::kForce : ConvFusion::kTimed;
+  }();
+  return mode;
+}
+
+/// The descriptors cudnnConvolutionBiasActivationForward takes beyond a ConvSetup's: the bias as
+/// [1, C, 1, ...] and the activation (relu, or identity when the epilogue has none).
+struct FusedConvSetup {
+  TensorDesc bias;
+  ActivationDesc act;
+};
+
+void make_fused_setup(FusedConvSetup& f, const ConvSetup& s, int64_t channels, size_t rank,
+                      bool relu, const char* layer) {
+  std::vector<int> dims(std::max<size_t>(rank, 4), 1), strides(dims.size(), 1);
+  dims[1] = static_cast<int>(channels);
+  strides[0] = static_cast<int>(channels);
+  dnn_check(cudnnCreateTensorDescriptor(&f.bias.h), layer, "cudnnCreateTensorDescriptor (bias)");
+  dnn_check(cudnnSetTensorNdDescriptor(f.bias.h, s.type, static_cast<int>(dims.size()),
+                                       dims.data(), strides.data()),
+            layer, "cudnnSetTensorNdDescriptor (bias)");
+  dnn_check(cudnnCreateActivationDescriptor(&f.act.h), layer, "cudnnCreateActivationDescriptor");
+  dnn_check(cudnnSetActivationDescriptor(f.act.h,
+                                         relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
+                                         CUDNN_PROPAGATE_NAN, 0.0),
+            layer, "cudnnSetActivationDescriptor");
 }
 
 }  // namespace
@@ -691,8 +796,37 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     host_fallback(a);  // asymmetric padding or sizes beyond cuDNN's int
     return;
   }
+  // cuDNN's fused call computes y = act(alpha1 conv(x) + alpha2 z + bias) in f32 and rounds
+  // once: the epilogue exactly when it has a bias and its activation is relu or none.
+  const bool relu = p.epilogue.fused_activation && p.epilogue.activation == ActivationType::kRelu;
+  const bool fusable = conv_fusion_mode() != ConvFusion::kOff && bias != nullptr &&
+                       (!p.epilogue.fused_activation || relu);
+  FusedConvSetup f;
+  if (fusable) make_fused_setup(f, s, channels, y.dims.size(), relu, kLayer);
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
   void* workspace = a.res->workspace(kConvWorkspaceBytes);
+  const float alpha = static_cast<float>(p.epilogue.scale), zero = 0.0f, one = 1.0f;
+  // One fused launch; z = y with alpha2 = 0 when there is no residual (cuDNN reads z anyway).
+  auto launch_fused = [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math, const void* z,
+                          const float* alpha2) {
+    return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
+           cudnnConvolutionBiasActivationForward(
+               handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo, workspace,
+               kConvWorkspaceBytes, alpha2, s.y.h, z, f.bias.h, bias, f.act.h, s.y.h,
+               y.data) == CUDNN_STATUS_SUCCESS;
+  };
+  // One plain launch and the epilogue pass after it.
+  auto launch_plain = [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
+    if (cudnnSetConvolutionMathType(s.conv.h, math) != CUDNN_STATUS_SUCCESS ||
+        cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo,
+                                workspace, kConvWorkspaceBytes, &zero, s.y.h,
+                                y.data) != CUDNN_STATUS_SUCCESS) {
+      return false;
+    }
+    launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
+                    a.stream());
+    return true;
+  };
   TimingCache* cache = a.res->timing_cache();
   const std::string problem = conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
   ConvChoice choice;
@@ -705,6 +839,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                                                        algo, &bytes) == CUDNN_STATUS_SUCCESS &&
                bytes <= kConvWorkspaceBytes;
       });
+  if (found && choice.fused && !fusable) choice.fused = false;  // stored with the fusion on
   if (!found) {
     constexpr int kMaxAlgos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
     cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
@@ -714,33 +849,66 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
       dnn_check(cudnnGetConvolutionForwardAlgorithm_v7(handle, s.x.h, s.w.h, s.conv.h, s.y.h,
                                                        kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionForwardAlgorithm_v7");
-    } else {
-      // Find times real launches on y (overwritten below) with our workspace. A configuration
-      // cuDNN does not support (some bf16 cases) leaves count at 0: host fallback below. It
-      // runs twice (kFindRounds): with CUDA's lazy module loading, a candidate's first launch
-      // also loads its kernel, so the first round favours kernels an earlier layer loaded.
-      for (int round = 0; round < kFindRounds; ++round) {
-        if (cudnnFindConvolutionForwardAlgorithmEx(handle, s.x.h, x.data, s.w.h, w.data,
-                                                   s.conv.h, s.y.h, y.data, kMaxAlgos, &count,
-                                                   perf, workspace,
-                                                   kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
-          count = 0;
-          break;
-        }
-      }
+    } else if (cudnnFindConvolutionForwardAlgorithmEx(
+                   handle, s.x.h, x.data, s.w.h, w.data, s.conv.h, s.y.h, y.data, kMaxAlgos,
+                   &count, perf, workspace, kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+      // Find runs real launches on y (overwritten below) with our workspace. A configuration
+      // cuDNN does not support (some bf16 cases) fails here: host fallback below.
+      count = 0;
     }
-    if (!pick(perf, count, s.is_f32, choice)) {
+    bool picked = false;
+    if (eager) {
+      // The fused call and the plain one followed by the epilogue pass are timed alike, on the
+      // real operands, and the faster wins (identity activation limits the fused call to one
+      // algorithm). A residual sharing y's memory would be consumed by the first timed fused
+      // launch, so timing then reads z = y with alpha2 = 0 instead.
+      float best_ms = -1.0f;
+      if (fusable) {
+        const bool overlap = residual != nullptr && overlaps(residual, y.data, y.nbytes());
+        const void* z = residual != nullptr && !overlap ? residual : y.data;
+        const float* alpha2 = residual != nullptr && !overlap ? &one : &zero;
+        pick_timed(perf, count, s.is_f32, a.stream(), /*fused=*/true,
+                   [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
+                     return launch_fused(algo, math, z, alpha2);
+                   },
+                   choice, best_ms, problem);
+      }
+      if (best_ms < 0.0f || conv_fusion_mode() != ConvFusion::kForce) {
+        pick_timed(perf, count, s.is_f32, a.stream(), /*fused=*/false,
+                   [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
+                     return launch_plain(algo, math);
+                   },
+                   choice, best_ms, problem);
+      }
+      picked = best_ms >= 0.0f;
+    } else {
+      picked = pick(perf, count, s.is_f32, choice);
+    }
+    if (!picked) {
       host_fallback(a);  // no algorithm meets the precision and workspace limits
       return;
     }
     if (eager) conv_store(cache, problem, choice);  // a capture's heuristic guess is not kept
   }
+  if (tactic_log()) {
+    std::fprintf(stderr, "[ember tactic] %s -> algo %d math %d%s (%s)\n", problem.c_str(),
+                 choice.algo, static_cast<int>(choice.math), choice.fused ? " fused" : "",
+                 found ? "timing cache" : capturing(a.stream()) ? "heuristic, capturing" : "timed");
+  }
+  const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo);
+  if (choice.fused) {
+    if (!launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
+                      residual != nullptr ? &one : &zero)) {
+      throw Error(std::string(kLayer) + " (cuda): cudnnConvolutionBiasActivationForward failed "
+                  "for the stored algorithm " + std::to_string(choice.algo) + " on x " +
+                  dims_to_string(x.dims) + ", w " + dims_to_string(w.dims));
+    }
+    return;
+  }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
             "cudnnSetConvolutionMathType");
-  const float alpha = static_cast<float>(p.epilogue.scale), beta = 0.0f;
-  dnn_check(cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h,
-                                    static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
-                                    workspace, kConvWorkspaceBytes, &beta, s.y.h, y.data),
+  dnn_check(cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo,
+                                    workspace, kConvWorkspaceBytes, &zero, s.y.h, y.data),
             kLayer, "cudnnConvolutionForward");
   // Bias, residual and activation in one pass over the output.
   launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
@@ -801,17 +969,29 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
       dnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, s.w.h, s.y.h, s.conv.h, s.x.h,
                                                             kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
-    } else {
-      for (int round = 0; round < kFindRounds; ++round) {  // see run(ConvolutionParams)
-        if (cudnnFindConvolutionBackwardDataAlgorithmEx(
-                handle, s.w.h, w.data, s.y.h, x.data, s.conv.h, s.x.h, y.data, kMaxAlgos, &count,
-                perf, workspace, kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
-          count = 0;  // unsupported configuration: host fallback below
-          break;
-        }
-      }
+    } else if (cudnnFindConvolutionBackwardDataAlgorithmEx(
+                   handle, s.w.h, w.data, s.y.h, x.data, s.conv.h, s.x.h, y.data, kMaxAlgos,
+                   &count, perf, workspace, kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+      count = 0;  // unsupported configuration: host fallback below
     }
-    if (!pick(perf, count, s.is_f32, choice)) {
+    const float zero = 0.0f, one = 1.0f;  // y is written afresh below, after the choice
+    bool picked = false;
+    if (eager) {
+      float best_ms = -1.0f;
+      pick_timed(perf, count, s.is_f32, a.stream(), /*fused=*/false,
+                 [&](cudnnConvolutionBwdDataAlgo_t algo, cudnnMathType_t math) {
+                   return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
+                          cudnnConvolutionBackwardData(handle, &one, s.w.h, w.data, s.y.h, x.data,
+                                                       s.conv.h, algo, workspace,
+                                                       kConvWorkspaceBytes, &zero, s.x.h,
+                                                       y.data) == CUDNN_STATUS_SUCCESS;
+                 },
+                 choice, best_ms, problem);
+      picked = best_ms >= 0.0f;
+    } else {
+      picked = pick(perf, count, s.is_f32, choice);
+    }
+    if (!picked) {
       host_fallback(a);
       return;
     }

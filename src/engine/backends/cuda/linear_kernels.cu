@@ -356,6 +356,52 @@ void launch_float_pool(const PoolingParams& p, const DeviceTensor& x, DeviceTens
 
 }  // namespace
 
+namespace {
+
+/// Spins until *flag is set by the host, at most `limit_ns` of the global timer.
+__global__ void hold_kernel(const volatile int* flag, uint64_t limit_ns) {
+  uint64_t start = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  for (;;) {
+    if (*flag != 0) return;
+    uint64_t now = 0;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (now - start > limit_ns) return;
+    __nanosleep(1000);
+  }
+}
+
+}  // namespace
+
+StreamGate::StreamGate() {
+  void* host = nullptr;
+  check(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped), "cudaHostAlloc (stream gate)");
+  host_flag_ = static_cast<volatile int*>(host);
+  *host_flag_ = 0;
+  const cudaError_t e = cudaHostGetDevicePointer(reinterpret_cast<void**>(&device_flag_), host, 0);
+  if (e != cudaSuccess) {
+    cudaFreeHost(host);
+    check(e, "cudaHostGetDevicePointer (stream gate)");
+  }
+}
+
+StreamGate::~StreamGate() {
+  release();
+  // A hold kernel reads the flag until it sees the release: wait for it before freeing.
+  if (held_ != nullptr || holding_) cudaStreamSynchronize(held_);
+  cudaFreeHost(const_cast<int*>(host_flag_));
+}
+
+void StreamGate::hold(cudaStream_t stream) {
+  *host_flag_ = 0;
+  held_ = stream;
+  holding_ = true;
+  hold_kernel<<<1, 1, 0, stream>>>(device_flag_, 200'000'000ull);
+  check(cudaGetLastError(), "hold_kernel launch (stream gate)");
+}
+
+void StreamGate::release() { *host_flag_ = 1; }
+
 void launch_fill_channel_bias(DataType dtype, void* out, const void* bias, int64_t batch,
                               int64_t channels, int64_t plane, cudaStream_t stream) {
   const int64_t total = batch * channels * plane;
