@@ -137,7 +137,7 @@ def main():
                    help="torch.compile modes to time ('' for none)")
     p.add_argument("--json", default=None)
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                   help="Ember's channels_last setting (auto: the builder's choice, NCHW today)")
+                   help="Ember's channels_last setting (auto: the builder's choice, NHWC for f16 today)")
     args = p.parse_args()
     ember_settings = {} if args.channels_last == "auto" else {
         "channels_last": args.channels_last == "on"}

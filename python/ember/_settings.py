@@ -36,8 +36,8 @@ class CompileSettings:
     #: "cpu" or "cuda"; None picks cuda when a GPU and the CUDA back end are present, else cpu.
     device: str | None = None
     #: Convolutions in NHWC (the builder's channels_last pass): None lets the builder choose
-    #: (NCHW today: NHWC through cuDNN's legacy API measured slower on ResNet-50, see
-    #: docs/cuda_backend.md); True every 2-d float convolution on any device; False none.
+    #: (today: f16/bf16 convolutions of CUDA engines, the layout of cuDNN's tensor-core
+    #: kernels); True every 2-d float convolution on any device; False none.
     channels_last: bool | None = None
     #: Print the partition report and the engine build logs.
     debug: bool = False

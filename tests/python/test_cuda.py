@@ -124,7 +124,7 @@ def test_f16_against_eager_f32(make, example):
 def test_resnet18_channels_last_on_gpu():
     # f16 with the pass on: every convolution and pooling moves to NHWC (one transpose in, the
     # pooled features out by a free reshape); f32 with the pass on runs cuDNN's NHWC f32
-    # convolutions, within 1e-3 of eager. (The default keeps NCHW: see ChannelsLast::kAuto.)
+    # convolutions, within 1e-3 of eager. (The default moves only f16/bf16: ChannelsLast::kAuto.)
     torch.manual_seed(0)
     report = check_f16(torchvision.models.resnet18(weights=None), [torch.randn(2, 3, 64, 64)],
                        channels_last=True)

@@ -253,6 +253,54 @@ __global__ void max_pool_float_kernel(const T* __restrict__ x, T* __restrict__ o
   }
 }
 
+/// 2-d channels-last max pooling for 2-byte floats with C % 8 == 0: one thread per output pixel
+/// and 8 channels, 16-byte loads and stores, 32-bit index math (the generic kernel's 64-bit
+/// divisions per element made ResNet-50's one max pool 22% of its NHWC GPU time, 0.29 ms at
+/// batch 32 on 2026-12-04). Same rules as max_pool_float_kernel: NaN wins, padding never does.
+struct Pool2d {
+  int c8, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+template <typename T>
+__global__ void max_pool_nhwc8_kernel(const T* __restrict__ x, T* __restrict__ out, int total8,
+                                      Pool2d g) {
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total8;
+       idx += gridDim.x * blockDim.x) {
+    int t = idx;
+    const int cv = t % g.c8;
+    t /= g.c8;
+    const int ox = t % g.ow;
+    t /= g.ow;
+    const int oy = t % g.oh;
+    const int n = t / g.oh;
+    float best[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) best[k] = -INFINITY;
+    const int y0 = oy * g.sh - g.ph, x0 = ox * g.sw - g.pw;
+    for (int i = 0; i < g.kh; ++i) {
+      const int yy = y0 + i * g.dh;
+      if (yy < 0 || yy >= g.ih) continue;
+      for (int j = 0; j < g.kw; ++j) {
+        const int xx = x0 + j * g.dw;
+        if (xx < 0 || xx >= g.iw) continue;
+        const int64_t pixel = (static_cast<int64_t>(n) * g.ih + yy) * g.iw + xx;
+        const uint4 v = *reinterpret_cast<const uint4*>(x + (pixel * g.c8 + cv) * 8);
+        const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const float f = to_f32(e[k]);
+          if (f > best[k] || f != f) best[k] = f;
+        }
+      }
+    }
+    uint4 o;
+    T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) store_f32(oe, k, best[k]);
+    *reinterpret_cast<uint4*>(out + static_cast<int64_t>(idx) * 8) = o;
+  }
+}
+
 /// Max pooling of integer storage T (no NaN; an all-padding window gives T's lowest value).
 template <typename T>
 __global__ void max_pool_int_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t total,
@@ -344,6 +392,29 @@ void launch_float_pool(const PoolingParams& p, const DeviceTensor& x, DeviceTens
   const auto* in = static_cast<const T*>(x.data);
   auto* out = static_cast<T*>(y.data);
   if (p.type == PoolingType::kMax) {
+    const int64_t c = g.channels_last;
+    const bool aligned = reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    if (sizeof(T) == 2 && c > 0 && c % 8 == 0 && aligned && g.in[0] == 1 && g.out[0] == 1 &&
+        g.k[0] == 1 && total / 8 <= INT_MAX && x.numel() / 8 <= INT_MAX) {
+      Pool2d q{};
+      q.c8 = static_cast<int>(c / 8);
+      const int64_t v[12] = {g.in[1], g.in[2], g.out[1], g.out[2], g.k[1], g.k[2],
+                             g.stride[1], g.stride[2], g.pad[1], g.pad[2], g.dil[1], g.dil[2]};
+      int* f[12] = {&q.ih, &q.iw, &q.oh, &q.ow, &q.kh, &q.kw, &q.sh, &q.sw, &q.ph, &q.pw, &q.dh, &q.dw};
+      bool fits = true;
+      for (int i = 0; i < 12; ++i) {
+        fits = fits && v[i] <= INT_MAX / 4;
+        *f[i] = static_cast<int>(v[i]);
+      }
+      if (fits) {
+        const int64_t total8 = total / 8;
+        max_pool_nhwc8_kernel<T><<<grid_for(total8, 256), 256, 0, stream>>>(
+            in, out, static_cast<int>(total8), q);
+        check(cudaGetLastError(), "max_pool_nhwc8_kernel");
+        return;
+      }
+    }
     max_pool_float_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(in, out, total, g);
     check(cudaGetLastError(), "max_pool_float_kernel");
   } else {

@@ -231,9 +231,7 @@ void pass_channels_last(BuildState& s) {
     case ChannelsLast::kOn:
       s.log.push_back("channels_last: " + rewrite_channels_last(s.plan.network, false));
       return;
-    case ChannelsLast::kAuto:  // see ChannelsLast::kAuto for why
-      s.log.push_back("channels_last: auto keeps NCHW");
-      return;
+    case ChannelsLast::kAuto:  // as kHalf (see ChannelsLast::kAuto for why)
     case ChannelsLast::kHalf:
       break;
   }
