@@ -27,7 +27,7 @@ struct CompileSettings {
   int64_t workspace_size = 0;
   /// Engine back end: "cpu" or "cuda".
   std::string backend = "cpu";
-  /// The builder's channels_last pass: "auto" (the builder's choice: NCHW today), "half" (CUDA
+  /// The builder's channels_last pass: "auto" (the builder's choice: as "half" today), "half" (CUDA
   /// f16/bf16 convolutions), "on" (every 2-d float convolution, any back end) or "off".
   std::string channels_last = "auto";
   /// Print the partition report and build logs.
