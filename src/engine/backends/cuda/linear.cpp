@@ -555,13 +555,15 @@ bool tactic_log() {
   return on;
 }
 
-/// Times every acceptable entry of Find's list again with CUDA events (one warm-up launch, then
-/// two timed ones behind the stream gate) and keeps in `choice` the fastest that beats
+/// Times every acceptable entry of Find's list again (one warm-up launch, then two timed ones
+/// behind the stream gate, see time_launches) and keeps in `choice` the fastest that beats
 /// `best_ms` (negative: nothing yet). `launch(algo, math)` sets the math type and runs the
-/// algorithm once, false when cuDNN refuses it; `fused` says which call it makes. Find's own ranking is not used: it is paced
-/// by the host (cuDNN's legacy API spends tens of microseconds per call, more than many of
-/// ResNet-50's kernels run), and on 2026-11-23 it ranked the slow implicit_convolve_sgemm first
-/// for 13 to 25 of ResNet-50's 53 NHWC convolutions, 57-76% of the GPU time.
+/// algorithm once, false when cuDNN refuses it; `fused` says which call it makes.
+///
+/// Find's own ranking is not used: like any event timing around back-to-back calls, it is
+/// paced by the host when the legacy API's tens of microseconds per call exceed the kernel's
+/// time. On ResNet-50 it ranked the slow implicit_convolve_sgemm first for 13 to 25 of the 53
+/// convolutions (2026-11-23), 57-76% of the GPU time.
 template <typename Perf, typename Launch>
 void pick_timed(const Perf* perf, int count, bool is_f32, cudaStream_t stream, bool fused,
                 Launch launch, ConvChoice& choice, float& best_ms, const std::string& problem) {

@@ -22,8 +22,8 @@ void launch_epilogue(DataType dtype, void* y, const void* bias, int64_t channels
                      cudaStream_t stream);
 
 /// Holds a stream while tactic timing enqueues its launches: hold() queues a one-thread kernel
-/// that spins on a host-mapped flag until release() (or 200 ms, so that a forgotten release
-/// cannot hang the device). Launches queued behind it then run back to back, and events around
+/// that spins on a host-mapped flag until release() (or 200 ms, so that a library call that
+/// synchronizes while the stream is held, or a forgotten release, cannot hang the device). Launches queued behind it then run back to back, and events around
 /// them measure GPU time: without it, a library call whose host cost exceeds its kernel time
 /// (cuDNN's legacy API spends tens of microseconds per call) is timed by the host's pace, which
 /// on 2026-12-04 picked cuDNN's slow implicit_convolve_sgemm for 10 of ResNet-50's convolutions.
