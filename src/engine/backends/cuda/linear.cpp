@@ -168,8 +168,10 @@ constexpr int kGemmCandidates = 8;
 /// one tactic-timing run.
 struct TacticTimer {
   cudaEvent_t start = nullptr, stop = nullptr;
+  DeviceBuffer scratch;
+  // Declared after scratch so that it is destroyed first: its destructor waits for the stream it
+  // held, so the scratch is not freed under queued launches even when a launch threw.
   StreamGate gate;
-  DeviceBuffer scratch;  // freed after the last timed run has been waited for
   TacticTimer() {
     check(cudaEventCreate(&start), "cudaEventCreate (tactic timing)");
     check(cudaEventCreate(&stop), "cudaEventCreate (tactic timing)");
