@@ -832,7 +832,14 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     return true;
   };
   TimingCache* cache = a.res->timing_cache();
-  const std::string problem = conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
+  // The key names the epilogue's operands and the fusion mode too: the stored choice says
+  // whether the call is fused, which was timed with exactly these operands.
+  std::string problem = conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
+  problem += std::string("bias=") + (bias != nullptr ? "1" : "0") +
+             ";residual=" + (residual != nullptr ? "1" : "0") + ";";
+  if (conv_fusion_mode() != ConvFusion::kTimed) {
+    problem += conv_fusion_mode() == ConvFusion::kOff ? "fusion=off;" : "fusion=force;";
+  }
   ConvChoice choice;
   const bool found = conv_lookup<cudnnConvolutionFwdAlgo_t>(
       cache, problem, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, s.is_f32, choice,
@@ -843,7 +850,12 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                                                        algo, &bytes) == CUDNN_STATUS_SUCCESS &&
                bytes <= kConvWorkspaceBytes;
       });
-  if (found && choice.fused && !fusable) choice.fused = false;  // stored with the fusion on
+  // A fused choice must be one the fused call takes: relu, or identity with the one algorithm
+  // cuDNN documents for it (other algorithms are not guaranteed to refuse).
+  if (found && choice.fused &&
+      (!fusable || (!relu && choice.algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM))) {
+    choice.fused = false;
+  }
   if (!found) {
     constexpr int kMaxAlgos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
     cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
@@ -873,7 +885,9 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
         const float* alpha2 = residual != nullptr && !overlap ? &one : &zero;
         pick_timed(perf, count, s.is_f32, a.stream(), /*fused=*/true,
                    [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
-                     return launch_fused(algo, math, z, alpha2);
+                     // Identity activation: cuDNN documents only IMPLICIT_PRECOMP_GEMM.
+                     return (relu || algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) &&
+                            launch_fused(algo, math, z, alpha2);
                    },
                    choice, best_ms, problem);
       }
@@ -900,13 +914,11 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                  found ? "timing cache" : capturing(a.stream()) ? "heuristic, capturing" : "timed");
   }
   const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo);
-  if (choice.fused) {
-    if (!launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
-                      residual != nullptr ? &one : &zero)) {
-      throw Error(std::string(kLayer) + " (cuda): cudnnConvolutionBiasActivationForward failed "
-                  "for the stored algorithm " + std::to_string(choice.algo) + " on x " +
-                  dims_to_string(x.dims) + ", w " + dims_to_string(w.dims));
-    }
+  // z = y with alpha2 = 0 when there is no residual: a zero scale means z is not read (cuDNN's
+  // scaling-parameter rule), so y's stale contents do not matter. A fused call refused for a
+  // choice loaded from a plan made elsewhere runs the plain path below instead.
+  if (choice.fused && launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
+                                   residual != nullptr ? &one : &zero)) {
     return;
   }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,

@@ -264,9 +264,9 @@ struct Pool2d {
 template <typename T>
 __global__ void max_pool_nhwc8_kernel(const T* __restrict__ x, T* __restrict__ out, int total8,
                                       Pool2d g) {
-  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total8;
-       idx += gridDim.x * blockDim.x) {
-    int t = idx;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total8;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int t = static_cast<int>(idx);  // < total8 <= INT_MAX
     const int cv = t % g.c8;
     t /= g.c8;
     const int ox = t % g.ow;
@@ -386,6 +386,33 @@ void launch_max_int(const DeviceTensor& x, DeviceTensor& y, int64_t total, const
   check(cudaGetLastError(), "max_pool_int_kernel");
 }
 
+/// Launches max_pool_nhwc8_kernel when every size of the geometry fits its int math; false
+/// (nothing launched) otherwise.
+template <typename T>
+bool launch_max_pool_nhwc8(const T* in, T* out, int64_t total, const PoolGeometry& g,
+                           cudaStream_t stream) {
+  Pool2d q{};
+  q.c8 = static_cast<int>(g.channels_last / 8);
+  const int64_t v[12] = {g.in[1],     g.in[2],     g.out[1], g.out[2], g.k[1],   g.k[2],
+                         g.stride[1], g.stride[2], g.pad[1], g.pad[2], g.dil[1], g.dil[2]};
+  int* f[12] = {&q.ih, &q.iw, &q.oh, &q.ow, &q.kh, &q.kw, &q.sh, &q.sw, &q.ph, &q.pw, &q.dh, &q.dw};
+  for (int i = 0; i < 12; ++i) {
+    if (v[i] > INT_MAX) return false;
+    *f[i] = static_cast<int>(v[i]);
+  }
+  // Every tap offset the kernel forms (oy * sh - ph + i * dh) must stay in int.
+  for (int d = 1; d <= 2; ++d) {
+    if ((g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + g.in[d] + g.pad[d] > INT_MAX) {
+      return false;
+    }
+  }
+  const int64_t total8 = total / 8;
+  max_pool_nhwc8_kernel<T><<<grid_for(total8, 256), 256, 0, stream>>>(
+      in, out, static_cast<int>(total8), q);
+  check(cudaGetLastError(), "max_pool_nhwc8_kernel");
+  return true;
+}
+
 template <typename T>
 void launch_float_pool(const PoolingParams& p, const DeviceTensor& x, DeviceTensor& y,
                        int64_t total, const PoolGeometry& g, cudaStream_t stream) {
@@ -395,23 +422,10 @@ void launch_float_pool(const PoolingParams& p, const DeviceTensor& x, DeviceTens
     const int64_t c = g.channels_last;
     const bool aligned = reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(out) % 16 == 0;
-    if (sizeof(T) == 2 && c > 0 && c % 8 == 0 && aligned && g.in[0] == 1 && g.out[0] == 1 &&
-        g.k[0] == 1 && total / 8 <= INT_MAX && x.numel() / 8 <= INT_MAX) {
-      Pool2d q{};
-      q.c8 = static_cast<int>(c / 8);
-      const int64_t v[12] = {g.in[1], g.in[2], g.out[1], g.out[2], g.k[1], g.k[2],
-                             g.stride[1], g.stride[2], g.pad[1], g.pad[2], g.dil[1], g.dil[2]};
-      int* f[12] = {&q.ih, &q.iw, &q.oh, &q.ow, &q.kh, &q.kw, &q.sh, &q.sw, &q.ph, &q.pw, &q.dh, &q.dw};
-      bool fits = true;
-      for (int i = 0; i < 12; ++i) {
-        fits = fits && v[i] <= INT_MAX / 4;
-        *f[i] = static_cast<int>(v[i]);
-      }
-      if (fits) {
-        const int64_t total8 = total / 8;
-        max_pool_nhwc8_kernel<T><<<grid_for(total8, 256), 256, 0, stream>>>(
-            in, out, static_cast<int>(total8), q);
-        check(cudaGetLastError(), "max_pool_nhwc8_kernel");
+    if constexpr (sizeof(T) == 2) {
+      if (c > 0 && c % 8 == 0 && aligned && g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1 &&
+          total / 8 <= INT_MAX && x.numel() / 8 <= INT_MAX &&
+          launch_max_pool_nhwc8(in, out, total, g, stream)) {
         return;
       }
     }
