@@ -810,7 +810,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
   void* workspace = a.res->workspace(kConvWorkspaceBytes);
   const float alpha = static_cast<float>(p.epilogue.scale), zero = 0.0f, one = 1.0f;
-  // One fused launch; z = y with alpha2 = 0 when there is no residual (cuDNN reads z anyway).
+  // One fused launch (the caller passes z and alpha2).
   auto launch_fused = [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math, const void* z,
                           const float* alpha2) {
     return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
@@ -819,17 +819,18 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                kConvWorkspaceBytes, alpha2, s.y.h, z, f.bias.h, bias, f.act.h, s.y.h,
                y.data) == CUDNN_STATUS_SUCCESS;
   };
-  // One plain launch and the epilogue pass after it.
+  // One plain launch, then bias, residual and activation in one pass over the output.
   auto launch_plain = [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
-    if (cudnnSetConvolutionMathType(s.conv.h, math) != CUDNN_STATUS_SUCCESS ||
-        cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo,
-                                workspace, kConvWorkspaceBytes, &zero, s.y.h,
-                                y.data) != CUDNN_STATUS_SUCCESS) {
-      return false;
+    cudnnStatus_t status = cudnnSetConvolutionMathType(s.conv.h, math);
+    if (status == CUDNN_STATUS_SUCCESS) {
+      status = cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h,
+                                       algo, workspace, kConvWorkspaceBytes, &zero, s.y.h, y.data);
     }
-    launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
-                    a.stream());
-    return true;
+    if (status == CUDNN_STATUS_SUCCESS) {
+      launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
+                      a.stream());
+    }
+    return status;
   };
   TimingCache* cache = a.res->timing_cache();
   // The key names the epilogue's operands and the fusion mode too: the stored choice says
@@ -894,7 +895,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
       if (best_ms < 0.0f || conv_fusion_mode() != ConvFusion::kForce) {
         pick_timed(perf, count, s.is_f32, a.stream(), /*fused=*/false,
                    [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math) {
-                     return launch_plain(algo, math);
+                     return launch_plain(algo, math) == CUDNN_STATUS_SUCCESS;
                    },
                    choice, best_ms, problem);
       }
@@ -921,14 +922,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                                    residual != nullptr ? &one : &zero)) {
     return;
   }
-  dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
-            "cudnnSetConvolutionMathType");
-  dnn_check(cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo,
-                                    workspace, kConvWorkspaceBytes, &zero, s.y.h, y.data),
-            kLayer, "cudnnConvolutionForward");
-  // Bias, residual and activation in one pass over the output.
-  launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
-                  a.stream());
+  dnn_check(launch_plain(algo, choice.math), kLayer, "cudnnConvolutionForward");
 }
 
 void run(const DeconvolutionParams& p, const CudaArgs& a) {

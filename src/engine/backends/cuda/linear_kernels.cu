@@ -473,14 +473,14 @@ StreamGate::StreamGate() {
 StreamGate::~StreamGate() {
   release();
   // A hold kernel reads the flag until it sees the release: wait for it before freeing.
-  if (held_ != nullptr || holding_) cudaStreamSynchronize(held_);
+  if (held_any_) cudaStreamSynchronize(held_);
   cudaFreeHost(const_cast<int*>(host_flag_));
 }
 
 void StreamGate::hold(cudaStream_t stream) {
   *host_flag_ = 0;
   held_ = stream;
-  holding_ = true;
+  held_any_ = true;
   hold_kernel<<<1, 1, 0, stream>>>(device_flag_, 200'000'000ull);
   check(cudaGetLastError(), "hold_kernel launch (stream gate)");
 }

@@ -40,7 +40,7 @@ class StreamGate {
   volatile int* host_flag_ = nullptr;
   int* device_flag_ = nullptr;
   cudaStream_t held_ = nullptr;  // the last stream held (waited for before the flag is freed)
-  bool holding_ = false;
+  bool held_any_ = false;        // held_ is meaningful (the null stream is a valid stream)
 };
 
 }  // namespace ember::engine::cuda
