@@ -38,6 +38,11 @@ def make(name: str, batch: int):
     return model.eval().cuda(), x.cuda()
 
 
+def channels_last_settings(choice: str) -> dict:
+    """Ember's compile settings for a --channels-last choice (auto: the builder's own)."""
+    return {} if choice == "auto" else {"channels_last": choice == "on"}
+
+
 def first_tensor(out):
     if isinstance(out, torch.Tensor):
         return out
@@ -139,8 +144,7 @@ def main():
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="Ember's channels_last setting (auto: the builder's choice, NHWC for f16 today)")
     args = p.parse_args()
-    ember_settings = {} if args.channels_last == "auto" else {
-        "channels_last": args.channels_last == "on"}
+    ember_settings = channels_last_settings(args.channels_last)
     modes = [m for m in args.compile_modes.split(",") if m]
     rows = []
     for spec in args.rows.split(","):

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import ember
-from bench import make
+from bench import channels_last_settings, make
 
 
 def main():
@@ -24,7 +24,7 @@ def main():
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="Ember's channels_last setting, as in bench.py")
     args = p.parse_args()
-    settings = {} if args.channels_last == "auto" else {"channels_last": args.channels_last == "on"}
+    settings = channels_last_settings(args.channels_last)
     torch.manual_seed(0)
     model, x = make(args.model, args.batch)
     model = model.half()
