@@ -6,6 +6,13 @@
 Each row: a model in f16 with random weights on one GPU; for every mode the median latency of
 `--iters` CUDA-event-timed calls after warm-up, the build/compile time, and the accuracy of the
 f16 result against eager f32 (cosine similarity, max abs error). Prints a markdown table.
+
+Two loop patterns are timed for eager, every torch.compile mode and Ember:
+- benchmark: one input tensor reused, every output dropped (what most benchmarks do);
+- serving (`*_serving_ms`): a new input tensor each call, taken in turn from a pool of
+  `--pool` tensors (as `x = batch.cuda()` gives), and every output kept by the caller (the last
+  `--keep` outputs are held, so the allocator cannot hand their memory back). torch.compile's
+  reduce-overhead outputs are cloned before they are kept, since its next replay overwrites them.
 """
 
 from __future__ import annotations
@@ -67,13 +74,52 @@ def median_ms(fn, x, iters: int, warmup: int = 10) -> float:
     return statistics.median(times)
 
 
+def serving_ms(fn, pool: list, iters: int, keep: int, clone: bool = False,
+               warmup: int = 10) -> float:
+    """Median CUDA-event ms of one call in a serving loop: inputs in turn from `pool`, each
+    output kept (the last `keep`), cloned first when `clone` (reduce-overhead reuses its output
+    memory)."""
+    kept: list = []
+
+    def call(i):
+        out = first_tensor(fn(pool[i % len(pool)]))
+        kept.append(out.clone() if clone else out)
+        if len(kept) > keep:
+            kept.pop(0)
+
+    with torch.no_grad():
+        for i in range(warmup):
+            call(i)
+        torch.cuda.synchronize()
+        times = []
+        for i in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call(i)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def input_pool(x: torch.Tensor, size: int) -> list:
+    """`size` distinct input tensors like `x` (other data, other addresses)."""
+    gen = torch.Generator(device=x.device).manual_seed(1)
+    if x.is_floating_point():
+        return [torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) for _ in range(size)]
+    hi = int(x.max().item()) + 1
+    return [torch.randint(0, hi, x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            for _ in range(size)]
+
+
 def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     a, b = out.flatten().double(), ref.flatten().double()
     cos = (a @ b / (a.norm() * b.norm())).item()
     return cos, (a - b).abs().max().item()
 
 
-def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings: dict) -> dict:
+def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings: dict,
+            pool_size: int = 4, keep: int = 8) -> dict:
     torch.manual_seed(0)
     model, x = make(name, batch)
     torch.backends.cudnn.allow_tf32 = False  # an exact f32 reference (eager convs default to TF32)
@@ -83,8 +129,10 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     model = model.half()
     xin = x.half() if x.is_floating_point() else x
     row = {"model": name, "batch": batch, "dtype": "f16", "gpu": torch.cuda.get_device_name()}
+    pool = input_pool(xin, pool_size)
     with torch.no_grad():
         row["eager_ms"] = median_ms(model, xin, iters)
+        row["eager_serving_ms"] = serving_ms(model, pool, iters, keep)
         row["eager_cos"], row["eager_maxerr"] = accuracy(first_tensor(model(xin)), ref)
     for mode in modes:
         key = "compile" if mode == "default" else mode.replace("-", "_")
@@ -96,6 +144,8 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
             torch.cuda.synchronize()
         row[f"{key}_build_s"] = time.perf_counter() - start
         row[f"{key}_ms"] = median_ms(compiled, xin, iters)
+        row[f"{key}_serving_ms"] = serving_ms(compiled, pool, iters, keep,
+                                              clone=mode == "reduce-overhead")
         del compiled
     torch._dynamo.reset()
     report = ember.dynamo.CompilationReport()
@@ -105,19 +155,50 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     row["ember_engines"] = len(report.engines)
     row["ember_fallback_nodes"] = len(report.fallback)
     row["ember_ms"] = median_ms(gm, xin, iters)
-    # [replays, captures, contexts running layer by layer] over the engines: whether the timed
-    # calls replayed CUDA graphs.
-    stats = [getattr(gm, n).cuda_graph_stats() for n in dir(gm) if n.startswith("_ember_engine_")]
-    row["ember_graph_replays"] = sum(s[0] for s in stats)
-    row["ember_graph_captures"] = sum(s[1] for s in stats)
-    row["ember_eager_contexts"] = sum(s[2] for s in stats)
+    engines = [getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_")]
+
+    def graph_stats(prefix: str):
+        # [replays, captures, contexts running layer by layer, staged replays] over the engines:
+        # whether the timed calls replayed CUDA graphs, and through the staging buffers.
+        stats = [e.cuda_graph_stats() for e in engines]
+        row[f"{prefix}_graph_replays"] = sum(s[0] for s in stats)
+        row[f"{prefix}_graph_captures"] = sum(s[1] for s in stats)
+        row[f"{prefix}_eager_contexts"] = sum(s[2] for s in stats)
+        row[f"{prefix}_staged_replays"] = sum(s[3] for s in stats)
+        reasons = {r for e in engines for r in e.cuda_graph_disabled_reasons().splitlines()}
+        if reasons:
+            row[f"{prefix}_graphs_off"] = sorted(reasons)
+
+    graph_stats("ember")
+    row["ember_serving_ms"] = serving_ms(gm, pool, iters, keep)
+    graph_stats("ember_after_serving")
     with torch.no_grad():
         row["ember_cos"], row["ember_maxerr"] = accuracy(first_tensor(gm(xin)).float(), ref)
     compiled_ms = [row[k] for k in ("compile_ms", "reduce_overhead_ms") if k in row]
     if compiled_ms:
         row["ember_vs_best_compile"] = row["ember_ms"] / min(compiled_ms)
     row["ember_vs_eager"] = row["ember_ms"] / row["eager_ms"]
+    if "reduce_overhead_serving_ms" in row:
+        row["ember_serving_vs_reduce_overhead"] = (row["ember_serving_ms"] /
+                                                   row["reduce_overhead_serving_ms"])
     return row
+
+
+def serving_table(rows: list[dict]) -> str:
+    head = ("| model | batch | eager ms | reduce-overhead ms | Ember ms | Ember/reduce-overhead | "
+            "Ember replays (staged) | captures | layer-by-layer contexts |")
+    lines = ["Serving loop (new input tensor each call, outputs kept):", head, "|" + " --- |" * 9]
+    f = lambda r, k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {f(r, 'eager_serving_ms')} | "
+            f"{f(r, 'reduce_overhead_serving_ms')} | {f(r, 'ember_serving_ms')} | "
+            f"{f(r, 'ember_serving_vs_reduce_overhead', '{:.2f}')} | "
+            f"{r.get('ember_after_serving_graph_replays', '-')} "
+            f"({r.get('ember_after_serving_staged_replays', '-')}) | "
+            f"{r.get('ember_after_serving_graph_captures', '-')} | "
+            f"{r.get('ember_after_serving_eager_contexts', '-')} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -141,6 +222,8 @@ def main():
     p.add_argument("--compile-modes", default="default,reduce-overhead",
                    help="torch.compile modes to time ('' for none)")
     p.add_argument("--json", default=None)
+    p.add_argument("--pool", type=int, default=4, help="serving loop: input tensors in turn")
+    p.add_argument("--keep", type=int, default=8, help="serving loop: outputs held at once")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="Ember's channels_last setting (auto: the builder's choice, NHWC for f16 today)")
     args = p.parse_args()
@@ -150,7 +233,8 @@ def main():
     for spec in args.rows.split(","):
         name, batch = spec.split(":")
         try:
-            rows.append(run_row(name, int(batch), args.iters, modes, ember_settings))
+            rows.append(run_row(name, int(batch), args.iters, modes, ember_settings,
+                                args.pool, args.keep))
         except Exception as e:  # noqa: BLE001 - a failing row is reported, the others still run
             rows.append({"model": name, "batch": int(batch), "error": f"{type(e).__name__}: {e}"})
             print(f"row {spec} failed: {type(e).__name__}: {e}", flush=True)
@@ -159,6 +243,8 @@ def main():
             with open(args.json, "w") as fh:
                 json.dump(rows, fh, indent=1)
     print(table([r for r in rows if "error" not in r]))
+    print()
+    print(serving_table([r for r in rows if "error" not in r]))
 
 
 if __name__ == "__main__":

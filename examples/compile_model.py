@@ -73,6 +73,10 @@ def main():
                  if n.startswith("_ember_engine_")]
         print(f"CUDA graphs: {sum(s[0] for s in stats)} replays, {sum(s[1] for s in stats)} "
               f"captures, {sum(s[2] for s in stats)} context(s) running layer by layer")
+        reasons = {r for n in dir(compiled) if n.startswith("_ember_engine_")
+                   for r in getattr(compiled, n).cuda_graph_disabled_reasons().splitlines()}
+        for r in sorted(reasons):
+            print(f"  graphs off: {r}")
 
 
 if __name__ == "__main__":

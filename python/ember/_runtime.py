@@ -325,7 +325,16 @@ class FakeEngine:
         return 0
 
     def cuda_graph_stats(self) -> list[int]:
-        return [0, 0, 0]
+        return [0, 0, 0, 0]
+
+    def cuda_graph_disabled_reasons(self) -> str:
+        return ""
+
+    def device_index(self) -> int:
+        return int(self.metadata.get("device_index", -1))
+
+    def pooled_contexts(self) -> int:
+        return 0
 
     def metadata_json(self) -> str:
         return json.dumps(self.metadata)

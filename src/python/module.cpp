@@ -31,6 +31,14 @@ struct PyEngine {
 
   // inputs: name -> object with the buffer protocol (C-contiguous, checked by the caller).
   py::dict run(const py::dict& inputs) const {
+    if (engine->backend() != "cpu") {
+      // Its inputs and outputs would be device addresses; numpy arrays are host memory.
+      throw Error("Engine.run runs 'cpu' plans on numpy arrays; this plan is for the '" +
+                  engine->backend() +
+                  "' back end, whose inputs and outputs live on the device. Run it from PyTorch "
+                  "(torch.classes.ember.Engine with CUDA tensors, or ember.compile), or build the "
+                  "plan for backend 'cpu'");
+    }
     auto ctx = engine->create_execution_context();
     std::vector<py::buffer_info> keep;
     for (const auto& t : engine->io_tensors()) {

@@ -1,6 +1,7 @@
 // torch.classes.ember.Engine and torch.ops.ember.execute_engine (see docs/torch_bridge.md).
 #include "engine_class.h"
 
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -138,6 +139,7 @@ TorchEngine::TorchEngine(std::vector<std::string> state) {
     output_engine_types_.push_back(engine_scalar_type(io.engine_dtype));
   }
   const std::string& backend = loaded_.engine->backend();
+  bound_device_.store(loaded_.metadata.device_index);
 #ifdef EMBER_WITH_CUDA
   EMBER_CHECK(backend == "cpu" || backend == "cuda", "ember.Engine: unknown back end '", backend, "'");
   device_type_ = backend == "cuda" ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
@@ -149,13 +151,14 @@ TorchEngine::TorchEngine(std::vector<std::string> state) {
 #endif
 }
 
-std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context(void* stream) {
+std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context(const PoolKey& key) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto& idle = idle_contexts_[stream];
-    if (!idle.empty()) {
-      auto ctx = std::move(idle.back());
-      idle.pop_back();
+    auto it = idle_contexts_.find(key);
+    if (it != idle_contexts_.end() && !it->second.empty()) {
+      auto ctx = std::move(it->second.back());
+      it->second.pop_back();
+      --idle_count_;
       return ctx;
     }
   }
@@ -164,29 +167,103 @@ std::unique_ptr<engine::ExecutionContext> TorchEngine::acquire_context(void* str
   return ctx;
 }
 
+void TorchEngine::retire_stats(const engine::ExecutionContext& ctx) {
+  const auto st = ctx.cuda_graph_stats();
+  retired_[0] += st.replays;
+  retired_[1] += st.captures;
+  retired_[2] += st.disabled ? 1 : 0;
+  retired_[3] += st.staged_replays;
+}
+
 std::vector<int64_t> TorchEngine::cuda_graph_stats() {
   std::lock_guard<std::mutex> lock(mutex_);
-  std::vector<int64_t> total{0, 0, 0};
-  for (const auto& [stream, contexts] : idle_contexts_) {
+  std::vector<int64_t> total = retired_;
+  for (const auto& [key, contexts] : idle_contexts_) {
     for (const auto& ctx : contexts) {
       const auto st = ctx->cuda_graph_stats();
       total[0] += st.replays;
       total[1] += st.captures;
       total[2] += st.disabled ? 1 : 0;
+      total[3] += st.staged_replays;
     }
   }
   return total;
 }
 
-void TorchEngine::release_context(void* stream, std::unique_ptr<engine::ExecutionContext> ctx) {
+std::string TorchEngine::cuda_graph_disabled_reasons() {
   std::lock_guard<std::mutex> lock(mutex_);
-  idle_contexts_[stream].push_back(std::move(ctx));
+  std::vector<std::string> reasons = reasons_;
+  for (const auto& [key, contexts] : idle_contexts_) {
+    for (const auto& ctx : contexts) {
+      const std::string r = ctx->cuda_graph_stats().reason;
+      if (!r.empty() && std::find(reasons.begin(), reasons.end(), r) == reasons.end()) {
+        reasons.push_back(r);
+      }
+    }
+  }
+  std::string out;
+  for (const auto& r : reasons) out += (out.empty() ? "" : "\n") + r;
+  return out;
+}
+
+int64_t TorchEngine::pooled_contexts() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int64_t>(idle_count_);
+}
+
+void TorchEngine::release_context(const PoolKey& key,
+                                  std::unique_ptr<engine::ExecutionContext> ctx) {
+  std::unique_ptr<engine::ExecutionContext> surplus;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& idle = idle_contexts_[key];
+    if (idle.size() < kMaxIdlePerStream && idle_count_ < kMaxIdle) {
+      idle.push_back(std::move(ctx));
+      ++idle_count_;
+      return;
+    }
+    retire_stats(*ctx);
+    const std::string r = ctx->cuda_graph_stats().reason;
+    if (!r.empty() && std::find(reasons_.begin(), reasons_.end(), r) == reasons_.end()) {
+      reasons_.push_back(r);
+    }
+    surplus = std::move(ctx);
+  }
+  // Freed outside the lock: a cuda context synchronizes its stream before its memory goes.
+  surplus.reset();
 }
 
 std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inputs) {
   const EngineMetadata& meta = loaded_.metadata;
   EMBER_CHECK(inputs.size() == meta.inputs.size(), "ember::execute_engine: the engine takes ",
               meta.inputs.size(), " input(s) ", names_list(meta.inputs), ", got ", inputs.size());
+
+  // A cuda engine is bound to one GPU: the one its metadata names, or the one of its first run.
+  // Its weights and contexts live there, so every input must be there too.
+  int64_t device_index = -1;
+  if (device_type_ == c10::DeviceType::CUDA) {
+    device_index = bound_device_.load();
+    if (device_index < 0) {
+      int64_t first = -1;
+      for (const at::Tensor& x : inputs) {
+        if (x.defined() && x.device().is_cuda()) {
+          first = x.device().index();
+          break;
+        }
+      }
+#ifdef EMBER_WITH_CUDA
+      if (first < 0) first = c10::cuda::current_device();
+#endif
+      if (first < 0) first = 0;
+      int64_t expected = -1;
+      bound_device_.compare_exchange_strong(expected, first);
+      device_index = bound_device_.load();
+    }
+  }
+  const c10::Device engine_device =
+      device_type_ == c10::DeviceType::CUDA
+          ? c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index))
+          : c10::Device(c10::DeviceType::CPU);
 
   // Inputs in engine dtype, contiguous; kept alive until the engine has run.
   std::vector<at::Tensor> engine_inputs;
@@ -196,10 +273,11 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     const at::Tensor& x = inputs[i];
     EMBER_CHECK(x.defined(), "ember::execute_engine: input '", io.name, "' (#", i,
                 ") is an undefined tensor");
-    EMBER_CHECK(x.device().type() == device_type_, "ember::execute_engine: input '", io.name,
-                "' (#", i, ") is on device ", x.device(), " but this ", meta.backend,
-                " engine needs device ", c10::Device(device_type_),
-                "; move the input with .to('", c10::Device(device_type_), "')");
+    EMBER_CHECK(x.device() == engine_device, "ember::execute_engine: input '", io.name, "' (#", i,
+                ") is on device ", x.device(), " but this ", meta.backend,
+                " engine needs device ", engine_device,
+                device_type_ == c10::DeviceType::CUDA ? " (a cuda engine is bound to one GPU)" : "",
+                "; move the input with .to('", engine_device, "')");
     EMBER_CHECK(x.scalar_type() == input_torch_types_[i], "ember::execute_engine: input '",
                 io.name, "' (#", i, ") must have dtype ", python_dtype_name(input_torch_types_[i]),
                 ", got ", python_dtype_name(x.scalar_type()),
@@ -212,20 +290,20 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     engine_inputs.push_back(std::move(y));
   }
 
-  // CUDA engines run on PyTorch's current stream of the inputs' device, so they order with the
+  // CUDA engines run on PyTorch's current stream of their device, so they order with the
   // surrounding PyTorch work without synchronizing.
   void* stream = nullptr;
 #ifdef EMBER_WITH_CUDA
   std::optional<c10::cuda::CUDAGuard> guard;
-  if (device_type_ == c10::DeviceType::CUDA && !engine_inputs.empty()) {
-    const c10::Device device = engine_inputs[0].device();
-    guard.emplace(device);
-    stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  if (device_type_ == c10::DeviceType::CUDA) {
+    guard.emplace(engine_device);
+    stream = c10::cuda::getCurrentCUDAStream(engine_device.index()).stream();
   }
 #endif
+  const PoolKey key{device_index, stream};
   std::unique_ptr<engine::ExecutionContext> ctx;
   try {
-    ctx = acquire_context(stream);  // a new context allocates its arena: errors name it
+    ctx = acquire_context(key);  // a new context allocates its arena: errors name it
   } catch (const engine::Error& e) {
     fail("ember::execute_engine: ", e.what());
   }
@@ -240,10 +318,8 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     }
     for (size_t i = 0; i < meta.outputs.size(); ++i) {
       const BridgeIO& io = meta.outputs[i];
-      const c10::Device device = engine_inputs.empty() ? c10::Device(device_type_)
-                                                       : engine_inputs[0].device();
       at::Tensor y = at::empty(ctx->tensor_shape(io.name),
-                               at::TensorOptions().dtype(output_engine_types_[i]).device(device));
+                               at::TensorOptions().dtype(output_engine_types_[i]).device(engine_device));
       ctx->set_tensor_address(io.name, y.data_ptr(), io.engine_dtype);
       outputs.push_back(std::move(y));
     }
@@ -253,10 +329,21 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
       ctx->execute();
     }
   } catch (const engine::Error& e) {
-    release_context(stream, std::move(ctx));
+    release_context(key, std::move(ctx));
     fail("ember::execute_engine: ", e.what());
   }
-  release_context(stream, std::move(ctx));
+  const std::string graph_warning = ctx->take_cuda_graph_warning();
+  release_context(key, std::move(ctx));
+  if (!graph_warning.empty() && !graph_warning_given_.exchange(true)) {
+    // Once per engine: the engine still runs, layer by layer, so this is a slowdown to report,
+    // not an error.
+    c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                           std::string("ember: CUDA graphs are off for an execution context of "
+                                       "this engine, which now runs layer by layer (slower): ") +
+                               graph_warning +
+                               ". Engine.cuda_graph_stats() counts such contexts.",
+                           /*verbatim=*/true));
+  }
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (output_engine_types_[i] != output_torch_types_[i]) {
       outputs[i] = outputs[i].to(output_torch_types_[i]);
@@ -323,6 +410,10 @@ TORCH_LIBRARY(ember, m) {
            [](const EnginePtr& self) { return ember::bridge::io_torch_dtypes(self->metadata().outputs); })
       .def("num_runs", [](const EnginePtr& self) { return self->num_runs(); })
       .def("cuda_graph_stats", [](const EnginePtr& self) { return self->cuda_graph_stats(); })
+      .def("cuda_graph_disabled_reasons",
+           [](const EnginePtr& self) { return self->cuda_graph_disabled_reasons(); })
+      .def("device_index", [](const EnginePtr& self) { return self->device_index(); })
+      .def("pooled_contexts", [](const EnginePtr& self) { return self->pooled_contexts(); })
       .def("__repr__",
            [](const EnginePtr& self) {
              const auto& m = self->metadata();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <map>
+#include <utility>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -33,26 +34,49 @@ class TorchEngine : public torch::CustomClassHolder {
   /// How many times execute() ran to completion.
   int64_t num_runs() const { return num_runs_.load(); }
 
+  /// CUDA graph statistics of every context this engine has run (idle ones and those already
+  /// retired from the pool): [replays, captures, contexts that run layer by layer (graphs off,
+  /// or a plan that cannot be captured), replays that staged their I/O through the context's
+  /// buffers].
+  std::vector<int64_t> cuda_graph_stats();
+  /// Why contexts run layer by layer, one line per distinct reason ("" when none does).
+  std::string cuda_graph_disabled_reasons();
+  /// The GPU a cuda engine is bound to (-1 until its first run when the metadata names none).
+  int64_t device_index() const { return bound_device_.load(); }
+  /// Idle execution contexts held in the pool (each holds its activation memory).
+  int64_t pooled_contexts();
   /// Runs the engine: checks count, devices and dtypes of `inputs` against the metadata, casts
   /// them to the engine dtypes, executes, and returns outputs in their PyTorch dtypes.
-  /// CUDA graph statistics summed over the idle contexts: [replays, captures, contexts that
-  /// run layer by layer (graphs off, or a plan that cannot be captured)].
-  std::vector<int64_t> cuda_graph_stats();
   std::vector<at::Tensor> execute(const std::vector<at::Tensor>& inputs);
 
+  /// Idle contexts kept per (device, stream); more are freed when released. Enough for a few
+  /// threads sharing a stream without creating a context per call.
+  static constexpr size_t kMaxIdlePerStream = 4;
+  /// Idle contexts kept in all (a process that ran on many streams does not keep them all).
+  static constexpr size_t kMaxIdle = 16;
+
  private:
-  // Contexts are pooled per stream: a context whose work is still queued on a stream is only
-  // handed out again on that stream, where stream order makes reusing its arena safe.
-  std::unique_ptr<engine::ExecutionContext> acquire_context(void* stream);
-  void release_context(void* stream, std::unique_ptr<engine::ExecutionContext> ctx);
+  // Contexts are pooled per (device, stream): a context whose work is still queued on a stream
+  // is only handed out again on that stream, where stream order makes reusing its arena safe.
+  // The device is part of the key because every device's default stream has the same handle.
+  using PoolKey = std::pair<int64_t, void*>;
+  std::unique_ptr<engine::ExecutionContext> acquire_context(const PoolKey& key);
+  void release_context(const PoolKey& key, std::unique_ptr<engine::ExecutionContext> ctx);
+  /// Adds a retired context's graph statistics to the totals (caller holds mutex_).
+  void retire_stats(const engine::ExecutionContext& ctx);
 
   LoadedEngineState loaded_;
   std::vector<c10::ScalarType> input_torch_types_, input_engine_types_;
   std::vector<c10::ScalarType> output_torch_types_, output_engine_types_;
   c10::DeviceType device_type_ = c10::DeviceType::CPU;
-  std::mutex mutex_;  // guards idle_contexts_
-  std::map<void*, std::vector<std::unique_ptr<engine::ExecutionContext>>> idle_contexts_;
+  std::mutex mutex_;  // guards idle_contexts_, idle_count_, retired_ and reasons_
+  std::map<PoolKey, std::vector<std::unique_ptr<engine::ExecutionContext>>> idle_contexts_;
+  size_t idle_count_ = 0;
+  std::vector<int64_t> retired_{0, 0, 0, 0};  // cuda_graph_stats of contexts freed
+  std::vector<std::string> reasons_;          // distinct reasons graphs went off
+  std::atomic<int64_t> bound_device_{-1};
   std::atomic<int64_t> num_runs_{0};
+  std::atomic<bool> graph_warning_given_{false};
 };
 
 }  // namespace ember::bridge

@@ -385,6 +385,17 @@ EngineMetadata metadata_from_json(std::string_view json) {
     if (g->kind != Json::Kind::kBool) fail("metadata key \"cuda_graphs\" must be true or false");
     m.cuda_graphs = g->boolean;
   }
+  if (const Json* d = root.find("device_index")) {
+    if (d->kind != Json::Kind::kNumber || d->number != static_cast<double>(static_cast<int64_t>(d->number)) ||
+        d->number < -1 || d->number > 1024) {
+      fail("metadata key \"device_index\" must be an integer GPU index (or -1 for none)");
+    }
+    m.device_index = static_cast<int64_t>(d->number);
+    if (m.device_index >= 0 && m.backend != "cuda") {
+      fail("metadata has device_index " + std::to_string(m.device_index) + " but back end '" +
+           m.backend + "'; only cuda engines are bound to a GPU");
+    }
+  }
   m.inputs = json_io_list(root, "inputs");
   m.outputs = json_io_list(root, "outputs");
   return m;
@@ -394,6 +405,7 @@ std::string metadata_to_json(const EngineMetadata& metadata) {
   std::string out = "{\"backend\": ";
   json_write_string(metadata.backend, out);
   out += metadata.cuda_graphs ? ", \"cuda_graphs\": true" : ", \"cuda_graphs\": false";
+  if (metadata.device_index >= 0) out += ", \"device_index\": " + std::to_string(metadata.device_index);
   auto write_list = [&](const char* key, const std::vector<BridgeIO>& list) {
     out += ", \"";
     out += key;

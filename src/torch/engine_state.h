@@ -3,6 +3,7 @@
 //   [0] format tag "ember-engine-v1"
 //   [1] the plan, base64 (RFC 4648, with padding)
 //   [2] metadata JSON: {"backend": "cpu", "cuda_graphs": true (optional, default true),
+//                       "device_index": 0 (optional; cuda: the GPU the engine is bound to),
 //                       "inputs":  [{"name": "input_0", "torch_dtype": "f64",
 //                                    "engine_dtype": "f32", "shape": "[s0, 3]"}, ...],
 //                       "outputs": [...same keys...]}
@@ -39,6 +40,9 @@ struct BridgeIO {
 struct EngineMetadata {
   std::string backend;
   bool cuda_graphs = true;  ///< Optional key "cuda_graphs" (default true): replay CUDA graphs.
+  /// Optional key "device_index": the GPU a cuda engine is bound to (-1, or no key: the GPU of
+  /// the inputs of its first run; from then on it is bound to that one).
+  int64_t device_index = -1;
   std::vector<BridgeIO> inputs;
   std::vector<BridgeIO> outputs;
 };

@@ -63,3 +63,26 @@ def test_timing_cache_bytes(lenet_plan):
     assert data.startswith(b"EMBRTCAC")
     # A cpu plan carries no tactic choices.
     assert len(ember._C.TimingCache.from_bytes(data)) == 0
+
+
+def test_run_refuses_plans_for_the_device():
+    """Engine.run hands numpy (host) buffers to the plan: a cuda plan gets a clear error, not
+    host pointers used as device addresses."""
+    import base64
+
+    import torch
+
+    if "cuda" not in ember.available_backends():
+        pytest.skip("this build has no CUDA back end")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    # A cuda plan builds without a GPU (tactic timing is left to the first call).
+    gm = ember.dynamo.compile(torch.export.export(model, (x,)), [x], device="cuda",
+                              min_block_size=1)
+    engine_obj = next(getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_"))
+    plan = base64.b64decode(engine_obj.state()[1])
+    engine = ember.Engine(plan)
+    assert engine.backend == "cuda"
+    with pytest.raises(ember.EngineError, match=r"runs 'cpu' plans on numpy arrays; this plan is "
+                                                 r"for the 'cuda' back end"):
+        engine.run({engine.io_tensors()[0]["name"]: x.numpy()})

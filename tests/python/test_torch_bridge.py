@@ -275,6 +275,53 @@ def test_metadata_must_match_plan(plans):
         rt.make_engine(plans["affine_relu"], meta)
 
 
+def test_device_index_in_metadata(plans):
+    # Only cuda engines are bound to a GPU; the key must be an integer.
+    meta = json.loads(json.dumps(AFFINE_META))
+    meta["device_index"] = 0
+    with pytest.raises(RuntimeError, match=r"device_index 0 but back end 'cpu'; only cuda engines"):
+        rt.make_engine(plans["affine_relu"], meta)
+    for bad in ("0", 1.5, -2, True):
+        meta["device_index"] = bad
+        with pytest.raises(RuntimeError, match=r'"device_index" must be an integer GPU index'):
+            rt.make_engine(plans["affine_relu"], meta)
+    meta["device_index"] = -1  # "none": accepted, and not written back
+    engine = rt.make_engine(plans["affine_relu"], meta)
+    assert engine.device_index() == -1
+    assert "device_index" not in json.loads(engine.metadata_json())
+
+
+def test_context_pool_is_bounded(affine):
+    # 8 threads at once need 8 contexts; once they are given back the pool keeps at most 4 per
+    # stream (the CPU back end has one "stream"), and the results stay right.
+    import threading
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def work(seed):
+        try:
+            gen = torch.Generator().manual_seed(seed)
+            barrier.wait()
+            for _ in range(20):
+                x = torch.randn(3, 4, generator=gen)
+                (y,) = run(affine, x)
+                torch.testing.assert_close(y, torch.relu(x * 2 + 1), rtol=1.3e-6, atol=1e-5)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert 1 <= affine.pooled_contexts() <= 4
+    assert affine.num_runs() == 160
+    # cpu engines never replay graphs: every context counts as layer by layer.
+    replays, captures, layer_by_layer, staged = affine.cuda_graph_stats()
+    assert (replays, captures, staged) == (0, 0, 0) and layer_by_layer >= 1
+
+
 def test_malformed_metadata_json(plans):
     state = _state(plans)
     state[2] = state[2][:-3]

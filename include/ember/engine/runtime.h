@@ -122,25 +122,38 @@ class ExecutionContext {
   /// Runs synchronously. Throws Error when an input shape or an address is missing.
   void execute();
   /// Enqueues on `stream` (a cudaStream_t for "cuda"; the CPU back end runs synchronously).
-  /// "cuda" contexts replay a CUDA graph per (shape signature, I/O addresses) from the second
-  /// call of a signature on (see set_cuda_graphs).
+  /// "cuda" contexts replay a CUDA graph per shape signature from the second call of a
+  /// signature on (see set_cuda_graphs).
   void enqueue(void* stream);
   /// CUDA graphs on (the default) or off for this context. With graphs on, the first call of a
-  /// shape signature runs layer by layer (it also times and caches library algorithms); later
-  /// calls capture the layers once into a graph and replay it, so the launch cost is paid once.
-  /// A plan with a layer that cannot be captured (host fallback) runs layer by layer, as does a
-  /// context whose I/O addresses change on nearly every call, or a call on a stream that is
-  /// itself being captured. Data-dependent checks that read a result back (an index out of
-  /// range, an integer division by zero) run on the first call of each shape only: replays
-  /// clamp such indices instead of failing. No effect on "cpu" plans.
+  /// shape signature runs layer by layer (it also times and caches library algorithms); the
+  /// second captures the layers once into a graph, and later calls replay it, so the launch
+  /// cost is paid once. Replays do not depend on the caller's addresses: the graph of a
+  /// signature reads and writes the context's own I/O buffers, and a replay copies the inputs in
+  /// and the outputs out (a serving loop with new input tensors and kept outputs replays; it
+  /// never captures again). When a call passes the same addresses as the call before it, a
+  /// second graph is captured on those addresses and replayed without copies whenever they come
+  /// again. A plan with a layer that cannot be captured (host fallback), or a context that keeps
+  /// capturing for ever new shape signatures, runs layer by layer from then on, with the reason
+  /// in cuda_graph_stats(); so does a call on a stream that is itself being captured (the
+  /// layers join the caller's graph). Data-dependent checks that read a result back (an index
+  /// out of range, an integer division by zero) run on the first call of each shape only:
+  /// replays clamp such indices instead of failing. Turning graphs on again clears a failure.
+  /// No effect on "cpu" plans.
   void set_cuda_graphs(bool enabled);
-  /// Graph statistics of this context: launches served by a replay, and captures made.
+  /// Graph statistics of this context.
   struct GraphStats {
-    int64_t replays = 0;
-    int64_t captures = 0;
-    bool disabled = false;  ///< Off by setting, or because capture failed or kept missing.
+    int64_t replays = 0;         ///< Launches served by a replay (staged or zero-copy).
+    int64_t staged_replays = 0;  ///< Replays that copied I/O through the context's buffers.
+    int64_t captures = 0;        ///< Graphs captured.
+    bool disabled = false;       ///< Off by setting, or because capture failed or kept missing.
+    std::string reason;          ///< Why disabled ("" when graphs are on).
   };
   GraphStats cuda_graph_stats() const;
+  /// The reason graphs were switched off for this context by a failure (not by the setting),
+  /// the first time it is asked after that happened; "" otherwise. Embedders call it after each
+  /// run to say so once (the PyTorch bridge raises a warning).
+  std::string take_cuda_graph_warning();
 
  private:
   friend class Engine;

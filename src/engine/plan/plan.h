@@ -1,10 +1,12 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 4 (version 1 had no Convolution/MatrixMultiply epilogue,
-// version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling):
+// Byte layout (little-endian), version 5 (version 1 had no Convolution/MatrixMultiply epilogue,
+// version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling,
+// version 4 no build target):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
-//   payload  back end name | arena size i64 | profiles | inputs | layers | outputs | timing
+//   payload  back end name | arena size i64 | build target | profiles | inputs | layers | outputs |
+//            timing
 //   padding  zeros up to the weights offset (the payload end rounded up to 256)
 //   weights  constant bytes, each constant aligned to 256 bytes from the start of the file, so a
 //            plan loaded at an aligned address can be uploaded to a device without repacking;
@@ -12,6 +14,8 @@
 // The checksum is FNV-1a 64 over everything after the header (payload, padding, weights).
 // Payload encodings: strings u32 length + bytes (at most 64 KiB); lists u32 count + entries;
 // enums and bools one byte; shapes a list of DimExpr::to_string texts.
+//   target    string: "sm_<major><minor>" of the GPU a cuda plan was built (and timed) on, or ""
+//             (cpu plans, and cuda plans built without a GPU)
 //   profiles  list of profiles, each a list of (symbol, min i64, opt i64, max i64), sorted by symbol
 //   tensor    dtype u8 | shape | arena offset i64 (-1: not in the arena)
 //   inputs    list of (name, tensor)
@@ -42,8 +46,8 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 4;  // 2: fused epilogues, 3: timing section,
-                                                   // 4: channels_last
+inline constexpr uint32_t kPlanFormatVersion = 5;  // 2: fused epilogues, 3: timing section,
+                                                   // 4: channels_last, 5: build target
 inline constexpr size_t kPlanWeightAlignment = 256;
 
 /// Where a tensor lives at run time.
@@ -59,6 +63,9 @@ struct PlanModel {
   std::vector<OptimizationProfile> profiles;  ///< Resolved profiles (symbol ranges).
   std::vector<TensorPlacement> placements;    ///< Per tensor (tensors() order).
   int64_t arena_bytes = 0;                    ///< Size of the activation arena.
+  /// "sm_90": the compute capability of the GPU a cuda plan was built on; "" when unknown (cpu
+  /// plans, cuda plans built without a GPU). A GPU of a lower capability refuses the plan.
+  std::string target;
   std::vector<TimingEntry> timing;            ///< Tactic choices for the plan's problems.
 };
 

@@ -236,6 +236,7 @@ class PlanReader {
       ByteReader::fail("arena size " + std::to_string(plan_.arena_bytes) + " is negative",
                        arena_at);
     }
+    read_target(in);
     read_profiles(in);
     read_inputs(in);
     read_layers(in);
@@ -315,6 +316,23 @@ class PlanReader {
     blob_size_ = n;
     owner_ = std::move(blob);
     return static_cast<size_t>(payload_size);
+  }
+
+  void read_target(ByteReader& in) {
+    const size_t at = in.offset();
+    plan_.target = in.str("build target");
+    if (plan_.target.empty()) return;
+    const std::string& t = plan_.target;
+    const bool well_formed = t.size() >= 5 && t.size() <= 8 && t.compare(0, 3, "sm_") == 0 &&
+                             t.find_first_not_of("0123456789", 3) == std::string::npos;
+    if (!well_formed) {
+      ByteReader::fail("build target '" + t + "' is not of the form sm_<digits>", at);
+    }
+    if (plan_.backend != "cuda") {
+      ByteReader::fail("a '" + plan_.backend + "' plan has build target '" + t +
+                           "'; only cuda plans have one",
+                       at);
+    }
   }
 
   void read_backend(ByteReader& in) {

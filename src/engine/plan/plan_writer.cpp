@@ -116,6 +116,7 @@ std::vector<uint8_t> plan_write(const PlanModel& plan) {
 
   out.str(plan.backend, "back end name");
   out.i64(plan.arena_bytes);
+  out.str(plan.target, "build target");
   out.count(plan.profiles.size(), "profile list");
   for (const OptimizationProfile& p : plan.profiles) {
     out.count(p.ranges().size(), "profile");

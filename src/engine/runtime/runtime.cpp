@@ -121,6 +121,7 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
   };
   if (state_->cuda) {
 #ifdef EMBER_WITH_CUDA
+    cuda::check_device_for_plan(p.target);
     state_->device_weights = engine_->device_weights();
     state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes, engine_->allocator_,
                                                           &engine_->timing_cache());
@@ -267,7 +268,7 @@ void ExecutionContext::run(void* stream) {
     const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
     cuda::enqueue_network(net, state_->dims, state_->addrs, &state_->bindings, *dw,
                           *state_->device, static_cast<cudaStream_t>(stream), state_->signature,
-                          state_->io_ids, state_->capturable);
+                          state_->io_ids, net.inputs().size(), state_->capturable);
     return;
 #endif
   }
@@ -277,8 +278,12 @@ void ExecutionContext::run(void* stream) {
 void ExecutionContext::set_cuda_graphs(bool enabled) {
 #ifdef EMBER_WITH_CUDA
   if (state_->device) {
-    state_->device->graphs().enabled = enabled;
-    if (!enabled) state_->device->graphs().clear();
+    cuda::GraphCache& g = state_->device->graphs();
+    g.enabled = enabled;
+    g.clear();
+    // Turning graphs on again starts afresh: a capture that failed is tried again.
+    g.disabled_reason.clear();
+    g.reported = false;
   }
 #else
   (void)enabled;
@@ -288,17 +293,37 @@ void ExecutionContext::set_cuda_graphs(bool enabled) {
 ExecutionContext::GraphStats ExecutionContext::cuda_graph_stats() const {
   GraphStats st;
   st.disabled = true;
+  st.reason = state_->cuda ? "" : "not a cuda plan";
 #ifdef EMBER_WITH_CUDA
   if (state_->device) {
     const cuda::GraphCache& g = state_->device->graphs();
     st.replays = g.replays;
+    st.staged_replays = g.staged_replays;
     st.captures = g.captures;
-    st.disabled = !g.enabled || g.failed || g.thrashing || !state_->capturable;
+    st.disabled = !g.enabled || !g.disabled_reason.empty() || !state_->capturable;
+    if (!g.enabled) {
+      st.reason = "CUDA graphs are off for this context (cuda_graphs=False)";
+    } else if (!g.disabled_reason.empty()) {
+      st.reason = g.disabled_reason;
+    } else if (!state_->capturable) {
+      st.reason = "the plan has a layer that runs through the host fallback (cuda.host)";
+    }
   }
-#else
-  st.disabled = true;
 #endif
   return st;
+}
+
+std::string ExecutionContext::take_cuda_graph_warning() {
+#ifdef EMBER_WITH_CUDA
+  if (state_->device) {
+    cuda::GraphCache& g = state_->device->graphs();
+    if (g.enabled && !g.disabled_reason.empty() && !g.reported) {
+      g.reported = true;
+      return g.disabled_reason;
+    }
+  }
+#endif
+  return {};
 }
 
 void ExecutionContext::enqueue(void* stream) {

@@ -1,6 +1,7 @@
 // CUDA graphs of an ExecutionContext: the first call of a shape runs layer by layer, later calls
-// replay a captured graph that follows new input data, new addresses (a new capture) and new
-// shapes, and set_cuda_graphs(false) turns replay off. Skipped (visibly) without a CUDA device.
+// replay a captured graph that follows new input data, new addresses (through the staged graph,
+// no new capture) and new shapes, and set_cuda_graphs(false) turns replay off. Skipped (visibly)
+// without a CUDA device.
 #ifdef EMBER_WITH_CUDA
 
 #include <gtest/gtest.h>
@@ -90,32 +91,88 @@ TEST(CudaGraphs, ReplayFollowsDataAddressesAndShapes) {
   Buffers a(in1, 8);
   check(in1, a.run(*ctx), "first call (layer by layer)");
   EXPECT_EQ(ctx->cuda_graph_stats().captures, 0);
-  check(in1, a.run(*ctx), "second call (capture)");
+  check(in1, a.run(*ctx), "second call, same addresses (zero-copy capture)");
   EXPECT_EQ(ctx->cuda_graph_stats().captures, 1);
   const TestTensor in2 = TestTensor::random(DataType::kF32, {8, 4}, 11);
   a.load(in2);
   check(in2, a.run(*ctx), "replay with new input data");
   EXPECT_EQ(ctx->cuda_graph_stats().replays, 1);
+  EXPECT_EQ(ctx->cuda_graph_stats().staged_replays, 0);
 
-  Buffers b(in1, 8);  // same shape, other addresses: one more capture, then replays
-  check(in1, b.run(*ctx), "new addresses");
-  check(in1, b.run(*ctx), "new addresses, replay");
+  Buffers b(in1, 8);  // same shape, other addresses: the staged graph, copies in and out
+  check(in1, b.run(*ctx), "new addresses (staged capture)");
   EXPECT_EQ(ctx->cuda_graph_stats().captures, 2);
-  EXPECT_EQ(ctx->cuda_graph_stats().replays, 2);
-  check(in2, a.run(*ctx), "back to the first addresses");
+  Buffers c(in2, 8);
+  check(in2, c.run(*ctx), "other new addresses (staged replay)");
+  EXPECT_EQ(ctx->cuda_graph_stats().captures, 2);
+  EXPECT_EQ(ctx->cuda_graph_stats().staged_replays, 1);
+  check(in2, a.run(*ctx), "back to the first addresses (zero-copy replay)");
   EXPECT_EQ(ctx->cuda_graph_stats().replays, 3);
+  EXPECT_EQ(ctx->cuda_graph_stats().staged_replays, 1);
 
   const TestTensor in3 = TestTensor::random(DataType::kF32, {3, 4}, 12);
-  Buffers c(in3, 3);  // a new shape signature: layer by layer first
-  check(in3, c.run(*ctx), "new shape");
-  check(in3, c.run(*ctx), "new shape, captured");
+  Buffers d(in3, 3);  // a new shape signature: layer by layer first
+  check(in3, d.run(*ctx), "new shape");
+  check(in3, d.run(*ctx), "new shape, captured");
   EXPECT_EQ(ctx->cuda_graph_stats().captures, 3);
   EXPECT_FALSE(ctx->cuda_graph_stats().disabled);
+  EXPECT_EQ(ctx->cuda_graph_stats().reason, "");
+  EXPECT_EQ(ctx->take_cuda_graph_warning(), "");
 
   ctx->set_cuda_graphs(false);
   check(in2, a.run(*ctx), "graphs off");
   EXPECT_EQ(ctx->cuda_graph_stats().replays, 3);
   EXPECT_TRUE(ctx->cuda_graph_stats().disabled);
+  EXPECT_NE(ctx->cuda_graph_stats().reason.find("cuda_graphs=False"), std::string::npos);
+  EXPECT_EQ(ctx->take_cuda_graph_warning(), "");  // off by setting: nothing to warn about
+}
+
+TEST(CudaGraphs, ServingLoopReplaysWithoutRecapture) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // A serving loop: inputs from a rotating pool of 4 tensors, a new output tensor each call,
+  // every output kept. One staged capture, then replays only; no kept output is overwritten.
+  GraphNet g;
+  const auto plan = g.plan();
+  const auto engine = Runtime().deserialize(plan.data(), plan.size());
+  auto ctx = engine->create_execution_context();
+  std::vector<TestTensor> pool;
+  std::vector<void*> inputs;
+  for (int i = 0; i < 4; ++i) {
+    pool.push_back(TestTensor::random(DataType::kF32, {8, 4}, 20 + i));
+    void* p = nullptr;
+    test::cuda_ok(cudaMalloc(&p, pool.back().bytes.size()), "cudaMalloc");
+    test::cuda_ok(cudaMemcpy(p, pool.back().bytes.data(), pool.back().bytes.size(),
+                             cudaMemcpyHostToDevice), "copy in");
+    inputs.push_back(p);
+  }
+  constexpr int kCalls = 24;
+  const size_t out_bytes = 8 * 4 * sizeof(float);
+  std::vector<void*> outputs;
+  for (int call = 0; call < kCalls; ++call) {
+    void* y = nullptr;
+    test::cuda_ok(cudaMalloc(&y, out_bytes), "cudaMalloc");
+    outputs.push_back(y);
+    ctx->set_input_shape("x", {8, 4});
+    ctx->set_tensor_address("x", inputs[call % 4]);
+    ctx->set_tensor_address("y", y);
+    ctx->enqueue(nullptr);
+  }
+  test::cuda_ok(cudaStreamSynchronize(nullptr), "sync");
+  for (int call = 0; call < kCalls; ++call) {
+    TestTensor out;
+    out.dims = {8, 4};
+    out.bytes.resize(out_bytes);
+    test::cuda_ok(cudaMemcpy(out.bytes.data(), outputs[call], out_bytes, cudaMemcpyDeviceToHost),
+                  "copy out");
+    test::expect_matches_cpu(g.net, {pool[call % 4]}, {out}, "kept output");
+  }
+  const auto st = ctx->cuda_graph_stats();
+  EXPECT_EQ(st.captures, 1);
+  EXPECT_EQ(st.replays, kCalls - 2);
+  EXPECT_EQ(st.staged_replays, kCalls - 2);
+  EXPECT_FALSE(st.disabled);
+  for (void* p : inputs) cudaFree(p);
+  for (void* p : outputs) cudaFree(p);
 }
 
 TEST(CudaGraphs, FormerHostKindsAreCaptured) {
@@ -144,8 +201,9 @@ TEST(CudaGraphs, FormerHostKindsAreCaptured) {
   test::CudaRunner runner(net, in);
   EXPECT_EQ(runner.inspect_json().find("cuda.host"), std::string::npos) << runner.inspect_json();
   for (int i = 0; i < 3; ++i) test::expect_matches_cpu(net, in, runner.run(in), "former host kinds");
-  // CudaRunner allocates new buffers per call: a new address is one more capture, not a failure.
-  EXPECT_GE(runner.context().cuda_graph_stats().captures, 1);
+  // CudaRunner allocates new buffers per call: the staged graph serves them all.
+  EXPECT_EQ(runner.context().cuda_graph_stats().captures, 1);
+  EXPECT_EQ(runner.context().cuda_graph_stats().staged_replays, 1);
   EXPECT_FALSE(runner.context().cuda_graph_stats().disabled);
 }
 
@@ -163,6 +221,11 @@ TEST(CudaGraphs, HostFallbackCallsRunLayerByLayer) {
   for (int i = 0; i < 3; ++i) test::expect_matches_cpu(net, {in}, runner.run({in}), "topk");
   EXPECT_EQ(runner.context().cuda_graph_stats().captures, 0);
   EXPECT_TRUE(runner.context().cuda_graph_stats().disabled);
+  EXPECT_NE(runner.context().cuda_graph_stats().reason.find("capturing"), std::string::npos)
+      << runner.context().cuda_graph_stats().reason;
+  // Said once: the embedder warns the first time it asks, not on every call.
+  EXPECT_NE(runner.context().take_cuda_graph_warning(), "");
+  EXPECT_EQ(runner.context().take_cuda_graph_warning(), "");
 }
 
 /// Records every block it hands out (cudaMalloc underneath) and what is still live.

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -599,7 +600,32 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads version 4"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads version 5"), std::string::npos) << m;
+}
+
+TEST(PlanFormat, BuildTargetIsValidated) {
+  std::vector<OptimizationProfile> p(1);
+  p[0].set_range("n", 1, 2, 3);
+  PlanModel m = make_plan(tiny_network(), p);
+  m.target = "sm_90";  // a cpu plan: no target allowed
+  auto b = plan_write(m);
+  std::string e = expect_rejected(b, b.size(), true, "cpu plan with a target");
+  EXPECT_NE(e.find("a 'cpu' plan has build target 'sm_90'; only cuda plans have one"),
+            std::string::npos) << e;
+  m.target = "gpu_9";
+  b = plan_write(m);
+  e = expect_rejected(b, b.size(), true, "malformed target");
+  EXPECT_NE(e.find("build target 'gpu_9' is not of the form sm_<digits>"), std::string::npos) << e;
+  const auto backends = available_backends();
+  if (std::find(backends.begin(), backends.end(), "cuda") != backends.end()) {
+    m.backend = "cuda";
+    for (std::string& impl : m.impls) impl.replace(0, 3, "cuda");
+    m.target = "sm_90";
+    b = plan_write(m);
+    const PlanModel read = plan_read(b.data(), b.size());
+    EXPECT_EQ(read.target, "sm_90");
+    EXPECT_EQ(plan_write(read), b);
+  }
 }
 
 TEST(PlanFormatCorrupt, UnknownBackend) {
@@ -614,8 +640,8 @@ TEST(PlanFormatCorrupt, UnknownBackend) {
 
 TEST(PlanFormatCorrupt, HugeCountsAreRejectedBeforeAllocating) {
   const auto original = tiny_plan();
-  // Profile list count, right after the back end name and the arena size.
-  const size_t profiles_at = kPlanHeaderBytes + 4 + 3 + 8;
+  // Profile list count, right after the back end name, the arena size and the (empty) target.
+  const size_t profiles_at = kPlanHeaderBytes + 4 + 3 + 8 + 4;
   // Layer count: the u32 before the first layer record (kind 0, name "c").
   std::vector<uint8_t> first_layer{0};
   for (uint8_t c : encoded("c")) first_layer.push_back(c);

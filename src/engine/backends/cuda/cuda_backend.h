@@ -33,6 +33,18 @@ void check(cudaError_t status, const char* what);
 /// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.
 const std::string& timing_device_key();
 
+/// "sm_<major><minor>" of the current GPU (what a plan built here records), or "" without one.
+std::string device_target();
+
+/// Throws Error, naming the GPU and both capabilities, when the current GPU cannot run a plan
+/// built for `target` (a plan for a newer GPU than this one) or when this build's kernels have
+/// no image for it: a clear error at context creation instead of a failed launch later.
+void check_device_for_plan(const std::string& target);
+
+/// cudaFuncGetAttributes of one of the back end's kernels: cudaErrorNoKernelImageForDevice when
+/// the library was compiled for other GPU architectures than the current one.
+cudaError_t probe_kernel_image();
+
 /// Whether `stream` is being captured into a CUDA graph. Work that must synchronize (cuDNN's
 /// Find, data-dependent checks read back to the host) cannot run then: it runs on the eager
 /// first call of each shape signature, and captures skip it.
@@ -174,25 +186,49 @@ class DeviceWeights {
   std::vector<int64_t> offsets_;  // per tensor id, -1 when not a constant
 };
 
-/// The CUDA graphs of one context, keyed by shape signature and I/O addresses (LRU).
+/// The CUDA graphs of one context (see enqueue_network). Two kinds of entry, both per shape
+/// signature and workspace generation:
+///  - staged: captured against the context's own I/O buffers (`staging`). A replay copies the
+///    caller's inputs in, launches, and copies the outputs out, so it serves any caller
+///    addresses: a serving loop (new input tensors, outputs kept) never captures again;
+///  - zero-copy: captured against one set of caller addresses (`io`), replayed only when the
+///    caller passes exactly those again. Safe by construction: the graph then reads and writes
+///    the very buffers the caller handed over, as a layer-by-layer run would. Captured only when
+///    a call repeats the previous call's addresses (the benchmark pattern: one input tensor
+///    reused, each output dropped so the allocator hands its block out again).
 struct GraphCache {
   struct Entry {
     std::vector<std::vector<int64_t>> signature;
-    std::vector<void*> io;
+    std::vector<void*> io;             ///< Zero-copy: the caller addresses baked in.
+    bool staged = false;
+    DeviceBuffer staging;              ///< Staged: the I/O buffers the graph reads and writes.
+    std::vector<size_t> staging_offsets;  ///< Per io_ids entry, byte offset in `staging`.
     uint64_t workspace_generation = 0;
     void* exec = nullptr;  // cudaGraphExec_t
     uint64_t last_use = 0;
   };
   bool enabled = true;
-  bool failed = false;            // a capture failed: this plan cannot be captured
-  bool thrashing = false;         // addresses change on nearly every call
+  /// Why graphs are off for this context ("" while they are on): set once, never cleared
+  /// except by set_cuda_graphs(true).
+  std::string disabled_reason;
+  bool reported = false;          ///< disabled_reason has been handed to the embedder once.
   std::vector<Entry> entries;
   std::vector<std::vector<std::vector<int64_t>>> warm;  // signatures run once layer by layer
+  // The previous call's signature and caller addresses (to spot a repeat: zero-copy capture).
+  std::vector<std::vector<int64_t>> last_signature;
+  std::vector<void*> last_io;
   uint64_t clock = 0;
+  uint64_t generation_seen = 0;   // workspace generation of the entries kept
   int64_t replays = 0, captures = 0;
+  int64_t staged_replays = 0;     ///< Replays that copied I/O through the staging buffers.
   void* capture_stream = nullptr;  // cudaStream_t, created on first capture
+  GraphCache() = default;
+  GraphCache(const GraphCache&) = delete;
+  GraphCache& operator=(const GraphCache&) = delete;
   ~GraphCache();
   void clear();
+  /// Turns graphs off for good with `reason` (kept for cuda_graph_stats), dropping every entry.
+  void disable(std::string reason);
 };
 
 /// Per-context device state: the activation arena, the library resources and the graphs.
@@ -220,13 +256,16 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
                     const std::vector<void*>& addrs, const SymbolBindings* symbols,
                     const DeviceWeights& weights, ContextState& state, cudaStream_t stream);
 
-/// execute_layers through the context's CUDA graphs: replays the graph of (`signature`, the
-/// addresses of the `io_ids` tensors) when there is one, captures it when the signature has
-/// run before, and runs layer by layer otherwise (first call, graphs off, capture impossible).
+/// execute_layers through the context's CUDA graphs (see GraphCache): replays a zero-copy graph
+/// of (`signature`, the caller addresses of the `io_ids` tensors) when there is one, else the
+/// signature's staged graph with copies in and out; captures on the second call of a signature;
+/// runs layer by layer on the first call of a signature, with graphs off, or when the plan
+/// cannot be captured (the reason is then kept in the cache). `num_inputs` is how many of
+/// `io_ids` are inputs (the rest are outputs).
 void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>& dims,
                      const std::vector<void*>& addrs, const SymbolBindings* symbols,
                      const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
                      const std::vector<std::vector<int64_t>>& signature,
-                     const std::vector<int>& io_ids, bool capturable);
+                     const std::vector<int>& io_ids, size_t num_inputs, bool capturable);
 
 }  // namespace ember::engine::cuda

@@ -774,6 +774,40 @@ void make_fused_setup(FusedConvSetup& f, const ConvSetup& s, int64_t channels, s
             layer, "cudnnSetActivationDescriptor");
 }
 
+/// A convolution's workspace. While algorithms are found and timed (the eager first call of a
+/// problem the timing cache lacks), a temporary scratch of kConvWorkspaceBytes, so that every
+/// candidate may run; for the chosen algorithm, the context's workspace grown to what that
+/// algorithm needs. A context thus keeps the largest need among the algorithms it uses (a few
+/// MiB for ResNet-50) rather than kConvWorkspaceBytes.
+struct ConvWorkspace {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  DeviceBuffer scratch;
+  cudaStream_t stream = nullptr;
+  explicit ConvWorkspace(cudaStream_t s) : stream(s) {}
+  ConvWorkspace(const ConvWorkspace&) = delete;
+  ConvWorkspace& operator=(const ConvWorkspace&) = delete;
+  /// Timing scratch for Find and the timed launches (not inside a capture).
+  void use_scratch(const std::shared_ptr<DeviceAllocator>& allocator) {
+    scratch = DeviceBuffer(allocator, kConvWorkspaceBytes, "convolution tactic timing scratch");
+    ptr = scratch.get();
+    bytes = kConvWorkspaceBytes;
+  }
+  /// The context's workspace for the chosen algorithm's `needed` bytes; the scratch goes once
+  /// the timed launches are done.
+  void settle(Resources& res, size_t needed) {
+    release_scratch();
+    ptr = needed > 0 ? res.workspace(needed) : nullptr;
+    bytes = needed;
+  }
+  void release_scratch() noexcept {
+    if (scratch.get() == nullptr) return;
+    cudaStreamSynchronize(stream);  // the timed launches still read it
+    scratch.reset();
+  }
+  ~ConvWorkspace() { release_scratch(); }
+};
+
 }  // namespace
 
 void run(const ConvolutionParams& p, const CudaArgs& a) {
@@ -808,15 +842,15 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
   FusedConvSetup f;
   if (fusable) make_fused_setup(f, s, channels, y.dims.size(), relu, kLayer);
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
-  void* workspace = a.res->workspace(kConvWorkspaceBytes);
+  ConvWorkspace ws(a.stream());
   const float alpha = static_cast<float>(p.epilogue.scale), zero = 0.0f, one = 1.0f;
   // One fused launch (the caller passes z and alpha2).
   auto launch_fused = [&](cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math, const void* z,
                           const float* alpha2) {
     return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
            cudnnConvolutionBiasActivationForward(
-               handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo, workspace,
-               kConvWorkspaceBytes, alpha2, s.y.h, z, f.bias.h, bias, f.act.h, s.y.h,
+               handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h, algo, ws.ptr,
+               ws.bytes, alpha2, s.y.h, z, f.bias.h, bias, f.act.h, s.y.h,
                y.data) == CUDNN_STATUS_SUCCESS;
   };
   // One plain launch, then bias, residual and activation in one pass over the output.
@@ -824,7 +858,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     cudnnStatus_t status = cudnnSetConvolutionMathType(s.conv.h, math);
     if (status == CUDNN_STATUS_SUCCESS) {
       status = cudnnConvolutionForward(handle, &alpha, s.x.h, x.data, s.w.h, w.data, s.conv.h,
-                                       algo, workspace, kConvWorkspaceBytes, &zero, s.y.h, y.data);
+                                       algo, ws.ptr, ws.bytes, &zero, s.y.h, y.data);
     }
     if (status == CUDNN_STATUS_SUCCESS) {
       launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
@@ -862,13 +896,14 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
     int count = 0;
     const bool eager = !capturing(a.stream());
+    if (eager) ws.use_scratch(a.res->allocator());
     if (!eager) {
       dnn_check(cudnnGetConvolutionForwardAlgorithm_v7(handle, s.x.h, s.w.h, s.conv.h, s.y.h,
                                                        kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionForwardAlgorithm_v7");
     } else if (cudnnFindConvolutionForwardAlgorithmEx(
                    handle, s.x.h, x.data, s.w.h, w.data, s.conv.h, s.y.h, y.data, kMaxAlgos,
-                   &count, perf, workspace, kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+                   &count, perf, ws.ptr, ws.bytes) != CUDNN_STATUS_SUCCESS) {
       // Find runs real launches on y (overwritten below) with our workspace. A configuration
       // cuDNN does not support (some bf16 cases) fails here: host fallback below.
       count = 0;
@@ -915,6 +950,13 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                  found ? "timing cache" : capturing(a.stream()) ? "heuristic, capturing" : "timed");
   }
   const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo);
+  size_t needed = kConvWorkspaceBytes;  // when cuDNN cannot say, what the choice was made with
+  if (cudnnSetConvolutionMathType(s.conv.h, choice.math) != CUDNN_STATUS_SUCCESS ||
+      cudnnGetConvolutionForwardWorkspaceSize(handle, s.x.h, s.w.h, s.conv.h, s.y.h, algo,
+                                              &needed) != CUDNN_STATUS_SUCCESS) {
+    needed = kConvWorkspaceBytes;
+  }
+  ws.settle(*a.res, needed);
   // z = y with alpha2 = 0 when there is no residual: a zero scale means z is not read (cuDNN's
   // scaling-parameter rule), so y's stale contents do not matter. A fused call refused for a
   // choice loaded from a plan made elsewhere runs the plain path below instead.
@@ -956,7 +998,7 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
     return;
   }
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
-  void* workspace = a.res->workspace(kConvWorkspaceBytes);
+  ConvWorkspace ws(a.stream());
   TimingCache* cache = a.res->timing_cache();
   const std::string problem = conv_problem("bwd_data", x.dtype, x.dims, w.dims, y.dims, p);
   ConvChoice choice;
@@ -975,13 +1017,14 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
     cudnnConvolutionBwdDataAlgoPerf_t perf[kMaxAlgos];
     int count = 0;
     const bool eager = !capturing(a.stream());
+    if (eager) ws.use_scratch(a.res->allocator());
     if (!eager) {
       dnn_check(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, s.w.h, s.y.h, s.conv.h, s.x.h,
                                                             kMaxAlgos, &count, perf),
                 kLayer, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
     } else if (cudnnFindConvolutionBackwardDataAlgorithmEx(
                    handle, s.w.h, w.data, s.y.h, x.data, s.conv.h, s.x.h, y.data, kMaxAlgos,
-                   &count, perf, workspace, kConvWorkspaceBytes) != CUDNN_STATUS_SUCCESS) {
+                   &count, perf, ws.ptr, ws.bytes) != CUDNN_STATUS_SUCCESS) {
       count = 0;  // unsupported configuration: host fallback below
     }
     const float zero = 0.0f, one = 1.0f;  // y is written afresh below, after the choice
@@ -992,8 +1035,8 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
                  [&](cudnnConvolutionBwdDataAlgo_t algo, cudnnMathType_t math) {
                    return cudnnSetConvolutionMathType(s.conv.h, math) == CUDNN_STATUS_SUCCESS &&
                           cudnnConvolutionBackwardData(handle, &one, s.w.h, w.data, s.y.h, x.data,
-                                                       s.conv.h, algo, workspace,
-                                                       kConvWorkspaceBytes, &zero, s.x.h,
+                                                       s.conv.h, algo, ws.ptr, ws.bytes,
+                                                       &zero, s.x.h,
                                                        y.data) == CUDNN_STATUS_SUCCESS;
                  },
                  choice, best_ms, problem);
@@ -1009,11 +1052,17 @@ void run(const DeconvolutionParams& p, const CudaArgs& a) {
   }
   dnn_check(cudnnSetConvolutionMathType(s.conv.h, choice.math), kLayer,
             "cudnnSetConvolutionMathType");
+  const auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo);
+  size_t needed = kConvWorkspaceBytes;
+  if (cudnnGetConvolutionBackwardDataWorkspaceSize(handle, s.w.h, s.y.h, s.conv.h, s.x.h, algo,
+                                                   &needed) != CUDNN_STATUS_SUCCESS) {
+    needed = kConvWorkspaceBytes;
+  }
+  ws.settle(*a.res, needed);
   init_output(y, bias, a.stream());
   const float alpha = 1.0f, beta = bias != nullptr ? 1.0f : 0.0f;
   dnn_check(cudnnConvolutionBackwardData(handle, &alpha, s.w.h, w.data, s.y.h, x.data, s.conv.h,
-                                         static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo),
-                                         workspace, kConvWorkspaceBytes, &beta, s.x.h, y.data),
+                                         algo, ws.ptr, ws.bytes, &beta, s.x.h, y.data),
             kLayer, "cudnnConvolutionBackwardData");
 }
 

@@ -606,4 +606,13 @@ void run(const CastParams& p, const CudaArgs& a) {
   });
 }
 
+namespace {
+__global__ void probe_kernel() {}
+}  // namespace
+
+cudaError_t probe_kernel_image() {
+  cudaFuncAttributes attr{};
+  return cudaFuncGetAttributes(&attr, probe_kernel);
+}
+
 }  // namespace ember::engine::cuda

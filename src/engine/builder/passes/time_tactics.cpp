@@ -13,6 +13,8 @@
 #include "ember/engine/runtime.h"
 #ifdef EMBER_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "backends/cuda/cuda_backend.h"
 #endif
 
 namespace ember::engine {
@@ -62,6 +64,9 @@ void pass_time_tactics(BuildState& s) {
     s.log.push_back("time_tactics: skipped (no GPU); the first call of each problem times it");
     return;
   }
+  // The plan is built for this GPU: its choices are timed here, and a GPU of a lower compute
+  // capability refuses it at load (check_device_for_plan).
+  s.plan.target = cuda::device_target();
   if (!has_timed_layers(s.plan.network)) {
     s.log.push_back("time_tactics: no matmul or convolution to time");
     return;
