@@ -12,7 +12,7 @@ cache="${EMBER_CACHE:-$HOME/.cache/ember}"
 mkdir -p "$cache"
 
 apt_packages=(build-essential cmake ninja-build git pkg-config libgtest-dev libgmock-dev
-  libopenblas-dev clang libclang-rt-14-dev ccache)
+  libopenblas-dev libdnnl-dev clang libclang-rt-14-dev ccache)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -51,9 +51,9 @@ class TorchEngine : public torch::CustomClassHolder {
 
   /// Idle contexts kept per (device, stream); more are freed when released. Enough for a few
   /// threads sharing a stream without creating a context per call.
-  static constexpr size_t kMaxIdlePerStream = 4;
+  static constexpr size_t kMaxIdlePerStream = 8;
   /// Idle contexts kept in all (a process that ran on many streams does not keep them all).
-  static constexpr size_t kMaxIdle = 16;
+  static constexpr size_t kMaxIdle = 32;
 
  private:
   // Contexts are pooled per (device, stream): a context whose work is still queued on a stream

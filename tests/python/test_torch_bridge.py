@@ -292,10 +292,10 @@ def test_device_index_in_metadata(plans):
 
 
 def test_context_pool_is_bounded(affine):
-    # 8 threads at once need 8 contexts; once they are given back the pool keeps at most 4 per
-    # stream (the CPU back end has one "stream"), and the results stay right.
+    # 12 threads at once need up to 12 contexts; once they are given back the pool keeps at most 8
+    # per stream (the CPU back end has one "stream"), and the results stay right.
     import threading
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(12)
     errors = []
 
     def work(seed):
@@ -309,14 +309,14 @@ def test_context_pool_is_bounded(affine):
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
-    assert 1 <= affine.pooled_contexts() <= 4
-    assert affine.num_runs() == 160
+    assert 1 <= affine.pooled_contexts() <= 8
+    assert affine.num_runs() == 240
     # cpu engines never replay graphs: every context counts as layer by layer.
     replays, captures, layer_by_layer, staged = affine.cuda_graph_stats()
     assert (replays, captures, staged) == (0, 0, 0) and layer_by_layer >= 1

@@ -96,6 +96,7 @@ struct ExecutionContext::State {
   SymbolBindings bindings;                        // symbol values of that signature
   bool shapes_valid = false;
   std::vector<uint8_t> arena;                     // CPU back end's activation memory
+  cpu::KernelCache cpu_cache;                     // CPU kernels' prepared state
   bool cuda = false;                              // a "cuda" plan: device memory, streams
 #ifdef EMBER_WITH_CUDA
   std::shared_ptr<void> device_weights;           // cuda::DeviceWeights of the engine
@@ -272,7 +273,7 @@ void ExecutionContext::run(void* stream) {
     return;
 #endif
   }
-  cpu::execute_layers(net, state_->dims, state_->addrs, &state_->bindings);
+  cpu::execute_layers(net, state_->dims, state_->addrs, &state_->bindings, &state_->cpu_cache);
 }
 
 void ExecutionContext::set_cuda_graphs(bool enabled) {
@@ -284,6 +285,8 @@ void ExecutionContext::set_cuda_graphs(bool enabled) {
     // Turning graphs on again starts afresh: a capture that failed is tried again.
     g.disabled_reason.clear();
     g.reported = false;
+    g.window_captures = g.window_replays = 0;
+    g.no_zero_copy.clear();
   }
 #else
   (void)enabled;
@@ -293,7 +296,7 @@ void ExecutionContext::set_cuda_graphs(bool enabled) {
 ExecutionContext::GraphStats ExecutionContext::cuda_graph_stats() const {
   GraphStats st;
   st.disabled = true;
-  st.reason = state_->cuda ? "" : "not a cuda plan";
+  // A cpu plan has no graphs: counted as disabled, with no reason to report.
 #ifdef EMBER_WITH_CUDA
   if (state_->device) {
     const cuda::GraphCache& g = state_->device->graphs();

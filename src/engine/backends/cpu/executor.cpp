@@ -7,13 +7,15 @@
 namespace ember::engine::cpu {
 
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
-                    const std::vector<void*>& addrs, const SymbolBindings* symbols) {
+                    const std::vector<void*>& addrs, const SymbolBindings* symbols,
+                    KernelCache* cache) {
   std::vector<HostTensor> views(dims.size());
   for (const Tensor* t : net.tensors()) {
     views[t->id()] = HostTensor{t->dtype(), dims[t->id()], addrs[t->id()]};
   }
   KernelArgs args;
   args.symbols = symbols;
+  args.cache = cache;
   for (const Layer* l : net.layers()) {
     if (l->kind() == LayerKind::kConstant) {
       // Constants are read in place; only a constant that is also a network output is copied.
@@ -24,6 +26,7 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
     }
     args.inputs.clear();
     args.outputs.clear();
+    args.layer = l;
     for (const Tensor* in : l->inputs()) args.inputs.push_back(in ? &views[in->id()] : nullptr);
     for (const Tensor* out : l->outputs()) args.outputs.push_back(&views[out->id()]);
     try {

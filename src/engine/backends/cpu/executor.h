@@ -14,8 +14,10 @@ namespace ember::engine::cpu {
 /// address of a Constant layer's output must point at its weights' bytes. `symbols` (the
 /// bindings the dims were evaluated with) reaches kernels whose parameters hold symbolic
 /// expressions; a layer that needs it throws Error when it is nullptr.
+/// `cache` (a context's, or nullptr) lets kernels keep prepared state between calls.
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
-                    const std::vector<void*>& addrs, const SymbolBindings* symbols = nullptr);
+                    const std::vector<void*>& addrs, const SymbolBindings* symbols = nullptr,
+                    KernelCache* cache = nullptr);
 
 /// A host tensor with its own storage.
 struct OwnedTensor {

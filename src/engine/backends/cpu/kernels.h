@@ -11,6 +11,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "ember/engine/half.h"
@@ -32,6 +36,16 @@ struct HostTensor {
   }
 };
 
+/// Per-context state kernels may keep between calls of the same layer (prepared library
+/// primitives, weights in a library's layout), keyed by the layer and a kernel-chosen text
+/// (shapes). Owned by the CPU execution context; never shared between threads.
+struct KernelCache {
+  struct Entry {
+    virtual ~Entry() = default;
+  };
+  std::map<std::pair<const void*, std::string>, std::unique_ptr<Entry>> entries;
+};
+
 /// Inputs (nullptr for absent optional ones) and outputs of one kernel call.
 struct KernelArgs {
   std::vector<const HostTensor*> inputs;
@@ -42,6 +56,10 @@ struct KernelArgs {
   /// Values of the network's symbols for the current input shapes, for parameters that are
   /// DimExprs a kernel must evaluate (a Slice start such as `n - 3`). nullptr when unknown.
   const SymbolBindings* symbols = nullptr;
+  /// The layer being run and its context's cache (both nullptr outside a runtime context:
+  /// constant folding, the test oracle). Kernels that cache must work without them.
+  const void* layer = nullptr;
+  KernelCache* cache = nullptr;
 };
 
 // ---- element access shared by kernels ----

@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backends/cpu/dnnl_conv.h"
 #include "backends/cpu/kernels.h"
 
 namespace ember::engine::cpu {
@@ -461,6 +462,16 @@ void run(const ConvolutionParams& p, const KernelArgs& a) {
   const ConvShape s{xt.dims[0], xt.dims[1], ot.dims[1], p.groups,
                     make_geometry(xt.dims, ot.dims, wt.dims, p.stride, p.padding_begin,
                                   p.padding_end, p.dilation)};
+  {
+    FloatOut out(ot);
+    bool activation_fused = false;
+    if (dnnl_convolution(p, a, out.data(), activation_fused)) {
+      Epilogue rest = p.epilogue;  // bias and residual are added; the activation may remain
+      rest.fused_activation = p.epilogue.fused_activation && !activation_fused;
+      finish_with_epilogue(rest, a, kNoInput, kNoInput, out);
+      return;
+    }
+  }
   const FloatIn x(xt), w(wt);
   std::vector<float> bias;
   if (a.has(2)) bias = to_float_vector(a.in(2));

@@ -214,18 +214,28 @@ struct GraphCache {
   bool reported = false;          ///< disabled_reason has been handed to the embedder once.
   std::vector<Entry> entries;
   std::vector<std::vector<std::vector<int64_t>>> warm;  // signatures run once layer by layer
-  // The previous call's signature and caller addresses (to spot a repeat: zero-copy capture).
-  std::vector<std::vector<int64_t>> last_signature;
-  std::vector<void*> last_io;
+  /// Signatures whose zero-copy capture failed (the caller's addresses did not suit a kernel):
+  /// they use the staged graph only.
+  std::vector<std::vector<std::vector<int64_t>>> no_zero_copy;
+  /// The last few calls' (signature, caller addresses), to spot addresses that come again (a
+  /// loop that keeps the previous output alive alternates between two output blocks).
+  std::vector<std::pair<std::vector<std::vector<int64_t>>, std::vector<void*>>> recent;
   uint64_t clock = 0;
   uint64_t generation_seen = 0;   // workspace generation of the entries kept
   int64_t replays = 0, captures = 0;
   int64_t staged_replays = 0;     ///< Replays that copied I/O through the staging buffers.
+  /// Captures and replays since the workspace last moved (or graphs were turned on): what the
+  /// thrash check weighs, so captures forced by a growing workspace do not count against it.
+  int64_t window_replays = 0, window_captures = 0;
   void* capture_stream = nullptr;  // cudaStream_t, created on first capture
+  void* last_stream = nullptr;     // cudaStream_t of the last launch (synchronized before a
+                                   // staged entry's buffers are freed)
   GraphCache() = default;
   GraphCache(const GraphCache&) = delete;
   GraphCache& operator=(const GraphCache&) = delete;
   ~GraphCache();
+  /// Drops every entry; waits for the last launch first when an entry owns staging buffers
+  /// (a caching allocator hands them out again at once).
   void clear();
   /// Turns graphs off for good with `reason` (kept for cuda_graph_stats), dropping every entry.
   void disable(std::string reason);

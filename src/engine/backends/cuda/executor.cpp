@@ -60,8 +60,23 @@ std::string device_target() {
 void check_device_for_plan(const std::string& target) {
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
+  // Per device, once: contexts are created on a pool's miss, which should stay cheap.
+  static std::mutex mutex;
+  static std::map<int, std::pair<cudaDeviceProp, cudaError_t>> known;
   cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  cudaError_t image = cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = known.find(device);
+    if (it == known.end()) {
+      check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+      image = probe_kernel_image();
+      cudaGetLastError();
+      it = known.emplace(device, std::make_pair(prop, image)).first;
+    }
+    prop = it->second.first;
+    image = it->second.second;
+  }
   const int have = prop.major * 10 + prop.minor;
   const std::string here = std::string("GPU ") + std::to_string(device) + " (" + prop.name +
                            ") is sm_" + std::to_string(prop.major) + std::to_string(prop.minor);
@@ -73,9 +88,7 @@ void check_device_for_plan(const std::string& target) {
                   "rebuild the engine on this GPU");
     }
   }
-  const cudaError_t image = probe_kernel_image();
   if (image != cudaSuccess) {
-    cudaGetLastError();
     throw Error("this build of Ember's CUDA kernels cannot run on " + here + " (" +
                 cudaGetErrorString(image) +
                 "); rebuild Ember with CMAKE_CUDA_ARCHITECTURES including " +
@@ -158,8 +171,12 @@ void* Resources::workspace(size_t bytes) {
     // Graphs captured with the old address are stale from here on, even when the allocation
     // below fails: a caching allocator may hand the freed block to someone else at once.
     ++workspace_generation_;
+    // Grow by at least 2x (a power of two): each move drops the context's CUDA graphs, so a
+    // warm-up over growing shapes should move it a few times, not once per shape.
+    size_t grown = size_t{1} << 20;
+    while (grown < bytes || grown < 2 * workspace_.size()) grown <<= 1;
     workspace_.reset();
-    workspace_ = DeviceBuffer(allocator_, bytes, "library workspace");
+    workspace_ = DeviceBuffer(allocator_, grown, "library workspace");
   }
   return workspace_.get();
 }
@@ -258,10 +275,14 @@ GraphCache::~GraphCache() {
 }
 
 void GraphCache::clear() {
+  bool staged_buffers = false;
   for (Entry& e : entries) {
     if (e.exec != nullptr) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(e.exec));
+    staged_buffers = staged_buffers || e.staging.get() != nullptr;
   }
-  entries.clear();  // staging buffers go too: ContextState synchronized the stream before
+  // The last replay's copies may still read or write the staging buffers.
+  if (staged_buffers) cudaStreamSynchronize(static_cast<cudaStream_t>(last_stream));
+  entries.clear();
 }
 
 void GraphCache::disable(std::string reason) {
@@ -302,13 +323,18 @@ std::vector<size_t> io_sizes(const Network& net, const std::vector<std::vector<i
   return out;
 }
 
-/// Captures `net` on the cache's capture stream with `addrs` and instantiates it; nullptr when
-/// the plan cannot be captured (a host fallback synchronizes) or the workspace moved meanwhile.
-cudaGraphExec_t capture(const Network& net, const std::vector<std::vector<int64_t>>& dims,
-                        const std::vector<void*>& addrs, const SymbolBindings* symbols,
-                        const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
-                        uint64_t generation) {
+/// How a capture ended.
+enum class Capture { kDone, kWorkspaceMoved, kFailed };
+
+/// Captures `net` on the cache's capture stream with `addrs` and instantiates it into `exec`.
+/// kWorkspaceMoved: a layer grew the workspace meanwhile (try again on a later call);
+/// kFailed: the plan cannot be captured with these addresses (a layer synchronizes).
+Capture capture(const Network& net, const std::vector<std::vector<int64_t>>& dims,
+                const std::vector<void*>& addrs, const SymbolBindings* symbols,
+                const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
+                uint64_t generation, cudaGraphExec_t& exec) {
   GraphCache& g = state.graphs();
+  exec = nullptr;
   if (g.capture_stream == nullptr) {
     cudaStream_t s = nullptr;
     check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate (capture)");
@@ -316,54 +342,62 @@ cudaGraphExec_t capture(const Network& net, const std::vector<std::vector<int64_
   }
   auto cs = static_cast<cudaStream_t>(g.capture_stream);
   cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
   bool captured = false;
   if (cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
     try {
       execute_layers(net, dims, addrs, symbols, weights, state, cs);
-      captured = cudaStreamEndCapture(cs, &graph) == cudaSuccess && graph != nullptr &&
-                 state.resources().workspace_generation() == generation;
+      captured = cudaStreamEndCapture(cs, &graph) == cudaSuccess && graph != nullptr;
     } catch (...) {  // any exception: end the capture, or the thread stays in capture mode
       abandon_capture(cs);
     }
     state.resources().set_stream(stream);
   }
-  if (captured && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
+  const bool moved = state.resources().workspace_generation() != generation;
+  if (captured && !moved && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
   if (graph != nullptr) cudaGraphDestroy(graph);
-  if (!captured || exec == nullptr) {
-    cudaGetLastError();
-    return nullptr;
+  if (exec == nullptr) cudaGetLastError();
+  if (moved) {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+    exec = nullptr;
+    return Capture::kWorkspaceMoved;
   }
-  return exec;
+  return exec != nullptr ? Capture::kDone : Capture::kFailed;
 }
 
-/// Makes room for one more entry: drops the least recently used one.
-void evict_one(GraphCache& g) {
-  if (g.entries.size() < kMaxGraphs) return;
+/// Makes room for one more entry once there are `limit`: drops the least recently used one.
+void evict_lru(GraphCache& g, size_t limit) {
+  if (g.entries.size() < limit) return;
   auto oldest = std::min_element(g.entries.begin(), g.entries.end(),
                                  [](const auto& a, const auto& b) { return a.last_use < b.last_use; });
+  if (oldest->staging.get() != nullptr) {
+    cudaStreamSynchronize(static_cast<cudaStream_t>(g.last_stream));  // its copies may run still
+  }
   cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(oldest->exec));
   g.entries.erase(oldest);
 }
 
 /// Copies between the caller's I/O buffers and a staged entry's (inputs before the launch when
-/// `inputs`, outputs after it otherwise), on `stream`.
+/// `inputs`, outputs after it otherwise), on `stream`. cudaMemcpyDefault: the caller's memory
+/// may be managed or host-mapped, which layer-by-layer runs accept too.
 void copy_staged(const std::vector<size_t>& sizes, const std::vector<void*>& addrs,
                  const std::vector<int>& io_ids, size_t num_inputs, GraphCache::Entry& e,
                  cudaStream_t stream, bool inputs) {
   auto* base = static_cast<uint8_t*>(e.staging.get());
   const size_t begin = inputs ? 0 : num_inputs, end = inputs ? num_inputs : io_ids.size();
   for (size_t i = begin; i < end; ++i) {
-    const int id = io_ids[i];
     const size_t n = sizes[i];
     if (n == 0) continue;
     void* staged = base + e.staging_offsets[i];
-    void* caller = addrs[id];
-    check(cudaMemcpyAsync(inputs ? staged : caller, inputs ? caller : staged, n,
-                          cudaMemcpyDeviceToDevice, stream),
+    void* caller = addrs[io_ids[i]];
+    check(cudaMemcpyAsync(inputs ? staged : caller, inputs ? caller : staged, n, cudaMemcpyDefault,
+                          stream),
           inputs ? "cudaMemcpyAsync (graph input staging)" : "cudaMemcpyAsync (graph output)");
   }
 }
+
+// Addresses equal to one of the last two calls' (a loop holding its previous output alternates
+// between two output blocks) are worth a zero-copy graph.
+constexpr size_t kRecentCalls = 2;
 
 }  // namespace
 
@@ -391,25 +425,30 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
     // Every graph captured so far points at the old workspace.
     g.clear();
     g.generation_seen = generation;
+    g.window_captures = g.window_replays = 0;
   }
   ++g.clock;
-  const bool repeat = signature == g.last_signature && io == g.last_io;
-  g.last_signature = signature;
-  g.last_io = io;
+  // Addresses seen in one of the last few calls of this signature: worth a zero-copy graph.
+  bool repeat = false;
+  for (const auto& [sig, addresses] : g.recent) repeat = repeat || (sig == signature && addresses == io);
+  g.recent.emplace_back(signature, io);
+  if (g.recent.size() > kRecentCalls) g.recent.erase(g.recent.begin());
+  g.last_stream = stream;
 
   const std::vector<size_t> sizes = io_sizes(net, dims, io_ids);
   GraphCache::Entry* staged = nullptr;
   size_t zero_copy = 0;
   for (GraphCache::Entry& e : g.entries) {
     if (e.signature != signature) continue;
+    if (!e.staged) ++zero_copy;
     if (!e.staged && e.io == io) {
       e.last_use = g.clock;
       check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(e.exec), stream), "cudaGraphLaunch");
       ++g.replays;
+      ++g.window_replays;
       return;
     }
     if (e.staged) staged = &e;
-    if (!e.staged) ++zero_copy;
   }
   // The first call of a signature runs eagerly: it sizes the workspace and lets cuDNN time its
   // algorithms (neither may happen inside a capture).
@@ -420,20 +459,25 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
     g.warm.push_back(signature);
     return;
   }
-  const bool capture_zero_copy = repeat && zero_copy < kZeroCopyPerSignature;
+  // At most kZeroCopyPerSignature, never replaced: addresses that rotate through more sets
+  // than that would otherwise capture on every call. The staged graph serves the rest.
+  const bool capture_zero_copy =
+      repeat && zero_copy < kZeroCopyPerSignature &&
+      std::find(g.no_zero_copy.begin(), g.no_zero_copy.end(), signature) == g.no_zero_copy.end();
   if (staged != nullptr && !capture_zero_copy) {
     staged->last_use = g.clock;
     copy_staged(sizes, addrs, io_ids, num_inputs, *staged, stream, /*inputs=*/true);
     check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(staged->exec), stream), "cudaGraphLaunch");
     copy_staged(sizes, addrs, io_ids, num_inputs, *staged, stream, /*inputs=*/false);
     ++g.replays;
+    ++g.window_replays;
     ++g.staged_replays;
     return;
   }
-  if (g.captures >= kThrashCaptures && g.replays < 4 * g.captures) {
-    g.disable("captured " + std::to_string(g.captures) + " graphs but replayed only " +
-              std::to_string(g.replays) + " times: more shape signatures are live than the " +
-              std::to_string(kMaxGraphs) + " graphs a context keeps");
+  if (g.window_captures >= kThrashCaptures && g.window_replays < 4 * g.window_captures) {
+    g.disable("captured " + std::to_string(g.window_captures) + " graphs but replayed only " +
+              std::to_string(g.window_replays) + " times: more shape signatures are live than " +
+              "the " + std::to_string(kMaxGraphs) + " graphs a context keeps");
     execute_layers(net, dims, addrs, symbols, weights, state, stream);
     return;
   }
@@ -444,46 +488,55 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
   entry.last_use = g.clock;
   std::vector<void*> capture_addrs = addrs;
   if (capture_zero_copy) {
-    entry.io = std::move(io);
+    entry.io = io;
   } else {
-    // The graph reads and writes the context's own I/O buffers, sized for this signature. A
-    // tensor listed twice (an input that is also an output) gets one buffer.
+    // The graph reads and writes the context's own I/O buffers, sized for this signature.
     entry.staged = true;
     entry.staging_offsets.assign(io_ids.size(), 0);
     size_t total = 0;
     for (size_t i = 0; i < io_ids.size(); ++i) {
-      const auto first = std::find(io_ids.begin(), io_ids.end(), io_ids[i]) - io_ids.begin();
-      if (static_cast<size_t>(first) < i) {
-        entry.staging_offsets[i] = entry.staging_offsets[first];
-        continue;
-      }
       entry.staging_offsets[i] = total;
       total += (sizes[i] + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
     }
     if (total > 0) {
-      entry.staging = DeviceBuffer(state.resources().allocator(), total, "CUDA graph I/O buffers");
+      try {
+        entry.staging =
+            DeviceBuffer(state.resources().allocator(), total, "CUDA graph I/O buffers");
+      } catch (const Error& e) {
+        g.disable(std::string("the CUDA graph I/O buffers could not be allocated: ") + e.what());
+        execute_layers(net, dims, addrs, symbols, weights, state, stream);
+        return;
+      }
     }
     auto* base = static_cast<uint8_t*>(entry.staging.get());
     for (size_t i = 0; i < io_ids.size(); ++i) {
-      capture_addrs[io_ids[i]] =
-          sizes[i] == 0 ? addrs[io_ids[i]] : base + entry.staging_offsets[i];
+      capture_addrs[io_ids[i]] = sizes[i] == 0 ? addrs[io_ids[i]] : base + entry.staging_offsets[i];
     }
   }
-  cudaGraphExec_t exec =
-      capture(net, dims, capture_addrs, symbols, weights, state, stream, generation);
-  if (exec == nullptr) {
-    // Something in the plan cannot be captured (a kernel that falls back to the host for this
-    // shape synchronizes): layer by layer from now on. A real error shows up again, with its
-    // message, in this eager run.
-    g.disable("capturing the layers into a CUDA graph failed (a layer synchronizes, e.g. a "
-              "host fallback for this shape)");
+  cudaGraphExec_t exec = nullptr;
+  const Capture result =
+      capture(net, dims, capture_addrs, symbols, weights, state, stream, generation, exec);
+  if (result != Capture::kDone) {
+    if (result == Capture::kFailed) {
+      if (capture_zero_copy) {
+        // These addresses do not suit some kernel; the staged graph may still do.
+        g.no_zero_copy.push_back(signature);
+      } else {
+        // Something in the plan cannot be captured (a kernel that falls back to the host for
+        // this shape synchronizes): layer by layer from now on.
+        g.disable("capturing the layers into a CUDA graph failed (a layer synchronizes, e.g. "
+                  "a host fallback for this shape)");
+      }
+    }
+    // A real error shows up again, with its message, in this eager run.
     execute_layers(net, dims, addrs, symbols, weights, state, stream);
     return;
   }
-  evict_one(g);
+  evict_lru(g, kMaxGraphs);
   entry.exec = exec;
   g.entries.push_back(std::move(entry));
   ++g.captures;
+  ++g.window_captures;
   GraphCache::Entry& e = g.entries.back();
   if (e.staged) copy_staged(sizes, addrs, io_ids, num_inputs, e, stream, /*inputs=*/true);
   check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");

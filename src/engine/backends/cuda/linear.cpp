@@ -777,8 +777,8 @@ void make_fused_setup(FusedConvSetup& f, const ConvSetup& s, int64_t channels, s
 /// A convolution's workspace. While algorithms are found and timed (the eager first call of a
 /// problem the timing cache lacks), a temporary scratch of kConvWorkspaceBytes, so that every
 /// candidate may run; for the chosen algorithm, the context's workspace grown to what that
-/// algorithm needs. A context thus keeps the largest need among the algorithms it uses (a few
-/// MiB for ResNet-50) rather than kConvWorkspaceBytes.
+/// algorithm needs. A context thus keeps the largest need among the algorithms it uses (and the
+/// GEMMs' kWorkspaceBytes when the plan has a MatrixMultiply), rather than kConvWorkspaceBytes.
 struct ConvWorkspace {
   void* ptr = nullptr;
   size_t bytes = 0;
