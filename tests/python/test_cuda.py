@@ -258,3 +258,42 @@ def test_transformer_engines_replay_cuda_graphs():
     torch.cuda.synchronize()
     replays, captures, eager, _staged = gm._ember_engine_0.cuda_graph_stats()
     assert eager == 0 and captures >= 1 and replays >= 2, (replays, captures, eager)
+
+
+def test_serving_loop_replays_without_recapture():
+    """A serving loop: a new input tensor each call (from a pool of 4) and every output kept.
+    After the first call (layer by layer) and one capture, every call replays the staged graph;
+    no kept output is overwritten by a later call; no warning about graphs going off."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().cuda()
+    pool = [torch.randn(2, 3, 64, 64, device="cuda") for _ in range(4)]
+    gm = ember.compile(model, inputs=[pool[0]], device="cuda")
+    engines = [getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_")]
+    kept = []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # "CUDA graphs are off" would fail the test
+        for i in range(24):
+            kept.append(flat(gm(pool[i % 4].clone()))[0])  # clone: a new address every call
+        torch.cuda.synchronize()
+        for i, out in enumerate(kept):
+            torch.testing.assert_close(out, flat(model(pool[i % 4]))[0], atol=1e-3, rtol=1e-3)
+    replays, captures, eager, staged = [sum(s) for s in zip(*(e.cuda_graph_stats() for e in engines))]
+    assert eager == 0, [e.cuda_graph_disabled_reasons() for e in engines]
+    assert captures == len(engines), (replays, captures, staged)
+    assert staged == replays == 22 * len(engines), (replays, captures, staged)
+
+
+def test_engine_is_bound_to_its_device():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval().cuda()
+    x = torch.randn(4, 8, device="cuda")
+    gm = ember.compile(model, inputs=[x], device="cuda", min_block_size=1)
+    engine = next(getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_"))
+    with torch.no_grad():
+        gm(x)
+    assert engine.device_index() == x.device.index
+    with pytest.raises(RuntimeError, match=r"is on device cpu but this cuda engine needs device "
+                                           r"cuda:\d"):
+        torch.ops.ember.execute_engine([x.cpu()], engine)
