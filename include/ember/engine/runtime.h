@@ -70,19 +70,28 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
   /// The plan (engine-internal).
   const PlanModel& plan() const { return *plan_; }
+  /// Where device memory comes from (engine-internal; nullptr: cudaMalloc).
+  const std::shared_ptr<DeviceAllocator>& device_allocator() const { return allocator_; }
+  /// State a back end shares between the engine's contexts (the CUDA back end's device
+  /// weights), made by `make` on the first call and kept for the engine's life
+  /// (engine-internal; thread-safe).
+  template <class Make>
+  std::shared_ptr<void> shared_backend_state(Make make) const {
+    std::lock_guard<std::mutex> lock(backend_state_mutex_);
+    if (!backend_state_) backend_state_ = make();
+    return backend_state_;
+  }
 
  private:
   friend class Runtime;
   friend class ExecutionContext;
   Engine() = default;
-  /// The constants on the device (cuda plans), uploaded by the first context that needs them.
-  std::shared_ptr<void> device_weights() const;
   std::unique_ptr<PlanModel> plan_;
   std::vector<IOTensorInfo> io_;
   std::shared_ptr<DeviceAllocator> allocator_;  // nullptr: cudaMalloc
   std::shared_ptr<TimingCache> timing_ = std::make_shared<TimingCache>();
-  mutable std::mutex device_mutex_;
-  mutable std::shared_ptr<void> device_weights_;
+  mutable std::mutex backend_state_mutex_;
+  mutable std::shared_ptr<void> backend_state_;
 };
 
 /// Deserializes plans.

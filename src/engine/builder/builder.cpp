@@ -4,17 +4,12 @@
 #include <chrono>
 #include <cstdio>
 
+#include "backends/backend.h"
 #include "builder/passes/passes.h"
 
 namespace ember::engine {
 
-std::vector<std::string> available_backends() {
-  std::vector<std::string> b{"cpu"};
-#ifdef EMBER_WITH_CUDA
-  b.push_back("cuda");
-#endif
-  return b;
-}
+std::vector<std::string> available_backends() { return backend_names(); }
 
 std::vector<Pass> default_passes() {
   return {

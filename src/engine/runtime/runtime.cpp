@@ -4,10 +4,7 @@
 #include <cstdio>
 #include <functional>
 
-#include "backends/cpu/executor.h"
-#ifdef EMBER_WITH_CUDA
-#include "backends/cuda/cuda_backend.h"
-#endif
+#include "backends/backend.h"
 #include "plan/plan.h"
 #include "runtime/shapes.h"
 
@@ -69,16 +66,6 @@ std::map<std::string, Interval, std::less<>> Engine::profile_ranges(size_t index
   return plan_->profiles[index].intervals();
 }
 
-std::shared_ptr<void> Engine::device_weights() const {
-#ifdef EMBER_WITH_CUDA
-  std::lock_guard<std::mutex> lock(device_mutex_);
-  if (!device_weights_) device_weights_ = std::make_shared<cuda::DeviceWeights>(plan_->network, allocator_);
-  return device_weights_;
-#else
-  throw Error("this build of Ember has no CUDA back end");
-#endif
-}
-
 std::unique_ptr<ExecutionContext> Engine::create_execution_context() const {
   return std::unique_ptr<ExecutionContext>(new ExecutionContext(shared_from_this()));
 }
@@ -95,15 +82,7 @@ struct ExecutionContext::State {
   std::vector<std::vector<int64_t>> signature;    // input dims the dims were evaluated for
   SymbolBindings bindings;                        // symbol values of that signature
   bool shapes_valid = false;
-  std::vector<uint8_t> arena;                     // CPU back end's activation memory
-  cpu::KernelCache cpu_cache;                     // CPU kernels' prepared state
-  bool cuda = false;                              // a "cuda" plan: device memory, streams
-#ifdef EMBER_WITH_CUDA
-  std::shared_ptr<void> device_weights;           // cuda::DeviceWeights of the engine
-  std::unique_ptr<cuda::ContextState> device;     // device arena, library handles, graphs
-  std::vector<int> io_ids;                        // tensor ids of the inputs and outputs
-  bool capturable = true;                         // no layer runs through the host fallback
-#endif
+  std::unique_ptr<BackendContext> backend;        // arena, library state, graphs
 };
 
 ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
@@ -115,36 +94,16 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine)
   const auto tensors = p.network.tensors();
   state_->addrs.assign(tensors.size(), nullptr);
   state_->address_set.assign(tensors.size(), false);
-  state_->cuda = p.backend == "cuda";
-  uint8_t* base = nullptr;
-  std::function<void*(const Tensor*)> constant_address = [](const Tensor* t) -> void* {
-    return const_cast<void*>(t->producer()->params_as<ConstantParams>().weights.data());
-  };
-  if (state_->cuda) {
-#ifdef EMBER_WITH_CUDA
-    cuda::check_device_for_plan(p.target);
-    state_->device_weights = engine_->device_weights();
-    state_->device = std::make_unique<cuda::ContextState>(p.arena_bytes, engine_->allocator_,
-                                                          &engine_->timing_cache());
-    base = state_->device->arena();
-    const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
-    constant_address = [dw](const Tensor* t) { return dw->address(t->id()); };
-    for (const Tensor* t : p.network.inputs()) state_->io_ids.push_back(t->id());
-    for (const Tensor* t : p.network.outputs()) state_->io_ids.push_back(t->id());
-    for (const std::string& impl : p.impls) {
-      if (impl.rfind("cuda.host", 0) == 0) state_->capturable = false;
-    }
-#else
-    throw Error("this plan is for the cuda back end, which this build does not include");
-#endif
-  } else {
-    state_->arena.resize(static_cast<size_t>(p.arena_bytes));
-    base = state_->arena.data();
+  const Backend* backend = find_backend(p.backend);
+  if (backend == nullptr) {  // the plan reader refuses such plans; kept for a clear message
+    throw Error("this plan is for the " + p.backend + " back end, which this build does not include");
   }
+  state_->backend = backend->create_context(*engine_);
+  uint8_t* base = state_->backend->arena();
   for (const Tensor* t : tensors) {
     const Layer* prod = t->producer();
     if (prod != nullptr && prod->kind() == LayerKind::kConstant && !t->is_output()) {
-      state_->addrs[t->id()] = constant_address(t);
+      state_->addrs[t->id()] = state_->backend->constant_address(*t);
     } else if (p.placements[t->id()].arena_offset >= 0) {
       state_->addrs[t->id()] = base + p.placements[t->id()].arena_offset;
     }
@@ -240,14 +199,8 @@ void ExecutionContext::set_tensor_address(const std::string& name, void* data, D
 }
 
 void ExecutionContext::execute() {
-  if (state_->cuda) {
-#ifdef EMBER_WITH_CUDA
-    enqueue(nullptr);
-    cuda::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize (execute)");
-    return;
-#endif
-  }
   run(nullptr);
+  state_->backend->synchronize(nullptr);
 }
 
 void ExecutionContext::run(void* stream) {
@@ -264,69 +217,23 @@ void ExecutionContext::run(void* stream) {
                   dims_to_string(state_->dims[t->id()]) + " elements to hold");
     }
   }
-  if (state_->cuda) {
-#ifdef EMBER_WITH_CUDA
-    const auto* dw = static_cast<const cuda::DeviceWeights*>(state_->device_weights.get());
-    cuda::enqueue_network(net, state_->dims, state_->addrs, &state_->bindings, *dw,
-                          *state_->device, static_cast<cudaStream_t>(stream), state_->signature,
-                          state_->io_ids, net.inputs().size(), state_->capturable);
-    return;
-#endif
-  }
-  cpu::execute_layers(net, state_->dims, state_->addrs, &state_->bindings, &state_->cpu_cache);
+  RunRequest request;
+  request.net = &net;
+  request.dims = &state_->dims;
+  request.addrs = &state_->addrs;
+  request.symbols = &state_->bindings;
+  request.signature = &state_->signature;
+  state_->backend->run(request, stream);
 }
 
-void ExecutionContext::set_cuda_graphs(bool enabled) {
-#ifdef EMBER_WITH_CUDA
-  if (state_->device) {
-    cuda::GraphCache& g = state_->device->graphs();
-    g.enabled = enabled;
-    g.clear();
-    // Turning graphs on again starts afresh: a capture that failed is tried again.
-    g.disabled_reason.clear();
-    g.reported = false;
-    g.window_captures = g.window_replays = 0;
-    g.no_zero_copy.clear();
-  }
-#else
-  (void)enabled;
-#endif
-}
+void ExecutionContext::set_cuda_graphs(bool enabled) { state_->backend->set_cuda_graphs(enabled); }
 
 ExecutionContext::GraphStats ExecutionContext::cuda_graph_stats() const {
-  GraphStats st;
-  st.disabled = true;
-  // A cpu plan has no graphs: counted as disabled, with no reason to report.
-#ifdef EMBER_WITH_CUDA
-  if (state_->device) {
-    const cuda::GraphCache& g = state_->device->graphs();
-    st.replays = g.replays;
-    st.staged_replays = g.staged_replays;
-    st.captures = g.captures;
-    st.disabled = !g.enabled || !g.disabled_reason.empty() || !state_->capturable;
-    if (!g.enabled) {
-      st.reason = "CUDA graphs are off for this context (cuda_graphs=False)";
-    } else if (!g.disabled_reason.empty()) {
-      st.reason = g.disabled_reason;
-    } else if (!state_->capturable) {
-      st.reason = "the plan has a layer that runs through the host fallback (cuda.host)";
-    }
-  }
-#endif
-  return st;
+  return state_->backend->cuda_graph_stats();
 }
 
 std::string ExecutionContext::take_cuda_graph_warning() {
-#ifdef EMBER_WITH_CUDA
-  if (state_->device) {
-    cuda::GraphCache& g = state_->device->graphs();
-    if (g.enabled && !g.disabled_reason.empty() && !g.reported) {
-      g.reported = true;
-      return g.disabled_reason;
-    }
-  }
-#endif
-  return {};
+  return state_->backend->take_cuda_graph_warning();
 }
 
 void ExecutionContext::enqueue(void* stream) {

@@ -1,24 +1,17 @@
+#include "backends/backend.h"
 #include "builder/passes/passes.h"
-#ifdef EMBER_WITH_CUDA
-#include "backends/cuda/cuda_backend.h"
-#endif
 
 namespace ember::engine {
 
 void pass_select_implementations(BuildState& s) {
-  // The CPU back end has one reference kernel per kind; the CUDA back end times its candidates
-  // here (tactic selection) and records the winner.
+  // Each back end names how it runs each layer (the CPU back end: one reference kernel per kind;
+  // the CUDA back end: a device kernel, or "cuda.host.<Kind>" for the host fallback, which the
+  // runtime never captures into a CUDA graph).
+  const Backend* backend = find_backend(s.config.backend);
+  if (backend == nullptr) throw Error("select_implementations: unknown back end '" + s.config.backend + "'");
   s.plan.backend = s.config.backend;
   s.plan.impls.clear();
-  for (const Layer* l : s.plan.network.layers()) {
-    std::string impl = s.config.backend + ".";
-#ifdef EMBER_WITH_CUDA
-    // Kinds without a device kernel run through the host fallback, which synchronizes: the
-    // runtime never captures such plans into CUDA graphs.
-    if (s.config.backend == "cuda" && !cuda::has_device_kernel(l->kind())) impl += "host.";
-#endif
-    s.plan.impls.push_back(impl + layer_kind_name(l->kind()));
-  }
+  for (const Layer* l : s.plan.network.layers()) s.plan.impls.push_back(backend->implementation(*l));
   s.log.push_back("select_implementations: " + std::to_string(s.plan.impls.size()) + " layers on " +
                   s.config.backend);
 }

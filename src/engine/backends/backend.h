@@ -1,0 +1,84 @@
+// A back end: one implementation of one interface, registered by name ("cpu", "cuda"). The
+// runtime and the builder reach back-end code only through it, so they hold no back-end
+// #ifdefs; the list of back ends in a build comes from CMake (registry.cpp).
+//
+// A back end answers three things: how each layer of a plan is implemented (the builder's
+// select_implementations), the build-time tactic timing (time_tactics), and the per-context
+// execution state that runs a plan (BackendContext).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ember/engine/network.h"
+#include "ember/engine/runtime.h"
+
+namespace ember::engine {
+
+struct BuildState;
+
+/// What an ExecutionContext hands its back end for one run: the network and, indexed by tensor
+/// id, the evaluated dims and the addresses (arena slots, constants, the caller's I/O).
+struct RunRequest {
+  const Network* net = nullptr;
+  const std::vector<std::vector<int64_t>>* dims = nullptr;
+  const std::vector<void*>* addrs = nullptr;
+  const SymbolBindings* symbols = nullptr;
+  /// The input dims these dims were evaluated for (one shape signature).
+  const std::vector<std::vector<int64_t>>* signature = nullptr;
+};
+
+/// The execution state one ExecutionContext keeps in its back end: activation memory, library
+/// handles, prepared kernels, CUDA graphs.
+class BackendContext {
+ public:
+  virtual ~BackendContext() = default;
+  /// Base of the activation arena (the plan's arena offsets are relative to it).
+  virtual uint8_t* arena() = 0;
+  /// Where the output of a Constant layer lives for this back end.
+  virtual void* constant_address(const Tensor& t) = 0;
+  /// Runs every layer: to completion (cpu) or enqueued on `stream` (cuda).
+  virtual void run(const RunRequest& request, void* stream) = 0;
+  /// Waits until the work run() enqueued on `stream` is done (ExecutionContext::execute).
+  virtual void synchronize(void* stream) = 0;
+  /// See ExecutionContext::set_cuda_graphs; back ends without graphs ignore it.
+  virtual void set_cuda_graphs(bool enabled) {}
+  /// See ExecutionContext::cuda_graph_stats; back ends without graphs report "disabled".
+  virtual ExecutionContext::GraphStats cuda_graph_stats() const {
+    ExecutionContext::GraphStats st;
+    st.disabled = true;
+    return st;
+  }
+  /// See ExecutionContext::take_cuda_graph_warning.
+  virtual std::string take_cuda_graph_warning() { return {}; }
+};
+
+/// One back end.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// The name plans record ("cpu", "cuda").
+  virtual std::string name() const = 0;
+  /// The implementation recorded for `layer` in a plan ("<name>.<Kind>" unless the back end
+  /// says otherwise, e.g. "cuda.host.<Kind>" for a kind it runs through the host).
+  virtual std::string implementation(const Layer& layer) const {
+    return name() + "." + layer_kind_name(layer.kind());
+  }
+  /// The builder's time_tactics pass for plans of this back end (nothing by default).
+  virtual void time_tactics(BuildState& s) const {}
+  /// A new execution context's state for `engine` (a plan of this back end).
+  virtual std::unique_ptr<BackendContext> create_context(const Engine& engine) const = 0;
+};
+
+/// The back end called `name` in this build, or nullptr.
+const Backend* find_backend(const std::string& name);
+/// The names of the back ends in this build, "cpu" first.
+std::vector<std::string> backend_names();
+
+// Each back end's instance, defined in its folder (backends/<name>/) and listed by CMake.
+const Backend& cpu_backend();
+const Backend& cuda_backend();
+
+}  // namespace ember::engine

@@ -1,0 +1,219 @@
+// The CUDA back end behind the Backend interface: per-context device state (arena, library
+// handles, CUDA graphs, see executor.cpp), the engine's weights uploaded once and shared by its
+// contexts, and the builder's tactic timing.
+#include <algorithm>
+#include <mutex>
+
+#include "backends/backend.h"
+#include "backends/cuda/cuda_backend.h"
+#include "builder/passes/passes.h"
+#include "plan/plan.h"
+
+namespace ember::engine {
+
+namespace {
+
+using cuda::check;
+
+class CudaContext final : public BackendContext {
+ public:
+  explicit CudaContext(const Engine& engine) {
+    const PlanModel& p = engine.plan();
+    // Refuse a GPU that cannot run the plan before anything is uploaded or launched.
+    cuda::check_device_for_plan(p.target);
+    weights_ = engine.shared_backend_state([&engine, &p]() -> std::shared_ptr<void> {
+      return std::make_shared<cuda::DeviceWeights>(p.network, engine.device_allocator());
+    });
+    state_ = std::make_unique<cuda::ContextState>(p.arena_bytes, engine.device_allocator(),
+                                                  &engine.timing_cache());
+    for (const Tensor* t : p.network.inputs()) io_ids_.push_back(t->id());
+    for (const Tensor* t : p.network.outputs()) io_ids_.push_back(t->id());
+    num_inputs_ = p.network.inputs().size();
+    for (const std::string& impl : p.impls) {
+      if (impl.rfind("cuda.host", 0) == 0) capturable_ = false;
+    }
+  }
+
+  uint8_t* arena() override { return state_->arena(); }
+  void* constant_address(const Tensor& t) override { return weights().address(t.id()); }
+
+  void run(const RunRequest& r, void* stream) override {
+    cuda::enqueue_network(*r.net, *r.dims, *r.addrs, r.symbols, weights(), *state_,
+                          static_cast<cudaStream_t>(stream), *r.signature, io_ids_, num_inputs_,
+                          capturable_);
+  }
+
+  void synchronize(void* stream) override {
+    check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)),
+          "cudaStreamSynchronize (execute)");
+  }
+
+  void set_cuda_graphs(bool enabled) override {
+    cuda::GraphCache& g = state_->graphs();
+    g.enabled = enabled;
+    g.clear();
+    // Turning graphs on again starts afresh: a capture that failed is tried again.
+    g.disabled_reason.clear();
+    g.reported = false;
+    g.window_captures = g.window_replays = 0;
+    g.no_zero_copy.clear();
+  }
+
+  ExecutionContext::GraphStats cuda_graph_stats() const override {
+    const cuda::GraphCache& g = state_->graphs();
+    ExecutionContext::GraphStats st;
+    st.replays = g.replays;
+    st.staged_replays = g.staged_replays;
+    st.captures = g.captures;
+    st.disabled = !g.enabled || !g.disabled_reason.empty() || !capturable_;
+    if (!g.enabled) {
+      st.reason = "CUDA graphs are off for this context (cuda_graphs=False)";
+    } else if (!g.disabled_reason.empty()) {
+      st.reason = g.disabled_reason;
+    } else if (!capturable_) {
+      st.reason = "the plan has a layer that runs through the host fallback (cuda.host)";
+    }
+    return st;
+  }
+
+  std::string take_cuda_graph_warning() override {
+    cuda::GraphCache& g = state_->graphs();
+    if (g.enabled && !g.disabled_reason.empty() && !g.reported) {
+      g.reported = true;
+      return g.disabled_reason;
+    }
+    return {};
+  }
+
+ private:
+  const cuda::DeviceWeights& weights() const {
+    return *static_cast<const cuda::DeviceWeights*>(weights_.get());
+  }
+
+  std::shared_ptr<void> weights_;  // the engine's cuda::DeviceWeights, shared by its contexts
+  std::unique_ptr<cuda::ContextState> state_;
+  std::vector<int> io_ids_;  // tensor ids of the inputs, then the outputs
+  size_t num_inputs_ = 0;
+  bool capturable_ = true;   // no layer runs through the host fallback
+};
+
+/// Device buffers freed on scope exit (the build may stop on an error half way).
+struct DeviceBuffers {
+  std::vector<void*> ptrs;
+  void* alloc(size_t bytes) {
+    void* p = nullptr;
+    if (bytes == 0) return nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess || cudaMemset(p, 0, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      if (p != nullptr) cudaFree(p);
+      throw Error("cannot allocate " + std::to_string(bytes) + " bytes of device memory");
+    }
+    ptrs.push_back(p);
+    return p;
+  }
+  ~DeviceBuffers() {
+    for (void* p : ptrs) cudaFree(p);
+  }
+};
+
+bool has_timed_layers(const Network& net) {
+  for (const Layer* l : net.layers()) {
+    const LayerKind k = l->kind();
+    if (k == LayerKind::kMatrixMultiply || k == LayerKind::kConvolution ||
+        k == LayerKind::kDeconvolution) {
+      return true;
+    }
+  }
+  return false;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  std::string name() const override { return "cuda"; }
+
+  std::string implementation(const Layer& layer) const override {
+    // Kinds without a device kernel run through the host fallback, which synchronizes: the
+    // runtime never captures such plans into CUDA graphs.
+    return std::string(cuda::has_device_kernel(layer.kind()) ? "cuda." : "cuda.host.") +
+           layer_kind_name(layer.kind());
+  }
+
+  std::unique_ptr<BackendContext> create_context(const Engine& engine) const override {
+    return std::make_unique<CudaContext>(engine);
+  }
+
+  // On a machine with a GPU: runs the finished plan once at the first profile's opt shapes so
+  // that every matmul and (de)convolution problem is timed, and puts the winning algorithms into
+  // the plan's timing section; a deserialized engine starts from them, so its first call times
+  // nothing where the GPU and the library versions match. The plan runs through the ordinary
+  // runtime (written, read back, executed), so what is timed is exactly what will run. Inputs
+  // are zeros: timing does not depend on the values, and zero is a valid index for integer
+  // inputs.
+  void time_tactics(BuildState& s) const override {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+      cudaGetLastError();
+      s.log.push_back("time_tactics: skipped (no GPU); the first call of each problem times it");
+      return;
+    }
+    // The plan is built for this GPU: its choices are timed here, and a GPU of a lower compute
+    // capability refuses it at load (check_device_for_plan).
+    s.plan.target = cuda::device_target();
+    if (!has_timed_layers(s.plan.network)) {
+      s.log.push_back("time_tactics: no matmul or convolution to time");
+      return;
+    }
+    const std::vector<uint8_t> bytes = plan_write(s.plan);
+    const std::shared_ptr<const Engine> engine = Runtime().deserialize(bytes.data(), bytes.size());
+    TimingCache& cache = engine->timing_cache();
+    if (s.config.timing_cache) cache.insert(s.config.timing_cache->entries());
+    std::string stopped;
+    try {
+      DeviceBuffers buffers;
+      auto ctx = engine->create_execution_context();
+      ctx->set_cuda_graphs(false);  // one eager run: that is where timing happens
+      const SymbolBindings opt =
+          s.plan.profiles.empty() ? SymbolBindings{} : s.plan.profiles[0].at_opt();
+      for (const IOTensorInfo& io : engine->io_tensors()) {
+        if (!io.is_input) continue;
+        const std::vector<int64_t> dims = shape_evaluate(io.shape, opt);
+        ctx->set_input_shape(io.name, dims);
+        ctx->set_tensor_address(
+            io.name, buffers.alloc(static_cast<size_t>(dims_numel(dims)) * dtype_size(io.dtype)));
+      }
+      for (const IOTensorInfo& io : engine->io_tensors()) {
+        if (io.is_input) continue;
+        const std::vector<int64_t> dims = ctx->tensor_shape(io.name);
+        ctx->set_tensor_address(
+            io.name, buffers.alloc(static_cast<size_t>(dims_numel(dims)) * dtype_size(io.dtype)));
+      }
+      ctx->execute();
+    } catch (const Error& e) {
+      // A data-dependent check can fail on zeros (an integer division); what was timed up to the
+      // failing layer is kept, the rest is timed on the engine's first call.
+      cudaGetLastError();
+      stopped = std::string(", stopped early: ") + e.what();
+    }
+    s.plan.timing = cache.entries(/*used_only=*/true);
+    s.timed_problems = cache.timed_problems();
+    if (s.config.timing_cache) {
+      for (const TimingEntry& e : s.plan.timing) {
+        s.config.timing_cache->store(e.device, e.problem, e.choice);
+      }
+    }
+    const auto problems = static_cast<int64_t>(s.plan.timing.size());
+    s.log.push_back("time_tactics: " + std::to_string(problems) + " problems, " +
+                    std::to_string(s.timed_problems) + " timed, " +
+                    std::to_string(std::max<int64_t>(0, problems - s.timed_problems)) +
+                    " from the timing cache" + stopped);
+  }
+};
+
+}  // namespace
+
+const Backend& cuda_backend() {
+  static const CudaBackend backend;
+  return backend;
+}
+
+}  // namespace ember::engine
