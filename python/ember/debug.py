@@ -30,6 +30,8 @@ JUMP_FACTOR = 10.0
 #: Relative error that rounding to the dtype and a few layers of it give (f16 rounds at
 #: 2^-11 = 4.9e-4, bf16 at 2^-8 = 3.9e-3): errors below it are not a jump.
 NOISE_FLOOR = {"f32": 1e-5, "f16": 5e-3, "bf16": 4e-2}
+#: The largest finite f16.
+F16_MAX = 65504.0
 
 
 @dataclass
@@ -60,8 +62,14 @@ class AccuracyReport:
         bad = self.first_jump or self.worst
         if bad is None or bad.rel_error <= NOISE_FLOOR.get(bad.dtype, 1e-5):
             return "no layer stands out"
-        return (f"keep '{bad.node}' ({bad.op}) in f32: autocast_excluded_nodes="
+        text = (f"keep '{bad.node}' ({bad.op}) in f32: autocast_excluded_nodes="
                 f"{{'^{bad.node}$'}}" + (f" (or its module: '^{bad.module}$')" if bad.module else ""))
+        limit = F16_MAX if bad.dtype == "f16" else None
+        if limit is not None and bad.ref_max_abs > limit:
+            text += (f"; its values reach {bad.ref_max_abs:.3g}, past the f16 range ({limit:g}): "
+                     "the layers reading it need f32 too (or let autocast_max_output_threshold "
+                     "find them from calibration data)")
+        return text
 
     def table(self, limit: int | None = None) -> str:
         """A fixed-width table, one row per layer."""
