@@ -242,7 +242,9 @@ def compare(model: torch.nn.Module | torch.export.ExportedProgram,
     engine_dtypes: dict[str, str] = {}
     for e in report_obj.engines:
         for io in e["outputs"]:
-            if io["fx_name"]:
+            # A node autocast lowered may leave its engine twice: as computed (f16) and as
+            # the f32 copy a PyTorch reader or graph output needs. Report the computed one.
+            if io["fx_name"] and engine_dtypes.get(io["fx_name"], "f32") == "f32":
                 engine_dtypes[io["fx_name"]] = io["engine_dtype"]
     cap = _Capture(gm, compiled=True)
     with torch.no_grad():

@@ -205,12 +205,13 @@ void bind_compiler(py::module_& m) {
       // the one the node computes): the debug build behind ember.debug.compare.
       .def("mark_intermediates_as_outputs", [](Graph& g) {
         std::vector<Value*> outs = g.outputs();
+        std::set<const Value*> present(outs.begin(), outs.end());
         std::set<std::string> seen;
-        for (const Value* v : outs) seen.insert(v->fx_name());
         for (const Node* n : g.nodes()) {
+          if (n->fx_name().empty()) continue;  // compiler-made casts copy a named value
           for (Value* v : n->outputs()) {
-            if (v->fx_name().empty() || !seen.insert(v->fx_name()).second) continue;
-            if (!scalar_type_is_float(v->dtype())) continue;
+            if (v->fx_name().empty() || !scalar_type_is_float(v->dtype())) continue;
+            if (!seen.insert(v->fx_name()).second || present.count(v) != 0) continue;
             outs.push_back(v);
           }
         }
