@@ -292,3 +292,46 @@ def test_compare_bad_arguments():
         ember.debug.compare(model, {}, torch.randn(2, 3, 8, 8))
     with pytest.raises(TypeError, match="second argument must be settings"):
         ember.debug.compare(model, 3, [torch.randn(2, 3, 8, 8)])
+
+
+class Residual(torch.nn.Module):
+    """A residual whose branch has a node forced to PyTorch: the engine on each side meets
+    PyTorch at f32 boundaries while computing in f16 inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(16, 16)
+        self.b = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.a(x)
+        t = torch.tanh(h)            # forced to PyTorch below
+        return self.b(h + t) + h
+
+
+@pytest.mark.parametrize("global_partitioner", [True, False])
+def test_autocast_across_pytorch_fallback(global_partitioner):
+    model = Residual().eval()
+    x = torch.randn(4, 16)
+    report = CompilationReport()
+    gm = compile_with(model, [x], report, enable_autocast=True,
+                      torch_executed_ops={"aten::tanh"},
+                      use_global_partitioner=global_partitioner)
+    assert [f[0] for f in report.fallback] == ["tanh"]
+    kept = {name: why for name, _, why in report.autocast_kept}
+    assert kept["tanh"].startswith("runs in PyTorch: in torch_executed_ops")
+    assert len(report.engines) >= 1
+    with torch.no_grad():
+        got, expected = gm(x), model(x)
+    assert got.dtype == torch.float32
+    atol, rtol = TOLERANCES[torch.float16]
+    torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
+
+
+def test_use_fp32_acc_is_accepted_and_changes_nothing():
+    model = ConvNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    a = compile_with(model, [x], enable_autocast=True, use_fp32_acc=True)
+    b = compile_with(model, [x], enable_autocast=True)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
