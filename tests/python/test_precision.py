@@ -335,3 +335,17 @@ def test_use_fp32_acc_is_accepted_and_changes_nothing():
     b = compile_with(model, [x], enable_autocast=True)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+def test_autocast_with_dynamic_batch_and_input_specs(caplog):
+    model = Block().eval()
+    spec = ember.Input(min_shape=(1, 6, 32), opt_shape=(4, 6, 32), max_shape=(8, 6, 32))
+    with caplog.at_level("INFO", logger="ember"):
+        gm = ember.compile(model, inputs=[spec], device="cpu", min_block_size=1,
+                           enable_autocast=True)
+    assert "judges nothing" in caplog.text  # no sample data: the threshold rule is idle
+    atol, rtol = TOLERANCES[torch.float16]
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 6, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x), model(x), atol=atol, rtol=rtol)
