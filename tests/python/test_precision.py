@@ -349,3 +349,15 @@ def test_autocast_with_dynamic_batch_and_input_specs(caplog):
         x = torch.randn(batch, 6, 32)
         with torch.no_grad():
             torch.testing.assert_close(gm(x), model(x), atol=atol, rtol=rtol)
+
+
+def test_compare_reports_pytorch_fallback_layers():
+    model = Residual().eval()
+    x = torch.randn(4, 16)
+    report = ember.debug.compare(model, {"enable_autocast": True, "min_block_size": 1,
+                                         "device": "cpu", "torch_executed_ops": {"aten::tanh"}},
+                                 [x])
+    rows = {e.node: e for e in report.layers}
+    assert rows["tanh"].where == "pytorch" and rows["tanh"].dtype == "f32"
+    assert rows["linear"].where == "engine" and rows["linear"].dtype == "f16"
+    assert report.outputs[0].rel_error < 5e-3

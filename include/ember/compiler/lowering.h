@@ -36,7 +36,8 @@ struct LoweringReport {
 /// One row of autocast's rule table: ops that lose accuracy in f16/bf16 and stay f32.
 struct AutocastRule {
   std::string op;        ///< Op name without overload ("aten::_softmax"): every overload.
-  std::string category;  ///< "softmax", "normalization", "exp/log", "reduction", "distance", "loss".
+  /// "softmax", "normalization", "exp/log", "reduction", "distance" or "loss".
+  std::string category;
   std::string why;       ///< One sentence: what goes wrong in low precision.
 };
 

@@ -41,7 +41,8 @@ struct CompileSettings {
   std::string autocast_low_precision_type = "f16";
   /// ECMAScript regexes searched in each node's fx name and module path: matches stay f32.
   std::vector<std::string> autocast_excluded_nodes;
-  /// Ops that stay f32: "aten::softmax" (every overload) or "aten::_softmax" / "aten::sum.dim_IntList".
+  /// Ops that stay f32: "aten::softmax" (every overload) or one overload
+  /// ("aten::sum.dim_IntList").
   std::vector<std::string> autocast_excluded_ops;
   /// Nodes reading or writing a value whose measured max |x| exceeds this stay f32 (< 0: off).
   double autocast_max_output_threshold = 512.0;

@@ -64,16 +64,16 @@ const std::vector<AutocastRule>& autocast_rules() {
          "aten::group_norm", "aten::rms_norm", "aten::_fused_rms_norm", "aten::instance_norm",
          "aten::norm", "aten::linalg_vector_norm", "aten::renorm"});
     add("exp/log", kExpLogWhy,
-        {"aten::exp", "aten::exp2", "aten::expm1", "aten::log", "aten::log2", "aten::log10",
-         "aten::log1p", "aten::pow", "aten::reciprocal", "aten::rsqrt", "aten::sinh",
-         "aten::cosh", "aten::tan", "aten::acos", "aten::asin", "aten::erfinv", "aten::softplus",
-         "aten::logsumexp", "aten::logit", "aten::xlogy"});
+        {"aten::exp",    "aten::exp2",     "aten::expm1",     "aten::log",        "aten::log2",
+         "aten::log10",  "aten::log1p",    "aten::pow",       "aten::reciprocal", "aten::rsqrt",
+         "aten::sinh",   "aten::cosh",     "aten::tan",       "aten::acos",       "aten::asin",
+         "aten::erfinv", "aten::softplus", "aten::logsumexp", "aten::logit",      "aten::xlogy"});
     add("reduction", kReductionWhy,
         {"aten::sum", "aten::prod", "aten::cumsum", "aten::cumprod", "aten::logcumsumexp",
          "aten::var", "aten::std", "aten::var_mean", "aten::std_mean"});
     add("distance", kDistanceWhy,
-        {"aten::cdist", "aten::_cdist_forward", "aten::dist", "aten::pdist",
-         "aten::_pdist_forward", "aten::cosine_similarity", "aten::pairwise_distance"});
+        {"aten::cdist", "aten::_cdist_forward", "aten::dist", "aten::pdist", "aten::_pdist_forward",
+         "aten::cosine_similarity", "aten::pairwise_distance"});
     add("loss", kLossWhy,
         {"aten::mse_loss", "aten::l1_loss", "aten::smooth_l1_loss", "aten::huber_loss",
          "aten::nll_loss", "aten::nll_loss_forward", "aten::nll_loss2d_forward",
@@ -230,9 +230,10 @@ std::optional<int64_t> reduction_depth(const Node& n, const engine::SymbolRanges
       return numel_max(s, ranges, 1) / groups;
     }
     static const std::unordered_set<std::string> kReduce = {
-        "aten::sum",  "aten::mean",      "aten::amax", "aten::amin", "aten::var",
-        "aten::std",  "aten::var_mean",  "aten::std_mean", "aten::prod", "aten::logsumexp",
-        "aten::norm", "aten::linalg_vector_norm", "aten::cumsum", "aten::cumprod"};
+        "aten::sum",    "aten::mean",      "aten::amax",     "aten::amin",
+        "aten::var",    "aten::std",       "aten::var_mean", "aten::std_mean",
+        "aten::prod",   "aten::logsumexp", "aten::norm",     "aten::linalg_vector_norm",
+        "aten::cumsum", "aten::cumprod"};
     if (kReduce.count(base) != 0) {
       const Shape& s = n.arg_tensor(0)->shape();
       if (n.num_args() < 2 || n.arg_is_none(1)) return numel_max(s, ranges);
@@ -278,9 +279,8 @@ struct Rules {
 
 Decision classify(const Node& n, const Rules& r,
                   const std::unordered_map<const Node*, std::string>& forced) {
-  const bool has_f32_output = std::any_of(n.outputs().begin(), n.outputs().end(), [](Value* v) {
-    return v->dtype() == ScalarType::kF32;
-  });
+  const bool has_f32_output = std::any_of(n.outputs().begin(), n.outputs().end(),
+                                          [](Value* v) { return v->dtype() == ScalarType::kF32; });
   if (!has_f32_output) return {Kind::kUntouched, ""};
   if (auto it = forced.find(&n); it != forced.end()) return {Kind::kHigh, it->second};
   for (const auto& [text, re] : r.node_patterns) {
@@ -434,7 +434,8 @@ class Rebuild {
       auto buf = std::make_shared<std::vector<uint16_t>>(n);
       const auto* f = static_cast<const float*>(src.data.get());
       for (size_t i = 0; i < n; ++i) {
-        (*buf)[i] = low_ == ScalarType::kBF16 ? engine::f32_to_bf16(f[i]) : engine::f32_to_f16(f[i]);
+        (*buf)[i] =
+            low_ == ScalarType::kBF16 ? engine::f32_to_bf16(f[i]) : engine::f32_to_f16(f[i]);
       }
       data = ConstantData{std::shared_ptr<const void>(buf, buf->data()), n * sizeof(uint16_t)};
     }
@@ -526,8 +527,8 @@ AutocastReport lower_autocast(Graph& g, const CompileSettings& settings) {
     for (const auto& [old, nn] : rebuild.low_nodes()) {
       const NodeSupport s = node_support(*nn, settings);
       if (!s.supported) {
-        forced[old] = std::string("its converter refuses ") + scalar_type_name(*low) + ": " +
-                      s.reason;
+        forced[old] =
+            std::string("its converter refuses ") + scalar_type_name(*low) + ": " + s.reason;
         refused = true;
       }
     }
