@@ -361,3 +361,14 @@ def test_compare_reports_pytorch_fallback_layers():
     assert rows["tanh"].where == "pytorch" and rows["tanh"].dtype == "f32"
     assert rows["linear"].where == "engine" and rows["linear"].dtype == "f16"
     assert report.outputs[0].rel_error < 5e-3
+
+
+def test_autocast_program_saves_and_loads(tmp_path):
+    model = ConvNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    gm = ember.compile(model, inputs=[x], device="cpu", min_block_size=1, enable_autocast=True)
+    path = str(tmp_path / "autocast.pt2")
+    ember.save(gm, path, inputs=[x])
+    loaded = ember.load(path).module()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), gm(x))
