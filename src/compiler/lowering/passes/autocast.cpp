@@ -95,13 +95,12 @@ std::string op_base(const std::string& op) {
   return dot == std::string::npos ? op : op.substr(0, dot);
 }
 
-/// A pattern with an overload names that overload; without one, every overload.
+/// As torch_executed_ops spells ops (the partitioner's rule): "aten::add" names every overload
+/// of aten::add, "aten::add.Tensor" one overload.
 bool op_matches(const std::string& op, const std::string& pattern) {
-  if (pattern.find('.', pattern.find("::") == std::string::npos ? 0 : pattern.find("::") + 2) !=
-      std::string::npos) {
-    return op == pattern;
-  }
-  return op_base(op) == pattern;
+  if (op == pattern) return true;
+  return op.size() > pattern.size() && op.compare(0, pattern.size(), pattern) == 0 &&
+         op[pattern.size()] == '.';
 }
 
 const AutocastRule* find_rule(const std::string& op) {
