@@ -19,10 +19,10 @@ try:  # the compiler needs PyTorch; the engine runtime above does not
 except ImportError:  # pragma: no cover
     pass
 else:
-    from ember import dynamo
+    from ember import debug, dynamo
     from ember._api import compile, load, save
     from ember._input import Input
     from ember._settings import CompileSettings
 
-__all__ = ["Engine", "EngineError", "available_backends", "__version__", "dynamo", "compile",
+__all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "compile",
            "save", "load", "Input", "CompileSettings"]

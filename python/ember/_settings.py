@@ -27,7 +27,8 @@ class CompileSettings:
     require_full_compilation: bool = False
     #: Run f64 as f32 and i64 as i32 inside engines (values are cast at the boundary).
     truncate_double: bool = False
-    #: Keep the model's dtypes (the only mode today: casts in the model are the precision plan).
+    #: Keep the model's dtypes (casts in the model are the precision plan). False is a
+    #: deprecated spelling of enable_autocast=True (docs/precision.md).
     use_explicit_typing: bool = True
     #: Builder optimization level, 0 (fast build) .. 5 (fast engine).
     optimization_level: int = 3
@@ -54,6 +55,30 @@ class CompileSettings:
     #: it when it exists, and write it back (atomically) with every choice timed, so a second
     #: build of the same model on the same GPU times nothing. None: no file.
     timing_cache: str | os.PathLike | None = None
+
+    # ---- Precision (docs/precision.md; validated and mapped in ember._precision).
+    #: Run f32 nodes in autocast_low_precision_type except where the autocast rules keep f32.
+    enable_autocast: bool = False
+    #: torch.float16 (default) or torch.bfloat16.
+    autocast_low_precision_type: Any = None
+    #: Regular expressions searched in node names ("linear_3") and module paths ("head.fc"):
+    #: matching nodes stay f32.
+    autocast_excluded_nodes: Collection[str] = ()
+    #: Ops that stay f32, spelled as for torch_executed_ops.
+    autocast_excluded_ops: Collection[Any] = ()
+    #: Nodes reading or writing a value whose max |x| on the calibration inputs exceeds this
+    #: stay f32.
+    autocast_max_output_threshold: float = 512.0
+    #: Reductions (matmul/conv inner size, sums, softmax, norms) over more elements stay f32;
+    #: None: no limit.
+    autocast_max_depth_of_reduction: int | None = None
+    #: Sample inputs (an iterable of input tuples, e.g. a DataLoader) measuring the magnitudes
+    #: for autocast_max_output_threshold; None: the compile's example tensors.
+    autocast_calibration_dataloader: Any = None
+    #: Matmuls and convolutions accumulate in f32 (Ember's kernels always do).
+    use_fp32_acc: bool = False
+    #: Deprecated: {torch.half} means enable_autocast=True (f16), {torch.bfloat16} bf16.
+    enabled_precisions: Collection[Any] = ()
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CompileSettings":
@@ -85,9 +110,8 @@ class CompileSettings:
         if self.channels_last not in (None, True, False):
             raise ValueError("ember: channels_last must be None, True or False, "
                              f"got {self.channels_last!r}")
-        if not self.use_explicit_typing:
-            raise ValueError("ember: use_explicit_typing=False (autocast) is not supported yet; "
-                             "cast the model to the dtype you want instead")
+        from ember import _precision
+        _precision.resolve(self)
 
     def backend(self) -> str:
         if self.device is not None:
@@ -111,7 +135,13 @@ class CompileSettings:
             "backend": self.backend(),
             "channels_last": {None: "auto", True: "on", False: "off"}[self.channels_last],
             "debug": bool(self.debug),
+            **_precision_settings(self),
         }
+
+
+def _precision_settings(settings: "CompileSettings") -> dict:
+    from ember import _precision
+    return _precision.compiler_settings(settings)
 
 
 def _op_name(op: Any) -> str:

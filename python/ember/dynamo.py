@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx
 
-from ember import _C, _runtime, _timing_cache
+from ember import _C, _precision, _runtime, _timing_cache
 from ember._importer import DTYPE_NAMES, import_program
 from ember._input import Input
 from ember._settings import CompileSettings, op_key
@@ -117,10 +117,16 @@ class CompilationReport:
         self.skipped: list[tuple[str, str, str]] = []
         self.fallback: list[tuple[str, str, str]] = []
         self.build_failures: list[tuple[int, str]] = []
+        #: Nodes autocast kept in f32: (fx name, op, reason).
+        self.autocast_kept: list[tuple[str, str, str]] = []
         self.seconds = 0.0
 
     def __str__(self) -> str:
         lines = [self.partition_report.rstrip()]
+        if self.autocast_kept:
+            lines.append("Kept in f32 by autocast:")
+            lines += [f"  {name or '(compiler-made)'} ({op}): {why}"
+                      for name, op, why in self.autocast_kept]
         if self.skipped:
             lines.append("Not imported (run in PyTorch):")
             lines += [f"  {name} ({target}): {why}" for name, target, why in self.skipped]
@@ -173,7 +179,7 @@ def _symbol_ranges(ep: torch.export.ExportedProgram, inputs: list[Input],
 
 def compile(exported_program: torch.export.ExportedProgram,
             inputs: Sequence[Any] | None = None, *, report: CompilationReport | None = None,
-            **kwargs) -> torch.fx.GraphModule:
+            _debug_intermediates: bool = False, **kwargs) -> torch.fx.GraphModule:
     """Compiles an ExportedProgram into a torch.fx.GraphModule whose engine segments run
     through torch.ops.ember.execute_engine. Keyword arguments are CompileSettings fields."""
     settings = CompileSettings.from_kwargs(**kwargs)
@@ -193,12 +199,22 @@ def compile(exported_program: torch.export.ExportedProgram,
     for name, (lo, opt, hi) in ranges.items():
         imported.graph.add_symbol(name, lo, opt, hi)
     report.skipped = imported.skipped
-    report.lowering_log = imported.graph.lower(csettings)
+    if settings.enable_autocast:
+        csettings["autocast_output_magnitudes"] = _precision.calibrate(
+            ep, imported.user_inputs, settings, inputs)
+    lowered = imported.graph.lower_report(csettings)
+    report.lowering_log = list(lowered["log"])
+    report.autocast_kept = list(lowered["autocast_kept"])
+    if _debug_intermediates:  # ember.debug.compare: every named tensor leaves its engine
+        imported.graph.mark_intermediates_as_outputs()
     part = _C.partition(imported.graph, csettings, settings.use_global_partitioner)
     report.partition_report = part.report()
     report.fallback = list(part.fallback())
     if settings.debug or settings.dryrun:
         print(report.partition_report, file=sys.stderr)
+        for name, op, why in report.autocast_kept:
+            print(f"autocast keeps {name or '(compiler-made)'} ({op}) in f32: {why}",
+                  file=sys.stderr)
         if imported.skipped:
             print("Not imported (run in PyTorch):", file=sys.stderr)
             for name, target, why in imported.skipped:
@@ -235,6 +251,7 @@ def compile(exported_program: torch.export.ExportedProgram,
     gm = _stitch(ep, imported, segments, engines)
     report.seconds = time.perf_counter() - start
     gm.ember_report = report
+    gm.ember_settings = settings
     return gm
 
 
@@ -291,12 +308,14 @@ def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
             eng = graph.get_attr(attr)
             args = [env[by_name[io["fx_name"]]] for io in built["inputs"]]
             call = graph.call_function(torch.ops.ember.execute_engine.default, (args, eng))
+            call.meta["ember_outputs"] = [io["fx_name"] for io in built["outputs"]]
             for i, io in enumerate(built["outputs"]):
                 if not io["fx_name"]:
                     continue
                 out = graph.call_function(operator.getitem, (call, i))
                 src = by_name[io["fx_name"]]
                 out.meta = dict(src.meta)
+                out.meta["ember_source"] = src.name  # the FX node it stands for
                 env[src] = out
             done_segments.add(x)
             return
@@ -313,6 +332,7 @@ def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
             env[x].meta = dict(x.meta)
             return
         env[x] = graph.node_copy(x, lambda y: env[y])
+        env[x].meta["ember_source"] = x.name
 
     def ensure(target):
         stack = [("node", target)]

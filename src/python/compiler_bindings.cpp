@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <set>
+
 #include "ember/compiler/compile.h"
 #include "ember/compiler/conversion.h"
 #include "ember/compiler/lowering.h"
@@ -77,6 +79,16 @@ CompileSettings parse_settings(const py::dict& d) {
     else if (key == "backend") s.backend = v.cast<std::string>();
     else if (key == "channels_last") s.channels_last = v.cast<std::string>();
     else if (key == "debug") s.debug = v.cast<bool>();
+    else if (key == "enable_autocast") s.enable_autocast = v.cast<bool>();
+    else if (key == "autocast_low_precision_type") s.autocast_low_precision_type = v.cast<std::string>();
+    else if (key == "autocast_excluded_nodes") s.autocast_excluded_nodes = v.cast<std::vector<std::string>>();
+    else if (key == "autocast_excluded_ops") s.autocast_excluded_ops = v.cast<std::vector<std::string>>();
+    else if (key == "autocast_max_output_threshold") s.autocast_max_output_threshold = v.cast<double>();
+    else if (key == "autocast_max_depth_of_reduction") s.autocast_max_depth_of_reduction = v.cast<int64_t>();
+    else if (key == "autocast_output_magnitudes") {
+      s.autocast_output_magnitudes = v.cast<std::unordered_map<std::string, double>>();
+    }
+    else if (key == "use_fp32_acc") s.use_fp32_acc = v.cast<bool>();
     else throw Error("unknown compiler setting '" + key + "'");
   }
   return s;
@@ -174,6 +186,38 @@ void bind_compiler(py::module_& m) {
            })
       .def("lower", [](Graph& g, const py::dict& settings) {
         return lower(g, parse_settings(settings)).log;
+      })
+      // lower() with autocast's decisions: {"log": [...], "autocast_kept": [(fx name, op,
+      // reason)], "autocast_lowered": n}.
+      .def("lower_report", [](Graph& g, const py::dict& settings) {
+        const LoweringReport r = lower(g, parse_settings(settings));
+        py::dict d;
+        d["log"] = r.log;
+        py::list kept;
+        for (const AutocastDecision& k : r.autocast.kept) {
+          kept.append(py::make_tuple(k.node, k.op, k.reason));
+        }
+        d["autocast_kept"] = kept;
+        d["autocast_lowered"] = r.autocast.lowered;
+        return d;
+      })
+      // Every node output PyTorch can name becomes a graph output too (one value per fx name,
+      // the one the node computes): the debug build behind ember.debug.compare.
+      .def("mark_intermediates_as_outputs", [](Graph& g) {
+        std::vector<Value*> outs = g.outputs();
+        std::set<const Value*> present(outs.begin(), outs.end());
+        std::set<std::string> seen;
+        for (const Node* n : g.nodes()) {
+          if (n->fx_name().empty()) continue;  // compiler-made casts copy a named value
+          for (Value* v : n->outputs()) {
+            if (v->fx_name().empty() || !scalar_type_is_float(v->dtype())) continue;
+            if (!seen.insert(v->fx_name()).second || present.count(v) != 0) continue;
+            outs.push_back(v);
+          }
+        }
+        const size_t added = outs.size() - g.outputs().size();
+        g.set_outputs(std::move(outs));
+        return added;
       });
 
   py::class_<PyPartition>(m, "Partition")
@@ -235,6 +279,11 @@ void bind_compiler(py::module_& m) {
         py::arg("graph"), py::arg("partition"), py::arg("index"), py::arg("settings"),
         py::arg("timing_cache") = nullptr);
 
+  m.def("autocast_rules", [] {
+    py::list out;
+    for (const AutocastRule& r : autocast_rules()) out.append(py::make_tuple(r.op, r.category, r.why));
+    return out;
+  });
   m.def("converter_ops", [] { return ConverterRegistry::instance().ops(); });
   m.def("converter_files", [] {
     py::dict out;

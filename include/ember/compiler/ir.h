@@ -76,6 +76,10 @@ class Value {
   /// multi-output op the importer names each output by its getitem node.
   const std::string& fx_name() const { return fx_name_; }
   void set_fx_name(std::string name) { fx_name_ = std::move(name); }
+  /// The dtype PyTorch gives this value's fx node. It differs from dtype() only where a pass
+  /// changed the precision (autocast runs an f32 node in f16): engines cast at the boundary.
+  ScalarType torch_dtype() const { return torch_dtype_.value_or(dtype_); }
+  void set_torch_dtype(ScalarType t) { torch_dtype_ = t; }
   /// Position in Graph::values() (renumbered by Graph::compact()).
   int id() const { return id_; }
 
@@ -89,6 +93,7 @@ class Value {
   int output_index_ = 0;
   ConstantData constant_;
   std::string fx_name_;
+  std::optional<ScalarType> torch_dtype_;
   int id_ = -1;
 };
 

@@ -11,10 +11,38 @@
 
 namespace ember::compiler {
 
-/// One line per pass run: "remove_noops: removed 3 nodes".
+/// A node autocast left in f32, and the rule that kept it there.
+struct AutocastDecision {
+  std::string node;    ///< fx node name ("" for compiler-made nodes).
+  std::string op;      ///< "aten::_softmax".
+  std::string reason;  ///< "rule table: softmax (...)", "autocast_excluded_nodes '^fc$'", ...
+};
+
+/// What the autocast pass did.
+struct AutocastReport {
+  int lowered = 0;                      ///< Nodes now running in the low-precision type.
+  int casts = 0;                        ///< Cast nodes inserted.
+  int pairs_removed = 0;                ///< Redundant cast pairs bypassed.
+  std::vector<AutocastDecision> kept;   ///< f32 nodes kept in f32, in graph order.
+};
+
+/// One line per pass run: "remove_noops: removed 3 nodes". `autocast` is filled when
+/// settings.enable_autocast is set.
 struct LoweringReport {
   std::vector<std::string> log;
+  AutocastReport autocast;
 };
+
+/// One row of autocast's rule table: ops that lose accuracy in f16/bf16 and stay f32.
+struct AutocastRule {
+  std::string op;        ///< Op name without overload ("aten::_softmax"): every overload.
+  /// "softmax", "normalization", "exp/log", "reduction", "distance" or "loss".
+  std::string category;
+  std::string why;       ///< One sentence: what goes wrong in low precision.
+};
+
+/// The rule table (the one place it lives; docs/precision.md shows it).
+const std::vector<AutocastRule>& autocast_rules();
 
 /// Removes nodes whose outputs are unused (aten ops are side-effect free in exported programs),
 /// then drops constants no node reads. Nodes without outputs (runtime asserts such as
@@ -49,10 +77,32 @@ int lower_canonicalize(Graph& g);
 /// The formula's other nodes are left for remove_dead_code. Returns the number of rewrites.
 int lower_recognize_gelu(Graph& g);
 
+/// Autocast (Torch-TensorRT's enable_autocast): runs f32 nodes in the low-precision type
+/// (settings.autocast_low_precision_type), inserting casts where a low-precision value meets an
+/// f32 reader and the reverse. A node stays f32 when, in this order: its name or module path
+/// matches autocast_excluded_nodes; its op is in autocast_excluded_ops; its op is in the rule
+/// table (autocast_rules()); it reduces over more than autocast_max_depth_of_reduction
+/// elements; a value it reads or writes has a measured max |x| above
+/// autocast_max_output_threshold; no converter takes it (it runs in PyTorch) or its converter
+/// refuses the low-precision version. View and copy ops follow their input. Nodes with no f32
+/// output are left as they are. Graph inputs and outputs keep their dtypes. The rebuilt node
+/// keeps its output names (now low precision); an f32 copy of a lowered value is
+/// "%<name>_f32", a low copy of an f32 value "%<name>_f16" (or "_bf16"); both carry the fx
+/// name, and torch_dtype() records PyTorch's dtype so engine boundaries cast back. A cast of a
+/// value that widens a low-precision value (f16 -> f32) is bypassed rather than cast back (a
+/// redundant pair). Throws Error on an invalid regex or low-precision type.
+AutocastReport lower_autocast(Graph& g, const CompileSettings& settings);
+/// Bypasses cast pairs that return their input exactly: a widening cast (f16 -> f32, bf16 ->
+/// f32, i32 -> i64, ...) followed by a cast back to the original type. Returns the number of
+/// pairs bypassed (the casts themselves are left for remove_dead_code).
+int lower_remove_cast_pairs(Graph& g);
+
 /// Runs remove_noops, canonicalize, recognize_gelu, fold_constants and remove_dead_code in that
 /// order, for at
 /// most 4 rounds, until a round changes nothing. The report has one line per pass run and a
-/// last line saying how many rounds it took.
+/// last line saying how many rounds it took. With settings.enable_autocast, autocast then runs
+/// once (it converts weight constants itself), followed by remove_cast_pairs and
+/// remove_dead_code.
 LoweringReport lower(Graph& g, const CompileSettings& settings);
 
 }  // namespace ember::compiler

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace ember::compiler {
@@ -32,6 +33,29 @@ struct CompileSettings {
   std::string channels_last = "auto";
   /// Print the partition report and build logs.
   bool debug = false;
+
+  // ---- Autocast (lowering/passes/autocast.cpp; docs/precision.md).
+  /// Run f32 nodes in `autocast_low_precision_type`, except those the rules keep in f32.
+  bool enable_autocast = false;
+  /// "f16" or "bf16".
+  std::string autocast_low_precision_type = "f16";
+  /// ECMAScript regexes searched in each node's fx name and module path: matches stay f32.
+  std::vector<std::string> autocast_excluded_nodes;
+  /// Ops that stay f32: "aten::softmax" (every overload) or one overload
+  /// ("aten::sum.dim_IntList").
+  std::vector<std::string> autocast_excluded_ops;
+  /// Nodes reading or writing a value whose measured max |x| exceeds this stay f32 (< 0: off).
+  double autocast_max_output_threshold = 512.0;
+  /// Reductions (matmul/conv inner dims, sums, softmax, norms) over more elements stay f32
+  /// (< 0: no limit).
+  int64_t autocast_max_depth_of_reduction = -1;
+  /// Max |x| per fx node name, measured in f32 on calibration inputs (the Python layer runs
+  /// them through the FX graph). Names without a measurement are not judged by the threshold.
+  std::unordered_map<std::string, double> autocast_output_magnitudes;
+  /// Matmuls and convolutions accumulate in f32. Ember's kernels always do (cuBLASLt
+  /// COMPUTE_32F, cuDNN f32 compute, f32 on the CPU), so this changes nothing; kept for
+  /// Torch-TensorRT's settings.
+  bool use_fp32_acc = false;
 };
 
 }  // namespace ember::compiler

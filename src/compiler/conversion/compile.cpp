@@ -43,7 +43,7 @@ InputShapes engine_input_shapes(const Graph& g, const std::vector<Value*>& input
 }
 
 EngineIO make_io(const std::string& name, const Value* v, const engine::Tensor* t) {
-  return EngineIO{name, v->name(), v->fx_name(), v->dtype(), t->dtype(),
+  return EngineIO{name, v->name(), v->fx_name(), v->torch_dtype(), t->dtype(),
                   engine::shape_to_string(t->shape())};
 }
 
@@ -88,7 +88,13 @@ Converted convert(const Graph& g, const Segment& segment, const CompileSettings&
     marked.insert(t);
     const std::string name = "output_" + std::to_string(i);
     c.net.mark_output(t, name);
-    c.outputs.push_back(make_io(name, v, t));
+    EngineIO io = make_io(name, v, t);
+    // A low-precision copy the compiler made of an f32 value (an autocast cast) carries the fx
+    // name of the value it copies; PyTorch keeps that node's own tensor, and an engine that
+    // reads the copy casts it again at its boundary.
+    const Node* p = v->producer();
+    if (p != nullptr && p->fx_name().empty() && v->dtype() != v->torch_dtype()) io.fx_name.clear();
+    c.outputs.push_back(std::move(io));
   }
   return c;
 }
