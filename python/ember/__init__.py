@@ -19,10 +19,11 @@ try:  # the compiler needs PyTorch; the engine runtime above does not
 except ImportError:  # pragma: no cover
     pass
 else:
-    from ember import debug, dynamo
+    from ember import debug, dynamo, ts
     from ember._api import compile, load, save
     from ember._input import Input
     from ember._settings import CompileSettings
 
-__all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "compile",
+__all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
+           "compile",
            "save", "load", "Input", "CompileSettings"]

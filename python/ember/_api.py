@@ -16,9 +16,16 @@ def compile(module: Any, ir: str = "dynamo", inputs: Sequence[Any] | None = None
     """Compiles an nn.Module (or an ExportedProgram) with the given frontend.
 
     ir="dynamo" (default): torch.export with ranges from the ember.Input specs, then
-    ember.dynamo.compile. Keyword arguments are CompileSettings fields."""
+    ember.dynamo.compile. ir="ts": the TorchScript path (ember.ts.compile) on a ScriptModule, or
+    on an nn.Module scripted with torch.jit.script (traced when scripting fails, with a
+    warning). Keyword arguments are CompileSettings fields."""
+    if ir in ("ts", "torchscript"):
+        from ember import ts
+        if not inputs:
+            raise ValueError("ember.compile: inputs= is required (tensors or ember.Input specs)")
+        return ts.compile(ts.script_or_trace(module, inputs), inputs, **kwargs)
     if ir not in ("dynamo", "default"):
-        raise ValueError(f"ember.compile: ir='{ir}' is not supported (use ir='dynamo')")
+        raise ValueError(f"ember.compile: ir='{ir}' is not supported (use ir='dynamo' or ir='ts')")
     if isinstance(module, torch.export.ExportedProgram):
         return dynamo.compile(module, inputs, **kwargs)
     if not isinstance(module, torch.nn.Module):

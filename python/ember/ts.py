@@ -1,0 +1,213 @@
+"""The TorchScript path: a torch.jit.ScriptModule in, a ScriptModule out (C++ core).
+
+    scripted = torch.jit.script(model.eval())
+    compiled = ember.ts.compile(scripted, inputs=[ember.Input(shape=(1, 3, 224, 224))])
+    torch.jit.save(compiled, "model_ember.ts")   # loads in C++ with libtorch + libember_torch.so
+
+The work happens in C++ (src/torch/torchscript/, libember_torch.so): TorchScript lowering,
+import into the compiler IR, the compiler's lowering, partitioning and engine builds, and a new
+module whose forward calls ``ember::execute_engine`` per engine and keeps the rest as
+TorchScript. The module crosses into C++ as a file (torch.jit.save into a temporary directory),
+so the native library needs no Python bindings of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+from ember import _runtime
+from ember._importer import DTYPE_NAMES
+from ember._input import Input
+from ember._settings import CompileSettings
+
+__all__ = ["compile", "check_method_op_support", "convert_method_to_engine",
+           "embed_engine_in_new_module", "input_spec", "script_or_trace", "TSCompileReport"]
+
+_log = logging.getLogger("ember")
+
+
+class TSCompileReport:
+    """What ember.ts.compile did (also on the result as `ember_report`)."""
+
+    def __init__(self, lines: Sequence[str]):
+        self.num_engines = 0
+        self.partition_report = ""
+        self.fallback: list[str] = []
+        self.log: list[str] = []
+        for line in lines:
+            key, _, value = line.partition("=")
+            if key == "engines":
+                self.num_engines = int(value)
+            elif key == "report":
+                self.partition_report = value
+            elif key == "fallback":
+                self.fallback.append(value)
+            elif key == "log":
+                self.log.append(value)
+
+    def __str__(self) -> str:
+        lines = [self.partition_report.rstrip(), f"{self.num_engines} engine(s)"]
+        if self.fallback:
+            lines.append("Runs in TorchScript:")
+            lines += [f"  {f}" for f in self.fallback]
+        return "\n".join(lines)
+
+
+def input_spec(x: Any, index: int = 0) -> str:
+    """An ember.Input or tensor as the C++ input form "[(min);(opt);(max)]@dtype"."""
+    if isinstance(x, torch.Tensor):
+        x = Input.from_tensor(x)
+    if not isinstance(x, Input):
+        raise TypeError(f"ember.ts: input {index} must be a torch.Tensor or ember.Input, "
+                        f"got {type(x).__name__}")
+    if x.dtype not in DTYPE_NAMES:
+        raise TypeError(f"ember.ts: input {index} has dtype {x.dtype}, which engines do not take")
+
+    def shape(s):
+        return "(" + ",".join(str(int(d)) for d in s) + ")"
+
+    body = shape(x.opt_shape) if not x.is_dynamic() else (
+        f"[{shape(x.min_shape)};{shape(x.opt_shape)};{shape(x.max_shape)}]")
+    return f"{body}@{DTYPE_NAMES[x.dtype]}"
+
+
+def _settings_items(settings: CompileSettings) -> list[str]:
+    items = []
+    for key, value in settings.to_compiler().items():
+        if isinstance(value, (list, tuple)):
+            items += [f"{key}={v}" for v in value]
+        elif isinstance(value, bool):
+            items.append(f"{key}={'true' if value else 'false'}")
+        else:
+            items.append(f"{key}={value}")
+    return items
+
+
+def _unwrap_error(e: RuntimeError) -> RuntimeError:
+    # The op's message is the C++ compiler's; drop the dispatcher's prefix lines.
+    return RuntimeError(str(e).strip())
+
+
+def _as_script_module(module: Any) -> torch.jit.ScriptModule:
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    raise TypeError("ember.ts: expected a torch.jit.ScriptModule (torch.jit.script or "
+                    "torch.jit.trace), got " + type(module).__name__ +
+                    "; ember.compile(module, ir='ts', inputs=...) scripts or traces an nn.Module")
+
+
+def _with_file(module: torch.jit.ScriptModule, fn):
+    _runtime.load_library()
+    with tempfile.TemporaryDirectory(prefix="ember-ts-") as tmp:
+        path = os.path.join(tmp, "in.ts")
+        torch.jit.save(module, path)
+        return fn(tmp, path)
+
+
+def compile(module: torch.jit.ScriptModule, inputs: Sequence[Any] | None = None, *,
+            method_name: str = "forward", **kwargs) -> torch.jit.ScriptModule:
+    """Compiles a ScriptModule's method: engine segments become ``ember::execute_engine`` calls,
+    everything else (control flow, unsupported ops) stays TorchScript. `inputs`: one tensor or
+    ember.Input per method input (ranges make dynamic dims). Keyword arguments are
+    CompileSettings fields. The result saves with torch.jit.save."""
+    module = _as_script_module(module)
+    settings = CompileSettings.from_kwargs(**kwargs)
+    if not inputs:
+        raise ValueError("ember.ts.compile: inputs= is required (tensors or ember.Input specs)")
+    specs = [input_spec(x, i) for i, x in enumerate(inputs)]
+    items = _settings_items(settings)
+
+    def run(tmp, path):
+        out = os.path.join(tmp, "out.ts")
+        try:
+            lines = torch.ops.ember.ts_compile(path, out, method_name, specs, items)
+        except RuntimeError as e:
+            raise _unwrap_error(e) from None
+        return torch.jit.load(out), TSCompileReport(lines)
+
+    compiled, report = _with_file(module, run)
+    if settings.debug:
+        print(str(report), file=__import__("sys").stderr)
+    for line in report.fallback:
+        _log.info("ember.ts: runs in TorchScript: %s", line)
+    if any("failed to build" in f for f in report.fallback):
+        warnings.warn("ember.ts: an engine segment failed to build and runs in TorchScript "
+                      "(see the report: compiled.ember_report)")
+    compiled.ember_report = report
+    return compiled
+
+
+def check_method_op_support(module: torch.jit.ScriptModule, method_name: str = "forward") -> bool:
+    """True when every operator of the method can be evaluated or converted; otherwise logs
+    each unsupported operator (logger "ember") and returns False."""
+    module = _as_script_module(module)
+    unsupported = _with_file(module, lambda tmp, path: list(
+        torch.ops.ember.ts_check_support(path, method_name)))
+    for line in unsupported:
+        _log.warning("ember.ts: unsupported: %s", line)
+    return not unsupported
+
+
+def unsupported_ops(module: torch.jit.ScriptModule, method_name: str = "forward") -> list[str]:
+    """The lines check_method_op_support logs ("aten::foo: no converter")."""
+    module = _as_script_module(module)
+    return _with_file(module, lambda tmp, path: list(
+        torch.ops.ember.ts_check_support(path, method_name)))
+
+
+def convert_method_to_engine(module: torch.jit.ScriptModule, method_name: str = "forward",
+                             inputs: Sequence[Any] | None = None, **kwargs) -> bytes:
+    """The whole method as ONE engine: the serialized plan. Raises when any node cannot be
+    converted (the message lists each)."""
+    module = _as_script_module(module)
+    settings = CompileSettings.from_kwargs(**kwargs)
+    if not inputs:
+        raise ValueError("ember.ts.convert_method_to_engine: inputs= is required")
+    specs = [input_spec(x, i) for i, x in enumerate(inputs)]
+
+    def run(tmp, path):
+        try:
+            t = torch.ops.ember.ts_convert_to_engine(path, method_name, specs,
+                                                    _settings_items(settings))
+        except RuntimeError as e:
+            raise _unwrap_error(e) from None
+        return t.numpy().tobytes()
+
+    return _with_file(module, run)
+
+
+def embed_engine_in_new_module(plan: bytes) -> torch.jit.ScriptModule:
+    """A ScriptModule whose forward runs the plan (inputs and outputs in the plan's order)."""
+    _runtime.load_library()
+    with tempfile.TemporaryDirectory(prefix="ember-ts-") as tmp:
+        out = os.path.join(tmp, "engine.ts")
+        t = torch.frombuffer(bytearray(plan), dtype=torch.uint8)
+        try:
+            torch.ops.ember.ts_embed_engine(t, out)
+        except RuntimeError as e:
+            raise _unwrap_error(e) from None
+        return torch.jit.load(out)
+
+
+def script_or_trace(module: torch.nn.Module, inputs: Sequence[Any]) -> torch.jit.ScriptModule:
+    """torch.jit.script, or torch.jit.trace on example inputs when scripting fails (logged)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    module = module.eval()
+    try:
+        return torch.jit.script(module)
+    except Exception as e:  # noqa: BLE001 - any scripting failure means: trace instead
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.warn(f"ember.compile(ir='ts'): torch.jit.script failed ({first}); tracing with "
+                      "torch.jit.trace instead (control flow is frozen to the example inputs' path)")
+        examples = []
+        for x in inputs:
+            examples.append(x if isinstance(x, torch.Tensor) else x.example())
+        with torch.no_grad():
+            return torch.jit.trace(module, tuple(examples))

@@ -1,0 +1,864 @@
+// The TorchScript importer: a lowered method graph -> the compiler IR.
+//
+// Every node is evaluated at compile time on example inputs, once per "run": one run when all
+// inputs are static, else 1 + (number of symbols) + 1 runs with each dynamic dim set to different
+// values. From the runs:
+//   - a node whose results depend only on static facts (constants, sizes, dtypes, devices, lists
+//     and arithmetic of them) is an evaluator (seed 002): it never becomes an IR node. An int that
+//     differs between runs is fitted as c + sum(a * symbol) and enters the IR as a symbolic dim
+//     (aten::size of a dynamic dim is the symbol itself);
+//   - a node producing tensors from the inputs' data is an IR node keyed by its schema
+//     ("aten::add.Tensor"), its arguments in schema order, its output shapes fitted the same way;
+//   - anything else (control flow, mutation, data-dependent scalars, unknown ops) is opaque:
+//     an IR node "torchscript::<kind>" without a converter, so the partitioner sees its tensor
+//     dependencies and the segments around it still become engines.
+// Evaluating on real example tensors (rather than meta tensors) is what lets control flow and
+// data-dependent ops report their result shapes; data-dependent values are never treated as
+// static (a value derived from a tensor's data is "data", only metadata reads are not).
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/ir/alias_analysis.h>
+#include <torch/csrc/jit/runtime/interpreter.h>
+#include <torch/csrc/jit/runtime/operator.h>
+
+#include <algorithm>
+#include <cctype>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "torchscript_internal.h"
+
+namespace ember::torchscript {
+
+using compiler::Arg;
+using compiler::DimExpr;
+using compiler::ScalarType;
+
+std::string ts_op_key(const jit::Node* node) {
+  if (const c10::FunctionSchema* s = node->maybeSchema()) {
+    return s->overload_name().empty() ? s->name() : s->name() + "." + s->overload_name();
+  }
+  return node->kind().toQualString();
+}
+
+namespace {
+
+std::optional<ScalarType> ir_dtype(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return ScalarType::kF32;
+    case c10::ScalarType::Half: return ScalarType::kF16;
+    case c10::ScalarType::BFloat16: return ScalarType::kBF16;
+    case c10::ScalarType::Char: return ScalarType::kI8;
+    case c10::ScalarType::Byte: return ScalarType::kU8;
+    case c10::ScalarType::Int: return ScalarType::kI32;
+    case c10::ScalarType::Long: return ScalarType::kI64;
+    case c10::ScalarType::Bool: return ScalarType::kBool;
+    case c10::ScalarType::Double: return ScalarType::kF64;
+    case c10::ScalarType::Short: return ScalarType::kI16;
+    default: return std::nullopt;
+  }
+}
+
+c10::ScalarType torch_dtype(ScalarType t) {
+  switch (t) {
+    case ScalarType::kF32: return c10::ScalarType::Float;
+    case ScalarType::kF16: return c10::ScalarType::Half;
+    case ScalarType::kBF16: return c10::ScalarType::BFloat16;
+    case ScalarType::kI8: return c10::ScalarType::Char;
+    case ScalarType::kU8: return c10::ScalarType::Byte;
+    case ScalarType::kI32: return c10::ScalarType::Int;
+    case ScalarType::kI64: return c10::ScalarType::Long;
+    case ScalarType::kBool: return c10::ScalarType::Bool;
+    case ScalarType::kF64: return c10::ScalarType::Double;
+    case ScalarType::kI16: return c10::ScalarType::Short;
+  }
+  return c10::ScalarType::Float;
+}
+
+// Ops that read only a tensor's metadata: their results are static even for data tensors.
+bool is_metadata_op(const jit::Node* n) {
+  static const std::set<std::string> kOps = {
+      "aten::size", "aten::size.int", "aten::dim", "aten::len.Tensor", "prim::dtype",
+      "prim::device", "aten::numel", "prim::layout", "aten::is_floating_point", "prim::is_cuda",
+      "aten::__is__", "aten::__isnot__", "prim::shape", "aten::sym_size", "aten::sym_size.int",
+      "aten::sym_numel"};
+  return kOps.count(ts_op_key(n)) != 0 || kOps.count(n->kind().toQualString()) != 0;
+}
+
+// Values used inside `n`'s blocks (or as its inputs) that are defined outside `n`.
+std::vector<jit::Value*> free_values(jit::Node* n) {
+  std::vector<jit::Value*> out;
+  std::set<jit::Value*> seen;
+  std::function<void(jit::Node*)> visit = [&](jit::Node* m) {
+    for (jit::Value* v : m->inputs()) {
+      // Defined outside n: its node is not n and not nested inside n.
+      jit::Node* def = v->node();
+      bool inside = false;
+      for (jit::Node* p = def; p != nullptr; p = p->owningBlock() ? p->owningBlock()->owningNode() : nullptr) {
+        if (p == n) {
+          inside = true;
+          break;
+        }
+      }
+      if (!inside && seen.insert(v).second) out.push_back(v);
+    }
+    for (jit::Block* b : m->blocks()) {
+      for (jit::Node* c : b->nodes()) visit(c);
+      visit(b->return_node());
+    }
+  };
+  visit(n);
+  return out;
+}
+
+bool ivalues_equal(const c10::IValue& a, const c10::IValue& b) {
+  if (a.isTensor() && b.isTensor()) {
+    const at::Tensor& x = a.toTensor();
+    const at::Tensor& y = b.toTensor();
+    if (!x.defined() || !y.defined()) return x.defined() == y.defined();
+    return x.sizes() == y.sizes() && x.dtype() == y.dtype() && x.device() == y.device() &&
+           (x.is_same(y) || at::equal(x, y));
+  }
+  if (a.isList() && b.isList()) {
+    auto x = a.toListRef();
+    auto y = b.toListRef();
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (!ivalues_equal(x[i], y[i])) return false;
+    }
+    return true;
+  }
+  if (a.isTuple() && b.isTuple()) {
+    const auto& x = a.toTupleRef().elements();
+    const auto& y = b.toTupleRef().elements();
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (!ivalues_equal(x[i], y[i])) return false;
+    }
+    return true;
+  }
+  if (a.isDevice() && b.isDevice()) return a.toDevice() == b.toDevice();
+  if (a.isNone() || b.isNone()) return a.isNone() && b.isNone();
+  if (a.isInt() && b.isInt()) return a.toInt() == b.toInt();
+  if (a.isDouble() && b.isDouble()) return a.toDouble() == b.toDouble();
+  if (a.isBool() && b.isBool()) return a.toBool() == b.toBool();
+  if (a.isString() && b.isString()) return a.toStringRef() == b.toStringRef();
+  if (a.isObject() && b.isObject()) return a.toObjectRef().type() == b.toObjectRef().type() && a.is(b);
+  return a.isSameIdentity(b);
+}
+
+std::string first_line(const std::string& s) {
+  const size_t nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+struct Val {
+  std::vector<c10::IValue> runs;
+  bool known = false;
+  bool data = false;
+};
+
+class Importer {
+ public:
+  Importer(const std::shared_ptr<jit::Graph>& graph, const std::vector<Input>& inputs)
+      : g_(graph), inputs_(inputs), alias_(graph) {}
+
+  ImportResult run();
+
+ private:
+  // ---- runs and fitting
+  void make_symbols();
+  std::optional<Affine> fit(const std::vector<int64_t>& xs) const;
+  DimExpr to_dim(const Affine& a) const;
+
+  // ---- evaluation
+  void evaluate(jit::Node* n);
+  bool run_node(jit::Node* n, size_t k, std::vector<c10::IValue>* outs, std::string* err);
+
+  // ---- import
+  void classify(jit::Node* n);
+  std::optional<std::string> import_node(jit::Node* n);
+  void import_opaque(jit::Node* n, const std::string& reason);
+  std::optional<compiler::TensorType> tensor_type(const jit::Value* v, std::string* why) const;
+  compiler::Value* tensor_arg(jit::Value* v, std::string* why);
+  std::optional<Arg> scalar_arg(jit::Value* v, const c10::Argument& arg, std::string* why);
+  std::string unique_name(const std::string& hint);
+  void set_module(compiler::Node* node, const jit::Node* n) const;
+
+  std::shared_ptr<jit::Graph> g_;
+  std::vector<Input> inputs_;
+  jit::AliasDb alias_;
+  ImportResult out_;
+  std::unordered_map<const jit::Value*, Val> vals_;
+  // Per symbol: the value in run 0 (v), its own run (w) and the last run (u).
+  struct Sym {
+    int64_t v, w, u;
+  };
+  std::vector<Sym> syms_;
+  size_t num_runs_ = 1;
+  std::set<std::string> names_;
+  bool clone_constants_ = false;
+};
+
+void Importer::make_symbols() {
+  const auto& gin = g_->inputs();
+  if (gin.size() != inputs_.size() + 1) {
+    throw compiler::Error("ember.ts: the method takes " + std::to_string(gin.size() - 1) +
+                          " inputs but " + std::to_string(inputs_.size()) +
+                          " input specs were given (pass one ember.Input or tensor per input)");
+  }
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    const Input& in = inputs_[i];
+    if (!gin[i + 1]->type()->cast<c10::TensorType>()) {
+      throw compiler::Error("ember.ts: method input " + std::to_string(i) + " ('" +
+                            gin[i + 1]->debugName() + "') is a " + gin[i + 1]->type()->str() +
+                            "; only tensor inputs can be compiled (wrap the module so that it "
+                            "takes tensors)");
+    }
+    if (in.min_shape.size() != in.opt_shape.size() || in.opt_shape.size() != in.max_shape.size()) {
+      throw compiler::Error("ember.ts: input " + std::to_string(i) +
+                            ": min, opt and max shapes must have the same rank");
+    }
+    for (size_t d = 0; d < in.min_shape.size(); ++d) {
+      const int64_t lo = in.min_shape[d], opt = in.opt_shape[d], hi = in.max_shape[d];
+      if (!(0 <= lo && lo <= opt && opt <= hi)) {
+        throw compiler::Error("ember.ts: input " + std::to_string(i) + " dim " + std::to_string(d) +
+                              ": needs 0 <= min <= opt <= max, got " + std::to_string(lo) + ", " +
+                              std::to_string(opt) + ", " + std::to_string(hi));
+      }
+      if (lo == hi) continue;
+      // Never 1 when avoidable: size-1 dims broadcast and squeeze differently.
+      const int64_t v = std::clamp<int64_t>(opt, std::max<int64_t>(lo, 2), hi);
+      const int64_t w = v + 1 <= hi ? v + 1 : v - 1;
+      int64_t u = v + 2 <= hi ? v + 2 : (v - 2 >= std::max<int64_t>(lo, 1) ? v - 2 : w);
+      if (u == w && v + 1 <= hi && v - 1 >= std::max<int64_t>(lo, 1)) u = v - 1;
+      const std::string name = "s" + std::to_string(out_.symbols.size());
+      out_.symbols.push_back({name, static_cast<int>(i), static_cast<int>(d)});
+      syms_.push_back({v, w, u});
+      out_.graph.symbols().push_back({name, compiler::SymbolRange{lo, opt, hi}});
+    }
+  }
+  num_runs_ = syms_.empty() ? 1 : syms_.size() + 2;
+}
+
+std::optional<Affine> Importer::fit(const std::vector<int64_t>& xs) const {
+  Affine a;
+  a.c = xs[0];
+  if (std::all_of(xs.begin(), xs.end(), [&](int64_t x) { return x == xs[0]; })) return a;
+  int64_t base = xs[0];
+  for (size_t i = 0; i < syms_.size(); ++i) {
+    const int64_t dx = xs[i + 1] - xs[0];
+    const int64_t ds = syms_[i].w - syms_[i].v;
+    if (dx % ds != 0) return std::nullopt;
+    const int64_t coef = dx / ds;
+    if (coef != 0) {
+      a.terms.push_back({static_cast<int>(i), coef});
+      base -= coef * syms_[i].v;
+    }
+  }
+  a.c = base;
+  int64_t check = a.c;
+  for (const auto& [s, coef] : a.terms) check += coef * syms_[s].u;
+  if (check != xs.back()) return std::nullopt;
+  return a;
+}
+
+DimExpr Importer::to_dim(const Affine& a) const {
+  DimExpr e(a.c);
+  for (const auto& [s, coef] : a.terms) {
+    DimExpr sym = DimExpr::symbol(out_.symbols[s].name);
+    e = e + (coef == 1 ? sym : DimExpr(coef) * sym);
+  }
+  return e;
+}
+
+bool Importer::run_node(jit::Node* n, size_t k, std::vector<c10::IValue>* outs,
+                        std::string* err) {
+  try {
+    if (n->kind() == c10::prim::Constant) {
+      auto iv = jit::toIValue(n->output());
+      c10::IValue v = iv ? *iv : c10::IValue();
+      if (clone_constants_ && v.isTensor()) v = v.toTensor().clone();
+      outs->assign(1, v);
+      return true;
+    }
+    jit::Stack stack;
+    if (!n->blocks().empty()) {
+      // Control flow: a one-node graph over the node's free values, run by the interpreter.
+      auto sub = std::make_shared<jit::Graph>();
+      std::unordered_map<jit::Value*, jit::Value*> map;
+      for (jit::Value* v : free_values(n)) {
+        map[v] = sub->addInput()->setType(v->type());
+        stack.push_back(vals_.at(v).runs[k]);
+      }
+      jit::Node* copy = sub->insertNode(sub->createClone(n, [&](jit::Value* v) { return map.at(v); }));
+      for (jit::Value* o : copy->outputs()) sub->registerOutput(o);
+      jit::Code code(sub, "ember_evaluate");
+      jit::InterpreterState(code).run(stack);
+    } else {
+      for (jit::Value* v : n->inputs()) stack.push_back(vals_.at(v).runs[k]);
+      n->getOperation()(stack);
+    }
+    if (stack.size() < n->outputs().size()) {
+      *err = "evaluation returned too few values";
+      return false;
+    }
+    outs->assign(stack.end() - static_cast<std::ptrdiff_t>(n->outputs().size()), stack.end());
+    return true;
+  } catch (const std::exception& e) {
+    *err = first_line(e.what());
+    return false;
+  }
+}
+
+void Importer::evaluate(jit::Node* n) {
+  bool inputs_known = true, data = false;
+  for (jit::Value* v : free_values(n)) {
+    const Val& in = vals_[v];
+    inputs_known = inputs_known && in.known;
+    data = data || in.data;
+  }
+  if (is_metadata_op(n)) data = false;
+  if (n->isNondeterministic()) data = true;
+  const bool effect_only = n->outputs().empty() && n->hasSideEffects();
+  std::vector<std::vector<c10::IValue>> results(num_runs_);
+  bool known = inputs_known && !effect_only;
+  std::string err;
+  for (size_t k = 0; known && k < num_runs_; ++k) known = run_node(n, k, &results[k], &err);
+  if (!known && inputs_known && !effect_only) {
+    out_.reason[n] = "cannot be evaluated on example inputs: " + err;
+  }
+  for (size_t i = 0; i < n->outputs().size(); ++i) {
+    Val& v = vals_[n->outputs()[i]];
+    v.known = known;
+    v.data = data || alias_.hasWriters(n->outputs()[i]);
+    if (known) {
+      for (size_t k = 0; k < num_runs_; ++k) v.runs.push_back(results[k][i]);
+    }
+  }
+}
+
+std::string Importer::unique_name(const std::string& hint) {
+  std::string base;
+  for (char c : hint) base += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  if (base.empty() || std::isdigit(static_cast<unsigned char>(base[0]))) base = "v" + base;
+  std::string name = base;
+  for (int i = 1; names_.count(name) != 0; ++i) name = base + "_" + std::to_string(i);
+  names_.insert(name);
+  return name;
+}
+
+void Importer::set_module(compiler::Node* node, const jit::Node* n) const {
+  // Scripted modules: the inlined call stack names each module instance and its class.
+  auto cs = n->callstack();
+  if (!cs) return;
+  std::string path;
+  std::vector<std::string> types;
+  for (const auto& entry : (*cs)->vec()) {
+    const auto& info = std::get<jit::kModuleInstanceInfo>(entry);
+    if (!info || !info->class_type()) continue;
+    std::string type = info->class_type()->name() ? info->class_type()->name()->qualifiedName() : "";
+    // "__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d" -> "torch.nn.modules.conv.Conv2d"
+    if (type.rfind("__torch__.", 0) == 0) type = type.substr(10);
+    std::string clean;
+    size_t pos = 0;
+    while (pos <= type.size()) {
+      const size_t dot = type.find('.', pos);
+      const std::string part = type.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+      if (part.rfind("___torch_mangle", 0) != 0) clean += (clean.empty() ? "" : ".") + part;
+      if (dot == std::string::npos) break;
+      pos = dot + 1;
+    }
+    types.push_back(clean);
+    const std::string& inst = info->instance_name();
+    if (!inst.empty() && inst != "self") path += (path.empty() ? "" : ".") + inst;
+  }
+  node->set_module(path, types);
+}
+
+std::optional<compiler::TensorType> Importer::tensor_type(const jit::Value* v,
+                                                          std::string* why) const {
+  const Val& val = vals_.at(v);
+  if (!val.known) {
+    *why = "its shape is unknown";
+    return std::nullopt;
+  }
+  const c10::IValue& r0 = val.runs[0];
+  if (!r0.isTensor() || !r0.toTensor().defined()) {
+    *why = "not a tensor";
+    return std::nullopt;
+  }
+  const at::Tensor& t0 = r0.toTensor();
+  auto dt = ir_dtype(t0.scalar_type());
+  if (!dt) {
+    *why = std::string("dtype ") + c10::toString(t0.scalar_type()) + " has no engine type";
+    return std::nullopt;
+  }
+  compiler::TensorType out;
+  out.dtype = *dt;
+  for (int64_t d = 0; d < t0.dim(); ++d) {
+    std::vector<int64_t> xs;
+    for (const c10::IValue& r : val.runs) {
+      const at::Tensor& t = r.toTensor();
+      if (t.dim() != t0.dim() || t.scalar_type() != t0.scalar_type()) {
+        *why = "its rank or dtype depends on the input sizes";
+        return std::nullopt;
+      }
+      xs.push_back(t.size(d));
+    }
+    auto a = fit(xs);
+    if (!a) {
+      *why = "dim " + std::to_string(d) + " is not an affine function of the dynamic input dims";
+      return std::nullopt;
+    }
+    out.shape.push_back(to_dim(*a));
+  }
+  return out;
+}
+
+compiler::Value* Importer::tensor_arg(jit::Value* v, std::string* why) {
+  auto it = out_.value_name.find(v);
+  if (it != out_.value_name.end()) return out_.graph.find_value(it->second);
+  const Val& val = vals_[v];
+  if (val.data || !val.known) {
+    *why = "input '" + v->debugName() + "' is computed in TorchScript";
+    return nullptr;
+  }
+  // A static tensor (a frozen weight, or computed from constants only): an IR constant.
+  for (const c10::IValue& r : val.runs) {
+    if (!ivalues_equal(r, val.runs[0])) {
+      *why = "input '" + v->debugName() + "' is static but differs between input sizes";
+      return nullptr;
+    }
+  }
+  auto type = tensor_type(v, why);
+  if (!type) return nullptr;
+  at::Tensor host = val.runs[0].toTensor().detach().to(at::kCPU).contiguous();
+  auto keep = std::make_shared<at::Tensor>(host);
+  compiler::ConstantData data{std::shared_ptr<const void>(keep, keep->data_ptr()),
+                              static_cast<size_t>(host.numel()) * host.element_size()};
+  const std::string name = unique_name(v->debugName());
+  compiler::Value* c = out_.graph.add_constant(name, type->dtype, type->shape, std::move(data));
+  c->set_fx_name(name);
+  out_.value_name[v] = name;
+  out_.ts_value[name] = v;
+  return c;
+}
+
+std::optional<Arg> Importer::scalar_arg(jit::Value* v, const c10::Argument& arg, std::string* why) {
+  const Val& val = vals_[v];
+  if (!val.known || val.data) {
+    *why = "argument '" + arg.name() + "' depends on tensor data";
+    return std::nullopt;
+  }
+  const auto& runs = val.runs;
+  if (runs[0].isNone()) {
+    for (const auto& r : runs) {
+      if (!r.isNone()) {
+        *why = "argument '" + arg.name() + "' is None for some input sizes only";
+        return std::nullopt;
+      }
+    }
+    return Arg(compiler::NoneArg{});
+  }
+  auto same = [&] {
+    for (const auto& r : runs) {
+      if (!ivalues_equal(r, runs[0])) return false;
+    }
+    return true;
+  };
+  auto fit_ints = [&](const std::vector<int64_t>& xs) -> std::optional<DimExpr> {
+    auto a = fit(xs);
+    if (!a) return std::nullopt;
+    return to_dim(*a);
+  };
+  c10::TypePtr real = arg.real_type();
+  if (auto opt = real->cast<c10::OptionalType>()) real = opt->getElementType();
+  switch (real->kind()) {
+    case c10::TypeKind::ScalarTypeType: {
+      auto t = ir_dtype(static_cast<c10::ScalarType>(runs[0].toInt()));
+      if (!t) {
+        *why = "dtype argument has no engine type";
+        return std::nullopt;
+      }
+      return Arg(*t);
+    }
+    case c10::TypeKind::LayoutType:
+      return Arg(std::string(runs[0].toInt() == 0 ? "torch.strided" : "torch.sparse"));
+    case c10::TypeKind::MemoryFormatType: {
+      static const char* kNames[] = {"torch.contiguous_format", "torch.preserve_format",
+                                     "torch.channels_last", "torch.channels_last_3d"};
+      const int64_t i = runs[0].toInt();
+      return Arg(std::string(i >= 0 && i < 4 ? kNames[i] : "torch.contiguous_format"));
+    }
+    case c10::TypeKind::DeviceObjType:
+      return Arg(runs[0].toDevice().str());
+    default:
+      break;
+  }
+  auto changes = [&]() -> std::optional<Arg> {
+    *why = "argument '" + arg.name() + "' changes with the input sizes in a way the IR cannot hold";
+    return std::nullopt;
+  };
+  const c10::IValue& r0 = runs[0];
+  if (r0.isBool()) {
+    if (!same()) return changes();
+    return Arg(r0.toBool());
+  }
+  if (r0.isInt()) {
+    std::vector<int64_t> xs;
+    for (const auto& r : runs) xs.push_back(r.toInt());
+    auto d = fit_ints(xs);
+    if (!d) return changes();
+    if (d->is_constant()) return Arg(d->constant());
+    return Arg(*d);
+  }
+  if (r0.isDouble()) {
+    if (!same()) return changes();
+    return Arg(r0.toDouble());
+  }
+  if (r0.isString()) return Arg(r0.toStringRef());
+  if (r0.isIntList()) {
+    const size_t n = r0.toIntList().size();
+    std::vector<DimExpr> dims;
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<int64_t> xs;
+      for (const auto& r : runs) {
+        if (!r.isIntList() || r.toIntList().size() != n) return changes();
+        xs.push_back(r.toIntList().get(i));
+      }
+      auto d = fit_ints(xs);
+      if (!d) return changes();
+      dims.push_back(*d);
+    }
+    return Arg(dims);
+  }
+  if (r0.isDoubleList()) {
+    if (!same()) return changes();
+    return Arg(std::vector<double>(r0.toDoubleList().vec()));
+  }
+  if (r0.isBoolList()) {
+    if (!same()) return changes();
+    std::vector<bool> b;
+    for (bool x : r0.toBoolList()) b.push_back(x);
+    return Arg(b);
+  }
+  *why = "argument '" + arg.name() + "' of type " + real->str() + " has no IR form";
+  return std::nullopt;
+}
+
+std::optional<std::string> Importer::import_node(jit::Node* n) {
+  if (n->kind().ns() != c10::namespaces::aten) return "not an aten op";
+  const c10::FunctionSchema* schema = n->maybeSchema();
+  if (schema == nullptr) return "no registered schema";
+  if (schema->is_mutable()) return "mutates its input in place (kept in TorchScript)";
+  if (n->isNondeterministic()) return "random op";
+  for (jit::Value* v : n->inputs()) {
+    if (v->type()->cast<c10::TensorType>() && alias_.hasWriters(v)) {
+      return "reads '" + v->debugName() + "', which is mutated in place";
+    }
+  }
+  std::string op = ts_op_key(n);
+  std::vector<jit::Value*> ins(n->inputs().begin(), n->inputs().end());
+  std::vector<c10::Argument> sargs = schema->arguments();
+  std::vector<Arg> args;
+  std::string why;
+  // TorchScript spellings that need the other tensor's dtype: cast to it.
+  if (op == "aten::type_as" || op == "aten::to.other") {
+    std::string w;
+    auto other = tensor_type(ins[1], &w);
+    compiler::Value* self = tensor_arg(ins[0], &why);
+    if (!other || self == nullptr) return why.empty() ? w : why;
+    op = "aten::to.dtype";
+    args = {self, other->dtype, false, false, compiler::NoneArg{}};
+  } else {
+    for (size_t i = 0; i < ins.size() && i < sargs.size(); ++i) {
+      jit::Value* v = ins[i];
+      c10::TypePtr t = sargs[i].type();
+      if (auto o = t->cast<c10::OptionalType>()) t = o->getElementType();
+      if (t->kind() == c10::TypeKind::TensorType) {
+        if (vals_[v].known && vals_[v].runs[0].isNone()) {
+          args.push_back(compiler::NoneArg{});
+          continue;
+        }
+        compiler::Value* x = tensor_arg(v, &why);
+        if (x == nullptr) return why;
+        args.push_back(x);
+        continue;
+      }
+      if (auto lt = t->cast<c10::ListType>()) {
+        c10::TypePtr el = lt->getElementType();
+        if (auto o = el->cast<c10::OptionalType>()) el = o->getElementType();
+        if (el->kind() == c10::TypeKind::TensorType) {
+          if (v->node()->kind() != c10::prim::ListConstruct) {
+            return "tensor list argument '" + sargs[i].name() + "' is not a list literal";
+          }
+          std::vector<compiler::Value*> list;
+          for (jit::Value* e : v->node()->inputs()) {
+            if (vals_[e].known && vals_[e].runs[0].isNone()) {
+              list.push_back(nullptr);
+              continue;
+            }
+            compiler::Value* x = tensor_arg(e, &why);
+            if (x == nullptr) return why;
+            list.push_back(x);
+          }
+          args.push_back(list);
+          continue;
+        }
+      }
+      auto a = scalar_arg(v, sargs[i], &why);
+      if (!a) return why;
+      args.push_back(*a);
+    }
+  }
+  std::vector<compiler::TensorType> types;
+  std::vector<std::string> names;
+  for (jit::Value* o : n->outputs()) {
+    auto t = tensor_type(o, &why);
+    if (!t) return "output '" + o->debugName() + "': " + why;
+    types.push_back(*t);
+    names.push_back(unique_name(o->debugName()));
+  }
+  compiler::Node* node = nullptr;
+  try {
+    node = out_.graph.add_node(op, std::move(args), types, names);
+  } catch (const std::exception& e) {
+    for (const auto& nm : names) names_.erase(nm);
+    return first_line(e.what());
+  }
+  const std::string node_name = names[0];
+  node->set_fx_name(node_name);
+  set_module(node, n);
+  for (size_t i = 0; i < n->outputs().size(); ++i) {
+    jit::Value* o = n->outputs()[i];
+    // Outputs nobody reads stay unnamed (Node::output_is_read).
+    if (o->hasUses() || std::find(g_->outputs().begin(), g_->outputs().end(), o) != g_->outputs().end()) {
+      node->output(i)->set_fx_name(names[i]);
+      out_.value_name[o] = names[i];
+      out_.ts_value[names[i]] = o;
+    }
+  }
+  out_.role[n] = NodeRole::kImported;
+  out_.node_name[n] = node_name;
+  return std::nullopt;
+}
+
+void Importer::import_opaque(jit::Node* n, const std::string& reason) {
+  out_.reason[n] = reason;
+  std::vector<Arg> args;
+  for (jit::Value* v : free_values(n)) {
+    auto it = out_.value_name.find(v);
+    if (it != out_.value_name.end()) args.push_back(out_.graph.find_value(it->second));
+  }
+  std::vector<compiler::TensorType> types;
+  std::vector<std::string> names;
+  std::vector<jit::Value*> outs;
+  for (jit::Value* o : n->outputs()) {
+    std::string why;
+    if (!o->type()->cast<c10::TensorType>()) continue;
+    auto t = tensor_type(o, &why);
+    if (!t) continue;
+    types.push_back(*t);
+    names.push_back(unique_name(o->debugName()));
+    outs.push_back(o);
+  }
+  if (outs.empty()) {
+    out_.role[n] = NodeRole::kTorchScript;
+    return;
+  }
+  std::string kind = n->kind().toQualString();
+  std::replace(kind.begin(), kind.end(), ':', '_');
+  compiler::Node* node = out_.graph.add_node("torchscript::" + kind, std::move(args), types, names);
+  node->set_fx_name(names[0]);
+  set_module(node, n);
+  for (size_t i = 0; i < outs.size(); ++i) {
+    node->output(i)->set_fx_name(names[i]);
+    out_.value_name[outs[i]] = names[i];
+    out_.ts_value[names[i]] = outs[i];
+  }
+  out_.role[n] = NodeRole::kOpaque;
+  out_.node_name[n] = names[0];
+}
+
+void Importer::classify(jit::Node* n) {
+  bool any_tensor_out = false, all_static = true;
+  for (jit::Value* o : n->outputs()) {
+    const Val& v = vals_[o];
+    if (!v.known || v.data) all_static = false;
+    if (v.known && v.runs[0].isTensor()) any_tensor_out = true;
+    if (o->type()->cast<c10::TensorType>()) any_tensor_out = true;
+  }
+  const bool effects = n->hasSideEffects() || n->outputs().empty();
+  if (!effects && all_static && !n->outputs().empty()) {
+    // Evaluated. A static tensor that differs between runs (arange(x.size(0))) must be computed
+    // by the engine instead: import it.
+    bool same_everywhere = true;
+    for (jit::Value* o : n->outputs()) {
+      const Val& v = vals_[o];
+      for (const auto& r : v.runs) same_everywhere = same_everywhere && ivalues_equal(r, v.runs[0]);
+    }
+    if (!(any_tensor_out && !same_everywhere)) {
+      out_.role[n] = NodeRole::kStatic;
+      for (jit::Value* o : n->outputs()) {
+        const Val& v = vals_[o];
+        bool same = true;
+        for (const auto& r : v.runs) same = same && ivalues_equal(r, v.runs[0]);
+        if (same) {
+          out_.constant[o] = v.runs[0];
+          continue;
+        }
+        // Symbolic ints and int lists: kept as affine forms for the embedder.
+        std::vector<Affine> forms;
+        bool ok = true, is_list = v.runs[0].isIntList();
+        if (v.runs[0].isInt() || is_list) {
+          const size_t count = is_list ? v.runs[0].toIntList().size() : 1;
+          for (size_t i = 0; ok && i < count; ++i) {
+            std::vector<int64_t> xs;
+            for (const auto& r : v.runs) {
+              if (is_list && (!r.isIntList() || r.toIntList().size() != count)) {
+                ok = false;
+                break;
+              }
+              xs.push_back(is_list ? r.toIntList().get(i) : r.toInt());
+            }
+            if (!ok) break;
+            auto a = fit(xs);
+            if (!a) ok = false;
+            else forms.push_back(*a);
+          }
+        } else {
+          ok = false;
+        }
+        if (ok) out_.affine[o] = {is_list, forms};
+      }
+      return;
+    }
+  }
+  if (!any_tensor_out) {
+    out_.role[n] = NodeRole::kTorchScript;
+    if (!out_.reason.count(n)) {
+      out_.reason[n] = effects ? "has side effects" : "its results are not tensors";
+    }
+    return;
+  }
+  std::string why;
+  if (!n->blocks().empty()) {
+    why = "control flow runs in TorchScript";
+  } else if (out_.reason.count(n)) {
+    why = out_.reason[n];
+  } else if (auto err = import_node(n)) {
+    why = *err;
+  } else {
+    return;
+  }
+  import_opaque(n, why);
+}
+
+ImportResult Importer::run() {
+  make_symbols();
+  // Real example tensors: run 0 at the symbols' v values, run 1+i with symbol i at w, the last
+  // run at u. Ints are drawn from [0, 3) so they are valid indices into any embedding.
+  for (jit::Node* n : g_->nodes()) {
+    if (const c10::FunctionSchema* s = n->maybeSchema(); s != nullptr && s->is_mutable()) {
+      clone_constants_ = true;
+    }
+  }
+  jit::Value* self = g_->inputs()[0];
+  Val& sv = vals_[self];
+  sv.known = true;
+  sv.runs.assign(num_runs_, c10::IValue());
+  at::manual_seed(0);
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    jit::Value* v = g_->inputs()[i + 1];
+    Val& val = vals_[v];
+    val.known = true;
+    val.data = true;
+    for (size_t k = 0; k < num_runs_; ++k) {
+      std::vector<int64_t> shape = inputs_[i].opt_shape;
+      size_t s = 0;
+      for (const auto& info : out_.symbols) {
+        if (info.input == static_cast<int>(i)) {
+          const Sym& sym = syms_[s];
+          shape[info.dim] = k == 0 ? sym.v : (k == num_runs_ - 1 ? sym.u : (k == s + 1 ? sym.w : sym.v));
+        }
+        ++s;
+      }
+      const c10::ScalarType dt = torch_dtype(inputs_[i].dtype);
+      at::Tensor t;
+      if (at::isFloatingType(dt)) t = at::randn(shape, at::TensorOptions().dtype(dt));
+      else if (dt == c10::ScalarType::Bool) t = at::randint(0, 2, shape).to(at::kBool);
+      else t = at::randint(0, 3, shape, at::TensorOptions().dtype(dt));
+      val.runs.push_back(t);
+    }
+    const std::string name = unique_name(v->debugName());
+    std::string why;
+    auto type = tensor_type(v, &why);
+    if (!type) throw compiler::Error("ember.ts: input " + std::to_string(i) + ": " + why);
+    // The declared symbols, not the fitted ones: a dim of range [1, 2] fits poorly.
+    type->shape.clear();
+    size_t s = 0;
+    for (size_t d = 0; d < inputs_[i].opt_shape.size(); ++d) {
+      type->shape.push_back(DimExpr(inputs_[i].opt_shape[d]));
+    }
+    for (const auto& info : out_.symbols) {
+      if (info.input == static_cast<int>(i)) type->shape[info.dim] = DimExpr::symbol(info.name);
+      ++s;
+    }
+    compiler::Value* in = out_.graph.add_input(name, type->dtype, type->shape);
+    in->set_fx_name(name);
+    out_.value_name[v] = name;
+    out_.ts_value[name] = v;
+  }
+  {
+    at::NoGradGuard no_grad;
+    for (jit::Node* n : g_->nodes()) {
+      evaluate(n);
+      classify(n);
+    }
+  }
+  std::vector<compiler::Value*> outs;
+  for (const std::string& name : values_read_by_torchscript(g_, out_)) {
+    outs.push_back(out_.graph.find_value(name));
+  }
+  out_.graph.set_outputs(outs);
+  return std::move(out_);
+}
+
+}  // namespace
+
+std::vector<std::string> values_read_by_torchscript(const std::shared_ptr<jit::Graph>& graph,
+                                                    const ImportResult& imported) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  auto add = [&](const jit::Value* v) {
+    auto it = imported.value_name.find(v);
+    if (it != imported.value_name.end() && seen.insert(it->second).second) out.push_back(it->second);
+  };
+  auto role = [&](const jit::Node* n) {
+    auto it = imported.role.find(n);
+    return it == imported.role.end() ? NodeRole::kTorchScript : it->second;
+  };
+  for (jit::Node* n : graph->nodes()) {
+    if (role(n) != NodeRole::kTorchScript) continue;
+    // A list literal only imported nodes read is part of their arguments, not a TorchScript read.
+    if (n->kind() == c10::prim::ListConstruct) {
+      bool absorbed = n->output()->hasUses();
+      for (const jit::Use& u : n->output()->uses()) {
+        absorbed = absorbed && role(u.user) == NodeRole::kImported;
+      }
+      if (absorbed) continue;
+    }
+    for (jit::Value* v : free_values(n)) add(v);
+  }
+  for (jit::Value* v : graph->outputs()) add(v);
+  return out;
+}
+
+ImportResult import_graph(const std::shared_ptr<jit::Graph>& graph,
+                          const std::vector<Input>& inputs) {
+  return Importer(graph, inputs).run();
+}
+
+}  // namespace ember::torchscript
