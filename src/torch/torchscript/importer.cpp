@@ -21,6 +21,8 @@
 #include <torch/csrc/jit/runtime/operator.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cctype>
 #include <functional>
 #include <map>
@@ -157,7 +159,20 @@ struct Val {
   std::vector<c10::IValue> runs;
   bool known = false;
   bool data = false;
+  /// Depends on a dynamic dim (differs between runs, or computed from something that does).
+  bool varies = false;
 };
+
+// Static ops whose result depends on a tensor's rank or type only, never on its sizes.
+bool is_rank_op(const jit::Node* n) {
+  static const std::set<std::string> kOps = {"aten::dim", "aten::len.t", "aten::len.Tensor",
+                                             "prim::dtype", "prim::device", "aten::is_floating_point",
+                                             "prim::is_cuda", "prim::layout"};
+  return kOps.count(ts_op_key(n)) != 0;
+}
+
+// "x.1" -> "x", any other character than [A-Za-z0-9_] -> "_".
+std::string clean_name(const std::string& hint);
 
 class Importer {
  public:
@@ -174,6 +189,8 @@ class Importer {
 
   // ---- evaluation
   void evaluate(jit::Node* n);
+  bool is_random(jit::Node* n);
+  jit::Node* inline_if(jit::Node* n, bool cond);
   bool run_node(jit::Node* n, size_t k, std::vector<c10::IValue>* outs, std::string* err);
 
   // ---- import
@@ -199,6 +216,11 @@ class Importer {
   size_t num_runs_ = 1;
   std::set<std::string> names_;
   bool clone_constants_ = false;
+  struct Subgraph {
+    std::shared_ptr<jit::Code> code;
+    std::vector<jit::Value*> inputs;
+  };
+  std::unordered_map<const jit::Node*, Subgraph> subgraphs_;
 };
 
 void Importer::make_symbols() {
@@ -233,7 +255,10 @@ void Importer::make_symbols() {
       const int64_t w = v + 1 <= hi ? v + 1 : v - 1;
       int64_t u = v + 2 <= hi ? v + 2 : (v - 2 >= std::max<int64_t>(lo, 1) ? v - 2 : w);
       if (u == w && v + 1 <= hi && v - 1 >= std::max<int64_t>(lo, 1)) u = v - 1;
-      const std::string name = "s" + std::to_string(out_.symbols.size());
+      std::string name = clean_name(gin[i + 1]->debugName()) + "_d" + std::to_string(d);
+      for (const auto& other : out_.symbols) {
+        if (other.name == name) name += "_" + std::to_string(out_.symbols.size());
+      }
       out_.symbols.push_back({name, static_cast<int>(i), static_cast<int>(d)});
       syms_.push_back({v, w, u});
       out_.graph.symbols().push_back({name, compiler::SymbolRange{lo, opt, hi}});
@@ -284,21 +309,26 @@ bool Importer::run_node(jit::Node* n, size_t k, std::vector<c10::IValue>* outs,
       return true;
     }
     jit::Stack stack;
-    if (!n->blocks().empty()) {
-      // Control flow: a one-node graph over the node's free values, run by the interpreter.
-      auto sub = std::make_shared<jit::Graph>();
-      std::unordered_map<jit::Value*, jit::Value*> map;
-      for (jit::Value* v : free_values(n)) {
-        map[v] = sub->addInput()->setType(v->type());
-        stack.push_back(vals_.at(v).runs[k]);
-      }
-      jit::Node* copy = sub->insertNode(sub->createClone(n, [&](jit::Value* v) { return map.at(v); }));
-      for (jit::Value* o : copy->outputs()) sub->registerOutput(o);
-      jit::Code code(sub, "ember_evaluate");
-      jit::InterpreterState(code).run(stack);
-    } else {
+    if (n->blocks().empty() && n->kind().ns() == c10::namespaces::aten) {
       for (jit::Value* v : n->inputs()) stack.push_back(vals_.at(v).runs[k]);
       n->getOperation()(stack);
+    } else {
+      // Control flow and the interpreter's own instructions (list and tuple literals, ...): a
+      // one-node graph over the node's free values, run by the interpreter.
+      auto& sub = subgraphs_[n];
+      if (!sub.code) {
+        auto g = std::make_shared<jit::Graph>();
+        std::unordered_map<jit::Value*, jit::Value*> map;
+        for (jit::Value* v : free_values(n)) {
+          map[v] = g->addInput()->setType(v->type());
+          sub.inputs.push_back(v);
+        }
+        jit::Node* copy = g->insertNode(g->createClone(n, [&](jit::Value* v) { return map.at(v); }));
+        for (jit::Value* o : copy->outputs()) g->registerOutput(o);
+        sub.code = std::make_shared<jit::Code>(g, "ember_evaluate");
+      }
+      for (jit::Value* v : sub.inputs) stack.push_back(vals_.at(v).runs[k]);
+      jit::InterpreterState(*sub.code).run(stack);
     }
     if (stack.size() < n->outputs().size()) {
       *err = "evaluation returned too few values";
@@ -308,19 +338,21 @@ bool Importer::run_node(jit::Node* n, size_t k, std::vector<c10::IValue>* outs,
     return true;
   } catch (const std::exception& e) {
     *err = first_line(e.what());
+    if (err->empty()) *err = std::string(e.what()).substr(0, 400);
     return false;
   }
 }
 
 void Importer::evaluate(jit::Node* n) {
-  bool inputs_known = true, data = false;
+  bool inputs_known = true, data = false, varies = false;
   for (jit::Value* v : free_values(n)) {
     const Val& in = vals_[v];
     inputs_known = inputs_known && in.known;
     data = data || in.data;
+    varies = varies || in.varies;
   }
   if (is_metadata_op(n)) data = false;
-  if (n->isNondeterministic()) data = true;
+  if (is_random(n)) data = true;
   const bool effect_only = n->outputs().empty() && n->hasSideEffects();
   std::vector<std::vector<c10::IValue>> results(num_runs_);
   bool known = inputs_known && !effect_only;
@@ -328,6 +360,9 @@ void Importer::evaluate(jit::Node* n) {
   for (size_t k = 0; known && k < num_runs_; ++k) known = run_node(n, k, &results[k], &err);
   if (!known && inputs_known && !effect_only) {
     out_.reason[n] = "cannot be evaluated on example inputs: " + err;
+    if (std::getenv("EMBER_TS_DEBUG") != nullptr) {
+      std::fprintf(stderr, "[ember.ts] %s: %s\n", ts_op_key(n).c_str(), err.c_str());
+    }
   }
   for (size_t i = 0; i < n->outputs().size(); ++i) {
     Val& v = vals_[n->outputs()[i]];
@@ -336,12 +371,57 @@ void Importer::evaluate(jit::Node* n) {
     if (known) {
       for (size_t k = 0; k < num_runs_; ++k) v.runs.push_back(results[k][i]);
     }
+    bool differs = false;
+    for (const auto& r : v.runs) differs = differs || !ivalues_equal(r, v.runs[0]);
+    v.varies = differs || (varies && !is_rank_op(n));
   }
 }
 
-std::string Importer::unique_name(const std::string& hint) {
+bool Importer::is_random(jit::Node* n) {
+  if (!n->isNondeterministic()) return false;
+  // Dropout-like ops are random only when dropout is on: dropout_p > 0, or train = true.
+  const c10::FunctionSchema* schema = n->maybeSchema();
+  if (schema == nullptr) return true;
+  for (size_t i = 0; i < schema->arguments().size() && i < n->inputs().size(); ++i) {
+    const std::string& name = schema->arguments()[i].name();
+    const Val& v = vals_[n->inputs()[i]];
+    if (!v.known || v.data || v.varies) continue;
+    const c10::IValue& x = v.runs[0];
+    if (name == "dropout_p" && x.isDouble()) return x.toDouble() != 0.0;
+    if (name == "train" && x.isBool()) return x.toBool();
+  }
+  return true;
+}
+
+jit::Node* Importer::inline_if(jit::Node* n, bool cond) {
+  // The condition is static and the same for every input size: the taken branch is the program.
+  jit::Block* block = n->blocks()[cond ? 0 : 1];
+  std::vector<jit::Node*> inner(block->nodes().begin(), block->nodes().end());
+  for (jit::Node* m : inner) m->moveBefore(n);
+  for (size_t i = 0; i < n->outputs().size(); ++i) {
+    n->outputs()[i]->replaceAllUsesWith(block->outputs()[i]);
+  }
+  jit::Node* next = inner.empty() ? n->next() : inner.front();
+  n->destroy();
+  return next;
+}
+
+std::string clean_name(const std::string& hint) {
+  // TorchScript's "x.1" is the user's x.
+  std::string h = hint;
+  const size_t dot = h.rfind('.');
+  if (dot != std::string::npos && dot > 0 && dot + 1 < h.size() &&
+      std::all_of(h.begin() + dot + 1, h.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
+    h = h.substr(0, dot);
+  }
   std::string base;
-  for (char c : hint) base += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  for (char c : h) base += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  if (base.empty() || std::isdigit(static_cast<unsigned char>(base[0]))) base = "v" + base;
+  return base;
+}
+
+std::string Importer::unique_name(const std::string& hint) {
+  std::string base = clean_name(hint);
   if (base.empty() || std::isdigit(static_cast<unsigned char>(base[0]))) base = "v" + base;
   std::string name = base;
   for (int i = 1; names_.count(name) != 0; ++i) name = base + "_" + std::to_string(i);
@@ -553,7 +633,7 @@ std::optional<std::string> Importer::import_node(jit::Node* n) {
   const c10::FunctionSchema* schema = n->maybeSchema();
   if (schema == nullptr) return "no registered schema";
   if (schema->is_mutable()) return "mutates its input in place (kept in TorchScript)";
-  if (n->isNondeterministic()) return "random op";
+  if (is_random(n)) return "random op";
   for (jit::Value* v : n->inputs()) {
     if (v->type()->cast<c10::TensorType>() && alias_.hasWriters(v)) {
       return "reads '" + v->debugName() + "', which is mutated in place";
@@ -813,9 +893,17 @@ ImportResult Importer::run() {
   }
   {
     at::NoGradGuard no_grad;
-    for (jit::Node* n : g_->nodes()) {
+    for (jit::Node* n = g_->nodes().front(); n != g_->return_node();) {
+      if (n->kind() == c10::prim::If) {
+        const Val& c = vals_[n->input(0)];
+        if (c.known && !c.data && !c.varies && c.runs[0].isBool()) {
+          n = inline_if(n, c.runs[0].toBool());
+          continue;
+        }
+      }
       evaluate(n);
       classify(n);
+      n = n->next();
     }
   }
   std::vector<compiler::Value*> outs;
