@@ -24,6 +24,14 @@ else:
     from ember._input import Input
     from ember._settings import CompileSettings
 
+    # Register torch.classes.ember.Engine and ember::execute_engine now, so a compiled program
+    # saved with torch.jit.save loads with a plain torch.jit.load after `import ember`. Without
+    # the native library (a source tree without a build) the compiler entry points raise later.
+    from ember import _runtime as _rt
+    try:
+        _rt.load_library()
+    except RuntimeError:
+        pass
+
 __all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
-           "compile",
-           "save", "load", "Input", "CompileSettings"]
+           "compile", "save", "load", "Input", "CompileSettings"]

@@ -824,6 +824,13 @@ void Importer::classify(jit::Node* n) {
     return;
   }
   std::string why;
+  if (!effects && all_static && !n->outputs().empty()) {
+    // A static tensor that changes with the input sizes: an engine computes it when it is an
+    // aten op the IR holds, else it is recomputed in TorchScript where needed.
+    if (!import_node(n)) return;
+    out_.role[n] = NodeRole::kStatic;
+    return;
+  }
   if (!n->blocks().empty()) {
     why = "control flow runs in TorchScript";
   } else if (out_.reason.count(n)) {
