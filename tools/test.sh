@@ -31,5 +31,6 @@ if [ -d tests/python ]; then
   # libember_torch.so go next to python/ember (git-ignored), which PYTHONPATH puts first.
   cp build/dev/python/_C*.so build/dev/src/torch/libember_torch.so python/ember/
   python -m pip uninstall -q -y ember >/dev/null 2>&1 || true
-  PYTHONPATH="$EMBER_ROOT/python" python -m pytest -q -n "$jobs" -p no:cacheprovider tests/python
+  # EMBER_REQUIRE_DEPLOY: the C++ deployment test (ember_deploy, built above) must run.
+  EMBER_REQUIRE_DEPLOY=1 PYTHONPATH="$EMBER_ROOT/python" python -m pytest -q -n "$jobs" -p no:cacheprovider tests/python
 fi
