@@ -36,25 +36,47 @@ def compile(module: Any, ir: str = "dynamo", inputs: Sequence[Any] | None = None
     return dynamo.compile(ep, inputs, **kwargs)
 
 
-def save(compiled: torch.fx.GraphModule, path: str, output_format: str = "exported_program",
+def save(compiled: Any, path: str, output_format: str = "exported_program",
          inputs: Sequence[Any] | None = None) -> None:
     """Saves a compiled program. output_format="exported_program": re-exported with
     torch.export (engines travel inside, as pickled ember.Engine objects) and written with
-    torch.export.save. `inputs` (tensors or ember.Input) give the example shapes and dynamic
-    ranges. The file is written to a temporary name first, so a failure leaves no partial file."""
-    if output_format != "exported_program":
+    torch.export.save. output_format="torchscript": a ScriptModule (ember.ts / ir="ts") is
+    written with torch.jit.save; a dynamo result (a GraphModule) is first traced with
+    torch.jit.trace on example inputs (shapes outside its engines are then fixed to those of the
+    examples), so every compiled program can be deployed to C++ (docs/deployment.md). `inputs`
+    (tensors or ember.Input) give the example shapes and dynamic ranges. The file is written to
+    a temporary name first, so a failure leaves no partial file."""
+    if output_format not in ("exported_program", "torchscript"):
         raise ValueError(f"ember.save: output_format='{output_format}' is not supported "
-                         "(use 'exported_program')")
+                         "(use 'exported_program' or 'torchscript')")
+    _runtime.load_library()
+    if output_format == "torchscript":
+        if isinstance(compiled, torch.jit.ScriptModule):
+            module = compiled
+        else:
+            if not inputs:
+                raise ValueError("ember.save(output_format='torchscript'): inputs= is required to "
+                                 "trace a dynamo result")
+            examples = dynamo._examples(inputs, dynamo._module_device(compiled))
+            with torch.no_grad():
+                module = torch.jit.trace(compiled, examples, check_trace=False)
+        _write_atomically(path, ".ts", lambda tmp: torch.jit.save(module, tmp))
+        return
+    if isinstance(compiled, torch.jit.ScriptModule):
+        raise ValueError("ember.save: a TorchScript result saves with output_format='torchscript'")
     if not inputs:
         raise ValueError("ember.save: inputs= is required to re-export the compiled program")
-    _runtime.load_library()
     ep = torch.export.export(compiled, dynamo._examples(inputs, dynamo._module_device(compiled)),
                              dynamic_shapes=dynamo._dynamic_shapes(inputs), strict=False)
+    _write_atomically(path, ".pt2", lambda tmp: torch.export.save(ep, tmp))
+
+
+def _write_atomically(path: str, suffix: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ember-save-", suffix=".pt2")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ember-save-", suffix=suffix)
     os.close(fd)
     try:
-        torch.export.save(ep, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -62,9 +84,23 @@ def save(compiled: torch.fx.GraphModule, path: str, output_format: str = "export
         raise
 
 
-def load(path: str) -> torch.export.ExportedProgram:
-    """Loads a program saved by ember.save; call .module() on the result to run it."""
+def _is_torchscript_file(path: str) -> bool:
+    """torch.jit.save archives hold code/ and constants.pkl; torch.export.save's do not."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load(path: str) -> Any:
+    """Loads a program saved by ember.save: an ExportedProgram (call .module() on it to run it),
+    or for a TorchScript file a ScriptModule."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"ember.load: no file at '{path}'")
     _runtime.load_library()
+    if _is_torchscript_file(path):
+        return torch.jit.load(path)
     return torch.export.load(path)

@@ -314,3 +314,24 @@ def test_bad_inputs():
         ember.ts.compile(LeNet(), inputs=[torch.randn(1, 1, 32, 32)])
     with pytest.raises(TypeError, match="unknown setting"):
         ember.ts.compile(m, inputs=[torch.randn(1, 1, 32, 32)], min_blok_size=2)
+
+
+def test_save_load_torchscript_format(lenet, tmp_path):
+    x = torch.randn(2, 1, 32, 32)
+    path = str(tmp_path / "ts.ts")
+    compiled = ember.compile(lenet, ir="ts", inputs=[x])
+    ember.save(compiled, path, output_format="torchscript")
+    loaded = ember.load(path)
+    assert isinstance(loaded, torch.jit.ScriptModule)
+    with torch.no_grad():
+        assert_close(loaded(x), lenet(x))
+    # A dynamo result, traced into TorchScript.
+    gm = ember.compile(lenet, inputs=[x])
+    path2 = str(tmp_path / "dyn.ts")
+    ember.save(gm, path2, output_format="torchscript", inputs=[x])
+    loaded2 = ember.load(path2)
+    assert engine_calls(loaded2) == 1
+    with torch.no_grad():
+        assert_close(loaded2(x), lenet(x))
+    with pytest.raises(ValueError, match="output_format='torchscript'"):
+        ember.save(compiled, str(tmp_path / "x.pt2"))
