@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover
 else:
     from ember import debug, dynamo, ts
     from ember._api import compile, load, save
+    from ember._converters import load_converters
     from ember._input import Input
     from ember._settings import CompileSettings
 
@@ -34,4 +35,4 @@ else:
         pass
 
 __all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
-           "compile", "save", "load", "Input", "CompileSettings"]
+           "compile", "save", "load", "Input", "CompileSettings", "load_converters"]

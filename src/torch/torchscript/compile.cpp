@@ -293,8 +293,8 @@ std::vector<std::string> check_method_operator_support(const torch::jit::Module&
         why = "control flow runs in TorchScript";
       } else if (n->kind().ns() == c10::namespaces::prim || !tensor_out) {
         continue;  // evaluated at compile time (constants, lists, sizes, scalar arithmetic)
-      } else if (n->kind().ns() != c10::namespaces::aten) {
-        why = "not an aten op";
+      } else if (n->kind().ns() != c10::namespaces::aten && !registry.has(key)) {
+        why = "not an aten op, and no converter is registered for it";
       } else if (const c10::FunctionSchema* s = n->maybeSchema(); s != nullptr && s->is_mutable()) {
         why = "in-place op whose result another alias observes";
       } else if (key != "aten::type_as" && key != "aten::to.other" && !registry.has(key)) {
@@ -499,5 +499,7 @@ TORCH_LIBRARY_FRAGMENT(ember, m) {
         &ember::torchscript::op_convert_to_engine);
   m.def("ts_embed_engine(Tensor plan, str out_path) -> ()", &ember::torchscript::op_embed_engine);
   m.def("ts_lower_ir(str ir) -> str", &ember::torchscript::op_lower_ir);
+  // The registry of this library's compiler (TorchScript path), user converters included.
+  m.def("converter_ops() -> str[]", [] { return ember::compiler::ConverterRegistry::instance().ops(); });
   m.def("ts_import_ir(str ir, str[] inputs) -> str", &ember::torchscript::op_import_ir);
 }

@@ -29,6 +29,7 @@
 #include <optional>
 #include <set>
 
+#include "ember/compiler/conversion.h"
 #include "torchscript_internal.h"
 
 namespace ember::torchscript {
@@ -629,7 +630,12 @@ std::optional<Arg> Importer::scalar_arg(jit::Value* v, const c10::Argument& arg,
 }
 
 std::optional<std::string> Importer::import_node(jit::Node* n) {
-  if (n->kind().ns() != c10::namespaces::aten) return "not an aten op";
+  // aten ops, and ops of other namespaces that a converter is registered for (custom ops with an
+  // out-of-tree converter, docs/adding_a_converter.md).
+  if (n->kind().ns() != c10::namespaces::aten &&
+      !compiler::ConverterRegistry::instance().has(ts_op_key(n))) {
+    return "not an aten op, and no converter is registered for " + ts_op_key(n);
+  }
   const c10::FunctionSchema* schema = n->maybeSchema();
   if (schema == nullptr) return "no registered schema";
   if (schema->is_mutable()) return "mutates its input in place (kept in TorchScript)";
