@@ -211,3 +211,41 @@ def script_or_trace(module: torch.nn.Module, inputs: Sequence[Any]) -> torch.jit
             examples.append(x if isinstance(x, torch.Tensor) else x.example())
         with torch.no_grad():
             return torch.jit.trace(module, tuple(examples))
+
+
+def input_spec_from_text(text: str) -> Input:
+    """An ember.Input from emberc's form '(1,3,224,224)@f16' or
+    '[(1,3,224,224);(4,3,224,224);(8,3,224,224)]@f32'. Raises ValueError showing the form."""
+    from ember._importer import TORCH_DTYPES
+    form = ("expected '(1,3,224,224)' or '[(1,3,224,224);(4,3,224,224);(8,3,224,224)]' "
+            "(min;opt;max), optionally followed by '@f32', '@f16', '@bf16', '@i32', '@i64', '@bool'")
+    body, _, dtype_name = text.replace(" ", "").partition("@")
+    dtype = torch.float32
+    if dtype_name:
+        aliases = {"float": "f32", "float32": "f32", "half": "f16", "float16": "f16",
+                   "bfloat16": "bf16", "int32": "i32", "int64": "i64", "long": "i64"}
+        dtype = TORCH_DTYPES.get(aliases.get(dtype_name, dtype_name))
+        if dtype is None:
+            raise ValueError(f"input spec '{text}': unknown dtype '{dtype_name}'; {form}")
+
+    def shape(part):
+        if not (part.startswith("(") and part.endswith(")")):
+            raise ValueError(f"input spec '{text}': '{part}' is not a shape in parentheses; {form}")
+        inner = part[1:-1]
+        try:
+            return tuple(int(d) for d in inner.split(",")) if inner else ()
+        except ValueError:
+            raise ValueError(f"input spec '{text}': '{part}' has a size that is not an integer; "
+                             f"{form}") from None
+
+    if body.startswith("["):
+        if not body.endswith("]"):
+            raise ValueError(f"input spec '{text}': missing ']'; {form}")
+        parts = body[1:-1].split(";")
+        if len(parts) == 1:
+            return Input(shape=shape(parts[0]), dtype=dtype)
+        if len(parts) != 3:
+            raise ValueError(f"input spec '{text}': a range needs three shapes (min;opt;max); {form}")
+        lo, opt, hi = (shape(p) for p in parts)
+        return Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=dtype)
+    return Input(shape=shape(body), dtype=dtype)

@@ -1,0 +1,180 @@
+"""emberc: Ember's command-line compiler (the role of torchtrtc).
+
+    emberc model.ts model_ember.ts --input "[(1,3,224,224);(4,3,224,224);(8,3,224,224)]@f16"
+
+Input: a TorchScript file (torch.jit.save) or a saved ExportedProgram (.pt2, torch.export.save).
+TorchScript goes through the C++ TorchScript frontend (src/torch/torchscript/); an
+ExportedProgram through the dynamo path, and its result is traced into TorchScript, so the
+output is always a TorchScript file that runs from C++ (docs/deployment.md). Bad input gets a
+message and exit status 2 (usage) or 1 (compilation), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import zipfile
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default exits 2 with usage; keep that, add a hint
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"emberc: error: {message}\n(see emberc --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="emberc",
+        description="Compile a TorchScript module (.ts) or a saved ExportedProgram (.pt2) into a "
+                    "TorchScript module whose supported parts run as Ember engines.",
+        epilog="Input specs: '(1,3,224,224)' (static) or "
+               "'[(1,3,224,224);(4,3,224,224);(8,3,224,224)]' (min;opt;max), optionally followed "
+               "by '@f32', '@f16', '@bf16', '@i32', '@i64', '@bool'. Give one --input per method "
+               "input, in order. Example:\n  emberc resnet.ts resnet_ember.ts --input "
+               "'[(1,3,224,224);(8,3,224,224);(32,3,224,224)]@f32'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input_file", help="TorchScript file (torch.jit.save) or ExportedProgram (.pt2)")
+    p.add_argument("output_file", nargs="?",
+                   help="where to write the compiled TorchScript module (or the plan with "
+                        "--save-engine); not needed with --check-method-support")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="SPEC",
+                   help="an input spec, once per method input, in order")
+    p.add_argument("--min-block-size", type=int, default=None, metavar="N",
+                   help="segments with fewer compute nodes run in TorchScript (default 5)")
+    p.add_argument("--torch-executed-op", action="append", default=[], metavar="OP",
+                   help="an op kept in TorchScript, e.g. aten::relu (repeatable)")
+    p.add_argument("--torch-executed-module", action="append", default=[], metavar="MODULE",
+                   help="a module class or qualified name kept in TorchScript (repeatable)")
+    p.add_argument("--require-full-compilation", action="store_true",
+                   help="fail when anything would run in TorchScript, listing each node")
+    p.add_argument("--truncate-long-double", action="store_true",
+                   help="run i64 as i32 and f64 as f32 inside engines")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="the engines' back end (default: cuda when available, else cpu)")
+    p.add_argument("--method", default="forward", help="the method to compile (default forward)")
+    p.add_argument("--check-method-support", action="store_true",
+                   help="list the operators that cannot run in engines; exit 1 when there are any")
+    p.add_argument("--save-engine", action="store_true",
+                   help="write the serialized plan of ONE engine for the whole method instead "
+                        "of a module (fails when anything would run in TorchScript)")
+    p.add_argument("--custom-converters", action="append", default=[], metavar="LIB.so",
+                   help="a shared library of converters to load first (repeatable)")
+    p.add_argument("--debug", action="store_true", help="print the partition and build logs")
+    return p
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    sys.stderr.write(f"emberc: error: {message}\n")
+    return code
+
+
+def _kind(path: str) -> str:
+    """'torchscript', 'exported_program' or a reason it is neither."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "it is not a zip archive (torch.jit.save and torch.export.save write zip archives)"
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return "torchscript"
+    if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names):
+        return "exported_program"
+    return "it holds neither a TorchScript module nor an ExportedProgram"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.debug:
+        logging.basicConfig(level=logging.INFO)
+    if not os.path.isfile(args.input_file):
+        return _fail(f"no file '{args.input_file}'", EXIT_USAGE)
+    kind = _kind(args.input_file)
+    if kind not in ("torchscript", "exported_program"):
+        return _fail(f"'{args.input_file}' cannot be read: {kind}", EXIT_USAGE)
+    if not args.check_method_support and not args.output_file:
+        return _fail("an output file is required (or use --check-method-support)", EXIT_USAGE)
+    if args.min_block_size is not None and args.min_block_size < 1:
+        return _fail("--min-block-size must be >= 1", EXIT_USAGE)
+    for lib in args.custom_converters:
+        if not os.path.isfile(lib):
+            return _fail(f"--custom-converters: no file '{lib}'", EXIT_USAGE)
+
+    import torch  # after argument checks: --help and usage errors stay fast
+
+    import ember
+    from ember import ts
+
+    try:
+        specs = [ts.input_spec_from_text(text) for text in args.input]
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+
+    for lib in args.custom_converters:
+        try:
+            added = ember.load_converters(lib)
+        except (OSError, RuntimeError) as e:
+            return _fail(f"--custom-converters {lib}: {e}")
+        if args.debug:
+            print(f"emberc: {lib}: converters {', '.join(added) or '(none new)'}", file=sys.stderr)
+
+    settings = {"torch_executed_ops": args.torch_executed_op,
+                "torch_executed_modules": args.torch_executed_module,
+                "require_full_compilation": args.require_full_compilation,
+                "truncate_double": args.truncate_long_double, "debug": args.debug}
+    if args.min_block_size is not None:
+        settings["min_block_size"] = args.min_block_size
+    if args.device is not None:
+        settings["device"] = args.device
+
+    try:
+        if kind == "torchscript":
+            module = torch.jit.load(args.input_file)
+            if args.check_method_support:
+                unsupported = ts.unsupported_ops(module, args.method)
+                for line in unsupported:
+                    print(line)
+                if not unsupported:
+                    print(f"all operators of '{args.method}' are supported")
+                return EXIT_FAILURE if unsupported else 0
+            if not specs:
+                return _fail("--input is required (one per method input)", EXIT_USAGE)
+            if args.save_engine:
+                plan = ts.convert_method_to_engine(module, args.method, inputs=specs, **settings)
+                with open(args.output_file, "wb") as f:
+                    f.write(plan)
+                print(f"emberc: wrote a plan of {len(plan)} bytes to {args.output_file}")
+                return 0
+            compiled = ts.compile(module, specs, method_name=args.method, **settings)
+            ember.save(compiled, args.output_file, output_format="torchscript")
+            report = compiled.ember_report
+        else:
+            ep = torch.export.load(args.input_file)
+            if args.check_method_support:
+                compiled = ember.dynamo.compile(ep, specs or None, dryrun=True, **settings)
+                return 0
+            if args.save_engine:
+                return _fail("--save-engine takes a TorchScript input", EXIT_USAGE)
+            if not specs:
+                return _fail("--input is required (one per program input)", EXIT_USAGE)
+            compiled = ember.dynamo.compile(ep, specs, **settings)
+            ember.save(compiled, args.output_file, output_format="torchscript", inputs=specs)
+            report = compiled.ember_report
+    except (RuntimeError, ValueError, TypeError) as e:
+        return _fail(str(e).strip())
+    engines = getattr(report, "num_engines", None)
+    if engines is None:
+        engines = len(getattr(report, "engines", []))
+    print(f"emberc: wrote {args.output_file} ({engines} engine(s))")
+    if args.debug:
+        print(str(report), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
