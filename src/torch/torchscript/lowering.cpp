@@ -47,7 +47,9 @@ void lower_graph(const std::shared_ptr<jit::Graph>& graph, std::vector<std::stri
   std::shared_ptr<jit::Graph> g = graph;
   run("inline", [&] { jit::Inline(*g); });
   run("remove_dropout", [&] { jit::removeDropout(g); });
-  run("lower_tuples", [&] { jit::LowerAllTuples(g); });
+  // Tuples built and taken apart inside the method go away; the method keeps its signature
+  // (a tuple return stays one value, as torch.jit.save requires).
+  run("lower_tuples", [&] { jit::LowerSimpleTuples(g); });
   run("constant_propagation", [&] { jit::ConstantPropagation(g); });
   run("remove_list_mutation", [&] { jit::RemoveListMutation(g); });
   run("inplace_to_functional", [&] {
