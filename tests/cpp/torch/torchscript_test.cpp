@@ -1,0 +1,148 @@
+// The C++ TorchScript API (include/ember/torch/torchscript.h) from a C++ program: modules
+// defined in TorchScript source here, compiled, run against libtorch's own result, saved and
+// loaded; input specs; operator support; one-engine conversion and embedding.
+#include <gtest/gtest.h>
+
+#include <torch/csrc/jit/serialization/import.h>
+#include <torch/script.h>
+
+#include <cstdio>
+#include <string>
+
+#include "ember/torch/torchscript.h"
+
+namespace {
+
+namespace ts = ember::torchscript;
+
+torch::jit::Module make_module(const std::string& source) {
+  torch::jit::Module m("TestModule");
+  m.register_parameter("w", torch::randn({8, 8}), false);
+  m.register_parameter("b", torch::randn({8}), false);
+  m.define(source);
+  m.eval();
+  return m;
+}
+
+const char* kMlp = R"(
+def forward(self, x):
+    y = torch.relu(torch.nn.functional.linear(x, self.w, self.b))
+    return torch.sigmoid(y * 2.0 + 1.0).view(x.size(0), 2, 4)
+)";
+
+const char* kControlFlow = R"(
+def forward(self, x):
+    y = torch.relu(torch.nn.functional.linear(x, self.w, self.b)) * 2.0 + 1.0
+    if bool(y.sum() > 0.0):
+        y = y * 3.0
+    return torch.tanh(y - 1.0) + 0.5
+)";
+
+int count_kind(const torch::jit::Module& m, const std::string& kind) {
+  int n = 0;
+  for (const torch::jit::Node* node : m.get_method("forward").graph()->nodes()) {
+    n += node->kind().toQualString() == kind;
+  }
+  return n;
+}
+
+void expect_close(const at::Tensor& a, const at::Tensor& b) {
+  ASSERT_EQ(a.sizes(), b.sizes());
+  EXPECT_TRUE(at::allclose(a, b, 1e-4, 1e-4)) << (a - b).abs().max().item<float>();
+}
+
+TEST(TorchScript, CompileDynamicBatchSaveLoad) {
+  torch::manual_seed(0);
+  torch::jit::Module m = make_module(kMlp);
+  ts::CompileSpec spec;
+  spec.inputs.push_back(ts::Input::range({1, 8}, {4, 8}, {16, 8}));
+  spec.settings.min_block_size = 1;
+  ts::CompileReport report;
+  torch::jit::Module compiled = ts::compile(m, spec, &report);
+  EXPECT_EQ(report.num_engines, 1);
+  EXPECT_TRUE(report.fallback.empty());
+  EXPECT_EQ(count_kind(compiled, "ember::execute_engine"), 1);
+  for (int64_t b : {1, 5, 16}) {
+    at::Tensor x = torch::randn({b, 8});
+    expect_close(compiled.forward({x}).toTensor(), m.forward({x}).toTensor());
+  }
+  const std::string path = ::testing::TempDir() + "/ember_ts_test.ts";
+  compiled.save(path);
+  torch::jit::Module loaded = torch::jit::load(path);
+  at::Tensor x = torch::randn({3, 8});
+  expect_close(loaded.forward({x}).toTensor(), m.forward({x}).toTensor());
+  std::remove(path.c_str());
+  // Out of the profile: the message names the input, the dim and the range.
+  try {
+    compiled.forward({torch::randn({17, 8})});
+    FAIL() << "batch 17 ran";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("outside the optimization profile range [1, 16]"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(TorchScript, ControlFlowStaysInTorchScript) {
+  torch::manual_seed(0);
+  torch::jit::Module m = make_module(kControlFlow);
+  ts::CompileSpec spec;
+  spec.inputs.push_back(ts::Input::fixed({2, 8}));
+  spec.settings.min_block_size = 1;
+  torch::jit::Module compiled = ts::compile(m, spec);
+  EXPECT_EQ(count_kind(compiled, "prim::If"), 1);
+  EXPECT_EQ(count_kind(compiled, "ember::execute_engine"), 2);
+  for (double shift : {-10.0, 10.0}) {
+    at::Tensor x = torch::randn({2, 8}) + shift;
+    expect_close(compiled.forward({x}).toTensor(), m.forward({x}).toTensor());
+  }
+  spec.settings.require_full_compilation = true;
+  try {
+    ts::compile(m, spec);
+    FAIL() << "require_full_compilation accepted control flow";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("prim::If"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TorchScript, OperatorSupport) {
+  EXPECT_TRUE(ts::check_method_operator_support(make_module(kMlp), "forward").empty());
+  auto unsupported = ts::check_method_operator_support(make_module(kControlFlow), "forward");
+  ASSERT_EQ(unsupported.size(), 1u);
+  EXPECT_EQ(unsupported[0], "prim::If: control flow runs in TorchScript");
+  EXPECT_THROW(ts::check_method_operator_support(make_module(kMlp), "nope"), std::exception);
+}
+
+TEST(TorchScript, ConvertMethodToEngineAndEmbed) {
+  torch::manual_seed(0);
+  torch::jit::Module m = make_module(kMlp);
+  ts::CompileSpec spec;
+  spec.inputs.push_back(ts::Input::fixed({3, 8}));
+  std::vector<uint8_t> plan = ts::convert_method_to_engine(m, "forward", spec);
+  ASSERT_GT(plan.size(), 100u);
+  torch::jit::Module embedded = ts::embed_engine_in_new_module(plan);
+  at::Tensor x = torch::randn({3, 8});
+  expect_close(embedded.forward({x}).toTensor(), m.forward({x}).toTensor());
+  EXPECT_THROW(ts::convert_method_to_engine(make_module(kControlFlow), "forward", spec),
+               std::exception);
+}
+
+TEST(TorchScript, InputParse) {
+  ts::Input a = ts::Input::parse("[(1,3,224,224);(4,3,224,224);(8,3,224,224)]@f16");
+  EXPECT_EQ(a.min_shape, (std::vector<int64_t>{1, 3, 224, 224}));
+  EXPECT_EQ(a.max_shape, (std::vector<int64_t>{8, 3, 224, 224}));
+  EXPECT_EQ(a.dtype, ember::compiler::ScalarType::kF16);
+  EXPECT_EQ(a.to_string(), "[(1,3,224,224);(4,3,224,224);(8,3,224,224)]@f16");
+  ts::Input b = ts::Input::parse("(2, 5)");
+  EXPECT_EQ(b.opt_shape, (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(b.dtype, ember::compiler::ScalarType::kF32);
+  for (const char* bad : {"1x3", "[(1,2);(3,4)]", "(1,a)", "(1,2)@f99", "[(4,2);(2,2);(8,2)]"}) {
+    try {
+      ts::Input::parse(bad);
+      FAIL() << bad << " parsed";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
