@@ -26,13 +26,13 @@ torch::jit::Module make_module(const std::string& source) {
 
 const char* kMlp = R"(
 def forward(self, x):
-    y = torch.relu(torch.nn.functional.linear(x, self.w, self.b))
+    y = torch.relu(torch.matmul(x, self.w) + self.b)
     return torch.sigmoid(y * 2.0 + 1.0).view(x.size(0), 2, 4)
 )";
 
 const char* kControlFlow = R"(
 def forward(self, x):
-    y = torch.relu(torch.nn.functional.linear(x, self.w, self.b)) * 2.0 + 1.0
+    y = torch.relu(torch.matmul(x, self.w) + self.b) * 2.0 + 1.0
     if bool(y.sum() > 0.0):
         y = y * 3.0
     return torch.tanh(y - 1.0) + 0.5
