@@ -122,6 +122,18 @@ def compile(module: torch.jit.ScriptModule, inputs: Sequence[Any] | None = None,
         raise ValueError("ember.ts.compile: inputs= is required (tensors or ember.Input specs)")
     specs = [input_spec(x, i) for i, x in enumerate(inputs)]
     items = _settings_items(settings)
+    # Settings the TorchScript path does not read yet: say so rather than ignore them silently.
+    if settings.timing_cache is not None:
+        warnings.warn("ember.ts.compile: timing_cache is not used on the TorchScript path yet")
+    if not settings.use_global_partitioner:
+        warnings.warn("ember.ts.compile: use_global_partitioner=False is not supported on the "
+                      "TorchScript path; the global partitioner is used")
+    if not settings.cuda_graphs:
+        warnings.warn("ember.ts.compile: cuda_graphs=False is not recorded in TorchScript-path "
+                      "engines yet; CUDA engines replay graphs")
+    if settings.dryrun:
+        raise ValueError("ember.ts.compile: dryrun is not supported on the TorchScript path; use "
+                         "ember.ts.check_method_op_support or debug=True")
 
     def run(tmp, path):
         out = os.path.join(tmp, "out.ts")
@@ -136,7 +148,10 @@ def compile(module: torch.jit.ScriptModule, inputs: Sequence[Any] | None = None,
         print(str(report), file=__import__("sys").stderr)
     for line in report.fallback:
         _log.info("ember.ts: runs in TorchScript: %s", line)
-    if any("failed to build" in f for f in report.fallback):
+    failed = [f for f in report.fallback if "failed to build" in f]
+    if failed and settings.pass_through_build_failures:
+        raise RuntimeError("ember.ts.compile: " + failed[0])
+    if failed:
         warnings.warn("ember.ts: an engine segment failed to build and runs in TorchScript "
                       "(see the report: compiled.ember_report)")
     compiled.ember_report = report
