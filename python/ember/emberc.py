@@ -156,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ep = torch.export.load(args.input_file)
             if args.check_method_support:
-                compiled = ember.dynamo.compile(ep, specs or None, dryrun=True, **settings)
-                return 0
+                report = ember.dynamo.CompilationReport()
+                settings["min_block_size"] = 1  # support, not segment sizes
+                ember.dynamo.compile(ep, specs or None, dryrun=True, report=report, **settings)
+                unsupported = sorted({f"{op}: {why}" for _, op, why in report.fallback} |
+                                     {f"{target}: {why}" for _, target, why in report.skipped})
+                for line in unsupported:
+                    print(line)
+                if not unsupported:
+                    print("all operators of the program are supported")
+                return EXIT_FAILURE if unsupported else 0
             if args.save_engine:
                 return _fail("--save-engine takes a TorchScript input", EXIT_USAGE)
             if not specs:

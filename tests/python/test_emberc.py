@@ -71,6 +71,8 @@ def test_check_method_support(files, capsys):
     assert "all operators" in capsys.readouterr().out
     assert run(files["dd.ts"], "--check-method-support") == 1
     assert "prim::If: control flow runs in TorchScript" in capsys.readouterr().out
+    assert run(files["lenet.pt2"], "--check-method-support") == 0
+    assert "all operators of the program are supported" in capsys.readouterr().out
 
 
 def test_save_engine(files):
