@@ -335,3 +335,20 @@ def test_save_load_torchscript_format(lenet, tmp_path):
         assert_close(loaded2(x), lenet(x))
     with pytest.raises(ValueError, match="output_format='torchscript'"):
         ember.save(compiled, str(tmp_path / "x.pt2"))
+
+
+def test_gpt2_traced():
+    """aten::split + prim::ListUnpack import as one IR node; traced Python floats (0-d f64
+    tensors) feeding f32 ops are narrowed exactly: one engine, nothing left in TorchScript."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                  use_cache=False)
+    torch.manual_seed(0)
+    m = transformers.GPT2Model(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    traced = torch.jit.trace(m, (ids,), strict=False)
+    compiled = ember.ts.compile(traced, inputs=[ids])
+    report = compiled.ember_report
+    assert report.num_engines == 1 and report.fallback == [], str(report)
+    with torch.no_grad():
+        assert_close(compiled(ids)["last_hidden_state"], m(ids).last_hidden_state)

@@ -198,7 +198,7 @@ Compiled analyze(const jit::Module& module, const CompileSpec& spec, CompileRepo
   for (jit::Node* n : c.lowered.graph->nodes()) {
     auto role = c.imported.role.find(n);
     if (role == c.imported.role.end() || role->second != NodeRole::kTorchScript) continue;
-    if (is_output_glue(n)) continue;
+    if (is_output_glue(n) || absorbed_by_ir(n, c.imported)) continue;
     auto r = c.imported.reason.find(n);
     fallback.push_back(describe(n) + ": " + (r != c.imported.reason.end() ? r->second : "runs in TorchScript"));
   }

@@ -180,8 +180,14 @@ std::shared_ptr<jit::Graph> embed_graph(const std::shared_ptr<jit::Graph>& graph
       if (!pending.empty()) {
         const std::pair<int, const void*> key{it.kind, it.kind == 1 ? reinterpret_cast<const void*>(it.k + 1) : it.ptr};
         if (!active.insert(key).second) {
+          std::string chain;
+          for (const Item& s : stack) {
+            if (s.kind == 0) chain += " value %" + static_cast<const jit::Value*>(s.ptr)->debugName();
+            else if (s.kind == 1) chain += " engine " + std::to_string(s.k);
+            else chain += " node " + ts_op_key(static_cast<const jit::Node*>(s.ptr));
+          }
           throw compiler::Error("ember.ts: internal error: a cycle between engines and TorchScript "
-                                "nodes while building the new method");
+                                "nodes while building the new method:" + chain);
         }
         stack.insert(stack.end(), pending.begin(), pending.end());
         continue;

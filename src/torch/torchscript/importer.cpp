@@ -196,10 +196,11 @@ class Importer {
 
   // ---- import
   void classify(jit::Node* n);
-  std::optional<std::string> import_node(jit::Node* n);
+  jit::Node* unpacked_list_producer(jit::Node* n);
+  std::optional<std::string> import_node(jit::Node* n, jit::Node* unpack = nullptr);
   void import_opaque(jit::Node* n, const std::string& reason);
   std::optional<compiler::TensorType> tensor_type(const jit::Value* v, std::string* why) const;
-  compiler::Value* tensor_arg(jit::Value* v, std::string* why);
+  compiler::Value* tensor_arg(jit::Value* v, std::string* why, bool narrow_f64_scalar = false);
   std::optional<Arg> scalar_arg(jit::Value* v, const c10::Argument& arg, std::string* why);
   std::string unique_name(const std::string& hint);
   void set_module(compiler::Node* node, const jit::Node* n) const;
@@ -498,7 +499,7 @@ std::optional<compiler::TensorType> Importer::tensor_type(const jit::Value* v,
   return out;
 }
 
-compiler::Value* Importer::tensor_arg(jit::Value* v, std::string* why) {
+compiler::Value* Importer::tensor_arg(jit::Value* v, std::string* why, bool narrow_f64_scalar) {
   auto it = out_.value_name.find(v);
   if (it != out_.value_name.end()) return out_.graph.find_value(it->second);
   const Val& val = vals_[v];
@@ -516,14 +517,22 @@ compiler::Value* Importer::tensor_arg(jit::Value* v, std::string* why) {
   auto type = tensor_type(v, why);
   if (!type) return nullptr;
   at::Tensor host = val.runs[0].toTensor().detach().to(at::kCPU).contiguous();
+  // A traced Python float is a 0-d f64 tensor; an op whose result is not f64 computes with it
+  // in the result's precision anyway (0-d tensors do not promote), so f32 is exact here.
+  if (narrow_f64_scalar && host.dim() == 0 && host.scalar_type() == at::kDouble) {
+    host = host.to(at::kFloat);
+    type->dtype = ScalarType::kF32;
+  }
   auto keep = std::make_shared<at::Tensor>(host);
   compiler::ConstantData data{std::shared_ptr<const void>(keep, keep->data_ptr()),
                               static_cast<size_t>(host.numel()) * host.element_size()};
   const std::string name = unique_name(v->debugName());
   compiler::Value* c = out_.graph.add_constant(name, type->dtype, type->shape, std::move(data));
   c->set_fx_name(name);
-  out_.value_name[v] = name;
-  out_.ts_value[name] = v;
+  if (host.scalar_type() == val.runs[0].toTensor().scalar_type()) {
+    out_.value_name[v] = name;
+    out_.ts_value[name] = v;
+  }
   return c;
 }
 
@@ -629,7 +638,11 @@ std::optional<Arg> Importer::scalar_arg(jit::Value* v, const c10::Argument& arg,
   return std::nullopt;
 }
 
-std::optional<std::string> Importer::import_node(jit::Node* n) {
+std::optional<std::string> Importer::import_node(jit::Node* n, jit::Node* unpack) {
+  // With `unpack` (a prim::ListUnpack of n's Tensor[] result), n and the unpack are one IR node
+  // whose outputs are the unpacked tensors: aten::split.Tensor -> ListUnpack, as the FX graph's
+  // split -> getitem.
+  jit::Node* owner = unpack != nullptr ? unpack : n;
   // aten ops, and ops of other namespaces that a converter is registered for (custom ops with an
   // out-of-tree converter, docs/adding_a_converter.md).
   if (n->kind().ns() != c10::namespaces::aten &&
@@ -650,6 +663,12 @@ std::optional<std::string> Importer::import_node(jit::Node* n) {
   std::vector<c10::Argument> sargs = schema->arguments();
   std::vector<Arg> args;
   std::string why;
+  bool produces_f64 = false;
+  for (jit::Value* o : owner->outputs()) {
+    const Val& ov = vals_[o];
+    produces_f64 = produces_f64 || !ov.known || !ov.runs[0].isTensor() ||
+                   ov.runs[0].toTensor().scalar_type() == at::kDouble;
+  }
   // TorchScript spellings that need the other tensor's dtype: cast to it.
   if (op == "aten::type_as" || op == "aten::to.other") {
     std::string w;
@@ -668,7 +687,7 @@ std::optional<std::string> Importer::import_node(jit::Node* n) {
           args.push_back(compiler::NoneArg{});
           continue;
         }
-        compiler::Value* x = tensor_arg(v, &why);
+        compiler::Value* x = tensor_arg(v, &why, !produces_f64);
         if (x == nullptr) return why;
         args.push_back(x);
         continue;
@@ -701,7 +720,7 @@ std::optional<std::string> Importer::import_node(jit::Node* n) {
   }
   std::vector<compiler::TensorType> types;
   std::vector<std::string> names;
-  for (jit::Value* o : n->outputs()) {
+  for (jit::Value* o : owner->outputs()) {
     auto t = tensor_type(o, &why);
     if (!t) return "output '" + o->debugName() + "': " + why;
     types.push_back(*t);
@@ -717,8 +736,8 @@ std::optional<std::string> Importer::import_node(jit::Node* n) {
   const std::string node_name = names[0];
   node->set_fx_name(node_name);
   set_module(node, n);
-  for (size_t i = 0; i < n->outputs().size(); ++i) {
-    jit::Value* o = n->outputs()[i];
+  for (size_t i = 0; i < owner->outputs().size(); ++i) {
+    jit::Value* o = owner->outputs()[i];
     // Outputs nobody reads stay unnamed (Node::output_is_read).
     if (o->hasUses() || std::find(g_->outputs().begin(), g_->outputs().end(), o) != g_->outputs().end()) {
       node->output(i)->set_fx_name(names[i]);
@@ -726,17 +745,30 @@ std::optional<std::string> Importer::import_node(jit::Node* n) {
       out_.ts_value[names[i]] = o;
     }
   }
-  out_.role[n] = NodeRole::kImported;
-  out_.node_name[n] = node_name;
+  out_.role[owner] = NodeRole::kImported;
+  out_.node_name[owner] = node_name;
   return std::nullopt;
 }
 
 void Importer::import_opaque(jit::Node* n, const std::string& reason) {
   out_.reason[n] = reason;
+  // Its IR inputs: the IR tensors it reads, directly or through TorchScript nodes outside the IR
+  // (a list that aten::split made from an engine's output), so the partitioner never puts a
+  // producer and a consumer of this node into one engine.
   std::vector<Arg> args;
-  for (jit::Value* v : free_values(n)) {
-    auto it = out_.value_name.find(v);
-    if (it != out_.value_name.end()) args.push_back(out_.graph.find_value(it->second));
+  std::set<const jit::Value*> seen;
+  std::vector<jit::Value*> work = free_values(n);
+  while (!work.empty()) {
+    jit::Value* v = work.back();
+    work.pop_back();
+    if (!seen.insert(v).second) continue;
+    if (auto it = out_.value_name.find(v); it != out_.value_name.end()) {
+      args.push_back(out_.graph.find_value(it->second));
+      continue;
+    }
+    // Constants and size arithmetic on the inputs do not wait for any engine.
+    if (out_.constant.count(v) != 0 || out_.affine.count(v) != 0) continue;
+    for (jit::Value* w : free_values(v->node())) work.push_back(w);
   }
   std::vector<compiler::TensorType> types;
   std::vector<std::string> names;
@@ -766,6 +798,19 @@ void Importer::import_opaque(jit::Node* n, const std::string& reason) {
   }
   out_.role[n] = NodeRole::kOpaque;
   out_.node_name[n] = names[0];
+}
+
+jit::Node* Importer::unpacked_list_producer(jit::Node* n) {
+  // A ListUnpack whose list is the only use of an aten op's Tensor[] result.
+  if (n->kind() != c10::prim::ListUnpack) return nullptr;
+  jit::Value* list = n->input(0);
+  jit::Node* p = list->node();
+  if (list->uses().size() != 1 || p->kind().ns() != c10::namespaces::aten || p->outputs().size() != 1) {
+    return nullptr;
+  }
+  auto lt = list->type()->cast<c10::ListType>();
+  if (!lt || lt->getElementType()->kind() != c10::TypeKind::TensorType) return nullptr;
+  return p;
 }
 
 void Importer::classify(jit::Node* n) {
@@ -841,8 +886,12 @@ void Importer::classify(jit::Node* n) {
     why = "control flow runs in TorchScript";
   } else if (out_.reason.count(n)) {
     why = out_.reason[n];
-  } else if (auto err = import_node(n)) {
+  } else if (auto err = import_node(n, nullptr); err && !unpacked_list_producer(n)) {
     why = *err;
+  } else if (err) {
+    auto fused = import_node(unpacked_list_producer(n), n);
+    if (!fused) return;
+    why = *err + "; as one node with its list's producer: " + *fused;
   } else {
     return;
   }
@@ -929,6 +978,20 @@ ImportResult Importer::run() {
 
 }  // namespace
 
+bool absorbed_by_ir(const jit::Node* n, const ImportResult& imported) {
+  // A list literal that imported nodes read is part of their arguments; a Tensor[] op whose
+  // ListUnpack was imported is part of that IR node. Neither is a TorchScript read.
+  if (n->outputs().empty()) return false;
+  for (const jit::Value* o : n->outputs()) {
+    if (!o->hasUses()) return false;
+    for (const jit::Use& u : o->uses()) {
+      auto r = imported.role.find(u.user);
+      if (r == imported.role.end() || r->second != NodeRole::kImported) return false;
+    }
+  }
+  return true;
+}
+
 std::vector<std::string> values_read_by_torchscript(const std::shared_ptr<jit::Graph>& graph,
                                                     const ImportResult& imported) {
   std::vector<std::string> out;
@@ -943,14 +1006,7 @@ std::vector<std::string> values_read_by_torchscript(const std::shared_ptr<jit::G
   };
   for (jit::Node* n : graph->nodes()) {
     if (role(n) != NodeRole::kTorchScript) continue;
-    // A list literal only imported nodes read is part of their arguments, not a TorchScript read.
-    if (n->kind() == c10::prim::ListConstruct) {
-      bool absorbed = n->output()->hasUses();
-      for (const jit::Use& u : n->output()->uses()) {
-        absorbed = absorbed && role(u.user) == NodeRole::kImported;
-      }
-      if (absorbed) continue;
-    }
+    if (absorbed_by_ir(n, imported)) continue;
     for (jit::Value* v : free_values(n)) add(v);
   }
   for (jit::Value* v : graph->outputs()) add(v);

@@ -105,6 +105,11 @@ std::shared_ptr<jit::Graph> embed_graph(const std::shared_ptr<jit::Graph>& graph
                                         const std::vector<BuiltEngine>& engines,
                                         const c10::TypePtr& self_type);
 
+/// True when every result of `n` (a node outside the IR) is read only by imported IR nodes,
+/// which hold its content as arguments (list literals, a Tensor[] op whose ListUnpack was
+/// imported as one node with it).
+bool absorbed_by_ir(const jit::Node* n, const ImportResult& imported);
+
 /// The fx names of IR tensors that TorchScript nodes outside the IR read (tuples, lists, control
 /// flow, the method's return): the IR graph's outputs.
 std::vector<std::string> values_read_by_torchscript(const std::shared_ptr<jit::Graph>& graph,
