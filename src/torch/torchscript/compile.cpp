@@ -385,6 +385,13 @@ compiler::CompileSettings parse_settings(const std::vector<std::string>& items) 
     else if (key == "backend") s.backend = value;
     else if (key == "channels_last") s.channels_last = value;
     else if (key == "debug") s.debug = as_bool();
+    else if (key == "enable_autocast") s.enable_autocast = as_bool();
+    else if (key == "autocast_low_precision_type") s.autocast_low_precision_type = value;
+    else if (key == "autocast_excluded_nodes") s.autocast_excluded_nodes.push_back(value);
+    else if (key == "autocast_excluded_ops") s.autocast_excluded_ops.push_back(value);
+    else if (key == "autocast_max_output_threshold") s.autocast_max_output_threshold = std::stod(value);
+    else if (key == "autocast_max_depth_of_reduction") s.autocast_max_depth_of_reduction = std::stoll(value);
+    else if (key == "use_fp32_acc") s.use_fp32_acc = as_bool();
     else throw compiler::Error("unknown compiler setting '" + key + "'");
   }
   return s;
