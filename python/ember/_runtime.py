@@ -401,5 +401,10 @@ def _execute_engine_fake(inputs: List[torch.Tensor], engine) -> List[torch.Tenso
 
 
 def _register_fakes() -> None:
-    torch.library.register_fake("ember::execute_engine")(_execute_engine_fake)
-    torch._library.register_fake_class("ember::Engine")(FakeEngine)
+    # `import ember` loads the library (ember/__init__.py); a second copy of this module (a test
+    # that runs this file from source) then finds the fakes registered already.
+    from torch._library import fake_class_registry, simple_registry
+    if simple_registry.singleton.find("ember::execute_engine").fake_impl.kernel is None:
+        torch.library.register_fake("ember::execute_engine")(_execute_engine_fake)
+    if not fake_class_registry.global_fake_class_registry.has_impl("ember::Engine"):
+        torch._library.register_fake_class("ember::Engine")(FakeEngine)
