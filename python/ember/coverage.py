@@ -50,8 +50,12 @@ def coverage() -> dict:
             status = "neither"
         rows.append({"op": key, "status": status})
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("converter", "decomposed", "neither")}
+    # Converters registered from Python (ember.dynamo.converter / substitute), in this process.
+    python = [{"op": e["op"], "converter": e["file"][len("python:"):], "priority": e["priority"],
+               "supports_dynamic": e["supports_dynamic"]}
+              for e in _C.converter_entries() if e["file"].startswith("python:")]
     return {"core": rows, "counts": counts, "converters_total": len(converters),
-            "converter_ops": sorted(converters)}
+            "converter_ops": sorted(converters), "python_converters": python}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"core aten overloads: {total}; converter {counts['converter']}, "
           f"decomposed {counts['decomposed']}, neither {counts['neither']}")
     print(f"aten overloads with an Ember converter (core or not): {c['converters_total']}")
+    for e in c["python_converters"]:
+        print(f"python converter {e['op']}: {e['converter']} (priority {e['priority']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(c, f, indent=1)

@@ -23,8 +23,11 @@ from ember import _C, _precision, _runtime, _timing_cache
 from ember._importer import DTYPE_NAMES, import_program
 from ember._input import Input
 from ember._settings import CompileSettings, op_key
+from ember import extending as _extending
+from ember.extending import converter, lowering_pass, substitute
 
-__all__ = ["trace", "compile", "decomposition_table", "CompilationReport"]
+__all__ = ["trace", "compile", "decomposition_table", "CompilationReport", "converter",
+           "lowering_pass", "substitute"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +85,9 @@ def trace(model: torch.nn.Module, inputs: Sequence[Any], **kwargs) -> torch.expo
     if kwargs:
         unknown = ", ".join(kwargs)
         raise TypeError(f"ember.dynamo.trace: unexpected arguments {unknown}")
-    return torch.export.export(model, _examples(inputs, _module_device(model)),
-                               dynamic_shapes=_dynamic_shapes(inputs))
+    examples = _examples(inputs, _module_device(model))
+    with _extending.substitutions_applied(model):  # ember.dynamo.substitute rules
+        return torch.export.export(model, examples, dynamic_shapes=_dynamic_shapes(inputs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +183,9 @@ def _symbol_ranges(ep: torch.export.ExportedProgram, inputs: list[Input],
 
 def compile(exported_program: torch.export.ExportedProgram,
             inputs: Sequence[Any] | None = None, *, report: CompilationReport | None = None,
-            _debug_intermediates: bool = False, **kwargs) -> torch.fx.GraphModule:
+            _debug_intermediates: bool = False,
+            _torch_executed_nodes: Sequence[tuple[str, str]] = (),
+            **kwargs) -> torch.fx.GraphModule:
     """Compiles an ExportedProgram into a torch.fx.GraphModule whose engine segments run
     through torch.ops.ember.execute_engine. Keyword arguments are CompileSettings fields."""
     settings = CompileSettings.from_kwargs(**kwargs)
@@ -191,9 +197,12 @@ def compile(exported_program: torch.export.ExportedProgram,
     report = report if report is not None else CompilationReport()
     specs = _as_inputs(inputs)
     csettings = settings.to_compiler()
+    # Nodes whose converter failed in an earlier attempt (see the ConversionError below).
+    csettings["torch_executed_nodes"] = list(_torch_executed_nodes)
     _runtime.load_library()
 
     ep = exported_program.run_decompositions(decomposition_table())
+    fx_pass_log = _extending.run_lowering_passes(ep)  # ember.dynamo.lowering_pass rules
     imported = import_program(ep, {})
     ranges = _symbol_ranges(ep, specs, imported.user_inputs)
     for name, (lo, opt, hi) in ranges.items():
@@ -203,7 +212,7 @@ def compile(exported_program: torch.export.ExportedProgram,
         csettings["autocast_output_magnitudes"] = _precision.calibrate(
             ep, imported.user_inputs, settings, inputs)
     lowered = imported.graph.lower_report(csettings)
-    report.lowering_log = list(lowered["log"])
+    report.lowering_log = fx_pass_log + list(lowered["log"])
     report.autocast_kept = list(lowered["autocast_kept"])
     if _debug_intermediates:  # ember.debug.compare: every named tensor leaves its engine
         imported.graph.mark_intermediates_as_outputs()
@@ -233,6 +242,18 @@ def compile(exported_program: torch.export.ExportedProgram,
         except Exception as e:  # noqa: BLE001 - reported, or re-raised on request
             if settings.pass_through_build_failures:
                 raise
+            if isinstance(e, _C.ConversionError) and e.node and e.node not in dict(
+                    _torch_executed_nodes):
+                # One node's converter failed: that node alone goes to PyTorch, the rest is
+                # partitioned and built again.
+                warnings.warn(f"ember: {e}; node '{e.node}' runs in PyTorch")
+                report.engines.clear()
+                report.build_failures.clear()
+                return compile(exported_program, inputs, report=report,
+                               _debug_intermediates=_debug_intermediates,
+                               _torch_executed_nodes=[*_torch_executed_nodes,
+                                                      (e.node, f"converter failed: {e}")],
+                               **kwargs)
             warnings.warn(f"ember: engine segment {k} failed to build and runs in PyTorch: {e}")
             report.build_failures.append((k, str(e)))
             continue

@@ -72,6 +72,8 @@ CompileSettings parse_settings(const py::dict& d) {
     if (key == "min_block_size") s.min_block_size = v.cast<int64_t>();
     else if (key == "torch_executed_ops") s.torch_executed_ops = v.cast<std::vector<std::string>>();
     else if (key == "torch_executed_modules") s.torch_executed_modules = v.cast<std::vector<std::string>>();
+    else if (key == "torch_executed_nodes")
+      s.torch_executed_nodes = v.cast<std::vector<std::pair<std::string, std::string>>>();
     else if (key == "require_full_compilation") s.require_full_compilation = v.cast<bool>();
     else if (key == "truncate_double") s.truncate_double = v.cast<bool>();
     else if (key == "optimization_level") s.optimization_level = v.cast<int>();

@@ -72,6 +72,7 @@ struct PyEngine {
 }  // namespace
 
 void bind_compiler(py::module_& m);
+void bind_extending(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Ember native extension";
@@ -109,4 +110,5 @@ PYBIND11_MODULE(_C, m) {
       .def("__len__", &TimingCache::size)
       .def("timed_problems", &TimingCache::timed_problems);
   bind_compiler(m);
+  bind_extending(m);
 }

@@ -62,9 +62,28 @@ class ConverterRegistry {
   std::vector<std::string> ops() const;
   /// Every entry for `op`.
   std::vector<const ConverterEntry*> entries(const std::string& op) const;
+  /// Removes the entries for `op` whose `file` is `file` (converters registered at run time,
+  /// from Python, name themselves there). Returns how many were removed.
+  size_t remove(const std::string& op, const std::string& file);
 
  private:
   std::map<std::string, std::vector<ConverterEntry>> entries_;
+};
+
+/// A converter failed on one node. Carries the node's fx name and the converter's file so the
+/// Python layer can send that node alone back to PyTorch and rebuild (see dynamo.compile).
+class ConversionError : public Error {
+ public:
+  ConversionError(const std::string& message, std::string node_fx_name, std::string converter)
+      : Error(message), node_(std::move(node_fx_name)), converter_(std::move(converter)) {}
+  /// The fx name of the node whose converter failed ("" for compiler-made nodes).
+  const std::string& node() const { return node_; }
+  /// The converter's file (or "python:<module>.<function>").
+  const std::string& converter() const { return converter_; }
+
+ private:
+  std::string node_;
+  std::string converter_;
 };
 
 /// Registers a converter at static-initialization time. The converter library is linked whole

@@ -76,6 +76,14 @@ int lower_canonicalize(Graph& g);
 /// 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3)))), by aten::gelu(x, "tanh").
 /// The formula's other nodes are left for remove_dead_code. Returns the number of rewrites.
 int lower_recognize_gelu(Graph& g);
+/// Replaces attention written out by hand, matmul(softmax(matmul(q [*c], k^T) [*c|/c]
+/// [+ mask | where(bool_mask, ., -big)], dim=-1), v), by one aten::scaled_dot_product_attention
+/// with the combined scale (Hugging Face's eager attention, GPT-2's causal where(), T5's
+/// position bias). Only rank-4 float q/k/v of one dtype, a scale applied before the mask, a
+/// softmax over the last dim and intermediates with no other reader qualify; a bool mask's fill
+/// must be <= -1e4. The replaced nodes are left for remove_dead_code. Returns the number of
+/// rewrites.
+int lower_recognize_attention(Graph& g);
 
 /// Autocast (Torch-TensorRT's enable_autocast): runs f32 nodes in the low-precision type
 /// (settings.autocast_low_precision_type), inserting casts where a low-precision value meets an
@@ -97,8 +105,8 @@ AutocastReport lower_autocast(Graph& g, const CompileSettings& settings);
 /// pairs bypassed (the casts themselves are left for remove_dead_code).
 int lower_remove_cast_pairs(Graph& g);
 
-/// Runs remove_noops, canonicalize, recognize_gelu, fold_constants and remove_dead_code in that
-/// order, for at
+/// Runs remove_noops, canonicalize, recognize_gelu, fold_constants, recognize_attention and
+/// remove_dead_code in that order, for at
 /// most 4 rounds, until a round changes nothing. The report has one line per pass run and a
 /// last line saying how many rounds it took. With settings.enable_autocast, autocast then runs
 /// once (it converts weight constants itself), followed by remove_cast_pairs and

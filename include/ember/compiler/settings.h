@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace ember::compiler {
@@ -18,6 +19,9 @@ struct CompileSettings {
   /// Modules forced to PyTorch: a class name ("torch.nn.modules.conv.Conv2d" or "Conv2d") or a
   /// qualified module name ("layer1.0").
   std::vector<std::string> torch_executed_modules;
+  /// Single nodes forced to PyTorch, by fx name, each with the reason the partition report
+  /// gives (dynamo.compile adds a node here when its converter failed, then rebuilds).
+  std::vector<std::pair<std::string, std::string>> torch_executed_nodes;
   /// Any fallback is an error listing every unsupported node.
   bool require_full_compilation = false;
   /// Narrow i64 to i32 and f64 to f32 inside engines.

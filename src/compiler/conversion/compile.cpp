@@ -76,7 +76,9 @@ Converted convert(const Graph& g, const Segment& segment, const CompileSettings&
     try {
       entry->convert(ctx, *node);
     } catch (const std::exception& e) {
-      throw Error("converting " + node->describe() + " (" + entry->file + "): " + e.what());
+      throw ConversionError(
+          "converting " + node->describe() + " (" + entry->file + "): " + e.what(),
+          node->fx_name(), entry->file);
     }
   }
   std::set<const engine::Tensor*> marked;

@@ -82,6 +82,19 @@ std::vector<const ConverterEntry*> ConverterRegistry::entries(const std::string&
   return out;
 }
 
+size_t ConverterRegistry::remove(const std::string& op, const std::string& file) {
+  auto it = entries_.find(op);
+  if (it == entries_.end()) return 0;
+  auto& list = it->second;
+  const size_t before = list.size();
+  list.erase(std::remove_if(list.begin(), list.end(),
+                            [&](const ConverterEntry& e) { return e.file == file; }),
+             list.end());
+  const size_t removed = before - list.size();
+  if (list.empty()) entries_.erase(it);
+  return removed;
+}
+
 ConverterRegistration::ConverterRegistration(std::vector<std::string> ops, ConvertFn convert,
                                              ValidateFn validate, bool supports_dynamic,
                                              int priority, const char* file) {

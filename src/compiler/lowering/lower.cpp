@@ -25,6 +25,8 @@ void run_rounds(Graph& g, const CompileSettings& settings, LoweringReport& repor
     run("canonicalize", "rewrote", lower_canonicalize(g));
     run("recognize_gelu", "rewrote", lower_recognize_gelu(g));
     run("fold_constants", "folded", lower_fold_constants(g, settings));
+    // After folding, so scales and masks made with torch.full are constants it can read.
+    run("recognize_attention", "rewrote", lower_recognize_attention(g));
     run("remove_dead_code", "removed", lower_remove_dead_code(g));
     if (changed == 0) {
       report.log.push_back("lower: done after " + std::to_string(round) +

@@ -74,6 +74,11 @@ bool is_shape_only_op(const std::string& op) {
 }
 
 NodeSupport node_support(const Node& node, const CompileSettings& settings) {
+  if (!node.fx_name().empty()) {
+    for (const auto& [name, why] : settings.torch_executed_nodes) {
+      if (name == node.fx_name()) return {false, why};
+    }
+  }
   for (const std::string& p : settings.torch_executed_ops) {
     if (op_matches(node.op(), p)) return {false, "in torch_executed_ops ('" + p + "')"};
   }

@@ -145,6 +145,158 @@ graph(%x: f32[s0], %y: f32[s0]):
 }
 
 // ---------------------------------------------------------------------------------------------
+// recognize_attention
+
+TEST(LowerRecognizeAttention, BertStyleScaleAfterMatmulWithAdditiveMask) {
+  // BERT's eager attention after canonicalize: the transpose is a permute, dropout is gone.
+  const int rewritten = expect_pass(R"(
+graph(%q: f32[s0, 4, 8, 16], %k: f32[s0, 4, 8, 16], %v: f32[s0, 4, 8, 16], %m: f32[s0, 1, 1, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[s0, 4, 16, 8]
+  %s = aten::matmul(%q, %kt) : f32[s0, 4, 8, 8]
+  %d = aten::div.Tensor(%s, 4.0) : f32[s0, 4, 8, 8]
+  %a = aten::add.Tensor(%d, %m, 1) : f32[s0, 4, 8, 8]
+  %p = aten::softmax.int(%a, -1, None) : f32[s0, 4, 8, 8]
+  %o = aten::matmul(%p, %v) : f32[s0, 4, 8, 16]
+  return (%o)
+)",
+                                    lower_recognize_attention, R"(
+graph(%q: f32[s0, 4, 8, 16], %k: f32[s0, 4, 8, 16], %v: f32[s0, 4, 8, 16], %m: f32[s0, 1, 1, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[s0, 4, 16, 8]
+  %s = aten::matmul(%q, %kt) : f32[s0, 4, 8, 8]
+  %d = aten::div.Tensor(%s, 4.0) : f32[s0, 4, 8, 8]
+  %a = aten::add.Tensor(%d, %m, 1) : f32[s0, 4, 8, 8]
+  %p = aten::softmax.int(%a, -1, None) : f32[s0, 4, 8, 8]
+  %o_0 = aten::scaled_dot_product_attention(%q, %k, %v, %m, 0.0, False, 0.25, False) : f32[s0, 4, 8, 16]
+  return (%o_0)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
+TEST(LowerRecognizeAttention, T5StyleScaleOnQueryWithPositionBias) {
+  const int rewritten = expect_pass(R"(
+graph(%q: f16[2, 4, 8, 16], %k: f16[2, 4, 8, 16], %v: f16[2, 4, 8, 16], %b: f16[1, 4, 8, 8]):
+  %qs = aten::mul.Tensor(%q, 0.125) : f16[2, 4, 8, 16]
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f16[2, 4, 16, 8]
+  %s = aten::matmul(%qs, %kt) : f16[2, 4, 8, 8]
+  %a = aten::add.Tensor(%b, %s, 1) : f16[2, 4, 8, 8]
+  %p = aten::_softmax(%a, 3, False) : f16[2, 4, 8, 8]
+  %o = aten::matmul(%p, %v) : f16[2, 4, 8, 16]
+  return (%o)
+)",
+                                    lower_recognize_attention, R"(
+graph(%q: f16[2, 4, 8, 16], %k: f16[2, 4, 8, 16], %v: f16[2, 4, 8, 16], %b: f16[1, 4, 8, 8]):
+  %qs = aten::mul.Tensor(%q, 0.125) : f16[2, 4, 8, 16]
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f16[2, 4, 16, 8]
+  %s = aten::matmul(%qs, %kt) : f16[2, 4, 8, 8]
+  %a = aten::add.Tensor(%b, %s, 1) : f16[2, 4, 8, 8]
+  %p = aten::_softmax(%a, 3, False) : f16[2, 4, 8, 8]
+  %o_0 = aten::scaled_dot_product_attention(%q, %k, %v, %b, 0.0, False, 0.125, False) : f16[2, 4, 8, 16]
+  return (%o_0)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
+TEST(LowerRecognizeAttention, NoMaskNoScale) {
+  const int rewritten = expect_pass(R"(
+graph(%q: f32[1, 2, 5, 8], %k: f32[1, 2, 6, 8], %v: f32[1, 2, 6, 3]):
+  %kt = aten::permute(%k, [0, 1, -1, -2]) : f32[1, 2, 8, 6]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 5, 6]
+  %p = aten::softmax.int(%s, 3, None) : f32[1, 2, 5, 6]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 5, 3]
+  return (%o)
+)",
+                                    lower_recognize_attention, R"(
+graph(%q: f32[1, 2, 5, 8], %k: f32[1, 2, 6, 8], %v: f32[1, 2, 6, 3]):
+  %kt = aten::permute(%k, [0, 1, -1, -2]) : f32[1, 2, 8, 6]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 5, 6]
+  %p = aten::softmax.int(%s, 3, None) : f32[1, 2, 5, 6]
+  %o_0 = aten::scaled_dot_product_attention(%q, %k, %v, None, 0.0, False, 1.0, False) : f32[1, 2, 5, 3]
+  return (%o_0)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
+TEST(LowerRecognizeAttention, Gpt2CausalWhereWithConstantScaleAndFill) {
+  // GPT-2: the scale and the fill are 0-d constants (torch.full folded), the causal mask a
+  // folded bool constant; where() keeps the scores where the mask is true.
+  Graph g = Graph::parse(R"(
+graph(%q: f32[2, 4, 8, 16], %k: f32[2, 4, 8, 16], %v: f32[2, 4, 8, 16], %c: bool[1, 1, 8, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[2, 4, 16, 8]
+  %s = aten::matmul(%q, %kt) : f32[2, 4, 8, 8]
+  return (%s)
+)");
+  auto scalar = [&g](const std::string& name, float value) {
+    auto data = std::make_shared<float>(value);
+    return g.add_constant(name, ScalarType::kF32, {}, ConstantData{data, sizeof(float)});
+  };
+  Value* four = scalar("four", 4.0f);
+  Value* fill = scalar("fill", -3.4028234663852886e+38f);
+  Value* s = g.find_value("s");
+  const TensorType scores{ScalarType::kF32, s->shape()};
+  Node* d = g.add_node("aten::div.Tensor", {s, four}, {scores}, {"d"});
+  Node* w = g.add_node("aten::where.self", {g.find_value("c"), d->output(), fill}, {scores},
+                       {"w"});
+  Node* p = g.add_node("aten::softmax.int", {w->output(), int64_t{-1}, NoneArg{}}, {scores},
+                       {"p"});
+  Node* o = g.add_node("aten::matmul", {p->output(), g.find_value("v")},
+                       {TensorType{ScalarType::kF32, g.find_value("q")->shape()}}, {"o"});
+  g.set_outputs({o->output()});
+  EXPECT_EQ(lower_recognize_attention(g), 1);
+  lower_remove_dead_code(g);
+  EXPECT_EQ(g.to_string(), canonical(R"(
+graph(%q: f32[2, 4, 8, 16], %k: f32[2, 4, 8, 16], %v: f32[2, 4, 8, 16], %c: bool[1, 1, 8, 8]):
+  %o_0 = aten::scaled_dot_product_attention(%q, %k, %v, %c, 0.0, False, 0.25, False) : f32[2, 4, 8, 16]
+  return (%o_0)
+)"));
+}
+
+TEST(LowerRecognizeAttention, NearMissesAreLeftAlone) {
+  // The mask added before the scale (a different formula), a softmax over another dim, a key
+  // that is not transposed, scores read elsewhere, a bool mask with a mild fill: no rewrite.
+  const std::vector<std::string> texts = {R"(
+graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8], %m: f32[1, 1, 1, 4]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
+  %a = aten::add.Tensor(%s, %m, 1) : f32[1, 2, 4, 4]
+  %d = aten::div.Tensor(%a, 4.0) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%d, -1, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o)
+)", R"(
+graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%s, -2, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o)
+)", R"(
+graph(%q: f32[1, 2, 4, 4], %k: f32[1, 2, 4, 4], %v: f32[1, 2, 4, 8]):
+  %s = aten::matmul(%q, %k) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%s, -1, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o)
+)", R"(
+graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%s, -1, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o, %p)
+)", R"(
+graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8], %c: bool[1, 1, 4, 4]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
+  %w = aten::where.self(%c, %s, -10.0) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%w, -1, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o)
+)"};
+  for (const std::string& text : texts) {
+    EXPECT_EQ(expect_pass(text, lower_recognize_attention, text), 0) << text;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // remove_noops
 
 TEST(LowerRemoveNoops, BypassesIdentityOps) {
@@ -416,9 +568,11 @@ graph(%x: f32[2, 3]):
   const std::vector<std::string> expected_log = {
       "remove_noops: removed 1 node",   "canonicalize: rewrote 3 nodes",
       "recognize_gelu: rewrote 0 nodes", "fold_constants: folded 0 nodes",
+      "recognize_attention: rewrote 0 nodes",
       "remove_dead_code: removed 1 node", "remove_noops: removed 0 nodes",
       "canonicalize: rewrote 0 nodes",  "recognize_gelu: rewrote 0 nodes",
-      "fold_constants: folded 0 nodes", "remove_dead_code: removed 0 nodes",
+      "fold_constants: folded 0 nodes", "recognize_attention: rewrote 0 nodes",
+      "remove_dead_code: removed 0 nodes",
       "lower: done after 2 rounds",
   };
   EXPECT_EQ(report.log, expected_log);

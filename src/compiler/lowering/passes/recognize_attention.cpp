@@ -1,0 +1,256 @@
+// Attention recognition: attention written out by hand, as Hugging Face's
+// attn_implementation="eager" paths and T5-style position-bias attention write it,
+//
+//   scores = matmul(q [* c], transpose(k, -1, -2)) [* c | / c]
+//   scores = scores + mask_or_bias            (optional: an additive float mask or bias)
+//      or    where(bool_mask, scores, -big)   (optional: GPT-2's causal mask)
+//   probs  = softmax(scores, dim=-1)          (dropout in eval and clones are gone already)
+//   out    = matmul(probs, v)
+//
+// becomes one aten::scaled_dot_product_attention(q, k, v, mask, scale=c): one Attention layer
+// (cuDNN's flash attention on the CUDA back end) instead of two GEMMs, a softmax and the
+// pointwise layers between them, and no [B, H, L, S] score tensor in memory.
+//
+// The rewrite keeps the math: the scale is applied to q.k before the mask is added (a mask
+// added before the scale is a different formula and is left alone), the softmax is over the
+// last dim, every intermediate has no other reader, q/k/v are rank-4 float tensors of one dtype.
+// A bool mask's fill must be <= -1e4 (finfo.min in practice): softmax then gives those keys
+// zero weight in the engine's f32 arithmetic, as the Attention layer does.
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "ember/compiler/lowering.h"
+#include "ember/engine/half.h"
+
+namespace ember::compiler {
+
+namespace {
+
+/// The bool-mask fill below which a where() counts as masking a key out.
+constexpr double kMaskFillLimit = -1e4;
+
+Node* producer_is(const Value* v, const char* op) {
+  Node* p = v != nullptr ? v->producer() : nullptr;
+  return p != nullptr && p->op() == op ? p : nullptr;
+}
+
+bool is_tensor(const Node* n, size_t i) {
+  return i < n->num_args() && std::holds_alternative<Value*>(n->args().at(i));
+}
+
+/// The value of a one-element constant tensor with data, or nullopt.
+std::optional<double> constant_scalar(const Value* v) {
+  if (v == nullptr || !v->is_constant() || v->constant().data == nullptr) return std::nullopt;
+  const void* p = v->constant().data.get();
+  const size_t n = v->constant().nbytes;
+  switch (v->dtype()) {
+    case ScalarType::kF32:
+      if (n == sizeof(float)) return *static_cast<const float*>(p);
+      break;
+    case ScalarType::kF64:
+      if (n == sizeof(double)) return *static_cast<const double*>(p);
+      break;
+    case ScalarType::kF16:
+      if (n == 2) return engine::f16_to_f32(*static_cast<const uint16_t*>(p));
+      break;
+    case ScalarType::kBF16:
+      if (n == 2) return engine::bf16_to_f32(*static_cast<const uint16_t*>(p));
+      break;
+    default:
+      break;
+  }
+  return std::nullopt;
+}
+
+/// Argument i as a number: a double or int argument, or a one-element float constant.
+std::optional<double> number_arg(const Node* n, size_t i) {
+  if (i >= n->num_args()) return std::nullopt;
+  const Arg& a = n->args()[i];
+  if (std::holds_alternative<double>(a)) return std::get<double>(a);
+  if (std::holds_alternative<int64_t>(a)) return static_cast<double>(std::get<int64_t>(a));
+  if (std::holds_alternative<Value*>(a)) return constant_scalar(std::get<Value*>(a));
+  return std::nullopt;
+}
+
+/// True when `v` has exactly one reader and is not a graph output: the rewrite then removes
+/// the node that makes it instead of computing both forms.
+bool single_use(const Graph& g, const Value* v) {
+  if (g.users(v).size() != 1) return false;
+  for (const Value* o : g.outputs()) {
+    if (o == v) return false;
+  }
+  return true;
+}
+
+/// For `x * c` or `x / c` (c a number, in either position for mul): x, with `scale` multiplied
+/// by c or 1/c. nullptr when `n` is neither.
+Value* strip_scale(const Node* n, double& scale) {
+  if (n == nullptr || n->num_args() != 2) return nullptr;
+  if (n->op() == "aten::mul.Tensor") {
+    for (size_t t = 0; t < 2; ++t) {
+      auto c = number_arg(n, 1 - t);
+      if (is_tensor(n, t) && c && !(n->arg_tensor(t)->is_constant())) {
+        scale *= *c;
+        return n->arg_tensor(t);
+      }
+    }
+  } else if (n->op() == "aten::div.Tensor" && is_tensor(n, 0)) {
+    auto c = number_arg(n, 1);
+    if (c && *c != 0.0) {
+      scale /= *c;
+      return n->arg_tensor(0);
+    }
+  }
+  return nullptr;
+}
+
+/// What one matched attention reads.
+struct Match {
+  Value* q = nullptr;
+  Value* k = nullptr;
+  Value* v = nullptr;
+  Value* mask = nullptr;
+  double scale = 1.0;
+};
+
+/// k when `kt` is transpose(k) over its last two dims (after canonicalize: a permute).
+Value* untransposed_key(const Value* kt) {
+  Node* p = producer_is(kt, "aten::permute");
+  if (p == nullptr || !is_tensor(p, 0)) return nullptr;
+  Value* k = p->arg_tensor(0);
+  const int r = k->rank();
+  std::vector<int64_t> perm;
+  try {
+    perm = p->arg_ints(1);
+  } catch (const Error&) {
+    return nullptr;
+  }
+  if (r < 2 || static_cast<int>(perm.size()) != r) return nullptr;
+  for (int i = 0; i < r; ++i) {
+    const int64_t want = i == r - 2 ? r - 1 : i == r - 1 ? r - 2 : i;
+    const int64_t got = perm[i] < 0 ? perm[i] + r : perm[i];
+    if (got != want) return nullptr;
+  }
+  return k;
+}
+
+std::optional<Match> match(const Graph& g, const Node* out) {
+  if (out->op() != "aten::matmul" || !is_tensor(out, 0) || !is_tensor(out, 1)) return std::nullopt;
+  Match m;
+  m.v = out->arg_tensor(1);
+  Value* probs = out->arg_tensor(0);
+  if (!single_use(g, probs)) return std::nullopt;
+
+  // softmax over the last dim: aten::softmax.int(x, dim[, dtype]) or aten::_softmax(x, dim, 0).
+  Node* sm = probs->producer();
+  if (sm == nullptr || !is_tensor(sm, 0)) return std::nullopt;
+  if (sm->op() == "aten::softmax.int") {
+    if (sm->num_args() > 2 && !sm->arg_is_none(2)) return std::nullopt;  // a dtype change
+  } else if (sm->op() == "aten::_softmax") {
+    if (sm->num_args() > 2 && sm->arg_bool_or(2, false)) return std::nullopt;  // half_to_float
+  } else {
+    return std::nullopt;
+  }
+  Value* scores = sm->arg_tensor(0);
+  const int rank = scores->rank();
+  int64_t dim = 0;
+  try {
+    dim = sm->arg_int(1);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  if (rank != 4 || (dim != -1 && dim != rank - 1) || !single_use(g, scores)) return std::nullopt;
+
+  // Optional mask: an additive mask or bias, or a bool mask through where().
+  Node* sn = scores->producer();
+  if (sn == nullptr) return std::nullopt;
+  if (sn->op() == "aten::add.Tensor" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
+    if (sn->num_args() > 2 && number_arg(sn, 2) != std::optional<double>(1.0)) {
+      return std::nullopt;  // alpha != 1
+    }
+    // The scores are the operand a matmul (possibly scaled) produces.
+    for (size_t s = 0; s < 2; ++s) {
+      Node* p = sn->arg_tensor(s)->producer();
+      if (p == nullptr) continue;
+      const bool from_scores = p->op() == "aten::matmul" ||
+                               ((p->op() == "aten::mul.Tensor" || p->op() == "aten::div.Tensor") &&
+                                p->num_args() == 2);
+      if (!from_scores) continue;
+      m.mask = sn->arg_tensor(1 - s);
+      scores = sn->arg_tensor(s);
+      break;
+    }
+    if (m.mask == nullptr || !single_use(g, scores)) return std::nullopt;
+  } else if (sn->op() == "aten::where.self" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
+    auto fill = number_arg(sn, 2);
+    if (!fill || *fill > kMaskFillLimit || sn->arg_tensor(0)->dtype() != ScalarType::kBool) {
+      return std::nullopt;
+    }
+    m.mask = sn->arg_tensor(0);
+    scores = sn->arg_tensor(1);
+    if (!single_use(g, scores)) return std::nullopt;
+  }
+
+  // Optional scale after the first matmul.
+  Node* qk = scores->producer();
+  if (qk != nullptr && qk->op() != "aten::matmul") {
+    Value* inner = strip_scale(qk, m.scale);
+    if (inner == nullptr || !single_use(g, inner)) return std::nullopt;
+    qk = inner->producer();
+  }
+  if (qk == nullptr || qk->op() != "aten::matmul" || !is_tensor(qk, 0) || !is_tensor(qk, 1)) {
+    return std::nullopt;
+  }
+  m.k = untransposed_key(qk->arg_tensor(1));
+  if (m.k == nullptr) return std::nullopt;
+  // Optional scale before it, on q (a scale on both sides multiplies).
+  m.q = qk->arg_tensor(0);
+  if (Node* qs = m.q->producer(); qs != nullptr && single_use(g, m.q)) {
+    double s = m.scale;
+    if (Value* inner = strip_scale(qs, s)) {
+      m.q = inner;
+      m.scale = s;
+    }
+  }
+
+  for (const Value* t : {m.q, m.k, m.v}) {
+    if (t->rank() != 4 || !scalar_type_is_float(t->dtype()) || t->dtype() != m.q->dtype()) {
+      return std::nullopt;
+    }
+  }
+  if (out->output()->dtype() != m.q->dtype()) return std::nullopt;
+  if (m.mask != nullptr) {
+    if (m.mask->rank() > 4) return std::nullopt;
+    if (m.mask->dtype() != ScalarType::kBool && m.mask->dtype() != m.q->dtype()) {
+      return std::nullopt;  // an additive mask in another dtype would change the rounding
+    }
+  }
+  if (!std::isfinite(m.scale) || m.scale == 0.0) return std::nullopt;
+  return m;
+}
+
+}  // namespace
+
+int lower_recognize_attention(Graph& g) {
+  int rewritten = 0;
+  for (Node* node : g.nodes()) {
+    std::optional<Match> m = match(g, node);
+    if (!m) continue;
+    Value* out = node->output();
+    const Arg mask = m->mask != nullptr ? Arg(m->mask) : Arg(NoneArg{});
+    Node* sdpa = g.insert_node_before(
+        node, "aten::scaled_dot_product_attention",
+        {m->q, m->k, m->v, mask, 0.0, false, m->scale, false},
+        {TensorType{out->dtype(), out->shape()}}, {g.fresh_name(out->name())});
+    sdpa->set_fx_name(node->fx_name());
+    sdpa->set_module(node->module_path(), node->module_types());
+    g.replace_all_uses(out, sdpa->output());
+    g.remove_node(node);  // the scores, softmax and scale are dead now: remove_dead_code
+    ++rewritten;
+  }
+  return rewritten;
+}
+
+}  // namespace ember::compiler
