@@ -516,3 +516,23 @@ def test_attention_near_miss_is_not_rewritten():
     gm, report = compile_cpu(model, [x, mask], min_block_size=1)
     assert _rewrites(report) == 0, report.lowering_log
     assert_close(gm(x, mask), model(x, mask))
+
+
+@pytest.mark.parametrize("name, attention_layers", [
+    ("BertModel (eager attention)", 2), ("GPT2Model (eager attention)", 2),
+    ("T5EncoderModel (eager attention)", 2), ("T5 decoder stack (eager attention)", 4),
+    ("LlamaModel (eager attention)", 2)])
+def test_hugging_face_eager_attention_is_rewritten(name, attention_layers):
+    """The transformers models of the zoo with attn_implementation="eager": every attention
+    becomes one node (T5's decoder: self- and cross-attention per layer)."""
+    pytest.importorskip("transformers")
+    from torch.utils._pytree import tree_leaves
+    from zoo import hf
+
+    model, inputs = hf.ENTRIES[name].make()
+    gm, report = compile_cpu(model, list(inputs))
+    assert _rewrites(report) == attention_layers, report.lowering_log
+    assert segments(report) == (1, 0), report.partition_report
+    got = [t for t in tree_leaves(gm(*inputs)) if isinstance(t, torch.Tensor)]
+    want = [t for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
+    assert_close(got, want)

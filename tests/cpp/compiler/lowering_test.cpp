@@ -250,6 +250,34 @@ graph(%q: f32[2, 4, 8, 16], %k: f32[2, 4, 8, 16], %v: f32[2, 4, 8, 16], %c: bool
 )"));
 }
 
+TEST(LowerRecognizeAttention, T5PositionBiasThenPaddingMaskAreSummed) {
+  // T5: scores * 1.0, + position bias, + padding mask; softmax with dtype=f32 on f32 scores.
+  const int rewritten = expect_pass(R"(
+graph(%q: f32[2, 4, 8, 16], %k: f32[2, 4, 8, 16], %v: f32[2, 4, 8, 16], %b: f32[1, 4, 8, 8], %m: f32[2, 1, 1, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[2, 4, 16, 8]
+  %s = aten::matmul(%q, %kt) : f32[2, 4, 8, 8]
+  %u = aten::mul.Tensor(%s, 1.0) : f32[2, 4, 8, 8]
+  %a = aten::add.Tensor(%u, %b, 1) : f32[2, 4, 8, 8]
+  %c = aten::add.Tensor(%a, %m, 1) : f32[2, 4, 8, 8]
+  %p = aten::softmax.int(%c, -1, dtype(f32)) : f32[2, 4, 8, 8]
+  %o = aten::matmul(%p, %v) : f32[2, 4, 8, 16]
+  return (%o)
+)",
+                                    lower_recognize_attention, R"(
+graph(%q: f32[2, 4, 8, 16], %k: f32[2, 4, 8, 16], %v: f32[2, 4, 8, 16], %b: f32[1, 4, 8, 8], %m: f32[2, 1, 1, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[2, 4, 16, 8]
+  %s = aten::matmul(%q, %kt) : f32[2, 4, 8, 8]
+  %u = aten::mul.Tensor(%s, 1.0) : f32[2, 4, 8, 8]
+  %a = aten::add.Tensor(%u, %b, 1) : f32[2, 4, 8, 8]
+  %c = aten::add.Tensor(%a, %m, 1) : f32[2, 4, 8, 8]
+  %p = aten::softmax.int(%c, -1, dtype(f32)) : f32[2, 4, 8, 8]
+  %attn_mask_0 = aten::add.Tensor(%m, %b, 1) : f32[2, 4, 8, 8]
+  %o_1 = aten::scaled_dot_product_attention(%q, %k, %v, %attn_mask_0, 0.0, False, 1.0, False) : f32[2, 4, 8, 16]
+  return (%o_1)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
 TEST(LowerRecognizeAttention, NearMissesAreLeftAlone) {
   // The mask added before the scale (a different formula), a softmax over another dim, a key
   // that is not transposed, scores read elsewhere, a bool mask with a mild fill: no rewrite.
@@ -288,6 +316,13 @@ graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8], %c: bool[1,
   %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
   %w = aten::where.self(%c, %s, -10.0) : f32[1, 2, 4, 4]
   %p = aten::softmax.int(%w, -1, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o)
+)", R"(
+graph(%q: f16[1, 2, 4, 8], %k: f16[1, 2, 4, 8], %v: f32[1, 2, 4, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f16[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f16[1, 2, 4, 4]
+  %p = aten::softmax.int(%s, -1, dtype(f32)) : f32[1, 2, 4, 4]
   %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
   return (%o)
 )"};

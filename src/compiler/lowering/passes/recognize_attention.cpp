@@ -2,7 +2,7 @@
 // attn_implementation="eager" paths and T5-style position-bias attention write it,
 //
 //   scores = matmul(q [* c], transpose(k, -1, -2)) [* c | / c]
-//   scores = scores + mask_or_bias            (optional: an additive float mask or bias)
+//   scores = scores + mask_or_bias [+ ...]    (optional: additive float masks or biases)
 //      or    where(bool_mask, scores, -big)   (optional: GPT-2's causal mask)
 //   probs  = softmax(scores, dim=-1)          (dropout in eval and clones are gone already)
 //   out    = matmul(probs, v)
@@ -111,7 +111,8 @@ struct Match {
   Value* q = nullptr;
   Value* k = nullptr;
   Value* v = nullptr;
-  Value* mask = nullptr;
+  /// Masks added to the scaled scores, outermost first (or one bool mask).
+  std::vector<Value*> masks;
   double scale = 1.0;
 };
 
@@ -147,7 +148,12 @@ std::optional<Match> match(const Graph& g, const Node* out) {
   Node* sm = probs->producer();
   if (sm == nullptr || !is_tensor(sm, 0)) return std::nullopt;
   if (sm->op() == "aten::softmax.int") {
-    if (sm->num_args() > 2 && !sm->arg_is_none(2)) return std::nullopt;  // a dtype change
+    // softmax(x, -1, dtype=torch.float32) on f32 scores (Hugging Face's eager paths) changes
+    // nothing; another dtype would.
+    if (sm->num_args() > 2 && !sm->arg_is_none(2) &&
+        sm->arg_scalar_type(2) != std::optional<ScalarType>(sm->arg_tensor(0)->dtype())) {
+      return std::nullopt;
+    }
   } else if (sm->op() == "aten::_softmax") {
     if (sm->num_args() > 2 && sm->arg_bool_or(2, false)) return std::nullopt;  // half_to_float
   } else {
@@ -163,32 +169,37 @@ std::optional<Match> match(const Graph& g, const Node* out) {
   }
   if (rank != 4 || (dim != -1 && dim != rank - 1) || !single_use(g, scores)) return std::nullopt;
 
-  // Optional mask: an additive mask or bias, or a bool mask through where().
+  // Optional masks: additive masks or biases (T5 adds its position bias, then the padding
+  // mask), or one bool mask through where().
   Node* sn = scores->producer();
   if (sn == nullptr) return std::nullopt;
-  if (sn->op() == "aten::add.Tensor" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
+  while (sn != nullptr && sn->op() == "aten::add.Tensor" && is_tensor(sn, 0) &&
+         is_tensor(sn, 1)) {
     if (sn->num_args() > 2 && number_arg(sn, 2) != std::optional<double>(1.0)) {
       return std::nullopt;  // alpha != 1
     }
-    // The scores are the operand a matmul (possibly scaled) produces.
-    for (size_t s = 0; s < 2; ++s) {
+    // The scores are the operand a matmul, a scale or another add produced.
+    Value* next = nullptr;
+    for (size_t s = 0; s < 2 && next == nullptr; ++s) {
       Node* p = sn->arg_tensor(s)->producer();
       if (p == nullptr) continue;
-      const bool from_scores = p->op() == "aten::matmul" ||
+      const bool from_scores = p->op() == "aten::matmul" || p->op() == "aten::add.Tensor" ||
                                ((p->op() == "aten::mul.Tensor" || p->op() == "aten::div.Tensor") &&
                                 p->num_args() == 2);
-      if (!from_scores) continue;
-      m.mask = sn->arg_tensor(1 - s);
-      scores = sn->arg_tensor(s);
-      break;
+      if (!from_scores || sn->arg_tensor(s)->shape() != scores->shape()) continue;
+      m.masks.push_back(sn->arg_tensor(1 - s));
+      next = sn->arg_tensor(s);
     }
-    if (m.mask == nullptr || !single_use(g, scores)) return std::nullopt;
-  } else if (sn->op() == "aten::where.self" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
+    if (next == nullptr || !single_use(g, next)) return std::nullopt;
+    scores = next;
+    sn = scores->producer();
+  }
+  if (sn != nullptr && m.masks.empty() && sn->op() == "aten::where.self" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
     auto fill = number_arg(sn, 2);
     if (!fill || *fill > kMaskFillLimit || sn->arg_tensor(0)->dtype() != ScalarType::kBool) {
       return std::nullopt;
     }
-    m.mask = sn->arg_tensor(0);
+    m.masks.push_back(sn->arg_tensor(0));
     scores = sn->arg_tensor(1);
     if (!single_use(g, scores)) return std::nullopt;
   }
@@ -221,14 +232,41 @@ std::optional<Match> match(const Graph& g, const Node* out) {
     }
   }
   if (out->output()->dtype() != m.q->dtype()) return std::nullopt;
-  if (m.mask != nullptr) {
-    if (m.mask->rank() > 4) return std::nullopt;
-    if (m.mask->dtype() != ScalarType::kBool && m.mask->dtype() != m.q->dtype()) {
+  for (const Value* mask : m.masks) {
+    if (mask->rank() > 4) return std::nullopt;
+    if (mask->dtype() != ScalarType::kBool && mask->dtype() != m.q->dtype()) {
       return std::nullopt;  // an additive mask in another dtype would change the rounding
     }
   }
   if (!std::isfinite(m.scale) || m.scale == 0.0) return std::nullopt;
   return m;
+}
+
+/// One additive mask from several (their sum, made before `before`), broadcast over the scores
+/// [B, H, L, S]: a dim is 1 where every mask has 1 there.
+Value* combined_mask(Graph& g, Node* before, const std::vector<Value*>& masks) {
+  Value* sum = masks.front();
+  for (size_t i = 1; i < masks.size(); ++i) {
+    const Value* a = sum;
+    const Value* b = masks[i];
+    const Shape& scores = before->arg_tensor(0)->shape();
+    Shape shape(scores.size(), DimExpr(1));
+    for (size_t d = 0; d < scores.size(); ++d) {
+      for (const Value* x : {a, b}) {
+        const int off = static_cast<int>(scores.size()) - x->rank();
+        const int k = static_cast<int>(d) - off;
+        if (k >= 0 && !(x->shape()[k].is_constant() && x->shape()[k].constant() == 1)) {
+          shape[d] = scores[d];
+        }
+      }
+    }
+    Node* add = g.insert_node_before(before, "aten::add.Tensor", {sum, masks[i], int64_t{1}},
+                                     {TensorType{a->dtype(), shape}},
+                                     {g.fresh_name("attn_mask")});
+    add->set_module(before->module_path(), before->module_types());
+    sum = add->output();
+  }
+  return sum;
 }
 
 }  // namespace
@@ -239,7 +277,8 @@ int lower_recognize_attention(Graph& g) {
     std::optional<Match> m = match(g, node);
     if (!m) continue;
     Value* out = node->output();
-    const Arg mask = m->mask != nullptr ? Arg(m->mask) : Arg(NoneArg{});
+    Arg mask = NoneArg{};
+    if (!m->masks.empty()) mask = combined_mask(g, node, m->masks);
     Node* sdpa = g.insert_node_before(
         node, "aten::scaled_dot_product_attention",
         {m->q, m->k, m->v, mask, 0.0, false, m->scale, false},
