@@ -536,3 +536,29 @@ def test_hugging_face_eager_attention_is_rewritten(name, attention_layers):
     got = [t for t in tree_leaves(gm(*inputs)) if isinstance(t, torch.Tensor)]
     want = [t for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
     assert_close(got, want)
+
+
+class HalfEagerAttention(torch.nn.Module):
+    """Llama's eager path on an f16 model: softmax in f32 and back, causal additive mask."""
+
+    def __init__(self, d=32, h=4, n=8):
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.h = h
+        mask = torch.full((n, n), torch.finfo(torch.float16).min).triu(1)
+        self.register_buffer("mask", mask.view(1, 1, n, n), persistent=False)
+
+    def forward(self, x):
+        q, k, v = (_heads(t, self.h) for t in self.qkv(x).split(x.shape[-1], dim=2))
+        w = torch.matmul(q, k.transpose(2, 3)) * (q.shape[-1] ** -0.5) + self.mask
+        w = torch.nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(w, v).transpose(1, 2).reshape(x.shape)
+
+
+def test_f16_attention_with_softmax_in_f32_is_rewritten():
+    torch.manual_seed(0)
+    model = HalfEagerAttention().eval().half()
+    x = torch.randn(2, 8, 32, dtype=torch.float16)
+    gm, report = compile_cpu(model, [x], min_block_size=1)
+    assert _rewrites(report) == 1, report.lowering_log
+    assert_close(gm(x), model(x))

@@ -278,6 +278,31 @@ graph(%q: f32[2, 4, 8, 16], %k: f32[2, 4, 8, 16], %v: f32[2, 4, 8, 16], %b: f32[
   EXPECT_EQ(rewritten, 1);
 }
 
+TEST(LowerRecognizeAttention, HalfModelsSoftmaxInF32AndBack) {
+  // Llama/T5 eager on f16: softmax(x, dtype=torch.float32).to(torch.float16).
+  const int rewritten = expect_pass(R"(
+graph(%q: f16[1, 2, 4, 8], %k: f16[1, 2, 4, 8], %v: f16[1, 2, 4, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f16[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f16[1, 2, 4, 4]
+  %d = aten::mul.Tensor(%s, 0.5) : f16[1, 2, 4, 4]
+  %w = aten::softmax.int(%d, -1, dtype(f32)) : f32[1, 2, 4, 4]
+  %p = aten::_to_copy(%w, dtype(f16), None, None, None, False, None) : f16[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f16[1, 2, 4, 8]
+  return (%o)
+)",
+                                    lower_recognize_attention, R"(
+graph(%q: f16[1, 2, 4, 8], %k: f16[1, 2, 4, 8], %v: f16[1, 2, 4, 8]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f16[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f16[1, 2, 4, 4]
+  %d = aten::mul.Tensor(%s, 0.5) : f16[1, 2, 4, 4]
+  %w = aten::softmax.int(%d, -1, dtype(f32)) : f32[1, 2, 4, 4]
+  %p = aten::_to_copy(%w, dtype(f16), None, None, None, False, None) : f16[1, 2, 4, 4]
+  %o_0 = aten::scaled_dot_product_attention(%q, %k, %v, None, 0.0, False, 0.5, False) : f16[1, 2, 4, 8]
+  return (%o_0)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
 TEST(LowerRecognizeAttention, NearMissesAreLeftAlone) {
   // The mask added before the scale (a different formula), a softmax over another dim, a key
   // that is not transposed, scores read elsewhere, a bool mask with a mild fill: no rewrite.

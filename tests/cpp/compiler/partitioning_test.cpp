@@ -1,6 +1,7 @@
 // Partitioner: support decisions, segment shapes, min_block_size, exclusions, reports.
 #include <gtest/gtest.h>
 
+#include "ember/compiler/compile.h"
 #include "ember/compiler/conversion.h"
 #include "ember/compiler/partitioning.h"
 
@@ -15,6 +16,80 @@ TEST(Partitioning, UnknownOpIsUnsupportedWithReason) {
   EXPECT_FALSE(s.supported);
   EXPECT_NE(s.reason.find("no converter for aten::definitely_not_an_op"), std::string::npos)
       << s.reason;
+}
+
+// Converters registered at run time (as Python converters are): priority, validator, removal,
+// and a failure that names its node.
+TEST(ConverterRegistry, RuntimeEntriesTakePriorityAndCanBeRemoved) {
+  auto& r = ConverterRegistry::instance();
+  auto identity = [](ConversionContext& ctx, const Node& node) {
+    ctx.set_output(node, 0, ctx.net().add_identity(ctx.input(node, 0))->output());
+  };
+  auto reject_rank1 = [](const Node& node, const CompileSettings&) -> Reason {
+    if (node.arg_tensor(0)->rank() == 1) return std::string("rank 1 rejected");
+    return std::nullopt;
+  };
+  r.add(ConverterEntry{"ember_test::rt", identity, nullptr, 0, true, "python:low"});
+  r.add(ConverterEntry{"ember_test::rt", identity, reject_rank1, 5, true, "python:high"});
+  Graph g;
+  Value* x = g.add_input("x", ScalarType::kF32, {2, 3});
+  Value* v = g.add_input("v", ScalarType::kF32, {3});
+  Node* a = g.add_node("ember_test::rt", {x}, {{ScalarType::kF32, {2, 3}}}, {"a"});
+  Node* b = g.add_node("ember_test::rt", {v}, {{ScalarType::kF32, {3}}}, {"b"});
+  EXPECT_EQ(r.find(*a, CompileSettings{})->file, "python:high");
+  EXPECT_EQ(r.find(*b, CompileSettings{})->file, "python:low");  // the validator declined
+  EXPECT_EQ(r.remove("ember_test::rt", "python:low"), 1u);
+  std::string why;
+  EXPECT_EQ(r.find(*b, CompileSettings{}, &why), nullptr);
+  EXPECT_EQ(why, "rank 1 rejected");
+  EXPECT_EQ(r.remove("ember_test::rt", "python:high"), 1u);
+  EXPECT_FALSE(r.has("ember_test::rt"));
+}
+
+TEST(Partitioning, TorchExecutedNodesSendOneNodeToPyTorchWithItsReason) {
+  auto& r = ConverterRegistry::instance();
+  auto identity = [](ConversionContext& ctx, const Node& node) {
+    ctx.set_output(node, 0, ctx.net().add_identity(ctx.input(node, 0))->output());
+  };
+  r.add(ConverterEntry{"ember_test::nodes", identity, nullptr, 0, true, "python:nodes"});
+  Graph g;
+  Value* x = g.add_input("x", ScalarType::kF32, {2});
+  Node* a = g.add_node("ember_test::nodes", {x}, {{ScalarType::kF32, {2}}}, {"a"});
+  a->set_fx_name("a");
+  Node* b = g.add_node("ember_test::nodes", {a->output()}, {{ScalarType::kF32, {2}}}, {"b"});
+  b->set_fx_name("b");
+  CompileSettings s;
+  s.torch_executed_nodes = {{"b", "converter failed: no kernel"}};
+  EXPECT_TRUE(node_support(*a, s).supported);
+  const NodeSupport sb = node_support(*b, s);
+  EXPECT_FALSE(sb.supported);
+  EXPECT_EQ(sb.reason, "converter failed: no kernel");
+  r.remove("ember_test::nodes", "python:nodes");
+}
+
+TEST(Conversion, AFailingConverterNamesItsNodeAndConverter) {
+  auto& r = ConverterRegistry::instance();
+  r.add(ConverterEntry{"ember_test::fails",
+                       [](ConversionContext&, const Node&) { throw Error("no kernel"); },
+                       nullptr, 0, true, "python:mod.fails"});
+  Graph g;
+  Value* x = g.add_input("x", ScalarType::kF32, {2});
+  Node* a = g.add_node("ember_test::fails", {x}, {{ScalarType::kF32, {2}}}, {"a"});
+  a->set_fx_name("fails_1");
+  g.set_outputs({a->output()});
+  const PartitionResult p = partition(g, CompileSettings{.min_block_size = 1}, true);
+  ASSERT_EQ(p.segments.size(), 1u);
+  try {
+    convert_segment(g, p.segments[0], CompileSettings{});
+    ADD_FAILURE() << "conversion should fail";
+  } catch (const ConversionError& e) {
+    EXPECT_EQ(e.node(), "fails_1");
+    EXPECT_EQ(e.converter(), "python:mod.fails");
+    EXPECT_NE(std::string(e.what()).find("ember_test::fails 'fails_1' (python:mod.fails): no kernel"),
+              std::string::npos)
+        << e.what();
+  }
+  r.remove("ember_test::fails", "python:mod.fails");
 }
 
 }  // namespace

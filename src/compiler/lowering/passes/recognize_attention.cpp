@@ -4,7 +4,8 @@
 //   scores = matmul(q [* c], transpose(k, -1, -2)) [* c | / c]
 //   scores = scores + mask_or_bias [+ ...]    (optional: additive float masks or biases)
 //      or    where(bool_mask, scores, -big)   (optional: GPT-2's causal mask)
-//   probs  = softmax(scores, dim=-1)          (dropout in eval and clones are gone already)
+//   probs  = softmax(scores, dim=-1)          (dropout in eval and clones are gone already;
+//                                               or softmax in f32 and back, for f16/bf16)
 //   out    = matmul(probs, v)
 //
 // becomes one aten::scaled_dot_product_attention(q, k, v, mask, scale=c): one Attention layer
@@ -147,15 +148,29 @@ std::optional<Match> match(const Graph& g, const Node* out) {
   // softmax over the last dim: aten::softmax.int(x, dim[, dtype]) or aten::_softmax(x, dim, 0).
   Node* sm = probs->producer();
   if (sm == nullptr || !is_tensor(sm, 0)) return std::nullopt;
+  // Hugging Face's eager paths on f16/bf16 models: softmax(x, dtype=torch.float32).to(x.dtype).
+  // The Attention layer computes its softmax in f32 too, so the round trip is its own.
+  bool widened = false;
+  if (sm->op() == "aten::_to_copy" && (sm->num_args() < 4 || sm->arg_is_none(3))) {
+    Value* wide = sm->arg_tensor(0);
+    Node* inner = wide->producer();
+    if (inner == nullptr || !single_use(g, wide) || !is_tensor(inner, 0) ||
+        inner->arg_tensor(0)->dtype() != probs->dtype() || wide->dtype() != ScalarType::kF32) {
+      return std::nullopt;
+    }
+    sm = inner;
+    widened = true;
+  }
   if (sm->op() == "aten::softmax.int") {
-    // softmax(x, -1, dtype=torch.float32) on f32 scores (Hugging Face's eager paths) changes
-    // nothing; another dtype would.
-    if (sm->num_args() > 2 && !sm->arg_is_none(2) &&
+    // softmax(x, -1, dtype=torch.float32) on f32 scores changes nothing; widened above is the
+    // f32 round trip; any other dtype would change the result.
+    if (sm->num_args() > 2 && !sm->arg_is_none(2) && !widened &&
         sm->arg_scalar_type(2) != std::optional<ScalarType>(sm->arg_tensor(0)->dtype())) {
       return std::nullopt;
     }
   } else if (sm->op() == "aten::_softmax") {
-    if (sm->num_args() > 2 && sm->arg_bool_or(2, false)) return std::nullopt;  // half_to_float
+    // half_to_float: the f32 result of f16 scores, only as part of the round trip.
+    if (sm->num_args() > 2 && sm->arg_bool_or(2, false) && !widened) return std::nullopt;
   } else {
     return std::nullopt;
   }
