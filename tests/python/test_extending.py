@@ -458,6 +458,21 @@ class T5Attention(torch.nn.Module):
         return torch.matmul(w, v).transpose(1, 2).reshape(x.shape)
 
 
+class MaskedFillAttention(torch.nn.Module):
+    """The classic hand-written form: scores.masked_fill(pad, -inf) over padded keys."""
+
+    def __init__(self, d=32, h=4):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(d, d) for _ in range(3))
+        self.h = h
+
+    def forward(self, x, pad):
+        q, k, v = _heads(self.q(x), self.h), _heads(self.k(x), self.h), _heads(self.v(x), self.h)
+        s = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+        s = s.masked_fill(pad[:, None, None, :], float("-inf"))
+        return torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2).reshape(x.shape)
+
+
 class MaskBeforeScale(torch.nn.Module):
     """A near miss: the mask is added before the scale, so it is scaled too (not SDPA)."""
 
@@ -477,7 +492,7 @@ def _rewrites(report):
                if line.startswith("recognize_attention:"))
 
 
-@pytest.mark.parametrize("case", ["bert", "gpt2", "t5"])
+@pytest.mark.parametrize("case", ["bert", "gpt2", "t5", "masked_fill"])
 def test_hand_written_attention_becomes_one_attention_node(case):
     torch.manual_seed(0)
     x = torch.randn(2, 8, 32)
@@ -488,6 +503,10 @@ def test_hand_written_attention_becomes_one_attention_node(case):
         inputs = [x, mask]
     elif case == "gpt2":
         model, inputs = Gpt2Attention().eval(), [x]
+    elif case == "masked_fill":
+        pad = torch.zeros(2, 8, dtype=torch.bool)
+        pad[1, 5:] = True
+        model, inputs = MaskedFillAttention().eval(), [x, pad]
     else:
         model, inputs = T5Attention().eval(), [x]
     gm, report = compile_cpu(model, inputs, min_block_size=1)

@@ -303,6 +303,31 @@ graph(%q: f16[1, 2, 4, 8], %k: f16[1, 2, 4, 8], %v: f16[1, 2, 4, 8]):
   EXPECT_EQ(rewritten, 1);
 }
 
+TEST(LowerRecognizeAttention, MaskedFillBecomesTheInverseBoolMask) {
+  const int rewritten = expect_pass(R"(
+graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8], %drop: bool[1, 1, 1, 4]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
+  %d = aten::div.Tensor(%s, 2.0) : f32[1, 2, 4, 4]
+  %f = aten::masked_fill.Scalar(%d, %drop, -inf) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%f, -1, None) : f32[1, 2, 4, 4]
+  %o = aten::matmul(%p, %v) : f32[1, 2, 4, 8]
+  return (%o)
+)",
+                                    lower_recognize_attention, R"(
+graph(%q: f32[1, 2, 4, 8], %k: f32[1, 2, 4, 8], %v: f32[1, 2, 4, 8], %drop: bool[1, 1, 1, 4]):
+  %kt = aten::permute(%k, [0, 1, 3, 2]) : f32[1, 2, 8, 4]
+  %s = aten::matmul(%q, %kt) : f32[1, 2, 4, 4]
+  %d = aten::div.Tensor(%s, 2.0) : f32[1, 2, 4, 4]
+  %f = aten::masked_fill.Scalar(%d, %drop, -inf) : f32[1, 2, 4, 4]
+  %p = aten::softmax.int(%f, -1, None) : f32[1, 2, 4, 4]
+  %attn_keep_0 = aten::logical_not(%drop) : bool[1, 1, 1, 4]
+  %o_1 = aten::scaled_dot_product_attention(%q, %k, %v, %attn_keep_0, 0.0, False, 0.5, False) : f32[1, 2, 4, 8]
+  return (%o_1)
+)");
+  EXPECT_EQ(rewritten, 1);
+}
+
 TEST(LowerRecognizeAttention, NearMissesAreLeftAlone) {
   // The mask added before the scale (a different formula), a softmax over another dim, a key
   // that is not transposed, scores read elsewhere, a bool mask with a mild fill: no rewrite.

@@ -4,6 +4,7 @@
 //   scores = matmul(q [* c], transpose(k, -1, -2)) [* c | / c]
 //   scores = scores + mask_or_bias [+ ...]    (optional: additive float masks or biases)
 //      or    where(bool_mask, scores, -big)   (optional: GPT-2's causal mask)
+//      or    scores.masked_fill(drop, -big)   (optional: the inverse bool mask)
 //   probs  = softmax(scores, dim=-1)          (dropout in eval and clones are gone already;
 //                                               or softmax in f32 and back, for f16/bf16)
 //   out    = matmul(probs, v)
@@ -114,6 +115,8 @@ struct Match {
   Value* v = nullptr;
   /// Masks added to the scaled scores, outermost first (or one bool mask).
   std::vector<Value*> masks;
+  /// The bool mask marks keys to drop (masked_fill), not keys to keep (where).
+  bool invert_bool_mask = false;
   double scale = 1.0;
 };
 
@@ -217,6 +220,18 @@ std::optional<Match> match(const Graph& g, const Node* out) {
     m.masks.push_back(sn->arg_tensor(0));
     scores = sn->arg_tensor(1);
     if (!single_use(g, scores)) return std::nullopt;
+  } else if (sn != nullptr && m.masks.empty() &&
+             (sn->op() == "aten::masked_fill.Scalar" || sn->op() == "aten::masked_fill.Tensor") &&
+             is_tensor(sn, 0) && is_tensor(sn, 1)) {
+    // scores.masked_fill(cond, -big): cond marks the keys to drop, the inverse of SDPA's mask.
+    auto fill = number_arg(sn, 2);
+    if (!fill || *fill > kMaskFillLimit || sn->arg_tensor(1)->dtype() != ScalarType::kBool) {
+      return std::nullopt;
+    }
+    m.masks.push_back(sn->arg_tensor(1));
+    m.invert_bool_mask = true;
+    scores = sn->arg_tensor(0);
+    if (!single_use(g, scores)) return std::nullopt;
   }
 
   // Optional scale after the first matmul.
@@ -293,7 +308,16 @@ int lower_recognize_attention(Graph& g) {
     if (!m) continue;
     Value* out = node->output();
     Arg mask = NoneArg{};
-    if (!m->masks.empty()) mask = combined_mask(g, node, m->masks);
+    if (m->invert_bool_mask) {
+      Value* c = m->masks.front();
+      Node* keep = g.insert_node_before(node, "aten::logical_not", {c},
+                                        {TensorType{ScalarType::kBool, c->shape()}},
+                                        {g.fresh_name("attn_keep")});
+      keep->set_module(node->module_path(), node->module_types());
+      mask = keep->output();
+    } else if (!m->masks.empty()) {
+      mask = combined_mask(g, node, m->masks);
+    }
     Node* sdpa = g.insert_node_before(
         node, "aten::scaled_dot_product_attention",
         {m->q, m->k, m->v, mask, 0.0, false, m->scale, false},
