@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import inspect
 import logging
 import re
 import threading
@@ -161,8 +159,8 @@ def _label_of(fn: Callable) -> str:
     return f"python:{mod}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def converter(op, capability_validator: Callable | None = None, supports_dynamic_shapes: bool = True,
-              priority: int = BUILTIN_PRIORITY):
+def converter(op, capability_validator: Callable | None = None,
+              supports_dynamic_shapes: bool = True, priority: int = BUILTIN_PRIORITY):
     """Registers ``fn(ctx, node, args, kwargs, name) -> tensor | tuple`` as the converter of
     `op` (an OpOverload such as ``torch.ops.mylib.op.default``, or its key "mylib::op").
 
@@ -222,7 +220,8 @@ def _install(key, schema, fn, validator, dynamic, priority, label):
         try:
             out = fn(ctx, node, args, kwargs, ctx.layer_name())
         except Exception as e:
-            raise RuntimeError(f"Python converter {label[7:]} raised {type(e).__name__}: {e}") from e
+            raise RuntimeError(
+                f"Python converter {label[7:]} raised {type(e).__name__}: {e}") from e
         if isinstance(out, list):
             out = tuple(out)
         return out
@@ -446,7 +445,7 @@ class _Substituted(torch.nn.Module):
             raise TypeError(f"ember.dynamo.substitute: module '{self._path}' "
                             f"({_class_name(type(self.original))}) is called with non-tensor or "
                             "keyword arguments; substitution takes forward(*tensors) only")
-        names, tensors = _state_of(self.original)
+        _, tensors = _state_of(self.original)
         return self._op(list(args), tensors, self._instance)
 
 

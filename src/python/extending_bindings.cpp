@@ -36,10 +36,10 @@ namespace {
 DataType to_dtype(const py::handle& h) {
   // "f16", an ember dtype name, or a torch.dtype (whose str() is "torch.float16").
   static const std::pair<const char*, DataType> kTorch[] = {
-      {"torch.float32", DataType::kF32}, {"torch.float16", DataType::kF16},
+      {"torch.float32", DataType::kF32},   {"torch.float16", DataType::kF16},
       {"torch.bfloat16", DataType::kBF16}, {"torch.int8", DataType::kI8},
-      {"torch.uint8", DataType::kU8}, {"torch.int32", DataType::kI32},
-      {"torch.int64", DataType::kI64}, {"torch.bool", DataType::kBool}};
+      {"torch.uint8", DataType::kU8},      {"torch.int32", DataType::kI32},
+      {"torch.int64", DataType::kI64},     {"torch.bool", DataType::kBool}};
   const std::string s = py::str(h);
   if (auto d = dtype_from_name(s)) return *d;
   for (const auto& [name, d] : kTorch) {
@@ -79,7 +79,8 @@ py::list shape_to_py(const Shape& s) {
 // reachable by its documented name. Unknown names are an error that lists the known ones.
 class FieldSetter {
  public:
-  FieldSetter(const py::dict& values, std::string layer) : values_(values), layer_(std::move(layer)) {}
+  FieldSetter(const py::dict& values, std::string layer)
+      : values_(values), layer_(std::move(layer)) {}
 
   template <class T>
   void operator()(const char* name, T& field) {
@@ -100,8 +101,8 @@ class FieldSetter {
       if (used_.count(key) == 0) {
         std::string list;
         for (const auto& n : known_) list += (list.empty() ? "" : ", ") + n;
-        throw Error(layer_ + " has no parameter '" + key + "' (its parameters: " +
-                    (list.empty() ? "none" : list) + ")");
+        throw Error(layer_ + " has no parameter '" + key +
+                    "' (its parameters: " + (list.empty() ? "none" : list) + ")");
       }
     }
   }
@@ -274,8 +275,7 @@ void register_python_converter(const std::string& op, py::object convert, py::ob
   };
   if (!validate.is_none()) {
     auto vfn = hold(std::move(validate));
-    e.validate = [vfn, label](const Node& node,
-                              const ember::compiler::CompileSettings&) -> Reason {
+    e.validate = [vfn, label](const Node& node, const ember::compiler::CompileSettings&) -> Reason {
       py::gil_scoped_acquire gil;
       try {
         py::object r = (*vfn)(PyNodeRef{&node});
@@ -434,8 +434,9 @@ void bind_extending(py::module_& m) {
   py::class_<Tensor>(m, "Tensor", "An engine tensor handle, valid during its conversion only.")
       .def_property_readonly("name", &Tensor::name)
       .def_property_readonly("dtype", [](const Tensor& t) { return dtype_name(t.dtype()); })
-      .def_property_readonly("shape", [](const Tensor& t) { return shape_to_py(t.shape()); },
-                             "Dims: an int, or symbolic text ('s0', 's0*2') for dynamic dims.")
+      .def_property_readonly(
+          "shape", [](const Tensor& t) { return shape_to_py(t.shape()); },
+          "Dims: an int, or symbolic text ('s0', 's0*2') for dynamic dims.")
       .def_property_readonly("rank", &Tensor::rank)
       .def_property_readonly("is_input", &Tensor::is_input)
       .def("__repr__", [](const Tensor& t) {
@@ -454,57 +455,61 @@ void bind_extending(py::module_& m) {
                       "The network a segment is converted into (the role of TensorRT's "
                       "INetworkDefinition). Layer parameters are keyword arguments named as in "
                       "include/ember/engine/layers.h.")
-      .def("add_layer",
-           [](Network& n, const std::string& kind, std::vector<Tensor*> inputs, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_layer(params_named(kind, kw), std::move(inputs), name);
-           },
-           py::arg("kind"), py::arg("inputs"), ref,
-           "Any layer kind by name ('Convolution', 'ElementWise', ...), its parameters as "
-           "keywords.")
-      .def("add_constant",
-           [](Network& n, const py::buffer& data, const py::object& dtype,
-              std::vector<int64_t> dims, const std::string& name) {
-             const py::buffer_info info = data.request();
-             const DataType d = to_dtype(dtype);
-             const size_t want = static_cast<size_t>(dims_numel(dims)) * dtype_size(d);
-             const size_t have = static_cast<size_t>(info.size * info.itemsize);
-             if (want != have) {
-               throw Error("add_constant: " + std::to_string(have) + " bytes given, a " +
-                           dtype_name(d) + " tensor of dims " + dims_to_string(dims) +
-                           " needs " + std::to_string(want));
-             }
-             return n.add_constant(Weights::copy(d, std::move(dims), info.ptr), name);
-           },
-           py::arg("data"), py::arg("dtype"), py::arg("dims"), py::arg("name") = "", ref,
-           "A Constant layer from C-contiguous bytes (copied). ctx.constant(torch_tensor) is "
-           "the convenient form.")
-      .def("add_convolution",
-           [](Network& n, Tensor* x, Tensor* w, Tensor* b, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_convolution(x, w, b, params_from<ConvolutionParams>(kw, "Convolution"),
-                                      name);
-           },
-           py::arg("x"), py::arg("weight"), py::arg("bias") = nullptr, ref)
-      .def("add_deconvolution",
-           [](Network& n, Tensor* x, Tensor* w, Tensor* b, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_deconvolution(
-                 x, w, b, params_from<DeconvolutionParams>(kw, "Deconvolution"), name);
-           },
-           py::arg("x"), py::arg("weight"), py::arg("bias") = nullptr, ref)
-      .def("add_pooling",
-           [](Network& n, Tensor* x, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_pooling(x, params_from<PoolingParams>(kw, "Pooling"), name);
-           },
-           py::arg("x"), ref)
+      .def(
+          "add_layer",
+          [](Network& n, const std::string& kind, std::vector<Tensor*> inputs, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_layer(params_named(kind, kw), std::move(inputs), name);
+          },
+          py::arg("kind"), py::arg("inputs"), ref,
+          "Any layer kind by name ('Convolution', 'ElementWise', ...), its parameters as "
+          "keywords.")
+      .def(
+          "add_constant",
+          [](Network& n, const py::buffer& data, const py::object& dtype, std::vector<int64_t> dims,
+             const std::string& name) {
+            const py::buffer_info info = data.request();
+            const DataType d = to_dtype(dtype);
+            const size_t want = static_cast<size_t>(dims_numel(dims)) * dtype_size(d);
+            const size_t have = static_cast<size_t>(info.size * info.itemsize);
+            if (want != have) {
+              throw Error("add_constant: " + std::to_string(have) + " bytes given, a " +
+                          dtype_name(d) + " tensor of dims " + dims_to_string(dims) + " needs " +
+                          std::to_string(want));
+            }
+            return n.add_constant(Weights::copy(d, std::move(dims), info.ptr), name);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("dims"), py::arg("name") = "", ref,
+          "A Constant layer from C-contiguous bytes (copied). ctx.constant(torch_tensor) is "
+          "the convenient form.")
+      .def(
+          "add_convolution",
+          [](Network& n, Tensor* x, Tensor* w, Tensor* b, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_convolution(x, w, b, params_from<ConvolutionParams>(kw, "Convolution"),
+                                     name);
+          },
+          py::arg("x"), py::arg("weight"), py::arg("bias") = nullptr, ref)
+      .def(
+          "add_deconvolution",
+          [](Network& n, Tensor* x, Tensor* w, Tensor* b, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_deconvolution(x, w, b,
+                                       params_from<DeconvolutionParams>(kw, "Deconvolution"), name);
+          },
+          py::arg("x"), py::arg("weight"), py::arg("bias") = nullptr, ref)
+      .def(
+          "add_pooling",
+          [](Network& n, Tensor* x, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_pooling(x, params_from<PoolingParams>(kw, "Pooling"), name);
+          },
+          py::arg("x"), ref)
       .def("add_activation", &Network::add_activation, py::arg("x"), py::arg("type"),
            py::arg("alpha") = 0.0, py::arg("beta") = 0.0, py::arg("name") = "", ref)
-      .def("add_elementwise", &Network::add_elementwise, py::arg("a"), py::arg("b"),
-           py::arg("op"), py::arg("name") = "", ref)
-      .def("add_unary", &Network::add_unary, py::arg("x"), py::arg("op"), py::arg("name") = "",
-           ref)
+      .def("add_elementwise", &Network::add_elementwise, py::arg("a"), py::arg("b"), py::arg("op"),
+           py::arg("name") = "", ref)
+      .def("add_unary", &Network::add_unary, py::arg("x"), py::arg("op"), py::arg("name") = "", ref)
       .def("add_reduce", &Network::add_reduce, py::arg("x"), py::arg("op"), py::arg("axes"),
            py::arg("keep_dims"), py::arg("name") = "", ref)
       .def("add_topk", &Network::add_topk, py::arg("x"), py::arg("op"), py::arg("k"),
@@ -512,99 +517,108 @@ void bind_extending(py::module_& m) {
       .def("add_softmax", &Network::add_softmax, py::arg("x"), py::arg("axis"),
            py::arg("log") = false, py::arg("name") = "", ref)
       .def("add_matrix_multiply", &Network::add_matrix_multiply, py::arg("a"),
-           py::arg("transpose_a"), py::arg("b"), py::arg("transpose_b"), py::arg("name") = "",
-           ref)
-      .def("add_shuffle",
-           [](Network& n, Tensor* x, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_shuffle(x, params_from<ShuffleParams>(kw, "Shuffle"), name);
-           },
-           py::arg("x"), ref)
-      .def("add_reshape",
-           [](Network& n, Tensor* x, const py::list& shape, const std::string& name) {
-             return n.add_reshape(x, to_shape(shape), name);
-           },
-           py::arg("x"), py::arg("shape"), py::arg("name") = "", ref)
+           py::arg("transpose_a"), py::arg("b"), py::arg("transpose_b"), py::arg("name") = "", ref)
+      .def(
+          "add_shuffle",
+          [](Network& n, Tensor* x, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_shuffle(x, params_from<ShuffleParams>(kw, "Shuffle"), name);
+          },
+          py::arg("x"), ref)
+      .def(
+          "add_reshape",
+          [](Network& n, Tensor* x, const py::list& shape, const std::string& name) {
+            return n.add_reshape(x, to_shape(shape), name);
+          },
+          py::arg("x"), py::arg("shape"), py::arg("name") = "", ref)
       .def("add_transpose", &Network::add_transpose, py::arg("x"), py::arg("perm"),
            py::arg("name") = "", ref)
       .def("add_concatenation", &Network::add_concatenation, py::arg("xs"), py::arg("axis"),
            py::arg("name") = "", ref)
-      .def("add_slice",
-           [](Network& n, Tensor* x, const py::list& start, const py::list& size,
-              std::vector<int64_t> stride, const std::string& name) {
-             return n.add_slice(x, to_shape(start), to_shape(size), std::move(stride), name);
-           },
-           py::arg("x"), py::arg("start"), py::arg("size"), py::arg("stride"),
-           py::arg("name") = "", ref)
-      .def("add_gather",
-           [](Network& n, Tensor* data, Tensor* indices, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_gather(data, indices, params_from<GatherParams>(kw, "Gather"), name);
-           },
-           py::arg("data"), py::arg("indices"), ref)
-      .def("add_scatter",
-           [](Network& n, Tensor* data, Tensor* indices, Tensor* updates, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_scatter(data, indices, updates,
-                                  params_from<ScatterParams>(kw, "Scatter"), name);
-           },
-           py::arg("data"), py::arg("indices"), py::arg("updates"), ref)
+      .def(
+          "add_slice",
+          [](Network& n, Tensor* x, const py::list& start, const py::list& size,
+             std::vector<int64_t> stride, const std::string& name) {
+            return n.add_slice(x, to_shape(start), to_shape(size), std::move(stride), name);
+          },
+          py::arg("x"), py::arg("start"), py::arg("size"), py::arg("stride"), py::arg("name") = "",
+          ref)
+      .def(
+          "add_gather",
+          [](Network& n, Tensor* data, Tensor* indices, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_gather(data, indices, params_from<GatherParams>(kw, "Gather"), name);
+          },
+          py::arg("data"), py::arg("indices"), ref)
+      .def(
+          "add_scatter",
+          [](Network& n, Tensor* data, Tensor* indices, Tensor* updates, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_scatter(data, indices, updates, params_from<ScatterParams>(kw, "Scatter"),
+                                 name);
+          },
+          py::arg("data"), py::arg("indices"), py::arg("updates"), ref)
       .def("add_select", &Network::add_select, py::arg("condition"), py::arg("a"), py::arg("b"),
            py::arg("name") = "", ref)
-      .def("add_cast",
-           [](Network& n, Tensor* x, const py::object& to, const std::string& name) {
-             return n.add_cast(x, to_dtype(to), name);
-           },
-           py::arg("x"), py::arg("to"), py::arg("name") = "", ref)
-      .def("add_normalization",
-           [](Network& n, Tensor* x, Tensor* scale, Tensor* bias, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_normalization(
-                 x, scale, bias, params_from<NormalizationParams>(kw, "Normalization"), name);
-           },
-           py::arg("x"), py::arg("scale"), py::arg("bias"), ref)
-      .def("add_resize",
-           [](Network& n, Tensor* x, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_resize(x, params_from<ResizeParams>(kw, "Resize"), name);
-           },
-           py::arg("x"), ref)
-      .def("add_padding",
-           [](Network& n, Tensor* x, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_padding(x, params_from<PaddingParams>(kw, "Padding"), name);
-           },
-           py::arg("x"), ref)
-      .def("add_cumulative",
-           [](Network& n, Tensor* x, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_cumulative(x, params_from<CumulativeParams>(kw, "Cumulative"), name);
-           },
-           py::arg("x"), ref)
-      .def("add_fill",
-           [](Network& n, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             return n.add_fill(params_from<FillParams>(kw, "Fill"), name);
-           },
-           ref)
+      .def(
+          "add_cast",
+          [](Network& n, Tensor* x, const py::object& to, const std::string& name) {
+            return n.add_cast(x, to_dtype(to), name);
+          },
+          py::arg("x"), py::arg("to"), py::arg("name") = "", ref)
+      .def(
+          "add_normalization",
+          [](Network& n, Tensor* x, Tensor* scale, Tensor* bias, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_normalization(x, scale, bias,
+                                       params_from<NormalizationParams>(kw, "Normalization"), name);
+          },
+          py::arg("x"), py::arg("scale"), py::arg("bias"), ref)
+      .def(
+          "add_resize",
+          [](Network& n, Tensor* x, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_resize(x, params_from<ResizeParams>(kw, "Resize"), name);
+          },
+          py::arg("x"), ref)
+      .def(
+          "add_padding",
+          [](Network& n, Tensor* x, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_padding(x, params_from<PaddingParams>(kw, "Padding"), name);
+          },
+          py::arg("x"), ref)
+      .def(
+          "add_cumulative",
+          [](Network& n, Tensor* x, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_cumulative(x, params_from<CumulativeParams>(kw, "Cumulative"), name);
+          },
+          py::arg("x"), ref)
+      .def(
+          "add_fill",
+          [](Network& n, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            return n.add_fill(params_from<FillParams>(kw, "Fill"), name);
+          },
+          ref)
       .def("add_shape", &Network::add_shape, py::arg("x"), py::arg("name") = "", ref)
       .def("add_identity", &Network::add_identity, py::arg("x"), py::arg("name") = "", ref)
-      .def("add_attention",
-           [](Network& n, Tensor* q, Tensor* k, Tensor* v, Tensor* mask, py::kwargs kw) {
-             const std::string name = pop_name(kw);
-             std::vector<Tensor*> ins{q, k, v};
-             if (mask != nullptr) ins.push_back(mask);
-             return n.add_layer(params_from<AttentionParams>(kw, "Attention"), std::move(ins),
-                                name);
-           },
-           py::arg("query"), py::arg("key"), py::arg("value"), py::arg("mask") = nullptr, ref);
+      .def(
+          "add_attention",
+          [](Network& n, Tensor* q, Tensor* k, Tensor* v, Tensor* mask, py::kwargs kw) {
+            const std::string name = pop_name(kw);
+            std::vector<Tensor*> ins{q, k, v};
+            if (mask != nullptr) ins.push_back(mask);
+            return n.add_layer(params_from<AttentionParams>(kw, "Attention"), std::move(ins), name);
+          },
+          py::arg("query"), py::arg("key"), py::arg("value"), py::arg("mask") = nullptr, ref);
 
   // ---- the IR node being converted (read-only)
   py::class_<Value>(m, "IRValue", "A tensor value of the compiler IR (the node's view).")
       .def_property_readonly("name", &Value::name)
       .def_property_readonly("fx_name", &Value::fx_name)
-      .def_property_readonly("dtype",
-                             [](const Value& v) { return scalar_type_name(v.dtype()); })
+      .def_property_readonly("dtype", [](const Value& v) { return scalar_type_name(v.dtype()); })
       .def_property_readonly("shape", [](const Value& v) { return shape_to_py(v.shape()); })
       .def_property_readonly("rank", &Value::rank)
       .def_property_readonly("is_constant", &Value::is_constant)
@@ -617,14 +631,15 @@ void bind_extending(py::module_& m) {
       .def_property_readonly("name", [](const PyNodeRef& n) { return n.node->fx_name(); })
       .def_property_readonly("module_path",
                              [](const PyNodeRef& n) { return n.node->module_path(); })
-      .def_property_readonly("args",
-                             [](const PyNodeRef& n) {
-                               py::list out;
-                               for (const auto& a : n.node->args()) out.append(arg_to_py(a));
-                               return out;
-                             },
-                             "Arguments in schema order: IRValue for tensors, Python values "
-                             "for the rest (symbolic sizes as text).")
+      .def_property_readonly(
+          "args",
+          [](const PyNodeRef& n) {
+            py::list out;
+            for (const auto& a : n.node->args()) out.append(arg_to_py(a));
+            return out;
+          },
+          "Arguments in schema order: IRValue for tensors, Python values "
+          "for the rest (symbolic sizes as text).")
       .def_property_readonly("outputs",
                              [](const PyNodeRef& n) {
                                py::list out;
@@ -633,63 +648,73 @@ void bind_extending(py::module_& m) {
                              })
       .def("output_is_read", [](const PyNodeRef& n, size_t i) { return n.node->output_is_read(i); })
       .def("describe", [](const PyNodeRef& n) { return n.node->describe(); })
-      .def("__repr__", [](const PyNodeRef& n) { return "<ember IRNode " + n.node->describe() + ">"; });
+      .def("__repr__",
+           [](const PyNodeRef& n) { return "<ember IRNode " + n.node->describe() + ">"; });
 
   // ---- the conversion context (the helpers C++ converters share)
   py::class_<PyContextRef>(m, "ConversionContext",
                            "State of converting one segment: its network and helpers.")
-      .def_property_readonly("net", [](const PyContextRef& c) { return &c.ctx->net(); }, ref)
+      .def_property_readonly(
+          "net", [](const PyContextRef& c) { return &c.ctx->net(); }, ref)
       .def_property_readonly("backend",
                              [](const PyContextRef& c) { return c.ctx->settings().backend; })
       .def_property_readonly(
-          "truncate_double", [](const PyContextRef& c) { return c.ctx->settings().truncate_double; })
-      .def("tensor", [](PyContextRef& c, const Value* v) { return c.ctx->tensor(v); },
-           py::arg("value"), ref,
-           "The engine tensor of an IR value (constants become Constant layers on first use).")
-      .def("engine_dtype",
-           [](const PyContextRef& c, const std::string& ir_dtype) {
-             auto t = ember::compiler::scalar_type_from_name(ir_dtype);
-             if (!t) throw Error("unknown IR dtype '" + ir_dtype + "'");
-             return dtype_name(c.ctx->engine_dtype(*t));
-           },
-           py::arg("ir_dtype"), "The engine dtype a value of this IR dtype has inside engines.")
-      .def("cast",
-           [](PyContextRef& c, Tensor* t, const py::object& to, const std::string& name) {
-             return c.ctx->cast(t, to_dtype(to), name);
-           },
-           py::arg("x"), py::arg("to"), py::arg("name") = "", ref,
-           "x cast to `to` (no layer when it already has that dtype).")
-      .def("scalar",
-           [](PyContextRef& c, double value, const py::object& dtype, int rank) {
-             return c.ctx->scalar(value, to_dtype(dtype), rank);
-           },
-           py::arg("value"), py::arg("dtype"), py::arg("rank") = 0, ref,
-           "A scalar constant with `rank` 1-dims, for broadcasting.")
-      .def("int_vector",
-           [](PyContextRef& c, const std::vector<int64_t>& values, const py::object& dtype) {
-             return c.ctx->int_vector(values, to_dtype(dtype));
-           },
-           py::arg("values"), py::arg("dtype") = "i64", ref)
-      .def("broadcast_rank",
-           [](PyContextRef& c, Tensor* t, int rank) { return c.ctx->broadcast_rank(t, rank); },
-           py::arg("x"), py::arg("rank"), ref,
-           "x reshaped to `rank` by prepending 1-dims (numpy broadcasting made explicit).")
-      .def("layer_name",
-           [](PyContextRef& c, const std::string& suffix) {
-             return c.ctx->layer_name(*c.node, suffix);
-           },
-           py::arg("suffix") = "", "A unique layer name derived from the node.");
+          "truncate_double",
+          [](const PyContextRef& c) { return c.ctx->settings().truncate_double; })
+      .def(
+          "tensor", [](PyContextRef& c, const Value* v) { return c.ctx->tensor(v); },
+          py::arg("value"), ref,
+          "The engine tensor of an IR value (constants become Constant layers on first use).")
+      .def(
+          "engine_dtype",
+          [](const PyContextRef& c, const std::string& ir_dtype) {
+            auto t = ember::compiler::scalar_type_from_name(ir_dtype);
+            if (!t) throw Error("unknown IR dtype '" + ir_dtype + "'");
+            return dtype_name(c.ctx->engine_dtype(*t));
+          },
+          py::arg("ir_dtype"), "The engine dtype a value of this IR dtype has inside engines.")
+      .def(
+          "cast",
+          [](PyContextRef& c, Tensor* t, const py::object& to, const std::string& name) {
+            return c.ctx->cast(t, to_dtype(to), name);
+          },
+          py::arg("x"), py::arg("to"), py::arg("name") = "", ref,
+          "x cast to `to` (no layer when it already has that dtype).")
+      .def(
+          "scalar",
+          [](PyContextRef& c, double value, const py::object& dtype, int rank) {
+            return c.ctx->scalar(value, to_dtype(dtype), rank);
+          },
+          py::arg("value"), py::arg("dtype"), py::arg("rank") = 0, ref,
+          "A scalar constant with `rank` 1-dims, for broadcasting.")
+      .def(
+          "int_vector",
+          [](PyContextRef& c, const std::vector<int64_t>& values, const py::object& dtype) {
+            return c.ctx->int_vector(values, to_dtype(dtype));
+          },
+          py::arg("values"), py::arg("dtype") = "i64", ref)
+      .def(
+          "broadcast_rank",
+          [](PyContextRef& c, Tensor* t, int rank) { return c.ctx->broadcast_rank(t, rank); },
+          py::arg("x"), py::arg("rank"), ref,
+          "x reshaped to `rank` by prepending 1-dims (numpy broadcasting made explicit).")
+      .def(
+          "layer_name",
+          [](PyContextRef& c, const std::string& suffix) {
+            return c.ctx->layer_name(*c.node, suffix);
+          },
+          py::arg("suffix") = "", "A unique layer name derived from the node.");
 
-  m.def("register_python_converter", &register_python_converter, py::arg("op"),
-        py::arg("convert"), py::arg("validate"), py::arg("supports_dynamic"), py::arg("priority"),
-        py::arg("label"),
+  m.def("register_python_converter", &register_python_converter, py::arg("op"), py::arg("convert"),
+        py::arg("validate"), py::arg("supports_dynamic"), py::arg("priority"), py::arg("label"),
         "Registers fn(ctx, node) -> tensor(s) for `op` in the converter registry (see "
         "ember.extending.converter, which wraps user converters).");
-  m.def("remove_converter",
-        [](const std::string& op, const std::string& label) {
-          return ConverterRegistry::instance().remove(op, label);
-        },
-        py::arg("op"), py::arg("label"));
+  m.def(
+      "remove_converter",
+      [](const std::string& op, const std::string& label) {
+        return ConverterRegistry::instance().remove(op, label);
+      },
+      py::arg("op"), py::arg("label"));
   m.def("converter_entries", [] {
     py::list out;
     auto& r = ConverterRegistry::instance();

@@ -2,7 +2,6 @@
 passes, module substitution, and the hand-written attention rewrite, on the CPU back end."""
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -152,7 +151,7 @@ def test_validator_rejects_a_variant_that_then_falls_back(clean_registry):
 
     ember.dynamo.converter(OP, capability_validator=positive_alpha)(convert_scaled_clamp)
     x = torch.randn(4, 8)
-    ok, report = compile_cpu(AroundCustom(alpha=0.5), [x], min_block_size=1)
+    _, report = compile_cpu(AroundCustom(alpha=0.5), [x], min_block_size=1)
     assert segments(report) == (1, 0), report.partition_report
     model = AroundCustom(alpha=-0.5)
     gm, report = compile_cpu(model, [x], min_block_size=1)

@@ -85,8 +85,8 @@ TEST(Conversion, AFailingConverterNamesItsNodeAndConverter) {
   } catch (const ConversionError& e) {
     EXPECT_EQ(e.node(), "fails_1");
     EXPECT_EQ(e.converter(), "python:mod.fails");
-    EXPECT_NE(std::string(e.what()).find("ember_test::fails 'fails_1' (python:mod.fails): no kernel"),
-              std::string::npos)
+    const std::string want = "ember_test::fails 'fails_1' (python:mod.fails): no kernel";
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
         << e.what();
   }
   r.remove("ember_test::fails", "python:mod.fails");

@@ -191,8 +191,7 @@ std::optional<Match> match(const Graph& g, const Node* out) {
   // mask), or one bool mask through where().
   Node* sn = scores->producer();
   if (sn == nullptr) return std::nullopt;
-  while (sn != nullptr && sn->op() == "aten::add.Tensor" && is_tensor(sn, 0) &&
-         is_tensor(sn, 1)) {
+  while (sn != nullptr && sn->op() == "aten::add.Tensor" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
     if (sn->num_args() > 2 && number_arg(sn, 2) != std::optional<double>(1.0)) {
       return std::nullopt;  // alpha != 1
     }
@@ -201,9 +200,9 @@ std::optional<Match> match(const Graph& g, const Node* out) {
     for (size_t s = 0; s < 2 && next == nullptr; ++s) {
       Node* p = sn->arg_tensor(s)->producer();
       if (p == nullptr) continue;
-      const bool from_scores = p->op() == "aten::matmul" || p->op() == "aten::add.Tensor" ||
-                               ((p->op() == "aten::mul.Tensor" || p->op() == "aten::div.Tensor") &&
-                                p->num_args() == 2);
+      const bool from_scores =
+          p->op() == "aten::matmul" || p->op() == "aten::add.Tensor" ||
+          ((p->op() == "aten::mul.Tensor" || p->op() == "aten::div.Tensor") && p->num_args() == 2);
       if (!from_scores || sn->arg_tensor(s)->shape() != scores->shape()) continue;
       m.masks.push_back(sn->arg_tensor(1 - s));
       next = sn->arg_tensor(s);
@@ -212,7 +211,8 @@ std::optional<Match> match(const Graph& g, const Node* out) {
     scores = next;
     sn = scores->producer();
   }
-  if (sn != nullptr && m.masks.empty() && sn->op() == "aten::where.self" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
+  if (sn != nullptr && m.masks.empty() && sn->op() == "aten::where.self" && is_tensor(sn, 0) &&
+      is_tensor(sn, 1)) {
     auto fill = number_arg(sn, 2);
     if (!fill || *fill > kMaskFillLimit || sn->arg_tensor(0)->dtype() != ScalarType::kBool) {
       return std::nullopt;
@@ -291,8 +291,7 @@ Value* combined_mask(Graph& g, Node* before, const std::vector<Value*>& masks) {
       }
     }
     Node* add = g.insert_node_before(before, "aten::add.Tensor", {sum, masks[i], int64_t{1}},
-                                     {TensorType{a->dtype(), shape}},
-                                     {g.fresh_name("attn_mask")});
+                                     {TensorType{a->dtype(), shape}}, {g.fresh_name("attn_mask")});
     add->set_module(before->module_path(), before->module_types());
     sum = add->output();
   }
@@ -318,10 +317,10 @@ int lower_recognize_attention(Graph& g) {
     } else if (!m->masks.empty()) {
       mask = combined_mask(g, node, m->masks);
     }
-    Node* sdpa = g.insert_node_before(
-        node, "aten::scaled_dot_product_attention",
-        {m->q, m->k, m->v, mask, 0.0, false, m->scale, false},
-        {TensorType{out->dtype(), out->shape()}}, {g.fresh_name(out->name())});
+    Node* sdpa =
+        g.insert_node_before(node, "aten::scaled_dot_product_attention",
+                             {m->q, m->k, m->v, mask, 0.0, false, m->scale, false},
+                             {TensorType{out->dtype(), out->shape()}}, {g.fresh_name(out->name())});
     sdpa->set_fx_name(node->fx_name());
     sdpa->set_module(node->module_path(), node->module_types());
     g.replace_all_uses(out, sdpa->output());
