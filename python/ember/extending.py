@@ -30,7 +30,8 @@ import torch.fx
 from ember import _C
 from ember._settings import op_key
 
-__all__ = ["converter", "remove_converter", "ConverterContext", "lowering_pass",
+__all__ = ["converter", "remove_converter", "ConverterContext", "Network", "Tensor", "Layer",
+           "IRNode", "IRValue", "lowering_pass",
            "remove_lowering_pass", "lowering_passes", "substitute", "remove_substitution",
            "ActivationType", "ElementWiseOp", "UnaryOp", "ReduceOp", "PoolingType", "TopKOp",
            "GatherMode", "ScatterReduction", "NormalizationType", "ResizeMode",
@@ -38,6 +39,13 @@ __all__ = ["converter", "remove_converter", "ConverterContext", "lowering_pass",
            "BUILTIN_PRIORITY"]
 
 logger = logging.getLogger("ember")
+
+# The network-definition API converters build with (handles valid during one conversion).
+Network = _C.Network
+Tensor = _C.Tensor
+Layer = _C.Layer
+IRNode = _C.IRNode
+IRValue = _C.IRValue
 
 # The engine's parameter enums, for converters: ElementWiseOp.SUM, ActivationType.RELU, ...
 ActivationType = _C.ActivationType
