@@ -170,7 +170,8 @@ def _label_of(fn: Callable) -> str:
 def converter(op, capability_validator: Callable | None = None,
               supports_dynamic_shapes: bool = True, priority: int = BUILTIN_PRIORITY):
     """Registers ``fn(ctx, node, args, kwargs, name) -> tensor | tuple`` as the converter of
-    `op` (an OpOverload such as ``torch.ops.mylib.op.default``, or its key "mylib::op").
+    `op` (an OpOverload such as ``torch.ops.mylib.op.default``, its key "mylib::op", or an
+    OpOverloadPacket ``torch.ops.mylib.op`` for every overload).
 
     - args: the op's positional arguments in schema order, tensors as engine tensors;
       kwargs: its keyword-only arguments by name. Symbolic sizes are text ("s0*2").
@@ -185,17 +186,25 @@ def converter(op, capability_validator: Callable | None = None,
     An exception raised by the converter names the node and this converter; the node then runs
     in PyTorch with that message (pass_through_build_failures=True makes it an error).
     """
-    key = op if isinstance(op, str) else op_key(op)
-    schema = None if isinstance(op, str) else op._schema
-    if schema is None:
-        schema = _schema_of(key)
+    if isinstance(op, torch._ops.OpOverloadPacket):  # torch.ops.mylib.op: every overload
+        ops = [getattr(op, o) for o in op.overloads()]
+    elif isinstance(op, (str, torch._ops.OpOverload)):
+        ops = [op]
+    else:
+        raise TypeError(f"ember.dynamo.converter: {op!r} is not an op; pass an OpOverload such "
+                        "as torch.ops.mylib.op.default or its key 'mylib::op'")
+    targets = []
+    for o in ops:
+        key = o if isinstance(o, str) else op_key(o)
+        targets.append((key, _schema_of(key) if isinstance(o, str) else o._schema))
 
     def register(fn: Callable) -> Callable:
         if not callable(fn):
             raise TypeError(f"ember.dynamo.converter: {fn!r} is not callable")
         label = _label_of(fn)
-        _install(key, schema, fn, capability_validator, supports_dynamic_shapes, int(priority),
-                 label)
+        for key, schema in targets:
+            _install(key, schema, fn, capability_validator, supports_dynamic_shapes,
+                     int(priority), label)
         return fn
 
     return register

@@ -115,6 +115,17 @@ def test_python_converter_with_dynamic_batch(clean_registry):
         assert_close(gm(x), model(x))
 
 
+def test_registration_by_packet_and_bad_targets(clean_registry):
+    ember.dynamo.converter(torch.ops.ember_test.scaled_clamp)(convert_scaled_clamp)
+    assert [e["op"] for e in _C.converter_entries()
+            if e["file"].endswith(".convert_scaled_clamp")] == ["ember_test::scaled_clamp"]
+    assert extending.remove_converter(OP) == 1
+    with pytest.raises(TypeError, match="not an op"):
+        ember.dynamo.converter(42)
+    with pytest.raises(TypeError, match="not callable"):
+        ember.dynamo.converter(OP)("not a function")
+
+
 def test_torch_executed_ops_still_excludes_a_python_converter(clean_registry):
     ember.dynamo.converter(OP)(convert_scaled_clamp)
     model, x = AroundCustom(), torch.randn(4, 8)
