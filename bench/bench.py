@@ -2,6 +2,7 @@
 
     python bench/bench.py [--rows resnet50:1,resnet50:32,bert:1,...] [--iters 50]
                           [--compile-modes default,reduce-overhead] [--json out.json]
+                          [--ember-torch-compile] [--engine-cache DIR]
 
 Each row: a model in f16 with random weights on one GPU; for every mode the median latency of
 `--iters` CUDA-event-timed calls after warm-up, the build/compile time, and the accuracy of the
@@ -13,6 +14,11 @@ Two loop patterns are timed for eager, every torch.compile mode and Ember:
   `--pool` tensors (as `x = batch.cuda()` gives), and every output kept by the caller (the last
   `--keep` outputs are held, so the allocator cannot hand their memory back). torch.compile's
   reduce-overhead outputs are cloned before they are kept, since its next replay overwrites them.
+
+`--ember-torch-compile` also times torch.compile(backend="ember"), the JIT path (its build time
+is the first call's; `ember_tc_*` fields). With `--engine-cache DIR` Ember stores and reuses
+engines there: run the same command twice, each in a fresh process, and compare the Ember build
+times (`ember_cache_hits` in the second run says which engines came from the cache).
 """
 
 from __future__ import annotations
@@ -119,7 +125,7 @@ def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings: dict,
-            pool_size: int = 4, keep: int = 8) -> dict:
+            pool_size: int = 4, keep: int = 8, torch_compile_backend: bool = False) -> dict:
     torch.manual_seed(0)
     model, x = make(name, batch)
     torch.backends.cudnn.allow_tf32 = False  # an exact f32 reference (eager convs default to TF32)
@@ -152,6 +158,7 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     start = time.perf_counter()
     gm = ember.compile(model, inputs=[xin], device="cuda", report=report, **ember_settings)
     row["ember_build_s"] = time.perf_counter() - start
+    row["ember_cache_hits"] = sum(bool(e["cached"]) for e in report.engines)
     row["ember_engines"] = len(report.engines)
     row["ember_fallback_nodes"] = len(report.fallback)
     row["ember_ms"] = median_ms(gm, xin, iters)
@@ -174,6 +181,8 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     graph_stats("ember_after_serving")
     with torch.no_grad():
         row["ember_cos"], row["ember_maxerr"] = accuracy(first_tensor(gm(xin)).float(), ref)
+    if torch_compile_backend:
+        ember_torch_compile(row, model, xin, ref, iters, ember_settings)
     compiled_ms = [row[k] for k in ("compile_ms", "reduce_overhead_ms") if k in row]
     if compiled_ms:
         row["ember_vs_best_compile"] = row["ember_ms"] / min(compiled_ms)
@@ -198,6 +207,38 @@ def serving_table(rows: list[dict]) -> str:
             f"({r.get('ember_after_serving_staged_replays', '-')}) | "
             f"{r.get('ember_after_serving_graph_captures', '-')} | "
             f"{r.get('ember_after_serving_eager_contexts', '-')} |")
+    return "\n".join(lines)
+
+
+def ember_torch_compile(row: dict, model, xin, ref, iters: int, ember_settings: dict) -> None:
+    """torch.compile(model, backend="ember"): first call (the build) and median latency."""
+    torch._dynamo.reset()
+    ember.engine_cache.reset_stats()
+    start = time.perf_counter()
+    tc = torch.compile(model, backend="ember", options=dict(device="cuda", **ember_settings))
+    with torch.no_grad():
+        out = tc(xin)
+        torch.cuda.synchronize()
+    row["ember_tc_build_s"] = time.perf_counter() - start
+    row["ember_tc_builds"] = ember.engine_cache.stats()["builds"]
+    row["ember_tc_cache_hits"] = ember.engine_cache.stats()["hits"]
+    row["ember_tc_ms"] = median_ms(tc, xin, iters)
+    row["ember_tc_cos"], row["ember_tc_maxerr"] = accuracy(first_tensor(out).float(), ref)
+    if "reduce_overhead_ms" in row:
+        row["ember_tc_vs_reduce_overhead"] = row["ember_tc_ms"] / row["reduce_overhead_ms"]
+    torch._dynamo.reset()
+
+
+def torch_compile_table(rows: list[dict]) -> str:
+    head = ("| model | batch | reduce-overhead ms | backend=ember ms | ember/reduce-overhead | "
+            "first call s | engines built | from cache | cosine vs f32 |")
+    lines = ["torch.compile(backend=\"ember\"):", head, "|" + " --- |" * 9]
+    f = lambda r, k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {f(r, 'reduce_overhead_ms')} | "
+                     f"{f(r, 'ember_tc_ms')} | {f(r, 'ember_tc_vs_reduce_overhead', '{:.2f}')} | "
+                     f"{f(r, 'ember_tc_build_s', '{:.1f}')} | {r.get('ember_tc_builds', '-')} | "
+                     f"{r.get('ember_tc_cache_hits', '-')} | {f(r, 'ember_tc_cos', '{:.6f}')} |")
     return "\n".join(lines)
 
 
@@ -226,15 +267,22 @@ def main():
     p.add_argument("--keep", type=int, default=8, help="serving loop: outputs held at once")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="Ember's channels_last setting (auto: the builder's choice, NHWC for f16 today)")
+    p.add_argument("--ember-torch-compile", action="store_true",
+                   help="also time torch.compile(model, backend='ember')")
+    p.add_argument("--engine-cache", default=None, metavar="DIR",
+                   help="store and reuse Ember engines in DIR (run twice to time cached builds)")
     args = p.parse_args()
     ember_settings = channels_last_settings(args.channels_last)
+    if args.engine_cache:
+        ember_settings.update(cache_built_engines=True, reuse_cached_engines=True,
+                              engine_cache_dir=args.engine_cache)
     modes = [m for m in args.compile_modes.split(",") if m]
     rows = []
     for spec in args.rows.split(","):
         name, batch = spec.split(":")
         try:
             rows.append(run_row(name, int(batch), args.iters, modes, ember_settings,
-                                args.pool, args.keep))
+                                args.pool, args.keep, args.ember_torch_compile))
         except Exception as e:  # noqa: BLE001 - a failing row is reported, the others still run
             rows.append({"model": name, "batch": int(batch), "error": f"{type(e).__name__}: {e}"})
             print(f"row {spec} failed: {type(e).__name__}: {e}", flush=True)
@@ -245,6 +293,9 @@ def main():
     print(table([r for r in rows if "error" not in r]))
     print()
     print(serving_table([r for r in rows if "error" not in r]))
+    if args.ember_torch_compile:
+        print()
+        print(torch_compile_table([r for r in rows if "error" not in r]))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     compiled = ember.dynamo.compile(exp_program, inputs)   # a torch.fx.GraphModule
     compiled(*inputs)
 
-or in one call: ``ember.compile(model, ir="dynamo", inputs=inputs, **settings)``. Settings are the
+or in one call: ``ember.compile(model, ir="dynamo", inputs=inputs, **settings)``; the JIT path
+is ``torch.compile(model, backend="ember", options={...})`` (docs/torch_compile.md). Settings are the
 fields of `ember.CompileSettings`. `ember.engine` loads and runs plans without PyTorch.
 """
 
@@ -19,8 +20,9 @@ try:  # the compiler needs PyTorch; the engine runtime above does not
 except ImportError:  # pragma: no cover
     pass
 else:
-    from ember import debug, dynamo, ts
+    from ember import debug, dynamo, engine_cache, logging, ts
     from ember._api import compile, load, save
+    from ember._backend import register as _register_backend
     from ember._converters import load_converters
     from ember._input import Input
     from ember._settings import CompileSettings
@@ -34,5 +36,8 @@ else:
     except RuntimeError:
         pass
 
+    _register_backend()  # torch.compile(model, backend="ember")
+
 __all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
-           "compile", "save", "load", "Input", "CompileSettings", "load_converters"]
+           "compile", "save", "load", "Input", "CompileSettings", "load_converters",
+           "engine_cache", "logging"]

@@ -18,14 +18,20 @@ def compile(module: Any, ir: str = "dynamo", inputs: Sequence[Any] | None = None
     ir="dynamo" (default): torch.export with ranges from the ember.Input specs, then
     ember.dynamo.compile. ir="ts": the TorchScript path (ember.ts.compile) on a ScriptModule, or
     on an nn.Module scripted with torch.jit.script (traced when scripting fails, with a
-    warning). Keyword arguments are CompileSettings fields."""
+    warning). ir="torch_compile": torch.compile(module, backend="ember") with the settings as
+    options, its dynamic dims marked from the Input ranges on every call (see
+    docs/torch_compile.md). Keyword arguments are CompileSettings fields."""
     if ir in ("ts", "torchscript"):
         from ember import ts
         if not inputs:
             raise ValueError("ember.compile: inputs= is required (tensors or ember.Input specs)")
         return ts.compile(ts.script_or_trace(module, inputs), inputs, **kwargs)
+    if ir == "torch_compile":
+        from ember._backend import compile_module
+        return compile_module(module, inputs, **kwargs)
     if ir not in ("dynamo", "default"):
-        raise ValueError(f"ember.compile: ir='{ir}' is not supported (use ir='dynamo' or ir='ts')")
+        raise ValueError(f"ember.compile: ir='{ir}' is not supported (use ir='dynamo', ir='ts' "
+                         "or ir='torch_compile')")
     if isinstance(module, torch.export.ExportedProgram):
         return dynamo.compile(module, inputs, **kwargs)
     if not isinstance(module, torch.nn.Module):

@@ -55,6 +55,17 @@ class CompileSettings:
     #: it when it exists, and write it back (atomically) with every choice timed, so a second
     #: build of the same model on the same GPU times nothing. None: no file.
     timing_cache: str | os.PathLike | None = None
+    #: Store every engine built in the engine cache (docs/guide.md, "Engine cache").
+    cache_built_engines: bool = False
+    #: Load engines from the engine cache instead of building them when the key matches.
+    reuse_cached_engines: bool = False
+    #: Folder of the disk engine cache; None: $XDG_CACHE_HOME/ember/engines (~/.cache/...).
+    engine_cache_dir: str | os.PathLike | None = None
+    #: Size limit of the disk engine cache in bytes; least recently used entries are evicted.
+    engine_cache_size: int = 5 << 30
+    #: An object with save(key, blob) and load(key) (ember.engine_cache.EngineCache) used
+    #: instead of the disk cache.
+    custom_engine_cache: Any = None
 
     # ---- Precision (docs/precision.md; validated and mapped in ember._precision).
     #: Run f32 nodes in autocast_low_precision_type except where the autocast rules keep f32.
@@ -112,6 +123,7 @@ class CompileSettings:
                              f"got {self.channels_last!r}")
         from ember import _precision
         _precision.resolve(self)
+        _validate_engine_cache(self)
 
     def backend(self) -> str:
         if self.device is not None:
@@ -173,3 +185,27 @@ def op_key(op) -> str:
     name = op._schema.name
     overload = op._overloadname
     return name if overload == "default" else f"{name}.{overload}"
+
+
+def _validate_engine_cache(s: CompileSettings) -> None:
+    """The engine-cache settings (see ember.engine_cache)."""
+    for name in ("cache_built_engines", "reuse_cached_engines"):
+        if not isinstance(getattr(s, name), bool):
+            raise TypeError(f"ember: {name} must be True or False, got {getattr(s, name)!r}")
+    if s.engine_cache_dir is not None and not isinstance(s.engine_cache_dir, (str, os.PathLike)):
+        raise TypeError("ember: engine_cache_dir must be a folder path (str or os.PathLike) or "
+                        f"None, got {type(s.engine_cache_dir).__name__}")
+    if (not isinstance(s.engine_cache_size, int) or isinstance(s.engine_cache_size, bool)
+            or s.engine_cache_size < 0):
+        raise ValueError("ember: engine_cache_size must be a size in bytes (an int >= 0), got "
+                         f"{s.engine_cache_size!r}")
+    cache = s.custom_engine_cache
+    if cache is not None and not (callable(getattr(cache, "save", None))
+                                  and callable(getattr(cache, "load", None))):
+        raise TypeError("ember: custom_engine_cache must have save(key, blob) and load(key) "
+                        f"methods (see ember.engine_cache.EngineCache); got {type(cache).__name__}")
+    if s.cache_built_engines or s.reuse_cached_engines:
+        if cache is None:
+            from ember import engine_cache
+            engine_cache.check_writable(os.path.abspath(os.fspath(
+                s.engine_cache_dir or engine_cache.default_cache_dir())))

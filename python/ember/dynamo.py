@@ -10,6 +10,7 @@ else stays as PyTorch nodes.
 
 from __future__ import annotations
 
+import logging
 import operator
 import sys
 import time
@@ -19,7 +20,8 @@ from typing import Any, Sequence
 import torch
 import torch.fx
 
-from ember import _C, _precision, _runtime, _timing_cache
+from ember import _C, _precision, _progress, _runtime, _timing_cache, engine_cache
+from ember import logging as ember_logging
 from ember._importer import DTYPE_NAMES, import_program
 from ember._input import Input
 from ember._settings import CompileSettings, op_key
@@ -188,6 +190,20 @@ def compile(exported_program: torch.export.ExportedProgram,
             **kwargs) -> torch.fx.GraphModule:
     """Compiles an ExportedProgram into a torch.fx.GraphModule whose engine segments run
     through torch.ops.ember.execute_engine. Keyword arguments are CompileSettings fields."""
+    args = (exported_program, inputs)
+    more = dict(report=report, _debug_intermediates=_debug_intermediates,
+                _torch_executed_nodes=_torch_executed_nodes, **kwargs)
+    if kwargs.get("debug"):  # the shortcut for `with ember.logging.debug():`
+        with ember_logging.debug():
+            return _compile(*args, **more)
+    return _compile(*args, **more)
+
+
+def _compile(exported_program: torch.export.ExportedProgram,
+             inputs: Sequence[Any] | None = None, *, report: CompilationReport | None = None,
+             _debug_intermediates: bool = False,
+             _torch_executed_nodes: Sequence[tuple[str, str]] = (),
+             **kwargs) -> torch.fx.GraphModule:
     settings = CompileSettings.from_kwargs(**kwargs)
     if not isinstance(exported_program, torch.export.ExportedProgram):
         raise TypeError("ember.dynamo.compile takes a torch.export.ExportedProgram (use "
@@ -219,26 +235,21 @@ def compile(exported_program: torch.export.ExportedProgram,
     part = _C.partition(imported.graph, csettings, settings.use_global_partitioner)
     report.partition_report = part.report()
     report.fallback = list(part.fallback())
-    if settings.debug or settings.dryrun:
-        print(report.partition_report, file=sys.stderr)
-        for name, op, why in report.autocast_kept:
-            print(f"autocast keeps {name or '(compiler-made)'} ({op}) in f32: {why}",
-                  file=sys.stderr)
-        if imported.skipped:
-            print("Not imported (run in PyTorch):", file=sys.stderr)
-            for name, target, why in imported.skipped:
-                print(f"  {name} ({target}): {why}", file=sys.stderr)
+    _log_partition(report, settings)
     if settings.dryrun:
         return ep.module()
 
     segments = part.segments()
     engines: dict[int, Any] = {}
     timing_cache = _timing_cache.load(settings.timing_cache)
+    progress = _progress.BuildProgress(sum(bool(seg["engine"]) for seg in segments))
     for k, seg in enumerate(segments):
         if not seg["engine"]:
             continue
+        progress.step(k, len(seg["nodes"]))
         try:
-            built = _C.build_segment(imported.graph, part, k, csettings, timing_cache)
+            built = engine_cache.build_segment(imported.graph, part, k, settings, timing_cache,
+                                               compiler_settings=csettings)
         except Exception as e:  # noqa: BLE001 - reported, or re-raised on request
             if settings.pass_through_build_failures:
                 raise
@@ -249,12 +260,14 @@ def compile(exported_program: torch.export.ExportedProgram,
                 warnings.warn(f"ember: {e}; node '{e.node}' runs in PyTorch")
                 report.engines.clear()
                 report.build_failures.clear()
+                progress.close()
                 return compile(exported_program, inputs, report=report,
                                _debug_intermediates=_debug_intermediates,
                                _torch_executed_nodes=[*_torch_executed_nodes,
                                                       (e.node, f"converter failed: {e}")],
                                **kwargs)
             warnings.warn(f"ember: engine segment {k} failed to build and runs in PyTorch: {e}")
+            _build_log.warning("engine segment %d failed to build and runs in PyTorch: %s", k, e)
             report.build_failures.append((k, str(e)))
             continue
         meta = {"backend": csettings["backend"], "cuda_graphs": bool(settings.cuda_graphs),
@@ -264,9 +277,13 @@ def compile(exported_program: torch.export.ExportedProgram,
         report.engines.append({"nodes": len(seg["nodes"]), "inputs": built["inputs"],
                                "outputs": built["outputs"], "plan_bytes": len(built["plan"]),
                                "build_seconds": built["build_seconds"],
-                               "build_log": built["build_log"]})
-        if settings.debug:
-            print(f"[ember] engine {k}: " + "; ".join(built["build_log"]), file=sys.stderr)
+                               "build_log": built["build_log"],
+                               "cached": built["cached"], "key": built["key"]})
+        progress.done(k, len(seg["nodes"]), built["build_seconds"], built["cached"])
+        # The C++ builder's messages (its pass log), forwarded to the logger.
+        for line in built["build_log"]:
+            _build_log.debug("engine %d: %s", k, line)
+    progress.close()
 
     _timing_cache.save(timing_cache, settings.timing_cache)
     gm = _stitch(ep, imported, segments, engines)
@@ -274,6 +291,26 @@ def compile(exported_program: torch.export.ExportedProgram,
     gm.ember_report = report
     gm.ember_settings = settings
     return gm
+
+
+_partition_log = ember_logging.get_logger("partition")
+_build_log = ember_logging.get_logger("build")
+
+
+def _log_partition(report: CompilationReport, settings: CompileSettings) -> None:
+    """The partition report and the fallback reasons, through the "ember.partition" logger.
+    dryrun prints the report (its whole point) whatever the logging setup."""
+    text = report.partition_report.rstrip()
+    for name, op, why in report.autocast_kept:
+        text += f"\nautocast keeps {name or '(compiler-made)'} ({op}) in f32: {why}"
+    if report.skipped:
+        text += "\nNot imported (run in PyTorch):\n" + "\n".join(
+            f"  {name} ({target}): {why}" for name, target, why in report.skipped)
+    if settings.dryrun and not _partition_log.isEnabledFor(logging.INFO):
+        print(text, file=sys.stderr)
+        return
+    fell_back = bool(report.fallback or report.skipped)
+    _partition_log.log(logging.INFO if fell_back else logging.DEBUG, "%s", text)
 
 
 def _io_meta(io: dict) -> dict:

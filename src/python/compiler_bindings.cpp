@@ -286,6 +286,31 @@ void bind_compiler(py::module_& m) {
     for (const AutocastRule& r : autocast_rules()) out.append(py::make_tuple(r.op, r.category, r.why));
     return out;
   });
+
+  m.def("segment_fingerprint",
+        [](const Graph& g, const PyPartition& p, size_t index) {
+          if (index >= p.result.segments.size()) {
+            throw Error("segment_fingerprint: no segment " + std::to_string(index));
+          }
+          const SegmentFingerprint f = segment_fingerprint(g, p.result.segments[index]);
+          // Read-only views of the constants' data, valid while `g` lives: the caller hashes
+          // them at once (python/ember/_engine_cache.py).
+          py::list data;
+          for (const Value* c : f.constants) {
+            const ConstantData& d = c->constant();
+            if (d.data == nullptr) {
+              data.append(py::bytes());
+            } else {
+              data.append(py::memoryview::from_memory(d.data.get(),
+                                                      static_cast<py::ssize_t>(d.nbytes)));
+            }
+          }
+          return py::make_tuple(f.text, data);
+        },
+        py::arg("graph"), py::arg("partition"), py::arg("index"),
+        "The segment's canonical text (values named by position, no metadata) and the data of "
+        "the constants it names %c0, %c1, ... (memoryviews valid while the graph lives).");
+
   m.def("converter_ops", [] { return ConverterRegistry::instance().ops(); });
   m.def("converter_files", [] {
     py::dict out;

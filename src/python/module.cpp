@@ -79,6 +79,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = "0.1.0";
   py::register_exception<Error>(m, "EngineError", PyExc_RuntimeError);
   m.def("available_backends", &available_backends);
+  m.attr("PLAN_FORMAT_VERSION") = ember::engine::plan_format_version();
   py::class_<PyEngine>(m, "Engine")
       .def(py::init<const py::bytes&>(), py::arg("plan"))
       .def("backend", [](const PyEngine& e) { return e.engine->backend(); })

@@ -46,4 +46,19 @@ SegmentEngine build_segment(const Graph& g, const Segment& segment,
                             const CompileSettings& settings,
                             std::shared_ptr<engine::TimingCache> timing_cache = nullptr);
 
+/// What a segment's engine is made from, independent of names: the engine cache's key text.
+struct SegmentFingerprint {
+  /// The segment in the IR text form with every value renamed by position (%i0.. inputs, %c0..
+  /// constants in order of first use, %v0.. node outputs) and no metadata (fx names, module
+  /// paths), so renaming nodes or moving the segment in a bigger graph leaves it unchanged.
+  /// Symbol ranges of the graph are included (they set the engine's profile).
+  std::string text;
+  /// The constants the text names %c0, %c1, ... in that order: their data is part of the key
+  /// (the caller hashes it; the text prints only their types).
+  std::vector<const Value*> constants;
+};
+
+/// The fingerprint of `segment` in `g` (see SegmentFingerprint).
+SegmentFingerprint segment_fingerprint(const Graph& g, const Segment& segment);
+
 }  // namespace ember::compiler

@@ -94,6 +94,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   mutable std::shared_ptr<void> backend_state_;
 };
 
+/// The plan format version this build writes and reads: part of every cache key that stores
+/// plans (python/ember/_engine_cache.py), so a format change never loads an old entry.
+uint32_t plan_format_version();
+
 /// Deserializes plans.
 class Runtime {
  public:

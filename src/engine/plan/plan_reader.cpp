@@ -13,6 +13,9 @@
 
 namespace ember::engine {
 
+uint32_t plan_format_version() { return kPlanFormatVersion; }
+
+
 // ---------------------------------------------------------------- building blocks
 
 namespace {
