@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from typing import Any, Sequence
 
 import torch
@@ -55,9 +56,27 @@ def save(compiled: torch.fx.GraphModule, path: str, output_format: str = "export
         raise
 
 
-def load(path: str) -> torch.export.ExportedProgram:
-    """Loads a program saved by ember.save; call .module() on the result to run it."""
+def load(path: str | os.PathLike) -> torch.export.ExportedProgram:
+    """Loads a program saved by ember.save; call .module() on the result to run it.
+
+    A file that is not a saved program (a torch.save checkpoint, a plan, anything else) is a
+    ValueError naming the file and what it is expected to be."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"ember.load: no file at '{path}'")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"ember.load: '{path}' is a directory; expected a .pt2 file "
+                                "written by ember.save")
+    expected = ("expected a program written by ember.save (a torch.export .pt2 archive); "
+                "checkpoints from torch.save load with torch.load, and engine plans with "
+                "ember.Engine")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise ValueError(f"ember.load: '{path}' is not a saved program: it is not a zip archive "
+                         f"(it starts with {head!r}); {expected}")
     _runtime.load_library()
-    return torch.export.load(path)
+    try:
+        return torch.export.load(path)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"ember.load: '{path}' is not a saved program ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); {expected}") from e
