@@ -41,8 +41,11 @@ def main():
     args = p.parse_args()
 
     torch.manual_seed(0)
-    backend = ember.CompileSettings(device=args.device).backend()
-    device = "cuda" if backend == "cuda" else "cpu"
+    # The example puts the model on the GPU when there is one; Ember then builds for where the
+    # model is (an explicit --device overrides both).
+    gpu = torch.cuda.is_available() and "cuda" in ember.available_backends()
+    device = torch.device(args.device) if args.device else torch.device("cuda" if gpu else "cpu")
+    backend = device.type
     torch.backends.cudnn.allow_tf32 = False  # eager f32 as the exact reference
     model = getattr(torchvision.models, args.model)(weights=None).eval().to(device)
     spec = ember.Input(min_shape=(1, 3, args.size, args.size),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from typing import Any, Sequence
 
 import torch
@@ -101,12 +102,31 @@ def _is_torchscript_file(path: str) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
-def load(path: str) -> Any:
+def load(path: str | os.PathLike) -> Any:
     """Loads a program saved by ember.save: an ExportedProgram (call .module() on it to run it),
-    or for a TorchScript file a ScriptModule."""
+    or for a TorchScript file a ScriptModule.
+
+    A file that is not a saved program (a torch.save checkpoint, a plan, anything else) is a
+    ValueError naming the file and what it is expected to be."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"ember.load: no file at '{path}'")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"ember.load: '{path}' is a directory; expected a .pt2 file "
+                                "written by ember.save")
+    expected = ("expected a program written by ember.save (a torch.export .pt2 archive or a "
+                "TorchScript file); "
+                "checkpoints from torch.save load with torch.load, and engine plans with "
+                "ember.Engine")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise ValueError(f"ember.load: '{path}' is not a saved program: it is not a zip archive "
+                         f"(it starts with {head!r}); {expected}")
     _runtime.load_library()
     if _is_torchscript_file(path):
         return torch.jit.load(path)
-    return torch.export.load(path)
+    try:
+        return torch.export.load(path)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"ember.load: '{path}' is not a saved program ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); {expected}") from e

@@ -6,8 +6,13 @@ filled in. Parameters, buffers and lifted constants become IR constants that bor
 memory. SymInt sizes (from node.meta["val"]) become symbolic dims over the export's symbols.
 
 A node the IR cannot hold (not an aten op, a non-tensor result, a dtype the engine lacks) is not
-imported: it runs in PyTorch, and a tensor it produces enters the IR as a graph input, so its
-consumers can still be converted.
+imported as itself: it runs in PyTorch, and stands in the IR as an `ember::pytorch` node (no
+converter: the partitioner always leaves it to PyTorch, with the importer's reason) that reads
+the IR values it reads and produces its tensor results. So the partitioner sees the dependencies
+through it (no engine both feeds and reads it), an engine exports what it reads instead of
+PyTorch recomputing it, and it counts as fallback like any other node (`ImportedProgram.outside`,
+the report, require_full_compilation). Size arithmetic and runtime asserts are the exception:
+the IR holds sizes as symbolic dims, so they are left out.
 """
 
 from __future__ import annotations
@@ -29,6 +34,32 @@ DTYPE_NAMES = {
     torch.float64: "f64", torch.int16: "i16",
 }
 TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+#: Ops whose result is a size or nothing (runtime asserts): the IR holds sizes as symbolic dims and
+#: engines check their input ranges, so these are represented, not fallback.
+SIZE_OPS = frozenset({
+    "aten::sym_size.int", "aten::sym_numel", "aten::sym_stride.int", "aten::sym_storage_offset",
+    "aten::_assert_tensor_metadata", "aten::_assert_scalar", "aten::sym_constrain_range",
+    "aten::sym_constrain_range_for_size",
+})
+
+
+def is_size_node(node: torch.fx.Node) -> bool:
+    """True for a node that computes a size, a symbolic scalar or an assert (no tensor): a
+    SIZE_OPS op, or Python arithmetic (operator.mul, torch.sym_max, ...) on sizes."""
+    if node.op != "call_function":
+        return False
+    if isinstance(node.target, torch._ops.OpOverload):
+        return op_key(node.target) in SIZE_OPS
+    if node.target is operator.getitem:
+        return False
+    return not any(isinstance(n.meta.get("val"), torch.Tensor) for n in node.all_input_nodes) and \
+        not isinstance(node.meta.get("val"), torch.Tensor)
+
+
+#: The IR op of a node that runs in PyTorch (kPyTorchOp in include/ember/compiler/partitioning.h).
+PYTORCH_OP = "ember::pytorch"
 
 
 class Unsupported(Exception):
@@ -102,6 +133,10 @@ class ImportedProgram:
     graph: Any                                    # ember._C.Graph
     #: FX nodes not imported, with why: (fx name, target, reason).
     skipped: list[tuple[str, str, str]]
+    #: The skipped nodes that run in PyTorch and count as fallback: (fx name, target, reason).
+    #: Leaves out size arithmetic and asserts (is_size_node), a getitem of a skipped node (its
+    #: producer counts), placeholders (inputs are not work) and nodes nothing reads.
+    outside: list[tuple[str, str, str]]
     #: IR value name of every imported FX node that is a tensor.
     value_of: dict[str, str]
     #: FX placeholder name -> (kind, state key) for parameters/buffers/constants.
@@ -110,6 +145,8 @@ class ImportedProgram:
     constants: dict[str, torch.Tensor]
     #: User input placeholder names, in order.
     user_inputs: list[str]
+    #: FX names of the nodes imported as themselves (aten ops), in order.
+    nodes: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Importer:
@@ -118,13 +155,17 @@ class _Importer:
         self.g = _C.Graph()
         self.value_of: dict[str, str] = {}
         self.skipped: list[tuple[str, str, str]] = []
+        #: Outputs of ember::pytorch nodes with no IR type (placeholders): only other
+        #: ember::pytorch nodes may read them.
+        self.opaque: set[str] = set()
+        self.nodes: list[str] = []
 
     # ---- arguments
     def encode(self, v: Any) -> tuple:
         if isinstance(v, torch.fx.Node):
             val = v.meta.get("val")
             if isinstance(val, torch.Tensor):
-                if v.name not in self.value_of:
+                if v.name not in self.value_of or self.value_of[v.name] in self.opaque:
                     raise Unsupported(f"its input '{v.name}' is not in the IR")
                 return ("tensor", self.value_of[v.name])
             if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
@@ -194,17 +235,48 @@ class _Importer:
         return out
 
     # ---- nodes
-    def as_graph_input(self, node: torch.fx.Node, reason: str) -> None:
-        """A node that runs in PyTorch; its tensor result enters the IR as an input."""
-        self.skipped.append((node.name, str(node.target), reason))
+    def add_outside(self, node: torch.fx.Node, reason: str) -> None:
+        """A node that runs in PyTorch: an ember::pytorch node in the IR (see the module doc),
+        unless it is size arithmetic or nothing reads it."""
+        target = op_key(node.target) if isinstance(node.target, torch._ops.OpOverload) \
+            else str(getattr(node.target, "__name__", node.target))
+        self.skipped.append((node.name, target, reason))
+        if not node.users or is_size_node(node):
+            return
+        inputs = []
+        for n in node.all_input_nodes:
+            v = self.value_of.get(n.name)
+            if v is not None and v not in inputs:
+                inputs.append(v)
         val = node.meta.get("val")
-        if isinstance(val, torch.Tensor):
-            try:
-                dtype, shape = tensor_type(val)
-            except Unsupported:
-                return
-            self.g.add_input(node.name, dtype, shape, node.name)
-            self.value_of[node.name] = node.name
+        multi = isinstance(val, (list, tuple))
+        vals = (list(val) or [None]) if multi else [val]
+        getitems = {u.args[1]: u for u in node.users
+                    if u.op == "call_function" and u.target is operator.getitem} if multi else {}
+        types, names, fx_names = [], [], []
+        for i, v in enumerate(vals):
+            t = None
+            if isinstance(v, torch.Tensor):
+                try:
+                    t = tensor_type(v)
+                except Unsupported:
+                    pass
+            if not multi:
+                name = node.name
+            elif i in getitems:
+                name = getitems[i].name
+            else:
+                name = f"{node.name}__{i}"
+            types.append(t or ("f32", []))  # no IR type: a placeholder only PyTorch reads
+            names.append(name)
+            fx_names.append(name if not multi or i in getitems else "")
+            if t is None:
+                self.opaque.add(name)
+        path, mtypes = module_info(node)
+        self.g.add_node(PYTORCH_OP, [("str", target), ("str", reason), ("tensors", inputs)],
+                        types, names, fx_names, node.name, path, mtypes)
+        for n in names:
+            self.value_of[n] = n
 
     def add_op(self, node: torch.fx.Node) -> None:
         val = node.meta.get("val")
@@ -248,6 +320,7 @@ class _Importer:
         path, mtypes = module_info(node)
         self.g.add_node(op_key(node.target), args, out_types, names, fx_names, node.name, path,
                         mtypes)
+        self.nodes.append(node.name)
         for n in names:
             self.value_of.setdefault(n, n)
         if multi:
@@ -300,23 +373,23 @@ def import_program(ep: torch.export.ExportedProgram,
             continue
         if node.op == "call_function":
             if node.target is operator.getitem:
-                if node.name not in imp.value_of:  # its producer runs in PyTorch
-                    imp.as_graph_input(node, "reads a result of a node that runs in PyTorch")
+                if node.name not in imp.value_of:  # its producer has no IR outputs to map
+                    imp.add_outside(node, "reads a result of a node that runs in PyTorch")
                 continue  # otherwise mapped by its producer
             if not isinstance(node.target, torch._ops.OpOverload):
-                imp.as_graph_input(node, f"not an aten op ({node.target})")
+                imp.add_outside(node, f"not an aten op ({node.target})")
                 continue
             val = node.meta.get("val")
             if not (isinstance(val, torch.Tensor) or (isinstance(val, (list, tuple)) and val and all(
                     v is None or isinstance(v, (torch.Tensor, torch.SymInt))
                     or (isinstance(v, int) and not isinstance(v, bool)) for v in val)
                     and any(isinstance(v, torch.Tensor) for v in val))):
-                imp.skipped.append((node.name, op_key(node.target), "its result is not a tensor"))
+                imp.add_outside(node, "its result is not a tensor")
                 continue
             try:
                 imp.add_op(node)
             except Unsupported as e:
-                imp.as_graph_input(node, str(e))
+                imp.add_outside(node, str(e))
             continue
         if node.op == "output":
             outs = []
@@ -330,4 +403,18 @@ def import_program(ep: torch.export.ExportedProgram,
 
     for name, (lo, opt, hi) in symbol_ranges.items():
         imp.g.add_symbol(name, lo, opt, hi)
-    return ImportedProgram(imp.g, imp.skipped, imp.value_of, lifted, constants, user_inputs)
+    return ImportedProgram(imp.g, imp.skipped, _outside_nodes(ep, imp), imp.value_of, lifted,
+                           constants, user_inputs, imp.nodes)
+
+
+def _outside_nodes(ep: torch.export.ExportedProgram,
+                   imp: _Importer) -> list[tuple[str, str, str]]:
+    """The skipped nodes that count as fallback (those add_outside put in the IR)."""
+    by_name = {n.name: n for n in ep.graph_module.graph.nodes}
+    outside = []
+    for name, target, why in imp.skipped:
+        node = by_name.get(name)
+        if node is None or node.op != "call_function" or not node.users or is_size_node(node):
+            continue
+        outside.append((name, target, why))
+    return outside

@@ -30,12 +30,17 @@ class CompileSettings:
     #: Keep the model's dtypes (casts in the model are the precision plan). False is a
     #: deprecated spelling of enable_autocast=True (docs/precision.md).
     use_explicit_typing: bool = True
-    #: Builder optimization level, 0 (fast build) .. 5 (fast engine).
+    #: Builder optimization level (docs/guide.md): 0 required passes only; 1 adds constant
+    #: folding; 2 adds fusion (epilogues, attention); 3 adds layout (channels_last), everything.
+    #: 4 and 5 (Torch-TensorRT's range) would build what 3 builds and are rejected.
     optimization_level: int = 3
-    #: Limit for each engine's activation memory in bytes (0: no limit).
+    #: Torch-TensorRT's meaning: the scratch memory tactics may use (0: no limit). Accepted so
+    #: Torch-TensorRT scripts run, but not applied: Ember's CUDA back end sizes each engine's
+    #: scratch from the algorithms it picks. A nonzero value warns once; it never fails a build.
     workspace_size: int = 0
-    #: "cpu" or "cuda"; None picks cuda when a GPU and the CUDA back end are present, else cpu.
-    device: str | None = None
+    #: "cpu", "cuda" or "cuda:<index>" (or a torch.device). None: the device the program's
+    #: parameters and inputs are on (a CPU model builds CPU engines, a CUDA model CUDA engines).
+    device: Any = None
     #: Convolutions in NHWC (the builder's channels_last pass): None lets the builder choose
     #: (today: f16/bf16 convolutions of CUDA engines, the layout of cuDNN's tensor-core
     #: kernels); True every 2-d float convolution on any device; False none.
@@ -109,33 +114,92 @@ class CompileSettings:
         return settings
 
     def validate(self) -> None:
-        if not isinstance(self.min_block_size, int) or self.min_block_size < 1:
-            raise ValueError(f"ember: min_block_size must be an int >= 1, got {self.min_block_size!r}")
-        if not 0 <= int(self.optimization_level) <= 5:
-            raise ValueError(f"ember: optimization_level must be in 0..5, got {self.optimization_level}")
-        if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda"):
-            raise ValueError(f"ember: device must be 'cpu' or 'cuda', got {self.device!r}")
+        """Checks every field's type and range; raises TypeError / ValueError naming the field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _BOOL_FIELDS and not isinstance(value, bool):
+                raise TypeError(f"ember: {f.name} must be True or False, got "
+                                f"{type(value).__name__} {value!r}")
+        for name in ("min_block_size", "optimization_level", "workspace_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ember: {name} must be an int, got "
+                                f"{type(value).__name__} {value!r}")
+        if self.min_block_size < 1:
+            raise ValueError("ember: min_block_size must be an int >= 1, got "
+                             f"{self.min_block_size!r}")
+        if self.optimization_level not in OPTIMIZATION_LEVELS:
+            extra = (" (levels 4 and 5 would build exactly what 3 builds: use 3, which runs every "
+                     "optimization)" if self.optimization_level in (4, 5) else "")
+            raise ValueError(f"ember: optimization_level must be one of "
+                             f"{sorted(OPTIMIZATION_LEVELS)}, got {self.optimization_level}{extra}")
+        if self.workspace_size < 0:
+            raise ValueError(f"ember: workspace_size must be >= 0 bytes (0: no limit), "
+                             f"got {self.workspace_size}")
+        for name in ("torch_executed_ops", "torch_executed_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
+                raise TypeError(f"ember: {name} must be a list (or set/tuple) of names, got "
+                                f"{type(value).__name__} {value!r}; write {name}=[{value!r}]")
+        for op in self.torch_executed_ops:
+            _op_name(op)  # raises for an unknown op or a wrong type
+        for m in self.torch_executed_modules:
+            if not isinstance(m, (str, type)):
+                raise TypeError("ember: torch_executed_modules entries are module classes or "
+                                f"names (str), got {type(m).__name__} {m!r}")
+        self.device_type()  # parses the device
         if self.timing_cache is not None and not isinstance(self.timing_cache, (str, os.PathLike)):
             raise TypeError("ember: timing_cache must be a file path (str or os.PathLike) or None, "
                             f"got {type(self.timing_cache).__name__}")
-        if self.channels_last not in (None, True, False):
+        if self.channels_last not in (None, True, False) or isinstance(self.channels_last, int) \
+                and not isinstance(self.channels_last, bool):
             raise ValueError("ember: channels_last must be None, True or False, "
                              f"got {self.channels_last!r}")
         from ember import _precision
         _precision.resolve(self)
         _validate_engine_cache(self)
 
-    def backend(self) -> str:
-        if self.device is not None:
-            return "cuda" if str(self.device).startswith("cuda") else "cpu"
-        from ember import _C
-        import torch
-        if torch.cuda.is_available() and "cuda" in _C.available_backends():
-            return "cuda"
-        return "cpu"
+    def device_type(self) -> str | None:
+        """"cpu" or "cuda" for an explicit device, None when the program decides."""
+        parsed = _parse_device(self.device)
+        return None if parsed is None else parsed[0]
 
-    def to_compiler(self) -> dict:
-        """The subset the C++ compiler reads (ember._C settings dict)."""
+    def resolve_device(self, program_device: Any = None) -> tuple[str, int | None]:
+        """The back end and CUDA device index engines are built for: the explicit `device`, else
+        `program_device` (where the program's parameters and inputs are). CUDA: checks that
+        torch has that device (the error names it) and that Ember was built with CUDA."""
+        parsed = _parse_device(self.device)
+        if parsed is None:
+            parsed = _parse_device(program_device) or ("cpu", None)
+        backend, index = parsed
+        if backend != "cuda":
+            return "cpu", None
+        import torch
+        from ember import _C
+        where = f"'{self.device}'" if self.device is not None else \
+            f"{program_device} (where the program's parameters and inputs are)"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index is not None and index >= count:
+            seen = f"cuda:0..cuda:{count - 1}" if count else "no GPU"
+            raise ValueError(f"ember: device {where} does not exist: torch sees {count} CUDA "
+                             f"device(s) ({seen}); pick one of them or device='cpu'")
+        if "cuda" not in _C.available_backends():
+            raise RuntimeError(f"ember: device {where} needs the CUDA back end, but this Ember "
+                               "build has none (build with CUDA, or compile a CPU model with "
+                               "device='cpu')")
+        if index is None:
+            # Plain "cuda" is the current device, as in PyTorch; without a GPU (a build-only
+            # machine) device 0, which the plan does not depend on.
+            index = torch.cuda.current_device() if count else 0
+        return "cuda", index
+
+    def backend(self, program_device: Any = None) -> str:
+        """"cpu" or "cuda": see resolve_device."""
+        return self.resolve_device(program_device)[0]
+
+    def to_compiler(self, backend: str | None = None) -> dict:
+        """The subset the C++ compiler reads (ember._C settings dict); `backend` as resolved by
+        resolve_device (default: resolve_device() without a program device)."""
         return {
             "min_block_size": int(self.min_block_size),
             "torch_executed_ops": [_op_name(o) for o in self.torch_executed_ops],
@@ -143,8 +207,7 @@ class CompileSettings:
             "require_full_compilation": bool(self.require_full_compilation),
             "truncate_double": bool(self.truncate_double),
             "optimization_level": int(self.optimization_level),
-            "workspace_size": int(self.workspace_size),
-            "backend": self.backend(),
+            "backend": backend or self.backend(),
             "channels_last": {None: "auto", True: "on", False: "off"}[self.channels_last],
             "debug": bool(self.debug),
             **_precision_settings(self),
@@ -156,13 +219,69 @@ def _precision_settings(settings: "CompileSettings") -> dict:
     return _precision.compiler_settings(settings)
 
 
+_BOOL_FIELDS = frozenset({
+    "require_full_compilation", "truncate_double", "use_explicit_typing", "debug", "dryrun",
+    "pass_through_build_failures", "use_global_partitioner", "cuda_graphs",
+})
+
+#: Levels that each build something different (see the optimization_level field).
+OPTIMIZATION_LEVELS = frozenset({0, 1, 2, 3})
+
+
+def _parse_device(device: Any) -> tuple[str, int | None] | None:
+    """("cpu", None), ("cuda", index or None), or None for None. Raises ValueError otherwise."""
+    if device is None:
+        return None
+    import torch
+    if isinstance(device, torch.device):
+        text = str(device)
+    elif isinstance(device, str):
+        text = device.strip()
+    else:
+        raise TypeError(f"ember: device must be 'cpu', 'cuda', 'cuda:<index>' or a torch.device, "
+                        f"got {type(device).__name__} {device!r}")
+    if text == "cpu":
+        return "cpu", None
+    if text == "cuda":
+        return "cuda", None
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "cuda", int(text[5:])
+    raise ValueError(f"ember: device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+
+
 def _op_name(op: Any) -> str:
-    """aten::add.Tensor style key for an op given as a string or a torch op object."""
+    """aten::add.Tensor style key for an op given as a string or a torch op object. Raises
+    TypeError for another type and ValueError for a name torch has no op for."""
     import torch
     if isinstance(op, torch._ops.OpOverload):
         return op_key(op)
     if isinstance(op, torch._ops.OpOverloadPacket):
         return op._qualified_op_name
+    if not isinstance(op, str):
+        raise TypeError("ember: torch_executed_ops entries are op names ('aten::add', "
+                        "'aten::add.Tensor') or torch ops (torch.ops.aten.add.Tensor), got "
+                        f"{type(op).__name__} {op!r}")
+    text = _op_text(op)
+    _check_op_exists(text, op)
+    return text
+
+
+def _check_op_exists(text: str, given: str) -> None:
+    import torch
+    ns, _, rest = text.partition("::")
+    name, _, overload = rest.partition(".")
+    packet = getattr(getattr(torch.ops, ns, None), name, None) if ns and name else None
+    try:
+        ok = packet is not None and (not overload or overload in packet.overloads())
+    except Exception:  # noqa: BLE001 - a namespace object without overloads()
+        ok = False
+    if not ok:
+        raise ValueError(f"ember: torch_executed_ops entry {given!r} names no PyTorch op "
+                         f"({text}); write 'aten::<op>' or 'aten::<op>.<overload>', e.g. "
+                         "'aten::add' or 'aten::add.Tensor'")
+
+
+def _op_text(op: str) -> str:
     text = str(op)
     if text.startswith("torch.ops."):
         text = text[len("torch.ops."):]

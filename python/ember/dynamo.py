@@ -22,7 +22,7 @@ import torch.fx
 
 from ember import _C, _precision, _progress, _runtime, _timing_cache, engine_cache
 from ember import logging as ember_logging
-from ember._importer import DTYPE_NAMES, import_program
+from ember._importer import DTYPE_NAMES, PYTORCH_OP, import_program
 from ember._input import Input
 from ember._settings import CompileSettings, op_key
 from ember import extending as _extending
@@ -66,6 +66,26 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def _program_device(ep: torch.export.ExportedProgram) -> torch.device:
+    """Where the program's user inputs, parameters, buffers and constants are: the CUDA device
+    when any of them is on one (engines are built for it by default), else the CPU. Tensors on
+    two different GPUs are an error: an engine is bound to one."""
+    devices = set()
+    for node in ep.graph_module.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if isinstance(val, torch.Tensor):
+            devices.add(val.device)
+    for t in list(ep.state_dict.values()) + list(ep.constants.values()):
+        if isinstance(t, torch.Tensor):
+            devices.add(t.device)
+    cuda = sorted({d for d in devices if d.type == "cuda"}, key=str)
+    if len(cuda) > 1:
+        raise ValueError(f"ember: the program's parameters and inputs are on {len(cuda)} GPUs "
+                         f"({', '.join(map(str, cuda))}); an engine runs on one: move them to "
+                         "one device, or name it with device='cuda:<index>'")
+    return cuda[0] if cuda else torch.device("cpu")
 
 
 def _dynamic_shapes(inputs: Sequence[Any]):
@@ -114,18 +134,34 @@ def decomposition_table() -> dict:
 # Compilation
 
 class CompilationReport:
-    """What a compile did: the partition, each engine's build, the nodes left to PyTorch."""
+    """What a compile did: the partition, each engine's build, the nodes left to PyTorch.
+
+    `fallback` lists every node that runs in PyTorch, as (fx name, op, reason): nodes the
+    partitioner left out, nodes the importer could not represent ("not imported: ..."), the
+    nodes of a segment whose build failed, and nodes re-run in PyTorch after lowering removed
+    them ("re-run in PyTorch: ..."). Size arithmetic and runtime asserts (no tensor result) are
+    not fallback; `skipped` lists them with every other node the importer left out."""
 
     def __init__(self):
         self.partition_report = ""
         self.lowering_log: list[str] = []
+        #: One dict per engine: nodes (count), fx_nodes and ops (of its segment), inputs,
+        #: outputs, plan_bytes, build_seconds, build_log.
         self.engines: list[dict] = []
         self.skipped: list[tuple[str, str, str]] = []
         self.fallback: list[tuple[str, str, str]] = []
         self.build_failures: list[tuple[int, str]] = []
         #: Nodes autocast kept in f32: (fx name, op, reason).
         self.autocast_kept: list[tuple[str, str, str]] = []
+        #: FX names of imported nodes that lowering removed from the IR (folded into a
+        #: constant at compile time, a no-op, merged into a pattern): they run nowhere at run
+        #: time unless a PyTorch node re-runs them (then they are in `fallback`).
+        self.lowered_away: list[str] = []
         self.seconds = 0.0
+
+    def engine_nodes(self) -> int:
+        """Nodes that run inside built engines."""
+        return sum(e["nodes"] for e in self.engines)
 
     def __str__(self) -> str:
         lines = [self.partition_report.rstrip()]
@@ -133,15 +169,20 @@ class CompilationReport:
             lines.append("Kept in f32 by autocast:")
             lines += [f"  {name or '(compiler-made)'} ({op}): {why}"
                       for name, op, why in self.autocast_kept]
-        if self.skipped:
-            lines.append("Not imported (run in PyTorch):")
-            lines += [f"  {name} ({target}): {why}" for name, target, why in self.skipped]
+        size_nodes = [s for s in self.skipped if s[0] not in {f[0] for f in self.fallback}]
+        if size_nodes:
+            lines.append("Not imported, no tensor work (sizes, asserts):")
+            lines += [f"  {name} ({target}): {why}" for name, target, why in size_nodes]
         for i, e in enumerate(self.engines):
             lines.append(f"engine {i}: {e['nodes']} nodes, {len(e['inputs'])} inputs, "
                          f"{len(e['outputs'])} outputs, plan {e['plan_bytes']} bytes, "
                          f"built in {e['build_seconds']:.2f} s")
         for seg, why in self.build_failures:
             lines.append(f"segment {seg} failed to build and runs in PyTorch: {why}")
+        late = [f for f in self.fallback if f[2].startswith(_RERUN)]
+        if late:
+            lines.append("Re-run in PyTorch after lowering:")
+            lines += [f"  {op} '{name}': {why}" for name, op, why in late]
         return "\n".join(lines)
 
 
@@ -210,9 +251,15 @@ def _compile(exported_program: torch.export.ExportedProgram,
                         "ember.dynamo.trace or torch.export.export first, or ember.compile for "
                         f"an nn.Module); got {type(exported_program).__name__}")
     start = time.perf_counter()
+    if settings.workspace_size:
+        warnings.warn(f"ember: workspace_size={settings.workspace_size} is not applied: in "
+                      "Torch-TensorRT it caps the scratch memory of tactics, and Ember's engines "
+                      "size their scratch from the algorithms they pick (it limits nothing "
+                      "else). Leave it out to silence this.", stacklevel=2)
     report = report if report is not None else CompilationReport()
     specs = _as_inputs(inputs)
-    csettings = settings.to_compiler()
+    backend, device_index = settings.resolve_device(_program_device(exported_program))
+    csettings = settings.to_compiler(backend)
     # Nodes whose converter failed in an earlier attempt (see the ConversionError below).
     csettings["torch_executed_nodes"] = list(_torch_executed_nodes)
     _runtime.load_library()
@@ -220,6 +267,7 @@ def _compile(exported_program: torch.export.ExportedProgram,
     ep = exported_program.run_decompositions(decomposition_table())
     fx_pass_log = _extending.run_lowering_passes(ep)  # ember.dynamo.lowering_pass rules
     imported = import_program(ep, {})
+    _warn_unmatched_executed(ep, csettings)
     ranges = _symbol_ranges(ep, specs, imported.user_inputs)
     for name, (lo, opt, hi) in ranges.items():
         imported.graph.add_symbol(name, lo, opt, hi)
@@ -234,12 +282,17 @@ def _compile(exported_program: torch.export.ExportedProgram,
         imported.graph.mark_intermediates_as_outputs()
     part = _C.partition(imported.graph, csettings, settings.use_global_partitioner)
     report.partition_report = part.report()
-    report.fallback = list(part.fallback())
+    # ember::pytorch nodes (what the importer could not represent) under their own op's name.
+    targets = {name: target for name, target, _ in imported.skipped}
+    report.fallback = [(name, targets.get(name, op) if op == PYTORCH_OP else op, why)
+                       for name, op, why in part.fallback()]
     _log_partition(report, settings)
     if settings.dryrun:
         return ep.module()
 
     segments = part.segments()
+    in_ir = {name for seg in segments for name in seg["nodes"]}
+    report.lowered_away = [name for name in imported.nodes if name not in in_ir]
     engines: dict[int, Any] = {}
     timing_cache = _timing_cache.load(settings.timing_cache)
     progress = _progress.BuildProgress(sum(bool(seg["engine"]) for seg in segments))
@@ -248,8 +301,9 @@ def _compile(exported_program: torch.export.ExportedProgram,
             continue
         progress.step(k, len(seg["nodes"]))
         try:
-            built = engine_cache.build_segment(imported.graph, part, k, settings, timing_cache,
-                                               compiler_settings=csettings)
+            with _build_device(backend, device_index):
+                built = engine_cache.build_segment(imported.graph, part, k, settings,
+                                                   timing_cache, compiler_settings=csettings)
         except Exception as e:  # noqa: BLE001 - reported, or re-raised on request
             if settings.pass_through_build_failures:
                 raise
@@ -269,12 +323,18 @@ def _compile(exported_program: torch.export.ExportedProgram,
             warnings.warn(f"ember: engine segment {k} failed to build and runs in PyTorch: {e}")
             _build_log.warning("engine segment %d failed to build and runs in PyTorch: %s", k, e)
             report.build_failures.append((k, str(e)))
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            report.fallback += [(name, op, f"engine segment {k} failed to build: {first_line}")
+                                for name, op in zip(seg["nodes"], seg["ops"])]
             continue
         meta = {"backend": csettings["backend"], "cuda_graphs": bool(settings.cuda_graphs),
                 "inputs": [_io_meta(io) for io in built["inputs"]],
                 "outputs": [_io_meta(io) for io in built["outputs"]]}
+        if csettings["backend"] == "cuda":
+            meta["device_index"] = device_index
         engines[k] = (_runtime.make_engine(built["plan"], meta), built)
-        report.engines.append({"nodes": len(seg["nodes"]), "inputs": built["inputs"],
+        report.engines.append({"nodes": len(seg["nodes"]), "fx_nodes": list(seg["nodes"]),
+                               "ops": list(seg["ops"]), "inputs": built["inputs"],
                                "outputs": built["outputs"], "plan_bytes": len(built["plan"]),
                                "build_seconds": built["build_seconds"],
                                "build_log": built["build_log"],
@@ -286,7 +346,13 @@ def _compile(exported_program: torch.export.ExportedProgram,
     progress.close()
 
     _timing_cache.save(timing_cache, settings.timing_cache)
-    gm = _stitch(ep, imported, segments, engines)
+    gm, origin = _stitch(ep, imported, segments, engines)
+    late = _rerun_nodes(gm, origin, report)
+    if late and settings.require_full_compilation:
+        raise RuntimeError(f"require_full_compilation=True, but {len(late)} node(s) run in "
+                           f"PyTorch after lowering:{_listing(late)}")
+    report.fallback += late
+    _warn_if_mostly_pytorch(report, segments, settings)
     report.seconds = time.perf_counter() - start
     gm.ember_report = report
     gm.ember_settings = settings
@@ -313,6 +379,124 @@ def _log_partition(report: CompilationReport, settings: CompileSettings) -> None
     _partition_log.log(logging.INFO if fell_back else logging.DEBUG, "%s", text)
 
 
+def _warn_unmatched_executed(ep: torch.export.ExportedProgram, csettings: dict) -> None:
+    """A torch_executed_ops / torch_executed_modules entry that matches no node of the
+    (decomposed) program does nothing: say so, with what would have matched."""
+    from ember._importer import module_info
+    ops, paths, types = set(), set(), set()
+    for node in ep.graph_module.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        ops.add(op_key(node.target))
+        path, mtypes = module_info(node)
+        if path:
+            parts = path.split(".")
+            paths.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        types.update(mtypes)
+    for pattern in csettings["torch_executed_ops"]:
+        if not any(op == pattern or op.startswith(pattern + ".") for op in ops):
+            warnings.warn(f"ember: torch_executed_ops entry '{pattern}' matches no node of the "
+                          "decomposed program, so it changes nothing (the ops present: "
+                          f"{', '.join(sorted(ops)[:12])}{', ...' if len(ops) > 12 else ''})",
+                          stacklevel=3)
+    for pattern in csettings["torch_executed_modules"]:
+        if pattern in paths or any(t == pattern or t.endswith("." + pattern) for t in types):
+            continue
+        names = sorted({t.rsplit(".", 1)[-1] for t in types})
+        warnings.warn(f"ember: torch_executed_modules entry '{pattern}' matches no module of the "
+                      "program (by qualified name such as 'layer1.0' or by class such as "
+                      f"'Linear'), so it changes nothing (classes present: "
+                      f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})",
+                      stacklevel=3)
+
+
+#: The reason prefix of nodes the stitched program runs in PyTorch that the partition never saw.
+_RERUN = "re-run in PyTorch"
+
+
+def _listing(nodes: Sequence[tuple[str, str, str]]) -> str:
+    return "".join(f"\n  {op} '{name}': {why}" for name, op, why in nodes)
+
+
+def _rerun_nodes(gm: torch.fx.GraphModule, origin: dict, report: CompilationReport
+                 ) -> list[tuple[str, str, str]]:
+    """Nodes the stitched program runs in PyTorch that no fallback entry names: a node lowering
+    removed from the IR (a no-op, a folded constant, a fused pattern) that a PyTorch node or
+    the output still reads, so PyTorch recomputes it. Size arithmetic is left out."""
+    from ember._importer import is_size_node
+    known = {name for name, _, _ in report.fallback}
+    out = []
+    for node in gm.graph.nodes:
+        old = origin.get(node)
+        if old is None or old.op != "call_function" or old.name in known or is_size_node(old):
+            continue
+        if old.target is operator.getitem and isinstance(old.args[0], torch.fx.Node) and \
+                old.args[0].name in known:
+            continue
+        op = op_key(old.target) if isinstance(old.target, torch._ops.OpOverload) \
+            else str(old.target)
+        readers = ", ".join(sorted(u.name for u in old.users)) or "the output"
+        out.append((old.name, op, f"{_RERUN}: lowering removed it from the IR, but {readers} "
+                    "outside the engines reads it"))
+    return out
+
+
+def _warn_if_mostly_pytorch(report: CompilationReport, segments: list,
+                            settings: CompileSettings) -> None:
+    """One warning when no engine was built, or when more nodes run in PyTorch than in engines:
+    the compiled program would then mostly be PyTorch, which the user should hear about."""
+    fallback = len(report.fallback)
+    if fallback == 0:
+        return
+    if not report.engines:
+        below = [why for _, _, why in report.fallback if "below min_block_size" in why]
+        if report.build_failures:
+            first = (report.build_failures[0][1].splitlines() or ["?"])[0]
+            why = (f"every engine build failed ({len(report.build_failures)}; first: {first}). "
+                   "Pass pass_through_build_failures=True to raise the build error")
+        elif below:
+            why = (f"every engine segment is below min_block_size={settings.min_block_size} "
+                   f"(the largest candidate has {_largest_candidate(report)} compute nodes). "
+                   f"Lower min_block_size (for example min_block_size=1) to build them")
+        else:
+            why = ("no node can run in an engine (see the fallback reasons: "
+                   f"{_top_reasons(report)}). Check the dtypes and torch_executed_ops / "
+                   "torch_executed_modules, or add converters")
+        warnings.warn(f"ember: the compiled program builds no engine and runs all {fallback} "
+                      f"node(s) in PyTorch: {why}.", stacklevel=3)
+        return
+    engine_nodes = report.engine_nodes()
+    if fallback > engine_nodes:
+        warnings.warn(f"ember: {fallback} node(s) run in PyTorch and only {engine_nodes} in "
+                      f"{len(report.engines)} engine(s); most of the program is not compiled. "
+                      f"Reasons: {_top_reasons(report)}. See the report (debug=True, or "
+                      "report=ember.dynamo.CompilationReport()); lower min_block_size or drop "
+                      "torch_executed_ops entries where those are the reason.", stacklevel=3)
+
+
+def _top_reasons(report: CompilationReport, n: int = 3) -> str:
+    """The most common fallback reasons with their counts, shortest form first."""
+    from collections import Counter
+    counts = Counter(why for _, _, why in report.fallback)
+    return "; ".join(f"{c}x {why}" for why, c in counts.most_common(n))
+
+
+def _largest_candidate(report: CompilationReport) -> int:
+    import re
+    sizes = [int(m.group(1)) for _, _, why in report.fallback
+             for m in [re.search(r"segment has (\d+) compute nodes", why)] if m]
+    return max(sizes, default=0)
+
+
+def _build_device(backend: str, device_index: int | None):
+    """A CUDA build times its tactics on the current device and records that GPU in the plan:
+    make the engine's device current for the build (nothing to do without a GPU)."""
+    import contextlib
+    if backend == "cuda" and device_index is not None and torch.cuda.is_available():
+        return torch.cuda.device(device_index)
+    return contextlib.nullcontext()
+
+
 def _io_meta(io: dict) -> dict:
     return {k: io[k] for k in ("name", "torch_dtype", "engine_dtype", "shape")}
 
@@ -321,11 +505,13 @@ def _attr_name(target: str) -> str:
     return "_w_" + "".join(c if c.isalnum() else "_" for c in target)
 
 
-def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
+def _stitch(ep, imported, segments, engines) -> tuple[torch.fx.GraphModule, dict]:
     """Rebuilds the FX graph: engine segments become execute_engine calls, the rest is copied.
 
     Nodes are emitted on demand from the outputs (an iterative depth-first walk), so every node
-    and engine call comes after what it reads, whatever order the segments have.
+    and engine call comes after what it reads, whatever order the segments have. An FX node an
+    engine exports is read from the engine, never recomputed. Returns the module and, for each
+    copied node, the FX node it copies (what the compile's fallback audit reads).
     """
     old = ep.graph_module.graph
     by_name = {n.name: n for n in old.nodes}
@@ -338,6 +524,7 @@ def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
     root = torch.nn.Module()
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
+    origin: dict[torch.fx.Node, torch.fx.Node] = {}
     done_segments: set[int] = set()
 
     for node in old.nodes:  # user inputs first, in order
@@ -391,6 +578,7 @@ def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
             return
         env[x] = graph.node_copy(x, lambda y: env[y])
         env[x].meta["ember_source"] = x.name
+        origin[env[x]] = x
 
     def ensure(target):
         stack = [("node", target)]
@@ -426,4 +614,4 @@ def _stitch(ep, imported, segments, engines) -> torch.fx.GraphModule:
         out_spec=ep.call_spec.out_spec))
     graph.eliminate_dead_code()
     gm = torch.fx.GraphModule(root, graph)
-    return gm
+    return gm, origin

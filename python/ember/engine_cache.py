@@ -21,7 +21,7 @@ The key (`engine_key`) is the SHA-256 of a JSON description made of: the segment
 text (`ember._C.segment_fingerprint`: values named by position, no fx names or module paths,
 so node names and object ids never change it; it includes the segment's input types, symbolic
 shapes and symbol ranges, i.e. the input specs), the SHA-256 of each constant the segment
-reads (the weights), the build settings (back end, optimization_level, workspace_size,
+reads (the weights), the build settings (back end, optimization_level,
 truncate_double, channels_last), the GPU (name and compute capability, for CUDA), Ember's
 version, the plan format version and this entry format's version. Partitioning settings
 (min_block_size, torch_executed_ops, ...) are not in it: they change which segments exist,
@@ -60,8 +60,7 @@ _MAGIC = b"EMBRCACHE\n"
 _FILE_SUFFIX = ".ember-engine"
 
 #: Settings that change a built plan (CompileSettings.to_compiler names).
-BUILD_SETTINGS = ("backend", "optimization_level", "workspace_size", "truncate_double",
-                  "channels_last")
+BUILD_SETTINGS = ("backend", "optimization_level", "truncate_double", "channels_last")
 
 _stats_lock = threading.Lock()
 _stats = {"builds": 0, "hits": 0, "misses": 0, "stores": 0, "rejected": 0}

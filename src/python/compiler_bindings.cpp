@@ -77,7 +77,6 @@ CompileSettings parse_settings(const py::dict& d) {
     else if (key == "require_full_compilation") s.require_full_compilation = v.cast<bool>();
     else if (key == "truncate_double") s.truncate_double = v.cast<bool>();
     else if (key == "optimization_level") s.optimization_level = v.cast<int>();
-    else if (key == "workspace_size") s.workspace_size = v.cast<int64_t>();
     else if (key == "backend") s.backend = v.cast<std::string>();
     else if (key == "channels_last") s.channels_last = v.cast<std::string>();
     else if (key == "debug") s.debug = v.cast<bool>();
@@ -231,8 +230,13 @@ void bind_compiler(py::module_& m) {
                py::dict d;
                d["engine"] = s.engine;
                py::list nodes;
-               for (const Node* n : s.nodes) nodes.append(n->fx_name());
+               py::list ops;
+               for (const Node* n : s.nodes) {
+                 nodes.append(n->fx_name());
+                 ops.append(n->op());
+               }
                d["nodes"] = nodes;
+               d["ops"] = ops;
                d["inputs"] = value_names(s.inputs);
                d["outputs"] = value_names(s.outputs);
                d["compute_nodes"] = s.compute_nodes;

@@ -35,15 +35,19 @@ def test_zoo_hf(name):
     assert row["max_error"] <= MAX_ERROR, f"{name}: max |error| {row['max_error']}"
 
 
-def test_fallback_lines_keep_tensor_nodes_and_drop_harmless_ones():
+def test_fallback_lines_list_every_fallback_node_and_one_line_per_failed_build():
     report = hf.ember.dynamo.CompilationReport()
     report.skipped = [("a", "aten::_assert_tensor_metadata", "its result is not a tensor"),
                       ("b", "aten::sym_size.int", "its result is not a tensor"),
                       ("c", "aten::item", "its result is not a tensor")]
-    report.fallback = [("d", "aten::nonzero", "data-dependent output shape")]
+    report.fallback = [("d", "aten::nonzero", "data-dependent output shape"),
+                       ("c", "aten::item", "not imported (aten::item): its result is not a tensor"),
+                       ("e", "aten::add.Tensor", "engine segment 1 failed to build: out of memory"),
+                       ("f", "aten::mul.Tensor", "engine segment 1 failed to build: out of memory")]
     report.build_failures = [(1, "out of memory")]
     assert hf.fallback_lines(report) == [
-        "aten::nonzero: data-dependent output shape", "aten::item: its result is not a tensor",
+        "aten::nonzero: data-dependent output shape",
+        "aten::item: not imported (aten::item): its result is not a tensor",
         "engine segment 1: build failed: out of memory"]
 
 

@@ -10,6 +10,10 @@
 
 namespace ember::compiler {
 
+/// The op of an IR node that stands for a PyTorch node the importer could not represent:
+/// arguments (original target, reason, inputs); it never runs in an engine.
+inline constexpr const char* kPyTorchOp = "ember::pytorch";
+
 /// Whether one node can run in an engine, and why not.
 struct NodeSupport {
   bool supported = false;

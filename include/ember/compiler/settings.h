@@ -28,8 +28,6 @@ struct CompileSettings {
   bool truncate_double = false;
   /// Builder optimization level 0..5.
   int optimization_level = 3;
-  /// Activation memory limit in bytes (0 = none).
-  int64_t workspace_size = 0;
   /// Engine back end: "cpu" or "cuda".
   std::string backend = "cpu";
   /// The builder's channels_last pass: "auto" (the builder's choice: as "half" today), "half" (CUDA

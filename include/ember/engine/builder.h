@@ -62,11 +62,17 @@ enum class ChannelsLast : uint8_t {
   kOff,   ///< None: everything stays NCHW.
 };
 
+/// The highest optimization level (BuilderConfig::optimization_level): every pass runs.
+constexpr int kMaxOptimizationLevel = 3;
+
 /// Build settings.
 struct BuilderConfig {
   /// At least one profile when the network has symbolic dims; the first is the default.
   std::vector<OptimizationProfile> profiles;
-  /// 0 = fastest build (no folding beyond the required), 5 = slowest build, fastest engine.
+  /// 0..kMaxOptimizationLevel; each level adds passes: 0 only the required ones (shape
+  /// inference, dead-layer removal, implementation choice, memory planning, tactic timing),
+  /// 1 constant folding, 2 fusion (conv/matmul epilogues, the attention rewrite), 3 layout
+  /// (channels_last). Higher values are an error.
   int optimization_level = 3;
   /// Upper bound for the activation arena in bytes (0 = no limit); exceeding it fails the build.
   int64_t memory_limit = 0;
@@ -80,7 +86,7 @@ struct BuilderConfig {
   /// in the plan, and adds them here; save it with TimingCache::serialize for the next build.
   /// Null: the build starts from an empty cache and keeps its choices only in the plan.
   std::shared_ptr<TimingCache> timing_cache;
-  /// The channels_last pass (optimization level >= 1).
+  /// The channels_last pass (optimization level 3).
   ChannelsLast channels_last = ChannelsLast::kAuto;
 };
 

@@ -136,7 +136,6 @@ SegmentEngine build_segment(const Graph& g, const Segment& segment,
   engine::BuilderConfig config;
   if (!used.empty()) config.profiles.push_back(profile);
   config.optimization_level = settings.optimization_level;
-  config.memory_limit = settings.workspace_size;
   config.backend = settings.backend;
   config.timing_cache = std::move(timing_cache);
   if (settings.channels_last == "on") {

@@ -18,8 +18,13 @@ using engine::DataType;
 using engine::FillOp;
 using engine::Tensor;
 
+/// _to_copy(self, dtype, layout, device, ...) and to.dtype_layout (same positions);
+/// to.device(self, device, dtype, ...) is ToDeviceArgs.
 struct ToCopyArgs {
-  enum { self = 0, dtype = 1, layout = 2 };
+  enum { self = 0, dtype = 1, layout = 2, device = 3 };
+};
+struct ToDeviceArgs {
+  enum { self = 0, device = 1 };
 };
 struct DropoutArgs {
   enum { input = 0, p = 1, train = 2 };
@@ -58,19 +63,35 @@ Reason reject_symbolic(const Node& node, size_t i) {
 
 // ---------------------------------------------------------------- casts and copies
 
-Reason validate_to_copy(const Node& node, const CompileSettings&) {
-  // to.dtype has no layout argument; the others name it at position 2.
-  if (node.op() == "aten::to.dtype" || node.op() == "aten::to.device") return std::nullopt;
+// A copy to another device than the engine's: inside an engine every tensor lives on the
+// engine's device, so the copy would silently not happen (a .to("cpu") in a CUDA engine would
+// return a CUDA tensor). Such a node runs in PyTorch, where the transfer is real. The device
+// arrives as torch's text ("cpu", "cuda:0"); only its type is compared, since the engine's
+// device index is chosen at build time.
+Reason check_device(const Node& node, size_t position, const CompileSettings& settings) {
+  if (position >= node.num_args() || node.arg_is_none(position)) return std::nullopt;
+  const std::string device = node.arg_string(position);
+  const std::string type = device.substr(0, device.find(':'));
+  if (type == settings.backend) return std::nullopt;
+  return "a copy to device '" + device + "', but the engine runs on the " + settings.backend +
+         " back end (the transfer runs in PyTorch)";
+}
+
+Reason validate_to_copy(const Node& node, const CompileSettings& settings) {
+  if (node.op() == "aten::to.dtype") return std::nullopt;
+  if (node.op() == "aten::to.device") return check_device(node, ToDeviceArgs::device, settings);
+  // _to_copy and to.dtype_layout name the layout at position 2 and the device at 3.
   if (!node.arg_is_none(ToCopyArgs::layout) && node.arg_string(ToCopyArgs::layout) != "torch.strided") {
     return "a copy to layout " + node.arg_string(ToCopyArgs::layout) + " (engines hold strided tensors)";
   }
-  return std::nullopt;
+  return check_device(node, ToCopyArgs::device, settings);
 }
 
 EMBER_CONVERTER(to_copy, ({"aten::_to_copy", "aten::to.dtype", "aten::to.dtype_layout",
                            "aten::to.device"}),
                 true, validate_to_copy) {
-  // The device is irrelevant inside an engine and the memory format does not change values.
+  // The validator kept only copies to the engine's own device; the memory format does not
+  // change values.
   ctx.set_output(node, 0, ctx.cast(ctx.input(node, ToCopyArgs::self), out_dtype(ctx, node),
                                    ctx.layer_name(node)));
 }

@@ -7,6 +7,8 @@
 // partitions, single fallback nodes) are ordered topologically and adjacent fallback nodes are
 // grouped, so the Python layer can rebuild the FX graph in segment order.
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -41,6 +43,25 @@ bool module_matches(const Node& node, const std::string& pattern) {
   return false;
 }
 
+// truncate_double narrows i64 to i32 inside engines. A constant holding a value outside int32
+// would change, so the node reading it runs in PyTorch, in i64, instead (the reason names the
+// value). Graphs parsed from text have no constant data and pass.
+std::string narrowing_problem(const Value* v) {
+  const ConstantData& c = v->constant();
+  if (c.data == nullptr) return "";
+  const auto* data = static_cast<const int64_t*>(c.data.get());
+  const size_t n = c.nbytes / sizeof(int64_t);
+  for (size_t i = 0; i < n; ++i) {
+    if (data[i] < INT32_MIN || data[i] > INT32_MAX) {
+      return "%" + v->name() + " is an i64 constant holding " + std::to_string(data[i]) +
+             " (element " + std::to_string(i) +
+             "), outside int32: truncate_double=True would change it, so this node runs in "
+             "PyTorch in i64";
+    }
+  }
+  return "";
+}
+
 // A dtype check shared by every converter: each tensor must exist inside engines.
 std::string dtype_problem(const Node& node, const CompileSettings& settings) {
   auto check = [&](const Value* v) -> std::string {
@@ -52,6 +73,9 @@ std::string dtype_problem(const Node& node, const CompileSettings& settings) {
   };
   for (const Value* v : node.input_values()) {
     if (auto p = check(v); !p.empty()) return p;
+    if (settings.truncate_double && v->is_constant() && v->dtype() == ScalarType::kI64) {
+      if (auto p = narrowing_problem(v); !p.empty()) return p;
+    }
   }
   for (const Value* v : node.outputs()) {
     if (auto p = check(v); !p.empty()) return p;
@@ -74,6 +98,12 @@ bool is_shape_only_op(const std::string& op) {
 }
 
 NodeSupport node_support(const Node& node, const CompileSettings& settings) {
+  // A node the importer could not represent (a complex tensor, a non-tensor result): it stands
+  // in the IR only so the partitioner sees what it reads and who reads it (docs/compiler_ir.md),
+  // and always runs in PyTorch. Its arguments are the original target and the importer's reason.
+  if (node.op() == kPyTorchOp) {
+    return {false, "not imported (" + node.arg_string(0) + "): " + node.arg_string(1)};
+  }
   if (!node.fx_name().empty()) {
     for (const auto& [name, why] : settings.torch_executed_nodes) {
       if (name == node.fx_name()) return {false, why};

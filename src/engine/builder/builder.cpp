@@ -11,15 +11,19 @@ namespace ember::engine {
 
 std::vector<std::string> available_backends() { return backend_names(); }
 
+// Each optimization level adds passes (BuilderConfig::optimization_level): 1 constant folding, 2
+// fusion (conv/matmul epilogues, the attention rewrite), 3 layout (channels_last). The rest are
+// required at every level; tactic timing included, since a plan without timed choices times
+// them on its first call instead.
 std::vector<Pass> default_passes() {
   return {
       {"validate", 0, pass_validate},
       {"infer_shapes", 0, pass_infer_shapes},
       {"fold_constants", 1, pass_fold_constants},
       {"remove_dead_layers", 0, pass_remove_dead_layers},
-      {"fuse_epilogues", 1, pass_fuse_epilogues},
-      {"channels_last", 1, pass_channels_last},
-      {"simplify_attention", 1, pass_simplify_attention},
+      {"fuse_epilogues", 2, pass_fuse_epilogues},
+      {"channels_last", 3, pass_channels_last},
+      {"simplify_attention", 2, pass_simplify_attention},
       {"select_implementations", 0, pass_select_implementations},
       {"plan_memory", 0, pass_plan_memory},
       {"time_tactics", 0, pass_time_tactics},

@@ -10,13 +10,15 @@ import ember
 from harness import _Wrap, assert_close
 
 
-def check_fallback(fn: Callable, inputs: Sequence[torch.Tensor], op: str) -> None:
-    """Compiles allowing fallback; asserts that a node whose target mentions `op` ran in PyTorch
-    and that the result still matches eager."""
+def check_fallback(fn: Callable, inputs: Sequence[torch.Tensor], op: str,
+                   device: str = "cpu") -> None:
+    """Compiles for `device` (inputs are moved there) allowing fallback; asserts that a node
+    whose target mentions `op` ran in PyTorch and that the result still matches eager."""
     module = _Wrap(fn).eval()
+    inputs = [x.to(device) for x in inputs]
     ep = torch.export.export(module, tuple(inputs))
     report = ember.dynamo.CompilationReport()
-    compiled = ember.dynamo.compile(ep, list(inputs), device="cpu", min_block_size=1,
+    compiled = ember.dynamo.compile(ep, list(inputs), device=device, min_block_size=1,
                                     report=report)
     assert any(op in str(entry) for entry in report.fallback), (
         f"expected {op} to fall back to PyTorch:\n{report}")

@@ -100,11 +100,7 @@ def check_op(fn: Callable | torch.nn.Module, inputs: Sequence[torch.Tensor], *,
         assert not report.build_failures, f"engine build failed:\n{report}"
         assert report.engines, f"no engine was built:\n{report}"
     if expect_ops:
-        converted = set()
-        for line in _engine_ops(ep):
-            converted.add(line)
-        missing = set(expect_ops) - converted
-        assert not missing, f"expected ops {sorted(missing)} in the decomposed graph, got {sorted(converted)}"
+        assert_ran_in_engine(ep, report, expect_ops)
     for args in (inputs, *map(tuple, extra_inputs)):
         with torch.no_grad(), _default_device():
             expected = module(*args)
@@ -119,8 +115,32 @@ def _default_device():
     return torch.device(DEVICE) if DEVICE != "cpu" else contextlib.nullcontext()
 
 
-def _engine_ops(ep: torch.export.ExportedProgram) -> list[str]:
+def assert_ran_in_engine(ep: torch.export.ExportedProgram, report: "ember.dynamo.CompilationReport",
+                         ops: Iterable[str]) -> None:
+    """Each op in `ops` is in the decomposed graph, none of its nodes runs in PyTorch, and a node
+    of it is inside a built engine (by op, or by the FX node it came from when lowering renamed
+    it) or every node of it was evaluated at compile time (lowering folded it into a constant
+    through its converter, or removed it as a no-op). An op that legitimately falls back is
+    tested with check_fallback instead."""
+    decomposed = _decomposed_nodes(ep)
+    in_engines_ops = {op for e in report.engines for op in e["ops"]}
+    in_engines_fx = {name for e in report.engines for name in e["fx_nodes"]}
+    in_pytorch = {name for name, _, _ in report.fallback}
+    lowered_away = set(report.lowered_away)
+    for op in ops:
+        nodes = [name for name, key in decomposed if key == op]
+        assert nodes, (f"expected op {op} in the decomposed graph, got "
+                       f"{sorted({key for _, key in decomposed})}")
+        fell_back = [name for name in nodes if name in in_pytorch]
+        assert not fell_back, f"{op} ran in PyTorch ({fell_back}), not in an engine:\n{report}"
+        assert op in in_engines_ops or any(name in in_engines_fx for name in nodes) or all(
+            name in lowered_away for name in nodes), (
+            f"{op} is in the decomposed graph ({nodes}) but in no engine; engines hold "
+            f"{sorted(in_engines_ops)}:\n{report}")
+
+
+def _decomposed_nodes(ep: torch.export.ExportedProgram) -> list[tuple[str, str]]:
     from ember._settings import op_key
     dec = ep.run_decompositions(ember.dynamo.decomposition_table())
-    return [op_key(n.target) for n in dec.graph.nodes
+    return [(n.name, op_key(n.target)) for n in dec.graph.nodes
             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]

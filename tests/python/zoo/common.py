@@ -24,13 +24,6 @@ def to_device(model: torch.nn.Module, inputs: tuple) -> tuple[torch.nn.Module, t
     return model.to(DEVICE), tuple(x.to(DEVICE) if isinstance(x, torch.Tensor) else x
                                    for x in inputs)
 
-#: Nodes that are not imported because their result is not a tensor (shape arithmetic, runtime
-#: asserts): PyTorch runs them by design, so they are no fallback.
-HARMLESS_SKIPS = frozenset({
-    "aten::_assert_tensor_metadata", "aten::_assert_scalar", "aten::sym_size.int",
-    "aten::sym_numel", "aten::sym_stride.int", "aten::sym_storage_offset",
-})
-
 
 def flat_outputs(out: Any) -> list[torch.Tensor]:
     """Every tensor in a model output (tensor, tuple, list, dict, HF ModelOutput), in order,
@@ -60,9 +53,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def fallback_lines(report: "ember.dynamo.CompilationReport") -> list[str]:
-    """"op: reason" for every node left to PyTorch (not imported, or not in an engine, or in a
-    segment whose build failed), harmless non-tensor nodes left out."""
-    lines = [f"{op}: {why}" for _, op, why in report.fallback]
-    lines += [f"{op}: {why}" for _, op, why in report.skipped if op not in HARMLESS_SKIPS]
+    """"op: reason" for every node left to PyTorch (report.fallback: not in an engine, not
+    imported, re-run after lowering), with one line per failed engine build instead of one per
+    node of its segment."""
+    lines = [f"{op}: {why}" for _, op, why in report.fallback
+             if not why.startswith("engine segment ")]
     lines += [f"engine segment {seg}: build failed: {why}" for seg, why in report.build_failures]
     return lines

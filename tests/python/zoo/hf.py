@@ -21,10 +21,8 @@ import torch
 
 import ember
 from zoo.common import (  # noqa: F401 (re-exported)
-    DEVICE, HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs, to_device)
+    DEVICE, cosine, fallback_lines, flat_outputs, to_device)
 
-#: Nodes the importer leaves to PyTorch that compute no tensor (shape asserts, symbolic sizes):
-#: they cost nothing and stay out of the "fallback" list.
 class _Call(torch.nn.Module):
     """Calls `model` with its positional arguments passed as the keyword arguments `names`."""
 

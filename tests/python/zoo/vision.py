@@ -27,7 +27,7 @@ import torch
 
 import ember
 from zoo.common import (  # noqa: F401 (re-exported)
-    DEVICE, HARMLESS_SKIPS, cosine, fallback_lines, flat_outputs, to_device)
+    DEVICE, cosine, fallback_lines, flat_outputs, to_device)
 
 #: Every output must have a cosine similarity above this against eager f32...
 MIN_COSINE = 0.9999

@@ -2,6 +2,7 @@
 // at compile time, on the engine's CPU back end, through the same converter the node would get
 // inside an engine (so folding never disagrees with conversion). Its outputs become constants
 // that own the computed data.
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -60,9 +61,15 @@ bool can_fold(const Graph& g, const Node& node, const CompileSettings& settings,
     if (!in->is_constant() || in->constant().data == nullptr) return false;
   }
   bool used = false;
+  const std::vector<Value*>& graph_outputs = g.outputs();
   for (const Value* out : node.outputs()) {
     const size_t bytes = foldable_bytes(out);
     if (bytes == 0 || bytes > max_bytes) return false;
+    // A graph output must be materialized on every call anyway; folded, PyTorch would have to
+    // make it (outside the engines), so the node stays and its engine produces it.
+    if (std::find(graph_outputs.begin(), graph_outputs.end(), out) != graph_outputs.end()) {
+      return false;
+    }
     used = used || g.is_used(out);
   }
   // Dead nodes are dead-code removal's job; evaluating them would be wasted work.

@@ -2,6 +2,7 @@
 // symbolic shape, same values) are bypassed, so the partitioner and the converters never see
 // them. In the IR every tensor is a value: copies, aliases and contiguity changes are all the
 // identity.
+#include <algorithm>
 #include <string>
 #include <unordered_set>
 
@@ -83,8 +84,13 @@ bool is_noop(const Node& node) {
 
 int lower_remove_noops(Graph& g) {
   int removed = 0;
+  const std::vector<Value*>& outputs = g.outputs();
   for (Node* node : g.nodes()) {
     if (!is_noop(*node)) continue;
+    // A no-op that makes a graph output stays: bypassed, the output's FX node would have no IR
+    // value, and PyTorch would re-run it outside the engines (docs/guide.md, fallback
+    // accounting). Its engine produces the output instead (a copy at most).
+    if (std::find(outputs.begin(), outputs.end(), node->output()) != outputs.end()) continue;
     g.replace_all_uses(node->output(), node->arg_tensor(0));
     g.remove_node(node);
     ++removed;

@@ -14,8 +14,11 @@ void pass_validate(BuildState& s) {
     throw Error("back end '" + s.config.backend + "' is not built into this library (available: " +
                 names + ")");
   }
-  if (s.config.optimization_level < 0 || s.config.optimization_level > 5) {
-    throw Error("optimization_level must be 0..5, got " + std::to_string(s.config.optimization_level));
+  if (s.config.optimization_level < 0 || s.config.optimization_level > kMaxOptimizationLevel) {
+    throw Error("optimization_level must be 0.." + std::to_string(kMaxOptimizationLevel) +
+                " (each level adds passes; there is nothing above " +
+                std::to_string(kMaxOptimizationLevel) + "), got " +
+                std::to_string(s.config.optimization_level));
   }
   if (net.outputs().empty()) {
     throw Error("the network has no outputs: call mark_output on the tensors to return");

@@ -1,0 +1,179 @@
+"""Nothing runs in PyTorch uncounted (issue 13, section 3): nodes the importer cannot represent
+are fallback like any other, a value an engine and a PyTorch node both need is computed once
+(in the engine), and a compile that is mostly PyTorch says so."""
+
+import warnings
+
+import pytest
+import torch
+
+import ember
+from converters.harness import assert_close
+
+
+def compile_cpu(model, inputs, **kw):
+    report = ember.dynamo.CompilationReport()
+    ep = torch.export.export(model.eval(), tuple(inputs))
+    gm = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report, **kw)
+    return gm, report
+
+
+def aten_targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"
+            and isinstance(n.target, torch._ops.OpOverload)]
+
+
+class ComplexMiddle(torch.nn.Module):
+    """A linear + relu whose result both feeds another linear (engine work) and goes through
+    view_as_complex (a complex tensor: the importer cannot represent it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        c = torch.view_as_complex(h.reshape(4, 4, 2))
+        r = torch.view_as_real(c * c).reshape(4, 8)
+        return self.b(h) + r
+
+
+def test_unrepresented_nodes_are_fallback_with_their_reason():
+    torch.manual_seed(0)
+    model = ComplexMiddle().eval()
+    x = torch.randn(4, 8)
+    gm, report = compile_cpu(model, [x], min_block_size=1)
+    ops = {op: why for _, op, why in report.fallback}
+    assert "aten::view_as_complex" in ops, report
+    assert ops["aten::view_as_complex"].startswith("not imported (aten::view_as_complex): "), ops
+    assert "complex" in ops["aten::view_as_complex"]
+    # The partition report's fallback list names them too.
+    assert "aten::view_as_complex" in report.partition_report
+    assert "not imported (aten::view_as_complex)" in report.partition_report
+    with torch.no_grad():
+        assert_close(gm(x), model(x))
+
+
+def test_require_full_compilation_fails_on_unrepresented_nodes():
+    model = ComplexMiddle().eval()
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError) as e:
+        compile_cpu(model, [x], min_block_size=1, require_full_compilation=True)
+    text = str(e.value)
+    assert "require_full_compilation" in text
+    assert "not imported (aten::view_as_complex)" in text, text
+
+
+def test_a_value_for_an_engine_and_pytorch_is_computed_once():
+    """h = relu(linear(x)) feeds both an engine and view_as_complex: the engine exports it, and
+    PyTorch does not recompute linear and relu for the complex branch."""
+    torch.manual_seed(0)
+    model = ComplexMiddle().eval()
+    x = torch.randn(4, 8)
+    gm, report = compile_cpu(model, [x], min_block_size=1)
+    targets = aten_targets(gm)
+    assert torch.ops.aten.relu.default not in targets, gm.graph
+    assert torch.ops.aten.linear.default not in targets, gm.graph
+    # Every PyTorch node of the stitched program is in the fallback list.
+    counted = {name for name, _, _ in report.fallback}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and \
+                n.target is not torch.ops.ember.execute_engine.default:
+            assert n.name in counted, f"{n.name} ({n.target}) runs in PyTorch uncounted:\n{report}"
+    with torch.no_grad():
+        assert_close(gm(x), model(x))
+
+
+class CloneToComplex(torch.nn.Module):
+    """A clone (removed by lowering) that only a PyTorch node reads: PyTorch re-runs it, and
+    the report says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        c = torch.view_as_complex(h.clone().reshape(4, 4, 2))
+        return torch.view_as_real(c * c).reshape(4, 8) + h
+
+
+def test_nodes_rerun_after_lowering_are_counted():
+    torch.manual_seed(0)
+    model = CloneToComplex().eval()
+    x = torch.randn(4, 8)
+    gm, report = compile_cpu(model, [x], min_block_size=1)
+    counted = {name for name, _, _ in report.fallback}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and \
+                n.target is not torch.ops.ember.execute_engine.default:
+            assert n.name in counted, f"{n.name} ({n.target}) runs in PyTorch uncounted:\n{report}"
+    assert torch.ops.aten.relu.default not in aten_targets(gm)
+    with torch.no_grad():
+        assert_close(gm(x), model(x))
+
+
+class Tiny(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x) + 1.0
+
+
+def test_zero_engines_below_min_block_size_warns_once_with_the_fix():
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm, report = compile_cpu(Tiny(), [x], min_block_size=5)
+    ours = [w for w in caught if "builds no engine" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "min_block_size=5" in str(ours[0].message)
+    assert "min_block_size=1" in str(ours[0].message)
+    assert not report.engines
+
+
+def test_zero_engines_when_every_build_fails_warns_with_the_fix(monkeypatch):
+    x = torch.randn(4, 8)
+
+    def failing_build(*args, **kwargs):
+        raise RuntimeError("synthetic build failure")
+
+    monkeypatch.setattr(ember.dynamo._C, "build_segment", failing_build)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm, report = compile_cpu(Tiny(), [x], min_block_size=1)
+    ours = [w for w in caught if "builds no engine" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "every engine build failed" in str(ours[0].message)
+    assert "pass_through_build_failures=True" in str(ours[0].message)
+    # The failed segment's nodes are fallback, with the build error as their reason.
+    assert report.fallback and all("failed to build" in why for _, _, why in report.fallback)
+    with torch.no_grad():
+        assert_close(gm(x), Tiny()(x))
+
+
+class MostlyForced(torch.nn.Module):
+    def forward(self, x):
+        for _ in range(4):
+            x = torch.sin(x) * 2.0
+        return torch.relu(x) + 1.0
+
+
+def test_more_fallback_than_engine_nodes_warns():
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = compile_cpu(MostlyForced(), [x], min_block_size=1,
+                                torch_executed_ops=["aten::sin", "aten::mul"])
+    ours = [w for w in caught if "run in PyTorch and only" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "torch_executed_ops" in str(ours[0].message)
+    assert len(report.fallback) > report.engine_nodes() > 0
+
+
+def test_a_compile_mostly_in_engines_does_not_warn():
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compile_cpu(MostlyForced(), [x], min_block_size=1)
+    assert not [w for w in caught if str(w.message).startswith("ember:")], \
+        [str(w.message) for w in caught]
