@@ -64,20 +64,26 @@ def first_tensor(out):
     return first_tensor(out[0])
 
 
-def median_ms(fn, x, iters: int, warmup: int = 10) -> float:
+def timed_calls_ms(call, iters: int, warmup: int = 10) -> float:
+    """Median CUDA-event ms of `call(i)` over `iters` calls after `warmup` calls."""
     with torch.no_grad():
-        for _ in range(warmup):
-            fn(x)
+        for i in range(warmup):
+            call(i)
         torch.cuda.synchronize()
         times = []
-        for _ in range(iters):
+        for i in range(iters):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn(x)
+            call(warmup + i)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def median_ms(fn, x, iters: int, warmup: int = 10) -> float:
+    """The benchmark pattern: one input tensor reused, every output dropped."""
+    return timed_calls_ms(lambda i: fn(x), iters, warmup)
 
 
 def serving_ms(fn, pool: list, iters: int, keep: int, clone: bool = False,
@@ -93,19 +99,7 @@ def serving_ms(fn, pool: list, iters: int, keep: int, clone: bool = False,
         if len(kept) > keep:
             kept.pop(0)
 
-    with torch.no_grad():
-        for i in range(warmup):
-            call(i)
-        torch.cuda.synchronize()
-        times = []
-        for i in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call(i)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return timed_calls_ms(call, iters, warmup)
 
 
 def input_pool(x: torch.Tensor, size: int) -> list:

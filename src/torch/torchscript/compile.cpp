@@ -381,7 +381,6 @@ compiler::CompileSettings parse_settings(const std::vector<std::string>& items) 
     else if (key == "require_full_compilation") s.require_full_compilation = as_bool();
     else if (key == "truncate_double") s.truncate_double = as_bool();
     else if (key == "optimization_level") s.optimization_level = std::stoi(value);
-    else if (key == "workspace_size") s.workspace_size = std::stoll(value);
     else if (key == "backend") s.backend = value;
     else if (key == "channels_last") s.channels_last = value;
     else if (key == "debug") s.debug = as_bool();

@@ -18,34 +18,6 @@
 
 namespace ember::torchscript {
 
-namespace {
-
-std::vector<jit::Value*> node_free_values(jit::Node* n) {
-  std::vector<jit::Value*> out;
-  std::set<jit::Value*> seen;
-  std::function<void(jit::Node*)> visit = [&](jit::Node* m) {
-    for (jit::Value* v : m->inputs()) {
-      bool inside = false;
-      for (jit::Node* p = v->node(); p != nullptr;
-           p = p->owningBlock() ? p->owningBlock()->owningNode() : nullptr) {
-        if (p == n) {
-          inside = true;
-          break;
-        }
-      }
-      if (!inside && seen.insert(v).second) out.push_back(v);
-    }
-    for (jit::Block* b : m->blocks()) {
-      for (jit::Node* c : b->nodes()) visit(c);
-      visit(b->return_node());
-    }
-  };
-  visit(n);
-  return out;
-}
-
-}  // namespace
-
 std::shared_ptr<jit::Graph> embed_graph(const std::shared_ptr<jit::Graph>& graph,
                                         const ImportResult& imported,
                                         const std::vector<BuiltEngine>& engines,
@@ -130,7 +102,7 @@ std::shared_ptr<jit::Graph> embed_graph(const std::shared_ptr<jit::Graph>& graph
         out.push_back(value_item(imported.ts_value.at(name)));
       }
     } else {
-      for (jit::Value* v : node_free_values(const_cast<jit::Node*>(static_cast<const jit::Node*>(it.ptr)))) {
+      for (jit::Value* v : free_values(const_cast<jit::Node*>(static_cast<const jit::Node*>(it.ptr)))) {
         out.push_back(value_item(v));
       }
     }

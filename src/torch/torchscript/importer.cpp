@@ -89,31 +89,6 @@ bool is_metadata_op(const jit::Node* n) {
   return kOps.count(ts_op_key(n)) != 0 || kOps.count(n->kind().toQualString()) != 0;
 }
 
-// Values used inside `n`'s blocks (or as its inputs) that are defined outside `n`.
-std::vector<jit::Value*> free_values(jit::Node* n) {
-  std::vector<jit::Value*> out;
-  std::set<jit::Value*> seen;
-  std::function<void(jit::Node*)> visit = [&](jit::Node* m) {
-    for (jit::Value* v : m->inputs()) {
-      // Defined outside n: its node is not n and not nested inside n.
-      jit::Node* def = v->node();
-      bool inside = false;
-      for (jit::Node* p = def; p != nullptr; p = p->owningBlock() ? p->owningBlock()->owningNode() : nullptr) {
-        if (p == n) {
-          inside = true;
-          break;
-        }
-      }
-      if (!inside && seen.insert(v).second) out.push_back(v);
-    }
-    for (jit::Block* b : m->blocks()) {
-      for (jit::Node* c : b->nodes()) visit(c);
-      visit(b->return_node());
-    }
-  };
-  visit(n);
-  return out;
-}
 
 bool ivalues_equal(const c10::IValue& a, const c10::IValue& b) {
   if (a.isTensor() && b.isTensor()) {
@@ -977,6 +952,31 @@ ImportResult Importer::run() {
 }
 
 }  // namespace
+
+std::vector<jit::Value*> free_values(jit::Node* n) {
+  std::vector<jit::Value*> out;
+  std::set<jit::Value*> seen;
+  std::function<void(jit::Node*)> visit = [&](jit::Node* m) {
+    for (jit::Value* v : m->inputs()) {
+      // Defined outside n: its node is not n and not nested inside n.
+      jit::Node* def = v->node();
+      bool inside = false;
+      for (jit::Node* p = def; p != nullptr; p = p->owningBlock() ? p->owningBlock()->owningNode() : nullptr) {
+        if (p == n) {
+          inside = true;
+          break;
+        }
+      }
+      if (!inside && seen.insert(v).second) out.push_back(v);
+    }
+    for (jit::Block* b : m->blocks()) {
+      for (jit::Node* c : b->nodes()) visit(c);
+      visit(b->return_node());
+    }
+  };
+  visit(n);
+  return out;
+}
 
 bool absorbed_by_ir(const jit::Node* n, const ImportResult& imported) {
   // A list literal that imported nodes read is part of their arguments; a Tensor[] op whose

@@ -85,6 +85,10 @@ ImportResult import_graph(const std::shared_ptr<jit::Graph>& graph,
 /// "aten::add.Tensor" for a node with a schema, else the kind ("prim::If").
 std::string ts_op_key(const jit::Node* node);
 
+/// Values used inside `n`'s blocks (or as its inputs) that are defined outside `n`: what a node
+/// with control flow reads from the graph around it.
+std::vector<jit::Value*> free_values(jit::Node* n);
+
 /// One built engine segment: the engine object and, in engine order, the fx names (TorchScript
 /// values) it reads and writes.
 struct BuiltEngine {

@@ -94,6 +94,8 @@ TEST(Conversion, AFailingConverterNamesItsNodeAndConverter) {
         << e.what();
   }
   r.remove("ember_test::fails", "python:mod.fails");
+}
+
 // A _to_copy naming another device than the engine's back end would silently not move the
 // tensor inside an engine: the validator leaves it to PyTorch.
 TEST(Partitioning, CopyToAnotherDeviceRunsInPyTorch) {
