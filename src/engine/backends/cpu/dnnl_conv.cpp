@@ -142,14 +142,11 @@ constexpr size_t kMaxCached = 512;
 
 }  // namespace
 
-/// EMBER_CPU_DNNL=1 turns the oneDNN path on. Off by default until it measures faster than the
-/// reference kernel on the benchmark machines (see docs/engine.md). Read once.
+/// On by default; EMBER_CPU_DNNL=0 turns the oneDNN path off (A/B timing, bisecting a
+/// difference; the reference-kernel tests set it). Read on every call, so a test can switch it.
 bool dnnl_enabled() {
-  static const bool enabled = [] {
-    const char* e = std::getenv("EMBER_CPU_DNNL");
-    return e != nullptr && std::string(e) == "1";
-  }();
-  return enabled;
+  const char* e = std::getenv("EMBER_CPU_DNNL");
+  return e == nullptr || std::string(e) != "0";
 }
 
 bool dnnl_available() { return dnnl_enabled(); }
