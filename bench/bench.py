@@ -187,11 +187,16 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     return row
 
 
+def cell(r: dict, key: str, fmt: str = "{:.3f}") -> str:
+    """One table cell: the row's value formatted, or "-" when the row has none."""
+    return fmt.format(r[key]) if key in r else "-"
+
+
 def serving_table(rows: list[dict]) -> str:
     head = ("| model | batch | eager ms | reduce-overhead ms | Ember ms | Ember/reduce-overhead | "
             "Ember replays (staged) | captures | layer-by-layer contexts |")
     lines = ["Serving loop (new input tensor each call, outputs kept):", head, "|" + " --- |" * 9]
-    f = lambda r, k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    f = cell
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {f(r, 'eager_serving_ms')} | "
@@ -227,7 +232,7 @@ def torch_compile_table(rows: list[dict]) -> str:
     head = ("| model | batch | reduce-overhead ms | backend=ember ms | ember/reduce-overhead | "
             "first call s | engines built | from cache | cosine vs f32 |")
     lines = ["torch.compile(backend=\"ember\"):", head, "|" + " --- |" * 9]
-    f = lambda r, k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    f = cell
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {f(r, 'reduce_overhead_ms')} | "
                      f"{f(r, 'ember_tc_ms')} | {f(r, 'ember_tc_vs_reduce_overhead', '{:.2f}')} | "
@@ -240,7 +245,7 @@ def table(rows: list[dict]) -> str:
     head = ("| model | batch | eager ms | compile ms | reduce-overhead ms | Ember ms | Ember/eager | "
             "Ember/best compile | Ember build s | engines | fallback | cosine vs f32 | max err |")
     lines = [head, "|" + " --- |" * 13]
-    f = lambda r, k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+    f = cell
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {f(r, 'eager_ms')} | {f(r, 'compile_ms')} | "
                      f"{f(r, 'reduce_overhead_ms')} | {f(r, 'ember_ms')} | {f(r, 'ember_vs_eager', '{:.2f}')} | "

@@ -27,14 +27,13 @@ import torch.fx
 from ember import _C, dynamo
 from ember._input import Input
 from ember._settings import CompileSettings
-from ember.logging import get_logger
+from ember.logging import Counters, get_logger
 
 __all__ = ["backend", "parse_options", "stats", "reset_stats"]
 
 log = get_logger("torch_compile")
 
-_stats_lock = threading.Lock()
-_stats = {"graphs": 0, "engine_graphs": 0, "pytorch_graphs": 0, "shape_builds": 0}
+_stats = Counters("graphs", "engine_graphs", "pytorch_graphs", "shape_builds")
 _grad_warned = False
 
 
@@ -42,19 +41,15 @@ def stats() -> dict:
     """Counters for this process: ``graphs`` (Dynamo graphs the backend received),
     ``engine_graphs`` (compiled through Ember), ``pytorch_graphs`` (left to PyTorch: gradients,
     unsupported inputs), ``shape_builds`` (compiles for a concrete shape outside any range)."""
-    with _stats_lock:
-        return dict(_stats)
+    return _stats.snapshot()
 
 
 def reset_stats() -> None:
-    with _stats_lock:
-        for k in _stats:
-            _stats[k] = 0
+    _stats.reset()
 
 
 def _count(name: str) -> None:
-    with _stats_lock:
-        _stats[name] += 1
+    _stats.count(name)
 
 
 def parse_options(options: dict | None) -> tuple[CompileSettings, list[Input] | None]:

@@ -42,12 +42,11 @@ import json
 import os
 import struct
 import tempfile
-import threading
 import time
 import warnings
 from typing import Any, Protocol, runtime_checkable
 
-from ember.logging import get_logger
+from ember.logging import Counters, get_logger
 
 __all__ = ["EngineCache", "DiskEngineCache", "build_segment", "engine_key", "key_description",
            "stats", "reset_stats", "default_cache_dir", "ENTRY_FORMAT_VERSION"]
@@ -62,28 +61,23 @@ _FILE_SUFFIX = ".ember-engine"
 #: Settings that change a built plan (CompileSettings.to_compiler names).
 BUILD_SETTINGS = ("backend", "optimization_level", "truncate_double", "channels_last")
 
-_stats_lock = threading.Lock()
-_stats = {"builds": 0, "hits": 0, "misses": 0, "stores": 0, "rejected": 0}
+_stats = Counters("builds", "hits", "misses", "stores", "rejected")
 
 
 def stats() -> dict:
     """Counters for this process: ``builds`` (engines built by the builder, by any path),
     ``hits`` (plans loaded from a cache), ``misses``, ``stores`` and ``rejected`` (entries that
     failed to load and were rebuilt)."""
-    with _stats_lock:
-        return dict(_stats)
+    return _stats.snapshot()
 
 
 def reset_stats() -> None:
     """Sets every counter of `stats()` to zero."""
-    with _stats_lock:
-        for k in _stats:
-            _stats[k] = 0
+    _stats.reset()
 
 
 def _count(name: str) -> None:
-    with _stats_lock:
-        _stats[name] += 1
+    _stats.count(name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import logging as _logging
 import sys
+import threading
 from typing import Iterator
 
-__all__ = ["logger", "get_logger", "debug", "info", "warnings", "errors", "set_level"]
+__all__ = ["logger", "get_logger", "debug", "info", "warnings", "errors", "set_level", "Counters"]
 
 #: The root of Ember's loggers.
 logger = _logging.getLogger("ember")
@@ -107,3 +108,26 @@ def errors() -> contextlib.AbstractContextManager:
 def set_level(level: int | str) -> None:
     """Sets the "ember" logger's level (logging.INFO or "INFO") for the rest of the process."""
     logger.setLevel(level)
+
+
+class Counters:
+    """Named event counters of one module, safe to bump from several threads: what the
+    `stats()` / `reset_stats()` functions of the torch.compile backend and the engine cache
+    report (tests assert on them)."""
+
+    def __init__(self, *names: str):
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(names, 0)
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            for k in self._counts:
+                self._counts[k] = 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ember
-from converters.harness import assert_close
+from converters.harness import assert_close, compile_cpu
 
 
 class LeNet(torch.nn.Module):
@@ -45,13 +45,6 @@ class WithSpecial(torch.nn.Module):
         y = torch.relu(self.a(x)) + 1.0
         y = torch.special.i0(y)
         return torch.relu(self.b(y)) * 2.0
-
-
-def compile_cpu(model, inputs, **kw):
-    report = ember.dynamo.CompilationReport()
-    ep = torch.export.export(model.eval(), tuple(inputs))
-    gm = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report, **kw)
-    return gm, report
 
 
 def engine_calls(gm):

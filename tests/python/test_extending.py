@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ember
+from converters.harness import compile_cpu
 from ember import _C, extending
 from converters.harness import assert_close
 
@@ -50,13 +51,6 @@ class AroundCustom(torch.nn.Module):
         y = torch.relu(self.a(x))
         y = torch.ops.ember_test.scaled_clamp(y, self.alpha, limit=self.limit)
         return torch.relu(self.b(y)) * 2.0
-
-
-def compile_cpu(model, inputs, **kw):
-    report = ember.dynamo.CompilationReport()
-    ep = torch.export.export(model.eval(), tuple(inputs))
-    gm = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report, **kw)
-    return gm, report
 
 
 def segments(report):

@@ -8,14 +8,7 @@ import pytest
 import torch
 
 import ember
-from converters.harness import assert_close
-
-
-def compile_cpu(model, inputs, **kw):
-    report = ember.dynamo.CompilationReport()
-    ep = torch.export.export(model.eval(), tuple(inputs))
-    gm = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report, **kw)
-    return gm, report
+from converters.harness import assert_close, compile_cpu
 
 
 def aten_targets(gm):

@@ -109,6 +109,15 @@ def check_op(fn: Callable | torch.nn.Module, inputs: Sequence[torch.Tensor], *,
     return compiled
 
 
+def compile_cpu(model, inputs, **kw):
+    """`model` exported and compiled for the CPU back end; returns (module, report). The
+    path-level tests (dynamo, extending, fallback accounting) share it."""
+    report = ember.dynamo.CompilationReport()
+    ep = torch.export.export(model.eval(), tuple(inputs))
+    gm = ember.dynamo.compile(ep, list(inputs), device="cpu", report=report, **kw)
+    return gm, report
+
+
 def _default_device():
     """Factory functions inside test modules (torch.arange, torch.full) make tensors on DEVICE."""
     import contextlib
