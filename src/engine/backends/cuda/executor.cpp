@@ -435,7 +435,6 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
   if (g.recent.size() > kRecentCalls) g.recent.erase(g.recent.begin());
   g.last_stream = stream;
 
-  const std::vector<size_t> sizes = io_sizes(net, dims, io_ids);
   GraphCache::Entry* staged = nullptr;
   size_t zero_copy = 0;
   for (GraphCache::Entry& e : g.entries) {
@@ -459,6 +458,8 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
     g.warm.push_back(signature);
     return;
   }
+  // Byte sizes of the I/O for the staging copies (not needed by a zero-copy replay above).
+  const std::vector<size_t> sizes = io_sizes(net, dims, io_ids);
   // At most kZeroCopyPerSignature, never replaced: addresses that rotate through more sets
   // than that would otherwise capture on every call. The staged graph serves the rest.
   const bool capture_zero_copy =
