@@ -50,6 +50,17 @@ def device_bytes() -> int:
     return 0
 
 
+def driver_used_bytes() -> int:
+    """Device memory in use on the GPU as the driver counts it (total - free): PyTorch's cache,
+    the CUDA context, and whatever Ember allocates outside PyTorch's allocator (cuDNN/cuBLASLt
+    handles, captured graphs)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+    return 0
+
+
 class Block(torch.nn.Module):
     def __init__(self, width: int = 64):
         super().__init__()
@@ -117,7 +128,7 @@ def soak(calls: int, threads: int = THREADS) -> dict:
     # for concurrent callers, exist before memory is measured.
     run_threads(2 * len(pool), sweep=True)
     gc.collect()
-    rss0, dev0 = host_rss_bytes(), device_bytes()
+    rss0, dev0, drv0 = host_rss_bytes(), device_bytes(), driver_used_bytes()
     checked[0] = 0
     start = time.perf_counter()
     run_threads(calls)
@@ -125,7 +136,8 @@ def soak(calls: int, threads: int = THREADS) -> dict:
     gc.collect()
     return {"errors": errors, "checked": checked[0], "calls": calls * threads,
             "seconds": seconds, "rss_growth": host_rss_bytes() - rss0,
-            "device_growth": device_bytes() - dev0, "device_after_warmup": dev0}
+            "device_growth": device_bytes() - dev0, "device_after_warmup": dev0,
+            "driver_growth": driver_used_bytes() - drv0, "driver_after_warmup": drv0}
 
 
 def warmup_cycles(count: int) -> int:
@@ -150,8 +162,10 @@ def cycles(count: int, warmup: int) -> dict:
         gc.collect()
         if i + 1 == warmup:
             marks["rss_warm"], marks["device_warm"] = host_rss_bytes(), device_bytes()
+            marks["driver_warm"] = driver_used_bytes()
     gc.collect()
     marks["rss_end"], marks["device_end"] = host_rss_bytes(), device_bytes()
+    marks["driver_end"] = driver_used_bytes()
     marks["cycles"] = count
     return marks
 
@@ -195,13 +209,16 @@ def main() -> int:
     print(f"soak ({DEVICE}): {THREADS} threads x {args.calls} calls in {r['seconds']:.1f} s, "
           f"{r['checked']} checked against eager, {len(r['errors'])} errors; host RSS "
           f"{r['rss_growth'] / mib:+.1f} MiB, device {r['device_growth'] / mib:+.2f} MiB "
-          f"after warm-up ({r['device_after_warmup'] / mib:.1f} MiB held)")
+          f"after warm-up ({r['device_after_warmup'] / mib:.1f} MiB held); driver-counted "
+          f"device use {r['driver_growth'] / mib:+.1f} MiB ({r['driver_after_warmup'] / mib:.0f} "
+          f"MiB after warm-up)")
     for e in r["errors"][:20]:
         print("  " + e)
     c = cycles(args.cycles, warmup_cycles(args.cycles))
     print(f"cycles ({DEVICE}): {c['cycles']} compile/run/free; host RSS "
           f"{c['rss_warm'] / mib:.1f} -> {c['rss_end'] / mib:.1f} MiB after warm-up, device "
-          f"{c['device_warm'] / mib:.2f} -> {c['device_end'] / mib:.2f} MiB")
+          f"{c['device_warm'] / mib:.2f} -> {c['device_end'] / mib:.2f} MiB (driver-counted "
+          f"{c['driver_warm'] / mib:.0f} -> {c['driver_end'] / mib:.0f} MiB)")
     return 1 if r["errors"] else 0
 
 

@@ -4,6 +4,9 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -546,6 +549,63 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
 
 // ---------------------------------------------------------------- execution
 
+namespace {
+
+/// EMBER_LAYER_PROFILE=1: host time spent enqueueing each layer kind on the layer-by-layer
+/// path (descriptors, lookups, launches; the GPU work itself is asynchronous), summed over the
+/// process and printed to stderr at exit. It answers "where does a call that cannot replay a
+/// graph spend its host time".
+class HostProfile {
+ public:
+  static HostProfile* get() {
+    static HostProfile* p = [] {
+      const char* e = std::getenv("EMBER_LAYER_PROFILE");
+      return e != nullptr && e[0] == '1' ? new HostProfile() : nullptr;
+    }();
+    return p;
+  }
+  void add(LayerKind kind, double us) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& [total, count] = totals_[kind];
+    total += us;
+    ++count;
+  }
+  void add_call(double us) {
+    std::lock_guard<std::mutex> lock(mu_);
+    call_us_ += us;
+    ++calls_;
+  }
+
+ private:
+  HostProfile() { std::atexit([] { get()->print(); }); }
+  void print() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (calls_ == 0) return;
+    std::fprintf(stderr, "[ember layer profile] %lld layer-by-layer calls, %.1f us host time each\n",
+                 static_cast<long long>(calls_), call_us_ / static_cast<double>(calls_));
+    std::vector<std::pair<double, LayerKind>> order;
+    for (const auto& [kind, tc] : totals_) order.emplace_back(tc.first, kind);
+    std::sort(order.rbegin(), order.rend());
+    for (const auto& [total, kind] : order) {
+      const int64_t n = totals_[kind].second;
+      std::fprintf(stderr, "[ember layer profile]   %-22s %8.1f us/call  %6.2f us/layer  %5.1f layers/call\n",
+                   layer_kind_name(kind), total / static_cast<double>(calls_),
+                   total / static_cast<double>(n),
+                   static_cast<double>(n) / static_cast<double>(calls_));
+    }
+  }
+  std::mutex mu_;
+  std::map<LayerKind, std::pair<double, int64_t>> totals_;
+  double call_us_ = 0.0;
+  int64_t calls_ = 0;
+};
+
+double micros_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
                     const std::vector<void*>& addrs, const SymbolBindings* symbols,
                     const DeviceWeights& weights, ContextState& state, cudaStream_t stream) {
@@ -553,6 +613,8 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
   for (const Tensor* t : net.tensors()) {
     views[t->id()] = DeviceTensor{t->dtype(), dims[t->id()], addrs[t->id()]};
   }
+  HostProfile* profile = capturing(stream) ? nullptr : HostProfile::get();
+  const auto call_start = std::chrono::steady_clock::now();
   state.resources().set_stream(stream);
   CudaArgs args;
   args.symbols = symbols;
@@ -574,12 +636,15 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
     args.outputs.clear();
     for (const Tensor* in : l->inputs()) args.inputs.push_back(in ? &views[in->id()] : nullptr);
     for (const Tensor* out : l->outputs()) args.outputs.push_back(&views[out->id()]);
+    const auto layer_start = std::chrono::steady_clock::now();
     try {
       std::visit([&args](const auto& p) { run(p, args); }, l->params());
     } catch (const Error& e) {
       throw Error(l->describe() + " (cuda): " + e.what());
     }
+    if (profile != nullptr) profile->add(l->kind(), micros_since(layer_start));
   }
+  if (profile != nullptr) profile->add_call(micros_since(call_start));
 }
 
 }  // namespace ember::engine::cuda

@@ -1,0 +1,142 @@
+"""Ember against itself: one model compiled several ways, timed in one process on the GPU.
+
+    python bench/variants.py --rows resnet50:1,bert:32 [--variants half,graphs_off,...]
+                             [--iters 50] [--json out.json]
+
+Variants (each compiled from the same random weights, inputs and f32 reference):
+- `half`: the model `.half()`ed by hand (what bench.py times);
+- `graphs_off`: the same with `cuda_graphs=False`, so every call runs layer by layer; its
+  `host_us` is the host time of one call when calls are enqueued back to back (no
+  synchronization between them): when it exceeds the GPU time, the call is host-bound;
+- `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
+  "within 5% of the hand-.half() model, cosine at least as good");
+- `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
+  `attn_implementation="eager"` (attention written out, which Ember's recognize_attention pass
+  rewrites into one Attention layer) or `"sdpa"` (issue 16's attention-rewrite figure).
+Eager PyTorch f16 is timed in the same process for scale. Set EMBER_LAYER_PROFILE=1 to have the
+CUDA back end print, at exit, the host time per layer kind of the layer-by-layer calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import ember
+from bench import accuracy, first_tensor, make, median_ms
+
+VARIANTS = ("half", "graphs_off", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa")
+
+
+def make_hf(name: str, batch: int, attn: str):
+    """bert/gpt2 with the given attention implementation (random weights, as bench.make)."""
+    import transformers
+    if name == "bert":
+        cfg = transformers.BertConfig()
+        vocab = 30522
+    elif name == "gpt2":
+        cfg = transformers.GPT2Config(use_cache=False)
+        vocab = 50257
+    else:
+        raise ValueError(f"attn_* variants need a Hugging Face row (bert, gpt2), not '{name}'")
+    model = transformers.AutoModel.from_config(cfg, attn_implementation=attn)
+    return model.eval().cuda(), torch.randint(0, vocab, (batch, 128)).cuda()
+
+
+def host_us(fn, x, calls: int = 50) -> float:
+    """Host microseconds per call when `calls` calls are enqueued back to back."""
+    with torch.no_grad():
+        fn(x)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(x)
+        host = time.perf_counter() - start
+        torch.cuda.synchronize()
+    return host / calls * 1e6
+
+
+def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:
+    torch.manual_seed(0)
+    if variant.startswith("attn_"):
+        model, x = make_hf(name, batch, variant[len("attn_"):])
+    else:
+        model, x = make(name, batch)
+    with torch.no_grad():
+        ref = first_tensor(model(x)).float()
+    settings: dict = {}
+    if variant.startswith("autocast_"):
+        settings = dict(enable_autocast=True, autocast_low_precision_type=(
+            torch.float16 if variant.endswith("f16") else torch.bfloat16))
+        xin = x
+    else:
+        model = model.half()
+        xin = x.half() if x.is_floating_point() else x
+    if variant == "graphs_off":
+        settings["cuda_graphs"] = False
+    report = ember.dynamo.CompilationReport()
+    start = time.perf_counter()
+    gm = ember.compile(model, inputs=[xin], device="cuda", report=report, **settings)
+    row[f"{variant}_build_s"] = time.perf_counter() - start
+    row[f"{variant}_engines"] = len(report.engines)
+    row[f"{variant}_fallback_nodes"] = len(report.fallback)
+    row[f"{variant}_ms"] = median_ms(gm, xin, iters)
+    row[f"{variant}_host_us"] = host_us(gm, xin)
+    with torch.no_grad():
+        row[f"{variant}_cos"], row[f"{variant}_maxerr"] = accuracy(
+            first_tensor(gm(xin)).float(), ref)
+    if variant in ("half", "graphs_off") or variant.startswith("attn_"):
+        with torch.no_grad():
+            row[f"eager_{variant}_ms"] = median_ms(model, xin, iters)
+    del gm
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="resnet50:1,resnet50:32,bert:1,bert:32,gpt2:1,gpt2:32")
+    p.add_argument("--variants", default="half,graphs_off,autocast_f16,autocast_bf16")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    rows = []
+    for spec in args.rows.split(","):
+        name, batch = spec.split(":")
+        row = {"model": name, "batch": int(batch), "gpu": torch.cuda.get_device_name()}
+        for v in variants:
+            if v.startswith("attn_") and name not in ("bert", "gpt2"):
+                continue
+            try:
+                run_variant(row, v, name, int(batch), args.iters)
+            except Exception as e:  # noqa: BLE001 - a failing variant is reported, others run
+                row[f"{v}_error"] = f"{type(e).__name__}: {e}"
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
+    print("| model | batch | variant | Ember ms | host us/call | eager f16 ms | build s | "
+          "engines | fallback | cosine vs f32 |")
+    print("|" + " --- |" * 10)
+    for r in rows:
+        for v in variants:
+            if f"{v}_ms" not in r:
+                if f"{v}_error" in r:
+                    print(f"| {r['model']} | {r['batch']} | {v} | error: {r[f'{v}_error'][:80]} |")
+                continue
+            eager = r.get(f"eager_{v}_ms")
+            print(f"| {r['model']} | {r['batch']} | {v} | {r[f'{v}_ms']:.3f} | "
+                  f"{r[f'{v}_host_us']:.0f} | {'-' if eager is None else f'{eager:.3f}'} | "
+                  f"{r[f'{v}_build_s']:.1f} | {r[f'{v}_engines']} | {r[f'{v}_fallback_nodes']} | "
+                  f"{r[f'{v}_cos']:.6f} |")
+
+
+if __name__ == "__main__":
+    main()
