@@ -298,6 +298,51 @@ TEST(CudaDeviceAllocator, AFailingAllocatorIsAnErrorThatNamesTheMemory) {
                      {"device allocator failed for the engine weights", "out of test memory"});
 }
 
+TEST(CudaPrepared, LayerByLayerCallsKeepDescriptorsAcrossAddressesAndShapes) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // With graphs off every call runs layer by layer; a convolution (bias and relu fused) and a
+  // GEMM (bias epilogue) keep their descriptors and algorithm from one call to the next
+  // (Resources::prepared) and must remake them when a shape changes. Each call gets new buffer
+  // addresses (CudaRunner allocates afresh), and shapes go A, A, B, A.
+  for (DataType t : {DataType::kF32, DataType::kF16}) {
+    Network net;
+    const DimExpr n = DimExpr::symbol("n"), h = DimExpr::symbol("h");
+    Tensor* x = net.add_input("x", t, {n, 3, h, 10});
+    Tensor* v = net.add_input("v", t, {n, 16});
+    const TestTensor w = TestTensor::random(t, {4, 3, 3, 3}, 41, -0.5f, 0.5f);
+    const TestTensor b = TestTensor::random(t, {4}, 42);
+    const TestTensor m = TestTensor::random(t, {16, 8}, 43, -0.5f, 0.5f);
+    const TestTensor mb = TestTensor::random(t, {8}, 44);
+    auto constant = [&](const TestTensor& c, const char* name) {
+      return net.add_constant(Weights::copy(t, c.dims, c.bytes.data()), name)->output();
+    };
+    ConvolutionParams p;
+    p.stride = {1, 1};
+    p.padding_begin = p.padding_end = {1, 1};
+    p.dilation = {1, 1};
+    p.groups = 1;
+    Tensor* y = net.add_convolution(x, constant(w, "w"), constant(b, "b"), p)->output();
+    net.mark_output(net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output(), "y");
+    Tensor* z = net.add_matrix_multiply(v, false, constant(m, "m"), false, "mm")->output();
+    net.mark_output(net.add_elementwise(z, constant(mb, "mb"), ElementWiseOp::kSum, "bias")->output(),
+                    "z");
+    std::vector<OptimizationProfile> profiles(1);
+    profiles[0].set_range("n", 1, 2, 4);
+    profiles[0].set_range("h", 4, 8, 16);
+    test::CudaRunner runner(net, {}, profiles);
+    runner.context().set_cuda_graphs(false);
+    uint32_t seed = 50;
+    for (auto [batch, height] : {std::pair<int64_t, int64_t>{2, 8}, {2, 8}, {3, 13}, {2, 8}}) {
+      const std::vector<TestTensor> in = {TestTensor::random(t, {batch, 3, height, 10}, seed++),
+                                          TestTensor::random(t, {batch, 16}, seed++)};
+      test::expect_matches_cpu(net, in, runner.run(in),
+                               std::string(dtype_name(t)) + " n=" + std::to_string(batch) +
+                                   " h=" + std::to_string(height));
+    }
+    EXPECT_EQ(runner.context().cuda_graph_stats().replays, 0);
+  }
+}
+
 }  // namespace
 }  // namespace ember::engine
 

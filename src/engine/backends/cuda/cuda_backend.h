@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ember/engine/layers.h"
@@ -82,6 +83,13 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+/// What a kernel prepares on a layer's first call and reuses on later ones while the layer's
+/// shapes stay the same (library descriptors, the chosen algorithm, its workspace need): the
+/// layer-by-layer path then skips descriptor creation, problem text and timing-cache lookups.
+struct PreparedLaunch {
+  virtual ~PreparedLaunch() = default;
+};
+
 /// Library handles and scratch memory of one context (created on first use).
 class Resources {
  public:
@@ -107,6 +115,11 @@ class Resources {
   /// The engine's timing cache (algorithm choices per problem), or nullptr: then every problem
   /// is chosen afresh and nothing is kept.
   TimingCache* timing_cache() const { return timing_; }
+  /// The state prepared for slot `slot` (< 8) of `layer` by its kernel, or nullptr (also always
+  /// nullptr with EMBER_CUDA_PREPARED=0, for A/B timing of what preparing saves).
+  PreparedLaunch* prepared(const void* layer, int slot) const;
+  /// Keeps `p` for (layer, slot), replacing what was there.
+  void set_prepared(const void* layer, int slot, std::unique_ptr<PreparedLaunch> p);
 
  private:
   cudaStream_t stream_;
@@ -118,6 +131,8 @@ class Resources {
   size_t staging_bytes_ = 0;
   void* cublaslt_ = nullptr;
   void* cudnn_ = nullptr;
+  // Keyed by the layer's address plus the slot (layers are at least 8-byte aligned).
+  std::unordered_map<uintptr_t, std::unique_ptr<PreparedLaunch>> prepared_;
 };
 
 /// Inputs (nullptr for absent optional ones) and outputs of one kernel call.

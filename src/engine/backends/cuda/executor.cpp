@@ -218,6 +218,30 @@ void* Resources::cudnn() {
 
 // ---------------------------------------------------------------- DeviceWeights
 
+namespace {
+bool prepared_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMBER_CUDA_PREPARED");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+uintptr_t prepared_key(const void* layer, int slot) {
+  return reinterpret_cast<uintptr_t>(layer) + static_cast<uintptr_t>(slot);
+}
+}  // namespace
+
+PreparedLaunch* Resources::prepared(const void* layer, int slot) const {
+  if (!prepared_enabled()) return nullptr;
+  const auto it = prepared_.find(prepared_key(layer, slot));
+  return it == prepared_.end() ? nullptr : it->second.get();
+}
+
+void Resources::set_prepared(const void* layer, int slot, std::unique_ptr<PreparedLaunch> p) {
+  if (!prepared_enabled() || p == nullptr) return;
+  prepared_[prepared_key(layer, slot)] = std::move(p);
+}
+
 DeviceWeights::DeviceWeights(const Network& net, std::shared_ptr<DeviceAllocator> allocator) {
   constexpr int64_t kAlign = 256;
   int64_t total = 0;

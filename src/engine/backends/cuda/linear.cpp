@@ -24,6 +24,7 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdlib>
 #include <cstdio>
@@ -283,14 +284,48 @@ cublasLtMatmulAlgo_t gemm_algo(const LtCall& call, cublasLtMatmulPreference_t pr
   return results[best].algo;
 }
 
-void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
+/// A GEMM layer's cuBLASLt descriptors and algorithm, kept in the context's Resources between
+/// calls while the problem (everything but the operand addresses) stays the same.
+struct GemmPrep : PreparedLaunch {
+  std::array<int64_t, 20> key{};
+  Owned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> op;
+  LtLayout first, second, out;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+/// Runs `g`. `reusable`: the layer runs exactly this one GEMM per call, so its descriptors and
+/// algorithm may be kept for the next call (a layer that splits into several GEMMs makes them
+/// afresh each time).
+void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args, bool reusable) {
   auto handle = static_cast<cublasLtHandle_t>(args.res->cublaslt());
   const cudaDataType_t type = lt_type(dtype);
   const size_t esize = dtype_size(dtype);
-  // Column-major view: C^T [n x m] = op(B)^T [n x k] * op(A)^T [k x m]. The stored row-major
-  // B is, read column-major, B^T (or B when trans_b), so the library's first operand is B with
-  // the same transpose flag, and its second operand is A.
-  Owned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> op;
+  const uint32_t align_first = alignment_of({reinterpret_cast<uint64_t>(g.b),
+                                             static_cast<uint64_t>(g.stride_b) * esize});
+  const uint32_t align_second = alignment_of({reinterpret_cast<uint64_t>(g.a),
+                                              static_cast<uint64_t>(g.stride_a) * esize});
+  const uint32_t align_out = alignment_of({reinterpret_cast<uint64_t>(g.c),
+                                           reinterpret_cast<uint64_t>(g.residual),
+                                           static_cast<uint64_t>(g.stride_c) * esize});
+  const float alpha = g.scale, beta = g.residual != nullptr ? 1.0f : 0.0f;
+  uint32_t scale_bits = 0;
+  std::memcpy(&scale_bits, &g.scale, sizeof scale_bits);
+  const std::array<int64_t, 20> key = {
+      g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b,
+      g.stride_c, g.batch, static_cast<int64_t>(reinterpret_cast<uintptr_t>(g.bias)),
+      g.residual != nullptr, static_cast<int64_t>(g.act), scale_bits, align_first, align_second,
+      align_out, static_cast<int64_t>(dtype)};
+  auto* kept = reusable ? static_cast<GemmPrep*>(args.res->prepared(args.layer, 0)) : nullptr;
+  if (kept != nullptr && kept->key == key) {
+    const LtCall call{handle, kept->op.h, kept->first.h, kept->second.h, kept->out.h, &alpha,
+                      &beta, g.b, g.a, g.residual != nullptr ? g.residual : g.c,
+                      args.res->workspace(kWorkspaceBytes), args.stream()};
+    lt_check(call.run(kept->algo, g.c), "cublasLtMatmul");
+    return;
+  }
+  auto prep = std::make_unique<GemmPrep>();
+  prep->key = key;
+  auto& op = prep->op;
   lt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
            "cublasLtMatmulDescCreate");
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -323,7 +358,9 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
                                             sizeof(epilogue)),
              "set epilogue");
   }
-  LtLayout first, second, out;
+  LtLayout& first = prep->first;
+  LtLayout& second = prep->second;
+  LtLayout& out = prep->out;
   if (g.trans_b) {
     make_layout(first, type, g.k, g.n, g.ldb, g.batch, g.stride_b);
   } else {
@@ -344,13 +381,6 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
   lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                 &ws, sizeof(ws)),
            "set workspace preference");
-  const uint32_t align_first = alignment_of({reinterpret_cast<uint64_t>(g.b),
-                                             static_cast<uint64_t>(g.stride_b) * esize});
-  const uint32_t align_second = alignment_of({reinterpret_cast<uint64_t>(g.a),
-                                              static_cast<uint64_t>(g.stride_a) * esize});
-  const uint32_t align_out = alignment_of({reinterpret_cast<uint64_t>(g.c),
-                                           reinterpret_cast<uint64_t>(g.residual),
-                                           static_cast<uint64_t>(g.stride_c) * esize});
   lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                 &align_first, sizeof(align_first)),
            "set alignment A");
@@ -363,7 +393,6 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
   lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                 &align_out, sizeof(align_out)),
            "set alignment D");
-  const float alpha = g.scale, beta = g.residual != nullptr ? 1.0f : 0.0f;
   LtCall call{handle, op.h, first.h, second.h, out.h, &alpha, &beta, g.b, g.a,
               g.residual != nullptr ? g.residual : g.c, args.res->workspace(kWorkspaceBytes),
               args.stream()};
@@ -386,6 +415,11 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args) {
                                               args.res->timing_cache(), out_extent,
                                               args.res->allocator());
   lt_check(call.run(algo, g.c), "cublasLtMatmul");
+  // Kept unless the algorithm is a capture's untimed heuristic guess.
+  if (reusable && !capturing(args.stream())) {
+    prep->algo = algo;
+    args.res->set_prepared(args.layer, 0, std::move(prep));
+  }
 }
 
 // ---------------------------------------------------------------- cuDNN convolution
@@ -808,6 +842,21 @@ struct ConvWorkspace {
   ~ConvWorkspace() { release_scratch(); }
 };
 
+/// A convolution layer's descriptors, chosen algorithm and workspace need, kept in the
+/// context's Resources between calls while the shapes and the epilogue operands stay the same.
+struct ConvPrep : PreparedLaunch {
+  std::vector<int64_t> x_dims, y_dims;
+  bool bias = false, residual = false;
+  ConvSetup s;
+  FusedConvSetup f;
+  ConvChoice choice;
+  size_t needed = 0;
+  bool matches(const std::vector<int64_t>& x, const std::vector<int64_t>& y, const void* b,
+               const void* r) const {
+    return x == x_dims && y == y_dims && bias == (b != nullptr) && residual == (r != nullptr);
+  }
+};
+
 }  // namespace
 
 void run(const ConvolutionParams& p, const CudaArgs& a) {
@@ -828,19 +877,33 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                     a.stream());
     return;
   }
-  ConvSetup s;
-  if (!make_conv_setup(s, kLayer, x.dtype, x.dims, w.dims, y.dims, p.stride, p.padding_begin,
-                       p.padding_end, p.dilation, p.groups, p.channels_last)) {
-    host_fallback(a);  // asymmetric padding or sizes beyond cuDNN's int
-    return;
+  // The descriptors and the choice of this layer's last call, when its shapes and epilogue
+  // operands are the same again (the layer-by-layer path's common case); else made afresh.
+  auto* prep = static_cast<ConvPrep*>(a.res->prepared(a.layer, 0));
+  const bool reuse = prep != nullptr && prep->matches(x.dims, y.dims, bias, residual);
+  std::unique_ptr<ConvPrep> fresh;
+  if (!reuse) {
+    fresh = std::make_unique<ConvPrep>();
+    prep = fresh.get();
+    prep->x_dims = x.dims;
+    prep->y_dims = y.dims;
+    prep->bias = bias != nullptr;
+    prep->residual = residual != nullptr;
+    if (!make_conv_setup(prep->s, kLayer, x.dtype, x.dims, w.dims, y.dims, p.stride,
+                         p.padding_begin, p.padding_end, p.dilation, p.groups,
+                         p.channels_last)) {
+      host_fallback(a);  // asymmetric padding or sizes beyond cuDNN's int
+      return;
+    }
   }
+  ConvSetup& s = prep->s;
+  FusedConvSetup& f = prep->f;
   // cuDNN's fused call computes y = act(alpha1 conv(x) + alpha2 z + bias) in f32 and rounds
   // once: the epilogue exactly when it has a bias and its activation is relu or none.
   const bool relu = p.epilogue.fused_activation && p.epilogue.activation == ActivationType::kRelu;
   const bool fusable = conv_fusion_mode() != ConvFusion::kOff && bias != nullptr &&
                        (!p.epilogue.fused_activation || relu);
-  FusedConvSetup f;
-  if (fusable) make_fused_setup(f, s, channels, y.dims.size(), relu, kLayer);
+  if (fusable && !reuse) make_fused_setup(f, s, channels, y.dims.size(), relu, kLayer);
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
   ConvWorkspace ws(a.stream());
   const float alpha = static_cast<float>(p.epilogue.scale), zero = 0.0f, one = 1.0f;
@@ -866,6 +929,17 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     }
     return status;
   };
+  if (reuse) {
+    ws.settle(*a.res, prep->needed);
+    const ConvChoice& choice = prep->choice;
+    const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo);
+    if (choice.fused && launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
+                                     residual != nullptr ? &one : &zero)) {
+      return;
+    }
+    dnn_check(launch_plain(algo, choice.math), kLayer, "cudnnConvolutionForward");
+    return;
+  }
   TimingCache* cache = a.res->timing_cache();
   // The key names the epilogue's operands and the fusion mode too: the stored choice says
   // whether the call is fused, which was timed with exactly these operands.
@@ -955,6 +1029,12 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
       cudnnGetConvolutionForwardWorkspaceSize(handle, s.x.h, s.w.h, s.conv.h, s.y.h, algo,
                                               &needed) != CUDNN_STATUS_SUCCESS) {
     needed = kConvWorkspaceBytes;
+  }
+  // Kept for the next call unless the choice is a capture's untimed heuristic guess.
+  if (found || !capturing(a.stream())) {
+    prep->choice = choice;
+    prep->needed = needed;
+    a.res->set_prepared(a.layer, 0, std::move(fresh));
   }
   ws.settle(*a.res, needed);
   // z = y with alpha2 = 0 when there is no residual: a zero scale means z is not read (cuDNN's
@@ -1141,7 +1221,7 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
   if (!ta && ra >= 2 && b_count == 1) {
     // One shared b: a's batch entries are consecutive row blocks of one [batch*M, K] matrix.
     g.m = batch * m;
-    run_gemm(g, at.dtype, a);
+    run_gemm(g, at.dtype, a, /*reusable=*/true);
     finish();
     return;
   }
@@ -1162,7 +1242,7 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
       if (residual != nullptr) {
         chunk.residual = static_cast<const uint8_t*>(residual) + first * g.stride_c * esize;
       }
-      run_gemm(chunk, at.dtype, a);
+      run_gemm(chunk, at.dtype, a, /*reusable=*/batch <= INT_MAX);
     }
     finish();
     return;
@@ -1201,7 +1281,7 @@ void run(const MatrixMultiplyParams& p, const CudaArgs& a) {
     one.b = static_cast<const uint8_t*>(bt.data) + b_off * k * n * esize;
     one.c = static_cast<uint8_t*>(ot.data) + i * m * n * esize;
     if (residual != nullptr) one.residual = static_cast<const uint8_t*>(residual) + i * m * n * esize;
-    run_gemm(one, at.dtype, a);
+    run_gemm(one, at.dtype, a, /*reusable=*/false);
   }
   finish();
 }
