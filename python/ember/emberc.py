@@ -1,6 +1,7 @@
 """emberc: Ember's command-line compiler (the role of torchtrtc).
 
     emberc model.ts model_ember.ts --input "[(1,3,224,224);(4,3,224,224);(8,3,224,224)]@f16"
+    emberc model.pt2 --input "(8,3,224,224)" --enable-autocast --accuracy-report report.json
 
 Input: a TorchScript file (torch.jit.save) or a saved ExportedProgram (.pt2, torch.export.save).
 TorchScript goes through the C++ TorchScript frontend (src/torch/torchscript/); an
@@ -63,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-engine", action="store_true",
                    help="write the serialized plan of ONE engine for the whole method instead "
                         "of a module (fails when anything would run in TorchScript)")
+    p.add_argument("--enable-autocast", action="store_true",
+                   help="run f32 nodes in low precision where the autocast rules allow "
+                        "(docs/precision.md)")
+    p.add_argument("--autocast-type", choices=["f16", "bf16"], default=None,
+                   help="autocast's low-precision type (default f16)")
+    p.add_argument("--accuracy-report", nargs="?", const="", default=None, metavar="REPORT.json",
+                   help="(ExportedProgram input) instead of writing a module, compare the "
+                        "compiled program layer by layer against the program run in f32 "
+                        "(ember.debug.compare) on --inputs-file or on random inputs of each "
+                        "--input's opt shape; prints every layer's error, the first jump, the "
+                        "worst and what to exclude, and writes the report as JSON when a path "
+                        "is given")
+    p.add_argument("--inputs-file", default=None, metavar="INPUTS.pt",
+                   help="torch.save'd tuple or list of tensors for --accuracy-report")
     p.add_argument("--custom-converters", action="append", default=[], metavar="LIB.so",
                    help="a shared library of converters to load first (repeatable)")
     p.add_argument("--debug", action="store_true", help="print the partition and build logs")
@@ -97,8 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     kind = _kind(args.input_file)
     if kind not in ("torchscript", "exported_program"):
         return _fail(f"'{args.input_file}' cannot be read: {kind}", EXIT_USAGE)
-    if not args.check_method_support and not args.output_file:
-        return _fail("an output file is required (or use --check-method-support)", EXIT_USAGE)
+    report_only = args.accuracy_report is not None
+    if not args.check_method_support and not report_only and not args.output_file:
+        return _fail("an output file is required (or use --check-method-support or "
+                     "--accuracy-report)", EXIT_USAGE)
+    if report_only and kind != "exported_program":
+        return _fail("--accuracy-report takes an ExportedProgram (.pt2, torch.export.save): the "
+                     "report matches engine layers to FX graph nodes", EXIT_USAGE)
+    if args.inputs_file is not None and not os.path.isfile(args.inputs_file):
+        return _fail(f"--inputs-file: no file '{args.inputs_file}'", EXIT_USAGE)
+    if args.inputs_file is not None and not report_only:
+        return _fail("--inputs-file is used by --accuracy-report only", EXIT_USAGE)
     if args.min_block_size is not None and args.min_block_size < 1:
         return _fail("--min-block-size must be >= 1", EXIT_USAGE)
     for lib in args.custom_converters:
@@ -131,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         settings["min_block_size"] = args.min_block_size
     if args.device is not None:
         settings["device"] = args.device
+    if args.enable_autocast or args.autocast_type is not None:
+        settings["enable_autocast"] = True
+        settings["autocast_low_precision_type"] = (
+            torch.bfloat16 if args.autocast_type == "bf16" else torch.float16)
 
     try:
         if kind == "torchscript":
@@ -155,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             report = compiled.ember_report
         else:
             ep = torch.export.load(args.input_file)
+            if report_only:
+                return _accuracy_report(ep, specs, settings, args)
             if args.check_method_support:
                 report = ember.dynamo.CompilationReport()
                 settings["min_block_size"] = 1  # support, not segment sizes
@@ -181,6 +211,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"emberc: wrote {args.output_file} ({engines} engine(s))")
     if args.debug:
         print(str(report), file=sys.stderr)
+    return 0
+
+
+def _accuracy_report(ep, specs, settings: dict, args) -> int:
+    """--accuracy-report: ember.debug.compare on the program, the table on stdout, the JSON
+    report in the given file."""
+    import torch
+
+    from ember import debug
+
+    if args.inputs_file is not None:
+        try:
+            inputs = torch.load(args.inputs_file)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a usage error
+            return _fail(f"--inputs-file {args.inputs_file} cannot be read: {e}", EXIT_USAGE)
+        if isinstance(inputs, torch.Tensor):
+            inputs = (inputs,)
+        if not isinstance(inputs, (list, tuple)) or not all(
+                isinstance(x, torch.Tensor) for x in inputs):
+            return _fail(f"--inputs-file {args.inputs_file} must hold a tensor or a tuple/list "
+                         "of tensors", EXIT_USAGE)
+    elif specs:
+        torch.manual_seed(0)
+        inputs = tuple(s.example("opt") for s in specs)
+    else:
+        return _fail("--accuracy-report needs --input specs (random inputs of their opt shape) "
+                     "or --inputs-file", EXIT_USAGE)
+    settings = {k: v for k, v in settings.items() if k != "debug"}
+    device = settings.get("device")
+    if device == "cuda":
+        inputs = tuple(x.cuda() for x in inputs)
+    try:
+        report = debug.compare(ep, settings, list(inputs))
+    except AssertionError as e:  # torch.export's guards on input shapes
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        return _fail(f"--accuracy-report: the inputs ({shapes}) do not fit the program: {e}")
+    print(str(report))  # every layer, then the outputs, first jump, worst and a suggestion
+    if args.accuracy_report:
+        report.to_json(args.accuracy_report)
+        print(f"emberc: wrote the per-layer report ({len(report.to_dict().get('layers', []))} "
+              f"layers) to {args.accuracy_report}")
     return 0
 
 

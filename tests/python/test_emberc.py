@@ -145,3 +145,40 @@ def test_command_line(files):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and "expected '(1,3,224,224)'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_accuracy_report(files, tmp_path, capsys):
+    # The per-layer report from the command line (issue 17, section 3): autocast to f16 on the
+    # CPU back end, random inputs of the --input's opt shape, and then from an inputs file.
+    path = tmp_path / "report.json"
+    assert run(files["lenet.pt2"], "--input", "(2,1,32,32)", "--device", "cpu",
+               "--enable-autocast", "--min-block-size", "1", "--accuracy-report", path) == 0
+    out = capsys.readouterr().out
+    assert "suggestion:" in out and "worst:" in out
+    import json
+    report = json.loads(path.read_text())
+    engine_layers = [e for e in report["layers"] if e["where"] == "engine"]
+    assert engine_layers and {e["dtype"] for e in engine_layers} & {"f16"}
+    assert all(float(e["cosine"]) > 0.99 for e in report["outputs"])
+    inputs = tmp_path / "inputs.pt"
+    torch.save((torch.randn(2, 1, 32, 32),), inputs)
+    assert run(files["lenet.pt2"], "--device", "cpu", "--inputs-file", inputs,
+               "--accuracy-report") == 0
+    assert "worst:" in capsys.readouterr().out
+    torch.save((torch.randn(3, 1, 32, 32),), inputs)  # the program was exported at batch 2
+    assert run(files["lenet.pt2"], "--device", "cpu", "--inputs-file", inputs,
+               "--accuracy-report") == 1
+    assert "(3, 1, 32, 32)) do not fit the program" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lenet.ts", "--input", "(2,1,32,32)", "--accuracy-report"], "takes an ExportedProgram"),
+    (["lenet.pt2", "--accuracy-report"], "needs --input specs"),
+    (["lenet.pt2", "--accuracy-report", "--inputs-file", "missing.pt"], "no file 'missing.pt'"),
+    (["lenet.pt2", "out.ts", "--input", "(2,1,32,32)", "--inputs-file", "lenet.ts"],
+     "used by --accuracy-report only"),
+])
+def test_accuracy_report_bad_input(files, capsys, argv, message):
+    argv = [files.get(a, a) if isinstance(files.get(a), str) else a for a in argv]
+    assert run(*argv) == 2
+    assert message in capsys.readouterr().err
