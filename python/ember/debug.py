@@ -118,6 +118,56 @@ class AccuracyReport:
                 f.write(text + "\n")
         return text
 
+    def to_svg(self, path: str | None = None, width: int = 900, height: int = 320) -> str:
+        """The relative error of every layer along the network (log scale) as an SVG picture:
+        engine layers in orange, PyTorch ones in grey, the first jump and the worst marked.
+        Returned as text; also written to `path` when given. No plotting library needed."""
+        import html
+        pad_l, pad_r, pad_t, pad_b = 60, 20, 20, 40
+        pts = [(i, e) for i, e in enumerate(self.layers) if math.isfinite(e.rel_error)]
+        floor = 1e-8
+        logs = [math.log10(max(e.rel_error, floor)) for _, e in pts] or [0.0]
+        lo, hi = math.floor(min(logs)), math.ceil(max(logs))
+        hi = hi if hi > lo else lo + 1
+        n = max(1, len(self.layers) - 1)
+
+        def xy(i: int, err: float) -> tuple[float, float]:
+            x = pad_l + (width - pad_l - pad_r) * i / n
+            v = math.log10(max(err, floor))
+            y = pad_t + (height - pad_t - pad_b) * (hi - v) / (hi - lo)
+            return x, y
+
+        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+               f'font-family="sans-serif" font-size="11">',
+               f'<rect width="{width}" height="{height}" fill="white"/>']
+        for d in range(lo, hi + 1):  # one grid line per decade
+            _, y = xy(0, 10.0 ** d)
+            out.append(f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{y:.1f}" y2="{y:.1f}" '
+                       f'stroke="#ddd"/><text x="{pad_l - 6}" y="{y + 4:.1f}" '
+                       f'text-anchor="end">1e{d}</text>')
+        line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, e.rel_error) for i, e in pts))
+        out.append(f'<polyline points="{line}" fill="none" stroke="#888" stroke-width="1"/>')
+        for i, e in pts:
+            x, y = xy(i, e.rel_error)
+            color = "#e8710a" if e.where == "engine" else "#999"
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"><title>'
+                       f'{html.escape(e.node)} ({html.escape(e.op)}, {e.dtype}): rel_err '
+                       f'{e.rel_error:.2e}</title></circle>')
+        for mark, label in ((self.first_jump, "first jump"), (self.worst, "worst")):
+            if mark is not None and math.isfinite(mark.rel_error) and mark in self.layers:
+                x, y = xy(self.layers.index(mark), mark.rel_error)
+                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="none" stroke="red"/>'
+                           f'<text x="{x + 8:.1f}" y="{y - 8:.1f}" fill="red">{label}: '
+                           f'{html.escape(mark.node)}</text>')
+        out.append(f'<text x="{width / 2:.0f}" y="{height - 10}" text-anchor="middle">layer '
+                   f'(graph order; orange: engine, grey: PyTorch) / relative error vs f32</text>')
+        out.append("</svg>")
+        text = "\n".join(out)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        return text
+
 
 class _Capture(torch.fx.Interpreter):
     """Runs a graph and keeps every tensor result by FX node name. In a compiled module, an

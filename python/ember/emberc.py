@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         "--input's opt shape; prints every layer's error, the first jump, the "
                         "worst and what to exclude, and writes the report as JSON when a path "
                         "is given")
+    p.add_argument("--accuracy-plot", default=None, metavar="PLOT.svg",
+                   help="with --accuracy-report: also draw each layer's error along the network")
     p.add_argument("--inputs-file", default=None, metavar="INPUTS.pt",
                    help="torch.save'd tuple or list of tensors for --accuracy-report")
     p.add_argument("--custom-converters", action="append", default=[], metavar="LIB.so",
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                      "report matches engine layers to FX graph nodes", EXIT_USAGE)
     if args.inputs_file is not None and not os.path.isfile(args.inputs_file):
         return _fail(f"--inputs-file: no file '{args.inputs_file}'", EXIT_USAGE)
+    if args.accuracy_plot is not None and not report_only:
+        return _fail("--accuracy-plot is drawn by --accuracy-report only", EXIT_USAGE)
     if args.inputs_file is not None and not report_only:
         return _fail("--inputs-file is used by --accuracy-report only", EXIT_USAGE)
     if args.min_block_size is not None and args.min_block_size < 1:
@@ -252,6 +256,9 @@ def _accuracy_report(ep, specs, settings: dict, args) -> int:
         report.to_json(args.accuracy_report)
         print(f"emberc: wrote the per-layer report ({len(report.to_dict().get('layers', []))} "
               f"layers) to {args.accuracy_report}")
+    if args.accuracy_plot:
+        report.to_svg(args.accuracy_plot)
+        print(f"emberc: drew the errors along the network in {args.accuracy_plot}")
     return 0
 
 

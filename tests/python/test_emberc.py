@@ -150,9 +150,12 @@ def test_command_line(files):
 def test_accuracy_report(files, tmp_path, capsys):
     # The per-layer report from the command line (issue 17, section 3): autocast to f16 on the
     # CPU back end, random inputs of the --input's opt shape, and then from an inputs file.
-    path = tmp_path / "report.json"
+    path, plot = tmp_path / "report.json", tmp_path / "errors.svg"
     assert run(files["lenet.pt2"], "--input", "(2,1,32,32)", "--device", "cpu",
-               "--enable-autocast", "--min-block-size", "1", "--accuracy-report", path) == 0
+               "--enable-autocast", "--min-block-size", "1", "--accuracy-report", path,
+               "--accuracy-plot", plot) == 0
+    svg = plot.read_text()
+    assert svg.startswith("<svg") and svg.count("<circle") >= 2 and "</svg>" in svg
     out = capsys.readouterr().out
     assert "suggestion:" in out and "worst:" in out
     import json
