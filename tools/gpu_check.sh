@@ -11,7 +11,7 @@
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile]...   (default: all)
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|soak]...  (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${OUT:-$root/gpu_out}"
@@ -68,6 +68,19 @@ step_profile() {  # PROFILES="model:batch ..." (default: the three models at bat
     run_step "profile_${mb/:/_b}" python3 bench/kernel_profile.py --model "${mb%%:*}" \
       --batch "${mb##*:}" --top 14 ${PROFILE_ARGS:-}
   done
+}
+# bench/variants.py: one model compiled several ways (VARIANT_ROWS, VARIANTS; see its docstring),
+# with the layer-by-layer host profile printed at exit.
+step_variants() {
+  run_step variants bash -c "cd bench && EMBER_LAYER_PROFILE=1 python3 variants.py \
+    --rows '${VARIANT_ROWS:-resnet50:1,bert:1,gpt2:1}' \
+    --variants '${VARIANTS:-half,graphs_off,autocast_f16,autocast_bf16}' \
+    --json '$dest/variants.json' 2>&1 | tee '$dest/variants_live.log'"
+}
+# The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).
+step_soak() {
+  EMBER_TEST_DEVICE=cuda run_step soak python3 tests/python/test_soak.py \
+    --calls "${SOAK_CALLS:-2000}" --cycles "${SOAK_CYCLES:-1000}"
 }
 # Steps run in the order given; "all" is the tests, then the benchmark and the profiles.
 [[ " ${steps[*]} " == *" all "* ]] && steps=(cpp models ops zoo bench profile)
