@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "backends/cpu/kernels.h"
+#include "backends/semantics/activation.h"
 
 namespace ember::engine::cpu {
 
@@ -502,50 +503,27 @@ void run(const ActivationParams& p, const KernelArgs& args) {
   dispatch_float(in.dtype, "activation", [&](auto tag) {
     using E = Elem<decltype(tag)::value>;
     auto go = [&](int64_t cost, auto f) { unary_loop<E, E>(in, out, cost, f); };
+    // One loop per type, each calling the shared formula with its type as a constant.
+    using semantics::activation;
+#define EMBER_ACTIVATION_CASE(T, COST)                                                        \
+  case ActivationType::T:                                                                      \
+    return go(COST, [alpha, beta](float x) { return activation(ActivationType::T, x, alpha, beta); });
     switch (p.type) {
-      case ActivationType::kRelu:
-        // NaN stays NaN, as in torch.relu.
-        return go(kCheapCost, [](float x) { return x < 0.0f ? 0.0f : x; });
-      case ActivationType::kSigmoid:
-        return go(kMathCost, [](float x) { return 1.0f / (1.0f + std::exp(-x)); });
-      case ActivationType::kTanh:
-        return go(kMathCost, [](float x) { return std::tanh(x); });
-      case ActivationType::kLeakyRelu:
-        return go(kCheapCost, [alpha](float x) { return x >= 0.0f ? x : alpha * x; });
-      case ActivationType::kElu:
-        return go(kMathCost, [alpha](float x) { return x > 0.0f ? x : alpha * std::expm1(x); });
-      case ActivationType::kSelu:
-        return go(kMathCost,
-                  [alpha, beta](float x) { return beta * (x > 0.0f ? x : alpha * std::expm1(x)); });
-      case ActivationType::kSoftsign:
-        return go(kCheapCost, [](float x) { return x / (1.0f + std::fabs(x)); });
-      case ActivationType::kSoftplus:
-        return go(kMathCost, [alpha, beta](float x) {
-          return x * alpha > beta ? x : std::log1p(std::exp(alpha * x)) / alpha;
-        });
-      case ActivationType::kClip:
-        return go(kCheapCost, [alpha, beta](float x) {
-          // NaN passes through (torch.clamp), which std::min/max would not guarantee.
-          if (x != x) return x;
-          return std::min(std::max(x, alpha), beta);
-        });
-      case ActivationType::kHardSigmoid:
-        return go(kCheapCost, [alpha, beta](float x) {
-          const float y = alpha * x + beta;
-          if (y != y) return y;
-          return std::max(0.0f, std::min(1.0f, y));
-        });
-      case ActivationType::kGeluErf:
-        return go(kMathCost,
-                  [](float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); });
-      case ActivationType::kGeluTanh:
-        return go(kMathCost, [](float x) {
-          const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-          return 0.5f * x * (1.0f + std::tanh(inner));
-        });
-      case ActivationType::kSilu:
-        return go(kMathCost, [](float x) { return x / (1.0f + std::exp(-x)); });
+      EMBER_ACTIVATION_CASE(kRelu, kCheapCost)
+      EMBER_ACTIVATION_CASE(kSigmoid, kMathCost)
+      EMBER_ACTIVATION_CASE(kTanh, kMathCost)
+      EMBER_ACTIVATION_CASE(kLeakyRelu, kCheapCost)
+      EMBER_ACTIVATION_CASE(kElu, kMathCost)
+      EMBER_ACTIVATION_CASE(kSelu, kMathCost)
+      EMBER_ACTIVATION_CASE(kSoftsign, kCheapCost)
+      EMBER_ACTIVATION_CASE(kSoftplus, kMathCost)
+      EMBER_ACTIVATION_CASE(kClip, kCheapCost)
+      EMBER_ACTIVATION_CASE(kHardSigmoid, kCheapCost)
+      EMBER_ACTIVATION_CASE(kGeluErf, kMathCost)
+      EMBER_ACTIVATION_CASE(kGeluTanh, kMathCost)
+      EMBER_ACTIVATION_CASE(kSilu, kMathCost)
     }
+#undef EMBER_ACTIVATION_CASE
     throw Error("activation: unknown type " + std::to_string(static_cast<int>(p.type)));
   });
 }

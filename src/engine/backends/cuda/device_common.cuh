@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/semantics/activation.h"
 
 namespace ember::engine::cuda {
 
@@ -218,32 +219,7 @@ struct ActivationFn {
   ActivationType type;
   float alpha, beta;
   __device__ float operator()(float x) const {
-    switch (type) {
-      case ActivationType::kRelu: return x < 0.0f ? 0.0f : x;  // NaN stays NaN
-      case ActivationType::kSigmoid: return 1.0f / (1.0f + expf(-x));
-      case ActivationType::kTanh: return tanhf(x);
-      case ActivationType::kLeakyRelu: return x >= 0.0f ? x : alpha * x;
-      case ActivationType::kElu: return x > 0.0f ? x : alpha * expm1f(x);
-      case ActivationType::kSelu: return beta * (x > 0.0f ? x : alpha * expm1f(x));
-      case ActivationType::kSoftsign: return x / (1.0f + fabsf(x));
-      case ActivationType::kSoftplus:
-        return x * alpha > beta ? x : log1pf(expf(alpha * x)) / alpha;
-      case ActivationType::kClip:
-        if (x != x) return x;  // NaN passes through (torch.clamp)
-        return fminf(fmaxf(x, alpha), beta);
-      case ActivationType::kHardSigmoid: {
-        const float y = alpha * x + beta;
-        if (y != y) return y;
-        return fmaxf(0.0f, fminf(1.0f, y));
-      }
-      case ActivationType::kGeluErf: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-      case ActivationType::kGeluTanh: {
-        const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-        return 0.5f * x * (1.0f + tanhf(inner));
-      }
-      case ActivationType::kSilu: return x / (1.0f + expf(-x));
-    }
-    return x;
+    return semantics::activation(type, x, alpha, beta);
   }
 };
 
