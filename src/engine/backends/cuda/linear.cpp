@@ -1030,21 +1030,22 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                                               &needed) != CUDNN_STATUS_SUCCESS) {
     needed = kConvWorkspaceBytes;
   }
-  // Kept for the next call unless the choice is a capture's untimed heuristic guess.
+  ws.settle(*a.res, needed);
+  // z = y with alpha2 = 0 when there is no residual: a zero scale means z is not read (cuDNN's
+  // scaling-parameter rule), so y's stale contents do not matter. A fused call refused for a
+  // choice loaded from a plan made elsewhere runs the plain path below instead.
+  if (!(choice.fused && launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
+                                     residual != nullptr ? &one : &zero))) {
+    dnn_check(launch_plain(algo, choice.math), kLayer, "cudnnConvolutionForward");
+  }
+  // Kept for the next call (after the launches: `s` and `f` live in `fresh`, which the
+  // Resources may free at once when reuse is off) unless the choice is a capture's untimed
+  // heuristic guess.
   if (found || !capturing(a.stream())) {
     prep->choice = choice;
     prep->needed = needed;
     a.res->set_prepared(a.layer, 0, std::move(fresh));
   }
-  ws.settle(*a.res, needed);
-  // z = y with alpha2 = 0 when there is no residual: a zero scale means z is not read (cuDNN's
-  // scaling-parameter rule), so y's stale contents do not matter. A fused call refused for a
-  // choice loaded from a plan made elsewhere runs the plain path below instead.
-  if (choice.fused && launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
-                                   residual != nullptr ? &one : &zero)) {
-    return;
-  }
-  dnn_check(launch_plain(algo, choice.math), kLayer, "cudnnConvolutionForward");
 }
 
 void run(const DeconvolutionParams& p, const CudaArgs& a) {
