@@ -3,6 +3,7 @@
 #   builds Ember with the CUDA back end (tools/gpu_build.sh), then runs
 #   1. the CUDA conformance suites and fusion tests (ember_engine_tests, Cuda* and FuseEpilogues*),
 #   2. tests/python/test_cuda.py (models in f32/f16 incl. full-size resnet50, bert-base, gpt2;
+#      and test_cuda_paths.py: the TorchScript path and torch.compile(backend="ember") on CUDA;
 #      CUDA graphs; streams),
 #   3. the converter (op) suite (OPS_TESTS narrows it) and the model zoo with
 #      EMBER_TEST_DEVICE=cuda,
@@ -48,7 +49,10 @@ step_cpp() {
   run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
     --gtest_filter='Cuda*:FuseEpilogues*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*'
 }
-step_models() { run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py; }
+step_models() {
+  run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
+    tests/python/test_cuda_paths.py
+}
 step_ops() {
   EMBER_TEST_DEVICE=cuda run_step ops python3 -m pytest -q -p no:cacheprovider \
     -n "$workers" ${OPS_TESTS:-tests/python/converters}
