@@ -1,12 +1,21 @@
 """Ember against eager PyTorch and torch.compile on the GPU (run on the device machine).
 
-    python bench/bench.py [--rows resnet50:1,resnet50:32,bert:1,...] [--iters 50]
+    python bench/bench.py [--rows resnet50:1,resnet50:32,bert:1:bf16,...] [--dtypes f16,bf16]
+                          [--suite wide [--models vit_b_16,t5_small,...]] [--iters 50]
                           [--compile-modes default,reduce-overhead] [--json out.json]
-                          [--ember-torch-compile] [--engine-cache DIR]
+                          [--isolate] [--ember-torch-compile] [--engine-cache DIR]
 
-Each row: a model in f16 with random weights on one GPU; for every mode the median latency of
-`--iters` CUDA-event-timed calls after warm-up, the build/compile time, and the accuracy of the
-f16 result against eager f32 (cosine similarity, max abs error). Prints a markdown table.
+Each row (`model:batch[:dtype]`): a model with random weights (bench/models.py: built from
+configs, no downloads) in f16 or bf16 on one GPU; for every mode the median latency of
+`--iters` CUDA-event-timed calls after warm-up, the build/compile time, Ember's engine and
+fallback-node counts, and the accuracy of the low-precision result against eager f32 (cosine
+similarity, max abs error). A row without a dtype runs once per `--dtypes` entry. `--suite wide`
+is the wide benchmark: every model of bench/models.py (vision transformers, depthwise/SE and
+modern convnets, segmentation, encoder-only, encoder-decoder, decoders with and without
+grouped-query attention) at batch 1 and its serving batch; `--models` narrows it (to split a
+run over several calls). A row that fails (export, build, run) is reported as a row with an
+"error" field and the others still run; with `--isolate` each row runs in its own process, so
+a CUDA error or a hang (`--row-timeout`) cannot take later rows with it. Prints markdown tables.
 
 Two loop patterns are timed for eager, every torch.compile mode and Ember:
 - benchmark: one input tensor reused, every output dropped (what most benchmarks do);
@@ -24,31 +33,68 @@ times (`ember_cache_hits` in the second run says which engines came from the cac
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 
 import ember
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models as bench_models  # noqa: E402 (bench/models.py, beside this file)
+
+DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_ROWS = "resnet50:1,resnet50:32,bert:1,bert:32,gpt2:1,gpt2:32"
+
 
 def make(name: str, batch: int):
-    if name == "resnet50":
-        import torchvision
-        model = torchvision.models.resnet50(weights=None)
-        x = torch.randn(batch, 3, 224, 224)
-    elif name == "bert":
-        import transformers
-        model = transformers.BertModel(transformers.BertConfig())
-        x = torch.randint(0, 30522, (batch, 128))
-    elif name == "gpt2":
-        import transformers
-        model = transformers.GPT2Model(transformers.GPT2Config(use_cache=False))
-        x = torch.randint(0, 50257, (batch, 128))
-    else:
-        raise ValueError(f"unknown model '{name}' (resnet50, bert, gpt2)")
-    return model.eval().cuda(), x.cuda()
+    """(model, inputs) on the GPU in f32: built there directly (random init on the GPU is much
+    faster than on the CPU for the 0.5B decoder)."""
+    with torch.device("cuda"):
+        return bench_models.make(name, batch)
+
+
+def parse_rows(rows: str, dtypes: list[str]) -> list[tuple[str, int, str]]:
+    """"model:batch[:dtype],..." -> [(model, batch, dtype)]; a row without a dtype once per
+    entry of `dtypes`. Errors name the bad entry."""
+    out = []
+    for spec in (r.strip() for r in rows.split(",")):
+        if not spec:
+            continue
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not parts[1].isdigit():
+            raise SystemExit(f"bench.py: row '{spec}' is not model:batch[:dtype] "
+                             "(e.g. vit_b_16:32 or vit_b_16:32:bf16)")
+        if parts[0] not in bench_models.MODELS:
+            raise SystemExit(f"bench.py: row '{spec}': unknown model '{parts[0]}' (known: "
+                             f"{', '.join(bench_models.MODELS)})")
+        for dt in ([parts[2]] if len(parts) == 3 else dtypes):
+            if dt not in DTYPES:
+                raise SystemExit(f"bench.py: row '{spec}': dtype '{dt}' is not one of "
+                                 f"{', '.join(DTYPES)}")
+            out.append((parts[0], int(parts[1]), dt))
+    return out
+
+
+def suite_rows(suite: str, models: str | None) -> str:
+    """The rows of a preset: "wide" is every model at batch 1 and its serving batch."""
+    if suite != "wide":
+        raise SystemExit(f"bench.py: unknown suite '{suite}' (known: wide)")
+    names = list(bench_models.WIDE)
+    if models:
+        wanted = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in bench_models.MODELS]
+        if unknown:
+            raise SystemExit(f"bench.py: --models: unknown {', '.join(unknown)} (known: "
+                             f"{', '.join(bench_models.MODELS)})")
+        names = [m for m in names if m in wanted]
+    return ",".join(f"{m}:{b}" for m in names for b in (1, bench_models.MODELS[m].serving_batch))
 
 
 def channels_last_settings(choice: str) -> dict:
@@ -61,6 +107,8 @@ def first_tensor(out):
         return out
     if hasattr(out, "to_tuple"):
         out = out.to_tuple()
+    elif isinstance(out, dict):
+        out = tuple(out.values())
     return first_tensor(out[0])
 
 
@@ -81,9 +129,9 @@ def timed_calls_ms(call, iters: int, warmup: int = 10) -> float:
     return statistics.median(times)
 
 
-def median_ms(fn, x, iters: int, warmup: int = 10) -> float:
-    """The benchmark pattern: one input tensor reused, every output dropped."""
-    return timed_calls_ms(lambda i: fn(x), iters, warmup)
+def median_ms(fn, xs: tuple, iters: int, warmup: int = 10) -> float:
+    """The benchmark pattern: the same input tensors reused, every output dropped."""
+    return timed_calls_ms(lambda i: fn(*xs), iters, warmup)
 
 
 def serving_ms(fn, pool: list, iters: int, keep: int, clone: bool = False,
@@ -94,7 +142,7 @@ def serving_ms(fn, pool: list, iters: int, keep: int, clone: bool = False,
     kept: list = []
 
     def call(i):
-        out = first_tensor(fn(pool[i % len(pool)]))
+        out = first_tensor(fn(*pool[i % len(pool)]))
         kept.append(out.clone() if clone else out)
         if len(kept) > keep:
             kept.pop(0)
@@ -102,14 +150,17 @@ def serving_ms(fn, pool: list, iters: int, keep: int, clone: bool = False,
     return timed_calls_ms(call, iters, warmup)
 
 
-def input_pool(x: torch.Tensor, size: int) -> list:
-    """`size` distinct input tensors like `x` (other data, other addresses)."""
-    gen = torch.Generator(device=x.device).manual_seed(1)
-    if x.is_floating_point():
-        return [torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) for _ in range(size)]
-    hi = int(x.max().item()) + 1
-    return [torch.randint(0, hi, x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            for _ in range(size)]
+def input_pool(xs: tuple, size: int) -> list[tuple]:
+    """`size` distinct input tuples like `xs` (other data, other addresses)."""
+    gen = torch.Generator(device=xs[0].device).manual_seed(1)
+
+    def like(x):
+        if x.is_floating_point():
+            return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        lo, hi = int(x.min().item()), int(x.max().item()) + 1
+        return torch.randint(lo, hi, x.shape, generator=gen, device=x.device, dtype=x.dtype)
+
+    return [tuple(like(x) for x in xs) for _ in range(size)]
 
 
 def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -119,28 +170,43 @@ def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings: dict,
-            pool_size: int = 4, keep: int = 8, torch_compile_backend: bool = False) -> dict:
-    torch.manual_seed(0)
+            pool_size: int = 4, keep: int = 8, torch_compile_backend: bool = False,
+            dtype: str = "f16") -> dict:
+    row = {"model": name, "batch": batch, "dtype": dtype, "gpu": torch.cuda.get_device_name()}
+    try:
+        return _run_row(row, name, batch, iters, modes, ember_settings, pool_size, keep,
+                        torch_compile_backend, DTYPES[dtype])
+    finally:
+        # Free this row's models, engines and CUDA graphs before the next row is built.
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _run_row(row: dict, name: str, batch: int, iters: int, modes: list[str],
+             ember_settings: dict, pool_size: int, keep: int, torch_compile_backend: bool,
+             dtype: torch.dtype) -> dict:
     model, x = make(name, batch)
-    torch.backends.cudnn.allow_tf32 = False  # an exact f32 reference (eager convs default to TF32)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    # An exact f32 reference (eager convolutions default to TF32).
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     with torch.no_grad():
-        ref = first_tensor(model(x)).float()
-    torch.backends.cudnn.allow_tf32 = True
-    model = model.half()
-    xin = x.half() if x.is_floating_point() else x
-    row = {"model": name, "batch": batch, "dtype": "f16", "gpu": torch.cuda.get_device_name()}
+        ref = first_tensor(model(*x)).float()
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    model = model.to(dtype)
+    xin = tuple(t.to(dtype) if t.is_floating_point() else t for t in x)
     pool = input_pool(xin, pool_size)
     with torch.no_grad():
         row["eager_ms"] = median_ms(model, xin, iters)
         row["eager_serving_ms"] = serving_ms(model, pool, iters, keep)
-        row["eager_cos"], row["eager_maxerr"] = accuracy(first_tensor(model(xin)), ref)
+        row["eager_cos"], row["eager_maxerr"] = accuracy(first_tensor(model(*xin)), ref)
     for mode in modes:
         key = "compile" if mode == "default" else mode.replace("-", "_")
         torch._dynamo.reset()
         start = time.perf_counter()
         compiled = torch.compile(model, mode=None if mode == "default" else mode)
         with torch.no_grad():
-            compiled(xin)
+            compiled(*xin)
             torch.cuda.synchronize()
         row[f"{key}_build_s"] = time.perf_counter() - start
         row[f"{key}_ms"] = median_ms(compiled, xin, iters)
@@ -150,11 +216,13 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     torch._dynamo.reset()
     report = ember.dynamo.CompilationReport()
     start = time.perf_counter()
-    gm = ember.compile(model, inputs=[xin], device="cuda", report=report, **ember_settings)
+    gm = ember.compile(model, inputs=list(xin), device="cuda", report=report, **ember_settings)
     row["ember_build_s"] = time.perf_counter() - start
     row["ember_cache_hits"] = sum(bool(e["cached"]) for e in report.engines)
     row["ember_engines"] = len(report.engines)
     row["ember_fallback_nodes"] = len(report.fallback)
+    if report.fallback:  # which nodes ran in PyTorch, and why (the wide benchmark wants none)
+        row["ember_fallback"] = sorted({f"{op}: {why}" for _, op, why in report.fallback})
     row["ember_ms"] = median_ms(gm, xin, iters)
     engines = [getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_")]
 
@@ -174,7 +242,7 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
     row["ember_serving_ms"] = serving_ms(gm, pool, iters, keep)
     graph_stats("ember_after_serving")
     with torch.no_grad():
-        row["ember_cos"], row["ember_maxerr"] = accuracy(first_tensor(gm(xin)).float(), ref)
+        row["ember_cos"], row["ember_maxerr"] = accuracy(first_tensor(gm(*xin)).float(), ref)
     if torch_compile_backend:
         ember_torch_compile(row, model, xin, ref, iters, ember_settings)
     compiled_ms = [row[k] for k in ("compile_ms", "reduce_overhead_ms") if k in row]
@@ -193,13 +261,13 @@ def cell(r: dict, key: str, fmt: str = "{:.3f}") -> str:
 
 
 def serving_table(rows: list[dict]) -> str:
-    head = ("| model | batch | eager ms | reduce-overhead ms | Ember ms | Ember/reduce-overhead | "
-            "Ember replays (staged) | captures | layer-by-layer contexts |")
-    lines = ["Serving loop (new input tensor each call, outputs kept):", head, "|" + " --- |" * 9]
+    head = ("| model | batch | dtype | eager ms | reduce-overhead ms | Ember ms | "
+            "Ember/reduce-overhead | Ember replays (staged) | captures | layer-by-layer contexts |")
+    lines = ["Serving loop (new input tensor each call, outputs kept):", head, "|" + " --- |" * 10]
     f = cell
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['batch']} | {f(r, 'eager_serving_ms')} | "
+            f"| {r['model']} | {r['batch']} | {r.get('dtype', 'f16')} | {f(r, 'eager_serving_ms')} | "
             f"{f(r, 'reduce_overhead_serving_ms')} | {f(r, 'ember_serving_ms')} | "
             f"{f(r, 'ember_serving_vs_reduce_overhead', '{:.2f}')} | "
             f"{r.get('ember_after_serving_graph_replays', '-')} "
@@ -216,7 +284,7 @@ def ember_torch_compile(row: dict, model, xin, ref, iters: int, ember_settings: 
     start = time.perf_counter()
     tc = torch.compile(model, backend="ember", options=dict(device="cuda", **ember_settings))
     with torch.no_grad():
-        out = tc(xin)
+        out = tc(*xin)
         torch.cuda.synchronize()
     row["ember_tc_build_s"] = time.perf_counter() - start
     row["ember_tc_builds"] = ember.engine_cache.stats()["builds"]
@@ -229,12 +297,13 @@ def ember_torch_compile(row: dict, model, xin, ref, iters: int, ember_settings: 
 
 
 def torch_compile_table(rows: list[dict]) -> str:
-    head = ("| model | batch | reduce-overhead ms | backend=ember ms | ember/reduce-overhead | "
-            "first call s | engines built | from cache | cosine vs f32 |")
-    lines = ["torch.compile(backend=\"ember\"):", head, "|" + " --- |" * 9]
+    head = ("| model | batch | dtype | reduce-overhead ms | backend=ember ms | "
+            "ember/reduce-overhead | first call s | engines built | from cache | cosine vs f32 |")
+    lines = ["torch.compile(backend=\"ember\"):", head, "|" + " --- |" * 10]
     f = cell
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {f(r, 'reduce_overhead_ms')} | "
+        lines.append(f"| {r['model']} | {r['batch']} | {r.get('dtype', 'f16')} | "
+                     f"{f(r, 'reduce_overhead_ms')} | "
                      f"{f(r, 'ember_tc_ms')} | {f(r, 'ember_tc_vs_reduce_overhead', '{:.2f}')} | "
                      f"{f(r, 'ember_tc_build_s', '{:.1f}')} | {r.get('ember_tc_builds', '-')} | "
                      f"{r.get('ember_tc_cache_hits', '-')} | {f(r, 'ember_tc_cos', '{:.6f}')} |")
@@ -242,22 +311,64 @@ def torch_compile_table(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | batch | eager ms | compile ms | reduce-overhead ms | Ember ms | Ember/eager | "
-            "Ember/best compile | Ember build s | engines | fallback | cosine vs f32 | max err |")
-    lines = [head, "|" + " --- |" * 13]
+    head = ("| model | batch | dtype | eager ms | compile ms | reduce-overhead ms | Ember ms | "
+            "Ember/eager | Ember/best compile | reduce-overhead build s | Ember build s | engines | "
+            "fallback | cosine vs f32 | max err |")
+    lines = [head, "|" + " --- |" * 15]
     f = cell
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {f(r, 'eager_ms')} | {f(r, 'compile_ms')} | "
-                     f"{f(r, 'reduce_overhead_ms')} | {f(r, 'ember_ms')} | {f(r, 'ember_vs_eager', '{:.2f}')} | "
-                     f"{f(r, 'ember_vs_best_compile', '{:.2f}')} | {f(r, 'ember_build_s', '{:.1f}')} | "
+        lines.append(f"| {r['model']} | {r['batch']} | {r.get('dtype', 'f16')} | {f(r, 'eager_ms')} | "
+                     f"{f(r, 'compile_ms')} | {f(r, 'reduce_overhead_ms')} | {f(r, 'ember_ms')} | "
+                     f"{f(r, 'ember_vs_eager', '{:.2f}')} | {f(r, 'ember_vs_best_compile', '{:.2f}')} | "
+                     f"{f(r, 'reduce_overhead_build_s', '{:.1f}')} | {f(r, 'ember_build_s', '{:.1f}')} | "
                      f"{r.get('ember_engines', '-')} | {r.get('ember_fallback_nodes', '-')} | "
                      f"{f(r, 'ember_cos', '{:.6f}')} | {f(r, 'ember_maxerr', '{:.2e}')} |")
     return "\n".join(lines)
 
 
+def error_lines(rows: list[dict]) -> str:
+    """The rows that failed, one line each, and the fallback nodes of rows that have any."""
+    lines = [f"- {r['model']}:{r['batch']}:{r.get('dtype', 'f16')} failed: {r['error']}"
+             for r in rows if "error" in r]
+    lines += [f"- {r['model']}:{r['batch']}:{r.get('dtype', 'f16')} fallback: " +
+              "; ".join(r["ember_fallback"]) for r in rows if r.get("ember_fallback")]
+    return "\n".join(lines)
+
+
+def run_isolated(spec: tuple[str, int, str], argv: list[str], timeout: float) -> dict:
+    """One row in a child process (`--isolate`): its JSON row, or an error row when the child
+    crashed, was killed or ran past `timeout` seconds."""
+    name, batch, dtype = spec
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "row.json")
+        cmd = [sys.executable, os.path.abspath(__file__), *argv,
+               "--rows", f"{name}:{batch}:{dtype}", "--json", path]
+        try:
+            proc = subprocess.run(cmd, timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            return {"model": name, "batch": batch, "dtype": dtype,
+                    "error": f"row timed out after {timeout:.0f} s (--row-timeout)"}
+        try:
+            with open(path) as fh:
+                return json.load(fh)[0]
+        except (OSError, ValueError, IndexError):
+            return {"model": name, "batch": batch, "dtype": dtype,
+                    "error": f"the row's process exited with status {rc} before writing a row"}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default="resnet50:1,resnet50:32,bert:1,bert:32,gpt2:1,gpt2:32")
+    p.add_argument("--rows", default=None,
+                   help=f"model:batch[:dtype],... (default {DEFAULT_ROWS}; models: "
+                        f"{', '.join(bench_models.MODELS)})")
+    p.add_argument("--suite", default=None, choices=["wide"],
+                   help="a preset of rows instead of --rows: 'wide' is every model at batch 1 "
+                        "and its serving batch")
+    p.add_argument("--models", default=None,
+                   help="with --suite: only these models (comma-separated), to split a run")
+    p.add_argument("--dtypes", default="f16",
+                   help="precisions of rows that name none: f16, bf16 or f16,bf16")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--compile-modes", default="default,reduce-overhead",
                    help="torch.compile modes to time ('' for none)")
@@ -270,31 +381,67 @@ def main():
                    help="also time torch.compile(model, backend='ember')")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="store and reuse Ember engines in DIR (run twice to time cached builds)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each row in its own process (a crash or hang costs one row)")
+    p.add_argument("--row-timeout", type=float, default=600.0,
+                   help="with --isolate: seconds a row may take before it is stopped")
+    p.add_argument("--no-tables", action="store_true", help=argparse.SUPPRESS)  # --isolate's rows
     args = p.parse_args()
+    if args.suite and args.rows:
+        raise SystemExit("bench.py: give --rows or --suite, not both")
+    if args.models and not args.suite:
+        raise SystemExit("bench.py: --models narrows a --suite; with --rows, list the rows")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    specs = parse_rows(suite_rows(args.suite, args.models) if args.suite
+                       else args.rows or DEFAULT_ROWS, dtypes)
     ember_settings = channels_last_settings(args.channels_last)
     if args.engine_cache:
         ember_settings.update(cache_built_engines=True, reuse_cached_engines=True,
                               engine_cache_dir=args.engine_cache)
     modes = [m for m in args.compile_modes.split(",") if m]
+    # What a child row process gets: every setting but the rows, the JSON path and --isolate.
+    child_argv = ["--iters", str(args.iters), "--compile-modes", args.compile_modes,
+                  "--pool", str(args.pool), "--keep", str(args.keep),
+                  "--channels-last", args.channels_last, "--no-tables"]
+    if args.ember_torch_compile:
+        child_argv.append("--ember-torch-compile")
+    if args.engine_cache:
+        child_argv += ["--engine-cache", args.engine_cache]
     rows = []
-    for spec in args.rows.split(","):
-        name, batch = spec.split(":")
-        try:
-            rows.append(run_row(name, int(batch), args.iters, modes, ember_settings,
-                                args.pool, args.keep, args.ember_torch_compile))
-        except Exception as e:  # noqa: BLE001 - a failing row is reported, the others still run
-            rows.append({"model": name, "batch": int(batch), "error": f"{type(e).__name__}: {e}"})
-            print(f"row {spec} failed: {type(e).__name__}: {e}", flush=True)
+    start = time.perf_counter()
+    for spec in specs:
+        name, batch, dtype = spec
+        row_start = time.perf_counter()
+        if args.isolate:
+            rows.append(run_isolated(spec, child_argv, args.row_timeout))
+        else:
+            try:
+                rows.append(run_row(name, batch, args.iters, modes, ember_settings,
+                                    args.pool, args.keep, args.ember_torch_compile, dtype))
+            except Exception as e:  # noqa: BLE001 - a failing row is reported, the others still run
+                rows.append({"model": name, "batch": batch, "dtype": dtype,
+                             "error": f"{type(e).__name__}: {e}"})
+        rows[-1]["row_s"] = time.perf_counter() - row_start
+        if "error" in rows[-1]:
+            print(f"row {name}:{batch}:{dtype} failed: {rows[-1]['error']}", flush=True)
         print(json.dumps(rows[-1]), flush=True)
         if args.json:  # after every row, so a run cut short keeps what it measured
             with open(args.json, "w") as fh:
                 json.dump(rows, fh, indent=1)
-    print(table([r for r in rows if "error" not in r]))
+    if args.no_tables:
+        return
+    ok = [r for r in rows if "error" not in r]
+    print(table(ok))
     print()
-    print(serving_table([r for r in rows if "error" not in r]))
+    print(serving_table(ok))
     if args.ember_torch_compile:
         print()
-        print(torch_compile_table([r for r in rows if "error" not in r]))
+        print(torch_compile_table(ok))
+    problems = error_lines(rows)
+    if problems:
+        print()
+        print(problems)
+    print(f"\n{len(rows)} rows ({len(rows) - len(ok)} failed) in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
