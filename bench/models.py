@@ -46,16 +46,43 @@ def _image(batch: int, size: int) -> tuple[torch.Tensor, ...]:
     return (torch.randn(batch, 3, size, size),)
 
 
-def _classifier(ctor: str, **kw):
+def _tiny_vision(ctor: str) -> torch.nn.Module:
+    """The CI version of a torchvision model: its own classes and block kinds (bottlenecks with
+    downsampling, inverted residuals with squeeze-excite, ConvNeXt blocks with layer scale,
+    shifted-window attention with relative bias, dilated ResNet + ASPP), fewer and narrower."""
+    tv = _tv()
+    if ctor == "resnet50":
+        return tv.resnet.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], width_per_group=16,
+                                num_classes=100)
+    if ctor == "mobilenet_v3_large":
+        c = tv.mobilenetv3.InvertedResidualConfig
+        setting = [c(16, 3, 16, 16, False, "RE", 1, 1, 1.0), c(16, 3, 64, 24, False, "RE", 2, 1, 1.0),
+                   c(24, 5, 72, 40, True, "RE", 2, 1, 1.0), c(40, 3, 240, 80, False, "HS", 2, 1, 1.0),
+                   c(80, 3, 480, 112, True, "HS", 1, 1, 1.0), c(112, 5, 672, 160, True, "HS", 2, 1, 1.0)]
+        return tv.mobilenetv3.MobileNetV3(setting, last_channel=256, num_classes=100)
+    if ctor == "efficientnet_b0":
+        c = tv.efficientnet.MBConvConfig
+        setting = [c(1, 3, 1, 32, 16, 1), c(6, 3, 2, 16, 24, 2), c(6, 5, 2, 24, 40, 1),
+                   c(6, 3, 2, 40, 80, 1)]
+        return tv.efficientnet.EfficientNet(setting, dropout=0.2, num_classes=100)
+    if ctor == "convnext_tiny":
+        c = tv.convnext.CNBlockConfig
+        return tv.convnext.ConvNeXt([c(32, 64, 2), c(64, None, 1)], num_classes=100)
+    if ctor == "swin_t":
+        return tv.swin_transformer.SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2],
+                                                   num_heads=[2, 4], window_size=[4, 4],
+                                                   num_classes=100)
+    if ctor == "vit_b_16":
+        return tv.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                    hidden_dim=64, mlp_dim=128, num_classes=100)
+    raise ValueError(f"no tiny version of '{ctor}'")
+
+
+def _classifier(ctor: str):
     def build(batch: int, tiny: bool):
-        size = 64 if tiny else 224
-        extra = dict(kw)
-        if ctor == "vit_b_16" and tiny:
-            # 64x64 images make 16 patches; 2 of the 12 encoder layers keep the test fast.
-            model = _tv().VisionTransformer(image_size=64, patch_size=16, num_layers=2,
-                                            num_heads=4, hidden_dim=64, mlp_dim=128)
-            return model, _image(batch, size)
-        return getattr(_tv(), ctor)(weights=None, **extra), _image(batch, size)
+        if tiny:
+            return _tiny_vision(ctor), _image(batch, 32)
+        return getattr(_tv(), ctor)(weights=None), _image(batch, 224)
     return build
 
 
@@ -71,11 +98,25 @@ class _SegmentationOut(torch.nn.Module):
 
 
 def _deeplabv3_resnet50(batch: int, tiny: bool):
-    from torchvision.models.segmentation import deeplabv3_resnet50
-    model = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False,
-                               num_classes=21)
-    # 512x512: the usual evaluation crop (PASCAL VOC / Cityscapes-style inference).
-    return _SegmentationOut(model), _image(batch, 64 if tiny else 512)
+    from torchvision.models import segmentation
+    if not tiny:
+        model = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                                aux_loss=False, num_classes=21)
+        # 512x512: the usual evaluation crop (PASCAL VOC / Cityscapes-style inference).
+        return _SegmentationOut(model), _image(batch, 512)
+    # deeplabv3_resnet50's structure: a ResNet with layers 3 and 4 dilated instead of strided
+    # (output stride 8), the ASPP head (atrous 3x3 convs, a global-pooling branch upsampled
+    # back) and a bilinear upsampling to the input size; one block per stage, ASPP 32 wide.
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
+    tv = _tv()
+    backbone = tv.resnet.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], width_per_group=16,
+                                replace_stride_with_dilation=[False, True, True])
+    head = torch.nn.Sequential(ASPP(2048, [12, 24, 36], out_channels=32),
+                               torch.nn.Conv2d(32, 32, 3, padding=1, bias=False),
+                               torch.nn.BatchNorm2d(32), torch.nn.ReLU(), torch.nn.Conv2d(32, 21, 1))
+    model = DeepLabV3(IntermediateLayerGetter(backbone, {"layer4": "out"}), head)
+    return _SegmentationOut(model), _image(batch, 32)
 
 
 # ---- transformers (random weights from configs)
