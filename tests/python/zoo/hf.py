@@ -177,6 +177,63 @@ def whisper_encoder(attention: str):
     return make
 
 
+def qwen2(attention: str):
+    """Qwen2: Llama's structure (GQA: 4 query heads, 2 key/value heads; RoPE, RMSNorm, SwiGLU)
+    with biased q/k/v projections."""
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                            initializer_range=_INIT, use_cache=False,
+                            attn_implementation=attention)
+        model = _Call(t.Qwen2Model(cfg), ("input_ids", "attention_mask"), use_cache=False)
+        return model, (_ids(2, 16), _padding_mask(2, 16, left=True))
+    return make
+
+
+def roberta(attention: str):
+    """RoBERTa: BERT's encoder with position ids computed from input_ids (a cumsum over the
+    non-padding tokens, offset past pad_token_id=1); the padded row has real pad ids."""
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.RobertaConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=128,
+                              max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                              bos_token_id=0, eos_token_id=2, initializer_range=_INIT,
+                              attn_implementation=attention)
+        ids, mask = _ids(2, 16), _padding_mask(2, 16)
+        ids = ids.masked_fill(mask == 0, cfg.pad_token_id)
+        return _Call(t.RobertaModel(cfg), ("input_ids", "attention_mask")), (ids, mask)
+    return make
+
+
+def distilbert(attention: str):
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        cfg = t.DistilBertConfig(vocab_size=128, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                 max_position_embeddings=64, initializer_range=_INIT,
+                                 attn_implementation=attention)
+        model = _Call(t.DistilBertModel(cfg), ("input_ids", "attention_mask"))
+        return model, (_ids(2, 16), _padding_mask(2, 16))
+    return make
+
+
+def t5_encoder_decoder(attention: str):
+    """T5Model: encoder and decoder in one forward on given decoder_input_ids (no generation),
+    with the encoder's padding mask."""
+    def make():
+        t = _transformers()
+        torch.manual_seed(0)
+        model = _Call(t.T5Model(_t5_config(attention)),
+                      ("input_ids", "attention_mask", "decoder_input_ids"), use_cache=False)
+        return model, (_ids(2, 16), _padding_mask(2, 16), _ids(2, 8))
+    return make
+
+
 def _seq_dynamic(n_inputs: int, lo: int = 2, hi: int = 32):
     """Batch and sequence length dynamic on `n_inputs` (batch, seq) inputs."""
     def dynamic():
@@ -245,6 +302,10 @@ def _table() -> dict[str, Entry]:
             Entry("ViTModel" + suffix, vit(attention), attention),
             Entry("LlamaModel" + suffix, llama(attention), attention),
             Entry("Whisper encoder" + suffix, whisper_encoder(attention), attention),
+            Entry("Qwen2Model" + suffix, qwen2(attention), attention),
+            Entry("RobertaModel" + suffix, roberta(attention), attention),
+            Entry("DistilBertModel" + suffix, distilbert(attention), attention),
+            Entry("T5Model (encoder-decoder)" + suffix, t5_encoder_decoder(attention), attention),
         ]
     entries += [
         Entry("BertModel (dynamic batch, sequence)", bert("sdpa"), "sdpa",
