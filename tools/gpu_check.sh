@@ -5,8 +5,8 @@
 #   2. tests/python/test_cuda.py (models in f32/f16 incl. full-size resnet50, bert-base, gpt2;
 #      and test_cuda_paths.py: the TorchScript path and torch.compile(backend="ember") on CUDA;
 #      CUDA graphs; streams),
-#   3. the converter (op) suite (OPS_TESTS narrows it) and the model zoo with
-#      EMBER_TEST_DEVICE=cuda,
+#   3. the converter (op) suite (OPS_TESTS narrows it) and the model zoo (with the benchmark's
+#      models in tiny versions, f16 and bf16) with EMBER_TEST_DEVICE=cuda,
 #   4. bench/bench.py (BENCH_ARGS, e.g. "--compile-modes ''" for Ember against eager only) and
 #      bench/kernel_profile.py for PROFILES (default resnet50, gpt2 and bert at batch 32).
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
@@ -59,7 +59,7 @@ step_ops() {
 }
 step_zoo() {
   EMBER_TEST_DEVICE=cuda run_step zoo python3 -m pytest -q -p no:cacheprovider \
-    -n 4 tests/python/test_zoo_vision.py tests/python/test_zoo_hf.py
+    -n 4 tests/python/test_zoo_vision.py tests/python/test_zoo_hf.py tests/python/test_bench_models.py
 }
 # The benchmark writes its JSON (after every row) and a live copy of its log straight to the
 # destination, so a run stopped by its time limit keeps the rows it finished.

@@ -1,5 +1,6 @@
 """The GPU benchmark's models (bench/models.py), tiny versions, through Ember on the CPU back end
-in the benchmark's precisions: every node in one engine (zero fallback nodes, the wide
+(EMBER_TEST_DEVICE=cuda: on the GPU, as tools/gpu_check.sh's zoo step runs it) in the
+benchmark's precisions: every node in one engine (zero fallback nodes, the wide
 benchmark's requirement), outputs matching eager PyTorch in the same dtype under the harness's
 per-dtype tolerances, and close to eager f32 (cosine). The tiny versions keep each model's
 structure (layer kinds, attention variants, position encodings, the benchmark's wrappers) with
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "con
 import bench  # noqa: E402 (bench/bench.py)
 import models  # noqa: E402 (bench/models.py)
 from harness import assert_close  # noqa: E402
-from zoo.common import cosine, fallback_lines, flat_outputs  # noqa: E402
+from zoo.common import DEVICE, cosine, fallback_lines, flat_outputs, to_device  # noqa: E402
 
 import ember  # noqa: E402
 
@@ -36,13 +37,13 @@ DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("name", list(models.WIDE))
 def test_bench_model_compiles_whole(name, dtype):
-    model, inputs = models.make(name, batch=2, tiny=True)
+    model, inputs = to_device(*models.make(name, batch=2, tiny=True))
     with torch.no_grad():
         reference = flat_outputs(model(*inputs))[0]  # eager f32
     model = model.to(DTYPES[dtype])
     inputs = tuple(x.to(DTYPES[dtype]) if x.is_floating_point() else x for x in inputs)
     report = ember.dynamo.CompilationReport()
-    compiled = ember.compile(model, inputs=list(inputs), device="cpu", report=report)
+    compiled = ember.compile(model, inputs=list(inputs), device=DEVICE, report=report)
     assert fallback_lines(report) == [], (
         f"{name} {dtype}: nodes left to PyTorch:\n" + "\n".join(fallback_lines(report)))
     assert len(report.engines) == 1, f"{name} {dtype}: {len(report.engines)} engines"
