@@ -2,7 +2,10 @@
 torch.profiler (CUPTI sees every kernel in the process, Ember's and the libraries'), grouped by
 name, with their share of the total.
 
-    python bench/kernel_profile.py --model resnet50 --batch 32 [--top 15] [--channels-last on]
+    python bench/kernel_profile.py --model resnet50 --batch 32 [--dtype bf16] [--top 15]
+                                   [--channels-last on]
+
+Models are bench.py's (bench/models.py): any of the wide suite's.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import argparse
 import torch
 
 import ember
-from bench import channels_last_settings, make
+from bench import DTYPES, channels_last_settings, make
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", choices=list(DTYPES), default="f16")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
@@ -26,17 +30,18 @@ def main():
     args = p.parse_args()
     settings = channels_last_settings(args.channels_last)
     torch.manual_seed(0)
-    model, x = make(args.model, args.batch)
-    model = model.half()
-    x = x.half() if x.is_floating_point() else x
-    gm = ember.compile(model, inputs=[x], device="cuda", **settings)
+    model, xs = make(args.model, args.batch)
+    dtype = DTYPES[args.dtype]
+    model = model.to(dtype)
+    xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
+    gm = ember.compile(model, inputs=xs, device="cuda", **settings)
     with torch.no_grad():
         for _ in range(5):
-            gm(x)
+            gm(*xs)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(args.iters):
-                gm(x)
+                gm(*xs)
             torch.cuda.synchronize()
     totals: dict[str, tuple[float, int]] = {}
     for e in prof.events():
@@ -46,7 +51,7 @@ def main():
         t, n = totals.get(name, (0.0, 0))
         totals[name] = (t + e.device_time_total, n + 1)
     total = sum(t for t, _ in totals.values())
-    print(f"{args.model} batch {args.batch} f16: {total / args.iters / 1e3:.3f} ms of GPU time per "
+    print(f"{args.model} batch {args.batch} {args.dtype}: {total / args.iters / 1e3:.3f} ms of GPU time per "
           f"call in {sum(n for _, n in totals.values()) // args.iters} kernels")
     print("| share | ms/call | calls/call | kernel |\n| --- | --- | --- | --- |")
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
