@@ -6,8 +6,9 @@ no network), at the benchmark's size or at a tiny size for the CPU tests.
     model, inputs = make("qwen2_0_5b", batch=2, tiny=True)  # 2 layers, hidden 64: CI
 
 `make` returns the model in eval mode (f32, on the current default device, prepared as `prepare`
-says) and a tuple of example inputs; the model is called as `model(*inputs)`. Every model returns a tensor, a tuple or an HF
-ModelOutput whose first tensor is the one the benchmark compares with eager f32.
+says) and a tuple of example inputs; the model is called as `model(*inputs)`. Every model
+returns a tensor, a tuple or an HF ModelOutput whose first tensor is the one the benchmark
+compares with eager f32.
 
 `tiny=True` keeps each model's structure (the same layer kinds, attention variants, position
 encodings and wrappers), with fewer and narrower layers and smaller images and sequences, so
@@ -56,9 +57,13 @@ def _tiny_vision(ctor: str) -> torch.nn.Module:
                                 num_classes=100)
     if ctor == "mobilenet_v3_large":
         c = tv.mobilenetv3.InvertedResidualConfig
-        setting = [c(16, 3, 16, 16, False, "RE", 1, 1, 1.0), c(16, 3, 64, 24, False, "RE", 2, 1, 1.0),
-                   c(24, 5, 72, 40, True, "RE", 2, 1, 1.0), c(40, 3, 240, 80, False, "HS", 2, 1, 1.0),
-                   c(80, 3, 480, 112, True, "HS", 1, 1, 1.0), c(112, 5, 672, 160, True, "HS", 2, 1, 1.0)]
+        # (in, kernel, expanded, out, squeeze-excite, activation, stride, dilation, width)
+        setting = [c(16, 3, 16, 16, False, "RE", 1, 1, 1.0),
+                   c(16, 3, 64, 24, False, "RE", 2, 1, 1.0),
+                   c(24, 5, 72, 40, True, "RE", 2, 1, 1.0),
+                   c(40, 3, 240, 80, False, "HS", 2, 1, 1.0),
+                   c(80, 3, 480, 112, True, "HS", 1, 1, 1.0),
+                   c(112, 5, 672, 160, True, "HS", 2, 1, 1.0)]
         return tv.mobilenetv3.MobileNetV3(setting, last_channel=256, num_classes=100)
     if ctor == "efficientnet_b0":
         c = tv.efficientnet.MBConvConfig
@@ -114,7 +119,8 @@ def _deeplabv3_resnet50(batch: int, tiny: bool):
                                 replace_stride_with_dilation=[False, True, True])
     head = torch.nn.Sequential(ASPP(2048, [12, 24, 36], out_channels=32),
                                torch.nn.Conv2d(32, 32, 3, padding=1, bias=False),
-                               torch.nn.BatchNorm2d(32), torch.nn.ReLU(), torch.nn.Conv2d(32, 21, 1))
+                               torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 21, 1))
     model = DeepLabV3(IntermediateLayerGetter(backbone, {"layer4": "out"}), head)
     return _SegmentationOut(model), _image(batch, 32)
 
