@@ -177,10 +177,15 @@ def run_row(name: str, batch: int, iters: int, modes: list[str], ember_settings:
         return _run_row(row, name, batch, iters, modes, ember_settings, pool_size, keep,
                         torch_compile_backend, DTYPES[dtype])
     finally:
-        # Free this row's models, engines and CUDA graphs before the next row is built.
-        torch._dynamo.reset()
-        gc.collect()
-        torch.cuda.empty_cache()
+        # Free this row's models, engines and CUDA graphs before the next row is built. After a
+        # CUDA error this can fail too: say so, and let the row's own error be the one reported.
+        try:
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001
+            print(f"row {name}:{batch}:{dtype}: freeing its memory failed: "
+                  f"{type(e).__name__}: {e}", flush=True)
 
 
 def _run_row(row: dict, name: str, batch: int, iters: int, modes: list[str],
