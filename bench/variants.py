@@ -43,17 +43,17 @@ def make_hf(name: str, batch: int, attn: str):
     else:
         raise ValueError(f"attn_* variants need a Hugging Face row (bert, gpt2), not '{name}'")
     model = transformers.AutoModel.from_config(cfg, attn_implementation=attn)
-    return model.eval().cuda(), torch.randint(0, vocab, (batch, 128)).cuda()
+    return model.eval().cuda(), (torch.randint(0, vocab, (batch, 128)).cuda(),)
 
 
-def host_us(fn, x, calls: int = 50) -> float:
+def host_us(fn, xs: tuple, calls: int = 50) -> float:
     """Host microseconds per call when `calls` calls are enqueued back to back."""
     with torch.no_grad():
-        fn(x)
+        fn(*xs)
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(calls):
-            fn(x)
+            fn(*xs)
         host = time.perf_counter() - start
         torch.cuda.synchronize()
     return host / calls * 1e6
@@ -62,24 +62,24 @@ def host_us(fn, x, calls: int = 50) -> float:
 def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:
     torch.manual_seed(0)
     if variant.startswith("attn_"):
-        model, x = make_hf(name, batch, variant[len("attn_"):])
+        model, xs = make_hf(name, batch, variant[len("attn_"):])
     else:
-        model, x = make(name, batch)
+        model, xs = make(name, batch)
     with torch.no_grad():
-        ref = first_tensor(model(x)).float()
+        ref = first_tensor(model(*xs)).float()
     settings: dict = {}
     if variant.startswith("autocast_"):
         settings = dict(enable_autocast=True, autocast_low_precision_type=(
             torch.float16 if variant.endswith("f16") else torch.bfloat16))
-        xin = x
+        xin = xs
     else:
         model = model.half()
-        xin = x.half() if x.is_floating_point() else x
+        xin = tuple(x.half() if x.is_floating_point() else x for x in xs)
     if variant == "graphs_off":
         settings["cuda_graphs"] = False
     report = ember.dynamo.CompilationReport()
     start = time.perf_counter()
-    gm = ember.compile(model, inputs=[xin], device="cuda", report=report, **settings)
+    gm = ember.compile(model, inputs=list(xin), device="cuda", report=report, **settings)
     row[f"{variant}_build_s"] = time.perf_counter() - start
     row[f"{variant}_engines"] = len(report.engines)
     row[f"{variant}_fallback_nodes"] = len(report.fallback)
@@ -87,7 +87,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
     row[f"{variant}_host_us"] = host_us(gm, xin)
     with torch.no_grad():
         row[f"{variant}_cos"], row[f"{variant}_maxerr"] = accuracy(
-            first_tensor(gm(xin)).float(), ref)
+            first_tensor(gm(*xin)).float(), ref)
     if variant in ("half", "graphs_off") or variant.startswith("attn_"):
         with torch.no_grad():
             row[f"eager_{variant}_ms"] = median_ms(model, xin, iters)
