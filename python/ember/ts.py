@@ -33,6 +33,7 @@ __all__ = ["compile", "check_method_op_support", "convert_method_to_engine",
            "embed_engine_in_new_module", "input_spec", "script_or_trace", "TSCompileReport"]
 
 _log = logging.getLogger("ember")
+_build_log = logging.getLogger("ember.build")
 
 
 class TSCompileReport:
@@ -58,7 +59,9 @@ class TSCompileReport:
                 self.log.append(value)
 
     def __str__(self) -> str:
-        lines = [self.partition_report.rstrip(), f"{self.num_engines} engine(s)"]
+        hits = sum(bool(e.get("cached")) for e in self.engines)
+        lines = [self.partition_report.rstrip(), f"{self.num_engines} engine(s)" +
+                 (f" ({hits} from the engine cache)" if hits else "")]
         if self.fallback:
             lines.append("Runs in TorchScript:")
             lines += [f"  {f}" for f in self.fallback]
@@ -214,6 +217,9 @@ def _build_engines(c: Any, settings: CompileSettings, csettings: dict) -> list[d
                             "build_log": built["build_log"], "cached": built["cached"],
                             "key": built["key"]})
             progress.done(k, nodes, built["build_seconds"], built["cached"])
+            # The C++ builder's messages (its pass log), as on the dynamo path.
+            for line in built["build_log"]:
+                _build_log.debug("engine %d: %s", k, line)
     if timing is not None:
         from ember import _C
         _timing_cache.save(_C.TimingCache.from_bytes(c.timing_cache().numpy().tobytes()),

@@ -182,6 +182,7 @@ def test_rescripted_and_renamed_module_hits(tmp_path):
     check(compiled, renamed)
     assert stats()["builds"] == 1 and stats()["hits"] == 2
     assert compiled.ember_report.engines[0]["cached"]
+    assert "1 engine(s) (1 from the engine cache)" in str(compiled.ember_report)
     assert len(entries(tmp_path)) == 1
 
 
