@@ -19,9 +19,9 @@ Settings (CompileSettings fields, Torch-TensorRT's names):
 
 The key (`engine_key`) is the SHA-256 of a JSON description made of: the segment's canonical IR
 text (`ember._C.segment_fingerprint`: values and symbols named by position, no fx names or
-module paths, so node names, argument names and object ids never change it; it includes the segment's input types, symbolic
-shapes and symbol ranges, i.e. the input specs), the SHA-256 of each constant the segment
-reads (the weights), the build settings (back end, optimization_level,
+module paths, so node names, argument names and object ids never change it; it includes the
+segment's input types, symbolic shapes and symbol ranges, i.e. the input specs), the SHA-256 of
+each constant the segment reads (the weights), the build settings (back end, optimization_level,
 truncate_double, channels_last), the GPU (name and compute capability, for CUDA), Ember's
 version, the plan format version and this entry format's version. Partitioning settings
 (min_block_size, torch_executed_ops, ...) are not in it: they change which segments exist,

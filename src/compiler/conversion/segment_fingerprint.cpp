@@ -1,8 +1,8 @@
-// A segment's canonical text: the engine cache keys built plans by it (python/ember/engine_cache.py,
-// on every path). Names carry no meaning for the engine, so they are replaced by positions
-// (values by their order in the segment, symbols by their order in the graph's symbol table,
-// which both importers fill in input order); everything the converters and the builder read
-// (ops, arguments, types, symbol ranges, constant types) stays.
+// A segment's canonical text: the engine cache keys built plans by it
+// (python/ember/engine_cache.py, on every path). Names carry no meaning for the engine, so they are
+// replaced by positions (values by their order in the segment, symbols by their order in the
+// graph's symbol table, which both importers fill in input order); everything the converters and
+// the builder read (ops, arguments, types, symbol ranges, constant types) stays.
 #include <map>
 #include <string>
 
@@ -102,12 +102,13 @@ SegmentFingerprint segment_fingerprint(const Graph& g, const Segment& segment) {
   std::string head = "segment(";
   for (size_t i = 0; i < segment.inputs.size(); ++i) {
     namer.name_input(segment.inputs[i]);
-    head += (i > 0 ? ", " : "") + namer.ref(segment.inputs[i]) + ": " + namer.type_text(segment.inputs[i]);
+    head += (i > 0 ? ", " : "") + namer.ref(segment.inputs[i]) + ": " +
+            namer.type_text(segment.inputs[i]);
   }
   head += "):\n";
   for (const auto& [name, r] : g.symbols()) {
-    head += "  symbol " + namer.symbol(name) + " = [" + std::to_string(r.min) + ", " + std::to_string(r.opt) +
-            ", " + std::to_string(r.max) + "]\n";
+    head += "  symbol " + namer.symbol(name) + " = [" + std::to_string(r.min) + ", " +
+            std::to_string(r.opt) + ", " + std::to_string(r.max) + "]\n";
   }
   std::string body;
   for (const Node* n : segment.nodes) {

@@ -9,11 +9,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <memory>
-#include <tuple>
 #include <cctype>
+#include <memory>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "engine_class.h"
 #include "engine_state.h"
@@ -155,7 +155,8 @@ std::string describe(const jit::Node* n) {
 }
 
 bridge::BridgeIO bridge_io(const compiler::EngineIO& e) {
-  return bridge::BridgeIO{e.name, compiler::scalar_type_name(e.torch_dtype), e.engine_dtype, e.shape};
+  return bridge::BridgeIO{e.name, compiler::scalar_type_name(e.torch_dtype), e.engine_dtype,
+                          e.shape};
 }
 
 // A torch.classes.ember.Engine; loading its state validates the plan against the metadata.
@@ -288,7 +289,8 @@ bridge::EngineMetadata Compilation::metadata(const compiler::SegmentEngine& buil
   return md;
 }
 
-void Compilation::add_engine(size_t k, std::vector<uint8_t> plan, const bridge::EngineMetadata& io) {
+void Compilation::add_engine(size_t k, std::vector<uint8_t> plan,
+                             const bridge::EngineMetadata& io) {
   if (std::find(engine_segments_.begin(), engine_segments_.end(), k) == engine_segments_.end()) {
     throw compiler::Error("ember.ts: segment " + std::to_string(k) + " is not an engine segment");
   }
@@ -486,9 +488,12 @@ CompileSpec make_spec(const std::string& method, const std::vector<std::string>&
     const std::string key = item.substr(0, eq);
     const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
     const bool on = value == "1" || value == "true" || value == "True";
-    if (key == "use_global_partitioner") spec.use_global_partitioner = on;
-    else if (key == "cuda_graphs") spec.cuda_graphs = on;
-    else compiler_items.push_back(item);
+    if (key == "use_global_partitioner")
+      spec.use_global_partitioner = on;
+    else if (key == "cuda_graphs")
+      spec.cuda_graphs = on;
+    else
+      compiler_items.push_back(item);
   }
   spec.settings = parse_settings(compiler_items);
   return spec;
@@ -561,9 +566,9 @@ class TorchCompilation : public torch::CustomClassHolder {
           continue;
         }
         std::shared_ptr<const void> keep = d.data;
-        data.push_back(at::from_blob(const_cast<void*>(d.data.get()),
-                                     {static_cast<int64_t>(d.nbytes)},
-                                     [keep](void*) mutable { keep.reset(); }, at::kByte));
+        data.push_back(at::from_blob(
+            const_cast<void*>(d.data.get()), {static_cast<int64_t>(d.nbytes)},
+            [keep](void*) mutable { keep.reset(); }, at::kByte));
       }
       return std::make_tuple(std::move(f.text), std::move(data));
     });
@@ -587,11 +592,13 @@ class TorchCompilation : public torch::CustomClassHolder {
 
   void set_timing_cache(at::Tensor bytes) {
     const std::vector<uint8_t> b = tensor_bytes(bytes);
-    c_->timing_cache = guarded([&] { return engine::TimingCache::deserialize(b.data(), b.size()); });
+    c_->timing_cache =
+        guarded([&] { return engine::TimingCache::deserialize(b.data(), b.size()); });
   }
 
   at::Tensor timing_cache() const {
-    return c_->timing_cache ? bytes_tensor(c_->timing_cache->serialize()) : at::empty({0}, at::kByte);
+    return c_->timing_cache ? bytes_tensor(c_->timing_cache->serialize())
+                            : at::empty({0}, at::kByte);
   }
 
   std::vector<std::string> finish(std::string out_path) {
@@ -666,7 +673,8 @@ std::string op_import_ir(std::string ir, std::vector<std::string> inputs) {
 TORCH_LIBRARY_FRAGMENT(ember, m) {
   using ember::torchscript::TorchCompilation;
   m.class_<TorchCompilation>("TSCompilation")
-      .def(torch::init<std::string, std::string, std::vector<std::string>, std::vector<std::string>>())
+      .def(torch::init<std::string, std::string, std::vector<std::string>,
+                       std::vector<std::string>>())
       .def("engine_segments", &TorchCompilation::engine_segments)
       .def("segment_size", &TorchCompilation::segment_size)
       .def("fingerprint", &TorchCompilation::fingerprint)
