@@ -1,10 +1,10 @@
 """The engine cache: built plans stored by a key that covers everything that changes them, so a
 second compile of the same model (in this process or another) builds nothing.
 
-The Python paths build through `build_segment`: ember.dynamo.compile (and so ember.compile and
-torch.compile(backend="ember")). The TorchScript path builds inside C++ (ember.ts) and does not
-use the cache yet; a frontend that partitions an ember._C.Graph in Python calls
-`build_segment` and shares everything here.
+Every path builds through `cached_build`: ember.dynamo.compile (and so ember.compile and
+torch.compile(backend="ember")) through `build_segment`, the TorchScript path (ember.ts) with
+the steps of its C++ compilation object (torch.classes.ember.TSCompilation). Both compute the
+key from the same C++ function (compiler::segment_fingerprint) and the recipe below.
 
 Settings (CompileSettings fields, Torch-TensorRT's names):
 
@@ -18,10 +18,10 @@ Settings (CompileSettings fields, Torch-TensorRT's names):
   `EngineCache`) used instead of the disk cache.
 
 The key (`engine_key`) is the SHA-256 of a JSON description made of: the segment's canonical IR
-text (`ember._C.segment_fingerprint`: values named by position, no fx names or module paths,
-so node names and object ids never change it; it includes the segment's input types, symbolic
-shapes and symbol ranges, i.e. the input specs), the SHA-256 of each constant the segment
-reads (the weights), the build settings (back end, optimization_level,
+text (`ember._C.segment_fingerprint`: values and symbols named by position, no fx names or
+module paths, so node names, argument names and object ids never change it; it includes the
+segment's input types, symbolic shapes and symbol ranges, i.e. the input specs), the SHA-256 of
+each constant the segment reads (the weights), the build settings (back end, optimization_level,
 truncate_double, channels_last), the GPU (name and compute capability, for CUDA), Ember's
 version, the plan format version and this entry format's version. Partitioning settings
 (min_block_size, torch_executed_ops, ...) are not in it: they change which segments exist,
@@ -44,11 +44,12 @@ import struct
 import tempfile
 import time
 import warnings
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from ember.logging import Counters, get_logger
 
-__all__ = ["EngineCache", "DiskEngineCache", "build_segment", "engine_key", "key_description",
+__all__ = ["EngineCache", "DiskEngineCache", "build_segment", "cached_build", "engine_key",
+           "key_description",
            "stats", "reset_stats", "default_cache_dir", "ENTRY_FORMAT_VERSION"]
 
 log = get_logger("cache")
@@ -322,39 +323,41 @@ def _io(io: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# The one function every path calls
+# The cache around one engine build: every path goes through `cached_build`
 
-def build_segment(graph: Any, partition: Any, index: int, settings: Any,
-                  timing_cache: Any = None, compiler_settings: dict | None = None) -> dict:
-    """Builds engine segment `index` of `partition` (an ember._C.Partition of `graph`), or
-    loads it from the engine cache that `settings` (a CompileSettings) selects.
+def cached_build(settings: Any, compiler_settings: dict, fingerprint: Callable[[], tuple],
+                 build: Callable[[], dict], index: int,
+                 check: Callable[[dict], None] | None = None) -> dict:
+    """Builds one engine segment, or loads it from the engine cache that `settings` (a
+    CompileSettings) selects. The frontend supplies the two steps that know its graph:
 
-    Returns what ``ember._C.build_segment`` returns (plan, inputs, outputs, build_log,
-    build_seconds) plus ``cached`` (True when loaded) and ``key`` (None when caching is off).
-    I/O entries carry this graph's value and fx names even on a hit. Every path that builds
-    engines calls this function, so they all share the cache and the build counter.
-    compiler_settings: the ember._C settings dict the caller lowered and partitioned with
-    (default: settings.to_compiler()).
+    - ``fingerprint()``: the segment's (canonical text, constants' data) from the C++
+      ``compiler::segment_fingerprint`` (``ember._C.segment_fingerprint`` on the dynamo path,
+      ``TSCompilation.fingerprint`` on the TorchScript path); constants are buffer-protocol
+      objects (bytes, memoryview, numpy arrays);
+    - ``build()``: builds the segment and returns plan (bytes), inputs, outputs (dicts with
+      name, torch_dtype, engine_dtype, shape), build_log and build_seconds.
+
+    `check(built)` (optional) is called on a loaded entry before it is used; an exception
+    rejects the entry (warning, rebuild) like a corrupt one. Returns build()'s dict (or the
+    entry's) plus ``cached`` and ``key`` (None when caching is off). Counts builds and hits in
+    `stats()`. compiler_settings: the ember._C settings dict the segment was lowered and
+    partitioned with (its back end and build settings enter the key).
     """
-    from ember import _C
-    csettings = compiler_settings if compiler_settings is not None else settings.to_compiler()
     cache = cache_for(settings)
     key = description = None
     if cache is not None:
-        text, constants = _C.segment_fingerprint(graph, partition, index)
-        description = key_description(text, constants, csettings)
+        text, constants = fingerprint()
+        description = key_description(text, constants, compiler_settings)
         key = engine_key(description)
         log.debug("segment %d key %s:\n%s", index, key, text)
     if cache is not None and settings.reuse_cached_engines:
-        built = _load(cache, key, description)
+        built = _load(cache, key, description, check)
         if built is not None:
-            seg = partition.segments()[index]
-            _rename(built["inputs"], seg["inputs"], "inputs", index)
-            _rename(built["outputs"], seg["outputs"], "outputs", index)
             built["cached"], built["key"] = True, key
             return built
     _count("builds")
-    built = dict(_C.build_segment(graph, partition, index, csettings, timing_cache))
+    built = dict(build())
     built["cached"], built["key"] = False, key
     if cache is not None and settings.cache_built_engines:
         try:
@@ -367,7 +370,35 @@ def build_segment(graph: Any, partition: Any, index: int, settings: Any,
     return built
 
 
-def _load(cache: EngineCache, key: str, description: dict) -> dict | None:
+def build_segment(graph: Any, partition: Any, index: int, settings: Any,
+                  timing_cache: Any = None, compiler_settings: dict | None = None) -> dict:
+    """Builds engine segment `index` of `partition` (an ember._C.Partition of `graph`), or
+    loads it from the engine cache that `settings` (a CompileSettings) selects.
+
+    Returns what ``ember._C.build_segment`` returns (plan, inputs, outputs, build_log,
+    build_seconds) plus ``cached`` (True when loaded) and ``key`` (None when caching is off).
+    I/O entries carry this graph's value and fx names even on a hit. The dynamo path (and so
+    ember.compile and torch.compile(backend="ember")) calls this; the TorchScript path calls
+    `cached_build` with its own graph's steps, so every path shares the cache, the key and the
+    build counter. compiler_settings: the ember._C settings dict the caller lowered and
+    partitioned with (default: settings.to_compiler()).
+    """
+    from ember import _C
+    csettings = compiler_settings if compiler_settings is not None else settings.to_compiler()
+    seg = partition.segments()[index]
+
+    def rename(built: dict) -> None:
+        _rename(built["inputs"], seg["inputs"], "inputs", index)
+        _rename(built["outputs"], seg["outputs"], "outputs", index)
+
+    return cached_build(
+        settings, csettings, lambda: _C.segment_fingerprint(graph, partition, index),
+        lambda: _C.build_segment(graph, partition, index, csettings, timing_cache), index,
+        check=rename)
+
+
+def _load(cache: EngineCache, key: str, description: dict,
+          check: Callable[[dict], None] | None = None) -> dict | None:
     start = time.perf_counter()
     try:
         blob = cache.load(key)
@@ -388,6 +419,13 @@ def _load(cache: EngineCache, key: str, description: dict) -> dict | None:
         _count("misses")
         _reject(key, str(e))
         return None
+    if check is not None:
+        try:
+            check(built)
+        except Exception as e:  # noqa: BLE001 - an entry that does not fit is rebuilt
+            _count("misses")
+            _reject(key, f"{type(e).__name__}: {str(e).strip()}")
+            return None
     _count("hits")
     log.info("engine cache hit %s (%d plan bytes, loaded in %.3f s; building took %.2f s)",
              key[:16], len(built["plan"]), time.perf_counter() - start, built["build_seconds"])

@@ -8,11 +8,14 @@ The work happens in C++ (src/torch/torchscript/, libember_torch.so): TorchScript
 import into the compiler IR, the compiler's lowering, partitioning and engine builds, and a new
 module whose forward calls ``ember::execute_engine`` per engine and keeps the rest as
 TorchScript. The module crosses into C++ as a file (torch.jit.save into a temporary directory),
-so the native library needs no Python bindings of its own.
+so the native library needs no Python bindings of its own. The C++ compilation runs in stages
+(torch.classes.ember.TSCompilation) so that each engine segment is built or loaded through the
+engine cache here, with the key and the loop every path shares (engine_cache.cached_build).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -21,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ember import _runtime
+from ember import _progress, _runtime, _timing_cache, engine_cache
 from ember._importer import DTYPE_NAMES
 from ember._input import Input
 from ember._settings import CompileSettings
@@ -30,16 +33,20 @@ __all__ = ["compile", "check_method_op_support", "convert_method_to_engine",
            "embed_engine_in_new_module", "input_spec", "script_or_trace", "TSCompileReport"]
 
 _log = logging.getLogger("ember")
+_build_log = logging.getLogger("ember.build")
 
 
 class TSCompileReport:
-    """What ember.ts.compile did (also on the result as `ember_report`)."""
+    """What ember.ts.compile did (also on the result as `ember_report`). `engines`: one dict per
+    engine (segment index, nodes, plan_bytes, build_seconds, cached, key), as in the dynamo
+    path's report."""
 
-    def __init__(self, lines: Sequence[str]):
+    def __init__(self, lines: Sequence[str], engines: Sequence[dict] = ()):
         self.num_engines = 0
         self.partition_report = ""
         self.fallback: list[str] = []
         self.log: list[str] = []
+        self.engines = list(engines)
         for line in lines:
             key, _, value = line.partition("=")
             if key == "engines":
@@ -52,7 +59,9 @@ class TSCompileReport:
                 self.log.append(value)
 
     def __str__(self) -> str:
-        lines = [self.partition_report.rstrip(), f"{self.num_engines} engine(s)"]
+        hits = sum(bool(e.get("cached")) for e in self.engines)
+        lines = [self.partition_report.rstrip(), f"{self.num_engines} engine(s)" +
+                 (f" ({hits} from the engine cache)" if hits else "")]
         if self.fallback:
             lines.append("Runs in TorchScript:")
             lines += [f"  {f}" for f in self.fallback]
@@ -77,9 +86,13 @@ def input_spec(x: Any, index: int = 0) -> str:
     return f"{body}@{DTYPE_NAMES[x.dtype]}"
 
 
-def _settings_items(settings: CompileSettings) -> list[str]:
+def _settings_items(settings: CompileSettings, csettings: dict | None = None) -> list[str]:
+    """The C++ settings (key=value): the compiler's, then the TorchScript path's own."""
     items = []
-    for key, value in settings.to_compiler().items():
+    csettings = csettings if csettings is not None else settings.to_compiler()
+    own = {"use_global_partitioner": settings.use_global_partitioner,
+           "cuda_graphs": settings.cuda_graphs}
+    for key, value in [*csettings.items(), *own.items()]:
         if isinstance(value, (list, tuple)):
             items += [f"{key}={v}" for v in value]
         elif isinstance(value, bool):
@@ -121,16 +134,8 @@ def compile(module: torch.jit.ScriptModule, inputs: Sequence[Any] | None = None,
     if not inputs:
         raise ValueError("ember.ts.compile: inputs= is required (tensors or ember.Input specs)")
     specs = [input_spec(x, i) for i, x in enumerate(inputs)]
-    items = _settings_items(settings)
-    # Settings the TorchScript path does not read yet: say so rather than ignore them silently.
-    if settings.timing_cache is not None:
-        warnings.warn("ember.ts.compile: timing_cache is not used on the TorchScript path yet")
-    if not settings.use_global_partitioner:
-        warnings.warn("ember.ts.compile: use_global_partitioner=False is not supported on the "
-                      "TorchScript path; the global partitioner is used")
-    if not settings.cuda_graphs:
-        warnings.warn("ember.ts.compile: cuda_graphs=False is not recorded in TorchScript-path "
-                      "engines yet; CUDA engines replay graphs")
+    csettings = settings.to_compiler()
+    items = _settings_items(settings, csettings)
     if settings.dryrun:
         raise ValueError("ember.ts.compile: dryrun is not supported on the TorchScript path; use "
                          "ember.ts.check_method_op_support or debug=True")
@@ -138,10 +143,15 @@ def compile(module: torch.jit.ScriptModule, inputs: Sequence[Any] | None = None,
     def run(tmp, path):
         out = os.path.join(tmp, "out.ts")
         try:
-            lines = torch.ops.ember.ts_compile(path, out, method_name, specs, items)
+            c = torch.classes.ember.TSCompilation(path, method_name, specs, items)
         except RuntimeError as e:
             raise _unwrap_error(e) from None
-        return torch.jit.load(out), TSCompileReport(lines)
+        engines = _build_engines(c, settings, csettings)
+        try:
+            lines = c.finish(out)
+        except RuntimeError as e:
+            raise _unwrap_error(e) from None
+        return torch.jit.load(out), TSCompileReport(lines, engines)
 
     compiled, report = _with_file(module, run)
     if settings.debug:
@@ -149,13 +159,72 @@ def compile(module: torch.jit.ScriptModule, inputs: Sequence[Any] | None = None,
     for line in report.fallback:
         _log.info("ember.ts: runs in TorchScript: %s", line)
     failed = [f for f in report.fallback if "failed to build" in f]
-    if failed and settings.pass_through_build_failures:
-        raise RuntimeError("ember.ts.compile: " + failed[0])
     if failed:
         warnings.warn("ember.ts: an engine segment failed to build and runs in TorchScript "
                       "(see the report: compiled.ember_report)")
     compiled.ember_report = report
     return compiled
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else \
+        torch.empty(0, dtype=torch.uint8)
+
+
+def _build_engines(c: Any, settings: CompileSettings, csettings: dict) -> list[dict]:
+    """Builds (or loads from the engine cache) every engine segment of the TSCompilation `c`
+    and hands each plan to it; the timing cache file is read before and written after."""
+    timing = _timing_cache.load(settings.timing_cache)
+    if timing is not None:
+        c.set_timing_cache(_bytes_tensor(timing.serialize()))
+    segments = list(c.engine_segments())
+    engines = []
+
+    def fingerprint(k):
+        text, constants = c.fingerprint(k)
+        return text, [t.numpy() for t in constants]
+
+    def build(k):
+        plan, io_json, build_log, seconds = c.build(k)
+        io = json.loads(io_json)
+        return {"plan": plan.numpy().tobytes(), "inputs": io["inputs"], "outputs": io["outputs"],
+                "build_log": list(build_log), "build_seconds": float(seconds)}
+
+    def use(k, built):
+        io = {"backend": csettings["backend"],
+              "inputs": [engine_cache._io(x) for x in built["inputs"]],
+              "outputs": [engine_cache._io(x) for x in built["outputs"]]}
+        c.add_engine(k, _bytes_tensor(built["plan"]), json.dumps(io))
+
+    with _progress.BuildProgress(len(segments)) as progress:
+        for k in segments:
+            nodes = int(c.segment_size(k))
+            progress.step(k, nodes)
+            try:
+                built = engine_cache.cached_build(
+                    settings, csettings, lambda: fingerprint(k), lambda: build(k), k,
+                    check=lambda b: use(k, b))
+                if not built["cached"]:
+                    use(k, built)
+            except RuntimeError as e:
+                if settings.pass_through_build_failures:
+                    raise RuntimeError(f"ember.ts.compile: engine segment {k} failed to build: "
+                                       f"{str(e).strip()}") from None
+                c.add_failure(k, str(e).strip())
+                continue
+            engines.append({"segment": k, "nodes": nodes, "plan_bytes": len(built["plan"]),
+                            "build_seconds": built["build_seconds"],
+                            "build_log": built["build_log"], "cached": built["cached"],
+                            "key": built["key"]})
+            progress.done(k, nodes, built["build_seconds"], built["cached"])
+            # The C++ builder's messages (its pass log), as on the dynamo path.
+            for line in built["build_log"]:
+                _build_log.debug("engine %d: %s", k, line)
+    if timing is not None:
+        from ember import _C
+        _timing_cache.save(_C.TimingCache.from_bytes(c.timing_cache().numpy().tobytes()),
+                           settings.timing_cache)
+    return engines
 
 
 def check_method_op_support(module: torch.jit.ScriptModule, method_name: str = "forward") -> bool:

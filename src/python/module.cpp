@@ -108,6 +108,24 @@ PYBIND11_MODULE(_C, m) {
              const std::vector<uint8_t> b = c.serialize();
              return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
            })
+      .def(
+          "store",
+          [](TimingCache& c, const std::string& device, const std::string& problem,
+             const py::bytes& choice) {
+            const std::string_view b = choice;
+            c.store(device, problem, std::vector<uint8_t>(b.begin(), b.end()));
+          },
+          py::arg("device"), py::arg("problem"), py::arg("choice"),
+          "Records a choice (what the CUDA back end does after timing a problem); for tests and "
+          "tools that prepare a cache.")
+      .def(
+          "lookup",
+          [](TimingCache& c, const std::string& device, const std::string& problem) -> py::object {
+            auto choice = c.lookup(device, problem);
+            if (!choice) return py::none();
+            return py::bytes(reinterpret_cast<const char*>(choice->data()), choice->size());
+          },
+          py::arg("device"), py::arg("problem"), "The choice for (device, problem), or None.")
       .def("__len__", &TimingCache::size)
       .def("timed_problems", &TimingCache::timed_problems);
   bind_compiler(m);

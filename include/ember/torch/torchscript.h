@@ -54,6 +54,12 @@ struct CompileSpec {
   compiler::CompileSettings settings;
   /// The method to compile.
   std::string method = "forward";
+  /// Merge non-adjacent supported nodes into one engine (the global partitioner); false:
+  /// adjacent nodes only.
+  bool use_global_partitioner = true;
+  /// CUDA engines replay a CUDA graph per input-shape signature; false runs them layer by layer.
+  /// Stored in each engine's metadata, so it holds after torch.jit.save / load.
+  bool cuda_graphs = true;
 };
 
 /// What the TorchScript path did: the partition report and each node left to TorchScript.

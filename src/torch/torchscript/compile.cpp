@@ -5,12 +5,15 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/ir/irparser.h>
 #include <torch/csrc/jit/serialization/import.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cctype>
+#include <memory>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "engine_class.h"
 #include "engine_state.h"
@@ -151,16 +154,15 @@ std::string describe(const jit::Node* n) {
   return ts_op_key(n) + (outs.empty() ? "" : " (" + outs + ")");
 }
 
-c10::IValue make_engine(const compiler::SegmentEngine& built, const std::string& backend) {
-  bridge::EngineMetadata md;
-  md.backend = backend;
-  auto io = [](const compiler::EngineIO& e) {
-    return bridge::BridgeIO{e.name, compiler::scalar_type_name(e.torch_dtype), e.engine_dtype, e.shape};
-  };
-  for (const auto& e : built.inputs) md.inputs.push_back(io(e));
-  for (const auto& e : built.outputs) md.outputs.push_back(io(e));
+bridge::BridgeIO bridge_io(const compiler::EngineIO& e) {
+  return bridge::BridgeIO{e.name, compiler::scalar_type_name(e.torch_dtype), e.engine_dtype,
+                          e.shape};
+}
+
+// A torch.classes.ember.Engine; loading its state validates the plan against the metadata.
+c10::IValue make_engine(const std::vector<uint8_t>& plan, const bridge::EngineMetadata& md) {
   std::vector<std::string> state = {bridge::kEngineStateTag,
-                                    bridge::base64_encode(built.plan.data(), built.plan.size()),
+                                    bridge::base64_encode(plan.data(), plan.size()),
                                     bridge::metadata_to_json(md)};
   return c10::IValue(c10::make_intrusive<bridge::TorchEngine>(std::move(state)));
 }
@@ -180,7 +182,7 @@ Compiled analyze(const jit::Module& module, const CompileSpec& spec, CompileRepo
   const bool full = settings.require_full_compilation;
   settings.require_full_compilation = false;
   auto log = compiler::lower(c.imported.graph, settings).log;
-  c.partition = compiler::partition(c.imported.graph, settings, /*global=*/true);
+  c.partition = compiler::partition(c.imported.graph, settings, spec.use_global_partitioner);
 
   std::vector<std::string> fallback;
   std::map<std::string, const jit::Node*> by_name;
@@ -234,46 +236,120 @@ void add_method(jit::Module& module, const std::string& method, std::shared_ptr<
 
 }  // namespace
 
-torch::jit::Module compile(const torch::jit::Module& module, const CompileSpec& spec,
-                           CompileReport* report) {
-  CompileReport local;
-  CompileReport* rep = report != nullptr ? report : &local;
-  Compiled c = analyze(module, spec, rep);
-  std::vector<BuiltEngine> engines;
-  jit::Module out = new_module(spec.method);
-  for (const compiler::Segment& seg : c.partition.segments) {
+// ---------------------------------------------------------------------------------------------
+// Compilation
+
+Compilation::Compilation(const jit::Module& module, const CompileSpec& spec) : spec_(spec) {
+  Compiled c = analyze(module, spec, &report_);
+  lowered_ = std::move(c.lowered);
+  imported_ = std::move(c.imported);
+  partition_ = std::move(c.partition);
+  for (size_t k = 0; k < partition_.segments.size(); ++k) {
+    const compiler::Segment& seg = partition_.segments[k];
     if (!seg.engine) continue;
-    compiler::SegmentEngine built;
-    try {
-      built = compiler::build_segment(c.imported.graph, seg, spec.settings);
-    } catch (const std::exception& e) {
-      rep->fallback.push_back("engine segment of " + std::to_string(seg.nodes.size()) +
-                              " nodes failed to build and runs in TorchScript: " + e.what());
-      continue;
-    }
-    BuiltEngine e;
+    // The embedder wires engine I/O to TorchScript values by fx name; a value the compiler made
+    // (no fx name, or an autocast copy whose fx name is the f32 original's: see
+    // compiler::convert's outputs) has no TorchScript value to read or write.
     bool mapped = true;
-    for (const auto& io : built.inputs) {
-      mapped = mapped && c.imported.ts_value.count(io.fx_name) != 0;
-      e.inputs.push_back(io.fx_name);
+    for (const compiler::Value* v : seg.inputs) {
+      mapped = mapped && imported_.ts_value.count(v->fx_name()) != 0;
     }
-    for (const auto& io : built.outputs) {
-      mapped = mapped && c.imported.ts_value.count(io.fx_name) != 0;
-      e.outputs.push_back(io.fx_name);
+    for (const compiler::Value* v : seg.outputs) {
+      const compiler::Node* p = v->producer();
+      const bool copy = p != nullptr && p->fx_name().empty() && v->dtype() != v->torch_dtype();
+      mapped = mapped && !copy && imported_.ts_value.count(v->fx_name()) != 0;
     }
     if (!mapped) {
-      rep->fallback.push_back("engine segment of " + std::to_string(seg.nodes.size()) +
-                              " nodes reads or writes a value the compiler made; it runs in "
-                              "TorchScript");
+      report_.fallback.push_back("engine segment of " + std::to_string(seg.nodes.size()) +
+                                 " nodes reads or writes a value the compiler made; it runs in "
+                                 "TorchScript");
       continue;
     }
-    for (const compiler::Node* n : seg.nodes) e.nodes.push_back(n->fx_name());
-    e.engine = make_engine(built, spec.settings.backend);
-    out.register_attribute("_ember_engine_" + std::to_string(engines.size()), e.engine.type(), e.engine);
+    engine_segments_.push_back(k);
+  }
+}
+
+size_t Compilation::segment_size(size_t k) const { return partition_.segments.at(k).nodes.size(); }
+
+compiler::SegmentFingerprint Compilation::fingerprint(size_t k) const {
+  return compiler::segment_fingerprint(imported_.graph, partition_.segments.at(k));
+}
+
+compiler::SegmentEngine Compilation::build(size_t k) const {
+  return compiler::build_segment(imported_.graph, partition_.segments.at(k), spec_.settings,
+                                 timing_cache);
+}
+
+bridge::EngineMetadata Compilation::metadata(const compiler::SegmentEngine& built) const {
+  bridge::EngineMetadata md;
+  md.backend = spec_.settings.backend;
+  md.cuda_graphs = spec_.cuda_graphs;
+  for (const auto& e : built.inputs) md.inputs.push_back(bridge_io(e));
+  for (const auto& e : built.outputs) md.outputs.push_back(bridge_io(e));
+  return md;
+}
+
+void Compilation::add_engine(size_t k, std::vector<uint8_t> plan,
+                             const bridge::EngineMetadata& io) {
+  if (std::find(engine_segments_.begin(), engine_segments_.end(), k) == engine_segments_.end()) {
+    throw compiler::Error("ember.ts: segment " + std::to_string(k) + " is not an engine segment");
+  }
+  const compiler::Segment& seg = partition_.segments[k];
+  if (io.inputs.size() != seg.inputs.size() || io.outputs.size() != seg.outputs.size()) {
+    throw compiler::Error("ember.ts: the plan for segment " + std::to_string(k) + " has " +
+                          std::to_string(io.inputs.size()) + " inputs and " +
+                          std::to_string(io.outputs.size()) + " outputs; the segment has " +
+                          std::to_string(seg.inputs.size()) + " and " +
+                          std::to_string(seg.outputs.size()));
+  }
+  bridge::EngineMetadata md = io;
+  md.backend = spec_.settings.backend;
+  md.cuda_graphs = spec_.cuda_graphs;
+  BuiltEngine e;
+  // Engine I/O i is segment I/O i (compiler::convert), whatever the plan's tensors are named.
+  for (const compiler::Value* v : seg.inputs) e.inputs.push_back(v->fx_name());
+  for (const compiler::Value* v : seg.outputs) e.outputs.push_back(v->fx_name());
+  for (const compiler::Node* n : seg.nodes) e.nodes.push_back(n->fx_name());
+  e.engine = make_engine(plan, md);
+  engines_[k] = std::move(e);
+}
+
+void Compilation::add_failure(size_t k, const std::string& why) {
+  report_.fallback.push_back("engine segment of " + std::to_string(segment_size(k)) +
+                             " nodes failed to build and runs in TorchScript: " + why);
+}
+
+jit::Module Compilation::finish() {
+  if (finished_) throw compiler::Error("ember.ts: Compilation::finish called twice");
+  finished_ = true;
+  jit::Module out = new_module(spec_.method);
+  std::vector<BuiltEngine> engines;
+  for (auto& [k, e] : engines_) {  // segment order
+    out.register_attribute("_ember_engine_" + std::to_string(engines.size()), e.engine.type(),
+                           e.engine);
     engines.push_back(std::move(e));
   }
-  rep->num_engines = static_cast<int>(engines.size());
-  add_method(out, spec.method, embed_graph(c.lowered.graph, c.imported, engines, out.type()));
+  report_.num_engines = static_cast<int>(engines.size());
+  add_method(out, spec_.method, embed_graph(lowered_.graph, imported_, engines, out.type()));
+  return out;
+}
+
+torch::jit::Module compile(const torch::jit::Module& module, const CompileSpec& spec,
+                           CompileReport* report) {
+  Compilation c(module, spec);
+  for (size_t k : c.engine_segments()) {
+    compiler::SegmentEngine built;
+    try {
+      built = c.build(k);
+    } catch (const std::exception& e) {
+      c.add_failure(k, e.what());
+      continue;
+    }
+    const bridge::EngineMetadata md = c.metadata(built);
+    c.add_engine(k, std::move(built.plan), md);
+  }
+  jit::Module out = c.finish();
+  if (report != nullptr) *report = c.report();
   return out;
 }
 
@@ -337,7 +413,11 @@ torch::jit::Module embed_engine_in_new_module(const std::vector<uint8_t>& plan) 
                          engine::shape_to_string(io.shape)};
     (io.is_input ? built.inputs : built.outputs).push_back(e);
   }
-  c10::IValue obj = make_engine(built, engine->backend());
+  bridge::EngineMetadata md;
+  md.backend = engine->backend();
+  for (const auto& e : built.inputs) md.inputs.push_back(bridge_io(e));
+  for (const auto& e : built.outputs) md.outputs.push_back(bridge_io(e));
+  c10::IValue obj = make_engine(plan, md);
   jit::Module out = new_module("forward");
   out.register_attribute("_ember_engine_0", obj.type(), obj);
   auto g = std::make_shared<jit::Graph>();
@@ -401,7 +481,21 @@ CompileSpec make_spec(const std::string& method, const std::vector<std::string>&
   CompileSpec spec;
   spec.method = method;
   for (const auto& text : inputs) spec.inputs.push_back(Input::parse(text));
-  spec.settings = parse_settings(settings);
+  // The TorchScript path's own settings; the rest are the compiler's.
+  std::vector<std::string> compiler_items;
+  for (const std::string& item : settings) {
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    const bool on = value == "1" || value == "true" || value == "True";
+    if (key == "use_global_partitioner")
+      spec.use_global_partitioner = on;
+    else if (key == "cuda_graphs")
+      spec.cuda_graphs = on;
+    else
+      compiler_items.push_back(item);
+  }
+  spec.settings = parse_settings(compiler_items);
   return spec;
 }
 
@@ -424,20 +518,99 @@ auto guarded(F&& f) {
   }
 }
 
-std::vector<std::string> op_compile(std::string path, std::string out_path, std::string method,
-                                    std::vector<std::string> inputs,
-                                    std::vector<std::string> settings) {
-  return guarded([&] {
-    CompileReport report;
-    jit::Module compiled = compile(load_module(path), make_spec(method, inputs, settings), &report);
-    compiled.save(out_path);
-    std::vector<std::string> out = {"engines=" + std::to_string(report.num_engines),
-                                    "report=" + report.partition_report};
-    for (const auto& f : report.fallback) out.push_back("fallback=" + f);
-    for (const auto& l : report.log) out.push_back("log=" + l);
-    return out;
-  });
+std::vector<std::string> report_lines(const CompileReport& report) {
+  std::vector<std::string> out = {"engines=" + std::to_string(report.num_engines),
+                                  "report=" + report.partition_report};
+  for (const auto& f : report.fallback) out.push_back("fallback=" + f);
+  for (const auto& l : report.log) out.push_back("log=" + l);
+  return out;
 }
+
+at::Tensor bytes_tensor(const std::vector<uint8_t>& bytes) {
+  at::Tensor t = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+  std::copy(bytes.begin(), bytes.end(), t.data_ptr<uint8_t>());
+  return t;
+}
+
+std::vector<uint8_t> tensor_bytes(const at::Tensor& t) {
+  at::Tensor p = t.contiguous().to(at::kByte);
+  return std::vector<uint8_t>(p.data_ptr<uint8_t>(), p.data_ptr<uint8_t>() + p.numel());
+}
+
+// torch.classes.ember.TSCompilation: the stages of Compilation for ember/ts.py, which builds or
+// loads each engine through the engine cache (python/ember/engine_cache.py).
+class TorchCompilation : public torch::CustomClassHolder {
+ public:
+  TorchCompilation(std::string path, std::string method, std::vector<std::string> inputs,
+                   std::vector<std::string> settings)
+      : c_(guarded([&] {
+          return std::make_unique<Compilation>(load_module(path),
+                                               make_spec(method, inputs, settings));
+        })) {}
+
+  std::vector<int64_t> engine_segments() const {
+    return std::vector<int64_t>(c_->engine_segments().begin(), c_->engine_segments().end());
+  }
+  int64_t segment_size(int64_t k) const { return static_cast<int64_t>(c_->segment_size(k)); }
+
+  // (canonical text, constants' data): what ember._C.segment_fingerprint returns on the dynamo
+  // path. The tensors view the constants without copying and keep them alive.
+  std::tuple<std::string, std::vector<at::Tensor>> fingerprint(int64_t k) const {
+    return guarded([&] {
+      compiler::SegmentFingerprint f = c_->fingerprint(k);
+      std::vector<at::Tensor> data;
+      for (const compiler::Value* v : f.constants) {
+        const compiler::ConstantData& d = v->constant();
+        if (d.data == nullptr) {
+          data.push_back(at::empty({0}, at::kByte));
+          continue;
+        }
+        std::shared_ptr<const void> keep = d.data;
+        data.push_back(at::from_blob(
+            const_cast<void*>(d.data.get()), {static_cast<int64_t>(d.nbytes)},
+            [keep](void*) mutable { keep.reset(); }, at::kByte));
+      }
+      return std::make_tuple(std::move(f.text), std::move(data));
+    });
+  }
+
+  // (plan, I/O metadata JSON as torch.classes.ember.Engine stores it, build log, seconds).
+  std::tuple<at::Tensor, std::string, std::vector<std::string>, double> build(int64_t k) const {
+    compiler::SegmentEngine built = guarded([&] { return c_->build(k); });
+    return std::make_tuple(bytes_tensor(built.plan), bridge::metadata_to_json(c_->metadata(built)),
+                           built.build_log, built.build_seconds);
+  }
+
+  void add_engine(int64_t k, at::Tensor plan, std::string io_json) {
+    guarded([&] {
+      c_->add_engine(k, tensor_bytes(plan), bridge::metadata_from_json(io_json));
+      return 0;
+    });
+  }
+
+  void add_failure(int64_t k, std::string why) { c_->add_failure(k, why); }
+
+  void set_timing_cache(at::Tensor bytes) {
+    const std::vector<uint8_t> b = tensor_bytes(bytes);
+    c_->timing_cache =
+        guarded([&] { return engine::TimingCache::deserialize(b.data(), b.size()); });
+  }
+
+  at::Tensor timing_cache() const {
+    return c_->timing_cache ? bytes_tensor(c_->timing_cache->serialize())
+                            : at::empty({0}, at::kByte);
+  }
+
+  std::vector<std::string> finish(std::string out_path) {
+    return guarded([&] {
+      c_->finish().save(out_path);
+      return report_lines(c_->report());
+    });
+  }
+
+ private:
+  std::unique_ptr<Compilation> c_;
+};
 
 std::vector<std::string> op_check_support(std::string path, std::string method) {
   return guarded([&] { return check_method_operator_support(load_module(path), method); });
@@ -498,8 +671,19 @@ std::string op_import_ir(std::string ir, std::vector<std::string> inputs) {
 }  // namespace ember::torchscript
 
 TORCH_LIBRARY_FRAGMENT(ember, m) {
-  m.def("ts_compile(str path, str out_path, str method, str[] inputs, str[] settings) -> str[]",
-        &ember::torchscript::op_compile);
+  using ember::torchscript::TorchCompilation;
+  m.class_<TorchCompilation>("TSCompilation")
+      .def(torch::init<std::string, std::string, std::vector<std::string>,
+                       std::vector<std::string>>())
+      .def("engine_segments", &TorchCompilation::engine_segments)
+      .def("segment_size", &TorchCompilation::segment_size)
+      .def("fingerprint", &TorchCompilation::fingerprint)
+      .def("build", &TorchCompilation::build)
+      .def("add_engine", &TorchCompilation::add_engine)
+      .def("add_failure", &TorchCompilation::add_failure)
+      .def("set_timing_cache", &TorchCompilation::set_timing_cache)
+      .def("timing_cache", &TorchCompilation::timing_cache)
+      .def("finish", &TorchCompilation::finish);
   m.def("ts_check_support(str path, str method) -> str[]", &ember::torchscript::op_check_support);
   m.def("ts_convert_to_engine(str path, str method, str[] inputs, str[] settings) -> Tensor",
         &ember::torchscript::op_convert_to_engine);

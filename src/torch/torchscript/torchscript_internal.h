@@ -2,6 +2,7 @@
 // (lowering.cpp), import into the compiler IR (importer.cpp) and the new module (embedder.cpp).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -12,8 +13,11 @@
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/ir.h>
 
+#include "engine_state.h"
+#include "ember/compiler/compile.h"
 #include "ember/compiler/ir.h"
 #include "ember/compiler/partitioning.h"
+#include "ember/engine/timing_cache.h"
 #include "ember/torch/torchscript.h"
 
 namespace ember::torchscript {
@@ -118,5 +122,59 @@ bool absorbed_by_ir(const jit::Node* n, const ImportResult& imported);
 /// flow, the method's return): the IR graph's outputs.
 std::vector<std::string> values_read_by_torchscript(const std::shared_ptr<jit::Graph>& graph,
                                                     const ImportResult& imported);
+
+/// One compilation in stages, so that the caller decides for each engine segment whether to
+/// build it or to take a plan from elsewhere (the engine cache, which lives in Python and keys
+/// plans by compiler::segment_fingerprint like the dynamo path):
+///
+///   Compilation c(module, spec);       // TorchScript lowering, import, lowering, partitioning
+///   for (size_t k : c.engine_segments()) c.add_engine(k, c.build(k));   // or a cached plan
+///   torch::jit::Module out = c.finish();
+///
+/// compile() is exactly this loop; the Python layer drives the same stages through
+/// torch.classes.ember.TSCompilation.
+class Compilation {
+ public:
+  /// Lowers, imports and partitions `module`'s method. Throws compiler::Error for bad inputs and,
+  /// with require_full_compilation, listing every node that would run in TorchScript.
+  Compilation(const jit::Module& module, const CompileSpec& spec);
+
+  /// Indices of the partition's engine segments that can become engines (in order); a segment
+  /// that reads or writes a value the compiler made (no TorchScript value) is reported in
+  /// report().fallback and left out.
+  const std::vector<size_t>& engine_segments() const { return engine_segments_; }
+  /// Number of IR nodes of segment `k`.
+  size_t segment_size(size_t k) const;
+  /// The engine cache's key text and constants of segment `k` (the dynamo path's function).
+  compiler::SegmentFingerprint fingerprint(size_t k) const;
+  /// Builds segment `k` (with timing_cache() when set). Throws what the build throws.
+  compiler::SegmentEngine build(size_t k) const;
+  /// The engine metadata (I/O names, dtypes, shapes, back end, cuda_graphs) of a plan built for
+  /// segment `k`, as torch.classes.ember.Engine stores it.
+  bridge::EngineMetadata metadata(const compiler::SegmentEngine& built) const;
+  /// Uses `plan` with I/O `io` (its inputs and outputs in the plan's order; back end and
+  /// cuda_graphs are this compilation's) as segment `k`'s engine. Throws when the plan does not
+  /// load or does not match `io`.
+  void add_engine(size_t k, std::vector<uint8_t> plan, const bridge::EngineMetadata& io);
+  /// Segment `k` runs in TorchScript because `why` (a failed build): reported as fallback.
+  void add_failure(size_t k, const std::string& why);
+  /// The new module: engines added so far, everything else TorchScript. Call once.
+  jit::Module finish();
+
+  /// The report (complete after finish()).
+  const CompileReport& report() const { return report_; }
+  /// Tactic timing shared by every build of this compilation (null: none).
+  std::shared_ptr<engine::TimingCache> timing_cache;
+
+ private:
+  CompileSpec spec_;
+  LoweredMethod lowered_;
+  ImportResult imported_;
+  compiler::PartitionResult partition_;
+  CompileReport report_;
+  std::vector<size_t> engine_segments_;
+  std::map<size_t, BuiltEngine> engines_;
+  bool finished_ = false;
+};
 
 }  // namespace ember::torchscript

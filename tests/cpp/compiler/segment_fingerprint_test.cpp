@@ -50,14 +50,14 @@ TEST(SegmentFingerprint, NamesByPositionWithoutMetadata) {
   std::vector<std::string> constants;
   const std::string text = fingerprint(kNamed, &constants);
   EXPECT_EQ(text,
-            "segment(%i0: f32[s0, 4]):\n"
-            "  symbol s0 = [1, 2, 8]\n"
+            "segment(%i0: f32[_s0, 4]):\n"
+            "  symbol _s0 = [1, 2, 8]\n"
             "  constant %c0: f32[4, 4]\n"
             "  constant %c1: f32[4]\n"
-            "  %v0 = aten::mm(%i0, %c0) : f32[s0, 4]\n"
-            "  %v1 = aten::add.Tensor(%v0, %c1, 1) : f32[s0, 4]\n"
-            "  %v2 = aten::relu(%v1) : f32[s0, 4]\n"
-            "  %v3 = aten::mul.Scalar(%v2, 2.0) : f32[s0, 4]\n"
+            "  %v0 = aten::mm(%i0, %c0) : f32[_s0, 4]\n"
+            "  %v1 = aten::add.Tensor(%v0, %c1, 1) : f32[_s0, 4]\n"
+            "  %v2 = aten::relu(%v1) : f32[_s0, 4]\n"
+            "  %v3 = aten::mul.Scalar(%v2, 2.0) : f32[_s0, 4]\n"
             "  return (%v3)\n")
       << text;
   EXPECT_EQ(constants, (std::vector<std::string>{"w", "b"}));
@@ -70,6 +70,27 @@ TEST(SegmentFingerprint, RenamingValuesAndFxNamesChangesNothing) {
   renamed = replace_all(renamed, "%w", "%p_weight");
   ASSERT_NE(renamed, kNamed);
   EXPECT_EQ(fingerprint(renamed), fingerprint(kNamed));
+}
+
+TEST(SegmentFingerprint, RenamingSymbolsChangesNothing) {
+  // The TorchScript importer names symbols after the method's arguments ("x_d0"), torch.export
+  // after a counter ("s0"): symbols are named by their position in the graph's table.
+  const std::string renamed = replace_all(kNamed, "s0", "images_d0");
+  ASSERT_NE(renamed, kNamed);
+  EXPECT_EQ(fingerprint(renamed), fingerprint(kNamed));
+  // Symbolic int and int-list arguments too.
+  const char* kView = R"(graph(%x: f32[s0, 4] {fx="x"}):
+  symbol s0 = [1, 2, 8]
+  %r = aten::relu(%x) : f32[s0, 4] {fx="relu"}
+  %v = aten::view(%r, [s0*4]) : f32[s0*4] {fx="view"}
+  %s = aten::slice.Tensor(%v, 0, 0, sym(s0*4), 1) : f32[s0*4] {fx="slice"}
+  %o = aten::relu(%s) : f32[s0*4] {fx="out"}
+  return (%o)
+)";
+  const std::string view = fingerprint(kView);
+  EXPECT_NE(view.find("aten::view(%v0, [_s0*4])"), std::string::npos) << view;
+  EXPECT_NE(view.find("aten::slice.Tensor(%v1, 0, 0, sym(_s0*4), 1)"), std::string::npos) << view;
+  EXPECT_EQ(fingerprint(replace_all(kView, "s0", "batch")), view);
 }
 
 TEST(SegmentFingerprint, WhatTheEngineDependsOnChangesIt) {

@@ -104,6 +104,36 @@ TEST(TorchScript, ControlFlowStaysInTorchScript) {
   }
 }
 
+// The metadata JSON of the module's engine attribute `name` (torch.classes.ember.Engine).
+std::string engine_metadata(const torch::jit::Module& m, const std::string& name) {
+  c10::IValue engine = m.attr(name);
+  std::vector<c10::IValue> stack{engine};
+  engine.toObject()->type()->getMethod("metadata_json").run(stack);
+  return stack.back().toStringRef();
+}
+
+TEST(TorchScript, CudaGraphsAndPartitionerSettings) {
+  torch::manual_seed(0);
+  torch::jit::Module m = make_module(kControlFlow);
+  ts::CompileSpec spec;
+  spec.inputs.push_back(ts::Input::fixed({2, 8}));
+  spec.settings.min_block_size = 1;
+  torch::jit::Module on = ts::compile(m, spec);
+  EXPECT_NE(engine_metadata(on, "_ember_engine_0").find("\"cuda_graphs\": true"),
+            std::string::npos);
+  spec.cuda_graphs = false;
+  spec.use_global_partitioner = false;
+  ts::CompileReport report;
+  torch::jit::Module off = ts::compile(m, spec, &report);
+  ASSERT_EQ(report.num_engines, 2);
+  for (const char* name : {"_ember_engine_0", "_ember_engine_1"}) {
+    EXPECT_NE(engine_metadata(off, name).find("\"cuda_graphs\": false"), std::string::npos)
+        << engine_metadata(off, name);
+  }
+  at::Tensor x = torch::randn({2, 8});
+  expect_close(off.forward({x}).toTensor(), m.forward({x}).toTensor());
+}
+
 TEST(TorchScript, OperatorSupport) {
   EXPECT_TRUE(ts::check_method_operator_support(make_module(kMlp), "forward").empty());
   auto unsupported = ts::check_method_operator_support(make_module(kControlFlow), "forward");
