@@ -25,6 +25,6 @@ cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
   -DGTest_DIR="$deps/lib/x86_64-linux-gnu/cmake/GTest" -DGTest_ROOT="$deps" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$py" "${cudnn_args[@]}" >/dev/null
 ninja -C "$root/build/gpu" -j "$(nproc)" ${EMBER_GPU_TARGETS:-} >/dev/null
-cp "$root"/build/gpu/python/_C*.so "$root/build/gpu/src/torch/libember_torch.so" "$root/python/ember/"
+cp "$root"/build/gpu/python/_C*.so "$root/build/gpu/libember.so" "$root/build/gpu/src/torch/libember_torch.so" "$root/python/ember/"
 export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
-echo "[gpu_build] built $(ls "$root"/python/ember/_C*.so | xargs -n1 basename) and libember_torch.so"
+echo "[gpu_build] built $(ls "$root"/python/ember/_C*.so | xargs -n1 basename), libember.so and libember_torch.so"

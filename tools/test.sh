@@ -28,8 +28,8 @@ mkdir -p build/fuzz/corpus
 if [ -d tests/python ]; then
   echo "== Python tests"
   # The package from the dev build above, not a second compile through pip: ember._C and
-  # libember_torch.so go next to python/ember (git-ignored), which PYTHONPATH puts first.
-  cp build/dev/python/_C*.so build/dev/src/torch/libember_torch.so python/ember/
+  # libember.so and libember_torch.so go next to python/ember (git-ignored), which PYTHONPATH puts first.
+  cp build/dev/python/_C*.so build/dev/libember.so build/dev/src/torch/libember_torch.so python/ember/
   python -m pip uninstall -q -y ember >/dev/null 2>&1 || true
   # EMBER_REQUIRE_DEPLOY: the C++ deployment test (ember_deploy, built above) must run.
   EMBER_REQUIRE_DEPLOY=1 PYTHONPATH="$EMBER_ROOT/python" python -m pytest -q -n "$jobs" -p no:cacheprovider tests/python

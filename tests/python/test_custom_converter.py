@@ -66,3 +66,31 @@ def test_custom_op_runs_inside_an_engine(loaded):
         x = torch.randn(b, 8)
         with torch.no_grad():
             assert_close(compiled(x), m(x))
+
+
+def _register_scaled_tanh_fake():
+    # The library defines a CPU kernel only; torch.export traces with a fake implementation.
+    from torch._library import simple_registry
+    if simple_registry.singleton.find("my_ops::scaled_tanh").fake_impl.kernel is None:
+        torch.library.register_fake("my_ops::scaled_tanh")(lambda x, alpha: torch.empty_like(x))
+
+
+def test_loaded_converter_is_used_by_the_dynamo_path(loaded):
+    """libember.so holds the one converter registry of the process: a converter that
+    ember.load_converters loaded reaches ember._C's compiler (the dynamo path), not only the
+    TorchScript path inside libember_torch.so."""
+    from harness import compile_cpu
+    _register_scaled_tanh_fake()
+    torch.manual_seed(0)
+    m = UsesCustomOp().eval()
+    x = torch.randn(4, 8)
+    gm, report = compile_cpu(m, [x], min_block_size=1)
+    assert report.fallback == [], report.fallback
+    assert len(report.engines) == 1, report.engines
+    assert any(op.startswith("my_ops::scaled_tanh") for op in report.engines[0]["ops"]), report.engines
+    with torch.no_grad():
+        assert_close(gm(x), m(x))
+    # ember.compile's default ir is the same path.
+    compiled = ember.compile(m, inputs=[x], min_block_size=1, device="cpu")
+    with torch.no_grad():
+        assert_close(compiled(x), m(x))
