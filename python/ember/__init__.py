@@ -24,6 +24,7 @@ else:
     from ember._api import compile, load, save
     from ember._backend import register as _register_backend
     from ember._converters import load_converters
+    from ember.plugins import load_plugins
     from ember._input import Input
     from ember._settings import CompileSettings
 
@@ -39,5 +40,5 @@ else:
     _register_backend()  # torch.compile(model, backend="ember")
 
 __all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
-           "compile", "save", "load", "Input", "CompileSettings", "load_converters",
+           "compile", "save", "load", "Input", "CompileSettings", "load_converters", "load_plugins",
            "engine_cache", "logging"]

@@ -25,6 +25,9 @@ class CompileSettings:
     torch_executed_modules: Collection[Any] = ()
     #: Raise instead of falling back; the error lists every unsupported node and why.
     require_full_compilation: bool = False
+    #: Every torch.library custom op of the program that has no converter runs inside engines
+    #: as a plugin calling its own kernel (ember.dynamo.plugin for each; docs/extending.md).
+    custom_ops_as_plugins: bool = False
     #: Run f64 as f32 and i64 as i32 inside engines (values are cast at the boundary).
     truncate_double: bool = False
     #: Keep the model's dtypes (casts in the model are the precision plan). False is a
@@ -222,6 +225,7 @@ def _precision_settings(settings: "CompileSettings") -> dict:
 _BOOL_FIELDS = frozenset({
     "require_full_compilation", "truncate_double", "use_explicit_typing", "debug", "dryrun",
     "pass_through_build_failures", "use_global_partitioner", "cuda_graphs",
+    "custom_ops_as_plugins",
 })
 
 #: Levels that each build something different (see the optimization_level field).

@@ -27,9 +27,11 @@ from ember._input import Input
 from ember._settings import CompileSettings, op_key
 from ember import extending as _extending
 from ember.extending import converter, lowering_pass, substitute
+from ember import plugins as _plugins
+from ember.plugins import plugin, remove_plugin
 
 __all__ = ["trace", "compile", "decomposition_table", "CompilationReport", "converter",
-           "lowering_pass", "substitute"]
+           "lowering_pass", "substitute", "plugin", "remove_plugin"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +268,9 @@ def _compile(exported_program: torch.export.ExportedProgram,
 
     ep = exported_program.run_decompositions(decomposition_table())
     fx_pass_log = _extending.run_lowering_passes(ep)  # ember.dynamo.lowering_pass rules
+    if settings.custom_ops_as_plugins:
+        added = _plugins.make_custom_ops_plugins(ep.graph.nodes)
+        fx_pass_log += [f"custom_ops_as_plugins: {key} runs as a plugin" for key in added]
     imported = import_program(ep, {})
     _warn_unmatched_executed(ep, csettings)
     ranges = _symbol_ranges(ep, specs, imported.user_inputs)

@@ -122,6 +122,11 @@ class FieldSetter {
   static void set(const py::handle&, Weights&) {
     throw Error("weights are given through add_constant");
   }
+  static void set(const py::handle& h, std::string& f) { f = h.cast<std::string>(); }
+  static void set(const py::handle& h, std::vector<uint8_t>& f) {
+    const std::string bytes = h.cast<py::bytes>();
+    f.assign(bytes.begin(), bytes.end());
+  }
   template <class E, std::enable_if_t<std::is_enum_v<E>, int> = 0>
   static void set(const py::handle& h, E& f) {
     // The bound enum (ember._C.ActivationType.RELU) or its member name ("RELU").
@@ -604,6 +609,18 @@ void bind_extending(py::module_& m) {
           ref)
       .def("add_shape", &Network::add_shape, py::arg("x"), py::arg("name") = "", ref)
       .def("add_identity", &Network::add_identity, py::arg("x"), py::arg("name") = "", ref)
+      .def(
+          "add_plugin",
+          [](Network& n, std::vector<Tensor*> inputs, const std::string& creator,
+             const std::string& version, const py::bytes& attributes, const std::string& name) {
+            const std::string bytes = attributes;
+            return n.add_plugin(std::move(inputs), creator, version,
+                                std::vector<uint8_t>(bytes.begin(), bytes.end()), name);
+          },
+          py::arg("inputs"), py::arg("creator"), py::arg("version"),
+          py::arg("attributes") = py::bytes(), py::arg("name") = "", ref,
+          "A Plugin layer: the plugin of the registered creator (name, version) made from "
+          "`attributes` (bytes), on `inputs`; its outputs are what the plugin infers.")
       .def(
           "add_attention",
           [](Network& n, Tensor* q, Tensor* k, Tensor* v, Tensor* mask, py::kwargs kw) {

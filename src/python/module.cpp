@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "ember/engine/plugin.h"
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
 #include "ember/engine/timing_cache.h"
@@ -79,6 +80,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = "0.1.0";
   py::register_exception<Error>(m, "EngineError", PyExc_RuntimeError);
   m.def("available_backends", &available_backends);
+  m.def("load_library", &ember::engine::load_library, py::arg("path"),
+        "dlopen()s a shared library (RTLD_GLOBAL) so its static initializers register its plugin "
+        "creators and converters in the process-wide registries of libember.so.");
+  m.def("plugin_creators", &ember::engine::plugin_creators,
+        "(name, version) of every plugin creator registered in this process, sorted.");
   m.attr("PLAN_FORMAT_VERSION") = ember::engine::plan_format_version();
   py::class_<PyEngine>(m, "Engine")
       .def(py::init<const py::bytes&>(), py::arg("plan"))

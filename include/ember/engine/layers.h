@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -24,6 +25,8 @@
 #include "ember/engine/weights.h"
 
 namespace ember::engine {
+
+class Plugin;
 
 /// Every layer kind. Values are the indices of LayerParams.
 enum class LayerKind : uint8_t {
@@ -53,8 +56,9 @@ enum class LayerKind : uint8_t {
   kShape,
   kIdentity,
   kAttention,
+  kPlugin,
 };
-inline constexpr int kNumLayerKinds = 26;
+inline constexpr int kNumLayerKinds = 27;
 /// "Convolution", "ElementWise", ...
 const char* layer_kind_name(LayerKind kind);
 
@@ -468,6 +472,22 @@ struct AttentionParams {
   }
 };
 
+/// User code (see plugin.h): the plugin made by the registered creator `creator` of `version`
+/// from `attributes`. Inputs: any number of tensors (none optional); outputs: what the plugin's
+/// infer_outputs reports. The plan stores the three fields; `plugin`, the instance, is made from
+/// them when the layer is added (Network::add_layer resolves it through the plugin registry) and
+/// is shared by copies of the layer. The builder never fuses into or across a plugin layer.
+struct PluginParams {
+  std::string creator;
+  std::string version;
+  std::vector<uint8_t> attributes;
+  /// The instance (not serialized); null until the layer is added to a network.
+  std::shared_ptr<const Plugin> plugin;
+  template <class V> void fields(V& v) {
+    v("creator", creator); v("version", version); v("attributes", attributes);
+  }
+};
+
 /// The parameters of a layer; the active alternative's index is the layer's LayerKind.
 using LayerParams =
     std::variant<ConstantParams, ConvolutionParams, DeconvolutionParams, PoolingParams,
@@ -475,7 +495,7 @@ using LayerParams =
                  SoftMaxParams, MatrixMultiplyParams, ShuffleParams, ConcatenationParams,
                  SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
                  NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
-                 ShapeParams, IdentityParams, AttentionParams>;
+                 ShapeParams, IdentityParams, AttentionParams, PluginParams>;
 static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
               "one LayerParams alternative per LayerKind, in enum order");
 

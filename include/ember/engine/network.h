@@ -139,6 +139,12 @@ class Network {
   Layer* add_fill(FillParams p, const std::string& name = "");
   Layer* add_shape(Tensor* x, const std::string& name = "");
   Layer* add_identity(Tensor* x, const std::string& name = "");
+  /// A Plugin layer (see plugin.h): the plugin of the registered creator `creator`, `version`,
+  /// made from `attributes`, on `inputs`; its outputs are what the plugin infers. Throws Error
+  /// naming the layer when no such creator is registered or the plugin rejects its inputs.
+  Layer* add_plugin(std::vector<Tensor*> inputs, const std::string& creator,
+                    const std::string& version, std::vector<uint8_t> attributes,
+                    const std::string& name = "");
 
   /// Marks `t` as a network output and, when `name` is given, renames it.
   void mark_output(Tensor* t, const std::string& name = "");

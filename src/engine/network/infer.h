@@ -104,6 +104,8 @@ void infer(const NormalizationParams& p, InferContext& ctx);
 void infer(const CumulativeParams& p, InferContext& ctx);
 // attention.cpp
 void infer(const AttentionParams& p, InferContext& ctx);
+// plugin.cpp
+void infer(const PluginParams& p, InferContext& ctx);
 
 /// Runs the overload for `params`.
 inline void infer_layer(const LayerParams& params, InferContext& ctx) {

@@ -6,6 +6,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "ember/engine/plugin.h"
 #include "network/infer.h"
 
 namespace ember::engine {
@@ -40,6 +41,7 @@ const char* layer_kind_name(LayerKind kind) {
     case LayerKind::kShape: return "Shape";
     case LayerKind::kIdentity: return "Identity";
     case LayerKind::kAttention: return "Attention";
+    case LayerKind::kPlugin: return "Plugin";
   }
   return "Invalid";
 }
@@ -204,6 +206,15 @@ Layer* Network::add_layer(LayerParams params, std::vector<Tensor*> inputs, const
   }
   layer->name_ = lname;
   const std::string where = layer->describe();
+  if (auto* plugin = std::get_if<PluginParams>(&layer->params_); plugin && !plugin->plugin) {
+    // The instance comes from the process's plugin registry: a network (or a plan being read)
+    // that names a creator this process lacks fails here, naming it.
+    try {
+      plugin->plugin = create_plugin(plugin->creator, plugin->version, plugin->attributes);
+    } catch (const std::exception& e) {
+      throw Error(where + ": " + e.what());
+    }
+  }
   std::vector<const Tensor*> cins;
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (inputs[i] != nullptr) check_owned(inputs[i], where + " input " + std::to_string(i));
@@ -226,6 +237,15 @@ Layer* Network::add_layer(LayerParams params, std::vector<Tensor*> inputs, const
   return raw;
 }
 
+Layer* Network::add_plugin(std::vector<Tensor*> inputs, const std::string& creator,
+                           const std::string& version, std::vector<uint8_t> attributes,
+                           const std::string& name) {
+  PluginParams p;
+  p.creator = creator;
+  p.version = version;
+  p.attributes = std::move(attributes);
+  return add_layer(std::move(p), std::move(inputs), name);
+}
 Layer* Network::add_constant(Weights weights, const std::string& name) {
   return add_layer(ConstantParams{std::move(weights)}, {}, name);
 }

@@ -1,8 +1,8 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 5 (version 1 had no Convolution/MatrixMultiply epilogue,
+// Byte layout (little-endian), version 6 (version 1 had no Convolution/MatrixMultiply epilogue,
 // version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling,
-// version 4 no build target):
+// version 4 no build target, version 5 no Plugin layer kind; versions 5 and 6 are read):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | build target | profiles | inputs | layers | outputs |
@@ -25,6 +25,9 @@
 //   timing    the timing-cache entries of the plan's problems (write_timing_entries in
 //             serialize.h): list of (device | problem | choice: u32 length + bytes); empty when
 //             the build did not time (no GPU, "cpu" back end)
+// A Plugin layer's params are its creator name and version (strings) and its attributes (u32
+// length + bytes); reading the layer creates the plugin through the process's plugin registry, so
+// a plan naming a plugin the process has not registered fails there, naming the plugin.
 // Tensor ids count in canonical order: inputs, then layer outputs in layer order (the order
 // Network::clone() produces, which PlanModel's placements follow). A Weights field is stored as
 // offset u64 into the weight section | byte size u64 | dtype u8 | dims (list of i64).
@@ -46,8 +49,12 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 5;  // 2: fused epilogues, 3: timing section,
-                                                   // 4: channels_last, 5: build target
+inline constexpr uint32_t kPlanFormatVersion = 6;  // 2: fused epilogues, 3: timing section,
+                                                   // 4: channels_last, 5: build target,
+                                                   // 6: Plugin layers
+/// The oldest version this build still reads: version 6 only added a layer kind (Plugin, whose
+/// params are strings and bytes), so version 5 plans read with the same code.
+inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 
 /// Where a tensor lives at run time.

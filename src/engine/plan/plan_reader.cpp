@@ -141,6 +141,12 @@ void ParamsReader::operator()(const char* name, std::vector<double>& v) {
 
 void ParamsReader::operator()(const char* name, Shape& v) { v = read_shape(in_, name); }
 
+void ParamsReader::operator()(const char* name, std::vector<uint8_t>& v) {
+  const size_t n = in_.count(name, 1);
+  v.resize(n);
+  for (uint8_t& b : v) b = in_.u8(name);
+}
+
 void ParamsReader::operator()(const char* name, Weights& v) {
   const size_t at = in_.offset();
   const uint64_t offset = in_.u64(name);
@@ -264,12 +270,15 @@ class PlanReader {
       ByteReader::fail("not an Ember plan (the file does not start with \"EMBRPLAN\")", 0);
     }
     const uint32_t version = h.u32("format version");
-    if (version != kPlanFormatVersion) {
+    if (version < kPlanMinReadableVersion || version > kPlanFormatVersion) {
       ByteReader::fail("the plan has format version " + std::to_string(version) +
-                           ", but this build reads version " + std::to_string(kPlanFormatVersion) +
+                           ", but this build reads versions " +
+                           std::to_string(kPlanMinReadableVersion) + " to " +
+                           std::to_string(kPlanFormatVersion) +
                            "; rebuild the plan with this version of Ember",
                        8);
     }
+    version_ = version;
     const uint32_t flags = h.u32("flags");
     if (flags != 0) {
       ByteReader::fail("unknown flags " + hex(flags) + " (version 1 defines none)", 12);
@@ -398,6 +407,11 @@ class PlanReader {
     for (size_t li = 0; li < n; ++li) {
       const size_t layer_at = in.offset();
       const auto kind = in.enumeration<LayerKind>("layer kind");
+      if (kind == LayerKind::kPlugin && version_ < 6) {
+        ByteReader::fail("layer " + std::to_string(li) + " is a Plugin layer, which format version " +
+                             std::to_string(version_) + " does not have (version 6 added it)",
+                         layer_at);
+      }
       const std::string name = in.str("layer name");
       if (name.empty()) ByteReader::fail("layer " + std::to_string(li) + " has no name", layer_at);
       // Built only for a message: plans of many layers read faster without it.
@@ -567,6 +581,7 @@ class PlanReader {
   size_t size_;
   PlanReadOptions options_;
   PlanModel plan_;
+  uint32_t version_ = kPlanFormatVersion;  // of the plan being read
   const uint8_t* blob_ = nullptr;
   size_t blob_size_ = 0;
   std::shared_ptr<const void> owner_;

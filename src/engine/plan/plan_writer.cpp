@@ -71,6 +71,11 @@ void ParamsWriter::operator()(const char* name, const std::vector<double>& v) {
 
 void ParamsWriter::operator()(const char* name, const Shape& v) { write_shape(out_, v, name); }
 
+void ParamsWriter::operator()(const char* name, const std::vector<uint8_t>& v) {
+  out_.count(v.size(), name);
+  out_.raw(v.data(), v.size());
+}
+
 void ParamsWriter::operator()(const char* name, const Weights& v) {
   out_.u64(weights_.add(v));
   out_.u64(v.nbytes());

@@ -185,7 +185,8 @@ class WeightsBlobWriter {
 
 /// Writes one params struct: `params.fields(writer)`.
 ///
-/// Encodings: int64/double 8 bytes, bool and enums 1 byte, vectors u32 count + elements, Shape
+/// Encodings: int64/double 8 bytes, bool and enums 1 byte, vectors u32 count + elements (strings
+/// and byte vectors: u32 length + bytes), Shape
 /// u32 rank + one DimExpr::to_string text per dim, Weights as blob offset u64, byte size u64,
 /// dtype u8, dims (u32 count + i64 each).
 class ParamsWriter {
@@ -199,6 +200,10 @@ class ParamsWriter {
   void operator()(const char* name, const std::vector<double>& v);
   void operator()(const char* name, const Shape& v);
   void operator()(const char* name, const Weights& v);
+  /// A string (a plugin's creator name and version): u32 length + bytes.
+  void operator()(const char* name, const std::string& v) { out_.str(v, name); }
+  /// Raw bytes (a plugin's attributes): u32 count + bytes.
+  void operator()(const char* name, const std::vector<uint8_t>& v);
   /// Every enum, DataType included.
   template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
   void operator()(const char* /*name*/, const E& v) {
@@ -229,6 +234,8 @@ class ParamsReader {
   void operator()(const char* name, std::vector<double>& v);
   void operator()(const char* name, Shape& v);
   void operator()(const char* name, Weights& v);
+  void operator()(const char* name, std::string& v) { v = in_.str(name); }
+  void operator()(const char* name, std::vector<uint8_t>& v);
   template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
   void operator()(const char* name, E& v) {
     v = in_.enumeration<E>(name);

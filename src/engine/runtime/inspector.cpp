@@ -61,6 +61,18 @@ class JsonFields {
   void operator()(const char* name, const std::vector<int64_t>& v) { list(name, v); }
   void operator()(const char* name, const std::vector<double>& v) { list(name, v); }
   void operator()(const char* name, const Shape& v) { key(name) << quote(shape_to_string(v)); }
+  void operator()(const char* name, const std::string& v) { key(name) << quote(v); }
+  /// Bytes (a plugin's attributes): their count, and the bytes in hex when there are few.
+  void operator()(const char* name, const std::vector<uint8_t>& v) {
+    static const char kHex[] = "0123456789abcdef";
+    std::string hex;
+    for (size_t i = 0; i < v.size() && i < 64; ++i) {
+      hex += kHex[v[i] >> 4];
+      hex += kHex[v[i] & 15];
+    }
+    key(name) << "{\"bytes\": " << static_cast<int64_t>(v.size()) << ", \"hex\": " << quote(hex)
+              << (v.size() > 64 ? ", \"truncated\": true}" : "}");
+  }
   void operator()(const char* name, const Weights& w) {
     key(name) << "{\"dtype\": " << quote(dtype_name(w.dtype())) << ", \"dims\": " << quote(dims_to_string(w.dims())) << "}";
   }

@@ -22,11 +22,16 @@
 #include "ember/engine/network.h"
 #include "ember/engine/runtime.h"
 #include "plan/serialize.h"
+#include "test_plugin.h"
 
 namespace ember::engine {
 namespace {
 
 namespace fs = std::filesystem;
+using test::affine_attributes;
+using test::kTestPluginName;
+using test::kTestPluginVersion;
+using test::register_test_plugins;
 
 // ---------------------------------------------------------------- helpers
 
@@ -117,6 +122,12 @@ class ParamsText {
   }
   void operator()(const char* name, const Shape& v) {
     os_ << name << "=" << shape_to_string(v) << ";";
+  }
+  void operator()(const char* name, const std::string& v) { os_ << name << "='" << v << "';"; }
+  void operator()(const char* name, const std::vector<uint8_t>& v) {
+    os_ << name << "=";
+    for (uint8_t b : v) os_ << static_cast<int>(b) << ",";
+    os_ << ";";
   }
   void operator()(const char* name, const Weights& w) {
     os_ << name << "=" << dtype_name(w.dtype()) << dims_to_string(w.dims()) << ":";
@@ -283,6 +294,10 @@ Network all_kinds_network() {
           ->output();
   Tensor* empty = net.add_constant(Weights::zeros(DataType::kF32, {0, 3}), "empty")->output();
   Tensor* again = net.add_constant(conv_w, "conv_w_again")->output();
+  // A plugin (its creator name, version and attribute bytes are the params).
+  register_test_plugins();
+  Layer* plugin = net.add_plugin({x}, kTestPluginName, kTestPluginVersion,
+                                 affine_attributes(2.0f, -1.0f), "plugin");
 
   const std::vector<std::pair<Tensor*, std::string>> outputs = {{deconv, "deconv_out"},
                                                                 {ew, "sub_out"},
@@ -306,7 +321,9 @@ Network all_kinds_network() {
                                                                 {i64, ""},
                                                                 {flags, "flags_out"},
                                                                 {empty, "empty_out"},
-                                                                {again, "again_out"}};
+                                                                {again, "again_out"},
+                                                                {plugin->output(0), "plugin_out"},
+                                                                {plugin->output(1), ""}};
   for (const auto& [t, name] : outputs) net.mark_output(t, name);
   return net;
 }
@@ -600,7 +617,7 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads version 5"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads versions 5 to 6"), std::string::npos) << m;
 }
 
 TEST(PlanFormat, BuildTargetIsValidated) {

@@ -147,6 +147,8 @@ void run(const NormalizationParams& p, const KernelArgs& a);
 void run(const CumulativeParams& p, const KernelArgs& a);
 // attention.cpp
 void run(const AttentionParams& p, const KernelArgs& a);
+// plugin.cpp
+void run(const PluginParams& p, const KernelArgs& a);
 
 /// Runs the kernel for `params`.
 inline void run_layer(const LayerParams& params, const KernelArgs& args) {

@@ -7,6 +7,7 @@
 #include "backends/backend.h"
 #include "backends/cuda/cuda_backend.h"
 #include "builder/passes/passes.h"
+#include "ember/engine/plugin.h"
 #include "plan/plan.h"
 
 namespace ember::engine {
@@ -30,7 +31,20 @@ class CudaContext final : public BackendContext {
     for (const Tensor* t : p.network.outputs()) io_ids_.push_back(t->id());
     num_inputs_ = p.network.inputs().size();
     for (const std::string& impl : p.impls) {
-      if (impl.rfind("cuda.host", 0) == 0) capturable_ = false;
+      if (impl.rfind("cuda.host", 0) == 0) {
+        capturable_ = false;
+        not_capturable_ = "the plan has a layer that runs through the host fallback (cuda.host)";
+      }
+    }
+    // A plugin whose enqueue may not be captured keeps the whole plan layer by layer.
+    for (const Layer* l : p.network.layers()) {
+      if (l->kind() != LayerKind::kPlugin) continue;
+      const PluginParams& pp = l->params_as<PluginParams>();
+      if (!pp.plugin->supports_cuda_graphs() && capturable_) {
+        capturable_ = false;
+        not_capturable_ = l->describe() + " (plugin '" + pp.creator + "' version '" + pp.version +
+                          "') does not support CUDA graphs (its supports_cuda_graphs says no)";
+      }
     }
   }
 
@@ -71,7 +85,7 @@ class CudaContext final : public BackendContext {
     } else if (!g.disabled_reason.empty()) {
       st.reason = g.disabled_reason;
     } else if (!capturable_) {
-      st.reason = "the plan has a layer that runs through the host fallback (cuda.host)";
+      st.reason = not_capturable_;
     }
     return st;
   }
@@ -94,7 +108,8 @@ class CudaContext final : public BackendContext {
   std::unique_ptr<cuda::ContextState> state_;
   std::vector<int> io_ids_;  // tensor ids of the inputs, then the outputs
   size_t num_inputs_ = 0;
-  bool capturable_ = true;   // no layer runs through the host fallback
+  bool capturable_ = true;   // no layer runs through the host fallback or blocks capture
+  std::string not_capturable_;  // why not, when !capturable_
 };
 
 /// Device buffers freed on scope exit (the build may stop on an error half way).
@@ -122,6 +137,9 @@ bool has_timed_layers(const Network& net) {
     if (k == LayerKind::kMatrixMultiply || k == LayerKind::kConvolution ||
         k == LayerKind::kDeconvolution) {
       return true;
+    }
+    if (k == LayerKind::kPlugin && l->params_as<PluginParams>().plugin->num_tactics("cuda") > 1) {
+      return true;  // the plugin's tactics are timed like library algorithms
     }
   }
   return false;
@@ -160,7 +178,7 @@ class CudaBackend final : public Backend {
     // capability refuses it at load (check_device_for_plan).
     s.plan.target = cuda::device_target();
     if (!has_timed_layers(s.plan.network)) {
-      s.log.push_back("time_tactics: no matmul or convolution to time");
+      s.log.push_back("time_tactics: no matmul, convolution or multi-tactic plugin to time");
       return;
     }
     const std::vector<uint8_t> bytes = plan_write(s.plan);

@@ -10,7 +10,9 @@ bool is_constant_output(const Tensor* t) {
 }
 
 bool foldable(const Layer& l, int64_t max_bytes) {
-  if (l.kind() == LayerKind::kConstant) return false;
+  // Plugins are opaque: their code may not run on the host, and folding would take them out of
+  // the plan the user asked for.
+  if (l.kind() == LayerKind::kConstant || l.kind() == LayerKind::kPlugin) return false;
   for (const Tensor* in : l.inputs()) {
     if (in != nullptr && !is_constant_output(in)) return false;
   }

@@ -2,6 +2,7 @@
 #include <set>
 
 #include "builder/passes/passes.h"
+#include "ember/engine/plugin.h"
 
 namespace ember::engine {
 
@@ -31,6 +32,20 @@ void pass_validate(BuildState& s) {
     if (t->is_input()) {
       throw Error("network input '" + t->name() +
                   "' is marked as an output; add an Identity layer to return a copy");
+    }
+  }
+  for (const Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kPlugin) continue;
+    const PluginParams& p = l->params_as<PluginParams>();
+    if (!p.plugin->supports_backend(s.config.backend)) {
+      throw Error(l->describe() + ": plugin '" + p.creator + "' version '" + p.version +
+                  "' does not run on back end '" + s.config.backend +
+                  "' (its supports_backend says no); build for a back end it supports");
+    }
+    if (p.plugin->num_tactics(s.config.backend) < 1) {
+      throw Error(l->describe() + ": plugin '" + p.creator + "' reports " +
+                  std::to_string(p.plugin->num_tactics(s.config.backend)) +
+                  " tactics on back end '" + s.config.backend + "' (at least 1)");
     }
   }
   std::set<std::string> symbols;
