@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import zipfile
@@ -125,8 +126,27 @@ def load(path: str | os.PathLike) -> Any:
     _runtime.load_library()
     if _is_torchscript_file(path):
         return torch.jit.load(path)
+    # torch.export.load logs the first deserialization error (an engine's plan that fails to
+    # load, e.g. one naming a plugin this process lacks) and raises a generic one afterwards:
+    # keep the logged error so that it, not "not a saved program", reaches the caller.
+    engine_errors: list[BaseException] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None and ("plan: " in str(exc) or "ember" in str(exc).lower()):
+                engine_errors.append(exc)
+
+    keep = _Keep(level=logging.WARNING)
+    export_log = logging.getLogger("torch.export")
+    export_log.addHandler(keep)
     try:
         return torch.export.load(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        if engine_errors:
+            raise RuntimeError(f"ember.load: '{path}': an engine in it cannot be loaded in this "
+                               f"process: {engine_errors[0]}") from engine_errors[0]
         raise ValueError(f"ember.load: '{path}' is not a saved program ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); {expected}") from e
+    finally:
+        export_log.removeHandler(keep)
