@@ -297,3 +297,129 @@ def test_engine_is_bound_to_its_device():
     with pytest.raises(RuntimeError, match=r"is on device cpu but this cuda engine needs device "
                                            r"cuda:\d"):
         torch.ops.ember.execute_engine([x.cpu()], engine)
+
+
+# ---------------------------------------------------------------- plugins on the GPU
+# Custom ops with CUDA kernels run inside CUDA engines as plugins (ember.dynamo.plugin), inside
+# CUDA-graph replayed engines when declared capturable (docs/extending.md, "Plugins").
+
+_CUDA_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+
+__global__ void cube_plus_kernel(const float* x, float* y, float b, int64_t n) {
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = x[i] * x[i] * x[i] + b;
+}
+
+torch::Tensor cube_plus(torch::Tensor x, double b) {
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == torch::kFloat, "cube_plus: f32 CUDA tensors");
+  auto xc = x.contiguous();
+  auto y = torch::empty_like(xc);
+  const int64_t n = xc.numel();
+  if (n > 0) {
+    cube_plus_kernel<<<(n + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        xc.data_ptr<float>(), y.data_ptr<float>(), static_cast<float>(b), n);
+  }
+  return y;
+}
+
+TORCH_LIBRARY(ember_gpu_test, m) { m.def("cube_plus(Tensor x, float b) -> Tensor"); }
+TORCH_LIBRARY_IMPL(ember_gpu_test, CUDA, m) { m.impl("cube_plus", &cube_plus); }
+"""
+
+
+@pytest.fixture(scope="module")
+def cuda_kernel_op():
+    from torch.utils.cpp_extension import load_inline
+    load_inline("ember_gpu_test_ext", cpp_sources="", cuda_sources=_CUDA_SOURCE,
+                is_python_module=False, verbose=False)
+    op = torch.ops.ember_gpu_test.cube_plus.default
+    torch.library.register_fake("ember_gpu_test::cube_plus")(lambda x, b: torch.empty_like(x))
+    return op
+
+
+class _UsesPlugin(torch.nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.fc1 = torch.nn.Linear(16, 16)
+        self.fc2 = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        h = self.op(h, 0.5)
+        return self.fc2(h)
+
+
+def _engine(gm):
+    return next(getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_"))
+
+
+def _check_plugin_engine(op, graphs: bool):
+    ember.dynamo.plugin(op, cuda_graphs=graphs)
+    try:
+        torch.manual_seed(0)
+        m = _UsesPlugin(op).eval().cuda()
+        x = torch.randn(4, 16, device="cuda")
+        gm, report = compile_cuda(m, [x])
+        kinds = [layer["params"].get("creator") for layer in
+                 __import__("json").loads(_engine(gm).inspect())["layers"] if layer["type"] == "Plugin"]
+        assert kinds == ["ember::torch_op"], kinds
+        for _ in range(5):  # eager first call, capture, replays
+            x = torch.randn(4, 16, device="cuda")
+            with torch.no_grad():
+                torch.testing.assert_close(gm(x), m(x), rtol=1e-4, atol=1e-4)
+        replays, captures, _eager, _staged = _engine(gm).cuda_graph_stats()
+        if graphs:
+            assert captures >= 1 and replays >= 2, (replays, captures)
+        else:
+            assert replays == 0, "a plugin not declared capturable must keep the engine eager"
+            assert "does not support CUDA graphs" in _engine(gm).cuda_graph_disabled_reasons()
+        return gm, m
+    finally:
+        ember.dynamo.remove_plugin(op)
+
+
+def test_cuda_kernel_custom_op_runs_as_a_plugin_inside_a_replayed_engine(cuda_kernel_op):
+    _check_plugin_engine(cuda_kernel_op, graphs=True)
+
+
+def test_plugin_not_declared_capturable_keeps_the_engine_eager(cuda_kernel_op):
+    _check_plugin_engine(cuda_kernel_op, graphs=False)
+
+
+def test_triton_kernel_custom_op_runs_as_a_plugin_inside_a_replayed_engine():
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    @triton.jit
+    def _cube_plus_kernel(x_ptr, y_ptr, b, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask)
+        tl.store(y_ptr + offs, x * x * x + b, mask=mask)
+
+    @torch.library.triton_op("ember_gpu_test::triton_cube_plus", mutates_args=())
+    def triton_cube_plus(x: torch.Tensor, b: float) -> torch.Tensor:
+        y = torch.empty_like(x)
+        n = x.numel()
+        torch.library.wrap_triton(_cube_plus_kernel)[(triton.cdiv(n, 256),)](x, y, b, n, BLOCK=256)
+        return y
+
+    _check_plugin_engine(torch.ops.ember_gpu_test.triton_cube_plus.default, graphs=True)
+
+
+def test_cuda_engine_with_a_plugin_saves_and_loads(cuda_kernel_op, tmp_path):
+    ember.dynamo.plugin(cuda_kernel_op, cuda_graphs=True)
+    try:
+        m = _UsesPlugin(cuda_kernel_op).eval().cuda()
+        x = torch.randn(4, 16, device="cuda")
+        gm, _ = compile_cuda(m, [x])
+        path = str(tmp_path / "plugin.pt2")
+        ember.save(gm, path, inputs=[x])
+    finally:
+        ember.dynamo.remove_plugin(cuda_kernel_op)
+    loaded = ember.load(path).module()  # the op is registered in this process
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x), rtol=1e-4, atol=1e-4)
