@@ -75,9 +75,23 @@ def _escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _encode_arg(value, engine_tensor, inputs: list, where: str) -> str:
-    """One `arg` line of the attributes (src/torch/torch_op_plugin.cpp has the grammar)."""
+def _encode_arg(value, inputs: list, where: str, type_name: str = "") -> str:
+    """One `arg` line of the attributes (src/torch/torch_op_plugin.cpp has the grammar).
+    `type_name` is the schema type ("float", "int", "SymInt[]", ...): numbers are encoded as
+    the schema asks, so an int passed for a float parameter reaches the kernel as a float."""
     from ember.extending import Tensor
+    base = type_name.rstrip("?")
+    if isinstance(value, str) and base in ("int", "SymInt", "float", "Scalar"):
+        raise TypeError(f"{where}: the {base} argument is the symbolic size {value!r}; a plugin "
+                        "takes constant arguments only (make it a tensor input, or a constant)")
+    if isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value) \
+            and base.endswith("[]") and not base.startswith("str"):
+        raise TypeError(f"{where}: the argument {value!r} holds symbolic sizes; a plugin takes "
+                        "constant arguments only")
+    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"f {float(value)!r}"
+    if base == "float[]" and isinstance(value, (list, tuple)):
+        return "fl " + ",".join(repr(float(v)) for v in value)
     if isinstance(value, Tensor):
         inputs.append(value)
         return f"t {len(inputs) - 1}"
@@ -119,8 +133,11 @@ def attributes_for(ctx, node, args, kwargs, schema, cuda_graphs: bool) -> tuple[
     inputs: list = []
     lines = ["ember-torch-op 1", f"op {schema.name} {schema.overload_name}"]
     values = list(args) + [kwargs[a.name] for a in schema.arguments if a.kwarg_only]
-    for value in values:
-        lines.append("arg " + _encode_arg(value, None, inputs, where))
+    positional = [a for a in schema.arguments if not a.kwarg_only]
+    types = [str(a.type) for a in positional] + [str(a.type) for a in schema.arguments
+                                                 if a.kwarg_only]
+    for value, type_name in zip(values, types):
+        lines.append("arg " + _encode_arg(value, inputs, where, type_name))
     for out in node.outputs:
         if out is None:
             raise TypeError(f"{where}: an output without a tensor value")

@@ -110,7 +110,7 @@ def test_custom_op_without_converter_splits_the_graph_unless_it_is_a_plugin():
 def test_plugin_with_two_outputs_list_arguments_and_dynamic_batch():
     class M(torch.nn.Module):
         def forward(self, x):
-            a, b = torch.ops.ember_test.split_scale(torch.sigmoid(x), 3, [2.0, -1.0])
+            a, b = torch.ops.ember_test.split_scale(torch.sigmoid(x), 3, [2, -1.0])
             return a.sum(-1, keepdim=True) * b
 
     ember.dynamo.plugin(torch.ops.ember_test.split_scale)  # the packet: every overload
