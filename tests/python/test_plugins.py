@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "converters"))
 sys.path.insert(0, os.path.join(HERE, "plugins"))
 from harness import assert_close, compile_cpu  # noqa: E402
-import ops  # noqa: E402,F401 - defines the ember_test custom ops
+import plugin_ops as ops  # noqa: E402 - defines the ember_test custom ops
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PLUGIN_LIB = os.environ.get("EMBER_PLUGIN_EXAMPLE_LIB", os.path.join(
@@ -182,7 +182,7 @@ _LOADER = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {plugins_dir!r})
     if {define_op}:
-        import ops  # defines ember_test::scaled_add again in this fresh process
+        import plugin_ops  # defines ember_test::scaled_add again in this fresh process
     import ember
     x = torch.load({x_path!r})
     try:
