@@ -139,6 +139,12 @@ class Network {
   Layer* add_fill(FillParams p, const std::string& name = "");
   Layer* add_shape(Tensor* x, const std::string& name = "");
   Layer* add_identity(Tensor* x, const std::string& name = "");
+  /// Quantize x with `scale` (and `zero_point`, nullptr when symmetric): see QuantizeParams.
+  Layer* add_quantize(Tensor* x, Tensor* scale, Tensor* zero_point, QuantizeParams p,
+                      const std::string& name = "");
+  /// Dequantize q with `scale` (and `zero_point`, nullptr when symmetric): see DequantizeParams.
+  Layer* add_dequantize(Tensor* q, Tensor* scale, Tensor* zero_point, DequantizeParams p,
+                        const std::string& name = "");
 
   /// Marks `t` as a network output and, when `name` is given, renames it.
   void mark_output(Tensor* t, const std::string& name = "");

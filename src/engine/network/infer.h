@@ -104,6 +104,10 @@ void infer(const NormalizationParams& p, InferContext& ctx);
 void infer(const CumulativeParams& p, InferContext& ctx);
 // attention.cpp
 void infer(const AttentionParams& p, InferContext& ctx);
+// quantize.cpp
+void infer(const QuantizeParams& p, InferContext& ctx);
+void infer(const DequantizeParams& p, InferContext& ctx);
+void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx);
 
 /// Runs the overload for `params`.
 inline void infer_layer(const LayerParams& params, InferContext& ctx) {

@@ -1,8 +1,9 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 5 (version 1 had no Convolution/MatrixMultiply epilogue,
+// Byte layout (little-endian), version 6 (version 1 had no Convolution/MatrixMultiply epilogue,
 // version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling,
-// version 4 no build target):
+// version 4 no build target, version 5 no Quantize/Dequantize layers and no f8e4m3 dtype; its
+// layout is otherwise version 6's, so this build still reads version 5 plans):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | build target | profiles | inputs | layers | outputs |
@@ -46,8 +47,11 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 5;  // 2: fused epilogues, 3: timing section,
-                                                   // 4: channels_last, 5: build target
+inline constexpr uint32_t kPlanFormatVersion = 6;  // 2: fused epilogues, 3: timing section,
+                                                   // 4: channels_last, 5: build target,
+                                                   // 6: Quantize/Dequantize, f8e4m3
+/// The oldest format version plan_read accepts (its layout is the current one's).
+inline constexpr uint32_t kOldestReadablePlanFormatVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 
 /// Where a tensor lives at run time.

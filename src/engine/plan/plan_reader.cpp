@@ -264,9 +264,11 @@ class PlanReader {
       ByteReader::fail("not an Ember plan (the file does not start with \"EMBRPLAN\")", 0);
     }
     const uint32_t version = h.u32("format version");
-    if (version != kPlanFormatVersion) {
+    if (version < kOldestReadablePlanFormatVersion || version > kPlanFormatVersion) {
       ByteReader::fail("the plan has format version " + std::to_string(version) +
-                           ", but this build reads version " + std::to_string(kPlanFormatVersion) +
+                           ", but this build reads versions " +
+                           std::to_string(kOldestReadablePlanFormatVersion) + " to " +
+                           std::to_string(kPlanFormatVersion) +
                            "; rebuild the plan with this version of Ember",
                        8);
     }
