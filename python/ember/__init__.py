@@ -26,6 +26,7 @@ else:
     from ember._converters import load_converters
     from ember._input import Input
     from ember._settings import CompileSettings
+    from ember.quantization import quantize
 
     # Register torch.classes.ember.Engine and ember::execute_engine now, so a compiled program
     # saved with torch.jit.save loads with a plain torch.jit.load after `import ember`. Without
@@ -40,4 +41,4 @@ else:
 
 __all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
            "compile", "save", "load", "Input", "CompileSettings", "load_converters",
-           "engine_cache", "logging"]
+           "engine_cache", "logging", "quantize"]
