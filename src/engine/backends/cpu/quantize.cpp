@@ -5,10 +5,11 @@
 // engine built from a PT2E program gives the bytes PyTorch gives: x * (1 / scale) in f32, round
 // half to even (std::nearbyint in the default rounding mode, as torch.round), + zero_point,
 // clamp, convert; and (q - zero_point) * scale in f32.
+#include "backends/semantics/quantize.h"
+
 #include <cmath>
 
 #include "backends/cpu/kernels.h"
-#include "backends/quantize_math.h"
 
 namespace ember::engine::cpu {
 
@@ -41,7 +42,7 @@ QuantParams read_params(const KernelArgs& a, int64_t channels) {
   const float* s = a.in(1).as<const float>();
   for (int64_t c = 0; c < channels; ++c) {
     q.scale.push_back(s[c]);
-    q.inv_scale.push_back(quant_inv_scale(s[c]));
+    q.inv_scale.push_back(semantics::quant_inv_scale(s[c]));
     q.zero_point.push_back(a.has(2) ? static_cast<float>(a.in(2).as<const int32_t>()[c]) : 0.0f);
   }
   return q;
@@ -62,7 +63,7 @@ void run(const QuantizeParams& p, const KernelArgs& a) {
       if (p.to == DataType::kF8E4M3) {
         out.as<uint8_t>()[i] = f32_to_f8e4m3(v * q.inv_scale[c]);
       } else {
-        const float r = quant_round_clamp(v, q.inv_scale[c], q.zero_point[c], lo, hi);
+        const float r = semantics::quant_round_clamp(v, q.inv_scale[c], q.zero_point[c], lo, hi);
         store_int(p.to, out.data, i, static_cast<int64_t>(r));
       }
     }

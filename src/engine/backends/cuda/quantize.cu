@@ -1,11 +1,12 @@
 // CUDA kernels of the quantization family: Quantize and Dequantize, one grid-stride pointwise
-// pass each. The arithmetic is backends/quantize_math.h (the CPU reference's); FP8 conversions
-// are cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
+// pass each, and the scaling pass after the INT8 product's int32 GEMM (quantized_matmul.cpp).
+// The arithmetic is backends/semantics/quantize.h (the CPU reference's); FP8 conversions are
+// cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
 #include <cuda_fp8.h>
 
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/quantize_kernels.h"
-#include "backends/quantize_math.h"
+#include "backends/semantics/quantize.h"
 
 namespace ember::engine::cuda {
 
@@ -50,13 +51,13 @@ __global__ void quantize_kernel(const TI* __restrict__ x, uint8_t* __restrict__ 
                                 Channels ch, float lo, float hi) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t c = ch.of(i);
-    const float inv = quant_inv_scale(ch.scale[c]);
+    const float inv = semantics::quant_inv_scale(ch.scale[c]);
     const float v = Num<TI>::load(x[i]);
     if constexpr (K == QKind::kF8) {
       y[i] = __nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3);
     } else {
       const float zp = ch.zero_point ? static_cast<float>(ch.zero_point[c]) : 0.0f;
-      const int r = static_cast<int>(quant_round_clamp(v, inv, zp, lo, hi));
+      const int r = static_cast<int>(semantics::quant_round_clamp(v, inv, zp, lo, hi));
       y[i] =
           K == QKind::kI8 ? static_cast<uint8_t>(static_cast<int8_t>(r)) : static_cast<uint8_t>(r);
     }
