@@ -642,12 +642,12 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
 
 TEST(PlanFormat, Version5PlansStillLoad) {
   // Version 6 added layer kinds and a dtype, not fields: a version-5 plan reads as it did.
-  auto b = tiny_plan();
+  const auto current = tiny_plan();
+  auto b = current;
   put_le(b, 8, 5, 4);
   const PlanModel m = plan_read(b.data(), b.size());
-  EXPECT_EQ(m.network.layers().size(), plan_read(tiny_plan().data(), tiny_plan().size())
-                                           .network.layers()
-                                           .size());
+  const PlanModel want = plan_read(current.data(), current.size());
+  EXPECT_EQ(m.network.layers().size(), want.network.layers().size());
   put_le(b, 8, 4, 4);
   EXPECT_NE(expect_rejected(b, b.size(), true, "version").find("format version 4"),
             std::string::npos);

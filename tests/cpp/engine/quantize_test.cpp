@@ -249,8 +249,9 @@ std::vector<LayerKind> built_kinds(const Network& net, int level) {
   BuilderConfig config;
   config.optimization_level = level;
   const std::vector<uint8_t> bytes = Builder(config).build(net);
+  const PlanModel plan = plan_read(bytes.data(), bytes.size());  // outlives the loop's layers
   std::vector<LayerKind> kinds;
-  for (const Layer* l : plan_read(bytes.data(), bytes.size()).network.layers()) {
+  for (const Layer* l : plan.network.layers()) {
     kinds.push_back(l->kind());
   }
   return kinds;
