@@ -27,6 +27,7 @@ else:
     from ember.plugins import load_plugins
     from ember._input import Input
     from ember._settings import CompileSettings
+    from ember.quantization import quantize
 
     # Register torch.classes.ember.Engine and ember::execute_engine now, so a compiled program
     # saved with torch.jit.save loads with a plain torch.jit.load after `import ember`. Without
@@ -41,4 +42,4 @@ else:
 
 __all__ = ["Engine", "EngineError", "available_backends", "__version__", "debug", "dynamo", "ts",
            "compile", "save", "load", "Input", "CompileSettings", "load_converters", "load_plugins",
-           "engine_cache", "logging"]
+           "engine_cache", "logging", "quantize"]

@@ -31,7 +31,7 @@ from ember._settings import op_key
 DTYPE_NAMES = {
     torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int8: "i8",
     torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.bool: "bool",
-    torch.float64: "f64", torch.int16: "i16",
+    torch.float64: "f64", torch.int16: "i16", torch.float8_e4m3fn: "f8e4m3",
 }
 TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 

@@ -67,9 +67,10 @@ def resolve(settings) -> None:
             continue
         if p in (torch.int8, torch.float8_e4m3fn, "int8", "i8", "fp8"):
             raise ValueError(f"ember: enabled_precisions={{{_precision_name(p)}}}: INT8 and FP8 "
-                             "engines are not supported yet (issue 17, section 2); use "
-                             "enable_autocast=True with autocast_low_precision_type=torch.float16 "
-                             "or torch.bfloat16")
+                             "engines come from a quantized model, not from a setting: "
+                             "qmodel = ember.quantize(model, calibration_inputs, "
+                             "dtype=torch.int8 or torch.float8_e4m3fn) (or a PT2E-quantized "
+                             "program), then ember.compile(qmodel, ...) (docs/precision.md)")
         raise ValueError(f"ember: enabled_precisions: unsupported precision "
                          f"{_precision_name(p)!r}; supported: torch.float32, torch.float16, "
                          "torch.bfloat16")

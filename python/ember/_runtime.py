@@ -50,6 +50,7 @@ TORCH_DTYPES: Dict[str, torch.dtype] = {
     "bool": torch.bool,
     "f64": torch.float64,
     "i16": torch.int16,
+    "f8e4m3": torch.float8_e4m3fn,
 }
 
 

@@ -132,7 +132,8 @@ class ConverterContext:
         dtype = DTYPE_NAMES.get(host.dtype)
         if dtype is None or dtype in ("f64", "i16"):
             raise TypeError(f"ctx.constant: dtype {host.dtype} has no engine type; convert it "
-                            "first (float32, float16, bfloat16, int8, uint8, int32, int64, bool)")
+                            "first (float32, float16, bfloat16, int8, uint8, int32, int64, bool, "
+                            "float8_e4m3fn)")
         data = host.reshape(-1).view(torch.uint8).numpy() if host.numel() else b""
         return self._raw.net.add_constant(data, dtype, list(host.shape), name).output()
 

@@ -39,13 +39,14 @@ DataType to_dtype(const py::handle& h) {
       {"torch.float32", DataType::kF32},   {"torch.float16", DataType::kF16},
       {"torch.bfloat16", DataType::kBF16}, {"torch.int8", DataType::kI8},
       {"torch.uint8", DataType::kU8},      {"torch.int32", DataType::kI32},
-      {"torch.int64", DataType::kI64},     {"torch.bool", DataType::kBool}};
+      {"torch.int64", DataType::kI64},     {"torch.bool", DataType::kBool},
+      {"torch.float8_e4m3fn", DataType::kF8E4M3}};
   const std::string s = py::str(h);
   if (auto d = dtype_from_name(s)) return *d;
   for (const auto& [name, d] : kTorch) {
     if (s == name) return d;
   }
-  throw Error("unknown dtype '" + s + "': use one of f32, f16, bf16, i8, u8, i32, i64, bool " +
+  throw Error("unknown dtype '" + s + "': use one of f32, f16, bf16, i8, u8, i32, i64, bool, f8e4m3 " +
               "or the matching torch.dtype");
 }
 

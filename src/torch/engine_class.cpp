@@ -69,6 +69,7 @@ c10::ScalarType engine_scalar_type(engine::DataType t) {
     case engine::DataType::kI32: return c10::ScalarType::Int;
     case engine::DataType::kI64: return c10::ScalarType::Long;
     case engine::DataType::kBool: return c10::ScalarType::Bool;
+    case engine::DataType::kF8E4M3: return c10::ScalarType::Float8_e4m3fn;
   }
   fail("ember.Engine: invalid engine dtype ", static_cast<int>(t));
 }

@@ -423,3 +423,52 @@ def test_cuda_engine_with_a_plugin_saves_and_loads(cuda_kernel_op, tmp_path):
     loaded = ember.load(path).module()  # the op is registered in this process
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# INT8 / FP8 (issue 17): ember.quantize'd models on the GPU, against PyTorch's own fake-quantized
+# run of the same program and against eager f32. The fused products run as cuBLASLt INT8 / FP8
+# GEMMs (the build log says how many were fused).
+
+
+class _QuantMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(256, 512)
+        self.fc2 = torch.nn.Linear(512, 128)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _quantized_on_gpu(dtype):
+    torch.manual_seed(0)
+    model = _QuantMLP().eval().cuda()
+    data = [(torch.randn(64, 256, device="cuda"),) for _ in range(4)]
+    qmodel = ember.quantize(model, data, dtype=dtype)
+    x = data[0][0]
+    gm, report = compile_cuda(qmodel, [x])
+    log = [line for e in report.engines for line in e["build_log"]
+           if line.startswith("fuse_quantized")]
+    with torch.no_grad():
+        return gm(x), qmodel(x), model(x), log
+
+
+def test_int8_quantized_mlp_on_gpu_uses_int8_gemms_and_matches():
+    out, fake_quant, f32, log = _quantized_on_gpu(torch.int8)
+    assert log and log[0].startswith("fuse_quantized: 2 low-precision products"), log
+    # The int8 GEMM sums exactly in int32; PyTorch's fake-quant run sums dequantized f32 values.
+    assert cosine(out, fake_quant) > 0.99999
+    torch.testing.assert_close(out, fake_quant, atol=1e-3, rtol=1e-3)
+    assert cosine(out, f32) > 0.99
+
+
+def test_fp8_quantized_mlp_on_gpu_matches():
+    if torch.cuda.get_device_capability() < (8, 9):
+        with pytest.raises(ValueError, match="needs a GPU with FP8"):
+            _quantized_on_gpu(torch.float8_e4m3fn)
+        return
+    out, fake_quant, f32, log = _quantized_on_gpu(torch.float8_e4m3fn)
+    assert log and log[0].startswith("fuse_quantized: 2 low-precision products"), log
+    assert cosine(out, fake_quant) > 0.9999
+    assert cosine(out, f32) > 0.99

@@ -187,7 +187,7 @@ def test_use_explicit_typing_false_is_deprecated_autocast(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    ({"enabled_precisions": {torch.int8}}, ValueError, "INT8 and FP8 engines are not supported"),
+    ({"enabled_precisions": {torch.int8}}, ValueError, "INT8 and FP8 engines come from a quantized model"),
     ({"enabled_precisions": {torch.float64}}, ValueError, "unsupported precision 'float64'"),
     ({"enabled_precisions": {torch.half, torch.bfloat16}}, ValueError, "pick one"),
     ({"enabled_precisions": 16}, TypeError, "must be a set of dtypes"),

@@ -30,9 +30,12 @@ using engine::Shape;
 
 /// Element types a torch tensor can have in the IR. A superset of the engine's DataType: f64
 /// and i16 exist in PyTorch programs and are narrowed (truncate_double) or rejected by converters.
-enum class ScalarType : uint8_t { kF32, kF16, kBF16, kI8, kU8, kI32, kI64, kBool, kF64, kI16 };
+enum class ScalarType : uint8_t {
+  kF32, kF16, kBF16, kI8, kU8, kI32, kI64, kBool, kF64, kI16,
+  kF8E4M3,  ///< torch.float8_e4m3fn (only Quantize/Dequantize produce and read it in engines)
+};
 /// Number of ScalarType enumerators.
-inline constexpr int kNumScalarTypes = 10;
+inline constexpr int kNumScalarTypes = 11;
 /// "f32", "f64", "i16", ... (the engine's names for the shared ones).
 const char* scalar_type_name(ScalarType t);
 /// Parses a name produced by scalar_type_name; nullopt when unknown.

@@ -71,8 +71,8 @@ struct BuilderConfig {
   std::vector<OptimizationProfile> profiles;
   /// 0..kMaxOptimizationLevel; each level adds passes: 0 only the required ones (shape
   /// inference, dead-layer removal, implementation choice, memory planning, tactic timing),
-  /// 1 constant folding, 2 fusion (conv/matmul epilogues, the attention rewrite), 3 layout
-  /// (channels_last). Higher values are an error.
+  /// 1 constant folding, 2 fusion (conv/matmul epilogues, int8/fp8 products, the attention
+  /// rewrite), 3 layout (channels_last). Higher values are an error.
   int optimization_level = 3;
   /// Upper bound for the activation arena in bytes (0 = no limit); exceeding it fails the build.
   int64_t memory_limit = 0;

@@ -57,8 +57,11 @@ enum class LayerKind : uint8_t {
   kIdentity,
   kAttention,
   kPlugin,
+  kQuantize,
+  kDequantize,
+  kQuantizedMatrixMultiply,
 };
-inline constexpr int kNumLayerKinds = 27;
+inline constexpr int kNumLayerKinds = 30;
 /// "Convolution", "ElementWise", ...
 const char* layer_kind_name(LayerKind kind);
 
@@ -488,6 +491,50 @@ struct PluginParams {
   }
 };
 
+/// Quantization: q = saturate(round_half_even(x * (1 / scale)) + zero_point), the math of
+/// PyTorch's quantize_per_tensor / quantize_per_channel (x * (1 / scale) in f32, as they do).
+/// Inputs: 0 x (f32/f16/bf16, computed in f32), 1 scale (f32: one element for per-tensor; rank 1
+/// of x's dim `axis` for per-channel), optional 2 zero_point (i32, scale's shape; integer
+/// outputs only, nullptr for a symmetric quantization).
+/// Output: `to` (i8, u8 or f8e4m3), x's shape. Integers saturate to [quant_min, quant_max]
+/// (inside the type's range). f8e4m3 has no rounding to integers: x / scale is rounded to the
+/// nearest E4M3 value and saturates at +-448 (quant_min/quant_max are ignored).
+struct QuantizeParams {
+  DataType to = DataType::kI8;
+  bool per_channel = false;
+  int64_t axis = 0;  ///< The channel axis when per_channel, in [0, rank).
+  int64_t quant_min = -128;
+  int64_t quant_max = 127;
+  template <class V> void fields(V& v) {
+    v("to", to); v("per_channel", per_channel); v("axis", axis); v("quant_min", quant_min);
+    v("quant_max", quant_max);
+  }
+};
+
+/// Dequantization: y = (q - zero_point) * scale, computed in f32 and rounded to `to`.
+/// Inputs: 0 q (i8, u8 or f8e4m3), 1 scale and optional 2 zero_point as for Quantize.
+/// Output: `to` (f32, f16 or bf16), q's shape.
+struct DequantizeParams {
+  DataType to = DataType::kF32;
+  bool per_channel = false;
+  int64_t axis = 0;
+  template <class V> void fields(V& v) {
+    v("to", to); v("per_channel", per_channel); v("axis", axis);
+  }
+};
+
+/// A low-precision matrix product, made by the builder's fuse_quantized pass from
+/// Dequantize -> MatrixMultiply chains (converters do not add it):
+///   out[..., m, n] = (sum_k a[..., m, k] * b[n, k]) * a_scale * b_scale[n]
+/// Inputs: 0 a (i8 or f8e4m3, rank >= 2, [..., M, K]), 1 b (a's dtype, [N, K]: the weight
+/// already transposed), 2 a_scale (f32, one element), 3 b_scale (f32, one element or [N]; f8e4m3:
+/// one element). Output: `out` (f32, f16 or bf16), [..., M, N]. Accumulation in int32 for i8
+/// (exact), in f32 for f8e4m3; the scales apply once, in f32, after the sum.
+struct QuantizedMatrixMultiplyParams {
+  DataType out = DataType::kF32;
+  template <class V> void fields(V& v) { v("out", out); }
+};
+
 /// The parameters of a layer; the active alternative's index is the layer's LayerKind.
 using LayerParams =
     std::variant<ConstantParams, ConvolutionParams, DeconvolutionParams, PoolingParams,
@@ -495,7 +542,8 @@ using LayerParams =
                  SoftMaxParams, MatrixMultiplyParams, ShuffleParams, ConcatenationParams,
                  SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
                  NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
-                 ShapeParams, IdentityParams, AttentionParams, PluginParams>;
+                 ShapeParams, IdentityParams, AttentionParams, PluginParams, QuantizeParams,
+                 DequantizeParams, QuantizedMatrixMultiplyParams>;
 static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
               "one LayerParams alternative per LayerKind, in enum order");
 

@@ -145,6 +145,12 @@ class Network {
   Layer* add_plugin(std::vector<Tensor*> inputs, const std::string& creator,
                     const std::string& version, std::vector<uint8_t> attributes,
                     const std::string& name = "");
+  /// Quantize x with `scale` (and `zero_point`, nullptr when symmetric): see QuantizeParams.
+  Layer* add_quantize(Tensor* x, Tensor* scale, Tensor* zero_point, QuantizeParams p,
+                      const std::string& name = "");
+  /// Dequantize q with `scale` (and `zero_point`, nullptr when symmetric): see DequantizeParams.
+  Layer* add_dequantize(Tensor* q, Tensor* scale, Tensor* zero_point, DequantizeParams p,
+                        const std::string& name = "");
 
   /// Marks `t` as a network output and, when `name` is given, renames it.
   void mark_output(Tensor* t, const std::string& name = "");

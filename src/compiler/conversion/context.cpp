@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "ember/compiler/conversion.h"
+#include "ember/engine/half.h"
 #include "ember/engine/weights.h"
 
 namespace ember::compiler {
@@ -119,6 +120,10 @@ engine::Tensor* ConversionContext::scalar(double value, DataType dtype, int rank
     case DataType::kBool:
       w = engine::Weights::from_vector(dtype, dims,
                                        std::vector<uint8_t>{static_cast<uint8_t>(value != 0.0)});
+      break;
+    case DataType::kF8E4M3:
+      w = engine::Weights::from_vector(
+          dtype, dims, std::vector<uint8_t>{engine::f32_to_f8e4m3(static_cast<float>(value))});
       break;
     case DataType::kF16:
     case DataType::kBF16: {

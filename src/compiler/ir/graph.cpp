@@ -11,7 +11,7 @@ namespace ember::compiler {
 namespace {
 
 constexpr std::array<const char*, kNumScalarTypes> kScalarTypeNames = {
-    "f32", "f16", "bf16", "i8", "u8", "i32", "i64", "bool", "f64", "i16"};
+    "f32", "f16", "bf16", "i8", "u8", "i32", "i64", "bool", "f64", "i16", "f8e4m3"};
 
 const char* arg_type_name(const Arg& a) {
   switch (a.index()) {
@@ -59,6 +59,7 @@ std::optional<engine::DataType> to_engine_dtype(ScalarType t) {
     case ScalarType::kBool: return engine::DataType::kBool;
     case ScalarType::kF64: return std::nullopt;
     case ScalarType::kI16: return std::nullopt;
+    case ScalarType::kF8E4M3: return engine::DataType::kF8E4M3;
   }
   return std::nullopt;
 }
@@ -73,6 +74,7 @@ ScalarType from_engine_dtype(engine::DataType t) {
     case engine::DataType::kI32: return ScalarType::kI32;
     case engine::DataType::kI64: return ScalarType::kI64;
     case engine::DataType::kBool: return ScalarType::kBool;
+    case engine::DataType::kF8E4M3: return ScalarType::kF8E4M3;
   }
   return ScalarType::kF32;
 }

@@ -19,6 +19,7 @@ std::vector<Pass> default_passes() {
   return {
       {"validate", 0, pass_validate},
       {"infer_shapes", 0, pass_infer_shapes},
+      {"fuse_quantized", 2, pass_fuse_quantized},
       {"fold_constants", 1, pass_fold_constants},
       {"remove_dead_layers", 0, pass_remove_dead_layers},
       {"fuse_epilogues", 2, pass_fuse_epilogues},

@@ -106,6 +106,10 @@ void infer(const CumulativeParams& p, InferContext& ctx);
 void infer(const AttentionParams& p, InferContext& ctx);
 // plugin.cpp
 void infer(const PluginParams& p, InferContext& ctx);
+// quantize.cpp
+void infer(const QuantizeParams& p, InferContext& ctx);
+void infer(const DequantizeParams& p, InferContext& ctx);
+void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx);
 
 /// Runs the overload for `params`.
 inline void infer_layer(const LayerParams& params, InferContext& ctx) {

@@ -42,6 +42,9 @@ const char* layer_kind_name(LayerKind kind) {
     case LayerKind::kIdentity: return "Identity";
     case LayerKind::kAttention: return "Attention";
     case LayerKind::kPlugin: return "Plugin";
+    case LayerKind::kQuantize: return "Quantize";
+    case LayerKind::kDequantize: return "Dequantize";
+    case LayerKind::kQuantizedMatrixMultiply: return "QuantizedMatrixMultiply";
   }
   return "Invalid";
 }
@@ -155,6 +158,25 @@ bool valid_identifier(const std::string& s) {
   });
 }
 
+/// FP8 tensors only come out of Quantize and go into Dequantize (or the fused low-precision
+/// product); on the way they may be moved (Shuffle, Identity) or be constants. Arithmetic on them would need E4M3 semantics in every
+/// kernel, so every other layer refuses them here, in one place.
+void check_f8_use(LayerKind kind, const std::vector<Tensor*>& inputs,
+                  const std::vector<TensorDesc>& outputs) {
+  if (kind == LayerKind::kConstant || kind == LayerKind::kQuantize ||
+      kind == LayerKind::kDequantize || kind == LayerKind::kQuantizedMatrixMultiply ||
+      kind == LayerKind::kShuffle || kind == LayerKind::kIdentity) {
+    return;
+  }
+  bool f8 = false;
+  for (const Tensor* t : inputs) f8 = f8 || (t != nullptr && t->dtype() == DataType::kF8E4M3);
+  for (const TensorDesc& d : outputs) f8 = f8 || d.dtype == DataType::kF8E4M3;
+  if (f8) {
+    throw Error("f8e4m3 tensors go only through Quantize, Dequantize, Shuffle and Identity "
+                "(dequantize first)");
+  }
+}
+
 }  // namespace
 
 Tensor* Network::new_tensor(std::string name, DataType dtype, Shape shape, Layer* producer) {
@@ -222,7 +244,9 @@ Layer* Network::add_layer(LayerParams params, std::vector<Tensor*> inputs, const
   }
   InferContext ctx(std::move(cins));
   try {
+    check_f8_use(layer->kind(), inputs, {});  // before infer: its message says what to do
     infer_layer(layer->params_, ctx);
+    check_f8_use(layer->kind(), {}, ctx.outputs());
   } catch (const Error& e) {
     throw Error(where + ": " + e.what());
   }
@@ -347,6 +371,14 @@ Layer* Network::add_shape(Tensor* x, const std::string& name) {
 }
 Layer* Network::add_identity(Tensor* x, const std::string& name) {
   return add_layer(IdentityParams{}, {x}, name);
+}
+Layer* Network::add_quantize(Tensor* x, Tensor* scale, Tensor* zero_point, QuantizeParams p,
+                             const std::string& name) {
+  return add_layer(p, {x, scale, zero_point}, name);
+}
+Layer* Network::add_dequantize(Tensor* q, Tensor* scale, Tensor* zero_point, DequantizeParams p,
+                               const std::string& name) {
+  return add_layer(p, {q, scale, zero_point}, name);
 }
 
 void Network::mark_output(Tensor* t, const std::string& name) {

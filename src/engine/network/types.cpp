@@ -12,6 +12,7 @@ size_t dtype_size(DataType t) {
     case DataType::kI32: return 4;
     case DataType::kI64: return 8;
     case DataType::kBool: return 1;
+    case DataType::kF8E4M3: return 1;
   }
   throw Error("dtype_size: invalid DataType " + std::to_string(static_cast<int>(t)));
 }
@@ -26,6 +27,7 @@ const char* dtype_name(DataType t) {
     case DataType::kI32: return "i32";
     case DataType::kI64: return "i64";
     case DataType::kBool: return "bool";
+    case DataType::kF8E4M3: return "f8e4m3";
   }
   return "invalid";
 }
@@ -44,6 +46,10 @@ bool dtype_is_float(DataType t) {
 
 bool dtype_is_integer(DataType t) {
   return t == DataType::kI8 || t == DataType::kU8 || t == DataType::kI32 || t == DataType::kI64;
+}
+
+bool dtype_is_quantized(DataType t) {
+  return t == DataType::kI8 || t == DataType::kU8 || t == DataType::kF8E4M3;
 }
 
 }  // namespace ember::engine

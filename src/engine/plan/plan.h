@@ -2,7 +2,8 @@
 //
 // Byte layout (little-endian), version 6 (version 1 had no Convolution/MatrixMultiply epilogue,
 // version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling,
-// version 4 no build target, version 5 no Plugin layer kind; versions 5 and 6 are read):
+// version 4 no build target, version 5 no Plugin, Quantize, Dequantize or
+// QuantizedMatrixMultiply layer kind and no f8e4m3 dtype; versions 5 and 6 are read):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | build target | profiles | inputs | layers | outputs |
@@ -51,9 +52,10 @@ namespace ember::engine {
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
 inline constexpr uint32_t kPlanFormatVersion = 6;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
-                                                   // 6: Plugin layers
-/// The oldest version this build still reads: version 6 only added a layer kind (Plugin, whose
-/// params are strings and bytes), so version 5 plans read with the same code.
+                                                   // 6: Plugin, Quantize/Dequantize, f8e4m3
+/// The oldest version this build still reads: version 6 only added layer kinds (Plugin,
+/// Quantize, Dequantize, QuantizedMatrixMultiply) and the f8e4m3 dtype, so version 5 plans
+/// read with the same code.
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

@@ -407,9 +407,12 @@ class PlanReader {
     for (size_t li = 0; li < n; ++li) {
       const size_t layer_at = in.offset();
       const auto kind = in.enumeration<LayerKind>("layer kind");
-      if (kind == LayerKind::kPlugin && version_ < 6) {
-        ByteReader::fail("layer " + std::to_string(li) + " is a Plugin layer, which format version " +
-                             std::to_string(version_) + " does not have (version 6 added it)",
+      if ((kind == LayerKind::kPlugin || kind == LayerKind::kQuantize ||
+           kind == LayerKind::kDequantize || kind == LayerKind::kQuantizedMatrixMultiply) &&
+          version_ < 6) {
+        ByteReader::fail("layer " + std::to_string(li) + " is a " + layer_kind_name(kind) +
+                             " layer, which format version " + std::to_string(version_) +
+                             " does not have (version 6 added it)",
                          layer_at);
       }
       const std::string name = in.str("layer name");

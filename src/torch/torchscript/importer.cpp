@@ -59,6 +59,7 @@ std::optional<ScalarType> ir_dtype(c10::ScalarType t) {
     case c10::ScalarType::Bool: return ScalarType::kBool;
     case c10::ScalarType::Double: return ScalarType::kF64;
     case c10::ScalarType::Short: return ScalarType::kI16;
+    case c10::ScalarType::Float8_e4m3fn: return ScalarType::kF8E4M3;
     default: return std::nullopt;
   }
 }
@@ -75,6 +76,7 @@ c10::ScalarType torch_dtype(ScalarType t) {
     case ScalarType::kBool: return c10::ScalarType::Bool;
     case ScalarType::kF64: return c10::ScalarType::Double;
     case ScalarType::kI16: return c10::ScalarType::Short;
+    case ScalarType::kF8E4M3: return c10::ScalarType::Float8_e4m3fn;
   }
   return c10::ScalarType::Float;
 }

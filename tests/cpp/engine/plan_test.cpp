@@ -279,6 +279,40 @@ Network all_kinds_network() {
   ap.scale = 0.125;
   ap.causal = true;
   Tensor* attn = net.add_layer(ap, {x, x, x, gt}, "attention")->output();
+  // Quantization: per-channel int8 with zero points, FP8, and the fused low-precision product.
+  Tensor* qs = net.add_constant(Weights::from_vector<float>(DataType::kF32, {4},
+                                                            {0.5f, 0.25f, 1.0f, 2.0f}),
+                                "q_scale")
+                   ->output();
+  Tensor* qz =
+      net.add_constant(Weights::from_vector<int32_t>(DataType::kI32, {4}, {0, 1, -1, 2}), "q_zero")
+          ->output();
+  QuantizeParams qp;
+  qp.per_channel = true;
+  qp.axis = 1;
+  qp.quant_min = -100;
+  qp.quant_max = 100;
+  Tensor* q = net.add_quantize(x, qs, qz, qp, "quantize")->output();
+  DequantizeParams dqp;
+  dqp.to = DataType::kF16;
+  dqp.per_channel = true;
+  dqp.axis = 1;
+  Tensor* dq = net.add_dequantize(q, qs, qz, dqp, "dequantize")->output();
+  Tensor* s1 =
+      net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.125f}), "s1")->output();
+  QuantizeParams f8;
+  f8.to = DataType::kF8E4M3;
+  Tensor* q8 = net.add_quantize(x, s1, nullptr, f8, "quantize_fp8")->output();
+  std::vector<int8_t> wqv(24);
+  for (size_t i = 0; i < wqv.size(); ++i) wqv[i] = static_cast<int8_t>(static_cast<int>(i) * 11 - 120);
+  Tensor* wq = net.add_constant(Weights::from_vector<int8_t>(DataType::kI8, {3, 8}, wqv), "wq")
+                   ->output();
+  Tensor* ws = net.add_constant(Weights::from_vector<float>(DataType::kF32, {3}, {0.1f, 0.2f, 0.3f}),
+                                "wq_scale")
+                   ->output();
+  QuantizedMatrixMultiplyParams qmp;
+  qmp.out = DataType::kBF16;
+  Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws}, "qmm")->output();
   // Other dtypes, an empty constant, and a constant sharing conv_w's bytes (stored once).
   Tensor* half =
       net.add_constant(
@@ -317,6 +351,9 @@ Network all_kinds_network() {
                                                                 {shp, "shape_out"},
                                                                 {id, "id_out"},
                                                                 {attn, "attn_out"},
+                                                                {dq, "dq_out"},
+                                                                {q8, "fp8_out"},
+                                                                {qmm, "qmm_out"},
                                                                 {half, "half_out"},
                                                                 {i64, ""},
                                                                 {flags, "flags_out"},
@@ -618,6 +655,19 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
   EXPECT_NE(m.find("reads versions 5 to 6"), std::string::npos) << m;
+}
+
+TEST(PlanFormat, Version5PlansStillLoad) {
+  // Version 6 added layer kinds and a dtype, not fields: a version-5 plan reads as it did.
+  const auto current = tiny_plan();
+  auto b = current;
+  put_le(b, 8, 5, 4);
+  const PlanModel m = plan_read(b.data(), b.size());
+  const PlanModel want = plan_read(current.data(), current.size());
+  EXPECT_EQ(m.network.layers().size(), want.network.layers().size());
+  put_le(b, 8, 4, 4);
+  EXPECT_NE(expect_rejected(b, b.size(), true, "version").find("format version 4"),
+            std::string::npos);
 }
 
 TEST(PlanFormat, BuildTargetIsValidated) {

@@ -136,6 +136,8 @@ bool widens_exactly(ScalarType from, ScalarType to) {
       return to == T::kI32 || to == T::kI64 || to == T::kF32 || to == T::kF64;
     case T::kI32:
       return to == T::kI64 || to == T::kF64;
+    case T::kF8E4M3:  // 3 mantissa bits, exponents 2^-9 .. 2^8
+      return to == T::kF16 || to == T::kBF16 || to == T::kF32 || to == T::kF64;
     case T::kBool:
     case T::kI64:
     case T::kF64:

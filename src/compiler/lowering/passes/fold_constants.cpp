@@ -44,6 +44,13 @@ bool is_nondeterministic(const std::string& op) {
   return false;
 }
 
+// Dequantization of a constant (a quantized weight) stays a node: folded, the weight would be
+// an f32 constant (4x the bytes), and the engine builder could no longer fuse it into an int8 or
+// FP8 product (fuse_quantized looks for Dequantize of a constant).
+bool is_dequantize(const std::string& op) {
+  return op.rfind("quantized_decomposed::dequantize", 0) == 0 || op == "ember::dequantize_fp8";
+}
+
 // Bytes of a static-shaped value in its engine dtype; 0 when it cannot be folded (symbolic
 // shape, a dtype the engine lacks, or no elements).
 size_t foldable_bytes(const Value* v) {
@@ -55,7 +62,9 @@ size_t foldable_bytes(const Value* v) {
 }
 
 bool can_fold(const Graph& g, const Node& node, const CompileSettings& settings, size_t max_bytes) {
-  if (node.outputs().empty() || is_nondeterministic(node.op())) return false;
+  if (node.outputs().empty() || is_nondeterministic(node.op()) || is_dequantize(node.op())) {
+    return false;
+  }
   // Cheap checks first: most nodes read a non-constant.
   for (const Value* in : node.input_values()) {
     if (!in->is_constant() || in->constant().data == nullptr) return false;

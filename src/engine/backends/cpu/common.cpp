@@ -23,6 +23,8 @@ int64_t load_int(DataType t, const void* p, int64_t i) {
     case DataType::kI32: return static_cast<const int32_t*>(p)[i];
     case DataType::kI64: return static_cast<const int64_t*>(p)[i];
     case DataType::kBool: return static_cast<const uint8_t*>(p)[i] != 0;
+    case DataType::kF8E4M3:
+      return static_cast<int64_t>(f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]));
   }
   return 0;
 }
@@ -37,6 +39,9 @@ void store_int(DataType t, void* p, int64_t i, int64_t v) {
     case DataType::kI32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
     case DataType::kI64: static_cast<int64_t*>(p)[i] = v; return;
     case DataType::kBool: static_cast<uint8_t*>(p)[i] = v != 0; return;
+    case DataType::kF8E4M3:
+      static_cast<uint8_t*>(p)[i] = f32_to_f8e4m3(static_cast<float>(v));
+      return;
   }
 }
 

@@ -75,6 +75,7 @@ inline float load_float(DataType t, const void* p, int64_t i) {
     case DataType::kI32: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
     case DataType::kI64: return static_cast<float>(static_cast<const int64_t*>(p)[i]);
     case DataType::kBool: return static_cast<const uint8_t*>(p)[i] ? 1.0f : 0.0f;
+    case DataType::kF8E4M3: return f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
   }
   return 0.0f;
 }
@@ -90,6 +91,7 @@ inline void store_float(DataType t, void* p, int64_t i, float v) {
     case DataType::kI32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
     case DataType::kI64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); return;
     case DataType::kBool: static_cast<uint8_t*>(p)[i] = v != 0.0f; return;
+    case DataType::kF8E4M3: static_cast<uint8_t*>(p)[i] = f32_to_f8e4m3(v); return;
   }
 }
 
@@ -149,6 +151,10 @@ void run(const CumulativeParams& p, const KernelArgs& a);
 void run(const AttentionParams& p, const KernelArgs& a);
 // plugin.cpp
 void run(const PluginParams& p, const KernelArgs& a);
+// quantize.cpp
+void run(const QuantizeParams& p, const KernelArgs& a);
+void run(const DequantizeParams& p, const KernelArgs& a);
+void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a);
 
 /// Runs the kernel for `params`.
 inline void run_layer(const LayerParams& params, const KernelArgs& args) {

@@ -677,6 +677,7 @@ void run(const PoolingParams& p, const KernelArgs& a) {
       return;
     case DataType::kBool:
       break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string("max pooling of ") + dtype_name(xt.dtype) + " is not supported");
 }

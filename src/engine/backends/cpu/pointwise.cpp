@@ -131,6 +131,7 @@ void dispatch_float(DataType t, const char* what, Fn&& fn) {
     case DataType::kI64:
     case DataType::kBool:
       break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   unsupported(what, t);
 }
@@ -151,6 +152,7 @@ void dispatch_int(DataType t, const char* what, Fn&& fn) {
     case DataType::kBF16:
     case DataType::kBool:
       break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   unsupported(what, t);
 }
@@ -174,6 +176,7 @@ void dispatch_all(DataType t, Fn&& fn) {
       return fn(Tag<DataType::kI64>{});
     case DataType::kBool:
       return fn(Tag<DataType::kBool>{});
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   unsupported("cast", t);
 }

@@ -82,6 +82,7 @@ void visit_float(DataType t, const char* layer, Fn&& fn) {
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string(layer) + " kernel: dtype " + dtype_name(t) + " is not supported");
 }
@@ -98,6 +99,7 @@ void visit_numeric(DataType t, const char* layer, Fn&& fn) {
     case DataType::kF16:
     case DataType::kBF16: visit_float(t, layer, std::forward<Fn>(fn)); return;
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string(layer) + " kernel: dtype " + dtype_name(t) + " is not supported");
 }

@@ -180,6 +180,9 @@ void run(const NormalizationParams& p, const CudaArgs& a);
 void run(const CumulativeParams& p, const CudaArgs& a);
 void run(const AttentionParams& p, const CudaArgs& a);
 void run(const PluginParams& p, const CudaArgs& a);
+void run(const QuantizeParams& p, const CudaArgs& a);
+void run(const DequantizeParams& p, const CudaArgs& a);
+void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a);
 
 /// True when the layer kind has a device kernel in this build ("cuda.<Kind>"), false when it
 /// runs through host_fallback ("cuda.host.<Kind>"): what select_implementations records.

@@ -646,6 +646,7 @@ uint64_t scalar_bits(DataType t, double v) {
     case DataType::kI32: put(static_cast<int32_t>(iv)); break;
     case DataType::kI64: put(iv); break;
     case DataType::kBool: put(static_cast<uint8_t>(iv != 0)); break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   return bits;
 }
@@ -1109,6 +1110,7 @@ void run(const ResizeParams& p, const CudaArgs& a) {
     case DataType::kU8:
     case DataType::kI32:
     case DataType::kI64:
+    case DataType::kF8E4M3:
     case DataType::kBool:
       throw Error(std::string("Resize kernel (cuda): linear and cubic resize need a float dtype, "
                               "got ") + dtype_name(in.dtype));

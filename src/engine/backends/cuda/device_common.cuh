@@ -96,6 +96,7 @@ bool dispatch_numeric(DataType t, Fn&& fn) {
     case DataType::kI32: fn(int32_t{}); return true;
     case DataType::kI64: fn(int64_t{}); return true;
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   return false;
 }

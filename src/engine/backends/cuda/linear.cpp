@@ -100,6 +100,7 @@ cudaDataType_t lt_type(DataType t) {
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string("MatrixMultiply (cuda): dtype ") + dtype_name(t) +
               " is not supported (float types only)");
@@ -434,6 +435,7 @@ cudnnDataType_t dnn_type(DataType t, const char* layer) {
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string(layer) + " (cuda): dtype " + dtype_name(t) +
               " is not supported (float types only)");

@@ -506,6 +506,7 @@ void launch_fill_channel_bias(DataType dtype, void* out, const void* bias, int64
     case DataType::kU8:
     case DataType::kI32:
     case DataType::kI64:
+    case DataType::kF8E4M3:
     case DataType::kBool:
       throw Error(std::string("bias fill (cuda): dtype ") + dtype_name(dtype) +
                   " is not supported");
@@ -543,6 +544,7 @@ void launch_epilogue(DataType dtype, void* y, const void* bias, int64_t channels
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string("epilogue (cuda): dtype ") + dtype_name(dtype) + " is not supported");
 }
@@ -585,6 +587,7 @@ void run(const PoolingParams& p, const CudaArgs& a) {
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   if (p.type == PoolingType::kMax) {
     switch (x.dtype) {
@@ -596,6 +599,7 @@ void run(const PoolingParams& p, const CudaArgs& a) {
       case DataType::kF16:
       case DataType::kBF16:
       case DataType::kBool: break;
+      case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
     }
   }
   throw Error(std::string("Pooling kernel (cuda): ") +

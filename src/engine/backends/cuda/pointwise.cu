@@ -306,6 +306,7 @@ __global__ void cast_kernel(const TF* __restrict__ x, void* __restrict__ y, int6
     case DataType::kI32: return cast_loop<int32_t>(x, y, n);
     case DataType::kI64: return cast_loop<int64_t>(x, y, n);
     case DataType::kBool: return cast_loop<Bool8>(x, y, n);
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
 }
 
@@ -332,6 +333,7 @@ void dispatch_float(DataType t, const char* what, Fn&& fn) {
     case DataType::kU8:
     case DataType::kI32:
     case DataType::kI64:
+    case DataType::kF8E4M3:
     case DataType::kBool:
       break;
   }
@@ -349,6 +351,7 @@ void dispatch_int(DataType t, const char* what, Fn&& fn) {
     case DataType::kF32:
     case DataType::kF16:
     case DataType::kBF16:
+    case DataType::kF8E4M3:
     case DataType::kBool:
       break;
   }
@@ -367,6 +370,7 @@ void dispatch_all(DataType t, Fn&& fn) {
     case DataType::kI32: return fn(TypeTag<int32_t>{});
     case DataType::kI64: return fn(TypeTag<int64_t>{});
     case DataType::kBool: return fn(TypeTag<Bool8>{});
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   unsupported("cast", t);
 }

@@ -951,6 +951,7 @@ void run(const ReduceParams& p, const CudaArgs& a) {
     case DataType::kI32: launch_reduce<int32_t>(x, y, l, p.op, a.stream()); return;
     case DataType::kI64: launch_reduce<int64_t>(x, y, l, p.op, a.stream()); return;
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string("Reduce kernel (cuda): dtype ") + dtype_name(x.dtype) +
               " is not supported");
@@ -977,6 +978,7 @@ void run(const SoftMaxParams& p, const CudaArgs& a) {
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string("SoftMax kernel (cuda): dtype ") + dtype_name(x.dtype) +
               " is not supported");
@@ -1045,6 +1047,7 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
     case DataType::kI32:
     case DataType::kI64:
     case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
   throw Error(std::string("Normalization kernel (cuda): dtype ") + dtype_name(x.dtype) +
               " is not supported");

@@ -1,9 +1,9 @@
 // The builder's passes (private to the engine). Each pass takes the BuildState and changes it in
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
-// Order (Builder::build): validate -> infer_shapes -> fold_constants -> remove_dead_layers ->
-// fuse_epilogues -> channels_last -> simplify_attention -> select_implementations -> plan_memory
-// -> time_tactics -> emission (plan_write).
+// Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
+// remove_dead_layers -> fuse_epilogues -> channels_last -> simplify_attention ->
+// select_implementations -> plan_memory -> time_tactics -> emission (plan_write).
 #pragma once
 
 #include <functional>
@@ -46,6 +46,9 @@ void pass_fold_constants(BuildState& s);
 void pass_remove_dead_layers(BuildState& s);
 /// The same without the log line (for passes that leave layers behind); returns how many.
 int remove_unreachable_layers(Network& net);
+/// Fuses Dequantize -> MatrixMultiply chains on int8/fp8 operands with a constant weight into
+/// QuantizedMatrixMultiply layers (see fuse_quantized.cpp). Runs before fold_constants.
+void pass_fuse_quantized(BuildState& s);
 /// Folds per-channel scale/shift constants after a Convolution into its weights and bias, and
 /// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
 /// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).

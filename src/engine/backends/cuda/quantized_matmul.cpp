@@ -1,0 +1,189 @@
+// QuantizedMatrixMultiply on the GPU: INT8 and FP8 E4M3 GEMMs through cuBLASLt.
+//
+// Both use cuBLASLt's "TN" form, the one its INT8 (IMMA) and FP8 kernels require: row-major
+// out[M, N] = a[M, K] b[N, K]^T is, column-major, out^T [N, M] = op_T(b) op_N(a) with both
+// operands K-contiguous, which is how the fused layer stores them (the builder transposed the
+// weight to [N, K]).
+// - INT8: int32 accumulation into scratch (CUBLAS_COMPUTE_32I), then one pointwise pass that
+//   applies a_scale * b_scale[n] (per output column for per-channel weights) in f32 and stores
+//   the output type.
+// - FP8: per-tensor scales through CUBLASLT_MATMUL_DESC_A/B_SCALE_POINTER (device pointers, read
+//   at run time, so graphs stay valid), f32 accumulation, the output type written directly.
+// Shapes cuBLASLt refuses (INT8 needs K and the leading dims multiples of 4, FP8 multiples of
+// 16, FP8 needs sm_89+) run through host_fallback (the CPU reference, correct and slow).
+#include <cublasLt.h>
+
+#include <string>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/quantize_kernels.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+/// Throws naming the call when a cuBLASLt status is an error.
+void qlt_check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw Error(std::string("QuantizedMatrixMultiply (cuda): ") + what +
+                " failed: " + cublasLtGetStatusString(status));
+  }
+}
+
+template <typename Handle, cublasStatus_t (*Destroy)(Handle)>
+struct LtOwned {
+  Handle h = nullptr;
+  LtOwned() = default;
+  LtOwned(const LtOwned&) = delete;
+  LtOwned& operator=(const LtOwned&) = delete;
+  ~LtOwned() {
+    if (h != nullptr) Destroy(h);
+  }
+};
+using Desc = LtOwned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using Layout = LtOwned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using Pref = LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+cudaDataType_t out_type(DataType t) {
+  switch (t) {
+    case DataType::kF32:
+      return CUDA_R_32F;
+    case DataType::kF16:
+      return CUDA_R_16F;
+    case DataType::kBF16:
+      return CUDA_R_16BF;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool:
+    case DataType::kF8E4M3:
+      break;
+  }
+  throw Error(std::string("QuantizedMatrixMultiply (cuda): output dtype ") + dtype_name(t) +
+              " (the layer should have been rejected by shape inference)");
+}
+
+bool aligned_to(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+/// The first algorithm cuBLASLt's heuristic offers, or false when it offers none.
+bool first_algo(cublasLtHandle_t handle, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t first,
+                cublasLtMatrixLayout_t second, cublasLtMatrixLayout_t out,
+                cublasLtMatmulAlgo_t& algo) {
+  Pref pref;
+  qlt_check(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate");
+  const uint64_t ws = kWorkspaceBytes;
+  qlt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &ws, sizeof(ws)),
+            "set workspace preference");
+  cublasLtMatmulHeuristicResult_t result{};
+  int returned = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, op, first, second, out, out,
+                                                           pref.h, 1, &result, &returned);
+  if (st != CUBLAS_STATUS_SUCCESS || returned == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
+    return false;
+  }
+  algo = result.algo;
+  return true;
+}
+
+void set_tn(cublasLtMatmulDesc_t op) {
+  const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+  qlt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)),
+            "set TRANSA");
+  qlt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)),
+            "set TRANSB");
+}
+
+/// INT8: returns false when cuBLASLt cannot take the problem.
+bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType out_dtype) {
+  const DeviceTensor& qa = a.in(0);
+  const DeviceTensor& qb = a.in(1);
+  if (k % 4 != 0 || n % 4 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16)) {
+    return false;
+  }
+  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
+  Desc op;
+  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32I, CUDA_R_32I),
+            "cublasLtMatmulDescCreate");
+  set_tn(op.h);
+  Layout first, second, out;
+  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8I, k, n, k), "layout b");
+  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8I, k, m, k), "layout a");
+  qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32I, n, m, n), "layout accumulator");
+  cublasLtMatmulAlgo_t algo;
+  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
+  // Workspace first, then the int32 accumulator (256-byte aligned after it).
+  const size_t acc_bytes = static_cast<size_t>(m * n) * sizeof(int32_t);
+  auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + acc_bytes));
+  auto* acc = reinterpret_cast<int32_t*>(base + kWorkspaceBytes);
+  const int32_t alpha = 1, beta = 0;
+  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, qa.data, second.h, &beta, acc,
+                           out.h, acc, out.h, &algo, base, kWorkspaceBytes, a.stream()),
+            "cublasLtMatmul (int8)");
+  const DeviceTensor& sb = a.in(3);
+  launch_scale_int32_accumulator(acc, a.out().data, out_dtype, m, n,
+                                 static_cast<const float*>(a.in(2).data),
+                                 static_cast<const float*>(sb.data), sb.numel() > 1, a.stream());
+  return true;
+}
+
+/// FP8 E4M3: returns false when cuBLASLt cannot take the problem (or the GPU has no FP8).
+bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType out_dtype) {
+  const DeviceTensor& qa = a.in(0);
+  const DeviceTensor& qb = a.in(1);
+  if (k % 16 != 0 || n % 16 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16) ||
+      !aligned_to(a.out().data, 16)) {
+    return false;
+  }
+  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
+  Desc op;
+  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+            "cublasLtMatmulDescCreate");
+  set_tn(op.h);
+  // The library's A is our b (the weight) and its B our a (the activation).
+  const void* scale_first = a.in(3).data;
+  const void* scale_second = a.in(2).data;
+  qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scale_first,
+                                           sizeof(scale_first)),
+            "set A scale pointer");
+  qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                           &scale_second, sizeof(scale_second)),
+            "set B scale pointer");
+  Layout first, second, out;
+  const cudaDataType_t ot = out_type(out_dtype);
+  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8F_E4M3, k, n, k), "layout b");
+  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8F_E4M3, k, m, k), "layout a");
+  qlt_check(cublasLtMatrixLayoutCreate(&out.h, ot, n, m, n), "layout out");
+  cublasLtMatmulAlgo_t algo;
+  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
+  void* ws = a.res->workspace(kWorkspaceBytes);
+  const float alpha = 1.0f, beta = 0.0f;
+  void* d = a.out().data;
+  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, qa.data, second.h, &beta, d,
+                           out.h, d, out.h, &algo, ws, kWorkspaceBytes, a.stream()),
+            "cublasLtMatmul (fp8)");
+  return true;
+}
+
+}  // namespace
+
+void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
+  const DeviceTensor& qa = a.in(0);
+  const int64_t k = qa.dims.back();
+  const int64_t n = a.in(1).dims[0];
+  const int64_t m = k == 0 ? 0 : qa.numel() / k;
+  if (m == 0 || n == 0 || k == 0) {
+    host_fallback(a);  // empty products (zeros) are not worth a kernel
+    return;
+  }
+  const bool done =
+      qa.dtype == DataType::kI8 ? run_int8(a, m, n, k, p.out) : run_fp8(a, m, n, k, p.out);
+  if (!done) host_fallback(a);
+}
+
+}  // namespace ember::engine::cuda

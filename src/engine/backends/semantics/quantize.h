@@ -1,0 +1,31 @@
+// The Quantize layer's arithmetic: the one definition both back ends evaluate (the CPU
+// reference on the host, the CUDA Quantize kernel on the device). PyTorch's quantized_decomposed
+// math: x * (1 / scale), round half to even, + zero_point, clamp, all in f32.
+#pragma once
+
+#include <math.h>
+
+#if defined(__CUDACC__)
+#define EMBER_HOST_DEVICE __host__ __device__
+#else
+#define EMBER_HOST_DEVICE
+#endif
+
+namespace ember::engine::semantics {
+
+/// 1 / scale, correctly rounded in f32 (PyTorch's per-channel `1.0 / scales`; its per-tensor
+/// path rounds the double 1.0 / scale to f32 instead, which agrees but for one-in-a-billion
+/// double-rounding cases). f32, so the device kernels need no double division per element.
+EMBER_HOST_DEVICE inline float quant_inv_scale(float scale) { return 1.0f / scale; }
+
+/// clamp(round_half_even(v * inv_scale) + zero_point, lo, hi), in f32 (integer valued).
+EMBER_HOST_DEVICE inline float quant_round_clamp(float v, float inv_scale, float zero_point,
+                                                 float lo, float hi) {
+  // nearbyintf rounds half to even in the default rounding mode, as torch.round does.
+  const float r = nearbyintf(v * inv_scale) + zero_point;
+  // NaN clamps to lo (PyTorch's clamp keeps NaN and the cast to int is then undefined; a defined
+  // value is kinder than garbage).
+  return r >= lo ? (r <= hi ? r : hi) : lo;
+}
+
+}  // namespace ember::engine::semantics

@@ -1,0 +1,124 @@
+// fuse_quantized: turns Dequantize -> MatrixMultiply chains into one low-precision product.
+//
+//   MatrixMultiply(Dequantize(qa, sa), Dequantize(Constant qb, sb))   (no zero points)
+//     => QuantizedMatrixMultiply(qa, qb', sa, sb)
+//
+// where qa and qb are both i8 or both f8e4m3, sa has one element, and sb has one element or
+// one per output column (the per-channel axis of the weight's N dim). The weight may reach the
+// product through a 2-d transpose (PyTorch's linear decomposes to permute + mm); the fused layer
+// wants it [N, K], so a [K, N] constant is transposed here once (it is a constant). The
+// activation may reach it through a reshape (flatten before a linear): the reshape moves to
+// the quantized tensor. Runs before fold_constants, which would otherwise fold the weight's
+// Dequantize into an f32 constant and lose the int8 weight.
+//
+// The result equals the unfused Q/DQ math up to f32 rounding: sum_k (qa sa)(qb sb) is
+// sa sb sum_k qa qb, and the int8 sum is exact in int32.
+#include <string>
+
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+namespace {
+
+/// A symmetric per-tensor or per-channel Dequantize feeding `t`, or nullptr.
+const Layer* symmetric_dequantize(const Tensor* t) {
+  const Layer* l = t == nullptr ? nullptr : t->producer();
+  if (l == nullptr || l->kind() != LayerKind::kDequantize || l->input(2) != nullptr) {
+    return nullptr;
+  }
+  const DataType q = l->input(0)->dtype();
+  return q == DataType::kI8 || q == DataType::kF8E4M3 ? l : nullptr;
+}
+
+/// True for a Shuffle that only swaps the two dims of a rank-2 tensor.
+bool is_transpose_2d(const Layer* l) {
+  if (l == nullptr || l->kind() != LayerKind::kShuffle || l->output()->rank() != 2) return false;
+  const auto& p = l->params_as<ShuffleParams>();
+  const bool first = p.first_transpose == std::vector<int64_t>{1, 0};
+  return !p.has_reshape &&
+         ((first && p.second_transpose.empty()) ||
+          (p.first_transpose.empty() && p.second_transpose == std::vector<int64_t>{1, 0}));
+}
+
+/// The bytes of a rank-2 constant transposed.
+Weights transposed(const Weights& w) {
+  const int64_t r = w.dims()[0], c = w.dims()[1];
+  const size_t e = dtype_size(w.dtype());
+  std::vector<uint8_t> out(static_cast<size_t>(r * c) * e);
+  const auto* in = static_cast<const uint8_t*>(w.data());
+  for (int64_t i = 0; i < r; ++i) {
+    for (int64_t j = 0; j < c; ++j) {
+      std::copy_n(in + static_cast<size_t>(i * c + j) * e, e,
+                  out.data() + static_cast<size_t>(j * r + i) * e);
+    }
+  }
+  return Weights::copy(w.dtype(), {c, r}, out.data());
+}
+
+/// Fuses one product if it matches; true when it did.
+bool fuse(Network& net, Layer* mm) {
+  const auto& mp = mm->params_as<MatrixMultiplyParams>();
+  if (mp.transpose_a || mm->input(2) != nullptr || mm->input(3) != nullptr ||
+      mp.epilogue.fused_activation || mp.epilogue.scale != 1.0) {
+    return false;
+  }
+  // The activation side: Dequantize, optionally behind a reshape.
+  const Tensor* a = mm->input(0);
+  const Layer* a_reshape = nullptr;
+  if (is_pure_reshape(a->producer()) && a->producer()->params_as<ShuffleParams>().has_reshape) {
+    a_reshape = a->producer();
+    a = a_reshape->input(0);
+  }
+  const Layer* dqa = symmetric_dequantize(a);
+  if (dqa == nullptr || dqa->params_as<DequantizeParams>().per_channel || a->rank() < 2) {
+    return false;
+  }
+  // The weight side: Dequantize of a rank-2 constant, optionally behind a 2-d transpose.
+  const Tensor* b = mm->input(1);
+  bool trans_b = mp.transpose_b;
+  if (is_transpose_2d(b->producer())) {
+    b = b->producer()->input(0);
+    trans_b = !trans_b;
+  }
+  const Layer* dqb = symmetric_dequantize(b);
+  if (dqb == nullptr || b->rank() != 2) return false;
+  const Weights* wq = constant_of(dqb->input(0));
+  if (wq == nullptr || dqb->input(0)->dtype() != dqa->input(0)->dtype()) return false;
+  const auto& bp = dqb->params_as<DequantizeParams>();
+  const bool fp8 = dqa->input(0)->dtype() == DataType::kF8E4M3;
+  // The weight's N axis: dim 0 of a [N, K] weight (trans_b), dim 1 of a [K, N] one.
+  if (bp.per_channel && (fp8 || bp.axis != (trans_b ? 0 : 1))) return false;
+  Tensor* qb = dqb->input(0);
+  if (!trans_b) {
+    qb = net.add_constant(transposed(*wq), mm->name() + "/weight_nk")->output();
+  }
+  Tensor* qa = dqa->input(0);
+  if (a_reshape != nullptr) {
+    ShuffleParams rp = a_reshape->params_as<ShuffleParams>();
+    qa = net.add_shuffle(qa, rp, mm->name() + "/quantized_reshape")->output();
+  }
+  if (qa->rank() < 2) return false;
+  QuantizedMatrixMultiplyParams qp;
+  qp.out = mm->output()->dtype();
+  Layer* fused = net.add_layer(qp, {qa, qb, dqa->input(1), dqb->input(1)},
+                               mm->name() + "/" + (fp8 ? "fp8" : "int8"));
+  net.replace_all_uses(mm->output(), fused->output());
+  return true;
+}
+
+}  // namespace
+
+void pass_fuse_quantized(BuildState& s) {
+  Network& net = s.plan.network;
+  int fused = 0;
+  for (Layer* l : net.layers()) {
+    if (l->kind() == LayerKind::kMatrixMultiply && fuse(net, l)) ++fused;
+  }
+  const int removed = remove_unreachable_layers(net);
+  s.log.push_back("fuse_quantized: " + std::to_string(fused) +
+                  " low-precision products (int8/fp8), " + std::to_string(removed) +
+                  " layers removed");
+}
+
+}  // namespace ember::engine

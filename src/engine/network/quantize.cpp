@@ -1,0 +1,110 @@
+// Shape and type inference of the quantization family: Quantize, Dequantize and the fused
+// QuantizedMatrixMultiply.
+//
+// Decisions this file makes beyond layers.h (kernels in backends/*/quantize.* rely on them):
+// - scale is f32 with one element (rank 0 or [1]) per-tensor, or rank 1 of exactly x's dim
+//   `axis` per-channel; zero_point, when given, is i32 of scale's shape.
+// - f8e4m3 takes no zero_point: FP8 quantization is symmetric (TensorRT and cuBLASLt's FP8
+//   scales have no offset).
+// - quant_min <= quant_max, both inside the integer output type's range.
+#include <string>
+
+#include "network/infer.h"
+
+namespace ember::engine {
+
+namespace {
+
+/// The value range of an integer quantized type.
+std::pair<int64_t, int64_t> quantized_range(DataType t) {
+  return t == DataType::kU8 ? std::pair<int64_t, int64_t>{0, 255}
+                            : std::pair<int64_t, int64_t>{-128, 127};
+}
+
+/// Checks inputs 1 (scale) and 2 (zero_point) against input 0's shape.
+void infer_scales(bool per_channel, int64_t axis, DataType quantized, InferContext& ctx) {
+  ctx.expect_num_inputs(2, 3);
+  ctx.expect_dtype(1, DataType::kF32, "scale");
+  const Shape& s = ctx.shape(1);
+  if (per_channel) {
+    InferContext::expect_axis(axis, ctx.rank(0), "per-channel axis");
+    ctx.expect_rank(1, 1, "per-channel scale");
+    ctx.check_equal(s[0], ctx.shape(0)[axis],
+                    "per-channel scale length equals the input's dim " + std::to_string(axis));
+  } else {
+    InferContext::require(
+        s.empty() || (s.size() == 1 && s[0].is_constant() && s[0].constant() == 1),
+        "a per-tensor scale has one element (shape [] or [1]), got " + shape_to_string(s) +
+            " (set per_channel and axis for one scale per channel)");
+  }
+  if (ctx.has(2)) {
+    InferContext::require(quantized != DataType::kF8E4M3,
+                          "f8e4m3 quantization is symmetric: it takes no zero_point");
+    ctx.expect_dtype(2, DataType::kI32, "zero_point");
+    InferContext::require(ctx.shape(2) == s, "zero_point shape " + shape_to_string(ctx.shape(2)) +
+                                                 " differs from scale shape " + shape_to_string(s));
+  }
+}
+
+}  // namespace
+
+void infer(const QuantizeParams& p, InferContext& ctx) {
+  InferContext::require(
+      dtype_is_quantized(p.to),
+      std::string("quantizes to i8, u8 or f8e4m3, not ") +
+          (static_cast<int>(p.to) < kNumDataTypes ? dtype_name(p.to) : "an unknown dtype"));
+  ctx.expect_float(0, "input");
+  if (p.to != DataType::kF8E4M3) {
+    const auto [lo, hi] = quantized_range(p.to);
+    InferContext::require(lo <= p.quant_min && p.quant_min <= p.quant_max && p.quant_max <= hi,
+                          "quant range [" + std::to_string(p.quant_min) + ", " +
+                              std::to_string(p.quant_max) + "] is empty or outside " +
+                              dtype_name(p.to) + "'s [" + std::to_string(lo) + ", " +
+                              std::to_string(hi) + "]");
+  }
+  infer_scales(p.per_channel, p.axis, p.to, ctx);
+  ctx.add_output(p.to, ctx.shape(0));
+}
+
+void infer(const DequantizeParams& p, InferContext& ctx) {
+  InferContext::require(static_cast<int>(p.to) < kNumDataTypes && dtype_is_float(p.to),
+                        "dequantizes to f32, f16 or bf16");
+  InferContext::require(
+      dtype_is_quantized(ctx.dtype(0)),
+      std::string("input (input 0) must be i8, u8 or f8e4m3, got ") + dtype_name(ctx.dtype(0)));
+  infer_scales(p.per_channel, p.axis, ctx.dtype(0), ctx);
+  ctx.add_output(p.to, ctx.shape(0));
+}
+
+void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
+  ctx.expect_num_inputs(4, 4);
+  InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
+                        "the output type must be f32, f16 or bf16");
+  const DataType q = ctx.dtype(0);
+  InferContext::require(q == DataType::kI8 || q == DataType::kF8E4M3,
+                        std::string("a (input 0) must be i8 or f8e4m3, got ") + dtype_name(q));
+  ctx.expect_same_dtype(0, 1);
+  InferContext::require(ctx.rank(0) >= 2, "a (input 0) must have rank >= 2, got shape " +
+                                              shape_to_string(ctx.shape(0)));
+  ctx.expect_rank(1, 2, "b");
+  ctx.expect_dtype(2, DataType::kF32, "a_scale");
+  ctx.expect_dtype(3, DataType::kF32, "b_scale");
+  auto one = [](const Shape& s) {
+    return s.empty() || (s.size() == 1 && s[0].is_constant() && s[0].constant() == 1);
+  };
+  InferContext::require(one(ctx.shape(2)), "a_scale must have one element, got shape " +
+                                               shape_to_string(ctx.shape(2)));
+  const Shape& a = ctx.shape(0);
+  const Shape& b = ctx.shape(1);
+  if (!one(ctx.shape(3))) {
+    InferContext::require(q == DataType::kI8, "f8e4m3 products take a one-element b_scale");
+    ctx.expect_rank(3, 1, "per-column b_scale");
+    ctx.check_equal(ctx.shape(3)[0], b[0], "b_scale length equals b's dim 0 (N)");
+  }
+  ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
+  Shape out(a.begin(), a.end() - 1);
+  out.push_back(b[0]);
+  ctx.add_output(p.out, std::move(out));
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,149 @@
+// CUDA conformance of the quantization family: Quantize and Dequantize (per-tensor and
+// per-channel, int8/uint8 with zero points, FP8 E4M3) and the fused QuantizedMatrixMultiply
+// (cuBLASLt INT8 and FP8 GEMMs) against the CPU reference. Quantized outputs must be
+// bit-identical; float outputs within tolerance_for(dtype). Skipped (visibly) without a GPU;
+// the FP8 GEMM case also without compute capability 8.9.
+#ifdef EMBER_WITH_CUDA
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "ember/engine/half.h"
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+Tensor* f32_constant(Network& net, const std::vector<float>& v) {
+  return net
+      .add_constant(Weights::from_vector(DataType::kF32, {static_cast<int64_t>(v.size())}, v))
+      ->output();
+}
+
+/// Runs `net` on the GPU and on the CPU reference; quantized outputs must match byte for byte.
+void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& inputs,
+                            const std::string& what) {
+  test::CudaRunner runner(net, inputs, {}, 3);
+  EXPECT_EQ(runner.inspect_json().find("cuda.host"), std::string::npos) << what;
+  for (int run = 0; run < 2; ++run) {  // layer by layer, then the CUDA graph replay
+    const auto got = runner.run(inputs);
+    const auto ref = test::run_network_direct(net, inputs);
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      const std::string label =
+          what + " output " + std::to_string(i) + " run " + std::to_string(run);
+      ASSERT_EQ(got[i].dtype, ref[i].dtype) << label;
+      if (dtype_is_float(got[i].dtype)) {
+        test::expect_close(got[i], ref[i].to_floats(), got[i].dtype, label);
+      } else {
+        EXPECT_EQ(got[i].bytes, ref[i].bytes) << label;
+      }
+    }
+  }
+}
+
+TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  for (DataType in : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
+    Network net;
+    Tensor* x = net.add_input("x", in, {3, 5, 7});
+    Tensor* s1 = f32_constant(net, {0.03f});
+    Tensor* sc = f32_constant(net, {0.01f, 0.02f, 0.05f, 0.1f, 0.002f});
+    Tensor* zc = net.add_constant(Weights::from_vector(DataType::kI32, {5},
+                                                       std::vector<int32_t>{0, 5, -3, 100, 1}))
+                     ->output();
+    QuantizeParams i8;
+    Tensor* q1 = net.add_quantize(x, s1, nullptr, i8, "q_i8")->output();
+    QuantizeParams u8;
+    u8.to = DataType::kU8;
+    u8.quant_min = 0;
+    u8.quant_max = 255;
+    u8.per_channel = true;
+    u8.axis = 1;
+    Tensor* q2 = net.add_quantize(x, sc, zc, u8, "q_u8")->output();
+    QuantizeParams f8;
+    f8.to = DataType::kF8E4M3;
+    Tensor* q3 = net.add_quantize(x, s1, nullptr, f8, "q_f8")->output();
+    DequantizeParams d;
+    d.to = in;
+    Tensor* y1 = net.add_dequantize(q1, s1, nullptr, d, "dq_i8")->output();
+    DequantizeParams dc = d;
+    dc.per_channel = true;
+    dc.axis = 1;
+    Tensor* y2 = net.add_dequantize(q2, sc, zc, dc, "dq_u8")->output();
+    Tensor* y3 = net.add_dequantize(q3, s1, nullptr, d, "dq_f8")->output();
+    for (Tensor* t : {q1, q2, q3, y1, y2, y3}) net.mark_output(t);
+    TestTensor xt = TestTensor::random(in, {3, 5, 7}, 9, -20.0f, 20.0f);
+    check_bytes_and_floats(net, {xt}, std::string("quantize from ") + dtype_name(in));
+  }
+}
+
+/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8.
+void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k) {
+  Network net;
+  Tensor* a = net.add_input("a", q, {m, k});
+  std::vector<int8_t> w8(static_cast<size_t>(n * k));
+  std::vector<uint8_t> wf(w8.size());
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 29) % 255 - 127);
+    wf[i] = f32_to_f8e4m3(static_cast<float>(w8[i]) * 0.25f);
+  }
+  Tensor* b = net.add_constant(q == DataType::kI8 ? Weights::from_vector(q, {n, k}, w8)
+                                                  : Weights::from_vector(q, {n, k}, wf))
+                  ->output();
+  std::vector<float> sb;
+  if (q == DataType::kI8) {
+    for (int64_t j = 0; j < n; ++j) sb.push_back(0.001f * static_cast<float>(j % 7 + 1));
+  } else {
+    sb.push_back(0.004f);
+  }
+  QuantizedMatrixMultiplyParams p;
+  p.out = out;
+  net.mark_output(
+      net.add_layer(p, {a, b, f32_constant(net, {0.02f}), f32_constant(net, sb)})->output(), "y");
+  TestTensor at;
+  if (q == DataType::kI8) {
+    at = TestTensor::random(DataType::kI8, {m, k}, 4, -127.0f, 128.0f);
+  } else {
+    const TestTensor f = TestTensor::random(DataType::kF32, {m, k}, 4, -300.0f, 300.0f);
+    at.dtype = q;
+    at.dims = {m, k};
+    for (float v : f.to_floats()) at.bytes.push_back(f32_to_f8e4m3(v));
+  }
+  check_bytes_and_floats(net, {at},
+                         std::string(dtype_name(q)) + " product to " + dtype_name(out) +
+                             " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                             " k=" + std::to_string(k));
+}
+
+TEST(CudaQuantize, Int8GemmThroughCublasLtMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128);
+  check_product(DataType::kI8, DataType::kF16, 33, 16, 64);
+  check_product(DataType::kI8, DataType::kBF16, 5, 8, 12);
+  check_product(DataType::kI8, DataType::kF32, 7, 5, 9);  // K % 4 != 0: the reference path
+}
+
+TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  int dev = 0, major = 0, minor = 0;
+  test::cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  test::cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  test::cuda_ok(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  if (major * 10 + minor < 89) GTEST_SKIP() << "FP8 needs compute capability 8.9";
+  // Half-precision outputs: FP8 tensor cores sum in their own order and width, so an f32
+  // output would differ from the sequential f32 reference by more than f32's tolerance; a
+  // 16-bit output rounds that difference away (its tolerance is the output type's).
+  check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128);
+  check_product(DataType::kF8E4M3, DataType::kF16, 16, 16, 64);
+  check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);  // K % 16 != 0: reference path
+}
+
+}  // namespace
+}  // namespace ember::engine
+
+#endif  // EMBER_WITH_CUDA

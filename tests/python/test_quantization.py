@@ -1,0 +1,353 @@
+"""INT8 and FP8 (issue 17, section 2) on the CPU back end.
+
+- Programs carrying quantized_decomposed Q/DQ nodes (what PT2E's convert_pt2e leaves; built here
+  with torch.ops.quantized_decomposed directly, see docs/precision.md for why not torchao) compile
+  with zero fallback into Quantize/Dequantize layers, and match PyTorch's own fake-quantized run.
+- ember.quantize: each calibration method, FP8, exclusions, the calibration cache, and clear
+  errors for bad input.
+- The builder's int8/fp8 product fusion gives what the unfused Q/DQ graph gives.
+The layer math itself is tested against written-out formulas in
+tests/cpp/engine/quantize_test.cpp.
+"""
+
+import json
+import logging
+
+import pytest
+import torch
+
+import ember
+from ember.dynamo import CompilationReport
+
+from converters.harness import TOLERANCES, assert_close
+
+qd = torch.ops.quantized_decomposed
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """The same weights and data whichever tests ran before (rounding ties are data-dependent)."""
+    torch.manual_seed(0)
+
+
+def compile_full(model, inputs, report=None, **settings):
+    """Compiled for the CPU back end with every node in engines (zero fallback)."""
+    report = report if report is not None else CompilationReport()
+    ep = torch.export.export(model.eval() if isinstance(model, torch.nn.Module) else model,
+                             tuple(inputs))
+    gm = ember.dynamo.compile(ep, list(inputs), device="cpu", min_block_size=1,
+                              require_full_compilation=True, report=report, **settings)
+    assert not report.fallback, str(report)
+    return gm
+
+
+def step_close(actual, expected, step):
+    """Within one quantization step (the tolerance of an int8 rounding that went the other
+    way), and mostly exact."""
+    diff = (actual.float() - expected.float()).abs()
+    assert float(diff.max()) <= step * 1.0001 + 1e-5, f"max diff {float(diff.max())} > step {step}"
+    assert float((diff > 1e-4).float().mean()) < 0.02, "more than 2% of elements differ"
+
+
+# ---------------------------------------------------------------------------------------------
+# quantized_decomposed programs
+
+
+class QOnly(torch.nn.Module):
+    def __init__(self, op, *args):
+        super().__init__()
+        self.op, self.args = op, args
+
+    def forward(self, x):
+        return self.op(x, *self.args)
+
+
+@pytest.mark.parametrize("dtype,lo,hi", [(torch.int8, -128, 127), (torch.uint8, 0, 255),
+                                         (torch.int8, -127, 127)])
+def test_quantize_per_tensor_matches_pytorch_bytes(dtype, lo, hi):
+    x = torch.randn(4, 33) * 3
+    x[0, :6] = torch.tensor([0.25, 0.75, -0.25, 1000.0, -1000.0, 0.0])  # ties and saturation
+    zp = 0 if dtype == torch.int8 else 128
+    model = QOnly(qd.quantize_per_tensor.default, 0.5, zp, lo, hi, dtype)
+    gm = compile_full(model, [x])
+    out = gm(x)
+    assert out.dtype == dtype
+    assert torch.equal(out, model(x))
+
+
+def test_quantize_per_channel_and_dequantize_overloads():
+    x = torch.randn(2, 5, 3, 4)
+    scales = torch.rand(5) * 0.1 + 0.01
+    zps = torch.tensor([0, 3, -2, 0, 7])
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scales", scales)
+            self.register_buffer("zps", zps)
+            self.register_buffer("s", torch.tensor(0.05))
+            self.register_buffer("z", torch.tensor(3))
+
+        def forward(self, x):
+            q = qd.quantize_per_channel.default(x, self.scales, self.zps, 1, -128, 127, torch.int8)
+            a = qd.dequantize_per_channel.default(q, self.scales, self.zps, 1, -128, 127,
+                                                  torch.int8)
+            q2 = qd.quantize_per_tensor.tensor(x, self.s, self.z, -128, 127, torch.int8)
+            b = qd.dequantize_per_tensor.tensor(q2, self.s, self.z, -128, 127, torch.int8)
+            return q, a, b
+
+    model = M()
+    gm = compile_full(model, [x])
+    for got, want in zip(gm(x), model(x)):
+        assert got.dtype == want.dtype
+        if got.dtype == torch.int8:
+            assert (got.int() - want.int()).abs().max() <= 1
+            assert torch.equal(got, want)
+        else:
+            assert_close(got, want)
+
+
+class PT2ELinear(torch.nn.Module):
+    """What convert_pt2e makes of a linear layer with the x86 quantizer's defaults: uint8
+    asymmetric activations, int8 per-channel symmetric weights (a constant), f32 bias."""
+
+    def __init__(self, k=32, n=16):
+        super().__init__()
+        w = torch.randn(n, k) * 0.2
+        self.register_buffer("w_scale", w.abs().amax(1) / 127)
+        self.register_buffer("w_zp", torch.zeros(n, dtype=torch.int64))
+        self.register_buffer("w_q", torch.clamp(torch.round(w / self.w_scale[:, None]), -127, 127)
+                             .to(torch.int8))
+        self.bias = torch.nn.Parameter(torch.randn(n) * 0.1)
+
+    def forward(self, x):
+        q = qd.quantize_per_tensor.default(x, 0.02, 120, 0, 255, torch.uint8)
+        xd = qd.dequantize_per_tensor.default(q, 0.02, 120, 0, 255, torch.uint8)
+        w = qd.dequantize_per_channel.default(self.w_q, self.w_scale, self.w_zp, 0, -127, 127,
+                                              torch.int8)
+        return torch.nn.functional.linear(xd, w, self.bias)
+
+
+def test_pt2e_style_asymmetric_linear_compiles_and_matches():
+    model = PT2ELinear()
+    x = torch.randn(8, 32)
+    gm = compile_full(model, [x])
+    with torch.no_grad():
+        assert_close(gm(x), model(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# ember.quantize on small models
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = torch.nn.functional.max_pool2d(torch.relu(self.conv2(y)), 2)
+        return self.fc(y.flatten(1))
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(32, 64)
+        self.fc2 = torch.nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.out = torch.nn.Linear(d, d)
+        self.heads = heads
+
+    def forward(self, x):
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).split(d, -1)
+        q, k, v = (t.reshape(b, l, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, -1)
+        y = (att @ v).transpose(1, 2).reshape(b, l, d)
+        return self.out(y)
+
+
+MODELS = {
+    "convnet": (ConvNet, (2, 3, 8, 8)),
+    "mlp": (MLP, (8, 32)),
+    "attention": (Attention, (2, 8, 32)),
+}
+
+
+def calibration(shape, n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(*shape, generator=g),) for _ in range(n)]
+
+
+def quantized_nodes(gm):
+    return [n for n in gm.graph.nodes if n.op == "call_function" and
+            str(n.target).startswith(("quantized_decomposed.", "ember."))]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("method", ["max", "entropy", "percentile"])
+def test_quantize_small_models_compile_with_zero_fallback_and_match(name, method):
+    cls, shape = MODELS[name]
+    model = cls().eval()
+    data = calibration(shape)
+    qmodel = ember.quantize(model, data, dtype=torch.int8, method=method)
+    assert quantized_nodes(qmodel), "no Q/DQ nodes inserted"
+    x = data[0][0]
+    with torch.no_grad():
+        reference = qmodel(x)          # PyTorch's own fake-quantized run
+        f32 = model(x)
+    gm = compile_full(qmodel, [x])
+    with torch.no_grad():
+        out = gm(x)
+    # The engine runs PyTorch's quantization math, but the float layers between quantizations
+    # (matmuls, softmax) sum in another order: where an intermediate x / scale lands within an
+    # f32 ulp of a rounding tie, that value goes one int8 step the other way. So: almost every
+    # element within the f32 tolerance, and none further than about one step of the output's
+    # int8 range.
+    atol, rtol = TOLERANCES[torch.float32]
+    close = (out - reference).abs() <= atol + rtol * reference.abs()
+    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
+    step = float(reference.abs().max()) / 127
+    assert float((out - reference).abs().max()) <= 2 * step
+    # And the quantized model is still the model: cosine to f32 close to 1.
+    cos = torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0)
+    assert cos > 0.98, f"{name}/{method}: cosine to f32 {float(cos):.4f}"
+
+
+def test_percentile_and_entropy_clip_outliers_that_max_keeps():
+    model = MLP().eval()
+    data = calibration((64, 32))
+    data[0][0][0, 0] = 400.0  # one outlier
+    thresholds = {}
+    for method in ("max", "percentile", "entropy"):
+        q = ember.quantize(model, data, method=method, percentile=99.9)
+        node = next(n for n in q.graph.nodes
+                    if n.target == qd.quantize_per_tensor.default and n.args[0].op == "placeholder")
+        thresholds[method] = node.args[1] * 127
+    assert thresholds["max"] == pytest.approx(400.0, rel=1e-5)
+    assert thresholds["percentile"] < 10
+    assert thresholds["entropy"] < 50
+
+
+def test_fp8_quantize_compiles_and_matches():
+    model = MLP().eval()
+    data = calibration((8, 32))
+    qmodel = ember.quantize(model, data, dtype=torch.float8_e4m3fn)
+    targets = {str(n.target) for n in quantized_nodes(qmodel)}
+    assert targets == {"ember.quantize_fp8.default", "ember.dequantize_fp8.default"}
+    x = data[1][0]
+    gm = compile_full(qmodel, [x])
+    with torch.no_grad():
+        assert_close(gm(x), qmodel(x))
+        cos = torch.nn.functional.cosine_similarity(gm(x).flatten(), model(x).flatten(), dim=0)
+    assert cos > 0.99
+
+
+def test_excluded_ops_and_nodes_stay_float():
+    model = ConvNet().eval()
+    data = calibration((2, 3, 8, 8))
+    all_q = ember.quantize(model, data)
+    no_linear = ember.quantize(model, data, excluded_ops=[torch.ops.aten.linear])
+    no_conv1 = ember.quantize(model, data, excluded_nodes=[r"^conv2d$"])
+
+    def quantized_consumers(gm):
+        return {u.name for n in gm.graph.nodes
+                if str(n.target).startswith("quantized_decomposed.dequant") for u in n.users}
+
+    # The spellings of an op all mean the same op.
+    for spelling in ("linear", "aten.linear.default", "aten::linear",
+                     torch.ops.aten.linear.default):
+        gm = ember.quantize(model, data, excluded_ops=[spelling])
+        assert "linear" not in quantized_consumers(gm), spelling
+
+    assert "linear" in quantized_consumers(all_q)
+    assert "linear" not in quantized_consumers(no_linear)
+    assert "conv2d" in quantized_consumers(all_q) and "conv2d" not in quantized_consumers(no_conv1)
+    assert "conv2d_1" in quantized_consumers(no_conv1)
+
+
+def test_calibration_cache_is_written_then_reused(tmp_path, caplog):
+    model = MLP().eval()
+    data = calibration((8, 32))
+    cache = tmp_path / "calib.json"
+    first = ember.quantize(model, data, method="entropy", calibration_cache=cache)
+    saved = json.loads(cache.read_text())
+    assert saved["method"] == "entropy" and saved["thresholds"]
+    # Reused: other calibration data would give other thresholds, the cache wins.
+    other = [(x * 10,) for (x,) in data]
+    again = ember.quantize(model, other, method="entropy", calibration_cache=cache)
+    args = lambda gm: [n.args[1:] for n in gm.graph.nodes
+                       if n.target == qd.quantize_per_tensor.default]
+    assert args(first) == args(again)
+    # Another method does not reuse it (and says so).
+    with caplog.at_level(logging.WARNING, logger="ember"):
+        ember.quantize(model, data, method="max", calibration_cache=cache)
+    assert "made for another method" in caplog.text
+    assert json.loads(cache.read_text())["method"] == "max"
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder's low-precision fusion
+
+
+def test_fused_int8_product_equals_unfused_qdq():
+    model = MLP().eval()
+    data = calibration((8, 32))
+    qmodel = ember.quantize(model, data)
+    x = data[0][0]
+    report0, report3 = CompilationReport(), CompilationReport()
+    unfused = compile_full(qmodel, [x], report0, optimization_level=0)
+    fused = compile_full(qmodel, [x], report3, optimization_level=3)
+    log = "\n".join(line for e in report3.engines for line in e.get("build_log", []))
+    with torch.no_grad():
+        assert_close(fused(x), unfused(x))
+        assert_close(fused(x), qmodel(x))
+    assert "fuse_quantized: 2 low-precision products" in log, log
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs_have_clear_errors():
+    model = MLP().eval()
+    data = calibration((8, 32))
+    with pytest.raises(ValueError, match="dtype torch.float16 is not supported.*torch.int8"):
+        ember.quantize(model, data, dtype=torch.float16)
+    with pytest.raises(ValueError, match="calibration_inputs is empty"):
+        ember.quantize(model, [])
+    with pytest.raises(ValueError, match=r"batch 1 input 0 .* has shape \[8, 31\].*\[8, 32\]"):
+        ember.quantize(model, [(torch.randn(8, 32),), (torch.randn(8, 31),)])
+    with pytest.raises(ValueError, match="method 'mean' is not one of max, entropy, percentile"):
+        ember.quantize(model, data, method="mean")
+    with pytest.raises(ValueError, match="percentile must be in"):
+        ember.quantize(model, data, method="percentile", percentile=0)
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        ember.quantize(model, data, excluded_nodes=["("])
+    with pytest.raises(TypeError, match="calibration_inputs must be an iterable of batches"):
+        ember.quantize(model, torch.randn(8, 32))
+    with pytest.raises(ValueError, match="ember.quantize"):
+        ember.compile(model, ir="dynamo", inputs=[data[0][0]], enabled_precisions={torch.int8})
+
+
+def test_fp8_on_a_gpu_without_fp8_is_refused(monkeypatch):
+    from ember import quantization
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100")
+    with pytest.raises(ValueError, match=r"needs a GPU with FP8.*sm_80.*dtype=torch.int8"):
+        quantization.check_fp8_device(torch.device("cuda:0"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    quantization.check_fp8_device(torch.device("cuda:0"))  # Hopper: fine
