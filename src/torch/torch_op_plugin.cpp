@@ -62,6 +62,7 @@ c10::ScalarType torch_dtype(DataType t) {
     case DataType::kI32: return c10::ScalarType::Int;
     case DataType::kI64: return c10::ScalarType::Long;
     case DataType::kBool: return c10::ScalarType::Bool;
+    case DataType::kF8E4M3: return c10::ScalarType::Float8_e4m3fn;
   }
   return c10::ScalarType::Float;
 }
