@@ -1,4 +1,5 @@
-// CPU reference kernel of the fused Attention layer: one query row at a time, scores, softmax
+// CPU kernel of the fused Attention layer: oneDNN when the build has it (dnnl_attention.cpp),
+// otherwise this reference: one query row at a time, scores, softmax
 // and the value sum in f32 (the output rounds once to the layer's dtype). Operands are read
 // through attention_geometry (shared with the CUDA back end), so every layout is one loop.
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "backends/attention_geometry.h"
+#include "backends/cpu/dnnl_matmul.h"
 #include "backends/cpu/kernels.h"
 #include "backends/cpu/parallel.h"
 
@@ -18,6 +20,7 @@ void run(const AttentionParams& p, const KernelArgs& a) {
   const HostTensor& vt = a.in(2);
   HostTensor& out = a.out(0);
   if (out.numel() == 0) return;
+  if (dnnl_attention(p, a)) return;  // oneDNN's batched products when the build has it
   const HostTensor* mt = a.has(3) ? &a.in(3) : nullptr;
   const AttentionGeometry geo = attention_geometry(p, qt.dims, kt.dims, vt.dims, out.dims,
                                                    mt != nullptr ? &mt->dims : nullptr);

@@ -1,8 +1,13 @@
 // Element access and threading helpers shared by the CPU kernels.
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
 #include "backends/cpu/kernels.h"
+
+#ifdef EMBER_WITH_OPENMP
+#include <omp.h>
+#endif
 
 namespace ember::engine::cpu {
 
@@ -83,15 +88,18 @@ std::vector<int64_t> broadcast_strides(const std::vector<int64_t>& in_dims,
 }
 
 int num_threads() {
-  static const int n = [] {
-    if (const char* env = std::getenv("EMBER_CPU_THREADS")) {
-      const int v = std::atoi(env);
-      if (v > 0) return v;
-    }
-    const unsigned hw = std::thread::hardware_concurrency();
-    return hw == 0 ? 1 : static_cast<int>(hw);
+  static const int from_env = [] {
+    const char* env = std::getenv("EMBER_CPU_THREADS");
+    const int v = env != nullptr ? std::atoi(env) : 0;
+    return v > 0 ? v : 0;
   }();
-  return n;
+  if (from_env > 0) return from_env;
+#ifdef EMBER_WITH_OPENMP
+  return std::max(1, omp_get_max_threads());
+#else
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+#endif
 }
 
 }  // namespace ember::engine::cpu

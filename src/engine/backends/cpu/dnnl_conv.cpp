@@ -16,7 +16,7 @@
 #include <vector>
 
 #ifdef EMBER_WITH_DNNL
-#include <oneapi/dnnl/dnnl.hpp>
+#include "backends/cpu/dnnl_common.h"
 #endif
 
 #include "ember/engine/network.h"
@@ -30,45 +30,6 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-/// oneDNN's eltwise for an activation, when it has the same formula.
-bool eltwise_for(ActivationType t, double alpha, double beta, dnnl::algorithm& alg, float& a,
-                 float& b) {
-  a = 0.0f;
-  b = 0.0f;
-  switch (t) {
-    case ActivationType::kRelu: alg = dnnl::algorithm::eltwise_relu; return true;
-    case ActivationType::kLeakyRelu:
-      alg = dnnl::algorithm::eltwise_relu;
-      a = static_cast<float>(alpha);
-      return true;
-    case ActivationType::kSigmoid: alg = dnnl::algorithm::eltwise_logistic; return true;
-    case ActivationType::kTanh: alg = dnnl::algorithm::eltwise_tanh; return true;
-    case ActivationType::kClip:
-      alg = dnnl::algorithm::eltwise_clip;
-      a = static_cast<float>(alpha);
-      b = static_cast<float>(beta);
-      return true;
-    case ActivationType::kGeluErf: alg = dnnl::algorithm::eltwise_gelu_erf; return true;
-    case ActivationType::kGeluTanh: alg = dnnl::algorithm::eltwise_gelu_tanh; return true;
-    case ActivationType::kSilu:
-      alg = dnnl::algorithm::eltwise_swish;
-      a = 1.0f;
-      return true;
-    case ActivationType::kElu:
-    case ActivationType::kSelu:
-    case ActivationType::kSoftsign:
-    case ActivationType::kSoftplus:
-    case ActivationType::kHardSigmoid:
-      return false;  // run by the reference activation after the convolution
-  }
-  return false;
-}
 
 /// The prepared convolution of one layer and shape.
 struct DnnlConv final : KernelCache::Entry {
@@ -111,17 +72,17 @@ std::unique_ptr<DnnlConv> prepare(const ConvolutionParams& p, const HostTensor& 
   dnnl::algorithm alg{};
   float alpha = 0.0f, beta = 0.0f;
   if (fuse_activation && p.epilogue.fused_activation &&
-      eltwise_for(p.epilogue.activation, p.epilogue.alpha, p.epilogue.beta, alg, alpha, beta)) {
+      dnnl_eltwise_for(p.epilogue.activation, p.epilogue.alpha, p.epilogue.beta, alg, alpha, beta)) {
     ops.append_eltwise(1.0f, alg, alpha, beta);
     c->activation_fused = true;
   }
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
-  c->pd = dnnl::convolution_forward::primitive_desc(desc, attr, cpu_engine());
+  c->pd = dnnl::convolution_forward::primitive_desc(desc, attr, dnnl_cpu_engine());
   c->prim = dnnl::convolution_forward(c->pd);
-  c->weights = memory(c->pd.weights_desc(), cpu_engine());
-  if (c->pd.src_desc() != c->user_src) c->src_blocked = memory(c->pd.src_desc(), cpu_engine());
-  if (c->pd.dst_desc() != c->user_dst) c->dst_blocked = memory(c->pd.dst_desc(), cpu_engine());
+  c->weights = memory(c->pd.weights_desc(), dnnl_cpu_engine());
+  if (c->pd.src_desc() != c->user_src) c->src_blocked = memory(c->pd.src_desc(), dnnl_cpu_engine());
+  if (c->pd.dst_desc() != c->user_dst) c->dst_blocked = memory(c->pd.dst_desc(), dnnl_cpu_engine());
   return c;
 }
 
@@ -137,17 +98,7 @@ std::string problem_key(const HostTensor& x, const HostTensor& w, bool bias, boo
   return k;
 }
 
-/// Bound on the cached primitives per context (dynamic shapes make one per shape).
-constexpr size_t kMaxCached = 512;
-
 }  // namespace
-
-/// On by default; EMBER_CPU_DNNL=0 turns the oneDNN path off (A/B timing, bisecting a
-/// difference; the reference-kernel tests set it). Read on every call, so a test can switch it.
-bool dnnl_enabled() {
-  const char* e = std::getenv("EMBER_CPU_DNNL");
-  return e == nullptr || std::string(e) != "0";
-}
 
 bool dnnl_available() { return dnnl_enabled(); }
 
@@ -172,56 +123,39 @@ bool dnnl_convolution(const ConvolutionParams& p, const KernelArgs& a, float* y_
   std::unique_ptr<DnnlConv> local;
   DnnlConv* c = nullptr;
   try {
-    if (a.cache != nullptr && a.layer != nullptr) {
-      auto key = std::make_pair(a.layer, problem_key(xt, wt, bias, residual, fuse_activation));
-      auto it = a.cache->entries.find(key);
-      if (it == a.cache->entries.end()) {
-        if (a.cache->entries.size() >= kMaxCached) a.cache->entries.clear();
-        it = a.cache->entries
-                 .emplace(key, prepare(p, xt, wt, yt, bias, residual, fuse_activation))
-                 .first;
-      }
-      c = static_cast<DnnlConv*>(it->second.get());
-    } else {
-      local = prepare(p, xt, wt, yt, bias, residual, fuse_activation);
-      c = local.get();
-    }
-  } catch (const dnnl::error&) {
+    c = dnnl_cached(a, problem_key(xt, wt, bias, residual, fuse_activation), local, [&] {
+      return prepare(p, xt, wt, yt, bias, residual, fuse_activation);
+    });
+  } catch (const dnnl::error& e) {
+    dnnl_refused(a, "convolution", e);
     return false;  // a configuration oneDNN does not take: the reference kernel runs it
   }
-  dnnl::stream stream(cpu_engine());
-  auto to_f32 = [](const HostTensor& t, std::vector<float>& storage) -> float* {
-    if (t.dtype == DataType::kF32) return t.as<float>();
-    storage = to_float_vector(t);
-    return storage.data();
-  };
   std::vector<float> x_copy, w_copy, b_copy, r_copy;
   if (!c->weights_ready) {
-    memory user_w(c->user_wei, cpu_engine(), to_f32(wt, w_copy));
-    dnnl::reorder(user_w, c->weights).execute(stream, user_w, c->weights);
+    const memory user_w(c->user_wei, dnnl_cpu_engine(), dnnl_f32_view(wt, w_copy));
+    dnnl_reorder(user_w, c->weights);
     c->weights_ready = weights_constant;
   }
-  memory src(c->user_src, cpu_engine(), to_f32(xt, x_copy));
-  memory dst(c->user_dst, cpu_engine(), y_f32);
+  const memory src(c->user_src, dnnl_cpu_engine(), dnnl_f32_view(xt, x_copy));
+  const memory dst(c->user_dst, dnnl_cpu_engine(), y_f32);
   memory conv_src = src, conv_dst = dst;
   if (c->src_blocked) {
-    dnnl::reorder(src, c->src_blocked).execute(stream, src, c->src_blocked);
+    dnnl_reorder(src, c->src_blocked);
     conv_src = c->src_blocked;
   }
   if (c->dst_blocked) conv_dst = c->dst_blocked;
   if (residual) {
     // The sum post-op adds what the destination holds: preload it with the residual.
-    memory res(c->user_dst, cpu_engine(), to_f32(a.in(3), r_copy));
-    dnnl::reorder(res, conv_dst).execute(stream, res, conv_dst);
+    dnnl_reorder(memory(c->user_dst, dnnl_cpu_engine(), dnnl_f32_view(a.in(3), r_copy)), conv_dst);
   }
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, conv_src}, {DNNL_ARG_WEIGHTS, c->weights}, {DNNL_ARG_DST, conv_dst}};
   if (bias) {
-    args.emplace(DNNL_ARG_BIAS, memory(c->pd.bias_desc(), cpu_engine(), to_f32(a.in(2), b_copy)));
+    args.emplace(DNNL_ARG_BIAS,
+                 memory(c->pd.bias_desc(), dnnl_cpu_engine(), dnnl_f32_view(a.in(2), b_copy)));
   }
-  c->prim.execute(stream, args);
-  if (c->dst_blocked) dnnl::reorder(c->dst_blocked, dst).execute(stream, c->dst_blocked, dst);
-  stream.wait();
+  dnnl_execute(c->prim, args);
+  if (c->dst_blocked) dnnl_reorder(c->dst_blocked, dst);
   activation_fused = c->activation_fused;
   return true;
 }

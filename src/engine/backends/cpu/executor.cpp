@@ -1,10 +1,27 @@
 #include "backends/cpu/executor.h"
 
+#include <chrono>
 #include <cstring>
+#include <string>
 
+#include "backends/cpu/profile.h"
 #include "runtime/shapes.h"
 
 namespace ember::engine::cpu {
+
+namespace {
+
+/// "MatrixMultiply 'fc1' [4,512]": a profile row names the layer and its output shape.
+std::string profile_name(const Layer& l, const KernelArgs& args) {
+  std::string s = l.describe() + " [";
+  if (!args.outputs.empty()) {
+    const std::vector<int64_t>& d = args.outputs[0]->dims;
+    for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
+  }
+  return s + "]";
+}
+
+}  // namespace
 
 void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>& dims,
                     const std::vector<void*>& addrs, const SymbolBindings* symbols,
@@ -16,6 +33,8 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
   KernelArgs args;
   args.symbols = symbols;
   args.cache = cache;
+  const bool profile = profiling_enabled();
+  if (profile) profile_count_run();
   for (const Layer* l : net.layers()) {
     if (l->kind() == LayerKind::kConstant) {
       // Constants are read in place; only a constant that is also a network output is copied.
@@ -30,7 +49,14 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
     for (const Tensor* in : l->inputs()) args.inputs.push_back(in ? &views[in->id()] : nullptr);
     for (const Tensor* out : l->outputs()) args.outputs.push_back(&views[out->id()]);
     try {
-      run_layer(l->params(), args);
+      if (profile) {
+        const auto start = std::chrono::steady_clock::now();
+        run_layer(l->params(), args);
+        const std::chrono::duration<double, std::milli> ms = std::chrono::steady_clock::now() - start;
+        profile_record(layer_kind_name(l->kind()), profile_name(*l, args), ms.count());
+      } else {
+        run_layer(l->params(), args);
+      }
     } catch (const Error& e) {
       throw Error(l->describe() + ": " + e.what());
     }

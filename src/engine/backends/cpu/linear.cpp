@@ -12,18 +12,21 @@
 //   of a handful of rows wastes BLAS.
 // - Deconvolution is the adjoint: sgemm (weights^T x input) into columns, then col2im scatters
 //   them into the output (parallel over output channels, so no two threads touch one plane).
-// - MatrixMultiply: one sgemm per broadcast batch entry; when b has no batch and a is not
+// - MatrixMultiply: oneDNN's matmul when the build has it (dnnl_matmul.cpp, epilogue fused);
+//   otherwise one sgemm per broadcast batch entry; when b has no batch and a is not
 //   transposed, a's batch folds into the rows of a single sgemm.
 // - Pooling: direct loops, parallel over the planes (N*C).
 // - channels_last Convolution/Pooling (NHWC, KRSC weights): the reference permutes its operands
 //   to NCHW, runs the kernels above and permutes the result back (correct, not fast: the CPU
 //   back end never chooses this layout itself, the builder does so for the CUDA back end).
 //
-// GEMMs are called from the calling thread and threaded by OpenBLAS (set to num_threads());
+// oneDNN runs on the process's OpenMP threads (num_threads() of them). The reference GEMMs are
+// called from the calling thread and threaded by OpenBLAS (set to num_threads());
 // the memory-bound im2col/col2im/pooling loops use parallel_for.
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
 #include <initializer_list>
@@ -35,6 +38,7 @@
 #include <vector>
 
 #include "backends/cpu/dnnl_conv.h"
+#include "backends/cpu/dnnl_matmul.h"
 #include "backends/cpu/kernels.h"
 
 namespace ember::engine::cpu {
@@ -106,9 +110,11 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const fl
     }
     return;
   }
-  static std::once_flag threads_set;
-  // OpenBLAS threads the GEMM itself; keep it to the engine's thread budget.
-  std::call_once(threads_set, [] { openblas_set_num_threads(num_threads()); });
+  // OpenBLAS threads the GEMM itself; keep it to the engine's thread budget (which follows the
+  // process's OpenMP setting, so it is checked per call; set only when it changed).
+  static std::atomic<int> blas_threads{0};
+  const int want = num_threads();
+  if (blas_threads.exchange(want) != want) openblas_set_num_threads(want);
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, blas_dim(m), blas_dim(n), blas_dim(k), 1.0f, a,
               blas_dim(lda), b, blas_dim(ldb), beta, c, blas_dim(ldc));
@@ -703,6 +709,17 @@ void run(const MatrixMultiplyParams& p, const KernelArgs& a) {
       ot.dims.begin(), ot.dims.begin() + static_cast<std::ptrdiff_t>(out_batch_rank));
   const int64_t batch = dims_numel(out_batch);
 
+  {
+    FloatOut out(ot);
+    bool activation_fused = false;
+    if (dnnl_matmul(p, a, out.data(), activation_fused)) {
+      Epilogue rest = p.epilogue;  // scale, bias and residual are applied; maybe the activation
+      rest.scale = 1.0;
+      rest.fused_activation = p.epilogue.fused_activation && !activation_fused;
+      finish_with_epilogue(rest, a, kNoInput, kNoInput, out);
+      return;
+    }
+  }
   const FloatIn x(at), y(bt);
   FloatOut out(ot);
   if (!ta && ra >= 2 && dims_numel(b_batch) == 1) {
