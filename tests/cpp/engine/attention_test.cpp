@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <string>
@@ -180,6 +181,25 @@ TEST(AttentionLayer, LongRowsAcrossThreads) {
   c.Ev = 64;
   c.causal = true;
   check(c, DataType::kF32, 14, "70x130 causal");
+}
+
+TEST(AttentionLayer, ReferenceKernelWithoutDnnl) {
+  // oneDNN's batched products run the layer by default; the reference loop stays what
+  // EMBER_CPU_DNNL=0 (and a build without oneDNN) runs.
+  ::setenv("EMBER_CPU_DNNL", "0", 1);
+  struct Restore {
+    ~Restore() { ::unsetenv("EMBER_CPU_DNNL"); }
+  } restore;
+  for (DataType t : kFloatTypes) {
+    Case c;
+    c.H = 6;
+    c.Hkv = 2;
+    c.seq_major = true;
+    c.causal = true;
+    c.mask_dims = {2, 6, 5, 7};
+    c.mask_dtype = t;
+    check(c, t, 15, "reference: gqa, seq-major, causal, additive mask");
+  }
 }
 
 TEST(AttentionLayer, DynamicSequenceLengths) {

@@ -5,8 +5,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -901,6 +903,68 @@ TEST(MatrixMultiplyLayer, DynamicBatch) {
     expect_result(out[0], od, ab, "dynamic ab n=" + std::to_string(n));
     const auto ac = ref_matmul(at.to_floats(), at.dims, false, ct.to_floats(), ct.dims, false, &od);
     expect_result(out[1], od, ac, "dynamic ac n=" + std::to_string(n));
+  }
+}
+
+/// Runs the CPU back end's reference kernels (no oneDNN) while in scope.
+struct ReferenceKernelsOnly {
+  ReferenceKernelsOnly() { ::setenv("EMBER_CPU_DNNL", "0", 1); }
+  ~ReferenceKernelsOnly() { ::unsetenv("EMBER_CPU_DNNL"); }
+};
+
+TEST(MatrixMultiplyLayer, ReferenceKernelWithoutDnnl) {
+  // oneDNN runs the products by default; the im2col/BLAS reference stays what
+  // EMBER_CPU_DNNL=0 (and a build without oneDNN) runs.
+  const ReferenceKernelsOnly reference;
+  check_matmul(DataType::kF32, {4, 3}, true, {5, 4}, true, "2d transposes");
+  check_matmul(DataType::kF32, {2, 3, 6, 4}, false, {5, 4}, true, "shared transposed b (folded)");
+  check_matmul(DataType::kF32, {1, 3, 3, 4}, false, {2, 1, 4, 2}, false, "broadcast both");
+  check_matmul(DataType::kF16, {2, 3, 8}, false, {5, 8}, true, "f16 shared b");
+}
+
+TEST(MatrixMultiplyLayer, FusedEpilogueScaleBiasResidualActivation) {
+  // y = act(scale * a b^T + bias + residual), the epilogue the builder fuses into a product:
+  // oneDNN's output scale, bias (a binary add when there is a scale), sum and eltwise
+  // post-ops, against the formula, for f32 and f16 (whose activation runs after rounding),
+  // with oneDNN and with the reference kernel.
+  for (bool dnnl : {true, false}) {
+    std::unique_ptr<ReferenceKernelsOnly> reference;
+    if (!dnnl) reference = std::make_unique<ReferenceKernelsOnly>();
+    for (DataType dt : {DataType::kF32, DataType::kF16}) {
+      for (double scale : {1.0, 0.5}) {
+        for (bool residual : {false, true}) {
+          const std::vector<int64_t> ad{2, 3, 8}, bd{5, 8}, od{2, 3, 5};
+          const TestTensor at = TestTensor::random(dt, ad, 31);
+          const TestTensor bt = TestTensor::random(dt, bd, 32);
+          const TestTensor bias = TestTensor::random(dt, {5}, 33);
+          const TestTensor res = TestTensor::random(dt, od, 34);
+          Network net;
+          Tensor* a = net.add_input("a", dt, shape_from_dims(ad));
+          Tensor* b = net.add_input("b", dt, shape_from_dims(bd));
+          Tensor* bi = net.add_input("bias", dt, shape_from_dims({5}));
+          Tensor* r = net.add_input("residual", dt, shape_from_dims(od));
+          MatrixMultiplyParams p;
+          p.transpose_b = true;
+          p.epilogue.scale = scale;
+          p.epilogue.fused_activation = true;
+          p.epilogue.activation = ActivationType::kGeluErf;
+          net.mark_output(
+              net.add_layer(p, {a, b, bi, residual ? r : nullptr}, "mm")->output());
+          const auto out = test::run_network(net, {at, bt, bias, res});
+          std::vector<int64_t> shape;
+          std::vector<float> want =
+              ref_matmul(at.to_floats(), ad, false, bt.to_floats(), bd, true, &shape);
+          const std::vector<float> bv = bias.to_floats(), rv = res.to_floats();
+          for (size_t i = 0; i < want.size(); ++i) {
+            float v = static_cast<float>(scale) * want[i] + bv[i % 5] + (residual ? rv[i] : 0.0f);
+            want[i] = 0.5f * v * (1.0f + std::erf(v / std::sqrt(2.0f)));
+          }
+          expect_result(out[0], od, want,
+                        std::string(dnnl ? "oneDNN" : "reference") + " " + dtype_name(dt) +
+                            " scale " + std::to_string(scale) + (residual ? " residual" : ""));
+        }
+      }
+    }
   }
 }
 

@@ -36,7 +36,7 @@ void dnnl_reorder(const dnnl::memory& from, const dnnl::memory& to);
 float* dnnl_f32_view(const HostTensor& t, std::vector<float>& storage);
 
 /// Notes that oneDNN refused a layer's configuration (the reference kernel then runs it): with
-/// EMBER_PROFILE set, printed to stderr once per layer, so a slow layer can be explained.
+/// EMBER_LAYER_PROFILE set, printed to stderr once per layer, so a slow layer can be explained.
 void dnnl_refused(const KernelArgs& a, const char* kernel, const dnnl::error& e);
 
 /// The cache entry of (`a.layer`, `key`) in `a.cache`, made by `make()` when missing; with no

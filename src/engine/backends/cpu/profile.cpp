@@ -1,4 +1,4 @@
-// EMBER_PROFILE=1: per-layer host time of the CPU back end (see profile.h).
+// EMBER_LAYER_PROFILE=1: per-layer host time of the CPU back end (see profile.h).
 //
 // The table is kept per process rather than per context because the question it answers is
 // "where did this model's time go", across every engine the process ran; it is printed once, at
@@ -83,7 +83,7 @@ ProfileTable& table() {
 
 bool profiling_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("EMBER_PROFILE");
+    const char* e = std::getenv("EMBER_LAYER_PROFILE");
     return e != nullptr && *e != '\0' && std::string(e) != "0";
   }();
   return on;

@@ -1,5 +1,5 @@
-// Per-layer host timing of the CPU back end (EMBER_PROFILE=1), for finding where a model's time
-// goes without an external profiler.
+// Per-layer host timing of the CPU back end (EMBER_LAYER_PROFILE=1, the CUDA back end's switch
+// too), for finding where a model's time goes without an external profiler.
 #pragma once
 
 #include <chrono>
@@ -8,7 +8,7 @@
 
 namespace ember::engine::cpu {
 
-/// Whether EMBER_PROFILE is set to something other than "0" (read once per process).
+/// Whether EMBER_LAYER_PROFILE is set to something other than "0" (read once per process).
 bool profiling_enabled();
 
 /// Adds one layer call to the process-wide table: `kind` groups it ("MatrixMultiply"), `what`
