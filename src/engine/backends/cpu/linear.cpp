@@ -544,39 +544,42 @@ void run(const DeconvolutionParams& p, const KernelArgs& a) {
 namespace {
 
 /// Max pooling of `planes` planes; padded positions never win and NaN propagates (as torch).
+/// One output row at a time: for each window tap (depth, height, width offsets in that order,
+/// the order a per-output loop visits them), the outputs whose tap lands inside the input are a
+/// contiguous range, so the innermost loop runs along the row without bounds checks (and
+/// vectorizes for stride 1).
 template <typename T>
 void max_pool(const T* x, T* out, int64_t planes, const Geometry& g) {
   const T lowest = std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity()
                                                         : std::numeric_limits<T>::lowest();
+  const int64_t out_w = g.out[2], step = g.stride[2];
   parallel_for(planes, g.out_plane() * g.taps(), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const T* xp = x + plane * g.in_plane();
-      T* op = out + plane * g.out_plane();
       for (int64_t od = 0; od < g.out[0]; ++od) {
         const int64_t d0 = od * g.stride[0] - g.pad[0];
         const Range dr = valid_range(g.k[0], g.dil[0], d0, g.in[0]);
         for (int64_t oh = 0; oh < g.out[1]; ++oh) {
           const int64_t h0 = oh * g.stride[1] - g.pad[1];
           const Range hr = valid_range(g.k[1], g.dil[1], h0, g.in[1]);
-          for (int64_t ow = 0; ow < g.out[2]; ++ow) {
-            const int64_t w0 = ow * g.stride[2] - g.pad[2];
-            const Range wr = valid_range(g.k[2], g.dil[2], w0, g.in[2]);
-            T best = lowest;
-            for (int64_t kd = dr.lo; kd < dr.hi; ++kd) {
-              for (int64_t kh = hr.lo; kh < hr.hi; ++kh) {
-                const int64_t row =
-                    ((d0 + kd * g.dil[0]) * g.in[1] + h0 + kh * g.dil[1]) * g.in[2] + w0;
-                for (int64_t kw = wr.lo; kw < wr.hi; ++kw) {
-                  const T v = xp[row + kw * g.dil[2]];
+          T* orow = out + plane * g.out_plane() + (od * g.out[1] + oh) * out_w;
+          std::fill(orow, orow + out_w, lowest);
+          for (int64_t kd = dr.lo; kd < dr.hi; ++kd) {
+            for (int64_t kh = hr.lo; kh < hr.hi; ++kh) {
+              const T* xrow = xp + ((d0 + kd * g.dil[0]) * g.in[1] + h0 + kh * g.dil[1]) * g.in[2];
+              for (int64_t kw = 0; kw < g.k[2]; ++kw) {
+                const int64_t offset = kw * g.dil[2] - g.pad[2];
+                const Range wr = valid_range(out_w, step, offset, g.in[2]);
+                for (int64_t ow = wr.lo; ow < wr.hi; ++ow) {
+                  const T v = xrow[ow * step + offset];
                   if constexpr (std::is_floating_point_v<T>) {
-                    if (v > best || v != v) best = v;
+                    orow[ow] = (v > orow[ow] || v != v) ? v : orow[ow];
                   } else {
-                    best = std::max(best, v);
+                    orow[ow] = std::max(orow[ow], v);
                   }
                 }
               }
             }
-            *op++ = best;
           }
         }
       }
