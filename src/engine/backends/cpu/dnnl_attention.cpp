@@ -98,6 +98,75 @@ std::unique_ptr<DnnlAttention> prepare(const AttentionParams& p, const Attention
   return c;
 }
 
+/// Steps 1-3 with a prepared entry; throws dnnl::error when oneDNN fails.
+void run_prepared(const AttentionParams& p, const AttentionGeometry& geo, const KernelArgs& a,
+                  DnnlAttention& c, float* q, float* k, float* v, bool f32_out) {
+  const HostTensor* mt = a.has(3) ? &a.in(3) : nullptr;
+  HostTensor& out = a.out(0);
+  const dnnl::engine& eng = dnnl_cpu_engine();
+  const memory scores(c.scores_md, eng, c.scores.data());
+  dnnl_execute(c.scores_prim, {{DNNL_ARG_SRC, memory(c.q_md, eng, q + geo.q.offset)},
+                                {DNNL_ARG_WEIGHTS, memory(c.k_md, eng, k + geo.k.offset)},
+                                {DNNL_ARG_DST, scores}});
+
+  // The mask and the causal limit; rows with no visible key are remembered.
+  const int64_t H = geo.H, L = geo.L, S = geo.S;
+  const std::vector<float> mask = mt != nullptr ? to_float_vector(*mt) : std::vector<float>{};
+  const bool bool_mask = mt != nullptr && mt->dtype == DataType::kBool;
+  const int64_t* ms = geo.mask;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  bool any_dead = false;
+  if (mt != nullptr || p.causal) {
+    std::fill(c.dead.begin(), c.dead.end(), uint8_t{0});
+    parallel_for(geo.B * H * L, S, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t i = row % L, h = (row / L) % H, b = row / (L * H);
+        float* s = c.scores.data() + row * S;
+        if (mt != nullptr) {
+          const float* m = mask.data() + b * ms[0] + h * ms[1] + i * ms[2];
+          const int64_t mj = ms[3];
+          if (bool_mask) {
+            for (int64_t j = 0; j < S; ++j) s[j] = m[j * mj] != 0.0f ? s[j] : kNegInf;
+          } else {
+            for (int64_t j = 0; j < S; ++j) s[j] += m[j * mj];
+          }
+        }
+        if (p.causal) std::fill(s + std::min(i + 1, S), s + S, kNegInf);
+        float row_max = kNegInf;
+        for (int64_t j = 0; j < S; ++j) row_max = std::max(row_max, s[j]);
+        c.dead[static_cast<size_t>(row)] = row_max == kNegInf;
+      }
+    });
+    any_dead = std::find(c.dead.begin(), c.dead.end(), uint8_t{1}) != c.dead.end();
+  }
+  const memory rows(c.rows_md, eng, c.scores.data());
+  dnnl_execute(c.softmax_prim, {{DNNL_ARG_SRC, rows}, {DNNL_ARG_DST, rows}});
+  if (any_dead) {
+    for (size_t row = 0; row < c.dead.size(); ++row) {
+      if (c.dead[row]) std::fill_n(c.scores.data() + row * S, S, 0.0f);
+    }
+  }
+
+  float* dst = f32_out ? out.as<float>() + geo.out.offset : c.out_tmp.data();
+  dnnl_execute(c.values_prim, {{DNNL_ARG_SRC, scores},
+                                {DNNL_ARG_WEIGHTS, memory(c.v_md, eng, v + geo.v.offset)},
+                                {DNNL_ARG_DST, memory(c.out_md, eng, dst)}});
+  if (!f32_out) {
+    // out_tmp is [B, H, L, Ev]; the output is read through its geometry.
+    const int64_t Ev = geo.Ev;
+    const AttentionOperand& os = geo.out;
+    for (int64_t b = 0; b < geo.B; ++b) {
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t i = 0; i < L; ++i) {
+          const float* src = c.out_tmp.data() + ((b * H + h) * L + i) * Ev;
+          const int64_t at = os.offset + b * os.batch + h * os.heads + i * os.seq;
+          for (int64_t e = 0; e < Ev; ++e) store_float(out.dtype, out.data, at + e, src[e]);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 bool dnnl_attention(const AttentionParams& p, const KernelArgs& a) {
@@ -127,67 +196,11 @@ bool dnnl_attention(const AttentionParams& p, const KernelArgs& a) {
   float* q = dnnl_f32_view(qt, q_copy);
   float* k = same_as_q(kt) ? q : dnnl_f32_view(kt, k_copy);
   float* v = same_as_q(vt) ? q : dnnl_f32_view(vt, v_copy);
-  const dnnl::engine& eng = dnnl_cpu_engine();
-  const memory scores(c->scores_md, eng, c->scores.data());
-  dnnl_execute(c->scores_prim, {{DNNL_ARG_SRC, memory(c->q_md, eng, q + geo.q.offset)},
-                                {DNNL_ARG_WEIGHTS, memory(c->k_md, eng, k + geo.k.offset)},
-                                {DNNL_ARG_DST, scores}});
-
-  // The mask and the causal limit; rows with no visible key are remembered.
-  const int64_t H = geo.H, L = geo.L, S = geo.S;
-  const std::vector<float> mask = mt != nullptr ? to_float_vector(*mt) : std::vector<float>{};
-  const bool bool_mask = mt != nullptr && mt->dtype == DataType::kBool;
-  const int64_t* ms = geo.mask;
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  bool any_dead = false;
-  if (mt != nullptr || p.causal) {
-    std::fill(c->dead.begin(), c->dead.end(), uint8_t{0});
-    parallel_for(geo.B * H * L, S, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t i = row % L, h = (row / L) % H, b = row / (L * H);
-        float* s = c->scores.data() + row * S;
-        if (mt != nullptr) {
-          const float* m = mask.data() + b * ms[0] + h * ms[1] + i * ms[2];
-          const int64_t mj = ms[3];
-          if (bool_mask) {
-            for (int64_t j = 0; j < S; ++j) s[j] = m[j * mj] != 0.0f ? s[j] : kNegInf;
-          } else {
-            for (int64_t j = 0; j < S; ++j) s[j] += m[j * mj];
-          }
-        }
-        if (p.causal) std::fill(s + std::min(i + 1, S), s + S, kNegInf);
-        float row_max = kNegInf;
-        for (int64_t j = 0; j < S; ++j) row_max = std::max(row_max, s[j]);
-        c->dead[static_cast<size_t>(row)] = row_max == kNegInf;
-      }
-    });
-    any_dead = std::find(c->dead.begin(), c->dead.end(), uint8_t{1}) != c->dead.end();
-  }
-  const memory rows(c->rows_md, eng, c->scores.data());
-  dnnl_execute(c->softmax_prim, {{DNNL_ARG_SRC, rows}, {DNNL_ARG_DST, rows}});
-  if (any_dead) {
-    for (size_t row = 0; row < c->dead.size(); ++row) {
-      if (c->dead[row]) std::fill_n(c->scores.data() + row * S, S, 0.0f);
-    }
-  }
-
-  float* dst = f32_out ? out.as<float>() + geo.out.offset : c->out_tmp.data();
-  dnnl_execute(c->values_prim, {{DNNL_ARG_SRC, scores},
-                                {DNNL_ARG_WEIGHTS, memory(c->v_md, eng, v + geo.v.offset)},
-                                {DNNL_ARG_DST, memory(c->out_md, eng, dst)}});
-  if (!f32_out) {
-    // out_tmp is [B, H, L, Ev]; the output is read through its geometry.
-    const int64_t Ev = geo.Ev;
-    const AttentionOperand& os = geo.out;
-    for (int64_t b = 0; b < geo.B; ++b) {
-      for (int64_t h = 0; h < H; ++h) {
-        for (int64_t i = 0; i < L; ++i) {
-          const float* src = c->out_tmp.data() + ((b * H + h) * L + i) * Ev;
-          const int64_t at = os.offset + b * os.batch + h * os.heads + i * os.seq;
-          for (int64_t e = 0; e < Ev; ++e) store_float(out.dtype, out.data, at + e, src[e]);
-        }
-      }
-    }
+  try {
+    run_prepared(p, geo, a, *c, q, k, v, f32_out);
+  } catch (const dnnl::error& e) {
+    dnnl_refused(a, "attention (execution)", e);
+    return false;  // the reference kernel recomputes the whole output
   }
   return true;
 }

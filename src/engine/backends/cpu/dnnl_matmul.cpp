@@ -163,7 +163,12 @@ bool dnnl_matmul(const MatrixMultiplyParams& p, const KernelArgs& a, float* y_f3
                                    : DNNL_ARG_BIAS,
                  bias_mem);
   }
-  dnnl_execute(c->prim, args);
+  try {
+    dnnl_execute(c->prim, args);
+  } catch (const dnnl::error& e) {
+    dnnl_refused(a, "matmul (execution)", e);
+    return false;  // the reference kernel recomputes the whole output
+  }
   activation_fused = c->activation_fused;
   return true;
 }
