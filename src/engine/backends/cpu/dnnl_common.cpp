@@ -18,35 +18,6 @@
 
 namespace ember::engine::cpu {
 
-namespace {
-
-/// Sizes the calling thread's OpenMP team (which oneDNN's OpenMP runtime uses) to
-/// num_threads() for one scope, and restores it. Inside PyTorch the OpenMP runtime is torch's,
-/// so without EMBER_CPU_THREADS this changes nothing: oneDNN then uses torch.get_num_threads().
-class OmpThreadsScope {
- public:
-  OmpThreadsScope() {
-#ifdef EMBER_WITH_OPENMP
-    saved_ = omp_get_max_threads();
-    const int want = num_threads();
-    if (want != saved_) omp_set_num_threads(want);
-    else saved_ = 0;
-#endif
-  }
-  ~OmpThreadsScope() {
-#ifdef EMBER_WITH_OPENMP
-    if (saved_ > 0) omp_set_num_threads(saved_);
-#endif
-  }
-  OmpThreadsScope(const OmpThreadsScope&) = delete;
-  OmpThreadsScope& operator=(const OmpThreadsScope&) = delete;
-
- private:
-  int saved_ = 0;
-};
-
-}  // namespace
-
 dnnl::engine& dnnl_cpu_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
@@ -90,6 +61,24 @@ bool dnnl_eltwise_for(ActivationType t, double alpha, double beta, dnnl::algorit
       return false;  // run by the reference activation afterwards
   }
   return false;
+}
+
+OmpThreadsScope::OmpThreadsScope() {
+#ifdef EMBER_WITH_OPENMP
+  saved_ = omp_get_max_threads();
+  const int want = num_threads();
+  if (want != saved_) {
+    omp_set_num_threads(want);
+  } else {
+    saved_ = 0;
+  }
+#endif
+}
+
+OmpThreadsScope::~OmpThreadsScope() {
+#ifdef EMBER_WITH_OPENMP
+  if (saved_ > 0) omp_set_num_threads(saved_);
+#endif
 }
 
 void dnnl_execute(const dnnl::primitive& prim, const std::unordered_map<int, dnnl::memory>& args) {

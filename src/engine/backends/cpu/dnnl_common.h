@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/cpu/kernels.h"
+#include "backends/cpu/parallel.h"
 
 namespace ember::engine::cpu {
 
@@ -23,6 +24,20 @@ bool dnnl_enabled();
 /// formula; false for the ones the reference activation must run.
 bool dnnl_eltwise_for(ActivationType t, double alpha, double beta, dnnl::algorithm& alg,
                       float& a, float& b);
+
+/// Sizes the calling thread's OpenMP team (which oneDNN's OpenMP runtime uses) to
+/// num_threads() for one scope, and restores it. Inside PyTorch the OpenMP runtime is torch's,
+/// so without EMBER_CPU_THREADS this changes nothing: oneDNN then uses torch.get_num_threads().
+class OmpThreadsScope {
+ public:
+  OmpThreadsScope();
+  ~OmpThreadsScope();
+  OmpThreadsScope(const OmpThreadsScope&) = delete;
+  OmpThreadsScope& operator=(const OmpThreadsScope&) = delete;
+
+ private:
+  int saved_ = 0;
+};
 
 /// Runs `prim` on a fresh stream and waits, with oneDNN's OpenMP team sized to num_threads()
 /// (EMBER_CPU_THREADS may ask for fewer threads than the process's OpenMP setting).
@@ -41,15 +56,19 @@ void dnnl_refused(const KernelArgs& a, const char* kernel, const dnnl::error& e)
 
 /// The cache entry of (`a.layer`, `key`) in `a.cache`, made by `make()` when missing; with no
 /// cache (constant folding, the test oracle) a fresh entry owned by `local`. The cache is
-/// bounded (dynamic shapes make one entry per shape) and cleared when full.
+/// bounded (dynamic shapes make one entry per shape) and cleared when full. A oneDNN primitive
+/// must run with the thread count it was created for (its work split is fixed then; another
+/// count fails with "unimplemented"), so the count is part of the key and `make()` runs with
+/// the team sized as dnnl_execute sizes it.
 template <class T, class Make>
 T* dnnl_cached(const KernelArgs& a, const std::string& key, std::unique_ptr<T>& local, Make make) {
   constexpr size_t kMaxCached = 512;
+  const OmpThreadsScope threads;
   if (a.cache == nullptr || a.layer == nullptr) {
     local = make();
     return local.get();
   }
-  auto k = std::make_pair(a.layer, key);
+  auto k = std::make_pair(a.layer, key + "#t" + std::to_string(num_threads()));
   auto it = a.cache->entries.find(k);
   if (it == a.cache->entries.end()) {
     if (a.cache->entries.size() >= kMaxCached) a.cache->entries.clear();
