@@ -40,6 +40,7 @@
 #include "backends/cpu/dnnl_conv.h"
 #include "backends/cpu/dnnl_matmul.h"
 #include "backends/cpu/kernels.h"
+#include "backends/semantics/pooling.h"
 
 namespace ember::engine::cpu {
 
@@ -595,39 +596,24 @@ void avg_pool(const float* x, float* out, int64_t planes, const Geometry& g, boo
     for (int64_t plane = begin; plane < end; ++plane) {
       const float* xp = x + plane * g.in_plane();
       float* op = out + plane * g.out_plane();
-      // Window [start, end) clipped to the padded input, then to the input.
-      int64_t lo[3], hi[3], padded[3];
       for (int64_t od = 0; od < g.out[0]; ++od) {
         for (int64_t oh = 0; oh < g.out[1]; ++oh) {
           for (int64_t ow = 0; ow < g.out[2]; ++ow) {
             const int64_t o[3] = {od, oh, ow};
-            for (int d = 0; d < 3; ++d) {
-              const int64_t start = o[d] * g.stride[d] - g.pad[d];
-              const int64_t stop = std::min(start + g.k[d], g.in[d] + g.pad_end[d]);
-              padded[d] = stop - start;
-              lo[d] = std::max<int64_t>(start, 0);
-              hi[d] = std::min(stop, g.in[d]);
-            }
-            if (hi[0] <= lo[0] || hi[1] <= lo[1] || hi[2] <= lo[2]) {
+            const semantics::AvgPoolWindow w =
+                semantics::avg_pool_window(g, o, count_include_pad, divisor_override);
+            if (w.empty) {
               *op++ = 0.0f;  // no input element in the window: torch writes 0
               continue;
             }
             float sum = 0.0f;
-            for (int64_t id = lo[0]; id < hi[0]; ++id) {
-              for (int64_t ih = lo[1]; ih < hi[1]; ++ih) {
+            for (int64_t id = w.lo[0]; id < w.hi[0]; ++id) {
+              for (int64_t ih = w.lo[1]; ih < w.hi[1]; ++ih) {
                 const float* row = xp + (id * g.in[1] + ih) * g.in[2];
-                for (int64_t iw = lo[2]; iw < hi[2]; ++iw) sum += row[iw];
+                for (int64_t iw = w.lo[2]; iw < w.hi[2]; ++iw) sum += row[iw];
               }
             }
-            int64_t divisor;
-            if (divisor_override > 0) {
-              divisor = divisor_override;
-            } else if (count_include_pad) {
-              divisor = padded[0] * padded[1] * padded[2];
-            } else {
-              divisor = (hi[0] - lo[0]) * (hi[1] - lo[1]) * (hi[2] - lo[2]);
-            }
-            *op++ = sum / static_cast<float>(divisor);
+            *op++ = sum / static_cast<float>(w.divisor);
           }
         }
       }

@@ -15,6 +15,7 @@
 
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/linear_kernels.h"
+#include "backends/semantics/pooling.h"
 
 namespace ember::engine::cuda {
 
@@ -340,40 +341,24 @@ __global__ void avg_pool_kernel(const T* __restrict__ x, T* __restrict__ out, in
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, channel, o[3], lo[3], hi[3], padded[3];
+    int64_t plane, channel, o[3];
     unravel_output(idx, g, plane, channel, o);
-    bool empty = false;
-    for (int d = 0; d < 3; ++d) {
-      const int64_t start = o[d] * g.stride[d] - g.pad[d];
-      const int64_t limit = g.in[d] + g.pad_end[d];
-      const int64_t stop = start + g.k[d] < limit ? start + g.k[d] : limit;
-      padded[d] = stop - start;
-      lo[d] = start > 0 ? start : 0;
-      hi[d] = stop < g.in[d] ? stop : g.in[d];
-      empty = empty || hi[d] <= lo[d];
-    }
-    if (empty) {
+    const semantics::AvgPoolWindow w =
+        semantics::avg_pool_window(g, o, count_include_pad, divisor_override);
+    if (w.empty) {
       store_f32(out, idx, 0.0f);
       continue;
     }
     const int64_t step = element_step(g);
     const T* xp = x + plane * in_plane * step + channel;
     float sum = 0.0f;
-    for (int64_t id = lo[0]; id < hi[0]; ++id) {
-      for (int64_t ih = lo[1]; ih < hi[1]; ++ih) {
+    for (int64_t id = w.lo[0]; id < w.hi[0]; ++id) {
+      for (int64_t ih = w.lo[1]; ih < w.hi[1]; ++ih) {
         const T* row = xp + (id * g.in[1] + ih) * g.in[2] * step;
-        for (int64_t iw = lo[2]; iw < hi[2]; ++iw) sum = __fadd_rn(sum, to_f32(row[iw * step]));
+        for (int64_t iw = w.lo[2]; iw < w.hi[2]; ++iw) sum = __fadd_rn(sum, to_f32(row[iw * step]));
       }
     }
-    int64_t divisor;
-    if (divisor_override > 0) {
-      divisor = divisor_override;
-    } else if (count_include_pad) {
-      divisor = padded[0] * padded[1] * padded[2];
-    } else {
-      divisor = (hi[0] - lo[0]) * (hi[1] - lo[1]) * (hi[2] - lo[2]);
-    }
-    store_f32(out, idx, __fdiv_rn(sum, static_cast<float>(divisor)));
+    store_f32(out, idx, __fdiv_rn(sum, static_cast<float>(w.divisor)));
   }
 }
 
