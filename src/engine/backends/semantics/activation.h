@@ -7,11 +7,7 @@
 
 #include "ember/engine/layers.h"
 
-#if defined(__CUDACC__)
-#define EMBER_HOST_DEVICE __host__ __device__
-#else
-#define EMBER_HOST_DEVICE
-#endif
+#include "backends/semantics/host_device.h"
 
 namespace ember::engine::semantics {
 

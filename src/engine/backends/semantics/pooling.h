@@ -6,11 +6,7 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define EMBER_HOST_DEVICE __host__ __device__
-#else
-#define EMBER_HOST_DEVICE
-#endif
+#include "backends/semantics/host_device.h"
 
 namespace ember::engine::semantics {
 

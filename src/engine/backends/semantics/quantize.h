@@ -5,11 +5,7 @@
 
 #include <math.h>
 
-#if defined(__CUDACC__)
-#define EMBER_HOST_DEVICE __host__ __device__
-#else
-#define EMBER_HOST_DEVICE
-#endif
+#include "backends/semantics/host_device.h"
 
 namespace ember::engine::semantics {
 
