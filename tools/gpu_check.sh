@@ -12,7 +12,7 @@
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|soak]...  (default: all)
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|soak|cache]...  (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${OUT:-$root/gpu_out}"
@@ -85,6 +85,18 @@ step_variants() {
 step_soak() {
   EMBER_TEST_DEVICE=cuda run_step soak python3 tests/python/test_soak.py \
     --calls "${SOAK_CALLS:-2000}" --cycles "${SOAK_CYCLES:-1000}"
+}
+# The engine cache (issue 15): the same rows twice, each run in a fresh process; the first builds
+# and stores the engines (and times torch.compile(backend="ember") against reduce-overhead), the
+# second loads them from the cache, so its build times are the cached ones.
+step_cache() {
+  local dir; dir="$(mktemp -d)"
+  run_step cache_cold bash -c "python3 bench/bench.py --rows '${CACHE_ROWS:-resnet50:1,bert:1}' \
+    --compile-modes reduce-overhead --ember-torch-compile --engine-cache '$dir' --iters 30 \
+    --json '$dest/cache_cold.json' 2>&1 | tee '$dest/cache_cold.log'"
+  run_step cache_warm bash -c "python3 bench/bench.py --rows '${CACHE_ROWS:-resnet50:1,bert:1}' \
+    --compile-modes '' --ember-torch-compile --engine-cache '$dir' --iters 30 \
+    --json '$dest/cache_warm.json' 2>&1 | tee '$dest/cache_warm.log'"
 }
 # Steps run in the order given; "all" is the tests, then the benchmark and the profiles.
 [[ " ${steps[*]} " == *" all "* ]] && steps=(cpp models ops zoo bench profile)
