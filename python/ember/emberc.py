@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.save'd tuple or list of tensors for --accuracy-report")
     p.add_argument("--custom-converters", action="append", default=[], metavar="LIB.so",
                    help="a shared library of converters to load first (repeatable)")
+    p.add_argument("--engine-cache", default=None, metavar="DIR",
+                   help="store built engines in DIR and reuse the ones found there (the engine "
+                        "cache shared with ember.compile and torch.compile; see docs/guide.md)")
+    p.add_argument("--engine-cache-size", type=int, default=None, metavar="BYTES",
+                   help="the engine cache's size limit; least recently used entries go first")
     p.add_argument("--debug", action="store_true", help="print the partition and build logs")
     return p
 
@@ -132,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     for lib in args.custom_converters:
         if not os.path.isfile(lib):
             return _fail(f"--custom-converters: no file '{lib}'", EXIT_USAGE)
+    if args.engine_cache_size is not None and args.engine_cache is None:
+        return _fail("--engine-cache-size needs --engine-cache DIR", EXIT_USAGE)
+    if args.engine_cache_size is not None and args.engine_cache_size < 0:
+        return _fail("--engine-cache-size must be >= 0", EXIT_USAGE)
+    if args.engine_cache is not None and os.path.exists(args.engine_cache) \
+            and not os.path.isdir(args.engine_cache):
+        return _fail(f"--engine-cache: '{args.engine_cache}' exists and is not a directory",
+                     EXIT_USAGE)
 
     import torch  # after argument checks: --help and usage errors stay fast
 
@@ -157,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                 "truncate_double": args.truncate_long_double, "debug": args.debug}
     if args.min_block_size is not None:
         settings["min_block_size"] = args.min_block_size
+    if args.engine_cache is not None:
+        settings.update(cache_built_engines=True, reuse_cached_engines=True,
+                        engine_cache_dir=args.engine_cache)
+        if args.engine_cache_size is not None:
+            settings["engine_cache_size"] = args.engine_cache_size
     if args.device is not None:
         settings["device"] = args.device
     if args.enable_autocast or args.autocast_type is not None:
@@ -212,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     engines = getattr(report, "num_engines", None)
     if engines is None:
         engines = len(getattr(report, "engines", []))
-    print(f"emberc: wrote {args.output_file} ({engines} engine(s))")
+    cached = ""
+    if args.engine_cache is not None:
+        hits = sum(bool(e.get("cached")) for e in getattr(report, "engines", []) if isinstance(e, dict))
+        cached = f", {hits} from the engine cache"
+    print(f"emberc: wrote {args.output_file} ({engines} engine(s){cached})")
     if args.debug:
         print(str(report), file=sys.stderr)
     return 0

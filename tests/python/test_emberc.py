@@ -185,3 +185,38 @@ def test_accuracy_report_bad_input(files, capsys, argv, message):
     argv = [files.get(a, a) if isinstance(files.get(a), str) else a for a in argv]
     assert run(*argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_engine_cache_flags(files, tmp_path, capsys):
+    """--engine-cache DIR: the first run builds and stores the engine, a second run (same
+    program and flags) loads it from DIR and builds nothing."""
+    from ember import engine_cache
+    cache = tmp_path / "engines"
+    argv = [files["lenet.ts"], tmp_path / "c.ts", "--input", "(2,1,32,32)", "--device", "cpu",
+            "--engine-cache", cache]
+    engine_cache.reset_stats()
+    assert run(*argv) == 0
+    assert engine_cache.stats()["stores"] >= 1 and any(cache.iterdir())
+    assert "0 from the engine cache" in capsys.readouterr().out
+    engine_cache.reset_stats()
+    assert run(*argv) == 0
+    assert engine_cache.stats()["builds"] == 0 and engine_cache.stats()["hits"] >= 1
+    assert "1 from the engine cache" in capsys.readouterr().out
+    m = ember.load(str(tmp_path / "c.ts"))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert_close(m(x), files["lenet"](x))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--engine-cache-size", "100"], "--engine-cache-size needs --engine-cache DIR"),
+    (["--engine-cache", "FILE"], "exists and is not a directory"),
+    (["--engine-cache", "DIR", "--engine-cache-size", "-1"], "--engine-cache-size must be >= 0"),
+])
+def test_engine_cache_bad_flags(files, tmp_path, capsys, extra, message):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    extra = [str(a_file) if e == "FILE" else str(tmp_path / "d") if e == "DIR" else e
+             for e in extra]
+    assert run(files["lenet.ts"], tmp_path / "o.ts", "--input", "(2,1,32,32)", *extra) == 2
+    assert message in capsys.readouterr().err
