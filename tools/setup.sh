@@ -36,4 +36,13 @@ if [ ! -f "$venv/.ember-ready" ]; then
   "$venv/bin/python" -m pip install -q -r "$req" >&2
   touch "$venv/.ember-ready"
 fi
+# Packages added after the main list, installed into the same venv (keyed by their own hash, so
+# adding one does not download PyTorch again).
+extra="$root/tools/requirements-extra.txt"
+ehash="$(sha256sum "$extra" | cut -c1-12)"
+if [ ! -f "$venv/.ember-extra-$ehash" ]; then
+  echo "[setup] installing $(grep -v '^#' "$extra" | xargs) into $venv" >&2
+  "$venv/bin/python" -m pip install -q -r "$extra" >&2
+  touch "$venv/.ember-extra-$ehash"
+fi
 echo "$venv"
