@@ -33,7 +33,9 @@ workers=$(( $(nproc) > 8 ? 8 : $(nproc) ))
 run_step() {  # name, command...
   local name=$1; shift
   local t0=$(date +%s)
-  "$@" > "$out/$name.log" 2>&1
+  # STEP_TIMEOUT (seconds, default none) stops a step that runs too long, so the steps after it
+  # still run inside the call's time limit.
+  timeout "${STEP_TIMEOUT:-0}" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   echo "[gpu_check] $name: rc=$rc in $(( $(date +%s) - t0 )) s: $(tail -n 1 "$out/$name.log")" |
     tee -a "$out/summary.txt"
