@@ -12,6 +12,7 @@ measurement (host RSS, and device memory from PyTorch's caching allocator on CUD
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import sys
@@ -35,6 +36,27 @@ THREADS = 4
 #: Every CHECK_EVERY-th call of a thread is compared with eager.
 CHECK_EVERY = 10
 BATCH_RANGE = (1, 16)
+
+
+def drop_pytorch_shape_caches() -> None:
+    """Empties a bounded cache of PyTorch's that would otherwise blur the cycles' figure:
+    `ShapeEnv._inner_evaluate_expr` is a class-level `lru_cache(256)` whose keys hold their
+    ShapeEnv (and its fake tensors) alive, so the last ~256 shape evaluations of every
+    torch.export keep a few exports' worth of objects (about 20 MiB here) until newer ones push
+    them out. That plateau is reached after a dozen cycles, i.e. sometimes between the warm-up
+    mark and the end. It is PyTorch's and bounded; clearing it before each mark measures what
+    Ember holds."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    cached = getattr(ShapeEnv, "_inner_evaluate_expr", None)
+    if hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+    gc.collect()
+    # And glibc's free lists go back to the system, so RSS counts live memory rather than
+    # whatever the allocators kept after their peak (the threads above leave several arenas).
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def host_rss_bytes() -> int:
@@ -170,9 +192,10 @@ def cycles(count: int, warmup: int) -> dict:
         del compiled, model, out, ref
         gc.collect()
         if i + 1 == warmup:
+            drop_pytorch_shape_caches()
             marks["rss_warm"], marks["device_warm"] = host_rss_bytes(), device_bytes()
             marks["driver_warm"] = driver_used_bytes()
-    gc.collect()
+    drop_pytorch_shape_caches()
     marks["rss_end"], marks["device_end"] = host_rss_bytes(), device_bytes()
     marks["driver_end"] = driver_used_bytes()
     marks["cycles"] = count
