@@ -167,6 +167,11 @@ class ExecutionContext {
   /// the first time it is asked after that happened; "" otherwise. Embedders call it after each
   /// run to say so once (the PyTorch bridge raises a warning).
   std::string take_cuda_graph_warning();
+  /// Slow paths this context took since the last call, one message each, said once per
+  /// context: today the CPU back end's layers that oneDNN refused, run by the reference kernels
+  /// instead (the layer and oneDNN's reason). Embedders call it after each run to report them
+  /// (the PyTorch bridge raises a warning per message, once per engine).
+  std::vector<std::string> take_warnings();
 
  private:
   friend class Engine;
