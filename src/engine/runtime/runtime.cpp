@@ -3,6 +3,9 @@
 
 #include <cstdio>
 #include <functional>
+#include <mutex>
+#include <string>
+#include <utility>
 
 #include "backends/backend.h"
 #include "plan/plan.h"
@@ -241,6 +244,36 @@ std::vector<std::string> ExecutionContext::take_warnings() { return state_->back
 void ExecutionContext::enqueue(void* stream) {
   // The CPU back end has no streams: it runs to completion.
   run(stream);
+}
+
+namespace {
+
+std::mutex& sink_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::function<void(const std::string&)>& sink() {
+  static std::function<void(const std::string&)> s;
+  return s;
+}
+
+}  // namespace
+
+void set_warning_sink(std::function<void(const std::string&)> s) {
+  const std::lock_guard<std::mutex> lock(sink_mutex());
+  sink() = std::move(s);
+}
+
+bool emit_warning(const std::string& message) {
+  std::function<void(const std::string&)> s;
+  {
+    const std::lock_guard<std::mutex> lock(sink_mutex());
+    s = sink();
+  }
+  if (!s) return false;
+  s(message);  // outside the lock: the sink may take the GIL
+  return true;
 }
 
 }  // namespace ember::engine
