@@ -7,7 +7,6 @@
 
 #include "backends/cpu/dnnl_common.h"
 
-#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
