@@ -4,6 +4,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <set>
+#include <string>
+
+#include "backends/cpu/dnnl_fallback.h"
 #include "ember/engine/plugin.h"
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
@@ -16,6 +20,9 @@ namespace {
 
 struct PyEngine {
   std::shared_ptr<const Engine> engine;
+  // ExecutionContext::take_warnings messages already logged (run() makes a context per call;
+  // each slow path is said once per engine). Guarded by the GIL.
+  mutable std::set<std::string> warned;
 
   explicit PyEngine(const py::bytes& plan) {
     const std::string_view bytes = plan;
@@ -66,6 +73,11 @@ struct PyEngine {
       py::gil_scoped_release release;
       ctx->execute();
     }
+    for (const std::string& w : ctx->take_warnings()) {
+      // A slow path (a layer oneDNN refused, run by the reference kernel): correct but slower,
+      // so a warning on the "ember" logger (the sink below), once per engine.
+      if (warned.insert(w).second) emit_warning(w);
+    }
     return result;
   }
 };
@@ -86,6 +98,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("plugin_creators", &ember::engine::plugin_creators,
         "(name, version) of every plugin creator registered in this process, sorted.");
   m.attr("PLAN_FORMAT_VERSION") = ember::engine::plan_format_version();
+  // Run-time warnings of engines (the torch bridge's too, which shares libember.so) go to the
+  // "ember" logger. Removed at exit, before the interpreter goes away.
+  set_warning_sink([](const std::string& message) {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      py::module_::import("logging").attr("getLogger")("ember").attr("warning")(py::str(message));
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("ember: writing a warning to the 'ember' logger");
+    }
+  });
+  py::module_::import("atexit").attr("register")(
+      py::cpp_function([] { set_warning_sink(nullptr); }));
+  m.def("_dnnl_fallback_count", &ember::engine::cpu::dnnl_fallback_count,
+        "Testing: layer runs the CPU back end gave to its reference kernels because oneDNN "
+        "refused them, since the process started.");
+  m.def("_dnnl_refuse_for_testing", &ember::engine::cpu::dnnl_refuse_for_testing, py::arg("on"),
+        "Testing: while on, oneDNN refuses every layer (status unimplemented), so the fallback "
+        "and its warning can be tested.");
   py::class_<PyEngine>(m, "Engine")
       .def(py::init<const py::bytes&>(), py::arg("plan"))
       .def("backend", [](const PyEngine& e) { return e.engine->backend(); })

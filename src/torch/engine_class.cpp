@@ -334,7 +334,24 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     fail("ember::execute_engine: ", e.what());
   }
   const std::string graph_warning = ctx->take_cuda_graph_warning();
+  std::vector<std::string> slow_paths = ctx->take_warnings();
   release_context(key, std::move(ctx));
+  for (const std::string& w : slow_paths) {
+    // Once per engine and message (each context of the pool says it once): a layer the CPU
+    // back end runs with its reference kernel instead of oneDNN is correct but slower. torch.ops
+    // calls from Python install no Python warning handler, so c10::warn would only reach
+    // stderr there: hence the sink.
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (!warned_.insert(w).second) continue;
+    }
+    // In Python, the "ember" logger (ember._C installs the sink); in a C++ program, c10's
+    // warning (stderr unless the program installs a c10::WarningHandler).
+    if (!engine::emit_warning(w)) {
+      c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                             "ember: " + w, /*verbatim=*/true));
+    }
+  }
   if (!graph_warning.empty() && !graph_warning_given_.exchange(true)) {
     // Once per engine: the engine still runs, layer by layer, so this is a slowdown to report,
     // not an error.

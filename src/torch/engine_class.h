@@ -8,6 +8,7 @@
 #include <map>
 #include <utility>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -69,11 +70,12 @@ class TorchEngine : public torch::CustomClassHolder {
   std::vector<c10::ScalarType> input_torch_types_, input_engine_types_;
   std::vector<c10::ScalarType> output_torch_types_, output_engine_types_;
   c10::DeviceType device_type_ = c10::DeviceType::CPU;
-  std::mutex mutex_;  // guards idle_contexts_, idle_count_, retired_ and reasons_
+  std::mutex mutex_;  // guards idle_contexts_, idle_count_, retired_, reasons_ and warned_
   std::map<PoolKey, std::vector<std::unique_ptr<engine::ExecutionContext>>> idle_contexts_;
   size_t idle_count_ = 0;
   std::vector<int64_t> retired_{0, 0, 0, 0};  // cuda_graph_stats of contexts freed
   std::vector<std::string> reasons_;          // distinct reasons graphs went off
+  std::set<std::string> warned_;  // ExecutionContext::take_warnings messages already raised
   std::atomic<int64_t> bound_device_{-1};
   std::atomic<int64_t> num_runs_{0};
   std::atomic<bool> graph_warning_given_{false};

@@ -35,6 +35,9 @@ def run_cpp(path, shape, out):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "median" in result.stdout
+    # No layer fell back from oneDNN to a reference kernel (the bridge warns on stderr): with
+    # libtorch_cpu loaded before libdnnl, every oneDNN matmul did (docs/deployment.md).
+    assert "reference kernel" not in result.stderr, result.stderr
     return torch.from_numpy(np.fromfile(out, dtype=np.float32))
 
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -167,6 +168,11 @@ class ExecutionContext {
   /// the first time it is asked after that happened; "" otherwise. Embedders call it after each
   /// run to say so once (the PyTorch bridge raises a warning).
   std::string take_cuda_graph_warning();
+  /// Slow paths this context took since the last call, one message each, said once per
+  /// context: today the CPU back end's layers that oneDNN refused, run by the reference kernels
+  /// instead (the layer and oneDNN's reason). Embedders call it after each run to report them
+  /// (the PyTorch bridge raises a warning per message, once per engine).
+  std::vector<std::string> take_warnings();
 
  private:
   friend class Engine;
@@ -177,5 +183,14 @@ class ExecutionContext {
   std::shared_ptr<const Engine> engine_;
   std::unique_ptr<State> state_;
 };
+
+/// Where an embedder's run-time warnings go (ExecutionContext::take_warnings messages the
+/// PyTorch bridge raises): the Python extension installs one that writes to the "ember"
+/// logger; nullptr removes it. Process-wide; the sink may be called from any thread.
+void set_warning_sink(std::function<void(const std::string&)> sink);
+
+/// Gives `message` to the installed warning sink and returns true; false when none is
+/// installed (the caller then reports it its own way, e.g. c10::warn in a C++ program).
+bool emit_warning(const std::string& message);
 
 }  // namespace ember::engine

@@ -3,6 +3,9 @@
 
 #include <cstdio>
 #include <functional>
+#include <mutex>
+#include <string>
+#include <utility>
 
 #include "backends/backend.h"
 #include "plan/plan.h"
@@ -236,9 +239,41 @@ std::string ExecutionContext::take_cuda_graph_warning() {
   return state_->backend->take_cuda_graph_warning();
 }
 
+std::vector<std::string> ExecutionContext::take_warnings() { return state_->backend->take_warnings(); }
+
 void ExecutionContext::enqueue(void* stream) {
   // The CPU back end has no streams: it runs to completion.
   run(stream);
+}
+
+namespace {
+
+std::mutex& sink_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::function<void(const std::string&)>& sink() {
+  static std::function<void(const std::string&)> s;
+  return s;
+}
+
+}  // namespace
+
+void set_warning_sink(std::function<void(const std::string&)> s) {
+  const std::lock_guard<std::mutex> lock(sink_mutex());
+  sink() = std::move(s);
+}
+
+bool emit_warning(const std::string& message) {
+  std::function<void(const std::string&)> s;
+  {
+    const std::lock_guard<std::mutex> lock(sink_mutex());
+    s = sink();
+  }
+  if (!s) return false;
+  s(message);  // outside the lock: the sink may take the GIL
+  return true;
 }
 
 }  // namespace ember::engine

@@ -3,6 +3,8 @@
 
 #include <thread>
 
+#include "backends/cpu/dnnl_conv.h"
+#include "backends/cpu/dnnl_fallback.h"
 #include "ember/engine/runtime.h"
 #include "test_util.h"
 
@@ -75,6 +77,46 @@ TEST(Runtime, DynamicShapesRunWithoutRebuilding) {
     const auto ref = m.reference(x, n);
     for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], ref[i], 1e-5) << "n=" << n << " i=" << i;
   }
+}
+
+TEST(Runtime, OneDnnFallbackIsReportedOncePerLayerAndContext) {
+  // A layer oneDNN refuses runs on the reference kernel (same result) and the context reports
+  // it once, naming the layer and oneDNN's reason; a context where oneDNN runs everything
+  // reports nothing and counts no fallback.
+  if (!cpu::dnnl_available()) GTEST_SKIP() << "built without oneDNN (or EMBER_CPU_DNNL=0)";
+  SmallMlp m;
+  const auto engine = m.build();
+  const auto x = TestTensor::random(DataType::kF32, {5, 8}, 7).to_floats();
+  const auto ref = m.reference(x, 5);
+  const auto expect_ref = [&](const std::vector<float>& y) {
+    for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], ref[i], 1e-5) << i;
+  };
+  {
+    auto ctx = engine->create_execution_context();
+    const int64_t before = cpu::dnnl_fallback_count();
+    expect_ref(run(*ctx, x, 5));
+    expect_ref(run(*ctx, x, 5));
+    EXPECT_EQ(cpu::dnnl_fallback_count(), before);
+    EXPECT_TRUE(ctx->take_warnings().empty());
+  }
+  cpu::dnnl_refuse_for_testing(true);
+  auto ctx = engine->create_execution_context();
+  const int64_t before = cpu::dnnl_fallback_count();
+  expect_ref(run(*ctx, x, 5));
+  const std::vector<std::string> w = ctx->take_warnings();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("the CPU back end runs MatrixMultiply '"), std::string::npos) << w[0];
+  EXPECT_NE(w[0].find("with its reference kernel (slower): oneDNN matmul refused it at creation "
+                      "(refused by dnnl_refuse_for_testing, status unimplemented)"),
+            std::string::npos)
+      << w[0];
+  expect_ref(run(*ctx, x, 5));
+  EXPECT_TRUE(ctx->take_warnings().empty());  // once per layer and context
+  EXPECT_EQ(cpu::dnnl_fallback_count(), before + 2);
+  auto other = engine->create_execution_context();
+  expect_ref(run(*other, x, 5));
+  EXPECT_EQ(other->take_warnings().size(), 1u);  // each context says it once
+  cpu::dnnl_refuse_for_testing(false);
 }
 
 TEST(Runtime, OutOfProfileShapesAreRejectedWithTheRange) {

@@ -6,9 +6,13 @@
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/script.h>
 
+#include <c10/util/Exception.h>
+
 #include <cstdio>
 #include <string>
+#include <vector>
 
+#include "backends/cpu/dnnl_fallback.h"
 #include "ember/torch/torchscript.h"
 
 namespace {
@@ -173,6 +177,75 @@ TEST(TorchScript, InputParse) {
       EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
     }
   }
+}
+
+// The warnings c10::warn raises while it is alive (the bridge's channel for slow paths).
+class CapturedWarnings : public c10::WarningHandler {
+ public:
+  CapturedWarnings() : guard_(this) {}
+  void process(const c10::Warning& w) override { messages.push_back(w.msg()); }
+  std::vector<std::string> messages;
+
+ private:
+  c10::WarningUtils::WarningHandlerGuard guard_;
+};
+
+TEST(TorchScript, OneDnnRunsEveryCallNextToLibtorch) {
+  // Regression: this binary loads libtorch_cpu (which carries its own oneDNN) next to
+  // libdnnl. Linked with libtorch_cpu first, libdnnl's GEMM set-up bound to torch's copy of
+  // the same template code, its JIT GEMM kernels were never made, and every oneDNN matmul
+  // failed with "unimplemented" and ran on the reference kernel. Two engines, several calls
+  // each: no layer may fall back, and nothing is reported.
+  torch::manual_seed(0);
+  const int64_t before = ember::engine::cpu::dnnl_fallback_count();
+  CapturedWarnings warnings;
+  for (int engine = 0; engine < 2; ++engine) {
+    torch::jit::Module m = make_module(kMlp);
+    ts::CompileSpec spec;
+    spec.inputs.push_back(ts::Input::fixed({4, 8}));
+    torch::jit::Module compiled = ts::compile(m, spec);
+    for (int call = 0; call < 3; ++call) {
+      at::Tensor x = torch::randn({4, 8});
+      expect_close(compiled.forward({x}).toTensor(), m.forward({x}).toTensor());
+    }
+  }
+  EXPECT_EQ(ember::engine::cpu::dnnl_fallback_count(), before);
+  EXPECT_TRUE(warnings.messages.empty()) << warnings.messages.front();
+}
+
+TEST(TorchScript, OneDnnFallbackIsAWarningOncePerLayer) {
+  // A layer oneDNN refuses still runs (the reference kernel), and the bridge says so once per
+  // engine with the layer and oneDNN's reason, not only under EMBER_LAYER_PROFILE.
+  struct Refuse {
+    Refuse() { ember::engine::cpu::dnnl_refuse_for_testing(true); }
+    ~Refuse() { ember::engine::cpu::dnnl_refuse_for_testing(false); }
+  };
+  torch::manual_seed(0);
+  torch::jit::Module m = make_module(kMlp);
+  ts::CompileSpec spec;
+  spec.inputs.push_back(ts::Input::fixed({4, 8}));
+  torch::jit::Module compiled = ts::compile(m, spec);
+  const int64_t before = ember::engine::cpu::dnnl_fallback_count();
+  CapturedWarnings warnings;
+  {
+    const Refuse refuse;
+    for (int call = 0; call < 3; ++call) {
+      at::Tensor x = torch::randn({4, 8});
+      expect_close(compiled.forward({x}).toTensor(), m.forward({x}).toTensor());
+    }
+  }
+  if (ember::engine::cpu::dnnl_fallback_count() == before) {
+    GTEST_SKIP() << "this build has no oneDNN: nothing falls back";
+  }
+  EXPECT_EQ(ember::engine::cpu::dnnl_fallback_count(), before + 3);  // counted on every call
+  ASSERT_EQ(warnings.messages.size(), 1u);                            // said once
+  const std::string& w = warnings.messages[0];
+  EXPECT_NE(w.find("ember: the CPU back end runs MatrixMultiply '"), std::string::npos) << w;
+  EXPECT_NE(w.find("reference kernel"), std::string::npos) << w;
+  EXPECT_NE(w.find("oneDNN matmul refused it at creation (refused by dnnl_refuse_for_testing, "
+                   "status unimplemented)"),
+            std::string::npos)
+      << w;
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // The CPU back end behind the Backend interface: the reference kernels on host memory, with a
 // per-context arena and kernel cache.
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/backend.h"
@@ -21,6 +23,7 @@ class CpuContext final : public BackendContext {
     cpu::execute_layers(*r.net, *r.dims, *r.addrs, r.symbols, &cache_);
   }
   void synchronize(void* /*stream*/) override {}  // run() is synchronous
+  std::vector<std::string> take_warnings() override { return std::exchange(cache_.warnings, {}); }
 
  private:
   std::vector<uint8_t> arena_;

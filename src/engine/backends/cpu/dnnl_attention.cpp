@@ -185,7 +185,7 @@ bool dnnl_attention(const AttentionParams& p, const KernelArgs& a) {
   try {
     c = dnnl_cached(a, problem_key(a, f32_out), local, [&] { return prepare(p, geo, f32_out); });
   } catch (const dnnl::error& e) {
-    dnnl_refused(a, "attention", e);
+    dnnl_refused(a, "attention", "creation", e);
     return false;
   }
   // Packed layers read one tensor three times: convert it once.
@@ -199,7 +199,7 @@ bool dnnl_attention(const AttentionParams& p, const KernelArgs& a) {
   try {
     run_prepared(p, geo, a, *c, q, k, v, f32_out);
   } catch (const dnnl::error& e) {
-    dnnl_refused(a, "attention (execution)", e);
+    dnnl_refused(a, "attention", "execution", e);
     return false;  // the reference kernel recomputes the whole output
   }
   return true;

@@ -1,4 +1,8 @@
 // Shared pieces of the oneDNN kernels (see dnnl_common.h).
+#include "backends/cpu/dnnl_fallback.h"
+
+#include <atomic>
+
 #ifdef EMBER_WITH_DNNL
 
 #include "backends/cpu/dnnl_common.h"
@@ -96,16 +100,45 @@ void dnnl_reorder(const dnnl::memory& from, const dnnl::memory& to) {
   stream.wait();
 }
 
-void dnnl_refused(const KernelArgs& a, const char* kernel, const dnnl::error& e) {
-  if (!profiling_enabled()) return;
-  static std::mutex mutex;
-  static std::set<const void*> seen;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!seen.insert(a.layer).second) return;
+namespace {
+
+std::atomic<int64_t> g_fallbacks{0};
+
+const char* status_name(dnnl_status_t s) {
+  switch (s) {
+    case dnnl_out_of_memory: return "out_of_memory";
+    case dnnl_invalid_arguments: return "invalid_arguments";
+    case dnnl_unimplemented: return "unimplemented";
+    case dnnl_runtime_error: return "runtime_error";
+    case dnnl_not_required: return "not_required";
+    default: return "error";
+  }
+}
+
+}  // namespace
+
+void dnnl_refused(const KernelArgs& a, const char* kernel, const char* stage, const dnnl::error& e) {
+  g_fallbacks.fetch_add(1);
   const std::string what =
       a.layer != nullptr ? static_cast<const Layer*>(a.layer)->describe() : std::string("a layer");
-  std::fprintf(stderr, "[ember profile] oneDNN %s refused %s (%s); the reference kernel runs it\n",
-               kernel, what.c_str(), e.what());
+  std::string msg = "the CPU back end runs " + what + " with its reference kernel (slower): oneDNN " +
+                    kernel + " refused it at " + stage + " (" + e.what() + ", status " +
+                    status_name(e.status) + ")";
+  if (e.status == dnnl_unimplemented && std::string(stage) == "execution") {
+    // A primitive oneDNN created but cannot run: the known cause is a program that loads
+    // libtorch_cpu before libdnnl (docs/engine.md).
+    msg += "; in a C++ program linked with libtorch, link libdnnl before libtorch_cpu "
+           "(docs/engine.md, 'oneDNN next to libtorch')";
+  }
+  if (a.cache != nullptr && a.layer != nullptr && a.cache->fallback_reported.insert(a.layer).second) {
+    a.cache->warnings.push_back(msg);
+  }
+  if (!profiling_enabled()) return;
+  static std::mutex mutex;
+  static std::set<std::string> seen;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!seen.insert(msg).second) return;
+  std::fprintf(stderr, "[ember profile] %s\n", msg.c_str());
 }
 
 float* dnnl_f32_view(const HostTensor& t, std::vector<float>& storage) {
@@ -114,6 +147,23 @@ float* dnnl_f32_view(const HostTensor& t, std::vector<float>& storage) {
   return storage.data();
 }
 
+int64_t dnnl_fallback_count() { return g_fallbacks.load(); }
+
 }  // namespace ember::engine::cpu
 
 #endif  // EMBER_WITH_DNNL
+
+namespace ember::engine::cpu {
+
+namespace {
+std::atomic<bool> g_refuse_for_testing{false};
+}  // namespace
+
+void dnnl_refuse_for_testing(bool on) { g_refuse_for_testing.store(on); }
+bool dnnl_refusing_for_testing() { return g_refuse_for_testing.load(); }
+
+#ifndef EMBER_WITH_DNNL
+int64_t dnnl_fallback_count() { return 0; }
+#endif
+
+}  // namespace ember::engine::cpu

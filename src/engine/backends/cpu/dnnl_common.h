@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backends/cpu/dnnl_fallback.h"
 #include "backends/cpu/kernels.h"
 #include "backends/cpu/parallel.h"
 
@@ -50,9 +51,12 @@ void dnnl_reorder(const dnnl::memory& from, const dnnl::memory& to);
 /// filled with the converted values.
 float* dnnl_f32_view(const HostTensor& t, std::vector<float>& storage);
 
-/// Notes that oneDNN refused a layer's configuration (the reference kernel then runs it): with
-/// EMBER_LAYER_PROFILE set, printed to stderr once per layer, so a slow layer can be explained.
-void dnnl_refused(const KernelArgs& a, const char* kernel, const dnnl::error& e);
+/// Notes that oneDNN refused a layer (the reference kernel then runs it): counted
+/// (dnnl_fallback_count), reported once per layer and context through the context's warnings
+/// (ExecutionContext::take_warnings; the PyTorch bridge raises them as warnings) with oneDNN's
+/// reason, and printed to stderr under EMBER_LAYER_PROFILE. `stage` is "creation" or
+/// "execution".
+void dnnl_refused(const KernelArgs& a, const char* kernel, const char* stage, const dnnl::error& e);
 
 /// The cache entry of (`a.layer`, `key`) in `a.cache`, made by `make()` when missing; with no
 /// cache (constant folding, the test oracle) a fresh entry owned by `local`. The cache is
@@ -63,6 +67,9 @@ void dnnl_refused(const KernelArgs& a, const char* kernel, const dnnl::error& e)
 template <class T, class Make>
 T* dnnl_cached(const KernelArgs& a, const std::string& key, std::unique_ptr<T>& local, Make make) {
   constexpr size_t kMaxCached = 512;
+  if (dnnl_refusing_for_testing()) {
+    throw dnnl::error(dnnl_unimplemented, "refused by dnnl_refuse_for_testing");
+  }
   const OmpThreadsScope threads;
   if (a.cache == nullptr || a.layer == nullptr) {
     local = make();

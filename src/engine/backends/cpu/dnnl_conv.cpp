@@ -127,35 +127,42 @@ bool dnnl_convolution(const ConvolutionParams& p, const KernelArgs& a, float* y_
       return prepare(p, xt, wt, yt, bias, residual, fuse_activation);
     });
   } catch (const dnnl::error& e) {
-    dnnl_refused(a, "convolution", e);
+    dnnl_refused(a, "convolution", "creation", e);
     return false;  // a configuration oneDNN does not take: the reference kernel runs it
   }
   std::vector<float> x_copy, w_copy, b_copy, r_copy;
-  if (!c->weights_ready) {
-    const memory user_w(c->user_wei, dnnl_cpu_engine(), dnnl_f32_view(wt, w_copy));
-    dnnl_reorder(user_w, c->weights);
-    c->weights_ready = weights_constant;
+  try {
+    if (!c->weights_ready) {
+      const memory user_w(c->user_wei, dnnl_cpu_engine(), dnnl_f32_view(wt, w_copy));
+      dnnl_reorder(user_w, c->weights);
+      c->weights_ready = weights_constant;
+    }
+    const memory src(c->user_src, dnnl_cpu_engine(), dnnl_f32_view(xt, x_copy));
+    const memory dst(c->user_dst, dnnl_cpu_engine(), y_f32);
+    memory conv_src = src, conv_dst = dst;
+    if (c->src_blocked) {
+      dnnl_reorder(src, c->src_blocked);
+      conv_src = c->src_blocked;
+    }
+    if (c->dst_blocked) conv_dst = c->dst_blocked;
+    if (residual) {
+      // The sum post-op adds what the destination holds: preload it with the residual.
+      dnnl_reorder(memory(c->user_dst, dnnl_cpu_engine(), dnnl_f32_view(a.in(3), r_copy)), conv_dst);
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, conv_src}, {DNNL_ARG_WEIGHTS, c->weights}, {DNNL_ARG_DST, conv_dst}};
+    if (bias) {
+      args.emplace(DNNL_ARG_BIAS,
+                   memory(c->pd.bias_desc(), dnnl_cpu_engine(), dnnl_f32_view(a.in(2), b_copy)));
+    }
+    dnnl_execute(c->prim, args);
+    if (c->dst_blocked) dnnl_reorder(c->dst_blocked, dst);
+  } catch (const dnnl::error& e) {
+    // oneDNN checks before it computes, and the inputs were only read (the residual preload
+    // writes the destination), so the reference kernel recomputes the whole output.
+    dnnl_refused(a, "convolution", "execution", e);
+    return false;
   }
-  const memory src(c->user_src, dnnl_cpu_engine(), dnnl_f32_view(xt, x_copy));
-  const memory dst(c->user_dst, dnnl_cpu_engine(), y_f32);
-  memory conv_src = src, conv_dst = dst;
-  if (c->src_blocked) {
-    dnnl_reorder(src, c->src_blocked);
-    conv_src = c->src_blocked;
-  }
-  if (c->dst_blocked) conv_dst = c->dst_blocked;
-  if (residual) {
-    // The sum post-op adds what the destination holds: preload it with the residual.
-    dnnl_reorder(memory(c->user_dst, dnnl_cpu_engine(), dnnl_f32_view(a.in(3), r_copy)), conv_dst);
-  }
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, conv_src}, {DNNL_ARG_WEIGHTS, c->weights}, {DNNL_ARG_DST, conv_dst}};
-  if (bias) {
-    args.emplace(DNNL_ARG_BIAS,
-                 memory(c->pd.bias_desc(), dnnl_cpu_engine(), dnnl_f32_view(a.in(2), b_copy)));
-  }
-  dnnl_execute(c->prim, args);
-  if (c->dst_blocked) dnnl_reorder(c->dst_blocked, dst);
   activation_fused = c->activation_fused;
   return true;
 }

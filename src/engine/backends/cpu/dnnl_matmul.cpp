@@ -141,7 +141,7 @@ bool dnnl_matmul(const MatrixMultiplyParams& p, const KernelArgs& a, float* y_f3
     c = dnnl_cached(a, problem_key(at, bt, yt, bias, residual, fuse_activation), local,
                     [&] { return prepare(p, at, bt, yt, bias, residual, fuse_activation); });
   } catch (const dnnl::error& e) {
-    dnnl_refused(a, "matmul", e);
+    dnnl_refused(a, "matmul", "creation", e);
     return false;  // a configuration oneDNN does not take: the reference kernel runs it
   }
   std::vector<float> a_copy, b_copy, bias_copy, r_copy;
@@ -166,7 +166,7 @@ bool dnnl_matmul(const MatrixMultiplyParams& p, const KernelArgs& a, float* y_f3
   try {
     dnnl_execute(c->prim, args);
   } catch (const dnnl::error& e) {
-    dnnl_refused(a, "matmul (execution)", e);
+    dnnl_refused(a, "matmul", "execution", e);
     return false;  // the reference kernel recomputes the whole output
   }
   activation_fused = c->activation_fused;

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,6 +45,11 @@ struct KernelCache {
     virtual ~Entry() = default;
   };
   std::map<std::pair<const void*, std::string>, std::unique_ptr<Entry>> entries;
+  /// Layers this context already reported as run by a reference kernel instead of the library
+  /// (dnnl_refused), so each is reported once.
+  std::set<const void*> fallback_reported;
+  /// Reports not yet taken by ExecutionContext::take_warnings.
+  std::vector<std::string> warnings;
 };
 
 /// Inputs (nullptr for absent optional ones) and outputs of one kernel call.
