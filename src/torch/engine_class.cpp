@@ -334,7 +334,18 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     fail("ember::execute_engine: ", e.what());
   }
   const std::string graph_warning = ctx->take_cuda_graph_warning();
+  const std::vector<std::string> backend_warnings = ctx->take_backend_warnings();
   release_context(key, std::move(ctx));
+  for (const std::string& w : backend_warnings) {
+    // Once per engine and sentence (each context says it once): a layer that runs correctly
+    // but slower than it should.
+    {
+      std::lock_guard<std::mutex> lock(warnings_mutex_);
+      if (!backend_warnings_given_.insert(w).second) continue;
+    }
+    c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                           "ember: " + w, /*verbatim=*/true));
+  }
   if (!graph_warning.empty() && !graph_warning_given_.exchange(true)) {
     // Once per engine: the engine still runs, layer by layer, so this is a slowdown to report,
     // not an error.

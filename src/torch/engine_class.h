@@ -8,6 +8,7 @@
 #include <map>
 #include <utility>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,8 @@ class TorchEngine : public torch::CustomClassHolder {
   std::atomic<int64_t> bound_device_{-1};
   std::atomic<int64_t> num_runs_{0};
   std::atomic<bool> graph_warning_given_{false};
+  std::mutex warnings_mutex_;                 // guards backend_warnings_given_
+  std::set<std::string> backend_warnings_given_;  // take_backend_warnings sentences raised
 };
 
 }  // namespace ember::bridge

@@ -167,6 +167,12 @@ class ExecutionContext {
   /// the first time it is asked after that happened; "" otherwise. Embedders call it after each
   /// run to say so once (the PyTorch bridge raises a warning).
   std::string take_cuda_graph_warning();
+  /// Degradations the back end met in this context's runs since the last call, one sentence
+  /// each, each said once per context and layer: the layer still runs correctly, but slower
+  /// than it should (e.g. a convolution cuDNN's graph API built no plan for, which then runs
+  /// through cuDNN's legacy API). Empty for "cpu". Embedders call it after each run (the
+  /// PyTorch bridge raises a warning per sentence, once per engine).
+  std::vector<std::string> take_backend_warnings();
 
  private:
   friend class Engine;

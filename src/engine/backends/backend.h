@@ -53,6 +53,8 @@ class BackendContext {
   }
   /// See ExecutionContext::take_cuda_graph_warning.
   virtual std::string take_cuda_graph_warning() { return {}; }
+  /// See ExecutionContext::take_backend_warnings.
+  virtual std::vector<std::string> take_backend_warnings() { return {}; }
 };
 
 /// One back end.

@@ -236,6 +236,10 @@ std::string ExecutionContext::take_cuda_graph_warning() {
   return state_->backend->take_cuda_graph_warning();
 }
 
+std::vector<std::string> ExecutionContext::take_backend_warnings() {
+  return state_->backend->take_backend_warnings();
+}
+
 void ExecutionContext::enqueue(void* stream) {
   // The CPU back end has no streams: it runs to completion.
   run(stream);

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ember/engine/layers.h"
@@ -120,6 +121,12 @@ class Resources {
   PreparedLaunch* prepared(const void* layer, int slot) const;
   /// Keeps `p` for (layer, slot), replacing what was there.
   void set_prepared(const void* layer, int slot, std::unique_ptr<PreparedLaunch> p);
+  /// Notes, once per context and `layer`, that the layer runs correctly but degraded (e.g. a
+  /// convolution cuDNN's graph API refused, which then takes the legacy API): take_warnings
+  /// hands the sentence to the embedder, which reports it.
+  void warn_once(const void* layer, std::string message);
+  /// The sentences noted by warn_once since the last call.
+  std::vector<std::string> take_warnings();
 
  private:
   cudaStream_t stream_;
@@ -133,6 +140,8 @@ class Resources {
   void* cudnn_ = nullptr;
   // Keyed by the layer's address plus the slot (layers are at least 8-byte aligned).
   std::unordered_map<uintptr_t, std::unique_ptr<PreparedLaunch>> prepared_;
+  std::unordered_set<const void*> warned_;  // layers warn_once has noted
+  std::vector<std::string> warnings_;       // not yet taken
 };
 
 /// Inputs (nullptr for absent optional ones) and outputs of one kernel call.

@@ -242,6 +242,12 @@ void Resources::set_prepared(const void* layer, int slot, std::unique_ptr<Prepar
   prepared_[prepared_key(layer, slot)] = std::move(p);
 }
 
+void Resources::warn_once(const void* layer, std::string message) {
+  if (warned_.insert(layer).second) warnings_.push_back(std::move(message));
+}
+
+std::vector<std::string> Resources::take_warnings() { return std::exchange(warnings_, {}); }
+
 DeviceWeights::DeviceWeights(const Network& net, std::shared_ptr<DeviceAllocator> allocator) {
   constexpr int64_t kAlign = 256;
   int64_t total = 0;
