@@ -206,6 +206,13 @@ Desc make_pointwise(std::vector<Desc>& keep, cudnnPointwiseMode_t mode, const De
              "set CUDNN_ATTR_OPERATION_POINTWISE_BDESC");
   }
   set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y, "set CUDNN_ATTR_OPERATION_POINTWISE_YDESC");
+  // Unscaled operands (cuDNN's default, said explicitly): the epilogue's scale is the conv's alpha.
+  set_float(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, 1.0f,
+            "set CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1");
+  if (b != nullptr) {
+    set_float(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, 1.0f,
+              "set CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2");
+  }
   finalize(op, "cudnnBackendFinalize(OPERATION_POINTWISE)");
   keep.push_back(std::move(pw));
   return op;
@@ -392,9 +399,16 @@ std::vector<Desc> heuristic_configs(const Graph& g, cudnnBackendHeurMode_t mode,
   return cfgs;
 }
 
-/// The engine's global index when its numerical notes keep Ember's precision rules (see the
-/// file comment), or -1 (also when the notes cannot be read: such an engine is not trusted).
-int64_t acceptable_engine(const Desc& cfg, bool is_f32) {
+/// What the heuristic's configuration says about its engine.
+struct EngineInfo {
+  int64_t index = -1;              // global index; -1: the engine breaks the precision rules
+  bool runtime_compiled = false;   // its plan compiles kernels (NVRTC) when finalized
+};
+
+/// The engine of `cfg`: index -1 when its numerical notes break Ember's precision rules (see the
+/// file comment) or cannot be read (such an engine is not trusted).
+EngineInfo engine_info(const Desc& cfg, bool is_f32) {
+  EngineInfo info;
   try {
     Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "cudnnBackendCreateDescriptor(ENGINE)");
     cudnnBackendDescriptor_t raw = engine.get();
@@ -409,7 +423,7 @@ int64_t acceptable_engine(const Desc& cfg, bool is_f32) {
        "get CUDNN_ATTR_ENGINE_NUMERICAL_NOTE");
     for (int64_t i = 0; i < std::min<int64_t>(n, static_cast<int64_t>(notes.size())); ++i) {
       switch (notes[static_cast<size_t>(i)]) {
-        case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return -1;
+        case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return info;
         case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
         case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
         case CUDNN_NUMERICAL_NOTE_FFT:
@@ -417,19 +431,30 @@ int64_t acceptable_engine(const Desc& cfg, bool is_f32) {
         case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4:
         case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6:
         case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13:
-          if (is_f32) return -1;
+          if (is_f32) return info;
           break;
         default: break;
+      }
+    }
+    std::array<cudnnBackendBehaviorNote_t, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT> behavior{};
+    ok(cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+                                CUDNN_TYPE_BEHAVIOR_NOTE, static_cast<int64_t>(behavior.size()),
+                                &n, behavior.data()),
+       "get CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE");
+    for (int64_t i = 0; i < std::min<int64_t>(n, static_cast<int64_t>(behavior.size())); ++i) {
+      if (behavior[static_cast<size_t>(i)] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) {
+        info.runtime_compiled = true;
       }
     }
     int64_t index = -1;
     ok(cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1,
                                 &n, &index),
        "get CUDNN_ATTR_ENGINE_GLOBAL_INDEX");
-    return index;
+    info.index = index;
   } catch (const GraphError&) {
-    return -1;
+    info.index = -1;
   }
+  return info;
 }
 
 /// Finalizes the plan of `c.cfg`; false (with `last` set) when cuDNN refuses it or it needs more
@@ -464,10 +489,13 @@ bool finalize_plan(Candidate& c, cudnnHandle_t handle, size_t max_workspace, Gra
 
 /// Up to `limit` finalized plans of `g`, in the heuristic's order (mode A, then the fallback
 /// list when mode A gives none). `only` >= 0: just the configuration at that rank of `mode_only`.
+/// At most one runtime-compiled engine is tried per call: its finalization compiles kernels
+/// (hundreds of milliseconds each), which several candidates per layer would multiply.
 std::vector<Candidate> plans_of(const Graph& g, bool is_f32, cudnnHandle_t handle,
                                 size_t max_workspace, int limit, GraphError* last,
                                 int only = -1, cudnnBackendHeurMode_t mode_only = CUDNN_HEUR_MODE_A) {
   std::vector<Candidate> out;
+  bool compiled_tried = false;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
     if (only >= 0 && mode != mode_only) continue;
     std::vector<Desc> cfgs = heuristic_configs(g, mode, last);
@@ -477,10 +505,17 @@ std::vector<Candidate> plans_of(const Graph& g, bool is_f32, cudnnHandle_t handl
       c.graph = &g;
       c.mode = mode;
       c.rank = static_cast<int>(i);
-      c.engine = acceptable_engine(cfgs[i], /*is_f32=*/is_f32);
+      const EngineInfo info = engine_info(cfgs[i], is_f32);
+      c.engine = info.index;
       if (c.engine < 0) {
-        *last = GraphError{CUDNN_STATUS_NOT_SUPPORTED, "engine numerical notes (precision rules)"};
+        *last = GraphError{CUDNN_STATUS_NOT_SUPPORTED,
+                           "the engine configurations' numerical notes (no engine keeps the "
+                           "precision rules)"};
         continue;
+      }
+      if (info.runtime_compiled) {
+        if (compiled_tried && only < 0) continue;
+        compiled_tried = true;
       }
       c.cfg = std::move(cfgs[i]);
       if (finalize_plan(c, handle, max_workspace, last)) out.push_back(std::move(c));
