@@ -490,8 +490,8 @@ TEST(CudaConvGraph, GraphAndLegacyMatchCpu) {
 }
 
 // The plan is built once per layer and problem: repeated calls (layer by layer, and the CUDA
-// graph's capture) execute the kept plan; a new shape builds a new one, and so does going back
-// (one kept state per layer, like the legacy descriptors).
+// graph's capture) execute the kept plan; a new shape builds a new one, and going back to an
+// earlier shape finds its plan still kept (up to 8 problems per layer).
 TEST(CudaConvGraph, PlanBuiltOnceAndRebuiltOnNewShape) {
   EMBER_SKIP_WITHOUT_CUDA();
   const CudnnConvMode graph(nullptr);
@@ -529,7 +529,10 @@ TEST(CudaConvGraph, PlanBuiltOnceAndRebuiltOnNewShape) {
     const cuda::ConvGraphCounters other = cuda::conv_graph_counters();
     EXPECT_EQ(other.preparations - same.preparations, 1) << "a new shape builds a new plan";
     test::expect_matches_cpu(net, inputs(3), runner.run(inputs(3)), label("n=3 again", t));
-    EXPECT_EQ(cuda::conv_graph_counters().preparations - other.preparations, 0);
+    test::expect_matches_cpu(net, inputs(2), runner.run(inputs(2)), label("n=2 again", t));
+    EXPECT_EQ(cuda::conv_graph_counters().preparations - other.preparations, 0)
+        << "both shapes' plans are kept";
+    EXPECT_EQ(cuda::conv_graph_counters().plans - other.plans, 0);
 
     // With CUDA graphs: the eager call and the capture share the kept plan.
     runner.context().set_cuda_graphs(true);

@@ -46,6 +46,11 @@ constexpr int kTimedCandidates = 4;
 /// The Resources slot of this path's per-layer state (the legacy path keeps its own in slot 0).
 constexpr int kSlot = 1;
 
+/// Problems (shapes, epilogue operands, alignments) whose plans one layer keeps. More than one,
+/// so that a context alternating between a few shapes does not rebuild plans, and so that the
+/// CUDA graphs captured for each shape keep launching kernels of plans that are still alive.
+constexpr size_t kProblemsPerLayer = 8;
+
 /// A backend call that failed while a layer's graph or plan was built: what, and cuDNN's status.
 struct GraphError {
   cudnnStatus_t status;
@@ -585,6 +590,21 @@ struct ConvGraphPrep : PreparedLaunch {
   }
 };
 
+/// The graph path's state of one layer: its problems, most recently used first.
+struct ConvGraphLayer : PreparedLaunch {
+  std::vector<std::unique_ptr<ConvGraphPrep>> problems;
+};
+
+/// Drops a problem's state. A plan may own kernels (runtime-compiled ones in modules of their
+/// own) that queued launches and captured CUDA graphs still use: the stream is waited for and
+/// the context's captures are marked stale before such a plan is destroyed.
+void retire(std::unique_ptr<ConvGraphPrep> prep, Resources& res, cudaStream_t stream) {
+  if (prep == nullptr || prep->plan.get() == nullptr) return;
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (retiring a cuDNN plan)");
+  res.invalidate_captures();
+  prep.reset();
+}
+
 /// The operand addresses of one call, in the order of `uids`.
 std::vector<void*> operand_ptrs(const std::vector<int64_t>& uids, const void* x, const void* w,
                                 void* y, const void* bias, const void* residual) {
@@ -658,8 +678,19 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
 
   // The common case: this layer's plan for this problem is kept.
-  auto* prep = static_cast<ConvGraphPrep*>(a.res->prepared(a.layer, kSlot));
-  if (prep != nullptr && prep->matches(x.dims, w.dims, y.dims, flags)) {
+  auto* layer_state = static_cast<ConvGraphLayer*>(a.res->prepared(a.layer, kSlot));
+  ConvGraphPrep* prep = nullptr;
+  if (layer_state != nullptr) {
+    auto& kept = layer_state->problems;
+    for (size_t i = 0; i < kept.size(); ++i) {
+      if (!kept[i]->matches(x.dims, w.dims, y.dims, flags)) continue;
+      if (i > 0) std::rotate(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(i),
+                             kept.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+      prep = kept[0].get();
+      break;
+    }
+  }
+  if (prep != nullptr) {
     switch (prep->state) {
       case State::kLegacy: return ConvGraphStatus::kNotCovered;
       case State::kRefused: *why = prep->why; return ConvGraphStatus::kRefused;
@@ -685,7 +716,21 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   fresh->flags = flags;
   auto keep_as = [&](State state) {
     fresh->state = state;
-    a.res->set_prepared(a.layer, kSlot, std::move(fresh));
+    if (layer_state == nullptr) {
+      a.res->set_prepared(a.layer, kSlot, std::make_unique<ConvGraphLayer>());
+      layer_state = static_cast<ConvGraphLayer*>(a.res->prepared(a.layer, kSlot));
+    }
+    if (layer_state == nullptr) {  // EMBER_CUDA_PREPARED=0: nothing is kept
+      retire(std::move(fresh), *a.res, a.stream());
+      return;
+    }
+    auto& kept = layer_state->problems;
+    kept.insert(kept.begin(), std::move(fresh));
+    if (kept.size() > kProblemsPerLayer) {
+      std::unique_ptr<ConvGraphPrep> oldest = std::move(kept.back());
+      kept.pop_back();
+      retire(std::move(oldest), *a.res, a.stream());
+    }
   };
   const size_t nsp = p.stride.size();
   const bool shapes_ok = nsp >= 1 && nsp <= 3 && x.dims.size() == nsp + 2 &&

@@ -104,8 +104,13 @@ class Resources {
   void set_stream(cudaStream_t s) { stream_ = s; }
   /// Device scratch of at least `bytes`, valid until the next call (stream-ordered reuse).
   void* workspace(size_t bytes);
-  /// Increases whenever the workspace moves (captured graphs that point at it are stale).
+  /// Increases whenever the workspace moves or invalidate_captures is called (captured graphs
+  /// that point at it, or at what was freed, are stale).
   uint64_t workspace_generation() const { return workspace_generation_; }
+  /// Marks every CUDA graph this context captured so far stale (they are dropped before the next
+  /// replay), as a workspace move does: for a kernel owner (a cuDNN execution plan) that is
+  /// about to be freed while captured graphs may still launch its kernels.
+  void invalidate_captures() { ++workspace_generation_; }
   /// Pinned host staging buffer of at least `bytes` (host fallback).
   void* host_staging(size_t bytes);
   /// cublasLtHandle_t / cudnnHandle_t, created lazily (void* keeps their headers out of here).

@@ -163,6 +163,8 @@ Resources::~Resources() {
   // Destructors must not throw: errors here are ignored (the context is going away). The
   // workspace is freed after the stream's work (ContextState's destructor synchronizes it).
   if (staging_ != nullptr) cudaFreeHost(staging_);
+  // Prepared states may hold cuDNN execution plans made with the handle: freed before it.
+  prepared_.clear();
   if (cublaslt_ != nullptr) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
   if (cudnn_ != nullptr) cudnnDestroy(static_cast<cudnnHandle_t>(cudnn_));
 }
