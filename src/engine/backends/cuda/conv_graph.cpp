@@ -338,7 +338,7 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
       in_at = out_at;
     }
     if (pb.relu) {
-      out_at = next_out(0);
+      out_at = next_out(kY);  // relu is always the last step: it writes y
       Desc relu = make_pointwise(g->keep, CUDNN_POINTWISE_RELU_FWD, g->keep[in_at], nullptr,
                                  g->keep[out_at]);
       ops.push_back(relu.get());
@@ -611,13 +611,16 @@ std::vector<void*> operand_ptrs(const std::vector<int64_t>& uids, const void* x,
   std::vector<void*> ptrs;
   ptrs.reserve(uids.size());
   for (int64_t uid : uids) {
-    switch (uid) {
+    switch (static_cast<Uid>(uid)) {
       case kX: ptrs.push_back(const_cast<void*>(x)); break;
       case kW: ptrs.push_back(const_cast<void*>(w)); break;
       case kY: ptrs.push_back(y); break;
       case kBias: ptrs.push_back(const_cast<void*>(bias)); break;
       case kResidual: ptrs.push_back(const_cast<void*>(residual)); break;
-      default: ptrs.push_back(nullptr); break;
+      // Virtual tensors live inside the plan and are never in a variant pack.
+      case kConvOut:
+      case kBiasOut:
+      case kResidualOut: ptrs.push_back(nullptr); break;
     }
   }
   return ptrs;
