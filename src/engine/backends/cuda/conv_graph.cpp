@@ -739,13 +739,14 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   const bool shapes_ok = nsp >= 1 && nsp <= 3 && x.dims.size() == nsp + 2 &&
                          w.dims.size() == nsp + 2 && y.dims.size() == nsp + 2 &&
                          (!p.channels_last || nsp == 2);
+  // Nothing is prepared or retired inside a stream capture: heuristic queries and plan
+  // finalization may load or compile kernels, and retiring a plan synchronizes. The legacy path
+  // serves a capture that comes before any eager call of the problem.
+  if (capturing(a.stream())) return ConvGraphStatus::kNotCovered;
   if (!conv_graph_selected() || !shapes_ok) {
     keep_as(State::kLegacy);
     return ConvGraphStatus::kNotCovered;
   }
-  // Heuristic queries and plan finalization stay out of stream captures (they may load or
-  // compile kernels); the legacy path serves a capture that comes before any eager call.
-  if (capturing(a.stream())) return ConvGraphStatus::kNotCovered;
   ++g_preparations;
 
   Problem pb;
