@@ -8,6 +8,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `graphs_off`: the same with `cuda_graphs=False`, so every call runs layer by layer; its
   `host_us` is the host time of one call when calls are enqueued back to back (no
   synchronization between them): when it exceeds the GPU time, the call is host-bound;
+- `graphs_off_legacy_conv`: `graphs_off` with EMBER_CUDNN_CONV=legacy while it is built and
+  timed, so convolutions take cuDNN's legacy API instead of its graph API (the A/B of the
+  CUDA back end's graph-API convolutions, in one process);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -28,7 +32,8 @@ import torch
 import ember
 from bench import accuracy, first_tensor, make, median_ms
 
-VARIANTS = ("half", "graphs_off", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa")
+VARIANTS = ("half", "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16",
+            "attn_eager", "attn_sdpa")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -60,6 +65,21 @@ def host_us(fn, xs: tuple, calls: int = 50) -> float:
 
 
 def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:
+    # The back end reads EMBER_CUDNN_CONV when a layer's state is prepared (its first call), so
+    # it stays set for the variant's build and timing, and is restored afterwards.
+    old = os.environ.get("EMBER_CUDNN_CONV")
+    if variant == "graphs_off_legacy_conv":
+        os.environ["EMBER_CUDNN_CONV"] = "legacy"
+    try:
+        _run_variant(row, variant, name, batch, iters)
+    finally:
+        if old is None:
+            os.environ.pop("EMBER_CUDNN_CONV", None)
+        else:
+            os.environ["EMBER_CUDNN_CONV"] = old
+
+
+def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:
     torch.manual_seed(0)
     if variant.startswith("attn_"):
         model, xs = make_hf(name, batch, variant[len("attn_"):])
@@ -75,7 +95,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
     else:
         model = model.half()
         xin = tuple(x.half() if x.is_floating_point() else x for x in xs)
-    if variant == "graphs_off":
+    if variant in ("graphs_off", "graphs_off_legacy_conv"):
         settings["cuda_graphs"] = False
     report = ember.dynamo.CompilationReport()
     start = time.perf_counter()

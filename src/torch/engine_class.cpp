@@ -337,10 +337,10 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
   std::vector<std::string> slow_paths = ctx->take_warnings();
   release_context(key, std::move(ctx));
   for (const std::string& w : slow_paths) {
-    // Once per engine and message (each context of the pool says it once): a layer the CPU
-    // back end runs with its reference kernel instead of oneDNN is correct but slower. torch.ops
-    // calls from Python install no Python warning handler, so c10::warn would only reach
-    // stderr there: hence the sink.
+    // Once per engine and message (each context of the pool says it once): a layer that runs
+    // correctly but slower than it should (oneDNN refused it on the CPU; cuDNN's graph API built
+    // no plan for it on CUDA). torch.ops calls from Python install no Python warning handler,
+    // so c10::warn would only reach stderr there: hence the sink.
     {
       const std::lock_guard<std::mutex> lock(mutex_);
       if (!warned_.insert(w).second) continue;
@@ -354,13 +354,15 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
   }
   if (!graph_warning.empty() && !graph_warning_given_.exchange(true)) {
     // Once per engine: the engine still runs, layer by layer, so this is a slowdown to report,
-    // not an error.
-    c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                           std::string("ember: CUDA graphs are off for an execution context of "
-                                       "this engine, which now runs layer by layer (slower): ") +
-                               graph_warning +
-                               ". Engine.cuda_graph_stats() counts such contexts.",
-                           /*verbatim=*/true));
+    // not an error. Through the same sink as take_warnings' messages (the "ember" logger in
+    // Python), else a c10 warning.
+    const std::string w = "CUDA graphs are off for an execution context of this engine, which "
+                          "now runs layer by layer (slower): " + graph_warning +
+                          ". Engine.cuda_graph_stats() counts such contexts.";
+    if (!engine::emit_warning(w)) {
+      c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                             "ember: " + w, /*verbatim=*/true));
+    }
   }
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (output_engine_types_[i] != output_torch_types_[i]) {

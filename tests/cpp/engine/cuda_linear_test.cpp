@@ -6,10 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "backends/cuda/conv_graph.h"
 #include "cuda_test_util.h"
 
 namespace ember::engine {
@@ -290,6 +292,270 @@ TEST(CudaConvolution, SymbolicBatchAndHeight) {
                                      t));
     }
   }
+}
+
+// ---------------------------------------------------------------- convolution: graph vs legacy
+
+/// Sets EMBER_CUDNN_CONV for a scope (unset for nullptr) and restores the previous value. The
+/// back end reads it when a layer's state is prepared, i.e. on each new engine's first call.
+class CudnnConvMode {
+ public:
+  explicit CudnnConvMode(const char* value) {
+    const char* old = std::getenv("EMBER_CUDNN_CONV");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    if (value != nullptr) {
+      setenv("EMBER_CUDNN_CONV", value, 1);
+    } else {
+      unsetenv("EMBER_CUDNN_CONV");
+    }
+  }
+  ~CudnnConvMode() {
+    if (had_) {
+      setenv("EMBER_CUDNN_CONV", old_.c_str(), 1);
+    } else {
+      unsetenv("EMBER_CUDNN_CONV");
+    }
+  }
+  CudnnConvMode(const CudnnConvMode&) = delete;
+  CudnnConvMode& operator=(const CudnnConvMode&) = delete;
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
+/// The epilogue variants the convolution layer knows: which operands, which activation, scale.
+struct ConvEpilogueCase {
+  const char* name;
+  bool bias, residual, act;
+  ActivationType type;
+  double scale;
+};
+
+const std::vector<ConvEpilogueCase> kConvEpilogues = {
+    {"plain", false, false, false, ActivationType::kRelu, 1.0},
+    {"bias", true, false, false, ActivationType::kRelu, 1.0},                  // fused graph
+    {"bias+relu", true, false, true, ActivationType::kRelu, 1.0},              // fused graph
+    {"bias+residual", true, true, false, ActivationType::kRelu, 1.0},          // fused graph
+    {"bias+residual+relu", true, true, true, ActivationType::kRelu, 1.0},      // fused graph
+    {"0.5*conv+bias+relu", true, false, true, ActivationType::kRelu, 0.5},     // alpha
+    {"residual+relu", false, true, true, ActivationType::kRelu, 1.0},          // epilogue pass
+    {"bias+gelu", true, false, true, ActivationType::kGeluErf, 1.0},           // epilogue pass
+};
+
+/// A convolution geometry in Ember's layout (channels_last: x [N, H, W, C], w [K, R, S, C/g]).
+struct GraphConvCase {
+  std::string name;
+  std::vector<int64_t> x, w;
+  ConvolutionParams p;
+  /// The graph path must build a plan (no fallback to the legacy API): the common layers.
+  bool must_take_graph;
+};
+
+/// The output dims of `c` (PyTorch's rule), in the layer's layout.
+std::vector<int64_t> conv_out_dims(const GraphConvCase& c) {
+  const size_t nsp = c.p.stride.size();
+  std::vector<int64_t> out = {c.x[0], c.w[0]};
+  for (size_t d = 0; d < nsp; ++d) {
+    const int64_t in = c.p.channels_last ? c.x[1 + d] : c.x[2 + d];
+    const int64_t k = c.p.channels_last ? c.w[1 + d] : c.w[2 + d];
+    out.push_back((in + c.p.padding_begin[d] + c.p.padding_end[d] - c.p.dilation[d] * (k - 1) - 1) /
+                      c.p.stride[d] + 1);
+  }
+  if (c.p.channels_last) out = {out[0], out[2], out[3], out[1]};
+  return out;
+}
+
+/// What one case did on the graph path (counter deltas) and the warnings its context gave.
+struct GraphRun {
+  cuda::ConvGraphCounters delta;
+  std::vector<std::string> warnings;
+};
+
+/// Builds `c` with epilogue `e` for cuda, runs it twice (layer by layer, then captured into a
+/// CUDA graph) under the current EMBER_CUDNN_CONV, and compares both runs with the CPU.
+GraphRun run_graph_case(DataType t, const GraphConvCase& c, const ConvEpilogueCase& e,
+                        uint32_t seed) {
+  Network net;
+  Tensor* x = net.add_input("x", t, shape_of(c.x));
+  Tensor* w = net.add_input("w", t, shape_of(c.w));
+  std::vector<TestTensor> inputs{TestTensor::random(t, c.x, seed),
+                                 TestTensor::random(t, c.w, seed + 1, -0.5f, 0.5f)};
+  std::vector<Tensor*> ins{x, w, nullptr, nullptr};
+  if (e.bias) {
+    ins[2] = net.add_input("bias", t, {c.w[0]});
+    inputs.push_back(TestTensor::random(t, {c.w[0]}, seed + 2));
+  }
+  if (e.residual) {
+    const std::vector<int64_t> od = conv_out_dims(c);
+    ins[3] = net.add_input("res", t, shape_of(od));
+    inputs.push_back(TestTensor::random(t, od, seed + 3));
+  }
+  ConvolutionParams p = c.p;
+  p.epilogue.scale = e.scale;
+  p.epilogue.fused_activation = e.act;
+  p.epilogue.activation = e.type;
+  net.mark_output(net.add_layer(p, ins, "conv")->output(), "out");
+  const std::string what = label(c.name + " " + e.name, t);
+  // Counted from after the build: its tactic timing runs the plan once in a context of its own.
+  test::CudaRunner runner(net, inputs);
+  const cuda::ConvGraphCounters before = cuda::conv_graph_counters();
+  test::expect_matches_cpu(net, inputs, runner.run(inputs), what);
+  test::expect_matches_cpu(net, inputs, runner.run(inputs), what + " (CUDA graph)");
+  const cuda::ConvGraphCounters after = cuda::conv_graph_counters();
+  GraphRun r;
+  r.delta.preparations = after.preparations - before.preparations;
+  r.delta.plans = after.plans - before.plans;
+  r.delta.executions = after.executions - before.executions;
+  r.delta.refusals = after.refusals - before.refusals;
+  r.warnings = runner.context().take_warnings();
+  return r;
+}
+
+ConvolutionParams nhwc(ConvolutionParams p) {
+  p.channels_last = true;
+  return p;
+}
+
+// Every geometry and epilogue variant through cuDNN's graph API (EMBER_CUDNN_CONV unset) and
+// through the legacy API (=legacy), each against the CPU reference. On the graph path the
+// common layers must get a plan (no refusal, no warning); rarer geometries may be refused, and
+// then must run correctly on the legacy path with exactly one warning naming the layer.
+TEST(CudaConvGraph, GraphAndLegacyMatchCpu) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<GraphConvCase> all_epilogues = {
+      {"nchw 3x3", {2, 8, 9, 9}, {16, 8, 3, 3}, conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1),
+       true},
+      {"nhwc 3x3", {2, 9, 9, 8}, {16, 3, 3, 8},
+       nhwc(conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1)), true},
+  };
+  const std::vector<GraphConvCase> some_epilogues = {
+      {"nchw groups=2 stride 2", {2, 8, 8, 8}, {8, 4, 3, 3},
+       conv_params({2, 2}, {1, 1}, {1, 1}, {1, 1}, 2), true},
+      {"nchw depthwise", {2, 8, 10, 10}, {8, 1, 3, 3},
+       conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 8), true},
+      {"nchw dilated strided 3x2", {1, 4, 13, 10}, {8, 4, 3, 2},
+       conv_params({2, 3}, {1, 0}, {1, 0}, {2, 1}, 1), true},
+      {"nchw 1x1", {2, 16, 7, 7}, {32, 16, 1, 1}, conv_params({1, 1}, {0, 0}, {0, 0}, {1, 1}, 1),
+       true},
+      {"nhwc depthwise", {2, 10, 10, 8}, {8, 3, 3, 1},
+       nhwc(conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 8)), true},
+      {"nhwc 1x1 stride 2", {2, 8, 8, 16}, {32, 1, 1, 16},
+       nhwc(conv_params({2, 2}, {0, 0}, {0, 0}, {1, 1}, 1)), true},
+      {"nchw 1d", {2, 4, 19}, {6, 2, 5}, conv_params({2}, {2}, {2}, {2}, 2), false},
+      {"nchw 3d", {1, 2, 5, 6, 7}, {3, 2, 2, 3, 3},
+       conv_params({1, 2, 1}, {0, 1, 1}, {0, 1, 1}, {1, 1, 2}, 1), false},
+      {"nchw asymmetric padding", {1, 3, 9, 9}, {4, 3, 3, 3},
+       conv_params({1, 1}, {0, 1}, {2, 1}, {1, 1}, 1), false},
+  };
+  const std::vector<ConvEpilogueCase> few = {kConvEpilogues[0], kConvEpilogues[4]};
+  for (DataType t : kFloatTypes) {
+    uint32_t seed = 800;
+    auto run_both = [&](const GraphConvCase& c, const ConvEpilogueCase& e) {
+      seed += 10;
+      const std::string what = label(c.name + " " + e.name, t);
+      {
+        const CudnnConvMode graph(nullptr);
+        const GraphRun r = run_graph_case(t, c, e, seed);
+        EXPECT_EQ(r.delta.preparations, 1) << what << ": one plan built for the layer";
+        if (r.delta.refusals == 0) {
+          EXPECT_GE(r.delta.executions, 1) << what;
+          EXPECT_TRUE(r.warnings.empty()) << what << ": " << r.warnings.front();
+        } else {
+          EXPECT_FALSE(c.must_take_graph)
+              << what << ": cuDNN's graph API refused a common layer: "
+              << (r.warnings.empty() ? std::string("(no warning)") : r.warnings.front());
+          EXPECT_EQ(r.delta.executions, 0) << what;
+          ASSERT_EQ(r.warnings.size(), 1u) << what << ": a refusal is reported once";
+          EXPECT_NE(r.warnings[0].find("conv"), std::string::npos) << r.warnings[0];
+          EXPECT_NE(r.warnings[0].find("CUDNN_STATUS"), std::string::npos) << r.warnings[0];
+        }
+      }
+      {
+        const CudnnConvMode legacy("legacy");
+        const GraphRun r = run_graph_case(t, c, e, seed);
+        EXPECT_EQ(r.delta.preparations, 0) << what << " (legacy)";
+        EXPECT_EQ(r.delta.executions, 0) << what << " (legacy)";
+        EXPECT_TRUE(r.warnings.empty()) << what << " (legacy)";
+      }
+    };
+    for (const GraphConvCase& c : all_epilogues) {
+      for (const ConvEpilogueCase& e : kConvEpilogues) run_both(c, e);
+    }
+    for (const GraphConvCase& c : some_epilogues) {
+      for (const ConvEpilogueCase& e : few) run_both(c, e);
+    }
+  }
+}
+
+// The plan is built once per layer and problem: repeated calls (layer by layer, and the CUDA
+// graph's capture) execute the kept plan; a new shape builds a new one, and going back to an
+// earlier shape finds its plan still kept (up to 8 problems per layer).
+TEST(CudaConvGraph, PlanBuiltOnceAndRebuiltOnNewShape) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const CudnnConvMode graph(nullptr);
+  for (DataType t : {DataType::kF32, DataType::kF16}) {
+    Network net;
+    const DimExpr n = DimExpr::symbol("n");
+    Tensor* x = net.add_input("x", t, {n, 8, 10, 10});
+    Tensor* w = net.add_input("w", t, {16, 8, 3, 3});
+    Tensor* b = net.add_input("b", t, {16});
+    ConvolutionParams p = conv_params({1, 1}, {1, 1}, {1, 1}, {1, 1}, 1);
+    p.epilogue.fused_activation = true;
+    net.mark_output(net.add_layer(p, {x, w, b, nullptr}, "conv")->output(), "out");
+    std::vector<OptimizationProfile> profiles(1);
+    profiles[0].set_range("n", 1, 2, 4);
+    test::CudaRunner runner(net, {}, profiles);
+    auto inputs = [&](int64_t batch) {
+      return std::vector<TestTensor>{TestTensor::random(t, {batch, 8, 10, 10}, 900),
+                                     TestTensor::random(t, {16, 8, 3, 3}, 901),
+                                     TestTensor::random(t, {16}, 902)};
+    };
+    const cuda::ConvGraphCounters start = cuda::conv_graph_counters();
+    runner.context().set_cuda_graphs(false);
+    for (int i = 0; i < 3; ++i) {
+      test::expect_matches_cpu(net, inputs(2), runner.run(inputs(2)), label("n=2", t));
+    }
+    const cuda::ConvGraphCounters same = cuda::conv_graph_counters();
+    EXPECT_EQ(same.preparations - start.preparations, 1) << dtype_name(t);
+    EXPECT_EQ(same.executions - start.executions, 3) << dtype_name(t);
+    EXPECT_EQ(same.refusals - start.refusals, 0) << dtype_name(t);
+    // The plans finalized for the first call (timed candidates) are all that were built.
+    const int64_t first_plans = same.plans - start.plans;
+    EXPECT_GE(first_plans, 1) << dtype_name(t);
+
+    test::expect_matches_cpu(net, inputs(3), runner.run(inputs(3)), label("n=3", t));
+    const cuda::ConvGraphCounters other = cuda::conv_graph_counters();
+    EXPECT_EQ(other.preparations - same.preparations, 1) << "a new shape builds a new plan";
+    test::expect_matches_cpu(net, inputs(3), runner.run(inputs(3)), label("n=3 again", t));
+    test::expect_matches_cpu(net, inputs(2), runner.run(inputs(2)), label("n=2 again", t));
+    EXPECT_EQ(cuda::conv_graph_counters().preparations - other.preparations, 0)
+        << "both shapes' plans are kept";
+    EXPECT_EQ(cuda::conv_graph_counters().plans - other.plans, 0);
+
+    // With CUDA graphs: the eager call and the capture share the kept plan.
+    runner.context().set_cuda_graphs(true);
+    const cuda::ConvGraphCounters graphs_start = cuda::conv_graph_counters();
+    for (int i = 0; i < 3; ++i) {
+      test::expect_matches_cpu(net, inputs(4), runner.run(inputs(4)), label("n=4 graphs", t));
+    }
+    EXPECT_EQ(cuda::conv_graph_counters().preparations - graphs_start.preparations, 1);
+    EXPECT_TRUE(runner.context().take_warnings().empty());
+  }
+}
+
+// The warning mechanism the refusals go through: once per context and layer, taken once.
+TEST(CudaResources, WarnOncePerLayer) {
+  cuda::Resources res(nullptr, nullptr);
+  int layer_a = 0, layer_b = 0;
+  res.warn_once(&layer_a, "layer a degraded");
+  res.warn_once(&layer_a, "layer a degraded again");
+  res.warn_once(&layer_b, "layer b degraded");
+  EXPECT_EQ(res.take_warnings(), (std::vector<std::string>{"layer a degraded", "layer b degraded"}));
+  EXPECT_TRUE(res.take_warnings().empty());
+  res.warn_once(&layer_a, "layer a degraded a third time");
+  EXPECT_TRUE(res.take_warnings().empty());
 }
 
 // ---------------------------------------------------------------- deconvolution

@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "backends/cuda/conv_graph.h"
 #include "cuda_test_util.h"
 
 namespace ember::engine {
@@ -331,6 +332,7 @@ TEST(CudaPrepared, LayerByLayerCallsKeepDescriptorsAcrossAddressesAndShapes) {
     profiles[0].set_range("h", 4, 8, 16);
     test::CudaRunner runner(net, {}, profiles);
     runner.context().set_cuda_graphs(false);
+    const cuda::ConvGraphCounters before = cuda::conv_graph_counters();
     uint32_t seed = 50;
     for (auto [batch, height] : {std::pair<int64_t, int64_t>{2, 8}, {2, 8}, {3, 13}, {2, 8}}) {
       const std::vector<TestTensor> in = {TestTensor::random(t, {batch, 3, height, 10}, seed++),
@@ -340,6 +342,12 @@ TEST(CudaPrepared, LayerByLayerCallsKeepDescriptorsAcrossAddressesAndShapes) {
                                    " h=" + std::to_string(height));
     }
     EXPECT_EQ(runner.context().cuda_graph_stats().replays, 0);
+    if (cuda::conv_graph_selected()) {
+      // The convolution on cuDNN's graph API: one plan per shape (A, B), A's kept across B.
+      const cuda::ConvGraphCounters after = cuda::conv_graph_counters();
+      EXPECT_EQ(after.preparations - before.preparations, 2) << dtype_name(t);
+      EXPECT_EQ(after.executions - before.executions, 4) << dtype_name(t);
+    }
   }
 }
 

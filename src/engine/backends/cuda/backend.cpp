@@ -99,6 +99,10 @@ class CudaContext final : public BackendContext {
     return {};
   }
 
+  std::vector<std::string> take_warnings() override {
+    return state_->resources().take_warnings();
+  }
+
  private:
   const cuda::DeviceWeights& weights() const {
     return *static_cast<const cuda::DeviceWeights*>(weights_.get());

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ember/engine/layers.h"
@@ -103,8 +104,13 @@ class Resources {
   void set_stream(cudaStream_t s) { stream_ = s; }
   /// Device scratch of at least `bytes`, valid until the next call (stream-ordered reuse).
   void* workspace(size_t bytes);
-  /// Increases whenever the workspace moves (captured graphs that point at it are stale).
+  /// Increases whenever the workspace moves or invalidate_captures is called (captured graphs
+  /// that point at it, or at what was freed, are stale).
   uint64_t workspace_generation() const { return workspace_generation_; }
+  /// Marks every CUDA graph this context captured so far stale (they are dropped before the next
+  /// replay), as a workspace move does: for a kernel owner (a cuDNN execution plan) that is
+  /// about to be freed while captured graphs may still launch its kernels.
+  void invalidate_captures() { ++workspace_generation_; }
   /// Pinned host staging buffer of at least `bytes` (host fallback).
   void* host_staging(size_t bytes);
   /// cublasLtHandle_t / cudnnHandle_t, created lazily (void* keeps their headers out of here).
@@ -120,6 +126,12 @@ class Resources {
   PreparedLaunch* prepared(const void* layer, int slot) const;
   /// Keeps `p` for (layer, slot), replacing what was there.
   void set_prepared(const void* layer, int slot, std::unique_ptr<PreparedLaunch> p);
+  /// Notes, once per context and `layer`, that the layer runs correctly but degraded (e.g. a
+  /// convolution cuDNN's graph API refused, which then takes the legacy API): take_warnings
+  /// hands the sentence to the embedder, which reports it.
+  void warn_once(const void* layer, std::string message);
+  /// The sentences noted by warn_once since the last call.
+  std::vector<std::string> take_warnings();
 
  private:
   cudaStream_t stream_;
@@ -133,6 +145,8 @@ class Resources {
   void* cudnn_ = nullptr;
   // Keyed by the layer's address plus the slot (layers are at least 8-byte aligned).
   std::unordered_map<uintptr_t, std::unique_ptr<PreparedLaunch>> prepared_;
+  std::unordered_set<const void*> warned_;  // layers warn_once has noted
+  std::vector<std::string> warnings_;       // not yet taken
 };
 
 /// Inputs (nullptr for absent optional ones) and outputs of one kernel call.

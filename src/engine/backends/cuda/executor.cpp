@@ -163,6 +163,8 @@ Resources::~Resources() {
   // Destructors must not throw: errors here are ignored (the context is going away). The
   // workspace is freed after the stream's work (ContextState's destructor synchronizes it).
   if (staging_ != nullptr) cudaFreeHost(staging_);
+  // Prepared states may hold cuDNN execution plans made with the handle: freed before it.
+  prepared_.clear();
   if (cublaslt_ != nullptr) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
   if (cudnn_ != nullptr) cudnnDestroy(static_cast<cudnnHandle_t>(cudnn_));
 }
@@ -241,6 +243,12 @@ void Resources::set_prepared(const void* layer, int slot, std::unique_ptr<Prepar
   if (!prepared_enabled() || p == nullptr) return;
   prepared_[prepared_key(layer, slot)] = std::move(p);
 }
+
+void Resources::warn_once(const void* layer, std::string message) {
+  if (warned_.insert(layer).second) warnings_.push_back(std::move(message));
+}
+
+std::vector<std::string> Resources::take_warnings() { return std::exchange(warnings_, {}); }
 
 DeviceWeights::DeviceWeights(const Network& net, std::shared_ptr<DeviceAllocator> allocator) {
   constexpr int64_t kAlign = 256;

@@ -1,6 +1,7 @@
 // CUDA kernels of the linear family through the vendor libraries: MatrixMultiply on cuBLASLt,
-// Convolution and Deconvolution on cuDNN 9's legacy convolution API. Pooling and the bias fill
-// are hand-written (linear_kernels.cu).
+// Convolution on cuDNN 9's graph API (conv_graph.cpp) with its legacy convolution API as the
+// fallback (EMBER_CUDNN_CONV=legacy, or a layer the graph API refuses), Deconvolution on the
+// legacy API. Pooling and the bias fill are hand-written (linear_kernels.cu).
 //
 // A channels_last Convolution (the builder's channels_last pass) describes x and y as
 // CUDNN_TENSOR_NHWC tensors and the KRSC weight as an NHWC filter, the layout of cuDNN's
@@ -34,6 +35,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backends/cuda/conv_graph.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/linear_kernels.h"
 
@@ -165,43 +167,6 @@ struct LtCall {
 
 /// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call.
 constexpr int kGemmCandidates = 8;
-
-/// Owns the CUDA events, the stream gate (see StreamGate) and, for a GEMM, the scratch output of
-/// one tactic-timing run.
-struct TacticTimer {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  DeviceBuffer scratch;
-  // Declared after scratch so that it is destroyed first: its destructor waits for the stream it
-  // held, so the scratch is not freed under queued launches even when a launch threw.
-  StreamGate gate;
-  TacticTimer() {
-    check(cudaEventCreate(&start), "cudaEventCreate (tactic timing)");
-    check(cudaEventCreate(&stop), "cudaEventCreate (tactic timing)");
-  }
-  TacticTimer(const TacticTimer&) = delete;
-  TacticTimer& operator=(const TacticTimer&) = delete;
-  ~TacticTimer() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-};
-
-/// Milliseconds of GPU time of two calls of `launch` (true when it launched) queued behind the
-/// stream gate, or a negative value when a call fails (the candidate is then skipped).
-template <typename Launch>
-float time_launches(TacticTimer& t, cudaStream_t stream, Launch launch) {
-  t.gate.hold(stream);
-  check(cudaEventRecord(t.start, stream), "cudaEventRecord (tactic timing)");
-  const bool ran = launch() && launch();
-  const cudaError_t recorded = cudaEventRecord(t.stop, stream);
-  t.gate.release();
-  check(recorded, "cudaEventRecord (tactic timing)");
-  check(cudaEventSynchronize(t.stop), "cudaEventSynchronize (tactic timing)");
-  if (!ran) return -1.0f;
-  float ms = 0.0f;
-  check(cudaEventElapsedTime(&ms, t.start, t.stop), "cudaEventElapsedTime (tactic timing)");
-  return ms;
-}
 
 /// Milliseconds of two launches of `algo` after one warm-up, or a negative value when a launch
 /// fails (the candidate is then skipped).
@@ -879,8 +844,37 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
                     a.stream());
     return;
   }
-  // The descriptors and the choice of this layer's last call, when its shapes and epilogue
-  // operands are the same again (the layer-by-layer path's common case); else made afresh.
+  // cuDNN's graph API first (conv_graph.cpp): its plan is built once per layer and problem, so
+  // a call costs one cudnnBackendExecute instead of the legacy API's per-call rebuild.
+  ConvGraphOptions graph_options;
+  switch (conv_fusion_mode()) {
+    case ConvFusion::kTimed: graph_options.fusion = ConvGraphOptions::Fusion::kTimed; break;
+    case ConvFusion::kOff: graph_options.fusion = ConvGraphOptions::Fusion::kOff; break;
+    case ConvFusion::kForce: graph_options.fusion = ConvGraphOptions::Fusion::kForce; break;
+  }
+  graph_options.max_workspace = kConvWorkspaceBytes;
+  graph_options.log = tactic_log();
+  graph_options.problem = [&] {
+    return conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p) +
+           "bias=" + (bias != nullptr ? "1" : "0") + ";residual=" +
+           (residual != nullptr ? "1" : "0") + ";";
+  };
+  std::string refused;
+  switch (run_conv_graph(p, a, bias, residual, graph_options, &refused)) {
+    case ConvGraphStatus::kRan: return;
+    case ConvGraphStatus::kNotCovered: break;
+    case ConvGraphStatus::kRefused:
+      // Correct but slower on the layer-by-layer path: said once per context and layer.
+      a.res->warn_once(a.layer,
+                       (a.layer != nullptr ? a.layer->describe() : std::string("a Convolution")) +
+                           ": cuDNN's graph API built no plan for it (" + refused +
+                           "); it runs through cuDNN's legacy convolution API instead (more "
+                           "host time per call)");
+      break;
+  }
+  // The legacy API. The descriptors and the choice of this layer's last call, when its shapes
+  // and epilogue operands are the same again (the layer-by-layer path's common case); else made
+  // afresh.
   auto* prep = static_cast<ConvPrep*>(a.res->prepared(a.layer, 0));
   const bool reuse = prep != nullptr && prep->matches(x.dims, y.dims, bias, residual);
   std::unique_ptr<ConvPrep> fresh;

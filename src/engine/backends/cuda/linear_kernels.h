@@ -1,5 +1,6 @@
-// Hand-written kernels of the linear family (linear_kernels.cu), called from linear.cpp where
-// cuBLASLt/cuDNN do the heavy lifting.
+// Hand-written kernels of the linear family (linear_kernels.cu), called from linear.cpp and
+// conv_graph.cpp where cuBLASLt/cuDNN do the heavy lifting, and the tactic timer both cuDNN paths
+// and cuBLASLt time their candidates with.
 #pragma once
 
 #include <cstdint>
@@ -42,5 +43,42 @@ class StreamGate {
   cudaStream_t held_ = nullptr;  // the last stream held (waited for before the flag is freed)
   bool held_any_ = false;        // held_ is meaningful (the null stream is a valid stream)
 };
+
+/// Owns the CUDA events, the stream gate (see StreamGate) and, for a GEMM, the scratch output of
+/// one tactic-timing run.
+struct TacticTimer {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  DeviceBuffer scratch;
+  // Declared after scratch so that it is destroyed first: its destructor waits for the stream it
+  // held, so the scratch is not freed under queued launches even when a launch threw.
+  StreamGate gate;
+  TacticTimer() {
+    check(cudaEventCreate(&start), "cudaEventCreate (tactic timing)");
+    check(cudaEventCreate(&stop), "cudaEventCreate (tactic timing)");
+  }
+  TacticTimer(const TacticTimer&) = delete;
+  TacticTimer& operator=(const TacticTimer&) = delete;
+  ~TacticTimer() {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+};
+
+/// Milliseconds of GPU time of two calls of `launch` (true when it launched) queued behind the
+/// stream gate, or a negative value when a call fails (the candidate is then skipped).
+template <typename Launch>
+float time_launches(TacticTimer& t, cudaStream_t stream, Launch launch) {
+  t.gate.hold(stream);
+  check(cudaEventRecord(t.start, stream), "cudaEventRecord (tactic timing)");
+  const bool ran = launch() && launch();
+  const cudaError_t recorded = cudaEventRecord(t.stop, stream);
+  t.gate.release();
+  check(recorded, "cudaEventRecord (tactic timing)");
+  check(cudaEventSynchronize(t.stop), "cudaEventSynchronize (tactic timing)");
+  if (!ran) return -1.0f;
+  float ms = 0.0f;
+  check(cudaEventElapsedTime(&ms, t.start, t.stop), "cudaEventElapsedTime (tactic timing)");
+  return ms;
+}
 
 }  // namespace ember::engine::cuda
