@@ -17,6 +17,7 @@
 // static (a value derived from a tensor's data is "data", only metadata reads are not).
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/ir/alias_analysis.h>
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 #include <torch/csrc/jit/runtime/operator.h>
 
@@ -889,6 +890,17 @@ ImportResult Importer::run() {
   sv.known = true;
   sv.runs.assign(num_runs_, c10::IValue());
   at::manual_seed(0);
+  // The example tensors live where the module's weights do (the frozen graph's tensor
+  // constants): a module moved to CUDA is evaluated on CUDA, as it will run.
+  c10::Device device(c10::kCPU);
+  for (jit::Node* n : g_->nodes()) {
+    if (n->kind() != c10::prim::Constant || !n->output()->type()->cast<c10::TensorType>()) continue;
+    const std::optional<c10::IValue> v = jit::toIValue(n->output());
+    if (v && v->isTensor() && v->toTensor().device() != c10::Device(c10::kCPU)) {
+      device = v->toTensor().device();
+      break;
+    }
+  }
   for (size_t i = 0; i < inputs_.size(); ++i) {
     jit::Value* v = g_->inputs()[i + 1];
     Val& val = vals_[v];
@@ -909,7 +921,8 @@ ImportResult Importer::run() {
       if (at::isFloatingType(dt)) t = at::randn(shape, at::TensorOptions().dtype(dt));
       else if (dt == c10::ScalarType::Bool) t = at::randint(0, 2, shape).to(at::kBool);
       else t = at::randint(0, 3, shape, at::TensorOptions().dtype(dt));
-      val.runs.push_back(t);
+      // Drawn on the CPU (the same values whatever the device), then moved.
+      val.runs.push_back(device.is_cpu() ? t : t.to(device));
     }
     const std::string name = unique_name(v->debugName());
     std::string why;

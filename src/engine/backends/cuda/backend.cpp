@@ -33,7 +33,8 @@ class CudaContext final : public BackendContext {
     for (const std::string& impl : p.impls) {
       if (impl.rfind("cuda.host", 0) == 0) {
         capturable_ = false;
-        not_capturable_ = "the plan has a layer that runs through the host fallback (cuda.host)";
+        not_capturable_ = "the plan has a layer that runs through the host fallback (cuda.host), "
+                          "which synchronizes and cannot be captured";
       }
     }
     // A plugin whose enqueue may not be captured keeps the whole plan layer by layer.
@@ -54,7 +55,7 @@ class CudaContext final : public BackendContext {
   void run(const RunRequest& r, void* stream) override {
     cuda::enqueue_network(*r.net, *r.dims, *r.addrs, r.symbols, weights(), *state_,
                           static_cast<cudaStream_t>(stream), *r.signature, io_ids_, num_inputs_,
-                          capturable_);
+                          capturable_ ? std::string() : not_capturable_);
   }
 
   void synchronize(void* stream) override {

@@ -303,12 +303,13 @@ void execute_layers(const Network& net, const std::vector<std::vector<int64_t>>&
 /// of (`signature`, the caller addresses of the `io_ids` tensors) when there is one, else the
 /// signature's staged graph with copies in and out; captures on the second call of a signature;
 /// runs layer by layer on the first call of a signature, with graphs off, or when the plan
-/// cannot be captured (the reason is then kept in the cache). `num_inputs` is how many of
-/// `io_ids` are inputs (the rest are outputs).
+/// cannot be captured (`not_capturable`, the reason, not empty; it is then kept in the cache).
+/// `num_inputs` is how many of `io_ids` are inputs (the rest are outputs).
 void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>& dims,
                      const std::vector<void*>& addrs, const SymbolBindings* symbols,
                      const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
                      const std::vector<std::vector<int64_t>>& signature,
-                     const std::vector<int>& io_ids, size_t num_inputs, bool capturable);
+                     const std::vector<int>& io_ids, size_t num_inputs,
+                     const std::string& not_capturable);
 
 }  // namespace ember::engine::cuda

@@ -440,11 +440,11 @@ void enqueue_network(const Network& net, const std::vector<std::vector<int64_t>>
                      const std::vector<void*>& addrs, const SymbolBindings* symbols,
                      const DeviceWeights& weights, ContextState& state, cudaStream_t stream,
                      const std::vector<std::vector<int64_t>>& signature,
-                     const std::vector<int>& io_ids, size_t num_inputs, bool capturable) {
+                     const std::vector<int>& io_ids, size_t num_inputs,
+                     const std::string& not_capturable) {
   GraphCache& g = state.graphs();
-  if (g.enabled && g.disabled_reason.empty() && !capturable) {
-    g.disable("the plan has a layer that runs through the host fallback (cuda.host), which "
-              "synchronizes and cannot be captured");
+  if (g.enabled && g.disabled_reason.empty() && !not_capturable.empty()) {
+    g.disable(not_capturable);
   }
   // A caller that is itself capturing (torch.cuda.graph, reduce-overhead) records our layers
   // into its graph: no graph of our own inside it.
