@@ -60,8 +60,9 @@ enum class LayerKind : uint8_t {
   kQuantize,
   kDequantize,
   kQuantizedMatrixMultiply,
+  kQuantizedConvolution,
 };
-inline constexpr int kNumLayerKinds = 30;
+inline constexpr int kNumLayerKinds = 31;
 /// "Convolution", "ElementWise", ...
 const char* layer_kind_name(LayerKind kind);
 
@@ -535,6 +536,44 @@ struct QuantizedMatrixMultiplyParams {
   template <class V> void fields(V& v) { v("out", out); }
 };
 
+/// A low-precision convolution, made by the builder's fuse_quantized pass from Dequantize ->
+/// Convolution chains with int8 operands (converters do not add it):
+///   out[n, k, *o] = act(epilogue.scale * x_scale * w_scale[k] * acc[n, k, *o] + bias[k])
+///   acc[n, k, *o] = sum over the group's channels c and kernel taps t of x[n, c, *i] * w[k, c, *t]
+/// with Convolution's geometry (cross-correlation, zero padding: a quantized zero is a real zero
+/// because the quantization is symmetric). Inputs: 0 x (i8, [N, C, *spatial], 1 to 3 spatial
+/// dims), 1 w (i8, [K, C/groups, *kernel]), 2 x_scale (f32, one element), 3 w_scale (f32, one
+/// element or [K]: per output channel), optional 4 bias (`out`'s dtype, [K]).
+/// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution. Accumulation in int32 (exact);
+/// the scales and the bias apply once, in f32, then the value is rounded to `out` and the
+/// epilogue's activation (when fused_activation) applies. No residual.
+struct QuantizedConvolutionParams {
+  std::vector<int64_t> stride;        ///< As ConvolutionParams.
+  std::vector<int64_t> padding_begin;
+  std::vector<int64_t> padding_end;
+  std::vector<int64_t> dilation;
+  int64_t groups = 1;
+  DataType out = DataType::kF32;
+  Epilogue epilogue;
+  template <class V> void fields(V& v) {
+    v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
+    v("dilation", dilation); v("groups", groups); v("out", out); epilogue.fields(v);
+  }
+};
+
+/// The float Convolution with `q`'s geometry and epilogue (NCHW): what a quantized convolution
+/// computes on the dequantized operands.
+inline ConvolutionParams convolution_of(const QuantizedConvolutionParams& q) {
+  ConvolutionParams c;
+  c.stride = q.stride;
+  c.padding_begin = q.padding_begin;
+  c.padding_end = q.padding_end;
+  c.dilation = q.dilation;
+  c.groups = q.groups;
+  c.epilogue = q.epilogue;
+  return c;
+}
+
 /// The parameters of a layer; the active alternative's index is the layer's LayerKind.
 using LayerParams =
     std::variant<ConstantParams, ConvolutionParams, DeconvolutionParams, PoolingParams,
@@ -543,7 +582,7 @@ using LayerParams =
                  SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
                  NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
                  ShapeParams, IdentityParams, AttentionParams, PluginParams, QuantizeParams,
-                 DequantizeParams, QuantizedMatrixMultiplyParams>;
+                 DequantizeParams, QuantizedMatrixMultiplyParams, QuantizedConvolutionParams>;
 static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
               "one LayerParams alternative per LayerKind, in enum order");
 

@@ -1,5 +1,5 @@
 // Shape and type inference of the quantization family: Quantize, Dequantize and the fused
-// QuantizedMatrixMultiply.
+// QuantizedMatrixMultiply and QuantizedConvolution.
 //
 // Decisions this file makes beyond layers.h (kernels in backends/*/quantize.* rely on them):
 // - scale is f32 with one element (rank 0 or [1]) per-tensor, or rank 1 of exactly x's dim
@@ -7,6 +7,7 @@
 // - f8e4m3 takes no zero_point: FP8 quantization is symmetric (TensorRT and cuBLASLt's FP8
 //   scales have no offset).
 // - quant_min <= quant_max, both inside the integer output type's range.
+#include <cmath>
 #include <string>
 
 #include "network/infer.h"
@@ -19,6 +20,11 @@ namespace {
 std::pair<int64_t, int64_t> quantized_range(DataType t) {
   return t == DataType::kU8 ? std::pair<int64_t, int64_t>{0, 255}
                             : std::pair<int64_t, int64_t>{-128, 127};
+}
+
+/// True for a shape of one element ([] or [1]).
+bool one_element(const Shape& s) {
+  return s.empty() || (s.size() == 1 && s[0].is_constant() && s[0].constant() == 1);
 }
 
 /// Checks inputs 1 (scale) and 2 (zero_point) against input 0's shape.
@@ -104,6 +110,36 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
   Shape out(a.begin(), a.end() - 1);
   out.push_back(b[0]);
+  ctx.add_output(p.out, std::move(out));
+}
+
+void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
+  enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
+  ctx.expect_num_inputs(4, 5);
+  InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
+                        "the output type must be f32, f16 or bf16");
+  ctx.expect_dtype(kX, DataType::kI8, "x");
+  ctx.expect_dtype(kW, DataType::kI8, "w");
+  ctx.expect_dtype(kXScale, DataType::kF32, "x_scale");
+  ctx.expect_dtype(kWScale, DataType::kF32, "w_scale");
+  if (ctx.has(kBias)) ctx.expect_dtype(kBias, p.out, "bias (the output's dtype)");
+  InferContext::require(one_element(ctx.shape(kXScale)),
+                        "x_scale must have one element, got shape " +
+                            shape_to_string(ctx.shape(kXScale)));
+  InferContext::require(static_cast<int>(p.epilogue.activation) < kNumActivationTypes,
+                        "epilogue activation type is out of range");
+  InferContext::require(std::isfinite(p.epilogue.scale), "epilogue scale must be finite");
+  // The geometry is Convolution's; the bias sits at input 2 there.
+  std::vector<const Tensor*> geometry_inputs{&ctx.in(kX), &ctx.in(kW)};
+  if (ctx.has(kBias)) geometry_inputs.push_back(&ctx.in(kBias));
+  InferContext geometry(std::move(geometry_inputs));
+  Shape out = infer_convolution_shape(convolution_of(p), geometry);
+  for (ShapeCheck& c : geometry.checks()) ctx.checks().push_back(std::move(c));
+  const Shape& ws = ctx.shape(kWScale);
+  if (!one_element(ws)) {
+    ctx.expect_rank(kWScale, 1, "per-channel w_scale");
+    ctx.check_equal(ws[0], ctx.shape(kW)[0], "w_scale length equals w's dim 0 (K)");
+  }
   ctx.add_output(p.out, std::move(out));
 }
 

@@ -313,6 +313,31 @@ Network all_kinds_network() {
   QuantizedMatrixMultiplyParams qmp;
   qmp.out = DataType::kBF16;
   Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws}, "qmm")->output();
+  // The fused int8 convolution: grouped, asymmetric padding, per-channel scales, an f16 bias
+  // and an activation in its epilogue.
+  std::vector<int8_t> cwv(2 * 2 * 3 * 3);
+  for (size_t i = 0; i < cwv.size(); ++i) cwv[i] = static_cast<int8_t>(static_cast<int>(i) * 7 - 60);
+  Tensor* cwq =
+      net.add_constant(Weights::from_vector<int8_t>(DataType::kI8, {2, 2, 3, 3}, cwv), "qconv_w")
+          ->output();
+  Tensor* cws = net.add_constant(Weights::from_vector<float>(DataType::kF32, {2}, {0.5f, 0.25f}),
+                                 "qconv_w_scale")
+                    ->output();
+  Tensor* cb = net.add_constant(Weights::from_vector<uint16_t>(DataType::kF16, {2},
+                                                               {0x3c00, 0xbc00}),
+                                "qconv_bias")
+                   ->output();
+  QuantizedConvolutionParams qcp;
+  qcp.stride = {1, 2};
+  qcp.padding_begin = {1, 0};
+  qcp.padding_end = {0, 1};
+  qcp.dilation = {1, 1};
+  qcp.groups = 2;
+  qcp.out = DataType::kF16;
+  qcp.epilogue.scale = 0.5;
+  qcp.epilogue.fused_activation = true;
+  qcp.epilogue.activation = ActivationType::kGeluTanh;
+  Tensor* qconv = net.add_layer(qcp, {q, cwq, s1, cws, cb}, "qconv")->output();
   // Other dtypes, an empty constant, and a constant sharing conv_w's bytes (stored once).
   Tensor* half =
       net.add_constant(
@@ -354,6 +379,7 @@ Network all_kinds_network() {
                                                                 {dq, "dq_out"},
                                                                 {q8, "fp8_out"},
                                                                 {qmm, "qmm_out"},
+                                                                {qconv, "qconv_out"},
                                                                 {half, "half_out"},
                                                                 {i64, ""},
                                                                 {flags, "flags_out"},
@@ -624,6 +650,16 @@ void for_each_bit_flip(std::vector<uint8_t> b, bool every_bit, F&& check) {
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
   auto check = [](const std::vector<uint8_t>& b, const std::string& what) {
+    // The version field sits outside the checksum, and older readable versions share the
+    // layout: a flip to one of them is a valid older plan when the plan holds no newer kind
+    // (the tiny plan), and is rejected naming the kind otherwise (the all-kinds plan).
+    const uint32_t version = static_cast<uint32_t>(b[8]) | static_cast<uint32_t>(b[9]) << 8 |
+                             static_cast<uint32_t>(b[10]) << 16 |
+                             static_cast<uint32_t>(b[11]) << 24;
+    if (version != kPlanFormatVersion && version >= kPlanMinReadableVersion &&
+        version < kPlanFormatVersion && load_or_error(b.data(), b.size(), true, what)) {
+      return;
+    }
     expect_rejected(b, b.size(), true, what);
   };
   for_each_bit_flip(tiny_plan(), true, check);
@@ -654,7 +690,7 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads versions 5 to 6"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads versions 5 to 7"), std::string::npos) << m;
 }
 
 TEST(PlanFormat, Version5PlansStillLoad) {
@@ -668,6 +704,23 @@ TEST(PlanFormat, Version5PlansStillLoad) {
   put_le(b, 8, 4, 4);
   EXPECT_NE(expect_rejected(b, b.size(), true, "version").find("format version 4"),
             std::string::npos);
+}
+
+TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
+  // Version 7 added the QuantizedConvolution kind only: a version-6 plan without one reads as
+  // it did, and one that claims to hold it is refused, naming the version that added it.
+  const auto current = tiny_plan();
+  auto b = current;
+  put_le(b, 8, 6, 4);
+  EXPECT_EQ(plan_read(b.data(), b.size()).network.layers().size(),
+            plan_read(current.data(), current.size()).network.layers().size());
+  auto all = all_kinds_plan();
+  put_le(all, 8, 6, 4);
+  const std::string m = expect_rejected(all, all.size(), false, "version 6 with a QuantizedConvolution");
+  EXPECT_NE(m.find("is a QuantizedConvolution layer, which format version 6 does not have "
+                   "(version 7 added it)"),
+            std::string::npos)
+      << m;
 }
 
 TEST(PlanFormat, BuildTargetIsValidated) {

@@ -381,5 +381,298 @@ TEST(QuantizedMatrixMultiply, LayerChecksItsOperands) {
       {"one dtype", "i8 and f32"});
 }
 
+// ---------------------------------------------------------------- QuantizedConvolution
+
+/// One quantized convolution case: geometry, scales, bias, output type and epilogue.
+struct QConvCase {
+  std::vector<int64_t> x_dims;       ///< [N, C, *spatial]
+  std::vector<int64_t> w_dims;       ///< [K, C/groups, *kernel]
+  std::vector<int64_t> stride, pad_begin, pad_end, dilation;
+  int64_t groups = 1;
+  bool per_channel = true;
+  bool bias = true;
+  DataType out = DataType::kF32;
+  bool relu = false;
+  double scale = 1.0;
+};
+
+int64_t numel_of(const std::vector<int64_t>& d) {
+  int64_t n = 1;
+  for (int64_t v : d) n *= v;
+  return n;
+}
+
+std::vector<int64_t> int8_values(int64_t n, int seed) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = (i * 37 + seed * 11 + (i * i) % 7) % 255 - 127;
+  return v;
+}
+
+/// The layer's formula written out (layers.h): exact integer sums, then the scales, the bias,
+/// rounding to the output type and the activation.
+std::vector<float> reference_qconv(const QConvCase& c, const std::vector<int64_t>& x,
+                                   const std::vector<int64_t>& w, float xs,
+                                   const std::vector<float>& ws, const std::vector<float>& bias,
+                                   std::vector<int64_t>& out_dims) {
+  const size_t nsp = c.x_dims.size() - 2;
+  const int64_t n = c.x_dims[0], ch = c.x_dims[1], k = c.w_dims[0];
+  const int64_t cg = ch / c.groups, kg = k / c.groups;
+  out_dims = {n, k};
+  for (size_t d = 0; d < nsp; ++d) {
+    const int64_t extent = c.dilation[d] * (c.w_dims[2 + d] - 1) + 1;
+    out_dims.push_back((c.x_dims[2 + d] + c.pad_begin[d] + c.pad_end[d] - extent) / c.stride[d] +
+                       1);
+  }
+  const std::vector<int64_t> osp(out_dims.begin() + 2, out_dims.end());
+  const std::vector<int64_t> ksp(c.w_dims.begin() + 2, c.w_dims.end());
+  const std::vector<int64_t> isp(c.x_dims.begin() + 2, c.x_dims.end());
+  const int64_t out_plane = numel_of(osp), taps = numel_of(ksp), in_plane = numel_of(isp);
+  std::vector<float> out;
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t oc = 0; oc < k; ++oc) {
+      for (int64_t o = 0; o < out_plane; ++o) {
+        int64_t acc = 0;
+        for (int64_t ic = 0; ic < cg; ++ic) {
+          for (int64_t t = 0; t < taps; ++t) {
+            int64_t in_index = 0;
+            bool inside = true;
+            int64_t orest = o, trest = t;
+            std::vector<int64_t> opos(nsp), tpos(nsp);
+            for (size_t d = nsp; d-- > 0;) {
+              opos[d] = orest % osp[d];
+              orest /= osp[d];
+              tpos[d] = trest % ksp[d];
+              trest /= ksp[d];
+            }
+            for (size_t d = 0; d < nsp; ++d) {
+              const int64_t pos = opos[d] * c.stride[d] - c.pad_begin[d] + tpos[d] * c.dilation[d];
+              inside = inside && pos >= 0 && pos < isp[d];
+              in_index = in_index * isp[d] + pos;
+            }
+            if (!inside) continue;
+            const int64_t xi = (b * ch + (oc / kg) * cg + ic) * in_plane + in_index;
+            acc += x[static_cast<size_t>(xi)] * w[static_cast<size_t>((oc * cg + ic) * taps + t)];
+          }
+        }
+        float v = static_cast<float>(acc) * (xs * ws[c.per_channel ? oc : 0]);
+        v *= static_cast<float>(c.scale);
+        if (c.bias) v += bias[static_cast<size_t>(oc)];
+        v = test::TestTensor::floats(c.out, {1}, {v}).to_floats()[0];  // rounded to `out`
+        if (c.relu) v = std::fmax(v, 0.0f);
+        out.push_back(v);
+      }
+    }
+  }
+  return out;
+}
+
+TEST(QuantizedConvolution, MatchesTheWrittenOutFormula) {
+  std::vector<QConvCase> cases;
+  // 2-d, stride and dilation, asymmetric padding, per-channel scales, f32 bias.
+  cases.push_back({{2, 3, 7, 6}, {5, 3, 3, 2}, {2, 1}, {1, 0}, {0, 1}, {1, 2}});
+  // 1-d, per-tensor, no bias, f16 output with relu and an epilogue scale.
+  QConvCase c1{{1, 4, 9}, {4, 4, 3}, {1}, {1}, {1}, {1}};
+  c1.per_channel = false;
+  c1.bias = false;
+  c1.out = DataType::kF16;
+  c1.relu = true;
+  c1.scale = 0.5;
+  cases.push_back(c1);
+  // Grouped (depthwise) 2-d with a bf16 bias.
+  QConvCase c2{{1, 4, 5, 5}, {4, 1, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 4};
+  c2.out = DataType::kBF16;
+  cases.push_back(c2);
+  // 3-d.
+  cases.push_back({{1, 2, 3, 4, 4}, {3, 2, 2, 2, 3}, {1, 1, 2}, {0, 1, 1}, {0, 0, 1}, {1, 1, 1}});
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const QConvCase& c = cases[i];
+    const int64_t k = c.w_dims[0];
+    const auto xv = int8_values(numel_of(c.x_dims), 1 + static_cast<int>(i));
+    const auto wv = int8_values(numel_of(c.w_dims), 7 + static_cast<int>(i));
+    std::vector<float> ws, bias;
+    for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) ws.push_back(0.002f * static_cast<float>(j + 1));
+    for (int64_t j = 0; j < k; ++j) bias.push_back(0.25f * static_cast<float>(j) - 0.5f);
+    const float xs = 0.03f;
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kI8, Shape(c.x_dims.begin(), c.x_dims.end()));
+    std::vector<int8_t> w8(wv.begin(), wv.end());
+    Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, c.w_dims, w8))->output();
+    std::vector<Tensor*> inputs{x, w, scales(net, {xs}), scales(net, ws)};
+    if (c.bias) {
+      const TestTensor b = TestTensor::floats(c.out, {k}, bias);
+      inputs.push_back(
+          net.add_constant(Weights::copy(c.out, {k}, b.bytes.data()))->output());
+      bias = b.to_floats();  // as stored
+    }
+    QuantizedConvolutionParams p;
+    p.stride = c.stride;
+    p.padding_begin = c.pad_begin;
+    p.padding_end = c.pad_end;
+    p.dilation = c.dilation;
+    p.groups = c.groups;
+    p.out = c.out;
+    p.epilogue.scale = c.scale;
+    p.epilogue.fused_activation = c.relu;
+    net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
+    std::vector<int64_t> out_dims;
+    const auto want = reference_qconv(c, xv, wv, xs, ws, bias, out_dims);
+    const auto out = test::run_network(net, {TestTensor::ints(DataType::kI8, c.x_dims, xv)});
+    ASSERT_EQ(out[0].dims, out_dims);
+    ASSERT_EQ(out[0].dtype, c.out);
+    test::expect_close(out[0], want, c.out, "quantized convolution");
+  }
+}
+
+/// x -> Q/DQ (per-tensor int8) -> Convolution(DQ(constant int8 weight), bias) [-> relu] -> out.
+struct QdqConv {
+  bool per_channel = true;
+  bool bias = true;
+  DataType dtype = DataType::kF32;
+  int64_t groups = 1;
+  bool asymmetric_x = false;    ///< A zero point on x: not fused (step 3 of issue 17).
+  bool fp8 = false;             ///< FP8 operands: not fused (no FP8 convolution).
+  bool weight_axis_1 = false;   ///< Per-channel along the weight's input channels: not fused.
+  bool relu = false;
+};
+
+Network qdq_conv(const QdqConv& c) {
+  Network net;
+  Tensor* x = net.add_input("x", c.dtype, {2, 4, 6, 6});
+  Tensor* sx = scales(net, {0.02f});
+  QuantizeParams qp;
+  qp.to = c.fp8 ? DataType::kF8E4M3 : c.asymmetric_x ? DataType::kU8 : DataType::kI8;
+  if (c.asymmetric_x) {
+    qp.quant_min = 0;
+    qp.quant_max = 255;
+  }
+  Tensor* zx = c.asymmetric_x ? zero_points(net, {128}) : nullptr;
+  Tensor* q = net.add_quantize(x, sx, zx, qp, "qx")->output();
+  DequantizeParams dp;
+  dp.to = c.dtype;
+  Tensor* xd = net.add_dequantize(q, sx, zx, dp, "dqx")->output();
+  const std::vector<int64_t> wdims = {8, 4 / c.groups, 3, 3};
+  std::vector<int8_t> w8(static_cast<size_t>(numel_of(wdims)));
+  std::vector<uint8_t> f8(w8.size());
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 53) % 255 - 127);
+    f8[i] = f32_to_f8e4m3(static_cast<float>(w8[i]) * 0.5f);
+  }
+  Tensor* wq = net.add_constant(c.fp8 ? Weights::from_vector(DataType::kF8E4M3, wdims, f8)
+                                      : Weights::from_vector(DataType::kI8, wdims, w8),
+                                "wq")
+                   ->output();
+  DequantizeParams wp;
+  wp.to = c.dtype;
+  std::vector<float> sw;
+  if (c.per_channel) {
+    wp.per_channel = true;
+    wp.axis = c.weight_axis_1 ? 1 : 0;
+    for (int64_t j = 0; j < wdims[wp.axis]; ++j) sw.push_back(0.001f * static_cast<float>(j + 1));
+  } else {
+    sw.push_back(0.004f);
+  }
+  Tensor* w = net.add_dequantize(wq, scales(net, sw), nullptr, wp, "dqw")->output();
+  Tensor* b = nullptr;
+  if (c.bias) {
+    std::vector<float> bv;
+    for (int j = 0; j < 8; ++j) bv.push_back(0.1f * static_cast<float>(j) - 0.3f);
+    const TestTensor bt = TestTensor::floats(c.dtype, {8}, bv);
+    b = net.add_constant(Weights::copy(c.dtype, {8}, bt.bytes.data()), "bias")->output();
+  }
+  ConvolutionParams cp;
+  cp.stride = {1, 2};
+  cp.padding_begin = {1, 1};
+  cp.padding_end = {1, 0};
+  cp.dilation = {1, 1};
+  cp.groups = c.groups;
+  Tensor* y = net.add_convolution(xd, w, b, cp, "conv")->output();
+  if (c.relu) y = net.add_activation(y, ActivationType::kRelu, 0.0, 0.0, "relu")->output();
+  net.mark_output(y, "y");
+  return net;
+}
+
+TEST(QuantizedConvolution, FusedConvolutionEqualsTheUnfusedQdqGraph) {
+  // No bf16 case here: the unfused graph dequantizes into bf16 (8 significant bits, fewer than
+  // an int8 value times its scale needs), so it drifts from the exact fused sums by more than
+  // bf16's tolerance; the formula test above covers bf16 outputs.
+  std::vector<QdqConv> cases(5);
+  cases[1].per_channel = false;
+  cases[1].bias = false;
+  cases[2].dtype = DataType::kF16;
+  cases[2].relu = true;
+  cases[3].groups = 2;
+  cases[4].dtype = DataType::kF16;
+  cases[4].groups = 4;
+  cases[4].per_channel = false;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const Network net = qdq_conv(cases[i]);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kDequantize));  // both operands stay int8
+    EXPECT_FALSE(has_kind(built_kinds(net, 0), LayerKind::kQuantizedConvolution));
+    const TestTensor x = TestTensor::random(cases[i].dtype, {2, 4, 6, 6}, 13, -2.0f, 2.0f);
+    // run_network checks each engine against the unfused network's reference run.
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), cases[i].dtype, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedConvolution, NearMissesAreNotFused) {
+  QdqConv asym, fp8, axis1;
+  asym.asymmetric_x = true;
+  fp8.fp8 = true;
+  fp8.per_channel = false;
+  axis1.weight_axis_1 = true;
+  for (const QdqConv& c : {asym, fp8, axis1}) {
+    const Network net = qdq_conv(c);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kConvolution));
+    const auto out =
+        test::run_network(net, {TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 3, -1.0f, 1.0f)});
+    EXPECT_EQ(out[0].dims, (std::vector<int64_t>{2, 8, 6, 3}));
+  }
+  // A weight that is not a constant (a network input) stays unfused too.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* wq = net.add_input("w", DataType::kI8, {4, 4, 1, 1});
+  Tensor* s = scales(net, {0.1f});
+  Tensor* xd = net.add_dequantize(x, s, nullptr, DequantizeParams{})->output();
+  Tensor* wd = net.add_dequantize(wq, s, nullptr, DequantizeParams{})->output();
+  ConvolutionParams cp;
+  cp.stride = cp.dilation = {1, 1};
+  cp.padding_begin = cp.padding_end = {0, 0};
+  net.mark_output(net.add_convolution(xd, wd, nullptr, cp)->output(), "y");
+  EXPECT_FALSE(has_kind(built_kinds(net, 3), LayerKind::kQuantizedConvolution));
+}
+
+TEST(QuantizedConvolution, LayerChecksItsOperands) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* w = net.add_input("w", DataType::kI8, {8, 4, 3, 3});
+  Tensor* s = scales(net, {1.0f});
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {0, 0};
+  Tensor* xf = net.add_input("xf", DataType::kF32, {1, 4, 5, 5});
+  test::expect_error([&] { net.add_layer(p, {xf, w, s, s}); },
+                     {"QuantizedConvolution", "x (input 0) must be i8, got f32"});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, scales(net, {1.0f, 2.0f})}); },
+                     {"w_scale length equals w's dim 0 (K)", "2 != 8"});
+  Tensor* b16 = net.add_input("b", DataType::kF16, {8});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, b16}); },
+                     {"bias (the output's dtype)", "must be f32, got f16"});
+  Tensor* w5 = net.add_input("w5", DataType::kI8, {8, 5, 3, 3});
+  test::expect_error([&] { net.add_layer(p, {x, w5, s, s}); },
+                     {"times groups (1) must equal input dim 1"});
+  p.stride = {1};
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s}); },
+                     {"stride needs one value per spatial dim (2), got 1"});
+}
+
 }  // namespace
 }  // namespace ember::engine

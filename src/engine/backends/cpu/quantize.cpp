@@ -1,11 +1,13 @@
 // CPU reference kernels of the quantization family: Quantize, Dequantize and the fused
-// QuantizedMatrixMultiply.
+// QuantizedMatrixMultiply and QuantizedConvolution.
 //
 // The math is PyTorch's quantized_decomposed ops (torch/ao/quantization/fx/_decomposed.py), so an
 // engine built from a PT2E program gives the bytes PyTorch gives: x * (1 / scale) in f32, round
 // half to even (std::nearbyint in the default rounding mode, as torch.round), + zero_point,
 // clamp, convert; and (q - zero_point) * scale in f32.
 #include "backends/semantics/quantize.h"
+
+#include "backends/semantics/activation.h"
 
 #include <cmath>
 
@@ -120,6 +122,106 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
         float acc = 0.0f;
         for (int64_t t = 0; t < k; ++t) acc += fa[i * k + t] * fb[j * k + t];
         store_float(p.out, out.data, i * n + j, acc * sa * sb[0]);
+      }
+    }
+  });
+}
+
+namespace {
+
+/// A quantized convolution's geometry with the spatial dims padded to three (leading 1s), so
+/// one loop nest serves 1-d, 2-d and 3-d.
+struct QConvShape {
+  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
+};
+
+QConvShape qconv_shape(const QuantizedConvolutionParams& p, const HostTensor& x,
+                       const HostTensor& w, const HostTensor& out) {
+  QConvShape s;
+  s.batch = x.dims[0];
+  s.in_channels = x.dims[1];
+  s.out_channels = w.dims[0];
+  s.groups = p.groups;
+  const size_t nsp = x.dims.size() - 2, skip = 3 - nsp;
+  for (size_t d = 0; d < nsp; ++d) {
+    s.in[skip + d] = x.dims[2 + d];
+    s.out[skip + d] = out.dims[2 + d];
+    s.kernel[skip + d] = w.dims[2 + d];
+    s.stride[skip + d] = p.stride[d];
+    s.pad[skip + d] = p.padding_begin[d];  // the end padding only shortens the output
+    s.dilation[skip + d] = p.dilation[d];
+  }
+  return s;
+}
+
+}  // namespace
+
+void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
+  const HostTensor& xt = a.in(0);
+  const HostTensor& wt = a.in(1);
+  HostTensor& ot = a.out();
+  const QConvShape s = qconv_shape(p, xt, wt, ot);
+  const auto* x = xt.as<const int8_t>();
+  const auto* w = wt.as<const int8_t>();
+  const float xs = a.in(2).as<const float>()[0];
+  const HostTensor& wst = a.in(3);
+  const float* ws = wst.as<const float>();
+  const bool per_channel = wst.numel() > 1;
+  std::vector<float> bias;
+  if (a.has(4)) {
+    for (int64_t k = 0; k < s.out_channels; ++k) bias.push_back(load_float(a.in(4).dtype,
+                                                                          a.in(4).data, k));
+  }
+  const auto scale = static_cast<float>(p.epilogue.scale);
+  const Epilogue& e = p.epilogue;
+  const auto act_alpha = static_cast<float>(e.alpha), act_beta = static_cast<float>(e.beta);
+  const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
+  const int64_t in_plane = s.in[0] * s.in[1] * s.in[2];
+  const int64_t out_plane = s.out[0] * s.out[1] * s.out[2];
+  const int64_t taps = s.kernel[0] * s.kernel[1] * s.kernel[2];
+  // One (n, k) output plane per work item.
+  parallel_for(s.batch * s.out_channels, out_plane * cg * taps + 1,
+               [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / s.out_channels, k = item % s.out_channels;
+      const int64_t c0 = (k / kg) * cg;
+      const int8_t* wk = w + k * cg * taps;
+      const float multiplier = xs * ws[per_channel ? k : 0];
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t o0 = o / (s.out[1] * s.out[2]);
+        const int64_t o1 = (o / s.out[2]) % s.out[1];
+        const int64_t o2 = o % s.out[2];
+        int32_t acc = 0;  // |sum| <= 128 * 128 * cg * taps: exact for cg * taps < 2^17
+        for (int64_t c = 0; c < cg; ++c) {
+          const int8_t* xc = x + (n * s.in_channels + c0 + c) * in_plane;
+          const int8_t* wc = wk + c * taps;
+          for (int64_t t0 = 0; t0 < s.kernel[0]; ++t0) {
+            const int64_t i0 = o0 * s.stride[0] - s.pad[0] + t0 * s.dilation[0];
+            if (i0 < 0 || i0 >= s.in[0]) continue;
+            for (int64_t t1 = 0; t1 < s.kernel[1]; ++t1) {
+              const int64_t i1 = o1 * s.stride[1] - s.pad[1] + t1 * s.dilation[1];
+              if (i1 < 0 || i1 >= s.in[1]) continue;
+              const int8_t* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
+              const int8_t* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2];
+              for (int64_t t2 = 0; t2 < s.kernel[2]; ++t2) {
+                const int64_t i2 = o2 * s.stride[2] - s.pad[2] + t2 * s.dilation[2];
+                if (i2 < 0 || i2 >= s.in[2]) continue;
+                acc += int32_t{xrow[i2]} * int32_t{wrow[t2]};
+              }
+            }
+          }
+        }
+        const int64_t i = item * out_plane + o;
+        store_float(p.out, ot.data, i,
+                    semantics::quantized_conv_value(static_cast<float>(acc), multiplier, scale,
+                                                    bias.empty() ? 0.0f : bias[static_cast<size_t>(k)]));
+        if (e.fused_activation) {
+          store_float(p.out, ot.data, i,
+                      semantics::activation(e.activation, load_float(p.out, ot.data, i),
+                                            act_alpha, act_beta));
+        }
       }
     }
   });

@@ -1,11 +1,13 @@
 // CUDA kernels of the quantization family: Quantize and Dequantize, one grid-stride pointwise
-// pass each, and the scaling pass after the INT8 product's int32 GEMM (quantized_matmul.cpp).
+// pass each, the scaling pass after the INT8 product's int32 GEMM (quantized_matmul.cpp), and
+// the INT8 convolution's packing, epilogue and direct kernels (quantized_conv.cpp).
 // The arithmetic is backends/semantics/quantize.h (the CPU reference's); FP8 conversions are
 // cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
 #include <cuda_fp8.h>
 
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/quantize_kernels.h"
+#include "backends/semantics/activation.h"
 #include "backends/semantics/quantize.h"
 
 namespace ember::engine::cuda {
@@ -196,6 +198,144 @@ void run(const DequantizeParams& p, const CudaArgs& a) {
     }
   });
   check(cudaGetLastError(), "dequantize_kernel");
+}
+
+// ---------------------------------------------------------------- QuantizedConvolution
+
+namespace {
+
+__global__ void qconv_pack_input_kernel(const int8_t* __restrict__ x, int8_t* __restrict__ packed,
+                                        int64_t total, QConvGeometry g, int64_t hp, int64_t wp,
+                                        int64_t c4) {
+  const int64_t h = g.in[1], w = g.in[2];
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t c = i % c4;
+    const int64_t col = (i / c4) % wp - g.pad[2];
+    const int64_t row = (i / (c4 * wp)) % hp - g.pad[1];
+    const int64_t n = i / (c4 * wp * hp);
+    const bool inside = c < g.in_channels && row >= 0 && row < h && col >= 0 && col < w;
+    packed[i] = inside ? x[((n * g.in_channels + c) * h + row) * w + col] : int8_t{0};
+  }
+}
+
+__global__ void qconv_pack_weight_kernel(const int8_t* __restrict__ w, int8_t* __restrict__ packed,
+                                         int64_t total, QConvGeometry g, int64_t c4) {
+  const int64_t r = g.kernel[1], s = g.kernel[2], cg = g.in_channels / g.groups;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t c = i % c4;
+    const int64_t sx = (i / c4) % s;
+    const int64_t ry = (i / (c4 * s)) % r;
+    const int64_t k = i / (c4 * s * r);
+    const bool inside = c < cg && k < g.out_channels;
+    packed[i] = inside ? w[((k * cg + c) * r + ry) * s + sx] : int8_t{0};
+  }
+}
+
+/// Stores the finished value of output element `i` (channel `k`) through the epilogue.
+template <typename TO>
+__device__ __forceinline__ void qconv_store(TO* out, int64_t i, int64_t k, float acc,
+                                            const QConvEpilogue& e) {
+  const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? k : 0];
+  const float bias = e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[k]) : 0.0f;
+  TO v = Num<TO>::store(semantics::quantized_conv_value(acc, multiplier, e.scale, bias));
+  if (e.activation) {
+    v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
+  }
+  out[i] = v;
+}
+
+template <typename TO>
+__global__ void qconv_epilogue_kernel(const float* __restrict__ y, TO* __restrict__ out,
+                                      int64_t total, QConvGeometry g, int64_t k4,
+                                      QConvEpilogue e) {
+  const int64_t plane = g.out[0] * g.out[1] * g.out[2];
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t p = i % plane;
+    const int64_t k = (i / plane) % g.out_channels;
+    const int64_t n = i / (plane * g.out_channels);
+    qconv_store(out, i, k, y[(n * plane + p) * k4 + k], e);
+  }
+}
+
+template <typename TO>
+__global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* __restrict__ w,
+                                    TO* __restrict__ out, int64_t total, QConvGeometry g,
+                                    QConvEpilogue e) {
+  const int64_t plane = g.out[0] * g.out[1] * g.out[2];
+  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
+  const int64_t taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const int64_t cg = g.in_channels / g.groups, kg = g.out_channels / g.groups;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t p = i % plane;
+    const int64_t k = (i / plane) % g.out_channels;
+    const int64_t n = i / (plane * g.out_channels);
+    const int64_t o0 = p / (g.out[1] * g.out[2]), o1 = (p / g.out[2]) % g.out[1];
+    const int64_t o2 = p % g.out[2];
+    const int64_t c0 = (k / kg) * cg;
+    int32_t acc = 0;  // exact, as the CPU reference's
+    for (int64_t c = 0; c < cg; ++c) {
+      const int8_t* xc = x + (n * g.in_channels + c0 + c) * in_plane;
+      const int8_t* wc = w + (k * cg + c) * taps;
+      for (int64_t t0 = 0; t0 < g.kernel[0]; ++t0) {
+        const int64_t i0 = o0 * g.stride[0] - g.pad[0] + t0 * g.dilation[0];
+        if (i0 < 0 || i0 >= g.in[0]) continue;
+        for (int64_t t1 = 0; t1 < g.kernel[1]; ++t1) {
+          const int64_t i1 = o1 * g.stride[1] - g.pad[1] + t1 * g.dilation[1];
+          if (i1 < 0 || i1 >= g.in[1]) continue;
+          for (int64_t t2 = 0; t2 < g.kernel[2]; ++t2) {
+            const int64_t i2 = o2 * g.stride[2] - g.pad[2] + t2 * g.dilation[2];
+            if (i2 < 0 || i2 >= g.in[2]) continue;
+            acc += int32_t{xc[(i0 * g.in[1] + i1) * g.in[2] + i2]} *
+                   int32_t{wc[(t0 * g.kernel[1] + t1) * g.kernel[2] + t2]};
+          }
+        }
+      }
+    }
+    qconv_store(out, i, k, static_cast<float>(acc), e);
+  }
+}
+
+}  // namespace
+
+void launch_qconv_pack_input(const int8_t* x, int8_t* packed, const QConvGeometry& g, int64_t hp,
+                             int64_t wp, int64_t c4, cudaStream_t stream) {
+  const int64_t total = g.batch * hp * wp * c4;
+  if (total == 0) return;
+  qconv_pack_input_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, packed, total, g, hp, wp,
+                                                                     c4);
+  check(cudaGetLastError(), "qconv_pack_input_kernel");
+}
+
+void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
+                              int64_t k4, int64_t c4, cudaStream_t stream) {
+  const int64_t total = k4 * g.kernel[1] * g.kernel[2] * c4;
+  if (total == 0) return;
+  qconv_pack_weight_kernel<<<grid_for(total), kThreads, 0, stream>>>(w, packed, total, g, c4);
+  check(cudaGetLastError(), "qconv_pack_weight_kernel");
+}
+
+void launch_qconv_epilogue(const float* y, void* out, DataType out_dtype, const QConvGeometry& g,
+                           int64_t k4, const QConvEpilogue& e, cudaStream_t stream) {
+  const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
+  if (total == 0) return;
+  dispatch_float_storage(out_dtype, [&](auto* tag) {
+    using TO = std::remove_pointer_t<decltype(tag)>;
+    qconv_epilogue_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(
+        y, static_cast<TO*>(out), total, g, k4, e);
+  });
+  check(cudaGetLastError(), "qconv_epilogue_kernel");
+}
+
+void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType out_dtype,
+                         const QConvGeometry& g, const QConvEpilogue& e, cudaStream_t stream) {
+  const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
+  if (total == 0) return;
+  dispatch_float_storage(out_dtype, [&](auto* tag) {
+    using TO = std::remove_pointer_t<decltype(tag)>;
+    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(
+        x, w, static_cast<TO*>(out), total, g, e);
+  });
+  check(cudaGetLastError(), "qconv_direct_kernel");
 }
 
 }  // namespace ember::engine::cuda

@@ -11,6 +11,13 @@
 // the quantized tensor. Runs before fold_constants, which would otherwise fold the weight's
 // Dequantize into an f32 constant and lose the int8 weight.
 //
+//   Convolution(Dequantize(qx, sx), Dequantize(Constant qw, sw), bias)   (no zero points)
+//     => QuantizedConvolution(qx, qw, sx, sw, bias)
+//
+// where qx and qw are i8 (FP8 convolutions stay unfused), sx has one element and sw one element
+// or one per output channel (axis 0 of the [K, C/groups, *kernel] weight). The convolution must
+// be a plain one (NCHW, no epilogue yet: fuse_epilogues runs later).
+//
 // The result equals the unfused Q/DQ math up to f32 rounding: sum_k (qa sa)(qb sb) is
 // sa sb sum_k qa qb, and the int8 sum is exact in int32.
 #include <string>
@@ -107,18 +114,52 @@ bool fuse(Network& net, Layer* mm) {
   return true;
 }
 
+/// Fuses one convolution if it matches; true when it did.
+bool fuse_convolution(Network& net, Layer* conv) {
+  const auto& cp = conv->params_as<ConvolutionParams>();
+  if (cp.channels_last || cp.epilogue.fused_activation || cp.epilogue.scale != 1.0 ||
+      conv->input(3) != nullptr) {
+    return false;
+  }
+  const Layer* dqx = symmetric_dequantize(conv->input(0));
+  if (dqx == nullptr || dqx->params_as<DequantizeParams>().per_channel ||
+      dqx->input(0)->dtype() != DataType::kI8) {
+    return false;
+  }
+  const Layer* dqw = symmetric_dequantize(conv->input(1));
+  if (dqw == nullptr || dqw->input(0)->dtype() != DataType::kI8 ||
+      constant_of(dqw->input(0)) == nullptr) {
+    return false;
+  }
+  const auto& wp = dqw->params_as<DequantizeParams>();
+  if (wp.per_channel && wp.axis != 0) return false;  // one scale per output channel, or one
+  QuantizedConvolutionParams qp;
+  qp.stride = cp.stride;
+  qp.padding_begin = cp.padding_begin;
+  qp.padding_end = cp.padding_end;
+  qp.dilation = cp.dilation;
+  qp.groups = cp.groups;
+  qp.out = conv->output()->dtype();
+  std::vector<Tensor*> inputs{dqx->input(0), dqw->input(0), dqx->input(1), dqw->input(1)};
+  if (conv->input(2) != nullptr) inputs.push_back(conv->input(2));
+  Layer* fused = net.add_layer(qp, std::move(inputs), conv->name() + "/int8");
+  net.replace_all_uses(conv->output(), fused->output());
+  return true;
+}
+
 }  // namespace
 
 void pass_fuse_quantized(BuildState& s) {
   Network& net = s.plan.network;
-  int fused = 0;
+  int products = 0, convolutions = 0;
   for (Layer* l : net.layers()) {
-    if (l->kind() == LayerKind::kMatrixMultiply && fuse(net, l)) ++fused;
+    if (l->kind() == LayerKind::kMatrixMultiply && fuse(net, l)) ++products;
+    if (l->kind() == LayerKind::kConvolution && fuse_convolution(net, l)) ++convolutions;
   }
   const int removed = remove_unreachable_layers(net);
-  s.log.push_back("fuse_quantized: " + std::to_string(fused) +
-                  " low-precision products (int8/fp8), " + std::to_string(removed) +
-                  " layers removed");
+  s.log.push_back("fuse_quantized: " + std::to_string(products) +
+                  " low-precision products (int8/fp8), " + std::to_string(convolutions) +
+                  " int8 convolutions, " + std::to_string(removed) + " layers removed");
 }
 
 }  // namespace ember::engine
