@@ -1,6 +1,7 @@
 // CUDA conformance of the quantization family: Quantize and Dequantize (per-tensor and
-// per-channel, int8/uint8 with zero points, FP8 E4M3) and the fused QuantizedMatrixMultiply
-// (cuBLASLt INT8 and FP8 GEMMs) against the CPU reference. Quantized outputs must be
+// per-channel, int8/uint8 with zero points, FP8 E4M3), the fused QuantizedMatrixMultiply
+// (cuBLASLt INT8 and FP8 GEMMs) and QuantizedConvolution (cuDNN INT8, or the direct int8
+// kernel) against the CPU reference. Quantized outputs must be
 // bit-identical; float outputs within tolerance_for(dtype). Skipped (visibly) without a GPU;
 // the FP8 GEMM case also without compute capability 8.9.
 #ifdef EMBER_WITH_CUDA
@@ -141,6 +142,122 @@ TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128);
   check_product(DataType::kF8E4M3, DataType::kF16, 16, 16, 64);
   check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);  // K % 16 != 0: reference path
+}
+
+/// One QuantizedConvolution problem for the GPU.
+struct CudaQConv {
+  std::vector<int64_t> x_dims, w_dims, stride, pad_begin, pad_end, dilation;
+  int64_t groups = 1;
+  bool per_channel = true;
+  bool bias = true;
+  DataType out = DataType::kF32;
+  bool relu = false;
+  bool direct = false;  ///< Expected to run in the direct kernel (3-d, grouped).
+};
+
+void check_convolution(const CudaQConv& c, const std::string& what) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, Shape(c.x_dims.begin(), c.x_dims.end()));
+  int64_t wn = 1;
+  for (int64_t d : c.w_dims) wn *= d;
+  std::vector<int8_t> w8(static_cast<size_t>(wn));
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 41) % 255 - 127);
+  }
+  const int64_t k = c.w_dims[0];
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, c.w_dims, w8))->output();
+  std::vector<float> ws;
+  for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) {
+    ws.push_back(0.0005f * static_cast<float>(j % 5 + 1));
+  }
+  std::vector<Tensor*> inputs{x, w, f32_constant(net, {0.02f}), f32_constant(net, ws)};
+  if (c.bias) {
+    std::vector<float> bv;
+    for (int64_t j = 0; j < k; ++j) bv.push_back(0.05f * static_cast<float>(j % 9) - 0.2f);
+    const TestTensor bt = TestTensor::floats(c.out, {k}, bv);
+    inputs.push_back(net.add_constant(Weights::copy(c.out, {k}, bt.bytes.data()))->output());
+  }
+  QuantizedConvolutionParams p;
+  p.stride = c.stride;
+  p.padding_begin = c.pad_begin;
+  p.padding_end = c.pad_end;
+  p.dilation = c.dilation;
+  p.groups = c.groups;
+  p.out = c.out;
+  p.epilogue.fused_activation = c.relu;
+  net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
+  const TestTensor xt = TestTensor::random(DataType::kI8, c.x_dims, 6, -127.0f, 128.0f);
+  {
+    // The implementation the plan records: cuDNN's path, or the direct kernel, by shape.
+    test::CudaRunner runner(net, {xt}, {}, 3);
+    const std::string json = runner.inspect_json();
+    EXPECT_EQ(json.find("cuda.QuantizedConvolution.direct") != std::string::npos, c.direct)
+        << what << ": " << json;
+  }
+  check_bytes_and_floats(net, {xt}, what);
+}
+
+TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // C = 3 (an RGB first layer): channels packed up to 4; symmetric padding, per-channel.
+  check_convolution({{2, 3, 32, 32}, {16, 3, 7, 7}, {2, 2}, {3, 3}, {3, 3}, {1, 1}},
+                    "rgb stem 7x7/2");
+  // Channels multiples of 4, asymmetric padding, dilation, f16 output with relu.
+  CudaQConv mid{{4, 32, 14, 14}, {64, 32, 3, 3}, {1, 1}, {1, 0}, {0, 1}, {2, 1}};
+  mid.out = DataType::kF16;
+  mid.relu = true;
+  check_convolution(mid, "3x3 asymmetric padding, dilation, f16 + relu");
+  // K not a multiple of 4, per-tensor weight scale, no bias, bf16 output.
+  CudaQConv odd{{1, 8, 9, 9}, {10, 8, 1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 1}};
+  odd.per_channel = false;
+  odd.bias = false;
+  odd.out = DataType::kBF16;
+  check_convolution(odd, "1x1, K = 10, per-tensor, bf16");
+  // 1-d (cuDNN sees height 1).
+  check_convolution({{2, 8, 40}, {12, 8, 5}, {2}, {2}, {1}, {1}}, "1-d");
+}
+
+TEST(CudaQuantize, Int8ConvolutionOutsideCudnnRunsTheDirectKernel) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  CudaQConv depthwise{{2, 8, 10, 10}, {8, 1, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 8};
+  depthwise.direct = true;
+  check_convolution(depthwise, "depthwise (groups = 8)");
+  CudaQConv vol{{1, 4, 4, 6, 6}, {8, 4, 2, 3, 3}, {1, 1, 1}, {0, 1, 1}, {0, 1, 1}, {1, 1, 1}};
+  vol.direct = true;
+  vol.out = DataType::kF16;
+  check_convolution(vol, "3-d");
+}
+
+TEST(CudaQuantize, QdqConvolutionFusesAndMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // The builder's fusion end to end: f32 x -> Quantize -> Dequantize -> Convolution with a
+  // dequantized int8 constant weight and a bias, then relu.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 16, 12, 12});
+  Tensor* sx = f32_constant(net, {0.03f});
+  Tensor* q = net.add_quantize(x, sx, nullptr, QuantizeParams{}, "qx")->output();
+  Tensor* xd = net.add_dequantize(q, sx, nullptr, DequantizeParams{}, "dqx")->output();
+  std::vector<int8_t> w8(32 * 16 * 3 * 3);
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 23) % 255 - 127);
+  }
+  Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {32, 16, 3, 3}, w8))->output();
+  std::vector<float> ws(32);
+  for (size_t j = 0; j < ws.size(); ++j) ws[j] = 0.001f * static_cast<float>(j % 4 + 1);
+  DequantizeParams wp;
+  wp.per_channel = true;
+  Tensor* wd = net.add_dequantize(wq, f32_constant(net, ws), nullptr, wp, "dqw")->output();
+  Tensor* b = f32_constant(net, std::vector<float>(32, 0.1f));
+  ConvolutionParams cp;
+  cp.stride = {1, 1};
+  cp.padding_begin = cp.padding_end = {1, 1};
+  cp.dilation = {1, 1};
+  Tensor* y = net.add_convolution(xd, wd, b, cp, "conv")->output();
+  net.mark_output(net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output(), "y");
+  const TestTensor xt = TestTensor::random(DataType::kF32, {2, 16, 12, 12}, 8, -3.0f, 3.0f);
+  test::CudaRunner runner(net, {xt}, {}, 3);
+  EXPECT_NE(runner.inspect_json().find("cuda.QuantizedConvolution"), std::string::npos);
+  check_bytes_and_floats(net, {xt}, "fused Q/DQ convolution");
 }
 
 }  // namespace

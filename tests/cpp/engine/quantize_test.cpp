@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "ember/engine/builder.h"
@@ -672,6 +674,50 @@ TEST(QuantizedConvolution, LayerChecksItsOperands) {
   p.stride = {1};
   test::expect_error([&] { net.add_layer(p, {x, w, s, s}); },
                      {"stride needs one value per spatial dim (2), got 1"});
+}
+
+TEST(QuantizedConvolution, CudaBackEndLogsTheConvolutionsCudnnCannotTake) {
+  // Building needs no GPU: the CUDA back end names each layer's implementation from its
+  // parameters, and a grouped or 3-d int8 convolution (the direct kernel, not cuDNN) is logged
+  // as a degradation, which the Python layer turns into a warning.
+  const auto backends = available_backends();
+  if (std::find(backends.begin(), backends.end(), "cuda") == backends.end()) {
+    GTEST_SKIP() << "this build has no CUDA back end";
+  }
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 8, 6, 6});
+  Tensor* s = scales(net, {0.1f});
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {1, 1};
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {8, 8, 3, 3},
+                                                    std::vector<int8_t>(576, 1)))
+                  ->output();
+  net.mark_output(net.add_layer(p, {x, w, s, s}, "plain")->output(), "a");
+  p.groups = 4;
+  Tensor* wg = net.add_constant(Weights::from_vector(DataType::kI8, {8, 2, 3, 3},
+                                                     std::vector<int8_t>(144, 1)))
+                   ->output();
+  net.mark_output(net.add_layer(p, {x, wg, s, s}, "grouped")->output(), "b");
+  BuilderConfig config;
+  config.backend = "cuda";
+  BuildReport report;
+  const std::vector<uint8_t> bytes = Builder(config).build(net, &report);
+  const PlanModel plan = plan_read(bytes.data(), bytes.size());
+  std::map<std::string, std::string> impl;
+  const auto layers = plan.network.layers();
+  for (size_t i = 0; i < layers.size(); ++i) impl[layers[i]->name()] = plan.impls[i];
+  EXPECT_EQ(impl["plain"], "cuda.QuantizedConvolution");
+  EXPECT_EQ(impl["grouped"], "cuda.QuantizedConvolution.direct");
+  int degraded = 0;
+  for (const std::string& line : report.pass_log) {
+    if (line.rfind("degraded: ", 0) != 0) continue;
+    ++degraded;
+    EXPECT_NE(line.find("'grouped'"), std::string::npos) << line;
+    EXPECT_NE(line.find("groups = 4"), std::string::npos) << line;
+    EXPECT_NE(line.find("cuda.QuantizedConvolution.direct"), std::string::npos) << line;
+  }
+  EXPECT_EQ(degraded, 1);
 }
 
 }  // namespace
