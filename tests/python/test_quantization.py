@@ -315,16 +315,27 @@ def test_fused_int8_product_equals_unfused_qdq():
         assert_close(fused(x), unfused(x))
         assert_close(fused(x), qmodel(x))
     assert "fuse_quantized: 2 low-precision products" in log, log
+    # fc1's bias, GELU and the Quantize before fc2 all run in fc1's epilogue (int8 out).
+    fc1, fc2 = [layer for layer in engine_layer_records(fused)
+                if layer["type"] == "QuantizedMatrixMultiply"]
+    assert fc1["inputs"][4] is not None and fc1["params"]["fused_activation"], fc1
+    assert fc1["params"]["requantize"] and fc1["outputs"][0]["dtype"] == "i8", fc1
+    assert fc2["inputs"][4] is not None and not fc2["params"]["requantize"], fc2
+    assert "fuse_epilogues:" in log and "1 requantizations" in log, log
+
+
+def engine_layer_records(gm):
+    """The inspector's record of every layer of every engine in a compiled program."""
+    layers = []
+    for name in dir(gm):
+        if name.startswith("_ember_engine_"):
+            layers += json.loads(getattr(gm, name).inspect())["layers"]
+    return layers
 
 
 def engine_layers(gm):
     """(type, implementation) of every layer of every engine in a compiled program."""
-    layers = []
-    for name in dir(gm):
-        if name.startswith("_ember_engine_"):
-            layers += [(layer["type"], layer["implementation"])
-                       for layer in json.loads(getattr(gm, name).inspect())["layers"]]
-    return layers
+    return [(layer["type"], layer["implementation"]) for layer in engine_layer_records(gm)]
 
 
 def test_int8_convnet_compiles_to_quantized_convolutions():
@@ -342,6 +353,14 @@ def test_int8_convnet_compiles_to_quantized_convolutions():
     assert "Convolution" not in types and types.count("Dequantize") == 0, types
     log = "\n".join(line for e in report.engines for line in e["build_log"])
     assert "fuse_quantized: 1 low-precision products (int8/fp8), 2 int8 convolutions" in log, log
+    # The epilogues: conv1's relu and the Quantize that feeds conv2 fold into conv1, which then
+    # writes int8; conv2 keeps its relu (a max pool sits between it and the next Quantize).
+    conv1, conv2 = [layer for layer in engine_layer_records(gm)
+                    if layer["type"] == "QuantizedConvolution"]
+    assert conv1["params"]["fused_activation"] and conv1["params"]["requantize"], conv1
+    assert conv1["outputs"][0]["dtype"] == "i8"
+    assert conv2["params"]["fused_activation"] and not conv2["params"]["requantize"], conv2
+    assert types.count("Activation") == 0 and types.count("Quantize") == 2, types
     with torch.no_grad():
         out, reference, f32 = gm(x), qmodel(x), model(x)
     # As for the other models: PyTorch's fake-quantized run sums dequantized f32 values in its

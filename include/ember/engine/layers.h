@@ -524,16 +524,38 @@ struct DequantizeParams {
   }
 };
 
+/// The output requantization of a fused low-precision product (set by the builder's
+/// fuse_epilogues pass when a per-tensor symmetric int8 Quantize reads the product): the
+/// product's value, finished in the layer's float type `out` (epilogue included), is quantized
+/// as a Quantize layer would, q = clamp(round_half_even(y * (1 / out_scale)), quant_min,
+/// quant_max), and the layer outputs i8. out_scale is the layer's last input (f32, one element).
+struct Requantize {
+  bool enabled = false;
+  int64_t quant_min = -128;
+  int64_t quant_max = 127;
+  template <class V> void fields(V& v) {
+    v("requantize", enabled); v("requantize_min", quant_min); v("requantize_max", quant_max);
+  }
+};
+
 /// A low-precision matrix product, made by the builder's fuse_quantized pass from
 /// Dequantize -> MatrixMultiply chains (converters do not add it):
-///   out[..., m, n] = (sum_k a[..., m, k] * b[n, k]) * a_scale * b_scale[n]
+///   out[..., m, n] = act(epilogue.scale * (sum_k a[..., m, k] * b[n, k]) * a_scale * b_scale[n]
+///                        + bias[n])
 /// Inputs: 0 a (i8 or f8e4m3, rank >= 2, [..., M, K]), 1 b (a's dtype, [N, K]: the weight
 /// already transposed), 2 a_scale (f32, one element), 3 b_scale (f32, one element or [N]; f8e4m3:
-/// one element). Output: `out` (f32, f16 or bf16), [..., M, N]. Accumulation in int32 for i8
-/// (exact), in f32 for f8e4m3; the scales apply once, in f32, after the sum.
+/// one element), optional 4 bias (`out`'s dtype, [N]), 5 out_scale (with requantize only).
+/// Output: `out` (f32, f16 or bf16), [..., M, N], or i8 when requantize is on. Accumulation in
+/// int32 for i8 (exact), in f32 for f8e4m3; the scales and the bias apply once, in f32, after
+/// the sum; the value is rounded to `out`, then the activation applies (when
+/// epilogue.fused_activation, set by fuse_epilogues), then the requantization. No residual.
 struct QuantizedMatrixMultiplyParams {
   DataType out = DataType::kF32;
-  template <class V> void fields(V& v) { v("out", out); }
+  Epilogue epilogue;
+  Requantize requantize;
+  template <class V> void fields(V& v) {
+    v("out", out); epilogue.fields(v); requantize.fields(v);
+  }
 };
 
 /// A low-precision convolution, made by the builder's fuse_quantized pass from Dequantize ->
@@ -543,10 +565,12 @@ struct QuantizedMatrixMultiplyParams {
 /// with Convolution's geometry (cross-correlation, zero padding: a quantized zero is a real zero
 /// because the quantization is symmetric). Inputs: 0 x (i8, [N, C, *spatial], 1 to 3 spatial
 /// dims), 1 w (i8, [K, C/groups, *kernel]), 2 x_scale (f32, one element), 3 w_scale (f32, one
-/// element or [K]: per output channel), optional 4 bias (`out`'s dtype, [K]).
-/// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution. Accumulation in int32 (exact);
-/// the scales and the bias apply once, in f32, then the value is rounded to `out` and the
-/// epilogue's activation (when fused_activation) applies. No residual.
+/// element or [K]: per output channel), optional 4 bias (`out`'s dtype, [K]; nullptr to omit),
+/// 5 out_scale (with requantize only).
+/// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or i8 when requantize is on.
+/// Accumulation in int32 (exact); the scales and the bias apply once, in f32, then the value is
+/// rounded to `out`, the epilogue's activation (when fused_activation, set by fuse_epilogues)
+/// applies, then the requantization. No residual.
 struct QuantizedConvolutionParams {
   std::vector<int64_t> stride;        ///< As ConvolutionParams.
   std::vector<int64_t> padding_begin;
@@ -555,9 +579,11 @@ struct QuantizedConvolutionParams {
   int64_t groups = 1;
   DataType out = DataType::kF32;
   Epilogue epilogue;
+  Requantize requantize;
   template <class V> void fields(V& v) {
     v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
     v("dilation", dilation); v("groups", groups); v("out", out); epilogue.fields(v);
+    requantize.fields(v);
   }
 };
 

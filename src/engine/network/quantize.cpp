@@ -52,6 +52,39 @@ void infer_scales(bool per_channel, int64_t axis, DataType quantized, InferConte
   }
 }
 
+/// Checks what a fused low-precision product (QuantizedMatrixMultiply, QuantizedConvolution)
+/// has after its sum: the optional bias (input `bias_index`, `out`'s dtype, [n]), the epilogue,
+/// and the requantization with its out_scale (input bias_index + 1). Returns the output dtype.
+DataType expect_product_epilogue(const Epilogue& e, const Requantize& r, DataType out,
+                                 size_t bias_index, const DimExpr& n, InferContext& ctx) {
+  if (ctx.has(bias_index)) {
+    ctx.expect_dtype(bias_index, out, "bias (the output's dtype)");
+    ctx.expect_rank(bias_index, 1, "bias");
+    ctx.check_equal(ctx.shape(bias_index)[0], n,
+                    "bias length equals the output channels (" + n.to_string() + ")");
+  }
+  InferContext::require(static_cast<int>(e.activation) < kNumActivationTypes,
+                        "epilogue activation type is out of range");
+  InferContext::require(std::isfinite(e.scale), "epilogue scale must be finite");
+  const size_t scale_index = bias_index + 1;
+  if (!r.enabled) {
+    InferContext::require(!ctx.has(scale_index),
+                          "input " + std::to_string(scale_index) +
+                              " (out_scale) is only taken with requantize on");
+    return out;
+  }
+  InferContext::require(-128 <= r.quant_min && r.quant_min <= r.quant_max && r.quant_max <= 127,
+                        "requantize range [" + std::to_string(r.quant_min) + ", " +
+                            std::to_string(r.quant_max) + "] is empty or outside i8's [-128, 127]");
+  InferContext::require(ctx.has(scale_index), "requantize needs out_scale (input " +
+                                                  std::to_string(scale_index) + ")");
+  ctx.expect_dtype(scale_index, DataType::kF32, "out_scale");
+  InferContext::require(one_element(ctx.shape(scale_index)),
+                        "out_scale must have one element, got shape " +
+                            shape_to_string(ctx.shape(scale_index)));
+  return DataType::kI8;
+}
+
 }  // namespace
 
 void infer(const QuantizeParams& p, InferContext& ctx) {
@@ -83,7 +116,7 @@ void infer(const DequantizeParams& p, InferContext& ctx) {
 }
 
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
-  ctx.expect_num_inputs(4, 4);
+  ctx.expect_num_inputs(4, 6);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   const DataType q = ctx.dtype(0);
@@ -110,25 +143,24 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
   Shape out(a.begin(), a.end() - 1);
   out.push_back(b[0]);
-  ctx.add_output(p.out, std::move(out));
+  ctx.add_output(expect_product_epilogue(p.epilogue, p.requantize, p.out, 4, b[0], ctx),
+                 std::move(out));
 }
 
 void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
   enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
-  ctx.expect_num_inputs(4, 5);
+  ctx.expect_num_inputs(4, 6);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   ctx.expect_dtype(kX, DataType::kI8, "x");
   ctx.expect_dtype(kW, DataType::kI8, "w");
   ctx.expect_dtype(kXScale, DataType::kF32, "x_scale");
   ctx.expect_dtype(kWScale, DataType::kF32, "w_scale");
-  if (ctx.has(kBias)) ctx.expect_dtype(kBias, p.out, "bias (the output's dtype)");
   InferContext::require(one_element(ctx.shape(kXScale)),
                         "x_scale must have one element, got shape " +
                             shape_to_string(ctx.shape(kXScale)));
-  InferContext::require(static_cast<int>(p.epilogue.activation) < kNumActivationTypes,
-                        "epilogue activation type is out of range");
-  InferContext::require(std::isfinite(p.epilogue.scale), "epilogue scale must be finite");
+  const DataType out_dtype = expect_product_epilogue(p.epilogue, p.requantize, p.out, kBias,
+                                                     ctx.shape(kW)[0], ctx);
   // The geometry is Convolution's; the bias sits at input 2 there.
   std::vector<const Tensor*> geometry_inputs{&ctx.in(kX), &ctx.in(kW)};
   if (ctx.has(kBias)) geometry_inputs.push_back(&ctx.in(kBias));
@@ -140,7 +172,7 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
     ctx.expect_rank(kWScale, 1, "per-channel w_scale");
     ctx.check_equal(ws[0], ctx.shape(kW)[0], "w_scale length equals w's dim 0 (K)");
   }
-  ctx.add_output(p.out, std::move(out));
+  ctx.add_output(out_dtype, std::move(out));
 }
 
 }  // namespace ember::engine

@@ -3,8 +3,9 @@
 // Byte layout (little-endian), version 7 (version 1 had no Convolution/MatrixMultiply epilogue,
 // version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling,
 // version 4 no build target, version 5 no Plugin, Quantize, Dequantize or
-// QuantizedMatrixMultiply layer kind and no f8e4m3 dtype, version 6 no QuantizedConvolution;
-// versions 5 to 7 are read):
+// QuantizedMatrixMultiply layer kind and no f8e4m3 dtype, version 6 no QuantizedConvolution and
+// only the `out` field of QuantizedMatrixMultiply (no epilogue or requantization fields, read as
+// their defaults); versions 5 to 7 are read):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | build target | profiles | inputs | layers | outputs |
@@ -54,10 +55,12 @@ inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
 inline constexpr uint32_t kPlanFormatVersion = 7;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
                                                    // 6: Plugin, Quantize/Dequantize, f8e4m3,
-                                                   // 7: QuantizedConvolution
-/// The oldest version this build still reads: versions 6 and 7 only added layer kinds (Plugin,
+                                                   // 7: QuantizedConvolution, quantized
+                                                   //    epilogues and requantization
+/// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
-/// so version 5 and 6 plans read with the same code.
+/// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version
+/// 5 and 6 plans read with the same code.
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

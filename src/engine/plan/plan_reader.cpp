@@ -448,7 +448,12 @@ class PlanReader {
       }
       LayerParams params = default_layer_params(kind);
       ParamsReader fields(in, blob_, blob_size_, owner_);
-      visit_layer_fields(params, fields);
+      if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 7) {
+        // Version 6 stored only the output type (no epilogue, no requantization).
+        fields("out", std::get<QuantizedMatrixMultiplyParams>(params).out);
+      } else {
+        visit_layer_fields(params, fields);
+      }
       const size_t num_outputs = in.count("layer output list", kMinTensorRecordBytes);
       const size_t outputs_at = in.offset();
       std::vector<TensorRecord> records(num_outputs);

@@ -83,8 +83,10 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
   }
 }
 
-/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8.
-void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k) {
+/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8;
+/// with `epilogue`, also a bias, a GELU and the requantization to int8.
+void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
+                   bool epilogue = false) {
   Network net;
   Tensor* a = net.add_input("a", q, {m, k});
   std::vector<int8_t> w8(static_cast<size_t>(n * k));
@@ -104,8 +106,19 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k) {
   }
   QuantizedMatrixMultiplyParams p;
   p.out = out;
-  net.mark_output(
-      net.add_layer(p, {a, b, f32_constant(net, {0.02f}), f32_constant(net, sb)})->output(), "y");
+  std::vector<Tensor*> inputs{a, b, f32_constant(net, {0.02f}), f32_constant(net, sb)};
+  if (epilogue) {
+    std::vector<float> bv;
+    for (int64_t j = 0; j < n; ++j) bv.push_back(0.25f * static_cast<float>(j % 5) - 0.5f);
+    const TestTensor bt = TestTensor::floats(out, {n}, bv);
+    inputs.push_back(net.add_constant(Weights::copy(out, {n}, bt.bytes.data()))->output());
+    inputs.push_back(f32_constant(net, {0.05f}));
+    p.epilogue.fused_activation = true;
+    p.epilogue.activation = ActivationType::kGeluTanh;
+    p.requantize.enabled = true;
+    p.requantize.quant_min = -127;
+  }
+  net.mark_output(net.add_layer(p, inputs)->output(), "y");
   TestTensor at;
   if (q == DataType::kI8) {
     at = TestTensor::random(DataType::kI8, {m, k}, 4, -127.0f, 128.0f);
@@ -127,6 +140,24 @@ TEST(CudaQuantize, Int8GemmThroughCublasLtMatchesTheReference) {
   check_product(DataType::kI8, DataType::kF16, 33, 16, 64);
   check_product(DataType::kI8, DataType::kBF16, 5, 8, 12);
   check_product(DataType::kI8, DataType::kF32, 7, 5, 9);  // K % 4 != 0: the reference path
+}
+
+TEST(CudaQuantize, ProductEpiloguesMatchTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // Bias, GELU and requantization to int8 in the pass after the GEMM: int8 bytes must match
+  // the CPU reference exactly (both sum exactly and run the same f32 epilogue).
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128, true);
+  check_product(DataType::kI8, DataType::kF16, 33, 16, 64, true);
+  int dev = 0, major = 0, minor = 0;
+  test::cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  test::cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  test::cuda_ok(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  if (major * 10 + minor >= 89) {
+    // FP8: the f32 sums of the tensor cores may differ from the sequential reference in the
+    // last bits, so a requantized value on a rounding tie may move one step: bf16 output
+    // without requantization is compared instead (the epilogue pass after an f32 GEMM).
+    check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128, false);
+  }
 }
 
 TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
@@ -153,6 +184,7 @@ struct CudaQConv {
   DataType out = DataType::kF32;
   bool relu = false;
   bool direct = false;  ///< Expected to run in the direct kernel (3-d, grouped).
+  bool requantize = false;  ///< int8 output through out_scale.
 };
 
 void check_convolution(const CudaQConv& c, const std::string& what) {
@@ -185,6 +217,11 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   p.groups = c.groups;
   p.out = c.out;
   p.epilogue.fused_activation = c.relu;
+  if (c.requantize) {
+    inputs.resize(5, nullptr);
+    inputs.push_back(f32_constant(net, {0.04f}));
+    p.requantize.enabled = true;
+  }
   net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
   const TestTensor xt = TestTensor::random(DataType::kI8, c.x_dims, 6, -127.0f, 128.0f);
   {
@@ -215,6 +252,16 @@ TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
   check_convolution(odd, "1x1, K = 10, per-tensor, bf16");
   // 1-d (cuDNN sees height 1).
   check_convolution({{2, 8, 40}, {12, 8, 5}, {2}, {2}, {1}, {1}}, "1-d");
+  // Relu and requantization to int8 in the epilogue kernel (bytes must match).
+  CudaQConv requant{{2, 16, 10, 10}, {16, 16, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+  requant.relu = true;
+  requant.requantize = true;
+  check_convolution(requant, "relu + requantize");
+  CudaQConv requant_direct = requant;
+  requant_direct.groups = 4;
+  requant_direct.w_dims = {16, 4, 3, 3};
+  requant_direct.direct = true;
+  check_convolution(requant_direct, "grouped, relu + requantize (direct kernel)");
 }
 
 TEST(CudaQuantize, Int8ConvolutionOutsideCudnnRunsTheDirectKernel) {

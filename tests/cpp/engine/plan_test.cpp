@@ -312,7 +312,15 @@ Network all_kinds_network() {
                    ->output();
   QuantizedMatrixMultiplyParams qmp;
   qmp.out = DataType::kBF16;
-  Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws}, "qmm")->output();
+  qmp.epilogue.fused_activation = true;
+  qmp.epilogue.activation = ActivationType::kGeluErf;
+  qmp.requantize.enabled = true;
+  qmp.requantize.quant_min = -127;
+  Tensor* qmm_bias =
+      net.add_constant(Weights::from_vector<uint16_t>(DataType::kBF16, {3}, {0x3f80, 0, 0xbf80}),
+                       "qmm_bias")
+          ->output();
+  Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws, qmm_bias, s1}, "qmm")->output();
   // The fused int8 convolution: grouped, asymmetric padding, per-channel scales, an f16 bias
   // and an activation in its epilogue.
   std::vector<int8_t> cwv(2 * 2 * 3 * 3);
@@ -714,13 +722,61 @@ TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
   put_le(b, 8, 6, 4);
   EXPECT_EQ(plan_read(b.data(), b.size()).network.layers().size(),
             plan_read(current.data(), current.size()).network.layers().size());
-  auto all = all_kinds_plan();
-  put_le(all, 8, 6, 4);
-  const std::string m = expect_rejected(all, all.size(), false, "version 6 with a QuantizedConvolution");
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {4, 4, 1, 1},
+                                                    std::vector<int8_t>(16, 1)),
+                               "w")
+                  ->output();
+  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
+                  ->output();
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {0, 0};
+  net.mark_output(net.add_layer(p, {x, w, s, s}, "qconv")->output(), "y");
+  auto plan = plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  put_le(plan, 8, 6, 4);
+  const std::string m = expect_rejected(plan, plan.size(), false, "version 6 with a QuantizedConvolution");
   EXPECT_NE(m.find("is a QuantizedConvolution layer, which format version 6 does not have "
                    "(version 7 added it)"),
             std::string::npos)
       << m;
+}
+
+TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
+  // Version 6 stored a QuantizedMatrixMultiply's output type only; version 7 added its epilogue
+  // and requantization fields. Cutting those (the defaults) out of a current plan gives the
+  // version-6 bytes, which must read back to the same network: written again, the current plan.
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kI8, {2, 8});
+  Tensor* b = net.add_constant(Weights::from_vector(DataType::kI8, {4, 8},
+                                                    std::vector<int8_t>(32, 3)),
+                               "b")
+                  ->output();
+  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
+                  ->output();
+  QuantizedMatrixMultiplyParams p;
+  p.out = DataType::kF16;
+  net.mark_output(net.add_layer(p, {a, b, s, s}, "qmm")->output(), "y");
+  std::vector<OptimizationProfile> profiles(1);
+  const std::vector<uint8_t> current = plan_write(make_plan(net, profiles));
+  // The layer's params follow its implementation name and its four input ids; `out` is 1 byte,
+  // then the epilogue (f64, bool, enum, f64, f64) and the requantization (bool, i64, i64).
+  constexpr size_t kNewFieldBytes = 8 + 1 + 1 + 8 + 8 + 1 + 8 + 8;
+  const size_t params_at = find_bytes(current, encoded("cpu.QuantizedMatrixMultiply")) + 4 +
+                           std::string("cpu.QuantizedMatrixMultiply").size() + 4 + 4 * 4;
+  std::vector<uint8_t> v6 = current;
+  v6.erase(v6.begin() + static_cast<std::ptrdiff_t>(params_at + 1),
+           v6.begin() + static_cast<std::ptrdiff_t>(params_at + 1 + kNewFieldBytes));
+  // The payload shrinks; zeros keep the weights where they were.
+  const size_t payload_end = kPlanHeaderBytes + get_u64(current, kPlanPayloadSizePos) -
+                             kNewFieldBytes;
+  v6.insert(v6.begin() + static_cast<std::ptrdiff_t>(payload_end), kNewFieldBytes, 0);
+  put_le(v6, kPlanPayloadSizePos, get_u64(current, kPlanPayloadSizePos) - kNewFieldBytes, 8);
+  put_le(v6, 8, 6, 4);
+  reseal(v6);
+  const PlanModel read = plan_read(v6.data(), v6.size());
+  EXPECT_EQ(plan_write(read), current);
 }
 
 TEST(PlanFormat, BuildTargetIsValidated) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -718,6 +719,223 @@ TEST(QuantizedConvolution, CudaBackEndLogsTheConvolutionsCudnnCannotTake) {
     EXPECT_NE(line.find("cuda.QuantizedConvolution.direct"), std::string::npos) << line;
   }
   EXPECT_EQ(degraded, 1);
+}
+
+// ---------------------------------------------------------------- epilogues of the fused products
+
+/// What follows a Q/DQ product in an epilogue test.
+struct Tail {
+  bool bias = false;                 ///< + constant [N] (matrix product; the conv has its own)
+  std::optional<ActivationType> act;
+  bool requantize = false;           ///< Quantize (per-tensor int8) -> Dequantize -> output
+  bool per_channel_quantize = false; ///< near miss: a per-channel Quantize after
+  bool asymmetric_quantize = false;  ///< near miss: a zero point on the Quantize after
+  bool product_is_also_output = false;  ///< near miss: the product has a second reader
+};
+
+/// Appends `t` to product `y` [.., N] (channel axis `axis`) and marks the output.
+void add_tail(Network& net, Tensor* y, int64_t n, int64_t axis, const Tail& t) {
+  if (t.product_is_also_output) net.mark_output(y, "product");
+  if (t.bias) {
+    std::vector<float> b;
+    for (int64_t j = 0; j < n; ++j) b.push_back(0.05f * static_cast<float>(j) - 0.2f);
+    y = net.add_elementwise(y, scales(net, b), ElementWiseOp::kSum, "add_bias")->output();
+  }
+  if (t.act) y = net.add_activation(y, *t.act, 0.0, 0.0, "act")->output();
+  if (t.requantize || t.per_channel_quantize || t.asymmetric_quantize) {
+    QuantizeParams qp;
+    qp.quant_min = -127;
+    Tensor* s = scales(net, {0.01f});
+    Tensor* z = nullptr;
+    if (t.per_channel_quantize) {
+      qp.per_channel = true;
+      qp.axis = axis;
+      s = scales(net, std::vector<float>(static_cast<size_t>(n), 0.01f));
+    }
+    if (t.asymmetric_quantize) z = zero_points(net, {3});
+    DequantizeParams dp;
+    dp.per_channel = qp.per_channel;
+    dp.axis = qp.axis;
+    Tensor* q = net.add_quantize(y, s, z, qp, "q_out")->output();
+    y = net.add_dequantize(q, s, z, dp, "dq_out")->output();
+  }
+  net.mark_output(y, "y");
+}
+
+/// The built plan's layers of `kind`.
+std::vector<const Layer*> layers_of(const PlanModel& plan, LayerKind kind) {
+  std::vector<const Layer*> out;
+  for (const Layer* l : plan.network.layers()) {
+    if (l->kind() == kind) out.push_back(l);
+  }
+  return out;
+}
+
+PlanModel built_plan(const Network& net) {
+  BuilderConfig config;
+  config.optimization_level = 3;
+  const std::vector<uint8_t> bytes = Builder(config).build(net);
+  return plan_read(bytes.data(), bytes.size());
+}
+
+TEST(QuantizedEpilogues, MatrixProductTakesBiasActivationAndRequantization) {
+  struct Case {
+    Tail tail;
+    bool fuses_bias, fuses_act, fuses_requantize;
+  };
+  Tail bias_relu{true, ActivationType::kRelu};
+  Tail gelu{false, ActivationType::kGeluErf};
+  Tail requant{};
+  requant.requantize = true;
+  Tail all{true, ActivationType::kGeluTanh};
+  all.requantize = true;
+  const std::vector<Case> cases = {{bias_relu, true, true, false},
+                                   {gelu, false, true, false},
+                                   {requant, false, false, true},
+                                   {all, true, true, true}};
+  const TestTensor x = TestTensor::random(DataType::kF32, {6, 32}, 21, -2.0f, 2.0f);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const Tail& t = cases[i].tail;
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {6, 32});
+    Tensor* sa = scales(net, {0.02f});
+    QuantizeParams qp;
+    qp.quant_min = -127;
+    Tensor* a = net.add_dequantize(net.add_quantize(in, sa, nullptr, qp)->output(), sa, nullptr,
+                                   DequantizeParams{})
+                    ->output();
+    std::vector<int8_t> w8(8 * 32);
+    for (size_t j = 0; j < w8.size(); ++j) {
+      w8[j] = static_cast<int8_t>((static_cast<int>(j) * 37) % 255 - 127);
+    }
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 32}, w8))->output();
+    DequantizeParams wp;
+    wp.per_channel = true;
+    std::vector<float> sb;
+    for (int j = 0; j < 8; ++j) sb.push_back(0.001f * static_cast<float>(j + 1));
+    Tensor* w = net.add_dequantize(wq, scales(net, sb), nullptr, wp)->output();
+    add_tail(net, net.add_matrix_multiply(a, false, w, true, "mm")->output(), 8, 1, t);
+    const PlanModel plan = built_plan(net);
+    const auto q = layers_of(plan, LayerKind::kQuantizedMatrixMultiply);
+    ASSERT_EQ(q.size(), 1u);
+    const auto& p = q[0]->params_as<QuantizedMatrixMultiplyParams>();
+    EXPECT_EQ(q[0]->input(4) != nullptr, cases[i].fuses_bias);
+    EXPECT_EQ(p.epilogue.fused_activation, cases[i].fuses_act);
+    EXPECT_EQ(p.requantize.enabled, cases[i].fuses_requantize);
+    if (cases[i].fuses_requantize) {
+      EXPECT_EQ(q[0]->output()->dtype(), DataType::kI8);
+      EXPECT_EQ(p.requantize.quant_min, -127);
+      EXPECT_TRUE(layers_of(plan, LayerKind::kQuantize).size() == 1u);  // only the input's
+    }
+    EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
+    EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
+    // run_network checks the fused engine against the unfused network's reference run.
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedEpilogues, ConvolutionTakesActivationAndRequantization) {
+  Tail relu{false, ActivationType::kRelu};
+  Tail relu_requant{false, ActivationType::kRelu};
+  relu_requant.requantize = true;
+  Tail gelu_requant{false, ActivationType::kGeluErf};
+  gelu_requant.requantize = true;
+  const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
+  for (const Tail& t : {relu, relu_requant, gelu_requant}) {
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {2, 4, 6, 6});
+    Tensor* sx = scales(net, {0.02f});
+    Tensor* xd = net.add_dequantize(net.add_quantize(in, sx, nullptr, QuantizeParams{})->output(),
+                                    sx, nullptr, DequantizeParams{})
+                     ->output();
+    std::vector<int8_t> w8(8 * 4 * 3 * 3);
+    for (size_t j = 0; j < w8.size(); ++j) {
+      w8[j] = static_cast<int8_t>((static_cast<int>(j) * 53) % 255 - 127);
+    }
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 4, 3, 3}, w8))->output();
+    Tensor* wd = net.add_dequantize(wq, scales(net, {0.004f}), nullptr, DequantizeParams{})
+                     ->output();
+    ConvolutionParams cp;
+    cp.stride = cp.dilation = {1, 1};
+    cp.padding_begin = cp.padding_end = {1, 1};
+    Tensor* b = scales(net, {0.1f, -0.1f, 0.2f, 0.0f, 0.3f, -0.3f, 0.05f, 0.0f});
+    add_tail(net, net.add_convolution(xd, wd, b, cp, "conv")->output(), 8, 1, t);
+    const PlanModel plan = built_plan(net);
+    const auto q = layers_of(plan, LayerKind::kQuantizedConvolution);
+    ASSERT_EQ(q.size(), 1u);
+    const auto& p = q[0]->params_as<QuantizedConvolutionParams>();
+    EXPECT_TRUE(p.epilogue.fused_activation);
+    EXPECT_EQ(p.epilogue.activation, *t.act);
+    EXPECT_EQ(p.requantize.enabled, t.requantize);
+    EXPECT_EQ(q[0]->output()->dtype(), t.requantize ? DataType::kI8 : DataType::kF32);
+    EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedEpilogues, NearMissesAreNotFused) {
+  // A per-channel or asymmetric Quantize after the product stays a Quantize layer; a product
+  // that is also a network output keeps its activation outside (both readers need the float
+  // product).
+  Tail per_channel{false, ActivationType::kRelu};
+  per_channel.per_channel_quantize = true;
+  Tail asymmetric{false, ActivationType::kRelu};
+  asymmetric.asymmetric_quantize = true;
+  Tail shared{false, ActivationType::kRelu};
+  shared.product_is_also_output = true;
+  const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 5, -2.0f, 2.0f);
+  for (const Tail& t : {per_channel, asymmetric, shared}) {
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {2, 4, 6, 6});
+    Tensor* sx = scales(net, {0.02f});
+    Tensor* xd = net.add_dequantize(net.add_quantize(in, sx, nullptr, QuantizeParams{})->output(),
+                                    sx, nullptr, DequantizeParams{})
+                     ->output();
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 4, 1, 1},
+                                                       std::vector<int8_t>(32, 5)))
+                     ->output();
+    Tensor* wd = net.add_dequantize(wq, scales(net, {0.01f}), nullptr, DequantizeParams{})
+                     ->output();
+    ConvolutionParams cp;
+    cp.stride = cp.dilation = {1, 1};
+    cp.padding_begin = cp.padding_end = {0, 0};
+    add_tail(net, net.add_convolution(xd, wd, nullptr, cp, "conv")->output(), 8, 1, t);
+    const PlanModel plan = built_plan(net);
+    const auto q = layers_of(plan, LayerKind::kQuantizedConvolution);
+    ASSERT_EQ(q.size(), 1u);
+    const auto& p = q[0]->params_as<QuantizedConvolutionParams>();
+    EXPECT_FALSE(p.requantize.enabled);
+    EXPECT_EQ(q[0]->output()->dtype(), DataType::kF32);
+    EXPECT_EQ(p.epilogue.fused_activation, !t.product_is_also_output);
+    if (!t.product_is_also_output) EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), 2u);
+    test::run_network(net, {x});
+  }
+}
+
+TEST(QuantizedEpilogues, RequantizationIsCheckedOnTheLayer) {
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kI8, {4, 16});
+  Tensor* b = net.add_input("b", DataType::kI8, {8, 16});
+  Tensor* s = scales(net, {1.0f});
+  QuantizedMatrixMultiplyParams p;
+  p.requantize.enabled = true;
+  test::expect_error([&] { net.add_layer(p, {a, b, s, s}); },
+                     {"QuantizedMatrixMultiply", "requantize needs out_scale (input 5)"});
+  p.requantize.quant_min = -129;
+  test::expect_error([&] { net.add_layer(p, {a, b, s, s, nullptr, s}); },
+                     {"requantize range [-129, 127]"});
+  QuantizedMatrixMultiplyParams plain;
+  test::expect_error([&] { net.add_layer(plain, {a, b, s, s, nullptr, s}); },
+                     {"out_scale) is only taken with requantize on"});
+  test::expect_error([&] { net.add_layer(plain, {a, b, s, s, scales(net, {1, 2, 3})}); },
+                     {"bias length equals the output channels (8)", "3 != 8"});
+  p.requantize.quant_min = -128;
+  EXPECT_EQ(net.add_layer(p, {a, b, s, s, nullptr, s})->output()->dtype(), DataType::kI8);
 }
 
 }  // namespace

@@ -50,6 +50,61 @@ QuantParams read_params(const KernelArgs& a, int64_t channels) {
   return q;
 }
 
+/// `v` rounded to the float type `t` (f32, f16 or bf16).
+float rounded(DataType t, float v) {
+  alignas(8) uint8_t tmp[8];  // room for any dtype store_float handles
+  store_float(t, tmp, 0, v);
+  return load_float(t, tmp, 0);
+}
+
+/// What a fused product does with each value after its scales and bias (layers.h): round to
+/// the float type `out`, apply the epilogue's activation (rounding again), then requantize to
+/// i8 or store the float.
+struct ProductFinish {
+  DataType out = DataType::kF32;
+  bool activation = false;
+  ActivationType type = ActivationType::kRelu;
+  float alpha = 0.0f, beta = 0.0f;
+  bool requantize = false;
+  float inv_out_scale = 1.0f, lo = -128.0f, hi = 127.0f;
+
+  ProductFinish(DataType out_type, const Epilogue& e, const Requantize& r, const KernelArgs& a,
+                size_t out_scale_index)
+      : out(out_type),
+        activation(e.fused_activation),
+        type(e.activation),
+        alpha(static_cast<float>(e.alpha)),
+        beta(static_cast<float>(e.beta)),
+        requantize(r.enabled),
+        lo(static_cast<float>(r.quant_min)),
+        hi(static_cast<float>(r.quant_max)) {
+    if (requantize) {
+      inv_out_scale = semantics::quant_inv_scale(a.in(out_scale_index).as<const float>()[0]);
+    }
+  }
+
+  void store(void* data, int64_t i, float v) const {
+    float y = rounded(out, v);
+    if (activation) y = rounded(out, semantics::activation(type, y, alpha, beta));
+    if (requantize) {
+      static_cast<int8_t*>(data)[i] =
+          static_cast<int8_t>(semantics::quant_round_clamp(y, inv_out_scale, 0.0f, lo, hi));
+    } else {
+      store_float(out, data, i, y);
+    }
+  }
+};
+
+/// The bias of a fused product (input `index`, `n` values of the output's float type) as f32,
+/// or zeros when absent.
+std::vector<float> product_bias(const KernelArgs& a, size_t index, int64_t n) {
+  std::vector<float> bias(static_cast<size_t>(n), 0.0f);
+  if (a.has(index)) {
+    for (int64_t j = 0; j < n; ++j) bias[j] = load_float(a.in(index).dtype, a.in(index).data, j);
+  }
+  return bias;
+}
+
 }  // namespace
 
 void run(const QuantizeParams& p, const KernelArgs& a) {
@@ -97,6 +152,14 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
   const HostTensor& sbt = a.in(3);
   const float* sb = sbt.as<const float>();
   const bool per_column = sbt.numel() > 1;
+  const std::vector<float> bias = product_bias(a, 4, n);
+  const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
+  const auto scale = static_cast<float>(p.epilogue.scale);
+  auto store = [&](int64_t i, int64_t j, float sum) {
+    finish.store(out.data, i * n + j,
+                 semantics::quantized_product_value(sum, sa * sb[per_column ? j : 0], scale,
+                                                    bias[static_cast<size_t>(j)]));
+  };
   if (at.dtype == DataType::kI8) {
     const auto* qa = at.as<const int8_t>();
     const auto* qb = bt.as<const int8_t>();
@@ -105,8 +168,7 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
         for (int64_t j = 0; j < n; ++j) {
           int32_t acc = 0;  // |sum| <= 128 * 128 * k: exact for k < 2^17
           for (int64_t t = 0; t < k; ++t) acc += int32_t{qa[i * k + t]} * int32_t{qb[j * k + t]};
-          store_float(p.out, out.data, i * n + j,
-                      static_cast<float>(acc) * sa * sb[per_column ? j : 0]);
+          store(i, j, static_cast<float>(acc));
         }
       }
     });
@@ -121,7 +183,7 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
       for (int64_t j = 0; j < n; ++j) {
         float acc = 0.0f;
         for (int64_t t = 0; t < k; ++t) acc += fa[i * k + t] * fb[j * k + t];
-        store_float(p.out, out.data, i * n + j, acc * sa * sb[0]);
+        store(i, j, acc);
       }
     }
   });
@@ -169,14 +231,9 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
   const HostTensor& wst = a.in(3);
   const float* ws = wst.as<const float>();
   const bool per_channel = wst.numel() > 1;
-  std::vector<float> bias;
-  if (a.has(4)) {
-    for (int64_t k = 0; k < s.out_channels; ++k) bias.push_back(load_float(a.in(4).dtype,
-                                                                          a.in(4).data, k));
-  }
+  const std::vector<float> bias = product_bias(a, 4, s.out_channels);
+  const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
   const auto scale = static_cast<float>(p.epilogue.scale);
-  const Epilogue& e = p.epilogue;
-  const auto act_alpha = static_cast<float>(e.alpha), act_beta = static_cast<float>(e.beta);
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
   const int64_t in_plane = s.in[0] * s.in[1] * s.in[2];
   const int64_t out_plane = s.out[0] * s.out[1] * s.out[2];
@@ -213,15 +270,9 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
             }
           }
         }
-        const int64_t i = item * out_plane + o;
-        store_float(p.out, ot.data, i,
-                    semantics::quantized_conv_value(static_cast<float>(acc), multiplier, scale,
-                                                    bias.empty() ? 0.0f : bias[static_cast<size_t>(k)]));
-        if (e.fused_activation) {
-          store_float(p.out, ot.data, i,
-                      semantics::activation(e.activation, load_float(p.out, ot.data, i),
-                                            act_alpha, act_beta));
-        }
+        finish.store(ot.data, item * out_plane + o,
+                     semantics::quantized_product_value(static_cast<float>(acc), multiplier,
+                                                        scale, bias[static_cast<size_t>(k)]));
       }
     }
   });

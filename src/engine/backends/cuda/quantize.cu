@@ -1,6 +1,7 @@
 // CUDA kernels of the quantization family: Quantize and Dequantize, one grid-stride pointwise
-// pass each, the scaling pass after the INT8 product's int32 GEMM (quantized_matmul.cpp), and
-// the INT8 convolution's packing, epilogue and direct kernels (quantized_conv.cpp).
+// pass each, the epilogue pass after a low-precision GEMM (scales, bias, activation,
+// requantization; quantized_matmul.cpp), and the INT8 convolution's packing, epilogue and direct
+// kernels (quantized_conv.cpp).
 // The arithmetic is backends/semantics/quantize.h (the CPU reference's); FP8 conversions are
 // cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
 #include <cuda_fp8.h>
@@ -121,29 +122,52 @@ void dispatch_float_storage(DataType t, Fn&& fn) {
 
 namespace {
 
+/// Finishes output element `i` (output channel `channel`) of a fused product from its sum,
+/// through `e` (layers.h): scales and bias in f32, rounding to TO, activation, requantization.
 template <typename TO>
-__global__ void scale_int32_kernel(const int32_t* __restrict__ acc, TO* __restrict__ out,
-                                   int64_t total, int64_t n, const float* __restrict__ a_scale,
-                                   const float* __restrict__ b_scale, bool per_column) {
-  const float sa = a_scale[0];
+__device__ __forceinline__ void product_store(void* out, int64_t i, int64_t channel, float sum,
+                                              const ProductEpilogue& e) {
+  const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
+  const float bias =
+      e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
+  TO v = Num<TO>::store(semantics::quantized_product_value(sum, multiplier, e.scale, bias));
+  if (e.activation) {
+    v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
+  }
+  if (e.out_scale != nullptr) {
+    const float inv = semantics::quant_inv_scale(e.out_scale[0]);
+    static_cast<int8_t*>(out)[i] = static_cast<int8_t>(
+        semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
+  } else {
+    static_cast<TO*>(out)[i] = v;
+  }
+}
+
+template <typename TA, typename TO>
+__global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, int64_t total,
+                                        int64_t n, ProductEpilogue e) {
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const float sb = b_scale[per_column ? i % n : 0];
-    out[i] = Num<TO>::store(static_cast<float>(acc[i]) * sa * sb);
+    product_store<TO>(out, i, i % n, static_cast<float>(acc[i]), e);
   }
 }
 
 }  // namespace
 
-void launch_scale_int32_accumulator(const int32_t* acc, void* out, DataType out_dtype, int64_t m,
-                                    int64_t n, const float* a_scale, const float* b_scale,
-                                    bool per_column, cudaStream_t stream) {
+void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
+                             int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = m * n;
-  dispatch_float_storage(out_dtype, [&](auto* tag) {
+  if (total == 0) return;
+  dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    scale_int32_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(
-        acc, static_cast<TO*>(out), total, n, a_scale, b_scale, per_column);
+    if (int32_acc) {
+      product_epilogue_kernel<int32_t, TO><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const int32_t*>(acc), out, total, n, e);
+    } else {
+      product_epilogue_kernel<float, TO><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const float*>(acc), out, total, n, e);
+    }
   });
-  check(cudaGetLastError(), "scale_int32_kernel");
+  check(cudaGetLastError(), "product_epilogue_kernel");
 }
 
 void run(const QuantizeParams& p, const CudaArgs& a) {
@@ -231,36 +255,22 @@ __global__ void qconv_pack_weight_kernel(const int8_t* __restrict__ w, int8_t* _
   }
 }
 
-/// Stores the finished value of output element `i` (channel `k`) through the epilogue.
 template <typename TO>
-__device__ __forceinline__ void qconv_store(TO* out, int64_t i, int64_t k, float acc,
-                                            const QConvEpilogue& e) {
-  const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? k : 0];
-  const float bias = e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[k]) : 0.0f;
-  TO v = Num<TO>::store(semantics::quantized_conv_value(acc, multiplier, e.scale, bias));
-  if (e.activation) {
-    v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
-  }
-  out[i] = v;
-}
-
-template <typename TO>
-__global__ void qconv_epilogue_kernel(const float* __restrict__ y, TO* __restrict__ out,
-                                      int64_t total, QConvGeometry g, int64_t k4,
-                                      QConvEpilogue e) {
+__global__ void qconv_epilogue_kernel(const float* __restrict__ y, void* out, int64_t total,
+                                      QConvGeometry g, int64_t k4, ProductEpilogue e) {
   const int64_t plane = g.out[0] * g.out[1] * g.out[2];
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
     const int64_t p = i % plane;
     const int64_t k = (i / plane) % g.out_channels;
     const int64_t n = i / (plane * g.out_channels);
-    qconv_store(out, i, k, y[(n * plane + p) * k4 + k], e);
+    product_store<TO>(out, i, k, y[(n * plane + p) * k4 + k], e);
   }
 }
 
 template <typename TO>
 __global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* __restrict__ w,
-                                    TO* __restrict__ out, int64_t total, QConvGeometry g,
-                                    QConvEpilogue e) {
+                                    void* out, int64_t total, QConvGeometry g,
+                                    ProductEpilogue e) {
   const int64_t plane = g.out[0] * g.out[1] * g.out[2];
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   const int64_t taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
@@ -291,7 +301,7 @@ __global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* 
         }
       }
     }
-    qconv_store(out, i, k, static_cast<float>(acc), e);
+    product_store<TO>(out, i, k, static_cast<float>(acc), e);
   }
 }
 
@@ -314,26 +324,24 @@ void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeomet
   check(cudaGetLastError(), "qconv_pack_weight_kernel");
 }
 
-void launch_qconv_epilogue(const float* y, void* out, DataType out_dtype, const QConvGeometry& g,
-                           int64_t k4, const QConvEpilogue& e, cudaStream_t stream) {
+void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const QConvGeometry& g,
+                           int64_t k4, const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
   if (total == 0) return;
-  dispatch_float_storage(out_dtype, [&](auto* tag) {
+  dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    qconv_epilogue_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(
-        y, static_cast<TO*>(out), total, g, k4, e);
+    qconv_epilogue_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(y, out, total, g, k4, e);
   });
   check(cudaGetLastError(), "qconv_epilogue_kernel");
 }
 
-void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType out_dtype,
-                         const QConvGeometry& g, const QConvEpilogue& e, cudaStream_t stream) {
+void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType float_type,
+                         const QConvGeometry& g, const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
   if (total == 0) return;
-  dispatch_float_storage(out_dtype, [&](auto* tag) {
+  dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(
-        x, w, static_cast<TO*>(out), total, g, e);
+    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(x, w, out, total, g, e);
   });
   check(cudaGetLastError(), "qconv_direct_kernel");
 }

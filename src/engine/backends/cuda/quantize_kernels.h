@@ -10,24 +10,12 @@
 
 namespace ember::engine::cuda {
 
-/// out[i, j] = acc[i, j] * a_scale[0] * b_scale[per_column ? j : 0] for an m x n row-major int32
-/// accumulator, stored as `out_dtype` (f32, f16 or bf16). Enqueued on `stream`.
-void launch_scale_int32_accumulator(const int32_t* acc, void* out, DataType out_dtype, int64_t m,
-                                    int64_t n, const float* a_scale, const float* b_scale,
-                                    bool per_column, cudaStream_t stream);
-
-/// A QuantizedConvolution as its kernels see it: spatial dims padded to three with leading 1s
-/// (1-d and 2-d convolutions are 3-d ones of depth and height 1), NCHW int8 x and KCRS int8 w.
-struct QConvGeometry {
-  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
-  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
-  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
-};
-
-/// What happens to each output after its int32 sum (layers.h, QuantizedConvolution): scales,
-/// epilogue scale, bias (of the output dtype, nullptr for none), rounding, activation.
-struct QConvEpilogue {
-  const float* x_scale = nullptr;  ///< One element (device).
+/// What happens to each output of a fused low-precision product after its sum (layers.h,
+/// QuantizedMatrixMultiply and QuantizedConvolution): the scales, the epilogue scale, the bias
+/// (of the float type, nullptr for none), rounding to the float type, the activation, and the
+/// requantization to int8 when out_scale is set.
+struct ProductEpilogue {
+  const float* x_scale = nullptr;  ///< One element (device): a_scale / x_scale.
   const float* w_scale = nullptr;  ///< One element or one per output channel (device).
   bool per_channel = false;
   float scale = 1.0f;
@@ -35,6 +23,27 @@ struct QConvEpilogue {
   bool activation = false;
   ActivationType type = ActivationType::kRelu;
   float alpha = 0.0f, beta = 0.0f;
+  const float* out_scale = nullptr;  ///< Requantize to int8 when set (device, one element).
+  float quant_min = -128.0f, quant_max = 127.0f;
+};
+
+struct CudaArgs;
+/// The ProductEpilogue of a fused product layer: both kinds take x_scale, w_scale, the
+/// optional bias and the optional out_scale as inputs 2 to 5 (quantized_matmul.cpp).
+ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, const CudaArgs& a);
+
+/// The epilogue of a matrix product from its m x n row-major accumulator (int32 for INT8,
+/// f32 for FP8), into `out`: `float_type` (f32, f16 or bf16) values, or int8 when the epilogue
+/// requantizes. Enqueued on `stream`.
+void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
+                             int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
+
+/// A QuantizedConvolution as its kernels see it: spatial dims padded to three with leading 1s
+/// (1-d and 2-d convolutions are 3-d ones of depth and height 1), NCHW int8 x and KCRS int8 w.
+struct QConvGeometry {
+  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
 };
 
 /// Copies NCHW int8 x [N, C, H, W] (geometry dims 1 and 2) into NHWC [N, Hp, Wp, c4] with
@@ -46,12 +55,13 @@ void launch_qconv_pack_input(const int8_t* x, int8_t* packed, const QConvGeometr
 /// Copies KCRS int8 w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
 void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
                               int64_t k4, int64_t c4, cudaStream_t stream);
-/// out (NCHW, `out_dtype`) from cuDNN's f32 NHWC sums y [N, OH, OW, k4], through `e`.
-void launch_qconv_epilogue(const float* y, void* out, DataType out_dtype, const QConvGeometry& g,
-                           int64_t k4, const QConvEpilogue& e, cudaStream_t stream);
+/// out (NCHW; `float_type` values or int8, see ProductEpilogue) from cuDNN's f32 NHWC sums
+/// y [N, OH, OW, k4], through `e`.
+void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const QConvGeometry& g,
+                           int64_t k4, const ProductEpilogue& e, cudaStream_t stream);
 /// The whole convolution in one direct kernel (int32 sums, then `e`): any geometry, groups and
 /// channel count; what runs where cuDNN's int8 convolution does not.
-void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType out_dtype,
-                         const QConvGeometry& g, const QConvEpilogue& e, cudaStream_t stream);
+void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType float_type,
+                         const QConvGeometry& g, const ProductEpilogue& e, cudaStream_t stream);
 
 }  // namespace ember::engine::cuda

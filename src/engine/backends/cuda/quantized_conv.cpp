@@ -4,7 +4,8 @@
 //   x NCHW int8 --pack--> NHWC [N, H + pads, W + pads, C4], the padding written as zeros
 //   w KCRS int8 --pack--> KRSC [K4, R, S, C4]
 //   cuDNN: y f32 NHWC [N, OH, OW, K4] = the exact int32 sums (no padding left to apply)
-//   epilogue: out NCHW = act(y * x_scale * w_scale[k] * scale + bias[k]) in the output dtype
+//   epilogue: out NCHW = act(y * x_scale * w_scale[k] * scale + bias[k]) in the float type,
+//             requantized to int8 when the layer says so
 //
 // cuDNN's INT8 convolution wants channel counts that are multiples of 4 and symmetric padding;
 // rather than refusing the RGB first layer of every image model (C = 3), the packing rounds C
@@ -66,25 +67,11 @@ QConvGeometry geometry_of(const QuantizedConvolutionParams& p, const DeviceTenso
   return g;
 }
 
-QConvEpilogue epilogue_of(const QuantizedConvolutionParams& p, const CudaArgs& a) {
-  QConvEpilogue e;
-  e.x_scale = static_cast<const float*>(a.in(2).data);
-  e.w_scale = static_cast<const float*>(a.in(3).data);
-  e.per_channel = a.in(3).numel() > 1;
-  e.scale = static_cast<float>(p.epilogue.scale);
-  e.bias = a.has(4) ? a.in(4).data : nullptr;
-  e.activation = p.epilogue.fused_activation;
-  e.type = p.epilogue.activation;
-  e.alpha = static_cast<float>(p.epilogue.alpha);
-  e.beta = static_cast<float>(p.epilogue.beta);
-  return e;
-}
-
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 /// The cuDNN path; false when cuDNN refuses the problem (nothing was written then).
 bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
-               const QConvEpilogue& e) {
+               const ProductEpilogue& e) {
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
@@ -154,7 +141,7 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
                               yd.h, y) != CUDNN_STATUS_SUCCESS) {
     return false;  // the packing kernels wrote only workspace: the direct kernel starts afresh
   }
-  launch_qconv_epilogue(y, out.data, out.dtype, g, k4, e, a.stream());
+  launch_qconv_epilogue(y, out.data, p.out, g, k4, e, a.stream());
   return true;
 }
 
@@ -178,11 +165,11 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   DeviceTensor& out = a.out();
   if (out.numel() == 0) return;
   const QConvGeometry g = geometry_of(p, x, w, out);
-  const QConvEpilogue e = epilogue_of(p, a);
+  const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
   if (x.numel() > 0 && qconv_direct_reason(p).empty() && run_cudnn(p, a, g, e)) return;
   launch_qconv_direct(static_cast<const int8_t*>(x.data), static_cast<const int8_t*>(w.data),
-                      out.data, out.dtype, g, e, a.stream());
+                      out.data, p.out, g, e, a.stream());
 }
 
 }  // namespace ember::engine::cuda

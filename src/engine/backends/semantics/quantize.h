@@ -24,11 +24,11 @@ EMBER_HOST_DEVICE inline float quant_round_clamp(float v, float inv_scale, float
   return r >= lo ? (r <= hi ? r : hi) : lo;
 }
 
-/// A quantized convolution's value before it is rounded to the output type (layers.h,
-/// QuantizedConvolution): the exact integer sum `acc` (an f32 value: a library's float output
-/// of its int32 sum, or the int32 converted), times x_scale * w_scale[k] (`multiplier`, computed
-/// first), times the epilogue scale, plus the bias (0 when there is none).
-EMBER_HOST_DEVICE inline float quantized_conv_value(float acc, float multiplier, float scale,
+/// A fused low-precision product's value before it is rounded to the output type (layers.h,
+/// QuantizedConvolution and QuantizedMatrixMultiply): `acc` (the exact integer sum as an f32
+/// value; FP8: the f32 sum) times `multiplier` (x_scale * w_scale[k], computed first), times
+/// the epilogue scale, plus the bias (0 when there is none).
+EMBER_HOST_DEVICE inline float quantized_product_value(float acc, float multiplier, float scale,
                                                     float bias) {
   float v = acc * multiplier;
   if (scale != 1.0f) v *= scale;
