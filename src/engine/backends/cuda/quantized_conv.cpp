@@ -17,7 +17,9 @@
 // What cuDNN's INT8 path does not cover (3-d, grouped convolutions; a configuration it refuses
 // at run time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the
 // CPU reference, slower. The back end names such layers "cuda.QuantizedConvolution.direct" and
-// says why (qconv_direct_reason), which the builder logs as a degradation.
+// says why (qconv_direct_reason), which the builder logs as a degradation; at run time each
+// layer that takes the direct kernel is reported once per context (Resources::warn_once, which
+// the embedder hands to the "ember" logger), cuDNN's refusals included.
 #include <cudnn.h>
 
 #include <climits>
@@ -69,9 +71,10 @@ QConvGeometry geometry_of(const QuantizedConvolutionParams& p, const DeviceTenso
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-/// The cuDNN path; false when cuDNN refuses the problem (nothing was written then).
+/// The cuDNN path; false when cuDNN refuses the problem (nothing but workspace was written
+/// then), with the refusal in `why`.
 bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
-               const ProductEpilogue& e) {
+               const ProductEpilogue& e, std::string& why) {
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
@@ -83,7 +86,10 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   for (const int64_t v : {g.batch, hp, wp, c4, k4, g.kernel[1], g.kernel[2], g.out[1], g.out[2],
                           g.stride[1], g.stride[2], g.dilation[1], g.dilation[2],
                           g.batch * hp * wp * c4, g.batch * g.out[1] * g.out[2] * k4}) {
-    if (!fits_int(v)) return false;
+    if (!fits_int(v)) {
+      why = "a size does not fit cuDNN's int";
+      return false;
+    }
   }
   TensorDesc xd, yd;
   FilterDesc wd;
@@ -104,6 +110,7 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
       cudnnSetConvolutionMathType(cd.h, CUDNN_TENSOR_OP_MATH) != CUDNN_STATUS_SUCCESS ||
       cudnnSetTensor4dDescriptor(yd.h, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, i(g.batch), i(k4),
                                  i(g.out[1]), i(g.out[2])) != CUDNN_STATUS_SUCCESS) {
+    why = "cuDNN refused the INT8 descriptors";
     return false;
   }
   // cuDNN's output size must be the layer's (it is: the padding is in the packed input).
@@ -111,6 +118,7 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   if (cudnnGetConvolution2dForwardOutputDim(cd.h, xd.h, wd.h, &on, &oc, &oh, &ow) !=
           CUDNN_STATUS_SUCCESS ||
       oh != g.out[1] || ow != g.out[2]) {
+    why = "cuDNN's output size differs from the layer's";
     return false;
   }
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
@@ -120,8 +128,10 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   if (cudnnGetConvolutionForwardWorkspaceSize(handle, xd.h, wd.h, cd.h, yd.h, algo, &ws_bytes) !=
       CUDNN_STATUS_SUCCESS) {
     algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-    if (cudnnGetConvolutionForwardWorkspaceSize(handle, xd.h, wd.h, cd.h, yd.h, algo,
-                                                &ws_bytes) != CUDNN_STATUS_SUCCESS) {
+    const cudnnStatus_t st =
+        cudnnGetConvolutionForwardWorkspaceSize(handle, xd.h, wd.h, cd.h, yd.h, algo, &ws_bytes);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      why = std::string("no INT8 algorithm: ") + cudnnGetErrorString(st);
       return false;
     }
   }
@@ -137,9 +147,12 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   launch_qconv_pack_input(static_cast<const int8_t*>(x.data), xp, g, hp, wp, c4, a.stream());
   launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k4, c4, a.stream());
   const float one = 1.0f, zero = 0.0f;
-  if (cudnnConvolutionForward(handle, &one, xd.h, xp, wd.h, wpk, cd.h, algo, ws, ws_bytes, &zero,
-                              yd.h, y) != CUDNN_STATUS_SUCCESS) {
-    return false;  // the packing kernels wrote only workspace: the direct kernel starts afresh
+  const cudnnStatus_t st = cudnnConvolutionForward(handle, &one, xd.h, xp, wd.h, wpk, cd.h, algo,
+                                                   ws, ws_bytes, &zero, yd.h, y);
+  if (st != CUDNN_STATUS_SUCCESS) {
+    // The packing kernels wrote only workspace: the direct kernel starts afresh.
+    why = std::string("cudnnConvolutionForward: ") + cudnnGetErrorString(st);
+    return false;
   }
   launch_qconv_epilogue(y, out.data, p.out, g, k4, e, a.stream());
   return true;
@@ -167,7 +180,19 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   const QConvGeometry g = geometry_of(p, x, w, out);
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
-  if (x.numel() > 0 && qconv_direct_reason(p).empty() && run_cudnn(p, a, g, e)) return;
+  if (x.numel() > 0) {
+    std::string why = qconv_direct_reason(p);
+    if (why.empty()) {
+      if (run_cudnn(p, a, g, e, why)) return;
+      why = "cuDNN's INT8 convolution refused it (" + why +
+            "), so it runs in Ember's direct int8 kernel (exact, slower)";
+    }
+    // Correct but slower: said once per context and layer (the runtime's warning channel; the
+    // build log already named the layers whose shape decides it).
+    a.res->warn_once(a.layer, (a.layer != nullptr ? a.layer->describe()
+                                                  : std::string("a QuantizedConvolution")) +
+                                  ": " + why);
+  }
   launch_qconv_direct(static_cast<const int8_t*>(x.data), static_cast<const int8_t*>(w.data),
                       out.data, p.out, g, e, a.stream());
 }
