@@ -132,6 +132,10 @@ def test_pt2e_style_asymmetric_linear_compiles_and_matches():
     model = PT2ELinear()
     x = torch.randn(8, 32)
     gm = compile_full(model, [x])
+    # uint8 activations with a zero point fuse into the int8 product (input 6, the zero point).
+    layers = [layer for layer in engine_layer_records(gm)
+              if layer["type"] == "QuantizedMatrixMultiply"]
+    assert len(layers) == 1 and layers[0]["inputs"][0]["dtype"] == "u8", layers
     with torch.no_grad():
         assert_close(gm(x), model(x))
 
@@ -430,7 +434,7 @@ def test_quantized_decomposed_convolution_fuses_and_matches_pytorch(case, shape)
         assert_close(gm(x), model(x))
 
 
-def test_a_convolution_with_asymmetric_activations_is_not_fused():
+def test_a_convolution_with_asymmetric_activations_fuses_and_matches():
     class Asymmetric(QConvOnly):
         def forward(self, x):
             q = qd.quantize_per_tensor.default(x, 0.02, 10, -128, 127, torch.int8)
@@ -443,7 +447,9 @@ def test_a_convolution_with_asymmetric_activations_is_not_fused():
     x = torch.randn(2, 3, 9, 9)
     gm = compile_full(model, [x])
     types = [t for t, _ in engine_layers(gm)]
-    assert "QuantizedConvolution" not in types and "Convolution" in types, types
+    # The zero point goes into the fused layer: it sums (x - zp) * w over the taps inside the
+    # input, so the padding stays a real zero as in PyTorch's dequantized convolution.
+    assert "QuantizedConvolution" in types and "Convolution" not in types, types
     with torch.no_grad():
         assert_close(gm(x), model(x))
 

@@ -542,9 +542,12 @@ struct Requantize {
 /// Dequantize -> MatrixMultiply chains (converters do not add it):
 ///   out[..., m, n] = act(epilogue.scale * (sum_k a[..., m, k] * b[n, k]) * a_scale * b_scale[n]
 ///                        + bias[n])
-/// Inputs: 0 a (i8 or f8e4m3, rank >= 2, [..., M, K]), 1 b (a's dtype, [N, K]: the weight
+/// Inputs: 0 a (i8, u8 or f8e4m3, rank >= 2, [..., M, K]), 1 b (i8, or f8e4m3 with an f8e4m3 a;
+/// [N, K]: the weight
 /// already transposed), 2 a_scale (f32, one element), 3 b_scale (f32, one element or [N]; f8e4m3:
-/// one element), optional 4 bias (`out`'s dtype, [N]), 5 out_scale (with requantize only).
+/// one element), optional 4 bias (`out`'s dtype, [N]), 5 out_scale (with requantize only),
+/// 6 a_zero_point (i32, one element; int8 products only): a may then be u8 (PT2E's asymmetric
+/// activations) and the sum is over (a - a_zero_point) * b, exact in int32.
 /// Output: `out` (f32, f16 or bf16), [..., M, N], or i8 when requantize is on. Accumulation in
 /// int32 for i8 (exact), in f32 for f8e4m3; the scales and the bias apply once, in f32, after
 /// the sum; the value is rounded to `out`, then the activation applies (when
@@ -561,12 +564,13 @@ struct QuantizedMatrixMultiplyParams {
 /// A low-precision convolution, made by the builder's fuse_quantized pass from Dequantize ->
 /// Convolution chains with int8 operands (converters do not add it):
 ///   out[n, k, *o] = act(epilogue.scale * x_scale * w_scale[k] * acc[n, k, *o] + bias[k])
-///   acc[n, k, *o] = sum over the group's channels c and kernel taps t of x[n, c, *i] * w[k, c, *t]
-/// with Convolution's geometry (cross-correlation, zero padding: a quantized zero is a real zero
-/// because the quantization is symmetric). Inputs: 0 x (i8, [N, C, *spatial], 1 to 3 spatial
-/// dims), 1 w (i8, [K, C/groups, *kernel]), 2 x_scale (f32, one element), 3 w_scale (f32, one
+///   acc[n, k, *o] = sum over the group's channels c and kernel taps t inside the input of
+///                   (x[n, c, *i] - x_zero_point) * w[k, c, *t]
+/// with Convolution's geometry (cross-correlation; taps in the padding add nothing: the
+/// padding is a real zero). Inputs: 0 x (i8 or u8, [N, C, *spatial], 1 to 3 spatial dims),
+/// 1 w (i8, [K, C/groups, *kernel]), 2 x_scale (f32, one element), 3 w_scale (f32, one
 /// element or [K]: per output channel), optional 4 bias (`out`'s dtype, [K]; nullptr to omit),
-/// 5 out_scale (with requantize only).
+/// 5 out_scale (with requantize only), 6 x_zero_point (i32, one element; absent: 0).
 /// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or i8 when requantize is on.
 /// Accumulation in int32 (exact); the scales and the bias apply once, in f32, then the value is
 /// rounded to `out`, the epilogue's activation (when fused_activation, set by fuse_epilogues)

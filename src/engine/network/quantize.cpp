@@ -85,6 +85,19 @@ DataType expect_product_epilogue(const Epilogue& e, const Requantize& r, DataTyp
   return DataType::kI8;
 }
 
+/// Checks a fused product's optional activation zero point (input 6: i32, one element, for
+/// i8/u8 activations only).
+void expect_activation_zero_point(DataType activation, InferContext& ctx) {
+  constexpr size_t kZeroPoint = 6;
+  if (!ctx.has(kZeroPoint)) return;
+  InferContext::require(activation != DataType::kF8E4M3,
+                        "f8e4m3 products are symmetric: they take no zero point (input 6)");
+  ctx.expect_dtype(kZeroPoint, DataType::kI32, "x_zero_point");
+  InferContext::require(one_element(ctx.shape(kZeroPoint)),
+                        "x_zero_point (input 6) must have one element, got shape " +
+                            shape_to_string(ctx.shape(kZeroPoint)));
+}
+
 }  // namespace
 
 void infer(const QuantizeParams& p, InferContext& ctx) {
@@ -116,13 +129,18 @@ void infer(const DequantizeParams& p, InferContext& ctx) {
 }
 
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
-  ctx.expect_num_inputs(4, 6);
+  ctx.expect_num_inputs(4, 7);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   const DataType q = ctx.dtype(0);
-  InferContext::require(q == DataType::kI8 || q == DataType::kF8E4M3,
-                        std::string("a (input 0) must be i8 or f8e4m3, got ") + dtype_name(q));
-  ctx.expect_same_dtype(0, 1);
+  InferContext::require(q == DataType::kI8 || q == DataType::kU8 || q == DataType::kF8E4M3,
+                        std::string("a (input 0) must be i8, u8 or f8e4m3, got ") + dtype_name(q));
+  if (q == DataType::kF8E4M3) {
+    ctx.expect_same_dtype(0, 1);
+  } else {
+    ctx.expect_dtype(1, DataType::kI8, "b (an int8 product's weight)");
+  }
+  expect_activation_zero_point(q, ctx);
   InferContext::require(ctx.rank(0) >= 2, "a (input 0) must have rank >= 2, got shape " +
                                               shape_to_string(ctx.shape(0)));
   ctx.expect_rank(1, 2, "b");
@@ -136,7 +154,7 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   const Shape& a = ctx.shape(0);
   const Shape& b = ctx.shape(1);
   if (!one(ctx.shape(3))) {
-    InferContext::require(q == DataType::kI8, "f8e4m3 products take a one-element b_scale");
+    InferContext::require(q != DataType::kF8E4M3, "f8e4m3 products take a one-element b_scale");
     ctx.expect_rank(3, 1, "per-column b_scale");
     ctx.check_equal(ctx.shape(3)[0], b[0], "b_scale length equals b's dim 0 (N)");
   }
@@ -149,10 +167,13 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
 
 void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
   enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
-  ctx.expect_num_inputs(4, 6);
+  ctx.expect_num_inputs(4, 7);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
-  ctx.expect_dtype(kX, DataType::kI8, "x");
+  InferContext::require(ctx.dtype(kX) == DataType::kI8 || ctx.dtype(kX) == DataType::kU8,
+                        std::string("x (input 0) must be i8 or u8, got ") +
+                            dtype_name(ctx.dtype(kX)));
+  expect_activation_zero_point(ctx.dtype(kX), ctx);
   ctx.expect_dtype(kW, DataType::kI8, "w");
   ctx.expect_dtype(kXScale, DataType::kF32, "x_scale");
   ctx.expect_dtype(kWScale, DataType::kF32, "w_scale");

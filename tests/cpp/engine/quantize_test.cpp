@@ -345,7 +345,7 @@ TEST(QuantizedMatrixMultiply, FusedProductEqualsTheUnfusedQdqGraph) {
   }
 }
 
-TEST(QuantizedMatrixMultiply, AsymmetricOrUint8ChainsAreNotFused) {
+TEST(QuantizedMatrixMultiply, Uint8ActivationsWithAZeroPointFuse) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {4, 16});
   QuantizeParams qp;
@@ -361,9 +361,27 @@ TEST(QuantizedMatrixMultiply, AsymmetricOrUint8ChainsAreNotFused) {
           ->output();
   Tensor* w = net.add_dequantize(wq, scales(net, {0.1f}), nullptr, DequantizeParams{})->output();
   net.mark_output(net.add_matrix_multiply(a, false, w, true)->output(), "y");
-  EXPECT_FALSE(has_kind(built_kinds(net, 3), LayerKind::kQuantizedMatrixMultiply));
+  // PT2E's uint8 activations: the product sums (a - zero_point) * b exactly in int32.
+  EXPECT_TRUE(has_kind(built_kinds(net, 3), LayerKind::kQuantizedMatrixMultiply));
+  EXPECT_FALSE(has_kind(built_kinds(net, 3), LayerKind::kMatrixMultiply));
+  // run_network checks the fused engine against the unfused network's reference run.
   const auto out = test::run_network(net, {TestTensor::random(DataType::kF32, {4, 16}, 5)});
   EXPECT_EQ(out[0].dims, (std::vector<int64_t>{4, 8}));
+  // An asymmetric weight (a zero point on the constant) is not fused.
+  Network wz;
+  Tensor* x2 = wz.add_input("x", DataType::kF32, {4, 16});
+  Tensor* s2 = scales(wz, {0.05f});
+  Tensor* a2 = wz.add_dequantize(wz.add_quantize(x2, s2, nullptr, QuantizeParams{})->output(),
+                                 s2, nullptr, DequantizeParams{})
+                   ->output();
+  Tensor* w2q =
+      wz.add_constant(Weights::from_vector(DataType::kI8, {8, 16}, std::vector<int8_t>(128, 3)))
+          ->output();
+  Tensor* w2 = wz.add_dequantize(w2q, scales(wz, {0.1f}), zero_points(wz, {1}),
+                                 DequantizeParams{})
+                   ->output();
+  wz.mark_output(wz.add_matrix_multiply(a2, false, w2, true)->output(), "y");
+  EXPECT_FALSE(has_kind(built_kinds(wz, 3), LayerKind::kQuantizedMatrixMultiply));
 }
 
 TEST(QuantizedMatrixMultiply, LayerChecksItsOperands) {
@@ -381,7 +399,22 @@ TEST(QuantizedMatrixMultiply, LayerChecksItsOperands) {
       [&] {
         net.add_layer(QuantizedMatrixMultiplyParams{}, {a, bf, s, s});
       },
-      {"one dtype", "i8 and f32"});
+      {"b (an int8 product's weight) (input 1) must be i8, got f32"});
+  // A zero point is i32 with one element, and FP8 products take none.
+  test::expect_error(
+      [&] {
+        net.add_layer(QuantizedMatrixMultiplyParams{},
+                      {a, net.add_input("b16", DataType::kI8, {8, 16}), s, s, nullptr, nullptr, s});
+      },
+      {"x_zero_point (input 6) must be i32, got f32"});
+  Tensor* a8 = net.add_input("a8", DataType::kF8E4M3, {4, 16});
+  Tensor* b8f = net.add_input("b8f", DataType::kF8E4M3, {8, 16});
+  test::expect_error(
+      [&] {
+        net.add_layer(QuantizedMatrixMultiplyParams{},
+                      {a8, b8f, s, s, nullptr, nullptr, zero_points(net, {0})});
+      },
+      {"f8e4m3 products are symmetric"});
 }
 
 // ---------------------------------------------------------------- QuantizedConvolution
@@ -397,6 +430,7 @@ struct QConvCase {
   DataType out = DataType::kF32;
   bool relu = false;
   double scale = 1.0;
+  int32_t zero_point = -1;  ///< >= 0: x is u8 with this zero point (input 6)
 };
 
 int64_t numel_of(const std::vector<int64_t>& d) {
@@ -454,7 +488,9 @@ std::vector<float> reference_qconv(const QConvCase& c, const std::vector<int64_t
             }
             if (!inside) continue;
             const int64_t xi = (b * ch + (oc / kg) * cg + ic) * in_plane + in_index;
-            acc += x[static_cast<size_t>(xi)] * w[static_cast<size_t>((oc * cg + ic) * taps + t)];
+            const int64_t zp = c.zero_point >= 0 ? c.zero_point : 0;
+            acc += (x[static_cast<size_t>(xi)] - zp) *
+                   w[static_cast<size_t>((oc * cg + ic) * taps + t)];
           }
         }
         float v = static_cast<float>(acc) * (xs * ws[c.per_channel ? oc : 0]);
@@ -487,18 +523,27 @@ TEST(QuantizedConvolution, MatchesTheWrittenOutFormula) {
   cases.push_back(c2);
   // 3-d.
   cases.push_back({{1, 2, 3, 4, 4}, {3, 2, 2, 2, 3}, {1, 1, 2}, {0, 1, 1}, {0, 0, 1}, {1, 1, 1}});
+  // uint8 x with a zero point, padding on every side (padded taps add nothing).
+  QConvCase c4{{1, 3, 5, 5}, {4, 3, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+  c4.zero_point = 130;
+  cases.push_back(c4);
   for (size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE("case " + std::to_string(i));
     const QConvCase& c = cases[i];
     const int64_t k = c.w_dims[0];
-    const auto xv = int8_values(numel_of(c.x_dims), 1 + static_cast<int>(i));
+    auto xv = int8_values(numel_of(c.x_dims), 1 + static_cast<int>(i));
+    const bool u8 = c.zero_point >= 0;
+    if (u8) {
+      for (int64_t& v : xv) v += 128;  // uint8 values
+    }
     const auto wv = int8_values(numel_of(c.w_dims), 7 + static_cast<int>(i));
     std::vector<float> ws, bias;
     for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) ws.push_back(0.002f * static_cast<float>(j + 1));
     for (int64_t j = 0; j < k; ++j) bias.push_back(0.25f * static_cast<float>(j) - 0.5f);
     const float xs = 0.03f;
     Network net;
-    Tensor* x = net.add_input("x", DataType::kI8, Shape(c.x_dims.begin(), c.x_dims.end()));
+    const DataType xdt = u8 ? DataType::kU8 : DataType::kI8;
+    Tensor* x = net.add_input("x", xdt, Shape(c.x_dims.begin(), c.x_dims.end()));
     std::vector<int8_t> w8(wv.begin(), wv.end());
     Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, c.w_dims, w8))->output();
     std::vector<Tensor*> inputs{x, w, scales(net, {xs}), scales(net, ws)};
@@ -517,10 +562,14 @@ TEST(QuantizedConvolution, MatchesTheWrittenOutFormula) {
     p.out = c.out;
     p.epilogue.scale = c.scale;
     p.epilogue.fused_activation = c.relu;
+    if (u8) {
+      inputs.resize(6, nullptr);
+      inputs.push_back(zero_points(net, {c.zero_point}));
+    }
     net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
     std::vector<int64_t> out_dims;
     const auto want = reference_qconv(c, xv, wv, xs, ws, bias, out_dims);
-    const auto out = test::run_network(net, {TestTensor::ints(DataType::kI8, c.x_dims, xv)});
+    const auto out = test::run_network(net, {TestTensor::ints(xdt, c.x_dims, xv)});
     ASSERT_EQ(out[0].dims, out_dims);
     ASSERT_EQ(out[0].dtype, c.out);
     test::expect_close(out[0], want, c.out, "quantized convolution");
@@ -533,7 +582,7 @@ struct QdqConv {
   bool bias = true;
   DataType dtype = DataType::kF32;
   int64_t groups = 1;
-  bool asymmetric_x = false;    ///< A zero point on x: not fused (step 3 of issue 17).
+  bool asymmetric_x = false;    ///< uint8 x with a zero point (fused, with input 6).
   bool fp8 = false;             ///< FP8 operands: not fused (no FP8 convolution).
   bool weight_axis_1 = false;   ///< Per-channel along the weight's input channels: not fused.
   bool relu = false;
@@ -624,13 +673,30 @@ TEST(QuantizedConvolution, FusedConvolutionEqualsTheUnfusedQdqGraph) {
   }
 }
 
+TEST(QuantizedConvolution, Uint8ActivationsWithAZeroPointFuse) {
+  // PT2E's default: uint8 activations with a zero point. The padding is a real zero (q = zp),
+  // which the fused layer gets by summing (x - zp) * w over the taps inside the input.
+  for (const bool bias : {true, false}) {
+    QdqConv c;
+    c.asymmetric_x = true;
+    c.bias = bias;
+    const Network net = qdq_conv(c);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kConvolution));
+    const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 23, -2.0f, 2.0f);
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
 TEST(QuantizedConvolution, NearMissesAreNotFused) {
-  QdqConv asym, fp8, axis1;
-  asym.asymmetric_x = true;
+  QdqConv fp8, axis1;
   fp8.fp8 = true;
   fp8.per_channel = false;
   axis1.weight_axis_1 = true;
-  for (const QdqConv& c : {asym, fp8, axis1}) {
+  for (const QdqConv& c : {fp8, axis1}) {
     const Network net = qdq_conv(c);
     const auto kinds = built_kinds(net, 3);
     EXPECT_FALSE(has_kind(kinds, LayerKind::kQuantizedConvolution));
@@ -663,7 +729,7 @@ TEST(QuantizedConvolution, LayerChecksItsOperands) {
   p.padding_begin = p.padding_end = {0, 0};
   Tensor* xf = net.add_input("xf", DataType::kF32, {1, 4, 5, 5});
   test::expect_error([&] { net.add_layer(p, {xf, w, s, s}); },
-                     {"QuantizedConvolution", "x (input 0) must be i8, got f32"});
+                     {"QuantizedConvolution", "x (input 0) must be i8 or u8, got f32"});
   test::expect_error([&] { net.add_layer(p, {x, w, s, scales(net, {1.0f, 2.0f})}); },
                      {"w_scale length equals w's dim 0 (K)", "2 != 8"});
   Tensor* b16 = net.add_input("b", DataType::kF16, {8});
@@ -700,6 +766,13 @@ TEST(QuantizedConvolution, CudaBackEndLogsTheConvolutionsCudnnCannotTake) {
                                                      std::vector<int8_t>(144, 1)))
                    ->output();
   net.mark_output(net.add_layer(p, {x, wg, s, s}, "grouped")->output(), "b");
+  // uint8 activations with a zero point: the host reference, said as such.
+  Tensor* xu = net.add_input("xu", DataType::kU8, {1, 8, 6, 6});
+  p.groups = 1;
+  net.mark_output(net.add_layer(p, {xu, w, s, s, nullptr, nullptr, zero_points(net, {128})},
+                                "asymmetric")
+                      ->output(),
+                  "c");
   BuilderConfig config;
   config.backend = "cuda";
   BuildReport report;
@@ -710,15 +783,18 @@ TEST(QuantizedConvolution, CudaBackEndLogsTheConvolutionsCudnnCannotTake) {
   for (size_t i = 0; i < layers.size(); ++i) impl[layers[i]->name()] = plan.impls[i];
   EXPECT_EQ(impl["plain"], "cuda.QuantizedConvolution");
   EXPECT_EQ(impl["grouped"], "cuda.QuantizedConvolution.direct");
-  int degraded = 0;
+  EXPECT_EQ(impl["asymmetric"], "cuda.host.QuantizedConvolution");
+  std::vector<std::string> degraded;
   for (const std::string& line : report.pass_log) {
-    if (line.rfind("degraded: ", 0) != 0) continue;
-    ++degraded;
-    EXPECT_NE(line.find("'grouped'"), std::string::npos) << line;
-    EXPECT_NE(line.find("groups = 4"), std::string::npos) << line;
-    EXPECT_NE(line.find("cuda.QuantizedConvolution.direct"), std::string::npos) << line;
+    if (line.rfind("degraded: ", 0) == 0) degraded.push_back(line);
   }
-  EXPECT_EQ(degraded, 1);
+  ASSERT_EQ(degraded.size(), 2u);
+  EXPECT_NE(degraded[0].find("'grouped'"), std::string::npos) << degraded[0];
+  EXPECT_NE(degraded[0].find("groups = 4"), std::string::npos) << degraded[0];
+  EXPECT_NE(degraded[0].find("cuda.QuantizedConvolution.direct"), std::string::npos);
+  EXPECT_NE(degraded[1].find("'asymmetric'"), std::string::npos) << degraded[1];
+  EXPECT_NE(degraded[1].find("asymmetric (zero-point or uint8) activations"), std::string::npos)
+      << degraded[1];
 }
 
 // ---------------------------------------------------------------- epilogues of the fused products

@@ -95,6 +95,20 @@ struct ProductFinish {
   }
 };
 
+/// The int8 product's activation (input 0: i8 or u8) minus its zero point (input 6, 0 when
+/// absent), as int16 (|x - zp| <= 383): what the exact integer sums multiply.
+std::vector<int16_t> centered_activation(const KernelArgs& a) {
+  const HostTensor& x = a.in(0);
+  const int32_t zp = a.has(6) ? a.in(6).as<const int32_t>()[0] : 0;
+  std::vector<int16_t> out(static_cast<size_t>(x.numel()));
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int32_t v = x.dtype == DataType::kU8 ? int32_t{x.as<const uint8_t>()[i]}
+                                               : int32_t{x.as<const int8_t>()[i]};
+    out[static_cast<size_t>(i)] = static_cast<int16_t>(v - zp);
+  }
+  return out;
+}
+
 /// The bias of a fused product (input `index`, `n` values of the output's float type) as f32,
 /// or zeros when absent.
 std::vector<float> product_bias(const KernelArgs& a, size_t index, int64_t n) {
@@ -160,13 +174,14 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
                  semantics::quantized_product_value(sum, sa * sb[per_column ? j : 0], scale,
                                                     bias[static_cast<size_t>(j)]));
   };
-  if (at.dtype == DataType::kI8) {
-    const auto* qa = at.as<const int8_t>();
+  if (at.dtype != DataType::kF8E4M3) {
+    const std::vector<int16_t> centered = centered_activation(a);
+    const int16_t* qa = centered.data();
     const auto* qb = bt.as<const int8_t>();
     parallel_for(m, n * k + 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         for (int64_t j = 0; j < n; ++j) {
-          int32_t acc = 0;  // |sum| <= 128 * 128 * k: exact for k < 2^17
+          int32_t acc = 0;  // |sum| <= 383 * 128 * k: exact for k < 2^15
           for (int64_t t = 0; t < k; ++t) acc += int32_t{qa[i * k + t]} * int32_t{qb[j * k + t]};
           store(i, j, static_cast<float>(acc));
         }
@@ -225,7 +240,8 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
   const HostTensor& wt = a.in(1);
   HostTensor& ot = a.out();
   const QConvShape s = qconv_shape(p, xt, wt, ot);
-  const auto* x = xt.as<const int8_t>();
+  const std::vector<int16_t> centered = centered_activation(a);  // x - x_zero_point
+  const int16_t* x = centered.data();
   const auto* w = wt.as<const int8_t>();
   const float xs = a.in(2).as<const float>()[0];
   const HostTensor& wst = a.in(3);
@@ -250,9 +266,9 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
         const int64_t o0 = o / (s.out[1] * s.out[2]);
         const int64_t o1 = (o / s.out[2]) % s.out[1];
         const int64_t o2 = o % s.out[2];
-        int32_t acc = 0;  // |sum| <= 128 * 128 * cg * taps: exact for cg * taps < 2^17
+        int32_t acc = 0;  // |sum| <= 383 * 128 * cg * taps: exact for cg * taps < 2^15
         for (int64_t c = 0; c < cg; ++c) {
-          const int8_t* xc = x + (n * s.in_channels + c0 + c) * in_plane;
+          const int16_t* xc = x + (n * s.in_channels + c0 + c) * in_plane;
           const int8_t* wc = wk + c * taps;
           for (int64_t t0 = 0; t0 < s.kernel[0]; ++t0) {
             const int64_t i0 = o0 * s.stride[0] - s.pad[0] + t0 * s.dilation[0];
@@ -260,7 +276,7 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
             for (int64_t t1 = 0; t1 < s.kernel[1]; ++t1) {
               const int64_t i1 = o1 * s.stride[1] - s.pad[1] + t1 * s.dilation[1];
               if (i1 < 0 || i1 >= s.in[1]) continue;
-              const int8_t* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
+              const int16_t* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
               const int8_t* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2];
               for (int64_t t2 = 0; t2 < s.kernel[2]; ++t2) {
                 const int64_t i2 = o2 * s.stride[2] - s.pad[2] + t2 * s.dilation[2];

@@ -160,6 +160,14 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
 
 }  // namespace
 
+bool asymmetric_product(const Layer& layer) {
+  if (layer.kind() != LayerKind::kQuantizedConvolution &&
+      layer.kind() != LayerKind::kQuantizedMatrixMultiply) {
+    return false;
+  }
+  return layer.input(6) != nullptr || layer.input(0)->dtype() == DataType::kU8;
+}
+
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p) {
   if (p.stride.size() == 3) {
     return "cuDNN's int8 convolution is 2-d, so this 3-d one runs in Ember's direct int8 "
@@ -177,6 +185,10 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
   if (out.numel() == 0) return;
+  if (a.has(6) || x.dtype == DataType::kU8) {
+    host_fallback(a);  // asymmetric activations: no device kernel yet (the plan says cuda.host)
+    return;
+  }
   const QConvGeometry g = geometry_of(p, x, w, out);
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.

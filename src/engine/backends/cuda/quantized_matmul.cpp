@@ -210,8 +210,10 @@ void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
   const int64_t k = qa.dims.back();
   const int64_t n = a.in(1).dims[0];
   const int64_t m = k == 0 ? 0 : qa.numel() / k;
-  if (m == 0 || n == 0 || k == 0) {
-    host_fallback(a);  // empty products (zeros) are not worth a kernel
+  if (m == 0 || n == 0 || k == 0 || a.has(6) || qa.dtype == DataType::kU8) {
+    // Empty products (zeros) are not worth a kernel; asymmetric activations have no device
+    // kernel yet (the plan names the layer cuda.host.QuantizedMatrixMultiply).
+    host_fallback(a);
     return;
   }
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);

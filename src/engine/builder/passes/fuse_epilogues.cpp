@@ -207,7 +207,7 @@ struct Fuser {
     Tensor* bias = net.add_constant(from_floats(c->dtype(), {n}, *per_col),
                                     mm->name() + "/bias")->output();
     std::vector<Tensor*> inputs = mm->inputs();
-    inputs.resize(bias_index + 1, nullptr);
+    if (inputs.size() <= bias_index) inputs.resize(bias_index + 1, nullptr);
     inputs[bias_index] = bias;
     rebuild(net, mm, next, mm->params(), inputs);
     ++biases;
@@ -233,8 +233,8 @@ struct Fuser {
     r->enabled = true;
     r->quant_min = qp.quant_min;
     r->quant_max = qp.quant_max;
-    std::vector<Tensor*> inputs = prod->inputs();
-    inputs.resize(6, nullptr);
+    std::vector<Tensor*> inputs = prod->inputs();  // the zero point (input 6) stays
+    if (inputs.size() < 6) inputs.resize(6, nullptr);
     inputs[5] = next->input(1);
     replace_through_reshape(net.add_layer(params, inputs, fused_name(*prod, *next)), next,
                             reshape);
