@@ -84,11 +84,12 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
 }
 
 /// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8;
-/// with `epilogue`, also a bias, a GELU and the requantization to int8.
+/// with `epilogue`, also a bias, a GELU and the requantization to int8; with `zero_point`
+/// >= 0, a is uint8 with that zero point.
 void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
-                   bool epilogue = false) {
+                   bool epilogue = false, int32_t zero_point = -1) {
   Network net;
-  Tensor* a = net.add_input("a", q, {m, k});
+  Tensor* a = net.add_input("a", zero_point >= 0 ? DataType::kU8 : q, {m, k});
   std::vector<int8_t> w8(static_cast<size_t>(n * k));
   std::vector<uint8_t> wf(w8.size());
   for (size_t i = 0; i < w8.size(); ++i) {
@@ -118,9 +119,17 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
     p.requantize.enabled = true;
     p.requantize.quant_min = -127;
   }
+  if (zero_point >= 0) {
+    inputs.resize(6, nullptr);
+    inputs.push_back(net.add_constant(Weights::from_vector(DataType::kI32, {1},
+                                                           std::vector<int32_t>{zero_point}))
+                         ->output());
+  }
   net.mark_output(net.add_layer(p, inputs)->output(), "y");
   TestTensor at;
-  if (q == DataType::kI8) {
+  if (zero_point >= 0) {
+    at = TestTensor::random(DataType::kU8, {m, k}, 4, 0.0f, 256.0f);
+  } else if (q == DataType::kI8) {
     at = TestTensor::random(DataType::kI8, {m, k}, 4, -127.0f, 128.0f);
   } else {
     const TestTensor f = TestTensor::random(DataType::kF32, {m, k}, 4, -300.0f, 300.0f);
@@ -148,6 +157,9 @@ TEST(CudaQuantize, ProductEpiloguesMatchTheReference) {
   // the CPU reference exactly (both sum exactly and run the same f32 epilogue).
   check_product(DataType::kI8, DataType::kF32, 64, 48, 128, true);
   check_product(DataType::kI8, DataType::kF16, 33, 16, 64, true);
+  // uint8 activations with a zero point: shifted into int8 for the GEMM, corrected after it.
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128, false, 128);
+  check_product(DataType::kI8, DataType::kF16, 32, 16, 64, true, 3);
   int dev = 0, major = 0, minor = 0;
   test::cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
   test::cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
@@ -185,11 +197,13 @@ struct CudaQConv {
   bool relu = false;
   bool direct = false;  ///< Expected to run in the direct kernel (3-d, grouped).
   bool requantize = false;  ///< int8 output through out_scale.
+  int32_t zero_point = -1;  ///< >= 0: uint8 x with this zero point (input 6).
 };
 
 void check_convolution(const CudaQConv& c, const std::string& what) {
   Network net;
-  Tensor* x = net.add_input("x", DataType::kI8, Shape(c.x_dims.begin(), c.x_dims.end()));
+  const DataType xdt = c.zero_point >= 0 ? DataType::kU8 : DataType::kI8;
+  Tensor* x = net.add_input("x", xdt, Shape(c.x_dims.begin(), c.x_dims.end()));
   int64_t wn = 1;
   for (int64_t d : c.w_dims) wn *= d;
   std::vector<int8_t> w8(static_cast<size_t>(wn));
@@ -222,8 +236,16 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     inputs.push_back(f32_constant(net, {0.04f}));
     p.requantize.enabled = true;
   }
+  if (c.zero_point >= 0) {
+    inputs.resize(6, nullptr);
+    inputs.push_back(net.add_constant(Weights::from_vector(DataType::kI32, {1},
+                                                           std::vector<int32_t>{c.zero_point}))
+                         ->output());
+  }
   net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
-  const TestTensor xt = TestTensor::random(DataType::kI8, c.x_dims, 6, -127.0f, 128.0f);
+  const TestTensor xt = c.zero_point >= 0
+                            ? TestTensor::random(DataType::kU8, c.x_dims, 6, 0.0f, 256.0f)
+                            : TestTensor::random(DataType::kI8, c.x_dims, 6, -127.0f, 128.0f);
   {
     // The implementation the plan records: cuDNN's path, or the direct kernel, by shape.
     test::CudaRunner runner(net, {xt}, {}, 3);
@@ -262,6 +284,17 @@ TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
   requant_direct.w_dims = {16, 4, 3, 3};
   requant_direct.direct = true;
   check_convolution(requant_direct, "grouped, relu + requantize (direct kernel)");
+  // uint8 activations with a zero point (PT2E's default): shifted into int8, the padding
+  // filled with the shifted zero point, the sums corrected in the epilogue.
+  CudaQConv asym{{2, 3, 12, 12}, {8, 3, 3, 3}, {1, 1}, {1, 1}, {1, 0}, {1, 1}};
+  asym.zero_point = 131;
+  check_convolution(asym, "uint8 + zero point, asymmetric padding");
+  CudaQConv asym_direct = asym;
+  asym_direct.x_dims = {2, 4, 12, 12};
+  asym_direct.w_dims = {8, 2, 3, 3};
+  asym_direct.groups = 2;
+  asym_direct.direct = true;
+  check_convolution(asym_direct, "uint8 + zero point, grouped (direct kernel)");
 }
 
 TEST(CudaQuantize, Int8ConvolutionOutsideCudnnRunsTheDirectKernel) {

@@ -156,9 +156,6 @@ class CudaBackend final : public Backend {
   std::string implementation(const Layer& layer) const override {
     // Kinds without a device kernel run through the host fallback, which synchronizes: the
     // runtime never captures such plans into CUDA graphs.
-    if (cuda::asymmetric_product(layer)) {
-      return std::string("cuda.host.") + layer_kind_name(layer.kind());
-    }
     std::string impl = std::string(cuda::has_device_kernel(layer.kind()) ? "cuda." : "cuda.host.") +
                        layer_kind_name(layer.kind());
     if (!degradation(layer).empty()) impl += ".direct";
@@ -166,11 +163,6 @@ class CudaBackend final : public Backend {
   }
 
   std::string degradation(const Layer& layer) const override {
-    if (cuda::asymmetric_product(layer)) {
-      return "int8 products of asymmetric (zero-point or uint8) activations have no GPU kernel "
-             "yet, so this one runs the CPU reference through the host (exact, slow; the plan "
-             "is not captured into CUDA graphs)";
-    }
     if (layer.kind() == LayerKind::kQuantizedConvolution) {
       return cuda::qconv_direct_reason(layer.params_as<QuantizedConvolutionParams>());
     }

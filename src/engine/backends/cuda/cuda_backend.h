@@ -199,10 +199,6 @@ void run(const DequantizeParams& p, const CudaArgs& a);
 void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a);
 void run(const QuantizedConvolutionParams& p, const CudaArgs& a);
 
-/// True for a QuantizedMatrixMultiply or QuantizedConvolution whose activation is u8 or has a
-/// zero point (input 6): those run through host_fallback ("cuda.host.<Kind>").
-bool asymmetric_product(const Layer& layer);
-
 /// Why a QuantizedConvolution runs in the direct int8 kernel instead of cuDNN's int8
 /// convolution (3-d, grouped), or "" when cuDNN's path applies (quantized_conv.cpp).
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p);

@@ -143,15 +143,56 @@ __device__ __forceinline__ void product_store(void* out, int64_t i, int64_t chan
   }
 }
 
+/// The exact sum of an int32 accumulator element, with the zero-point correction when `e`
+/// carries one (ProductEpilogue).
+__device__ __forceinline__ float corrected_sum(int32_t acc, int64_t channel,
+                                               const ProductEpilogue& e) {
+  if (e.weight_sums == nullptr) return static_cast<float>(acc);
+  const int64_t zp = (e.zero_point != nullptr ? e.zero_point[0] : 0) - e.zero_point_offset;
+  return static_cast<float>(static_cast<int64_t>(acc) - zp * e.weight_sums[channel]);
+}
+__device__ __forceinline__ float corrected_sum(float acc, int64_t, const ProductEpilogue&) {
+  return acc;  // FP8 sums: symmetric
+}
+
 template <typename TA, typename TO>
 __global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, int64_t total,
                                         int64_t n, ProductEpilogue e) {
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    product_store<TO>(out, i, i % n, static_cast<float>(acc[i]), e);
+    product_store<TO>(out, i, i % n, corrected_sum(acc[i], i % n, e), e);
+  }
+}
+
+__global__ void shift_u8_kernel(const uint8_t* __restrict__ x, int8_t* __restrict__ y,
+                                int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    y[i] = static_cast<int8_t>(static_cast<int32_t>(x[i]) - 128);
+  }
+}
+
+__global__ void weight_row_sums_kernel(const int8_t* __restrict__ w, int64_t rows, int64_t cols,
+                                       int32_t* __restrict__ sums) {
+  for (int64_t r = global_thread(); r < rows; r += grid_threads()) {
+    int32_t s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += w[r * cols + c];
+    sums[r] = s;
   }
 }
 
 }  // namespace
+
+void launch_shift_u8_to_s8(const uint8_t* x, int8_t* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  shift_u8_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);
+  check(cudaGetLastError(), "shift_u8_kernel");
+}
+
+void launch_weight_row_sums(const int8_t* w, int64_t rows, int64_t cols, int32_t* sums,
+                            cudaStream_t stream) {
+  if (rows == 0) return;
+  weight_row_sums_kernel<<<grid_for(rows), kThreads, 0, stream>>>(w, rows, cols, sums);
+  check(cudaGetLastError(), "weight_row_sums_kernel");
+}
 
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream) {
@@ -228,17 +269,30 @@ void run(const DequantizeParams& p, const CudaArgs& a) {
 
 namespace {
 
-__global__ void qconv_pack_input_kernel(const int8_t* __restrict__ x, int8_t* __restrict__ packed,
-                                        int64_t total, QConvGeometry g, int64_t hp, int64_t wp,
-                                        int64_t c4) {
+/// Element j of an int8 (or uint8, shifted by -128 into int8) activation.
+__device__ __forceinline__ int32_t activation_at(const void* x, bool u8, int64_t j) {
+  return u8 ? static_cast<int32_t>(static_cast<const uint8_t*>(x)[j]) - 128
+            : static_cast<int32_t>(static_cast<const int8_t*>(x)[j]);
+}
+
+__global__ void qconv_pack_input_kernel(const void* __restrict__ x, bool u8,
+                                        const int32_t* __restrict__ zero_point,
+                                        int8_t* __restrict__ packed, int64_t total,
+                                        QConvGeometry g, int64_t hp, int64_t wp, int64_t c4) {
   const int64_t h = g.in[1], w = g.in[2];
+  // The padding holds the (shifted) zero point: after the correction it adds nothing.
+  const int32_t pad = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
     const int64_t c = i % c4;
     const int64_t col = (i / c4) % wp - g.pad[2];
     const int64_t row = (i / (c4 * wp)) % hp - g.pad[1];
     const int64_t n = i / (c4 * wp * hp);
-    const bool inside = c < g.in_channels && row >= 0 && row < h && col >= 0 && col < w;
-    packed[i] = inside ? x[((n * g.in_channels + c) * h + row) * w + col] : int8_t{0};
+    const bool spatial = row >= 0 && row < h && col >= 0 && col < w;
+    int32_t v = 0;  // channels beyond C meet zero weights
+    if (c < g.in_channels) {
+      v = spatial ? activation_at(x, u8, ((n * g.in_channels + c) * h + row) * w + col) : pad;
+    }
+    packed[i] = static_cast<int8_t>(v);
   }
 }
 
@@ -263,14 +317,21 @@ __global__ void qconv_epilogue_kernel(const float* __restrict__ y, void* out, in
     const int64_t p = i % plane;
     const int64_t k = (i / plane) % g.out_channels;
     const int64_t n = i / (plane * g.out_channels);
-    product_store<TO>(out, i, k, y[(n * plane + p) * k4 + k], e);
+    const float sum = y[(n * plane + p) * k4 + k];  // an integer, exact below 2^24
+    product_store<TO>(out, i, k,
+                      e.weight_sums != nullptr ? corrected_sum(static_cast<int32_t>(sum), k, e)
+                                               : sum,
+                      e);
   }
 }
 
 template <typename TO>
-__global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* __restrict__ w,
-                                    void* out, int64_t total, QConvGeometry g,
-                                    ProductEpilogue e) {
+__global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
+                                    const int32_t* __restrict__ zero_point,
+                                    const int8_t* __restrict__ w, void* out, int64_t total,
+                                    QConvGeometry g, ProductEpilogue e) {
+  // x - zero_point over the taps inside the input; the padding adds nothing (a real zero).
+  const int32_t zp = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
   const int64_t plane = g.out[0] * g.out[1] * g.out[2];
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   const int64_t taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
@@ -284,7 +345,7 @@ __global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* 
     const int64_t c0 = (k / kg) * cg;
     int32_t acc = 0;  // exact, as the CPU reference's
     for (int64_t c = 0; c < cg; ++c) {
-      const int8_t* xc = x + (n * g.in_channels + c0 + c) * in_plane;
+      const int64_t xc = (n * g.in_channels + c0 + c) * in_plane;
       const int8_t* wc = w + (k * cg + c) * taps;
       for (int64_t t0 = 0; t0 < g.kernel[0]; ++t0) {
         const int64_t i0 = o0 * g.stride[0] - g.pad[0] + t0 * g.dilation[0];
@@ -295,7 +356,7 @@ __global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* 
           for (int64_t t2 = 0; t2 < g.kernel[2]; ++t2) {
             const int64_t i2 = o2 * g.stride[2] - g.pad[2] + t2 * g.dilation[2];
             if (i2 < 0 || i2 >= g.in[2]) continue;
-            acc += int32_t{xc[(i0 * g.in[1] + i1) * g.in[2] + i2]} *
+            acc += (activation_at(x, u8, xc + (i0 * g.in[1] + i1) * g.in[2] + i2) - zp) *
                    int32_t{wc[(t0 * g.kernel[1] + t1) * g.kernel[2] + t2]};
           }
         }
@@ -307,12 +368,13 @@ __global__ void qconv_direct_kernel(const int8_t* __restrict__ x, const int8_t* 
 
 }  // namespace
 
-void launch_qconv_pack_input(const int8_t* x, int8_t* packed, const QConvGeometry& g, int64_t hp,
-                             int64_t wp, int64_t c4, cudaStream_t stream) {
+void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, int8_t* packed,
+                             const QConvGeometry& g, int64_t hp, int64_t wp, int64_t c4,
+                             cudaStream_t stream) {
   const int64_t total = g.batch * hp * wp * c4;
   if (total == 0) return;
-  qconv_pack_input_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, packed, total, g, hp, wp,
-                                                                     c4);
+  qconv_pack_input_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, packed,
+                                                                     total, g, hp, wp, c4);
   check(cudaGetLastError(), "qconv_pack_input_kernel");
 }
 
@@ -335,13 +397,15 @@ void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const
   check(cudaGetLastError(), "qconv_epilogue_kernel");
 }
 
-void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType float_type,
-                         const QConvGeometry& g, const ProductEpilogue& e, cudaStream_t stream) {
+void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,
+                         void* out, DataType float_type, const QConvGeometry& g,
+                         const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
   if (total == 0) return;
   dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(x, w, out, total, g, e);
+    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, w, out,
+                                                                      total, g, e);
   });
   check(cudaGetLastError(), "qconv_direct_kernel");
 }

@@ -25,7 +25,20 @@ struct ProductEpilogue {
   float alpha = 0.0f, beta = 0.0f;
   const float* out_scale = nullptr;  ///< Requantize to int8 when set (device, one element).
   float quant_min = -128.0f, quant_max = 127.0f;
+  /// Asymmetric activations: the library summed x' * w with x' = x - zero_point_offset (uint8
+  /// shifted into int8: offset 128; int8: 0), so the true sum over (x - zero_point) * w is the
+  /// library's minus (zero_point - offset) * weight_sums[channel]. nullptr: no correction.
+  const int32_t* weight_sums = nullptr;
+  const int32_t* zero_point = nullptr;  ///< Device, one element; nullptr: 0.
+  int32_t zero_point_offset = 0;
 };
+
+/// The activation of an asymmetric int8 product as int8: uint8 shifted by -128 (x ^ 0x80).
+void launch_shift_u8_to_s8(const uint8_t* x, int8_t* y, int64_t n, cudaStream_t stream);
+/// sums[r] = sum of the `cols` int8 values of row r of the row-major `rows` x `cols` w: a
+/// weight's per-output-channel sums for the zero-point correction.
+void launch_weight_row_sums(const int8_t* w, int64_t rows, int64_t cols, int32_t* sums,
+                            cudaStream_t stream);
 
 struct CudaArgs;
 /// The ProductEpilogue of a fused product layer: both kinds take x_scale, w_scale, the
@@ -50,8 +63,11 @@ struct QConvGeometry {
 /// Hp = H + pad_top + pad_bottom, Wp likewise (the padding written as zeros) and the channels
 /// zero-filled up to c4: a padded quantized zero is a real zero (symmetric quantization), so
 /// cuDNN then convolves without padding and with channels a multiple of 4.
-void launch_qconv_pack_input(const int8_t* x, int8_t* packed, const QConvGeometry& g, int64_t hp,
-                             int64_t wp, int64_t c4, cudaStream_t stream);
+/// Asymmetric activations (`u8`, or a `zero_point`): uint8 values are shifted by -128 and the
+/// spatial padding holds zero_point - offset, the value whose correction makes it a real zero.
+void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, int8_t* packed,
+                             const QConvGeometry& g, int64_t hp, int64_t wp, int64_t c4,
+                             cudaStream_t stream);
 /// Copies KCRS int8 w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
 void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
                               int64_t k4, int64_t c4, cudaStream_t stream);
@@ -61,7 +77,9 @@ void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const
                            int64_t k4, const ProductEpilogue& e, cudaStream_t stream);
 /// The whole convolution in one direct kernel (int32 sums, then `e`): any geometry, groups and
 /// channel count; what runs where cuDNN's int8 convolution does not.
-void launch_qconv_direct(const int8_t* x, const int8_t* w, void* out, DataType float_type,
-                         const QConvGeometry& g, const ProductEpilogue& e, cudaStream_t stream);
+/// x is int8, or uint8 when `u8`; its zero point (device, nullptr: 0) is subtracted in the sum.
+void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,
+                         void* out, DataType float_type, const QConvGeometry& g,
+                         const ProductEpilogue& e, cudaStream_t stream);
 
 }  // namespace ember::engine::cuda

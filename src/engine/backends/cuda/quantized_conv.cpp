@@ -14,6 +14,11 @@
 // the device (read by the epilogue kernel, so CUDA graphs stay valid); cuDNN's alpha is a host
 // scalar and is left at 1.
 //
+// Asymmetric activations (uint8, or a zero point; PT2E's default): the packing shifts uint8 into
+// int8 (-128) and fills the padding with the shifted zero point, and the epilogue subtracts
+// (zero_point - shift) * sum_w[k], which makes the sum over (x - zero_point) * w exact with the
+// padding a real zero; the direct kernel subtracts the zero point as it sums.
+//
 // What cuDNN's INT8 path does not cover (3-d, grouped convolutions; a configuration it refuses
 // at run time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the
 // CPU reference, slower. The back end names such layers "cuda.QuantizedConvolution.direct" and
@@ -22,6 +27,7 @@
 // the embedder hands to the "ember" logger), cuDNN's refusals included.
 #include <cudnn.h>
 
+#include <algorithm>
 #include <climits>
 #include <string>
 
@@ -74,7 +80,7 @@ bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 /// The cuDNN path; false when cuDNN refuses the problem (nothing but workspace was written
 /// then), with the refusal in `why`.
 bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
-               const ProductEpilogue& e, std::string& why) {
+               ProductEpilogue e, std::string& why) {
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
@@ -135,17 +141,33 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
       return false;
     }
   }
+  // Asymmetric activations: cuDNN sums the (uint8-shifted) values with the padding holding the
+  // shifted zero point; the epilogue subtracts (zero_point - offset) * sum_w[k].
+  const bool u8 = x.dtype == DataType::kU8;
+  const auto* zp = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
+  const bool asymmetric = u8 || zp != nullptr;
   const size_t x_bytes = aligned(static_cast<size_t>(g.batch * hp * wp * c4));
   const size_t w_bytes = aligned(static_cast<size_t>(k4 * g.kernel[1] * g.kernel[2] * c4));
   const size_t y_bytes =
       aligned(static_cast<size_t>(g.batch * g.out[1] * g.out[2] * k4) * sizeof(float));
-  auto* base = static_cast<uint8_t*>(a.res->workspace(x_bytes + w_bytes + y_bytes + ws_bytes));
+  const size_t sums_bytes =
+      asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
+  auto* base = static_cast<uint8_t*>(
+      a.res->workspace(x_bytes + w_bytes + y_bytes + sums_bytes + ws_bytes));
   auto* xp = reinterpret_cast<int8_t*>(base);
   auto* wpk = reinterpret_cast<int8_t*>(base + x_bytes);
   auto* y = reinterpret_cast<float*>(base + x_bytes + w_bytes);
-  void* ws = ws_bytes > 0 ? base + x_bytes + w_bytes + y_bytes : nullptr;
-  launch_qconv_pack_input(static_cast<const int8_t*>(x.data), xp, g, hp, wp, c4, a.stream());
+  auto* sums = reinterpret_cast<int32_t*>(base + x_bytes + w_bytes + y_bytes);
+  void* ws = ws_bytes > 0 ? base + x_bytes + w_bytes + y_bytes + sums_bytes : nullptr;
+  launch_qconv_pack_input(x.data, u8, zp, xp, g, hp, wp, c4, a.stream());
   launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k4, c4, a.stream());
+  if (asymmetric) {
+    launch_weight_row_sums(static_cast<const int8_t*>(w.data), g.out_channels,
+                           w.numel() / std::max<int64_t>(g.out_channels, 1), sums, a.stream());
+    e.weight_sums = sums;
+    e.zero_point = zp;
+    e.zero_point_offset = u8 ? 128 : 0;
+  }
   const float one = 1.0f, zero = 0.0f;
   const cudnnStatus_t st = cudnnConvolutionForward(handle, &one, xd.h, xp, wd.h, wpk, cd.h, algo,
                                                    ws, ws_bytes, &zero, yd.h, y);
@@ -159,14 +181,6 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
 }
 
 }  // namespace
-
-bool asymmetric_product(const Layer& layer) {
-  if (layer.kind() != LayerKind::kQuantizedConvolution &&
-      layer.kind() != LayerKind::kQuantizedMatrixMultiply) {
-    return false;
-  }
-  return layer.input(6) != nullptr || layer.input(0)->dtype() == DataType::kU8;
-}
 
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p) {
   if (p.stride.size() == 3) {
@@ -185,10 +199,6 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
   if (out.numel() == 0) return;
-  if (a.has(6) || x.dtype == DataType::kU8) {
-    host_fallback(a);  // asymmetric activations: no device kernel yet (the plan says cuda.host)
-    return;
-  }
   const QConvGeometry g = geometry_of(p, x, w, out);
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
@@ -205,8 +215,9 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
                                                   : std::string("a QuantizedConvolution")) +
                                   ": " + why);
   }
-  launch_qconv_direct(static_cast<const int8_t*>(x.data), static_cast<const int8_t*>(w.data),
-                      out.data, p.out, g, e, a.stream());
+  launch_qconv_direct(x.data, x.dtype == DataType::kU8,
+                      a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr,
+                      static_cast<const int8_t*>(w.data), out.data, p.out, g, e, a.stream());
 }
 
 }  // namespace ember::engine::cuda

@@ -106,12 +106,16 @@ void set_tn(cublasLtMatmulDesc_t op) {
 
 /// INT8: returns false when cuBLASLt cannot take the problem.
 bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
-              const ProductEpilogue& e) {
+              ProductEpilogue e) {
   const DeviceTensor& qa = a.in(0);
   const DeviceTensor& qb = a.in(1);
   if (k % 4 != 0 || n % 4 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16)) {
     return false;
   }
+  // Asymmetric activations: uint8 is shifted into int8 (IMMA takes int8 only) and the epilogue
+  // subtracts (zero_point - shift) * sum_k b[n, k] (ProductEpilogue).
+  const bool u8 = qa.dtype == DataType::kU8;
+  const bool asymmetric = u8 || a.has(6);
   auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
   Desc op;
   qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32I, CUDA_R_32I),
@@ -123,13 +127,32 @@ bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float
   qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32I, n, m, n), "layout accumulator");
   cublasLtMatmulAlgo_t algo;
   if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
-  // Workspace first, then the int32 accumulator (256-byte aligned after it).
-  const size_t acc_bytes = static_cast<size_t>(m * n) * sizeof(int32_t);
-  auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + acc_bytes));
+  // Workspace first, then the int32 accumulator, then (asymmetric) the shifted activation and
+  // the weight's row sums, each 256-byte aligned.
+  auto round256 = [](size_t b) { return (b + 255) / 256 * 256; };
+  const size_t acc_bytes = round256(static_cast<size_t>(m * n) * sizeof(int32_t));
+  const size_t shifted_bytes = u8 ? round256(static_cast<size_t>(m * k)) : 0;
+  const size_t sums_bytes = asymmetric ? round256(static_cast<size_t>(n) * sizeof(int32_t)) : 0;
+  auto* base = static_cast<uint8_t*>(
+      a.res->workspace(kWorkspaceBytes + acc_bytes + shifted_bytes + sums_bytes));
   auto* acc = reinterpret_cast<int32_t*>(base + kWorkspaceBytes);
+  const void* activation = qa.data;
+  if (u8) {
+    auto* shifted = reinterpret_cast<int8_t*>(base + kWorkspaceBytes + acc_bytes);
+    launch_shift_u8_to_s8(static_cast<const uint8_t*>(qa.data), shifted, m * k, a.stream());
+    activation = shifted;
+  }
+  if (asymmetric) {
+    auto* sums =
+        reinterpret_cast<int32_t*>(base + kWorkspaceBytes + acc_bytes + shifted_bytes);
+    launch_weight_row_sums(static_cast<const int8_t*>(qb.data), n, k, sums, a.stream());
+    e.weight_sums = sums;
+    e.zero_point = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
+    e.zero_point_offset = u8 ? 128 : 0;
+  }
   const int32_t alpha = 1, beta = 0;
-  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, qa.data, second.h, &beta, acc,
-                           out.h, acc, out.h, &algo, base, kWorkspaceBytes, a.stream()),
+  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, activation, second.h, &beta,
+                           acc, out.h, acc, out.h, &algo, base, kWorkspaceBytes, a.stream()),
             "cublasLtMatmul (int8)");
   launch_product_epilogue(acc, /*int32_acc=*/true, a.out().data, float_type, m, n, e,
                           a.stream());
@@ -210,17 +233,15 @@ void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
   const int64_t k = qa.dims.back();
   const int64_t n = a.in(1).dims[0];
   const int64_t m = k == 0 ? 0 : qa.numel() / k;
-  if (m == 0 || n == 0 || k == 0 || a.has(6) || qa.dtype == DataType::kU8) {
-    // Empty products (zeros) are not worth a kernel; asymmetric activations have no device
-    // kernel yet (the plan names the layer cuda.host.QuantizedMatrixMultiply).
-    host_fallback(a);
+  if (m == 0 || n == 0 || k == 0) {
+    host_fallback(a);  // empty products (zeros) are not worth a kernel
     return;
   }
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   const bool plain = !a.has(4) && !p.epilogue.fused_activation && p.epilogue.scale == 1.0 &&
                      !p.requantize.enabled;
-  const bool done = qa.dtype == DataType::kI8 ? run_int8(a, m, n, k, p.out, e)
-                                              : run_fp8(a, m, n, k, p.out, plain, e);
+  const bool done = qa.dtype != DataType::kF8E4M3 ? run_int8(a, m, n, k, p.out, e)
+                                                  : run_fp8(a, m, n, k, p.out, plain, e);
   if (!done) host_fallback(a);
 }
 
