@@ -1,4 +1,5 @@
-// fuse_quantized: turns Dequantize -> MatrixMultiply chains into one low-precision product.
+// fuse_quantized: turns Dequantize -> MatrixMultiply and Dequantize -> Convolution chains into
+// one low-precision product each.
 //
 //   MatrixMultiply(Dequantize(qa, sa[, za]), Dequantize(Constant qb, sb))
 //     => QuantizedMatrixMultiply(qa, qb', sa, sb)
