@@ -324,7 +324,9 @@ Network all_kinds_network() {
   // The fused int8 convolution: grouped, asymmetric padding, per-channel scales, an f16 bias
   // and an activation in its epilogue.
   std::vector<int8_t> cwv(2 * 2 * 3 * 3);
-  for (size_t i = 0; i < cwv.size(); ++i) cwv[i] = static_cast<int8_t>(static_cast<int>(i) * 7 - 60);
+  for (size_t i = 0; i < cwv.size(); ++i) {
+    cwv[i] = static_cast<int8_t>(static_cast<int>(i) * 7 - 60);
+  }
   Tensor* cwq =
       net.add_constant(Weights::from_vector<int8_t>(DataType::kI8, {2, 2, 3, 3}, cwv), "qconv_w")
           ->output();
@@ -736,7 +738,8 @@ TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
   net.mark_output(net.add_layer(p, {x, w, s, s}, "qconv")->output(), "y");
   auto plan = plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
   put_le(plan, 8, 6, 4);
-  const std::string m = expect_rejected(plan, plan.size(), false, "version 6 with a QuantizedConvolution");
+  const std::string m =
+      expect_rejected(plan, plan.size(), false, "version 6 with a QuantizedConvolution");
   EXPECT_NE(m.find("is a QuantizedConvolution layer, which format version 6 does not have "
                    "(version 7 added it)"),
             std::string::npos)

@@ -538,7 +538,9 @@ TEST(QuantizedConvolution, MatchesTheWrittenOutFormula) {
     }
     const auto wv = int8_values(numel_of(c.w_dims), 7 + static_cast<int>(i));
     std::vector<float> ws, bias;
-    for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) ws.push_back(0.002f * static_cast<float>(j + 1));
+    for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) {
+      ws.push_back(0.002f * static_cast<float>(j + 1));
+    }
     for (int64_t j = 0; j < k; ++j) bias.push_back(0.25f * static_cast<float>(j) - 0.5f);
     const float xs = 0.03f;
     Network net;
