@@ -345,9 +345,13 @@ def _compile(exported_program: torch.export.ExportedProgram,
                                "build_log": built["build_log"],
                                "cached": built["cached"], "key": built["key"]})
         progress.done(k, len(seg["nodes"]), built["build_seconds"], built["cached"])
-        # The C++ builder's messages (its pass log), forwarded to the logger.
+        # The C++ builder's messages (its pass log), forwarded to the logger; a layer the back
+        # end runs slower than its kind promises ("degraded: ...") is a warning.
         for line in built["build_log"]:
-            _build_log.debug("engine %d: %s", k, line)
+            if line.startswith("degraded: "):
+                _build_log.warning("engine %d: %s", k, line)
+            else:
+                _build_log.debug("engine %d: %s", k, line)
     progress.close()
 
     _timing_cache.save(timing_cache, settings.timing_cache)

@@ -472,6 +472,49 @@ def test_int8_quantized_mlp_on_gpu_uses_int8_gemms_and_matches():
     assert cosine(out, f32) > 0.99
 
 
+class _QuantConvNet(torch.nn.Module):
+    """An RGB stem (C = 3: cuDNN's int8 path after channel packing), a 3x3 conv, a depthwise
+    conv (groups = 32: the direct int8 kernel) and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 7, stride=2, padding=3)
+        self.conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.dw = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.fc = torch.nn.Linear(32, 16)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(self.conv(y))
+        y = torch.relu(self.dw(y))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_int8_quantized_convnet_on_gpu_uses_int8_convolutions_and_matches(caplog):
+    import json
+    import logging
+    torch.manual_seed(0)
+    model = _QuantConvNet().eval().cuda()
+    data = [(torch.randn(8, 3, 32, 32, device="cuda"),) for _ in range(4)]
+    qmodel = ember.quantize(model, data, dtype=torch.int8)
+    x = data[0][0]
+    with caplog.at_level(logging.WARNING, logger="ember"):
+        gm, report = compile_cuda(qmodel, [x])
+    impls = {layer["name"]: layer["implementation"]
+             for layer in json.loads(_engine(gm).inspect())["layers"]
+             if layer["type"] == "QuantizedConvolution"}
+    assert len(impls) == 3, impls
+    assert sorted(impls.values()) == ["cuda.QuantizedConvolution", "cuda.QuantizedConvolution",
+                                      "cuda.QuantizedConvolution.direct"], impls
+    # The depthwise one is reported as a degradation.
+    assert "degraded: " in caplog.text and "groups = 32" in caplog.text, caplog.text
+    for _ in range(3):  # eager first call, capture, replay
+        with torch.no_grad():
+            out, fake_quant, f32 = gm(x), qmodel(x), model(x)
+        assert cosine(out, fake_quant) > 0.9999
+        assert cosine(out, f32) > 0.99
+
+
 def test_fp8_quantized_mlp_on_gpu_matches():
     if torch.cuda.get_device_capability() < (8, 9):
         with pytest.raises(ValueError, match="needs a GPU with FP8"):

@@ -74,10 +74,17 @@ def compile_and_check(model, converted, x):
     with torch.no_grad():
         for batch in (x, torch.randn_like(x)):
             expected, actual = converted(batch), compiled(batch)
-            # The reference is PyTorch running the same Q/DQ program in f32; int8 products
-            # accumulate exactly in int32, so the f32 tolerance applies.
-            torch.testing.assert_close(actual, expected, **dict(zip(("rtol", "atol"),
-                                                                     TOLERANCES[torch.float32])))
+            rtol, atol = TOLERANCES[torch.float32]
+            # The reference is PyTorch running the same Q/DQ program in f32. The engine's fused
+            # int8 products and convolutions sum exactly in int32 where PyTorch sums dequantized
+            # values in f32: where an activation lands within an f32 ulp of a rounding tie
+            # before the next Quantize (seen: 42.499993 steps), it goes one int8 step the other
+            # way, and that step reaches the outputs it feeds. So: most elements within the f32
+            # tolerance, none beyond two int8 steps of the output (as test_quantization.py).
+            close = (actual - expected).abs() <= atol + rtol * expected.abs()
+            assert float(close.float().mean()) > 0.75, float(close.float().mean())
+            step = float(expected.abs().max()) / 127
+            assert float((actual - expected).abs().max()) <= 2 * step
             # And the quantized model is still the float model, to int8 accuracy.
             cos = torch.nn.functional.cosine_similarity(actual.flatten(), model(batch).flatten(),
                                                         dim=0)
@@ -99,13 +106,9 @@ def test_torchao_pt2e_int8_program_compiles_and_matches(config):
     assert ops["quantized_decomposed.quantize_per_tensor.default"] >= 4, ops
     assert ops["quantized_decomposed.dequantize_per_channel.default"] == 4, ops
     log = compile_and_check(model, converted, x)
-    if config == "symmetric":
-        # Symmetric int8 activations: the two linears become int8 products.
-        assert "fuse_quantized: 2 low-precision products" in log, log
-    else:
-        # uint8 activations with zero points run as Q/DQ layers around float products (the
-        # asymmetric fusion is not built yet: docs/precision.md).
-        assert "fuse_quantized: 0 low-precision products" in log, log
+    # Both configs fuse: the two linears become int8 products and the two convolutions int8
+    # convolutions (the x86 default's uint8 activations with their zero points included).
+    assert "fuse_quantized: 2 low-precision products (int8/fp8), 2 int8 convolutions" in log, log
 
 
 def test_non_strict_export_is_left_unquantized_by_torchao():

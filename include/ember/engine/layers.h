@@ -60,8 +60,9 @@ enum class LayerKind : uint8_t {
   kQuantize,
   kDequantize,
   kQuantizedMatrixMultiply,
+  kQuantizedConvolution,
 };
-inline constexpr int kNumLayerKinds = 30;
+inline constexpr int kNumLayerKinds = 31;
 /// "Convolution", "ElementWise", ...
 const char* layer_kind_name(LayerKind kind);
 
@@ -523,17 +524,85 @@ struct DequantizeParams {
   }
 };
 
+/// The output requantization of a fused low-precision product (set by the builder's
+/// fuse_epilogues pass when a per-tensor symmetric int8 Quantize reads the product): the
+/// product's value, finished in the layer's float type `out` (epilogue included), is quantized
+/// as a Quantize layer would, q = clamp(round_half_even(y * (1 / out_scale)), quant_min,
+/// quant_max), and the layer outputs i8. out_scale is the layer's last input (f32, one element).
+struct Requantize {
+  bool enabled = false;
+  int64_t quant_min = -128;
+  int64_t quant_max = 127;
+  template <class V> void fields(V& v) {
+    v("requantize", enabled); v("requantize_min", quant_min); v("requantize_max", quant_max);
+  }
+};
+
 /// A low-precision matrix product, made by the builder's fuse_quantized pass from
 /// Dequantize -> MatrixMultiply chains (converters do not add it):
-///   out[..., m, n] = (sum_k a[..., m, k] * b[n, k]) * a_scale * b_scale[n]
-/// Inputs: 0 a (i8 or f8e4m3, rank >= 2, [..., M, K]), 1 b (a's dtype, [N, K]: the weight
+///   out[..., m, n] = act(epilogue.scale * (sum_k a[..., m, k] * b[n, k]) * a_scale * b_scale[n]
+///                        + bias[n])
+/// Inputs: 0 a (i8, u8 or f8e4m3, rank >= 2, [..., M, K]), 1 b (i8, or f8e4m3 with an f8e4m3 a;
+/// [N, K]: the weight
 /// already transposed), 2 a_scale (f32, one element), 3 b_scale (f32, one element or [N]; f8e4m3:
-/// one element). Output: `out` (f32, f16 or bf16), [..., M, N]. Accumulation in int32 for i8
-/// (exact), in f32 for f8e4m3; the scales apply once, in f32, after the sum.
+/// one element), optional 4 bias (`out`'s dtype, [N]), 5 out_scale (with requantize only),
+/// 6 a_zero_point (i32, one element; int8 products only): a may then be u8 (PT2E's asymmetric
+/// activations) and the sum is over (a - a_zero_point) * b, exact in int32.
+/// Output: `out` (f32, f16 or bf16), [..., M, N], or i8 when requantize is on. Accumulation in
+/// int32 for i8 (exact), in f32 for f8e4m3; the scales and the bias apply once, in f32, after
+/// the sum; the value is rounded to `out`, then the activation applies (when
+/// epilogue.fused_activation, set by fuse_epilogues), then the requantization. No residual.
 struct QuantizedMatrixMultiplyParams {
   DataType out = DataType::kF32;
-  template <class V> void fields(V& v) { v("out", out); }
+  Epilogue epilogue;
+  Requantize requantize;
+  template <class V> void fields(V& v) {
+    v("out", out); epilogue.fields(v); requantize.fields(v);
+  }
 };
+
+/// A low-precision convolution, made by the builder's fuse_quantized pass from Dequantize ->
+/// Convolution chains with int8 operands (converters do not add it):
+///   out[n, k, *o] = act(epilogue.scale * x_scale * w_scale[k] * acc[n, k, *o] + bias[k])
+///   acc[n, k, *o] = sum over the group's channels c and kernel taps t inside the input of
+///                   (x[n, c, *i] - x_zero_point) * w[k, c, *t]
+/// with Convolution's geometry (cross-correlation; taps in the padding add nothing: the
+/// padding is a real zero). Inputs: 0 x (i8 or u8, [N, C, *spatial], 1 to 3 spatial dims),
+/// 1 w (i8, [K, C/groups, *kernel]), 2 x_scale (f32, one element), 3 w_scale (f32, one
+/// element or [K]: per output channel), optional 4 bias (`out`'s dtype, [K]; nullptr to omit),
+/// 5 out_scale (with requantize only), 6 x_zero_point (i32, one element; absent: 0).
+/// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or i8 when requantize is on.
+/// Accumulation in int32 (exact); the scales and the bias apply once, in f32, then the value is
+/// rounded to `out`, the epilogue's activation (when fused_activation, set by fuse_epilogues)
+/// applies, then the requantization. No residual.
+struct QuantizedConvolutionParams {
+  std::vector<int64_t> stride;        ///< As ConvolutionParams.
+  std::vector<int64_t> padding_begin;
+  std::vector<int64_t> padding_end;
+  std::vector<int64_t> dilation;
+  int64_t groups = 1;
+  DataType out = DataType::kF32;
+  Epilogue epilogue;
+  Requantize requantize;
+  template <class V> void fields(V& v) {
+    v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
+    v("dilation", dilation); v("groups", groups); v("out", out); epilogue.fields(v);
+    requantize.fields(v);
+  }
+};
+
+/// The float Convolution with `q`'s geometry and epilogue (NCHW): what a quantized convolution
+/// computes on the dequantized operands.
+inline ConvolutionParams convolution_of(const QuantizedConvolutionParams& q) {
+  ConvolutionParams c;
+  c.stride = q.stride;
+  c.padding_begin = q.padding_begin;
+  c.padding_end = q.padding_end;
+  c.dilation = q.dilation;
+  c.groups = q.groups;
+  c.epilogue = q.epilogue;
+  return c;
+}
 
 /// The parameters of a layer; the active alternative's index is the layer's LayerKind.
 using LayerParams =
@@ -543,7 +612,7 @@ using LayerParams =
                  SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
                  NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
                  ShapeParams, IdentityParams, AttentionParams, PluginParams, QuantizeParams,
-                 DequantizeParams, QuantizedMatrixMultiplyParams>;
+                 DequantizeParams, QuantizedMatrixMultiplyParams, QuantizedConvolutionParams>;
 static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
               "one LayerParams alternative per LayerKind, in enum order");
 

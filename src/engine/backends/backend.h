@@ -68,6 +68,11 @@ class Backend {
   virtual std::string implementation(const Layer& layer) const {
     return name() + "." + layer_kind_name(layer.kind());
   }
+  /// Why this back end runs `layer` slower (or less exactly) than the layer's kind promises,
+  /// e.g. a quantized convolution its library cannot take; "" when it does not. The builder
+  /// logs each such layer ("degraded: ...") and the Python layer warns through the "ember"
+  /// logger.
+  virtual std::string degradation(const Layer& layer) const { return {}; }
   /// The builder's time_tactics pass for plans of this back end (nothing by default).
   virtual void time_tactics(BuildState& s) const {}
   /// A new execution context's state for `engine` (a plan of this back end).

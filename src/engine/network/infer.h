@@ -93,6 +93,10 @@ void infer(const SelectParams& p, InferContext& ctx);
 void infer(const CastParams& p, InferContext& ctx);
 // linear.cpp (convolution, deconvolution, pooling, matrix multiply)
 void infer(const ConvolutionParams& p, InferContext& ctx);
+/// A convolution's output shape (NHWC under channels_last) from the shapes of x (input 0), the
+/// weight (input 1) and the optional bias (input 2), with every geometry check of Convolution;
+/// the dtypes are the caller's to check (QuantizedConvolution shares it).
+Shape infer_convolution_shape(const ConvolutionParams& p, InferContext& ctx);
 void infer(const DeconvolutionParams& p, InferContext& ctx);
 void infer(const PoolingParams& p, InferContext& ctx);
 void infer(const MatrixMultiplyParams& p, InferContext& ctx);
@@ -110,6 +114,7 @@ void infer(const PluginParams& p, InferContext& ctx);
 void infer(const QuantizeParams& p, InferContext& ctx);
 void infer(const DequantizeParams& p, InferContext& ctx);
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx);
+void infer(const QuantizedConvolutionParams& p, InferContext& ctx);
 
 /// Runs the overload for `params`.
 inline void infer_layer(const LayerParams& params, InferContext& ctx) {

@@ -122,8 +122,13 @@ size_t expect_conv_inputs(InferContext& ctx, int64_t groups, size_t max_inputs =
 
 }  // namespace
 
-void infer(const ConvolutionParams& p, InferContext& ctx) {
-  const size_t nsp = expect_conv_inputs(ctx, p.groups, 4);
+Shape infer_convolution_shape(const ConvolutionParams& p, InferContext& ctx) {
+  ctx.expect_rank_between(ConvInputs::kX, 3, 5, "input [N, C, *spatial]");
+  ctx.expect_rank(ConvInputs::kWeight, ctx.rank(ConvInputs::kX), "weight");
+  InferContext::require(p.groups >= 1 && p.groups <= kMaxWindowParam,
+                        "groups = " + std::to_string(p.groups) + " must be in [1, 2^30]");
+  if (ctx.has(ConvInputs::kBias)) ctx.expect_rank(ConvInputs::kBias, 1, "bias");
+  const auto nsp = static_cast<size_t>(ctx.rank(ConvInputs::kX) - 2);
   expect_channels_last_rank(ctx, p.channels_last, ConvInputs::kX, "input");
   expect_channels_last_rank(ctx, p.channels_last, ConvInputs::kWeight, "weight");
   expect_per_dim(p.stride, "stride", nsp, 1);
@@ -166,7 +171,12 @@ void infer(const ConvolutionParams& p, InferContext& ctx) {
                              "; reduce the kernel or dilation, or pad more");
     out.push_back(floor_div(padded - extent, p.stride[d]) + 1);
   }
-  out = nhwc_form(out, p.channels_last);
+  return nhwc_form(out, p.channels_last);
+}
+
+void infer(const ConvolutionParams& p, InferContext& ctx) {
+  expect_conv_inputs(ctx, p.groups, 4);
+  Shape out = infer_convolution_shape(p, ctx);
   expect_epilogue(p.epilogue, ctx, ConvInputs::kResidual, ConvInputs::kX, out);
   ctx.add_output(ctx.dtype(ConvInputs::kX), std::move(out));
 }

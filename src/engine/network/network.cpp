@@ -45,6 +45,7 @@ const char* layer_kind_name(LayerKind kind) {
     case LayerKind::kQuantize: return "Quantize";
     case LayerKind::kDequantize: return "Dequantize";
     case LayerKind::kQuantizedMatrixMultiply: return "QuantizedMatrixMultiply";
+    case LayerKind::kQuantizedConvolution: return "QuantizedConvolution";
   }
   return "Invalid";
 }

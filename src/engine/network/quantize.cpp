@@ -1,5 +1,5 @@
 // Shape and type inference of the quantization family: Quantize, Dequantize and the fused
-// QuantizedMatrixMultiply.
+// QuantizedMatrixMultiply and QuantizedConvolution.
 //
 // Decisions this file makes beyond layers.h (kernels in backends/*/quantize.* rely on them):
 // - scale is f32 with one element (rank 0 or [1]) per-tensor, or rank 1 of exactly x's dim
@@ -7,6 +7,7 @@
 // - f8e4m3 takes no zero_point: FP8 quantization is symmetric (TensorRT and cuBLASLt's FP8
 //   scales have no offset).
 // - quant_min <= quant_max, both inside the integer output type's range.
+#include <cmath>
 #include <string>
 
 #include "network/infer.h"
@@ -19,6 +20,11 @@ namespace {
 std::pair<int64_t, int64_t> quantized_range(DataType t) {
   return t == DataType::kU8 ? std::pair<int64_t, int64_t>{0, 255}
                             : std::pair<int64_t, int64_t>{-128, 127};
+}
+
+/// True for a shape of one element ([] or [1]).
+bool one_element(const Shape& s) {
+  return s.empty() || (s.size() == 1 && s[0].is_constant() && s[0].constant() == 1);
 }
 
 /// Checks inputs 1 (scale) and 2 (zero_point) against input 0's shape.
@@ -44,6 +50,52 @@ void infer_scales(bool per_channel, int64_t axis, DataType quantized, InferConte
     InferContext::require(ctx.shape(2) == s, "zero_point shape " + shape_to_string(ctx.shape(2)) +
                                                  " differs from scale shape " + shape_to_string(s));
   }
+}
+
+/// Checks what a fused low-precision product (QuantizedMatrixMultiply, QuantizedConvolution)
+/// has after its sum: the optional bias (input `bias_index`, `out`'s dtype, [n]), the epilogue,
+/// and the requantization with its out_scale (input bias_index + 1). Returns the output dtype.
+DataType expect_product_epilogue(const Epilogue& e, const Requantize& r, DataType out,
+                                 size_t bias_index, const DimExpr& n, InferContext& ctx) {
+  if (ctx.has(bias_index)) {
+    ctx.expect_dtype(bias_index, out, "bias (the output's dtype)");
+    ctx.expect_rank(bias_index, 1, "bias");
+    ctx.check_equal(ctx.shape(bias_index)[0], n,
+                    "bias length equals the output channels (" + n.to_string() + ")");
+  }
+  InferContext::require(static_cast<int>(e.activation) < kNumActivationTypes,
+                        "epilogue activation type is out of range");
+  InferContext::require(std::isfinite(e.scale), "epilogue scale must be finite");
+  const size_t scale_index = bias_index + 1;
+  if (!r.enabled) {
+    InferContext::require(!ctx.has(scale_index),
+                          "input " + std::to_string(scale_index) +
+                              " (out_scale) is only taken with requantize on");
+    return out;
+  }
+  InferContext::require(-128 <= r.quant_min && r.quant_min <= r.quant_max && r.quant_max <= 127,
+                        "requantize range [" + std::to_string(r.quant_min) + ", " +
+                            std::to_string(r.quant_max) + "] is empty or outside i8's [-128, 127]");
+  InferContext::require(ctx.has(scale_index), "requantize needs out_scale (input " +
+                                                  std::to_string(scale_index) + ")");
+  ctx.expect_dtype(scale_index, DataType::kF32, "out_scale");
+  InferContext::require(one_element(ctx.shape(scale_index)),
+                        "out_scale must have one element, got shape " +
+                            shape_to_string(ctx.shape(scale_index)));
+  return DataType::kI8;
+}
+
+/// Checks a fused product's optional activation zero point (input 6: i32, one element, for
+/// i8/u8 activations only).
+void expect_activation_zero_point(DataType activation, InferContext& ctx) {
+  constexpr size_t kZeroPoint = 6;
+  if (!ctx.has(kZeroPoint)) return;
+  InferContext::require(activation != DataType::kF8E4M3,
+                        "f8e4m3 products are symmetric: they take no zero point (input 6)");
+  ctx.expect_dtype(kZeroPoint, DataType::kI32, "x_zero_point");
+  InferContext::require(one_element(ctx.shape(kZeroPoint)),
+                        "x_zero_point (input 6) must have one element, got shape " +
+                            shape_to_string(ctx.shape(kZeroPoint)));
 }
 
 }  // namespace
@@ -77,13 +129,18 @@ void infer(const DequantizeParams& p, InferContext& ctx) {
 }
 
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
-  ctx.expect_num_inputs(4, 4);
+  ctx.expect_num_inputs(4, 7);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   const DataType q = ctx.dtype(0);
-  InferContext::require(q == DataType::kI8 || q == DataType::kF8E4M3,
-                        std::string("a (input 0) must be i8 or f8e4m3, got ") + dtype_name(q));
-  ctx.expect_same_dtype(0, 1);
+  InferContext::require(q == DataType::kI8 || q == DataType::kU8 || q == DataType::kF8E4M3,
+                        std::string("a (input 0) must be i8, u8 or f8e4m3, got ") + dtype_name(q));
+  if (q == DataType::kF8E4M3) {
+    ctx.expect_same_dtype(0, 1);
+  } else {
+    ctx.expect_dtype(1, DataType::kI8, "b (an int8 product's weight)");
+  }
+  expect_activation_zero_point(q, ctx);
   InferContext::require(ctx.rank(0) >= 2, "a (input 0) must have rank >= 2, got shape " +
                                               shape_to_string(ctx.shape(0)));
   ctx.expect_rank(1, 2, "b");
@@ -97,14 +154,46 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   const Shape& a = ctx.shape(0);
   const Shape& b = ctx.shape(1);
   if (!one(ctx.shape(3))) {
-    InferContext::require(q == DataType::kI8, "f8e4m3 products take a one-element b_scale");
+    InferContext::require(q != DataType::kF8E4M3, "f8e4m3 products take a one-element b_scale");
     ctx.expect_rank(3, 1, "per-column b_scale");
     ctx.check_equal(ctx.shape(3)[0], b[0], "b_scale length equals b's dim 0 (N)");
   }
   ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
   Shape out(a.begin(), a.end() - 1);
   out.push_back(b[0]);
-  ctx.add_output(p.out, std::move(out));
+  ctx.add_output(expect_product_epilogue(p.epilogue, p.requantize, p.out, 4, b[0], ctx),
+                 std::move(out));
+}
+
+void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
+  enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
+  ctx.expect_num_inputs(4, 7);
+  InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
+                        "the output type must be f32, f16 or bf16");
+  InferContext::require(ctx.dtype(kX) == DataType::kI8 || ctx.dtype(kX) == DataType::kU8,
+                        std::string("x (input 0) must be i8 or u8, got ") +
+                            dtype_name(ctx.dtype(kX)));
+  expect_activation_zero_point(ctx.dtype(kX), ctx);
+  ctx.expect_dtype(kW, DataType::kI8, "w");
+  ctx.expect_dtype(kXScale, DataType::kF32, "x_scale");
+  ctx.expect_dtype(kWScale, DataType::kF32, "w_scale");
+  InferContext::require(one_element(ctx.shape(kXScale)),
+                        "x_scale must have one element, got shape " +
+                            shape_to_string(ctx.shape(kXScale)));
+  const DataType out_dtype = expect_product_epilogue(p.epilogue, p.requantize, p.out, kBias,
+                                                     ctx.shape(kW)[0], ctx);
+  // The geometry is Convolution's; the bias sits at input 2 there.
+  std::vector<const Tensor*> geometry_inputs{&ctx.in(kX), &ctx.in(kW)};
+  if (ctx.has(kBias)) geometry_inputs.push_back(&ctx.in(kBias));
+  InferContext geometry(std::move(geometry_inputs));
+  Shape out = infer_convolution_shape(convolution_of(p), geometry);
+  for (ShapeCheck& c : geometry.checks()) ctx.checks().push_back(std::move(c));
+  const Shape& ws = ctx.shape(kWScale);
+  if (!one_element(ws)) {
+    ctx.expect_rank(kWScale, 1, "per-channel w_scale");
+    ctx.check_equal(ws[0], ctx.shape(kW)[0], "w_scale length equals w's dim 0 (K)");
+  }
+  ctx.add_output(out_dtype, std::move(out));
 }
 
 }  // namespace ember::engine

@@ -27,6 +27,17 @@ LayerParams default_layer_params_impl(size_t index, std::index_sequence<I...>) {
   return p;
 }
 
+/// The first plan format version with layers of `kind` (older plans cannot hold one); kinds
+/// older than every readable version say kPlanMinReadableVersion.
+uint32_t first_version_with(LayerKind kind) {
+  if (kind == LayerKind::kQuantizedConvolution) return 7;
+  if (kind == LayerKind::kPlugin || kind == LayerKind::kQuantize ||
+      kind == LayerKind::kDequantize || kind == LayerKind::kQuantizedMatrixMultiply) {
+    return 6;
+  }
+  return kPlanMinReadableVersion;
+}
+
 std::string hex(uint64_t v) {
   char buf[24];
   std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
@@ -407,12 +418,10 @@ class PlanReader {
     for (size_t li = 0; li < n; ++li) {
       const size_t layer_at = in.offset();
       const auto kind = in.enumeration<LayerKind>("layer kind");
-      if ((kind == LayerKind::kPlugin || kind == LayerKind::kQuantize ||
-           kind == LayerKind::kDequantize || kind == LayerKind::kQuantizedMatrixMultiply) &&
-          version_ < 6) {
+      if (const uint32_t since = first_version_with(kind); version_ < since) {
         ByteReader::fail("layer " + std::to_string(li) + " is a " + layer_kind_name(kind) +
                              " layer, which format version " + std::to_string(version_) +
-                             " does not have (version 6 added it)",
+                             " does not have (version " + std::to_string(since) + " added it)",
                          layer_at);
       }
       const std::string name = in.str("layer name");
@@ -439,7 +448,12 @@ class PlanReader {
       }
       LayerParams params = default_layer_params(kind);
       ParamsReader fields(in, blob_, blob_size_, owner_);
-      visit_layer_fields(params, fields);
+      if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 7) {
+        // Version 6 stored only the output type (no epilogue, no requantization).
+        fields("out", std::get<QuantizedMatrixMultiplyParams>(params).out);
+      } else {
+        visit_layer_fields(params, fields);
+      }
       const size_t num_outputs = in.count("layer output list", kMinTensorRecordBytes);
       const size_t outputs_at = in.offset();
       std::vector<TensorRecord> records(num_outputs);

@@ -1,6 +1,7 @@
 // CUDA conformance of the quantization family: Quantize and Dequantize (per-tensor and
-// per-channel, int8/uint8 with zero points, FP8 E4M3) and the fused QuantizedMatrixMultiply
-// (cuBLASLt INT8 and FP8 GEMMs) against the CPU reference. Quantized outputs must be
+// per-channel, int8/uint8 with zero points, FP8 E4M3), the fused QuantizedMatrixMultiply
+// (cuBLASLt INT8 and FP8 GEMMs) and QuantizedConvolution (cuDNN INT8, or the direct int8
+// kernel) against the CPU reference. Quantized outputs must be
 // bit-identical; float outputs within tolerance_for(dtype). Skipped (visibly) without a GPU;
 // the FP8 GEMM case also without compute capability 8.9.
 #ifdef EMBER_WITH_CUDA
@@ -82,10 +83,13 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
   }
 }
 
-/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8.
-void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k) {
+/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8;
+/// with `epilogue`, also a bias, a GELU and the requantization to int8; with `zero_point`
+/// >= 0, a is uint8 with that zero point.
+void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
+                   bool epilogue = false, int32_t zero_point = -1) {
   Network net;
-  Tensor* a = net.add_input("a", q, {m, k});
+  Tensor* a = net.add_input("a", zero_point >= 0 ? DataType::kU8 : q, {m, k});
   std::vector<int8_t> w8(static_cast<size_t>(n * k));
   std::vector<uint8_t> wf(w8.size());
   for (size_t i = 0; i < w8.size(); ++i) {
@@ -103,10 +107,29 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k) {
   }
   QuantizedMatrixMultiplyParams p;
   p.out = out;
-  net.mark_output(
-      net.add_layer(p, {a, b, f32_constant(net, {0.02f}), f32_constant(net, sb)})->output(), "y");
+  std::vector<Tensor*> inputs{a, b, f32_constant(net, {0.02f}), f32_constant(net, sb)};
+  if (epilogue) {
+    std::vector<float> bv;
+    for (int64_t j = 0; j < n; ++j) bv.push_back(0.25f * static_cast<float>(j % 5) - 0.5f);
+    const TestTensor bt = TestTensor::floats(out, {n}, bv);
+    inputs.push_back(net.add_constant(Weights::copy(out, {n}, bt.bytes.data()))->output());
+    inputs.push_back(f32_constant(net, {0.05f}));
+    p.epilogue.fused_activation = true;
+    p.epilogue.activation = ActivationType::kGeluTanh;
+    p.requantize.enabled = true;
+    p.requantize.quant_min = -127;
+  }
+  if (zero_point >= 0) {
+    inputs.resize(6, nullptr);
+    inputs.push_back(net.add_constant(Weights::from_vector(DataType::kI32, {1},
+                                                           std::vector<int32_t>{zero_point}))
+                         ->output());
+  }
+  net.mark_output(net.add_layer(p, inputs)->output(), "y");
   TestTensor at;
-  if (q == DataType::kI8) {
+  if (zero_point >= 0) {
+    at = TestTensor::random(DataType::kU8, {m, k}, 4, 0.0f, 256.0f);
+  } else if (q == DataType::kI8) {
     at = TestTensor::random(DataType::kI8, {m, k}, 4, -127.0f, 128.0f);
   } else {
     const TestTensor f = TestTensor::random(DataType::kF32, {m, k}, 4, -300.0f, 300.0f);
@@ -128,6 +151,27 @@ TEST(CudaQuantize, Int8GemmThroughCublasLtMatchesTheReference) {
   check_product(DataType::kI8, DataType::kF32, 7, 5, 9);  // K % 4 != 0: the reference path
 }
 
+TEST(CudaQuantize, ProductEpiloguesMatchTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // Bias, GELU and requantization to int8 in the pass after the GEMM: int8 bytes must match
+  // the CPU reference exactly (both sum exactly and run the same f32 epilogue).
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128, true);
+  check_product(DataType::kI8, DataType::kF16, 33, 16, 64, true);
+  // uint8 activations with a zero point: shifted into int8 for the GEMM, corrected after it.
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128, false, 128);
+  check_product(DataType::kI8, DataType::kF16, 32, 16, 64, true, 3);
+  int dev = 0, major = 0, minor = 0;
+  test::cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  test::cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  test::cuda_ok(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  if (major * 10 + minor >= 89) {
+    // FP8: the f32 sums of the tensor cores may differ from the sequential reference in the
+    // last bits, so a requantized value on a rounding tie may move one step: bf16 output
+    // without requantization is compared instead (the epilogue pass after an f32 GEMM).
+    check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128, false);
+  }
+}
+
 TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   int dev = 0, major = 0, minor = 0;
@@ -141,6 +185,159 @@ TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128);
   check_product(DataType::kF8E4M3, DataType::kF16, 16, 16, 64);
   check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);  // K % 16 != 0: reference path
+}
+
+/// One QuantizedConvolution problem for the GPU.
+struct CudaQConv {
+  std::vector<int64_t> x_dims, w_dims, stride, pad_begin, pad_end, dilation;
+  int64_t groups = 1;
+  bool per_channel = true;
+  bool bias = true;
+  DataType out = DataType::kF32;
+  bool relu = false;
+  bool direct = false;  ///< Expected to run in the direct kernel (3-d, grouped).
+  bool requantize = false;  ///< int8 output through out_scale.
+  int32_t zero_point = -1;  ///< >= 0: uint8 x with this zero point (input 6).
+};
+
+void check_convolution(const CudaQConv& c, const std::string& what) {
+  Network net;
+  const DataType xdt = c.zero_point >= 0 ? DataType::kU8 : DataType::kI8;
+  Tensor* x = net.add_input("x", xdt, Shape(c.x_dims.begin(), c.x_dims.end()));
+  int64_t wn = 1;
+  for (int64_t d : c.w_dims) wn *= d;
+  std::vector<int8_t> w8(static_cast<size_t>(wn));
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 41) % 255 - 127);
+  }
+  const int64_t k = c.w_dims[0];
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, c.w_dims, w8))->output();
+  std::vector<float> ws;
+  for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) {
+    ws.push_back(0.0005f * static_cast<float>(j % 5 + 1));
+  }
+  std::vector<Tensor*> inputs{x, w, f32_constant(net, {0.02f}), f32_constant(net, ws)};
+  if (c.bias) {
+    std::vector<float> bv;
+    for (int64_t j = 0; j < k; ++j) bv.push_back(0.05f * static_cast<float>(j % 9) - 0.2f);
+    const TestTensor bt = TestTensor::floats(c.out, {k}, bv);
+    inputs.push_back(net.add_constant(Weights::copy(c.out, {k}, bt.bytes.data()))->output());
+  }
+  QuantizedConvolutionParams p;
+  p.stride = c.stride;
+  p.padding_begin = c.pad_begin;
+  p.padding_end = c.pad_end;
+  p.dilation = c.dilation;
+  p.groups = c.groups;
+  p.out = c.out;
+  p.epilogue.fused_activation = c.relu;
+  if (c.requantize) {
+    inputs.resize(5, nullptr);
+    inputs.push_back(f32_constant(net, {0.04f}));
+    p.requantize.enabled = true;
+  }
+  if (c.zero_point >= 0) {
+    inputs.resize(6, nullptr);
+    inputs.push_back(net.add_constant(Weights::from_vector(DataType::kI32, {1},
+                                                           std::vector<int32_t>{c.zero_point}))
+                         ->output());
+  }
+  net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
+  const TestTensor xt = c.zero_point >= 0
+                            ? TestTensor::random(DataType::kU8, c.x_dims, 6, 0.0f, 256.0f)
+                            : TestTensor::random(DataType::kI8, c.x_dims, 6, -127.0f, 128.0f);
+  {
+    // The implementation the plan records: cuDNN's path, or the direct kernel, by shape.
+    test::CudaRunner runner(net, {xt}, {}, 3);
+    const std::string json = runner.inspect_json();
+    EXPECT_EQ(json.find("cuda.QuantizedConvolution.direct") != std::string::npos, c.direct)
+        << what << ": " << json;
+  }
+  check_bytes_and_floats(net, {xt}, what);
+}
+
+TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // C = 3 (an RGB first layer): channels packed up to 4; symmetric padding, per-channel.
+  check_convolution({{2, 3, 32, 32}, {16, 3, 7, 7}, {2, 2}, {3, 3}, {3, 3}, {1, 1}},
+                    "rgb stem 7x7/2");
+  // Channels multiples of 4, asymmetric padding, dilation, f16 output with relu.
+  CudaQConv mid{{4, 32, 14, 14}, {64, 32, 3, 3}, {1, 1}, {1, 0}, {0, 1}, {2, 1}};
+  mid.out = DataType::kF16;
+  mid.relu = true;
+  check_convolution(mid, "3x3 asymmetric padding, dilation, f16 + relu");
+  // K not a multiple of 4, per-tensor weight scale, no bias, bf16 output.
+  CudaQConv odd{{1, 8, 9, 9}, {10, 8, 1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 1}};
+  odd.per_channel = false;
+  odd.bias = false;
+  odd.out = DataType::kBF16;
+  check_convolution(odd, "1x1, K = 10, per-tensor, bf16");
+  // 1-d (cuDNN sees height 1).
+  check_convolution({{2, 8, 40}, {12, 8, 5}, {2}, {2}, {1}, {1}}, "1-d");
+  // Relu and requantization to int8 in the epilogue kernel (bytes must match).
+  CudaQConv requant{{2, 16, 10, 10}, {16, 16, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+  requant.relu = true;
+  requant.requantize = true;
+  check_convolution(requant, "relu + requantize");
+  CudaQConv requant_direct = requant;
+  requant_direct.groups = 4;
+  requant_direct.w_dims = {16, 4, 3, 3};
+  requant_direct.direct = true;
+  check_convolution(requant_direct, "grouped, relu + requantize (direct kernel)");
+  // uint8 activations with a zero point (PT2E's default): shifted into int8, the padding
+  // filled with the shifted zero point, the sums corrected in the epilogue.
+  CudaQConv asym{{2, 3, 12, 12}, {8, 3, 3, 3}, {1, 1}, {1, 1}, {1, 0}, {1, 1}};
+  asym.zero_point = 131;
+  check_convolution(asym, "uint8 + zero point, asymmetric padding");
+  CudaQConv asym_direct = asym;
+  asym_direct.x_dims = {2, 4, 12, 12};
+  asym_direct.w_dims = {8, 2, 3, 3};
+  asym_direct.groups = 2;
+  asym_direct.direct = true;
+  check_convolution(asym_direct, "uint8 + zero point, grouped (direct kernel)");
+}
+
+TEST(CudaQuantize, Int8ConvolutionOutsideCudnnRunsTheDirectKernel) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  CudaQConv depthwise{{2, 8, 10, 10}, {8, 1, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 8};
+  depthwise.direct = true;
+  check_convolution(depthwise, "depthwise (groups = 8)");
+  CudaQConv vol{{1, 4, 4, 6, 6}, {8, 4, 2, 3, 3}, {1, 1, 1}, {0, 1, 1}, {0, 1, 1}, {1, 1, 1}};
+  vol.direct = true;
+  vol.out = DataType::kF16;
+  check_convolution(vol, "3-d");
+}
+
+TEST(CudaQuantize, QdqConvolutionFusesAndMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // The builder's fusion end to end: f32 x -> Quantize -> Dequantize -> Convolution with a
+  // dequantized int8 constant weight and a bias, then relu.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 16, 12, 12});
+  Tensor* sx = f32_constant(net, {0.03f});
+  Tensor* q = net.add_quantize(x, sx, nullptr, QuantizeParams{}, "qx")->output();
+  Tensor* xd = net.add_dequantize(q, sx, nullptr, DequantizeParams{}, "dqx")->output();
+  std::vector<int8_t> w8(32 * 16 * 3 * 3);
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 23) % 255 - 127);
+  }
+  Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {32, 16, 3, 3}, w8))->output();
+  std::vector<float> ws(32);
+  for (size_t j = 0; j < ws.size(); ++j) ws[j] = 0.001f * static_cast<float>(j % 4 + 1);
+  DequantizeParams wp;
+  wp.per_channel = true;
+  Tensor* wd = net.add_dequantize(wq, f32_constant(net, ws), nullptr, wp, "dqw")->output();
+  Tensor* b = f32_constant(net, std::vector<float>(32, 0.1f));
+  ConvolutionParams cp;
+  cp.stride = {1, 1};
+  cp.padding_begin = cp.padding_end = {1, 1};
+  cp.dilation = {1, 1};
+  Tensor* y = net.add_convolution(xd, wd, b, cp, "conv")->output();
+  net.mark_output(net.add_activation(y, ActivationType::kRelu, 0, 0, "relu")->output(), "y");
+  const TestTensor xt = TestTensor::random(DataType::kF32, {2, 16, 12, 12}, 8, -3.0f, 3.0f);
+  test::CudaRunner runner(net, {xt}, {}, 3);
+  EXPECT_NE(runner.inspect_json().find("cuda.QuantizedConvolution"), std::string::npos);
+  check_bytes_and_floats(net, {xt}, "fused Q/DQ convolution");
 }
 
 }  // namespace

@@ -312,7 +312,42 @@ Network all_kinds_network() {
                    ->output();
   QuantizedMatrixMultiplyParams qmp;
   qmp.out = DataType::kBF16;
-  Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws}, "qmm")->output();
+  qmp.epilogue.fused_activation = true;
+  qmp.epilogue.activation = ActivationType::kGeluErf;
+  qmp.requantize.enabled = true;
+  qmp.requantize.quant_min = -127;
+  Tensor* qmm_bias =
+      net.add_constant(Weights::from_vector<uint16_t>(DataType::kBF16, {3}, {0x3f80, 0, 0xbf80}),
+                       "qmm_bias")
+          ->output();
+  Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws, qmm_bias, s1}, "qmm")->output();
+  // The fused int8 convolution: grouped, asymmetric padding, per-channel scales, an f16 bias
+  // and an activation in its epilogue.
+  std::vector<int8_t> cwv(2 * 2 * 3 * 3);
+  for (size_t i = 0; i < cwv.size(); ++i) {
+    cwv[i] = static_cast<int8_t>(static_cast<int>(i) * 7 - 60);
+  }
+  Tensor* cwq =
+      net.add_constant(Weights::from_vector<int8_t>(DataType::kI8, {2, 2, 3, 3}, cwv), "qconv_w")
+          ->output();
+  Tensor* cws = net.add_constant(Weights::from_vector<float>(DataType::kF32, {2}, {0.5f, 0.25f}),
+                                 "qconv_w_scale")
+                    ->output();
+  Tensor* cb = net.add_constant(Weights::from_vector<uint16_t>(DataType::kF16, {2},
+                                                               {0x3c00, 0xbc00}),
+                                "qconv_bias")
+                   ->output();
+  QuantizedConvolutionParams qcp;
+  qcp.stride = {1, 2};
+  qcp.padding_begin = {1, 0};
+  qcp.padding_end = {0, 1};
+  qcp.dilation = {1, 1};
+  qcp.groups = 2;
+  qcp.out = DataType::kF16;
+  qcp.epilogue.scale = 0.5;
+  qcp.epilogue.fused_activation = true;
+  qcp.epilogue.activation = ActivationType::kGeluTanh;
+  Tensor* qconv = net.add_layer(qcp, {q, cwq, s1, cws, cb}, "qconv")->output();
   // Other dtypes, an empty constant, and a constant sharing conv_w's bytes (stored once).
   Tensor* half =
       net.add_constant(
@@ -354,6 +389,7 @@ Network all_kinds_network() {
                                                                 {dq, "dq_out"},
                                                                 {q8, "fp8_out"},
                                                                 {qmm, "qmm_out"},
+                                                                {qconv, "qconv_out"},
                                                                 {half, "half_out"},
                                                                 {i64, ""},
                                                                 {flags, "flags_out"},
@@ -624,6 +660,16 @@ void for_each_bit_flip(std::vector<uint8_t> b, bool every_bit, F&& check) {
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
   auto check = [](const std::vector<uint8_t>& b, const std::string& what) {
+    // The version field sits outside the checksum, and older readable versions share the
+    // layout: a flip to one of them is a valid older plan when the plan holds no newer kind
+    // (the tiny plan), and is rejected naming the kind otherwise (the all-kinds plan).
+    const uint32_t version = static_cast<uint32_t>(b[8]) | static_cast<uint32_t>(b[9]) << 8 |
+                             static_cast<uint32_t>(b[10]) << 16 |
+                             static_cast<uint32_t>(b[11]) << 24;
+    if (version != kPlanFormatVersion && version >= kPlanMinReadableVersion &&
+        version < kPlanFormatVersion && load_or_error(b.data(), b.size(), true, what)) {
+      return;
+    }
     expect_rejected(b, b.size(), true, what);
   };
   for_each_bit_flip(tiny_plan(), true, check);
@@ -654,7 +700,7 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads versions 5 to 6"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads versions 5 to 7"), std::string::npos) << m;
 }
 
 TEST(PlanFormat, Version5PlansStillLoad) {
@@ -668,6 +714,72 @@ TEST(PlanFormat, Version5PlansStillLoad) {
   put_le(b, 8, 4, 4);
   EXPECT_NE(expect_rejected(b, b.size(), true, "version").find("format version 4"),
             std::string::npos);
+}
+
+TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
+  // Version 7 added the QuantizedConvolution kind only: a version-6 plan without one reads as
+  // it did, and one that claims to hold it is refused, naming the version that added it.
+  const auto current = tiny_plan();
+  auto b = current;
+  put_le(b, 8, 6, 4);
+  EXPECT_EQ(plan_read(b.data(), b.size()).network.layers().size(),
+            plan_read(current.data(), current.size()).network.layers().size());
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {4, 4, 1, 1},
+                                                    std::vector<int8_t>(16, 1)),
+                               "w")
+                  ->output();
+  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
+                  ->output();
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {0, 0};
+  net.mark_output(net.add_layer(p, {x, w, s, s}, "qconv")->output(), "y");
+  auto plan = plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  put_le(plan, 8, 6, 4);
+  const std::string m =
+      expect_rejected(plan, plan.size(), false, "version 6 with a QuantizedConvolution");
+  EXPECT_NE(m.find("is a QuantizedConvolution layer, which format version 6 does not have "
+                   "(version 7 added it)"),
+            std::string::npos)
+      << m;
+}
+
+TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
+  // Version 6 stored a QuantizedMatrixMultiply's output type only; version 7 added its epilogue
+  // and requantization fields. Cutting those (the defaults) out of a current plan gives the
+  // version-6 bytes, which must read back to the same network: written again, the current plan.
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kI8, {2, 8});
+  Tensor* b = net.add_constant(Weights::from_vector(DataType::kI8, {4, 8},
+                                                    std::vector<int8_t>(32, 3)),
+                               "b")
+                  ->output();
+  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
+                  ->output();
+  QuantizedMatrixMultiplyParams p;
+  p.out = DataType::kF16;
+  net.mark_output(net.add_layer(p, {a, b, s, s}, "qmm")->output(), "y");
+  std::vector<OptimizationProfile> profiles(1);
+  const std::vector<uint8_t> current = plan_write(make_plan(net, profiles));
+  // The layer's params follow its implementation name and its four input ids; `out` is 1 byte,
+  // then the epilogue (f64, bool, enum, f64, f64) and the requantization (bool, i64, i64).
+  constexpr size_t kNewFieldBytes = 8 + 1 + 1 + 8 + 8 + 1 + 8 + 8;
+  const size_t params_at = find_bytes(current, encoded("cpu.QuantizedMatrixMultiply")) + 4 +
+                           std::string("cpu.QuantizedMatrixMultiply").size() + 4 + 4 * 4;
+  std::vector<uint8_t> v6 = current;
+  v6.erase(v6.begin() + static_cast<std::ptrdiff_t>(params_at + 1),
+           v6.begin() + static_cast<std::ptrdiff_t>(params_at + 1 + kNewFieldBytes));
+  // The payload shrinks; zeros keep the weights where they were.
+  const size_t payload_end = kPlanHeaderBytes + get_u64(current, kPlanPayloadSizePos) -
+                             kNewFieldBytes;
+  v6.insert(v6.begin() + static_cast<std::ptrdiff_t>(payload_end), kNewFieldBytes, 0);
+  put_le(v6, kPlanPayloadSizePos, get_u64(current, kPlanPayloadSizePos) - kNewFieldBytes, 8);
+  put_le(v6, 8, 6, 4);
+  reseal(v6);
+  const PlanModel read = plan_read(v6.data(), v6.size());
+  EXPECT_EQ(plan_write(read), current);
 }
 
 TEST(PlanFormat, BuildTargetIsValidated) {

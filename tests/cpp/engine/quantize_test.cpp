@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "ember/engine/builder.h"
@@ -342,7 +345,7 @@ TEST(QuantizedMatrixMultiply, FusedProductEqualsTheUnfusedQdqGraph) {
   }
 }
 
-TEST(QuantizedMatrixMultiply, AsymmetricOrUint8ChainsAreNotFused) {
+TEST(QuantizedMatrixMultiply, Uint8ActivationsWithAZeroPointFuse) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {4, 16});
   QuantizeParams qp;
@@ -358,9 +361,27 @@ TEST(QuantizedMatrixMultiply, AsymmetricOrUint8ChainsAreNotFused) {
           ->output();
   Tensor* w = net.add_dequantize(wq, scales(net, {0.1f}), nullptr, DequantizeParams{})->output();
   net.mark_output(net.add_matrix_multiply(a, false, w, true)->output(), "y");
-  EXPECT_FALSE(has_kind(built_kinds(net, 3), LayerKind::kQuantizedMatrixMultiply));
+  // PT2E's uint8 activations: the product sums (a - zero_point) * b exactly in int32.
+  EXPECT_TRUE(has_kind(built_kinds(net, 3), LayerKind::kQuantizedMatrixMultiply));
+  EXPECT_FALSE(has_kind(built_kinds(net, 3), LayerKind::kMatrixMultiply));
+  // run_network checks the fused engine against the unfused network's reference run.
   const auto out = test::run_network(net, {TestTensor::random(DataType::kF32, {4, 16}, 5)});
   EXPECT_EQ(out[0].dims, (std::vector<int64_t>{4, 8}));
+  // An asymmetric weight (a zero point on the constant) is not fused.
+  Network wz;
+  Tensor* x2 = wz.add_input("x", DataType::kF32, {4, 16});
+  Tensor* s2 = scales(wz, {0.05f});
+  Tensor* a2 = wz.add_dequantize(wz.add_quantize(x2, s2, nullptr, QuantizeParams{})->output(),
+                                 s2, nullptr, DequantizeParams{})
+                   ->output();
+  Tensor* w2q =
+      wz.add_constant(Weights::from_vector(DataType::kI8, {8, 16}, std::vector<int8_t>(128, 3)))
+          ->output();
+  Tensor* w2 = wz.add_dequantize(w2q, scales(wz, {0.1f}), zero_points(wz, {1}),
+                                 DequantizeParams{})
+                   ->output();
+  wz.mark_output(wz.add_matrix_multiply(a2, false, w2, true)->output(), "y");
+  EXPECT_FALSE(has_kind(built_kinds(wz, 3), LayerKind::kQuantizedMatrixMultiply));
 }
 
 TEST(QuantizedMatrixMultiply, LayerChecksItsOperands) {
@@ -378,7 +399,618 @@ TEST(QuantizedMatrixMultiply, LayerChecksItsOperands) {
       [&] {
         net.add_layer(QuantizedMatrixMultiplyParams{}, {a, bf, s, s});
       },
-      {"one dtype", "i8 and f32"});
+      {"b (an int8 product's weight) (input 1) must be i8, got f32"});
+  // A zero point is i32 with one element, and FP8 products take none.
+  test::expect_error(
+      [&] {
+        net.add_layer(QuantizedMatrixMultiplyParams{},
+                      {a, net.add_input("b16", DataType::kI8, {8, 16}), s, s, nullptr, nullptr, s});
+      },
+      {"x_zero_point (input 6) must be i32, got f32"});
+  Tensor* a8 = net.add_input("a8", DataType::kF8E4M3, {4, 16});
+  Tensor* b8f = net.add_input("b8f", DataType::kF8E4M3, {8, 16});
+  test::expect_error(
+      [&] {
+        net.add_layer(QuantizedMatrixMultiplyParams{},
+                      {a8, b8f, s, s, nullptr, nullptr, zero_points(net, {0})});
+      },
+      {"f8e4m3 products are symmetric"});
+}
+
+// ---------------------------------------------------------------- QuantizedConvolution
+
+/// One quantized convolution case: geometry, scales, bias, output type and epilogue.
+struct QConvCase {
+  std::vector<int64_t> x_dims;       ///< [N, C, *spatial]
+  std::vector<int64_t> w_dims;       ///< [K, C/groups, *kernel]
+  std::vector<int64_t> stride, pad_begin, pad_end, dilation;
+  int64_t groups = 1;
+  bool per_channel = true;
+  bool bias = true;
+  DataType out = DataType::kF32;
+  bool relu = false;
+  double scale = 1.0;
+  int32_t zero_point = -1;  ///< >= 0: x is u8 with this zero point (input 6)
+};
+
+int64_t numel_of(const std::vector<int64_t>& d) {
+  int64_t n = 1;
+  for (int64_t v : d) n *= v;
+  return n;
+}
+
+std::vector<int64_t> int8_values(int64_t n, int seed) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = (i * 37 + seed * 11 + (i * i) % 7) % 255 - 127;
+  return v;
+}
+
+/// The layer's formula written out (layers.h): exact integer sums, then the scales, the bias,
+/// rounding to the output type and the activation.
+std::vector<float> reference_qconv(const QConvCase& c, const std::vector<int64_t>& x,
+                                   const std::vector<int64_t>& w, float xs,
+                                   const std::vector<float>& ws, const std::vector<float>& bias,
+                                   std::vector<int64_t>& out_dims) {
+  const size_t nsp = c.x_dims.size() - 2;
+  const int64_t n = c.x_dims[0], ch = c.x_dims[1], k = c.w_dims[0];
+  const int64_t cg = ch / c.groups, kg = k / c.groups;
+  out_dims = {n, k};
+  for (size_t d = 0; d < nsp; ++d) {
+    const int64_t extent = c.dilation[d] * (c.w_dims[2 + d] - 1) + 1;
+    out_dims.push_back((c.x_dims[2 + d] + c.pad_begin[d] + c.pad_end[d] - extent) / c.stride[d] +
+                       1);
+  }
+  const std::vector<int64_t> osp(out_dims.begin() + 2, out_dims.end());
+  const std::vector<int64_t> ksp(c.w_dims.begin() + 2, c.w_dims.end());
+  const std::vector<int64_t> isp(c.x_dims.begin() + 2, c.x_dims.end());
+  const int64_t out_plane = numel_of(osp), taps = numel_of(ksp), in_plane = numel_of(isp);
+  std::vector<float> out;
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t oc = 0; oc < k; ++oc) {
+      for (int64_t o = 0; o < out_plane; ++o) {
+        int64_t acc = 0;
+        for (int64_t ic = 0; ic < cg; ++ic) {
+          for (int64_t t = 0; t < taps; ++t) {
+            int64_t in_index = 0;
+            bool inside = true;
+            int64_t orest = o, trest = t;
+            std::vector<int64_t> opos(nsp), tpos(nsp);
+            for (size_t d = nsp; d-- > 0;) {
+              opos[d] = orest % osp[d];
+              orest /= osp[d];
+              tpos[d] = trest % ksp[d];
+              trest /= ksp[d];
+            }
+            for (size_t d = 0; d < nsp; ++d) {
+              const int64_t pos = opos[d] * c.stride[d] - c.pad_begin[d] + tpos[d] * c.dilation[d];
+              inside = inside && pos >= 0 && pos < isp[d];
+              in_index = in_index * isp[d] + pos;
+            }
+            if (!inside) continue;
+            const int64_t xi = (b * ch + (oc / kg) * cg + ic) * in_plane + in_index;
+            const int64_t zp = c.zero_point >= 0 ? c.zero_point : 0;
+            acc += (x[static_cast<size_t>(xi)] - zp) *
+                   w[static_cast<size_t>((oc * cg + ic) * taps + t)];
+          }
+        }
+        float v = static_cast<float>(acc) * (xs * ws[c.per_channel ? oc : 0]);
+        v *= static_cast<float>(c.scale);
+        if (c.bias) v += bias[static_cast<size_t>(oc)];
+        v = test::TestTensor::floats(c.out, {1}, {v}).to_floats()[0];  // rounded to `out`
+        if (c.relu) v = std::fmax(v, 0.0f);
+        out.push_back(v);
+      }
+    }
+  }
+  return out;
+}
+
+TEST(QuantizedConvolution, MatchesTheWrittenOutFormula) {
+  std::vector<QConvCase> cases;
+  // 2-d, stride and dilation, asymmetric padding, per-channel scales, f32 bias.
+  cases.push_back({{2, 3, 7, 6}, {5, 3, 3, 2}, {2, 1}, {1, 0}, {0, 1}, {1, 2}});
+  // 1-d, per-tensor, no bias, f16 output with relu and an epilogue scale.
+  QConvCase c1{{1, 4, 9}, {4, 4, 3}, {1}, {1}, {1}, {1}};
+  c1.per_channel = false;
+  c1.bias = false;
+  c1.out = DataType::kF16;
+  c1.relu = true;
+  c1.scale = 0.5;
+  cases.push_back(c1);
+  // Grouped (depthwise) 2-d with a bf16 bias.
+  QConvCase c2{{1, 4, 5, 5}, {4, 1, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 4};
+  c2.out = DataType::kBF16;
+  cases.push_back(c2);
+  // 3-d.
+  cases.push_back({{1, 2, 3, 4, 4}, {3, 2, 2, 2, 3}, {1, 1, 2}, {0, 1, 1}, {0, 0, 1}, {1, 1, 1}});
+  // uint8 x with a zero point, padding on every side (padded taps add nothing).
+  QConvCase c4{{1, 3, 5, 5}, {4, 3, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+  c4.zero_point = 130;
+  cases.push_back(c4);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const QConvCase& c = cases[i];
+    const int64_t k = c.w_dims[0];
+    auto xv = int8_values(numel_of(c.x_dims), 1 + static_cast<int>(i));
+    const bool u8 = c.zero_point >= 0;
+    if (u8) {
+      for (int64_t& v : xv) v += 128;  // uint8 values
+    }
+    const auto wv = int8_values(numel_of(c.w_dims), 7 + static_cast<int>(i));
+    std::vector<float> ws, bias;
+    for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) {
+      ws.push_back(0.002f * static_cast<float>(j + 1));
+    }
+    for (int64_t j = 0; j < k; ++j) bias.push_back(0.25f * static_cast<float>(j) - 0.5f);
+    const float xs = 0.03f;
+    Network net;
+    const DataType xdt = u8 ? DataType::kU8 : DataType::kI8;
+    Tensor* x = net.add_input("x", xdt, Shape(c.x_dims.begin(), c.x_dims.end()));
+    std::vector<int8_t> w8(wv.begin(), wv.end());
+    Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, c.w_dims, w8))->output();
+    std::vector<Tensor*> inputs{x, w, scales(net, {xs}), scales(net, ws)};
+    if (c.bias) {
+      const TestTensor b = TestTensor::floats(c.out, {k}, bias);
+      inputs.push_back(
+          net.add_constant(Weights::copy(c.out, {k}, b.bytes.data()))->output());
+      bias = b.to_floats();  // as stored
+    }
+    QuantizedConvolutionParams p;
+    p.stride = c.stride;
+    p.padding_begin = c.pad_begin;
+    p.padding_end = c.pad_end;
+    p.dilation = c.dilation;
+    p.groups = c.groups;
+    p.out = c.out;
+    p.epilogue.scale = c.scale;
+    p.epilogue.fused_activation = c.relu;
+    if (u8) {
+      inputs.resize(6, nullptr);
+      inputs.push_back(zero_points(net, {c.zero_point}));
+    }
+    net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
+    std::vector<int64_t> out_dims;
+    const auto want = reference_qconv(c, xv, wv, xs, ws, bias, out_dims);
+    const auto out = test::run_network(net, {TestTensor::ints(xdt, c.x_dims, xv)});
+    ASSERT_EQ(out[0].dims, out_dims);
+    ASSERT_EQ(out[0].dtype, c.out);
+    test::expect_close(out[0], want, c.out, "quantized convolution");
+  }
+}
+
+/// x -> Q/DQ (per-tensor int8) -> Convolution(DQ(constant int8 weight), bias) [-> relu] -> out.
+struct QdqConv {
+  bool per_channel = true;
+  bool bias = true;
+  DataType dtype = DataType::kF32;
+  int64_t groups = 1;
+  bool asymmetric_x = false;    ///< uint8 x with a zero point (fused, with input 6).
+  bool fp8 = false;             ///< FP8 operands: not fused (no FP8 convolution).
+  bool weight_axis_1 = false;   ///< Per-channel along the weight's input channels: not fused.
+  bool relu = false;
+};
+
+Network qdq_conv(const QdqConv& c) {
+  Network net;
+  Tensor* x = net.add_input("x", c.dtype, {2, 4, 6, 6});
+  Tensor* sx = scales(net, {0.02f});
+  QuantizeParams qp;
+  qp.to = c.fp8 ? DataType::kF8E4M3 : c.asymmetric_x ? DataType::kU8 : DataType::kI8;
+  if (c.asymmetric_x) {
+    qp.quant_min = 0;
+    qp.quant_max = 255;
+  }
+  Tensor* zx = c.asymmetric_x ? zero_points(net, {128}) : nullptr;
+  Tensor* q = net.add_quantize(x, sx, zx, qp, "qx")->output();
+  DequantizeParams dp;
+  dp.to = c.dtype;
+  Tensor* xd = net.add_dequantize(q, sx, zx, dp, "dqx")->output();
+  const std::vector<int64_t> wdims = {8, 4 / c.groups, 3, 3};
+  std::vector<int8_t> w8(static_cast<size_t>(numel_of(wdims)));
+  std::vector<uint8_t> f8(w8.size());
+  for (size_t i = 0; i < w8.size(); ++i) {
+    w8[i] = static_cast<int8_t>((static_cast<int>(i) * 53) % 255 - 127);
+    f8[i] = f32_to_f8e4m3(static_cast<float>(w8[i]) * 0.5f);
+  }
+  Tensor* wq = net.add_constant(c.fp8 ? Weights::from_vector(DataType::kF8E4M3, wdims, f8)
+                                      : Weights::from_vector(DataType::kI8, wdims, w8),
+                                "wq")
+                   ->output();
+  DequantizeParams wp;
+  wp.to = c.dtype;
+  std::vector<float> sw;
+  if (c.per_channel) {
+    wp.per_channel = true;
+    wp.axis = c.weight_axis_1 ? 1 : 0;
+    for (int64_t j = 0; j < wdims[wp.axis]; ++j) sw.push_back(0.001f * static_cast<float>(j + 1));
+  } else {
+    sw.push_back(0.004f);
+  }
+  Tensor* w = net.add_dequantize(wq, scales(net, sw), nullptr, wp, "dqw")->output();
+  Tensor* b = nullptr;
+  if (c.bias) {
+    std::vector<float> bv;
+    for (int j = 0; j < 8; ++j) bv.push_back(0.1f * static_cast<float>(j) - 0.3f);
+    const TestTensor bt = TestTensor::floats(c.dtype, {8}, bv);
+    b = net.add_constant(Weights::copy(c.dtype, {8}, bt.bytes.data()), "bias")->output();
+  }
+  ConvolutionParams cp;
+  cp.stride = {1, 2};
+  cp.padding_begin = {1, 1};
+  cp.padding_end = {1, 0};
+  cp.dilation = {1, 1};
+  cp.groups = c.groups;
+  Tensor* y = net.add_convolution(xd, w, b, cp, "conv")->output();
+  if (c.relu) y = net.add_activation(y, ActivationType::kRelu, 0.0, 0.0, "relu")->output();
+  net.mark_output(y, "y");
+  return net;
+}
+
+TEST(QuantizedConvolution, FusedConvolutionEqualsTheUnfusedQdqGraph) {
+  // No bf16 case here: the unfused graph dequantizes into bf16 (8 significant bits, fewer than
+  // an int8 value times its scale needs), so it drifts from the exact fused sums by more than
+  // bf16's tolerance; the formula test above covers bf16 outputs.
+  std::vector<QdqConv> cases(5);
+  cases[1].per_channel = false;
+  cases[1].bias = false;
+  cases[2].dtype = DataType::kF16;
+  cases[2].relu = true;
+  cases[3].groups = 2;
+  cases[4].dtype = DataType::kF16;
+  cases[4].groups = 4;
+  cases[4].per_channel = false;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const Network net = qdq_conv(cases[i]);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kDequantize));  // both operands stay int8
+    EXPECT_FALSE(has_kind(built_kinds(net, 0), LayerKind::kQuantizedConvolution));
+    const TestTensor x = TestTensor::random(cases[i].dtype, {2, 4, 6, 6}, 13, -2.0f, 2.0f);
+    // run_network checks each engine against the unfused network's reference run.
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), cases[i].dtype, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedConvolution, Uint8ActivationsWithAZeroPointFuse) {
+  // PT2E's default: uint8 activations with a zero point. The padding is a real zero (q = zp),
+  // which the fused layer gets by summing (x - zp) * w over the taps inside the input.
+  for (const bool bias : {true, false}) {
+    QdqConv c;
+    c.asymmetric_x = true;
+    c.bias = bias;
+    const Network net = qdq_conv(c);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kConvolution));
+    const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 23, -2.0f, 2.0f);
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedConvolution, NearMissesAreNotFused) {
+  QdqConv fp8, axis1;
+  fp8.fp8 = true;
+  fp8.per_channel = false;
+  axis1.weight_axis_1 = true;
+  for (const QdqConv& c : {fp8, axis1}) {
+    const Network net = qdq_conv(c);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kConvolution));
+    const auto out =
+        test::run_network(net, {TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 3, -1.0f, 1.0f)});
+    EXPECT_EQ(out[0].dims, (std::vector<int64_t>{2, 8, 6, 3}));
+  }
+  // A weight that is not a constant (a network input) stays unfused too.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* wq = net.add_input("w", DataType::kI8, {4, 4, 1, 1});
+  Tensor* s = scales(net, {0.1f});
+  Tensor* xd = net.add_dequantize(x, s, nullptr, DequantizeParams{})->output();
+  Tensor* wd = net.add_dequantize(wq, s, nullptr, DequantizeParams{})->output();
+  ConvolutionParams cp;
+  cp.stride = cp.dilation = {1, 1};
+  cp.padding_begin = cp.padding_end = {0, 0};
+  net.mark_output(net.add_convolution(xd, wd, nullptr, cp)->output(), "y");
+  EXPECT_FALSE(has_kind(built_kinds(net, 3), LayerKind::kQuantizedConvolution));
+}
+
+TEST(QuantizedConvolution, LayerChecksItsOperands) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* w = net.add_input("w", DataType::kI8, {8, 4, 3, 3});
+  Tensor* s = scales(net, {1.0f});
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {0, 0};
+  Tensor* xf = net.add_input("xf", DataType::kF32, {1, 4, 5, 5});
+  test::expect_error([&] { net.add_layer(p, {xf, w, s, s}); },
+                     {"QuantizedConvolution", "x (input 0) must be i8 or u8, got f32"});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, scales(net, {1.0f, 2.0f})}); },
+                     {"w_scale length equals w's dim 0 (K)", "2 != 8"});
+  Tensor* b16 = net.add_input("b", DataType::kF16, {8});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, b16}); },
+                     {"bias (the output's dtype)", "must be f32, got f16"});
+  Tensor* w5 = net.add_input("w5", DataType::kI8, {8, 5, 3, 3});
+  test::expect_error([&] { net.add_layer(p, {x, w5, s, s}); },
+                     {"times groups (1) must equal input dim 1"});
+  p.stride = {1};
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s}); },
+                     {"stride needs one value per spatial dim (2), got 1"});
+}
+
+TEST(QuantizedConvolution, CudaBackEndLogsTheConvolutionsCudnnCannotTake) {
+  // Building needs no GPU: the CUDA back end names each layer's implementation from its
+  // parameters, and a grouped or 3-d int8 convolution (the direct kernel, not cuDNN) is logged
+  // as a degradation, which the Python layer turns into a warning.
+  const auto backends = available_backends();
+  if (std::find(backends.begin(), backends.end(), "cuda") == backends.end()) {
+    GTEST_SKIP() << "this build has no CUDA back end";
+  }
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 8, 6, 6});
+  Tensor* s = scales(net, {0.1f});
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {1, 1};
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {8, 8, 3, 3},
+                                                    std::vector<int8_t>(576, 1)))
+                  ->output();
+  net.mark_output(net.add_layer(p, {x, w, s, s}, "plain")->output(), "a");
+  p.groups = 4;
+  Tensor* wg = net.add_constant(Weights::from_vector(DataType::kI8, {8, 2, 3, 3},
+                                                     std::vector<int8_t>(144, 1)))
+                   ->output();
+  net.mark_output(net.add_layer(p, {x, wg, s, s}, "grouped")->output(), "b");
+  // uint8 activations with a zero point: cuDNN's path too (shifted into int8, corrected).
+  Tensor* xu = net.add_input("xu", DataType::kU8, {1, 8, 6, 6});
+  p.groups = 1;
+  net.mark_output(net.add_layer(p, {xu, w, s, s, nullptr, nullptr, zero_points(net, {128})},
+                                "asymmetric")
+                      ->output(),
+                  "c");
+  BuilderConfig config;
+  config.backend = "cuda";
+  BuildReport report;
+  const std::vector<uint8_t> bytes = Builder(config).build(net, &report);
+  const PlanModel plan = plan_read(bytes.data(), bytes.size());
+  std::map<std::string, std::string> impl;
+  const auto layers = plan.network.layers();
+  for (size_t i = 0; i < layers.size(); ++i) impl[layers[i]->name()] = plan.impls[i];
+  EXPECT_EQ(impl["plain"], "cuda.QuantizedConvolution");
+  EXPECT_EQ(impl["grouped"], "cuda.QuantizedConvolution.direct");
+  EXPECT_EQ(impl["asymmetric"], "cuda.QuantizedConvolution");
+  std::vector<std::string> degraded;
+  for (const std::string& line : report.pass_log) {
+    if (line.rfind("degraded: ", 0) == 0) degraded.push_back(line);
+  }
+  ASSERT_EQ(degraded.size(), 1u);
+  EXPECT_NE(degraded[0].find("'grouped'"), std::string::npos) << degraded[0];
+  EXPECT_NE(degraded[0].find("groups = 4"), std::string::npos) << degraded[0];
+  EXPECT_NE(degraded[0].find("cuda.QuantizedConvolution.direct"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- epilogues of the fused products
+
+/// What follows a Q/DQ product in an epilogue test.
+struct Tail {
+  bool bias = false;                 ///< + constant [N] (matrix product; the conv has its own)
+  std::optional<ActivationType> act;
+  bool requantize = false;           ///< Quantize (per-tensor int8) -> Dequantize -> output
+  bool per_channel_quantize = false; ///< near miss: a per-channel Quantize after
+  bool asymmetric_quantize = false;  ///< near miss: a zero point on the Quantize after
+  bool product_is_also_output = false;  ///< near miss: the product has a second reader
+};
+
+/// Appends `t` to product `y` [.., N] (channel axis `axis`) and marks the output.
+void add_tail(Network& net, Tensor* y, int64_t n, int64_t axis, const Tail& t) {
+  if (t.product_is_also_output) net.mark_output(y, "product");
+  if (t.bias) {
+    std::vector<float> b;
+    for (int64_t j = 0; j < n; ++j) b.push_back(0.05f * static_cast<float>(j) - 0.2f);
+    y = net.add_elementwise(y, scales(net, b), ElementWiseOp::kSum, "add_bias")->output();
+  }
+  if (t.act) y = net.add_activation(y, *t.act, 0.0, 0.0, "act")->output();
+  if (t.requantize || t.per_channel_quantize || t.asymmetric_quantize) {
+    QuantizeParams qp;
+    qp.quant_min = -127;
+    Tensor* s = scales(net, {0.01f});
+    Tensor* z = nullptr;
+    if (t.per_channel_quantize) {
+      qp.per_channel = true;
+      qp.axis = axis;
+      s = scales(net, std::vector<float>(static_cast<size_t>(n), 0.01f));
+    }
+    if (t.asymmetric_quantize) z = zero_points(net, {3});
+    DequantizeParams dp;
+    dp.per_channel = qp.per_channel;
+    dp.axis = qp.axis;
+    Tensor* q = net.add_quantize(y, s, z, qp, "q_out")->output();
+    y = net.add_dequantize(q, s, z, dp, "dq_out")->output();
+  }
+  net.mark_output(y, "y");
+}
+
+/// The built plan's layers of `kind`.
+std::vector<const Layer*> layers_of(const PlanModel& plan, LayerKind kind) {
+  std::vector<const Layer*> out;
+  for (const Layer* l : plan.network.layers()) {
+    if (l->kind() == kind) out.push_back(l);
+  }
+  return out;
+}
+
+PlanModel built_plan(const Network& net) {
+  BuilderConfig config;
+  config.optimization_level = 3;
+  const std::vector<uint8_t> bytes = Builder(config).build(net);
+  return plan_read(bytes.data(), bytes.size());
+}
+
+TEST(QuantizedEpilogues, MatrixProductTakesBiasActivationAndRequantization) {
+  struct Case {
+    Tail tail;
+    bool fuses_bias, fuses_act, fuses_requantize;
+  };
+  Tail bias_relu{true, ActivationType::kRelu};
+  Tail gelu{false, ActivationType::kGeluErf};
+  Tail requant{};
+  requant.requantize = true;
+  Tail all{true, ActivationType::kGeluTanh};
+  all.requantize = true;
+  const std::vector<Case> cases = {{bias_relu, true, true, false},
+                                   {gelu, false, true, false},
+                                   {requant, false, false, true},
+                                   {all, true, true, true}};
+  const TestTensor x = TestTensor::random(DataType::kF32, {6, 32}, 21, -2.0f, 2.0f);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const Tail& t = cases[i].tail;
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {6, 32});
+    Tensor* sa = scales(net, {0.02f});
+    QuantizeParams qp;
+    qp.quant_min = -127;
+    Tensor* a = net.add_dequantize(net.add_quantize(in, sa, nullptr, qp)->output(), sa, nullptr,
+                                   DequantizeParams{})
+                    ->output();
+    std::vector<int8_t> w8(8 * 32);
+    for (size_t j = 0; j < w8.size(); ++j) {
+      w8[j] = static_cast<int8_t>((static_cast<int>(j) * 37) % 255 - 127);
+    }
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 32}, w8))->output();
+    DequantizeParams wp;
+    wp.per_channel = true;
+    std::vector<float> sb;
+    for (int j = 0; j < 8; ++j) sb.push_back(0.001f * static_cast<float>(j + 1));
+    Tensor* w = net.add_dequantize(wq, scales(net, sb), nullptr, wp)->output();
+    add_tail(net, net.add_matrix_multiply(a, false, w, true, "mm")->output(), 8, 1, t);
+    const PlanModel plan = built_plan(net);
+    const auto q = layers_of(plan, LayerKind::kQuantizedMatrixMultiply);
+    ASSERT_EQ(q.size(), 1u);
+    const auto& p = q[0]->params_as<QuantizedMatrixMultiplyParams>();
+    EXPECT_EQ(q[0]->input(4) != nullptr, cases[i].fuses_bias);
+    EXPECT_EQ(p.epilogue.fused_activation, cases[i].fuses_act);
+    EXPECT_EQ(p.requantize.enabled, cases[i].fuses_requantize);
+    if (cases[i].fuses_requantize) {
+      EXPECT_EQ(q[0]->output()->dtype(), DataType::kI8);
+      EXPECT_EQ(p.requantize.quant_min, -127);
+      EXPECT_TRUE(layers_of(plan, LayerKind::kQuantize).size() == 1u);  // only the input's
+    }
+    EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
+    EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
+    // run_network checks the fused engine against the unfused network's reference run.
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedEpilogues, ConvolutionTakesActivationAndRequantization) {
+  Tail relu{false, ActivationType::kRelu};
+  Tail relu_requant{false, ActivationType::kRelu};
+  relu_requant.requantize = true;
+  Tail gelu_requant{false, ActivationType::kGeluErf};
+  gelu_requant.requantize = true;
+  const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
+  for (const Tail& t : {relu, relu_requant, gelu_requant}) {
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {2, 4, 6, 6});
+    Tensor* sx = scales(net, {0.02f});
+    Tensor* xd = net.add_dequantize(net.add_quantize(in, sx, nullptr, QuantizeParams{})->output(),
+                                    sx, nullptr, DequantizeParams{})
+                     ->output();
+    std::vector<int8_t> w8(8 * 4 * 3 * 3);
+    for (size_t j = 0; j < w8.size(); ++j) {
+      w8[j] = static_cast<int8_t>((static_cast<int>(j) * 53) % 255 - 127);
+    }
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 4, 3, 3}, w8))->output();
+    Tensor* wd = net.add_dequantize(wq, scales(net, {0.004f}), nullptr, DequantizeParams{})
+                     ->output();
+    ConvolutionParams cp;
+    cp.stride = cp.dilation = {1, 1};
+    cp.padding_begin = cp.padding_end = {1, 1};
+    Tensor* b = scales(net, {0.1f, -0.1f, 0.2f, 0.0f, 0.3f, -0.3f, 0.05f, 0.0f});
+    add_tail(net, net.add_convolution(xd, wd, b, cp, "conv")->output(), 8, 1, t);
+    const PlanModel plan = built_plan(net);
+    const auto q = layers_of(plan, LayerKind::kQuantizedConvolution);
+    ASSERT_EQ(q.size(), 1u);
+    const auto& p = q[0]->params_as<QuantizedConvolutionParams>();
+    EXPECT_TRUE(p.epilogue.fused_activation);
+    EXPECT_EQ(p.epilogue.activation, *t.act);
+    EXPECT_EQ(p.requantize.enabled, t.requantize);
+    EXPECT_EQ(q[0]->output()->dtype(), t.requantize ? DataType::kI8 : DataType::kF32);
+    EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedEpilogues, NearMissesAreNotFused) {
+  // A per-channel or asymmetric Quantize after the product stays a Quantize layer; a product
+  // that is also a network output keeps its activation outside (both readers need the float
+  // product).
+  Tail per_channel{false, ActivationType::kRelu};
+  per_channel.per_channel_quantize = true;
+  Tail asymmetric{false, ActivationType::kRelu};
+  asymmetric.asymmetric_quantize = true;
+  Tail shared{false, ActivationType::kRelu};
+  shared.product_is_also_output = true;
+  const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 5, -2.0f, 2.0f);
+  for (const Tail& t : {per_channel, asymmetric, shared}) {
+    Network net;
+    Tensor* in = net.add_input("x", DataType::kF32, {2, 4, 6, 6});
+    Tensor* sx = scales(net, {0.02f});
+    Tensor* xd = net.add_dequantize(net.add_quantize(in, sx, nullptr, QuantizeParams{})->output(),
+                                    sx, nullptr, DequantizeParams{})
+                     ->output();
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 4, 1, 1},
+                                                       std::vector<int8_t>(32, 5)))
+                     ->output();
+    Tensor* wd = net.add_dequantize(wq, scales(net, {0.01f}), nullptr, DequantizeParams{})
+                     ->output();
+    ConvolutionParams cp;
+    cp.stride = cp.dilation = {1, 1};
+    cp.padding_begin = cp.padding_end = {0, 0};
+    add_tail(net, net.add_convolution(xd, wd, nullptr, cp, "conv")->output(), 8, 1, t);
+    const PlanModel plan = built_plan(net);
+    const auto q = layers_of(plan, LayerKind::kQuantizedConvolution);
+    ASSERT_EQ(q.size(), 1u);
+    const auto& p = q[0]->params_as<QuantizedConvolutionParams>();
+    EXPECT_FALSE(p.requantize.enabled);
+    EXPECT_EQ(q[0]->output()->dtype(), DataType::kF32);
+    EXPECT_EQ(p.epilogue.fused_activation, !t.product_is_also_output);
+    if (!t.product_is_also_output) EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), 2u);
+    test::run_network(net, {x});
+  }
+}
+
+TEST(QuantizedEpilogues, RequantizationIsCheckedOnTheLayer) {
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kI8, {4, 16});
+  Tensor* b = net.add_input("b", DataType::kI8, {8, 16});
+  Tensor* s = scales(net, {1.0f});
+  QuantizedMatrixMultiplyParams p;
+  p.requantize.enabled = true;
+  test::expect_error([&] { net.add_layer(p, {a, b, s, s}); },
+                     {"QuantizedMatrixMultiply", "requantize needs out_scale (input 5)"});
+  p.requantize.quant_min = -129;
+  test::expect_error([&] { net.add_layer(p, {a, b, s, s, nullptr, s}); },
+                     {"requantize range [-129, 127]"});
+  QuantizedMatrixMultiplyParams plain;
+  test::expect_error([&] { net.add_layer(plain, {a, b, s, s, nullptr, s}); },
+                     {"out_scale) is only taken with requantize on"});
+  test::expect_error([&] { net.add_layer(plain, {a, b, s, s, scales(net, {1, 2, 3})}); },
+                     {"bias length equals the output channels (8)", "3 != 8"});
+  p.requantize.quant_min = -128;
+  EXPECT_EQ(net.add_layer(p, {a, b, s, s, nullptr, s})->output()->dtype(), DataType::kI8);
 }
 
 }  // namespace

@@ -161,6 +161,7 @@ void run(const PluginParams& p, const KernelArgs& a);
 void run(const QuantizeParams& p, const KernelArgs& a);
 void run(const DequantizeParams& p, const KernelArgs& a);
 void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a);
+void run(const QuantizedConvolutionParams& p, const KernelArgs& a);
 
 /// Runs the kernel for `params`.
 inline void run_layer(const LayerParams& params, const KernelArgs& args) {

@@ -1,11 +1,13 @@
 // CPU reference kernels of the quantization family: Quantize, Dequantize and the fused
-// QuantizedMatrixMultiply.
+// QuantizedMatrixMultiply and QuantizedConvolution.
 //
 // The math is PyTorch's quantized_decomposed ops (torch/ao/quantization/fx/_decomposed.py), so an
 // engine built from a PT2E program gives the bytes PyTorch gives: x * (1 / scale) in f32, round
 // half to even (std::nearbyint in the default rounding mode, as torch.round), + zero_point,
 // clamp, convert; and (q - zero_point) * scale in f32.
 #include "backends/semantics/quantize.h"
+
+#include "backends/semantics/activation.h"
 
 #include <cmath>
 
@@ -46,6 +48,75 @@ QuantParams read_params(const KernelArgs& a, int64_t channels) {
     q.zero_point.push_back(a.has(2) ? static_cast<float>(a.in(2).as<const int32_t>()[c]) : 0.0f);
   }
   return q;
+}
+
+/// `v` rounded to the float type `t` (f32, f16 or bf16).
+float rounded(DataType t, float v) {
+  alignas(8) uint8_t tmp[8];  // room for any dtype store_float handles
+  store_float(t, tmp, 0, v);
+  return load_float(t, tmp, 0);
+}
+
+/// What a fused product does with each value after its scales and bias (layers.h): round to
+/// the float type `out`, apply the epilogue's activation (rounding again), then requantize to
+/// i8 or store the float.
+struct ProductFinish {
+  DataType out = DataType::kF32;
+  bool activation = false;
+  ActivationType type = ActivationType::kRelu;
+  float alpha = 0.0f, beta = 0.0f;
+  bool requantize = false;
+  float inv_out_scale = 1.0f, lo = -128.0f, hi = 127.0f;
+
+  ProductFinish(DataType out_type, const Epilogue& e, const Requantize& r, const KernelArgs& a,
+                size_t out_scale_index)
+      : out(out_type),
+        activation(e.fused_activation),
+        type(e.activation),
+        alpha(static_cast<float>(e.alpha)),
+        beta(static_cast<float>(e.beta)),
+        requantize(r.enabled),
+        lo(static_cast<float>(r.quant_min)),
+        hi(static_cast<float>(r.quant_max)) {
+    if (requantize) {
+      inv_out_scale = semantics::quant_inv_scale(a.in(out_scale_index).as<const float>()[0]);
+    }
+  }
+
+  void store(void* data, int64_t i, float v) const {
+    float y = rounded(out, v);
+    if (activation) y = rounded(out, semantics::activation(type, y, alpha, beta));
+    if (requantize) {
+      static_cast<int8_t*>(data)[i] =
+          static_cast<int8_t>(semantics::quant_round_clamp(y, inv_out_scale, 0.0f, lo, hi));
+    } else {
+      store_float(out, data, i, y);
+    }
+  }
+};
+
+/// The int8 product's activation (input 0: i8 or u8) minus its zero point (input 6, 0 when
+/// absent), as int16 (|x - zp| <= 383): what the exact integer sums multiply.
+std::vector<int16_t> centered_activation(const KernelArgs& a) {
+  const HostTensor& x = a.in(0);
+  const int32_t zp = a.has(6) ? a.in(6).as<const int32_t>()[0] : 0;
+  std::vector<int16_t> out(static_cast<size_t>(x.numel()));
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int32_t v = x.dtype == DataType::kU8 ? int32_t{x.as<const uint8_t>()[i]}
+                                               : int32_t{x.as<const int8_t>()[i]};
+    out[static_cast<size_t>(i)] = static_cast<int16_t>(v - zp);
+  }
+  return out;
+}
+
+/// The bias of a fused product (input `index`, `n` values of the output's float type) as f32,
+/// or zeros when absent.
+std::vector<float> product_bias(const KernelArgs& a, size_t index, int64_t n) {
+  std::vector<float> bias(static_cast<size_t>(n), 0.0f);
+  if (a.has(index)) {
+    for (int64_t j = 0; j < n; ++j) bias[j] = load_float(a.in(index).dtype, a.in(index).data, j);
+  }
+  return bias;
 }
 
 }  // namespace
@@ -95,16 +166,24 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
   const HostTensor& sbt = a.in(3);
   const float* sb = sbt.as<const float>();
   const bool per_column = sbt.numel() > 1;
-  if (at.dtype == DataType::kI8) {
-    const auto* qa = at.as<const int8_t>();
+  const std::vector<float> bias = product_bias(a, 4, n);
+  const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
+  const auto scale = static_cast<float>(p.epilogue.scale);
+  auto store = [&](int64_t i, int64_t j, float sum) {
+    finish.store(out.data, i * n + j,
+                 semantics::quantized_product_value(sum, sa * sb[per_column ? j : 0], scale,
+                                                    bias[static_cast<size_t>(j)]));
+  };
+  if (at.dtype != DataType::kF8E4M3) {
+    const std::vector<int16_t> centered = centered_activation(a);
+    const int16_t* qa = centered.data();
     const auto* qb = bt.as<const int8_t>();
     parallel_for(m, n * k + 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         for (int64_t j = 0; j < n; ++j) {
-          int32_t acc = 0;  // |sum| <= 128 * 128 * k: exact for k < 2^17
+          int32_t acc = 0;  // |sum| <= 383 * 128 * k: exact for k < 2^15
           for (int64_t t = 0; t < k; ++t) acc += int32_t{qa[i * k + t]} * int32_t{qb[j * k + t]};
-          store_float(p.out, out.data, i * n + j,
-                      static_cast<float>(acc) * sa * sb[per_column ? j : 0]);
+          store(i, j, static_cast<float>(acc));
         }
       }
     });
@@ -119,7 +198,97 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
       for (int64_t j = 0; j < n; ++j) {
         float acc = 0.0f;
         for (int64_t t = 0; t < k; ++t) acc += fa[i * k + t] * fb[j * k + t];
-        store_float(p.out, out.data, i * n + j, acc * sa * sb[0]);
+        store(i, j, acc);
+      }
+    }
+  });
+}
+
+namespace {
+
+/// A quantized convolution's geometry with the spatial dims padded to three (leading 1s), so
+/// one loop nest serves 1-d, 2-d and 3-d.
+struct QConvShape {
+  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
+};
+
+QConvShape qconv_shape(const QuantizedConvolutionParams& p, const HostTensor& x,
+                       const HostTensor& w, const HostTensor& out) {
+  QConvShape s;
+  s.batch = x.dims[0];
+  s.in_channels = x.dims[1];
+  s.out_channels = w.dims[0];
+  s.groups = p.groups;
+  const size_t nsp = x.dims.size() - 2, skip = 3 - nsp;
+  for (size_t d = 0; d < nsp; ++d) {
+    s.in[skip + d] = x.dims[2 + d];
+    s.out[skip + d] = out.dims[2 + d];
+    s.kernel[skip + d] = w.dims[2 + d];
+    s.stride[skip + d] = p.stride[d];
+    s.pad[skip + d] = p.padding_begin[d];  // the end padding only shortens the output
+    s.dilation[skip + d] = p.dilation[d];
+  }
+  return s;
+}
+
+}  // namespace
+
+void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
+  const HostTensor& xt = a.in(0);
+  const HostTensor& wt = a.in(1);
+  HostTensor& ot = a.out();
+  const QConvShape s = qconv_shape(p, xt, wt, ot);
+  const std::vector<int16_t> centered = centered_activation(a);  // x - x_zero_point
+  const int16_t* x = centered.data();
+  const auto* w = wt.as<const int8_t>();
+  const float xs = a.in(2).as<const float>()[0];
+  const HostTensor& wst = a.in(3);
+  const float* ws = wst.as<const float>();
+  const bool per_channel = wst.numel() > 1;
+  const std::vector<float> bias = product_bias(a, 4, s.out_channels);
+  const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
+  const auto scale = static_cast<float>(p.epilogue.scale);
+  const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
+  const int64_t in_plane = s.in[0] * s.in[1] * s.in[2];
+  const int64_t out_plane = s.out[0] * s.out[1] * s.out[2];
+  const int64_t taps = s.kernel[0] * s.kernel[1] * s.kernel[2];
+  // One (n, k) output plane per work item.
+  parallel_for(s.batch * s.out_channels, out_plane * cg * taps + 1,
+               [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / s.out_channels, k = item % s.out_channels;
+      const int64_t c0 = (k / kg) * cg;
+      const int8_t* wk = w + k * cg * taps;
+      const float multiplier = xs * ws[per_channel ? k : 0];
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t o0 = o / (s.out[1] * s.out[2]);
+        const int64_t o1 = (o / s.out[2]) % s.out[1];
+        const int64_t o2 = o % s.out[2];
+        int32_t acc = 0;  // |sum| <= 383 * 128 * cg * taps: exact for cg * taps < 2^15
+        for (int64_t c = 0; c < cg; ++c) {
+          const int16_t* xc = x + (n * s.in_channels + c0 + c) * in_plane;
+          const int8_t* wc = wk + c * taps;
+          for (int64_t t0 = 0; t0 < s.kernel[0]; ++t0) {
+            const int64_t i0 = o0 * s.stride[0] - s.pad[0] + t0 * s.dilation[0];
+            if (i0 < 0 || i0 >= s.in[0]) continue;
+            for (int64_t t1 = 0; t1 < s.kernel[1]; ++t1) {
+              const int64_t i1 = o1 * s.stride[1] - s.pad[1] + t1 * s.dilation[1];
+              if (i1 < 0 || i1 >= s.in[1]) continue;
+              const int16_t* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
+              const int8_t* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2];
+              for (int64_t t2 = 0; t2 < s.kernel[2]; ++t2) {
+                const int64_t i2 = o2 * s.stride[2] - s.pad[2] + t2 * s.dilation[2];
+                if (i2 < 0 || i2 >= s.in[2]) continue;
+                acc += int32_t{xrow[i2]} * int32_t{wrow[t2]};
+              }
+            }
+          }
+        }
+        finish.store(ot.data, item * out_plane + o,
+                     semantics::quantized_product_value(static_cast<float>(acc), multiplier,
+                                                        scale, bias[static_cast<size_t>(k)]));
       }
     }
   });

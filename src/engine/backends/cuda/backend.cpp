@@ -157,8 +157,17 @@ class CudaBackend final : public Backend {
   std::string implementation(const Layer& layer) const override {
     // Kinds without a device kernel run through the host fallback, which synchronizes: the
     // runtime never captures such plans into CUDA graphs.
-    return std::string(cuda::has_device_kernel(layer.kind()) ? "cuda." : "cuda.host.") +
-           layer_kind_name(layer.kind());
+    std::string impl = std::string(cuda::has_device_kernel(layer.kind()) ? "cuda." : "cuda.host.") +
+                       layer_kind_name(layer.kind());
+    if (!degradation(layer).empty()) impl += ".direct";
+    return impl;
+  }
+
+  std::string degradation(const Layer& layer) const override {
+    if (layer.kind() == LayerKind::kQuantizedConvolution) {
+      return cuda::qconv_direct_reason(layer.params_as<QuantizedConvolutionParams>());
+    }
+    return {};
   }
 
   std::unique_ptr<BackendContext> create_context(const Engine& engine) const override {

@@ -197,6 +197,11 @@ void run(const PluginParams& p, const CudaArgs& a);
 void run(const QuantizeParams& p, const CudaArgs& a);
 void run(const DequantizeParams& p, const CudaArgs& a);
 void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a);
+void run(const QuantizedConvolutionParams& p, const CudaArgs& a);
+
+/// Why a QuantizedConvolution runs in the direct int8 kernel instead of cuDNN's int8
+/// convolution (3-d, grouped), or "" when cuDNN's path applies (quantized_conv.cpp).
+std::string qconv_direct_reason(const QuantizedConvolutionParams& p);
 
 /// True when the layer kind has a device kernel in this build ("cuda.<Kind>"), false when it
 /// runs through host_fallback ("cuda.host.<Kind>"): what select_implementations records.

@@ -1,11 +1,14 @@
 // CUDA kernels of the quantization family: Quantize and Dequantize, one grid-stride pointwise
-// pass each, and the scaling pass after the INT8 product's int32 GEMM (quantized_matmul.cpp).
+// pass each, the epilogue pass after a low-precision GEMM (scales, bias, activation,
+// requantization; quantized_matmul.cpp), and the INT8 convolution's packing, epilogue and direct
+// kernels (quantized_conv.cpp).
 // The arithmetic is backends/semantics/quantize.h (the CPU reference's); FP8 conversions are
 // cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
 #include <cuda_fp8.h>
 
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/quantize_kernels.h"
+#include "backends/semantics/activation.h"
 #include "backends/semantics/quantize.h"
 
 namespace ember::engine::cuda {
@@ -119,29 +122,93 @@ void dispatch_float_storage(DataType t, Fn&& fn) {
 
 namespace {
 
+/// Finishes output element `i` (output channel `channel`) of a fused product from its sum,
+/// through `e` (layers.h): scales and bias in f32, rounding to TO, activation, requantization.
 template <typename TO>
-__global__ void scale_int32_kernel(const int32_t* __restrict__ acc, TO* __restrict__ out,
-                                   int64_t total, int64_t n, const float* __restrict__ a_scale,
-                                   const float* __restrict__ b_scale, bool per_column) {
-  const float sa = a_scale[0];
+__device__ __forceinline__ void product_store(void* out, int64_t i, int64_t channel, float sum,
+                                              const ProductEpilogue& e) {
+  const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
+  const float bias =
+      e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
+  TO v = Num<TO>::store(semantics::quantized_product_value(sum, multiplier, e.scale, bias));
+  if (e.activation) {
+    v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
+  }
+  if (e.out_scale != nullptr) {
+    const float inv = semantics::quant_inv_scale(e.out_scale[0]);
+    static_cast<int8_t*>(out)[i] = static_cast<int8_t>(
+        semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
+  } else {
+    static_cast<TO*>(out)[i] = v;
+  }
+}
+
+/// The exact sum of an int32 accumulator element, with the zero-point correction when `e`
+/// carries one (ProductEpilogue).
+__device__ __forceinline__ float corrected_sum(int32_t acc, int64_t channel,
+                                               const ProductEpilogue& e) {
+  if (e.weight_sums == nullptr) return static_cast<float>(acc);
+  const int64_t zp = (e.zero_point != nullptr ? e.zero_point[0] : 0) - e.zero_point_offset;
+  return static_cast<float>(static_cast<int64_t>(acc) - zp * e.weight_sums[channel]);
+}
+__device__ __forceinline__ float corrected_sum(float acc, int64_t, const ProductEpilogue&) {
+  return acc;  // FP8 sums: symmetric
+}
+
+template <typename TA, typename TO>
+__global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, int64_t total,
+                                        int64_t n, ProductEpilogue e) {
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const float sb = b_scale[per_column ? i % n : 0];
-    out[i] = Num<TO>::store(static_cast<float>(acc[i]) * sa * sb);
+    product_store<TO>(out, i, i % n, corrected_sum(acc[i], i % n, e), e);
+  }
+}
+
+__global__ void shift_u8_kernel(const uint8_t* __restrict__ x, int8_t* __restrict__ y,
+                                int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    y[i] = static_cast<int8_t>(static_cast<int32_t>(x[i]) - 128);
+  }
+}
+
+__global__ void weight_row_sums_kernel(const int8_t* __restrict__ w, int64_t rows, int64_t cols,
+                                       int32_t* __restrict__ sums) {
+  for (int64_t r = global_thread(); r < rows; r += grid_threads()) {
+    int32_t s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += w[r * cols + c];
+    sums[r] = s;
   }
 }
 
 }  // namespace
 
-void launch_scale_int32_accumulator(const int32_t* acc, void* out, DataType out_dtype, int64_t m,
-                                    int64_t n, const float* a_scale, const float* b_scale,
-                                    bool per_column, cudaStream_t stream) {
+void launch_shift_u8_to_s8(const uint8_t* x, int8_t* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  shift_u8_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);
+  check(cudaGetLastError(), "shift_u8_kernel");
+}
+
+void launch_weight_row_sums(const int8_t* w, int64_t rows, int64_t cols, int32_t* sums,
+                            cudaStream_t stream) {
+  if (rows == 0) return;
+  weight_row_sums_kernel<<<grid_for(rows), kThreads, 0, stream>>>(w, rows, cols, sums);
+  check(cudaGetLastError(), "weight_row_sums_kernel");
+}
+
+void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
+                             int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = m * n;
-  dispatch_float_storage(out_dtype, [&](auto* tag) {
+  if (total == 0) return;
+  dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    scale_int32_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(
-        acc, static_cast<TO*>(out), total, n, a_scale, b_scale, per_column);
+    if (int32_acc) {
+      product_epilogue_kernel<int32_t, TO><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const int32_t*>(acc), out, total, n, e);
+    } else {
+      product_epilogue_kernel<float, TO><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const float*>(acc), out, total, n, e);
+    }
   });
-  check(cudaGetLastError(), "scale_int32_kernel");
+  check(cudaGetLastError(), "product_epilogue_kernel");
 }
 
 void run(const QuantizeParams& p, const CudaArgs& a) {
@@ -196,6 +263,151 @@ void run(const DequantizeParams& p, const CudaArgs& a) {
     }
   });
   check(cudaGetLastError(), "dequantize_kernel");
+}
+
+// ---------------------------------------------------------------- QuantizedConvolution
+
+namespace {
+
+/// Element j of an int8 (or uint8, shifted by -128 into int8) activation.
+__device__ __forceinline__ int32_t activation_at(const void* x, bool u8, int64_t j) {
+  return u8 ? static_cast<int32_t>(static_cast<const uint8_t*>(x)[j]) - 128
+            : static_cast<int32_t>(static_cast<const int8_t*>(x)[j]);
+}
+
+__global__ void qconv_pack_input_kernel(const void* __restrict__ x, bool u8,
+                                        const int32_t* __restrict__ zero_point,
+                                        int8_t* __restrict__ packed, int64_t total,
+                                        QConvGeometry g, int64_t hp, int64_t wp, int64_t c4) {
+  const int64_t h = g.in[1], w = g.in[2];
+  // The padding holds the (shifted) zero point: after the correction it adds nothing.
+  const int32_t pad = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t c = i % c4;
+    const int64_t col = (i / c4) % wp - g.pad[2];
+    const int64_t row = (i / (c4 * wp)) % hp - g.pad[1];
+    const int64_t n = i / (c4 * wp * hp);
+    const bool spatial = row >= 0 && row < h && col >= 0 && col < w;
+    int32_t v = 0;  // channels beyond C meet zero weights
+    if (c < g.in_channels) {
+      v = spatial ? activation_at(x, u8, ((n * g.in_channels + c) * h + row) * w + col) : pad;
+    }
+    packed[i] = static_cast<int8_t>(v);
+  }
+}
+
+__global__ void qconv_pack_weight_kernel(const int8_t* __restrict__ w, int8_t* __restrict__ packed,
+                                         int64_t total, QConvGeometry g, int64_t c4) {
+  const int64_t r = g.kernel[1], s = g.kernel[2], cg = g.in_channels / g.groups;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t c = i % c4;
+    const int64_t sx = (i / c4) % s;
+    const int64_t ry = (i / (c4 * s)) % r;
+    const int64_t k = i / (c4 * s * r);
+    const bool inside = c < cg && k < g.out_channels;
+    packed[i] = inside ? w[((k * cg + c) * r + ry) * s + sx] : int8_t{0};
+  }
+}
+
+template <typename TO>
+__global__ void qconv_epilogue_kernel(const float* __restrict__ y, void* out, int64_t total,
+                                      QConvGeometry g, int64_t k4, ProductEpilogue e) {
+  const int64_t plane = g.out[0] * g.out[1] * g.out[2];
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t p = i % plane;
+    const int64_t k = (i / plane) % g.out_channels;
+    const int64_t n = i / (plane * g.out_channels);
+    const float sum = y[(n * plane + p) * k4 + k];  // an integer, exact below 2^24
+    product_store<TO>(out, i, k,
+                      e.weight_sums != nullptr ? corrected_sum(static_cast<int32_t>(sum), k, e)
+                                               : sum,
+                      e);
+  }
+}
+
+template <typename TO>
+__global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
+                                    const int32_t* __restrict__ zero_point,
+                                    const int8_t* __restrict__ w, void* out, int64_t total,
+                                    QConvGeometry g, ProductEpilogue e) {
+  // x - zero_point over the taps inside the input; the padding adds nothing (a real zero).
+  const int32_t zp = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
+  const int64_t plane = g.out[0] * g.out[1] * g.out[2];
+  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
+  const int64_t taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const int64_t cg = g.in_channels / g.groups, kg = g.out_channels / g.groups;
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t p = i % plane;
+    const int64_t k = (i / plane) % g.out_channels;
+    const int64_t n = i / (plane * g.out_channels);
+    const int64_t o0 = p / (g.out[1] * g.out[2]), o1 = (p / g.out[2]) % g.out[1];
+    const int64_t o2 = p % g.out[2];
+    const int64_t c0 = (k / kg) * cg;
+    int32_t acc = 0;  // exact, as the CPU reference's
+    for (int64_t c = 0; c < cg; ++c) {
+      const int64_t xc = (n * g.in_channels + c0 + c) * in_plane;
+      const int8_t* wc = w + (k * cg + c) * taps;
+      for (int64_t t0 = 0; t0 < g.kernel[0]; ++t0) {
+        const int64_t i0 = o0 * g.stride[0] - g.pad[0] + t0 * g.dilation[0];
+        if (i0 < 0 || i0 >= g.in[0]) continue;
+        for (int64_t t1 = 0; t1 < g.kernel[1]; ++t1) {
+          const int64_t i1 = o1 * g.stride[1] - g.pad[1] + t1 * g.dilation[1];
+          if (i1 < 0 || i1 >= g.in[1]) continue;
+          for (int64_t t2 = 0; t2 < g.kernel[2]; ++t2) {
+            const int64_t i2 = o2 * g.stride[2] - g.pad[2] + t2 * g.dilation[2];
+            if (i2 < 0 || i2 >= g.in[2]) continue;
+            acc += (activation_at(x, u8, xc + (i0 * g.in[1] + i1) * g.in[2] + i2) - zp) *
+                   int32_t{wc[(t0 * g.kernel[1] + t1) * g.kernel[2] + t2]};
+          }
+        }
+      }
+    }
+    product_store<TO>(out, i, k, static_cast<float>(acc), e);
+  }
+}
+
+}  // namespace
+
+void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, int8_t* packed,
+                             const QConvGeometry& g, int64_t hp, int64_t wp, int64_t c4,
+                             cudaStream_t stream) {
+  const int64_t total = g.batch * hp * wp * c4;
+  if (total == 0) return;
+  qconv_pack_input_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, packed,
+                                                                     total, g, hp, wp, c4);
+  check(cudaGetLastError(), "qconv_pack_input_kernel");
+}
+
+void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
+                              int64_t k4, int64_t c4, cudaStream_t stream) {
+  const int64_t total = k4 * g.kernel[1] * g.kernel[2] * c4;
+  if (total == 0) return;
+  qconv_pack_weight_kernel<<<grid_for(total), kThreads, 0, stream>>>(w, packed, total, g, c4);
+  check(cudaGetLastError(), "qconv_pack_weight_kernel");
+}
+
+void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const QConvGeometry& g,
+                           int64_t k4, const ProductEpilogue& e, cudaStream_t stream) {
+  const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
+  if (total == 0) return;
+  dispatch_float_storage(float_type, [&](auto* tag) {
+    using TO = std::remove_pointer_t<decltype(tag)>;
+    qconv_epilogue_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(y, out, total, g, k4, e);
+  });
+  check(cudaGetLastError(), "qconv_epilogue_kernel");
+}
+
+void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,
+                         void* out, DataType float_type, const QConvGeometry& g,
+                         const ProductEpilogue& e, cudaStream_t stream) {
+  const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
+  if (total == 0) return;
+  dispatch_float_storage(float_type, [&](auto* tag) {
+    using TO = std::remove_pointer_t<decltype(tag)>;
+    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, w, out,
+                                                                      total, g, e);
+  });
+  check(cudaGetLastError(), "qconv_direct_kernel");
 }
 
 }  // namespace ember::engine::cuda

@@ -5,14 +5,81 @@
 
 #include <cstdint>
 
+#include "ember/engine/layers.h"
 #include "ember/engine/types.h"
 
 namespace ember::engine::cuda {
 
-/// out[i, j] = acc[i, j] * a_scale[0] * b_scale[per_column ? j : 0] for an m x n row-major int32
-/// accumulator, stored as `out_dtype` (f32, f16 or bf16). Enqueued on `stream`.
-void launch_scale_int32_accumulator(const int32_t* acc, void* out, DataType out_dtype, int64_t m,
-                                    int64_t n, const float* a_scale, const float* b_scale,
-                                    bool per_column, cudaStream_t stream);
+/// What happens to each output of a fused low-precision product after its sum (layers.h,
+/// QuantizedMatrixMultiply and QuantizedConvolution): the scales, the epilogue scale, the bias
+/// (of the float type, nullptr for none), rounding to the float type, the activation, and the
+/// requantization to int8 when out_scale is set.
+struct ProductEpilogue {
+  const float* x_scale = nullptr;  ///< One element (device): a_scale / x_scale.
+  const float* w_scale = nullptr;  ///< One element or one per output channel (device).
+  bool per_channel = false;
+  float scale = 1.0f;
+  const void* bias = nullptr;
+  bool activation = false;
+  ActivationType type = ActivationType::kRelu;
+  float alpha = 0.0f, beta = 0.0f;
+  const float* out_scale = nullptr;  ///< Requantize to int8 when set (device, one element).
+  float quant_min = -128.0f, quant_max = 127.0f;
+  /// Asymmetric activations: the library summed x' * w with x' = x - zero_point_offset (uint8
+  /// shifted into int8: offset 128; int8: 0), so the true sum over (x - zero_point) * w is the
+  /// library's minus (zero_point - offset) * weight_sums[channel]. nullptr: no correction.
+  const int32_t* weight_sums = nullptr;
+  const int32_t* zero_point = nullptr;  ///< Device, one element; nullptr: 0.
+  int32_t zero_point_offset = 0;
+};
+
+/// The activation of an asymmetric int8 product as int8: uint8 shifted by -128 (x ^ 0x80).
+void launch_shift_u8_to_s8(const uint8_t* x, int8_t* y, int64_t n, cudaStream_t stream);
+/// sums[r] = sum of the `cols` int8 values of row r of the row-major `rows` x `cols` w: a
+/// weight's per-output-channel sums for the zero-point correction.
+void launch_weight_row_sums(const int8_t* w, int64_t rows, int64_t cols, int32_t* sums,
+                            cudaStream_t stream);
+
+struct CudaArgs;
+/// The ProductEpilogue of a fused product layer: both kinds take x_scale, w_scale, the
+/// optional bias and the optional out_scale as inputs 2 to 5 (quantized_matmul.cpp).
+ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, const CudaArgs& a);
+
+/// The epilogue of a matrix product from its m x n row-major accumulator (int32 for INT8,
+/// f32 for FP8), into `out`: `float_type` (f32, f16 or bf16) values, or int8 when the epilogue
+/// requantizes. Enqueued on `stream`.
+void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
+                             int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
+
+/// A QuantizedConvolution as its kernels see it: spatial dims padded to three with leading 1s
+/// (1-d and 2-d convolutions are 3-d ones of depth and height 1), NCHW int8 x and KCRS int8 w.
+struct QConvGeometry {
+  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
+};
+
+/// Copies NCHW int8 x [N, C, H, W] (geometry dims 1 and 2) into NHWC [N, Hp, Wp, c4] with
+/// Hp = H + pad_top + pad_bottom, Wp likewise (the padding written as zeros) and the channels
+/// zero-filled up to c4: a padded quantized zero is a real zero (symmetric quantization), so
+/// cuDNN then convolves without padding and with channels a multiple of 4.
+/// Asymmetric activations (`u8`, or a `zero_point`): uint8 values are shifted by -128 and the
+/// spatial padding holds zero_point - offset, the value whose correction makes it a real zero.
+void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, int8_t* packed,
+                             const QConvGeometry& g, int64_t hp, int64_t wp, int64_t c4,
+                             cudaStream_t stream);
+/// Copies KCRS int8 w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
+void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
+                              int64_t k4, int64_t c4, cudaStream_t stream);
+/// out (NCHW; `float_type` values or int8, see ProductEpilogue) from cuDNN's f32 NHWC sums
+/// y [N, OH, OW, k4], through `e`.
+void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const QConvGeometry& g,
+                           int64_t k4, const ProductEpilogue& e, cudaStream_t stream);
+/// The whole convolution in one direct kernel (int32 sums, then `e`): any geometry, groups and
+/// channel count; what runs where cuDNN's int8 convolution does not.
+/// x is int8, or uint8 when `u8`; its zero point (device, nullptr: 0) is subtracted in the sum.
+void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,
+                         void* out, DataType float_type, const QConvGeometry& g,
+                         const ProductEpilogue& e, cudaStream_t stream);
 
 }  // namespace ember::engine::cuda

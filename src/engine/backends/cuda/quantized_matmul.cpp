@@ -4,11 +4,16 @@
 // out[M, N] = a[M, K] b[N, K]^T is, column-major, out^T [N, M] = op_T(b) op_N(a) with both
 // operands K-contiguous, which is how the fused layer stores them (the builder transposed the
 // weight to [N, K]).
-// - INT8: int32 accumulation into scratch (CUBLAS_COMPUTE_32I), then one pointwise pass that
-//   applies a_scale * b_scale[n] (per output column for per-channel weights) in f32 and stores
-//   the output type.
-// - FP8: per-tensor scales through CUBLASLT_MATMUL_DESC_A/B_SCALE_POINTER (device pointers, read
-//   at run time, so graphs stay valid), f32 accumulation, the output type written directly.
+// - INT8: int32 accumulation into scratch (CUBLAS_COMPUTE_32I), then one pointwise pass (the
+//   product epilogue of quantize.cu) that applies a_scale * b_scale[n] (per output column for
+//   per-channel weights), the epilogue scale and bias in f32, rounds to the float type, applies
+//   the activation and, when the layer requantizes, quantizes to int8. cuBLASLt's own BIAS /
+//   RELU_BIAS / GELU_BIAS epilogues take no int32 output, and the requantization has no
+//   cuBLASLt epilogue at all, so that pass is ours.
+// - FP8 without an epilogue: per-tensor scales through CUBLASLT_MATMUL_DESC_A/B_SCALE_POINTER
+//   (device pointers, read at run time, so graphs stay valid), f32 accumulation, the output
+//   type written directly. With a bias, activation or requantization: the f32 sum into scratch,
+//   then the same epilogue pass as INT8 (one rounding, the CPU reference's order).
 // Shapes cuBLASLt refuses (INT8 needs K and the leading dims multiples of 4, FP8 multiples of
 // 16, FP8 needs sm_89+) run through host_fallback (the CPU reference, correct and slow).
 #include <cublasLt.h>
@@ -100,12 +105,17 @@ void set_tn(cublasLtMatmulDesc_t op) {
 }
 
 /// INT8: returns false when cuBLASLt cannot take the problem.
-bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType out_dtype) {
+bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
+              ProductEpilogue e) {
   const DeviceTensor& qa = a.in(0);
   const DeviceTensor& qb = a.in(1);
   if (k % 4 != 0 || n % 4 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16)) {
     return false;
   }
+  // Asymmetric activations: uint8 is shifted into int8 (IMMA takes int8 only) and the epilogue
+  // subtracts (zero_point - shift) * sum_k b[n, k] (ProductEpilogue).
+  const bool u8 = qa.dtype == DataType::kU8;
+  const bool asymmetric = u8 || a.has(6);
   auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
   Desc op;
   qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32I, CUDA_R_32I),
@@ -117,23 +127,42 @@ bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType out_d
   qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32I, n, m, n), "layout accumulator");
   cublasLtMatmulAlgo_t algo;
   if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
-  // Workspace first, then the int32 accumulator (256-byte aligned after it).
-  const size_t acc_bytes = static_cast<size_t>(m * n) * sizeof(int32_t);
-  auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + acc_bytes));
+  // Workspace first, then the int32 accumulator, then (asymmetric) the shifted activation and
+  // the weight's row sums, each 256-byte aligned.
+  auto round256 = [](size_t b) { return (b + 255) / 256 * 256; };
+  const size_t acc_bytes = round256(static_cast<size_t>(m * n) * sizeof(int32_t));
+  const size_t shifted_bytes = u8 ? round256(static_cast<size_t>(m * k)) : 0;
+  const size_t sums_bytes = asymmetric ? round256(static_cast<size_t>(n) * sizeof(int32_t)) : 0;
+  auto* base = static_cast<uint8_t*>(
+      a.res->workspace(kWorkspaceBytes + acc_bytes + shifted_bytes + sums_bytes));
   auto* acc = reinterpret_cast<int32_t*>(base + kWorkspaceBytes);
+  const void* activation = qa.data;
+  if (u8) {
+    auto* shifted = reinterpret_cast<int8_t*>(base + kWorkspaceBytes + acc_bytes);
+    launch_shift_u8_to_s8(static_cast<const uint8_t*>(qa.data), shifted, m * k, a.stream());
+    activation = shifted;
+  }
+  if (asymmetric) {
+    auto* sums =
+        reinterpret_cast<int32_t*>(base + kWorkspaceBytes + acc_bytes + shifted_bytes);
+    launch_weight_row_sums(static_cast<const int8_t*>(qb.data), n, k, sums, a.stream());
+    e.weight_sums = sums;
+    e.zero_point = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
+    e.zero_point_offset = u8 ? 128 : 0;
+  }
   const int32_t alpha = 1, beta = 0;
-  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, qa.data, second.h, &beta, acc,
-                           out.h, acc, out.h, &algo, base, kWorkspaceBytes, a.stream()),
+  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, activation, second.h, &beta,
+                           acc, out.h, acc, out.h, &algo, base, kWorkspaceBytes, a.stream()),
             "cublasLtMatmul (int8)");
-  const DeviceTensor& sb = a.in(3);
-  launch_scale_int32_accumulator(acc, a.out().data, out_dtype, m, n,
-                                 static_cast<const float*>(a.in(2).data),
-                                 static_cast<const float*>(sb.data), sb.numel() > 1, a.stream());
+  launch_product_epilogue(acc, /*int32_acc=*/true, a.out().data, float_type, m, n, e,
+                          a.stream());
   return true;
 }
 
 /// FP8 E4M3: returns false when cuBLASLt cannot take the problem (or the GPU has no FP8).
-bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType out_dtype) {
+/// `plain`: no bias, activation, epilogue scale or requantization (the GEMM writes the output).
+bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
+             bool plain, const ProductEpilogue& e) {
   const DeviceTensor& qa = a.in(0);
   const DeviceTensor& qb = a.in(1);
   if (k % 16 != 0 || n % 16 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16) ||
@@ -145,32 +174,59 @@ bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType out_dt
   qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
             "cublasLtMatmulDescCreate");
   set_tn(op.h);
-  // The library's A is our b (the weight) and its B our a (the activation).
-  const void* scale_first = a.in(3).data;
-  const void* scale_second = a.in(2).data;
-  qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scale_first,
-                                           sizeof(scale_first)),
-            "set A scale pointer");
-  qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                                           &scale_second, sizeof(scale_second)),
-            "set B scale pointer");
+  if (plain) {
+    // The library's A is our b (the weight) and its B our a (the activation).
+    const void* scale_first = a.in(3).data;
+    const void* scale_second = a.in(2).data;
+    qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                             &scale_first, sizeof(scale_first)),
+              "set A scale pointer");
+    qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                             &scale_second, sizeof(scale_second)),
+              "set B scale pointer");
+  }
   Layout first, second, out;
-  const cudaDataType_t ot = out_type(out_dtype);
+  const cudaDataType_t ot = plain ? out_type(float_type) : CUDA_R_32F;
   qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8F_E4M3, k, n, k), "layout b");
   qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8F_E4M3, k, m, k), "layout a");
   qlt_check(cublasLtMatrixLayoutCreate(&out.h, ot, n, m, n), "layout out");
   cublasLtMatmulAlgo_t algo;
   if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
-  void* ws = a.res->workspace(kWorkspaceBytes);
+  // Workspace first, then (with an epilogue) the f32 sums, 256-byte aligned after it.
+  const size_t sum_bytes = plain ? 0 : static_cast<size_t>(m * n) * sizeof(float);
+  auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + sum_bytes));
   const float alpha = 1.0f, beta = 0.0f;
-  void* d = a.out().data;
+  void* d = plain ? a.out().data : base + kWorkspaceBytes;
   qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, qa.data, second.h, &beta, d,
-                           out.h, d, out.h, &algo, ws, kWorkspaceBytes, a.stream()),
+                           out.h, d, out.h, &algo, base, kWorkspaceBytes, a.stream()),
             "cublasLtMatmul (fp8)");
+  if (!plain) {
+    launch_product_epilogue(d, /*int32_acc=*/false, a.out().data, float_type, m, n, e,
+                            a.stream());
+  }
   return true;
 }
 
 }  // namespace
+
+ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {
+  ProductEpilogue e;
+  e.x_scale = static_cast<const float*>(a.in(2).data);
+  e.w_scale = static_cast<const float*>(a.in(3).data);
+  e.per_channel = a.in(3).numel() > 1;
+  e.scale = static_cast<float>(ep.scale);
+  e.bias = a.has(4) ? a.in(4).data : nullptr;
+  e.activation = ep.fused_activation;
+  e.type = ep.activation;
+  e.alpha = static_cast<float>(ep.alpha);
+  e.beta = static_cast<float>(ep.beta);
+  if (r.enabled) {
+    e.out_scale = static_cast<const float*>(a.in(5).data);
+    e.quant_min = static_cast<float>(r.quant_min);
+    e.quant_max = static_cast<float>(r.quant_max);
+  }
+  return e;
+}
 
 void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
   const DeviceTensor& qa = a.in(0);
@@ -181,8 +237,11 @@ void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
     host_fallback(a);  // empty products (zeros) are not worth a kernel
     return;
   }
-  const bool done =
-      qa.dtype == DataType::kI8 ? run_int8(a, m, n, k, p.out) : run_fp8(a, m, n, k, p.out);
+  const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
+  const bool plain = !a.has(4) && !p.epilogue.fused_activation && p.epilogue.scale == 1.0 &&
+                     !p.requantize.enabled;
+  const bool done = qa.dtype != DataType::kF8E4M3 ? run_int8(a, m, n, k, p.out, e)
+                                                  : run_fp8(a, m, n, k, p.out, plain, e);
   if (!done) host_fallback(a);
 }
 

@@ -24,4 +24,15 @@ EMBER_HOST_DEVICE inline float quant_round_clamp(float v, float inv_scale, float
   return r >= lo ? (r <= hi ? r : hi) : lo;
 }
 
+/// A fused low-precision product's value before it is rounded to the output type (layers.h,
+/// QuantizedConvolution and QuantizedMatrixMultiply): `acc` (the exact integer sum as an f32
+/// value; FP8: the f32 sum) times `multiplier` (x_scale * w_scale[k], computed first), times
+/// the epilogue scale, plus the bias (0 when there is none).
+EMBER_HOST_DEVICE inline float quantized_product_value(float acc, float multiplier, float scale,
+                                                    float bias) {
+  float v = acc * multiplier;
+  if (scale != 1.0f) v *= scale;
+  return v + bias;
+}
+
 }  // namespace ember::engine::semantics

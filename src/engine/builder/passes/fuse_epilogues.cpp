@@ -9,6 +9,11 @@
 //                                                                          reshaped back (free)
 //   Conv/MatMul   -> Activation (MatMul: also behind a reshape)         => epilogue activation
 //
+// The fused low-precision products (QuantizedConvolution, QuantizedMatrixMultiply; made by
+// fuse_quantized) take the same bias (matrix product) and activation rewrites, and one more:
+//   QConv/QMatMul -> Quantize (per-tensor, symmetric, int8)             => requantize: the
+//                                                                          layer outputs int8
+//
 // Each rewrite needs the product to have that one consumer and not be a network output; the
 // epilogue's order (bias, residual, activation) is the order rewrites are tried in, so a
 // product gains a residual only before its activation. Batch-norm folding changes the weights
@@ -86,7 +91,8 @@ Layer* rebuild(Network& net, Layer* prod, Layer* absorbed, LayerParams params,
 
 struct Fuser {
   Network& net;
-  int folded_scales = 0, scales = 0, biases = 0, residuals = 0, activations = 0;
+  int folded_scales = 0, scales = 0, biases = 0, residuals = 0, activations = 0,
+      requantizations = 0;
 
   /// Conv followed by x*c, x+c or x-c with c a per-channel constant, into new weights/bias.
   bool fold_conv_affine(Layer* conv) {
@@ -171,11 +177,21 @@ struct Fuser {
     return true;
   }
 
-  /// MatMul followed by x + c with c constant along the last dim, into the bias input.
+  /// MatMul followed by x + c with c constant along the last dim, into the bias input (input 2;
+  /// input 4 of a QuantizedMatrixMultiply).
   bool fuse_matmul_bias(Layer* mm) {
-    const auto& p = mm->params_as<MatrixMultiplyParams>();
-    if (mm->input(2) != nullptr || mm->input(3) != nullptr || p.epilogue.fused_activation) {
-      return false;
+    const bool quantized = mm->kind() == LayerKind::kQuantizedMatrixMultiply;
+    const size_t bias_index = quantized ? 4 : 2;
+    if (quantized) {
+      const auto& q = mm->params_as<QuantizedMatrixMultiplyParams>();
+      if (mm->input(4) != nullptr || q.epilogue.fused_activation || q.requantize.enabled) {
+        return false;
+      }
+    } else {
+      const auto& p = mm->params_as<MatrixMultiplyParams>();
+      if (mm->input(2) != nullptr || mm->input(3) != nullptr || p.epilogue.fused_activation) {
+        return false;
+      }
     }
     const Tensor* out = mm->output();
     // The bias runs along b's columns: a vector b has none.
@@ -190,8 +206,39 @@ struct Fuser {
     if (!per_col) return false;
     Tensor* bias = net.add_constant(from_floats(c->dtype(), {n}, *per_col),
                                     mm->name() + "/bias")->output();
-    rebuild(net, mm, next, p, {mm->input(0), mm->input(1), bias});
+    std::vector<Tensor*> inputs = mm->inputs();
+    if (inputs.size() <= bias_index) inputs.resize(bias_index + 1, nullptr);
+    inputs[bias_index] = bias;
+    rebuild(net, mm, next, mm->params(), inputs);
     ++biases;
+    return true;
+  }
+
+  /// A fused low-precision product followed by a per-tensor symmetric int8 Quantize (for a
+  /// matrix product also behind a reshape), into its requantization: the layer then outputs
+  /// the int8 tensor the Quantize made, and the float product is never stored.
+  bool fuse_requantize(Layer* prod) {
+    LayerParams params = prod->params();
+    Requantize* r = prod->kind() == LayerKind::kQuantizedConvolution
+                        ? &std::get<QuantizedConvolutionParams>(params).requantize
+                        : &std::get<QuantizedMatrixMultiplyParams>(params).requantize;
+    if (r->enabled) return false;
+    Layer* reshape = nullptr;
+    Layer* next = next_through_reshape(prod, reshape);
+    if (next == nullptr || next->kind() != LayerKind::kQuantize || next->input(2) != nullptr) {
+      return false;
+    }
+    const auto& qp = next->params_as<QuantizeParams>();
+    if (qp.to != DataType::kI8 || qp.per_channel) return false;
+    r->enabled = true;
+    r->quant_min = qp.quant_min;
+    r->quant_max = qp.quant_max;
+    std::vector<Tensor*> inputs = prod->inputs();  // the zero point (input 6) stays
+    if (inputs.size() < 6) inputs.resize(6, nullptr);
+    inputs[5] = next->input(1);
+    replace_through_reshape(net.add_layer(params, inputs, fused_name(*prod, *next)), next,
+                            reshape);
+    ++requantizations;
     return true;
   }
 
@@ -201,7 +248,8 @@ struct Fuser {
     reshape = nullptr;
     Layer* next = sole_consumer(net, prod->output());
     if (next != nullptr && next->kind() == LayerKind::kShuffle &&
-        prod->kind() == LayerKind::kMatrixMultiply) {
+        (prod->kind() == LayerKind::kMatrixMultiply ||
+         prod->kind() == LayerKind::kQuantizedMatrixMultiply)) {
       if (!is_pure_reshape(next)) return nullptr;
       reshape = next;
       next = sole_consumer(net, reshape->output());
@@ -260,10 +308,18 @@ struct Fuser {
     }
     const auto& ap = next->params_as<ActivationParams>();
     LayerParams params = prod->params();
-    Epilogue* e = prod->kind() == LayerKind::kConvolution
-                      ? &std::get<ConvolutionParams>(params).epilogue
-                      : &std::get<MatrixMultiplyParams>(params).epilogue;
-    if (e->fused_activation) return false;
+    Epilogue* e = nullptr;
+    if (auto* c = std::get_if<ConvolutionParams>(&params)) e = &c->epilogue;
+    if (auto* m = std::get_if<MatrixMultiplyParams>(&params)) e = &m->epilogue;
+    if (auto* qc = std::get_if<QuantizedConvolutionParams>(&params)) {
+      if (qc->requantize.enabled) return false;  // the activation comes before it
+      e = &qc->epilogue;
+    }
+    if (auto* qm = std::get_if<QuantizedMatrixMultiplyParams>(&params)) {
+      if (qm->requantize.enabled) return false;
+      e = &qm->epilogue;
+    }
+    if (e == nullptr || e->fused_activation) return false;
     e->fused_activation = true;
     e->activation = ap.type;
     e->alpha = ap.alpha;
@@ -283,6 +339,12 @@ struct Fuser {
       const auto& e = l->params_as<MatrixMultiplyParams>().epilogue;
       return fuse_matmul_scale(l) || fuse_matmul_bias(l) || fuse_residual(l, e, 3) ||
              fuse_activation(l);
+    }
+    if (l->kind() == LayerKind::kQuantizedMatrixMultiply && is_float(l->output()->dtype())) {
+      return fuse_matmul_bias(l) || fuse_activation(l) || fuse_requantize(l);
+    }
+    if (l->kind() == LayerKind::kQuantizedConvolution && is_float(l->output()->dtype())) {
+      return fuse_activation(l) || fuse_requantize(l);
     }
     return false;
   }
@@ -310,7 +372,8 @@ void pass_fuse_epilogues(BuildState& s) {
                   " scale/shift folds into convolution weights, " + std::to_string(f.scales) +
                   " matmul scales, " + std::to_string(f.biases) +
                   " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
-                  std::to_string(f.activations) + " activations");
+                  std::to_string(f.activations) + " activations, " +
+                  std::to_string(f.requantizations) + " requantizations");
 }
 
 }  // namespace ember::engine

@@ -1,15 +1,25 @@
-// fuse_quantized: turns Dequantize -> MatrixMultiply chains into one low-precision product.
+// fuse_quantized: turns Dequantize -> MatrixMultiply and Dequantize -> Convolution chains into
+// one low-precision product each.
 //
-//   MatrixMultiply(Dequantize(qa, sa), Dequantize(Constant qb, sb))   (no zero points)
+//   MatrixMultiply(Dequantize(qa, sa[, za]), Dequantize(Constant qb, sb))
 //     => QuantizedMatrixMultiply(qa, qb', sa, sb)
 //
-// where qa and qb are both i8 or both f8e4m3, sa has one element, and sb has one element or
+// where qa and qb are both i8 or both f8e4m3 (or qa u8 with qb i8), qa may have a zero point
+// (int8/uint8 only; it becomes the layer's input 6), sa has one element, and sb has one element or
 // one per output column (the per-channel axis of the weight's N dim). The weight may reach the
 // product through a 2-d transpose (PyTorch's linear decomposes to permute + mm); the fused layer
 // wants it [N, K], so a [K, N] constant is transposed here once (it is a constant). The
 // activation may reach it through a reshape (flatten before a linear): the reshape moves to
 // the quantized tensor. Runs before fold_constants, which would otherwise fold the weight's
 // Dequantize into an f32 constant and lose the int8 weight.
+//
+//   Convolution(Dequantize(qx, sx[, zx]), Dequantize(Constant qw, sw), bias)
+//     => QuantizedConvolution(qx, qw, sx, sw, bias)
+//
+// where qx is i8 or u8, with or without a zero point zx (then the layer's input 6), qw is i8
+// and symmetric (FP8 convolutions stay unfused), sx has one element and sw one element
+// or one per output channel (axis 0 of the [K, C/groups, *kernel] weight). The convolution must
+// be a plain one (NCHW, no epilogue yet: fuse_epilogues runs later).
 //
 // The result equals the unfused Q/DQ math up to f32 rounding: sum_k (qa sa)(qb sb) is
 // sa sb sum_k qa qb, and the int8 sum is exact in int32.
@@ -29,6 +39,30 @@ const Layer* symmetric_dequantize(const Tensor* t) {
   }
   const DataType q = l->input(0)->dtype();
   return q == DataType::kI8 || q == DataType::kF8E4M3 ? l : nullptr;
+}
+
+/// A per-tensor int8 or uint8 Dequantize feeding `t`, with or without a zero point (an
+/// activation's), or nullptr.
+const Layer* activation_dequantize(const Tensor* t) {
+  const Layer* l = t == nullptr ? nullptr : t->producer();
+  if (l == nullptr || l->kind() != LayerKind::kDequantize ||
+      l->params_as<DequantizeParams>().per_channel) {
+    return nullptr;
+  }
+  const DataType q = l->input(0)->dtype();
+  return q == DataType::kI8 || q == DataType::kU8 ? l : nullptr;
+}
+
+/// The fused layer's inputs: `first` (0 to 3), then nullptr for the bias and out_scale slots,
+/// and the activation's zero point as input 6 when it has one.
+std::vector<Tensor*> fused_inputs(std::vector<Tensor*> first, Tensor* bias, Tensor* zero_point) {
+  first.push_back(bias);
+  if (zero_point != nullptr) {
+    first.resize(6, nullptr);
+    first.push_back(zero_point);
+  }
+  while (!first.empty() && first.back() == nullptr) first.pop_back();
+  return first;
 }
 
 /// True for a Shuffle that only swaps the two dims of a rank-2 tensor.
@@ -70,7 +104,9 @@ bool fuse(Network& net, Layer* mm) {
     a_reshape = a->producer();
     a = a_reshape->input(0);
   }
-  const Layer* dqa = symmetric_dequantize(a);
+  // int8/uint8 activations may carry a zero point (PT2E's uint8 default); FP8 is symmetric.
+  const Layer* dqa = activation_dequantize(a);
+  if (dqa == nullptr) dqa = symmetric_dequantize(a);
   if (dqa == nullptr || dqa->params_as<DequantizeParams>().per_channel || a->rank() < 2) {
     return false;
   }
@@ -84,9 +120,11 @@ bool fuse(Network& net, Layer* mm) {
   const Layer* dqb = symmetric_dequantize(b);
   if (dqb == nullptr || b->rank() != 2) return false;
   const Weights* wq = constant_of(dqb->input(0));
-  if (wq == nullptr || dqb->input(0)->dtype() != dqa->input(0)->dtype()) return false;
-  const auto& bp = dqb->params_as<DequantizeParams>();
   const bool fp8 = dqa->input(0)->dtype() == DataType::kF8E4M3;
+  if (wq == nullptr || dqb->input(0)->dtype() != (fp8 ? DataType::kF8E4M3 : DataType::kI8)) {
+    return false;
+  }
+  const auto& bp = dqb->params_as<DequantizeParams>();
   // The weight's N axis: dim 0 of a [N, K] weight (trans_b), dim 1 of a [K, N] one.
   if (bp.per_channel && (fp8 || bp.axis != (trans_b ? 0 : 1))) return false;
   Tensor* qb = dqb->input(0);
@@ -101,9 +139,42 @@ bool fuse(Network& net, Layer* mm) {
   if (qa->rank() < 2) return false;
   QuantizedMatrixMultiplyParams qp;
   qp.out = mm->output()->dtype();
-  Layer* fused = net.add_layer(qp, {qa, qb, dqa->input(1), dqb->input(1)},
-                               mm->name() + "/" + (fp8 ? "fp8" : "int8"));
+  Layer* fused = net.add_layer(
+      qp, fused_inputs({qa, qb, dqa->input(1), dqb->input(1)}, nullptr, dqa->input(2)),
+      mm->name() + "/" + (fp8 ? "fp8" : "int8"));
   net.replace_all_uses(mm->output(), fused->output());
+  return true;
+}
+
+/// Fuses one convolution if it matches; true when it did.
+bool fuse_convolution(Network& net, Layer* conv) {
+  const auto& cp = conv->params_as<ConvolutionParams>();
+  if (cp.channels_last || cp.epilogue.fused_activation || cp.epilogue.scale != 1.0 ||
+      conv->input(3) != nullptr) {
+    return false;
+  }
+  const Layer* dqx = activation_dequantize(conv->input(0));
+  if (dqx == nullptr) return false;
+  const Layer* dqw = symmetric_dequantize(conv->input(1));
+  if (dqw == nullptr || dqw->input(0)->dtype() != DataType::kI8 ||
+      constant_of(dqw->input(0)) == nullptr) {
+    return false;
+  }
+  const auto& wp = dqw->params_as<DequantizeParams>();
+  if (wp.per_channel && wp.axis != 0) return false;  // one scale per output channel, or one
+  QuantizedConvolutionParams qp;
+  qp.stride = cp.stride;
+  qp.padding_begin = cp.padding_begin;
+  qp.padding_end = cp.padding_end;
+  qp.dilation = cp.dilation;
+  qp.groups = cp.groups;
+  qp.out = conv->output()->dtype();
+  Layer* fused = net.add_layer(
+      qp,
+      fused_inputs({dqx->input(0), dqw->input(0), dqx->input(1), dqw->input(1)}, conv->input(2),
+                   dqx->input(2)),
+      conv->name() + "/int8");
+  net.replace_all_uses(conv->output(), fused->output());
   return true;
 }
 
@@ -111,14 +182,15 @@ bool fuse(Network& net, Layer* mm) {
 
 void pass_fuse_quantized(BuildState& s) {
   Network& net = s.plan.network;
-  int fused = 0;
+  int products = 0, convolutions = 0;
   for (Layer* l : net.layers()) {
-    if (l->kind() == LayerKind::kMatrixMultiply && fuse(net, l)) ++fused;
+    if (l->kind() == LayerKind::kMatrixMultiply && fuse(net, l)) ++products;
+    if (l->kind() == LayerKind::kConvolution && fuse_convolution(net, l)) ++convolutions;
   }
   const int removed = remove_unreachable_layers(net);
-  s.log.push_back("fuse_quantized: " + std::to_string(fused) +
-                  " low-precision products (int8/fp8), " + std::to_string(removed) +
-                  " layers removed");
+  s.log.push_back("fuse_quantized: " + std::to_string(products) +
+                  " low-precision products (int8/fp8), " + std::to_string(convolutions) +
+                  " int8 convolutions, " + std::to_string(removed) + " layers removed");
 }
 
 }  // namespace ember::engine

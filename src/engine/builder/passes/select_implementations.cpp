@@ -11,9 +11,17 @@ void pass_select_implementations(BuildState& s) {
   if (backend == nullptr) throw Error("select_implementations: unknown back end '" + s.config.backend + "'");
   s.plan.backend = s.config.backend;
   s.plan.impls.clear();
-  for (const Layer* l : s.plan.network.layers()) s.plan.impls.push_back(backend->implementation(*l));
+  std::vector<std::string> degraded;
+  for (const Layer* l : s.plan.network.layers()) {
+    s.plan.impls.push_back(backend->implementation(*l));
+    if (std::string why = backend->degradation(*l); !why.empty()) {
+      degraded.push_back("degraded: " + l->describe() + " runs as " + s.plan.impls.back() + ": " +
+                         why);
+    }
+  }
   s.log.push_back("select_implementations: " + std::to_string(s.plan.impls.size()) + " layers on " +
                   s.config.backend);
+  s.log.insert(s.log.end(), degraded.begin(), degraded.end());
 }
 
 }  // namespace ember::engine

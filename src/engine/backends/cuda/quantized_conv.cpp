@@ -1,0 +1,223 @@
+// QuantizedConvolution on the GPU: cuDNN's INT8 convolution (legacy API, "INT8_EXT_CONFIG":
+// INT8 NHWC x and w, INT32 compute, FLOAT output), between two small kernels of quantize.cu:
+//
+//   x NCHW int8 --pack--> NHWC [N, H + pads, W + pads, C4], the padding written as zeros
+//   w KCRS int8 --pack--> KRSC [K4, R, S, C4]
+//   cuDNN: y f32 NHWC [N, OH, OW, K4] = the exact int32 sums (no padding left to apply)
+//   epilogue: out NCHW = act(y * x_scale * w_scale[k] * scale + bias[k]) in the float type,
+//             requantized to int8 when the layer says so
+//
+// cuDNN's INT8 convolution wants channel counts that are multiples of 4 and symmetric padding;
+// rather than refusing the RGB first layer of every image model (C = 3), the packing rounds C
+// and K up to multiples of 4 with zero channels and writes the padding out as zeros, both exact
+// because a quantized zero is a real zero (the quantization is symmetric). The scales stay on
+// the device (read by the epilogue kernel, so CUDA graphs stay valid); cuDNN's alpha is a host
+// scalar and is left at 1.
+//
+// Asymmetric activations (uint8, or a zero point; PT2E's default): the packing shifts uint8 into
+// int8 (-128) and fills the padding with the shifted zero point, and the epilogue subtracts
+// (zero_point - shift) * sum_w[k], which makes the sum over (x - zero_point) * w exact with the
+// padding a real zero; the direct kernel subtracts the zero point as it sums.
+//
+// What cuDNN's INT8 path does not cover (3-d, grouped convolutions; a configuration it refuses
+// at run time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the
+// CPU reference, slower. The back end names such layers "cuda.QuantizedConvolution.direct" and
+// says why (qconv_direct_reason), which the builder logs as a degradation; at run time each
+// layer that takes the direct kernel is reported once per context (Resources::warn_once, which
+// the embedder hands to the "ember" logger), cuDNN's refusals included.
+#include <cudnn.h>
+
+#include <algorithm>
+#include <climits>
+#include <string>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/quantize_kernels.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+template <typename Handle, auto Destroy>
+struct DnnOwned {
+  Handle h = nullptr;
+  DnnOwned() = default;
+  DnnOwned(const DnnOwned&) = delete;
+  DnnOwned& operator=(const DnnOwned&) = delete;
+  ~DnnOwned() {
+    if (h != nullptr) Destroy(h);
+  }
+};
+using TensorDesc = DnnOwned<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
+using FilterDesc = DnnOwned<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
+using ConvDesc = DnnOwned<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
+
+constexpr size_t kAlign = 256;
+size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+int64_t round_up4(int64_t v) { return (v + 3) / 4 * 4; }
+
+QConvGeometry geometry_of(const QuantizedConvolutionParams& p, const DeviceTensor& x,
+                          const DeviceTensor& w, const DeviceTensor& out) {
+  QConvGeometry g;
+  g.batch = x.dims[0];
+  g.in_channels = x.dims[1];
+  g.out_channels = w.dims[0];
+  g.groups = p.groups;
+  const size_t nsp = x.dims.size() - 2, skip = 3 - nsp;
+  for (size_t d = 0; d < nsp; ++d) {
+    g.in[skip + d] = x.dims[2 + d];
+    g.out[skip + d] = out.dims[2 + d];
+    g.kernel[skip + d] = w.dims[2 + d];
+    g.stride[skip + d] = p.stride[d];
+    g.pad[skip + d] = p.padding_begin[d];
+    g.dilation[skip + d] = p.dilation[d];
+  }
+  return g;
+}
+
+bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+/// The cuDNN path; false when cuDNN refuses the problem (nothing but workspace was written
+/// then), with the refusal in `why`.
+bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
+               ProductEpilogue e, std::string& why) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& out = a.out();
+  const size_t nsp = x.dims.size() - 2;
+  // The 2-d view (a 1-d convolution is one of height 1): geometry dims 1 and 2.
+  const int64_t hp = g.in[1] + g.pad[1] + (nsp == 2 ? p.padding_end[0] : 0);
+  const int64_t wp = g.in[2] + g.pad[2] + p.padding_end[nsp - 1];
+  const int64_t c4 = round_up4(g.in_channels), k4 = round_up4(g.out_channels);
+  for (const int64_t v : {g.batch, hp, wp, c4, k4, g.kernel[1], g.kernel[2], g.out[1], g.out[2],
+                          g.stride[1], g.stride[2], g.dilation[1], g.dilation[2],
+                          g.batch * hp * wp * c4, g.batch * g.out[1] * g.out[2] * k4}) {
+    if (!fits_int(v)) {
+      why = "a size does not fit cuDNN's int";
+      return false;
+    }
+  }
+  TensorDesc xd, yd;
+  FilterDesc wd;
+  ConvDesc cd;
+  const auto i = [](int64_t v) { return static_cast<int>(v); };
+  if (cudnnCreateTensorDescriptor(&xd.h) != CUDNN_STATUS_SUCCESS ||
+      cudnnCreateTensorDescriptor(&yd.h) != CUDNN_STATUS_SUCCESS ||
+      cudnnCreateFilterDescriptor(&wd.h) != CUDNN_STATUS_SUCCESS ||
+      cudnnCreateConvolutionDescriptor(&cd.h) != CUDNN_STATUS_SUCCESS ||
+      cudnnSetTensor4dDescriptor(xd.h, CUDNN_TENSOR_NHWC, CUDNN_DATA_INT8, i(g.batch), i(c4),
+                                 i(hp), i(wp)) != CUDNN_STATUS_SUCCESS ||
+      cudnnSetFilter4dDescriptor(wd.h, CUDNN_DATA_INT8, CUDNN_TENSOR_NHWC, i(k4), i(c4),
+                                 i(g.kernel[1]), i(g.kernel[2])) != CUDNN_STATUS_SUCCESS ||
+      cudnnSetConvolution2dDescriptor(cd.h, 0, 0, i(g.stride[1]), i(g.stride[2]),
+                                      i(g.dilation[1]), i(g.dilation[2]),
+                                      CUDNN_CROSS_CORRELATION,
+                                      CUDNN_DATA_INT32) != CUDNN_STATUS_SUCCESS ||
+      cudnnSetConvolutionMathType(cd.h, CUDNN_TENSOR_OP_MATH) != CUDNN_STATUS_SUCCESS ||
+      cudnnSetTensor4dDescriptor(yd.h, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, i(g.batch), i(k4),
+                                 i(g.out[1]), i(g.out[2])) != CUDNN_STATUS_SUCCESS) {
+    why = "cuDNN refused the INT8 descriptors";
+    return false;
+  }
+  // cuDNN's output size must be the layer's (it is: the padding is in the packed input).
+  int on = 0, oc = 0, oh = 0, ow = 0;
+  if (cudnnGetConvolution2dForwardOutputDim(cd.h, xd.h, wd.h, &on, &oc, &oh, &ow) !=
+          CUDNN_STATUS_SUCCESS ||
+      oh != g.out[1] || ow != g.out[2]) {
+    why = "cuDNN's output size differs from the layer's";
+    return false;
+  }
+  auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
+  // cuDNN documents IMPLICIT_PRECOMP_GEMM for INT8_EXT_CONFIG; IMPLICIT_GEMM is the spare.
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+  size_t ws_bytes = 0;
+  if (cudnnGetConvolutionForwardWorkspaceSize(handle, xd.h, wd.h, cd.h, yd.h, algo, &ws_bytes) !=
+      CUDNN_STATUS_SUCCESS) {
+    algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+    const cudnnStatus_t st =
+        cudnnGetConvolutionForwardWorkspaceSize(handle, xd.h, wd.h, cd.h, yd.h, algo, &ws_bytes);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      why = std::string("no INT8 algorithm: ") + cudnnGetErrorString(st);
+      return false;
+    }
+  }
+  // Asymmetric activations: cuDNN sums the (uint8-shifted) values with the padding holding the
+  // shifted zero point; the epilogue subtracts (zero_point - offset) * sum_w[k].
+  const bool u8 = x.dtype == DataType::kU8;
+  const auto* zp = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
+  const bool asymmetric = u8 || zp != nullptr;
+  const size_t x_bytes = aligned(static_cast<size_t>(g.batch * hp * wp * c4));
+  const size_t w_bytes = aligned(static_cast<size_t>(k4 * g.kernel[1] * g.kernel[2] * c4));
+  const size_t y_bytes =
+      aligned(static_cast<size_t>(g.batch * g.out[1] * g.out[2] * k4) * sizeof(float));
+  const size_t sums_bytes =
+      asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
+  auto* base = static_cast<uint8_t*>(
+      a.res->workspace(x_bytes + w_bytes + y_bytes + sums_bytes + ws_bytes));
+  auto* xp = reinterpret_cast<int8_t*>(base);
+  auto* wpk = reinterpret_cast<int8_t*>(base + x_bytes);
+  auto* y = reinterpret_cast<float*>(base + x_bytes + w_bytes);
+  auto* sums = reinterpret_cast<int32_t*>(base + x_bytes + w_bytes + y_bytes);
+  void* ws = ws_bytes > 0 ? base + x_bytes + w_bytes + y_bytes + sums_bytes : nullptr;
+  launch_qconv_pack_input(x.data, u8, zp, xp, g, hp, wp, c4, a.stream());
+  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k4, c4, a.stream());
+  if (asymmetric) {
+    launch_weight_row_sums(static_cast<const int8_t*>(w.data), g.out_channels,
+                           w.numel() / std::max<int64_t>(g.out_channels, 1), sums, a.stream());
+    e.weight_sums = sums;
+    e.zero_point = zp;
+    e.zero_point_offset = u8 ? 128 : 0;
+  }
+  const float one = 1.0f, zero = 0.0f;
+  const cudnnStatus_t st = cudnnConvolutionForward(handle, &one, xd.h, xp, wd.h, wpk, cd.h, algo,
+                                                   ws, ws_bytes, &zero, yd.h, y);
+  if (st != CUDNN_STATUS_SUCCESS) {
+    // The packing kernels wrote only workspace: the direct kernel starts afresh.
+    why = std::string("cudnnConvolutionForward: ") + cudnnGetErrorString(st);
+    return false;
+  }
+  launch_qconv_epilogue(y, out.data, p.out, g, k4, e, a.stream());
+  return true;
+}
+
+}  // namespace
+
+std::string qconv_direct_reason(const QuantizedConvolutionParams& p) {
+  if (p.stride.size() == 3) {
+    return "cuDNN's int8 convolution is 2-d, so this 3-d one runs in Ember's direct int8 "
+           "kernel (exact, slower)";
+  }
+  if (p.groups != 1) {
+    return "cuDNN's int8 path here takes groups = 1, so this grouped one (groups = " +
+           std::to_string(p.groups) + ") runs in Ember's direct int8 kernel (exact, slower)";
+  }
+  return {};
+}
+
+void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& out = a.out();
+  if (out.numel() == 0) return;
+  const QConvGeometry g = geometry_of(p, x, w, out);
+  const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
+  // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
+  if (x.numel() > 0) {
+    std::string why = qconv_direct_reason(p);
+    if (why.empty()) {
+      if (run_cudnn(p, a, g, e, why)) return;
+      why = "cuDNN's INT8 convolution refused it (" + why +
+            "), so it runs in Ember's direct int8 kernel (exact, slower)";
+    }
+    // Correct but slower: said once per context and layer (the runtime's warning channel; the
+    // build log already named the layers whose shape decides it).
+    a.res->warn_once(a.layer, (a.layer != nullptr ? a.layer->describe()
+                                                  : std::string("a QuantizedConvolution")) +
+                                  ": " + why);
+  }
+  launch_qconv_direct(x.data, x.dtype == DataType::kU8,
+                      a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr,
+                      static_cast<const int8_t*>(w.data), out.data, p.out, g, e, a.stream());
+}
+
+}  // namespace ember::engine::cuda
