@@ -1,6 +1,7 @@
 """Extending Ember from Python (docs/extending.md): converters written in Python, FX lowering
 passes, module substitution, and the hand-written attention rewrite, on the CPU back end."""
 
+import json
 import math
 
 import pytest
@@ -559,6 +560,28 @@ def test_hugging_face_eager_attention_is_rewritten(name, attention_layers):
     got = [t for t in tree_leaves(gm(*inputs)) if isinstance(t, torch.Tensor)]
     want = [t for t in tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
     assert_close(got, want)
+
+
+def test_gpt2_eager_causal_mask_becomes_the_causal_flag():
+    """GPT-2's eager attention masks with torch.finfo(dtype).min, not -inf: after the rewrite
+    the builder still reads that constant mask as "causal" (exact: every row keeps its diagonal
+    key), so the engine is the one the SDPA form gives: causal Attention layers, no mask read.
+    (No attention_mask input here: a padding mask is data and stays a mask.)"""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    engines = {}
+    for attn in ("eager", "sdpa"):
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
+                                      n_positions=64, use_cache=False)
+        model = transformers.AutoModel.from_config(cfg, attn_implementation=attn).eval()
+        ids = torch.randint(0, 128, (2, 16))
+        gm, _ = compile_cpu(model, [ids])
+        engine = next(getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_"))
+        layers = json.loads(engine.inspect())["layers"]
+        engines[attn] = [(layer["type"], layer["params"].get("causal"), len(layer["inputs"]))
+                         for layer in layers if layer["type"] == "Attention"]
+        assert_close(gm(ids).last_hidden_state, model(ids).last_hidden_state)
+    assert engines["eager"] == engines["sdpa"] == [("Attention", True, 3)] * 2, engines
 
 
 class HalfEagerAttention(torch.nn.Module):

@@ -223,10 +223,11 @@ std::string built_json(const Network& net) {
 /// q, k, v [2, 3, 6, 8] and a constant mask of `dims` (values from `value(i, j)` per query i and
 /// key j, the same for every batch/head) -> Attention.
 Network masked_attention(DataType mask_dtype, const std::vector<int64_t>& dims,
-                         const std::function<float(int64_t, int64_t)>& value) {
+                         const std::function<float(int64_t, int64_t)>& value,
+                         DataType qkv_dtype = DataType::kF32) {
   Network net;
   std::vector<Tensor*> in;
-  for (const char* name : {"q", "k", "v"}) in.push_back(net.add_input(name, DataType::kF32, {2, 3, 6, 8}));
+  for (const char* name : {"q", "k", "v"}) in.push_back(net.add_input(name, qkv_dtype, {2, 3, 6, 8}));
   const TestTensor shape_only = TestTensor::random(DataType::kF32, dims, 1);
   std::vector<float> v(static_cast<size_t>(shape_only.numel()));
   const int64_t cols = dims.back(), rows = dims.size() >= 2 ? dims[dims.size() - 2] : 1;
@@ -244,9 +245,15 @@ TEST(SimplifyAttention, ConstantCausalAndKeepAllMasksAreDropped) {
   const auto keep_all = [](int64_t, int64_t) { return 1.0f; };
   const auto bias = [](int64_t i, int64_t j) { return j <= i ? 0.0f : -1.0f; };
   const auto anti = [](int64_t i, int64_t j) { return j >= i ? 1.0f : 0.0f; };
+  // HF's eager attention writes torch.finfo(dtype).min, not -inf, for the dropped keys.
+  const float f32_min = std::numeric_limits<float>::lowest();
+  const auto causal_f32_min = [f32_min](int64_t i, int64_t j) { return j <= i ? 0.0f : f32_min; };
+  const auto causal_f16_min = [](int64_t i, int64_t j) { return j <= i ? 0.0f : -65504.0f; };
+  // -65504 is only "drop" in an f16 mask: in an f32 mask it is a (large) bias, kept.
   struct Expect {
     Network net;
     bool masked, causal;
+    DataType qkv = DataType::kF32;
   };
   std::vector<Expect> cases;
   cases.push_back({masked_attention(DataType::kBool, {2, 1, 6, 6}, causal_bool), false, true});
@@ -254,15 +261,20 @@ TEST(SimplifyAttention, ConstantCausalAndKeepAllMasksAreDropped) {
   cases.push_back({masked_attention(DataType::kBool, {2, 1, 1, 6}, keep_all), false, false});
   cases.push_back({masked_attention(DataType::kF32, {6, 6}, bias), true, false});  // a real bias
   cases.push_back({masked_attention(DataType::kBool, {6, 6}, anti), true, false});
+  cases.push_back({masked_attention(DataType::kF32, {1, 1, 6, 6}, causal_f32_min), false, true});
+  cases.push_back({masked_attention(DataType::kF16, {6, 6}, causal_f16_min, DataType::kF16),
+                   false, true, DataType::kF16});
+  cases.push_back({masked_attention(DataType::kF32, {6, 6}, causal_f16_min), true, false});
   for (size_t c = 0; c < cases.size(); ++c) {
     SCOPED_TRACE("case " + std::to_string(c));
     const std::string json = built_json(cases[c].net);
     EXPECT_EQ(json.find("\"mask\"") != std::string::npos, cases[c].masked) << json;
     EXPECT_EQ(json.find("\"causal\": true") != std::string::npos, cases[c].causal) << json;
     // The rewritten engine computes what the network as written computes.
-    test::run_network(cases[c].net, {TestTensor::random(DataType::kF32, {2, 3, 6, 8}, 1),
-                                     TestTensor::random(DataType::kF32, {2, 3, 6, 8}, 2),
-                                     TestTensor::random(DataType::kF32, {2, 3, 6, 8}, 3)});
+    const DataType t = cases[c].qkv;
+    test::run_network(cases[c].net, {TestTensor::random(t, {2, 3, 6, 8}, 1),
+                                     TestTensor::random(t, {2, 3, 6, 8}, 2),
+                                     TestTensor::random(t, {2, 3, 6, 8}, 3)});
   }
 }
 

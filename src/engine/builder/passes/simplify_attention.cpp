@@ -3,8 +3,12 @@
 // 1. Constant masks that say nothing or say "causal". Exported models often carry their mask as
 //    a constant (torch.export materializes HF's causal mask for a static sequence length). A
 //    mask that keeps every key is dropped; one that keeps exactly the keys j <= i (bool true /
-//    float 0 there, bool false / float -inf elsewhere) becomes `causal`, which the kernels
-//    evaluate without reading memory and which lets them skip key tiles past the diagonal.
+//    float 0 there, bool false / float -inf or the mask type's lowest finite value elsewhere)
+//    becomes `causal`, which the kernels evaluate without reading memory and which lets them
+//    skip key tiles past the diagonal. The lowest finite value is what HF's eager attention
+//    writes (torch.finfo(dtype).min); it is exact to treat it as -inf for a causal pattern:
+//    every row keeps its diagonal key, so exp(score + lowest - row max) underflows to 0 as
+//    exp(-inf) does.
 //
 // 2. Transposes. Attention models keep activations as [B, L, H, E] and transpose them to
 //    [B, H, L, E] only for the attention itself:
@@ -24,6 +28,7 @@
 //    same settings), those merge first into one product with the weights side by side: one
 //    larger GEMM instead of three, and its output is read in place.
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "backends/cpu/kernels.h"
@@ -67,10 +72,14 @@ MaskMeaning mask_meaning(const Tensor* mask, const Shape& scores) {
   const bool full = d.size() >= 2 && scores[2].is_constant() && scores[3].is_constant() &&
                     rows == scores[2].constant() && cols == scores[3].constant() && rows > 1;
   bool keep_all = true, causal = full;
+  // The mask type's lowest finite value (torch.finfo(dtype).min), which HF writes for "drop".
+  const float lowest = w.dtype() == DataType::kF16    ? -65504.0f
+                       : w.dtype() == DataType::kBF16 ? -3.38953139e38f
+                                                      : std::numeric_limits<float>::lowest();
   for (int64_t n = 0; n < w.numel() && (keep_all || causal); ++n) {
     const float v = cpu::load_float(w.dtype(), w.data(), n);
     const bool keep = is_bool ? v != 0.0f : v == 0.0f;
-    const bool drop = is_bool ? v == 0.0f : std::isinf(v) && v < 0.0f;
+    const bool drop = is_bool ? v == 0.0f : (std::isinf(v) && v < 0.0f) || v <= lowest;
     if (!keep && !drop) return MaskMeaning::kOther;  // a real additive bias
     keep_all = keep_all && keep;
     if (causal) {
