@@ -5,6 +5,7 @@
 // engine built from a PT2E program gives the bytes PyTorch gives: x * (1 / scale) in f32, round
 // half to even (std::nearbyint in the default rounding mode, as torch.round), + zero_point,
 // clamp, convert; and (q - zero_point) * scale in f32.
+#include "backends/semantics/conv_geometry.h"
 #include "backends/semantics/quantize.h"
 
 #include "backends/semantics/activation.h"
@@ -204,42 +205,12 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
   });
 }
 
-namespace {
-
-/// A quantized convolution's geometry with the spatial dims padded to three (leading 1s), so
-/// one loop nest serves 1-d, 2-d and 3-d.
-struct QConvShape {
-  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
-  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
-  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
-};
-
-QConvShape qconv_shape(const QuantizedConvolutionParams& p, const HostTensor& x,
-                       const HostTensor& w, const HostTensor& out) {
-  QConvShape s;
-  s.batch = x.dims[0];
-  s.in_channels = x.dims[1];
-  s.out_channels = w.dims[0];
-  s.groups = p.groups;
-  const size_t nsp = x.dims.size() - 2, skip = 3 - nsp;
-  for (size_t d = 0; d < nsp; ++d) {
-    s.in[skip + d] = x.dims[2 + d];
-    s.out[skip + d] = out.dims[2 + d];
-    s.kernel[skip + d] = w.dims[2 + d];
-    s.stride[skip + d] = p.stride[d];
-    s.pad[skip + d] = p.padding_begin[d];  // the end padding only shortens the output
-    s.dilation[skip + d] = p.dilation[d];
-  }
-  return s;
-}
-
-}  // namespace
 
 void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
   const HostTensor& xt = a.in(0);
   const HostTensor& wt = a.in(1);
   HostTensor& ot = a.out();
-  const QConvShape s = qconv_shape(p, xt, wt, ot);
+  const semantics::ConvGeometry s = semantics::conv_geometry(p, xt.dims, wt.dims, ot.dims);
   const std::vector<int16_t> centered = centered_activation(a);  // x - x_zero_point
   const int16_t* x = centered.data();
   const auto* w = wt.as<const int8_t>();

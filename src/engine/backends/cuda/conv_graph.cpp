@@ -18,6 +18,7 @@
 // stored as {fused, heuristic mode, rank, engine index}; a stored choice is rebuilt from the same
 // heuristic list and used when its engine matches.
 #include "backends/cuda/conv_graph.h"
+#include "backends/cuda/dnn_types.h"
 
 #include <cudnn.h>
 
@@ -122,22 +123,6 @@ void finalize(const Desc& d, const char* what) { ok(cudnnBackendFinalize(d.get()
 
 /// Unique ids of the graph's tensors (the variant pack names the real ones by these).
 enum Uid : int64_t { kX = 1, kW, kY, kBias, kResidual, kConvOut = 101, kBiasOut, kResidualOut };
-
-cudnnDataType_t graph_type(DataType t) {
-  switch (t) {
-    case DataType::kF32: return CUDNN_DATA_FLOAT;
-    case DataType::kF16: return CUDNN_DATA_HALF;
-    case DataType::kBF16: return CUDNN_DATA_BFLOAT16;
-    case DataType::kI8:
-    case DataType::kU8:
-    case DataType::kI32:
-    case DataType::kI64:
-    case DataType::kBool:
-    case DataType::kF8E4M3: break;
-  }
-  throw Error(std::string("Convolution (cuda): dtype ") + dtype_name(t) +
-              " is not supported (float types only)");
-}
 
 /// Row-major (NCHW) strides of `dims`.
 std::vector<int64_t> packed_strides(const std::vector<int64_t>& dims) {
@@ -246,7 +231,7 @@ struct Graph {
 std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t handle) {
   auto g = std::make_unique<Graph>();
   g->fused = fused;
-  const cudnnDataType_t type = graph_type(pb.dtype);
+  const cudnnDataType_t type = dnn_type(pb.dtype, "Convolution");
   auto strides = [&](const std::vector<int64_t>& dims) {
     return pb.channels_last ? channels_last_strides(dims) : packed_strides(dims);
   };

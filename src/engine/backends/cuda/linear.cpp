@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "backends/cuda/conv_graph.h"
+#include "backends/cuda/dnn_types.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/linear_kernels.h"
 
@@ -390,21 +391,6 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args, bool reusable
 
 // ---------------------------------------------------------------- cuDNN convolution
 
-cudnnDataType_t dnn_type(DataType t, const char* layer) {
-  switch (t) {
-    case DataType::kF32: return CUDNN_DATA_FLOAT;
-    case DataType::kF16: return CUDNN_DATA_HALF;
-    case DataType::kBF16: return CUDNN_DATA_BFLOAT16;
-    case DataType::kI8:
-    case DataType::kU8:
-    case DataType::kI32:
-    case DataType::kI64:
-    case DataType::kBool: break;
-    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
-  }
-  throw Error(std::string(layer) + " (cuda): dtype " + dtype_name(t) +
-              " is not supported (float types only)");
-}
 
 using TensorDesc = Owned<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
 using FilterDesc = Owned<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
@@ -825,6 +811,22 @@ struct ConvPrep : PreparedLaunch {
 };
 
 }  // namespace
+
+cudnnDataType_t dnn_type(DataType t, const char* layer) {
+  switch (t) {
+    case DataType::kF32: return CUDNN_DATA_FLOAT;
+    case DataType::kF16: return CUDNN_DATA_HALF;
+    case DataType::kBF16: return CUDNN_DATA_BFLOAT16;
+    case DataType::kI8:
+    case DataType::kU8:
+    case DataType::kI32:
+    case DataType::kI64:
+    case DataType::kBool: break;
+    case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
+  }
+  throw Error(std::string(layer) + " (cuda): dtype " + dtype_name(t) +
+              " is not supported (float types only)");
+}
 
 void run(const ConvolutionParams& p, const CudaArgs& a) {
   constexpr const char* kLayer = "Convolution";

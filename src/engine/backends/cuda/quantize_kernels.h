@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "backends/semantics/conv_geometry.h"
 #include "ember/engine/layers.h"
 #include "ember/engine/types.h"
 
@@ -51,13 +52,8 @@ ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, cons
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
 
-/// A QuantizedConvolution as its kernels see it: spatial dims padded to three with leading 1s
-/// (1-d and 2-d convolutions are 3-d ones of depth and height 1), NCHW int8 x and KCRS int8 w.
-struct QConvGeometry {
-  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
-  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
-  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dilation[3] = {1, 1, 1};
-};
+/// A QuantizedConvolution as its kernels see it (backends/semantics/conv_geometry.h).
+using QConvGeometry = semantics::ConvGeometry;
 
 /// Copies NCHW int8 x [N, C, H, W] (geometry dims 1 and 2) into NHWC [N, Hp, Wp, c4] with
 /// Hp = H + pad_top + pad_bottom, Wp likewise (the padding written as zeros) and the channels

@@ -56,24 +56,6 @@ constexpr size_t kAlign = 256;
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 int64_t round_up4(int64_t v) { return (v + 3) / 4 * 4; }
 
-QConvGeometry geometry_of(const QuantizedConvolutionParams& p, const DeviceTensor& x,
-                          const DeviceTensor& w, const DeviceTensor& out) {
-  QConvGeometry g;
-  g.batch = x.dims[0];
-  g.in_channels = x.dims[1];
-  g.out_channels = w.dims[0];
-  g.groups = p.groups;
-  const size_t nsp = x.dims.size() - 2, skip = 3 - nsp;
-  for (size_t d = 0; d < nsp; ++d) {
-    g.in[skip + d] = x.dims[2 + d];
-    g.out[skip + d] = out.dims[2 + d];
-    g.kernel[skip + d] = w.dims[2 + d];
-    g.stride[skip + d] = p.stride[d];
-    g.pad[skip + d] = p.padding_begin[d];
-    g.dilation[skip + d] = p.dilation[d];
-  }
-  return g;
-}
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
@@ -199,7 +181,7 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
   if (out.numel() == 0) return;
-  const QConvGeometry g = geometry_of(p, x, w, out);
+  const QConvGeometry g = semantics::conv_geometry(p, x.dims, w.dims, out.dims);
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
   if (x.numel() > 0) {
