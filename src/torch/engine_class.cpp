@@ -234,6 +234,20 @@ void TorchEngine::release_context(const PoolKey& key,
   surplus.reset();
 }
 
+namespace {
+
+/// A run that was correct but slower than it should be: in Python, the "ember" logger
+/// (ember._C installs the warning sink); in a C++ program, c10's warning (stderr unless the
+/// program installs a c10::WarningHandler).
+void report_slowdown(const std::string& message) {
+  if (!engine::emit_warning(message)) {
+    c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                           "ember: " + message, /*verbatim=*/true));
+  }
+}
+
+}  // namespace
+
 std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inputs) {
   const EngineMetadata& meta = loaded_.metadata;
   EMBER_CHECK(inputs.size() == meta.inputs.size(), "ember::execute_engine: the engine takes ",
@@ -345,24 +359,14 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
       const std::lock_guard<std::mutex> lock(mutex_);
       if (!warned_.insert(w).second) continue;
     }
-    // In Python, the "ember" logger (ember._C installs the sink); in a C++ program, c10's
-    // warning (stderr unless the program installs a c10::WarningHandler).
-    if (!engine::emit_warning(w)) {
-      c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                             "ember: " + w, /*verbatim=*/true));
-    }
+    report_slowdown(w);
   }
   if (!graph_warning.empty() && !graph_warning_given_.exchange(true)) {
     // Once per engine: the engine still runs, layer by layer, so this is a slowdown to report,
-    // not an error. Through the same sink as take_warnings' messages (the "ember" logger in
-    // Python), else a c10 warning.
-    const std::string w = "CUDA graphs are off for an execution context of this engine, which "
-                          "now runs layer by layer (slower): " + graph_warning +
-                          ". Engine.cuda_graph_stats() counts such contexts.";
-    if (!engine::emit_warning(w)) {
-      c10::warn(c10::Warning(c10::UserWarning(), {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                             "ember: " + w, /*verbatim=*/true));
-    }
+    // not an error.
+    report_slowdown("CUDA graphs are off for an execution context of this engine, which now "
+                    "runs layer by layer (slower): " + graph_warning +
+                    ". Engine.cuda_graph_stats() counts such contexts.");
   }
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (output_engine_types_[i] != output_torch_types_[i]) {
