@@ -49,7 +49,7 @@ pack() {
 
 step_cpp() {
   run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
-    --gtest_filter='Cuda*:FuseEpilogues*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*'
+    --gtest_filter='Cuda*:FuseEpilogues*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*'
 }
 step_models() {
   run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
