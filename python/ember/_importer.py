@@ -13,13 +13,19 @@ through it (no engine both feeds and reads it), an engine exports what it reads 
 PyTorch recomputing it, and it counts as fallback like any other node (`ImportedProgram.outside`,
 the report, require_full_compilation). Size arithmetic and runtime asserts are the exception:
 the IR holds sizes as symbolic dims, so they are left out.
+
+Inside an engine every tensor lives on the engine's device. A node whose tensors (its results, or
+the non-constant tensors it reads) live on another device type (a `.to("cpu")` and what reads
+its result in a CUDA program, a `.to("cuda")` and its readers in a CPU one) runs in PyTorch,
+where the tensors are: put in an engine it would compute on the wrong device or receive inputs
+the engine refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Any
+from typing import Any, Container
 
 import sympy
 import torch
@@ -113,6 +119,27 @@ def tensor_type(val) -> tuple[str, list]:
     if val.dtype not in DTYPE_NAMES:
         raise Unsupported(f"dtype {val.dtype} has no engine type")
     return DTYPE_NAMES[val.dtype], [dim_arg(d) for d in val.shape]
+
+
+def _tensor_vals(v) -> list:
+    if isinstance(v, torch.Tensor):
+        return [v]
+    if isinstance(v, (list, tuple)):
+        return [t for x in v for t in _tensor_vals(x)]
+    return []
+
+
+def foreign_device(node: torch.fx.Node, backend: str, constants: Container[str]) -> str | None:
+    """The device (text) of a tensor `node` produces or reads that is not on the `backend`
+    device type, or None. Constants (in `constants`) are exempt: they are copied into the plan."""
+    vals = _tensor_vals(node.meta.get("val"))
+    for n in node.all_input_nodes:
+        if n.name not in constants:
+            vals += _tensor_vals(n.meta.get("val"))
+    for v in vals:
+        if v.device.type != backend:
+            return str(v.device)
+    return None
 
 
 def module_info(node: torch.fx.Node) -> tuple[str, list[str]]:
@@ -329,8 +356,11 @@ class _Importer:
 
 
 def import_program(ep: torch.export.ExportedProgram,
-                   symbol_ranges: dict[str, tuple[int, int, int]]) -> ImportedProgram:
-    """Imports `ep` (already decomposed). symbol_ranges: symbol name -> (min, opt, max)."""
+                   symbol_ranges: dict[str, tuple[int, int, int]],
+                   backend: str | None = None) -> ImportedProgram:
+    """Imports `ep` (already decomposed). symbol_ranges: symbol name -> (min, opt, max).
+    backend ("cpu", "cuda"): the engines' device type; nodes on another device run in PyTorch
+    (see the module doc). None skips the check."""
     imp = _Importer(ep)
     sig = ep.graph_signature
     kinds = {spec.arg.name: spec for spec in sig.input_specs}
@@ -385,6 +415,11 @@ def import_program(ep: torch.export.ExportedProgram,
                     or (isinstance(v, int) and not isinstance(v, bool)) for v in val)
                     and any(isinstance(v, torch.Tensor) for v in val))):
                 imp.add_outside(node, "its result is not a tensor")
+                continue
+            device = foreign_device(node, backend, constants) if backend else None
+            if device is not None:
+                imp.add_outside(node, f"its tensors are on device '{device}' but the engine runs "
+                                f"on the {backend} back end (it runs in PyTorch, where they are)")
                 continue
             try:
                 imp.add_op(node)

@@ -271,7 +271,7 @@ def _compile(exported_program: torch.export.ExportedProgram,
     if settings.custom_ops_as_plugins:
         added = _plugins.make_custom_ops_plugins(ep.graph.nodes)
         fx_pass_log += [f"custom_ops_as_plugins: {key} runs as a plugin" for key in added]
-    imported = import_program(ep, {})
+    imported = import_program(ep, {}, backend)
     _warn_unmatched_executed(ep, csettings)
     ranges = _symbol_ranges(ep, specs, imported.user_inputs)
     for name, (lo, opt, hi) in ranges.items():

@@ -170,3 +170,28 @@ def test_a_compile_mostly_in_engines_does_not_warn():
         compile_cpu(MostlyForced(), [x], min_block_size=1)
     assert not [w for w in caught if str(w.message).startswith("ember:")], \
         [str(w.message) for w in caught]
+
+
+class ToOtherDevice(torch.nn.Module):
+    """CPU work, a copy to a CUDA device, then work on that device. Exports without a GPU (the
+    export's tensors are fake)."""
+
+    def forward(self, x):
+        h = torch.relu(x * 2)
+        return (h.to("cuda") + 1).sum()
+
+
+def test_nodes_on_another_device_than_the_engine_run_in_pytorch():
+    """An engine's tensors all live on its device: the copy to CUDA and every node after it in
+    this CPU program run in PyTorch, each with a reason naming the device; the CPU work before
+    them is still an engine (the GPU run of test_creation.py checks the .to("cpu") mirror case
+    end to end)."""
+    ep = torch.export.export(ToOtherDevice(), (torch.randn(3, 4),))
+    report = ember.dynamo.CompilationReport()
+    ember.dynamo.compile(ep, [torch.randn(3, 4)], device="cpu", min_block_size=1, report=report,
+                         dryrun=True)
+    ops = {op: why for _, op, why in report.fallback}
+    for op in ("aten::_to_copy", "aten::add.Tensor", "aten::sum"):
+        assert op in ops, report.fallback
+        assert "device 'cuda:0'" in ops[op] and "cpu back end" in ops[op], ops[op]
+    assert "aten::mul.Tensor" not in ops and "aten::relu" not in ops, report.fallback
