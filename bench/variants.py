@@ -15,7 +15,11 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
   `attn_implementation="eager"` (attention written out, which Ember's recognize_attention pass
-  rewrites into one Attention layer) or `"sdpa"` (issue 16's attention-rewrite figure).
+  rewrites into one Attention layer) or `"sdpa"` (issue 16's attention-rewrite figure);
+- `int8` / `fp8`: the `.half()` model through `ember.quantize` (dtype int8 or float8_e4m3fn,
+  method "max", calibrated on 4 random batches of the row's input shape): convolutions, linear
+  layers and matmuls on int8 / FP8 operands, the rest in f16 (issue 17). Its cosine is against
+  the f32 model, like the others.
 Eager PyTorch f16 is timed in the same process for scale. Set EMBER_LAYER_PROFILE=1 to have the
 CUDA back end print, at exit, the host time per layer kind of the layer-by-layer calls.
 """
@@ -33,7 +37,7 @@ import ember
 from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16",
-            "attn_eager", "attn_sdpa")
+            "attn_eager", "attn_sdpa", "int8", "fp8")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -97,12 +101,23 @@ def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> 
         xin = tuple(x.half() if x.is_floating_point() else x for x in xs)
     if variant in ("graphs_off", "graphs_off_legacy_conv"):
         settings["cuda_graphs"] = False
+    if variant in ("int8", "fp8"):
+        start = time.perf_counter()
+        calib = [tuple(torch.randn_like(x) if x.is_floating_point()
+                       else torch.randint_like(x, int(x.max()) + 1) for x in xin)
+                 for _ in range(4)]
+        model = ember.quantize(model, calib, dtype=torch.int8 if variant == "int8"
+                               else torch.float8_e4m3fn)
+        row[f"{variant}_calibrate_s"] = time.perf_counter() - start
     report = ember.dynamo.CompilationReport()
     start = time.perf_counter()
     gm = ember.compile(model, inputs=list(xin), device="cuda", report=report, **settings)
     row[f"{variant}_build_s"] = time.perf_counter() - start
     row[f"{variant}_engines"] = len(report.engines)
     row[f"{variant}_fallback_nodes"] = len(report.fallback)
+    if variant in ("int8", "fp8"):
+        row[f"{variant}_fused"] = [line for e in report.engines for line in e["build_log"]
+                                   if line.startswith("fuse_quantized")]
     row[f"{variant}_ms"] = median_ms(gm, xin, iters)
     row[f"{variant}_host_us"] = host_us(gm, xin)
     with torch.no_grad():

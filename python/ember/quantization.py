@@ -325,6 +325,7 @@ def _quantize_weight(gm: torch.fx.GraphModule, node: torch.fx.Node, w: torch.Ten
                      dtype: torch.dtype, consumer: torch.fx.Node, name: str) -> torch.fx.Node:
     """An int8 (per output channel) or FP8 (per tensor) constant of `w` and its dequantize."""
     graph = gm.graph
+    out_dtype = w.dtype  # a half model's weights dequantize to half (its bias is half too)
     w = w.detach().float()
     if dtype == torch.int8:
         amax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
@@ -340,26 +341,30 @@ def _quantize_weight(gm: torch.fx.GraphModule, node: torch.fx.Node, w: torch.Ten
             zn = graph.get_attr(f"{name}_zero_point")
             return graph.call_function(
                 torch.ops.quantized_decomposed.dequantize_per_channel.default,
-                (qn, sn, zn, 0, -127, 127, torch.int8))
+                (qn, sn, zn, 0, -127, 127, torch.int8), {"out_dtype": out_dtype})
     amax = float(w.abs().max())
     scale = _f32(amax / 448.0) if amax > 0 else 1.0
     gm.register_buffer(f"{name}_q", torch.ops.ember.quantize_fp8(w, scale))
     with graph.inserting_before(consumer):
         qn = graph.get_attr(f"{name}_q")
-        return graph.call_function(torch.ops.ember.dequantize_fp8.default, (qn, scale))
+        return graph.call_function(torch.ops.ember.dequantize_fp8.default,
+                                   (qn, scale, out_dtype))
 
 
 def _fake_quantize(graph: torch.fx.Graph, x: torch.fx.Node, scale: float, dtype: torch.dtype,
                    consumer: torch.fx.Node) -> torch.fx.Node:
+    """x -> quantize -> dequantize, back to x's own float dtype (f16 in a half model)."""
+    out_dtype = x.meta["val"].dtype
     with graph.inserting_before(consumer):
         if dtype == torch.int8:
             args = (scale, 0, -127, 127, torch.int8)
             q = graph.call_function(torch.ops.quantized_decomposed.quantize_per_tensor.default,
                                     (x, *args))
             return graph.call_function(
-                torch.ops.quantized_decomposed.dequantize_per_tensor.default, (q, *args))
+                torch.ops.quantized_decomposed.dequantize_per_tensor.default, (q, *args),
+                {"out_dtype": out_dtype})
         q = graph.call_function(torch.ops.ember.quantize_fp8.default, (x, scale))
-        return graph.call_function(torch.ops.ember.dequantize_fp8.default, (q, scale))
+        return graph.call_function(torch.ops.ember.dequantize_fp8.default, (q, scale, out_dtype))
 
 
 def _prepare(model: Any, example: tuple) -> torch.fx.GraphModule:

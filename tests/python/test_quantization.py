@@ -377,6 +377,35 @@ def test_int8_convnet_compiles_to_quantized_convolutions():
     assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
 
 
+def test_a_half_model_quantizes_to_an_int8_engine_with_f16_outputs():
+    """A model .half()ed first (what a GPU user has): its dequantizations return f16, so the
+    float layers between them (bias, relu, pooling) stay in f16 as in the model, and the engine
+    fuses the same int8 products and convolutions as for the f32 model."""
+    model = ConvNet().eval().half()
+    data = [(x.half(),) for (x,) in calibration((2, 3, 8, 8))]
+    qmodel = ember.quantize(model, data, dtype=torch.int8)
+    dq = [n for n in quantized_nodes(qmodel) if "dequantize" in str(n.target)]
+    assert dq and all(n.kwargs.get("out_dtype") == torch.float16 for n in dq), \
+        [(n.name, n.kwargs) for n in dq]
+    x = data[2][0]
+    report = CompilationReport()
+    gm = compile_full(qmodel, [x], report)
+    types = [t for t, _ in engine_layers(gm)]
+    assert types.count("QuantizedConvolution") == 2 and types.count("QuantizedMatrixMultiply") == 1, \
+        types
+    with torch.no_grad():
+        out, reference, f32 = gm(x), qmodel(x), model.float()(x.float())
+    assert out.dtype == torch.float16
+    # As the f32 test, at f16's tolerance: the engine sums int8 exactly, PyTorch's fake-quantized
+    # run sums dequantized f16 values.
+    atol, rtol = TOLERANCES[torch.float16]
+    close = (out.float() - reference.float()).abs() <= atol + rtol * reference.float().abs()
+    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f16"
+    assert float((out.float() - reference.float()).abs().max()) <= \
+        2 * float(reference.float().abs().max()) / 127
+    assert torch.nn.functional.cosine_similarity(out.float().flatten(), f32.flatten(), dim=0) > 0.98
+
+
 class QConvOnly(torch.nn.Module):
     """One convolution in PT2E's decomposed form with symmetric int8 activations: quantize and
     dequantize x per tensor, dequantize an int8 constant weight per output channel (or per
