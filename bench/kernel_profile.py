@@ -3,7 +3,11 @@ torch.profiler (CUPTI sees every kernel in the process, Ember's and the librarie
 name, with their share of the total.
 
     python bench/kernel_profile.py --model resnet50 --batch 32 [--dtype bf16] [--top 15]
-                                   [--channels-last on]
+                                   [--channels-last on] [--quantize int8|fp8]
+
+--quantize runs the model through ember.quantize first (the dtype model, calibrated on 4 random
+batches), as bench/variants.py's int8/fp8 variants do; the engine's layer implementations and
+CUDA-graph counters are printed too, so a layer that left the fast path shows.
 
 Models are bench.py's (bench/models.py): any of the wide suite's.
 """
@@ -11,6 +15,8 @@ Models are bench.py's (bench/models.py): any of the wide suite's.
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 
 import torch
 
@@ -27,6 +33,7 @@ def main():
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="Ember's channels_last setting, as in bench.py")
+    p.add_argument("--quantize", choices=["int8", "fp8"], default=None)
     args = p.parse_args()
     settings = channels_last_settings(args.channels_last)
     torch.manual_seed(0)
@@ -34,6 +41,12 @@ def main():
     dtype = DTYPES[args.dtype]
     model = model.to(dtype)
     xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
+    if args.quantize:
+        calib = [tuple(torch.randn_like(x) if x.is_floating_point()
+                       else torch.randint_like(x, int(x.max()) + 1) for x in xs)
+                 for _ in range(4)]
+        model = ember.quantize(model, calib, dtype=torch.int8 if args.quantize == "int8"
+                               else torch.float8_e4m3fn)
     gm = ember.compile(model, inputs=xs, device="cuda", **settings)
     with torch.no_grad():
         for _ in range(5):
@@ -43,6 +56,13 @@ def main():
             for _ in range(args.iters):
                 gm(*xs)
             torch.cuda.synchronize()
+    engines = [getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine")]
+    for eng in engines:
+        impls = collections.Counter(f"{layer['type']}: {layer.get('implementation')}"
+                                    for layer in json.loads(eng.inspect())["layers"])
+        print("engine layers:", dict(impls))
+        if hasattr(eng, "cuda_graph_stats"):
+            print("cuda graphs:", eng.cuda_graph_stats())
     totals: dict[str, tuple[float, int]] = {}
     for e in prof.events():
         if e.device_type != torch.autograd.DeviceType.CUDA:
