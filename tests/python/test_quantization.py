@@ -406,6 +406,52 @@ def test_a_half_model_quantizes_to_an_int8_engine_with_f16_outputs():
     assert torch.nn.functional.cosine_similarity(out.float().flatten(), f32.flatten(), dim=0) > 0.98
 
 
+class ConvBNNet(torch.nn.Module):
+    """Convolutions with batch norms (eval mode): ember.quantize quantizes the convolution's own
+    weights, so each batch norm stays a per-channel scale and shift after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 10)
+        for bn in (self.bn1, self.bn2):  # non-trivial statistics
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_batch_norm_after_an_int8_convolution_folds_into_its_scales():
+    model = ConvBNNet().eval()
+    data = calibration((2, 3, 8, 8))
+    qmodel = ember.quantize(model, data, dtype=torch.int8)
+    x = data[1][0]
+    report = CompilationReport()
+    gm = compile_full(qmodel, [x], report)
+    types = [t for t, _ in engine_layers(gm)]
+    # Each batch norm's scale and shift went into its convolution's weight scales and bias, and
+    # the relu after it into the epilogue: nothing float is left between the convolutions.
+    assert types.count("QuantizedConvolution") == 2 and "ElementWise" not in types, types
+    assert "Activation" not in types, types
+    log = "\n".join(line for e in report.engines for line in e["build_log"])
+    assert "fuse_epilogues: 4 scale/shift folds" in log, log
+    with torch.no_grad():
+        out, reference, f32 = gm(x), qmodel(x), model(x)
+    atol, rtol = TOLERANCES[torch.float32]
+    close = (out - reference).abs() <= atol + rtol * reference.abs()
+    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
+    assert float((out - reference).abs().max()) <= 2 * float(reference.abs().max()) / 127
+    assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
+
+
 class QConvOnly(torch.nn.Module):
     """One convolution in PT2E's decomposed form with symmetric int8 activations: quantize and
     dequantize x per tensor, dequantize an int8 constant weight per output channel (or per

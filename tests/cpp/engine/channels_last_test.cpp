@@ -347,6 +347,29 @@ TEST(ChannelsLastPass, PointwiseBetweenConvolutionsJoins) {
   EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 3);  // x and skip in, y out
 }
 
+TEST(ChannelsLastPass, PerTensorFakeQuantizationBetweenConvolutionsJoins) {
+  // conv -> Quantize (FP8, per tensor) -> Dequantize -> conv, as an FP8-quantized model's float
+  // convolutions are: the pair is the same in every layout, so it joins the region instead of
+  // being wrapped in two transposes.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  Tensor* y = conv_bn(net, x, 4, 3, conv_params(1, 1), true, "c1", 1);
+  Tensor* scale = net.add_constant(Weights::from_vector(DataType::kF32, {1},
+                                                         std::vector<float>{0.05f}))->output();
+  QuantizeParams qp;
+  qp.to = DataType::kF8E4M3;
+  y = net.add_quantize(y, scale, nullptr, qp, "q")->output();
+  DequantizeParams dp;
+  dp.to = DataType::kF32;
+  y = net.add_dequantize(y, scale, nullptr, dp, "dq")->output();
+  y = conv_bn(net, y, 5, 3, conv_params(1, 1), false, "c2", 4);
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 6, 6}, 8)}, "conv-q-dq-conv");
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 2);  // in at x, out at y
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kQuantize), 1);
+}
+
 TEST(ChannelsLastPass, TransposedInputEntersWithoutATranspose) {
   // A model that takes NHWC and permutes to NCHW itself: the region reads the input directly.
   Network net;

@@ -148,7 +148,10 @@ TEST(CudaQuantize, Int8GemmThroughCublasLtMatchesTheReference) {
   check_product(DataType::kI8, DataType::kF32, 64, 48, 128);
   check_product(DataType::kI8, DataType::kF16, 33, 16, 64);
   check_product(DataType::kI8, DataType::kBF16, 5, 8, 12);
-  check_product(DataType::kI8, DataType::kF32, 7, 5, 9);  // K % 4 != 0: the reference path
+  // K % 4 != 0: the direct kernel (on the device, graph-captured), plain and with the whole
+  // epilogue on uint8 activations with a zero point.
+  check_product(DataType::kI8, DataType::kF32, 7, 5, 9);
+  check_product(DataType::kI8, DataType::kF16, 6, 10, 30, true, 3);
 }
 
 TEST(CudaQuantize, ProductEpiloguesMatchTheReference) {
@@ -184,7 +187,9 @@ TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   // 16-bit output rounds that difference away (its tolerance is the output type's).
   check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128);
   check_product(DataType::kF8E4M3, DataType::kF16, 16, 16, 64);
-  check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);  // K % 16 != 0: reference path
+  // K or N not a multiple of 16 (an ImageNet classifier's N = 1000): the direct kernel.
+  check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);
+  check_product(DataType::kF8E4M3, DataType::kF16, 4, 1000, 256);
 }
 
 /// One QuantizedConvolution problem for the GPU.

@@ -122,11 +122,10 @@ void dispatch_float_storage(DataType t, Fn&& fn) {
 
 namespace {
 
-/// Finishes output element `i` (output channel `channel`) of a fused product from its sum,
-/// through `e` (layers.h): scales and bias in f32, rounding to TO, activation, requantization.
+/// The value of a fused product's output element of channel `channel` from its sum, through `e`
+/// (layers.h): scales and bias in f32, rounding to TO, activation. Before requantization.
 template <typename TO>
-__device__ __forceinline__ void product_store(void* out, int64_t i, int64_t channel, float sum,
-                                              const ProductEpilogue& e) {
+__device__ __forceinline__ TO product_value(int64_t channel, float sum, const ProductEpilogue& e) {
   const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
   const float bias =
       e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
@@ -134,10 +133,24 @@ __device__ __forceinline__ void product_store(void* out, int64_t i, int64_t chan
   if (e.activation) {
     v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
   }
+  return v;
+}
+
+/// product_value requantized to int8 (e.out_scale set).
+template <typename TO>
+__device__ __forceinline__ int8_t product_requantized(TO v, const ProductEpilogue& e) {
+  const float inv = semantics::quant_inv_scale(e.out_scale[0]);
+  return static_cast<int8_t>(
+      semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
+}
+
+/// Finishes output element `i` (output channel `channel`) of a fused product from its sum.
+template <typename TO>
+__device__ __forceinline__ void product_store(void* out, int64_t i, int64_t channel, float sum,
+                                              const ProductEpilogue& e) {
+  const TO v = product_value<TO>(channel, sum, e);
   if (e.out_scale != nullptr) {
-    const float inv = semantics::quant_inv_scale(e.out_scale[0]);
-    static_cast<int8_t*>(out)[i] = static_cast<int8_t>(
-        semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
+    static_cast<int8_t*>(out)[i] = product_requantized<TO>(v, e);
   } else {
     static_cast<TO*>(out)[i] = v;
   }
@@ -160,6 +173,36 @@ __global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, i
                                         int64_t n, ProductEpilogue e) {
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
     product_store<TO>(out, i, i % n, corrected_sum(acc[i], i % n, e), e);
+  }
+}
+
+template <typename T>
+struct alignas(4 * sizeof(T)) Vec4 {
+  T v[4];
+};
+
+/// product_epilogue_kernel four elements at a time, for rows of a multiple of 4 (n % 4 == 0,
+/// 16-byte aligned accumulators, outputs aligned to 4 elements): one 16-byte load of sums, one
+/// vector store, and one channel division per four elements. The epilogue kernel is memory-bound
+/// (4 bytes in, 2 out per element for f16) and ran at about half the bandwidth element by
+/// element (BERT-base b32 int8 on an H100: 1.48 ms of 3.88).
+template <typename TA, typename TO>
+__global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* out,
+                                             int64_t groups, int64_t n, ProductEpilogue e) {
+  for (int64_t g = global_thread(); g < groups; g += grid_threads()) {
+    const int64_t c = (g * 4) % n;  // the four share a row: n % 4 == 0
+    const Vec4<TA> a = reinterpret_cast<const Vec4<TA>*>(acc)[g];
+    Vec4<TO> v;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v.v[k] = product_value<TO>(c + k, corrected_sum(a.v[k], c + k, e), e);
+    if (e.out_scale != nullptr) {
+      Vec4<int8_t> q;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) q.v[k] = product_requantized<TO>(v.v[k], e);
+      reinterpret_cast<Vec4<int8_t>*>(out)[g] = q;
+    } else {
+      reinterpret_cast<Vec4<TO>*>(out)[g] = v;
+    }
   }
 }
 
@@ -194,12 +237,77 @@ void launch_weight_row_sums(const int8_t* w, int64_t rows, int64_t cols, int32_t
   check(cudaGetLastError(), "weight_row_sums_kernel");
 }
 
+namespace {
+
+/// Element j of an int8 (or uint8, shifted by -128 into int8) activation.
+__device__ __forceinline__ int32_t activation_at(const void* x, bool u8, int64_t j) {
+  return u8 ? static_cast<int32_t>(static_cast<const uint8_t*>(x)[j]) - 128
+            : static_cast<int32_t>(static_cast<const int8_t*>(x)[j]);
+}
+
+template <bool kFp8>
+__global__ void quantized_product_direct_kernel(const void* __restrict__ a, bool u8,
+                                                const void* __restrict__ b, int64_t m, int64_t n,
+                                                int64_t k, void* __restrict__ acc) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t warps = grid_threads() / 32;
+  for (int64_t o = global_thread() / 32; o < m * n; o += warps) {
+    const int64_t row = o / n, col = o % n;
+    if constexpr (kFp8) {
+      const auto* qa = static_cast<const __nv_fp8_storage_t*>(a) + row * k;
+      const auto* qb = static_cast<const __nv_fp8_storage_t*>(b) + col * k;
+      float s = 0.0f;
+      for (int64_t j = lane; j < k; j += 32) {
+        s += __half2float(__half(__nv_cvt_fp8_to_halfraw(qa[j], __NV_E4M3))) *
+             __half2float(__half(__nv_cvt_fp8_to_halfraw(qb[j], __NV_E4M3)));
+      }
+      for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+      if (lane == 0) static_cast<float*>(acc)[o] = s;
+    } else {
+      const auto* qb = static_cast<const int8_t*>(b) + col * k;
+      int32_t s = 0;
+      for (int64_t j = lane; j < k; j += 32) s += activation_at(a, u8, row * k + j) * qb[j];
+      for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+      if (lane == 0) static_cast<int32_t*>(acc)[o] = s;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_quantized_product_direct(const void* a, bool u8, bool fp8, const void* b, int64_t m,
+                                     int64_t n, int64_t k, void* acc, cudaStream_t stream) {
+  const int64_t threads = m * n * 32;
+  if (threads == 0) return;
+  if (fp8) {
+    quantized_product_direct_kernel<true><<<grid_for(threads), kThreads, 0, stream>>>(
+        a, u8, b, m, n, k, acc);
+  } else {
+    quantized_product_direct_kernel<false><<<grid_for(threads), kThreads, 0, stream>>>(
+        a, u8, b, m, n, k, acc);
+  }
+  check(cudaGetLastError(), "quantized_product_direct_kernel");
+}
+
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = m * n;
   if (total == 0) return;
   dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
+    const size_t out_align = e.out_scale != nullptr ? 4 : 4 * sizeof(TO);
+    if (n % 4 == 0 && reinterpret_cast<uintptr_t>(acc) % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(out) % out_align == 0) {
+      const int64_t groups = total / 4;
+      if (int32_acc) {
+        product_epilogue_vec4_kernel<int32_t, TO><<<grid_for(groups), kThreads, 0, stream>>>(
+            static_cast<const int32_t*>(acc), out, groups, n, e);
+      } else {
+        product_epilogue_vec4_kernel<float, TO><<<grid_for(groups), kThreads, 0, stream>>>(
+            static_cast<const float*>(acc), out, groups, n, e);
+      }
+      return;
+    }
     if (int32_acc) {
       product_epilogue_kernel<int32_t, TO><<<grid_for(total), kThreads, 0, stream>>>(
           static_cast<const int32_t*>(acc), out, total, n, e);
@@ -269,11 +377,6 @@ void run(const DequantizeParams& p, const CudaArgs& a) {
 
 namespace {
 
-/// Element j of an int8 (or uint8, shifted by -128 into int8) activation.
-__device__ __forceinline__ int32_t activation_at(const void* x, bool u8, int64_t j) {
-  return u8 ? static_cast<int32_t>(static_cast<const uint8_t*>(x)[j]) - 128
-            : static_cast<int32_t>(static_cast<const int8_t*>(x)[j]);
-}
 
 __global__ void qconv_pack_input_kernel(const void* __restrict__ x, bool u8,
                                         const int32_t* __restrict__ zero_point,

@@ -52,6 +52,15 @@ ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, cons
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
 
+/// The m x n row-major sums of a[m, k] b[n, k]^T without cuBLASLt, for the shapes it refuses
+/// (INT8: k or n not a multiple of 4; FP8: not of 16, e.g. an ImageNet classifier's n = 1000):
+/// one warp per output element, coalesced along k. INT8 (a int8, or uint8 when `u8`, shifted by
+/// -128 as run_int8 does; b int8) into int32 `acc`; FP8 (`fp8`: both E4M3) into f32 `acc`.
+/// Exact for INT8; for FP8 the f32 sum in another order than cuBLASLt's. A fallback that stays
+/// on the device (and in CUDA graphs), where these shapes once took the host.
+void launch_quantized_product_direct(const void* a, bool u8, bool fp8, const void* b, int64_t m,
+                                     int64_t n, int64_t k, void* acc, cudaStream_t stream);
+
 /// A QuantizedConvolution as its kernels see it (backends/semantics/conv_geometry.h).
 using QConvGeometry = semantics::ConvGeometry;
 

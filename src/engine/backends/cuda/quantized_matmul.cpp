@@ -15,7 +15,10 @@
 //   type written directly. With a bias, activation or requantization: the f32 sum into scratch,
 //   then the same epilogue pass as INT8 (one rounding, the CPU reference's order).
 // Shapes cuBLASLt refuses (INT8 needs K and the leading dims multiples of 4, FP8 multiples of
-// 16, FP8 needs sm_89+) run through host_fallback (the CPU reference, correct and slow).
+// 16, FP8 needs sm_89+; an ImageNet classifier's N = 1000 is one) run in quantize.cu's direct
+// kernel, then the same epilogue pass: on the device, so the engine's CUDA graph still captures
+// (the host fallback they once took synchronized, which switched graphs off for the whole
+// engine). Reported once per context and layer as a degradation.
 #include <cublasLt.h>
 
 #include <string>
@@ -207,6 +210,39 @@ bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_
   return true;
 }
 
+/// The direct kernel (quantize_kernels.h) and the epilogue pass, for what cuBLASLt refused.
+void run_direct(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
+                ProductEpilogue e) {
+  const DeviceTensor& qa = a.in(0);
+  const DeviceTensor& qb = a.in(1);
+  const bool fp8 = qa.dtype == DataType::kF8E4M3;
+  const bool u8 = qa.dtype == DataType::kU8;
+  const bool asymmetric = !fp8 && (u8 || a.has(6));
+  auto round256 = [](size_t b) { return (b + 255) / 256 * 256; };
+  const size_t acc_bytes = round256(static_cast<size_t>(m * n) * 4);  // int32 or f32
+  const size_t sums_bytes = asymmetric ? round256(static_cast<size_t>(n) * sizeof(int32_t)) : 0;
+  auto* base = static_cast<uint8_t*>(a.res->workspace(acc_bytes + sums_bytes));
+  if (asymmetric) {
+    auto* sums = reinterpret_cast<int32_t*>(base + acc_bytes);
+    launch_weight_row_sums(static_cast<const int8_t*>(qb.data), n, k, sums, a.stream());
+    e.weight_sums = sums;
+    e.zero_point = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
+    e.zero_point_offset = u8 ? 128 : 0;
+  }
+  launch_quantized_product_direct(qa.data, u8, fp8, qb.data, m, n, k, base, a.stream());
+  launch_product_epilogue(base, /*int32_acc=*/!fp8, a.out().data, float_type, m, n, e,
+                          a.stream());
+  a.res->warn_once(a.layer,
+                   (a.layer != nullptr ? a.layer->describe()
+                                       : std::string("a QuantizedMatrixMultiply")) +
+                       ": cuBLASLt's " + (fp8 ? "FP8" : "INT8") + " GEMM does not take [" +
+                       std::to_string(m) + ", " + std::to_string(k) + "] x [" +
+                       std::to_string(n) + ", " + std::to_string(k) + "]^T (" +
+                       (fp8 ? "FP8 needs K and N multiples of 16 and sm_89+"
+                            : "INT8 needs K and N multiples of 4") +
+                       "), so it runs in Ember's direct kernel (exact sums, slower)");
+}
+
 }  // namespace
 
 ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {
@@ -242,7 +278,7 @@ void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
                      !p.requantize.enabled;
   const bool done = qa.dtype != DataType::kF8E4M3 ? run_int8(a, m, n, k, p.out, e)
                                                   : run_fp8(a, m, n, k, p.out, plain, e);
-  if (!done) host_fallback(a);
+  if (!done) run_direct(a, m, n, k, p.out, e);
 }
 
 }  // namespace ember::engine::cuda

@@ -7,8 +7,9 @@
 //   - Every wanted 2-d Convolution joins (the builder: f16/bf16 on the CUDA back end). Its
 //     constant weight is permuted to KRSC here (a computed weight gets a transpose), its bias
 //     stays, and a fused residual joins the region with it (it must share the output's layout).
-//   - A 2-d Pooling, Activation, Unary or ElementWise joins when one of its inputs comes from the
-//     region. Broadcasting is per dim, so it survives permuting every operand the same way: an
+//   - A 2-d Pooling, Activation, Unary, ElementWise, or per-tensor Quantize or Dequantize (the
+//     fake quantization between the float convolutions of an FP8 model) joins when one of its
+//     inputs comes from the region. Broadcasting is per dim, so it survives permuting every operand the same way: an
 //     ElementWise operand must have rank 4 (or be one element along every dim, which is the same
 //     in every layout); a constant one is permuted here ([1, C, 1, 1] becomes [1, 1, 1, C]).
 //   - Inside the region, tensors are NHWC: their logical dims become [N, H, W, C].
@@ -122,6 +123,10 @@ struct Rewriter {
       case LayerKind::kUnary:
       case LayerKind::kElementWise:
         return pointwise_joins(l);
+      case LayerKind::kQuantize:  // per tensor: the same in every layout
+        return !l->params_as<QuantizeParams>().per_channel && pointwise_joins(l);
+      case LayerKind::kDequantize:
+        return !l->params_as<DequantizeParams>().per_channel && pointwise_joins(l);
       default:
         return false;
     }

@@ -10,7 +10,10 @@
 //   Conv/MatMul   -> Activation (MatMul: also behind a reshape)         => epilogue activation
 //
 // The fused low-precision products (QuantizedConvolution, QuantizedMatrixMultiply; made by
-// fuse_quantized) take the same bias (matrix product) and activation rewrites, and one more:
+// fuse_quantized) take the same bias (matrix product) and activation rewrites, and these:
+//   QConv -> x * c / x + c / x - c  (c per output channel or scalar)   => w_scale * c, bias * c
+//                                                                          +/- c (a batch norm
+//                                                                          after an int8 conv)
 //   QConv/QMatMul -> Quantize (per-tensor, symmetric, int8)             => requantize: the
 //                                                                          layer outputs int8
 //
@@ -139,6 +142,62 @@ struct Fuser {
     Tensor* nb = net.add_constant(from_floats(w->dtype(), {k}, bv),
                                   conv->name() + "/folded_b")->output();
     rebuild(net, conv, next, p, {conv->input(0), nw, nb});
+    ++folded_scales;
+    return true;
+  }
+
+  /// QuantizedConvolution followed by x*c, x+c or x-c with c a per-channel (or one-element)
+  /// constant of the output's dtype: the batch norm that follows a convolution quantized before
+  /// its folding (ember.quantize, PT2E without folding). The weight scale (input 3) and the bias
+  /// (input 4) absorb it: out = scale * x_scale * (w_scale[k] c[k]) acc + (bias[k] c[k]), or
+  /// bias[k] +/- c[k]; the int8 weights stay as they are.
+  bool fold_qconv_affine(Layer* qc) {
+    const auto& p = qc->params_as<QuantizedConvolutionParams>();
+    if (p.epilogue.fused_activation || p.requantize.enabled) return false;
+    const Weights* ws = constant_of(qc->input(3));
+    const Tensor* bias_t = qc->input(4);
+    const Weights* b = constant_of(bias_t);
+    if (ws == nullptr || ws->dtype() != DataType::kF32 || (bias_t != nullptr && b == nullptr)) {
+      return false;
+    }
+    Layer* next = sole_consumer(net, qc->output());
+    if (next == nullptr || next->kind() != LayerKind::kElementWise) return false;
+    const ElementWiseOp op = next->params_as<ElementWiseParams>().op;
+    if (!(op == ElementWiseOp::kProd || op == ElementWiseOp::kSum ||
+          (op == ElementWiseOp::kSub && next->input(0) == qc->output()))) {
+      return false;
+    }
+    const DataType out = qc->output()->dtype();
+    const Weights* c = constant_of(other_input(*next, qc->output()));
+    if (c == nullptr || c->dtype() != out || next->output()->dtype() != out ||
+        !shapes_equal(next->output()->shape(), qc->output()->shape())) {
+      return false;
+    }
+    const int64_t k = qc->input(1)->shape()[0].is_constant() ? qc->input(1)->shape()[0].constant()
+                                                              : -1;
+    if (k <= 0 || (ws->numel() != 1 && ws->numel() != k)) return false;
+    const auto per_channel = per_axis(*c, qc->output()->rank(), 1, k);
+    if (!per_channel) return false;
+    const std::vector<float> wv0 = to_floats(*ws);
+    std::vector<float> wv(static_cast<size_t>(k));
+    for (int64_t o = 0; o < k; ++o) wv[o] = wv0[ws->numel() == 1 ? 0 : o];
+    std::vector<float> bv = b != nullptr ? to_floats(*b) : std::vector<float>(k, 0.0f);
+    for (int64_t o = 0; o < k; ++o) {
+      const float v = (*per_channel)[o];
+      if (op == ElementWiseOp::kProd) {
+        wv[o] *= v;
+        bv[o] *= v;
+      } else {
+        bv[o] += op == ElementWiseOp::kSum ? v : -v;
+      }
+      if (!std::isfinite(wv[o]) || !std::isfinite(bv[o])) return false;
+    }
+    std::vector<Tensor*> inputs = qc->inputs();
+    if (inputs.size() < 5) inputs.resize(5, nullptr);
+    inputs[3] = net.add_constant(from_floats(DataType::kF32, {k}, wv),
+                                 qc->name() + "/folded_w_scale")->output();
+    inputs[4] = net.add_constant(from_floats(out, {k}, bv), qc->name() + "/folded_b")->output();
+    rebuild(net, qc, next, p, inputs);
     ++folded_scales;
     return true;
   }
@@ -344,7 +403,7 @@ struct Fuser {
       return fuse_matmul_bias(l) || fuse_activation(l) || fuse_requantize(l);
     }
     if (l->kind() == LayerKind::kQuantizedConvolution && is_float(l->output()->dtype())) {
-      return fuse_activation(l) || fuse_requantize(l);
+      return fold_qconv_affine(l) || fuse_activation(l) || fuse_requantize(l);
     }
     return false;
   }
@@ -369,7 +428,7 @@ void pass_fuse_epilogues(BuildState& s) {
     }
   }
   s.log.push_back("fuse_epilogues: " + std::to_string(f.folded_scales) +
-                  " scale/shift folds into convolution weights, " + std::to_string(f.scales) +
+                  " scale/shift folds into convolution weights or scales, " + std::to_string(f.scales) +
                   " matmul scales, " + std::to_string(f.biases) +
                   " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
                   std::to_string(f.activations) + " activations, " +
