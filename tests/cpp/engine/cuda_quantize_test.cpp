@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -261,8 +262,9 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   check_bytes_and_floats(net, {xt}, what);
 }
 
-TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
-  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+/// The cases of both library paths (quantized_conv.cpp): im2col + cuBLASLt's INT8 GEMM by
+/// default, cuDNN's INT8 convolution with EMBER_QCONV=cudnn.
+void check_int8_convolutions() {
   // C = 3 (an RGB first layer): channels packed up to 4; symmetric padding, per-channel.
   check_convolution({{2, 3, 32, 32}, {16, 3, 7, 7}, {2, 2}, {3, 3}, {3, 3}, {1, 1}},
                     "rgb stem 7x7/2");
@@ -300,6 +302,19 @@ TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
   asym_direct.groups = 2;
   asym_direct.direct = true;
   check_convolution(asym_direct, "uint8 + zero point, grouped (direct kernel)");
+}
+
+TEST(CudaQuantize, Int8ConvolutionThroughTheGemmMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  unsetenv("EMBER_QCONV");
+  check_int8_convolutions();
+}
+
+TEST(CudaQuantize, Int8ConvolutionThroughCudnnMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  setenv("EMBER_QCONV", "cudnn", 1);
+  check_int8_convolutions();
+  unsetenv("EMBER_QCONV");
 }
 
 TEST(CudaQuantize, Int8ConvolutionOutsideCudnnRunsTheDirectKernel) {

@@ -199,6 +199,16 @@ void run(const DequantizeParams& p, const CudaArgs& a);
 void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a);
 void run(const QuantizedConvolutionParams& p, const CudaArgs& a);
 
+/// cuBLASLt's workspace for int8_gemm_tn (quantized_matmul.cpp).
+inline constexpr size_t kInt8GemmWorkspaceBytes = size_t{32} << 20;
+/// acc[m, n] (int32, row-major) = act[m, k] w[n, k]^T, both int8 and K-contiguous, through
+/// cuBLASLt's IMMA ("TN") kernels, enqueued on a's stream with `ws` (kInt8GemmWorkspaceBytes) as
+/// its workspace. False, with nothing enqueued, when cuBLASLt takes no such problem (k or n not a
+/// multiple of 4, operands not 16-byte aligned, no algorithm). Shared by the quantized matrix
+/// product and the im2col path of the quantized convolution.
+bool int8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
+                  int64_t k, int32_t* acc, void* ws);
+
 /// Why a QuantizedConvolution runs in the direct int8 kernel instead of cuDNN's int8
 /// convolution (3-d, grouped), or "" when cuDNN's path applies (quantized_conv.cpp).
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p);

@@ -6,6 +6,8 @@
 // cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
 #include <cuda_fp8.h>
 
+#include <type_traits>
+
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/quantize_kernels.h"
 #include "backends/semantics/activation.h"
@@ -412,19 +414,87 @@ __global__ void qconv_pack_weight_kernel(const int8_t* __restrict__ w, int8_t* _
   }
 }
 
-template <typename TO>
-__global__ void qconv_epilogue_kernel(const float* __restrict__ y, void* out, int64_t total,
+template <typename TA, typename TO>
+__global__ void qconv_epilogue_kernel(const TA* __restrict__ y, void* out, int64_t total,
                                       QConvGeometry g, int64_t k4, ProductEpilogue e) {
   const int64_t plane = g.out[0] * g.out[1] * g.out[2];
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
     const int64_t p = i % plane;
     const int64_t k = (i / plane) % g.out_channels;
     const int64_t n = i / (plane * g.out_channels);
-    const float sum = y[(n * plane + p) * k4 + k];  // an integer, exact below 2^24
-    product_store<TO>(out, i, k,
-                      e.weight_sums != nullptr ? corrected_sum(static_cast<int32_t>(sum), k, e)
-                                               : sum,
-                      e);
+    const TA sum = y[(n * plane + p) * k4 + k];  // an integer (cuDNN's f32: exact below 2^24)
+    float value;
+    if constexpr (std::is_same_v<TA, int32_t>) {
+      value = corrected_sum(sum, k, e);
+    } else {
+      value = e.weight_sums != nullptr ? corrected_sum(static_cast<int32_t>(sum), k, e) : sum;
+    }
+    product_store<TO>(out, i, k, value, e);
+  }
+}
+
+/// qconv_epilogue_kernel through a 32 x 32 shared-memory tile of (spatial position, channel):
+/// the NHWC sums are read along the channels and the NCHW output written along the positions,
+/// both coalesced (the element-wise kernel reads one channel per thread, k4 elements apart).
+/// Grid: (positions / 32, channels / 32, batch), block (32, 8).
+template <typename TA, typename TO>
+__global__ void qconv_epilogue_tiled_kernel(const TA* __restrict__ y, void* out, int64_t plane,
+                                            QConvGeometry g, int64_t k4, ProductEpilogue e) {
+  __shared__ float tile[32][33];  // +1: no bank conflicts on the transposed read
+  const int64_t n = blockIdx.z;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * 32;
+  const int tx = static_cast<int>(threadIdx.x), ty = static_cast<int>(threadIdx.y);
+  for (int j = ty; j < 32; j += 8) {
+    const int64_t p = p0 + j, k = k0 + tx;
+    float v = 0.0f;
+    if (p < plane && k < g.out_channels) {
+      const TA sum = y[(n * plane + p) * k4 + k];
+      if constexpr (std::is_same_v<TA, int32_t>) {
+        v = corrected_sum(sum, k, e);
+      } else {
+        v = e.weight_sums != nullptr ? corrected_sum(static_cast<int32_t>(sum), k, e) : sum;
+      }
+    }
+    tile[j][tx] = v;
+  }
+  __syncthreads();
+  for (int j = ty; j < 32; j += 8) {
+    const int64_t k = k0 + j, p = p0 + tx;
+    if (p < plane && k < g.out_channels) {
+      product_store<TO>(out, (n * g.out_channels + k) * plane + p, k, tile[tx][j], e);
+    }
+  }
+}
+
+__global__ void qconv_im2col_kernel(const void* __restrict__ x, bool u8,
+                                    const int32_t* __restrict__ zero_point,
+                                    int8_t* __restrict__ col, int64_t total, QConvGeometry g,
+                                    int64_t c4) {
+  const int64_t h = g.in[1], w = g.in[2], kr = g.kernel[1], ks = g.kernel[2];
+  const int64_t oh_n = g.out[1], ow_n = g.out[2];
+  // As qconv_pack_input_kernel: the padding holds the (shifted) zero point.
+  const int32_t pad = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t c = i % c4;
+    int64_t t = i / c4;
+    const int64_t s = t % ks;
+    t /= ks;
+    const int64_t r = t % kr;
+    t /= kr;
+    const int64_t ow = t % ow_n;
+    t /= ow_n;
+    const int64_t oh = t % oh_n;
+    const int64_t n = t / oh_n;
+    const int64_t row = oh * g.stride[1] - g.pad[1] + r * g.dilation[1];
+    const int64_t cw = ow * g.stride[2] - g.pad[2] + s * g.dilation[2];
+    int32_t v = 0;  // channels beyond C meet zero weights
+    if (c < g.in_channels) {
+      v = row >= 0 && row < h && cw >= 0 && cw < w
+              ? activation_at(x, u8, ((n * g.in_channels + c) * h + row) * w + cw)
+              : pad;
+    }
+    col[i] = static_cast<int8_t>(v);
   }
 }
 
@@ -489,15 +559,44 @@ void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeomet
   check(cudaGetLastError(), "qconv_pack_weight_kernel");
 }
 
-void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const QConvGeometry& g,
-                           int64_t k4, const ProductEpilogue& e, cudaStream_t stream) {
+void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType float_type,
+                           const QConvGeometry& g, int64_t k4, const ProductEpilogue& e,
+                           cudaStream_t stream) {
   const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
   if (total == 0) return;
   dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    qconv_epilogue_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(y, out, total, g, k4, e);
+    const int64_t plane = g.out[0] * g.out[1] * g.out[2];
+    if (g.batch <= 65535 && (g.out_channels + 31) / 32 <= 65535) {
+      const dim3 grid(static_cast<unsigned>((plane + 31) / 32),
+                      static_cast<unsigned>((g.out_channels + 31) / 32),
+                      static_cast<unsigned>(g.batch));
+      const dim3 block(32, 8);
+      if (int32_acc) {
+        qconv_epilogue_tiled_kernel<int32_t, TO><<<grid, block, 0, stream>>>(
+            static_cast<const int32_t*>(y), out, plane, g, k4, e);
+      } else {
+        qconv_epilogue_tiled_kernel<float, TO><<<grid, block, 0, stream>>>(
+            static_cast<const float*>(y), out, plane, g, k4, e);
+      }
+    } else if (int32_acc) {
+      qconv_epilogue_kernel<int32_t, TO><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const int32_t*>(y), out, total, g, k4, e);
+    } else {
+      qconv_epilogue_kernel<float, TO><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const float*>(y), out, total, g, k4, e);
+    }
   });
   check(cudaGetLastError(), "qconv_epilogue_kernel");
+}
+
+void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8_t* col,
+                         const QConvGeometry& g, int64_t c4, cudaStream_t stream) {
+  const int64_t total = g.batch * g.out[1] * g.out[2] * g.kernel[1] * g.kernel[2] * c4;
+  if (total == 0) return;
+  qconv_im2col_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, col, total,
+                                                                 g, c4);
+  check(cudaGetLastError(), "qconv_im2col_kernel");
 }
 
 void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,

@@ -76,10 +76,17 @@ void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, 
 /// Copies KCRS int8 w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
 void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
                               int64_t k4, int64_t c4, cudaStream_t stream);
-/// out (NCHW; `float_type` values or int8, see ProductEpilogue) from cuDNN's f32 NHWC sums
-/// y [N, OH, OW, k4], through `e`.
-void launch_qconv_epilogue(const float* y, void* out, DataType float_type, const QConvGeometry& g,
-                           int64_t k4, const ProductEpilogue& e, cudaStream_t stream);
+/// The im2col matrix of a 2-d (or 1-d) int8 convolution for an INT8 GEMM: row-major
+/// col [N * OH * OW, R * S * c4], row (n, oh, ow) holding the taps (r, s, c) of that output
+/// position in KRSC order (qconv_pack_weight's), taps in the padding as qconv_pack_input writes
+/// them (zero, or the shifted zero point for asymmetric activations), channels beyond C zero.
+void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8_t* col,
+                         const QConvGeometry& g, int64_t c4, cudaStream_t stream);
+/// out (NCHW; `float_type` values or int8, see ProductEpilogue) from NHWC sums y [N, OH, OW, k4]
+/// through `e`: cuDNN's f32 sums, or the INT8 GEMM's int32 ones (`int32_acc`).
+void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType float_type,
+                           const QConvGeometry& g, int64_t k4, const ProductEpilogue& e,
+                           cudaStream_t stream);
 /// The whole convolution in one direct kernel (int32 sums, then `e`): any geometry, groups and
 /// channel count; what runs where cuDNN's int8 convolution does not.
 /// x is int8, or uint8 when `u8`; its zero point (device, nullptr: 0) is subtracted in the sum.

@@ -1,17 +1,31 @@
-// QuantizedConvolution on the GPU: cuDNN's INT8 convolution (legacy API, "INT8_EXT_CONFIG":
-// INT8 NHWC x and w, INT32 compute, FLOAT output), between two small kernels of quantize.cu:
+// QuantizedConvolution on the GPU. Two paths for 1-d and 2-d convolutions with groups = 1, and
+// a direct kernel for the rest:
+//
+// 1. The INT8 GEMM (the default): im2col, then cuBLASLt's IMMA tensor-core GEMM, then the
+//    epilogue, all kernels of quantize.cu or cuBLASLt:
+//
+//   x NCHW int8 --im2col--> col [N * OH * OW, R * S * C4] (taps in the padding as zeros)
+//   w KCRS int8 --pack--> KRSC [K4, R * S * C4]
+//   cuBLASLt: acc int32 [N * OH * OW, K4] = col w^T, exact
+//   epilogue: out NCHW = act(acc * x_scale * w_scale[k] * scale + bias[k]) in the float type,
+//             requantized to int8 when the layer says so
+//
+//    On an H100, cuDNN's legacy INT8 convolution below runs CUDA-core (dp4a) kernels: ResNet-50
+//    b32 spent 15.2 of 28.4 ms in them (bench/results/2026-12-05-h100-int8-fp8.md); the GEMM
+//    runs on the tensor cores. EMBER_QCONV=cudnn selects path 2 instead (the A/B switch).
+// 2. cuDNN's INT8 convolution (legacy API, "INT8_EXT_CONFIG": INT8 NHWC x and w, INT32
+//    compute, FLOAT output), between two small kernels of quantize.cu:
 //
 //   x NCHW int8 --pack--> NHWC [N, H + pads, W + pads, C4], the padding written as zeros
 //   w KCRS int8 --pack--> KRSC [K4, R, S, C4]
 //   cuDNN: y f32 NHWC [N, OH, OW, K4] = the exact int32 sums (no padding left to apply)
-//   epilogue: out NCHW = act(y * x_scale * w_scale[k] * scale + bias[k]) in the float type,
-//             requantized to int8 when the layer says so
+//   epilogue: as above
 //
-// cuDNN's INT8 convolution wants channel counts that are multiples of 4 and symmetric padding;
-// rather than refusing the RGB first layer of every image model (C = 3), the packing rounds C
-// and K up to multiples of 4 with zero channels and writes the padding out as zeros, both exact
-// because a quantized zero is a real zero (the quantization is symmetric). The scales stay on
-// the device (read by the epilogue kernel, so CUDA graphs stay valid); cuDNN's alpha is a host
+// Both want channel counts that are multiples of 4 (and cuDNN symmetric padding); rather than
+// refusing the RGB first layer of every image model (C = 3), the packing rounds C and K up to
+// multiples of 4 with zero channels and writes the padding out as zeros, both exact because a
+// quantized zero is a real zero (the quantization is symmetric). The scales stay on the device
+// (read by the epilogue kernel, so CUDA graphs stay valid); the libraries' alpha is a host
 // scalar and is left at 1.
 //
 // Asymmetric activations (uint8, or a zero point; PT2E's default): the packing shifts uint8 into
@@ -19,16 +33,18 @@
 // (zero_point - shift) * sum_w[k], which makes the sum over (x - zero_point) * w exact with the
 // padding a real zero; the direct kernel subtracts the zero point as it sums.
 //
-// What cuDNN's INT8 path does not cover (3-d, grouped convolutions; a configuration it refuses
-// at run time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the
-// CPU reference, slower. The back end names such layers "cuda.QuantizedConvolution.direct" and
+// What neither path covers (3-d, grouped convolutions; a problem both libraries refuse at run
+// time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the CPU
+// reference, slower. The back end names such layers "cuda.QuantizedConvolution.direct" and
 // says why (qconv_direct_reason), which the builder logs as a degradation; at run time each
 // layer that takes the direct kernel is reported once per context (Resources::warn_once, which
-// the embedder hands to the "ember" logger), cuDNN's refusals included.
+// the embedder hands to the "ember" logger), the libraries' refusals included.
 #include <cudnn.h>
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "backends/cuda/cuda_backend.h"
@@ -158,8 +174,57 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
     why = std::string("cudnnConvolutionForward: ") + cudnnGetErrorString(st);
     return false;
   }
-  launch_qconv_epilogue(y, out.data, p.out, g, k4, e, a.stream());
+  launch_qconv_epilogue(y, /*int32_acc=*/false, out.data, p.out, g, k4, e, a.stream());
   return true;
+}
+
+/// Path 1: im2col and the INT8 GEMM; false when cuBLASLt refuses (only workspace written).
+bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
+              ProductEpilogue e, std::string& why) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  const int64_t c4 = round_up4(g.in_channels), k4 = round_up4(g.out_channels);
+  const int64_t kd = g.kernel[1] * g.kernel[2] * c4;
+  const int64_t m = g.batch * g.out[1] * g.out[2];
+  const bool u8 = x.dtype == DataType::kU8;
+  const auto* zp = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
+  const bool asymmetric = u8 || zp != nullptr;
+  // cuBLASLt's workspace, then the im2col matrix, the packed weight, the int32 sums and
+  // (asymmetric) the weight's row sums, each 256-byte aligned.
+  const size_t col_bytes = aligned(static_cast<size_t>(m * kd));
+  const size_t w_bytes = aligned(static_cast<size_t>(k4 * kd));
+  const size_t acc_bytes = aligned(static_cast<size_t>(m * k4) * sizeof(int32_t));
+  const size_t sums_bytes =
+      asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
+  auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + col_bytes +
+                                                      w_bytes + acc_bytes + sums_bytes));
+  auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
+  auto* wpk = col + col_bytes;
+  auto* acc = reinterpret_cast<int32_t*>(wpk + w_bytes);
+  launch_qconv_im2col(x.data, u8, zp, col, g, c4, a.stream());
+  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k4, c4, a.stream());
+  if (asymmetric) {
+    auto* sums = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(acc) + acc_bytes);
+    launch_weight_row_sums(static_cast<const int8_t*>(w.data), g.out_channels,
+                           w.numel() / std::max<int64_t>(g.out_channels, 1), sums, a.stream());
+    e.weight_sums = sums;
+    e.zero_point = zp;
+    e.zero_point_offset = u8 ? 128 : 0;
+  }
+  if (!int8_gemm_tn(a, col, wpk, m, k4, kd, acc, base)) {
+    why = "cuBLASLt offers no INT8 GEMM for [" + std::to_string(m) + ", " + std::to_string(kd) +
+          "] x [" + std::to_string(k4) + ", " + std::to_string(kd) + "]^T";
+    return false;
+  }
+  launch_qconv_epilogue(acc, /*int32_acc=*/true, a.out().data, p.out, g, k4, e, a.stream());
+  return true;
+}
+
+/// EMBER_QCONV=cudnn: cuDNN's INT8 convolution first (the A/B of the GEMM path). Read per call,
+/// so a process (or a test) can compare both.
+bool cudnn_first() {
+  const char* v = std::getenv("EMBER_QCONV");
+  return v != nullptr && std::strcmp(v, "cudnn") == 0;
 }
 
 }  // namespace
@@ -187,9 +252,14 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   if (x.numel() > 0) {
     std::string why = qconv_direct_reason(p);
     if (why.empty()) {
-      if (run_cudnn(p, a, g, e, why)) return;
-      why = "cuDNN's INT8 convolution refused it (" + why +
-            "), so it runs in Ember's direct int8 kernel (exact, slower)";
+      std::string gemm_why, cudnn_why;
+      if (cudnn_first()) {
+        if (run_cudnn(p, a, g, e, cudnn_why) || run_gemm(p, a, g, e, gemm_why)) return;
+      } else if (run_gemm(p, a, g, e, gemm_why) || run_cudnn(p, a, g, e, cudnn_why)) {
+        return;
+      }
+      why = "neither cuBLASLt's INT8 GEMM (" + gemm_why + ") nor cuDNN's INT8 convolution (" +
+            cudnn_why + ") took it, so it runs in Ember's direct int8 kernel (exact, slower)";
     }
     // Correct but slower: said once per context and layer (the runtime's warning channel; the
     // build log already named the layers whose shape decides it).

@@ -30,7 +30,7 @@ namespace ember::engine::cuda {
 
 namespace {
 
-constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+constexpr size_t kWorkspaceBytes = kInt8GemmWorkspaceBytes;
 
 /// Throws naming the call when a cuBLASLt status is an error.
 void qlt_check(cublasStatus_t status, const char* what) {
@@ -119,17 +119,6 @@ bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float
   // subtracts (zero_point - shift) * sum_k b[n, k] (ProductEpilogue).
   const bool u8 = qa.dtype == DataType::kU8;
   const bool asymmetric = u8 || a.has(6);
-  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
-  Desc op;
-  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32I, CUDA_R_32I),
-            "cublasLtMatmulDescCreate");
-  set_tn(op.h);
-  Layout first, second, out;
-  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8I, k, n, k), "layout b");
-  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8I, k, m, k), "layout a");
-  qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32I, n, m, n), "layout accumulator");
-  cublasLtMatmulAlgo_t algo;
-  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
   // Workspace first, then the int32 accumulator, then (asymmetric) the shifted activation and
   // the weight's row sums, each 256-byte aligned.
   auto round256 = [](size_t b) { return (b + 255) / 256 * 256; };
@@ -153,10 +142,8 @@ bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float
     e.zero_point = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
     e.zero_point_offset = u8 ? 128 : 0;
   }
-  const int32_t alpha = 1, beta = 0;
-  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, activation, second.h, &beta,
-                           acc, out.h, acc, out.h, &algo, base, kWorkspaceBytes, a.stream()),
-            "cublasLtMatmul (int8)");
+  // The shift and the sums wrote only workspace: a refusal here leaves nothing behind.
+  if (!int8_gemm_tn(a, activation, qb.data, m, n, k, acc, base)) return false;
   launch_product_epilogue(acc, /*int32_acc=*/true, a.out().data, float_type, m, n, e,
                           a.stream());
   return true;
@@ -244,6 +231,31 @@ void run_direct(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType flo
 }
 
 }  // namespace
+
+bool int8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
+                  int64_t k, int32_t* acc, void* ws) {
+  if (k % 4 != 0 || n % 4 != 0 || !aligned_to(act, 16) || !aligned_to(w, 16) ||
+      !aligned_to(acc, 16)) {
+    return false;
+  }
+  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
+  Desc op;
+  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32I, CUDA_R_32I),
+            "cublasLtMatmulDescCreate");
+  set_tn(op.h);
+  // The library's A is our w and its B our act (column-major out^T [n, m]).
+  Layout first, second, out;
+  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8I, k, n, k), "layout b");
+  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8I, k, m, k), "layout a");
+  qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32I, n, m, n), "layout accumulator");
+  cublasLtMatmulAlgo_t algo;
+  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
+  const int32_t alpha = 1, beta = 0;
+  qlt_check(cublasLtMatmul(handle, op.h, &alpha, w, first.h, act, second.h, &beta, acc, out.h,
+                           acc, out.h, &algo, ws, kWorkspaceBytes, a.stream()),
+            "cublasLtMatmul (int8)");
+  return true;
+}
 
 ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {
   ProductEpilogue e;
