@@ -452,6 +452,32 @@ def test_a_batch_norm_after_an_int8_convolution_folds_into_its_scales():
     assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
 
 
+def test_fp8_convolutions_fuse_and_match():
+    """FP8 E4M3 convolutions (per-tensor scales): one QuantizedConvolution each, summing exact
+    E4M3 products in f32, with the batch norm after it folded into its scales."""
+    model = ConvBNNet().eval()
+    data = calibration((2, 3, 8, 8))
+    qmodel = ember.quantize(model, data, dtype=torch.float8_e4m3fn)
+    x = data[3][0]
+    report = CompilationReport()
+    gm = compile_full(qmodel, [x], report)
+    types = [t for t, _ in engine_layers(gm)]
+    assert types.count("QuantizedConvolution") == 2 and "Convolution" not in types, types
+    assert "ElementWise" not in types, types
+    log = "\n".join(line for e in report.engines for line in e["build_log"])
+    assert "1 low-precision products (int8/fp8), 0 int8 convolutions, 2 fp8 convolutions" in log, log
+    with torch.no_grad():
+        out, reference, f32 = gm(x), qmodel(x), model(x)
+    # The engine sums x_scale * w_scale * sum(qx qw), PyTorch sum((qx x_scale) (qw w_scale)): the
+    # same values up to f32 rounding, then the next layer's FP8 rounding (a floating step, so a
+    # tie flip moves a value by one E4M3 ulp, 1/8 relative at most, rarely).
+    atol, rtol = TOLERANCES[torch.float32]
+    close = (out - reference).abs() <= atol + rtol * reference.abs()
+    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
+    assert torch.nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0) > 0.9999
+    assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
+
+
 class QConvOnly(torch.nn.Module):
     """One convolution in PT2E's decomposed form with symmetric int8 activations: quantize and
     dequantize x per tensor, dequantize an int8 constant weight per output channel (or per

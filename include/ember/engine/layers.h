@@ -562,17 +562,20 @@ struct QuantizedMatrixMultiplyParams {
 };
 
 /// A low-precision convolution, made by the builder's fuse_quantized pass from Dequantize ->
-/// Convolution chains with int8 operands (converters do not add it):
+/// Convolution chains with int8 or FP8 E4M3 operands (converters do not add it):
 ///   out[n, k, *o] = act(epilogue.scale * x_scale * w_scale[k] * acc[n, k, *o] + bias[k])
 ///   acc[n, k, *o] = sum over the group's channels c and kernel taps t inside the input of
 ///                   (x[n, c, *i] - x_zero_point) * w[k, c, *t]
 /// with Convolution's geometry (cross-correlation; taps in the padding add nothing: the
-/// padding is a real zero). Inputs: 0 x (i8 or u8, [N, C, *spatial], 1 to 3 spatial dims),
-/// 1 w (i8, [K, C/groups, *kernel]), 2 x_scale (f32, one element), 3 w_scale (f32, one
-/// element or [K]: per output channel), optional 4 bias (`out`'s dtype, [K]; nullptr to omit),
-/// 5 out_scale (with requantize only), 6 x_zero_point (i32, one element; absent: 0).
+/// padding is a real zero). Inputs: 0 x (i8, u8 or f8e4m3, [N, C, *spatial], 1 to 3 spatial
+/// dims), 1 w (i8, or f8e4m3 with an f8e4m3 x; [K, C/groups, *kernel]), 2 x_scale (f32, one
+/// element), 3 w_scale (f32, one element or [K]: per output channel), optional 4 bias (`out`'s
+/// dtype, [K]; nullptr to omit), 5 out_scale (with requantize only), 6 x_zero_point (i32, one
+/// element; absent: 0; int8 only).
 /// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or i8 when requantize is on.
-/// Accumulation in int32 (exact); the scales and the bias apply once, in f32, then the value is
+/// Accumulation in int32 for int8 (exact), in f32 for f8e4m3 (each product of two E4M3 values
+/// is exact in f32; the sum rounds as a float convolution's); the scales and the bias apply
+/// once, in f32, then the value is
 /// rounded to `out`, the epilogue's activation (when fused_activation, set by fuse_epilogues)
 /// applies, then the requantization. No residual.
 struct QuantizedConvolutionParams {

@@ -160,13 +160,14 @@ bool valid_identifier(const std::string& s) {
 }
 
 /// FP8 tensors only come out of Quantize and go into Dequantize (or the fused low-precision
-/// product); on the way they may be moved (Shuffle, Identity) or be constants. Arithmetic on them would need E4M3 semantics in every
+/// products and convolutions); on the way they may be moved (Shuffle, Identity) or be constants. Arithmetic on them would need E4M3 semantics in every
 /// kernel, so every other layer refuses them here, in one place.
 void check_f8_use(LayerKind kind, const std::vector<Tensor*>& inputs,
                   const std::vector<TensorDesc>& outputs) {
   if (kind == LayerKind::kConstant || kind == LayerKind::kQuantize ||
       kind == LayerKind::kDequantize || kind == LayerKind::kQuantizedMatrixMultiply ||
-      kind == LayerKind::kShuffle || kind == LayerKind::kIdentity) {
+      kind == LayerKind::kQuantizedConvolution || kind == LayerKind::kShuffle ||
+      kind == LayerKind::kIdentity) {
     return;
   }
   bool f8 = false;

@@ -170,11 +170,16 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
   ctx.expect_num_inputs(4, 7);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
-  InferContext::require(ctx.dtype(kX) == DataType::kI8 || ctx.dtype(kX) == DataType::kU8,
-                        std::string("x (input 0) must be i8 or u8, got ") +
-                            dtype_name(ctx.dtype(kX)));
-  expect_activation_zero_point(ctx.dtype(kX), ctx);
-  ctx.expect_dtype(kW, DataType::kI8, "w");
+  const DataType q = ctx.dtype(kX);
+  InferContext::require(q == DataType::kI8 || q == DataType::kU8 || q == DataType::kF8E4M3,
+                        std::string("x (input 0) must be i8, u8 or f8e4m3, got ") +
+                            dtype_name(q));
+  expect_activation_zero_point(q, ctx);
+  if (q == DataType::kF8E4M3) {
+    ctx.expect_dtype(kW, DataType::kF8E4M3, "w (an f8e4m3 convolution's weight)");
+  } else {
+    ctx.expect_dtype(kW, DataType::kI8, "w (an int8 convolution's weight)");
+  }
   ctx.expect_dtype(kXScale, DataType::kF32, "x_scale");
   ctx.expect_dtype(kWScale, DataType::kF32, "w_scale");
   InferContext::require(one_element(ctx.shape(kXScale)),

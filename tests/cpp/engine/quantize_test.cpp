@@ -585,7 +585,7 @@ struct QdqConv {
   DataType dtype = DataType::kF32;
   int64_t groups = 1;
   bool asymmetric_x = false;    ///< uint8 x with a zero point (fused, with input 6).
-  bool fp8 = false;             ///< FP8 operands: not fused (no FP8 convolution).
+  bool fp8 = false;             ///< FP8 E4M3 operands (per-tensor scales to fuse).
   bool weight_axis_1 = false;   ///< Per-channel along the weight's input channels: not fused.
   bool relu = false;
 };
@@ -693,12 +693,34 @@ TEST(QuantizedConvolution, Uint8ActivationsWithAZeroPointFuse) {
   }
 }
 
+TEST(QuantizedConvolution, Fp8ConvolutionsFuseAndEqualTheUnfusedQdqGraph) {
+  // FP8 E4M3 operands with per-tensor scales (what ember.quantize makes): one
+  // QuantizedConvolution summing the exact E4M3 products in f32.
+  for (const bool relu : {false, true}) {
+    QdqConv c;
+    c.fp8 = true;
+    c.per_channel = false;
+    c.relu = relu;
+    const Network net = qdq_conv(c);
+    const auto kinds = built_kinds(net, 3);
+    EXPECT_TRUE(has_kind(kinds, LayerKind::kQuantizedConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kConvolution));
+    EXPECT_FALSE(has_kind(kinds, LayerKind::kDequantize));
+    const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fp8 fused vs unfused");
+  }
+  // A per-channel FP8 weight scale is not an FP8 convolution's (per tensor): unfused.
+  QdqConv per_channel;
+  per_channel.fp8 = true;
+  EXPECT_FALSE(has_kind(built_kinds(qdq_conv(per_channel), 3), LayerKind::kQuantizedConvolution));
+}
+
 TEST(QuantizedConvolution, NearMissesAreNotFused) {
-  QdqConv fp8, axis1;
-  fp8.fp8 = true;
-  fp8.per_channel = false;
+  QdqConv axis1;
   axis1.weight_axis_1 = true;
-  for (const QdqConv& c : {fp8, axis1}) {
+  for (const QdqConv& c : {axis1}) {
     const Network net = qdq_conv(c);
     const auto kinds = built_kinds(net, 3);
     EXPECT_FALSE(has_kind(kinds, LayerKind::kQuantizedConvolution));
@@ -731,7 +753,7 @@ TEST(QuantizedConvolution, LayerChecksItsOperands) {
   p.padding_begin = p.padding_end = {0, 0};
   Tensor* xf = net.add_input("xf", DataType::kF32, {1, 4, 5, 5});
   test::expect_error([&] { net.add_layer(p, {xf, w, s, s}); },
-                     {"QuantizedConvolution", "x (input 0) must be i8 or u8, got f32"});
+                     {"QuantizedConvolution", "x (input 0) must be i8, u8 or f8e4m3, got f32"});
   test::expect_error([&] { net.add_layer(p, {x, w, s, scales(net, {1.0f, 2.0f})}); },
                      {"w_scale length equals w's dim 0 (K)", "2 != 8"});
   Tensor* b16 = net.add_input("b", DataType::kF16, {8});

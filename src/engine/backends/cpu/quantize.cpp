@@ -206,21 +206,13 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
 }
 
 
-void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
-  const HostTensor& xt = a.in(0);
-  const HostTensor& wt = a.in(1);
-  HostTensor& ot = a.out();
-  const semantics::ConvGeometry s = semantics::conv_geometry(p, xt.dims, wt.dims, ot.dims);
-  const std::vector<int16_t> centered = centered_activation(a);  // x - x_zero_point
-  const int16_t* x = centered.data();
-  const auto* w = wt.as<const int8_t>();
-  const float xs = a.in(2).as<const float>()[0];
-  const HostTensor& wst = a.in(3);
-  const float* ws = wst.as<const float>();
-  const bool per_channel = wst.numel() > 1;
-  const std::vector<float> bias = product_bias(a, 4, s.out_channels);
-  const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
-  const auto scale = static_cast<float>(p.epilogue.scale);
+namespace {
+
+/// The sums of a quantized convolution over `x` and `w` (int16 centered int8 values and int8
+/// weights into an int32 Acc, or f32 values of FP8 ones into an f32 Acc), each output element
+/// handed to store(flat output index, output channel, sum).
+template <typename Acc, typename X, typename W, typename Store>
+void qconv_sums(const semantics::ConvGeometry& s, const X* x, const W* w, Store&& store) {
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
   const int64_t in_plane = s.in[0] * s.in[1] * s.in[2];
   const int64_t out_plane = s.out[0] * s.out[1] * s.out[2];
@@ -231,38 +223,71 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / s.out_channels, k = item % s.out_channels;
       const int64_t c0 = (k / kg) * cg;
-      const int8_t* wk = w + k * cg * taps;
-      const float multiplier = xs * ws[per_channel ? k : 0];
+      const W* wk = w + k * cg * taps;
       for (int64_t o = 0; o < out_plane; ++o) {
         const int64_t o0 = o / (s.out[1] * s.out[2]);
         const int64_t o1 = (o / s.out[2]) % s.out[1];
         const int64_t o2 = o % s.out[2];
-        int32_t acc = 0;  // |sum| <= 383 * 128 * cg * taps: exact for cg * taps < 2^15
+        // int8: |sum| <= 383 * 128 * cg * taps, exact for cg * taps < 2^15.
+        Acc acc = 0;
         for (int64_t c = 0; c < cg; ++c) {
-          const int16_t* xc = x + (n * s.in_channels + c0 + c) * in_plane;
-          const int8_t* wc = wk + c * taps;
+          const X* xc = x + (n * s.in_channels + c0 + c) * in_plane;
+          const W* wc = wk + c * taps;
           for (int64_t t0 = 0; t0 < s.kernel[0]; ++t0) {
             const int64_t i0 = o0 * s.stride[0] - s.pad[0] + t0 * s.dilation[0];
             if (i0 < 0 || i0 >= s.in[0]) continue;
             for (int64_t t1 = 0; t1 < s.kernel[1]; ++t1) {
               const int64_t i1 = o1 * s.stride[1] - s.pad[1] + t1 * s.dilation[1];
               if (i1 < 0 || i1 >= s.in[1]) continue;
-              const int16_t* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
-              const int8_t* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2];
+              const X* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
+              const W* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2];
               for (int64_t t2 = 0; t2 < s.kernel[2]; ++t2) {
                 const int64_t i2 = o2 * s.stride[2] - s.pad[2] + t2 * s.dilation[2];
                 if (i2 < 0 || i2 >= s.in[2]) continue;
-                acc += int32_t{xrow[i2]} * int32_t{wrow[t2]};
+                acc += static_cast<Acc>(xrow[i2]) * static_cast<Acc>(wrow[t2]);
               }
             }
           }
         }
-        finish.store(ot.data, item * out_plane + o,
-                     semantics::quantized_product_value(static_cast<float>(acc), multiplier,
-                                                        scale, bias[static_cast<size_t>(k)]));
+        store(item * out_plane + o, k, static_cast<float>(acc));
       }
     }
   });
+}
+
+std::vector<float> f8_values(const HostTensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[i] = f8e4m3_to_f32(t.as<const uint8_t>()[i]);
+  return v;
+}
+
+}  // namespace
+
+void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
+  const HostTensor& xt = a.in(0);
+  const HostTensor& wt = a.in(1);
+  HostTensor& ot = a.out();
+  const semantics::ConvGeometry s = semantics::conv_geometry(p, xt.dims, wt.dims, ot.dims);
+  const float xs = a.in(2).as<const float>()[0];
+  const HostTensor& wst = a.in(3);
+  const float* ws = wst.as<const float>();
+  const bool per_channel = wst.numel() > 1;
+  const std::vector<float> bias = product_bias(a, 4, s.out_channels);
+  const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
+  const auto scale = static_cast<float>(p.epilogue.scale);
+  auto store = [&](int64_t i, int64_t k, float sum) {
+    finish.store(ot.data, i,
+                 semantics::quantized_product_value(sum, xs * ws[per_channel ? k : 0], scale,
+                                                    bias[static_cast<size_t>(k)]));
+  };
+  if (xt.dtype == DataType::kF8E4M3) {
+    // Products of two E4M3 values are exact in f32; the sum rounds as an f32 convolution's.
+    const std::vector<float> x = f8_values(xt), w = f8_values(wt);
+    qconv_sums<float>(s, x.data(), w.data(), store);
+    return;
+  }
+  const std::vector<int16_t> centered = centered_activation(a);  // x - x_zero_point
+  qconv_sums<int32_t>(s, centered.data(), wt.as<const int8_t>(), store);
 }
 
 }  // namespace ember::engine::cpu

@@ -209,6 +209,13 @@ inline constexpr size_t kInt8GemmWorkspaceBytes = size_t{32} << 20;
 bool int8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
                   int64_t k, int32_t* acc, void* ws);
 
+/// acc[m, n] (f32, row-major) = act[m, k] w[n, k]^T with both E4M3 and K-contiguous, through
+/// cuBLASLt's FP8 GEMM (unit scales: the caller's epilogue applies them). False, with nothing
+/// enqueued, when cuBLASLt takes no such problem (k or n not a multiple of 16, a GPU below
+/// sm_89, no algorithm).
+bool fp8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
+                 int64_t k, float* acc, void* ws);
+
 /// Why a QuantizedConvolution runs in the direct int8 kernel instead of cuDNN's int8
 /// convolution (3-d, grouped), or "" when cuDNN's path applies (quantized_conv.cpp).
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p);

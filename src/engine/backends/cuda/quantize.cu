@@ -498,10 +498,16 @@ __global__ void qconv_im2col_kernel(const void* __restrict__ x, bool u8,
   }
 }
 
-template <typename TO>
+/// Element j of an FP8 E4M3 tensor as f32.
+__device__ __forceinline__ float fp8_at(const void* x, int64_t j) {
+  return __half2float(
+      __half(__nv_cvt_fp8_to_halfraw(static_cast<const __nv_fp8_storage_t*>(x)[j], __NV_E4M3)));
+}
+
+template <typename TO, bool kFp8>
 __global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
                                     const int32_t* __restrict__ zero_point,
-                                    const int8_t* __restrict__ w, void* out, int64_t total,
+                                    const void* __restrict__ w, void* out, int64_t total,
                                     QConvGeometry g, ProductEpilogue e) {
   // x - zero_point over the taps inside the input; the padding adds nothing (a real zero).
   const int32_t zp = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
@@ -516,10 +522,11 @@ __global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
     const int64_t o0 = p / (g.out[1] * g.out[2]), o1 = (p / g.out[2]) % g.out[1];
     const int64_t o2 = p % g.out[2];
     const int64_t c0 = (k / kg) * cg;
-    int32_t acc = 0;  // exact, as the CPU reference's
+    // int8: exact, as the CPU reference's; FP8: f32, each product exact.
+    std::conditional_t<kFp8, float, int32_t> acc = 0;
     for (int64_t c = 0; c < cg; ++c) {
       const int64_t xc = (n * g.in_channels + c0 + c) * in_plane;
-      const int8_t* wc = w + (k * cg + c) * taps;
+      const int64_t wc = (k * cg + c) * taps;
       for (int64_t t0 = 0; t0 < g.kernel[0]; ++t0) {
         const int64_t i0 = o0 * g.stride[0] - g.pad[0] + t0 * g.dilation[0];
         if (i0 < 0 || i0 >= g.in[0]) continue;
@@ -529,8 +536,14 @@ __global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
           for (int64_t t2 = 0; t2 < g.kernel[2]; ++t2) {
             const int64_t i2 = o2 * g.stride[2] - g.pad[2] + t2 * g.dilation[2];
             if (i2 < 0 || i2 >= g.in[2]) continue;
-            acc += (activation_at(x, u8, xc + (i0 * g.in[1] + i1) * g.in[2] + i2) - zp) *
-                   int32_t{wc[(t0 * g.kernel[1] + t1) * g.kernel[2] + t2]};
+            const int64_t xi = xc + (i0 * g.in[1] + i1) * g.in[2] + i2;
+            const int64_t wi = wc + (t0 * g.kernel[1] + t1) * g.kernel[2] + t2;
+            if constexpr (kFp8) {
+              acc += fp8_at(x, xi) * fp8_at(w, wi);
+            } else {
+              acc += (activation_at(x, u8, xi) - zp) *
+                     int32_t{static_cast<const int8_t*>(w)[wi]};
+            }
           }
         }
       }
@@ -599,15 +612,20 @@ void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8
   check(cudaGetLastError(), "qconv_im2col_kernel");
 }
 
-void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,
-                         void* out, DataType float_type, const QConvGeometry& g,
+void launch_qconv_direct(const void* x, bool u8, bool fp8, const int32_t* zero_point,
+                         const void* w, void* out, DataType float_type, const QConvGeometry& g,
                          const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = g.batch * g.out_channels * g.out[0] * g.out[1] * g.out[2];
   if (total == 0) return;
   dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    qconv_direct_kernel<TO><<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, w, out,
-                                                                      total, g, e);
+    if (fp8) {
+      qconv_direct_kernel<TO, true><<<grid_for(total), kThreads, 0, stream>>>(
+          x, false, nullptr, w, out, total, g, e);
+    } else {
+      qconv_direct_kernel<TO, false><<<grid_for(total), kThreads, 0, stream>>>(
+          x, u8, zero_point, w, out, total, g, e);
+    }
   });
   check(cudaGetLastError(), "qconv_direct_kernel");
 }

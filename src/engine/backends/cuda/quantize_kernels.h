@@ -73,13 +73,15 @@ using QConvGeometry = semantics::ConvGeometry;
 void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, int8_t* packed,
                              const QConvGeometry& g, int64_t hp, int64_t wp, int64_t c4,
                              cudaStream_t stream);
-/// Copies KCRS int8 w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
+/// Copies KCRS int8 (or FP8: bytes) w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
 void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
                               int64_t k4, int64_t c4, cudaStream_t stream);
-/// The im2col matrix of a 2-d (or 1-d) int8 convolution for an INT8 GEMM: row-major
+/// The im2col matrix of a 2-d (or 1-d) int8 or FP8 convolution for a GEMM: row-major
 /// col [N * OH * OW, R * S * c4], row (n, oh, ow) holding the taps (r, s, c) of that output
 /// position in KRSC order (qconv_pack_weight's), taps in the padding as qconv_pack_input writes
 /// them (zero, or the shifted zero point for asymmetric activations), channels beyond C zero.
+/// `c4` is any padded channel count >= C (4 for the INT8 GEMM, 16 for FP8); FP8 bytes are
+/// copied as they are (byte 0 is +0).
 void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8_t* col,
                          const QConvGeometry& g, int64_t c4, cudaStream_t stream);
 /// out (NCHW; `float_type` values or int8, see ProductEpilogue) from NHWC sums y [N, OH, OW, k4]
@@ -87,11 +89,12 @@ void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8
 void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType float_type,
                            const QConvGeometry& g, int64_t k4, const ProductEpilogue& e,
                            cudaStream_t stream);
-/// The whole convolution in one direct kernel (int32 sums, then `e`): any geometry, groups and
-/// channel count; what runs where cuDNN's int8 convolution does not.
-/// x is int8, or uint8 when `u8`; its zero point (device, nullptr: 0) is subtracted in the sum.
-void launch_qconv_direct(const void* x, bool u8, const int32_t* zero_point, const int8_t* w,
-                         void* out, DataType float_type, const QConvGeometry& g,
+/// The whole convolution in one direct kernel (int32 sums, or f32 ones for FP8, then `e`): any
+/// geometry, groups and channel count; what runs where the libraries' paths do not.
+/// x is int8, or uint8 when `u8`, its zero point (device, nullptr: 0) subtracted in the sum, and
+/// w int8; or (`fp8`) x and w are both E4M3.
+void launch_qconv_direct(const void* x, bool u8, bool fp8, const int32_t* zero_point,
+                         const void* w, void* out, DataType float_type, const QConvGeometry& g,
                          const ProductEpilogue& e, cudaStream_t stream);
 
 }  // namespace ember::engine::cuda

@@ -33,6 +33,9 @@
 // (zero_point - shift) * sum_w[k], which makes the sum over (x - zero_point) * w exact with the
 // padding a real zero; the direct kernel subtracts the zero point as it sums.
 //
+// FP8 E4M3 convolutions take path 1 with cuBLASLt's FP8 GEMM (f32 sums; channels padded to
+// multiples of 16, which that GEMM wants), and the direct kernel otherwise.
+//
 // What neither path covers (3-d, grouped convolutions; a problem both libraries refuse at run
 // time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the CPU
 // reference, slower. The back end names such layers "cuda.QuantizedConvolution.direct" and
@@ -71,6 +74,7 @@ using ConvDesc = DnnOwned<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionD
 constexpr size_t kAlign = 256;
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 int64_t round_up4(int64_t v) { return (v + 3) / 4 * 4; }
+int64_t round_up16(int64_t v) { return (v + 15) / 16 * 16; }
 
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
@@ -220,6 +224,36 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   return true;
 }
 
+/// Path 1 for FP8 E4M3 operands: the same im2col (channels padded to 16, as cuBLASLt's FP8
+/// GEMM wants K and N multiples of 16) and cuBLASLt's FP8 GEMM into f32 sums; false when it
+/// refuses (a GPU below sm_89 among others).
+bool run_gemm_fp8(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
+                  const ProductEpilogue& e, std::string& why) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  const int64_t c16 = round_up16(g.in_channels), k16 = round_up16(g.out_channels);
+  const int64_t kd = g.kernel[1] * g.kernel[2] * c16;
+  const int64_t m = g.batch * g.out[1] * g.out[2];
+  const size_t col_bytes = aligned(static_cast<size_t>(m * kd));
+  const size_t w_bytes = aligned(static_cast<size_t>(k16 * kd));
+  const size_t acc_bytes = aligned(static_cast<size_t>(m * k16) * sizeof(float));
+  auto* base = static_cast<uint8_t*>(
+      a.res->workspace(kInt8GemmWorkspaceBytes + col_bytes + w_bytes + acc_bytes));
+  auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
+  auto* wpk = col + col_bytes;
+  auto* acc = reinterpret_cast<float*>(wpk + w_bytes);
+  // The int8 packing kernels copy bytes: E4M3 values pass through, byte 0 (+0) pads.
+  launch_qconv_im2col(x.data, false, nullptr, col, g, c16, a.stream());
+  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k16, c16, a.stream());
+  if (!fp8_gemm_tn(a, col, wpk, m, k16, kd, acc, base)) {
+    why = "cuBLASLt offers no FP8 GEMM for [" + std::to_string(m) + ", " + std::to_string(kd) +
+          "] x [" + std::to_string(k16) + ", " + std::to_string(kd) + "]^T (FP8 needs sm_89+)";
+    return false;
+  }
+  launch_qconv_epilogue(acc, /*int32_acc=*/false, a.out().data, p.out, g, k16, e, a.stream());
+  return true;
+}
+
 /// EMBER_QCONV=cudnn: cuDNN's INT8 convolution first (the A/B of the GEMM path). Read per call,
 /// so a process (or a test) can compare both.
 bool cudnn_first() {
@@ -231,12 +265,12 @@ bool cudnn_first() {
 
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p) {
   if (p.stride.size() == 3) {
-    return "cuDNN's int8 convolution is 2-d, so this 3-d one runs in Ember's direct int8 "
-           "kernel (exact, slower)";
+    return "the GEMM and cuDNN paths are 2-d, so this 3-d one runs in Ember's direct kernel "
+           "(the same sums, slower)";
   }
   if (p.groups != 1) {
-    return "cuDNN's int8 path here takes groups = 1, so this grouped one (groups = " +
-           std::to_string(p.groups) + ") runs in Ember's direct int8 kernel (exact, slower)";
+    return "the GEMM and cuDNN paths take groups = 1, so this grouped one (groups = " +
+           std::to_string(p.groups) + ") runs in Ember's direct kernel (the same sums, slower)";
   }
   return {};
 }
@@ -251,7 +285,10 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
   if (x.numel() > 0) {
     std::string why = qconv_direct_reason(p);
-    if (why.empty()) {
+    if (why.empty() && x.dtype == DataType::kF8E4M3) {
+      if (run_gemm_fp8(p, a, g, e, why)) return;
+      why = why + ", so it runs in Ember's direct FP8 kernel (slower)";
+    } else if (why.empty()) {
       std::string gemm_why, cudnn_why;
       if (cudnn_first()) {
         if (run_cudnn(p, a, g, e, cudnn_why) || run_gemm(p, a, g, e, gemm_why)) return;
@@ -267,9 +304,9 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
                                                   : std::string("a QuantizedConvolution")) +
                                   ": " + why);
   }
-  launch_qconv_direct(x.data, x.dtype == DataType::kU8,
-                      a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr,
-                      static_cast<const int8_t*>(w.data), out.data, p.out, g, e, a.stream());
+  launch_qconv_direct(x.data, x.dtype == DataType::kU8, x.dtype == DataType::kF8E4M3,
+                      a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr, w.data,
+                      out.data, p.out, g, e, a.stream());
 }
 
 }  // namespace ember::engine::cuda

@@ -257,6 +257,30 @@ bool int8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, 
   return true;
 }
 
+bool fp8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
+                 int64_t k, float* acc, void* ws) {
+  if (k % 16 != 0 || n % 16 != 0 || !aligned_to(act, 16) || !aligned_to(w, 16) ||
+      !aligned_to(acc, 16)) {
+    return false;
+  }
+  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
+  Desc op;
+  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+            "cublasLtMatmulDescCreate");
+  set_tn(op.h);
+  Layout first, second, out;
+  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8F_E4M3, k, n, k), "layout b");
+  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8F_E4M3, k, m, k), "layout a");
+  qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32F, n, m, n), "layout out");
+  cublasLtMatmulAlgo_t algo;
+  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
+  const float alpha = 1.0f, beta = 0.0f;
+  qlt_check(cublasLtMatmul(handle, op.h, &alpha, w, first.h, act, second.h, &beta, acc, out.h,
+                           acc, out.h, &algo, ws, kWorkspaceBytes, a.stream()),
+            "cublasLtMatmul (fp8)");
+  return true;
+}
+
 ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {
   ProductEpilogue e;
   e.x_scale = static_cast<const float*>(a.in(2).data);

@@ -16,10 +16,11 @@
 //   Convolution(Dequantize(qx, sx[, zx]), Dequantize(Constant qw, sw), bias)
 //     => QuantizedConvolution(qx, qw, sx, sw, bias)
 //
-// where qx is i8 or u8, with or without a zero point zx (then the layer's input 6), qw is i8
-// and symmetric (FP8 convolutions stay unfused), sx has one element and sw one element
-// or one per output channel (axis 0 of the [K, C/groups, *kernel] weight). The convolution must
-// be a plain one (NCHW, no epilogue yet: fuse_epilogues runs later).
+// where qx is i8 or u8, with or without a zero point zx (then the layer's input 6), and qw is
+// i8 and symmetric, sx has one element and sw one element or one per output channel (axis 0 of
+// the [K, C/groups, *kernel] weight); or qx and qw are both f8e4m3, symmetric, with one-element
+// scales (FP8 convolutions, as ember.quantize makes them). The convolution must be a plain one
+// (NCHW, no epilogue yet: fuse_epilogues runs later).
 //
 // The result equals the unfused Q/DQ math up to f32 rounding: sum_k (qa sa)(qb sb) is
 // sa sb sum_k qa qb, and the int8 sum is exact in int32.
@@ -146,22 +147,28 @@ bool fuse(Network& net, Layer* mm) {
   return true;
 }
 
-/// Fuses one convolution if it matches; true when it did.
-bool fuse_convolution(Network& net, Layer* conv) {
+/// Fuses one convolution if it matches: the fused layer's operand type (kI8 or kF8E4M3) when `conv` was fused, else kF32.
+DataType fuse_convolution(Network& net, Layer* conv) {
   const auto& cp = conv->params_as<ConvolutionParams>();
   if (cp.channels_last || cp.epilogue.fused_activation || cp.epilogue.scale != 1.0 ||
       conv->input(3) != nullptr) {
-    return false;
+    return DataType::kF32;
   }
   const Layer* dqx = activation_dequantize(conv->input(0));
-  if (dqx == nullptr) return false;
+  const Layer* fp8x = symmetric_dequantize(conv->input(0));
+  const bool fp8 = dqx == nullptr && fp8x != nullptr &&
+                   fp8x->input(0)->dtype() == DataType::kF8E4M3 &&
+                   !fp8x->params_as<DequantizeParams>().per_channel;
+  if (fp8) dqx = fp8x;
+  if (dqx == nullptr) return DataType::kF32;
   const Layer* dqw = symmetric_dequantize(conv->input(1));
-  if (dqw == nullptr || dqw->input(0)->dtype() != DataType::kI8 ||
+  if (dqw == nullptr || dqw->input(0)->dtype() != (fp8 ? DataType::kF8E4M3 : DataType::kI8) ||
       constant_of(dqw->input(0)) == nullptr) {
-    return false;
+    return DataType::kF32;
   }
   const auto& wp = dqw->params_as<DequantizeParams>();
-  if (wp.per_channel && wp.axis != 0) return false;  // one scale per output channel, or one
+  // One weight scale per output channel (int8), or one.
+  if (wp.per_channel && (fp8 || wp.axis != 0)) return DataType::kF32;
   QuantizedConvolutionParams qp;
   qp.stride = cp.stride;
   qp.padding_begin = cp.padding_begin;
@@ -173,24 +180,29 @@ bool fuse_convolution(Network& net, Layer* conv) {
       qp,
       fused_inputs({dqx->input(0), dqw->input(0), dqx->input(1), dqw->input(1)}, conv->input(2),
                    dqx->input(2)),
-      conv->name() + "/int8");
+      conv->name() + (fp8 ? "/fp8" : "/int8"));
   net.replace_all_uses(conv->output(), fused->output());
-  return true;
+  return fp8 ? DataType::kF8E4M3 : DataType::kI8;
 }
 
 }  // namespace
 
 void pass_fuse_quantized(BuildState& s) {
   Network& net = s.plan.network;
-  int products = 0, convolutions = 0;
+  int products = 0, convolutions = 0, fp8_convolutions = 0;
   for (Layer* l : net.layers()) {
     if (l->kind() == LayerKind::kMatrixMultiply && fuse(net, l)) ++products;
-    if (l->kind() == LayerKind::kConvolution && fuse_convolution(net, l)) ++convolutions;
+    if (l->kind() == LayerKind::kConvolution) {
+      const DataType fused = fuse_convolution(net, l);
+      if (fused == DataType::kF8E4M3) ++fp8_convolutions;
+      if (fused == DataType::kI8) ++convolutions;
+    }
   }
   const int removed = remove_unreachable_layers(net);
   s.log.push_back("fuse_quantized: " + std::to_string(products) +
                   " low-precision products (int8/fp8), " + std::to_string(convolutions) +
-                  " int8 convolutions, " + std::to_string(removed) + " layers removed");
+                  " int8 convolutions, " + std::to_string(fp8_convolutions) +
+                  " fp8 convolutions, " + std::to_string(removed) + " layers removed");
 }
 
 }  // namespace ember::engine
