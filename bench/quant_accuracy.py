@@ -38,6 +38,7 @@ def main():
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--method", choices=["max", "entropy", "percentile"], default="max")
     p.add_argument("--worst", type=int, default=8)
+    p.add_argument("--first", type=int, default=12)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
@@ -84,6 +85,10 @@ def main():
         print(f"  {e.node:<32} {e.op:<36} {e.module:<28} {e.dtype:<5} rel {e.rel_error:.2e} "
               f"cos {e.cosine:.6f}")
     print("first jump:", row["first_jump"])
+    print(f"the first {args.first} layers:")
+    print(report.table(limit=args.first))
+    row["first_layers"] = [{"node": e.node, "op": e.op, "rel_error": e.rel_error}
+                           for e in report.layers[: args.first]]
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(row, fh, indent=1)

@@ -11,6 +11,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `graphs_off_legacy_conv`: `graphs_off` with EMBER_CUDNN_CONV=legacy while it is built and
   timed, so convolutions take cuDNN's legacy API instead of its graph API (the A/B of the
   CUDA back end's graph-API convolutions, in one process);
+- `half_unfused`: `half` with EMBER_FUSE_POINTWISE=0 while it is built, so chains of pointwise
+  layers stay separate kernels instead of one generated (NVRTC) kernel each (the A/B of the
+  builder's fuse_pointwise pass);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -36,8 +39,8 @@ import torch
 import ember
 from bench import accuracy, first_tensor, make, median_ms
 
-VARIANTS = ("half", "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16",
-            "attn_eager", "attn_sdpa", "int8", "fp8")
+VARIANTS = ("half", "half_unfused", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
+            "autocast_bf16", "attn_eager", "attn_sdpa", "int8", "fp8")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -69,18 +72,22 @@ def host_us(fn, xs: tuple, calls: int = 50) -> float:
 
 
 def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:
-    # The back end reads EMBER_CUDNN_CONV when a layer's state is prepared (its first call), so
-    # it stays set for the variant's build and timing, and is restored afterwards.
-    old = os.environ.get("EMBER_CUDNN_CONV")
-    if variant == "graphs_off_legacy_conv":
-        os.environ["EMBER_CUDNN_CONV"] = "legacy"
+    # The back end reads EMBER_CUDNN_CONV when a layer's state is prepared (its first call), the
+    # builder EMBER_FUSE_POINTWISE when it builds, so each stays set for its variant's build and
+    # timing, and is restored afterwards.
+    switches = {"graphs_off_legacy_conv": ("EMBER_CUDNN_CONV", "legacy"),
+                "half_unfused": ("EMBER_FUSE_POINTWISE", "0")}
+    env, value = switches.get(variant, (None, None))
+    old = os.environ.get(env) if env else None
+    if env:
+        os.environ[env] = value
     try:
         _run_variant(row, variant, name, batch, iters)
     finally:
-        if old is None:
-            os.environ.pop("EMBER_CUDNN_CONV", None)
-        else:
-            os.environ["EMBER_CUDNN_CONV"] = old
+        if env and old is None:
+            os.environ.pop(env, None)
+        elif env:
+            os.environ[env] = old
 
 
 def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:
