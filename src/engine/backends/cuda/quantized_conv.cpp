@@ -76,6 +76,18 @@ size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 int64_t round_up4(int64_t v) { return (v + 3) / 4 * 4; }
 int64_t round_up16(int64_t v) { return (v + 15) / 16 * 16; }
 
+/// The largest scratch (im2col matrix, packed weight, sums) the GEMM paths take for one layer;
+/// beyond it (a large batch through a wide stem) the layer takes the next path instead of
+/// growing the context's workspace by gigabytes.
+constexpr size_t kMaxGemmScratch = size_t{2} << 30;
+
+bool scratch_fits(size_t bytes, std::string& why) {
+  if (bytes <= kMaxGemmScratch) return true;
+  why = "its im2col scratch would take " + std::to_string(bytes >> 20) + " MiB (more than " +
+        std::to_string(kMaxGemmScratch >> 20) + ")";
+  return false;
+}
+
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
@@ -200,6 +212,7 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   const size_t acc_bytes = aligned(static_cast<size_t>(m * k4) * sizeof(int32_t));
   const size_t sums_bytes =
       asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
+  if (!scratch_fits(col_bytes + w_bytes + acc_bytes + sums_bytes, why)) return false;
   auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + col_bytes +
                                                       w_bytes + acc_bytes + sums_bytes));
   auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
@@ -237,6 +250,7 @@ bool run_gemm_fp8(const QuantizedConvolutionParams& p, const CudaArgs& a, const 
   const size_t col_bytes = aligned(static_cast<size_t>(m * kd));
   const size_t w_bytes = aligned(static_cast<size_t>(k16 * kd));
   const size_t acc_bytes = aligned(static_cast<size_t>(m * k16) * sizeof(float));
+  if (!scratch_fits(col_bytes + w_bytes + acc_bytes, why)) return false;
   auto* base = static_cast<uint8_t*>(
       a.res->workspace(kInt8GemmWorkspaceBytes + col_bytes + w_bytes + acc_bytes));
   auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
