@@ -27,6 +27,33 @@ inline float round_to(DataType t, float v) {
   return v;
 }
 
+/// How an input is read: all of it in the output's order (same dims), one element for every
+/// output element, or through its broadcast strides.
+enum class Access { kWhole, kOne, kStrided };
+
+/// x[j] = element begin + j of a float buffer, for j < n (one dtype switch per run).
+void load_run(DataType t, const void* p, int64_t begin, int64_t n, float* x) {
+  switch (t) {
+    case DataType::kF32: {
+      const float* f = static_cast<const float*>(p) + begin;
+      std::copy(f, f + n, x);
+      return;
+    }
+    case DataType::kF16: {
+      const uint16_t* h = static_cast<const uint16_t*>(p) + begin;
+      for (int64_t j = 0; j < n; ++j) x[j] = f16_to_f32(h[j]);
+      return;
+    }
+    case DataType::kBF16: {
+      const uint16_t* h = static_cast<const uint16_t*>(p) + begin;
+      for (int64_t j = 0; j < n; ++j) x[j] = bf16_to_f32(h[j]);
+      return;
+    }
+    default:
+      for (int64_t j = 0; j < n; ++j) x[j] = load_float(t, p, begin + j);
+  }
+}
+
 void fail(const std::string& what) {
   throw Error("fused pointwise: " + what + " (inconsistent with shape inference; the plan may be corrupt)");
 }
@@ -63,12 +90,18 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
     }
     strides[k] = broadcast_strides(d, out_dims);
   }
+  const int64_t total_elements = args.out(0).numel();
+  std::vector<Access> access(n_in, Access::kStrided);
+  for (size_t k = 0; k < n_in; ++k) {
+    const int64_t m = args.in(k).numel();
+    access[k] = m == total_elements ? Access::kWhole : m == 1 ? Access::kOne : Access::kStrided;
+  }
   std::vector<float> alpha(steps.size()), beta(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     alpha[i] = semantics::param_to_float(steps[i].alpha);
     beta[i] = semantics::param_to_float(steps[i].beta);
   }
-  const int64_t total = args.out(0).numel();
+  const int64_t total = total_elements;
   if (total == 0) return;
   const int64_t cost = 1 + static_cast<int64_t>(steps.size());
   const size_t n_values = n_in + steps.size();
@@ -79,23 +112,39 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
     for (int64_t blk = block_begin; blk < block_end; ++blk) {
       const int64_t begin = blk * kBlock;
       const int64_t n = std::min(kBlock, total - begin);
-      // Gather the inputs: the block's first multi-index, then step it element by element.
-      int64_t rem = begin;
-      std::fill(offset.begin(), offset.end(), 0);
-      for (size_t d = rank; d-- > 0;) {
-        idx[d] = rem % out_dims[d];
-        rem /= out_dims[d];
-        for (size_t k = 0; k < n_in; ++k) offset[k] += idx[d] * strides[k][d];
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        for (size_t k = 0; k < n_in; ++k) {
-          values[k * kBlock + j] = load_float(value_dtype[k], args.in(k).data, offset[k]);
+      // Whole inputs (the output's size) and single elements load directly; the rest walk the
+      // block's multi-index with their broadcast strides.
+      bool walk = false;
+      for (size_t k = 0; k < n_in; ++k) {
+        float* x = values.data() + k * kBlock;
+        if (access[k] == Access::kWhole) {
+          load_run(value_dtype[k], args.in(k).data, begin, n, x);
+        } else if (access[k] == Access::kOne) {
+          std::fill(x, x + n, load_float(value_dtype[k], args.in(k).data, 0));
+        } else {
+          walk = true;
         }
+      }
+      if (walk) {
+        int64_t rem = begin;
+        std::fill(offset.begin(), offset.end(), 0);
         for (size_t d = rank; d-- > 0;) {
-          for (size_t k = 0; k < n_in; ++k) offset[k] += strides[k][d];
-          if (++idx[d] < out_dims[d]) break;
-          for (size_t k = 0; k < n_in; ++k) offset[k] -= idx[d] * strides[k][d];
-          idx[d] = 0;
+          idx[d] = rem % out_dims[d];
+          rem /= out_dims[d];
+          for (size_t k = 0; k < n_in; ++k) offset[k] += idx[d] * strides[k][d];
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          for (size_t k = 0; k < n_in; ++k) {
+            if (access[k] == Access::kStrided) {
+              values[k * kBlock + j] = load_float(value_dtype[k], args.in(k).data, offset[k]);
+            }
+          }
+          for (size_t d = rank; d-- > 0;) {
+            for (size_t k = 0; k < n_in; ++k) offset[k] += strides[k][d];
+            if (++idx[d] < out_dims[d]) break;
+            for (size_t k = 0; k < n_in; ++k) offset[k] -= idx[d] * strides[k][d];
+            idx[d] = 0;
+          }
         }
       }
       for (size_t i = 0; i < steps.size(); ++i) {
@@ -137,7 +186,14 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
       for (size_t o = 0; o < p.outputs.size(); ++o) {
         const float* v = values.data() + p.outputs[o] * kBlock;
         HostTensor& out = args.out(o);
-        for (int64_t j = 0; j < n; ++j) store_float(out.dtype, out.data, begin + j, v[j]);
+        if (out.dtype == DataType::kF32) {
+          std::copy(v, v + n, out.as<float>() + begin);
+        } else if (out.dtype == DataType::kF16) {
+          uint16_t* h = out.as<uint16_t>() + begin;
+          for (int64_t j = 0; j < n; ++j) h[j] = f32_to_f16(v[j]);
+        } else {
+          for (int64_t j = 0; j < n; ++j) store_float(out.dtype, out.data, begin + j, v[j]);
+        }
       }
     }
   });

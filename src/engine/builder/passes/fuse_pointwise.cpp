@@ -7,8 +7,9 @@
 // layer of the same output shape and the output is not a network output (so no intermediate has
 // to be stored); the groups are the connected components of those joins. A group's outputs are
 // the results read outside it (or marked as network outputs). A group that an outside path
-// leaves and re-enters (a result read by a matmul whose product comes back into the group)
-// cannot become one layer without a cycle and stays as it is. Inputs from outside broadcast to
+// leaves and re-enters (a result read by a matmul or a reduction whose output comes back into
+// the group) cannot become one layer without a cycle: it splits before the re-entry, and each
+// part is fused on its own. Inputs from outside broadcast to
 // the group's shape (numpy rules, each on its own); one-element float constants become inline
 // scalar steps, larger constants stay inputs.
 //
@@ -117,10 +118,11 @@ std::string group_name(const std::vector<Layer*>& members) {
          std::to_string(members.size()) + " layers)";
 }
 
-/// Whether a path leaves `group` from one of its results and comes back into it.
-bool reenters(const Network& net, const std::set<const Layer*>& group) {
+/// The members of `group` that a path leaving the group reaches again (and everything in the
+/// group after them): fusing the group as one layer would put a cycle through that path.
+std::set<const Layer*> reentered(const Network& net, const std::set<const Layer*>& group) {
   std::vector<const Layer*> work;
-  std::set<const Layer*> seen;
+  std::set<const Layer*> seen, hit;
   for (const Layer* l : group) {
     for (Layer* c : net.consumers(l->output())) {
       if (group.count(c) == 0 && seen.insert(c).second) work.push_back(c);
@@ -131,12 +133,12 @@ bool reenters(const Network& net, const std::set<const Layer*>& group) {
     work.pop_back();
     for (const Tensor* t : l->outputs()) {
       for (Layer* c : net.consumers(t)) {
-        if (group.count(c) != 0) return true;
+        if (group.count(c) != 0) hit.insert(c);
         if (seen.insert(c).second) work.push_back(c);
       }
     }
   }
-  return false;
+  return hit;
 }
 
 }  // namespace
@@ -165,6 +167,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   // the plan must not depend on where layers were allocated).
   std::map<const Layer*, size_t> group_of;
   std::vector<std::vector<Layer*>> groups;
+  int split = 0;
   for (Layer* l : layers) {
     if (steps.count(l) == 0) continue;
     auto [it, added] = group_of.emplace(uf.find(l), groups.size());
@@ -172,12 +175,20 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     groups[it->second].push_back(l);
   }
   int fused = 0;
-  for (const std::vector<Layer*>& members : groups) {
+  // A group that a path leaves and re-enters (RMSNorm: x -> pow -> mean -> rsqrt -> x * r)
+  // splits in two: the members that path reaches (and what follows them) and the rest, each
+  // tried again; the rest cannot be re-entered any more, the reached part may split further.
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const std::vector<Layer*> members = groups[gi];
     if (members.size() < 2) continue;
     const std::set<const Layer*> in_group(members.begin(), members.end());
     const std::string name = group_name(members);
-    if (reenters(net, in_group)) {
-      if (notes) notes->push_back(name + ": not fused (a path leaves the group and re-enters it)");
+    if (const std::set<const Layer*> hit = reentered(net, in_group); !hit.empty()) {
+      std::vector<Layer*> before, after;
+      for (Layer* l : members) (hit.count(l) != 0 ? after : before).push_back(l);
+      groups.push_back(std::move(before));
+      groups.push_back(std::move(after));
+      ++split;
       continue;
     }
     const size_t rank = members.front()->output()->shape().size();
@@ -268,8 +279,15 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     }
     for (size_t o = 0; o < results.size(); ++o) net.replace_all_uses(results[o], f->output(o));
     fused += static_cast<int>(members.size());
+    // The replaced layers go now, so the next groups see only live readers of their results.
+    remove_unreachable_layers(net);
   }
   remove_unreachable_layers(net);
+  if (notes && split > 0) {
+    notes->push_back(std::to_string(split) +
+                     " groups split where a path left and re-entered them (through a reduction, "
+                     "a matmul)");
+  }
   return fused;
 }
 
