@@ -92,6 +92,20 @@ inline std::vector<Chain> chains() {
          net.mark_output(net.add_elementwise(t, x, ElementWiseOp::kMax, "max")->output(), "out");
        },
        {{2, 4, 6}, {4, 1}}, 1, 0},
+      {"broadcasts in runs that cross the interpreter's blocks",
+       [](Network& net, DataType dt) {
+         // 3 * 37 * 29 elements: blocks of 512 start inside rows; g broadcasts along the last
+         // dim, b along the first two, h along the middle one.
+         Tensor* x = net.add_input("x", dt, {3, 37, 29});
+         Tensor* g = net.add_input("g", dt, {37, 1});
+         Tensor* b = net.add_input("b", dt, {29});
+         Tensor* h = net.add_input("h", dt, {3, 1, 29});
+         Tensor* t = net.add_elementwise(x, g, ElementWiseOp::kProd, "gate")->output();
+         t = net.add_elementwise(t, b, ElementWiseOp::kSub, "shift")->output();
+         t = net.add_elementwise(h, t, ElementWiseOp::kMin, "min")->output();
+         net.mark_output(net.add_activation(t, ActivationType::kElu, 0.7, 0, "elu")->output(), "out");
+       },
+       {{3, 37, 29}, {37, 1}, {29}, {3, 1, 29}}, 1, 0},
       {"a result read outside becomes a second output",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {5, 8});
