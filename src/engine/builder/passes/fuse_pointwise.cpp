@@ -265,7 +265,15 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     std::vector<DataType> dtypes;
     for (const Tensor* t : inputs) dtypes.push_back(t->dtype());
     if (backend != nullptr) backend->prepare_fused_pointwise(p, dtypes, notes);
-    Layer* f = net.add_layer(std::move(p), inputs, name);
+    Layer* f = nullptr;
+    try {
+      f = net.add_layer(std::move(p), inputs, name);
+    } catch (const Error& e) {
+      // The group's layers passed these checks one by one; a failure here is a bug of the
+      // pass, and the layers as they are still compute the right thing: say so and keep them.
+      if (notes) notes->push_back(name + ": not fused (" + e.what() + ")");
+      continue;
+    }
     bool same = true;
     for (size_t o = 0; o < results.size(); ++o) {
       same = same && shapes_equal(f->output(o)->shape(), results[o]->shape());
