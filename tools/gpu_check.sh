@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU test run, in one call on the GPU machine (the `device` tool):
 #   builds Ember with the CUDA back end (tools/gpu_build.sh), then runs
-#   1. the CUDA conformance suites and fusion tests (ember_engine_tests, Cuda* and FuseEpilogues*),
+#   1. the CUDA conformance suites and fusion tests (ember_engine_tests, Cuda*, FuseEpilogues*,
+#      FusePointwise* and PointwiseCodegen*),
 #   2. tests/python/test_cuda.py (models in f32/f16 incl. full-size resnet50, bert-base, gpt2;
 #      and test_cuda_paths.py: the TorchScript path and torch.compile(backend="ember") on CUDA;
 #      CUDA graphs; streams),
@@ -49,7 +50,7 @@ pack() {
 
 step_cpp() {
   run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
-    --gtest_filter='Cuda*:FuseEpilogues*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*'
+    --gtest_filter='Cuda*:FuseEpilogues*:FusePointwise*:PointwiseCodegen*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*'
 }
 step_models() {
   run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \

@@ -72,7 +72,7 @@ struct BuilderConfig {
   /// 0..kMaxOptimizationLevel; each level adds passes: 0 only the required ones (shape
   /// inference, dead-layer removal, implementation choice, memory planning, tactic timing),
   /// 1 constant folding, 2 fusion (conv/matmul epilogues, int8/fp8 products, the attention
-  /// rewrite), 3 layout (channels_last). Higher values are an error.
+  /// rewrite, pointwise chains), 3 layout (channels_last). Higher values are an error.
   int optimization_level = 3;
   /// Upper bound for the activation arena in bytes (0 = no limit); exceeding it fails the build.
   int64_t memory_limit = 0;
@@ -88,6 +88,10 @@ struct BuilderConfig {
   std::shared_ptr<TimingCache> timing_cache;
   /// The channels_last pass (optimization level 3).
   ChannelsLast channels_last = ChannelsLast::kAuto;
+  /// The fuse_pointwise pass (optimization level 2): chains of pointwise layers become one
+  /// FusedPointwise layer (one generated kernel on the GPU). The environment variable
+  /// EMBER_FUSE_POINTWISE=0 turns it off too, for A/B timing without a code change.
+  bool fuse_pointwise = true;
 };
 
 /// What each pass did, for logs and tests.

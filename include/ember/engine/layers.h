@@ -61,8 +61,9 @@ enum class LayerKind : uint8_t {
   kDequantize,
   kQuantizedMatrixMultiply,
   kQuantizedConvolution,
+  kFusedPointwise,
 };
-inline constexpr int kNumLayerKinds = 31;
+inline constexpr int kNumLayerKinds = 32;
 /// "Convolution", "ElementWise", ...
 const char* layer_kind_name(LayerKind kind);
 
@@ -607,6 +608,46 @@ inline ConvolutionParams convolution_of(const QuantizedConvolutionParams& q) {
   return c;
 }
 
+/// What one step of a FusedPointwise program computes (FusedPointwiseParams::program).
+enum class FusedOpFamily : uint8_t {
+  kScalar,       ///< A constant: attrs[0] (already rounded to the step's dtype). No operands.
+  kActivation,   ///< code: ActivationType; attrs: its alpha, beta. One operand.
+  kElementWise,  ///< code: ElementWiseOp (kSum..kFloorDiv, float arithmetic). Two operands.
+  kUnary,        ///< code: UnaryOp (float math: not kNot, kIsInf, kIsNan). One operand.
+  kCast,         ///< A float-to-float Cast to the step's dtype. One operand.
+};
+inline constexpr int kNumFusedOpFamilies = 5;
+
+/// A chain or DAG of pointwise layers run as one layer, made by the builder's fuse_pointwise
+/// pass (converters do not add it). Inputs: 1 to kMaxInputs float tensors (f32/f16/bf16), each
+/// broadcast (numpy rules) to the output shape, which is the broadcast of all of them.
+/// Values are numbered inputs first (0 .. n_inputs - 1), then one per step (n_inputs + i).
+/// Step i is `program[kStride * i .. + kStride)` = {family, code, dtype, operand 0, 1, 2}
+/// (operands are earlier values, -1 when unused) with attrs[2 i], attrs[2 i + 1]. Every step
+/// computes in f32 from its operands' values and rounds its result to its dtype, exactly as
+/// the layer it replaces stores its output, so the fused layer gives the unfused chain's bits.
+/// `outputs` lists the values the layer outputs (the chain's results read outside it).
+/// kernel_*: the CUDA back end's generated kernel (empty for other back ends): its CUDA C
+/// source, the architecture it was compiled for ("sm_90") and the CUBIN image; a GPU of another
+/// architecture recompiles the source when the plan is loaded.
+struct FusedPointwiseParams {
+  static constexpr int kStride = 6;
+  static constexpr int kMaxInputs = 16;
+  static constexpr int kMaxSteps = 128;
+  std::vector<int64_t> program;
+  std::vector<double> attrs;
+  std::vector<int64_t> outputs;
+  std::string kernel_source;
+  std::string kernel_target;
+  std::vector<uint8_t> kernel_image;
+  int64_t num_steps() const { return static_cast<int64_t>(program.size()) / kStride; }
+  template <class V> void fields(V& v) {
+    v("program", program); v("attrs", attrs); v("outputs", outputs);
+    v("kernel_source", kernel_source); v("kernel_target", kernel_target);
+    v("kernel_image", kernel_image);
+  }
+};
+
 /// The parameters of a layer; the active alternative's index is the layer's LayerKind.
 using LayerParams =
     std::variant<ConstantParams, ConvolutionParams, DeconvolutionParams, PoolingParams,
@@ -615,7 +656,8 @@ using LayerParams =
                  SliceParams, GatherParams, ScatterParams, SelectParams, CastParams,
                  NormalizationParams, ResizeParams, PaddingParams, CumulativeParams, FillParams,
                  ShapeParams, IdentityParams, AttentionParams, PluginParams, QuantizeParams,
-                 DequantizeParams, QuantizedMatrixMultiplyParams, QuantizedConvolutionParams>;
+                 DequantizeParams, QuantizedMatrixMultiplyParams, QuantizedConvolutionParams,
+                 FusedPointwiseParams>;
 static_assert(std::variant_size_v<LayerParams> == kNumLayerKinds,
               "one LayerParams alternative per LayerKind, in enum order");
 

@@ -73,6 +73,14 @@ class Backend {
   /// logs each such layer ("degraded: ...") and the Python layer warns through the "ember"
   /// logger.
   virtual std::string degradation(const Layer& layer) const { return {}; }
+  /// Adds what this back end stores with a FusedPointwise layer the builder's fuse_pointwise
+  /// pass made (the CUDA back end: the generated kernel's source, and its image compiled for
+  /// the build's GPU when there is one); `notes` (may be null) gets a line for the build log
+  /// when something could not be done. Nothing by default.
+  /// `input_dtypes` are the dtypes of the layer's inputs.
+  virtual void prepare_fused_pointwise(FusedPointwiseParams& p,
+                                       const std::vector<DataType>& input_dtypes,
+                                       std::vector<std::string>* notes) const {}
   /// The builder's time_tactics pass for plans of this back end (nothing by default).
   virtual void time_tactics(BuildState& s) const {}
   /// A new execution context's state for `engine` (a plan of this back end).

@@ -12,7 +12,7 @@ namespace ember::engine {
 std::vector<std::string> available_backends() { return backend_names(); }
 
 // Each optimization level adds passes (BuilderConfig::optimization_level): 1 constant folding, 2
-// fusion (conv/matmul epilogues, the attention rewrite), 3 layout (channels_last). The rest are
+// fusion (conv/matmul epilogues, the attention rewrite, pointwise chains), 3 layout (channels_last). The rest are
 // required at every level; tactic timing included, since a plan without timed choices times
 // them on its first call instead.
 std::vector<Pass> default_passes() {
@@ -25,6 +25,7 @@ std::vector<Pass> default_passes() {
       {"fuse_epilogues", 2, pass_fuse_epilogues},
       {"channels_last", 3, pass_channels_last},
       {"simplify_attention", 2, pass_simplify_attention},
+      {"fuse_pointwise", 2, pass_fuse_pointwise},
       {"select_implementations", 0, pass_select_implementations},
       {"plan_memory", 0, pass_plan_memory},
       {"time_tactics", 0, pass_time_tactics},

@@ -115,6 +115,8 @@ void infer(const QuantizeParams& p, InferContext& ctx);
 void infer(const DequantizeParams& p, InferContext& ctx);
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx);
 void infer(const QuantizedConvolutionParams& p, InferContext& ctx);
+// fused_pointwise.cpp
+void infer(const FusedPointwiseParams& p, InferContext& ctx);
 
 /// Runs the overload for `params`.
 inline void infer_layer(const LayerParams& params, InferContext& ctx) {

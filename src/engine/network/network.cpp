@@ -46,6 +46,7 @@ const char* layer_kind_name(LayerKind kind) {
     case LayerKind::kDequantize: return "Dequantize";
     case LayerKind::kQuantizedMatrixMultiply: return "QuantizedMatrixMultiply";
     case LayerKind::kQuantizedConvolution: return "QuantizedConvolution";
+    case LayerKind::kFusedPointwise: return "FusedPointwise";
   }
   return "Invalid";
 }

@@ -1,11 +1,11 @@
 // The plan: what the builder hands the runtime, in memory and as bytes (private to the engine).
 //
-// Byte layout (little-endian), version 7 (version 1 had no Convolution/MatrixMultiply epilogue,
+// Byte layout (little-endian), version 8 (version 1 had no Convolution/MatrixMultiply epilogue,
 // version 2 no timing section, version 3 no channels_last flag on Convolution and Pooling,
 // version 4 no build target, version 5 no Plugin, Quantize, Dequantize or
 // QuantizedMatrixMultiply layer kind and no f8e4m3 dtype, version 6 no QuantizedConvolution and
 // only the `out` field of QuantizedMatrixMultiply (no epilogue or requantization fields, read as
-// their defaults); versions 5 to 7 are read):
+// their defaults), version 7 no FusedPointwise; versions 5 to 8 are read):
 //   header   magic "EMBRPLAN" (8) | format version u32 | flags u32 (0) | payload size u64 |
 //            checksum u64 | weights offset u64 | weights size u64                   (48 bytes)
 //   payload  back end name | arena size i64 | build target | profiles | inputs | layers | outputs |
@@ -52,15 +52,16 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 7;  // 2: fused epilogues, 3: timing section,
+inline constexpr uint32_t kPlanFormatVersion = 8;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
                                                    // 6: Plugin, Quantize/Dequantize, f8e4m3,
                                                    // 7: QuantizedConvolution, quantized
-                                                   //    epilogues and requantization
+                                                   //    epilogues and requantization,
+                                                   // 8: FusedPointwise (program + kernel)
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version
-/// 5 and 6 plans read with the same code.
+/// 5 and 6 plans read with the same code; 8 added the FusedPointwise kind only.
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

@@ -30,6 +30,7 @@ LayerParams default_layer_params_impl(size_t index, std::index_sequence<I...>) {
 /// The first plan format version with layers of `kind` (older plans cannot hold one); kinds
 /// older than every readable version say kPlanMinReadableVersion.
 uint32_t first_version_with(LayerKind kind) {
+  if (kind == LayerKind::kFusedPointwise) return 8;
   if (kind == LayerKind::kQuantizedConvolution) return 7;
   if (kind == LayerKind::kPlugin || kind == LayerKind::kQuantize ||
       kind == LayerKind::kDequantize || kind == LayerKind::kQuantizedMatrixMultiply) {

@@ -363,6 +363,18 @@ Network all_kinds_network() {
           ->output();
   Tensor* empty = net.add_constant(Weights::zeros(DataType::kF32, {0, 3}), "empty")->output();
   Tensor* again = net.add_constant(conv_w, "conv_w_again")->output();
+  // A fused pointwise program, relu(x) * 2, with a kernel (source, target, image bytes).
+  FusedPointwiseParams fpp;
+  fpp.program = {static_cast<int64_t>(FusedOpFamily::kActivation), 0, 0, 0, -1, -1,
+                static_cast<int64_t>(FusedOpFamily::kScalar), 0, 0, -1, -1, -1,
+                static_cast<int64_t>(FusedOpFamily::kElementWise),
+                static_cast<int64_t>(ElementWiseOp::kProd), 0, 1, 2, -1};
+  fpp.attrs = {0.0, 0.0, 2.0, 0.0, 0.0, 0.0};
+  fpp.outputs = {3};
+  fpp.kernel_source = "extern \"C\" __global__ void ember_fused_pointwise() {}\n";
+  fpp.kernel_target = "sm_90";
+  fpp.kernel_image = {0x7f, 'E', 'L', 'F', 1, 2, 3};
+  Tensor* fused = net.add_layer(fpp, {x}, "fused")->output();
   // A plugin (its creator name, version and attribute bytes are the params).
   register_test_plugins();
   Layer* plugin = net.add_plugin({x}, kTestPluginName, kTestPluginVersion,
@@ -395,6 +407,7 @@ Network all_kinds_network() {
                                                                 {flags, "flags_out"},
                                                                 {empty, "empty_out"},
                                                                 {again, "again_out"},
+                                                                {fused, "fused_out"},
                                                                 {plugin->output(0), "plugin_out"},
                                                                 {plugin->output(1), ""}};
   for (const auto& [t, name] : outputs) net.mark_output(t, name);
@@ -700,7 +713,7 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads versions 5 to 7"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads versions 5 to 8"), std::string::npos) << m;
 }
 
 TEST(PlanFormat, Version5PlansStillLoad) {

@@ -162,6 +162,8 @@ void run(const QuantizeParams& p, const KernelArgs& a);
 void run(const DequantizeParams& p, const KernelArgs& a);
 void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a);
 void run(const QuantizedConvolutionParams& p, const KernelArgs& a);
+// fused_pointwise.cpp
+void run(const FusedPointwiseParams& p, const KernelArgs& a);
 
 /// Runs the kernel for `params`.
 inline void run_layer(const LayerParams& params, const KernelArgs& args) {

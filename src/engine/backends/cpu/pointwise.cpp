@@ -29,6 +29,7 @@
 
 #include "backends/cpu/kernels.h"
 #include "backends/semantics/activation.h"
+#include "backends/semantics/pointwise.h"
 
 namespace ember::engine::cpu {
 
@@ -376,29 +377,11 @@ void check_int_operand(const HostTensor& b, const HostTensor& out, ElementWiseOp
 
 // ---------------------------------------------------------------- float helpers
 
-/// torch's div_floor_floating: Python's // for floats, exact where floor(a / b) would round.
-float float_floor_div(float a, float b) {
-  if (b == 0.0f) return a / b;
-  const float m = std::fmod(a, b);
-  float div = (a - m) / b;
-  if (m != 0.0f && ((b < 0.0f) != (m < 0.0f))) div -= 1.0f;
-  if (div == 0.0f) return std::copysign(0.0f, a / b);
-  float floored = std::floor(div);
-  if (div - floored > 0.5f) floored += 1.0f;
-  return floored;
-}
+using semantics::float_floor_div;
+using semantics::nan_max;
+using semantics::nan_min;
 
-/// A double parameter as float; magnitudes beyond float's range become +-inf (a plain cast would
-/// be undefined behaviour there).
-float param_to_float(double v) {
-  constexpr double kMax = std::numeric_limits<float>::max();
-  if (v > kMax) return std::numeric_limits<float>::infinity();
-  if (v < -kMax) return -std::numeric_limits<float>::infinity();
-  return static_cast<float>(v);
-}
-
-float nan_max(float a, float b) { return (a != a) ? a : (b != b) ? b : (a > b ? a : b); }
-float nan_min(float a, float b) { return (a != a) ? a : (b != b) ? b : (a < b ? a : b); }
+using semantics::param_to_float;
 
 // ---------------------------------------------------------------- elementwise
 

@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "backends/backend.h"
+#include "backends/codegen/pointwise_codegen.h"
 #include "backends/cuda/cuda_backend.h"
 #include "builder/passes/passes.h"
 #include "ember/engine/plugin.h"
@@ -168,6 +169,22 @@ class CudaBackend final : public Backend {
       return cuda::qconv_direct_reason(layer.params_as<QuantizedConvolutionParams>());
     }
     return {};
+  }
+
+  // The generated kernel's source always goes into the plan; on a machine with a GPU it is
+  // compiled here too (NVRTC, for this GPU's architecture), so loading the plan on the same
+  // kind of GPU compiles nothing. Without a GPU the source alone is stored and the first run
+  // compiles it. An NVRTC failure fails the build with NVRTC's log (never a silent fallback).
+  void prepare_fused_pointwise(FusedPointwiseParams& p, const std::vector<DataType>& input_dtypes,
+                               std::vector<std::string>* notes) const override {
+    p.kernel_source = codegen::pointwise_kernel_source(p, input_dtypes);
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+      cudaGetLastError();
+      return;
+    }
+    p.kernel_target = cuda::device_target();
+    p.kernel_image = cuda::cached_pointwise_kernel(p.kernel_source, p.kernel_target);
   }
 
   std::unique_ptr<BackendContext> create_context(const Engine& engine) const override {

@@ -198,6 +198,17 @@ void run(const QuantizeParams& p, const CudaArgs& a);
 void run(const DequantizeParams& p, const CudaArgs& a);
 void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a);
 void run(const QuantizedConvolutionParams& p, const CudaArgs& a);
+void run(const FusedPointwiseParams& p, const CudaArgs& a);
+
+/// Compiles a generated FusedPointwise kernel's CUDA C `source` with NVRTC to a CUBIN for
+/// `target` ("sm_90"); needs no GPU. Throws Error with NVRTC's log on failure
+/// (fused_pointwise.cpp).
+std::vector<uint8_t> compile_pointwise_kernel(const std::string& source, const std::string& target);
+/// compile_pointwise_kernel through the process's kernel cache (keyed by a hash of source and
+/// target): identical kernels compile once per process.
+std::vector<uint8_t> cached_pointwise_kernel(const std::string& source, const std::string& target);
+/// How many NVRTC compilations the process's kernel cache has done (tests).
+int pointwise_kernel_compilations();
 
 /// cuBLASLt's workspace for int8_gemm_tn (quantized_matmul.cpp).
 inline constexpr size_t kInt8GemmWorkspaceBytes = size_t{32} << 20;

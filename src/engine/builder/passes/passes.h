@@ -2,7 +2,7 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
-// remove_dead_layers -> fuse_epilogues -> channels_last -> simplify_attention ->
+// remove_dead_layers -> fuse_epilogues -> channels_last -> simplify_attention -> fuse_pointwise ->
 // select_implementations -> plan_memory -> time_tactics -> emission (plan_write).
 #pragma once
 
@@ -75,6 +75,14 @@ const Weights* constant_of(const Tensor* t);
 /// A Shuffle whose transposes are identities: it keeps the row-major bytes (a reshape, or a
 /// copy). False for nullptr.
 bool is_pure_reshape(const Layer* l);
+/// Replaces groups of two or more connected pointwise layers of one shape by FusedPointwise
+/// layers (see fuse_pointwise.cpp for what is grouped); `backend` (may be null) adds its kernel
+/// to each (Backend::prepare_fused_pointwise). Returns how many layers were fused; `notes`
+/// (may be null) gets a line per group left alone and per back-end remark.
+class Backend;
+int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes);
+/// fuse_pointwise_layers unless config.fuse_pointwise is false or EMBER_FUSE_POINTWISE=0.
+void pass_fuse_pointwise(BuildState& s);
 /// Chooses an implementation for every layer (plan.impls).
 void pass_select_implementations(BuildState& s);
 /// Assigns arena offsets by liveness (first fit, 256-byte aligned) using each tensor's largest

@@ -1,0 +1,46 @@
+// CUDA C source for a FusedPointwise layer: one grid-stride elementwise kernel that loads each
+// input once (f16/bf16 converted to f32), runs the program's steps in registers (each result
+// rounded to its step's dtype, as the separate layers would store it) and stores the outputs.
+// Plain C++ (no CUDA headers): the CPU build compiles it and unit-tests the text; the CUDA back
+// end compiles the text with NVRTC (backends/cuda/fused_pointwise.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ember/engine/layers.h"
+
+namespace ember::engine::codegen {
+
+/// The kernel's name in the generated source (extern "C", so unmangled).
+inline constexpr const char* kPointwiseKernelName = "ember_fused_pointwise";
+/// Most dims of the (collapsed) output the generic path walks.
+inline constexpr int kPointwiseMaxRank = 8;
+/// Elements per thread and iteration on the vectorized path.
+inline constexpr int kPointwiseVector = 4;
+
+/// The kernel's one argument, passed by value; the generated source declares the same struct.
+/// `vec` = 0: the generic path (per-input strides over the output's dims, 0 where it
+/// broadcasts). `vec` odd: the vectorized path (n a multiple of kPointwiseVector, every pointer
+/// 16-byte aligned), where input k is read as one element broadcast everywhere when bit k + 1
+/// is set and contiguously otherwise.
+struct PointwiseKernelArgs {
+  const void* in[FusedPointwiseParams::kMaxInputs];
+  void* out[FusedPointwiseParams::kMaxInputs];
+  long long n;
+  int rank;
+  int vec;
+  long long dims[kPointwiseMaxRank];
+  long long strides[FusedPointwiseParams::kMaxInputs][kPointwiseMaxRank];
+};
+
+/// The CUDA C source of `p`'s kernel for inputs of `input_dtypes` (the layer's input tensors).
+/// Deterministic: the same program gives the same text (the kernel cache keys on it).
+std::string pointwise_kernel_source(const FusedPointwiseParams& p,
+                                    const std::vector<DataType>& input_dtypes);
+
+/// FNV-1a 64 of `text` (the in-process kernel cache's key of source + architecture).
+uint64_t source_hash(const std::string& text);
+
+}  // namespace ember::engine::codegen

@@ -1,0 +1,325 @@
+// fuse_pointwise: replaces each group of two or more connected pointwise layers (Activation,
+// float ElementWise arithmetic, float Unary math, float-to-float Cast, Identity) of one output
+// shape by one FusedPointwise layer, whose program lists the steps in order. Without it, every
+// such layer is a kernel of its own on the GPU, with a round trip of its output through memory.
+//
+// Grouping: a layer joins the layers that read its output when every reader is such a pointwise
+// layer of the same output shape and the output is not a network output (so no intermediate has
+// to be stored); the groups are the connected components of those joins. A group's outputs are
+// the results read outside it (or marked as network outputs). A group that an outside path
+// leaves and re-enters (a result read by a matmul or a reduction whose output comes back into
+// the group) cannot become one layer without a cycle: it splits before the re-entry, and each
+// part is fused on its own. Inputs from outside broadcast to
+// the group's shape (numpy rules, each on its own); one-element float constants become inline
+// scalar steps, larger constants stay inputs.
+//
+// Runs after fuse_epilogues (bias, activation and residual adds go to the GEMM/convolution
+// epilogue first: that costs nothing at all), channels_last (which moves the pointwise layers
+// next to NHWC convolutions) and simplify_attention. Off with BuilderConfig::fuse_pointwise =
+// false or EMBER_FUSE_POINTWISE=0 (A/B timing).
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "backends/backend.h"
+#include "backends/semantics/fused_pointwise.h"
+#include "backends/semantics/pointwise.h"
+#include "builder/passes/passes.h"
+#include "ember/engine/half.h"
+
+namespace ember::engine {
+
+namespace {
+
+using semantics::FusedStep;
+
+bool shapes_equal(const Shape& a, const Shape& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!(a[i] == b[i])) return false;
+  }
+  return true;
+}
+
+/// The step `l` computes (operands left at -1), when it is a layer the pass fuses.
+std::optional<FusedStep> step_of(const Layer* l) {
+  if (l->outputs().size() != 1 || !dtype_is_float(l->output()->dtype())) return std::nullopt;
+  for (const Tensor* in : l->inputs()) {
+    if (in == nullptr || !dtype_is_float(in->dtype())) return std::nullopt;
+  }
+  FusedStep s;
+  s.dtype = l->output()->dtype();
+  switch (l->kind()) {
+    case LayerKind::kActivation: {
+      const auto& p = l->params_as<ActivationParams>();
+      s.family = FusedOpFamily::kActivation;
+      s.code = static_cast<int>(p.type);
+      s.alpha = p.alpha;
+      s.beta = p.beta;
+      return s;
+    }
+    case LayerKind::kElementWise: {
+      const auto op = l->params_as<ElementWiseParams>().op;
+      if (!semantics::elementwise_is_float_arithmetic(op)) return std::nullopt;
+      s.family = FusedOpFamily::kElementWise;
+      s.code = static_cast<int>(op);
+      return s;
+    }
+    case LayerKind::kUnary: {
+      const auto op = l->params_as<UnaryParams>().op;
+      if (!semantics::unary_is_float_math(op)) return std::nullopt;
+      s.family = FusedOpFamily::kUnary;
+      s.code = static_cast<int>(op);
+      return s;
+    }
+    case LayerKind::kCast:
+    case LayerKind::kIdentity:  // a copy: a cast to its own dtype
+      s.family = FusedOpFamily::kCast;
+      return s;
+    default:
+      return std::nullopt;
+  }
+}
+
+/// The value of a one-element float constant, when `t` is one that can become an inline scalar
+/// of a group of rank `rank` (its rank may not exceed the group's, or it would widen the shape).
+std::optional<double> inline_scalar(const Tensor* t, size_t rank) {
+  const Weights* w = constant_of(t);
+  if (w == nullptr || w->numel() != 1 || w->dims().size() > rank) return std::nullopt;
+  switch (w->dtype()) {
+    case DataType::kF32: return static_cast<const float*>(w->data())[0];
+    case DataType::kF16: return f16_to_f32(static_cast<const uint16_t*>(w->data())[0]);
+    case DataType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(w->data())[0]);
+    default: return std::nullopt;
+  }
+}
+
+struct UnionFind {
+  std::map<const Layer*, const Layer*> parent;
+  const Layer* find(const Layer* l) {
+    while (parent[l] != l) l = parent[l] = parent[parent[l]];
+    return l;
+  }
+  void join(const Layer* a, const Layer* b) { parent[find(a)] = find(b); }
+};
+
+/// "a+b+c", shortened to "a+...+z (N layers)" for long groups.
+std::string group_name(const std::vector<Layer*>& members) {
+  if (members.size() <= 4) {
+    std::string s;
+    for (const Layer* l : members) s += (s.empty() ? "" : "+") + l->name();
+    return s;
+  }
+  return members.front()->name() + "+...+" + members.back()->name() + " (" +
+         std::to_string(members.size()) + " layers)";
+}
+
+/// The members of `group` that a path leaving the group reaches again (and everything in the
+/// group after them): fusing the group as one layer would put a cycle through that path.
+std::set<const Layer*> reentered(const Network& net, const std::set<const Layer*>& group) {
+  std::vector<const Layer*> work;
+  std::set<const Layer*> seen, hit;
+  for (const Layer* l : group) {
+    for (Layer* c : net.consumers(l->output())) {
+      if (group.count(c) == 0 && seen.insert(c).second) work.push_back(c);
+    }
+  }
+  while (!work.empty()) {
+    const Layer* l = work.back();
+    work.pop_back();
+    for (const Tensor* t : l->outputs()) {
+      for (Layer* c : net.consumers(t)) {
+        if (group.count(c) != 0) hit.insert(c);
+        if (seen.insert(c).second) work.push_back(c);
+      }
+    }
+  }
+  return hit;
+}
+
+}  // namespace
+
+int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes) {
+  const std::vector<Layer*> layers = net.layers();
+  std::map<const Layer*, FusedStep> steps;
+  UnionFind uf;
+  for (Layer* l : layers) {
+    if (auto s = step_of(l)) {
+      steps[l] = *s;
+      uf.parent[l] = l;
+    }
+  }
+  for (Layer* l : layers) {
+    if (steps.count(l) == 0 || l->output()->is_output()) continue;
+    const std::vector<Layer*> readers = net.consumers(l->output());
+    bool all = !readers.empty();
+    for (const Layer* r : readers) {
+      all = all && steps.count(r) != 0 && shapes_equal(r->output()->shape(), l->output()->shape());
+    }
+    if (!all) continue;
+    for (const Layer* r : readers) uf.join(l, r);
+  }
+  // Groups in the order of their first layer, members in topological order (never by address:
+  // the plan must not depend on where layers were allocated).
+  std::map<const Layer*, size_t> group_of;
+  std::vector<std::vector<Layer*>> groups;
+  int split = 0;
+  for (Layer* l : layers) {
+    if (steps.count(l) == 0) continue;
+    auto [it, added] = group_of.emplace(uf.find(l), groups.size());
+    if (added) groups.emplace_back();
+    groups[it->second].push_back(l);
+  }
+  int fused = 0;
+  // A group that a path leaves and re-enters (RMSNorm: x -> pow -> mean -> rsqrt -> x * r)
+  // splits in two: the members that path reaches (and what follows them) and the rest, each
+  // tried again; the rest cannot be re-entered any more, the reached part may split further.
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const std::vector<Layer*> members = groups[gi];
+    if (members.size() < 2) continue;
+    const std::set<const Layer*> in_group(members.begin(), members.end());
+    const std::string name = group_name(members);
+    if (const std::set<const Layer*> hit = reentered(net, in_group); !hit.empty()) {
+      std::vector<Layer*> before, after;
+      for (Layer* l : members) (hit.count(l) != 0 ? after : before).push_back(l);
+      groups.push_back(std::move(before));
+      groups.push_back(std::move(after));
+      ++split;
+      continue;
+    }
+    const size_t rank = members.front()->output()->shape().size();
+    // Outside inputs first (their values are numbered before the steps).
+    std::vector<Tensor*> inputs;
+    std::map<const Tensor*, int64_t> value;
+    // Scalars in the order the group first reads them (not by address: the program, and so
+    // the kernel source the cache keys on, must not depend on where tensors were allocated).
+    std::vector<std::pair<const Tensor*, double>> scalars;
+    auto is_scalar = [&](const Tensor* t) {
+      for (const auto& sc : scalars) {
+        if (sc.first == t) return true;
+      }
+      return false;
+    };
+    for (const Layer* l : members) {
+      for (Tensor* t : l->inputs()) {
+        if ((t->producer() != nullptr && in_group.count(t->producer()) != 0) ||
+            value.count(t) != 0 || is_scalar(t)) {
+          continue;
+        }
+        if (auto v = inline_scalar(t, rank)) {
+          scalars.emplace_back(t, *v);
+          continue;
+        }
+        value[t] = static_cast<int64_t>(inputs.size());
+        inputs.push_back(t);
+      }
+    }
+    if (inputs.empty() || inputs.size() > FusedPointwiseParams::kMaxInputs) {
+      if (notes) {
+        notes->push_back(name + ": not fused (" + std::to_string(inputs.size()) +
+                         " tensor inputs; 1 to " +
+                         std::to_string(FusedPointwiseParams::kMaxInputs) + " fit one kernel)");
+      }
+      continue;
+    }
+    FusedPointwiseParams p;
+    int64_t next = static_cast<int64_t>(inputs.size());
+    for (const auto& [t, v] : scalars) {
+      FusedStep s;
+      s.family = FusedOpFamily::kScalar;
+      s.dtype = t->dtype();
+      s.alpha = v;
+      semantics::fused_append(p, s);
+      value[t] = next++;
+    }
+    for (const Layer* l : members) {
+      FusedStep s = steps.at(l);
+      for (size_t k = 0; k < l->inputs().size(); ++k) s.operands[k] = value.at(l->input(k));
+      semantics::fused_append(p, s);
+      value[l->output()] = next++;
+    }
+    if (p.num_steps() > FusedPointwiseParams::kMaxSteps) {
+      if (notes) notes->push_back(name + ": not fused (" + std::to_string(p.num_steps()) +
+                                  " steps, more than one kernel takes)");
+      continue;
+    }
+    std::vector<Tensor*> results;
+    for (Layer* l : members) {
+      bool outside = l->output()->is_output();
+      for (const Layer* c : net.consumers(l->output())) outside = outside || in_group.count(c) == 0;
+      if (outside) {
+        results.push_back(l->output());
+        p.outputs.push_back(value.at(l->output()));
+      }
+    }
+    if (results.empty()) continue;  // dead: remove_dead_layers already dropped such groups
+    if (p.outputs.size() > FusedPointwiseParams::kMaxInputs) {
+      if (notes) notes->push_back(name + ": not fused (" + std::to_string(p.outputs.size()) +
+                                  " results read outside; 16 fit one kernel)");
+      continue;
+    }
+    std::vector<DataType> dtypes;
+    for (const Tensor* t : inputs) dtypes.push_back(t->dtype());
+    if (backend != nullptr) backend->prepare_fused_pointwise(p, dtypes, notes);
+    Layer* f = nullptr;
+    try {
+      f = net.add_layer(std::move(p), inputs, name);
+    } catch (const Error& e) {
+      // The group's layers passed these checks one by one; a failure here is a bug of the
+      // pass, and the layers as they are still compute the right thing: say so and keep them.
+      if (notes) notes->push_back(name + ": not fused (" + e.what() + ")");
+      continue;
+    }
+    bool same = true;
+    for (size_t o = 0; o < results.size(); ++o) {
+      same = same && shapes_equal(f->output(o)->shape(), results[o]->shape());
+    }
+    if (!same) {
+      // An input broadcast the group's shape further than the layers did (their shape checks
+      // differ from the broadcast of all inputs): keep the layers.
+      if (notes) notes->push_back(name + ": not fused (the inputs broadcast to another shape)");
+      net.remove_layer(f);
+      continue;
+    }
+    for (size_t o = 0; o < results.size(); ++o) net.replace_all_uses(results[o], f->output(o));
+    fused += static_cast<int>(members.size());
+    // The replaced layers go now, so the next groups see only live readers of their results.
+    remove_unreachable_layers(net);
+  }
+  remove_unreachable_layers(net);
+  if (notes && split > 0) {
+    notes->push_back(std::to_string(split) +
+                     " groups split where a path left and re-entered them (through a reduction, "
+                     "a matmul)");
+  }
+  return fused;
+}
+
+void pass_fuse_pointwise(BuildState& s) {
+  const char* env = std::getenv("EMBER_FUSE_POINTWISE");
+  if (env != nullptr && std::strcmp(env, "0") == 0) {
+    s.log.push_back("fuse_pointwise: off (EMBER_FUSE_POINTWISE=0)");
+    return;
+  }
+  if (!s.config.fuse_pointwise) {
+    s.log.push_back("fuse_pointwise: off (BuilderConfig::fuse_pointwise)");
+    return;
+  }
+  Network& net = s.plan.network;
+  const int before = static_cast<int>(net.layers().size());
+  std::vector<std::string> notes;
+  const int fused = fuse_pointwise_layers(net, find_backend(s.config.backend), &notes);
+  int made = 0;
+  for (const Layer* l : net.layers()) made += l->kind() == LayerKind::kFusedPointwise ? 1 : 0;
+  std::string line = "fuse_pointwise: " + std::to_string(fused) + " pointwise layers into " +
+                     std::to_string(made) + " FusedPointwise layers (" + std::to_string(before) +
+                     " -> " + std::to_string(net.layers().size()) + " layers)";
+  for (const std::string& n : notes) line += "; " + n;
+  s.log.push_back(line);
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,131 @@
+// Shape and type inference of FusedPointwise (made by the builder's fuse_pointwise pass). A
+// plan read from disk is rebuilt through this function, so every step of the program is checked
+// here with the rules of the layer it stands for: float dtypes only, each step's dtype the one
+// its layer would give, operands that name earlier values, known enum codes.
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "backends/semantics/fused_pointwise.h"
+#include "backends/semantics/pointwise.h"
+#include "network/infer.h"
+
+namespace ember::engine {
+
+void infer(const FusedPointwiseParams& p, InferContext& ctx) {
+  using semantics::FusedStep;
+  const size_t n_in = ctx.num_inputs();
+  InferContext::require(n_in >= 1 && n_in <= FusedPointwiseParams::kMaxInputs,
+                        "expects 1 to " + std::to_string(FusedPointwiseParams::kMaxInputs) +
+                            " inputs, got " + std::to_string(n_in));
+  std::vector<DataType> value_dtype;
+  for (size_t i = 0; i < n_in; ++i) {
+    ctx.expect_float(i, "input");
+    value_dtype.push_back(ctx.dtype(i));
+  }
+  InferContext::require(p.program.size() % FusedPointwiseParams::kStride == 0,
+                        "program has " + std::to_string(p.program.size()) +
+                            " entries, not a multiple of " +
+                            std::to_string(FusedPointwiseParams::kStride));
+  const int64_t n_steps = p.num_steps();
+  InferContext::require(n_steps >= 1 && n_steps <= FusedPointwiseParams::kMaxSteps,
+                        "program has " + std::to_string(n_steps) + " steps, expected 1 to " +
+                            std::to_string(FusedPointwiseParams::kMaxSteps));
+  InferContext::require(p.attrs.size() == static_cast<size_t>(2 * n_steps),
+                        "attrs has " + std::to_string(p.attrs.size()) + " entries, expected " +
+                            std::to_string(2 * n_steps) + " (two per step)");
+  // Codes first (fused_steps casts them to enums, so check the raw numbers).
+  for (int64_t i = 0; i < n_steps; ++i) {
+    const int64_t* s = p.program.data() + FusedPointwiseParams::kStride * i;
+    const std::string where = "step " + std::to_string(i);
+    InferContext::require(s[0] >= 0 && s[0] < kNumFusedOpFamilies,
+                          where + ": unknown family " + std::to_string(s[0]) +
+                              "; the plan is corrupt or from a newer Ember");
+    InferContext::require(s[2] >= 0 && s[2] < kNumDataTypes,
+                          where + ": unknown dtype " + std::to_string(s[2]));
+    const auto family = static_cast<FusedOpFamily>(s[0]);
+    int64_t limit = 1;
+    if (family == FusedOpFamily::kActivation) limit = kNumActivationTypes;
+    if (family == FusedOpFamily::kElementWise) limit = kNumElementWiseOps;
+    if (family == FusedOpFamily::kUnary) limit = kNumUnaryOps;
+    InferContext::require(s[1] >= 0 && s[1] < limit,
+                          where + ": unknown op code " + std::to_string(s[1]));
+  }
+  const std::vector<FusedStep> steps = semantics::fused_steps(p);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const FusedStep& st = steps[i];
+    const std::string where = "step " + std::to_string(i);
+    const int used = semantics::fused_num_operands(st.family);
+    for (int k = 0; k < 3; ++k) {
+      const int64_t o = st.operands[k];
+      if (k >= used) {
+        InferContext::require(o == -1, where + ": operand " + std::to_string(k) +
+                                           " must be -1 (unused), got " + std::to_string(o));
+        continue;
+      }
+      InferContext::require(o >= 0 && o < static_cast<int64_t>(n_in + i),
+                            where + ": operand " + std::to_string(k) + " is value " +
+                                std::to_string(o) + ", not one of the " +
+                                std::to_string(n_in + i) + " values defined before it");
+    }
+    InferContext::require(dtype_is_float(st.dtype), where + ": dtype must be f32, f16 or bf16, got " +
+                                                        dtype_name(st.dtype));
+    const DataType a = used > 0 ? value_dtype[static_cast<size_t>(st.operands[0])] : st.dtype;
+    switch (st.family) {
+      case FusedOpFamily::kScalar:
+        break;
+      case FusedOpFamily::kActivation:
+        InferContext::require(!std::isnan(st.alpha) && !std::isnan(st.beta),
+                              where + ": activation alpha and beta must not be NaN");
+        if (static_cast<ActivationType>(st.code) == ActivationType::kSoftplus) {
+          InferContext::require(std::isfinite(st.alpha) && st.alpha != 0.0,
+                                where + ": softplus alpha must be finite and nonzero");
+        }
+        break;
+      case FusedOpFamily::kElementWise: {
+        InferContext::require(
+            semantics::elementwise_is_float_arithmetic(static_cast<ElementWiseOp>(st.code)),
+            where + ": elementwise op " + std::to_string(st.code) +
+                " is not float arithmetic (sum, prod, max, min, sub, div, pow, floor_div)");
+        const DataType b = value_dtype[static_cast<size_t>(st.operands[1])];
+        InferContext::require(a == b, where + ": operands have dtypes " +
+                                          std::string(dtype_name(a)) + " and " + dtype_name(b));
+        break;
+      }
+      case FusedOpFamily::kUnary:
+        InferContext::require(semantics::unary_is_float_math(static_cast<UnaryOp>(st.code)),
+                              where + ": unary op " + std::to_string(st.code) +
+                                  " is not float math");
+        break;
+      case FusedOpFamily::kCast:
+        break;
+    }
+    if (st.family != FusedOpFamily::kScalar && st.family != FusedOpFamily::kCast) {
+      InferContext::require(st.dtype == a, where + ": dtype " + std::string(dtype_name(st.dtype)) +
+                                               " differs from its operand's " + dtype_name(a));
+    }
+    value_dtype.push_back(st.dtype);
+  }
+  InferContext::require(!p.outputs.empty() &&
+                            p.outputs.size() <= FusedPointwiseParams::kMaxInputs,
+                        "the program has " + std::to_string(p.outputs.size()) +
+                            " outputs, expected 1 to " +
+                            std::to_string(FusedPointwiseParams::kMaxInputs));
+  std::set<int64_t> seen;
+  for (int64_t o : p.outputs) {
+    InferContext::require(o >= static_cast<int64_t>(n_in) &&
+                              o < static_cast<int64_t>(value_dtype.size()) && seen.insert(o).second,
+                          "output value " + std::to_string(o) +
+                              " is not a distinct step result (values " + std::to_string(n_in) +
+                              " to " + std::to_string(value_dtype.size() - 1) + ")");
+  }
+  InferContext::require(p.kernel_image.empty() || !p.kernel_target.empty(),
+                        "a kernel image needs its target architecture");
+  InferContext::require(p.kernel_target.empty() || !p.kernel_source.empty(),
+                        "a kernel target needs the kernel's source (to recompile elsewhere)");
+  Shape shape = ctx.shape(0);
+  for (size_t i = 1; i < n_in; ++i) shape = ctx.broadcast_shapes(shape, ctx.shape(i));
+  for (int64_t o : p.outputs) ctx.add_output(value_dtype[static_cast<size_t>(o)], shape);
+}
+
+}  // namespace ember::engine

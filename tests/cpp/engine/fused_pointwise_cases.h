@@ -1,0 +1,154 @@
+// Pointwise chains shared by the FusedPointwise suites (fused_pointwise_test.cpp on the CPU,
+// cuda_fused_pointwise_test.cpp on the GPU): networks, their inputs, and what the
+// fuse_pointwise pass makes of them.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ember/engine/network.h"
+#include "test_util.h"
+
+namespace ember::engine::fused_cases {
+
+using test::TestTensor;
+
+const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
+
+inline Tensor* scalar(Network& net, DataType dt, float v, const std::string& name) {
+  const TestTensor t = TestTensor::floats(dt, {1}, {v});
+  return net.add_constant(Weights::copy(dt, {1}, t.bytes.data()), name)->output();
+}
+
+inline Tensor* constant(Network& net, DataType dt, std::vector<int64_t> dims, uint32_t seed,
+                 const std::string& name) {
+  const TestTensor t = TestTensor::random(dt, dims, seed);
+  return net.add_constant(Weights::copy(dt, dims, t.bytes.data()), name)->output();
+}
+
+inline int count(const Network& net, LayerKind kind) {
+  int n = 0;
+  for (const Layer* l : net.layers()) n += l->kind() == kind ? 1 : 0;
+  return n;
+}
+
+/// A chain: a network and inputs for it.
+struct Chain {
+  std::string name;
+  std::function<void(Network&, DataType)> build;
+  std::vector<std::vector<int64_t>> input_dims;
+  int fused_layers;  ///< FusedPointwise layers the pass makes
+  int pointwise_left;  ///< Activation/ElementWise/Unary/Cast layers left after the pass
+};
+
+inline std::vector<Chain> chains() {
+  return {
+      {"add+relu",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {2, 3, 8});
+         Tensor* y = net.add_input("y", dt, {2, 3, 8});
+         Tensor* s = net.add_elementwise(x, y, ElementWiseOp::kSum, "add")->output();
+         net.mark_output(net.add_activation(s, ActivationType::kRelu, 0, 0, "relu")->output(), "out");
+       },
+       {{2, 3, 8}, {2, 3, 8}}, 1, 0},
+      {"mul+add+gelu (erf, decomposed, with inline scalars)",
+       [](Network& net, DataType dt) {
+         // 0.5 * x * (1 + erf(x * 0.70710678)), as a traced GELU arrives
+         Tensor* x = net.add_input("x", dt, {4, 16});
+         Tensor* b = net.add_input("b", dt, {16});
+         Tensor* h = net.add_elementwise(x, b, ElementWiseOp::kSum, "bias")->output();
+         Tensor* t = net.add_elementwise(h, scalar(net, dt, 0.70710678f, "c1"),
+                                         ElementWiseOp::kProd, "scale")->output();
+         t = net.add_unary(t, UnaryOp::kErf, "erf")->output();
+         t = net.add_elementwise(t, scalar(net, dt, 1.0f, "one"), ElementWiseOp::kSum, "plus1")
+                 ->output();
+         Tensor* hh = net.add_elementwise(h, scalar(net, dt, 0.5f, "half"), ElementWiseOp::kProd,
+                                          "halve")->output();
+         net.mark_output(net.add_elementwise(hh, t, ElementWiseOp::kProd, "gelu")->output(), "out");
+       },
+       {{4, 16}, {16}}, 1, 0},
+      {"cast chain",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {3, 10});
+         Tensor* y = net.add_input("y", DataType::kF32, {3, 10});
+         Tensor* c = net.add_cast(x, DataType::kF32, "up")->output();
+         c = net.add_elementwise(c, y, ElementWiseOp::kSub, "sub")->output();
+         c = net.add_activation(c, ActivationType::kSigmoid, 0, 0, "sigmoid")->output();
+         c = net.add_cast(c, dt, "down")->output();
+         c = net.add_unary(c, UnaryOp::kExp, "exp")->output();
+         net.mark_output(net.add_cast(c, DataType::kBF16, "to_bf16")->output(), "out");
+       },
+       {{3, 10}, {3, 10}}, 1, 0},
+      {"broadcasting inputs and a constant",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {2, 4, 6});
+         Tensor* g = net.add_input("g", dt, {4, 1});
+         Tensor* t = net.add_elementwise(x, constant(net, dt, {6}, 5, "bias"), ElementWiseOp::kSum,
+                                         "add_bias")->output();
+         t = net.add_elementwise(t, g, ElementWiseOp::kProd, "gate")->output();
+         t = net.add_activation(t, ActivationType::kSilu, 0, 0, "silu")->output();
+         t = net.add_activation(t, ActivationType::kClip, -0.5, 0.75, "clip")->output();
+         net.mark_output(net.add_elementwise(t, x, ElementWiseOp::kMax, "max")->output(), "out");
+       },
+       {{2, 4, 6}, {4, 1}}, 1, 0},
+      {"broadcasts in runs that cross the interpreter's blocks",
+       [](Network& net, DataType dt) {
+         // 3 * 37 * 29 elements: blocks of 512 start inside rows; g broadcasts along the last
+         // dim, b along the first two, h along the middle one.
+         Tensor* x = net.add_input("x", dt, {3, 37, 29});
+         Tensor* g = net.add_input("g", dt, {37, 1});
+         Tensor* b = net.add_input("b", dt, {29});
+         Tensor* h = net.add_input("h", dt, {3, 1, 29});
+         Tensor* t = net.add_elementwise(x, g, ElementWiseOp::kProd, "gate")->output();
+         t = net.add_elementwise(t, b, ElementWiseOp::kSub, "shift")->output();
+         t = net.add_elementwise(h, t, ElementWiseOp::kMin, "min")->output();
+         net.mark_output(net.add_activation(t, ActivationType::kElu, 0.7, 0, "elu")->output(), "out");
+       },
+       {{3, 37, 29}, {37, 1}, {29}, {3, 1, 29}}, 1, 0},
+      {"a result read outside becomes a second output",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {5, 8});
+         Tensor* y = net.add_input("y", dt, {5, 8});
+         Tensor* s = net.add_elementwise(x, y, ElementWiseOp::kSum, "residual")->output();
+         Tensor* t = net.add_activation(s, ActivationType::kTanh, 0, 0, "tanh")->output();
+         net.mark_output(net.add_elementwise(t, s, ElementWiseOp::kDiv, "div")->output(), "out");
+         NormalizationParams p;
+         p.axis = 1;
+         p.epsilon = 1e-5;
+         net.mark_output(net.add_normalization(t, nullptr, nullptr, p, "norm")->output(), "norm");
+       },
+       {{5, 8}, {5, 8}}, 1, 0},
+      {"a path out and back in splits the group before the re-entry",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {3, 7});
+         Tensor* q = net.add_unary(x, UnaryOp::kNeg, "neg")->output();
+         Tensor* p1 = net.add_activation(q, ActivationType::kRelu, 0, 0, "relu")->output();
+         Tensor* sm = net.add_softmax(p1, 1, false, "softmax")->output();
+         net.mark_output(net.add_elementwise(q, sm, ElementWiseOp::kSum, "add")->output(), "out");
+       },
+       {{3, 7}}, 1, 1},
+      {"an intermediate network output stops the chain",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {4, 4});
+         Tensor* a = net.add_unary(x, UnaryOp::kAbs, "abs")->output();
+         net.mark_output(a, "abs");
+         Tensor* b = net.add_unary(a, UnaryOp::kSqrt, "sqrt")->output();
+         b = net.add_unary(b, UnaryOp::kNeg, "neg")->output();
+         net.mark_output(b, "out");
+       },
+       {{4, 4}}, 1, 1},
+  };
+}
+
+/// Random inputs for a chain's network, in [-2, 2).
+inline std::vector<TestTensor> inputs_for(const Network& net, const Chain& c) {
+  std::vector<TestTensor> ins;
+  for (size_t i = 0; i < c.input_dims.size(); ++i) {
+    ins.push_back(TestTensor::random(net.inputs()[i]->dtype(), c.input_dims[i],
+                                     11 + static_cast<uint32_t>(i), -2.0f, 2.0f));
+  }
+  return ins;
+}
+
+}  // namespace ember::engine::fused_cases

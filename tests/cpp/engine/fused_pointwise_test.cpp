@@ -1,0 +1,274 @@
+// The builder's fuse_pointwise pass and the FusedPointwise layer: which layers it groups (the
+// network before and after), that the fused layer gives the unfused chain's exact bits on the
+// CPU per dtype (each step rounds to its dtype as the separate layer stores it), plan round
+// trips, the checks a corrupt program meets, and the CUDA source the code generator emits
+// (golden substrings; compiled with NVRTC for sm_90 in CUDA builds, which needs no GPU).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "backends/codegen/pointwise_codegen.h"
+#include "backends/semantics/fused_pointwise.h"
+#include "builder/passes/passes.h"
+#include "ember/engine/builder.h"
+#include "ember/engine/runtime.h"
+#include "plan/plan.h"
+#include "fused_pointwise_cases.h"
+#include "test_util.h"
+#ifdef EMBER_WITH_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
+
+namespace ember::engine {
+namespace {
+
+using test::TestTensor;
+
+using namespace fused_cases;  // NOLINT: the shared chains
+
+TEST(FusePointwise, GroupsEachChainAndGivesTheUnfusedBitsPerDtype) {
+  for (const Chain& c : chains()) {
+    for (DataType dt : kFloatTypes) {
+      SCOPED_TRACE(c.name + " " + dtype_name(dt));
+      Network net;
+      c.build(net, dt);
+      Network fused = net.clone();
+      std::vector<std::string> notes;
+      fuse_pointwise_layers(fused, nullptr, &notes);
+      EXPECT_EQ(count(fused, LayerKind::kFusedPointwise), c.fused_layers);
+      const int left = count(fused, LayerKind::kActivation) + count(fused, LayerKind::kElementWise) +
+                       count(fused, LayerKind::kUnary) + count(fused, LayerKind::kCast);
+      EXPECT_EQ(left, c.pointwise_left);
+      ASSERT_EQ(fused.outputs().size(), net.outputs().size());
+      for (size_t i = 0; i < net.outputs().size(); ++i) {
+        EXPECT_EQ(fused.outputs()[i]->name(), net.outputs()[i]->name());
+      }
+      const auto ins = inputs_for(net, c);
+      const auto want = test::run_network_direct(net, ins);
+      const auto got = test::run_network_direct(fused, ins);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(got[i].dtype, want[i].dtype);
+        EXPECT_EQ(got[i].dims, want[i].dims);
+        EXPECT_TRUE(got[i].bytes == want[i].bytes) << "output " << i << " differs in its bits";
+      }
+      // Through the builder, a plan on disk and the runtime (compared with the reference).
+      test::run_network(net, ins);
+    }
+  }
+}
+
+TEST(FusePointwise, BuilderRunsItAfterEpilogueFusionAndCanBeSwitchedOff) {
+  // matmul + bias + gelu goes to the GEMM epilogue; the pointwise tail after it is fused.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {4, 8});
+  Tensor* w = constant(net, DataType::kF32, {8, 8}, 1, "w");
+  Tensor* h = net.add_matrix_multiply(x, false, w, false, "fc")->output();
+  h = net.add_elementwise(h, constant(net, DataType::kF32, {8}, 2, "b"), ElementWiseOp::kSum,
+                          "bias")->output();
+  h = net.add_activation(h, ActivationType::kGeluErf, 0, 0, "gelu")->output();
+  Tensor* y = net.add_input("y", DataType::kF32, {4, 8});
+  h = net.add_elementwise(h, y, ElementWiseOp::kProd, "gate")->output();
+  h = net.add_unary(h, UnaryOp::kAbs, "abs")->output();
+  net.mark_output(net.add_activation(h, ActivationType::kSigmoid, 0, 0, "sig")->output(), "out");
+  auto build = [&](bool fuse) {
+    BuilderConfig config;
+    config.fuse_pointwise = fuse;
+    BuildReport report;
+    const auto bytes = Builder(config).build(net, &report);
+    PlanModel plan = plan_read(bytes.data(), bytes.size());
+    std::string log;
+    for (const std::string& l : report.pass_log) log += l + "\n";
+    return std::make_pair(std::move(plan), log);
+  };
+  const auto [on, on_log] = build(true);
+  EXPECT_EQ(count(on.network, LayerKind::kMatrixMultiply), 1);
+  EXPECT_EQ(count(on.network, LayerKind::kFusedPointwise), 1);
+  EXPECT_EQ(count(on.network, LayerKind::kActivation), 0);  // gelu in the epilogue, sigmoid fused
+  EXPECT_NE(on_log.find("fuse_pointwise: 3 pointwise layers into 1 FusedPointwise layers"),
+            std::string::npos) << on_log;
+  const auto [off, off_log] = build(false);
+  EXPECT_EQ(count(off.network, LayerKind::kFusedPointwise), 0);
+  EXPECT_EQ(count(off.network, LayerKind::kActivation), 1);
+  EXPECT_NE(off_log.find("fuse_pointwise: off"), std::string::npos) << off_log;
+  test::run_network(net, {TestTensor::random(DataType::kF32, {4, 8}, 3),
+                          TestTensor::random(DataType::kF32, {4, 8}, 4)});
+}
+
+TEST(FusePointwise, SymbolicShapesFuseAndRunAtSeveralSizes) {
+  Network net;
+  const DimExpr n = DimExpr::symbol("n");
+  Tensor* x = net.add_input("x", DataType::kF16, {n, 12});
+  Tensor* t = net.add_elementwise(x, constant(net, DataType::kF16, {12}, 3, "b"),
+                                  ElementWiseOp::kSum, "add")->output();
+  t = net.add_activation(t, ActivationType::kGeluTanh, 0, 0, "gelu")->output();
+  net.mark_output(net.add_elementwise(t, scalar(net, DataType::kF16, 2.0f, "two"),
+                                      ElementWiseOp::kPow, "sq")->output(), "out");
+  Network fused = net.clone();
+  fuse_pointwise_layers(fused, nullptr, nullptr);
+  EXPECT_EQ(count(fused, LayerKind::kFusedPointwise), 1);
+  for (int64_t rows : {1, 5, 33}) {
+    const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF16, {rows, 12}, 9)};
+    EXPECT_TRUE(test::run_network_direct(fused, ins)[0].bytes ==
+                test::run_network_direct(net, ins)[0].bytes) << rows;
+    OptimizationProfile p;
+    p.set_range("n", 1, rows, 40);
+    test::run_network(net, ins, {{p}});
+  }
+}
+
+TEST(FusePointwise, PlanRoundTripKeepsTheProgram) {
+  Network net;
+  chains()[1].build(net, DataType::kBF16);
+  BuilderConfig config;
+  const auto bytes = Builder(config).build(net);
+  const PlanModel read = plan_read(bytes.data(), bytes.size());
+  ASSERT_EQ(count(read.network, LayerKind::kFusedPointwise), 1);
+  EXPECT_EQ(plan_write(read), bytes);
+  for (const Layer* l : read.network.layers()) {
+    if (l->kind() != LayerKind::kFusedPointwise) continue;
+    const auto& p = l->params_as<FusedPointwiseParams>();
+    // bias, scale, erf, +1, halve, gelu and three inline scalars
+    EXPECT_EQ(p.num_steps(), 9);
+    EXPECT_EQ(p.outputs.size(), 1u);
+    EXPECT_TRUE(p.kernel_source.empty());  // cpu plans carry no kernel
+  }
+  const std::string json = Runtime().deserialize(bytes.data(), bytes.size())->inspect_json();
+  EXPECT_NE(json.find("\"type\": \"FusedPointwise\""), std::string::npos);
+}
+
+/// A valid two-step program on one f32 input: relu(x) * 2.
+FusedPointwiseParams small_program() {
+  FusedPointwiseParams p;
+  semantics::FusedStep relu;
+  relu.family = FusedOpFamily::kActivation;
+  relu.code = static_cast<int>(ActivationType::kRelu);
+  relu.operands[0] = 0;
+  semantics::fused_append(p, relu);
+  semantics::FusedStep two;
+  two.family = FusedOpFamily::kScalar;
+  two.alpha = 2.0;
+  semantics::fused_append(p, two);
+  semantics::FusedStep mul;
+  mul.family = FusedOpFamily::kElementWise;
+  mul.code = static_cast<int>(ElementWiseOp::kProd);
+  mul.operands[0] = 1;
+  mul.operands[1] = 2;
+  semantics::fused_append(p, mul);
+  p.outputs = {3};
+  return p;
+}
+
+TEST(FusePointwise, CorruptProgramsAreRejectedWithTheirReason) {
+  auto add = [](FusedPointwiseParams p, DataType in = DataType::kF32) {
+    Network net;
+    Tensor* x = net.add_input("x", in, {2, 3});
+    net.add_layer(std::move(p), {x}, "fused");
+  };
+  add(small_program());  // the valid one
+  auto bad = [&](std::function<void(FusedPointwiseParams&)> edit, const std::string& needle,
+                 DataType in = DataType::kF32) {
+    FusedPointwiseParams p = small_program();
+    edit(p);
+    test::expect_error([&] { add(p, in); }, {"FusedPointwise 'fused'", needle});
+  };
+  bad([](auto& p) { p.program[3 + FusedPointwiseParams::kStride * 2] = 7; },
+      "operand 0 is value 7, not one of the 3 values defined before it");
+  bad([](auto& p) { p.program[0] = 9; }, "unknown family 9");
+  bad([](auto& p) { p.program[1 + FusedPointwiseParams::kStride * 2] =
+                        static_cast<int64_t>(ElementWiseOp::kAnd); },
+      "is not float arithmetic");
+  bad([](auto& p) { p.program[2 + FusedPointwiseParams::kStride] =
+                        static_cast<int64_t>(DataType::kF16); },
+      "operands have dtypes f32 and f16");
+  bad([](auto& p) { p.program[2] = static_cast<int64_t>(DataType::kI32); },
+      "dtype must be f32, f16 or bf16");
+  bad([](auto& p) { p.attrs.pop_back(); }, "attrs has 5 entries, expected 6");
+  bad([](auto& p) { p.outputs = {0}; }, "output value 0 is not a distinct step result");
+  bad([](auto& p) { p.program[4] = 0; }, "operand 1 must be -1 (unused)");
+  bad([](auto& p) { p.kernel_image = {1, 2, 3}; }, "a kernel image needs its target");
+  bad([](auto&) {}, "input (input 0) must be f32, f16 or bf16", DataType::kI32);
+}
+
+TEST(FusePointwise, OldPlanFormatsCannotHoldIt) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
+  net.mark_output(net.add_layer(small_program(), {x}, "fused")->output(), "y");
+  BuilderConfig config;
+  config.optimization_level = 0;
+  auto bytes = Builder(config).build(net);
+  plan_read(bytes.data(), bytes.size());
+  bytes[8] = 7;  // the version field (outside the checksum)
+  test::expect_error([&] { plan_read(bytes.data(), bytes.size()); },
+                     {"is a FusedPointwise layer, which format version 7 does not have "
+                      "(version 8 added it)"});
+}
+
+// ---------------------------------------------------------------- code generation
+
+std::string source_of(const Chain& c, DataType dt) {
+  Network net;
+  c.build(net, dt);
+  fuse_pointwise_layers(net, nullptr, nullptr);
+  for (const Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kFusedPointwise) continue;
+    std::vector<DataType> dtypes;
+    for (const Tensor* t : l->inputs()) dtypes.push_back(t->dtype());
+    return codegen::pointwise_kernel_source(l->params_as<FusedPointwiseParams>(), dtypes);
+  }
+  return "";
+}
+
+TEST(PointwiseCodegen, SourceHasTheKernelTheStepsAndTheRounding) {
+  const std::string f32 = source_of(chains()[1], DataType::kF32);
+  const std::string f16 = source_of(chains()[1], DataType::kF16);
+  EXPECT_NE(f32.find("extern \"C\" __global__ void __launch_bounds__(256) ember_fused_pointwise("
+                     "EmberPointwiseArgs a)"), std::string::npos) << f32;
+  EXPECT_NE(f32.find("erff("), std::string::npos);
+  EXPECT_NE(f32.find("__uint_as_float(0x3f000000u)"), std::string::npos);  // the inline 0.5
+  EXPECT_NE(f32.find("*(const float4*)"), std::string::npos);  // vectorized f32 loads
+  EXPECT_EQ(f32.find("= ember_round_f16("), std::string::npos);  // nothing to round in f32
+  EXPECT_NE(f16.find("= ember_round_f16("), std::string::npos);  // each f16 step rounds
+  EXPECT_NE(f16.find("*(const uint2*)"), std::string::npos);  // 4 halves per load
+  EXPECT_NE(f16.find("ember_h2f("), std::string::npos);
+  EXPECT_NE(f16.find("a.strides[1][d]"), std::string::npos);  // the broadcast bias's strides
+  const std::string cast = source_of(chains()[2], DataType::kF16);
+  EXPECT_NE(cast.find("= ember_round_bf16("), std::string::npos);
+  EXPECT_NE(cast.find("ember_f2b("), std::string::npos);  // the bf16 output's store
+  const std::string clip = source_of(chains()[3], DataType::kF32);
+  EXPECT_NE(clip.find("fminf(fmaxf("), std::string::npos);
+  EXPECT_NE(clip.find("ember_nan_max("), std::string::npos);
+  // Deterministic: the kernel cache keys on the text.
+  EXPECT_EQ(source_of(chains()[1], DataType::kF32), f32);
+  EXPECT_NE(codegen::source_hash(f32), codegen::source_hash(f16));
+  EXPECT_EQ(sizeof(codegen::PointwiseKernelArgs), 1360u);  // the generated struct's size
+}
+
+#ifdef EMBER_WITH_CUDA
+TEST(PointwiseCodegen, NvrtcCompilesEveryChainForSm90WithoutAGpu) {
+  const int before = cuda::pointwise_kernel_compilations();
+  int kernels = 0;
+  for (const Chain& c : chains()) {
+    for (DataType dt : kFloatTypes) {
+      const std::string src = source_of(c, dt);
+      if (src.empty()) continue;
+      SCOPED_TRACE(c.name + " " + dtype_name(dt));
+      const std::vector<uint8_t> cubin = cuda::cached_pointwise_kernel(src, "sm_90");
+      ASSERT_GE(cubin.size(), 4u);
+      EXPECT_EQ(std::memcmp(cubin.data(), "\x7f" "ELF", 4), 0);
+      ++kernels;
+      cuda::cached_pointwise_kernel(src, "sm_90");  // cached: no second compilation
+    }
+  }
+  EXPECT_EQ(cuda::pointwise_kernel_compilations() - before, kernels);
+  test::expect_error([] { cuda::compile_pointwise_kernel("this is not CUDA", "sm_90"); },
+                     {"NVRTC could not compile the fused pointwise kernel for sm_90",
+                      "EMBER_FUSE_POINTWISE=0"});
+}
+#endif
+
+}  // namespace
+}  // namespace ember::engine
