@@ -14,11 +14,12 @@ PyTorch recomputing it, and it counts as fallback like any other node (`Imported
 the report, require_full_compilation). Size arithmetic and runtime asserts are the exception:
 the IR holds sizes as symbolic dims, so they are left out.
 
-Inside an engine every tensor lives on the engine's device. A node whose tensors (its results, or
-the non-constant tensors it reads) live on another device type (a `.to("cpu")` and what reads
-its result in a CUDA program, a `.to("cuda")` and its readers in a CPU one) runs in PyTorch,
-where the tensors are: put in an engine it would compute on the wrong device or receive inputs
-the engine refuses.
+Inside an engine every tensor lives on the engine's device, which is where the program's inputs
+and weights are (or the device the user names; then the whole program moves there). A node whose
+tensors (its results, or the non-constant tensors it reads) live on another device type than the
+program's (a `.to("cpu")` and what reads its result in a CUDA program, a `.to("cuda")` and its
+readers in a CPU one) runs in PyTorch, where the tensors are: put in an engine it would compute
+on the wrong device or receive inputs the engine refuses.
 """
 
 from __future__ import annotations
@@ -129,15 +130,16 @@ def _tensor_vals(v) -> list:
     return []
 
 
-def foreign_device(node: torch.fx.Node, backend: str, constants: Container[str]) -> str | None:
-    """The device (text) of a tensor `node` produces or reads that is not on the `backend`
-    device type, or None. Constants (in `constants`) are exempt: they are copied into the plan."""
+def foreign_device(node: torch.fx.Node, device_type: str,
+                   constants: Container[str]) -> str | None:
+    """The device (text) of a tensor `node` produces or reads that is not of `device_type`, or
+    None. Constants (in `constants`) are exempt: they are copied into the plan."""
     vals = _tensor_vals(node.meta.get("val"))
     for n in node.all_input_nodes:
         if n.name not in constants:
             vals += _tensor_vals(n.meta.get("val"))
     for v in vals:
-        if v.device.type != backend:
+        if v.device.type != device_type:
             return str(v.device)
     return None
 
@@ -357,10 +359,10 @@ class _Importer:
 
 def import_program(ep: torch.export.ExportedProgram,
                    symbol_ranges: dict[str, tuple[int, int, int]],
-                   backend: str | None = None) -> ImportedProgram:
+                   program_device: str | None = None) -> ImportedProgram:
     """Imports `ep` (already decomposed). symbol_ranges: symbol name -> (min, opt, max).
-    backend ("cpu", "cuda"): the engines' device type; nodes on another device run in PyTorch
-    (see the module doc). None skips the check."""
+    program_device ("cpu", "cuda"): the device type of the program's inputs and weights; nodes
+    on another one run in PyTorch (see the module doc). None skips the check."""
     imp = _Importer(ep)
     sig = ep.graph_signature
     kinds = {spec.arg.name: spec for spec in sig.input_specs}
@@ -416,10 +418,11 @@ def import_program(ep: torch.export.ExportedProgram,
                     and any(isinstance(v, torch.Tensor) for v in val))):
                 imp.add_outside(node, "its result is not a tensor")
                 continue
-            device = foreign_device(node, backend, constants) if backend else None
+            device = foreign_device(node, program_device, constants) if program_device else None
             if device is not None:
-                imp.add_outside(node, f"its tensors are on device '{device}' but the engine runs "
-                                f"on the {backend} back end (it runs in PyTorch, where they are)")
+                imp.add_outside(node, f"its tensors are on device '{device}', not on the "
+                                f"program's {program_device} device where its inputs and weights "
+                                "(and so its engines) are; it runs in PyTorch, where they are")
                 continue
             try:
                 imp.add_op(node)

@@ -260,7 +260,8 @@ def _compile(exported_program: torch.export.ExportedProgram,
                       "else). Leave it out to silence this.", stacklevel=2)
     report = report if report is not None else CompilationReport()
     specs = _as_inputs(inputs)
-    backend, device_index = settings.resolve_device(_program_device(exported_program))
+    program_device = _program_device(exported_program)
+    backend, device_index = settings.resolve_device(program_device)
     csettings = settings.to_compiler(backend)
     # Nodes whose converter failed in an earlier attempt (see the ConversionError below).
     csettings["torch_executed_nodes"] = list(_torch_executed_nodes)
@@ -271,7 +272,7 @@ def _compile(exported_program: torch.export.ExportedProgram,
     if settings.custom_ops_as_plugins:
         added = _plugins.make_custom_ops_plugins(ep.graph.nodes)
         fx_pass_log += [f"custom_ops_as_plugins: {key} runs as a plugin" for key in added]
-    imported = import_program(ep, {}, backend)
+    imported = import_program(ep, {}, program_device.type)
     _warn_unmatched_executed(ep, csettings)
     ranges = _symbol_ranges(ep, specs, imported.user_inputs)
     for name, (lo, opt, hi) in ranges.items():

@@ -182,10 +182,11 @@ class ToOtherDevice(torch.nn.Module):
 
 
 def test_nodes_on_another_device_than_the_engine_run_in_pytorch():
-    """An engine's tensors all live on its device: the copy to CUDA and every node after it in
-    this CPU program run in PyTorch, each with a reason naming the device; the CPU work before
-    them is still an engine (the GPU run of test_creation.py checks the .to("cpu") mirror case
-    end to end)."""
+    """An engine's tensors all live on its device, the program's: the copy to CUDA and every
+    node after it in this CPU program run in PyTorch, each with a reason naming the device; the
+    CPU work before them is still an engine (the GPU run of test_creation.py checks the
+    .to("cpu") mirror case end to end). A program compiled for another device as a whole
+    (device="cuda" for CPU example tensors) keeps its nodes: test_engine.py covers that."""
     ep = torch.export.export(ToOtherDevice(), (torch.randn(3, 4),))
     report = ember.dynamo.CompilationReport()
     ember.dynamo.compile(ep, [torch.randn(3, 4)], device="cpu", min_block_size=1, report=report,
@@ -193,5 +194,5 @@ def test_nodes_on_another_device_than_the_engine_run_in_pytorch():
     ops = {op: why for _, op, why in report.fallback}
     for op in ("aten::_to_copy", "aten::add.Tensor", "aten::sum"):
         assert op in ops, report.fallback
-        assert "device 'cuda:0'" in ops[op] and "cpu back end" in ops[op], ops[op]
+        assert "device 'cuda:0'" in ops[op] and "program's cpu device" in ops[op], ops[op]
     assert "aten::mul.Tensor" not in ops and "aten::relu" not in ops, report.fallback

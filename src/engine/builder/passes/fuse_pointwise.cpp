@@ -107,15 +107,12 @@ struct UnionFind {
   void join(const Layer* a, const Layer* b) { parent[find(a)] = find(b); }
 };
 
-/// "a+b+c", shortened to "a+...+z (N layers)" for long groups.
+/// "a+b+c": every member's name, as the other fusions name their layers (and TensorRT its
+/// pointwise ones), so the inspector and error messages say which layers a kernel holds.
 std::string group_name(const std::vector<Layer*>& members) {
-  if (members.size() <= 4) {
-    std::string s;
-    for (const Layer* l : members) s += (s.empty() ? "" : "+") + l->name();
-    return s;
-  }
-  return members.front()->name() + "+...+" + members.back()->name() + " (" +
-         std::to_string(members.size()) + " layers)";
+  std::string s;
+  for (const Layer* l : members) s += (s.empty() ? "" : "+") + l->name();
+  return s;
 }
 
 /// The members of `group` that a path leaving the group reaches again (and everything in the
