@@ -49,6 +49,25 @@ def step_close(actual, expected, step):
     assert float((diff > 1e-4).float().mean()) < 0.02, "more than 2% of elements differ"
 
 
+def assert_matches_fake_quant(out, reference, f32, int8_steps=True, label=""):
+    """The engine against PyTorch's fake-quantized run of the same program, at the tolerance of
+    the output's dtype. The engine runs PyTorch's quantization math, but the float layers
+    between quantizations sum in another order (int8 products exactly, against PyTorch's sums
+    of dequantized values): where an intermediate x / scale lands within an ulp of a rounding
+    tie, that value goes one step the other way. So: more than 95% of the elements within the
+    dtype's tolerance, none further than two steps of the output's int8 range (`int8_steps`),
+    and the quantized model still the model (cosine to the f32 model above 0.98)."""
+    atol, rtol = TOLERANCES[out.dtype]
+    name = str(out.dtype).replace("torch.float", "f")
+    out, reference = out.float(), reference.float()
+    close = (out - reference).abs() <= atol + rtol * reference.abs()
+    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within {name}"
+    if int8_steps:
+        assert float((out - reference).abs().max()) <= 2 * float(reference.abs().max()) / 127
+    cos = torch.nn.functional.cosine_similarity(out.flatten(), f32.float().flatten(), dim=0)
+    assert cos > 0.98, f"{label}cosine to f32 {float(cos):.4f}"
+
+
 # ---------------------------------------------------------------------------------------------
 # quantized_decomposed programs
 
@@ -215,19 +234,7 @@ def test_quantize_small_models_compile_with_zero_fallback_and_match(name, method
     gm = compile_full(qmodel, [x])
     with torch.no_grad():
         out = gm(x)
-    # The engine runs PyTorch's quantization math, but the float layers between quantizations
-    # (matmuls, softmax) sum in another order: where an intermediate x / scale lands within an
-    # f32 ulp of a rounding tie, that value goes one int8 step the other way. So: almost every
-    # element within the f32 tolerance, and none further than about one step of the output's
-    # int8 range.
-    atol, rtol = TOLERANCES[torch.float32]
-    close = (out - reference).abs() <= atol + rtol * reference.abs()
-    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
-    step = float(reference.abs().max()) / 127
-    assert float((out - reference).abs().max()) <= 2 * step
-    # And the quantized model is still the model: cosine to f32 close to 1.
-    cos = torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0)
-    assert cos > 0.98, f"{name}/{method}: cosine to f32 {float(cos):.4f}"
+    assert_matches_fake_quant(out, reference, f32, label=f"{name}/{method}: ")
 
 
 def test_percentile_and_entropy_clip_outliers_that_max_keeps():
@@ -367,14 +374,7 @@ def test_int8_convnet_compiles_to_quantized_convolutions():
     assert types.count("Activation") == 0 and types.count("Quantize") == 2, types
     with torch.no_grad():
         out, reference, f32 = gm(x), qmodel(x), model(x)
-    # As for the other models: PyTorch's fake-quantized run sums dequantized f32 values in its
-    # own order, the engine sums int8 values exactly, so an activation that lands on a rounding
-    # tie before the next quantization may go one step the other way.
-    atol, rtol = TOLERANCES[torch.float32]
-    close = (out - reference).abs() <= atol + rtol * reference.abs()
-    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
-    assert float((out - reference).abs().max()) <= 2 * float(reference.abs().max()) / 127
-    assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
+    assert_matches_fake_quant(out, reference, f32)
 
 
 def test_a_half_model_quantizes_to_an_int8_engine_with_f16_outputs():
@@ -396,14 +396,8 @@ def test_a_half_model_quantizes_to_an_int8_engine_with_f16_outputs():
     with torch.no_grad():
         out, reference, f32 = gm(x), qmodel(x), model.float()(x.float())
     assert out.dtype == torch.float16
-    # As the f32 test, at f16's tolerance: the engine sums int8 exactly, PyTorch's fake-quantized
-    # run sums dequantized f16 values.
-    atol, rtol = TOLERANCES[torch.float16]
-    close = (out.float() - reference.float()).abs() <= atol + rtol * reference.float().abs()
-    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f16"
-    assert float((out.float() - reference.float()).abs().max()) <= \
-        2 * float(reference.float().abs().max()) / 127
-    assert torch.nn.functional.cosine_similarity(out.float().flatten(), f32.flatten(), dim=0) > 0.98
+    # At f16's tolerance: PyTorch's fake-quantized run sums dequantized f16 values.
+    assert_matches_fake_quant(out, reference, f32)
 
 
 class ConvBNNet(torch.nn.Module):
@@ -445,11 +439,7 @@ def test_a_batch_norm_after_an_int8_convolution_folds_into_its_scales():
     assert "fuse_epilogues: 4 scale/shift folds" in log, log
     with torch.no_grad():
         out, reference, f32 = gm(x), qmodel(x), model(x)
-    atol, rtol = TOLERANCES[torch.float32]
-    close = (out - reference).abs() <= atol + rtol * reference.abs()
-    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
-    assert float((out - reference).abs().max()) <= 2 * float(reference.abs().max()) / 127
-    assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
+    assert_matches_fake_quant(out, reference, f32)
 
 
 def test_fp8_convolutions_fuse_and_match():
@@ -471,11 +461,8 @@ def test_fp8_convolutions_fuse_and_match():
     # The engine sums x_scale * w_scale * sum(qx qw), PyTorch sum((qx x_scale) (qw w_scale)): the
     # same values up to f32 rounding, then the next layer's FP8 rounding (a floating step, so a
     # tie flip moves a value by one E4M3 ulp, 1/8 relative at most, rarely).
-    atol, rtol = TOLERANCES[torch.float32]
-    close = (out - reference).abs() <= atol + rtol * reference.abs()
-    assert float(close.float().mean()) > 0.95, f"{float(close.float().mean()):.3f} within f32"
+    assert_matches_fake_quant(out, reference, f32, int8_steps=False)
     assert torch.nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0) > 0.9999
-    assert torch.nn.functional.cosine_similarity(out.flatten(), f32.flatten(), dim=0) > 0.98
 
 
 class QConvOnly(torch.nn.Module):
