@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "backends/cuda/device_common.cuh"
+#include "backends/semantics/pointwise.h"
 
 namespace ember::engine::cuda {
 
@@ -56,25 +57,6 @@ __device__ __forceinline__ int64_t int_pow(int64_t a, int64_t e) {
   return static_cast<int64_t>(result);
 }
 
-/// torch's div_floor_floating (the CPU reference's float_floor_div).
-__device__ __forceinline__ float float_floor_div(float a, float b) {
-  if (b == 0.0f) return a / b;
-  const float m = fmodf(a, b);
-  float div = (a - m) / b;
-  if (m != 0.0f && ((b < 0.0f) != (m < 0.0f))) div -= 1.0f;
-  if (div == 0.0f) return copysignf(0.0f, a / b);
-  float floored = floorf(div);
-  if (div - floored > 0.5f) floored += 1.0f;
-  return floored;
-}
-
-__device__ __forceinline__ float nan_max(float a, float b) {
-  return (a != a) ? a : (b != b) ? b : (a > b ? a : b);
-}
-__device__ __forceinline__ float nan_min(float a, float b) {
-  return (a != a) ? a : (b != b) ? b : (a < b ? a : b);
-}
-
 /// Float to int64: truncation toward zero, NaN -> 0, saturation beyond the int64 range.
 __device__ __forceinline__ int64_t float_to_int64(float v) {
   if (v != v) return 0;
@@ -85,20 +67,12 @@ __device__ __forceinline__ int64_t float_to_int64(float v) {
 
 // ---------------------------------------------------------------- op functors (compute types)
 
+/// Float arithmetic: semantics/pointwise.h's formulas, the CPU kernels' and the fused
+/// interpreter's, so every back end and path computes the same values.
 struct FloatBinary {
   ElementWiseOp op;
   __device__ float operator()(float x, float y) const {
-    switch (op) {
-      case ElementWiseOp::kSum: return x + y;
-      case ElementWiseOp::kProd: return x * y;
-      case ElementWiseOp::kMax: return nan_max(x, y);
-      case ElementWiseOp::kMin: return nan_min(x, y);
-      case ElementWiseOp::kSub: return x - y;
-      case ElementWiseOp::kDiv: return x / y;
-      case ElementWiseOp::kPow: return powf(x, y);
-      case ElementWiseOp::kFloorDiv: return float_floor_div(x, y);
-      default: return 0.0f;  // logic and comparisons take other functors
-    }
+    return semantics::elementwise(op, x, y);  // logic and comparisons take other functors
   }
 };
 
@@ -143,35 +117,12 @@ struct Logic {
   }
 };
 
+/// Float math: semantics/pointwise.h's formulas (1 / sqrt, not rsqrtf's 2 ulp; round half to
+/// even; sign(NaN) = 0).
 struct FloatUnary {
   UnaryOp op;
   __device__ float operator()(float x) const {
-    switch (op) {
-      case UnaryOp::kExp: return expf(x);
-      case UnaryOp::kLog: return logf(x);
-      case UnaryOp::kSqrt: return sqrtf(x);
-      case UnaryOp::kRsqrt: return 1.0f / sqrtf(x);  // as the CPU reference, not rsqrtf's 2 ulp
-      case UnaryOp::kReciprocal: return 1.0f / x;
-      case UnaryOp::kAbs: return fabsf(x);
-      case UnaryOp::kNeg: return -x;
-      case UnaryOp::kSin: return sinf(x);
-      case UnaryOp::kCos: return cosf(x);
-      case UnaryOp::kTan: return tanf(x);
-      case UnaryOp::kAsin: return asinf(x);
-      case UnaryOp::kAcos: return acosf(x);
-      case UnaryOp::kAtan: return atanf(x);
-      case UnaryOp::kSinh: return sinhf(x);
-      case UnaryOp::kCosh: return coshf(x);
-      case UnaryOp::kAsinh: return asinhf(x);
-      case UnaryOp::kAcosh: return acoshf(x);
-      case UnaryOp::kAtanh: return atanhf(x);
-      case UnaryOp::kCeil: return ceilf(x);
-      case UnaryOp::kFloor: return floorf(x);
-      case UnaryOp::kRound: return rintf(x);  // half to even (round-to-nearest-even mode)
-      case UnaryOp::kErf: return erff(x);
-      case UnaryOp::kSign: return static_cast<float>((0.0f < x) - (x < 0.0f));  // sign(NaN) = 0
-      default: return 0.0f;  // not, isinf, isnan take other functors
-    }
+    return semantics::unary(op, x);  // not, isinf, isnan take other functors
   }
 };
 
@@ -466,14 +417,6 @@ void check_int_operand(const DeviceTensor& b, const DeviceTensor& out, ElementWi
               ": integer division by zero; check the divisor or cast to a float dtype");
 }
 
-/// A double parameter as float; magnitudes beyond float's range become +-inf.
-float param_to_float(double v) {
-  constexpr double kMax = 3.4028234663852886e38;
-  if (v > kMax) return INFINITY;
-  if (v < -kMax) return -INFINITY;
-  return static_cast<float>(v);
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- layers
@@ -482,7 +425,8 @@ void run(const ActivationParams& p, const CudaArgs& a) {
   const DeviceTensor& in = a.in(0);
   DeviceTensor& out = a.out();
   expect_out_dtype(out, in.dtype, "activation");
-  const ActivationFn f{p.type, param_to_float(p.alpha), param_to_float(p.beta)};
+  const ActivationFn f{p.type, semantics::param_to_float(p.alpha),
+                       semantics::param_to_float(p.beta)};
   dispatch_float(in.dtype, "activation", [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch_map1<T, T>(in, out, f, a, "activation kernel");
