@@ -194,22 +194,27 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   return true;
 }
 
-/// Path 1: im2col and the INT8 GEMM; false when cuBLASLt refuses (only workspace written).
+/// Path 1: im2col and cuBLASLt's GEMM; false when cuBLASLt refuses (only workspace written).
+/// INT8 (int8 or uint8 x) pads the channels to multiples of 4 and sums in int32; FP8 E4M3 pads
+/// them to multiples of 16 (what its GEMM wants) and sums in f32. The packing kernels copy
+/// bytes, so E4M3 values pass through them and byte 0 (+0) pads.
 bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
               ProductEpilogue e, std::string& why) {
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
-  const int64_t c4 = round_up4(g.in_channels), k4 = round_up4(g.out_channels);
-  const int64_t kd = g.kernel[1] * g.kernel[2] * c4;
+  const bool fp8 = x.dtype == DataType::kF8E4M3;
+  const int64_t cp = fp8 ? round_up16(g.in_channels) : round_up4(g.in_channels);
+  const int64_t kp = fp8 ? round_up16(g.out_channels) : round_up4(g.out_channels);
+  const int64_t kd = g.kernel[1] * g.kernel[2] * cp;
   const int64_t m = g.batch * g.out[1] * g.out[2];
   const bool u8 = x.dtype == DataType::kU8;
   const auto* zp = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
   const bool asymmetric = u8 || zp != nullptr;
-  // cuBLASLt's workspace, then the im2col matrix, the packed weight, the int32 sums and
-  // (asymmetric) the weight's row sums, each 256-byte aligned.
+  // cuBLASLt's workspace, then the im2col matrix, the packed weight, the sums (int32 or f32)
+  // and (asymmetric) the weight's row sums, each 256-byte aligned.
   const size_t col_bytes = aligned(static_cast<size_t>(m * kd));
-  const size_t w_bytes = aligned(static_cast<size_t>(k4 * kd));
-  const size_t acc_bytes = aligned(static_cast<size_t>(m * k4) * sizeof(int32_t));
+  const size_t w_bytes = aligned(static_cast<size_t>(kp * kd));
+  const size_t acc_bytes = aligned(static_cast<size_t>(m * kp) * 4);
   const size_t sums_bytes =
       asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
   if (!scratch_fits(col_bytes + w_bytes + acc_bytes + sums_bytes, why)) return false;
@@ -217,54 +222,26 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
                                                       w_bytes + acc_bytes + sums_bytes));
   auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
   auto* wpk = col + col_bytes;
-  auto* acc = reinterpret_cast<int32_t*>(wpk + w_bytes);
-  launch_qconv_im2col(x.data, u8, zp, col, g, c4, a.stream());
-  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k4, c4, a.stream());
+  void* acc = wpk + w_bytes;
+  launch_qconv_im2col(x.data, u8, zp, col, g, cp, a.stream());
+  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, kp, cp, a.stream());
   if (asymmetric) {
-    auto* sums = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(acc) + acc_bytes);
+    auto* sums = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(acc) + acc_bytes);
     launch_weight_row_sums(static_cast<const int8_t*>(w.data), g.out_channels,
                            w.numel() / std::max<int64_t>(g.out_channels, 1), sums, a.stream());
     e.weight_sums = sums;
     e.zero_point = zp;
     e.zero_point_offset = u8 ? 128 : 0;
   }
-  if (!int8_gemm_tn(a, col, wpk, m, k4, kd, acc, base)) {
-    why = "cuBLASLt offers no INT8 GEMM for [" + std::to_string(m) + ", " + std::to_string(kd) +
-          "] x [" + std::to_string(k4) + ", " + std::to_string(kd) + "]^T";
+  const bool ran = fp8 ? fp8_gemm_tn(a, col, wpk, m, kp, kd, static_cast<float*>(acc), base)
+                       : int8_gemm_tn(a, col, wpk, m, kp, kd, static_cast<int32_t*>(acc), base);
+  if (!ran) {
+    why = std::string("cuBLASLt offers no ") + (fp8 ? "FP8" : "INT8") + " GEMM for [" +
+          std::to_string(m) + ", " + std::to_string(kd) + "] x [" + std::to_string(kp) + ", " +
+          std::to_string(kd) + "]^T" + (fp8 ? " (FP8 needs sm_89+)" : "");
     return false;
   }
-  launch_qconv_epilogue(acc, /*int32_acc=*/true, a.out().data, p.out, g, k4, e, a.stream());
-  return true;
-}
-
-/// Path 1 for FP8 E4M3 operands: the same im2col (channels padded to 16, as cuBLASLt's FP8
-/// GEMM wants K and N multiples of 16) and cuBLASLt's FP8 GEMM into f32 sums; false when it
-/// refuses (a GPU below sm_89 among others).
-bool run_gemm_fp8(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
-                  const ProductEpilogue& e, std::string& why) {
-  const DeviceTensor& x = a.in(0);
-  const DeviceTensor& w = a.in(1);
-  const int64_t c16 = round_up16(g.in_channels), k16 = round_up16(g.out_channels);
-  const int64_t kd = g.kernel[1] * g.kernel[2] * c16;
-  const int64_t m = g.batch * g.out[1] * g.out[2];
-  const size_t col_bytes = aligned(static_cast<size_t>(m * kd));
-  const size_t w_bytes = aligned(static_cast<size_t>(k16 * kd));
-  const size_t acc_bytes = aligned(static_cast<size_t>(m * k16) * sizeof(float));
-  if (!scratch_fits(col_bytes + w_bytes + acc_bytes, why)) return false;
-  auto* base = static_cast<uint8_t*>(
-      a.res->workspace(kInt8GemmWorkspaceBytes + col_bytes + w_bytes + acc_bytes));
-  auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
-  auto* wpk = col + col_bytes;
-  auto* acc = reinterpret_cast<float*>(wpk + w_bytes);
-  // The int8 packing kernels copy bytes: E4M3 values pass through, byte 0 (+0) pads.
-  launch_qconv_im2col(x.data, false, nullptr, col, g, c16, a.stream());
-  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, k16, c16, a.stream());
-  if (!fp8_gemm_tn(a, col, wpk, m, k16, kd, acc, base)) {
-    why = "cuBLASLt offers no FP8 GEMM for [" + std::to_string(m) + ", " + std::to_string(kd) +
-          "] x [" + std::to_string(k16) + ", " + std::to_string(kd) + "]^T (FP8 needs sm_89+)";
-    return false;
-  }
-  launch_qconv_epilogue(acc, /*int32_acc=*/false, a.out().data, p.out, g, k16, e, a.stream());
+  launch_qconv_epilogue(acc, /*int32_acc=*/!fp8, a.out().data, p.out, g, kp, e, a.stream());
   return true;
 }
 
@@ -300,7 +277,7 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   if (x.numel() > 0) {
     std::string why = qconv_direct_reason(p);
     if (why.empty() && x.dtype == DataType::kF8E4M3) {
-      if (run_gemm_fp8(p, a, g, e, why)) return;
+      if (run_gemm(p, a, g, e, why)) return;
       why = why + ", so it runs in Ember's direct FP8 kernel (slower)";
     } else if (why.empty()) {
       std::string gemm_why, cudnn_why;

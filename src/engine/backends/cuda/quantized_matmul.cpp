@@ -149,47 +149,70 @@ bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float
   return true;
 }
 
-/// FP8 E4M3: returns false when cuBLASLt cannot take the problem (or the GPU has no FP8).
-/// `plain`: no bias, activation, epilogue scale or requantization (the GEMM writes the output).
-bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
-             bool plain, const ProductEpilogue& e) {
-  const DeviceTensor& qa = a.in(0);
-  const DeviceTensor& qb = a.in(1);
-  if (k % 16 != 0 || n % 16 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16) ||
-      !aligned_to(a.out().data, 16)) {
+/// The one cuBLASLt "TN" call behind every quantized GEMM: d[m, n] (row-major) =
+/// act[m, k] w[n, k]^T, both K-contiguous. INT8 (`fp8` false): int32 sums, `d_type` CUDA_R_32I.
+/// FP8 E4M3: f32 compute, d in `d_type`; `w_scale` and `act_scale` (device pointers, read at run
+/// time so graphs stay valid) scale the product, or nullptr for the raw f32 sums. False, with
+/// nothing enqueued, when cuBLASLt takes no such problem (INT8 needs k and n multiples of 4, FP8
+/// of 16 and sm_89+; 16-byte aligned operands; an algorithm).
+bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_t m, int64_t n,
+             int64_t k, void* d, cudaDataType_t d_type, const void* w_scale,
+             const void* act_scale, void* ws) {
+  const int64_t multiple = fp8 ? 16 : 4;
+  if (k % multiple != 0 || n % multiple != 0 || !aligned_to(act, 16) || !aligned_to(w, 16) ||
+      !aligned_to(d, 16)) {
     return false;
   }
   auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
   Desc op;
-  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+  qlt_check(cublasLtMatmulDescCreate(&op.h, fp8 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32I,
+                                     fp8 ? CUDA_R_32F : CUDA_R_32I),
             "cublasLtMatmulDescCreate");
   set_tn(op.h);
-  if (plain) {
-    // The library's A is our b (the weight) and its B our a (the activation).
-    const void* scale_first = a.in(3).data;
-    const void* scale_second = a.in(2).data;
+  if (w_scale != nullptr) {
+    // The library's A is our w (the weight) and its B our act (the activation).
     qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-                                             &scale_first, sizeof(scale_first)),
+                                             &w_scale, sizeof(w_scale)),
               "set A scale pointer");
     qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                                             &scale_second, sizeof(scale_second)),
+                                             &act_scale, sizeof(act_scale)),
               "set B scale pointer");
   }
+  // Column-major, that is out^T [n, m] = op_T(w) op_N(act).
+  const cudaDataType_t q = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_8I;
   Layout first, second, out;
-  const cudaDataType_t ot = plain ? out_type(float_type) : CUDA_R_32F;
-  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8F_E4M3, k, n, k), "layout b");
-  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8F_E4M3, k, m, k), "layout a");
-  qlt_check(cublasLtMatrixLayoutCreate(&out.h, ot, n, m, n), "layout out");
+  qlt_check(cublasLtMatrixLayoutCreate(&first.h, q, k, n, k), "layout b");
+  qlt_check(cublasLtMatrixLayoutCreate(&second.h, q, k, m, k), "layout a");
+  qlt_check(cublasLtMatrixLayoutCreate(&out.h, d_type, n, m, n), "layout out");
   cublasLtMatmulAlgo_t algo;
   if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
+  // The scale type is the compute type's: f32 for FP8, int32 for INT8.
+  const float f_one = 1.0f, f_zero = 0.0f;
+  const int32_t i_one = 1, i_zero = 0;
+  const void* alpha = fp8 ? static_cast<const void*>(&f_one) : &i_one;
+  const void* beta = fp8 ? static_cast<const void*>(&f_zero) : &i_zero;
+  qlt_check(cublasLtMatmul(handle, op.h, alpha, w, first.h, act, second.h, beta, d, out.h, d,
+                           out.h, &algo, ws, kWorkspaceBytes, a.stream()),
+            fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
+  return true;
+}
+
+/// FP8 E4M3: returns false when cuBLASLt cannot take the problem (or the GPU has no FP8).
+/// `plain`: no bias, activation, epilogue scale or requantization (the GEMM writes the output,
+/// scaled by the layer's scales); otherwise the f32 sums go to scratch and the epilogue pass
+/// (the INT8 one) finishes them.
+bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
+             bool plain, const ProductEpilogue& e) {
+  if (k % 16 != 0 || n % 16 != 0) return false;  // before growing the workspace for it
   // Workspace first, then (with an epilogue) the f32 sums, 256-byte aligned after it.
   const size_t sum_bytes = plain ? 0 : static_cast<size_t>(m * n) * sizeof(float);
   auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + sum_bytes));
-  const float alpha = 1.0f, beta = 0.0f;
   void* d = plain ? a.out().data : base + kWorkspaceBytes;
-  qlt_check(cublasLtMatmul(handle, op.h, &alpha, qb.data, first.h, qa.data, second.h, &beta, d,
-                           out.h, d, out.h, &algo, base, kWorkspaceBytes, a.stream()),
-            "cublasLtMatmul (fp8)");
+  if (!gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, d,
+               plain ? out_type(float_type) : CUDA_R_32F, plain ? a.in(3).data : nullptr,
+               plain ? a.in(2).data : nullptr, base)) {
+    return false;
+  }
   if (!plain) {
     launch_product_epilogue(d, /*int32_acc=*/false, a.out().data, float_type, m, n, e,
                             a.stream());
@@ -234,51 +257,12 @@ void run_direct(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType flo
 
 bool int8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
                   int64_t k, int32_t* acc, void* ws) {
-  if (k % 4 != 0 || n % 4 != 0 || !aligned_to(act, 16) || !aligned_to(w, 16) ||
-      !aligned_to(acc, 16)) {
-    return false;
-  }
-  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
-  Desc op;
-  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32I, CUDA_R_32I),
-            "cublasLtMatmulDescCreate");
-  set_tn(op.h);
-  // The library's A is our w and its B our act (column-major out^T [n, m]).
-  Layout first, second, out;
-  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8I, k, n, k), "layout b");
-  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8I, k, m, k), "layout a");
-  qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32I, n, m, n), "layout accumulator");
-  cublasLtMatmulAlgo_t algo;
-  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
-  const int32_t alpha = 1, beta = 0;
-  qlt_check(cublasLtMatmul(handle, op.h, &alpha, w, first.h, act, second.h, &beta, acc, out.h,
-                           acc, out.h, &algo, ws, kWorkspaceBytes, a.stream()),
-            "cublasLtMatmul (int8)");
-  return true;
+  return gemm_tn(a, /*fp8=*/false, act, w, m, n, k, acc, CUDA_R_32I, nullptr, nullptr, ws);
 }
 
 bool fp8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
                  int64_t k, float* acc, void* ws) {
-  if (k % 16 != 0 || n % 16 != 0 || !aligned_to(act, 16) || !aligned_to(w, 16) ||
-      !aligned_to(acc, 16)) {
-    return false;
-  }
-  auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
-  Desc op;
-  qlt_check(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F),
-            "cublasLtMatmulDescCreate");
-  set_tn(op.h);
-  Layout first, second, out;
-  qlt_check(cublasLtMatrixLayoutCreate(&first.h, CUDA_R_8F_E4M3, k, n, k), "layout b");
-  qlt_check(cublasLtMatrixLayoutCreate(&second.h, CUDA_R_8F_E4M3, k, m, k), "layout a");
-  qlt_check(cublasLtMatrixLayoutCreate(&out.h, CUDA_R_32F, n, m, n), "layout out");
-  cublasLtMatmulAlgo_t algo;
-  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
-  const float alpha = 1.0f, beta = 0.0f;
-  qlt_check(cublasLtMatmul(handle, op.h, &alpha, w, first.h, act, second.h, &beta, acc, out.h,
-                           acc, out.h, &algo, ws, kWorkspaceBytes, a.stream()),
-            "cublasLtMatmul (fp8)");
-  return true;
+  return gemm_tn(a, /*fp8=*/true, act, w, m, n, k, acc, CUDA_R_32F, nullptr, nullptr, ws);
 }
 
 ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {
