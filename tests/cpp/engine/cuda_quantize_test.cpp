@@ -31,7 +31,9 @@ void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& i
                             const std::string& what) {
   test::CudaRunner runner(net, inputs, {}, 3);
   EXPECT_EQ(runner.inspect_json().find("cuda.host"), std::string::npos) << what;
-  for (int run = 0; run < 2; ++run) {  // layer by layer, then the CUDA graph replay
+  // Layer by layer (which prepares, e.g. packs a convolution's weight once), then the CUDA
+  // graph's capture and its replay.
+  for (int run = 0; run < 3; ++run) {
     const auto got = runner.run(inputs);
     const auto ref = test::run_network_direct(net, inputs);
     ASSERT_EQ(got.size(), ref.size());
@@ -84,11 +86,18 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
   }
 }
 
-/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8;
-/// with `epilogue`, also a bias, a GELU and the requantization to int8; with `zero_point`
-/// >= 0, a is uint8 with that zero point.
+/// What check_product puts after the sum besides the scales: a bias, a GELU and the
+/// requantization to int8 (kFull); a bias (kBias) or a bias and a relu (kBiasRelu), both with
+/// an epilogue scale of 0.5, which FP8 runs in cuBLASLt's own epilogue.
+enum class ProductTail { kNone, kFull, kBias, kBiasRelu };
+
+/// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8,
+/// with `tail` after it (`epilogue`: kFull); with `zero_point` >= 0, a is uint8 with that zero
+/// point.
 void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
-                   bool epilogue = false, int32_t zero_point = -1) {
+                   bool epilogue = false, int32_t zero_point = -1,
+                   ProductTail tail = ProductTail::kNone) {
+  if (epilogue) tail = ProductTail::kFull;
   Network net;
   Tensor* a = net.add_input("a", zero_point >= 0 ? DataType::kU8 : q, {m, k});
   std::vector<int8_t> w8(static_cast<size_t>(n * k));
@@ -109,16 +118,22 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
   QuantizedMatrixMultiplyParams p;
   p.out = out;
   std::vector<Tensor*> inputs{a, b, f32_constant(net, {0.02f}), f32_constant(net, sb)};
-  if (epilogue) {
+  if (tail != ProductTail::kNone) {
     std::vector<float> bv;
     for (int64_t j = 0; j < n; ++j) bv.push_back(0.25f * static_cast<float>(j % 5) - 0.5f);
     const TestTensor bt = TestTensor::floats(out, {n}, bv);
     inputs.push_back(net.add_constant(Weights::copy(out, {n}, bt.bytes.data()))->output());
+  }
+  if (tail == ProductTail::kFull) {
     inputs.push_back(f32_constant(net, {0.05f}));
     p.epilogue.fused_activation = true;
     p.epilogue.activation = ActivationType::kGeluTanh;
     p.requantize.enabled = true;
     p.requantize.quant_min = -127;
+  } else if (tail != ProductTail::kNone) {
+    p.epilogue.scale = 0.5;
+    p.epilogue.fused_activation = tail == ProductTail::kBiasRelu;
+    p.epilogue.activation = ActivationType::kRelu;
   }
   if (zero_point >= 0) {
     inputs.resize(6, nullptr);
@@ -188,6 +203,10 @@ TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   // 16-bit output rounds that difference away (its tolerance is the output type's).
   check_product(DataType::kF8E4M3, DataType::kBF16, 64, 32, 128);
   check_product(DataType::kF8E4M3, DataType::kF16, 16, 16, 64);
+  // A bias (and a relu), an epilogue scale: in cuBLASLt's own BIAS / RELU_BIAS epilogue.
+  check_product(DataType::kF8E4M3, DataType::kF16, 64, 48, 128, false, -1, ProductTail::kBias);
+  check_product(DataType::kF8E4M3, DataType::kBF16, 33, 32, 64, false, -1,
+                ProductTail::kBiasRelu);
   // K or N not a multiple of 16 (an ImageNet classifier's N = 1000): the direct kernel.
   check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);
   check_product(DataType::kF8E4M3, DataType::kF16, 4, 1000, 256);
@@ -305,11 +324,24 @@ void check_int8_convolutions() {
   requant_direct.w_dims = {16, 4, 3, 3};
   requant_direct.direct = true;
   check_convolution(requant_direct, "grouped, relu + requantize (direct kernel)");
+  // A 1x1 convolution with stride 1 and no padding: the NHWC input is the GEMM operand (no
+  // im2col); C = 64 copies 16 bytes per thread elsewhere. With stride 2 it takes the im2col.
+  CudaQConv pointwise{{2, 64, 7, 7}, {32, 64, 1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 1}};
+  pointwise.out = DataType::kF16;
+  check_convolution(pointwise, "1x1 stride 1, no im2col");
+  CudaQConv strided = pointwise;
+  strided.stride = {2, 2};
+  strided.requantize = true;
+  check_convolution(strided, "1x1 stride 2, requantize");
   // uint8 activations with a zero point (PT2E's default): shifted into int8, the padding
   // filled with the shifted zero point, the sums corrected in the epilogue.
   CudaQConv asym{{2, 3, 12, 12}, {8, 3, 3, 3}, {1, 1}, {1, 1}, {1, 0}, {1, 1}};
   asym.zero_point = 131;
   check_convolution(asym, "uint8 + zero point, asymmetric padding");
+  CudaQConv asym_wide = asym;  // the padding word of 16 bytes holds the shifted zero point
+  asym_wide.x_dims = {2, 16, 12, 12};
+  asym_wide.w_dims = {8, 16, 3, 3};
+  check_convolution(asym_wide, "uint8 + zero point, C = 16");
   CudaQConv asym_direct = asym;
   asym_direct.x_dims = {2, 4, 12, 12};
   asym_direct.w_dims = {8, 2, 3, 3};

@@ -6,6 +6,7 @@
 // cuda_fp8.h's saturating round-to-nearest-even ones, which match half.h's f32_to_f8e4m3.
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "backends/cuda/device_common.cuh"
@@ -467,34 +468,75 @@ __global__ void qconv_epilogue_tiled_kernel(const TA* __restrict__ y, void* out,
   }
 }
 
-__global__ void qconv_im2col_kernel(const void* __restrict__ x, bool u8,
-                                    const int32_t* __restrict__ zero_point,
-                                    int8_t* __restrict__ col, int64_t total, QConvGeometry g,
-                                    int64_t c4) {
-  const int64_t h = g.in[1], w = g.in[2], kr = g.kernel[1], ks = g.kernel[2];
-  const int64_t oh_n = g.out[1], ow_n = g.out[2];
-  // As qconv_pack_input_kernel: the padding holds the (shifted) zero point.
-  const int32_t pad = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
-  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t c = i % c4;
-    int64_t t = i / c4;
-    const int64_t s = t % ks;
-    t /= ks;
-    const int64_t r = t % kr;
-    t /= kr;
-    const int64_t ow = t % ow_n;
-    t /= ow_n;
-    const int64_t oh = t % oh_n;
-    const int64_t n = t / oh_n;
-    const int64_t row = oh * g.stride[1] - g.pad[1] + r * g.dilation[1];
-    const int64_t cw = ow * g.stride[2] - g.pad[2] + s * g.dilation[2];
-    int32_t v = 0;  // channels beyond C meet zero weights
-    if (c < g.in_channels) {
-      v = row >= 0 && row < h && cw >= 0 && cw < w
-              ? activation_at(x, u8, ((n * g.in_channels + c) * h + row) * w + cw)
-              : pad;
+/// NCHW x [N, C, P] (int8, uint8 shifted by -128, or FP8 bytes) -> NHWC [N, P, cp] int8, the
+/// channels beyond C zero: through a 32 x 32 (channel, position) tile in shared memory, so both
+/// the read (along the positions) and the write (along the channels) are coalesced.
+/// Grid: (positions / 32, cp / 32, batch, grid-strided), block (32, 8).
+__global__ void qconv_to_nhwc_kernel(const void* __restrict__ x, bool u8, int8_t* __restrict__ y,
+                                     int64_t batch, int64_t channels, int64_t plane, int64_t cp) {
+  __shared__ int8_t tile[32][33];
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * 32;
+  const int tx = static_cast<int>(threadIdx.x), ty = static_cast<int>(threadIdx.y);
+  for (int64_t n = blockIdx.z; n < batch; n += gridDim.z) {
+    for (int j = ty; j < 32; j += 8) {
+      const int64_t c = c0 + j, p = p0 + tx;
+      int32_t v = 0;  // channels beyond C meet zero weights
+      if (c < channels && p < plane) v = activation_at(x, u8, (n * channels + c) * plane + p);
+      tile[j][tx] = static_cast<int8_t>(v);
     }
-    col[i] = static_cast<int8_t>(v);
+    __syncthreads();
+    for (int j = ty; j < 32; j += 8) {
+      const int64_t p = p0 + j, c = c0 + tx;
+      if (p < plane && c < cp) y[(n * plane + p) * cp + c] = tile[tx][j];
+    }
+    __syncthreads();  // the tile is refilled for the next batch item
+  }
+}
+
+/// The geometry of qconv_im2col_nhwc_kernel in 32-bit (the caller checks that every index fits:
+/// the GEMM path's scratch is capped at 2 GiB).
+struct Im2colGeometry {
+  uint32_t h, w, oh, ow, r, s, stride_h, stride_w, dil_h, dil_w, words;
+  int32_t pad_h, pad_w;
+};
+
+/// col [N * OH * OW, R * S * cp] from NHWC x [N, H, W, cp], one Word (4 or 16 bytes of
+/// channels) per thread: row (n, oh, ow), tap (r, s), channel word c is x's word at
+/// (n, oh * stride - pad + r * dilation, ...), or the padding word outside the input.
+template <typename Word>
+__global__ void qconv_im2col_nhwc_kernel(const Word* __restrict__ x, Word* __restrict__ col,
+                                         uint32_t total, Im2colGeometry g, bool u8,
+                                         const int32_t* __restrict__ zero_point) {
+  // The padding holds the (shifted) zero point, in every byte of the word.
+  const int32_t pad = (zero_point != nullptr ? zero_point[0] : 0) - (u8 ? 128 : 0);
+  const uint32_t b = static_cast<uint8_t>(static_cast<int8_t>(pad)) * 0x01010101u;
+  Word pad_word;
+  if constexpr (sizeof(Word) == 4) {
+    pad_word = static_cast<Word>(b);
+  } else {
+    pad_word = make_int4(static_cast<int>(b), static_cast<int>(b), static_cast<int>(b),
+                         static_cast<int>(b));
+  }
+  const uint32_t stride = blockDim.x * gridDim.x;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    uint32_t t = i / g.words;
+    const uint32_t c = i - t * g.words;
+    const uint32_t s = t % g.s;
+    t /= g.s;
+    const uint32_t r = t % g.r;
+    t /= g.r;
+    const uint32_t ow = t % g.ow;
+    t /= g.ow;
+    const uint32_t oh = t % g.oh;
+    const uint32_t n = t / g.oh;
+    const int32_t row = static_cast<int32_t>(oh * g.stride_h + r * g.dil_h) - g.pad_h;
+    const int32_t cw = static_cast<int32_t>(ow * g.stride_w + s * g.dil_w) - g.pad_w;
+    const bool inside = row >= 0 && row < static_cast<int32_t>(g.h) && cw >= 0 &&
+                        cw < static_cast<int32_t>(g.w);
+    col[i] = inside ? x[((n * g.h + static_cast<uint32_t>(row)) * g.w +
+                         static_cast<uint32_t>(cw)) * g.words + c]
+                    : pad_word;
   }
 }
 
@@ -603,13 +645,40 @@ void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType fl
   check(cudaGetLastError(), "qconv_epilogue_kernel");
 }
 
-void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8_t* col,
-                         const QConvGeometry& g, int64_t c4, cudaStream_t stream) {
-  const int64_t total = g.batch * g.out[1] * g.out[2] * g.kernel[1] * g.kernel[2] * c4;
-  if (total == 0) return;
-  qconv_im2col_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, u8, zero_point, col, total,
-                                                                 g, c4);
-  check(cudaGetLastError(), "qconv_im2col_kernel");
+void launch_qconv_to_nhwc(const void* x, bool u8, int8_t* y, const QConvGeometry& g, int64_t cp,
+                          cudaStream_t stream) {
+  const int64_t plane = g.in[1] * g.in[2];
+  if (g.batch * plane * cp == 0) return;
+  const dim3 grid(static_cast<unsigned>((plane + 31) / 32), static_cast<unsigned>((cp + 31) / 32),
+                  static_cast<unsigned>(std::min<int64_t>(g.batch, 65535)));
+  qconv_to_nhwc_kernel<<<grid, dim3(32, 8), 0, stream>>>(x, u8, y, g.batch, g.in_channels, plane,
+                                                         cp);
+  check(cudaGetLastError(), "qconv_to_nhwc_kernel");
+}
+
+bool launch_qconv_im2col_nhwc(const int8_t* x, bool u8, const int32_t* zero_point, int8_t* col,
+                              const QConvGeometry& g, int64_t cp, cudaStream_t stream) {
+  const int64_t word = cp % 16 == 0 ? 16 : 4;
+  const int64_t total = g.batch * g.out[1] * g.out[2] * g.kernel[1] * g.kernel[2] * (cp / word);
+  const int64_t x_words = g.batch * g.in[1] * g.in[2] * (cp / word);
+  if (cp % 4 != 0 || total >= (int64_t{1} << 31) || x_words >= (int64_t{1} << 31)) return false;
+  if (total == 0) return true;
+  const auto u = [](int64_t v) { return static_cast<uint32_t>(v); };
+  const Im2colGeometry ig{u(g.in[1]), u(g.in[2]), u(g.out[1]), u(g.out[2]), u(g.kernel[1]),
+                          u(g.kernel[2]), u(g.stride[1]), u(g.stride[2]), u(g.dilation[1]),
+                          u(g.dilation[2]), u(cp / word), static_cast<int32_t>(g.pad[1]),
+                          static_cast<int32_t>(g.pad[2])};
+  if (word == 16) {
+    qconv_im2col_nhwc_kernel<int4><<<grid_for(total), kThreads, 0, stream>>>(
+        reinterpret_cast<const int4*>(x), reinterpret_cast<int4*>(col), u(total), ig, u8,
+        zero_point);
+  } else {
+    qconv_im2col_nhwc_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(
+        reinterpret_cast<const int32_t*>(x), reinterpret_cast<int32_t*>(col), u(total), ig, u8,
+        zero_point);
+  }
+  check(cudaGetLastError(), "qconv_im2col_nhwc_kernel");
+  return true;
 }
 
 void launch_qconv_direct(const void* x, bool u8, bool fp8, const int32_t* zero_point,

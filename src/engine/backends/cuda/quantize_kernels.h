@@ -76,14 +76,20 @@ void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, 
 /// Copies KCRS int8 (or FP8: bytes) w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
 void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
                               int64_t k4, int64_t c4, cudaStream_t stream);
-/// The im2col matrix of a 2-d (or 1-d) int8 or FP8 convolution for a GEMM: row-major
-/// col [N * OH * OW, R * S * c4], row (n, oh, ow) holding the taps (r, s, c) of that output
-/// position in KRSC order (qconv_pack_weight's), taps in the padding as qconv_pack_input writes
-/// them (zero, or the shifted zero point for asymmetric activations), channels beyond C zero.
-/// `c4` is any padded channel count >= C (4 for the INT8 GEMM, 16 for FP8); FP8 bytes are
-/// copied as they are (byte 0 is +0).
-void launch_qconv_im2col(const void* x, bool u8, const int32_t* zero_point, int8_t* col,
-                         const QConvGeometry& g, int64_t c4, cudaStream_t stream);
+/// NCHW x [N, C, H, W] (geometry dims 1 and 2; int8, uint8 or FP8 bytes) as NHWC int8
+/// [N, H, W, cp], uint8 shifted by -128 (as the GEMM sums x - 128), channels beyond C zero;
+/// no spatial padding. `cp` >= C is the padded channel count (4 for the INT8 GEMM, 16 for FP8).
+/// A 1x1 convolution with stride 1 and no padding takes this as its GEMM operand directly.
+void launch_qconv_to_nhwc(const void* x, bool u8, int8_t* y, const QConvGeometry& g, int64_t cp,
+                          cudaStream_t stream);
+/// The im2col matrix of a 2-d (or 1-d) convolution for a GEMM from launch_qconv_to_nhwc's x:
+/// row-major col [N * OH * OW, R * S * cp], row (n, oh, ow) holding the taps (r, s, c) of that
+/// output position in KRSC order (qconv_pack_weight's), taps in the padding as
+/// qconv_pack_input writes them (zero, or the shifted zero point for asymmetric activations).
+/// Copies 16 bytes per thread when cp is a multiple of 16, else 4. False (nothing enqueued)
+/// when cp is not a multiple of 4 or an index would not fit 32 bits.
+bool launch_qconv_im2col_nhwc(const int8_t* x, bool u8, const int32_t* zero_point, int8_t* col,
+                              const QConvGeometry& g, int64_t cp, cudaStream_t stream);
 /// out (NCHW; `float_type` values or int8, see ProductEpilogue) from NHWC sums y [N, OH, OW, k4]
 /// through `e`: cuDNN's f32 sums, or the INT8 GEMM's int32 ones (`int32_acc`).
 void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType float_type,

@@ -4,8 +4,9 @@
 // 1. The INT8 GEMM (the default): im2col, then cuBLASLt's IMMA tensor-core GEMM, then the
 //    epilogue, all kernels of quantize.cu or cuBLASLt:
 //
-//   x NCHW int8 --im2col--> col [N * OH * OW, R * S * C4] (taps in the padding as zeros)
-//   w KCRS int8 --pack--> KRSC [K4, R * S * C4]
+//   x NCHW int8 --to NHWC--> [N, H, W, C4] --im2col--> col [N * OH * OW, R * S * C4] (taps in
+//                the padding as zeros; a 1x1 convolution with stride 1 and no padding skips it)
+//   w KCRS int8 --pack--> KRSC [K4, R * S * C4] (once per context: a prepared launch)
 //   cuBLASLt: acc int32 [N * OH * OW, K4] = col w^T, exact
 //   epilogue: out NCHW = act(acc * x_scale * w_scale[k] * scale + bias[k]) in the float type,
 //             requantized to int8 when the layer says so
@@ -48,6 +49,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "backends/cuda/cuda_backend.h"
@@ -194,10 +196,64 @@ bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   return true;
 }
 
+/// The packed weight (KRSC, channels padded) and, for asymmetric activations, its row sums of a
+/// GEMM-path layer: made on the layer's first (eager) call and reused by later calls and the
+/// graphs captured from them, since the weight is a constant of the engine. Before, every call
+/// packed it again: 53 launches and 0.32 ms of ResNet-50's 10.4 ms at b32 (H100 profile,
+/// bench/results/2026-12-05-h100-session23.md).
+struct PackedWeight final : PreparedLaunch {
+  const void* source = nullptr;
+  int64_t kp = 0, cp = 0;
+  DeviceBuffer packed, sums;
+};
+
+/// The packed weight of this call: the prepared one, or packed now (kept when preparing is on
+/// and the stream is not capturing); nullptr when it must be packed into the workspace instead.
+const PackedWeight* packed_weight(const CudaArgs& a, const QConvGeometry& g, int64_t kp,
+                                  int64_t cp, int64_t kd, bool asymmetric) {
+  if (a.layer == nullptr) return nullptr;
+  const void* w = a.in(1).data;
+  auto* prep = static_cast<PackedWeight*>(a.res->prepared(a.layer, 0));
+  if (prep != nullptr && prep->source == w && prep->kp == kp && prep->cp == cp &&
+      (prep->sums.get() != nullptr) == asymmetric) {
+    return prep;
+  }
+  if (capturing(a.stream())) return nullptr;  // no allocation inside a capture
+  auto fresh = std::make_unique<PackedWeight>();
+  fresh->source = w;
+  fresh->kp = kp;
+  fresh->cp = cp;
+  fresh->packed = DeviceBuffer(a.res->allocator(), static_cast<size_t>(kp * kd),
+                               "quantized convolution packed weight");
+  if (asymmetric) {
+    fresh->sums = DeviceBuffer(a.res->allocator(),
+                               static_cast<size_t>(g.out_channels) * sizeof(int32_t),
+                               "quantized convolution weight sums");
+  }
+  PackedWeight* made = fresh.get();
+  // A replaced one may still be read by captured graphs: they go stale with it.
+  if (prep != nullptr) a.res->invalidate_captures();
+  a.res->set_prepared(a.layer, 0, std::move(fresh));
+  if (a.res->prepared(a.layer, 0) != made) return nullptr;  // EMBER_CUDA_PREPARED=0: not kept
+  launch_qconv_pack_weight(static_cast<const int8_t*>(w), static_cast<int8_t*>(made->packed.get()),
+                           g, kp, cp, a.stream());
+  if (asymmetric) {
+    launch_weight_row_sums(static_cast<const int8_t*>(w), g.out_channels,
+                           a.in(1).numel() / std::max<int64_t>(g.out_channels, 1),
+                           static_cast<int32_t*>(made->sums.get()), a.stream());
+  }
+  return made;
+}
+
 /// Path 1: im2col and cuBLASLt's GEMM; false when cuBLASLt refuses (only workspace written).
 /// INT8 (int8 or uint8 x) pads the channels to multiples of 4 and sums in int32; FP8 E4M3 pads
 /// them to multiples of 16 (what its GEMM wants) and sums in f32. The packing kernels copy
 /// bytes, so E4M3 values pass through them and byte 0 (+0) pads.
+///
+///   x NCHW --to_nhwc--> xn [N, H, W, cp] --im2col--> col [N * OH * OW, R * S * cp]
+///
+/// A 1x1 convolution with stride 1 and no padding has xn as its col. Before, one kernel wrote
+/// col byte by byte straight from NCHW (reads strided by H * W): 6.1 of ResNet-50's 10.4 ms.
 bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
               ProductEpilogue e, std::string& why) {
   const DeviceTensor& x = a.in(0);
@@ -210,25 +266,45 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   const bool u8 = x.dtype == DataType::kU8;
   const auto* zp = a.has(6) ? static_cast<const int32_t*>(a.in(6).data) : nullptr;
   const bool asymmetric = u8 || zp != nullptr;
-  // cuBLASLt's workspace, then the im2col matrix, the packed weight, the sums (int32 or f32)
-  // and (asymmetric) the weight's row sums, each 256-byte aligned.
-  const size_t col_bytes = aligned(static_cast<size_t>(m * kd));
-  const size_t w_bytes = aligned(static_cast<size_t>(kp * kd));
+  const bool pointwise = g.kernel[1] == 1 && g.kernel[2] == 1 && g.stride[1] == 1 &&
+                         g.stride[2] == 1 && g.pad[1] == 0 && g.pad[2] == 0 &&
+                         g.out[1] == g.in[1] && g.out[2] == g.in[2];
+  const PackedWeight* prep = packed_weight(a, g, kp, cp, kd, asymmetric);
+  // cuBLASLt's workspace, then NHWC x, the im2col matrix (not for a pointwise layer), the
+  // packed weight and its row sums (when not prepared), and the sums (int32 or f32), each
+  // 256-byte aligned.
+  const size_t xn_bytes = aligned(static_cast<size_t>(g.batch * g.in[1] * g.in[2] * cp));
+  const size_t col_bytes = pointwise ? 0 : aligned(static_cast<size_t>(m * kd));
+  const size_t w_bytes = prep != nullptr ? 0 : aligned(static_cast<size_t>(kp * kd));
+  const size_t sums_bytes = prep == nullptr && asymmetric
+                                ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t))
+                                : 0;
   const size_t acc_bytes = aligned(static_cast<size_t>(m * kp) * 4);
-  const size_t sums_bytes =
-      asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
-  if (!scratch_fits(col_bytes + w_bytes + acc_bytes + sums_bytes, why)) return false;
-  auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + col_bytes +
-                                                      w_bytes + acc_bytes + sums_bytes));
-  auto* col = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
-  auto* wpk = col + col_bytes;
-  void* acc = wpk + w_bytes;
-  launch_qconv_im2col(x.data, u8, zp, col, g, cp, a.stream());
-  launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, kp, cp, a.stream());
+  if (!scratch_fits(xn_bytes + col_bytes + w_bytes + sums_bytes + acc_bytes, why)) return false;
+  auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + xn_bytes +
+                                                      col_bytes + w_bytes + sums_bytes +
+                                                      acc_bytes));
+  auto* xn = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
+  int8_t* col = pointwise ? xn : xn + xn_bytes;
+  auto* wpk = xn + xn_bytes + col_bytes;
+  auto* sums = reinterpret_cast<int32_t*>(wpk + w_bytes);
+  void* acc = wpk + w_bytes + sums_bytes;
+  launch_qconv_to_nhwc(x.data, u8, xn, g, cp, a.stream());
+  if (!pointwise && !launch_qconv_im2col_nhwc(xn, u8, zp, col, g, cp, a.stream())) {
+    why = "its im2col matrix has more than 2^31 words";
+    return false;
+  }
+  if (prep != nullptr) {
+    wpk = static_cast<int8_t*>(prep->packed.get());
+    sums = static_cast<int32_t*>(prep->sums.get());
+  } else {
+    launch_qconv_pack_weight(static_cast<const int8_t*>(w.data), wpk, g, kp, cp, a.stream());
+    if (asymmetric) {
+      launch_weight_row_sums(static_cast<const int8_t*>(w.data), g.out_channels,
+                             w.numel() / std::max<int64_t>(g.out_channels, 1), sums, a.stream());
+    }
+  }
   if (asymmetric) {
-    auto* sums = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(acc) + acc_bytes);
-    launch_weight_row_sums(static_cast<const int8_t*>(w.data), g.out_channels,
-                           w.numel() / std::max<int64_t>(g.out_channels, 1), sums, a.stream());
     e.weight_sums = sums;
     e.zero_point = zp;
     e.zero_point_offset = u8 ? 128 : 0;
