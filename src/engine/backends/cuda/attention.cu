@@ -17,8 +17,8 @@
 // EMBER_ATTENTION_KERNEL=wmma selects the older shared-memory WMMA kernel (flash_attention_kernel).
 // Everything else (f32, head sizes over 128): one warp per query row on CUDA cores, f32 throughout.
 //
-// Predicted gain of the split kernel (to check against the H100 measurement; f16, batch 1,
-// 12 heads, E = 64, L = S = 128, BERT-base and GPT-2; measured before: ~15 us per layer, 24 blocks):
+// Predicted gain of the split kernel, to check against the H100 measurement (f16, batch 1,
+// 12 heads, E = 64, L = S = 128: BERT-base and GPT-2; before: ~15 us a layer, 24 blocks):
 //   - Blocks: 12 x ceil(128 / 64) = 24 -> 12 x ceil(128 / 16) = 96 on 132 SMs (18% -> 73% of the
 //     SMs busy; one block per SM, 128 threads).
 //   - Per block: FLOPs 4 * 64 * 128 * 64 = 2.1 M -> 4 * 16 * 128 * 64 = 0.52 M (the layer's 50 M
@@ -26,15 +26,19 @@
 //     32 KiB in both (4x the K/V reads in all, 3 MiB, from L2: ~1 us of L2 bandwidth spread over
 //     the SMs). Per warp and tile: 64 -> 16 mma.sync (8 for Q.K^T, 8 for P.V) and a softmax over
 //     16 keys instead of 64.
-//   - Time: the 64-query kernel waits, per tile, for several dependent global round trips (its
-//     copy loop is not unrolled: 4 chunks of K, then 4 of V per thread, ~0.5 us each from
-//     L2/DRAM), then computes 64 mma.sync per warp; ~2 tiles x (~2.5 + ~1) us + launch ~ the
-//     15 us seen. The split kernel: the first tile's loads in flight with the queries' (~1 us),
-//     the second tile's during the first tile's compute (~0.3 us), then ~0.3 us compute and
-//     ~0.3 us merge: ~2.5-3 us of kernel, ~4-5 us per layer with the launch: about 3x faster,
-//     saving ~10 us per layer, ~120 us per 12-layer model at b1 s128 (the 34% attention share
-//     to ~12%). Causal (GPT-2) skips the same tiles in both, and in the split kernel a warp whose
-//     16 keys are all past the block's last query skips its share of a tile.
+//   - Time, 64-query kernel: per tile each thread copies 4 chunks of K, then 4 of V, in a loop
+//     the compiler cannot unroll (blockDim is a runtime value), each a global load then its
+//     shared store: ~8 round trips of ~0.4-0.5 us (L2/DRAM) ~ 3.5 us, then 64 mma.sync and a
+//     64-key softmax per warp (~1 us); 2 tiles ~ 9 us, plus launch, Q load and output ~ the
+//     15 us measured. Split kernel: a tile's 8 chunks a thread are issued together (one round
+//     trip, ~0.5 us; the first with the queries', the second during the first tile's compute),
+//     16 mma.sync and a 16-key softmax per warp and tile (~0.3 us), the merge (~0.3 us): ~1.5 us
+//     instead of ~9, the rest unchanged. Prediction: ~15 -> ~5-6 us per layer (~2.5-3x),
+//     ~10 us saved per layer, ~110-120 us per 12-layer forward at b1 s128 (the attention share
+//     of GPU time ~34% -> ~15%). Most of it is the load latency (unrolled, one tile ahead), the
+//     rest the 4x blocks; if the measurement falls short, the 1-warp-block lesson above says the
+//     loads are the part to look at. Causal (GPT-2): a 16-query block stops at its last query,
+//     and a warp whose 16 keys all lie past it skips its share of the tile.
 //   - Longer sequences at b1 (s512: 96 blocks of 64 -> 384 of 16, 8 tiles each, 4x the L2 reads
 //     of K/V = 48 MiB, ~10 us of L2 bandwidth) may gain less; the rule still picks the split
 //     there, so that row is worth measuring with EMBER_ATTENTION_SPLIT=0 and 1.
