@@ -1,7 +1,9 @@
 // CUDA conformance of the fused Attention layer against the CPU reference executor: the
 // tensor-core flash kernel (f16/bf16, head sizes <= 128, several query/key tiles, partial
 // tiles, strided seq-major operands) and the row kernel (f32, head sizes > 128), with causal,
-// bool and additive masks and grouped-query heads. Skipped (visibly) without a CUDA device.
+// bool and additive masks and grouped-query heads; the key-split kernel for small grids and the
+// 64-query one on both sides of the rule that picks between them. Skipped (visibly) without a
+// CUDA device.
 #ifdef EMBER_WITH_CUDA
 
 #include <gtest/gtest.h>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "attention_cases.h"
+#include "backends/cuda/attention_split.h"
 #include "cuda_test_util.h"
 
 namespace ember::engine {
@@ -62,7 +65,8 @@ TEST(CudaAttention, FlashKernelTilesAndLayouts) {
 TEST(CudaAttention, FlashKernelLargeGrids) {
   EMBER_SKIP_WITHOUT_CUDA();
   // 4 * 12 * ceil(200 / 64) = 192 and 96 blocks of 64 queries: more and fewer than an H100/H200
-  // has SMs (the WMMA kernel, EMBER_ATTENTION_KERNEL=wmma, picks its block size by that).
+  // has SMs (the 64-query and the key-split mma.sync kernels; with EMBER_ATTENTION_KERNEL=wmma,
+  // the WMMA kernel's 4- and 2-warp blocks).
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     for (int64_t batch : {4, 2}) {
       Case c;
@@ -103,6 +107,106 @@ TEST(CudaAttention, FlashKernelEdgeCases) {
     big.E = big.Ev = 128;
     big.seq_major = true;
     check(big, t, 63);
+  }
+}
+
+// Batch 1 and few heads: grids far below the SM count, so the key-split kernel runs (unless
+// EMBER_ATTENTION_SPLIT=0 forces the 64-query one). Every pair of query and key lengths from 1
+// to 300 (one partial 16-query block, one warp's 16 keys, whole and partial 64-key tiles,
+// warps with no keys in the last tile), each with a different mix of causal, bool or additive
+// mask (broadcast differently), grouped-query heads, head size 64 or 128, value size != E, and
+// both layouts.
+TEST(CudaAttention, SplitKernelSmallGrids) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> lengths = {1, 7, 64, 100, 128, 129, 300};
+  uint32_t seed = 100;
+  int n = 0;
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    for (int64_t L : lengths) {
+      for (int64_t S : lengths) {
+        ++n;
+        Case c;
+        c.B = 1;
+        c.H = 2;
+        c.Hkv = n % 3 == 0 ? 1 : 2;  // grouped-query heads on every third case
+        c.L = L;
+        c.S = S;
+        c.E = n % 4 == 1 ? 128 : 64;
+        c.Ev = n % 5 == 2 ? (c.E == 64 ? 40 : 96) : c.E;  // padded value features
+        c.seq_major = n % 2 == 0;
+        c.causal = n % 3 != 1;
+        switch (n % 4) {
+          case 0: break;  // no mask
+          case 1: c.mask_dims = {1, 1, L, S}; break;
+          case 2: c.mask_dims = {1, c.H, L, S}; break;
+          default: c.mask_dims = {S}; break;
+        }
+        if (n % 8 >= 4) c.mask_dtype = t;  // additive
+        check(c, t, seed++);
+      }
+    }
+  }
+}
+
+// Head size 36 (not a multiple of 8: element-wise tile loads, vec off) and misaligned
+// strides in the split kernel, and the fully masked rows of a causal block with more queries
+// than keys (their warps skip every tile).
+TEST(CudaAttention, SplitKernelUnalignedAndEmptyRows) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    Case c;
+    c.B = 1;
+    c.H = 3;
+    c.Hkv = 3;
+    c.E = c.Ev = 36;
+    c.L = 70;
+    c.S = 90;
+    c.seq_major = true;
+    check(c, t, 200);
+    c.causal = true;
+    c.mask_dims = {1, 1, 70, 90};
+    check(c, t, 201);
+    c.E = c.Ev = 64;
+    c.L = 150;  // queries past the last key under the causal mask
+    c.S = 40;
+    c.mask_dims.clear();
+    check(c, t, 202);
+    // Two 16-query blocks, two key tiles; query 0 has every key masked out.
+    const auto [net, in] = test::fully_masked_case(t, 2, 20, 70, 64);
+    test::check_cuda_matches_cpu(net, in, std::string("split, fully masked ") + dtype_name(t));
+  }
+}
+
+// The same problem family on both sides of the rule (attention_split_keys with this GPU's SM
+// count): batch 1 (split: 36 blocks of 64 queries) and batch 8 (the 64-query kernel: 288),
+// head size 64 and 128, causal and with a padding mask, so a model's two batch sizes are both
+// checked.
+TEST(CudaAttention, BothSidesOfTheSplitRule) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  int device = 0, sms = 0;
+  test::cuda_ok(cudaGetDevice(&device), "cudaGetDevice");
+  test::cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                "cudaDeviceGetAttribute");
+  const auto blocks64 = [](const Case& c) { return c.B * c.H * ((c.L + 63) / 64); };
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    for (int64_t batch : {1, 8}) {
+      for (int64_t e : {64, 128}) {
+        Case c;
+        c.B = batch;
+        c.H = c.Hkv = 12;
+        c.L = c.S = 129;
+        c.E = c.Ev = e;
+        c.seq_major = true;
+        const bool split =
+            cuda::attention_split_keys(blocks64(c), sms, cuda::AttentionSplit::kAuto);
+        EXPECT_EQ(split, batch == 1) << "batch " << batch << " on " << sms << " SMs";
+        c.causal = true;
+        check(c, t, 300 + static_cast<uint32_t>(batch + e));
+        c.causal = false;
+        c.mask_dims = {batch, 1, 1, 129};
+        check(c, t, 400 + static_cast<uint32_t>(batch + e));
+      }
+    }
   }
 }
 

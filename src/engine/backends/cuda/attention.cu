@@ -1,14 +1,47 @@
 // CUDA kernels of the fused Attention layer (AttentionParams in layers.h; the CPU reference is
 // src/engine/backends/cpu/attention.cpp).
 //
-// f16/bf16 with head sizes up to 128: a flash-attention kernel on tensor cores (WMMA). One block
-// of 4 warps takes 64 queries of one (batch, head) (2 warps and 32 queries when the grid would
-// not fill the GPU); 64-key tiles of K and V pass through shared
-// memory; each warp keeps the running max, sum and output of its 16 queries (online softmax), so
-// the [L, S] scores never reach device memory. Scores, softmax and the output accumulate in f32;
-// the probabilities round to the input dtype for the second product (as FlashAttention does) and
-// the output rounds once.
+// f16/bf16 with head sizes up to 128: FlashAttention-2 on tensor cores (mma.sync m16n8k16, f32
+// accumulate; scores, softmax and the output stay in registers, the [L, S] scores never reach
+// device memory; the probabilities round to the input dtype for the second product, as
+// FlashAttention does, and the output rounds once). Two block shapes, both 4 warps that share
+// every 64-key tile of K and V loaded by all 128 threads:
+//   - flash_attention_mma_kernel: 64 queries per block, 16 per warp, each warp walks all keys.
+//     Grid B*H x ceil(L / 64).
+//   - flash_attention_split_kernel: 16 queries per block, the same 16 in every warp, warp w
+//     takes keys [16w, 16w + 16) of every tile with its own online softmax, and the warps merge
+//     (m, l, o) through shared memory at the end. Grid B*H x ceil(L / 16): 4x the blocks.
+// The launcher (launch_flash_mma) runs the split kernel when the 64-query grid has fewer blocks
+// than the GPU has SMs (attention_split_keys in attention_split.h); EMBER_ATTENTION_SPLIT=1 or 0
+// (read once per process) forces the split or the 64-query kernel, for A/B timing.
+// EMBER_ATTENTION_KERNEL=wmma selects the older shared-memory WMMA kernel (flash_attention_kernel).
 // Everything else (f32, head sizes over 128): one warp per query row on CUDA cores, f32 throughout.
+//
+// Predicted gain of the split kernel, to check against the H100 measurement (f16, batch 1,
+// 12 heads, E = 64, L = S = 128: BERT-base and GPT-2; before: ~15 us a layer, 24 blocks):
+//   - Blocks: 12 x ceil(128 / 64) = 24 -> 12 x ceil(128 / 16) = 96 on 132 SMs (18% -> 73% of the
+//     SMs busy; one block per SM, 128 threads).
+//   - Per block: FLOPs 4 * 64 * 128 * 64 = 2.1 M -> 4 * 16 * 128 * 64 = 0.52 M (the layer's 50 M
+//     over 4x the blocks); bytes read: Q 8 KiB -> 2 KiB, K and V 2 tiles x 2 x 64 x 64 x 2 B =
+//     32 KiB in both (4x the K/V reads in all, 3 MiB, from L2: ~1 us of L2 bandwidth spread over
+//     the SMs). Per warp and tile: 64 -> 16 mma.sync (8 for Q.K^T, 8 for P.V) and a softmax over
+//     16 keys instead of 64.
+//   - Time, 64-query kernel: per tile each thread copies 4 chunks of K, then 4 of V, in a loop
+//     the compiler cannot unroll (blockDim is a runtime value), each a global load then its
+//     shared store: ~8 round trips of ~0.4-0.5 us (L2/DRAM) ~ 3.5 us, then 64 mma.sync and a
+//     64-key softmax per warp (~1 us); 2 tiles ~ 9 us, plus launch, Q load and output ~ the
+//     15 us measured. Split kernel: a tile's 8 chunks a thread are issued together (one round
+//     trip, ~0.5 us; the first with the queries', the second during the first tile's compute),
+//     16 mma.sync and a 16-key softmax per warp and tile (~0.3 us), the merge (~0.3 us): ~1.5 us
+//     instead of ~9, the rest unchanged. Prediction: ~15 -> ~5-6 us per layer (~2.5-3x),
+//     ~10 us saved per layer, ~110-120 us per 12-layer forward at b1 s128 (the attention share
+//     of GPU time ~34% -> ~15%). Most of it is the load latency (unrolled, one tile ahead), the
+//     rest the 4x blocks; if the measurement falls short, the 1-warp-block lesson above says the
+//     loads are the part to look at. Causal (GPT-2): a 16-query block stops at its last query,
+//     and a warp whose 16 keys all lie past it skips its share of the tile.
+//   - Longer sequences at b1 (s512: 96 blocks of 64 -> 384 of 16, 8 tiles each, 4x the L2 reads
+//     of K/V = 48 MiB, ~10 us of L2 bandwidth) may gain less; the rule still picks the split
+//     there, so that row is worth measuring with EMBER_ATTENTION_SPLIT=0 and 1.
 //
 // Operands are read through strides, so the seq-major layout (a model's [B, L, H, E] before its
 // transpose) costs nothing; the mask is read in place with stride 0 on its broadcast dims.
@@ -24,6 +57,7 @@
 #include <string>
 
 #include "backends/attention_geometry.h"
+#include "backends/cuda/attention_split.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/device_common.cuh"
 
@@ -429,6 +463,272 @@ __global__ void __launch_bounds__(W * 32)
   }
 }
 
+// ---------------------------------------------------------------- key-split mma.sync kernel
+//
+// For grids that leave SMs idle (batch 1, short sequences): a block of 4 warps takes 16 queries
+// (grid B*H x ceil(L / 16), 4x the blocks of the kernel above), all 128 threads load each 64-key
+// tile of K and V^T (the loads stay as wide as above), and warp w scores and accumulates keys
+// [16w, 16w + 16) of every tile with its own online-softmax state (m, l, o) in registers, in the
+// fragment layout above. After the last tile the warps merge through shared memory (the log-sum-
+// exp merge): M = max_w m_w, l = sum_w l_w exp(m_w - M), out = sum_w o_w exp(m_w - M) / l, and 0
+// for a row with no unmasked key (every m_w = -inf: the subtrahend is 0, every term is 0, never
+// NaN). The tile loads are unrolled (the thread count is a constant, so every thread issues its
+// 16-byte loads back to back) and land in registers one tile ahead: tile i + 1 is in flight while
+// the warps compute on tile i, so a tile costs about one global round trip, not one per chunk a
+// thread copies (what made the 1- and 2-warp blocks of the kernel above slower).
+
+/// Shared memory of the key-split kernel: the block's 16 query rows, one 64-key tile of K and of
+/// V transposed (pitches as MmaSmem), then, over the K/V space once the last tile is done, each
+/// warp's scaled output [4][16][D + 8] f32 for the merge; and each warp's row maxima and sums.
+template <int D>
+struct SplitSmem {
+  static constexpr int kWarps = 4;
+  static constexpr int ldq = D + 8;
+  static constexpr int ldk = D + 8;
+  static constexpr int ldv = kBlockK + 8;
+  static constexpr int ldo = D + 8;  // float2 stores of a quad's rows: bank-conflict free
+  static constexpr size_t q = size_t{16} * ldq * 2;
+  static constexpr size_t k = size_t{kBlockK} * ldk * 2;
+  static constexpr size_t v = size_t{D} * ldv * 2;
+  static constexpr size_t merge = size_t{kWarps} * 16 * ldo * 4;
+  static constexpr size_t tiles = k + v > merge ? k + v : merge;
+  static constexpr size_t stats = size_t{kWarps} * 16 * 2 * 4;  // m and l per warp and row
+  static constexpr size_t bytes = q + tiles + stats;
+  static_assert(q % 16 == 0 && k % 16 == 0 && tiles % 16 == 0, "16-byte tile stores");
+  static_assert(bytes <= 48 * 1024, "fits the default dynamic shared memory");
+};
+
+/// Four of this thread's 16-byte chunks of a 64-key tile of K and of V, held in registers
+/// between the load and the store to shared memory. A tile has D / 64 such parts: chunk i of
+/// part `part` of thread x is chunk x + 128 (4 part + i) of the tile (row = key, 8 features).
+template <typename T>
+struct SplitTile {
+  static constexpr int kChunks = 4;
+  Vec<T, 8> k[kChunks], v[kChunks];
+};
+
+/// 8 features [c, c + 8) of one operand row, zero where the row is past S (row_ok false) or a
+/// feature is past `cols`; one 16-byte load when vec (alignment checked by the host).
+template <typename T>
+__device__ __forceinline__ Vec<T, 8> load_chunk(const T* src, bool row_ok, int c, int64_t cols,
+                                                bool vec) {
+  Vec<T, 8> x;
+  if (row_ok && vec && c + 8 <= cols) {
+    x = *reinterpret_cast<const Vec<T, 8>*>(src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x.v[e] = row_ok && c + e < cols ? src[e] : Num<T>::store(0.0f);
+  }
+  return x;
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void split_load(SplitTile<T>& tile, const T* kb, const T* vb,
+                                           const AttnArgs& p, int64_t k0, bool vec, int part) {
+  constexpr int kPerRow = D / 8;
+#pragma unroll
+  for (int i = 0; i < SplitTile<T>::kChunks; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + (part * SplitTile<T>::kChunks + i) * 128;
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    const int64_t key = k0 + r;
+    const bool ok = key < p.S;
+    tile.k[i] = load_chunk<T>(kb + key * p.k_l + c, ok, c, p.E, vec);
+    tile.v[i] = load_chunk<T>(vb + key * p.v_l + c, ok, c, p.Ev, vec);
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void split_store(const SplitTile<T>& tile, T* ks, T* vt, int part) {
+  using Sm = SplitSmem<D>;
+  constexpr int kPerRow = D / 8;
+#pragma unroll
+  for (int i = 0; i < SplitTile<T>::kChunks; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + (part * SplitTile<T>::kChunks + i) * 128;
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    *reinterpret_cast<Vec<T, 8>*>(ks + r * Sm::ldk + c) = tile.k[i];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) vt[(c + e) * Sm::ldv + r] = tile.v[i].v[e];
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128)
+    flash_attention_split_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                 const T* __restrict__ v, const void* __restrict__ mask,
+                                 T* __restrict__ out, AttnArgs p, bool vec) {
+  using Sm = SplitSmem<D>;
+  constexpr int kDT = D / 8;   // output n-tiles
+  constexpr int kKS = D / 16;  // k-steps over the features
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* qs = reinterpret_cast<T*>(smem);
+  T* ks = reinterpret_cast<T*>(smem + Sm::q);
+  T* vt = reinterpret_cast<T*>(smem + Sm::q + Sm::k);
+  float* merged = reinterpret_cast<float*>(smem + Sm::q);  // over K/V after the last tile
+  float* stat_m = reinterpret_cast<float*>(smem + Sm::q + Sm::tiles);
+  float* stat_l = stat_m + Sm::kWarps * 16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, grp = h / p.group;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * 16;
+  const int64_t r0 = q0 + g, r1 = r0 + 8;  // this lane's two query rows (every warp: the same)
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + 16) : p.S;  // later keys: all masked
+  const T* kb = k + b * p.k_b + grp * p.k_h;
+  const T* vb = v + b * p.v_b + grp * p.v_h;
+
+  // At D = 64 a tile is one part (8 chunks of 16 bytes a thread), loaded one tile ahead: it is
+  // in flight during the compute on the previous tile. At D = 128 holding a whole tile across
+  // the compute spills registers, so the tile's two parts are loaded and stored after the
+  // barrier, each part's 8 loads in flight together.
+  constexpr bool kAhead = D <= 64;
+  constexpr int kParts = D / 64;
+  SplitTile<T> tile;
+  if (kAhead && k_end > 0) split_load<T, D>(tile, kb, vb, p, 0, vec, 0);  // with the queries
+  load_tile<T, D, 16>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
+  __syncthreads();
+  uint32_t qa[kKS][4];
+#pragma unroll
+  for (int kk = 0; kk < kKS; ++kk) {
+    const T* base = qs + g * Sm::ldq + kk * 16 + 2 * t;
+    qa[kk][0] = ld2(base);
+    qa[kk][1] = ld2(base + 8 * Sm::ldq);
+    qa[kk][2] = ld2(base + 8);
+    qa[kk][3] = ld2(base + 8 * Sm::ldq + 8);
+  }
+  float o[kDT][4];
+#pragma unroll
+  for (int n = 0; n < kDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;  // l: this lane's share
+
+  for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
+    __syncthreads();  // every warp is done with the previous tile
+    if (kAhead) {
+      split_store<T, D>(tile, ks, vt, 0);
+    } else {
+#pragma unroll
+      for (int part = 0; part < kParts; ++part) {
+        split_load<T, D>(tile, kb, vb, p, k0, vec, part);
+        split_store<T, D>(tile, ks, vt, part);
+      }
+    }
+    __syncthreads();
+    if (kAhead && k0 + kBlockK < k_end) split_load<T, D>(tile, kb, vb, p, k0 + kBlockK, vec, 0);
+    const int64_t kw = k0 + warp * 16;  // this warp's 16 keys of the tile
+    if (kw >= k_end) continue;          // warp-uniform: past S, or causal past every query
+
+    // Scores of the 16 queries against the warp's 16 keys: 2 n-tiles of 8 keys.
+    float sc[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+      sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kKS; ++kk) {
+        const T* kp = ks + (warp * 16 + n * 8 + g) * Sm::ldk + kk * 16 + 2 * t;
+        mma_16816<T>(sc[n], qa[kk], ld2(kp), ld2(kp + 8));
+      }
+    }
+    float tile0 = -CUDART_INF_F, tile1 = -CUDART_INF_F;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t key = kw + n * 8 + 2 * t + e;
+        sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key);
+        sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key);
+        tile0 = fmaxf(tile0, sc[n][e]);
+        tile1 = fmaxf(tile1, sc[n][2 + e]);
+      }
+    }
+    tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 1));
+    tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 2));
+    tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
+    tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 2));
+    float alpha0, alpha1;
+    const float base0 = online_max(m0, tile0, alpha0);
+    const float base1 = online_max(m1, tile1, alpha1);
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[n][e] = expf(sc[n][e] - base0);
+        sc[n][2 + e] = expf(sc[n][2 + e] - base1);
+        sum0 += sc[n][e];
+        sum1 += sc[n][2 + e];
+      }
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+    // The probabilities of the 16 keys are one A fragment (n-tile 0: keys 0-7, 1: keys 8-15).
+    uint32_t pa[4];
+    pa[0] = pack2(sc[0][0], sc[0][1], T{});
+    pa[1] = pack2(sc[0][2], sc[0][3], T{});
+    pa[2] = pack2(sc[1][0], sc[1][1], T{});
+    pa[3] = pack2(sc[1][2], sc[1][3], T{});
+#pragma unroll
+    for (int n = 0; n < kDT; ++n) {
+      o[n][0] *= alpha0;
+      o[n][1] *= alpha0;
+      o[n][2] *= alpha1;
+      o[n][3] *= alpha1;
+      const T* vp = vt + (n * 8 + g) * Sm::ldv + warp * 16 + 2 * t;
+      mma_16816<T>(o[n], pa, ld2(vp), ld2(vp + 8));
+    }
+  }
+
+  // Merge the 4 warps' (m, l, o). A row's sum is spread over the 4 lanes of its quad.
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  if (t == 0) {
+    stat_m[warp * 16 + g] = m0;
+    stat_m[warp * 16 + g + 8] = m1;
+    stat_l[warp * 16 + g] = l0;
+    stat_l[warp * 16 + g + 8] = l1;
+  }
+  __syncthreads();  // the stats are complete, and every warp is done with the last K/V tile
+  float top0 = -CUDART_INF_F, top1 = -CUDART_INF_F;
+#pragma unroll
+  for (int w = 0; w < Sm::kWarps; ++w) {
+    top0 = fmaxf(top0, stat_m[w * 16 + g]);
+    top1 = fmaxf(top1, stat_m[w * 16 + g + 8]);
+  }
+  const float sub0 = top0 == -CUDART_INF_F ? 0.0f : top0;  // as online_max: exp(-inf) = 0
+  const float sub1 = top1 == -CUDART_INF_F ? 0.0f : top1;
+  float total0 = 0.0f, total1 = 0.0f;
+#pragma unroll
+  for (int w = 0; w < Sm::kWarps; ++w) {
+    total0 += stat_l[w * 16 + g] * expf(stat_m[w * 16 + g] - sub0);
+    total1 += stat_l[w * 16 + g + 8] * expf(stat_m[w * 16 + g + 8] - sub1);
+  }
+  const float f0 = total0 > 0.0f ? expf(m0 - sub0) / total0 : 0.0f;
+  const float f1 = total1 > 0.0f ? expf(m1 - sub1) / total1 : 0.0f;
+  float* mine = merged + warp * 16 * Sm::ldo;
+#pragma unroll
+  for (int n = 0; n < kDT; ++n) {
+    const int c = n * 8 + 2 * t;
+    *reinterpret_cast<float2*>(mine + g * Sm::ldo + c) = make_float2(o[n][0] * f0, o[n][1] * f0);
+    *reinterpret_cast<float2*>(mine + (g + 8) * Sm::ldo + c) =
+        make_float2(o[n][2] * f1, o[n][3] * f1);
+  }
+  __syncthreads();
+  T* ob = out + b * p.o_b + h * p.o_h;
+  for (int idx = threadIdx.x; idx < 16 * (D / 2); idx += 128) {
+    const int row = idx / (D / 2), c = (idx % (D / 2)) * 2;
+    const int64_t i = q0 + row;
+    if (i >= p.L || c >= p.Ev) continue;
+    float x = 0.0f, y = 0.0f;
+#pragma unroll
+    for (int w = 0; w < Sm::kWarps; ++w) {
+      const float2 part = *reinterpret_cast<const float2*>(merged + (w * 16 + row) * Sm::ldo + c);
+      x += part.x;
+      y += part.y;
+    }
+    ob[i * p.o_l + c] = Num<T>::store(x);
+    if (c + 1 < p.Ev) ob[i * p.o_l + c + 1] = Num<T>::store(y);
+  }
+}
+
 // ---------------------------------------------------------------- row kernel (any float type)
 
 /// One warp per query row (grid-stride over B*H*L rows): each lane scores one key of a 32-key
@@ -574,15 +874,38 @@ void launch_flash_mma_w(const T* q, const T* k, const T* v, const void* mask, T*
   check(cudaGetLastError(), "flash_attention_mma_kernel");
 }
 
-/// 4 warps (64 query rows) per block, sharing each K/V tile. 2- or 1-warp blocks (to fill the
-/// SMs at batch 1) passed the tests, but the H100 run that had them measured GPT-2 b1 at 0.93 ms
-/// and BERT b1 at 0.94 ms, against 0.74 and 0.70 before (other changes came in between; this
-/// was the only one aimed at batch 1). A tile loaded by 32 threads costs each several dependent
-/// global loads. Not re-measured since.
+template <typename T, int D>
+void launch_flash_split(const T* q, const T* k, const T* v, const void* mask, T* out,
+                        const AttnArgs& p, bool vec, cudaStream_t stream) {
+  using Sm = SplitSmem<D>;
+  const dim3 grid(static_cast<unsigned>(p.B * p.H), static_cast<unsigned>((p.L + 15) / 16));
+  flash_attention_split_kernel<T, D><<<grid, 128, Sm::bytes, stream>>>(q, k, v, mask, out, p, vec);
+  check(cudaGetLastError(), "flash_attention_split_kernel");
+}
+
+/// EMBER_ATTENTION_SPLIT (read once): 1 forces the key-split kernel, 0 the 64-query one, unset
+/// leaves it to attention_split_keys (attention_split.h). A bad value is an error on every call.
+AttentionSplit split_setting() {
+  static const AttentionSplit setting = parse_attention_split(std::getenv("EMBER_ATTENTION_SPLIT"));
+  return setting;
+}
+
+/// 4 warps per block, sharing each K/V tile: 64 query rows per block (a warp each), or, when
+/// B * H * ceil(L / 64) blocks would leave SMs idle, 16 query rows per block with the keys of
+/// every tile split over the warps (flash_attention_split_kernel). Smaller blocks were the
+/// earlier answer to small grids: 2- or 1-warp blocks passed the tests, but the H100 run that
+/// had them measured GPT-2 b1 at 0.93 ms and BERT b1 at 0.94 ms, against 0.74 and 0.70 before
+/// (other changes came in between; this was the only one aimed at batch 1): a tile loaded by 32
+/// threads costs each several dependent global loads. The split kernel keeps 128 loaders.
 template <typename T, int D>
 void launch_flash_mma(const T* q, const T* k, const T* v, const void* mask, T* out,
                       const AttnArgs& p, bool vec, cudaStream_t stream) {
-  launch_flash_mma_w<T, D, 4>(q, k, v, mask, out, p, vec, stream);
+  const int64_t blocks64 = p.B * p.H * ((p.L + 63) / 64);
+  if (attention_split_keys(blocks64, sm_count(), split_setting())) {
+    launch_flash_split<T, D>(q, k, v, mask, out, p, vec, stream);
+  } else {
+    launch_flash_mma_w<T, D, 4>(q, k, v, mask, out, p, vec, stream);
+  }
 }
 
 /// EMBER_ATTENTION_KERNEL=wmma selects the shared-memory WMMA kernel instead of the mma.sync
