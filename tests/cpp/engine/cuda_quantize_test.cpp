@@ -52,9 +52,12 @@ void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& i
 
 TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // {3, 5, 7}: element by element; {3, 5, 8}: four a thread (n % 4 == 0, and the per-channel
+  // axis 1 has inner size 8).
+  for (const std::vector<int64_t>& dims : {std::vector<int64_t>{3, 5, 7}, {3, 5, 8}}) {
   for (DataType in : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
     Network net;
-    Tensor* x = net.add_input("x", in, {3, 5, 7});
+    Tensor* x = net.add_input("x", in, Shape(dims.begin(), dims.end()));
     Tensor* s1 = f32_constant(net, {0.03f});
     Tensor* sc = f32_constant(net, {0.01f, 0.02f, 0.05f, 0.1f, 0.002f});
     Tensor* zc = net.add_constant(Weights::from_vector(DataType::kI32, {5},
@@ -81,8 +84,10 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
     Tensor* y2 = net.add_dequantize(q2, sc, zc, dc, "dq_u8")->output();
     Tensor* y3 = net.add_dequantize(q3, s1, nullptr, d, "dq_f8")->output();
     for (Tensor* t : {q1, q2, q3, y1, y2, y3}) net.mark_output(t);
-    TestTensor xt = TestTensor::random(in, {3, 5, 7}, 9, -20.0f, 20.0f);
-    check_bytes_and_floats(net, {xt}, std::string("quantize from ") + dtype_name(in));
+    TestTensor xt = TestTensor::random(in, dims, 9, -20.0f, 20.0f);
+    check_bytes_and_floats(net, {xt}, std::string("quantize from ") + dtype_name(in) +
+                                          " dims[2] = " + std::to_string(dims[2]));
+  }
   }
 }
 

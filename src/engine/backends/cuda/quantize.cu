@@ -52,21 +52,47 @@ struct Channels {
   }
 };
 
+/// Element x of channel c, quantized.
+template <QKind K>
+__device__ __forceinline__ uint8_t quantize_one(float v, int64_t c, const Channels& ch, float lo,
+                                                float hi) {
+  const float inv = semantics::quant_inv_scale(ch.scale[c]);
+  if constexpr (K == QKind::kF8) {
+    return __nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3);
+  } else {
+    const float zp = ch.zero_point ? static_cast<float>(ch.zero_point[c]) : 0.0f;
+    const int r = static_cast<int>(semantics::quant_round_clamp(v, inv, zp, lo, hi));
+    return K == QKind::kI8 ? static_cast<uint8_t>(static_cast<int8_t>(r)) : static_cast<uint8_t>(r);
+  }
+}
+
 template <typename TI, QKind K>
 __global__ void quantize_kernel(const TI* __restrict__ x, uint8_t* __restrict__ y, int64_t n,
                                 Channels ch, float lo, float hi) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t c = ch.of(i);
-    const float inv = semantics::quant_inv_scale(ch.scale[c]);
-    const float v = Num<TI>::load(x[i]);
-    if constexpr (K == QKind::kF8) {
-      y[i] = __nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3);
-    } else {
-      const float zp = ch.zero_point ? static_cast<float>(ch.zero_point[c]) : 0.0f;
-      const int r = static_cast<int>(semantics::quant_round_clamp(v, inv, zp, lo, hi));
-      y[i] =
-          K == QKind::kI8 ? static_cast<uint8_t>(static_cast<int8_t>(r)) : static_cast<uint8_t>(r);
-    }
+    y[i] = quantize_one<K>(Num<TI>::load(x[i]), ch.of(i), ch, lo, hi);
+  }
+}
+
+template <typename T>
+struct alignas(4 * sizeof(T)) Vec4 {
+  T v[4];
+};
+
+/// quantize_kernel four elements a thread (one vector load, one 4-byte store), for n % 4 == 0,
+/// aligned operands and groups of four that share a channel (per tensor, or inner % 4 == 0).
+/// Element by element it ran at about a third of the bandwidth (ResNet-50 int8 b32 on an H100:
+/// 0.41 ms for 18 calls).
+template <typename TI, QKind K>
+__global__ void quantize_vec4_kernel(const TI* __restrict__ x, uint8_t* __restrict__ y,
+                                     int64_t groups, Channels ch, float lo, float hi) {
+  for (int64_t g = global_thread(); g < groups; g += grid_threads()) {
+    const Vec4<TI> a = reinterpret_cast<const Vec4<TI>*>(x)[g];
+    const int64_t c = ch.of(g * 4);
+    Vec4<uint8_t> q;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) q.v[k] = quantize_one<K>(Num<TI>::load(a.v[k]), c, ch, lo, hi);
+    reinterpret_cast<Vec4<uint8_t>*>(y)[g] = q;
   }
 }
 
@@ -178,11 +204,6 @@ __global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, i
     product_store<TO>(out, i, i % n, corrected_sum(acc[i], i % n, e), e);
   }
 }
-
-template <typename T>
-struct alignas(4 * sizeof(T)) Vec4 {
-  T v[4];
-};
 
 /// product_epilogue_kernel four elements at a time, for rows of a multiple of 4 (n % 4 == 0,
 /// 16-byte aligned accumulators, outputs aligned to 4 elements): one 16-byte load of sums, one
@@ -330,21 +351,31 @@ void run(const QuantizeParams& p, const CudaArgs& a) {
   const Channels ch = channels_of(a, x.dims, p.per_channel, p.axis);
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   auto* y = static_cast<uint8_t*>(out.data);
+  // Four elements a thread when every group of four shares a channel and the operands align.
+  const bool vec4 = n % 4 == 0 && (ch.channels == 1 || ch.inner % 4 == 0) &&
+                    reinterpret_cast<uintptr_t>(x.data) % (4 * dtype_size(x.dtype)) == 0 &&
+                    reinterpret_cast<uintptr_t>(y) % 4 == 0;
   dispatch_float_storage(x.dtype, [&](auto* tag) {
     using TI = std::remove_pointer_t<decltype(tag)>;
     const auto* xi = static_cast<const TI*>(x.data);
+    const auto launch = [&](auto kind) {
+      constexpr QKind K = decltype(kind)::value;
+      if (vec4) {
+        quantize_vec4_kernel<TI, K><<<grid_for(n / 4), kThreads, 0, a.stream()>>>(xi, y, n / 4, ch,
+                                                                                  lo, hi);
+      } else {
+        quantize_kernel<TI, K><<<grid_for(n), kThreads, 0, a.stream()>>>(xi, y, n, ch, lo, hi);
+      }
+    };
     switch (qkind(p.to)) {
       case QKind::kI8:
-        quantize_kernel<TI, QKind::kI8>
-            <<<grid_for(n), kThreads, 0, a.stream()>>>(xi, y, n, ch, lo, hi);
+        launch(std::integral_constant<QKind, QKind::kI8>{});
         break;
       case QKind::kU8:
-        quantize_kernel<TI, QKind::kU8>
-            <<<grid_for(n), kThreads, 0, a.stream()>>>(xi, y, n, ch, lo, hi);
+        launch(std::integral_constant<QKind, QKind::kU8>{});
         break;
       case QKind::kF8:
-        quantize_kernel<TI, QKind::kF8>
-            <<<grid_for(n), kThreads, 0, a.stream()>>>(xi, y, n, ch, lo, hi);
+        launch(std::integral_constant<QKind, QKind::kF8>{});
         break;
     }
   });
@@ -460,7 +491,17 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         if (k + b >= g.out_channels) break;
-        const TO v = product_value<TO>(k + b, corrected_sum(a.v[b], k + b, e), e);
+        // cuDNN's f32 sums of int8 products are integers (exact below 2^24): corrected as
+        // int32 when the activations are asymmetric; FP8's are used as they are.
+        float sum;
+        if constexpr (std::is_same_v<TA, int32_t>) {
+          sum = corrected_sum(a.v[b], k + b, e);
+        } else {
+          sum = e.weight_sums != nullptr
+                    ? corrected_sum(static_cast<int32_t>(a.v[b]), k + b, e)
+                    : a.v[b];
+        }
+        const TO v = product_value<TO>(k + b, sum, e);
         tile[kw + b][q] = requantize ? static_cast<float>(product_requantized<TO>(v, e))
                                      : Num<TO>::load(v);
       }
