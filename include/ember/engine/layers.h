@@ -588,14 +588,17 @@ struct QuantizedConvolutionParams {
   DataType out = DataType::kF32;
   Epilogue epilogue;
   Requantize requantize;
+  /// x [N, H, W, C], w [K, R, S, C] and the output [N, OH, OW, K] (2-d, groups = 1; set by the
+  /// builder's channels_last pass, plan format 9), as ConvolutionParams::channels_last.
+  bool channels_last = false;
   template <class V> void fields(V& v) {
     v("stride", stride); v("padding_begin", padding_begin); v("padding_end", padding_end);
     v("dilation", dilation); v("groups", groups); v("out", out); epilogue.fields(v);
-    requantize.fields(v);
+    requantize.fields(v); v("channels_last", channels_last);
   }
 };
 
-/// The float Convolution with `q`'s geometry and epilogue (NCHW): what a quantized convolution
+/// The float Convolution with `q`'s geometry, epilogue and layout: what a quantized convolution
 /// computes on the dequantized operands.
 inline ConvolutionParams convolution_of(const QuantizedConvolutionParams& q) {
   ConvolutionParams c;
@@ -605,6 +608,7 @@ inline ConvolutionParams convolution_of(const QuantizedConvolutionParams& q) {
   c.dilation = q.dilation;
   c.groups = q.groups;
   c.epilogue = q.epilogue;
+  c.channels_last = q.channels_last;
   return c;
 }
 

@@ -4,6 +4,7 @@
 // layer's parameters pass the same validation as at build time.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <new>
 #include <set>
 #include <string>
@@ -113,6 +114,15 @@ namespace {
 struct ShapeRecord {
   Shape shape;
   std::vector<std::string> texts;
+};
+
+/// A ParamsReader that skips one field: a field later format versions added.
+struct FieldsBut {
+  ParamsReader& fields;
+  const char* skip;
+  template <class T> void operator()(const char* name, T& v) {
+    if (std::strcmp(name, skip) != 0) fields(name, v);
+  }
 };
 
 ShapeRecord read_shape_record(ByteReader& in, const char* what) {
@@ -452,6 +462,10 @@ class PlanReader {
       if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 7) {
         // Version 6 stored only the output type (no epilogue, no requantization).
         fields("out", std::get<QuantizedMatrixMultiplyParams>(params).out);
+      } else if (kind == LayerKind::kQuantizedConvolution && version_ < 9) {
+        // Versions 7 and 8 stored no channels_last (NCHW only): every field but that one.
+        FieldsBut all_but{fields, "channels_last"};
+        std::get<QuantizedConvolutionParams>(params).fields(all_but);
       } else {
         visit_layer_fields(params, fields);
       }

@@ -9,6 +9,7 @@
 
 #include "builder/passes/passes.h"
 #include "ember/engine/builder.h"
+#include "ember/engine/half.h"
 #include "ember/engine/runtime.h"
 #include "test_util.h"
 
@@ -368,6 +369,88 @@ TEST(ChannelsLastPass, PerTensorFakeQuantizationBetweenConvolutionsJoins) {
       net, {TestTensor::random(DataType::kF32, {2, 3, 6, 6}, 8)}, "conv-q-dq-conv");
   EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 2);  // in at x, out at y
   EXPECT_EQ(count_kind(nhwc, LayerKind::kQuantize), 1);
+}
+
+/// A QuantizedConvolution of `x` (int8, uint8 or FP8 by x's dtype) with a constant weight
+/// [k, C / groups, r, r], per-channel (int8) or per-tensor (FP8) weight scales, a bias and a
+/// relu; requantized to int8 through `out_scale` when given, else `out` values.
+Tensor* qconv(Network& net, Tensor* x, int64_t k, int64_t r, int64_t stride, int64_t pad,
+              int64_t groups, Tensor* x_scale, Tensor* out_scale, Tensor* zero_point,
+              const std::string& name, uint32_t seed) {
+  const bool fp8 = x->dtype() == DataType::kF8E4M3;
+  const int64_t cg = x->shape()[1].constant() / groups;
+  const std::vector<int64_t> wd{k, cg, r, r};
+  const TestTensor wf = TestTensor::random(DataType::kF32, wd, seed, -100.0f, 100.0f);
+  std::vector<int8_t> w8;
+  std::vector<uint8_t> w_fp8;
+  for (float v : wf.to_floats()) {
+    w8.push_back(static_cast<int8_t>(v));
+    w_fp8.push_back(f32_to_f8e4m3(v));
+  }
+  Tensor* w = net.add_constant(fp8 ? Weights::from_vector(DataType::kF8E4M3, wd, w_fp8)
+                                   : Weights::from_vector(DataType::kI8, wd, w8),
+                               name + "_w")->output();
+  std::vector<float> ws;
+  for (int64_t j = 0; j < (fp8 ? 1 : k); ++j) ws.push_back(0.001f * static_cast<float>(j % 3 + 1));
+  Tensor* w_scale = net.add_constant(Weights::from_vector(DataType::kF32,
+                                                          {static_cast<int64_t>(ws.size())}, ws),
+                                     name + "_ws")->output();
+  QuantizedConvolutionParams p;
+  p.stride = {stride, stride};
+  p.padding_begin = p.padding_end = {pad, pad};
+  p.dilation = {1, 1};
+  p.groups = groups;
+  p.epilogue.fused_activation = true;
+  p.epilogue.activation = ActivationType::kRelu;
+  p.requantize.enabled = out_scale != nullptr;
+  std::vector<Tensor*> inputs{x, w, x_scale, w_scale, constant(net, {k}, seed + 1, name + "_b"),
+                              out_scale, zero_point};
+  return net.add_layer(p, inputs, name)->output();
+}
+
+TEST(ChannelsLastPass, QuantizedConvolutionsJoinAndKeepTheirSums) {
+  // Quantize -> int8 3x3 (requantized to int8) -> int8 1x1 -> f32, an FP8 3x3/2, a uint8 stem
+  // with a zero point and C = 3, and a grouped one that stays NCHW: the NHWC region gives the
+  // same sums in the same order, so the outputs are the same.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 8, 9, 9});
+  Tensor* img = net.add_input("img", DataType::kF32, {2, 3, 7, 7});
+  const auto scalar = [&](float v, const std::string& name) {
+    return net.add_constant(Weights::from_vector(DataType::kF32, {1}, std::vector<float>{v}),
+                            name)->output();
+  };
+  Tensor* s = scalar(0.05f, "x_scale");
+  Tensor* q = net.add_quantize(x, s, nullptr, QuantizeParams{}, "q")->output();
+  Tensor* y = qconv(net, q, 16, 3, 1, 1, 1, s, scalar(0.2f, "y_scale"), nullptr, "c3x3", 1);
+  y = qconv(net, y, 12, 1, 1, 0, 1, scalar(0.2f, "y_scale2"), nullptr, nullptr, "c1x1", 2);
+  net.mark_output(y, "int8_chain");
+  QuantizeParams f8;
+  f8.to = DataType::kF8E4M3;
+  Tensor* qf = net.add_quantize(x, s, nullptr, f8, "q_fp8")->output();
+  net.mark_output(qconv(net, qf, 16, 3, 2, 1, 1, s, nullptr, nullptr, "fp8_3x3", 3), "fp8");
+  QuantizeParams u8;
+  u8.to = DataType::kU8;
+  u8.quant_min = 0;
+  u8.quant_max = 255;
+  Tensor* zp = net.add_constant(Weights::from_vector(DataType::kI32, {1},
+                                                     std::vector<int32_t>{131}), "zp")->output();
+  Tensor* qi = net.add_quantize(img, s, zp, u8, "q_u8")->output();
+  net.mark_output(qconv(net, qi, 8, 3, 2, 1, 1, s, nullptr, zp, "u8_stem", 4), "u8");
+  net.mark_output(qconv(net, q, 8, 3, 1, 1, 2, s, nullptr, nullptr, "grouped", 5), "grouped");
+  const Network nhwc = expect_pass_keeps_results(
+      net,
+      {TestTensor::random(DataType::kF32, {2, 8, 9, 9}, 6, -6.0f, 6.0f),
+       TestTensor::random(DataType::kF32, {2, 3, 7, 7}, 7, -6.0f, 6.0f)},
+      "quantized convolutions");
+  int nhwc_qconvs = 0, nchw_qconvs = 0;
+  for (const Layer* l : nhwc.layers()) {
+    if (l->kind() != LayerKind::kQuantizedConvolution) continue;
+    const auto& p = l->params_as<QuantizedConvolutionParams>();
+    (p.channels_last ? nhwc_qconvs : nchw_qconvs) += 1;
+    EXPECT_EQ(p.channels_last, p.groups == 1) << l->describe();
+  }
+  EXPECT_EQ(nhwc_qconvs, 4);
+  EXPECT_EQ(nchw_qconvs, 1);
 }
 
 TEST(ChannelsLastPass, TransposedInputEntersWithoutATranspose) {

@@ -713,7 +713,9 @@ TEST(PlanFormatCorrupt, WrongVersionSaysWhichVersions) {
   put_le(b, 8, 99, 4);
   const std::string m = expect_rejected(b, b.size(), true, "version");
   EXPECT_NE(m.find("format version 99"), std::string::npos) << m;
-  EXPECT_NE(m.find("reads versions 5 to 8"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads versions 5 to " + std::to_string(kPlanFormatVersion)),
+            std::string::npos)
+      << m;
 }
 
 TEST(PlanFormat, Version5PlansStillLoad) {
@@ -792,6 +794,42 @@ TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
   put_le(v6, 8, 6, 4);
   reseal(v6);
   const PlanModel read = plan_read(v6.data(), v6.size());
+  EXPECT_EQ(plan_write(read), current);
+}
+
+TEST(PlanFormat, Version8QuantizedConvolutionReadsWithoutChannelsLast) {
+  // Version 9 added a QuantizedConvolution's channels_last (its last field). Cutting that byte
+  // (false) out of a current plan gives the version-8 bytes, which must read back to the same
+  // network: written again, the current plan.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
+  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {4, 4, 1, 1},
+                                                    std::vector<int8_t>(16, 1)),
+                               "w")
+                  ->output();
+  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
+                  ->output();
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {0, 0};
+  net.mark_output(net.add_layer(p, {x, w, s, s}, "qconv")->output(), "y");
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  // After the implementation name and the four input ids: four 2-element int64 vectors
+  // (4 + 16 bytes each), groups (8), out (1), the epilogue (f64, bool, enum, f64, f64), the
+  // requantization (bool, i64, i64), then channels_last (1).
+  const std::string impl = "cpu.QuantizedConvolution";
+  const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4 * 4;
+  const size_t flag_at = params_at + 4 * 20 + 8 + 1 + (8 + 1 + 1 + 8 + 8) + (1 + 8 + 8);
+  ASSERT_EQ(current[flag_at], 0);
+  std::vector<uint8_t> v8 = current;
+  v8.erase(v8.begin() + static_cast<std::ptrdiff_t>(flag_at));
+  const size_t payload_end = kPlanHeaderBytes + get_u64(current, kPlanPayloadSizePos) - 1;
+  v8.insert(v8.begin() + static_cast<std::ptrdiff_t>(payload_end), 1, 0);
+  put_le(v8, kPlanPayloadSizePos, get_u64(current, kPlanPayloadSizePos) - 1, 8);
+  put_le(v8, 8, 8, 4);
+  reseal(v8);
+  const PlanModel read = plan_read(v8.data(), v8.size());
   EXPECT_EQ(plan_write(read), current);
 }
 

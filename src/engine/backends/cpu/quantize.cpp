@@ -210,13 +210,19 @@ namespace {
 
 /// The sums of a quantized convolution over `x` and `w` (int16 centered int8 values and int8
 /// weights into an int32 Acc, or f32 values of FP8 ones into an f32 Acc), each output element
-/// handed to store(flat output index, output channel, sum).
+/// handed to store(flat output index, output channel, sum). NCHW x, KCRS w and an NCHW output,
+/// or (s.channels_last) NHWC, KRSC and NHWC: the same sums in the same order, only the strides
+/// differ, so both layouts give the same bits.
 template <typename Acc, typename X, typename W, typename Store>
 void qconv_sums(const semantics::ConvGeometry& s, const X* x, const W* w, Store&& store) {
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
   const int64_t in_plane = s.in[0] * s.in[1] * s.in[2];
   const int64_t out_plane = s.out[0] * s.out[1] * s.out[2];
   const int64_t taps = s.kernel[0] * s.kernel[1] * s.kernel[2];
+  const bool cl = s.channels_last;
+  // Element strides of a channel and of a spatial position (x) or tap (w).
+  const int64_t x_c = cl ? 1 : in_plane, x_sp = cl ? s.in_channels : 1;
+  const int64_t w_c = cl ? 1 : taps, w_t = cl ? cg : 1;
   // One (n, k) output plane per work item.
   parallel_for(s.batch * s.out_channels, out_plane * cg * taps + 1,
                [&](int64_t begin, int64_t end) {
@@ -231,25 +237,26 @@ void qconv_sums(const semantics::ConvGeometry& s, const X* x, const W* w, Store&
         // int8: |sum| <= 383 * 128 * cg * taps, exact for cg * taps < 2^15.
         Acc acc = 0;
         for (int64_t c = 0; c < cg; ++c) {
-          const X* xc = x + (n * s.in_channels + c0 + c) * in_plane;
-          const W* wc = wk + c * taps;
+          const X* xc = x + n * s.in_channels * in_plane + (c0 + c) * x_c;
+          const W* wc = wk + c * w_c;
           for (int64_t t0 = 0; t0 < s.kernel[0]; ++t0) {
             const int64_t i0 = o0 * s.stride[0] - s.pad[0] + t0 * s.dilation[0];
             if (i0 < 0 || i0 >= s.in[0]) continue;
             for (int64_t t1 = 0; t1 < s.kernel[1]; ++t1) {
               const int64_t i1 = o1 * s.stride[1] - s.pad[1] + t1 * s.dilation[1];
               if (i1 < 0 || i1 >= s.in[1]) continue;
-              const X* xrow = xc + (i0 * s.in[1] + i1) * s.in[2];
-              const W* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2];
+              const X* xrow = xc + (i0 * s.in[1] + i1) * s.in[2] * x_sp;
+              const W* wrow = wc + (t0 * s.kernel[1] + t1) * s.kernel[2] * w_t;
               for (int64_t t2 = 0; t2 < s.kernel[2]; ++t2) {
                 const int64_t i2 = o2 * s.stride[2] - s.pad[2] + t2 * s.dilation[2];
                 if (i2 < 0 || i2 >= s.in[2]) continue;
-                acc += static_cast<Acc>(xrow[i2]) * static_cast<Acc>(wrow[t2]);
+                acc += static_cast<Acc>(xrow[i2 * x_sp]) * static_cast<Acc>(wrow[t2 * w_t]);
               }
             }
           }
         }
-        store(item * out_plane + o, k, static_cast<float>(acc));
+        const int64_t at = cl ? (n * out_plane + o) * s.out_channels + k : item * out_plane + o;
+        store(at, k, static_cast<float>(acc));
       }
     }
   });

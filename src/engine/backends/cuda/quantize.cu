@@ -442,7 +442,23 @@ __global__ void qconv_pack_weight_kernel(const int8_t* __restrict__ w, int8_t* _
     const int64_t ry = (i / (c4 * s)) % r;
     const int64_t k = i / (c4 * s * r);
     const bool inside = c < cg && k < g.out_channels;
-    packed[i] = inside ? w[((k * cg + c) * r + ry) * s + sx] : int8_t{0};
+    // KCRS, or KRSC already under channels_last (then only the channels are padded).
+    const int64_t from = g.channels_last ? ((k * r + ry) * s + sx) * cg + c
+                                         : ((k * cg + c) * r + ry) * s + sx;
+    packed[i] = inside ? w[from] : int8_t{0};
+  }
+}
+
+/// NHWC x [rows, C] (int8, uint8 shifted by -128, or FP8 bytes) as int8 [rows, cp], the
+/// channels beyond C zero: a channels_last convolution's GEMM operand when C is not already a
+/// multiple of the GEMM's (the RGB stem's C = 3) or the activations are uint8.
+__global__ void qconv_pad_channels_kernel(const void* __restrict__ x, bool u8,
+                                          int8_t* __restrict__ y, int64_t total,
+                                          int64_t channels, int64_t cp) {
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const int64_t c = i % cp;
+    y[i] = c < channels ? static_cast<int8_t>(activation_at(x, u8, (i / cp) * channels + c))
+                        : int8_t{0};
   }
 }
 
@@ -451,10 +467,17 @@ __global__ void qconv_epilogue_kernel(const TA* __restrict__ y, void* out, int64
                                       QConvGeometry g, int64_t k4, ProductEpilogue e) {
   const int64_t plane = g.out[0] * g.out[1] * g.out[2];
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t p = i % plane;
-    const int64_t k = (i / plane) % g.out_channels;
-    const int64_t n = i / (plane * g.out_channels);
-    const TA sum = y[(n * plane + p) * k4 + k];  // an integer (cuDNN's f32: exact below 2^24)
+    // The sums' row (n, p) and channel k of output element i, NCHW or NHWC.
+    int64_t row, k;
+    if (g.channels_last) {
+      k = i % g.out_channels;
+      row = i / g.out_channels;
+    } else {
+      const int64_t p = i % plane;
+      k = (i / plane) % g.out_channels;
+      row = (i / (plane * g.out_channels)) * plane + p;
+    }
+    const TA sum = y[row * k4 + k];  // an integer (cuDNN's f32: exact below 2^24)
     float value;
     if constexpr (std::is_same_v<TA, int32_t>) {
       value = corrected_sum(sum, k, e);
@@ -652,9 +675,14 @@ __global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
   const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
   const int64_t taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
   const int64_t cg = g.in_channels / g.groups, kg = g.out_channels / g.groups;
+  // Element strides of a channel and of a spatial position (x) or tap (w): NCHW and KCRS, or
+  // NHWC and KRSC under channels_last (the CPU reference's, cpu/quantize.cpp).
+  const bool cl = g.channels_last;
+  const int64_t x_c = cl ? 1 : in_plane, x_sp = cl ? g.in_channels : 1;
+  const int64_t w_c = cl ? 1 : taps, w_t = cl ? cg : 1;
   for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t p = i % plane;
-    const int64_t k = (i / plane) % g.out_channels;
+    const int64_t p = cl ? (i / g.out_channels) % plane : i % plane;
+    const int64_t k = cl ? i % g.out_channels : (i / plane) % g.out_channels;
     const int64_t n = i / (plane * g.out_channels);
     const int64_t o0 = p / (g.out[1] * g.out[2]), o1 = (p / g.out[2]) % g.out[1];
     const int64_t o2 = p % g.out[2];
@@ -662,8 +690,8 @@ __global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
     // int8: exact, as the CPU reference's; FP8: f32, each product exact.
     std::conditional_t<kFp8, float, int32_t> acc = 0;
     for (int64_t c = 0; c < cg; ++c) {
-      const int64_t xc = (n * g.in_channels + c0 + c) * in_plane;
-      const int64_t wc = (k * cg + c) * taps;
+      const int64_t xc = n * g.in_channels * in_plane + (c0 + c) * x_c;
+      const int64_t wc = k * cg * taps + c * w_c;
       for (int64_t t0 = 0; t0 < g.kernel[0]; ++t0) {
         const int64_t i0 = o0 * g.stride[0] - g.pad[0] + t0 * g.dilation[0];
         if (i0 < 0 || i0 >= g.in[0]) continue;
@@ -673,8 +701,8 @@ __global__ void qconv_direct_kernel(const void* __restrict__ x, bool u8,
           for (int64_t t2 = 0; t2 < g.kernel[2]; ++t2) {
             const int64_t i2 = o2 * g.stride[2] - g.pad[2] + t2 * g.dilation[2];
             if (i2 < 0 || i2 >= g.in[2]) continue;
-            const int64_t xi = xc + (i0 * g.in[1] + i1) * g.in[2] + i2;
-            const int64_t wi = wc + (t0 * g.kernel[1] + t1) * g.kernel[2] + t2;
+            const int64_t xi = xc + ((i0 * g.in[1] + i1) * g.in[2] + i2) * x_sp;
+            const int64_t wi = wc + ((t0 * g.kernel[1] + t1) * g.kernel[2] + t2) * w_t;
             if constexpr (kFp8) {
               acc += fp8_at(x, xi) * fp8_at(w, wi);
             } else {
@@ -709,6 +737,15 @@ void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeomet
   check(cudaGetLastError(), "qconv_pack_weight_kernel");
 }
 
+void launch_qconv_pad_channels(const void* x, bool u8, int8_t* y, int64_t rows, int64_t channels,
+                               int64_t cp, cudaStream_t stream) {
+  const int64_t total = rows * cp;
+  if (total == 0) return;
+  qconv_pad_channels_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, u8, y, total, channels,
+                                                                      cp);
+  check(cudaGetLastError(), "qconv_pad_channels_kernel");
+}
+
 void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType float_type,
                            const QConvGeometry& g, int64_t k4, const ProductEpilogue& e,
                            cudaStream_t stream) {
@@ -717,9 +754,15 @@ void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType fl
   dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
     const int64_t plane = g.out[0] * g.out[1] * g.out[2];
+    // channels_last: the sums' rows are the output's, so with no padded channels it is the
+    // matrix product's epilogue (four elements a thread where it can).
+    if (g.channels_last && k4 == g.out_channels) {
+      launch_product_epilogue(y, int32_acc, out, float_type, g.batch * plane, k4, e, stream);
+      return;
+    }
     // The tiled kernel's vector loads: 4 channels of 16-byte aligned sums, and 4-aligned
     // outputs for its vector stores (it checks the plane itself).
-    const bool tiled = g.batch <= 65535 && (g.out_channels + 31) / 32 <= 65535 && k4 % 4 == 0 &&
+    const bool tiled = !g.channels_last && g.batch <= 65535 && (g.out_channels + 31) / 32 <= 65535 && k4 % 4 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(out) % 16 == 0;
     if (tiled) {

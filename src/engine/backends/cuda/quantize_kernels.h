@@ -73,7 +73,8 @@ using QConvGeometry = semantics::ConvGeometry;
 void launch_qconv_pack_input(const void* x, bool u8, const int32_t* zero_point, int8_t* packed,
                              const QConvGeometry& g, int64_t hp, int64_t wp, int64_t c4,
                              cudaStream_t stream);
-/// Copies KCRS int8 (or FP8: bytes) w into KRSC [k4, R, S, c4], zero-filled beyond K and C.
+/// Copies KCRS int8 (or FP8: bytes) w, or KRSC w under g.channels_last, into KRSC
+/// [k4, R, S, c4], zero-filled beyond K and C.
 void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeometry& g,
                               int64_t k4, int64_t c4, cudaStream_t stream);
 /// NCHW x [N, C, H, W] (geometry dims 1 and 2; int8, uint8 or FP8 bytes) as NHWC int8
@@ -82,6 +83,10 @@ void launch_qconv_pack_weight(const int8_t* w, int8_t* packed, const QConvGeomet
 /// A 1x1 convolution with stride 1 and no padding takes this as its GEMM operand directly.
 void launch_qconv_to_nhwc(const void* x, bool u8, int8_t* y, const QConvGeometry& g, int64_t cp,
                           cudaStream_t stream);
+/// NHWC x [rows, C] (int8, uint8 or FP8 bytes) as int8 [rows, cp], uint8 shifted by -128, the
+/// channels beyond C zero: what launch_qconv_to_nhwc makes from NCHW, for a channels_last x.
+void launch_qconv_pad_channels(const void* x, bool u8, int8_t* y, int64_t rows, int64_t channels,
+                               int64_t cp, cudaStream_t stream);
 /// The im2col matrix of a 2-d (or 1-d) convolution for a GEMM from launch_qconv_to_nhwc's x:
 /// row-major col [N * OH * OW, R * S * cp], row (n, oh, ow) holding the taps (r, s, c) of that
 /// output position in KRSC order (qconv_pack_weight's), taps in the padding as
@@ -90,8 +95,9 @@ void launch_qconv_to_nhwc(const void* x, bool u8, int8_t* y, const QConvGeometry
 /// when cp is not a multiple of 4 or an index would not fit 32 bits.
 bool launch_qconv_im2col_nhwc(const int8_t* x, bool u8, const int32_t* zero_point, int8_t* col,
                               const QConvGeometry& g, int64_t cp, cudaStream_t stream);
-/// out (NCHW; `float_type` values or int8, see ProductEpilogue) from NHWC sums y [N, OH, OW, k4]
-/// through `e`: cuDNN's f32 sums, or the INT8 GEMM's int32 ones (`int32_acc`).
+/// out (NCHW, or NHWC under g.channels_last; `float_type` values or int8, see ProductEpilogue)
+/// from NHWC sums y [N, OH, OW, k4] through `e`: cuDNN's f32 sums, or the INT8 GEMM's int32
+/// ones (`int32_acc`).
 void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType float_type,
                            const QConvGeometry& g, int64_t k4, const ProductEpilogue& e,
                            cudaStream_t stream);

@@ -97,6 +97,10 @@ bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 /// then), with the refusal in `why`.
 bool run_cudnn(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
                ProductEpilogue e, std::string& why) {
+  if (g.channels_last) {
+    why = "cuDNN's INT8 path here packs NCHW activations, and this layer's are NHWC";
+    return false;
+  }
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
   DeviceTensor& out = a.out();
@@ -252,7 +256,9 @@ const PackedWeight* packed_weight(const CudaArgs& a, const QConvGeometry& g, int
 ///
 ///   x NCHW --to_nhwc--> xn [N, H, W, cp] --im2col--> col [N * OH * OW, R * S * cp]
 ///
-/// A 1x1 convolution with stride 1 and no padding has xn as its col. Before, one kernel wrote
+/// A 1x1 convolution with stride 1 and no padding has xn as its col. Under channels_last x is
+/// NHWC already: xn is x itself when its channels are the GEMM's (no copy), and the epilogue
+/// writes NHWC rows without a transpose. Before, one kernel wrote
 /// col byte by byte straight from NCHW (reads strided by H * W): 6.1 of ResNet-50's 10.4 ms.
 bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
               ProductEpilogue e, std::string& why) {
@@ -270,10 +276,14 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
                          g.stride[2] == 1 && g.pad[1] == 0 && g.pad[2] == 0 &&
                          g.out[1] == g.in[1] && g.out[2] == g.in[2];
   const PackedWeight* prep = packed_weight(a, g, kp, cp, kd, asymmetric);
-  // cuBLASLt's workspace, then NHWC x, the im2col matrix (not for a pointwise layer), the
-  // packed weight and its row sums (when not prepared), and the sums (int32 or f32), each
-  // 256-byte aligned.
-  const size_t xn_bytes = aligned(static_cast<size_t>(g.batch * g.in[1] * g.in[2] * cp));
+  // An NHWC x whose channels are already the GEMM's (int8 or FP8, C a multiple of 4 or 16) is
+  // its operand as it is; otherwise an NHWC copy with the channels padded (and uint8 shifted).
+  const bool x_ready = g.channels_last && g.in_channels == cp && !u8;
+  // cuBLASLt's workspace, then NHWC x (unless ready), the im2col matrix (not for a pointwise
+  // layer), the packed weight and its row sums (when not prepared), and the sums (int32 or
+  // f32), each 256-byte aligned.
+  const size_t xn_bytes =
+      x_ready ? 0 : aligned(static_cast<size_t>(g.batch * g.in[1] * g.in[2] * cp));
   const size_t col_bytes = pointwise ? 0 : aligned(static_cast<size_t>(m * kd));
   const size_t w_bytes = prep != nullptr ? 0 : aligned(static_cast<size_t>(kp * kd));
   const size_t sums_bytes = prep == nullptr && asymmetric
@@ -284,12 +294,18 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + xn_bytes +
                                                       col_bytes + w_bytes + sums_bytes +
                                                       acc_bytes));
-  auto* xn = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
-  int8_t* col = pointwise ? xn : xn + xn_bytes;
-  auto* wpk = xn + xn_bytes + col_bytes;
+  auto* scratch = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
+  int8_t* xn = x_ready ? static_cast<int8_t*>(const_cast<void*>(x.data)) : scratch;
+  int8_t* col = pointwise ? xn : scratch + xn_bytes;
+  auto* wpk = scratch + xn_bytes + col_bytes;
   auto* sums = reinterpret_cast<int32_t*>(wpk + w_bytes);
   void* acc = wpk + w_bytes + sums_bytes;
-  launch_qconv_to_nhwc(x.data, u8, xn, g, cp, a.stream());
+  if (!g.channels_last) {
+    launch_qconv_to_nhwc(x.data, u8, xn, g, cp, a.stream());
+  } else if (!x_ready) {
+    launch_qconv_pad_channels(x.data, u8, xn, g.batch * g.in[1] * g.in[2], g.in_channels, cp,
+                              a.stream());
+  }
   if (!pointwise && !launch_qconv_im2col_nhwc(xn, u8, zp, col, g, cp, a.stream())) {
     why = "its im2col matrix has more than 2^31 words";
     return false;

@@ -7,6 +7,10 @@
 //   - Every wanted 2-d Convolution joins (the builder: f16/bf16 on the CUDA back end). Its
 //     constant weight is permuted to KRSC here (a computed weight gets a transpose), its bias
 //     stays, and a fused residual joins the region with it (it must share the output's layout).
+//     So does every 2-d QuantizedConvolution with groups = 1 and a wanted output type (the
+//     float type its epilogue rounds to): its int8 or FP8 weight moves to KRSC the same way, so
+//     the GPU's GEMM path reads NHWC activations as they are (no transpose in, none out; a 1x1
+//     layer's input is its GEMM operand) instead of transposing around every layer.
 //   - A 2-d Pooling, Activation, Unary, ElementWise, or per-tensor Quantize or Dequantize (the
 //     fake quantization between the float convolutions of an FP8 model) joins when one of its
 //     inputs comes from the region. Broadcasting is per dim, so it survives permuting every operand the same way: an
@@ -112,10 +116,21 @@ struct Rewriter {
     return from_region;
   }
 
+  /// A 2-d QuantizedConvolution with groups = 1 (what the GPU's GEMM path takes; grouped ones
+  /// run in the direct kernel, NCHW) and, like a float convolution, a wanted output type.
+  bool wanted_qconv(const Layer* l) const {
+    if (l->kind() != LayerKind::kQuantizedConvolution || l->input(0)->rank() != 4) return false;
+    const auto& p = l->params_as<QuantizedConvolutionParams>();
+    if (p.channels_last || p.groups != 1) return false;
+    return !f16_bf16_only || p.out == DataType::kF16 || p.out == DataType::kBF16;
+  }
+
   bool joins(const Layer* l) const {
     switch (l->kind()) {
       case LayerKind::kConvolution:
         return wanted_conv(l);
+      case LayerKind::kQuantizedConvolution:
+        return wanted_qconv(l);
       case LayerKind::kPooling:
         return l->input(0)->rank() == 4 && in_region(l->input(0)) &&
                !l->params_as<PoolingParams>().channels_last;
@@ -172,6 +187,16 @@ struct Rewriter {
         inputs[0] = to_nhwc(inputs[0]);
         inputs[1] = to_nhwc(inputs[1]);  // KCRS -> KRSC is the same permutation
         if (inputs.size() > 3 && inputs[3] != nullptr) inputs[3] = to_nhwc(inputs[3]);
+        ++convs;
+        return net.add_layer(p, inputs, name);
+      }
+      case LayerKind::kQuantizedConvolution: {
+        // x and w move (the constant int8 or FP8 weight to KRSC here); the scales, the bias,
+        // the output scale and the zero point are per channel or one element.
+        auto p = l->params_as<QuantizedConvolutionParams>();
+        p.channels_last = true;
+        inputs[0] = to_nhwc(inputs[0]);
+        inputs[1] = to_nhwc(inputs[1]);
         ++convs;
         return net.add_layer(p, inputs, name);
       }
