@@ -28,8 +28,9 @@ Tensor* f32_constant(Network& net, const std::vector<float>& v) {
 
 /// Runs `net` on the GPU and on the CPU reference; quantized outputs must match byte for byte.
 void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& inputs,
-                            const std::string& what) {
-  test::CudaRunner runner(net, inputs, {}, 3);
+                            const std::string& what,
+                            ChannelsLast channels_last = ChannelsLast::kAuto) {
+  test::CudaRunner runner(net, inputs, {}, 3, channels_last);
   EXPECT_EQ(runner.inspect_json().find("cuda.host"), std::string::npos) << what;
   // Layer by layer (which prepares, e.g. packs a convolution's weight once), then the CUDA
   // graph's capture and its replay.
@@ -297,7 +298,9 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     EXPECT_EQ(json.find("cuda.QuantizedConvolution.direct") != std::string::npos, c.direct)
         << what << ": " << json;
   }
-  check_bytes_and_floats(net, {xt}, what);
+  // NCHW, and NHWC (the channels_last region; 2-d layers with groups = 1 join it).
+  check_bytes_and_floats(net, {xt}, what + " (NCHW)", ChannelsLast::kOff);
+  check_bytes_and_floats(net, {xt}, what + " (channels_last)", ChannelsLast::kOn);
 }
 
 /// The cases of both library paths (quantized_conv.cpp): im2col + cuBLASLt's INT8 GEMM by
