@@ -465,6 +465,26 @@ def test_fp8_convolutions_fuse_and_match():
     assert torch.nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0) > 0.9999
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_quantized_convolutions_join_a_channels_last_region(dtype):
+    """With channels_last on (the GPU's default for f16/bf16 engines; forced here on the CPU),
+    the quantized convolutions run NHWC with their int8 or FP8 weights in KRSC order: the same
+    sums in the same order, so the same outputs bit for bit."""
+    model = ConvBNNet().eval()
+    data = calibration((2, 3, 8, 8))
+    qmodel = ember.quantize(model, data, dtype=dtype)
+    x = data[2][0]
+    nchw = compile_full(qmodel, [x], channels_last=False)
+    nhwc = compile_full(qmodel, [x], channels_last=True)
+    convs = [layer for layer in engine_layer_records(nhwc)
+             if layer["type"] == "QuantizedConvolution"]
+    assert len(convs) == 2 and all(layer["params"]["channels_last"] for layer in convs), convs
+    assert not any(layer["params"]["channels_last"] for layer in engine_layer_records(nchw)
+                   if layer["type"] == "QuantizedConvolution")
+    with torch.no_grad():
+        assert torch.equal(nhwc(x), nchw(x))
+
+
 class QConvOnly(torch.nn.Module):
     """One convolution in PT2E's decomposed form with symmetric int8 activations: quantize and
     dequantize x per tensor, dequantize an int8 constant weight per output channel (or per
