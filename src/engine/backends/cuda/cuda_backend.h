@@ -124,6 +124,9 @@ class Resources {
   /// The state prepared for slot `slot` (< 8) of `layer` by its kernel, or nullptr (also always
   /// nullptr with EMBER_CUDA_PREPARED=0, for A/B timing of what preparing saves).
   PreparedLaunch* prepared(const void* layer, int slot) const;
+  /// False with EMBER_CUDA_PREPARED=0: set_prepared then drops what it is given, so a kernel
+  /// should not allocate state for it.
+  bool keeps_prepared() const;
   /// Keeps `p` for (layer, slot), replacing what was there.
   void set_prepared(const void* layer, int slot, std::unique_ptr<PreparedLaunch> p);
   /// Notes, once per context and `layer`, that the layer runs correctly but degraded (e.g. a

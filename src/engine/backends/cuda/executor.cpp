@@ -233,6 +233,8 @@ uintptr_t prepared_key(const void* layer, int slot) {
 }
 }  // namespace
 
+bool Resources::keeps_prepared() const { return prepared_enabled(); }
+
 PreparedLaunch* Resources::prepared(const void* layer, int slot) const {
   if (!prepared_enabled()) return nullptr;
   const auto it = prepared_.find(prepared_key(layer, slot));

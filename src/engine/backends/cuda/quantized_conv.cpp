@@ -211,11 +211,14 @@ struct PackedWeight final : PreparedLaunch {
   DeviceBuffer packed, sums;
 };
 
-/// The packed weight of this call: the prepared one, or packed now (kept when preparing is on
-/// and the stream is not capturing); nullptr when it must be packed into the workspace instead.
+/// The packed weight of this call: the prepared one, or packed now and kept; nullptr when it
+/// must be packed into the workspace instead (preparing off, a capture running, or a weight
+/// that is not a constant of the engine, whose contents may change between calls).
 const PackedWeight* packed_weight(const CudaArgs& a, const QConvGeometry& g, int64_t kp,
                                   int64_t cp, int64_t kd, bool asymmetric) {
-  if (a.layer == nullptr) return nullptr;
+  if (a.layer == nullptr || !a.res->keeps_prepared()) return nullptr;
+  const Layer* producer = a.layer->input(1)->producer();
+  if (producer == nullptr || producer->kind() != LayerKind::kConstant) return nullptr;
   const void* w = a.in(1).data;
   auto* prep = static_cast<PackedWeight*>(a.res->prepared(a.layer, 0));
   if (prep != nullptr && prep->source == w && prep->kp == kp && prep->cp == cp &&
@@ -223,6 +226,12 @@ const PackedWeight* packed_weight(const CudaArgs& a, const QConvGeometry& g, int
     return prep;
   }
   if (capturing(a.stream())) return nullptr;  // no allocation inside a capture
+  if (prep != nullptr) {
+    // Work already queued may read the one replaced, and captured graphs point at it: both
+    // are done with it before it is freed.
+    check(cudaStreamSynchronize(a.stream()), "cudaStreamSynchronize (packed weight)");
+    a.res->invalidate_captures();
+  }
   auto fresh = std::make_unique<PackedWeight>();
   fresh->source = w;
   fresh->kp = kp;
@@ -235,10 +244,7 @@ const PackedWeight* packed_weight(const CudaArgs& a, const QConvGeometry& g, int
                                "quantized convolution weight sums");
   }
   PackedWeight* made = fresh.get();
-  // A replaced one may still be read by captured graphs: they go stale with it.
-  if (prep != nullptr) a.res->invalidate_captures();
   a.res->set_prepared(a.layer, 0, std::move(fresh));
-  if (a.res->prepared(a.layer, 0) != made) return nullptr;  // EMBER_CUDA_PREPARED=0: not kept
   launch_qconv_pack_weight(static_cast<const int8_t*>(w), static_cast<int8_t*>(made->packed.get()),
                            g, kp, cp, a.stream());
   if (asymmetric) {
@@ -275,22 +281,23 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   const bool pointwise = g.kernel[1] == 1 && g.kernel[2] == 1 && g.stride[1] == 1 &&
                          g.stride[2] == 1 && g.pad[1] == 0 && g.pad[2] == 0 &&
                          g.out[1] == g.in[1] && g.out[2] == g.in[2];
-  const PackedWeight* prep = packed_weight(a, g, kp, cp, kd, asymmetric);
   // An NHWC x whose channels are already the GEMM's (int8 or FP8, C a multiple of 4 or 16) is
-  // its operand as it is; otherwise an NHWC copy with the channels padded (and uint8 shifted).
-  const bool x_ready = g.channels_last && g.in_channels == cp && !u8;
+  // its operand as it is, when 16-byte aligned (the arena's tensors are; a caller's input may
+  // not be); otherwise an NHWC copy with the channels padded (and uint8 shifted).
+  const bool x_ready = g.channels_last && g.in_channels == cp && !u8 &&
+                       reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
   // cuBLASLt's workspace, then NHWC x (unless ready), the im2col matrix (not for a pointwise
-  // layer), the packed weight and its row sums (when not prepared), and the sums (int32 or
-  // f32), each 256-byte aligned.
+  // layer), room for the packed weight and its row sums (used when they are not prepared),
+  // and the sums (int32 or f32), each 256-byte aligned.
   const size_t xn_bytes =
       x_ready ? 0 : aligned(static_cast<size_t>(g.batch * g.in[1] * g.in[2] * cp));
   const size_t col_bytes = pointwise ? 0 : aligned(static_cast<size_t>(m * kd));
-  const size_t w_bytes = prep != nullptr ? 0 : aligned(static_cast<size_t>(kp * kd));
-  const size_t sums_bytes = prep == nullptr && asymmetric
-                                ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t))
-                                : 0;
+  const size_t w_bytes = aligned(static_cast<size_t>(kp * kd));
+  const size_t sums_bytes =
+      asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
   const size_t acc_bytes = aligned(static_cast<size_t>(m * kp) * 4);
   if (!scratch_fits(xn_bytes + col_bytes + w_bytes + sums_bytes + acc_bytes, why)) return false;
+  const PackedWeight* prep = packed_weight(a, g, kp, cp, kd, asymmetric);
   auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + xn_bytes +
                                                       col_bytes + w_bytes + sums_bytes +
                                                       acc_bytes));
