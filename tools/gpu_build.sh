@@ -2,7 +2,10 @@
 # Builds Ember on the GPU machine (the `device` tool: no network, no apt) with the CUDA back end,
 # the Python extension and the torch bridge, and lays the package out for PYTHONPATH=python.
 # BLAS and GoogleTest come from Debian packages unpacked into .deps/root (tools/gpu_deps.sh
-# makes it here; the run carries it). Source this file: it exports PYTHONPATH and LD_LIBRARY_PATH.
+# makes it here; the run carries it). Source this file: it exports PYTHONPATH and LD_LIBRARY_PATH,
+# and gives the sourcing shell its own options back at the end (a `set -e` left behind would end a
+# device call at the first failing test, with the later steps' results lost).
+_ember_caller_opts="$(set +o)"
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 deps="$root/.deps/root/usr"
@@ -28,3 +31,5 @@ ninja -C "$root/build/gpu" -j "$(nproc)" ${EMBER_GPU_TARGETS:-} >/dev/null
 cp "$root"/build/gpu/python/_C*.so "$root/build/gpu/libember.so" "$root/build/gpu/src/torch/libember_torch.so" "$root/python/ember/"
 export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
 echo "[gpu_build] built $(ls "$root"/python/ember/_C*.so | xargs -n1 basename), libember.so and libember_torch.so"
+eval "$_ember_caller_opts"
+unset _ember_caller_opts

@@ -13,7 +13,8 @@
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|soak|cache]...  (default: all)
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|soak|cache]...
+#   (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${OUT:-$root/gpu_out}"
@@ -83,6 +84,23 @@ step_variants() {
     --rows '${VARIANT_ROWS:-resnet50:1,bert:1,gpt2:1}' \
     --variants '${VARIANTS:-half,graphs_off,autocast_f16,autocast_bf16}' \
     --json '$dest/variants.json' 2>&1 | tee '$dest/variants_live.log'"
+}
+# INT8/FP8 against f16 (QUANT_ROWS, default ResNet-50 and BERT-base at b32) and the kernel
+# profile of INT8 ResNet-50 b32: issue 17's figures in one step.
+step_quant() {
+  run_step quant bash -c "cd bench && python3 variants.py --rows '${QUANT_ROWS:-resnet50:32,bert:32}' \
+    --variants half,int8,fp8 --json '$dest/quant.json' 2>&1 | tee '$dest/quant_live.log'"
+  run_step profile_resnet50_int8 python3 bench/kernel_profile.py --model resnet50 --batch 32 \
+    --top 14 --quantize int8
+}
+# The attention kernels' A/B (EMBER_ATTENTION_SPLIT=0, then the default rule) on ATTN_ROWS
+# (default GPT-2 and BERT-base at b1), Ember against eager, one process each.
+step_attn_ab() {
+  for s in 0 default; do
+    local env=""; [ "$s" = 0 ] && env="EMBER_ATTENTION_SPLIT=0"
+    run_step "attn_split_$s" bash -c "$env python3 bench/bench.py --rows '${ATTN_ROWS:-gpt2:1,bert:1}' \
+      --compile-modes '' --json '$dest/attn_split_$s.json'"
+  done
 }
 # The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).
 step_soak() {
