@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "backends/cpu/kernels.h"
+#include "backends/semantics/resize.h"
 #include "backends/slice_walk.h"
 
 namespace ember::engine::cpu {
@@ -295,73 +296,21 @@ std::vector<int64_t> load_indices(const HostTensor& indices, const std::vector<i
 
 // ---------------------------------------------------------------- resize helpers
 
-/// Clamps a floored source coordinate into [0, n - 1] (NaN goes to 0) before converting, so
-/// no float-to-int conversion overflows.
-int64_t clamp_index(float v, int64_t n) {
-  if (!(v > 0.0f)) return 0;
-  if (v >= static_cast<float>(n - 1)) return n - 1;
-  return std::min<int64_t>(static_cast<int64_t>(v), n - 1);
-}
-
-/// PyTorch's compute_scales_value: input/output ratio of one dim, 1/scale when a scale is given.
-float size_ratio(const ResizeParams& p, size_t d, int64_t in, int64_t out) {
-  if (!p.scales.empty()) return static_cast<float>(1.0 / p.scales[d]);
-  return static_cast<float>(in) / static_cast<float>(out);
-}
-
-/// PyTorch's area_pixel_compute_scale: the factor the coordinate mapping multiplies by.
-float coordinate_scale(const ResizeParams& p, size_t d, int64_t in, int64_t out) {
-  if (p.coordinate == ResizeCoordinate::kAlignCorners) {
-    return out > 1 ? static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.0f;
-  }
-  return size_ratio(p, d, in, out);
-}
-
-/// PyTorch's area_pixel_compute_source_index, extended with the asymmetric mapping. Half-pixel
-/// coordinates below 0 clamp to 0 except for cubic (torch does the same).
-float source_coordinate(ResizeCoordinate c, float scale, int64_t j, bool clamp_negative) {
-  switch (c) {
-    case ResizeCoordinate::kAlignCorners:
-    case ResizeCoordinate::kAsymmetric:
-      return scale * static_cast<float>(j);
-    case ResizeCoordinate::kHalfPixel: {
-      const float s = scale * (static_cast<float>(j) + 0.5f) - 0.5f;
-      return clamp_negative && s < 0.0f ? 0.0f : s;
-    }
-  }
-  return 0.0f;
-}
+// The coordinate arithmetic (source coordinates, nearest indices, interpolation taps and
+// weights) is semantics/resize.h's, shared with the CUDA kernels.
+using semantics::resize_coordinate_scale;
+using semantics::resize_size_ratio;
+using semantics::resize_source_coordinate;
 
 /// Source index along one dim for each output index of a nearest resize. The two PyTorch modes
 /// follow torch's own arithmetic exactly (nearest_idx and nearest_neighbor_exact_compute_source_
 /// index, including their shortcuts), so results match torch bit for bit.
 std::vector<int64_t> nearest_map(const ResizeParams& p, size_t d, int64_t in, int64_t out) {
   std::vector<int64_t> m(static_cast<size_t>(out));
-  const bool torch_nearest =
-      p.coordinate == ResizeCoordinate::kAsymmetric && p.rounding == ResizeRounding::kFloor;
-  const bool torch_nearest_exact =
-      p.coordinate == ResizeCoordinate::kHalfPixel && p.rounding == ResizeRounding::kHalfUp;
+  const float ratio = resize_size_ratio(p, d, in, out);
+  const float scale = resize_coordinate_scale(p, d, in, out);
   for (int64_t j = 0; j < out; ++j) {
-    if (torch_nearest) {
-      if (in == out) {
-        m[j] = j;
-      } else if (out == 2 * in) {
-        m[j] = j >> 1;
-      } else {
-        m[j] = clamp_index(std::floor(static_cast<float>(j) * size_ratio(p, d, in, out)), in);
-      }
-      continue;
-    }
-    if (torch_nearest_exact) {
-      const double x =
-          (static_cast<double>(j) + 0.5) * static_cast<double>(size_ratio(p, d, in, out));
-      m[j] = clamp_index(std::floor(static_cast<float>(x)), in);
-      continue;
-    }
-    const float src = source_coordinate(p.coordinate, coordinate_scale(p, d, in, out), j, false);
-    const float rounded =
-        p.rounding == ResizeRounding::kFloor ? std::floor(src) : std::floor(src + 0.5f);
-    m[j] = clamp_index(rounded, in);
+    m[j] = semantics::resize_nearest_index(p.coordinate, p.rounding, ratio, scale, in, out, j);
   }
   return m;
 }
@@ -374,23 +323,15 @@ struct Taps {
   std::vector<float> weight;
 };
 
-/// PyTorch's guard_index_and_lambda: the floor index (at most n - 1) and the fraction past it.
-void floor_and_fraction(float real, int64_t n, int64_t& index, float& t) {
-  // Clamp before converting so absurd coordinates cannot overflow; torch only clamps above.
-  const float f = std::max(std::floor(real), -1.0f);
-  index = f >= static_cast<float>(n - 1) ? n - 1 : static_cast<int64_t>(f);
-  t = std::min(std::max(real - static_cast<float>(index), 0.0f), 1.0f);
-}
-
 Taps linear_taps(const ResizeParams& p, size_t d, int64_t in, int64_t out) {
   Taps taps{2, std::vector<int64_t>(static_cast<size_t>(2 * out)),
             std::vector<float>(static_cast<size_t>(2 * out))};
-  const float scale = coordinate_scale(p, d, in, out);
+  const float scale = resize_coordinate_scale(p, d, in, out);
   for (int64_t j = 0; j < out; ++j) {
-    const float real = source_coordinate(p.coordinate, scale, j, true);
+    const float real = resize_source_coordinate(p.coordinate, scale, j, true);
     int64_t i0;
     float l1;
-    floor_and_fraction(real, in, i0, l1);
+    semantics::resize_floor_fraction(real, in, i0, l1);
     i0 = std::max<int64_t>(i0, 0);
     taps.index[2 * j] = i0;
     taps.index[2 * j + 1] = i0 + (i0 < in - 1 ? 1 : 0);
@@ -400,29 +341,17 @@ Taps linear_taps(const ResizeParams& p, size_t d, int64_t in, int64_t out) {
   return taps;
 }
 
-/// Keys cubic convolution weights for the four taps around fraction t (torch's
-/// get_cubic_upsample_coefficients).
-void cubic_weights(float t, float a, float* w) {
-  const auto near = [a](float x) { return ((a + 2) * x - (a + 3)) * x * x + 1; };
-  const auto far = [a](float x) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; };
-  w[0] = far(t + 1.0f);
-  w[1] = near(t);
-  const float u = 1.0f - t;
-  w[2] = near(u);
-  w[3] = far(u + 1.0f);
-}
-
 Taps cubic_taps(const ResizeParams& p, size_t d, int64_t in, int64_t out) {
   Taps taps{4, std::vector<int64_t>(static_cast<size_t>(4 * out)),
             std::vector<float>(static_cast<size_t>(4 * out))};
-  const float scale = coordinate_scale(p, d, in, out);
+  const float scale = resize_coordinate_scale(p, d, in, out);
   const float a = static_cast<float>(p.cubic_coeff);
   for (int64_t j = 0; j < out; ++j) {
-    const float real = source_coordinate(p.coordinate, scale, j, false);
+    const float real = resize_source_coordinate(p.coordinate, scale, j, false);
     int64_t i;
     float t;
-    floor_and_fraction(real, in, i, t);
-    cubic_weights(t, a, &taps.weight[4 * j]);
+    semantics::resize_floor_fraction(real, in, i, t);
+    semantics::resize_cubic_weights(t, a, &taps.weight[4 * j]);
     for (int64_t k = 0; k < 4; ++k) {
       taps.index[4 * j + k] = std::min(std::max<int64_t>(i - 1 + k, 0), in - 1);
     }

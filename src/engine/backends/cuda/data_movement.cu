@@ -17,6 +17,7 @@
 #include <string>
 
 #include "backends/cuda/device_common.cuh"
+#include "backends/semantics/resize.h"
 #include "backends/slice_walk.h"
 #include "ember/engine/half.h"
 
@@ -385,43 +386,13 @@ struct ResizeGeometry {
   float cubic_coeff = -0.75f;
 };
 
-// The coordinate arithmetic below uses explicitly rounded operations (no fused multiply-add), so
-// source indices match the CPU's float arithmetic bit for bit.
-
-/// The CPU's clamp_index: a floored coordinate into [0, n - 1], NaN to 0.
-__device__ __forceinline__ int64_t resize_clamp_index(float v, int64_t n) {
-  if (!(v > 0.0f)) return 0;
-  if (v >= static_cast<float>(n - 1)) return n - 1;
-  const auto i = static_cast<int64_t>(v);
-  return i < n - 1 ? i : n - 1;
-}
-
-/// The CPU's source_coordinate.
-__device__ __forceinline__ float resize_source(ResizeCoordinate c, float scale, int64_t j,
-                                               bool clamp_negative) {
-  if (c == ResizeCoordinate::kHalfPixel) {
-    const float s = __fsub_rn(__fmul_rn(scale, __fadd_rn(static_cast<float>(j), 0.5f)), 0.5f);
-    return clamp_negative && s < 0.0f ? 0.0f : s;
-  }
-  return __fmul_rn(scale, static_cast<float>(j));
-}
+// The coordinate arithmetic is semantics/resize.h's, the CPU's own (explicitly rounded on the
+// device), so source indices and weights match the CPU bit for bit.
 
 /// The CPU's nearest_map entry for output index j of dim d (torch's own shortcuts included).
 __device__ __forceinline__ int64_t resize_nearest(const ResizeGeometry& g, int d, int64_t j) {
-  const int64_t in = g.in_dims[d], out = g.out_dims[d];
-  if (g.coordinate == ResizeCoordinate::kAsymmetric && g.rounding == ResizeRounding::kFloor) {
-    if (in == out) return j;
-    if (out == 2 * in) return j >> 1;
-    return resize_clamp_index(floorf(__fmul_rn(static_cast<float>(j), g.ratio[d])), in);
-  }
-  if (g.coordinate == ResizeCoordinate::kHalfPixel && g.rounding == ResizeRounding::kHalfUp) {
-    const double x = __dmul_rn(static_cast<double>(j) + 0.5, static_cast<double>(g.ratio[d]));
-    return resize_clamp_index(floorf(static_cast<float>(x)), in);
-  }
-  const float src = resize_source(g.coordinate, g.scale[d], j, false);
-  const float rounded =
-      g.rounding == ResizeRounding::kFloor ? floorf(src) : floorf(__fadd_rn(src, 0.5f));
-  return resize_clamp_index(rounded, in);
+  return semantics::resize_nearest_index(g.coordinate, g.rounding, g.ratio[d], g.scale[d],
+                                         g.in_dims[d], g.out_dims[d], j);
 }
 
 /// Nearest resize of any dtype: out[c] = in[map_0(c_0), map_1(c_1), ...].
@@ -439,14 +410,6 @@ __global__ void resize_nearest_kernel(const S* __restrict__ src, S* __restrict__
   }
 }
 
-/// The CPU's floor_and_fraction (torch's guard_index_and_lambda).
-__device__ __forceinline__ void resize_floor_fraction(float real, int64_t n, int64_t& index,
-                                                      float& t) {
-  const float f = fmaxf(floorf(real), -1.0f);
-  index = f >= static_cast<float>(n - 1) ? n - 1 : static_cast<int64_t>(f);
-  t = fminf(fmaxf(__fsub_rn(real, static_cast<float>(index)), 0.0f), 1.0f);
-}
-
 /// The taps (source indices, weights) of output index j along dim d: 2 for linear, 4 for cubic
 /// (the CPU's linear_taps / cubic_taps).
 __device__ __forceinline__ int resize_taps(const ResizeGeometry& g, int d, int64_t j,
@@ -455,7 +418,8 @@ __device__ __forceinline__ int resize_taps(const ResizeGeometry& g, int d, int64
   if (g.mode == ResizeMode::kLinear) {
     int64_t i0;
     float l1;
-    resize_floor_fraction(resize_source(g.coordinate, g.scale[d], j, true), in, i0, l1);
+    semantics::resize_floor_fraction(
+        semantics::resize_source_coordinate(g.coordinate, g.scale[d], j, true), in, i0, l1);
     i0 = i0 > 0 ? i0 : 0;
     index[0] = i0;
     index[1] = i0 + (i0 < in - 1 ? 1 : 0);
@@ -465,23 +429,9 @@ __device__ __forceinline__ int resize_taps(const ResizeGeometry& g, int d, int64
   }
   int64_t i;
   float t;
-  resize_floor_fraction(resize_source(g.coordinate, g.scale[d], j, false), in, i, t);
-  // The CPU's cubic_weights (torch's Keys kernel), rounded step by step like the CPU.
-  const float a = g.cubic_coeff;
-  const auto near = [a](float x) {
-    const float p = __fsub_rn(__fmul_rn(__fadd_rn(a, 2.0f), x), __fadd_rn(a, 3.0f));
-    return __fadd_rn(__fmul_rn(__fmul_rn(p, x), x), 1.0f);
-  };
-  const auto far = [a](float x) {
-    const float p = __fsub_rn(__fmul_rn(a, x), __fmul_rn(5.0f, a));
-    const float q = __fadd_rn(__fmul_rn(p, x), __fmul_rn(8.0f, a));
-    return __fsub_rn(__fmul_rn(q, x), __fmul_rn(4.0f, a));
-  };
-  const float u = 1.0f - t;
-  weight[0] = far(t + 1.0f);
-  weight[1] = near(t);
-  weight[2] = near(u);
-  weight[3] = far(u + 1.0f);
+  semantics::resize_floor_fraction(
+      semantics::resize_source_coordinate(g.coordinate, g.scale[d], j, false), in, i, t);
+  semantics::resize_cubic_weights(t, g.cubic_coeff, weight);
   for (int k = 0; k < 4; ++k) {
     const int64_t s = i - 1 + k;
     index[k] = s < 0 ? 0 : (s > in - 1 ? in - 1 : s);
@@ -1060,15 +1010,9 @@ void run(const ResizeParams& p, const CudaArgs& a) {
     g.in_dims[d] = i;
     g.out_dims[d] = o;
     g.in_strides[d] = in_strides[d];
-    // The CPU's size_ratio and coordinate_scale (torch's compute_scales_value and
-    // area_pixel_compute_scale), in the same float arithmetic.
-    g.ratio[d] = !p.scales.empty() ? static_cast<float>(1.0 / p.scales[d])
-                                   : static_cast<float>(i) / static_cast<float>(o);
-    if (p.coordinate == ResizeCoordinate::kAlignCorners) {
-      g.scale[d] = o > 1 ? static_cast<float>(i - 1) / static_cast<float>(o - 1) : 0.0f;
-    } else {
-      g.scale[d] = g.ratio[d];
-    }
+    // torch's compute_scales_value and area_pixel_compute_scale, as the CPU computes them.
+    g.ratio[d] = semantics::resize_size_ratio(p, d, i, o);
+    g.scale[d] = semantics::resize_coordinate_scale(p, d, i, o);
   }
   if (p.mode == ResizeMode::kNearest) {
     dispatch_elem_size(dtype_size(in.dtype), [&](auto zero) {
