@@ -193,8 +193,13 @@ __device__ __forceinline__ float corrected_sum(int32_t acc, int64_t channel,
   const int64_t zp = (e.zero_point != nullptr ? e.zero_point[0] : 0) - e.zero_point_offset;
   return static_cast<float>(static_cast<int64_t>(acc) - zp * e.weight_sums[channel]);
 }
-__device__ __forceinline__ float corrected_sum(float acc, int64_t, const ProductEpilogue&) {
-  return acc;  // FP8 sums: symmetric
+/// An f32 accumulator element: FP8 sums (symmetric, no correction) as they are, and cuDNN's f32
+/// sums of int8 products (integers, exact below 2^24) corrected as int32 when `e` carries a
+/// zero point.
+__device__ __forceinline__ float corrected_sum(float acc, int64_t channel,
+                                               const ProductEpilogue& e) {
+  if (e.weight_sums == nullptr) return acc;
+  return corrected_sum(static_cast<int32_t>(acc), channel, e);
 }
 
 template <typename TA, typename TO>
@@ -477,14 +482,7 @@ __global__ void qconv_epilogue_kernel(const TA* __restrict__ y, void* out, int64
       k = (i / plane) % g.out_channels;
       row = (i / (plane * g.out_channels)) * plane + p;
     }
-    const TA sum = y[row * k4 + k];  // an integer (cuDNN's f32: exact below 2^24)
-    float value;
-    if constexpr (std::is_same_v<TA, int32_t>) {
-      value = corrected_sum(sum, k, e);
-    } else {
-      value = e.weight_sums != nullptr ? corrected_sum(static_cast<int32_t>(sum), k, e) : sum;
-    }
-    product_store<TO>(out, i, k, value, e);
+    product_store<TO>(out, i, k, corrected_sum(y[row * k4 + k], k, e), e);
   }
 }
 
@@ -514,17 +512,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         if (k + b >= g.out_channels) break;
-        // cuDNN's f32 sums of int8 products are integers (exact below 2^24): corrected as
-        // int32 when the activations are asymmetric; FP8's are used as they are.
-        float sum;
-        if constexpr (std::is_same_v<TA, int32_t>) {
-          sum = corrected_sum(a.v[b], k + b, e);
-        } else {
-          sum = e.weight_sums != nullptr
-                    ? corrected_sum(static_cast<int32_t>(a.v[b]), k + b, e)
-                    : a.v[b];
-        }
-        const TO v = product_value<TO>(k + b, sum, e);
+        const TO v = product_value<TO>(k + b, corrected_sum(a.v[b], k + b, e), e);
         tile[kw + b][q] = requantize ? static_cast<float>(product_requantized<TO>(v, e))
                                      : Num<TO>::load(v);
       }
