@@ -731,14 +731,9 @@ TEST(PlanFormat, Version5PlansStillLoad) {
             std::string::npos);
 }
 
-TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
-  // Version 7 added the QuantizedConvolution kind only: a version-6 plan without one reads as
-  // it did, and one that claims to hold it is refused, naming the version that added it.
-  const auto current = tiny_plan();
-  auto b = current;
-  put_le(b, 8, 6, 4);
-  EXPECT_EQ(plan_read(b.data(), b.size()).network.layers().size(),
-            plan_read(current.data(), current.size()).network.layers().size());
+/// One NCHW 1x1 QuantizedConvolution (int8, per-tensor scales, no bias): the plan-version tests'
+/// network.
+Network one_qconv_network() {
   Network net;
   Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
   Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {4, 4, 1, 1},
@@ -751,7 +746,18 @@ TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
   p.stride = p.dilation = {1, 1};
   p.padding_begin = p.padding_end = {0, 0};
   net.mark_output(net.add_layer(p, {x, w, s, s}, "qconv")->output(), "y");
-  auto plan = plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  return net;
+}
+
+TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
+  // Version 7 added the QuantizedConvolution kind only: a version-6 plan without one reads as
+  // it did, and one that claims to hold it is refused, naming the version that added it.
+  const auto current = tiny_plan();
+  auto b = current;
+  put_le(b, 8, 6, 4);
+  EXPECT_EQ(plan_read(b.data(), b.size()).network.layers().size(),
+            plan_read(current.data(), current.size()).network.layers().size());
+  auto plan = plan_write(make_plan(one_qconv_network(), std::vector<OptimizationProfile>(1)));
   put_le(plan, 8, 6, 4);
   const std::string m =
       expect_rejected(plan, plan.size(), false, "version 6 with a QuantizedConvolution");
@@ -801,20 +807,8 @@ TEST(PlanFormat, Version8QuantizedConvolutionReadsWithoutChannelsLast) {
   // Version 9 added a QuantizedConvolution's channels_last (its last field). Cutting that byte
   // (false) out of a current plan gives the version-8 bytes, which must read back to the same
   // network: written again, the current plan.
-  Network net;
-  Tensor* x = net.add_input("x", DataType::kI8, {1, 4, 5, 5});
-  Tensor* w = net.add_constant(Weights::from_vector(DataType::kI8, {4, 4, 1, 1},
-                                                    std::vector<int8_t>(16, 1)),
-                               "w")
-                  ->output();
-  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
-                  ->output();
-  QuantizedConvolutionParams p;
-  p.stride = p.dilation = {1, 1};
-  p.padding_begin = p.padding_end = {0, 0};
-  net.mark_output(net.add_layer(p, {x, w, s, s}, "qconv")->output(), "y");
   const std::vector<uint8_t> current =
-      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+      plan_write(make_plan(one_qconv_network(), std::vector<OptimizationProfile>(1)));
   // After the implementation name and the four input ids: four 2-element int64 vectors
   // (4 + 16 bytes each), groups (8), out (1), the epilogue (f64, bool, enum, f64, f64), the
   // requantization (bool, i64, i64), then channels_last (1).
