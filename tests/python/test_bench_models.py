@@ -107,3 +107,25 @@ def test_wide_suite_rows():
     assert part == "t5_small:1,t5_small:32,gpt2:1,gpt2:32"
     with pytest.raises(SystemExit, match="unknown nope"):
         bench.suite_rows("wide", "gpt2,nope")
+
+
+@pytest.mark.parametrize("name", ["t5_small", "qwen2_0_5b"])
+def test_rms_norms_are_one_layer_each(name):
+    """RMSNorm as T5 and Qwen2 write it (cast to f32, pow, mean over the last dim, add eps,
+    rsqrt, two products, cast back) is one FusedPointwise layer with a row reduction: no mean
+    is left as a Reduce layer, and there is one reducing layer per norm module."""
+    import json
+
+    model, inputs = models.make(name, batch=1, tiny=True)
+    norms = sum(1 for m in model.modules() if type(m).__name__ in ("T5LayerNorm", "Qwen2RMSNorm"))
+    assert norms >= 4
+    model = model.half()
+    compiled = ember.compile(model, inputs=list(inputs), device="cpu")
+    layers = []
+    for attr in sorted(n for n in dir(compiled) if n.startswith("_ember_engine_")):
+        layers += json.loads(getattr(compiled, attr).inspect())["layers"]
+    means = [l["name"] for l in layers if l["type"] == "Reduce" and l["params"]["op"] == 4]
+    assert means == [], f"{name}: means left unfused: {means}"
+    reducing = [l for l in layers if l["type"] == "FusedPointwise"
+                and 5 in l["params"]["program"][0::6]]  # family 5: a row reduction
+    assert len(reducing) == norms, [l["name"] for l in reducing]

@@ -619,8 +619,9 @@ enum class FusedOpFamily : uint8_t {
   kElementWise,  ///< code: ElementWiseOp (kSum..kFloorDiv, float arithmetic). Two operands.
   kUnary,        ///< code: UnaryOp (float math: not kNot, kIsInf, kIsNan). One operand.
   kCast,         ///< A float-to-float Cast to the step's dtype. One operand.
+  kReduce,       ///< code: ReduceOp; a row reduction (see FusedPointwiseParams). One operand.
 };
-inline constexpr int kNumFusedOpFamilies = 5;
+inline constexpr int kNumFusedOpFamilies = 6;
 
 /// A chain or DAG of pointwise layers run as one layer, made by the builder's fuse_pointwise
 /// pass (converters do not add it). Inputs: 1 to kMaxInputs float tensors (f32/f16/bf16), each
@@ -631,6 +632,13 @@ inline constexpr int kNumFusedOpFamilies = 5;
 /// computes in f32 from its operands' values and rounds its result to its dtype, exactly as
 /// the layer it replaces stores its output, so the fused layer gives the unfused chain's bits.
 /// `outputs` lists the values the layer outputs (the chain's results read outside it).
+/// Row reductions (kReduce, plan format 10): every value is defined at every element of the
+/// output shape; a kReduce step's value at an element is its operand reduced over the element's
+/// row (the output's last dim, as a Reduce layer over that axis with keep_dims computes it: sums
+/// and products in f64, four interleaved partial sums merged pairwise, avg = sum / row length
+/// in f64; max/min propagate NaN), the same for the whole row. A norm or a softmax written as
+/// pointwise layers around Reduce layers (RMSNorm: x * rsqrt(mean(x * x) + eps) * w) is then
+/// one layer: the GPU runs it one warp per row.
 /// kernel_*: the CUDA back end's generated kernel (empty for other back ends): its CUDA C
 /// source, the architecture it was compiled for ("sm_90") and the CUBIN image; a GPU of another
 /// architecture recompiles the source when the plan is loaded.

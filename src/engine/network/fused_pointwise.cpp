@@ -1,7 +1,9 @@
 // Shape and type inference of FusedPointwise (made by the builder's fuse_pointwise pass). A
 // plan read from disk is rebuilt through this function, so every step of the program is checked
 // here with the rules of the layer it stands for: float dtypes only, each step's dtype the one
-// its layer would give, operands that name earlier values, known enum codes.
+// its layer would give, operands that name earlier values, known enum codes. A row reduction
+// (kReduce) reduces over the output's last dim; the kernels check at run time that a max or min
+// row is not empty.
 #include <cmath>
 #include <set>
 #include <string>
@@ -48,6 +50,7 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
     if (family == FusedOpFamily::kActivation) limit = kNumActivationTypes;
     if (family == FusedOpFamily::kElementWise) limit = kNumElementWiseOps;
     if (family == FusedOpFamily::kUnary) limit = kNumUnaryOps;
+    if (family == FusedOpFamily::kReduce) limit = kNumReduceOps;
     InferContext::require(s[1] >= 0 && s[1] < limit,
                           where + ": unknown op code " + std::to_string(s[1]));
   }
@@ -98,6 +101,7 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                                   " is not float math");
         break;
       case FusedOpFamily::kCast:
+      case FusedOpFamily::kReduce:  // any float op of ReduceOp (the code check above)
         break;
     }
     if (st.family != FusedOpFamily::kScalar && st.family != FusedOpFamily::kCast) {

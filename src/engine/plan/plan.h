@@ -52,18 +52,20 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 9;  // 2: fused epilogues, 3: timing section,
+inline constexpr uint32_t kPlanFormatVersion = 10;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
                                                    // 6: Plugin, Quantize/Dequantize, f8e4m3,
                                                    // 7: QuantizedConvolution, quantized
                                                    //    epilogues and requantization,
                                                    // 8: FusedPointwise (program + kernel),
-                                                   // 9: QuantizedConvolution channels_last
+                                                   // 9: QuantizedConvolution channels_last,
+                                                   // 10: FusedPointwise row reductions
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version
 /// 5 and 6 plans read with the same code; 8 added the FusedPointwise kind only; 9 the
-/// channels_last field of QuantizedConvolution (read only from version 9 on; NCHW before).
+/// channels_last field of QuantizedConvolution (read only from version 9 on; NCHW before); 10
+/// the kReduce steps of FusedPointwise programs (refused in older plans).
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

@@ -469,6 +469,17 @@ class PlanReader {
       } else {
         visit_layer_fields(params, fields);
       }
+      if (kind == LayerKind::kFusedPointwise && version_ < 10) {
+        const auto& fp = std::get<FusedPointwiseParams>(params);
+        for (int64_t i = 0; i < fp.num_steps(); ++i) {
+          if (fp.program[FusedPointwiseParams::kStride * i] ==
+              static_cast<int64_t>(FusedOpFamily::kReduce)) {
+            ByteReader::fail(where() + " has a row-reduction step, which format version " +
+                                 std::to_string(version_) + " does not have (version 10 added it)",
+                             layer_at);
+          }
+        }
+      }
       const size_t num_outputs = in.count("layer output list", kMinTensorRecordBytes);
       const size_t outputs_at = in.offset();
       std::vector<TensorRecord> records(num_outputs);

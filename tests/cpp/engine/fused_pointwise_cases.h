@@ -40,7 +40,17 @@ struct Chain {
   std::vector<std::vector<int64_t>> input_dims;
   int fused_layers;  ///< FusedPointwise layers the pass makes
   int pointwise_left;  ///< Activation/ElementWise/Unary/Cast layers left after the pass
+  int reduce_left = 0;  ///< Reduce layers left after the pass
 };
+
+/// A Reduce layer over the last dim of `x`, kept as size 1.
+inline Tensor* row_reduce(Network& net, Tensor* x, ReduceOp op, const std::string& name) {
+  ReduceParams p;
+  p.op = op;
+  p.axes = {static_cast<int64_t>(x->rank()) - 1};
+  p.keep_dims = true;
+  return net.add_layer(p, {x}, name)->output();
+}
 
 inline std::vector<Chain> chains() {
   return {
@@ -138,6 +148,85 @@ inline std::vector<Chain> chains() {
          net.mark_output(b, "out");
        },
        {{4, 4}}, 1, 1},
+      // Row reductions (kReduce steps): the norm and softmax patterns models export.
+      {"RMSNorm as T5 writes it: an f32 island around a mean over the last dim",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {3, 5, 24});
+         Tensor* w = net.add_input("w", dt, {24});
+         Tensor* xf = net.add_cast(x, DataType::kF32, "to_f32")->output();
+         Tensor* sq = net.add_elementwise(xf, scalar(net, DataType::kF32, 2.0f, "two"),
+                                          ElementWiseOp::kPow, "pow")->output();
+         Tensor* var = row_reduce(net, sq, ReduceOp::kAvg, "mean");
+         Tensor* r = net.add_elementwise(var, scalar(net, DataType::kF32, 1e-6f, "eps"),
+                                         ElementWiseOp::kSum, "add_eps")->output();
+         r = net.add_unary(r, UnaryOp::kRsqrt, "rsqrt")->output();
+         Tensor* y = net.add_elementwise(xf, r, ElementWiseOp::kProd, "normalize")->output();
+         y = net.add_cast(y, dt, "to_dt")->output();
+         net.mark_output(net.add_elementwise(w, y, ElementWiseOp::kProd, "scale")->output(), "out");
+       },
+       {{3, 5, 24}, {24}}, 1, 0, 0},
+      {"layer norm from two means, rows not a multiple of four nor of the CPU's block",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {4, 7, 33});
+         Tensor* g = net.add_input("g", dt, {33});
+         Tensor* b = net.add_input("b", dt, {33});
+         Tensor* mu = row_reduce(net, x, ReduceOp::kAvg, "mean");
+         Tensor* d = net.add_elementwise(x, mu, ElementWiseOp::kSub, "center")->output();
+         Tensor* d2 = net.add_elementwise(d, d, ElementWiseOp::kProd, "square")->output();
+         Tensor* var = row_reduce(net, d2, ReduceOp::kAvg, "var");
+         Tensor* r = net.add_elementwise(var, scalar(net, dt, 1e-5f, "eps"), ElementWiseOp::kSum,
+                                         "add_eps")->output();
+         r = net.add_unary(r, UnaryOp::kSqrt, "sqrt")->output();
+         Tensor* y = net.add_elementwise(d, r, ElementWiseOp::kDiv, "normalize")->output();
+         y = net.add_elementwise(y, g, ElementWiseOp::kProd, "gamma")->output();
+         net.mark_output(net.add_elementwise(y, b, ElementWiseOp::kSum, "beta")->output(), "out");
+       },
+       {{4, 7, 33}, {33}, {33}}, 1, 0, 0},
+      {"softmax from max and sum over rows longer than the CPU's block",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {3, 600});
+         Tensor* m = row_reduce(net, x, ReduceOp::kMax, "max");
+         Tensor* e = net.add_elementwise(x, m, ElementWiseOp::kSub, "shift")->output();
+         e = net.add_unary(e, UnaryOp::kExp, "exp")->output();
+         Tensor* s = row_reduce(net, e, ReduceOp::kSum, "sum");
+         net.mark_output(net.add_elementwise(e, s, ElementWiseOp::kDiv, "div")->output(), "out");
+       },
+       {{3, 600}}, 1, 0, 0},
+      {"min and product rows, the reduction's input read outside too",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {6, 5});
+         Tensor* t = net.add_activation(x, ActivationType::kSigmoid, 0, 0, "sigmoid")->output();
+         Tensor* lo = row_reduce(net, t, ReduceOp::kMin, "min");
+         Tensor* pr = row_reduce(net, t, ReduceOp::kProd, "prod");
+         Tensor* y = net.add_elementwise(t, lo, ElementWiseOp::kSub, "sub_min")->output();
+         net.mark_output(net.add_elementwise(y, pr, ElementWiseOp::kSum, "add_prod")->output(),
+                         "out");
+         net.mark_output(t, "sigmoid");
+       },
+       {{6, 5}}, 1, 1, 0},
+      {"a row value read outside leaves its reduction unfused",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {4, 9});
+         Tensor* sq = net.add_elementwise(x, x, ElementWiseOp::kProd, "square")->output();
+         Tensor* ms = row_reduce(net, sq, ReduceOp::kAvg, "mean");
+         net.mark_output(ms, "mean_square");
+         Tensor* r = net.add_unary(ms, UnaryOp::kRsqrt, "rsqrt")->output();
+         net.mark_output(net.add_elementwise(x, r, ElementWiseOp::kProd, "normalize")->output(),
+                         "out");
+       },
+       {{4, 9}}, 1, 1, 1},
+      {"a reduction over another axis stays a Reduce layer",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {5, 8});
+         ReduceParams p;
+         p.op = ReduceOp::kSum;
+         p.axes = {0};
+         p.keep_dims = true;
+         Tensor* s = net.add_layer(p, {x}, "sum0")->output();
+         Tensor* y = net.add_elementwise(x, s, ElementWiseOp::kDiv, "div")->output();
+         net.mark_output(net.add_unary(y, UnaryOp::kExp, "exp")->output(), "out");
+       },
+       {{5, 8}}, 1, 0, 1},
   };
 }
 

@@ -42,6 +42,7 @@ TEST(FusePointwise, GroupsEachChainAndGivesTheUnfusedBitsPerDtype) {
       const int left = count(fused, LayerKind::kActivation) + count(fused, LayerKind::kElementWise) +
                        count(fused, LayerKind::kUnary) + count(fused, LayerKind::kCast);
       EXPECT_EQ(left, c.pointwise_left);
+      EXPECT_EQ(count(fused, LayerKind::kReduce), c.reduce_left);
       ASSERT_EQ(fused.outputs().size(), net.outputs().size());
       for (size_t i = 0; i < net.outputs().size(); ++i) {
         EXPECT_EQ(fused.outputs()[i]->name(), net.outputs()[i]->name());
@@ -207,6 +208,30 @@ TEST(FusePointwise, OldPlanFormatsCannotHoldIt) {
                       "(version 8 added it)"});
 }
 
+TEST(FusePointwise, PlansBeforeVersion10CannotHoldRowReductions) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
+  FusedPointwiseParams p;
+  semantics::FusedStep sum;
+  sum.family = FusedOpFamily::kReduce;
+  sum.code = static_cast<int>(ReduceOp::kSum);
+  sum.operands[0] = 0;
+  semantics::fused_append(p, sum);
+  p.outputs = {1};
+  net.mark_output(net.add_layer(p, {x}, "fused")->output(), "y");
+  BuilderConfig config;
+  config.optimization_level = 0;
+  auto bytes = Builder(config).build(net);
+  plan_read(bytes.data(), bytes.size());
+  const std::vector<TestTensor> ins = {TestTensor::floats(DataType::kF32, {2, 3}, {1, 2, 3, 4, 5, 6.5f})};
+  const auto out = test::run_network_direct(net, ins);
+  EXPECT_EQ(out[0].to_floats(), (std::vector<float>{6, 6, 6, 15.5f, 15.5f, 15.5f}));
+  bytes[8] = 9;  // the version field (outside the checksum)
+  test::expect_error([&] { plan_read(bytes.data(), bytes.size()); },
+                     {"FusedPointwise 'fused'", "has a row-reduction step, which format version 9 "
+                      "does not have (version 10 added it)"});
+}
+
 // ---------------------------------------------------------------- code generation
 
 std::string source_of(const Chain& c, DataType dt) {
@@ -245,6 +270,36 @@ TEST(PointwiseCodegen, SourceHasTheKernelTheStepsAndTheRounding) {
   EXPECT_EQ(source_of(chains()[1], DataType::kF32), f32);
   EXPECT_NE(codegen::source_hash(f32), codegen::source_hash(f16));
   EXPECT_EQ(sizeof(codegen::PointwiseKernelArgs), 1360u);  // the generated struct's size
+}
+
+TEST(PointwiseCodegen, RowReductionsGetTheWarpPerRowKernel) {
+  const std::vector<Chain> all = chains();
+  auto find = [&](const std::string& prefix) {
+    for (const Chain& c : all) {
+      if (c.name.rfind(prefix, 0) == 0) return c;
+    }
+    ADD_FAILURE() << "no chain " << prefix;
+    return all[0];
+  };
+  const std::string rms = source_of(find("RMSNorm"), DataType::kF16);
+  EXPECT_NE(rms.find("__launch_bounds__(128) ember_fused_pointwise(EmberPointwiseArgs a)"),
+            std::string::npos) << rms;
+  EXPECT_NE(rms.find("const long long row_len = a.dims[a.rank - 1];"), std::string::npos);
+  EXPECT_NE(rms.find("double acc"), std::string::npos);  // sums in f64, as the CPU
+  EXPECT_NE(rms.find("__shfl_xor_sync(0xffffffffu, acc"), std::string::npos);
+  EXPECT_NE(rms.find("/ (double)row_len)"), std::string::npos);  // the mean
+  EXPECT_NE(rms.find("[r * row_len + j] = ember_f2h("), std::string::npos);  // the f16 store
+  EXPECT_EQ(rms.find("ember_program("), std::string::npos);  // no elementwise kernel
+  const std::string softmax = source_of(find("softmax"), DataType::kF32);
+  EXPECT_NE(softmax.find("float acc"), std::string::npos);  // the max in f32
+  EXPECT_NE(softmax.find("ember_nan_max(acc"), std::string::npos);
+  const std::string ln = source_of(find("layer norm"), DataType::kBF16);
+  size_t passes = 0;
+  for (size_t at = ln.find("for (long long j = lane;"); at != std::string::npos;
+       at = ln.find("for (long long j = lane;", at + 1)) {
+    ++passes;
+  }
+  EXPECT_EQ(passes, 3u);  // two reductions, then the pass that stores
 }
 
 #ifdef EMBER_WITH_CUDA

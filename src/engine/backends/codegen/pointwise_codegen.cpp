@@ -155,6 +155,136 @@ std::string rounded(DataType t, const std::string& e) {
   return e;
 }
 
+/// "<indent>const float v<value> = <step's expression, rounded>;  // dtype" (not for kReduce).
+std::string step_line(const FusedStep& s, size_t value, const std::string& indent) {
+  const std::string a = s.operands[0] >= 0 ? "v" + std::to_string(s.operands[0]) : "";
+  const std::string b = s.operands[1] >= 0 ? "v" + std::to_string(s.operands[1]) : "";
+  std::string e;
+  switch (s.family) {
+    case FusedOpFamily::kScalar:
+      e = literal(static_cast<float>(s.alpha));
+      break;
+    case FusedOpFamily::kActivation:
+      e = activation_expr(static_cast<ActivationType>(s.code), a,
+                          semantics::param_to_float(s.alpha), semantics::param_to_float(s.beta));
+      break;
+    case FusedOpFamily::kElementWise:
+      e = elementwise_expr(static_cast<ElementWiseOp>(s.code), a, b);
+      break;
+    case FusedOpFamily::kUnary:
+      e = unary_expr(static_cast<UnaryOp>(s.code), a);
+      break;
+    case FusedOpFamily::kCast:
+      e = a;
+      break;
+    case FusedOpFamily::kReduce:
+      throw Error("fused pointwise codegen: a row reduction is not an elementwise step");
+  }
+  return indent + "const float v" + std::to_string(value) + " = " + rounded(s.dtype, e) + ";  // " +
+         dtype_name(s.dtype) + "\n";
+}
+
+/// The kernel of a program with row reductions: one warp per row of the output's last dim
+/// (a.dims[a.rank - 1]; the host keeps it unmerged). Each reduction is one pass over the row:
+/// the lanes stride along it computing the steps before the reduction (from the inputs, read
+/// again each pass: a row is a few KiB, so the passes after the first hit the cache), each lane
+/// accumulates (sums and products in f64, as the CPU), the warp combines the lanes with
+/// shuffles, and the row's value is a register of every lane. A last pass computes every step
+/// and stores the outputs.
+std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedStep>& steps,
+                       const std::vector<DataType>& input_dtypes) {
+  const size_t n_in = input_dtypes.size();
+  std::vector<DataType> value_dtype = input_dtypes;
+  for (const FusedStep& s : steps) value_dtype.push_back(s.dtype);
+  std::string src =
+      "extern \"C\" __global__ void __launch_bounds__(" + std::to_string(kRowKernelThreads) + ") " +
+      std::string(kPointwiseKernelName) + "(EmberPointwiseArgs a) {\n"
+      "  const long long row_len = a.dims[a.rank - 1];\n"
+      "  const long long rows = a.n / row_len;\n"
+      "  const int lane = threadIdx.x & 31;\n"
+      "  const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;\n"
+      "  for (long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; "
+      "r += warps) {\n";
+  // Each input's offset of the row's first element and its stride along the row.
+  for (size_t k = 0; k < n_in; ++k) {
+    const std::string K = std::to_string(k);
+    src += "    long long base" + K + " = 0;\n"
+           "    const long long step" + K + " = a.strides[" + K + "][a.rank - 1];\n";
+  }
+  src += "    long long rem = r;\n"
+         "    for (int d = a.rank - 2; d >= 0; --d) {\n"
+         "      const long long q = rem / a.dims[d];\n"
+         "      const long long idx = rem - q * a.dims[d];\n"
+         "      rem = q;\n";
+  for (size_t k = 0; k < n_in; ++k) {
+    src += "      base" + std::to_string(k) + " += idx * a.strides[" + std::to_string(k) + "][d];\n";
+  }
+  src += "    }\n";
+  auto loads = [&] {
+    std::string l;
+    for (size_t k = 0; k < n_in; ++k) {
+      const std::string K = std::to_string(k);
+      const DataType t = input_dtypes[k];
+      l += "      const float v" + K + " = " +
+           load_expr(t, "((const " + std::string(storage_type(t)) + "*)a.in[" + K + "])[base" + K +
+                            " + j * step" + K + "]") +
+           ";\n";
+    }
+    return l;
+  };
+  // Steps [0, end) inside a pass, the reductions before them being the row's registers.
+  auto body = [&](size_t end) {
+    std::string b;
+    for (size_t i = 0; i < end; ++i) {
+      if (steps[i].family != FusedOpFamily::kReduce) b += step_line(steps[i], n_in + i, "      ");
+    }
+    return b;
+  };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const FusedStep& s = steps[i];
+    if (s.family != FusedOpFamily::kReduce) continue;
+    const auto op = static_cast<ReduceOp>(s.code);
+    const bool minmax = op == ReduceOp::kMax || op == ReduceOp::kMin;
+    const std::string acc_type = minmax ? "float" : "double";
+    const std::string init = op == ReduceOp::kProd  ? "1.0"
+                             : op == ReduceOp::kMax ? "__int_as_float(0xff800000)"
+                             : op == ReduceOp::kMin ? "__int_as_float(0x7f800000)"
+                                                    : "0.0";
+    const std::string x = "v" + std::to_string(s.operands[0]);
+    auto combine = [&](const std::string& acc, const std::string& v) {
+      if (op == ReduceOp::kMax) return "ember_nan_max(" + acc + ", " + v + ")";
+      if (op == ReduceOp::kMin) return "ember_nan_min(" + acc + ", " + v + ")";
+      if (op == ReduceOp::kProd) return acc + " * " + v;
+      return acc + " + " + v;
+    };
+    const std::string V = "v" + std::to_string(n_in + i);
+    src += "    // step " + std::to_string(i) + ": row reduction\n"
+           "    " + acc_type + " acc" + std::to_string(i) + " = " + init + ";\n"
+           "    for (long long j = lane; j < row_len; j += 32) {\n" + loads() + body(i) +
+           "      acc" + std::to_string(i) + " = " +
+           combine("acc" + std::to_string(i), minmax ? x : "(double)" + x) + ";\n"
+           "    }\n"
+           "    for (int o = 16; o > 0; o >>= 1) acc" + std::to_string(i) + " = " +
+           combine("acc" + std::to_string(i),
+                   "__shfl_xor_sync(0xffffffffu, acc" + std::to_string(i) + ", o)") + ";\n";
+    const std::string acc = "acc" + std::to_string(i);
+    const std::string finish = op == ReduceOp::kAvg ? "(float)(" + acc + " / (double)row_len)"
+                               : minmax             ? acc
+                                                    : "(float)" + acc;
+    src += "    const float " + V + " = " + rounded(s.dtype, finish) + ";  // " +
+           dtype_name(s.dtype) + "\n";
+  }
+  src += "    for (long long j = lane; j < row_len; j += 32) {\n" + loads() + body(steps.size());
+  for (size_t o = 0; o < p.outputs.size(); ++o) {
+    const std::string O = std::to_string(o);
+    const DataType t = value_dtype[static_cast<size_t>(p.outputs[o])];
+    src += "      ((" + std::string(storage_type(t)) + "*)a.out[" + O + "])[r * row_len + j] = " +
+           store_expr(t, "v" + std::to_string(p.outputs[o])) + ";\n";
+  }
+  src += "    }\n  }\n}\n";
+  return src;
+}
+
 }  // namespace
 
 uint64_t source_hash(const std::string& text) {
@@ -187,37 +317,13 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
     src += "__device__ __forceinline__ float ember_hard_sigmoid(float y) { return y != y ? y : "
            "fmaxf(0.0f, fminf(1.0f, y)); }\n";
   }
+  if (semantics::fused_has_reduction(p)) return src + row_kernel(p, steps, input_dtypes);
   // The program on one element: inputs v0..v{n_in-1} in, outputs o0.. out.
   src += "__device__ __forceinline__ void ember_program(";
   for (size_t k = 0; k < n_in; ++k) src += (k ? ", " : "") + std::string("float v") + std::to_string(k);
   for (size_t o = 0; o < p.outputs.size(); ++o) src += ", float& o" + std::to_string(o);
   src += ") {\n";
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const FusedStep& s = steps[i];
-    const std::string a = s.operands[0] >= 0 ? "v" + std::to_string(s.operands[0]) : "";
-    const std::string b = s.operands[1] >= 0 ? "v" + std::to_string(s.operands[1]) : "";
-    std::string e;
-    switch (s.family) {
-      case FusedOpFamily::kScalar:
-        e = literal(static_cast<float>(s.alpha));
-        break;
-      case FusedOpFamily::kActivation:
-        e = activation_expr(static_cast<ActivationType>(s.code), a,
-                            semantics::param_to_float(s.alpha), semantics::param_to_float(s.beta));
-        break;
-      case FusedOpFamily::kElementWise:
-        e = elementwise_expr(static_cast<ElementWiseOp>(s.code), a, b);
-        break;
-      case FusedOpFamily::kUnary:
-        e = unary_expr(static_cast<UnaryOp>(s.code), a);
-        break;
-      case FusedOpFamily::kCast:
-        e = a;
-        break;
-    }
-    src += "  const float v" + std::to_string(n_in + i) + " = " + rounded(s.dtype, e) + ";  // " +
-           dtype_name(s.dtype) + "\n";
-  }
+  for (size_t i = 0; i < steps.size(); ++i) src += step_line(steps[i], n_in + i, "  ");
   for (size_t o = 0; o < p.outputs.size(); ++o) {
     src += "  o" + std::to_string(o) + " = v" + std::to_string(p.outputs[o]) + ";\n";
   }

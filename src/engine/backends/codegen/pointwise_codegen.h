@@ -19,8 +19,12 @@ inline constexpr const char* kPointwiseKernelName = "ember_fused_pointwise";
 inline constexpr int kPointwiseMaxRank = 8;
 /// Elements per thread and iteration on the vectorized path.
 inline constexpr int kPointwiseVector = 4;
+/// Threads per block of a program with row reductions (one warp per row).
+inline constexpr int kRowKernelThreads = 128;
 
 /// The kernel's one argument, passed by value; the generated source declares the same struct.
+/// A program with row reductions (kReduce) gets a row kernel instead: one warp per row of the
+/// last dim, `dims[rank - 1]`, which the host must keep unmerged; `vec` is 0.
 /// `vec` = 0: the generic path (per-input strides over the output's dims, 0 where it
 /// broadcasts). `vec` odd: the vectorized path (n a multiple of kPointwiseVector, every pointer
 /// 16-byte aligned), where input k is read as one element broadcast everywhere when bit k + 1

@@ -3,7 +3,8 @@
 // element), reading its operands' values and rounding its result to its dtype, exactly as the
 // separate layer would store it (f16/bf16 steps round through their storage type). The formulas
 // are the separate layers' own (backends/semantics/), so the fused layer gives the unfused
-// chain's bits.
+// chain's bits. A program with row reductions (kReduce) runs over blocks of whole rows (the
+// output's last dim), each reduction filling its row with semantics::reduce_row's result.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "backends/semantics/activation.h"
 #include "backends/semantics/fused_pointwise.h"
 #include "backends/semantics/pointwise.h"
+#include "backends/semantics/reduce.h"
 
 namespace ember::engine::cpu {
 
@@ -186,22 +188,26 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   }
   const int64_t total = total_elements;
   if (total == 0) return;
+  // With row reductions a block is whole rows (at least one, however long).
+  const bool by_rows = semantics::fused_has_reduction(p);
+  const int64_t row = by_rows && rank > 0 ? out_dims.back() : 1;
+  const int64_t block = by_rows ? std::max<int64_t>(1, kBlock / row) * row : kBlock;
   const int64_t cost = 1 + static_cast<int64_t>(steps.size());
   const size_t n_values = n_in + steps.size();
-  parallel_for((total + kBlock - 1) / kBlock, cost * kBlock, [&](int64_t block_begin,
-                                                                  int64_t block_end) {
-    std::vector<float> values(n_values * kBlock);
+  parallel_for((total + block - 1) / block, cost * block, [&](int64_t block_begin,
+                                                               int64_t block_end) {
+    std::vector<float> values(n_values * block);
     std::vector<int64_t> idx(mrank), offset(n_in);
     std::vector<const float*> value(n_values);  // where each value of the block is
     for (int64_t blk = block_begin; blk < block_end; ++blk) {
-      const int64_t begin = blk * kBlock;
-      const int64_t n = std::min(kBlock, total - begin);
+      const int64_t begin = blk * block;
+      const int64_t n = std::min(block, total - begin);
       // Whole inputs (the output's size) and single elements load directly; the rest walk the
       // block's multi-index with their broadcast strides.
       bool walk = false;
-      for (size_t v = 0; v < n_values; ++v) value[v] = values.data() + v * kBlock;
+      for (size_t v = 0; v < n_values; ++v) value[v] = values.data() + v * block;
       for (size_t k = 0; k < n_in; ++k) {
-        float* x = values.data() + k * kBlock;
+        float* x = values.data() + k * block;
         if (access[k] == Access::kWhole && value_dtype[k] == DataType::kF32) {
           value[k] = args.in(k).as<const float>() + begin;  // read in place, no copy
         } else if (access[k] == Access::kWhole) {
@@ -227,7 +233,7 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
           const int64_t len = std::min(mdims[last] - idx[last], n - j);
           for (size_t k = 0; k < n_in; ++k) {
             if (access[k] != Access::kStrided) continue;
-            float* x = values.data() + k * kBlock + j;
+            float* x = values.data() + k * block + j;
             const int64_t st = mstrides[k][last];
             if (st == 1) {
               load_run(value_dtype[k], args.in(k).data, offset[k], len, x);
@@ -254,7 +260,7 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
       }
       for (size_t i = 0; i < steps.size(); ++i) {
         const FusedStep& s = steps[i];
-        float* y = values.data() + (n_in + i) * kBlock;
+        float* y = values.data() + (n_in + i) * block;
         const float* a = s.operands[0] >= 0 ? value[s.operands[0]] : nullptr;
         const float* b = s.operands[1] >= 0 ? value[s.operands[1]] : nullptr;
         switch (s.family) {
@@ -274,6 +280,12 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
             break;
           case FusedOpFamily::kCast:
             std::copy(a, a + n, y);
+            break;
+          case FusedOpFamily::kReduce:
+            for (int64_t r = 0; r < n; r += row) {
+              std::fill(y + r, y + r + row,
+                        semantics::reduce_row(static_cast<ReduceOp>(s.code), a + r, row));
+            }
             break;
         }
         if (rounds[i]) {

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "backends/codegen/pointwise_codegen.h"
+#include "backends/semantics/fused_pointwise.h"
 #include "backends/cuda/cuda_backend.h"
 
 namespace ember::engine::cuda {
@@ -251,9 +252,13 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
       s *= d[j];
     }
   }
+  // A program with row reductions keeps the last dim (the row) as it is: only the dims before
+  // it merge, and the row kernel walks them per row.
+  const bool by_rows = semantics::fused_has_reduction(p);
+  const size_t merged_rank = by_rows && rank > 0 ? rank - 1 : rank;
   std::vector<int64_t> mdims;
   std::vector<std::vector<int64_t>> mst(n_in);
-  for (size_t d = 0; d < rank; ++d) {
+  for (size_t d = 0; d < merged_rank; ++d) {
     if (dims[d] == 1) continue;
     bool merge = !mdims.empty();
     for (size_t i = 0; merge && i < n_in; ++i) merge = mst[i].back() == st[i][d] * dims[d];
@@ -265,6 +270,10 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
     mdims.push_back(dims[d]);
     for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][d]);
   }
+  if (by_rows) {
+    mdims.push_back(rank > 0 ? dims[rank - 1] : 1);
+    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(rank > 0 ? st[i][rank - 1] : 0);
+  }
   if (mdims.size() > static_cast<size_t>(codegen::kPointwiseMaxRank)) {
     host_fallback(a);  // more dims than the kernel walks, even merged: the reference, on the host
     return;
@@ -273,6 +282,22 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   for (size_t d = 0; d < mdims.size(); ++d) {
     k.dims[d] = mdims[d];
     for (size_t i = 0; i < n_in; ++i) k.strides[i][d] = mst[i][d];
+  }
+  if (by_rows) {
+    // One warp per row, kRowKernelThreads / 32 rows a block.
+    k.vec = 0;
+    const int64_t rows = n / mdims.back();
+    constexpr int64_t kRowsPerBlock = codegen::kRowKernelThreads / 32;
+    const int64_t blocks = std::max<int64_t>(
+        1, std::min<int64_t>((rows + kRowsPerBlock - 1) / kRowsPerBlock,
+                             static_cast<int64_t>(sm_count()) * 16));
+    CUfunction fn = fused_function(p, a);
+    void* params[] = {&k};
+    check_cu(driver().launch_kernel(fn, static_cast<unsigned>(blocks), 1, 1,
+                                    codegen::kRowKernelThreads, 1, 1, 0,
+                                    reinterpret_cast<CUstream>(a.stream()), params, nullptr),
+             "cuLaunchKernel (fused pointwise row kernel)");
+    return;
   }
   // The vectorized path: every input whole (contiguous, the output's size) or one element.
   bool vec = n % codegen::kPointwiseVector == 0;

@@ -27,9 +27,21 @@ inline int fused_num_operands(FusedOpFamily family) {
     case FusedOpFamily::kElementWise: return 2;
     case FusedOpFamily::kActivation:
     case FusedOpFamily::kUnary:
-    case FusedOpFamily::kCast: return 1;
+    case FusedOpFamily::kCast:
+    case FusedOpFamily::kReduce: return 1;
   }
   return 0;
+}
+
+/// True when `p` has a row reduction (a kReduce step): the back ends then run it row by row.
+inline bool fused_has_reduction(const FusedPointwiseParams& p) {
+  for (int64_t i = 0; i < p.num_steps(); ++i) {
+    if (p.program[FusedPointwiseParams::kStride * i] ==
+        static_cast<int64_t>(FusedOpFamily::kReduce)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /// The steps of `p` (program and attrs as stored; sizes already validated).

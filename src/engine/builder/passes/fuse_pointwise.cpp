@@ -13,6 +13,15 @@
 // the group's shape (numpy rules, each on its own); one-element float constants become inline
 // scalar steps, larger constants stay inputs.
 //
+// Row reductions: a Reduce layer over the last dim with keep_dims (a mean, sum, max...) joins
+// too, when what it reads and what reads it are in the group: the result [.., 1] is a value
+// broadcast along each row, and the pointwise layers that compute with it at [.., 1] shape
+// (RMSNorm's rsqrt(mean + eps)) join the layers of the full shape [.., D] that read them. A
+// norm or softmax written as pointwise layers and reductions becomes one layer (one kernel,
+// one pass over each row). Such a group must reduce over its own rows (every Reduce reads the
+// full shape) and have only full-shape results; otherwise its layers group as they would
+// without reductions.
+//
 // Runs after fuse_epilogues (bias, activation and residual adds go to the GEMM/convolution
 // epilogue first: that costs nothing at all), channels_last (which moves the pointwise layers
 // next to NHWC convolutions) and simplify_attention. Off with BuilderConfig::fuse_pointwise =
@@ -41,6 +50,19 @@ bool shapes_equal(const Shape& a, const Shape& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
     if (!(a[i] == b[i])) return false;
+  }
+  return true;
+}
+
+/// True when `row` is `full` with its last dim 1 and `full`'s last dim is not (a value per row
+/// of `full`, broadcast along it).
+bool is_row_of(const Shape& row, const Shape& full) {
+  if (row.empty() || row.size() != full.size() || !(row.back() == DimExpr(1)) ||
+      full.back() == DimExpr(1)) {
+    return false;
+  }
+  for (size_t i = 0; i + 1 < row.size(); ++i) {
+    if (!(row[i] == full[i])) return false;
   }
   return true;
 }
@@ -80,6 +102,17 @@ std::optional<FusedStep> step_of(const Layer* l) {
     case LayerKind::kIdentity:  // a copy: a cast to its own dtype
       s.family = FusedOpFamily::kCast;
       return s;
+    case LayerKind::kReduce: {  // over the last dim, kept as size 1: a row reduction
+      const auto& p = l->params_as<ReduceParams>();
+      const size_t rank = l->input(0)->rank();
+      if (rank == 0 || !p.keep_dims || p.axes != std::vector<int64_t>{static_cast<int64_t>(rank) - 1} ||
+          l->input(0)->dtype() != s.dtype) {
+        return std::nullopt;
+      }
+      s.family = FusedOpFamily::kReduce;
+      s.code = static_cast<int>(p.op);
+      return s;
+    }
     default:
       return std::nullopt;
   }
@@ -138,6 +171,40 @@ std::set<const Layer*> reentered(const Network& net, const std::set<const Layer*
   return hit;
 }
 
+/// Why `members` (a group joined through row reductions or row values) cannot be one layer, or
+/// nothing when it can (then `reductions` is its number of Reduce layers). Its full shape is the
+/// shape of any member whose last dim is not 1; every member's output must be that or its row
+/// shape, every Reduce must read the full shape, and every result read outside must have it.
+std::optional<std::string> row_group_problem(const Network& net, const std::vector<Layer*>& members,
+                                             const std::set<const Layer*>& in_group,
+                                             const std::map<const Layer*, FusedStep>& steps,
+                                             int& reductions) {
+  reductions = 0;
+  const Shape* full = nullptr;
+  bool mixed = false;
+  for (const Layer* l : members) {
+    const Shape& s = l->output()->shape();
+    if (steps.at(l).family == FusedOpFamily::kReduce) ++reductions;
+    if (!(s.empty() || s.back() == DimExpr(1)) && full == nullptr) full = &s;
+    mixed = mixed || !shapes_equal(s, members.front()->output()->shape());
+  }
+  if (reductions == 0 && !mixed) return std::nullopt;  // a plain group
+  if (full == nullptr) return "no member has the full shape";
+  for (const Layer* l : members) {
+    const Shape& s = l->output()->shape();
+    if (!shapes_equal(s, *full) && !is_row_of(s, *full)) {
+      return l->name() + " has another shape";
+    }
+    if (steps.at(l).family == FusedOpFamily::kReduce && !shapes_equal(l->input(0)->shape(), *full)) {
+      return l->name() + " reduces rows of another shape";
+    }
+    bool outside = l->output()->is_output();
+    for (const Layer* c : net.consumers(l->output())) outside = outside || in_group.count(c) == 0;
+    if (outside && !shapes_equal(s, *full)) return l->name() + "'s row values are read outside";
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes) {
@@ -150,27 +217,47 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
       uf.parent[l] = l;
     }
   }
+  // Two groupings: `uf` with row reductions (a Reduce reading the layer, a layer of the full
+  // shape reading a row value), `plain` without them (pointwise layers of one shape): a group
+  // of `uf` that cannot be one layer falls back to its `plain` groups.
+  UnionFind plain;
+  auto is_reduce = [&](const Layer* l) { return steps.at(l).family == FusedOpFamily::kReduce; };
   for (Layer* l : layers) {
-    if (steps.count(l) == 0 || l->output()->is_output()) continue;
+    if (steps.count(l) == 0) continue;
+    if (!is_reduce(l)) plain.parent[l] = l;
+    if (l->output()->is_output()) continue;
     const std::vector<Layer*> readers = net.consumers(l->output());
-    bool all = !readers.empty();
+    const Shape& out = l->output()->shape();
+    bool all = !readers.empty(), same = !readers.empty() && !is_reduce(l);
     for (const Layer* r : readers) {
-      all = all && steps.count(r) != 0 && shapes_equal(r->output()->shape(), l->output()->shape());
+      const bool step = steps.count(r) != 0;
+      const bool same_shape = step && !is_reduce(r) && shapes_equal(r->output()->shape(), out);
+      same = same && same_shape;
+      all = all && (same_shape || (step && is_reduce(r)) ||
+                    (step && is_row_of(out, r->output()->shape())));
     }
-    if (!all) continue;
-    for (const Layer* r : readers) uf.join(l, r);
+    if (same) {
+      for (const Layer* r : readers) plain.join(l, r);
+    }
+    if (all) {
+      for (const Layer* r : readers) uf.join(l, r);
+    }
   }
   // Groups in the order of their first layer, members in topological order (never by address:
   // the plan must not depend on where layers were allocated).
-  std::map<const Layer*, size_t> group_of;
-  std::vector<std::vector<Layer*>> groups;
-  int split = 0;
-  for (Layer* l : layers) {
-    if (steps.count(l) == 0) continue;
-    auto [it, added] = group_of.emplace(uf.find(l), groups.size());
-    if (added) groups.emplace_back();
-    groups[it->second].push_back(l);
-  }
+  auto group_by = [&](UnionFind& u, const std::vector<Layer*>& of) {
+    std::map<const Layer*, size_t> group_of;
+    std::vector<std::vector<Layer*>> out;
+    for (Layer* l : of) {
+      if (u.parent.count(l) == 0) continue;
+      auto [it, added] = group_of.emplace(u.find(l), out.size());
+      if (added) out.emplace_back();
+      out[it->second].push_back(l);
+    }
+    return out;
+  };
+  std::vector<std::vector<Layer*>> groups = group_by(uf, layers);
+  int split = 0, reductions = 0;
   int fused = 0;
   // A group that a path leaves and re-enters (RMSNorm: x -> pow -> mean -> rsqrt -> x * r)
   // splits in two: the members that path reaches (and what follows them) and the rest, each
@@ -186,6 +273,15 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
       groups.push_back(std::move(before));
       groups.push_back(std::move(after));
       ++split;
+      continue;
+    }
+    // A group with row reductions (or row values read at the full shape) is one layer only
+    // when its rows are the full shape's and only full-shape values leave it.
+    int group_reductions = 0;
+    if (const std::optional<std::string> why = row_group_problem(net, members, in_group, steps,
+                                                                 group_reductions)) {
+      if (notes) notes->push_back(name + ": not fused with its row reductions (" + *why + ")");
+      for (std::vector<Layer*>& part : group_by(plain, members)) groups.push_back(std::move(part));
       continue;
     }
     const size_t rank = members.front()->output()->shape().size();
@@ -284,10 +380,14 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     }
     for (size_t o = 0; o < results.size(); ++o) net.replace_all_uses(results[o], f->output(o));
     fused += static_cast<int>(members.size());
+    reductions += group_reductions;
     // The replaced layers go now, so the next groups see only live readers of their results.
     remove_unreachable_layers(net);
   }
   remove_unreachable_layers(net);
+  if (notes && reductions > 0) {
+    notes->push_back(std::to_string(reductions) + " row reductions fused with their pointwise layers");
+  }
   if (notes && split > 0) {
     notes->push_back(std::to_string(split) +
                      " groups split where a path left and re-entered them (through a reduction, "
