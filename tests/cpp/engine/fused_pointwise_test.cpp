@@ -208,6 +208,25 @@ TEST(FusePointwise, OldPlanFormatsCannotHoldIt) {
                       "(version 8 added it)"});
 }
 
+TEST(FusePointwise, RowReductionsCanBeLeftOutForABTiming) {
+  for (const Chain& c : chains()) {
+    if (c.name.rfind("RMSNorm", 0) != 0) continue;
+    Network net;
+    c.build(net, DataType::kF16);
+    std::vector<std::string> notes;
+    fuse_pointwise_layers(net, nullptr, &notes, /*row_reductions=*/false);
+    // As before row reductions: the casts and pow, then the mean, then the rest (the row
+    // values' add and rsqrt still join the full-shape products that read them).
+    EXPECT_EQ(count(net, LayerKind::kReduce), 1);
+    EXPECT_EQ(count(net, LayerKind::kFusedPointwise), 2);
+    const auto ins = inputs_for(net, c);
+    Network reference;
+    c.build(reference, DataType::kF16);
+    EXPECT_TRUE(test::run_network_direct(net, ins)[0].bytes ==
+                test::run_network_direct(reference, ins)[0].bytes);
+  }
+}
+
 TEST(FusePointwise, PlansBeforeVersion10CannotHoldRowReductions) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 3});

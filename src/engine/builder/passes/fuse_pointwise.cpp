@@ -25,7 +25,8 @@
 // Runs after fuse_epilogues (bias, activation and residual adds go to the GEMM/convolution
 // epilogue first: that costs nothing at all), channels_last (which moves the pointwise layers
 // next to NHWC convolutions) and simplify_attention. Off with BuilderConfig::fuse_pointwise =
-// false or EMBER_FUSE_POINTWISE=0 (A/B timing).
+// false or EMBER_FUSE_POINTWISE=0 (A/B timing); EMBER_FUSE_ROW_REDUCTIONS=0 leaves only the
+// reductions out.
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -207,11 +208,13 @@ std::optional<std::string> row_group_problem(const Network& net, const std::vect
 
 }  // namespace
 
-int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes) {
+int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes,
+                          bool row_reductions) {
   const std::vector<Layer*> layers = net.layers();
   std::map<const Layer*, FusedStep> steps;
   UnionFind uf;
   for (Layer* l : layers) {
+    if (l->kind() == LayerKind::kReduce && !row_reductions) continue;
     if (auto s = step_of(l)) {
       steps[l] = *s;
       uf.parent[l] = l;
@@ -409,7 +412,11 @@ void pass_fuse_pointwise(BuildState& s) {
   Network& net = s.plan.network;
   const int before = static_cast<int>(net.layers().size());
   std::vector<std::string> notes;
-  const int fused = fuse_pointwise_layers(net, find_backend(s.config.backend), &notes);
+  const char* rows = std::getenv("EMBER_FUSE_ROW_REDUCTIONS");
+  const bool row_reductions = rows == nullptr || std::strcmp(rows, "0") != 0;
+  if (!row_reductions) notes.push_back("row reductions left out (EMBER_FUSE_ROW_REDUCTIONS=0)");
+  const int fused = fuse_pointwise_layers(net, find_backend(s.config.backend), &notes,
+                                          row_reductions);
   int made = 0;
   for (const Layer* l : net.layers()) made += l->kind() == LayerKind::kFusedPointwise ? 1 : 0;
   std::string line = "fuse_pointwise: " + std::to_string(fused) + " pointwise layers into " +

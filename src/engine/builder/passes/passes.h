@@ -2,8 +2,9 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
-// remove_dead_layers -> fuse_epilogues -> channels_last -> simplify_attention -> fuse_pointwise ->
-// select_implementations -> plan_memory -> time_tactics -> emission (plan_write).
+// remove_dead_layers -> fuse_epilogues -> channels_last -> simplify_attention -> gather_slices ->
+// fuse_pointwise -> select_implementations -> plan_memory -> time_tactics -> emission
+// (plan_write).
 #pragma once
 
 #include <functional>
@@ -75,13 +76,22 @@ const Weights* constant_of(const Tensor* t);
 /// A Shuffle whose transposes are identities: it keeps the row-major bytes (a reshape, or a
 /// copy). False for nullptr.
 bool is_pure_reshape(const Layer* l);
+/// Replaces each Concatenation along the last dim of unit-stride last-dim slices of one tensor
+/// (some negated: rotate_half) by one Gather with constant indices (times a +-1 vector), or by
+/// the tensor itself when the pieces put it back together (see gather_slices.cpp). Returns how
+/// many concatenations it replaced (`identities` of them by the tensor itself).
+int gather_slices(Network& net, int* identities = nullptr);
+void pass_gather_slices(BuildState& s);
 /// Replaces groups of two or more connected pointwise layers of one shape by FusedPointwise
 /// layers (see fuse_pointwise.cpp for what is grouped); `backend` (may be null) adds its kernel
 /// to each (Backend::prepare_fused_pointwise). Returns how many layers were fused; `notes`
-/// (may be null) gets a line per group left alone and per back-end remark.
+/// (may be null) gets a line per group left alone and per back-end remark. `row_reductions`
+/// false keeps Reduce layers out of the groups (A/B timing of that part alone).
 class Backend;
-int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes);
-/// fuse_pointwise_layers unless config.fuse_pointwise is false or EMBER_FUSE_POINTWISE=0.
+int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes,
+                          bool row_reductions = true);
+/// fuse_pointwise_layers unless config.fuse_pointwise is false or EMBER_FUSE_POINTWISE=0;
+/// EMBER_FUSE_ROW_REDUCTIONS=0 keeps the reductions out.
 void pass_fuse_pointwise(BuildState& s);
 /// Chooses an implementation for every layer (plan.impls).
 void pass_select_implementations(BuildState& s);

@@ -1,0 +1,150 @@
+// gather_slices: a Concatenation along the last dim whose pieces are unit-stride slices of one
+// tensor x along its last dim (every other dim whole), each possibly negated, becomes one
+// Gather of x along that dim with constant indices, times a constant +-1 vector when a piece
+// was negated:
+//
+//   cat(-x[..., h:], x[..., :h], dim=-1)   (rotate_half: RoPE in Llama, Qwen2, Mistral, NeoX)
+//     => Gather(x, [h .. 2h-1, 0 .. h-1], axis=-1) * [-1 x h, +1 x h]
+//
+// Four layers (two slice copies, a negation, the concatenation: four kernels and three
+// intermediate tensors on the GPU) become one gather; the product joins the pointwise layers
+// around it in fuse_pointwise (RoPE's x * cos + rotate_half(x) * sin), so it costs no kernel of
+// its own. A concatenation that puts x back together unchanged is replaced by x itself.
+// Negation as a product by -1 is exact (the same bits, up to a NaN's sign).
+//
+// Runs after simplify_attention and before fuse_pointwise (level >= 2).
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "builder/passes/passes.h"
+#include "ember/engine/half.h"
+
+namespace ember::engine {
+
+namespace {
+
+/// One piece of the concatenation: x[..., start : start + size], negated or not.
+struct Piece {
+  Tensor* x = nullptr;
+  int64_t start = 0;
+  int64_t size = 0;
+  bool negated = false;
+};
+
+/// `t` as a piece, when its producer is a unit-stride slice of the last dim of a tensor (other
+/// dims whole, the last one's start and size constant), or a float negation of one.
+std::optional<Piece> piece_of(const Tensor* t) {
+  Piece p;
+  const Layer* l = t->producer();
+  if (l != nullptr && l->kind() == LayerKind::kUnary &&
+      l->params_as<UnaryParams>().op == UnaryOp::kNeg && dtype_is_float(t->dtype())) {
+    p.negated = true;
+    l = l->input(0)->producer();
+  }
+  if (l == nullptr || l->kind() != LayerKind::kSlice) return std::nullopt;
+  const auto& sp = l->params_as<SliceParams>();
+  Tensor* x = l->input(0);
+  const Shape& xs = x->shape();
+  const size_t rank = xs.size();
+  if (rank == 0 || sp.start.size() != rank || sp.size.size() != rank || sp.stride.size() != rank ||
+      !xs.back().is_constant()) {
+    return std::nullopt;
+  }
+  for (size_t d = 0; d < rank; ++d) {
+    if (sp.stride[d] != 1) return std::nullopt;
+    if (d + 1 < rank && (!(sp.start[d] == DimExpr(0)) || !(sp.size[d] == xs[d]))) {
+      return std::nullopt;
+    }
+  }
+  if (!sp.start.back().is_constant() || !sp.size.back().is_constant()) return std::nullopt;
+  p.x = x;
+  p.start = sp.start.back().constant();
+  p.size = sp.size.back().constant();
+  if (p.start < 0 || p.size <= 0 || p.start + p.size > xs.back().constant()) return std::nullopt;
+  return p;
+}
+
+/// A [n] constant of `dtype` with `values`.
+Tensor* float_vector(Network& net, DataType dtype, const std::vector<float>& values,
+                     const std::string& name) {
+  const auto n = static_cast<int64_t>(values.size());
+  std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (dtype == DataType::kF32) {
+      reinterpret_cast<float*>(bytes.data())[i] = values[i];
+    } else if (dtype == DataType::kF16) {
+      reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_f16(values[i]);
+    } else {
+      reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_bf16(values[i]);
+    }
+  }
+  return net.add_constant(Weights::copy(dtype, {n}, bytes.data()), name)->output();
+}
+
+/// Rewrites `cat` when it is such a concatenation; true when it did.
+bool rewrite(Network& net, Layer* cat, int& identities) {
+  const Tensor* out = cat->output();
+  const size_t rank = out->rank();
+  if (rank == 0 || cat->params_as<ConcatenationParams>().axis != static_cast<int64_t>(rank) - 1 ||
+      cat->inputs().size() < 2) {
+    return false;
+  }
+  std::vector<int32_t> indices;
+  std::vector<float> signs;
+  bool negated = false;
+  Tensor* x = nullptr;
+  for (const Tensor* in : cat->inputs()) {
+    const std::optional<Piece> p = piece_of(in);
+    if (!p || (x != nullptr && p->x != x)) return false;
+    x = p->x;
+    negated = negated || p->negated;
+    for (int64_t i = 0; i < p->size; ++i) {
+      indices.push_back(static_cast<int32_t>(p->start + i));
+      signs.push_back(p->negated ? -1.0f : 1.0f);
+    }
+  }
+  const int64_t width = x->shape().back().constant();
+  bool identity = !negated && static_cast<int64_t>(indices.size()) == width;
+  for (size_t i = 0; identity && i < indices.size(); ++i) identity = indices[i] == static_cast<int32_t>(i);
+  if (identity) {
+    net.replace_all_uses(cat->output(), x);
+    ++identities;
+    return true;
+  }
+  const auto n = static_cast<int64_t>(indices.size());
+  Tensor* idx = net.add_constant(Weights::copy(DataType::kI32, {n}, indices.data()),
+                                 cat->name() + "/indices")->output();
+  GatherParams gp;
+  gp.axis = static_cast<int64_t>(rank) - 1;
+  Tensor* result = net.add_gather(x, idx, gp, cat->name() + "/gather")->output();
+  if (negated) {
+    Tensor* sign = float_vector(net, x->dtype(), signs, cat->name() + "/signs");
+    result = net.add_elementwise(result, sign, ElementWiseOp::kProd, cat->name() + "/negate")
+                 ->output();
+  }
+  net.replace_all_uses(cat->output(), result);
+  return true;
+}
+
+}  // namespace
+
+int gather_slices(Network& net, int* identities) {
+  int rewritten = 0, same = 0;
+  for (Layer* l : net.layers()) {
+    if (l->kind() == LayerKind::kConcatenation && rewrite(net, l, same)) ++rewritten;
+  }
+  remove_unreachable_layers(net);
+  if (identities != nullptr) *identities = same;
+  return rewritten;
+}
+
+void pass_gather_slices(BuildState& s) {
+  int identities = 0;
+  const int n = gather_slices(s.plan.network, &identities);
+  s.log.push_back("gather_slices: " + std::to_string(n - identities) +
+                  " concatenations of last-dim slices into gathers, " +
+                  std::to_string(identities) + " into the tensor they cut up");
+}
+
+}  // namespace ember::engine
