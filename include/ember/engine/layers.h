@@ -639,6 +639,10 @@ inline constexpr int kNumFusedOpFamilies = 6;
 /// in f64; max/min propagate NaN), the same for the whole row. A norm or a softmax written as
 /// pointwise layers around Reduce layers (RMSNorm: x * rsqrt(mean(x * x) + eps) * w) is then
 /// one layer: the GPU runs it one warp per row.
+/// `views` (plan format 10; empty: none) lets an input be read through a transpose and a gather
+/// of its last dim instead of a copy made by a layer before it: per input, in order,
+/// {n, perm[0..n), m, index[0..m)}; the input is read as transpose(input, perm) (n = 0: as it
+/// is), then its last dim through the constant indices (m = 0: whole), and broadcast as usual.
 /// kernel_*: the CUDA back end's generated kernel (empty for other back ends): its CUDA C
 /// source, the architecture it was compiled for ("sm_90") and the CUBIN image; a GPU of another
 /// architecture recompiles the source when the plan is loaded.
@@ -652,11 +656,12 @@ struct FusedPointwiseParams {
   std::string kernel_source;
   std::string kernel_target;
   std::vector<uint8_t> kernel_image;
+  std::vector<int64_t> views;
   int64_t num_steps() const { return static_cast<int64_t>(program.size()) / kStride; }
   template <class V> void fields(V& v) {
     v("program", program); v("attrs", attrs); v("outputs", outputs);
     v("kernel_source", kernel_source); v("kernel_target", kernel_target);
-    v("kernel_image", kernel_image);
+    v("kernel_image", kernel_image); v("views", views);
   }
 };
 

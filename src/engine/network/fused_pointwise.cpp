@@ -127,8 +127,46 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                         "a kernel image needs its target architecture");
   InferContext::require(p.kernel_target.empty() || !p.kernel_source.empty(),
                         "a kernel target needs the kernel's source (to recompile elsewhere)");
-  Shape shape = ctx.shape(0);
-  for (size_t i = 1; i < n_in; ++i) shape = ctx.broadcast_shapes(shape, ctx.shape(i));
+  // Each input as the program reads it: through its view (a transpose, a last-dim gather).
+  std::vector<semantics::InputView> views;
+  InferContext::require(semantics::fused_views(p, n_in, views),
+                        "views has " + std::to_string(p.views.size()) +
+                            " entries that do not encode one {n, perm, m, indices} per input");
+  auto view_shape = [&](size_t i) {
+    Shape s = ctx.shape(i);
+    const semantics::InputView& v = views[i];
+    const std::string where = "input " + std::to_string(i) + "'s view";
+    if (!v.perm.empty()) {
+      InferContext::require(v.perm.size() == s.size(),
+                            where + ": a transpose of " + std::to_string(v.perm.size()) +
+                                " dims for a rank-" + std::to_string(s.size()) + " input");
+      std::vector<bool> seen(s.size(), false);
+      Shape t;
+      for (int64_t d : v.perm) {
+        InferContext::require(d >= 0 && d < static_cast<int64_t>(s.size()) && !seen[d],
+                              where + ": the transpose is not a permutation of the input's dims");
+        seen[d] = true;
+        t.push_back(s[static_cast<size_t>(d)]);
+      }
+      s = t;
+    }
+    if (!v.gather.empty()) {
+      InferContext::require(!s.empty() && s.back().is_constant(),
+                            where + ": a gather needs a last dim of known size");
+      InferContext::require(v.gather.size() >= 2,
+                            where + ": a gather of one index (a slice) is not a view");
+      const int64_t width = s.back().constant();
+      for (int64_t g : v.gather) {
+        InferContext::require(g >= 0 && g < width, where + ": gather index " + std::to_string(g) +
+                                                       " is outside the last dim of " +
+                                                       std::to_string(width));
+      }
+      s.back() = DimExpr(static_cast<int64_t>(v.gather.size()));
+    }
+    return s;
+  };
+  Shape shape = view_shape(0);
+  for (size_t i = 1; i < n_in; ++i) shape = ctx.broadcast_shapes(shape, view_shape(i));
   for (int64_t o : p.outputs) ctx.add_output(value_dtype[static_cast<size_t>(o)], shape);
 }
 

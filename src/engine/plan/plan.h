@@ -60,12 +60,14 @@ inline constexpr uint32_t kPlanFormatVersion = 10;  // 2: fused epilogues, 3: ti
                                                    // 8: FusedPointwise (program + kernel),
                                                    // 9: QuantizedConvolution channels_last,
                                                    // 10: FusedPointwise row reductions
+                                                   //     and input views
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version
 /// 5 and 6 plans read with the same code; 8 added the FusedPointwise kind only; 9 the
 /// channels_last field of QuantizedConvolution (read only from version 9 on; NCHW before); 10
-/// the kReduce steps of FusedPointwise programs (refused in older plans).
+/// the kReduce steps of FusedPointwise programs (refused in older plans) and its `views` field
+/// (read only from version 10 on; no views before).
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

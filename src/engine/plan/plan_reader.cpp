@@ -462,6 +462,10 @@ class PlanReader {
       if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 7) {
         // Version 6 stored only the output type (no epilogue, no requantization).
         fields("out", std::get<QuantizedMatrixMultiplyParams>(params).out);
+      } else if (kind == LayerKind::kFusedPointwise && version_ < 10) {
+        // Versions 8 and 9 stored no views (every input read as it is).
+        FieldsBut all_but{fields, "views"};
+        std::get<FusedPointwiseParams>(params).fields(all_but);
       } else if (kind == LayerKind::kQuantizedConvolution && version_ < 9) {
         // Versions 7 and 8 stored no channels_last (NCHW only): every field but that one.
         FieldsBut all_but{fields, "channels_last"};

@@ -215,6 +215,52 @@ inline std::vector<Chain> chains() {
                          "out");
        },
        {{4, 9}}, 1, 1, 1},
+      // Input views: a transpose and a last-dim gather read in place instead of copied.
+      {"RoPE on a transposed tensor: the transpose and the rotate_half gather become views",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {2, 3, 4, 8});  // [B, L, H, E]
+         Tensor* c = net.add_input("cos", dt, {3, 8});
+         Tensor* s = net.add_input("sin", dt, {3, 8});
+         ShuffleParams tp;
+         tp.first_transpose = {0, 2, 1, 3};
+         Tensor* q = net.add_layer(tp, {x}, "transpose")->output();  // [B, H, L, E]
+         const std::vector<int32_t> idx = {4, 5, 6, 7, 0, 1, 2, 3};
+         Tensor* ix = net.add_constant(Weights::copy(DataType::kI32, {8}, idx.data()), "idx")
+                          ->output();
+         GatherParams gp;
+         gp.axis = 3;
+         Tensor* rot = net.add_gather(q, ix, gp, "rotate")->output();
+         Tensor* a = net.add_elementwise(q, c, ElementWiseOp::kProd, "q_cos")->output();
+         Tensor* b = net.add_elementwise(rot, s, ElementWiseOp::kProd, "rot_sin")->output();
+         net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "rope")->output(), "out");
+       },
+       {{2, 3, 4, 8}, {3, 8}, {3, 8}}, 1, 0},
+      {"views in a row program: a layer norm over a transposed input",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {5, 6, 3});
+         ShuffleParams tp;
+         tp.first_transpose = {0, 2, 1};
+         Tensor* t = net.add_layer(tp, {x}, "transpose")->output();  // [5, 3, 6]
+         Tensor* mu = row_reduce(net, t, ReduceOp::kAvg, "mean");
+         Tensor* d = net.add_elementwise(t, mu, ElementWiseOp::kSub, "center")->output();
+         Tensor* d2 = net.add_elementwise(d, d, ElementWiseOp::kProd, "square")->output();
+         Tensor* var = row_reduce(net, d2, ReduceOp::kAvg, "var");
+         Tensor* r = net.add_unary(var, UnaryOp::kSqrt, "sqrt")->output();
+         net.mark_output(net.add_elementwise(d, r, ElementWiseOp::kDiv, "normalize")->output(),
+                         "out");
+       },
+       {{5, 6, 3}}, 1, 0, 0},
+      {"a transpose read elsewhere too stays a copy",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {3, 5});
+         ShuffleParams tp;
+         tp.first_transpose = {1, 0};
+         Tensor* t = net.add_layer(tp, {x}, "transpose")->output();
+         net.mark_output(t, "transposed");
+         Tensor* e = net.add_unary(t, UnaryOp::kExp, "exp")->output();
+         net.mark_output(net.add_unary(e, UnaryOp::kNeg, "neg")->output(), "out");
+       },
+       {{3, 5}}, 1, 0},
       {"a reduction over another axis stays a Reduce layer",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {5, 8});

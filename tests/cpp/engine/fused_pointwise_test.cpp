@@ -43,6 +43,11 @@ TEST(FusePointwise, GroupsEachChainAndGivesTheUnfusedBitsPerDtype) {
                        count(fused, LayerKind::kUnary) + count(fused, LayerKind::kCast);
       EXPECT_EQ(left, c.pointwise_left);
       EXPECT_EQ(count(fused, LayerKind::kReduce), c.reduce_left);
+      // Views: every transpose and gather in these chains is read in place, except the
+      // transpose that is also a network output.
+      const bool kept = c.name.find("read elsewhere") != std::string::npos;
+      EXPECT_EQ(count(fused, LayerKind::kShuffle), kept ? count(net, LayerKind::kShuffle) : 0);
+      EXPECT_EQ(count(fused, LayerKind::kGather), 0);
       ASSERT_EQ(fused.outputs().size(), net.outputs().size());
       for (size_t i = 0; i < net.outputs().size(); ++i) {
         EXPECT_EQ(fused.outputs()[i]->name(), net.outputs()[i]->name());
@@ -192,6 +197,11 @@ TEST(FusePointwise, CorruptProgramsAreRejectedWithTheirReason) {
   bad([](auto& p) { p.program[4] = 0; }, "operand 1 must be -1 (unused)");
   bad([](auto& p) { p.kernel_image = {1, 2, 3}; }, "a kernel image needs its target");
   bad([](auto&) {}, "input (input 0) must be f32, f16 or bf16", DataType::kI32);
+  bad([](auto& p) { p.views = {1}; }, "do not encode one {n, perm, m, indices} per input");
+  bad([](auto& p) { p.views = {3, 0, 1, 2, 0}; }, "a transpose of 3 dims for a rank-2 input");
+  bad([](auto& p) { p.views = {2, 0, 0, 0}; }, "the transpose is not a permutation");
+  bad([](auto& p) { p.views = {0, 2, 0, 5}; }, "gather index 5 is outside the last dim of 3");
+  bad([](auto& p) { p.views = {0, 1, 2}; }, "a gather of one index (a slice) is not a view");
 }
 
 TEST(FusePointwise, OldPlanFormatsCannotHoldIt) {
@@ -319,6 +329,11 @@ TEST(PointwiseCodegen, RowReductionsGetTheWarpPerRowKernel) {
     ++passes;
   }
   EXPECT_EQ(passes, 3u);  // two reductions, then the pass that stores
+  const std::string rope = source_of(find("RoPE on a transposed"), DataType::kF16);
+  EXPECT_NE(rope.find("__device__ const long long ember_g"), std::string::npos) << rope;
+  EXPECT_NE(rope.find("? ember_g"), std::string::npos);  // the last dim through the indices
+  const std::string norm_view = source_of(find("views in a row program"), DataType::kF32);
+  EXPECT_EQ(norm_view.find("ember_g"), std::string::npos);  // a transpose needs no table
 }
 
 #ifdef EMBER_WITH_CUDA

@@ -827,6 +827,39 @@ TEST(PlanFormat, Version8QuantizedConvolutionReadsWithoutChannelsLast) {
   EXPECT_EQ(plan_write(read), current);
 }
 
+TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {
+  // Version 10 added a FusedPointwise layer's input views (its last field, an int64 list).
+  // Cutting that empty list (its 4-byte count) out of a current plan gives the version-9 bytes,
+  // which must read back to the same network: written again, the current plan.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
+  FusedPointwiseParams fp;  // relu(x): one step
+  fp.program = {static_cast<int64_t>(FusedOpFamily::kActivation),
+                static_cast<int64_t>(ActivationType::kRelu), static_cast<int64_t>(DataType::kF32),
+                0, -1, -1};
+  fp.attrs = {0.0, 0.0};
+  fp.outputs = {1};
+  net.mark_output(net.add_layer(fp, {x}, "fused")->output(), "y");
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  // After the implementation name and the one input id: program (4 + 48), attrs (4 + 16),
+  // outputs (4 + 8), an empty kernel source, target and image (4 each), then the views (4).
+  const std::string impl = "cpu.FusedPointwise";
+  const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4;
+  const size_t views_at = params_at + 52 + 20 + 12 + 12;
+  ASSERT_EQ(get_u64(current, views_at) & 0xffffffffu, 0u);
+  std::vector<uint8_t> v9 = current;
+  v9.erase(v9.begin() + static_cast<std::ptrdiff_t>(views_at),
+           v9.begin() + static_cast<std::ptrdiff_t>(views_at + 4));
+  const size_t payload_end = kPlanHeaderBytes + get_u64(current, kPlanPayloadSizePos) - 4;
+  v9.insert(v9.begin() + static_cast<std::ptrdiff_t>(payload_end), 4, 0);
+  put_le(v9, kPlanPayloadSizePos, get_u64(current, kPlanPayloadSizePos) - 4, 8);
+  put_le(v9, 8, 9, 4);
+  reseal(v9);
+  const PlanModel read = plan_read(v9.data(), v9.size());
+  EXPECT_EQ(plan_write(read), current);
+}
+
 TEST(PlanFormat, BuildTargetIsValidated) {
   std::vector<OptimizationProfile> p(1);
   p[0].set_range("n", 1, 2, 3);

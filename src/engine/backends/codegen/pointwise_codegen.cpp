@@ -192,7 +192,8 @@ std::string step_line(const FusedStep& s, size_t value, const std::string& inden
 /// shuffles, and the row's value is a register of every lane. A last pass computes every step
 /// and stores the outputs.
 std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedStep>& steps,
-                       const std::vector<DataType>& input_dtypes) {
+                       const std::vector<DataType>& input_dtypes,
+                       const std::vector<semantics::InputView>& views) {
   const size_t n_in = input_dtypes.size();
   std::vector<DataType> value_dtype = input_dtypes;
   for (const FusedStep& s : steps) value_dtype.push_back(s.dtype);
@@ -225,9 +226,10 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
     for (size_t k = 0; k < n_in; ++k) {
       const std::string K = std::to_string(k);
       const DataType t = input_dtypes[k];
+      const std::string j = views[k].gather.empty() ? "j" : "ember_g" + K + "[j]";
       l += "      const float v" + K + " = " +
            load_expr(t, "((const " + std::string(storage_type(t)) + "*)a.in[" + K + "])[base" + K +
-                            " + j * step" + K + "]") +
+                            " + " + j + " * step" + K + "]") +
            ";\n";
     }
     return l;
@@ -317,7 +319,21 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
     src += "__device__ __forceinline__ float ember_hard_sigmoid(float y) { return y != y ? y : "
            "fmaxf(0.0f, fminf(1.0f, y)); }\n";
   }
-  if (semantics::fused_has_reduction(p)) return src + row_kernel(p, steps, input_dtypes);
+  // A gathered input's indices, as a table in the source (the cache keys on the text).
+  std::vector<semantics::InputView> views;
+  if (!semantics::fused_views(p, n_in, views)) {
+    throw Error("fused pointwise codegen: the input views do not parse");
+  }
+  for (size_t k = 0; k < n_in; ++k) {
+    if (views[k].gather.empty()) continue;
+    src += "__device__ const long long ember_g" + std::to_string(k) + "[" +
+           std::to_string(views[k].gather.size()) + "] = {";
+    for (size_t j = 0; j < views[k].gather.size(); ++j) {
+      src += (j ? ", " : "") + std::to_string(views[k].gather[j]);
+    }
+    src += "};\n";
+  }
+  if (semantics::fused_has_reduction(p)) return src + row_kernel(p, steps, input_dtypes, views);
   // The program on one element: inputs v0..v{n_in-1} in, outputs o0.. out.
   src += "__device__ __forceinline__ void ember_program(";
   for (size_t k = 0; k < n_in; ++k) src += (k ? ", " : "") + std::string("float v") + std::to_string(k);
@@ -391,7 +407,11 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
          "      const long long idx = rem - q * a.dims[d];\n"
          "      rem = q;\n";
   for (size_t k = 0; k < n_in; ++k) {
-    src += "      off" + std::to_string(k) + " += idx * a.strides[" + std::to_string(k) + "][d];\n";
+    const std::string K = std::to_string(k);
+    const std::string index = views[k].gather.empty()
+                                  ? "idx"
+                                  : "(d == a.rank - 1 ? ember_g" + K + "[idx] : idx)";
+    src += "      off" + K + " += " + index + " * a.strides[" + K + "][d];\n";
   }
   src += "    }\n";
   for (size_t o = 0; o < p.outputs.size(); ++o) src += "    float y" + std::to_string(o) + ";\n";

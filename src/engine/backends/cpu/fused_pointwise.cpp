@@ -126,11 +126,16 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
       fail("output " + std::to_string(o) + " dtype differs from its step's");
     }
   }
-  // Per input: its strides over the output's dims (0 where it broadcasts).
+  // Per input: its strides over the output's dims (0 where it broadcasts), through its view.
   const size_t rank = out_dims.size();
+  std::vector<semantics::InputView> views;
+  if (!semantics::fused_views(p, n_in, views)) fail("the input views do not parse");
+  bool gathers = false;
   std::vector<std::vector<int64_t>> strides(n_in);
   for (size_t k = 0; k < n_in; ++k) {
-    const std::vector<int64_t>& d = args.in(k).dims;
+    std::vector<int64_t> d, st;
+    semantics::view_dims_strides(args.in(k).dims, views[k], d, st);
+    gathers = gathers || !views[k].gather.empty();
     bool ok = d.size() <= rank;
     for (size_t i = 0; ok && i < d.size(); ++i) {
       ok = d[i] == out_dims[rank - d.size() + i] || d[i] == 1;
@@ -139,14 +144,25 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
       fail("input " + std::to_string(k) + " dims " + dims_to_string(d) +
            " do not broadcast to " + dims_to_string(out_dims));
     }
-    strides[k] = broadcast_strides(d, out_dims);
+    strides[k].assign(rank, 0);
+    for (size_t i = 0; i < d.size(); ++i) {
+      const size_t od = rank - d.size() + i;
+      strides[k][od] = d[i] == 1 && out_dims[od] != 1 ? 0 : st[i];
+    }
   }
   // Dims of size 1 dropped and neighbours merged where every input steps through both as one
-  // (as the unfused kernels' BroadcastLoop), so the walk below moves in long runs.
+  // (as the unfused kernels' BroadcastLoop), so the walk below moves in long runs. A gathered
+  // last dim stays a dim of its own (its indices run along it), even of size 1.
   std::vector<int64_t> mdims;
   std::vector<std::vector<int64_t>> mstrides(n_in);
   for (size_t d = 0; d < rank; ++d) {
-    if (out_dims[d] == 1) continue;
+    const bool gathered_last = gathers && d + 1 == rank;
+    if (out_dims[d] == 1 && !gathered_last) continue;
+    if (gathered_last) {
+      mdims.push_back(out_dims[d]);
+      for (size_t k = 0; k < n_in; ++k) mstrides[k].push_back(strides[k][d]);
+      continue;
+    }
     bool merge = !mdims.empty();
     for (size_t k = 0; merge && k < n_in; ++k) {
       merge = mstrides[k].back() == strides[k][d] * out_dims[d];
@@ -168,7 +184,10 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   std::vector<Access> access(n_in, Access::kStrided);
   for (size_t k = 0; k < n_in; ++k) {
     const int64_t m = args.in(k).numel();
-    access[k] = m == total_elements ? Access::kWhole : m == 1 ? Access::kOne : Access::kStrided;
+    access[k] = views[k].any()        ? Access::kStrided  // transposed or gathered: walk it
+                : m == total_elements ? Access::kWhole
+                : m == 1              ? Access::kOne
+                                      : Access::kStrided;
   }
   // A half-precision step rounds where a later step reads it; a result only stored rounds in
   // the store (the same rounding, once).
@@ -235,7 +254,14 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
             if (access[k] != Access::kStrided) continue;
             float* x = values.data() + k * block + j;
             const int64_t st = mstrides[k][last];
-            if (st == 1) {
+            if (!views[k].gather.empty()) {
+              // The last dim through its indices (it is the innermost merged dim, unmerged).
+              const int64_t row = offset[k] - idx[last] * st;
+              const int64_t* g = views[k].gather.data() + idx[last];
+              for (int64_t t = 0; t < len; ++t) {
+                x[t] = load_float(value_dtype[k], args.in(k).data, row + g[t] * st);
+              }
+            } else if (st == 1) {
               load_run(value_dtype[k], args.in(k).data, offset[k], len, x);
             } else if (st == 0) {
               std::fill(x, x + len, load_float(value_dtype[k], args.in(k).data, offset[k]));

@@ -241,21 +241,31 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   for (size_t o = 0; o < a.outputs.size(); ++o) k.out[o] = a.out(o).data;
   // Strides of every input over the output's dims (0 where it broadcasts), then the dims
   // merged wherever every input can step through two as one (as the CPU's BroadcastLoop).
+  // An input with a view (FusedPointwiseParams::views) steps through its transposed dims; a
+  // gathered last dim's stride is the one its indices (in the kernel's source) multiply.
   const size_t rank = dims.size();
+  std::vector<semantics::InputView> views;
+  if (!semantics::fused_views(p, n_in, views)) {
+    throw Error(a.layer->describe() + ": the input views do not parse (the plan may be corrupt)");
+  }
+  bool any_view = false, gathers = false;
   std::vector<std::vector<int64_t>> st(n_in, std::vector<int64_t>(rank, 0));
   for (size_t i = 0; i < n_in; ++i) {
-    const std::vector<int64_t>& d = a.in(i).dims;
-    int64_t s = 1;
-    for (size_t j = d.size(); j-- > 0;) {
+    std::vector<int64_t> d, s;
+    semantics::view_dims_strides(a.in(i).dims, views[i], d, s);
+    any_view = any_view || views[i].any();
+    gathers = gathers || !views[i].gather.empty();
+    for (size_t j = 0; j < d.size(); ++j) {
       const size_t od = rank - d.size() + j;
-      st[i][od] = d[j] == 1 ? 0 : s;
-      s *= d[j];
+      st[i][od] = d[j] == 1 && dims[od] != 1 ? 0 : s[j];
     }
   }
   // A program with row reductions keeps the last dim (the row) as it is: only the dims before
-  // it merge, and the row kernel walks them per row.
+  // it merge, and the row kernel walks them per row. So does one with a gathered input (the
+  // generated source indexes the last dim through the gather).
   const bool by_rows = semantics::fused_has_reduction(p);
-  const size_t merged_rank = by_rows && rank > 0 ? rank - 1 : rank;
+  const bool keep_last = (by_rows || gathers) && rank > 0;
+  const size_t merged_rank = keep_last ? rank - 1 : rank;
   std::vector<int64_t> mdims;
   std::vector<std::vector<int64_t>> mst(n_in);
   for (size_t d = 0; d < merged_rank; ++d) {
@@ -270,9 +280,12 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
     mdims.push_back(dims[d]);
     for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][d]);
   }
-  if (by_rows) {
-    mdims.push_back(rank > 0 ? dims[rank - 1] : 1);
-    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(rank > 0 ? st[i][rank - 1] : 0);
+  if (keep_last) {
+    mdims.push_back(dims[rank - 1]);
+    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][rank - 1]);
+  } else if (by_rows) {  // a rank-0 output: one row of one element
+    mdims.push_back(1);
+    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(0);
   }
   if (mdims.size() > static_cast<size_t>(codegen::kPointwiseMaxRank)) {
     host_fallback(a);  // more dims than the kernel walks, even merged: the reference, on the host
@@ -300,7 +313,7 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
     return;
   }
   // The vectorized path: every input whole (contiguous, the output's size) or one element.
-  bool vec = n % codegen::kPointwiseVector == 0;
+  bool vec = n % codegen::kPointwiseVector == 0 && !any_view;
   int mask = 1;
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   for (size_t i = 0; vec && i < n_in; ++i) {

@@ -3,6 +3,7 @@
 // Decoding does not validate; the layer's infer() did (network/fused_pointwise.cpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -60,6 +61,68 @@ inline std::vector<FusedStep> fused_steps(const FusedPointwiseParams& p) {
     }
   }
   return steps;
+}
+
+/// How a FusedPointwise input is read (FusedPointwiseParams::views): through a transpose, then
+/// a gather of its last dim.
+struct InputView {
+  std::vector<int64_t> perm;    ///< Empty: not transposed.
+  std::vector<int64_t> gather;  ///< Empty: the last dim whole.
+  bool any() const { return !perm.empty() || !gather.empty(); }
+};
+
+/// The views of `p`'s `n_in` inputs (all plain when p.views is empty). Returns false when the
+/// encoding does not parse (infer() reports it; the kernels never see such a layer).
+inline bool fused_views(const FusedPointwiseParams& p, size_t n_in, std::vector<InputView>& out) {
+  out.assign(n_in, InputView{});
+  if (p.views.empty()) return true;
+  size_t at = 0;
+  auto take = [&](std::vector<int64_t>& into) {
+    if (at >= p.views.size() || p.views[at] < 0 ||
+        static_cast<size_t>(p.views[at]) > p.views.size() - at - 1) {
+      return false;
+    }
+    const auto n = static_cast<size_t>(p.views[at]);
+    into.assign(p.views.begin() + static_cast<std::ptrdiff_t>(at + 1),
+                p.views.begin() + static_cast<std::ptrdiff_t>(at + 1 + n));
+    at += 1 + n;
+    return true;
+  };
+  for (InputView& v : out) {
+    if (!take(v.perm) || !take(v.gather)) return false;
+  }
+  return at == p.views.size();
+}
+
+/// Sets `p.views` from `views` (none when no input has one).
+inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView>& views) {
+  p.views.clear();
+  bool any = false;
+  for (const InputView& v : views) any = any || v.any();
+  if (!any) return;
+  for (const InputView& v : views) {
+    p.views.push_back(static_cast<int64_t>(v.perm.size()));
+    p.views.insert(p.views.end(), v.perm.begin(), v.perm.end());
+    p.views.push_back(static_cast<int64_t>(v.gather.size()));
+    p.views.insert(p.views.end(), v.gather.begin(), v.gather.end());
+  }
+}
+
+/// The dims input `dims` is read with through `v`, and the element stride of each of those dims
+/// in the (contiguous) input; a gathered last dim's stride is the one its indices multiply.
+inline void view_dims_strides(const std::vector<int64_t>& dims, const InputView& v,
+                              std::vector<int64_t>& view_dims, std::vector<int64_t>& strides) {
+  std::vector<int64_t> contiguous(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) contiguous[i - 1] = contiguous[i] * dims[i];
+  view_dims = dims;
+  strides = contiguous;
+  if (!v.perm.empty()) {
+    for (size_t i = 0; i < v.perm.size(); ++i) {
+      view_dims[i] = dims[static_cast<size_t>(v.perm[i])];
+      strides[i] = contiguous[static_cast<size_t>(v.perm[i])];
+    }
+  }
+  if (!v.gather.empty()) view_dims.back() = static_cast<int64_t>(v.gather.size());
 }
 
 /// Appends `step` to `p` (the builder's pass and tests write programs through this).

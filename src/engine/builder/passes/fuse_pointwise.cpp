@@ -172,6 +172,76 @@ std::set<const Layer*> reentered(const Network& net, const std::set<const Layer*
   return hit;
 }
 
+/// True when only layers of `readers` read `t` (and it is no network output).
+bool only_read_by(const Network& net, const Tensor* t, const std::set<const Layer*>& readers) {
+  if (t->is_output()) return false;
+  for (const Layer* c : net.consumers(t)) {
+    if (readers.count(c) == 0) return false;
+  }
+  return true;
+}
+
+/// The constant last-dim indices of `g` (normalized to [0, width)) when it is a Gather of its
+/// data's last dim by a constant 1-d index list of at least two entries.
+std::optional<std::vector<int64_t>> last_dim_gather(const Layer* g) {
+  if (g == nullptr || g->kind() != LayerKind::kGather) return std::nullopt;
+  const auto& gp = g->params_as<GatherParams>();
+  const Shape& ds = g->input(0)->shape();
+  const int64_t rank = static_cast<int64_t>(ds.size());
+  const Weights* idx = constant_of(g->input(1));
+  if (gp.mode != GatherMode::kDefault || rank == 0 || (gp.axis != rank - 1 && gp.axis != -1) ||
+      idx == nullptr || idx->dims().size() != 1 || idx->numel() < 2 ||
+      !ds.back().is_constant()) {
+    return std::nullopt;
+  }
+  const int64_t width = ds.back().constant();
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < idx->numel(); ++i) {
+    int64_t v = 0;
+    if (idx->dtype() == DataType::kI32) {
+      v = static_cast<const int32_t*>(idx->data())[i];
+    } else if (idx->dtype() == DataType::kI64) {
+      v = static_cast<const int64_t*>(idx->data())[i];
+    } else {
+      return std::nullopt;
+    }
+    if (v < 0) v += width;
+    if (v < 0 || v >= width) return std::nullopt;
+    out.push_back(v);
+  }
+  return out;
+}
+
+/// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather and
+/// then a transpose (a Shuffle with only its first transpose) are looked through when nothing
+/// but the group (and the gathers looked through) reads their results.
+std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>& inputs,
+                                 const std::set<const Layer*>& in_group,
+                                 std::vector<semantics::InputView>& views) {
+  std::vector<Tensor*> sources = inputs;
+  std::set<const Layer*> readers = in_group;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const Layer* g = inputs[k]->producer();
+    if (auto idx = last_dim_gather(g); idx && only_read_by(net, inputs[k], in_group)) {
+      views[k].gather = *idx;
+      sources[k] = g->input(0);
+      readers.insert(g);
+    }
+  }
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const Layer* t = sources[k]->producer();
+    if (t == nullptr || t->kind() != LayerKind::kShuffle) continue;
+    const auto& sp = t->params_as<ShuffleParams>();
+    if (sp.first_transpose.empty() || sp.has_reshape || !sp.second_transpose.empty() ||
+        !only_read_by(net, sources[k], readers)) {
+      continue;
+    }
+    views[k].perm = sp.first_transpose;
+    sources[k] = t->input(0);
+  }
+  return sources;
+}
+
 /// Why `members` (a group joined through row reductions or row values) cannot be one layer, or
 /// nothing when it can (then `reductions` is its number of Reduce layers). Its full shape is the
 /// shape of any member whose last dim is not 1; every member's output must be that or its row
@@ -260,7 +330,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     return out;
   };
   std::vector<std::vector<Layer*>> groups = group_by(uf, layers);
-  int split = 0, reductions = 0;
+  int split = 0, reductions = 0, absorbed_views = 0;
   int fused = 0;
   // A group that a path leaves and re-enters (RMSNorm: x -> pow -> mean -> rsqrt -> x * r)
   // splits in two: the members that path reaches (and what follows them) and the rest, each
@@ -358,12 +428,19 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
                                   " results read outside; 16 fit one kernel)");
       continue;
     }
+    // Inputs made by a transpose or a last-dim gather that only this group reads are read
+    // through a view of the tensor before it: the copy layer goes away.
+    std::vector<semantics::InputView> views(inputs.size());
+    std::vector<Tensor*> sources = input_views(net, inputs, in_group, views);
+    semantics::fused_set_views(p, views);
+    int group_views = 0;
+    for (const semantics::InputView& v : views) group_views += v.any() ? 1 : 0;
     std::vector<DataType> dtypes;
-    for (const Tensor* t : inputs) dtypes.push_back(t->dtype());
+    for (const Tensor* t : sources) dtypes.push_back(t->dtype());
     if (backend != nullptr) backend->prepare_fused_pointwise(p, dtypes, notes);
     Layer* f = nullptr;
     try {
-      f = net.add_layer(std::move(p), inputs, name);
+      f = net.add_layer(std::move(p), sources, name);
     } catch (const Error& e) {
       // The group's layers passed these checks one by one; a failure here is a bug of the
       // pass, and the layers as they are still compute the right thing: say so and keep them.
@@ -384,10 +461,15 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     for (size_t o = 0; o < results.size(); ++o) net.replace_all_uses(results[o], f->output(o));
     fused += static_cast<int>(members.size());
     reductions += group_reductions;
+    absorbed_views += group_views;
     // The replaced layers go now, so the next groups see only live readers of their results.
     remove_unreachable_layers(net);
   }
   remove_unreachable_layers(net);
+  if (notes && absorbed_views > 0) {
+    notes->push_back(std::to_string(absorbed_views) +
+                     " inputs read through their transpose or last-dim gather (no copy)");
+  }
   if (notes && reductions > 0) {
     notes->push_back(std::to_string(reductions) + " row reductions fused with their pointwise layers");
   }
