@@ -73,6 +73,12 @@ class Backend {
   /// logs each such layer ("degraded: ...") and the Python layer warns through the "ember"
   /// logger.
   virtual std::string degradation(const Layer& layer) const { return {}; }
+  /// Whether a float MatrixMultiply's fused activation `type` runs inside the product's own
+  /// kernel (true by default). False makes it a pass over the output after the product (the
+  /// CUDA back end: cuBLASLt's epilogues have ReLU and tanh-GELU only); fuse_epilogues then
+  /// leaves such an activation to fuse_pointwise when pointwise layers read it, so that it
+  /// joins them in one kernel instead of taking a pass of its own.
+  virtual bool product_activation_in_kernel(ActivationType type) const { return true; }
   /// Adds what this back end stores with a FusedPointwise layer the builder's fuse_pointwise
   /// pass made (the CUDA back end: the generated kernel's source, and its image compiled for
   /// the build's GPU when there is one); `notes` (may be null) gets a line for the build log

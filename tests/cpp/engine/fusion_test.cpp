@@ -3,11 +3,14 @@
 // with the reference executor running the network as written).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
+#include <tuple>
 #include <limits>
 
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
+#include "plan/plan.h"
 #include "test_util.h"
 
 namespace ember::engine {
@@ -92,6 +95,70 @@ TEST(FuseEpilogues, MatMulBiasActivationAndResidualBehindAReshape) {
   for (int64_t rows : {1, 5, 9}) {
     test::run_network(net, {TestTensor::random(DataType::kF32, {rows, 8}, 5),
                             TestTensor::random(DataType::kF32, {1, rows, 8}, 6)}, opts);
+  }
+}
+
+TEST(FuseEpilogues, AnActivationTheGemmCannotRunJoinsThePointwiseLayerThatReadsIt) {
+  // SwiGLU: silu(x Wg) * (x Wu). On the CPU the SiLU runs inside the product (an epilogue);
+  // for CUDA (cuBLASLt has no SiLU epilogue) it stays out and joins the product by the up
+  // projection in one FusedPointwise layer. A ReLU (cuBLASLt has it) goes into the GEMM there
+  // too.
+  auto build = [](Network& net, ActivationType act) {
+    Tensor* x = net.add_input("x", DataType::kF16, {4, 8});
+    Tensor* g = net.add_matrix_multiply(x, false, constant(net, DataType::kF16, {8, 16}, 1, "wg"),
+                                        false, "gate")->output();
+    Tensor* u = net.add_matrix_multiply(x, false, constant(net, DataType::kF16, {8, 16}, 2, "wu"),
+                                        false, "up")->output();
+    g = net.add_activation(g, act, 0, 0, "act")->output();
+    net.mark_output(net.add_elementwise(g, u, ElementWiseOp::kProd, "gated")->output(), "y");
+  };
+  auto kinds = [](const Network& net, const std::string& backend) {
+    BuilderConfig config;
+    config.backend = backend;
+    BuildReport report;
+    const auto plan = Builder(config).build(net, &report);
+    const PlanModel model = plan_read(plan.data(), plan.size());  // no GPU needed to read
+    std::string line;
+    for (const std::string& l : report.pass_log) {
+      if (l.rfind("fuse_epilogues:", 0) == 0) line = l;
+    }
+    auto n = [&](LayerKind kind) {
+      int c = 0;
+      for (const Layer* l : model.network.layers()) c += l->kind() == kind ? 1 : 0;
+      return c;
+    };
+    return std::make_tuple(n(LayerKind::kFusedPointwise), n(LayerKind::kElementWise),
+                           n(LayerKind::kActivation), line);
+  };
+  {
+    Network net;
+    build(net, ActivationType::kSilu);
+    const auto [fused, elementwise, act, line] = kinds(net, "cpu");
+    EXPECT_EQ(fused, 0);
+    EXPECT_EQ(elementwise, 1);
+    EXPECT_EQ(act, 0);
+    EXPECT_NE(line.find("1 activations,"), std::string::npos) << line;
+    test::run_network(net, {TestTensor::random(DataType::kF16, {4, 8}, 3)});
+  }
+  const auto backends = available_backends();
+  if (std::find(backends.begin(), backends.end(), "cuda") == backends.end()) return;
+  {
+    Network net;
+    build(net, ActivationType::kSilu);
+    const auto [fused, elementwise, act, line] = kinds(net, "cuda");
+    EXPECT_EQ(fused, 1);
+    EXPECT_EQ(elementwise, 0);
+    EXPECT_EQ(act, 0);
+    EXPECT_NE(line.find("0 activations, 0 requantizations, 1 activations left to fuse_pointwise"),
+              std::string::npos) << line;
+  }
+  {
+    Network net;
+    build(net, ActivationType::kRelu);
+    const auto [fused, elementwise, act, line] = kinds(net, "cuda");
+    EXPECT_EQ(fused, 0);
+    EXPECT_EQ(elementwise, 1);
+    EXPECT_NE(line.find("1 activations,"), std::string::npos) << line;
   }
 }
 

@@ -175,6 +175,11 @@ class CudaBackend final : public Backend {
   // compiled here too (NVRTC, for this GPU's architecture), so loading the plan on the same
   // kind of GPU compiles nothing. Without a GPU the source alone is stored and the first run
   // compiles it. An NVRTC failure fails the build with NVRTC's log (never a silent fallback).
+  bool product_activation_in_kernel(ActivationType type) const override {
+    // cuBLASLt's epilogues (linear.cpp); every other activation is a pass after the GEMM.
+    return type == ActivationType::kRelu || type == ActivationType::kGeluTanh;
+  }
+
   void prepare_fused_pointwise(FusedPointwiseParams& p, const std::vector<DataType>& input_dtypes,
                                std::vector<std::string>* notes) const override {
     p.kernel_source = codegen::pointwise_kernel_source(p, input_dtypes);

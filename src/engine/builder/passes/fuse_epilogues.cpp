@@ -22,9 +22,12 @@
 // product gains a residual only before its activation. Batch-norm folding changes the weights
 // (computed in f32, rounded to the weights' dtype once), which is what TensorRT does too.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 
 #include "backends/cpu/kernels.h"
+#include "backends/backend.h"
 #include "builder/passes/passes.h"
 
 namespace ember::engine {
@@ -94,8 +97,10 @@ Layer* rebuild(Network& net, Layer* prod, Layer* absorbed, LayerParams params,
 
 struct Fuser {
   Network& net;
+  const Backend* backend = nullptr;  ///< The plan's back end (null in tests of the pass alone).
+  bool fuse_pointwise = true;        ///< Whether fuse_pointwise runs after this pass.
   int folded_scales = 0, scales = 0, biases = 0, residuals = 0, activations = 0,
-      requantizations = 0;
+      requantizations = 0, left_to_pointwise = 0;
 
   /// Conv followed by x*c, x+c or x-c with c a per-channel constant, into new weights/bias.
   bool fold_conv_affine(Layer* conv) {
@@ -366,6 +371,17 @@ struct Fuser {
       return false;
     }
     const auto& ap = next->params_as<ActivationParams>();
+    // An activation the back end would run as a pass of its own after a float product, read
+    // by a pointwise layer (SwiGLU's silu(gate) * up): fuse_pointwise puts it into that
+    // layer's kernel instead, one kernel and one round trip fewer.
+    if (prod->kind() == LayerKind::kMatrixMultiply && fuse_pointwise && backend != nullptr &&
+        !backend->product_activation_in_kernel(ap.type) && !next->output()->is_output()) {
+      const Layer* reader = sole_consumer(net, next->output());
+      if (reader != nullptr && is_fusable_pointwise(reader)) {
+        ++left_to_pointwise;
+        return false;
+      }
+    }
     LayerParams params = prod->params();
     Epilogue* e = nullptr;
     if (auto* c = std::get_if<ConvolutionParams>(&params)) e = &c->epilogue;
@@ -414,6 +430,10 @@ struct Fuser {
 void pass_fuse_epilogues(BuildState& s) {
   Network& net = s.plan.network;
   Fuser f{net};
+  f.backend = find_backend(s.config.backend);
+  const char* pointwise = std::getenv("EMBER_FUSE_POINTWISE");
+  f.fuse_pointwise = s.config.fuse_pointwise && s.config.optimization_level >= 2 &&
+                     !(pointwise != nullptr && std::strcmp(pointwise, "0") == 0);
   // Each success replaces layers, so restart the walk; every rewrite removes a layer from the
   // live graph, which bounds the loop.
   bool changed = true;
@@ -432,7 +452,11 @@ void pass_fuse_epilogues(BuildState& s) {
                   " matmul scales, " + std::to_string(f.biases) +
                   " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
                   std::to_string(f.activations) + " activations, " +
-                  std::to_string(f.requantizations) + " requantizations");
+                  std::to_string(f.requantizations) + " requantizations" +
+                  (f.left_to_pointwise > 0
+                       ? ", " + std::to_string(f.left_to_pointwise) +
+                             " activations left to fuse_pointwise (a pass of their own here)"
+                       : std::string()));
 }
 
 }  // namespace ember::engine

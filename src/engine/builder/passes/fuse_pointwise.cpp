@@ -278,6 +278,11 @@ std::optional<std::string> row_group_problem(const Network& net, const std::vect
 
 }  // namespace
 
+bool is_fusable_pointwise(const Layer* l) {
+  const std::optional<FusedStep> s = step_of(l);
+  return s && s->family != FusedOpFamily::kReduce;
+}
+
 int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes,
                           bool row_reductions) {
   const std::vector<Layer*> layers = net.layers();

@@ -90,6 +90,9 @@ void pass_gather_slices(BuildState& s);
 class Backend;
 int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes,
                           bool row_reductions = true);
+/// True when fuse_pointwise groups `l` with pointwise layers of its shape (an Activation, float
+/// ElementWise arithmetic, float Unary math, a float Cast or an Identity).
+bool is_fusable_pointwise(const Layer* l);
 /// fuse_pointwise_layers unless config.fuse_pointwise is false or EMBER_FUSE_POINTWISE=0;
 /// EMBER_FUSE_ROW_REDUCTIONS=0 keeps the reductions out.
 void pass_fuse_pointwise(BuildState& s);
