@@ -13,7 +13,7 @@
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|soak|cache]...
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|fusion_ab|soak|cache]...
 #   (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,7 +51,7 @@ pack() {
 
 step_cpp() {
   run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
-    --gtest_filter='Cuda*:FuseEpilogues*:FusePointwise*:PointwiseCodegen*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*'
+    --gtest_filter='Cuda*:FuseEpilogues*:FusePointwise*:PointwiseCodegen*:GatherSlices*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*:ChannelsLast*'
 }
 step_models() {
   run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
@@ -106,6 +106,15 @@ step_attn_ab() {
 step_soak() {
   EMBER_TEST_DEVICE=cuda run_step soak python3 tests/python/test_soak.py \
     --calls "${SOAK_CALLS:-2000}" --cycles "${SOAK_CYCLES:-1000}"
+}
+# The decoder rows' generated-kernel fusions (FUSION_ROWS, default T5-small and the Qwen2-0.5B
+# shapes at b1 and b32): everything fused (half), the row reductions left out
+# (EMBER_FUSE_ROW_REDUCTIONS=0: RMSNorm in four kernels) and no pointwise fusion at all.
+step_fusion_ab() {
+  run_step fusion_ab bash -c "cd bench && python3 variants.py \
+    --rows '${FUSION_ROWS:-t5_small:1,qwen2_0_5b:1,t5_small:32,qwen2_0_5b:32}' \
+    --variants half,half_no_row_reductions,half_unfused --json '$dest/fusion_ab.json' 2>&1 |
+    tee '$dest/fusion_ab_live.log'"
 }
 # The engine cache (issue 15): the same rows twice, each run in a fresh process; the first builds
 # and stores the engines (and times torch.compile(backend="ember") against reduce-overhead), the
