@@ -620,12 +620,16 @@ enum class FusedOpFamily : uint8_t {
   kUnary,        ///< code: UnaryOp (float math: not kNot, kIsInf, kIsNan). One operand.
   kCast,         ///< A float-to-float Cast to the step's dtype. One operand.
   kReduce,       ///< code: ReduceOp; a row reduction (see FusedPointwiseParams). One operand.
+  kSelect,       ///< operand 0 (bool) ? operand 1 : operand 2 (float, the step's dtype).
 };
-inline constexpr int kNumFusedOpFamilies = 6;
+inline constexpr int kNumFusedOpFamilies = 7;
 
 /// A chain or DAG of pointwise layers run as one layer, made by the builder's fuse_pointwise
-/// pass (converters do not add it). Inputs: 1 to kMaxInputs float tensors (f32/f16/bf16), each
-/// broadcast (numpy rules) to the output shape, which is the broadcast of all of them.
+/// pass (converters do not add it). Inputs: 1 to kMaxInputs tensors, each broadcast (numpy
+/// rules) to the output shape, which is the broadcast of all of them; float (f32/f16/bf16), or
+/// bool and integer ones that only Casts and Select conditions read. Steps compute in f32; a
+/// Cast to bool (x != 0) holds 0 or 1 and only Select conditions and Casts read it (plan
+/// format 10); the outputs are float.
 /// Values are numbered inputs first (0 .. n_inputs - 1), then one per step (n_inputs + i).
 /// Step i is `program[kStride * i .. + kStride)` = {family, code, dtype, operand 0, 1, 2}
 /// (operands are earlier values, -1 when unused) with attrs[2 i], attrs[2 i + 1]. Every step

@@ -2,8 +2,8 @@
 // plan read from disk is rebuilt through this function, so every step of the program is checked
 // here with the rules of the layer it stands for: float dtypes only, each step's dtype the one
 // its layer would give, operands that name earlier values, known enum codes. A row reduction
-// (kReduce) reduces over the output's last dim; the kernels check at run time that a max or min
-// row is not empty.
+// (kReduce) reduces over the output's last dim. An empty row (a last dim of 0) gives an empty
+// output: the Reduce layer's own check that a max or min has something to reduce is not made.
 #include <cmath>
 #include <set>
 #include <string>
@@ -22,8 +22,12 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                             " inputs, got " + std::to_string(n_in));
   std::vector<DataType> value_dtype;
   for (size_t i = 0; i < n_in; ++i) {
-    ctx.expect_float(i, "input");
-    value_dtype.push_back(ctx.dtype(i));
+    const DataType t = ctx.dtype(i);
+    InferContext::require(dtype_is_float(t) || t == DataType::kBool || t == DataType::kI8 ||
+                              t == DataType::kU8 || t == DataType::kI32 || t == DataType::kI64,
+                          "input " + std::to_string(i) + " must be float, bool or integer, got " +
+                              dtype_name(t));
+    value_dtype.push_back(t);
   }
   InferContext::require(p.program.size() % FusedPointwiseParams::kStride == 0,
                         "program has " + std::to_string(p.program.size()) +
@@ -71,9 +75,28 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                                 std::to_string(o) + ", not one of the " +
                                 std::to_string(n_in + i) + " values defined before it");
     }
-    InferContext::require(dtype_is_float(st.dtype), where + ": dtype must be f32, f16 or bf16, got " +
-                                                        dtype_name(st.dtype));
-    const DataType a = used > 0 ? value_dtype[static_cast<size_t>(st.operands[0])] : st.dtype;
+    // Float values everywhere but Casts (which read any value and may make a bool) and the
+    // condition of a Select (a bool).
+    const bool to_bool = st.family == FusedOpFamily::kCast && st.dtype == DataType::kBool;
+    InferContext::require(dtype_is_float(st.dtype) || to_bool,
+                          where + ": dtype must be f32, f16 or bf16 (bool for a cast), got " +
+                              dtype_name(st.dtype));
+    for (int k = 0; k < used; ++k) {
+      const DataType d = value_dtype[static_cast<size_t>(st.operands[k])];
+      const bool any = st.family == FusedOpFamily::kCast;
+      const bool cond = st.family == FusedOpFamily::kSelect && k == 0;
+      if (cond) {
+        InferContext::require(d == DataType::kBool, where + ": a select's condition must be bool, got " +
+                                                        dtype_name(d));
+      } else if (!any) {
+        InferContext::require(dtype_is_float(d), where + ": operand " + std::to_string(k) +
+                                                     " is " + dtype_name(d) +
+                                                     "; this step reads float values only");
+      }
+    }
+    const DataType a = used > 0 ? value_dtype[static_cast<size_t>(
+                                      st.operands[st.family == FusedOpFamily::kSelect ? 1 : 0])]
+                                : st.dtype;
     switch (st.family) {
       case FusedOpFamily::kScalar:
         break;
@@ -103,6 +126,12 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
       case FusedOpFamily::kCast:
       case FusedOpFamily::kReduce:  // any float op of ReduceOp (the code check above)
         break;
+      case FusedOpFamily::kSelect: {
+        const DataType b = value_dtype[static_cast<size_t>(st.operands[2])];
+        InferContext::require(a == b, where + ": the select's values have dtypes " +
+                                          std::string(dtype_name(a)) + " and " + dtype_name(b));
+        break;
+      }
     }
     if (st.family != FusedOpFamily::kScalar && st.family != FusedOpFamily::kCast) {
       InferContext::require(st.dtype == a, where + ": dtype " + std::string(dtype_name(st.dtype)) +
@@ -122,6 +151,10 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                           "output value " + std::to_string(o) +
                               " is not a distinct step result (values " + std::to_string(n_in) +
                               " to " + std::to_string(value_dtype.size() - 1) + ")");
+    InferContext::require(dtype_is_float(value_dtype[static_cast<size_t>(o)]),
+                          "output value " + std::to_string(o) + " is " +
+                              dtype_name(value_dtype[static_cast<size_t>(o)]) +
+                              "; the outputs are float");
   }
   InferContext::require(p.kernel_image.empty() || !p.kernel_target.empty(),
                         "a kernel image needs its target architecture");

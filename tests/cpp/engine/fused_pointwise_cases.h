@@ -261,6 +261,40 @@ inline std::vector<Chain> chains() {
          net.mark_output(net.add_unary(e, UnaryOp::kNeg, "neg")->output(), "out");
        },
        {{3, 5}}, 1, 0},
+      // Bools, integers and selects on a scalar: T5's f16 clamp, where(any(isinf(x)), A, B).
+      {"an integer count, a bool, a select and casts on a scalar fold into the clamp",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {2, 3, 8});
+         Tensor* count = net.add_input("count", DataType::kI32, {});
+         Tensor* any = net.add_cast(count, DataType::kBool, "any")->output();
+         auto f32 = [&](float v, const std::string& name) {
+           return net.add_constant(Weights::copy(DataType::kF32, {}, &v), name)->output();
+         };
+         Tensor* c = net.add_layer(SelectParams{}, {any, f32(1.0f, "low"), f32(1.5f, "high")},
+                                   "where")->output();
+         Tensor* lo = net.add_cast(net.add_unary(c, UnaryOp::kNeg, "neg")->output(), dt, "lo")
+                          ->output();
+         Tensor* hi = net.add_cast(c, dt, "hi")->output();
+         Tensor* y = net.add_elementwise(x, lo, ElementWiseOp::kMax, "clamp_min")->output();
+         net.mark_output(net.add_elementwise(y, hi, ElementWiseOp::kMin, "clamp_max")->output(),
+                         "out");
+       },
+       {{2, 3, 8}, {}}, 1, 0},
+      {"a row group that cannot be one layer falls back to its plain chains",
+       [](Network& net, DataType dt) {
+         // The row value t is a network output, so {exp, abs.., sum, log..} cannot be one
+         // layer; the chains abs -> sqrt -> neg and log -> abs -> sqrt fuse on their own.
+         Tensor* x = net.add_input("x", dt, {4, 8});
+         Tensor* z = net.add_unary(x, UnaryOp::kExp, "z")->output();
+         Tensor* c = net.add_unary(z, UnaryOp::kAbs, "a")->output();
+         c = net.add_unary(c, UnaryOp::kSqrt, "b")->output();
+         net.mark_output(net.add_unary(c, UnaryOp::kNeg, "c")->output(), "c");
+         Tensor* t = row_reduce(net, z, ReduceOp::kSum, "r");
+         t = net.add_unary(t, UnaryOp::kLog, "p")->output();
+         t = net.add_unary(t, UnaryOp::kAbs, "q")->output();
+         net.mark_output(net.add_unary(t, UnaryOp::kSqrt, "t")->output(), "t");
+       },
+       {{4, 8}}, 2, 1, 1},
       {"a reduction over another axis stays a Reduce layer",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {5, 8});
@@ -276,7 +310,7 @@ inline std::vector<Chain> chains() {
   };
 }
 
-/// Random inputs for a chain's network, in [-2, 2).
+/// Random inputs for a chain's network, in [-2, 2) (integers: whole numbers there).
 inline std::vector<TestTensor> inputs_for(const Network& net, const Chain& c) {
   std::vector<TestTensor> ins;
   for (size_t i = 0; i < c.input_dims.size(); ++i) {

@@ -40,7 +40,8 @@ TEST(FusePointwise, GroupsEachChainAndGivesTheUnfusedBitsPerDtype) {
       fuse_pointwise_layers(fused, nullptr, &notes);
       EXPECT_EQ(count(fused, LayerKind::kFusedPointwise), c.fused_layers);
       const int left = count(fused, LayerKind::kActivation) + count(fused, LayerKind::kElementWise) +
-                       count(fused, LayerKind::kUnary) + count(fused, LayerKind::kCast);
+                       count(fused, LayerKind::kUnary) + count(fused, LayerKind::kCast) +
+                       count(fused, LayerKind::kSelect);
       EXPECT_EQ(left, c.pointwise_left);
       EXPECT_EQ(count(fused, LayerKind::kReduce), c.reduce_left);
       // Views: every transpose and gather in these chains is read in place, except the
@@ -196,7 +197,10 @@ TEST(FusePointwise, CorruptProgramsAreRejectedWithTheirReason) {
   bad([](auto& p) { p.outputs = {0}; }, "output value 0 is not a distinct step result");
   bad([](auto& p) { p.program[4] = 0; }, "operand 1 must be -1 (unused)");
   bad([](auto& p) { p.kernel_image = {1, 2, 3}; }, "a kernel image needs its target");
-  bad([](auto&) {}, "input (input 0) must be f32, f16 or bf16", DataType::kI32);
+  bad([](auto&) {}, "step 0: operand 0 is i32; this step reads float values only", DataType::kI32);
+  bad([](auto&) {}, "f8e4m3 tensors go only through", DataType::kF8E4M3);
+  bad([](auto& p) { p.program[2] = static_cast<int64_t>(DataType::kBool); },
+      "dtype must be f32, f16 or bf16 (bool for a cast), got bool");
   bad([](auto& p) { p.views = {1}; }, "do not encode one {n, perm, m, indices} per input");
   bad([](auto& p) { p.views = {3, 0, 1, 2, 0}; }, "a transpose of 3 dims for a rank-2 input");
   bad([](auto& p) { p.views = {2, 0, 0, 0}; }, "the transpose is not a permutation");

@@ -57,12 +57,24 @@ std::string literal(float v) {
   return buf;
 }
 
-const char* storage_type(DataType t) { return t == DataType::kF32 ? "float" : "ember_u16"; }
+const char* storage_type(DataType t) {
+  switch (t) {
+    case DataType::kF32: return "float";
+    case DataType::kBool:
+    case DataType::kU8: return "unsigned char";
+    case DataType::kI8: return "signed char";
+    case DataType::kI32: return "int";
+    case DataType::kI64: return "long long";
+    default: return "ember_u16";  // f16, bf16
+  }
+}
 
-/// f32 value of a stored element `e` of dtype t.
+/// f32 value of a stored element `e` of dtype t (integers converted, bools as 0 or 1).
 std::string load_expr(DataType t, const std::string& e) {
   if (t == DataType::kF16) return "ember_h2f(" + e + ")";
   if (t == DataType::kBF16) return "ember_b2f(" + e + ")";
+  if (t == DataType::kBool) return "(" + e + " ? 1.0f : 0.0f)";
+  if (t != DataType::kF32) return "(float)(" + e + ")";
   return e;
 }
 
@@ -175,7 +187,10 @@ std::string step_line(const FusedStep& s, size_t value, const std::string& inden
       e = unary_expr(static_cast<UnaryOp>(s.code), a);
       break;
     case FusedOpFamily::kCast:
-      e = a;
+      e = s.dtype == DataType::kBool ? "(" + a + " != 0.0f ? 1.0f : 0.0f)" : a;
+      break;
+    case FusedOpFamily::kSelect:
+      e = "(" + a + " != 0.0f ? " + b + " : v" + std::to_string(s.operands[2]) + ")";
       break;
     case FusedOpFamily::kReduce:
       throw Error("fused pointwise codegen: a row reduction is not an elementwise step");
@@ -268,7 +283,11 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
            "    }\n"
            "    for (int o = 16; o > 0; o >>= 1) acc" + std::to_string(i) + " = " +
            combine("acc" + std::to_string(i),
-                   "__shfl_xor_sync(0xffffffffu, acc" + std::to_string(i) + ", o)") + ";\n";
+                   "__shfl_xor_sync(0xffffffffu, acc" + std::to_string(i) + ", o)") + ";\n" +
+           // Lane 0's result for every lane: a max/min keeps its first operand on ties (+0 and
+           // -0, two NaNs), so the butterfly could leave the lanes different zeros.
+           "    acc" + std::to_string(i) + " = __shfl_sync(0xffffffffu, acc" + std::to_string(i) +
+           ", 0);\n";
     const std::string acc = "acc" + std::to_string(i);
     const std::string finish = op == ReduceOp::kAvg ? "(float)(" + acc + " / (double)row_len)"
                                : minmax             ? acc
@@ -367,6 +386,9 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
     if (t == DataType::kF32) {
       src += "        const float4 w = *(const float4*)(" + ptr + " + i);\n"
              "        x" + K + "[0] = w.x; x" + K + "[1] = w.y; x" + K + "[2] = w.z; x" + K + "[3] = w.w;\n";
+    } else if (!dtype_is_float(t)) {  // bools and integers: one element at a time
+      src += "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = " +
+             load_expr(t, ptr + "[i + j]") + ";\n";
     } else {
       src += "        const uint2 w = *(const uint2*)(" + ptr + " + i);\n"
              "        const ember_u16 h[4] = {(ember_u16)(w.x & 0xffffu), (ember_u16)(w.x >> 16), "

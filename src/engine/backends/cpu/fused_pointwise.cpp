@@ -256,10 +256,10 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
             const int64_t st = mstrides[k][last];
             if (!views[k].gather.empty()) {
               // The last dim through its indices (it is the innermost merged dim, unmerged).
-              const int64_t row = offset[k] - idx[last] * st;
+              const int64_t row_base = offset[k] - idx[last] * st;
               const int64_t* g = views[k].gather.data() + idx[last];
               for (int64_t t = 0; t < len; ++t) {
-                x[t] = load_float(value_dtype[k], args.in(k).data, row + g[t] * st);
+                x[t] = load_float(value_dtype[k], args.in(k).data, row_base + g[t] * st);
               }
             } else if (st == 1) {
               load_run(value_dtype[k], args.in(k).data, offset[k], len, x);
@@ -305,8 +305,17 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
             unary_run(static_cast<UnaryOp>(s.code), a, y, n);
             break;
           case FusedOpFamily::kCast:
-            std::copy(a, a + n, y);
+            if (s.dtype == DataType::kBool) {
+              for (int64_t j = 0; j < n; ++j) y[j] = a[j] != 0.0f ? 1.0f : 0.0f;  // NaN: true
+            } else {
+              std::copy(a, a + n, y);  // float values, or integers and bools as floats
+            }
             break;
+          case FusedOpFamily::kSelect: {
+            const float* c = value[s.operands[2]];
+            for (int64_t j = 0; j < n; ++j) y[j] = a[j] != 0.0f ? b[j] : c[j];
+            break;
+          }
           case FusedOpFamily::kReduce:
             for (int64_t r = 0; r < n; r += row) {
               std::fill(y + r, y + r + row,

@@ -26,6 +26,7 @@ inline int fused_num_operands(FusedOpFamily family) {
   switch (family) {
     case FusedOpFamily::kScalar: return 0;
     case FusedOpFamily::kElementWise: return 2;
+    case FusedOpFamily::kSelect: return 3;
     case FusedOpFamily::kActivation:
     case FusedOpFamily::kUnary:
     case FusedOpFamily::kCast:

@@ -1,6 +1,7 @@
 // fuse_pointwise: replaces each group of two or more connected pointwise layers (Activation,
-// float ElementWise arithmetic, float Unary math, float-to-float Cast, Identity) of one output
-// shape by one FusedPointwise layer, whose program lists the steps in order. Without it, every
+// float ElementWise arithmetic, float Unary math, Cast, Select, Identity) of one output shape
+// (and, below, the row reductions and scalars they read) by one FusedPointwise layer, whose
+// program lists the steps in order. Without it, every
 // such layer is a kernel of its own on the GPU, with a round trip of its output through memory.
 //
 // Grouping: a layer joins the layers that read its output when every reader is such a pointwise
@@ -27,6 +28,7 @@
 // next to NHWC convolutions) and simplify_attention. Off with BuilderConfig::fuse_pointwise =
 // false or EMBER_FUSE_POINTWISE=0 (A/B timing); EMBER_FUSE_ROW_REDUCTIONS=0 leaves only the
 // reductions out.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -55,6 +57,9 @@ bool shapes_equal(const Shape& a, const Shape& b) {
   return true;
 }
 
+/// The longest row a group with row reductions may have (a known last dim).
+constexpr int64_t kMaxRow = 65536;
+
 /// True when `row` is `full` with its last dim 1 and `full`'s last dim is not (a value per row
 /// of `full`, broadcast along it).
 bool is_row_of(const Shape& row, const Shape& full) {
@@ -68,14 +73,53 @@ bool is_row_of(const Shape& row, const Shape& full) {
   return true;
 }
 
+/// True when `value` is one element broadcast over `full` (all its dims 1, no more of them)
+/// and `full` has more: a scalar the layers of `full`'s shape read.
+bool is_scalar_of(const Shape& value, const Shape& full) {
+  if (value.size() > full.size() || shapes_equal(value, full)) return false;
+  for (const DimExpr& d : value) {
+    if (!(d == DimExpr(1))) return false;
+  }
+  return true;
+}
+
+/// A dtype a FusedPointwise input may have besides the float ones (bools and integers that
+/// only casts and select conditions read).
+bool is_bool_or_integer(DataType t) {
+  return t == DataType::kBool || t == DataType::kI8 || t == DataType::kU8 ||
+         t == DataType::kI32 || t == DataType::kI64;
+}
+
 /// The step `l` computes (operands left at -1), when it is a layer the pass fuses.
 std::optional<FusedStep> step_of(const Layer* l) {
-  if (l->outputs().size() != 1 || !dtype_is_float(l->output()->dtype())) return std::nullopt;
+  if (l->outputs().size() != 1) return std::nullopt;
   for (const Tensor* in : l->inputs()) {
-    if (in == nullptr || !dtype_is_float(in->dtype())) return std::nullopt;
+    if (in == nullptr) return std::nullopt;
   }
   FusedStep s;
   s.dtype = l->output()->dtype();
+  // Casts read any number or bool and make a float or a bool; a Select takes a bool condition.
+  if (l->kind() == LayerKind::kCast) {
+    const DataType from = l->input(0)->dtype();
+    if ((dtype_is_float(s.dtype) || s.dtype == DataType::kBool) &&
+        (dtype_is_float(from) || is_bool_or_integer(from))) {
+      s.family = FusedOpFamily::kCast;
+      return s;
+    }
+    return std::nullopt;
+  }
+  if (l->kind() == LayerKind::kSelect) {
+    if (!dtype_is_float(s.dtype) || l->input(0)->dtype() != DataType::kBool ||
+        l->input(1)->dtype() != s.dtype || l->input(2)->dtype() != s.dtype) {
+      return std::nullopt;
+    }
+    s.family = FusedOpFamily::kSelect;
+    return s;
+  }
+  if (!dtype_is_float(s.dtype)) return std::nullopt;
+  for (const Tensor* in : l->inputs()) {
+    if (!dtype_is_float(in->dtype())) return std::nullopt;
+  }
   switch (l->kind()) {
     case LayerKind::kActivation: {
       const auto& p = l->params_as<ActivationParams>();
@@ -99,7 +143,6 @@ std::optional<FusedStep> step_of(const Layer* l) {
       s.code = static_cast<int>(op);
       return s;
     }
-    case LayerKind::kCast:
     case LayerKind::kIdentity:  // a copy: a cast to its own dtype
       s.family = FusedOpFamily::kCast;
       return s;
@@ -133,9 +176,9 @@ std::optional<double> inline_scalar(const Tensor* t, size_t rank) {
 }
 
 struct UnionFind {
-  std::map<const Layer*, const Layer*> parent;
+  std::map<const Layer*, const Layer*> parent;  ///< Every member is its own parent at first.
   const Layer* find(const Layer* l) {
-    while (parent[l] != l) l = parent[l] = parent[parent[l]];
+    while (parent.at(l) != l) l = parent[l] = parent.at(parent.at(l));
     return l;
   }
   void join(const Layer* a, const Layer* b) { parent[find(a)] = find(b); }
@@ -261,9 +304,15 @@ std::optional<std::string> row_group_problem(const Network& net, const std::vect
   }
   if (reductions == 0 && !mixed) return std::nullopt;  // a plain group
   if (full == nullptr) return "no member has the full shape";
+  // The kernels hold a whole row of every value (the CPU per thread, the GPU re-reads it per
+  // pass): rows this long keep their Reduce layers.
+  if (reductions > 0 && full->back().is_constant() && full->back().constant() > kMaxRow) {
+    return "rows of " + std::to_string(full->back().constant()) + " elements, more than " +
+           std::to_string(kMaxRow);
+  }
   for (const Layer* l : members) {
     const Shape& s = l->output()->shape();
-    if (!shapes_equal(s, *full) && !is_row_of(s, *full)) {
+    if (!shapes_equal(s, *full) && !is_row_of(s, *full) && !is_scalar_of(s, *full)) {
       return l->name() + " has another shape";
     }
     if (steps.at(l).family == FusedOpFamily::kReduce && !shapes_equal(l->input(0)->shape(), *full)) {
@@ -290,19 +339,32 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   UnionFind uf;
   for (Layer* l : layers) {
     if (l->kind() == LayerKind::kReduce && !row_reductions) continue;
+    // A bool is only ever an intermediate: one that a non-step or the caller reads stays out.
+    if (l->outputs().size() == 1 && l->output()->dtype() == DataType::kBool) {
+      bool inside = !l->output()->is_output();
+      for (const Layer* c : net.consumers(l->output())) {
+        const std::optional<FusedStep> cs = step_of(c);
+        inside = inside && cs && (cs->family == FusedOpFamily::kCast ||
+                                  (cs->family == FusedOpFamily::kSelect && c->input(0) == l->output()));
+      }
+      if (!inside) continue;
+    }
     if (auto s = step_of(l)) {
       steps[l] = *s;
       uf.parent[l] = l;
     }
   }
   // Two groupings: `uf` with row reductions (a Reduce reading the layer, a layer of the full
-  // shape reading a row value), `plain` without them (pointwise layers of one shape): a group
-  // of `uf` that cannot be one layer falls back to its `plain` groups.
+  // shape reading a row value or a scalar), `plain` without them (pointwise layers of one
+  // shape): a group of `uf` that cannot be one layer falls back to its `plain` groups. Every
+  // member is in its union-find before any join (a join reaches the readers, later layers).
   UnionFind plain;
+  for (const auto& [l, s] : steps) {
+    if (s.family != FusedOpFamily::kReduce) plain.parent[l] = l;
+  }
   auto is_reduce = [&](const Layer* l) { return steps.at(l).family == FusedOpFamily::kReduce; };
   for (Layer* l : layers) {
     if (steps.count(l) == 0) continue;
-    if (!is_reduce(l)) plain.parent[l] = l;
     if (l->output()->is_output()) continue;
     const std::vector<Layer*> readers = net.consumers(l->output());
     const Shape& out = l->output()->shape();
@@ -312,7 +374,8 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
       const bool same_shape = step && !is_reduce(r) && shapes_equal(r->output()->shape(), out);
       same = same && same_shape;
       all = all && (same_shape || (step && is_reduce(r)) ||
-                    (step && is_row_of(out, r->output()->shape())));
+                    (step && !is_reduce(r) && (is_row_of(out, r->output()->shape()) ||
+                                                is_scalar_of(out, r->output()->shape()))));
     }
     if (same) {
       for (const Layer* r : readers) plain.join(l, r);
@@ -356,13 +419,22 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     // A group with row reductions (or row values read at the full shape) is one layer only
     // when its rows are the full shape's and only full-shape values leave it.
     int group_reductions = 0;
+    // When a group joined through reductions, row values or scalars cannot be one layer (here
+    // or at any check below), its plain groups are tried instead; a part that is the whole
+    // group again would fail the same way, and is dropped.
+    auto fall_back = [&] {
+      for (std::vector<Layer*>& part : group_by(plain, members)) {
+        if (part.size() < members.size()) groups.push_back(std::move(part));
+      }
+    };
     if (const std::optional<std::string> why = row_group_problem(net, members, in_group, steps,
                                                                  group_reductions)) {
       if (notes) notes->push_back(name + ": not fused with its row reductions (" + *why + ")");
-      for (std::vector<Layer*>& part : group_by(plain, members)) groups.push_back(std::move(part));
+      fall_back();
       continue;
     }
-    const size_t rank = members.front()->output()->shape().size();
+    size_t rank = 0;  // of the group's full shape (a scalar member may have fewer dims)
+    for (const Layer* l : members) rank = std::max(rank, l->output()->shape().size());
     // Outside inputs first (their values are numbered before the steps).
     std::vector<Tensor*> inputs;
     std::map<const Tensor*, int64_t> value;
@@ -395,6 +467,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
                          " tensor inputs; 1 to " +
                          std::to_string(FusedPointwiseParams::kMaxInputs) + " fit one kernel)");
       }
+      fall_back();
       continue;
     }
     FusedPointwiseParams p;
@@ -416,6 +489,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     if (p.num_steps() > FusedPointwiseParams::kMaxSteps) {
       if (notes) notes->push_back(name + ": not fused (" + std::to_string(p.num_steps()) +
                                   " steps, more than one kernel takes)");
+      fall_back();
       continue;
     }
     std::vector<Tensor*> results;
@@ -431,6 +505,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     if (p.outputs.size() > FusedPointwiseParams::kMaxInputs) {
       if (notes) notes->push_back(name + ": not fused (" + std::to_string(p.outputs.size()) +
                                   " results read outside; 16 fit one kernel)");
+      fall_back();
       continue;
     }
     // Inputs made by a transpose or a last-dim gather that only this group reads are read
@@ -450,6 +525,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
       // The group's layers passed these checks one by one; a failure here is a bug of the
       // pass, and the layers as they are still compute the right thing: say so and keep them.
       if (notes) notes->push_back(name + ": not fused (" + e.what() + ")");
+      fall_back();
       continue;
     }
     bool same = true;
@@ -461,6 +537,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
       // differ from the broadcast of all inputs): keep the layers.
       if (notes) notes->push_back(name + ": not fused (the inputs broadcast to another shape)");
       net.remove_layer(f);
+      fall_back();
       continue;
     }
     for (size_t o = 0; o < results.size(); ++o) net.replace_all_uses(results[o], f->output(o));
