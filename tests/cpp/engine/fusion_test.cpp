@@ -449,7 +449,7 @@ TEST(SimplifyAttention, ThreeProjectionsOfOneInputMergeIntoOnePackedProduct) {
 
 /// How the key and value heads reach a grouped-query Attention layer in gqa_attention.
 enum class Repeat {
-  kRepeatKv,           ///< HF's repeat_kv: [b, 2, 1, n, 8] -> expand [b, 2, 3, n, 8] -> [b, 6, n, 8]
+  kRepeatKv,           ///< HF's repeat_kv: [b, 2, 1, n, 8] -> [b, 2, 3, n, 8] -> [b, 6, n, 8]
   kTile,               ///< torch's repeat order: [b, 1, 2, n, 8] -> [b, 3, 2, n, 8] (head h % 2)
   kRepeatKvFromRank5,  ///< repeat_kv on a [b, 2, 1, n, 8] network input (no unsqueeze to skip)
 };
