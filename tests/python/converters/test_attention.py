@@ -188,9 +188,11 @@ class _GroupedQueryAttention(torch.nn.Module):
 
     def forward(self, x, mask=None):
         b, n, d = x.shape
-        q = self.q(x).view(b, n, self.heads, self.e).transpose(1, 2)
-        k = self.k(x).view(b, n, self.kv_heads, self.e).transpose(1, 2)
-        v = self.v(x).view(b, n, self.kv_heads, self.e).transpose(1, 2)
+        # HF's view(*input_shape, -1, head_dim): on a dynamic batch the head counts are only
+        # constants when the engine cancels the batch out of the inferred dim.
+        q = self.q(x).view(b, n, -1, self.e).transpose(1, 2)
+        k = self.k(x).view(b, n, -1, self.e).transpose(1, 2)
+        v = self.v(x).view(b, n, -1, self.e).transpose(1, 2)
         if self.rope:
             positions = torch.arange(n, device=x.device).float()
             angles = (self.inv_freq.float()[:, None] @ positions[None, :]).transpose(0, 1)
