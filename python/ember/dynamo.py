@@ -211,7 +211,8 @@ def _symbol_ranges(ep: torch.export.ExportedProgram, inputs: list[Input],
             else:
                 try:
                     hi = int(hi_raw)
-                except (TypeError, ValueError, OverflowError):
+                # torch's int_oo (Dim.DYNAMIC, Dim.AUTO) fails int() with AttributeError.
+                except (TypeError, ValueError, OverflowError, AttributeError):
                     raise ValueError(
                         f"ember: input '{name}' dim {d} ({sym}) has no upper bound; give it a "
                         f"range with ember.Input(min_shape=, opt_shape=, max_shape=) or "

@@ -80,6 +80,29 @@ def test_qwen2_has_the_0_5b_shapes():
     assert tiny.num_key_value_heads < tiny.num_attention_heads
 
 
+def test_qwen2_attention_reads_the_key_value_heads_unrepeated():
+    """HF's repeat_kv copies (unsqueeze, expand, reshape) before each tiny Qwen2 attention
+    disappear in the builder: every Attention layer reads the 2 key/value heads itself (the
+    kernels group the 4 query heads over them) and no expand (Select) is left in the engine."""
+    import json
+
+    model, inputs = models.make("qwen2_0_5b", 1, tiny=True)
+    report = ember.dynamo.CompilationReport()
+    compiled = ember.compile(model, inputs=list(inputs), device="cpu", report=report)
+    assert fallback_lines(report) == [], "\n".join(fallback_lines(report))
+    layers = [layer for attr in sorted(dir(compiled)) if attr.startswith("_ember_engine_")
+              for layer in json.loads(getattr(compiled, attr).inspect())["layers"]]
+    attention = [layer for layer in layers if layer["type"] == "Attention"]
+    assert len(attention) == models.qwen2_config(tiny=True).num_hidden_layers
+    assert not [layer["name"] for layer in layers if layer["type"] == "Select"]
+    for layer in attention:
+        head_dim = 2 if layer["params"]["seq_major"] else 1
+        for kv in layer["inputs"][1:3]:
+            assert kv["shape"].strip("[]").split(", ")[head_dim] == "2", layer
+    with torch.no_grad():
+        assert_close(flat_outputs(compiled(*inputs)), flat_outputs(model(*inputs)))
+
+
 def test_make_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         models.make("nope", 1)

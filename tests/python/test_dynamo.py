@@ -187,6 +187,14 @@ def test_dynamic_batch_runs_in_range_without_rebuilding_and_rejects_out_of_range
     assert "'x'" in msg  # the input's name in the program
 
 
+def test_unbounded_export_dim_without_a_range_is_a_clear_error():
+    x = torch.randn(4, 8)
+    ep = torch.export.export(torch.nn.Linear(8, 4).eval(), (x,),
+                             dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    with pytest.raises(ValueError, match="dim 0 .* has no upper bound; give it a range"):
+        ember.dynamo.compile(ep, [x], device="cpu")
+
+
 def test_trace_makes_dims_dynamic_from_input_ranges():
     spec = ember.Input(min_shape=(1, 8), opt_shape=(4, 8), max_shape=(16, 8))
     ep = ember.dynamo.trace(torch.nn.Linear(8, 4).eval(), [spec])

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "network/infer.h"
 
@@ -52,6 +53,45 @@ void expect_rank_at_least(const InferContext& ctx, size_t i, int lo, const std::
 }
 
 /// Requires `perm` to be empty (identity) or a permutation of [0, rank).
+/// Splits a product into its constant part (multiplied into `constant`) and its other factors.
+void split_factors(const DimExpr& e, int64_t& constant, std::vector<DimExpr>& factors) {
+  if (e.is_constant()) {
+    constant *= e.constant();
+  } else if (e.op() == DimExpr::Op::kMul) {
+    split_factors(e.lhs(), constant, factors);
+    split_factors(e.rhs(), constant, factors);
+  } else {
+    factors.push_back(e);
+  }
+}
+
+/// A reshape's -1 dim, numel / known. Factors the two share cancel first, so a view of
+/// [b, S, Hkv * E] as [b, S, -1, E] gets the constant Hkv rather than floordiv(b*S*Hkv*E, b*S*E),
+/// which later layers could not use as a head count. Only when what is left divides exactly:
+/// otherwise floordiv(numel, known) stays, and the element-count check reports the mismatch. A
+/// cancelled factor that is 0 at run time gives an empty tensor either way (numel 0).
+DimExpr inferred_dim(const DimExpr& numel, const DimExpr& known) {
+  int64_t num_constant = 1, den_constant = 1;
+  std::vector<DimExpr> num, den;
+  split_factors(numel, num_constant, num);
+  split_factors(known, den_constant, den);
+  for (auto d = den.begin(); d != den.end();) {
+    const auto n = std::find(num.begin(), num.end(), *d);
+    if (n == num.end()) {
+      ++d;
+      continue;
+    }
+    num.erase(n);
+    d = den.erase(d);
+  }
+  if (!den.empty() || den_constant == 0 || num_constant % den_constant != 0) {
+    return floor_div(numel, known);
+  }
+  DimExpr out = num_constant / den_constant;
+  for (const DimExpr& f : num) out = out * f;
+  return out;
+}
+
 void expect_permutation(const std::vector<int64_t>& perm, size_t rank, const std::string& what) {
   if (perm.empty()) return;
   std::string text = "[";
@@ -151,7 +191,7 @@ void infer(const ShuffleParams& p, InferContext& ctx) {
       InferContext::require(!known.is_constant() || known.constant() != 0,
                             "reshape " + shape_to_string(p.reshape) +
                                 " cannot infer its -1 dim: the other dims multiply to 0");
-      out[inferred] = floor_div(numel, known);
+      out[inferred] = inferred_dim(numel, known);
     }
     ctx.check_equal(shape_numel(out), numel,
                     "reshape of " + shape_to_string(cur) + " to " + shape_to_string(p.reshape) +

@@ -230,6 +230,40 @@ TEST(CudaAttention, MasksAndGroupedHeads) {
   }
 }
 
+// Qwen2.5-0.5B's grouped-query geometry (14 query heads over 2 key/value heads, head size 64),
+// what the builder's repeat_kv rewrite hands the kernels: batch 8 runs the 64-query kernel
+// (8 * 14 * 3 = 336 blocks of 64 queries, more than an H100/H200 has SMs), batch 1 the
+// key-split one, in both layouts, causal and with a padding mask.
+TEST(CudaAttention, GroupedHeadsOnBothSidesOfTheSplitRule) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  int device = 0, sms = 0;
+  test::cuda_ok(cudaGetDevice(&device), "cudaGetDevice");
+  test::cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+                "cudaDeviceGetAttribute");
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    for (int64_t batch : {1, 8}) {
+      for (bool seq_major : {false, true}) {
+        Case c;
+        c.B = batch;
+        c.H = 14;
+        c.Hkv = 2;
+        c.L = c.S = 129;
+        c.E = c.Ev = 64;
+        c.seq_major = seq_major;
+        const int64_t blocks64 = c.B * c.H * ((c.L + 63) / 64);
+        EXPECT_EQ(cuda::attention_split_keys(blocks64, sms, cuda::AttentionSplit::kAuto),
+                  batch == 1)
+            << "batch " << batch << " on " << sms << " SMs";
+        c.causal = true;
+        check(c, t, 500 + static_cast<uint32_t>(batch));
+        c.causal = false;
+        c.mask_dims = {batch, 1, 1, 129};
+        check(c, t, 600 + static_cast<uint32_t>(batch));
+      }
+    }
+  }
+}
+
 TEST(CudaAttention, FullyMaskedRowsGiveZerosOnBothKernels) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {

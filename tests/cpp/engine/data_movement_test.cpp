@@ -306,6 +306,29 @@ TEST(ShuffleLayer, DynamicReshapeWithSymbolicDims) {
   }
 }
 
+TEST(ShuffleLayer, InferredDimCancelsSharedSymbolicFactors) {
+  // HF's q/k/v view(b, s, -1, head_dim) on a symbolic batch: the heads come out as the constant
+  // 2 (what Attention needs for grouped-query heads), not floordiv(b*s*512, b*s*256).
+  Network net;
+  const DimExpr s = DimExpr::symbol("s");
+  Tensor* x = net.add_input("x", DataType::kF32, {kN, s, 32});
+  Tensor* heads = net.add_reshape(x, {kN, s, -1, 16})->output();
+  EXPECT_EQ(heads->shape(), (Shape{kN, s, 2, 16}));
+  // Constants that do not cancel stay in the product; n*s*32 / 16.
+  EXPECT_EQ(net.add_reshape(x, {-1, 16})->output()->shape(), (Shape{kN * s * 2, 16}));
+  net.mark_output(heads);
+  for (int64_t n : {1, 3}) {
+    const TestTensor in = random_of(DataType::kF32, {n, 4, 32}, static_cast<uint32_t>(n));
+    TestTensor e = in;
+    e.dims = {n, 4, 2, 16};
+    expect_same(run_network(net, {in})[0], e, "view [n, s, -1, 16], n = " + std::to_string(n));
+  }
+  // Factors with nothing to cancel against keep the division (and its run-time check).
+  Network other;
+  Tensor* y = other.add_input("y", DataType::kF32, {kN, 6});
+  EXPECT_EQ(other.add_reshape(y, {s, -1})->output()->shape()[1], floor_div(kN * 6, s));
+}
+
 TEST(ShuffleLayer, RejectsBadParameters) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 4});

@@ -447,5 +447,206 @@ TEST(SimplifyAttention, ThreeProjectionsOfOneInputMergeIntoOnePackedProduct) {
   test::run_network(apart, {TestTensor::random(DataType::kF32, {3, 5, 24}, 6)}, options);
 }
 
+/// How the key and value heads reach a grouped-query Attention layer in gqa_attention.
+enum class Repeat {
+  kRepeatKv,           ///< HF's repeat_kv: [b, 2, 1, n, 8] -> [b, 2, 3, n, 8] -> [b, 6, n, 8]
+  kTile,               ///< torch's repeat order: [b, 1, 2, n, 8] -> [b, 3, 2, n, 8] (head h % 2)
+  kRepeatKvFromRank5,  ///< repeat_kv on a [b, 2, 1, n, 8] network input (no unsqueeze to skip)
+};
+
+/// q [b, 6, n, 8] and k, v with 2 heads, repeated to 6 as `how` says, into a head-major
+/// Attention (causal and/or with a bool mask input [b, 1, n, n]); b and n symbolic.
+/// `expand_read_elsewhere` also marks k's expanded copy as a network output.
+Network gqa_attention(Repeat how, bool causal, bool masked, bool expand_read_elsewhere = false) {
+  Network net;
+  const DimExpr b = DimExpr::symbol("b"), n = DimExpr::symbol("n");
+  std::vector<Tensor*> in = {net.add_input("q", DataType::kF32, {b, 6, n, 8})};
+  for (const char* name : {"k", "v"}) {
+    const std::string s = name;
+    Shape one, wide;
+    Tensor* x = nullptr;
+    if (how == Repeat::kTile) {
+      x = net.add_input(s, DataType::kF32, {b, 2, n, 8});
+      x = net.add_reshape(x, {b, 1, 2, n, 8}, s + "_unsqueeze")->output();
+      wide = {b, 3, 2, n, 8};
+    } else {
+      x = how == Repeat::kRepeatKv ? net.add_input(s, DataType::kF32, {b, 2, n, 8}) : nullptr;
+      x = x != nullptr ? net.add_reshape(x, {b, 2, 1, n, 8}, s + "_unsqueeze")->output()
+                       : net.add_input(s, DataType::kF32, {b, 2, 1, n, 8});
+      wide = {b, 2, 3, n, 8};
+    }
+    // What the expand converter emits: Select(true, x, x) broadcasts x.
+    FillParams all;
+    all.shape = wide;
+    all.dtype = DataType::kBool;
+    all.value = 1.0;
+    Tensor* t = net.add_fill(all, s + "_all")->output();
+    Tensor* e = net.add_select(t, x, x, s + "_expand")->output();
+    if (expand_read_elsewhere && s == "k") net.mark_output(e, "k_expanded");
+    in.push_back(net.add_reshape(e, {b, 6, n, 8}, s + "_merge")->output());
+  }
+  if (masked) in.push_back(net.add_input("mask", DataType::kBool, {b, 1, n, n}));
+  AttentionParams p;
+  p.scale = 0.3;
+  p.causal = causal;
+  net.mark_output(net.add_layer(p, in, "attn")->output(), "y");
+  return net;
+}
+
+/// Inputs for gqa_attention at b = 2, n = 5.
+std::vector<TestTensor> gqa_inputs(Repeat how, bool masked) {
+  const std::vector<int64_t> kv =
+      how == Repeat::kRepeatKvFromRank5 ? std::vector<int64_t>{2, 2, 1, 5, 8}
+                                        : std::vector<int64_t>{2, 2, 5, 8};
+  std::vector<TestTensor> in = {TestTensor::random(DataType::kF32, {2, 6, 5, 8}, 31, -2.0f, 2.0f),
+                                TestTensor::random(DataType::kF32, kv, 32, -2.0f, 2.0f),
+                                TestTensor::random(DataType::kF32, kv, 33)};
+  if (masked) {
+    std::vector<int64_t> flags(2 * 25);
+    for (size_t i = 0; i < flags.size(); ++i) flags[i] = (i * 5) % 7 != 0;
+    in.push_back(TestTensor::ints(DataType::kBool, {2, 1, 5, 5}, flags));
+  }
+  return in;
+}
+
+std::vector<OptimizationProfile> b_n_profile() {
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("b", 1, 2, 4);
+  profiles[0].set_range("n", 1, 5, 16);
+  return profiles;
+}
+
+/// The simplify_attention line of the build log.
+std::string simplify_attention_log(const Network& net,
+                                   const std::vector<OptimizationProfile>& profiles) {
+  BuilderConfig config;
+  config.profiles = profiles;
+  BuildReport report;
+  Builder(config).build(net, &report);
+  for (const auto& line : report.pass_log) {
+    if (line.rfind("simplify_attention:", 0) == 0) return line;
+  }
+  return "";
+}
+
+/// Runs `net` built at optimization level 1 (no simplify_attention) and at level 3; both are
+/// checked against the reference executor, and their outputs must agree bit for bit (the
+/// rewrite changes which memory the layer reads, not what it computes).
+void expect_same_as_unrewritten(const Network& net, const std::vector<TestTensor>& in) {
+  test::RunOptions plain, rewritten;
+  plain.profiles = rewritten.profiles = b_n_profile();
+  plain.optimization_level = 1;
+  const auto a = test::run_network(net, in, plain);
+  const auto b = test::run_network(net, in, rewritten);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].dims, b[i].dims) << "output " << i;
+    EXPECT_EQ(a[i].bytes, b[i].bytes) << "output " << i << " differs from the unrewritten plan";
+  }
+}
+
+TEST(SimplifyAttention, RepeatedKeyValueHeadsAreReadUnrepeated) {
+  const auto profiles = b_n_profile();
+  for (bool causal : {false, true}) {
+    for (bool masked : {false, true}) {
+      SCOPED_TRACE(std::string(causal ? "causal" : "") + (masked ? " masked" : ""));
+      Network net = gqa_attention(Repeat::kRepeatKv, causal, masked);
+      EXPECT_EQ(count_layers(net, "Select", profiles), 0);
+      EXPECT_EQ(count_layers(net, "Fill", profiles), 0);
+      // Both unsqueeze reshapes had the un-repeated tensor as input: nothing is left but the layer.
+      EXPECT_EQ(count_layers(net, "Shuffle", profiles), 0);
+      EXPECT_EQ(count_layers(net, "Attention", profiles), 1);
+      EXPECT_NE(simplify_attention_log(net, profiles)
+                    .find(", 1 read grouped key/value heads without their repeat_kv copies"),
+                std::string::npos);
+      expect_same_as_unrewritten(net, gqa_inputs(Repeat::kRepeatKv, masked));
+    }
+  }
+  // Static shapes: fold_constants turns the Fill into a constant all-true condition first.
+  Network fixed;
+  std::vector<Tensor*> in = {fixed.add_input("q", DataType::kF32, {1, 4, 3, 8})};
+  for (const char* name : {"k", "v"}) {
+    Tensor* x = fixed.add_input(name, DataType::kF32, {1, 1, 3, 8});
+    x = fixed.add_reshape(x, {1, 1, 1, 3, 8})->output();
+    FillParams all;
+    all.shape = {1, 1, 4, 3, 8};
+    all.dtype = DataType::kBool;
+    all.value = 1.0;
+    x = fixed.add_select(fixed.add_fill(all)->output(), x, x)->output();
+    in.push_back(fixed.add_reshape(x, {1, 4, 3, 8})->output());
+  }
+  fixed.mark_output(fixed.add_layer(AttentionParams{}, in, "attn")->output(), "y");
+  EXPECT_EQ(count_layers(fixed, "Select"), 0);
+  EXPECT_EQ(count_layers(fixed, "Constant"), 0);
+  test::run_network(fixed, {TestTensor::random(DataType::kF32, {1, 4, 3, 8}, 41),
+                            TestTensor::random(DataType::kF32, {1, 1, 3, 8}, 42),
+                            TestTensor::random(DataType::kF32, {1, 1, 3, 8}, 43)});
+}
+
+TEST(SimplifyAttention, RepeatedHeadsInAnotherOrderStay) {
+  // torch's repeat/tile order gives head h the kv head h % 2, not h / 3: not the layer's
+  // grouping, so the copies stay and the layer reads them as 6 heads.
+  const auto profiles = b_n_profile();
+  Network net = gqa_attention(Repeat::kTile, true, true);
+  EXPECT_EQ(count_layers(net, "Select", profiles), 2);
+  EXPECT_EQ(count_layers(net, "Shuffle", profiles), 4);
+  EXPECT_NE(simplify_attention_log(net, profiles)
+                .find(", 0 read grouped key/value heads without their repeat_kv copies"),
+            std::string::npos);
+  test::RunOptions options;
+  options.profiles = profiles;
+  test::run_network(net, gqa_inputs(Repeat::kTile, true), options);
+}
+
+TEST(SimplifyAttention, RepeatedHeadsReadElsewhereKeepTheirCopy) {
+  // k's expanded copy is also a network output: it stays for that reader, the layer reads k.
+  const auto profiles = b_n_profile();
+  Network net = gqa_attention(Repeat::kRepeatKv, false, false, true);
+  EXPECT_EQ(count_layers(net, "Select", profiles), 1);
+  EXPECT_NE(simplify_attention_log(net, profiles).find(", 1 read grouped key/value heads"),
+            std::string::npos);
+  expect_same_as_unrewritten(net, gqa_inputs(Repeat::kRepeatKv, false));
+  // repeat_kv on a rank-5 input: the layer reads a new reshape of it (which shares its memory).
+  Network rank5 = gqa_attention(Repeat::kRepeatKvFromRank5, true, false);
+  EXPECT_EQ(count_layers(rank5, "Select", profiles), 0);
+  EXPECT_EQ(count_layers(rank5, "Shuffle", profiles), 2);
+  expect_same_as_unrewritten(rank5, gqa_inputs(Repeat::kRepeatKvFromRank5, false));
+}
+
+TEST(SimplifyAttention, RepeatsOnTheModelLayoutGoSeqMajor) {
+  // The repeats made on [b, n, 2, 8] (head dim 2), then transpose(1, 2) into a head-major layer
+  // whose output is transposed back: rewrite 2 makes it seq-major, then rewrite 4 drops the
+  // repeats it now reads directly.
+  Network net;
+  const DimExpr b = DimExpr::symbol("b"), n = DimExpr::symbol("n");
+  Tensor* q = net.add_input("q", DataType::kF32, {b, n, 6, 8});
+  std::vector<Tensor*> in = {net.add_transpose(q, {0, 2, 1, 3}, "q_t")->output()};
+  for (const char* name : {"k", "v"}) {
+    Tensor* x = net.add_input(name, DataType::kF32, {b, n, 2, 8});
+    x = net.add_reshape(x, {b, n, 2, 1, 8})->output();
+    FillParams all;
+    all.shape = {b, n, 2, 3, 8};
+    all.dtype = DataType::kBool;
+    all.value = 1.0;
+    x = net.add_select(net.add_fill(all)->output(), x, x)->output();
+    x = net.add_reshape(x, {b, n, 6, 8})->output();
+    in.push_back(net.add_transpose(x, {0, 2, 1, 3})->output());
+  }
+  AttentionParams p;
+  p.causal = true;
+  Tensor* o = net.add_layer(p, in, "attn")->output();
+  net.mark_output(net.add_transpose(o, {0, 2, 1, 3}, "o_t")->output(), "y");
+  const auto profiles = b_n_profile();
+  EXPECT_EQ(count_layers(net, "Select", profiles), 0);
+  EXPECT_EQ(count_layers(net, "Shuffle", profiles), 0);
+  const std::string log = simplify_attention_log(net, profiles);
+  EXPECT_NE(log.find(", 1 attention layers read and write [B, L, H, E] in place"),
+            std::string::npos) << log;
+  EXPECT_NE(log.find(", 1 read grouped key/value heads"), std::string::npos) << log;
+  expect_same_as_unrewritten(net, {TestTensor::random(DataType::kF32, {2, 5, 6, 8}, 51),
+                                   TestTensor::random(DataType::kF32, {2, 5, 2, 8}, 52),
+                                   TestTensor::random(DataType::kF32, {2, 5, 2, 8}, 53)});
+}
+
 }  // namespace
 }  // namespace ember::engine

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ember
 from fallback import check_fallback
-from harness import DEVICE, DTYPES_FLOAT, check_op, dynamic as _dyn
+from harness import DEVICE, DTYPES_FLOAT, assert_close, check_op, dynamic as _dyn
 
 BATCH = torch.export.Dim("batch", min=2, max=8)
 SEQ = torch.export.Dim("seq", min=2, max=32)
@@ -155,3 +156,144 @@ def test_sdpa_three_projections_merge_into_one():
     compiled = check_op(_SeparateProjections(), [torch.randn(2, 9, 32)])
     logs = [line for e in compiled.ember_report.engines for line in e["build_log"]]
     assert any("(1 of them merged from three)" in line for line in logs), logs
+
+
+def _repeat_kv(x, n_rep):
+    """HF's repeat_kv (Llama, Mistral, Qwen2): each key/value head n_rep times in a row."""
+    b, hkv, s, e = x.shape
+    return x[:, :, None, :, :].expand(b, hkv, n_rep, s, e).reshape(b, hkv * n_rep, s, e)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _GroupedQueryAttention(torch.nn.Module):
+    """A decoder's attention written the HF way: q/k/v projections to 4 query and 2 key/value
+    heads, (optionally) rotary embeddings on q and k, the key/value heads repeated for the query
+    heads (`repeat`: "repeat_kv", "repeat_interleave", or "tile", torch's other order, which is
+    not grouped-query attention) and F.scaled_dot_product_attention."""
+
+    def __init__(self, repeat="repeat_kv", rope=True, causal=True, d=32, heads=4, kv_heads=2):
+        super().__init__()
+        self.e = d // heads
+        self.q = torch.nn.Linear(d, d)
+        self.k = torch.nn.Linear(d, kv_heads * self.e)
+        self.v = torch.nn.Linear(d, kv_heads * self.e)
+        self.o = torch.nn.Linear(d, d, bias=False)
+        self.heads, self.kv_heads, self.repeat, self.rope, self.causal = (
+            heads, kv_heads, repeat, rope, causal)
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, self.e, 2) / self.e))
+
+    def forward(self, x, mask=None):
+        b, n, d = x.shape
+        # HF's view(*input_shape, -1, head_dim): on a dynamic batch the head counts are only
+        # constants when the engine cancels the batch out of the inferred dim.
+        q = self.q(x).view(b, n, -1, self.e).transpose(1, 2)
+        k = self.k(x).view(b, n, -1, self.e).transpose(1, 2)
+        v = self.v(x).view(b, n, -1, self.e).transpose(1, 2)
+        if self.rope:
+            positions = torch.arange(n, device=x.device).float()
+            angles = (self.inv_freq.float()[:, None] @ positions[None, :]).transpose(0, 1)
+            angles = torch.cat((angles, angles), dim=-1)
+            cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        n_rep = self.heads // self.kv_heads
+        if self.repeat == "repeat_kv":
+            k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+        elif self.repeat == "repeat_interleave":
+            k, v = (torch.repeat_interleave(t, n_rep, dim=1) for t in (k, v))
+        else:
+            k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           is_causal=self.causal and mask is None)
+        return self.o(o.transpose(1, 2).reshape(b, n, d))
+
+
+def _engine_layers(compiled) -> list[dict]:
+    import json
+    layers = []
+    for attr in sorted(n for n in dir(compiled) if n.startswith("_ember_engine_")):
+        layers += json.loads(getattr(compiled, attr).inspect())["layers"]
+    return layers
+
+
+def _unrepeated(compiled) -> int:
+    """How many Attention layers the build log says read un-repeated key/value heads."""
+    import re
+    total = 0
+    for e in compiled.ember_report.engines:
+        for line in e["build_log"]:
+            m = re.search(r", (\d+) read grouped key/value heads", line)
+            total += int(m.group(1)) if m and line.startswith("simplify_attention:") else 0
+    return total
+
+
+def _check_dynamic_batch_and_seq(module, dtype):
+    """`module` on [b, n, 32] inputs, b in [1, 4] and n in [2, 32], compiled once: zero
+    fallback, and matches eager at four shapes of the range. The export uses Dim.DYNAMIC:
+    torch.export rejects a bounded Dim on the sequence of repeat_kv's reshape (its constraint
+    solver cannot prove the guard min(8*n, 16*n) == 8*n it generates there), so the ranges come
+    from ember.Input instead."""
+    dyn = torch.export.Dim.DYNAMIC
+    ep = torch.export.export(module.eval(), (torch.randn(2, 9, 32, dtype=dtype),),
+                             dynamic_shapes=({0: dyn, 1: dyn},))
+    spec = ember.Input(min_shape=(1, 2, 32), opt_shape=(2, 9, 32), max_shape=(4, 32, 32),
+                       dtype=dtype)
+    report = ember.dynamo.CompilationReport()
+    compiled = ember.dynamo.compile(ep, [spec], device=DEVICE, min_block_size=1,
+                                    require_full_compilation=True, report=report)
+    assert not report.fallback and len(report.engines) == 1, str(report)
+    for b, n in [(2, 9), (3, 17), (1, 2), (4, 32)]:
+        x = torch.randn(b, n, 32, dtype=dtype, device=DEVICE)
+        with torch.no_grad():
+            assert_close(compiled(x), module.to(DEVICE)(x), where=f"b={b}, n={n}")
+    return compiled
+
+
+@pytest.mark.parametrize("dtype,repeat", [(dtype, "repeat_kv") for dtype in DTYPES_FLOAT] +
+                         [(torch.float32, "repeat_interleave")])
+def test_hf_grouped_query_attention_reads_unrepeated_heads(dtype, repeat):
+    """The copies of repeat_kv (and repeat_interleave, which exports to the same ops) disappear:
+    the Attention layer reads the 2 key/value heads itself, with is_causal, with a bool and an
+    additive mask, with and without rotary embeddings (without, q is a plain transpose and the
+    layer also goes seq-major), and on dynamic batch and sequence lengths (symbolic DimExprs in
+    the rewrite)."""
+    x = torch.randn(2, 9, 32, dtype=dtype)
+    bool_mask = torch.rand(2, 1, 9, 9) > 0.3
+    bool_mask[:, :, :, 0] = True  # every query keeps a key: eager's f16/bf16 NaN rows aside
+    add_mask = torch.randn(2, 1, 9, 9, dtype=dtype)
+    cases = [(_GroupedQueryAttention(repeat), [x]),
+             (_GroupedQueryAttention(repeat, rope=False), [x]),
+             (_GroupedQueryAttention(repeat), [x, bool_mask]),
+             (_GroupedQueryAttention(repeat, rope=False), [x, add_mask]),
+             (_GroupedQueryAttention(repeat), None),  # dynamic batch and sequence
+             (_GroupedQueryAttention(repeat, rope=False), None)]
+    for module, inputs in cases:
+        module = module.to(dtype)
+        if inputs is None:
+            compiled = _check_dynamic_batch_and_seq(module, dtype)
+        else:
+            compiled = check_op(module, inputs)  # zero fallback, matches eager
+        layers = _engine_layers(compiled)
+        kinds = [layer["type"] for layer in layers]
+        assert "Select" not in kinds, kinds
+        attention = [layer for layer in layers if layer["type"] == "Attention"]
+        assert len(attention) == 1, kinds
+        assert _unrepeated(compiled) == 1, compiled.ember_report.engines[0]["build_log"]
+        seq_major = attention[0]["params"]["seq_major"]
+        assert seq_major == (not module.rope), attention[0]
+        head_dim = 2 if seq_major else 1
+        k_shape = attention[0]["inputs"][1]["shape"].strip("[]").split(", ")
+        assert k_shape[head_dim] == "2", attention[0]
+
+
+def test_repeated_heads_in_tile_order_stay():
+    """Tensor.repeat puts head h on key/value head h % 2, not h // 2: that is not what the
+    layer's grouped-query heads compute, so the copies stay (and the output still matches)."""
+    compiled = check_op(_GroupedQueryAttention("tile"), [torch.randn(2, 9, 32)])
+    assert _unrepeated(compiled) == 0
+    attention = [layer for layer in _engine_layers(compiled) if layer["type"] == "Attention"]
+    assert attention[0]["inputs"][1]["shape"].startswith("[2, 4,"), attention[0]

@@ -65,7 +65,9 @@ void pass_channels_last(BuildState& s);
 /// Attention layers: drops constant masks that keep every key, turns constant causal masks into
 /// the causal flag, and rewrites a layer whose query, key and value are transpose(1, 2)s of
 /// [B, L, H, E] tensors and whose output only feeds a transpose(1, 2) into a seq-major layer on
-/// the untransposed tensors, so those four copies disappear.
+/// the untransposed tensors, so those four copies disappear; reads key/value heads repeated by
+/// HF's repeat_kv (unsqueeze, expand, reshape) un-repeated, as grouped-query heads; reads q, k
+/// and v from one packed projection in place (see simplify_attention.cpp).
 void pass_simplify_attention(BuildState& s);
 // Graph queries shared by the rewriting passes (graph_queries.cpp).
 /// The only consumer of `t`, when it has exactly one, reads it once, and `t` is not a network

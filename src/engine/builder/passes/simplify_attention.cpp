@@ -27,8 +27,31 @@
 //    projections of one input instead (three MatrixMultiply layers with constant weights and the
 //    same settings), those merge first into one product with the weights side by side: one
 //    larger GEMM instead of three, and its output is read in place.
+//
+// 4. Repeated key/value heads. HF's grouped-query models (Llama, Mistral, Qwen2) copy each key
+//    and value head n_rep times before SDPA (repeat_kv; torch.repeat_interleave(x, n_rep, dim=1)
+//    exports to the same three ops):
+//
+//   x5 = reshape(k, [B, Hkv, 1, S, E])                        (unsqueeze(2))
+//   xe = Select(all true, x5, x5)  [B, Hkv, n_rep, S, E]      (expand, a copy)
+//   k' = reshape(xe, [B, Hkv * n_rep, S, E])                  (head h = kv head h / n_rep)
+//   o  = Attention(q, k', v' [, mask])
+//   =>  o = Attention(q, k, v [, mask])                       (g = h / (H / Hkv): the same)
+//
+//    The element order is what makes it exact: the repeat dim must sit right after the Hkv dim,
+//    so that the row-major merge puts kv head g's copies at heads g * n_rep .. g * n_rep + n_rep
+//    - 1; any other order (torch's repeat/tile: head h reads kv head h % Hkv) stays as written.
+//    Batch, sequence and feature dims are compared as DimExprs (symbolic ones included); only
+//    the head counts must be constants, as the layer's grouped-query attention needs. Key and
+//    value are rewritten together or not at all (the layer needs their head counts equal). It
+//    runs before rewrite 2, so that a model whose q is a plain transpose can still turn
+//    seq-major, and again after it, for a seq-major layer that reads repeats made on the
+//    [B, S, Hkv, E] tensor (the same chain with the head dim at 2). A packed layer has no
+//    separate k and v to rewrite. An expand that other layers also read stays for them.
 #include <cmath>
 #include <limits>
+#include <map>
+#include <optional>
 #include <vector>
 
 #include "backends/cpu/kernels.h"
@@ -271,6 +294,101 @@ int read_packed_qkv(Network& net, int& merged) {
   return packed;
 }
 
+/// Whether every element of `t` is true: a bool Fill of a nonzero value, or a bool Constant
+/// without a false element (fold_constants has folded the Fill when its shape is static).
+bool all_true(const Tensor* t) {
+  if (t->dtype() != DataType::kBool || t->producer() == nullptr) return false;
+  const Layer* l = t->producer();
+  if (l->kind() == LayerKind::kFill) {
+    const auto& p = l->params_as<FillParams>();
+    return p.op == FillOp::kConstant && p.value != 0.0;
+  }
+  const Weights* w = constant_of(t);
+  if (w == nullptr) return false;
+  for (int64_t n = 0; n < w->numel(); ++n) {
+    if (cpu::load_float(w->dtype(), w->data(), n) == 0.0f) return false;
+  }
+  return true;
+}
+
+/// The kv tensor behind one repeat_kv chain (rewrite 4).
+struct Unrepeated {
+  Tensor* expanded_input = nullptr;  ///< The Select's broadcast input [.., Hkv, 1, ..].
+  Shape shape;                       ///< The un-repeated tensor's shape [.., Hkv, ..].
+  int64_t kv_heads = 0;
+};
+
+/// When rank-4 `t` (an Attention key or value whose head dim is `hd`: 1 head-major, 2
+/// seq-major) is reshape(Select(all true, x5, _)) with the Select's output `t`'s dims but the
+/// head dim split into [Hkv, n_rep] (in that order, both constants, n_rep >= 2) and x5 that
+/// with n_rep = 1, then head h of `t` is head h / n_rep of x5 without its unit dim.
+std::optional<Unrepeated> repeated_heads(const Tensor* t, int hd) {
+  const Layer* merge = t->producer();
+  if (!is_pure_reshape(merge) || t->rank() != 4) return std::nullopt;
+  const Tensor* xe = merge->input(0);
+  const Layer* sel = xe->producer();
+  if (sel == nullptr || sel->kind() != LayerKind::kSelect || xe->rank() != 5 ||
+      !all_true(sel->input(0))) {
+    return std::nullopt;
+  }
+  Tensor* x5 = sel->input(1);
+  const Shape& ts = t->shape();
+  const Shape& es = xe->shape();
+  const Shape& xs = x5->shape();
+  const DimExpr& hkv = es[hd];
+  const DimExpr& rep = es[hd + 1];
+  if (xs.size() != 5 || !hkv.is_constant() || !rep.is_constant() || !ts[hd].is_constant() ||
+      rep.constant() < 2 || ts[hd].constant() != hkv.constant() * rep.constant() ||
+      xs[hd + 1] != DimExpr(1)) {
+    return std::nullopt;
+  }
+  Unrepeated u{x5, ts, hkv.constant()};
+  u.shape[hd] = hkv;
+  for (int i = 0, j = 0; i < 5; ++i) {
+    if (i == hd + 1) continue;  // the repeat dim: n_rep in the expand, 1 in its input
+    if (es[i] != xs[i] || (i != hd && es[i] != ts[j])) return std::nullopt;
+    ++j;
+  }
+  return u;
+}
+
+/// Rewrite 4 on every unpacked Attention layer whose key and value both come from repeat_kv
+/// chains with the same Hkv: the layer reads the un-repeated [.., Hkv, ..] tensors (the input of
+/// the unsqueeze reshape when there is one of the right shape, else a new reshape, which shares
+/// its input's memory). Returns how many layers changed.
+int read_unrepeated_kv(Network& net) {
+  int count = 0;
+  std::map<const Tensor*, Tensor*> made;  // a Select's input -> its un-repeated view
+  for (Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kAttention) continue;
+    AttentionParams p = l->params_as<AttentionParams>();
+    if (p.packed_heads > 0) continue;
+    const int hd = p.seq_major ? 2 : 1;
+    const auto k = repeated_heads(l->input(1), hd);
+    const auto v = repeated_heads(l->input(2), hd);
+    if (!k || !v || k->kv_heads != v->kv_heads) continue;
+    std::vector<Tensor*> inputs = l->inputs();
+    for (const Unrepeated* u : {&*k, &*v}) {
+      Tensor*& view = made[u->expanded_input];
+      if (view == nullptr) {
+        const Layer* unsqueeze = u->expanded_input->producer();
+        if (is_pure_reshape(unsqueeze) && unsqueeze->input(0)->shape() == u->shape) {
+          view = unsqueeze->input(0);
+        } else {
+          std::string name = l->name() + (u == &*k ? "/k_heads" : "/v_heads");
+          while (net.find_layer(name) != nullptr) name += "'";
+          view = net.add_reshape(u->expanded_input, u->shape, name)->output();
+        }
+      }
+      inputs[u == &*k ? 1 : 2] = view;
+    }
+    Layer* fused = net.add_layer(p, inputs, l->name() + "+kv");
+    net.replace_all_uses(l->output(), fused->output());
+    ++count;
+  }
+  return count;
+}
+
 }  // namespace
 
 void pass_simplify_attention(BuildState& s) {
@@ -280,6 +398,8 @@ void pass_simplify_attention(BuildState& s) {
   // the next step from rewriting (and counting) them again.
   const int dropped = drop_constant_masks(net, as_causal);
   int removed = dropped > 0 ? remove_unreachable_layers(net) : 0;
+  int unrepeated = read_unrepeated_kv(net);
+  removed += unrepeated > 0 ? remove_unreachable_layers(net) : 0;
   int folded = 0;
   for (Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kAttention || l->params_as<AttentionParams>().seq_major) continue;
@@ -299,6 +419,10 @@ void pass_simplify_attention(BuildState& s) {
     ++folded;
   }
   removed += folded > 0 ? remove_unreachable_layers(net) : 0;
+  // Seq-major layers that rewrite 2 just made can read repeats made on [B, S, Hkv, E].
+  const int unrepeated_seq_major = folded > 0 ? read_unrepeated_kv(net) : 0;
+  removed += unrepeated_seq_major > 0 ? remove_unreachable_layers(net) : 0;
+  unrepeated += unrepeated_seq_major;
   int merged = 0;
   const int packed = read_packed_qkv(net, merged);
   removed += packed > 0 ? remove_unreachable_layers(net) : 0;
@@ -306,7 +430,9 @@ void pass_simplify_attention(BuildState& s) {
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
                   " attention layers read and write [B, L, H, E] in place, " +
                   std::to_string(packed) + " read q, k and v from one packed projection (" +
-                  std::to_string(merged) + " of them merged from three) (" +
+                  std::to_string(merged) + " of them merged from three), " +
+                  std::to_string(unrepeated) +
+                  " read grouped key/value heads without their repeat_kv copies (" +
                   std::to_string(removed) + " layers removed)");
 }
 
