@@ -237,9 +237,9 @@ inline std::vector<Chain> chains() {
        {{2, 3, 4, 8}, {3, 8}, {3, 8}}, 1, 0},
       {"views in a row program: a layer norm over a transposed input",
        [](Network& net, DataType dt) {
-         Tensor* x = net.add_input("x", dt, {5, 6, 3});
+         Tensor* x = net.add_input("x", dt, {3, 5, 6});
          ShuffleParams tp;
-         tp.first_transpose = {0, 2, 1};
+         tp.first_transpose = {1, 0, 2};
          Tensor* t = net.add_layer(tp, {x}, "transpose")->output();  // [5, 3, 6]
          Tensor* mu = row_reduce(net, t, ReduceOp::kAvg, "mean");
          Tensor* d = net.add_elementwise(t, mu, ElementWiseOp::kSub, "center")->output();
@@ -249,18 +249,28 @@ inline std::vector<Chain> chains() {
          net.mark_output(net.add_elementwise(d, r, ElementWiseOp::kDiv, "normalize")->output(),
                          "out");
        },
-       {{5, 6, 3}}, 1, 0, 0},
+       {{3, 5, 6}}, 1, 0, 0},
       {"a transpose read elsewhere too stays a copy",
        [](Network& net, DataType dt) {
-         Tensor* x = net.add_input("x", dt, {3, 5});
+         Tensor* x = net.add_input("x", dt, {3, 4, 5});
          ShuffleParams tp;
-         tp.first_transpose = {1, 0};
+         tp.first_transpose = {1, 0, 2};
          Tensor* t = net.add_layer(tp, {x}, "transpose")->output();
          net.mark_output(t, "transposed");
          Tensor* e = net.add_unary(t, UnaryOp::kExp, "exp")->output();
          net.mark_output(net.add_unary(e, UnaryOp::kNeg, "neg")->output(), "out");
        },
-       {{3, 5}}, 1, 0},
+       {{3, 4, 5}}, 1, 0},
+      {"a transpose that moves the last dim stays a (tiled) copy",
+       [](Network& net, DataType dt) {
+         Tensor* x = net.add_input("x", dt, {2, 3, 5});
+         ShuffleParams tp;
+         tp.first_transpose = {0, 2, 1};
+         Tensor* t = net.add_layer(tp, {x}, "to_nchw")->output();
+         Tensor* e = net.add_unary(t, UnaryOp::kExp, "exp")->output();
+         net.mark_output(net.add_unary(e, UnaryOp::kNeg, "neg")->output(), "out");
+       },
+       {{2, 3, 5}}, 1, 0},
       // Bools, integers and selects on a scalar: T5's f16 clamp, where(any(isinf(x)), A, B).
       {"an integer count, a bool, a select and casts on a scalar fold into the clamp",
        [](Network& net, DataType dt) {

@@ -256,8 +256,9 @@ std::optional<std::vector<int64_t>> last_dim_gather(const Layer* g) {
 }
 
 /// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather and
-/// then a transpose (a Shuffle with only its first transpose) are looked through when nothing
-/// but the group (and the gathers looked through) reads their results.
+/// then a transpose that keeps the last dim (a Shuffle with only its first transpose) are
+/// looked through when nothing but the group (and the gathers looked through) reads their
+/// results.
 std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>& inputs,
                                  const std::set<const Layer*>& in_group,
                                  std::vector<semantics::InputView>& views) {
@@ -275,7 +276,11 @@ std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>&
     const Layer* t = sources[k]->producer();
     if (t == nullptr || t->kind() != LayerKind::kShuffle) continue;
     const auto& sp = t->params_as<ShuffleParams>();
+    // Only transposes that keep the last dim last: the kernel's neighbouring threads then
+    // still read neighbouring elements. One that moves it (NHWC <-> NCHW) stays a tiled
+    // transpose, which reads and writes whole cache lines.
     if (sp.first_transpose.empty() || sp.has_reshape || !sp.second_transpose.empty() ||
+        sp.first_transpose.back() != static_cast<int64_t>(sp.first_transpose.size()) - 1 ||
         !only_read_by(net, sources[k], readers)) {
       continue;
     }
