@@ -130,36 +130,25 @@ TEST(FuseEpilogues, AnActivationTheGemmCannotRunJoinsThePointwiseLayerThatReadsI
     return std::make_tuple(n(LayerKind::kFusedPointwise), n(LayerKind::kElementWise),
                            n(LayerKind::kActivation), line);
   };
-  {
+  // (back end, activation) -> FusedPointwise and ElementWise layers left, and the log's words.
+  auto expect = [&](const std::string& backend, ActivationType act, int fused, int elementwise,
+                    const std::string& logged) {
+    SCOPED_TRACE(backend);
     Network net;
-    build(net, ActivationType::kSilu);
-    const auto [fused, elementwise, act, line] = kinds(net, "cpu");
-    EXPECT_EQ(fused, 0);
-    EXPECT_EQ(elementwise, 1);
-    EXPECT_EQ(act, 0);
-    EXPECT_NE(line.find("1 activations,"), std::string::npos) << line;
-    test::run_network(net, {TestTensor::random(DataType::kF16, {4, 8}, 3)});
-  }
+    build(net, act);
+    const auto [f, e, a, line] = kinds(net, backend);
+    EXPECT_EQ(f, fused);
+    EXPECT_EQ(e, elementwise);
+    EXPECT_EQ(a, 0);  // in a product's epilogue or in the fused layer, never on its own
+    EXPECT_NE(line.find(logged), std::string::npos) << line;
+    if (backend == "cpu") test::run_network(net, {TestTensor::random(DataType::kF16, {4, 8}, 3)});
+  };
+  expect("cpu", ActivationType::kSilu, 0, 1, "1 activations,");
   const auto backends = available_backends();
   if (std::find(backends.begin(), backends.end(), "cuda") == backends.end()) return;
-  {
-    Network net;
-    build(net, ActivationType::kSilu);
-    const auto [fused, elementwise, act, line] = kinds(net, "cuda");
-    EXPECT_EQ(fused, 1);
-    EXPECT_EQ(elementwise, 0);
-    EXPECT_EQ(act, 0);
-    EXPECT_NE(line.find("0 activations, 0 requantizations, 1 activations left to fuse_pointwise"),
-              std::string::npos) << line;
-  }
-  {
-    Network net;
-    build(net, ActivationType::kRelu);
-    const auto [fused, elementwise, act, line] = kinds(net, "cuda");
-    EXPECT_EQ(fused, 0);
-    EXPECT_EQ(elementwise, 1);
-    EXPECT_NE(line.find("1 activations,"), std::string::npos) << line;
-  }
+  expect("cuda", ActivationType::kSilu, 1, 0,
+         "0 activations, 0 requantizations, 1 activations left to fuse_pointwise");
+  expect("cuda", ActivationType::kRelu, 0, 1, "1 activations,");
 }
 
 TEST(FuseEpilogues, AttentionScoreScaleBecomesTheMatMulScale) {

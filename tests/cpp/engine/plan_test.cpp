@@ -97,6 +97,21 @@ size_t find_bytes(const std::vector<uint8_t>& b, const std::vector<uint8_t>& pat
   return 0;
 }
 
+// `current` as an older format `version` wrote it: the `n` bytes of a field that version lacks,
+// at `at`, cut out of the payload (the payload then ends n bytes earlier; the file keeps its
+// size and alignment with n zero bytes after it), the header updated and resealed.
+std::vector<uint8_t> without_field(const std::vector<uint8_t>& current, size_t at, size_t n,
+                                   uint32_t version) {
+  std::vector<uint8_t> b = current;
+  b.erase(b.begin() + static_cast<std::ptrdiff_t>(at), b.begin() + static_cast<std::ptrdiff_t>(at + n));
+  const uint64_t payload = get_u64(current, kPlanPayloadSizePos);
+  b.insert(b.begin() + static_cast<std::ptrdiff_t>(kPlanHeaderBytes + payload - n), n, 0);
+  put_le(b, kPlanPayloadSizePos, payload - n, 8);
+  put_le(b, 8, version, 4);
+  reseal(b);
+  return b;
+}
+
 // A length-prefixed string as the plan stores it.
 std::vector<uint8_t> encoded(const std::string& s) {
   std::vector<uint8_t> v(4);
@@ -816,13 +831,7 @@ TEST(PlanFormat, Version8QuantizedConvolutionReadsWithoutChannelsLast) {
   const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4 * 4;
   const size_t flag_at = params_at + 4 * 20 + 8 + 1 + (8 + 1 + 1 + 8 + 8) + (1 + 8 + 8);
   ASSERT_EQ(current[flag_at], 0);
-  std::vector<uint8_t> v8 = current;
-  v8.erase(v8.begin() + static_cast<std::ptrdiff_t>(flag_at));
-  const size_t payload_end = kPlanHeaderBytes + get_u64(current, kPlanPayloadSizePos) - 1;
-  v8.insert(v8.begin() + static_cast<std::ptrdiff_t>(payload_end), 1, 0);
-  put_le(v8, kPlanPayloadSizePos, get_u64(current, kPlanPayloadSizePos) - 1, 8);
-  put_le(v8, 8, 8, 4);
-  reseal(v8);
+  const std::vector<uint8_t> v8 = without_field(current, flag_at, 1, 8);
   const PlanModel read = plan_read(v8.data(), v8.size());
   EXPECT_EQ(plan_write(read), current);
 }
@@ -848,14 +857,7 @@ TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {
   const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4;
   const size_t views_at = params_at + 52 + 20 + 12 + 12;
   ASSERT_EQ(get_u64(current, views_at) & 0xffffffffu, 0u);
-  std::vector<uint8_t> v9 = current;
-  v9.erase(v9.begin() + static_cast<std::ptrdiff_t>(views_at),
-           v9.begin() + static_cast<std::ptrdiff_t>(views_at + 4));
-  const size_t payload_end = kPlanHeaderBytes + get_u64(current, kPlanPayloadSizePos) - 4;
-  v9.insert(v9.begin() + static_cast<std::ptrdiff_t>(payload_end), 4, 0);
-  put_le(v9, kPlanPayloadSizePos, get_u64(current, kPlanPayloadSizePos) - 4, 8);
-  put_le(v9, 8, 9, 4);
-  reseal(v9);
+  const std::vector<uint8_t> v9 = without_field(current, views_at, 4, 9);
   const PlanModel read = plan_read(v9.data(), v9.size());
   EXPECT_EQ(plan_write(read), current);
 }

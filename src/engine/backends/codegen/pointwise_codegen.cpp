@@ -199,6 +199,25 @@ std::string step_line(const FusedStep& s, size_t value, const std::string& inden
          dtype_name(s.dtype) + "\n";
 }
 
+/// The loop that adds to `<var>k` (declared before it) input k's offset of flat index `index`
+/// over the dims `last_dim` down to 0, indexing a gathered input's last dim through its table.
+std::string offset_walk(const std::vector<semantics::InputView>& views, const std::string& index,
+                        const std::string& last_dim, const std::string& var) {
+  std::string src = "    long long rem = " + index + ";\n"
+                    "    for (int d = " + last_dim + "; d >= 0; --d) {\n"
+                    "      const long long q = rem / a.dims[d];\n"
+                    "      const long long idx = rem - q * a.dims[d];\n"
+                    "      rem = q;\n";
+  for (size_t k = 0; k < views.size(); ++k) {
+    const std::string K = std::to_string(k);
+    const std::string i = views[k].gather.empty()
+                              ? "idx"
+                              : "(d == a.rank - 1 ? ember_g" + K + "[idx] : idx)";
+    src += "      " + var + K + " += " + i + " * a.strides[" + K + "][d];\n";
+  }
+  return src + "    }\n";
+}
+
 /// The kernel of a program with row reductions: one warp per row of the output's last dim
 /// (a.dims[a.rank - 1]; the host keeps it unmerged). Each reduction is one pass over the row:
 /// the lanes stride along it computing the steps before the reduction (from the inputs, read
@@ -227,15 +246,7 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
     src += "    long long base" + K + " = 0;\n"
            "    const long long step" + K + " = a.strides[" + K + "][a.rank - 1];\n";
   }
-  src += "    long long rem = r;\n"
-         "    for (int d = a.rank - 2; d >= 0; --d) {\n"
-         "      const long long q = rem / a.dims[d];\n"
-         "      const long long idx = rem - q * a.dims[d];\n"
-         "      rem = q;\n";
-  for (size_t k = 0; k < n_in; ++k) {
-    src += "      base" + std::to_string(k) + " += idx * a.strides[" + std::to_string(k) + "][d];\n";
-  }
-  src += "    }\n";
+  src += offset_walk(views, "r", "a.rank - 2", "base");
   auto loads = [&] {
     std::string l;
     for (size_t k = 0; k < n_in; ++k) {
@@ -423,19 +434,7 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
          "  }\n"
          "  for (long long i = first; i < a.n; i += step) {\n";
   for (size_t k = 0; k < n_in; ++k) src += "    long long off" + std::to_string(k) + " = 0;\n";
-  src += "    long long rem = i;\n"
-         "    for (int d = a.rank - 1; d >= 0; --d) {\n"
-         "      const long long q = rem / a.dims[d];\n"
-         "      const long long idx = rem - q * a.dims[d];\n"
-         "      rem = q;\n";
-  for (size_t k = 0; k < n_in; ++k) {
-    const std::string K = std::to_string(k);
-    const std::string index = views[k].gather.empty()
-                                  ? "idx"
-                                  : "(d == a.rank - 1 ? ember_g" + K + "[idx] : idx)";
-    src += "      off" + K + " += " + index + " * a.strides[" + K + "][d];\n";
-  }
-  src += "    }\n";
+  src += offset_walk(views, "i", "a.rank - 1", "off");
   for (size_t o = 0; o < p.outputs.size(); ++o) src += "    float y" + std::to_string(o) + ";\n";
   src += "    ember_program(";
   for (size_t k = 0; k < n_in; ++k) {
