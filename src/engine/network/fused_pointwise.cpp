@@ -23,8 +23,7 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
   std::vector<DataType> value_dtype;
   for (size_t i = 0; i < n_in; ++i) {
     const DataType t = ctx.dtype(i);
-    InferContext::require(dtype_is_float(t) || t == DataType::kBool || t == DataType::kI8 ||
-                              t == DataType::kU8 || t == DataType::kI32 || t == DataType::kI64,
+    InferContext::require(dtype_is_float(t) || semantics::fused_bool_or_integer(t),
                           "input " + std::to_string(i) + " must be float, bool or integer, got " +
                               dtype_name(t));
     value_dtype.push_back(t);

@@ -133,21 +133,10 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   bool gathers = false;
   std::vector<std::vector<int64_t>> strides(n_in);
   for (size_t k = 0; k < n_in; ++k) {
-    std::vector<int64_t> d, st;
-    semantics::view_dims_strides(args.in(k).dims, views[k], d, st);
     gathers = gathers || !views[k].gather.empty();
-    bool ok = d.size() <= rank;
-    for (size_t i = 0; ok && i < d.size(); ++i) {
-      ok = d[i] == out_dims[rank - d.size() + i] || d[i] == 1;
-    }
-    if (!ok) {
-      fail("input " + std::to_string(k) + " dims " + dims_to_string(d) +
-           " do not broadcast to " + dims_to_string(out_dims));
-    }
-    strides[k].assign(rank, 0);
-    for (size_t i = 0; i < d.size(); ++i) {
-      const size_t od = rank - d.size() + i;
-      strides[k][od] = d[i] == 1 && out_dims[od] != 1 ? 0 : st[i];
+    if (!semantics::view_strides(args.in(k).dims, views[k], out_dims, strides[k])) {
+      fail("input " + std::to_string(k) + " dims " + dims_to_string(args.in(k).dims) +
+           " do not broadcast to " + dims_to_string(out_dims) + " through its view");
     }
   }
   // Dims of size 1 dropped and neighbours merged where every input steps through both as one

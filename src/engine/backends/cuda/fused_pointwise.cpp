@@ -251,13 +251,11 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   bool any_view = false, gathers = false;
   std::vector<std::vector<int64_t>> st(n_in, std::vector<int64_t>(rank, 0));
   for (size_t i = 0; i < n_in; ++i) {
-    std::vector<int64_t> d, s;
-    semantics::view_dims_strides(a.in(i).dims, views[i], d, s);
     any_view = any_view || views[i].any();
     gathers = gathers || !views[i].gather.empty();
-    for (size_t j = 0; j < d.size(); ++j) {
-      const size_t od = rank - d.size() + j;
-      st[i][od] = d[j] == 1 && dims[od] != 1 ? 0 : s[j];
+    if (!semantics::view_strides(a.in(i).dims, views[i], dims, st[i])) {
+      throw Error(a.layer->describe() + ": input " + std::to_string(i) +
+                  " does not broadcast to the output through its view (the plan may be corrupt)");
     }
   }
   // A program with row reductions keeps the last dim (the row) as it is: only the dims before

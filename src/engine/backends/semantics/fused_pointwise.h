@@ -21,6 +21,13 @@ struct FusedStep {
   double beta = 0.0;
 };
 
+/// A dtype a FusedPointwise value may have besides f32/f16/bf16: bools and integers, which
+/// only Casts and Select conditions read (FusedPointwiseParams).
+inline bool fused_bool_or_integer(DataType t) {
+  return t == DataType::kBool || t == DataType::kI8 || t == DataType::kU8 ||
+         t == DataType::kI32 || t == DataType::kI64;
+}
+
 /// How many operands a step of `family` reads.
 inline int fused_num_operands(FusedOpFamily family) {
   switch (family) {
@@ -109,21 +116,31 @@ inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView
   }
 }
 
-/// The dims input `dims` is read with through `v`, and the element stride of each of those dims
-/// in the (contiguous) input; a gathered last dim's stride is the one its indices multiply.
-inline void view_dims_strides(const std::vector<int64_t>& dims, const InputView& v,
-                              std::vector<int64_t>& view_dims, std::vector<int64_t>& strides) {
+/// The element strides of a contiguous input of `dims`, read through `v`, over the output's
+/// `out_dims` (0 where it broadcasts; a gathered last dim's stride is the one its indices
+/// multiply). False when the view does not broadcast to `out_dims` (shape inference refused
+/// such a layer; the kernels say so).
+inline bool view_strides(const std::vector<int64_t>& dims, const InputView& v,
+                         const std::vector<int64_t>& out_dims, std::vector<int64_t>& strides) {
   std::vector<int64_t> contiguous(dims.size(), 1);
   for (size_t i = dims.size(); i-- > 1;) contiguous[i - 1] = contiguous[i] * dims[i];
-  view_dims = dims;
-  strides = contiguous;
-  if (!v.perm.empty()) {
-    for (size_t i = 0; i < v.perm.size(); ++i) {
-      view_dims[i] = dims[static_cast<size_t>(v.perm[i])];
-      strides[i] = contiguous[static_cast<size_t>(v.perm[i])];
-    }
+  std::vector<int64_t> view_dims = dims, st = contiguous;
+  for (size_t i = 0; i < v.perm.size() && v.perm.size() == dims.size(); ++i) {
+    view_dims[i] = dims[static_cast<size_t>(v.perm[i])];
+    st[i] = contiguous[static_cast<size_t>(v.perm[i])];
   }
-  if (!v.gather.empty()) view_dims.back() = static_cast<int64_t>(v.gather.size());
+  if (!v.gather.empty() && !view_dims.empty()) {
+    view_dims.back() = static_cast<int64_t>(v.gather.size());
+  }
+  const size_t rank = out_dims.size();
+  if (view_dims.size() > rank) return false;
+  strides.assign(rank, 0);
+  for (size_t i = 0; i < view_dims.size(); ++i) {
+    const size_t od = rank - view_dims.size() + i;
+    if (view_dims[i] != out_dims[od] && view_dims[i] != 1) return false;
+    strides[od] = view_dims[i] == 1 && out_dims[od] != 1 ? 0 : st[i];
+  }
+  return true;
 }
 
 /// Appends `step` to `p` (the builder's pass and tests write programs through this).

@@ -38,19 +38,6 @@ bool is_float(DataType t) {
   return t == DataType::kF32 || t == DataType::kF16 || t == DataType::kBF16;
 }
 
-std::vector<float> to_floats(const Weights& w) {
-  std::vector<float> v(static_cast<size_t>(w.numel()));
-  for (int64_t i = 0; i < w.numel(); ++i) v[i] = cpu::load_float(w.dtype(), w.data(), i);
-  return v;
-}
-
-Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector<float>& v) {
-  Weights w = Weights::zeros(dtype, std::move(dims));
-  auto* out = const_cast<void*>(w.data());  // freshly allocated, not shared yet
-  for (size_t i = 0; i < v.size(); ++i) cpu::store_float(dtype, out, static_cast<int64_t>(i), v[i]);
-  return w;
-}
-
 /// The values of constant `c` as one value per entry of output dim `axis` (size `n`) of a
 /// tensor of rank `rank`, when `c` broadcasts that way (every other dim 1); nullopt otherwise.
 std::optional<std::vector<float>> per_axis(const Weights& c, int rank, int axis, int64_t n) {
@@ -431,9 +418,7 @@ void pass_fuse_epilogues(BuildState& s) {
   Network& net = s.plan.network;
   Fuser f{net};
   f.backend = find_backend(s.config.backend);
-  const char* pointwise = std::getenv("EMBER_FUSE_POINTWISE");
-  f.fuse_pointwise = s.config.fuse_pointwise && s.config.optimization_level >= 2 &&
-                     !(pointwise != nullptr && std::strcmp(pointwise, "0") == 0);
+  f.fuse_pointwise = fuse_pointwise_enabled(s.config);
   // Each success replaces layers, so restart the walk; every rewrite removes a layer from the
   // live graph, which bounds the loop.
   bool changed = true;

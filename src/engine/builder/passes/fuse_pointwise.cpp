@@ -83,13 +83,6 @@ bool is_scalar_of(const Shape& value, const Shape& full) {
   return true;
 }
 
-/// A dtype a FusedPointwise input may have besides the float ones (bools and integers that
-/// only casts and select conditions read).
-bool is_bool_or_integer(DataType t) {
-  return t == DataType::kBool || t == DataType::kI8 || t == DataType::kU8 ||
-         t == DataType::kI32 || t == DataType::kI64;
-}
-
 /// The step `l` computes (operands left at -1), when it is a layer the pass fuses.
 std::optional<FusedStep> step_of(const Layer* l) {
   if (l->outputs().size() != 1) return std::nullopt;
@@ -102,7 +95,7 @@ std::optional<FusedStep> step_of(const Layer* l) {
   if (l->kind() == LayerKind::kCast) {
     const DataType from = l->input(0)->dtype();
     if ((dtype_is_float(s.dtype) || s.dtype == DataType::kBool) &&
-        (dtype_is_float(from) || is_bool_or_integer(from))) {
+        (dtype_is_float(from) || semantics::fused_bool_or_integer(from))) {
       s.family = FusedOpFamily::kCast;
       return s;
     }

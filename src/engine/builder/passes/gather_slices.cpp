@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "builder/passes/passes.h"
-#include "ember/engine/half.h"
 
 namespace ember::engine {
 
@@ -65,23 +64,6 @@ std::optional<Piece> piece_of(const Tensor* t) {
   return p;
 }
 
-/// A [n] constant of `dtype` with `values`.
-Tensor* float_vector(Network& net, DataType dtype, const std::vector<float>& values,
-                     const std::string& name) {
-  const auto n = static_cast<int64_t>(values.size());
-  std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (dtype == DataType::kF32) {
-      reinterpret_cast<float*>(bytes.data())[i] = values[i];
-    } else if (dtype == DataType::kF16) {
-      reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_f16(values[i]);
-    } else {
-      reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_bf16(values[i]);
-    }
-  }
-  return net.add_constant(Weights::copy(dtype, {n}, bytes.data()), name)->output();
-}
-
 /// Rewrites `cat` when it is such a concatenation; true when it did.
 bool rewrite(Network& net, Layer* cat, int& identities) {
   const Tensor* out = cat->output();
@@ -119,7 +101,8 @@ bool rewrite(Network& net, Layer* cat, int& identities) {
   gp.axis = static_cast<int64_t>(rank) - 1;
   Tensor* result = net.add_gather(x, idx, gp, cat->name() + "/gather")->output();
   if (negated) {
-    Tensor* sign = float_vector(net, x->dtype(), signs, cat->name() + "/signs");
+    Tensor* sign = net.add_constant(from_floats(x->dtype(), {n}, signs), cat->name() + "/signs")
+                       ->output();
     result = net.add_elementwise(result, sign, ElementWiseOp::kProd, cat->name() + "/negate")
                  ->output();
   }

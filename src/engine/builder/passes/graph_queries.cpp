@@ -1,7 +1,30 @@
 // Small questions the rewriting passes ask about the graph (declared in passes.h).
+#include <cstdlib>
+#include <cstring>
+
+#include "backends/cpu/kernels.h"
 #include "builder/passes/passes.h"
 
 namespace ember::engine {
+
+std::vector<float> to_floats(const Weights& w) {
+  std::vector<float> v(static_cast<size_t>(w.numel()));
+  for (int64_t i = 0; i < w.numel(); ++i) v[i] = cpu::load_float(w.dtype(), w.data(), i);
+  return v;
+}
+
+Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector<float>& v) {
+  Weights w = Weights::zeros(dtype, std::move(dims));
+  auto* out = const_cast<void*>(w.data());  // freshly allocated, not shared yet
+  for (size_t i = 0; i < v.size(); ++i) cpu::store_float(dtype, out, static_cast<int64_t>(i), v[i]);
+  return w;
+}
+
+bool fuse_pointwise_enabled(const BuilderConfig& config) {
+  const char* env = std::getenv("EMBER_FUSE_POINTWISE");
+  return config.fuse_pointwise && config.optimization_level >= 2 &&
+         !(env != nullptr && std::strcmp(env, "0") == 0);
+}
 
 Layer* sole_consumer(const Network& net, const Tensor* t) {
   if (t->is_output()) return nullptr;

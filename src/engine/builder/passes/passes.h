@@ -92,6 +92,12 @@ void pass_gather_slices(BuildState& s);
 class Backend;
 int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes,
                           bool row_reductions = true);
+/// Whether pass_fuse_pointwise will run for `config` (level >= 2, BuilderConfig::fuse_pointwise,
+/// and EMBER_FUSE_POINTWISE not "0"); fuse_epilogues asks, to leave it what it fuses better.
+bool fuse_pointwise_enabled(const BuilderConfig& config);
+/// The values of a float constant as f32, and f32 values as a constant of `dtype` (rounded).
+std::vector<float> to_floats(const Weights& w);
+Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector<float>& v);
 /// True when fuse_pointwise groups `l` with pointwise layers of its shape (an Activation, float
 /// ElementWise arithmetic, float Unary math, a float Cast or an Identity).
 bool is_fusable_pointwise(const Layer* l);
