@@ -52,7 +52,6 @@ void expect_rank_at_least(const InferContext& ctx, size_t i, int lo, const std::
                                                ", got shape " + shape_to_string(ctx.shape(i)));
 }
 
-/// Requires `perm` to be empty (identity) or a permutation of [0, rank).
 /// Splits a product into its constant part (multiplied into `constant`) and its other factors.
 void split_factors(const DimExpr& e, int64_t& constant, std::vector<DimExpr>& factors) {
   if (e.is_constant()) {
@@ -69,7 +68,9 @@ void split_factors(const DimExpr& e, int64_t& constant, std::vector<DimExpr>& fa
 /// [b, S, Hkv * E] as [b, S, -1, E] gets the constant Hkv rather than floordiv(b*S*Hkv*E, b*S*E),
 /// which later layers could not use as a head count. Only when what is left divides exactly:
 /// otherwise floordiv(numel, known) stays, and the element-count check reports the mismatch. A
-/// cancelled factor that is 0 at run time gives an empty tensor either way (numel 0).
+/// cancelled factor that is 0 at run time gives an empty tensor either way (numel 0). This is
+/// here and not in DimExpr's floor_div simplification on purpose: a general floordiv(a*b, a)
+/// must still fail when a is 0 at run time; only a reshape's -1 may take the empty tensor.
 DimExpr inferred_dim(const DimExpr& numel, const DimExpr& known) {
   int64_t num_constant = 1, den_constant = 1;
   std::vector<DimExpr> num, den;
@@ -92,6 +93,7 @@ DimExpr inferred_dim(const DimExpr& numel, const DimExpr& known) {
   return out;
 }
 
+/// Requires `perm` to be empty (identity) or a permutation of [0, rank).
 void expect_permutation(const std::vector<int64_t>& perm, size_t rank, const std::string& what) {
   if (perm.empty()) return;
   std::string text = "[";
