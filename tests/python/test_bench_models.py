@@ -96,9 +96,16 @@ def test_qwen2_attention_reads_the_key_value_heads_unrepeated():
     assert len(attention) == models.qwen2_config(tiny=True).num_hidden_layers
     assert not [layer["name"] for layer in layers if layer["type"] == "Select"]
     for layer in attention:
-        head_dim = 2 if layer["params"]["seq_major"] else 1
-        for kv in layer["inputs"][1:3]:
-            assert kv["shape"].strip("[]").split(", ")[head_dim] == "2", layer
+        params = layer["params"]
+        # RoPE is applied to q and k after their transposes: those two stay head-major, v and
+        # the output are read and written seq-major in place (kV | kOut), so their transposes
+        # are gone.
+        assert not params["seq_major"] and params["seq_major_operands"] == 12, layer
+        for kv, seq_major in zip(layer["inputs"][1:3], (False, True)):
+            assert kv["shape"].strip("[]").split(", ")[2 if seq_major else 1] == "2", layer
+    transposes = [layer["name"] for layer in layers if layer["type"] == "Shuffle"
+                  and layer["params"]["first_transpose"] == [0, 2, 1, 3]]
+    assert transposes == [], transposes
     with torch.no_grad():
         assert_close(flat_outputs(compiled(*inputs)), flat_outputs(model(*inputs)))
 

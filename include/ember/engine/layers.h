@@ -457,6 +457,9 @@ struct IdentityParams {
 /// Layout: head-major (seq_major = false) q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev],
 /// output [B, H, L, Ev]; seq-major (seq_major = true, a model's tensors before its
 /// transpose(1, 2)) swaps the head and sequence dims of q, k, v and the output.
+/// seq_major_operands (with seq_major = false): the same per operand, one bit each (kQ, kK, kV,
+/// kOut), for a model whose q and k are computed head-major (RoPE applied after the transpose)
+/// while v and the output are read and written in place.
 /// mask (either layout): bool (true = attend) or the inputs' dtype (added to the scaled
 /// scores), broadcastable to [B, H, L, S]. causal: query i attends keys j <= i (PyTorch's
 /// is_causal, aligned top-left); it may be combined with a mask.
@@ -471,9 +474,15 @@ struct AttentionParams {
   bool causal = false;
   bool seq_major = false;
   int64_t packed_heads = 0;
+  int64_t seq_major_operands = 0;  ///< Bits kQ | kK | kV | kOut; 0 when seq_major.
+  static constexpr int64_t kQ = 1, kK = 2, kV = 4, kOut = 8;
+  /// Whether operand `bit` (kQ, kK, kV or kOut) is seq-major [B, L, H, E].
+  bool seq_major_at(int64_t bit) const {
+    return seq_major || packed_heads > 0 || (seq_major_operands & bit) != 0;
+  }
   template <class V> void fields(V& v) {
     v("scale", scale); v("causal", causal); v("seq_major", seq_major);
-    v("packed_heads", packed_heads);
+    v("packed_heads", packed_heads); v("seq_major_operands", seq_major_operands);
   }
 };
 

@@ -31,7 +31,6 @@ AttentionGeometry attention_geometry(const AttentionParams& p, const std::vector
                                      const std::vector<int64_t>& out,
                                      const std::vector<int64_t>* mask_dims) {
   AttentionGeometry g;
-  const bool sm = p.seq_major || p.packed_heads > 0;
   g.B = q[0];
   if (p.packed_heads > 0) {
     g.H = g.Hkv = p.packed_heads;
@@ -43,17 +42,19 @@ AttentionGeometry attention_geometry(const AttentionParams& p, const std::vector
     g.k = packed(k, p.packed_heads, 1);
     g.v = packed(v, p.packed_heads, 2);
   } else {
-    g.H = q[sm ? 2 : 1];
-    g.L = q[sm ? 1 : 2];
+    const bool qs = p.seq_major_at(AttentionParams::kQ);
+    const bool ks = p.seq_major_at(AttentionParams::kK);
+    g.H = q[qs ? 2 : 1];
+    g.L = q[qs ? 1 : 2];
     g.E = q[3];
-    g.Hkv = k[sm ? 2 : 1];
-    g.S = k[sm ? 1 : 2];
+    g.Hkv = k[ks ? 2 : 1];
+    g.S = k[ks ? 1 : 2];
     g.Ev = v[3];
-    g.q = unpacked(q, sm);
-    g.k = unpacked(k, sm);
-    g.v = unpacked(v, sm);
+    g.q = unpacked(q, qs);
+    g.k = unpacked(k, ks);
+    g.v = unpacked(v, p.seq_major_at(AttentionParams::kV));
   }
-  g.out = unpacked(out, sm);
+  g.out = unpacked(out, p.seq_major_at(AttentionParams::kOut));
   if (mask_dims != nullptr) {
     int64_t stride = 1;
     const int rank = static_cast<int>(mask_dims->size());

@@ -37,14 +37,24 @@ void infer(const AttentionParams& p, InferContext& ctx) {
   InferContext::require(p.packed_heads >= 0, "packed_heads must be >= 0");
   const bool packed = p.packed_heads > 0;
   InferContext::require(!packed || p.seq_major, "packed_heads needs the seq-major layout");
+  const int64_t all = AttentionParams::kQ | AttentionParams::kK | AttentionParams::kV |
+                      AttentionParams::kOut;
+  InferContext::require(p.seq_major_operands >= 0 && p.seq_major_operands <= all,
+                        "seq_major_operands must be a mask of kQ (1), kK (2), kV (4) and kOut "
+                        "(8), got " + std::to_string(p.seq_major_operands));
+  InferContext::require(!p.seq_major || p.seq_major_operands == 0,
+                        "seq_major_operands must be 0 when seq_major is set (it covers all "
+                        "operands)");
   const char* roles[] = {"query", "key", "value"};
+  const int64_t bits[] = {AttentionParams::kQ, AttentionParams::kK, AttentionParams::kV};
   for (size_t i = 0; i < 3; ++i) ctx.expect_rank(i, packed ? 3 : 4, roles[i]);
-  const char* layout = packed            ? " (packed [B, L, 3 * H * E])"
-                       : p.seq_major ? " (seq-major [B, L, H, E])"
-                                     : " (head-major [B, H, L, E])";
+  const char* layout = packed                     ? " (packed [B, L, 3 * H * E])"
+                       : p.seq_major              ? " (seq-major [B, L, H, E])"
+                       : p.seq_major_operands != 0 ? " (seq-major operands per seq_major_operands)"
+                                                   : " (head-major [B, H, L, E])";
   const auto dims_of = [&](size_t i) {
     return packed ? packed_dims(ctx.shape(i), p.packed_heads, roles[i])
-                  : head_dims(ctx.shape(i), p.seq_major);
+                  : head_dims(ctx.shape(i), p.seq_major_at(bits[i]));
   };
   const HeadDims q = dims_of(0), k = dims_of(1), v = dims_of(2);
   ctx.check_equal(q.batch, k.batch, std::string("key batch must equal query batch") + layout);
@@ -77,7 +87,7 @@ void infer(const AttentionParams& p, InferContext& ctx) {
                           shape_to_string(scores));
     }
   }
-  const Shape out = p.seq_major ? Shape{q.batch, q.seq, q.heads, v.features}
+  const Shape out = p.seq_major_at(AttentionParams::kOut) ? Shape{q.batch, q.seq, q.heads, v.features}
                                 : Shape{q.batch, q.heads, q.seq, v.features};
   ctx.add_output(ctx.dtype(0), out);
 }

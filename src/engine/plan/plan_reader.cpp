@@ -466,6 +466,10 @@ class PlanReader {
         // Versions 8 and 9 stored no views (every input read as it is).
         FieldsBut all_but{fields, "views"};
         std::get<FusedPointwiseParams>(params).fields(all_but);
+      } else if (kind == LayerKind::kAttention && version_ < 11) {
+        // Versions before 11 stored no seq_major_operands (one layout flag for all operands).
+        FieldsBut all_but{fields, "seq_major_operands"};
+        std::get<AttentionParams>(params).fields(all_but);
       } else if (kind == LayerKind::kQuantizedConvolution && version_ < 9) {
         // Versions 7 and 8 stored no channels_last (NCHW only): every field but that one.
         FieldsBut all_but{fields, "channels_last"};

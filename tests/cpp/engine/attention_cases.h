@@ -17,17 +17,23 @@ namespace ember::engine::test {
 struct AttentionCase {
   int64_t B = 2, H = 3, Hkv = 3, L = 5, S = 7, E = 8, Ev = 8;
   bool seq_major = false;
+  int64_t seq_major_operands = 0;  ///< AttentionParams' per-operand bits (with seq_major false).
   bool causal = false;
   std::vector<int64_t> mask_dims;         ///< Empty: no mask.
   DataType mask_dtype = DataType::kBool;  ///< Otherwise additive, in the inputs' dtype.
   double scale = 0.35;
 };
 
-/// Dims of an operand [B, heads, seq, features] in the case's layout.
-inline std::vector<int64_t> operand_dims(const AttentionCase& c, int64_t heads, int64_t seq,
-                                         int64_t features) {
-  return c.seq_major ? std::vector<int64_t>{c.B, seq, heads, features}
-                     : std::vector<int64_t>{c.B, heads, seq, features};
+/// Whether operand `bit` (AttentionParams::kQ, kK, kV or kOut) is seq-major in the case.
+inline bool seq_major_at(const AttentionCase& c, int64_t bit) {
+  return c.seq_major || (c.seq_major_operands & bit) != 0;
+}
+
+/// Dims of operand `bit` [B, heads, seq, features] in the case's layout.
+inline std::vector<int64_t> operand_dims(const AttentionCase& c, int64_t bit, int64_t heads,
+                                         int64_t seq, int64_t features) {
+  return seq_major_at(c, bit) ? std::vector<int64_t>{c.B, seq, heads, features}
+                              : std::vector<int64_t>{c.B, heads, seq, features};
 }
 
 /// Random q and k in [-2, 2), v in [-1, 1), and the mask when the case has one (bool: about
@@ -35,9 +41,11 @@ inline std::vector<int64_t> operand_dims(const AttentionCase& c, int64_t heads, 
 inline std::vector<TestTensor> attention_inputs(const AttentionCase& c, DataType t,
                                                 uint32_t seed) {
   std::vector<TestTensor> in = {
-      TestTensor::random(t, operand_dims(c, c.H, c.L, c.E), seed, -2.0f, 2.0f),
-      TestTensor::random(t, operand_dims(c, c.Hkv, c.S, c.E), seed + 1, -2.0f, 2.0f),
-      TestTensor::random(t, operand_dims(c, c.Hkv, c.S, c.Ev), seed + 2)};
+      TestTensor::random(t, operand_dims(c, AttentionParams::kQ, c.H, c.L, c.E), seed, -2.0f,
+                         2.0f),
+      TestTensor::random(t, operand_dims(c, AttentionParams::kK, c.Hkv, c.S, c.E), seed + 1,
+                         -2.0f, 2.0f),
+      TestTensor::random(t, operand_dims(c, AttentionParams::kV, c.Hkv, c.S, c.Ev), seed + 2)};
   if (c.mask_dims.empty()) return in;
   if (c.mask_dtype == DataType::kBool) {
     std::vector<int64_t> flags =
@@ -64,6 +72,7 @@ inline Network attention_network(const AttentionCase& c, const std::vector<TestT
   p.scale = c.scale;
   p.causal = c.causal;
   p.seq_major = c.seq_major;
+  p.seq_major_operands = c.seq_major_operands;
   net.mark_output(net.add_layer(p, ins, "attn")->output(), "out");
   return net;
 }

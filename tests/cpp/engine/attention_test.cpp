@@ -23,15 +23,20 @@ Shape shape_of(const std::vector<int64_t>& dims) { return Shape(dims.begin(), di
 
 using Case = test::AttentionCase;
 
-std::vector<int64_t> dims(const Case& c, int64_t heads, int64_t seq, int64_t features) {
-  return test::operand_dims(c, heads, seq, features);
+constexpr int64_t kQ = AttentionParams::kQ, kK = AttentionParams::kK, kV = AttentionParams::kV,
+                  kOut = AttentionParams::kOut;
+
+/// The output's dims in the case's layout.
+std::vector<int64_t> out_dims(const Case& c) {
+  return test::operand_dims(c, kOut, c.H, c.L, c.Ev);
 }
 
-/// Flat index of (b, h, s, f) in an operand of `heads`, `seq`, `features` in the case's layout.
-int64_t at(const Case& c, int64_t heads, int64_t seq, int64_t features, int64_t b, int64_t h,
-           int64_t s, int64_t f) {
-  return c.seq_major ? ((b * seq + s) * heads + h) * features + f
-                     : ((b * heads + h) * seq + s) * features + f;
+/// Flat index of (b, h, s, f) in operand `bit` of `heads`, `seq`, `features` in the case's
+/// layout.
+int64_t at(const Case& c, int64_t bit, int64_t heads, int64_t seq, int64_t features, int64_t b,
+           int64_t h, int64_t s, int64_t f) {
+  return test::seq_major_at(c, bit) ? ((b * seq + s) * heads + h) * features + f
+                                    : ((b * heads + h) * seq + s) * features + f;
 }
 
 /// The mask value of (b, h, i, j) broadcast from mask_dims (right-aligned to [B, H, L, S]).
@@ -70,8 +75,8 @@ std::vector<float> reference(const Case& c, const std::vector<float>& q,
           }
           double dot = 0;
           for (int64_t e = 0; e < c.E; ++e) {
-            dot += double{q[at(c, c.H, c.L, c.E, b, h, i, e)]} *
-                   k[at(c, c.Hkv, c.S, c.E, b, h / group, j, e)];
+            dot += double{q[at(c, kQ, c.H, c.L, c.E, b, h, i, e)]} *
+                   k[at(c, kK, c.Hkv, c.S, c.E, b, h / group, j, e)];
           }
           s[j] = dot * c.scale + add;
           mx = std::max(mx, s[j]);
@@ -82,10 +87,10 @@ std::vector<float> reference(const Case& c, const std::vector<float>& q,
             for (int64_t j = 0; j < c.S; ++j) {
               const double w = std::exp(s[j] - mx);
               sum += w;
-              acc += w * v[at(c, c.Hkv, c.S, c.Ev, b, h / group, j, e)];
+              acc += w * v[at(c, kV, c.Hkv, c.S, c.Ev, b, h / group, j, e)];
             }
           }
-          out[at(c, c.H, c.L, c.Ev, b, h, i, e)] = sum > 0 ? static_cast<float>(acc / sum) : 0.0f;
+          out[at(c, kOut, c.H, c.L, c.Ev, b, h, i, e)] = sum > 0 ? static_cast<float>(acc / sum) : 0.0f;
         }
       }
     }
@@ -98,7 +103,7 @@ void check(const Case& c, DataType t, uint32_t seed, const std::string& what) {
   SCOPED_TRACE(what + " " + dtype_name(t));
   const std::vector<TestTensor> in = test::attention_inputs(c, t, seed);
   const TestTensor out = test::run_network(test::attention_network(c, in), in).at(0);
-  ASSERT_EQ(out.dims, dims(c, c.H, c.L, c.Ev));
+  ASSERT_EQ(out.dims, out_dims(c));
   const std::vector<float> mask = in.size() > 3 ? in[3].to_floats() : std::vector<float>{};
   test::expect_close(out, reference(c, in[0].to_floats(), in[1].to_floats(), in[2].to_floats(), mask),
                      t, what);
@@ -116,6 +121,36 @@ TEST(AttentionLayer, PlainBothLayoutsEveryFloatType) {
     c.Ev = 3;  // value features differ from query/key features
     check(c, t, 3, "seq-major E=5 Ev=3");
   }
+}
+
+// Each operand in its own layout (seq_major_operands): the decoder case (q and k head-major
+// after RoPE, v and the output seq-major) and every other mix, with grouped-query heads.
+TEST(AttentionLayer, PerOperandLayouts) {
+  for (DataType t : kFloatTypes) {
+    for (int64_t bits = 1; bits < 16; ++bits) {
+      Case c;
+      c.H = 4;
+      c.Hkv = 2;
+      c.E = 6;
+      c.Ev = 5;
+      c.causal = bits % 3 == 0;
+      c.seq_major_operands = bits;
+      check(c, t, static_cast<uint32_t>(40 + bits), "operands " + std::to_string(bits));
+    }
+  }
+  Network net;
+  Tensor* q = net.add_input("q", DataType::kF32, {2, 3, 5, 8});
+  AttentionParams p;
+  p.seq_major_operands = 16;
+  test::expect_error([&] { net.add_layer(p, {q, q, q}, "bits"); },
+                     {"Attention 'bits'", "seq_major_operands must be a mask", "got 16"});
+  p.seq_major_operands = kV;
+  p.seq_major = true;
+  test::expect_error([&] { net.add_layer(p, {q, q, q}, "both"); },
+                     {"Attention 'both'", "seq_major_operands must be 0 when seq_major"});
+  p.seq_major = false;
+  Tensor* v = net.add_input("v", DataType::kF32, {2, 3, 7, 8});  // head-major, S=7: 3 != 7
+  test::expect_error([&] { net.add_layer(p, {q, q, v}, "mixed"); }, {"Attention 'mixed'"});
 }
 
 TEST(AttentionLayer, CausalIncludingMoreKeysThanQueries) {
@@ -268,7 +303,7 @@ TEST(AttentionLayer, PackedQkvReadsThirdsOfOneTensor) {
       p.packed_heads = c.H;
       net.mark_output(net.add_layer(p, {xi, xi, xi, mi}, "attn")->output(), "out");
       const TestTensor out = test::run_network(net, {x, m}).at(0);
-      ASSERT_EQ(out.dims, dims(c, c.H, c.L, c.Ev));
+      ASSERT_EQ(out.dims, out_dims(c));
       test::expect_close(out, reference(c, thirds[0], thirds[1], thirds[2], m.to_floats()), t,
                          std::string("packed") + (causal ? " causal" : ""));
     }

@@ -30,7 +30,11 @@ void check(const Case& c, DataType t, uint32_t seed) {
                            std::to_string(c.H) + "/" + std::to_string(c.Hkv) + " L" +
                            std::to_string(c.L) + " S" + std::to_string(c.S) + " E" +
                            std::to_string(c.E) + " Ev" + std::to_string(c.Ev) +
-                           (c.seq_major ? " seq-major" : "") + (c.causal ? " causal" : "") +
+                           (c.seq_major ? " seq-major" : "") +
+                           (c.seq_major_operands != 0
+                                ? " operands " + std::to_string(c.seq_major_operands)
+                                : "") +
+                           (c.causal ? " causal" : "") +
                            (c.mask_dims.empty()                    ? ""
                             : c.mask_dtype == DataType::kBool ? " bool mask"
                                                               : " add mask");
@@ -242,14 +246,17 @@ TEST(CudaAttention, GroupedHeadsOnBothSidesOfTheSplitRule) {
                 "cudaDeviceGetAttribute");
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     for (int64_t batch : {1, 8}) {
-      for (bool seq_major : {false, true}) {
+      // Head-major, seq-major, and the decoder's mix (q and k head-major after RoPE, v and the
+      // output seq-major).
+      for (int layout : {0, 1, 2}) {
         Case c;
         c.B = batch;
         c.H = 14;
         c.Hkv = 2;
         c.L = c.S = 129;
         c.E = c.Ev = 64;
-        c.seq_major = seq_major;
+        c.seq_major = layout == 1;
+        c.seq_major_operands = layout == 2 ? AttentionParams::kV | AttentionParams::kOut : 0;
         const int64_t blocks64 = c.B * c.H * ((c.L + 63) / 64);
         EXPECT_EQ(cuda::attention_split_keys(blocks64, sms, cuda::AttentionSplit::kAuto),
                   batch == 1)

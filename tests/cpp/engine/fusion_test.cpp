@@ -230,15 +230,43 @@ TEST(PlanMemory, ReshapesShareTheirInputsSlot) {
 
 // ---------------------------------------------------------------- simplify_attention
 
+/// The built plan's inspector JSON (profiles for a network with symbolic dims).
+std::string built_json_with(const Network& net, const std::vector<OptimizationProfile>& profiles) {
+  BuilderConfig config;
+  config.profiles = profiles;
+  const auto plan = Builder(config).build(net);
+  return Runtime().deserialize(plan.data(), plan.size())->inspect_json();
+}
+
+std::string built_json(const Network& net) { return built_json_with(net, {}); }
+
+/// The simplify_attention line of the build log.
+std::string simplify_attention_log(const Network& net,
+                                   const std::vector<OptimizationProfile>& profiles) {
+  BuilderConfig config;
+  config.profiles = profiles;
+  BuildReport report;
+  Builder(config).build(net, &report);
+  for (const auto& line : report.pass_log) {
+    if (line.rfind("simplify_attention:", 0) == 0) return line;
+  }
+  return "";
+}
+
 /// q, k, v [b, 5, 3, 8] (seq-major, as a model holds them) -> transpose(1, 2) -> Attention with
-/// a bool mask -> (transpose(1, 2) when transpose_out) -> reshape [b, 5, 24].
-Network attention_block(bool transpose_out) {
+/// a bool mask -> (transpose(1, 2) when transpose_out) -> reshape [b, 5, 24]. `rope`: q and k
+/// are multiplied by themselves after their transposes (where a decoder applies RoPE).
+Network attention_block(bool transpose_out, bool rope = false) {
   Network net;
   const DimExpr b = DimExpr::symbol("b");
   std::vector<Tensor*> heads;
   for (const char* name : {"q", "k", "v"}) {
     Tensor* x = net.add_input(name, DataType::kF16, {b, 5, 3, 8});
-    heads.push_back(net.add_transpose(x, {0, 2, 1, 3}, std::string(name) + "_t")->output());
+    Tensor* t = net.add_transpose(x, {0, 2, 1, 3}, std::string(name) + "_t")->output();
+    if (rope && std::string(name) != "v") {
+      t = net.add_elementwise(t, t, ElementWiseOp::kProd, std::string(name) + "_rope")->output();
+    }
+    heads.push_back(t);
   }
   heads.push_back(net.add_input("mask", DataType::kBool, {b, 1, 5, 5}));
   AttentionParams p;
@@ -255,9 +283,20 @@ TEST(SimplifyAttention, TransposesAroundAttentionBecomeTheSeqMajorLayout) {
   Network folded = attention_block(true);
   EXPECT_EQ(count_layers(folded, "Attention", profiles), 1);
   EXPECT_EQ(count_layers(folded, "Shuffle", profiles), 1) << "only the final reshape is left";
-  // Without the output transpose the layout cannot change: everything stays.
+  // Without the output transpose the inputs are still read in place (seq_major_operands);
+  // the output stays head-major.
   Network kept = attention_block(false);
-  EXPECT_EQ(count_layers(kept, "Shuffle", profiles), 4);
+  EXPECT_EQ(count_layers(kept, "Shuffle", profiles), 1);
+  EXPECT_NE(simplify_attention_log(kept, profiles)
+                .find("0 attention layers read and write [B, L, H, E] in place (1 more some of "
+                      "their operands)"),
+            std::string::npos)
+      << simplify_attention_log(kept, profiles);
+  // RoPE after the transposes: q and k stay head-major, v and the output go in place.
+  Network decoder = attention_block(true, true);
+  EXPECT_EQ(count_layers(decoder, "Shuffle", profiles), 3) << "q_t, k_t and the reshape";
+  const std::string json = built_json_with(decoder, profiles);
+  EXPECT_NE(json.find("\"seq_major_operands\": 12"), std::string::npos) << json;
   test::RunOptions options;
   options.profiles = profiles;
   std::vector<int64_t> flags(3 * 25);
@@ -269,12 +308,7 @@ TEST(SimplifyAttention, TransposesAroundAttentionBecomeTheSeqMajorLayout) {
   // run_network compares the built (folded) plan with the network as written.
   EXPECT_EQ(test::run_network(folded, in, options).at(0).dims, (std::vector<int64_t>{3, 5, 24}));
   test::run_network(kept, in, options);
-}
-
-/// The built plan's inspector JSON.
-std::string built_json(const Network& net) {
-  const auto plan = Builder(BuilderConfig{}).build(net);
-  return Runtime().deserialize(plan.data(), plan.size())->inspect_json();
+  test::run_network(decoder, in, options);
 }
 
 /// q, k, v [2, 3, 6, 8] and a constant mask of `dims` (values from `value(i, j)` per query i and
@@ -503,19 +537,6 @@ std::vector<OptimizationProfile> b_n_profile() {
   profiles[0].set_range("b", 1, 2, 4);
   profiles[0].set_range("n", 1, 5, 16);
   return profiles;
-}
-
-/// The simplify_attention line of the build log.
-std::string simplify_attention_log(const Network& net,
-                                   const std::vector<OptimizationProfile>& profiles) {
-  BuilderConfig config;
-  config.profiles = profiles;
-  BuildReport report;
-  Builder(config).build(net, &report);
-  for (const auto& line : report.pass_log) {
-    if (line.rfind("simplify_attention:", 0) == 0) return line;
-  }
-  return "";
 }
 
 /// Runs `net` built at optimization level 1 (no simplify_attention) and at level 3; both are

@@ -862,6 +862,25 @@ TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {
   EXPECT_EQ(plan_write(read), current);
 }
 
+TEST(PlanFormat, Version10AttentionReadsWithoutSeqMajorOperands) {
+  // Version 11 added Attention's seq_major_operands (its last field, an int64). Cutting that 0
+  // out of a current plan gives the version-10 bytes, which must read back to the same network.
+  Network net;
+  Tensor* q = net.add_input("q", DataType::kF32, {1, 2, 3, 4});
+  net.mark_output(net.add_layer(AttentionParams{}, {q, q, q}, "attn")->output(), "y");
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  // After the implementation name and the three input ids: scale (8), causal (1), seq_major
+  // (1), packed_heads (8), then seq_major_operands (8).
+  const std::string impl = "cpu.Attention";
+  const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 3 * 4;
+  const size_t field_at = params_at + 8 + 1 + 1 + 8;
+  ASSERT_EQ(get_u64(current, field_at), 0u);
+  const std::vector<uint8_t> v10 = without_field(current, field_at, 8, 10);
+  const PlanModel read = plan_read(v10.data(), v10.size());
+  EXPECT_EQ(plan_write(read), current);
+}
+
 TEST(PlanFormat, BuildTargetIsValidated) {
   std::vector<OptimizationProfile> p(1);
   p[0].set_range("n", 1, 2, 3);

@@ -259,7 +259,7 @@ def test_hf_grouped_query_attention_reads_unrepeated_heads(dtype, repeat):
     """The copies of repeat_kv (and repeat_interleave, which exports to the same ops) disappear:
     the Attention layer reads the 2 key/value heads itself, with is_causal, with a bool and an
     additive mask, with and without rotary embeddings (without, q is a plain transpose and the
-    layer also goes seq-major), and on dynamic batch and sequence lengths (symbolic DimExprs in
+    layer also goes seq-major; with, v and the output still do), and on dynamic batch and sequence lengths (symbolic DimExprs in
     the rewrite)."""
     x = torch.randn(2, 9, 32, dtype=dtype)
     bool_mask = torch.rand(2, 1, 9, 9) > 0.3
@@ -283,11 +283,16 @@ def test_hf_grouped_query_attention_reads_unrepeated_heads(dtype, repeat):
         attention = [layer for layer in layers if layer["type"] == "Attention"]
         assert len(attention) == 1, kinds
         assert _unrepeated(compiled) == 1, compiled.ember_report.engines[0]["build_log"]
-        seq_major = attention[0]["params"]["seq_major"]
-        assert seq_major == (not module.rope), attention[0]
-        head_dim = 2 if seq_major else 1
-        k_shape = attention[0]["inputs"][1]["shape"].strip("[]").split(", ")
-        assert k_shape[head_dim] == "2", attention[0]
+        params = attention[0]["params"]
+        # Without RoPE every transpose goes (one layout flag). With it, q and k are computed
+        # after their transposes and stay head-major; v and the output are read and written in
+        # place (seq_major_operands kV | kOut = 12).
+        assert params["seq_major"] == (not module.rope), attention[0]
+        assert params["seq_major_operands"] == (12 if module.rope else 0), attention[0]
+        for i, kv_bit in ((1, 2), (2, 4)):
+            sm = params["seq_major"] or params["seq_major_operands"] & kv_bit
+            shape = attention[0]["inputs"][i]["shape"].strip("[]").split(", ")
+            assert shape[2 if sm else 1] == "2", attention[0]
 
 
 def test_repeated_heads_in_tile_order_stay():

@@ -1,4 +1,4 @@
-// simplify_attention: two rewrites of Attention layers.
+// simplify_attention: four rewrites of Attention layers.
 //
 // 1. Constant masks that say nothing or say "causal". Exported models often carry their mask as
 //    a constant (torch.export materializes HF's causal mask for a static sequence length). A
@@ -18,8 +18,11 @@
 //   o' = transpose(o, 1, 2)                           (a copy)
 //   =>  o' = Attention(q, k, v [, mask], seq_major)   (reads and writes [B, L, H, E] in place)
 //
-//    The mask keeps its [B, H, L, S] logical order in both layouts. All four transposes must
-//    be there: the layout flag covers the inputs and the output together.
+//    The mask keeps its [B, H, L, S] logical order in both layouts. With all four transposes
+//    the layer gets the one seq_major flag (which rewrite 3 needs); with some of them, the
+//    operands they touch are marked in seq_major_operands. That is the decoder case: HF's
+//    Llama/Qwen2 apply RoPE to q and k after their transposes, so only v's and the output's
+//    transposes are plain copies, and those two are dropped.
 //
 // 3. Packed projections. When q, k and v of a seq-major layer are reshaped thirds (slices along
 //    the last dim) of one [B, L, 3 * H * E] tensor, the layer reads them from it in place
@@ -123,9 +126,10 @@ int drop_constant_masks(Network& net, int& as_causal) {
     AttentionParams p = l->params_as<AttentionParams>();
     const Shape& qs = l->input(0)->shape();
     const Shape& ks = l->input(1)->shape();
-    const bool sm = p.seq_major || p.packed_heads > 0;
-    const Shape scores = {qs[0], p.packed_heads > 0 ? DimExpr(p.packed_heads) : qs[sm ? 2 : 1],
-                          qs[sm ? 1 : 2], ks[sm ? 1 : 2]};
+    const bool qsm = p.seq_major_at(AttentionParams::kQ);
+    const bool ksm = p.seq_major_at(AttentionParams::kK);
+    const Shape scores = {qs[0], p.packed_heads > 0 ? DimExpr(p.packed_heads) : qs[qsm ? 2 : 1],
+                          qs[qsm ? 1 : 2], ks[ksm ? 1 : 2]};
     const MaskMeaning m = mask_meaning(l->input(3), scores);
     if (m == MaskMeaning::kOther) continue;
     if (m == MaskMeaning::kCausal) {
@@ -363,9 +367,8 @@ int read_unrepeated_kv(Network& net) {
     if (l->kind() != LayerKind::kAttention) continue;
     AttentionParams p = l->params_as<AttentionParams>();
     if (p.packed_heads > 0) continue;
-    const int hd = p.seq_major ? 2 : 1;
-    const auto k = repeated_heads(l->input(1), hd);
-    const auto v = repeated_heads(l->input(2), hd);
+    const auto k = repeated_heads(l->input(1), p.seq_major_at(AttentionParams::kK) ? 2 : 1);
+    const auto v = repeated_heads(l->input(2), p.seq_major_at(AttentionParams::kV) ? 2 : 1);
     if (!k || !v || k->kv_heads != v->kv_heads) continue;
     std::vector<Tensor*> inputs = l->inputs();
     for (const Unrepeated* u : {&*k, &*v}) {
@@ -400,27 +403,44 @@ void pass_simplify_attention(BuildState& s) {
   int removed = dropped > 0 ? remove_unreachable_layers(net) : 0;
   int unrepeated = read_unrepeated_kv(net);
   removed += unrepeated > 0 ? remove_unreachable_layers(net) : 0;
-  int folded = 0;
+  int folded = 0, partly = 0;
   for (Layer* l : net.layers()) {
-    if (l->kind() != LayerKind::kAttention || l->params_as<AttentionParams>().seq_major) continue;
-    Layer* after = sole_consumer(net, l->output());
-    if (after == nullptr || untransposed(after->output()) != l->output()) continue;
-    std::vector<Tensor*> inputs = l->inputs();
-    bool all = true;
-    for (size_t i = 0; i < 3 && all; ++i) {
-      inputs[i] = untransposed(inputs[i]);
-      all = inputs[i] != nullptr;
-    }
-    if (!all) continue;
+    if (l->kind() != LayerKind::kAttention) continue;
     AttentionParams p = l->params_as<AttentionParams>();
-    p.seq_major = true;
-    Layer* fused = net.add_layer(p, inputs, l->name() + "+" + after->name());
-    net.replace_all_uses(after->output(), fused->output());
-    ++folded;
+    if (p.seq_major || p.packed_heads > 0) continue;
+    std::vector<Tensor*> inputs = l->inputs();
+    std::string name = l->name();
+    const int64_t bits[] = {AttentionParams::kQ, AttentionParams::kK, AttentionParams::kV};
+    for (size_t i = 0; i < 3; ++i) {
+      Tensor* in_place = p.seq_major_at(bits[i]) ? nullptr : untransposed(inputs[i]);
+      if (in_place == nullptr) continue;
+      inputs[i] = in_place;
+      p.seq_major_operands |= bits[i];
+    }
+    Layer* after = sole_consumer(net, l->output());
+    const bool out_in_place = !p.seq_major_at(AttentionParams::kOut) && after != nullptr &&
+                              untransposed(after->output()) == l->output();
+    if (out_in_place) {
+      p.seq_major_operands |= AttentionParams::kOut;
+      name += "+" + after->name();
+    }
+    if (p.seq_major_operands == l->params_as<AttentionParams>().seq_major_operands) continue;
+    const int64_t all = AttentionParams::kQ | AttentionParams::kK | AttentionParams::kV |
+                        AttentionParams::kOut;
+    if (p.seq_major_operands == all) {  // the one-flag form, which rewrite 3 reads
+      p.seq_major = true;
+      p.seq_major_operands = 0;
+      ++folded;
+    } else {
+      ++partly;
+      name += "+layout";
+    }
+    Layer* fused = net.add_layer(p, inputs, name);
+    net.replace_all_uses(out_in_place ? after->output() : l->output(), fused->output());
   }
-  removed += folded > 0 ? remove_unreachable_layers(net) : 0;
+  removed += folded + partly > 0 ? remove_unreachable_layers(net) : 0;
   // Seq-major layers that rewrite 2 just made can read repeats made on [B, S, Hkv, E].
-  const int unrepeated_seq_major = folded > 0 ? read_unrepeated_kv(net) : 0;
+  const int unrepeated_seq_major = folded + partly > 0 ? read_unrepeated_kv(net) : 0;
   removed += unrepeated_seq_major > 0 ? remove_unreachable_layers(net) : 0;
   unrepeated += unrepeated_seq_major;
   int merged = 0;
@@ -428,7 +448,8 @@ void pass_simplify_attention(BuildState& s) {
   removed += packed > 0 ? remove_unreachable_layers(net) : 0;
   s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
-                  " attention layers read and write [B, L, H, E] in place, " +
+                  " attention layers read and write [B, L, H, E] in place (" +
+                  std::to_string(partly) + " more some of their operands), " +
                   std::to_string(packed) + " read q, k and v from one packed projection (" +
                   std::to_string(merged) + " of them merged from three), " +
                   std::to_string(unrepeated) +
