@@ -138,7 +138,7 @@ inline std::vector<Chain> chains() {
          net.mark_output(net.add_elementwise(q, sm, ElementWiseOp::kSum, "add")->output(), "out");
        },
        {{3, 7}}, 1, 1},
-      {"an intermediate network output stops the chain",
+      {"an intermediate network output is one of the fused layer's outputs",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {4, 4});
          Tensor* a = net.add_unary(x, UnaryOp::kAbs, "abs")->output();
@@ -147,7 +147,22 @@ inline std::vector<Chain> chains() {
          b = net.add_unary(b, UnaryOp::kNeg, "neg")->output();
          net.mark_output(b, "out");
        },
-       {{4, 4}}, 1, 1},
+       {{4, 4}}, 1, 0},
+      {"a result a matmul also reads is stored and still computed with in the group",
+       [](Network& net, DataType dt) {
+         // T5's f16 clamp, then the RMSNorm that reads it, while the clamped value also goes to
+         // the next residual (here a product with a constant matrix).
+         Tensor* x = net.add_input("x", dt, {3, 8});
+         Tensor* c = net.add_activation(x, ActivationType::kClip, -1.5f, 1.5f, "clamp")->output();
+         Tensor* sq = net.add_elementwise(c, c, ElementWiseOp::kProd, "square")->output();
+         Tensor* r = row_reduce(net, sq, ReduceOp::kAvg, "mean");
+         r = net.add_unary(r, UnaryOp::kRsqrt, "rsqrt")->output();
+         Tensor* y = net.add_elementwise(c, r, ElementWiseOp::kProd, "normalize")->output();
+         Tensor* w = net.add_input("w", dt, {8, 8});
+         net.mark_output(net.add_matrix_multiply(c, false, w, false, "next")->output(), "next");
+         net.mark_output(y, "out");
+       },
+       {{3, 8}, {8, 8}}, 1, 0, 0},
       // Row reductions (kReduce steps): the norm and softmax patterns models export.
       {"RMSNorm as T5 writes it: an f32 island around a mean over the last dim",
        [](Network& net, DataType dt) {
@@ -203,7 +218,7 @@ inline std::vector<Chain> chains() {
                          "out");
          net.mark_output(t, "sigmoid");
        },
-       {{6, 5}}, 1, 1, 0},
+       {{6, 5}}, 1, 0, 0},
       {"a row value read outside leaves its reduction unfused",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {4, 9});
@@ -293,7 +308,8 @@ inline std::vector<Chain> chains() {
       {"a row group that cannot be one layer falls back to its plain chains",
        [](Network& net, DataType dt) {
          // The row value t is a network output, so {exp, abs.., sum, log..} cannot be one
-         // layer; the chains abs -> sqrt -> neg and log -> abs -> sqrt fuse on their own.
+         // layer; the chains exp -> abs -> sqrt -> neg and log -> abs -> sqrt fuse on their
+         // own (exp's result stored for the Reduce).
          Tensor* x = net.add_input("x", dt, {4, 8});
          Tensor* z = net.add_unary(x, UnaryOp::kExp, "z")->output();
          Tensor* c = net.add_unary(z, UnaryOp::kAbs, "a")->output();
@@ -304,7 +320,7 @@ inline std::vector<Chain> chains() {
          t = net.add_unary(t, UnaryOp::kAbs, "q")->output();
          net.mark_output(net.add_unary(t, UnaryOp::kSqrt, "t")->output(), "t");
        },
-       {{4, 8}}, 2, 1, 1},
+       {{4, 8}}, 2, 0, 1},
       {"a reduction over another axis stays a Reduce layer",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {5, 8});

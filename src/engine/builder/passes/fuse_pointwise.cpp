@@ -4,10 +4,12 @@
 // program lists the steps in order. Without it, every
 // such layer is a kernel of its own on the GPU, with a round trip of its output through memory.
 //
-// Grouping: a layer joins the layers that read its output when every reader is such a pointwise
-// layer of the same output shape and the output is not a network output (so no intermediate has
-// to be stored); the groups are the connected components of those joins. A group's outputs are
-// the results read outside it (or marked as network outputs). A group that an outside path
+// Grouping: a layer joins the pointwise layers of its output shape that read its output; when
+// something else reads it too (a matmul's residual input, say) or it is a network output, it
+// becomes one of the group's outputs, stored by the fused kernel, and its pointwise readers
+// still compute with it in registers (T5's f16 clamp and the RMSNorm after it: one kernel). The
+// groups are the connected components of those joins. A group's outputs are the results read
+// outside it (or marked as network outputs). A group that an outside path
 // leaves and re-enters (a result read by a matmul or a reduction whose output comes back into
 // the group) cannot become one layer without a cycle: it splits before the re-entry, and each
 // part is fused on its own. Inputs from outside broadcast to
@@ -363,20 +365,22 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   auto is_reduce = [&](const Layer* l) { return steps.at(l).family == FusedOpFamily::kReduce; };
   for (Layer* l : layers) {
     if (steps.count(l) == 0) continue;
-    if (l->output()->is_output()) continue;
     const std::vector<Layer*> readers = net.consumers(l->output());
     const Shape& out = l->output()->shape();
-    bool all = !readers.empty(), same = !readers.empty() && !is_reduce(l);
+    // Same-shape pointwise readers join whoever else reads the output (it is then stored as a
+    // group output). Joins through a reduction, a row value or a scalar need every reader in
+    // the group: a row value or a Reduce's result read outside cannot be one layer's output.
+    bool all = !readers.empty() && !l->output()->is_output();
     for (const Layer* r : readers) {
       const bool step = steps.count(r) != 0;
       const bool same_shape = step && !is_reduce(r) && shapes_equal(r->output()->shape(), out);
-      same = same && same_shape;
+      if (same_shape && !is_reduce(l)) {
+        plain.join(l, r);
+        uf.join(l, r);
+      }
       all = all && (same_shape || (step && is_reduce(r)) ||
                     (step && !is_reduce(r) && (is_row_of(out, r->output()->shape()) ||
                                                 is_scalar_of(out, r->output()->shape()))));
-    }
-    if (same) {
-      for (const Layer* r : readers) plain.join(l, r);
     }
     if (all) {
       for (const Layer* r : readers) uf.join(l, r);
