@@ -93,13 +93,15 @@ step_quant() {
   run_step profile_resnet50_int8 python3 bench/kernel_profile.py --model resnet50 --batch 32 \
     --top 14 --quantize int8
 }
-# The attention kernels' A/B (EMBER_ATTENTION_SPLIT=0, then the default rule) on ATTN_ROWS
+# The attention kernels' A/B (ATTN_AB_VAR=0, then unset: default EMBER_ATTENTION_SPLIT, the
+# key-split rule; EMBER_ATTENTION_AHEAD: the 64-query kernel's tiles one ahead) on ATTN_ROWS
 # (default GPT-2 and BERT-base at b1), Ember against eager, one process each.
 step_attn_ab() {
+  local var="${ATTN_AB_VAR:-EMBER_ATTENTION_SPLIT}"
   for s in 0 default; do
-    local env=""; [ "$s" = 0 ] && env="EMBER_ATTENTION_SPLIT=0"
-    run_step "attn_split_$s" bash -c "$env python3 bench/bench.py --rows '${ATTN_ROWS:-gpt2:1,bert:1}' \
-      --compile-modes '' --json '$dest/attn_split_$s.json'"
+    local env=""; [ "$s" = 0 ] && env="$var=0"
+    run_step "attn_${var}_$s" bash -c "$env python3 bench/bench.py \
+      --rows '${ATTN_ROWS:-gpt2:1,bert:1}' --compile-modes '' --json '$dest/attn_${var}_$s.json'"
   done
 }
 # The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).
