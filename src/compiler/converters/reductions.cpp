@@ -177,10 +177,13 @@ EMBER_CONVERTER(amin, ({"aten::amin", "aten::min"}), true, validate_reduce) {
 
 // ---------------------------------------------------------------- any, all
 
-/// any = sum of (x != 0) > 0 and all = product of (x != 0), both on i32 0/1 values: empty
-/// reductions give False and True as in PyTorch.
+/// any = sum of (x != 0) > 0 and all = product of (x != 0), both on f32 0/1 values: empty
+/// reductions give False and True as in PyTorch. f32 rather than i32 so that the 0/1 cast can
+/// join the pointwise layers before it in one generated kernel (T5's isinf(x).any()); the
+/// result stays exact in meaning: a sum of ones is >= 1 as soon as one element is nonzero (past
+/// 2^24 it stops growing, never reaches 0), and a product of zeros and ones is 0 or 1.
 void convert_any_all(ConversionContext& ctx, const Node& node, bool all) {
-  Tensor* x = ctx.cast(ctx.cast(ctx.input(node, ReduceArgs::self), DataType::kBool), DataType::kI32);
+  Tensor* x = ctx.cast(ctx.cast(ctx.input(node, ReduceArgs::self), DataType::kBool), DataType::kF32);
   Tensor* r = reduce(ctx, node, x, all ? ReduceOp::kProd : ReduceOp::kSum,
                      node_axes(node, ReduceArgs::dim, x->rank()),
                      node_keepdim(node, ReduceArgs::keepdim));

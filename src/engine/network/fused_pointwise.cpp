@@ -74,12 +74,15 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                                 std::to_string(o) + ", not one of the " +
                                 std::to_string(n_in + i) + " values defined before it");
     }
-    // Float values everywhere but Casts (which read any value and may make a bool) and the
-    // condition of a Select (a bool).
-    const bool to_bool = st.family == FusedOpFamily::kCast && st.dtype == DataType::kBool;
+    // Float values everywhere but Casts (which read any value and may make a bool), the
+    // classifications isinf/isnan (a bool of a float) and the condition of a Select (a bool).
+    const bool classify = st.family == FusedOpFamily::kUnary &&
+                          semantics::unary_is_classification(static_cast<UnaryOp>(st.code));
+    const bool to_bool =
+        (st.family == FusedOpFamily::kCast || classify) && st.dtype == DataType::kBool;
     InferContext::require(dtype_is_float(st.dtype) || to_bool,
-                          where + ": dtype must be f32, f16 or bf16 (bool for a cast), got " +
-                              dtype_name(st.dtype));
+                          where + ": dtype must be f32, f16 or bf16 (bool for a cast or for "
+                                  "isinf/isnan), got " + dtype_name(st.dtype));
     for (int k = 0; k < used; ++k) {
       const DataType d = value_dtype[static_cast<size_t>(st.operands[k])];
       const bool any = st.family == FusedOpFamily::kCast;
@@ -118,9 +121,13 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
         break;
       }
       case FusedOpFamily::kUnary:
-        InferContext::require(semantics::unary_is_float_math(static_cast<UnaryOp>(st.code)),
+        InferContext::require(semantics::unary_is_float_math(static_cast<UnaryOp>(st.code)) ||
+                                  classify,
                               where + ": unary op " + std::to_string(st.code) +
-                                  " is not float math");
+                                  " is neither float math nor isinf/isnan");
+        InferContext::require(!classify || st.dtype == DataType::kBool,
+                              where + ": isinf/isnan make a bool, not " +
+                                  std::string(dtype_name(st.dtype)));
         break;
       case FusedOpFamily::kCast:
       case FusedOpFamily::kReduce:  // any float op of ReduceOp (the code check above)
@@ -132,7 +139,7 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
         break;
       }
     }
-    if (st.family != FusedOpFamily::kScalar && st.family != FusedOpFamily::kCast) {
+    if (st.family != FusedOpFamily::kScalar && st.family != FusedOpFamily::kCast && !classify) {
       InferContext::require(st.dtype == a, where + ": dtype " + std::string(dtype_name(st.dtype)) +
                                                " differs from its operand's " + dtype_name(a));
     }

@@ -61,7 +61,8 @@ inline constexpr uint32_t kPlanFormatVersion = 11;  // 2: fused epilogues, 3: ti
                                                    // 9: QuantizedConvolution channels_last,
                                                    // 10: FusedPointwise row reductions
                                                    //     and input views,
-                                                   // 11: Attention seq_major_operands
+                                                   // 11: Attention seq_major_operands,
+                                                   //     FusedPointwise isinf/isnan steps
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version

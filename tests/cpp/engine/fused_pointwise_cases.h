@@ -148,6 +148,22 @@ inline std::vector<Chain> chains() {
          net.mark_output(b, "out");
        },
        {{4, 4}}, 1, 0},
+      {"isinf and isnan as bools cast to numbers (T5's isinf(x).any() before its reduction)",
+       [](Network& net, DataType dt) {
+         // exp(100 x) overflows to inf for x > 0.89 in every float type; inf - inf is NaN.
+         Tensor* x = net.add_input("x", dt, {4, 8});
+         Tensor* e = net.add_elementwise(x, scalar(net, dt, 100.0f, "hundred"),
+                                         ElementWiseOp::kProd, "scale")->output();
+         e = net.add_unary(e, UnaryOp::kExp, "exp")->output();
+         Tensor* inf = net.add_unary(e, UnaryOp::kIsInf, "isinf")->output();
+         Tensor* d = net.add_elementwise(e, e, ElementWiseOp::kSub, "sub")->output();
+         Tensor* nan = net.add_unary(d, UnaryOp::kIsNan, "isnan")->output();
+         Tensor* a = net.add_cast(inf, DataType::kF32, "inf_f32")->output();
+         Tensor* b = net.add_cast(nan, DataType::kF32, "nan_f32")->output();
+         b = net.add_elementwise(b, b, ElementWiseOp::kSum, "twice")->output();
+         net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "count")->output(), "out");
+       },
+       {{4, 8}}, 1, 0},
       {"a result a matmul also reads is stored and still computed with in the group",
        [](Network& net, DataType dt) {
          // T5's f16 clamp, then the RMSNorm that reads it, while the clamped value also goes to

@@ -201,7 +201,18 @@ TEST(FusePointwise, CorruptProgramsAreRejectedWithTheirReason) {
   bad([](auto&) {}, "step 0: operand 0 is i32; this step reads float values only", DataType::kI32);
   bad([](auto&) {}, "f8e4m3 tensors go only through", DataType::kF8E4M3);
   bad([](auto& p) { p.program[2] = static_cast<int64_t>(DataType::kBool); },
-      "dtype must be f32, f16 or bf16 (bool for a cast), got bool");
+      "dtype must be f32, f16 or bf16 (bool for a cast or for isinf/isnan), got bool");
+  bad([](auto& p) {
+        p.program[0] = static_cast<int64_t>(FusedOpFamily::kUnary);
+        p.program[1] = static_cast<int64_t>(UnaryOp::kIsInf);
+      },
+      "step 0: isinf/isnan make a bool, not f32");
+  bad([](auto& p) {
+        p.program[0] = static_cast<int64_t>(FusedOpFamily::kUnary);
+        p.program[1] = static_cast<int64_t>(UnaryOp::kNot);
+      },
+      "unary op " + std::to_string(static_cast<int>(UnaryOp::kNot)) +
+          " is neither float math nor isinf/isnan");
   bad([](auto& p) { p.views = {1}; }, "do not encode one {n, perm, m, indices} per input");
   bad([](auto& p) { p.views = {3, 0, 1, 2, 0}; }, "a transpose of 3 dims for a rank-2 input");
   bad([](auto& p) { p.views = {2, 0, 0, 0}; }, "the transpose is not a permutation");

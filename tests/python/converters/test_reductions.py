@@ -143,6 +143,28 @@ def test_any_all_uint8_keeps_dtype():
     check_op(lambda a: (a.any(), a.all(1)), [torch.randint(0, 3, (3, 4), dtype=torch.uint8)])
 
 
+@pytest.mark.parametrize("has_inf", [False, True])
+def test_isinf_any_clamp_as_t5_writes_it(has_inf):
+    """T5's f16 guard: clamp to finfo.max - 1000 when any element is inf, else to finfo.max.
+    The 0/1 values the any() reduces are floats, so isinf and that cast are one generated
+    kernel before the Reduce, and the scalar test joins the clamp's kernel after it."""
+    import json
+
+    def t5_clamp(x):
+        big = torch.finfo(torch.float16).max
+        c = torch.where(torch.isinf(x).any(), big - 1000, big)
+        return torch.clamp(x, min=-c, max=c)
+
+    x = torch.randn(2, 5, 16).to(torch.float16)
+    if has_inf:
+        x[1, 3, 7] = float("inf")
+    compiled = check_op(t5_clamp, [x])
+    layers = [layer for attr in sorted(dir(compiled)) if attr.startswith("_ember_engine_")
+              for layer in json.loads(getattr(compiled, attr).inspect())["layers"]]
+    kinds = [layer["type"] for layer in layers if layer["type"] != "Constant"]
+    assert kinds == ["FusedPointwise", "Reduce", "FusedPointwise"], kinds
+
+
 # ---------------------------------------------------------------- cumsum
 
 @pytest.mark.parametrize("dtype", DTYPES_FLOAT + DTYPES_INT + [torch.bool])

@@ -155,6 +155,8 @@ std::string unary_expr(UnaryOp op, const std::string& x) {
     case UnaryOp::kRound: return call("rintf");  // half to even
     case UnaryOp::kErf: return call("erff");
     case UnaryOp::kSign: return "(float)((0.0f < " + x + ") - (" + x + " < 0.0f))";
+    case UnaryOp::kIsInf: return "(isinf(" + x + ") ? 1.0f : 0.0f)";  // bools are 0 and 1
+    case UnaryOp::kIsNan: return "(isnan(" + x + ") ? 1.0f : 0.0f)";
     default: break;
   }
   throw Error("fused pointwise codegen: unary op " + std::to_string(static_cast<int>(op)) +

@@ -6,6 +6,7 @@
 // chain's bits. A program with row reductions (kReduce) runs over blocks of whole rows (the
 // output's last dim), each reduction filling its row with semantics::reduce_row's result.
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -100,6 +101,12 @@ void unary_run(UnaryOp op, const float* a, float* y, int64_t n) {
     EMBER_CASE(kAsinh) EMBER_CASE(kAcosh) EMBER_CASE(kAtanh) EMBER_CASE(kCeil) EMBER_CASE(kFloor)
     EMBER_CASE(kRound) EMBER_CASE(kErf) EMBER_CASE(kSign)
 #undef EMBER_CASE
+    case UnaryOp::kIsInf:  // bool values are 0 and 1
+      for (int64_t j = 0; j < n; ++j) y[j] = std::isinf(a[j]) ? 1.0f : 0.0f;
+      return;
+    case UnaryOp::kIsNan:
+      for (int64_t j = 0; j < n; ++j) y[j] = std::isnan(a[j]) ? 1.0f : 0.0f;
+      return;
     default:
       break;  // not float math: rejected by shape inference
   }

@@ -69,6 +69,11 @@ inline bool unary_is_float_math(UnaryOp op) {
   return op != UnaryOp::kNot && op != UnaryOp::kIsInf && op != UnaryOp::kIsNan;
 }
 
+/// True for the Unary ops that classify a float (float in, bool out): isinf, isnan.
+inline bool unary_is_classification(UnaryOp op) {
+  return op == UnaryOp::kIsInf || op == UnaryOp::kIsNan;
+}
+
 /// f(x) for the float math ops (unary_is_float_math).
 EMBER_HOST_DEVICE inline float unary(UnaryOp op, float x) {
   switch (op) {

@@ -111,6 +111,14 @@ std::optional<FusedStep> step_of(const Layer* l) {
     s.family = FusedOpFamily::kSelect;
     return s;
   }
+  // isinf/isnan: a bool of a float.
+  if (l->kind() == LayerKind::kUnary &&
+      semantics::unary_is_classification(l->params_as<UnaryParams>().op)) {
+    if (s.dtype != DataType::kBool || !dtype_is_float(l->input(0)->dtype())) return std::nullopt;
+    s.family = FusedOpFamily::kUnary;
+    s.code = static_cast<int>(l->params_as<UnaryParams>().op);
+    return s;
+  }
   if (!dtype_is_float(s.dtype)) return std::nullopt;
   for (const Tensor* in : l->inputs()) {
     if (!dtype_is_float(in->dtype())) return std::nullopt;
