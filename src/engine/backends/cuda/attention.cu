@@ -7,8 +7,7 @@
 // FlashAttention does, and the output rounds once). Two block shapes, both 4 warps that share
 // every 64-key tile of K and V loaded by all 128 threads:
 //   - flash_attention_mma_kernel: 64 queries per block, 16 per warp, each warp walks all keys.
-//     Grid B*H x ceil(L / 64). Its tiles load as the split kernel's do (kv_load: at D = 64 one
-//     tile ahead, in registers during the compute on the previous one).
+//     Grid B*H x ceil(L / 64).
 //   - flash_attention_split_kernel: 16 queries per block, the same 16 in every warp, warp w
 //     takes keys [16w, 16w + 16) of every tile with its own online softmax, and the warps merge
 //     (m, l, o) through shared memory at the end. Grid B*H x ceil(L / 16): 4x the blocks.
@@ -43,21 +42,6 @@
 //   - Longer sequences at b1 (s512: 96 blocks of 64 -> 384 of 16, 8 tiles each, 4x the L2 reads
 //     of K/V = 48 MiB, ~10 us of L2 bandwidth) may gain less; the rule still picks the split
 //     there, so that row is worth measuring with EMBER_ATTENTION_SPLIT=0 and 1.
-//
-// Predicted gain of the 64-query kernel loading its tiles as the split kernel does (H100,
-// session 22's profile of GPT-2 b32: attention 0.427 ms a forward, 35 us per layer; 768 blocks
-// of 64 queries, 1 or 2 tiles of 64 keys each):
-//   - Before, a tile was two loops of 4 chunks a thread each (K, then V transposed), a global
-//     load then a shared store per step, not unrolled (blockDim is a runtime value): ~8
-//     dependent round trips of ~0.5-1 us per tile, which the 2-4 blocks resident on an SM
-//     cannot hide behind ~1-2 us of mma.sync and softmax.
-//   - After: 8 loads issued together, at D = 64 one tile ahead: ~1 round trip per tile, hidden
-//     behind the previous tile's compute from the second tile on.
-//   - Prediction: 35 -> ~15-20 us per layer at b32 (0.43 -> ~0.2 ms per GPT-2 forward, ~10% of
-//     its 1.93 ms of GPU time; BERT b32 the same or a little more: 2 tiles in every block). The
-//     bytes (q, k, v, out: 25 MB per layer at b32) allow ~8 us at 3.3 TB/s. The register tile
-//     costs 32 registers a thread; if that costs resident blocks, EMBER_ATTENTION_AHEAD=0 (the
-//     same loads after each barrier) shows it.
 //
 // Operands are read through strides, so the seq-major layout (a model's [B, L, H, E] before its
 // transpose) costs nothing; the mask is read in place with stride 0 on its broadcast dims.
@@ -325,66 +309,6 @@ __device__ __forceinline__ uint32_t ld2(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
-// ---------------------------------------------------------------- K/V tiles of the mma kernels
-//
-// Both mma.sync kernels (128 threads) stage a 64-key tile of K ([64][D + 8]) and of V
-// transposed ([D][64 + 8]) in shared memory. Each thread's share goes through registers: all of
-// its 16-byte loads are issued back to back (the thread count is a constant, so the loop
-// unrolls) and, at D = 64, one tile ahead, while the warps compute on the previous tile.
-
-/// Four of this thread's 16-byte chunks of a 64-key tile of K and of V, held in registers
-/// between the load and the store to shared memory. A tile has D / 64 such parts: chunk i of
-/// part `part` of thread x is chunk x + 128 (4 part + i) of the tile (row = key, 8 features).
-template <typename T>
-struct KvTile {
-  static constexpr int kChunks = 4;
-  Vec<T, 8> k[kChunks], v[kChunks];
-};
-
-/// 8 features [c, c + 8) of one operand row, zero where the row is past S (row_ok false) or a
-/// feature is past `cols`; one 16-byte load when vec (alignment checked by the host).
-template <typename T>
-__device__ __forceinline__ Vec<T, 8> load_chunk(const T* src, bool row_ok, int c, int64_t cols,
-                                                bool vec) {
-  Vec<T, 8> x;
-  if (row_ok && vec && c + 8 <= cols) {
-    x = *reinterpret_cast<const Vec<T, 8>*>(src);
-  } else {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) x.v[e] = row_ok && c + e < cols ? src[e] : Num<T>::store(0.0f);
-  }
-  return x;
-}
-
-template <typename T, int D>
-__device__ __forceinline__ void kv_load(KvTile<T>& tile, const T* kb, const T* vb,
-                                           const AttnArgs& p, int64_t k0, bool vec, int part) {
-  constexpr int kPerRow = D / 8;
-#pragma unroll
-  for (int i = 0; i < KvTile<T>::kChunks; ++i) {
-    const int idx = static_cast<int>(threadIdx.x) + (part * KvTile<T>::kChunks + i) * 128;
-    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
-    const int64_t key = k0 + r;
-    const bool ok = key < p.S;
-    tile.k[i] = load_chunk<T>(kb + key * p.k_l + c, ok, c, p.E, vec);
-    tile.v[i] = load_chunk<T>(vb + key * p.v_l + c, ok, c, p.Ev, vec);
-  }
-}
-
-template <typename T, int D>
-__device__ __forceinline__ void kv_store(const KvTile<T>& tile, T* ks, T* vt, int part) {
-  constexpr int ldk = D + 8, ldv = kBlockK + 8;  // the pitches of MmaSmem and SplitSmem
-  constexpr int kPerRow = D / 8;
-#pragma unroll
-  for (int i = 0; i < KvTile<T>::kChunks; ++i) {
-    const int idx = static_cast<int>(threadIdx.x) + (part * KvTile<T>::kChunks + i) * 128;
-    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
-    *reinterpret_cast<Vec<T, 8>*>(ks + r * ldk + c) = tile.k[i];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) vt[(c + e) * ldv + r] = tile.v[i].v[e];
-  }
-}
-
 /// Shared memory of the mma.sync kernel with W warps (16 query rows each).
 template <int D, int W>
 struct MmaSmem {
@@ -396,10 +320,9 @@ struct MmaSmem {
   static constexpr size_t k = size_t{kBlockK} * ldk * 2;
   static constexpr size_t v = size_t{D} * ldv * 2;
   static constexpr size_t bytes = q + k + v;
-  static_assert(ldk == D + 8 && ldv == kBlockK + 8, "the pitches kv_store writes");
 };
 
-template <typename T, int D, int W, bool kAheadAllowed>
+template <typename T, int D, int W>
 __global__ void __launch_bounds__(W * 32)
     flash_attention_mma_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                const T* __restrict__ v, const void* __restrict__ mask,
@@ -417,20 +340,7 @@ __global__ void __launch_bounds__(W * 32)
   const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, grp = h / p.group;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * Sm::kRowsQ;
   const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8;  // this lane's two query rows
-  const int64_t k_end = p.causal ? ::min(p.S, q0 + Sm::kRowsQ) : p.S;
-  const T* kb = k + b * p.k_b + grp * p.k_h;
-  const T* vb = v + b * p.v_b + grp * p.v_h;
 
-  // K/V tiles through registers (kv_load/kv_store, as the split kernel does), at D = 64 one
-  // tile ahead; a 128-key-feature tile in registers across the compute would spill, so at
-  // D = 128 (and with kAheadAllowed false, EMBER_ATTENTION_AHEAD=0, for A/B timing: the tile
-  // costs 32 more registers a thread, which may cost resident blocks at large grids) each part
-  // is loaded and stored after the barrier, its loads in flight together.
-  static_assert(W == 4, "kv_load/kv_store split a tile over 128 threads");
-  constexpr bool kAhead = D <= 64 && kAheadAllowed;
-  constexpr int kParts = D / 64;
-  KvTile<T> tile;
-  if (kAhead && k_end > 0) kv_load<T, D>(tile, kb, vb, p, 0, vec, 0);  // with the queries
   load_tile<T, D, Sm::kRowsQ>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
   __syncthreads();
   uint32_t qa[kKS][4];
@@ -447,20 +357,28 @@ __global__ void __launch_bounds__(W * 32)
   for (int n = 0; n < kDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;  // l: this lane's share
 
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + Sm::kRowsQ) : p.S;
+  const T* kb = k + b * p.k_b + grp * p.k_h;
+  const T* vb = v + b * p.v_b + grp * p.v_h;
   for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
     __syncthreads();  // every warp is done with the previous tiles
-    // K as it is, V transposed: vt[feature][key]; zero past S, E and Ev.
-    if (kAhead) {
-      kv_store<T, D>(tile, ks, vt, 0);
-    } else {
+    load_tile<T, D, kBlockK>(ks, kb, p.k_l, k0, p.S, p.E, vec);
+    // V transposed: vt[feature][key], zero past S and Ev.
+    for (int idx = threadIdx.x; idx < kBlockK * (D / 8); idx += blockDim.x) {
+      const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+      const int64_t key = k0 + r;
+      const T* src = vb + key * p.v_l + c;
+      Vec<T, 8> x;
+      if (key < p.S && vec && c + 8 <= p.Ev) {
+        x = *reinterpret_cast<const Vec<T, 8>*>(src);
+      } else {
 #pragma unroll
-      for (int part = 0; part < kParts; ++part) {
-        kv_load<T, D>(tile, kb, vb, p, k0, vec, part);
-        kv_store<T, D>(tile, ks, vt, part);
+        for (int e = 0; e < 8; ++e) x.v[e] = key < p.S && c + e < p.Ev ? src[e] : Num<T>::store(0.0f);
       }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) vt[(c + e) * Sm::ldv + r] = x.v[e];
     }
     __syncthreads();
-    if (kAhead && k0 + kBlockK < k_end) kv_load<T, D>(tile, kb, vb, p, k0 + kBlockK, vec, 0);
 
     float sc[kNT][4];
 #pragma unroll
@@ -578,8 +496,60 @@ struct SplitSmem {
   static constexpr size_t bytes = q + tiles + stats;
   static_assert(q % 16 == 0 && k % 16 == 0 && tiles % 16 == 0, "16-byte tile stores");
   static_assert(bytes <= 48 * 1024, "fits the default dynamic shared memory");
-  static_assert(ldk == D + 8 && ldv == kBlockK + 8, "the pitches kv_store writes");
 };
+
+/// Four of this thread's 16-byte chunks of a 64-key tile of K and of V, held in registers
+/// between the load and the store to shared memory. A tile has D / 64 such parts: chunk i of
+/// part `part` of thread x is chunk x + 128 (4 part + i) of the tile (row = key, 8 features).
+template <typename T>
+struct SplitTile {
+  static constexpr int kChunks = 4;
+  Vec<T, 8> k[kChunks], v[kChunks];
+};
+
+/// 8 features [c, c + 8) of one operand row, zero where the row is past S (row_ok false) or a
+/// feature is past `cols`; one 16-byte load when vec (alignment checked by the host).
+template <typename T>
+__device__ __forceinline__ Vec<T, 8> load_chunk(const T* src, bool row_ok, int c, int64_t cols,
+                                                bool vec) {
+  Vec<T, 8> x;
+  if (row_ok && vec && c + 8 <= cols) {
+    x = *reinterpret_cast<const Vec<T, 8>*>(src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x.v[e] = row_ok && c + e < cols ? src[e] : Num<T>::store(0.0f);
+  }
+  return x;
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void split_load(SplitTile<T>& tile, const T* kb, const T* vb,
+                                           const AttnArgs& p, int64_t k0, bool vec, int part) {
+  constexpr int kPerRow = D / 8;
+#pragma unroll
+  for (int i = 0; i < SplitTile<T>::kChunks; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + (part * SplitTile<T>::kChunks + i) * 128;
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    const int64_t key = k0 + r;
+    const bool ok = key < p.S;
+    tile.k[i] = load_chunk<T>(kb + key * p.k_l + c, ok, c, p.E, vec);
+    tile.v[i] = load_chunk<T>(vb + key * p.v_l + c, ok, c, p.Ev, vec);
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void split_store(const SplitTile<T>& tile, T* ks, T* vt, int part) {
+  using Sm = SplitSmem<D>;
+  constexpr int kPerRow = D / 8;
+#pragma unroll
+  for (int i = 0; i < SplitTile<T>::kChunks; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + (part * SplitTile<T>::kChunks + i) * 128;
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    *reinterpret_cast<Vec<T, 8>*>(ks + r * Sm::ldk + c) = tile.k[i];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) vt[(c + e) * Sm::ldv + r] = tile.v[i].v[e];
+  }
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128)
@@ -611,8 +581,8 @@ __global__ void __launch_bounds__(128)
   // barrier, each part's 8 loads in flight together.
   constexpr bool kAhead = D <= 64;
   constexpr int kParts = D / 64;
-  KvTile<T> tile;
-  if (kAhead && k_end > 0) kv_load<T, D>(tile, kb, vb, p, 0, vec, 0);  // with the queries
+  SplitTile<T> tile;
+  if (kAhead && k_end > 0) split_load<T, D>(tile, kb, vb, p, 0, vec, 0);  // with the queries
   load_tile<T, D, 16>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
   __syncthreads();
   uint32_t qa[kKS][4];
@@ -632,16 +602,16 @@ __global__ void __launch_bounds__(128)
   for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
     __syncthreads();  // every warp is done with the previous tile
     if (kAhead) {
-      kv_store<T, D>(tile, ks, vt, 0);
+      split_store<T, D>(tile, ks, vt, 0);
     } else {
 #pragma unroll
       for (int part = 0; part < kParts; ++part) {
-        kv_load<T, D>(tile, kb, vb, p, k0, vec, part);
-        kv_store<T, D>(tile, ks, vt, part);
+        split_load<T, D>(tile, kb, vb, p, k0, vec, part);
+        split_store<T, D>(tile, ks, vt, part);
       }
     }
     __syncthreads();
-    if (kAhead && k0 + kBlockK < k_end) kv_load<T, D>(tile, kb, vb, p, k0 + kBlockK, vec, 0);
+    if (kAhead && k0 + kBlockK < k_end) split_load<T, D>(tile, kb, vb, p, k0 + kBlockK, vec, 0);
     const int64_t kw = k0 + warp * 16;  // this warp's 16 keys of the tile
     if (kw >= k_end) continue;          // warp-uniform: past S, or causal past every query
 
@@ -888,22 +858,12 @@ bool launch_flash_sized(const T* q, const T* k, const T* v, const void* mask, T*
   return true;
 }
 
-/// EMBER_ATTENTION_AHEAD=0 (read once) loads the 64-query kernel's K/V tiles after each
-/// barrier instead of one tile ahead (A/B timing); anything else, or unset, leaves it on.
-bool ahead_setting() {
-  static const bool ahead = [] {
-    const char* e = std::getenv("EMBER_ATTENTION_AHEAD");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  return ahead;
-}
-
-template <typename T, int D, int W, bool kAhead>
+template <typename T, int D, int W>
 void launch_flash_mma_w(const T* q, const T* k, const T* v, const void* mask, T* out,
                         const AttnArgs& p, bool vec, cudaStream_t stream) {
   using Sm = MmaSmem<D, W>;
   static std::atomic<uint64_t> configured{0};
-  const auto kernel = flash_attention_mma_kernel<T, D, W, kAhead>;
+  const auto kernel = flash_attention_mma_kernel<T, D, W>;
   if (Sm::bytes > size_t{48 * 1024}) {
     allow_shared_memory(kernel, Sm::bytes, configured,
                         "cudaFuncSetAttribute(flash_attention_mma_kernel)");
@@ -943,10 +903,8 @@ void launch_flash_mma(const T* q, const T* k, const T* v, const void* mask, T* o
   const int64_t blocks64 = p.B * p.H * ((p.L + 63) / 64);
   if (attention_split_keys(blocks64, sm_count(), split_setting())) {
     launch_flash_split<T, D>(q, k, v, mask, out, p, vec, stream);
-  } else if (ahead_setting()) {
-    launch_flash_mma_w<T, D, 4, true>(q, k, v, mask, out, p, vec, stream);
   } else {
-    launch_flash_mma_w<T, D, 4, false>(q, k, v, mask, out, p, vec, stream);
+    launch_flash_mma_w<T, D, 4>(q, k, v, mask, out, p, vec, stream);
   }
 }
 
