@@ -297,8 +297,10 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
            "    for (int o = 16; o > 0; o >>= 1) acc" + std::to_string(i) + " = " +
            combine("acc" + std::to_string(i),
                    "__shfl_xor_sync(0xffffffffu, acc" + std::to_string(i) + ", o)") + ";\n" +
-           // Lane 0's result for every lane: a max/min keeps its first operand on ties (+0 and
-           // -0, two NaNs), so the butterfly could leave the lanes different zeros.
+           // Lane 0's result for every lane: on ties (+0 and -0, two NaNs) ember_nan_max/min
+           // keep their second operand, so the butterfly could leave the lanes different zeros.
+           // (The CPU's reduce_row keeps the first: a row of +0 and -0 may differ in the sign
+           // of its zero, which compares equal.)
            "    acc" + std::to_string(i) + " = __shfl_sync(0xffffffffu, acc" + std::to_string(i) +
            ", 0);\n";
     const std::string acc = "acc" + std::to_string(i);
