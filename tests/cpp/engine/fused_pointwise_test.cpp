@@ -279,17 +279,26 @@ TEST(FusePointwise, PlansBeforeVersion10CannotHoldRowReductions) {
 
 // ---------------------------------------------------------------- code generation
 
-std::string source_of(const Chain& c, DataType dt) {
+/// The generated kernel source of every FusedPointwise layer the pass makes of chain `c`.
+std::vector<std::string> sources_of(const Chain& c, DataType dt) {
   Network net;
   c.build(net, dt);
   fuse_pointwise_layers(net, nullptr, nullptr);
+  std::vector<std::string> sources;
   for (const Layer* l : net.layers()) {
     if (l->kind() != LayerKind::kFusedPointwise) continue;
     std::vector<DataType> dtypes;
     for (const Tensor* t : l->inputs()) dtypes.push_back(t->dtype());
-    return codegen::pointwise_kernel_source(l->params_as<FusedPointwiseParams>(), dtypes);
+    sources.push_back(
+        codegen::pointwise_kernel_source(l->params_as<FusedPointwiseParams>(), dtypes));
   }
-  return "";
+  return sources;
+}
+
+/// The first of them ("" when the chain fuses nothing).
+std::string source_of(const Chain& c, DataType dt) {
+  const std::vector<std::string> sources = sources_of(c, dt);
+  return sources.empty() ? "" : sources.front();
 }
 
 TEST(PointwiseCodegen, SourceHasTheKernelTheStepsAndTheRounding) {
@@ -359,17 +368,19 @@ TEST(PointwiseCodegen, NvrtcCompilesEveryChainForSm90WithoutAGpu) {
   // again compiles nothing.
   for (const Chain& c : chains()) {
     for (DataType dt : kFloatTypes) {
-      const std::string src = source_of(c, dt);
-      if (src.empty()) continue;
-      SCOPED_TRACE(c.name + " " + dtype_name(dt));
-      const int before = cuda::pointwise_kernel_compilations();
-      const std::vector<uint8_t> cubin = cuda::cached_pointwise_kernel(src, "sm_90");
-      ASSERT_GE(cubin.size(), 4u);
-      EXPECT_EQ(std::memcmp(cubin.data(), "\x7f" "ELF", 4), 0);
-      const int once = cuda::pointwise_kernel_compilations();
-      EXPECT_LE(once - before, 1);
-      EXPECT_EQ(cuda::cached_pointwise_kernel(src, "sm_90"), cubin);  // cached: no recompile
-      EXPECT_EQ(cuda::pointwise_kernel_compilations(), once);
+      const std::vector<std::string> sources = sources_of(c, dt);  // every fused layer's
+      for (size_t k = 0; k < sources.size(); ++k) {
+        const std::string& src = sources[k];
+        SCOPED_TRACE(c.name + " " + dtype_name(dt) + " layer " + std::to_string(k));
+        const int before = cuda::pointwise_kernel_compilations();
+        const std::vector<uint8_t> cubin = cuda::cached_pointwise_kernel(src, "sm_90");
+        ASSERT_GE(cubin.size(), 4u);
+        EXPECT_EQ(std::memcmp(cubin.data(), "\x7f" "ELF", 4), 0);
+        const int once = cuda::pointwise_kernel_compilations();
+        EXPECT_LE(once - before, 1);
+        EXPECT_EQ(cuda::cached_pointwise_kernel(src, "sm_90"), cubin);  // cached: no recompile
+        EXPECT_EQ(cuda::pointwise_kernel_compilations(), once);
+      }
     }
   }
   test::expect_error([] { cuda::compile_pointwise_kernel("this is not CUDA", "sm_90"); },
