@@ -14,9 +14,10 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `half_unfused`: `half` with EMBER_FUSE_POINTWISE=0 while it is built, so chains of pointwise
   layers stay separate kernels instead of one generated (NVRTC) kernel each (the A/B of the
   builder's fuse_pointwise pass);
-- `half_no_row_reductions`: `half` with EMBER_FUSE_ROW_REDUCTIONS=0 while it is built, so
-  the pointwise layers still fuse but Reduce layers (RMSNorm's mean) stay out of the groups
-  (the A/B of the row-reduction fusion: T5 and Qwen2 rows);
+- `half_no_row_reductions` / `half_row_reductions`: `half` with EMBER_FUSE_ROW_REDUCTIONS=0
+  or 1 while it is built, so the pointwise layers still fuse but Reduce layers (RMSNorm's
+  mean) stay out of the groups, or join them (the A/B of the row-reduction fusion: T5 and
+  Qwen2 rows; the CUDA back end leaves them out by default);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -42,7 +43,7 @@ import torch
 import ember
 from bench import accuracy, first_tensor, make, median_ms
 
-VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
+VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
             "autocast_bf16", "attn_eager", "attn_sdpa", "int8", "fp8")
 
 
@@ -80,7 +81,8 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
     # timing, and is restored afterwards.
     switches = {"graphs_off_legacy_conv": ("EMBER_CUDNN_CONV", "legacy"),
                 "half_unfused": ("EMBER_FUSE_POINTWISE", "0"),
-                "half_no_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "0")}
+                "half_no_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "0"),
+                "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None
     if env:

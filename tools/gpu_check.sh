@@ -110,12 +110,13 @@ step_soak() {
     --calls "${SOAK_CALLS:-2000}" --cycles "${SOAK_CYCLES:-1000}"
 }
 # The decoder rows' generated-kernel fusions (FUSION_ROWS, default T5-small and the Qwen2-0.5B
-# shapes at b1 and b32): everything fused (half), the row reductions left out
-# (EMBER_FUSE_ROW_REDUCTIONS=0: RMSNorm in four kernels) and no pointwise fusion at all.
+# shapes at b1 and b32): the default (half: on CUDA the row reductions stay Reduce layers, RMSNorm
+# in four kernels), the row reductions in the generated kernels (EMBER_FUSE_ROW_REDUCTIONS=1)
+# and no pointwise fusion at all.
 step_fusion_ab() {
   run_step fusion_ab bash -c "cd bench && python3 variants.py \
     --rows '${FUSION_ROWS:-t5_small:1,qwen2_0_5b:1,t5_small:32,qwen2_0_5b:32}' \
-    --variants half,half_no_row_reductions,half_unfused --json '$dest/fusion_ab.json' 2>&1 |
+    --variants half,half_row_reductions,half_unfused --json '$dest/fusion_ab.json' 2>&1 |
     tee '$dest/fusion_ab_live.log'"
 }
 # The engine cache (issue 15): the same rows twice, each run in a fresh process; the first builds

@@ -79,6 +79,10 @@ class Backend {
   /// leaves such an activation to fuse_pointwise when pointwise layers read it, so that it
   /// joins them in one kernel instead of taking a pass of its own.
   virtual bool product_activation_in_kernel(ActivationType type) const { return true; }
+  /// Whether fuse_pointwise puts row reductions (a Reduce over the last dim) into generated
+  /// pointwise kernels by default (EMBER_FUSE_ROW_REDUCTIONS=1 or 0 overrides): the CPU's
+  /// interpreter runs a row group in one pass; see the CUDA back end for why it says no.
+  virtual bool row_reductions_in_generated_kernels() const { return true; }
   /// Adds what this back end stores with a FusedPointwise layer the builder's fuse_pointwise
   /// pass made (the CUDA back end: the generated kernel's source, and its image compiled for
   /// the build's GPU when there is one); `notes` (may be null) gets a line for the build log

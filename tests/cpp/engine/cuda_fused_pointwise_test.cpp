@@ -27,9 +27,17 @@ using namespace fused_cases;  // NOLINT: the shared chains
 using test::TestTensor;
 
 /// Sets EMBER_FUSE_POINTWISE for one scope.
+/// Pointwise fusion on or off for the builds in its scope; on includes the row reductions,
+/// which the CUDA back end leaves out by default, so that the row kernel is tested too.
 struct FuseSwitch {
-  explicit FuseSwitch(bool on) { setenv("EMBER_FUSE_POINTWISE", on ? "1" : "0", 1); }
-  ~FuseSwitch() { unsetenv("EMBER_FUSE_POINTWISE"); }
+  explicit FuseSwitch(bool on) {
+    setenv("EMBER_FUSE_POINTWISE", on ? "1" : "0", 1);
+    setenv("EMBER_FUSE_ROW_REDUCTIONS", on ? "1" : "0", 1);
+  }
+  ~FuseSwitch() {
+    unsetenv("EMBER_FUSE_POINTWISE");
+    unsetenv("EMBER_FUSE_ROW_REDUCTIONS");
+  }
 };
 
 int count_json(const std::string& json, const std::string& kind) {

@@ -290,6 +290,9 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
     const std::string V = "v" + std::to_string(n_in + i);
     src += "    // step " + std::to_string(i) + ": row reduction\n"
            "    " + acc_type + " acc" + std::to_string(i) + " = " + init + ";\n"
+           // Unrolled so that a lane's loads of several elements are in flight together
+           // (one at a time, each waits a full memory round trip); the sum keeps its order.
+           "    #pragma unroll 4\n"
            "    for (long long j = lane; j < row_len; j += 32) {\n" + loads() + body(i) +
            "      acc" + std::to_string(i) + " = " +
            combine("acc" + std::to_string(i), minmax ? x : "(double)" + x) + ";\n"
@@ -310,7 +313,8 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
     src += "    const float " + V + " = " + rounded(s.dtype, finish) + ";  // " +
            dtype_name(s.dtype) + "\n";
   }
-  src += "    for (long long j = lane; j < row_len; j += 32) {\n" + loads() + body(steps.size());
+  src += "    #pragma unroll 4\n"
+         "    for (long long j = lane; j < row_len; j += 32) {\n" + loads() + body(steps.size());
   for (size_t o = 0; o < p.outputs.size(); ++o) {
     const std::string O = std::to_string(o);
     const DataType t = value_dtype[static_cast<size_t>(p.outputs[o])];

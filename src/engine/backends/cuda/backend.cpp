@@ -171,15 +171,20 @@ class CudaBackend final : public Backend {
     return {};
   }
 
-  // The generated kernel's source always goes into the plan; on a machine with a GPU it is
-  // compiled here too (NVRTC, for this GPU's architecture), so loading the plan on the same
-  // kind of GPU compiles nothing. Without a GPU the source alone is stored and the first run
-  // compiles it. An NVRTC failure fails the build with NVRTC's log (never a silent fallback).
+  // Measured slower (H100, 2026-12-06, bench/results/2026-12-06-no-gpu-session25.md): at
+  // batch 1 the warp-per-row kernel took Qwen2-0.5B from 2.150 to 2.354 ms and T5-small from
+  // 1.182 to 1.259 ms against the Reduce layers and the pointwise kernels around them. Off by
+  // default until a faster row kernel measures better; EMBER_FUSE_ROW_REDUCTIONS=1 turns it on.
+  bool row_reductions_in_generated_kernels() const override { return false; }
   bool product_activation_in_kernel(ActivationType type) const override {
     // cuBLASLt's epilogues (linear.cpp); every other activation is a pass after the GEMM.
     return type == ActivationType::kRelu || type == ActivationType::kGeluTanh;
   }
 
+  // The generated kernel's source always goes into the plan; on a machine with a GPU it is
+  // compiled here too (NVRTC, for this GPU's architecture), so loading the plan on the same
+  // kind of GPU compiles nothing. Without a GPU the source alone is stored and the first run
+  // compiles it. An NVRTC failure fails the build with NVRTC's log (never a silent fallback).
   void prepare_fused_pointwise(FusedPointwiseParams& p, const std::vector<DataType>& input_dtypes,
                                std::vector<std::string>* notes) const override {
     p.kernel_source = codegen::pointwise_kernel_source(p, input_dtypes);

@@ -28,8 +28,9 @@
 // Runs after fuse_epilogues (bias, activation and residual adds go to the GEMM/convolution
 // epilogue first: that costs nothing at all), channels_last (which moves the pointwise layers
 // next to NHWC convolutions) and simplify_attention. Off with BuilderConfig::fuse_pointwise =
-// false or EMBER_FUSE_POINTWISE=0 (A/B timing); EMBER_FUSE_ROW_REDUCTIONS=0 leaves only the
-// reductions out.
+// false or EMBER_FUSE_POINTWISE=0 (A/B timing). Row reductions join by the back end's default
+// (Backend::row_reductions_in_generated_kernels: the CPU yes, CUDA no, measured slower);
+// EMBER_FUSE_ROW_REDUCTIONS=1 or 0 overrides it.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -586,11 +587,17 @@ void pass_fuse_pointwise(BuildState& s) {
   Network& net = s.plan.network;
   const int before = static_cast<int>(net.layers().size());
   std::vector<std::string> notes;
+  // Row reductions: the back end's default, or EMBER_FUSE_ROW_REDUCTIONS=1 / 0 (A/B timing).
+  const Backend* backend = find_backend(s.config.backend);
   const char* rows = std::getenv("EMBER_FUSE_ROW_REDUCTIONS");
-  const bool row_reductions = rows == nullptr || std::strcmp(rows, "0") != 0;
-  if (!row_reductions) notes.push_back("row reductions left out (EMBER_FUSE_ROW_REDUCTIONS=0)");
-  const int fused = fuse_pointwise_layers(net, find_backend(s.config.backend), &notes,
-                                          row_reductions);
+  const bool by_default = backend == nullptr || backend->row_reductions_in_generated_kernels();
+  const bool row_reductions = rows != nullptr ? std::strcmp(rows, "0") != 0 : by_default;
+  if (!row_reductions) {
+    notes.push_back(rows != nullptr ? "row reductions left out (EMBER_FUSE_ROW_REDUCTIONS=0)"
+                                    : "row reductions left out (the back end's default; "
+                                      "EMBER_FUSE_ROW_REDUCTIONS=1 takes them)");
+  }
+  const int fused = fuse_pointwise_layers(net, backend, &notes, row_reductions);
   int made = 0;
   for (const Layer* l : net.layers()) made += l->kind() == LayerKind::kFusedPointwise ? 1 : 0;
   std::string line = "fuse_pointwise: " + std::to_string(fused) + " pointwise layers into " +
