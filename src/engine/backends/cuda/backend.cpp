@@ -171,7 +171,7 @@ class CudaBackend final : public Backend {
     return {};
   }
 
-  // Measured slower (H100, 2026-12-06, bench/results/2026-12-06-no-gpu-session25.md): at
+  // Measured slower (H100, 2026-12-06, bench/results/2026-12-06-h100-session25.md): at
   // batch 1 the warp-per-row kernel took Qwen2-0.5B from 2.150 to 2.354 ms and T5-small from
   // 1.182 to 1.259 ms against the Reduce layers and the pointwise kernels around them. Off by
   // default until a faster row kernel measures better; EMBER_FUSE_ROW_REDUCTIONS=1 turns it on.
