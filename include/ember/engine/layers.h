@@ -475,7 +475,7 @@ struct AttentionParams {
   bool seq_major = false;
   int64_t packed_heads = 0;
   int64_t seq_major_operands = 0;  ///< Bits kQ | kK | kV | kOut; 0 when seq_major.
-  static constexpr int64_t kQ = 1, kK = 2, kV = 4, kOut = 8;
+  static constexpr int64_t kQ = 1, kK = 2, kV = 4, kOut = 8, kAllOperands = 15;
   /// Whether operand `bit` (kQ, kK, kV or kOut) is seq-major [B, L, H, E].
   bool seq_major_at(int64_t bit) const {
     return seq_major || packed_heads > 0 || (seq_major_operands & bit) != 0;
@@ -626,8 +626,8 @@ enum class FusedOpFamily : uint8_t {
   kScalar,       ///< A constant: attrs[0] (already rounded to the step's dtype). No operands.
   kActivation,   ///< code: ActivationType; attrs: its alpha, beta. One operand.
   kElementWise,  ///< code: ElementWiseOp (kSum..kFloorDiv, float arithmetic). Two operands.
-  kUnary,        ///< code: UnaryOp (float math: not kNot, kIsInf, kIsNan). One operand.
-  kCast,         ///< A float-to-float Cast to the step's dtype. One operand.
+  kUnary,        ///< code: UnaryOp: float math, or kIsInf/kIsNan (a bool step). One operand.
+  kCast,         ///< A Cast to the step's dtype (float or bool) of any value. One operand.
   kReduce,       ///< code: ReduceOp; a row reduction (see FusedPointwiseParams). One operand.
   kSelect,       ///< operand 0 (bool) ? operand 1 : operand 2 (float, the step's dtype).
 };
@@ -637,8 +637,8 @@ inline constexpr int kNumFusedOpFamilies = 7;
 /// pass (converters do not add it). Inputs: 1 to kMaxInputs tensors, each broadcast (numpy
 /// rules) to the output shape, which is the broadcast of all of them; float (f32/f16/bf16), or
 /// bool and integer ones that only Casts and Select conditions read. Steps compute in f32; a
-/// Cast to bool (x != 0) holds 0 or 1 and only Select conditions and Casts read it (plan
-/// format 10); the outputs are float.
+/// bool step (a Cast to bool, x != 0, plan format 10; isinf/isnan, format 11) holds 0 or 1 and
+/// only Select conditions and Casts read it; the outputs are float.
 /// Values are numbered inputs first (0 .. n_inputs - 1), then one per step (n_inputs + i).
 /// Step i is `program[kStride * i .. + kStride)` = {family, code, dtype, operand 0, 1, 2}
 /// (operands are earlier values, -1 when unused) with attrs[2 i], attrs[2 i + 1]. Every step

@@ -37,9 +37,8 @@ void infer(const AttentionParams& p, InferContext& ctx) {
   InferContext::require(p.packed_heads >= 0, "packed_heads must be >= 0");
   const bool packed = p.packed_heads > 0;
   InferContext::require(!packed || p.seq_major, "packed_heads needs the seq-major layout");
-  const int64_t all = AttentionParams::kQ | AttentionParams::kK | AttentionParams::kV |
-                      AttentionParams::kOut;
-  InferContext::require(p.seq_major_operands >= 0 && p.seq_major_operands <= all,
+  InferContext::require(p.seq_major_operands >= 0 &&
+                            p.seq_major_operands <= AttentionParams::kAllOperands,
                         "seq_major_operands must be a mask of kQ (1), kK (2), kV (4) and kOut "
                         "(8), got " + std::to_string(p.seq_major_operands));
   InferContext::require(!p.seq_major || p.seq_major_operands == 0,
@@ -87,8 +86,9 @@ void infer(const AttentionParams& p, InferContext& ctx) {
                           shape_to_string(scores));
     }
   }
-  const Shape out = p.seq_major_at(AttentionParams::kOut) ? Shape{q.batch, q.seq, q.heads, v.features}
-                                : Shape{q.batch, q.heads, q.seq, v.features};
+  const Shape out = p.seq_major_at(AttentionParams::kOut)
+                        ? Shape{q.batch, q.seq, q.heads, v.features}
+                        : Shape{q.batch, q.heads, q.seq, v.features};
   ctx.add_output(ctx.dtype(0), out);
 }
 

@@ -164,6 +164,17 @@ inline std::vector<Chain> chains() {
          net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "count")->output(), "out");
        },
        {{4, 8}}, 1, 0},
+      {"a sum of 20 inputs, more than one kernel takes, fuses as two halves",
+       [](Network& net, DataType dt) {
+         Tensor* acc = net.add_input("x0", dt, {3, 4});
+         for (int k = 1; k < 20; ++k) {
+           Tensor* x = net.add_input("x" + std::to_string(k), dt, {3, 4});
+           acc = net.add_elementwise(acc, x, ElementWiseOp::kSum, "add" + std::to_string(k))
+                     ->output();
+         }
+         net.mark_output(acc, "out");
+       },
+       std::vector<std::vector<int64_t>>(20, std::vector<int64_t>{3, 4}), 2, 0},
       {"a result a matmul also reads is stored and still computed with in the group",
        [](Network& net, DataType dt) {
          // T5's f16 clamp, then the RMSNorm that reads it, while the clamped value also goes to

@@ -430,13 +430,19 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     // A group with row reductions (or row values read at the full shape) is one layer only
     // when its rows are the full shape's and only full-shape values leave it.
     int group_reductions = 0;
-    // When a group joined through reductions, row values or scalars cannot be one layer (here
-    // or at any check below), its plain groups are tried instead; a part that is the whole
-    // group again would fail the same way, and is dropped.
+    // When a group cannot be one layer (here or at any check below), its plain groups are
+    // tried instead (a group joined through reductions, row values or scalars falls apart into
+    // them); a plain group that fails (too many inputs, steps or results for one kernel) is
+    // tried as its first and second half in topological order. Each part is smaller, so this
+    // ends; a part's paths cannot leave and re-enter it where the whole group's could not.
     auto fall_back = [&] {
-      for (std::vector<Layer*>& part : group_by(plain, members)) {
-        if (part.size() < members.size()) groups.push_back(std::move(part));
+      std::vector<std::vector<Layer*>> parts = group_by(plain, members);
+      if (parts.size() == 1 && parts.front().size() == members.size()) {
+        const auto mid = members.begin() + static_cast<std::ptrdiff_t>(members.size() / 2);
+        parts = {std::vector<Layer*>(members.begin(), mid),
+                 std::vector<Layer*>(mid, members.end())};
       }
+      for (std::vector<Layer*>& part : parts) groups.push_back(std::move(part));
     };
     if (const std::optional<std::string> why = row_group_problem(net, members, in_group, steps,
                                                                  group_reductions)) {

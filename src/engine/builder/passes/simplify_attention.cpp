@@ -425,9 +425,7 @@ void pass_simplify_attention(BuildState& s) {
       name += "+" + after->name();
     }
     if (p.seq_major_operands == l->params_as<AttentionParams>().seq_major_operands) continue;
-    const int64_t all = AttentionParams::kQ | AttentionParams::kK | AttentionParams::kV |
-                        AttentionParams::kOut;
-    if (p.seq_major_operands == all) {  // the one-flag form, which rewrite 3 reads
+    if (p.seq_major_operands == AttentionParams::kAllOperands) {  // the one flag rewrite 3 reads
       p.seq_major = true;
       p.seq_major_operands = 0;
       ++folded;
