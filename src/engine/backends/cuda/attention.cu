@@ -268,8 +268,18 @@ __global__ void __launch_bounds__(W * 32)
 // (the accumulator layout of one m16n8k16 is the A layout of the next), and the output (D / 8
 // n-tiles). Lane (g = lane / 4, t = lane % 4) owns rows g and g + 8 and, in each n-tile,
 // columns 2t and 2t + 1 (PTX ISA, "Matrix Fragments for mma.m16n8k16"). Shared memory holds
-// only the K tile [64][D + 8] and the V tile transposed [D][64 + 8], so both B operands are
-// two consecutive 16-bit values (one 32-bit load, bank-conflict free at these pitches).
+// the Q tile and the K and V tiles, all row-major [rows][D + 8] as they come from memory:
+// K's B operand is two consecutive 16-bit values (one 32-bit load), V's comes through
+// ldmatrix.trans (the 64-query kernel) or from a transposed copy [D][64 + 8] (the key-split
+// kernel below), both bank-conflict free at these pitches.
+//
+// The 64-query kernel's tiles arrive by cp.async (16-byte copies straight to shared memory,
+// no registers held): with two stages (D = 64) tile i + 1 is in flight during the compute on
+// tile i. Before (session 22's H100 profile), each thread copied its chunks of K, then of V
+// (transposing V element by element), one dependent load and store at a time: about 15 us per
+// block at GPT-2/BERT's L = S = 128, which at batch 32 (768 blocks, two waves at 4 blocks per
+// SM) made the 35 us per layer measured against ~8 us of memory traffic. Predicted: ~35 ->
+// ~15 us per layer at b32, about 0.2-0.25 ms per 12-layer forward (to be measured).
 
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
@@ -309,76 +319,159 @@ __device__ __forceinline__ uint32_t ld2(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
-/// Shared memory of the mma.sync kernel with W warps (16 query rows each).
+/// True when a device pointer is 4-byte aligned (two 16-bit elements stored as one word).
+__device__ __forceinline__ bool aligned4(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 3) == 0;
+}
+
+/// Asynchronous 16-byte copies from global to shared memory (sm_80+; `cp.async.cg` bypasses L1).
+/// The first `src_bytes` (0 to 16) bytes are read, the rest of the 16 written as zeros, so rows
+/// past the sequence and features past the head size need no branch of their own.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+/// Waits until at most `kPending` of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+/// Four 8x8 matrices of 16-bit elements from shared memory, transposed on the way (each lane
+/// names one row: lanes 8i..8i+7 the rows of matrix i). Lane (g, t) gets in r[i] the elements
+/// (2t, g) and (2t + 1, g) of matrix i: a B fragment of mma.m16n8k16 from a row-major [k][n]
+/// tile.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+/// Shared memory of the 64-query kernel with W warps (16 query rows each): the Q tile, then
+/// kStages buffers of one 64-key tile of K and of V, both row-major [key][D + 8] (the pitch keeps
+/// the 32-bit K loads and V's ldmatrix rows bank-conflict free). Two stages at D = 64 (tile i + 1
+/// is copied while the warps compute on tile i; 45 KiB); one at D = 128, where two would cost a
+/// resident block per SM (85 KiB a block).
 template <int D, int W>
 struct MmaSmem {
   static constexpr int kRowsQ = 16 * W;
-  static constexpr int ldq = D + 8;       // Q tile [16 W][D + 8]
-  static constexpr int ldk = D + 8;       // K tile [64][D + 8]
-  static constexpr int ldv = kBlockK + 8; // V tile transposed [D][64 + 8]
-  static constexpr size_t q = size_t{kRowsQ} * ldq * 2;
-  static constexpr size_t k = size_t{kBlockK} * ldk * 2;
-  static constexpr size_t v = size_t{D} * ldv * 2;
-  static constexpr size_t bytes = q + k + v;
+  static constexpr int kStages = D <= 64 ? 2 : 1;
+  static constexpr int ld = D + 8;  // Q, K and V rows
+  static constexpr size_t q = size_t{kRowsQ} * ld * 2;
+  static constexpr size_t k = size_t{kBlockK} * ld * 2;
+  static constexpr size_t v = k;
+  static constexpr size_t stage = k + v;
+  static constexpr size_t bytes = q + kStages * stage;
+  static_assert(q % 128 == 0 && k % 128 == 0, "16-byte aligned rows of every tile");
 };
 
+/// Rows [row0, row0 + kRows) x features [0, D) of a strided operand into a shared tile (pitch
+/// D + 8) with cp.async, zeros past `rows` and `cols`; kThreads threads (the block). The caller
+/// commits and waits. Needs 16-byte aligned bases and strides (`vec`, checked by the host).
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void async_tile(T* dst, const T* src, int64_t row_stride,
+                                           int64_t row0, int64_t rows, int64_t cols) {
+  constexpr int kPerRow = D / 8;
+  static_assert(kRows * kPerRow % kThreads == 0, "whole chunks per thread");
+  // Not unrolled: the copies do not wait for each other either way, and unrolled the compiler
+  // keeps every chunk's address live across the tile loop (up to 254 registers at D = 128).
+#pragma unroll 1
+  for (int i = 0; i < kRows * kPerRow / kThreads; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + i * kThreads;
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    const int64_t row = row0 + r;
+    const int64_t left = row < rows ? cols - c : 0;  // features of this chunk to read
+    const int bytes = left <= 0 ? 0 : left >= 8 ? 16 : static_cast<int>(left) * 2;
+    cp_async16(dst + r * (D + 8) + c, bytes > 0 ? src + row * row_stride + c : src, bytes);
+  }
+}
+
 template <typename T, int D, int W>
-__global__ void __launch_bounds__(W * 32)
+__global__ void __launch_bounds__(W * 32, D <= 64 ? 4 : 3)
     flash_attention_mma_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                const T* __restrict__ v, const void* __restrict__ mask,
                                T* __restrict__ out, AttnArgs p, bool vec) {
   using Sm = MmaSmem<D, W>;
+  constexpr int kThreads = W * 32;
   constexpr int kNT = kBlockK / 8;  // score n-tiles per key tile
   constexpr int kDT = D / 8;        // output n-tiles
   constexpr int kKS = D / 16;       // k-steps over the features
   extern __shared__ __align__(128) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);
-  T* ks = reinterpret_cast<T*>(smem + Sm::q);
-  T* vt = reinterpret_cast<T*>(smem + Sm::q + Sm::k);
+  const auto k_tile = [&](int stage) { return reinterpret_cast<T*>(smem + Sm::q + stage * Sm::stage); };
+  const auto v_tile = [&](int stage) {
+    return reinterpret_cast<T*>(smem + Sm::q + stage * Sm::stage + Sm::k);
+  };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, grp = h / p.group;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * Sm::kRowsQ;
   const int64_t r0 = q0 + warp * 16 + g, r1 = r0 + 8;  // this lane's two query rows
+  const int64_t k_end = p.causal ? ::min(p.S, q0 + Sm::kRowsQ) : p.S;  // later keys: all masked
+  const int n_tiles = static_cast<int>((k_end + kBlockK - 1) / kBlockK);
+  const T* qb = q + b * p.q_b + h * p.q_h;
+  const T* kb = k + b * p.k_b + grp * p.k_h;
+  const T* vb = v + b * p.v_b + grp * p.v_h;
+  // Tile i of K and V into stage `stage`, asynchronously (one group per call).
+  const auto issue = [&](int i, int stage) {
+    const int64_t k0 = static_cast<int64_t>(i) * kBlockK;
+    async_tile<T, D, kBlockK, kThreads>(k_tile(stage), kb, p.k_l, k0, p.S, p.E);
+    async_tile<T, D, kBlockK, kThreads>(v_tile(stage), vb, p.v_l, k0, p.S, p.Ev);
+  };
 
-  load_tile<T, D, Sm::kRowsQ>(qs, q + b * p.q_b + h * p.q_h, p.q_l, q0, p.L, p.E, vec);
+  // With 16-byte aligned operands every copy is a cp.async: the queries and tile 0 (and tile 1
+  // with two stages) are in flight together, and each later tile is issued a tile ahead (two
+  // stages) or right after the barrier (one), a global round trip per tile instead of one per
+  // chunk a thread copies. Otherwise the copies are plain loads, tile by tile.
+  if (vec) {
+    async_tile<T, D, Sm::kRowsQ, kThreads>(qs, qb, p.q_l, q0, p.L, p.E);
+    if (n_tiles > 0) issue(0, 0);
+    cp_async_commit();
+    if constexpr (Sm::kStages > 1) {
+      if (n_tiles > 1) issue(1, 1);
+      cp_async_commit();  // an empty group when there is no tile 1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+  } else {
+    load_tile<T, D, Sm::kRowsQ>(qs, qb, p.q_l, q0, p.L, p.E, false);
+  }
   __syncthreads();
   uint32_t qa[kKS][4];
 #pragma unroll
   for (int kk = 0; kk < kKS; ++kk) {
-    const T* base = qs + (warp * 16 + g) * Sm::ldq + kk * 16 + 2 * t;
+    const T* base = qs + (warp * 16 + g) * Sm::ld + kk * 16 + 2 * t;
     qa[kk][0] = ld2(base);
-    qa[kk][1] = ld2(base + 8 * Sm::ldq);
+    qa[kk][1] = ld2(base + 8 * Sm::ld);
     qa[kk][2] = ld2(base + 8);
-    qa[kk][3] = ld2(base + 8 * Sm::ldq + 8);
+    qa[kk][3] = ld2(base + 8 * Sm::ld + 8);
   }
   float o[kDT][4];
 #pragma unroll
   for (int n = 0; n < kDT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.0f, l1 = 0.0f;  // l: this lane's share
 
-  const int64_t k_end = p.causal ? ::min(p.S, q0 + Sm::kRowsQ) : p.S;
-  const T* kb = k + b * p.k_b + grp * p.k_h;
-  const T* vb = v + b * p.v_b + grp * p.v_h;
-  for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
-    __syncthreads();  // every warp is done with the previous tiles
-    load_tile<T, D, kBlockK>(ks, kb, p.k_l, k0, p.S, p.E, vec);
-    // V transposed: vt[feature][key], zero past S and Ev.
-    for (int idx = threadIdx.x; idx < kBlockK * (D / 8); idx += blockDim.x) {
-      const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-      const int64_t key = k0 + r;
-      const T* src = vb + key * p.v_l + c;
-      Vec<T, 8> x;
-      if (key < p.S && vec && c + 8 <= p.Ev) {
-        x = *reinterpret_cast<const Vec<T, 8>*>(src);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) x.v[e] = key < p.S && c + e < p.Ev ? src[e] : Num<T>::store(0.0f);
-      }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) vt[(c + e) * Sm::ldv + r] = x.v[e];
+  for (int it = 0; it < n_tiles; ++it) {
+    const int64_t k0 = static_cast<int64_t>(it) * kBlockK;
+    const int stage = Sm::kStages > 1 ? it % Sm::kStages : 0;
+    if (!vec) {
+      __syncthreads();  // every warp is done with the previous tile
+      load_tile<T, D, kBlockK>(k_tile(0), kb, p.k_l, k0, p.S, p.E, false);
+      load_tile<T, D, kBlockK>(v_tile(0), vb, p.v_l, k0, p.S, p.Ev, false);
+      __syncthreads();
+    } else if (Sm::kStages == 1 && it > 0) {
+      __syncthreads();
+      issue(it, 0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
     }
-    __syncthreads();
+    const T* ks = k_tile(stage);
+    const T* vs = v_tile(stage);
 
     float sc[kNT][4];
 #pragma unroll
@@ -386,7 +479,7 @@ __global__ void __launch_bounds__(W * 32)
       sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < kKS; ++kk) {
-        const T* kp = ks + (n * 8 + g) * Sm::ldk + kk * 16 + 2 * t;
+        const T* kp = ks + (n * 8 + g) * Sm::ld + kk * 16 + 2 * t;
         mma_16816<T>(sc[n], qa[kk], ld2(kp), ld2(kp + 8));
       }
     }
@@ -430,18 +523,39 @@ __global__ void __launch_bounds__(W * 32)
       o[n][2] *= alpha1;
       o[n][3] *= alpha1;
     }
+    // P [16, 64] x V [64, D]: V's B fragments of two output n-tiles per ldmatrix.x4.trans (lanes
+    // 0-7 and 16-23 name keys kk*16 + 0..7, lanes 8-15 and 24-31 keys kk*16 + 8..15; lanes
+    // 16-31 the next n-tile's features).
+    const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
+    uint32_t pa[kBlockK / 16][4];  // the probabilities as A fragments, 16 keys each
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack2(sc[2 * kk][0], sc[2 * kk][1], T{});
-      pa[1] = pack2(sc[2 * kk][2], sc[2 * kk][3], T{});
-      pa[2] = pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], T{});
-      pa[3] = pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], T{});
+      pa[kk][0] = pack2(sc[2 * kk][0], sc[2 * kk][1], T{});
+      pa[kk][1] = pack2(sc[2 * kk][2], sc[2 * kk][3], T{});
+      pa[kk][2] = pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], T{});
+      pa[kk][3] = pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], T{});
+    }
 #pragma unroll
-      for (int n = 0; n < kDT; ++n) {
-        const T* vp = vt + (n * 8 + g) * Sm::ldv + kk * 16 + 2 * t;
-        mma_16816<T>(o[n], pa, ld2(vp), ld2(vp + 8));
+    for (int n = 0; n < kDT; n += 2) {
+#pragma unroll
+      for (int kk = 0; kk < kBlockK / 16; ++kk) {
+        uint32_t vf[4];
+        ldmatrix_x4_trans(vf, vs + (kk * 16 + lrow) * Sm::ld + n * 8 + lcol);
+        mma_16816<T>(o[n], pa[kk], vf[0], vf[1]);
+        mma_16816<T>(o[n + 1], pa[kk], vf[2], vf[3]);
       }
+    }
+
+    if (Sm::kStages > 1 && vec) {
+      __syncthreads();  // every warp is done with this stage: it takes tile it + 2
+      if (it + 2 < n_tiles) {
+        issue(it + 2, stage);
+        cp_async_commit();
+        cp_async_wait<1>();  // tile it + 1 has landed (only tile it + 2 may be in flight)
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
     }
   }
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -451,14 +565,27 @@ __global__ void __launch_bounds__(W * 32)
   const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   T* out0 = out + b * p.o_b + h * p.o_h + r0 * p.o_l;
   T* out1 = out + b * p.o_b + h * p.o_h + r1 * p.o_l;
+  // A lane's two adjacent columns go out as one 32-bit store where both exist and are aligned.
 #pragma unroll
   for (int n = 0; n < kDT; ++n) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int c = n * 8 + 2 * t + e;
-      if (c >= p.Ev) continue;
-      if (r0 < p.L) out0[c] = Num<T>::store(o[n][e] * inv0);
-      if (r1 < p.L) out1[c] = Num<T>::store(o[n][2 + e] * inv1);
+    const int c = n * 8 + 2 * t;
+    if (c >= p.Ev) continue;
+    const bool pair = c + 1 < p.Ev;
+    if (r0 < p.L) {
+      if (pair && aligned4(out0 + c)) {
+        *reinterpret_cast<uint32_t*>(out0 + c) = pack2(o[n][0] * inv0, o[n][1] * inv0, T{});
+      } else {
+        out0[c] = Num<T>::store(o[n][0] * inv0);
+        if (pair) out0[c + 1] = Num<T>::store(o[n][1] * inv0);
+      }
+    }
+    if (r1 < p.L) {
+      if (pair && aligned4(out1 + c)) {
+        *reinterpret_cast<uint32_t*>(out1 + c) = pack2(o[n][2] * inv1, o[n][3] * inv1, T{});
+      } else {
+        out1[c] = Num<T>::store(o[n][2] * inv1);
+        if (pair) out1[c + 1] = Num<T>::store(o[n][3] * inv1);
+      }
     }
   }
 }
