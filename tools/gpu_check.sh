@@ -13,7 +13,7 @@
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|fusion_ab|soak|cache]...
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|attn_bench|fusion_ab|soak|cache]...
 #   (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,6 +103,13 @@ step_attn_ab() {
     run_step "attn_${var}_$s" bash -c "$env python3 bench/bench.py \
       --rows '${ATTN_ROWS:-gpt2:1,bert:1}' --compile-modes '' --json '$dest/attn_${var}_$s.json'"
   done
+}
+# Ember's Attention layer against torch's flash, efficient and cuDNN SDPA back ends per shape
+# (ATTN_SHAPES, default bench/attention_bench.py's: GPT-2/BERT at b1 and b32, seq 512 and 2048,
+# causal and not), with TFLOP/s and the fraction of the tensor peak.
+step_attn_bench() {
+  run_step attn_bench bash -c "python3 bench/attention_bench.py ${ATTN_SHAPES:+--shapes '$ATTN_SHAPES'} \
+    --json '$dest/attn_bench.json' 2>&1 | tee '$dest/attn_bench_live.log'"
 }
 # The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).
 step_soak() {
