@@ -469,13 +469,23 @@ struct IdentityParams {
 /// last dim; the layer reads q from the first third of input 0, k from the second third of
 /// input 1 and v from the last third of input 2 (usually one tensor three times). Output
 /// [B, L, packed_heads, E].
+/// views (non-empty: seq_major, packed_heads and seq_major_operands off; the builder's rewrite
+/// for operands that reach the layer through transposes, reshapes and slices of one tensor,
+/// such as torch.nn.MultiheadAttention's in-projection [L, B, 3 E]; constant shapes only):
+/// kViewLength numbers, the sizes {B, H, Hkv, L, S, E, Ev}, then for q, k, v and the output in
+/// turn {element offset, batch stride, head stride, sequence stride} into that tensor's
+/// row-major elements (features contiguous). The inputs may then have any rank, and the output
+/// has dims out_dims (B * H * L * Ev elements, each written once).
 struct AttentionParams {
   double scale = 1.0;
   bool causal = false;
   bool seq_major = false;
   int64_t packed_heads = 0;
   int64_t seq_major_operands = 0;  ///< Bits kQ | kK | kV | kOut; 0 when seq_major.
+  std::vector<int64_t> views;      ///< Sizes and strided views (see above); empty: none.
+  std::vector<int64_t> out_dims;   ///< The output's dims when views is set.
   static constexpr int64_t kQ = 1, kK = 2, kV = 4, kOut = 8, kAllOperands = 15;
+  static constexpr size_t kViewSizes = 7, kViewLength = kViewSizes + 4 * 4;
   /// Whether operand `bit` (kQ, kK, kV or kOut) is seq-major [B, L, H, E].
   bool seq_major_at(int64_t bit) const {
     return seq_major || packed_heads > 0 || (seq_major_operands & bit) != 0;
@@ -483,6 +493,7 @@ struct AttentionParams {
   template <class V> void fields(V& v) {
     v("scale", scale); v("causal", causal); v("seq_major", seq_major);
     v("packed_heads", packed_heads); v("seq_major_operands", seq_major_operands);
+    v("views", views); v("out_dims", out_dims);
   }
 };
 

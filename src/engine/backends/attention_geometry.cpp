@@ -31,8 +31,22 @@ AttentionGeometry attention_geometry(const AttentionParams& p, const std::vector
                                      const std::vector<int64_t>& out,
                                      const std::vector<int64_t>* mask_dims) {
   AttentionGeometry g;
-  g.B = q[0];
-  if (p.packed_heads > 0) {
+  if (!p.views.empty()) {  // sizes and strides as the builder computed them (infer checked them)
+    const std::vector<int64_t>& w = p.views;
+    g.B = w[0];
+    g.H = w[1];
+    g.Hkv = w[2];
+    g.L = w[3];
+    g.S = w[4];
+    g.E = w[5];
+    g.Ev = w[6];
+    AttentionOperand* ops[] = {&g.q, &g.k, &g.v, &g.out};
+    for (size_t i = 0; i < 4; ++i) {
+      const size_t at = AttentionParams::kViewSizes + 4 * i;
+      *ops[i] = AttentionOperand{w[at], w[at + 1], w[at + 2], w[at + 3]};
+    }
+  } else if (p.packed_heads > 0) {
+    g.B = q[0];
     g.H = g.Hkv = p.packed_heads;
     g.L = q[1];
     g.S = k[1];
@@ -41,9 +55,11 @@ AttentionGeometry attention_geometry(const AttentionParams& p, const std::vector
     g.q = packed(q, p.packed_heads, 0);
     g.k = packed(k, p.packed_heads, 1);
     g.v = packed(v, p.packed_heads, 2);
+    g.out = unpacked(out, true);
   } else {
     const bool qs = p.seq_major_at(AttentionParams::kQ);
     const bool ks = p.seq_major_at(AttentionParams::kK);
+    g.B = q[0];
     g.H = q[qs ? 2 : 1];
     g.L = q[qs ? 1 : 2];
     g.E = q[3];
@@ -53,8 +69,8 @@ AttentionGeometry attention_geometry(const AttentionParams& p, const std::vector
     g.q = unpacked(q, qs);
     g.k = unpacked(k, ks);
     g.v = unpacked(v, p.seq_major_at(AttentionParams::kV));
+    g.out = unpacked(out, p.seq_major_at(AttentionParams::kOut));
   }
-  g.out = unpacked(out, p.seq_major_at(AttentionParams::kOut));
   if (mask_dims != nullptr) {
     int64_t stride = 1;
     const int rank = static_cast<int>(mask_dims->size());

@@ -1,6 +1,7 @@
 // How an Attention layer reads its operands, shared by the CPU and CUDA back ends: the sizes,
 // and for q, k, v and the output an element offset and strides over [batch, heads, sequence]
-// (features are contiguous) for either layout, packed or not; the mask's strides over
+// (features are contiguous) for either layout, packed or not, or as the strided views the builder
+// stored (AttentionParams::views); the mask's strides over
 // [B, H, L, S] with 0 on its broadcast dims.
 #pragma once
 

@@ -1,6 +1,7 @@
 // Shape and type inference of the fused Attention layer (see AttentionParams in layers.h).
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "network/infer.h"
 
@@ -26,6 +27,61 @@ HeadDims packed_dims(const Shape& s, int64_t heads, const char* role) {
   return HeadDims{s[0], DimExpr(heads), s[1], DimExpr(s[2].constant() / 3 / heads)};
 }
 
+/// The element count of a shape whose dims are all constants, or -1.
+int64_t constant_numel(const Shape& s) {
+  int64_t n = 1;
+  for (const DimExpr& d : s) {
+    if (!d.is_constant()) return -1;
+    n *= d.constant();
+  }
+  return n;
+}
+
+/// Checks the strided views (AttentionParams::views) against the tensors they read and the
+/// output they write: every size positive, every stride and offset non-negative, and the last
+/// element each view reaches inside its tensor. Returns the logical dims of q, k and v.
+std::vector<HeadDims> check_views(const AttentionParams& p, InferContext& ctx) {
+  const std::vector<int64_t>& w = p.views;
+  InferContext::require(w.size() == AttentionParams::kViewLength,
+                        "views must hold " + std::to_string(AttentionParams::kViewLength) +
+                            " numbers (sizes B, H, Hkv, L, S, E, Ev and four strided views), "
+                            "got " + std::to_string(w.size()));
+  InferContext::require(!p.seq_major && p.packed_heads == 0 && p.seq_major_operands == 0,
+                        "views replace seq_major, packed_heads and seq_major_operands, which "
+                        "must be off");
+  const int64_t B = w[0], H = w[1], Hkv = w[2], L = w[3], S = w[4], E = w[5], Ev = w[6];
+  InferContext::require(B > 0 && H > 0 && Hkv > 0 && L > 0 && S > 0 && E > 0 && Ev > 0,
+                        "view sizes B, H, Hkv, L, S, E, Ev must be positive");
+  InferContext::require(H % Hkv == 0, "key/value heads (" + std::to_string(Hkv) +
+                                          ") must divide query heads (" + std::to_string(H) + ")");
+  const char* roles[] = {"query", "key", "value", "output"};
+  const int64_t heads[] = {H, Hkv, Hkv, H}, seqs[] = {L, S, S, L}, feats[] = {E, E, Ev, Ev};
+  int64_t out_numel = 1;
+  for (int64_t d : p.out_dims) {
+    InferContext::require(d > 0, "out_dims must be positive");
+    out_numel *= d;
+  }
+  InferContext::require(!p.out_dims.empty() && out_numel == B * H * L * Ev,
+                        "out_dims must hold B * H * L * Ev = " + std::to_string(B * H * L * Ev) +
+                            " elements");
+  for (size_t i = 0; i < 4; ++i) {
+    const size_t at = AttentionParams::kViewSizes + 4 * i;
+    const int64_t off = w[at], sb = w[at + 1], sh = w[at + 2], sl = w[at + 3];
+    InferContext::require(off >= 0 && sb >= 0 && sh >= 0 && sl >= 0,
+                          std::string(roles[i]) + " view offset and strides must be >= 0");
+    const int64_t numel = i < 3 ? constant_numel(ctx.shape(i)) : out_numel;
+    InferContext::require(numel >= 0, std::string(roles[i]) +
+                                          " must have constant dims to be read through a view");
+    const int64_t last = off + (B - 1) * sb + (heads[i] - 1) * sh + (seqs[i] - 1) * sl + feats[i];
+    InferContext::require(last <= numel, std::string(roles[i]) + " view reaches element " +
+                                             std::to_string(last - 1) + " of a tensor of " +
+                                             std::to_string(numel));
+  }
+  return {HeadDims{DimExpr(B), DimExpr(H), DimExpr(L), DimExpr(E)},
+          HeadDims{DimExpr(B), DimExpr(Hkv), DimExpr(S), DimExpr(E)},
+          HeadDims{DimExpr(B), DimExpr(Hkv), DimExpr(S), DimExpr(Ev)}};
+}
+
 }  // namespace
 
 void infer(const AttentionParams& p, InferContext& ctx) {
@@ -44,16 +100,22 @@ void infer(const AttentionParams& p, InferContext& ctx) {
   InferContext::require(!p.seq_major || p.seq_major_operands == 0,
                         "seq_major_operands must be 0 when seq_major is set (it covers all "
                         "operands)");
+  const bool viewed = !p.views.empty() || !p.out_dims.empty();
   const char* roles[] = {"query", "key", "value"};
   const int64_t bits[] = {AttentionParams::kQ, AttentionParams::kK, AttentionParams::kV};
-  for (size_t i = 0; i < 3; ++i) ctx.expect_rank(i, packed ? 3 : 4, roles[i]);
-  const char* layout = packed                     ? " (packed [B, L, 3 * H * E])"
+  if (!viewed) {
+    for (size_t i = 0; i < 3; ++i) ctx.expect_rank(i, packed ? 3 : 4, roles[i]);
+  }
+  const char* layout = viewed                     ? " (strided views)"
+                       : packed                   ? " (packed [B, L, 3 * H * E])"
                        : p.seq_major              ? " (seq-major [B, L, H, E])"
                        : p.seq_major_operands != 0 ? " (seq-major operands per seq_major_operands)"
                                                    : " (head-major [B, H, L, E])";
+  const std::vector<HeadDims> from_views = viewed ? check_views(p, ctx) : std::vector<HeadDims>{};
   const auto dims_of = [&](size_t i) {
-    return packed ? packed_dims(ctx.shape(i), p.packed_heads, roles[i])
-                  : head_dims(ctx.shape(i), p.seq_major_at(bits[i]));
+    return viewed   ? from_views[i]
+           : packed ? packed_dims(ctx.shape(i), p.packed_heads, roles[i])
+                    : head_dims(ctx.shape(i), p.seq_major_at(bits[i]));
   };
   const HeadDims q = dims_of(0), k = dims_of(1), v = dims_of(2);
   ctx.check_equal(q.batch, k.batch, std::string("key batch must equal query batch") + layout);
@@ -86,9 +148,9 @@ void infer(const AttentionParams& p, InferContext& ctx) {
                           shape_to_string(scores));
     }
   }
-  const Shape out = p.seq_major_at(AttentionParams::kOut)
-                        ? Shape{q.batch, q.seq, q.heads, v.features}
-                        : Shape{q.batch, q.heads, q.seq, v.features};
+  Shape out = p.seq_major_at(AttentionParams::kOut) ? Shape{q.batch, q.seq, q.heads, v.features}
+                                                    : Shape{q.batch, q.heads, q.seq, v.features};
+  if (viewed) out.assign(p.out_dims.begin(), p.out_dims.end());
   ctx.add_output(ctx.dtype(0), out);
 }
 

@@ -52,7 +52,7 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 11;  // 2: fused epilogues, 3: timing section,
+inline constexpr uint32_t kPlanFormatVersion = 12;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
                                                    // 6: Plugin, Quantize/Dequantize, f8e4m3,
                                                    // 7: QuantizedConvolution, quantized
@@ -62,7 +62,8 @@ inline constexpr uint32_t kPlanFormatVersion = 11;  // 2: fused epilogues, 3: ti
                                                    // 10: FusedPointwise row reductions
                                                    //     and input views,
                                                    // 11: Attention seq_major_operands,
-                                                   //     FusedPointwise isinf/isnan steps
+                                                   //     FusedPointwise isinf/isnan steps,
+                                                   // 12: Attention views and out_dims
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version
@@ -70,7 +71,8 @@ inline constexpr uint32_t kPlanFormatVersion = 11;  // 2: fused epilogues, 3: ti
 /// channels_last field of QuantizedConvolution (read only from version 9 on; NCHW before); 10
 /// the kReduce steps of FusedPointwise programs (refused in older plans) and its `views` field
 /// (read only from version 10 on; no views before); 11 Attention's seq_major_operands (read
-/// only from version 11 on; 0 before).
+/// only from version 11 on; 0 before); 12 Attention's views and out_dims (read only from
+/// version 12 on; none before).
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

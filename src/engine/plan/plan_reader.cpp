@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 #include <new>
 #include <set>
 #include <string>
@@ -116,12 +117,15 @@ struct ShapeRecord {
   std::vector<std::string> texts;
 };
 
-/// A ParamsReader that skips one field: a field later format versions added.
+/// A ParamsReader that skips some fields: fields later format versions added.
 struct FieldsBut {
   ParamsReader& fields;
-  const char* skip;
+  std::vector<const char*> skip;
   template <class T> void operator()(const char* name, T& v) {
-    if (std::strcmp(name, skip) != 0) fields(name, v);
+    for (const char* s : skip) {
+      if (std::strcmp(name, s) == 0) return;
+    }
+    fields(name, v);
   }
 };
 
@@ -464,15 +468,17 @@ class PlanReader {
         fields("out", std::get<QuantizedMatrixMultiplyParams>(params).out);
       } else if (kind == LayerKind::kFusedPointwise && version_ < 10) {
         // Versions 8 and 9 stored no views (every input read as it is).
-        FieldsBut all_but{fields, "views"};
+        FieldsBut all_but{fields, {"views"}};
         std::get<FusedPointwiseParams>(params).fields(all_but);
-      } else if (kind == LayerKind::kAttention && version_ < 11) {
-        // Versions before 11 stored no seq_major_operands (one layout flag for all operands).
-        FieldsBut all_but{fields, "seq_major_operands"};
+      } else if (kind == LayerKind::kAttention && version_ < 12) {
+        // Versions before 11 stored no seq_major_operands (one layout flag for all operands),
+        // before 12 no views and out_dims.
+        FieldsBut all_but{fields, {"views", "out_dims"}};
+        if (version_ < 11) all_but.skip.push_back("seq_major_operands");
         std::get<AttentionParams>(params).fields(all_but);
       } else if (kind == LayerKind::kQuantizedConvolution && version_ < 9) {
         // Versions 7 and 8 stored no channels_last (NCHW only): every field but that one.
-        FieldsBut all_but{fields, "channels_last"};
+        FieldsBut all_but{fields, {"channels_last"}};
         std::get<QuantizedConvolutionParams>(params).fields(all_but);
       } else {
         visit_layer_fields(params, fields);

@@ -153,6 +153,85 @@ TEST(AttentionLayer, PerOperandLayouts) {
   test::expect_error([&] { net.add_layer(p, {q, q, v}, "mixed"); }, {"Attention 'mixed'"});
 }
 
+// Strided views (AttentionParams::views): q, k and v read as thirds of one [L, B, 3 H E]
+// tensor (torch.nn.MultiheadAttention's packed in-projection, batch second), grouped heads for
+// k and v, the output written as [L, B, H Ev] (the layout its out-projection reads). Compared
+// with the same attention written out with copies (slices, reshapes, transposes), run directly.
+TEST(AttentionLayer, StridedViewsAgainstTheCopiesTheyReplace) {
+  const int64_t L = 5, B = 2, H = 4, Hkv = 2, E = 6;
+  const int64_t width = (H + 2 * Hkv) * E;  // q: H heads, k and v: Hkv heads each
+  for (DataType t : kFloatTypes) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(t)) + (causal ? " causal" : ""));
+      Network viewed;
+      Tensor* x = viewed.add_input("x", t, {L, B, width});
+      AttentionParams p;
+      p.causal = causal;
+      p.scale = 0.4;
+      p.views = {B, H, Hkv, L, L, E, E,
+                 0, width, E, B * width,              // q: columns [0, H E)
+                 H * E, width, E, B * width,          // k: columns [H E, (H + Hkv) E)
+                 (H + Hkv) * E, width, E, B * width,  // v: the rest
+                 0, H * E, E, B * H * E};             // out: [L, B, H E]
+      p.out_dims = {L, B, H * E};
+      viewed.mark_output(viewed.add_layer(p, {x, x, x}, "attn")->output(), "y");
+
+      Network copied;
+      Tensor* y = copied.add_input("x", t, {L, B, width});
+      const auto operand = [&](int64_t start, int64_t heads) {
+        Tensor* s = copied.add_slice(y, {0, 0, start}, {L, B, heads * E}, {1, 1, 1})->output();
+        s = copied.add_reshape(s, {L, B, heads, E})->output();
+        return copied.add_transpose(s, {1, 2, 0, 3})->output();  // [B, heads, L, E]
+      };
+      AttentionParams plain;
+      plain.causal = causal;
+      plain.scale = 0.4;
+      Tensor* o = copied.add_layer(plain, {operand(0, H), operand(H * E, Hkv),
+                                           operand((H + Hkv) * E, Hkv)}, "attn")->output();
+      o = copied.add_transpose(o, {2, 0, 1, 3})->output();  // [L, B, H, E]
+      copied.mark_output(copied.add_reshape(o, {L, B, H * E})->output(), "y");
+
+      const std::vector<TestTensor> in = {TestTensor::random(t, {L, B, width}, causal ? 7 : 8)};
+      const TestTensor got = test::run_network(viewed, in).at(0);
+      ASSERT_EQ(got.dims, (std::vector<int64_t>{L, B, H * E}));
+      test::expect_close(got, test::run_network_direct(copied, in).at(0).to_floats(), t,
+                         "strided views");
+    }
+  }
+}
+
+TEST(AttentionLayer, StridedViewsAreChecked) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {5, 2, 24});
+  AttentionParams p;
+  p.views = {2, 2, 2, 5, 5, 4, 4, 0, 24, 4, 48, 8, 24, 4, 48, 16, 24, 4, 48, 0, 8, 4, 16};
+  p.out_dims = {5, 2, 8};
+  net.add_layer(p, {x, x, x}, "fine");
+  AttentionParams bad = p;
+  bad.views.pop_back();
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "short"); },
+                     {"Attention 'short'", "views must hold 23 numbers", "got 22"});
+  bad = p;
+  bad.views[7 + 8] = 17;  // v's offset: its last element lands past x's 240
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "far"); },
+                     {"Attention 'far'", "value view reaches element 240 of a tensor of 240"});
+  bad = p;
+  bad.out_dims = {5, 2, 9};
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "dims"); },
+                     {"Attention 'dims'", "out_dims must hold B * H * L * Ev = 80 elements"});
+  bad = p;
+  bad.seq_major = true;
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "both"); },
+                     {"Attention 'both'", "views replace seq_major"});
+  bad = p;
+  bad.views[1] = 3;  // H = 3 over Hkv = 2
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "heads"); },
+                     {"Attention 'heads'", "must divide query heads"});
+  Tensor* sym = net.add_input("s", DataType::kF32, {DimExpr::symbol("n"), 2, 24});
+  test::expect_error([&] { net.add_layer(p, {sym, sym, sym}, "symbolic"); },
+                     {"Attention 'symbolic'", "query must have constant dims"});
+}
+
 TEST(AttentionLayer, CausalIncludingMoreKeysThanQueries) {
   for (DataType t : kFloatTypes) {
     Case c;

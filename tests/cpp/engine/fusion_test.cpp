@@ -401,6 +401,106 @@ TEST(SimplifyAttention, ThirdsOfOneProjectionAreReadInPlace) {
   test::run_network(net, {TestTensor::random(DataType::kF16, {3, 5, 72}, 4)}, options);
 }
 
+/// torch.nn.MultiheadAttention as torch.export writes it (ViT's encoder): the in-projection
+/// [L, B, 3 E] -> unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2) -> [3, L, B, E]
+/// -> select q, k, v -> view [L, B H, hd] -> transpose(0, 1) -> view [B, H, L, hd] -> Attention
+/// -> permute(2, 0, 1, 3) -> view [L B, E]. L = 5, B = 2, H = 3, hd = 8.
+Network multihead_attention(bool causal) {
+  Network net;
+  const int64_t L = 5, B = 2, H = 3, hd = 8, E = H * hd;
+  Tensor* x = net.add_input("proj", DataType::kF32, {L, B, 3 * E});
+  Tensor* t = net.add_reshape(x, {L, B, 3, E})->output();
+  t = net.add_reshape(t, {1, L, B, 3, E})->output();
+  t = net.add_transpose(t, {3, 1, 2, 0, 4})->output();  // [3, L, B, 1, E]
+  t = net.add_reshape(t, {3, L, B, E})->output();
+  std::vector<Tensor*> heads;
+  for (int64_t i = 0; i < 3; ++i) {
+    Tensor* s = net.add_slice(t, {i, 0, 0, 0}, {1, L, B, E}, {1, 1, 1, 1})->output();
+    s = net.add_reshape(s, {L, B, E})->output();
+    s = net.add_reshape(s, {L, B * H, hd})->output();
+    s = net.add_transpose(s, {1, 0, 2})->output();
+    heads.push_back(net.add_reshape(s, {B, H, L, hd})->output());
+  }
+  AttentionParams p;
+  p.scale = 0.35;
+  p.causal = causal;
+  Tensor* o = net.add_layer(p, heads, "attn")->output();
+  o = net.add_transpose(o, {2, 0, 1, 3})->output();  // [L, B, H, hd]
+  net.mark_output(net.add_reshape(o, {L * B, E})->output(), "y");
+  return net;
+}
+
+TEST(SimplifyAttention, MultiheadAttentionCopiesBecomeStridedViews) {
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "causal" : "full");
+    const Network net = multihead_attention(causal);
+    EXPECT_EQ(count_layers(net, "Attention"), 1);
+    EXPECT_EQ(count_layers(net, "Shuffle"), 0) << "every transpose and reshape is in the views";
+    EXPECT_EQ(count_layers(net, "Slice"), 0);
+    EXPECT_NE(simplify_attention_log(net, {}).find("1 read or write strided views"),
+              std::string::npos)
+        << simplify_attention_log(net, {});
+    const std::string json = built_json(net);
+    // q, k, v: offsets 0, E, 2 E; batch stride 3 E, head stride hd, sequence stride B * 3 E.
+    // The output [L B, E]: batch stride E, head stride hd, sequence stride B * E.
+    EXPECT_NE(json.find("\"views\": [2, 3, 3, 5, 5, 8, 8, 0, 72, 8, 144, 24, 72, 8, 144, 48, 72, "
+                        "8, 144, 0, 24, 8, 48]"),
+              std::string::npos)
+        << json;
+    // run_network compares the built plan with the network as written (its copies).
+    EXPECT_EQ(test::run_network(net, {TestTensor::random(DataType::kF32, {5, 2, 72}, 11)}).at(0).dims,
+              (std::vector<int64_t>{10, 24}));
+  }
+}
+
+TEST(SimplifyAttention, StridedViewsStopWhereAReshapeWouldMoveElements) {
+  // q: [2, 5, 24] -> view [2, 5, 3, 8] -> transpose(1, 2) -> reshape [2, 5, 3, 8] (not a view of
+  // the transposed tensor: its dims 3 and 5 do not deal out as 5 and 3, PyTorch copies) ->
+  // transpose(1, 2). Rewrite 2 takes the last transpose (q seq-major); the views stop at the
+  // reshape, so q keeps the first three layers. k and v are plain head-major inputs; the output
+  // goes through a permute and a reshape, which the views take.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 5, 24});
+  Tensor* q = net.add_reshape(x, {2, 5, 3, 8})->output();
+  q = net.add_transpose(q, {0, 2, 1, 3})->output();
+  q = net.add_reshape(q, {2, 5, 3, 8})->output();
+  q = net.add_transpose(q, {0, 2, 1, 3})->output();
+  Tensor* k = net.add_input("k", DataType::kF32, {2, 3, 5, 8});
+  Tensor* v = net.add_input("v", DataType::kF32, {2, 3, 5, 8});
+  AttentionParams p;
+  p.scale = 0.3;
+  Tensor* o = net.add_layer(p, {q, k, v}, "attn")->output();
+  o = net.add_transpose(o, {2, 0, 1, 3})->output();
+  net.mark_output(net.add_reshape(o, {10, 24})->output(), "y");
+  EXPECT_EQ(count_layers(net, "Shuffle"), 3) << "q's view, transpose and merging reshape stay";
+  EXPECT_NE(simplify_attention_log(net, {}).find("1 read or write strided views"),
+            std::string::npos);
+  test::run_network(net, {TestTensor::random(DataType::kF32, {2, 5, 24}, 12),
+                          TestTensor::random(DataType::kF32, {2, 3, 5, 8}, 13),
+                          TestTensor::random(DataType::kF32, {2, 3, 5, 8}, 14)});
+}
+
+TEST(SimplifyAttention, SymbolicShapesKeepTheirCopies) {
+  // The views are constants: with a symbolic batch, rewrite 5 leaves the chain as written.
+  Network net;
+  const DimExpr b = DimExpr::symbol("b");
+  Tensor* x = net.add_input("x", DataType::kF32, {5, b, 24});
+  Tensor* q = net.add_reshape(x, {5, b * 3, 8})->output();
+  q = net.add_transpose(q, {1, 0, 2})->output();
+  q = net.add_reshape(q, {b, 3, 5, 8})->output();
+  AttentionParams p;
+  Tensor* o = net.add_layer(p, {q, q, q}, "attn")->output();
+  net.mark_output(o, "y");
+  std::vector<OptimizationProfile> profiles(1);
+  profiles[0].set_range("b", 1, 2, 4);
+  EXPECT_NE(simplify_attention_log(net, profiles).find("0 read or write strided views"),
+            std::string::npos)
+      << simplify_attention_log(net, profiles);
+  test::RunOptions options;
+  options.profiles = profiles;
+  test::run_network(net, {TestTensor::random(DataType::kF32, {5, 3, 24}, 15)}, options);
+}
+
 TEST(SimplifyAttention, StaticMaskOnSymbolicLengthsKeepsItsCheck) {
   // A keep-all constant mask [6, 6] on a layer whose lengths are symbolic also says "the
   // lengths are 6". The rewrite only drops masks whose dims it can prove from the shapes, so

@@ -863,8 +863,9 @@ TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {
 }
 
 TEST(PlanFormat, Version10AttentionReadsWithoutSeqMajorOperands) {
-  // Version 11 added Attention's seq_major_operands (its last field, an int64). Cutting that 0
-  // out of a current plan gives the version-10 bytes, which must read back to the same network.
+  // Version 11 added Attention's seq_major_operands (an int64), version 12 the views and
+  // out_dims after it (two empty lists: two u32 counts). Cutting the 0 and the two counts out of
+  // a current plan gives the version-10 bytes, which must read back to the same network.
   Network net;
   Tensor* q = net.add_input("q", DataType::kF32, {1, 2, 3, 4});
   net.mark_output(net.add_layer(AttentionParams{}, {q, q, q}, "attn")->output(), "y");
@@ -876,9 +877,30 @@ TEST(PlanFormat, Version10AttentionReadsWithoutSeqMajorOperands) {
   const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 3 * 4;
   const size_t field_at = params_at + 8 + 1 + 1 + 8;
   ASSERT_EQ(get_u64(current, field_at), 0u);
-  const std::vector<uint8_t> v10 = without_field(current, field_at, 8, 10);
+  ASSERT_EQ(get_u64(current, field_at + 8), 0u);  // the two counts
+  const std::vector<uint8_t> v10 = without_field(current, field_at, 8 + 4 + 4, 10);
   const PlanModel read = plan_read(v10.data(), v10.size());
   EXPECT_EQ(plan_write(read), current);
+  // Version 11: seq_major_operands stays, the views and out_dims go.
+  const std::vector<uint8_t> v11 = without_field(current, field_at + 8, 4 + 4, 11);
+  const PlanModel read11 = plan_read(v11.data(), v11.size());
+  EXPECT_EQ(plan_write(read11), current);
+}
+
+TEST(PlanFormat, AttentionViewsRoundTrip) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {5, 2, 24});  // [L, B, 3 H E], H = 2, E = 4
+  AttentionParams p;
+  p.views = {2, 2, 2, 5, 5, 4, 4, 0, 24, 4, 48, 8, 24, 4, 48, 16, 24, 4, 48, 0, 8, 4, 16};
+  p.out_dims = {5, 2, 8};
+  net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "y");
+  const std::vector<uint8_t> bytes = plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  const PlanModel read = plan_read(bytes.data(), bytes.size());
+  EXPECT_EQ(plan_write(read), bytes);
+  const Layer* l = read.network.layers().back();
+  ASSERT_EQ(l->kind(), LayerKind::kAttention);
+  EXPECT_EQ(l->params_as<AttentionParams>().views, p.views);
+  EXPECT_EQ(l->output()->shape(), (Shape{DimExpr(5), DimExpr(2), DimExpr(8)}));
 }
 
 TEST(PlanFormat, BuildTargetIsValidated) {

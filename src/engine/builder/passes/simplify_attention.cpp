@@ -1,4 +1,4 @@
-// simplify_attention: four rewrites of Attention layers.
+// simplify_attention: five rewrites of Attention layers.
 //
 // 1. Constant masks that say nothing or say "causal". Exported models often carry their mask as
 //    a constant (torch.export materializes HF's causal mask for a static sequence length). A
@@ -51,12 +51,21 @@
 //    seq-major, and again after it, for a seq-major layer that reads repeats made on the
 //    [B, S, Hkv, E] tensor (the same chain with the head dim at 2). A packed layer has no
 //    separate k and v to rewrite. An expand that other layers also read stays for them.
+//
+// 5. Strided views (last, constant shapes only). What is still a chain of transposes, slices
+//    and reshapes between a tensor and an operand (or between the output and the tensor the
+//    next real layer reads) becomes the operand's view of that tensor: an element offset and
+//    batch, head and sequence strides (AttentionParams::views), which both back ends' kernels
+//    read through attention_geometry as they read the layouts above. torch.nn.MultiheadAttention
+//    is the case (read_strided_views below); the rewrites above keep symbolic shapes.
 #include <cmath>
 #include <limits>
 #include <map>
 #include <optional>
+#include <utility>
 #include <vector>
 
+#include "backends/attention_geometry.h"
 #include "backends/cpu/kernels.h"
 #include "builder/passes/passes.h"
 
@@ -392,6 +401,322 @@ int read_unrepeated_kv(Network& net) {
   return count;
 }
 
+// ---- rewrite 5: strided views
+
+/// One factor of a view's dim: `size` indices `stride` elements apart.
+struct Atom {
+  int64_t size, stride;
+};
+
+/// A strided view of a tensor's row-major elements: per dim, its factors outermost first (a
+/// dim of size 1 has none), and the element offset of index 0. Keeping factors apart lets a
+/// view go through what no single stride per dim can: torch.nn.MultiheadAttention merges batch
+/// and heads ([L, B, E] -> [L, B H, hd]) of a tensor whose batch and features are not
+/// adjacent, then splits them again ([B H, L, hd] -> [B, H, L, hd]).
+struct View {
+  std::vector<std::vector<Atom>> dims;
+  int64_t offset = 0;
+};
+
+std::optional<std::vector<int64_t>> constant_dims(const Tensor* t) {
+  std::vector<int64_t> d;
+  for (const DimExpr& x : t->shape()) {
+    if (!x.is_constant() || x.constant() <= 0) return std::nullopt;
+    d.push_back(x.constant());
+  }
+  return d;
+}
+
+View contiguous(const std::vector<int64_t>& dims) {
+  View v;
+  v.dims.resize(dims.size());
+  int64_t stride = 1;
+  for (size_t i = dims.size(); i-- > 0;) {
+    if (dims[i] > 1) v.dims[i] = {Atom{dims[i], stride}};
+    stride *= dims[i];
+  }
+  return v;
+}
+
+int64_t dim_size(const std::vector<Atom>& d) {
+  int64_t n = 1;
+  for (const Atom& a : d) n *= a.size;
+  return n;
+}
+
+/// A dim's factors as one stride, when they are adjacent (each stride the next one's times its
+/// size); 0 for a dim of size 1.
+std::optional<int64_t> single_stride(const std::vector<Atom>& d) {
+  if (d.empty()) return 0;
+  for (size_t i = 0; i + 1 < d.size(); ++i) {
+    if (d[i].stride != d[i + 1].stride * d[i + 1].size) return std::nullopt;
+  }
+  return d.back().stride;
+}
+
+/// Output dim i is input dim perm[i] (a Shuffle's transpose; empty: none).
+View permuted(const View& v, const std::vector<int64_t>& perm) {
+  if (perm.empty()) return v;
+  View out{{}, v.offset};
+  for (int64_t p : perm) out.dims.push_back(v.dims[static_cast<size_t>(p)]);
+  return out;
+}
+
+std::vector<int64_t> inverse(const std::vector<int64_t>& perm) {
+  std::vector<int64_t> inv(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inv[static_cast<size_t>(perm[i])] = static_cast<int64_t>(i);
+  return inv;
+}
+
+/// `v` reshaped to `dims` over the same elements: the factors, outermost first, are dealt to
+/// the new dims in order, a factor split in two where a dim ends inside it (size a b at stride
+/// s: a at stride b s, then b at stride s). Fails when a dim ends where no factor splits evenly.
+std::optional<View> reshaped(const View& v, const std::vector<int64_t>& dims) {
+  std::vector<Atom> atoms;
+  for (const auto& d : v.dims) atoms.insert(atoms.end(), d.begin(), d.end());
+  View out{std::vector<std::vector<Atom>>(dims.size()), v.offset};
+  size_t next = 0;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    int64_t left = dims[i];
+    while (left > 1) {
+      if (next == atoms.size()) return std::nullopt;
+      Atom& a = atoms[next];
+      if (a.size <= left) {
+        if (left % a.size != 0) return std::nullopt;
+        out.dims[i].push_back(a);
+        left /= a.size;
+        ++next;
+      } else {
+        if (a.size % left != 0) return std::nullopt;
+        out.dims[i].push_back(Atom{left, a.stride * (a.size / left)});
+        a.size /= left;  // the inner part stays for the next dim
+        left = 1;
+      }
+    }
+  }
+  if (next != atoms.size()) return std::nullopt;
+  return out;
+}
+
+/// The dims `dims` had before permutation `perm` made them (out dim i = in dim perm[i]).
+std::vector<int64_t> unpermuted(const std::vector<int64_t>& dims, const std::vector<int64_t>& perm) {
+  if (perm.empty()) return dims;
+  std::vector<int64_t> in(dims.size());
+  for (size_t i = 0; i < perm.size(); ++i) in[static_cast<size_t>(perm[i])] = dims[i];
+  return in;
+}
+
+bool is_permutation(const std::vector<int64_t>& perm, size_t rank) {
+  if (perm.empty()) return true;
+  if (perm.size() != rank) return false;
+  std::vector<bool> seen(rank, false);
+  for (int64_t p : perm) {
+    if (p < 0 || p >= static_cast<int64_t>(rank) || seen[static_cast<size_t>(p)]) return false;
+    seen[static_cast<size_t>(p)] = true;
+  }
+  return true;
+}
+
+/// The view of the input that a Shuffle, or a Slice with constant starts and positive steps,
+/// makes of view `v` of its input: nullopt when its output is not such a view (a reshape that
+/// would move elements, a partial slice of a dim whose factors are not adjacent) or a shape is
+/// not constant.
+std::optional<View> through(const Layer* l, const View& v) {
+  const std::optional<std::vector<int64_t>> out = constant_dims(l->output());
+  if (!out) return std::nullopt;
+  if (l->kind() == LayerKind::kSlice) {
+    const auto& sp = l->params_as<SliceParams>();
+    if (sp.start.size() != v.dims.size() || sp.stride.size() != v.dims.size() ||
+        out->size() != v.dims.size()) {
+      return std::nullopt;
+    }
+    View s = v;
+    for (size_t d = 0; d < v.dims.size(); ++d) {
+      if (!sp.start[d].is_constant() || sp.stride[d] <= 0) return std::nullopt;
+      const int64_t start = sp.start[d].constant(), size = (*out)[d];
+      if (start == 0 && sp.stride[d] == 1 && size == dim_size(v.dims[d])) continue;  // whole
+      const std::optional<int64_t> stride = single_stride(v.dims[d]);
+      if (!stride) return std::nullopt;
+      s.offset += start * *stride;
+      s.dims[d].clear();
+      if (size > 1) s.dims[d].push_back(Atom{size, *stride * sp.stride[d]});
+    }
+    return s;
+  }
+  const auto& sp = l->params_as<ShuffleParams>();
+  if (!is_permutation(sp.first_transpose, v.dims.size()) ||
+      !is_permutation(sp.second_transpose, out->size())) {
+    return std::nullopt;
+  }
+  std::optional<View> s = permuted(v, sp.first_transpose);
+  if (sp.has_reshape) s = reshaped(*s, unpermuted(*out, sp.second_transpose));
+  if (s) s = permuted(*s, sp.second_transpose);
+  if (!s || s->dims.size() != out->size()) return std::nullopt;
+  for (size_t d = 0; d < out->size(); ++d) {
+    if (dim_size(s->dims[d]) != (*out)[d]) return std::nullopt;
+  }
+  return s;
+}
+
+/// through() backwards: given `v`, the Shuffle's output as a view of some tensor's elements,
+/// the Shuffle's input as a view of the same elements (nullopt when a reshape would move them).
+std::optional<View> back_through(const Layer* l, const View& v) {
+  const std::optional<std::vector<int64_t>> in = constant_dims(l->input(0));
+  if (!in || l->kind() != LayerKind::kShuffle) return std::nullopt;
+  const auto& sp = l->params_as<ShuffleParams>();
+  if (!is_permutation(sp.first_transpose, in->size()) ||
+      !is_permutation(sp.second_transpose, v.dims.size())) {
+    return std::nullopt;
+  }
+  std::optional<View> s = sp.second_transpose.empty() ? v : permuted(v, inverse(sp.second_transpose));
+  if (sp.has_reshape) {
+    std::vector<int64_t> mid = *in;  // the dims after the first transpose
+    if (!sp.first_transpose.empty()) {
+      for (size_t i = 0; i < mid.size(); ++i) {
+        mid[i] = (*in)[static_cast<size_t>(sp.first_transpose[i])];
+      }
+    }
+    s = reshaped(*s, mid);
+  }
+  if (s && !sp.first_transpose.empty()) s = permuted(*s, inverse(sp.first_transpose));
+  if (!s || s->dims.size() != in->size()) return std::nullopt;
+  for (size_t d = 0; d < in->size(); ++d) {
+    if (dim_size(s->dims[d]) != (*in)[d]) return std::nullopt;
+  }
+  return s;
+}
+
+bool is_view_layer(const Layer* l) {
+  return l != nullptr && (l->kind() == LayerKind::kShuffle || l->kind() == LayerKind::kSlice);
+}
+
+/// Tensor `t` as a view of the tensor its chain of Shuffle and Slice producers starts from (or
+/// the nearest one whose reshape would move elements); `copies` counts the layers of the chain
+/// that are copies (all but pure reshapes). Returns t itself, contiguous, when there is none.
+std::pair<Tensor*, View> view_source(Tensor* t, int& copies) {
+  std::vector<const Layer*> chain;
+  for (const Layer* l = t->producer(); is_view_layer(l) && constant_dims(l->input(0));
+       l = l->input(0)->producer()) {
+    chain.push_back(l);
+  }
+  Tensor* base = chain.empty() ? t : chain.back()->input(0);
+  View v = contiguous(*constant_dims(base));
+  copies = 0;
+  for (size_t i = chain.size(); i-- > 0;) {
+    std::optional<View> next = through(chain[i], v);
+    if (next) {
+      copies += is_pure_reshape(chain[i]) ? 0 : 1;
+      v = *next;
+    } else {  // this layer's output must stay as it is: start again from it
+      base = chain[i]->output();
+      v = contiguous(*constant_dims(base));
+      copies = 0;
+    }
+  }
+  return {base, v};
+}
+
+/// Where the output `o` of an Attention layer ends up through the chain of Shuffles that are
+/// each the sole reader of the one before: the chain's last tensor, and `o` as a view of it.
+/// `o` itself (contiguous) when the chain is empty or no prefix of it is a view.
+std::pair<Tensor*, View> view_sink(Network& net, Tensor* o, int& copies) {
+  std::vector<Layer*> chain;
+  for (Layer* l = sole_consumer(net, o); l != nullptr && l->kind() == LayerKind::kShuffle &&
+                                         constant_dims(l->output());
+       l = sole_consumer(net, l->output())) {
+    chain.push_back(l);
+  }
+  while (!chain.empty()) {
+    View v = contiguous(*constant_dims(chain.back()->output()));
+    copies = 0;
+    size_t failed = chain.size();
+    for (size_t i = chain.size(); i-- > 0;) {
+      std::optional<View> next = back_through(chain[i], v);
+      if (!next) {
+        failed = i;
+        break;
+      }
+      copies += is_pure_reshape(chain[i]) ? 0 : 1;
+      v = *next;
+    }
+    if (failed == chain.size()) return {chain.back()->output(), v};
+    chain.resize(failed);  // only the layers before the one that is not a view
+  }
+  copies = 0;
+  return {o, contiguous(*constant_dims(o))};
+}
+
+/// Rewrite 5: an Attention layer whose operands come through transposes, slices and reshapes
+/// of other tensors (or whose output goes through transposes and reshapes before anything
+/// else reads it) reads and writes those tensors through strided views instead, when every
+/// shape involved is constant and the copies it saves are more than pure reshapes.
+/// torch.nn.MultiheadAttention (ViT, ...) is the case: its packed in-projection [L, B, 3 E]
+/// reaches SDPA as q, k, v = proj.unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2)
+/// .squeeze(-2)[i], each .view(L, B * H, hd).transpose(0, 1).view(B, H, L, hd), and its output
+/// goes back through permute(2, 0, 1, 3).view(L * B, E): eight copies a layer, none left.
+int read_strided_views(Network& net) {
+  int rewritten = 0;
+  for (Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kAttention) continue;
+    const AttentionParams& cur = l->params_as<AttentionParams>();
+    if (!cur.views.empty() || cur.packed_heads > 0) continue;
+    std::vector<std::vector<int64_t>> dims;
+    for (size_t i = 0; i < 3; ++i) {
+      if (auto d = constant_dims(l->input(i))) dims.push_back(*d);
+    }
+    const std::optional<std::vector<int64_t>> out_dims = constant_dims(l->output());
+    if (dims.size() != 3 || !out_dims) continue;
+    const AttentionGeometry geo = attention_geometry(cur, dims[0], dims[1], dims[2], *out_dims,
+                                                     nullptr);
+    AttentionParams p = cur;
+    p.seq_major = false;
+    p.seq_major_operands = 0;
+    p.views = {geo.B, geo.H, geo.Hkv, geo.L, geo.S, geo.E, geo.Ev};
+    std::vector<Tensor*> inputs = l->inputs();
+    int saved = 0;
+    const int64_t bits[] = {AttentionParams::kQ, AttentionParams::kK, AttentionParams::kV,
+                            AttentionParams::kOut};
+    std::pair<Tensor*, View> sink;
+    for (size_t i = 0; i < 4; ++i) {
+      int copies = 0;
+      std::pair<Tensor*, View> src =
+          i < 3 ? view_source(inputs[i], copies) : view_sink(net, l->output(), copies);
+      // The operand's logical [batch, heads, seq] dims among its tensor's four, each one
+      // stride; features contiguous.
+      const bool seq = cur.seq_major_at(bits[i]);
+      const auto strides = [&](const View& w) -> std::optional<std::vector<int64_t>> {
+        std::vector<int64_t> st;
+        for (size_t d : {size_t{0}, size_t{seq ? 2u : 1u}, size_t{seq ? 1u : 2u}, size_t{3}}) {
+          const std::optional<int64_t> x = single_stride(w.dims[d]);
+          if (!x) return std::nullopt;
+          st.push_back(*x);
+        }
+        if (!w.dims[3].empty() && st[3] != 1) return std::nullopt;
+        return st;
+      };
+      std::optional<std::vector<int64_t>> st = strides(src.second);
+      if (copies == 0 || !st) {
+        src = {i < 3 ? inputs[i] : l->output(), contiguous(i < 3 ? dims[i] : *out_dims)};
+        st = strides(src.second);
+        copies = 0;
+      }
+      p.views.insert(p.views.end(), {src.second.offset, (*st)[0], (*st)[1], (*st)[2]});
+      saved += copies;
+      if (i < 3) {
+        inputs[i] = src.first;
+      } else {
+        sink = src;
+      }
+    }
+    if (saved == 0) continue;
+    p.out_dims = *constant_dims(sink.first);
+    Layer* fused = net.add_layer(p, inputs, l->name() + "+views");
+    net.replace_all_uses(sink.first, fused->output());
+    ++rewritten;
+  }
+  return rewritten;
+}
+
 }  // namespace
 
 void pass_simplify_attention(BuildState& s) {
@@ -444,6 +769,8 @@ void pass_simplify_attention(BuildState& s) {
   int merged = 0;
   const int packed = read_packed_qkv(net, merged);
   removed += packed > 0 ? remove_unreachable_layers(net) : 0;
+  const int viewed = read_strided_views(net);
+  removed += viewed > 0 ? remove_unreachable_layers(net) : 0;
   s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
                   " attention layers read and write [B, L, H, E] in place (" +
@@ -451,7 +778,8 @@ void pass_simplify_attention(BuildState& s) {
                   std::to_string(packed) + " read q, k and v from one packed projection (" +
                   std::to_string(merged) + " of them merged from three), " +
                   std::to_string(unrepeated) +
-                  " read grouped key/value heads without their repeat_kv copies (" +
+                  " read grouped key/value heads without their repeat_kv copies, " +
+                  std::to_string(viewed) + " read or write strided views instead of copies (" +
                   std::to_string(removed) + " layers removed)");
 }
 
