@@ -453,6 +453,57 @@ TEST(SimplifyAttention, MultiheadAttentionCopiesBecomeStridedViews) {
   }
 }
 
+TEST(SimplifyAttention, MultiheadAttentionProjectionsTakeTheirTransposesIntoTheViews) {
+  // The whole module, batch_first=True: x [B, L, E] -> transpose(0, 1) -> in-projection ->
+  // (the chain above) -> Attention -> (the chain above) -> out-projection -> view [L, B, E]
+  // -> transpose(0, 1). The transposes move across the products (which treat rows on their
+  // own), where the views take them: no copy is left.
+  const int64_t L = 5, B = 2, H = 3, hd = 8, E = H * hd;
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {B, L, E});
+  Tensor* t = net.add_transpose(x, {1, 0, 2})->output();
+  const TestTensor w_in = TestTensor::random(DataType::kF32, {3 * E, E}, 21);
+  const TestTensor w_out = TestTensor::random(DataType::kF32, {E, E}, 22);
+  MatrixMultiplyParams mm;
+  mm.transpose_b = true;
+  Tensor* win = net.add_constant(Weights::copy(DataType::kF32, {3 * E, E}, w_in.bytes.data()),
+                                 "w_in")->output();
+  t = net.add_layer(mm, {t, win}, "in_proj")->output();  // [L, B, 3 E]
+  t = net.add_reshape(t, {L, B, 3, E})->output();
+  t = net.add_reshape(t, {1, L, B, 3, E})->output();
+  t = net.add_transpose(t, {3, 1, 2, 0, 4})->output();
+  t = net.add_reshape(t, {3, L, B, E})->output();
+  std::vector<Tensor*> heads;
+  for (int64_t i = 0; i < 3; ++i) {
+    Tensor* s = net.add_slice(t, {i, 0, 0, 0}, {1, L, B, E}, {1, 1, 1, 1})->output();
+    s = net.add_reshape(s, {L, B * H, hd})->output();
+    s = net.add_transpose(s, {1, 0, 2})->output();
+    heads.push_back(net.add_reshape(s, {B, H, L, hd})->output());
+  }
+  AttentionParams p;
+  p.scale = 0.35;
+  Tensor* o = net.add_layer(p, heads, "attn")->output();
+  o = net.add_transpose(o, {2, 0, 1, 3})->output();
+  o = net.add_reshape(o, {L * B, E})->output();
+  Tensor* wout = net.add_constant(Weights::copy(DataType::kF32, {E, E}, w_out.bytes.data()),
+                                  "w_out")->output();
+  o = net.add_layer(mm, {o, wout}, "out_proj")->output();
+  o = net.add_reshape(o, {L, B, E})->output();
+  net.mark_output(net.add_transpose(o, {1, 0, 2})->output(), "y");
+  EXPECT_EQ(count_layers(net, "Shuffle"), 0);
+  EXPECT_EQ(count_layers(net, "Slice"), 0);
+  EXPECT_EQ(count_layers(net, "MatrixMultiply"), 2);
+  const std::string json = built_json(net);
+  // q, k, v in the in-projection's output [B, L, 3 E]: batch stride L 3 E, head stride hd,
+  // sequence stride 3 E; the output [B, L, E] the out-projection reads.
+  EXPECT_NE(json.find("\"views\": [2, 3, 3, 5, 5, 8, 8, 0, 360, 8, 72, 24, 360, 8, 72, 48, 360, "
+                      "8, 72, 0, 120, 8, 24]"),
+            std::string::npos)
+      << json;
+  EXPECT_EQ(test::run_network(net, {TestTensor::random(DataType::kF32, {B, L, E}, 23)}).at(0).dims,
+            (std::vector<int64_t>{B, L, E}));
+}
+
 TEST(SimplifyAttention, StridedViewsStopWhereAReshapeWouldMoveElements) {
   // q: [2, 5, 24] -> view [2, 5, 3, 8] -> transpose(1, 2) -> reshape [2, 5, 3, 8] (not a view of
   // the transposed tensor: its dims 3 and 5 do not deal out as 5 and 3, PyTorch copies) ->

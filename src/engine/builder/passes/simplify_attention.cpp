@@ -56,8 +56,10 @@
 //    and reshapes between a tensor and an operand (or between the output and the tensor the
 //    next real layer reads) becomes the operand's view of that tensor: an element offset and
 //    batch, head and sequence strides (AttentionParams::views), which both back ends' kernels
-//    read through attention_geometry as they read the layouts above. torch.nn.MultiheadAttention
-//    is the case (read_strided_views below); the rewrites above keep symbolic shapes.
+//    read through attention_geometry as they read the layouts above. Transposes of rows around
+//    a product that treats rows on their own (the projections) move across it first, where the
+//    views can take them. torch.nn.MultiheadAttention is the case (read_strided_views below:
+//    ten copies a layer, none left); the rewrites above keep symbolic shapes.
 #include <cmath>
 #include <limits>
 #include <map>
@@ -616,16 +618,10 @@ std::pair<Tensor*, View> view_source(Tensor* t, int& copies) {
   return {base, v};
 }
 
-/// Where the output `o` of an Attention layer ends up through the chain of Shuffles that are
-/// each the sole reader of the one before: the chain's last tensor, and `o` as a view of it.
-/// `o` itself (contiguous) when the chain is empty or no prefix of it is a view.
-std::pair<Tensor*, View> view_sink(Network& net, Tensor* o, int& copies) {
-  std::vector<Layer*> chain;
-  for (Layer* l = sole_consumer(net, o); l != nullptr && l->kind() == LayerKind::kShuffle &&
-                                         constant_dims(l->output());
-       l = sole_consumer(net, l->output())) {
-    chain.push_back(l);
-  }
+/// `o` as a view of the last tensor of `chain` (Shuffles, each reading the one before's output,
+/// the first reading `o`), or of the last tensor of the longest prefix of it that is a view:
+/// that tensor and the view, or `o` itself (contiguous) when no prefix is.
+std::pair<Tensor*, View> sink_view(Tensor* o, std::vector<const Layer*> chain, int& copies) {
   while (!chain.empty()) {
     View v = contiguous(*constant_dims(chain.back()->output()));
     copies = 0;
@@ -646,14 +642,123 @@ std::pair<Tensor*, View> view_sink(Network& net, Tensor* o, int& copies) {
   return {o, contiguous(*constant_dims(o))};
 }
 
+/// The chain of Shuffles below `t`, each the sole reader of the tensor before it.
+std::vector<const Layer*> shuffles_below(const Network& net, const Tensor* t) {
+  std::vector<const Layer*> chain;
+  for (Layer* l = sole_consumer(net, t); l != nullptr && l->kind() == LayerKind::kShuffle &&
+                                         constant_dims(l->output());
+       l = sole_consumer(net, l->output())) {
+    chain.push_back(l);
+  }
+  return chain;
+}
+
+/// A MatrixMultiply that treats every row of A on its own (A not transposed, B rank 2, no
+/// residual): a transpose or reshape of A's leading dims commutes with it.
+bool row_wise(const Layer* m) {
+  if (m == nullptr || m->kind() != LayerKind::kMatrixMultiply) return false;
+  const auto& p = m->params_as<MatrixMultiplyParams>();
+  return !p.transpose_a && m->input(0)->rank() >= 2 && m->input(1)->rank() == 2 &&
+         (m->inputs().size() < 4 || m->input(3) == nullptr);
+}
+
+/// A Shuffle that moves or regroups only the leading dims of rows: the last dim stays last,
+/// with its size.
+bool keeps_rows(const Layer* l) {
+  if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
+  const auto& p = l->params_as<ShuffleParams>();
+  const auto last_stays = [](const std::vector<int64_t>& perm) {
+    return perm.empty() || perm.back() == static_cast<int64_t>(perm.size()) - 1;
+  };
+  const Shape &in = l->input(0)->shape(), &out = l->output()->shape();
+  return last_stays(p.first_transpose) && last_stays(p.second_transpose) && !in.empty() &&
+         !out.empty() && in.back().is_constant() && in.back() == out.back();
+}
+
+/// `l`'s params with the row (the last dim) of its reshape, if any, set to `row`.
+ShuffleParams with_row(const Layer* l, int64_t row) {
+  ShuffleParams p = l->params_as<ShuffleParams>();
+  if (p.has_reshape && !p.reshape.empty()) p.reshape.back() = DimExpr(row);
+  return p;
+}
+
+/// Input side: when `base`, the tensor an operand is a view of, is the output of a row-wise
+/// product whose A is a transpose of rows (torch.nn.MultiheadAttention's x.transpose(0, 1)
+/// before its in-projection), the product reads x itself and the transpose moves after it,
+/// where the operands' views take it. Returns false, changing nothing, unless all three
+/// operands then view the new product's output.
+bool hoist_input_transpose(Network& net, Layer* attn, const Tensor* base) {
+  Layer* m = base->producer();
+  if (!row_wise(m) || base->is_output()) return false;
+  Layer* t = m->input(0)->producer();
+  if (!keeps_rows(t) || t->params_as<ShuffleParams>().has_reshape ||
+      sole_consumer(net, t->output()) != m) {
+    return false;
+  }
+  std::vector<Tensor*> inputs = m->inputs();
+  inputs[0] = t->input(0);
+  Layer* moved = net.add_layer(m->params(), inputs, m->name() + "+rows");
+  Layer* after = net.add_layer(t->params(), {moved->output()}, t->name() + "+after");
+  net.replace_all_uses(m->output(), after->output());
+  for (size_t i = 0; i < 3; ++i) {
+    int copies = 0;
+    if (view_source(attn->input(i), copies).first != moved->output()) {
+      net.replace_all_uses(after->output(), m->output());  // as it was; the new layers go unread
+      return false;
+    }
+  }
+  return true;
+}
+
+/// Output side: when the tensor the output's views end in is the A of a row-wise product whose
+/// output goes through Shuffles of rows (torch.nn.MultiheadAttention's out-projection, then
+/// view(L, B, E).transpose(0, 1)), those Shuffles move before the product, where the output's
+/// views take them. Returns the new sink, or `sink` unchanged.
+std::pair<Tensor*, View> sink_through_product(Network& net, Tensor* o,
+                                              std::vector<const Layer*> chain,
+                                              std::pair<Tensor*, View> sink, int& copies) {
+  Layer* m = sole_consumer(net, sink.first);
+  if (!row_wise(m) || m->input(0) != sink.first || !sink.first->shape().back().is_constant()) {
+    return sink;
+  }
+  std::vector<const Layer*> after;
+  for (const Layer* l : shuffles_below(net, m->output())) {
+    if (!keeps_rows(l)) break;
+    after.push_back(l);
+  }
+  if (after.empty()) return sink;
+  // The part of `chain` the views took (up to sink.first), then the same Shuffles on the rows
+  // of the product's input.
+  while (!chain.empty() && chain.back()->output() != sink.first) chain.pop_back();
+  const int64_t row = sink.first->shape().back().constant();
+  Tensor* x = sink.first;
+  for (const Layer* l : after) {
+    const Layer* moved = net.add_layer(with_row(l, row), {x}, l->name() + "+rows");
+    chain.push_back(moved);
+    x = moved->output();
+  }
+  int extended = 0;
+  std::pair<Tensor*, View> longer = sink_view(o, chain, extended);
+  if (longer.first != x) return sink;  // the new Shuffles go unread
+  std::vector<Tensor*> inputs = m->inputs();
+  inputs[0] = x;
+  Layer* product = net.add_layer(m->params(), inputs, m->name() + "+rows");
+  net.replace_all_uses(after.back()->output(), product->output());
+  copies = extended;
+  return longer;
+}
+
 /// Rewrite 5: an Attention layer whose operands come through transposes, slices and reshapes
 /// of other tensors (or whose output goes through transposes and reshapes before anything
 /// else reads it) reads and writes those tensors through strided views instead, when every
 /// shape involved is constant and the copies it saves are more than pure reshapes.
-/// torch.nn.MultiheadAttention (ViT, ...) is the case: its packed in-projection [L, B, 3 E]
-/// reaches SDPA as q, k, v = proj.unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2)
-/// .squeeze(-2)[i], each .view(L, B * H, hd).transpose(0, 1).view(B, H, L, hd), and its output
-/// goes back through permute(2, 0, 1, 3).view(L * B, E): eight copies a layer, none left.
+/// torch.nn.MultiheadAttention (ViT, ...) is the case: with batch_first its input goes through
+/// transpose(0, 1) before the in-projection [L, B, 3 E], which reaches SDPA as q, k, v =
+/// proj.unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2)[i], each
+/// .view(L, B * H, hd).transpose(0, 1).view(B, H, L, hd); its output goes back through
+/// permute(2, 0, 1, 3).view(L * B, E), the out-projection, view(L, B, E) and transpose(0, 1):
+/// ten copies a layer, none left (the in-projection reads x [B, L, E] and the out-projection
+/// reads [B, L, E], both in place).
 int read_strided_views(Network& net) {
   int rewritten = 0;
   for (Layer* l : net.layers()) {
@@ -679,8 +784,15 @@ int read_strided_views(Network& net) {
     std::pair<Tensor*, View> sink;
     for (size_t i = 0; i < 4; ++i) {
       int copies = 0;
-      std::pair<Tensor*, View> src =
-          i < 3 ? view_source(inputs[i], copies) : view_sink(net, l->output(), copies);
+      std::pair<Tensor*, View> src;
+      if (i < 3) {
+        src = view_source(inputs[i], copies);
+        if (hoist_input_transpose(net, l, src.first)) src = view_source(inputs[i], copies);
+      } else {
+        const std::vector<const Layer*> chain = shuffles_below(net, l->output());
+        src = sink_view(l->output(), chain, copies);
+        src = sink_through_product(net, l->output(), chain, src, copies);
+      }
       // The operand's logical [batch, heads, seq] dims among its tensor's four, each one
       // stride; features contiguous.
       const bool seq = cur.seq_major_at(bits[i]);
