@@ -347,6 +347,39 @@ TEST(CudaAttention, PackedQkvThirdsOfOneProjection) {
   }
 }
 
+TEST(CudaAttention, StridedViewsOfOneProjection) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // torch.nn.MultiheadAttention's in-projection [L, B, 3 H hd] read through views (batch second)
+  // and the output written as [L, B, H hd]. Head size 64 (16-byte aligned: cp.async tiles), 40
+  // (aligned, padded to the D = 64 kernel) and 20 (k's offset 40 elements is not 16-byte
+  // aligned: the plain-load path); L = 130 covers partial query and key tiles. Batch 3 takes the
+  // key-split kernel, batch 24 the 64-query one (B H ceil(L / 64) = 144 blocks).
+  for (DataType t : kFloatTypes) {
+    for (int64_t hd : {64, 40, 20}) {
+      for (int64_t B : {3, 24}) {
+        const bool causal = B == 24 ? hd != 40 : hd == 40;
+        const int64_t L = 130, H = 2, E = H * hd, width = 3 * E;
+        Network net;
+        Tensor* x = net.add_input("x", t, {L, B, width});
+        AttentionParams p;
+        p.scale = 0.125;
+        p.causal = causal;
+        p.views = {B, H, H, L, L, hd, hd,
+                   0, width, hd, B * width,
+                   E, width, hd, B * width,
+                   2 * E, width, hd, B * width,
+                   0, E, hd, B * E};
+        p.out_dims = {L, B, E};
+        net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "out");
+        test::check_cuda_matches_cpu(
+            net, {TestTensor::random(t, {L, B, width}, 41, -2.0f, 2.0f)},
+            std::string("views hd=") + std::to_string(hd) + " B=" + std::to_string(B) + " " +
+                dtype_name(t) + (causal ? " causal" : ""));
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ember::engine
 
