@@ -18,6 +18,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   or 1 while it is built, so the pointwise layers still fuse but Reduce layers (RMSNorm's
   mean) stay out of the groups, or join them (the A/B of the row-reduction fusion: T5 and
   Qwen2 rows; the CUDA back end leaves them out by default);
+- `half_no_views`: `half` with EMBER_ATTENTION_VIEWS=0 while it is built, so simplify_attention
+  leaves the transposes, slices and reshapes around an attention that only strided views would
+  remove (the A/B of rewrite 5: torch.nn.MultiheadAttention, the ViT row);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -43,7 +46,8 @@ import torch
 import ember
 from bench import accuracy, first_tensor, make, median_ms
 
-VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
+VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
+            "half_no_views", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
             "autocast_bf16", "attn_eager", "attn_sdpa", "int8", "fp8")
 
 
@@ -82,7 +86,8 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
     switches = {"graphs_off_legacy_conv": ("EMBER_CUDNN_CONV", "legacy"),
                 "half_unfused": ("EMBER_FUSE_POINTWISE", "0"),
                 "half_no_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "0"),
-                "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1")}
+                "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1"),
+                "half_no_views": ("EMBER_ATTENTION_VIEWS", "0")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None
     if env:

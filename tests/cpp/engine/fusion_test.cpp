@@ -453,6 +453,21 @@ TEST(SimplifyAttention, MultiheadAttentionCopiesBecomeStridedViews) {
   }
 }
 
+TEST(SimplifyAttention, StridedViewsSwitchOff) {
+  // EMBER_ATTENTION_VIEWS=0 (the A/B switch) keeps every copy and says so in the build log.
+  const Network net = multihead_attention(false);
+  setenv("EMBER_ATTENTION_VIEWS", "0", 1);
+  const int shuffles = count_layers(net, "Shuffle");
+  const std::string log = simplify_attention_log(net, {});
+  unsetenv("EMBER_ATTENTION_VIEWS");
+  EXPECT_GT(shuffles, 0);
+  EXPECT_NE(log.find("0 read or write strided views instead of copies (off: "
+                     "EMBER_ATTENTION_VIEWS=0)"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(count_layers(net, "Shuffle"), 0);
+}
+
 TEST(SimplifyAttention, MultiheadAttentionProjectionsTakeTheirTransposesIntoTheViews) {
   // The whole module, batch_first=True: x [B, L, E] -> transpose(0, 1) -> in-projection ->
   // (the chain above) -> Attention -> (the chain above) -> out-projection -> view [L, B, E]

@@ -61,6 +61,8 @@
 //    views can take them. torch.nn.MultiheadAttention is the case (read_strided_views below:
 //    ten copies a layer, none left); the rewrites above keep symbolic shapes.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <optional>
@@ -881,7 +883,10 @@ void pass_simplify_attention(BuildState& s) {
   int merged = 0;
   const int packed = read_packed_qkv(net, merged);
   removed += packed > 0 ? remove_unreachable_layers(net) : 0;
-  const int viewed = read_strided_views(net);
+  // EMBER_ATTENTION_VIEWS=0 leaves rewrite 5 out (read per build, for A/B timing).
+  const char* views_env = std::getenv("EMBER_ATTENTION_VIEWS");
+  const bool views_off = views_env != nullptr && std::strcmp(views_env, "0") == 0;
+  const int viewed = views_off ? 0 : read_strided_views(net);
   removed += viewed > 0 ? remove_unreachable_layers(net) : 0;
   s.log.push_back("simplify_attention: " + std::to_string(dropped) + " constant masks dropped (" +
                   std::to_string(as_causal) + " as causal), " + std::to_string(folded) +
@@ -891,7 +896,8 @@ void pass_simplify_attention(BuildState& s) {
                   std::to_string(merged) + " of them merged from three), " +
                   std::to_string(unrepeated) +
                   " read grouped key/value heads without their repeat_kv copies, " +
-                  std::to_string(viewed) + " read or write strided views instead of copies (" +
+                  std::to_string(viewed) + " read or write strided views instead of copies" +
+                  (views_off ? " (off: EMBER_ATTENTION_VIEWS=0)" : "") + " (" +
                   std::to_string(removed) + " layers removed)");
 }
 
