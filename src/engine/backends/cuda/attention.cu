@@ -457,7 +457,8 @@ __global__ void __launch_bounds__(W * 32, D <= 64 ? 4 : 3)
 
   for (int it = 0; it < n_tiles; ++it) {
     const int64_t k0 = static_cast<int64_t>(it) * kBlockK;
-    const int stage = Sm::kStages > 1 ? it % Sm::kStages : 0;
+    // Two stages only on the cp.async path; the plain loads always fill stage 0.
+    const int stage = Sm::kStages > 1 && vec ? it % Sm::kStages : 0;
     if (!vec) {
       __syncthreads();  // every warp is done with the previous tile
       load_tile<T, D, kBlockK>(k_tile(0), kb, p.k_l, k0, p.S, p.E, false);
