@@ -107,6 +107,20 @@ __device__ __forceinline__ float online_max(float& m, float tile_max, float& alp
   return base;
 }
 
+/// log2(e): the tensor-core kernels keep scores in base 2 (times scale * log2 e), so each
+/// exponential is one exp2f (ex2.approx) instead of expf's range reduction around it; softmax is
+/// the same function in either base.
+constexpr float kLog2e = 1.4426950408889634f;
+
+/// online_max for base-2 scores: alpha = 2^(m_old - base).
+__device__ __forceinline__ float online_max2(float& m, float tile_max, float& alpha) {
+  const float m_new = fmaxf(m, tile_max);
+  const float base = m_new == -CUDART_INF_F ? 0.0f : m_new;
+  alpha = exp2f(m - base);
+  m = m_new;
+  return base;
+}
+
 // ---------------------------------------------------------------- flash kernel (f16/bf16)
 
 constexpr int kBlockK = 64;  // keys per tile
@@ -484,16 +498,32 @@ __global__ void __launch_bounds__(W * 32, D <= 64 ? 4 : 3)
         mma_16816<T>(sc[n], qa[kk], ld2(kp), ld2(kp + 8));
       }
     }
+    // Base-2 scores. A tile with no mask, every key inside S and, when causal, every key at or
+    // before the warp's first query needs no test per score (query rows past L read zeros and
+    // are never written).
     float tile0 = -CUDART_INF_F, tile1 = -CUDART_INF_F;
+    const bool plain = p.mask_kind == kNoMask && k0 + kBlockK <= p.S &&
+                       (!p.causal || k0 + kBlockK - 1 <= q0 + warp * 16);
+    if (plain) {
+      const float scale2 = p.scale * kLog2e;
 #pragma unroll
-    for (int n = 0; n < kNT; ++n) {
+      for (int n = 0; n < kNT; ++n) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t key = k0 + n * 8 + 2 * t + e;
-        sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key);
-        sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key);
-        tile0 = fmaxf(tile0, sc[n][e]);
-        tile1 = fmaxf(tile1, sc[n][2 + e]);
+        for (int e = 0; e < 4; ++e) sc[n][e] *= scale2;
+        tile0 = fmaxf(tile0, fmaxf(sc[n][0], sc[n][1]));
+        tile1 = fmaxf(tile1, fmaxf(sc[n][2], sc[n][3]));
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t key = k0 + n * 8 + 2 * t + e;
+          sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key) * kLog2e;
+          sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key) * kLog2e;
+          tile0 = fmaxf(tile0, sc[n][e]);
+          tile1 = fmaxf(tile1, sc[n][2 + e]);
+        }
       }
     }
     // A row's 64 scores are spread over the 4 lanes of its quad.
@@ -502,15 +532,15 @@ __global__ void __launch_bounds__(W * 32, D <= 64 ? 4 : 3)
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 2));
     float alpha0, alpha1;
-    const float base0 = online_max(m0, tile0, alpha0);
-    const float base1 = online_max(m1, tile1, alpha1);
+    const float base0 = online_max2(m0, tile0, alpha0);
+    const float base1 = online_max2(m1, tile1, alpha1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int n = 0; n < kNT; ++n) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        sc[n][e] = expf(sc[n][e] - base0);
-        sc[n][2 + e] = expf(sc[n][2 + e] - base1);
+        sc[n][e] = exp2f(sc[n][e] - base0);
+        sc[n][2 + e] = exp2f(sc[n][2 + e] - base1);
         sum0 += sc[n][e];
         sum1 += sc[n][2 + e];
       }
@@ -754,16 +784,30 @@ __global__ void __launch_bounds__(128)
         mma_16816<T>(sc[n], qa[kk], ld2(kp), ld2(kp + 8));
       }
     }
+    // Base-2 scores; no test per score where nothing can be masked (as in the kernel above).
     float tile0 = -CUDART_INF_F, tile1 = -CUDART_INF_F;
+    const bool plain =
+        p.mask_kind == kNoMask && kw + 16 <= p.S && (!p.causal || kw + 15 <= q0);
+    if (plain) {
+      const float scale2 = p.scale * kLog2e;
 #pragma unroll
-    for (int n = 0; n < 2; ++n) {
+      for (int n = 0; n < 2; ++n) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t key = kw + n * 8 + 2 * t + e;
-        sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key);
-        sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key);
-        tile0 = fmaxf(tile0, sc[n][e]);
-        tile1 = fmaxf(tile1, sc[n][2 + e]);
+        for (int e = 0; e < 4; ++e) sc[n][e] *= scale2;
+        tile0 = fmaxf(tile0, fmaxf(sc[n][0], sc[n][1]));
+        tile1 = fmaxf(tile1, fmaxf(sc[n][2], sc[n][3]));
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t key = kw + n * 8 + 2 * t + e;
+          sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key) * kLog2e;
+          sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key) * kLog2e;
+          tile0 = fmaxf(tile0, sc[n][e]);
+          tile1 = fmaxf(tile1, sc[n][2 + e]);
+        }
       }
     }
     tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 1));
@@ -771,15 +815,15 @@ __global__ void __launch_bounds__(128)
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 2));
     float alpha0, alpha1;
-    const float base0 = online_max(m0, tile0, alpha0);
-    const float base1 = online_max(m1, tile1, alpha1);
+    const float base0 = online_max2(m0, tile0, alpha0);
+    const float base1 = online_max2(m1, tile1, alpha1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        sc[n][e] = expf(sc[n][e] - base0);
-        sc[n][2 + e] = expf(sc[n][2 + e] - base1);
+        sc[n][e] = exp2f(sc[n][e] - base0);
+        sc[n][2 + e] = exp2f(sc[n][2 + e] - base1);
         sum0 += sc[n][e];
         sum1 += sc[n][2 + e];
       }
@@ -821,16 +865,16 @@ __global__ void __launch_bounds__(128)
     top0 = fmaxf(top0, stat_m[w * 16 + g]);
     top1 = fmaxf(top1, stat_m[w * 16 + g + 8]);
   }
-  const float sub0 = top0 == -CUDART_INF_F ? 0.0f : top0;  // as online_max: exp(-inf) = 0
+  const float sub0 = top0 == -CUDART_INF_F ? 0.0f : top0;  // as online_max2: 2^-inf = 0
   const float sub1 = top1 == -CUDART_INF_F ? 0.0f : top1;
   float total0 = 0.0f, total1 = 0.0f;
 #pragma unroll
-  for (int w = 0; w < Sm::kWarps; ++w) {
-    total0 += stat_l[w * 16 + g] * expf(stat_m[w * 16 + g] - sub0);
-    total1 += stat_l[w * 16 + g + 8] * expf(stat_m[w * 16 + g + 8] - sub1);
+  for (int w = 0; w < Sm::kWarps; ++w) {  // the maxima are base 2, as the scores were
+    total0 += stat_l[w * 16 + g] * exp2f(stat_m[w * 16 + g] - sub0);
+    total1 += stat_l[w * 16 + g + 8] * exp2f(stat_m[w * 16 + g + 8] - sub1);
   }
-  const float f0 = total0 > 0.0f ? expf(m0 - sub0) / total0 : 0.0f;
-  const float f1 = total1 > 0.0f ? expf(m1 - sub1) / total1 : 0.0f;
+  const float f0 = total0 > 0.0f ? exp2f(m0 - sub0) / total0 : 0.0f;
+  const float f1 = total1 > 0.0f ? exp2f(m1 - sub1) / total1 : 0.0f;
   float* mine = merged + warp * 16 * Sm::ldo;
 #pragma unroll
   for (int n = 0; n < kDT; ++n) {
