@@ -121,6 +121,40 @@ __device__ __forceinline__ float online_max2(float& m, float tile_max, float& al
   return base;
 }
 
+/// Turns a lane's raw scores (NT n-tiles of 8 keys from key0, in the mma.m16n8k16 accumulator
+/// layout: rows r0 and r1, keys 2t and 2t + 1 of each n-tile) into base-2 scores, and folds
+/// each row's maximum into tile0 / tile1. `plain`: nothing in these keys can be masked (no mask,
+/// every key inside S, and when causal none past the rows), so no score is tested; query rows
+/// past L then read zero queries and are never written.
+template <typename T, int NT>
+__device__ __forceinline__ void base2_scores(float (&sc)[NT][4], bool plain, const AttnArgs& p,
+                                             const void* mask, int64_t b, int64_t h,
+                                             int64_t r0, int64_t r1, int64_t key0, int t,
+                                             float& tile0, float& tile1) {
+  if (plain) {
+    const float scale2 = p.scale * kLog2e;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[n][e] *= scale2;
+      tile0 = fmaxf(tile0, fmaxf(sc[n][0], sc[n][1]));
+      tile1 = fmaxf(tile1, fmaxf(sc[n][2], sc[n][3]));
+    }
+    return;
+  }
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t key = key0 + n * 8 + 2 * t + e;
+      sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key) * kLog2e;
+      sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key) * kLog2e;
+      tile0 = fmaxf(tile0, sc[n][e]);
+      tile1 = fmaxf(tile1, sc[n][2 + e]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- flash kernel (f16/bf16)
 
 constexpr int kBlockK = 64;  // keys per tile
@@ -498,34 +532,12 @@ __global__ void __launch_bounds__(W * 32, D <= 64 ? 4 : 3)
         mma_16816<T>(sc[n], qa[kk], ld2(kp), ld2(kp + 8));
       }
     }
-    // Base-2 scores. A tile with no mask, every key inside S and, when causal, every key at or
-    // before the warp's first query needs no test per score (query rows past L read zeros and
-    // are never written).
+    // Base-2 scores: a tile needs no test per score when nothing in it can be masked for any
+    // of the warp's rows.
     float tile0 = -CUDART_INF_F, tile1 = -CUDART_INF_F;
     const bool plain = p.mask_kind == kNoMask && k0 + kBlockK <= p.S &&
                        (!p.causal || k0 + kBlockK - 1 <= q0 + warp * 16);
-    if (plain) {
-      const float scale2 = p.scale * kLog2e;
-#pragma unroll
-      for (int n = 0; n < kNT; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[n][e] *= scale2;
-        tile0 = fmaxf(tile0, fmaxf(sc[n][0], sc[n][1]));
-        tile1 = fmaxf(tile1, fmaxf(sc[n][2], sc[n][3]));
-      }
-    } else {
-#pragma unroll
-      for (int n = 0; n < kNT; ++n) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t key = k0 + n * 8 + 2 * t + e;
-          sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key) * kLog2e;
-          sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key) * kLog2e;
-          tile0 = fmaxf(tile0, sc[n][e]);
-          tile1 = fmaxf(tile1, sc[n][2 + e]);
-        }
-      }
-    }
+    base2_scores<T, kNT>(sc, plain, p, mask, b, h, r0, r1, k0, t, tile0, tile1);
     // A row's 64 scores are spread over the 4 lanes of its quad.
     tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 1));
     tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 2));
@@ -788,28 +800,7 @@ __global__ void __launch_bounds__(128)
     float tile0 = -CUDART_INF_F, tile1 = -CUDART_INF_F;
     const bool plain =
         p.mask_kind == kNoMask && kw + 16 <= p.S && (!p.causal || kw + 15 <= q0);
-    if (plain) {
-      const float scale2 = p.scale * kLog2e;
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[n][e] *= scale2;
-        tile0 = fmaxf(tile0, fmaxf(sc[n][0], sc[n][1]));
-        tile1 = fmaxf(tile1, fmaxf(sc[n][2], sc[n][3]));
-      }
-    } else {
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t key = kw + n * 8 + 2 * t + e;
-          sc[n][e] = masked_score<T>(sc[n][e], p, mask, b, h, r0, key) * kLog2e;
-          sc[n][2 + e] = masked_score<T>(sc[n][2 + e], p, mask, b, h, r1, key) * kLog2e;
-          tile0 = fmaxf(tile0, sc[n][e]);
-          tile1 = fmaxf(tile1, sc[n][2 + e]);
-        }
-      }
-    }
+    base2_scores<T, 2>(sc, plain, p, mask, b, h, r0, r1, kw, t, tile0, tile1);
     tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 1));
     tile0 = fmaxf(tile0, __shfl_xor_sync(0xffffffffu, tile0, 2));
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
