@@ -96,27 +96,20 @@ __device__ __forceinline__ float masked_score(float dot, const AttnArgs& p, cons
   return s;
 }
 
-/// Online-softmax step: folds a tile whose max is tile_max into the running (m, l); returns the
-/// subtrahend for this tile's exponentials and sets alpha, the factor for what was accumulated.
-/// A row with no unmasked key so far keeps m = -inf and uses 0 (so exp gives 0, never NaN).
-__device__ __forceinline__ float online_max(float& m, float tile_max, float& alpha) {
-  const float m_new = fmaxf(m, tile_max);
-  const float base = m_new == -CUDART_INF_F ? 0.0f : m_new;
-  alpha = expf(m - base);
-  m = m_new;
-  return base;
-}
-
 /// log2(e): the tensor-core kernels keep scores in base 2 (times scale * log2 e), so each
 /// exponential is one exp2f (ex2.approx) instead of expf's range reduction around it; softmax is
 /// the same function in either base.
 constexpr float kLog2e = 1.4426950408889634f;
 
-/// online_max for base-2 scores: alpha = 2^(m_old - base).
-__device__ __forceinline__ float online_max2(float& m, float tile_max, float& alpha) {
+/// Online-softmax step: folds a tile whose max is tile_max into the running (m, l); returns the
+/// subtrahend for this tile's exponentials and sets alpha, the factor for what was accumulated
+/// (e^(m_old - base), or 2^(m_old - base) for base-2 scores). A row with no unmasked key so far
+/// keeps m = -inf and uses 0 (so the exponential gives 0, never NaN).
+template <bool kBase2 = false>
+__device__ __forceinline__ float online_max(float& m, float tile_max, float& alpha) {
   const float m_new = fmaxf(m, tile_max);
   const float base = m_new == -CUDART_INF_F ? 0.0f : m_new;
-  alpha = exp2f(m - base);
+  alpha = kBase2 ? exp2f(m - base) : expf(m - base);
   m = m_new;
   return base;
 }
@@ -544,8 +537,8 @@ __global__ void __launch_bounds__(W * 32, D <= 64 ? 4 : 3)
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 2));
     float alpha0, alpha1;
-    const float base0 = online_max2(m0, tile0, alpha0);
-    const float base1 = online_max2(m1, tile1, alpha1);
+    const float base0 = online_max<true>(m0, tile0, alpha0);
+    const float base1 = online_max<true>(m1, tile1, alpha1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int n = 0; n < kNT; ++n) {
@@ -806,8 +799,8 @@ __global__ void __launch_bounds__(128)
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 1));
     tile1 = fmaxf(tile1, __shfl_xor_sync(0xffffffffu, tile1, 2));
     float alpha0, alpha1;
-    const float base0 = online_max2(m0, tile0, alpha0);
-    const float base1 = online_max2(m1, tile1, alpha1);
+    const float base0 = online_max<true>(m0, tile0, alpha0);
+    const float base1 = online_max<true>(m1, tile1, alpha1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
@@ -856,7 +849,7 @@ __global__ void __launch_bounds__(128)
     top0 = fmaxf(top0, stat_m[w * 16 + g]);
     top1 = fmaxf(top1, stat_m[w * 16 + g + 8]);
   }
-  const float sub0 = top0 == -CUDART_INF_F ? 0.0f : top0;  // as online_max2: 2^-inf = 0
+  const float sub0 = top0 == -CUDART_INF_F ? 0.0f : top0;  // as online_max: 2^-inf = 0
   const float sub1 = top1 == -CUDART_INF_F ? 0.0f : top1;
   float total0 = 0.0f, total1 = 0.0f;
 #pragma unroll
