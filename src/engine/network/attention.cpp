@@ -1,6 +1,8 @@
 // Shape and type inference of the fused Attention layer (see AttentionParams in layers.h).
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "network/infer.h"
@@ -37,9 +39,31 @@ int64_t constant_numel(const Shape& s) {
   return n;
 }
 
+/// acc += x * y (x, y >= 0); false, with acc unspecified, when int64 would overflow (a plan's
+/// numbers must not wrap past the bounds checks below).
+bool add_product(int64_t& acc, int64_t x, int64_t y) {
+  int64_t p = 0;
+  return !__builtin_mul_overflow(x, y, &p) && !__builtin_add_overflow(acc, p, &acc);
+}
+
+/// Whether the output view writes each of its elements once: its (size, stride) pairs, smallest
+/// stride first, each stride beyond everything the smaller ones reach (with the last element
+/// inside size elements, that makes the view a one-to-one map onto them).
+bool one_to_one(std::vector<std::pair<int64_t, int64_t>> dims) {
+  std::sort(dims.begin(), dims.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+  int64_t reach = 0;  // the largest offset the dims so far reach
+  for (const auto& [size, stride] : dims) {
+    if (size == 1) continue;
+    if (stride <= reach) return false;
+    if (!add_product(reach, size - 1, stride)) return false;
+  }
+  return true;
+}
+
 /// Checks the strided views (AttentionParams::views) against the tensors they read and the
-/// output they write: every size positive, every stride and offset non-negative, and the last
-/// element each view reaches inside its tensor. Returns the logical dims of q, k and v.
+/// output they write: every size positive, every stride and offset non-negative, the last
+/// element each view reaches inside its tensor (without int64 overflow), and the output view
+/// one-to-one. Returns the logical dims of q, k and v.
 std::vector<HeadDims> check_views(const AttentionParams& p, InferContext& ctx) {
   const std::vector<int64_t>& w = p.views;
   InferContext::require(w.size() == AttentionParams::kViewLength,
@@ -56,13 +80,18 @@ std::vector<HeadDims> check_views(const AttentionParams& p, InferContext& ctx) {
                                           ") must divide query heads (" + std::to_string(H) + ")");
   const char* roles[] = {"query", "key", "value", "output"};
   const int64_t heads[] = {H, Hkv, Hkv, H}, seqs[] = {L, S, S, L}, feats[] = {E, E, Ev, Ev};
-  int64_t out_numel = 1;
+  int64_t out_numel = 1, count = 1;
   for (int64_t d : p.out_dims) {
     InferContext::require(d > 0, "out_dims must be positive");
-    out_numel *= d;
+    InferContext::require(!__builtin_mul_overflow(out_numel, d, &out_numel),
+                          "out_dims overflow int64");
   }
-  InferContext::require(!p.out_dims.empty() && out_numel == B * H * L * Ev,
-                        "out_dims must hold B * H * L * Ev = " + std::to_string(B * H * L * Ev) +
+  for (int64_t d : {B, H, L, Ev}) {
+    InferContext::require(!__builtin_mul_overflow(count, d, &count),
+                          "view sizes B * H * L * Ev overflow int64");
+  }
+  InferContext::require(!p.out_dims.empty() && out_numel == count,
+                        "out_dims must hold B * H * L * Ev = " + std::to_string(count) +
                             " elements");
   for (size_t i = 0; i < 4; ++i) {
     const size_t at = AttentionParams::kViewSizes + 4 * i;
@@ -72,10 +101,17 @@ std::vector<HeadDims> check_views(const AttentionParams& p, InferContext& ctx) {
     const int64_t numel = i < 3 ? constant_numel(ctx.shape(i)) : out_numel;
     InferContext::require(numel >= 0, std::string(roles[i]) +
                                           " must have constant dims to be read through a view");
-    const int64_t last = off + (B - 1) * sb + (heads[i] - 1) * sh + (seqs[i] - 1) * sl + feats[i];
+    int64_t last = off;
+    const bool fits = add_product(last, B - 1, sb) && add_product(last, heads[i] - 1, sh) &&
+                      add_product(last, seqs[i] - 1, sl) && add_product(last, feats[i], 1);
+    InferContext::require(fits, std::string(roles[i]) + " view offset and strides overflow int64");
     InferContext::require(last <= numel, std::string(roles[i]) + " view reaches element " +
                                              std::to_string(last - 1) + " of a tensor of " +
                                              std::to_string(numel));
+    if (i == 3) {
+      InferContext::require(one_to_one({{B, sb}, {H, sh}, {L, sl}, {Ev, 1}}),
+                            "output view writes some elements twice (its strides overlap)");
+    }
   }
   return {HeadDims{DimExpr(B), DimExpr(H), DimExpr(L), DimExpr(E)},
           HeadDims{DimExpr(B), DimExpr(Hkv), DimExpr(S), DimExpr(E)},

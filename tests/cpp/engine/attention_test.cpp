@@ -227,6 +227,14 @@ TEST(AttentionLayer, StridedViewsAreChecked) {
   bad.views[1] = 3;  // H = 3 over Hkv = 2
   test::expect_error([&] { net.add_layer(bad, {x, x, x}, "heads"); },
                      {"Attention 'heads'", "must divide query heads"});
+  bad = p;
+  bad.views[7 + 1] = std::numeric_limits<int64_t>::max();  // q's batch stride: wraps past the check
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "wrap"); },
+                     {"Attention 'wrap'", "query view offset and strides overflow int64"});
+  bad = p;
+  bad.views[7 + 12 + 1] = 4;  // the output's batch stride equals its head stride: overlap
+  test::expect_error([&] { net.add_layer(bad, {x, x, x}, "overlap"); },
+                     {"Attention 'overlap'", "output view writes some elements twice"});
   Tensor* sym = net.add_input("s", DataType::kF32, {DimExpr::symbol("n"), 2, 24});
   test::expect_error([&] { net.add_layer(p, {sym, sym, sym}, "symbolic"); },
                      {"Attention 'symbolic'", "query must have constant dims"});

@@ -779,6 +779,12 @@ int read_strided_views(Network& net) {
     p.seq_major = false;
     p.seq_major_operands = 0;
     p.views = {geo.B, geo.H, geo.Hkv, geo.L, geo.S, geo.E, geo.Ev};
+    // First, a transpose before the projection the operands come from moves after it (once:
+    // the same product feeds all three); then every operand is read from the layer afresh.
+    for (size_t i = 0; i < 3; ++i) {
+      int copies = 0;
+      if (hoist_input_transpose(net, l, view_source(l->input(i), copies).first)) break;
+    }
     std::vector<Tensor*> inputs = l->inputs();
     int saved = 0;
     const int64_t bits[] = {AttentionParams::kQ, AttentionParams::kK, AttentionParams::kV,
@@ -789,7 +795,6 @@ int read_strided_views(Network& net) {
       std::pair<Tensor*, View> src;
       if (i < 3) {
         src = view_source(inputs[i], copies);
-        if (hoist_input_transpose(net, l, src.first)) src = view_source(inputs[i], copies);
       } else {
         const std::vector<const Layer*> chain = shuffles_below(net, l->output());
         src = sink_view(l->output(), chain, copies);
