@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import ember
+from bench import accuracy, timed_calls_ms  # bench/bench.py (this script's folder is on the path)
 
 DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_SHAPES = "1x12x128x64,32x12x128x64,32x12x128x64c,4x12x512x64,4x12x512x64c,2x14x2048x64c,1x16x2048x128c"
@@ -70,24 +70,9 @@ def graph_ms(fn, iters: int) -> float:
     return replay_ms(graph.replay, iters)
 
 
-def replay_ms(call, iters: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        call()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        call()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    return (a @ b / (a.norm() * b.norm())).item()
+def replay_ms(call, iters: int) -> float:
+    """bench.py's timing (median CUDA-event ms after warm-up) of a call without arguments."""
+    return timed_calls_ms(lambda i: call(), iters, warmup=5)
 
 
 def run_shape(spec: str, dtype: torch.dtype, chain: int, iters: int, peak_tflops: float,
@@ -109,7 +94,7 @@ def run_shape(spec: str, dtype: torch.dtype, chain: int, iters: int, peak_tflops
         row[f"{name}_us"] = us
         row[f"{name}_tflops"] = flops / (us * 1e6)
         row[f"{name}_peak_fraction"] = flops / (us * 1e6) / peak_tflops
-        row[f"{name}_cos"] = cosine(out, ref)
+        row[f"{name}_cos"] = accuracy(out, ref)[0]
 
     try:
         gm = ember.compile(model, inputs=[q, k, v], device="cuda", min_block_size=1)

@@ -510,17 +510,6 @@ std::vector<int64_t> unpermuted(const std::vector<int64_t>& dims, const std::vec
   return in;
 }
 
-bool is_permutation(const std::vector<int64_t>& perm, size_t rank) {
-  if (perm.empty()) return true;
-  if (perm.size() != rank) return false;
-  std::vector<bool> seen(rank, false);
-  for (int64_t p : perm) {
-    if (p < 0 || p >= static_cast<int64_t>(rank) || seen[static_cast<size_t>(p)]) return false;
-    seen[static_cast<size_t>(p)] = true;
-  }
-  return true;
-}
-
 /// The view of the input that a Shuffle, or a Slice with constant starts and positive steps,
 /// makes of view `v` of its input: nullopt when its output is not such a view (a reshape that
 /// would move elements, a partial slice of a dim whose factors are not adjacent) or a shape is
@@ -547,11 +536,8 @@ std::optional<View> through(const Layer* l, const View& v) {
     }
     return s;
   }
+  // The transposes are permutations of the right rank: the layer's shape inference checked.
   const auto& sp = l->params_as<ShuffleParams>();
-  if (!is_permutation(sp.first_transpose, v.dims.size()) ||
-      !is_permutation(sp.second_transpose, out->size())) {
-    return std::nullopt;
-  }
   std::optional<View> s = permuted(v, sp.first_transpose);
   if (sp.has_reshape) s = reshaped(*s, unpermuted(*out, sp.second_transpose));
   if (s) s = permuted(*s, sp.second_transpose);
@@ -567,11 +553,7 @@ std::optional<View> through(const Layer* l, const View& v) {
 std::optional<View> back_through(const Layer* l, const View& v) {
   const std::optional<std::vector<int64_t>> in = constant_dims(l->input(0));
   if (!in || l->kind() != LayerKind::kShuffle) return std::nullopt;
-  const auto& sp = l->params_as<ShuffleParams>();
-  if (!is_permutation(sp.first_transpose, in->size()) ||
-      !is_permutation(sp.second_transpose, v.dims.size())) {
-    return std::nullopt;
-  }
+  const auto& sp = l->params_as<ShuffleParams>();  // permutations checked by its inference
   std::optional<View> s = sp.second_transpose.empty() ? v : permuted(v, inverse(sp.second_transpose));
   if (sp.has_reshape) {
     std::vector<int64_t> mid = *in;  // the dims after the first transpose
