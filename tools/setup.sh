@@ -45,4 +45,23 @@ if [ ! -f "$venv/.ember-extra-$ehash" ]; then
   "$venv/bin/python" -m pip install -q -r "$extra" >&2
   touch "$venv/.ember-extra-$ehash"
 fi
+# The cuDNN frontend's C++ headers (header-only; PyPI's nvidia-cudnn-frontend wheel carries them):
+# the CUDA back end's fused attention (backends/cuda/attention_cudnn.cpp) is built on its SDPA
+# graph. Only the wheel's include/ is unpacked, into the cache: the Python package and its
+# dependencies are not needed. tools/env.sh exports the folder as EMBER_CUDNN_FRONTEND_INCLUDE.
+fe_version=1.32.0
+fe_dir="$cache/cudnn-frontend-$fe_version"
+if [ ! -f "$fe_dir/include/cudnn_frontend.h" ]; then
+  echo "[setup] unpacking the cuDNN frontend $fe_version headers into $fe_dir" >&2
+  rm -rf "$fe_dir.tmp" && mkdir -p "$fe_dir.tmp"
+  "$venv/bin/python" -m pip download -q --no-deps "nvidia-cudnn-frontend==$fe_version" \
+    -d "$fe_dir.tmp" >&2
+  "$venv/bin/python" - "$fe_dir.tmp" <<'PY'
+import pathlib, sys, zipfile
+d = pathlib.Path(sys.argv[1])
+with zipfile.ZipFile(next(d.glob("*.whl"))) as z:
+    z.extractall(d, [n for n in z.namelist() if n.startswith("include/")])
+PY
+  rm -rf "$fe_dir" && mkdir -p "$fe_dir" && mv "$fe_dir.tmp/include" "$fe_dir/include" && rm -rf "$fe_dir.tmp"
+fi
 echo "$venv"

@@ -1,5 +1,6 @@
-// CUDA conformance of the fused Attention layer against the CPU reference executor: the
-// tensor-core flash kernel (f16/bf16, head sizes <= 128, several query/key tiles, partial
+// CUDA conformance of the fused Attention layer against the CPU reference executor, every case
+// twice: on Ember's kernels (EMBER_CUDNN_ATTENTION=0) and with cuDNN's fused SDPA taking every
+// problem it covers (=force; attention_cudnn.h). Ember's kernels: the tensor-core flash kernel (f16/bf16, head sizes <= 128, several query/key tiles, partial
 // tiles, strided seq-major operands) and the row kernel (f32, head sizes > 128), with causal,
 // bool and additive masks and grouped-query heads; the key-split kernel for small grids and the
 // 64-query one on both sides of the rule that picks between them. Skipped (visibly) without a
@@ -12,7 +13,11 @@
 #include <string>
 #include <vector>
 
+#include <cstdlib>
+#include <functional>
+
 #include "attention_cases.h"
+#include "backends/cuda/attention_cudnn.h"
 #include "backends/cuda/attention_split.h"
 #include "cuda_test_util.h"
 
@@ -20,6 +25,42 @@ namespace ember::engine {
 namespace {
 
 using test::TestTensor;
+
+/// Sets EMBER_CUDNN_ATTENTION for its lifetime (the path reads it on every call).
+class CudnnSetting {
+ public:
+  explicit CudnnSetting(const char* value) {
+    const char* old = std::getenv("EMBER_CUDNN_ATTENTION");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv("EMBER_CUDNN_ATTENTION", value, 1);
+  }
+  ~CudnnSetting() {
+    if (had_) {
+      setenv("EMBER_CUDNN_ATTENTION", old_.c_str(), 1);
+    } else {
+      unsetenv("EMBER_CUDNN_ATTENTION");
+    }
+  }
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
+/// Runs `body` on Ember's kernels and again with cuDNN forced, its label saying which.
+void on_both_paths(const std::function<void(const std::string&)>& body) {
+  {
+    CudnnSetting off("0");
+    body(" [Ember kernels]");
+  }
+  CudnnSetting force("force");
+  body(" [cuDNN where covered]");
+}
+
+void check_both(const Network& net, const std::vector<TestTensor>& in, const std::string& what) {
+  on_both_paths([&](const std::string& path) { test::check_cuda_matches_cpu(net, in, what + path); });
+}
 
 const std::vector<DataType> kFloatTypes = {DataType::kF32, DataType::kF16, DataType::kBF16};
 
@@ -39,7 +80,7 @@ void check(const Case& c, DataType t, uint32_t seed) {
                             : c.mask_dtype == DataType::kBool ? " bool mask"
                                                               : " add mask");
   const std::vector<TestTensor> in = test::attention_inputs(c, t, seed);
-  test::check_cuda_matches_cpu(test::attention_network(c, in), in, what);
+  check_both(test::attention_network(c, in), in, what);
 }
 
 TEST(CudaAttention, FlashKernelTilesAndLayouts) {
@@ -177,7 +218,7 @@ TEST(CudaAttention, SplitKernelUnalignedAndEmptyRows) {
     check(c, t, 202);
     // Two 16-query blocks, two key tiles; query 0 has every key masked out.
     const auto [net, in] = test::fully_masked_case(t, 2, 20, 70, 64);
-    test::check_cuda_matches_cpu(net, in, std::string("split, fully masked ") + dtype_name(t));
+    check_both(net, in, std::string("split, fully masked ") + dtype_name(t));
   }
 }
 
@@ -275,7 +316,7 @@ TEST(CudaAttention, FullyMaskedRowsGiveZerosOnBothKernels) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {
     const auto [net, in] = test::fully_masked_case(t, 2, 3, 4, 16);
-    test::check_cuda_matches_cpu(net, in, std::string("fully masked ") + dtype_name(t));
+    check_both(net, in, std::string("fully masked ") + dtype_name(t));
   }
 }
 
@@ -316,14 +357,17 @@ TEST(CudaAttention, SymbolicSequenceAtTwoLengths) {
     net.mark_output(net.add_layer(p, {q, k, v}, "attn")->output(), "out");
     std::vector<OptimizationProfile> profiles(1);
     profiles[0].set_range("s", 1, 64, 160);
-    test::CudaRunner runner(net, {}, profiles);
-    for (int64_t len : {1, 37, 160}) {
-      const std::vector<TestTensor> in = {TestTensor::random(t, {2, len, 4, 64}, 20),
-                                          TestTensor::random(t, {2, len, 4, 64}, 21),
-                                          TestTensor::random(t, {2, len, 4, 64}, 22)};
-      test::expect_matches_cpu(net, in, runner.run(in),
-                               std::string("s=") + std::to_string(len) + " " + dtype_name(t));
-    }
+    on_both_paths([&](const std::string& path) {
+      test::CudaRunner runner(net, {}, profiles);
+      for (int64_t len : {1, 37, 160}) {
+        const std::vector<TestTensor> in = {TestTensor::random(t, {2, len, 4, 64}, 20),
+                                            TestTensor::random(t, {2, len, 4, 64}, 21),
+                                            TestTensor::random(t, {2, len, 4, 64}, 22)};
+        test::expect_matches_cpu(
+            net, in, runner.run(in),
+            std::string("s=") + std::to_string(len) + " " + dtype_name(t) + path);
+      }
+    });
   }
 }
 
@@ -340,7 +384,7 @@ TEST(CudaAttention, PackedQkvThirdsOfOneProjection) {
       p.seq_major = true;
       p.packed_heads = 4;
       net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "out");
-      test::check_cuda_matches_cpu(
+      check_both(
           net, {TestTensor::random(t, {2, 130, 3 * 4 * 64}, 40, -2.0f, 2.0f)},
           std::string("packed ") + dtype_name(t) + (causal ? " causal" : ""));
     }
@@ -371,12 +415,153 @@ TEST(CudaAttention, StridedViewsOfOneProjection) {
                    0, E, hd, B * E};
         p.out_dims = {L, B, E};
         net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "out");
-        test::check_cuda_matches_cpu(
+        check_both(
             net, {TestTensor::random(t, {L, B, width}, 41, -2.0f, 2.0f)},
             std::string("views hd=") + std::to_string(hd) + " B=" + std::to_string(B) + " " +
                 dtype_name(t) + (causal ? " causal" : ""));
       }
     }
+  }
+}
+
+// Which problems cuDNN's SDPA takes (EMBER_CUDNN_ATTENTION=force, so no timing decides): the
+// unmasked f16/bf16 ones with 16-byte aligned operands, in every layout Ember hands it (head-
+// and seq-major, grouped heads, head size 128, the packed thirds of one projection, strided
+// views), each checked against the CPU and counted as a cuDNN execution; masked, f32 and
+// misaligned ones stay on Ember's kernels (no execution counted, still correct).
+TEST(CudaAttention, CudnnSdpaTakesTheUnmaskedAlignedProblems) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  if (!cuda::cudnn_attention_enabled()) {
+    GTEST_SKIP() << "built without the cuDNN frontend (or EMBER_CUDNN_ATTENTION=0)";
+  }
+  CudnnSetting force("force");
+  const auto executions = [] { return cuda::cudnn_attention_counters().executions; };
+  const auto expect_path = [&](const Network& net, const std::vector<TestTensor>& in,
+                               bool cudnn, const std::string& what) {
+    const int64_t before = executions();
+    test::check_cuda_matches_cpu(net, in, what);
+    // Two runs (layer by layer, then captured); a replayed graph counts nothing.
+    if (cudnn) {
+      EXPECT_GE(executions() - before, 1) << what << ": cuDNN did not run it";
+    } else {
+      EXPECT_EQ(executions(), before) << what << ": cuDNN ran a problem it does not cover";
+    }
+  };
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    const std::string ts = dtype_name(t);
+    auto run_case = [&](const Case& c, bool cudnn, const std::string& what, uint32_t seed) {
+      const std::vector<TestTensor> in = test::attention_inputs(c, t, seed);
+      expect_path(test::attention_network(c, in), in, cudnn, what + " " + ts);
+    };
+    Case bert;  // BERT-base's attention, head-major
+    bert.B = 2;
+    bert.H = bert.Hkv = 12;
+    bert.L = bert.S = 128;
+    bert.E = bert.Ev = 64;
+    run_case(bert, true, "bert", 700);
+    Case gpt = bert;  // causal, seq-major, partial tiles, more keys than queries
+    gpt.seq_major = true;
+    gpt.causal = true;
+    gpt.L = 130;
+    gpt.S = 200;
+    run_case(gpt, true, "causal seq-major", 701);
+    Case gqa;  // Qwen2's grouped heads, the decoder's operand mix, batch 1
+    gqa.B = 1;
+    gqa.H = 14;
+    gqa.Hkv = 2;
+    gqa.L = gqa.S = 129;
+    gqa.E = gqa.Ev = 64;
+    gqa.causal = true;
+    gqa.seq_major_operands = AttentionParams::kV | AttentionParams::kOut;
+    run_case(gqa, true, "grouped heads", 702);
+    Case wide;  // head size 128
+    wide.B = 2;
+    wide.H = wide.Hkv = 4;
+    wide.L = wide.S = 200;
+    wide.E = wide.Ev = 128;
+    wide.causal = true;
+    run_case(wide, true, "head size 128", 703);
+    Case masked = bert;  // a mask input: Ember's kernel
+    masked.mask_dims = {2, 1, 1, 128};
+    run_case(masked, false, "masked", 704);
+    Case odd = bert;  // head size 36: strides not multiples of 8
+    odd.E = odd.Ev = 36;
+    run_case(odd, false, "head size 36", 705);
+
+    // GPT-2's packed thirds of one projection [B, L, 3 H E].
+    Network packed;
+    Tensor* x = packed.add_input("x", t, {2, 130, 3 * 4 * 64});
+    AttentionParams pp;
+    pp.scale = 0.125;
+    pp.causal = true;
+    pp.seq_major = true;
+    pp.packed_heads = 4;
+    packed.mark_output(packed.add_layer(pp, {x, x, x}, "attn")->output(), "out");
+    expect_path(packed, {TestTensor::random(t, {2, 130, 3 * 4 * 64}, 706, -2.0f, 2.0f)}, true,
+                "packed thirds " + ts);
+
+    // torch.nn.MultiheadAttention's views of [L, B, 3 H hd] (batch stride 3 H hd, sequence
+    // stride B 3 H hd).
+    const int64_t L = 70, B = 3, H = 2, hd = 64, E = H * hd, width = 3 * E;
+    Network views;
+    Tensor* y = views.add_input("x", t, {L, B, width});
+    AttentionParams pv;
+    pv.scale = 0.125;
+    pv.views = {B, H, H, L, L, hd, hd, 0, width, hd, B * width, E, width, hd, B * width,
+                2 * E, width, hd, B * width, 0, E, hd, B * E};
+    pv.out_dims = {L, B, E};
+    views.mark_output(views.add_layer(pv, {y, y, y}, "attn")->output(), "out");
+    expect_path(views, {TestTensor::random(t, {L, B, width}, 707, -2.0f, 2.0f)}, true,
+                "strided views " + ts);
+  }
+  Case f32;
+  f32.E = f32.Ev = 64;
+  const std::vector<TestTensor> in = test::attention_inputs(f32, DataType::kF32, 708);
+  expect_path(test::attention_network(f32, in), in, false, "f32");
+}
+
+// The default: the build times cuDNN's plan against Ember's kernel on the problem and keeps the
+// faster (either way the output matches); the choice is in the plan's timing cache, so a second
+// context of the engine times nothing.
+TEST(CudaAttention, CudnnSdpaIsTimedAgainstEmbersKernel) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  if (!cuda::cudnn_attention_enabled()) {
+    GTEST_SKIP() << "built without the cuDNN frontend (or EMBER_CUDNN_ATTENTION=0)";
+  }
+  CudnnSetting timed("timed");
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    Case c;
+    c.B = 4;
+    c.H = c.Hkv = 12;
+    c.L = c.S = 128;
+    c.E = c.Ev = 64;
+    c.seq_major = true;
+    const std::vector<TestTensor> in = test::attention_inputs(c, t, 710);
+    const Network net = test::attention_network(c, in);
+    const int64_t before = cuda::cudnn_attention_counters().timed;
+    test::CudaRunner runner(net, in);
+    EXPECT_EQ(cuda::cudnn_attention_counters().timed, before + 1) << dtype_name(t);
+    test::expect_matches_cpu(net, in, runner.run(in), std::string("timed ") + dtype_name(t));
+    test::CudaRunner second(net, runner.engine().shared_from_this());
+    test::expect_matches_cpu(net, in, second.run(in), std::string("second context ") + dtype_name(t));
+    EXPECT_EQ(cuda::cudnn_attention_counters().timed, before + 1) << dtype_name(t);
+  }
+}
+
+TEST(CudaAttention, BadCudnnSettingIsAnError) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  Case c;
+  c.E = c.Ev = 64;
+  const std::vector<TestTensor> in = test::attention_inputs(c, DataType::kF16, 709);
+  const Network net = test::attention_network(c, in);
+  test::CudaRunner runner(net, in);
+  CudnnSetting bad("fastest");
+  try {
+    runner.run(in);
+    ADD_FAILURE() << "EMBER_CUDNN_ATTENTION=fastest ran";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("EMBER_CUDNN_ATTENTION='fastest'"), std::string::npos)
+        << e.what();
   }
 }
 

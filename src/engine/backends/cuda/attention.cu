@@ -57,6 +57,7 @@
 #include <string>
 
 #include "backends/attention_geometry.h"
+#include "backends/cuda/attention_cudnn.h"
 #include "backends/cuda/attention_split.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/device_common.cuh"
@@ -1165,6 +1166,17 @@ void run(const AttentionParams& p, const CudaArgs& a) {
   g.m_s = geo.mask[3];
   g.causal = p.causal;
   g.scale = static_cast<float>(p.scale);
+  // f16/bf16: cuDNN's fused SDPA when it covers the problem and measured faster (attention_cudnn.h).
+  if (qt.dtype == DataType::kF16 || qt.dtype == DataType::kBF16) {
+    const auto own = [&] {
+      if (qt.dtype == DataType::kF16) {
+        launch_attention<__half>(a, g, geo);
+      } else {
+        launch_attention<__nv_bfloat16>(a, g, geo);
+      }
+    };
+    if (run_attention_cudnn(p, a, geo, own) == CudnnAttentionStatus::kRan) return;
+  }
   switch (qt.dtype) {
     case DataType::kF32: launch_attention<float>(a, g, geo); return;
     case DataType::kF16: launch_attention<__half>(a, g, geo); return;

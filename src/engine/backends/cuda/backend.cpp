@@ -6,6 +6,7 @@
 
 #include "backends/backend.h"
 #include "backends/codegen/pointwise_codegen.h"
+#include "backends/cuda/attention_cudnn.h"
 #include "backends/cuda/cuda_backend.h"
 #include "builder/passes/passes.h"
 #include "ember/engine/plugin.h"
@@ -147,6 +148,11 @@ bool has_timed_layers(const Network& net) {
     if (k == LayerKind::kPlugin && l->params_as<PluginParams>().plugin->num_tactics("cuda") > 1) {
       return true;  // the plugin's tactics are timed like library algorithms
     }
+    // f16/bf16 attention: cuDNN's SDPA against Ember's kernel (attention_cudnn.h).
+    if (k == LayerKind::kAttention && l->output(0)->dtype() != DataType::kF32 &&
+        cuda::cudnn_attention_enabled()) {
+      return true;
+    }
   }
   return false;
 }
@@ -219,7 +225,8 @@ class CudaBackend final : public Backend {
     // capability refuses it at load (check_device_for_plan).
     s.plan.target = cuda::device_target();
     if (!has_timed_layers(s.plan.network)) {
-      s.log.push_back("time_tactics: no matmul, convolution or multi-tactic plugin to time");
+      s.log.push_back(
+          "time_tactics: no matmul, convolution, f16/bf16 attention or multi-tactic plugin to time");
       return;
     }
     const std::vector<uint8_t> bytes = plan_write(s.plan);
