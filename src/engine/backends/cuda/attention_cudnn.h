@@ -23,12 +23,16 @@
 #include "backends/attention_geometry.h"
 #include "backends/cuda/cuda_backend.h"
 
+// attention_cudnn.cpp is compiled with hidden visibility (see CMakeLists.txt): what code outside
+// libember.so calls is marked visible.
+#define EMBER_ATTENTION_CUDNN_API __attribute__((visibility("default")))
+
 namespace ember::engine::cuda {
 
 /// Whether this build has the path (compiled with the cuDNN frontend's headers) and
 /// EMBER_CUDNN_ATTENTION does not turn it off. Read on each call, so one process can compare
 /// the settings.
-bool cudnn_attention_enabled();
+EMBER_ATTENTION_CUDNN_API bool cudnn_attention_enabled();
 
 /// What run_attention_cudnn did.
 enum class CudnnAttentionStatus {
@@ -56,6 +60,6 @@ struct CudnnAttentionCounters {
 };
 
 /// The counters so far (atomic reads; they only grow).
-CudnnAttentionCounters cudnn_attention_counters();
+EMBER_ATTENTION_CUDNN_API CudnnAttentionCounters cudnn_attention_counters();
 
 }  // namespace ember::engine::cuda
