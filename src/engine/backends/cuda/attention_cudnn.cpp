@@ -18,6 +18,11 @@
 #include <string>
 
 #if defined(EMBER_WITH_CUDNN_FRONTEND)
+// The frontend is header-only, and PyTorch's libraries carry another version of it with
+// exported symbols. Under its own namespace name (and hidden visibility, see CMakeLists.txt) no
+// symbol of this copy can be bound to theirs: with the same names the dynamic linker did, and
+// the first plan build inside Python crashed (H100, 2026-12-06).
+#define cudnn_frontend ember_cudnn_frontend
 #include <cudnn_frontend.h>
 
 #include <algorithm>
