@@ -12,14 +12,17 @@ deps="$root/.deps/root/usr"
 blas_dir="$deps/lib/x86_64-linux-gnu/openblas-pthread"
 py="$(command -v python3)"
 export LD_LIBRARY_PATH="$blas_dir:${LD_LIBRARY_PATH:-}"
-# cuDNN: the system's when ldconfig knows it, else the copy that comes with PyTorch's wheel.
+# cuDNN: the copy that comes with PyTorch's wheel when there is one (a Python process that
+# imports torch loads that libcudnn.so.9 first, so Ember must be compiled against its headers:
+# the cuDNN frontend built on the system's 9.14 headers crashed against torch's 9.19 library,
+# 2026-12-06), else the system's. The C++ tests then load the same library (LD_LIBRARY_PATH).
 cudnn_args=()
-if ! ldconfig -p | grep -q 'libcudnn\.so '; then
-  d="$("$py" -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null || true)"
-  if [ -n "$d" ] && [ -e "$d/lib/libcudnn.so.9" ]; then
-    cudnn_args=(-DEMBER_CUDNN_LIBRARY="$d/lib/libcudnn.so.9" -DEMBER_CUDNN_INCLUDE_DIR="$d/include")
-    export LD_LIBRARY_PATH="$d/lib:$LD_LIBRARY_PATH"
-  fi
+d="$("$py" -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null || true)"
+if [ -n "$d" ] && [ -e "$d/lib/libcudnn.so.9" ] && [ -e "$d/include/cudnn.h" ]; then
+  cudnn_args=(-DEMBER_CUDNN_LIBRARY="$d/lib/libcudnn.so.9" -DEMBER_CUDNN_INCLUDE_DIR="$d/include")
+  export LD_LIBRARY_PATH="$d/lib:$LD_LIBRARY_PATH"
+elif ! ldconfig -p | grep -q 'libcudnn\.so '; then
+  echo "[gpu_build] no cuDNN found (neither PyTorch's nor the system's)" >&2
 fi
 cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1" -DEMBER_BUILD_CUDA=ON -DEMBER_BUILD_PYTHON=ON \

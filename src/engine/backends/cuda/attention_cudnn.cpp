@@ -202,9 +202,17 @@ bool execute(const Plan& plan, cudnnHandle_t handle, const void* q, const void* 
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+/// Whether the loaded cuDNN has the major and minor version of the headers this file was compiled
+/// against. The frontend compiled on 9.14 headers crashed inside cudnnBackendGetAttribute with
+/// PyTorch's 9.19 library loaded (H100, 2026-12-06): the path is kept to matching versions.
+bool library_matches_headers() {
+  static const bool matches = cudnnGetVersion() / 100 == CUDNN_VERSION / 100;
+  return matches;
+}
+
 }  // namespace
 
-bool cudnn_attention_enabled() { return !switched_off(); }
+bool cudnn_attention_enabled() { return !switched_off() && library_matches_headers(); }
 
 CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArgs& a,
                                          const AttentionGeometry& geo,
@@ -224,6 +232,17 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
                           geo.k.seq | geo.v.batch | geo.v.heads | geo.v.seq | geo.out.batch |
                           geo.out.heads | geo.out.seq | geo.E | geo.Ev;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(o) || strides % 8 != 0) {
+    return Status::kOwnKernel;
+  }
+  if (!library_matches_headers()) {
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      a.res->warn_once(a.layer, "cuDNN attention is off: Ember was compiled against cuDNN " +
+                                    std::to_string(CUDNN_VERSION) + " headers but loaded cuDNN " +
+                                    std::to_string(cudnnGetVersion()) +
+                                    " (rebuild against the loaded one); attention runs on "
+                                    "Ember's kernels");
+    }
     return Status::kOwnKernel;
   }
   const Signature sig = signature(p, dtype, geo);
