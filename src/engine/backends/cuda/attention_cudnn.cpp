@@ -5,7 +5,7 @@
 // AttentionGeometry (features contiguous: a view of a packed projection or of a seq-major
 // tensor needs no copy), one sdpa node (inference: no softmax statistics; the scale; top-left
 // causal masking, PyTorch's is_causal), f32 intermediates and accumulation. The plan is the
-// heuristic's first engine that builds.
+// heuristic's first engine that builds. The frontend's namespace is renamed here (see the include).
 //
 // State: plans live in the context (Resources), one per problem, shared by every layer of that
 // problem (BERT's twelve layers build one plan: cuDNN compiles its attention kernels at plan
@@ -166,7 +166,12 @@ std::shared_ptr<Plan> build_plan(const Signature& s, cudnnHandle_t handle) {
     auto options = fe::graph::SDPA_attributes()
                        .set_name("ember_attention")
                        .set_generate_stats(false)
-                       .set_attn_scale(static_cast<float>(scale));
+                       .set_attn_scale(static_cast<float>(scale))
+                       // The composite SDPA graph (cuDNN's Hopper flash-attention engines, what
+                       // PyTorch's cuDNN back end builds). Left to the frontend, it picked its
+                       // unified SDPA node inside Python and crashed validating it (H100,
+                       // 2026-12-06).
+                       .set_implementation(fe::AttentionImplementation_t::COMPOSITE);
     if (s[1] != 0) options.set_causal_mask(true);
     auto outputs = g->sdpa(q, k, v, std::move(options));
     outputs[0]->set_output(true).set_uid(kO).set_dim({B, H, L, Ev}).set_stride(
