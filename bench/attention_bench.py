@@ -8,9 +8,7 @@ causal. Each row runs a chain of `--chain` attentions (the output is the next ca
 and V fixed), so one timed call is several kernels and the host's share per attention is small;
 every variant runs as a CUDA graph replay:
 - `ember`: the chain compiled by ember.compile (one engine: `--chain` Attention layers, replayed
-  as a CUDA graph by the runtime), with the build's choice per problem between cuDNN's fused
-  SDPA and Ember's kernel; `ember_own` and `ember_cudnn` the same with EMBER_CUDNN_ATTENTION=0
-  (Ember's kernels only) and =force (cuDNN wherever it covers the problem);
+  as a CUDA graph by the runtime);
 - `flash`, `efficient`, `cudnn`: torch's scaled_dot_product_attention pinned to one back end
   (torch.nn.attention.sdpa_kernel), captured in a torch.cuda.CUDAGraph.
 Reported per attention: microseconds (median of CUDA-event-timed replays / chain), TFLOP/s
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -99,23 +96,13 @@ def run_shape(spec: str, dtype: torch.dtype, chain: int, iters: int, peak_tflops
         row[f"{name}_peak_fraction"] = flops / (us * 1e6) / peak_tflops
         row[f"{name}_cos"] = accuracy(out, ref)[0]
 
-    # EMBER_CUDNN_ATTENTION is read by the back end on every call: each Ember variant keeps its
-    # setting while it is built and timed.
-    for name, setting in (("ember", None), ("ember_own", "0"), ("ember_cudnn", "force")):
-        old = os.environ.pop("EMBER_CUDNN_ATTENTION", None)
-        if setting is not None:
-            os.environ["EMBER_CUDNN_ATTENTION"] = setting
-        try:
-            gm = ember.compile(model, inputs=[q, k, v], device="cuda", min_block_size=1)
-            with torch.no_grad():
-                out = gm(q, k, v)
-                record(name, replay_ms(lambda: gm(q, k, v), iters), out)
-        except Exception as e:  # noqa: BLE001 - a row records what failed; the others still run
-            row[f"{name}_error"] = f"{type(e).__name__}: {e}"
-        finally:
-            os.environ.pop("EMBER_CUDNN_ATTENTION", None)
-            if old is not None:
-                os.environ["EMBER_CUDNN_ATTENTION"] = old
+    try:
+        gm = ember.compile(model, inputs=[q, k, v], device="cuda", min_block_size=1)
+        with torch.no_grad():
+            out = gm(q, k, v)
+            record("ember", replay_ms(lambda: gm(q, k, v), iters), out)
+    except Exception as e:  # noqa: BLE001 - a row records what failed and the others still run
+        row["ember_error"] = f"{type(e).__name__}: {e}"
     backends = {"flash": torch.nn.attention.SDPBackend.FLASH_ATTENTION,
                 "efficient": torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION,
                 "cudnn": torch.nn.attention.SDPBackend.CUDNN_ATTENTION}
@@ -148,7 +135,7 @@ def main() -> int:
     for s in specs:
         parse_shape(s)  # every shape checked before the first one runs
     rows = []
-    names = ("ember", "ember_own", "ember_cudnn", "flash", "efficient", "cudnn")
+    names = ("ember", "flash", "efficient", "cudnn")
     print(f"{'shape':>16} {'GFLOP':>7} " + " ".join(f"{n + ' us':>12}" for n in names) +
           "  ember TFLOP/s (peak %)  bytes-bound us")
     for spec in specs:

@@ -21,10 +21,6 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `half_no_views`: `half` with EMBER_ATTENTION_VIEWS=0 while it is built, so simplify_attention
   leaves the transposes, slices and reshapes around an attention that only strided views would
   remove (the A/B of rewrite 5: torch.nn.MultiheadAttention, the ViT row);
-- `half_no_cudnn_attention` / `half_cudnn_attention`: `half` with EMBER_CUDNN_ATTENTION=0 or
-  force while it is built and timed, so every attention runs on Ember's kernels, or every one
-  cuDNN's fused SDPA covers runs there without timing (the default, `half`, times the two per
-  problem and keeps the faster);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -51,7 +47,7 @@ import ember
 from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
-            "half_no_views", "half_no_cudnn_attention", "half_cudnn_attention", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
+            "half_no_views", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
             "autocast_bf16", "attn_eager", "attn_sdpa", "int8", "fp8")
 
 
@@ -91,9 +87,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_unfused": ("EMBER_FUSE_POINTWISE", "0"),
                 "half_no_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "0"),
                 "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1"),
-                "half_no_views": ("EMBER_ATTENTION_VIEWS", "0"),
-                "half_no_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "0"),
-                "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force")}
+                "half_no_views": ("EMBER_ATTENTION_VIEWS", "0")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None
     if env:

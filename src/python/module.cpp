@@ -8,6 +8,9 @@
 #include <string>
 
 #include "backends/cpu/dnnl_fallback.h"
+#ifdef EMBER_WITH_CUDA
+#include "backends/cuda/attention_cudnn.h"
+#endif
 #include "ember/engine/plugin.h"
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
@@ -91,6 +94,11 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "Ember native extension";
   m.attr("__version__") = "0.1.0";
   py::register_exception<Error>(m, "EngineError", PyExc_RuntimeError);
+#ifdef EMBER_WITH_CUDA
+  // cuDNN's fused attention crashed inside Python processes (attention_cudnn.h): kept off here.
+  ember::engine::cuda::block_cudnn_attention(
+      "cuDNN attention is not available inside Python (it crashed there on an H100, 2026-12-06)");
+#endif
   m.def("available_backends", &available_backends);
   m.def("load_library", &ember::engine::load_library, py::arg("path"),
         "dlopen()s a shared library (RTLD_GLOBAL) so its static initializers register its plugin "

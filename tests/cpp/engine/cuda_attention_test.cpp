@@ -431,10 +431,11 @@ TEST(CudaAttention, StridedViewsOfOneProjection) {
 // misaligned ones stay on Ember's kernels (no execution counted, still correct).
 TEST(CudaAttention, CudnnSdpaTakesTheUnmaskedAlignedProblems) {
   EMBER_SKIP_WITHOUT_CUDA();
-  if (!cuda::cudnn_attention_enabled()) {
-    GTEST_SKIP() << "built without the cuDNN frontend (or EMBER_CUDNN_ATTENTION=0)";
-  }
   CudnnSetting force("force");
+  if (!cuda::cudnn_attention_enabled()) {
+    GTEST_SKIP() << "built without the cuDNN frontend, or the loaded cuDNN is not the one its "
+                    "headers are from";
+  }
   const auto executions = [] { return cuda::cudnn_attention_counters().executions; };
   const auto expect_path = [&](const Network& net, const std::vector<TestTensor>& in,
                                bool cudnn, const std::string& what) {
@@ -520,15 +521,16 @@ TEST(CudaAttention, CudnnSdpaTakesTheUnmaskedAlignedProblems) {
   expect_path(test::attention_network(f32, in), in, false, "f32");
 }
 
-// The default: the build times cuDNN's plan against Ember's kernel on the problem and keeps the
-// faster (either way the output matches); the choice is in the plan's timing cache, so a second
+// EMBER_CUDNN_ATTENTION=timed: the build times cuDNN's plan against Ember's kernel on the
+// problem and keeps the faster (either way the output matches); the choice is in the plan's timing cache, so a second
 // context of the engine times nothing.
 TEST(CudaAttention, CudnnSdpaIsTimedAgainstEmbersKernel) {
   EMBER_SKIP_WITHOUT_CUDA();
-  if (!cuda::cudnn_attention_enabled()) {
-    GTEST_SKIP() << "built without the cuDNN frontend (or EMBER_CUDNN_ATTENTION=0)";
-  }
   CudnnSetting timed("timed");
+  if (!cuda::cudnn_attention_enabled()) {
+    GTEST_SKIP() << "built without the cuDNN frontend, or the loaded cuDNN is not the one its "
+                    "headers are from";
+  }
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     Case c;
     c.B = 4;

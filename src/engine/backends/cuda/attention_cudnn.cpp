@@ -41,24 +41,32 @@ namespace {
 
 std::atomic<int64_t> g_plans{0}, g_refusals{0}, g_timed{0}, g_own_faster{0}, g_executions{0};
 
-/// EMBER_CUDNN_ATTENTION (read on each call): unset or "timed" (the default), "0"/"off", or
-/// "force" (cuDNN whenever it builds a plan, without timing: tests and A/B runs).
-enum class Mode { kTimed, kOff, kForce };
+/// EMBER_CUDNN_ATTENTION (read on each call): unset, "0" or "off" (the default: Ember's kernels),
+/// "timed" or "1" (cuDNN where it covers a problem and measures faster), "force" (cuDNN whenever
+/// it builds a plan, without timing: tests and A/B runs). Any mode but off is refused inside a
+/// Python process (block_cudnn_attention).
+enum class Mode { kOff, kTimed, kForce };
 
-Mode mode() {
+std::atomic<const char*> g_blocked{nullptr};  // the reason, set once by block_cudnn_attention
+
+Mode requested_mode() {
   const char* e = std::getenv("EMBER_CUDNN_ATTENTION");
-  if (e == nullptr || *e == '\0') return Mode::kTimed;
+  if (e == nullptr || *e == '\0') return Mode::kOff;
   const std::string v(e);
-  if (v == "timed" || v == "1") return Mode::kTimed;
   if (v == "0" || v == "off") return Mode::kOff;
+  if (v == "timed" || v == "1") return Mode::kTimed;
   if (v == "force") return Mode::kForce;
   throw Error("EMBER_CUDNN_ATTENTION='" + v +
-              "' is not a setting: expected timed (the default), off (or 0) or force");
+              "' is not a setting: expected off (or 0, the default), timed (or 1) or force");
 }
 
-bool switched_off() { return mode() == Mode::kOff; }
+[[maybe_unused]] Mode mode() { return g_blocked.load() != nullptr ? Mode::kOff : requested_mode(); }
+
+[[maybe_unused]] bool switched_off() { return mode() == Mode::kOff; }
 
 }  // namespace
+
+void block_cudnn_attention(const char* reason) { g_blocked.store(reason); }
 
 CudnnAttentionCounters cudnn_attention_counters() {
   CudnnAttentionCounters c;
@@ -76,7 +84,7 @@ bool cudnn_attention_enabled() { return false; }
 
 CudnnAttentionStatus run_attention_cudnn(const AttentionParams&, const CudaArgs&,
                                          const AttentionGeometry&, const std::function<void()>&) {
-  (void)mode();  // a bad setting is an error in every build
+  (void)requested_mode();  // a bad setting is an error in every build
   return CudnnAttentionStatus::kOwnKernel;
 }
 
@@ -223,6 +231,13 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
                                          const AttentionGeometry& geo,
                                          const std::function<void()>& own) {
   using Status = CudnnAttentionStatus;
+  if (const char* why = g_blocked.load(); why != nullptr && requested_mode() != Mode::kOff) {
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      a.res->warn_once(a.layer, std::string("EMBER_CUDNN_ATTENTION is ignored: ") + why +
+                                    "; attention runs on Ember's kernels");
+    }
+  }
   const DataType dtype = a.in(0).dtype;
   if (switched_off() || a.has(3) || (dtype != DataType::kF16 && dtype != DataType::kBF16) ||
       geo.L <= 0 || geo.S <= 0 || !a.res->keeps_prepared()) {

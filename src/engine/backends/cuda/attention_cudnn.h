@@ -5,14 +5,20 @@
 // (32x12x128x64) in 10.7 us against 22.3 us for Ember's 64-query kernel, and the long causal rows
 // 2.5 to 3.2x faster: its Hopper kernels use wgmma and TMA, which Ember's mma.sync kernels do not.
 //
-// Which runs: attention.cu asks this path first for every f16/bf16 Attention layer. It takes a
-// problem when cuDNN covers it (no mask input, 16-byte aligned operands with strides that are
-// multiples of 8 elements, cuDNN builds a plan for it) and, with a timing cache (every "cuda"
-// build on a GPU has one), when cuDNN's plan measures faster than Ember's kernel on the real
-// operands; the choice is stored in the cache, so the plan keeps it. Without a timing cache a
-// covered problem goes to cuDNN. EMBER_CUDNN_ATTENTION=0 (or off) turns the path off, =force
-// takes cuDNN for every covered problem without timing (tests, A/B timing); any other value is
-// an error. With EMBER_CUDA_PREPARED=0 (nothing kept per layer) the path is off too.
+// Which runs: opt-in. With EMBER_CUDNN_ATTENTION=timed (or 1), attention.cu asks this path
+// first for every f16/bf16 Attention layer. It takes a problem when cuDNN covers it (no mask
+// input, 16-byte aligned operands with strides that are multiples of 8 elements, cuDNN builds a
+// plan for it) and, with a timing cache (every "cuda" build on a GPU has one), when cuDNN's plan
+// measures faster than Ember's kernel on the real operands; the choice is stored in the cache,
+// so the plan keeps it. =force takes cuDNN for every covered problem without timing (tests, A/B
+// timing). Unset, 0 or off (the default): Ember's kernels only. Any other value is an error.
+// With EMBER_CUDA_PREPARED=0 (nothing kept per layer) the path is off too.
+//
+// Why opt-in: the CUDA tests pass on it in C++ processes on an H100 (2026-12-06), also with
+// PyTorch's libtorch_cuda.so preloaded, but inside a Python process that imported torch the first
+// plan build crashed (a segfault inside the frontend's validation / cuDNN's attribute queries;
+// cause not found yet). The Python extension therefore blocks it (block_cudnn_attention): there
+// the setting is ignored with a warning.
 //
 // No cuDNN header here: the tests include this file for the counters below.
 #pragma once
@@ -49,6 +55,10 @@ enum class CudnnAttentionStatus {
 CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArgs& a,
                                          const AttentionGeometry& geo,
                                          const std::function<void()>& own);
+
+/// Turns the path off for the rest of the process (the setting is then ignored with a warning
+/// naming `reason`, a string that must outlive the process). ember._C calls it when it loads.
+EMBER_ATTENTION_CUDNN_API void block_cudnn_attention(const char* reason);
 
 /// Process-wide counts of this path's work, for tests and profiling.
 struct CudnnAttentionCounters {
