@@ -25,6 +25,7 @@ std::vector<Pass> default_passes() {
       {"fuse_epilogues", 2, pass_fuse_epilogues},
       {"channels_last", 3, pass_channels_last},
       {"simplify_attention", 2, pass_simplify_attention},
+      {"fuse_epilogues_after_attention", 2, pass_fuse_epilogues_after_attention},
       {"gather_slices", 2, pass_gather_slices},
       {"fuse_pointwise", 2, pass_fuse_pointwise},
       {"select_implementations", 0, pass_select_implementations},

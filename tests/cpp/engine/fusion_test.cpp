@@ -469,11 +469,11 @@ TEST(SimplifyAttention, StridedViewsSwitchOff) {
   EXPECT_EQ(count_layers(net, "Shuffle"), 0);
 }
 
-TEST(SimplifyAttention, MultiheadAttentionProjectionsTakeTheirTransposesIntoTheViews) {
-  // The whole module, batch_first=True: x [B, L, E] -> transpose(0, 1) -> in-projection ->
-  // (the chain above) -> Attention -> (the chain above) -> out-projection -> view [L, B, E]
-  // -> transpose(0, 1). The transposes move across the products (which treat rows on their
-  // own), where the views take them: no copy is left.
+/// The whole torch.nn.MultiheadAttention module, batch_first=True: x [B, L, E] -> transpose(0, 1)
+/// -> in-projection -> (the chain of multihead_attention) -> Attention -> (its chain) ->
+/// out-projection -> view [L, B, E] -> transpose(0, 1); with `residual`, + x (ViT's encoder).
+/// L = 5, B = 2, H = 3, hd = 8.
+Network multihead_attention_module(bool residual) {
   const int64_t L = 5, B = 2, H = 3, hd = 8, E = H * hd;
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {B, L, E});
@@ -505,7 +505,17 @@ TEST(SimplifyAttention, MultiheadAttentionProjectionsTakeTheirTransposesIntoTheV
                                   "w_out")->output();
   o = net.add_layer(mm, {o, wout}, "out_proj")->output();
   o = net.add_reshape(o, {L, B, E})->output();
-  net.mark_output(net.add_transpose(o, {1, 0, 2})->output(), "y");
+  o = net.add_transpose(o, {1, 0, 2})->output();
+  if (residual) o = net.add_elementwise(x, o, ElementWiseOp::kSum, "residual")->output();
+  net.mark_output(o, "y");
+  return net;
+}
+
+TEST(SimplifyAttention, MultiheadAttentionProjectionsTakeTheirTransposesIntoTheViews) {
+  // The transposes move across the products (which treat rows on their own), where the views
+  // take them: no copy is left.
+  const int64_t L = 5, B = 2, E = 24;
+  const Network net = multihead_attention_module(false);
   EXPECT_EQ(count_layers(net, "Shuffle"), 0);
   EXPECT_EQ(count_layers(net, "Slice"), 0);
   EXPECT_EQ(count_layers(net, "MatrixMultiply"), 2);
@@ -518,6 +528,27 @@ TEST(SimplifyAttention, MultiheadAttentionProjectionsTakeTheirTransposesIntoTheV
       << json;
   EXPECT_EQ(test::run_network(net, {TestTensor::random(DataType::kF32, {B, L, E}, 23)}).at(0).dims,
             (std::vector<int64_t>{B, L, E}));
+}
+
+TEST(SimplifyAttention, TheResidualAfterTheOutProjectionJoinsItsEpilogue) {
+  // ViT's x + attention(x): before simplify_attention a transpose stands between the
+  // out-projection and the add; once it has moved into the attention's output view,
+  // fuse_epilogues_after_attention gives the product the residual (no ElementWise left).
+  const Network net = multihead_attention_module(true);
+  BuildReport report;
+  Builder(BuilderConfig()).build(net, &report);
+  std::string first, second;
+  for (const std::string& line : report.pass_log) {
+    if (line.rfind("fuse_epilogues:", 0) == 0) first = line;
+    if (line.rfind("fuse_epilogues_after_attention:", 0) == 0) second = line;
+  }
+  EXPECT_NE(first.find(" 0 residual adds"), std::string::npos) << first;
+  EXPECT_NE(second.find(" 1 residual adds"), std::string::npos) << second;
+  EXPECT_EQ(count_layers(net, "ElementWise"), 0);
+  EXPECT_EQ(count_layers(net, "Shuffle"), 0);
+  EXPECT_EQ(count_layers(net, "MatrixMultiply"), 2);
+  EXPECT_EQ(test::run_network(net, {TestTensor::random(DataType::kF32, {2, 5, 24}, 24)}).at(0).dims,
+            (std::vector<int64_t>{2, 5, 24}));
 }
 
 TEST(SimplifyAttention, StridedViewsStopWhereAReshapeWouldMoveElements) {

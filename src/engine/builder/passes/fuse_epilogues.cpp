@@ -21,6 +21,11 @@
 // epilogue's order (bias, residual, activation) is the order rewrites are tried in, so a
 // product gains a residual only before its activation. Batch-norm folding changes the weights
 // (computed in f32, rounded to the weights' dtype once), which is what TensorRT does too.
+//
+// The pass runs twice: before simplify_attention, and again after it on matrix products only
+// (fuse_epilogues_after_attention). Attention's rewrites move transposes off the product that
+// follows an attention (torch.nn.MultiheadAttention's out-projection), after which the residual
+// add beside it can join its epilogue; before them a transpose stood between the two.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -86,6 +91,7 @@ struct Fuser {
   Network& net;
   const Backend* backend = nullptr;  ///< The plan's back end (null in tests of the pass alone).
   bool fuse_pointwise = true;        ///< Whether fuse_pointwise runs after this pass.
+  bool products_only = false;        ///< Matrix products only (the second run).
   int folded_scales = 0, scales = 0, biases = 0, residuals = 0, activations = 0,
       requantizations = 0, left_to_pointwise = 0;
 
@@ -393,6 +399,7 @@ struct Fuser {
   }
 
   bool try_layer(Layer* l) {
+    if (products_only && l->kind() != LayerKind::kMatrixMultiply) return false;
     if (l->kind() == LayerKind::kConvolution) {
       const auto& e = l->params_as<ConvolutionParams>().epilogue;
       return fold_conv_affine(l) || fuse_residual(l, e, 3) || fuse_activation(l);
@@ -414,11 +421,14 @@ struct Fuser {
 
 }  // namespace
 
-void pass_fuse_epilogues(BuildState& s) {
+namespace {
+
+void run_fuser(BuildState& s, bool products_only, const char* name) {
   Network& net = s.plan.network;
   Fuser f{net};
   f.backend = find_backend(s.config.backend);
   f.fuse_pointwise = fuse_pointwise_enabled(s.config);
+  f.products_only = products_only;
   // Each success replaces layers, so restart the walk; every rewrite removes a layer from the
   // live graph, which bounds the loop.
   bool changed = true;
@@ -432,7 +442,7 @@ void pass_fuse_epilogues(BuildState& s) {
       }
     }
   }
-  s.log.push_back("fuse_epilogues: " + std::to_string(f.folded_scales) +
+  s.log.push_back(std::string(name) + ": " + std::to_string(f.folded_scales) +
                   " scale/shift folds into convolution weights or scales, " + std::to_string(f.scales) +
                   " matmul scales, " + std::to_string(f.biases) +
                   " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
@@ -442,6 +452,14 @@ void pass_fuse_epilogues(BuildState& s) {
                        ? ", " + std::to_string(f.left_to_pointwise) +
                              " activations left to fuse_pointwise (a pass of their own here)"
                        : std::string()));
+}
+
+}  // namespace
+
+void pass_fuse_epilogues(BuildState& s) { run_fuser(s, false, "fuse_epilogues"); }
+
+void pass_fuse_epilogues_after_attention(BuildState& s) {
+  run_fuser(s, true, "fuse_epilogues_after_attention");
 }
 
 }  // namespace ember::engine

@@ -54,6 +54,8 @@ void pass_fuse_quantized(BuildState& s);
 /// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
 /// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).
 void pass_fuse_epilogues(BuildState& s);
+/// fuse_epilogues again after simplify_attention, on matrix products only (see fuse_epilogues.cpp).
+void pass_fuse_epilogues_after_attention(BuildState& s);
 /// Moves connected regions of 2-d convolutions (f16/bf16 only when `f16_bf16_only`), the
 /// poolings and pointwise layers they feed to channels_last (NHWC activations, KRSC weights),
 /// with one transpose where a tensor enters or leaves a region (see channels_last.cpp).
