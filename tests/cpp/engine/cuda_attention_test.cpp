@@ -27,25 +27,9 @@ namespace {
 using test::TestTensor;
 
 /// Sets EMBER_CUDNN_ATTENTION for its lifetime (the path reads it on every call).
-class CudnnSetting {
+class CudnnSetting : public test::ScopedEnv {
  public:
-  explicit CudnnSetting(const char* value) {
-    const char* old = std::getenv("EMBER_CUDNN_ATTENTION");
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    setenv("EMBER_CUDNN_ATTENTION", value, 1);
-  }
-  ~CudnnSetting() {
-    if (had_) {
-      setenv("EMBER_CUDNN_ATTENTION", old_.c_str(), 1);
-    } else {
-      unsetenv("EMBER_CUDNN_ATTENTION");
-    }
-  }
-
- private:
-  bool had_ = false;
-  std::string old_;
+  explicit CudnnSetting(const char* value) : ScopedEnv("EMBER_CUDNN_ATTENTION", value) {}
 };
 
 /// Runs `body` on Ember's kernels and again with cuDNN forced, its label saying which.
@@ -56,6 +40,20 @@ void on_both_paths(const std::function<void(const std::string&)>& body) {
   }
   CudnnSetting force("force");
   body(" [cuDNN where covered]");
+}
+
+/// GPT-2's shape family: the packed thirds of one projection x [B, L, 3 * H * 64] read in place
+/// (B = 2, H = 4; L = 130 covers partial query and key tiles).
+Network packed_thirds(DataType t, bool causal) {
+  Network net;
+  Tensor* x = net.add_input("x", t, {2, 130, 3 * 4 * 64});
+  AttentionParams p;
+  p.scale = 0.125;
+  p.causal = causal;
+  p.seq_major = true;
+  p.packed_heads = 4;
+  net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "out");
+  return net;
 }
 
 void check_both(const Network& net, const std::vector<TestTensor>& in, const std::string& what) {
@@ -375,15 +373,7 @@ TEST(CudaAttention, PackedQkvThirdsOfOneProjection) {
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : kFloatTypes) {
     for (bool causal : {false, true}) {
-      // GPT-2's shape family: x [B, L, 3 * H * 64]; L = 130 covers partial query and key tiles.
-      Network net;
-      Tensor* x = net.add_input("x", t, {2, 130, 3 * 4 * 64});
-      AttentionParams p;
-      p.scale = 0.125;
-      p.causal = causal;
-      p.seq_major = true;
-      p.packed_heads = 4;
-      net.mark_output(net.add_layer(p, {x, x, x}, "attn")->output(), "out");
+      const Network net = packed_thirds(t, causal);
       check_both(
           net, {TestTensor::random(t, {2, 130, 3 * 4 * 64}, 40, -2.0f, 2.0f)},
           std::string("packed ") + dtype_name(t) + (causal ? " causal" : ""));
@@ -489,15 +479,7 @@ TEST(CudaAttention, CudnnSdpaTakesTheUnmaskedAlignedProblems) {
     odd.E = odd.Ev = 36;
     run_case(odd, false, "head size 36", 705);
 
-    // GPT-2's packed thirds of one projection [B, L, 3 H E].
-    Network packed;
-    Tensor* x = packed.add_input("x", t, {2, 130, 3 * 4 * 64});
-    AttentionParams pp;
-    pp.scale = 0.125;
-    pp.causal = true;
-    pp.seq_major = true;
-    pp.packed_heads = 4;
-    packed.mark_output(packed.add_layer(pp, {x, x, x}, "attn")->output(), "out");
+    const Network packed = packed_thirds(t, true);
     expect_path(packed, {TestTensor::random(t, {2, 130, 3 * 4 * 64}, 706, -2.0f, 2.0f)}, true,
                 "packed thirds " + ts);
 

@@ -298,31 +298,9 @@ TEST(CudaConvolution, SymbolicBatchAndHeight) {
 
 /// Sets EMBER_CUDNN_CONV for a scope (unset for nullptr) and restores the previous value. The
 /// back end reads it when a layer's state is prepared, i.e. on each new engine's first call.
-class CudnnConvMode {
+class CudnnConvMode : public test::ScopedEnv {
  public:
-  explicit CudnnConvMode(const char* value) {
-    const char* old = std::getenv("EMBER_CUDNN_CONV");
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    if (value != nullptr) {
-      setenv("EMBER_CUDNN_CONV", value, 1);
-    } else {
-      unsetenv("EMBER_CUDNN_CONV");
-    }
-  }
-  ~CudnnConvMode() {
-    if (had_) {
-      setenv("EMBER_CUDNN_CONV", old_.c_str(), 1);
-    } else {
-      unsetenv("EMBER_CUDNN_CONV");
-    }
-  }
-  CudnnConvMode(const CudnnConvMode&) = delete;
-  CudnnConvMode& operator=(const CudnnConvMode&) = delete;
-
- private:
-  bool had_ = false;
-  std::string old_;
+  explicit CudnnConvMode(const char* value) : ScopedEnv("EMBER_CUDNN_CONV", value) {}
 };
 
 /// The epilogue variants the convolution layer knows: which operands, which activation, scale.
