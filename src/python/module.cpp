@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdlib>
 #include <set>
 #include <string>
 
@@ -95,9 +96,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = "0.1.0";
   py::register_exception<Error>(m, "EngineError", PyExc_RuntimeError);
 #ifdef EMBER_WITH_CUDA
-  // cuDNN's fused attention crashed inside Python processes (attention_cudnn.h): kept off here.
-  ember::engine::cuda::block_cudnn_attention(
-      "cuDNN attention is not available inside Python (it crashed there on an H100, 2026-12-06)");
+  // cuDNN's fused attention crashed inside Python processes (attention_cudnn.h): kept off here,
+  // unless EMBER_CUDNN_ATTENTION_IN_PYTHON=1 (to reproduce and debug the crash).
+  const char* allow = std::getenv("EMBER_CUDNN_ATTENTION_IN_PYTHON");
+  if (allow == nullptr || std::string(allow) != "1") {
+    ember::engine::cuda::block_cudnn_attention(
+        "cuDNN attention is not available inside Python (it crashed there on an H100, "
+        "2026-12-06)");
+  }
 #endif
   m.def("available_backends", &available_backends);
   m.def("load_library", &ember::engine::load_library, py::arg("path"),
