@@ -1133,6 +1133,16 @@ void launch_attention(const CudaArgs& a, const AttnArgs& p, const AttentionGeome
   launch_rows<T>(q, k, v, mask, out, p, a.stream());
 }
 
+/// f16/bf16: cuDNN's fused SDPA when it is on and takes the problem (attention_cudnn.h), else
+/// Ember's kernels (which it also times them against).
+template <typename T>
+void launch_half_attention(const AttentionParams& params, const CudaArgs& a, const AttnArgs& p,
+                           const AttentionGeometry& geo) {
+  const auto own = [&] { launch_attention<T>(a, p, geo); };
+  if (run_attention_cudnn(params, a, geo, own) == CudnnAttentionStatus::kRan) return;
+  own();
+}
+
 }  // namespace
 
 void run(const AttentionParams& p, const CudaArgs& a) {
@@ -1166,21 +1176,10 @@ void run(const AttentionParams& p, const CudaArgs& a) {
   g.m_s = geo.mask[3];
   g.causal = p.causal;
   g.scale = static_cast<float>(p.scale);
-  // f16/bf16: cuDNN's fused SDPA when it covers the problem and measured faster (attention_cudnn.h).
-  if (qt.dtype == DataType::kF16 || qt.dtype == DataType::kBF16) {
-    const auto own = [&] {
-      if (qt.dtype == DataType::kF16) {
-        launch_attention<__half>(a, g, geo);
-      } else {
-        launch_attention<__nv_bfloat16>(a, g, geo);
-      }
-    };
-    if (run_attention_cudnn(p, a, geo, own) == CudnnAttentionStatus::kRan) return;
-  }
   switch (qt.dtype) {
     case DataType::kF32: launch_attention<float>(a, g, geo); return;
-    case DataType::kF16: launch_attention<__half>(a, g, geo); return;
-    case DataType::kBF16: launch_attention<__nv_bfloat16>(a, g, geo); return;
+    case DataType::kF16: launch_half_attention<__half>(p, a, g, geo); return;
+    case DataType::kBF16: launch_half_attention<__nv_bfloat16>(p, a, g, geo); return;
     default: break;
   }
   throw Error(std::string("Attention kernel (cuda): dtype ") + dtype_name(qt.dtype) +

@@ -26,6 +26,7 @@
 #include <cudnn_frontend.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -108,7 +109,7 @@ constexpr size_t kPlansPerContext = 32;
 
 /// What identifies a problem: dtype, causal, the scale's bits, the sizes and the strides (the
 /// operands' addresses are checked for alignment before, and are not part of it).
-using Signature = std::vector<int64_t>;
+using Signature = std::array<int64_t, 22>;
 
 Signature signature(const AttentionParams& p, DataType dtype, const AttentionGeometry& g) {
   int64_t scale_bits = 0;
@@ -231,12 +232,13 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
                                          const AttentionGeometry& geo,
                                          const std::function<void()>& own) {
   using Status = CudnnAttentionStatus;
-  if (const char* why = g_blocked.load(); why != nullptr && requested_mode() != Mode::kOff) {
-    static std::atomic<bool> warned{false};
-    if (!warned.exchange(true)) {
-      a.res->warn_once(a.layer, std::string("EMBER_CUDNN_ATTENTION is ignored: ") + why +
-                                    "; attention runs on Ember's kernels");
-    }
+  // Blocked (inside Python): a setting other than off is reported once per process.
+  static std::atomic<bool> block_reported{false};
+  if (const char* why = g_blocked.load(); why != nullptr && !block_reported.load() &&
+                                          requested_mode() != Mode::kOff &&
+                                          !block_reported.exchange(true)) {
+    a.res->warn_once(a.layer, std::string("EMBER_CUDNN_ATTENTION is ignored: ") + why +
+                                  "; attention runs on Ember's kernels");
   }
   const DataType dtype = a.in(0).dtype;
   if (switched_off() || a.has(3) || (dtype != DataType::kF16 && dtype != DataType::kBF16) ||
