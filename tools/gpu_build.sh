@@ -5,6 +5,8 @@
 # makes it here; the run carries it). Source this file: it exports PYTHONPATH and LD_LIBRARY_PATH,
 # and gives the sourcing shell its own options back at the end (a `set -e` left behind would end a
 # device call at the first failing test, with the later steps' results lost).
+# EMBER_GPU_CXX_FLAGS replaces the C++ flags (default "-O2 -g1"; "-O1 -g" gives addr2line exact
+# frames, with inlining); EMBER_GPU_TARGETS narrows the targets built.
 _ember_caller_opts="$(set +o)"
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,7 @@ elif ! ldconfig -p | grep -q 'libcudnn\.so '; then
   echo "[gpu_build] no cuDNN found (neither PyTorch's nor the system's)" >&2
 fi
 cmake -S "$root" -B "$root/build/gpu" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1" -DEMBER_BUILD_CUDA=ON -DEMBER_BUILD_PYTHON=ON \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="${EMBER_GPU_CXX_FLAGS:--O2 -g1}" -DEMBER_BUILD_CUDA=ON -DEMBER_BUILD_PYTHON=ON \
   -DEMBER_BUILD_TORCH=ON -DEMBER_BUILD_TESTS=ON -DEMBER_BUILD_EXAMPLES=ON \
   -DCMAKE_LIBRARY_PATH="$blas_dir" -DEMBER_CBLAS_INCLUDE_DIR="$deps/include/x86_64-linux-gnu/openblas-pthread" \
   -DGTest_DIR="$deps/lib/x86_64-linux-gnu/cmake/GTest" -DGTest_ROOT="$deps" \

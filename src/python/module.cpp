@@ -4,18 +4,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cstdlib>
 #include <set>
 #include <string>
 
 #include "backends/cpu/dnnl_fallback.h"
-#ifdef EMBER_WITH_CUDA
-#include "backends/cuda/attention_cudnn.h"
-#endif
 #include "ember/engine/plugin.h"
 #include "ember/engine/builder.h"
 #include "ember/engine/runtime.h"
 #include "ember/engine/timing_cache.h"
+#include "runtime/iostreams_check.h"
 
 namespace py = pybind11;
 using namespace ember::engine;
@@ -95,16 +92,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "Ember native extension";
   m.attr("__version__") = "0.1.0";
   py::register_exception<Error>(m, "EngineError", PyExc_RuntimeError);
-#ifdef EMBER_WITH_CUDA
-  // cuDNN's fused attention crashed inside Python processes (attention_cudnn.h): kept off here,
-  // unless EMBER_CUDNN_ATTENTION_IN_PYTHON=1 (to reproduce and debug the crash).
-  const char* allow = std::getenv("EMBER_CUDNN_ATTENTION_IN_PYTHON");
-  if (allow == nullptr || std::string(allow) != "1") {
-    ember::engine::cuda::block_cudnn_attention(
-        "cuDNN attention is not available inside Python (it crashed there on an H100, "
-        "2026-12-06)");
-  }
-#endif
+  m.def("_iostreams_probe", &ember::engine::iostreams_probe,
+        "What libember.so's std::ostringstream makes of \"eng\" << 42 << 0.5 in this process "
+        "(\"eng420.5\" when iostreams work; runtime/iostreams_check.h).");
   m.def("available_backends", &available_backends);
   m.def("load_library", &ember::engine::load_library, py::arg("path"),
         "dlopen()s a shared library (RTLD_GLOBAL) so its static initializers register its plugin "

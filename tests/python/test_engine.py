@@ -28,6 +28,20 @@ def test_backends():
     assert "cpu" in ember.available_backends()
 
 
+def test_iostreams_work_inside_libember_after_torch():
+    """libember.so's iostreams format numbers in a process that loaded torch first. Where the
+    compiler links libstdc++ statically, the copy inside Ember's libraries must keep its symbols
+    local (ember_private_runtime in CMakeLists.txt): exported, they were half-bound to the
+    system's libstdc++ that torch loads, and a number written to a stream came out empty (or
+    crashed cuDNN's frontend on the GPU machine)."""
+    import sys
+    code = "import torch\nfrom ember import _C\nprint(_C._iostreams_probe())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "eng420.5"
+
+
 def test_lenet_plan_runs_and_matches_cpp(lenet_plan):
     path, _ = lenet_plan
     engine = ember.Engine.from_file(path)

@@ -30,8 +30,10 @@ std::string quote(const std::string& s) {
 }
 
 // A string builder with ostream-like `<<`. Not std::ostringstream: inside a Python extension
-// loaded after PyTorch (whose libraries carry their own copy of libstdc++'s locale code),
-// iostreams crashed on Ubuntu 24.04 / GCC 13, so engine text is built without them.
+// loaded after PyTorch, iostreams crashed on the GPU machine (Ubuntu 24.04 / GCC 13). The cause,
+// found later: that compiler links libstdc++ statically, and the copy in libember.so was
+// half-bound to the system's library that torch loads (runtime/iostreams_check.h; fixed by
+// ember_private_runtime in CMakeLists.txt). This builder stays: it needs no locale at all.
 class Text {
  public:
   Text& operator<<(const std::string& v) { s_ += v; return *this; }

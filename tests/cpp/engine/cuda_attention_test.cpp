@@ -532,6 +532,29 @@ TEST(CudaAttention, CudnnSdpaIsTimedAgainstEmbersKernel) {
   }
 }
 
+// attention_bench.py's problem (32x12x128x64, head-major, f16), forced and timed: the size at
+// which Python processes crashed in the plan build (2026-12-06), here without Python.
+TEST(CudaAttention, CudnnSdpaRunsTheBenchmarksProblem) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (const char* mode : {"force", "timed"}) {
+    CudnnSetting setting(mode);
+    if (!cuda::cudnn_attention_enabled()) GTEST_SKIP() << "cuDNN attention is not available";
+    Case c;
+    c.B = 32;
+    c.H = c.Hkv = 12;
+    c.L = c.S = 128;
+    c.E = c.Ev = 64;
+    const std::vector<TestTensor> in = test::attention_inputs(c, DataType::kF16, 711);
+    const Network net = test::attention_network(c, in);
+    const int64_t before = cuda::cudnn_attention_counters().executions;
+    test::CudaRunner runner(net, in);
+    test::expect_matches_cpu(net, in, runner.run(in), mode);
+    if (std::string(mode) == "force") {
+      EXPECT_GT(cuda::cudnn_attention_counters().executions, before) << mode;
+    }
+  }
+}
+
 TEST(CudaAttention, BadCudnnSettingIsAnError) {
   EMBER_SKIP_WITHOUT_CUDA();
   Case c;

@@ -12,6 +12,7 @@
 // time). Each layer keeps its last problem and the choice made for it (cuDNN or Ember's kernel),
 // so a call compares a few integers and enqueues.
 #include "backends/cuda/attention_cudnn.h"
+#include "runtime/iostreams_check.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -44,11 +45,10 @@ std::atomic<int64_t> g_plans{0}, g_refusals{0}, g_timed{0}, g_own_faster{0}, g_e
 
 /// EMBER_CUDNN_ATTENTION (read on each call): unset, "0" or "off" (the default: Ember's kernels),
 /// "timed" or "1" (cuDNN where it covers a problem and measures faster), "force" (cuDNN whenever
-/// it builds a plan, without timing: tests and A/B runs). Any mode but off is refused inside a
-/// Python process (block_cudnn_attention).
+/// it builds a plan, without timing: tests and A/B runs). Any mode but off is refused where
+/// iostreams do not work in the process (runtime/iostreams_check.h): the frontend writes numbers
+/// to streams, and crashed there.
 enum class Mode { kOff, kTimed, kForce };
-
-std::atomic<const char*> g_blocked{nullptr};  // the reason, set once by block_cudnn_attention
 
 Mode requested_mode() {
   const char* e = std::getenv("EMBER_CUDNN_ATTENTION");
@@ -61,13 +61,11 @@ Mode requested_mode() {
               "' is not a setting: expected off (or 0, the default), timed (or 1) or force");
 }
 
-[[maybe_unused]] Mode mode() { return g_blocked.load() != nullptr ? Mode::kOff : requested_mode(); }
+[[maybe_unused]] Mode mode() { return iostreams_work() ? requested_mode() : Mode::kOff; }
 
 [[maybe_unused]] bool switched_off() { return mode() == Mode::kOff; }
 
 }  // namespace
-
-void block_cudnn_attention(const char* reason) { g_blocked.store(reason); }
 
 CudnnAttentionCounters cudnn_attention_counters() {
   CudnnAttentionCounters c;
@@ -232,13 +230,15 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
                                          const AttentionGeometry& geo,
                                          const std::function<void()>& own) {
   using Status = CudnnAttentionStatus;
-  // Blocked (inside Python): a setting other than off is reported once per process.
-  static std::atomic<bool> block_reported{false};
-  if (const char* why = g_blocked.load(); why != nullptr && !block_reported.load() &&
-                                          requested_mode() != Mode::kOff &&
-                                          !block_reported.exchange(true)) {
-    a.res->warn_once(a.layer, std::string("EMBER_CUDNN_ATTENTION is ignored: ") + why +
-                                  "; attention runs on Ember's kernels");
+  // iostreams broken in this process: a setting other than off is reported once.
+  static std::atomic<bool> broken_reported{false};
+  if (!iostreams_work() && !broken_reported.load() && requested_mode() != Mode::kOff &&
+      !broken_reported.exchange(true)) {
+    a.res->warn_once(a.layer, "EMBER_CUDNN_ATTENTION is ignored: libstdc++'s iostreams do not "
+                              "work inside libember.so in this process (a number written to a "
+                              "stream gave '" + iostreams_probe() + "'; see "
+                              "runtime/iostreams_check.h), and cuDNN's frontend needs them; "
+                              "attention runs on Ember's kernels");
   }
   const DataType dtype = a.in(0).dtype;
   if (switched_off() || a.has(3) || (dtype != DataType::kF16 && dtype != DataType::kBF16) ||

@@ -14,11 +14,13 @@
 // timing). Unset, 0 or off (the default): Ember's kernels only. Any other value is an error.
 // With EMBER_CUDA_PREPARED=0 (nothing kept per layer) the path is off too.
 //
-// Why opt-in: the CUDA tests pass on it in C++ processes on an H100 (2026-12-06), also with
-// PyTorch's libtorch_cuda.so preloaded, but inside a Python process that imported torch the first
-// plan build crashed (a segfault inside the frontend's validation / cuDNN's attribute queries;
-// cause not found yet). The Python extension therefore blocks it (block_cudnn_attention): there
-// the setting is ignored with a warning.
+// Why opt-in: inside Python the first plan build crashed (H100, 2026-12-06) while the C++ tests
+// passed. The cause: the GPU machine's compiler links libstdc++ statically, and the copy inside
+// libember.so, its symbols exported, was half-bound to the system's libstdc++.so.6 that torch had
+// loaded; the frontend's `tag << engineId` crashed in the locale code. The copy's symbols are now
+// local (ember_private_runtime in CMakeLists.txt) and the path refuses to run where iostreams
+// still fail (runtime/iostreams_check.h: the setting is then ignored with a warning). Not yet
+// measured inside Python on a GPU: it stays opt-in until it is.
 //
 // No cuDNN header here: the tests include this file for the counters below.
 #pragma once
@@ -55,10 +57,6 @@ enum class CudnnAttentionStatus {
 CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArgs& a,
                                          const AttentionGeometry& geo,
                                          const std::function<void()>& own);
-
-/// Turns the path off for the rest of the process (the setting is then ignored with a warning
-/// naming `reason`, a string that must outlive the process). ember._C calls it when it loads.
-EMBER_ATTENTION_CUDNN_API void block_cudnn_attention(const char* reason);
 
 /// Process-wide counts of this path's work, for tests and profiling.
 struct CudnnAttentionCounters {
