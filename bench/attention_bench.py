@@ -8,7 +8,10 @@ causal. Each row runs a chain of `--chain` attentions (the output is the next ca
 and V fixed), so one timed call is several kernels and the host's share per attention is small;
 every variant runs as a CUDA graph replay:
 - `ember`: the chain compiled by ember.compile (one engine: `--chain` Attention layers, replayed
-  as a CUDA graph by the runtime);
+  as a CUDA graph by the runtime) with Ember's kernels (the default); `ember_timed` and
+  `ember_cudnn` the same with EMBER_CUDNN_ATTENTION=timed (the build times cuDNN's fused SDPA
+  against Ember's kernel per problem and keeps the faster) and =force (cuDNN wherever it covers
+  the problem);
 - `flash`, `efficient`, `cudnn`: torch's scaled_dot_product_attention pinned to one back end
   (torch.nn.attention.sdpa_kernel), captured in a torch.cuda.CUDAGraph.
 Reported per attention: microseconds (median of CUDA-event-timed replays / chain), TFLOP/s
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -96,13 +100,23 @@ def run_shape(spec: str, dtype: torch.dtype, chain: int, iters: int, peak_tflops
         row[f"{name}_peak_fraction"] = flops / (us * 1e6) / peak_tflops
         row[f"{name}_cos"] = accuracy(out, ref)[0]
 
-    try:
-        gm = ember.compile(model, inputs=[q, k, v], device="cuda", min_block_size=1)
-        with torch.no_grad():
-            out = gm(q, k, v)
-            record("ember", replay_ms(lambda: gm(q, k, v), iters), out)
-    except Exception as e:  # noqa: BLE001 - a row records what failed and the others still run
-        row["ember_error"] = f"{type(e).__name__}: {e}"
+    # EMBER_CUDNN_ATTENTION is read by the back end on every call: each Ember variant keeps its
+    # setting while it is built and timed.
+    for name, setting in (("ember", "off"), ("ember_timed", "timed"), ("ember_cudnn", "force")):
+        old = os.environ.get("EMBER_CUDNN_ATTENTION")
+        os.environ["EMBER_CUDNN_ATTENTION"] = setting
+        try:
+            gm = ember.compile(model, inputs=[q, k, v], device="cuda", min_block_size=1)
+            with torch.no_grad():
+                out = gm(q, k, v)
+                record(name, replay_ms(lambda: gm(q, k, v), iters), out)
+        except Exception as e:  # noqa: BLE001 - a row records what failed; the others still run
+            row[f"{name}_error"] = f"{type(e).__name__}: {e}"
+        finally:
+            if old is None:
+                os.environ.pop("EMBER_CUDNN_ATTENTION", None)
+            else:
+                os.environ["EMBER_CUDNN_ATTENTION"] = old
     backends = {"flash": torch.nn.attention.SDPBackend.FLASH_ATTENTION,
                 "efficient": torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION,
                 "cudnn": torch.nn.attention.SDPBackend.CUDNN_ATTENTION}
@@ -135,7 +149,7 @@ def main() -> int:
     for s in specs:
         parse_shape(s)  # every shape checked before the first one runs
     rows = []
-    names = ("ember", "flash", "efficient", "cudnn")
+    names = ("ember", "ember_timed", "ember_cudnn", "flash", "efficient", "cudnn")
     print(f"{'shape':>16} {'GFLOP':>7} " + " ".join(f"{n + ' us':>12}" for n in names) +
           "  ember TFLOP/s (peak %)  bytes-bound us")
     for spec in specs:
