@@ -61,7 +61,10 @@ Mode requested_mode() {
               "' is not a setting: expected off (or 0, the default), timed (or 1) or force");
 }
 
-[[maybe_unused]] Mode mode() { return iostreams_work() ? requested_mode() : Mode::kOff; }
+[[maybe_unused]] Mode mode() {
+  const Mode requested = requested_mode();  // a bad setting is an error either way
+  return iostreams_work() ? requested : Mode::kOff;
+}
 
 [[maybe_unused]] bool switched_off() { return mode() == Mode::kOff; }
 
