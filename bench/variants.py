@@ -51,8 +51,9 @@ import ember
 from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
-            "half_no_views", "half_cudnn_timed", "half_cudnn_attention", "graphs_off", "graphs_off_legacy_conv", "autocast_f16",
-            "autocast_bf16", "attn_eager", "attn_sdpa", "int8", "fp8")
+            "half_no_views", "half_cudnn_timed", "half_cudnn_attention", "graphs_off",
+            "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
+            "int8", "fp8")
 
 
 def make_hf(name: str, batch: int, attn: str):

@@ -108,7 +108,7 @@ step_attn_ab() {
 # (ATTN_SHAPES, default bench/attention_bench.py's: GPT-2/BERT at b1 and b32, seq 512 and 2048,
 # causal and not), with TFLOP/s and the fraction of the tensor peak.
 step_attn_bench() {
-  run_step attn_bench bash -c "python3 bench/attention_bench.py ${ATTN_SHAPES:+--shapes '$ATTN_SHAPES'} \
+  run_step attn_bench bash -o pipefail -c "python3 bench/attention_bench.py ${ATTN_SHAPES:+--shapes '$ATTN_SHAPES'} \
     --json '$dest/attn_bench.json' 2>&1 | tee '$dest/attn_bench_live.log'"
 }
 # cuDNN's fused attention inside Python (session 28's fix, not yet run there on a GPU): the
@@ -118,7 +118,7 @@ step_attn_bench() {
 step_cudnn_attn() {
   run_step iostreams python3 -m pytest -q -p no:cacheprovider tests/python/test_engine.py -k iostreams
   step_attn_bench
-  run_step cudnn_variants bash -c "cd bench && python3 variants.py \
+  run_step cudnn_variants bash -o pipefail -c "cd bench && python3 variants.py \
     --rows '${VARIANT_ROWS:-bert:32,gpt2:32,vit_b_16:32}' --variants half,half_cudnn_timed \
     --json '$dest/cudnn_variants.json' 2>&1 | tee '$dest/cudnn_variants_live.log'"
 }

@@ -24,7 +24,9 @@ namespace {
 
 // Error messages are built with std::string, not TORCH_CHECK's c10::str (std::ostringstream):
 // inside a library built with GCC 13 and loaded into a PyTorch process on Ubuntu 24.04 (the GPU
-// machine), inline iostream code crashed. std::runtime_error reaches Python as RuntimeError.
+// machine), inline iostream code crashed (the cause: runtime/iostreams_check.h; fixed in the
+// link since, and this needs no locale either way). std::runtime_error reaches Python as
+// RuntimeError.
 std::string text(const std::string& v) { return v; }
 std::string text(const char* v) { return v; }
 std::string text(const c10::Device& d) { return d.str(); }

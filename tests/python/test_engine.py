@@ -1,7 +1,9 @@
 """The Python runtime binding, on the plan the LeNet example writes (tools/test.sh builds it)."""
 
 import os
+import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,12 +36,24 @@ def test_iostreams_work_inside_libember_after_torch():
     local (ember_private_runtime in CMakeLists.txt): exported, they were half-bound to the
     system's libstdc++ that torch loads, and a number written to a stream came out empty (or
     crashed cuDNN's frontend on the GPU machine)."""
-    import sys
     code = "import torch\nfrom ember import _C\nprint(_C._iostreams_probe())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ), timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "eng420.5"
+
+
+def test_libember_exports_no_libstdcxx_internals():
+    """The link-level half of the check above: libember.so defines no libstdc++ internals in its
+    dynamic symbol table (codecvt members are never header instances, so one there means a
+    static libstdc++ copy is exported). Passes trivially where libstdc++ is a shared library;
+    on a toolchain that links it statically (the GPU machine) it tests the link option."""
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) is not installed")
+    lib = os.path.join(os.path.dirname(ember.__file__), "libember.so")
+    symbols = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True,
+                             check=True).stdout
+    exported = [line.split()[-1] for line in symbols.splitlines() if "codecvt" in line]
+    assert not exported, f"{lib} exports {len(exported)} codecvt symbols, e.g. {exported[:3]}"
 
 
 def test_lenet_plan_runs_and_matches_cpp(lenet_plan):

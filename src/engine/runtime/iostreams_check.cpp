@@ -2,12 +2,14 @@
 #include "runtime/iostreams_check.h"
 
 #include <cstdint>
+#include <locale>
 #include <sstream>
 
 namespace ember::engine {
 
 std::string iostreams_probe() {
   std::ostringstream s;
+  s.imbue(std::locale::classic());  // a program's global locale must not change the answer
   s << "eng" << int64_t{42} << 0.5;
   return s.str();
 }

@@ -63,6 +63,8 @@ Mode requested_mode() {
 
 [[maybe_unused]] Mode mode() {
   const Mode requested = requested_mode();  // a bad setting is an error either way
+  // The iostreams check only when the path is asked for: off by default touches no stream.
+  if (requested == Mode::kOff) return Mode::kOff;
   return iostreams_work() ? requested : Mode::kOff;
 }
 
@@ -235,7 +237,7 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   using Status = CudnnAttentionStatus;
   // iostreams broken in this process: a setting other than off is reported once.
   static std::atomic<bool> broken_reported{false};
-  if (!iostreams_work() && !broken_reported.load() && requested_mode() != Mode::kOff &&
+  if (requested_mode() != Mode::kOff && !broken_reported.load() && !iostreams_work() &&
       !broken_reported.exchange(true)) {
     a.res->warn_once(a.layer, "EMBER_CUDNN_ATTENTION is ignored: libstdc++'s iostreams do not "
                               "work inside libember.so in this process (a number written to a "
