@@ -2,7 +2,7 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
-// remove_dead_layers -> fuse_epilogues -> channels_last -> simplify_attention -> gather_slices ->
+// remove_dead_layers -> absorb_casts -> fuse_epilogues -> channels_last -> simplify_attention -> gather_slices ->
 // fuse_pointwise -> select_implementations -> plan_memory -> time_tactics -> emission
 // (plan_write).
 #pragma once
@@ -47,6 +47,12 @@ void pass_fold_constants(BuildState& s);
 void pass_remove_dead_layers(BuildState& s);
 /// The same without the log line (for passes that leave layers behind); returns how many.
 int remove_unreachable_layers(Network& net);
+/// Runs each f32 Normalization or SoftMax that sits between a Cast up from f16/bf16 and a Cast
+/// back to that type (through reshapes, transposes and slices) on the low-precision tensors,
+/// with a norm's constant scale and bias rounded to that type (see absorb_casts.cpp: autocast's
+/// norms). Returns how many it rewrote.
+int absorb_casts(Network& net);
+void pass_absorb_casts(BuildState& s);
 /// Fuses Dequantize -> MatrixMultiply chains on int8/fp8 operands with a constant weight into
 /// QuantizedMatrixMultiply layers (see fuse_quantized.cpp). Runs before fold_constants.
 void pass_fuse_quantized(BuildState& s);
