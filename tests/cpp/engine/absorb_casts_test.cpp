@@ -101,6 +101,13 @@ TEST(AbsorbCasts, AnUpCastReadElsewhereStays) {
   EXPECT_EQ(net.outputs()[0]->producer()->kind(), LayerKind::kNormalization);
 }
 
+/// An f32 layer norm (no scale or bias) of an input x [4, 16] of `in`, cast up first unless f32.
+Tensor* f32_norm(Network& net, DataType in) {
+  Tensor* x = net.add_input("x", in, {4, 16});
+  if (in != DataType::kF32) x = net.add_cast(x, DataType::kF32, "up")->output();
+  return net.add_normalization(x, nullptr, nullptr, NormalizationParams{}, "ln")->output();
+}
+
 TEST(AbsorbCasts, OtherPatternsAreLeftAlone) {
   struct Case {
     const char* what;
@@ -111,27 +118,18 @@ TEST(AbsorbCasts, OtherPatternsAreLeftAlone) {
        [](Network& net) { autocast_norm(net, DataType::kF16, DataType::kBF16, true); }},
       {"an f32 input, not a cast",
        [](Network& net) {
-         Tensor* x = net.add_input("x", DataType::kF32, {4, 16});
-         NormalizationParams p;
-         Tensor* n = net.add_normalization(x, nullptr, nullptr, p, "ln")->output();
+         Tensor* n = f32_norm(net, DataType::kF32);
          net.mark_output(net.add_cast(n, DataType::kF16, "down")->output(), "out");
        }},
       {"the f32 result read twice",
        [](Network& net) {
-         Tensor* x = net.add_input("x", DataType::kF16, {4, 16});
-         Tensor* up = net.add_cast(x, DataType::kF32, "up")->output();
-         NormalizationParams p;
-         Tensor* n = net.add_normalization(up, nullptr, nullptr, p, "ln")->output();
+         Tensor* n = f32_norm(net, DataType::kF16);
          net.mark_output(net.add_cast(n, DataType::kF16, "down")->output(), "out");
          net.mark_output(net.add_unary(n, UnaryOp::kExp, "exp")->output(), "f32");
        }},
       {"an f32 layer between the norm and the down-cast",
        [](Network& net) {
-         Tensor* x = net.add_input("x", DataType::kF16, {4, 16});
-         Tensor* up = net.add_cast(x, DataType::kF32, "up")->output();
-         NormalizationParams p;
-         Tensor* n = net.add_normalization(up, nullptr, nullptr, p, "ln")->output();
-         Tensor* e = net.add_unary(n, UnaryOp::kExp, "exp")->output();
+         Tensor* e = net.add_unary(f32_norm(net, DataType::kF16), UnaryOp::kExp, "exp")->output();
          net.mark_output(net.add_cast(e, DataType::kF16, "down")->output(), "out");
        }},
   };
