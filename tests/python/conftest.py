@@ -21,12 +21,13 @@ def _ember_location() -> tuple[str, bool]:
     if spec is None or spec.origin is None:
         return "not found", True  # the tests then fail loudly on their own
     where = os.path.dirname(os.path.abspath(spec.origin))
-    return where, os.path.commonpath([where, _REPO]) == _REPO
+    ours = os.path.join(_REPO, "python")
+    return where, os.path.commonpath([where, ours]) == ours
 
 
 def pytest_report_header(config):
     where, ours = _ember_location()
-    return f"ember: {where}" + ("" if ours else f" -- NOT this checkout ({_REPO})")
+    return f"ember: {where}" + ("" if ours else f" -- NOT this checkout ({_REPO}/python)")
 
 
 def pytest_configure(config):
@@ -35,6 +36,6 @@ def pytest_configure(config):
     where, ours = _ember_location()
     if not ours:
         config.issue_config_time_warning(pytest.PytestConfigWarning(
-            f"the tests import ember from {where}, not from this checkout ({_REPO}): an editable "
-            "install of another checkout shadows PYTHONPATH, so they test that build "
+            f"the tests import ember from {where}, not from this checkout ({_REPO}/python): "
+            "an editable install of another checkout shadows PYTHONPATH, so they test that build "
             "(pip uninstall ember, or run tools/run_example.sh in this checkout)"), stacklevel=2)

@@ -29,7 +29,8 @@ void autocast_norm(Network& net, DataType low, DataType down, bool exact) {
     scale[i] = exact ? 0.25f * static_cast<float>(i % 7 - 3) : r[i];
     bias[i] = exact ? 0.125f * static_cast<float>(i % 5) : r[16 + i];
   }
-  Tensor* s = net.add_constant(Weights::from_vector(DataType::kF32, {16}, scale), "scale")->output();
+  Tensor* s =
+      net.add_constant(Weights::from_vector(DataType::kF32, {16}, scale), "scale")->output();
   Tensor* b = net.add_constant(Weights::from_vector(DataType::kF32, {16}, bias), "bias")->output();
   NormalizationParams p;
   p.axis = 2;
@@ -99,6 +100,53 @@ TEST(AbsorbCasts, AnUpCastReadElsewhereStays) {
   EXPECT_EQ(count(net, LayerKind::kCast), 1);  // the up-cast, for exp
   EXPECT_EQ(net.outputs()[0]->dtype(), DataType::kF16);
   EXPECT_EQ(net.outputs()[0]->producer()->kind(), LayerKind::kNormalization);
+}
+
+// A group norm with a scale and no bias (per channel: [C]), a slice on the way down, and a
+// log-softmax: each runs on the f16 tensor; the norm within f16's tolerance (its scale rounded),
+// the log-softmax bit for bit.
+TEST(AbsorbCasts, GroupNormWithAScaleOnlyAndLogSoftmaxThroughASlice) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {2, 4, 6});
+  Tensor* up = net.add_cast(x, DataType::kF32, "up")->output();
+  const std::vector<float> scale = TestTensor::random(DataType::kF32, {4}, 21).to_floats();
+  Tensor* s = net.add_constant(Weights::from_vector(DataType::kF32, {4}, scale), "gamma")->output();
+  NormalizationParams p;
+  p.type = NormalizationType::kGroup;
+  p.num_groups = 2;
+  Tensor* n = net.add_normalization(up, s, nullptr, p, "gn")->output();
+  Tensor* cut = net.add_slice(n, {DimExpr(0), DimExpr(1), DimExpr(0)},
+                              {DimExpr(2), DimExpr(2), DimExpr(6)}, {1, 1, 1}, "cut")->output();
+  net.mark_output(net.add_cast(cut, DataType::kF16, "down")->output(), "normed");
+  Tensor* up2 = net.add_cast(x, DataType::kF32, "up2")->output();
+  SoftMaxParams sp;
+  sp.axis = 2;
+  sp.log = true;
+  Tensor* ls = net.add_layer(sp, {up2}, "log_softmax")->output();
+  net.mark_output(net.add_cast(ls, DataType::kF16, "down2")->output(), "logp");
+  Network rewritten = net.clone();
+  EXPECT_EQ(absorb_casts(rewritten), 2);
+  EXPECT_EQ(count(rewritten, LayerKind::kCast), 0);
+  const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF16, {2, 4, 6}, 22, -3, 3)};
+  const auto want = test::run_network_direct(net, ins);
+  const auto got = test::run_network_direct(rewritten, ins);
+  test::expect_close(got[0], want[0].to_floats(), DataType::kF16, "group norm");
+  EXPECT_TRUE(got[1].bytes == want[1].bytes);
+  test::run_network(net, ins);
+}
+
+// A scale that f16 cannot hold (1e5 -> inf) keeps the norm in f32.
+TEST(AbsorbCasts, AScaleOutOfRangeKeepsTheNormInF32) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {4, 8});
+  Tensor* up = net.add_cast(x, DataType::kF32, "up")->output();
+  const std::vector<float> big(8, 1e5f);
+  Tensor* s = net.add_constant(Weights::from_vector(DataType::kF32, {8}, big), "gamma")->output();
+  Tensor* n = net.add_normalization(up, s, nullptr, NormalizationParams{}, "ln")->output();
+  net.mark_output(net.add_cast(n, DataType::kF16, "down")->output(), "out");
+  EXPECT_EQ(absorb_casts(net), 0);
+  EXPECT_EQ(count(net, LayerKind::kCast), 2);
+  EXPECT_EQ(count(net, LayerKind::kConstant), 1);  // no narrowed copy left behind
 }
 
 /// An f32 layer norm (no scale or bias) of an input x [4, 16] of `in`, cast up first unless f32.

@@ -10,8 +10,12 @@
 // ends' norm and softmax kernels load each element to f32 and keep the moments, sums and
 // arithmetic in f32 or double whatever the tensor type, and the up-cast is exact, so the
 // rewritten layer computes what the f32 layer computed and rounds once on store, as the
-// down-cast did. The one difference is a norm's scale and bias, rounded to the low-precision type
-// (as in a hand-.half() model): a relative 2^-11 (f16) or 2^-8 (bf16) on the affine step. The
+// down-cast did (a softmax bit for bit; a norm up to the order of its double sums, which the CUDA
+// back end's vectorized 16-bit layer-norm kernel adds in another order). The one real difference
+// is a norm's scale and bias, rounded to the low-precision type (as in a hand-.half() model): a
+// relative 2^-11 (f16) or 2^-8 (bf16) on the affine step; a value out of the type's range keeps
+// the layer in f32. Norm here is the Normalization layer (layer, group and instance norm; RMS
+// norms are reduce and pointwise layers, which fuse_pointwise handles). The
 // data-movement layers between the norm and the down-cast (reshapes, transposes, slices: GPT-2's
 // view, the transposes of torch.nn.MultiheadAttention, BERT's pooler slice) move the
 // low-precision tensor instead (exact), so simplify_attention can still read them as views.
@@ -19,6 +23,7 @@
 // Only when every tensor on the way has one consumer and is not a network output; the up-cast
 // stays when something else reads its output. Runs before fuse_epilogues (level >= 2), so a
 // residual add that fed the up-cast can join its GEMM's epilogue.
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -30,6 +35,12 @@ namespace {
 
 bool low_precision(DataType t) { return t == DataType::kF16 || t == DataType::kBF16; }
 
+/// `base`, primed until no layer of `net` has the name.
+std::string unique_name(const Network& net, std::string base) {
+  while (net.find_layer(base) != nullptr) base += "'";
+  return base;
+}
+
 /// The low-precision tensor `t` was cast up from, when a Cast to f32 produced it.
 Tensor* cast_up_source(const Tensor* t) {
   const Layer* c = t->producer();
@@ -39,7 +50,8 @@ Tensor* cast_up_source(const Tensor* t) {
 }
 
 /// `t` as a constant of `dtype` (a new Constant layer), or nullptr when `t` is absent. False in
-/// `ok` when `t` is present but not a constant.
+/// `ok` when `t` is present but not a constant, or a value leaves `dtype`'s range (a scale of
+/// 1e5 would become inf in f16).
 Tensor* narrowed_constant(Network& net, const Tensor* t, DataType dtype, const std::string& name,
                           bool& ok) {
   if (t == nullptr) return nullptr;
@@ -48,7 +60,14 @@ Tensor* narrowed_constant(Network& net, const Tensor* t, DataType dtype, const s
     ok = false;
     return nullptr;
   }
-  return net.add_constant(from_floats(dtype, w->dims(), to_floats(*w)), name)->output();
+  Weights narrowed = from_floats(dtype, w->dims(), to_floats(*w));
+  for (float v : to_floats(narrowed)) {
+    if (!std::isfinite(v)) {
+      ok = false;
+      return nullptr;
+    }
+  }
+  return net.add_constant(std::move(narrowed), unique_name(net, name))->output();
 }
 
 /// Rewrites `l` (a Normalization or SoftMax) when the pattern holds; true when it did.
@@ -69,8 +88,7 @@ bool rewrite(Network& net, Layer* l) {
       break;
     }
     if (next->kind() != LayerKind::kShuffle && next->kind() != LayerKind::kSlice) return false;
-    if (next->inputs().size() != 1) return false;  // a Shuffle or Slice with dynamic operands
-    moves.push_back(next);
+    moves.push_back(next);  // (both take exactly one input: their sizes are parameters)
     t = next->output();
   }
   const std::string suffix = std::string("/") + dtype_name(low);
@@ -83,13 +101,13 @@ bool rewrite(Network& net, Layer* l) {
                                      l->name() + "/bias" + suffix, ok);
     if (!ok) return false;  // computed scale/bias: left as they are (the new constants are dead)
     y = net.add_normalization(x, scale, bias, l->params_as<NormalizationParams>(),
-                              l->name() + suffix)->output();
+                              unique_name(net, l->name() + suffix))->output();
   } else {
     const auto& sp = l->params_as<SoftMaxParams>();
-    y = net.add_layer(sp, {x}, l->name() + suffix)->output();
+    y = net.add_layer(sp, {x}, unique_name(net, l->name() + suffix))->output();
   }
   for (const Layer* m : moves) {
-    y = net.add_layer(m->params(), {y}, m->name() + suffix)->output();
+    y = net.add_layer(m->params(), {y}, unique_name(net, m->name() + suffix))->output();
   }
   net.replace_all_uses(down->output(), y);
   return true;

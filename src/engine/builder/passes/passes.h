@@ -2,9 +2,9 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
-// remove_dead_layers -> absorb_casts -> fuse_epilogues -> channels_last -> simplify_attention -> gather_slices ->
-// fuse_pointwise -> select_implementations -> plan_memory -> time_tactics -> emission
-// (plan_write).
+// remove_dead_layers -> absorb_casts -> fuse_epilogues -> channels_last -> simplify_attention ->
+// fuse_epilogues_after_attention -> gather_slices -> fuse_pointwise -> select_implementations ->
+// plan_memory -> time_tactics -> emission (plan_write).
 #pragma once
 
 #include <functional>
