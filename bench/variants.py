@@ -21,10 +21,10 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `half_no_views`: `half` with EMBER_ATTENTION_VIEWS=0 while it is built, so simplify_attention
   leaves the transposes, slices and reshapes around an attention that only strided views would
   remove (the A/B of rewrite 5: torch.nn.MultiheadAttention, the ViT row);
-- `half_cudnn_timed` / `half_cudnn_attention`: `half` with EMBER_CUDNN_ATTENTION=timed or
-  force while it is built and timed: the build times cuDNN's fused SDPA against Ember's kernel
-  per problem and keeps the faster, or every attention cuDNN covers runs there without timing
-  (the default, `half`, runs Ember's kernels only);
+- `half_own_attention` / `half_cudnn_attention`: `half` with EMBER_CUDNN_ATTENTION=off or
+  force while it is built and timed: Ember's attention kernels only, or every attention cuDNN
+  covers runs there without timing (the default, `half`, times cuDNN's fused SDPA against
+  Ember's kernel per problem and keeps the faster; `half_cudnn_timed` sets that explicitly);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -51,8 +51,8 @@ import ember
 from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
-            "half_no_views", "half_cudnn_timed", "half_cudnn_attention", "graphs_off",
-            "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
+            "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
+            "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8")
 
 
@@ -93,6 +93,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_no_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "0"),
                 "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1"),
                 "half_no_views": ("EMBER_ATTENTION_VIEWS", "0"),
+                "half_own_attention": ("EMBER_CUDNN_ATTENTION", "off"),
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
                 "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force")}
     env, value = switches.get(variant, (None, None))

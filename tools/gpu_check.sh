@@ -111,15 +111,15 @@ step_attn_bench() {
   run_step attn_bench bash -o pipefail -c "python3 bench/attention_bench.py ${ATTN_SHAPES:+--shapes '$ATTN_SHAPES'} \
     --json '$dest/attn_bench.json' 2>&1 | tee '$dest/attn_bench_live.log'"
 }
-# cuDNN's fused attention inside Python (session 28's fix, not yet run there on a GPU): the
-# iostreams check after `import torch`, attention_bench.py (its ember / ember_timed / ember_cudnn
-# variants) and the transformer rows with EMBER_CUDNN_ATTENTION=timed against the default
+# cuDNN's fused attention inside Python: the iostreams check after `import torch`,
+# attention_bench.py (its ember / ember_timed / ember_cudnn variants) and the transformer rows
+# with the default (cuDNN timed against Ember's kernel) against EMBER_CUDNN_ATTENTION=off
 # (VARIANT_ROWS, default BERT, GPT-2 and ViT-B/16 at b32).
 step_cudnn_attn() {
   run_step iostreams python3 -m pytest -q -p no:cacheprovider tests/python/test_engine.py -k iostreams
   step_attn_bench
   run_step cudnn_variants bash -o pipefail -c "cd bench && python3 variants.py \
-    --rows '${VARIANT_ROWS:-bert:32,gpt2:32,vit_b_16:32}' --variants half,half_cudnn_timed \
+    --rows '${VARIANT_ROWS:-bert:32,gpt2:32,vit_b_16:32}' --variants half,half_own_attention \
     --json '$dest/cudnn_variants.json' 2>&1 | tee '$dest/cudnn_variants_live.log'"
 }
 # The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).

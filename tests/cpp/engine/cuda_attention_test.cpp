@@ -503,32 +503,36 @@ TEST(CudaAttention, CudnnSdpaTakesTheUnmaskedAlignedProblems) {
   expect_path(test::attention_network(f32, in), in, false, "f32");
 }
 
-// EMBER_CUDNN_ATTENTION=timed: the build times cuDNN's plan against Ember's kernel on the
-// problem and keeps the faster (either way the output matches); the choice is in the plan's timing cache, so a second
-// context of the engine times nothing.
+// EMBER_CUDNN_ATTENTION=timed, and unset (timed is the default): the build times cuDNN's plan
+// against Ember's kernel on the problem and keeps the faster (either way the output matches);
+// the choice is in the plan's timing cache, so a second context of the engine times nothing.
 TEST(CudaAttention, CudnnSdpaIsTimedAgainstEmbersKernel) {
   EMBER_SKIP_WITHOUT_CUDA();
-  CudnnSetting timed("timed");
-  if (!cuda::cudnn_attention_enabled()) {
-    GTEST_SKIP() << "built without the cuDNN frontend, or the loaded cuDNN is not the one its "
-                    "headers are from";
-  }
-  for (DataType t : {DataType::kF16, DataType::kBF16}) {
-    Case c;
-    c.B = 4;
-    c.H = c.Hkv = 12;
-    c.L = c.S = 128;
-    c.E = c.Ev = 64;
-    c.seq_major = true;
-    const std::vector<TestTensor> in = test::attention_inputs(c, t, 710);
-    const Network net = test::attention_network(c, in);
-    const int64_t before = cuda::cudnn_attention_counters().timed;
-    test::CudaRunner runner(net, in);
-    EXPECT_EQ(cuda::cudnn_attention_counters().timed, before + 1) << dtype_name(t);
-    test::expect_matches_cpu(net, in, runner.run(in), std::string("timed ") + dtype_name(t));
-    test::CudaRunner second(net, runner.engine().shared_from_this());
-    test::expect_matches_cpu(net, in, second.run(in), std::string("second context ") + dtype_name(t));
-    EXPECT_EQ(cuda::cudnn_attention_counters().timed, before + 1) << dtype_name(t);
+  for (const char* setting : {"timed", static_cast<const char*>(nullptr)}) {
+    const std::string label = setting == nullptr ? "unset" : setting;
+    CudnnSetting timed(setting);
+    if (!cuda::cudnn_attention_enabled()) {
+      GTEST_SKIP() << "built without the cuDNN frontend, or the loaded cuDNN is not the one its "
+                      "headers are from";
+    }
+    for (DataType t : {DataType::kF16, DataType::kBF16}) {
+      Case c;
+      c.B = 4;
+      c.H = c.Hkv = 12;
+      c.L = c.S = 128;
+      c.E = c.Ev = 64;
+      c.seq_major = true;
+      const std::string what = label + " " + dtype_name(t);
+      const std::vector<TestTensor> in = test::attention_inputs(c, t, 710);
+      const Network net = test::attention_network(c, in);
+      const int64_t before = cuda::cudnn_attention_counters().timed;
+      test::CudaRunner runner(net, in);
+      EXPECT_EQ(cuda::cudnn_attention_counters().timed, before + 1) << what;
+      test::expect_matches_cpu(net, in, runner.run(in), "timed " + what);
+      test::CudaRunner second(net, runner.engine().shared_from_this());
+      test::expect_matches_cpu(net, in, second.run(in), "second context " + what);
+      EXPECT_EQ(cuda::cudnn_attention_counters().timed, before + 1) << what;
+    }
   }
 }
 

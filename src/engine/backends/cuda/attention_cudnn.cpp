@@ -43,27 +43,27 @@ namespace {
 
 std::atomic<int64_t> g_plans{0}, g_refusals{0}, g_timed{0}, g_own_faster{0}, g_executions{0};
 
-/// EMBER_CUDNN_ATTENTION (read on each call): unset, "0" or "off" (the default: Ember's kernels),
-/// "timed" or "1" (cuDNN where it covers a problem and measures faster), "force" (cuDNN whenever
-/// it builds a plan, without timing: tests and A/B runs). Any mode but off is refused where
-/// iostreams do not work in the process (runtime/iostreams_check.h): the frontend writes numbers
-/// to streams, and crashed there.
+/// EMBER_CUDNN_ATTENTION (read on each call): unset, "timed" or "1" (the default: cuDNN where it
+/// covers a problem and measures faster), "0" or "off" (Ember's kernels only), "force" (cuDNN
+/// whenever it builds a plan, without timing: tests and A/B runs). Any mode but off is refused
+/// where iostreams do not work in the process (runtime/iostreams_check.h): the frontend writes
+/// numbers to streams, and crashed there.
 enum class Mode { kOff, kTimed, kForce };
 
 Mode requested_mode() {
   const char* e = std::getenv("EMBER_CUDNN_ATTENTION");
-  if (e == nullptr || *e == '\0') return Mode::kOff;
+  if (e == nullptr || *e == '\0') return Mode::kTimed;
   const std::string v(e);
   if (v == "0" || v == "off") return Mode::kOff;
   if (v == "timed" || v == "1") return Mode::kTimed;
   if (v == "force") return Mode::kForce;
   throw Error("EMBER_CUDNN_ATTENTION='" + v +
-              "' is not a setting: expected off (or 0, the default), timed (or 1) or force");
+              "' is not a setting: expected timed (or 1, the default), off (or 0) or force");
 }
 
 [[maybe_unused]] Mode mode() {
   const Mode requested = requested_mode();  // a bad setting is an error either way
-  // The iostreams check only when the path is asked for: off by default touches no stream.
+  // The iostreams check only when the path may run: off touches no stream.
   if (requested == Mode::kOff) return Mode::kOff;
   return iostreams_work() ? requested : Mode::kOff;
 }
@@ -235,15 +235,16 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
                                          const AttentionGeometry& geo,
                                          const std::function<void()>& own) {
   using Status = CudnnAttentionStatus;
-  // iostreams broken in this process: a setting other than off is reported once.
+  // iostreams broken in this process: the path is switched off, and that is reported once
+  // (unless EMBER_CUDNN_ATTENTION=off asked for it).
   static std::atomic<bool> broken_reported{false};
   if (requested_mode() != Mode::kOff && !broken_reported.load() && !iostreams_work() &&
       !broken_reported.exchange(true)) {
-    a.res->warn_once(a.layer, "EMBER_CUDNN_ATTENTION is ignored: libstdc++'s iostreams do not "
-                              "work inside libember.so in this process (a number written to a "
-                              "stream gave '" + iostreams_probe() + "'; see "
-                              "runtime/iostreams_check.h), and cuDNN's frontend needs them; "
-                              "attention runs on Ember's kernels");
+    a.res->warn_once(a.layer, "cuDNN's fused attention is off (EMBER_CUDNN_ATTENTION is "
+                              "ignored): libstdc++'s iostreams do not work inside libember.so in "
+                              "this process (a number written to a stream gave '" +
+                              iostreams_probe() + "'; see runtime/iostreams_check.h), and cuDNN's "
+                              "frontend needs them; attention runs on Ember's kernels");
   }
   const DataType dtype = a.in(0).dtype;
   if (switched_off() || a.has(3) || (dtype != DataType::kF16 && dtype != DataType::kBF16) ||
