@@ -13,7 +13,7 @@
 # Logs go to a temporary folder, packed at the end into $OUT/gpu_logs.tgz (the device tool brings
 # back at most 8 files) beside summary.txt and bench.json; each step's summary line ends with the
 # last line of its log. Usage:
-#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|attn_bench|cudnn_attn|fusion_ab|soak|cache]...
+#   tools/gpu_check.sh [all|build|cpp|models|ops|zoo|bench|profile|variants|quant|attn_ab|attn_bench|cudnn_attn|fusion_ab|soak|cache|wide]...
 #   (default: all)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -121,6 +121,19 @@ step_cudnn_attn() {
   run_step cudnn_variants bash -o pipefail -c "cd bench && python3 variants.py \
     --rows '${VARIANT_ROWS:-bert:32,gpt2:32,vit_b_16:32}' --variants half,half_own_attention \
     --json '$dest/cudnn_variants.json' 2>&1 | tee '$dest/cudnn_variants_live.log'"
+}
+# The wide suite (issue 18 section 3: every model of bench/models.py at batch 1 and its serving
+# batch) against reduce-overhead, one bench process per group of models (WIDE_GROUPS: groups
+# separated by spaces, models in a group by commas), each under STEP_TIMEOUT, so a crash or a
+# hang costs one group; every row is written to $OUT/wide_<n>.json as it finishes.
+step_wide() {
+  local n=0
+  for g in ${WIDE_GROUPS:-swin_t,convnext_tiny mobilenet_v3_large,efficientnet_b0 roberta,distilbert t5_small,qwen2_0_5b deeplabv3_resnet50 resnet50,vit_b_16 bert,gpt2}; do
+    n=$((n + 1))
+    run_step "wide_$n" bash -o pipefail -c "python3 bench/bench.py --suite wide --models '$g' \
+      --compile-modes reduce-overhead --iters ${WIDE_ITERS:-30} --json '$dest/wide_$n.json' 2>&1 |
+      grep -v -e FutureWarning -e 'return cls' > '$out/wide_$n.full.log'; tail -n 3 '$out/wide_$n.full.log'"
+  done
 }
 # The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).
 step_soak() {
