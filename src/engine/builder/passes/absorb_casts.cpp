@@ -35,12 +35,6 @@ namespace {
 
 bool low_precision(DataType t) { return t == DataType::kF16 || t == DataType::kBF16; }
 
-/// `base`, primed until no layer of `net` has the name.
-std::string unique_name(const Network& net, std::string base) {
-  while (net.find_layer(base) != nullptr) base += "'";
-  return base;
-}
-
 /// The low-precision tensor `t` was cast up from, when a Cast to f32 produced it.
 Tensor* cast_up_source(const Tensor* t) {
   const Layer* c = t->producer();
@@ -67,7 +61,7 @@ Tensor* narrowed_constant(Network& net, const Tensor* t, DataType dtype, const s
       return nullptr;
     }
   }
-  return net.add_constant(std::move(narrowed), unique_name(net, name))->output();
+  return net.add_constant(std::move(narrowed), unique_layer_name(net, name))->output();
 }
 
 /// Rewrites `l` (a Normalization or SoftMax) when the pattern holds; true when it did.
@@ -101,13 +95,13 @@ bool rewrite(Network& net, Layer* l) {
                                      l->name() + "/bias" + suffix, ok);
     if (!ok) return false;  // computed scale/bias: left as they are (the new constants are dead)
     y = net.add_normalization(x, scale, bias, l->params_as<NormalizationParams>(),
-                              unique_name(net, l->name() + suffix))->output();
+                              unique_layer_name(net, l->name() + suffix))->output();
   } else {
     const auto& sp = l->params_as<SoftMaxParams>();
-    y = net.add_layer(sp, {x}, unique_name(net, l->name() + suffix))->output();
+    y = net.add_layer(sp, {x}, unique_layer_name(net, l->name() + suffix))->output();
   }
   for (const Layer* m : moves) {
-    y = net.add_layer(m->params(), {y}, unique_name(net, m->name() + suffix))->output();
+    y = net.add_layer(m->params(), {y}, unique_layer_name(net, m->name() + suffix))->output();
   }
   net.replace_all_uses(down->output(), y);
   return true;

@@ -36,6 +36,11 @@ Layer* sole_consumer(const Network& net, const Tensor* t) {
   return reads == 1 ? users[0] : nullptr;
 }
 
+std::string unique_layer_name(const Network& net, std::string base) {
+  while (net.find_layer(base) != nullptr) base += "'";
+  return base;
+}
+
 const Weights* constant_of(const Tensor* t) {
   if (t == nullptr || t->producer() == nullptr ||
       t->producer()->kind() != LayerKind::kConstant) {

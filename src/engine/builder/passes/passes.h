@@ -81,6 +81,8 @@ void pass_simplify_attention(BuildState& s);
 /// The only consumer of `t`, when it has exactly one, reads it once, and `t` is not a network
 /// output (the precondition of most rewrites).
 Layer* sole_consumer(const Network& net, const Tensor* t);
+/// `base`, primed (') until no layer of `net` has the name: names for layers a pass adds.
+std::string unique_layer_name(const Network& net, std::string base);
 /// The weights of `t` when a Constant layer produces it; nullptr otherwise (or for nullptr).
 const Weights* constant_of(const Tensor* t);
 /// A Shuffle whose transposes are identities: it keeps the row-major bytes (a reshape, or a

@@ -391,8 +391,8 @@ int read_unrepeated_kv(Network& net) {
         if (is_pure_reshape(unsqueeze) && unsqueeze->input(0)->shape() == u->shape) {
           view = unsqueeze->input(0);
         } else {
-          std::string name = l->name() + (u == &*k ? "/k_heads" : "/v_heads");
-          while (net.find_layer(name) != nullptr) name += "'";
+          const std::string name =
+              unique_layer_name(net, l->name() + (u == &*k ? "/k_heads" : "/v_heads"));
           view = net.add_reshape(u->expanded_input, u->shape, name)->output();
         }
       }
