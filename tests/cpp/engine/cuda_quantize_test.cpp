@@ -94,8 +94,9 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
 
 /// What check_product puts after the sum besides the scales: a bias, a GELU and the
 /// requantization to int8 (kFull); a bias (kBias) or a bias and a relu (kBiasRelu), both with
-/// an epilogue scale of 0.5, which FP8 runs in cuBLASLt's own epilogue.
-enum class ProductTail { kNone, kFull, kBias, kBiasRelu };
+/// an epilogue scale of 0.5, which FP8 runs in cuBLASLt's own epilogue; a bias and an erf GELU
+/// (kBiasGeluErf, scale 0.5), which FP8 finishes in a pass on cuBLASLt's 16-bit output.
+enum class ProductTail { kNone, kFull, kBias, kBiasRelu, kBiasGeluErf };
 
 /// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8,
 /// with `tail` after it (`epilogue`: kFull); with `zero_point` >= 0, a is uint8 with that zero
@@ -138,8 +139,10 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
     p.requantize.quant_min = -127;
   } else if (tail != ProductTail::kNone) {
     p.epilogue.scale = 0.5;
-    p.epilogue.fused_activation = tail == ProductTail::kBiasRelu;
-    p.epilogue.activation = ActivationType::kRelu;
+    p.epilogue.fused_activation =
+        tail == ProductTail::kBiasRelu || tail == ProductTail::kBiasGeluErf;
+    p.epilogue.activation =
+        tail == ProductTail::kBiasGeluErf ? ActivationType::kGeluErf : ActivationType::kRelu;
   }
   if (zero_point >= 0) {
     inputs.resize(6, nullptr);
@@ -213,6 +216,12 @@ TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   check_product(DataType::kF8E4M3, DataType::kF16, 64, 48, 128, false, -1, ProductTail::kBias);
   check_product(DataType::kF8E4M3, DataType::kBF16, 33, 32, 64, false, -1,
                 ProductTail::kBiasRelu);
+  // An activation cuBLASLt has no epilogue for (BERT's erf GELU): cuBLASLt writes the biased
+  // 16-bit output, a pass applies the activation in place (as the f16 MatrixMultiply does).
+  check_product(DataType::kF8E4M3, DataType::kF16, 64, 48, 128, false, -1,
+                ProductTail::kBiasGeluErf);
+  check_product(DataType::kF8E4M3, DataType::kBF16, 33, 32, 64, false, -1,
+                ProductTail::kBiasGeluErf);
   // K or N not a multiple of 16 (an ImageNet classifier's N = 1000): the direct kernel.
   check_product(DataType::kF8E4M3, DataType::kF16, 3, 16, 20);
   check_product(DataType::kF8E4M3, DataType::kF16, 4, 1000, 256);

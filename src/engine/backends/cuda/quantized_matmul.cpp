@@ -10,13 +10,13 @@
 //   the activation and, when the layer requantizes, quantizes to int8. cuBLASLt's own BIAS /
 //   RELU_BIAS / GELU_BIAS epilogues take no int32 output, and the requantization has no
 //   cuBLASLt epilogue at all, so that pass is ours.
-// - FP8 with per-tensor scales, a 16-bit output, bias or relu or neither, and no requantization:
-//   the scales through CUBLASLT_MATMUL_DESC_A/B_SCALE_POINTER (device pointers, read at run
-//   time, so graphs stay valid), the epilogue scale as alpha, the bias and relu in cuBLASLt's
-//   BIAS / RELU_BIAS epilogue, f32 accumulation, the output type written directly (one
-//   rounding; f32 sums in cuBLASLt's order). Otherwise (per-channel scales, another activation,
-//   requantization, or an epilogue cuBLASLt refuses): the f32 sum into scratch, then the same
-//   epilogue pass as INT8 (one rounding, the CPU reference's order).
+// - FP8 with per-tensor scales, a 16-bit output and no requantization: the scales through
+//   CUBLASLT_MATMUL_DESC_A/B_SCALE_POINTER (device pointers, read at run time, so graphs stay
+//   valid), the epilogue scale as alpha, the bias and relu in cuBLASLt's BIAS / RELU_BIAS
+//   epilogue, f32 accumulation, the output type written directly (one rounding; f32 sums in
+//   cuBLASLt's order); another activation (erf GELU) in place after it. Otherwise (per-channel
+//   scales, requantization, or an epilogue cuBLASLt refuses): the f32 sum into scratch, then
+//   the same epilogue pass as INT8 (one rounding, the CPU reference's order).
 // Shapes cuBLASLt refuses (INT8 needs K and the leading dims multiples of 4, FP8 multiples of
 // 16, FP8 needs sm_89+; an ImageNet classifier's N = 1000 is one) run in quantize.cu's direct
 // kernel, then the same epilogue pass: on the device, so the engine's CUDA graph still captures
@@ -27,6 +27,7 @@
 #include <string>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/linear_kernels.h"
 #include "backends/cuda/quantize_kernels.h"
 
 namespace ember::engine::cuda {
@@ -228,24 +229,31 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
 /// FP8 E4M3: returns false when cuBLASLt cannot take the problem (or the GPU has no FP8).
 /// Per-tensor scales, a 16-bit output and no requantization: the GEMM writes the output itself,
 /// with the layer's scales, epilogue scale (alpha) and bias or relu in cuBLASLt's own epilogue;
-/// everything else (per-channel weight scales, f32 output, another activation, requantization,
-/// or an epilogue cuBLASLt refuses): the f32 sums go to scratch and the epilogue pass (the
-/// INT8 one) finishes them. For BERT-base at b32 the first form spares 60 of its 73 products a
-/// round trip of f32 sums through memory (8 bytes an output element).
+/// an activation cuBLASLt has no epilogue for (erf GELU, SiLU, ...) then runs in place on that
+/// output (`epilogue`'s activation; the output rounded twice, as the f16 MatrixMultiply does).
+/// Everything else (per-channel weight scales, f32 output, requantization, or an epilogue
+/// cuBLASLt refuses): the f32 sums go to scratch and the epilogue pass (the INT8 one) finishes
+/// them. For BERT-base at b32 the first form spares all 73 products a round trip of f32 sums
+/// through memory (8 bytes an output element; its 12 erf-GELU products pay 4 for the pass).
 bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
-             const ProductEpilogue& e) {
+             const ProductEpilogue& e, const Epilogue& epilogue) {
   if (k % 16 != 0 || n % 16 != 0) return false;  // before growing the workspace for it
   const bool per_tensor = !e.per_channel;
-  const bool relu_or_none = !e.activation || (e.type == ActivationType::kRelu);
+  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
+  const bool act_after = e.activation && !lib_relu;
   const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
   // A bias with an f32 output would need cuBLASLt's bf16 bias; such layers take the pass.
-  const bool fused = per_tensor && relu_or_none && e.out_scale == nullptr &&
-                     (half || (e.bias == nullptr && !e.activation));
+  const bool fused =
+      per_tensor && e.out_scale == nullptr && (half || (e.bias == nullptr && !e.activation));
   if (fused) {
     auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes));
-    const LibEpilogue lib{e.bias, e.activation, e.scale};
+    const LibEpilogue lib{e.bias, lib_relu, e.scale};
     if (gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, a.out().data,
                 out_type(float_type), a.in(3).data, a.in(2).data, base, &lib)) {
+      if (act_after) {
+        launch_epilogue(float_type, a.out().data, nullptr, n, 1, nullptr, &epilogue, m * n,
+                        a.stream());
+      }
       return true;
     }
   }
@@ -336,7 +344,7 @@ void run(const QuantizedMatrixMultiplyParams& p, const CudaArgs& a) {
   }
   const ProductEpilogue e = product_epilogue_of(p.epilogue, p.requantize, a);
   const bool done = qa.dtype != DataType::kF8E4M3 ? run_int8(a, m, n, k, p.out, e)
-                                                  : run_fp8(a, m, n, k, p.out, e);
+                                                  : run_fp8(a, m, n, k, p.out, e, p.epilogue);
   if (!done) run_direct(a, m, n, k, p.out, e);
 }
 
