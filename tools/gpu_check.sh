@@ -50,8 +50,9 @@ pack() {
 }
 
 step_cpp() {
+  # CPP_FILTER narrows the suites (a gtest filter).
   run_step cpp build/gpu/tests/cpp/ember_engine_tests --gtest_brief=1 \
-    --gtest_filter='Cuda*:FuseEpilogues*:FusePointwise*:PointwiseCodegen*:GatherSlices*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*:ChannelsLast*'
+    --gtest_filter="${CPP_FILTER:-Cuda*:FuseEpilogues*:FusePointwise*:PointwiseCodegen*:GatherSlices*:SimplifyAttention*:Attention*:PlanMemory*:Runtime*:Quantiz*:Dequantize*:Fp8*:Plugin*:ChannelsLast*:AbsorbCasts*}"
 }
 step_models() {
   run_step models python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
@@ -86,10 +87,11 @@ step_variants() {
     --json '$dest/variants.json' 2>&1 | tee '$dest/variants_live.log'"
 }
 # INT8/FP8 against f16 (QUANT_ROWS, default ResNet-50 and BERT-base at b32) and the kernel
-# profile of INT8 ResNet-50 b32: issue 17's figures in one step.
+# profile of INT8 ResNet-50 b32 (QUANT_PROFILE=0 skips it): issue 17's figures in one step.
 step_quant() {
   run_step quant bash -c "cd bench && python3 variants.py --rows '${QUANT_ROWS:-resnet50:32,bert:32}' \
     --variants half,int8,fp8 --json '$dest/quant.json' 2>&1 | tee '$dest/quant_live.log'"
+  [ "${QUANT_PROFILE:-1}" = 0 ] && return
   run_step profile_resnet50_int8 python3 bench/kernel_profile.py --model resnet50 --batch 32 \
     --top 14 --quantize int8
 }
