@@ -29,7 +29,9 @@
 //    (packed_heads = H) and the three slice copies disappear. When they come from three
 //    projections of one input instead (three MatrixMultiply layers with constant weights and the
 //    same settings), those merge first into one product with the weights side by side: one
-//    larger GEMM instead of three, and its output is read in place.
+//    larger GEMM instead of three, and its output is read in place. An INT8/FP8 model's three
+//    QuantizedMatrixMultiply projections merge the same way when their scales allow one
+//    product (int8: per-channel weight scales side by side; FP8: one equal per-tensor scale).
 //
 // 4. Repeated key/value heads. HF's grouped-query models (Llama, Mistral, Qwen2) copy each key
 //    and value head n_rep times before SDPA (repeat_kv; torch.repeat_interleave(x, n_rep, dim=1)
@@ -231,7 +233,7 @@ Weights concat_weights(const std::vector<const Weights*>& ws, bool transpose_b) 
 /// settings (BERT's query/key/value linears) become one product with the weights and biases
 /// side by side, read back as three slices (which rewrite 3 then reads in place). Returns
 /// whether it merged.
-bool merge_projections(Network& net, Layer* attn) {
+bool merge_float_projections(Network& net, Layer* attn) {
   Layer* mm[3];
   for (size_t t = 0; t < 3; ++t) {
     mm[t] = projection_of(net, attn->input(t));
@@ -277,6 +279,117 @@ bool merge_projections(Network& net, Layer* attn) {
     net.replace_all_uses(mm[t]->output(), third);
   }
   return true;
+}
+
+
+/// The QuantizedMatrixMultiply behind a reshape-only Shuffle that produces `t`, when the product
+/// feeds only that reshape, has a constant rank-2 weight and weight scale, a constant bias or
+/// none, and does not requantize (fuse_quantized's products of an INT8/FP8 model).
+Layer* quantized_projection_of(const Network& net, const Tensor* t) {
+  const Layer* r = t->producer();
+  if (!is_pure_reshape(r)) return nullptr;
+  Layer* mm = r->input(0)->producer();
+  if (mm == nullptr || mm->kind() != LayerKind::kQuantizedMatrixMultiply ||
+      mm->output()->rank() != 3 || sole_consumer(net, mm->output()) != r ||
+      mm->params_as<QuantizedMatrixMultiplyParams>().requantize.enabled) {
+    return nullptr;
+  }
+  const Weights* w = constant_of(mm->input(1));
+  const bool bias_ok = mm->input(4) == nullptr || constant_of(mm->input(4)) != nullptr;
+  return w != nullptr && w->dims().size() == 2 && constant_of(mm->input(3)) != nullptr && bias_ok
+             ? mm
+             : nullptr;
+}
+
+/// The same tensor, or two constants with the same dtype, dims and bytes (or both absent).
+bool same_value(const Tensor* a, const Tensor* b) {
+  if (a == b) return true;
+  const Weights* wa = constant_of(a);
+  const Weights* wb = constant_of(b);
+  return wa != nullptr && wb != nullptr && wa->dtype() == wb->dtype() &&
+         wa->dims() == wb->dims() && std::memcmp(wa->data(), wb->data(), wa->nbytes()) == 0;
+}
+
+/// Rewrite 3a for an INT8/FP8 model: three QuantizedMatrixMultiply projections of one quantized
+/// activation (same a_scale and zero point, same settings) merge like the float ones. The weight
+/// scales must allow one product: int8 weights take per-channel scales, so theirs are laid side
+/// by side (a per-tensor one repeated per channel: exact); FP8 products take one per-tensor
+/// scale, so they merge only when the three are equal. Returns whether it merged.
+bool merge_quantized_projections(Network& net, Layer* attn) {
+  Layer* mm[3];
+  for (size_t t = 0; t < 3; ++t) {
+    mm[t] = quantized_projection_of(net, attn->input(t));
+    if (mm[t] == nullptr) return false;
+  }
+  if (mm[0] == mm[1] || mm[1] == mm[2] || mm[0] == mm[2]) return false;
+  const auto& p0 = mm[0]->params_as<QuantizedMatrixMultiplyParams>();
+  std::vector<const Weights*> ws, scales, bs;
+  for (Layer* m : mm) {
+    const auto& p = m->params_as<QuantizedMatrixMultiplyParams>();
+    if (m->input(0) != mm[0]->input(0) || p.out != p0.out ||
+        !same_epilogue(p.epilogue, p0.epilogue) || !same_value(m->input(2), mm[0]->input(2)) ||
+        !same_value(m->input(6), mm[0]->input(6)) ||
+        (m->input(4) == nullptr) != (mm[0]->input(4) == nullptr) ||
+        !(m->output()->shape() == mm[0]->output()->shape())) {
+      return false;
+    }
+    ws.push_back(constant_of(m->input(1)));
+    scales.push_back(constant_of(m->input(3)));
+    if (m->input(4) != nullptr) bs.push_back(constant_of(m->input(4)));
+  }
+  for (const Weights* w : ws) {
+    if (w->dtype() != ws[0]->dtype() || w->dims() != ws[0]->dims()) return false;
+  }
+  const int64_t n = ws[0]->dims()[0];  // [N, K]
+  const std::string name = mm[0]->name() + "+" + mm[1]->name() + "+" + mm[2]->name();
+  Tensor* scale = nullptr;
+  if (same_value(mm[0]->input(3), mm[1]->input(3)) && same_value(mm[0]->input(3), mm[2]->input(3)) &&
+      scales[0]->numel() == 1) {
+    scale = mm[0]->input(3);
+  } else {
+    if (ws[0]->dtype() != DataType::kI8) return false;  // FP8: per-tensor scales only
+    std::vector<float> per_channel;
+    for (const Weights* sc : scales) {
+      if (sc->dtype() != DataType::kF32 || (sc->numel() != 1 && sc->numel() != n)) return false;
+      for (int64_t j = 0; j < n; ++j) {
+        per_channel.push_back(cpu::load_float(DataType::kF32, sc->data(), sc->numel() == 1 ? 0 : j));
+      }
+    }
+    scale = net.add_constant(Weights::from_vector(DataType::kF32, {3 * n}, per_channel),
+                             unique_layer_name(net, name + "/weight_scale"))
+                ->output();
+  }
+  Tensor* w = net.add_constant(concat_weights(ws, /*transpose_b=*/true),
+                               unique_layer_name(net, name + "/weight"))
+                  ->output();
+  Tensor* bias = nullptr;
+  if (!bs.empty()) {
+    std::vector<uint8_t> bytes;
+    for (const Weights* b : bs) {
+      const auto* d = static_cast<const uint8_t*>(b->data());
+      bytes.insert(bytes.end(), d, d + b->nbytes());
+    }
+    bias = net.add_constant(Weights::copy(bs[0]->dtype(), {3 * n}, bytes.data()),
+                            unique_layer_name(net, name + "/bias"))
+               ->output();
+  }
+  std::vector<Tensor*> inputs{mm[0]->input(0), w, mm[0]->input(2), scale, bias, nullptr,
+                              mm[0]->input(6)};
+  while (inputs.back() == nullptr) inputs.pop_back();  // optional inputs: absent at the end
+  Tensor* y = net.add_layer(p0, inputs, unique_layer_name(net, name))->output();
+  const Shape& part = mm[0]->output()->shape();  // [B, L, N]
+  for (int64_t t = 0; t < 3; ++t) {
+    Tensor* third = net.add_slice(y, {DimExpr(0), DimExpr(0), DimExpr(t * n)}, part, {1, 1, 1},
+                                  mm[t]->name() + "/third")
+                        ->output();
+    net.replace_all_uses(mm[t]->output(), third);
+  }
+  return true;
+}
+
+/// Rewrite 3a, float or quantized projections.
+bool merge_projections(Network& net, Layer* attn) {
+  return merge_float_projections(net, attn) || merge_quantized_projections(net, attn);
 }
 
 /// Rewrite 3: a seq-major Attention whose q, k and v are the three thirds of one fused QKV
