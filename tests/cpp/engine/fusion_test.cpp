@@ -668,6 +668,144 @@ TEST(SimplifyAttention, ThreeProjectionsOfOneInputMergeIntoOnePackedProduct) {
   test::run_network(apart, {TestTensor::random(DataType::kF32, {3, 5, 24}, 6)}, options);
 }
 
+/// One of quantized_attention's three projections.
+struct QuantizedProjection {
+  std::vector<float> weight_scale = {0.005f};  ///< One element (per-tensor) or 32 (per channel).
+  float a_scale = 0.02f;  ///< The product's a_scale (its own constant; x is quantized at 0.02).
+  double epilogue_scale = 1.0;
+};
+
+/// The per-channel weight scales 0.004 + 0.0002 j (+ `shift`) of a [32, 32] projection.
+std::vector<float> per_channel_scales(float shift) {
+  std::vector<float> s;
+  for (int j = 0; j < 32; ++j) s.push_back(0.004f + 0.0002f * static_cast<float>(j) + shift);
+  return s;
+}
+
+/// What fuse_quantized makes of BERT's attention in an INT8/FP8 model: x [2, 5, 32] -> Quantize
+/// (per-tensor, to `q`: i8 or f8e4m3, scale 0.02) -> three QuantizedMatrixMultiply projections
+/// (weights [N = 32, K = 32] of `q`, different per projection, and a bias; `out`) -> view
+/// [2, 5, 4, 8] -> transpose(1, 2) -> Attention -> transpose(1, 2) -> view [2, 5, 32].
+Network quantized_attention(DataType q, DataType out,
+                            const std::vector<QuantizedProjection>& proj) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 5, 32});
+  const auto scale = [&net](const std::vector<float>& s, const std::string& name) {
+    return net
+        .add_constant(Weights::from_vector(DataType::kF32, {static_cast<int64_t>(s.size())}, s),
+                      name)
+        ->output();
+  };
+  QuantizeParams qp;
+  qp.to = q;
+  Tensor* xq = net.add_quantize(x, scale({0.02f}, "x_scale"), nullptr, qp, "quantize")->output();
+  std::vector<Tensor*> heads;
+  for (uint32_t part = 0; part < 3; ++part) {
+    const std::string s = std::to_string(part);
+    // int8 weights are whole numbers in [-40, 40); FP8 ones E4M3 values in [-2, 2).
+    Tensor* w = nullptr;
+    if (q == DataType::kI8) {
+      w = constant(net, q, {32, 32}, 40 + part, "w" + s, -40.0f, 40.0f);
+    } else {
+      const std::vector<float> v =
+          TestTensor::random(DataType::kF32, {32, 32}, 40 + part, -2.0f, 2.0f).to_floats();
+      const TestTensor e4m3 = TestTensor::floats(q, {32, 32}, v);
+      w = net.add_constant(Weights::copy(q, {32, 32}, e4m3.bytes.data()), "w" + s)->output();
+    }
+    QuantizedMatrixMultiplyParams p;
+    p.out = out;
+    p.epilogue.scale = proj[part].epilogue_scale;
+    Tensor* y = net.add_layer(p,
+                              {xq, w, scale({proj[part].a_scale}, "a_scale" + s),
+                               scale(proj[part].weight_scale, "w_scale" + s),
+                               constant(net, out, {32}, 50 + part, "b" + s, -0.5f, 0.5f)},
+                              "proj" + s)
+                    ->output();
+    y = net.add_reshape(y, {2, 5, 4, 8})->output();
+    heads.push_back(net.add_transpose(y, {0, 2, 1, 3})->output());
+  }
+  AttentionParams p;
+  p.scale = 0.35;
+  Tensor* o = net.add_layer(p, heads, "attn")->output();
+  o = net.add_transpose(o, {0, 2, 1, 3})->output();
+  net.mark_output(net.add_reshape(o, {2, 5, 32})->output(), "y");
+  return net;
+}
+
+/// Checks how many products the built `net` keeps (1: merged and read packed) and that its
+/// output is the network's as written (run_network: the reference executor) and the output of
+/// the plan built without simplify_attention (optimization level 1).
+void expect_quantized_projections(const Network& net, DataType out, int products) {
+  EXPECT_EQ(count_layers(net, "QuantizedMatrixMultiply"), products);
+  EXPECT_EQ(count_layers(net, "MatrixMultiply"), 0);
+  EXPECT_EQ(count_layers(net, "Attention"), 1);
+  EXPECT_EQ(count_layers(net, "Slice"), 0);
+  const std::string json = built_json(net);
+  const std::string log = simplify_attention_log(net, {});
+  if (products == 1) {
+    EXPECT_EQ(count_layers(net, "Shuffle"), 1) << "only the final reshape is left";
+    EXPECT_NE(json.find("\"packed_heads\": 4"), std::string::npos) << json;
+    EXPECT_NE(log.find("1 read q, k and v from one packed projection (1 of them merged from "
+                       "three)"),
+              std::string::npos)
+        << log;
+  } else {
+    EXPECT_EQ(json.find("\"packed_heads\": 4"), std::string::npos) << json;
+    EXPECT_NE(log.find("0 read q, k and v from one packed projection"), std::string::npos) << log;
+  }
+  const std::vector<TestTensor> in = {
+      TestTensor::random(DataType::kF32, {2, 5, 32}, 60, -2.0f, 2.0f)};
+  test::RunOptions plain;
+  plain.optimization_level = 1;
+  const auto rewritten = test::run_network(net, in);
+  const auto unrewritten = test::run_network(net, in, plain);
+  ASSERT_EQ(rewritten.size(), 1u);
+  ASSERT_EQ(unrewritten.size(), 1u);
+  EXPECT_EQ(rewritten[0].dims, (std::vector<int64_t>{2, 5, 32}));
+  test::expect_close(rewritten[0], unrewritten[0].to_floats(), out, "rewritten vs level 1");
+}
+
+TEST(SimplifyAttention, Int8ProjectionsMergeWithTheirWeightScalesSideBySide) {
+  const std::vector<std::vector<QuantizedProjection>> cases = {
+      // Per-channel, per-tensor (repeated per channel) and other per-channel scales.
+      {{per_channel_scales(0.0f)}, {{0.006f}}, {per_channel_scales(0.001f)}},
+      // Three different per-tensor scales: int8 takes them as per-channel ones.
+      {{{0.004f}}, {{0.005f}}, {{0.007f}}},
+      // One equal per-tensor scale (three constants of the same value) stays per-tensor.
+      {{{0.005f}}, {{0.005f}}, {{0.005f}}},
+  };
+  for (DataType out : {DataType::kF32, DataType::kF16}) {
+    for (size_t c = 0; c < cases.size(); ++c) {
+      SCOPED_TRACE(std::string(dtype_name(out)) + " case " + std::to_string(c));
+      expect_quantized_projections(quantized_attention(DataType::kI8, out, cases[c]), out, 1);
+    }
+  }
+}
+
+TEST(SimplifyAttention, Fp8ProjectionsMergeOnlyWithOneEqualWeightScale) {
+  // An FP8 product takes one per-tensor weight scale: three different ones stay three products.
+  for (DataType out : {DataType::kF32, DataType::kF16}) {
+    SCOPED_TRACE(dtype_name(out));
+    expect_quantized_projections(
+        quantized_attention(DataType::kF8E4M3, out, {{{0.05f}}, {{0.05f}}, {{0.05f}}}), out, 1);
+    expect_quantized_projections(
+        quantized_attention(DataType::kF8E4M3, out, {{{0.04f}}, {{0.05f}}, {{0.06f}}}), out, 3);
+  }
+}
+
+TEST(SimplifyAttention, QuantizedProjectionsThatCannotShareOneProductStayApart) {
+  QuantizedProjection other_a_scale;
+  other_a_scale.a_scale = 0.025f;
+  QuantizedProjection other_epilogue;
+  other_epilogue.epilogue_scale = 0.5;
+  for (const QuantizedProjection& k : {other_a_scale, other_epilogue}) {
+    SCOPED_TRACE(k.a_scale != 0.02f ? "a_scale" : "epilogue scale");
+    expect_quantized_projections(
+        quantized_attention(DataType::kI8, DataType::kF32, {{per_channel_scales(0.0f)}, k, {}}),
+        DataType::kF32, 3);
+  }
+}
+
 /// How the key and value heads reach a grouped-query Attention layer in gqa_attention.
 enum class Repeat {
   kRepeatKv,           ///< HF's repeat_kv: [b, 2, 1, n, 8] -> [b, 2, 3, n, 8] -> [b, 6, n, 8]
