@@ -102,6 +102,42 @@ TEST(CudaReduce, ManyBlocks) {
   check_reduce(TestTensor::random(DataType::kF32, {700000, 4}, 8), ReduceOp::kSum, {1}, false);
 }
 
+// Few long rows with EMBER_SPLIT_REDUCE=1: each row's reduced range is split over many blocks
+// (partials in scratch, then one warp per row combines them). Whole tensors into one value (T5's
+// isinf(x).any()), three rows, reduced dims in two strided groups, NaN inside one slice, every
+// op and integer wrap-around.
+TEST(CudaReduce, FewLongRowsSplitOverBlocks) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  test::ScopedEnv split("EMBER_SPLIT_REDUCE", "1");
+  for (DataType t : kFloatTypes) {
+    const TestTensor x = TestTensor::random(t, {4, 128, 512}, 11, 0.999f, 1.001f);
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax, ReduceOp::kMin,
+                        ReduceOp::kProd}) {
+      check_reduce(x, op, {0, 1, 2}, false);  // one row of 262144
+      check_reduce(x, op, {1, 2}, true);      // four rows of 65536
+      check_reduce(x, op, {0, 2}, false);     // 128 rows: as many as the SMs, or close
+    }
+    // Reduced dims 0 and 2 of [40, 3, 1000]: two strided groups, three rows.
+    check_reduce(TestTensor::random(t, {40, 3, 1000}, 12), ReduceOp::kSum, {0, 2}, false);
+    // A NaN in one slice of the split reaches the result.
+    std::vector<float> v(3 * 70000);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 11) - 5.0f;
+    v[100000] = std::numeric_limits<float>::quiet_NaN();
+    const TestTensor xn = TestTensor::floats(t, {3, 70000}, v);
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
+      check_reduce(xn, op, {1}, false);
+      check_reduce(xn, op, {0, 1}, false);
+    }
+  }
+  for (DataType t : kIntTypes) {
+    const TestTensor x = TestTensor::random(t, {2, 50000}, 13, -100.0f, 100.0f);
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kProd, ReduceOp::kMax, ReduceOp::kMin}) {
+      check_reduce(x, op, {1}, false);
+      check_reduce(x, op, {0, 1}, true);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- topk
 
 void check_topk(const TestTensor& x, TopKOp op, int64_t k, int64_t axis, DataType index_dtype) {

@@ -963,21 +963,6 @@ void allow_shared_memory(K kernel, size_t bytes, std::atomic<uint64_t>& done, co
   done.fetch_or(bit);
 }
 
-/// The number of SMs of the current device (queried once per device).
-int sm_count() {
-  static std::atomic<int> counts[64] = {};
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  std::atomic<int>& slot = counts[device % 64];
-  int n = slot.load();
-  if (n == 0) {
-    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device),
-          "cudaDeviceGetAttribute");
-    slot.store(n);
-  }
-  return n;
-}
-
 template <typename T, int D, int W>
 void launch_flash(const T* q, const T* k, const T* v, const void* mask, T* out,
                   const AttnArgs& p, bool vec, cudaStream_t stream) {

@@ -30,6 +30,9 @@ namespace ember::engine::cuda {
 
 /// Throws Error naming the call and the CUDA error when `status` is not cudaSuccess.
 void check(cudaError_t status, const char* what);
+/// The number of SMs of the current device (queried once per device; executor.cpp): grids that
+/// should fill the GPU size themselves by it.
+int sm_count();
 
 /// The identity a timing-cache choice is valid for on the current device: GPU name, SM count,
 /// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.

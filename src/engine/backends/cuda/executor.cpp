@@ -4,6 +4,7 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +22,20 @@ void check(cudaError_t status, const char* what) {
     throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(status) + " (" +
                 cudaGetErrorString(status) + ")");
   }
+}
+
+int sm_count() {
+  static std::atomic<int> counts[64] = {};
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  std::atomic<int>& slot = counts[device % 64];
+  int n = slot.load();
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device),
+          "cudaDeviceGetAttribute");
+    slot.store(n);
+  }
+  return n;
 }
 
 bool capturing(cudaStream_t stream) {

@@ -157,19 +157,6 @@ CUfunction fused_function(const FusedPointwiseParams& p, const CudaArgs& a) {
   return fn;
 }
 
-int sm_count() {
-  static const int n = [] {
-    int device = 0, count = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      cudaGetLastError();
-      return 132;
-    }
-    return count;
-  }();
-  return n;
-}
-
 }  // namespace
 
 std::vector<uint8_t> compile_pointwise_kernel(const std::string& source, const std::string& target) {

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -296,6 +297,92 @@ __global__ void reduce_columns_kernel(const T* __restrict__ in, T* __restrict__ 
   }
 }
 
+/// Few long rows (a whole tensor into one value: T5's fp16 `isinf(x).any()` after each of its
+/// 30 sublayers, over [B, L, 512]): reduce_rows_kernel gives each row one block, so one SM
+/// reads the whole tensor while the others idle. Here each row's reduced range is cut into
+/// `chunks` slices of `chunk` elements, a block each (grid = rows * chunks); every block writes
+/// its partial accumulator (not finished: avg still a sum) to `partial[block]`.
+template <typename T>
+__global__ void reduce_rows_split_kernel(const T* __restrict__ in,
+                                         typename AccOf<T>::type* __restrict__ partial,
+                                         ReduceLayout l, ReduceOp op, int64_t chunk,
+                                         int64_t chunks) {
+  using Acc = typename AccOf<T>::type;
+  __shared__ Acc scratch[32];
+  const int64_t o = blockIdx.x / chunks;
+  const int64_t begin = (blockIdx.x % chunks) * chunk;
+  const int64_t end = begin + chunk < l.num_reduced ? begin + chunk : l.num_reduced;
+  const T* row = in + group_offset(o, l.num_outer_groups, l.outer_size, l.outer_stride);
+  Acc acc = identity<Acc>(op);
+  if (l.num_reduced_groups == 1) {
+    const int64_t s = l.reduced_stride[0];
+    for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
+      acc = combine(op, acc, load_acc(row, r * s));
+    }
+  } else {
+    for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) {
+      acc = combine(op, acc,
+                    load_acc(row, group_offset(r, l.num_reduced_groups, l.reduced_size,
+                                               l.reduced_stride)));
+    }
+  }
+  acc = block_combine(op, acc, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+/// The second pass of the split: a warp per row combines its `chunks` partials and stores the
+/// finished result (avg divides once, by the row's full `count`).
+template <typename T>
+__global__ void reduce_partials_kernel(const typename AccOf<T>::type* __restrict__ partial,
+                                       T* __restrict__ out, int64_t rows, int64_t chunks,
+                                       ReduceOp op, int64_t count) {
+  using Acc = typename AccOf<T>::type;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  // o is the same for every lane of a warp, so the loop (and its shuffles) stays warp-uniform.
+  for (int64_t o = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; o < rows;
+       o += warps) {
+    Acc acc = identity<Acc>(op);
+    for (int64_t c = lane; c < chunks; c += 32) acc = combine(op, acc, partial[o * chunks + c]);
+    acc = warp_combine(op, acc);
+    if (lane == 0) store_acc(out, o, finish(op, acc, count));
+  }
+}
+
+/// EMBER_SPLIT_REDUCE=1 turns the split on (read on each call). Off by default until it has
+/// run on a GPU: written on 2026-12-06 after T5-small b32 measured 8.8 ms against
+/// reduce-overhead's 1.9 ms (bench/results/2026-12-06-h100-session29.md), with no device time
+/// left to test it.
+bool split_reduce_enabled() {
+  const char* e = std::getenv("EMBER_SPLIT_REDUCE");
+  return e != nullptr && std::string(e) == "1";
+}
+
+/// How a Reduce with inner == 1 splits its rows: `chunks` slices of `chunk` elements per row, or
+/// chunks 1 (reduce_rows_kernel) when the rows already fill the GPU or are short.
+struct RowSplit {
+  int64_t chunk = 0;
+  int64_t chunks = 1;
+};
+
+RowSplit row_split(const ReduceLayout& l) {
+  RowSplit s;
+  constexpr int64_t kMinChunk = 4096;  // elements a block reads at least (256 threads x 16)
+  const int64_t sms = sm_count();
+  if (!split_reduce_enabled() || l.inner != 1 || l.num_outer >= sms ||
+      l.num_reduced < 2 * kMinChunk) {
+    return s;
+  }
+  // About two blocks per SM over all rows, no chunk shorter than kMinChunk.
+  const int64_t want = std::max<int64_t>(1, 2 * sms / l.num_outer);
+  const int64_t most = (l.num_reduced + kMinChunk - 1) / kMinChunk;
+  const int64_t chunks = std::min(want, most);
+  if (chunks < 2) return s;
+  s.chunk = (l.num_reduced + chunks - 1) / chunks;
+  s.chunks = (l.num_reduced + s.chunk - 1) / s.chunk;
+  return s;
+}
+
 /// Blocks for a grid-stride loop over `items` with `per_block` items per block (capped; the
 /// loops cover the rest).
 unsigned grid_for(int64_t items, int64_t per_block) {
@@ -303,11 +390,32 @@ unsigned grid_for(int64_t items, int64_t per_block) {
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
 }
 
+/// Scratch bytes launch_reduce<T> needs for `l` (the split's partials), 0 without a split.
+template <typename T>
+size_t reduce_scratch_bytes(const ReduceLayout& l) {
+  const RowSplit s = row_split(l);
+  return s.chunks > 1 ? static_cast<size_t>(l.num_outer * s.chunks) *
+                            sizeof(typename AccOf<T>::type)
+                      : 0;
+}
+
+/// `scratch`: reduce_scratch_bytes<T>(l) bytes of device memory (nullptr when 0).
 template <typename T>
 void launch_reduce(const DeviceTensor& x, DeviceTensor& y, const ReduceLayout& l, ReduceOp op,
-                   cudaStream_t stream) {
+                   void* scratch, cudaStream_t stream) {
   const auto* in = static_cast<const T*>(x.data);
   auto* out = static_cast<T*>(y.data);
+  const RowSplit split = row_split(l);
+  if (split.chunks > 1) {
+    auto* partial = static_cast<typename AccOf<T>::type*>(scratch);
+    reduce_rows_split_kernel<T><<<static_cast<unsigned>(l.num_outer * split.chunks), 256, 0,
+                                  stream>>>(in, partial, l, op, split.chunk, split.chunks);
+    check(cudaGetLastError(), "reduce_rows_split_kernel");
+    reduce_partials_kernel<T><<<grid_for(l.num_outer, 8), 256, 0, stream>>>(
+        partial, out, l.num_outer, split.chunks, op, l.num_reduced);
+    check(cudaGetLastError(), "reduce_partials_kernel");
+    return;
+  }
   if (l.inner == 1) {
     // Long rows get a whole block each; short ones a warp, eight rows per block.
     const int threads_per_row = l.num_reduced >= 2048 ? 256 : 32;
@@ -942,14 +1050,20 @@ void run(const ReduceParams& p, const CudaArgs& a) {
     return;
   }
   // An empty reduction runs the same kernels with no elements: identity, and avg = 0/0 = NaN.
+  const auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    const size_t bytes = reduce_scratch_bytes<T>(l);
+    void* scratch = bytes > 0 ? a.res->workspace(bytes) : nullptr;
+    launch_reduce<T>(x, y, l, p.op, scratch, a.stream());
+  };
   switch (x.dtype) {
-    case DataType::kF32: launch_reduce<float>(x, y, l, p.op, a.stream()); return;
-    case DataType::kF16: launch_reduce<__half>(x, y, l, p.op, a.stream()); return;
-    case DataType::kBF16: launch_reduce<__nv_bfloat16>(x, y, l, p.op, a.stream()); return;
-    case DataType::kI8: launch_reduce<int8_t>(x, y, l, p.op, a.stream()); return;
-    case DataType::kU8: launch_reduce<uint8_t>(x, y, l, p.op, a.stream()); return;
-    case DataType::kI32: launch_reduce<int32_t>(x, y, l, p.op, a.stream()); return;
-    case DataType::kI64: launch_reduce<int64_t>(x, y, l, p.op, a.stream()); return;
+    case DataType::kF32: return launch(float{});
+    case DataType::kF16: return launch(__half{});
+    case DataType::kBF16: return launch(__nv_bfloat16{});
+    case DataType::kI8: return launch(int8_t{});
+    case DataType::kU8: return launch(uint8_t{});
+    case DataType::kI32: return launch(int32_t{});
+    case DataType::kI64: return launch(int64_t{});
     case DataType::kBool: break;
     case DataType::kF8E4M3: break;  // only Q/DQ and byte moves take f8
   }
