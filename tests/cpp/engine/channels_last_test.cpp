@@ -465,6 +465,93 @@ TEST(ChannelsLastPass, TransposedInputEntersWithoutATranspose) {
   EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 1);  // only the exit
 }
 
+/// A layer norm over the last dim (C of an NHWC view), with a constant scale and bias.
+Tensor* norm_last_dim(Network& net, Tensor* x, const std::string& name, uint32_t seed) {
+  const int64_t c = x->shape()[3].constant();
+  NormalizationParams p;
+  p.axis = 3;
+  return net.add_normalization(x, constant(net, {c}, seed, name + "_s"),
+                               constant(net, {c}, seed + 1, name + "_b"), p, name)
+      ->output();
+}
+
+/// ConvNeXt's block as torchvision writes it: depthwise conv (NCHW) -> permute to NHWC ->
+/// layer norm -> linear -> GELU -> linear -> permute back -> * layer scale [C, 1, 1] -> + input.
+Tensor* convnext_block(Network& net, Tensor* x, const std::string& name, uint32_t seed) {
+  const int64_t c = x->shape()[1].constant();
+  Tensor* h = net.add_convolution(x, constant(net, {c, 1, 3, 3}, seed, name + "_dw"),
+                                  constant(net, {c}, seed + 1, name + "_dwb"),
+                                  conv_params(1, 1, 1, c), name + "_dwconv")
+                  ->output();
+  h = net.add_transpose(h, {0, 2, 3, 1}, name + "_to_nhwc")->output();
+  h = norm_last_dim(net, h, name + "_ln", seed + 2);
+  h = net.add_matrix_multiply(h, false, constant(net, {c, 2 * c}, seed + 4, name + "_w1"), false,
+                              name + "_fc1")
+          ->output();
+  h = net.add_activation(h, ActivationType::kGeluErf, 0, 0, name + "_gelu")->output();
+  h = net.add_matrix_multiply(h, false, constant(net, {2 * c, c}, seed + 5, name + "_w2"), false,
+                              name + "_fc2")
+          ->output();
+  h = net.add_transpose(h, {0, 3, 1, 2}, name + "_to_nchw")->output();
+  h = net.add_elementwise(h, constant(net, {c, 1, 1}, seed + 6, name + "_gamma"),
+                          ElementWiseOp::kProd, name + "_scale")
+          ->output();
+  return net.add_elementwise(h, x, ElementWiseOp::kSum, name + "_add")->output();
+}
+
+TEST(ChannelsLastPass, ConvNextBlocksStayNhwcThroughTheirOwnPermutes) {
+  // stem conv -> LayerNorm2d (permute, norm, permute) -> two blocks -> conv: the model's four
+  // permutes per block cancel against the region's exits and entries; one transpose in at x,
+  // one out at y.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 8, 8});
+  Tensor* y = net.add_convolution(x, constant(net, {8, 3, 2, 2}, 1, "stem_w"),
+                                  constant(net, {8}, 2, "stem_b"), conv_params(2, 0), "stem")
+                  ->output();
+  y = net.add_transpose(y, {0, 2, 3, 1}, "stem_to_nhwc")->output();
+  y = norm_last_dim(net, y, "stem_ln", 3);
+  y = net.add_transpose(y, {0, 3, 1, 2}, "stem_to_nchw")->output();
+  y = convnext_block(net, y, "b1", 10);
+  y = convnext_block(net, y, "b2", 20);
+  y = net.add_convolution(y, constant(net, {5, 8, 1, 1}, 30, "head_w"), nullptr, conv_params(),
+                          "head")
+          ->output();
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 8, 8}, 4)}, "convnext blocks");
+  int transposes = 0;
+  for (const Layer* l : nhwc.layers()) transposes += is_transpose(l) ? 1 : 0;
+  EXPECT_EQ(transposes, 2);
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kElementWise), 4);  // both scales and adds, in NHWC
+}
+
+TEST(ChannelsLastPass, ModelPermutesThatWouldAddTransposesStayOutside) {
+  // A pointwise layer reading a permute to NCHW and a plain NCHW input does not join: the
+  // input would need a transpose in. A permute to NHWC that is a network output is the
+  // region's tensor under the output's name.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 4, 5, 5});
+  Tensor* other = net.add_input("other", DataType::kF32, {2, 4, 5, 5});
+  Tensor* h = net.add_convolution(x, constant(net, {4, 4, 3, 3}, 1, "w"), nullptr,
+                                  conv_params(1, 1), "conv")
+                  ->output();
+  Tensor* t = net.add_transpose(h, {0, 2, 3, 1}, "to_nhwc")->output();
+  net.mark_output(t, "nhwc_out");
+  Tensor* m = net.add_unary(t, UnaryOp::kAbs, "abs")->output();
+  Tensor* back = net.add_transpose(m, {0, 3, 1, 2}, "to_nchw")->output();
+  net.mark_output(net.add_elementwise(back, other, ElementWiseOp::kSum, "add")->output(), "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net,
+      {TestTensor::random(DataType::kF32, {2, 4, 5, 5}, 2),
+       TestTensor::random(DataType::kF32, {2, 4, 5, 5}, 3)},
+      "permutes that stay");
+  ASSERT_NE(nhwc.find_layer("add"), nullptr) << "the add stays NCHW";
+  ASSERT_NE(nhwc.find_tensor("nhwc_out"), nullptr);
+  int transposes = 0;
+  for (const Layer* l : nhwc.layers()) transposes += is_transpose(l) ? 1 : 0;
+  EXPECT_EQ(transposes, 2);  // x in, and the model's own to_nchw before the add
+}
+
 TEST(ChannelsLastPass, BuilderRunsItOnRequest) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {1, 3, 6, 6});

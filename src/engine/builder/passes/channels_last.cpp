@@ -22,7 +22,15 @@
 //     network outputs included. When H = W = 1 both are reshapes instead, which the memory
 //     planner makes free (ResNet's pooled [N, 2048, 1, 1] before its flatten).
 //   - A tensor that is itself a transpose {0, 3, 1, 2} of an NHWC tensor enters as that tensor,
-//     so the pass never leaves two transposes back to back.
+//     so the pass never leaves two transposes back to back. A pointwise layer reading such a
+//     transpose joins even without a region input, when its other operands cost no transpose
+//     (region tensors, such transposes, constants, layout-free tensors): ConvNeXt's
+//     `gamma * permute(x, 0, 3, 1, 2) + residual` after its MLP (written in NHWC by the model).
+//   - A reader outside the region that is itself a transpose {0, 2, 3, 1} (the model going to
+//     NHWC for a layer norm over channels: ConvNeXt, Swin's patch merging) reads the region's
+//     NHWC tensor instead: the exit and that transpose would cancel.
+//   - A constant operand of rank below 4 broadcasts from the right (a [C, 1, 1] scale): it is
+//     read as [1, C, 1, 1] and permuted like the others.
 //
 // It runs after fuse_epilogues, so batch norm, bias, residual add and activation are already
 // inside the convolutions. Deconvolution stays NCHW.
@@ -61,9 +69,11 @@ bool is_transpose(const Layer* l, const std::vector<int64_t>& perm) {
          (p.second_transpose.empty() || p.second_transpose == std::vector<int64_t>{0, 1, 2, 3});
 }
 
-/// NCHW -> NHWC bytes of a rank-4 constant (for a weight: KCRS -> KRSC).
+/// NCHW -> NHWC bytes of a constant of rank <= 4 (for a weight: KCRS -> KRSC); a lower rank
+/// is first read as rank 4 with leading 1s, as broadcasting reads it.
 Weights to_nhwc_constant(const Weights& w) {
-  const auto& d = w.dims();
+  std::vector<int64_t> d = w.dims();
+  while (d.size() < 4) d.insert(d.begin(), 1);
   const int64_t k = d[0], c = d[1], r = d[2], s = d[3];
   Weights out = Weights::zeros(w.dtype(), {k, r, s, c});
   const size_t e = dtype_size(w.dtype());
@@ -90,7 +100,7 @@ struct Rewriter {
   bool f16_bf16_only;
   std::set<const Layer*> converted;       ///< Original layers that move to NHWC.
   std::map<const Tensor*, Tensor*> nhwc;  ///< Original NCHW tensor -> its NHWC version.
-  int convs = 0, pools = 0, pointwise = 0, entries = 0, exits = 0;
+  int convs = 0, pools = 0, pointwise = 0, entries = 0, exits = 0, cancelled = 0;
 
   bool in_region(const Tensor* t) const {
     return t != nullptr && t->producer() != nullptr && converted.count(t->producer()) > 0;
@@ -103,17 +113,30 @@ struct Rewriter {
     return f16_bf16_only ? (t == DataType::kF16 || t == DataType::kBF16) : is_float(t);
   }
 
-  /// Whether pointwise layer `l` (output rank 4) can join: one input from the region, every
-  /// input of rank 4 or layout-free.
+  /// A transpose {0, 3, 1, 2} of an [N, H, W, C] tensor: it enters the region as that tensor.
+  static bool nhwc_source(const Tensor* t) {
+    return t->rank() == 4 && is_transpose(t->producer(), kToNchw);
+  }
+
+  /// Whether pointwise layer `l` (output rank 4) can join: every input of rank 4, layout-free
+  /// or a constant of lower rank; and one input from the region, or (no transpose added) one
+  /// nhwc_source and the rest from the region, such sources, constants or layout-free.
   bool pointwise_joins(const Layer* l) const {
     if (l->output()->rank() != 4) return false;
-    bool from_region = false;
+    bool from_region = false, from_source = false, free = true;
     for (const Tensor* in : l->inputs()) {
       if (in == nullptr) continue;
-      from_region = from_region || in_region(in);
-      if (in->rank() != 4 && !layout_free(in)) return false;
+      const bool constant = constant_of(in) != nullptr;
+      if (in->rank() != 4 && !layout_free(in) && !(constant && in->rank() < 4)) return false;
+      if (in_region(in)) {
+        from_region = true;
+      } else if (nhwc_source(in)) {
+        from_source = true;
+      } else if (!constant && !layout_free(in)) {
+        free = false;  // would enter through a transpose
+      }
     }
-    return from_region;
+    return from_region || (from_source && free);
   }
 
   /// A 2-d QuantizedConvolution with groups = 1 (what the GPU's GEMM path takes; grouped ones
@@ -227,12 +250,19 @@ struct Rewriter {
       order.push_back(l);
     }
     for (const Layer* l : order) nhwc[l->output()] = convert(l)->output();
-    // Readers outside the region (and network outputs) get the NCHW tensor back, once each.
+    // Readers outside the region (and network outputs) get the NCHW tensor back, once each;
+    // a reader that transposes it to NHWC itself reads the NHWC tensor instead.
     for (const Layer* l : order) {
       Tensor* old = l->output();
       bool leaves = old->is_output();
       for (const Layer* user : net.consumers(old)) {
-        leaves = leaves || converted.count(user) == 0;
+        if (converted.count(user) > 0) continue;
+        if (is_transpose(user, kToNhwc)) {  // a network output keeps its name (see Network)
+          net.replace_all_uses(user->output(), nhwc[old]);
+          ++cancelled;
+          continue;
+        }
+        leaves = true;
       }
       if (!leaves) continue;
       Tensor* exit = relayout(nhwc[old], kToNchw, l->name() + "/to_nchw");
@@ -250,7 +280,8 @@ std::string rewrite_channels_last(Network& net, bool f16_bf16_only) {
   r.run();
   return std::to_string(r.convs) + " convolutions, " + std::to_string(r.pools) + " poolings, " +
          std::to_string(r.pointwise) + " pointwise layers to NHWC; " + std::to_string(r.entries) +
-         " transposes in, " + std::to_string(r.exits) + " out";
+         " transposes in, " + std::to_string(r.exits) + " out, " + std::to_string(r.cancelled) +
+         " of the model's own to NHWC read the region's tensor";
 }
 
 void pass_channels_last(BuildState& s) {
