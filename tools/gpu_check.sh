@@ -127,8 +127,9 @@ step_cudnn_attn() {
 # The wide suite (issue 18 section 3: every model of bench/models.py at batch 1 and its serving
 # batch) against reduce-overhead, one bench process per group of models (WIDE_GROUPS: groups
 # separated by spaces, models in a group by commas; default one model a group), each under
-# STEP_TIMEOUT, so a crash or a hang costs one group; every row is written to $OUT/wide_<n>.json
-# as it finishes. A model's two rows took 30 to 75 s on an H100 (2026-12-06; T5-small and
+# STEP_TIMEOUT, so a crash or a hang costs one group; every row is written as it finishes, and
+# after each group all rows so far are gathered in $OUT/wide.json (one file: the device tool
+# brings back at most 8). A model's two rows took 30 to 75 s on an H100 (2026-12-06; T5-small and
 # ConvNeXt did not finish in 80 s), so the thirteen models need two calls: give each a share
 # of WIDE_GROUPS and STEP_TIMEOUT=120.
 step_wide() {
@@ -136,8 +137,18 @@ step_wide() {
   for g in ${WIDE_GROUPS:-resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny vit_b_16 swin_t deeplabv3_resnet50 bert roberta distilbert t5_small gpt2 qwen2_0_5b}; do
     n=$((n + 1))
     run_step "wide_$n" bash -o pipefail -c "python3 bench/bench.py --suite wide --models '$g' \
-      --compile-modes reduce-overhead --iters ${WIDE_ITERS:-30} --json '$dest/wide_$n.json' 2>&1 |
+      --compile-modes reduce-overhead --iters ${WIDE_ITERS:-30} --json '$out/wide_$n.json' 2>&1 |
       grep -v -e FutureWarning -e 'return cls' > '$out/wide_$n.full.log'; tail -n 3 '$out/wide_$n.full.log'"
+    python3 - "$out" "$dest/wide.json" <<'PY'
+import glob, json, sys
+rows = []
+for f in sorted(glob.glob(sys.argv[1] + "/wide_*.json"), key=lambda p: int(p.rsplit("_", 1)[1][:-5])):
+    try:
+        rows += json.load(open(f))
+    except (OSError, ValueError):
+        pass  # a group stopped before its first row
+json.dump(rows, open(sys.argv[2], "w"), indent=1)
+PY
   done
 }
 # The soak at the issue's counts (4 threads x SOAK_CALLS calls, SOAK_CYCLES compile/run/free).
