@@ -229,17 +229,53 @@ Weights concat_weights(const std::vector<const Weights*>& ws, bool transpose_b) 
   return Weights::copy(dt, {k, n}, bytes.data());
 }
 
+/// The three projections `of` finds behind attn's q, k and v, when all three are there and
+/// distinct.
+bool three_projections(const Network& net, const Layer* attn,
+                       Layer* (*of)(const Network&, const Tensor*), Layer* (&mm)[3]) {
+  for (size_t t = 0; t < 3; ++t) {
+    mm[t] = of(net, attn->input(t));
+    if (mm[t] == nullptr) return false;
+  }
+  return mm[0] != mm[1] && mm[1] != mm[2] && mm[0] != mm[2];
+}
+
+/// The biases `bs` side by side as one constant, or nullptr when there are none.
+Tensor* concat_biases(Network& net, const std::vector<const Weights*>& bs,
+                      const std::string& name) {
+  if (bs.empty()) return nullptr;
+  std::vector<uint8_t> bytes;
+  int64_t n = 0;
+  for (const Weights* b : bs) {
+    const auto* d = static_cast<const uint8_t*>(b->data());
+    bytes.insert(bytes.end(), d, d + b->nbytes());
+    n += b->dims()[0];
+  }
+  return net.add_constant(Weights::copy(bs[0]->dtype(), {n}, bytes.data()),
+                          unique_layer_name(net, name))
+      ->output();
+}
+
+/// Replaces each projection's output [B, L, N] by its third of the merged product y
+/// [B, L, 3 N], as a slice (which rewrite 3 then reads in place).
+void read_back_thirds(Network& net, Tensor* y, Layer* const (&mm)[3]) {
+  const Shape& part = mm[0]->output()->shape();
+  const int64_t n = part[2].constant();
+  for (int64_t t = 0; t < 3; ++t) {
+    Tensor* third = net.add_slice(y, {DimExpr(0), DimExpr(0), DimExpr(t * n)}, part, {1, 1, 1},
+                                  mm[t]->name() + "/third")
+                        ->output();
+    net.replace_all_uses(mm[t]->output(), third);
+  }
+}
+
 /// Rewrite 3a: q, k and v projected from one input by three MatrixMultiply layers with the same
 /// settings (BERT's query/key/value linears) become one product with the weights and biases
 /// side by side, read back as three slices (which rewrite 3 then reads in place). Returns
 /// whether it merged.
 bool merge_float_projections(Network& net, Layer* attn) {
   Layer* mm[3];
-  for (size_t t = 0; t < 3; ++t) {
-    mm[t] = projection_of(net, attn->input(t));
-    if (mm[t] == nullptr) return false;
-  }
-  if (mm[0] == mm[1] || mm[1] == mm[2] || mm[0] == mm[2]) return false;
+  if (!three_projections(net, attn, projection_of, mm)) return false;
   const auto& p0 = mm[0]->params_as<MatrixMultiplyParams>();
   std::vector<const Weights*> ws, bs;
   for (Layer* m : mm) {
@@ -258,26 +294,8 @@ bool merge_float_projections(Network& net, Layer* attn) {
   }
   const std::string name = mm[0]->name() + "+" + mm[1]->name() + "+" + mm[2]->name();
   Tensor* w = net.add_constant(concat_weights(ws, p0.transpose_b), name + "/weight")->output();
-  Tensor* bias = nullptr;
-  if (!bs.empty()) {
-    std::vector<uint8_t> bytes;
-    for (const Weights* b : bs) {
-      const auto* d = static_cast<const uint8_t*>(b->data());
-      bytes.insert(bytes.end(), d, d + b->nbytes());
-    }
-    bias = net.add_constant(Weights::copy(bs[0]->dtype(), {3 * bs[0]->dims()[0]}, bytes.data()),
-                            name + "/bias")
-               ->output();
-  }
-  Tensor* y = net.add_layer(p0, {mm[0]->input(0), w, bias}, name)->output();
-  const Shape& part = mm[0]->output()->shape();  // [B, L, N]
-  const int64_t n = part[2].constant();
-  for (int64_t t = 0; t < 3; ++t) {
-    Tensor* third = net.add_slice(y, {DimExpr(0), DimExpr(0), DimExpr(t * n)}, part, {1, 1, 1},
-                                  mm[t]->name() + "/third")
-                        ->output();
-    net.replace_all_uses(mm[t]->output(), third);
-  }
+  Tensor* bias = concat_biases(net, bs, name + "/bias");
+  read_back_thirds(net, net.add_layer(p0, {mm[0]->input(0), w, bias}, name)->output(), mm);
   return true;
 }
 
@@ -317,11 +335,7 @@ bool same_value(const Tensor* a, const Tensor* b) {
 /// scale, so they merge only when the three are equal. Returns whether it merged.
 bool merge_quantized_projections(Network& net, Layer* attn) {
   Layer* mm[3];
-  for (size_t t = 0; t < 3; ++t) {
-    mm[t] = quantized_projection_of(net, attn->input(t));
-    if (mm[t] == nullptr) return false;
-  }
-  if (mm[0] == mm[1] || mm[1] == mm[2] || mm[0] == mm[2]) return false;
+  if (!three_projections(net, attn, quantized_projection_of, mm)) return false;
   const auto& p0 = mm[0]->params_as<QuantizedMatrixMultiplyParams>();
   std::vector<const Weights*> ws, scales, bs;
   for (Layer* m : mm) {
@@ -343,7 +357,8 @@ bool merge_quantized_projections(Network& net, Layer* attn) {
   const int64_t n = ws[0]->dims()[0];  // [N, K]
   const std::string name = mm[0]->name() + "+" + mm[1]->name() + "+" + mm[2]->name();
   Tensor* scale = nullptr;
-  if (same_value(mm[0]->input(3), mm[1]->input(3)) && same_value(mm[0]->input(3), mm[2]->input(3)) &&
+  const Tensor* s0 = mm[0]->input(3);
+  if (same_value(s0, mm[1]->input(3)) && same_value(s0, mm[2]->input(3)) &&
       scales[0]->numel() == 1) {
     scale = mm[0]->input(3);
   } else {
@@ -352,7 +367,8 @@ bool merge_quantized_projections(Network& net, Layer* attn) {
     for (const Weights* sc : scales) {
       if (sc->dtype() != DataType::kF32 || (sc->numel() != 1 && sc->numel() != n)) return false;
       for (int64_t j = 0; j < n; ++j) {
-        per_channel.push_back(cpu::load_float(DataType::kF32, sc->data(), sc->numel() == 1 ? 0 : j));
+        per_channel.push_back(
+            cpu::load_float(DataType::kF32, sc->data(), sc->numel() == 1 ? 0 : j));
       }
     }
     scale = net.add_constant(Weights::from_vector(DataType::kF32, {3 * n}, per_channel),
@@ -362,28 +378,11 @@ bool merge_quantized_projections(Network& net, Layer* attn) {
   Tensor* w = net.add_constant(concat_weights(ws, /*transpose_b=*/true),
                                unique_layer_name(net, name + "/weight"))
                   ->output();
-  Tensor* bias = nullptr;
-  if (!bs.empty()) {
-    std::vector<uint8_t> bytes;
-    for (const Weights* b : bs) {
-      const auto* d = static_cast<const uint8_t*>(b->data());
-      bytes.insert(bytes.end(), d, d + b->nbytes());
-    }
-    bias = net.add_constant(Weights::copy(bs[0]->dtype(), {3 * n}, bytes.data()),
-                            unique_layer_name(net, name + "/bias"))
-               ->output();
-  }
+  Tensor* bias = concat_biases(net, bs, name + "/bias");
   std::vector<Tensor*> inputs{mm[0]->input(0), w, mm[0]->input(2), scale, bias, nullptr,
                               mm[0]->input(6)};
   while (inputs.back() == nullptr) inputs.pop_back();  // optional inputs: absent at the end
-  Tensor* y = net.add_layer(p0, inputs, unique_layer_name(net, name))->output();
-  const Shape& part = mm[0]->output()->shape();  // [B, L, N]
-  for (int64_t t = 0; t < 3; ++t) {
-    Tensor* third = net.add_slice(y, {DimExpr(0), DimExpr(0), DimExpr(t * n)}, part, {1, 1, 1},
-                                  mm[t]->name() + "/third")
-                        ->output();
-    net.replace_all_uses(mm[t]->output(), third);
-  }
+  read_back_thirds(net, net.add_layer(p0, inputs, unique_layer_name(net, name))->output(), mm);
   return true;
 }
 
