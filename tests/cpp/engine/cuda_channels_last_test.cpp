@@ -128,6 +128,22 @@ TEST(CudaChannelsLast, Pooling) {
       }
     }
   }
+  // Global average pools split over blocks (EMBER_PARALLEL_REDUCTIONS=1): 32 channels at
+  // 112 x 112 (EfficientNet's first SE), 72 at 28 x 28 over a batch (MobileNetV3's), and a
+  // channel count that is not a multiple of the block's 32.
+  {
+    test::ScopedEnv parallel("EMBER_PARALLEL_REDUCTIONS", "1");
+    for (DataType t : kFloatTypes) {
+      for (const std::vector<int64_t>& dims : std::vector<std::vector<int64_t>>{
+               {1, 112, 112, 32}, {32, 28, 28, 72}, {3, 15, 15, 45}}) {
+        Network g;
+        Tensor* gx = g.add_input("x", t, shape_of(dims));
+        g.mark_output(g.add_pooling(gx, nhwc_pool(kAvg, dims[1], 1, 0), "gap")->output(), "out");
+        test::check_cuda_matches_cpu(g, {TestTensor::random(t, dims, 62)},
+                                     label("nhwc global avg " + dims_to_string(dims), t));
+      }
+    }
+  }
   Network net;
   Tensor* x = net.add_input("x", DataType::kI32, {2, 5, 5, 3});
   net.mark_output(net.add_pooling(x, nhwc_pool(kMax, 2, 2, 1), "pool")->output(), "out");

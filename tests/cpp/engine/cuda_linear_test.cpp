@@ -653,6 +653,38 @@ TEST(CudaPooling, IntegerMaxAndNan) {
   }
 }
 
+// Global average pooling (the window is the whole plane) with EMBER_PARALLEL_REDUCTIONS=1:
+// each plane's positions split over blocks, partial sums combined by a second kernel. NCHW
+// planes of 12544 (EfficientNet's first squeeze-and-excitation), odd sizes, a divisor
+// override, a padded window still covering the input, 1-d and 3-d; and the cases that stay on
+// the one-thread kernel (a window short of the plane, planes under 64 positions).
+TEST(CudaPooling, GlobalAverageSplitOverBlocks) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  test::ScopedEnv parallel("EMBER_PARALLEL_REDUCTIONS", "1");
+  const PoolingType kAvg = PoolingType::kAverage;
+  for (DataType t : kFloatTypes) {
+    check_pool(TestTensor::random(t, {1, 32, 112, 112}, 710),
+               pool_params(kAvg, {112, 112}, {1, 1}, {0, 0}, {0, 0}, {1, 1}), "global 112");
+    check_pool(TestTensor::random(t, {3, 5, 37, 29}, 711),
+               pool_params(kAvg, {37, 29}, {37, 29}, {0, 0}, {0, 0}, {1, 1}), "global odd");
+    check_pool(TestTensor::random(t, {2, 3, 20, 20}, 712),
+               pool_params(kAvg, {20, 20}, {1, 1}, {0, 0}, {0, 0}, {1, 1}, false, true, 7),
+               "global divisor override");
+    check_pool(TestTensor::random(t, {2, 3, 20, 20}, 713),
+               pool_params(kAvg, {22, 22}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, false, true),
+               "global padded, pad counted");
+    check_pool(TestTensor::random(t, {2, 4, 300}, 714),
+               pool_params(kAvg, {300}, {1}, {0}, {0}, {1}), "global 1d");
+    check_pool(TestTensor::random(t, {1, 2, 4, 9, 9}, 715),
+               pool_params(kAvg, {4, 9, 9}, {1, 1, 1}, {0, 0, 0}, {0, 0, 0}, {1, 1, 1}),
+               "global 3d");
+    check_pool(TestTensor::random(t, {2, 3, 20, 20}, 716),
+               pool_params(kAvg, {19, 20}, {1, 1}, {0, 0}, {0, 0}, {1, 1}), "not global");
+    check_pool(TestTensor::random(t, {2, 3, 7, 7}, 717),
+               pool_params(kAvg, {7, 7}, {1, 1}, {0, 0}, {0, 0}, {1, 1}), "small plane");
+  }
+}
+
 TEST(CudaPooling, ManyBlocks) {
   EMBER_SKIP_WITHOUT_CUDA();
   // 2 x 64 x 512 x 512 outputs = 33.5M: more than 65535 blocks of 256 threads.

@@ -102,13 +102,13 @@ TEST(CudaReduce, ManyBlocks) {
   check_reduce(TestTensor::random(DataType::kF32, {700000, 4}, 8), ReduceOp::kSum, {1}, false);
 }
 
-// Few long rows with EMBER_SPLIT_REDUCE=1: each row's reduced range is split over many blocks
+// Few long rows with EMBER_PARALLEL_REDUCTIONS=1: each row's reduced range is split over many blocks
 // (partials in scratch, then one warp per row combines them). Whole tensors into one value (T5's
 // isinf(x).any()), three rows, reduced dims in two strided groups, NaN inside one slice, every
 // op and integer wrap-around.
 TEST(CudaReduce, FewLongRowsSplitOverBlocks) {
   EMBER_SKIP_WITHOUT_CUDA();
-  test::ScopedEnv split("EMBER_SPLIT_REDUCE", "1");
+  test::ScopedEnv split("EMBER_PARALLEL_REDUCTIONS", "1");
   for (DataType t : kFloatTypes) {
     const TestTensor x = TestTensor::random(t, {4, 128, 512}, 11, 0.999f, 1.001f);
     for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax, ReduceOp::kMin,

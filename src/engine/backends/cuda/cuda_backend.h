@@ -33,6 +33,11 @@ void check(cudaError_t status, const char* what);
 /// The number of SMs of the current device (queried once per device; executor.cpp): grids that
 /// should fill the GPU size themselves by it.
 int sm_count();
+/// EMBER_PARALLEL_REDUCTIONS=1 (read on each call): reductions with little output and much
+/// input (a Reduce with fewer rows than SMs, a global average pooling) split their input over
+/// many blocks and combine partials in a second kernel. Off by default until it has run on a
+/// GPU (written 2026-12-06 with no device time left; executor.cpp).
+bool parallel_reductions_enabled();
 
 /// The identity a timing-cache choice is valid for on the current device: GPU name, SM count,
 /// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.

@@ -38,6 +38,11 @@ int sm_count() {
   return n;
 }
 
+bool parallel_reductions_enabled() {
+  const char* e = std::getenv("EMBER_PARALLEL_REDUCTIONS");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
 bool capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");

@@ -398,6 +398,118 @@ bool launch_max_pool_nhwc8(const T* in, T* out, int64_t total, const PoolGeometr
   return true;
 }
 
+// ---------------------------------------------------------------- global average pooling
+
+/// Global average pooling: one output position per plane whose window is the whole input (the
+/// squeeze-and-excitation pools of MobileNetV3 and EfficientNet, classifier heads).
+/// avg_pool_kernel gives each output one thread walking the whole plane: EfficientNet-B0's
+/// first SE pool at b1 is 32 threads of 12544 steps. With EMBER_PARALLEL_REDUCTIONS=1 the
+/// plane's positions are cut into `splits` slices instead, a block each per group of channels:
+/// channels-last, 32 channels a block (threadIdx.x) and 8 position rows (threadIdx.y); NCHW, a
+/// warp per plane. Partial f32 sums go to scratch [n, splits, c]; a second kernel adds a
+/// channel's partials in order and divides. The summation order differs from the CPU's
+/// sequential one (strided f32 partials, then a tree): within f32 rounding of the sum.
+struct GlobalPool {
+  int64_t n;          ///< Images (channels-last), or 1 (NCHW: every plane is a "channel").
+  int64_t c;          ///< Channels (channels-last), or N * C planes (NCHW).
+  int64_t positions;  ///< Elements of a plane (D * H * W).
+  int64_t splits, chunk;
+  bool nhwc;
+};
+
+template <typename T>
+__global__ void global_avg_pool_partial_kernel(const T* __restrict__ x, float* __restrict__ partial,
+                                               GlobalPool g) {
+  __shared__ float sums[8][33];
+  const int64_t n = blockIdx.x / g.splits, s = blockIdx.x % g.splits;
+  const int64_t begin = s * g.chunk;
+  const int64_t end = begin + g.chunk < g.positions ? begin + g.chunk : g.positions;
+  const int tx = threadIdx.x, ty = threadIdx.y;  // blockDim (32, 8)
+  float acc = 0.0f;
+  if (g.nhwc) {
+    const int64_t c = static_cast<int64_t>(blockIdx.y) * 32 + tx;
+    if (c < g.c) {
+      const T* base = x + n * g.positions * g.c + c;
+      for (int64_t p = begin + ty; p < end; p += 8) acc = __fadd_rn(acc, to_f32(base[p * g.c]));
+    }
+    sums[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && c < g.c) {
+      float t = sums[0][tx];
+      for (int i = 1; i < 8; ++i) t = __fadd_rn(t, sums[i][tx]);
+      partial[(n * g.splits + s) * g.c + c] = t;
+    }
+  } else {
+    // A warp per plane (ty is uniform across a warp, so the shuffles below are too).
+    const int64_t c = static_cast<int64_t>(blockIdx.y) * 8 + ty;
+    if (c < g.c) {
+      const T* base = x + (n * g.c + c) * g.positions;
+      for (int64_t p = begin + tx; p < end; p += 32) acc = __fadd_rn(acc, to_f32(base[p]));
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, offset));
+    }
+    if (tx == 0 && c < g.c) partial[(n * g.splits + s) * g.c + c] = acc;
+  }
+}
+
+template <typename T>
+__global__ void global_avg_pool_finish_kernel(const float* __restrict__ partial,
+                                              T* __restrict__ out, GlobalPool g, float divisor) {
+  const int64_t total = g.n * g.c;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = i / g.c, c = i % g.c;
+    float sum = 0.0f;
+    for (int64_t s = 0; s < g.splits; ++s) sum = __fadd_rn(sum, partial[(n * g.splits + s) * g.c + c]);
+    store_f32(out, i, __fdiv_rn(sum, divisor));  // out [N, C] in either layout: index n * C + c
+  }
+}
+
+/// The split of a global average pooling of `g` (and its divisor), or false when the pooling
+/// is not global (more than one output position, or a window that leaves out part of the
+/// input), the switch is off, or the plane is too small to be worth a second kernel.
+bool global_pool_plan(const PoolingParams& p, const PoolGeometry& g, int64_t total,
+                      GlobalPool& gp, float& divisor) {
+  if (!parallel_reductions_enabled() || p.type != PoolingType::kAverage) return false;
+  const int64_t o[3] = {0, 0, 0};
+  const semantics::AvgPoolWindow w =
+      semantics::avg_pool_window(g, o, p.count_include_pad, p.divisor_override);
+  if (w.empty) return false;
+  for (int d = 0; d < 3; ++d) {
+    if (g.out[d] != 1 || w.lo[d] != 0 || w.hi[d] != g.in[d]) return false;
+  }
+  gp.positions = g.in[0] * g.in[1] * g.in[2];
+  if (gp.positions < 64) return false;
+  gp.nhwc = g.channels_last > 0;
+  gp.c = gp.nhwc ? g.channels_last : total;
+  gp.n = gp.nhwc ? total / g.channels_last : 1;
+  const int64_t blocks_y = gp.nhwc ? (gp.c + 31) / 32 : (gp.c + 7) / 8;
+  if (blocks_y > 65535) return false;
+  // About two blocks per SM; a slice has at least 8 positions per thread row.
+  const int64_t min_chunk = gp.nhwc ? 64 : 256;
+  const int64_t want = std::max<int64_t>(1, 2 * sm_count() / (gp.n * blocks_y));
+  const int64_t most = std::max<int64_t>(1, (gp.positions + min_chunk - 1) / min_chunk);
+  gp.splits = std::min(want, most);
+  gp.chunk = (gp.positions + gp.splits - 1) / gp.splits;
+  gp.splits = (gp.positions + gp.chunk - 1) / gp.chunk;
+  divisor = static_cast<float>(w.divisor);
+  return gp.n * gp.splits <= INT_MAX;
+}
+
+template <typename T>
+void launch_global_avg_pool(const DeviceTensor& x, DeviceTensor& y, const GlobalPool& gp,
+                            float divisor, float* partial, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(gp.n * gp.splits),
+                  static_cast<unsigned>(gp.nhwc ? (gp.c + 31) / 32 : (gp.c + 7) / 8));
+  global_avg_pool_partial_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(
+      static_cast<const T*>(x.data), partial, gp);
+  check(cudaGetLastError(), "global_avg_pool_partial_kernel");
+  global_avg_pool_finish_kernel<T><<<grid_for(gp.n * gp.c, 256), 256, 0, stream>>>(
+      partial, static_cast<T*>(y.data), gp, divisor);
+  check(cudaGetLastError(), "global_avg_pool_finish_kernel");
+}
+
 template <typename T>
 void launch_float_pool(const PoolingParams& p, const DeviceTensor& x, DeviceTensor& y,
                        int64_t total, const PoolGeometry& g, cudaStream_t stream) {
@@ -563,6 +675,19 @@ void run(const PoolingParams& p, const CudaArgs& a) {
   }
   const int64_t total = y.numel();
   if (total == 0) return;
+  GlobalPool gp{};
+  float divisor = 1.0f;
+  if (dtype_is_float(x.dtype) && global_pool_plan(p, g, total, gp, divisor)) {
+    auto* partial = static_cast<float*>(
+        a.res->workspace(static_cast<size_t>(gp.n * gp.splits * gp.c) * sizeof(float)));
+    switch (x.dtype) {
+      case DataType::kF32: return launch_global_avg_pool<float>(x, y, gp, divisor, partial, a.stream());
+      case DataType::kF16: return launch_global_avg_pool<__half>(x, y, gp, divisor, partial, a.stream());
+      case DataType::kBF16:
+        return launch_global_avg_pool<__nv_bfloat16>(x, y, gp, divisor, partial, a.stream());
+      default: break;
+    }
+  }
   switch (x.dtype) {
     case DataType::kF32: launch_float_pool<float>(p, x, y, total, g, a.stream()); return;
     case DataType::kF16: launch_float_pool<__half>(p, x, y, total, g, a.stream()); return;

@@ -349,15 +349,6 @@ __global__ void reduce_partials_kernel(const typename AccOf<T>::type* __restrict
   }
 }
 
-/// EMBER_SPLIT_REDUCE=1 turns the split on (read on each call). Off by default until it has
-/// run on a GPU: written on 2026-12-06 after T5-small b32 measured 8.8 ms against
-/// reduce-overhead's 1.9 ms (bench/results/2026-12-06-h100-session29.md), with no device time
-/// left to test it.
-bool split_reduce_enabled() {
-  const char* e = std::getenv("EMBER_SPLIT_REDUCE");
-  return e != nullptr && std::string(e) == "1";
-}
-
 /// How a Reduce with inner == 1 splits its rows: `chunks` slices of `chunk` elements per row, or
 /// chunks 1 (reduce_rows_kernel) when the rows already fill the GPU or are short.
 struct RowSplit {
@@ -369,7 +360,7 @@ RowSplit row_split(const ReduceLayout& l) {
   RowSplit s;
   constexpr int64_t kMinChunk = 4096;  // elements a block reads at least (256 threads x 16)
   const int64_t sms = sm_count();
-  if (!split_reduce_enabled() || l.inner != 1 || l.num_outer >= sms ||
+  if (!parallel_reductions_enabled() || l.inner != 1 || l.num_outer >= sms ||
       l.num_reduced < 2 * kMinChunk) {
     return s;
   }
