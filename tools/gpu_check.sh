@@ -138,7 +138,8 @@ step_wide() {
     n=$((n + 1))
     run_step "wide_$n" bash -o pipefail -c "python3 bench/bench.py --suite wide --models '$g' \
       --compile-modes reduce-overhead --iters ${WIDE_ITERS:-30} --json '$out/wide_$n.json' 2>&1 |
-      grep -v -e FutureWarning -e 'return cls' > '$out/wide_$n.full.log'; tail -n 3 '$out/wide_$n.full.log'"
+      grep -v -e FutureWarning -e 'return cls' > '$out/wide_$n.full.log'; rc=\$?
+      tail -n 3 '$out/wide_$n.full.log'; exit \$rc"
     python3 - "$out" "$dest/wide.json" <<'PY'
 import glob, json, sys
 rows = []

@@ -117,6 +117,9 @@ TEST(CudaReduce, FewLongRowsSplitOverBlocks) {
       check_reduce(x, op, {1, 2}, true);      // four rows of 65536
       check_reduce(x, op, {0, 2}, false);     // 128 rows: as many as the SMs, or close
     }
+    // 100 rows of 16384: fewer rows than an H100's 132 SMs, two slices each.
+    check_reduce(TestTensor::random(t, {100, 16384}, 14, 0.999f, 1.001f), ReduceOp::kAvg, {1},
+                 false);
     // Reduced dims 0 and 2 of [40, 3, 1000]: two strided groups, three rows.
     check_reduce(TestTensor::random(t, {40, 3, 1000}, 12), ReduceOp::kSum, {0, 2}, false);
     // A NaN in one slice of the split reaches the result.

@@ -306,6 +306,21 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   }
   const bool log = tactic_log();
   const std::string problem = text(sig);
+  TimingCache* cache = a.res->timing_cache();
+  if (plan == nullptr && cache != nullptr && mode() != Mode::kForce) {
+    // A problem the timing cache already gave to Ember's kernel builds no plan (cuDNN compiles
+    // kernels when it builds one: an engine that measured Ember's kernel faster should not pay
+    // that in every new context).
+    bool checked = false;
+    const auto stored = cache->lookup(timing_device_key(), problem, &checked);
+    if (stored && stored->size() == 1 && (*stored)[0] == 0) {
+      if (!checked) cache->mark_checked(timing_device_key(), problem);
+      auto choice = std::make_unique<LayerChoice>();
+      choice->sig = sig;
+      a.res->set_prepared(a.layer, kSlot, std::move(choice));
+      return Status::kOwnKernel;
+    }
+  }
   if (plan == nullptr) {
     plan = build_plan(sig, handle);
     if (plan->graph != nullptr) {
@@ -318,9 +333,12 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
       }
     }
     if (ctx->plans.size() >= kPlansPerContext) {
-      // Kernels of the plan may still be queued or captured: wait, and mark captures stale.
-      check(cudaStreamSynchronize(a.stream()), "cudaStreamSynchronize (retiring a cuDNN plan)");
-      a.res->invalidate_captures();
+      // Kernels of the oldest plan may still be queued or captured: wait, and mark captures
+      // stale. A refusal (cuDNN built no plan: no kernels) goes without either.
+      if (ctx->plans.front().second->graph != nullptr) {
+        check(cudaStreamSynchronize(a.stream()), "cudaStreamSynchronize (retiring a cuDNN plan)");
+        a.res->invalidate_captures();
+      }
       ctx->plans.erase(ctx->plans.begin());
     }
     ctx->plans.emplace_back(sig, plan);
@@ -329,7 +347,6 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   // Which runs it: the timing cache's choice, else measured (when the context has a cache),
   // else cuDNN; always cuDNN with EMBER_CUDNN_ATTENTION=force.
   bool use_cudnn = plan->graph != nullptr;
-  TimingCache* cache = a.res->timing_cache();
   if (use_cudnn && cache != nullptr && mode() != Mode::kForce) {
     bool checked = false;
     const auto stored = cache->lookup(timing_device_key(), problem, &checked);

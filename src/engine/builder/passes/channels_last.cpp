@@ -22,10 +22,11 @@
 //     network outputs included. When H = W = 1 both are reshapes instead, which the memory
 //     planner makes free (ResNet's pooled [N, 2048, 1, 1] before its flatten).
 //   - A tensor that is itself a transpose {0, 3, 1, 2} of an NHWC tensor enters as that tensor,
-//     so the pass never leaves two transposes back to back. A pointwise layer reading such a
-//     transpose joins even without a region input, when its other operands cost no transpose
-//     (region tensors, such transposes, constants, layout-free tensors): ConvNeXt's
-//     `gamma * permute(x, 0, 3, 1, 2) + residual` after its MLP (written in NHWC by the model).
+//     so the pass never leaves two transposes back to back. A pointwise layer (of a wanted
+//     type) that is the only reader of such a transpose joins even without a region input,
+//     when its other operands cost no transpose (region tensors, constants, layout-free
+//     tensors): ConvNeXt's `gamma * permute(x, 0, 3, 1, 2) + residual` after its MLP (written
+//     in NHWC by the model).
 //   - A reader outside the region that is itself a transpose {0, 2, 3, 1} (the model going to
 //     NHWC for a layer norm over channels: ConvNeXt, Swin's patch merging) reads the region's
 //     NHWC tensor instead: the exit and that transpose would cancel.
@@ -119,8 +120,9 @@ struct Rewriter {
   }
 
   /// Whether pointwise layer `l` (output rank 4) can join: every input of rank 4, layout-free
-  /// or a constant of lower rank; and one input from the region, or (no transpose added) one
-  /// nhwc_source and the rest from the region, such sources, constants or layout-free.
+  /// or a constant of lower rank; and one input from the region, or one nhwc_source read by
+  /// `l` alone (so that transpose goes away) with the rest from the region, constants or
+  /// layout-free (so none comes in), in a wanted type.
   bool pointwise_joins(const Layer* l) const {
     if (l->output()->rank() != 4) return false;
     bool from_region = false, from_source = false, free = true;
@@ -130,13 +132,16 @@ struct Rewriter {
       if (in->rank() != 4 && !layout_free(in) && !(constant && in->rank() < 4)) return false;
       if (in_region(in)) {
         from_region = true;
-      } else if (nhwc_source(in)) {
+      } else if (nhwc_source(in) && !in->is_output() && net.consumers(in).size() == 1) {
         from_source = true;
       } else if (!constant && !layout_free(in)) {
         free = false;  // would enter through a transpose
       }
     }
-    return from_region || (from_source && free);
+    const DataType t = l->output()->dtype();
+    const bool wanted_type = f16_bf16_only ? (t == DataType::kF16 || t == DataType::kBF16)
+                                           : is_float(t);
+    return from_region || (from_source && free && wanted_type);
   }
 
   /// A 2-d QuantizedConvolution with groups = 1 (what the GPU's GEMM path takes; grouped ones
