@@ -25,6 +25,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   force while it is built and timed: Ember's attention kernels only, or every attention cuDNN
   covers runs there without timing (the default, `half`, times cuDNN's fused SDPA against
   Ember's kernel per problem and keeps the faster; `half_cudnn_timed` sets that explicitly);
+- `half_parallel_reductions`: `half` with EMBER_PARALLEL_REDUCTIONS=1 (the CUDA Reduce and
+  global average pooling split over many blocks; off by default until measured: T5-small b32's
+  whole-tensor `isinf().any()` guards, every squeeze-and-excitation pool);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -52,6 +55,7 @@ from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
             "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
+            "half_parallel_reductions",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8")
 
@@ -94,6 +98,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1"),
                 "half_no_views": ("EMBER_ATTENTION_VIEWS", "0"),
                 "half_own_attention": ("EMBER_CUDNN_ATTENTION", "off"),
+                "half_parallel_reductions": ("EMBER_PARALLEL_REDUCTIONS", "1"),
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
                 "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force")}
     env, value = switches.get(variant, (None, None))
