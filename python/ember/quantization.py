@@ -322,8 +322,10 @@ def _get_attr(gm: torch.fx.GraphModule, target: str) -> Any:
 
 
 def _quantize_weight(gm: torch.fx.GraphModule, node: torch.fx.Node, w: torch.Tensor,
-                     dtype: torch.dtype, consumer: torch.fx.Node, name: str) -> torch.fx.Node:
-    """An int8 (per output channel) or FP8 (per tensor) constant of `w` and its dequantize."""
+                     dtype: torch.dtype, consumer: torch.fx.Node, name: str,
+                     fp8_amax: float | None = None) -> torch.fx.Node:
+    """An int8 (per output channel) or FP8 (per tensor) constant of `w` and its dequantize.
+    `fp8_amax`: the magnitude an FP8 scale covers (shared by sibling products), else w's."""
     graph = gm.graph
     out_dtype = w.dtype  # a half model's weights dequantize to half (its bias is half too)
     w = w.detach().float()
@@ -342,7 +344,7 @@ def _quantize_weight(gm: torch.fx.GraphModule, node: torch.fx.Node, w: torch.Ten
             return graph.call_function(
                 torch.ops.quantized_decomposed.dequantize_per_channel.default,
                 (qn, sn, zn, 0, -127, 127, torch.int8), {"out_dtype": out_dtype})
-    amax = float(w.abs().max())
+    amax = float(w.abs().max()) if fp8_amax is None else fp8_amax
     scale = _f32(amax / 448.0) if amax > 0 else 1.0
     gm.register_buffer(f"{name}_q", torch.ops.ember.quantize_fp8(w, scale))
     with graph.inserting_before(consumer):
@@ -494,9 +496,30 @@ def quantize(model: Any, calibration_inputs: Iterable, dtype: Any = torch.int8,
                              key=lambda u: list(graph.nodes).index(u))
             dq_of[a.name] = _fake_quantize(graph, a, scale, dtype, first_user)
         consumer.update_arg(i, dq_of[a.name])
+    # FP8 weights of products that read the same activation (an attention's q, k and v
+    # projections) share one per-tensor scale, the largest: the builder can then run them as
+    # one GEMM (its FP8 GEMM takes one weight scale). E4M3's exponent keeps each weight's
+    # relative precision under a larger scale; only values below its normal range (2^-6 of the
+    # scale) lose bits. Int8 weights are per channel and merge without this.
+    fp8_amax: dict[str, float] = {}
+    if dtype == torch.float8_e4m3fn:
+        groups: dict[str, list[torch.fx.Node]] = {}
+        for consumer, i, w in weights:
+            source = consumer.args[0]
+            if _op_key(consumer.target) == "aten.linear.default" and i == 1 and \
+                    isinstance(source, torch.fx.Node):
+                groups.setdefault(source.name, []).append(w)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            top = max(float(_get_attr(gm, w.target).detach().float().abs().max())
+                      for w in members)
+            for w in members:
+                fp8_amax[w.name] = top
     for consumer, i, w in weights:
         name = f"_ember_q_{consumer.name}_w"
-        dq = _quantize_weight(gm, w, _get_attr(gm, w.target), dtype, consumer, name)
+        dq = _quantize_weight(gm, w, _get_attr(gm, w.target), dtype, consumer, name,
+                              fp8_amax.get(w.name))
         consumer.update_arg(i, dq)
     for _, _, w in weights:  # the float weights nothing reads any more
         if w.graph is graph and not w.users:

@@ -349,6 +349,53 @@ def engine_layers(gm):
     return [(layer["type"], layer["implementation"]) for layer in engine_layer_records(gm)]
 
 
+class SelfAttention(torch.nn.Module):
+    """q, k and v projections of one input (weights of different magnitudes), SDPA, output
+    projection: BERT's attention in small."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = torch.nn.Linear(32, 32)
+        self.k = torch.nn.Linear(32, 32)
+        self.v = torch.nn.Linear(32, 32)
+        self.out = torch.nn.Linear(32, 32)
+        with torch.no_grad():
+            self.k.weight.mul_(3.0)  # the largest of the three
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        heads = [p(x).view(b, n, 4, 8).transpose(1, 2) for p in (self.q, self.k, self.v)]
+        o = torch.nn.functional.scaled_dot_product_attention(*heads)
+        return self.out(o.transpose(1, 2).reshape(b, n, 32))
+
+
+def test_fp8_projections_of_one_input_share_a_weight_scale_and_merge():
+    # FP8 products take one weight scale, so q, k and v get the largest of their three (k's)
+    # and the builder merges them into one product; the output projection keeps its own.
+    model = SelfAttention().eval()
+    data = calibration((2, 6, 32))
+    qmodel = ember.quantize(model, data, dtype=torch.float8_e4m3fn)
+    scales = {}
+    for n in qmodel.graph.nodes:
+        if str(n.target) == "ember.dequantize_fp8.default" and n.args[0].op == "get_attr":
+            (user,) = n.users
+            scales[user.name] = n.args[1]
+    assert len(scales) == 4, scales
+    k_amax = float(model.k.weight.detach().abs().max())
+    for name in ("linear", "linear_1", "linear_2"):
+        assert scales[name] == pytest.approx(k_amax / 448.0, rel=1e-6), scales
+    out_amax = float(model.out.weight.detach().abs().max())
+    assert scales["linear_3"] == pytest.approx(out_amax / 448.0, rel=1e-6), scales
+    x = data[1][0]
+    gm = compile_full(qmodel, [x])
+    types = [t for t, _ in engine_layers(gm)]
+    assert types.count("QuantizedMatrixMultiply") == 2, types  # q/k/v merged, and out
+    with torch.no_grad():
+        assert_close(gm(x), qmodel(x))
+        cos = torch.nn.functional.cosine_similarity(gm(x).flatten(), model(x).flatten(), dim=0)
+    assert cos > 0.99
+
+
 def test_int8_convnet_compiles_to_quantized_convolutions():
     model = ConvNet().eval()
     data = calibration((2, 3, 8, 8))
