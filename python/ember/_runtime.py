@@ -97,8 +97,37 @@ def load_library() -> str:
             )
         torch.ops.load_library(path)
         _register_fakes()
+        _answer_torch_function_lookups()
         _loaded_path = path
         return path
+
+
+def _answer_torch_function_lookups() -> None:
+    """Makes the per-call `__torch_function__` lookup on Engine objects cheap.
+
+    Every call of `torch.ops.ember.execute_engine` from Python checks each argument for a
+    `__torch_function__` override. On the Engine (a torch.ScriptObject) that lookup reaches
+    ScriptObject.__getattr__, whose C++ side throws and translates an exception for the missing
+    attribute: about half of the op's host time for a small engine on the CPU (76 -> 35 us a
+    call, 2026-12-06). This answers that one name with the same AttributeError from Python;
+    every other attribute goes to PyTorch's own __getattr__, so hasattr() and
+    torch.overrides.is_tensor_like() give what they gave before.
+    """
+    cls = torch._C.ScriptObject
+    original = cls.__getattr__
+    if getattr(original, "_ember_torch_function_answer", False):
+        return
+
+    def __getattr__(self, name):  # noqa: N807 (the slot's own name)
+        if name == "__torch_function__":
+            raise AttributeError(name)
+        return original(self, name)
+
+    __getattr__._ember_torch_function_answer = True
+    try:
+        cls.__getattr__ = __getattr__
+    except (AttributeError, TypeError):  # an immutable type in some PyTorch build: keep its own
+        pass
 
 
 def make_state(plan: bytes, metadata: dict) -> List[str]:

@@ -109,6 +109,34 @@ def test_results_match_torch_for_every_batch_in_profile(affine):
     assert affine.num_runs() == 5
 
 
+def test_torch_function_lookups_on_engines_keep_their_meaning(affine):
+    # load_library answers the per-call `__torch_function__` lookup on ScriptObjects from
+    # Python (PyTorch's own __getattr__ throws a C++ exception for it): the answer must be
+    # what it was, and every other attribute must still reach PyTorch.
+    with pytest.raises(AttributeError):
+        affine.__torch_function__
+    assert not hasattr(affine, "__torch_function__")
+    assert not torch.overrides.is_tensor_like(affine)
+    assert affine.num_runs() >= 0  # a TorchBind method, through PyTorch's __getattr__
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        affine.no_such_attribute
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(run(affine, x)[0], torch.relu(x * 2 + 1))
+
+    # A TorchFunctionMode still sees the op (modes do not depend on the argument lookup).
+    seen = []
+
+    class Record(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        run(affine, x)
+    assert torch.ops.ember.execute_engine.default in seen or \
+        torch.ops.ember.execute_engine in seen, seen
+
+
 def test_outputs_do_not_require_grad(affine):
     x = torch.randn(2, 4, requires_grad=True)
     (y,) = run(affine, x)
