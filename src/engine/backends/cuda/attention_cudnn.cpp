@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -306,20 +307,26 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   }
   const bool log = tactic_log();
   const std::string problem = text(sig);
+  // The timing cache's choice for the problem (true: cuDNN), looked up once; none with
+  // EMBER_CUDNN_ATTENTION=force or without a cache.
   TimingCache* cache = a.res->timing_cache();
-  if (plan == nullptr && cache != nullptr && mode() != Mode::kForce) {
-    // A problem the timing cache already gave to Ember's kernel builds no plan (cuDNN compiles
-    // kernels when it builds one: an engine that measured Ember's kernel faster should not pay
-    // that in every new context).
+  const bool timed = cache != nullptr && mode() != Mode::kForce;
+  std::optional<bool> stored_cudnn;
+  if (timed) {
     bool checked = false;
     const auto stored = cache->lookup(timing_device_key(), problem, &checked);
-    if (stored && stored->size() == 1 && (*stored)[0] == 0) {
+    if (stored && stored->size() == 1) {
+      stored_cudnn = (*stored)[0] == 1;
       if (!checked) cache->mark_checked(timing_device_key(), problem);
-      auto choice = std::make_unique<LayerChoice>();
-      choice->sig = sig;
-      a.res->set_prepared(a.layer, kSlot, std::move(choice));
-      return Status::kOwnKernel;
     }
+  }
+  if (plan == nullptr && stored_cudnn == false) {
+    // Given to Ember's kernel: no plan is built (cuDNN compiles kernels when it builds one; an
+    // engine that measured Ember's kernel faster should not pay that in every new context).
+    auto choice = std::make_unique<LayerChoice>();
+    choice->sig = sig;
+    a.res->set_prepared(a.layer, kSlot, std::move(choice));
+    return Status::kOwnKernel;
   }
   if (plan == nullptr) {
     plan = build_plan(sig, handle);
@@ -347,12 +354,9 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   // Which runs it: the timing cache's choice, else measured (when the context has a cache),
   // else cuDNN; always cuDNN with EMBER_CUDNN_ATTENTION=force.
   bool use_cudnn = plan->graph != nullptr;
-  if (use_cudnn && cache != nullptr && mode() != Mode::kForce) {
-    bool checked = false;
-    const auto stored = cache->lookup(timing_device_key(), problem, &checked);
-    if (stored && stored->size() == 1) {
-      use_cudnn = (*stored)[0] == 1;
-      if (!checked) cache->mark_checked(timing_device_key(), problem);
+  if (use_cudnn && timed) {
+    if (stored_cudnn) {
+      use_cudnn = *stored_cudnn;
     } else {
       // Both on the real operands, each after a warm-up, the best of three pairs of launches
       // (the output is written again below).

@@ -381,22 +381,13 @@ unsigned grid_for(int64_t items, int64_t per_block) {
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
 }
 
-/// Scratch bytes launch_reduce<T> needs for `l` (the split's partials), 0 without a split.
-template <typename T>
-size_t reduce_scratch_bytes(const ReduceLayout& l) {
-  const RowSplit s = row_split(l);
-  return s.chunks > 1 ? static_cast<size_t>(l.num_outer * s.chunks) *
-                            sizeof(typename AccOf<T>::type)
-                      : 0;
-}
-
-/// `scratch`: reduce_scratch_bytes<T>(l) bytes of device memory (nullptr when 0).
+/// `split`: row_split(l); `scratch`: its partials, l.num_outer * split.chunks accumulators of T
+/// (nullptr without a split).
 template <typename T>
 void launch_reduce(const DeviceTensor& x, DeviceTensor& y, const ReduceLayout& l, ReduceOp op,
-                   void* scratch, cudaStream_t stream) {
+                   const RowSplit& split, void* scratch, cudaStream_t stream) {
   const auto* in = static_cast<const T*>(x.data);
   auto* out = static_cast<T*>(y.data);
-  const RowSplit split = row_split(l);
   if (split.chunks > 1) {
     auto* partial = static_cast<typename AccOf<T>::type*>(scratch);
     reduce_rows_split_kernel<T><<<static_cast<unsigned>(l.num_outer * split.chunks), 256, 0,
@@ -1040,12 +1031,15 @@ void run(const ReduceParams& p, const CudaArgs& a) {
     host_fallback(a);  // more than kMaxGroups alternating kept/reduced runs: rank > 16
     return;
   }
+  const RowSplit split = row_split(l);
   // An empty reduction runs the same kernels with no elements: identity, and avg = 0/0 = NaN.
   const auto launch = [&](auto tag) {
     using T = decltype(tag);
-    const size_t bytes = reduce_scratch_bytes<T>(l);
-    void* scratch = bytes > 0 ? a.res->workspace(bytes) : nullptr;
-    launch_reduce<T>(x, y, l, p.op, scratch, a.stream());
+    void* scratch = split.chunks > 1
+                        ? a.res->workspace(static_cast<size_t>(l.num_outer * split.chunks) *
+                                           sizeof(typename AccOf<T>::type))
+                        : nullptr;
+    launch_reduce<T>(x, y, l, p.op, split, scratch, a.stream());
   };
   switch (x.dtype) {
     case DataType::kF32: return launch(float{});
