@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "builder/passes/passes.h"
+#include "ember/engine/timing_cache.h"
 #include "cuda_test_util.h"
 
 namespace ember::engine {
@@ -149,6 +150,111 @@ TEST(CudaChannelsLast, Pooling) {
   net.mark_output(net.add_pooling(x, nhwc_pool(kMax, 2, 2, 1), "pool")->output(), "out");
   test::check_cuda_matches_cpu(net, {TestTensor::random(DataType::kI32, {2, 5, 5, 3}, 61, -50, 50)},
                                "nhwc max pool i32");
+}
+
+/// A depthwise NHWC convolution x [N, H, W, C] with a [C, k, k2, 1] filter and the given
+/// epilogue operands, checked against the CPU (both calls: layer by layer, then a graph).
+void check_depthwise(DataType t, std::vector<int64_t> x, int64_t k, int64_t k2,
+                     ConvolutionParams p, bool bias, bool residual, uint32_t seed,
+                     const std::string& what) {
+  const int64_t c = x[3];
+  p.groups = c;
+  Network net;
+  Tensor* xt = net.add_input("x", t, shape_of(x));
+  Tensor* wt = net.add_input("w", t, shape_of({c, k, k2, 1}));
+  std::vector<TestTensor> in = {TestTensor::random(t, x, seed),
+                                TestTensor::random(t, {c, k, k2, 1}, seed + 1, -0.5f, 0.5f)};
+  std::vector<Tensor*> ins{xt, wt, nullptr, nullptr};
+  if (bias) {
+    ins[2] = net.add_input("b", t, shape_of({c}));
+    in.push_back(TestTensor::random(t, {c}, seed + 2));
+  }
+  Tensor* y = net.add_layer(p, ins, "dw")->output();
+  if (residual) {
+    // The output's shape, from shape inference, for the residual input.
+    std::vector<int64_t> out;
+    for (const DimExpr& d : y->shape()) out.push_back(d.constant());
+    Network with;
+    Tensor* xr = with.add_input("x", t, shape_of(x));
+    Tensor* wr = with.add_input("w", t, shape_of({c, k, k2, 1}));
+    Tensor* br = bias ? with.add_input("b", t, shape_of({c})) : nullptr;
+    Tensor* rr = with.add_input("res", t, shape_of(out));
+    in.push_back(TestTensor::random(t, out, seed + 3));
+    with.mark_output(with.add_layer(p, {xr, wr, br, rr}, "dw")->output(), "out");
+    test::check_cuda_matches_cpu(with, in, label(what, t));
+    return;
+  }
+  net.mark_output(y, "out");
+  test::check_cuda_matches_cpu(net, in, label(what, t));
+}
+
+TEST(CudaChannelsLast, DepthwiseKernel) {
+  // The direct depthwise kernel (EMBER_DEPTHWISE_CONV=force) on every path it has: the tiled
+  // kernels (3/5/7, stride 1/2) and the generic one (dilation, a non-square filter), 16-byte
+  // channel vectors (C % 8 == 0 for 16-bit types, % 4 for f32), pairs and single channels,
+  // more channels than one block takes (C = 264), padding that clips and that does not.
+  EMBER_SKIP_WITHOUT_CUDA();
+  test::ScopedEnv force("EMBER_DEPTHWISE_CONV", "force");
+  struct Shape2 {
+    int64_t k, k2, stride, pad, dilation;
+  };
+  const std::vector<Shape2> shapes = {{3, 3, 1, 1, 1}, {3, 3, 2, 1, 1}, {5, 5, 1, 2, 1},
+                                      {5, 5, 2, 2, 1}, {7, 7, 1, 3, 1}, {7, 7, 2, 3, 1},
+                                      {3, 3, 1, 2, 2}, {3, 5, 1, 1, 1}, {3, 3, 1, 0, 1}};
+  for (DataType t : kFloatTypes) {
+    for (const Shape2& s : shapes) {
+      for (int64_t c : {16, 6, 5, 264}) {
+        ConvolutionParams p = nhwc_conv(s.stride, s.pad, s.dilation, 1);
+        if (s.k != s.k2) p.padding_begin = p.padding_end = {s.pad, s.pad + 1};
+        const std::string what = "depthwise " + std::to_string(s.k) + "x" + std::to_string(s.k2) +
+                                 " s" + std::to_string(s.stride) + " p" + std::to_string(s.pad) +
+                                 " d" + std::to_string(s.dilation) + " C=" + std::to_string(c);
+        check_depthwise(t, {2, 11, 13, c}, s.k, s.k2, p, true, false, 80, what);
+      }
+    }
+    // Asymmetric padding (the end pad only shortens the output) and the epilogue: scale,
+    // residual, activation.
+    ConvolutionParams asym = nhwc_conv(2, 1, 1, 1);
+    asym.padding_end = {0, 2};
+    check_depthwise(t, {1, 10, 10, 24}, 3, 3, asym, false, false, 90, "depthwise asymmetric pad");
+    for (int mask = 0; mask < 8; ++mask) {
+      ConvolutionParams p = nhwc_conv(1, 3, 1, 1);
+      p.epilogue.scale = mask == 5 ? 0.5 : 1.0;
+      p.epilogue.fused_activation = (mask & 4) != 0;
+      p.epilogue.activation = mask == 7 ? ActivationType::kSilu : ActivationType::kRelu;
+      check_depthwise(t, {2, 9, 9, 32}, 7, 7, p, mask & 1, mask & 2, 91 + mask,
+                      "depthwise epilogue mask " + std::to_string(mask));
+    }
+  }
+}
+
+TEST(CudaChannelsLast, DepthwiseTimedAgainstCudnn) {
+  // Unset (the default): the direct kernel and cuDNN are timed on the first call; the winner's
+  // choice is in the engine's timing cache under a "depthwise" problem, and the output matches.
+  EMBER_SKIP_WITHOUT_CUDA();
+  test::ScopedEnv timed("EMBER_DEPTHWISE_CONV", nullptr);
+  for (DataType t : {DataType::kF16, DataType::kF32}) {
+    Network net;
+    const std::vector<int64_t> x{4, 28, 28, 96};
+    Tensor* xt = net.add_input("x", t, shape_of(x));
+    Tensor* wt = net.add_input("w", t, shape_of({96, 7, 7, 1}));
+    net.mark_output(net.add_convolution(xt, wt, nullptr, nhwc_conv(1, 3, 1, 96), "dw")->output(),
+                    "out");
+    const std::vector<TestTensor> in = {TestTensor::random(t, x, 95),
+                                        TestTensor::random(t, {96, 7, 7, 1}, 96, -0.5f, 0.5f)};
+    test::CudaRunner runner(net, in);
+    int depthwise_entries = 0;
+    for (const TimingEntry& e : runner.engine().timing_cache().entries()) {
+      if (e.problem.rfind("depthwise ", 0) == 0) {
+        ++depthwise_entries;
+        ASSERT_EQ(e.choice.size(), 1u);
+        EXPECT_LE(e.choice[0], 1) << e.problem;
+      }
+    }
+    EXPECT_EQ(depthwise_entries, 1) << dtype_name(t);
+    test::expect_matches_cpu(net, in, runner.run(in), label("depthwise timed", t));
+    test::expect_matches_cpu(net, in, runner.run(in), label("depthwise timed (CUDA graph)", t));
+  }
 }
 
 Tensor* constant(Network& net, DataType t, std::vector<int64_t> dims, uint32_t seed,

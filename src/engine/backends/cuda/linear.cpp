@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -828,24 +829,18 @@ cudnnDataType_t dnn_type(DataType t, const char* layer) {
               " is not supported (float types only)");
 }
 
-void run(const ConvolutionParams& p, const CudaArgs& a) {
+namespace {
+
+/// A Convolution through cuDNN (x, w and y non-empty; bias and residual checked by the caller).
+void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
+                    const void* residual) {
   constexpr const char* kLayer = "Convolution";
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
   DeviceTensor& y = a.out();
-  check_same_dtype(a, kLayer);
   // The epilogue sees y as [outer, channels, plane]: NHWC is [N*H*W, C, 1].
   const int64_t channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
-  const void* bias = conv_bias(a, channels, y.dtype, kLayer);
-  const void* residual = epilogue_residual(a, 3, kLayer);
-  if (y.numel() == 0) return;
   const int64_t plane = p.channels_last ? 1 : y.numel() / (y.dims[0] * channels);
-  if (x.numel() == 0 || w.numel() == 0) {
-    init_output(y, bias, a.stream(), p.channels_last);
-    launch_epilogue(y.dtype, y.data, nullptr, channels, plane, residual, &p.epilogue, y.numel(),
-                    a.stream());
-    return;
-  }
   // cuDNN's graph API first (conv_graph.cpp): its plan is built once per layer and problem, so
   // a call costs one cudnnBackendExecute instead of the legacy API's per-call rebuild.
   ConvGraphOptions graph_options;
@@ -1044,6 +1039,123 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     prep->needed = needed;
     a.res->set_prepared(a.layer, 0, std::move(fresh));
   }
+}
+
+/// EMBER_DEPTHWISE_CONV (read when a layer's choice is made): unset, the direct depthwise
+/// kernel (depthwise_conv.cu) and cuDNN are timed per problem and the faster runs; "off" or "0"
+/// keeps cuDNN; "force" runs the direct kernel wherever it covers the layer.
+enum class DepthwiseMode { kTimed, kOff, kForce };
+DepthwiseMode depthwise_mode() {
+  const char* e = std::getenv("EMBER_DEPTHWISE_CONV");
+  const std::string v = e != nullptr ? e : "";
+  return v == "off" || v == "0" ? DepthwiseMode::kOff
+         : v == "force"         ? DepthwiseMode::kForce
+                                : DepthwiseMode::kTimed;
+}
+
+/// A layer's depthwise choice, kept while its shapes and epilogue operands stay the same.
+struct DepthwiseChoice : PreparedLaunch {
+  std::vector<int64_t> x_dims;
+  bool bias = false, residual = false, own = false;
+};
+constexpr int kDepthwiseSlot = 2;  // slot 0 is the legacy API's, 1 the graph API's
+
+/// Runs a depthwise channels_last Convolution on the direct kernel when that is the choice:
+/// the layer's kept one, else the timing cache's, else timed here against cuDNN (eager calls
+/// only; a capture or a residual that shares y's memory keeps cuDNN, untimed). False when cuDNN
+/// should run it.
+bool run_depthwise(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
+                   const void* residual) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& y = a.out();
+  auto* kept = static_cast<DepthwiseChoice*>(a.res->prepared(a.layer, kDepthwiseSlot));
+  const bool same = kept != nullptr && kept->x_dims == x.dims &&
+                    kept->bias == (bias != nullptr) && kept->residual == (residual != nullptr);
+  auto own = [&] {
+    launch_depthwise_conv(p, x, w, y, bias, residual, a.stream());
+    return true;
+  };
+  if (same) return kept->own && own();
+  const DepthwiseMode mode = depthwise_mode();
+  if (mode == DepthwiseMode::kOff || !depthwise_conv_covers(p, x, w, y)) return false;
+  if (mode == DepthwiseMode::kForce) return own();
+  std::string problem = "depthwise " + conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
+  problem += std::string("bias=") + (bias != nullptr ? "1" : "0") +
+             ";residual=" + (residual != nullptr ? "1" : "0") + ";";
+  TimingCache* cache = a.res->timing_cache();
+  std::optional<bool> use_own;
+  if (cache != nullptr) {
+    bool checked = false;
+    const auto stored = cache->lookup(timing_device_key(), problem, &checked);
+    if (stored && stored->size() == 1 && (*stored)[0] <= 1) {
+      use_own = (*stored)[0] == 1;
+      if (!checked) cache->mark_checked(timing_device_key(), problem);
+    }
+  }
+  const bool timed = !use_own.has_value();
+  if (timed) {
+    // Repeated launches would add a residual that is y's own memory again and again.
+    if (capturing(a.stream()) ||
+        (residual != nullptr && overlaps(residual, y.data, y.nbytes()))) {
+      return false;
+    }
+    // cuDNN's first call makes its own choices (and plan); then each side, on the real
+    // operands, the best of three pairs of launches behind the stream gate.
+    run_cudnn_conv(p, a, bias, residual);
+    own();
+    TacticTimer timer;
+    float cudnn_ms = 1e30f, own_ms = 1e30f;
+    for (int rep = 0; rep < 3; ++rep) {
+      cudnn_ms = std::min(cudnn_ms, time_launches(timer, a.stream(), [&] {
+                            run_cudnn_conv(p, a, bias, residual);
+                            return true;
+                          }));
+      own_ms = std::min(own_ms, time_launches(timer, a.stream(), own));
+    }
+    use_own = own_ms < cudnn_ms;
+    if (tactic_log()) {
+      std::fprintf(stderr, "[ember tactic] %s: cuDNN %.4f ms, depthwise kernel %.4f ms (2 runs) -> %s\n",
+                   problem.c_str(), cudnn_ms, own_ms, *use_own ? "depthwise kernel" : "cuDNN");
+    }
+    if (cache != nullptr) {
+      cache->store(timing_device_key(), problem, std::vector<uint8_t>{static_cast<uint8_t>(*use_own ? 1 : 0)});
+      cache->note_timed();
+    }
+  }
+  if (a.res->keeps_prepared()) {
+    auto choice = std::make_unique<DepthwiseChoice>();
+    choice->x_dims = x.dims;
+    choice->bias = bias != nullptr;
+    choice->residual = residual != nullptr;
+    choice->own = *use_own;
+    a.res->set_prepared(a.layer, kDepthwiseSlot, std::move(choice));
+  }
+  return *use_own && own();
+}
+
+}  // namespace
+
+void run(const ConvolutionParams& p, const CudaArgs& a) {
+  constexpr const char* kLayer = "Convolution";
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& y = a.out();
+  check_same_dtype(a, kLayer);
+  // The epilogue sees y as [outer, channels, plane]: NHWC is [N*H*W, C, 1].
+  const int64_t channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
+  const void* bias = conv_bias(a, channels, y.dtype, kLayer);
+  const void* residual = epilogue_residual(a, 3, kLayer);
+  if (y.numel() == 0) return;
+  if (x.numel() == 0 || w.numel() == 0) {
+    const int64_t plane = p.channels_last ? 1 : y.numel() / (y.dims[0] * channels);
+    init_output(y, bias, a.stream(), p.channels_last);
+    launch_epilogue(y.dtype, y.data, nullptr, channels, plane, residual, &p.epilogue, y.numel(),
+                    a.stream());
+    return;
+  }
+  if (p.channels_last && p.groups > 1 && run_depthwise(p, a, bias, residual)) return;
+  run_cudnn_conv(p, a, bias, residual);
 }
 
 void run(const DeconvolutionParams& p, const CudaArgs& a) {

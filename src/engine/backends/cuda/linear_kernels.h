@@ -22,6 +22,17 @@ void launch_epilogue(DataType dtype, void* y, const void* bias, int64_t channels
                      const void* residual, const Epilogue* activation, int64_t total,
                      cudaStream_t stream);
 
+/// True when the direct depthwise kernel (depthwise_conv.cu) covers a Convolution: 2-d
+/// channels_last, float types, groups == input channels == output channels, x and y non-empty.
+bool depthwise_conv_covers(const ConvolutionParams& p, const DeviceTensor& x,
+                           const DeviceTensor& w, const DeviceTensor& y);
+
+/// y = act(scale * conv(x, w) + bias + residual) for a depthwise convolution the kernel covers
+/// (bias [C] and residual [N, OH, OW, C] optional, nullptr when absent), rounded once.
+void launch_depthwise_conv(const ConvolutionParams& p, const DeviceTensor& x,
+                           const DeviceTensor& w, DeviceTensor& y, const void* bias,
+                           const void* residual, cudaStream_t stream);
+
 /// Holds a stream while tactic timing enqueues its launches: hold() queues a one-thread kernel
 /// that spins on a host-mapped flag until release() (or 200 ms, so that a library call that
 /// synchronizes while the stream is held, or a forgotten release, cannot hang the device). Launches queued behind it then run back to back, and events around
