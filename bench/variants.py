@@ -25,9 +25,10 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   force while it is built and timed: Ember's attention kernels only, or every attention cuDNN
   covers runs there without timing (the default, `half`, times cuDNN's fused SDPA against
   Ember's kernel per problem and keeps the faster; `half_cudnn_timed` sets that explicitly);
-- `half_parallel_reductions`: `half` with EMBER_PARALLEL_REDUCTIONS=1 (the CUDA Reduce and
-  global average pooling split over many blocks; off by default until measured: T5-small b32's
-  whole-tensor `isinf().any()` guards, every squeeze-and-excitation pool);
+- `half_serial_reductions`: `half` with EMBER_PARALLEL_REDUCTIONS=0 (a Reduce with few long
+  rows and a global average pooling on one block per row or plane, as before session 30; the
+  default splits them over many blocks: T5-small b32's whole-tensor `isinf().any()` guards,
+  every squeeze-and-excitation pool);
 - `half_cudnn_depthwise` / `half_own_depthwise`: `half` with EMBER_DEPTHWISE_CONV=off or force:
   every depthwise channels_last convolution on cuDNN, or on Ember's direct kernel, untimed (the
   default times the two per problem and keeps the faster);
@@ -58,7 +59,7 @@ from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
             "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
-            "half_parallel_reductions", "half_cudnn_depthwise", "half_own_depthwise",
+            "half_serial_reductions", "half_cudnn_depthwise", "half_own_depthwise",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8")
 
@@ -101,7 +102,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_row_reductions": ("EMBER_FUSE_ROW_REDUCTIONS", "1"),
                 "half_no_views": ("EMBER_ATTENTION_VIEWS", "0"),
                 "half_own_attention": ("EMBER_CUDNN_ATTENTION", "off"),
-                "half_parallel_reductions": ("EMBER_PARALLEL_REDUCTIONS", "1"),
+                "half_serial_reductions": ("EMBER_PARALLEL_REDUCTIONS", "0"),
                 "half_cudnn_depthwise": ("EMBER_DEPTHWISE_CONV", "off"),
                 "half_own_depthwise": ("EMBER_DEPTHWISE_CONV", "force"),
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),

@@ -190,8 +190,8 @@ void check_depthwise(DataType t, std::vector<int64_t> x, int64_t k, int64_t k2,
 
 TEST(CudaChannelsLast, DepthwiseKernel) {
   // The direct depthwise kernel (EMBER_DEPTHWISE_CONV=force) on every path it has: the tiled
-  // kernels (3/5/7, stride 1/2) and the generic one (dilation, a non-square filter), 16-byte
-  // channel vectors (C % 8 == 0 for 16-bit types, % 4 for f32), pairs and single channels,
+  // kernels (3/5/7, stride 1/2) and the generic one (dilation, a non-square filter), 4-channel
+  // vectors (C % 4 == 0), pairs and single channels,
   // more channels than one block takes (C = 264), padding that clips and that does not.
   EMBER_SKIP_WITHOUT_CUDA();
   test::ScopedEnv force("EMBER_DEPTHWISE_CONV", "force");

@@ -33,10 +33,10 @@ void check(cudaError_t status, const char* what);
 /// The number of SMs of the current device (queried once per device; executor.cpp): grids that
 /// should fill the GPU size themselves by it.
 int sm_count();
-/// EMBER_PARALLEL_REDUCTIONS=1 (read on each call): reductions with little output and much
-/// input (a Reduce with fewer rows than SMs, a global average pooling) split their input over
-/// many blocks and combine partials in a second kernel. Off by default until it has run on a
-/// GPU (written 2026-12-06 with no device time left; executor.cpp).
+/// True unless EMBER_PARALLEL_REDUCTIONS=0 (read on each call): reductions with little output
+/// and much input (a Reduce with fewer rows than SMs, a global average pooling) split their
+/// input over many blocks and combine partials in a second kernel. T5-small b32 on an H100:
+/// 8.85 ms without, 1.98 ms with (its whole-tensor isinf().any() guards; 2026-12-06).
 bool parallel_reductions_enabled();
 
 /// The identity a timing-cache choice is valid for on the current device: GPU name, SM count,

@@ -4,7 +4,7 @@
 // core algorithm for it, and which of its direct kernels it picks varies with the shape. This
 // kernel is timed against cuDNN per problem (linear.cpp) and runs where it is faster.
 //
-// Work split: a thread owns V adjacent channels (one 16-byte vector where C allows) of kTile
+// Work split: a thread owns V adjacent channels (4 where C allows: 8 or 16 bytes) of kTile
 // adjacent output pixels along W; threadIdx.x runs over the block's channel vectors, so a warp's
 // loads of one input pixel are one contiguous run of channels. The block's filter taps are staged
 // in shared memory as [R*S][channels] once, and the block then walks its share of the pixel
@@ -193,11 +193,14 @@ depthwise_generic_kernel(const T* __restrict__ x, const T* __restrict__ w,
   }
 }
 
-/// The widest channel vector (16 bytes, then 2 elements, then 1) that divides C and keeps
-/// every access of x, y and the residual aligned.
+/// The widest channel vector (4 elements, then 2, then 1) that divides C and keeps every
+/// access of x, y and the residual aligned. Four, not a 16-byte eight for 16-bit types: the
+/// 7x7 tiled kernel holds kTile * V accumulators and 7 * V taps in registers, and at V = 8 it
+/// took 144 registers, one 256-thread block per SM (too few loads in flight for a memory-bound
+/// kernel).
 template <typename T>
 int vector_width(const DwGeometry& g, const void* x, const void* y, const void* residual) {
-  for (int v : {static_cast<int>(16 / sizeof(T)), 2, 1}) {
+  for (int v : {4, 2, 1}) {
     const size_t bytes = sizeof(T) * v;
     if (g.c % v == 0 && aligned(x, bytes) && aligned(y, bytes) &&
         (residual == nullptr || aligned(residual, bytes))) {
@@ -261,10 +264,9 @@ void launch_v(const DwGeometry& g, const void* x, const void* w, const void* bia
 template <typename T>
 void launch_t(const DwGeometry& g, const void* x, const void* w, const void* bias,
               const void* residual, void* y, const ActivationFn& act, cudaStream_t stream) {
-  constexpr int kWide = static_cast<int>(16 / sizeof(T));
   const int v = vector_width<T>(g, x, y, residual);
-  if (v == kWide) {
-    launch_v<T, kWide>(g, x, w, bias, residual, y, act, stream);
+  if (v == 4) {
+    launch_v<T, 4>(g, x, w, bias, residual, y, act, stream);
   } else if (v == 2) {
     launch_v<T, 2>(g, x, w, bias, residual, y, act, stream);
   } else {

@@ -40,7 +40,7 @@ int sm_count() {
 
 bool parallel_reductions_enabled() {
   const char* e = std::getenv("EMBER_PARALLEL_REDUCTIONS");
-  return e != nullptr && std::strcmp(e, "1") == 0;
+  return e == nullptr || std::strcmp(e, "0") != 0;
 }
 
 bool capturing(cudaStream_t stream) {

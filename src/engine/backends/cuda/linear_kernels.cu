@@ -403,8 +403,8 @@ bool launch_max_pool_nhwc8(const T* in, T* out, int64_t total, const PoolGeometr
 /// Global average pooling: one output position per plane whose window is the whole input (the
 /// squeeze-and-excitation pools of MobileNetV3 and EfficientNet, classifier heads).
 /// avg_pool_kernel gives each output one thread walking the whole plane: EfficientNet-B0's
-/// first SE pool at b1 is 32 threads of 12544 steps. With EMBER_PARALLEL_REDUCTIONS=1 the
-/// plane's positions are cut into `splits` slices instead, a block each per group of channels:
+/// first SE pool at b1 is 32 threads of 12544 steps. By default (EMBER_PARALLEL_REDUCTIONS=0
+/// keeps that kernel) the plane's positions are cut into `splits` slices instead, a block each per group of channels:
 /// channels-last, 32 channels a block (threadIdx.x) and 8 position rows (threadIdx.y); NCHW, a
 /// warp per plane. Partial f32 sums go to scratch [n, splits, c]; a second kernel adds a
 /// channel's partials in order and divides. The summation order differs from the CPU's
