@@ -144,6 +144,44 @@ def foreign_device(node: torch.fx.Node, device_type: str,
     return None
 
 
+def _cpu_scalar(v: torch.Tensor) -> bool:
+    return v.device.type == "cpu" and v.dim() == 0
+
+
+def scalar_constant(node: torch.fx.Node, device_type: str, constants: Container[str]) -> bool:
+    """True for a 0-dim CPU tensor made from constants only (`constants`: names of lifted
+    constants and of earlier such scalars) and read only by nodes whose other tensors are on
+    `device_type` or are CPU scalars too. PyTorch lets an op on any device read a CPU scalar, and
+    programs lean on it: torchvision's Swin fills its shifted-window mask with lifted 0-dim
+    constants (`lift_fresh_copy`, then `fill.Tensor` into a CUDA slice). Such a scalar is a
+    constant of the engine, so neither it nor its readers count as on another device."""
+    if device_type == "cpu":
+        return False  # CPU tensors are the program's own: nothing to exempt
+    val = node.meta.get("val")
+    if not (isinstance(val, torch.Tensor) and _cpu_scalar(val)):
+        return False
+    if not all(n.name in constants for n in node.all_input_nodes):
+        return False
+    for user in node.users:
+        vals = _tensor_vals(user.meta.get("val"))
+        for n in user.all_input_nodes:
+            if n is not node and n.name not in constants:
+                vals += _tensor_vals(n.meta.get("val"))
+        if any(v.device.type != device_type and not _cpu_scalar(v) for v in vals):
+            return False  # a reader that runs on another device wants it on the CPU
+    return True
+
+
+class _Exempt:
+    """Names exempt from the device check: lifted constants and scalar_constant nodes."""
+
+    def __init__(self, constants: Container[str], scalars: set[str]):
+        self.constants, self.scalars = constants, scalars
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.constants or name in self.scalars
+
+
 def module_info(node: torch.fx.Node) -> tuple[str, list[str]]:
     stack = node.meta.get("nn_module_stack") or {}
     path, types = "", []
@@ -367,6 +405,7 @@ def import_program(ep: torch.export.ExportedProgram,
     sig = ep.graph_signature
     kinds = {spec.arg.name: spec for spec in sig.input_specs}
     lifted, constants, user_inputs = {}, {}, []
+    exempt = _Exempt(constants, set())  # from the device check
     from torch.export.graph_signature import InputKind
 
     for node in ep.graph_module.graph.nodes:
@@ -418,7 +457,12 @@ def import_program(ep: torch.export.ExportedProgram,
                     and any(isinstance(v, torch.Tensor) for v in val))):
                 imp.add_outside(node, "its result is not a tensor")
                 continue
-            device = foreign_device(node, program_device, constants) if program_device else None
+            device = None
+            if program_device:
+                if scalar_constant(node, program_device, exempt):
+                    exempt.scalars.add(node.name)
+                else:
+                    device = foreign_device(node, program_device, exempt)
             if device is not None:
                 imp.add_outside(node, f"its tensors are on device '{device}', not on the "
                                 f"program's {program_device} device where its inputs and weights "

@@ -196,3 +196,50 @@ def test_nodes_on_another_device_than_the_engine_run_in_pytorch():
         assert op in ops, report.fallback
         assert "device 'cuda:0'" in ops[op] and "program's cpu device" in ops[op], ops[op]
     assert "aten::mul.Tensor" not in ops and "aten::relu" not in ops, report.fallback
+
+
+def _scalar_fill_graph(reader_on_cpu: bool):
+    """lifted 0-dim CPU constant -> clone -> fill.Tensor into a slice of a program-device tensor
+    (torchvision Swin's shifted-window mask, on a "meta" program device so that no GPU is
+    needed), or, with `reader_on_cpu`, an add with a full CPU tensor reading the clone."""
+    g = torch.fx.Graph()
+    const, x, other = g.placeholder("c_lifted"), g.placeholder("x"), g.placeholder("cpu_x")
+    clone = g.call_function(torch.ops.aten.clone.default, (const,))
+    piece = g.call_function(torch.ops.aten.slice.Tensor, (x, 0, 0, 2))
+    fill = g.call_function(torch.ops.aten.fill.Tensor, (piece, clone))
+    add = g.call_function(torch.ops.aten.add.Tensor, (other, clone))
+    g.output((fill, add) if reader_on_cpu else fill)
+    const.meta["val"] = clone.meta["val"] = torch.tensor(3.0)
+    x.meta["val"] = torch.empty(4, 4, device="meta")
+    piece.meta["val"] = fill.meta["val"] = torch.empty(2, 4, device="meta")
+    other.meta["val"] = add.meta["val"] = torch.empty(4, 4)
+    if not reader_on_cpu:
+        g.erase_node(add)
+    return clone, fill
+
+
+def test_a_cpu_scalar_made_from_constants_is_not_on_another_device():
+    """PyTorch lets an op on any device read a 0-dim CPU tensor: a scalar made from lifted
+    constants and read by program-device ops is an engine constant, not a device change (Swin-T
+    had 290 fallback nodes on an H100 from its mask fills before this)."""
+    from ember._importer import _Exempt, foreign_device, scalar_constant
+
+    clone, fill = _scalar_fill_graph(reader_on_cpu=False)
+    assert foreign_device(clone, "meta", {"c_lifted"}) == "cpu"  # the old rule
+    assert scalar_constant(clone, "meta", {"c_lifted"})
+    exempt = _Exempt({"c_lifted"}, {clone.name})
+    assert foreign_device(fill, "meta", exempt) is None
+    assert foreign_device(fill, "meta", {"c_lifted"}) == "cpu"
+    # Not a constant: a scalar from a non-constant input stays on its device.
+    assert not scalar_constant(clone, "meta", set())
+    # A CPU program has nothing to exempt.
+    assert not scalar_constant(clone, "cpu", {"c_lifted"})
+
+
+def test_a_cpu_scalar_read_by_cpu_work_stays_in_pytorch():
+    """The same scalar also read by an op on full CPU tensors: that reader runs in PyTorch and
+    wants a CPU tensor, so the scalar is not moved into the engine."""
+    from ember._importer import scalar_constant
+
+    clone, _ = _scalar_fill_graph(reader_on_cpu=True)
+    assert not scalar_constant(clone, "meta", {"c_lifted"})
