@@ -103,6 +103,45 @@ TEST(CudaFusedPointwise, OddSizesAndBroadcastsTakeTheGenericPath) {
   }
 }
 
+TEST(CudaFusedPointwise, RowAndPlaneBroadcastsTakeTheStridedVectorPath) {
+  // Broadcasts whose last dim steps by 1 or 0 with every length a multiple of 4: the strided
+  // vectorized path (offsets walked once per 4 elements). ConvNeXt's layer scale and residual
+  // over NHWC rows, a squeeze-and-excitation gate [N, 1, 1, C] over NHWC, a [C, 1, 1] scale and
+  // shift over NCHW planes of 16, and a [C] row of 8 over a 3-d tensor.
+  EMBER_SKIP_WITHOUT_CUDA();
+  struct Case {
+    std::vector<int64_t> x, g;
+    bool residual;
+  };
+  const std::vector<Case> cases = {{{2, 6, 6, 96}, {96}, true},
+                                   {{2, 5, 5, 24}, {2, 1, 1, 24}, false},
+                                   {{2, 8, 4, 4}, {8, 1, 1}, true},
+                                   {{3, 40, 8}, {8}, false}};
+  for (const Case& c : cases) {
+    for (DataType dt : kFloatTypes) {
+      Network net;
+      Tensor* x = net.add_input("x", dt, Shape(c.x.begin(), c.x.end()));
+      Tensor* g = net.add_input("g", dt, Shape(c.g.begin(), c.g.end()));
+      Tensor* t = net.add_activation(g, ActivationType::kSigmoid, 0, 0, "gate")->output();
+      t = net.add_elementwise(x, t, ElementWiseOp::kProd, "mul")->output();
+      std::vector<TestTensor> ins = {TestTensor::random(dt, c.x, 3, -3.0f, 3.0f),
+                                     TestTensor::random(dt, c.g, 4)};
+      if (c.residual) {
+        Tensor* r = net.add_input("r", dt, Shape(c.x.begin(), c.x.end()));
+        t = net.add_elementwise(t, r, ElementWiseOp::kSum, "add")->output();
+        ins.push_back(TestTensor::random(dt, c.x, 5));
+      }
+      net.mark_output(net.add_unary(t, UnaryOp::kNeg, "neg")->output(), "out");
+      test::CudaRunner runner(net, ins, {}, 2);
+      EXPECT_GE(count_json(runner.inspect_json(), "FusedPointwise"), 1);
+      const std::string what = dims_to_string(c.x) + " by " + dims_to_string(c.g) + " " +
+                               dtype_name(dt);
+      test::expect_matches_cpu(net, ins, runner.run(ins), what);
+      test::expect_matches_cpu(net, ins, runner.run(ins), what + " (CUDA graph)");
+    }
+  }
+}
+
 TEST(CudaFusedPointwise, KernelIsCompiledAtBuildTimeAndStoredInThePlan) {
   EMBER_SKIP_WITHOUT_CUDA();
   Network net;

@@ -323,7 +323,11 @@ TEST(PointwiseCodegen, SourceHasTheKernelTheStepsAndTheRounding) {
   // Deterministic: the kernel cache keys on the text.
   EXPECT_EQ(source_of(chains()[1], DataType::kF32), f32);
   EXPECT_NE(codegen::source_hash(f32), codegen::source_hash(f16));
-  EXPECT_EQ(sizeof(codegen::PointwiseKernelArgs), 1360u);  // the generated struct's size
+  // The generated struct's size: 1360 bytes before `wide` (4 bytes and padding) was appended.
+  EXPECT_EQ(sizeof(codegen::PointwiseKernelArgs), 1368u);
+  EXPECT_NE(f32.find("  int wide;\n};"), std::string::npos);
+  EXPECT_NE(f32.find("if (a.wide) {"), std::string::npos);  // the strided vectorized path
+  EXPECT_NE(f16.find("a.strides[1][a.rank - 1] == 0"), std::string::npos);
 }
 
 TEST(PointwiseCodegen, RowReductionsGetTheWarpPerRowKernel) {

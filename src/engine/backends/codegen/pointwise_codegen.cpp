@@ -45,6 +45,7 @@ struct EmberPointwiseArgs {
   int vec;
   long long dims[8];
   long long strides[16][8];
+  int wide;
 };
 )";
 
@@ -383,61 +384,90 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
   }
   src += "}\n";
 
-  // The kernel: a vectorized path (kPointwiseVector consecutive elements per thread) and a
-  // generic one (per-input strides, broadcast dims stride 0), both grid-stride loops.
+  // The kernel: two vectorized paths (kPointwiseVector consecutive elements per thread) and a
+  // generic one (per-input strides, broadcast dims stride 0), all grid-stride loops.
   const std::string V = std::to_string(kPointwiseVector);
+  // Input k's V values into x<k>[] from `ptr + at`: one element broadcast when `scalar` (a
+  // condition in the kernel), else one vector load (f32 float4, 16-bit uint2, integers and
+  // bools one element at a time).
+  auto load_input = [&](size_t k, const std::string& scalar, const std::string& at) {
+    const std::string K = std::to_string(k);
+    const DataType t = input_dtypes[k];
+    const std::string ptr = "((const " + std::string(storage_type(t)) + "*)a.in[" + K + "])";
+    std::string s = "      float x" + K + "[" + V + "];\n"
+                    "      if (" + scalar + ") {\n"
+                    "        const float s = " + load_expr(t, ptr + "[" + at + "]") + ";\n"
+                    "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = s;\n"
+                    "      } else {\n";
+    if (t == DataType::kF32) {
+      s += "        const float4 w = *(const float4*)(" + ptr + " + " + at + ");\n"
+           "        x" + K + "[0] = w.x; x" + K + "[1] = w.y; x" + K + "[2] = w.z; x" + K + "[3] = w.w;\n";
+    } else if (!dtype_is_float(t)) {  // bools and integers: one element at a time
+      s += "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = " +
+           load_expr(t, ptr + "[" + at + " + j]") + ";\n";
+    } else {
+      s += "        const uint2 w = *(const uint2*)(" + ptr + " + " + at + ");\n"
+           "        const ember_u16 h[4] = {(ember_u16)(w.x & 0xffffu), (ember_u16)(w.x >> 16), "
+           "(ember_u16)(w.y & 0xffffu), (ember_u16)(w.y >> 16)};\n"
+           "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = " + load_expr(t, "h[j]") + ";\n";
+    }
+    return s + "      }\n";
+  };
+  // The program on the V lanes, and the outputs stored as one vector each at element i.
+  auto compute_and_store = [&] {
+    std::string s;
+    for (size_t o = 0; o < p.outputs.size(); ++o) {
+      s += "      float y" + std::to_string(o) + "[" + V + "];\n";
+    }
+    s += "      for (int j = 0; j < " + V + "; ++j) ember_program(";
+    for (size_t k = 0; k < n_in; ++k) s += (k ? ", " : "") + std::string("x") + std::to_string(k) + "[j]";
+    for (size_t o = 0; o < p.outputs.size(); ++o) s += ", y" + std::to_string(o) + "[j]";
+    s += ");\n";
+    for (size_t o = 0; o < p.outputs.size(); ++o) {
+      const std::string O = std::to_string(o);
+      const DataType t = value_dtype[static_cast<size_t>(p.outputs[o])];
+      const std::string ptr = "((" + std::string(storage_type(t)) + "*)a.out[" + O + "])";
+      if (t == DataType::kF32) {
+        s += "      *(float4*)(" + ptr + " + i) = make_float4(y" + O + "[0], y" + O + "[1], y" + O +
+             "[2], y" + O + "[3]);\n";
+      } else {
+        s += "      *(uint2*)(" + ptr + " + i) = make_uint2((unsigned int)" + store_expr(t, "y" + O + "[0]") +
+             " | ((unsigned int)" + store_expr(t, "y" + O + "[1]") + " << 16), (unsigned int)" +
+             store_expr(t, "y" + O + "[2]") + " | ((unsigned int)" + store_expr(t, "y" + O + "[3]") +
+             " << 16));\n";
+      }
+    }
+    return s;
+  };
   src += "extern \"C\" __global__ void __launch_bounds__(256) " + std::string(kPointwiseKernelName) +
          "(EmberPointwiseArgs a) {\n"
          "  const long long step = (long long)gridDim.x * blockDim.x;\n"
          "  const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+         // Every input whole (contiguous, the output's size) or one element: no index math.
          "  if (a.vec & 1) {\n"
          "    for (long long q = first; q < a.n / " + V + "; q += step) {\n"
          "      const long long i = q * " + V + ";\n";
   for (size_t k = 0; k < n_in; ++k) {
+    src += load_input(k, "a.vec & " + std::to_string(2u << k), "i");
+  }
+  src += compute_and_store() +
+         "    }\n"
+         "    return;\n"
+         "  }\n"
+         // Broadcast inputs whose last dim steps by 1 or 0 (a [C] scale over NHWC rows, an
+         // [N, 1, 1, C] squeeze-and-excitation gate, a [C, 1, 1] one over NCHW planes): the
+         // offsets are walked once per V elements, which stay inside one row of the last dim.
+         "  if (a.wide) {\n"
+         "    for (long long q = first; q < a.n / " + V + "; q += step) {\n"
+         "      const long long i = q * " + V + ";\n";
+  for (size_t k = 0; k < n_in; ++k) src += "    long long at" + std::to_string(k) + " = 0;\n";
+  src += offset_walk(views, "i", "a.rank - 1", "at");
+  for (size_t k = 0; k < n_in; ++k) {
     const std::string K = std::to_string(k);
-    const DataType t = input_dtypes[k];
-    const std::string ptr = "((const " + std::string(storage_type(t)) + "*)a.in[" + K + "])";
-    src += "      float x" + K + "[" + V + "];\n"
-           "      if (a.vec & " + std::to_string(2u << k) + ") {\n"
-           "        const float s = " + load_expr(t, ptr + "[0]") + ";\n"
-           "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = s;\n"
-           "      } else {\n";
-    if (t == DataType::kF32) {
-      src += "        const float4 w = *(const float4*)(" + ptr + " + i);\n"
-             "        x" + K + "[0] = w.x; x" + K + "[1] = w.y; x" + K + "[2] = w.z; x" + K + "[3] = w.w;\n";
-    } else if (!dtype_is_float(t)) {  // bools and integers: one element at a time
-      src += "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = " +
-             load_expr(t, ptr + "[i + j]") + ";\n";
-    } else {
-      src += "        const uint2 w = *(const uint2*)(" + ptr + " + i);\n"
-             "        const ember_u16 h[4] = {(ember_u16)(w.x & 0xffffu), (ember_u16)(w.x >> 16), "
-             "(ember_u16)(w.y & 0xffffu), (ember_u16)(w.y >> 16)};\n"
-             "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = " + load_expr(t, "h[j]") + ";\n";
-    }
-    src += "      }\n";
+    src += load_input(k, "a.strides[" + K + "][a.rank - 1] == 0", "at" + K);
   }
-  for (size_t o = 0; o < p.outputs.size(); ++o) {
-    src += "      float y" + std::to_string(o) + "[" + V + "];\n";
-  }
-  src += "      for (int j = 0; j < " + V + "; ++j) ember_program(";
-  for (size_t k = 0; k < n_in; ++k) src += (k ? ", " : "") + std::string("x") + std::to_string(k) + "[j]";
-  for (size_t o = 0; o < p.outputs.size(); ++o) src += ", y" + std::to_string(o) + "[j]";
-  src += ");\n";
-  for (size_t o = 0; o < p.outputs.size(); ++o) {
-    const std::string O = std::to_string(o);
-    const DataType t = value_dtype[static_cast<size_t>(p.outputs[o])];
-    const std::string ptr = "((" + std::string(storage_type(t)) + "*)a.out[" + O + "])";
-    if (t == DataType::kF32) {
-      src += "      *(float4*)(" + ptr + " + i) = make_float4(y" + O + "[0], y" + O + "[1], y" + O +
-             "[2], y" + O + "[3]);\n";
-    } else {
-      src += "      *(uint2*)(" + ptr + " + i) = make_uint2((unsigned int)" + store_expr(t, "y" + O + "[0]") +
-             " | ((unsigned int)" + store_expr(t, "y" + O + "[1]") + " << 16), (unsigned int)" +
-             store_expr(t, "y" + O + "[2]") + " | ((unsigned int)" + store_expr(t, "y" + O + "[3]") +
-             " << 16));\n";
-    }
-  }
-  src += "    }\n"
+  src += compute_and_store() +
+         "    }\n"
          "    return;\n"
          "  }\n"
          "  for (long long i = first; i < a.n; i += step) {\n";

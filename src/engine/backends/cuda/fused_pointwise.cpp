@@ -311,7 +311,20 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   }
   for (size_t o = 0; vec && o < a.outputs.size(); ++o) vec = aligned(a.out(o).data);
   k.vec = vec ? mask : 0;
-  const int64_t work = vec ? n / codegen::kPointwiseVector : n;
+  // The strided vectorized path: broadcasts whose last dim steps by 1 (a vector load) or 0 (one
+  // element for the vector), so that V consecutive outputs read V consecutive elements or one.
+  // ConvNeXt-T's layer scale and residual add over NHWC rows ran the generic path at about a
+  // quarter of the H100's bandwidth (0.55 ms for 18 calls at b32, 2026-12-06).
+  constexpr int64_t kV = codegen::kPointwiseVector;
+  bool wide = !vec && !gathers && n % kV == 0 && !mdims.empty() && mdims.back() % kV == 0;
+  for (size_t i = 0; wide && i < n_in; ++i) {
+    const int64_t last = mst[i].back();
+    wide = (last == 0 || last == 1) && (last == 0 || aligned(a.in(i).data));
+    for (size_t d = 0; wide && d + 1 < mst[i].size(); ++d) wide = mst[i][d] % kV == 0;
+  }
+  for (size_t o = 0; wide && o < a.outputs.size(); ++o) wide = aligned(a.out(o).data);
+  k.wide = wide ? 1 : 0;
+  const int64_t work = vec || wide ? n / kV : n;
   constexpr int kThreads = 256;
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>((work + kThreads - 1) / kThreads, static_cast<int64_t>(sm_count()) * 16));
