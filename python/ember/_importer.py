@@ -162,13 +162,34 @@ def scalar_constant(node: torch.fx.Node, device_type: str, constants: Container[
         return False
     if not all(n.name in constants for n in node.all_input_nodes):
         return False
+    return _read_on_device(node, device_type, constants, set())
+
+
+def _read_on_device(node: torch.fx.Node, device_type: str, constants: Container[str],
+                    seen: set[str]) -> bool:
+    """True when every reader of the CPU scalar `node` keeps its value off the CPU: it is not a
+    program output, and each reader's other tensors are on `device_type` or CPU scalars, with
+    a reader whose result is a CPU scalar itself read that way (so a chain of scalars that ends
+    in CPU work, or in an output, stays in PyTorch as a whole)."""
+    seen.add(node.name)
     for user in node.users:
+        if user.op == "output":
+            return False  # the program hands it back on the CPU
         vals = _tensor_vals(user.meta.get("val"))
         for n in user.all_input_nodes:
             if n is not node and n.name not in constants:
                 vals += _tensor_vals(n.meta.get("val"))
         if any(v.device.type != device_type and not _cpu_scalar(v) for v in vals):
             return False  # a reader that runs on another device wants it on the CPU
+        out = user.meta.get("val")
+        if isinstance(out, torch.Tensor) and _cpu_scalar(out) and user.name not in seen:
+            # A scalar made from this one: it too must be made from constants only, and read
+            # the same way.
+            if any(n is not node and n.name not in constants and n.name not in seen
+                   for n in user.all_input_nodes):
+                return False
+            if not _read_on_device(user, device_type, constants, seen):
+                return False
     return True
 
 
@@ -457,11 +478,10 @@ def import_program(ep: torch.export.ExportedProgram,
                     and any(isinstance(v, torch.Tensor) for v in val))):
                 imp.add_outside(node, "its result is not a tensor")
                 continue
-            device = None
+            device, scalar = None, False
             if program_device:
-                if scalar_constant(node, program_device, exempt):
-                    exempt.scalars.add(node.name)
-                else:
+                scalar = scalar_constant(node, program_device, exempt)
+                if not scalar:
                     device = foreign_device(node, program_device, exempt)
             if device is not None:
                 imp.add_outside(node, f"its tensors are on device '{device}', not on the "
@@ -470,6 +490,8 @@ def import_program(ep: torch.export.ExportedProgram,
                 continue
             try:
                 imp.add_op(node)
+                if scalar:  # its readers may now count it as the engine's (once it is one)
+                    exempt.scalars.add(node.name)
             except Unsupported as e:
                 imp.add_outside(node, str(e))
             continue

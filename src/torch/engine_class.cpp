@@ -290,6 +290,13 @@ std::vector<at::Tensor> TorchEngine::execute(const std::vector<at::Tensor>& inpu
     const at::Tensor& x = inputs[i];
     EMBER_CHECK(x.defined(), "ember::execute_engine: input '", io.name, "' (#", i,
                 ") is an undefined tensor");
+    if (x.dim() == 0 && x.is_cpu() && engine_device.is_cuda()) {
+      // A CPU scalar, which PyTorch's own CUDA ops accept too: a 0-dim constant the importer
+      // gave the engine (torchvision Swin's mask fills) that a partition left to PyTorch.
+      at::Tensor y = x.to(engine_device, input_engine_types_[i]);
+      engine_inputs.push_back(std::move(y));
+      continue;
+    }
     EMBER_CHECK(x.device() == engine_device, "ember::execute_engine: input '", io.name, "' (#", i,
                 ") is on device ", x.device(), " but this ", meta.backend,
                 " engine needs device ", engine_device,

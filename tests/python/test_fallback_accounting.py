@@ -243,3 +243,28 @@ def test_a_cpu_scalar_read_by_cpu_work_stays_in_pytorch():
 
     clone, _ = _scalar_fill_graph(reader_on_cpu=True)
     assert not scalar_constant(clone, "meta", {"c_lifted"})
+
+
+def test_a_chain_of_cpu_scalars_ending_in_cpu_work_or_an_output_stays_in_pytorch():
+    """clone -> mul(clone, 3) -> add with a full CPU tensor: the scalar made from the first one
+    is read on the CPU, so neither moves; nor does a scalar the program returns."""
+    from ember._importer import scalar_constant
+
+    g = torch.fx.Graph()
+    const, x, other = g.placeholder("c_lifted"), g.placeholder("x"), g.placeholder("cpu_x")
+    clone = g.call_function(torch.ops.aten.clone.default, (const,))
+    fill = g.call_function(torch.ops.aten.fill.Tensor, (x, clone))
+    tripled = g.call_function(torch.ops.aten.mul.Tensor, (clone, 3))
+    add = g.call_function(torch.ops.aten.add.Tensor, (other, tripled))
+    g.output((fill, add))
+    const.meta["val"] = clone.meta["val"] = tripled.meta["val"] = torch.tensor(3.0)
+    x.meta["val"] = fill.meta["val"] = torch.empty(4, device="meta")
+    other.meta["val"] = add.meta["val"] = torch.empty(4)
+    assert not scalar_constant(clone, "meta", {"c_lifted"})
+    g.erase_node(g.output_node())
+    g.output(fill)
+    g.erase_node(add)
+    assert scalar_constant(clone, "meta", {"c_lifted"})  # the chain now ends in nothing
+    g.erase_node(g.output_node())
+    g.output((fill, tripled))
+    assert not scalar_constant(clone, "meta", {"c_lifted"})  # tripled is an output

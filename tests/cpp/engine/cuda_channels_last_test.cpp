@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "builder/passes/passes.h"
+#include "backends/cuda/linear_kernels.h"
 #include "ember/engine/timing_cache.h"
 #include "cuda_test_util.h"
 
@@ -195,6 +196,7 @@ TEST(CudaChannelsLast, DepthwiseKernel) {
   // more channels than one block takes (C = 264), padding that clips and that does not.
   EMBER_SKIP_WITHOUT_CUDA();
   test::ScopedEnv force("EMBER_DEPTHWISE_CONV", "force");
+  const int64_t launched = cuda::depthwise_conv_launches();
   struct Shape2 {
     int64_t k, k2, stride, pad, dilation;
   };
@@ -212,11 +214,20 @@ TEST(CudaChannelsLast, DepthwiseKernel) {
         check_depthwise(t, {2, 11, 13, c}, s.k, s.k2, p, true, false, 80, what);
       }
     }
+    // Images narrower than a tile row's columns, 1 x 1 images under a 7x7 filter, padding
+    // wider than the image (outputs that read no pixel at all).
+    check_depthwise(t, {1, 1, 1, 8}, 7, 7, nhwc_conv(1, 3, 1, 1), true, false, 86, "depthwise 1x1 image");
+    check_depthwise(t, {2, 3, 2, 8}, 5, 5, nhwc_conv(2, 2, 1, 1), true, false, 87, "depthwise 3x2 image");
+    check_depthwise(t, {1, 2, 3, 12}, 3, 3, nhwc_conv(1, 4, 1, 1), true, false, 88, "depthwise pad 4");
     // Asymmetric padding (the end pad only shortens the output) and the epilogue: scale,
     // residual, activation.
     ConvolutionParams asym = nhwc_conv(2, 1, 1, 1);
     asym.padding_end = {0, 2};
     check_depthwise(t, {1, 10, 10, 24}, 3, 3, asym, false, false, 90, "depthwise asymmetric pad");
+    ConvolutionParams rect = nhwc_conv(1, 1, 1, 1);
+    rect.padding_begin = {1, 0};
+    rect.padding_end = {2, 3};
+    check_depthwise(t, {2, 7, 9, 8}, 3, 5, rect, true, false, 89, "depthwise 3x5 asymmetric pad");
     for (int mask = 0; mask < 8; ++mask) {
       ConvolutionParams p = nhwc_conv(1, 3, 1, 1);
       p.epilogue.scale = mask == 5 ? 0.5 : 1.0;
@@ -226,6 +237,9 @@ TEST(CudaChannelsLast, DepthwiseKernel) {
                       "depthwise epilogue mask " + std::to_string(mask));
     }
   }
+  // Every case above ran the direct kernel (a miss of depthwise_conv_covers would have passed
+  // silently through cuDNN): at least one launch per check, of which there are 3 x 49.
+  EXPECT_GE(cuda::depthwise_conv_launches() - launched, 147);
 }
 
 TEST(CudaChannelsLast, DepthwiseTimedAgainstCudnn) {

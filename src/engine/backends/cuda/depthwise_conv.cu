@@ -18,6 +18,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -31,6 +32,8 @@ namespace {
 constexpr int kBlockThreads = 256;
 constexpr int kTile = 4;                         // output pixels along W per thread
 constexpr size_t kMaxSharedBytes = 48 * 1024;    // the default dynamic shared memory limit
+
+std::atomic<int64_t> g_launches{0};  // depthwise_conv_launches()
 
 struct DwGeometry {
   int64_t n, h, w, c, oh, ow;
@@ -87,8 +90,7 @@ __device__ __forceinline__ void stage_weights(const T* __restrict__ w, T* sw, in
 template <typename T, int V, int KS, int STRIDE>
 __global__ void __launch_bounds__(kBlockThreads)
 depthwise_tiled_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                       const T* __restrict__ residual, T* __restrict__ y, DwGeometry g,
-                       ActivationFn act) {
+                       const T* residual, T* y, DwGeometry g, ActivationFn act) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sw = reinterpret_cast<T*>(smem);
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * blockDim.x * V;
@@ -166,8 +168,8 @@ depthwise_tiled_kernel(const T* __restrict__ x, const T* __restrict__ w, const T
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlockThreads)
 depthwise_generic_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                         const T* __restrict__ bias, const T* __restrict__ residual,
-                         T* __restrict__ y, DwGeometry g, ActivationFn act) {
+                         const T* __restrict__ bias, const T* residual, T* y, DwGeometry g,
+                         ActivationFn act) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sw = reinterpret_cast<T*>(smem);
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * blockDim.x * V;
@@ -304,7 +306,9 @@ bool depthwise_conv_covers(const ConvolutionParams& p, const DeviceTensor& x,
   // depthwise filter is not a shape this kernel is for.
   const int64_t taps = w.dims[1] * w.dims[2];
   if (taps > 1024 || p.stride.size() != 2 || p.dilation.size() != 2) return false;
-  return block_vectors(1, 1, static_cast<int>(taps), dtype_size(x.dtype)) > 0;
+  // Channel blocks are gridDim.y (at most 65535), counted for the narrowest vector (V = 1).
+  const int bx = block_vectors(c, 1, static_cast<int>(taps), dtype_size(x.dtype));
+  return bx > 0 && (c + bx - 1) / bx <= 65535;
 }
 
 void launch_depthwise_conv(const ConvolutionParams& p, const DeviceTensor& x,
@@ -343,6 +347,9 @@ void launch_depthwise_conv(const ConvolutionParams& p, const DeviceTensor& x,
                   dtype_name(x.dtype));
   }
   check(cudaGetLastError(), "depthwise convolution kernel");
+  g_launches.fetch_add(1, std::memory_order_relaxed);
 }
+
+int64_t depthwise_conv_launches() { return g_launches.load(std::memory_order_relaxed); }
 
 }  // namespace ember::engine::cuda

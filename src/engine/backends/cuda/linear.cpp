@@ -832,7 +832,8 @@ cudnnDataType_t dnn_type(DataType t, const char* layer) {
 namespace {
 
 /// A Convolution through cuDNN (x, w and y non-empty; bias and residual checked by the caller).
-void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
+/// False when it ran on the host instead (host_fallback: synchronizes).
+bool run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
                     const void* residual) {
   constexpr const char* kLayer = "Convolution";
   const DeviceTensor& x = a.in(0);
@@ -858,7 +859,7 @@ void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
   };
   std::string refused;
   switch (run_conv_graph(p, a, bias, residual, graph_options, &refused)) {
-    case ConvGraphStatus::kRan: return;
+    case ConvGraphStatus::kRan: return true;
     case ConvGraphStatus::kNotCovered: break;
     case ConvGraphStatus::kRefused:
       // Correct but slower on the layer-by-layer path: said once per context and layer.
@@ -886,7 +887,7 @@ void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
                          p.padding_begin, p.padding_end, p.dilation, p.groups,
                          p.channels_last)) {
       host_fallback(a);  // asymmetric padding or sizes beyond cuDNN's int
-      return;
+      return false;
     }
   }
   ConvSetup& s = prep->s;
@@ -928,10 +929,10 @@ void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
     const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo);
     if (choice.fused && launch_fused(algo, choice.math, residual != nullptr ? residual : y.data,
                                      residual != nullptr ? &one : &zero)) {
-      return;
+      return true;
     }
     dnn_check(launch_plain(algo, choice.math), kLayer, "cudnnConvolutionForward");
-    return;
+    return true;
   }
   TimingCache* cache = a.res->timing_cache();
   // The key names the epilogue's operands and the fusion mode too: the stored choice says
@@ -1007,7 +1008,7 @@ void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
     }
     if (!picked) {
       host_fallback(a);  // no algorithm meets the precision and workspace limits
-      return;
+      return false;
     }
     if (eager) conv_store(cache, problem, choice);  // a capture's heuristic guess is not kept
   }
@@ -1039,6 +1040,7 @@ void run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
     prep->needed = needed;
     a.res->set_prepared(a.layer, 0, std::move(fresh));
   }
+  return true;
 }
 
 /// EMBER_DEPTHWISE_CONV (read when a layer's choice is made): unset, the direct depthwise
@@ -1101,19 +1103,22 @@ bool run_depthwise(const ConvolutionParams& p, const CudaArgs& a, const void* bi
       return false;
     }
     // cuDNN's first call makes its own choices (and plan); then each side, on the real
-    // operands, the best of three pairs of launches behind the stream gate.
-    run_cudnn_conv(p, a, bias, residual);
+    // operands, the best of three pairs of launches behind the stream gate. cuDNN on the host
+    // (host_fallback) is no contender, and one that synchronizes on every call (no prepared
+    // state kept) cannot be timed behind the gate: both give the direct kernel the layer.
+    const bool cudnn_on_device = run_cudnn_conv(p, a, bias, residual);
     own();
     TacticTimer timer;
-    float cudnn_ms = 1e30f, own_ms = 1e30f;
-    for (int rep = 0; rep < 3; ++rep) {
-      cudnn_ms = std::min(cudnn_ms, time_launches(timer, a.stream(), [&] {
-                            run_cudnn_conv(p, a, bias, residual);
-                            return true;
-                          }));
+    float cudnn_ms = cudnn_on_device && a.res->keeps_prepared() ? 1e30f : -1.0f;
+    float own_ms = 1e30f;
+    for (int rep = 0; rep < 3 && cudnn_ms >= 0.0f; ++rep) {
+      const float c = time_launches(timer, a.stream(), [&] {
+        return run_cudnn_conv(p, a, bias, residual);
+      });
+      cudnn_ms = c < 0.0f ? -1.0f : std::min(cudnn_ms, c);
       own_ms = std::min(own_ms, time_launches(timer, a.stream(), own));
     }
-    use_own = own_ms < cudnn_ms;
+    use_own = cudnn_ms < 0.0f || own_ms < cudnn_ms;
     if (tactic_log()) {
       std::fprintf(stderr, "[ember tactic] %s: cuDNN %.4f ms, depthwise kernel %.4f ms (2 runs) -> %s\n",
                    problem.c_str(), cudnn_ms, own_ms, *use_own ? "depthwise kernel" : "cuDNN");
@@ -1155,7 +1160,7 @@ void run(const ConvolutionParams& p, const CudaArgs& a) {
     return;
   }
   if (p.channels_last && p.groups > 1 && run_depthwise(p, a, bias, residual)) return;
-  run_cudnn_conv(p, a, bias, residual);
+  (void)run_cudnn_conv(p, a, bias, residual);
 }
 
 void run(const DeconvolutionParams& p, const CudaArgs& a) {

@@ -33,6 +33,9 @@ void launch_depthwise_conv(const ConvolutionParams& p, const DeviceTensor& x,
                            const DeviceTensor& w, DeviceTensor& y, const void* bias,
                            const void* residual, cudaStream_t stream);
 
+/// Launches of the direct depthwise kernel in this process (for tests: which path ran).
+int64_t depthwise_conv_launches();
+
 /// Holds a stream while tactic timing enqueues its launches: hold() queues a one-thread kernel
 /// that spins on a host-mapped flag until release() (or 200 ms, so that a library call that
 /// synchronizes while the stream is held, or a forgotten release, cannot hang the device). Launches queued behind it then run back to back, and events around
