@@ -243,10 +243,11 @@ TEST(CudaChannelsLast, DepthwiseKernel) {
 }
 
 TEST(CudaChannelsLast, DepthwiseTimedAgainstCudnn) {
-  // Unset (the default): the direct kernel and cuDNN are timed on the first call; the winner's
-  // choice is in the engine's timing cache under a "depthwise" problem, and the output matches.
+  // EMBER_DEPTHWISE_CONV=timed: the direct kernel and cuDNN are timed on the first call; the
+  // winner's choice is in the engine's timing cache under a "depthwise" problem, and the output
+  // matches.
   EMBER_SKIP_WITHOUT_CUDA();
-  test::ScopedEnv timed("EMBER_DEPTHWISE_CONV", nullptr);
+  test::ScopedEnv timed("EMBER_DEPTHWISE_CONV", "timed");
   for (DataType t : {DataType::kF16, DataType::kF32}) {
     Network net;
     const std::vector<int64_t> x{4, 28, 28, 96};

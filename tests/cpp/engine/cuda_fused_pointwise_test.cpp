@@ -109,6 +109,7 @@ TEST(CudaFusedPointwise, RowAndPlaneBroadcastsTakeTheStridedVectorPath) {
   // over NHWC rows, a squeeze-and-excitation gate [N, 1, 1, C] over NHWC, a [C, 1, 1] scale and
   // shift over NCHW planes of 16, and a [C] row of 8 over a 3-d tensor.
   EMBER_SKIP_WITHOUT_CUDA();
+  test::ScopedEnv strided("EMBER_POINTWISE_STRIDED_VECTORS", "1");
   struct Case {
     std::vector<int64_t> x, g;
     bool residual;

@@ -217,6 +217,16 @@ std::vector<uint8_t> cached_pointwise_kernel(const std::string& source, const st
   return it->second;
 }
 
+namespace {
+
+/// EMBER_POINTWISE_STRIDED_VECTORS=1 (read on each call): the strided vectorized path.
+bool strided_vectors_enabled() {
+  const char* e = std::getenv("EMBER_POINTWISE_STRIDED_VECTORS");
+  return e != nullptr && std::string(e) == "1";
+}
+
+}  // namespace
+
 void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   const size_t n_in = a.inputs.size();
   const std::vector<int64_t>& dims = a.out(0).dims;
@@ -315,8 +325,12 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   // element for the vector), so that V consecutive outputs read V consecutive elements or one.
   // ConvNeXt-T's layer scale and residual add over NHWC rows ran the generic path at about a
   // quarter of the H100's bandwidth (0.55 ms for 18 calls at b32, 2026-12-06).
+  // Off unless EMBER_POINTWISE_STRIDED_VECTORS=1 until it has run on a GPU (written
+  // 2026-12-06 after the session's device time was spent; the kernel source compiles with NVRTC
+  // in CI).
   constexpr int64_t kV = codegen::kPointwiseVector;
-  bool wide = !vec && !gathers && n % kV == 0 && !mdims.empty() && mdims.back() % kV == 0;
+  bool wide = strided_vectors_enabled() && !vec && !gathers && n % kV == 0 && !mdims.empty() &&
+              mdims.back() % kV == 0;
   for (size_t i = 0; wide && i < n_in; ++i) {
     const int64_t last = mst[i].back();
     wide = (last == 0 || last == 1) && (last == 0 || aligned(a.in(i).data));

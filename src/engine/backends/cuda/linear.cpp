@@ -1043,16 +1043,18 @@ bool run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
   return true;
 }
 
-/// EMBER_DEPTHWISE_CONV (read when a layer's choice is made): unset, the direct depthwise
-/// kernel (depthwise_conv.cu) and cuDNN are timed per problem and the faster runs; "off" or "0"
-/// keeps cuDNN; "force" runs the direct kernel wherever it covers the layer.
+/// EMBER_DEPTHWISE_CONV (read when a layer's choice is made): "timed" or "1", the direct
+/// depthwise kernel (depthwise_conv.cu) and cuDNN are timed per problem and the faster runs;
+/// "force" runs the direct kernel wherever it covers the layer; unset, "off" or "0" keeps cuDNN.
+/// Off by default: its first version lost to cuDNN on every MobileNetV3 and ConvNeXt problem
+/// (H100, 2026-12-06), and the version that issues a row's loads together has not run on a GPU.
 enum class DepthwiseMode { kTimed, kOff, kForce };
 DepthwiseMode depthwise_mode() {
   const char* e = std::getenv("EMBER_DEPTHWISE_CONV");
   const std::string v = e != nullptr ? e : "";
-  return v == "off" || v == "0" ? DepthwiseMode::kOff
-         : v == "force"         ? DepthwiseMode::kForce
-                                : DepthwiseMode::kTimed;
+  return v == "timed" || v == "1" ? DepthwiseMode::kTimed
+         : v == "force"           ? DepthwiseMode::kForce
+                                  : DepthwiseMode::kOff;
 }
 
 /// A layer's depthwise choice, kept while its shapes and epilogue operands stay the same.
