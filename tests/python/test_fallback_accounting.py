@@ -268,3 +268,31 @@ def test_a_chain_of_cpu_scalars_ending_in_cpu_work_or_an_output_stays_in_pytorch
     g.erase_node(g.output_node())
     g.output((fill, tripled))
     assert not scalar_constant(clone, "meta", {"c_lifted"})  # tripled is an output
+
+
+def test_swin_mask_fills_stay_in_the_engine_of_a_cuda_program():
+    """torchvision's Swin-T exported for CUDA (fake tensors: no GPU needed) imports with no node
+    left to PyTorch; under the old device rule its mask fills' lifted 0-dim CPU constants made
+    18 nodes of this tiny version (290 of the full model on an H100) run in PyTorch."""
+    tv = pytest.importorskip("torchvision")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import ember._importer as importer
+
+    with FakeTensorMode(), torch.device("cuda"):
+        model = tv.models.swin_transformer.SwinTransformer(
+            patch_size=[4, 4], embed_dim=32, depths=[2], num_heads=[2], window_size=[4, 4],
+            num_classes=10).eval()
+        ep = torch.export.export(model, (torch.randn(1, 3, 32, 32),))
+    ep = ep.run_decompositions()
+    # Real host tensors for the weights and constants (the importer copies their bytes); the
+    # graph's fake CUDA values still say where each node runs.
+    for store in (ep.state_dict, ep.constants):
+        for name, value in list(store.items()):
+            store[name] = torch.zeros(value.shape, dtype=value.dtype)
+    imported = importer.import_program(ep, {}, "cuda")
+    assert imported.outside == [], imported.outside
+    mask_scalars = [n for n in ep.graph.nodes if n.op == "call_function"
+                    and isinstance(n.meta.get("val"), torch.Tensor)
+                    and n.meta["val"].dim() == 0 and n.meta["val"].device.type == "cpu"]
+    assert mask_scalars, "the export no longer makes CPU scalars: this test checks nothing"
