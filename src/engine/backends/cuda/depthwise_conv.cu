@@ -86,6 +86,31 @@ __device__ __forceinline__ void stage_weights(const T* __restrict__ w, T* sw, in
   __syncthreads();
 }
 
+/// A thread's channels: the first (c), the staged taps' row width and the thread's offset in
+/// it, and the V biases (0 without a bias).
+template <int V>
+struct ThreadChannels {
+  int64_t c;
+  int width, lane_off;
+  float bias[V];
+};
+
+/// Both kernels' prologue: stages the block's taps, then fills `tc`; false for a thread past
+/// the last channel (it has no work; the block's only barrier is behind it).
+template <typename T, int V>
+__device__ __forceinline__ bool thread_channels(const T* __restrict__ w, const T* __restrict__ bias,
+                                                T* sw, const DwGeometry& g, ThreadChannels<V>& tc) {
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * blockDim.x * V;
+  stage_weights<T, V>(w, sw, c0, g);
+  tc.c = c0 + static_cast<int64_t>(threadIdx.x) * V;
+  if (tc.c >= g.c) return false;
+  tc.width = static_cast<int>(blockDim.x) * V;
+  tc.lane_off = threadIdx.x * V;
+#pragma unroll
+  for (int e = 0; e < V; ++e) tc.bias[e] = g.bias ? Num<T>::load(bias[tc.c + e]) : 0.0f;
+  return true;
+}
+
 /// The compiled shapes: KS x KS filter, stride STRIDE, dilation 1, kTile pixels per thread.
 template <typename T, int V, int KS, int STRIDE>
 __global__ void __launch_bounds__(kBlockThreads)
@@ -93,15 +118,11 @@ depthwise_tiled_kernel(const T* __restrict__ x, const T* __restrict__ w, const T
                        const T* residual, T* y, DwGeometry g, ActivationFn act) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sw = reinterpret_cast<T*>(smem);
-  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * blockDim.x * V;
-  stage_weights<T, V>(w, sw, c0, g);
-  const int64_t c = c0 + static_cast<int64_t>(threadIdx.x) * V;
-  if (c >= g.c) return;
-  const int width = static_cast<int>(blockDim.x) * V;
-  const int lane_off = threadIdx.x * V;
-  float b[V];
-#pragma unroll
-  for (int e = 0; e < V; ++e) b[e] = g.bias ? Num<T>::load(bias[c + e]) : 0.0f;
+  ThreadChannels<V> tc;
+  if (!thread_channels<T, V>(w, bias, sw, g, tc)) return;
+  const int64_t c = tc.c;
+  const int width = tc.width, lane_off = tc.lane_off;
+  const float(&b)[V] = tc.bias;
   constexpr int kCols = (kTile - 1) * STRIDE + KS;  // input columns one tile row reads
   const int64_t tiles = g.n * g.oh * g.tiles_w;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < tiles;
@@ -172,15 +193,11 @@ depthwise_generic_kernel(const T* __restrict__ x, const T* __restrict__ w,
                          ActivationFn act) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sw = reinterpret_cast<T*>(smem);
-  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * blockDim.x * V;
-  stage_weights<T, V>(w, sw, c0, g);
-  const int64_t c = c0 + static_cast<int64_t>(threadIdx.x) * V;
-  if (c >= g.c) return;
-  const int width = static_cast<int>(blockDim.x) * V;
-  const int lane_off = threadIdx.x * V;
-  float b[V];
-#pragma unroll
-  for (int e = 0; e < V; ++e) b[e] = g.bias ? Num<T>::load(bias[c + e]) : 0.0f;
+  ThreadChannels<V> tc;
+  if (!thread_channels<T, V>(w, bias, sw, g, tc)) return;
+  const int64_t c = tc.c;
+  const int width = tc.width, lane_off = tc.lane_off;
+  const float(&b)[V] = tc.bias;
   const int64_t pixels = g.n * g.oh * g.ow;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; t < pixels;
        t += static_cast<int64_t>(gridDim.x) * blockDim.y) {
