@@ -344,34 +344,58 @@ std::string base64_encode(const void* data, size_t size) {
 }
 
 std::vector<uint8_t> base64_decode(std::string_view text) {
-  std::array<int8_t, 256> value{};
-  value.fill(-1);
-  for (int i = 0; i < 64; ++i) value[static_cast<uint8_t>(kBase64Alphabet[i])] = static_cast<int8_t>(i);
+  // 0x80 marks a byte that is not in the alphabet ('=' included: padding is handled apart).
+  static const std::array<uint8_t, 256> value = [] {
+    std::array<uint8_t, 256> v{};
+    v.fill(0x80);
+    for (int i = 0; i < 64; ++i) v[static_cast<uint8_t>(kBase64Alphabet[i])] = static_cast<uint8_t>(i);
+    return v;
+  }();
   if (text.size() % 4 != 0) {
     fail("plan base64 has length " + std::to_string(text.size()) +
          ", not a multiple of 4 (truncated or not base64)");
   }
+  auto invalid_at = [](size_t position) {
+    fail("plan base64 has an invalid character at position " + std::to_string(position) +
+         " (the state string is corrupted or not base64; re-save the engine)");
+  };
   // Padding is only allowed as the end of the last group: "xxx=" or "xx==".
   size_t pad = 0;
   if (!text.empty() && text.back() == '=') pad = text[text.size() - 2] == '=' ? 2 : 1;
-  std::vector<uint8_t> out;
-  out.reserve(text.size() / 4 * 3);
-  for (size_t i = 0; i < text.size(); i += 4) {
-    const bool last = i + 4 == text.size();
+  const size_t groups = text.size() / 4;
+  std::vector<uint8_t> out(groups * 3 - pad);
+  // Every group but a padded last one, without a branch per character (a 1 GB plan's state
+  // decoded at ~0.1 GB/s before): invalid characters only set the 0x80 bit of `bad`, and a
+  // second scan finds the first of them for the message.
+  const size_t plain = pad != 0 ? groups - 1 : groups;
+  const auto* in = reinterpret_cast<const uint8_t*>(text.data());
+  uint8_t* o = out.data();
+  uint8_t bad = 0;
+  for (size_t g = 0; g < plain; ++g, in += 4, o += 3) {
+    const uint32_t a = value[in[0]], b = value[in[1]], c = value[in[2]], d = value[in[3]];
+    bad |= static_cast<uint8_t>(a | b | c | d);
+    const uint32_t v = (a << 18) | (b << 12) | (c << 6) | d;
+    o[0] = static_cast<uint8_t>(v >> 16);
+    o[1] = static_cast<uint8_t>(v >> 8);
+    o[2] = static_cast<uint8_t>(v);
+  }
+  if (bad & 0x80) {
+    for (size_t i = 0; i < plain * 4; ++i) {
+      if (value[static_cast<uint8_t>(text[i])] & 0x80) invalid_at(i);
+    }
+  }
+  if (pad != 0) {  // the last group: 2 or 3 characters, then '='
+    const size_t at = plain * 4;
     uint32_t v = 0;
     for (size_t j = 0; j < 4; ++j) {
-      const char c = text[i + j];
-      const bool is_pad = last && j >= 4 - pad;
-      const int8_t d = is_pad ? (c == '=' ? 0 : -1) : value[static_cast<uint8_t>(c)];
-      if (d < 0) {
-        fail("plan base64 has an invalid character at position " + std::to_string(i + j) +
-             " (the state string is corrupted or not base64; re-save the engine)");
-      }
-      v = (v << 6) | static_cast<uint32_t>(d);
+      const bool is_pad = j >= 4 - pad;
+      const uint8_t ch = static_cast<uint8_t>(text[at + j]);
+      const uint8_t d = is_pad ? (ch == '=' ? 0 : 0x80) : value[ch];
+      if (d & 0x80) invalid_at(at + j);
+      v = (v << 6) | d;
     }
-    out.push_back(static_cast<uint8_t>(v >> 16));
-    if (!last || pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
-    if (!last || pad < 1) out.push_back(static_cast<uint8_t>(v));
+    o[0] = static_cast<uint8_t>(v >> 16);
+    if (pad < 2) o[1] = static_cast<uint8_t>(v >> 8);
   }
   return out;
 }
