@@ -15,6 +15,7 @@ import json
 import os
 import re
 import threading
+import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -137,9 +138,17 @@ def make_state(plan: bytes, metadata: dict) -> List[str]:
 
 def make_engine(plan: bytes, metadata: dict) -> torch.ScriptObject:
     """A torch.classes.ember.Engine for a serialized plan and its I/O metadata
-    ({"backend": ..., "inputs": [{"name", "torch_dtype", "engine_dtype", "shape"}], "outputs": [...]})."""
+    ({"backend": ..., "inputs": [{"name", "torch_dtype", "engine_dtype", "shape"}], "outputs": [...]}).
+
+    The same engine as Engine(make_state(plan, metadata)), through engine_from_plan: the plan goes
+    in as a view of its bytes instead of base64 text (Qwen2-0.5B's 989 MB plan took 16 s that
+    way on 2 cores, of which 2 s are the deserialization itself)."""
     load_library()
-    return torch.classes.ember.Engine(make_state(plan, metadata))
+    with warnings.catch_warnings():
+        # frombuffer over read-only bytes: the op only reads them.
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        view = torch.frombuffer(plan, dtype=torch.uint8) if len(plan) else torch.empty(0, dtype=torch.uint8)
+    return torch.ops.ember.engine_from_plan(view, json.dumps(metadata))
 
 
 # ------------------------------------------------------------------ symbolic shape text

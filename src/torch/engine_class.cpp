@@ -133,6 +133,19 @@ TorchEngine::TorchEngine(std::vector<std::string> state) {
   } catch (const std::exception& e) {
     fail(e.what());
   }
+  init_from_loaded();
+}
+
+TorchEngine::TorchEngine(const uint8_t* plan, size_t size, std::string metadata_json) {
+  try {
+    loaded_ = engine_plan_load(plan, size, std::move(metadata_json), device_allocator());
+  } catch (const std::exception& e) {
+    fail(e.what());
+  }
+  init_from_loaded();
+}
+
+void TorchEngine::init_from_loaded() {
   for (const auto& io : loaded_.metadata.inputs) {
     input_torch_types_.push_back(torch_scalar_type(io.torch_dtype));
     input_engine_types_.push_back(engine_scalar_type(io.engine_dtype));
@@ -458,6 +471,17 @@ TORCH_LIBRARY(ember, m) {
           [](std::vector<std::string> state) { return c10::make_intrusive<TorchEngine>(std::move(state)); });
 
   m.def("execute_engine(Tensor[] inputs, __torch__.torch.classes.ember.Engine engine) -> Tensor[]");
+  // The compiler's way to make an Engine: the plan as a uint8 CPU tensor (a view of Python's
+  // bytes, no copy) and the metadata JSON. Equal to Engine([tag, base64(plan), metadata]).
+  m.def("engine_from_plan(Tensor plan, str metadata) -> __torch__.torch.classes.ember.Engine",
+        [](const at::Tensor& plan, std::string metadata) {
+          TORCH_CHECK(plan.device().is_cpu() && plan.scalar_type() == at::kByte && plan.dim() == 1,
+                      "ember::engine_from_plan: the plan must be a 1-d uint8 CPU tensor, got ",
+                      plan.scalar_type(), " of ", plan.dim(), " dims on ", plan.device());
+          const at::Tensor bytes = plan.contiguous();
+          return c10::make_intrusive<ember::bridge::TorchEngine>(
+              bytes.data_ptr<uint8_t>(), static_cast<size_t>(bytes.numel()), std::move(metadata));
+        });
 }
 
 // One kernel for every device key that can reach it: the kernel itself checks that the inputs

@@ -27,6 +27,9 @@ class TorchEngine : public torch::CustomClassHolder {
   /// Validates and loads a state list [tag, plan base64, metadata JSON]; throws c10::Error
   /// (RuntimeError in Python) saying which part is wrong.
   explicit TorchEngine(std::vector<std::string> state);
+  /// The same from a plan's bytes and its metadata JSON (torch.ops.ember.engine_from_plan:
+  /// the compiler's way in, without base64 and its copies of the plan).
+  TorchEngine(const uint8_t* plan, size_t size, std::string metadata_json);
 
   /// The state list this engine was made from (pickling and __obj_flatten__ return it).
   const std::vector<std::string>& state() const { return loaded_.state; }
@@ -63,6 +66,8 @@ class TorchEngine : public torch::CustomClassHolder {
   using PoolKey = std::pair<int64_t, void*>;
   std::unique_ptr<engine::ExecutionContext> acquire_context(const PoolKey& key);
   void release_context(const PoolKey& key, std::unique_ptr<engine::ExecutionContext> ctx);
+  /// The dtype tables and the device type, from loaded_ (both constructors).
+  void init_from_loaded();
   /// Adds a retired context's graph statistics to the totals (caller holds mutex_).
   void retire_stats(const engine::ExecutionContext& ctx);
 

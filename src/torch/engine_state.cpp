@@ -318,27 +318,25 @@ bool is_torch_dtype_name(std::string_view name) {
 
 std::string base64_encode(const void* data, size_t size) {
   const auto* p = static_cast<const uint8_t*>(data);
-  std::string out;
-  out.reserve((size + 2) / 3 * 4);
+  std::string out((size + 2) / 3 * 4, '=');
+  char* o = out.data();
   size_t i = 0;
-  for (; i + 3 <= size; i += 3) {
+  for (; i + 3 <= size; i += 3, o += 4) {
     const uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8) | p[i + 2];
-    out += kBase64Alphabet[(v >> 18) & 63];
-    out += kBase64Alphabet[(v >> 12) & 63];
-    out += kBase64Alphabet[(v >> 6) & 63];
-    out += kBase64Alphabet[v & 63];
+    o[0] = kBase64Alphabet[(v >> 18) & 63];
+    o[1] = kBase64Alphabet[(v >> 12) & 63];
+    o[2] = kBase64Alphabet[(v >> 6) & 63];
+    o[3] = kBase64Alphabet[v & 63];
   }
-  if (size - i == 1) {
+  if (size - i == 1) {  // "xx=="
     const uint32_t v = uint32_t{p[i]} << 16;
-    out += kBase64Alphabet[(v >> 18) & 63];
-    out += kBase64Alphabet[(v >> 12) & 63];
-    out += "==";
-  } else if (size - i == 2) {
+    o[0] = kBase64Alphabet[(v >> 18) & 63];
+    o[1] = kBase64Alphabet[(v >> 12) & 63];
+  } else if (size - i == 2) {  // "xxx="
     const uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8);
-    out += kBase64Alphabet[(v >> 18) & 63];
-    out += kBase64Alphabet[(v >> 12) & 63];
-    out += kBase64Alphabet[(v >> 6) & 63];
-    out += '=';
+    o[0] = kBase64Alphabet[(v >> 18) & 63];
+    o[1] = kBase64Alphabet[(v >> 12) & 63];
+    o[2] = kBase64Alphabet[(v >> 6) & 63];
   }
   return out;
 }
@@ -491,6 +489,22 @@ LoadedEngineState engine_state_load(std::vector<std::string> state,
   }
   metadata_check(loaded.metadata, *loaded.engine);
   loaded.state = std::move(state);
+  return loaded;
+}
+
+LoadedEngineState engine_plan_load(const uint8_t* plan, size_t size, std::string metadata_json,
+                                   std::shared_ptr<engine::DeviceAllocator> allocator) {
+  LoadedEngineState loaded;
+  loaded.metadata = metadata_from_json(metadata_json);
+  try {
+    engine::Runtime runtime;
+    runtime.set_device_allocator(std::move(allocator));
+    loaded.engine = runtime.deserialize(plan, size);
+  } catch (const engine::Error& e) {
+    fail(std::string("the plan does not load: ") + e.what());
+  }
+  metadata_check(loaded.metadata, *loaded.engine);
+  loaded.state = {kEngineStateTag, base64_encode(plan, size), std::move(metadata_json)};
   return loaded;
 }
 

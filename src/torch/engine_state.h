@@ -76,6 +76,11 @@ void metadata_check(EngineMetadata& metadata, const engine::Engine& engine);
 LoadedEngineState engine_state_load(std::vector<std::string> state,
                                     std::shared_ptr<engine::DeviceAllocator> allocator = nullptr);
 
+/// The same from the plan's bytes and the metadata JSON (what the compiler has in hand): no
+/// base64 on the way in; the state list (with the plan in base64, for pickling) is made here.
+LoadedEngineState engine_plan_load(const uint8_t* plan, size_t size, std::string metadata_json,
+                                   std::shared_ptr<engine::DeviceAllocator> allocator = nullptr);
+
 /// True for the compiler's ScalarType names ("f32" ... "f64", "i16").
 bool is_torch_dtype_name(std::string_view name);
 

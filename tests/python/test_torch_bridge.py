@@ -497,3 +497,22 @@ def test_export_save_load_in_fresh_process(two_io, tmp_path):
     # And in this process, the exported program runs the real engine.
     got = ep.module()(a2, b2)
     torch.testing.assert_close(got[0], out[0])
+
+
+def test_engine_from_plan_is_the_state_constructor_without_base64(plans):
+    """make_engine hands the plan over as a view of its bytes (engine_from_plan); the engine has
+    the same state list as one made from [tag, base64, metadata], runs the same, and a plan
+    that is not a 1-d uint8 CPU tensor or does not load is refused with the usual message."""
+    engine = rt.make_engine(plans["affine_relu"], AFFINE_META)
+    same = torch.classes.ember.Engine(rt.make_state(plans["affine_relu"], AFFINE_META))
+    assert engine.state() == same.state()
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(torch.ops.ember.execute_engine([x], engine)[0],
+                               torch.ops.ember.execute_engine([x], same)[0])
+    view = torch.frombuffer(bytearray(plans["affine_relu"]), dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match=r"1-d uint8 CPU tensor, got Int"):
+        torch.ops.ember.engine_from_plan(view.to(torch.int32), json.dumps(AFFINE_META))
+    with pytest.raises(RuntimeError, match=r"the plan does not load"):
+        torch.ops.ember.engine_from_plan(view[:100], json.dumps(AFFINE_META))
+    with pytest.raises(RuntimeError, match=r"the plan does not load"):
+        rt.make_engine(b"", AFFINE_META)
