@@ -131,7 +131,8 @@ step_cudnn_attn() {
 # after each group all rows so far are gathered in $OUT/wide.json (one file: the device tool
 # brings back at most 8). A model's two rows took 30 to 75 s on an H100 (2026-12-06; T5-small and
 # ConvNeXt did not finish in 80 s), so the thirteen models need two calls: give each a share
-# of WIDE_GROUPS and STEP_TIMEOUT=120.
+# of WIDE_GROUPS and STEP_TIMEOUT=120. Qwen2-0.5B needs more: its b1 row alone took 87 s
+# (Ember's build 38 s, reduce-overhead's 32 s; 2026-12-06), and b32 did not finish in 150 s.
 step_wide() {
   local n=0
   for g in ${WIDE_GROUPS:-resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny vit_b_16 swin_t deeplabv3_resnet50 bert roberta distilbert t5_small gpt2 qwen2_0_5b}; do
