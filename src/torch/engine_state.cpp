@@ -464,6 +464,26 @@ void metadata_check(EngineMetadata& metadata, const engine::Engine& engine) {
   check_io_list(metadata.outputs, outputs, "outputs");
 }
 
+namespace {
+
+/// The engine and its checked metadata (both ways in; the caller fills in the state list).
+LoadedEngineState load_plan(const uint8_t* plan, size_t size, std::string_view metadata_json,
+                            std::shared_ptr<engine::DeviceAllocator> allocator) {
+  LoadedEngineState loaded;
+  loaded.metadata = metadata_from_json(metadata_json);
+  try {
+    engine::Runtime runtime;
+    runtime.set_device_allocator(std::move(allocator));
+    loaded.engine = runtime.deserialize(plan, size);
+  } catch (const engine::Error& e) {
+    fail(std::string("the plan does not load: ") + e.what());
+  }
+  metadata_check(loaded.metadata, *loaded.engine);
+  return loaded;
+}
+
+}  // namespace
+
 LoadedEngineState engine_state_load(std::vector<std::string> state,
                                     std::shared_ptr<engine::DeviceAllocator> allocator) {
   if (state.empty()) fail("empty state list; expected [format tag, plan base64, metadata JSON]");
@@ -478,32 +498,14 @@ LoadedEngineState engine_state_load(std::vector<std::string> state,
          " strings [tag, plan base64, metadata JSON], got " + std::to_string(state.size()));
   }
   const std::vector<uint8_t> plan = base64_decode(state[1]);
-  LoadedEngineState loaded;
-  loaded.metadata = metadata_from_json(state[2]);
-  try {
-    engine::Runtime runtime;
-    runtime.set_device_allocator(std::move(allocator));
-    loaded.engine = runtime.deserialize(plan.data(), plan.size());
-  } catch (const engine::Error& e) {
-    fail(std::string("the plan does not load: ") + e.what());
-  }
-  metadata_check(loaded.metadata, *loaded.engine);
+  LoadedEngineState loaded = load_plan(plan.data(), plan.size(), state[2], std::move(allocator));
   loaded.state = std::move(state);
   return loaded;
 }
 
 LoadedEngineState engine_plan_load(const uint8_t* plan, size_t size, std::string metadata_json,
                                    std::shared_ptr<engine::DeviceAllocator> allocator) {
-  LoadedEngineState loaded;
-  loaded.metadata = metadata_from_json(metadata_json);
-  try {
-    engine::Runtime runtime;
-    runtime.set_device_allocator(std::move(allocator));
-    loaded.engine = runtime.deserialize(plan, size);
-  } catch (const engine::Error& e) {
-    fail(std::string("the plan does not load: ") + e.what());
-  }
-  metadata_check(loaded.metadata, *loaded.engine);
+  LoadedEngineState loaded = load_plan(plan, size, metadata_json, std::move(allocator));
   loaded.state = {kEngineStateTag, base64_encode(plan, size), std::move(metadata_json)};
   return loaded;
 }

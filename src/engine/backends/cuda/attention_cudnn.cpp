@@ -311,16 +311,10 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   // EMBER_CUDNN_ATTENTION=force or without a cache.
   TimingCache* cache = a.res->timing_cache();
   const bool timed = cache != nullptr && mode() != Mode::kForce;
-  std::optional<bool> stored_cudnn;
-  if (timed) {
-    bool checked = false;
-    const auto stored = cache->lookup(timing_device_key(), problem, &checked);
-    if (stored && stored->size() == 1) {
-      stored_cudnn = (*stored)[0] == 1;
-      if (!checked) cache->mark_checked(timing_device_key(), problem);
-    }
-  }
-  if (plan == nullptr && stored_cudnn == false) {
+  // 1: cuDNN, 0: Ember's kernel, -1: no stored choice.
+  const std::optional<bool> stored = timed ? lookup_choice(cache, problem) : std::nullopt;
+  const int stored_cudnn = stored.has_value() ? (*stored ? 1 : 0) : -1;
+  if (plan == nullptr && stored_cudnn == 0) {
     // Given to Ember's kernel: no plan is built (cuDNN compiles kernels when it builds one; an
     // engine that measured Ember's kernel faster should not pay that in every new context).
     auto choice = std::make_unique<LayerChoice>();
@@ -355,8 +349,8 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
   // else cuDNN; always cuDNN with EMBER_CUDNN_ATTENTION=force.
   bool use_cudnn = plan->graph != nullptr;
   if (use_cudnn && timed) {
-    if (stored_cudnn) {
-      use_cudnn = *stored_cudnn;
+    if (stored_cudnn >= 0) {
+      use_cudnn = stored_cudnn == 1;
     } else {
       // Both on the real operands, each after a warm-up, the best of three pairs of launches
       // (the output is written again below).
@@ -385,8 +379,7 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
         std::fprintf(stderr, "[ember tactic] %s: cuDNN %.4f ms, Ember %.4f ms (2 runs) -> %s\n",
                      problem.c_str(), cudnn_ms, own_ms, use_cudnn ? "cuDNN" : "Ember");
       }
-      cache->store(timing_device_key(), problem, std::vector<uint8_t>{static_cast<uint8_t>(use_cudnn ? 1 : 0)});
-      cache->note_timed();
+      store_choice(cache, problem, use_cudnn);
     }
   }
   if (use_cudnn && !run_plan(*plan)) {  // a plan that built but does not launch: Ember's kernel

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -42,6 +43,14 @@ bool parallel_reductions_enabled();
 /// The identity a timing-cache choice is valid for on the current device: GPU name, SM count,
 /// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.
 const std::string& timing_device_key();
+
+/// A two-way tactic choice (one byte, 0 or 1: cuDNN's attention against Ember's kernel, Ember's
+/// depthwise kernel against cuDNN) in `cache` for `problem` on this device, or nothing (no
+/// cache, none stored, or bytes that are not such a choice: timed again). A choice loaded from a
+/// plan is marked checked on its first lookup.
+std::optional<bool> lookup_choice(TimingCache* cache, const std::string& problem);
+/// Stores a two-way choice this process timed (no-op without a cache) and counts it as timed.
+void store_choice(TimingCache* cache, const std::string& problem, bool choice);
 
 /// "sm_<major><minor>" of the current GPU (what a plan built here records), or "" without one.
 std::string device_target();

@@ -69,6 +69,21 @@ const std::string& timing_device_key() {
   return key;
 }
 
+std::optional<bool> lookup_choice(TimingCache* cache, const std::string& problem) {
+  if (cache == nullptr) return std::nullopt;
+  bool checked = false;
+  const auto stored = cache->lookup(timing_device_key(), problem, &checked);
+  if (!stored || stored->size() != 1 || (*stored)[0] > 1) return std::nullopt;
+  if (!checked) cache->mark_checked(timing_device_key(), problem);
+  return (*stored)[0] == 1;
+}
+
+void store_choice(TimingCache* cache, const std::string& problem, bool choice) {
+  if (cache == nullptr) return;
+  cache->store(timing_device_key(), problem, std::vector<uint8_t>{static_cast<uint8_t>(choice ? 1 : 0)});
+  cache->note_timed();
+}
+
 std::string device_target() {
   int device = 0;
   cudaDeviceProp prop{};

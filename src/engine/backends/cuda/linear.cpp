@@ -831,6 +831,15 @@ cudnnDataType_t dnn_type(DataType t, const char* layer) {
 
 namespace {
 
+/// A forward convolution's problem text with its epilogue operands (which tactics are timed
+/// with): cuDNN's graph and legacy calls and the depthwise choice all key on it.
+std::string conv_fwd_problem(const ConvolutionParams& p, const DeviceTensor& x,
+                             const DeviceTensor& w, const DeviceTensor& y, const void* bias,
+                             const void* residual) {
+  return conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p) + "bias=" +
+         (bias != nullptr ? "1" : "0") + ";residual=" + (residual != nullptr ? "1" : "0") + ";";
+}
+
 /// A Convolution through cuDNN (x, w and y non-empty; bias and residual checked by the caller).
 /// False when it ran on the host instead (host_fallback: synchronizes).
 bool run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
@@ -852,11 +861,7 @@ bool run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
   }
   graph_options.max_workspace = kConvWorkspaceBytes;
   graph_options.log = tactic_log();
-  graph_options.problem = [&] {
-    return conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p) +
-           "bias=" + (bias != nullptr ? "1" : "0") + ";residual=" +
-           (residual != nullptr ? "1" : "0") + ";";
-  };
+  graph_options.problem = [&] { return conv_fwd_problem(p, x, w, y, bias, residual); };
   std::string refused;
   switch (run_conv_graph(p, a, bias, residual, graph_options, &refused)) {
     case ConvGraphStatus::kRan: return true;
@@ -937,9 +942,7 @@ bool run_cudnn_conv(const ConvolutionParams& p, const CudaArgs& a, const void* b
   TimingCache* cache = a.res->timing_cache();
   // The key names the epilogue's operands and the fusion mode too: the stored choice says
   // whether the call is fused, which was timed with exactly these operands.
-  std::string problem = conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
-  problem += std::string("bias=") + (bias != nullptr ? "1" : "0") +
-             ";residual=" + (residual != nullptr ? "1" : "0") + ";";
+  std::string problem = conv_fwd_problem(p, x, w, y, bias, residual);
   if (conv_fusion_mode() != ConvFusion::kTimed) {
     problem += conv_fusion_mode() == ConvFusion::kOff ? "fusion=off;" : "fusion=force;";
   }
@@ -1084,21 +1087,10 @@ bool run_depthwise(const ConvolutionParams& p, const CudaArgs& a, const void* bi
   const DepthwiseMode mode = depthwise_mode();
   if (mode == DepthwiseMode::kOff || !depthwise_conv_covers(p, x, w, y)) return false;
   if (mode == DepthwiseMode::kForce) return own();
-  std::string problem = "depthwise " + conv_problem("fwd", x.dtype, x.dims, w.dims, y.dims, p);
-  problem += std::string("bias=") + (bias != nullptr ? "1" : "0") +
-             ";residual=" + (residual != nullptr ? "1" : "0") + ";";
+  const std::string problem = "depthwise " + conv_fwd_problem(p, x, w, y, bias, residual);
   TimingCache* cache = a.res->timing_cache();
-  std::optional<bool> use_own;
-  if (cache != nullptr) {
-    bool checked = false;
-    const auto stored = cache->lookup(timing_device_key(), problem, &checked);
-    if (stored && stored->size() == 1 && (*stored)[0] <= 1) {
-      use_own = (*stored)[0] == 1;
-      if (!checked) cache->mark_checked(timing_device_key(), problem);
-    }
-  }
-  const bool timed = !use_own.has_value();
-  if (timed) {
+  std::optional<bool> use_own = lookup_choice(cache, problem);
+  if (!use_own) {
     // Repeated launches would add a residual that is y's own memory again and again.
     if (capturing(a.stream()) ||
         (residual != nullptr && overlaps(residual, y.data, y.nbytes()))) {
@@ -1125,10 +1117,7 @@ bool run_depthwise(const ConvolutionParams& p, const CudaArgs& a, const void* bi
       std::fprintf(stderr, "[ember tactic] %s: cuDNN %.4f ms, depthwise kernel %.4f ms (2 runs) -> %s\n",
                    problem.c_str(), cudnn_ms, own_ms, *use_own ? "depthwise kernel" : "cuDNN");
     }
-    if (cache != nullptr) {
-      cache->store(timing_device_key(), problem, std::vector<uint8_t>{static_cast<uint8_t>(*use_own ? 1 : 0)});
-      cache->note_timed();
-    }
+    store_choice(cache, problem, *use_own);
   }
   if (a.res->keeps_prepared()) {
     auto choice = std::make_unique<DepthwiseChoice>();
