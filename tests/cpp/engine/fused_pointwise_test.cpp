@@ -328,6 +328,12 @@ TEST(PointwiseCodegen, SourceHasTheKernelTheStepsAndTheRounding) {
   EXPECT_NE(f32.find("  int wide;\n};"), std::string::npos);
   EXPECT_NE(f32.find("if (a.wide) {"), std::string::npos);  // the strided vectorized path
   EXPECT_NE(f16.find("a.strides[1][a.rank - 1] == 0"), std::string::npos);
+  // The contiguous path reads a one-element input at 0, the strided one at its walked offset
+  // (an H100 caught the contiguous path reading it at the output's index, past its end).
+  EXPECT_NE(f16.find("if (a.vec & 4) {\n        const float s = ember_h2f(((const ember_u16*)"
+                     "a.in[1])[0]);"), std::string::npos) << f16;
+  EXPECT_NE(f16.find("const float s = ember_h2f(((const ember_u16*)a.in[1])[at1]);"),
+            std::string::npos);
 }
 
 TEST(PointwiseCodegen, RowReductionsGetTheWarpPerRowKernel) {

@@ -387,16 +387,18 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
   // The kernel: two vectorized paths (kPointwiseVector consecutive elements per thread) and a
   // generic one (per-input strides, broadcast dims stride 0), all grid-stride loops.
   const std::string V = std::to_string(kPointwiseVector);
-  // Input k's V values into x<k>[] from `ptr + at`: one element broadcast when `scalar` (a
-  // condition in the kernel), else one vector load (f32 float4, 16-bit uint2, integers and
-  // bools one element at a time).
-  auto load_input = [&](size_t k, const std::string& scalar, const std::string& at) {
+  // Input k's V values into x<k>[]: the element at `one` broadcast when `scalar` (a condition
+  // in the kernel), else one vector load from `ptr + at` (f32 float4, 16-bit uint2, integers
+  // and bools one element at a time). A one-element input of the contiguous path has `one` 0:
+  // reading it at the output's index i would read past its end.
+  auto load_input = [&](size_t k, const std::string& scalar, const std::string& one,
+                        const std::string& at) {
     const std::string K = std::to_string(k);
     const DataType t = input_dtypes[k];
     const std::string ptr = "((const " + std::string(storage_type(t)) + "*)a.in[" + K + "])";
     std::string s = "      float x" + K + "[" + V + "];\n"
                     "      if (" + scalar + ") {\n"
-                    "        const float s = " + load_expr(t, ptr + "[" + at + "]") + ";\n"
+                    "        const float s = " + load_expr(t, ptr + "[" + one + "]") + ";\n"
                     "        for (int j = 0; j < " + V + "; ++j) x" + K + "[j] = s;\n"
                     "      } else {\n";
     if (t == DataType::kF32) {
@@ -448,7 +450,7 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
          "    for (long long q = first; q < a.n / " + V + "; q += step) {\n"
          "      const long long i = q * " + V + ";\n";
   for (size_t k = 0; k < n_in; ++k) {
-    src += load_input(k, "a.vec & " + std::to_string(2u << k), "i");
+    src += load_input(k, "a.vec & " + std::to_string(2u << k), "0", "i");
   }
   src += compute_and_store() +
          "    }\n"
@@ -460,11 +462,11 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
          "  if (a.wide) {\n"
          "    for (long long q = first; q < a.n / " + V + "; q += step) {\n"
          "      const long long i = q * " + V + ";\n";
-  for (size_t k = 0; k < n_in; ++k) src += "    long long at" + std::to_string(k) + " = 0;\n";
+  for (size_t k = 0; k < n_in; ++k) src += "      long long at" + std::to_string(k) + " = 0;\n";
   src += offset_walk(views, "i", "a.rank - 1", "at");
   for (size_t k = 0; k < n_in; ++k) {
     const std::string K = std::to_string(k);
-    src += load_input(k, "a.strides[" + K + "][a.rank - 1] == 0", "at" + K);
+    src += load_input(k, "a.strides[" + K + "][a.rank - 1] == 0", "at" + K, "at" + K);
   }
   src += compute_and_store() +
          "    }\n"
