@@ -83,6 +83,11 @@ class Backend {
   /// pointwise kernels by default (EMBER_FUSE_ROW_REDUCTIONS=1 or 0 overrides): the CPU's
   /// interpreter runs a row group in one pass; see the CUDA back end for why it says no.
   virtual bool row_reductions_in_generated_kernels() const { return true; }
+  /// Whether fuse_pointwise makes a lone pointwise layer that broadcasts an operand (an SE
+  /// gate [N, 1, 1, C] times its activation, a bias over rows) a FusedPointwise layer of its
+  /// own: the CUDA back end's generated kernel reads such broadcasts a vector at a time, where
+  /// its ElementWise kernel computes every element's offsets alone. False by default.
+  virtual bool fuse_lone_broadcasts() const { return false; }
   /// Adds what this back end stores with a FusedPointwise layer the builder's fuse_pointwise
   /// pass made (the CUDA back end: the generated kernel's source, and its image compiled for
   /// the build's GPU when there is one); `notes` (may be null) gets a line for the build log

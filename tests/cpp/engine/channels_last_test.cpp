@@ -348,6 +348,37 @@ TEST(ChannelsLastPass, PointwiseBetweenConvolutionsJoins) {
   EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 3);  // x and skip in, y out
 }
 
+TEST(ChannelsLastPass, CastsAndSelectsBetweenConvolutionsJoin) {
+  // A half model's hardswish is computed in f32 between two casts (the converter's opmath),
+  // and MobileNetV3 follows it with squeeze-and-excitation: conv -> cast to f16 -> x * relu6
+  // (x + 3) / 6 -> cast back -> pool -> gate -> select -> conv. All of it is one region: a
+  // cast left outside cut MobileNetV3's region at every hardswish (46 transposes on an H100).
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  Tensor* keep = net.add_input("keep", DataType::kBool, {2, 4, 6, 6});
+  ConvolutionParams p = conv_params(1, 1);
+  Tensor* y = net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w1"), nullptr, p, "c1")
+                  ->output();
+  Tensor* h = net.add_cast(y, DataType::kF16, "in_cast")->output();
+  Tensor* g = net.add_activation(h, ActivationType::kHardSigmoid, 1.0 / 6.0, 0.5, "hsig")
+                  ->output();
+  h = net.add_elementwise(h, g, ElementWiseOp::kProd, "hswish")->output();
+  y = net.add_cast(h, DataType::kF32, "out_cast")->output();
+  Tensor* se = net.add_pooling(y, pool_params(PoolingType::kAverage, 6, 6, 0), "se_pool")->output();
+  se = net.add_activation(se, ActivationType::kSigmoid, 0, 0, "se_sig")->output();
+  Tensor* gated = net.add_elementwise(y, se, ElementWiseOp::kProd, "se_mul")->output();
+  y = net.add_layer(SelectParams{}, {keep, gated, y}, "select")->output();
+  y = net.add_convolution(y, constant(net, {5, 4, 3, 3}, 3, "w2"), nullptr, p, "c2")->output();
+  net.mark_output(y, "y");
+  TestTensor keep_values = TestTensor::random(DataType::kBool, {2, 4, 6, 6}, 7);
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 6, 6}, 5), keep_values}, "cast region");
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 3);  // x and keep in, y out
+  for (const Layer* l : nhwc.layers()) {
+    if (l->kind() == LayerKind::kCast) EXPECT_EQ(l->output()->shape()[3], DimExpr(4));
+  }
+}
+
 TEST(ChannelsLastPass, PerTensorFakeQuantizationBetweenConvolutionsJoins) {
   // conv -> Quantize (FP8, per tensor) -> Dequantize -> conv, as an FP8-quantized model's float
   // convolutions are: the pair is the same in every layout, so it joins the region instead of

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/backend.h"
 #include "backends/codegen/pointwise_codegen.h"
 #include "backends/semantics/fused_pointwise.h"
 #include "builder/passes/passes.h"
@@ -398,6 +399,45 @@ TEST(PointwiseCodegen, NvrtcCompilesEveryChainForSm90WithoutAGpu) {
                       "EMBER_FUSE_POINTWISE=0"});
 }
 #endif
+
+TEST(FusePointwise, LoneBroadcastsBecomeOneLayerWhereTheBackEndAsks) {
+  // A squeeze-and-excitation gate [N, 1, 1, C] times its activation [N, H, W, C], alone (its
+  // gate comes from a convolution that reads a pooling of the activation, so no chain joins
+  // it). The CUDA back end asks for it as a generated kernel; the CPU (nullptr) does not. A
+  // lone same-shape layer and a lone multiply by a one-element constant stay as they are.
+  const Backend* cuda = find_backend("cuda");
+  if (cuda == nullptr) GTEST_SKIP() << "built without the CUDA back end";
+  for (DataType dt : kFloatTypes) {
+    Network net;
+    Tensor* x = net.add_input("x", dt, {2, 3, 3, 8});
+    Tensor* g = net.add_input("g", dt, {2, 1, 1, 8});
+    Tensor* y = net.add_input("y", dt, {2, 3, 3, 8});
+    net.mark_output(net.add_elementwise(x, g, ElementWiseOp::kProd, "gate")->output(), "gated");
+    net.mark_output(net.add_elementwise(x, y, ElementWiseOp::kSum, "same")->output(), "sum");
+    const TestTensor one = TestTensor::random(dt, {1}, 4);
+    Tensor* c = net.add_constant(Weights::copy(dt, {1}, one.bytes.data()), "c")->output();
+    net.mark_output(net.add_elementwise(y, c, ElementWiseOp::kProd, "scalar")->output(),
+                    "scaled");
+    SCOPED_TRACE(dtype_name(dt));
+    Network cpu = net.clone(), gpu = net.clone();
+    fuse_pointwise_layers(cpu, nullptr, nullptr, false);
+    std::vector<std::string> notes;
+    fuse_pointwise_layers(gpu, cuda, &notes, false);
+    EXPECT_TRUE(notes.empty()) << notes.front();
+    EXPECT_EQ(count(cpu, LayerKind::kFusedPointwise), 0);
+    EXPECT_EQ(count(gpu, LayerKind::kFusedPointwise), 1);
+    EXPECT_EQ(count(gpu, LayerKind::kElementWise), 2);
+    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 3, 3, 8}, 1),
+                                         TestTensor::random(dt, {2, 1, 1, 8}, 2),
+                                         TestTensor::random(dt, {2, 3, 3, 8}, 3)};
+    const auto want = test::run_network_direct(net, ins);
+    const auto got = test::run_network_direct(gpu, ins);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_TRUE(got[i].bytes == want[i].bytes) << "output " << i << " differs in its bits";
+    }
+  }
+}
 
 }  // namespace
 }  // namespace ember::engine

@@ -182,6 +182,13 @@ class CudaBackend final : public Backend {
   // 1.182 to 1.259 ms against the Reduce layers and the pointwise kernels around them. Off by
   // default until a faster row kernel measures better; EMBER_FUSE_ROW_REDUCTIONS=1 turns it on.
   bool row_reductions_in_generated_kernels() const override { return false; }
+  // MobileNetV3 b32 on an H100 (2026-12-06): its 8 squeeze-and-excitation multiplies took
+  // 0.157 ms in broadcast2_kernel, about 15% of the bandwidth.
+  // EMBER_FUSE_LONE_BROADCASTS=0 (read at build time) leaves them to the ElementWise kernel.
+  bool fuse_lone_broadcasts() const override {
+    const char* e = std::getenv("EMBER_FUSE_LONE_BROADCASTS");
+    return e == nullptr || std::string(e) != "0";
+  }
   bool product_activation_in_kernel(ActivationType type) const override {
     // cuBLASLt's epilogues (linear.cpp); every other activation is a pass after the GEMM.
     return type == ActivationType::kRelu || type == ActivationType::kGeluTanh;

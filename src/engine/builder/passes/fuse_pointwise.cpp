@@ -1,7 +1,8 @@
 // fuse_pointwise: replaces each group of two or more connected pointwise layers (Activation,
 // float ElementWise arithmetic, float Unary math, Cast, Select, Identity) of one output shape
 // (and, below, the row reductions and scalars they read) by one FusedPointwise layer, whose
-// program lists the steps in order. Without it, every
+// program lists the steps in order; on a back end that asks for it (CUDA), a lone layer that
+// broadcasts an operand too. Without it, every
 // such layer is a kernel of its own on the GPU, with a round trip of its output through memory.
 //
 // Grouping: a layer joins the pointwise layers of its output shape that read its output; when
@@ -193,7 +194,8 @@ struct UnionFind {
 std::string group_name(const std::vector<Layer*>& members) {
   std::string s;
   for (const Layer* l : members) s += (s.empty() ? "" : "+") + l->name();
-  return s;
+  // A lone layer's kernel is added while the layer still exists: it needs a name of its own.
+  return members.size() == 1 ? s + "/fused" : s;
 }
 
 /// The members of `group` that a path leaving the group reaches again (and everything in the
@@ -336,6 +338,18 @@ std::optional<std::string> row_group_problem(const Network& net, const std::vect
 
 }  // namespace
 
+/// A non-reduction step with an operand (not a one-element constant, which becomes an inline
+/// scalar) of another shape than its output: a broadcast.
+bool broadcasts_an_operand(const Layer* l, const std::map<const Layer*, FusedStep>& steps) {
+  if (steps.at(l).family == FusedOpFamily::kReduce) return false;
+  for (const Tensor* in : l->inputs()) {
+    if (in == nullptr || shapes_equal(in->shape(), l->output()->shape())) continue;
+    const Weights* c = constant_of(in);
+    if (c == nullptr || c->numel() != 1) return true;
+  }
+  return false;
+}
+
 bool is_fusable_pointwise(const Layer* l) {
   const std::optional<FusedStep> s = step_of(l);
   return s && s->family != FusedOpFamily::kReduce;
@@ -409,6 +423,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     return out;
   };
   std::vector<std::vector<Layer*>> groups = group_by(uf, layers);
+  const bool lone_broadcasts = backend != nullptr && backend->fuse_lone_broadcasts();
   int split = 0, reductions = 0, absorbed_views = 0;
   int fused = 0;
   // A group that a path leaves and re-enters (RMSNorm: x -> pow -> mean -> rsqrt -> x * r)
@@ -416,7 +431,10 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   // tried again; the rest cannot be re-entered any more, the reached part may split further.
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const std::vector<Layer*> members = groups[gi];
-    if (members.size() < 2) continue;
+    if (members.size() < 2 && !(lone_broadcasts && members.size() == 1 &&
+                                broadcasts_an_operand(members[0], steps))) {
+      continue;
+    }
     const std::set<const Layer*> in_group(members.begin(), members.end());
     const std::string name = group_name(members);
     if (const std::set<const Layer*> hit = reentered(net, in_group); !hit.empty()) {
@@ -436,6 +454,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
     // tried as its first and second half in topological order. Each part is smaller, so this
     // ends; a part's paths cannot leave and re-enter it where the whole group's could not.
     auto fall_back = [&] {
+      if (members.size() < 2) return;  // a lone layer that cannot be one stays as it is
       std::vector<std::vector<Layer*>> parts = group_by(plain, members);
       if (parts.size() == 1 && parts.front().size() == members.size()) {
         const auto mid = members.begin() + static_cast<std::ptrdiff_t>(members.size() / 2);
