@@ -35,6 +35,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `half_generic_broadcasts`: `half` with EMBER_POINTWISE_STRIDED_VECTORS=0 (generated pointwise
   kernels walk row and plane broadcasts element by element, as before session 31; the default
   reads them four elements at a time);
+- `half_no_lone_broadcasts`: `half` with EMBER_FUSE_LONE_BROADCASTS=0 (a lone pointwise layer
+  that broadcasts, such as a squeeze-and-excitation multiply, stays an ElementWise layer; the
+  default makes it a generated kernel);
 - `autocast_f16` / `autocast_bf16`: the f32 model with `enable_autocast=True` (issue 17's
   "within 5% of the hand-.half() model, cosine at least as good");
 - `attn_eager` / `attn_sdpa` (Hugging Face rows): the model built with
@@ -63,7 +66,7 @@ from bench import accuracy, first_tensor, make, median_ms
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
             "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
             "half_serial_reductions", "half_cudnn_depthwise", "half_own_depthwise",
-            "half_depthwise_timed", "half_generic_broadcasts",
+            "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8")
 
@@ -111,6 +114,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_own_depthwise": ("EMBER_DEPTHWISE_CONV", "force"),
                 "half_depthwise_timed": ("EMBER_DEPTHWISE_CONV", "timed"),
                 "half_generic_broadcasts": ("EMBER_POINTWISE_STRIDED_VECTORS", "0"),
+                "half_no_lone_broadcasts": ("EMBER_FUSE_LONE_BROADCASTS", "0"),
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
                 "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force")}
     env, value = switches.get(variant, (None, None))
