@@ -379,6 +379,53 @@ TEST(ChannelsLastPass, CastsAndSelectsBetweenConvolutionsJoin) {
   }
 }
 
+TEST(ChannelsLastPass, AsppConcatenationAndUpsamplingJoin) {
+  // DeepLabV3's head: conv -> {1x1 conv, 3x3 dilated conv, global pool -> 1x1 conv -> bilinear
+  // upsample} -> concatenation over channels -> conv -> bilinear upsample to the image size
+  // (a network output). The concatenation and the pooled branch's upsample join the region;
+  // the last upsample stays NCHW, so the smaller tensor before it leaves.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  Tensor* f = net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w0"), nullptr,
+                                  conv_params(1, 1), "backbone")->output();
+  Tensor* b1 = net.add_convolution(f, constant(net, {4, 4, 1, 1}, 2, "w1"), nullptr,
+                                   conv_params(), "b1")->output();
+  Tensor* b2 = net.add_convolution(f, constant(net, {4, 4, 3, 3}, 3, "w2"), nullptr,
+                                   conv_params(1, 2, 2), "b2")->output();
+  Tensor* pooled = net.add_pooling(f, pool_params(PoolingType::kAverage, 6, 6, 0), "pool")
+                       ->output();
+  pooled = net.add_convolution(pooled, constant(net, {4, 4, 1, 1}, 4, "w3"), nullptr,
+                               conv_params(), "b3")->output();
+  ResizeParams up;
+  up.mode = ResizeMode::kLinear;
+  up.coordinate = ResizeCoordinate::kHalfPixel;
+  up.output = {DimExpr(2), DimExpr(4), DimExpr(6), DimExpr(6)};
+  Tensor* b3 = net.add_layer(up, {pooled}, "up_pool")->output();
+  ConcatenationParams cat;
+  cat.axis = 1;
+  Tensor* y = net.add_layer(cat, {b1, b2, b3}, "cat")->output();
+  y = net.add_convolution(y, constant(net, {5, 12, 1, 1}, 5, "w4"), nullptr, conv_params(),
+                          "project")->output();
+  ResizeParams out = up;
+  out.output = {DimExpr(2), DimExpr(5), DimExpr(11), DimExpr(13)};
+  net.mark_output(net.add_layer(out, {y}, "up_image")->output(), "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 3, 6, 6}, 6)}, "aspp");
+  int transposes = 0;
+  for (const Layer* l : nhwc.layers()) {
+    transposes += is_transpose(l) ? 1 : 0;
+    if (l->kind() == LayerKind::kConcatenation) {
+      EXPECT_EQ(l->params_as<ConcatenationParams>().axis, 3);
+    }
+    if (l->kind() == LayerKind::kResize) {
+      const bool image = l->output()->shape()[3] == DimExpr(13);
+      // The pooled branch's upsample is NHWC [2, 6, 6, 4]; the image's stays NCHW.
+      EXPECT_EQ(l->output()->shape()[1], image ? DimExpr(5) : DimExpr(6)) << l->describe();
+    }
+  }
+  EXPECT_EQ(transposes, 2);  // x in, the projection out to the last upsample
+}
+
 TEST(ChannelsLastPass, PerTensorFakeQuantizationBetweenConvolutionsJoins) {
   // conv -> Quantize (FP8, per tensor) -> Dequantize -> conv, as an FP8-quantized model's float
   // convolutions are: the pair is the same in every layout, so it joins the region instead of

@@ -429,6 +429,11 @@ TEST(CudaDataMovement, ResizeLinearAndCubicEveryCoordinate) {
       check_resize(t, {1, 2, 4, 5, 6}, resize_params(ResizeMode::kLinear, c, fl, {1, 2, 7, 3, 11}),
                    "resize");
       check_resize(t, {4, 5, 6}, resize_params(ResizeMode::kLinear, c, fl, {9, 5, 6}), "resize");
+      // Bilinear over the middle dims (NHWC's H and W, channels inner), and from 1x1.
+      check_resize(t, {2, 5, 7, 3}, resize_params(ResizeMode::kLinear, c, fl, {2, 9, 4, 3}),
+                   "resize nhwc");
+      check_resize(t, {2, 1, 1, 8}, resize_params(ResizeMode::kLinear, c, fl, {2, 6, 5, 8}),
+                   "resize nhwc from 1x1");
       check_resize(t, {1, 3, 4, 6},
                    resize_params(ResizeMode::kLinear, c, fl, {1, 3, 7, 15}, {1.0, 1.0, 1.9, 2.5}),
                    "resize scales");

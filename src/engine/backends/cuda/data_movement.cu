@@ -495,23 +495,28 @@ __global__ void resize_interpolate_kernel(const T* __restrict__ src, T* __restri
   }
 }
 
-/// Linear resize of the last two dims (bilinear over planes of a row-major tensor: a
-/// segmentation head's upsampling), one thread per output element. The generic kernel above
-/// indexes its tap arrays at run time, which puts them in local memory: DeepLabV3's two
-/// upsamplings to 520x520 took 2.0 ms of 8.5 at b8 on an H100 (2026-12-06), about 3% of the
-/// bandwidth. Same taps and the same f32 operations in the same order as that kernel (and the
-/// CPU): the last dim's two taps summed per row, then the rows weighted and summed.
+/// Linear resize of two adjacent dims (bilinear: NCHW's H and W with `inner` = 1, NHWC's with
+/// `inner` = C), one thread per output element. The generic kernel above indexes its tap arrays
+/// at run time, which puts them in local memory: DeepLabV3's two upsamplings to 520x520 took
+/// 2.0 ms of 8.5 at b8 on an H100 (2026-12-06), about 3% of the bandwidth. Same taps and the
+/// same f32 operations in the same order as that kernel (and the CPU): the inner resized dim's
+/// two taps summed per row, then the rows weighted and summed.
 template <typename T>
 __global__ void resize_bilinear_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t n,
-                                       ResizeGeometry g) {
-  const int dh = g.rank - 2, dw = g.rank - 1;
+                                       int64_t inner, ResizeGeometry g) {
+  const int dh = g.active_dims[0], dw = g.active_dims[1];
   const int64_t ih = g.in_dims[dh], iw = g.in_dims[dw];
   const int64_t oh = g.out_dims[dh], ow = g.out_dims[dw];
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t x = i % ow;
-    const int64_t rest = i / ow;
+    int64_t c = 0, rest = i;
+    if (inner != 1) {
+      c = i % inner;
+      rest = i / inner;
+    }
+    const int64_t x = rest % ow;
+    rest /= ow;
     const int64_t y = rest % oh;
-    const T* plane = src + (rest / oh) * ih * iw;
+    const T* plane = src + (rest / oh) * ih * iw * inner + c;
     int64_t ry[4], rx[4];
     float wy[4], wx[4];
     resize_taps(g, dh, y, ry, wy);
@@ -519,9 +524,9 @@ __global__ void resize_bilinear_kernel(const T* __restrict__ src, T* __restrict_
     float rows[2];
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
-      const T* row = plane + ry[k] * iw;
-      rows[k] = __fadd_rn(__fmul_rn(wx[0], Num<T>::load(row[rx[0]])),
-                          __fmul_rn(wx[1], Num<T>::load(row[rx[1]])));
+      const T* row = plane + ry[k] * iw * inner;
+      rows[k] = __fadd_rn(__fmul_rn(wx[0], Num<T>::load(row[rx[0] * inner])),
+                          __fmul_rn(wx[1], Num<T>::load(row[rx[1] * inner])));
     }
     dst[i] = Num<T>::store(__fadd_rn(__fmul_rn(wy[0], rows[0]), __fmul_rn(wy[1], rows[1])));
   }
@@ -1073,13 +1078,16 @@ void run(const ResizeParams& p, const CudaArgs& a) {
     g.active_dims[g.active++] = static_cast<int>(dd);
   }
   std::reverse(g.active_dims, g.active_dims + g.active);  // outermost first
-  const bool bilinear = p.mode == ResizeMode::kLinear && g.active == 2 && g.rank >= 2 &&
-                        g.active_dims[0] == g.rank - 2 && g.active_dims[1] == g.rank - 1;
+  // Two adjacent resized dims (NCHW's or NHWC's H and W): the bilinear kernel.
+  const bool bilinear = p.mode == ResizeMode::kLinear && g.active == 2 &&
+                        g.active_dims[1] == g.active_dims[0] + 1;
+  int64_t inner = 1;
+  for (int d = g.active_dims[1] + 1; bilinear && d < g.rank; ++d) inner *= g.in_dims[d];
   auto launch = [&](auto zero) {
     using T = decltype(zero);
     if (bilinear) {
       resize_bilinear_kernel<T><<<grid_for(n), kThreads, 0, a.stream()>>>(
-          static_cast<const T*>(in.data), static_cast<T*>(out.data), n, g);
+          static_cast<const T*>(in.data), static_cast<T*>(out.data), n, inner, g);
       return;
     }
     resize_interpolate_kernel<T><<<grid_for(n), kThreads, 0, a.stream()>>>(
