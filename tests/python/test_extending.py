@@ -478,6 +478,33 @@ class MaskedFillAttention(torch.nn.Module):
         return torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2).reshape(x.shape)
 
 
+class SwinShiftedWindowAttention(torch.nn.Module):
+    """torchvision's shifted-window attention scores: the query scaled, a relative position
+    bias [H, L, L], and the shift mask [W, L, L] added through a 5-d view of the scores."""
+
+    def __init__(self, d=32, h=4, windows=2, n=8):
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.h, self.windows = h, windows
+        self.position_bias = torch.nn.Parameter(torch.randn(h, n, n))
+        mask = torch.zeros(windows, n, n)
+        mask[1, :, n // 2:] = -100.0  # the second window's keys from the other region
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * (d // self.h) ** -0.5
+        attn = q.matmul(k.transpose(-2, -1))
+        attn = attn + self.position_bias
+        attn = attn.view(b // self.windows, self.windows, self.h, n, n)
+        attn = attn + self.mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, self.h, n, n)
+        attn = torch.nn.functional.softmax(attn, dim=-1)
+        return attn.matmul(v).transpose(1, 2).reshape(b, n, d)
+
+
 class MaskBeforeScale(torch.nn.Module):
     """A near miss: the mask is added before the scale, so it is scaled too (not SDPA)."""
 
@@ -497,7 +524,7 @@ def _rewrites(report):
                if line.startswith("recognize_attention:"))
 
 
-@pytest.mark.parametrize("case", ["bert", "gpt2", "t5", "masked_fill"])
+@pytest.mark.parametrize("case", ["bert", "gpt2", "t5", "masked_fill", "swin"])
 def test_hand_written_attention_becomes_one_attention_node(case):
     torch.manual_seed(0)
     x = torch.randn(2, 8, 32)
@@ -512,6 +539,8 @@ def test_hand_written_attention_becomes_one_attention_node(case):
         pad = torch.zeros(2, 8, dtype=torch.bool)
         pad[1, 5:] = True
         model, inputs = MaskedFillAttention().eval(), [x, pad]
+    elif case == "swin":  # 2 images of 2 windows each
+        model, inputs = SwinShiftedWindowAttention().eval(), [torch.randn(4, 8, 32)]
     else:
         model, inputs = T5Attention().eval(), [x]
     gm, report = compile_cpu(model, inputs, min_block_size=1)

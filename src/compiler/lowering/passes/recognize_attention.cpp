@@ -2,7 +2,9 @@
 // attn_implementation="eager" paths and T5-style position-bias attention write it,
 //
 //   scores = matmul(q [* c], transpose(k, -1, -2)) [* c | / c]
-//   scores = scores + mask_or_bias [+ ...]    (optional: additive float masks or biases)
+//   scores = scores + mask_or_bias [+ ...]    (optional: additive float masks or biases;
+//                                               the last may be added through a 5-d view,
+//                                               as Swin's shifted-window mask is)
 //      or    where(bool_mask, scores, -big)   (optional: GPT-2's causal mask)
 //      or    scores.masked_fill(drop, -big)   (optional: the inverse bool mask)
 //   probs  = softmax(scores, dim=-1)          (dropout in eval and clones are gone already;
@@ -115,6 +117,10 @@ struct Match {
   Value* v = nullptr;
   /// Masks added to the scaled scores, outermost first (or one bool mask).
   std::vector<Value*> masks;
+  /// For masks[i] added through a 5-d view of the scores (Swin's shifted windows): the sizes
+  /// it is expanded to ([B / W, W, 1 or H, L, S]) and then viewed as ([B, 1 or H, L, S]);
+  /// empty for a mask used as it is.
+  std::vector<std::pair<std::vector<DimExpr>, std::vector<DimExpr>>> window_views;
   /// The bool mask marks keys to drop (masked_fill), not keys to keep (where).
   bool invert_bool_mask = false;
   double scale = 1.0;
@@ -139,6 +145,53 @@ Value* untransposed_key(const Value* kt) {
     if (got != want) return nullptr;
   }
   return k;
+}
+
+bool is_one_dim(const DimExpr& d) { return d.is_constant() && d.constant() == 1; }
+
+/// Swin's shifted-window mask (torchvision's shifted_window_attention):
+///   view(view(s, [B / W, W, H, L, S]) + m, [B, H, L, S])
+/// with m broadcasting over the 5-d view from [1, W, 1 or H, L, S]: the scores s (rank 4, of
+/// the same shape as the result) and, in `m`, `mask` and the expand/view sizes that make it a
+/// 4-d mask [B, 1 or H, L, S] (window b % W's mask for batch row b). nullptr otherwise.
+Value* window_mask(const Graph& g, Node* outer, Value*& mask,
+                   std::pair<std::vector<DimExpr>, std::vector<DimExpr>>& sizes) {
+  if (outer == nullptr || outer->op() != "aten::view" || !is_tensor(outer, 0)) return nullptr;
+  const Shape& scores = outer->output()->shape();
+  Value* sum = outer->arg_tensor(0);
+  Node* add = sum->producer();
+  if (scores.size() != 4 || sum->rank() != 5 || add == nullptr || !single_use(g, sum) ||
+      add->op() != "aten::add.Tensor" || !is_tensor(add, 0) || !is_tensor(add, 1) ||
+      (add->num_args() > 2 && number_arg(add, 2) != std::optional<double>(1.0))) {
+    return nullptr;
+  }
+  const Shape& five = sum->shape();
+  for (size_t s = 0; s < 2; ++s) {
+    Node* inner = add->arg_tensor(s)->producer();
+    Value* m = add->arg_tensor(1 - s);
+    if (inner == nullptr || inner->op() != "aten::view" || !is_tensor(inner, 0) ||
+        add->arg_tensor(s)->shape() != five || !single_use(g, add->arg_tensor(s)) ||
+        inner->arg_tensor(0)->shape() != scores || m->rank() > 5) {
+      continue;
+    }
+    // [B / W, W, H, L, S] splits only the batch dim; m is 1 along B / W and along H or full.
+    if (!(five[2] == scores[1]) || !(five[3] == scores[2]) || !(five[4] == scores[3]) ||
+        !(five[0] * five[1] == scores[0])) {
+      continue;
+    }
+    Shape m5(5 - static_cast<size_t>(m->rank()), DimExpr(1));
+    for (const DimExpr& d : m->shape()) m5.push_back(d);
+    if (!is_one_dim(m5[0]) || !(is_one_dim(m5[2]) || m5[2] == five[2])) continue;
+    bool fits = true;
+    for (size_t d = 1; d < 5; ++d) fits = fits && (is_one_dim(m5[d]) || m5[d] == five[d]);
+    if (!fits) continue;
+    const DimExpr heads = is_one_dim(m5[2]) ? DimExpr(1) : five[2];
+    sizes.first = {five[0], five[1], heads, five[3], five[4]};
+    sizes.second = {scores[0], heads, scores[2], scores[3]};
+    mask = m;
+    return inner->arg_tensor(0);
+  }
+  return nullptr;
 }
 
 std::optional<Match> match(const Graph& g, const Node* out) {
@@ -191,6 +244,19 @@ std::optional<Match> match(const Graph& g, const Node* out) {
   // mask), or one bool mask through where().
   Node* sn = scores->producer();
   if (sn == nullptr) return std::nullopt;
+  // Swin's shifted-window mask, added through a 5-d view of the scores.
+  {
+    Value* mask = nullptr;
+    std::pair<std::vector<DimExpr>, std::vector<DimExpr>> sizes;
+    if (Value* inner = window_mask(g, sn, mask, sizes)) {
+      if (!single_use(g, inner)) return std::nullopt;
+      m.masks.push_back(mask);
+      m.window_views.resize(m.masks.size());
+      m.window_views.back() = std::move(sizes);
+      scores = inner;
+      sn = scores->producer();
+    }
+  }
   while (sn != nullptr && sn->op() == "aten::add.Tensor" && is_tensor(sn, 0) && is_tensor(sn, 1)) {
     if (sn->num_args() > 2 && number_arg(sn, 2) != std::optional<double>(1.0)) {
       return std::nullopt;  // alpha != 1
@@ -262,8 +328,10 @@ std::optional<Match> match(const Graph& g, const Node* out) {
     }
   }
   if (out->output()->dtype() != m.q->dtype()) return std::nullopt;
-  for (const Value* mask : m.masks) {
-    if (mask->rank() > 4) return std::nullopt;
+  m.window_views.resize(m.masks.size());
+  for (size_t i = 0; i < m.masks.size(); ++i) {
+    const Value* mask = m.masks[i];
+    if (mask->rank() > 4 && m.window_views[i].first.empty()) return std::nullopt;
     if (mask->dtype() != ScalarType::kBool && mask->dtype() != m.q->dtype()) {
       return std::nullopt;  // an additive mask in another dtype would change the rounding
     }
@@ -315,6 +383,23 @@ int lower_recognize_attention(Graph& g) {
       keep->set_module(node->module_path(), node->module_types());
       mask = keep->output();
     } else if (!m->masks.empty()) {
+      // A window mask becomes [B, 1 or H, L, S]: expanded over the batch's window groups,
+      // then viewed with the batch dim whole.
+      m->window_views.resize(m->masks.size());
+      for (size_t i = 0; i < m->masks.size(); ++i) {
+        auto& [expanded, viewed] = m->window_views[i];
+        if (expanded.empty()) continue;
+        Value* c = m->masks[i];
+        Node* e = g.insert_node_before(node, "aten::expand", {c, expanded, false},
+                                       {TensorType{c->dtype(), Shape(expanded)}},
+                                       {g.fresh_name("attn_window_mask")});
+        e->set_module(node->module_path(), node->module_types());
+        Node* v = g.insert_node_before(node, "aten::reshape", {e->output(), viewed},
+                                       {TensorType{c->dtype(), Shape(viewed)}},
+                                       {g.fresh_name("attn_window_mask")});
+        v->set_module(node->module_path(), node->module_types());
+        m->masks[i] = v->output();
+      }
       mask = combined_mask(g, node, m->masks);
     }
     Node* sdpa =
