@@ -320,15 +320,20 @@ TEST(ChannelsLastPass, RegionOutputToFlattenMatMulAndNetworkOutput) {
   ASSERT_NE(nhwc.find_tensor("features"), nullptr);
 }
 
+/// Input "x" [2, 3, 6, 6] through a 3x3 convolution "c1" to 4 channels: a region's start.
+Tensor* first_conv(Network& net) {
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  return net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w1"), nullptr, conv_params(1, 1),
+                             "c1")->output();
+}
+
 TEST(ChannelsLastPass, PointwiseBetweenConvolutionsJoins) {
   // conv -> sigmoid -> * [1, C, 1, 1] constant -> max with a full-shape input -> abs ->
   // squeeze-and-excitation -> conv: one region.
   Network net;
-  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  Tensor* y = first_conv(net);
   Tensor* skip = net.add_input("skip", DataType::kF32, {2, 4, 6, 6});
-  ConvolutionParams p = conv_params(1, 1);
-  Tensor* y = net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w1"), nullptr, p, "c1")
-                  ->output();
+  const ConvolutionParams p = conv_params(1, 1);
   y = net.add_activation(y, ActivationType::kSigmoid, 0, 0, "sig")->output();
   y = net.add_elementwise(y, constant(net, {1, 4, 1, 1}, 2, "gain"), ElementWiseOp::kProd,
                           "gain_mul")->output();
@@ -354,11 +359,9 @@ TEST(ChannelsLastPass, CastsAndSelectsBetweenConvolutionsJoin) {
   // (x + 3) / 6 -> cast back -> pool -> gate -> select -> conv. All of it is one region: a
   // cast left outside cut MobileNetV3's region at every hardswish (46 transposes on an H100).
   Network net;
-  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 6, 6});
+  Tensor* y = first_conv(net);
   Tensor* keep = net.add_input("keep", DataType::kBool, {2, 4, 6, 6});
-  ConvolutionParams p = conv_params(1, 1);
-  Tensor* y = net.add_convolution(x, constant(net, {4, 3, 3, 3}, 1, "w1"), nullptr, p, "c1")
-                  ->output();
+  const ConvolutionParams p = conv_params(1, 1);
   Tensor* h = net.add_cast(y, DataType::kF16, "in_cast")->output();
   Tensor* g = net.add_activation(h, ActivationType::kHardSigmoid, 1.0 / 6.0, 0.5, "hsig")
                   ->output();
