@@ -15,9 +15,10 @@
 //     Dequantize (the fake quantization between the float convolutions of an FP8 model) joins
 //     when one of its inputs comes from the region. (Casts matter: a half model's hardswish is
 //     computed in f32 between two casts, and a cast left outside cut MobileNetV3's region at
-//     every hardswish: 46 transposes, 47% of its GPU time at b32 on an H100.) Broadcasting is per dim, so it survives permuting every operand the same way: an
-//     ElementWise operand must have rank 4 (or be one element along every dim, which is the same
-//     in every layout); a constant one is permuted here ([1, C, 1, 1] becomes [1, 1, 1, C]).
+//     every hardswish: 46 transposes, 47% of its GPU time at b32 on an H100.) Broadcasting
+//     is per dim, so it survives permuting every operand the same way: an ElementWise operand
+//     must have rank 4 (or be one element along every dim, which is the same in every
+//     layout); a constant one is permuted here ([1, C, 1, 1] becomes [1, 1, 1, C]).
 //   - A Concatenation of rank-4 tensors with an input from the region joins (its axis moves
 //     with the dims), and so does a nearest or linear Resize of a region tensor whose readers
 //     all can join (its sizes and scales move with the dims): DeepLabV3's ASPP head, whose
