@@ -563,9 +563,23 @@ def test_attention_rewrite_with_dynamic_batch():
         assert_close(gm(xs, ms), model(xs, ms))
 
 
-def test_attention_near_miss_is_not_rewritten():
-    model = MaskBeforeScale().eval()
-    x, mask = torch.randn(2, 8, 32), torch.randn(2, 1, 1, 8)
+class AddedBoolMask(BertSelfAttention):
+    """A near miss: a bool mask added to the scores adds 0 or 1 (PyTorch promotes it), which
+    SDPA would read as keys to keep."""
+
+    def forward(self, x, mask):
+        q, k, v = _heads(self.q(x), self.h), _heads(self.k(x), self.h), _heads(self.v(x), self.h)
+        s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1)) + mask
+        return torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2).reshape(x.shape)
+
+
+@pytest.mark.parametrize("case", ["mask_before_scale", "added_bool_mask"])
+def test_attention_near_miss_is_not_rewritten(case):
+    x = torch.randn(2, 8, 32)
+    if case == "mask_before_scale":
+        model, mask = MaskBeforeScale().eval(), torch.randn(2, 1, 1, 8)
+    else:
+        model, mask = AddedBoolMask().eval(), torch.rand(2, 1, 1, 8) > 0.5
     gm, report = compile_cpu(model, [x, mask], min_block_size=1)
     assert _rewrites(report) == 0, report.lowering_log
     assert_close(gm(x, mask), model(x, mask))

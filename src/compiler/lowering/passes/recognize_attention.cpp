@@ -123,6 +123,8 @@ struct Match {
   std::vector<std::pair<std::vector<DimExpr>, std::vector<DimExpr>>> window_views;
   /// The bool mask marks keys to drop (masked_fill), not keys to keep (where).
   bool invert_bool_mask = false;
+  /// masks holds one bool mask from where() or masked_fill(), not additive masks.
+  bool bool_mask = false;
   double scale = 1.0;
 };
 
@@ -284,6 +286,7 @@ std::optional<Match> match(const Graph& g, const Node* out) {
       return std::nullopt;
     }
     m.masks.push_back(sn->arg_tensor(0));
+    m.bool_mask = true;
     scores = sn->arg_tensor(1);
     if (!single_use(g, scores)) return std::nullopt;
   } else if (sn != nullptr && m.masks.empty() &&
@@ -296,6 +299,7 @@ std::optional<Match> match(const Graph& g, const Node* out) {
     }
     m.masks.push_back(sn->arg_tensor(1));
     m.invert_bool_mask = true;
+    m.bool_mask = true;
     scores = sn->arg_tensor(0);
     if (!single_use(g, scores)) return std::nullopt;
   }
@@ -332,8 +336,10 @@ std::optional<Match> match(const Graph& g, const Node* out) {
   for (size_t i = 0; i < m.masks.size(); ++i) {
     const Value* mask = m.masks[i];
     if (mask->rank() > 4 && m.window_views[i].first.empty()) return std::nullopt;
-    if (mask->dtype() != ScalarType::kBool && mask->dtype() != m.q->dtype()) {
-      return std::nullopt;  // an additive mask in another dtype would change the rounding
+    // An added mask in another dtype would change the rounding, and an added bool adds 0 or 1
+    // in PyTorch where the Attention layer would read it as keys to keep.
+    if (m.bool_mask ? mask->dtype() != ScalarType::kBool : mask->dtype() != m.q->dtype()) {
+      return std::nullopt;
     }
   }
   if (!std::isfinite(m.scale) || m.scale == 0.0) return std::nullopt;

@@ -29,10 +29,10 @@ inline constexpr int kRowKernelThreads = 128;
 /// broadcasts). `vec` odd: the vectorized path (n a multiple of kPointwiseVector, every pointer
 /// 16-byte aligned), where input k is read as one element broadcast everywhere when bit k + 1
 /// is set and contiguously otherwise. `wide` non-zero (with `vec` 0): the strided vectorized
-/// path (n and the last dim multiples of kPointwiseVector, every input's last stride 0 or 1 and
-/// its other strides multiples of kPointwiseVector, pointers 16-byte aligned): the offsets are
-/// walked once per kPointwiseVector elements, and input k is one element broadcast over them
-/// where its last stride is 0, else one vector. `wide` is last so that a kernel generated
+/// path (n and the last dim multiples of kPointwiseVector, every input's last stride 0 or 1,
+/// a vector input's other strides multiples of kPointwiseVector, pointers 16-byte aligned): the
+/// offsets are walked once per kPointwiseVector elements, and input k is one element broadcast
+/// over them where its last stride is 0, else one vector. `wide` is last so that a kernel generated
 /// before it (stored in an older plan) reads the fields it knows and, seeing `vec` 0, takes its
 /// generic path.
 struct PointwiseKernelArgs {

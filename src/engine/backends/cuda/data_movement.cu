@@ -1082,7 +1082,9 @@ void run(const ResizeParams& p, const CudaArgs& a) {
   const bool bilinear = p.mode == ResizeMode::kLinear && g.active == 2 &&
                         g.active_dims[1] == g.active_dims[0] + 1;
   int64_t inner = 1;
-  for (int d = g.active_dims[1] + 1; bilinear && d < g.rank; ++d) inner *= g.in_dims[d];
+  if (bilinear) {
+    for (int d = g.active_dims[1] + 1; d < g.rank; ++d) inner *= g.in_dims[d];
+  }
   auto launch = [&](auto zero) {
     using T = decltype(zero);
     if (bilinear) {

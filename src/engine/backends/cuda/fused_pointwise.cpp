@@ -333,7 +333,11 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   for (size_t i = 0; wide && i < n_in; ++i) {
     const int64_t last = mst[i].back();
     wide = (last == 0 || last == 1) && (last == 0 || aligned(a.in(i).data));
-    for (size_t d = 0; wide && d + 1 < mst[i].size(); ++d) wide = mst[i][d] % kV == 0;
+    // A vector input's other strides keep its vectors aligned; an input broadcast along the
+    // last dim is one element for the V outputs, wherever it is ([C, 1, 1] over NCHW planes).
+    for (size_t d = 0; wide && last == 1 && d + 1 < mst[i].size(); ++d) {
+      wide = mst[i][d] % kV == 0;
+    }
   }
   for (size_t o = 0; wide && o < a.outputs.size(); ++o) wide = aligned(a.out(o).data);
   k.wide = wide ? 1 : 0;

@@ -165,11 +165,12 @@ struct Rewriter {
   }
 
   /// A nearest or linear Resize of a region tensor that keeps N and C, whose result only
-  /// layers that can be in the region read (DeepLabV3's ASPP pooling upsampled for the
-  /// concatenation). Its sizes and scales are permuted like the dims. One read by anything else
-  /// (a network output: a segmentation head's upsampling to the image size) stays NCHW, so
-  /// that the smaller tensor before it is what leaves the region. Cubic resizes stay: they work
-  /// on the last two dims.
+  /// layers of kinds that can be in the region read (DeepLabV3's ASPP pooling upsampled for the
+  /// concatenation; the kinds only: a reader that then stays out, such as an f32 convolution
+  /// of a half-only rewrite, gets the NCHW tensor back through an exit). Its sizes and scales
+  /// are permuted like the dims. One read by anything else (a network output: a segmentation
+  /// head's upsampling to the image size) stays NCHW, so that the smaller tensor before it is
+  /// what leaves the region. Cubic resizes stay: they work on the last two dims.
   bool resize_joins(const Layer* l) const {
     const auto& p = l->params_as<ResizeParams>();
     if (p.mode == ResizeMode::kCubic || l->output()->rank() != 4 || !in_region(l->input(0))) {
@@ -189,6 +190,7 @@ struct Rewriter {
         case LayerKind::kUnary:
         case LayerKind::kElementWise:
         case LayerKind::kCast:
+        case LayerKind::kSelect:
           break;
         default:
           return false;

@@ -336,8 +336,6 @@ std::optional<std::string> row_group_problem(const Network& net, const std::vect
   return std::nullopt;
 }
 
-}  // namespace
-
 /// A non-reduction step with an operand (not a one-element constant, which becomes an inline
 /// scalar) of another shape than its output: a broadcast.
 bool broadcasts_an_operand(const Layer* l, const std::map<const Layer*, FusedStep>& steps) {
@@ -349,6 +347,8 @@ bool broadcasts_an_operand(const Layer* l, const std::map<const Layer*, FusedSte
   }
   return false;
 }
+
+}  // namespace
 
 bool is_fusable_pointwise(const Layer* l) {
   const std::optional<FusedStep> s = step_of(l);
