@@ -1,7 +1,7 @@
 // The builder's gather_slices pass: rotate_half (a concatenation of negated and plain last-dim
 // slices of one tensor) becomes one Gather and a +-1 product with the same bits, and the
-// product joins the RoPE's pointwise layers in fuse_pointwise; concatenations that are not
-// such slices stay as they are.
+// product joins the RoPE's pointwise layers in fuse_pointwise; a roll along other dims becomes
+// a Gather per dim; concatenations that are not such slices stay as they are.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -65,6 +65,39 @@ TEST(GatherSlices, RotateHalfBecomesOneGatherWithTheSameBits) {
     EXPECT_EQ(count(rewritten, LayerKind::kFusedPointwise), 1);
     EXPECT_EQ(count(rewritten, LayerKind::kElementWise), 0);
     EXPECT_TRUE(test::run_network_direct(rewritten, ins)[0].bytes == want[0].bytes);
+    test::run_network(net, ins);  // through the builder (the pass on) against the reference
+  }
+}
+
+TEST(GatherSlices, RollsAlongMiddleDimsBecomeGathers) {
+  // torch.roll(x, (-3, -2), (1, 2)) as exported (Swin's cyclic shift over [B, H, W, C]): per
+  // dim, two slices and a concatenation. Each becomes one Gather along that dim, same bits.
+  for (DataType dt : fused_cases::kFloatTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    Network net;
+    Tensor* x = net.add_input("x", dt, {2, 7, 6, 4});
+    auto roll = [&](Tensor* t, size_t dim, int64_t shift, const std::string& name) {
+      const Shape& s = t->shape();
+      const int64_t n = s[dim].constant();
+      std::vector<DimExpr> start(4, DimExpr(0)), head(s.begin(), s.end()), tail(s.begin(), s.end());
+      start[dim] = DimExpr(shift);
+      head[dim] = DimExpr(n - shift);
+      tail[dim] = DimExpr(shift);
+      Tensor* a = net.add_slice(t, start, head, {1, 1, 1, 1}, name + "_a")->output();
+      Tensor* b = net.add_slice(t, std::vector<DimExpr>(4, DimExpr(0)), tail, {1, 1, 1, 1},
+                                name + "_b")->output();
+      return net.add_concatenation({a, b}, static_cast<int64_t>(dim), name)->output();
+    };
+    Tensor* y = roll(roll(x, 1, 3, "roll_h"), 2, 2, "roll_w");
+    net.mark_output(net.add_unary(y, UnaryOp::kExp, "exp")->output(), "out");
+    Network rewritten = net.clone();
+    EXPECT_EQ(gather_slices(rewritten), 2);
+    EXPECT_EQ(count(rewritten, LayerKind::kGather), 2);
+    EXPECT_EQ(count(rewritten, LayerKind::kSlice), 0);
+    EXPECT_EQ(count(rewritten, LayerKind::kConcatenation), 0);
+    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 7, 6, 4}, 1)};
+    EXPECT_TRUE(test::run_network_direct(rewritten, ins)[0].bytes ==
+                test::run_network_direct(net, ins)[0].bytes);
     test::run_network(net, ins);  // through the builder (the pass on) against the reference
   }
 }

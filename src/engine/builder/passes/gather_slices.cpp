@@ -1,16 +1,19 @@
-// gather_slices: a Concatenation along the last dim whose pieces are unit-stride slices of one
-// tensor x along its last dim (every other dim whole), each possibly negated, becomes one
-// Gather of x along that dim with constant indices, times a constant +-1 vector when a piece
-// was negated:
+// gather_slices: a Concatenation whose pieces are unit-stride slices of one tensor x along the
+// concatenation's dim (every other dim whole), each possibly negated, becomes one Gather of x
+// along that dim with constant indices, times a constant +-1 vector when a piece was negated
+// (only along the last dim, where the vector broadcasts):
 //
 //   cat(-x[..., h:], x[..., :h], dim=-1)   (rotate_half: RoPE in Llama, Qwen2, Mistral, NeoX)
 //     => Gather(x, [h .. 2h-1, 0 .. h-1], axis=-1) * [-1 x h, +1 x h]
+//   cat(x[:, s:], x[:, :s], dim=1)         (torch.roll as exported: Swin's cyclic shifts)
+//     => Gather(x, [s .. H-1, 0 .. s-1], axis=1)
 //
 // Four layers (two slice copies, a negation, the concatenation: four kernels and three
 // intermediate tensors on the GPU) become one gather; the product joins the pointwise layers
 // around it in fuse_pointwise (RoPE's x * cos + rotate_half(x) * sin), so it costs no kernel of
-// its own. A concatenation that puts x back together unchanged is replaced by x itself.
-// Negation as a product by -1 is exact (the same bits, up to a NaN's sign).
+// its own. A roll's three copies become one. A concatenation that puts x back together
+// unchanged is replaced by x itself. Negation as a product by -1 is exact (the same bits, up
+// to a NaN's sign).
 //
 // Runs after simplify_attention and before fuse_pointwise (level >= 2).
 #include <optional>
@@ -31,9 +34,9 @@ struct Piece {
   bool negated = false;
 };
 
-/// `t` as a piece, when its producer is a unit-stride slice of the last dim of a tensor (other
-/// dims whole, the last one's start and size constant), or a float negation of one.
-std::optional<Piece> piece_of(const Tensor* t) {
+/// `t` as a piece, when its producer is a unit-stride slice along dim `axis` of a tensor (other
+/// dims whole, that one's start and size constant), or a float negation of one.
+std::optional<Piece> piece_of(const Tensor* t, size_t axis) {
   Piece p;
   const Layer* l = t->producer();
   if (l != nullptr && l->kind() == LayerKind::kUnary &&
@@ -46,39 +49,40 @@ std::optional<Piece> piece_of(const Tensor* t) {
   Tensor* x = l->input(0);
   const Shape& xs = x->shape();
   const size_t rank = xs.size();
-  if (rank == 0 || sp.start.size() != rank || sp.size.size() != rank || sp.stride.size() != rank ||
-      !xs.back().is_constant()) {
+  if (axis >= rank || sp.start.size() != rank || sp.size.size() != rank ||
+      sp.stride.size() != rank || !xs[axis].is_constant()) {
     return std::nullopt;
   }
   for (size_t d = 0; d < rank; ++d) {
     if (sp.stride[d] != 1) return std::nullopt;
-    if (d + 1 < rank && (!(sp.start[d] == DimExpr(0)) || !(sp.size[d] == xs[d]))) {
+    if (d != axis && (!(sp.start[d] == DimExpr(0)) || !(sp.size[d] == xs[d]))) {
       return std::nullopt;
     }
   }
-  if (!sp.start.back().is_constant() || !sp.size.back().is_constant()) return std::nullopt;
+  if (!sp.start[axis].is_constant() || !sp.size[axis].is_constant()) return std::nullopt;
   p.x = x;
-  p.start = sp.start.back().constant();
-  p.size = sp.size.back().constant();
-  if (p.start < 0 || p.size <= 0 || p.start + p.size > xs.back().constant()) return std::nullopt;
+  p.start = sp.start[axis].constant();
+  p.size = sp.size[axis].constant();
+  if (p.start < 0 || p.size <= 0 || p.start + p.size > xs[axis].constant()) return std::nullopt;
   return p;
 }
 
 /// Rewrites `cat` when it is such a concatenation; true when it did.
 bool rewrite(Network& net, Layer* cat, int& identities) {
   const Tensor* out = cat->output();
-  const size_t rank = out->rank();
-  if (rank == 0 || cat->params_as<ConcatenationParams>().axis != static_cast<int64_t>(rank) - 1 ||
-      cat->inputs().size() < 2) {
-    return false;
-  }
+  const auto rank = static_cast<int64_t>(out->rank());
+  int64_t cat_axis = cat->params_as<ConcatenationParams>().axis;
+  if (cat_axis < 0) cat_axis += rank;
+  if (rank == 0 || cat_axis < 0 || cat_axis >= rank || cat->inputs().size() < 2) return false;
+  const auto axis = static_cast<size_t>(cat_axis);
+  const bool last = cat_axis == rank - 1;
   std::vector<int32_t> indices;
   std::vector<float> signs;
   bool negated = false;
   Tensor* x = nullptr;
   for (const Tensor* in : cat->inputs()) {
-    const std::optional<Piece> p = piece_of(in);
-    if (!p || (x != nullptr && p->x != x)) return false;
+    const std::optional<Piece> p = piece_of(in, axis);
+    if (!p || (x != nullptr && p->x != x) || (p->negated && !last)) return false;
     x = p->x;
     negated = negated || p->negated;
     for (int64_t i = 0; i < p->size; ++i) {
@@ -86,7 +90,7 @@ bool rewrite(Network& net, Layer* cat, int& identities) {
       signs.push_back(p->negated ? -1.0f : 1.0f);
     }
   }
-  const int64_t width = x->shape().back().constant();
+  const int64_t width = x->shape()[axis].constant();
   bool identity = !negated && static_cast<int64_t>(indices.size()) == width;
   for (size_t i = 0; identity && i < indices.size(); ++i) identity = indices[i] == static_cast<int32_t>(i);
   if (identity) {
@@ -98,7 +102,7 @@ bool rewrite(Network& net, Layer* cat, int& identities) {
   Tensor* idx = net.add_constant(Weights::copy(DataType::kI32, {n}, indices.data()),
                                  cat->name() + "/indices")->output();
   GatherParams gp;
-  gp.axis = static_cast<int64_t>(rank) - 1;
+  gp.axis = cat_axis;
   Tensor* result = net.add_gather(x, idx, gp, cat->name() + "/gather")->output();
   if (negated) {
     Tensor* sign = net.add_constant(from_floats(x->dtype(), {n}, signs), cat->name() + "/signs")
@@ -126,7 +130,7 @@ void pass_gather_slices(BuildState& s) {
   int identities = 0;
   const int n = gather_slices(s.plan.network, &identities);
   s.log.push_back("gather_slices: " + std::to_string(n - identities) +
-                  " concatenations of last-dim slices into gathers, " +
+                  " concatenations of slices into gathers, " +
                   std::to_string(identities) + " into the tensor they cut up");
 }
 
