@@ -14,7 +14,9 @@
 //   weights  constant bytes, each constant aligned to 256 bytes from the start of the file, so a
 //            plan loaded at an aligned address can be uploaded to a device without repacking;
 //            the file ends with the weight section.
-// The checksum is FNV-1a 64 over everything after the header (payload, padding, weights).
+// The checksum covers everything after the header (payload, padding, weights): FNV-1a's step
+// over 64-bit words in four lanes from version 13, byte-wise FNV-1a 64 before (plan_checksum in
+// serialize.h).
 // Payload encodings: strings u32 length + bytes (at most 64 KiB); lists u32 count + entries;
 // enums and bools one byte; shapes a list of DimExpr::to_string texts.
 //   target    string: "sm_<major><minor>" of the GPU a cuda plan was built (and timed) on, or ""
@@ -52,7 +54,7 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 12;  // 2: fused epilogues, 3: timing section,
+inline constexpr uint32_t kPlanFormatVersion = 13;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
                                                    // 6: Plugin, Quantize/Dequantize, f8e4m3,
                                                    // 7: QuantizedConvolution, quantized
@@ -63,7 +65,8 @@ inline constexpr uint32_t kPlanFormatVersion = 12;  // 2: fused epilogues, 3: ti
                                                    //     and input views,
                                                    // 11: Attention seq_major_operands,
                                                    //     FusedPointwise isinf/isnan steps,
-                                                   // 12: Attention views and out_dims
+                                                   // 12: Attention views and out_dims,
+                                                   // 13: the word-wise checksum
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version

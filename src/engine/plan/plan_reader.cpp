@@ -334,7 +334,8 @@ class PlanReader {
                        kPlanWeightsSizePos);
     }
     if (options_.verify_checksum) {
-      const uint64_t actual = fnv1a64(data_ + kPlanHeaderBytes, size_ - kPlanHeaderBytes);
+      const uint64_t actual =
+          plan_checksum(data_ + kPlanHeaderBytes, size_ - kPlanHeaderBytes, version_);
       if (actual != checksum) {
         ByteReader::fail("checksum mismatch (header " + hex(checksum) + ", contents " +
                              hex(actual) + "): the plan is corrupt",

@@ -1,6 +1,7 @@
 // plan_write: PlanModel -> bytes (layout in plan.h). The writer emits the canonical form (tensors
 // in canonical order, profiles sorted by symbol, shared constants stored once), so writing what
 // plan_read returns reproduces the same bytes.
+#include <cstring>
 #include <string>
 #include <unordered_map>
 
@@ -18,6 +19,25 @@ uint64_t fnv1a64(const uint8_t* data, size_t size) {
     h *= 0x100000001b3ull;
   }
   return h;
+}
+
+uint64_t plan_checksum(const uint8_t* data, size_t size, uint32_t version) {
+  if (version < 13) return fnv1a64(data, size);
+  constexpr uint64_t kPrime = 0x100000001b3ull;
+  uint64_t lane[4] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull, 0x9ce484222325cbf2ull,
+                      0x2325cbf29ce48422ull};
+  size_t i = 0;
+  for (; i + 32 <= size; i += 32) {
+    for (int k = 0; k < 4; ++k) {
+      uint64_t w;
+      std::memcpy(&w, data + i + 8 * k, 8);  // little-endian hosts only (as the whole format)
+      lane[k] = (lane[k] ^ w) * kPrime;
+    }
+  }
+  uint64_t h = lane[0];
+  for (int k = 1; k < 4; ++k) h = (h ^ lane[k]) * kPrime;
+  for (; i < size; ++i) h = (h ^ data[i]) * kPrime;
+  return (h ^ size) * kPrime;
 }
 
 void ByteWriter::count(size_t n, const char* what) {
@@ -195,7 +215,8 @@ std::vector<uint8_t> plan_write(const PlanModel& plan) {
   // The checksum covers everything after the header (payload, padding and weights), so any
   // flipped bit outside the header is caught; header fields are each validated on read.
   out.patch_u64(kPlanChecksumPos,
-                fnv1a64(out.bytes().data() + kPlanHeaderBytes, out.size() - kPlanHeaderBytes));
+                plan_checksum(out.bytes().data() + kPlanHeaderBytes,
+                              out.size() - kPlanHeaderBytes, kPlanFormatVersion));
   return std::move(out.bytes());
 }
 

@@ -74,7 +74,11 @@ std::string error_of(const std::function<void()>& fn) {
 
 // Recomputes the checksum after a deliberate edit, so the edit reaches the field validation.
 void reseal(std::vector<uint8_t>& b) {
-  const uint64_t h = fnv1a64(b.data() + kPlanHeaderBytes, b.size() - kPlanHeaderBytes);
+  const uint32_t version = static_cast<uint32_t>(b[8]) | static_cast<uint32_t>(b[9]) << 8 |
+                           static_cast<uint32_t>(b[10]) << 16 |
+                           static_cast<uint32_t>(b[11]) << 24;
+  const uint64_t h = plan_checksum(b.data() + kPlanHeaderBytes, b.size() - kPlanHeaderBytes,
+                                   version);
   for (int i = 0; i < 8; ++i) b[kPlanChecksumPos + i] = static_cast<uint8_t>(h >> (8 * i));
 }
 
@@ -684,6 +688,29 @@ void for_each_bit_flip(std::vector<uint8_t> b, bool every_bit, F&& check) {
       b[i] ^= static_cast<uint8_t>(1u << bit);
     }
   }
+}
+
+TEST(PlanFormat, ChecksumPerVersion) {
+  // Before version 13 the checksum is byte-wise FNV-1a 64; from 13 the word-wise lanes, which
+  // a change to any one byte (in each lane's words and in the tail) also changes.
+  std::vector<uint8_t> bytes(32 * 5 + 7);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 37 + 11);
+  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 12), fnv1a64(bytes.data(), bytes.size()));
+  const uint64_t base = plan_checksum(bytes.data(), bytes.size(), 13);
+  EXPECT_NE(base, fnv1a64(bytes.data(), bytes.size()));
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    for (int bit = 0; bit < 8; bit += 7) {
+      bytes[i] ^= static_cast<uint8_t>(1u << bit);
+      EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base) << "byte " << i;
+      bytes[i] ^= static_cast<uint8_t>(1u << bit);
+    }
+  }
+  // Two equal words swapped between lanes, and a shorter input, change it too.
+  std::swap(bytes[0], bytes[8]);
+  EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base);
+  std::swap(bytes[0], bytes[8]);
+  EXPECT_NE(plan_checksum(bytes.data(), bytes.size() - 1, 13), base);
+  EXPECT_EQ(plan_format_version(), 13u);
 }
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
