@@ -229,7 +229,7 @@ TEST(FusePointwise, OldPlanFormatsCannotHoldIt) {
   config.optimization_level = 0;
   auto bytes = Builder(config).build(net);
   plan_read(bytes.data(), bytes.size());
-  bytes[8] = 7;  // the version field (outside the checksum)
+  test::relabel_plan(bytes, 7);
   test::expect_error([&] { plan_read(bytes.data(), bytes.size()); },
                      {"is a FusedPointwise layer, which format version 7 does not have "
                       "(version 8 added it)"});
@@ -272,7 +272,7 @@ TEST(FusePointwise, PlansBeforeVersion10CannotHoldRowReductions) {
   const std::vector<TestTensor> ins = {TestTensor::floats(DataType::kF32, {2, 3}, {1, 2, 3, 4, 5, 6.5f})};
   const auto out = test::run_network_direct(net, ins);
   EXPECT_EQ(out[0].to_floats(), (std::vector<float>{6, 6, 6, 15.5f, 15.5f, 15.5f}));
-  bytes[8] = 9;  // the version field (outside the checksum)
+  test::relabel_plan(bytes, 9);
   test::expect_error([&] { plan_read(bytes.data(), bytes.size()); },
                      {"FusedPointwise 'fused'", "has a row-reduction step, which format version 9 "
                       "does not have (version 10 added it)"});

@@ -765,6 +765,7 @@ TEST(PlanFormat, Version5PlansStillLoad) {
   const auto current = tiny_plan();
   auto b = current;
   put_le(b, 8, 5, 4);
+  reseal(b);  // older versions have the byte-wise checksum
   const PlanModel m = plan_read(b.data(), b.size());
   const PlanModel want = plan_read(current.data(), current.size());
   EXPECT_EQ(m.network.layers().size(), want.network.layers().size());
@@ -797,10 +798,12 @@ TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
   const auto current = tiny_plan();
   auto b = current;
   put_le(b, 8, 6, 4);
+  reseal(b);  // older versions have the byte-wise checksum
   EXPECT_EQ(plan_read(b.data(), b.size()).network.layers().size(),
             plan_read(current.data(), current.size()).network.layers().size());
   auto plan = plan_write(make_plan(one_qconv_network(), std::vector<OptimizationProfile>(1)));
   put_le(plan, 8, 6, 4);
+  reseal(plan);  // older versions have the byte-wise checksum
   const std::string m =
       expect_rejected(plan, plan.size(), false, "version 6 with a QuantizedConvolution");
   EXPECT_NE(m.find("is a QuantizedConvolution layer, which format version 6 does not have "

@@ -229,10 +229,10 @@ TEST_F(PluginTest, VersionFivePlansStillLoadAndCannotHoldPlugins) {
   Tensor* x = net.add_input("x", DataType::kF32, {4});
   net.mark_output(net.add_activation(x, ActivationType::kRelu)->output(), "y");
   std::vector<uint8_t> old = Builder(BuilderConfig{}).build(net);
-  old[8] = 5;
+  test::relabel_plan(old, 5);
   EXPECT_NO_THROW(Runtime().deserialize(old.data(), old.size()));
   std::vector<uint8_t> with_plugin = build_plugin_plan(plugin_network(1, 0));
-  with_plugin[8] = 5;
+  test::relabel_plan(with_plugin, 5);
   expect_error([&] { Runtime().deserialize(with_plugin.data(), with_plugin.size()); },
                {"Plugin layer", "format version 5 does not have"});
   std::vector<uint8_t> too_old = old;

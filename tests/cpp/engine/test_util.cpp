@@ -8,6 +8,8 @@
 #include "backends/cpu/executor.h"
 #include "backends/cpu/kernels.h"
 #include "ember/engine/runtime.h"
+#include "plan/plan.h"
+#include "plan/serialize.h"
 
 namespace ember::engine::test {
 
@@ -190,6 +192,13 @@ void expect_error(const std::function<void()>& fn, const std::vector<std::string
       EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
     }
   }
+}
+
+void relabel_plan(std::vector<uint8_t>& plan, uint32_t version) {
+  for (int i = 0; i < 4; ++i) plan[8 + i] = static_cast<uint8_t>(version >> (8 * i));
+  const uint64_t h =
+      plan_checksum(plan.data() + kPlanHeaderBytes, plan.size() - kPlanHeaderBytes, version);
+  for (int i = 0; i < 8; ++i) plan[kPlanChecksumPos + i] = static_cast<uint8_t>(h >> (8 * i));
 }
 
 }  // namespace ember::engine::test

@@ -66,4 +66,8 @@ void expect_equal_ints(const TestTensor& actual, const std::vector<int64_t>& exp
 /// Calls fn and expects an Error whose message contains every needle.
 void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles);
 
+/// Relabels a serialized plan as format `version` and recomputes its checksum the way that
+/// version defines it (byte-wise before 13): how tests make an older plan from a new one.
+void relabel_plan(std::vector<uint8_t>& plan, uint32_t version);
+
 }  // namespace ember::engine::test
