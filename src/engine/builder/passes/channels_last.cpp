@@ -298,7 +298,7 @@ struct Rewriter {
       }
       case LayerKind::kConcatenation: {
         auto p = l->params_as<ConcatenationParams>();
-        const int64_t axis = p.axis < 0 ? p.axis + 4 : p.axis;
+        const int64_t axis = p.axis;  // in [0, 4): add_layer refuses others
         for (int64_t j = 0; j < 4; ++j) {
           if (kToNhwc[static_cast<size_t>(j)] == axis) p.axis = j;  // NCHW dim -> NHWC position
         }

@@ -71,9 +71,8 @@ std::optional<Piece> piece_of(const Tensor* t, size_t axis) {
 bool rewrite(Network& net, Layer* cat, int& identities) {
   const Tensor* out = cat->output();
   const auto rank = static_cast<int64_t>(out->rank());
-  int64_t cat_axis = cat->params_as<ConcatenationParams>().axis;
-  if (cat_axis < 0) cat_axis += rank;
-  if (rank == 0 || cat_axis < 0 || cat_axis >= rank || cat->inputs().size() < 2) return false;
+  const int64_t cat_axis = cat->params_as<ConcatenationParams>().axis;  // in [0, rank)
+  if (rank == 0 || cat->inputs().size() < 2) return false;
   const auto axis = static_cast<size_t>(cat_axis);
   const bool last = cat_axis == rank - 1;
   std::vector<int32_t> indices;
