@@ -546,16 +546,20 @@ struct DequantizeParams {
 };
 
 /// The output requantization of a fused low-precision product (set by the builder's
-/// fuse_epilogues pass when a per-tensor symmetric int8 Quantize reads the product): the
-/// product's value, finished in the layer's float type `out` (epilogue included), is quantized
-/// as a Quantize layer would, q = clamp(round_half_even(y * (1 / out_scale)), quant_min,
-/// quant_max), and the layer outputs i8. out_scale is the layer's last input (f32, one element).
+/// fuse_epilogues pass when a per-tensor symmetric Quantize reads the product): the product's
+/// value y, finished in the layer's float type `out` (epilogue included), is quantized as a
+/// Quantize layer to `to` would: i8, q = clamp(round_half_even(y * (1 / out_scale)), quant_min,
+/// quant_max); f8e4m3 (plan format 14), q = E4M3(y * (1 / out_scale)), saturating, round to
+/// nearest even (quant_min and quant_max unused). The layer outputs `to`. out_scale is input 5
+/// (f32, one element).
 struct Requantize {
   bool enabled = false;
   int64_t quant_min = -128;
   int64_t quant_max = 127;
+  DataType to = DataType::kI8;  ///< i8 or f8e4m3 (an f8e4m3 product's only).
   template <class V> void fields(V& v) {
     v("requantize", enabled); v("requantize_min", quant_min); v("requantize_max", quant_max);
+    v("requantize_to", to);
   }
 };
 
@@ -568,11 +572,14 @@ struct Requantize {
 /// already transposed), 2 a_scale (f32, one element), 3 b_scale (f32, one element or [N]; f8e4m3:
 /// one element), optional 4 bias (`out`'s dtype, [N]), 5 out_scale (with requantize only),
 /// 6 a_zero_point (i32, one element; int8 products only): a may then be u8 (PT2E's asymmetric
-/// activations) and the sum is over (a - a_zero_point) * b, exact in int32.
-/// Output: `out` (f32, f16 or bf16), [..., M, N], or i8 when requantize is on. Accumulation in
-/// int32 for i8 (exact), in f32 for f8e4m3; the scales and the bias apply once, in f32, after
-/// the sum; the value is rounded to `out`, then the activation applies (when
-/// epilogue.fused_activation, set by fuse_epilogues), then the requantization. No residual.
+/// activations) and the sum is over (a - a_zero_point) * b, exact in int32; optional
+/// 7 residual (`out`'s dtype, the output's shape; set by fuse_epilogues from a residual add,
+/// not with requantize): out = act(... + bias[n] + residual[..., m, n]).
+/// Output: `out` (f32, f16 or bf16), [..., M, N], or requantize.to when requantize is on.
+/// Accumulation in int32 for i8 (exact), in f32 for f8e4m3; the scales, the bias and the
+/// residual apply once, in f32, after the sum; the value is rounded to `out`, then the
+/// activation applies (when epilogue.fused_activation, set by fuse_epilogues), then the
+/// requantization.
 struct QuantizedMatrixMultiplyParams {
   DataType out = DataType::kF32;
   Epilogue epilogue;

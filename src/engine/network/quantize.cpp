@@ -54,9 +54,11 @@ void infer_scales(bool per_channel, int64_t axis, DataType quantized, InferConte
 
 /// Checks what a fused low-precision product (QuantizedMatrixMultiply, QuantizedConvolution)
 /// has after its sum: the optional bias (input `bias_index`, `out`'s dtype, [n]), the epilogue,
-/// and the requantization with its out_scale (input bias_index + 1). Returns the output dtype.
+/// and the requantization with its out_scale (input bias_index + 1; to i8, or to f8e4m3 where
+/// `fp8_to_ok`). Returns the output dtype.
 DataType expect_product_epilogue(const Epilogue& e, const Requantize& r, DataType out,
-                                 size_t bias_index, const DimExpr& n, InferContext& ctx) {
+                                 size_t bias_index, const DimExpr& n, bool fp8_to_ok,
+                                 InferContext& ctx) {
   if (ctx.has(bias_index)) {
     ctx.expect_dtype(bias_index, out, "bias (the output's dtype)");
     ctx.expect_rank(bias_index, 1, "bias");
@@ -73,16 +75,25 @@ DataType expect_product_epilogue(const Epilogue& e, const Requantize& r, DataTyp
                               " (out_scale) is only taken with requantize on");
     return out;
   }
-  InferContext::require(-128 <= r.quant_min && r.quant_min <= r.quant_max && r.quant_max <= 127,
-                        "requantize range [" + std::to_string(r.quant_min) + ", " +
-                            std::to_string(r.quant_max) + "] is empty or outside i8's [-128, 127]");
+  InferContext::require(
+      r.to == DataType::kI8 || (r.to == DataType::kF8E4M3 && fp8_to_ok),
+      std::string("requantizes to ") +
+          (static_cast<int>(r.to) < kNumDataTypes ? dtype_name(r.to) : "an unknown dtype") +
+          (fp8_to_ok ? ": only i8 and f8e4m3 are taken"
+                     : ": only i8 is taken here (f8e4m3 only by an f8e4m3 matrix product)"));
+  if (r.to == DataType::kI8) {
+    InferContext::require(
+        -128 <= r.quant_min && r.quant_min <= r.quant_max && r.quant_max <= 127,
+        "requantize range [" + std::to_string(r.quant_min) + ", " + std::to_string(r.quant_max) +
+            "] is empty or outside i8's [-128, 127]");
+  }
   InferContext::require(ctx.has(scale_index), "requantize needs out_scale (input " +
                                                   std::to_string(scale_index) + ")");
   ctx.expect_dtype(scale_index, DataType::kF32, "out_scale");
   InferContext::require(one_element(ctx.shape(scale_index)),
                         "out_scale must have one element, got shape " +
                             shape_to_string(ctx.shape(scale_index)));
-  return DataType::kI8;
+  return r.to;
 }
 
 /// Checks a fused product's optional activation zero point (input 6: i32, one element, for
@@ -129,7 +140,8 @@ void infer(const DequantizeParams& p, InferContext& ctx) {
 }
 
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
-  ctx.expect_num_inputs(4, 7);
+  constexpr size_t kResidual = 7;
+  ctx.expect_num_inputs(4, 8);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   const DataType q = ctx.dtype(0);
@@ -161,7 +173,16 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
   Shape out(a.begin(), a.end() - 1);
   out.push_back(b[0]);
-  ctx.add_output(expect_product_epilogue(p.epilogue, p.requantize, p.out, 4, b[0], ctx),
+  if (ctx.has(kResidual)) {
+    InferContext::require(!p.requantize.enabled,
+                          "a residual (input 7) is not taken with requantize on");
+    ctx.expect_dtype(kResidual, p.out, "residual (the output's dtype)");
+    InferContext::require(ctx.shape(kResidual) == out,
+                          "residual (input 7) shape " + shape_to_string(ctx.shape(kResidual)) +
+                              " differs from the output's " + shape_to_string(out));
+  }
+  ctx.add_output(expect_product_epilogue(p.epilogue, p.requantize, p.out, 4, b[0],
+                                         q == DataType::kF8E4M3, ctx),
                  std::move(out));
 }
 
@@ -186,7 +207,7 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
                         "x_scale must have one element, got shape " +
                             shape_to_string(ctx.shape(kXScale)));
   const DataType out_dtype = expect_product_epilogue(p.epilogue, p.requantize, p.out, kBias,
-                                                     ctx.shape(kW)[0], ctx);
+                                                     ctx.shape(kW)[0], false, ctx);
   // The geometry is Convolution's; the bias sits at input 2 there.
   std::vector<const Tensor*> geometry_inputs{&ctx.in(kX), &ctx.in(kW)};
   if (ctx.has(kBias)) geometry_inputs.push_back(&ctx.in(kBias));

@@ -477,10 +477,15 @@ class PlanReader {
         FieldsBut all_but{fields, {"views", "out_dims"}};
         if (version_ < 11) all_but.skip.push_back("seq_major_operands");
         std::get<AttentionParams>(params).fields(all_but);
-      } else if (kind == LayerKind::kQuantizedConvolution && version_ < 9) {
-        // Versions 7 and 8 stored no channels_last (NCHW only): every field but that one.
-        FieldsBut all_but{fields, {"channels_last"}};
+      } else if (kind == LayerKind::kQuantizedConvolution && version_ < 14) {
+        // Versions 7 and 8 stored no channels_last (NCHW only), versions before 14 no
+        // requantize_to (i8, the only requantization they had).
+        FieldsBut all_but{fields, {"requantize_to"}};
+        if (version_ < 9) all_but.skip.push_back("channels_last");
         std::get<QuantizedConvolutionParams>(params).fields(all_but);
+      } else if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 14) {
+        FieldsBut all_but{fields, {"requantize_to"}};
+        std::get<QuantizedMatrixMultiplyParams>(params).fields(all_but);
       } else {
         visit_layer_fields(params, fields);
       }

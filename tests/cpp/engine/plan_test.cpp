@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "ember/engine/half.h"
 #include "ember/engine/network.h"
 #include "ember/engine/runtime.h"
 #include "plan/serialize.h"
@@ -340,6 +341,27 @@ Network all_kinds_network() {
                        "qmm_bias")
           ->output();
   Tensor* qmm = net.add_layer(qmp, {q, wq, s1, ws, qmm_bias, s1}, "qmm")->output();
+  // FP8 products (plan format 14): one requantized to FP8, one with a residual (input 7).
+  std::vector<uint8_t> w8v(24);
+  for (size_t i = 0; i < w8v.size(); ++i) {
+    w8v[i] = f32_to_f8e4m3(0.25f * static_cast<float>(static_cast<int>(i) - 12));
+  }
+  Tensor* w8 =
+      net.add_constant(Weights::from_vector<uint8_t>(DataType::kF8E4M3, {3, 8}, w8v), "w_fp8")
+          ->output();
+  QuantizedMatrixMultiplyParams q8p;
+  q8p.out = DataType::kF16;
+  q8p.requantize.enabled = true;
+  q8p.requantize.to = DataType::kF8E4M3;
+  Tensor* qmm8 = net.add_layer(q8p, {q8, w8, s1, s1, nullptr, s1}, "qmm_fp8")->output();
+  DequantizeParams dq8p;
+  dq8p.to = DataType::kF16;
+  Tensor* res8 = net.add_dequantize(qmm8, s1, nullptr, dq8p, "dequantize_fp8")->output();
+  QuantizedMatrixMultiplyParams r8p;
+  r8p.out = DataType::kF16;
+  Tensor* qmm8r = net.add_layer(r8p, {q8, w8, s1, s1, nullptr, nullptr, nullptr, res8},
+                                "qmm_fp8_residual")
+                      ->output();
   // The fused int8 convolution: grouped, asymmetric padding, per-channel scales, an f16 bias
   // and an activation in its epilogue.
   std::vector<int8_t> cwv(2 * 2 * 3 * 3);
@@ -420,6 +442,7 @@ Network all_kinds_network() {
                                                                 {dq, "dq_out"},
                                                                 {q8, "fp8_out"},
                                                                 {qmm, "qmm_out"},
+                                                                {qmm8r, "qmm_fp8_out"},
                                                                 {qconv, "qconv_out"},
                                                                 {half, "half_out"},
                                                                 {i64, ""},
@@ -710,7 +733,8 @@ TEST(PlanFormat, ChecksumPerVersion) {
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base);
   std::swap(bytes[0], bytes[8]);
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size() - 1, 13), base);
-  EXPECT_EQ(plan_format_version(), 13u);
+  EXPECT_EQ(plan_format_version(), 14u);
+  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 14), base);  // 14 keeps 13's checksum
 }
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
@@ -830,8 +854,9 @@ TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
   std::vector<OptimizationProfile> profiles(1);
   const std::vector<uint8_t> current = plan_write(make_plan(net, profiles));
   // The layer's params follow its implementation name and its four input ids; `out` is 1 byte,
-  // then the epilogue (f64, bool, enum, f64, f64) and the requantization (bool, i64, i64).
-  constexpr size_t kNewFieldBytes = 8 + 1 + 1 + 8 + 8 + 1 + 8 + 8;
+  // then the epilogue (f64, bool, enum, f64, f64) and the requantization (bool, i64, i64, and
+  // from version 14 its `to`, an enum).
+  constexpr size_t kNewFieldBytes = 8 + 1 + 1 + 8 + 8 + 1 + 8 + 8 + 1;
   const size_t params_at = find_bytes(current, encoded("cpu.QuantizedMatrixMultiply")) + 4 +
                            std::string("cpu.QuantizedMatrixMultiply").size() + 4 + 4 * 4;
   std::vector<uint8_t> v6 = current;
@@ -849,20 +874,53 @@ TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
 }
 
 TEST(PlanFormat, Version8QuantizedConvolutionReadsWithoutChannelsLast) {
-  // Version 9 added a QuantizedConvolution's channels_last (its last field). Cutting that byte
-  // (false) out of a current plan gives the version-8 bytes, which must read back to the same
-  // network: written again, the current plan.
+  // Version 9 added a QuantizedConvolution's channels_last (its last field), version 14 the
+  // requantization's `to` just before it. Cutting both (i8 and false) out of a current plan
+  // gives the version-8 bytes, cutting `to` alone the version-13 ones; both must read back to
+  // the same network: written again, the current plan.
   const std::vector<uint8_t> current =
       plan_write(make_plan(one_qconv_network(), std::vector<OptimizationProfile>(1)));
   // After the implementation name and the four input ids: four 2-element int64 vectors
   // (4 + 16 bytes each), groups (8), out (1), the epilogue (f64, bool, enum, f64, f64), the
-  // requantization (bool, i64, i64), then channels_last (1).
+  // requantization (bool, i64, i64, enum `to`), then channels_last (1).
   const std::string impl = "cpu.QuantizedConvolution";
   const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4 * 4;
-  const size_t flag_at = params_at + 4 * 20 + 8 + 1 + (8 + 1 + 1 + 8 + 8) + (1 + 8 + 8);
-  ASSERT_EQ(current[flag_at], 0);
-  const std::vector<uint8_t> v8 = without_field(current, flag_at, 1, 8);
-  const PlanModel read = plan_read(v8.data(), v8.size());
+  const size_t to_at = params_at + 4 * 20 + 8 + 1 + (8 + 1 + 1 + 8 + 8) + (1 + 8 + 8);
+  ASSERT_EQ(current[to_at], static_cast<uint8_t>(DataType::kI8));
+  ASSERT_EQ(current[to_at + 1], 0);
+  const std::vector<uint8_t> v8 = without_field(current, to_at, 2, 8);
+  EXPECT_EQ(plan_write(plan_read(v8.data(), v8.size())), current);
+  const std::vector<uint8_t> v13 = without_field(current, to_at, 1, 13);
+  EXPECT_EQ(plan_write(plan_read(v13.data(), v13.size())), current);
+}
+
+TEST(PlanFormat, Version13QuantizedMatrixMultiplyReadsWithoutRequantizeTo) {
+  // Version 14 added the requantization's `to` (FP8 requantization; the product's last field).
+  // Cutting it (i8) out of a current plan gives the version-13 bytes, which read back to the
+  // same network.
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kI8, {2, 8});
+  Tensor* b = net.add_constant(Weights::from_vector(DataType::kI8, {4, 8},
+                                                    std::vector<int8_t>(32, 3)),
+                               "b")
+                  ->output();
+  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
+                  ->output();
+  QuantizedMatrixMultiplyParams p;
+  p.out = DataType::kF16;
+  p.requantize.enabled = true;
+  net.mark_output(net.add_layer(p, {a, b, s, s, nullptr, s}, "qmm")->output(), "y");
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  // out (1), the epilogue (f64, bool, enum, f64, f64), the requantization (bool, i64, i64),
+  // then `to`, after the implementation name and the six input ids.
+  const std::string impl = "cpu.QuantizedMatrixMultiply";
+  const size_t to_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 6 * 4 + 1 +
+                       (8 + 1 + 1 + 8 + 8) + (1 + 8 + 8);
+  ASSERT_EQ(current[to_at], static_cast<uint8_t>(DataType::kI8));
+  const std::vector<uint8_t> v13 = without_field(current, to_at, 1, 13);
+  const PlanModel read = plan_read(v13.data(), v13.size());
+  EXPECT_EQ(read.network.outputs()[0]->dtype(), DataType::kI8);
   EXPECT_EQ(plan_write(read), current);
 }
 

@@ -934,6 +934,95 @@ TEST(QuantizedEpilogues, MatrixProductTakesBiasActivationAndRequantization) {
   }
 }
 
+/// x [6, 32] (f32 input) quantized to `q` (int8 or FP8, scale 0.02) times a constant [8, 32]
+/// weight of `q` (per-tensor scale 0.004), through Q/DQ and a MatrixMultiply: the product.
+Tensor* qdq_linear(Network& net, DataType q) {
+  Tensor* in = net.add_input("x", DataType::kF32, {6, 32});
+  Tensor* sa = scales(net, {0.02f});
+  QuantizeParams qp;
+  qp.to = q;
+  if (q == DataType::kI8) qp.quant_min = -127;
+  Tensor* a = net.add_dequantize(net.add_quantize(in, sa, nullptr, qp)->output(), sa, nullptr,
+                                 DequantizeParams{})
+                  ->output();
+  std::vector<int8_t> w8(8 * 32);
+  std::vector<uint8_t> wf(w8.size());
+  for (size_t j = 0; j < w8.size(); ++j) {
+    w8[j] = static_cast<int8_t>((static_cast<int>(j) * 37) % 255 - 127);
+    wf[j] = f32_to_f8e4m3(0.125f * static_cast<float>(w8[j]));
+  }
+  Tensor* wq = net.add_constant(q == DataType::kI8 ? Weights::from_vector(q, {8, 32}, w8)
+                                                   : Weights::from_vector(q, {8, 32}, wf))
+                   ->output();
+  Tensor* w = net.add_dequantize(wq, scales(net, {0.004f}), nullptr, DequantizeParams{})->output();
+  return net.add_matrix_multiply(a, false, w, true, "mm")->output();
+}
+
+TEST(QuantizedEpilogues, MatrixProductTakesAResidualAdd) {
+  // product + bias + r (a computed tensor of the output's shape; BERT's residual stream): the
+  // bias and the residual join the product (input 7), no ElementWise is left, and the engine
+  // equals the unfused network. INT8 sums in the epilogue pass, FP8 in cuBLASLt's C on a GPU.
+  const TestTensor x = TestTensor::random(DataType::kF32, {6, 32}, 21, -2.0f, 2.0f);
+  const TestTensor r = TestTensor::random(DataType::kF32, {6, 8}, 22, -1.0f, 1.0f);
+  for (DataType q : {DataType::kI8, DataType::kF8E4M3}) {
+    SCOPED_TRACE(dtype_name(q));
+    Network net;
+    Tensor* y = qdq_linear(net, q);
+    std::vector<float> b;
+    for (int64_t j = 0; j < 8; ++j) b.push_back(0.05f * static_cast<float>(j) - 0.2f);
+    y = net.add_elementwise(y, scales(net, b), ElementWiseOp::kSum, "add_bias")->output();
+    Tensor* rin = net.add_input("r", DataType::kF32, {6, 8});
+    y = net.add_elementwise(rin, y, ElementWiseOp::kSum, "add_residual")->output();
+    net.mark_output(y, "y");
+    const PlanModel plan = built_plan(net);
+    const auto qm = layers_of(plan, LayerKind::kQuantizedMatrixMultiply);
+    ASSERT_EQ(qm.size(), 1u);
+    EXPECT_NE(qm[0]->input(4), nullptr);  // the bias
+    ASSERT_NE(qm[0]->input(7), nullptr);  // the residual
+    EXPECT_EQ(qm[0]->input(7)->name(), "r");
+    EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
+    const auto fused = test::run_network(net, {x, r}, {{}, 3});
+    const auto unfused = test::run_network(net, {x, r}, {{}, 0});
+    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+  }
+}
+
+TEST(QuantizedEpilogues, Fp8ProductTakesAnFp8Quantize) {
+  // FP8 product -> bias -> erf GELU -> per-tensor FP8 Quantize (BERT's intermediate product
+  // under ember.quantize(dtype=float8_e4m3fn)): one layer that outputs the FP8 tensor, equal
+  // byte for byte to the unfused network's (the same f32 math in the same order on the CPU).
+  // An int8 product keeps its FP8 Quantize (a layer requantizes to FP8 from FP8 sums only).
+  const TestTensor x = TestTensor::random(DataType::kF32, {6, 32}, 21, -2.0f, 2.0f);
+  for (DataType q : {DataType::kF8E4M3, DataType::kI8}) {
+    SCOPED_TRACE(dtype_name(q));
+    Network net;
+    Tensor* y = qdq_linear(net, q);
+    std::vector<float> b;
+    for (int64_t j = 0; j < 8; ++j) b.push_back(0.05f * static_cast<float>(j) - 0.2f);
+    y = net.add_elementwise(y, scales(net, b), ElementWiseOp::kSum, "add_bias")->output();
+    y = net.add_activation(y, ActivationType::kGeluErf, 0.0, 0.0, "gelu")->output();
+    QuantizeParams f8;
+    f8.to = DataType::kF8E4M3;
+    Tensor* so = scales(net, {0.05f});
+    Tensor* yq = net.add_quantize(y, so, nullptr, f8, "q_out")->output();
+    net.mark_output(yq, "y_fp8");
+    net.mark_output(net.add_dequantize(yq, so, nullptr, DequantizeParams{}, "dq_out")->output(),
+                    "y");
+    const PlanModel plan = built_plan(net);
+    const auto qm = layers_of(plan, LayerKind::kQuantizedMatrixMultiply);
+    ASSERT_EQ(qm.size(), 1u);
+    const auto& p = qm[0]->params_as<QuantizedMatrixMultiplyParams>();
+    EXPECT_TRUE(p.epilogue.fused_activation);
+    const bool fp8 = q == DataType::kF8E4M3;
+    EXPECT_EQ(p.requantize.enabled, fp8);
+    EXPECT_EQ(qm[0]->output()->dtype(), fp8 ? DataType::kF8E4M3 : DataType::kF32);
+    EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), fp8 ? 1u : 2u);  // + the input's
+    const auto fused = test::run_network(net, {x}, {{}, 3});
+    const auto unfused = test::run_network(net, {x}, {{}, 0});
+    EXPECT_EQ(fused[0].bytes, unfused[0].bytes);
+  }
+}
+
 TEST(QuantizedEpilogues, ConvolutionTakesActivationAndRequantization) {
   Tail relu{false, ActivationType::kRelu};
   Tail relu_requant{false, ActivationType::kRelu};
@@ -1033,6 +1122,30 @@ TEST(QuantizedEpilogues, RequantizationIsCheckedOnTheLayer) {
                      {"bias length equals the output channels (8)", "3 != 8"});
   p.requantize.quant_min = -128;
   EXPECT_EQ(net.add_layer(p, {a, b, s, s, nullptr, s})->output()->dtype(), DataType::kI8);
+  // FP8 requantization: from FP8 sums only; a residual: the output's dtype and shape, and not
+  // with requantize on.
+  QuantizedMatrixMultiplyParams to8 = p;
+  to8.requantize.to = DataType::kF8E4M3;
+  test::expect_error([&] { net.add_layer(to8, {a, b, s, s, nullptr, s}); },
+                     {"requantizes to f8e4m3", "only by an f8e4m3 matrix product"});
+  Tensor* a8 = net.add_input("a8", DataType::kF8E4M3, {4, 16});
+  Tensor* b8 = net.add_input("b8", DataType::kF8E4M3, {8, 16});
+  EXPECT_EQ(net.add_layer(to8, {a8, b8, s, s, nullptr, s})->output()->dtype(),
+            DataType::kF8E4M3);
+  to8.requantize.to = DataType::kBF16;
+  test::expect_error([&] { net.add_layer(to8, {a8, b8, s, s, nullptr, s}); },
+                     {"requantizes to bf16: only i8 and f8e4m3 are taken"});
+  Tensor* r = net.add_input("r", DataType::kF32, {4, 8});
+  Tensor* r_short = net.add_input("r_short", DataType::kF32, {4, 7});
+  Tensor* r_half = net.add_input("r_half", DataType::kF16, {4, 8});
+  EXPECT_EQ(net.add_layer(plain, {a, b, s, s, nullptr, nullptr, nullptr, r})->output()->dtype(),
+            DataType::kF32);
+  test::expect_error([&] { net.add_layer(plain, {a, b, s, s, nullptr, nullptr, nullptr, r_short}); },
+                     {"residual (input 7) shape [4, 7] differs from the output's [4, 8]"});
+  test::expect_error([&] { net.add_layer(plain, {a, b, s, s, nullptr, nullptr, nullptr, r_half}); },
+                     {"residual (the output's dtype)"});
+  test::expect_error([&] { net.add_layer(p, {a, b, s, s, nullptr, s, nullptr, r}); },
+                     {"a residual (input 7) is not taken with requantize on"});
 }
 
 }  // namespace

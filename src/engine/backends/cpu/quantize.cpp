@@ -60,13 +60,14 @@ float rounded(DataType t, float v) {
 
 /// What a fused product does with each value after its scales and bias (layers.h): round to
 /// the float type `out`, apply the epilogue's activation (rounding again), then requantize to
-/// i8 or store the float.
+/// i8 or f8e4m3, or store the float.
 struct ProductFinish {
   DataType out = DataType::kF32;
   bool activation = false;
   ActivationType type = ActivationType::kRelu;
   float alpha = 0.0f, beta = 0.0f;
   bool requantize = false;
+  DataType requantize_to = DataType::kI8;
   float inv_out_scale = 1.0f, lo = -128.0f, hi = 127.0f;
 
   ProductFinish(DataType out_type, const Epilogue& e, const Requantize& r, const KernelArgs& a,
@@ -77,6 +78,7 @@ struct ProductFinish {
         alpha(static_cast<float>(e.alpha)),
         beta(static_cast<float>(e.beta)),
         requantize(r.enabled),
+        requantize_to(r.to),
         lo(static_cast<float>(r.quant_min)),
         hi(static_cast<float>(r.quant_max)) {
     if (requantize) {
@@ -87,7 +89,9 @@ struct ProductFinish {
   void store(void* data, int64_t i, float v) const {
     float y = rounded(out, v);
     if (activation) y = rounded(out, semantics::activation(type, y, alpha, beta));
-    if (requantize) {
+    if (requantize && requantize_to == DataType::kF8E4M3) {
+      static_cast<uint8_t*>(data)[i] = f32_to_f8e4m3(y * inv_out_scale);  // Quantize's FP8 math
+    } else if (requantize) {
       static_cast<int8_t*>(data)[i] =
           static_cast<int8_t>(semantics::quant_round_clamp(y, inv_out_scale, 0.0f, lo, hi));
     } else {
@@ -170,10 +174,13 @@ void run(const QuantizedMatrixMultiplyParams& p, const KernelArgs& a) {
   const std::vector<float> bias = product_bias(a, 4, n);
   const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
   const auto scale = static_cast<float>(p.epilogue.scale);
+  const HostTensor* residual = a.has(7) ? &a.in(7) : nullptr;  // [..., M, N] like the output
   auto store = [&](int64_t i, int64_t j, float sum) {
+    const float r = residual != nullptr ? load_float(residual->dtype, residual->data, i * n + j)
+                                        : 0.0f;
     finish.store(out.data, i * n + j,
                  semantics::quantized_product_value(sum, sa * sb[per_column ? j : 0], scale,
-                                                    bias[static_cast<size_t>(j)]));
+                                                    bias[static_cast<size_t>(j)], r));
   };
   if (at.dtype != DataType::kF8E4M3) {
     const std::vector<int16_t> centered = centered_activation(a);

@@ -154,21 +154,34 @@ namespace {
 /// The value of a fused product's output element of channel `channel` from its sum, through `e`
 /// (layers.h): scales and bias in f32, rounding to TO, activation. Before requantization.
 template <typename TO>
-__device__ __forceinline__ TO product_value(int64_t channel, float sum, const ProductEpilogue& e) {
+__device__ __forceinline__ TO product_value(int64_t channel, float sum, const ProductEpilogue& e,
+                                            float residual = 0.0f) {
   const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
   const float bias =
       e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
-  TO v = Num<TO>::store(semantics::quantized_product_value(sum, multiplier, e.scale, bias));
+  TO v = Num<TO>::store(
+      semantics::quantized_product_value(sum, multiplier, e.scale, bias, residual));
   if (e.activation) {
     v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
   }
   return v;
 }
 
-/// product_value requantized to int8 (e.out_scale set).
+/// Element i of a QuantizedMatrixMultiply's residual as f32 (0 without one).
+template <typename TO>
+__device__ __forceinline__ float residual_at(const ProductEpilogue& e, int64_t i) {
+  return e.residual != nullptr ? Num<TO>::load(static_cast<const TO*>(e.residual)[i]) : 0.0f;
+}
+
+/// product_value requantized (e.out_scale set): to int8, or to f8e4m3 (e.fp8_out; the byte
+/// returned as int8_t) as the Quantize kernel does.
 template <typename TO>
 __device__ __forceinline__ int8_t product_requantized(TO v, const ProductEpilogue& e) {
   const float inv = semantics::quant_inv_scale(e.out_scale[0]);
+  if (e.fp8_out) {
+    return static_cast<int8_t>(
+        __nv_cvt_float_to_fp8(Num<TO>::load(v) * inv, __NV_SATFINITE, __NV_E4M3));
+  }
   return static_cast<int8_t>(
       semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
 }
@@ -177,7 +190,7 @@ __device__ __forceinline__ int8_t product_requantized(TO v, const ProductEpilogu
 template <typename TO>
 __device__ __forceinline__ void product_store(void* out, int64_t i, int64_t channel, float sum,
                                               const ProductEpilogue& e) {
-  const TO v = product_value<TO>(channel, sum, e);
+  const TO v = product_value<TO>(channel, sum, e, residual_at<TO>(e, i));
   if (e.out_scale != nullptr) {
     static_cast<int8_t*>(out)[i] = product_requantized<TO>(v, e);
   } else {
@@ -221,9 +234,14 @@ __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* o
   for (int64_t g = global_thread(); g < groups; g += grid_threads()) {
     const int64_t c = (g * 4) % n;  // the four share a row: n % 4 == 0
     const Vec4<TA> a = reinterpret_cast<const Vec4<TA>*>(acc)[g];
+    Vec4<TO> r{};
+    if (e.residual != nullptr) r = reinterpret_cast<const Vec4<TO>*>(e.residual)[g];
     Vec4<TO> v;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) v.v[k] = product_value<TO>(c + k, corrected_sum(a.v[k], c + k, e), e);
+    for (int k = 0; k < 4; ++k) {
+      v.v[k] = product_value<TO>(c + k, corrected_sum(a.v[k], c + k, e), e,
+                                 e.residual != nullptr ? Num<TO>::load(r.v[k]) : 0.0f);
+    }
     if (e.out_scale != nullptr) {
       Vec4<int8_t> q;
 #pragma unroll
@@ -231,6 +249,44 @@ __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* o
       reinterpret_cast<Vec4<int8_t>*>(out)[g] = q;
     } else {
       reinterpret_cast<Vec4<TO>*>(out)[g] = v;
+    }
+  }
+}
+
+/// launch_product_finish's kernel, four elements a thread (`vec`: total % 4 == 0 and aligned
+/// buffers) or one.
+template <typename TO>
+__global__ void product_finish_kernel(const TO* __restrict__ y, void* out, int64_t total,
+                                      bool vec, ProductEpilogue e) {
+  auto finish = [&](TO v) {
+    if (e.activation) {
+      v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
+    }
+    return v;
+  };
+  if (vec) {
+    for (int64_t g = global_thread(); g < total / 4; g += grid_threads()) {
+      const Vec4<TO> a = reinterpret_cast<const Vec4<TO>*>(y)[g];
+      Vec4<TO> v;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v.v[k] = finish(a.v[k]);
+      if (e.out_scale != nullptr) {
+        Vec4<int8_t> q;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) q.v[k] = product_requantized<TO>(v.v[k], e);
+        reinterpret_cast<Vec4<int8_t>*>(out)[g] = q;
+      } else {
+        reinterpret_cast<Vec4<TO>*>(out)[g] = v;
+      }
+    }
+    return;
+  }
+  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
+    const TO v = finish(y[i]);
+    if (e.out_scale != nullptr) {
+      static_cast<int8_t*>(out)[i] = product_requantized<TO>(v, e);
+    } else {
+      static_cast<TO*>(out)[i] = v;
     }
   }
 }
@@ -318,6 +374,20 @@ void launch_quantized_product_direct(const void* a, bool u8, bool fp8, const voi
   check(cudaGetLastError(), "quantized_product_direct_kernel");
 }
 
+void launch_product_finish(const void* y, void* out, DataType float_type, int64_t total,
+                           const ProductEpilogue& e, cudaStream_t stream) {
+  if (total == 0) return;
+  dispatch_float_storage(float_type, [&](auto* tag) {
+    using TO = std::remove_pointer_t<decltype(tag)>;
+    const size_t out_align = e.out_scale != nullptr ? 4 : 4 * sizeof(TO);
+    const bool vec = total % 4 == 0 && reinterpret_cast<uintptr_t>(y) % (4 * sizeof(TO)) == 0 &&
+                     reinterpret_cast<uintptr_t>(out) % out_align == 0;
+    product_finish_kernel<TO><<<grid_for(vec ? total / 4 : total), kThreads, 0, stream>>>(
+        static_cast<const TO*>(y), out, total, vec, e);
+  });
+  check(cudaGetLastError(), "product_finish_kernel");
+}
+
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream) {
   const int64_t total = m * n;
@@ -325,7 +395,9 @@ void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataTyp
   dispatch_float_storage(float_type, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
     const size_t out_align = e.out_scale != nullptr ? 4 : 4 * sizeof(TO);
-    if (n % 4 == 0 && reinterpret_cast<uintptr_t>(acc) % 16 == 0 &&
+    const bool residual_aligned =
+        e.residual == nullptr || reinterpret_cast<uintptr_t>(e.residual) % (4 * sizeof(TO)) == 0;
+    if (n % 4 == 0 && reinterpret_cast<uintptr_t>(acc) % 16 == 0 && residual_aligned &&
         reinterpret_cast<uintptr_t>(out) % out_align == 0) {
       const int64_t groups = total / 4;
       if (int32_acc) {

@@ -24,8 +24,12 @@ struct ProductEpilogue {
   bool activation = false;
   ActivationType type = ActivationType::kRelu;
   float alpha = 0.0f, beta = 0.0f;
-  const float* out_scale = nullptr;  ///< Requantize to int8 when set (device, one element).
+  const float* out_scale = nullptr;  ///< Requantize when set (device, one element).
+  bool fp8_out = false;  ///< The requantization is to f8e4m3 (else int8 in [quant_min, quant_max]).
   float quant_min = -128.0f, quant_max = 127.0f;
+  /// A QuantizedMatrixMultiply's residual (input 7; the float type, row-major m x n like the
+  /// output), added in f32 with the bias; nullptr: none.
+  const void* residual = nullptr;
   /// Asymmetric activations: the library summed x' * w with x' = x - zero_point_offset (uint8
   /// shifted into int8: offset 128; int8: 0), so the true sum over (x - zero_point) * w is the
   /// library's minus (zero_point - offset) * weight_sums[channel]. nullptr: no correction.
@@ -51,6 +55,14 @@ ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, cons
 /// requantizes. Enqueued on `stream`.
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
+
+/// The rest of `e` after a library wrote the product's value y (`total` elements of
+/// `float_type`, already scaled, biased and rounded; e.g. cuBLASLt's FP8 GEMM with a 16-bit
+/// output): the activation when e.activation (rounded to the float type again), then the
+/// requantization when e.out_scale is set, into `out` (the float type, or int8 / f8e4m3 bytes).
+/// y and out may be the same buffer only without requantization.
+void launch_product_finish(const void* y, void* out, DataType float_type, int64_t total,
+                           const ProductEpilogue& e, cudaStream_t stream);
 
 /// The m x n row-major sums of a[m, k] b[n, k]^T without cuBLASLt, for the shapes it refuses
 /// (INT8: k or n not a multiple of 4; FP8: not of 16, e.g. an ImageNet classifier's n = 1000):

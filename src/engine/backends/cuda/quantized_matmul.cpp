@@ -14,9 +14,11 @@
 //   CUBLASLT_MATMUL_DESC_A/B_SCALE_POINTER (device pointers, read at run time, so graphs stay
 //   valid), the epilogue scale as alpha, the bias and relu in cuBLASLt's BIAS / RELU_BIAS
 //   epilogue, f32 accumulation, the output type written directly (one rounding; f32 sums in
-//   cuBLASLt's order); another activation (erf GELU) in place after it. Otherwise (per-channel
-//   scales, requantization, or an epilogue cuBLASLt refuses): the f32 sum into scratch, then
-//   the same epilogue pass as INT8 (one rounding, the CPU reference's order).
+//   cuBLASLt's order); a residual as cuBLASLt's C (beta 1); another activation (erf GELU) in
+//   place after it, or, when the layer requantizes (to FP8 or int8), the 16-bit value into
+//   scratch and one pass for the activation and the quantization. Otherwise (per-channel
+//   scales, or an epilogue cuBLASLt refuses): the f32 sum into scratch, then the same epilogue
+//   pass as INT8 (one rounding, the CPU reference's order).
 // Shapes cuBLASLt refuses (INT8 needs K and the leading dims multiples of 4, FP8 multiples of
 // 16, FP8 needs sm_89+; an ImageNet classifier's N = 1000 is one) run in quantize.cu's direct
 // kernel, then the same epilogue pass: on the device, so the engine's CUDA graph still captures
@@ -165,6 +167,7 @@ struct LibEpilogue {
   const void* bias = nullptr;
   bool relu = false;
   float alpha = 1.0f;
+  const void* residual = nullptr;  ///< C (d's type and layout), added with beta 1; or none.
 };
 
 bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_t m, int64_t n,
@@ -215,12 +218,18 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   qlt_check(cublasLtMatrixLayoutCreate(&out.h, d_type, n, m, n), "layout out");
   cublasLtMatmulAlgo_t algo;
   if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
-  // The scale type is the compute type's: f32 for FP8, int32 for INT8.
-  const float f_one = lib != nullptr ? lib->alpha : 1.0f, f_zero = 0.0f;
+  // The scale type is the compute type's: f32 for FP8, int32 for INT8. A residual is C with
+  // beta 1 (FP8 only: D = alpha * scales * sum + C, then the bias and relu epilogue), in D's
+  // type and layout, which is what cuBLASLt's FP8 kernels take for a 16-bit D.
+  const void* residual = lib != nullptr ? lib->residual : nullptr;
+  if (residual != nullptr && (!fp8 || !aligned_to(residual, 16))) return false;
+  const float f_one = lib != nullptr ? lib->alpha : 1.0f;
+  const float f_beta = residual != nullptr ? 1.0f : 0.0f;
   const int32_t i_one = 1, i_zero = 0;
   const void* alpha = fp8 ? static_cast<const void*>(&f_one) : &i_one;
-  const void* beta = fp8 ? static_cast<const void*>(&f_zero) : &i_zero;
-  qlt_check(cublasLtMatmul(handle, op.h, alpha, w, first.h, act, second.h, beta, d, out.h, d,
+  const void* beta = fp8 ? static_cast<const void*>(&f_beta) : &i_zero;
+  const void* c = residual != nullptr ? residual : d;
+  qlt_check(cublasLtMatmul(handle, op.h, alpha, w, first.h, act, second.h, beta, c, out.h, d,
                            out.h, &algo, ws, kWorkspaceBytes, a.stream()),
             fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
   return true;
@@ -242,15 +251,27 @@ bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_
   const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   const bool act_after = e.activation && !lib_relu;
   const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
+  const bool requantize = e.out_scale != nullptr;
   // A bias with an f32 output would need cuBLASLt's bf16 bias; such layers take the pass.
-  const bool fused =
-      per_tensor && e.out_scale == nullptr && (half || (e.bias == nullptr && !e.activation));
+  // A requantizing layer (to int8 or FP8) has cuBLASLt write its 16-bit value to scratch, and
+  // one pass applies the activation (when cuBLASLt has none for it) and the quantization:
+  // BERT's erf-GELU products, read by FP8 Quantizes, write 2 + 2 + 1 bytes an element where
+  // GELU in place and a Quantize pass wrote 2 + 4 + 3.
+  const bool fused = per_tensor && (half || (e.bias == nullptr && !e.activation &&
+                                             e.residual == nullptr && !requantize));
   if (fused) {
-    auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes));
-    const LibEpilogue lib{e.bias, lib_relu, e.scale};
-    if (gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, a.out().data,
+    const size_t value_bytes =
+        requantize ? (static_cast<size_t>(m * n) * dtype_size(float_type) + 255) / 256 * 256 : 0;
+    auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + value_bytes));
+    void* value = requantize ? static_cast<void*>(base + kWorkspaceBytes) : a.out().data;
+    const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
+    if (gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, value,
                 out_type(float_type), a.in(3).data, a.in(2).data, base, &lib)) {
-      if (act_after) {
+      if (requantize) {
+        ProductEpilogue rest = e;
+        rest.activation = act_after;
+        launch_product_finish(value, a.out().data, float_type, m * n, rest, a.stream());
+      } else if (act_after) {
         launch_epilogue(float_type, a.out().data, nullptr, n, 1, nullptr, &epilogue, m * n,
                         a.stream());
       }
@@ -325,8 +346,10 @@ ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, con
   e.type = ep.activation;
   e.alpha = static_cast<float>(ep.alpha);
   e.beta = static_cast<float>(ep.beta);
+  e.residual = a.has(7) ? a.in(7).data : nullptr;  // QuantizedMatrixMultiply only
   if (r.enabled) {
     e.out_scale = static_cast<const float*>(a.in(5).data);
+    e.fp8_out = r.to == DataType::kF8E4M3;
     e.quant_min = static_cast<float>(r.quant_min);
     e.quant_max = static_cast<float>(r.quant_max);
   }

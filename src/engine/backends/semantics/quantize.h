@@ -27,12 +27,13 @@ EMBER_HOST_DEVICE inline float quant_round_clamp(float v, float inv_scale, float
 /// A fused low-precision product's value before it is rounded to the output type (layers.h,
 /// QuantizedConvolution and QuantizedMatrixMultiply): `acc` (the exact integer sum as an f32
 /// value; FP8: the f32 sum) times `multiplier` (x_scale * w_scale[k], computed first), times
-/// the epilogue scale, plus the bias (0 when there is none).
+/// the epilogue scale, plus the bias (0 when there is none), plus the residual (a
+/// QuantizedMatrixMultiply's input 7; 0 when there is none).
 EMBER_HOST_DEVICE inline float quantized_product_value(float acc, float multiplier, float scale,
-                                                    float bias) {
+                                                    float bias, float residual = 0.0f) {
   float v = acc * multiplier;
   if (scale != 1.0f) v *= scale;
-  return v + bias;
+  return v + bias + residual;
 }
 
 }  // namespace ember::engine::semantics

@@ -14,8 +14,12 @@
 //   QConv -> x * c / x + c / x - c  (c per output channel or scalar)   => w_scale * c, bias * c
 //                                                                          +/- c (a batch norm
 //                                                                          after an int8 conv)
+//   QMatMul       -> x + r  (r a tensor of the output's shape)          => residual input 7
 //   QConv/QMatMul -> Quantize (per-tensor, symmetric, int8)             => requantize: the
 //                                                                          layer outputs int8
+//   FP8 QMatMul   -> Quantize (per-tensor, f8e4m3)                      => requantize to FP8
+//                    (BERT's erf GELU: the GELU and the quantization in one pass after the
+//                    GEMM, instead of a GELU pass in place and a Quantize pass)
 //
 // Each rewrite needs the product to have that one consumer and not be a network output; the
 // epilogue's order (bias, residual, activation) is the order rewrites are tried in, so a
@@ -241,7 +245,8 @@ struct Fuser {
     const size_t bias_index = quantized ? 4 : 2;
     if (quantized) {
       const auto& q = mm->params_as<QuantizedMatrixMultiplyParams>();
-      if (mm->input(4) != nullptr || q.epilogue.fused_activation || q.requantize.enabled) {
+      if (mm->input(4) != nullptr || mm->input(7) != nullptr || q.epilogue.fused_activation ||
+          q.requantize.enabled) {
         return false;
       }
     } else {
@@ -273,7 +278,8 @@ struct Fuser {
 
   /// A fused low-precision product followed by a per-tensor symmetric int8 Quantize (for a
   /// matrix product also behind a reshape), into its requantization: the layer then outputs
-  /// the int8 tensor the Quantize made, and the float product is never stored.
+  /// the int8 tensor the Quantize made, and the float product is never stored. An FP8 matrix
+  /// product takes a per-tensor f8e4m3 Quantize the same way.
   bool fuse_requantize(Layer* prod) {
     LayerParams params = prod->params();
     Requantize* r = prod->kind() == LayerKind::kQuantizedConvolution
@@ -286,8 +292,14 @@ struct Fuser {
       return false;
     }
     const auto& qp = next->params_as<QuantizeParams>();
-    if (qp.to != DataType::kI8 || qp.per_channel) return false;
+    const bool fp8_product = prod->kind() == LayerKind::kQuantizedMatrixMultiply &&
+                             prod->input(0)->dtype() == DataType::kF8E4M3;
+    if (qp.per_channel || !(qp.to == DataType::kI8 ||
+                            (qp.to == DataType::kF8E4M3 && fp8_product))) {
+      return false;
+    }
     r->enabled = true;
+    r->to = qp.to;
     r->quant_min = qp.quant_min;
     r->quant_max = qp.quant_max;
     std::vector<Tensor*> inputs = prod->inputs();  // the zero point (input 6) stays
@@ -410,7 +422,9 @@ struct Fuser {
              fuse_activation(l);
     }
     if (l->kind() == LayerKind::kQuantizedMatrixMultiply && is_float(l->output()->dtype())) {
-      return fuse_matmul_bias(l) || fuse_activation(l) || fuse_requantize(l);
+      const auto& e = l->params_as<QuantizedMatrixMultiplyParams>().epilogue;
+      return fuse_matmul_bias(l) || fuse_residual(l, e, 7) || fuse_activation(l) ||
+             fuse_requantize(l);
     }
     if (l->kind() == LayerKind::kQuantizedConvolution && is_float(l->output()->dtype())) {
       return fold_qconv_affine(l) || fuse_activation(l) || fuse_requantize(l);

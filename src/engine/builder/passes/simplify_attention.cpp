@@ -302,14 +302,15 @@ bool merge_float_projections(Network& net, Layer* attn) {
 
 /// The QuantizedMatrixMultiply behind a reshape-only Shuffle that produces `t`, when the product
 /// feeds only that reshape, has a constant rank-2 weight and weight scale, a constant bias or
-/// none, and does not requantize (fuse_quantized's products of an INT8/FP8 model).
+/// none, no residual, and does not requantize (fuse_quantized's products of an INT8/FP8 model).
 Layer* quantized_projection_of(const Network& net, const Tensor* t) {
   const Layer* r = t->producer();
   if (!is_pure_reshape(r)) return nullptr;
   Layer* mm = r->input(0)->producer();
   if (mm == nullptr || mm->kind() != LayerKind::kQuantizedMatrixMultiply ||
       mm->output()->rank() != 3 || sole_consumer(net, mm->output()) != r ||
-      mm->params_as<QuantizedMatrixMultiplyParams>().requantize.enabled) {
+      mm->params_as<QuantizedMatrixMultiplyParams>().requantize.enabled ||
+      mm->input(7) != nullptr) {
     return nullptr;
   }
   const Weights* w = constant_of(mm->input(1));
