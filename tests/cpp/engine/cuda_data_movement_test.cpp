@@ -175,14 +175,18 @@ TEST(CudaDataMovement, GatherEveryModeAndIndexType) {
   for (DataType t : kMoveTypes) {
     for (DataType it : {DataType::kI32, DataType::kI64}) {
       const std::string what = label("gather", t) + " indices " + dtype_name(it);
-      {  // default mode, axis 1 of [4, 5, 3] with [2, 6] indices
+      // default mode, axis 1 of [4, 5, inner] with [2, 6] indices: rows of 3 elements (moved
+      // element by element), and of 2, 4 and 8 (moved in 4-, 8- or 16-byte units where their
+      // bytes allow).
+      for (int64_t inner : {3, 2, 4, 8}) {
         Network net;
-        Tensor* d = net.add_input("data", t, {4, 5, 3});
+        Tensor* d = net.add_input("data", t, {4, 5, inner});
         Tensor* i = net.add_input("indices", it, {2, 6});
         net.mark_output(net.add_gather(d, i, GatherParams{GatherMode::kDefault, 1, 0})->output(),
                         "y");
-        test::check_cuda_matches_cpu(net, {random_of(t, {4, 5, 3}, 1), indices_of(it, {2, 6}, {5})},
-                                     what + " default");
+        test::check_cuda_matches_cpu(
+            net, {random_of(t, {4, 5, inner}, 1), indices_of(it, {2, 6}, {5})},
+            what + " default, rows of " + std::to_string(inner));
       }
       {  // element mode, axis 0 and the last axis
         for (int64_t axis : {0, 2}) {
