@@ -94,6 +94,13 @@ bool is_pure_reshape(const Layer* l);
 /// many concatenations it replaced (`identities` of them by the tensor itself).
 int gather_slices(Network& net, int* identities = nullptr);
 void pass_gather_slices(BuildState& s);
+/// Replaces each chain of two or more row moves (constant-index Gathers along a dim before the
+/// last, Shuffles that keep the last dim: torch.roll, window partitions) by one Gather of rows
+/// with a constant table, and a chain that keeps every row in place by a reshape (see
+/// compose_row_moves.cpp). Static shapes only. Returns how many chains it replaced (`kept` of
+/// them by a reshape).
+int compose_row_moves(Network& net, int* kept = nullptr);
+void pass_compose_row_moves(BuildState& s);
 /// Replaces groups of two or more connected pointwise layers of one shape by FusedPointwise
 /// layers (see fuse_pointwise.cpp for what is grouped); `backend` (may be null) adds its kernel
 /// to each (Backend::prepare_fused_pointwise). Returns how many layers were fused; `notes`

@@ -1,0 +1,281 @@
+// compose_row_moves: a chain of layers that only move whole rows of a tensor (its last dim, the
+// row, stays in place) becomes one Gather of rows with a constant index table:
+//
+//   roll (two Gathers, gather_slices' rewrite of torch.roll) -> view -> permute -> reshape
+//     (Swin's cyclic shift and window partition: x[b, h, w, c] -> windows[b * nW, 49, c])
+//   => reshape(x, [B, H * W, C]) -> Gather(axis 1, table[nW * 49]) -> reshape
+//
+// The layers that count as row moves: a Gather in default mode along a dim before the last
+// with constant indices, and a Shuffle whose transposes keep the last dim where it is and whose
+// reshape keeps the last dim's size (then the row-major order of the rows is unchanged). The
+// chain's effect is computed by running it on the table of row numbers; when the result is
+// the same for every image of the leading dim (row b * T' + t reads row b * T + table[t]), the
+// gather runs along dim 1 of [B, T, C] with a T'-entry table, else along dim 0 of [rows, C].
+// A chain that leaves every row where it was becomes a reshape (free), however many copies it
+// had; otherwise only chains of two or more copies are rewritten (one copy stays as it is).
+//
+// Swin-T's shifted blocks each move the activations three times into the windows and three
+// times back (two roll gathers and a transpose each way): one gather each way after this pass.
+// Static shapes only (the table is a constant). Runs after gather_slices (level >= 2).
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "builder/passes/passes.h"
+
+namespace ember::engine {
+
+namespace {
+
+/// Row numbers laid out over the dims before the last: what the chain does to the rows.
+struct Rows {
+  std::vector<int64_t> dims;
+  std::vector<int64_t> ids;
+
+  int64_t count() const {
+    return std::accumulate(dims.begin(), dims.end(), int64_t{1}, std::multiplies<>());
+  }
+
+  /// The dims permuted by `perm` (a permutation of [0, dims.size())).
+  void transpose(const std::vector<int64_t>& perm) {
+    const size_t r = dims.size();
+    std::vector<int64_t> out_dims(r), in_strides(r, 1), out_ids(ids.size());
+    for (size_t d = r; d-- > 1;) in_strides[d - 1] = in_strides[d] * dims[d];
+    for (size_t d = 0; d < r; ++d) out_dims[d] = dims[static_cast<size_t>(perm[d])];
+    std::vector<int64_t> idx(r, 0);
+    for (size_t o = 0; o < out_ids.size(); ++o) {
+      int64_t src = 0;
+      for (size_t d = 0; d < r; ++d) src += idx[d] * in_strides[static_cast<size_t>(perm[d])];
+      out_ids[o] = ids[static_cast<size_t>(src)];
+      for (size_t d = r; d-- > 0;) {  // the next output index, row-major
+        if (++idx[d] < out_dims[d]) break;
+        idx[d] = 0;
+      }
+    }
+    dims = std::move(out_dims);
+    ids = std::move(out_ids);
+  }
+
+  /// numpy.take along `axis` with in-range indices.
+  void take(size_t axis, const std::vector<int64_t>& index) {
+    int64_t outer = 1, inner = 1;
+    for (size_t d = 0; d < axis; ++d) outer *= dims[d];
+    for (size_t d = axis + 1; d < dims.size(); ++d) inner *= dims[d];
+    const int64_t n = dims[axis];
+    std::vector<int64_t> out;
+    out.reserve(static_cast<size_t>(outer) * index.size() * static_cast<size_t>(inner));
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t j : index) {
+        for (int64_t e = 0; e < inner; ++e) out.push_back(ids[static_cast<size_t>((o * n + j) * inner + e)]);
+      }
+    }
+    dims.erase(dims.begin() + static_cast<std::ptrdiff_t>(axis));
+    dims.insert(dims.begin() + static_cast<std::ptrdiff_t>(axis), static_cast<int64_t>(index.size()));
+    ids = std::move(out);
+  }
+};
+
+/// The static dims of `t`, or nullopt when one is symbolic.
+std::optional<std::vector<int64_t>> static_dims(const Tensor* t) {
+  std::vector<int64_t> d;
+  for (const DimExpr& e : t->shape()) {
+    if (!e.is_constant()) return std::nullopt;
+    d.push_back(e.constant());
+  }
+  return d;
+}
+
+bool keeps_last(const std::vector<int64_t>& perm) {
+  return perm.empty() || perm.back() == static_cast<int64_t>(perm.size()) - 1;
+}
+
+bool is_identity_perm(const std::vector<int64_t>& perm) {
+  for (size_t i = 0; i < perm.size(); ++i) {
+    if (perm[i] != static_cast<int64_t>(i)) return false;
+  }
+  return true;
+}
+
+/// Applies row move `l` to `rows` (the rows of l's input); false when `l` is not a row move
+/// (rows then unspecified). `copies` counts the layers that move bytes (not pure reshapes).
+bool apply(const Layer* l, Rows& rows, int& copies) {
+  const Tensor* in = l->input(0);
+  const auto in_dims = static_dims(in);
+  const auto out_dims = static_dims(l->output());
+  if (!in_dims || !out_dims || in_dims->size() < 2 || out_dims->size() < 2 ||
+      in_dims->back() != out_dims->back()) {
+    return false;
+  }
+  if (l->kind() == LayerKind::kGather) {
+    const auto& gp = l->params_as<GatherParams>();
+    const Weights* w = constant_of(l->input(1));
+    const auto rank = static_cast<int64_t>(in_dims->size());
+    if (gp.mode != GatherMode::kDefault || w == nullptr || w->dims().size() != 1 || gp.axis < 0 ||
+        gp.axis >= rank - 1 ||
+        (w->dtype() != DataType::kI32 && w->dtype() != DataType::kI64)) {
+      return false;
+    }
+    const int64_t n = (*in_dims)[static_cast<size_t>(gp.axis)];
+    std::vector<int64_t> index(static_cast<size_t>(w->numel()));
+    for (int64_t i = 0; i < w->numel(); ++i) {
+      int64_t v = w->dtype() == DataType::kI32 ? int64_t{static_cast<const int32_t*>(w->data())[i]}
+                                               : static_cast<const int64_t*>(w->data())[i];
+      if (v < 0) v += n;
+      if (v < 0 || v >= n) return false;  // the layer's own error at run time, not ours to move
+      index[static_cast<size_t>(i)] = v;
+    }
+    rows.take(static_cast<size_t>(gp.axis), index);
+    ++copies;
+    return true;
+  }
+  if (l->kind() != LayerKind::kShuffle) return false;
+  const auto& sp = l->params_as<ShuffleParams>();
+  if (!keeps_last(sp.first_transpose) || !keeps_last(sp.second_transpose)) return false;
+  const bool moves = !is_identity_perm(sp.first_transpose) || !is_identity_perm(sp.second_transpose);
+  if (!sp.first_transpose.empty()) {
+    rows.transpose(std::vector<int64_t>(sp.first_transpose.begin(), sp.first_transpose.end() - 1));
+  }
+  // The reshape's dims: the output's dims before the second transpose (which keeps the last).
+  std::vector<int64_t> shaped = *out_dims;
+  if (!sp.second_transpose.empty()) {
+    for (size_t d = 0; d < shaped.size(); ++d) {
+      shaped[static_cast<size_t>(sp.second_transpose[d])] = (*out_dims)[d];
+    }
+  }
+  if (sp.has_reshape) rows.dims.assign(shaped.begin(), shaped.end() - 1);  // row order kept
+  if (rows.count() != static_cast<int64_t>(rows.ids.size())) return false;
+  if (!sp.second_transpose.empty()) {
+    rows.transpose(
+        std::vector<int64_t>(sp.second_transpose.begin(), sp.second_transpose.end() - 1));
+  }
+  copies += moves ? 1 : 0;
+  return true;
+}
+
+/// Whether `l` could be a row move at all (cheap test before simulating).
+bool maybe_row_move(const Layer* l) {
+  return l->kind() == LayerKind::kShuffle ||
+         (l->kind() == LayerKind::kGather && l->params_as<GatherParams>().mode == GatherMode::kDefault);
+}
+
+constexpr int64_t kMaxRows = int64_t{1} << 22;  // index tables up to 16 MB (i32)
+
+/// Rewrites the longest chain of row moves starting at `first`; true when it did.
+bool rewrite_from(Network& net, Layer* first, int& gathers, int& reshapes) {
+  Tensor* x = first->input(0);
+  const auto x_dims = static_dims(x);
+  if (!x_dims || x_dims->size() < 2) return false;
+  Rows rows;
+  rows.dims.assign(x_dims->begin(), x_dims->end() - 1);
+  const int64_t r0 = rows.count();
+  if (r0 <= 0 || r0 > kMaxRows) return false;
+  rows.ids.resize(static_cast<size_t>(r0));
+  std::iota(rows.ids.begin(), rows.ids.end(), int64_t{0});
+  // Extend while the next layer is a row move that alone reads the current tensor.
+  Layer* last = nullptr;
+  Rows done = std::move(rows);
+  int copies = 0;
+  for (Layer* l = first; l != nullptr && maybe_row_move(l);) {
+    Rows trial = done;
+    int c = copies;
+    if (!apply(l, trial, c) || trial.count() > kMaxRows) break;
+    done = std::move(trial);
+    copies = c;
+    last = l;
+    l = sole_consumer(net, l->output());
+  }
+  if (last == nullptr) return false;
+  const int64_t rk = done.count();
+  const int64_t c = x_dims->back();
+  const Tensor* out = last->output();
+  bool identity = rk == r0;
+  for (int64_t i = 0; identity && i < rk; ++i) identity = done.ids[static_cast<size_t>(i)] == i;
+  if (identity) {
+    if (copies == 0) return false;  // reshapes only: already free
+    net.replace_all_uses(last->output(), net.add_reshape(x, out->shape(),
+                                                         last->name() + "/rows_kept")->output());
+    ++reshapes;
+    return true;
+  }
+  if (copies < 2) return false;
+  // Per image when the table repeats that way: the images are the leading dim of the input or
+  // of the output (Swin's windows [B * nW, 49, C] go back to images [B, H, W, C]).
+  auto repeats_per = [&](int64_t b) {
+    if (b <= 1 || r0 % b != 0 || rk % b != 0) return false;
+    const int64_t t0 = r0 / b, tk = rk / b;
+    for (int64_t i = 0; i < rk; ++i) {
+      const int64_t base = done.ids[static_cast<size_t>(i % tk)];
+      if (base >= t0 || done.ids[static_cast<size_t>(i)] != (i / tk) * t0 + base) return false;
+    }
+    return true;
+  };
+  const auto out_dims = static_dims(out);
+  int64_t b = 1;
+  for (const int64_t cand : {(*x_dims)[0], out_dims ? (*out_dims)[0] : int64_t{1}}) {
+    if (repeats_per(cand)) {
+      b = cand;
+      break;
+    }
+  }
+  const bool per_image = b > 1;
+  const int64_t t0 = r0 / b, tk = rk / b;
+  std::vector<int32_t> table(static_cast<size_t>(per_image ? tk : rk));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(done.ids[i]);
+  const std::string name = first->name() + "+" + last->name() + "/rows";
+  Tensor* flat = net.add_reshape(x, per_image ? Shape{b, t0, c} : Shape{r0, c},
+                                 name + "_in")->output();
+  Tensor* idx = net.add_constant(Weights::copy(DataType::kI32,
+                                               {static_cast<int64_t>(table.size())}, table.data()),
+                                 name + "_table")->output();
+  GatherParams gp;
+  gp.axis = per_image ? 1 : 0;
+  Tensor* g = net.add_gather(flat, idx, gp, name)->output();
+  net.replace_all_uses(last->output(), net.add_reshape(g, out->shape(), name + "_out")->output());
+  ++gathers;
+  return true;
+}
+
+}  // namespace
+
+int compose_row_moves(Network& net, int* kept) {
+  int gathers = 0, reshapes = 0;
+  bool changed = true;
+  while (changed) {  // each rewrite replaces layers: walk again (chains only shrink the graph)
+    changed = false;
+    for (Layer* l : net.layers()) {
+      if (!maybe_row_move(l)) continue;
+      // A chain starts where the input does not come from a row move read by it alone.
+      const Layer* before = l->input(0)->producer();
+      if (before != nullptr && maybe_row_move(before) && sole_consumer(net, l->input(0)) == l) {
+        Rows probe;
+        int c = 0;
+        const auto d = static_dims(before->input(0));
+        if (d && d->size() >= 2) {
+          probe.dims.assign(d->begin(), d->end() - 1);
+          if (probe.count() <= kMaxRows) {
+            probe.ids.assign(static_cast<size_t>(probe.count()), 0);
+            if (apply(before, probe, c)) continue;  // `before` starts (or continues) the chain
+          }
+        }
+      }
+      if (rewrite_from(net, l, gathers, reshapes)) {
+        remove_unreachable_layers(net);
+        changed = true;
+        break;
+      }
+    }
+  }
+  if (kept != nullptr) *kept = reshapes;
+  return gathers + reshapes;
+}
+
+void pass_compose_row_moves(BuildState& s) {
+  int kept = 0;
+  const int n = compose_row_moves(s.plan.network, &kept);
+  s.log.push_back("compose_row_moves: " + std::to_string(n - kept) +
+                  " chains of row moves into one gather each, " + std::to_string(kept) +
+                  " that keep every row into a reshape");
+}
+
+}  // namespace ember::engine

@@ -1,0 +1,179 @@
+// The builder's compose_row_moves pass: Swin's cyclic shift (two gathers) and window partition
+// (reshape, transpose, reshape), and the way back, each become one Gather of rows with the same
+// bytes; a chain that keeps every row becomes a reshape; one copy alone, moves of the last dim
+// and symbolic shapes stay as they are.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "builder/passes/passes.h"
+#include "fused_pointwise_cases.h"
+#include "test_util.h"
+
+namespace ember::engine {
+namespace {
+
+using fused_cases::count;
+using test::TestTensor;
+
+Tensor* index_constant(Network& net, const std::vector<int32_t>& v) {
+  return net.add_constant(Weights::from_vector(DataType::kI32, {static_cast<int64_t>(v.size())}, v))
+      ->output();
+}
+
+/// torch.roll(t, shift, dim) as gather_slices leaves it: one Gather along `dim`.
+Tensor* roll(Network& net, Tensor* t, int64_t dim, int64_t shift, const std::string& name) {
+  const int64_t n = t->shape()[static_cast<size_t>(dim)].constant();
+  std::vector<int32_t> idx;
+  for (int64_t i = 0; i < n; ++i) idx.push_back(static_cast<int32_t>(((i - shift) % n + n) % n));
+  GatherParams gp;
+  gp.axis = dim;
+  return net.add_gather(t, index_constant(net, idx), gp, name)->output();
+}
+
+Tensor* reshape(Network& net, Tensor* t, const std::vector<int64_t>& dims, const std::string& name) {
+  return net.add_reshape(t, Shape(dims.begin(), dims.end()), name)->output();
+}
+
+/// A shifted Swin block's data movement around a stand-in for the attention (exp):
+/// x [B, 8, 8, C] -> roll(-2, -2) -> 4x4 windows [B * 4, 16, C] -> exp -> windows back -> roll
+/// (2, 2) -> out.
+Network swin_block(DataType dt, int64_t b, int64_t c) {
+  Network net;
+  Tensor* x = net.add_input("x", dt, {b, 8, 8, c});
+  Tensor* t = roll(net, roll(net, x, 1, -2, "roll_h"), 2, -2, "roll_w");
+  t = reshape(net, t, {b, 2, 4, 2, 4, c}, "view");
+  t = net.add_transpose(t, {0, 1, 3, 2, 4, 5}, "partition")->output();
+  t = reshape(net, t, {b * 4, 16, c}, "windows");
+  t = net.add_unary(t, UnaryOp::kExp, "attention")->output();
+  t = reshape(net, t, {b, 2, 2, 4, 4, c}, "view_back");
+  t = net.add_transpose(t, {0, 1, 3, 2, 4, 5}, "reverse")->output();
+  t = reshape(net, t, {b, 8, 8, c}, "image");
+  t = roll(net, roll(net, t, 1, 2, "unroll_h"), 2, 2, "unroll_w");
+  net.mark_output(t, "out");
+  return net;
+}
+
+TEST(ComposeRowMoves, SwinShiftAndWindowsBecomeOneGatherEachWay) {
+  for (DataType dt : fused_cases::kFloatTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Network net = swin_block(dt, 2, 4);
+    Network rewritten = net.clone();
+    int kept = -1;
+    EXPECT_EQ(compose_row_moves(rewritten, &kept), 2);
+    EXPECT_EQ(kept, 0);
+    EXPECT_EQ(count(rewritten, LayerKind::kGather), 2);
+    // Only reshapes are left around the gathers: no transposes.
+    for (const Layer* l : rewritten.layers()) {
+      if (l->kind() == LayerKind::kShuffle) EXPECT_TRUE(is_pure_reshape(l)) << l->name();
+      if (l->kind() == LayerKind::kGather) {
+        // The same table for every image: along dim 1 of [B, 64, C], 64 entries.
+        EXPECT_EQ(l->params_as<GatherParams>().axis, 1) << l->name();
+        EXPECT_EQ(constant_of(l->input(1))->numel(), 64) << l->name();
+      }
+    }
+    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 8, 8, 4}, 1, -2, 2)};
+    EXPECT_TRUE(test::run_network_direct(rewritten, ins)[0].bytes ==
+                test::run_network_direct(net, ins)[0].bytes);
+    test::run_network(net, ins);  // through the builder (the pass on) against the reference
+  }
+}
+
+TEST(ComposeRowMoves, ChainsThatKeepEveryRowBecomeAReshape) {
+  // Swin's last stage: one 7x7 window over a 7x7 map, so the partition's transpose swaps two
+  // dims of size 1 and moves no row.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {2, 7, 7, 8});
+  Tensor* t = reshape(net, x, {2, 1, 7, 1, 7, 8}, "view");
+  t = net.add_transpose(t, {0, 1, 3, 2, 4, 5}, "partition")->output();
+  t = reshape(net, t, {2, 49, 8}, "windows");
+  net.mark_output(net.add_unary(t, UnaryOp::kExp, "exp")->output(), "out");
+  Network rewritten = net.clone();
+  int kept = -1;
+  EXPECT_EQ(compose_row_moves(rewritten, &kept), 1);
+  EXPECT_EQ(kept, 1);
+  EXPECT_EQ(count(rewritten, LayerKind::kGather), 0);
+  for (const Layer* l : rewritten.layers()) {
+    if (l->kind() == LayerKind::kShuffle) EXPECT_TRUE(is_pure_reshape(l)) << l->name();
+  }
+  const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF16, {2, 7, 7, 8}, 2)};
+  EXPECT_TRUE(test::run_network_direct(rewritten, ins)[0].bytes ==
+              test::run_network_direct(net, ins)[0].bytes);
+}
+
+TEST(ComposeRowMoves, RowsAcrossTheLeadingDimTakeOneTable) {
+  // A gather along dim 0 then a transpose of the first two dims: the rows do not repeat per
+  // image, so one table over all rows (dim 0 of [rows, C]).
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {3, 5, 4});
+  Tensor* t = roll(net, x, 0, 1, "roll_b");
+  t = net.add_transpose(t, {1, 0, 2}, "swap")->output();
+  net.mark_output(net.add_unary(t, UnaryOp::kExp, "exp")->output(), "out");
+  Network rewritten = net.clone();
+  EXPECT_EQ(compose_row_moves(rewritten), 1);
+  ASSERT_EQ(count(rewritten, LayerKind::kGather), 1);
+  for (const Layer* l : rewritten.layers()) {
+    if (l->kind() != LayerKind::kGather) continue;
+    EXPECT_EQ(l->params_as<GatherParams>().axis, 0);
+    EXPECT_EQ(constant_of(l->input(1))->numel(), 15);
+  }
+  const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF32, {3, 5, 4}, 3)};
+  EXPECT_TRUE(test::run_network_direct(rewritten, ins)[0].bytes ==
+              test::run_network_direct(net, ins)[0].bytes);
+}
+
+TEST(ComposeRowMoves, OneCopyLastDimMovesAndSymbolicShapesStay) {
+  auto unchanged = [](Network& net, const std::string& what) {
+    const size_t layers = net.layers().size();
+    EXPECT_EQ(compose_row_moves(net), 0) << what;
+    EXPECT_EQ(net.layers().size(), layers) << what;
+  };
+  {  // a window partition alone: one transpose, a copy either way
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF16, {2, 8, 8, 4});
+    Tensor* t = reshape(net, x, {2, 2, 4, 2, 4, 4}, "view");
+    t = net.add_transpose(t, {0, 1, 3, 2, 4, 5}, "partition")->output();
+    net.mark_output(reshape(net, t, {8, 16, 4}, "windows"), "out");
+    unchanged(net, "one transpose");
+  }
+  {  // a roll, then a transpose that moves the last dim: not a row move, so one copy each
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF16, {2, 8, 4});
+    Tensor* t = roll(net, x, 1, 3, "roll");
+    net.mark_output(net.add_transpose(t, {0, 2, 1}, "to_channels")->output(), "out");
+    unchanged(net, "last dim moved");
+  }
+  {  // the roll's result is also a network output: the chain stops there
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF16, {2, 8, 8, 4});
+    Tensor* t = roll(net, x, 1, 3, "roll_h");
+    net.mark_output(t, "rolled");
+    net.mark_output(roll(net, t, 2, 3, "roll_w"), "out");
+    unchanged(net, "output in the middle");
+  }
+  {  // symbolic batch
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF16, {DimExpr::symbol("n"), 8, 8, 4});
+    Tensor* t = roll(net, roll(net, x, 1, 3, "roll_h"), 2, 3, "roll_w");
+    net.mark_output(t, "out");
+    unchanged(net, "symbolic batch");
+  }
+}
+
+TEST(ComposeRowMoves, TheBuilderRunsItAtLevelTwo) {
+  const Network net = swin_block(DataType::kF16, 3, 8);
+  BuildReport report;
+  BuilderConfig config;
+  config.optimization_level = 2;
+  Builder(config).build(net, &report);
+  bool logged = false;
+  for (const std::string& line : report.pass_log) {
+    logged = logged || line.rfind("compose_row_moves: 2 chains", 0) == 0;
+  }
+  EXPECT_TRUE(logged);
+  test::run_network(net, {TestTensor::random(DataType::kF16, {3, 8, 8, 8}, 4)});
+}
+
+}  // namespace
+}  // namespace ember::engine
