@@ -80,7 +80,7 @@ DataType expect_product_epilogue(const Epilogue& e, const Requantize& r, DataTyp
       std::string("requantizes to ") +
           (static_cast<int>(r.to) < kNumDataTypes ? dtype_name(r.to) : "an unknown dtype") +
           (fp8_to_ok ? ": only i8 and f8e4m3 are taken"
-                     : ": only i8 is taken here (f8e4m3 only by an f8e4m3 matrix product)"));
+                     : ": only i8 is taken here (f8e4m3 only from f8e4m3 operands)"));
   if (r.to == DataType::kI8) {
     InferContext::require(
         -128 <= r.quant_min && r.quant_min <= r.quant_max && r.quant_max <= 127,
@@ -207,7 +207,8 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
                         "x_scale must have one element, got shape " +
                             shape_to_string(ctx.shape(kXScale)));
   const DataType out_dtype = expect_product_epilogue(p.epilogue, p.requantize, p.out, kBias,
-                                                     ctx.shape(kW)[0], false, ctx);
+                                                     ctx.shape(kW)[0], q == DataType::kF8E4M3,
+                                                     ctx);
   // The geometry is Convolution's; the bias sits at input 2 there.
   std::vector<const Tensor*> geometry_inputs{&ctx.in(kX), &ctx.in(kW)};
   if (ctx.has(kBias)) geometry_inputs.push_back(&ctx.in(kBias));

@@ -295,7 +295,7 @@ struct CudaQConv {
   DataType out = DataType::kF32;
   bool relu = false;
   bool direct = false;  ///< Expected to run in the direct kernel (3-d, grouped).
-  bool requantize = false;  ///< int8 output through out_scale.
+  bool requantize = false;  ///< int8 (FP8 for an FP8 x) output through out_scale.
   int32_t zero_point = -1;  ///< >= 0: uint8 x with this zero point (input 6).
   bool fp8 = false;  ///< FP8 E4M3 x and w (per-tensor w_scale).
 };
@@ -340,6 +340,7 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     inputs.resize(5, nullptr);
     inputs.push_back(f32_constant(net, {0.04f}));
     p.requantize.enabled = true;
+    if (c.fp8) p.requantize.to = DataType::kF8E4M3;
   }
   if (c.zero_point >= 0) {
     inputs.resize(6, nullptr);
@@ -367,8 +368,8 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
         << what << ": " << json;
   }
   // NCHW, and NHWC (the channels_last region; 2-d layers with groups = 1 join it).
-  check_bytes_and_floats(net, {xt}, what + " (NCHW)", ChannelsLast::kOff);
-  check_bytes_and_floats(net, {xt}, what + " (channels_last)", ChannelsLast::kOn);
+  check_bytes_and_floats(net, {xt}, what + " (NCHW)", ChannelsLast::kOff, c.fp8);
+  check_bytes_and_floats(net, {xt}, what + " (channels_last)", ChannelsLast::kOn, c.fp8);
 }
 
 /// The cases of both library paths (quantized_conv.cpp): im2col + cuBLASLt's INT8 GEMM by
@@ -449,6 +450,15 @@ TEST(CudaQuantize, Fp8ConvolutionMatchesTheReference) {
   mid.out = DataType::kBF16;
   mid.relu = true;
   check_convolution(mid, "fp8 3x3, K = 24, bf16 + relu");
+  // K a multiple of 16: under channels_last cuBLASLt writes the output itself (bias, relu).
+  CudaQConv wide = mid;
+  wide.w_dims = {32, 32, 3, 3};
+  check_convolution(wide, "fp8 3x3, K = 32, bf16 + relu");
+  // Requantized to FP8 (the next convolution's input): the epilogue pass after f32 sums.
+  CudaQConv requant = wide;
+  requant.out = DataType::kF16;
+  requant.requantize = true;
+  check_convolution(requant, "fp8 3x3, K = 32, relu, requantized to fp8");
   CudaQConv grouped = mid;
   grouped.groups = 2;
   grouped.w_dims = {24, 16, 3, 3};

@@ -578,6 +578,22 @@ TEST(QuantizedConvolution, MatchesTheWrittenOutFormula) {
   }
 }
 
+/// The built plan's layers of `kind`.
+std::vector<const Layer*> layers_of(const PlanModel& plan, LayerKind kind) {
+  std::vector<const Layer*> out;
+  for (const Layer* l : plan.network.layers()) {
+    if (l->kind() == kind) out.push_back(l);
+  }
+  return out;
+}
+
+PlanModel built_plan(const Network& net) {
+  BuilderConfig config;
+  config.optimization_level = 3;
+  const std::vector<uint8_t> bytes = Builder(config).build(net);
+  return plan_read(bytes.data(), bytes.size());
+}
+
 /// x -> Q/DQ (per-tensor int8) -> Convolution(DQ(constant int8 weight), bias) [-> relu] -> out.
 struct QdqConv {
   bool per_channel = true;
@@ -588,6 +604,7 @@ struct QdqConv {
   bool fp8 = false;             ///< FP8 E4M3 operands (per-tensor scales to fuse).
   bool weight_axis_1 = false;   ///< Per-channel along the weight's input channels: not fused.
   bool relu = false;
+  bool requantize = false;      ///< A per-tensor Quantize (of x's kind) -> Dequantize after.
 };
 
 Network qdq_conv(const QdqConv& c) {
@@ -642,6 +659,13 @@ Network qdq_conv(const QdqConv& c) {
   cp.groups = c.groups;
   Tensor* y = net.add_convolution(xd, w, b, cp, "conv")->output();
   if (c.relu) y = net.add_activation(y, ActivationType::kRelu, 0.0, 0.0, "relu")->output();
+  if (c.requantize) {
+    QuantizeParams oq = qp;
+    Tensor* so = scales(net, {0.05f});
+    Tensor* zo = c.asymmetric_x ? zero_points(net, {128}) : nullptr;
+    y = net.add_dequantize(net.add_quantize(y, so, zo, oq, "q_out")->output(), so, zo, dp,
+                           "dq_out")->output();
+  }
   net.mark_output(y, "y");
   return net;
 }
@@ -711,6 +735,24 @@ TEST(QuantizedConvolution, Fp8ConvolutionsFuseAndEqualTheUnfusedQdqGraph) {
     const auto unfused = test::run_network(net, {x}, {{}, 0});
     test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fp8 fused vs unfused");
   }
+  // Then a per-tensor FP8 Quantize (the next convolution's input): the layer requantizes to
+  // FP8 and equals the unfused graph (the same f32 math in the same order on the CPU).
+  QdqConv requant;
+  requant.fp8 = true;
+  requant.per_channel = false;
+  requant.relu = true;
+  requant.requantize = true;
+  const Network rnet = qdq_conv(requant);
+  const PlanModel plan = built_plan(rnet);
+  const auto qc = layers_of(plan, LayerKind::kQuantizedConvolution);
+  ASSERT_EQ(qc.size(), 1u);
+  const auto& rp = qc[0]->params_as<QuantizedConvolutionParams>();
+  EXPECT_TRUE(rp.requantize.enabled);
+  EXPECT_EQ(rp.requantize.to, DataType::kF8E4M3);
+  EXPECT_EQ(qc[0]->output()->dtype(), DataType::kF8E4M3);
+  const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
+  EXPECT_EQ(test::run_network(rnet, {x}, {{}, 3})[0].bytes,
+            test::run_network(rnet, {x}, {{}, 0})[0].bytes);
   // A per-channel FP8 weight scale is not an FP8 convolution's (per tensor): unfused.
   QdqConv per_channel;
   per_channel.fp8 = true;
@@ -857,22 +899,6 @@ void add_tail(Network& net, Tensor* y, int64_t n, int64_t axis, const Tail& t) {
     y = net.add_dequantize(q, s, z, dp, "dq_out")->output();
   }
   net.mark_output(y, "y");
-}
-
-/// The built plan's layers of `kind`.
-std::vector<const Layer*> layers_of(const PlanModel& plan, LayerKind kind) {
-  std::vector<const Layer*> out;
-  for (const Layer* l : plan.network.layers()) {
-    if (l->kind() == kind) out.push_back(l);
-  }
-  return out;
-}
-
-PlanModel built_plan(const Network& net) {
-  BuilderConfig config;
-  config.optimization_level = 3;
-  const std::vector<uint8_t> bytes = Builder(config).build(net);
-  return plan_read(bytes.data(), bytes.size());
 }
 
 TEST(QuantizedEpilogues, MatrixProductTakesBiasActivationAndRequantization) {
@@ -1127,7 +1153,7 @@ TEST(QuantizedEpilogues, RequantizationIsCheckedOnTheLayer) {
   QuantizedMatrixMultiplyParams to8 = p;
   to8.requantize.to = DataType::kF8E4M3;
   test::expect_error([&] { net.add_layer(to8, {a, b, s, s, nullptr, s}); },
-                     {"requantizes to f8e4m3", "only by an f8e4m3 matrix product"});
+                     {"requantizes to f8e4m3", "only from f8e4m3 operands"});
   Tensor* a8 = net.add_input("a8", DataType::kF8E4M3, {4, 16});
   Tensor* b8 = net.add_input("b8", DataType::kF8E4M3, {8, 16});
   EXPECT_EQ(net.add_layer(to8, {a8, b8, s, s, nullptr, s})->output()->dtype(),

@@ -56,6 +56,19 @@ ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, cons
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
 
+/// FP8 E4M3 with per-tensor scales: out[m, n] (`float_type`, row-major) = the
+/// product of act[m, k] and w[n, k]^T (both E4M3, K-contiguous) through cuBLASLt, which applies
+/// e's scales (device pointers), the epilogue scale (alpha), e.bias and a relu in its own
+/// epilogue and adds e.residual as its C; another activation of e then runs in place (the
+/// layer's `epilogue`). One rounding to the output type, no f32 sums in memory. False, with
+/// nothing enqueued, when cuBLASLt takes no such problem or `e` needs what this path does not do
+/// (per-channel scales, requantization, zero-point corrections, an f32 output with a bias, an
+/// activation or a residual). `ws`:
+/// kInt8GemmWorkspaceBytes of cuBLASLt workspace (quantized_matmul.cpp).
+bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
+                        int64_t k, void* out, DataType float_type, const ProductEpilogue& e,
+                        const Epilogue& epilogue, void* ws);
+
 /// The rest of `e` after a library wrote the product's value y (`total` elements of
 /// `float_type`, already scaled, biased and rounded; e.g. cuBLASLt's FP8 GEMM with a 16-bit
 /// output): the activation when e.activation (rounded to the float type again), then the

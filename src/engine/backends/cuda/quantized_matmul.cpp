@@ -259,22 +259,23 @@ bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_
   // GELU in place and a Quantize pass wrote 2 + 4 + 3.
   const bool fused = per_tensor && (half || (e.bias == nullptr && !e.activation &&
                                              e.residual == nullptr && !requantize));
-  if (fused) {
+  if (fused && !requantize) {
+    auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes));
+    if (fp8_gemm_to_output(a, a.in(0).data, a.in(1).data, m, n, k, a.out().data, float_type, e,
+                           epilogue, base)) {
+      return true;
+    }
+  } else if (fused) {
     const size_t value_bytes =
-        requantize ? (static_cast<size_t>(m * n) * dtype_size(float_type) + 255) / 256 * 256 : 0;
+        (static_cast<size_t>(m * n) * dtype_size(float_type) + 255) / 256 * 256;
     auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + value_bytes));
-    void* value = requantize ? static_cast<void*>(base + kWorkspaceBytes) : a.out().data;
+    void* value = base + kWorkspaceBytes;
     const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
     if (gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, value,
-                out_type(float_type), a.in(3).data, a.in(2).data, base, &lib)) {
-      if (requantize) {
-        ProductEpilogue rest = e;
-        rest.activation = act_after;
-        launch_product_finish(value, a.out().data, float_type, m * n, rest, a.stream());
-      } else if (act_after) {
-        launch_epilogue(float_type, a.out().data, nullptr, n, 1, nullptr, &epilogue, m * n,
-                        a.stream());
-      }
+                out_type(float_type), e.w_scale, e.x_scale, base, &lib)) {
+      ProductEpilogue rest = e;
+      rest.activation = act_after;
+      launch_product_finish(value, a.out().data, float_type, m * n, rest, a.stream());
       return true;
     }
   }
@@ -333,6 +334,30 @@ bool int8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, 
 bool fp8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
                  int64_t k, float* acc, void* ws) {
   return gemm_tn(a, /*fp8=*/true, act, w, m, n, k, acc, CUDA_R_32F, nullptr, nullptr, ws);
+}
+
+bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
+                        int64_t k, void* out, DataType float_type, const ProductEpilogue& e,
+                        const Epilogue& epilogue, void* ws) {
+  const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
+  // An f32 output takes no bias (it would need cuBLASLt's bf16 bias), activation or residual.
+  const bool f32_plain = float_type == DataType::kF32 && e.bias == nullptr && !e.activation &&
+                         e.residual == nullptr;
+  if (!(half || f32_plain) || e.per_channel || e.out_scale != nullptr ||
+      e.weight_sums != nullptr) {
+    return false;
+  }
+  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
+  const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
+  // The library's A is our w, its B our act: A's scale is w's.
+  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, out, out_type(float_type), e.w_scale, e.x_scale,
+               ws, &lib)) {
+    return false;
+  }
+  if (e.activation && !lib_relu) {
+    launch_epilogue(float_type, out, nullptr, n, 1, nullptr, &epilogue, m * n, a.stream());
+  }
+  return true;
 }
 
 ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {

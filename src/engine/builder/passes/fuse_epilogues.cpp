@@ -17,7 +17,7 @@
 //   QMatMul       -> x + r  (r a tensor of the output's shape)          => residual input 7
 //   QConv/QMatMul -> Quantize (per-tensor, symmetric, int8)             => requantize: the
 //                                                                          layer outputs int8
-//   FP8 QMatMul   -> Quantize (per-tensor, f8e4m3)                      => requantize to FP8
+//   FP8 QConv/QMatMul -> Quantize (per-tensor, f8e4m3)                  => requantize to FP8
 //                    (BERT's erf GELU: the GELU and the quantization in one pass after the
 //                    GEMM, instead of a GELU pass in place and a Quantize pass)
 //
@@ -278,8 +278,8 @@ struct Fuser {
 
   /// A fused low-precision product followed by a per-tensor symmetric int8 Quantize (for a
   /// matrix product also behind a reshape), into its requantization: the layer then outputs
-  /// the int8 tensor the Quantize made, and the float product is never stored. An FP8 matrix
-  /// product takes a per-tensor f8e4m3 Quantize the same way.
+  /// the int8 tensor the Quantize made, and the float product is never stored. An FP8 product
+  /// takes a per-tensor f8e4m3 Quantize the same way.
   bool fuse_requantize(Layer* prod) {
     LayerParams params = prod->params();
     Requantize* r = prod->kind() == LayerKind::kQuantizedConvolution
@@ -292,8 +292,7 @@ struct Fuser {
       return false;
     }
     const auto& qp = next->params_as<QuantizeParams>();
-    const bool fp8_product = prod->kind() == LayerKind::kQuantizedMatrixMultiply &&
-                             prod->input(0)->dtype() == DataType::kF8E4M3;
+    const bool fp8_product = prod->input(0)->dtype() == DataType::kF8E4M3;
     if (qp.per_channel || !(qp.to == DataType::kI8 ||
                             (qp.to == DataType::kF8E4M3 && fp8_product))) {
       return false;
