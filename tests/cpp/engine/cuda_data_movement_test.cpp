@@ -257,6 +257,28 @@ TEST(CudaDataMovement, GatherIndexOutOfRangeIsAnError) {
     // The context still works after the error.
     test::expect_matches_cpu(net, {data, good}, runner.run({data, good}), "after error");
   }
+  // Constant indices are checked on the host copy (no kernel): in range they gather, out of
+  // range they are the same error.
+  for (int64_t bad : {1, 3, -4}) {
+    Network net;
+    Tensor* d = net.add_input("data", DataType::kF32, {3, 4});
+    Tensor* i = net.add_constant(Weights::from_vector(DataType::kI32, {2},
+                                                      std::vector<int32_t>{0, static_cast<int32_t>(bad)}))
+                    ->output();
+    net.mark_output(net.add_gather(d, i, GatherParams{}, "pick")->output(), "y");
+    const TestTensor data = random_of(DataType::kF32, {3, 4}, 2);
+    if (bad == 1) {
+      test::check_cuda_matches_cpu(net, {data}, "constant indices");
+      continue;
+    }
+    try {
+      test::CudaRunner runner(net, {data});
+      runner.run({data});
+      ADD_FAILURE() << "no error for constant index " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("out of range"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // ---------------------------------------------------------------- Scatter
