@@ -600,7 +600,8 @@ struct QuantizedMatrixMultiplyParams {
 /// element), 3 w_scale (f32, one element or [K]: per output channel), optional 4 bias (`out`'s
 /// dtype, [K]; nullptr to omit), 5 out_scale (with requantize only), 6 x_zero_point (i32, one
 /// element; absent: 0; int8 only).
-/// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or i8 when requantize is on.
+/// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or requantize.to (i8, or
+/// f8e4m3 for f8e4m3 operands) when requantize is on.
 /// Accumulation in int32 for int8 (exact), in f32 for f8e4m3 (each product of two E4M3 values
 /// is exact in f32; the sum rounds as a float convolution's); the scales and the bias apply
 /// once, in f32, then the value is

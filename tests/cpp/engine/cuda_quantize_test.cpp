@@ -121,9 +121,11 @@ TEST(CudaQuantize, PerTensorAndPerChannelQuantizeDequantizeMatchTheReference) {
 /// an epilogue scale of 0.5, which FP8 runs in cuBLASLt's own epilogue; a bias and an erf GELU
 /// (kBiasGeluErf, scale 0.5), which FP8 finishes in a pass on cuBLASLt's 16-bit output; that
 /// and the requantization to FP8 (kBiasGeluErfToFp8: one pass for both); a bias and a residual
-/// (kBiasResidual, a second network input of the output's shape: FP8 as cuBLASLt's C).
+/// (kBiasResidual, a second network input of the output's shape: FP8 as cuBLASLt's C), then a
+/// relu (kBiasResidualRelu: cuBLASLt's RELU_BIAS after C) or an erf GELU (kBiasResidualGeluErf:
+/// the pass in place after it).
 enum class ProductTail { kNone, kFull, kBias, kBiasRelu, kBiasGeluErf, kBiasGeluErfToFp8,
-                         kBiasResidual };
+                         kBiasResidual, kBiasResidualRelu, kBiasResidualGeluErf };
 
 /// a [M, K] x b [N, K]^T through the fused layer, per-column int8 scales or per-tensor FP8,
 /// with `tail` after it (`epilogue`: kFull); with `zero_point` >= 0, a is uint8 with that zero
@@ -165,9 +167,11 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
     p.requantize.enabled = true;
     p.requantize.quant_min = -127;
   } else if (tail != ProductTail::kNone) {
-    const bool gelu = tail == ProductTail::kBiasGeluErf || tail == ProductTail::kBiasGeluErfToFp8;
+    const bool gelu = tail == ProductTail::kBiasGeluErf || tail == ProductTail::kBiasGeluErfToFp8 ||
+                      tail == ProductTail::kBiasResidualGeluErf;
     p.epilogue.scale = 0.5;
-    p.epilogue.fused_activation = tail == ProductTail::kBiasRelu || gelu;
+    p.epilogue.fused_activation =
+        tail == ProductTail::kBiasRelu || tail == ProductTail::kBiasResidualRelu || gelu;
     p.epilogue.activation = gelu ? ActivationType::kGeluErf : ActivationType::kRelu;
   }
   if (tail == ProductTail::kBiasGeluErfToFp8) {
@@ -175,7 +179,10 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
     p.requantize.enabled = true;
     p.requantize.to = DataType::kF8E4M3;
   }
-  if (tail == ProductTail::kBiasResidual) {
+  const bool residual = tail == ProductTail::kBiasResidual ||
+                        tail == ProductTail::kBiasResidualRelu ||
+                        tail == ProductTail::kBiasResidualGeluErf;
+  if (residual) {
     inputs.resize(7, nullptr);
     inputs.push_back(net.add_input("r", out, {m, n}));
   }
@@ -198,7 +205,7 @@ void check_product(DataType q, DataType out, int64_t m, int64_t n, int64_t k,
     for (float v : f.to_floats()) at.bytes.push_back(f32_to_f8e4m3(v));
   }
   std::vector<TestTensor> ins{at};
-  if (tail == ProductTail::kBiasResidual) {
+  if (residual) {
     ins.push_back(TestTensor::random(out, {m, n}, 5, -8.0f, 8.0f));
   }
   check_bytes_and_floats(net, ins,
@@ -276,6 +283,10 @@ TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
                 ProductTail::kBiasResidual);
   check_product(DataType::kF8E4M3, DataType::kBF16, 33, 32, 64, false, -1,
                 ProductTail::kBiasResidual);
+  check_product(DataType::kF8E4M3, DataType::kF16, 64, 48, 128, false, -1,
+                ProductTail::kBiasResidualRelu);
+  check_product(DataType::kF8E4M3, DataType::kF16, 64, 48, 128, false, -1,
+                ProductTail::kBiasResidualGeluErf);
   // K or N not a multiple of 16 (an ImageNet classifier's N = 1000): the direct kernel, also
   // with a residual and with the FP8 requantization (the epilogue pass after f32 sums).
   check_product(DataType::kF8E4M3, DataType::kF16, 5, 24, 40, false, -1,

@@ -987,29 +987,43 @@ Tensor* qdq_linear(Network& net, DataType q) {
 TEST(QuantizedEpilogues, MatrixProductTakesAResidualAdd) {
   // product + bias + r (a computed tensor of the output's shape; BERT's residual stream): the
   // bias and the residual join the product (input 7), no ElementWise is left, and the engine
-  // equals the unfused network. INT8 sums in the epilogue pass, FP8 in cuBLASLt's C on a GPU.
+  // equals the unfused network (on the CPU here; cuda_quantize_test.cpp runs the GPU's paths).
+  // A Quantize after the sum (the next layer's input) then stays a layer of its own: the
+  // product takes no requantization with a residual.
   const TestTensor x = TestTensor::random(DataType::kF32, {6, 32}, 21, -2.0f, 2.0f);
   const TestTensor r = TestTensor::random(DataType::kF32, {6, 8}, 22, -1.0f, 1.0f);
   for (DataType q : {DataType::kI8, DataType::kF8E4M3}) {
-    SCOPED_TRACE(dtype_name(q));
-    Network net;
-    Tensor* y = qdq_linear(net, q);
-    std::vector<float> b;
-    for (int64_t j = 0; j < 8; ++j) b.push_back(0.05f * static_cast<float>(j) - 0.2f);
-    y = net.add_elementwise(y, scales(net, b), ElementWiseOp::kSum, "add_bias")->output();
-    Tensor* rin = net.add_input("r", DataType::kF32, {6, 8});
-    y = net.add_elementwise(rin, y, ElementWiseOp::kSum, "add_residual")->output();
-    net.mark_output(y, "y");
-    const PlanModel plan = built_plan(net);
-    const auto qm = layers_of(plan, LayerKind::kQuantizedMatrixMultiply);
-    ASSERT_EQ(qm.size(), 1u);
-    EXPECT_NE(qm[0]->input(4), nullptr);  // the bias
-    ASSERT_NE(qm[0]->input(7), nullptr);  // the residual
-    EXPECT_EQ(qm[0]->input(7)->name(), "r");
-    EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
-    const auto fused = test::run_network(net, {x, r}, {{}, 3});
-    const auto unfused = test::run_network(net, {x, r}, {{}, 0});
-    test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+    for (const bool then_quantize : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(q)) + (then_quantize ? " then quantize" : ""));
+      Network net;
+      Tensor* y = qdq_linear(net, q);
+      std::vector<float> b;
+      for (int64_t j = 0; j < 8; ++j) b.push_back(0.05f * static_cast<float>(j) - 0.2f);
+      y = net.add_elementwise(y, scales(net, b), ElementWiseOp::kSum, "add_bias")->output();
+      Tensor* rin = net.add_input("r", DataType::kF32, {6, 8});
+      y = net.add_elementwise(rin, y, ElementWiseOp::kSum, "add_residual")->output();
+      if (then_quantize) {
+        QuantizeParams oq;
+        oq.to = q;
+        Tensor* so = scales(net, {0.05f});
+        y = net.add_dequantize(net.add_quantize(y, so, nullptr, oq, "q_out")->output(), so,
+                               nullptr, DequantizeParams{}, "dq_out")
+                ->output();
+      }
+      net.mark_output(y, "y");
+      const PlanModel plan = built_plan(net);
+      const auto qm = layers_of(plan, LayerKind::kQuantizedMatrixMultiply);
+      ASSERT_EQ(qm.size(), 1u);
+      EXPECT_NE(qm[0]->input(4), nullptr);  // the bias
+      ASSERT_NE(qm[0]->input(7), nullptr);  // the residual
+      EXPECT_EQ(qm[0]->input(7)->name(), "r");
+      EXPECT_FALSE(qm[0]->params_as<QuantizedMatrixMultiplyParams>().requantize.enabled);
+      EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), then_quantize ? 2u : 1u);
+      EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
+      const auto fused = test::run_network(net, {x, r}, {{}, 3});
+      const auto unfused = test::run_network(net, {x, r}, {{}, 0});
+      test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+    }
   }
 }
 

@@ -651,8 +651,6 @@ int64_t product(const std::vector<int64_t>& dims, size_t begin, size_t end) {
   return n;
 }
 
-/// Validates gather/scatter indices on the device; throws Error when one is out of range (not in
-/// CUDA graph replays, see read_error_flag).
 /// The plan's host copy of the layer's indices (input 1) when a Constant layer makes them, with
 /// the device tensor's element count and dtype; nullptr otherwise.
 const Weights* constant_indices(const DeviceTensor& indices, const CudaArgs& a) {
@@ -665,6 +663,9 @@ const Weights* constant_indices(const DeviceTensor& indices, const CudaArgs& a) 
              : nullptr;
 }
 
+/// Validates gather/scatter indices (constant ones on the host, others on the device); throws
+/// Error when one is out of range (not in CUDA graph replays, which run no host code and skip
+/// the device check, see read_error_flag).
 void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const CudaArgs& a,
                       const char* layer = "gather") {
   const int64_t n = indices.numel();

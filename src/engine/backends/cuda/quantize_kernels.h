@@ -13,8 +13,9 @@ namespace ember::engine::cuda {
 
 /// What happens to each output of a fused low-precision product after its sum (layers.h,
 /// QuantizedMatrixMultiply and QuantizedConvolution): the scales, the epilogue scale, the bias
-/// (of the float type, nullptr for none), rounding to the float type, the activation, and the
-/// requantization to int8 when out_scale is set.
+/// (of the float type, nullptr for none), a residual (QuantizedMatrixMultiply only), rounding
+/// to the float type, the activation, and the requantization to int8 or f8e4m3 when out_scale
+/// is set.
 struct ProductEpilogue {
   const float* x_scale = nullptr;  ///< One element (device): a_scale / x_scale.
   const float* w_scale = nullptr;  ///< One element or one per output channel (device).

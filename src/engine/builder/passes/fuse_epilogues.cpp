@@ -285,7 +285,8 @@ struct Fuser {
     Requantize* r = prod->kind() == LayerKind::kQuantizedConvolution
                         ? &std::get<QuantizedConvolutionParams>(params).requantize
                         : &std::get<QuantizedMatrixMultiplyParams>(params).requantize;
-    if (r->enabled) return false;
+    // A residual stays the float output's: the layer takes no requantization with one.
+    if (r->enabled || prod->input(7) != nullptr) return false;
     Layer* reshape = nullptr;
     Layer* next = next_through_reshape(prod, reshape);
     if (next == nullptr || next->kind() != LayerKind::kQuantize || next->input(2) != nullptr) {
