@@ -836,10 +836,9 @@ TEST(PlanFormat, Version6PlansLoadButCannotHoldAQuantizedConvolution) {
       << m;
 }
 
-TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
-  // Version 6 stored a QuantizedMatrixMultiply's output type only; version 7 added its epilogue
-  // and requantization fields. Cutting those (the defaults) out of a current plan gives the
-  // version-6 bytes, which must read back to the same network: written again, the current plan.
+/// One int8 QuantizedMatrixMultiply [2, 8] x [4, 8]^T to f16 (per-tensor scales, no bias),
+/// requantized or not: the plan-version tests' network.
+Network one_qmm_network(bool requantize) {
   Network net;
   Tensor* a = net.add_input("a", DataType::kI8, {2, 8});
   Tensor* b = net.add_constant(Weights::from_vector(DataType::kI8, {4, 8},
@@ -850,9 +849,19 @@ TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
                   ->output();
   QuantizedMatrixMultiplyParams p;
   p.out = DataType::kF16;
-  net.mark_output(net.add_layer(p, {a, b, s, s}, "qmm")->output(), "y");
-  std::vector<OptimizationProfile> profiles(1);
-  const std::vector<uint8_t> current = plan_write(make_plan(net, profiles));
+  p.requantize.enabled = requantize;
+  std::vector<Tensor*> inputs{a, b, s, s};
+  if (requantize) inputs.insert(inputs.end(), {nullptr, s});
+  net.mark_output(net.add_layer(p, inputs, "qmm")->output(), "y");
+  return net;
+}
+
+TEST(PlanFormat, Version6QuantizedMatrixMultiplyReadsWithoutItsEpilogueFields) {
+  // Version 6 stored a QuantizedMatrixMultiply's output type only; version 7 added its epilogue
+  // and requantization fields. Cutting those (the defaults) out of a current plan gives the
+  // version-6 bytes, which must read back to the same network: written again, the current plan.
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(one_qmm_network(false), std::vector<OptimizationProfile>(1)));
   // The layer's params follow its implementation name and its four input ids; `out` is 1 byte,
   // then the epilogue (f64, bool, enum, f64, f64) and the requantization (bool, i64, i64, and
   // from version 14 its `to`, an enum).
@@ -898,20 +907,8 @@ TEST(PlanFormat, Version13QuantizedMatrixMultiplyReadsWithoutRequantizeTo) {
   // Version 14 added the requantization's `to` (FP8 requantization; the product's last field).
   // Cutting it (i8) out of a current plan gives the version-13 bytes, which read back to the
   // same network.
-  Network net;
-  Tensor* a = net.add_input("a", DataType::kI8, {2, 8});
-  Tensor* b = net.add_constant(Weights::from_vector(DataType::kI8, {4, 8},
-                                                    std::vector<int8_t>(32, 3)),
-                               "b")
-                  ->output();
-  Tensor* s = net.add_constant(Weights::from_vector<float>(DataType::kF32, {1}, {0.5f}), "s")
-                  ->output();
-  QuantizedMatrixMultiplyParams p;
-  p.out = DataType::kF16;
-  p.requantize.enabled = true;
-  net.mark_output(net.add_layer(p, {a, b, s, s, nullptr, s}, "qmm")->output(), "y");
   const std::vector<uint8_t> current =
-      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+      plan_write(make_plan(one_qmm_network(true), std::vector<OptimizationProfile>(1)));
   // out (1), the epilogue (f64, bool, enum, f64, f64), the requantization (bool, i64, i64),
   // then `to`, after the implementation name and the six input ids.
   const std::string impl = "cpu.QuantizedMatrixMultiply";

@@ -215,6 +215,21 @@ __device__ __forceinline__ float corrected_sum(float acc, int64_t channel,
   return corrected_sum(static_cast<int32_t>(acc), channel, e);
 }
 
+/// Stores four finished values as output group `g`: requantized (int8 or FP8 bytes) when e
+/// says so, else as they are.
+template <typename TO>
+__device__ __forceinline__ void store_group(void* out, int64_t g, const Vec4<TO>& v,
+                                            const ProductEpilogue& e) {
+  if (e.out_scale != nullptr) {
+    Vec4<int8_t> q;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) q.v[k] = product_requantized<TO>(v.v[k], e);
+    reinterpret_cast<Vec4<int8_t>*>(out)[g] = q;
+  } else {
+    reinterpret_cast<Vec4<TO>*>(out)[g] = v;
+  }
+}
+
 template <typename TA, typename TO>
 __global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, int64_t total,
                                         int64_t n, ProductEpilogue e) {
@@ -242,14 +257,7 @@ __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* o
       v.v[k] = product_value<TO>(c + k, corrected_sum(a.v[k], c + k, e), e,
                                  e.residual != nullptr ? Num<TO>::load(r.v[k]) : 0.0f);
     }
-    if (e.out_scale != nullptr) {
-      Vec4<int8_t> q;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) q.v[k] = product_requantized<TO>(v.v[k], e);
-      reinterpret_cast<Vec4<int8_t>*>(out)[g] = q;
-    } else {
-      reinterpret_cast<Vec4<TO>*>(out)[g] = v;
-    }
+    store_group<TO>(out, g, v, e);
   }
 }
 
@@ -270,14 +278,7 @@ __global__ void product_finish_kernel(const TO* __restrict__ y, void* out, int64
       Vec4<TO> v;
 #pragma unroll
       for (int k = 0; k < 4; ++k) v.v[k] = finish(a.v[k]);
-      if (e.out_scale != nullptr) {
-        Vec4<int8_t> q;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) q.v[k] = product_requantized<TO>(v.v[k], e);
-        reinterpret_cast<Vec4<int8_t>*>(out)[g] = q;
-      } else {
-        reinterpret_cast<Vec4<TO>*>(out)[g] = v;
-      }
+      store_group<TO>(out, g, v, e);
     }
     return;
   }
