@@ -163,15 +163,7 @@ TEST(ComposeRowMoves, OneCopyLastDimMovesAndSymbolicShapesStay) {
 
 TEST(ComposeRowMoves, TheBuilderRunsItAtLevelTwo) {
   const Network net = swin_block(DataType::kF16, 3, 8);
-  BuildReport report;
-  BuilderConfig config;
-  config.optimization_level = 2;
-  Builder(config).build(net, &report);
-  bool logged = false;
-  for (const std::string& line : report.pass_log) {
-    logged = logged || line.rfind("compose_row_moves: 2 chains", 0) == 0;
-  }
-  EXPECT_TRUE(logged);
+  EXPECT_TRUE(test::build_logs(net, 2, "compose_row_moves: 2 chains"));
   test::run_network(net, {TestTensor::random(DataType::kF16, {3, 8, 8, 8}, 4)});
 }
 

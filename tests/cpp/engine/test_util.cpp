@@ -75,6 +75,17 @@ std::vector<int64_t> TestTensor::to_ints() const {
 
 int64_t TestTensor::numel() const { return dims_numel(dims); }
 
+bool build_logs(const Network& net, int optimization_level, const std::string& prefix) {
+  BuildReport report;
+  BuilderConfig config;
+  config.optimization_level = optimization_level;
+  Builder(config).build(net, &report);
+  for (const std::string& line : report.pass_log) {
+    if (line.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
 std::vector<TestTensor> run_network_direct(const Network& net, const std::vector<TestTensor>& inputs) {
   std::vector<cpu::OwnedTensor> ins;
   for (const auto& t : inputs) ins.push_back({t.dtype, t.dims, t.bytes});

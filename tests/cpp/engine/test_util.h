@@ -47,6 +47,10 @@ std::vector<TestTensor> run_network(const Network& net, const std::vector<TestTe
 /// Runs the network directly, without builder or plan (the reference executor).
 std::vector<TestTensor> run_network_direct(const Network& net, const std::vector<TestTensor>& inputs);
 
+/// Whether building `net` for the CPU at `optimization_level` logs a pass line that starts with
+/// `prefix` (BuildReport::pass_log).
+bool build_logs(const Network& net, int optimization_level, const std::string& prefix);
+
 /// Absolute and relative tolerance: |a - e| <= atol + rtol * |e|.
 struct Tolerance {
   double atol;
