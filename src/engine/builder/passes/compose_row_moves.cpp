@@ -97,93 +97,95 @@ bool is_identity_perm(const std::vector<int64_t>& perm) {
   return true;
 }
 
-/// Applies row move `l` to `rows` (the rows of l's input); false when `l` is not a row move
-/// (rows then unspecified). `copies` counts the layers that move bytes (not pure reshapes).
-bool apply(const Layer* l, Rows& rows, int& copies) {
-  const Tensor* in = l->input(0);
-  const auto in_dims = static_dims(in);
+constexpr int64_t kMaxRows = int64_t{1} << 22;  // index tables up to 16 MB (i32)
+
+/// The in-range constant indices of Gather `l` along a dim of size `n`, or nullopt.
+std::optional<std::vector<int64_t>> gather_indices(const Layer* l, int64_t n) {
+  const Weights* w = constant_of(l->input(1));
+  if (w == nullptr || w->dims().size() != 1 ||
+      (w->dtype() != DataType::kI32 && w->dtype() != DataType::kI64)) {
+    return std::nullopt;
+  }
+  std::vector<int64_t> index(static_cast<size_t>(w->numel()));
+  for (int64_t i = 0; i < w->numel(); ++i) {
+    int64_t v = w->dtype() == DataType::kI32 ? int64_t{static_cast<const int32_t*>(w->data())[i]}
+                                             : static_cast<const int64_t*>(w->data())[i];
+    if (v < 0) v += n;
+    if (v < 0 || v >= n) return std::nullopt;  // the layer's own error at run time, not ours
+    index[static_cast<size_t>(i)] = v;
+  }
+  return index;
+}
+
+/// Whether `l` moves whole rows only: static shapes of rank >= 2 with the same last dim and at
+/// most kMaxRows rows on either side, and a default-mode Gather along a dim before the last with
+/// in-range constant 1-d indices, or a Shuffle whose transposes keep the last dim.
+bool is_row_move(const Layer* l) {
+  if (l->kind() != LayerKind::kGather && l->kind() != LayerKind::kShuffle) return false;
+  const auto in_dims = static_dims(l->input(0));
   const auto out_dims = static_dims(l->output());
   if (!in_dims || !out_dims || in_dims->size() < 2 || out_dims->size() < 2 ||
-      in_dims->back() != out_dims->back()) {
+      in_dims->back() != out_dims->back() || in_dims->back() <= 0) {
     return false;
   }
+  auto rows_of = [](const std::vector<int64_t>& d) {
+    return std::accumulate(d.begin(), d.end() - 1, int64_t{1}, std::multiplies<>());
+  };
+  if (rows_of(*in_dims) > kMaxRows || rows_of(*out_dims) > kMaxRows) return false;
   if (l->kind() == LayerKind::kGather) {
     const auto& gp = l->params_as<GatherParams>();
-    const Weights* w = constant_of(l->input(1));
-    const auto rank = static_cast<int64_t>(in_dims->size());
-    if (gp.mode != GatherMode::kDefault || w == nullptr || w->dims().size() != 1 || gp.axis < 0 ||
-        gp.axis >= rank - 1 ||
-        (w->dtype() != DataType::kI32 && w->dtype() != DataType::kI64)) {
-      return false;
-    }
-    const int64_t n = (*in_dims)[static_cast<size_t>(gp.axis)];
-    std::vector<int64_t> index(static_cast<size_t>(w->numel()));
-    for (int64_t i = 0; i < w->numel(); ++i) {
-      int64_t v = w->dtype() == DataType::kI32 ? int64_t{static_cast<const int32_t*>(w->data())[i]}
-                                               : static_cast<const int64_t*>(w->data())[i];
-      if (v < 0) v += n;
-      if (v < 0 || v >= n) return false;  // the layer's own error at run time, not ours to move
-      index[static_cast<size_t>(i)] = v;
-    }
-    rows.take(static_cast<size_t>(gp.axis), index);
-    ++copies;
-    return true;
+    return gp.mode == GatherMode::kDefault && gp.axis >= 0 &&
+           gp.axis < static_cast<int64_t>(in_dims->size()) - 1 &&
+           gather_indices(l, (*in_dims)[static_cast<size_t>(gp.axis)]).has_value();
   }
-  if (l->kind() != LayerKind::kShuffle) return false;
   const auto& sp = l->params_as<ShuffleParams>();
-  if (!keeps_last(sp.first_transpose) || !keeps_last(sp.second_transpose)) return false;
-  const bool moves = !is_identity_perm(sp.first_transpose) || !is_identity_perm(sp.second_transpose);
-  if (!sp.first_transpose.empty()) {
-    rows.transpose(std::vector<int64_t>(sp.first_transpose.begin(), sp.first_transpose.end() - 1));
+  return keeps_last(sp.first_transpose) && keeps_last(sp.second_transpose);
+}
+
+/// Applies row move `l` (is_row_move) to `rows`, the rows of l's input. Returns 1 when `l`
+/// moves bytes (not a pure reshape), else 0.
+int apply(const Layer* l, Rows& rows) {
+  if (l->kind() == LayerKind::kGather) {
+    const auto axis = static_cast<size_t>(l->params_as<GatherParams>().axis);
+    rows.take(axis, *gather_indices(l, rows.dims[axis]));
+    return 1;
   }
-  // The reshape's dims: the output's dims before the second transpose (which keeps the last).
-  std::vector<int64_t> shaped = *out_dims;
-  if (!sp.second_transpose.empty()) {
-    for (size_t d = 0; d < shaped.size(); ++d) {
-      shaped[static_cast<size_t>(sp.second_transpose[d])] = (*out_dims)[d];
+  const auto& sp = l->params_as<ShuffleParams>();
+  auto without_last = [](const std::vector<int64_t>& perm) {
+    return std::vector<int64_t>(perm.begin(), perm.end() - 1);
+  };
+  if (!sp.first_transpose.empty()) rows.transpose(without_last(sp.first_transpose));
+  // A reshape that keeps the last dim keeps the rows' order: only the dims change, to the
+  // output's dims before the second transpose.
+  if (sp.has_reshape) {
+    const std::vector<int64_t> out_dims = *static_dims(l->output());
+    std::vector<int64_t> shaped = out_dims;
+    for (size_t d = 0; d < sp.second_transpose.size(); ++d) {
+      shaped[static_cast<size_t>(sp.second_transpose[d])] = out_dims[d];
     }
+    rows.dims.assign(shaped.begin(), shaped.end() - 1);
   }
-  if (sp.has_reshape) rows.dims.assign(shaped.begin(), shaped.end() - 1);  // row order kept
-  if (rows.count() != static_cast<int64_t>(rows.ids.size())) return false;
-  if (!sp.second_transpose.empty()) {
-    rows.transpose(
-        std::vector<int64_t>(sp.second_transpose.begin(), sp.second_transpose.end() - 1));
-  }
-  copies += moves ? 1 : 0;
-  return true;
+  if (!sp.second_transpose.empty()) rows.transpose(without_last(sp.second_transpose));
+  return !is_identity_perm(sp.first_transpose) || !is_identity_perm(sp.second_transpose) ? 1 : 0;
 }
-
-/// Whether `l` could be a row move at all (cheap test before simulating).
-bool maybe_row_move(const Layer* l) {
-  return l->kind() == LayerKind::kShuffle ||
-         (l->kind() == LayerKind::kGather && l->params_as<GatherParams>().mode == GatherMode::kDefault);
-}
-
-constexpr int64_t kMaxRows = int64_t{1} << 22;  // index tables up to 16 MB (i32)
 
 /// Rewrites the longest chain of row moves starting at `first`; true when it did.
 bool rewrite_from(Network& net, Layer* first, int& gathers, int& reshapes) {
   Tensor* x = first->input(0);
   const auto x_dims = static_dims(x);
   if (!x_dims || x_dims->size() < 2) return false;
-  Rows rows;
-  rows.dims.assign(x_dims->begin(), x_dims->end() - 1);
-  const int64_t r0 = rows.count();
-  if (r0 <= 0 || r0 > kMaxRows) return false;
-  rows.ids.resize(static_cast<size_t>(r0));
-  std::iota(rows.ids.begin(), rows.ids.end(), int64_t{0});
+  Rows done;
+  done.dims.assign(x_dims->begin(), x_dims->end() - 1);
+  const int64_t r0 = done.count();
+  if (r0 <= 0) return false;
+  done.ids.resize(static_cast<size_t>(r0));
+  std::iota(done.ids.begin(), done.ids.end(), int64_t{0});
   // Extend while the next layer is a row move that alone reads the current tensor.
   Layer* last = nullptr;
-  Rows done = std::move(rows);
   int copies = 0;
-  for (Layer* l = first; l != nullptr && maybe_row_move(l);) {
-    Rows trial = done;
-    int c = copies;
-    if (!apply(l, trial, c) || trial.count() > kMaxRows) break;
-    done = std::move(trial);
-    copies = c;
+  for (Layer* l = first; l != nullptr && is_row_move(l); l = sole_consumer(net, l->output())) {
+    copies += apply(l, done);
     last = l;
-    l = sole_consumer(net, l->output());
   }
   if (last == nullptr) return false;
   const int64_t rk = done.count();
@@ -244,20 +246,12 @@ int compose_row_moves(Network& net, int* kept) {
   while (changed) {  // each rewrite replaces layers: walk again (chains only shrink the graph)
     changed = false;
     for (Layer* l : net.layers()) {
-      if (!maybe_row_move(l)) continue;
-      // A chain starts where the input does not come from a row move read by it alone.
+      if (!is_row_move(l)) continue;
+      // A chain starts where the input does not come from a row move read by it alone (that
+      // layer's chain takes this one in).
       const Layer* before = l->input(0)->producer();
-      if (before != nullptr && maybe_row_move(before) && sole_consumer(net, l->input(0)) == l) {
-        Rows probe;
-        int c = 0;
-        const auto d = static_dims(before->input(0));
-        if (d && d->size() >= 2) {
-          probe.dims.assign(d->begin(), d->end() - 1);
-          if (probe.count() <= kMaxRows) {
-            probe.ids.assign(static_cast<size_t>(probe.count()), 0);
-            if (apply(before, probe, c)) continue;  // `before` starts (or continues) the chain
-          }
-        }
+      if (before != nullptr && is_row_move(before) && sole_consumer(net, l->input(0)) == l) {
+        continue;
       }
       if (rewrite_from(net, l, gathers, reshapes)) {
         remove_unreachable_layers(net);
