@@ -236,36 +236,30 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
 }
 
 /// FP8 E4M3: returns false when cuBLASLt cannot take the problem (or the GPU has no FP8).
-/// Per-tensor scales, a 16-bit output and no requantization: the GEMM writes the output itself,
-/// with the layer's scales, epilogue scale (alpha) and bias or relu in cuBLASLt's own epilogue;
-/// an activation cuBLASLt has no epilogue for (erf GELU, SiLU, ...) then runs in place on that
-/// output (`epilogue`'s activation; the output rounded twice, as the f16 MatrixMultiply does).
-/// Everything else (per-channel weight scales, f32 output, requantization, or an epilogue
+/// Per-tensor scales, a 16-bit output and no requantization: the GEMM writes the output itself
+/// (fp8_gemm_to_output: scales, alpha, bias or relu in cuBLASLt's epilogue, a residual as C;
+/// another activation in place after it). With a requantization: the 16-bit value into scratch,
+/// then one pass for the activation and the quantization (launch_product_finish). Everything
+/// else (per-channel weight scales, an f32 output with a bias or activation, an epilogue
 /// cuBLASLt refuses): the f32 sums go to scratch and the epilogue pass (the INT8 one) finishes
 /// them. For BERT-base at b32 the first form spares all 73 products a round trip of f32 sums
 /// through memory (8 bytes an output element; its 12 erf-GELU products pay 4 for the pass).
 bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
              const ProductEpilogue& e, const Epilogue& epilogue) {
   if (k % 16 != 0 || n % 16 != 0) return false;  // before growing the workspace for it
-  const bool per_tensor = !e.per_channel;
   const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
-  const bool act_after = e.activation && !lib_relu;
   const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
-  const bool requantize = e.out_scale != nullptr;
-  // A bias with an f32 output would need cuBLASLt's bf16 bias; such layers take the pass.
-  // A requantizing layer (to int8 or FP8) has cuBLASLt write its 16-bit value to scratch, and
-  // one pass applies the activation (when cuBLASLt has none for it) and the quantization:
-  // BERT's erf-GELU products, read by FP8 Quantizes, write 2 + 2 + 1 bytes an element where
-  // GELU in place and a Quantize pass wrote 2 + 4 + 3.
-  const bool fused = per_tensor && (half || (e.bias == nullptr && !e.activation &&
-                                             e.residual == nullptr && !requantize));
-  if (fused && !requantize) {
+  if (e.out_scale == nullptr) {
     auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes));
     if (fp8_gemm_to_output(a, a.in(0).data, a.in(1).data, m, n, k, a.out().data, float_type, e,
                            epilogue, base)) {
       return true;
     }
-  } else if (fused) {
+  } else if (!e.per_channel && half) {
+    // A requantizing layer (to int8 or FP8): cuBLASLt writes its 16-bit value to scratch, and
+    // one pass applies the activation (when cuBLASLt has none for it) and the quantization:
+    // BERT's erf-GELU products, read by FP8 Quantizes, write 2 + 2 + 1 bytes an element where
+    // GELU in place and a Quantize pass wrote 2 + 4 + 3.
     const size_t value_bytes =
         (static_cast<size_t>(m * n) * dtype_size(float_type) + 255) / 256 * 256;
     auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + value_bytes));
@@ -274,7 +268,7 @@ bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_
     if (gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, value,
                 out_type(float_type), e.w_scale, e.x_scale, base, &lib)) {
       ProductEpilogue rest = e;
-      rest.activation = act_after;
+      rest.activation = e.activation && !lib_relu;
       launch_product_finish(value, a.out().data, float_type, m * n, rest, a.stream());
       return true;
     }
