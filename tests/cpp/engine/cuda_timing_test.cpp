@@ -10,9 +10,11 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "ember/engine/half.h"
 #include "ember/engine/timing_cache.h"
 #include "plan/plan.h"
 
@@ -177,6 +179,72 @@ TEST(CudaTiming, ChoicesOfAnotherGpuAreIgnored) {
   EXPECT_EQ(engine->timing_cache().timed_problems(), static_cast<int64_t>(n));
   // The foreign entries stay (harmless); this GPU's choices are added beside them.
   EXPECT_EQ(engine->timing_cache().size(), 2 * n);
+}
+
+// An INT8 or FP8 QuantizedMatrixMultiply [64, 128] x [48, 128]^T with a bias, to f16.
+std::unique_ptr<Case> make_quantized_case(DataType q) {
+  auto c = std::make_unique<Case>();
+  Network& net = c->net;
+  const int64_t m = 64, n = 48, k = 128;
+  Tensor* a = net.add_input("a", q, {m, k});
+  std::vector<uint8_t> w(static_cast<size_t>(n * k));
+  for (size_t i = 0; i < w.size(); ++i) {
+    const int v = static_cast<int>(i * 29 % 255) - 127;
+    w[i] = q == DataType::kI8 ? static_cast<uint8_t>(static_cast<int8_t>(v))
+                              : f32_to_f8e4m3(static_cast<float>(v) * 0.25f);
+  }
+  auto scalar = [&net](float v) {
+    return net.add_constant(Weights::from_vector(DataType::kF32, {1}, std::vector<float>{v}))
+        ->output();
+  };
+  std::vector<float> bias(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) bias[static_cast<size_t>(j)] = 0.25f * static_cast<float>(j % 5);
+  const TestTensor bt = TestTensor::floats(DataType::kF16, {n}, bias);
+  QuantizedMatrixMultiplyParams p;
+  p.out = DataType::kF16;
+  Tensor* y = net.add_layer(p, {a, net.add_constant(Weights::copy(q, {n, k}, w.data()))->output(),
+                                scalar(0.02f), scalar(0.004f),
+                                net.add_constant(Weights::copy(DataType::kF16, {n}, bt.bytes.data()))
+                                    ->output()})
+                  ->output();
+  net.mark_output(y, "y");
+  if (q == DataType::kI8) {
+    c->inputs.push_back(TestTensor::random(q, {m, k}, 81, -127.0f, 128.0f));
+  } else {
+    TestTensor at;
+    at.dtype = q;
+    at.dims = {m, k};
+    for (float v : TestTensor::random(DataType::kF32, {m, k}, 81, -300.0f, 300.0f).to_floats()) {
+      at.bytes.push_back(f32_to_f8e4m3(v));
+    }
+    c->inputs.push_back(at);
+  }
+  return c;
+}
+
+// The quantized GEMMs choose their cuBLASLt algorithm as the float ones do: timed at build,
+// stored in the plan under a key naming the quantized problem, looked up (not timed) after a load.
+TEST(CudaTiming, QuantizedProductsAreTimedAndTheirChoicesKept) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  int dev = 0, major = 0, minor = 0;
+  test::cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  test::cuda_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cc");
+  test::cuda_ok(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cc");
+  std::vector<std::pair<DataType, std::string>> kinds = {{DataType::kI8, "cublasLt i8 tn "}};
+  if (major * 10 + minor >= 89) kinds.emplace_back(DataType::kF8E4M3, "cublasLt f8e4m3 tn ");
+  for (const auto& [q, prefix] : kinds) {
+    const auto c = make_quantized_case(q);
+    BuildReport report;
+    const auto plan = build(*c, nullptr, &report);
+    const auto timing = plan_read(plan.data(), plan.size()).timing;
+    int quantized = 0;
+    for (const TimingEntry& e : timing) quantized += e.problem.rfind(prefix, 0) == 0 ? 1 : 0;
+    EXPECT_EQ(quantized, 1) << prefix << "(entries: " << timing.size() << ")";
+    EXPECT_EQ(report.timed_problems, report.timing_entries) << prefix;
+    const auto engine = load(plan);
+    run_and_check(*c, engine, prefix + "timed plan");
+    EXPECT_EQ(engine->timing_cache().timed_problems(), 0) << prefix;
+  }
 }
 
 TEST(CudaTiming, NewShapesAreTimedOnTheirFirstCallOnly) {

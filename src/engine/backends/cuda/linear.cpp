@@ -13,11 +13,9 @@
 // tolerance); f16/bf16 run on tensor cores with f32 accumulation. A bias is written into the
 // output first and accumulated onto with beta = 1, so the result is rounded once, as on the CPU.
 //
-// Algorithm choice (tactics): the first eager call of a problem times up to 8 of cuBLASLt's
-// heuristic candidates on the real operands (cuDNN: its Find), and the winner goes into the
-// engine's TimingCache under a key naming the problem, not the layer; later calls, captures and
-// engines loaded from a plan that carries the choice look it up. A choice loaded from bytes is
-// checked against the library before its first use.
+// Algorithm choice (tactics): cuBLASLt's candidates are timed on a problem's first eager call
+// (lt_algo.h, shared with the quantized GEMMs), cuDNN's through its Find; the winners go into
+// the engine's TimingCache under keys naming the problem, not the layer.
 //
 // Row-major matrices are column-major transposes, so C = A B is computed as C^T = B^T A^T with
 // the operands swapped; no data moves.
@@ -40,6 +38,7 @@
 #include "backends/cuda/dnn_types.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/linear_kernels.h"
+#include "backends/cuda/lt_algo.h"
 
 namespace ember::engine::cuda {
 
@@ -81,15 +80,6 @@ int64_t product(const std::vector<int64_t>& v) {
   int64_t n = 1;
   for (int64_t d : v) n *= d;
   return n;
-}
-
-/// Largest power of two (at most 256) dividing every one of `bytes` (0 entries ignored).
-uint32_t alignment_of(std::initializer_list<uint64_t> bytes) {
-  uint32_t a = 256;
-  for (uint64_t b : bytes) {
-    while (b != 0 && b % a != 0) a /= 2;
-  }
-  return a;
 }
 
 // ---------------------------------------------------------------- cuBLASLt GEMM
@@ -149,109 +139,6 @@ void make_layout(LtLayout& l, cudaDataType_t type, int64_t rows, int64_t cols, i
   }
 }
 
-/// The operands and descriptors of one cuBLASLt call; run() launches it with one algorithm.
-struct LtCall {
-  cublasLtHandle_t handle;
-  cublasLtMatmulDesc_t op;
-  cublasLtMatrixLayout_t first, second, out;
-  const float* alpha;
-  const float* beta;
-  const void* b;
-  const void* a;
-  const void* c;
-  void* workspace;
-  cudaStream_t stream;
-  cublasStatus_t run(const cublasLtMatmulAlgo_t& algo, void* d) const {
-    return cublasLtMatmul(handle, op, alpha, b, first, a, second, beta, c, out, d, out, &algo,
-                          workspace, kWorkspaceBytes, stream);
-  }
-};
-
-/// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call.
-constexpr int kGemmCandidates = 8;
-
-/// Milliseconds of two launches of `algo` after one warm-up, or a negative value when a launch
-/// fails (the candidate is then skipped).
-float time_gemm(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void* d, TacticTimer& t) {
-  if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) return -1.0f;
-  return time_launches(t, call.stream, [&] { return call.run(algo, d) == CUBLAS_STATUS_SUCCESS; });
-}
-
-/// The algorithm for one GEMM problem: the timing cache's choice when there is one (a choice
-/// loaded from bytes is checked with cublasLtMatmulAlgoCheck first, and timed again when this
-/// library rejects it); otherwise, on an eager call, the fastest of up to kGemmCandidates
-/// heuristic candidates timed on the real operands, stored in the cache. A call being captured
-/// cannot synchronize, so it takes the heuristic's first candidate and stores nothing.
-/// `problem` is empty when there is no cache; `out_extent` is the output's byte span.
-cublasLtMatmulAlgo_t gemm_algo(const LtCall& call, cublasLtMatmulPreference_t pref, const Gemm& g,
-                               DataType dtype, const std::string& problem, TimingCache* cache,
-                               size_t out_extent,
-                               const std::shared_ptr<DeviceAllocator>& allocator) {
-  const std::string* device = cache != nullptr ? &timing_device_key() : nullptr;
-  if (cache != nullptr) {
-    bool checked = false;
-    const auto choice = cache->lookup(*device, problem, &checked);
-    if (choice && choice->size() == sizeof(cublasLtMatmulAlgo_t)) {
-      cublasLtMatmulAlgo_t algo;
-      std::memcpy(&algo, choice->data(), sizeof algo);
-      if (checked) return algo;
-      cublasLtMatmulHeuristicResult_t result{};
-      if (cublasLtMatmulAlgoCheck(call.handle, call.op, call.first, call.second, call.out,
-                                  call.out, &algo, &result) == CUBLAS_STATUS_SUCCESS &&
-          result.workspaceSize <= kWorkspaceBytes) {
-        cache->mark_checked(*device, problem);
-        return algo;
-      }
-      // Another library version or corrupt bytes: time the problem again below.
-    }
-  }
-  cublasLtMatmulHeuristicResult_t results[kGemmCandidates] = {};
-  int returned = 0;
-  lt_check(cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
-                                          call.out, pref, kGemmCandidates, results, &returned),
-           "cublasLtMatmulAlgoGetHeuristic");
-  if (returned == 0) {
-    throw Error("MatrixMultiply (cuda): cuBLASLt has no algorithm for m=" + std::to_string(g.m) +
-                " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " batch=" +
-                std::to_string(g.batch) + " of " + dtype_name(dtype));
-  }
-  if (cache == nullptr || capturing(call.stream)) return results[0].algo;
-  int best = 0;
-  if (returned > 1) {
-    TacticTimer timer;
-    // With a residual read as C, D = alpha AB + C: repeated launches are harmless unless C and
-    // D overlap (an in-place residual), which would accumulate; time into scratch then.
-    void* d = g.c;
-    const auto* c0 = static_cast<const uint8_t*>(call.c);
-    const auto* d0 = static_cast<const uint8_t*>(g.c);
-    if (g.residual != nullptr && c0 < d0 + out_extent && d0 < c0 + out_extent) {
-      timer.scratch = DeviceBuffer(allocator, out_extent, "tactic timing scratch");
-      d = timer.scratch.get();
-    }
-    float best_ms = -1.0f;
-    best = -1;
-    for (int i = 0; i < returned; ++i) {
-      if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > kWorkspaceBytes) {
-        continue;
-      }
-      const float ms = time_gemm(call, results[i].algo, d, timer);
-      if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
-        best = i;
-        best_ms = ms;
-      }
-    }
-    if (best < 0) {
-      throw Error("MatrixMultiply (cuda): none of cuBLASLt's " + std::to_string(returned) +
-                  " candidate algorithms ran for m=" + std::to_string(g.m) + " n=" +
-                  std::to_string(g.n) + " k=" + std::to_string(g.k) + " of " + dtype_name(dtype));
-    }
-  }
-  const auto* bytes = reinterpret_cast<const uint8_t*>(&results[best].algo);
-  cache->store(*device, problem, std::vector<uint8_t>(bytes, bytes + sizeof(cublasLtMatmulAlgo_t)));
-  cache->note_timed();
-  return results[best].algo;
-}
-
 /// A GEMM layer's cuBLASLt descriptors and algorithm, kept in the context's Resources between
 /// calls while the problem (everything but the operand addresses) stays the same.
 struct GemmPrep : PreparedLaunch {
@@ -287,7 +174,7 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args, bool reusable
   if (kept != nullptr && kept->key == key) {
     const LtCall call{handle, kept->op.h, kept->first.h, kept->second.h, kept->out.h, &alpha,
                       &beta, g.b, g.a, g.residual != nullptr ? g.residual : g.c,
-                      args.res->workspace(kWorkspaceBytes), args.stream()};
+                      args.res->workspace(kWorkspaceBytes), kWorkspaceBytes, args.stream()};
     lt_check(call.run(kept->algo, g.c), "cublasLtMatmul");
     return;
   }
@@ -343,45 +230,37 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args, bool reusable
 
   // The heuristic assumes 256-byte aligned operands unless told otherwise; arena offsets and
   // batch entries can be less aligned, and an algorithm that needs more would fault.
-  Owned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> pref;
-  lt_check(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate");
-  const uint64_t ws = kWorkspaceBytes;
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                &ws, sizeof(ws)),
-           "set workspace preference");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                &align_first, sizeof(align_first)),
-           "set alignment A");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                &align_second, sizeof(align_second)),
-           "set alignment B");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                &align_out, sizeof(align_out)),
-           "set alignment C");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                &align_out, sizeof(align_out)),
-           "set alignment D");
-  LtCall call{handle, op.h, first.h, second.h, out.h, &alpha, &beta, g.b, g.a,
-              g.residual != nullptr ? g.residual : g.c, args.res->workspace(kWorkspaceBytes),
-              args.stream()};
-  std::string problem;
+  const LtPreference pref(kWorkspaceBytes, align_first, align_second, align_out);
+  const LtCall call{handle, op.h, first.h, second.h, out.h, &alpha, &beta, g.b, g.a,
+                    g.residual != nullptr ? g.residual : g.c,
+                    args.res->workspace(kWorkspaceBytes), kWorkspaceBytes, args.stream()};
+  LtProblem problem;
+  problem.what = "MatrixMultiply (cuda): m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) +
+                 " k=" + std::to_string(g.k) + " batch=" + std::to_string(g.batch) + " of " +
+                 dtype_name(dtype);
   if (args.res->timing_cache() != nullptr) {
-    problem = "cublasLt " + std::string(dtype_name(dtype)) + " ta=" + std::to_string(g.trans_a) +
-              " tb=" + std::to_string(g.trans_b) + " m=" + std::to_string(g.m) +
-              " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
-              " ld=" + std::to_string(g.lda) + "," + std::to_string(g.ldb) + "," +
-              std::to_string(g.ldc) + " batch=" + std::to_string(g.batch) +
-              " strides=" + std::to_string(g.stride_a) + "," + std::to_string(g.stride_b) + "," +
-              std::to_string(g.stride_c) + " epilogue=" + std::to_string(epilogue) +
-              " residual=" + std::to_string(g.residual != nullptr) +
-              " align=" + std::to_string(align_first) + "," + std::to_string(align_second) + "," +
-              std::to_string(align_out) + " workspace=" + std::to_string(kWorkspaceBytes);
+    problem.key = "cublasLt " + std::string(dtype_name(dtype)) + " ta=" + std::to_string(g.trans_a) +
+                  " tb=" + std::to_string(g.trans_b) + " m=" + std::to_string(g.m) +
+                  " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
+                  " ld=" + std::to_string(g.lda) + "," + std::to_string(g.ldb) + "," +
+                  std::to_string(g.ldc) + " batch=" + std::to_string(g.batch) +
+                  " strides=" + std::to_string(g.stride_a) + "," + std::to_string(g.stride_b) + "," +
+                  std::to_string(g.stride_c) + " epilogue=" + std::to_string(epilogue) +
+                  " residual=" + std::to_string(g.residual != nullptr) +
+                  " align=" + std::to_string(align_first) + "," + std::to_string(align_second) + "," +
+                  std::to_string(align_out) + " workspace=" + std::to_string(kWorkspaceBytes);
   }
-  const size_t out_extent =
+  problem.d = g.c;
+  problem.d_bytes =
       static_cast<size_t>((g.batch - 1) * g.stride_c + (g.m - 1) * g.ldc + g.n) * esize;
-  const cublasLtMatmulAlgo_t algo = gemm_algo(call, pref.h, g, dtype, problem,
-                                              args.res->timing_cache(), out_extent,
-                                              args.res->allocator());
+  problem.reads_c = g.residual != nullptr;
+  cublasStatus_t heuristic = CUBLAS_STATUS_SUCCESS;
+  const auto chosen = choose_lt_algo(call, pref.h, problem, args, &heuristic);
+  if (!chosen) {
+    throw Error(problem.what + ": cuBLASLt has no algorithm (heuristic: " +
+                cublasLtGetStatusString(heuristic) + ")");
+  }
+  const cublasLtMatmulAlgo_t algo = *chosen;
   lt_check(call.run(algo, g.c), "cublasLtMatmul");
   // Kept unless the algorithm is a capture's untimed heuristic guess.
   if (reusable && !capturing(args.stream())) {

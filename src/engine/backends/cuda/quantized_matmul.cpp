@@ -19,6 +19,10 @@
 //   scratch and one pass for the activation and the quantization. Otherwise (per-channel
 //   scales, or an epilogue cuBLASLt refuses): the f32 sum into scratch, then the same epilogue
 //   pass as INT8 (one rounding, the CPU reference's order).
+// Both take their algorithm from lt_algo.h: the fastest of cuBLASLt's candidates timed on the
+// first eager call and kept in the timing cache, as the float GEMMs do (the heuristic's first
+// candidate was taken before 2026-12-06). FP8 accumulates in the tensor cores' fast mode
+// (CUBLASLT_MATMUL_DESC_FAST_ACCUM; EMBER_FP8_FAST_ACCUM=0 turns it off).
 // Shapes cuBLASLt refuses (INT8 needs K and the leading dims multiples of 4, FP8 multiples of
 // 16, FP8 needs sm_89+; an ImageNet classifier's N = 1000 is one) run in quantize.cu's direct
 // kernel, then the same epilogue pass: on the device, so the engine's CUDA graph still captures
@@ -26,10 +30,12 @@
 // engine). Reported once per context and layer as a degradation.
 #include <cublasLt.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/linear_kernels.h"
+#include "backends/cuda/lt_algo.h"
 #include "backends/cuda/quantize_kernels.h"
 
 namespace ember::engine::cuda {
@@ -58,7 +64,22 @@ struct LtOwned {
 };
 using Desc = LtOwned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
 using Layout = LtOwned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
-using Pref = LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+/// FP8 GEMMs accumulate in the tensor cores' own (fast) mode unless EMBER_FP8_FAST_ACCUM=0
+/// (or off) asks for cuBLASLt's periodic promotion of the sums to the f32 cores, which costs
+/// throughput. E4M3's 3-bit mantissa loses far more in the quantization than the fast mode
+/// loses in the sums (Transformer Engine runs its forward GEMMs the same way). Any other value
+/// than unset, 1, on, 0 and off is an error naming the setting.
+bool fp8_fast_accumulation() {
+  static const bool on = [] {
+    const char* v = std::getenv("EMBER_FP8_FAST_ACCUM");
+    const std::string s = v == nullptr ? "1" : v;
+    if (s == "1" || s == "on") return true;
+    if (s == "0" || s == "off") return false;
+    throw Error("EMBER_FP8_FAST_ACCUM='" + s + "': expected 1, on, 0 or off");
+  }();
+  return on;
+}
 
 cudaDataType_t out_type(DataType t) {
   switch (t) {
@@ -82,27 +103,6 @@ cudaDataType_t out_type(DataType t) {
 
 bool aligned_to(const void* p, uintptr_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
-/// The first algorithm cuBLASLt's heuristic offers, or false when it offers none.
-bool first_algo(cublasLtHandle_t handle, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t first,
-                cublasLtMatrixLayout_t second, cublasLtMatrixLayout_t out,
-                cublasLtMatmulAlgo_t& algo) {
-  Pref pref;
-  qlt_check(cublasLtMatmulPreferenceCreate(&pref.h), "cublasLtMatmulPreferenceCreate");
-  const uint64_t ws = kWorkspaceBytes;
-  qlt_check(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                 &ws, sizeof(ws)),
-            "set workspace preference");
-  cublasLtMatmulHeuristicResult_t result{};
-  int returned = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, op, first, second, out, out,
-                                                           pref.h, 1, &result, &returned);
-  if (st != CUBLAS_STATUS_SUCCESS || returned == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
-    return false;
-  }
-  algo = result.algo;
-  return true;
 }
 
 void set_tn(cublasLtMatmulDesc_t op) {
@@ -210,14 +210,19 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
                 "set bias type");
     }
   }
+  int8_t fast = 0;
+  if (fp8) {
+    fast = fp8_fast_accumulation() ? 1 : 0;
+    qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast,
+                                             sizeof(fast)),
+              "set fast accumulation");
+  }
   // Column-major, that is out^T [n, m] = op_T(w) op_N(act).
   const cudaDataType_t q = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_8I;
   Layout first, second, out;
   qlt_check(cublasLtMatrixLayoutCreate(&first.h, q, k, n, k), "layout b");
   qlt_check(cublasLtMatrixLayoutCreate(&second.h, q, k, m, k), "layout a");
   qlt_check(cublasLtMatrixLayoutCreate(&out.h, d_type, n, m, n), "layout out");
-  cublasLtMatmulAlgo_t algo;
-  if (!first_algo(handle, op.h, first.h, second.h, out.h, algo)) return false;
   // The scale type is the compute type's: f32 for FP8, int32 for INT8. A residual is C with
   // beta 1 (FP8 only: D = alpha * scales * sum + C, then the bias and relu epilogue), in D's
   // type and layout, which is what cuBLASLt's FP8 kernels take for a 16-bit D.
@@ -229,9 +234,36 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   const void* alpha = fp8 ? static_cast<const void*>(&f_one) : &i_one;
   const void* beta = fp8 ? static_cast<const void*>(&f_beta) : &i_zero;
   const void* c = residual != nullptr ? residual : d;
-  qlt_check(cublasLtMatmul(handle, op.h, alpha, w, first.h, act, second.h, beta, c, out.h, d,
-                           out.h, &algo, ws, kWorkspaceBytes, a.stream()),
-            fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
+  const size_t d_size = d_type == CUDA_R_32F || d_type == CUDA_R_32I ? 4 : 2;
+  const uint32_t align_w = alignment_of({reinterpret_cast<uint64_t>(w), static_cast<uint64_t>(k)});
+  const uint32_t align_act =
+      alignment_of({reinterpret_cast<uint64_t>(act), static_cast<uint64_t>(k)});
+  const uint32_t align_out =
+      alignment_of({reinterpret_cast<uint64_t>(d), reinterpret_cast<uint64_t>(residual),
+                    static_cast<uint64_t>(n) * d_size});
+  const LtPreference pref(kWorkspaceBytes, align_w, align_act, align_out);
+  const LtCall call{handle, op.h, first.h, second.h, out.h, alpha, beta, w, act, c, ws,
+                    kWorkspaceBytes, a.stream()};
+  LtProblem problem;
+  problem.what = std::string("QuantizedMatrixMultiply (cuda): ") + (fp8 ? "FP8" : "INT8") +
+                 " m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k);
+  if (a.res->timing_cache() != nullptr) {
+    const int epi = lib == nullptr ? 0 : (lib->bias != nullptr ? 1 : 0) + (lib->relu ? 2 : 0);
+    problem.key = std::string("cublasLt ") + (fp8 ? "f8e4m3" : "i8") + " tn m=" +
+                  std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                  " d=" + std::to_string(static_cast<int>(d_type)) + " scales=" +
+                  std::to_string(w_scale != nullptr) + " epilogue=" + std::to_string(epi) +
+                  " residual=" + std::to_string(residual != nullptr) + " fast=" +
+                  std::to_string(fast) + " align=" + std::to_string(align_w) + "," +
+                  std::to_string(align_act) + "," + std::to_string(align_out) +
+                  " workspace=" + std::to_string(kWorkspaceBytes);
+  }
+  problem.d = d;
+  problem.d_bytes = static_cast<size_t>(m * n) * d_size;
+  problem.reads_c = residual != nullptr;
+  const auto algo = choose_lt_algo(call, pref.h, problem, a);
+  if (!algo) return false;
+  qlt_check(call.run(*algo, d), fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
   return true;
 }
 

@@ -1,0 +1,129 @@
+// cuBLASLt's algorithm choice (see lt_algo.h).
+#include "backends/cuda/lt_algo.h"
+
+#include <cstring>
+#include <vector>
+
+#include "backends/cuda/linear_kernels.h"
+
+namespace ember::engine::cuda {
+
+namespace {
+
+void pref_check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw Error(std::string("cuBLASLt (cuda): ") + what +
+                " failed: " + cublasLtGetStatusString(status));
+  }
+}
+
+/// Milliseconds of two launches of `algo` after one warm-up, or a negative value when a launch
+/// fails (the candidate is then skipped).
+float time_candidate(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void* d,
+                     TacticTimer& t) {
+  if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) return -1.0f;
+  return time_launches(t, call.stream, [&] { return call.run(algo, d) == CUBLAS_STATUS_SUCCESS; });
+}
+
+}  // namespace
+
+LtPreference::LtPreference(uint64_t workspace_bytes, uint32_t align_a, uint32_t align_b,
+                           uint32_t align_cd) {
+  pref_check(cublasLtMatmulPreferenceCreate(&h), "cublasLtMatmulPreferenceCreate");
+  const auto set = [&](cublasLtMatmulPreferenceAttributes_t attr, const void* v, size_t size,
+                       const char* what) {
+    const cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(h, attr, v, size);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      cublasLtMatmulPreferenceDestroy(h);
+      h = nullptr;
+      pref_check(st, what);
+    }
+  };
+  set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof workspace_bytes,
+      "set workspace preference");
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a, "set alignment A");
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b, "set alignment B");
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_cd, sizeof align_cd, "set alignment C");
+  set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_cd, sizeof align_cd, "set alignment D");
+}
+
+LtPreference::~LtPreference() {
+  if (h != nullptr) cublasLtMatmulPreferenceDestroy(h);
+}
+
+std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
+                                                   cublasLtMatmulPreference_t pref,
+                                                   const LtProblem& p, const CudaArgs& args,
+                                                   cublasStatus_t* heuristic_status) {
+  TimingCache* cache = p.key.empty() ? nullptr : args.res->timing_cache();
+  const std::string* device = cache != nullptr ? &timing_device_key() : nullptr;
+  if (cache != nullptr) {
+    bool checked = false;
+    const auto choice = cache->lookup(*device, p.key, &checked);
+    if (choice && choice->size() == sizeof(cublasLtMatmulAlgo_t)) {
+      cublasLtMatmulAlgo_t algo;
+      std::memcpy(&algo, choice->data(), sizeof algo);
+      if (checked) return algo;
+      cublasLtMatmulHeuristicResult_t result{};
+      if (cublasLtMatmulAlgoCheck(call.handle, call.op, call.first, call.second, call.out, call.out,
+                                  &algo, &result) == CUBLAS_STATUS_SUCCESS &&
+          result.workspaceSize <= call.workspace_bytes) {
+        cache->mark_checked(*device, p.key);
+        return algo;
+      }
+      // Another library version or corrupt bytes: time the problem again below.
+    }
+  }
+  cublasLtMatmulHeuristicResult_t results[kLtCandidates] = {};
+  int returned = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
+                                     call.out, pref, kLtCandidates, results, &returned);
+  if (heuristic_status != nullptr) *heuristic_status = st;
+  if (st != CUBLAS_STATUS_SUCCESS || returned == 0) return std::nullopt;
+  int first = -1;
+  for (int i = 0; i < returned && first < 0; ++i) {
+    if (results[i].state == CUBLAS_STATUS_SUCCESS &&
+        results[i].workspaceSize <= call.workspace_bytes) {
+      first = i;
+    }
+  }
+  if (first < 0) return std::nullopt;
+  if (cache == nullptr || capturing(call.stream)) return results[first].algo;
+  int best = first;
+  if (returned > 1) {
+    TacticTimer timer;
+    // D = alpha AB + beta C: repeated launches are harmless unless C is read and overlaps D
+    // (an in-place residual), which would accumulate; time into scratch then.
+    void* d = p.d;
+    const auto* c0 = static_cast<const uint8_t*>(call.c);
+    const auto* d0 = static_cast<const uint8_t*>(p.d);
+    if (p.reads_c && c0 < d0 + p.d_bytes && d0 < c0 + p.d_bytes) {
+      timer.scratch = DeviceBuffer(args.res->allocator(), p.d_bytes, "tactic timing scratch");
+      d = timer.scratch.get();
+    }
+    float best_ms = -1.0f;
+    best = -1;
+    for (int i = 0; i < returned; ++i) {
+      if (results[i].state != CUBLAS_STATUS_SUCCESS ||
+          results[i].workspaceSize > call.workspace_bytes) {
+        continue;
+      }
+      const float ms = time_candidate(call, results[i].algo, d, timer);
+      if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
+        best = i;
+        best_ms = ms;
+      }
+    }
+    if (best < 0) {
+      throw Error(p.what + ": none of cuBLASLt's " + std::to_string(returned) +
+                  " candidate algorithms ran");
+    }
+  }
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&results[best].algo);
+  cache->store(*device, p.key, std::vector<uint8_t>(bytes, bytes + sizeof(cublasLtMatmulAlgo_t)));
+  cache->note_timed();
+  return results[best].algo;
+}
+
+}  // namespace ember::engine::cuda
