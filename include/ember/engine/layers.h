@@ -599,14 +599,14 @@ struct QuantizedMatrixMultiplyParams {
 /// dims), 1 w (i8, or f8e4m3 with an f8e4m3 x; [K, C/groups, *kernel]), 2 x_scale (f32, one
 /// element), 3 w_scale (f32, one element or [K]: per output channel), optional 4 bias (`out`'s
 /// dtype, [K]; nullptr to omit), 5 out_scale (with requantize only), 6 x_zero_point (i32, one
-/// element; absent: 0; int8 only).
+/// element; absent: 0; int8 only), optional 7 residual (`out`'s dtype, the output's shape and
+/// layout; set by fuse_epilogues from a residual add, not with requantize): added with the bias.
 /// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or requantize.to (i8, or
 /// f8e4m3 for f8e4m3 operands) when requantize is on.
 /// Accumulation in int32 for int8 (exact), in f32 for f8e4m3 (each product of two E4M3 values
-/// is exact in f32; the sum rounds as a float convolution's); the scales and the bias apply
-/// once, in f32, then the value is
-/// rounded to `out`, the epilogue's activation (when fused_activation, set by fuse_epilogues)
-/// applies, then the requantization. No residual.
+/// is exact in f32; the sum rounds as a float convolution's); the scales, the bias and the
+/// residual apply once, in f32, then the value is rounded to `out`, the epilogue's activation
+/// (when fused_activation, set by fuse_epilogues) applies, then the requantization.
 struct QuantizedConvolutionParams {
   std::vector<int64_t> stride;        ///< As ConvolutionParams.
   std::vector<int64_t> padding_begin;

@@ -187,8 +187,8 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
 }
 
 void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
-  enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
-  ctx.expect_num_inputs(4, 7);
+  enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4, kResidual = 7 };
+  ctx.expect_num_inputs(4, 8);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   const DataType q = ctx.dtype(kX);
@@ -219,6 +219,14 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
   if (!one_element(ws)) {
     ctx.expect_rank(kWScale, 1, "per-channel w_scale");
     ctx.check_equal(ws[0], ctx.shape(kW)[0], "w_scale length equals w's dim 0 (K)");
+  }
+  if (ctx.has(kResidual)) {
+    InferContext::require(!p.requantize.enabled,
+                          "a residual (input 7) is not taken with requantize on");
+    ctx.expect_dtype(kResidual, p.out, "residual (the output's dtype)");
+    InferContext::require(ctx.shape(kResidual) == out,
+                          "residual (input 7) shape " + shape_to_string(ctx.shape(kResidual)) +
+                              " differs from the output's " + shape_to_string(out));
   }
   ctx.add_output(out_dtype, std::move(out));
 }

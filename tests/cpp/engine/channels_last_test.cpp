@@ -457,7 +457,7 @@ TEST(ChannelsLastPass, PerTensorFakeQuantizationBetweenConvolutionsJoins) {
 /// relu; requantized to int8 through `out_scale` when given, else `out` values.
 Tensor* qconv(Network& net, Tensor* x, int64_t k, int64_t r, int64_t stride, int64_t pad,
               int64_t groups, Tensor* x_scale, Tensor* out_scale, Tensor* zero_point,
-              const std::string& name, uint32_t seed) {
+              const std::string& name, uint32_t seed, Tensor* residual = nullptr) {
   const bool fp8 = x->dtype() == DataType::kF8E4M3;
   const int64_t cg = x->shape()[1].constant() / groups;
   const std::vector<int64_t> wd{k, cg, r, r};
@@ -485,7 +485,7 @@ Tensor* qconv(Network& net, Tensor* x, int64_t k, int64_t r, int64_t stride, int
   p.epilogue.activation = ActivationType::kRelu;
   p.requantize.enabled = out_scale != nullptr;
   std::vector<Tensor*> inputs{x, w, x_scale, w_scale, constant(net, {k}, seed + 1, name + "_b"),
-                              out_scale, zero_point};
+                              out_scale, zero_point, residual};
   return net.add_layer(p, inputs, name)->output();
 }
 
@@ -532,6 +532,29 @@ TEST(ChannelsLastPass, QuantizedConvolutionsJoinAndKeepTheirSums) {
   }
   EXPECT_EQ(nhwc_qconvs, 4);
   EXPECT_EQ(nchw_qconvs, 1);
+}
+
+TEST(ChannelsLastPass, QuantizedConvolutionResidualMovesWithItsOutput) {
+  // int8 3x3 with an f32 output + a residual (ResNet's shortcut: another int8 convolution
+  // of the same input, 1x1), then relu: the residual is read in the output's NHWC layout, so the
+  // region has one entry (x) and one exit (y), and the results are the NCHW network's.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 8, 9, 9});
+  Tensor* s = net.add_constant(Weights::from_vector(DataType::kF32, {1},
+                                                    std::vector<float>{0.05f}), "s")->output();
+  Tensor* q = net.add_quantize(x, s, nullptr, QuantizeParams{}, "q")->output();
+  Tensor* shortcut = qconv(net, q, 16, 1, 1, 0, 1, s, nullptr, nullptr, "shortcut", 11);
+  Tensor* y = qconv(net, q, 16, 3, 1, 1, 1, s, nullptr, nullptr, "main", 12, shortcut);
+  net.mark_output(y, "y");
+  const Network nhwc = expect_pass_keeps_results(
+      net, {TestTensor::random(DataType::kF32, {2, 8, 9, 9}, 13, -6.0f, 6.0f)},
+      "quantized convolution with a residual");
+  EXPECT_EQ(count_kind(nhwc, LayerKind::kShuffle), 2);  // in at x, out at y
+  for (const Layer* l : nhwc.layers()) {
+    if (l->kind() == LayerKind::kQuantizedConvolution) {
+      EXPECT_TRUE(l->params_as<QuantizedConvolutionParams>().channels_last) << l->describe();
+    }
+  }
 }
 
 TEST(ChannelsLastPass, TransposedInputEntersWithoutATranspose) {

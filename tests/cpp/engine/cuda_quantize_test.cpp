@@ -309,6 +309,8 @@ struct CudaQConv {
   bool requantize = false;  ///< int8 (FP8 for an FP8 x) output through out_scale.
   int32_t zero_point = -1;  ///< >= 0: uint8 x with this zero point (input 6).
   bool fp8 = false;  ///< FP8 E4M3 x and w (per-tensor w_scale).
+  /// Non-empty: a residual input "r" of these (the output's NCHW) dims, added before the relu.
+  std::vector<int64_t> residual_dims;
 };
 
 void check_convolution(const CudaQConv& c, const std::string& what) {
@@ -359,6 +361,11 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
                                                            std::vector<int32_t>{c.zero_point}))
                          ->output());
   }
+  if (!c.residual_dims.empty()) {
+    inputs.resize(7, nullptr);
+    inputs.push_back(
+        net.add_input("r", c.out, Shape(c.residual_dims.begin(), c.residual_dims.end())));
+  }
   net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
   TestTensor xt;
   if (c.fp8) {
@@ -371,16 +378,21 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   } else {
     xt = TestTensor::random(DataType::kI8, c.x_dims, 6, -127.0f, 128.0f);
   }
+  std::vector<TestTensor> ins{xt};
+  if (!c.residual_dims.empty()) {
+    ins.push_back(TestTensor::random(c.out, c.residual_dims, 7, -1.0f, 1.0f));
+  }
   {
     // The implementation the plan records: cuDNN's path, or the direct kernel, by shape.
-    test::CudaRunner runner(net, {xt}, {}, 3);
+    test::CudaRunner runner(net, ins, {}, 3);
     const std::string json = runner.inspect_json();
     EXPECT_EQ(json.find("cuda.QuantizedConvolution.direct") != std::string::npos, c.direct)
         << what << ": " << json;
   }
-  // NCHW, and NHWC (the channels_last region; 2-d layers with groups = 1 join it).
-  check_bytes_and_floats(net, {xt}, what + " (NCHW)", ChannelsLast::kOff, c.fp8);
-  check_bytes_and_floats(net, {xt}, what + " (channels_last)", ChannelsLast::kOn, c.fp8);
+  // NCHW, and NHWC (the channels_last region; 2-d layers with groups = 1 join it, a residual
+  // with them).
+  check_bytes_and_floats(net, ins, what + " (NCHW)", ChannelsLast::kOff, c.fp8);
+  check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8);
 }
 
 /// The cases of both library paths (quantized_conv.cpp): im2col + cuBLASLt's INT8 GEMM by
@@ -437,6 +449,22 @@ void check_int8_convolutions() {
   asym_direct.groups = 2;
   asym_direct.direct = true;
   check_convolution(asym_direct, "uint8 + zero point, grouped (direct kernel)");
+  // A residual (ResNet's shortcut) before the relu: in the product epilogue (channels_last,
+  // K = 16), the one-element epilogue (NCHW, and channels_last with K = 10 padded to 12), the
+  // direct kernel (grouped).
+  CudaQConv residual{{2, 16, 10, 10}, {16, 16, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+  residual.out = DataType::kF16;
+  residual.relu = true;
+  residual.residual_dims = {2, 16, 10, 10};
+  check_convolution(residual, "3x3 f16 + residual + relu");
+  CudaQConv residual_odd = odd;
+  residual_odd.residual_dims = {1, 10, 9, 9};
+  check_convolution(residual_odd, "1x1, K = 10, bf16 + residual");
+  CudaQConv residual_direct = residual;
+  residual_direct.groups = 4;
+  residual_direct.w_dims = {16, 4, 3, 3};
+  residual_direct.direct = true;
+  check_convolution(residual_direct, "grouped + residual + relu (direct kernel)");
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheGemmMatchesTheReference) {
@@ -470,6 +498,14 @@ TEST(CudaQuantize, Fp8ConvolutionMatchesTheReference) {
   requant.out = DataType::kF16;
   requant.requantize = true;
   check_convolution(requant, "fp8 3x3, K = 32, relu, requantized to fp8");
+  // A residual before the relu: cuBLASLt's C under channels_last with K = 32 (beta 1, RELU_BIAS
+  // epilogue); the epilogue pass after f32 sums for NCHW and for K = 24.
+  CudaQConv residual = wide;
+  residual.residual_dims = {2, 32, 10, 10};
+  check_convolution(residual, "fp8 3x3, K = 32, bf16 + residual + relu");
+  CudaQConv residual_mid = mid;
+  residual_mid.residual_dims = {2, 24, 10, 10};
+  check_convolution(residual_mid, "fp8 3x3, K = 24, bf16 + residual + relu");
   CudaQConv grouped = mid;
   grouped.groups = 2;
   grouped.w_dims = {24, 16, 3, 3};

@@ -605,6 +605,7 @@ struct QdqConv {
   bool weight_axis_1 = false;   ///< Per-channel along the weight's input channels: not fused.
   bool relu = false;
   bool requantize = false;      ///< A per-tensor Quantize (of x's kind) -> Dequantize after.
+  bool residual = false;        ///< + r (input "r", the output's shape) before the relu.
 };
 
 Network qdq_conv(const QdqConv& c) {
@@ -658,6 +659,10 @@ Network qdq_conv(const QdqConv& c) {
   cp.dilation = {1, 1};
   cp.groups = c.groups;
   Tensor* y = net.add_convolution(xd, w, b, cp, "conv")->output();
+  if (c.residual) {
+    Tensor* r = net.add_input("r", c.dtype, {2, 8, 6, 3});
+    y = net.add_elementwise(y, r, ElementWiseOp::kSum, "add_residual")->output();
+  }
   if (c.relu) y = net.add_activation(y, ActivationType::kRelu, 0.0, 0.0, "relu")->output();
   if (c.requantize) {
     QuantizeParams oq = qp;
@@ -1102,6 +1107,67 @@ TEST(QuantizedEpilogues, ConvolutionTakesActivationAndRequantization) {
     const auto unfused = test::run_network(net, {x}, {{}, 0});
     test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
   }
+}
+
+TEST(QuantizedEpilogues, ConvolutionTakesAResidualAdd) {
+  // conv + r -> relu (ResNet's block end, r the shortcut) for INT8 and FP8: the residual joins
+  // the convolution (input 7) before its relu, no ElementWise or Activation is left, and the
+  // engine equals the unfused network (on the CPU here; cuda_quantize_test.cpp runs the GPU's
+  // paths). A Quantize after it (the next block's input) stays a layer of its own: the
+  // convolution takes no requantization with a residual.
+  const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
+  const TestTensor r = TestTensor::random(DataType::kF32, {2, 8, 6, 3}, 23, -1.0f, 1.0f);
+  for (const bool fp8 : {false, true}) {
+    for (const bool then_quantize : {false, true}) {
+      SCOPED_TRACE(std::string(fp8 ? "fp8" : "int8") + (then_quantize ? " then quantize" : ""));
+      QdqConv c;
+      c.fp8 = fp8;
+      c.per_channel = !fp8;
+      c.relu = true;
+      c.residual = true;
+      c.requantize = then_quantize;
+      const Network net = qdq_conv(c);
+      const PlanModel plan = built_plan(net);
+      const auto qc = layers_of(plan, LayerKind::kQuantizedConvolution);
+      ASSERT_EQ(qc.size(), 1u);
+      ASSERT_NE(qc[0]->input(7), nullptr);
+      EXPECT_EQ(qc[0]->input(7)->name(), "r");
+      const auto& p = qc[0]->params_as<QuantizedConvolutionParams>();
+      EXPECT_TRUE(p.epilogue.fused_activation);
+      EXPECT_FALSE(p.requantize.enabled);
+      EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), then_quantize ? 2u : 1u);
+      EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
+      EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
+      const auto fused = test::run_network(net, {x, r}, {{}, 3});
+      const auto unfused = test::run_network(net, {x, r}, {{}, 0});
+      test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+    }
+  }
+}
+
+TEST(QuantizedEpilogues, ConvolutionResidualIsCheckedOnTheLayer) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kI8, {2, 4, 6, 6});
+  Tensor* w = net.add_input("w", DataType::kI8, {8, 4, 3, 3});
+  Tensor* s = scales(net, {1.0f});
+  QuantizedConvolutionParams p;
+  p.stride = p.dilation = {1, 1};
+  p.padding_begin = p.padding_end = {1, 1};
+  Tensor* r = net.add_input("r", DataType::kF32, {2, 8, 6, 6});
+  Tensor* r_small = net.add_input("r_small", DataType::kF32, {2, 8, 6, 5});
+  Tensor* r_half = net.add_input("r_half", DataType::kF16, {2, 8, 6, 6});
+  EXPECT_EQ(net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r})->output()->dtype(),
+            DataType::kF32);
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r_small}); },
+                     {"QuantizedConvolution",
+                      "residual (input 7) shape [2, 8, 6, 5] differs from the output's "
+                      "[2, 8, 6, 6]"});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r_half}); },
+                     {"residual (the output's dtype)"});
+  QuantizedConvolutionParams requant = p;
+  requant.requantize.enabled = true;
+  test::expect_error([&] { net.add_layer(requant, {x, w, s, s, nullptr, s, nullptr, r}); },
+                     {"a residual (input 7) is not taken with requantize on"});
 }
 
 TEST(QuantizedEpilogues, NearMissesAreNotFused) {

@@ -289,10 +289,12 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
   const std::vector<float> bias = product_bias(a, 4, s.out_channels);
   const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
   const auto scale = static_cast<float>(p.epilogue.scale);
+  const HostTensor* residual = a.has(7) ? &a.in(7) : nullptr;  // the output's shape and layout
   auto store = [&](int64_t i, int64_t k, float sum) {
+    const float r = residual != nullptr ? load_float(residual->dtype, residual->data, i) : 0.0f;
     finish.store(ot.data, i,
                  semantics::quantized_product_value(sum, xs * ws[per_channel ? k : 0], scale,
-                                                    bias[static_cast<size_t>(k)]));
+                                                    bias[static_cast<size_t>(k)], r));
   };
   if (xt.dtype == DataType::kF8E4M3) {
     // Products of two E4M3 values are exact in f32; the sum rounds as an f32 convolution's.

@@ -167,7 +167,7 @@ __device__ __forceinline__ TO product_value(int64_t channel, float sum, const Pr
   return v;
 }
 
-/// Element i of a QuantizedMatrixMultiply's residual as f32 (0 without one).
+/// Element i (in the output's layout) of a fused product's residual as f32 (0 without one).
 template <typename TO>
 __device__ __forceinline__ float residual_at(const ProductEpilogue& e, int64_t i) {
   return e.residual != nullptr ? Num<TO>::load(static_cast<const TO*>(e.residual)[i]) : 0.0f;
@@ -823,7 +823,10 @@ void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType fl
     }
     // The tiled kernel's vector loads: 4 channels of 16-byte aligned sums, and 4-aligned
     // outputs for its vector stores (it checks the plane itself).
-    const bool tiled = !g.channels_last && g.batch <= 65535 && (g.out_channels + 31) / 32 <= 65535 && k4 % 4 == 0 &&
+    // A residual (NCHW, like the output) is read by the one-element kernel: the tiled one
+    // finishes values at NHWC positions, before the transpose.
+    const bool tiled = !g.channels_last && e.residual == nullptr && g.batch <= 65535 &&
+                       (g.out_channels + 31) / 32 <= 65535 && k4 % 4 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(out) % 16 == 0;
     if (tiled) {

@@ -13,7 +13,7 @@ namespace ember::engine::cuda {
 
 /// What happens to each output of a fused low-precision product after its sum (layers.h,
 /// QuantizedMatrixMultiply and QuantizedConvolution): the scales, the epilogue scale, the bias
-/// (of the float type, nullptr for none), a residual (QuantizedMatrixMultiply only), rounding
+/// (of the float type, nullptr for none), a residual (input 7 of either), rounding
 /// to the float type, the activation, and the requantization to int8 or f8e4m3 when out_scale
 /// is set.
 struct ProductEpilogue {
@@ -28,8 +28,9 @@ struct ProductEpilogue {
   const float* out_scale = nullptr;  ///< Requantize when set (device, one element).
   bool fp8_out = false;  ///< The requantization is to f8e4m3 (else int8 in [quant_min, quant_max]).
   float quant_min = -128.0f, quant_max = 127.0f;
-  /// A QuantizedMatrixMultiply's residual (input 7; the float type, row-major m x n like the
-  /// output), added in f32 with the bias; nullptr: none.
+  /// The layer's residual (input 7; the float type, in the output's shape and layout: row-major
+  /// m x n for a product, NCHW or NHWC for a convolution), added in f32 with the bias; nullptr:
+  /// none.
   const void* residual = nullptr;
   /// Asymmetric activations: the library summed x' * w with x' = x - zero_point_offset (uint8
   /// shifted into int8: offset 128; int8: 0), so the true sum over (x - zero_point) * w is the

@@ -8,8 +8,8 @@
 //                the padding as zeros; a 1x1 convolution with stride 1 and no padding skips it)
 //   w KCRS int8 --pack--> KRSC [K4, R * S * C4] (once per context: a prepared launch)
 //   cuBLASLt: acc int32 [N * OH * OW, K4] = col w^T, exact
-//   epilogue: out NCHW = act(acc * x_scale * w_scale[k] * scale + bias[k]) in the float type,
-//             requantized to int8 when the layer says so
+//   epilogue: out NCHW = act(acc * x_scale * w_scale[k] * scale + bias[k] + residual) in the
+//             float type, requantized to int8 when the layer says so
 //
 //    On an H100, cuDNN's legacy INT8 convolution below runs CUDA-core (dp4a) kernels: ResNet-50
 //    b32 spent 15.2 of 28.4 ms in them (bench/results/2026-12-05-h100-int8-fp8.md); the GEMM

@@ -397,7 +397,7 @@ ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, con
   e.type = ep.activation;
   e.alpha = static_cast<float>(ep.alpha);
   e.beta = static_cast<float>(ep.beta);
-  e.residual = a.has(7) ? a.in(7).data : nullptr;  // QuantizedMatrixMultiply only
+  e.residual = a.has(7) ? a.in(7).data : nullptr;  // in the output's shape and layout
   if (r.enabled) {
     e.out_scale = static_cast<const float*>(a.in(5).data);
     e.fp8_out = r.to == DataType::kF8E4M3;

@@ -280,12 +280,14 @@ struct Rewriter {
         return net.add_layer(p, inputs, name);
       }
       case LayerKind::kQuantizedConvolution: {
-        // x and w move (the constant int8 or FP8 weight to KRSC here); the scales, the bias,
-        // the output scale and the zero point are per channel or one element.
+        // x and w move (the constant int8 or FP8 weight to KRSC here), and a fused residual
+        // (input 7) with the output; the scales, the bias, the output scale and the zero point
+        // are per channel or one element.
         auto p = l->params_as<QuantizedConvolutionParams>();
         p.channels_last = true;
         inputs[0] = to_nhwc(inputs[0]);
         inputs[1] = to_nhwc(inputs[1]);
+        if (inputs.size() > 7 && inputs[7] != nullptr) inputs[7] = to_nhwc(inputs[7]);
         ++convs;
         return net.add_layer(p, inputs, name);
       }

@@ -14,7 +14,8 @@
 //   QConv -> x * c / x + c / x - c  (c per output channel or scalar)   => w_scale * c, bias * c
 //                                                                          +/- c (a batch norm
 //                                                                          after an int8 conv)
-//   QMatMul       -> x + r  (r a tensor of the output's shape)          => residual input 7
+//   QConv/QMatMul -> x + r  (r a tensor of the output's shape)          => residual input 7
+//                    (ResNet's shortcut after an INT8/FP8 convolution)
 //   QConv/QMatMul -> Quantize (per-tensor, symmetric, int8)             => requantize: the
 //                                                                          layer outputs int8
 //   FP8 QConv/QMatMul -> Quantize (per-tensor, f8e4m3)                  => requantize to FP8
@@ -155,7 +156,9 @@ struct Fuser {
   /// bias[k] +/- c[k]; the int8 weights stay as they are.
   bool fold_qconv_affine(Layer* qc) {
     const auto& p = qc->params_as<QuantizedConvolutionParams>();
-    if (p.epilogue.fused_activation || p.requantize.enabled) return false;
+    if (p.epilogue.fused_activation || p.requantize.enabled || qc->input(7) != nullptr) {
+      return false;
+    }
     const Weights* ws = constant_of(qc->input(3));
     const Tensor* bias_t = qc->input(4);
     const Weights* b = constant_of(bias_t);
@@ -427,7 +430,9 @@ struct Fuser {
              fuse_requantize(l);
     }
     if (l->kind() == LayerKind::kQuantizedConvolution && is_float(l->output()->dtype())) {
-      return fold_qconv_affine(l) || fuse_activation(l) || fuse_requantize(l);
+      const auto& e = l->params_as<QuantizedConvolutionParams>().epilogue;
+      return fold_qconv_affine(l) || fuse_residual(l, e, 7) || fuse_activation(l) ||
+             fuse_requantize(l);
     }
     return false;
   }
