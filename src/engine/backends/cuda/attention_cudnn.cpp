@@ -148,11 +148,6 @@ struct LayerChoice : PreparedLaunch {
   std::shared_ptr<Plan> plan;  ///< Null: Ember's kernel.
 };
 
-bool tactic_log() {
-  const char* e = std::getenv("EMBER_TACTIC_LOG");
-  return e != nullptr && std::string(e) == "1";
-}
-
 std::shared_ptr<Plan> build_plan(const Signature& s, cudnnHandle_t handle) {
   auto plan = std::make_shared<Plan>();
   const auto dtype = static_cast<DataType>(s[0]);

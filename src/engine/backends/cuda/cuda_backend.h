@@ -40,6 +40,10 @@ int sm_count();
 /// 8.85 ms without, 1.98 ms with (its whole-tensor isinf().any() guards; 2026-12-06).
 bool parallel_reductions_enabled();
 
+/// EMBER_TACTIC_LOG=1: the tactic timings (cuBLASLt candidates, cuDNN convolution engines,
+/// cuDNN attention against Ember's kernel) are printed to stderr as they are measured.
+bool tactic_log();
+
 /// The identity a timing-cache choice is valid for on the current device: GPU name, SM count,
 /// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.
 const std::string& timing_device_key();

@@ -43,6 +43,14 @@ bool parallel_reductions_enabled() {
   return e == nullptr || std::strcmp(e, "0") != 0;
 }
 
+bool tactic_log() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMBER_TACTIC_LOG");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
 bool capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");

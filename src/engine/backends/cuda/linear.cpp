@@ -414,15 +414,9 @@ bool pick(const Perf* perf, int count, bool is_f32, ConvChoice& choice) {
   return false;
 }
 
-/// EMBER_TACTIC_LOG=1 prints every convolution tactic timing to stderr: Find's entries (algo,
-/// math type, status, Find's ms, workspace) with the re-timed ms or why one was skipped.
-bool tactic_log() {
-  static const bool on = [] {
-    const char* e = std::getenv("EMBER_TACTIC_LOG");
-    return e != nullptr && std::string(e) == "1";
-  }();
-  return on;
-}
+// EMBER_TACTIC_LOG=1 (tactic_log) prints every convolution tactic timing to stderr: Find's
+// entries (algo, math type, status, Find's ms, workspace) with the re-timed ms or why one was
+// skipped.
 
 /// Times every acceptable entry of Find's list again (one warm-up launch, then two timed ones
 /// behind the stream gate, see time_launches) and keeps in `choice` the fastest that beats

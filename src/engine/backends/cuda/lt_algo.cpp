@@ -1,6 +1,7 @@
 // cuBLASLt's algorithm choice (see lt_algo.h).
 #include "backends/cuda/lt_algo.h"
 
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -104,16 +105,25 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
     }
     float best_ms = -1.0f;
     best = -1;
+    const bool log = tactic_log();
     for (int i = 0; i < returned; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS ||
           results[i].workspaceSize > call.workspace_bytes) {
         continue;
       }
       const float ms = time_candidate(call, results[i].algo, d, timer);
+      if (log) {
+        std::fprintf(stderr, "[ember tactic] %s: candidate %d of %d: %.4f ms%s\n", p.key.c_str(),
+                     i, returned, ms, ms < 0.0f ? " (failed to launch)" : "");
+      }
       if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
         best = i;
         best_ms = ms;
       }
+    }
+    if (log && best >= 0) {
+      std::fprintf(stderr, "[ember tactic] %s: chose candidate %d (%.4f ms; the heuristic's first: "
+                   "%d)\n", p.key.c_str(), best, best_ms, first);
     }
     if (best < 0) {
       throw Error(p.what + ": none of cuBLASLt's " + std::to_string(returned) +
