@@ -29,6 +29,8 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   rows and a global average pooling on one block per row or plane, as before session 30; the
   default splits them over many blocks: T5-small b32's whole-tensor `isinf().any()` guards,
   every squeeze-and-excitation pool);
+- `half_lt32`: `half` with EMBER_LT_CANDIDATES=32 (cuBLASLt's tactic timing tries 32 of its
+  heuristic's candidates instead of 8: whether the fastest algorithm sits further down);
 - `half_depthwise_timed` / `half_own_depthwise` / `half_cudnn_depthwise`: `half` with
   EMBER_DEPTHWISE_CONV=timed, force or off: Ember's direct depthwise channels_last kernel timed
   against cuDNN per problem (the faster kept), always, or never (the default today);
@@ -65,7 +67,7 @@ from bench import accuracy, first_tensor, make, median_ms
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
             "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
-            "half_serial_reductions", "half_cudnn_depthwise", "half_own_depthwise",
+            "half_serial_reductions", "half_lt32", "half_cudnn_depthwise", "half_own_depthwise",
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8")
@@ -116,7 +118,8 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_generic_broadcasts": ("EMBER_POINTWISE_STRIDED_VECTORS", "0"),
                 "half_no_lone_broadcasts": ("EMBER_FUSE_LONE_BROADCASTS", "0"),
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
-                "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force")}
+                "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force"),
+                "half_lt32": ("EMBER_LT_CANDIDATES", "32")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None
     if env:

@@ -2,6 +2,7 @@
 #include "backends/cuda/lt_algo.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -27,6 +28,17 @@ float time_candidate(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void*
 }
 
 }  // namespace
+
+int lt_candidates() {
+  const char* v = std::getenv("EMBER_LT_CANDIDATES");
+  if (v == nullptr) return kLtCandidates;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  if (end == v || *end != '\0' || n < 1 || n > 64) {
+    throw Error(std::string("EMBER_LT_CANDIDATES='") + v + "': expected a count from 1 to 64");
+  }
+  return static_cast<int>(n);
+}
 
 LtPreference::LtPreference(uint64_t workspace_bytes, uint32_t align_a, uint32_t align_b,
                            uint32_t align_cd) {
@@ -75,11 +87,13 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
       // Another library version or corrupt bytes: time the problem again below.
     }
   }
-  cublasLtMatmulHeuristicResult_t results[kLtCandidates] = {};
+  // Timing needs the whole list; a capture or a call without a cache takes the first usable one.
+  const int wanted = cache != nullptr && !capturing(call.stream) ? lt_candidates() : kLtCandidates;
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(wanted));
   int returned = 0;
   const cublasStatus_t st =
       cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
-                                     call.out, pref, kLtCandidates, results, &returned);
+                                     call.out, pref, wanted, results.data(), &returned);
   if (heuristic_status != nullptr) *heuristic_status = st;
   if (st != CUBLAS_STATUS_SUCCESS || returned == 0) return std::nullopt;
   int first = -1;

@@ -20,8 +20,11 @@
 
 namespace ember::engine::cuda {
 
-/// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call.
+/// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call, unless
+/// EMBER_LT_CANDIDATES (1 to 64, read at each timing; the A/B of how far down the heuristic's
+/// list the fastest algorithm sits) says otherwise.
 inline constexpr int kLtCandidates = 8;
+int lt_candidates();
 
 /// Largest power of two (at most 256) dividing every one of `bytes` (0 entries ignored): the
 /// alignment cuBLASLt's heuristic is told the operands have (it assumes 256 otherwise, and an
@@ -73,7 +76,7 @@ struct LtPreference {
 };
 
 /// The algorithm for `call`: the timing cache's choice, else (eager calls with a cache) the
-/// fastest of up to kLtCandidates timed candidates, stored in the cache, else the heuristic's
+/// fastest of up to lt_candidates() timed candidates, stored in the cache, else the heuristic's
 /// first. nullopt, with nothing enqueued, when the heuristic offers none (its status in
 /// `*heuristic_status` when given). Throws Error naming `p.what` when every candidate fails
 /// to launch.
