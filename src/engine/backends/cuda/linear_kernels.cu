@@ -49,9 +49,9 @@ __global__ void fill_channel_bias_kernel(T* __restrict__ out, const T* __restric
 
 /// One N-element chunk of the fused epilogue: y = act(y + b + residual) in f32, rounded once.
 /// b is the chunk's bias (per element) and residual its residual chunk (when present).
-template <typename T, int N, bool kResidual, bool kAct>
+template <typename T, int N, bool kResidual, bool kAct, typename Act>
 __device__ __forceinline__ void epilogue_chunk(T* y, const float (&b)[N], const T* residual,
-                                               const ActivationFn& act) {
+                                               const Act& act) {
   Vec<T, N> out = *reinterpret_cast<const Vec<T, N>*>(y);
   Vec<T, N> res;
   if constexpr (kResidual) res = *reinterpret_cast<const Vec<T, N>*>(residual);
@@ -69,10 +69,10 @@ __device__ __forceinline__ void epilogue_chunk(T* y, const float (&b)[N], const 
 /// optional. One block per (outer, channel) plane (a conv output channel), threads along the
 /// plane in N-element chunks (plane % N == 0, aligned): the channel is known per block, so the
 /// loop does no division (64-bit division per element made this kernel compute-bound).
-template <typename T, int N, bool kBias, bool kResidual, bool kAct>
+template <typename T, int N, bool kBias, bool kResidual, bool kAct, typename Act>
 __global__ void epilogue_planes_kernel(T* __restrict__ y, const T* __restrict__ bias,
                                        const T* __restrict__ residual, int64_t planes,
-                                       int64_t channels, int64_t plane, ActivationFn act) {
+                                       int64_t channels, int64_t plane, Act act) {
   for (int64_t pl = blockIdx.x; pl < planes; pl += gridDim.x) {
     float b[N];
     const float channel_bias = kBias ? Num<T>::load(bias[pl % channels]) : 0.0f;
@@ -81,7 +81,7 @@ __global__ void epilogue_planes_kernel(T* __restrict__ y, const T* __restrict__ 
     T* row = y + pl * plane;
     const T* res = kResidual ? residual + pl * plane : nullptr;
     for (int64_t j = threadIdx.x * N; j < plane; j += blockDim.x * N) {
-      epilogue_chunk<T, N, kResidual, kAct>(row + j, b, kResidual ? res + j : nullptr, act);
+      epilogue_chunk<T, N, kResidual, kAct, Act>(row + j, b, kResidual ? res + j : nullptr, act);
     }
   }
 }
@@ -89,10 +89,10 @@ __global__ void epilogue_planes_kernel(T* __restrict__ y, const T* __restrict__ 
 /// The same over rows [rows, channels] with the bias along the row (plane 1: a matrix product,
 /// or an NHWC convolution whose rows are pixels): threadIdx.x runs along a row in N-element
 /// chunks, threadIdx.y over blockDim.y rows, so short rows (64 channels) still fill a block.
-template <typename T, int N, bool kBias, bool kResidual, bool kAct>
+template <typename T, int N, bool kBias, bool kResidual, bool kAct, typename Act>
 __global__ void epilogue_rows_kernel(T* __restrict__ y, const T* __restrict__ bias,
                                      const T* __restrict__ residual, int64_t rows,
-                                     int64_t channels, ActivationFn act) {
+                                     int64_t channels, Act act) {
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; r < rows;
        r += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     T* row = y + r * channels;
@@ -101,14 +101,14 @@ __global__ void epilogue_rows_kernel(T* __restrict__ y, const T* __restrict__ bi
       float b[N];
 #pragma unroll
       for (int e = 0; e < N; ++e) b[e] = kBias ? Num<T>::load(bias[c + e]) : 0.0f;
-      epilogue_chunk<T, N, kResidual, kAct>(row + c, b, kResidual ? res + c : nullptr, act);
+      epilogue_chunk<T, N, kResidual, kAct, Act>(row + c, b, kResidual ? res + c : nullptr, act);
     }
   }
 }
 
-template <typename T, int N, bool kBias, bool kResidual, bool kAct>
+template <typename T, int N, bool kBias, bool kResidual, bool kAct, typename Act>
 void launch_epilogue_n(T* y, const T* bias, const T* residual, int64_t total, int64_t channels,
-                       int64_t plane, const ActivationFn& f, cudaStream_t stream) {
+                       int64_t plane, const Act& f, cudaStream_t stream) {
   const int64_t run = plane == 1 ? channels : plane;  // contiguous elements per block
   const int64_t chunks = run / N;
   if (plane == 1) {
@@ -117,21 +117,21 @@ void launch_epilogue_n(T* y, const T* bias, const T* residual, int64_t total, in
     const int ty = 256 / tx;
     const auto grid =
         static_cast<unsigned>(std::min<int64_t>((rows + ty - 1) / ty, int64_t{1} << 20));
-    epilogue_rows_kernel<T, N, kBias, kResidual, kAct><<<grid, dim3(tx, ty), 0, stream>>>(
+    epilogue_rows_kernel<T, N, kBias, kResidual, kAct, Act><<<grid, dim3(tx, ty), 0, stream>>>(
         y, bias, residual, rows, channels, f);
   } else {
     const int threads = chunks >= 256 ? 256 : static_cast<int>((chunks + 31) / 32 * 32);
     const auto grid = static_cast<unsigned>(std::min<int64_t>(total / run, int64_t{1} << 20));
-    epilogue_planes_kernel<T, N, kBias, kResidual, kAct><<<grid, threads, 0, stream>>>(
+    epilogue_planes_kernel<T, N, kBias, kResidual, kAct, Act><<<grid, threads, 0, stream>>>(
         y, bias, residual, total / run, channels, plane, f);
   }
 }
 
 /// Picks the widest chunk (16 bytes, then 8, then one element) that divides each block's run
 /// and keeps every access aligned.
-template <typename T, bool kBias, bool kResidual, bool kAct>
+template <typename T, bool kBias, bool kResidual, bool kAct, typename Act>
 void launch_epilogue_kernel(T* y, const T* bias, const T* residual, int64_t total,
-                            int64_t channels, int64_t plane, const ActivationFn& f,
+                            int64_t channels, int64_t plane, const Act& f,
                             cudaStream_t stream) {
   const int64_t run = plane == 1 ? channels : plane;
   const auto fits = [&](int n) {
@@ -141,15 +141,15 @@ void launch_epilogue_kernel(T* y, const T* bias, const T* residual, int64_t tota
   };
   constexpr int kWide = 16 / sizeof(T);
   if (fits(kWide)) {
-    launch_epilogue_n<T, kWide, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
+    launch_epilogue_n<T, kWide, kBias, kResidual, kAct, Act>(y, bias, residual, total, channels, plane, f, stream);
   } else if constexpr (kWide > 2) {
     if (fits(kWide / 2)) {
-      launch_epilogue_n<T, kWide / 2, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
+      launch_epilogue_n<T, kWide / 2, kBias, kResidual, kAct, Act>(y, bias, residual, total, channels, plane, f, stream);
       return;
     }
-    launch_epilogue_n<T, 1, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
+    launch_epilogue_n<T, 1, kBias, kResidual, kAct, Act>(y, bias, residual, total, channels, plane, f, stream);
   } else {
-    launch_epilogue_n<T, 1, kBias, kResidual, kAct>(y, bias, residual, total, channels, plane, f, stream);
+    launch_epilogue_n<T, 1, kBias, kResidual, kAct, Act>(y, bias, residual, total, channels, plane, f, stream);
   }
 }
 
@@ -159,9 +159,18 @@ void launch_epilogue_t(T* y, const T* bias, const T* residual, int64_t total, in
   const ActivationFn f = act != nullptr ? *act : ActivationFn{ActivationType::kRelu, 0.f, 0.f};
   const int key = (bias != nullptr ? 4 : 0) | (residual != nullptr ? 2 : 0) | (act != nullptr ? 1 : 0);
   switch (key) {
+// With an activation, the common types get kernels of their own (with_static_activation).
 #define EMBER_EPILOGUE_CASE(K, B, R, A)                                                      \
   case K:                                                                                   \
-    launch_epilogue_kernel<T, B, R, A>(y, bias, residual, total, channels, plane, f, stream); \
+    if constexpr (A) {                                                                      \
+      with_static_activation(f, [&](const auto& fn) {                                       \
+        launch_epilogue_kernel<T, B, R, A>(y, bias, residual, total, channels, plane, fn,   \
+                                           stream);                                         \
+      });                                                                                   \
+    } else {                                                                                \
+      launch_epilogue_kernel<T, B, R, A>(y, bias, residual, total, channels, plane, f,      \
+                                         stream);                                           \
+    }                                                                                       \
     break;
     EMBER_EPILOGUE_CASE(1, false, false, true)
     EMBER_EPILOGUE_CASE(2, false, true, false)

@@ -429,7 +429,9 @@ void run(const ActivationParams& p, const CudaArgs& a) {
                        semantics::param_to_float(p.beta)};
   dispatch_float(in.dtype, "activation", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch_map1<T, T>(in, out, f, a, "activation kernel");
+    with_static_activation(f, [&](const auto& fn) {
+      launch_map1<T, T>(in, out, fn, a, "activation kernel");
+    });
   });
 }
 

@@ -153,18 +153,24 @@ namespace {
 
 /// The value of a fused product's output element of channel `channel` from its sum, through `e`
 /// (layers.h): scales and bias in f32, rounding to TO, activation. Before requantization.
-template <typename TO>
-__device__ __forceinline__ TO product_value(int64_t channel, float sum, const ProductEpilogue& e,
-                                            float residual = 0.0f) {
+/// `act` is e's activation (ActivationFn, or a StaticActivationFn of the same type).
+template <typename TO, typename Act>
+__device__ __forceinline__ TO product_value_with(int64_t channel, float sum,
+                                                 const ProductEpilogue& e, float residual,
+                                                 const Act& act) {
   const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
   const float bias =
       e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
   TO v = Num<TO>::store(
       semantics::quantized_product_value(sum, multiplier, e.scale, bias, residual));
-  if (e.activation) {
-    v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
-  }
+  if (e.activation) v = Num<TO>::store(act(Num<TO>::load(v)));
   return v;
+}
+
+template <typename TO>
+__device__ __forceinline__ TO product_value(int64_t channel, float sum, const ProductEpilogue& e,
+                                            float residual = 0.0f) {
+  return product_value_with<TO>(channel, sum, e, residual, ActivationFn{e.type, e.alpha, e.beta});
 }
 
 /// Element i (in the output's layout) of a fused product's residual as f32 (0 without one).
@@ -243,9 +249,10 @@ __global__ void product_epilogue_kernel(const TA* __restrict__ acc, void* out, i
 /// vector store, and one channel division per four elements. The epilogue kernel is memory-bound
 /// (4 bytes in, 2 out per element for f16) and ran at about half the bandwidth element by
 /// element (BERT-base b32 int8 on an H100: 1.48 ms of 3.88).
-template <typename TA, typename TO>
+template <typename TA, typename TO, typename Act>
 __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* out,
-                                             int64_t groups, int64_t n, ProductEpilogue e) {
+                                             int64_t groups, int64_t n, ProductEpilogue e,
+                                             Act act) {
   for (int64_t g = global_thread(); g < groups; g += grid_threads()) {
     const int64_t c = (g * 4) % n;  // the four share a row: n % 4 == 0
     const Vec4<TA> a = reinterpret_cast<const Vec4<TA>*>(acc)[g];
@@ -254,8 +261,8 @@ __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* o
     Vec4<TO> v;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      v.v[k] = product_value<TO>(c + k, corrected_sum(a.v[k], c + k, e), e,
-                                 e.residual != nullptr ? Num<TO>::load(r.v[k]) : 0.0f);
+      v.v[k] = product_value_with<TO>(c + k, corrected_sum(a.v[k], c + k, e), e,
+                                      e.residual != nullptr ? Num<TO>::load(r.v[k]) : 0.0f, act);
     }
     store_group<TO>(out, g, v, e);
   }
@@ -263,13 +270,11 @@ __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* o
 
 /// launch_product_finish's kernel, four elements a thread (`vec`: total % 4 == 0 and aligned
 /// buffers) or one.
-template <typename TO>
+template <typename TO, typename Act>
 __global__ void product_finish_kernel(const TO* __restrict__ y, void* out, int64_t total,
-                                      bool vec, ProductEpilogue e) {
+                                      bool vec, ProductEpilogue e, Act act) {
   auto finish = [&](TO v) {
-    if (e.activation) {
-      v = Num<TO>::store(semantics::activation(e.type, Num<TO>::load(v), e.alpha, e.beta));
-    }
+    if (e.activation) v = Num<TO>::store(act(Num<TO>::load(v)));
     return v;
   };
   if (vec) {
@@ -383,8 +388,11 @@ void launch_product_finish(const void* y, void* out, DataType float_type, int64_
     const size_t out_align = e.out_scale != nullptr ? 4 : 4 * sizeof(TO);
     const bool vec = total % 4 == 0 && reinterpret_cast<uintptr_t>(y) % (4 * sizeof(TO)) == 0 &&
                      reinterpret_cast<uintptr_t>(out) % out_align == 0;
-    product_finish_kernel<TO><<<grid_for(vec ? total / 4 : total), kThreads, 0, stream>>>(
-        static_cast<const TO*>(y), out, total, vec, e);
+    with_static_activation(ActivationFn{e.type, e.alpha, e.beta}, [&](const auto& act) {
+      using Act = std::decay_t<decltype(act)>;
+      product_finish_kernel<TO, Act><<<grid_for(vec ? total / 4 : total), kThreads, 0, stream>>>(
+          static_cast<const TO*>(y), out, total, vec, e, act);
+    });
   });
   check(cudaGetLastError(), "product_finish_kernel");
 }
@@ -401,13 +409,17 @@ void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataTyp
     if (n % 4 == 0 && reinterpret_cast<uintptr_t>(acc) % 16 == 0 && residual_aligned &&
         reinterpret_cast<uintptr_t>(out) % out_align == 0) {
       const int64_t groups = total / 4;
-      if (int32_acc) {
-        product_epilogue_vec4_kernel<int32_t, TO><<<grid_for(groups), kThreads, 0, stream>>>(
-            static_cast<const int32_t*>(acc), out, groups, n, e);
-      } else {
-        product_epilogue_vec4_kernel<float, TO><<<grid_for(groups), kThreads, 0, stream>>>(
-            static_cast<const float*>(acc), out, groups, n, e);
-      }
+      with_static_activation(ActivationFn{e.type, e.alpha, e.beta}, [&](const auto& act) {
+        using Act = std::decay_t<decltype(act)>;
+        if (int32_acc) {
+          product_epilogue_vec4_kernel<int32_t, TO, Act>
+              <<<grid_for(groups), kThreads, 0, stream>>>(static_cast<const int32_t*>(acc), out,
+                                                          groups, n, e, act);
+        } else {
+          product_epilogue_vec4_kernel<float, TO, Act><<<grid_for(groups), kThreads, 0, stream>>>(
+              static_cast<const float*>(acc), out, groups, n, e, act);
+        }
+      });
       return;
     }
     if (int32_acc) {
