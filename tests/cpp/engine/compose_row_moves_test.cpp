@@ -161,6 +161,82 @@ TEST(ComposeRowMoves, OneCopyLastDimMovesAndSymbolicShapesStay) {
   }
 }
 
+/// Swin's shifted block around a linear stand-in for its out-projection: x [B, 8, 8, C] into
+/// 4x4 windows [B * 4, 16, C] (a transpose), a matrix product to D columns, the windows back and
+/// the reverse roll, then + r (the residual) -> out.
+Network swin_projection(DataType dt, int64_t b, int64_t c, int64_t d) {
+  Network net;
+  Tensor* x = net.add_input("x", dt, {b, 8, 8, c});
+  Tensor* t = reshape(net, x, {b, 2, 4, 2, 4, c}, "view");
+  t = net.add_transpose(t, {0, 1, 3, 2, 4, 5}, "partition")->output();
+  t = reshape(net, t, {b * 4, 16, c}, "windows");
+  const TestTensor w = TestTensor::random(dt, {c, d}, 9, -0.5f, 0.5f);
+  Tensor* wt = net.add_constant(Weights::copy(dt, {c, d}, w.bytes.data()), "w")->output();
+  t = net.add_matrix_multiply(t, false, wt, false, "proj")->output();
+  t = reshape(net, t, {b, 2, 2, 4, 4, d}, "view_back");
+  t = net.add_transpose(t, {0, 1, 3, 2, 4, 5}, "reverse")->output();
+  t = reshape(net, t, {b, 8, 8, d}, "image");
+  t = roll(net, roll(net, t, 1, 2, "unroll_h"), 2, 2, "unroll_w");
+  Tensor* r = net.add_input("r", dt, {b, 8, 8, d});
+  net.mark_output(net.add_elementwise(t, r, ElementWiseOp::kSum, "residual")->output(), "out");
+  return net;
+}
+
+TEST(ComposeRowMoves, RowMovesAfterAProductMoveBeforeIt) {
+  // The reverse windows and roll after the product join the partition before it (one gather of
+  // C-wide rows instead of a transpose before the product and three moves of D-wide rows after
+  // it), and the residual add then follows the product directly.
+  for (DataType dt : {DataType::kF32, DataType::kF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Network net = swin_projection(dt, 2, 8, 12);
+    Network rewritten = net.clone();
+    int kept = 0, sunk = 0;
+    EXPECT_EQ(compose_row_moves(rewritten, &kept, &sunk), 1);
+    EXPECT_EQ(sunk, 1);
+    EXPECT_EQ(kept, 0);
+    EXPECT_EQ(count(rewritten, LayerKind::kGather), 1);
+    for (const Layer* l : rewritten.layers()) {  // no transposes left
+      if (l->kind() == LayerKind::kShuffle) EXPECT_TRUE(is_pure_reshape(l)) << l->name();
+    }
+    const Layer* add = nullptr;
+    for (const Layer* l : rewritten.layers()) {
+      if (l->kind() == LayerKind::kElementWise) add = l;
+    }
+    ASSERT_NE(add, nullptr);
+    const Layer* before = add->input(0)->producer();
+    while (before != nullptr && is_pure_reshape(before)) before = before->input(0)->producer();
+    ASSERT_NE(before, nullptr);
+    EXPECT_EQ(before->kind(), LayerKind::kMatrixMultiply);  // the add follows the product
+    const std::vector<TestTensor> ins{TestTensor::random(dt, {2, 8, 8, 8}, 5),
+                                      TestTensor::random(dt, {2, 8, 8, 12}, 6)};
+    const auto got = test::run_network_direct(rewritten, ins);
+    const auto want = test::run_network_direct(net, ins);
+    test::expect_close(got[0], want[0].to_floats(), dt, "rows moved before the product");
+  }
+  // Through the builder: the residual joins the product (fuse_epilogues_after_row_moves).
+  const Network net = swin_projection(DataType::kF16, 3, 8, 16);
+  EXPECT_TRUE(test::build_logs(net, 2,
+                               "fuse_epilogues_after_row_moves: 0 scale/shift folds into "
+                               "convolution weights or scales, 0 matmul scales, 0 matmul biases, "
+                               "1 residual adds"));
+  test::run_network(net, {TestTensor::random(DataType::kF16, {3, 8, 8, 8}, 7),
+                          TestTensor::random(DataType::kF16, {3, 8, 8, 16}, 8)});
+}
+
+TEST(ComposeRowMoves, ProductsStayWhenNothingBeforeThemMovesRows) {
+  // The product's input is a network input (no row move before it): the roll after it stays
+  // after it (moving it would add a copy of the input's rows, not join one).
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {2, 8, 8});
+  const TestTensor w = TestTensor::random(DataType::kF16, {8, 8}, 9);
+  Tensor* wt = net.add_constant(Weights::copy(DataType::kF16, {8, 8}, w.bytes.data()))->output();
+  Tensor* t = net.add_matrix_multiply(x, false, wt, false, "proj")->output();
+  net.mark_output(roll(net, roll(net, t, 1, 2, "roll_a"), 1, 3, "roll_b"), "out");
+  int kept = 0, sunk = 0;
+  EXPECT_EQ(compose_row_moves(net, &kept, &sunk), 1);  // the two rolls still compose
+  EXPECT_EQ(sunk, 0);
+}
+
 TEST(ComposeRowMoves, TheBuilderRunsItAtLevelTwo) {
   const Network net = swin_block(DataType::kF16, 3, 8);
   EXPECT_TRUE(test::build_logs(net, 2, "compose_row_moves: 2 chains"));

@@ -17,6 +17,15 @@
 // Swin-T's shifted blocks each move the activations three times into the windows and three
 // times back (two roll gathers and a transpose each way): one gather each way after this pass.
 // Static shapes only (the table is a constant). Runs after gather_slices (level >= 2).
+//
+// First, row moves after a row-wise MatrixMultiply (A not transposed, B a matrix, no residual)
+// whose A itself comes from a row move move before it, onto A's rows: a product treats each
+// row on its own, so moving rows before it or after it gives the same result, and before it
+// they join the moves already there (one table) instead of copying the product's output once
+// more. Swin-T's shifted blocks: simplify_attention moved the window reverse before the
+// out-projection, but the reverse roll (a Gather made later by gather_slices) stayed after it,
+// between the product and the residual add; after this the add follows the product, and
+// fuse_epilogues_after_row_moves makes it the product's residual.
 #include <numeric>
 #include <optional>
 #include <string>
@@ -238,9 +247,76 @@ bool rewrite_from(Network& net, Layer* first, int& gathers, int& reshapes) {
   return true;
 }
 
+/// A MatrixMultiply that treats every row of A on its own: A not transposed, B a matrix, no
+/// residual (its rows would have to move too), static shapes.
+bool row_wise_product(const Layer* m) {
+  if (m->kind() != LayerKind::kMatrixMultiply) return false;
+  const auto& p = m->params_as<MatrixMultiplyParams>();
+  return !p.transpose_a && m->input(0)->rank() >= 2 && m->input(1)->rank() == 2 &&
+         (m->inputs().size() < 4 || m->input(3) == nullptr) && static_dims(m->input(0)) &&
+         static_dims(m->output()) && m->input(0)->rank() == m->output()->rank();
+}
+
+/// `l` (a row move) applied to rows of `k` columns instead of its own: a Shuffle's reshape
+/// takes `k` as its last dim; a Gather is the same.
+LayerParams with_row_size(const Layer* l, int64_t k) {
+  LayerParams p = l->params();
+  if (auto* sp = std::get_if<ShuffleParams>(&p)) {
+    if (sp->has_reshape && !sp->reshape.empty()) sp->reshape.back() = DimExpr(k);
+  }
+  return p;
+}
+
+/// Moves the row moves after row-wise products whose A comes from a row move to before them
+/// (see the top of the file). Returns how many products it rebuilt.
+int sink_row_moves_into_products(Network& net) {
+  int moved = 0;
+  bool changed = true;
+  while (changed) {
+    changed = false;
+    for (Layer* m : net.layers()) {
+      if (!row_wise_product(m) || m->output()->is_output()) continue;
+      const Layer* pre = m->input(0)->producer();
+      if (pre == nullptr || !is_row_move(pre) || sole_consumer(net, m->input(0)) != m) continue;
+      // The chain after the product, up to (not into) a network output, which keeps its
+      // tensor; worth moving only when it copies (a Gather, or a Shuffle that transposes).
+      std::vector<const Layer*> after;
+      bool copies = false;
+      for (Layer* l = sole_consumer(net, m->output()); l != nullptr && is_row_move(l);
+           l = sole_consumer(net, l->output())) {
+        if (l->input(0) != (after.empty() ? m->output() : after.back()->output()) ||
+            l->output()->is_output()) {
+          break;
+        }
+        after.push_back(l);
+        copies = copies || !is_pure_reshape(l);
+      }
+      if (!copies) continue;
+      const int64_t k = m->input(0)->shape().back().constant();
+      Tensor* x = m->input(0);
+      for (const Layer* l : after) {
+        std::vector<Tensor*> inputs = l->inputs();
+        inputs[0] = x;
+        x = net.add_layer(with_row_size(l, k), inputs, l->name() + "+rows")->output();
+      }
+      std::vector<Tensor*> inputs = m->inputs();
+      inputs[0] = x;
+      Layer* product = net.add_layer(m->params(), inputs, m->name() + "+rows");
+      net.replace_all_uses(after.back()->output(), product->output());
+      remove_unreachable_layers(net);
+      ++moved;
+      changed = true;
+      break;
+    }
+  }
+  return moved;
+}
+
 }  // namespace
 
-int compose_row_moves(Network& net, int* kept) {
+int compose_row_moves(Network& net, int* kept, int* sunk) {
+  const int into_products = sink_row_moves_into_products(net);
+  if (sunk != nullptr) *sunk = into_products;
   int gathers = 0, reshapes = 0;
   bool changed = true;
   while (changed) {  // each rewrite replaces layers: walk again (chains only shrink the graph)
@@ -265,11 +341,12 @@ int compose_row_moves(Network& net, int* kept) {
 }
 
 void pass_compose_row_moves(BuildState& s) {
-  int kept = 0;
-  const int n = compose_row_moves(s.plan.network, &kept);
+  int kept = 0, sunk = 0;
+  const int n = compose_row_moves(s.plan.network, &kept, &sunk);
   s.log.push_back("compose_row_moves: " + std::to_string(n - kept) +
                   " chains of row moves into one gather each, " + std::to_string(kept) +
-                  " that keep every row into a reshape");
+                  " that keep every row into a reshape, " + std::to_string(sunk) +
+                  " row-move chains moved before the matrix product they followed");
 }
 
 }  // namespace ember::engine

@@ -27,10 +27,12 @@
 // product gains a residual only before its activation. Batch-norm folding changes the weights
 // (computed in f32, rounded to the weights' dtype once), which is what TensorRT does too.
 //
-// The pass runs twice: before simplify_attention, and again after it on matrix products only
-// (fuse_epilogues_after_attention). Attention's rewrites move transposes off the product that
-// follows an attention (torch.nn.MultiheadAttention's out-projection), after which the residual
-// add beside it can join its epilogue; before them a transpose stood between the two.
+// The pass runs three times: before simplify_attention, and again after it on matrix products
+// only (fuse_epilogues_after_attention). Attention's rewrites move transposes off the product
+// that follows an attention (torch.nn.MultiheadAttention's out-projection), after which the
+// residual add beside it can join its epilogue; before them a transpose stood between the two.
+// compose_row_moves then moves row gathers off products the same way (Swin-T's reverse roll),
+// and the third run (fuse_epilogues_after_row_moves) gives those products their residuals.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -479,6 +481,10 @@ void pass_fuse_epilogues(BuildState& s) { run_fuser(s, false, "fuse_epilogues");
 
 void pass_fuse_epilogues_after_attention(BuildState& s) {
   run_fuser(s, true, "fuse_epilogues_after_attention");
+}
+
+void pass_fuse_epilogues_after_row_moves(BuildState& s) {
+  run_fuser(s, true, "fuse_epilogues_after_row_moves");
 }
 
 }  // namespace ember::engine

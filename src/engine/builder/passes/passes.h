@@ -62,6 +62,9 @@ void pass_fuse_quantized(BuildState& s);
 void pass_fuse_epilogues(BuildState& s);
 /// fuse_epilogues again after simplify_attention, on matrix products only (see fuse_epilogues.cpp).
 void pass_fuse_epilogues_after_attention(BuildState& s);
+/// fuse_epilogues once more on matrix products, after compose_row_moves moved the row moves
+/// that stood between a product and its residual add (Swin-T's shifted blocks).
+void pass_fuse_epilogues_after_row_moves(BuildState& s);
 /// Moves connected regions of 2-d convolutions (f16/bf16 only when `f16_bf16_only`), the
 /// poolings and pointwise layers they feed to channels_last (NHWC activations, KRSC weights),
 /// with one transpose where a tensor enters or leaves a region (see channels_last.cpp).
@@ -97,9 +100,10 @@ void pass_gather_slices(BuildState& s);
 /// Replaces each chain of two or more row moves (constant-index Gathers along a dim before the
 /// last, Shuffles that keep the last dim: torch.roll, window partitions) by one Gather of rows
 /// with a constant table, and a chain that keeps every row in place by a reshape (see
-/// compose_row_moves.cpp). Static shapes only. Returns how many chains it replaced (`kept` of
-/// them by a reshape).
-int compose_row_moves(Network& net, int* kept = nullptr);
+/// compose_row_moves.cpp). Static shapes only. Before that, row moves after a row-wise
+/// MatrixMultiply whose A comes from a row move move before it (`sunk`: how many products).
+/// Returns how many chains it replaced (`kept` of them by a reshape).
+int compose_row_moves(Network& net, int* kept = nullptr, int* sunk = nullptr);
 void pass_compose_row_moves(BuildState& s);
 /// Replaces groups of two or more connected pointwise layers of one shape by FusedPointwise
 /// layers (see fuse_pointwise.cpp for what is grouped); `backend` (may be null) adds its kernel
