@@ -109,6 +109,19 @@ void expect_activation_zero_point(DataType activation, InferContext& ctx) {
                             shape_to_string(ctx.shape(kZeroPoint)));
 }
 
+/// A fused product's optional residual (input 7): the output's dtype and shape `out`, and not
+/// with a requantization (the residual stays the float output's).
+void expect_product_residual(const Requantize& r, DataType out_dtype, const Shape& out,
+                             InferContext& ctx) {
+  constexpr size_t kResidual = 7;
+  if (!ctx.has(kResidual)) return;
+  InferContext::require(!r.enabled, "a residual (input 7) is not taken with requantize on");
+  ctx.expect_dtype(kResidual, out_dtype, "residual (the output's dtype)");
+  InferContext::require(ctx.shape(kResidual) == out,
+                        "residual (input 7) shape " + shape_to_string(ctx.shape(kResidual)) +
+                            " differs from the output's " + shape_to_string(out));
+}
+
 }  // namespace
 
 void infer(const QuantizeParams& p, InferContext& ctx) {
@@ -140,7 +153,6 @@ void infer(const DequantizeParams& p, InferContext& ctx) {
 }
 
 void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
-  constexpr size_t kResidual = 7;
   ctx.expect_num_inputs(4, 8);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
@@ -173,21 +185,14 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
   Shape out(a.begin(), a.end() - 1);
   out.push_back(b[0]);
-  if (ctx.has(kResidual)) {
-    InferContext::require(!p.requantize.enabled,
-                          "a residual (input 7) is not taken with requantize on");
-    ctx.expect_dtype(kResidual, p.out, "residual (the output's dtype)");
-    InferContext::require(ctx.shape(kResidual) == out,
-                          "residual (input 7) shape " + shape_to_string(ctx.shape(kResidual)) +
-                              " differs from the output's " + shape_to_string(out));
-  }
+  expect_product_residual(p.requantize, p.out, out, ctx);
   ctx.add_output(expect_product_epilogue(p.epilogue, p.requantize, p.out, 4, b[0],
                                          q == DataType::kF8E4M3, ctx),
                  std::move(out));
 }
 
 void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
-  enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4, kResidual = 7 };
+  enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
   ctx.expect_num_inputs(4, 8);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
@@ -220,14 +225,7 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
     ctx.expect_rank(kWScale, 1, "per-channel w_scale");
     ctx.check_equal(ws[0], ctx.shape(kW)[0], "w_scale length equals w's dim 0 (K)");
   }
-  if (ctx.has(kResidual)) {
-    InferContext::require(!p.requantize.enabled,
-                          "a residual (input 7) is not taken with requantize on");
-    ctx.expect_dtype(kResidual, p.out, "residual (the output's dtype)");
-    InferContext::require(ctx.shape(kResidual) == out,
-                          "residual (input 7) shape " + shape_to_string(ctx.shape(kResidual)) +
-                              " differs from the output's " + shape_to_string(out));
-  }
+  expect_product_residual(p.requantize, p.out, out, ctx);
   ctx.add_output(out_dtype, std::move(out));
 }
 
