@@ -235,6 +235,17 @@ TEST(ComposeRowMoves, ProductsStayWhenNothingBeforeThemMovesRows) {
   int kept = 0, sunk = 0;
   EXPECT_EQ(compose_row_moves(net, &kept, &sunk), 1);  // the two rolls still compose
   EXPECT_EQ(sunk, 0);
+  // Behind a reshape alone (no copy to join) the rolls stay after the product too.
+  Network behind_reshape;
+  Tensor* y = behind_reshape.add_input("y", DataType::kF16, {2, 4, 2, 8});
+  Tensor* wy =
+      behind_reshape.add_constant(Weights::copy(DataType::kF16, {8, 8}, w.bytes.data()))->output();
+  Tensor* u = reshape(behind_reshape, y, {2, 8, 8}, "flat");
+  u = behind_reshape.add_matrix_multiply(u, false, wy, false, "proj")->output();
+  behind_reshape.mark_output(
+      roll(behind_reshape, roll(behind_reshape, u, 1, 2, "roll_a"), 1, 3, "roll_b"), "out");
+  EXPECT_EQ(compose_row_moves(behind_reshape, &kept, &sunk), 1);
+  EXPECT_EQ(sunk, 0);
 }
 
 TEST(ComposeRowMoves, TheBuilderRunsItAtLevelTwo) {

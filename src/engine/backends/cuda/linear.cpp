@@ -257,8 +257,11 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args, bool reusable
   cublasStatus_t heuristic = CUBLAS_STATUS_SUCCESS;
   const auto chosen = choose_lt_algo(call, pref.h, problem, args, &heuristic);
   if (!chosen) {
-    throw Error(problem.what + ": cuBLASLt has no algorithm (heuristic: " +
-                cublasLtGetStatusString(heuristic) + ")");
+    throw Error(problem.what + ": cuBLASLt has no algorithm (" +
+                (heuristic != CUBLAS_STATUS_SUCCESS
+                     ? std::string("heuristic: ") + cublasLtGetStatusString(heuristic)
+                     : std::string("none of the heuristic's candidates fits the workspace")) +
+                ")");
   }
   const cublasLtMatmulAlgo_t algo = *chosen;
   lt_check(call.run(algo, g.c), "cublasLtMatmul");

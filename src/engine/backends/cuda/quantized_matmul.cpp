@@ -235,18 +235,19 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   const void* beta = fp8 ? static_cast<const void*>(&f_beta) : &i_zero;
   const void* c = residual != nullptr ? residual : d;
   const size_t d_size = d_type == CUDA_R_32F || d_type == CUDA_R_32I ? 4 : 2;
-  const uint32_t align_w = alignment_of({reinterpret_cast<uint64_t>(w), static_cast<uint64_t>(k)});
-  const uint32_t align_act =
-      alignment_of({reinterpret_cast<uint64_t>(act), static_cast<uint64_t>(k)});
+  // The pointers' alignments (the leading dims are the shape's business: K and N multiples of
+  // 4 or 16 were checked above).
+  const uint32_t align_w = alignment_of({reinterpret_cast<uint64_t>(w)});
+  const uint32_t align_act = alignment_of({reinterpret_cast<uint64_t>(act)});
   const uint32_t align_out =
-      alignment_of({reinterpret_cast<uint64_t>(d), reinterpret_cast<uint64_t>(residual),
-                    static_cast<uint64_t>(n) * d_size});
+      alignment_of({reinterpret_cast<uint64_t>(d), reinterpret_cast<uint64_t>(residual)});
   const LtPreference pref(kWorkspaceBytes, align_w, align_act, align_out);
   const LtCall call{handle, op.h, first.h, second.h, out.h, alpha, beta, w, act, c, ws,
                     kWorkspaceBytes, a.stream()};
   LtProblem problem;
-  problem.what = std::string("QuantizedMatrixMultiply (cuda): ") + (fp8 ? "FP8" : "INT8") +
-                 " m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k);
+  problem.what = std::string("cuBLASLt ") + (fp8 ? "FP8" : "INT8") + " GEMM (cuda) m=" +
+                 std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                 (a.layer != nullptr ? " of " + a.layer->describe() : std::string());
   if (a.res->timing_cache() != nullptr) {
     const int epi = lib == nullptr ? 0 : (lib->bias != nullptr ? 1 : 0) + (lib->relu ? 2 : 0);
     problem.key = std::string("cublasLt ") + (fp8 ? "f8e4m3" : "i8") + " tn m=" +

@@ -276,8 +276,19 @@ int sink_row_moves_into_products(Network& net) {
     changed = false;
     for (Layer* m : net.layers()) {
       if (!row_wise_product(m) || m->output()->is_output()) continue;
-      const Layer* pre = m->input(0)->producer();
-      if (pre == nullptr || !is_row_move(pre) || sole_consumer(net, m->input(0)) != m) continue;
+      // A's chain of row moves (each read by the next alone) must copy, so that the moved
+      // ones join a gather instead of copying K-wide rows on their own.
+      if (sole_consumer(net, m->input(0)) != m) continue;
+      bool copies_before = false;
+      for (const Layer* pre = m->input(0)->producer(); pre != nullptr && is_row_move(pre);
+           pre = pre->input(0)->producer()) {
+        if (!is_pure_reshape(pre)) {
+          copies_before = true;
+          break;
+        }
+        if (sole_consumer(net, pre->input(0)) != pre) break;
+      }
+      if (!copies_before) continue;
       // The chain after the product, up to (not into) a network output, which keeps its
       // tensor; worth moving only when it copies (a Gather, or a Shuffle that transposes).
       std::vector<const Layer*> after;
@@ -297,11 +308,13 @@ int sink_row_moves_into_products(Network& net) {
       for (const Layer* l : after) {
         std::vector<Tensor*> inputs = l->inputs();
         inputs[0] = x;
-        x = net.add_layer(with_row_size(l, k), inputs, l->name() + "+rows")->output();
+        x = net.add_layer(with_row_size(l, k), inputs, unique_layer_name(net, l->name() + "+rows"))
+                ->output();
       }
       std::vector<Tensor*> inputs = m->inputs();
       inputs[0] = x;
-      Layer* product = net.add_layer(m->params(), inputs, m->name() + "+rows");
+      Layer* product =
+          net.add_layer(m->params(), inputs, unique_layer_name(net, m->name() + "+rows"));
       net.replace_all_uses(after.back()->output(), product->output());
       remove_unreachable_layers(net);
       ++moved;
