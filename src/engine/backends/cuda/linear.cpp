@@ -64,18 +64,6 @@ void dnn_check(cudnnStatus_t status, const char* layer, const char* what) {
   }
 }
 
-/// Owns one library descriptor and destroys it with `Destroy`.
-template <typename Handle, auto Destroy>
-struct Owned {
-  Handle h = nullptr;
-  Owned() = default;
-  Owned(const Owned&) = delete;
-  Owned& operator=(const Owned&) = delete;
-  ~Owned() {
-    if (h != nullptr) Destroy(h);
-  }
-};
-
 int64_t product(const std::vector<int64_t>& v) {
   int64_t n = 1;
   for (int64_t d : v) n *= d;

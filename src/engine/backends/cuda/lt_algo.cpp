@@ -88,7 +88,8 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
     }
   }
   // Timing needs the whole list; a capture or a call without a cache takes the first usable one.
-  const int wanted = cache != nullptr && !capturing(call.stream) ? lt_candidates() : kLtCandidates;
+  const bool timing = cache != nullptr && !capturing(call.stream);
+  const int wanted = timing ? lt_candidates() : kLtCandidates;
   std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(wanted));
   int returned = 0;
   const cublasStatus_t st =
@@ -96,15 +97,14 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
                                      call.out, pref, wanted, results.data(), &returned);
   if (heuristic_status != nullptr) *heuristic_status = st;
   if (st != CUBLAS_STATUS_SUCCESS || returned == 0) return std::nullopt;
-  int first = -1;
-  for (int i = 0; i < returned && first < 0; ++i) {
-    if (results[i].state == CUBLAS_STATUS_SUCCESS &&
-        results[i].workspaceSize <= call.workspace_bytes) {
-      first = i;
-    }
-  }
-  if (first < 0) return std::nullopt;
-  if (cache == nullptr || capturing(call.stream)) return results[first].algo;
+  const auto usable = [&](int i) {
+    return results[i].state == CUBLAS_STATUS_SUCCESS &&
+           results[i].workspaceSize <= call.workspace_bytes;
+  };
+  int first = 0;
+  while (first < returned && !usable(first)) ++first;
+  if (first == returned) return std::nullopt;
+  if (!timing) return results[first].algo;
   int best = first;
   if (returned > 1) {
     TacticTimer timer;
@@ -120,11 +120,8 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
     float best_ms = -1.0f;
     best = -1;
     const bool log = tactic_log();
-    for (int i = 0; i < returned; ++i) {
-      if (results[i].state != CUBLAS_STATUS_SUCCESS ||
-          results[i].workspaceSize > call.workspace_bytes) {
-        continue;
-      }
+    for (int i = first; i < returned; ++i) {
+      if (!usable(i)) continue;
       const float ms = time_candidate(call, results[i].algo, d, timer);
       if (log) {
         std::fprintf(stderr, "[ember tactic] %s: candidate %d of %d: %.4f ms%s\n", p.key.c_str(),

@@ -52,18 +52,8 @@ void qlt_check(cublasStatus_t status, const char* what) {
   }
 }
 
-template <typename Handle, cublasStatus_t (*Destroy)(Handle)>
-struct LtOwned {
-  Handle h = nullptr;
-  LtOwned() = default;
-  LtOwned(const LtOwned&) = delete;
-  LtOwned& operator=(const LtOwned&) = delete;
-  ~LtOwned() {
-    if (h != nullptr) Destroy(h);
-  }
-};
-using Desc = LtOwned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
-using Layout = LtOwned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using Desc = Owned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using Layout = Owned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
 
 /// FP8 GEMMs accumulate in the tensor cores' own (fast) mode unless EMBER_FP8_FAST_ACCUM=0
 /// (or off) asks for cuBLASLt's periodic promotion of the sums to the f32 cores, which costs
