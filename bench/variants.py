@@ -49,6 +49,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   method "max", calibrated on 4 random batches of the row's input shape): convolutions, linear
   layers and matmuls on int8 / FP8 operands, the rest in f16 (issue 17). Its cosine is against
   the f32 model, like the others.
+- `int8_plain_norms` / `fp8_plain_norms`: `int8` / `fp8` with EMBER_QUANTIZE_NORM_OUTPUTS=0
+  while built, so each layer norm before a quantized product keeps a Quantize pass of its own
+  instead of writing the quantized tensor itself (the A/B of the quantize_norm_outputs pass).
 Eager PyTorch f16 is timed in the same process for scale. Set EMBER_LAYER_PROFILE=1 to have the
 CUDA back end print, at exit, the host time per layer kind of the layer-by-layer calls.
 """
@@ -70,7 +73,7 @@ VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductio
             "half_serial_reductions", "half_lt32", "half_cudnn_depthwise", "half_own_depthwise",
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
-            "int8", "fp8")
+            "int8", "fp8", "int8_plain_norms", "fp8_plain_norms")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -119,7 +122,9 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_no_lone_broadcasts": ("EMBER_FUSE_LONE_BROADCASTS", "0"),
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
                 "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force"),
-                "half_lt32": ("EMBER_LT_CANDIDATES", "32")}
+                "half_lt32": ("EMBER_LT_CANDIDATES", "32"),
+                "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
+                "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None
     if env:
@@ -151,12 +156,13 @@ def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> 
         xin = tuple(x.half() if x.is_floating_point() else x for x in xs)
     if variant in ("graphs_off", "graphs_off_legacy_conv"):
         settings["cuda_graphs"] = False
-    if variant in ("int8", "fp8"):
+    quantized = variant.split("_")[0] if variant.startswith(("int8", "fp8")) else None
+    if quantized:
         start = time.perf_counter()
         calib = [tuple(torch.randn_like(x) if x.is_floating_point()
                        else torch.randint_like(x, int(x.max()) + 1) for x in xin)
                  for _ in range(4)]
-        model = ember.quantize(model, calib, dtype=torch.int8 if variant == "int8"
+        model = ember.quantize(model, calib, dtype=torch.int8 if quantized == "int8"
                                else torch.float8_e4m3fn)
         row[f"{variant}_calibrate_s"] = time.perf_counter() - start
     report = ember.dynamo.CompilationReport()
@@ -165,7 +171,7 @@ def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> 
     row[f"{variant}_build_s"] = time.perf_counter() - start
     row[f"{variant}_engines"] = len(report.engines)
     row[f"{variant}_fallback_nodes"] = len(report.fallback)
-    if variant in ("int8", "fp8"):
+    if quantized:
         row[f"{variant}_fused"] = [line for e in report.engines for line in e["build_log"]
                                    if line.startswith("fuse_quantized")]
     row[f"{variant}_ms"] = median_ms(gm, xin, iters)

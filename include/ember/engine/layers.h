@@ -349,15 +349,39 @@ enum class NormalizationType : uint8_t {
 };
 inline constexpr int kNumNormalizationTypes = 3;
 
+/// The output quantization of a Normalization (set by the builder's quantize_norm_outputs pass
+/// when a per-tensor symmetric Quantize reads a layer norm; plan format 15): the normalized
+/// value, rounded to x's dtype as output 0 is, quantized as a Quantize layer to `to` would with
+/// the scale of input 3 (f32, one element): i8, q = clamp(round_half_even(y * (1 / scale)),
+/// quant_min, quant_max); f8e4m3, q = E4M3(y * (1 / scale)), saturating. A pre-LN transformer's
+/// norm feeds only the quantized product after it (`float_output` false: the quantized tensor
+/// is the layer's one output); a post-LN one's also feeds the next residual add (both outputs).
+struct NormalizationQuantize {
+  bool enabled = false;
+  DataType to = DataType::kI8;  ///< i8 or f8e4m3.
+  int64_t quant_min = -128;
+  int64_t quant_max = 127;
+  bool float_output = true;  ///< Output 0 is the float value; false: only the quantized one.
+  template <class V> void fields(V& v) {
+    v("quantize", enabled); v("quantize_to", to); v("quantize_min", quant_min);
+    v("quantize_max", quant_max); v("float_output", float_output);
+  }
+};
+
 /// (x - mean) / sqrt(var + epsilon) * scale + bias, biased variance, computed in f32.
-/// Inputs: x, optional scale, optional bias (nullptr to omit), all one float dtype.
+/// Inputs: x, optional scale, optional bias (nullptr to omit), all one float dtype; with
+/// `quantize` (layer norm only), 3 the quantization scale.
+/// Outputs: y (x's dtype and shape), then with `quantize` the quantized y (`quantize.to`), or
+/// the quantized y alone when `quantize.float_output` is false.
 struct NormalizationParams {
   NormalizationType type = NormalizationType::kLayer;
   int64_t axis = 1;
   int64_t num_groups = 1;
   double epsilon = 1e-5;
+  NormalizationQuantize quantize;
   template <class V> void fields(V& v) {
     v("type", type); v("axis", axis); v("num_groups", num_groups); v("epsilon", epsilon);
+    quantize.fields(v);
   }
 };
 

@@ -24,6 +24,7 @@ std::vector<Pass> default_passes() {
       {"remove_dead_layers", 0, pass_remove_dead_layers},
       {"absorb_casts", 2, pass_absorb_casts},
       {"fuse_epilogues", 2, pass_fuse_epilogues},
+      {"quantize_norm_outputs", 2, pass_quantize_norm_outputs},
       {"channels_last", 3, pass_channels_last},
       {"simplify_attention", 2, pass_simplify_attention},
       {"fuse_epilogues_after_attention", 2, pass_fuse_epilogues_after_attention},

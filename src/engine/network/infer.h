@@ -72,6 +72,11 @@ class InferContext {
   std::vector<ShapeCheck> checks_;
 };
 
+/// True for a shape of one element ([] or [1]): a per-tensor scale or zero point.
+inline bool one_element(const Shape& s) {
+  return s.empty() || (s.size() == 1 && s[0].is_constant() && s[0].constant() == 1);
+}
+
 // One per layer kind (grouped by the file that defines them).
 // constant.cpp / shape family (data_movement.cpp)
 void infer(const ConstantParams& p, InferContext& ctx);

@@ -160,9 +160,10 @@ bool valid_identifier(const std::string& s) {
   });
 }
 
-/// FP8 tensors only come out of Quantize and go into Dequantize (or the fused low-precision
-/// products and convolutions); on the way they may be moved (Shuffle, Identity) or be constants. Arithmetic on them would need E4M3 semantics in every
-/// kernel, so every other layer refuses them here, in one place.
+/// FP8 tensors only come out of Quantize (or a layer norm's quantized output) and go into
+/// Dequantize (or the fused low-precision products and convolutions); on the way they may be
+/// moved (Shuffle, Identity) or be constants. Arithmetic on them would need E4M3 semantics in
+/// every kernel, so every other layer refuses them here, in one place.
 void check_f8_use(LayerKind kind, const std::vector<Tensor*>& inputs,
                   const std::vector<TensorDesc>& outputs) {
   if (kind == LayerKind::kConstant || kind == LayerKind::kQuantize ||
@@ -173,7 +174,10 @@ void check_f8_use(LayerKind kind, const std::vector<Tensor*>& inputs,
   }
   bool f8 = false;
   for (const Tensor* t : inputs) f8 = f8 || (t != nullptr && t->dtype() == DataType::kF8E4M3);
-  for (const TensorDesc& d : outputs) f8 = f8 || d.dtype == DataType::kF8E4M3;
+  // A Normalization's f8e4m3 output is its quantized output (its inference checks that).
+  if (kind != LayerKind::kNormalization) {
+    for (const TensorDesc& d : outputs) f8 = f8 || d.dtype == DataType::kF8E4M3;
+  }
   if (f8) {
     throw Error("f8e4m3 tensors go only through Quantize, Dequantize, Shuffle and Identity "
                 "(dequantize first)");

@@ -22,11 +22,6 @@ std::pair<int64_t, int64_t> quantized_range(DataType t) {
                             : std::pair<int64_t, int64_t>{-128, 127};
 }
 
-/// True for a shape of one element ([] or [1]).
-bool one_element(const Shape& s) {
-  return s.empty() || (s.size() == 1 && s[0].is_constant() && s[0].constant() == 1);
-}
-
 /// Checks inputs 1 (scale) and 2 (zero_point) against input 0's shape.
 void infer_scales(bool per_channel, int64_t axis, DataType quantized, InferContext& ctx) {
   ctx.expect_num_inputs(2, 3);

@@ -133,7 +133,8 @@ void infer(const SoftMaxParams& p, InferContext& ctx) {
 }
 
 void infer(const NormalizationParams& p, InferContext& ctx) {
-  ctx.expect_num_inputs(1, 3);
+  const NormalizationQuantize& q = p.quantize;
+  ctx.expect_num_inputs(1, q.enabled ? 4 : 3);
   ctx.expect_float(0, "input");
   InferContext::require(std::isfinite(p.epsilon) && p.epsilon >= 0.0,
                         "epsilon must be finite and >= 0, got " + std::to_string(p.epsilon));
@@ -170,7 +171,29 @@ void infer(const NormalizationParams& p, InferContext& ctx) {
       break;
     }
   }
-  ctx.add_output(ctx.dtype(0), x);
+  if (!q.enabled) {
+    InferContext::require(q.float_output, "float_output off needs quantize on");
+    ctx.add_output(ctx.dtype(0), x);
+    return;
+  }
+  InferContext::require(p.type == NormalizationType::kLayer,
+                        "a quantized output is taken by layer norm only");
+  InferContext::require(
+      q.to == DataType::kI8 || q.to == DataType::kF8E4M3,
+      std::string("quantize_to must be i8 or f8e4m3, got ") +
+          (static_cast<int>(q.to) < kNumDataTypes ? dtype_name(q.to) : "an unknown dtype"));
+  if (q.to == DataType::kI8) {
+    InferContext::require(-128 <= q.quant_min && q.quant_min <= q.quant_max && q.quant_max <= 127,
+                          "quantize range [" + std::to_string(q.quant_min) + ", " +
+                              std::to_string(q.quant_max) + "] is empty or outside i8's [-128, 127]");
+  }
+  InferContext::require(ctx.has(3), "quantize needs its scale (input 3)");
+  ctx.expect_dtype(3, DataType::kF32, "quantize scale");
+  InferContext::require(one_element(ctx.shape(3)),
+                        "quantize scale (input 3) must have one element, got shape " +
+                            shape_to_string(ctx.shape(3)));
+  if (q.float_output) ctx.add_output(ctx.dtype(0), x);
+  ctx.add_output(q.to, x);
 }
 
 void infer(const CumulativeParams& p, InferContext& ctx) {

@@ -486,6 +486,10 @@ class PlanReader {
       } else if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 14) {
         FieldsBut all_but{fields, {"requantize_to"}};
         std::get<QuantizedMatrixMultiplyParams>(params).fields(all_but);
+      } else if (kind == LayerKind::kNormalization && version_ < 15) {
+        FieldsBut all_but{fields, {"quantize", "quantize_to", "quantize_min", "quantize_max",
+                                   "float_output"}};
+        std::get<NormalizationParams>(params).fields(all_but);
       } else {
         visit_layer_fields(params, fields);
       }

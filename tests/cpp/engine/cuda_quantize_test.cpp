@@ -8,10 +8,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "builder/passes/passes.h"
 #include "cuda_test_util.h"
 #include "ember/engine/half.h"
 
@@ -561,6 +563,85 @@ TEST(CudaQuantize, QdqConvolutionFusesAndMatchesTheReference) {
   test::CudaRunner runner(net, {xt}, {}, 3);
   EXPECT_NE(runner.inspect_json().find("cuda.QuantizedConvolution"), std::string::npos);
   check_bytes_and_floats(net, {xt}, "fused Q/DQ convolution");
+}
+
+TEST(CudaQuantize, LayerNormQuantizedOutputMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // LayerNorm -> per-tensor Quantize becomes one norm with a quantized output
+  // (quantize_norm_outputs) on every kernel that runs layer norms: the 16-bit vector kernel
+  // (width % 8 == 0), the warp kernel (f32, or a width that is not a multiple of 8) and the
+  // block kernel (rows over 1024). With the float output kept, the quantized bytes must be
+  // exactly the Quantize layer's math on the GPU's own float output; against the CPU reference
+  // (whose 16-bit moments are in double, the vector kernel's in f32) the float output is within
+  // tolerance and each quantized value within one step.
+  for (DataType dtype : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
+    for (const int64_t width : {40, 64, 768, 1536}) {
+      for (DataType q : {DataType::kI8, DataType::kF8E4M3}) {
+        for (const bool keep_float : {true, false}) {
+          const std::string what = std::string(dtype_name(dtype)) + " width " +
+                                   std::to_string(width) + " to " + dtype_name(q) +
+                                   (keep_float ? " with the float output" : "");
+          SCOPED_TRACE(what);
+          Network net;
+          Tensor* x = net.add_input("x", dtype, {37, width});
+          std::vector<float> g, b;
+          for (int64_t j = 0; j < width; ++j) {
+            g.push_back(0.5f + 0.001f * static_cast<float>(j));
+            b.push_back(0.01f * static_cast<float>(j % 7) - 0.03f);
+          }
+          NormalizationParams np;
+          np.axis = 1;
+          Tensor* y = net.add_normalization(
+                             x, net.add_constant(from_floats(dtype, {width}, g))->output(),
+                             net.add_constant(from_floats(dtype, {width}, b))->output(), np, "ln")
+                          ->output();
+          QuantizeParams qp;
+          qp.to = q;
+          if (q == DataType::kI8) qp.quant_min = -127;
+          const float scale = 0.02f;
+          net.mark_output(net.add_quantize(y, f32_constant(net, {scale}), nullptr, qp, "q")
+                              ->output(),
+                          "y_q");
+          if (keep_float) net.mark_output(y, "y");
+          const TestTensor xv = TestTensor::random(dtype, {37, width}, 51, -3.0f, 3.0f);
+          test::CudaRunner runner(net, {xv}, {}, 3);
+          const std::string json = runner.inspect_json();
+          EXPECT_EQ(json.find("cuda.Quantize"), std::string::npos) << json.substr(0, 2000);
+          EXPECT_EQ(json.find("cuda.host"), std::string::npos);
+          for (int run = 0; run < 2; ++run) {  // layer by layer, then the CUDA graph
+            const auto got = runner.run({xv});
+            const auto ref = test::run_network_direct(net, {xv});
+            ASSERT_EQ(got.size(), keep_float ? 2u : 1u);
+            ASSERT_EQ(got[0].dtype, q);
+            const std::vector<uint8_t>& gq = got[0].bytes;
+            const std::vector<uint8_t>& rq = ref[0].bytes;
+            ASSERT_EQ(gq.size(), rq.size());
+            if (keep_float) {
+              test::expect_close(got[1], ref[1].to_floats(), dtype, what);
+              const std::vector<float> yv = got[1].to_floats();
+              for (size_t i = 0; i < yv.size(); ++i) {
+                const uint8_t want =
+                    q == DataType::kF8E4M3
+                        ? f32_to_f8e4m3(yv[i] * (1.0f / scale))
+                        : static_cast<uint8_t>(static_cast<int8_t>(std::fmin(
+                              std::fmax(std::nearbyint(yv[i] * (1.0f / scale)), -127.0f),
+                              127.0f)));
+                ASSERT_EQ(gq[i], want) << "element " << i << " (float output " << yv[i] << ")";
+              }
+            }
+            if (q == DataType::kF8E4M3) {
+              expect_fp8_within_one_code(gq, rq, what);
+            } else {
+              for (size_t i = 0; i < gq.size(); ++i) {
+                ASSERT_LE(std::abs(static_cast<int8_t>(gq[i]) - static_cast<int8_t>(rq[i])), 1)
+                    << "element " << i;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

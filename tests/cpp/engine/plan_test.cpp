@@ -389,6 +389,12 @@ Network all_kinds_network() {
   qcp.epilogue.fused_activation = true;
   qcp.epilogue.activation = ActivationType::kGeluTanh;
   Tensor* qconv = net.add_layer(qcp, {q, cwq, s1, cws, cb}, "qconv")->output();
+  // A layer norm that also writes its output as FP8 (plan format 15).
+  NormalizationParams qnp;
+  qnp.axis = 3;
+  qnp.quantize.enabled = true;
+  qnp.quantize.to = DataType::kF8E4M3;
+  Layer* qnorm = net.add_layer(qnp, {x, nullptr, nullptr, s1}, "qnorm");
   // Other dtypes, an empty constant, and a constant sharing conv_w's bytes (stored once).
   Tensor* half =
       net.add_constant(
@@ -444,6 +450,8 @@ Network all_kinds_network() {
                                                                 {qmm, "qmm_out"},
                                                                 {qmm8r, "qmm_fp8_out"},
                                                                 {qconv, "qconv_out"},
+                                                                {qnorm->output(0), "qnorm_out"},
+                                                                {qnorm->output(1), "qnorm_fp8"},
                                                                 {half, "half_out"},
                                                                 {i64, ""},
                                                                 {flags, "flags_out"},
@@ -733,8 +741,9 @@ TEST(PlanFormat, ChecksumPerVersion) {
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base);
   std::swap(bytes[0], bytes[8]);
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size() - 1, 13), base);
-  EXPECT_EQ(plan_format_version(), 14u);
-  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 14), base);  // 14 keeps 13's checksum
+  EXPECT_EQ(plan_format_version(), 15u);
+  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 14), base);  // 14 and 15 keep 13's
+  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 15), base);
 }
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
@@ -918,6 +927,31 @@ TEST(PlanFormat, Version13QuantizedMatrixMultiplyReadsWithoutRequantizeTo) {
   const std::vector<uint8_t> v13 = without_field(current, to_at, 1, 13);
   const PlanModel read = plan_read(v13.data(), v13.size());
   EXPECT_EQ(read.network.outputs()[0]->dtype(), DataType::kI8);
+  EXPECT_EQ(plan_write(read), current);
+}
+
+TEST(PlanFormat, Version14NormalizationReadsWithoutItsQuantizeFields) {
+  // Version 15 added a Normalization's quantized output (its last five fields). Cutting them
+  // (off, i8, -128, 127, true) out of a current plan gives the version-14 bytes, which read
+  // back to the same network.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 8});
+  NormalizationParams p;
+  net.mark_output(net.add_normalization(x, nullptr, nullptr, p, "ln")->output(), "y");
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  // After the implementation name and the three input ids: type (1), axis (8), num_groups (8),
+  // epsilon (8), then quantize (1), quantize_to (1), quantize_min (8), quantize_max (8) and
+  // float_output (1).
+  const std::string impl = "cpu.Normalization";
+  const size_t at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 3 * 4 + 1 + 8 +
+                    8 + 8;
+  ASSERT_EQ(current[at], 0);                                      // quantize off
+  ASSERT_EQ(current[at + 1], static_cast<uint8_t>(DataType::kI8));  // quantize_to
+  ASSERT_EQ(current[at + 18], 1);                                 // float_output
+  const std::vector<uint8_t> v14 = without_field(current, at, 19, 14);
+  const PlanModel read = plan_read(v14.data(), v14.size());
+  EXPECT_EQ(read.network.outputs()[0]->dtype(), DataType::kF32);
   EXPECT_EQ(plan_write(read), current);
 }
 

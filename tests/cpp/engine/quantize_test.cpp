@@ -14,6 +14,7 @@
 
 #include "ember/engine/builder.h"
 #include "ember/engine/half.h"
+#include "builder/passes/passes.h"
 #include "plan/plan.h"
 #include "test_util.h"
 
@@ -1252,6 +1253,172 @@ TEST(QuantizedEpilogues, RequantizationIsCheckedOnTheLayer) {
                      {"residual (the output's dtype)"});
   test::expect_error([&] { net.add_layer(p, {a, b, s, s, nullptr, s, nullptr, r}); },
                      {"a residual (input 7) is not taken with requantize on"});
+}
+
+/// The layer norm of x [6, 40] (`dtype`, constant scale and bias of it) over its last dim.
+Tensor* layer_norm(Network& net, Tensor* x, DataType dtype, const std::string& name = "ln") {
+  std::vector<float> g, b;
+  for (int64_t j = 0; j < 40; ++j) {
+    g.push_back(0.5f + 0.03f * static_cast<float>(j));
+    b.push_back(0.02f * static_cast<float>(j % 7) - 0.05f);
+  }
+  Tensor* gt = net.add_constant(from_floats(dtype, {40}, g))->output();
+  Tensor* bt = net.add_constant(from_floats(dtype, {40}, b))->output();
+  NormalizationParams p;
+  p.axis = 1;
+  return net.add_normalization(x, gt, bt, p, name)->output();
+}
+
+TEST(QuantizeNormOutputs, LayerNormWritesTheQuantizedTensorItself) {
+  // LayerNorm -> per-tensor Quantize (a quantized transformer's norm before its next product):
+  // the norm writes the quantized bytes, the Quantize layer goes, and the bytes equal the
+  // unfused network's (the Quantize's math on the value the norm's output holds). A norm whose
+  // output something else reads too (BERT's post-LN residual) keeps that output beside it.
+  for (DataType dtype : {DataType::kF32, DataType::kF16}) {
+    for (DataType q : {DataType::kI8, DataType::kF8E4M3}) {
+      for (const bool other_reader : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " to " + dtype_name(q) +
+                     (other_reader ? ", with another reader" : ""));
+        Network net;
+        Tensor* x = net.add_input("x", dtype, {6, 40});
+        Tensor* y = layer_norm(net, x, dtype);
+        QuantizeParams qp;
+        qp.to = q;
+        if (q == DataType::kI8) qp.quant_min = -127;
+        Tensor* sq = scales(net, {0.015f});
+        Tensor* yq = net.add_quantize(y, sq, nullptr, qp, "q")->output();
+        net.mark_output(yq, "y_q");
+        if (other_reader) {
+          net.mark_output(net.add_elementwise(y, x, ElementWiseOp::kSum, "residual")->output(),
+                          "y_plus_x");
+        }
+        const PlanModel plan = built_plan(net);
+        const auto norms = layers_of(plan, LayerKind::kNormalization);
+        ASSERT_EQ(norms.size(), 1u);
+        const auto& nq = norms[0]->params_as<NormalizationParams>().quantize;
+        EXPECT_TRUE(nq.enabled);
+        EXPECT_EQ(nq.to, q);
+        EXPECT_EQ(nq.quant_min, qp.quant_min);
+        EXPECT_EQ(nq.float_output, other_reader);
+        ASSERT_EQ(norms[0]->outputs().size(), other_reader ? 2u : 1u);
+        EXPECT_EQ(norms[0]->outputs().back()->dtype(), q);
+        EXPECT_TRUE(layers_of(plan, LayerKind::kQuantize).empty());
+        EXPECT_TRUE(test::build_logs(net, 3, "quantize_norm_outputs: 1 layer norms"));
+        const TestTensor xv = TestTensor::random(dtype, {6, 40}, 41, -3.0f, 3.0f);
+        const auto fused = test::run_network(net, {xv}, {{}, 3});
+        const auto unfused = test::run_network(net, {xv}, {{}, 0});
+        ASSERT_EQ(fused.size(), unfused.size());
+        for (size_t i = 0; i < fused.size(); ++i) {
+          EXPECT_EQ(fused[i].bytes, unfused[i].bytes) << "output " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantizeNormOutputs, NearMissesKeepTheirQuantize) {
+  const TestTensor xv = TestTensor::random(DataType::kF32, {6, 40}, 42, -3.0f, 3.0f);
+  struct Case {
+    std::string what;
+    bool zero_point = false;
+    bool per_channel = false;
+    bool group_norm = false;
+  };
+  for (const Case& c : std::vector<Case>{{"an asymmetric uint8 Quantize", true, false, false},
+                                         {"a per-channel Quantize", false, true, false},
+                                         {"a group norm", false, false, true}}) {
+    SCOPED_TRACE(c.what);
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF32, {6, 40});
+    Tensor* y = nullptr;
+    if (c.group_norm) {
+      NormalizationParams gp;
+      gp.type = NormalizationType::kGroup;
+      gp.num_groups = 2;
+      y = net.add_normalization(x, nullptr, nullptr, gp, "gn")->output();
+    } else {
+      y = layer_norm(net, x, DataType::kF32);
+    }
+    QuantizeParams qp;
+    Tensor* zp = nullptr;
+    Tensor* s = scales(net, {0.015f});
+    if (c.zero_point) {
+      qp.to = DataType::kU8;
+      qp.quant_min = 0;
+      qp.quant_max = 255;
+      zp = zero_points(net, {128});
+    }
+    if (c.per_channel) {
+      qp.per_channel = true;
+      qp.axis = 0;
+      s = scales(net, {0.01f, 0.02f, 0.03f, 0.04f, 0.05f, 0.06f});
+    }
+    net.mark_output(net.add_quantize(y, s, zp, qp, "q")->output(), "y_q");
+    const PlanModel plan = built_plan(net);
+    EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), 1u);
+    for (const Layer* n : layers_of(plan, LayerKind::kNormalization)) {
+      EXPECT_FALSE(n->params_as<NormalizationParams>().quantize.enabled);
+    }
+    test::run_network(net, {xv}, {{}, 3});  // checks the engine against the reference run
+  }
+  // Two Quantizes of one norm: one with the norm's quantized output's scale goes, the other
+  // (another scale) stays.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {6, 40});
+  Tensor* y = layer_norm(net, x, DataType::kF32);
+  QuantizeParams qp;
+  net.mark_output(net.add_quantize(y, scales(net, {0.015f}), nullptr, qp, "q1")->output(), "a");
+  net.mark_output(net.add_quantize(y, scales(net, {0.03f}), nullptr, qp, "q2")->output(), "b");
+  const PlanModel plan = built_plan(net);
+  EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), 1u);
+  const auto fused = test::run_network(net, {xv}, {{}, 3});
+  const auto unfused = test::run_network(net, {xv}, {{}, 0});
+  EXPECT_EQ(fused[0].bytes, unfused[0].bytes);
+  EXPECT_EQ(fused[1].bytes, unfused[1].bytes);
+}
+
+TEST(QuantizeNormOutputs, QuantizedOutputIsCheckedOnTheLayer) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {6, 40});
+  Tensor* s = scales(net, {0.015f});
+  NormalizationParams p;
+  p.quantize.enabled = true;
+  p.quantize.to = DataType::kF8E4M3;
+  const Layer* both = net.add_layer(p, {x, nullptr, nullptr, s}, "both");
+  ASSERT_EQ(both->outputs().size(), 2u);
+  EXPECT_EQ(both->outputs()[0]->dtype(), DataType::kF16);
+  EXPECT_EQ(both->outputs()[1]->dtype(), DataType::kF8E4M3);
+  NormalizationParams only = p;
+  only.quantize.float_output = false;
+  const Layer* one = net.add_layer(only, {x, nullptr, nullptr, s}, "one");
+  ASSERT_EQ(one->outputs().size(), 1u);
+  EXPECT_EQ(one->output()->dtype(), DataType::kF8E4M3);
+  test::expect_error([&] { net.add_layer(p, {x, nullptr, nullptr}); },
+                     {"quantize needs its scale (input 3)"});
+  Tensor* s2 = scales(net, {0.01f, 0.02f});
+  test::expect_error([&] { net.add_layer(p, {x, nullptr, nullptr, s2}); },
+                     {"quantize scale (input 3) must have one element, got shape [2]"});
+  Tensor* sx = net.add_input("s_half", DataType::kF16, {1});
+  test::expect_error([&] { net.add_layer(p, {x, nullptr, nullptr, sx}); }, {"quantize scale"});
+  NormalizationParams u8 = p;
+  u8.quantize.to = DataType::kU8;
+  test::expect_error([&] { net.add_layer(u8, {x, nullptr, nullptr, s}); },
+                     {"quantize_to must be i8 or f8e4m3, got u8"});
+  NormalizationParams wide = p;
+  wide.quantize.to = DataType::kI8;
+  wide.quantize.quant_max = 200;
+  test::expect_error([&] { net.add_layer(wide, {x, nullptr, nullptr, s}); },
+                     {"quantize range [-128, 200]"});
+  NormalizationParams group = p;
+  group.type = NormalizationType::kGroup;
+  test::expect_error([&] { net.add_layer(group, {x, nullptr, nullptr, s}); },
+                     {"a quantized output is taken by layer norm only"});
+  NormalizationParams no_q;
+  no_q.quantize.float_output = false;
+  test::expect_error([&] { net.add_layer(no_q, {x, nullptr, nullptr}); },
+                     {"float_output off needs quantize on"});
+  test::expect_error([&] { net.add_layer(NormalizationParams{}, {x, nullptr, nullptr, s}); },
+                     {"expects 1 to 3 inputs, got 4"});
 }
 
 }  // namespace

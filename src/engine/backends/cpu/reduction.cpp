@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "backends/cpu/kernels.h"
+#include "backends/semantics/quantize.h"
 
 namespace ember::engine::cpu {
 
@@ -565,7 +566,16 @@ std::vector<float> affine_operand(const KernelArgs& a, size_t i, int64_t expecte
 
 void run(const NormalizationParams& p, const KernelArgs& a) {
   const HostTensor& x = a.in(0);
-  HostTensor& y = a.out(0);
+  // With a quantized output (layers.h, NormalizationQuantize): the float output, when there is
+  // one, then the quantized one.
+  const NormalizationQuantize& nq = p.quantize;
+  HostTensor* y = !nq.enabled || nq.float_output ? &a.out(0) : nullptr;
+  HostTensor* qy = nq.enabled ? &a.out(nq.float_output ? 1 : 0) : nullptr;
+  if (nq.enabled && p.type != NormalizationType::kLayer) {
+    throw Error("Normalization kernel: a quantized output is taken by layer norm only");
+  }
+  const float inv_q = nq.enabled ? semantics::quant_inv_scale(a.in(3).as<const float>()[0]) : 1.0f;
+  const float q_lo = static_cast<float>(nq.quant_min), q_hi = static_cast<float>(nq.quant_max);
   const int64_t numel = x.numel();
   // Each normalized block is contiguous: a row of [axis:] for layer norm, the channels of one
   // group times the spatial size for group/instance norm. Layer norm has one scale/bias per
@@ -609,12 +619,12 @@ void run(const NormalizationParams& p, const KernelArgs& a) {
     using E = decltype(elem);
     using T = typename E::T;
     const T* in = x.as<const T>();
-    T* out = y.as<T>();
+    T* out = y != nullptr ? y->as<T>() : nullptr;
     parallel_for(blocks, block * 4, [&](int64_t begin, int64_t end) {
       std::vector<float> v(static_cast<size_t>(block));
       for (int64_t b = begin; b < end; ++b) {
         const T* src = in + b * block;
-        T* dst = out + b * block;
+        T* dst = out != nullptr ? out + b * block : nullptr;
         for (int64_t j = 0; j < block; ++j) v[j] = E::load(src[j]);
         const Moments m = moments(v.data(), block, p.epsilon);
         if (!per_channel) {
@@ -622,7 +632,18 @@ void run(const NormalizationParams& p, const KernelArgs& a) {
             float r = static_cast<float>(v[j] - m.mean) * m.rstd;
             if (!scale.empty()) r *= scale[j];
             if (!bias.empty()) r += bias[j];
-            dst[j] = E::store(r);
+            const T stored = E::store(r);
+            if (out != nullptr) dst[j] = stored;
+            if (qy == nullptr) continue;
+            // The Quantize layer's math on the value output 0 holds (cpu/quantize.cpp).
+            const float t = E::load(stored);
+            const int64_t i = b * block + j;
+            if (nq.to == DataType::kF8E4M3) {
+              qy->as<uint8_t>()[i] = f32_to_f8e4m3(t * inv_q);
+            } else {
+              qy->as<int8_t>()[i] = static_cast<int8_t>(
+                  semantics::quant_round_clamp(t, inv_q, 0.0f, q_lo, q_hi));
+            }
           }
           continue;
         }

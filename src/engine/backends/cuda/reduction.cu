@@ -15,16 +15,19 @@
 // times; Cumulative scans a column per thread or a row per block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <math_constants.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/device_common.cuh"
+#include "backends/semantics/quantize.h"
 
 namespace ember::engine::cuda {
 
@@ -515,6 +518,23 @@ void launch_softmax(const DeviceTensor& x, DeviceTensor& y, int64_t outer, int64
 
 // ---------------------------------------------------------------- normalization
 
+/// A layer norm's quantized output (layers.h, NormalizationQuantize): byte i is the Quantize
+/// layer's value (quantize.cu's math) of output element i as stored in T. `q` nullptr: none.
+struct NormQuant {
+  uint8_t* q = nullptr;
+  const float* scale = nullptr;  ///< Device, one element.
+  bool fp8 = false;
+  float lo = -128.0f, hi = 127.0f;
+  __device__ __forceinline__ float inv_scale() const {
+    return q != nullptr ? semantics::quant_inv_scale(*scale) : 0.0f;
+  }
+  __device__ __forceinline__ uint8_t of(float y, float inv) const {
+    if (fp8) return __nv_cvt_float_to_fp8(y * inv, __NV_SATFINITE, __NV_E4M3);
+    return static_cast<uint8_t>(
+        static_cast<int8_t>(semantics::quant_round_clamp(y, inv, 0.0f, lo, hi)));
+  }
+};
+
 /// Normalizes contiguous blocks of `block` elements, one CUDA block per normalized block
 /// (grid-stride). Two passes for the moments in double (mean stays double, as on the CPU), then
 /// out = f32(x - mean) * rstd [* scale] [+ bias] with scale/bias per element (layer norm,
@@ -525,8 +545,9 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
                                      const T* __restrict__ scale, const T* __restrict__ bias,
                                      int64_t blocks, int64_t block, int64_t spatial,
                                      bool per_channel, int64_t channels_per_block,
-                                     int64_t channel_blocks, double epsilon) {
+                                     int64_t channel_blocks, double epsilon, NormQuant nq) {
   __shared__ double scratch[32];
+  const float inv_q = nq.inv_scale();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const auto block_sum = [&](double v) {
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -539,7 +560,6 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
   };
   for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
     const T* src = in + b * block;
-    T* dst = out + b * block;
     double s = 0.0;
     for (int64_t j = threadIdx.x; j < block; j += blockDim.x) s += to_f32(src[j]);
     const double mean = block_sum(s) / static_cast<double>(block);
@@ -564,7 +584,9 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
         if (scale != nullptr) r = __fmul_rn(r, to_f32(scale[j]));
         if (bias != nullptr) r = __fadd_rn(r, to_f32(bias[j]));
       }
-      dst[j] = from_f32<T>(r);
+      const T stored = from_f32<T>(r);
+      if (out != nullptr) out[b * block + j] = stored;
+      if (nq.q != nullptr) nq.q[b * block + j] = nq.of(to_f32(stored), inv_q);
     }
   }
 }
@@ -576,15 +598,15 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
 template <typename T, int kPerLane>
 __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__ out,
                                        const T* __restrict__ scale, const T* __restrict__ bias,
-                                       int64_t rows, int block, double epsilon) {
+                                       int64_t rows, int block, double epsilon, NormQuant nq) {
   const int lane = threadIdx.x % 32;
+  const float inv_q = nq.inv_scale();
   const int64_t warps_per_block = blockDim.x / 32;
   // The affine parameters are read per row (L1 hits), not held in registers across rows: held,
   // they took 2 * kPerLane registers more (193 a lane for 1024-wide rows).
   for (int64_t r = blockIdx.x * warps_per_block + threadIdx.x / 32; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps_per_block) {
     const T* src = in + r * block;
-    T* dst = out + r * block;
     float v[kPerLane];
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
@@ -611,7 +633,9 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__
       float y = __fmul_rn(static_cast<float>(v[k] - mean), rstd);
       if (scale != nullptr) y = __fmul_rn(y, to_f32(scale[j]));
       if (bias != nullptr) y = __fadd_rn(y, to_f32(bias[j]));
-      dst[j] = from_f32<T>(y);
+      const T stored = from_f32<T>(y);
+      if (out != nullptr) out[r * block + j] = stored;
+      if (nq.q != nullptr) nq.q[r * block + j] = nq.of(to_f32(stored), inv_q);
     }
   }
 }
@@ -621,12 +645,15 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__
 /// elements), so a 768-wide row is 3 vector loads per lane instead of 24 scalar ones. The
 /// moments in f32 (the scalar kernel's are in double; see below), the affine as the scalar
 /// kernel's. 63 registers a lane for rows up to 1024 (4 blocks of 256 threads per SM).
-template <typename T, int kChunks>
+template <typename T, int kChunks, bool kQuant>
 __global__ void __launch_bounds__(256)
     layer_norm_warp_vec_kernel(const T* __restrict__ in, T* __restrict__ out,
                                const T* __restrict__ scale, const T* __restrict__ bias,
-                               int64_t rows, int block, double epsilon) {
+                               int64_t rows, int block, double epsilon, NormQuant nq) {
   static_assert(sizeof(T) == 2, "16-byte chunks of 8 elements");
+  // kQuant: the quantized output is written (a separate instance: the plain kernel keeps its
+  // registers).
+  [[maybe_unused]] const float inv_q = kQuant ? nq.inv_scale() : 0.0f;
   constexpr int kPerLane = kChunks * 8;
   const int lane = threadIdx.x % 32;
   const int chunks = block / 8;
@@ -638,7 +665,6 @@ __global__ void __launch_bounds__(256)
   for (int64_t r = blockIdx.x * warps_per_block + threadIdx.x / 32; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps_per_block) {
     const Vec<T, 8>* src = reinterpret_cast<const Vec<T, 8>*>(in + r * block);
-    Vec<T, 8>* dst = reinterpret_cast<Vec<T, 8>*>(out + r * block);
     float v[kPerLane];
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
@@ -680,7 +706,13 @@ __global__ void __launch_bounds__(256)
         if (bias != nullptr) t = __fadd_rn(t, to_f32(bv.v[e]));
         y.v[e] = from_f32<T>(t);
       }
-      dst[c] = y;
+      if (!kQuant || out != nullptr) reinterpret_cast<Vec<T, 8>*>(out + r * block)[c] = y;
+      if constexpr (kQuant) {  // 8 bytes a chunk (the launch checked their alignment)
+        Vec<uint8_t, 8> qv;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) qv.v[e] = nq.of(to_f32(y.v[e]), inv_q);
+        reinterpret_cast<Vec<uint8_t, 8>*>(nq.q + r * block)[c] = qv;
+      }
     }
   }
 }
@@ -688,33 +720,44 @@ __global__ void __launch_bounds__(256)
 /// Launches layer_norm_warp_kernel with the fewest registers per lane that hold a row.
 template <typename T>
 void launch_layer_norm_warp(const T* in, T* out, const T* scale, const T* bias, int64_t rows,
-                            int block, double epsilon, cudaStream_t stream) {
+                            int block, double epsilon, const NormQuant& nq, cudaStream_t stream) {
   const unsigned grid = grid_for(rows, 8);
   if constexpr (sizeof(T) == 2) {
-    const bool vec = block % 8 == 0 && aligned(in, 16) && aligned(out, 16) &&
-                     (scale == nullptr || aligned(scale, 16)) && (bias == nullptr || aligned(bias, 16));
+    const bool vec = block % 8 == 0 && aligned(in, 16) && (out == nullptr || aligned(out, 16)) &&
+                     (scale == nullptr || aligned(scale, 16)) &&
+                     (bias == nullptr || aligned(bias, 16)) && (nq.q == nullptr || aligned(nq.q, 8));
     if (vec) {
+      const auto go = [&](auto chunks) {
+        constexpr int kChunks = decltype(chunks)::value;
+        if (nq.q != nullptr) {
+          layer_norm_warp_vec_kernel<T, kChunks, true>
+              <<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+        } else {
+          layer_norm_warp_vec_kernel<T, kChunks, false>
+              <<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+        }
+      };
       if (block <= 256) {
-        layer_norm_warp_vec_kernel<T, 1><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+        go(std::integral_constant<int, 1>{});
       } else if (block <= 512) {
-        layer_norm_warp_vec_kernel<T, 2><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+        go(std::integral_constant<int, 2>{});
       } else if (block <= 768) {
-        layer_norm_warp_vec_kernel<T, 3><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+        go(std::integral_constant<int, 3>{});
       } else {
-        layer_norm_warp_vec_kernel<T, 4><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+        go(std::integral_constant<int, 4>{});
       }
       check(cudaGetLastError(), "layer_norm_warp_vec_kernel");
       return;
     }
   }
   if (block <= 256) {
-    layer_norm_warp_kernel<T, 8><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+    layer_norm_warp_kernel<T, 8><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
   } else if (block <= 512) {
-    layer_norm_warp_kernel<T, 16><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+    layer_norm_warp_kernel<T, 16><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
   } else if (block <= 768) {
-    layer_norm_warp_kernel<T, 24><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+    layer_norm_warp_kernel<T, 24><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
   } else {
-    layer_norm_warp_kernel<T, 32><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon);
+    layer_norm_warp_kernel<T, 32><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
   }
   check(cudaGetLastError(), "layer_norm_warp_kernel");
 }
@@ -1080,7 +1123,21 @@ void run(const SoftMaxParams& p, const CudaArgs& a) {
 
 void run(const NormalizationParams& p, const CudaArgs& a) {
   const DeviceTensor& x = a.in(0);
-  DeviceTensor& y = a.out(0);
+  // With a quantized output (layers.h, NormalizationQuantize): the float output when there is
+  // one, then the quantized one.
+  const NormalizationQuantize& pq = p.quantize;
+  void* y_data = !pq.enabled || pq.float_output ? a.out(0).data : nullptr;
+  NormQuant nq;
+  if (pq.enabled) {
+    if (p.type != NormalizationType::kLayer) {
+      throw Error("Normalization kernel (cuda): a quantized output is taken by layer norm only");
+    }
+    nq.q = static_cast<uint8_t*>(a.out(pq.float_output ? 1 : 0).data);
+    nq.scale = static_cast<const float*>(a.in(3).data);
+    nq.fp8 = pq.to == DataType::kF8E4M3;
+    nq.lo = static_cast<float>(pq.quant_min);
+    nq.hi = static_cast<float>(pq.quant_max);
+  }
   // Each normalized block is contiguous (see the CPU kernel): a row of [axis:] for layer norm,
   // the channels of one group times the spatial size for group/instance norm.
   int64_t block = 0, spatial = 1, num_params = 0;
@@ -1123,13 +1180,13 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
     const int64_t channels_per_block = per_channel ? block / spatial : 0;
     const int64_t channel_blocks = per_channel ? num_params / channels_per_block : 1;
     if (!per_channel && block <= 1024) {  // layer norm over short rows: a warp per row
-      launch_layer_norm_warp<T>(static_cast<const T*>(x.data), static_cast<T*>(y.data), scale,
-                                bias, blocks, static_cast<int>(block), p.epsilon, a.stream());
+      launch_layer_norm_warp<T>(static_cast<const T*>(x.data), static_cast<T*>(y_data), scale,
+                                bias, blocks, static_cast<int>(block), p.epsilon, nq, a.stream());
       return;
     }
     normalization_kernel<T><<<grid_for(blocks, 1), 256, 0, a.stream()>>>(
-        static_cast<const T*>(x.data), static_cast<T*>(y.data), scale, bias, blocks, block,
-        spatial, per_channel, channels_per_block, channel_blocks, p.epsilon);
+        static_cast<const T*>(x.data), static_cast<T*>(y_data), scale, bias, blocks, block,
+        spatial, per_channel, channels_per_block, channel_blocks, p.epsilon, nq);
     check(cudaGetLastError(), "normalization_kernel");
   };
   switch (x.dtype) {

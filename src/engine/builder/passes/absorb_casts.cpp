@@ -66,7 +66,7 @@ Tensor* narrowed_constant(Network& net, const Tensor* t, DataType dtype, const s
 
 /// Rewrites `l` (a Normalization or SoftMax) when the pattern holds; true when it did.
 bool rewrite(Network& net, Layer* l) {
-  if (l->output()->dtype() != DataType::kF32) return false;
+  if (l->outputs().size() != 1 || l->output()->dtype() != DataType::kF32) return false;
   Tensor* x = cast_up_source(l->input(0));
   if (x == nullptr) return false;
   const DataType low = x->dtype();

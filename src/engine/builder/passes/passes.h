@@ -2,9 +2,10 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
-// remove_dead_layers -> absorb_casts -> fuse_epilogues -> channels_last -> simplify_attention ->
-// fuse_epilogues_after_attention -> gather_slices -> fuse_pointwise -> select_implementations ->
-// plan_memory -> time_tactics -> emission (plan_write).
+// remove_dead_layers -> absorb_casts -> fuse_epilogues -> quantize_norm_outputs -> channels_last ->
+// simplify_attention -> fuse_epilogues_after_attention -> gather_slices -> compose_row_moves ->
+// fuse_epilogues_after_row_moves -> fuse_pointwise -> select_implementations -> plan_memory ->
+// time_tactics -> emission (plan_write).
 #pragma once
 
 #include <functional>
@@ -60,6 +61,10 @@ void pass_fuse_quantized(BuildState& s);
 /// moves bias adds (MatrixMultiply), residual adds and activations after a Convolution or
 /// MatrixMultiply into its fused epilogue (see fuse_epilogues.cpp for the patterns).
 void pass_fuse_epilogues(BuildState& s);
+/// Gives each layer norm read by a per-tensor symmetric int8 or FP8 Quantize a quantized output
+/// that stands for it (see quantize_norm_outputs.cpp). Returns how many norms it rewrote.
+int quantize_norm_outputs(Network& net);
+void pass_quantize_norm_outputs(BuildState& s);
 /// fuse_epilogues again after simplify_attention, on matrix products only (see fuse_epilogues.cpp).
 void pass_fuse_epilogues_after_attention(BuildState& s);
 /// fuse_epilogues once more on matrix products, after compose_row_moves moved the row moves
