@@ -414,7 +414,8 @@ void bind_extending(py::module_& m) {
   py::enum_<NormalizationType>(m, "NormalizationType")
       .value("LAYER", NormalizationType::kLayer)
       .value("GROUP", NormalizationType::kGroup)
-      .value("INSTANCE", NormalizationType::kInstance);
+      .value("INSTANCE", NormalizationType::kInstance)
+      .value("RMS", NormalizationType::kRms);
   py::enum_<ResizeMode>(m, "ResizeMode")
       .value("NEAREST", ResizeMode::kNearest)
       .value("LINEAR", ResizeMode::kLinear)

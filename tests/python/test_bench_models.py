@@ -176,8 +176,9 @@ def test_wide_suite_rows():
 @pytest.mark.parametrize("name", ["t5_small", "qwen2_0_5b"])
 def test_rms_norms_are_one_layer_each(name):
     """RMSNorm as T5 and Qwen2 write it (cast to f32, pow, mean over the last dim, add eps,
-    rsqrt, two products, cast back) is one FusedPointwise layer with a row reduction: no mean
-    is left as a Reduce layer, and there is one reducing layer per norm module."""
+    rsqrt, two products, cast back) is one Normalization layer of type RMS per norm module
+    (the builder's recognize_rms_norms), run on the f16 tensor (absorb_casts): no mean is left as
+    a Reduce layer or as a generated kernel's row reduction."""
     import json
 
     model, inputs = models.make(name, batch=1, tiny=True)
@@ -190,6 +191,9 @@ def test_rms_norms_are_one_layer_each(name):
         layers += json.loads(getattr(compiled, attr).inspect())["layers"]
     means = [l["name"] for l in layers if l["type"] == "Reduce" and l["params"]["op"] == 4]
     assert means == [], f"{name}: means left unfused: {means}"
-    reducing = [l for l in layers if l["type"] == "FusedPointwise"
+    reducing = [l["name"] for l in layers if l["type"] == "FusedPointwise"
                 and 5 in l["params"]["program"][0::6]]  # family 5: a row reduction
-    assert len(reducing) == norms, [l["name"] for l in reducing]
+    assert reducing == [], reducing
+    rms = [l for l in layers if l["type"] == "Normalization" and l["params"]["type"] == 3]
+    assert len(rms) == norms, [l["name"] for l in rms]
+    assert all(l["outputs"][0]["dtype"] == "f16" for l in rms), [l["outputs"] for l in rms]

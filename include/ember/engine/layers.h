@@ -346,11 +346,13 @@ enum class NormalizationType : uint8_t {
   kLayer,     ///< Normalize over dims [axis, rank); scale/bias have shape input[axis:].
   kGroup,     ///< x [N, C, *]: C split in num_groups groups; scale/bias [C].
   kInstance,  ///< Group norm with one group per channel; scale/bias [C].
+  kRms,       ///< RMSNorm over dims [axis, rank) (plan format 15): no centering; scale/bias as
+              ///< kLayer.
 };
-inline constexpr int kNumNormalizationTypes = 3;
+inline constexpr int kNumNormalizationTypes = 4;
 
 /// The output quantization of a Normalization (set by the builder's quantize_norm_outputs pass
-/// when a per-tensor symmetric Quantize reads a layer norm; plan format 15): the normalized
+/// when a per-tensor symmetric Quantize reads a layer or RMS norm; plan format 15): the normalized
 /// value, rounded to x's dtype as output 0 is, quantized as a Quantize layer to `to` would with
 /// the scale of input 3 (f32, one element): i8, q = clamp(round_half_even(y * (1 / scale)),
 /// quant_min, quant_max); f8e4m3, q = E4M3(y * (1 / scale)), saturating. A pre-LN transformer's
@@ -368,9 +370,10 @@ struct NormalizationQuantize {
   }
 };
 
-/// (x - mean) / sqrt(var + epsilon) * scale + bias, biased variance, computed in f32.
+/// (x - mean) / sqrt(var + epsilon) * scale + bias, biased variance, computed in f32; kRms:
+/// x / sqrt(mean(x^2) + epsilon) * scale + bias.
 /// Inputs: x, optional scale, optional bias (nullptr to omit), all one float dtype; with
-/// `quantize` (layer norm only), 3 the quantization scale.
+/// `quantize` (layer and RMS norms only), 3 the quantization scale.
 /// Outputs: y (x's dtype and shape), then with `quantize` the quantized y (`quantize.to`), or
 /// the quantized y alone when `quantize.float_output` is false.
 struct NormalizationParams {

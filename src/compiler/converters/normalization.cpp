@@ -392,27 +392,22 @@ EMBER_CONVERTER(group_norm, ({"aten::native_group_norm", "aten::group_norm"}), t
   }
 }
 
-// x / sqrt(mean(x^2 over the normalized dims) + eps) * weight, in f32 like PyTorch's
-// implementation for half types.
+// x / sqrt(mean(x^2 over the normalized dims) + eps) * weight: one Normalization of type kRms
+// on the input in its own type (the layer computes in f32 and rounds once, as the layer norm).
 EMBER_CONVERTER(rms_norm, {"aten::rms_norm"}, true, validate_layer_norm) {
   using A = RmsNormArgs;
   const Value* in = node.arg_tensor(A::input);
-  Tensor* x = ctx.cast(ctx.input(node, A::input), DataType::kF32);
+  Tensor* x = ctx.input(node, A::input);
   const int rank = x->rank();
-  const int64_t axis = rank - static_cast<int64_t>(node.arg_dims(A::normalized_shape).size());
-  const double eps = node.arg_double_or(A::eps, machine_epsilon(in->dtype()));
-  auto& net = ctx.net();
-  Tensor* ms = net.add_reduce(elementwise(ctx, node, x, x, ElementWiseOp::kProd), ReduceOp::kAvg,
-                              axes_from(axis, rank), true, ctx.layer_name(node, "mean_square"))
-                   ->output();
-  ms = elementwise(ctx, node, ms, ctx.scalar(eps, DataType::kF32, rank), ElementWiseOp::kSum);
-  Tensor* y =
-      elementwise(ctx, node, x, net.add_unary(ms, UnaryOp::kRsqrt, ctx.layer_name(node))->output(),
-                  ElementWiseOp::kProd);
-  if (Tensor* w = optional_input(ctx, node, A::weight, DataType::kF32)) {
-    y = elementwise(ctx, node, y, w, ElementWiseOp::kProd);
-  }
-  ctx.set_output(node, 0, y);
+  engine::NormalizationParams p;
+  p.type = NormalizationType::kRms;
+  p.axis = rank - static_cast<int64_t>(node.arg_dims(A::normalized_shape).size());
+  p.epsilon = node.arg_double_or(A::eps, machine_epsilon(in->dtype()));
+  ctx.set_output(node, 0,
+                 ctx.net()
+                     .add_normalization(x, optional_input(ctx, node, A::weight, x->dtype()),
+                                        nullptr, p, ctx.layer_name(node))
+                     ->output());
 }
 
 }  // namespace ember::compiler

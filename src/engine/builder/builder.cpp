@@ -22,6 +22,7 @@ std::vector<Pass> default_passes() {
       {"fuse_quantized", 2, pass_fuse_quantized},
       {"fold_constants", 1, pass_fold_constants},
       {"remove_dead_layers", 0, pass_remove_dead_layers},
+      {"recognize_rms_norms", 2, pass_recognize_rms_norms},
       {"absorb_casts", 2, pass_absorb_casts},
       {"fuse_epilogues", 2, pass_fuse_epilogues},
       {"quantize_norm_outputs", 2, pass_quantize_norm_outputs},

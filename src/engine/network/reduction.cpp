@@ -8,7 +8,7 @@
 //   to i64 first for torch's promotion).
 // - TopK and Reduce max/min need at least one element along the reduced dims; symbolic dims
 //   turn that into a run-time check.
-// - Normalization: `axis` is read by layer norm only and `num_groups` by group norm only; group
+// - Normalization: `axis` is read by layer and RMS norms only and `num_groups` by group norm only; group
 //   and instance norm take channels from dim 1 of x [N, C, *].
 #include <cmath>
 #include <string>
@@ -143,7 +143,8 @@ void infer(const NormalizationParams& p, InferContext& ctx) {
   const Shape& x = ctx.shape(0);
   const int rank = ctx.rank(0);
   switch (p.type) {
-    case NormalizationType::kLayer: {
+    case NormalizationType::kLayer:
+    case NormalizationType::kRms: {
       expect_rank_at_least(ctx, 1, "input");
       InferContext::expect_axis(p.axis, rank, "axis");
       const Shape normalized(x.begin() + p.axis, x.end());
@@ -176,8 +177,8 @@ void infer(const NormalizationParams& p, InferContext& ctx) {
     ctx.add_output(ctx.dtype(0), x);
     return;
   }
-  InferContext::require(p.type == NormalizationType::kLayer,
-                        "a quantized output is taken by layer norm only");
+  InferContext::require(p.type == NormalizationType::kLayer || p.type == NormalizationType::kRms,
+                        "a quantized output is taken by layer and RMS norms only");
   InferContext::require(
       q.to == DataType::kI8 || q.to == DataType::kF8E4M3,
       std::string("quantize_to must be i8 or f8e4m3, got ") +

@@ -348,7 +348,7 @@ void check_norm(DataType t, const std::vector<int64_t>& dims, NormalizationType 
   p.num_groups = groups;
   p.epsilon = 1e-5;
   const std::vector<int64_t> param_dims =
-      type == NormalizationType::kLayer
+      type == NormalizationType::kLayer || type == NormalizationType::kRms
           ? std::vector<int64_t>(dims.begin() + axis, dims.end())
           : std::vector<int64_t>{dims[1]};
   Network net;
@@ -387,6 +387,19 @@ TEST(CudaNormalization, LayerNormRowWidthsOfTransformers) {
     for (int64_t width : {64, 200, 512, 768, 776, 1000, 1024}) {
       check_norm(t, {3, 37, width}, NormalizationType::kLayer, 2, 1, true, true, 40);
       check_norm(t, {3, 37, width}, NormalizationType::kLayer, 2, 1, false, false, 41);
+    }
+  }
+}
+
+TEST(CudaNormalization, RmsNormOnEveryRowKernel) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  // The layer norm's three kernels without centering: the 16-bit vector kernel (widths % 8 ==
+  // 0), the warp kernel (f32, and 33 / 1000) and the block kernel (5000). 896: Qwen2-0.5B's
+  // hidden size, 512: T5-small's.
+  for (DataType t : kFloatTypes) {
+    for (int64_t width : {33, 64, 512, 768, 896, 1000, 1024, 5000}) {
+      check_norm(t, {3, 37, width}, NormalizationType::kRms, 2, 1, true, false, 42);
+      check_norm(t, {3, 37, width}, NormalizationType::kRms, 2, 1, false, true, 43);
     }
   }
 }

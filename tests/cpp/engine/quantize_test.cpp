@@ -1412,7 +1412,7 @@ TEST(QuantizeNormOutputs, QuantizedOutputIsCheckedOnTheLayer) {
   NormalizationParams group = p;
   group.type = NormalizationType::kGroup;
   test::expect_error([&] { net.add_layer(group, {x, nullptr, nullptr, s}); },
-                     {"a quantized output is taken by layer norm only"});
+                     {"a quantized output is taken by layer and RMS norms only"});
   NormalizationParams no_q;
   no_q.quantize.float_output = false;
   test::expect_error([&] { net.add_layer(no_q, {x, nullptr, nullptr}); },

@@ -525,10 +525,10 @@ TEST(SoftMaxLayer, LongRowsAndWideInnerAcrossThreads) {
 std::vector<float> norm_ref(const std::vector<float>& x, const std::vector<int64_t>& group_of,
                             int64_t num_blocks, const std::vector<int64_t>& param_of,
                             const std::vector<float>* scale, const std::vector<float>* bias,
-                            double eps) {
+                            double eps, bool rms = false) {
   std::vector<double> sum(num_blocks, 0.0), sq(num_blocks, 0.0), cnt(num_blocks, 0.0);
   for (size_t i = 0; i < x.size(); ++i) {
-    sum[group_of[i]] += x[i];
+    if (!rms) sum[group_of[i]] += x[i];  // an RMS norm: mean 0
     cnt[group_of[i]] += 1;
   }
   for (size_t i = 0; i < x.size(); ++i) {
@@ -560,7 +560,7 @@ void check_norm(const TestTensor& x, const NormCase& c, const std::string& what)
   std::vector<int64_t> param_dims;
   std::vector<int64_t> group_of(static_cast<size_t>(x.numel())), param_of(group_of.size());
   int64_t num_blocks = 0;
-  if (p.type == NormalizationType::kLayer) {
+  if (p.type == NormalizationType::kLayer || p.type == NormalizationType::kRms) {
     param_dims.assign(dims.begin() + p.axis, dims.end());
     const int64_t row = dims_numel(param_dims);
     num_blocks = x.numel() / row;
@@ -600,7 +600,8 @@ void check_norm(const TestTensor& x, const NormCase& c, const std::string& what)
   const std::vector<float> b = c.with_bias ? inputs.back().to_floats() : std::vector<float>{};
   test::expect_close(y,
                      norm_ref(x.to_floats(), group_of, num_blocks, param_of,
-                              c.with_scale ? &s : nullptr, c.with_bias ? &b : nullptr, p.epsilon),
+                              c.with_scale ? &s : nullptr, c.with_bias ? &b : nullptr, p.epsilon,
+                              p.type == NormalizationType::kRms),
                      x.dtype, what);
 }
 
@@ -618,6 +619,29 @@ TEST(NormalizationLayer, LayerNormLastOneAndTwoDims) {
           c.params.epsilon = 1e-5;
           check_norm(x, c,
                      std::string(dtype_name(t)) + " layer norm axis " + std::to_string(axis) +
+                         (sc ? " scale" : "") + (bi ? " bias" : ""));
+        }
+      }
+    }
+  }
+}
+
+TEST(NormalizationLayer, RmsNormLastOneAndTwoDims) {
+  // x / sqrt(mean(x^2) + eps) * scale + bias over the trailing dims: no centering (rows with a
+  // large mean keep it, unlike a layer norm).
+  const std::vector<int64_t> dims = {2, 3, 4, 6};
+  uint32_t seed = 520;
+  for (DataType t : kFloatTypes) {
+    const TestTensor x = TestTensor::random(t, dims, seed++, -1.0f, 3.0f);
+    for (int64_t axis : {3, 2}) {
+      for (bool sc : {false, true}) {
+        for (bool bi : {false, true}) {
+          NormCase c{{}, sc, bi};
+          c.params.type = NormalizationType::kRms;
+          c.params.axis = axis;
+          c.params.epsilon = 1e-6;
+          check_norm(x, c,
+                     std::string(dtype_name(t)) + " RMS norm axis " + std::to_string(axis) +
                          (sc ? " scale" : "") + (bi ? " bias" : ""));
         }
       }

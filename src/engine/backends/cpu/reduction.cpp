@@ -529,14 +529,18 @@ struct Moments {
   double mean;
   float rstd;
 };
-Moments moments(const float* v, int64_t n, double epsilon) {
+/// The mean (0 for an RMS norm: `centered` false) and 1 / sqrt(the mean squared deviation from
+/// it + epsilon), in double.
+Moments moments(const float* v, int64_t n, double epsilon, bool centered = true) {
   // Four partial sums per pass break the add-latency chain (see reduce_rows).
   double s[4] = {0, 0, 0, 0};
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    for (int k = 0; k < 4; ++k) s[k] += v[j + k];
+  if (centered) {
+    for (; j + 4 <= n; j += 4) {
+      for (int k = 0; k < 4; ++k) s[k] += v[j + k];
+    }
+    for (; j < n; ++j) s[0] += v[j];
   }
-  for (; j < n; ++j) s[0] += v[j];
   const double mean = (s[0] + s[1] + s[2] + s[3]) / static_cast<double>(n);
   double q[4] = {0, 0, 0, 0};
   for (j = 0; j + 4 <= n; j += 4) {
@@ -571,8 +575,8 @@ void run(const NormalizationParams& p, const KernelArgs& a) {
   const NormalizationQuantize& nq = p.quantize;
   HostTensor* y = !nq.enabled || nq.float_output ? &a.out(0) : nullptr;
   HostTensor* qy = nq.enabled ? &a.out(nq.float_output ? 1 : 0) : nullptr;
-  if (nq.enabled && p.type != NormalizationType::kLayer) {
-    throw Error("Normalization kernel: a quantized output is taken by layer norm only");
+  if (nq.enabled && p.type != NormalizationType::kLayer && p.type != NormalizationType::kRms) {
+    throw Error("Normalization kernel: a quantized output is taken by layer and RMS norms only");
   }
   const float inv_q = nq.enabled ? semantics::quant_inv_scale(a.in(3).as<const float>()[0]) : 1.0f;
   const float q_lo = static_cast<float>(nq.quant_min), q_hi = static_cast<float>(nq.quant_max);
@@ -583,7 +587,8 @@ void run(const NormalizationParams& p, const KernelArgs& a) {
   int64_t block = 0, spatial = 1, num_params = 0;
   bool per_channel = false;
   switch (p.type) {
-    case NormalizationType::kLayer: {
+    case NormalizationType::kLayer:
+    case NormalizationType::kRms: {
       const AxisSplit s = split_at(x.dims, p.axis, "Normalization");
       block = s.n * s.inner;
       num_params = block;
@@ -626,7 +631,7 @@ void run(const NormalizationParams& p, const KernelArgs& a) {
         const T* src = in + b * block;
         T* dst = out != nullptr ? out + b * block : nullptr;
         for (int64_t j = 0; j < block; ++j) v[j] = E::load(src[j]);
-        const Moments m = moments(v.data(), block, p.epsilon);
+        const Moments m = moments(v.data(), block, p.epsilon, p.type != NormalizationType::kRms);
         if (!per_channel) {
           for (int64_t j = 0; j < block; ++j) {
             float r = static_cast<float>(v[j] - m.mean) * m.rstd;

@@ -536,7 +536,8 @@ struct NormQuant {
 };
 
 /// Normalizes contiguous blocks of `block` elements, one CUDA block per normalized block
-/// (grid-stride). Two passes for the moments in double (mean stays double, as on the CPU), then
+/// (grid-stride). Two passes for the moments in double (mean stays double, as on the CPU; an RMS
+/// norm, `centered` false, has mean 0 and skips the first), then
 /// out = f32(x - mean) * rstd [* scale] [+ bias] with scale/bias per element (layer norm,
 /// per_channel false) or per channel of `spatial` elements (group/instance norm: channel
 /// c0 + j / spatial, c0 = (b % channel_blocks) * channels_per_block).
@@ -545,7 +546,8 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
                                      const T* __restrict__ scale, const T* __restrict__ bias,
                                      int64_t blocks, int64_t block, int64_t spatial,
                                      bool per_channel, int64_t channels_per_block,
-                                     int64_t channel_blocks, double epsilon, NormQuant nq) {
+                                     int64_t channel_blocks, double epsilon, bool centered,
+                                     NormQuant nq) {
   __shared__ double scratch[32];
   const float inv_q = nq.inv_scale();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -561,8 +563,10 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
   for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
     const T* src = in + b * block;
     double s = 0.0;
-    for (int64_t j = threadIdx.x; j < block; j += blockDim.x) s += to_f32(src[j]);
-    const double mean = block_sum(s) / static_cast<double>(block);
+    if (centered) {
+      for (int64_t j = threadIdx.x; j < block; j += blockDim.x) s += to_f32(src[j]);
+    }
+    const double mean = centered ? block_sum(s) / static_cast<double>(block) : 0.0;
     double q = 0.0;
     for (int64_t j = threadIdx.x; j < block; j += blockDim.x) {
       const double d = to_f32(src[j]) - mean;
@@ -572,15 +576,15 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
     const float rstd = static_cast<float>(1.0 / sqrt(var + epsilon));
     const int64_t c0 = per_channel ? (b % channel_blocks) * channels_per_block : 0;
     for (int64_t j = threadIdx.x; j < block; j += blockDim.x) {
-      const float centered = static_cast<float>(to_f32(src[j]) - mean);
+      const float d = static_cast<float>(to_f32(src[j]) - mean);
       float r;
       if (per_channel) {
         const int64_t c = c0 + j / spatial;
         // As the CPU: the scale folds into the factor, then one multiply-add.
         const float g = scale != nullptr ? __fmul_rn(rstd, to_f32(scale[c])) : rstd;
-        r = __fadd_rn(__fmul_rn(centered, g), bias != nullptr ? to_f32(bias[c]) : 0.0f);
+        r = __fadd_rn(__fmul_rn(d, g), bias != nullptr ? to_f32(bias[c]) : 0.0f);
       } else {
-        r = __fmul_rn(centered, rstd);
+        r = __fmul_rn(d, rstd);
         if (scale != nullptr) r = __fmul_rn(r, to_f32(scale[j]));
         if (bias != nullptr) r = __fadd_rn(r, to_f32(bias[j]));
       }
@@ -598,7 +602,8 @@ __global__ void normalization_kernel(const T* __restrict__ in, T* __restrict__ o
 template <typename T, int kPerLane>
 __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__ out,
                                        const T* __restrict__ scale, const T* __restrict__ bias,
-                                       int64_t rows, int block, double epsilon, NormQuant nq) {
+                                       int64_t rows, int block, double epsilon, bool centered,
+                                       NormQuant nq) {
   const int lane = threadIdx.x % 32;
   const float inv_q = nq.inv_scale();
   const int64_t warps_per_block = blockDim.x / 32;
@@ -614,9 +619,11 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ in, T* __restrict__
       v[k] = j < block ? to_f32(src[j]) : 0.0f;
     }
     double s = 0.0;
+    if (centered) {
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) s += v[k];
-    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+      for (int k = 0; k < kPerLane; ++k) s += v[k];
+      for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    }
     const double mean = s / static_cast<double>(block);
     double q = 0.0;
 #pragma unroll
@@ -649,7 +656,8 @@ template <typename T, int kChunks, bool kQuant>
 __global__ void __launch_bounds__(256)
     layer_norm_warp_vec_kernel(const T* __restrict__ in, T* __restrict__ out,
                                const T* __restrict__ scale, const T* __restrict__ bias,
-                               int64_t rows, int block, double epsilon, NormQuant nq) {
+                               int64_t rows, int block, double epsilon, bool centered,
+                               NormQuant nq) {
   static_assert(sizeof(T) == 2, "16-byte chunks of 8 elements");
   // kQuant: the quantized output is written (a separate instance: the plain kernel keeps its
   // registers).
@@ -678,11 +686,12 @@ __global__ void __launch_bounds__(256)
     // PyTorch's own CUDA layer norm for 16-bit inputs: with them in double (the CPU
     // reference's), the lane kept each element as a double too and needed 92 registers for a
     // 768-wide row. The difference is far inside the 16-bit types' tolerance.
+    // (An RMS norm sums too, then takes mean 0: a branch here cost registers.)
     float s = 0.0f;
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) s += v[k];
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-    const float mean = s / static_cast<float>(block);
+    const float mean = centered ? s / static_cast<float>(block) : 0.0f;
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       v[k] = lane + (k / 8) * 32 < chunks ? v[k] - mean : 0.0f;
@@ -720,7 +729,8 @@ __global__ void __launch_bounds__(256)
 /// Launches layer_norm_warp_kernel with the fewest registers per lane that hold a row.
 template <typename T>
 void launch_layer_norm_warp(const T* in, T* out, const T* scale, const T* bias, int64_t rows,
-                            int block, double epsilon, const NormQuant& nq, cudaStream_t stream) {
+                            int block, double epsilon, bool centered, const NormQuant& nq,
+                            cudaStream_t stream) {
   const unsigned grid = grid_for(rows, 8);
   if constexpr (sizeof(T) == 2) {
     const bool vec = block % 8 == 0 && aligned(in, 16) && (out == nullptr || aligned(out, 16)) &&
@@ -731,10 +741,10 @@ void launch_layer_norm_warp(const T* in, T* out, const T* scale, const T* bias, 
         constexpr int kChunks = decltype(chunks)::value;
         if (nq.q != nullptr) {
           layer_norm_warp_vec_kernel<T, kChunks, true>
-              <<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+              <<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, centered, nq);
         } else {
           layer_norm_warp_vec_kernel<T, kChunks, false>
-              <<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+              <<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, centered, nq);
         }
       };
       if (block <= 256) {
@@ -751,13 +761,13 @@ void launch_layer_norm_warp(const T* in, T* out, const T* scale, const T* bias, 
     }
   }
   if (block <= 256) {
-    layer_norm_warp_kernel<T, 8><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+    layer_norm_warp_kernel<T, 8><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, centered, nq);
   } else if (block <= 512) {
-    layer_norm_warp_kernel<T, 16><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+    layer_norm_warp_kernel<T, 16><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, centered, nq);
   } else if (block <= 768) {
-    layer_norm_warp_kernel<T, 24><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+    layer_norm_warp_kernel<T, 24><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, centered, nq);
   } else {
-    layer_norm_warp_kernel<T, 32><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, nq);
+    layer_norm_warp_kernel<T, 32><<<grid, 256, 0, stream>>>(in, out, scale, bias, rows, block, epsilon, centered, nq);
   }
   check(cudaGetLastError(), "layer_norm_warp_kernel");
 }
@@ -1129,8 +1139,9 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
   void* y_data = !pq.enabled || pq.float_output ? a.out(0).data : nullptr;
   NormQuant nq;
   if (pq.enabled) {
-    if (p.type != NormalizationType::kLayer) {
-      throw Error("Normalization kernel (cuda): a quantized output is taken by layer norm only");
+    if (p.type != NormalizationType::kLayer && p.type != NormalizationType::kRms) {
+      throw Error(
+          "Normalization kernel (cuda): a quantized output is taken by layer and RMS norms only");
     }
     nq.q = static_cast<uint8_t*>(a.out(pq.float_output ? 1 : 0).data);
     nq.scale = static_cast<const float*>(a.in(3).data);
@@ -1143,7 +1154,8 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
   int64_t block = 0, spatial = 1, num_params = 0;
   bool per_channel = false;
   switch (p.type) {
-    case NormalizationType::kLayer: {
+    case NormalizationType::kLayer:
+    case NormalizationType::kRms: {
       int64_t outer, n, inner;
       split_at(x.dims, p.axis, "Normalization", outer, n, inner);
       block = n * inner;
@@ -1171,6 +1183,7 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
     }
   }
   const int64_t numel = x.numel();
+  const bool centered = p.type != NormalizationType::kRms;  // an RMS norm's mean is 0
   const auto launch = [&](auto tag) {
     using T = decltype(tag);
     const T* scale = affine_operand<T>(a, 1, num_params, "scale");
@@ -1181,12 +1194,13 @@ void run(const NormalizationParams& p, const CudaArgs& a) {
     const int64_t channel_blocks = per_channel ? num_params / channels_per_block : 1;
     if (!per_channel && block <= 1024) {  // layer norm over short rows: a warp per row
       launch_layer_norm_warp<T>(static_cast<const T*>(x.data), static_cast<T*>(y_data), scale,
-                                bias, blocks, static_cast<int>(block), p.epsilon, nq, a.stream());
+                                bias, blocks, static_cast<int>(block), p.epsilon, centered, nq,
+                                a.stream());
       return;
     }
     normalization_kernel<T><<<grid_for(blocks, 1), 256, 0, a.stream()>>>(
         static_cast<const T*>(x.data), static_cast<T*>(y_data), scale, bias, blocks, block,
-        spatial, per_channel, channels_per_block, channel_blocks, p.epsilon, nq);
+        spatial, per_channel, channels_per_block, channel_blocks, p.epsilon, centered, nq);
     check(cudaGetLastError(), "normalization_kernel");
   };
   switch (x.dtype) {

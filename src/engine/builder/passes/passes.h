@@ -2,7 +2,8 @@
 // place; each is unit-tested alone (tests/cpp/engine/builder_passes_test.cpp).
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
-// remove_dead_layers -> absorb_casts -> fuse_epilogues -> quantize_norm_outputs -> channels_last ->
+// remove_dead_layers -> recognize_rms_norms -> absorb_casts -> fuse_epilogues ->
+// quantize_norm_outputs -> channels_last ->
 // simplify_attention -> fuse_epilogues_after_attention -> gather_slices -> compose_row_moves ->
 // fuse_epilogues_after_row_moves -> fuse_pointwise -> select_implementations -> plan_memory ->
 // time_tactics -> emission (plan_write).
@@ -48,6 +49,12 @@ void pass_fold_constants(BuildState& s);
 void pass_remove_dead_layers(BuildState& s);
 /// The same without the log line (for passes that leave layers behind); returns how many.
 int remove_unreachable_layers(Network& net);
+/// Replaces RMSNorm written out as layers (an f32 upcast, the mean of squares over trailing
+/// dims, + eps, rsqrt, the product, and an optional constant weight and casts: Hugging Face's
+/// T5LayerNorm and Llama/Qwen2 RMSNorm) by one Normalization of type kRms (see
+/// recognize_rms_norms.cpp). Returns how many it replaced.
+int recognize_rms_norms(Network& net);
+void pass_recognize_rms_norms(BuildState& s);
 /// Runs each f32 Normalization or SoftMax that sits between a Cast up from f16/bf16 and a Cast
 /// back to that type (through reshapes, transposes and slices) on the low-precision tensors,
 /// with a norm's constant scale and bias rounded to that type (see absorb_casts.cpp: autocast's

@@ -1,5 +1,5 @@
-// quantize_norm_outputs: a layer norm read by a per-tensor symmetric Quantize writes the
-// quantized tensor itself (layers.h, NormalizationQuantize).
+// quantize_norm_outputs: a layer (or RMS) norm read by a per-tensor symmetric Quantize writes
+// the quantized tensor itself (layers.h, NormalizationQuantize).
 //
 //   LayerNorm(x) -> Quantize(scale)                 => LayerNorm(x; quantize, float_output off)
 //   LayerNorm(x) -> Quantize(scale), other readers  => LayerNorm(x; quantize): outputs y and q
@@ -43,7 +43,10 @@ bool same_quantization(const Layer* a, const Layer* b) {
 /// Rewrites norm `l` when a Quantize reads it; true when it did.
 bool rewrite(Network& net, Layer* l) {
   const auto& p = l->params_as<NormalizationParams>();
-  if (p.type != NormalizationType::kLayer || p.quantize.enabled) return false;
+  if ((p.type != NormalizationType::kLayer && p.type != NormalizationType::kRms) ||
+      p.quantize.enabled) {
+    return false;
+  }
   Tensor* y = l->output();
   std::vector<Layer*> quantizes;
   bool other_readers = y->is_output();
