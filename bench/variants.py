@@ -29,6 +29,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   rows and a global average pooling on one block per row or plane, as before session 30; the
   default splits them over many blocks: T5-small b32's whole-tensor `isinf().any()` guards,
   every squeeze-and-excitation pool);
+- `half_written_rms`: `half` with EMBER_RECOGNIZE_RMS_NORMS=0 while it is built, so RMSNorm as
+  T5 and Qwen2 write it stays a mean (a Reduce layer) and pointwise kernels instead of one
+  Normalization layer each (the A/B of the recognize_rms_norms pass);
 - `half_lt32`: `half` with EMBER_LT_CANDIDATES=32 (cuBLASLt's tactic timing tries 32 of its
   heuristic's candidates instead of 8: whether the fastest algorithm sits further down);
 - `half_depthwise_timed` / `half_own_depthwise` / `half_cudnn_depthwise`: `half` with
@@ -73,7 +76,7 @@ VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductio
             "half_serial_reductions", "half_lt32", "half_cudnn_depthwise", "half_own_depthwise",
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
-            "int8", "fp8", "int8_plain_norms", "fp8_plain_norms")
+            "int8", "fp8", "int8_plain_norms", "fp8_plain_norms", "half_written_rms")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -123,6 +126,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
                 "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force"),
                 "half_lt32": ("EMBER_LT_CANDIDATES", "32"),
+                "half_written_rms": ("EMBER_RECOGNIZE_RMS_NORMS", "0"),
                 "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
                 "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
     env, value = switches.get(variant, (None, None))

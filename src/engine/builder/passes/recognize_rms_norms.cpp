@@ -18,7 +18,11 @@
 // Numerics: the written-out form rounds to the 16-bit type before the weight multiply (and
 // again after it); the layer computes x * rsqrt * w in f32 and rounds once. The difference is
 // within one 16-bit rounding of the result, as for the other fusions.
+// EMBER_RECOGNIZE_RMS_NORMS=0 leaves the written-out form (A/B timing: bench/variants.py's
+// half_written_rms).
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "builder/passes/passes.h"
 
@@ -199,6 +203,11 @@ int recognize_rms_norms(Network& net) {
 }
 
 void pass_recognize_rms_norms(BuildState& s) {
+  const char* env = std::getenv("EMBER_RECOGNIZE_RMS_NORMS");
+  if (env != nullptr && std::strcmp(env, "0") == 0) {
+    s.log.push_back("recognize_rms_norms: off (EMBER_RECOGNIZE_RMS_NORMS=0)");
+    return;
+  }
   const int n = recognize_rms_norms(s.plan.network);
   s.log.push_back("recognize_rms_norms: " + std::to_string(n) +
                   " written-out RMS norms into Normalization layers");
