@@ -603,7 +603,10 @@ struct Requantize {
 /// 7 residual (`out`'s dtype, the output's shape; set by fuse_epilogues from a residual add,
 /// not with requantize): out = act(... + bias[n] + residual[..., m, n]).
 /// Output: `out` (f32, f16 or bf16), [..., M, N], or requantize.to when requantize is on.
-/// Accumulation in int32 for i8 (exact), in f32 for f8e4m3; the scales, the bias and the
+/// Accumulation in int32 for i8 (exact), in f32 for f8e4m3 (on the CUDA back end, an FP8
+/// product with an f16/bf16 output accumulates in the tensor cores' fast mode, which promotes
+/// its partial sums to f32 less often: EMBER_FP8_FAST_ACCUM=0 turns that off, see
+/// docs/precision.md); the scales, the bias and the
 /// residual apply once, in f32, after the sum; the value is rounded to `out`, then the
 /// activation applies (when epilogue.fused_activation, set by fuse_epilogues), then the
 /// requantization.

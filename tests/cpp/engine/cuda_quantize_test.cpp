@@ -569,13 +569,13 @@ TEST(CudaQuantize, LayerNormQuantizedOutputMatchesTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   // LayerNorm -> per-tensor Quantize becomes one norm with a quantized output
   // (quantize_norm_outputs) on every kernel that runs layer norms: the 16-bit vector kernel
-  // (width % 8 == 0), the warp kernel (f32, or a width that is not a multiple of 8) and the
+  // (width % 8 == 0), the warp kernel (f32, or a width that is not a multiple of 8: 36) and the
   // block kernel (rows over 1024). With the float output kept, the quantized bytes must be
   // exactly the Quantize layer's math on the GPU's own float output; against the CPU reference
   // (whose 16-bit moments are in double, the vector kernel's in f32) the float output is within
   // tolerance and each quantized value within one step.
   for (DataType dtype : {DataType::kF32, DataType::kF16, DataType::kBF16}) {
-    for (const int64_t width : {40, 64, 768, 1536}) {
+    for (const int64_t width : {36, 40, 64, 768, 1536}) {  // 36: the 16-bit warp kernel too
       for (DataType q : {DataType::kI8, DataType::kF8E4M3}) {
         for (const bool keep_float : {true, false}) {
           const std::string what = std::string(dtype_name(dtype)) + " width " +

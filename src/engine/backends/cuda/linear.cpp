@@ -242,15 +242,9 @@ void run_gemm(const Gemm& g, DataType dtype, const CudaArgs& args, bool reusable
   problem.d_bytes =
       static_cast<size_t>((g.batch - 1) * g.stride_c + (g.m - 1) * g.ldc + g.n) * esize;
   problem.reads_c = g.residual != nullptr;
-  cublasStatus_t heuristic = CUBLAS_STATUS_SUCCESS;
-  const auto chosen = choose_lt_algo(call, pref.h, problem, args, &heuristic);
-  if (!chosen) {
-    throw Error(problem.what + ": cuBLASLt has no algorithm (" +
-                (heuristic != CUBLAS_STATUS_SUCCESS
-                     ? std::string("heuristic: ") + cublasLtGetStatusString(heuristic)
-                     : std::string("none of the heuristic's candidates fits the workspace")) +
-                ")");
-  }
+  std::string why;
+  const auto chosen = choose_lt_algo(call, pref.h, problem, args, &why);
+  if (!chosen) throw Error(problem.what + ": cuBLASLt has no algorithm (" + why + ")");
   const cublasLtMatmulAlgo_t algo = *chosen;
   lt_check(call.run(algo, g.c), "cublasLtMatmul");
   // Kept unless the algorithm is a capture's untimed heuristic guess.

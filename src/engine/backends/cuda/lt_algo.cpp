@@ -67,7 +67,7 @@ LtPreference::~LtPreference() {
 std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
                                                    cublasLtMatmulPreference_t pref,
                                                    const LtProblem& p, const CudaArgs& args,
-                                                   cublasStatus_t* heuristic_status) {
+                                                   std::string* why) {
   TimingCache* cache = p.key.empty() ? nullptr : args.res->timing_cache();
   const std::string* device = cache != nullptr ? &timing_device_key() : nullptr;
   if (cache != nullptr) {
@@ -95,15 +95,24 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
   const cublasStatus_t st =
       cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
                                      call.out, pref, wanted, results.data(), &returned);
-  if (heuristic_status != nullptr) *heuristic_status = st;
-  if (st != CUBLAS_STATUS_SUCCESS || returned == 0) return std::nullopt;
+  const auto no_algorithm = [&](std::string reason) -> std::optional<cublasLtMatmulAlgo_t> {
+    if (why != nullptr) *why = std::move(reason);
+    return std::nullopt;
+  };
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    return no_algorithm(std::string("heuristic: ") + cublasLtGetStatusString(st));
+  }
+  if (returned == 0) return no_algorithm("the heuristic offers none");
   const auto usable = [&](int i) {
     return results[i].state == CUBLAS_STATUS_SUCCESS &&
            results[i].workspaceSize <= call.workspace_bytes;
   };
   int first = 0;
   while (first < returned && !usable(first)) ++first;
-  if (first == returned) return std::nullopt;
+  if (first == returned) {
+    return no_algorithm("none of the heuristic's " + std::to_string(returned) +
+                        " candidates fits the workspace");
+  }
   if (!timing) return results[first].algo;
   int best = first;
   if (returned > 1) {
@@ -136,9 +145,11 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
       std::fprintf(stderr, "[ember tactic] %s: chose candidate %d (%.4f ms; the heuristic's first: "
                    "%d)\n", p.key.c_str(), best, best_ms, first);
     }
+    // Nothing was enqueued by a candidate that failed to launch: the caller may still take
+    // another path (the quantized products' f32 sums or direct kernel).
     if (best < 0) {
-      throw Error(p.what + ": none of cuBLASLt's " + std::to_string(returned) +
-                  " candidate algorithms ran");
+      return no_algorithm("none of the heuristic's " + std::to_string(returned) +
+                          " candidates ran");
     }
   }
   const auto* bytes = reinterpret_cast<const uint8_t*>(&results[best].algo);

@@ -89,12 +89,11 @@ struct LtPreference {
 
 /// The algorithm for `call`: the timing cache's choice, else (eager calls with a cache) the
 /// fastest of up to lt_candidates() timed candidates, stored in the cache, else the heuristic's
-/// first. nullopt, with nothing enqueued, when the heuristic offers none (its status in
-/// `*heuristic_status` when given). Throws Error naming `p.what` when every candidate fails
-/// to launch.
+/// first. nullopt, with nothing enqueued, when there is none to take (the heuristic's status,
+/// no candidate that fits the workspace, or none of them launched: said in `*why` when given).
 std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
                                                    cublasLtMatmulPreference_t pref,
                                                    const LtProblem& p, const CudaArgs& args,
-                                                   cublasStatus_t* heuristic_status = nullptr);
+                                                   std::string* why = nullptr);
 
 }  // namespace ember::engine::cuda

@@ -55,7 +55,7 @@ void qlt_check(cublasStatus_t status, const char* what) {
 using Desc = Owned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
 using Layout = Owned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
 
-/// FP8 GEMMs accumulate in the tensor cores' own (fast) mode unless EMBER_FP8_FAST_ACCUM=0
+/// FP8 GEMMs with a 16-bit output accumulate in the tensor cores' own (fast) mode unless EMBER_FP8_FAST_ACCUM=0
 /// (or off) asks for cuBLASLt's periodic promotion of the sums to the f32 cores, which costs
 /// throughput. E4M3's 3-bit mantissa loses far more in the quantization than the fast mode
 /// loses in the sums (Transformer Engine runs its forward GEMMs the same way). Any other value
@@ -202,7 +202,9 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   }
   int8_t fast = 0;
   if (fp8) {
-    fast = fp8_fast_accumulation() ? 1 : 0;
+    // Only where the result is rounded to 16 bits anyway: f32 sums (per-channel scales, f32
+    // outputs) keep cuBLASLt's promotion to f32.
+    fast = fp8_fast_accumulation() && d_type != CUDA_R_32F ? 1 : 0;
     qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast,
                                              sizeof(fast)),
               "set fast accumulation");
