@@ -167,6 +167,52 @@ TEST(FuseEpilogues, AttentionScoreScaleBecomesTheMatMulScale) {
                           TestTensor::random(DataType::kF32, {2, 6, 8}, 2)});
 }
 
+TEST(FuseEpilogues, ColumnScaleAfterAProductFoldsIntoItsWeightAndBias) {
+  // linear -> * layer_scale[N] -> + residual (ConvNeXt's block end once channels_last moved
+  // its permutes): the scale goes into the weight's columns and the bias, the residual joins
+  // the epilogue, and no ElementWise is left. Both weight layouts ([N, K] read transposed, and
+  // [K, N]), f32 and f16; a scalar scale with a bias folds the same way.
+  for (DataType dt : {DataType::kF32, DataType::kF16}) {
+    for (bool transpose_b : {true, false}) {
+      for (bool scalar : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (transpose_b ? " [N, K]" : " [K, N]") +
+                     (scalar ? " scalar" : ""));
+        Network net;
+        Tensor* x = net.add_input("x", dt, {2, 3, 3, 16});
+        Tensor* r = net.add_input("r", dt, {2, 3, 3, 8});
+        Tensor* w = constant(net, dt, transpose_b ? std::vector<int64_t>{8, 16}
+                                                  : std::vector<int64_t>{16, 8}, 1, "w");
+        Tensor* y = net.add_matrix_multiply(x, false, w, transpose_b, "mm")->output();
+        y = net.add_elementwise(y, constant(net, dt, {8}, 2, "b"), ElementWiseOp::kSum, "bias")
+                ->output();
+        y = net.add_elementwise(constant(net, dt, scalar ? std::vector<int64_t>{1}
+                                                         : std::vector<int64_t>{1, 1, 1, 8},
+                                         3, "layer_scale", 0.1f, 0.9f),
+                                y, ElementWiseOp::kProd, "scale")
+                ->output();
+        net.mark_output(net.add_elementwise(y, r, ElementWiseOp::kSum, "residual")->output(), "y");
+        EXPECT_EQ(count_layers(net, "ElementWise"), 0);
+        EXPECT_EQ(count_layers(net, "FusedPointwise"), 0);
+        EXPECT_EQ(count_layers(net, "MatrixMultiply"), 1);
+        EXPECT_TRUE(test::build_logs(net, 3, "fuse_epilogues: 1 scale/shift folds"));
+        test::run_network(net, {TestTensor::random(dt, {2, 3, 3, 16}, 4),
+                                TestTensor::random(dt, {2, 3, 3, 8}, 5)});
+      }
+    }
+  }
+  // A scale along another dim stays an ElementWise layer.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {4, 16});
+  Tensor* y = net.add_matrix_multiply(x, false, constant(net, DataType::kF32, {8, 16}, 1, "w"),
+                                      true, "mm")->output();
+  y = net.add_elementwise(y, constant(net, DataType::kF32, {8}, 2, "b"), ElementWiseOp::kSum)
+          ->output();
+  net.mark_output(net.add_elementwise(y, constant(net, DataType::kF32, {4, 1}, 3, "rows"),
+                                      ElementWiseOp::kProd)->output(), "y");
+  EXPECT_EQ(count_layers(net, "ElementWise"), 1);
+  test::run_network(net, {TestTensor::random(DataType::kF32, {4, 16}, 6)});
+}
+
 TEST(FuseEpilogues, LeavesProductsReadTwiceAndNonConstantScales) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {4, 8});

@@ -4,6 +4,8 @@
 //   Conv(x, W, b) -> x + c / x - c                                      => Conv(x, W, b +/- c)
 //   MatMul(a, B)  -> x * c  (c a one-element constant)                  => epilogue scale c
 //   MatMul(a, B)  -> x + c  (c constant, broadcast along the last dim)  => MatMul bias c
+//   MatMul(a, B, b) -> x * c (B, b constant; c constant along the last dim) => B's columns
+//                                                                          and b times c
 //   Conv/MatMul   -> x + r  (r a tensor of the output's shape)          => epilogue residual r
 //   MatMul -> reshape -> x + r  (r of the reshaped shape)               => the same, with r
 //                                                                          reshaped back (free)
@@ -243,6 +245,53 @@ struct Fuser {
     return true;
   }
 
+  /// MatMul with a constant rank-2 weight followed by x * c, c a constant along the last dim
+  /// (one value per output column, or one for all when a bias rules out the epilogue scale),
+  /// into the weight's columns and the bias: A (B c) + b c. ConvNeXt's layer scale after its
+  /// MLP's second product, once channels_last has moved the permute between them; its residual
+  /// add then joins the product too. The new weights are computed in f32 and rounded to their
+  /// dtype once, as a convolution's folded batch norm.
+  bool fold_matmul_column_scale(Layer* mm) {
+    const auto& p = mm->params_as<MatrixMultiplyParams>();
+    if (mm->input(3) != nullptr || p.epilogue.fused_activation || p.transpose_a) return false;
+    const Weights* w = constant_of(mm->input(1));
+    const Tensor* bias_t = mm->input(2);
+    const Weights* b = constant_of(bias_t);
+    if (w == nullptr || w->dims().size() != 2 || !is_float(w->dtype()) ||
+        (bias_t != nullptr && b == nullptr)) {
+      return false;
+    }
+    const Tensor* out = mm->output();
+    const Weights* c = nullptr;
+    Layer* next = constant_elementwise_after(out, ElementWiseOp::kProd, c);
+    if (next == nullptr || (c->numel() == 1 && bias_t == nullptr)) return false;  // scale rule
+    const int64_t n = p.transpose_b ? w->dims()[0] : w->dims()[1];
+    const int64_t k = p.transpose_b ? w->dims()[1] : w->dims()[0];
+    const auto per_col = per_axis(*c, out->rank(), out->rank() - 1, n);
+    if (!per_col) return false;
+    std::vector<float> wv = to_floats(*w);
+    for (int64_t col = 0; col < n; ++col) {
+      for (int64_t i = 0; i < k; ++i) wv[p.transpose_b ? col * k + i : i * n + col] *= (*per_col)[col];
+    }
+    std::vector<float> bv = b != nullptr ? to_floats(*b) : std::vector<float>();
+    for (size_t col = 0; col < bv.size(); ++col) bv[col] *= (*per_col)[col % static_cast<size_t>(n)];
+    for (float v : wv) {
+      if (!std::isfinite(v)) return false;  // the rounded weights would overflow: leave it
+    }
+    std::vector<Tensor*> inputs = mm->inputs();
+    inputs[1] = net.add_constant(from_floats(w->dtype(), w->dims(), wv),
+                                 unique_layer_name(net, mm->name() + "/scaled_w"))
+                    ->output();
+    if (b != nullptr) {
+      inputs[2] = net.add_constant(from_floats(b->dtype(), b->dims(), bv),
+                                   unique_layer_name(net, mm->name() + "/scaled_b"))
+                      ->output();
+    }
+    rebuild(net, mm, next, p, inputs);
+    ++folded_scales;
+    return true;
+  }
+
   /// MatMul followed by x + c with c constant along the last dim, into the bias input (input 2;
   /// input 4 of a QuantizedMatrixMultiply).
   bool fuse_matmul_bias(Layer* mm) {
@@ -423,8 +472,8 @@ struct Fuser {
     }
     if (l->kind() == LayerKind::kMatrixMultiply && is_float(l->output()->dtype())) {
       const auto& e = l->params_as<MatrixMultiplyParams>().epilogue;
-      return fuse_matmul_scale(l) || fuse_matmul_bias(l) || fuse_residual(l, e, 3) ||
-             fuse_activation(l);
+      return fuse_matmul_scale(l) || fold_matmul_column_scale(l) || fuse_matmul_bias(l) ||
+             fuse_residual(l, e, 3) || fuse_activation(l);
     }
     if (l->kind() == LayerKind::kQuantizedMatrixMultiply && is_float(l->output()->dtype())) {
       const auto& e = l->params_as<QuantizedMatrixMultiplyParams>().epilogue;
@@ -464,7 +513,7 @@ void run_fuser(BuildState& s, bool products_only, const char* name) {
     }
   }
   s.log.push_back(std::string(name) + ": " + std::to_string(f.folded_scales) +
-                  " scale/shift folds into convolution weights or scales, " + std::to_string(f.scales) +
+                  " scale/shift folds into convolution or matmul weights or scales, " + std::to_string(f.scales) +
                   " matmul scales, " + std::to_string(f.biases) +
                   " matmul biases, " + std::to_string(f.residuals) + " residual adds, " +
                   std::to_string(f.activations) + " activations, " +
