@@ -605,44 +605,26 @@ void check_norm(const TestTensor& x, const NormCase& c, const std::string& what)
                      x.dtype, what);
 }
 
-TEST(NormalizationLayer, LayerNormLastOneAndTwoDims) {
+TEST(NormalizationLayer, LayerAndRmsNormLastDims) {
+  // Layer norm, and the RMS norm (x / sqrt(mean(x^2) + eps): no centering, so the offset rows
+  // keep their mean), over the last one, two and three dims.
   const std::vector<int64_t> dims = {2, 3, 4, 6};
   uint32_t seed = 500;
-  for (DataType t : kFloatTypes) {
-    const TestTensor x = TestTensor::random(t, dims, seed++, -3.0f, 3.0f);
-    for (int64_t axis : {3, 2, 1}) {
-      for (bool sc : {false, true}) {
-        for (bool bi : {false, true}) {
-          NormCase c{{}, sc, bi};
-          c.params.type = NormalizationType::kLayer;
-          c.params.axis = axis;
-          c.params.epsilon = 1e-5;
-          check_norm(x, c,
-                     std::string(dtype_name(t)) + " layer norm axis " + std::to_string(axis) +
-                         (sc ? " scale" : "") + (bi ? " bias" : ""));
-        }
-      }
-    }
-  }
-}
-
-TEST(NormalizationLayer, RmsNormLastOneAndTwoDims) {
-  // x / sqrt(mean(x^2) + eps) * scale + bias over the trailing dims: no centering (rows with a
-  // large mean keep it, unlike a layer norm).
-  const std::vector<int64_t> dims = {2, 3, 4, 6};
-  uint32_t seed = 520;
-  for (DataType t : kFloatTypes) {
-    const TestTensor x = TestTensor::random(t, dims, seed++, -1.0f, 3.0f);
-    for (int64_t axis : {3, 2}) {
-      for (bool sc : {false, true}) {
-        for (bool bi : {false, true}) {
-          NormCase c{{}, sc, bi};
-          c.params.type = NormalizationType::kRms;
-          c.params.axis = axis;
-          c.params.epsilon = 1e-6;
-          check_norm(x, c,
-                     std::string(dtype_name(t)) + " RMS norm axis " + std::to_string(axis) +
-                         (sc ? " scale" : "") + (bi ? " bias" : ""));
+  for (NormalizationType type : {NormalizationType::kLayer, NormalizationType::kRms}) {
+    const char* kind = type == NormalizationType::kLayer ? " layer norm" : " RMS norm";
+    for (DataType t : kFloatTypes) {
+      const TestTensor x = TestTensor::random(t, dims, seed++, -1.0f, 3.0f);
+      for (int64_t axis : {3, 2, 1}) {
+        for (bool sc : {false, true}) {
+          for (bool bi : {false, true}) {
+            NormCase c{{}, sc, bi};
+            c.params.type = type;
+            c.params.axis = axis;
+            c.params.epsilon = 1e-5;
+            check_norm(x, c,
+                       std::string(dtype_name(t)) + kind + " axis " + std::to_string(axis) +
+                           (sc ? " scale" : "") + (bi ? " bias" : ""));
+          }
         }
       }
     }

@@ -600,8 +600,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
 }
 
 void pass_fuse_pointwise(BuildState& s) {
-  const char* env = std::getenv("EMBER_FUSE_POINTWISE");
-  if (env != nullptr && std::strcmp(env, "0") == 0) {
+  if (switched_off_by_env("EMBER_FUSE_POINTWISE")) {
     s.log.push_back("fuse_pointwise: off (EMBER_FUSE_POINTWISE=0)");
     return;
   }

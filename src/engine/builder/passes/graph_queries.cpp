@@ -20,10 +20,14 @@ Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector
   return w;
 }
 
+bool switched_off_by_env(const char* name) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::strcmp(env, "0") == 0;
+}
+
 bool fuse_pointwise_enabled(const BuilderConfig& config) {
-  const char* env = std::getenv("EMBER_FUSE_POINTWISE");
   return config.fuse_pointwise && config.optimization_level >= 2 &&
-         !(env != nullptr && std::strcmp(env, "0") == 0);
+         !switched_off_by_env("EMBER_FUSE_POINTWISE");
 }
 
 Layer* sole_consumer(const Network& net, const Tensor* t) {

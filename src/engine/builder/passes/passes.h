@@ -98,6 +98,9 @@ void pass_simplify_attention(BuildState& s);
 Layer* sole_consumer(const Network& net, const Tensor* t);
 /// `base`, primed (') until no layer of `net` has the name: names for layers a pass adds.
 std::string unique_layer_name(const Network& net, std::string base);
+/// True when the environment variable `name` is "0": a pass's switch for A/B timing
+/// (EMBER_FUSE_POINTWISE, EMBER_RECOGNIZE_RMS_NORMS, EMBER_QUANTIZE_NORM_OUTPUTS).
+bool switched_off_by_env(const char* name);
 /// The weights of `t` when a Constant layer produces it; nullptr otherwise (or for nullptr).
 const Weights* constant_of(const Tensor* t);
 /// A Shuffle whose transposes are identities: it keeps the row-major bytes (a reshape, or a

@@ -16,9 +16,6 @@
 // the same parameters are all replaced; a second scale keeps its own Quantize.
 // EMBER_QUANTIZE_NORM_OUTPUTS=0 leaves every norm as it is (A/B timing: bench/variants.py's
 // fp8_plain_norms and int8_plain_norms).
-#include <cstdlib>
-#include <cstring>
-
 #include "builder/passes/passes.h"
 
 namespace ember::engine {
@@ -87,8 +84,7 @@ int quantize_norm_outputs(Network& net) {
 }
 
 void pass_quantize_norm_outputs(BuildState& s) {
-  const char* env = std::getenv("EMBER_QUANTIZE_NORM_OUTPUTS");
-  if (env != nullptr && std::strcmp(env, "0") == 0) {
+  if (switched_off_by_env("EMBER_QUANTIZE_NORM_OUTPUTS")) {
     s.log.push_back("quantize_norm_outputs: off (EMBER_QUANTIZE_NORM_OUTPUTS=0)");
     return;
   }

@@ -21,8 +21,6 @@
 // EMBER_RECOGNIZE_RMS_NORMS=0 leaves the written-out form (A/B timing: bench/variants.py's
 // half_written_rms).
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "builder/passes/passes.h"
 
@@ -203,8 +201,7 @@ int recognize_rms_norms(Network& net) {
 }
 
 void pass_recognize_rms_norms(BuildState& s) {
-  const char* env = std::getenv("EMBER_RECOGNIZE_RMS_NORMS");
-  if (env != nullptr && std::strcmp(env, "0") == 0) {
+  if (switched_off_by_env("EMBER_RECOGNIZE_RMS_NORMS")) {
     s.log.push_back("recognize_rms_norms: off (EMBER_RECOGNIZE_RMS_NORMS=0)");
     return;
   }
