@@ -217,7 +217,8 @@ TEST(ComposeRowMoves, RowMovesAfterAProductMoveBeforeIt) {
   const Network net = swin_projection(DataType::kF16, 3, 8, 16);
   EXPECT_TRUE(test::build_logs(net, 2,
                                "fuse_epilogues_after_row_moves: 0 scale/shift folds into "
-                               "convolution weights or scales, 0 matmul scales, 0 matmul biases, "
+                               "convolution or matmul weights or scales, 0 matmul scales, 0 matmul "
+                               "biases, "
                                "1 residual adds"));
   test::run_network(net, {TestTensor::random(DataType::kF16, {3, 8, 8, 8}, 7),
                           TestTensor::random(DataType::kF16, {3, 8, 8, 16}, 8)});
