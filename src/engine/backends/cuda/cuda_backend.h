@@ -29,6 +29,18 @@
 
 namespace ember::engine::cuda {
 
+/// Owns one library descriptor (cuBLASLt, cuDNN) and destroys it with `Destroy`.
+template <typename Handle, auto Destroy>
+struct Owned {
+  Handle h = nullptr;
+  Owned() = default;
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+  ~Owned() {
+    if (h != nullptr) Destroy(h);
+  }
+};
+
 /// Throws Error naming the call and the CUDA error when `status` is not cudaSuccess.
 void check(cudaError_t status, const char* what);
 /// The number of SMs of the current device (queried once per device; executor.cpp): grids that

@@ -20,18 +20,6 @@
 
 namespace ember::engine::cuda {
 
-/// Owns one library descriptor (cuBLASLt, cuDNN) and destroys it with `Destroy`.
-template <typename Handle, auto Destroy>
-struct Owned {
-  Handle h = nullptr;
-  Owned() = default;
-  Owned(const Owned&) = delete;
-  Owned& operator=(const Owned&) = delete;
-  ~Owned() {
-    if (h != nullptr) Destroy(h);
-  }
-};
-
 /// Candidates from cuBLASLt's heuristic that are timed on a problem's first eager call, unless
 /// EMBER_LT_CANDIDATES (1 to 64, read at each timing; the A/B of how far down the heuristic's
 /// list the fastest algorithm sits) says otherwise.

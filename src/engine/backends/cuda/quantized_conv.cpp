@@ -61,19 +61,9 @@ namespace ember::engine::cuda {
 
 namespace {
 
-template <typename Handle, auto Destroy>
-struct DnnOwned {
-  Handle h = nullptr;
-  DnnOwned() = default;
-  DnnOwned(const DnnOwned&) = delete;
-  DnnOwned& operator=(const DnnOwned&) = delete;
-  ~DnnOwned() {
-    if (h != nullptr) Destroy(h);
-  }
-};
-using TensorDesc = DnnOwned<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
-using FilterDesc = DnnOwned<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
-using ConvDesc = DnnOwned<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
+using TensorDesc = Owned<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
+using FilterDesc = Owned<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
+using ConvDesc = Owned<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
 
 constexpr size_t kAlign = 256;
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
