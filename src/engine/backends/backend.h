@@ -88,6 +88,10 @@ class Backend {
   /// own: the CUDA back end's generated kernel reads such broadcasts a vector at a time, where
   /// its ElementWise kernel computes every element's offsets alone. False by default.
   virtual bool fuse_lone_broadcasts() const { return false; }
+  /// The multiple of input channels this back end's fast kernels want for a channels_last
+  /// convolution reading `dtype` tensors; the builder's pad_conv_channels pass pads other
+  /// counts with zero channels (a network's 3-channel image). 1 (the default) pads nothing.
+  virtual int64_t conv_channel_multiple(DataType dtype) const { return 1; }
   /// Adds what this back end stores with a FusedPointwise layer the builder's fuse_pointwise
   /// pass made (the CUDA back end: the generated kernel's source, and its image compiled for
   /// the build's GPU when there is one); `notes` (may be null) gets a line for the build log

@@ -27,6 +27,7 @@ std::vector<Pass> default_passes() {
       {"fuse_epilogues", 2, pass_fuse_epilogues},
       {"quantize_norm_outputs", 2, pass_quantize_norm_outputs},
       {"channels_last", 3, pass_channels_last},
+      {"pad_conv_channels", 3, pass_pad_conv_channels},
       {"simplify_attention", 2, pass_simplify_attention},
       {"fuse_epilogues_after_attention", 2, pass_fuse_epilogues_after_attention},
       {"gather_slices", 2, pass_gather_slices},

@@ -4,9 +4,11 @@
 // fuse_epilogues, the reference executor must give the same outputs within the f32 tolerance.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "backends/backend.h"
 #include "builder/passes/passes.h"
 #include "ember/engine/builder.h"
 #include "ember/engine/half.h"
@@ -738,4 +740,127 @@ TEST(ChannelsLastPass, BuilderRunsItOnRequest) {
 }
 
 }  // namespace
+// ---------------------------------------------------------------- pad_conv_channels
+
+/// A back end that wants convolution inputs in multiples of 8 channels for f16 (as CUDA does),
+/// so the pass runs on any build.
+class EightChannelBackend final : public Backend {
+ public:
+  std::string name() const override { return "eight"; }
+  int64_t conv_channel_multiple(DataType dtype) const override {
+    return dtype == DataType::kF16 ? 8 : 1;
+  }
+  std::unique_ptr<BackendContext> create_context(const Engine&) const override { return nullptr; }
+};
+
+TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
+  // An f16 image stem (C = 3, 7x7 stride 2 with bias, relu and a residual) and a second
+  // convolution with C = 8; after channels_last only the stem is padded: its input through a
+  // Padding of the channel dim to 8, its KRSC weight with 5 zero channels. The sums gain only
+  // zero products, so both networks give the same values on the CPU reference.
+  const DataType t = DataType::kF16;
+  Network net;
+  Tensor* x = net.add_input("x", t, {2, 3, 16, 16});
+  Tensor* r = net.add_input("r", t, {2, 8, 8, 8});
+  ConvolutionParams p = conv_params(2, 3);
+  p.epilogue.fused_activation = true;
+  const TestTensor w = TestTensor::random(t, {8, 3, 7, 7}, 11, -0.3f, 0.3f);
+  const TestTensor b = TestTensor::random(t, {8}, 12);
+  Tensor* y = net.add_layer(p,
+                            {x, net.add_constant(Weights::copy(t, {8, 3, 7, 7}, w.bytes.data()))
+                                    ->output(),
+                             net.add_constant(Weights::copy(t, {8}, b.bytes.data()))->output(), r},
+                            "stem")
+                  ->output();
+  const TestTensor w2 = TestTensor::random(t, {4, 8, 1, 1}, 13);
+  y = net.add_convolution(y, net.add_constant(Weights::copy(t, {4, 8, 1, 1}, w2.bytes.data()))
+                                 ->output(),
+                          nullptr, conv_params(), "conv2")
+          ->output();
+  net.mark_output(y, "y");
+  Network nhwc = net.clone();
+  rewrite_channels_last(nhwc, true);
+  Network padded = nhwc.clone();
+  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend()), 1);
+  int convs = 0;
+  for (const Layer* l : padded.layers()) {
+    if (l->kind() != LayerKind::kConvolution) continue;
+    ++convs;
+    const Tensor* in = l->input(0);
+    EXPECT_EQ(in->shape()[3].constant() % 8, 0) << l->describe();
+    if (l->input(1)->shape()[1].constant() == 7) {  // the stem: [8, 7, 7, 8]
+      ASSERT_NE(in->producer(), nullptr);
+      EXPECT_EQ(in->producer()->kind(), LayerKind::kPadding) << l->describe();
+      const Weights* wp = constant_of(l->input(1));
+      ASSERT_NE(wp, nullptr);
+      EXPECT_EQ(wp->dims(), (std::vector<int64_t>{8, 7, 7, 8}));
+      const std::vector<float> v = to_floats(*wp);
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (i % 8 >= 3) EXPECT_EQ(v[i], 0.0f) << "padded weight channel at " << i;
+      }
+    }
+  }
+  EXPECT_EQ(convs, 2);
+  const std::vector<TestTensor> in{TestTensor::random(t, {2, 3, 16, 16}, 14),
+                                   TestTensor::random(t, {2, 8, 8, 8}, 15)};
+  const auto expected = test::run_network_direct(nhwc, in);
+  const auto actual = test::run_network(padded, in);
+  ASSERT_EQ(actual.size(), 1u);
+  EXPECT_EQ(actual[0].dims, expected[0].dims);
+  test::expect_close(actual[0], expected[0].to_floats(), t, "padded stem");
+
+  // Left alone: f32 (the multiple is 1), grouped layers, a back end that pads nothing.
+  Network f32;
+  Tensor* xf = f32.add_input("x", DataType::kF32, {1, 3, 8, 8});
+  f32.mark_output(f32.add_convolution(xf, constant(f32, {4, 3, 3, 3}, 1, "w"), nullptr,
+                                      conv_params(1, 1), "c")
+                      ->output(),
+                  "y");
+  rewrite_channels_last(f32, false);
+  EXPECT_EQ(pad_conv_channels(f32, EightChannelBackend()), 0);
+  Network grouped;
+  Tensor* xg = grouped.add_input("x", t, {1, 6, 8, 8});
+  grouped.mark_output(
+      grouped.add_convolution(xg, grouped.add_constant(Weights::zeros(t, {6, 3, 3, 3}))->output(),
+                              nullptr, conv_params(1, 1, 1, 2), "g")
+          ->output(),
+      "y");
+  rewrite_channels_last(grouped, true);
+  EXPECT_EQ(pad_conv_channels(grouped, EightChannelBackend()), 0);
+  Network cpu = nhwc.clone();
+  EXPECT_EQ(pad_conv_channels(cpu, *find_backend("cpu")), 0);
+  if (const Backend* cuda = find_backend("cuda")) {
+    EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF16), 8);
+    EXPECT_EQ(cuda->conv_channel_multiple(DataType::kBF16), 8);
+    EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF32), 1);
+  }
+}
+
+TEST(PadConvChannels, BuilderPadsOnlyForABackEndThatAsksAndCanBeSwitchedOff) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {1, 3, 8, 8});
+  net.mark_output(net.add_convolution(x, net.add_constant(Weights::zeros(DataType::kF16,
+                                                                         {4, 3, 3, 3}))
+                                             ->output(),
+                                      nullptr, conv_params(1, 1), "c")
+                      ->output(),
+                  "y");
+  auto log_of = [&](const std::string& backend) {
+    BuildState s;
+    s.config.backend = backend;
+    s.plan.network = net.clone();
+    s.config.channels_last = ChannelsLast::kOn;
+    pass_channels_last(s);
+    pass_pad_conv_channels(s);
+    return s.log.back();
+  };
+  EXPECT_EQ(log_of("cpu").rfind("channels_last", 0), 0u) << "the CPU back end pads nothing";
+  if (find_backend("cuda") != nullptr) {
+    EXPECT_EQ(log_of("cuda").rfind("pad_conv_channels: 1 convolutions", 0), 0u) << log_of("cuda");
+  }
+  setenv("EMBER_PAD_CONV_CHANNELS", "0", 1);
+  EXPECT_EQ(log_of("cpu"), "pad_conv_channels: off (EMBER_PAD_CONV_CHANNELS=0)");
+  unsetenv("EMBER_PAD_CONV_CHANNELS");
+}
+
 }  // namespace ember::engine

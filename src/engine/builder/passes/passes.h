@@ -3,7 +3,7 @@
 //
 // Order (Builder::build): validate -> infer_shapes -> fuse_quantized -> fold_constants ->
 // remove_dead_layers -> recognize_rms_norms -> absorb_casts -> fuse_epilogues ->
-// quantize_norm_outputs -> channels_last ->
+// quantize_norm_outputs -> channels_last -> pad_conv_channels ->
 // simplify_attention -> fuse_epilogues_after_attention -> gather_slices -> compose_row_moves ->
 // fuse_epilogues_after_row_moves -> fuse_pointwise -> select_implementations -> plan_memory ->
 // time_tactics -> emission (plan_write).
@@ -17,6 +17,8 @@
 #include "plan/plan.h"
 
 namespace ember::engine {
+
+class Backend;
 
 /// What the passes work on.
 struct BuildState {
@@ -85,6 +87,11 @@ std::string rewrite_channels_last(Network& net, bool f16_bf16_only);
 /// rewrite_channels_last as config.channels_last says: by default f16/bf16 only and only for the
 /// CUDA back end, where tensor-core convolution wants NHWC; other back ends keep NCHW.
 void pass_channels_last(BuildState& s);
+/// Pads the input channels of each channels_last Convolution (groups 1, constant weight, static
+/// C) to a multiple of backend.conv_channel_multiple(its dtype), with a Padding layer on the
+/// input and zero channels in the weight (see pad_conv_channels.cpp). Returns how many.
+int pad_conv_channels(Network& net, const Backend& backend);
+void pass_pad_conv_channels(BuildState& s);
 /// Attention layers: drops constant masks that keep every key, turns constant causal masks into
 /// the causal flag, and rewrites a layer whose query, key and value are transpose(1, 2)s of
 /// [B, L, H, E] tensors and whose output only feeds a transpose(1, 2) into a seq-major layer on
@@ -125,7 +132,6 @@ void pass_compose_row_moves(BuildState& s);
 /// to each (Backend::prepare_fused_pointwise). Returns how many layers were fused; `notes`
 /// (may be null) gets a line per group left alone and per back-end remark. `row_reductions`
 /// false keeps Reduce layers out of the groups (A/B timing of that part alone).
-class Backend;
 int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std::string>* notes,
                           bool row_reductions = true);
 /// Whether pass_fuse_pointwise will run for `config` (level >= 2, BuilderConfig::fuse_pointwise,
