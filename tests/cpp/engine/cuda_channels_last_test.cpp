@@ -303,7 +303,8 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
   // stem conv -> maxpool -> basic block with a downsampling shortcut -> global average pool ->
   // flatten -> linear, built for cuda at level 3 (fusion + channels_last on) against the CPU
   // reference running the same fused network in NCHW (batch norm folded into the weights in
-  // the storage dtype, as the builder does), so the comparison isolates the layout.
+  // the storage dtype, as the builder does), so the comparison isolates the layout and the
+  // stem's zero-padded channels.
   EMBER_SKIP_WITHOUT_CUDA();
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     Network net;
@@ -337,6 +338,8 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
     const std::string json = runner.inspect_json();
     EXPECT_NE(json.find("\"channels_last\": true"), std::string::npos) << json;
     EXPECT_EQ(json.find("cuda.host"), std::string::npos) << json;
+    // The 3-channel stem reads its input zero-padded to 8 channels (pad_conv_channels).
+    EXPECT_NE(json.find("cuda.Padding"), std::string::npos) << json;
     BuildState fused;
     fused.plan.network = net.clone();
     pass_fuse_epilogues(fused);
