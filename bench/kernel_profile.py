@@ -5,6 +5,10 @@ name, with their share of the total.
     python bench/kernel_profile.py --model resnet50 --batch 32 [--dtype bf16] [--top 15]
                                    [--channels-last on] [--quantize int8|fp8]
 
+--sequence N prints the last call's first N kernels in launch order with their durations and the
+idle gap before each (the time between two graph nodes that neither runs), and the call's total
+gap: where the wall time beyond the kernels' own goes (0 prints none; -1 all).
+
 --quantize runs the model through ember.quantize first (the dtype model, calibrated on 4 random
 batches), as bench/variants.py's int8/fp8 variants do; the engine's layer implementations and
 CUDA-graph counters are printed too, so a layer that left the fast path shows.
@@ -34,6 +38,8 @@ def main():
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="Ember's channels_last setting, as in bench.py")
     p.add_argument("--quantize", choices=["int8", "fp8"], default=None)
+    p.add_argument("--sequence", type=int, default=0,
+                   help="print the last call's first N kernels in order with the gaps (-1: all)")
     args = p.parse_args()
     settings = channels_last_settings(args.channels_last)
     torch.manual_seed(0)
@@ -76,6 +82,28 @@ def main():
     print("| share | ms/call | calls/call | kernel |\n| --- | --- | --- | --- |")
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"| {100 * t / total:.1f}% | {t / args.iters / 1e3:.3f} | {n // args.iters} | `{name}` |")
+    if args.sequence:
+        print_sequence(prof, args.iters, args.sequence)
+
+
+def print_sequence(prof, iters: int, limit: int) -> None:
+    """The last call's kernels in start order: duration and the idle gap before each."""
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    last = kernels[-(len(kernels) // iters):]
+    gaps = [b.time_range.start - a.time_range.end for a, b in zip(last, last[1:])]
+    span = last[-1].time_range.end - last[0].time_range.start
+    busy = sum(e.time_range.end - e.time_range.start for e in last)
+    print(f"last call: {len(last)} kernels, {span / 1e3:.3f} ms from the first start to the last "
+          f"end, {busy / 1e3:.3f} ms busy, {sum(g for g in gaps if g > 0) / 1e3:.3f} ms idle "
+          f"between kernels")
+    print("| # | start us | us | gap before us | kernel |\n| --- | --- | --- | --- | --- |")
+    t0 = last[0].time_range.start
+    shown = last if limit < 0 else last[:limit]
+    for i, e in enumerate(shown):
+        gap = e.time_range.start - last[i - 1].time_range.end if i else 0.0
+        print(f"| {i} | {e.time_range.start - t0:.1f} | {e.time_range.end - e.time_range.start:.1f} "
+              f"| {gap:.1f} | `{e.name[:70]}` |")
 
 
 if __name__ == "__main__":

@@ -424,12 +424,20 @@ inline constexpr int kNumPaddingModes = 4;
 
 /// Pads every dim by pre[d] before and post[d] after (one entry per input dim, >= 0).
 /// Reflect needs pad < dim; circular needs pad <= dim. Any dtype.
+/// input_permutation (empty: none) pads the input transposed by it (output dim d is input dim
+/// input_permutation[d], torch.permute's meaning, padded by pre[d] and post[d]): one pass
+/// instead of a transpose and a padding (the builder's pad_conv_channels moves an image from
+/// NCHW to NHWC and pads its 3 channels to 8 at once). Plan format 16.
 struct PaddingParams {
   PaddingMode mode = PaddingMode::kConstant;
   std::vector<int64_t> pre;
   std::vector<int64_t> post;
   double value = 0.0;
-  template <class V> void fields(V& v) { v("mode", mode); v("pre", pre); v("post", post); v("value", value); }
+  std::vector<int64_t> input_permutation;
+  template <class V> void fields(V& v) {
+    v("mode", mode); v("pre", pre); v("post", post); v("value", value);
+    v("input_permutation", input_permutation);
+  }
 };
 
 enum class CumulativeOp : uint8_t { kSum };

@@ -377,28 +377,36 @@ void infer(const PaddingParams& p, InferContext& ctx) {
                             "), got " + std::to_string(p.pre.size()) + " and " +
                             std::to_string(p.post.size()));
   if (p.mode == PaddingMode::kConstant) expect_storable(p.value, ctx.dtype(0), "pad value");
+  // Output dim d pads input dim from[d] (the permutation's entry, or d).
+  std::vector<size_t> from(rank);
+  for (size_t d = 0; d < rank; ++d) from[d] = d;
+  expect_permutation(p.input_permutation, rank, "input_permutation");
+  for (size_t d = 0; d < p.input_permutation.size(); ++d) {
+    from[d] = static_cast<size_t>(p.input_permutation[d]);
+  }
   Shape out(rank);
   for (size_t d = 0; d < rank; ++d) {
+    const DimExpr& len = in[from[d]];
     for (const int64_t pad : {p.pre[d], p.post[d]}) {
       InferContext::require(pad >= 0, "padding of dim " + std::to_string(d) + " is " + to_str(pad) +
                                           "; pads must be >= 0 (use a Slice to crop)");
       if (pad == 0) continue;
-      const std::string where = "padding " + to_str(pad) + " of " + dim_label(ctx, 0, d);
+      const std::string where = "padding " + to_str(pad) + " of " + dim_label(ctx, 0, from[d]);
       switch (p.mode) {
         case PaddingMode::kConstant:
           break;
         case PaddingMode::kReflect:
-          ctx.check_less_equal(DimExpr(pad) + 1, in[d], where + ": reflect needs pad < dim");
+          ctx.check_less_equal(DimExpr(pad) + 1, len, where + ": reflect needs pad < dim");
           break;
         case PaddingMode::kReplicate:
-          ctx.check_less_equal(1, in[d], where + ": replicate needs a non-empty dim");
+          ctx.check_less_equal(1, len, where + ": replicate needs a non-empty dim");
           break;
         case PaddingMode::kCircular:
-          ctx.check_less_equal(pad, in[d], where + ": circular needs pad <= dim");
+          ctx.check_less_equal(pad, len, where + ": circular needs pad <= dim");
           break;
       }
     }
-    out[d] = DimExpr(p.pre[d]) + in[d] + DimExpr(p.post[d]);
+    out[d] = DimExpr(p.pre[d]) + len + DimExpr(p.post[d]);
   }
   ctx.add_output(ctx.dtype(0), std::move(out));
 }

@@ -486,6 +486,9 @@ class PlanReader {
       } else if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 14) {
         FieldsBut all_but{fields, {"requantize_to"}};
         std::get<QuantizedMatrixMultiplyParams>(params).fields(all_but);
+      } else if (kind == LayerKind::kPadding && version_ < 16) {
+        FieldsBut all_but{fields, {"input_permutation"}};
+        std::get<PaddingParams>(params).fields(all_but);
       } else if (kind == LayerKind::kNormalization && version_ < 15) {
         FieldsBut all_but{fields, {"quantize", "quantize_to", "quantize_min", "quantize_max",
                                    "float_output"}};

@@ -756,7 +756,8 @@ class EightChannelBackend final : public Backend {
 TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
   // An f16 image stem (C = 3, 7x7 stride 2 with bias, relu and a residual) and a second
   // convolution with C = 8; after channels_last only the stem is padded: its input through a
-  // Padding of the channel dim to 8, its KRSC weight with 5 zero channels. The sums gain only
+  // Padding of the channel dim to 8 (which takes over the image's NCHW -> NHWC transpose), its
+  // KRSC weight with 5 zero channels. The sums gain only
   // zero products, so both networks give the same values on the CPU reference.
   const DataType t = DataType::kF16;
   Network net;
@@ -790,7 +791,11 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
     EXPECT_EQ(in->shape()[3].constant() % 8, 0) << l->describe();
     if (l->input(1)->shape()[1].constant() == 7) {  // the stem: [8, 7, 7, 8]
       ASSERT_NE(in->producer(), nullptr);
-      EXPECT_EQ(in->producer()->kind(), LayerKind::kPadding) << l->describe();
+      ASSERT_EQ(in->producer()->kind(), LayerKind::kPadding) << l->describe();
+      // The image's entry transpose is folded into the Padding, which reads x itself.
+      EXPECT_EQ(in->producer()->input(0)->name(), "x");
+      EXPECT_EQ(in->producer()->params_as<PaddingParams>().input_permutation,
+                (std::vector<int64_t>{0, 2, 3, 1}));
       const Weights* wp = constant_of(l->input(1));
       ASSERT_NE(wp, nullptr);
       EXPECT_EQ(wp->dims(), (std::vector<int64_t>{8, 7, 7, 8}));
@@ -801,6 +806,7 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
     }
   }
   EXPECT_EQ(convs, 2);
+  EXPECT_EQ(count_kind(padded, LayerKind::kShuffle), count_kind(nhwc, LayerKind::kShuffle) - 1);
   const std::vector<TestTensor> in{TestTensor::random(t, {2, 3, 16, 16}, 14),
                                    TestTensor::random(t, {2, 8, 8, 8}, 15)};
   const auto expected = test::run_network_direct(nhwc, in);

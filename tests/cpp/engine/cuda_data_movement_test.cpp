@@ -505,6 +505,48 @@ TEST(CudaDataMovement, PaddingEveryMode) {
   }
 }
 
+TEST(CudaDataMovement, PaddingThroughAnInputPermutation) {
+  // pad_conv_channels' Padding: an NCHW f16/bf16 image read as NHWC with its channels padded to
+  // 8 (the 16-byte-row kernel; a batch of 4 224x224 images and an odd small one, C = 1 and 3),
+  // an f32 one (the generic kernel), every mode through another permutation, and a pad that
+  // is not at the end of the last dim (the generic kernel for 16-bit types too).
+  EMBER_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> to_nhwc = {0, 2, 3, 1};
+  for (DataType t : {DataType::kF16, DataType::kBF16, DataType::kF32}) {
+    for (const std::vector<int64_t>& dims : std::vector<std::vector<int64_t>>{
+             {4, 3, 224, 224}, {3, 3, 7, 5}, {2, 1, 9, 11}}) {
+      Network net;
+      Tensor* x = net.add_input("x", t, Shape(dims.begin(), dims.end()));
+      const PaddingParams p{PaddingMode::kConstant, {0, 0, 0, 0}, {0, 0, 0, 8 - dims[1]}, 0.0,
+                            to_nhwc};
+      net.mark_output(net.add_padding(x, p)->output(), "y");
+      test::check_cuda_matches_cpu(net, {random_of(t, dims, 9)},
+                                   label("NCHW image to 8 NHWC channels " +
+                                             std::to_string(dims[0]) + "x" + std::to_string(dims[1]),
+                                         t));
+    }
+    Network front;
+    Tensor* x = front.add_input("x", t, {2, 3, 5, 4});
+    front.mark_output(front.add_padding(x, PaddingParams{PaddingMode::kConstant, {0, 0, 0, 2},
+                                                         {0, 0, 0, 3}, 1.0, to_nhwc})
+                          ->output(),
+                      "y");
+    test::check_cuda_matches_cpu(front, {random_of(t, {2, 3, 5, 4}, 10)},
+                                 label("channel pad at both ends", t));
+  }
+  for (PaddingMode mode : {PaddingMode::kConstant, PaddingMode::kReflect, PaddingMode::kReplicate,
+                           PaddingMode::kCircular}) {
+    Network net;
+    Tensor* x = net.add_input("x", DataType::kF16, {3, 4, 5});
+    net.mark_output(
+        net.add_padding(x, PaddingParams{mode, {1, 0, 2}, {2, 2, 0}, -2.0, {2, 0, 1}})->output(),
+        "y");
+    test::check_cuda_matches_cpu(net, {random_of(DataType::kF16, {3, 4, 5}, 11)},
+                                 label("permuted pad mode " + std::to_string(static_cast<int>(mode)),
+                                       DataType::kF16));
+  }
+}
+
 TEST(CudaDataMovement, FillConstantAndArange) {
   EMBER_SKIP_WITHOUT_CUDA();
   const std::vector<DataType> all = {DataType::kF32, DataType::kF16, DataType::kBF16,

@@ -952,6 +952,56 @@ TEST(PaddingLayer, LargeInputsSplitAcrossThreads) {
   }
 }
 
+/// x transposed by perm (output dim d is input dim perm[d]).
+TestTensor permute_reference(const TestTensor& x, const std::vector<int64_t>& perm) {
+  std::vector<int64_t> dims;
+  for (const int64_t d : perm) dims.push_back(x.dims[static_cast<size_t>(d)]);
+  return move_reference(x, dims, [&](const Coord& c) -> int64_t {
+    Coord s(c.size());
+    for (size_t d = 0; d < c.size(); ++d) s[static_cast<size_t>(perm[d])] = c[d];
+    return ravel(s, x.dims);
+  });
+}
+
+TEST(PaddingLayer, InputPermutationPadsTheTransposedInput) {
+  // An NCHW image read as NHWC with its 3 channels padded to 8 (pad_conv_channels' use), and
+  // every mode on another permutation, against a transpose followed by the padding.
+  for (DataType t : {DataType::kF32, DataType::kF16}) {
+    const TestTensor x = random_of(t, {2, 3, 5, 6}, 73);
+    PaddingParams p{PaddingMode::kConstant, {0, 0, 0, 0}, {0, 0, 0, 5}, 0.0, {0, 2, 3, 1}};
+    const Network net =
+        one_input(t, {2, 3, 5, 6}, [&](Network& n, Tensor* in) { return n.add_padding(in, p); });
+    EXPECT_EQ(net.outputs()[0]->shape(), (Shape{2, 5, 6, 8}));
+    PaddingParams plain = p;
+    plain.input_permutation.clear();
+    expect_same(run_one(net, {x}), pad_reference(permute_reference(x, p.input_permutation), plain),
+                std::string("NCHW image to NHWC, 8 channels ") + dtype_name(t));
+  }
+  for (PaddingMode mode : {PaddingMode::kConstant, PaddingMode::kReflect, PaddingMode::kReplicate,
+                           PaddingMode::kCircular}) {
+    const TestTensor x = random_of(DataType::kF32, {3, 4, 5}, 74);
+    const PaddingParams p{mode, {1, 0, 2}, {2, 2, 0}, -2.0, {2, 0, 1}};
+    const Network net = one_input(DataType::kF32, {3, 4, 5},
+                                  [&](Network& n, Tensor* in) { return n.add_padding(in, p); });
+    PaddingParams plain = p;
+    plain.input_permutation.clear();
+    expect_same(run_one(net, {x}), pad_reference(permute_reference(x, p.input_permutation), plain),
+                "permuted pad mode " + std::to_string(static_cast<int>(mode)));
+  }
+  Network bad;
+  Tensor* y = bad.add_input("y", DataType::kF32, {2, 3});
+  EXPECT_ERROR_WITH(
+      bad.add_padding(y, PaddingParams{PaddingMode::kConstant, {0, 0}, {0, 0}, 0.0, {0, 0}}),
+      "not a permutation");
+  EXPECT_ERROR_WITH(
+      bad.add_padding(y, PaddingParams{PaddingMode::kConstant, {0, 0}, {0, 0}, 0.0, {1, 0, 2}}),
+      "one entry per dim");
+  // The pads apply to the permuted dims: reflect by 3 on output dim 0 pads input dim 1 (3).
+  EXPECT_ERROR_WITH(
+      bad.add_padding(y, PaddingParams{PaddingMode::kReflect, {3, 0}, {0, 0}, 0.0, {1, 0}}),
+      "reflect needs pad < dim");
+}
+
 TEST(PaddingLayer, DynamicReflectChecksSizeAtRunTime) {
   // Reflect by 2 on a dim of size n needs n >= 3.
   const PaddingParams p{PaddingMode::kReflect, {2, 1}, {1, 0}, 0.0};

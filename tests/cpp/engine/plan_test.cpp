@@ -279,6 +279,7 @@ Network all_kinds_network() {
   pdp.pre = {0, 0, 1, 2};
   pdp.post = {0, 0, 2, 1};
   pdp.value = 0.5;
+  pdp.input_permutation = {1, 0, 2, 3};
   Tensor* pad = net.add_padding(x, pdp, "pad")->output();
   CumulativeParams cup;
   cup.axis = 3;
@@ -741,9 +742,10 @@ TEST(PlanFormat, ChecksumPerVersion) {
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base);
   std::swap(bytes[0], bytes[8]);
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size() - 1, 13), base);
-  EXPECT_EQ(plan_format_version(), 15u);
-  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 14), base);  // 14 and 15 keep 13's
+  EXPECT_EQ(plan_format_version(), 16u);
+  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 14), base);  // 14 to 16 keep 13's
   EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 15), base);
+  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 16), base);
 }
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
@@ -952,6 +954,30 @@ TEST(PlanFormat, Version14NormalizationReadsWithoutItsQuantizeFields) {
   const std::vector<uint8_t> v14 = without_field(current, at, 19, 14);
   const PlanModel read = plan_read(v14.data(), v14.size());
   EXPECT_EQ(read.network.outputs()[0]->dtype(), DataType::kF32);
+  EXPECT_EQ(plan_write(read), current);
+}
+
+TEST(PlanFormat, Version15PaddingReadsWithoutItsInputPermutation) {
+  // Version 16 added a Padding's input permutation (its last field, an int64 list). Cutting
+  // that empty list (its 4-byte count) out of a current plan gives the version-15 bytes, which
+  // read back to the same network.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
+  PaddingParams p;
+  p.pre = {0, 1};
+  p.post = {2, 0};
+  net.mark_output(net.add_padding(x, p, "pad")->output(), "y");
+  const std::vector<uint8_t> current =
+      plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
+  // After the implementation name and the one input id: mode (1), pre and post (4 + 16 each),
+  // value (8), then the permutation's count (4).
+  const std::string impl = "cpu.Padding";
+  const size_t at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4 + 1 + 20 + 20 + 8;
+  ASSERT_EQ(current[at], 0);
+  ASSERT_EQ(current[at + 3], 0);
+  const std::vector<uint8_t> v15 = without_field(current, at, 4, 15);
+  const PlanModel read = plan_read(v15.data(), v15.size());
+  EXPECT_EQ(read.network.outputs()[0]->shape(), (Shape{4, 4}));
   EXPECT_EQ(plan_write(read), current);
 }
 

@@ -715,8 +715,19 @@ void run(const ScatterParams& p, const KernelArgs& a) {
 // ---------------------------------------------------------------- Padding
 
 void run(const PaddingParams& p, const KernelArgs& a) {
-  const HostTensor& in = a.in(0);
   const HostTensor& out = a.out();
+  // With an input permutation, the transposed input is made first (the reference's way; the
+  // CUDA kernel reads through permuted strides instead).
+  HostTensor in = a.in(0);
+  std::vector<uint8_t> transposed;
+  if (!p.input_permutation.empty() && !is_identity(p.input_permutation)) {
+    transposed.resize(in.nbytes());
+    transpose(elem_size(in), in.dims, p.input_permutation, bytes(in), transposed.data());
+    std::vector<int64_t> dims;
+    for (const int64_t d : p.input_permutation) dims.push_back(in.dims[static_cast<size_t>(d)]);
+    in.dims = dims;
+    in.data = transposed.data();
+  }
   std::vector<std::vector<int64_t>> maps(in.dims.size());
   for (size_t d = 0; d < in.dims.size(); ++d) {
     const int64_t n = in.dims[d];

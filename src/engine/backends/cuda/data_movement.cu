@@ -89,6 +89,31 @@ __global__ void pad_kernel(const S* __restrict__ src, S* __restrict__ dst, int64
   }
 }
 
+/// A 16-bit rank-4 padding whose output rows are 8 elements (16 bytes) and whose pads are all
+/// at the end of the last dim (an image's channels padded for the tensor cores): one thread per
+/// output row reads its `c` source elements through the (permuted) input strides and writes
+/// the row as one 16-byte word. With the input permutation NCHW -> NHWC, neighbouring threads
+/// read neighbouring W positions of each plane and write neighbouring rows: both coalesced.
+__global__ void pad_rows8_kernel(const uint16_t* __restrict__ src, uint4* __restrict__ dst,
+                                 int64_t rows, int64_t d1, int64_t d2, int64_t s0, int64_t s1,
+                                 int64_t s2, int64_t s3, int c, uint16_t fill) {
+  for (int64_t r = global_thread(); r < rows; r += grid_threads()) {
+    const int64_t i2 = r % d2;
+    const int64_t i1 = (r / d2) % d1;
+    const int64_t i0 = r / (d2 * d1);
+    const uint16_t* p = src + i0 * s0 + i1 * s1 + i2 * s2;
+    uint16_t v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = k < c ? p[k * s3] : fill;
+    uint4 w;
+    w.x = v[0] | (static_cast<uint32_t>(v[1]) << 16);
+    w.y = v[2] | (static_cast<uint32_t>(v[3]) << 16);
+    w.z = v[4] | (static_cast<uint32_t>(v[5]) << 16);
+    w.w = v[6] | (static_cast<uint32_t>(v[7]) << 16);
+    dst[r] = w;
+  }
+}
+
 template <typename S>
 __global__ void fill_kernel(S* __restrict__ dst, int64_t n, S value) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) dst[i] = value;
@@ -1019,11 +1044,20 @@ void run(const PaddingParams& p, const CudaArgs& a) {
   const DeviceTensor& in = a.in(0);
   DeviceTensor& out = a.out();
   const size_t r = in.dims.size();
-  expect_device(out.dims.size() == r && p.pre.size() == r && p.post.size() == r, "padding",
-                "pads or output rank differ from the input rank");
+  expect_device(out.dims.size() == r && p.pre.size() == r && p.post.size() == r &&
+                    (p.input_permutation.empty() || p.input_permutation.size() == r),
+                "padding", "pads, permutation or output rank differ from the input rank");
+  // Output dim d reads input dim from[d] (the input permutation's entry, or d).
+  const std::vector<int64_t> row_major = row_major_strides(in.dims);
+  std::vector<int64_t> in_dims(r), in_strides(r);
+  for (size_t d = 0; d < r; ++d) {
+    const size_t from = p.input_permutation.empty() ? d : static_cast<size_t>(p.input_permutation[d]);
+    in_dims[d] = in.dims[from];
+    in_strides[d] = row_major[from];
+  }
   // The CPU reference's checks, on the same per-dim maps (O(sum of output dims), no data).
   for (size_t d = 0; d < r; ++d) {
-    const int64_t len = in.dims[d];
+    const int64_t len = in_dims[d];
     for (int64_t o = 0; o < out.dims[d]; ++o) {
       const int64_t i = o - p.pre[d];
       if (i >= 0 && i < len) continue;
@@ -1046,16 +1080,32 @@ void run(const PaddingParams& p, const CudaArgs& a) {
   const int64_t n = out.numel();
   if (n == 0) return;
   if (r > static_cast<size_t>(kMaxRank)) return host_fallback(a);
+  const uint64_t fill = scalar_bits(out.dtype, p.value);
+  // An image's channels padded to 8 (pad_conv_channels): 16-byte rows, pads at the end of the
+  // last dim only.
+  bool rows8 = r == 4 && dtype_size(in.dtype) == 2 && p.mode == PaddingMode::kConstant &&
+               out.dims[3] == 8 && in_dims[3] > 0 &&
+               reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
+  for (size_t d = 0; d < r && rows8; ++d) {
+    rows8 = p.pre[d] == 0 && (d == 3 || p.post[d] == 0);
+  }
+  if (rows8) {
+    const int64_t rows = n / 8;
+    pad_rows8_kernel<<<grid_for(rows), kThreads, 0, a.stream()>>>(
+        static_cast<const uint16_t*>(in.data), static_cast<uint4*>(out.data), rows, in_dims[1],
+        in_dims[2], in_strides[0], in_strides[1], in_strides[2], in_strides[3],
+        static_cast<int>(in_dims[3]), static_cast<uint16_t>(fill));
+    check(cudaGetLastError(), "pad_rows8_kernel");
+    return;
+  }
   PadGeometry g;
   g.rank = static_cast<int>(r);
-  const std::vector<int64_t> in_strides = row_major_strides(in.dims);
   for (size_t d = 0; d < r; ++d) {
     g.out_dims[d] = out.dims[d];
-    g.in_dims[d] = in.dims[d];
+    g.in_dims[d] = in_dims[d];
     g.in_strides[d] = in_strides[d];
     g.pre[d] = p.pre[d];
   }
-  const uint64_t fill = scalar_bits(out.dtype, p.value);
   dispatch_elem_size(dtype_size(in.dtype), [&](auto zero) {
     using S = decltype(zero);
     pad_kernel<S><<<grid_for(n), kThreads, 0, a.stream()>>>(static_cast<const S*>(in.data),
