@@ -833,12 +833,50 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
       "y");
   rewrite_channels_last(grouped, true);
   EXPECT_EQ(pad_conv_channels(grouped, EightChannelBackend()), 0);
+  Network wide;  // C = 12: wider than the multiple, left alone
+  Tensor* xw = wide.add_input("x", t, {1, 12, 8, 8});
+  wide.mark_output(
+      wide.add_convolution(xw, wide.add_constant(Weights::zeros(t, {4, 12, 3, 3}))->output(),
+                           nullptr, conv_params(1, 1), "c")
+          ->output(),
+      "y");
+  rewrite_channels_last(wide, true);
+  EXPECT_EQ(pad_conv_channels(wide, EightChannelBackend()), 0);
   Network cpu = nhwc.clone();
   EXPECT_EQ(pad_conv_channels(cpu, *find_backend("cpu")), 0);
   if (const Backend* cuda = find_backend("cuda")) {
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF16), 8);
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kBF16), 8);
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF32), 1);
+  }
+}
+
+TEST(PadConvChannels, ConvolutionsReadingOneImageShareItsPadding) {
+  // Two convolutions read the image: one Padding serves both. The image's entry transpose, which
+  // both read, stays (the fold needs a sole reader), and the Padding reads its output.
+  const DataType t = DataType::kF16;
+  Network net;
+  Tensor* x = net.add_input("x", t, {1, 3, 8, 8});
+  for (const std::string name : {"a", "b"}) {
+    const TestTensor w = TestTensor::random(t, {4, 3, 3, 3}, name == "a" ? 21 : 22);
+    net.mark_output(
+        net.add_convolution(x, net.add_constant(Weights::copy(t, {4, 3, 3, 3}, w.bytes.data()))
+                                   ->output(),
+                            nullptr, conv_params(1, 1), name)
+            ->output(),
+        name);
+  }
+  Network nhwc = net.clone();
+  rewrite_channels_last(nhwc, true);
+  Network padded = nhwc.clone();
+  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend()), 2);
+  EXPECT_EQ(count_kind(padded, LayerKind::kPadding), 1);
+  const std::vector<TestTensor> in{TestTensor::random(t, {1, 3, 8, 8}, 23)};
+  const auto expected = test::run_network_direct(nhwc, in);
+  const auto actual = test::run_network(padded, in);
+  ASSERT_EQ(actual.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    test::expect_close(actual[i], expected[i].to_floats(), t, "shared padding " + std::to_string(i));
   }
 }
 

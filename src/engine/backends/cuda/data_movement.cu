@@ -1052,6 +1052,7 @@ void run(const PaddingParams& p, const CudaArgs& a) {
   std::vector<int64_t> in_dims(r), in_strides(r);
   for (size_t d = 0; d < r; ++d) {
     const size_t from = p.input_permutation.empty() ? d : static_cast<size_t>(p.input_permutation[d]);
+    expect_device(from < r, "padding", "input_permutation entry out of range");
     in_dims[d] = in.dims[from];
     in_strides[d] = row_major[from];
   }

@@ -17,10 +17,13 @@
 //
 // The added products are zeros times zeros, so the sums are those of the unpadded layer (adding
 // +0 changes no f32 sum). The multiple comes from the back end (Backend::conv_channel_multiple:
-// 8 for 16-bit tensors on CUDA, 1 elsewhere, which turns the pass off). Only groups = 1 layers
-// with a constant weight and a static C are padded. EMBER_PAD_CONV_CHANNELS=0 leaves every
+// 8 for 16-bit tensors on CUDA, 1 elsewhere, which turns the pass off). Only narrow inputs
+// (C below the multiple: an image) of groups = 1 layers with a constant weight and a static C
+// are padded; a wider C (12, ShuffleNet's 58) would pay a copy of a whole activation for a gain
+// not measured. Convolutions reading one tensor share its Padding. EMBER_PAD_CONV_CHANNELS=0 leaves every
 // layer as it is (A/B timing: bench/variants.py's half_unpadded_channels).
 #include <cstring>
+#include <map>
 
 #include "backends/backend.h"
 #include "builder/passes/passes.h"
@@ -54,15 +57,18 @@ int64_t padded_channels(const Layer* l, const Backend& backend) {
   const DimExpr& c = l->input(0)->shape()[3];
   const Weights* w = constant_of(l->input(1));
   if (!c.is_constant() || w == nullptr || w->dims().size() != 4) return 0;
+  // Narrow inputs only (an image): wider ones would pay a copy of a whole activation for a
+  // gain not measured.
   const int64_t m = backend.conv_channel_multiple(l->input(0)->dtype());
-  if (m <= 1 || c.constant() % m == 0) return 0;
-  return (c.constant() + m - 1) / m * m;
+  if (m <= 1 || c.constant() >= m) return 0;
+  return m;
 }
 
 }  // namespace
 
 int pad_conv_channels(Network& net, const Backend& backend) {
   int padded = 0;
+  std::map<const Tensor*, Tensor*> padded_inputs;  // one Padding for convolutions sharing x
   const std::vector<Layer*> original = net.layers();  // the loop adds layers
   for (Layer* l : original) {
     const int64_t to = padded_channels(l, backend);
@@ -70,26 +76,33 @@ int pad_conv_channels(Network& net, const Backend& backend) {
     std::vector<Tensor*> inputs = l->inputs();
     Tensor* x = inputs[0];
     const int64_t c = x->shape()[3].constant();
-    PaddingParams pad;
-    pad.pre = {0, 0, 0, 0};
-    pad.post = {0, 0, 0, to - c};
-    // The image's entry into the NHWC region (channels_last's transpose), read by this layer
-    // alone: the Padding reads the NCHW tensor through the permutation instead, one pass.
-    const Layer* entry = x->producer();
-    if (entry != nullptr && entry->kind() == LayerKind::kShuffle && sole_consumer(net, x) == l) {
-      const auto& sp = entry->params_as<ShuffleParams>();
-      const bool identity_second =
-          sp.second_transpose.empty() || sp.second_transpose == std::vector<int64_t>{0, 1, 2, 3};
-      if (!sp.has_reshape && identity_second && sp.first_transpose.size() == 4) {
-        pad.input_permutation = sp.first_transpose;
-        x = entry->input(0);
-      }
-    }
-    inputs[0] = net.add_padding(x, pad, unique_layer_name(net, l->name() + "/pad_channels"))
-                    ->output();
     inputs[1] = net.add_constant(pad_last_dim(*constant_of(inputs[1]), to),
                                  unique_layer_name(net, l->name() + "/w_padded"))
                     ->output();
+    if (const auto it = padded_inputs.find(x); it != padded_inputs.end()) {
+      inputs[0] = it->second;
+    } else {
+      PaddingParams pad;
+      pad.pre = {0, 0, 0, 0};
+      pad.post = {0, 0, 0, to - c};
+      // The image's entry into the NHWC region (channels_last's transpose), read by this layer
+      // alone: the Padding reads the NCHW tensor through the permutation instead, one pass.
+      Tensor* source = x;
+      const Layer* entry = x->producer();
+      if (entry != nullptr && entry->kind() == LayerKind::kShuffle && sole_consumer(net, x) == l) {
+        const auto& sp = entry->params_as<ShuffleParams>();
+        const bool identity_second = sp.second_transpose.empty() ||
+                                     sp.second_transpose == std::vector<int64_t>{0, 1, 2, 3};
+        if (!sp.has_reshape && identity_second && sp.first_transpose.size() == 4) {
+          pad.input_permutation = sp.first_transpose;
+          source = entry->input(0);
+        }
+      }
+      inputs[0] =
+          net.add_padding(source, pad, unique_layer_name(net, l->name() + "/pad_channels"))
+              ->output();
+      padded_inputs[x] = inputs[0];
+    }
     Tensor* y = net.add_layer(l->params(), inputs, unique_layer_name(net, l->name() + "/padded"))
                     ->output();
     net.replace_all_uses(l->output(), y);

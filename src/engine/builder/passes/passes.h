@@ -87,9 +87,10 @@ std::string rewrite_channels_last(Network& net, bool f16_bf16_only);
 /// rewrite_channels_last as config.channels_last says: by default f16/bf16 only and only for the
 /// CUDA back end, where tensor-core convolution wants NHWC; other back ends keep NCHW.
 void pass_channels_last(BuildState& s);
-/// Pads the input channels of each channels_last Convolution (groups 1, constant weight, static
-/// C) to a multiple of backend.conv_channel_multiple(its dtype), with a Padding layer on the
-/// input and zero channels in the weight (see pad_conv_channels.cpp). Returns how many.
+/// Pads the input channels of each channels_last Convolution (groups 1, constant weight, a
+/// static C below backend.conv_channel_multiple(its dtype): an image) to that multiple, with a
+/// Padding layer on the input and zero channels in the weight (see pad_conv_channels.cpp).
+/// Returns how many.
 int pad_conv_channels(Network& net, const Backend& backend);
 void pass_pad_conv_channels(BuildState& s);
 /// Attention layers: drops constant masks that keep every key, turns constant causal masks into
