@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -346,6 +347,41 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
     test::expect_matches_cpu(fused.plan.network, in, runner.run(in), label("resnet block", t));
     test::expect_matches_cpu(fused.plan.network, in, runner.run(in),
                              label("resnet block (CUDA graph)", t));
+  }
+}
+
+TEST(CudaChannelsLast, ImageStemReadsEightPaddedChannels) {
+  // ResNet's stem geometry (7x7, stride 2, padding 3, bias and relu folded, C = 3) on a 2 x 3 x
+  // 40 x 36 image: pad_conv_channels makes the image's NCHW -> NHWC entry a Padding to 8
+  // channels (the 16-byte-row kernel) and gives the weight 5 zero channels; the result matches
+  // the CPU reference of the unpadded NCHW network, eagerly and in a CUDA graph. The same
+  // build with EMBER_PAD_CONV_CHANNELS=0 keeps the transpose and C = 3.
+  EMBER_SKIP_WITHOUT_CUDA();
+  for (DataType t : {DataType::kF16, DataType::kBF16}) {
+    Network net;
+    Tensor* x = net.add_input("x", t, {2, 3, 40, 36});
+    net.mark_output(conv_bn(net, x, 16, 7, 2, true, "stem", 51), "y");
+    const std::vector<TestTensor> in{TestTensor::random(t, {2, 3, 40, 36}, 52)};
+    BuildState fused;
+    fused.plan.network = net.clone();
+    pass_fuse_epilogues(fused);
+    for (const bool padded : {true, false}) {
+      if (!padded) setenv("EMBER_PAD_CONV_CHANNELS", "0", 1);
+      test::CudaRunner runner(net, in, {}, /*optimization_level=*/3, ChannelsLast::kHalf);
+      unsetenv("EMBER_PAD_CONV_CHANNELS");
+      const std::string json = runner.inspect_json();
+      EXPECT_EQ(json.find("cuda.Padding") != std::string::npos, padded) << json;
+      // Transposes: the output's exit, and without the padding the image's entry too.
+      int shuffles = 0;
+      for (size_t at = json.find("cuda.Shuffle"); at != std::string::npos;
+           at = json.find("cuda.Shuffle", at + 1)) {
+        ++shuffles;
+      }
+      EXPECT_EQ(shuffles, padded ? 1 : 2) << json;
+      const std::string what = label(padded ? "padded stem" : "unpadded stem", t);
+      test::expect_matches_cpu(fused.plan.network, in, runner.run(in), what);
+      test::expect_matches_cpu(fused.plan.network, in, runner.run(in), what + " (CUDA graph)");
+    }
   }
 }
 
