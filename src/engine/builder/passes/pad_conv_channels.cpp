@@ -120,11 +120,9 @@ void pass_pad_conv_channels(BuildState& s) {
     return;
   }
   const int n = pad_conv_channels(s.plan.network, *backend);
-  if (n > 0) {
-    s.log.push_back("pad_conv_channels: " + std::to_string(n) +
-                    " convolutions read zero-padded input channels (a multiple the back end's "
-                    "fast kernels take)");
-  }
+  s.log.push_back("pad_conv_channels: " + std::to_string(n) +
+                  " convolutions read zero-padded input channels (a multiple the back end's "
+                  "fast kernels take)");
 }
 
 }  // namespace ember::engine
