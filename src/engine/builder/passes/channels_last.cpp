@@ -70,14 +70,6 @@ bool layout_free(const Tensor* t) {
   return true;
 }
 
-/// A pure transpose by `perm` (no reshape).
-bool is_transpose(const Layer* l, const std::vector<int64_t>& perm) {
-  if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
-  const auto& p = l->params_as<ShuffleParams>();
-  return p.first_transpose == perm && !p.has_reshape &&
-         (p.second_transpose.empty() || p.second_transpose == std::vector<int64_t>{0, 1, 2, 3});
-}
-
 /// NCHW -> NHWC bytes of a constant of rank <= 4 (for a weight: KCRS -> KRSC); a lower rank
 /// is first read as rank 4 with leading 1s, as broadcasting reads it.
 Weights to_nhwc_constant(const Weights& w) {
@@ -124,7 +116,7 @@ struct Rewriter {
 
   /// A transpose {0, 3, 1, 2} of an [N, H, W, C] tensor: it enters the region as that tensor.
   static bool nhwc_source(const Tensor* t) {
-    return t->rank() == 4 && is_transpose(t->producer(), kToNchw);
+    return t->rank() == 4 && is_pure_transpose(t->producer(), kToNchw);
   }
 
   /// Whether pointwise layer `l` (output rank 4) can join: every input of rank 4, layout-free
@@ -256,7 +248,7 @@ struct Rewriter {
     Tensor* v = nullptr;
     if (const Weights* c = constant_of(t)) {
       v = net.add_constant(to_nhwc_constant(*c), t->name() + "/nhwc")->output();
-    } else if (is_transpose(t->producer(), kToNchw)) {
+    } else if (is_pure_transpose(t->producer(), kToNchw)) {
       v = t->producer()->input(0);  // undo a transpose instead of adding its inverse
     } else {
       v = relayout(t, kToNhwc, t->name() + "/to_nhwc");
@@ -349,7 +341,7 @@ struct Rewriter {
       bool leaves = old->is_output();
       for (const Layer* user : net.consumers(old)) {
         if (converted.count(user) > 0) continue;
-        if (is_transpose(user, kToNhwc)) {  // a network output keeps its name (see Network)
+        if (is_pure_transpose(user, kToNhwc)) {  // a network output keeps its name (see Network)
           net.replace_all_uses(user->output(), nhwc[old]);
           ++cancelled;
           continue;

@@ -53,16 +53,27 @@ const Weights* constant_of(const Tensor* t) {
   return &t->producer()->params_as<ConstantParams>().weights;
 }
 
+namespace {
+
+bool identity(const std::vector<int64_t>& perm) {
+  for (size_t i = 0; i < perm.size(); ++i) {
+    if (perm[i] != static_cast<int64_t>(i)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 bool is_pure_reshape(const Layer* l) {
   if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
   const auto& p = l->params_as<ShuffleParams>();
-  auto identity = [](const std::vector<int64_t>& perm) {
-    for (size_t i = 0; i < perm.size(); ++i) {
-      if (perm[i] != static_cast<int64_t>(i)) return false;
-    }
-    return true;
-  };
   return identity(p.first_transpose) && identity(p.second_transpose);
+}
+
+bool is_pure_transpose(const Layer* l, const std::vector<int64_t>& perm) {
+  if (l == nullptr || l->kind() != LayerKind::kShuffle) return false;
+  const auto& p = l->params_as<ShuffleParams>();
+  return p.first_transpose == perm && !p.has_reshape && identity(p.second_transpose);
 }
 
 }  // namespace ember::engine

@@ -88,15 +88,10 @@ int pad_conv_channels(Network& net, const Backend& backend) {
       // The image's entry into the NHWC region (channels_last's transpose), read by this layer
       // alone: the Padding reads the NCHW tensor through the permutation instead, one pass.
       Tensor* source = x;
-      const Layer* entry = x->producer();
-      if (entry != nullptr && entry->kind() == LayerKind::kShuffle && sole_consumer(net, x) == l) {
-        const auto& sp = entry->params_as<ShuffleParams>();
-        const bool identity_second = sp.second_transpose.empty() ||
-                                     sp.second_transpose == std::vector<int64_t>{0, 1, 2, 3};
-        if (!sp.has_reshape && identity_second && sp.first_transpose.size() == 4) {
-          pad.input_permutation = sp.first_transpose;
-          source = entry->input(0);
-        }
+      const std::vector<int64_t> to_nhwc = {0, 2, 3, 1};
+      if (is_pure_transpose(x->producer(), to_nhwc) && sole_consumer(net, x) == l) {
+        pad.input_permutation = to_nhwc;
+        source = x->producer()->input(0);
       }
       inputs[0] =
           net.add_padding(source, pad, unique_layer_name(net, l->name() + "/pad_channels"))

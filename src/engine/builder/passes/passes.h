@@ -114,6 +114,9 @@ const Weights* constant_of(const Tensor* t);
 /// A Shuffle whose transposes are identities: it keeps the row-major bytes (a reshape, or a
 /// copy). False for nullptr.
 bool is_pure_reshape(const Layer* l);
+/// A Shuffle that transposes by `perm` and nothing else (no reshape, an identity second
+/// transpose). False for nullptr.
+bool is_pure_transpose(const Layer* l, const std::vector<int64_t>& perm);
 /// Replaces each Concatenation along the last dim of unit-stride last-dim slices of one tensor
 /// (some negated: rotate_half) by one Gather with constant indices (times a +-1 vector), or by
 /// the tensor itself when the pieces put it back together (see gather_slices.cpp). Returns how
