@@ -35,6 +35,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `half_unpadded_channels`: `half` with EMBER_PAD_CONV_CHANNELS=0 while it is built, so a
   convolution reading a 3-channel image keeps C = 3 (cuDNN's indexed kernel) instead of reading
   it zero-padded to 8 channels (the A/B of the pad_conv_channels pass);
+- `half_no_space_to_depth`: `half` with EMBER_SPACE_TO_DEPTH=0, so a stride-2 image stem reads
+  8 padded channels instead of 2x2 blocks of 16 as a stride-1 layer (the A/B of the pass's
+  space-to-depth form);
 - `half_lt32`: `half` with EMBER_LT_CANDIDATES=32 (cuBLASLt's tactic timing tries 32 of its
   heuristic's candidates instead of 8: whether the fastest algorithm sits further down);
 - `half_depthwise_timed` / `half_own_depthwise` / `half_cudnn_depthwise`: `half` with
@@ -80,7 +83,7 @@ VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductio
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8", "int8_plain_norms", "fp8_plain_norms", "half_written_rms",
-            "half_unpadded_channels")
+            "half_unpadded_channels", "half_no_space_to_depth")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -132,6 +135,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_lt32": ("EMBER_LT_CANDIDATES", "32"),
                 "half_written_rms": ("EMBER_RECOGNIZE_RMS_NORMS", "0"),
                 "half_unpadded_channels": ("EMBER_PAD_CONV_CHANNELS", "0"),
+                "half_no_space_to_depth": ("EMBER_SPACE_TO_DEPTH", "0"),
                 "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
                 "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
     env, value = switches.get(variant, (None, None))

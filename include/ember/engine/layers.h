@@ -428,15 +428,20 @@ inline constexpr int kNumPaddingModes = 4;
 /// input_permutation[d], torch.permute's meaning, padded by pre[d] and post[d]): one pass
 /// instead of a transpose and a padding (the builder's pad_conv_channels moves an image from
 /// NCHW to NHWC and pads its 3 channels to 8 at once). Plan format 16.
+/// input_shape (empty: none) reads the input as this row-major shape first (a view: the same
+/// element count; one entry may be -1, inferred), before the permutation; pre, post and the
+/// permutation then have its rank. With both, one pass rearranges an image into 2x2 blocks
+/// (space-to-depth: pad_conv_channels' stride-2 stems). Plan format 17.
 struct PaddingParams {
   PaddingMode mode = PaddingMode::kConstant;
   std::vector<int64_t> pre;
   std::vector<int64_t> post;
   double value = 0.0;
   std::vector<int64_t> input_permutation;
+  std::vector<int64_t> input_shape;
   template <class V> void fields(V& v) {
     v("mode", mode); v("pre", pre); v("post", post); v("value", value);
-    v("input_permutation", input_permutation);
+    v("input_permutation", input_permutation); v("input_shape", input_shape);
   }
 };
 

@@ -93,12 +93,17 @@ DimExpr inferred_dim(const DimExpr& numel, const DimExpr& known) {
   return out;
 }
 
+/// "[a, b, c]".
+std::string list_text(const std::vector<int64_t>& v) {
+  std::string text = "[";
+  for (size_t i = 0; i < v.size(); ++i) text += (i ? ", " : "") + to_str(v[i]);
+  return text + "]";
+}
+
 /// Requires `perm` to be empty (identity) or a permutation of [0, rank).
 void expect_permutation(const std::vector<int64_t>& perm, size_t rank, const std::string& what) {
   if (perm.empty()) return;
-  std::string text = "[";
-  for (size_t i = 0; i < perm.size(); ++i) text += (i ? ", " : "") + to_str(perm[i]);
-  text += "]";
+  const std::string text = list_text(perm);
   InferContext::require(perm.size() == rank, what + " " + text + " must have one entry per dim (" +
                                                  std::to_string(rank) + ")");
   std::vector<bool> seen(rank, false);
@@ -370,7 +375,34 @@ void infer(const PaddingParams& p, InferContext& ctx) {
   ctx.expect_num_inputs(1, 1);
   InferContext::require(static_cast<int>(p.mode) < kNumPaddingModes,
                         "unknown padding mode " + std::to_string(static_cast<int>(p.mode)));
-  const Shape& in = ctx.shape(0);
+  // The input as the padding reads it: its own shape, or the view input_shape.
+  Shape in = ctx.shape(0);
+  if (!p.input_shape.empty()) {
+    const std::string view = "input_shape " + list_text(p.input_shape);
+    int inferred = -1;
+    DimExpr known = 1;
+    Shape shape(p.input_shape.size());
+    for (size_t d = 0; d < p.input_shape.size(); ++d) {
+      const int64_t e = p.input_shape[d];
+      InferContext::require(e >= -1, view + ": dims must be >= 0 or -1 (inferred)");
+      if (e == -1) {
+        InferContext::require(inferred < 0, view + " has more than one -1");
+        inferred = static_cast<int>(d);
+        continue;
+      }
+      shape[d] = e;
+      known = known * DimExpr(e);
+    }
+    const DimExpr numel = shape_numel(in);
+    if (inferred >= 0) {
+      InferContext::require(known.constant() != 0,
+                            view + " cannot infer its -1 dim: the other dims multiply to 0");
+      shape[inferred] = inferred_dim(numel, known);
+    }
+    ctx.check_equal(shape_numel(shape), numel,
+                    view + " must keep the element count of the input " + shape_to_string(in));
+    in = std::move(shape);
+  }
   const size_t rank = in.size();
   InferContext::require(p.pre.size() == rank && p.post.size() == rank,
                         "pre and post need one entry per input dim (" + std::to_string(rank) +
@@ -391,7 +423,11 @@ void infer(const PaddingParams& p, InferContext& ctx) {
       InferContext::require(pad >= 0, "padding of dim " + std::to_string(d) + " is " + to_str(pad) +
                                           "; pads must be >= 0 (use a Slice to crop)");
       if (pad == 0) continue;
-      const std::string where = "padding " + to_str(pad) + " of " + dim_label(ctx, 0, from[d]);
+      const std::string where =
+          "padding " + to_str(pad) + " of " +
+          (p.input_shape.empty() ? dim_label(ctx, 0, from[d])
+                                 : "input_shape dim " + std::to_string(from[d]) + " (" +
+                                       len.to_string() + ")");
       switch (p.mode) {
         case PaddingMode::kConstant:
           break;

@@ -486,8 +486,9 @@ class PlanReader {
       } else if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 14) {
         FieldsBut all_but{fields, {"requantize_to"}};
         std::get<QuantizedMatrixMultiplyParams>(params).fields(all_but);
-      } else if (kind == LayerKind::kPadding && version_ < 16) {
-        FieldsBut all_but{fields, {"input_permutation"}};
+      } else if (kind == LayerKind::kPadding && version_ < 17) {
+        FieldsBut all_but{fields, {"input_shape"}};
+        if (version_ < 16) all_but.skip.push_back("input_permutation");
         std::get<PaddingParams>(params).fields(all_but);
       } else if (kind == LayerKind::kNormalization && version_ < 15) {
         FieldsBut all_but{fields, {"quantize", "quantize_to", "quantize_min", "quantize_max",

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -782,7 +783,11 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
   Network nhwc = net.clone();
   rewrite_channels_last(nhwc, true);
   Network padded = nhwc.clone();
-  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend()), 1);
+  setenv("EMBER_SPACE_TO_DEPTH", "0", 1);  // the channel padding alone (blocks: the next test)
+  const PadConvCounts n = pad_conv_channels(padded, EightChannelBackend());
+  unsetenv("EMBER_SPACE_TO_DEPTH");
+  EXPECT_EQ(n.padded, 1);
+  EXPECT_EQ(n.as_blocks, 0);
   int convs = 0;
   for (const Layer* l : padded.layers()) {
     if (l->kind() != LayerKind::kConvolution) continue;
@@ -823,7 +828,7 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
                       ->output(),
                   "y");
   rewrite_channels_last(f32, false);
-  EXPECT_EQ(pad_conv_channels(f32, EightChannelBackend()), 0);
+  EXPECT_EQ(pad_conv_channels(f32, EightChannelBackend()).padded, 0);
   Network grouped;
   Tensor* xg = grouped.add_input("x", t, {1, 6, 8, 8});
   grouped.mark_output(
@@ -832,7 +837,7 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
           ->output(),
       "y");
   rewrite_channels_last(grouped, true);
-  EXPECT_EQ(pad_conv_channels(grouped, EightChannelBackend()), 0);
+  EXPECT_EQ(pad_conv_channels(grouped, EightChannelBackend()).padded, 0);
   Network wide;  // C = 12: wider than the multiple, left alone
   Tensor* xw = wide.add_input("x", t, {1, 12, 8, 8});
   wide.mark_output(
@@ -841,14 +846,129 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
           ->output(),
       "y");
   rewrite_channels_last(wide, true);
-  EXPECT_EQ(pad_conv_channels(wide, EightChannelBackend()), 0);
+  EXPECT_EQ(pad_conv_channels(wide, EightChannelBackend()).padded, 0);
   Network cpu = nhwc.clone();
-  EXPECT_EQ(pad_conv_channels(cpu, *find_backend("cpu")), 0);
+  EXPECT_EQ(pad_conv_channels(cpu, *find_backend("cpu")).padded, 0);
   if (const Backend* cuda = find_backend("cuda")) {
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF16), 8);
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kBF16), 8);
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF32), 1);
   }
+}
+
+TEST(PadConvChannels, StrideTwoStemsBecomeStrideOneLayersOverTwoByTwoBlocks) {
+  // Space-to-depth: a stride-2 stem that alone reads its image becomes a Padding that views the
+  // image as 2x2 blocks (through the NCHW entry transpose, or from NHWC), a view merging each
+  // block's 2 x 2 x C' values into channels, and a stride-1 convolution over blocks with no
+  // padding. Odd paddings shift the taps by one; every geometry gives the unpadded layer's
+  // values (bias, relu and a residual riding along).
+  struct Case {
+    int64_t c, k, pad, h, w;
+    bool nhwc_input;  // an NHWC network input instead of channels_last's transpose of NCHW
+    int64_t taps, cb;
+  };
+  const DataType t = DataType::kF16;
+  for (const Case& g : {Case{3, 7, 3, 16, 16, false, 4, 4}, Case{3, 7, 3, 12, 10, true, 4, 4},
+                        Case{1, 5, 2, 10, 14, false, 3, 2}, Case{4, 3, 1, 8, 8, false, 2, 4},
+                        Case{2, 4, 0, 8, 12, false, 2, 2}, Case{3, 2, 0, 6, 6, true, 1, 4}}) {
+    const std::string what = "C " + std::to_string(g.c) + ", " + std::to_string(g.k) + "x" +
+                             std::to_string(g.k) + " pad " + std::to_string(g.pad) + " on " +
+                             std::to_string(g.h) + "x" + std::to_string(g.w) +
+                             (g.nhwc_input ? " (NHWC input)" : "");
+    const int64_t oh = (g.h + 2 * g.pad - g.k) / 2 + 1, ow = (g.w + 2 * g.pad - g.k) / 2 + 1;
+    Network net;
+    ConvolutionParams p = conv_params(2, g.pad);
+    p.epilogue.fused_activation = true;
+    const TestTensor w = TestTensor::random(t, {8, g.c, g.k, g.k}, 31, -0.3f, 0.3f);
+    const TestTensor b = TestTensor::random(t, {8}, 32);
+    std::vector<TestTensor> in;
+    Tensor* x = nullptr;
+    Tensor* wt = nullptr;
+    if (g.nhwc_input) {  // build the NHWC layer directly: KRSC weight, NHWC residual
+      p.channels_last = true;
+      x = net.add_input("x", t, {2, g.h, g.w, g.c});
+      std::vector<uint8_t> krsc(w.bytes.size());
+      for (int64_t k = 0; k < 8; ++k)
+        for (int64_t c = 0; c < g.c; ++c)
+          for (int64_t r = 0; r < g.k * g.k; ++r)
+            std::memcpy(&krsc[static_cast<size_t>(((k * g.k * g.k + r) * g.c + c) * 2)],
+                        &w.bytes[static_cast<size_t>(((k * g.c + c) * g.k * g.k + r) * 2)], 2);
+      wt = net.add_constant(Weights::copy(t, {8, g.k, g.k, g.c}, krsc.data()))->output();
+      in = {TestTensor::random(t, {2, g.h, g.w, g.c}, 33), TestTensor::random(t, {2, oh, ow, 8}, 34)};
+    } else {
+      x = net.add_input("x", t, {2, g.c, g.h, g.w});
+      wt = net.add_constant(Weights::copy(t, {8, g.c, g.k, g.k}, w.bytes.data()))->output();
+      in = {TestTensor::random(t, {2, g.c, g.h, g.w}, 33), TestTensor::random(t, {2, 8, oh, ow}, 34)};
+    }
+    Tensor* r = net.add_input("r", t, Shape(in[1].dims.begin(), in[1].dims.end()));
+    Tensor* bias = net.add_constant(Weights::copy(t, {8}, b.bytes.data()))->output();
+    net.mark_output(net.add_layer(p, {x, wt, bias, r}, "stem")->output(), "y");
+    Network nhwc = net.clone();
+    if (!g.nhwc_input) rewrite_channels_last(nhwc, true);
+    Network blocks = nhwc.clone();
+    const PadConvCounts n = pad_conv_channels(blocks, EightChannelBackend());
+    EXPECT_EQ(n.padded, 1) << what;
+    EXPECT_EQ(n.as_blocks, 1) << what;
+    const Layer* conv = nullptr;
+    for (const Layer* l : blocks.layers()) {
+      if (l->kind() == LayerKind::kConvolution) conv = l;
+    }
+    ASSERT_NE(conv, nullptr) << what;
+    const auto& cp = conv->params_as<ConvolutionParams>();
+    EXPECT_EQ(cp.stride, (std::vector<int64_t>{1, 1})) << what;
+    EXPECT_EQ(cp.padding_begin, (std::vector<int64_t>{0, 0})) << what;
+    EXPECT_EQ(cp.padding_end, (std::vector<int64_t>{0, 0})) << what;
+    EXPECT_EQ(constant_of(conv->input(1))->dims(),
+              (std::vector<int64_t>{8, g.taps, g.taps, 4 * g.cb}))
+        << what;
+    const Layer* view = conv->input(0)->producer();
+    ASSERT_NE(view, nullptr);
+    ASSERT_EQ(view->kind(), LayerKind::kShuffle) << what;
+    const Layer* pad = view->input(0)->producer();
+    ASSERT_NE(pad, nullptr);
+    ASSERT_EQ(pad->kind(), LayerKind::kPadding) << what;
+    EXPECT_EQ(pad->input(0)->name(), "x") << what << ": the Padding reads the image itself";
+    EXPECT_EQ(pad->params_as<PaddingParams>().input_permutation,
+              (g.nhwc_input ? std::vector<int64_t>{0, 1, 3, 2, 4, 5}
+                            : std::vector<int64_t>{0, 2, 4, 3, 5, 1}))
+        << what;
+    // The block view is new; the image's entry transpose (if any) is gone.
+    EXPECT_EQ(count_kind(blocks, LayerKind::kShuffle),
+              count_kind(nhwc, LayerKind::kShuffle) + (g.nhwc_input ? 1 : 0))
+        << what;
+    const auto expected = test::run_network_direct(nhwc, in);
+    const auto actual = test::run_network(blocks, in);
+    ASSERT_EQ(actual.size(), 1u);
+    EXPECT_EQ(actual[0].dims, expected[0].dims) << what;
+    test::expect_close(actual[0], expected[0].to_floats(), t, what);
+  }
+
+  // Left to the channel padding: an odd H, C = 5 (4C above twice the multiple), stride 1,
+  // dilation 2, an image that two layers read, and EMBER_SPACE_TO_DEPTH=0.
+  const auto blocks_of = [&](int64_t c, int64_t h, ConvolutionParams p, int readers) {
+    Network net;
+    Tensor* x = net.add_input("x", t, {1, c, h, 8});
+    for (int i = 0; i < readers; ++i) {
+      net.mark_output(net.add_convolution(x, net.add_constant(Weights::zeros(t, {4, c, 3, 3}))
+                                                 ->output(),
+                                          nullptr, p, "c" + std::to_string(i))
+                          ->output(),
+                      "y" + std::to_string(i));
+    }
+    rewrite_channels_last(net, true);
+    const PadConvCounts n = pad_conv_channels(net, EightChannelBackend());
+    EXPECT_EQ(n.padded, c < 8 ? readers : 0);
+    return n.as_blocks;
+  };
+  EXPECT_EQ(blocks_of(3, 8, conv_params(2, 1), 1), 1);
+  EXPECT_EQ(blocks_of(3, 9, conv_params(2, 1), 1), 0) << "odd H";
+  EXPECT_EQ(blocks_of(5, 8, conv_params(2, 1), 1), 0) << "C = 5";
+  EXPECT_EQ(blocks_of(3, 8, conv_params(1, 1), 1), 0) << "stride 1";
+  EXPECT_EQ(blocks_of(3, 8, conv_params(2, 2, 2), 1), 0) << "dilation 2";
+  EXPECT_EQ(blocks_of(3, 8, conv_params(2, 1), 2), 0) << "two readers";
+  setenv("EMBER_SPACE_TO_DEPTH", "0", 1);
+  EXPECT_EQ(blocks_of(3, 8, conv_params(2, 1), 1), 0) << "switched off";
+  unsetenv("EMBER_SPACE_TO_DEPTH");
 }
 
 TEST(PadConvChannels, ConvolutionsReadingOneImageShareItsPadding) {
@@ -869,7 +989,7 @@ TEST(PadConvChannels, ConvolutionsReadingOneImageShareItsPadding) {
   Network nhwc = net.clone();
   rewrite_channels_last(nhwc, true);
   Network padded = nhwc.clone();
-  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend()), 2);
+  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend()).padded, 2);
   EXPECT_EQ(count_kind(padded, LayerKind::kPadding), 1);
   const std::vector<TestTensor> in{TestTensor::random(t, {1, 3, 8, 8}, 23)};
   const auto expected = test::run_network_direct(nhwc, in);

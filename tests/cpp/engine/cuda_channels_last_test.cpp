@@ -352,11 +352,19 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
 
 TEST(CudaChannelsLast, ImageStemReadsEightPaddedChannels) {
   // ResNet's stem geometry (7x7, stride 2, padding 3, bias and relu folded, C = 3) on a 2 x 3 x
-  // 40 x 36 image: pad_conv_channels makes the image's NCHW -> NHWC entry a Padding to 8
-  // channels (the 16-byte-row kernel) and gives the weight 5 zero channels; the result matches
-  // the CPU reference of the unpadded NCHW network, eagerly and in a CUDA graph. The same
-  // build with EMBER_PAD_CONV_CHANNELS=0 keeps the transpose and C = 3.
+  // 40 x 36 image, three ways: as pad_conv_channels builds it by default (space-to-depth: one
+  // Padding views the NCHW image as 2x2 blocks, 16 channels, and a 4x4 stride-1 layer reads a
+  // view of it), with EMBER_SPACE_TO_DEPTH=0 (the image's NCHW -> NHWC entry becomes a Padding
+  // to 8 channels, the 16-byte-word kernel, and the weight gets 5 zero channels), and with
+  // EMBER_PAD_CONV_CHANNELS=0 (the transpose and C = 3 stay). Each matches the CPU reference of
+  // the unpadded NCHW network, eagerly and in a CUDA graph.
   EMBER_SKIP_WITHOUT_CUDA();
+  struct Mode {
+    const char* name;
+    const char* env;  // switched off while the engine builds
+    bool padding;
+    int shuffles;  // the output's exit transpose, plus the entry transpose or the block view
+  };
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     Network net;
     Tensor* x = net.add_input("x", t, {2, 3, 40, 36});
@@ -365,20 +373,21 @@ TEST(CudaChannelsLast, ImageStemReadsEightPaddedChannels) {
     BuildState fused;
     fused.plan.network = net.clone();
     pass_fuse_epilogues(fused);
-    for (const bool padded : {true, false}) {
-      if (!padded) setenv("EMBER_PAD_CONV_CHANNELS", "0", 1);
+    for (const Mode& m : {Mode{"stem as 2x2 blocks", nullptr, true, 2},
+                          Mode{"stem on 8 padded channels", "EMBER_SPACE_TO_DEPTH", true, 1},
+                          Mode{"unpadded stem", "EMBER_PAD_CONV_CHANNELS", false, 2}}) {
+      if (m.env != nullptr) setenv(m.env, "0", 1);
       test::CudaRunner runner(net, in, {}, /*optimization_level=*/3, ChannelsLast::kHalf);
-      unsetenv("EMBER_PAD_CONV_CHANNELS");
+      if (m.env != nullptr) unsetenv(m.env);
       const std::string json = runner.inspect_json();
-      EXPECT_EQ(json.find("cuda.Padding") != std::string::npos, padded) << json;
-      // Transposes: the output's exit, and without the padding the image's entry too.
+      EXPECT_EQ(json.find("cuda.Padding") != std::string::npos, m.padding) << json;
       int shuffles = 0;
       for (size_t at = json.find("cuda.Shuffle"); at != std::string::npos;
            at = json.find("cuda.Shuffle", at + 1)) {
         ++shuffles;
       }
-      EXPECT_EQ(shuffles, padded ? 1 : 2) << json;
-      const std::string what = label(padded ? "padded stem" : "unpadded stem", t);
+      EXPECT_EQ(shuffles, m.shuffles) << m.name << ": " << json;
+      const std::string what = label(m.name, t);
       test::expect_matches_cpu(fused.plan.network, in, runner.run(in), what);
       test::expect_matches_cpu(fused.plan.network, in, runner.run(in), what + " (CUDA graph)");
     }

@@ -506,10 +506,12 @@ TEST(CudaDataMovement, PaddingEveryMode) {
 }
 
 TEST(CudaDataMovement, PaddingThroughAnInputPermutation) {
-  // pad_conv_channels' Padding: an NCHW f16/bf16 image read as NHWC with its channels padded to
-  // 8 (the 16-byte-row kernel; a batch of 4 224x224 images and an odd small one, C = 1 and 3),
-  // an f32 one (the generic kernel), every mode through another permutation, and a pad that
-  // is not at the end of the last dim (the generic kernel for 16-bit types too).
+  // pad_conv_channels' Padding: an NCHW f16/bf16/f32 image read as NHWC with its channels
+  // padded to 8 (the 16-byte-word kernel; a batch of 4 224x224 images and an odd small one,
+  // C = 1 and 3), a channel pad at both ends (words too), every mode through another
+  // permutation (the element kernel), and the space-to-depth view of an NCHW and an NHWC image
+  // (input_shape + input_permutation) in 1-, 2- and 4-byte types, with an output that is not
+  // whole words (the element kernel).
   EMBER_SKIP_WITHOUT_CUDA();
   const std::vector<int64_t> to_nhwc = {0, 2, 3, 1};
   for (DataType t : {DataType::kF16, DataType::kBF16, DataType::kF32}) {
@@ -545,6 +547,33 @@ TEST(CudaDataMovement, PaddingThroughAnInputPermutation) {
                                  label("permuted pad mode " + std::to_string(static_cast<int>(mode)),
                                        DataType::kF16));
   }
+  for (DataType t : {DataType::kF16, DataType::kBF16, DataType::kF32, DataType::kI8}) {
+    for (const bool nchw : {true, false}) {
+      const std::vector<int64_t> dims =
+          nchw ? std::vector<int64_t>{4, 3, 224, 224} : std::vector<int64_t>{2, 10, 12, 3};
+      Network net;
+      Tensor* x = net.add_input("x", t, Shape(dims.begin(), dims.end()));
+      PaddingParams p;
+      if (nchw) {  // ResNet's stem: [N, 3, 224, 224] -> [N, 115, 115, 2, 2, 4]
+        p = {PaddingMode::kConstant, {0, 2, 2, 0, 0, 0}, {0, 1, 1, 0, 0, 1}, 0.0,
+             {0, 2, 4, 3, 5, 1}, {-1, 3, 112, 2, 112, 2}};
+      } else {
+        p = {PaddingMode::kConstant, {0, 1, 0, 0, 0, 0}, {0, 0, 1, 0, 0, 1}, 0.0,
+             {0, 1, 3, 2, 4, 5}, {-1, 5, 2, 6, 2, 3}};
+      }
+      net.mark_output(net.add_padding(x, p)->output(), "y");
+      test::check_cuda_matches_cpu(net, {random_of(t, dims, 12)},
+                                   label(nchw ? "NCHW image as 2x2 blocks" : "NHWC image as 2x2 blocks", t));
+    }
+  }
+  Network odd;  // 3 x 3 x 3 f16 outputs: not whole 16-byte words
+  Tensor* x = odd.add_input("x", DataType::kF16, {3, 6});
+  odd.mark_output(odd.add_padding(x, PaddingParams{PaddingMode::kConstant, {0, 0, 0}, {0, 1, 0},
+                                                   0.5, {1, 0, 2}, {2, 3, 3}})
+                      ->output(),
+                  "y");
+  test::check_cuda_matches_cpu(odd, {random_of(DataType::kF16, {3, 6}, 13)},
+                               label("a view with an output of part words", DataType::kF16));
 }
 
 TEST(CudaDataMovement, FillConstantAndArange) {

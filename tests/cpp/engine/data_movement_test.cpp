@@ -1002,6 +1002,50 @@ TEST(PaddingLayer, InputPermutationPadsTheTransposedInput) {
       "reflect needs pad < dim");
 }
 
+TEST(PaddingLayer, InputShapeViewsTheInputBeforeThePermutation) {
+  // An NCHW image read as 2x2 blocks [N, H/2, W/2, 2, 2, C] (pad_conv_channels' space-to-depth)
+  // with block padding and C padded from 3 to 4, in f32 and f16, against a reshape, a transpose
+  // and the padding; a dynamic batch takes the view's -1; reflect applies to the viewed dims.
+  for (DataType t : {DataType::kF32, DataType::kF16}) {
+    const TestTensor x = random_of(t, {2, 3, 6, 8}, 75);
+    PaddingParams p{PaddingMode::kConstant, {0, 1, 1, 0, 0, 0}, {0, 1, 0, 0, 0, 1}, 0.0,
+                    {0, 2, 4, 3, 5, 1}, {-1, 3, 3, 2, 4, 2}};
+    const Network net =
+        one_input(t, {kN, 3, 6, 8}, [&](Network& n, Tensor* in) { return n.add_padding(in, p); });
+    EXPECT_EQ(net.outputs()[0]->shape(), (Shape{kN, 5, 5, 2, 2, 4}));
+    TestTensor viewed = x;
+    viewed.dims = {2, 3, 3, 2, 4, 2};
+    PaddingParams plain = p;
+    plain.input_permutation.clear();
+    plain.input_shape.clear();
+    expect_same(run_one(net, {x}), pad_reference(permute_reference(viewed, p.input_permutation), plain),
+                std::string("image as 2x2 blocks ") + dtype_name(t));
+  }
+  const TestTensor x = random_of(DataType::kF32, {4, 6}, 76);
+  const PaddingParams p{PaddingMode::kReflect, {1, 0, 1}, {0, 1, 1}, 0.0, {1, 0, 2}, {2, 2, 6}};
+  const Network net =
+      one_input(DataType::kF32, {4, 6}, [&](Network& n, Tensor* in) { return n.add_padding(in, p); });
+  TestTensor viewed = x;
+  viewed.dims = {2, 2, 6};
+  PaddingParams plain = p;
+  plain.input_permutation.clear();
+  plain.input_shape.clear();
+  expect_same(run_one(net, {x}), pad_reference(permute_reference(viewed, p.input_permutation), plain),
+              "reflect through a view");
+  Network bad;
+  Tensor* y = bad.add_input("y", DataType::kF32, {2, 6});
+  const auto view = [&](std::vector<int64_t> shape) {
+    std::vector<int64_t> zeros(shape.size(), 0);
+    return bad.add_padding(y, PaddingParams{PaddingMode::kConstant, zeros, zeros, 0.0, {}, shape});
+  };
+  EXPECT_ERROR_WITH(view({2, 2, 2}), "input_shape [2, 2, 2] must keep the element count");
+  EXPECT_ERROR_WITH(view({-1, -1, 3}), "more than one -1");
+  EXPECT_ERROR_WITH(view({-2, 6}), "dims must be >= 0 or -1");
+  EXPECT_ERROR_WITH(bad.add_padding(y, PaddingParams{PaddingMode::kConstant, {0, 0}, {0, 0}, 0.0,
+                                                      {}, {3, 2, 2}}),
+                    "pre and post need one entry per input dim (3)");
+}
+
 TEST(PaddingLayer, DynamicReflectChecksSizeAtRunTime) {
   // Reflect by 2 on a dim of size n needs n >= 3.
   const PaddingParams p{PaddingMode::kReflect, {2, 1}, {1, 0}, 0.0};

@@ -742,10 +742,10 @@ TEST(PlanFormat, ChecksumPerVersion) {
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base);
   std::swap(bytes[0], bytes[8]);
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size() - 1, 13), base);
-  EXPECT_EQ(plan_format_version(), 16u);
-  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 14), base);  // 14 to 16 keep 13's
-  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 15), base);
-  EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), 16), base);
+  EXPECT_EQ(plan_format_version(), 17u);
+  for (uint32_t v = 14; v <= 17; ++v) {  // 14 to 17 keep 13's
+    EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), v), base) << v;
+  }
 }
 
 TEST(PlanFormatCorrupt, EverySingleBitFlipIsCaughtByTheChecksum) {
@@ -957,9 +957,10 @@ TEST(PlanFormat, Version14NormalizationReadsWithoutItsQuantizeFields) {
   EXPECT_EQ(plan_write(read), current);
 }
 
-TEST(PlanFormat, Version15PaddingReadsWithoutItsInputPermutation) {
-  // Version 16 added a Padding's input permutation (its last field, an int64 list). Cutting
-  // that empty list (its 4-byte count) out of a current plan gives the version-15 bytes, which
+TEST(PlanFormat, Version15And16PaddingsReadWithoutTheirInputPermutationAndView) {
+  // Version 16 added a Padding's input permutation, version 17 its input view (its last two
+  // fields, int64 lists). Cutting the empty view (its 4-byte count) out of a current plan gives
+  // the version-16 bytes, and cutting the permutation's count too the version-15 bytes; both
   // read back to the same network.
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
@@ -970,15 +971,16 @@ TEST(PlanFormat, Version15PaddingReadsWithoutItsInputPermutation) {
   const std::vector<uint8_t> current =
       plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
   // After the implementation name and the one input id: mode (1), pre and post (4 + 16 each),
-  // value (8), then the permutation's count (4).
+  // value (8), then the permutation's and the view's counts (4 each).
   const std::string impl = "cpu.Padding";
   const size_t at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4 + 1 + 20 + 20 + 8;
-  ASSERT_EQ(current[at], 0);
-  ASSERT_EQ(current[at + 3], 0);
-  const std::vector<uint8_t> v15 = without_field(current, at, 4, 15);
-  const PlanModel read = plan_read(v15.data(), v15.size());
-  EXPECT_EQ(read.network.outputs()[0]->shape(), (Shape{4, 4}));
-  EXPECT_EQ(plan_write(read), current);
+  for (size_t i = 0; i < 8; ++i) ASSERT_EQ(current[at + i], 0) << i;
+  for (const auto& [version, bytes] : {std::pair<uint32_t, size_t>{16, 4}, {15, 8}}) {
+    const std::vector<uint8_t> old = without_field(current, at + 8 - bytes, bytes, version);
+    const PlanModel read = plan_read(old.data(), old.size());
+    EXPECT_EQ(read.network.outputs()[0]->shape(), (Shape{4, 4})) << version;
+    EXPECT_EQ(plan_write(read), current) << version;
+  }
 }
 
 TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "backends/cpu/kernels.h"
+#include "backends/semantics/padding.h"
 #include "backends/semantics/resize.h"
 #include "backends/slice_walk.h"
 
@@ -719,6 +720,7 @@ void run(const PaddingParams& p, const KernelArgs& a) {
   // With an input permutation, the transposed input is made first (the reference's way; the
   // CUDA kernel reads through permuted strides instead).
   HostTensor in = a.in(0);
+  in.dims = semantics::padding_input_dims(p, in.dims);  // the view: the same bytes
   std::vector<uint8_t> transposed;
   if (!p.input_permutation.empty() && !is_identity(p.input_permutation)) {
     transposed.resize(in.nbytes());

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "backends/cuda/device_common.cuh"
+#include "backends/semantics/padding.h"
 #include "backends/semantics/resize.h"
 #include "backends/slice_walk.h"
 #include "ember/engine/half.h"
@@ -89,28 +90,49 @@ __global__ void pad_kernel(const S* __restrict__ src, S* __restrict__ dst, int64
   }
 }
 
-/// A 16-bit rank-4 padding whose output rows are 8 elements (16 bytes) and whose pads are all
-/// at the end of the last dim (an image's channels padded for the tensor cores): one thread per
-/// output row reads its `c` source elements through the (permuted) input strides and writes
-/// the row as one 16-byte word. With the input permutation NCHW -> NHWC, neighbouring threads
-/// read neighbouring W positions of each plane and write neighbouring rows: both coalesced.
-__global__ void pad_rows8_kernel(const uint16_t* __restrict__ src, uint4* __restrict__ dst,
-                                 int64_t rows, int64_t d1, int64_t d2, int64_t s0, int64_t s1,
-                                 int64_t s2, int64_t s3, int c, uint16_t fill) {
-  for (int64_t r = global_thread(); r < rows; r += grid_threads()) {
-    const int64_t i2 = r % d2;
-    const int64_t i1 = (r / d2) % d1;
-    const int64_t i0 = r / (d2 * d1);
-    const uint16_t* p = src + i0 * s0 + i1 * s1 + i2 * s2;
-    uint16_t v[8];
+/// A constant padding written in 16-byte words: each thread makes kPer = 16 / sizeof(S)
+/// consecutive output elements into one word. It decodes the first element's coordinates once
+/// and steps through the rest like an odometer, so each element costs a bounds test and a load
+/// through the (permuted, viewed) input strides instead of a division per dim. An image padded
+/// from 3 to 8 channels (pad_conv_channels) writes one pixel per word; rearranged into 2x2
+/// blocks (its stride-2 stem's space-to-depth), one block row of 2 pixels x 4 channels.
+template <typename S>
+__global__ void pad_words_kernel(const S* __restrict__ src, uint4* __restrict__ dst,
+                                 int64_t words, PadGeometry g, S fill) {
+  constexpr int kPer = 16 / static_cast<int>(sizeof(S));
+  for (int64_t w = global_thread(); w < words; w += grid_threads()) {
+    int64_t c[kMaxRank];
+    int64_t rem = w * kPer;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = k < c ? p[k * s3] : fill;
-    uint4 w;
-    w.x = v[0] | (static_cast<uint32_t>(v[1]) << 16);
-    w.y = v[2] | (static_cast<uint32_t>(v[3]) << 16);
-    w.z = v[4] | (static_cast<uint32_t>(v[5]) << 16);
-    w.w = v[6] | (static_cast<uint32_t>(v[7]) << 16);
-    dst[r] = w;
+    for (int d = kMaxRank - 1; d >= 0; --d) {
+      if (d >= g.rank) continue;
+      c[d] = rem % g.out_dims[d];
+      rem /= g.out_dims[d];
+    }
+    union {
+      uint4 word;
+      S e[kPer];
+    } u;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      bool inside = true;
+      int64_t off = 0;
+#pragma unroll
+      for (int d = 0; d < kMaxRank; ++d) {
+        if (d >= g.rank) continue;
+        const int64_t x = c[d] - g.pre[d];
+        inside = inside && x >= 0 && x < g.in_dims[d];
+        off += x * g.in_strides[d];
+      }
+      u.e[k] = inside ? src[off] : fill;
+#pragma unroll
+      for (int d = kMaxRank - 1; d >= 0; --d) {  // the next element's coordinates
+        if (d >= g.rank) continue;
+        if (++c[d] < g.out_dims[d]) break;
+        c[d] = 0;
+      }
+    }
+    dst[w] = u.word;
   }
 }
 
@@ -1043,17 +1065,18 @@ void run(const ScatterParams& p, const CudaArgs& a) {
 void run(const PaddingParams& p, const CudaArgs& a) {
   const DeviceTensor& in = a.in(0);
   DeviceTensor& out = a.out();
-  const size_t r = in.dims.size();
+  const std::vector<int64_t> view = semantics::padding_input_dims(p, in.dims);
+  const size_t r = view.size();
   expect_device(out.dims.size() == r && p.pre.size() == r && p.post.size() == r &&
                     (p.input_permutation.empty() || p.input_permutation.size() == r),
                 "padding", "pads, permutation or output rank differ from the input rank");
-  // Output dim d reads input dim from[d] (the input permutation's entry, or d).
-  const std::vector<int64_t> row_major = row_major_strides(in.dims);
+  // Output dim d reads (viewed) input dim from[d] (the input permutation's entry, or d).
+  const std::vector<int64_t> row_major = row_major_strides(view);
   std::vector<int64_t> in_dims(r), in_strides(r);
   for (size_t d = 0; d < r; ++d) {
     const size_t from = p.input_permutation.empty() ? d : static_cast<size_t>(p.input_permutation[d]);
     expect_device(from < r, "padding", "input_permutation entry out of range");
-    in_dims[d] = in.dims[from];
+    in_dims[d] = view[from];
     in_strides[d] = row_major[from];
   }
   // The CPU reference's checks, on the same per-dim maps (O(sum of output dims), no data).
@@ -1082,23 +1105,6 @@ void run(const PaddingParams& p, const CudaArgs& a) {
   if (n == 0) return;
   if (r > static_cast<size_t>(kMaxRank)) return host_fallback(a);
   const uint64_t fill = scalar_bits(out.dtype, p.value);
-  // An image's channels padded to 8 (pad_conv_channels): 16-byte rows, pads at the end of the
-  // last dim only.
-  bool rows8 = r == 4 && dtype_size(in.dtype) == 2 && p.mode == PaddingMode::kConstant &&
-               out.dims[3] == 8 && in_dims[3] > 0 &&
-               reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
-  for (size_t d = 0; d < r && rows8; ++d) {
-    rows8 = p.pre[d] == 0 && (d == 3 || p.post[d] == 0);
-  }
-  if (rows8) {
-    const int64_t rows = n / 8;
-    pad_rows8_kernel<<<grid_for(rows), kThreads, 0, a.stream()>>>(
-        static_cast<const uint16_t*>(in.data), static_cast<uint4*>(out.data), rows, in_dims[1],
-        in_dims[2], in_strides[0], in_strides[1], in_strides[2], in_strides[3],
-        static_cast<int>(in_dims[3]), static_cast<uint16_t>(fill));
-    check(cudaGetLastError(), "pad_rows8_kernel");
-    return;
-  }
   PadGeometry g;
   g.rank = static_cast<int>(r);
   for (size_t d = 0; d < r; ++d) {
@@ -1106,6 +1112,20 @@ void run(const PaddingParams& p, const CudaArgs& a) {
     g.in_dims[d] = in_dims[d];
     g.in_strides[d] = in_strides[d];
     g.pre[d] = p.pre[d];
+  }
+  // Constant paddings whose output splits into whole 16-byte words: one word per thread.
+  const int64_t per_word = 16 / static_cast<int64_t>(dtype_size(in.dtype));
+  if (p.mode == PaddingMode::kConstant && n % per_word == 0 &&
+      reinterpret_cast<uintptr_t>(out.data) % 16 == 0) {
+    dispatch_elem_size(dtype_size(in.dtype), [&](auto zero) {
+      using S = decltype(zero);
+      const int64_t words = n / per_word;
+      pad_words_kernel<S><<<grid_for(words), kThreads, 0, a.stream()>>>(
+          static_cast<const S*>(in.data), static_cast<uint4*>(out.data), words, g,
+          low_bits<S>(fill));
+    });
+    check(cudaGetLastError(), "pad_words_kernel");
+    return;
   }
   dispatch_elem_size(dtype_size(in.dtype), [&](auto zero) {
     using S = decltype(zero);

@@ -133,8 +133,9 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
       if (!usable(i)) continue;
       const float ms = time_candidate(call, results[i].algo, d, timer);
       if (log) {
-        std::fprintf(stderr, "[ember tactic] %s: candidate %d of %d: %.4f ms%s\n", p.key.c_str(),
-                     i, returned, ms, ms < 0.0f ? " (failed to launch)" : "");
+        std::fprintf(stderr, "[ember tactic] %s: candidate %d of %d: %.4f ms, workspace %zu B%s\n",
+                     p.key.c_str(), i, returned, ms, results[i].workspaceSize,
+                     ms < 0.0f ? " (failed to launch)" : "");
       }
       if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
         best = i;

@@ -89,9 +89,14 @@ std::string rewrite_channels_last(Network& net, bool f16_bf16_only);
 void pass_channels_last(BuildState& s);
 /// Pads the input channels of each channels_last Convolution (groups 1, constant weight, a
 /// static C below backend.conv_channel_multiple(its dtype): an image) to that multiple, with a
-/// Padding layer on the input and zero channels in the weight (see pad_conv_channels.cpp).
-/// Returns how many.
-int pad_conv_channels(Network& net, const Backend& backend);
+/// Padding layer on the input and zero channels in the weight; a stride-2 one that alone reads
+/// its input becomes a stride-1 convolution over 2x2 blocks of it (space-to-depth, unless
+/// EMBER_SPACE_TO_DEPTH=0). See pad_conv_channels.cpp. Returns how many, and how many as blocks.
+struct PadConvCounts {
+  int padded = 0;
+  int as_blocks = 0;
+};
+PadConvCounts pad_conv_channels(Network& net, const Backend& backend);
 void pass_pad_conv_channels(BuildState& s);
 /// Attention layers: drops constant masks that keep every key, turns constant causal masks into
 /// the causal flag, and rewrites a layer whose query, key and value are transpose(1, 2)s of
