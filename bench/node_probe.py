@@ -5,7 +5,8 @@ sequence (bench/kernel_profile.py --sequence) can be traced to the layer that is
     python bench/node_probe.py [--probes linear,ln_linear,...] [--graphs both|on|off]
 
 Each probe prints its kernels per call in launch order (library memsets show as `Memset`), once
-with CUDA graphs and once without. A memset node costs more than its own 1 us: the graph's next
+with CUDA graphs and once without. With EMBER_TACTIC_LOG=1 the tactic timing prints each
+cuBLASLt candidate's time, memset nodes and workspace, and cuDNN's SDPA against Ember's kernel. A memset node costs more than its own 1 us: the graph's next
 kernel starts ~2 us later than after a kernel node (session 36's GPT-2 sequence).
 """
 
@@ -96,7 +97,9 @@ def main():
         torch.manual_seed(0)
         model = PROBES[name]().cuda().half().eval()
         for graphs in modes:
-            gm = ember.compile(model, inputs=[x], device="cuda", cuda_graphs=graphs)
+            # min_block_size=1: a one-layer module is an engine, not left to PyTorch.
+            gm = ember.compile(model, inputs=[x], device="cuda", cuda_graphs=graphs,
+                               min_block_size=1)
             names = kernels_per_call(gm, x)
             memsets = sum(n.startswith("Memset") for n in names)
             print(f"{name} (graphs {'on' if graphs else 'off'}): {len(names)} kernels, "

@@ -367,12 +367,28 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
         cudnn_ms = c < 0.0f ? -1.0f : std::min(cudnn_ms, c);
         own_ms = std::min(own_ms, time_launches(timer, a.stream(), own_launch));
       }
+      // The memset cuDNN puts before its SDPA kernel (GPT-2 b32's 12 layers, 2026-12-07) costs
+      // a replayed graph more than its run (kNonKernelNodeMs); Ember's kernels make none.
+      int extra = 0;
+      cudaStream_t side = nullptr, original = nullptr;
+      if (cudnn_ms >= 0.0f && cudnnGetStream(handle, &original) == CUDNN_STATUS_SUCCESS &&
+          cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
+        if (cudnnSetStream(handle, side) == CUDNN_STATUS_SUCCESS) {
+          extra = non_kernel_nodes(side, cudnn_launch);
+        }
+        cudnnSetStream(handle, original);
+        cudaStreamDestroy(side);
+      }
+      cudaGetLastError();
+      if (cudnn_ms >= 0.0f) cudnn_ms += 2.0f * kNonKernelNodeMs * static_cast<float>(extra);
       use_cudnn = cudnn_ms >= 0.0f && cudnn_ms < own_ms;
       ++g_timed;
       if (!use_cudnn) ++g_own_faster;
       if (log) {
-        std::fprintf(stderr, "[ember tactic] %s: cuDNN %.4f ms, Ember %.4f ms (2 runs) -> %s\n",
-                     problem.c_str(), cudnn_ms, own_ms, use_cudnn ? "cuDNN" : "Ember");
+        std::fprintf(stderr,
+                     "[ember tactic] %s: cuDNN %.4f ms (with %d memset/copy node(s)), Ember "
+                     "%.4f ms (2 runs) -> %s\n",
+                     problem.c_str(), cudnn_ms, extra, own_ms, use_cudnn ? "cuDNN" : "Ember");
       }
       store_choice(cache, problem, use_cudnn);
     }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -93,6 +94,51 @@ float time_launches(TacticTimer& t, cudaStream_t stream, Launch launch) {
   float ms = 0.0f;
   check(cudaEventElapsedTime(&ms, t.start, t.stop), "cudaEventElapsedTime (tactic timing)");
   return ms;
+}
+
+/// A graph node that is not a kernel (a memset, a copy) costs more than its own run: in GPT-2
+/// b32's replay on an H100 (bench/kernel_profile.py --sequence, 2026-12-07) each of the 36
+/// memsets cuBLASLt and cuDNN's SDPA put before their kernels took 0.7 us, with ~1.3 us idle
+/// before it and ~2.2 us more idle before the kernel after it than between two kernels. Tactic
+/// timing adds this per such node to a candidate's time (engines replay their layers as CUDA
+/// graphs), so a memset-free candidate within ~4 us wins.
+inline constexpr float kNonKernelNodeMs = 0.004f;
+
+/// The memset and copy nodes one call of `launch` makes, captured on `stream` (which the launch
+/// must enqueue on: a stream of the caller's own, not one in use, so nothing runs); 0 when the
+/// capture fails (the candidate is then judged by its time alone).
+template <typename Launch>
+int non_kernel_nodes(cudaStream_t stream, Launch launch) {
+  if (stream == nullptr ||
+      cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  bool ran = false;
+  try {
+    ran = launch();
+  } catch (...) {
+    ran = false;
+  }
+  cudaGraph_t graph = nullptr;
+  const bool ended = cudaStreamEndCapture(stream, &graph) == cudaSuccess;
+  int extra = 0;
+  size_t n = 0;
+  if (ran && ended && graph != nullptr && cudaGraphGetNodes(graph, nullptr, &n) == cudaSuccess) {
+    std::vector<cudaGraphNode_t> nodes(n);
+    if (n > 0 && cudaGraphGetNodes(graph, nodes.data(), &n) == cudaSuccess) {
+      for (cudaGraphNode_t node : nodes) {
+        cudaGraphNodeType type;
+        if (cudaGraphNodeGetType(node, &type) == cudaSuccess &&
+            (type == cudaGraphNodeTypeMemset || type == cudaGraphNodeTypeMemcpy)) {
+          ++extra;
+        }
+      }
+    }
+  }
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  return extra;
 }
 
 }  // namespace ember::engine::cuda

@@ -129,19 +129,34 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
     float best_ms = -1.0f;
     best = -1;
     const bool log = tactic_log();
+    cudaStream_t side = nullptr;  // for non_kernel_nodes' captures
+    if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess) {
+      cudaGetLastError();
+      side = nullptr;
+    }
     for (int i = first; i < returned; ++i) {
       if (!usable(i)) continue;
-      const float ms = time_candidate(call, results[i].algo, d, timer);
+      const float timed = time_candidate(call, results[i].algo, d, timer);
+      LtCall on_side = call;
+      on_side.stream = side;
+      const int extra = timed < 0.0f ? 0 : non_kernel_nodes(side, [&] {
+        return on_side.run(results[i].algo, d) == CUBLAS_STATUS_SUCCESS;
+      });
+      // time_candidate times two launches: two launches' extra nodes.
+      const float ms = timed < 0.0f ? timed : timed + 2.0f * kNonKernelNodeMs * extra;
       if (log) {
-        std::fprintf(stderr, "[ember tactic] %s: candidate %d of %d: %.4f ms, workspace %zu B%s\n",
-                     p.key.c_str(), i, returned, ms, results[i].workspaceSize,
-                     ms < 0.0f ? " (failed to launch)" : "");
+        std::fprintf(stderr,
+                     "[ember tactic] %s: candidate %d of %d: %.4f ms, %d memset/copy node(s), "
+                     "workspace %zu B%s\n",
+                     p.key.c_str(), i, returned, ms, extra, results[i].workspaceSize,
+                     timed < 0.0f ? " (failed to launch)" : "");
       }
       if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
         best = i;
         best_ms = ms;
       }
     }
+    if (side != nullptr) cudaStreamDestroy(side);
     if (log && best >= 0) {
       std::fprintf(stderr, "[ember tactic] %s: chose candidate %d (%.4f ms; the heuristic's first: "
                    "%d)\n", p.key.c_str(), best, best_ms, first);
