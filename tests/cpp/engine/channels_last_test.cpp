@@ -784,7 +784,7 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
   rewrite_channels_last(nhwc, true);
   Network padded = nhwc.clone();
   setenv("EMBER_SPACE_TO_DEPTH", "0", 1);  // the channel padding alone (blocks: the next test)
-  const PadConvCounts n = pad_conv_channels(padded, EightChannelBackend());
+  const PadConvCounts n = pad_conv_channels(padded, EightChannelBackend(), 0);
   unsetenv("EMBER_SPACE_TO_DEPTH");
   EXPECT_EQ(n.padded, 1);
   EXPECT_EQ(n.as_blocks, 0);
@@ -828,7 +828,7 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
                       ->output(),
                   "y");
   rewrite_channels_last(f32, false);
-  EXPECT_EQ(pad_conv_channels(f32, EightChannelBackend()).padded, 0);
+  EXPECT_EQ(pad_conv_channels(f32, EightChannelBackend(), 0).padded, 0);
   Network grouped;
   Tensor* xg = grouped.add_input("x", t, {1, 6, 8, 8});
   grouped.mark_output(
@@ -837,7 +837,7 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
           ->output(),
       "y");
   rewrite_channels_last(grouped, true);
-  EXPECT_EQ(pad_conv_channels(grouped, EightChannelBackend()).padded, 0);
+  EXPECT_EQ(pad_conv_channels(grouped, EightChannelBackend(), 0).padded, 0);
   Network wide;  // C = 12: wider than the multiple, left alone
   Tensor* xw = wide.add_input("x", t, {1, 12, 8, 8});
   wide.mark_output(
@@ -846,9 +846,9 @@ TEST(PadConvChannels, ThreeChannelStemReadsEightChannelsWithTheSameResult) {
           ->output(),
       "y");
   rewrite_channels_last(wide, true);
-  EXPECT_EQ(pad_conv_channels(wide, EightChannelBackend()).padded, 0);
+  EXPECT_EQ(pad_conv_channels(wide, EightChannelBackend(), 0).padded, 0);
   Network cpu = nhwc.clone();
-  EXPECT_EQ(pad_conv_channels(cpu, *find_backend("cpu")).padded, 0);
+  EXPECT_EQ(pad_conv_channels(cpu, *find_backend("cpu"), 0).padded, 0);
   if (const Backend* cuda = find_backend("cuda")) {
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kF16), 8);
     EXPECT_EQ(cuda->conv_channel_multiple(DataType::kBF16), 8);
@@ -906,7 +906,7 @@ TEST(PadConvChannels, StrideTwoStemsBecomeStrideOneLayersOverTwoByTwoBlocks) {
     Network nhwc = net.clone();
     if (!g.nhwc_input) rewrite_channels_last(nhwc, true);
     Network blocks = nhwc.clone();
-    const PadConvCounts n = pad_conv_channels(blocks, EightChannelBackend());
+    const PadConvCounts n = pad_conv_channels(blocks, EightChannelBackend(), 0);
     EXPECT_EQ(n.padded, 1) << what;
     EXPECT_EQ(n.as_blocks, 1) << what;
     const Layer* conv = nullptr;
@@ -956,7 +956,7 @@ TEST(PadConvChannels, StrideTwoStemsBecomeStrideOneLayersOverTwoByTwoBlocks) {
                       "y" + std::to_string(i));
     }
     rewrite_channels_last(net, true);
-    const PadConvCounts n = pad_conv_channels(net, EightChannelBackend());
+    const PadConvCounts n = pad_conv_channels(net, EightChannelBackend(), 0);
     EXPECT_EQ(n.padded, c < 8 ? readers : 0);
     return n.as_blocks;
   };
@@ -989,7 +989,7 @@ TEST(PadConvChannels, ConvolutionsReadingOneImageShareItsPadding) {
   Network nhwc = net.clone();
   rewrite_channels_last(nhwc, true);
   Network padded = nhwc.clone();
-  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend()).padded, 2);
+  EXPECT_EQ(pad_conv_channels(padded, EightChannelBackend(), 0).padded, 2);
   EXPECT_EQ(count_kind(padded, LayerKind::kPadding), 1);
   const std::vector<TestTensor> in{TestTensor::random(t, {1, 3, 8, 8}, 23)};
   const auto expected = test::run_network_direct(nhwc, in);
@@ -1000,11 +1000,34 @@ TEST(PadConvChannels, ConvolutionsReadingOneImageShareItsPadding) {
   }
 }
 
+TEST(PadConvChannels, LightLayersStayUnpadded) {
+  // R * S * K below kPadConvMinWorkPerPixel: MobileNetV3's stem (3x3, K = 16) stays as it is,
+  // ResNet's (7x7, K = 64) and ConvNeXt's (4x4, K = 96) are padded.
+  const DataType t = DataType::kF16;
+  const auto padded = [&](int64_t k, int64_t r) {
+    Network net;
+    Tensor* x = net.add_input("x", t, {1, 3, 16, 16});
+    net.mark_output(
+        net.add_convolution(x, net.add_constant(Weights::zeros(t, {k, 3, r, r}))->output(),
+                            nullptr, conv_params(2, 0), "stem")
+            ->output(),
+        "y");
+    rewrite_channels_last(net, true);
+    return pad_conv_channels(net, EightChannelBackend()).padded;
+  };
+  EXPECT_EQ(padded(16, 3), 0) << "MobileNetV3";
+  EXPECT_EQ(padded(32, 3), 0) << "EfficientNet-B0";
+  EXPECT_EQ(padded(64, 7), 1) << "ResNet";
+  EXPECT_EQ(padded(96, 4), 1) << "ConvNeXt";
+  EXPECT_EQ(padded(113, 3), 0) << "1017, just below the threshold";
+  EXPECT_EQ(padded(114, 3), 1) << "1026, just above";
+}
+
 TEST(PadConvChannels, BuilderPadsOnlyForABackEndThatAsksAndCanBeSwitchedOff) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF16, {1, 3, 8, 8});
   net.mark_output(net.add_convolution(x, net.add_constant(Weights::zeros(DataType::kF16,
-                                                                         {4, 3, 3, 3}))
+                                                                         {128, 3, 3, 3}))
                                              ->output(),
                                       nullptr, conv_params(1, 1), "c")
                       ->output(),

@@ -310,7 +310,7 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     Network net;
     Tensor* x = net.add_input("x", t, {2, 3, 16, 16});
-    Tensor* y = conv_bn(net, x, 16, 3, 2, true, "stem", 1);
+    Tensor* y = conv_bn(net, x, 32, 7, 2, true, "stem", 1);  // heavy enough to be padded
     PoolingParams mp;
     mp.type = PoolingType::kMax;
     mp.window = {3, 3};
@@ -339,7 +339,7 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
     const std::string json = runner.inspect_json();
     EXPECT_NE(json.find("\"channels_last\": true"), std::string::npos) << json;
     EXPECT_EQ(json.find("cuda.host"), std::string::npos) << json;
-    // The 3-channel stem reads its input zero-padded to 8 channels (pad_conv_channels).
+    // The 3-channel stem reads its input as 2x2 blocks of 16 channels (pad_conv_channels).
     EXPECT_NE(json.find("cuda.Padding"), std::string::npos) << json;
     BuildState fused;
     fused.plan.network = net.clone();
@@ -351,7 +351,7 @@ TEST(CudaChannelsLast, ResNetBlockWithThePass) {
 }
 
 TEST(CudaChannelsLast, ImageStemReadsEightPaddedChannels) {
-  // ResNet's stem geometry (7x7, stride 2, padding 3, bias and relu folded, C = 3) on a 2 x 3 x
+  // ResNet's stem geometry (7x7, stride 2, padding 3, bias and relu folded, C = 3, K = 32) on a 2 x 3 x
   // 40 x 36 image, three ways: as pad_conv_channels builds it by default (space-to-depth: one
   // Padding views the NCHW image as 2x2 blocks, 16 channels, and a 4x4 stride-1 layer reads a
   // view of it), with EMBER_SPACE_TO_DEPTH=0 (the image's NCHW -> NHWC entry becomes a Padding
@@ -368,7 +368,7 @@ TEST(CudaChannelsLast, ImageStemReadsEightPaddedChannels) {
   for (DataType t : {DataType::kF16, DataType::kBF16}) {
     Network net;
     Tensor* x = net.add_input("x", t, {2, 3, 40, 36});
-    net.mark_output(conv_bn(net, x, 16, 7, 2, true, "stem", 51), "y");
+    net.mark_output(conv_bn(net, x, 32, 7, 2, true, "stem", 51), "y");  // R * S * K 1568
     const std::vector<TestTensor> in{TestTensor::random(t, {2, 3, 40, 36}, 52)};
     BuildState fused;
     fused.plan.network = net.clone();

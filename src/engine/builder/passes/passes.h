@@ -88,7 +88,8 @@ std::string rewrite_channels_last(Network& net, bool f16_bf16_only);
 /// CUDA back end, where tensor-core convolution wants NHWC; other back ends keep NCHW.
 void pass_channels_last(BuildState& s);
 /// Pads the input channels of each channels_last Convolution (groups 1, constant weight, a
-/// static C below backend.conv_channel_multiple(its dtype): an image) to that multiple, with a
+/// static C below backend.conv_channel_multiple(its dtype): an image; R * S * K at least
+/// min_work_per_pixel) to that multiple, with a
 /// Padding layer on the input and zero channels in the weight; a stride-2 one that alone reads
 /// its input becomes a stride-1 convolution over 2x2 blocks of it (space-to-depth, unless
 /// EMBER_SPACE_TO_DEPTH=0). See pad_conv_channels.cpp. Returns how many, and how many as blocks.
@@ -96,7 +97,12 @@ struct PadConvCounts {
   int padded = 0;
   int as_blocks = 0;
 };
-PadConvCounts pad_conv_channels(Network& net, const Backend& backend);
+/// R * S * K (a layer's multiply-adds per output pixel and input channel) below which the pass
+/// leaves a narrow convolution alone: its Padding, one more pass over the image, would cost
+/// more than the faster layer saves (measurements in pad_conv_channels.cpp).
+inline constexpr int64_t kPadConvMinWorkPerPixel = 1024;
+PadConvCounts pad_conv_channels(Network& net, const Backend& backend,
+                                int64_t min_work_per_pixel = kPadConvMinWorkPerPixel);
 void pass_pad_conv_channels(BuildState& s);
 /// Attention layers: drops constant masks that keep every key, turns constant causal masks into
 /// the causal flag, and rewrites a layer whose query, key and value are transpose(1, 2)s of
