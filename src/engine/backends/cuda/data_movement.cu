@@ -743,6 +743,11 @@ void validate_indices(const DeviceTensor& indices, const IndexBounds& b, const C
       bad = v < -bound || v >= bound;
     }
   } else {
+    // A capture could not read the flag back (read_error_flag): the eager first call of the
+    // shape checked, and replays run without the check. Capturing it anyway put a memset and a
+    // kernel into every replay that nothing read: ~5 us of each GPT-2 call on an H100
+    // (bench/kernel_profile.py --sequence, 2026-12-07).
+    if (capturing(a.stream())) return;
     int* flag = error_flag(a);
     validate_indices_kernel<<<grid_for(n), kThreads, 0, a.stream()>>>(
         indices.data, indices.dtype == DataType::kI64, n, b, flag);

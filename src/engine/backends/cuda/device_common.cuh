@@ -204,7 +204,8 @@ inline int* error_flag(const CudaArgs& a) {
 /// Reads the flag back after the kernels that set it (synchronizes the stream: a data-dependent
 /// error must surface as an Error from this layer, as on the CPU back end). Inside a CUDA graph
 /// capture nothing can be read back: the eager first call of each shape signature checked, and
-/// replays go on as the kernels do (gather clamps indices; integer division does not trap).
+/// replays go on as the kernels do (gather clamps indices; integer division does not trap), so
+/// callers skip the check (flag and kernel) when capturing.
 inline int read_error_flag(const int* flag, const CudaArgs& a) {
   if (capturing(a.stream())) return 0;
   int host = 0;
