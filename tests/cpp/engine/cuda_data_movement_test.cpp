@@ -509,7 +509,7 @@ TEST(CudaDataMovement, PaddingThroughAnInputPermutation) {
   // pad_conv_channels' Padding: an NCHW f16/bf16/f32 image read as NHWC with its channels
   // padded to 8 (the 16-byte-word kernel; a batch of 4 224x224 images and an odd small one,
   // C = 1 and 3), a channel pad at both ends (words too), every mode through another
-  // permutation (the element kernel), and the space-to-depth view of an NCHW and an NHWC image
+  // permutation (the element kernel), and the space-to-depth view of NCHW and NHWC images
   // (input_shape + input_permutation) in 1-, 2- and 4-byte types, with an output that is not
   // whole words (the element kernel).
   EMBER_SKIP_WITHOUT_CUDA();
@@ -547,23 +547,32 @@ TEST(CudaDataMovement, PaddingThroughAnInputPermutation) {
                                  label("permuted pad mode " + std::to_string(static_cast<int>(mode)),
                                        DataType::kF16));
   }
+  // 16-bit NCHW images as blocks run in space_to_depth_kernel (4 channels out, and 2 for C = 1),
+  // the other types and the NHWC image in the word kernel.
+  struct Blocks {
+    std::vector<int64_t> dims;
+    PaddingParams p;
+    const char* what;
+  };
+  const std::vector<Blocks> blocks = {
+      {{4, 3, 224, 224},  // ResNet's stem: [N, 3, 224, 224] -> [N, 115, 115, 2, 2, 4]
+       {PaddingMode::kConstant, {0, 2, 2, 0, 0, 0}, {0, 1, 1, 0, 0, 1}, 0.0, {0, 2, 4, 3, 5, 1},
+        {-1, 3, 112, 2, 112, 2}},
+       "NCHW image as 2x2 blocks of 4 channels"},
+      {{2, 1, 10, 14},  // C = 1: [2, 7, 9, 2, 2, 2], uneven block padding, fill 0.5
+       {PaddingMode::kConstant, {0, 1, 0, 0, 0, 0}, {0, 1, 2, 0, 0, 1}, 0.5, {0, 2, 4, 3, 5, 1},
+        {-1, 1, 5, 2, 7, 2}},
+       "NCHW image as 2x2 blocks of 2 channels"},
+      {{2, 10, 12, 3},
+       {PaddingMode::kConstant, {0, 1, 0, 0, 0, 0}, {0, 0, 1, 0, 0, 1}, 0.0, {0, 1, 3, 2, 4, 5},
+        {-1, 5, 2, 6, 2, 3}},
+       "NHWC image as 2x2 blocks"}};
   for (DataType t : {DataType::kF16, DataType::kBF16, DataType::kF32, DataType::kI8}) {
-    for (const bool nchw : {true, false}) {
-      const std::vector<int64_t> dims =
-          nchw ? std::vector<int64_t>{4, 3, 224, 224} : std::vector<int64_t>{2, 10, 12, 3};
+    for (const Blocks& b : blocks) {
       Network net;
-      Tensor* x = net.add_input("x", t, Shape(dims.begin(), dims.end()));
-      PaddingParams p;
-      if (nchw) {  // ResNet's stem: [N, 3, 224, 224] -> [N, 115, 115, 2, 2, 4]
-        p = {PaddingMode::kConstant, {0, 2, 2, 0, 0, 0}, {0, 1, 1, 0, 0, 1}, 0.0,
-             {0, 2, 4, 3, 5, 1}, {-1, 3, 112, 2, 112, 2}};
-      } else {
-        p = {PaddingMode::kConstant, {0, 1, 0, 0, 0, 0}, {0, 0, 1, 0, 0, 1}, 0.0,
-             {0, 1, 3, 2, 4, 5}, {-1, 5, 2, 6, 2, 3}};
-      }
-      net.mark_output(net.add_padding(x, p)->output(), "y");
-      test::check_cuda_matches_cpu(net, {random_of(t, dims, 12)},
-                                   label(nchw ? "NCHW image as 2x2 blocks" : "NHWC image as 2x2 blocks", t));
+      Tensor* x = net.add_input("x", t, Shape(b.dims.begin(), b.dims.end()));
+      net.mark_output(net.add_padding(x, b.p)->output(), "y");
+      test::check_cuda_matches_cpu(net, {random_of(t, b.dims, 12)}, label(b.what, t));
     }
   }
   Network odd;  // 3 x 3 x 3 f16 outputs: not whole 16-byte words
