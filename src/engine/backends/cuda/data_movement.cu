@@ -1129,6 +1129,8 @@ void run(const ScatterParams& p, const CudaArgs& a) {
 
 // ---------------------------------------------------------------- Padding
 
+namespace {
+
 /// Runs the Padding with space_to_depth_kernel when it is that kernel's case (a 16-bit NCHW image
 /// viewed as 2x2 blocks, whole-block padding, 2 or 4 channels out, 32-bit sizes); false
 /// otherwise. `view` is the input's viewed dims.
@@ -1167,6 +1169,8 @@ bool space_to_depth(const PaddingParams& p, const CudaArgs& a, const std::vector
   check(cudaGetLastError(), "space_to_depth_kernel");
   return true;
 }
+
+}  // namespace
 
 void run(const PaddingParams& p, const CudaArgs& a) {
   const DeviceTensor& in = a.in(0);

@@ -47,17 +47,38 @@ std::vector<cublasLtMatmulHeuristicResult_t> workspace_free_candidates(
     }
   }
   if (align[2] != align[3]) return {};  // LtPreference gives C and D one alignment
-  const LtPreference free_pref(0, align[0], align[1], align[2]);
-  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(n));
-  int returned = 0;
-  if (cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
-                                     call.out, free_pref.h, n, results.data(),
-                                     &returned) != CUBLAS_STATUS_SUCCESS) {
+  try {  // a failure here only means no extra candidates (the caller may still fall back)
+    const LtPreference free_pref(0, align[0], align[1], align[2]);
+    std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(n));
+    int returned = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
+                                       call.out, free_pref.h, n, results.data(),
+                                       &returned) != CUBLAS_STATUS_SUCCESS) {
+      return {};
+    }
+    results.resize(static_cast<size_t>(returned));
+    return results;
+  } catch (const Error&) {
     return {};
   }
-  results.resize(static_cast<size_t>(returned));
-  return results;
 }
+
+/// A stream of its own for non_kernel_nodes' captures, destroyed on every path out (a timing
+/// launch may throw); null when none could be made (candidates are then judged by time alone).
+struct SideStream {
+  cudaStream_t s = nullptr;
+  SideStream() {
+    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+      cudaGetLastError();
+      s = nullptr;
+    }
+  }
+  ~SideStream() {
+    if (s != nullptr) cudaStreamDestroy(s);
+  }
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+};
 
 }  // namespace
 
@@ -173,11 +194,8 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
     float best_ms = -1.0f;
     best = -1;
     const bool log = tactic_log();
-    cudaStream_t side = nullptr;  // for non_kernel_nodes' captures
-    if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess) {
-      cudaGetLastError();
-      side = nullptr;
-    }
+    const SideStream side_stream;
+    cudaStream_t side = side_stream.s;
     for (int i = first; i < returned; ++i) {
       if (!usable(i)) continue;
       const float timed = time_candidate(call, results[i].algo, d, timer);
@@ -200,7 +218,6 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
         best_ms = ms;
       }
     }
-    if (side != nullptr) cudaStreamDestroy(side);
     if (log && best >= 0) {
       std::fprintf(stderr, "[ember tactic] %s: chose candidate %d (%.4f ms; the heuristic's first: "
                    "%d)\n", p.key.c_str(), best, best_ms, first);
