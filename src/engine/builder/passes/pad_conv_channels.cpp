@@ -9,7 +9,8 @@
 // counts run in an "indexed" kernel without shared-memory staging. A network's first layer
 // reads an image with C = 3: ResNet-50's 7x7 stem took 0.194 of 1.247 ms of GPU time at b32 on
 // an H200 (2026-12-07, 39 TFLOP/s) in that kernel, the heaviest single layer of the model.
-// With C' = 8 the layer does 8/3 the multiply-adds in a kernel that runs them ~10x faster.
+// With C' = 8 a layer may take a tensor-core kernel (ConvNeXt-T's 4x4 stride-4 stem: the model
+// 0.07 ms faster at b32 on an H100); the 7x7 stride-2 stem did not (below).
 // When the input is channels_last's transpose of the NCHW image, read by this layer alone, the
 // Padding reads the image through that permutation (PaddingParams::input_permutation) and the
 // transpose goes: one pass (the CUDA back end writes each 8-channel pixel as one 16-byte word)
@@ -20,8 +21,11 @@
 // 8 for 16-bit tensors on CUDA, 1 elsewhere, which turns the pass off). Only narrow inputs
 // (C below the multiple: an image) of groups = 1 layers with a constant weight and a static C
 // are padded; a wider C (12, ShuffleNet's 58) would pay a copy of a whole activation for a gain
-// not measured. Convolutions reading one tensor share its Padding. EMBER_PAD_CONV_CHANNELS=0 leaves every
-// layer as it is (A/B timing: bench/variants.py's half_unpadded_channels).
+// not measured. Light layers (R * S * K below kPadConvMinWorkPerPixel, passes.h: MobileNetV3's
+// and EfficientNet's 3x3 stems) stay as they are: the Padding's pass over the image cost more
+// than the layer saved. Convolutions reading one tensor share its Padding.
+// EMBER_PAD_CONV_CHANNELS=0 leaves every layer as it is (A/B timing: bench/variants.py's
+// half_unpadded_channels).
 //
 // A stride-2 stem read by nothing else goes further (space-to-depth): the image is rearranged
 // into 2x2 blocks, [N, H, W, C] -> [N, H/2, W/2, 2*2*C'], and the layer becomes a stride-1
@@ -37,8 +41,9 @@
 // layer over 16 channels it is an ordinary implicit GEMM (K = 256). The Padding does the
 // rearrangement and the NCHW -> NHWC transpose in one pass (PaddingParams::input_shape views
 // the image as [N, C, H/2, 2, W/2, 2], input_permutation orders it [N, H/2, W/2, 2, 2, C]).
-// The sums are the same products plus zeros. EMBER_SPACE_TO_DEPTH=0 keeps the channel padding
-// alone (bench/variants.py's half_no_space_to_depth).
+// The sums are the same products plus zeros. ResNet-50 b32 on an H100: 1.243 ms, against 1.317
+// with 8 channels and 1.347 unpadded. EMBER_SPACE_TO_DEPTH=0 keeps the channel padding alone
+// (bench/variants.py's half_no_space_to_depth).
 #include <cstring>
 #include <map>
 #include <optional>
