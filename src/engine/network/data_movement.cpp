@@ -93,17 +93,12 @@ DimExpr inferred_dim(const DimExpr& numel, const DimExpr& known) {
   return out;
 }
 
-/// "[a, b, c]".
-std::string list_text(const std::vector<int64_t>& v) {
-  std::string text = "[";
-  for (size_t i = 0; i < v.size(); ++i) text += (i ? ", " : "") + to_str(v[i]);
-  return text + "]";
-}
-
 /// Requires `perm` to be empty (identity) or a permutation of [0, rank).
 void expect_permutation(const std::vector<int64_t>& perm, size_t rank, const std::string& what) {
   if (perm.empty()) return;
-  const std::string text = list_text(perm);
+  std::string text = "[";
+  for (size_t i = 0; i < perm.size(); ++i) text += (i ? ", " : "") + to_str(perm[i]);
+  text += "]";
   InferContext::require(perm.size() == rank, what + " " + text + " must have one entry per dim (" +
                                                  std::to_string(rank) + ")");
   std::vector<bool> seen(rank, false);
@@ -170,40 +165,52 @@ void infer(const ConstantParams& p, InferContext& ctx) {
 
 // ---------------------------------------------------------------- Shuffle
 
+namespace {
+
+/// `cur` read as the row-major shape `target` (a reshape's, or a Padding's input_shape): one
+/// entry may be -1 (inferred from the element count), the others >= 0, and the element count
+/// must stay. `what` names the field in errors.
+Shape viewed_shape(const Shape& cur, const Shape& target, const std::string& what,
+                   InferContext& ctx) {
+  int inferred = -1;
+  DimExpr known = 1;  // product of the dims other than -1
+  for (size_t d = 0; d < target.size(); ++d) {
+    const DimExpr& e = target[d];
+    if (e.is_constant() && e.constant() == -1) {
+      InferContext::require(inferred < 0, what + " " + shape_to_string(target) +
+                                              " has more than one -1 (at most one dim is inferred)");
+      inferred = static_cast<int>(d);
+      continue;
+    }
+    InferContext::require(!e.is_constant() || e.constant() >= 0,
+                          what + " dim " + std::to_string(d) + " is " + e.to_string() +
+                              "; dims must be >= 0 or -1 (inferred)");
+    known = known * e;
+  }
+  const DimExpr numel = shape_numel(cur);
+  Shape out = target;
+  if (inferred >= 0) {
+    InferContext::require(!known.is_constant() || known.constant() != 0,
+                          what + " " + shape_to_string(target) +
+                              " cannot infer its -1 dim: the other dims multiply to 0");
+    out[inferred] = inferred_dim(numel, known);
+  }
+  ctx.check_equal(shape_numel(out), numel,
+                  what + " " + shape_to_string(target) + " must keep the element count of " +
+                      shape_to_string(cur));
+  return out;
+}
+
+}  // namespace
+
+
 void infer(const ShuffleParams& p, InferContext& ctx) {
   ctx.expect_num_inputs(1, 1);
   const Shape& in = ctx.shape(0);
   expect_permutation(p.first_transpose, in.size(), "first_transpose");
   Shape cur = permute(in, p.first_transpose);
   if (p.has_reshape) {
-    int inferred = -1;
-    DimExpr known = 1;  // product of the dims other than -1
-    for (size_t d = 0; d < p.reshape.size(); ++d) {
-      const DimExpr& e = p.reshape[d];
-      if (e.is_constant() && e.constant() == -1) {
-        InferContext::require(inferred < 0,
-                              "reshape " + shape_to_string(p.reshape) +
-                                  " has more than one -1 (at most one dim is inferred)");
-        inferred = static_cast<int>(d);
-        continue;
-      }
-      InferContext::require(!e.is_constant() || e.constant() >= 0,
-                            "reshape dim " + std::to_string(d) + " is " + e.to_string() +
-                                "; dims must be >= 0 or -1 (inferred)");
-      known = known * e;
-    }
-    const DimExpr numel = shape_numel(cur);
-    Shape out = p.reshape;
-    if (inferred >= 0) {
-      InferContext::require(!known.is_constant() || known.constant() != 0,
-                            "reshape " + shape_to_string(p.reshape) +
-                                " cannot infer its -1 dim: the other dims multiply to 0");
-      out[inferred] = inferred_dim(numel, known);
-    }
-    ctx.check_equal(shape_numel(out), numel,
-                    "reshape of " + shape_to_string(cur) + " to " + shape_to_string(p.reshape) +
-                        " must keep the element count");
-    cur = std::move(out);
+    cur = viewed_shape(cur, p.reshape, "reshape", ctx);
   } else {
     InferContext::require(p.reshape.empty(),
                           "reshape dims are given but has_reshape is false; set has_reshape or "
@@ -378,30 +385,7 @@ void infer(const PaddingParams& p, InferContext& ctx) {
   // The input as the padding reads it: its own shape, or the view input_shape.
   Shape in = ctx.shape(0);
   if (!p.input_shape.empty()) {
-    const std::string view = "input_shape " + list_text(p.input_shape);
-    int inferred = -1;
-    DimExpr known = 1;
-    Shape shape(p.input_shape.size());
-    for (size_t d = 0; d < p.input_shape.size(); ++d) {
-      const int64_t e = p.input_shape[d];
-      InferContext::require(e >= -1, view + ": dims must be >= 0 or -1 (inferred)");
-      if (e == -1) {
-        InferContext::require(inferred < 0, view + " has more than one -1");
-        inferred = static_cast<int>(d);
-        continue;
-      }
-      shape[d] = e;
-      known = known * DimExpr(e);
-    }
-    const DimExpr numel = shape_numel(in);
-    if (inferred >= 0) {
-      InferContext::require(known.constant() != 0,
-                            view + " cannot infer its -1 dim: the other dims multiply to 0");
-      shape[inferred] = inferred_dim(numel, known);
-    }
-    ctx.check_equal(shape_numel(shape), numel,
-                    view + " must keep the element count of the input " + shape_to_string(in));
-    in = std::move(shape);
+    in = viewed_shape(in, Shape(p.input_shape.begin(), p.input_shape.end()), "input_shape", ctx);
   }
   const size_t rank = in.size();
   InferContext::require(p.pre.size() == rank && p.post.size() == rank,
