@@ -82,6 +82,13 @@ def main():
     print("| share | ms/call | calls/call | kernel |\n| --- | --- | --- | --- |")
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"| {100 * t / total:.1f}% | {t / args.iters / 1e3:.3f} | {n // args.iters} | `{name}` |")
+    api = collections.Counter(e.name for e in prof.events()
+                              if e.device_type != torch.autograd.DeviceType.CUDA
+                              and e.name.startswith("cu"))
+    # Host-side CUDA API calls per call: a synchronize or a kernel launch here means the call
+    # left its CUDA graph (a replay is one cudaGraphLaunch).
+    print("host CUDA API calls per call:",
+          {n: round(c / args.iters, 1) for n, c in api.most_common(8)})
     if args.sequence:
         print_sequence(prof, args.iters, args.sequence)
 

@@ -85,6 +85,13 @@ cudaError_t probe_kernel_image();
 /// first call of each shape signature, and captures skip it.
 bool capturing(cudaStream_t stream);
 
+/// Rewrites the memset nodes and the flat device-to-device copy nodes of a captured `graph` as
+/// kernel nodes with the same edges (graph_nodes.cu says why); returns how many it rewrote.
+/// Nodes it cannot rewrite (pitched or host copies, edges with port data) stay as they are.
+int kernelize_graph_nodes(cudaGraph_t graph);
+/// False when EMBER_GRAPH_NODE_KERNELS=0 (the A/B switch): engines' graphs keep those nodes.
+bool graph_node_kernels_enabled();
+
 /// A dense row-major tensor in device memory.
 struct DeviceTensor {
   DataType dtype = DataType::kF32;

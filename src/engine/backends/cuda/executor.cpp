@@ -433,6 +433,7 @@ Capture capture(const Network& net, const std::vector<std::vector<int64_t>>& dim
     state.resources().set_stream(stream);
   }
   const bool moved = state.resources().workspace_generation() != generation;
+  if (captured && !moved && graph_node_kernels_enabled()) kernelize_graph_nodes(graph);
   if (captured && !moved && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
   if (graph != nullptr) cudaGraphDestroy(graph);
   if (exec == nullptr) cudaGetLastError();
