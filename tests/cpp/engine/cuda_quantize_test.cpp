@@ -495,7 +495,8 @@ TEST(CudaQuantize, Fp8ConvolutionMatchesTheReference) {
   CudaQConv wide = mid;
   wide.w_dims = {32, 32, 3, 3};
   check_convolution(wide, "fp8 3x3, K = 32, bf16 + relu");
-  // Requantized to FP8 (the next convolution's input): the epilogue pass after f32 sums.
+  // Requantized to FP8 (the next convolution's input): under channels_last cuBLASLt's 16-bit
+  // value and one quantizing pass (fp8_gemm_requantized); NCHW, the pass after f32 sums.
   CudaQConv requant = wide;
   requant.out = DataType::kF16;
   requant.requantize = true;

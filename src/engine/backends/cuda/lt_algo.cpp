@@ -149,6 +149,10 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
       cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
                                      call.out, pref, wanted, results.data(), &returned);
   const auto no_algorithm = [&](std::string reason) -> std::optional<cublasLtMatmulAlgo_t> {
+    if (tactic_log()) {
+      std::fprintf(stderr, "[ember tactic] %s: no algorithm: %s\n",
+                   (p.key.empty() ? p.what : p.key).c_str(), reason.c_str());
+    }
     if (why != nullptr) *why = std::move(reason);
     return std::nullopt;
   };

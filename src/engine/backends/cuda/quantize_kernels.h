@@ -71,6 +71,18 @@ bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64
                         int64_t k, void* out, DataType float_type, const ProductEpilogue& e,
                         const Epilogue& epilogue, void* ws);
 
+/// FP8 E4M3 with per-tensor scales into a layer that requantizes (to int8 or FP8): cuBLASLt
+/// writes the 16-bit value (scales, alpha, bias, relu and a residual in its epilogue, as
+/// fp8_gemm_to_output) into `value` (m * n elements of `float_type`, scratch), then one pass
+/// (launch_product_finish) applies another activation and the quantization into `out`. BERT's
+/// erf-GELU products, read by FP8 Quantizes, write 2 + 2 + 1 bytes an element where f32 sums
+/// and the epilogue pass write 4 + 4 + 1. False, with nothing enqueued, when cuBLASLt takes no
+/// such problem or `e` is not of this kind (a 16-bit float type, per-tensor scales, no zero
+/// point). `ws`: kInt8GemmWorkspaceBytes of cuBLASLt workspace.
+bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int64_t m,
+                          int64_t n, int64_t k, void* value, void* out, DataType float_type,
+                          const ProductEpilogue& e, void* ws);
+
 /// The rest of `e` after a library wrote the product's value y (`total` elements of
 /// `float_type`, already scaled, biased and rounded; e.g. cuBLASLt's FP8 GEMM with a 16-bit
 /// output): the activation when e.activation (rounded to the float type again), then the

@@ -36,8 +36,9 @@
 //
 // FP8 E4M3 convolutions take path 1 with cuBLASLt's FP8 GEMM (f32 sums; channels padded to
 // multiples of 16, which that GEMM wants), and the direct kernel otherwise. Under channels_last
-// with K a multiple of 16, per-tensor scales and a 16-bit output that is not requantized, the
-// GEMM writes the output itself (bias and relu in cuBLASLt's epilogue; fp8_gemm_to_output).
+// with K a multiple of 16, per-tensor scales and a 16-bit output type, the GEMM writes the
+// output itself (bias and relu in cuBLASLt's epilogue; fp8_gemm_to_output), or, when the layer
+// requantizes, its 16-bit value for one quantizing pass (fp8_gemm_requantized).
 //
 // What neither path covers (3-d, grouped convolutions; a problem both libraries refuse at run
 // time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the CPU
@@ -330,6 +331,13 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   // element fewer (ResNet-50 b32: ~355 M of them).
   if (fp8 && g.channels_last && kp == g.out_channels &&
       fp8_gemm_to_output(a, col, wpk, m, kp, kd, a.out().data, p.out, e, p.epilogue, base)) {
+    return true;
+  }
+  // The same for a layer that requantizes (the next convolution's FP8 input): cuBLASLt writes
+  // the 16-bit value into the sums' scratch and one pass quantizes it (2 + 2 + 1 bytes an
+  // element instead of the f32 sums' 4 + 4 + 1).
+  if (fp8 && g.channels_last && kp == g.out_channels &&
+      fp8_gemm_requantized(a, col, wpk, m, kp, kd, acc, a.out().data, p.out, e, base)) {
     return true;
   }
   const bool ran = fp8 ? fp8_gemm_tn(a, col, wpk, m, kp, kd, static_cast<float*>(acc), base)

@@ -281,20 +281,11 @@ bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_
       return true;
     }
   } else if (!e.per_channel && half) {
-    // A requantizing layer (to int8 or FP8): cuBLASLt writes its 16-bit value to scratch, and
-    // one pass applies the activation (when cuBLASLt has none for it) and the quantization:
-    // BERT's erf-GELU products, read by FP8 Quantizes, write 2 + 2 + 1 bytes an element where
-    // GELU in place and a Quantize pass wrote 2 + 4 + 3.
     const size_t value_bytes =
         (static_cast<size_t>(m * n) * dtype_size(float_type) + 255) / 256 * 256;
     auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes + value_bytes));
-    void* value = base + kWorkspaceBytes;
-    const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
-    if (gemm_tn(a, /*fp8=*/true, a.in(0).data, a.in(1).data, m, n, k, value,
-                out_type(float_type), e.w_scale, e.x_scale, base, &lib)) {
-      ProductEpilogue rest = e;
-      rest.activation = e.activation && !lib_relu;
-      launch_product_finish(value, a.out().data, float_type, m * n, rest, a.stream());
+    if (fp8_gemm_requantized(a, a.in(0).data, a.in(1).data, m, n, k, base + kWorkspaceBytes,
+                             a.out().data, float_type, e, base)) {
       return true;
     }
   }
@@ -376,6 +367,23 @@ bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64
   if (e.activation && !lib_relu) {
     launch_epilogue(float_type, out, nullptr, n, 1, nullptr, &epilogue, m * n, a.stream());
   }
+  return true;
+}
+
+bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int64_t m,
+                          int64_t n, int64_t k, void* value, void* out, DataType float_type,
+                          const ProductEpilogue& e, void* ws) {
+  const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
+  if (!half || e.per_channel || e.out_scale == nullptr || e.weight_sums != nullptr) return false;
+  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
+  const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
+  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, value, out_type(float_type), e.w_scale,
+               e.x_scale, ws, &lib)) {
+    return false;
+  }
+  ProductEpilogue rest = e;
+  rest.activation = e.activation && !lib_relu;
+  launch_product_finish(value, out, float_type, m * n, rest, a.stream());
   return true;
 }
 
