@@ -272,7 +272,6 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
 bool run_fp8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
              const ProductEpilogue& e, const Epilogue& epilogue) {
   if (k % 16 != 0 || n % 16 != 0) return false;  // before growing the workspace for it
-  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
   if (e.out_scale == nullptr) {
     auto* base = static_cast<uint8_t*>(a.res->workspace(kWorkspaceBytes));
