@@ -19,6 +19,12 @@ own max |w|. The activation threshold comes from the calibration data:
 - ``method="entropy"``: TensorRT's entropy calibration: the threshold whose 128-level
   quantized histogram is closest (KL divergence) to the measured histogram of |x|.
 
+Grouped convolutions (depthwise ones: MobileNet, EfficientNet, ConvNeXt) stay in float unless
+``include_grouped_convolutions=True``: the GPU back end's quantized GEMM and cuDNN paths take
+groups = 1 only, and its direct kernel for the rest is far slower than its 16-bit depthwise
+kernel (ConvNeXt-T INT8 at b32 on an H100: the 18 depthwise layers took 9.6 of 13.6 ms,
+2026-12-07). Each one kept in float is logged at INFO.
+
 The thresholds can be saved and reused (``calibration_cache=path``, a JSON file keyed by the
 graph, as TensorRT's calibration cache is): when the file exists and was made for the same graph,
 dtype and method, calibration is skipped.
@@ -121,6 +127,19 @@ def check_fp8_device(device: torch.device | None) -> None:
 
 def _op_key(target: Any) -> str:
     return str(target)  # "aten.linear.default"
+
+
+#: Where each convolution overload keeps its `groups` argument.
+_GROUPS_ARG = {"aten.conv1d.default": 6, "aten.conv2d.default": 6, "aten.conv3d.default": 6,
+               "aten.convolution.default": 8}
+
+
+def _groups(n: torch.fx.Node) -> int:
+    i = _GROUPS_ARG.get(_op_key(n.target))
+    if i is None:
+        return 1
+    g = n.args[i] if i < len(n.args) else n.kwargs.get("groups", 1)
+    return int(g) if isinstance(g, int) else 1
 
 
 def _excluded_op_names(excluded_ops: Iterable) -> set[str]:
@@ -385,7 +404,8 @@ def _prepare(model: Any, example: tuple) -> torch.fx.GraphModule:
 def quantize(model: Any, calibration_inputs: Iterable, dtype: Any = torch.int8,
              method: str = "max", *, percentile: float = 99.99,
              excluded_ops: Iterable = (), excluded_nodes: Iterable = (),
-             calibration_cache: str | os.PathLike | None = None) -> torch.fx.GraphModule:
+             calibration_cache: str | os.PathLike | None = None,
+             include_grouped_convolutions: bool = False) -> torch.fx.GraphModule:
     """Post-training quantization of `model` for Ember engines (module doc).
 
     model: an nn.Module (exported with torch.export on the first calibration batch) or an
@@ -398,6 +418,8 @@ def quantize(model: Any, calibration_inputs: Iterable, dtype: Any = torch.int8,
         "linear") and regular expressions over node names whose inputs stay in float.
     calibration_cache: a file path; thresholds are read from it when it matches this graph,
         dtype and method, else measured and written to it.
+    include_grouped_convolutions: quantize convolutions with groups > 1 too (by default they
+        stay in float, which is faster on the GPU today; module doc).
 
     Returns a torch.fx.GraphModule that runs in PyTorch (fake quantization) and compiles with
     ember.compile(..., inputs=...) into engines with Quantize/Dequantize layers.
@@ -424,6 +446,10 @@ def quantize(model: Any, calibration_inputs: Iterable, dtype: Any = torch.int8,
             devices += [p.device for p in model.parameters()][:1]
         for d in devices:
             check_fp8_device(d)
+    if not isinstance(include_grouped_convolutions, bool):
+        raise TypeError("ember.quantize: include_grouped_convolutions must be True or False, got "
+                        f"{type(include_grouped_convolutions).__name__} "
+                        f"{include_grouped_convolutions!r}")
     patterns = _compile_patterns(excluded_nodes)
     skip_ops = _excluded_op_names(excluded_ops)
 
@@ -445,6 +471,12 @@ def quantize(model: Any, calibration_inputs: Iterable, dtype: Any = torch.int8,
             continue
         if key in skip_ops or any(p.search(n.name) for p in patterns):
             logger.info("ember.quantize: %s (%s) stays in float (excluded)", n.name, key)
+            continue
+        if not include_grouped_convolutions and _groups(n) > 1:
+            logger.info("ember.quantize: %s (%s, groups = %d) stays in float: grouped "
+                        "convolutions run faster in 16 bits than in Ember's quantized direct "
+                        "kernel (include_grouped_convolutions=True quantizes them)", n.name, key,
+                        _groups(n))
             continue
         widx = QUANTIZED_OPS[key]
         for i in range(2):

@@ -289,6 +289,44 @@ def test_excluded_ops_and_nodes_stay_float():
     assert "conv2d_1" in quantized_consumers(no_conv1)
 
 
+class DepthwiseNet(torch.nn.Module):
+    """A pointwise and a depthwise convolution (MobileNet's block in small)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw = torch.nn.Conv2d(3, 8, 1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        return torch.relu(self.dw(torch.relu(self.pw(x))))
+
+
+def test_grouped_convolutions_stay_float_unless_included(caplog):
+    model = DepthwiseNet().eval()
+    data = calibration((2, 3, 8, 8))
+
+    def quantized_consumers(gm):
+        return {u.name for n in gm.graph.nodes
+                if str(n.target).startswith("quantized_decomposed.dequant") for u in n.users}
+
+    with caplog.at_level(logging.INFO, logger="ember.quantization"):
+        default = ember.quantize(model, data)
+    assert quantized_consumers(default) == {"conv2d"}, quantized_consumers(default)
+    assert "conv2d_1 (aten.conv2d.default, groups = 8) stays in float" in caplog.text, caplog.text
+    included = ember.quantize(model, data, include_grouped_convolutions=True)
+    assert quantized_consumers(included) == {"conv2d", "conv2d_1"}
+    x = data[0][0]
+    for qmodel, quantized in ((default, 1), (included, 2)):
+        gm = compile_full(qmodel, [x])
+        types = [t for t, _ in engine_layers(gm)]
+        assert types.count("QuantizedConvolution") == quantized, types
+        assert types.count("Convolution") == 2 - quantized, types
+        with torch.no_grad():
+            assert_matches_fake_quant(gm(x), qmodel(x), model(x))
+    with pytest.raises(TypeError, match="include_grouped_convolutions must be True or False"):
+        ember.quantize(model, data, include_grouped_convolutions="yes")
+
+
 def test_calibration_cache_is_written_then_reused(tmp_path, caplog):
     model = MLP().eval()
     data = calibration((8, 32))
