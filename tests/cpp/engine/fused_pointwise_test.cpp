@@ -70,6 +70,20 @@ TEST(FusePointwise, GroupsEachChainAndGivesTheUnfusedBitsPerDtype) {
   }
 }
 
+TEST(FusePointwise, GathersThatKeepVectorsAreRecognized) {
+  using semantics::gather_keeps_vectors;
+  std::vector<int64_t> rotate(64);
+  for (int64_t j = 0; j < 64; ++j) rotate[static_cast<size_t>(j)] = (j + 32) % 64;
+  EXPECT_TRUE(gather_keeps_vectors(rotate, 4));                      // rotate_half, E = 64
+  EXPECT_TRUE(gather_keeps_vectors({4, 5, 6, 7, 0, 1, 2, 3}, 4));   // E = 8
+  EXPECT_FALSE(gather_keeps_vectors({3, 4, 5, 0, 1, 2}, 4));         // E = 6: not whole runs
+  EXPECT_FALSE(gather_keeps_vectors({2, 3, 4, 5, 6, 7, 0, 1}, 4));   // runs start unaligned
+  EXPECT_FALSE(gather_keeps_vectors({7, 6, 5, 4, 3, 2, 1, 0}, 4));   // reversed
+  // A run read twice is still whole and aligned: reads may repeat.
+  EXPECT_TRUE(gather_keeps_vectors({0, 1, 2, 3, 0, 1, 2, 3}, 4));
+  EXPECT_FALSE(gather_keeps_vectors({}, 4));
+}
+
 TEST(FusePointwise, BuilderRunsItAfterEpilogueFusionAndCanBeSwitchedOff) {
   // matmul + bias + gelu goes to the GEMM epilogue; the pointwise tail after it is fused.
   Network net;

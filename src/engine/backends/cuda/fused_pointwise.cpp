@@ -327,9 +327,17 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   // quarter of the H100's bandwidth (0.55 ms for 18 calls at b32, 2026-12-06).
   // Measured on an H100 (2026-12-06, b32 f16, bench/variants.py): ConvNeXt-T 3.197 -> 2.831 ms,
   // MobileNetV3 1.817 -> 1.792 ms. EMBER_POINTWISE_STRIDED_VECTORS=0 turns it off.
+  // A gathered input joins when its table keeps runs of V together (rotate_half over a head
+  // dim of 64: RoPE on q and k, whose generic path, 64-bit index math per element, is what
+  // session 37's Qwen2-0.5B b32 profile points at): the generated walk gathers the first
+  // element's index and the vector load reads the run.
   constexpr int64_t kV = codegen::kPointwiseVector;
-  bool wide = strided_vectors_enabled() && !vec && !gathers && n % kV == 0 && !mdims.empty() &&
+  bool wide = strided_vectors_enabled() && !vec && n % kV == 0 && !mdims.empty() &&
               mdims.back() % kV == 0;
+  for (size_t i = 0; wide && gathers && i < n_in; ++i) {
+    wide = views[i].gather.empty() ||
+           (mst[i].back() == 1 && semantics::gather_keeps_vectors(views[i].gather, kV));
+  }
   for (size_t i = 0; wide && i < n_in; ++i) {
     const int64_t last = mst[i].back();
     wide = (last == 0 || last == 1) && (last == 0 || aligned(a.in(i).data));

@@ -102,6 +102,22 @@ inline bool fused_views(const FusedPointwiseParams& p, size_t n_in, std::vector<
   return at == p.views.size();
 }
 
+/// Whether a last-dim gather keeps runs of `v` consecutive outputs on `v` consecutive, aligned
+/// source elements: every run starting at a multiple of `v` maps to one starting at a multiple
+/// of `v` and stepping by 1 (rotate_half's table over a last dim whose half is a multiple of
+/// `v`). A kernel can then read the run as one vector from the gathered index of its first
+/// element.
+inline bool gather_keeps_vectors(const std::vector<int64_t>& gather, int64_t v) {
+  if (v <= 0 || gather.empty() || gather.size() % static_cast<size_t>(v) != 0) return false;
+  for (size_t j = 0; j < gather.size(); j += static_cast<size_t>(v)) {
+    if (gather[j] % v != 0) return false;
+    for (int64_t l = 1; l < v; ++l) {
+      if (gather[j + static_cast<size_t>(l)] != gather[j] + l) return false;
+    }
+  }
+  return true;
+}
+
 /// Sets `p.views` from `views` (none when no input has one).
 inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView>& views) {
   p.views.clear();
