@@ -52,10 +52,11 @@ inline Tensor* row_reduce(Network& net, Tensor* x, ReduceOp op, const std::strin
   return net.add_layer(p, {x}, name)->output();
 }
 
-/// RoPE on a transposed [B, L, H, E] input: x' cos + gather(x', table) sin with x' the
-/// [B, H, L, E] transpose, the table rotate_half's (E / 2 .. E - 1, 0 .. E / 2 - 1) or reversed.
-inline void rope(Network& net, DataType dt, int64_t e, bool reversed) {
-  Tensor* x = net.add_input("x", dt, {2, 3, 2, e});
+/// RoPE on a transposed [B, L, H, E] input (B = 2, L = 3): x' cos + gather(x', table) sin with
+/// x' the [B, H, L, E] transpose, the table rotate_half's (E / 2 .. E - 1, 0 .. E / 2 - 1) or
+/// reversed.
+inline void rope(Network& net, DataType dt, int64_t heads, int64_t e, bool reversed) {
+  Tensor* x = net.add_input("x", dt, {2, 3, heads, e});
   Tensor* c = net.add_input("cos", dt, {3, e});
   Tensor* s = net.add_input("sin", dt, {3, e});
   ShuffleParams tp;
@@ -281,32 +282,16 @@ inline std::vector<Chain> chains() {
        {{4, 9}}, 1, 1, 1},
       // Input views: a transpose and a last-dim gather read in place instead of copied.
       {"RoPE on a transposed tensor: the transpose and the rotate_half gather become views",
-       [](Network& net, DataType dt) {
-         Tensor* x = net.add_input("x", dt, {2, 3, 4, 8});  // [B, L, H, E]
-         Tensor* c = net.add_input("cos", dt, {3, 8});
-         Tensor* s = net.add_input("sin", dt, {3, 8});
-         ShuffleParams tp;
-         tp.first_transpose = {0, 2, 1, 3};
-         Tensor* q = net.add_layer(tp, {x}, "transpose")->output();  // [B, H, L, E]
-         const std::vector<int32_t> idx = {4, 5, 6, 7, 0, 1, 2, 3};
-         Tensor* ix = net.add_constant(Weights::copy(DataType::kI32, {8}, idx.data()), "idx")
-                          ->output();
-         GatherParams gp;
-         gp.axis = 3;
-         Tensor* rot = net.add_gather(q, ix, gp, "rotate")->output();
-         Tensor* a = net.add_elementwise(q, c, ElementWiseOp::kProd, "q_cos")->output();
-         Tensor* b = net.add_elementwise(rot, s, ElementWiseOp::kProd, "rot_sin")->output();
-         net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "rope")->output(), "out");
-       },
+       [](Network& net, DataType dt) { rope(net, dt, 4, 8, /*reversed=*/false); },
        {{2, 3, 4, 8}, {3, 8}, {3, 8}}, 1, 0},
       // Qwen2's RoPE: head dim 64, rotate_half's table keeps runs of 4 together, so the CUDA
       // back end reads the gathered input as vectors (the strided vectorized path); a reversed
       // table does not, and takes the generic path there.
       {"RoPE over a head dim of 64 (a gather that keeps vectors)",
-       [](Network& net, DataType dt) { rope(net, dt, 64, /*reversed=*/false); },
+       [](Network& net, DataType dt) { rope(net, dt, 2, 64, /*reversed=*/false); },
        {{2, 3, 2, 64}, {3, 64}, {3, 64}}, 1, 0},
       {"a reversed last-dim gather (no vectors)",
-       [](Network& net, DataType dt) { rope(net, dt, 64, /*reversed=*/true); },
+       [](Network& net, DataType dt) { rope(net, dt, 2, 64, /*reversed=*/true); },
        {{2, 3, 2, 64}, {3, 64}, {3, 64}}, 1, 0},
       {"views in a row program: a layer norm over a transposed input",
        [](Network& net, DataType dt) {
