@@ -56,6 +56,7 @@ TEST(CudaGraphNodes, MemsetsAndDeviceCopiesBecomeKernelsThatWriteTheSameBytes) {
   cudaMemsetAsync(a, 0x7f, 37, s);                       // bytes, odd count
   cudaMemsetAsync(a + 64, 0, 4, s);                      // the 4-byte workspace kind
   cudaMemset2DAsync(a + 1024, kPitch, 0x11, 10, 3, s);   // pitched: 3 rows of 10 bytes
+  cudaMemsetAsync(a + 2051, 0x3c, 1000, s);  // unaligned start: head bytes, 16-byte words, tail
   cudaMemcpyAsync(c, a, kBytes, cudaMemcpyDeviceToDevice, s);  // after the memsets: edges kept
   cudaMemcpyAsync(d + 1, b + 3, 101, cudaMemcpyDefault, s);    // unaligned, kind Default
   cudaMemcpyAsync(d + 2048, b, 2048, cudaMemcpyDeviceToDevice, s);
@@ -64,13 +65,13 @@ TEST(CudaGraphNodes, MemsetsAndDeviceCopiesBecomeKernelsThatWriteTheSameBytes) {
   cuda_ok(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
 
   const auto before = node_types(graph);
-  EXPECT_EQ(before.at(cudaGraphNodeTypeMemset), 3);
+  EXPECT_EQ(before.at(cudaGraphNodeTypeMemset), 4);
   EXPECT_EQ(before.at(cudaGraphNodeTypeMemcpy), 4);
-  EXPECT_EQ(cuda::kernelize_graph_nodes(graph), 6);
+  EXPECT_EQ(cuda::kernelize_graph_nodes(graph), 7);
   const auto after = node_types(graph);
   EXPECT_EQ(after.count(cudaGraphNodeTypeMemset), 0u);
   EXPECT_EQ(after.at(cudaGraphNodeTypeMemcpy), 1);  // the host copy
-  EXPECT_EQ(after.at(cudaGraphNodeTypeKernel), 6);
+  EXPECT_EQ(after.at(cudaGraphNodeTypeKernel), 7);
 
   cudaGraphExec_t exec = nullptr;
   cuda_ok(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
@@ -82,6 +83,7 @@ TEST(CudaGraphNodes, MemsetsAndDeviceCopiesBecomeKernelsThatWriteTheSameBytes) {
   for (size_t r = 0; r < 3; ++r) {
     for (size_t i = 0; i < 10; ++i) want_a[1024 + r * kPitch + i] = 0x11;
   }
+  for (size_t i = 0; i < 1000; ++i) want_a[2051 + i] = 0x3c;
   std::vector<uint8_t> want_d(kBytes, 0);
   for (size_t i = 0; i < 101; ++i) want_d[1 + i] = host[3 + i];
   for (size_t i = 0; i < 64; ++i) want_d[1024 + i] = 0x5a;

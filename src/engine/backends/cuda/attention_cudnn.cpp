@@ -368,7 +368,7 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
         own_ms = std::min(own_ms, time_launches(timer, a.stream(), own_launch));
       }
       // The memset cuDNN puts before its SDPA kernel (GPT-2 b32's 12 layers, 2026-12-07) costs
-      // a replayed graph more than its run (kNonKernelNodeMs); Ember's kernels make none.
+      // a replayed graph more than its run (non_kernel_node_ms()); Ember's kernels make none.
       int extra = 0;
       cudaStream_t side = nullptr, original = nullptr;
       if (cudnn_ms >= 0.0f && cudnnGetStream(handle, &original) == CUDNN_STATUS_SUCCESS &&
@@ -380,7 +380,7 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
         cudaStreamDestroy(side);
       }
       cudaGetLastError();
-      if (cudnn_ms >= 0.0f) cudnn_ms += 2.0f * kNonKernelNodeMs * static_cast<float>(extra);
+      if (cudnn_ms >= 0.0f) cudnn_ms += 2.0f * non_kernel_node_ms() * static_cast<float>(extra);
       use_cudnn = cudnn_ms >= 0.0f && cudnn_ms < own_ms;
       ++g_timed;
       if (!use_cudnn) ++g_own_faster;

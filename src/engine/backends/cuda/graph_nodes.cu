@@ -6,6 +6,7 @@
 // memset node ran 0.7 us, but the GPU idled ~1.3 us before it and ~2.5 us after it, where two
 // kernel nodes in a row are ~0.1 us apart: 24 memsets cost ~0.1 ms of a 1.57 ms call. The same
 // writes done by a kernel node keep the replay on the kernel-to-kernel path.
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -25,17 +26,40 @@ struct MemsetArgs {
   size_t width, height;
 };
 
+/// The byte at offset `b` of a run of `element_size`-byte elements each `value` (little-endian).
+__device__ __forceinline__ uint8_t memset_byte(const MemsetArgs& m, size_t b) {
+  return static_cast<uint8_t>(m.value >> (8 * (b % m.element_size)));
+}
+
 __global__ void graph_memset_kernel(MemsetArgs m) {
-  const int64_t n = static_cast<int64_t>(m.width * m.height);
-  if (m.element_size == 4 && m.pitch == m.width * 4 &&
-      reinterpret_cast<uintptr_t>(m.dst) % 16 == 0 && n % 4 == 0) {
-    // Contiguous 4-byte words: 16 bytes a store.
-    const uint4 v = make_uint4(m.value, m.value, m.value, m.value);
-    for (int64_t i = global_thread(); i < n / 4; i += grid_threads()) {
-      reinterpret_cast<uint4*>(m.dst)[i] = v;
+  const size_t row = m.width * m.element_size;
+  if (m.height == 1 || m.pitch == row) {
+    // One contiguous run (what cudaMemsetAsync captures: 1-byte elements, one row): 16 bytes a
+    // store from a 16-byte aligned start, the bytes before it and after the last whole word one
+    // at a time. The element pattern repeats every 1, 2 or 4 bytes, so every aligned word holds
+    // the same 16 bytes.
+    const size_t bytes = row * m.height;
+    const size_t head = (16 - reinterpret_cast<uintptr_t>(m.dst) % 16) % 16;
+    const size_t lead = head < bytes ? head : bytes;
+    const size_t words = (bytes - lead) / 16;
+    uint32_t w = 0;
+    for (int b = 3; b >= 0; --b) w = (w << 8) | memset_byte(m, lead + static_cast<size_t>(b));
+    const uint4 v = make_uint4(w, w, w, w);
+    auto* body = reinterpret_cast<uint4*>(m.dst + lead);
+    for (int64_t i = global_thread(); i < static_cast<int64_t>(words); i += grid_threads()) {
+      body[i] = v;
+    }
+    const size_t tail = lead + words * 16;
+    for (int64_t i = global_thread(); i < static_cast<int64_t>(lead + bytes - tail);
+         i += grid_threads()) {
+      const size_t b = static_cast<size_t>(i) < lead ? static_cast<size_t>(i)
+                                                      : tail + static_cast<size_t>(i) - lead;
+      m.dst[b] = memset_byte(m, b);
     }
     return;
   }
+  // Pitched rows (cudaMemset2DAsync): one element a thread.
+  const int64_t n = static_cast<int64_t>(m.width * m.height);
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     uint8_t* p = m.dst + static_cast<size_t>(i) / m.width * m.pitch +
                  static_cast<size_t>(i) % m.width * m.element_size;
@@ -134,13 +158,15 @@ cudaKernelNodeParams kernel_params(void* func, int64_t work, void** args) {
   return p;
 }
 
+/// Memory of the current device (not host, managed or another GPU's memory).
 bool device_memory(const void* p) {
   cudaPointerAttributes a{};
-  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+  int device = -1;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess || cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
-  return a.type == cudaMemoryTypeDevice;
+  return a.type == cudaMemoryTypeDevice && a.device == device;
 }
 
 bool replace_memset(cudaGraph_t graph, cudaGraphNode_t node) {
@@ -155,26 +181,28 @@ bool replace_memset(cudaGraph_t graph, cudaGraphNode_t node) {
                  kernel_params(reinterpret_cast<void*>(&graph_memset_kernel), work, args));
 }
 
-/// Only flat copies between two device buffers (what cudaMemcpyAsync of device memory captures):
-/// arrays, pitched regions and host memory keep their copy node.
+/// A misaligned copy runs a byte a thread; beyond this size it keeps its copy node.
+constexpr size_t kMaxByteCopy = size_t{64} << 10;
+
+/// Only flat copies between two buffers of this device (what cudaMemcpyAsync of device memory
+/// captures): arrays, pitched regions, host and peer memory keep their copy node.
 bool replace_copy(cudaGraph_t graph, cudaGraphNode_t node) {
   cudaMemcpy3DParms p{};
   if (cudaGraphMemcpyNodeGetParams(node, &p) != cudaSuccess) return false;
   if (p.srcArray != nullptr || p.dstArray != nullptr) return false;
-  if (p.extent.height > 1 || p.extent.depth > 1 || p.extent.width == 0) return false;
-  if (p.srcPos.x != 0 || p.srcPos.y != 0 || p.srcPos.z != 0 || p.dstPos.x != 0 ||
-      p.dstPos.y != 0 || p.dstPos.z != 0) {
-    return false;
-  }
-  if (p.kind != cudaMemcpyDeviceToDevice &&
-      !(p.kind == cudaMemcpyDefault && device_memory(p.srcPtr.ptr) &&
-        device_memory(p.dstPtr.ptr))) {
-    return false;
-  }
-  CopyArgs c{static_cast<uint8_t*>(p.dstPtr.ptr), static_cast<const uint8_t*>(p.srcPtr.ptr),
-             p.extent.width};
+  if (p.extent.height != 1 || p.extent.depth != 1 || p.extent.width == 0) return false;
+  if (p.srcPos.y != 0 || p.srcPos.z != 0 || p.dstPos.y != 0 || p.dstPos.z != 0) return false;
+  // Linear memory: extent.width and pos.x are in bytes.
+  auto* src = static_cast<const uint8_t*>(p.srcPtr.ptr) + p.srcPos.x;
+  auto* dst = static_cast<uint8_t*>(p.dstPtr.ptr) + p.dstPos.x;
+  if (p.kind != cudaMemcpyDeviceToDevice && p.kind != cudaMemcpyDefault) return false;
+  if (!device_memory(src) || !device_memory(dst)) return false;
+  CopyArgs c{dst, src, p.extent.width};
+  const bool vectors =
+      (reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | c.bytes) % 16 == 0;
+  if (!vectors && c.bytes > kMaxByteCopy) return false;
   void* args[] = {&c};
-  const int64_t work = static_cast<int64_t>(c.bytes % 16 == 0 ? c.bytes / 16 : c.bytes);
+  const int64_t work = static_cast<int64_t>(vectors ? c.bytes / 16 : c.bytes);
   return replace(graph, node,
                  kernel_params(reinterpret_cast<void*>(&graph_copy_kernel), work, args));
 }
@@ -201,15 +229,23 @@ int kernelize_graph_nodes(cudaGraph_t graph) {
     return 0;
   }
   int replaced = 0;
+  bool kept = false;
   for (cudaGraphNode_t node : nodes) {
     cudaGraphNodeType type;
-    if (cudaGraphNodeGetType(node, &type) != cudaSuccess) continue;
-    if ((type == cudaGraphNodeTypeMemset && replace_memset(graph, node)) ||
-        (type == cudaGraphNodeTypeMemcpy && replace_copy(graph, node))) {
+    if (cudaGraphNodeGetType(node, &type) != cudaSuccess) {
+      kept = true;
+      continue;
+    }
+    if (type != cudaGraphNodeTypeMemset && type != cudaGraphNodeTypeMemcpy) continue;
+    if ((type == cudaGraphNodeTypeMemset ? replace_memset(graph, node)
+                                         : replace_copy(graph, node))) {
       ++replaced;
+    } else {
+      kept = true;
     }
   }
-  cudaGetLastError();  // a step that failed left the node as it was; clear its error
+  // A node kept because a call failed left the graph as it was: clear that call's error.
+  if (kept) cudaGetLastError();
   return replaced;
 }
 

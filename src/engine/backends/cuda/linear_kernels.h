@@ -103,6 +103,16 @@ float time_launches(TacticTimer& t, cudaStream_t stream, Launch launch) {
 /// timing adds this per such node to a candidate's time (engines replay their layers as CUDA
 /// graphs), so a memset-free candidate within ~4 us wins.
 inline constexpr float kNonKernelNodeMs = 0.004f;
+/// The same node rewritten as a kernel node (graph_nodes.cu): a small kernel's run and launch
+/// gap, ~1.5 us. An estimate from the small kernels of the same sequences (1-2 us), not yet
+/// measured for the rewritten nodes themselves.
+inline constexpr float kKernelizedNodeMs = 0.0015f;
+
+/// What tactic timing adds per memset or copy node: kKernelizedNodeMs while engines rewrite
+/// such nodes (the default), kNonKernelNodeMs under EMBER_GRAPH_NODE_KERNELS=0.
+inline float non_kernel_node_ms() {
+  return graph_node_kernels_enabled() ? kKernelizedNodeMs : kNonKernelNodeMs;
+}
 
 /// The memset and copy nodes one call of `launch` makes, captured on `stream` (which the launch
 /// must enqueue on: a stream of the caller's own, not one in use, so nothing runs); 0 when the

@@ -29,10 +29,10 @@ float time_candidate(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void*
 }
 
 /// The heuristic's first `n` candidates that need no workspace, for a call whose preference
-/// `pref` allows one. A candidate that takes a workspace puts a memset in front of its kernel in
-/// the engine's CUDA graph (kNonKernelNodeMs), and the heuristic's first eight may all take one
-/// (GPT-2's GELU projection, m 4096 n 3072 k 768 on an H100: 8 of 8, 2026-12-07): asking again
-/// with no workspace lists the free ones for the timing to weigh.
+/// `pref` allows one. A candidate that takes a workspace puts a memset in front of its kernel
+/// in the engine's CUDA graph (non_kernel_node_ms()), and the heuristic's first eight may all
+/// take one (GPT-2's GELU projection, m 4096 n 3072 k 768 on an H100: 8 of 8, 2026-12-07):
+/// asking again with no workspace lists the free ones for the timing to weigh.
 std::vector<cublasLtMatmulHeuristicResult_t> workspace_free_candidates(
     const LtCall& call, cublasLtMatmulPreference_t pref, int n) {
   uint32_t align[4] = {256, 256, 256, 256};
@@ -209,7 +209,7 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
         return on_side.run(results[i].algo, d) == CUBLAS_STATUS_SUCCESS;
       });
       // time_candidate times two launches: two launches' extra nodes.
-      const float ms = timed < 0.0f ? timed : timed + 2.0f * kNonKernelNodeMs * extra;
+      const float ms = timed < 0.0f ? timed : timed + 2.0f * non_kernel_node_ms() * extra;
       if (log) {
         std::fprintf(stderr,
                      "[ember tactic] %s: candidate %d of %d: %.4f ms, %d memset/copy node(s), "
