@@ -509,6 +509,19 @@ TEST(CudaQuantize, Fp8ConvolutionMatchesTheReference) {
   CudaQConv residual_mid = mid;
   residual_mid.residual_dims = {2, 24, 10, 10};
   check_convolution(residual_mid, "fp8 3x3, K = 24, bf16 + residual + relu");
+  // Per-channel weight scales (what a batch norm folded into an FP8 convolution's scales
+  // makes): under channels_last with K = 32 cuBLASLt's outer-vector scale mode where it has a
+  // kernel for it (the activation's scale spread over the rows), else the f32 sums; the same
+  // values either way, with a residual and requantized.
+  CudaQConv folded = wide;
+  folded.per_channel = true;
+  check_convolution(folded, "fp8 3x3, K = 32, per-channel scales, bf16 + relu");
+  CudaQConv folded_residual = residual;
+  folded_residual.per_channel = true;
+  check_convolution(folded_residual, "fp8 3x3, K = 32, per-channel scales, residual + relu");
+  CudaQConv folded_requant = requant;
+  folded_requant.per_channel = true;
+  check_convolution(folded_requant, "fp8 3x3, K = 32, per-channel scales, requantized");
   CudaQConv grouped = mid;
   grouped.groups = 2;
   grouped.w_dims = {24, 16, 3, 3};

@@ -315,6 +315,17 @@ __global__ void weight_row_sums_kernel(const int8_t* __restrict__ w, int64_t row
 
 }  // namespace
 
+__global__ void fill_from_scalar_kernel(float* __restrict__ dst, const float* __restrict__ scalar,
+                                        int64_t n) {
+  const float v = *scalar;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) dst[i] = v;
+}
+
+void launch_fill_from_scalar(float* dst, const float* scalar, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  fill_from_scalar_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, scalar, n);
+}
+
 void launch_shift_u8_to_s8(const uint8_t* x, int8_t* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   shift_u8_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);

@@ -58,6 +58,10 @@ ProductEpilogue product_epilogue_of(const Epilogue& e, const Requantize& r, cons
 void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataType float_type,
                              int64_t m, int64_t n, const ProductEpilogue& e, cudaStream_t stream);
 
+/// dst[0, n) = *scalar (a device scalar), on `stream`: the activation's per-tensor scale spread
+/// into the vector cuBLASLt's outer-vector scale mode wants (one scale per row of the product).
+void launch_fill_from_scalar(float* dst, const float* scalar, int64_t n, cudaStream_t stream);
+
 /// FP8 E4M3 with per-tensor scales: out[m, n] (`float_type`, row-major) = the
 /// product of act[m, k] and w[n, k]^T (both E4M3, K-contiguous) through cuBLASLt, which applies
 /// e's scales (device pointers), the epilogue scale (alpha), e.bias and a relu in its own
@@ -67,9 +71,14 @@ void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataTyp
 /// (per-channel scales, requantization, zero-point corrections, an f32 output with a bias, an
 /// activation or a residual). `ws`:
 /// kInt8GemmWorkspaceBytes of cuBLASLt workspace (quantized_matmul.cpp).
+/// Per-channel weight scales (a convolution with a batch norm folded into its scales) are taken
+/// when `row_scales` is given (m floats of scratch, 16-byte aligned): the activation's scale is
+/// spread into it and cuBLASLt applies both in its outer-vector scale mode (a vector per
+/// operand). Without it, or where cuBLASLt has no such kernel, per-channel scales return false;
+/// the spread then wrote only `row_scales`.
 bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
                         int64_t k, void* out, DataType float_type, const ProductEpilogue& e,
-                        const Epilogue& epilogue, void* ws);
+                        const Epilogue& epilogue, void* ws, float* row_scales = nullptr);
 
 /// FP8 E4M3 with per-tensor scales into a layer that requantizes (to int8 or FP8): cuBLASLt
 /// writes the 16-bit value (scales, alpha, bias, relu and a residual in its epilogue, as
@@ -78,10 +87,11 @@ bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64
 /// erf-GELU products, read by FP8 Quantizes, write 2 + 2 + 1 bytes an element where f32 sums
 /// and the epilogue pass write 4 + 4 + 1. False, with nothing enqueued, when cuBLASLt takes no
 /// such problem or `e` is not of this kind (a 16-bit float type, per-tensor scales, no zero
-/// point). `ws`: kInt8GemmWorkspaceBytes of cuBLASLt workspace.
+/// point). `ws`: kInt8GemmWorkspaceBytes of cuBLASLt workspace. `row_scales`: as for
+/// fp8_gemm_to_output.
 bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int64_t m,
                           int64_t n, int64_t k, void* value, void* out, DataType float_type,
-                          const ProductEpilogue& e, void* ws);
+                          const ProductEpilogue& e, void* ws, float* row_scales = nullptr);
 
 /// The rest of `e` after a library wrote the product's value y (`total` elements of
 /// `float_type`, already scaled, biased and rounded; e.g. cuBLASLt's FP8 GEMM with a 16-bit

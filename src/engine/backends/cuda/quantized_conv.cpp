@@ -36,9 +36,11 @@
 //
 // FP8 E4M3 convolutions take path 1 with cuBLASLt's FP8 GEMM (f32 sums; channels padded to
 // multiples of 16, which that GEMM wants), and the direct kernel otherwise. Under channels_last
-// with K a multiple of 16, per-tensor scales and a 16-bit output type, the GEMM writes the
-// output itself (bias and relu in cuBLASLt's epilogue; fp8_gemm_to_output), or, when the layer
-// requantizes, its 16-bit value for one quantizing pass (fp8_gemm_requantized).
+// with K a multiple of 16 and a 16-bit output type, the GEMM writes the output itself (bias and
+// relu in cuBLASLt's epilogue; fp8_gemm_to_output), or, when the layer requantizes, its 16-bit
+// value for one quantizing pass (fp8_gemm_requantized). Per-channel weight scales (ResNet's
+// batch norms fold into them) take cuBLASLt's outer-vector scale mode there, with the
+// activation's scale spread over the rows; where cuBLASLt has no such kernel, the f32 sums.
 //
 // What neither path covers (3-d, grouped convolutions; a problem both libraries refuse at run
 // time) runs in quantize.cu's direct int8 kernel: the same int32 sums and epilogue as the CPU
@@ -289,17 +291,27 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   const size_t sums_bytes =
       asymmetric ? aligned(static_cast<size_t>(g.out_channels) * sizeof(int32_t)) : 0;
   const size_t acc_bytes = aligned(static_cast<size_t>(m * kp) * 4);
-  if (!scratch_fits(xn_bytes + col_bytes + w_bytes + sums_bytes + acc_bytes, why)) return false;
+  // FP8 with per-channel weight scales (a batch norm folded into them) straight into an NHWC
+  // output: the activation's scale spread over the GEMM's m rows for cuBLASLt's outer-vector
+  // scale mode (fp8_gemm_to_output).
+  const bool direct_output = fp8 && g.channels_last && kp == g.out_channels;
+  const size_t rows_bytes =
+      direct_output && e.per_channel ? aligned(static_cast<size_t>(m) * sizeof(float)) : 0;
+  if (!scratch_fits(xn_bytes + col_bytes + w_bytes + sums_bytes + acc_bytes + rows_bytes, why)) {
+    return false;
+  }
   const PackedWeight* prep = packed_weight(a, g, kp, cp, kd, asymmetric);
   auto* base = static_cast<uint8_t*>(a.res->workspace(kInt8GemmWorkspaceBytes + xn_bytes +
                                                       col_bytes + w_bytes + sums_bytes +
-                                                      acc_bytes));
+                                                      acc_bytes + rows_bytes));
   auto* scratch = reinterpret_cast<int8_t*>(base + kInt8GemmWorkspaceBytes);
   int8_t* xn = x_ready ? static_cast<int8_t*>(const_cast<void*>(x.data)) : scratch;
   int8_t* col = pointwise ? xn : scratch + xn_bytes;
   auto* wpk = scratch + xn_bytes + col_bytes;
   auto* sums = reinterpret_cast<int32_t*>(wpk + w_bytes);
   void* acc = wpk + w_bytes + sums_bytes;
+  auto* row_scales =
+      rows_bytes > 0 ? reinterpret_cast<float*>(static_cast<uint8_t*>(acc) + acc_bytes) : nullptr;
   if (!g.channels_last) {
     launch_qconv_to_nhwc(x.data, u8, xn, g, cp, a.stream());
   } else if (!x_ready) {
@@ -329,15 +341,15 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   // GEMM's rows are the output's rows, so cuBLASLt writes the finished 16-bit values itself
   // (scales, bias, relu in its epilogue) and no f32 sums go through memory: 8 bytes an output
   // element fewer (ResNet-50 b32: ~355 M of them).
-  if (fp8 && g.channels_last && kp == g.out_channels &&
-      fp8_gemm_to_output(a, col, wpk, m, kp, kd, a.out().data, p.out, e, p.epilogue, base)) {
+  if (direct_output && fp8_gemm_to_output(a, col, wpk, m, kp, kd, a.out().data, p.out, e,
+                                           p.epilogue, base, row_scales)) {
     return true;
   }
   // The same for a layer that requantizes (the next convolution's FP8 input): cuBLASLt writes
   // the 16-bit value into the sums' scratch and one pass quantizes it (2 + 2 + 1 bytes an
   // element instead of the f32 sums' 4 + 4 + 1).
-  if (fp8 && g.channels_last && kp == g.out_channels &&
-      fp8_gemm_requantized(a, col, wpk, m, kp, kd, acc, a.out().data, p.out, e, base)) {
+  if (direct_output && fp8_gemm_requantized(a, col, wpk, m, kp, kd, acc, a.out().data, p.out, e,
+                                             base, row_scales)) {
     return true;
   }
   const bool ran = fp8 ? fp8_gemm_tn(a, col, wpk, m, kp, kd, static_cast<float*>(acc), base)

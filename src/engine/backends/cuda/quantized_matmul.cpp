@@ -160,9 +160,12 @@ struct LibEpilogue {
   const void* residual = nullptr;  ///< C (d's type and layout), added with beta 1; or none.
 };
 
+/// `outer_vectors` (FP8 only): w_scale is a vector of n scales (one per output column) and
+/// act_scale one of m (one per row), in cuBLASLt's outer-vector scale mode.
 bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_t m, int64_t n,
              int64_t k, void* d, cudaDataType_t d_type, const void* w_scale,
-             const void* act_scale, void* ws, const LibEpilogue* lib = nullptr) {
+             const void* act_scale, void* ws, const LibEpilogue* lib = nullptr,
+             bool outer_vectors = false) {
   const int64_t multiple = fp8 ? 16 : 4;
   if (k % multiple != 0 || n % multiple != 0 || !aligned_to(act, 16) || !aligned_to(w, 16) ||
       !aligned_to(d, 16)) {
@@ -174,6 +177,18 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
                                      fp8 ? CUDA_R_32F : CUDA_R_32I),
             "cublasLtMatmulDescCreate");
   set_tn(op.h);
+  if (outer_vectors && (!fp8 || w_scale == nullptr || act_scale == nullptr)) return false;
+  if (outer_vectors) {
+    // One scale per row of the library's A (our n) and per column of its B (our m); the two
+    // modes go together. A cuBLASLt without the attribute refuses here: no such path then.
+    const cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    if (cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode,
+                                       sizeof(mode)) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode,
+                                       sizeof(mode)) != CUBLAS_STATUS_SUCCESS) {
+      return false;
+    }
+  }
   if (w_scale != nullptr) {
     // The library's A is our w (the weight) and its B our act (the activation).
     qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
@@ -245,7 +260,8 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
     problem.key = std::string("cublasLt ") + (fp8 ? "f8e4m3" : "i8") + " tn m=" +
                   std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                   " d=" + std::to_string(static_cast<int>(d_type)) + " scales=" +
-                  std::to_string(w_scale != nullptr) + " epilogue=" + std::to_string(epi) +
+                  (outer_vectors ? std::string("vectors") : std::to_string(w_scale != nullptr)) +
+                  " epilogue=" + std::to_string(epi) +
                   " residual=" + std::to_string(residual != nullptr) + " fast=" +
                   std::to_string(fast) + " align=" + std::to_string(align_w) + "," +
                   std::to_string(align_act) + "," + std::to_string(align_out) +
@@ -256,7 +272,11 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   problem.reads_c = residual != nullptr;
   const auto algo = choose_lt_algo(call, pref.h, problem, a);
   if (!algo) return false;
-  qlt_check(call.run(*algo, d), fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
+  const cublasStatus_t st = call.run(*algo, d);
+  // The outer-vector scale mode is newer than the rest: a cuBLASLt that lists an algorithm but
+  // refuses the call (its check runs before any launch) leaves the caller its other paths.
+  if (outer_vectors && st == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  qlt_check(st, fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
   return true;
 }
 
@@ -345,22 +365,38 @@ bool fp8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, i
   return gemm_tn(a, /*fp8=*/true, act, w, m, n, k, acc, CUDA_R_32F, nullptr, nullptr, ws);
 }
 
+namespace {
+
+/// The activation scale cuBLASLt reads for `e`: e.x_scale, or, for per-channel weight scales,
+/// `row_scales` filled with it (nullptr when per-channel scales have no such vector).
+const void* activation_scale(const CudaArgs& a, const ProductEpilogue& e, int64_t m,
+                             float* row_scales) {
+  if (!e.per_channel) return e.x_scale;
+  if (row_scales == nullptr || !aligned_to(row_scales, 16)) return nullptr;
+  launch_fill_from_scalar(row_scales, e.x_scale, m, a.stream());
+  return row_scales;
+}
+
+}  // namespace
+
 bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
                         int64_t k, void* out, DataType float_type, const ProductEpilogue& e,
-                        const Epilogue& epilogue, void* ws) {
+                        const Epilogue& epilogue, void* ws, float* row_scales) {
   const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
   // An f32 output takes no bias (it would need cuBLASLt's bf16 bias), activation or residual.
   const bool f32_plain = float_type == DataType::kF32 && e.bias == nullptr && !e.activation &&
                          e.residual == nullptr;
-  if (!(half || f32_plain) || e.per_channel || e.out_scale != nullptr ||
-      e.weight_sums != nullptr) {
+  if (!(half || f32_plain) || e.out_scale != nullptr || e.weight_sums != nullptr ||
+      (e.per_channel && row_scales == nullptr)) {
     return false;
   }
+  const void* act_scale = activation_scale(a, e, m, row_scales);
+  if (act_scale == nullptr) return false;
   const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
   // The library's A is our w, its B our act: A's scale is w's.
-  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, out, out_type(float_type), e.w_scale, e.x_scale,
-               ws, &lib)) {
+  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, out, out_type(float_type), e.w_scale, act_scale,
+               ws, &lib, /*outer_vectors=*/e.per_channel)) {
     return false;
   }
   if (e.activation && !lib_relu) {
@@ -371,13 +407,18 @@ bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64
 
 bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int64_t m,
                           int64_t n, int64_t k, void* value, void* out, DataType float_type,
-                          const ProductEpilogue& e, void* ws) {
+                          const ProductEpilogue& e, void* ws, float* row_scales) {
   const bool half = float_type == DataType::kF16 || float_type == DataType::kBF16;
-  if (!half || e.per_channel || e.out_scale == nullptr || e.weight_sums != nullptr) return false;
+  if (!half || e.out_scale == nullptr || e.weight_sums != nullptr ||
+      (e.per_channel && row_scales == nullptr)) {
+    return false;
+  }
+  const void* act_scale = activation_scale(a, e, m, row_scales);
+  if (act_scale == nullptr) return false;
   const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
   if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, value, out_type(float_type), e.w_scale,
-               e.x_scale, ws, &lib)) {
+               act_scale, ws, &lib, /*outer_vectors=*/e.per_channel)) {
     return false;
   }
   ProductEpilogue rest = e;
