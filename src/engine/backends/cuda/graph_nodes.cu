@@ -173,7 +173,7 @@ bool replace_memset(cudaGraph_t graph, cudaGraphNode_t node) {
   cudaMemsetParams p{};
   if (cudaGraphMemsetNodeGetParams(node, &p) != cudaSuccess) return false;
   if (p.elementSize != 1 && p.elementSize != 2 && p.elementSize != 4) return false;
-  if (p.width == 0 || p.height == 0) return false;
+  if (p.width == 0 || p.height == 0 || !device_memory(p.dst)) return false;
   MemsetArgs m{static_cast<uint8_t*>(p.dst), p.pitch, p.value, p.elementSize, p.width, p.height};
   void* args[] = {&m};
   const int64_t work = static_cast<int64_t>(p.width * p.height);

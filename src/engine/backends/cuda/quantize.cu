@@ -324,6 +324,7 @@ __global__ void fill_from_scalar_kernel(float* __restrict__ dst, const float* __
 void launch_fill_from_scalar(float* dst, const float* scalar, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   fill_from_scalar_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, scalar, n);
+  check(cudaGetLastError(), "fill_from_scalar_kernel");
 }
 
 void launch_shift_u8_to_s8(const uint8_t* x, int8_t* y, int64_t n, cudaStream_t stream) {

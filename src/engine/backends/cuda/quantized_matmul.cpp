@@ -16,9 +16,12 @@
 //   epilogue, f32 accumulation, the output type written directly (one rounding; f32 sums in
 //   cuBLASLt's order); a residual as cuBLASLt's C (beta 1); another activation (erf GELU) in
 //   place after it, or, when the layer requantizes (to FP8 or int8), the 16-bit value into
-//   scratch and one pass for the activation and the quantization. Otherwise (per-channel
-//   scales, or an epilogue cuBLASLt refuses): the f32 sum into scratch, then the same epilogue
-//   pass as INT8 (one rounding, the CPU reference's order).
+//   scratch and one pass for the activation and the quantization. Per-channel weight scales
+//   (a convolution's folded batch norm) take the same two forms in cuBLASLt's outer-vector
+//   scale mode when the caller gives scratch for the activation's scale spread over the rows
+//   (quantized_conv.cpp does). Otherwise (per-channel scales without it, or an epilogue or
+//   scale mode cuBLASLt refuses): the f32 sum into scratch, then the same epilogue pass as INT8
+//   (one rounding, the CPU reference's order).
 // Both take their algorithm from lt_algo.h: the fastest of cuBLASLt's candidates timed on the
 // first eager call and kept in the timing cache, as the float GEMMs do (the heuristic's first
 // candidate was taken before 2026-12-06). FP8 accumulates in the tensor cores' fast mode
@@ -31,6 +34,8 @@
 #include <cublasLt.h>
 
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "backends/cuda/cuda_backend.h"
@@ -217,8 +222,8 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   }
   int8_t fast = 0;
   if (fp8) {
-    // Only where the result is rounded to 16 bits anyway: f32 sums (per-channel scales, f32
-    // outputs) keep cuBLASLt's promotion to f32.
+    // Only where the result is rounded to 16 bits anyway: f32 sums (the epilogue pass's input,
+    // f32 outputs) keep cuBLASLt's promotion to f32.
     fast = fp8_fast_accumulation() && d_type != CUDA_R_32F ? 1 : 0;
     qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast,
                                              sizeof(fast)),
@@ -275,7 +280,10 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   const cublasStatus_t st = call.run(*algo, d);
   // The outer-vector scale mode is newer than the rest: a cuBLASLt that lists an algorithm but
   // refuses the call (its check runs before any launch) leaves the caller its other paths.
-  if (outer_vectors && st == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  if (outer_vectors &&
+      (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE)) {
+    return false;
+  }
   qlt_check(st, fp8 ? "cublasLtMatmul (fp8)" : "cublasLtMatmul (int8)");
   return true;
 }
@@ -367,12 +375,54 @@ bool fp8_gemm_tn(const CudaArgs& a, const void* act, const void* w, int64_t m, i
 
 namespace {
 
+/// The outer-vector problems cuBLASLt refused (no algorithm, or the call refused), by device,
+/// shape, output type and epilogue: asked once per process, so a library without such kernels
+/// costs no spread of the activation scale and no heuristic query on later calls.
+struct OuterVectorRefusals {
+  std::mutex mutex;
+  std::set<std::string> refused;
+};
+
+OuterVectorRefusals& outer_vector_refusals() {
+  static OuterVectorRefusals r;
+  return r;
+}
+
+std::string outer_vector_kind(int64_t m, int64_t n, int64_t k, DataType float_type,
+                              const ProductEpilogue& e, bool requantized) {
+  const int device = [] {
+    int d = 0;
+    cudaGetDevice(&d);
+    return d;
+  }();
+  return std::to_string(device) + "/m" + std::to_string(m) + "n" + std::to_string(n) + "k" +
+         std::to_string(k) + "/" + dtype_name(float_type) + "/bias" +
+         std::to_string(e.bias != nullptr) + "/relu" +
+         std::to_string(e.activation && e.type == ActivationType::kRelu) + "/residual" +
+         std::to_string(e.residual != nullptr) + "/requantized" + std::to_string(requantized);
+}
+
+bool outer_vectors_refused(const std::string& kind) {
+  OuterVectorRefusals& r = outer_vector_refusals();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  return r.refused.count(kind) > 0;
+}
+
+void refuse_outer_vectors(const std::string& kind) {
+  OuterVectorRefusals& r = outer_vector_refusals();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.refused.insert(kind);
+}
+
 /// The activation scale cuBLASLt reads for `e`: e.x_scale, or, for per-channel weight scales,
-/// `row_scales` filled with it (nullptr when per-channel scales have no such vector).
+/// `row_scales` filled with it (nullptr when per-channel scales have no such vector, or
+/// cuBLASLt refused this kind of outer-vector problem before).
 const void* activation_scale(const CudaArgs& a, const ProductEpilogue& e, int64_t m,
-                             float* row_scales) {
+                             float* row_scales, const std::string& kind) {
   if (!e.per_channel) return e.x_scale;
-  if (row_scales == nullptr || !aligned_to(row_scales, 16)) return nullptr;
+  if (row_scales == nullptr || !aligned_to(row_scales, 16) || outer_vectors_refused(kind)) {
+    return nullptr;
+  }
   launch_fill_from_scalar(row_scales, e.x_scale, m, a.stream());
   return row_scales;
 }
@@ -390,13 +440,17 @@ bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64
       (e.per_channel && row_scales == nullptr)) {
     return false;
   }
-  const void* act_scale = activation_scale(a, e, m, row_scales);
+  const std::string kind = e.per_channel
+                               ? outer_vector_kind(m, n, k, float_type, e, /*requantized=*/false)
+                               : std::string();
+  const void* act_scale = activation_scale(a, e, m, row_scales, kind);
   if (act_scale == nullptr) return false;
   const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
   // The library's A is our w, its B our act: A's scale is w's.
   if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, out, out_type(float_type), e.w_scale, act_scale,
                ws, &lib, /*outer_vectors=*/e.per_channel)) {
+    if (e.per_channel) refuse_outer_vectors(kind);
     return false;
   }
   if (e.activation && !lib_relu) {
@@ -413,12 +467,16 @@ bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int
       (e.per_channel && row_scales == nullptr)) {
     return false;
   }
-  const void* act_scale = activation_scale(a, e, m, row_scales);
+  const std::string kind = e.per_channel
+                               ? outer_vector_kind(m, n, k, float_type, e, /*requantized=*/true)
+                               : std::string();
+  const void* act_scale = activation_scale(a, e, m, row_scales, kind);
   if (act_scale == nullptr) return false;
   const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
   if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, value, out_type(float_type), e.w_scale,
                act_scale, ws, &lib, /*outer_vectors=*/e.per_channel)) {
+    if (e.per_channel) refuse_outer_vectors(kind);
     return false;
   }
   ProductEpilogue rest = e;
