@@ -427,6 +427,30 @@ const void* activation_scale(const CudaArgs& a, const ProductEpilogue& e, int64_
   return row_scales;
 }
 
+/// The FP8 GEMM into `d` (`float_type`, 16-bit or f32) with e's scales (scalars, or outer
+/// vectors for per-channel ones), alpha, bias, relu and residual in cuBLASLt's epilogue.
+/// False, with at most `row_scales` written, when cuBLASLt takes no such problem (a refused
+/// outer-vector problem is remembered).
+bool fp8_gemm_lib_epilogue(const CudaArgs& a, const void* act, const void* w, int64_t m,
+                           int64_t n, int64_t k, void* d, DataType float_type,
+                           const ProductEpilogue& e, void* ws, float* row_scales,
+                           bool requantized) {
+  const std::string kind = e.per_channel
+                               ? outer_vector_kind(m, n, k, float_type, e, requantized)
+                               : std::string();
+  const void* act_scale = activation_scale(a, e, m, row_scales, kind);
+  if (act_scale == nullptr) return false;
+  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
+  const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
+  // The library's A is our w, its B our act: A's scale is w's.
+  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, d, out_type(float_type), e.w_scale, act_scale,
+               ws, &lib, /*outer_vectors=*/e.per_channel)) {
+    if (e.per_channel) refuse_outer_vectors(kind);
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64_t m, int64_t n,
@@ -440,19 +464,11 @@ bool fp8_gemm_to_output(const CudaArgs& a, const void* act, const void* w, int64
       (e.per_channel && row_scales == nullptr)) {
     return false;
   }
-  const std::string kind = e.per_channel
-                               ? outer_vector_kind(m, n, k, float_type, e, /*requantized=*/false)
-                               : std::string();
-  const void* act_scale = activation_scale(a, e, m, row_scales, kind);
-  if (act_scale == nullptr) return false;
-  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
-  const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
-  // The library's A is our w, its B our act: A's scale is w's.
-  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, out, out_type(float_type), e.w_scale, act_scale,
-               ws, &lib, /*outer_vectors=*/e.per_channel)) {
-    if (e.per_channel) refuse_outer_vectors(kind);
+  if (!fp8_gemm_lib_epilogue(a, act, w, m, n, k, out, float_type, e, ws, row_scales,
+                             /*requantized=*/false)) {
     return false;
   }
+  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
   if (e.activation && !lib_relu) {
     launch_epilogue(float_type, out, nullptr, n, 1, nullptr, &epilogue, m * n, a.stream());
   }
@@ -467,20 +483,12 @@ bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int
       (e.per_channel && row_scales == nullptr)) {
     return false;
   }
-  const std::string kind = e.per_channel
-                               ? outer_vector_kind(m, n, k, float_type, e, /*requantized=*/true)
-                               : std::string();
-  const void* act_scale = activation_scale(a, e, m, row_scales, kind);
-  if (act_scale == nullptr) return false;
-  const bool lib_relu = e.activation && e.type == ActivationType::kRelu;
-  const LibEpilogue lib{e.bias, lib_relu, e.scale, e.residual};
-  if (!gemm_tn(a, /*fp8=*/true, act, w, m, n, k, value, out_type(float_type), e.w_scale,
-               act_scale, ws, &lib, /*outer_vectors=*/e.per_channel)) {
-    if (e.per_channel) refuse_outer_vectors(kind);
+  if (!fp8_gemm_lib_epilogue(a, act, w, m, n, k, value, float_type, e, ws, row_scales,
+                             /*requantized=*/true)) {
     return false;
   }
   ProductEpilogue rest = e;
-  rest.activation = e.activation && !lib_relu;
+  rest.activation = e.activation && e.type != ActivationType::kRelu;
   launch_product_finish(value, out, float_type, m * n, rest, a.stream());
   return true;
 }
