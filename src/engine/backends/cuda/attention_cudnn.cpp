@@ -370,14 +370,14 @@ CudnnAttentionStatus run_attention_cudnn(const AttentionParams& p, const CudaArg
       // The memset cuDNN puts before its SDPA kernel (GPT-2 b32's 12 layers, 2026-12-07) costs
       // a replayed graph more than its run (non_kernel_node_ms()); Ember's kernels make none.
       int extra = 0;
-      cudaStream_t side = nullptr, original = nullptr;
-      if (cudnn_ms >= 0.0f && cudnnGetStream(handle, &original) == CUDNN_STATUS_SUCCESS &&
-          cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) {
-        if (cudnnSetStream(handle, side) == CUDNN_STATUS_SUCCESS) {
-          extra = non_kernel_nodes(side, cudnn_launch);
+      cudaStream_t original = nullptr;
+      const SideStream side;
+      if (cudnn_ms >= 0.0f && side.s != nullptr &&
+          cudnnGetStream(handle, &original) == CUDNN_STATUS_SUCCESS) {
+        if (cudnnSetStream(handle, side.s) == CUDNN_STATUS_SUCCESS) {
+          extra = non_kernel_nodes(side.s, cudnn_launch);
         }
         cudnnSetStream(handle, original);
-        cudaStreamDestroy(side);
       }
       cudaGetLastError();
       if (cudnn_ms >= 0.0f) cudnn_ms += 2.0f * non_kernel_node_ms() * static_cast<float>(extra);

@@ -114,6 +114,23 @@ inline float non_kernel_node_ms() {
   return graph_node_kernels_enabled() ? kKernelizedNodeMs : kNonKernelNodeMs;
 }
 
+/// A stream of its own for non_kernel_nodes' captures, destroyed on every path out (a timing
+/// launch may throw); null when none could be made (candidates are then judged by time alone).
+struct SideStream {
+  cudaStream_t s = nullptr;
+  SideStream() {
+    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+      cudaGetLastError();
+      s = nullptr;
+    }
+  }
+  ~SideStream() {
+    if (s != nullptr) cudaStreamDestroy(s);
+  }
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+};
+
 /// The memset and copy nodes one call of `launch` makes, captured on `stream` (which the launch
 /// must enqueue on: a stream of the caller's own, not one in use, so nothing runs); 0 when the
 /// capture fails (the candidate is then judged by its time alone).

@@ -1,7 +1,6 @@
 // cuBLASLt's algorithm choice (see lt_algo.h).
 #include "backends/cuda/lt_algo.h"
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,58 +26,6 @@ float time_candidate(const LtCall& call, const cublasLtMatmulAlgo_t& algo, void*
   if (call.run(algo, d) != CUBLAS_STATUS_SUCCESS) return -1.0f;
   return time_launches(t, call.stream, [&] { return call.run(algo, d) == CUBLAS_STATUS_SUCCESS; });
 }
-
-/// The heuristic's first `n` candidates that need no workspace, for a call whose preference
-/// `pref` allows one. A candidate that takes a workspace puts a memset in front of its kernel
-/// in the engine's CUDA graph (non_kernel_node_ms()), and the heuristic's first eight may all
-/// take one (GPT-2's GELU projection, m 4096 n 3072 k 768 on an H100: 8 of 8, 2026-12-07):
-/// asking again with no workspace lists the free ones for the timing to weigh.
-std::vector<cublasLtMatmulHeuristicResult_t> workspace_free_candidates(
-    const LtCall& call, cublasLtMatmulPreference_t pref, int n) {
-  uint32_t align[4] = {256, 256, 256, 256};
-  const cublasLtMatmulPreferenceAttributes_t attrs[4] = {
-      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-  for (int i = 0; i < 4; ++i) {
-    size_t written = 0;
-    if (cublasLtMatmulPreferenceGetAttribute(pref, attrs[i], &align[i], sizeof align[i],
-                                             &written) != CUBLAS_STATUS_SUCCESS) {
-      return {};
-    }
-  }
-  if (align[2] != align[3]) return {};  // LtPreference gives C and D one alignment
-  try {  // a failure here only means no extra candidates (the caller may still fall back)
-    const LtPreference free_pref(0, align[0], align[1], align[2]);
-    std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(n));
-    int returned = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
-                                       call.out, free_pref.h, n, results.data(),
-                                       &returned) != CUBLAS_STATUS_SUCCESS) {
-      return {};
-    }
-    results.resize(static_cast<size_t>(returned));
-    return results;
-  } catch (const Error&) {
-    return {};
-  }
-}
-
-/// A stream of its own for non_kernel_nodes' captures, destroyed on every path out (a timing
-/// launch may throw); null when none could be made (candidates are then judged by time alone).
-struct SideStream {
-  cudaStream_t s = nullptr;
-  SideStream() {
-    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
-      cudaGetLastError();
-      s = nullptr;
-    }
-  }
-  ~SideStream() {
-    if (s != nullptr) cudaStreamDestroy(s);
-  }
-  SideStream(const SideStream&) = delete;
-  SideStream& operator=(const SideStream&) = delete;
-};
 
 }  // namespace
 
@@ -158,18 +105,6 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
   };
   if (st != CUBLAS_STATUS_SUCCESS) {
     return no_algorithm(std::string("heuristic: ") + cublasLtGetStatusString(st));
-  }
-  results.resize(static_cast<size_t>(returned));
-  if (timing && wanted > 1) {
-    // Up to kLtWorkspaceFreeCandidates more that need no workspace (and so no memset node),
-    // those not already listed.
-    for (const auto& r : workspace_free_candidates(call, pref, kLtWorkspaceFreeCandidates)) {
-      const bool listed = std::any_of(results.begin(), results.end(), [&](const auto& l) {
-        return std::memcmp(&l.algo, &r.algo, sizeof r.algo) == 0;
-      });
-      if (!listed) results.push_back(r);
-    }
-    returned = static_cast<int>(results.size());
   }
   if (returned == 0) return no_algorithm("the heuristic offers none");
   const auto usable = [&](int i) {

@@ -25,10 +25,6 @@ namespace ember::engine::cuda {
 /// list the fastest algorithm sits) says otherwise.
 inline constexpr int kLtCandidates = 8;
 int lt_candidates();
-/// Workspace-free candidates timed besides those (the heuristic asked again with no workspace;
-/// none with EMBER_LT_CANDIDATES=1): a candidate that takes a workspace costs a CUDA graph a
-/// memset node (non_kernel_node_ms()), and the first kLtCandidates may all take one.
-inline constexpr int kLtWorkspaceFreeCandidates = 4;
 
 /// Largest power of two (at most 256) dividing every one of `bytes` (0 entries ignored): the
 /// alignment cuBLASLt's heuristic is told the operands have (it assumes 256 otherwise, and an
