@@ -122,7 +122,11 @@ void finalize(const Desc& d, const char* what) { ok(cudnnBackendFinalize(d.get()
 // ---- the operation graph
 
 /// Unique ids of the graph's tensors (the variant pack names the real ones by these).
-enum Uid : int64_t { kX = 1, kW, kY, kBias, kResidual, kConvOut = 101, kBiasOut, kResidualOut };
+/// Virtual ones from 101: the convolution's sums, then one per epilogue step (kStepOut + i).
+enum Uid : int64_t {
+  kX = 1, kW, kY, kBias, kResidual, kXScale, kWScale, kOutScale,
+  kConvOut = 101, kStepOut = 102
+};
 
 /// Row-major (NCHW) strides of `dims`.
 std::vector<int64_t> packed_strides(const std::vector<int64_t>& dims) {
@@ -210,14 +214,30 @@ Desc make_pointwise(std::vector<Desc>& keep, cudnnPointwiseMode_t mode, const De
 
 /// What one layer's graph is built from (everything the layer's key names).
 struct Problem {
-  DataType dtype = DataType::kF32;
+  DataType dtype = DataType::kF32;      ///< x and w
+  DataType out_dtype = DataType::kF32;  ///< y
+  DataType epilogue_dtype = DataType::kF32;  ///< The bias and the residual.
   bool channels_last = false;
   std::vector<int64_t> x, w, y;  // logical [N, C, *spatial]
   std::vector<int64_t> pre_pad, post_pad, stride, dilation;
   float scale = 1.0f;
   bool bias = false, residual = false, relu = false;
+  /// A quantized convolution (INT8 or FP8 x and w): its sums are scaled by x_scale and w_scale
+  /// (per output channel when w_per_channel) before the epilogue, and divided by out_scale
+  /// after it when it requantizes (y is then int8 or FP8).
+  bool quantized = false, w_per_channel = false, requantize = false;
+  /// INT8 only: the convolution's output as a virtual int32 tensor (cuDNN's int8 samples)
+  /// instead of f32; the second graph tried when the first finds no engine.
+  bool int32_sums = false;
   int64_t align_x = 16, align_w = 16, align_y = 16, align_bias = 16, align_residual = 16;
 };
+
+/// cuDNN's type of an operand: the float types, and the quantized ones this path takes.
+cudnnDataType_t graph_type(DataType t) {
+  if (t == DataType::kF8E4M3) return CUDNN_DATA_FP8_E4M3;
+  if (t == DataType::kI8) return CUDNN_DATA_INT8;
+  return dnn_type(t, "Convolution");
+}
 
 /// A finalized operation graph and every descriptor it refers to (kept alive with it).
 struct Graph {
@@ -227,11 +247,44 @@ struct Graph {
   std::vector<int64_t> uids;  // the non-virtual tensors, in the variant pack's order
 };
 
-/// Builds the graph of `pb`: fused = the bias (+ residual) (+ relu) epilogue as pointwise ops.
+/// One pointwise step of a fused epilogue: y = mode(in[, operand]).
+struct Step {
+  cudnnPointwiseMode_t mode;
+  int64_t operand = 0;  ///< The operand's uid; 0: none (relu).
+  cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  enum class Dims { kScalar, kChannel, kFull } dims = Dims::kFull;
+  int64_t align = 16;
+};
+
+/// The epilogue chain of `pb`, in order: the quantized scales, the bias, the residual, the
+/// relu, the requantization.
+std::vector<Step> epilogue_steps(const Problem& pb) {
+  std::vector<Step> steps;
+  const cudnnDataType_t et = graph_type(pb.epilogue_dtype);
+  if (pb.quantized) {
+    steps.push_back({CUDNN_POINTWISE_MUL, kXScale, CUDNN_DATA_FLOAT, Step::Dims::kScalar, 4});
+    steps.push_back({CUDNN_POINTWISE_MUL, kWScale, CUDNN_DATA_FLOAT,
+                     pb.w_per_channel ? Step::Dims::kChannel : Step::Dims::kScalar, 4});
+  }
+  if (pb.bias) {
+    steps.push_back({CUDNN_POINTWISE_ADD, kBias, et, Step::Dims::kChannel, pb.align_bias});
+  }
+  if (pb.residual) {
+    steps.push_back({CUDNN_POINTWISE_ADD, kResidual, et, Step::Dims::kFull, pb.align_residual});
+  }
+  if (pb.relu) steps.push_back({CUDNN_POINTWISE_RELU_FWD});
+  if (pb.requantize) {
+    steps.push_back({CUDNN_POINTWISE_DIV, kOutScale, CUDNN_DATA_FLOAT, Step::Dims::kScalar, 4});
+  }
+  return steps;
+}
+
+/// Builds the graph of `pb`: fused = its epilogue (epilogue_steps) as pointwise ops on virtual
+/// f32 tensors, the last one writing y; unfused = the convolution alone, writing y.
 std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t handle) {
   auto g = std::make_unique<Graph>();
   g->fused = fused;
-  const cudnnDataType_t type = dnn_type(pb.dtype, "Convolution");
+  const cudnnDataType_t type = graph_type(pb.dtype);
   auto strides = [&](const std::vector<int64_t>& dims) {
     return pb.channels_last ? channels_last_strides(dims) : packed_strides(dims);
   };
@@ -240,14 +293,17 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
   const size_t x_at = g->keep.size() - 1;
   g->keep.push_back(make_tensor(kW, type, pb.w, strides(pb.w), pb.align_w, false));
   const size_t w_at = g->keep.size() - 1;
-  g->keep.push_back(make_tensor(kY, type, pb.y, y_strides, pb.align_y, false));
+  g->keep.push_back(
+      make_tensor(kY, graph_type(pb.out_dtype), pb.y, y_strides, pb.align_y, false));
   const size_t y_at = g->keep.size() - 1;
   g->uids = {kX, kW, kY};
 
   const auto nsp = static_cast<int64_t>(pb.stride.size());
   Desc conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, "cudnnBackendCreateDescriptor(CONVOLUTION)");
   set_i64(conv, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, nsp, "set CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS");
-  set_type(conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_DATA_FLOAT,
+  // Sums in f32 (int32 for INT8: exact).
+  set_type(conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE,
+           pb.dtype == DataType::kI8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT,
            "set CUDNN_ATTR_CONVOLUTION_COMP_TYPE");
   const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;  // PyTorch's convolution
   set(conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode,
@@ -262,10 +318,12 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
            "set CUDNN_ATTR_CONVOLUTION_POST_PADDINGS");
   finalize(conv, "cudnnBackendFinalize(CONVOLUTION)");
 
-  // The convolution writes y itself, or a virtual f32 tensor the epilogue chain reads.
+  // The convolution writes y itself, or a virtual tensor the epilogue chain reads.
+  const std::vector<Step> steps = fused ? epilogue_steps(pb) : std::vector<Step>{};
   size_t conv_out_at = y_at;
-  if (fused) {
-    g->keep.push_back(make_tensor(kConvOut, CUDNN_DATA_FLOAT, pb.y, y_strides, 16, true));
+  if (!steps.empty()) {
+    g->keep.push_back(make_tensor(kConvOut, pb.int32_sums ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT,
+                                  pb.y, y_strides, 16, true));
     conv_out_at = g->keep.size() - 1;
   }
   Desc op(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR,
@@ -288,47 +346,38 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
   g->keep.push_back(std::move(conv));
   g->keep.push_back(std::move(op));
 
-  if (fused) {
-    // ADD(bias) -> [ADD(residual)] -> [RELU_FWD]; each step's output is virtual f32 except the
-    // last, which is y (rounded once to the output dtype, as the legacy fused call does).
-    const int steps = 1 + (pb.residual ? 1 : 0) + (pb.relu ? 1 : 0);
-    int step = 0;
-    size_t in_at = conv_out_at;
-    auto next_out = [&](int64_t uid) -> size_t {
-      if (++step == steps) return y_at;
-      g->keep.push_back(make_tensor(uid, CUDNN_DATA_FLOAT, pb.y, y_strides, 16, true));
-      return g->keep.size() - 1;
-    };
-    std::vector<int64_t> bias_dims(pb.y.size(), 1);
-    bias_dims[1] = pb.y[1];
-    g->keep.push_back(
-        make_tensor(kBias, type, bias_dims, strides(bias_dims), pb.align_bias, false));
-    const size_t bias_at = g->keep.size() - 1;
-    g->uids.push_back(kBias);
-    size_t out_at = next_out(kBiasOut);
-    Desc add_bias = make_pointwise(g->keep, CUDNN_POINTWISE_ADD, g->keep[in_at], &g->keep[bias_at],
-                                   g->keep[out_at]);
-    ops.push_back(add_bias.get());
-    g->keep.push_back(std::move(add_bias));
+  // Each step's output is virtual f32 except the last, which is y (rounded once to its type,
+  // as the legacy fused call does).
+  size_t in_at = conv_out_at;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& st = steps[i];
+    size_t operand_at = 0;  // 0: none (the graph's first entry is x, never an operand)
+    if (st.operand != 0) {
+      std::vector<int64_t> dims(pb.y.size(), 1);
+      if (st.dims == Step::Dims::kChannel) dims[1] = pb.y[1];
+      if (st.dims == Step::Dims::kFull) dims = pb.y;
+      g->keep.push_back(make_tensor(st.operand, st.type, dims,
+                                    st.dims == Step::Dims::kFull ? y_strides : strides(dims),
+                                    st.align, false));
+      operand_at = g->keep.size() - 1;
+      g->uids.push_back(st.operand);
+    }
+    size_t out_at = y_at;
+    if (i + 1 < steps.size()) {
+      // The value a requantization reads is rounded to the float type first, as the reference
+      // (and quantize.cu's epilogue) rounds it to the layer's output type before quantizing.
+      const bool before_requantize = steps[i + 1].operand == kOutScale;
+      g->keep.push_back(make_tensor(
+          kStepOut + static_cast<int64_t>(i),
+          before_requantize ? graph_type(pb.epilogue_dtype) : CUDNN_DATA_FLOAT, pb.y, y_strides,
+          16, true));
+      out_at = g->keep.size() - 1;
+    }
+    Desc pw = make_pointwise(g->keep, st.mode, g->keep[in_at],
+                             operand_at != 0 ? &g->keep[operand_at] : nullptr, g->keep[out_at]);
+    ops.push_back(pw.get());
+    g->keep.push_back(std::move(pw));
     in_at = out_at;
-    if (pb.residual) {
-      g->keep.push_back(make_tensor(kResidual, type, pb.y, y_strides, pb.align_residual, false));
-      const size_t res_at = g->keep.size() - 1;
-      g->uids.push_back(kResidual);
-      out_at = next_out(kResidualOut);
-      Desc add_res = make_pointwise(g->keep, CUDNN_POINTWISE_ADD, g->keep[in_at],
-                                    &g->keep[res_at], g->keep[out_at]);
-      ops.push_back(add_res.get());
-      g->keep.push_back(std::move(add_res));
-      in_at = out_at;
-    }
-    if (pb.relu) {
-      out_at = next_out(kY);  // relu is always the last step: it writes y
-      Desc relu = make_pointwise(g->keep, CUDNN_POINTWISE_RELU_FWD, g->keep[in_at], nullptr,
-                                 g->keep[out_at]);
-      ops.push_back(relu.get());
-      g->keep.push_back(std::move(relu));
-    }
   }
 
   g->graph = Desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR,
@@ -395,9 +444,17 @@ struct EngineInfo {
   bool runtime_compiled = false;   // its plan compiles kernels (NVRTC) when finalized
 };
 
+/// Which numerical notes a problem's engines may carry (see the file comment).
+enum class Precision {
+  kF32,        ///< No tensor cores, down-conversion, FFT, Winograd or reduced-precision sums.
+  kHalf,       ///< No reduced-precision sums.
+  kQuantized,  ///< Any: INT8 sums are exact, and FP8 tensor cores sum as their GEMMs do.
+};
+
 /// The engine of `cfg`: index -1 when its numerical notes break Ember's precision rules (see the
 /// file comment) or cannot be read (such an engine is not trusted).
-EngineInfo engine_info(const Desc& cfg, bool is_f32) {
+EngineInfo engine_info(const Desc& cfg, Precision precision) {
+  const bool is_f32 = precision == Precision::kF32;
   EngineInfo info;
   try {
     Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "cudnnBackendCreateDescriptor(ENGINE)");
@@ -413,7 +470,9 @@ EngineInfo engine_info(const Desc& cfg, bool is_f32) {
        "get CUDNN_ATTR_ENGINE_NUMERICAL_NOTE");
     for (int64_t i = 0; i < std::min<int64_t>(n, static_cast<int64_t>(notes.size())); ++i) {
       switch (notes[static_cast<size_t>(i)]) {
-        case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return info;
+        case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
+          if (precision != Precision::kQuantized) return info;
+          break;
         case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
         case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
         case CUDNN_NUMERICAL_NOTE_FFT:
@@ -481,7 +540,7 @@ bool finalize_plan(Candidate& c, cudnnHandle_t handle, size_t max_workspace, Gra
 /// list when mode A gives none). `only` >= 0: just the configuration at that rank of `mode_only`.
 /// At most one runtime-compiled engine is tried per call: its finalization compiles kernels
 /// (hundreds of milliseconds each), which several candidates per layer would multiply.
-std::vector<Candidate> plans_of(const Graph& g, bool is_f32, cudnnHandle_t handle,
+std::vector<Candidate> plans_of(const Graph& g, Precision precision, cudnnHandle_t handle,
                                 size_t max_workspace, int limit, GraphError* last,
                                 int only = -1, cudnnBackendHeurMode_t mode_only = CUDNN_HEUR_MODE_A) {
   std::vector<Candidate> out;
@@ -495,7 +554,7 @@ std::vector<Candidate> plans_of(const Graph& g, bool is_f32, cudnnHandle_t handl
       c.graph = &g;
       c.mode = mode;
       c.rank = static_cast<int>(i);
-      const EngineInfo info = engine_info(cfgs[i], is_f32);
+      const EngineInfo info = engine_info(cfgs[i], precision);
       c.engine = info.index;
       if (c.engine < 0) {
         *last = GraphError{CUDNN_STATUS_NOT_SUPPORTED,
@@ -551,14 +610,26 @@ int64_t align16(const void* p) {
   return a;
 }
 
+/// The device operands of one call, by role.
+struct Operands {
+  const void* x = nullptr;
+  const void* w = nullptr;
+  void* y = nullptr;
+  const void* bias = nullptr;
+  const void* residual = nullptr;
+  const void* x_scale = nullptr;
+  const void* w_scale = nullptr;
+  const void* out_scale = nullptr;
+};
+
 /// A layer's graph-path state for one problem (dims, epilogue operands and operand alignment),
 /// kept in the context's Resources: the chosen plan and what it refers to, or why the layer
 /// runs on the legacy path. Descriptors are destroyed in reverse order of declaration.
 struct ConvGraphPrep : PreparedLaunch {
   enum class State { kGraph, kLegacy, kRefused } state = State::kGraph;
   std::vector<int64_t> x_dims, w_dims, y_dims;
-  std::array<int64_t, 7> flags{};  // bias, residual, alignments of x, w, y, bias, residual
-  std::string why;                 // kRefused: the failing call and cuDNN's status
+  std::vector<int64_t> flags;  // which operands are present, and the operands' alignments
+  std::string why;             // kRefused: the failing call and cuDNN's status
   std::unique_ptr<Graph> graph;
   Desc cfg, plan;
   bool fused = false;
@@ -570,7 +641,7 @@ struct ConvGraphPrep : PreparedLaunch {
   void* pack_ws = nullptr;
 
   bool matches(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-               const std::vector<int64_t>& y, const std::array<int64_t, 7>& f) const {
+               const std::vector<int64_t>& y, const std::vector<int64_t>& f) const {
     return f == flags && x == x_dims && y == y_dims && w == w_dims;
   }
 };
@@ -591,22 +662,23 @@ void retire(std::unique_ptr<ConvGraphPrep> prep, Resources& res, cudaStream_t st
 }
 
 /// The operand addresses of one call, in the order of `uids`.
-std::vector<void*> operand_ptrs(const std::vector<int64_t>& uids, const void* x, const void* w,
-                                void* y, const void* bias, const void* residual) {
+std::vector<void*> operand_ptrs(const std::vector<int64_t>& uids, const Operands& o) {
   std::vector<void*> ptrs;
   ptrs.reserve(uids.size());
   for (int64_t uid : uids) {
-    switch (static_cast<Uid>(uid)) {
-      case kX: ptrs.push_back(const_cast<void*>(x)); break;
-      case kW: ptrs.push_back(const_cast<void*>(w)); break;
-      case kY: ptrs.push_back(y); break;
-      case kBias: ptrs.push_back(const_cast<void*>(bias)); break;
-      case kResidual: ptrs.push_back(const_cast<void*>(residual)); break;
-      // Virtual tensors live inside the plan and are never in a variant pack.
-      case kConvOut:
-      case kBiasOut:
-      case kResidualOut: ptrs.push_back(nullptr); break;
+    const void* p = nullptr;  // virtual tensors live inside the plan, never in a variant pack
+    switch (uid) {
+      case kX: p = o.x; break;
+      case kW: p = o.w; break;
+      case kY: p = o.y; break;
+      case kBias: p = o.bias; break;
+      case kResidual: p = o.residual; break;
+      case kXScale: p = o.x_scale; break;
+      case kWScale: p = o.w_scale; break;
+      case kOutScale: p = o.out_scale; break;
+      default: break;
     }
+    ptrs.push_back(const_cast<void*>(p));
   }
   return ptrs;
 }
@@ -640,29 +712,30 @@ const char* mode_name(cudnnBackendHeurMode_t m) {
   return m == CUDNN_HEUR_MODE_A ? "A" : m == CUDNN_HEUR_MODE_FALLBACK ? "fallback" : "other";
 }
 
-}  // namespace
+/// One call of a layer on the graph path: its problem, operands, and which graphs may run.
+struct Call {
+  Problem pb;  // for a new problem; its dims and alignments are also in the fields below
+  Operands ops;
+  std::vector<int64_t> x_dims, w_dims, y_dims;  // the layer's own, for the kept problems
+  std::vector<int64_t> flags;                   // the rest of the problem's key
+  bool fusable = false;  ///< The fused graph may run.
+  bool unfused = true;   ///< The unfused graph may run (then `epilogue_pass` finishes it).
+  bool force_fused = false;  ///< Only the fused graph is timed when it has plans.
+  /// INT8: the fused graph is also tried with int32 sums (Problem::int32_sums) when the f32 one
+  /// finds no plan.
+  bool int32_retry = false;
+  Precision precision = Precision::kHalf;
+  std::function<void()> epilogue_pass;
+  /// False: the layer runs on the other path (EMBER_CUDNN_CONV=legacy, a shape this path does
+  /// not take), which is kept with its state like a plan.
+  bool covered = true;
+};
 
-ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
-                               const void* residual, const ConvGraphOptions& options,
-                               std::string* why) {
+/// The graph path of one layer call: the kept plan of this problem, or a new one chosen (from
+/// the timing cache, by timing, or by the heuristic) and kept.
+ConvGraphStatus run_call(Call& call, const CudaArgs& a, const ConvGraphOptions& options,
+                         std::string* why) {
   using State = ConvGraphPrep::State;
-  const DeviceTensor& x = a.in(0);
-  const DeviceTensor& w = a.in(1);
-  DeviceTensor& y = a.out();
-  // The legacy fused call documents z = y (in place); the graph API does not: legacy path.
-  if (residual != nullptr && overlaps(residual, y.data, y.nbytes())) {
-    return ConvGraphStatus::kNotCovered;
-  }
-  const std::array<int64_t, 7> flags = {bias != nullptr,  residual != nullptr, align16(x.data),
-                                        align16(w.data),  align16(y.data),     align16(bias),
-                                        align16(residual)};
-  // The epilogue pass sees y as [outer, channels, plane]: NHWC is [N*H*W, C, 1].
-  const int64_t channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
-  const int64_t plane = p.channels_last ? 1 : y.numel() / (y.dims[0] * channels);
-  auto epilogue_pass = [&] {
-    launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
-                    a.stream());
-  };
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
 
   // The common case: this layer's plan for this problem is kept.
@@ -671,7 +744,7 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   if (layer_state != nullptr) {
     auto& kept = layer_state->problems;
     for (size_t i = 0; i < kept.size(); ++i) {
-      if (!kept[i]->matches(x.dims, w.dims, y.dims, flags)) continue;
+      if (!kept[i]->matches(call.x_dims, call.w_dims, call.y_dims, call.flags)) continue;
       if (i > 0) std::rotate(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(i),
                              kept.begin() + static_cast<std::ptrdiff_t>(i) + 1);
       prep = kept[0].get();
@@ -685,23 +758,23 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
       case State::kGraph: break;
     }
     void* ws = prep->workspace > 0 ? a.res->workspace(prep->workspace) : nullptr;
-    const cudnnStatus_t s = run_kept(
-        *prep, handle, operand_ptrs(prep->graph->uids, x.data, w.data, y.data, bias, residual), ws);
+    const cudnnStatus_t s =
+        run_kept(*prep, handle, operand_ptrs(prep->graph->uids, call.ops), ws);
     if (s != CUDNN_STATUS_SUCCESS) {
       throw Error("Convolution (cuda): cudnnBackendExecute of the layer's kept plan failed: " +
                   std::string(cudnnGetErrorString(s)));
     }
     ++g_executions;
-    if (!prep->fused) epilogue_pass();
+    if (!prep->fused) call.epilogue_pass();
     return ConvGraphStatus::kRan;
   }
 
   // A new problem for this layer: decide the path, and on the graph path build the plan.
   auto fresh = std::make_unique<ConvGraphPrep>();
-  fresh->x_dims = x.dims;
-  fresh->w_dims = w.dims;
-  fresh->y_dims = y.dims;
-  fresh->flags = flags;
+  fresh->x_dims = call.x_dims;
+  fresh->w_dims = call.w_dims;
+  fresh->y_dims = call.y_dims;
+  fresh->flags = call.flags;
   auto keep_as = [&](State state) {
     fresh->state = state;
     if (layer_state == nullptr) {
@@ -720,51 +793,15 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
       retire(std::move(oldest), *a.res, a.stream());
     }
   };
-  const size_t nsp = p.stride.size();
-  const bool shapes_ok = nsp >= 1 && nsp <= 3 && x.dims.size() == nsp + 2 &&
-                         w.dims.size() == nsp + 2 && y.dims.size() == nsp + 2 &&
-                         (!p.channels_last || nsp == 2);
   // Nothing is prepared or retired inside a stream capture: heuristic queries and plan
-  // finalization may load or compile kernels, and retiring a plan synchronizes. The legacy path
+  // finalization may load or compile kernels, and retiring a plan synchronizes. The other path
   // serves a capture that comes before any eager call of the problem.
   if (capturing(a.stream())) return ConvGraphStatus::kNotCovered;
-  if (!conv_graph_selected() || !shapes_ok) {
+  if (!call.covered) {
     keep_as(State::kLegacy);
     return ConvGraphStatus::kNotCovered;
   }
   ++g_preparations;
-
-  Problem pb;
-  pb.dtype = x.dtype;
-  pb.channels_last = p.channels_last;
-  pb.x = logical_dims(x.dims, p.channels_last);
-  pb.w = logical_dims(w.dims, p.channels_last);
-  pb.y = logical_dims(y.dims, p.channels_last);
-  if (nsp == 1) {  // as [N, C, 1, L]
-    pb.pre_pad = {0, p.padding_begin[0]};
-    pb.post_pad = {0, p.padding_end[0]};
-    pb.stride = {1, p.stride[0]};
-    pb.dilation = {1, p.dilation[0]};
-  } else {
-    pb.pre_pad = p.padding_begin;
-    pb.post_pad = p.padding_end;
-    pb.stride = p.stride;
-    pb.dilation = p.dilation;
-  }
-  pb.scale = static_cast<float>(p.epilogue.scale);
-  pb.bias = bias != nullptr;
-  pb.residual = residual != nullptr;
-  pb.relu = p.epilogue.fused_activation && p.epilogue.activation == ActivationType::kRelu;
-  pb.align_x = flags[2];
-  pb.align_w = flags[3];
-  pb.align_y = flags[4];
-  pb.align_bias = flags[5];
-  pb.align_residual = flags[6];
-  const bool is_f32 = x.dtype == DataType::kF32;
-  // The fused graph takes what cudnnConvolutionBiasActivationForward takes on the legacy path:
-  // a bias, and relu or no activation.
-  const bool fusable = options.fusion != ConvGraphOptions::Fusion::kOff && bias != nullptr &&
-                       (!p.epilogue.fused_activation || pb.relu);
 
   GraphError last{CUDNN_STATUS_NOT_SUPPORTED, "the engine heuristics (no configuration)"};
   // Declared before the candidates, which refer to them.
@@ -772,7 +809,7 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   auto graph_of = [&](bool fused) -> const Graph* {
     if (graphs[fused] == nullptr) {
       try {
-        graphs[fused] = build_graph(pb, fused, handle);
+        graphs[fused] = build_graph(call.pb, fused, handle);
       } catch (const GraphError& e) {
         last = e;
         return nullptr;
@@ -782,19 +819,30 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   };
   auto plans = [&](bool fused, int limit, int only, cudnnBackendHeurMode_t mode) {
     const Graph* g = graph_of(fused);
-    return g == nullptr ? std::vector<Candidate>{}
-                        : plans_of(*g, is_f32, handle, options.max_workspace, limit, &last, only,
-                                   mode);
+    std::vector<Candidate> c =
+        g == nullptr ? std::vector<Candidate>{}
+                     : plans_of(*g, call.precision, handle, options.max_workspace, limit, &last,
+                                only, mode);
+    if (c.empty() && fused && call.int32_retry && !call.pb.int32_sums) {
+      call.pb.int32_sums = true;  // the second form of an INT8 graph, kept from here on
+      graphs[1].reset();
+      g = graph_of(true);
+      if (g != nullptr) {
+        c = plans_of(*g, call.precision, handle, options.max_workspace, limit, &last, only, mode);
+      }
+    }
+    return c;
   };
 
+  const Problem& pb = call.pb;
   TimingCache* cache = a.res->timing_cache();
   std::string problem;
   if (cache != nullptr) {
     problem = "cudnn-graph " + (options.problem ? options.problem() : std::string()) +
               "align=" + std::to_string(pb.align_x) + "," + std::to_string(pb.align_w) + "," +
               std::to_string(pb.align_y) + "," + std::to_string(pb.align_bias) + "," +
-              std::to_string(pb.align_residual) + ";fusable=" + (fusable ? "1" : "0") + ";" +
-              (options.fusion == ConvGraphOptions::Fusion::kForce ? "fusion=force;" : "");
+              std::to_string(pb.align_residual) + ";fusable=" + (call.fusable ? "1" : "0") +
+              ";" + (call.force_fused ? "fusion=force;" : "");
   }
   std::vector<Candidate> chosen;  // the choice, when made
   const char* how = "heuristic";
@@ -808,7 +856,7 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
       std::memcpy(v, bytes->data(), sizeof v);
       const bool fused = v[0] == 1;
       const auto mode = static_cast<cudnnBackendHeurMode_t>(v[1]);
-      if ((v[0] == 0 || (v[0] == 1 && fusable)) && v[2] >= 0 &&
+      if (((v[0] == 0 && call.unfused) || (v[0] == 1 && call.fusable)) && v[2] >= 0 &&
           (mode == CUDNN_HEUR_MODE_A || mode == CUDNN_HEUR_MODE_FALLBACK)) {
         std::vector<Candidate> c = plans(fused, 1, v[2], mode);
         if (!c.empty() && c[0].engine == v[3]) {
@@ -821,12 +869,12 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   }
   // 2. Tactic timing (the eager first call of a problem the cache lacks): up to kTimedCandidates
   //    plans of the fused graph and of the unfused one (its epilogue pass included), on the real
-  //    operands. y is overwritten by each run and written afresh below; x, w, bias and residual
-  //    are only read.
+  //    operands. y is overwritten by each run and written afresh below; the other operands are
+  //    only read.
   if (chosen.empty() && cache != nullptr) {
     std::vector<Candidate> cands;
-    if (fusable) cands = plans(true, kTimedCandidates, -1, CUDNN_HEUR_MODE_A);
-    if (cands.empty() || options.fusion != ConvGraphOptions::Fusion::kForce) {
+    if (call.fusable) cands = plans(true, kTimedCandidates, -1, CUDNN_HEUR_MODE_A);
+    if (call.unfused && (cands.empty() || !call.force_fused)) {
       for (Candidate& c : plans(false, kTimedCandidates, -1, CUDNN_HEUR_MODE_A)) {
         cands.push_back(std::move(c));
       }
@@ -845,14 +893,13 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
       float best_ms = -1.0f;
       for (size_t i = 0; i < cands.size(); ++i) {
         const Candidate& c = cands[i];
-        const std::vector<void*> ptrs =
-            operand_ptrs(c.graph->uids, x.data, w.data, y.data, bias, residual);
+        const std::vector<void*> ptrs = operand_ptrs(c.graph->uids, call.ops);
         auto launch = [&] {
           if (execute_once(handle, c.plan, c.graph->uids, ptrs, timer.scratch.get()) !=
               CUDNN_STATUS_SUCCESS) {
             return false;
           }
-          if (!c.graph->fused) epilogue_pass();
+          if (!c.graph->fused) call.epilogue_pass();
           return true;
         };
         const float ms = launch() ? time_launches(timer, a.stream(), launch) : -1.0f;
@@ -885,8 +932,8 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   }
   // 3. No timing: the heuristic's first plan that finalizes, fused first.
   if (chosen.empty() && cache == nullptr) {
-    if (fusable) chosen = plans(true, 1, -1, CUDNN_HEUR_MODE_A);
-    if (chosen.empty()) chosen = plans(false, 1, -1, CUDNN_HEUR_MODE_A);
+    if (call.fusable) chosen = plans(true, 1, -1, CUDNN_HEUR_MODE_A);
+    if (chosen.empty() && call.unfused) chosen = plans(false, 1, -1, CUDNN_HEUR_MODE_A);
   }
   auto refuse = [&](const GraphError& e) {
     fresh->why = e.text();
@@ -910,14 +957,137 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
                  mode_name(c.mode), c.rank, how);
   }
   void* ws = fresh->workspace > 0 ? a.res->workspace(fresh->workspace) : nullptr;
-  const cudnnStatus_t s = run_kept(
-      *fresh, handle, operand_ptrs(fresh->graph->uids, x.data, w.data, y.data, bias, residual),
-      ws);
+  const cudnnStatus_t s = run_kept(*fresh, handle, operand_ptrs(fresh->graph->uids, call.ops), ws);
   if (s != CUDNN_STATUS_SUCCESS) return refuse(GraphError{s, "cudnnBackendExecute"});
   ++g_executions;
-  if (!fresh->fused) epilogue_pass();
+  if (!fresh->fused) call.epilogue_pass();
   keep_as(State::kGraph);
   return ConvGraphStatus::kRan;
+}
+
+/// The geometry fields of a Problem from a layer's stride, padding and dilation (a 1-d one as
+/// [N, C, 1, L]).
+void set_geometry(Problem& pb, size_t nsp, const std::vector<int64_t>& begin,
+                  const std::vector<int64_t>& end, const std::vector<int64_t>& stride,
+                  const std::vector<int64_t>& dilation) {
+  if (nsp == 1) {
+    pb.pre_pad = {0, begin[0]};
+    pb.post_pad = {0, end[0]};
+    pb.stride = {1, stride[0]};
+    pb.dilation = {1, dilation[0]};
+  } else {
+    pb.pre_pad = begin;
+    pb.post_pad = end;
+    pb.stride = stride;
+    pb.dilation = dilation;
+  }
+}
+
+}  // namespace
+
+ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
+                               const void* residual, const ConvGraphOptions& options,
+                               std::string* why) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& y = a.out();
+  // The legacy fused call documents z = y (in place); the graph API does not: legacy path.
+  if (residual != nullptr && overlaps(residual, y.data, y.nbytes())) {
+    return ConvGraphStatus::kNotCovered;
+  }
+  Call call;
+  call.ops.x = x.data;
+  call.ops.w = w.data;
+  call.ops.y = y.data;
+  call.ops.bias = bias;
+  call.ops.residual = residual;
+  call.x_dims = x.dims;
+  call.w_dims = w.dims;
+  call.y_dims = y.dims;
+  call.flags = {bias != nullptr,  residual != nullptr, align16(x.data), align16(w.data),
+                align16(y.data),  align16(bias),       align16(residual)};
+  // The epilogue pass sees y as [outer, channels, plane]: NHWC is [N*H*W, C, 1].
+  const int64_t channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
+  const int64_t plane = p.channels_last ? 1 : y.numel() / (y.dims[0] * channels);
+  call.epilogue_pass = [&] {
+    launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
+                    a.stream());
+  };
+  const size_t nsp = p.stride.size();
+  const bool shapes_ok = nsp >= 1 && nsp <= 3 && x.dims.size() == nsp + 2 &&
+                         w.dims.size() == nsp + 2 && y.dims.size() == nsp + 2 &&
+                         (!p.channels_last || nsp == 2);
+  call.covered = conv_graph_selected() && shapes_ok;
+  if (!call.covered) return run_call(call, a, options, why);  // kept as the legacy path's
+
+  Problem& pb = call.pb;
+  pb.dtype = pb.out_dtype = pb.epilogue_dtype = x.dtype;
+  pb.channels_last = p.channels_last;
+  pb.x = logical_dims(x.dims, p.channels_last);
+  pb.w = logical_dims(w.dims, p.channels_last);
+  pb.y = logical_dims(y.dims, p.channels_last);
+  set_geometry(pb, nsp, p.padding_begin, p.padding_end, p.stride, p.dilation);
+  pb.scale = static_cast<float>(p.epilogue.scale);
+  pb.bias = bias != nullptr;
+  pb.residual = residual != nullptr;
+  pb.relu = p.epilogue.fused_activation && p.epilogue.activation == ActivationType::kRelu;
+  pb.align_x = call.flags[2];
+  pb.align_w = call.flags[3];
+  pb.align_y = call.flags[4];
+  pb.align_bias = call.flags[5];
+  pb.align_residual = call.flags[6];
+  call.precision = x.dtype == DataType::kF32 ? Precision::kF32 : Precision::kHalf;
+  // The fused graph takes what cudnnConvolutionBiasActivationForward takes on the legacy path:
+  // a bias, and relu or no activation.
+  call.fusable = options.fusion != ConvGraphOptions::Fusion::kOff && bias != nullptr &&
+                 (!p.epilogue.fused_activation || pb.relu);
+  call.force_fused = options.fusion == ConvGraphOptions::Fusion::kForce;
+  return run_call(call, a, options, why);
+}
+
+ConvGraphStatus run_quantized_conv_graph(const QuantizedConvGraphCall& q, const CudaArgs& a,
+                                         const ConvGraphOptions& options, std::string* why) {
+  if (!conv_graph_selected()) return ConvGraphStatus::kNotCovered;
+  if (q.residual != nullptr &&
+      overlaps(q.residual, q.y, static_cast<size_t>(a.out().nbytes()))) {
+    return ConvGraphStatus::kNotCovered;
+  }
+  Call call;
+  call.ops = {q.x, q.w, q.y, q.bias, q.residual, q.x_scale, q.w_scale, q.out_scale};
+  call.x_dims = q.x_dims;
+  call.w_dims = q.w_dims;
+  call.y_dims = q.y_dims;
+  call.flags = {q.bias != nullptr,   q.residual != nullptr, align16(q.x),
+                align16(q.w),        align16(q.y),          align16(q.bias),
+                align16(q.residual), q.w_per_channel,       q.out_scale != nullptr};
+  Problem& pb = call.pb;
+  pb.dtype = q.in_dtype;
+  pb.out_dtype = q.out_dtype;
+  pb.epilogue_dtype = q.epilogue_dtype;
+  pb.channels_last = true;
+  pb.x = logical_dims(q.x_dims, true);
+  pb.w = logical_dims(q.w_dims, true);
+  pb.y = logical_dims(q.y_dims, true);
+  set_geometry(pb, 2, q.padding_begin, q.padding_end, q.stride, q.dilation);
+  pb.scale = q.scale;
+  pb.bias = q.bias != nullptr;
+  pb.residual = q.residual != nullptr;
+  pb.relu = q.relu;
+  pb.quantized = true;
+  pb.w_per_channel = q.w_per_channel;
+  pb.requantize = q.out_scale != nullptr;
+  pb.align_x = call.flags[2];
+  pb.align_w = call.flags[3];
+  pb.align_y = call.flags[4];
+  pb.align_bias = call.flags[5];
+  pb.align_residual = call.flags[6];
+  call.precision = Precision::kQuantized;
+  call.fusable = true;
+  call.unfused = false;  // the scales need the epilogue: the fused graph or none
+  call.force_fused = true;
+  call.int32_retry = q.in_dtype == DataType::kI8;
+  call.epilogue_pass = [] {};
+  return run_call(call, a, options, why);
 }
 
 bool conv_graph_selected() {

@@ -51,12 +51,14 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
 
+#include "backends/cuda/conv_graph.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/quantize_kernels.h"
 
@@ -364,11 +366,88 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   return true;
 }
 
+/// The implicit-GEMM path (conv_graph.cpp's run_quantized_conv_graph): cuDNN's graph of the
+/// convolution of x and w as they are, with the scales, bias, residual, relu and
+/// requantization in its epilogue, one kernel writing y. No im2col matrix, no sums in memory, no
+/// pass after it. Taken under channels_last, where x [N, H, W, C] and w [K, R, S, C] are the
+/// operands cuDNN reads, for 2-d layers with symmetric activations whose channels are
+/// multiples of 16 (FP8) or 4 (INT8), a relu or no activation, and an int8 requantization
+/// to the full [-128, 127] (the type's own saturation). False (nothing enqueued) where it does
+/// not apply or cuDNN has no engine for the graph (remembered per layer and problem), with
+/// `why` set in the second case.
+bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
+               const ProductEpilogue& e, std::string& why) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& out = a.out();
+  const bool fp8 = x.dtype == DataType::kF8E4M3;
+  const int64_t multiple = fp8 ? 16 : 4;
+  const bool relu_or_none = !e.activation || e.type == ActivationType::kRelu;
+  const bool full_int8 = !p.requantize.enabled || p.requantize.to == DataType::kF8E4M3 ||
+                         (p.requantize.quant_min == -128 && p.requantize.quant_max == 127);
+  if (!p.channels_last || x.dims.size() != 4 || x.dtype == DataType::kU8 || a.has(6) ||
+      g.in_channels % multiple != 0 || g.out_channels % multiple != 0 || !relu_or_none ||
+      !full_int8 || (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
+    return false;
+  }
+  QuantizedConvGraphCall q;
+  q.x = x.data;
+  q.w = w.data;
+  q.y = out.data;
+  q.x_dims = x.dims;
+  q.w_dims = w.dims;
+  q.y_dims = out.dims;
+  q.stride = p.stride;
+  q.padding_begin = p.padding_begin;
+  q.padding_end = p.padding_end;
+  q.dilation = p.dilation;
+  q.in_dtype = x.dtype;
+  q.out_dtype = out.dtype;
+  q.epilogue_dtype = p.out;
+  q.x_scale = e.x_scale;
+  q.w_scale = e.w_scale;
+  q.w_per_channel = e.per_channel;
+  q.scale = e.scale;
+  q.bias = e.bias;
+  q.residual = e.residual;
+  q.relu = e.activation;
+  q.out_scale = e.out_scale;
+  ConvGraphOptions options;
+  options.fusion = ConvGraphOptions::Fusion::kForce;
+  options.max_workspace = kInt8GemmWorkspaceBytes;
+  options.log = tactic_log();
+  options.problem = [&] {
+    std::string s = std::string("qconv ") + dtype_name(x.dtype) + "->" + dtype_name(out.dtype) +
+                    " x=" + dims_to_string(x.dims) + " w=" + dims_to_string(w.dims) +
+                    " y=" + dims_to_string(out.dims) + " stride=" + dims_to_string(p.stride) +
+                    " pad=" + dims_to_string(p.padding_begin) + dims_to_string(p.padding_end) +
+                    " dilation=" + dims_to_string(p.dilation) +
+                    " epilogue=" + (e.per_channel ? "k" : "1") + (e.bias ? "b" : "") +
+                    (e.residual ? "r" : "") + (e.activation ? "a" : "") +
+                    (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) + ";";
+    return s;
+  };
+  switch (run_quantized_conv_graph(q, a, options, &why)) {
+    case ConvGraphStatus::kRan: return true;
+    case ConvGraphStatus::kNotCovered: why.clear(); return false;
+    case ConvGraphStatus::kRefused: why = "cuDNN's graph API has no engine for it (" + why + ")";
+      return false;
+  }
+  return false;
+}
+
 /// EMBER_QCONV=cudnn: cuDNN's INT8 convolution first (the A/B of the GEMM path). Read per call,
 /// so a process (or a test) can compare both.
 bool cudnn_first() {
   const char* v = std::getenv("EMBER_QCONV");
   return v != nullptr && std::strcmp(v, "cudnn") == 0;
+}
+
+/// EMBER_QCONV=gemm: the im2col + cuBLASLt path (or cuDNN's legacy INT8 call) without the
+/// implicit-GEMM graph before it (the A/B switch of run_graph). Read per call.
+bool graph_first() {
+  const char* v = std::getenv("EMBER_QCONV");
+  return v == nullptr || (std::strcmp(v, "gemm") != 0 && std::strcmp(v, "cudnn") != 0);
 }
 
 }  // namespace
@@ -395,6 +474,15 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
   if (x.numel() > 0) {
     std::string why = qconv_direct_reason(p);
+    // The implicit-GEMM graph first; its refusal is kept with the layer's state and said once
+    // (tactic log), and the layer takes the paths below.
+    std::string graph_why;
+    if (why.empty() && graph_first() && run_graph(p, a, g, e, graph_why)) return;
+    if (!graph_why.empty() && tactic_log()) {
+      std::fprintf(stderr, "[ember tactic] %s: no cuDNN graph: %s\n",
+                   a.layer != nullptr ? a.layer->describe().c_str() : "QuantizedConvolution",
+                   graph_why.c_str());
+    }
     if (why.empty() && x.dtype == DataType::kF8E4M3) {
       if (run_gemm(p, a, g, e, why)) return;
       why = why + ", so it runs in Ember's direct FP8 kernel (slower)";
