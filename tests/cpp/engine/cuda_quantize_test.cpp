@@ -464,7 +464,8 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
 }
 
 /// The cases of the library paths (quantized_conv.cpp): by default cuDNN's implicit-GEMM graph
-/// for the channels_last layers it takes and im2col + cuBLASLt's INT8 GEMM for the rest; the
+/// for the channels_last layers it takes (not those that requantize) and im2col + cuBLASLt's
+/// INT8 GEMM for the rest; the
 /// GEMM for all with EMBER_QCONV=gemm; cuDNN's legacy INT8 convolution with EMBER_QCONV=cudnn.
 void check_int8_convolutions() {
   // C = 3 (an RGB first layer): channels packed up to 4; symmetric padding, per-channel.
@@ -569,9 +570,9 @@ TEST(CudaQuantize, Int8ConvolutionThroughTheGemmMatchesTheReference) {
   unsetenv("EMBER_QCONV");
 }
 
-/// The FP8 cases. By default the channels_last layers with C and K multiples of 16 take
-/// cuDNN's graph (the whole epilogue in it); the comments below name the im2col + cuBLASLt path
-/// each case covers with EMBER_QCONV=gemm, and under NCHW.
+/// The FP8 cases. The comments below name the im2col + cuBLASLt path each case covers (the
+/// default); with EMBER_QCONV=graph the channels_last layers with C and K multiples of 16 take
+/// cuDNN's graph instead (the whole epilogue in it).
 void check_fp8_convolutions() {
   // 16-bit outputs: the FP8 GEMM sums in its own order and width, which a 16-bit output rounds
   // away (as Fp8GemmThroughCublasLtMatchesTheReference). Below sm_89 every case takes the
@@ -632,12 +633,13 @@ void check_fp8_convolutions() {
 
 TEST(CudaQuantize, Fp8ConvolutionMatchesTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  // The default: im2col + cuBLASLt's FP8 GEMM (cuDNN's FP8 graph measured slower).
   unsetenv("EMBER_QCONV");
+  EXPECT_EQ(graph_executions_during(check_fp8_convolutions), 0);
+  // EMBER_QCONV=graph: cuDNN's implicit-GEMM graph for the channels_last cases it takes.
+  setenv("EMBER_QCONV", "graph", 1);
   const int64_t ran = graph_executions_during(check_fp8_convolutions);
   if (expect_quantized_graph_engines()) EXPECT_GT(ran, 0);
-  // The im2col + cuBLASLt path (EMBER_QCONV=gemm: the graph path's A/B).
-  setenv("EMBER_QCONV", "gemm", 1);
-  EXPECT_EQ(graph_executions_during(check_fp8_convolutions), 0);
   unsetenv("EMBER_QCONV");
 }
 
