@@ -338,9 +338,15 @@ TEST(PointwiseCodegen, SourceHasTheKernelTheStepsAndTheRounding) {
   // Deterministic: the kernel cache keys on the text.
   EXPECT_EQ(source_of(chains()[1], DataType::kF32), f32);
   EXPECT_NE(codegen::source_hash(f32), codegen::source_hash(f16));
-  // The generated struct's size: 1360 bytes before `wide` (4 bytes and padding) was appended.
+  // The generated struct's size: 1360 bytes before `wide` and `index32` (4 bytes each) were
+  // appended; the host's struct and the generated one end alike.
   EXPECT_EQ(sizeof(codegen::PointwiseKernelArgs), 1368u);
-  EXPECT_NE(f32.find("  int wide;\n};"), std::string::npos);
+  EXPECT_NE(f32.find("  int wide;\n  int index32;\n};"), std::string::npos);
+  // The offset walk in 32 bits where the host says every offset fits, else in 64.
+  EXPECT_NE(f16.find("if (a.index32) {\n      unsigned int rem = (unsigned int)(i);"),
+            std::string::npos) << f16;
+  EXPECT_NE(f16.find("const unsigned int q = rem / dim;"), std::string::npos);
+  EXPECT_NE(f16.find("const long long q = rem / dim;"), std::string::npos);
   EXPECT_NE(f32.find("if (a.wide) {"), std::string::npos);  // the strided vectorized path
   EXPECT_NE(f16.find("a.strides[1][a.rank - 1] == 0"), std::string::npos);
   // The contiguous path reads a one-element input at 0, the strided one at its walked offset

@@ -46,6 +46,7 @@ struct EmberPointwiseArgs {
   long long dims[8];
   long long strides[16][8];
   int wide;
+  int index32;
 };
 )";
 
@@ -204,21 +205,29 @@ std::string step_line(const FusedStep& s, size_t value, const std::string& inden
 
 /// The loop that adds to `<var>k` (declared before it) input k's offset of flat index `index`
 /// over the dims `last_dim` down to 0, indexing a gathered input's last dim through its table.
+/// With a.index32 set (PointwiseKernelArgs) the walk divides in 32 bits and sums the offsets in
+/// 32 bits (each is below its input's element count), else in 64.
 std::string offset_walk(const std::vector<semantics::InputView>& views, const std::string& index,
                         const std::string& last_dim, const std::string& var) {
-  std::string src = "    long long rem = " + index + ";\n"
-                    "    for (int d = " + last_dim + "; d >= 0; --d) {\n"
-                    "      const long long q = rem / a.dims[d];\n"
-                    "      const long long idx = rem - q * a.dims[d];\n"
-                    "      rem = q;\n";
-  for (size_t k = 0; k < views.size(); ++k) {
-    const std::string K = std::to_string(k);
-    const std::string i = views[k].gather.empty()
-                              ? "idx"
-                              : "(d == a.rank - 1 ? ember_g" + K + "[idx] : idx)";
-    src += "      " + var + K + " += " + i + " * a.strides[" + K + "][d];\n";
-  }
-  return src + "    }\n";
+  auto walk = [&](const std::string& t) {
+    std::string src = "      " + t + " rem = (" + t + ")(" + index + ");\n"
+                      "      for (int d = " + last_dim + "; d >= 0; --d) {\n"
+                      "        const " + t + " dim = (" + t + ")a.dims[d];\n"
+                      "        const " + t + " q = rem / dim;\n"
+                      "        const " + t + " idx = rem - q * dim;\n"
+                      "        rem = q;\n";
+    for (size_t k = 0; k < views.size(); ++k) {
+      const std::string K = std::to_string(k);
+      const std::string i = views[k].gather.empty()
+                                ? "idx"
+                                : "(" + t + ")(d == a.rank - 1 ? ember_g" + K + "[idx] : idx)";
+      src += "        " + var + K + " += (" + t + ")(" + i + " * (" + t + ")a.strides[" + K +
+             "][d]);\n";
+    }
+    return src + "      }\n";
+  };
+  return "    if (a.index32) {\n" + walk("unsigned int") + "    } else {\n" + walk("long long") +
+         "    }\n";
 }
 
 /// The kernel of a program with row reductions: one warp per row of the output's last dim

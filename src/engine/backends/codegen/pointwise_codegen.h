@@ -34,7 +34,10 @@ inline constexpr int kRowKernelThreads = 128;
 /// offsets are walked once per kPointwiseVector elements, and input k is one element broadcast
 /// over them where its last stride is 0, else one vector. `wide` is last so that a kernel generated
 /// before it (stored in an older plan) reads the fields it knows and, seeing `vec` 0, takes its
-/// generic path.
+/// generic path. `index32` non-zero: n and every input's element count fit in 31 bits, so the
+/// offset walks divide in 32 bits (a 64-bit division is a long software sequence on the GPU,
+/// and one per dim per element, or per vector, was most of RoPE's time: Qwen2-0.5B b32 on an
+/// H100, 2026-12-07). Last for the same reason as `wide`.
 struct PointwiseKernelArgs {
   const void* in[FusedPointwiseParams::kMaxInputs];
   void* out[FusedPointwiseParams::kMaxInputs];
@@ -44,6 +47,7 @@ struct PointwiseKernelArgs {
   long long dims[kPointwiseMaxRank];
   long long strides[FusedPointwiseParams::kMaxInputs][kPointwiseMaxRank];
   int wide;
+  int index32;
 };
 
 /// The CUDA C source of `p`'s kernel for inputs of `input_dtypes` (the layer's input tensors).

@@ -18,6 +18,7 @@
 #include <nvrtc.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -225,6 +226,12 @@ bool strided_vectors_enabled() {
   return e == nullptr || std::string(e) != "0";
 }
 
+/// 32-bit offset walks where they fit unless EMBER_POINTWISE_INDEX32=0 (read on each call).
+bool index32_enabled() {
+  const char* e = std::getenv("EMBER_POINTWISE_INDEX32");
+  return e == nullptr || std::string(e) != "0";
+}
+
 }  // namespace
 
 void run(const FusedPointwiseParams& p, const CudaArgs& a) {
@@ -287,6 +294,15 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
     return;
   }
   k.rank = static_cast<int>(mdims.size());
+  // 32-bit offset walks (PointwiseKernelArgs::index32) where every offset fits: n and each
+  // input's element count below 2^31 (an input's offsets stay inside it) and no negative stride.
+  // EMBER_POINTWISE_INDEX32=0 keeps the 64-bit walk (the A/B switch).
+  bool index32 = index32_enabled() && n <= INT32_MAX;
+  for (size_t i = 0; index32 && i < n_in; ++i) {
+    index32 = a.in(i).numel() <= INT32_MAX;
+    for (int64_t s : mst[i]) index32 = index32 && s >= 0;
+  }
+  k.index32 = index32 ? 1 : 0;
   for (size_t d = 0; d < mdims.size(); ++d) {
     k.dims[d] = mdims[d];
     for (size_t i = 0; i < n_in; ++i) k.strides[i][d] = mst[i][d];
