@@ -295,12 +295,14 @@ void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   }
   k.rank = static_cast<int>(mdims.size());
   // 32-bit offset walks (PointwiseKernelArgs::index32) where every offset fits: n and each
-  // input's element count below 2^31 (an input's offsets stay inside it) and no negative stride.
+  // input's element count below 2^31 (an input's offsets stay inside it), no negative stride or
+  // gathered index.
   // EMBER_POINTWISE_INDEX32=0 keeps the 64-bit walk (the A/B switch).
   bool index32 = index32_enabled() && n <= INT32_MAX;
   for (size_t i = 0; index32 && i < n_in; ++i) {
     index32 = a.in(i).numel() <= INT32_MAX;
     for (int64_t s : mst[i]) index32 = index32 && s >= 0;
+    for (int64_t g : views[i].gather) index32 = index32 && g >= 0;
   }
   k.index32 = index32 ? 1 : 0;
   for (size_t d = 0; d < mdims.size(); ++d) {
