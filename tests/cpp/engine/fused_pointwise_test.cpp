@@ -5,8 +5,15 @@
 // (golden substrings; compiled with NVRTC for sm_90 in CUDA builds, which needs no GPU).
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -390,6 +397,254 @@ TEST(PointwiseCodegen, RowReductionsGetTheWarpPerRowKernel) {
   EXPECT_NE(rope.find("? ember_g"), std::string::npos);  // the last dim through the indices
   const std::string norm_view = source_of(find("views in a row program"), DataType::kF32);
   EXPECT_EQ(norm_view.find("ember_g"), std::string::npos);  // a transpose needs no table
+}
+
+// ---------------------------------------------------------------- generated kernels on the host
+//
+// The generated source is CUDA C with no CUDA headers, so a host C++ compiler can build it with
+// a small shim (the CUDA keywords as nothing, blockIdx and friends as globals, the PTX
+// conversions as _Float16 and bit arithmetic). Each "thread" of the grid-stride loops runs in
+// turn, which is exact for the elementwise kernel (no shared memory, no synchronization). The
+// tests below run every chain's elementwise kernels that way with the launch arguments the CUDA
+// back end computes (codegen::plan_pointwise_launch), under every path switch, against the CPU
+// back end's FusedPointwise: the generated index math (merged dims, views, gathers, the
+// vectorized, strided-vector and generic paths, 32- and 64-bit offset walks) is checked in CI,
+// which has no GPU. Row kernels (warp shuffles) are not run here.
+
+/// The shim the generated sources are compiled with on the host.
+constexpr const char* kHostShim = R"(#include <cmath>
+#include <cstring>
+#include <cstdint>
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+struct EmberDim3 { unsigned int x = 0, y = 0, z = 0; };
+static EmberDim3 blockIdx, blockDim, gridDim, threadIdx;
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __launch_bounds__(n)
+struct float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+struct uint2 { unsigned int x, y; };
+inline uint2 make_uint2(unsigned int x, unsigned int y) { return {x, y}; }
+inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+typedef unsigned short ember_u16;
+inline float ember_h2f(ember_u16 h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
+inline ember_u16 ember_f2h(float f) { const _Float16 v = (_Float16)f; ember_u16 h; std::memcpy(&h, &v, 2); return h; }
+inline ember_u16 ember_f2b(float f) {
+  unsigned int u; std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (ember_u16)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (ember_u16)(u >> 16);
+}
+)";
+
+/// The host library of `sources`: kernel k is extern "C" ember_run_<k>(args, blocks, threads).
+class HostKernels {
+ public:
+  explicit HostKernels(const std::vector<std::string>& sources) {
+    char dir_template[] = "/tmp/ember_host_kernels_XXXXXX";
+    const char* dir = mkdtemp(dir_template);
+    if (dir == nullptr) {
+      error_ = "mkdtemp failed";
+      return;
+    }
+    dir_ = dir;
+    std::string src = kHostShim;
+    for (size_t k = 0; k < sources.size(); ++k) {
+      const std::string K = std::to_string(k);
+      std::string body;
+      size_t at = 0;
+      while (at < sources[k].size()) {  // the preamble's PTX conversions are the shim's
+        size_t end = sources[k].find('\n', at);
+        if (end == std::string::npos) end = sources[k].size();
+        const std::string line = sources[k].substr(at, end - at);
+        if (line.find("asm(") == std::string::npos) body += line + "\n";
+        at = end + 1;
+      }
+      for (size_t c = body.find("extern \"C\" "); c != std::string::npos;
+           c = body.find("extern \"C\" ")) {
+        body.erase(c, 11);
+      }
+      src += "namespace ember_k" + K + " {\n" + body + "}\n" + "extern \"C\" void ember_run_" + K +
+             "(const void* args, unsigned int blocks, unsigned int threads) {\n"
+             "  const auto& a = *static_cast<const ember_k" + K + "::EmberPointwiseArgs*>(args);\n"
+             "  gridDim.x = blocks; blockDim.x = threads;\n"
+             "  for (unsigned int b = 0; b < blocks; ++b) {\n"
+             "    for (unsigned int t = 0; t < threads; ++t) {\n"
+             "      blockIdx.x = b; threadIdx.x = t;\n"
+             "      ember_k" + K + "::ember_fused_pointwise(a);\n"
+             "    }\n  }\n}\n";
+    }
+    const std::string cpp = dir_ + "/kernels.cpp", so = dir_ + "/kernels.so",
+                      log = dir_ + "/compile.log";
+    FILE* f = std::fopen(cpp.c_str(), "w");
+    if (f == nullptr) {
+      error_ = "cannot write " + cpp;
+      return;
+    }
+    std::fwrite(src.data(), 1, src.size(), f);
+    std::fclose(f);
+    const char* cxx = std::getenv("CXX");
+    const std::string cmd = std::string(cxx != nullptr && *cxx != '\0' ? cxx : "c++") +
+                            " -std=c++17 -O1 -fPIC -shared -o " + so + " " + cpp + " > " + log +
+                            " 2>&1";
+    if (std::system(cmd.c_str()) != 0) {
+      error_ = "the host compiler failed: " + cmd + "\n" + read_file(log);
+      return;
+    }
+    handle_ = dlopen(so.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle_ == nullptr) error_ = std::string("dlopen: ") + dlerror();
+  }
+  ~HostKernels() {
+    if (handle_ != nullptr) dlclose(handle_);
+    if (!dir_.empty()) std::system(("rm -rf " + dir_).c_str());
+  }
+  HostKernels(const HostKernels&) = delete;
+  HostKernels& operator=(const HostKernels&) = delete;
+
+  const std::string& error() const { return error_; }
+  /// Runs kernel k over `blocks` x `threads` "threads" with `args`.
+  void run(size_t k, const codegen::PointwiseKernelArgs& args, unsigned blocks,
+           unsigned threads) const {
+    using Fn = void (*)(const void*, unsigned int, unsigned int);
+    auto fn = reinterpret_cast<Fn>(dlsym(handle_, ("ember_run_" + std::to_string(k)).c_str()));
+    ASSERT_NE(fn, nullptr) << "kernel " << k;
+    fn(&args, blocks, threads);
+  }
+
+ private:
+  static std::string read_file(const std::string& path) {
+    std::string text;
+    if (FILE* f = std::fopen(path.c_str(), "r")) {
+      char buf[4096];
+      size_t got;
+      while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
+      std::fclose(f);
+    }
+    return text.substr(0, 8000);
+  }
+  std::string dir_, error_;
+  void* handle_ = nullptr;
+};
+
+/// One fused layer of a chain, with the values its inputs and outputs take on the CPU.
+struct FusedCase {
+  std::string what;
+  FusedPointwiseParams params;
+  std::vector<TestTensor> inputs, outputs;
+  size_t source = 0;  // index into the HostKernels' sources
+};
+
+/// The elementwise FusedPointwise layers of every chain per dtype, with their operands' values
+/// from the CPU back end (the fused network run with those tensors as extra outputs).
+std::vector<FusedCase> fused_cases_on_cpu(std::vector<std::string>& sources) {
+  std::vector<FusedCase> cases;
+  for (const Chain& c : chains()) {
+    for (DataType dt : kFloatTypes) {
+      Network net;
+      c.build(net, dt);
+      const auto ins = inputs_for(net, c);
+      Network fused = net.clone();
+      fuse_pointwise_layers(fused, nullptr, nullptr);
+      std::vector<const Layer*> layers;
+      for (const Layer* l : fused.layers()) {
+        if (l->kind() == LayerKind::kFusedPointwise &&
+            !semantics::fused_has_reduction(l->params_as<FusedPointwiseParams>())) {
+          layers.push_back(l);
+        }
+      }
+      if (layers.empty()) continue;
+      // Every tensor a kept layer reads or writes, as an output (network inputs as given).
+      auto value_of = [&](const Tensor* t, const std::vector<TestTensor>& outs) -> TestTensor {
+        for (size_t i = 0; i < fused.inputs().size(); ++i) {
+          if (fused.inputs()[i] == t) return ins[i];
+        }
+        for (size_t o = 0; o < fused.outputs().size(); ++o) {
+          if (fused.outputs()[o] == t) return outs[o];
+        }
+        ADD_FAILURE() << c.name << ": a fused layer's operand is neither an input nor an output";
+        return {};
+      };
+      for (const Layer* l : layers) {
+        std::vector<Tensor*> operands(l->inputs().begin(), l->inputs().end());
+        operands.push_back(l->output());
+        for (size_t o = 1; o < l->outputs().size(); ++o) operands.push_back(l->output(o));
+        for (Tensor* t : operands) {
+          bool known = t->producer() == nullptr;  // a network input
+          for (const Tensor* out : fused.outputs()) known = known || out == t;
+          if (!known) fused.mark_output(t, "probe_" + std::to_string(fused.outputs().size()));
+        }
+      }
+      const auto outs = test::run_network_direct(fused, ins);
+      for (const Layer* l : layers) {
+        FusedCase fc;
+        fc.what = c.name + " " + dtype_name(dt) + " " + l->name();
+        fc.params = l->params_as<FusedPointwiseParams>();
+        std::vector<DataType> dtypes;
+        for (const Tensor* t : l->inputs()) {
+          fc.inputs.push_back(value_of(t, outs));
+          dtypes.push_back(t->dtype());
+        }
+        for (size_t o = 0; o < l->outputs().size(); ++o) {
+          fc.outputs.push_back(value_of(l->output(o), outs));
+        }
+        const std::string source = codegen::pointwise_kernel_source(fc.params, dtypes);
+        fc.source = std::find(sources.begin(), sources.end(), source) - sources.begin();
+        if (fc.source == sources.size()) sources.push_back(source);
+        cases.push_back(std::move(fc));
+      }
+    }
+  }
+  return cases;
+}
+
+TEST(PointwiseCodegen, GeneratedKernelsRunOnTheHostAsTheCpuBackEnd) {
+  std::vector<std::string> sources;
+  const std::vector<FusedCase> cases = fused_cases_on_cpu(sources);
+  ASSERT_FALSE(cases.empty());
+  const HostKernels kernels(sources);
+  ASSERT_EQ(kernels.error(), "");
+  // Which paths ran, by {vec, wide, generic} x {32-bit, 64-bit walk}: each must have run.
+  std::map<std::string, int> paths;
+  for (const FusedCase& fc : cases) {
+    for (const bool strided_vectors : {true, false}) {
+      for (const bool index32 : {true, false}) {
+        const std::string what = fc.what + (strided_vectors ? "" : " (no strided vectors)") +
+                                  (index32 ? " (32-bit walk)" : " (64-bit walk)");
+        SCOPED_TRACE(what);
+        std::vector<codegen::PointwiseOperand> ins, outs;
+        for (const TestTensor& t : fc.inputs) ins.push_back({t.bytes.data(), t.dims});
+        // Fresh output buffers, filled with NaN bytes so that an element never stored shows.
+        std::vector<TestTensor> got = fc.outputs;
+        for (TestTensor& t : got) {
+          std::fill(t.bytes.begin(), t.bytes.end(), uint8_t{0xff});
+          outs.push_back({t.bytes.data(), t.dims});
+        }
+        codegen::PointwiseLaunchOptions options;
+        options.strided_vectors = strided_vectors;
+        options.index32 = index32;
+        const codegen::PointwiseLaunch launch =
+            codegen::plan_pointwise_launch(fc.params, ins, outs, options, what);
+        ASSERT_EQ(launch.path, codegen::PointwiseLaunch::Path::kElements);
+        const std::string path = launch.args.vec != 0    ? "vec"
+                                 : launch.args.wide != 0 ? "wide"
+                                                         : "generic";
+        ++paths[path + (path == "vec" ? "" : launch.args.index32 != 0 ? " 32" : " 64")];
+        // Two blocks of 256 (the grid-stride loops wrap when the work is larger).
+        kernels.run(fc.source, launch.args, 2, 256);
+        for (size_t o = 0; o < got.size(); ++o) {
+          test::expect_close(got[o], fc.outputs[o].to_floats(), got[o].dtype,
+                             what + " output " + std::to_string(o) + " (" + path + ")");
+        }
+      }
+    }
+  }
+  for (const char* p : {"vec", "wide 32", "wide 64", "generic 32", "generic 64"}) {
+    EXPECT_GT(paths[p], 0) << "no case took the " << p << " path";
+  }
 }
 
 #ifdef EMBER_WITH_CUDA

@@ -50,6 +50,42 @@ struct PointwiseKernelArgs {
   int index32;
 };
 
+/// One operand of a launch: its address (only its alignment is read) and its dims.
+struct PointwiseOperand {
+  const void* data = nullptr;
+  std::vector<int64_t> dims;
+};
+
+/// What a FusedPointwise launch needs, decided on the host: the CUDA back end
+/// (backends/cuda/fused_pointwise.cpp) launches it, and the tests run the generated source on
+/// the host with it (fused_pointwise_test.cpp).
+struct PointwiseLaunch {
+  /// kEmpty: no elements; kElements: the elementwise kernel over `work` grid-stride items
+  /// (vectors of kPointwiseVector on the vectorized paths, else elements); kRows: the row
+  /// kernel over `work` rows; kTooManyDims: more than kPointwiseMaxRank dims after merging (the
+  /// caller runs the reference instead).
+  enum class Path { kEmpty, kElements, kRows, kTooManyDims } path = Path::kEmpty;
+  PointwiseKernelArgs args{};
+  int64_t work = 0;
+};
+
+/// The launch's switches (the CUDA back end reads them from the environment on each call:
+/// EMBER_POINTWISE_STRIDED_VECTORS, EMBER_POINTWISE_INDEX32).
+struct PointwiseLaunchOptions {
+  bool strided_vectors = true;  ///< May take the strided vectorized path (`wide`).
+  bool index32 = true;          ///< May walk offsets in 32 bits where they fit.
+};
+
+/// Plans the launch of `p` reading `ins` and writing `outs` (the output dims are outs[0]'s):
+/// each input's strides over the output's dims through its view, the dims merged where every
+/// input allows, and the path. Throws Error (starting with `what`) when the views do not parse
+/// or an input does not broadcast to the output through its view.
+PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
+                                      const std::vector<PointwiseOperand>& ins,
+                                      const std::vector<PointwiseOperand>& outs,
+                                      const PointwiseLaunchOptions& options,
+                                      const std::string& what);
+
 /// The CUDA C source of `p`'s kernel for inputs of `input_dtypes` (the layer's input tensors).
 /// Deterministic: the same program gives the same text (the kernel cache keys on it).
 std::string pointwise_kernel_source(const FusedPointwiseParams& p,

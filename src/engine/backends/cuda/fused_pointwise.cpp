@@ -235,146 +235,43 @@ bool index32_enabled() {
 }  // namespace
 
 void run(const FusedPointwiseParams& p, const CudaArgs& a) {
-  const size_t n_in = a.inputs.size();
-  const std::vector<int64_t>& dims = a.out(0).dims;
-  const int64_t n = a.out(0).numel();
-  if (n == 0) return;
-  codegen::PointwiseKernelArgs k{};
-  k.n = n;
-  for (size_t i = 0; i < n_in; ++i) k.in[i] = a.in(i).data;
-  for (size_t o = 0; o < a.outputs.size(); ++o) k.out[o] = a.out(o).data;
-  // Strides of every input over the output's dims (0 where it broadcasts), then the dims
-  // merged wherever every input can step through two as one (as the CPU's BroadcastLoop).
-  // An input with a view (FusedPointwiseParams::views) steps through its transposed dims; a
-  // gathered last dim's stride is the one its indices (in the kernel's source) multiply.
-  const size_t rank = dims.size();
-  std::vector<semantics::InputView> views;
-  if (!semantics::fused_views(p, n_in, views)) {
-    throw Error(a.layer->describe() + ": the input views do not parse (the plan may be corrupt)");
-  }
-  bool any_view = false, gathers = false;
-  std::vector<std::vector<int64_t>> st(n_in, std::vector<int64_t>(rank, 0));
-  for (size_t i = 0; i < n_in; ++i) {
-    any_view = any_view || views[i].any();
-    gathers = gathers || !views[i].gather.empty();
-    if (!semantics::view_strides(a.in(i).dims, views[i], dims, st[i])) {
-      throw Error(a.layer->describe() + ": input " + std::to_string(i) +
-                  " does not broadcast to the output through its view (the plan may be corrupt)");
+  std::vector<codegen::PointwiseOperand> ins, outs;
+  for (size_t i = 0; i < a.inputs.size(); ++i) ins.push_back({a.in(i).data, a.in(i).dims});
+  for (size_t o = 0; o < a.outputs.size(); ++o) outs.push_back({a.out(o).data, a.out(o).dims});
+  codegen::PointwiseLaunchOptions options;
+  options.strided_vectors = strided_vectors_enabled();
+  options.index32 = index32_enabled();
+  codegen::PointwiseLaunch launch =
+      codegen::plan_pointwise_launch(p, ins, outs, options, a.layer->describe());
+  switch (launch.path) {
+    case codegen::PointwiseLaunch::Path::kEmpty: return;
+    case codegen::PointwiseLaunch::Path::kTooManyDims:
+      host_fallback(a);  // more dims than the kernel walks, even merged: the reference, on the host
+      return;
+    case codegen::PointwiseLaunch::Path::kRows: {
+      // One warp per row, kRowKernelThreads / 32 rows a block.
+      constexpr int64_t kRowsPerBlock = codegen::kRowKernelThreads / 32;
+      const int64_t blocks = std::max<int64_t>(
+          1, std::min<int64_t>((launch.work + kRowsPerBlock - 1) / kRowsPerBlock,
+                               static_cast<int64_t>(sm_count()) * 16));
+      CUfunction fn = fused_function(p, a);
+      void* params[] = {&launch.args};
+      check_cu(driver().launch_kernel(fn, static_cast<unsigned>(blocks), 1, 1,
+                                      codegen::kRowKernelThreads, 1, 1, 0,
+                                      reinterpret_cast<CUstream>(a.stream()), params, nullptr),
+               "cuLaunchKernel (fused pointwise row kernel)");
+      return;
     }
+    case codegen::PointwiseLaunch::Path::kElements: break;
   }
-  // A program with row reductions keeps the last dim (the row) as it is: only the dims before
-  // it merge, and the row kernel walks them per row. So does one with a gathered input (the
-  // generated source indexes the last dim through the gather).
-  const bool by_rows = semantics::fused_has_reduction(p);
-  const bool keep_last = (by_rows || gathers) && rank > 0;
-  const size_t merged_rank = keep_last ? rank - 1 : rank;
-  std::vector<int64_t> mdims;
-  std::vector<std::vector<int64_t>> mst(n_in);
-  for (size_t d = 0; d < merged_rank; ++d) {
-    if (dims[d] == 1) continue;
-    bool merge = !mdims.empty();
-    for (size_t i = 0; merge && i < n_in; ++i) merge = mst[i].back() == st[i][d] * dims[d];
-    if (merge) {
-      mdims.back() *= dims[d];
-      for (size_t i = 0; i < n_in; ++i) mst[i].back() = st[i][d];
-      continue;
-    }
-    mdims.push_back(dims[d]);
-    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][d]);
-  }
-  if (keep_last) {
-    mdims.push_back(dims[rank - 1]);
-    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][rank - 1]);
-  } else if (by_rows) {  // a rank-0 output: one row of one element
-    mdims.push_back(1);
-    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(0);
-  }
-  if (mdims.size() > static_cast<size_t>(codegen::kPointwiseMaxRank)) {
-    host_fallback(a);  // more dims than the kernel walks, even merged: the reference, on the host
-    return;
-  }
-  k.rank = static_cast<int>(mdims.size());
-  // 32-bit offset walks (PointwiseKernelArgs::index32) where every offset fits: n and each
-  // input's element count below 2^31 (an input's offsets stay inside it), no negative stride or
-  // gathered index.
-  // EMBER_POINTWISE_INDEX32=0 keeps the 64-bit walk (the A/B switch).
-  bool index32 = index32_enabled() && n <= INT32_MAX;
-  for (size_t i = 0; index32 && i < n_in; ++i) {
-    index32 = a.in(i).numel() <= INT32_MAX;
-    for (int64_t s : mst[i]) index32 = index32 && s >= 0;
-    for (int64_t g : views[i].gather) index32 = index32 && g >= 0;
-  }
-  k.index32 = index32 ? 1 : 0;
-  for (size_t d = 0; d < mdims.size(); ++d) {
-    k.dims[d] = mdims[d];
-    for (size_t i = 0; i < n_in; ++i) k.strides[i][d] = mst[i][d];
-  }
-  if (by_rows) {
-    // One warp per row, kRowKernelThreads / 32 rows a block.
-    k.vec = 0;
-    const int64_t rows = n / mdims.back();
-    constexpr int64_t kRowsPerBlock = codegen::kRowKernelThreads / 32;
-    const int64_t blocks = std::max<int64_t>(
-        1, std::min<int64_t>((rows + kRowsPerBlock - 1) / kRowsPerBlock,
-                             static_cast<int64_t>(sm_count()) * 16));
-    CUfunction fn = fused_function(p, a);
-    void* params[] = {&k};
-    check_cu(driver().launch_kernel(fn, static_cast<unsigned>(blocks), 1, 1,
-                                    codegen::kRowKernelThreads, 1, 1, 0,
-                                    reinterpret_cast<CUstream>(a.stream()), params, nullptr),
-             "cuLaunchKernel (fused pointwise row kernel)");
-    return;
-  }
-  // The vectorized path: every input whole (contiguous, the output's size) or one element.
-  bool vec = n % codegen::kPointwiseVector == 0 && !any_view;
-  int mask = 1;
-  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  for (size_t i = 0; vec && i < n_in; ++i) {
-    const int64_t m = a.in(i).numel();
-    if (m == 1) {
-      mask |= 2 << i;
-    } else {
-      vec = m == n && aligned(a.in(i).data);
-    }
-  }
-  for (size_t o = 0; vec && o < a.outputs.size(); ++o) vec = aligned(a.out(o).data);
-  k.vec = vec ? mask : 0;
-  // The strided vectorized path: broadcasts whose last dim steps by 1 (a vector load) or 0 (one
-  // element for the vector), so that V consecutive outputs read V consecutive elements or one.
-  // ConvNeXt-T's layer scale and residual add over NHWC rows ran the generic path at about a
-  // quarter of the H100's bandwidth (0.55 ms for 18 calls at b32, 2026-12-06).
-  // Measured on an H100 (2026-12-06, b32 f16, bench/variants.py): ConvNeXt-T 3.197 -> 2.831 ms,
-  // MobileNetV3 1.817 -> 1.792 ms. EMBER_POINTWISE_STRIDED_VECTORS=0 turns it off.
-  // A gathered input joins when its table keeps runs of V together (rotate_half over a head
-  // dim of 64: RoPE on q and k, whose generic path, 64-bit index math per element, is what
-  // session 37's Qwen2-0.5B b32 profile points at): the generated walk gathers the first
-  // element's index and the vector load reads the run.
-  constexpr int64_t kV = codegen::kPointwiseVector;
-  bool wide = strided_vectors_enabled() && !vec && n % kV == 0 && !mdims.empty() &&
-              mdims.back() % kV == 0;
-  for (size_t i = 0; wide && gathers && i < n_in; ++i) {
-    wide = views[i].gather.empty() ||
-           (mst[i].back() == 1 && semantics::gather_keeps_vectors(views[i].gather, kV));
-  }
-  for (size_t i = 0; wide && i < n_in; ++i) {
-    const int64_t last = mst[i].back();
-    wide = (last == 0 || last == 1) && (last == 0 || aligned(a.in(i).data));
-    // A vector input's other strides keep its vectors aligned; an input broadcast along the
-    // last dim is one element for the V outputs, wherever it is ([C, 1, 1] over NCHW planes).
-    for (size_t d = 0; wide && last == 1 && d + 1 < mst[i].size(); ++d) {
-      wide = mst[i][d] % kV == 0;
-    }
-  }
-  for (size_t o = 0; wide && o < a.outputs.size(); ++o) wide = aligned(a.out(o).data);
-  k.wide = wide ? 1 : 0;
-  const int64_t work = vec || wide ? n / kV : n;
   constexpr int kThreads = 256;
   const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>((work + kThreads - 1) / kThreads, static_cast<int64_t>(sm_count()) * 16));
+      1, std::min<int64_t>((launch.work + kThreads - 1) / kThreads,
+                           static_cast<int64_t>(sm_count()) * 16));
   CUfunction fn = fused_function(p, a);
-  void* params[] = {&k};
+  void* params[] = {&launch.args};
   check_cu(driver().launch_kernel(fn, static_cast<unsigned>(blocks), 1, 1, kThreads, 1, 1, 0,
-                          reinterpret_cast<CUstream>(a.stream()), params, nullptr),
+                                  reinterpret_cast<CUstream>(a.stream()), params, nullptr),
            "cuLaunchKernel (fused pointwise kernel)");
 }
 
