@@ -4,7 +4,11 @@
 // strides in cuDNN's logical [N, C, *spatial] order, one CONVOLUTION_FORWARD op, and with a
 // fused epilogue the pointwise chain ADD(bias) -> ADD(residual) -> RELU_FWD on virtual f32
 // tensors, the last op writing y. Groups need no attribute: cuDNN reads them from x's C over
-// w's C. 1-d convolutions get H = 1, as on the legacy path.
+// w's C. 1-d convolutions get H = 1, as on the legacy path. A quantized convolution
+// (run_quantized_conv_graph: INT8 or FP8 x and w) has only the fused graph, whose chain starts
+// with MUL(x_scale) -> MUL(w_scale) and may end with DIV(out_scale) into an int8 or FP8 y
+// (epilogue_steps). Both kinds of call share the per-layer state and the choice below
+// (run_call).
 //
 // Precision, as on the legacy path: accumulation and the epilogue in f32 (the conv's compute type
 // and the pointwise ops' math precision); engines whose numerical notes say tensor cores (TF32
