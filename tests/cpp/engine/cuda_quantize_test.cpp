@@ -333,6 +333,33 @@ struct CudaQConv {
   float out_scale = 0.04f;  ///< The requantization's scale.
 };
 
+/// The graph path's (run_quantized_conv_graph) executions while `f` runs: the channels_last
+/// cases whose channels it takes run there unless cuDNN refused their graphs.
+template <class F>
+int64_t graph_executions_during(F f) {
+  const int64_t before = cuda::conv_graph_counters().executions;
+  f();
+  return cuda::conv_graph_counters().executions - before;
+}
+
+/// Hopper and later have cuDNN engines for the INT8 and FP8 convolution graphs (the cuDNN
+/// frontend's int8_fprop and fp8_fprop samples); elsewhere a refusal is a fallback, not a bug.
+bool expect_quantized_graph_engines() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
+             cudaSuccess &&
+         major >= 9;
+}
+
+/// Whether quantized_conv.cpp's graph_first sends a layer to the graph under the current
+/// EMBER_QCONV: INT8 unless it is gemm or cudnn, FP8 only when it is graph.
+bool graph_selected(bool fp8) {
+  const char* v = std::getenv("EMBER_QCONV");
+  const std::string q = v != nullptr ? v : "";
+  return fp8 ? q == "graph" : q != "gemm" && q != "cudnn";
+}
+
 /// Per NCHW output element of a 2-d FP8 convolution with groups = 1: 2^-10 of sum |x * w| over
 /// its taps, in the requantized output's units (x_scale * w_scale[k] / out_scale). That is the
 /// bound expect_fp8_within_one_code takes for the tensor cores' FP8 sums: 16 times the ~2^-14 of
@@ -340,6 +367,8 @@ struct CudaQConv {
 std::vector<float> fp8_conv_sum_error(const CudaQConv& c, const TestTensor& x,
                                       const std::vector<uint8_t>& w, float x_scale,
                                       const std::vector<float>& w_scale, float out_scale) {
+  EXPECT_TRUE(c.x_dims.size() == 4 && c.groups == 1) << "fp8_conv_sum_error: 2-d, groups = 1";
+  if (c.x_dims.size() != 4 || c.groups != 1) return {};
   const int64_t n = c.x_dims[0], ch = c.x_dims[1], h = c.x_dims[2], wd = c.x_dims[3];
   const int64_t k = c.w_dims[0], r = c.w_dims[2], s = c.w_dims[3];
   const int64_t oh = (h + c.pad_begin[0] + c.pad_end[0] - c.dilation[0] * (r - 1) - 1) /
@@ -455,12 +484,25 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   // NCHW, and NHWC (the channels_last region; 2-d layers with groups = 1 join it, a residual
   // with them).
   std::vector<float> sum_error;
-  if (c.fp8 && c.requantize) {
+  if (c.fp8 && c.requantize && !c.direct) {  // the direct kernel sums as the reference
     sum_error = fp8_conv_sum_error(c, xt, wf, 0.02f, ws, c.out_scale);
   }
   check_bytes_and_floats(net, ins, what + " (NCHW)", ChannelsLast::kOff, c.fp8, sum_error);
-  check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
-                         sum_error);
+  // Under channels_last, the cases the implicit-GEMM graph takes (quantized_conv.cpp's
+  // run_graph) run there on Hopper; the others never do.
+  const int64_t graph_runs = graph_executions_during([&] {
+    check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
+                           sum_error);
+  });
+  const int64_t multiple = c.fp8 ? 16 : 4;
+  const bool takes_graph =
+      graph_selected(c.fp8) && c.x_dims.size() == 4 && c.groups == 1 && c.zero_point < 0 &&
+      c.x_dims[1] % multiple == 0 && c.w_dims[0] % multiple == 0 && (!c.requantize || c.fp8);
+  if (!takes_graph) {
+    EXPECT_EQ(graph_runs, 0) << what;
+  } else if (expect_quantized_graph_engines()) {
+    EXPECT_GT(graph_runs, 0) << what << ": cuDNN's graph did not run it";
+  }
 }
 
 /// The cases of the library paths (quantized_conv.cpp): by default cuDNN's implicit-GEMM graph
@@ -535,25 +577,6 @@ void check_int8_convolutions() {
   residual_direct.w_dims = {16, 4, 3, 3};
   residual_direct.direct = true;
   check_convolution(residual_direct, "grouped + residual + relu (direct kernel)");
-}
-
-/// The graph path's (run_quantized_conv_graph) executions while `f` runs: the channels_last
-/// cases whose channels it takes run there unless cuDNN refused their graphs.
-template <class F>
-int64_t graph_executions_during(F f) {
-  const int64_t before = cuda::conv_graph_counters().executions;
-  f();
-  return cuda::conv_graph_counters().executions - before;
-}
-
-/// Hopper and later have cuDNN engines for the INT8 and FP8 convolution graphs (the cuDNN
-/// frontend's int8_fprop and fp8_fprop samples); elsewhere a refusal is a fallback, not a bug.
-bool expect_quantized_graph_engines() {
-  int device = 0, major = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
-             cudaSuccess &&
-         major >= 9;
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {

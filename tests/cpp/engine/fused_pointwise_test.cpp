@@ -616,12 +616,12 @@ TEST(PointwiseCodegen, GeneratedKernelsRunOnTheHostAsTheCpuBackEnd) {
                                   (index32 ? " (32-bit walk)" : " (64-bit walk)");
         SCOPED_TRACE(what);
         std::vector<codegen::PointwiseOperand> ins, outs;
-        for (const TestTensor& t : fc.inputs) ins.push_back({t.bytes.data(), t.dims});
+        for (const TestTensor& t : fc.inputs) ins.push_back({t.bytes.data(), &t.dims});
         // Fresh output buffers, filled with NaN bytes so that an element never stored shows.
         std::vector<TestTensor> got = fc.outputs;
         for (TestTensor& t : got) {
           std::fill(t.bytes.begin(), t.bytes.end(), uint8_t{0xff});
-          outs.push_back({t.bytes.data(), t.dims});
+          outs.push_back({t.bytes.data(), &t.dims});
         }
         codegen::PointwiseLaunchOptions options;
         options.strided_vectors = strided_vectors;
@@ -645,6 +645,42 @@ TEST(PointwiseCodegen, GeneratedKernelsRunOnTheHostAsTheCpuBackEnd) {
   for (const char* p : {"vec", "wide 32", "wide 64", "generic 32", "generic 64"}) {
     EXPECT_GT(paths[p], 0) << "no case took the " << p << " path";
   }
+}
+
+TEST(PointwiseCodegen, OffsetsWalkIn32BitsOnlyWhereEveryOffsetFits) {
+  // One step, x * y with y broadcast along the last dim: no memory is touched by the planning,
+  // so fake 16-byte aligned addresses serve for tensors of any size.
+  FusedPointwiseParams p;
+  semantics::FusedStep mul;
+  mul.family = FusedOpFamily::kElementWise;
+  mul.code = static_cast<int>(ElementWiseOp::kProd);
+  mul.operands[0] = 0;
+  mul.operands[1] = 1;
+  semantics::fused_append(p, mul);
+  p.outputs = {2};
+  const auto* fake = reinterpret_cast<const void*>(uintptr_t{1} << 20);
+  auto plan = [&](const std::vector<int64_t>& dims, bool index32) {
+    const std::vector<int64_t> row = {dims[0], 1};
+    codegen::PointwiseLaunchOptions options;
+    options.index32 = index32;
+    return codegen::plan_pointwise_launch(p, {{fake, &dims}, {fake, &row}}, {{fake, &dims}},
+                                          options, "mul");
+  };
+  EXPECT_EQ(plan({1024, 1000}, true).args.index32, 1);
+  EXPECT_EQ(plan({1024, 1000}, false).args.index32, 0);  // EMBER_POINTWISE_INDEX32=0
+  const codegen::PointwiseLaunch large = plan({int64_t{1} << 16, (int64_t{1} << 15) + 1}, true);
+  EXPECT_EQ(large.path, codegen::PointwiseLaunch::Path::kElements);
+  EXPECT_EQ(large.args.index32, 0);  // 2^31 + 2^16 elements: the 64-bit walk
+  EXPECT_EQ(plan({int64_t{1} << 16, int64_t{1} << 15}, true).args.index32, 0);  // n = 2^31
+  EXPECT_EQ(plan({(int64_t{1} << 16) - 1, int64_t{1} << 15}, true).args.index32, 1);
+  // A bad view names the layer.
+  const std::vector<int64_t> dims = {4, 4}, wrong = {3, 1};
+  test::expect_error(
+      [&] {
+        codegen::plan_pointwise_launch(p, {{fake, &dims}, {fake, &wrong}}, {{fake, &dims}}, {},
+                                       "FusedPointwise 'mul'");
+      },
+      {"FusedPointwise 'mul': input 1 does not broadcast to the output"});
 }
 
 #ifdef EMBER_WITH_CUDA

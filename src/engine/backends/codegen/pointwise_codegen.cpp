@@ -523,7 +523,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
                                       const std::string& what) {
   PointwiseLaunch launch;
   const size_t n_in = ins.size();
-  const std::vector<int64_t>& dims = outs.at(0).dims;
+  const std::vector<int64_t>& dims = *outs.at(0).dims;
   const int64_t n = numel(dims);
   if (n == 0) return launch;
   PointwiseKernelArgs& k = launch.args;
@@ -544,7 +544,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   for (size_t i = 0; i < n_in; ++i) {
     any_view = any_view || views[i].any();
     gathers = gathers || !views[i].gather.empty();
-    if (!semantics::view_strides(ins[i].dims, views[i], dims, st[i])) {
+    if (!semantics::view_strides(*ins[i].dims, views[i], dims, st[i])) {
       throw Error(what + ": input " + std::to_string(i) +
                   " does not broadcast to the output through its view (the plan may be corrupt)");
     }
@@ -587,7 +587,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   // EMBER_POINTWISE_INDEX32=0 keeps the 64-bit walk (the A/B switch).
   bool index32 = options.index32 && n <= INT32_MAX;
   for (size_t i = 0; index32 && i < n_in; ++i) {
-    index32 = numel(ins[i].dims) <= INT32_MAX;
+    index32 = numel(*ins[i].dims) <= INT32_MAX;
     for (int64_t s : mst[i]) index32 = index32 && s >= 0;
     for (int64_t g : views[i].gather) index32 = index32 && g >= 0;
   }
@@ -607,7 +607,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   int mask = 1;
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   for (size_t i = 0; vec && i < n_in; ++i) {
-    const int64_t m = numel(ins[i].dims);
+    const int64_t m = numel(*ins[i].dims);
     if (m == 1) {
       mask |= 2 << i;
     } else {

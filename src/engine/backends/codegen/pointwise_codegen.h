@@ -53,7 +53,7 @@ struct PointwiseKernelArgs {
 /// One operand of a launch: its address (only its alignment is read) and its dims.
 struct PointwiseOperand {
   const void* data = nullptr;
-  std::vector<int64_t> dims;
+  const std::vector<int64_t>* dims = nullptr;  ///< Not owned: the caller's tensor's.
 };
 
 /// What a FusedPointwise launch needs, decided on the host: the CUDA back end
@@ -78,8 +78,9 @@ struct PointwiseLaunchOptions {
 
 /// Plans the launch of `p` reading `ins` and writing `outs` (the output dims are outs[0]'s):
 /// each input's strides over the output's dims through its view, the dims merged where every
-/// input allows, and the path. Throws Error (starting with `what`) when the views do not parse
-/// or an input does not broadcast to the output through its view.
+/// input allows, and the path. Throws Error (starting with `what`, which may be empty for the
+/// caller to prepend its layer's name) when the views do not parse or an input does not
+/// broadcast to the output through its view.
 PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
                                       const std::vector<PointwiseOperand>& ins,
                                       const std::vector<PointwiseOperand>& outs,

@@ -827,7 +827,8 @@ ConvGraphStatus run_call(Call& call, const CudaArgs& a, const ConvGraphOptions& 
         g == nullptr ? std::vector<Candidate>{}
                      : plans_of(*g, call.precision, handle, options.max_workspace, limit, &last,
                                 only, mode);
-    if (c.empty() && fused && call.int32_retry && !call.pb.int32_sums) {
+    // (Not with an epilogue scale: the convolution's alpha would then scale integer sums.)
+    if (c.empty() && fused && call.int32_retry && !call.pb.int32_sums && call.pb.scale == 1.0f) {
       call.pb.int32_sums = true;  // the second form of an INT8 graph, kept from here on
       graphs[1].reset();
       g = graph_of(true);

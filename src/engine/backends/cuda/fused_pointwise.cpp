@@ -236,13 +236,17 @@ bool index32_enabled() {
 
 void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   std::vector<codegen::PointwiseOperand> ins, outs;
-  for (size_t i = 0; i < a.inputs.size(); ++i) ins.push_back({a.in(i).data, a.in(i).dims});
-  for (size_t o = 0; o < a.outputs.size(); ++o) outs.push_back({a.out(o).data, a.out(o).dims});
+  for (size_t i = 0; i < a.inputs.size(); ++i) ins.push_back({a.in(i).data, &a.in(i).dims});
+  for (size_t o = 0; o < a.outputs.size(); ++o) outs.push_back({a.out(o).data, &a.out(o).dims});
   codegen::PointwiseLaunchOptions options;
   options.strided_vectors = strided_vectors_enabled();
   options.index32 = index32_enabled();
-  codegen::PointwiseLaunch launch =
-      codegen::plan_pointwise_launch(p, ins, outs, options, a.layer->describe());
+  codegen::PointwiseLaunch launch;
+  try {
+    launch = codegen::plan_pointwise_launch(p, ins, outs, options, "");
+  } catch (const Error& e) {  // the layer's name only when there is an error to report
+    throw Error(a.layer->describe() + e.what());
+  }
   switch (launch.path) {
     case codegen::PointwiseLaunch::Path::kEmpty: return;
     case codegen::PointwiseLaunch::Path::kTooManyDims:

@@ -385,11 +385,13 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   const int64_t multiple = fp8 ? 16 : 4;
   const bool relu_or_none = !e.activation || e.type == ActivationType::kRelu;
   // cuDNN's conversion of the requantized value to int8 is not the reference's rounding: on an
-  // H100 (2026-12-07) a few bytes of the "relu + requantize" test case differed. An INT8 layer
-  // that requantizes takes the GEMM path, whose epilogue kernel rounds as the reference does.
+  // H100 (2026-12-07) a few bytes of the "relu + requantize" test case differed. A layer that
+  // requantizes to int8 (from INT8 or FP8 operands) takes the GEMM path, whose epilogue kernel
+  // rounds and clamps as the reference does.
   if (!p.channels_last || x.dims.size() != 4 || x.dtype == DataType::kU8 || a.has(6) ||
       g.in_channels % multiple != 0 || g.out_channels % multiple != 0 || !relu_or_none ||
-      (p.requantize.enabled && !fp8) || (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
+      (p.requantize.enabled && p.requantize.to != DataType::kF8E4M3) ||
+      (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
     return false;
   }
   QuantizedConvGraphCall q;
@@ -420,6 +422,7 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   options.log = tactic_log();
   options.problem = [&] {
     std::string s = std::string("qconv ") + dtype_name(x.dtype) + "->" + dtype_name(out.dtype) +
+                    " float=" + dtype_name(p.out) +
                     " x=" + dims_to_string(x.dims) + " w=" + dims_to_string(w.dims) +
                     " y=" + dims_to_string(out.dims) + " stride=" + dims_to_string(p.stride) +
                     " pad=" + dims_to_string(p.padding_begin) + dims_to_string(p.padding_end) +
@@ -481,8 +484,9 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
   // Empty sums (C = 0) are the epilogue of zeros: the direct kernel's loops do that.
   if (x.numel() > 0) {
     std::string why = qconv_direct_reason(p);
-    // The implicit-GEMM graph first; its refusal is kept with the layer's state and said once
-    // (tactic log), and the layer takes the paths below.
+    // The implicit-GEMM graph first; its refusal is kept with the layer's state (cuDNN is asked
+    // once per layer and problem), printed under the tactic log on each eager call, and the
+    // layer takes the paths below.
     std::string graph_why;
     if (why.empty() && graph_first(x.dtype) && run_graph(p, a, g, e, graph_why)) return;
     if (!graph_why.empty() && tactic_log()) {
