@@ -403,23 +403,64 @@ TEST(PointwiseCodegen, RowReductionsGetTheWarpPerRowKernel) {
 //
 // The generated source is CUDA C with no CUDA headers, so a host C++ compiler can build it with
 // a small shim (the CUDA keywords as nothing, blockIdx and friends as globals, the PTX
-// conversions as _Float16 and bit arithmetic). Each "thread" of the grid-stride loops runs in
-// turn, which is exact for the elementwise kernel (no shared memory, no synchronization). The
-// tests below run every chain's elementwise kernels that way with the launch arguments the CUDA
-// back end computes (codegen::plan_pointwise_launch), under every path switch, against the CPU
-// back end's FusedPointwise: the generated index math (merged dims, views, gathers, the
-// vectorized, strided-vector and generic paths, 32- and 64-bit offset walks) is checked in CI,
-// which has no GPU. Row kernels (warp shuffles) are not run here.
+// conversions as _Float16 and bit arithmetic). Each "thread" of the elementwise kernel's
+// grid-stride loops runs in turn, which is exact for it (no shared memory, no synchronization);
+// each warp of a row kernel runs as 32 host threads that meet at every shuffle. The tests below
+// run every chain's kernels that way with the launch arguments the CUDA back end computes
+// (codegen::plan_pointwise_launch), under every path switch, against the CPU back end's
+// FusedPointwise: the generated index math (merged dims, views, gathers, the vectorized,
+// strided-vector, generic and row paths, 32- and 64-bit offset walks) and the row reductions'
+// warp combination are checked in CI, which has no GPU. The GPU's own math library is not.
 
 /// The shim the generated sources are compiled with on the host.
 constexpr const char* kHostShim = R"(#include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
 using std::isfinite;
 using std::isinf;
 using std::isnan;
 struct EmberDim3 { unsigned int x = 0, y = 0, z = 0; };
-static EmberDim3 blockIdx, blockDim, gridDim, threadIdx;
+static thread_local EmberDim3 blockIdx, threadIdx;
+static EmberDim3 blockDim, gridDim;
+// A warp of the row kernel: 32 host threads, one a lane, meeting at each shuffle.
+struct EmberWarp {
+  std::mutex m;
+  std::condition_variable cv;
+  int arrived = 0;
+  unsigned long long generation = 0;
+  unsigned char slots[32][8];
+  void barrier() {
+    std::unique_lock<std::mutex> lock(m);
+    const unsigned long long gen = generation;
+    if (++arrived == 32) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return generation != gen; });
+    }
+  }
+};
+static thread_local EmberWarp* ember_warp = nullptr;
+template <class T> T ember_exchange(T v, unsigned int from) {
+  const unsigned int lane = threadIdx.x & 31u;
+  std::memcpy(ember_warp->slots[lane], &v, sizeof(T));
+  ember_warp->barrier();
+  T r;
+  std::memcpy(&r, ember_warp->slots[from & 31u], sizeof(T));
+  ember_warp->barrier();
+  return r;
+}
+template <class T> T __shfl_xor_sync(unsigned int, T v, int mask) {
+  return ember_exchange(v, (threadIdx.x & 31u) ^ (unsigned int)mask);
+}
+template <class T> T __shfl_sync(unsigned int, T v, int lane) {
+  return ember_exchange(v, (unsigned int)lane);
+}
 #define __device__
 #define __forceinline__ inline
 #define __global__
@@ -468,15 +509,31 @@ class HostKernels {
            c = body.find("extern \"C\" ")) {
         body.erase(c, 11);
       }
+      // Elementwise kernels: each thread in turn. Row kernels: each warp as 32 host threads.
       src += "namespace ember_k" + K + " {\n" + body + "}\n" + "extern \"C\" void ember_run_" + K +
-             "(const void* args, unsigned int blocks, unsigned int threads) {\n"
+             "(const void* args, unsigned int blocks, unsigned int threads, int rows) {\n"
              "  const auto& a = *static_cast<const ember_k" + K + "::EmberPointwiseArgs*>(args);\n"
              "  gridDim.x = blocks; blockDim.x = threads;\n"
              "  for (unsigned int b = 0; b < blocks; ++b) {\n"
-             "    for (unsigned int t = 0; t < threads; ++t) {\n"
-             "      blockIdx.x = b; threadIdx.x = t;\n"
-             "      ember_k" + K + "::ember_fused_pointwise(a);\n"
-             "    }\n  }\n}\n";
+             "    if (!rows) {\n"
+             "      for (unsigned int t = 0; t < threads; ++t) {\n"
+             "        blockIdx.x = b; threadIdx.x = t;\n"
+             "        ember_k" + K + "::ember_fused_pointwise(a);\n"
+             "      }\n"
+             "      continue;\n"
+             "    }\n"
+             "    for (unsigned int w = 0; w < threads / 32; ++w) {\n"
+             "      EmberWarp warp;\n"
+             "      std::vector<std::thread> lanes;\n"
+             "      for (unsigned int l = 0; l < 32; ++l) {\n"
+             "        lanes.emplace_back([&, l] {\n"
+             "          blockIdx.x = b; threadIdx.x = w * 32 + l; ember_warp = &warp;\n"
+             "          ember_k" + K + "::ember_fused_pointwise(a);\n"
+             "        });\n"
+             "      }\n"
+             "      for (std::thread& t : lanes) t.join();\n"
+             "    }\n"
+             "  }\n}\n";
     }
     const std::string cpp = dir_ + "/kernels.cpp", so = dir_ + "/kernels.so",
                       log = dir_ + "/compile.log";
@@ -489,7 +546,8 @@ class HostKernels {
     std::fclose(f);
     const char* cxx = std::getenv("CXX");
     const std::string cmd = std::string(cxx != nullptr && *cxx != '\0' ? cxx : "c++") +
-                            " -std=c++17 -O1 -fPIC -shared -o " + so + " " + cpp + " > " + log +
+                            " -std=c++17 -O1 -fPIC -shared -pthread -o " + so + " " + cpp + " > " +
+                            log +
                             " 2>&1";
     if (std::system(cmd.c_str()) != 0) {
       error_ = "the host compiler failed: " + cmd + "\n" + read_file(log);
@@ -506,13 +564,13 @@ class HostKernels {
   HostKernels& operator=(const HostKernels&) = delete;
 
   const std::string& error() const { return error_; }
-  /// Runs kernel k over `blocks` x `threads` "threads" with `args`.
-  void run(size_t k, const codegen::PointwiseKernelArgs& args, unsigned blocks,
-           unsigned threads) const {
-    using Fn = void (*)(const void*, unsigned int, unsigned int);
+  /// Runs kernel k over `blocks` x `threads` "threads" with `args` (a row kernel: `rows`).
+  void run(size_t k, const codegen::PointwiseKernelArgs& args, unsigned blocks, unsigned threads,
+           bool rows) const {
+    using Fn = void (*)(const void*, unsigned int, unsigned int, int);
     auto fn = reinterpret_cast<Fn>(dlsym(handle_, ("ember_run_" + std::to_string(k)).c_str()));
     ASSERT_NE(fn, nullptr) << "kernel " << k;
-    fn(&args, blocks, threads);
+    fn(&args, blocks, threads, rows ? 1 : 0);
   }
 
  private:
@@ -538,7 +596,7 @@ struct FusedCase {
   size_t source = 0;  // index into the HostKernels' sources
 };
 
-/// The elementwise FusedPointwise layers of every chain per dtype, with their operands' values
+/// The FusedPointwise layers of every chain per dtype, with their operands' values
 /// from the CPU back end (the fused network run with those tensors as extra outputs).
 std::vector<FusedCase> fused_cases_on_cpu(std::vector<std::string>& sources) {
   std::vector<FusedCase> cases;
@@ -551,10 +609,7 @@ std::vector<FusedCase> fused_cases_on_cpu(std::vector<std::string>& sources) {
       fuse_pointwise_layers(fused, nullptr, nullptr);
       std::vector<const Layer*> layers;
       for (const Layer* l : fused.layers()) {
-        if (l->kind() == LayerKind::kFusedPointwise &&
-            !semantics::fused_has_reduction(l->params_as<FusedPointwiseParams>())) {
-          layers.push_back(l);
-        }
+        if (l->kind() == LayerKind::kFusedPointwise) layers.push_back(l);
       }
       if (layers.empty()) continue;
       // Every tensor a kept layer reads or writes, as an output (network inputs as given).
@@ -628,13 +683,17 @@ TEST(PointwiseCodegen, GeneratedKernelsRunOnTheHostAsTheCpuBackEnd) {
         options.index32 = index32;
         const codegen::PointwiseLaunch launch =
             codegen::plan_pointwise_launch(fc.params, ins, outs, options, what);
-        ASSERT_EQ(launch.path, codegen::PointwiseLaunch::Path::kElements);
-        const std::string path = launch.args.vec != 0    ? "vec"
+        const bool rows = launch.path == codegen::PointwiseLaunch::Path::kRows;
+        ASSERT_TRUE(rows || launch.path == codegen::PointwiseLaunch::Path::kElements);
+        const std::string path = rows                    ? "rows"
+                                 : launch.args.vec != 0  ? "vec"
                                  : launch.args.wide != 0 ? "wide"
                                                          : "generic";
         ++paths[path + (path == "vec" ? "" : launch.args.index32 != 0 ? " 32" : " 64")];
-        // Two blocks of 256 (the grid-stride loops wrap when the work is larger).
-        kernels.run(fc.source, launch.args, 2, 256);
+        // Two blocks of 256 elementwise threads, or one of the row kernel's 4 warps (the
+        // grid-stride loops wrap when the work is larger).
+        kernels.run(fc.source, launch.args, rows ? 1u : 2u,
+                    rows ? static_cast<unsigned>(codegen::kRowKernelThreads) : 256u, rows);
         for (size_t o = 0; o < got.size(); ++o) {
           test::expect_close(got[o], fc.outputs[o].to_floats(), got[o].dtype,
                              what + " output " + std::to_string(o) + " (" + path + ")");
@@ -642,7 +701,8 @@ TEST(PointwiseCodegen, GeneratedKernelsRunOnTheHostAsTheCpuBackEnd) {
       }
     }
   }
-  for (const char* p : {"vec", "wide 32", "wide 64", "generic 32", "generic 64"}) {
+  for (const char* p : {"vec", "wide 32", "wide 64", "generic 32", "generic 64", "rows 32",
+                        "rows 64"}) {
     EXPECT_GT(paths[p], 0) << "no case took the " << p << " path";
   }
 }
