@@ -174,12 +174,7 @@ TEST(CudaFusedPointwise, APlanForAnotherGpuRecompilesFromSourceAndSaysSo) {
   relu.code = static_cast<int>(ActivationType::kRelu);
   relu.operands[0] = 0;
   semantics::fused_append(p, relu);
-  semantics::FusedStep add;
-  add.family = FusedOpFamily::kElementWise;
-  add.code = static_cast<int>(ElementWiseOp::kSum);
-  add.operands[0] = 2;
-  add.operands[1] = 1;
-  semantics::fused_append(p, add);
+  append_elementwise(p, ElementWiseOp::kSum, 2, 1);
   p.outputs = {3};
   p.kernel_source = codegen::pointwise_kernel_source(p, {DataType::kF32, DataType::kF32});
   p.kernel_target = cuda::device_target() == "sm_80" ? "sm_90" : "sm_80";

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/semantics/fused_pointwise.h"
 #include "ember/engine/network.h"
 #include "test_util.h"
 
@@ -50,6 +51,16 @@ inline Tensor* row_reduce(Network& net, Tensor* x, ReduceOp op, const std::strin
   p.axes = {static_cast<int64_t>(x->rank()) - 1};
   p.keep_dims = true;
   return net.add_layer(p, {x}, name)->output();
+}
+
+/// Appends the step `op`(value a, value b) to `p` (values: the inputs, then the steps before).
+inline void append_elementwise(FusedPointwiseParams& p, ElementWiseOp op, int a, int b) {
+  semantics::FusedStep s;
+  s.family = FusedOpFamily::kElementWise;
+  s.code = static_cast<int>(op);
+  s.operands[0] = a;
+  s.operands[1] = b;
+  semantics::fused_append(p, s);
 }
 
 /// RoPE on a transposed [B, L, H, E] input (B = 2, L = 3): x' cos + gather(x', table) sin with

@@ -182,12 +182,7 @@ FusedPointwiseParams small_program() {
   two.family = FusedOpFamily::kScalar;
   two.alpha = 2.0;
   semantics::fused_append(p, two);
-  semantics::FusedStep mul;
-  mul.family = FusedOpFamily::kElementWise;
-  mul.code = static_cast<int>(ElementWiseOp::kProd);
-  mul.operands[0] = 1;
-  mul.operands[1] = 2;
-  semantics::fused_append(p, mul);
+  append_elementwise(p, ElementWiseOp::kProd, 1, 2);
   p.outputs = {3};
   return p;
 }
@@ -711,12 +706,7 @@ TEST(PointwiseCodegen, OffsetsWalkIn32BitsOnlyWhereEveryOffsetFits) {
   // One step, x * y with y broadcast along the last dim: no memory is touched by the planning,
   // so fake 16-byte aligned addresses serve for tensors of any size.
   FusedPointwiseParams p;
-  semantics::FusedStep mul;
-  mul.family = FusedOpFamily::kElementWise;
-  mul.code = static_cast<int>(ElementWiseOp::kProd);
-  mul.operands[0] = 0;
-  mul.operands[1] = 1;
-  semantics::fused_append(p, mul);
+  append_elementwise(p, ElementWiseOp::kProd, 0, 1);
   p.outputs = {2};
   const auto* fake = reinterpret_cast<const void*>(uintptr_t{1} << 20);
   auto plan = [&](const std::vector<int64_t>& dims, bool index32) {

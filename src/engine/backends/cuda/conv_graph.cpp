@@ -626,13 +626,35 @@ struct Operands {
   const void* out_scale = nullptr;
 };
 
+/// What a kept problem is besides its dims: which operands are present, their alignments, and
+/// (quantized) per-channel weight scales and requantization. Unused entries stay 0.
+using ProblemFlags = std::array<int64_t, 9>;
+
+/// The float path's epilogue pass after an unfused plan (bias, residual, activation in one
+/// kernel over y, seen as [outer, channels, plane]); `p` null: none (the quantized path has
+/// only fused plans).
+struct EpiloguePass {
+  const ConvolutionParams* p = nullptr;
+  DeviceTensor* y = nullptr;
+  const void* bias = nullptr;
+  const void* residual = nullptr;
+  int64_t channels = 0, plane = 0;
+  cudaStream_t stream = nullptr;
+  void operator()() const {
+    if (p != nullptr) {
+      launch_epilogue(y->dtype, y->data, bias, channels, plane, residual, &p->epilogue,
+                      y->numel(), stream);
+    }
+  }
+};
+
 /// A layer's graph-path state for one problem (dims, epilogue operands and operand alignment),
 /// kept in the context's Resources: the chosen plan and what it refers to, or why the layer
 /// runs on the legacy path. Descriptors are destroyed in reverse order of declaration.
 struct ConvGraphPrep : PreparedLaunch {
   enum class State { kGraph, kLegacy, kRefused } state = State::kGraph;
   std::vector<int64_t> x_dims, w_dims, y_dims;
-  std::vector<int64_t> flags;  // which operands are present, and the operands' alignments
+  ProblemFlags flags{};         // which operands are present, and the operands' alignments
   std::string why;             // kRefused: the failing call and cuDNN's status
   std::unique_ptr<Graph> graph;
   Desc cfg, plan;
@@ -645,7 +667,7 @@ struct ConvGraphPrep : PreparedLaunch {
   void* pack_ws = nullptr;
 
   bool matches(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-               const std::vector<int64_t>& y, const std::vector<int64_t>& f) const {
+               const std::vector<int64_t>& y, const ProblemFlags& f) const {
     return f == flags && x == x_dims && y == y_dims && w == w_dims;
   }
 };
@@ -716,12 +738,19 @@ const char* mode_name(cudnnBackendHeurMode_t m) {
   return m == CUDNN_HEUR_MODE_A ? "A" : m == CUDNN_HEUR_MODE_FALLBACK ? "fallback" : "other";
 }
 
-/// One call of a layer on the graph path: its problem, operands, and which graphs may run.
+/// One call of a layer on the graph path: its operands and key (set on every call, without
+/// allocating), and for a new problem what its graph is built from (set by the caller's `fill`
+/// only then).
 struct Call {
-  Problem pb;  // for a new problem; its dims and alignments are also in the fields below
   Operands ops;
-  std::vector<int64_t> x_dims, w_dims, y_dims;  // the layer's own, for the kept problems
-  std::vector<int64_t> flags;                   // the rest of the problem's key
+  // The layer's own dims, and the rest of the key, matched against the kept problems.
+  const std::vector<int64_t>* x_dims = nullptr;
+  const std::vector<int64_t>* w_dims = nullptr;
+  const std::vector<int64_t>* y_dims = nullptr;
+  ProblemFlags flags{};
+  EpiloguePass epilogue_pass;  ///< After an unfused plan.
+  // Filled for a new problem only:
+  Problem pb;
   bool fusable = false;  ///< The fused graph may run.
   bool unfused = true;   ///< The unfused graph may run (then `epilogue_pass` finishes it).
   bool force_fused = false;  ///< Only the fused graph is timed when it has plans.
@@ -729,16 +758,16 @@ struct Call {
   /// finds no plan.
   bool int32_retry = false;
   Precision precision = Precision::kHalf;
-  std::function<void()> epilogue_pass;
-  /// False: the layer runs on the other path (EMBER_CUDNN_CONV=legacy, a shape this path does
-  /// not take), which is kept with its state like a plan.
-  bool covered = true;
 };
 
 /// The graph path of one layer call: the kept plan of this problem, or a new one chosen (from
-/// the timing cache, by timing, or by the heuristic) and kept.
-ConvGraphStatus run_call(Call& call, const CudaArgs& a, const ConvGraphOptions& options,
-                         std::string* why) {
+/// the timing cache, by timing, or by the heuristic) and kept. For a new problem `fill(call)`
+/// sets the problem and the graphs allowed, and returns false when this path does not take it
+/// (EMBER_CUDNN_CONV=legacy, a shape it does not cover), which is then kept as the other
+/// path's.
+template <class Fill>
+ConvGraphStatus run_call(Call& call, Fill&& fill, const CudaArgs& a,
+                         const ConvGraphOptions& options, std::string* why) {
   using State = ConvGraphPrep::State;
   auto handle = static_cast<cudnnHandle_t>(a.res->cudnn());
 
@@ -748,7 +777,7 @@ ConvGraphStatus run_call(Call& call, const CudaArgs& a, const ConvGraphOptions& 
   if (layer_state != nullptr) {
     auto& kept = layer_state->problems;
     for (size_t i = 0; i < kept.size(); ++i) {
-      if (!kept[i]->matches(call.x_dims, call.w_dims, call.y_dims, call.flags)) continue;
+      if (!kept[i]->matches(*call.x_dims, *call.w_dims, *call.y_dims, call.flags)) continue;
       if (i > 0) std::rotate(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(i),
                              kept.begin() + static_cast<std::ptrdiff_t>(i) + 1);
       prep = kept[0].get();
@@ -775,9 +804,9 @@ ConvGraphStatus run_call(Call& call, const CudaArgs& a, const ConvGraphOptions& 
 
   // A new problem for this layer: decide the path, and on the graph path build the plan.
   auto fresh = std::make_unique<ConvGraphPrep>();
-  fresh->x_dims = call.x_dims;
-  fresh->w_dims = call.w_dims;
-  fresh->y_dims = call.y_dims;
+  fresh->x_dims = *call.x_dims;
+  fresh->w_dims = *call.w_dims;
+  fresh->y_dims = *call.y_dims;
   fresh->flags = call.flags;
   auto keep_as = [&](State state) {
     fresh->state = state;
@@ -801,7 +830,7 @@ ConvGraphStatus run_call(Call& call, const CudaArgs& a, const ConvGraphOptions& 
   // finalization may load or compile kernels, and retiring a plan synchronizes. The other path
   // serves a capture that comes before any eager call of the problem.
   if (capturing(a.stream())) return ConvGraphStatus::kNotCovered;
-  if (!call.covered) {
+  if (!fill(call)) {
     keep_as(State::kLegacy);
     return ConvGraphStatus::kNotCovered;
   }
@@ -988,6 +1017,16 @@ void set_geometry(Problem& pb, size_t nsp, const std::vector<int64_t>& begin,
   }
 }
 
+/// The operands' alignments of a Problem from its key (entries 2 to 6: x, w, y, bias,
+/// residual).
+void set_alignments(Problem& pb, const ProblemFlags& flags) {
+  pb.align_x = flags[2];
+  pb.align_w = flags[3];
+  pb.align_y = flags[4];
+  pb.align_bias = flags[5];
+  pb.align_residual = flags[6];
+}
+
 }  // namespace
 
 ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, const void* bias,
@@ -1006,93 +1045,93 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
   call.ops.y = y.data;
   call.ops.bias = bias;
   call.ops.residual = residual;
-  call.x_dims = x.dims;
-  call.w_dims = w.dims;
-  call.y_dims = y.dims;
-  call.flags = {bias != nullptr,  residual != nullptr, align16(x.data), align16(w.data),
-                align16(y.data),  align16(bias),       align16(residual)};
+  call.x_dims = &x.dims;
+  call.w_dims = &w.dims;
+  call.y_dims = &y.dims;
+  call.flags = {bias != nullptr, residual != nullptr, align16(x.data), align16(w.data),
+                align16(y.data), align16(bias),       align16(residual)};
   // The epilogue pass sees y as [outer, channels, plane]: NHWC is [N*H*W, C, 1].
-  const int64_t channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
-  const int64_t plane = p.channels_last ? 1 : y.numel() / (y.dims[0] * channels);
-  call.epilogue_pass = [&] {
-    launch_epilogue(y.dtype, y.data, bias, channels, plane, residual, &p.epilogue, y.numel(),
-                    a.stream());
+  call.epilogue_pass.p = &p;
+  call.epilogue_pass.y = &y;
+  call.epilogue_pass.bias = bias;
+  call.epilogue_pass.residual = residual;
+  call.epilogue_pass.channels = p.channels_last ? y.dims.at(3) : y.dims.at(1);
+  call.epilogue_pass.plane =
+      p.channels_last ? 1 : y.numel() / (y.dims[0] * call.epilogue_pass.channels);
+  call.epilogue_pass.stream = a.stream();
+  auto fill = [&](Call& c) {
+    const size_t nsp = p.stride.size();
+    const bool shapes_ok = nsp >= 1 && nsp <= 3 && x.dims.size() == nsp + 2 &&
+                           w.dims.size() == nsp + 2 && y.dims.size() == nsp + 2 &&
+                           (!p.channels_last || nsp == 2);
+    if (!conv_graph_selected() || !shapes_ok) return false;
+    Problem& pb = c.pb;
+    pb.dtype = pb.out_dtype = pb.epilogue_dtype = x.dtype;
+    pb.channels_last = p.channels_last;
+    pb.x = logical_dims(x.dims, p.channels_last);
+    pb.w = logical_dims(w.dims, p.channels_last);
+    pb.y = logical_dims(y.dims, p.channels_last);
+    set_geometry(pb, nsp, p.padding_begin, p.padding_end, p.stride, p.dilation);
+    pb.scale = static_cast<float>(p.epilogue.scale);
+    pb.bias = bias != nullptr;
+    pb.residual = residual != nullptr;
+    pb.relu = p.epilogue.fused_activation && p.epilogue.activation == ActivationType::kRelu;
+    set_alignments(pb, c.flags);
+    c.precision = x.dtype == DataType::kF32 ? Precision::kF32 : Precision::kHalf;
+    // The fused graph takes what cudnnConvolutionBiasActivationForward takes on the legacy
+    // path: a bias, and relu or no activation.
+    c.fusable = options.fusion != ConvGraphOptions::Fusion::kOff && bias != nullptr &&
+                (!p.epilogue.fused_activation || pb.relu);
+    c.force_fused = options.fusion == ConvGraphOptions::Fusion::kForce;
+    return true;
   };
-  const size_t nsp = p.stride.size();
-  const bool shapes_ok = nsp >= 1 && nsp <= 3 && x.dims.size() == nsp + 2 &&
-                         w.dims.size() == nsp + 2 && y.dims.size() == nsp + 2 &&
-                         (!p.channels_last || nsp == 2);
-  call.covered = conv_graph_selected() && shapes_ok;
-  if (!call.covered) return run_call(call, a, options, why);  // kept as the legacy path's
-
-  Problem& pb = call.pb;
-  pb.dtype = pb.out_dtype = pb.epilogue_dtype = x.dtype;
-  pb.channels_last = p.channels_last;
-  pb.x = logical_dims(x.dims, p.channels_last);
-  pb.w = logical_dims(w.dims, p.channels_last);
-  pb.y = logical_dims(y.dims, p.channels_last);
-  set_geometry(pb, nsp, p.padding_begin, p.padding_end, p.stride, p.dilation);
-  pb.scale = static_cast<float>(p.epilogue.scale);
-  pb.bias = bias != nullptr;
-  pb.residual = residual != nullptr;
-  pb.relu = p.epilogue.fused_activation && p.epilogue.activation == ActivationType::kRelu;
-  pb.align_x = call.flags[2];
-  pb.align_w = call.flags[3];
-  pb.align_y = call.flags[4];
-  pb.align_bias = call.flags[5];
-  pb.align_residual = call.flags[6];
-  call.precision = x.dtype == DataType::kF32 ? Precision::kF32 : Precision::kHalf;
-  // The fused graph takes what cudnnConvolutionBiasActivationForward takes on the legacy path:
-  // a bias, and relu or no activation.
-  call.fusable = options.fusion != ConvGraphOptions::Fusion::kOff && bias != nullptr &&
-                 (!p.epilogue.fused_activation || pb.relu);
-  call.force_fused = options.fusion == ConvGraphOptions::Fusion::kForce;
-  return run_call(call, a, options, why);
+  return run_call(call, fill, a, options, why);
 }
 
-ConvGraphStatus run_quantized_conv_graph(const QuantizedConvGraphCall& q, const CudaArgs& a,
+ConvGraphStatus run_quantized_conv_graph(const QuantizedConvolutionParams& p,
+                                         const ProductEpilogue& e, const CudaArgs& a,
                                          const ConvGraphOptions& options, std::string* why) {
-  if (!conv_graph_selected()) return ConvGraphStatus::kNotCovered;
-  if (q.residual != nullptr &&
-      overlaps(q.residual, q.y, static_cast<size_t>(a.out().nbytes()))) {
+  const DeviceTensor& x = a.in(0);
+  const DeviceTensor& w = a.in(1);
+  DeviceTensor& y = a.out();
+  if (e.residual != nullptr && overlaps(e.residual, y.data, y.nbytes())) {
     return ConvGraphStatus::kNotCovered;
   }
   Call call;
-  call.ops = {q.x, q.w, q.y, q.bias, q.residual, q.x_scale, q.w_scale, q.out_scale};
-  call.x_dims = q.x_dims;
-  call.w_dims = q.w_dims;
-  call.y_dims = q.y_dims;
-  call.flags = {q.bias != nullptr,   q.residual != nullptr, align16(q.x),
-                align16(q.w),        align16(q.y),          align16(q.bias),
-                align16(q.residual), q.w_per_channel,       q.out_scale != nullptr};
-  Problem& pb = call.pb;
-  pb.dtype = q.in_dtype;
-  pb.out_dtype = q.out_dtype;
-  pb.epilogue_dtype = q.epilogue_dtype;
-  pb.channels_last = true;
-  pb.x = logical_dims(q.x_dims, true);
-  pb.w = logical_dims(q.w_dims, true);
-  pb.y = logical_dims(q.y_dims, true);
-  set_geometry(pb, 2, q.padding_begin, q.padding_end, q.stride, q.dilation);
-  pb.scale = q.scale;
-  pb.bias = q.bias != nullptr;
-  pb.residual = q.residual != nullptr;
-  pb.relu = q.relu;
-  pb.quantized = true;
-  pb.w_per_channel = q.w_per_channel;
-  pb.requantize = q.out_scale != nullptr;
-  pb.align_x = call.flags[2];
-  pb.align_w = call.flags[3];
-  pb.align_y = call.flags[4];
-  pb.align_bias = call.flags[5];
-  pb.align_residual = call.flags[6];
-  call.precision = Precision::kQuantized;
-  call.fusable = true;
-  call.unfused = false;  // the scales need the epilogue: the fused graph or none
-  call.force_fused = true;
-  call.int32_retry = q.in_dtype == DataType::kI8;
-  call.epilogue_pass = [] {};
-  return run_call(call, a, options, why);
+  call.ops = {x.data, w.data, y.data, e.bias, e.residual, e.x_scale, e.w_scale, e.out_scale};
+  call.x_dims = &x.dims;
+  call.w_dims = &w.dims;
+  call.y_dims = &y.dims;
+  call.flags = {e.bias != nullptr,    e.residual != nullptr, align16(x.data),
+                align16(w.data),      align16(y.data),       align16(e.bias),
+                align16(e.residual),  e.per_channel,         e.out_scale != nullptr};
+  auto fill = [&](Call& c) {
+    if (!conv_graph_selected()) return false;
+    Problem& pb = c.pb;
+    pb.dtype = x.dtype;
+    pb.out_dtype = y.dtype;
+    pb.epilogue_dtype = p.out;
+    pb.channels_last = true;
+    pb.x = logical_dims(x.dims, true);
+    pb.w = logical_dims(w.dims, true);
+    pb.y = logical_dims(y.dims, true);
+    set_geometry(pb, 2, p.padding_begin, p.padding_end, p.stride, p.dilation);
+    pb.scale = e.scale;
+    pb.bias = e.bias != nullptr;
+    pb.residual = e.residual != nullptr;
+    pb.relu = e.activation;
+    pb.quantized = true;
+    pb.w_per_channel = e.per_channel;
+    pb.requantize = e.out_scale != nullptr;
+    set_alignments(pb, c.flags);
+    c.precision = Precision::kQuantized;
+    c.fusable = true;
+    c.unfused = false;  // the scales need the epilogue: the fused graph or none
+    c.force_fused = true;
+    c.int32_retry = x.dtype == DataType::kI8;
+    return true;
+  };
+  return run_call(call, fill, a, options, why);
 }
 
 bool conv_graph_selected() {

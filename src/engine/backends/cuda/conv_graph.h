@@ -19,9 +19,9 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <vector>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/quantize_kernels.h"
 
 namespace ember::engine::cuda {
 
@@ -67,38 +67,22 @@ ConvGraphStatus run_conv_graph(const ConvolutionParams& p, const CudaArgs& a, co
                                const void* residual, const ConvGraphOptions& options,
                                std::string* why);
 
-/// A QuantizedConvolution's call of the graph path (quantized_conv.cpp checks what it takes:
-/// 2-d, groups = 1, channels_last, symmetric activations whose channels are the layer's, relu or
-/// no activation). Its one graph is the convolution of the INT8 or FP8 operands (exact int32 or
-/// tensor-core f32 sums) and the whole epilogue as pointwise ops on f32:
+/// Runs a QuantizedConvolution through the graph API (quantized_conv.cpp's run_graph checks
+/// what it takes: 2-d, groups = 1, channels_last, symmetric activations whose channels are the
+/// layer's, relu or no activation). x [N, H, W, C] and w [K, R, S, C] (INT8 or FP8) are a's
+/// inputs 0 and 1 as they are, y [N, OH, OW, K] its output. The one graph is the convolution
+/// (exact int32 or tensor-core f32 sums) and `e`'s whole epilogue as pointwise ops on f32:
 ///
-///   y = [requantize: / out_scale] act(conv(x, w) * scale * x_scale * w_scale[k] + bias[k]
-///                                    + residual)
+///   y = [e.out_scale: / out_scale] act(conv(x, w) * scale * x_scale * w_scale[k] + bias[k]
+///                                      + residual)
 ///
-/// written once in y's type: the float output type, or int8 / FP8 E4M3 when it requantizes.
-struct QuantizedConvGraphCall {
-  const void* x = nullptr;  ///< [N, H, W, C], int8 or FP8.
-  const void* w = nullptr;  ///< [K, R, S, C], the same type.
-  void* y = nullptr;        ///< [N, OH, OW, K].
-  std::vector<int64_t> x_dims, w_dims, y_dims;  ///< As stored (channels last).
-  std::vector<int64_t> stride, padding_begin, padding_end, dilation;
-  DataType in_dtype = DataType::kI8, out_dtype = DataType::kF32;
-  DataType epilogue_dtype = DataType::kF32;  ///< The bias's and residual's (the float type).
-  const float* x_scale = nullptr;  ///< Device, one element.
-  const float* w_scale = nullptr;  ///< Device, one element or K.
-  bool w_per_channel = false;
-  float scale = 1.0f;               ///< The epilogue's scale.
-  const void* bias = nullptr;       ///< [K] or nullptr.
-  const void* residual = nullptr;   ///< y's dims in the float type, or nullptr.
-  bool relu = false;
-  const float* out_scale = nullptr;  ///< Device, one element: requantize; nullptr: do not.
-};
-
-/// Runs a quantized convolution through the graph API (see QuantizedConvGraphCall). kRefused
-/// when cuDNN has no engine for the graph (remembered with the layer's state: later calls go
-/// straight to the caller's other path), kNotCovered with EMBER_CUDNN_CONV=legacy or a residual
-/// overlapping y, and inside a capture for a problem not prepared before.
-ConvGraphStatus run_quantized_conv_graph(const QuantizedConvGraphCall& q, const CudaArgs& a,
+/// written once in y's type: the float output type (p.out, also the bias's and residual's), or
+/// int8 / FP8 E4M3 when it requantizes. kRefused when cuDNN has no engine for the graph
+/// (remembered with the layer's state: later calls go straight to the caller's other path),
+/// kNotCovered with EMBER_CUDNN_CONV=legacy, a residual overlapping y, and inside a capture
+/// for a problem not prepared before.
+ConvGraphStatus run_quantized_conv_graph(const QuantizedConvolutionParams& p,
+                                         const ProductEpilogue& e, const CudaArgs& a,
                                          const ConvGraphOptions& options, std::string* why);
 
 /// Process-wide counts of the graph path's work, for tests and profiling.

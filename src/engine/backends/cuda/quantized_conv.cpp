@@ -373,9 +373,8 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
 /// operands cuDNN reads, for 2-d layers with symmetric activations whose channels are
 /// multiples of 16 (FP8) or 4 (INT8), a relu or no activation, and no int8 requantization
 /// (FP8's is taken). FP8 layers come here only with EMBER_QCONV=graph (graph_first). False
-/// (nothing enqueued) where it does
-/// not apply or cuDNN has no engine for the graph (remembered per layer and problem), with
-/// `why` set in the second case.
+/// (nothing enqueued) where it does not apply or cuDNN has no engine for the graph (remembered
+/// per layer and problem), with `why` set in the second case.
 bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
                const ProductEpilogue& e, std::string& why) {
   const DeviceTensor& x = a.in(0);
@@ -394,28 +393,6 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
       (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
     return false;
   }
-  QuantizedConvGraphCall q;
-  q.x = x.data;
-  q.w = w.data;
-  q.y = out.data;
-  q.x_dims = x.dims;
-  q.w_dims = w.dims;
-  q.y_dims = out.dims;
-  q.stride = p.stride;
-  q.padding_begin = p.padding_begin;
-  q.padding_end = p.padding_end;
-  q.dilation = p.dilation;
-  q.in_dtype = x.dtype;
-  q.out_dtype = out.dtype;
-  q.epilogue_dtype = p.out;
-  q.x_scale = e.x_scale;
-  q.w_scale = e.w_scale;
-  q.w_per_channel = e.per_channel;
-  q.scale = e.scale;
-  q.bias = e.bias;
-  q.residual = e.residual;
-  q.relu = e.activation;
-  q.out_scale = e.out_scale;
   ConvGraphOptions options;
   options.fusion = ConvGraphOptions::Fusion::kForce;
   options.max_workspace = kInt8GemmWorkspaceBytes;
@@ -432,7 +409,7 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
                     (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) + ";";
     return s;
   };
-  switch (run_quantized_conv_graph(q, a, options, &why)) {
+  switch (run_quantized_conv_graph(p, e, a, options, &why)) {
     case ConvGraphStatus::kRan: return true;
     case ConvGraphStatus::kNotCovered: why.clear(); return false;
     case ConvGraphStatus::kRefused: why = "cuDNN's graph API has no engine for it (" + why + ")";
