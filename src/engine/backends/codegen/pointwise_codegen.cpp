@@ -9,6 +9,7 @@
 
 #include "backends/semantics/fused_pointwise.h"
 #include "backends/semantics/pointwise.h"
+#include "ember/engine/dim.h"
 
 namespace ember::engine::codegen {
 
@@ -506,15 +507,6 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
   return src;
 }
 
-namespace {
-
-int64_t numel(const std::vector<int64_t>& dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
-
-}  // namespace
 
 PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
                                       const std::vector<PointwiseOperand>& ins,
@@ -524,7 +516,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   PointwiseLaunch launch;
   const size_t n_in = ins.size();
   const std::vector<int64_t>& dims = *outs.at(0).dims;
-  const int64_t n = numel(dims);
+  const int64_t n = dims_numel(dims);
   if (n == 0) return launch;
   PointwiseKernelArgs& k = launch.args;
   k.n = n;
@@ -587,7 +579,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   // EMBER_POINTWISE_INDEX32=0 keeps the 64-bit walk (the A/B switch).
   bool index32 = options.index32 && n <= INT32_MAX;
   for (size_t i = 0; index32 && i < n_in; ++i) {
-    index32 = numel(*ins[i].dims) <= INT32_MAX;
+    index32 = dims_numel(*ins[i].dims) <= INT32_MAX;
     for (int64_t s : mst[i]) index32 = index32 && s >= 0;
     for (int64_t g : views[i].gather) index32 = index32 && g >= 0;
   }
@@ -607,7 +599,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   int mask = 1;
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   for (size_t i = 0; vec && i < n_in; ++i) {
-    const int64_t m = numel(*ins[i].dims);
+    const int64_t m = dims_numel(*ins[i].dims);
     if (m == 1) {
       mask |= 2 << i;
     } else {
