@@ -13,6 +13,10 @@ gap: where the wall time beyond the kernels' own goes (0 prints none; -1 all).
 batches), as bench/variants.py's int8/fp8 variants do; the engine's layer implementations and
 CUDA-graph counters are printed too, so a layer that left the fast path shows.
 
+--compiler reduce-overhead profiles torch.compile(mode="reduce-overhead") on the same model and
+inputs instead of Ember (the baseline's kernels beside Ember's: which GEMMs it picks, what it
+fuses); the engine lines are then not printed.
+
 Models are bench.py's (bench/models.py): any of the wide suite's.
 """
 
@@ -40,6 +44,8 @@ def main():
     p.add_argument("--quantize", choices=["int8", "fp8"], default=None)
     p.add_argument("--sequence", type=int, default=0,
                    help="print the last call's first N kernels in order with the gaps (-1: all)")
+    p.add_argument("--compiler", choices=["ember", "reduce-overhead"], default="ember",
+                   help="profile Ember's engine or torch.compile(mode='reduce-overhead')")
     args = p.parse_args()
     settings = channels_last_settings(args.channels_last)
     torch.manual_seed(0)
@@ -53,7 +59,10 @@ def main():
                  for _ in range(4)]
         model = ember.quantize(model, calib, dtype=torch.int8 if args.quantize == "int8"
                                else torch.float8_e4m3fn)
-    gm = ember.compile(model, inputs=xs, device="cuda", **settings)
+    if args.compiler == "ember":
+        gm = ember.compile(model, inputs=xs, device="cuda", **settings)
+    else:
+        gm = torch.compile(model, mode="reduce-overhead")
     with torch.no_grad():
         for _ in range(5):
             gm(*xs)
@@ -62,7 +71,8 @@ def main():
             for _ in range(args.iters):
                 gm(*xs)
             torch.cuda.synchronize()
-    engines = [getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine")]
+    engines = ([getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine")]
+               if args.compiler == "ember" else [])
     for eng in engines:
         impls = collections.Counter(f"{layer['type']}: {layer.get('implementation')}"
                                     for layer in json.loads(eng.inspect())["layers"])
@@ -77,7 +87,7 @@ def main():
         t, n = totals.get(name, (0.0, 0))
         totals[name] = (t + e.device_time_total, n + 1)
     total = sum(t for t, _ in totals.values())
-    print(f"{args.model} batch {args.batch} {args.dtype}: {total / args.iters / 1e3:.3f} ms of GPU time per "
+    print(f"{args.model} batch {args.batch} {args.dtype} ({args.compiler}): {total / args.iters / 1e3:.3f} ms of GPU time per "
           f"call in {sum(n for _, n in totals.values()) // args.iters} kernels")
     print("| share | ms/call | calls/call | kernel |\n| --- | --- | --- | --- |")
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:

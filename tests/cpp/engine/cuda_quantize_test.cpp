@@ -64,13 +64,18 @@ void expect_fp8_within_one_code(const std::vector<uint8_t>& got, const std::vect
                                           << " FP8 codes differ from the reference";
 }
 
+void expect_int8_within_ties(const std::vector<uint8_t>& got, const std::vector<uint8_t>& ref,
+                             const std::string& label, const std::vector<double>& values);
+
 /// Runs `net` on the GPU and on the CPU reference; quantized outputs must match byte for byte
-/// (FP8 ones within one code when `fp8_from_tensor_cores`: expect_fp8_within_one_code).
+/// (FP8 ones within one code when `fp8_from_tensor_cores`: expect_fp8_within_one_code; int8
+/// ones at rounding ties when `int8_values` is given: expect_int8_within_ties).
 void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& inputs,
                             const std::string& what,
                             ChannelsLast channels_last = ChannelsLast::kAuto,
                             bool fp8_from_tensor_cores = false,
-                            const std::vector<float>& fp8_sum_error = {}) {
+                            const std::vector<float>& fp8_sum_error = {},
+                            const std::vector<double>& int8_values = {}) {
   test::CudaRunner runner(net, inputs, {}, 3, channels_last);
   EXPECT_EQ(runner.inspect_json().find("cuda.host"), std::string::npos) << what;
   // Layer by layer (which prepares, e.g. packs a convolution's weight once), then the CUDA
@@ -87,6 +92,8 @@ void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& i
         test::expect_close(got[i], ref[i].to_floats(), got[i].dtype, label);
       } else if (fp8_from_tensor_cores && got[i].dtype == DataType::kF8E4M3) {
         expect_fp8_within_one_code(got[i].bytes, ref[i].bytes, label, fp8_sum_error);
+      } else if (!int8_values.empty() && got[i].dtype == DataType::kI8) {
+        expect_int8_within_ties(got[i].bytes, ref[i].bytes, label, int8_values);
       } else {
         EXPECT_EQ(got[i].bytes, ref[i].bytes) << label;
       }
@@ -331,6 +338,7 @@ struct CudaQConv {
   /// Non-empty: a residual input "r" of these (the output's NCHW) dims, added before the relu.
   std::vector<int64_t> residual_dims;
   float out_scale = 0.04f;  ///< The requantization's scale.
+  int32_t quant_min = -128;  ///< The int8 requantization's lower bound (ember.quantize: -127).
 };
 
 /// The graph path's (run_quantized_conv_graph) executions while `f` runs: the channels_last
@@ -360,6 +368,44 @@ bool graph_selected(bool fp8) {
   return fp8 ? q == "graph" : q != "gemm" && q != "cudnn";
 }
 
+/// Calls f(k, sum, abs_sum) for each NCHW output element of a 2-d convolution with groups = 1:
+/// its output channel, sum x * w and sum |x * w| over its taps in double, with x(i) and w(i)
+/// the decoded values of x's and w's i-th NCHW / KCRS elements.
+template <class X, class W, class F>
+void for_each_conv_sum(const CudaQConv& c, X x, W w, F f) {
+  EXPECT_TRUE(c.x_dims.size() == 4 && c.groups == 1) << "for_each_conv_sum: 2-d, groups = 1";
+  if (c.x_dims.size() != 4 || c.groups != 1) return;
+  const int64_t n = c.x_dims[0], ch = c.x_dims[1], h = c.x_dims[2], wd = c.x_dims[3];
+  const int64_t k = c.w_dims[0], r = c.w_dims[2], s = c.w_dims[3];
+  const int64_t oh = (h + c.pad_begin[0] + c.pad_end[0] - c.dilation[0] * (r - 1) - 1) /
+                         c.stride[0] + 1;
+  const int64_t ow = (wd + c.pad_begin[1] + c.pad_end[1] - c.dilation[1] * (s - 1) - 1) /
+                         c.stride[1] + 1;
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int64_t y = 0; y < oh; ++y) {
+        for (int64_t xo = 0; xo < ow; ++xo) {
+          double sum = 0.0, abs_sum = 0.0;
+          for (int64_t cc = 0; cc < ch; ++cc) {
+            for (int64_t i = 0; i < r; ++i) {
+              for (int64_t j = 0; j < s; ++j) {
+                const int64_t iy = y * c.stride[0] - c.pad_begin[0] + i * c.dilation[0];
+                const int64_t ix = xo * c.stride[1] - c.pad_begin[1] + j * c.dilation[1];
+                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                const double p = static_cast<double>(x(((b * ch + cc) * h + iy) * wd + ix)) *
+                                 w(((kk * ch + cc) * r + i) * s + j);
+                sum += p;
+                abs_sum += std::fabs(p);
+              }
+            }
+          }
+          f(kk, sum, abs_sum);
+        }
+      }
+    }
+  }
+}
+
 /// Per NCHW output element of a 2-d FP8 convolution with groups = 1: 2^-10 of sum |x * w| over
 /// its taps, in the requantized output's units (x_scale * w_scale[k] / out_scale). That is the
 /// bound expect_fp8_within_one_code takes for the tensor cores' FP8 sums: 16 times the ~2^-14 of
@@ -367,42 +413,64 @@ bool graph_selected(bool fp8) {
 std::vector<float> fp8_conv_sum_error(const CudaQConv& c, const TestTensor& x,
                                       const std::vector<uint8_t>& w, float x_scale,
                                       const std::vector<float>& w_scale, float out_scale) {
-  EXPECT_TRUE(c.x_dims.size() == 4 && c.groups == 1) << "fp8_conv_sum_error: 2-d, groups = 1";
-  if (c.x_dims.size() != 4 || c.groups != 1) return {};
-  const int64_t n = c.x_dims[0], ch = c.x_dims[1], h = c.x_dims[2], wd = c.x_dims[3];
-  const int64_t k = c.w_dims[0], r = c.w_dims[2], s = c.w_dims[3];
-  const int64_t oh = (h + c.pad_begin[0] + c.pad_end[0] - c.dilation[0] * (r - 1) - 1) /
-                         c.stride[0] + 1;
-  const int64_t ow = (wd + c.pad_begin[1] + c.pad_end[1] - c.dilation[1] * (s - 1) - 1) /
-                         c.stride[1] + 1;
   std::vector<float> bound;
-  bound.reserve(static_cast<size_t>(n * k * oh * ow));
-  for (int64_t b = 0; b < n; ++b) {
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const float unit = x_scale * w_scale[static_cast<size_t>(kk) % w_scale.size()] / out_scale;
-      for (int64_t y = 0; y < oh; ++y) {
-        for (int64_t xo = 0; xo < ow; ++xo) {
-          double abs_sum = 0.0;
-          for (int64_t cc = 0; cc < ch; ++cc) {
-            for (int64_t i = 0; i < r; ++i) {
-              for (int64_t j = 0; j < s; ++j) {
-                const int64_t iy = y * c.stride[0] - c.pad_begin[0] + i * c.dilation[0];
-                const int64_t ix = xo * c.stride[1] - c.pad_begin[1] + j * c.dilation[1];
-                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
-                const float xv = f8e4m3_to_f32(x.bytes[static_cast<size_t>(
-                    ((b * ch + cc) * h + iy) * wd + ix)]);
-                const float wv =
-                    f8e4m3_to_f32(w[static_cast<size_t>(((kk * ch + cc) * r + i) * s + j)]);
-                abs_sum += std::fabs(static_cast<double>(xv) * wv);
-              }
-            }
-          }
-          bound.push_back(static_cast<float>(abs_sum * unit / 1024.0));
-        }
-      }
-    }
-  }
+  for_each_conv_sum(
+      c, [&](int64_t i) { return f8e4m3_to_f32(x.bytes[static_cast<size_t>(i)]); },
+      [&](int64_t i) { return f8e4m3_to_f32(w[static_cast<size_t>(i)]); },
+      [&](int64_t kk, double, double abs_sum) {
+        const float unit =
+            x_scale * w_scale[static_cast<size_t>(kk) % w_scale.size()] / out_scale;
+        bound.push_back(static_cast<float>(abs_sum * unit / 1024.0));
+      });
   return bound;
+}
+
+/// Per NCHW output element of a 2-d INT8 convolution with groups = 1 that requantizes to int8:
+/// the value the reference rounds (the scaled, biased sum, rounded to the layer's float type,
+/// after the relu, over out_scale), in double. expect_int8_within_ties takes it.
+std::vector<double> int8_requantized_values(const CudaQConv& c, const TestTensor& x,
+                                            const std::vector<int8_t>& w, float x_scale,
+                                            const std::vector<float>& w_scale,
+                                            const std::vector<float>& bias, float out_scale) {
+  std::vector<double> values;
+  for_each_conv_sum(
+      c, [&](int64_t i) { return static_cast<int8_t>(x.bytes[static_cast<size_t>(i)]); },
+      [&](int64_t i) { return w[static_cast<size_t>(i)]; },
+      [&](int64_t kk, double sum, double) {
+        double v = sum * x_scale * w_scale[static_cast<size_t>(kk) % w_scale.size()];
+        if (!bias.empty()) v += bias[static_cast<size_t>(kk)];
+        // The reference rounds to the layer's float type before the requantization.
+        v = TestTensor::floats(c.out, {1}, {static_cast<float>(v)}).to_floats()[0];
+        if (c.relu) v = std::max(v, 0.0);
+        values.push_back(v / out_scale);
+      });
+  return values;
+}
+
+/// int8 outputs of a path that computes the requantized value in another order than the
+/// reference (cuDNN's graph: the scales one after another, a division for the reciprocal's
+/// product): equal bytes, except that an element whose value (int8_requantized_values) lies
+/// within 2^-10 of a rounding tie (x.5) may round to the tie's other side. Those few-ulp
+/// differences can only move such an element; a wrong rounding mode or clamp moves others.
+void expect_int8_within_ties(const std::vector<uint8_t>& got, const std::vector<uint8_t>& ref,
+                             const std::string& label, const std::vector<double>& values) {
+  ASSERT_EQ(got.size(), ref.size()) << label;
+  ASSERT_EQ(values.size(), got.size()) << label;
+  size_t ties = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] == ref[i]) continue;
+    const int g = static_cast<int8_t>(got[i]), r = static_cast<int8_t>(ref[i]);
+    const double frac = values[i] - std::floor(values[i]);
+    const bool at_tie = std::fabs(frac - 0.5) < 1.0 / 1024.0;
+    const bool other_side =
+        g == static_cast<int>(std::floor(values[i])) || g == static_cast<int>(std::ceil(values[i]));
+    EXPECT_TRUE(at_tie && other_side && std::abs(g - r) == 1)
+        << label << " element " << i << ": " << g << " against " << r << " (value "
+        << values[i] << ")";
+    ++ties;
+  }
+  EXPECT_LE(ties, got.size() / 100 + 1) << label << ": " << ties << " of " << got.size()
+                                        << " int8 values on the other side of a tie";
 }
 
 void check_convolution(const CudaQConv& c, const std::string& what) {
@@ -427,10 +495,12 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     ws.push_back(0.0005f * static_cast<float>(j % 5 + 1));
   }
   std::vector<Tensor*> inputs{x, w, f32_constant(net, {0.02f}), f32_constant(net, ws)};
+  std::vector<float> bias;  // as the layer holds it (rounded to the float type)
   if (c.bias) {
     std::vector<float> bv;
     for (int64_t j = 0; j < k; ++j) bv.push_back(0.05f * static_cast<float>(j % 9) - 0.2f);
     const TestTensor bt = TestTensor::floats(c.out, {k}, bv);
+    bias = bt.to_floats();
     inputs.push_back(net.add_constant(Weights::copy(c.out, {k}, bt.bytes.data()))->output());
   }
   QuantizedConvolutionParams p;
@@ -445,6 +515,7 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     inputs.resize(5, nullptr);
     inputs.push_back(f32_constant(net, {c.out_scale}));
     p.requantize.enabled = true;
+    p.requantize.quant_min = c.quant_min;
     if (c.fp8) p.requantize.to = DataType::kF8E4M3;
   }
   if (c.zero_point >= 0) {
@@ -490,14 +561,20 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   check_bytes_and_floats(net, ins, what + " (NCHW)", ChannelsLast::kOff, c.fp8, sum_error);
   // Under channels_last, the cases the implicit-GEMM graph takes (quantized_conv.cpp's
   // run_graph) run there on Hopper; the others never do.
-  const int64_t graph_runs = graph_executions_during([&] {
-    check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
-                           sum_error);
-  });
   const int64_t multiple = c.fp8 ? 16 : 4;
   const bool takes_graph =
       graph_selected(c.fp8) && c.x_dims.size() == 4 && c.groups == 1 && c.zero_point < 0 &&
-      c.x_dims[1] % multiple == 0 && c.w_dims[0] % multiple == 0 && (!c.requantize || c.fp8);
+      c.x_dims[1] % multiple == 0 && c.w_dims[0] % multiple == 0;
+  // The graph requantizes to int8 from the scales applied one by one (the reference multiplies
+  // by their product first): at a rounding tie a value may land on the tie's other side.
+  std::vector<double> int8_values;
+  if (takes_graph && c.requantize && !c.fp8) {
+    int8_values = int8_requantized_values(c, xt, w8, 0.02f, ws, bias, c.out_scale);
+  }
+  const int64_t graph_runs = graph_executions_during([&] {
+    check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
+                           sum_error, int8_values);
+  });
   if (!takes_graph) {
     EXPECT_EQ(graph_runs, 0) << what;
   } else if (expect_quantized_graph_engines()) {
@@ -506,8 +583,7 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
 }
 
 /// The cases of the library paths (quantized_conv.cpp): by default cuDNN's implicit-GEMM graph
-/// for the channels_last layers it takes (not those that requantize) and im2col + cuBLASLt's
-/// INT8 GEMM for the rest; the
+/// for the channels_last layers it takes and im2col + cuBLASLt's INT8 GEMM for the rest; the
 /// GEMM for all with EMBER_QCONV=gemm; cuDNN's legacy INT8 convolution with EMBER_QCONV=cudnn.
 void check_int8_convolutions() {
   // C = 3 (an RGB first layer): channels packed up to 4; symmetric padding, per-channel.
@@ -526,7 +602,8 @@ void check_int8_convolutions() {
   check_convolution(odd, "1x1, K = 10, per-tensor, bf16");
   // 1-d (cuDNN sees height 1).
   check_convolution({{2, 8, 40}, {12, 8, 5}, {2}, {2}, {1}, {1}}, "1-d");
-  // Relu and requantization to int8 in the epilogue kernel (bytes must match).
+  // Relu and requantization to int8: in the epilogue kernel (bytes must match), and under
+  // channels_last in cuDNN's graph (bytes must match but at rounding ties).
   CudaQConv requant{{2, 16, 10, 10}, {16, 16, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
   requant.relu = true;
   requant.requantize = true;
@@ -545,6 +622,7 @@ void check_int8_convolutions() {
   strided.x_dims = {2, 64, 9, 9};
   strided.stride = {2, 2};
   strided.requantize = true;
+  strided.quant_min = -127;  // ember.quantize's range: the graph clamps to it
   check_convolution(strided, "1x1 stride 2, requantize");
   // uint8 activations with a zero point (PT2E's default): shifted into int8, the padding
   // filled with the shifted zero point, the sums corrected in the epilogue.

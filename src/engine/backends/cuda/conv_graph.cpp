@@ -7,7 +7,7 @@
 // w's C. 1-d convolutions get H = 1, as on the legacy path. A quantized convolution
 // (run_quantized_conv_graph: INT8 or FP8 x and w) has only the fused graph, whose chain starts
 // with MUL(x_scale) -> MUL(w_scale) and may end with DIV(out_scale) into an int8 or FP8 y
-// (epilogue_steps). Both kinds of call share the per-layer state and the choice below
+// (epilogue_steps; into int8 through a clamp and an explicit round-half-even, see there). Both kinds of call share the per-layer state and the choice below
 // (run_call).
 //
 // Precision, as on the legacy path: accumulation and the epilogue in f32 (the conv's compute type
@@ -129,8 +129,13 @@ void finalize(const Desc& d, const char* what) { ok(cudnnBackendFinalize(d.get()
 /// Virtual ones from 101: the convolution's sums, then one per epilogue step (kStepOut + i).
 enum Uid : int64_t {
   kX = 1, kW, kY, kBias, kResidual, kXScale, kWScale, kOutScale,
+  kRoundMagic,  ///< By value: 1.5 * 2^23 (round_steps)
   kConvOut = 101, kStepOut = 102
 };
+
+/// 1.5 * 2^23: adding it to an f32 |v| <= 2^22 leaves v rounded to an integer (half to even,
+/// the add's own rounding) in the low bits; subtracting it gives that integer back exactly.
+const float kRoundMagicValue = 12582912.0f;
 
 /// Row-major (NCHW) strides of `dims`.
 std::vector<int64_t> packed_strides(const std::vector<int64_t>& dims) {
@@ -169,7 +174,8 @@ std::vector<int64_t> logical_dims(const std::vector<int64_t>& dims, bool channel
 /// A tensor of the graph: dims and strides as cuDNN takes them, the byte alignment of its data
 /// (the plan may rely on it: part of the layer's key), virtual for the epilogue's intermediates.
 Desc make_tensor(int64_t uid, cudnnDataType_t type, const std::vector<int64_t>& dims,
-                 const std::vector<int64_t>& strides, int64_t alignment, bool is_virtual) {
+                 const std::vector<int64_t>& strides, int64_t alignment, bool is_virtual,
+                 bool by_value = false) {
   Desc d(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "cudnnBackendCreateDescriptor(TENSOR)");
   set_type(d, CUDNN_ATTR_TENSOR_DATA_TYPE, type, "set CUDNN_ATTR_TENSOR_DATA_TYPE");
   set_i64s(d, CUDNN_ATTR_TENSOR_DIMENSIONS, dims, "set CUDNN_ATTR_TENSOR_DIMENSIONS");
@@ -181,18 +187,30 @@ Desc make_tensor(int64_t uid, cudnnDataType_t type, const std::vector<int64_t>& 
     set(d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v,
         "set CUDNN_ATTR_TENSOR_IS_VIRTUAL");
   }
+  if (by_value) {  // a scalar the variant pack passes as a host pointer to its value
+    const bool v = true;
+    set(d, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &v,
+        "set CUDNN_ATTR_TENSOR_IS_BY_VALUE");
+  }
   finalize(d, "cudnnBackendFinalize(TENSOR)");
   return d;
 }
 
-/// One pointwise op y = mode(x[, b]) computed in f32.
+/// One pointwise op y = mode(x[, b]) computed in f32; a RELU_FWD with `clip` is
+/// clamp(x, clip[0], clip[1]) (cuDNN's lower and upper clip, the slope below left at 0).
 Desc make_pointwise(std::vector<Desc>& keep, cudnnPointwiseMode_t mode, const Desc& x,
-                    const Desc* b, const Desc& y) {
+                    const Desc* b, const Desc& y, const float* clip = nullptr) {
   Desc pw(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "cudnnBackendCreateDescriptor(POINTWISE)");
   set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode,
       "set CUDNN_ATTR_POINTWISE_MODE");
   set_type(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_DATA_FLOAT,
            "set CUDNN_ATTR_POINTWISE_MATH_PREC");
+  if (clip != nullptr) {
+    set_float(pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP, clip[0],
+              "set CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP");
+    set_float(pw, CUDNN_ATTR_POINTWISE_RELU_UPPER_CLIP, clip[1],
+              "set CUDNN_ATTR_POINTWISE_RELU_UPPER_CLIP");
+  }
   finalize(pw, "cudnnBackendFinalize(POINTWISE)");
   Desc op(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR,
           "cudnnBackendCreateDescriptor(OPERATION_POINTWISE)");
@@ -230,6 +248,8 @@ struct Problem {
   /// (per output channel when w_per_channel) before the epilogue, and divided by out_scale
   /// after it when it requantizes (y is then int8 or FP8).
   bool quantized = false, w_per_channel = false, requantize = false;
+  /// An int8 requantization's range (y int8): [quant_min, quant_max].
+  float quant_min = -128.0f, quant_max = 127.0f;
   /// INT8 only: the convolution's output as a virtual int32 tensor (cuDNN's int8 samples)
   /// instead of f32; the second graph tried when the first finds no engine.
   bool int32_sums = false;
@@ -258,10 +278,18 @@ struct Step {
   cudnnDataType_t type = CUDNN_DATA_FLOAT;
   enum class Dims { kScalar, kChannel, kFull } dims = Dims::kFull;
   int64_t align = 16;
+  bool clip = false;  ///< RELU_FWD as a clamp to [clip_lo, clip_hi]
+  float clip_lo = 0.0f, clip_hi = 0.0f;
+  bool by_value = false;  ///< The operand is a scalar passed by value (kRoundMagic)
 };
 
 /// The epilogue chain of `pb`, in order: the quantized scales, the bias, the residual, the
-/// relu, the requantization.
+/// relu, the requantization. Into int8, the reference (semantics::quant_round_clamp) rounds half
+/// to even and clamps to [quant_min, quant_max]; cuDNN's own float-to-int8 conversion rounds
+/// otherwise (an H100, 2026-12-07: the "relu + requantize" case differed), so the chain clamps
+/// (a clipped RELU_FWD) and rounds itself (+ then - 1.5 * 2^23, which |v| <= 128 allows) and
+/// hands the conversion an exact integer in range. Clamping before rounding is the same as
+/// after, the bounds being integers.
 std::vector<Step> epilogue_steps(const Problem& pb) {
   std::vector<Step> steps;
   const cudnnDataType_t et = graph_type(pb.epilogue_dtype);
@@ -279,6 +307,19 @@ std::vector<Step> epilogue_steps(const Problem& pb) {
   if (pb.relu) steps.push_back({CUDNN_POINTWISE_RELU_FWD});
   if (pb.requantize) {
     steps.push_back({CUDNN_POINTWISE_DIV, kOutScale, CUDNN_DATA_FLOAT, Step::Dims::kScalar, 4});
+    if (pb.out_dtype == DataType::kI8) {
+      Step clamp{CUDNN_POINTWISE_RELU_FWD};
+      clamp.clip = true;
+      clamp.clip_lo = pb.quant_min;
+      clamp.clip_hi = pb.quant_max;
+      steps.push_back(clamp);
+      Step add{CUDNN_POINTWISE_ADD, kRoundMagic, CUDNN_DATA_FLOAT, Step::Dims::kScalar, 4};
+      add.by_value = true;
+      Step sub = add;
+      sub.mode = CUDNN_POINTWISE_SUB;
+      steps.push_back(add);
+      steps.push_back(sub);
+    }
   }
   return steps;
 }
@@ -353,18 +394,26 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
   // Each step's output is virtual f32 except the last, which is y (rounded once to its type,
   // as the legacy fused call does).
   size_t in_at = conv_out_at;
+  std::vector<std::pair<int64_t, size_t>> operand_tensors;  // uid -> its entry in keep
   for (size_t i = 0; i < steps.size(); ++i) {
     const Step& st = steps[i];
     size_t operand_at = 0;  // 0: none (the graph's first entry is x, never an operand)
     if (st.operand != 0) {
-      std::vector<int64_t> dims(pb.y.size(), 1);
-      if (st.dims == Step::Dims::kChannel) dims[1] = pb.y[1];
-      if (st.dims == Step::Dims::kFull) dims = pb.y;
-      g->keep.push_back(make_tensor(st.operand, st.type, dims,
-                                    st.dims == Step::Dims::kFull ? y_strides : strides(dims),
-                                    st.align, false));
-      operand_at = g->keep.size() - 1;
-      g->uids.push_back(st.operand);
+      // An operand used twice (the rounding constant) is one tensor of the graph.
+      for (const auto& [uid, at] : operand_tensors) {
+        if (uid == st.operand) operand_at = at;
+      }
+      if (operand_at == 0) {
+        std::vector<int64_t> dims(pb.y.size(), 1);
+        if (st.dims == Step::Dims::kChannel) dims[1] = pb.y[1];
+        if (st.dims == Step::Dims::kFull) dims = pb.y;
+        g->keep.push_back(make_tensor(st.operand, st.type, dims,
+                                      st.dims == Step::Dims::kFull ? y_strides : strides(dims),
+                                      st.align, false, st.by_value));
+        operand_at = g->keep.size() - 1;
+        operand_tensors.emplace_back(st.operand, operand_at);
+        g->uids.push_back(st.operand);
+      }
     }
     size_t out_at = y_at;
     if (i + 1 < steps.size()) {
@@ -377,8 +426,10 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
           16, true));
       out_at = g->keep.size() - 1;
     }
+    const float clip[2] = {st.clip_lo, st.clip_hi};
     Desc pw = make_pointwise(g->keep, st.mode, g->keep[in_at],
-                             operand_at != 0 ? &g->keep[operand_at] : nullptr, g->keep[out_at]);
+                             operand_at != 0 ? &g->keep[operand_at] : nullptr, g->keep[out_at],
+                             st.clip ? clip : nullptr);
     ops.push_back(pw.get());
     g->keep.push_back(std::move(pw));
     in_at = out_at;
@@ -702,6 +753,7 @@ std::vector<void*> operand_ptrs(const std::vector<int64_t>& uids, const Operands
       case kXScale: p = o.x_scale; break;
       case kWScale: p = o.w_scale; break;
       case kOutScale: p = o.out_scale; break;
+      case kRoundMagic: p = &kRoundMagicValue; break;  // by value: a host pointer
       default: break;
     }
     ptrs.push_back(const_cast<void*>(p));
@@ -1123,6 +1175,8 @@ ConvGraphStatus run_quantized_conv_graph(const QuantizedConvolutionParams& p,
     pb.quantized = true;
     pb.w_per_channel = e.per_channel;
     pb.requantize = e.out_scale != nullptr;
+    pb.quant_min = e.quant_min;
+    pb.quant_max = e.quant_max;
     set_alignments(pb, c.flags);
     c.precision = Precision::kQuantized;
     c.fusable = true;

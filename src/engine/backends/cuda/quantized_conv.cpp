@@ -371,8 +371,9 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
 /// requantization in its epilogue, one kernel writing y. No im2col matrix, no sums in memory, no
 /// pass after it. Taken under channels_last, where x [N, H, W, C] and w [K, R, S, C] are the
 /// operands cuDNN reads, for 2-d layers with symmetric activations whose channels are
-/// multiples of 16 (FP8) or 4 (INT8), a relu or no activation, and no int8 requantization
-/// (FP8's is taken). FP8 layers come here only with EMBER_QCONV=graph (graph_first). False
+/// multiples of 16 (FP8) or 4 (INT8) and a relu or no activation; a requantization to int8 is
+/// clamped and rounded in the graph as the reference does (conv_graph.cpp's epilogue_steps).
+/// FP8 layers come here only with EMBER_QCONV=graph (graph_first). False
 /// (nothing enqueued) where it does not apply or cuDNN has no engine for the graph (remembered
 /// per layer and problem), with `why` set in the second case.
 bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
@@ -383,13 +384,8 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   const bool fp8 = x.dtype == DataType::kF8E4M3;
   const int64_t multiple = fp8 ? 16 : 4;
   const bool relu_or_none = !e.activation || e.type == ActivationType::kRelu;
-  // cuDNN's conversion of the requantized value to int8 is not the reference's rounding: on an
-  // H100 (2026-12-07) a few bytes of the "relu + requantize" test case differed. A layer that
-  // requantizes to int8 (from INT8 or FP8 operands) takes the GEMM path, whose epilogue kernel
-  // rounds and clamps as the reference does.
   if (!p.channels_last || x.dims.size() != 4 || x.dtype == DataType::kU8 || a.has(6) ||
       g.in_channels % multiple != 0 || g.out_channels % multiple != 0 || !relu_or_none ||
-      (p.requantize.enabled && p.requantize.to != DataType::kF8E4M3) ||
       (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
     return false;
   }
@@ -406,7 +402,11 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
                     " dilation=" + dims_to_string(p.dilation) +
                     " epilogue=" + (e.per_channel ? "k" : "1") + (e.bias ? "b" : "") +
                     (e.residual ? "r" : "") + (e.activation ? "a" : "") +
-                    (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) + ";";
+                    (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) +
+                    (e.out_scale && !e.fp8_out ? " range=" + std::to_string(e.quant_min) + ":" +
+                                                     std::to_string(e.quant_max)
+                                               : std::string()) +
+                    ";";
     return s;
   };
   switch (run_quantized_conv_graph(p, e, a, options, &why)) {
