@@ -642,8 +642,12 @@ struct QuantizedMatrixMultiplyParams {
 /// dims), 1 w (i8, or f8e4m3 with an f8e4m3 x; [K, C/groups, *kernel]), 2 x_scale (f32, one
 /// element), 3 w_scale (f32, one element or [K]: per output channel), optional 4 bias (`out`'s
 /// dtype, [K]; nullptr to omit), 5 out_scale (with requantize only), 6 x_zero_point (i32, one
-/// element; absent: 0; int8 only), optional 7 residual (`out`'s dtype, the output's shape and
-/// layout; set by fuse_epilogues from a residual add, not with requantize): added with the bias.
+/// element; absent: 0; int8 only), optional 7 residual (the output's shape and layout; set by
+/// fuse_epilogues from a residual add): `out`'s dtype, added with the bias; or, for i8/u8 x, an
+/// i8 tensor with 8 residual_scale (f32, one element), read as the Dequantize it replaces:
+/// rounded to `out` from residual * residual_scale (ResNet's shortcut through the int8 tensor
+/// the previous block wrote; a reader older than this input refuses the layer's ninth input).
+/// An FP8 layer takes no requantization with a residual.
 /// Output: `out` (f32, f16 or bf16), [N, K, *out] as Convolution, or requantize.to (i8, or
 /// f8e4m3 for f8e4m3 operands) when requantize is on.
 /// Accumulation in int32 for int8 (exact), in f32 for f8e4m3 (each product of two E4M3 values

@@ -104,14 +104,35 @@ void expect_activation_zero_point(DataType activation, InferContext& ctx) {
                             shape_to_string(ctx.shape(kZeroPoint)));
 }
 
-/// A fused product's optional residual (input 7): the output's dtype and shape `out`, and not
-/// with a requantization (the residual stays the float output's).
+/// A fused product's optional residual (input 7): the output's shape `out`, in the float type
+/// `out_dtype`, with no requantization (the residual stays the float output's). An int8
+/// convolution (`int8_conv`) also takes an i8 residual with its scale (input 8, f32, one
+/// element), and a requantization with either.
 void expect_product_residual(const Requantize& r, DataType out_dtype, const Shape& out,
-                             InferContext& ctx) {
-  constexpr size_t kResidual = 7;
-  if (!ctx.has(kResidual)) return;
-  InferContext::require(!r.enabled, "a residual (input 7) is not taken with requantize on");
-  ctx.expect_dtype(kResidual, out_dtype, "residual (the output's dtype)");
+                             bool int8_conv, InferContext& ctx) {
+  constexpr size_t kResidual = 7, kResidualScale = 8;
+  if (!ctx.has(kResidual)) {
+    InferContext::require(!ctx.has(kResidualScale),
+                          "residual_scale (input 8) is given without a residual (input 7)");
+    return;
+  }
+  InferContext::require(int8_conv || !r.enabled,
+                        "a residual (input 7) is not taken with requantize on (an int8 "
+                        "convolution's is)");
+  if (int8_conv && ctx.dtype(kResidual) == DataType::kI8) {
+    InferContext::require(ctx.has(kResidualScale),
+                          "an i8 residual (input 7) needs its residual_scale (input 8)");
+    ctx.expect_dtype(kResidualScale, DataType::kF32, "residual_scale");
+    InferContext::require(one_element(ctx.shape(kResidualScale)),
+                          "residual_scale (input 8) must have one element, got shape " +
+                              shape_to_string(ctx.shape(kResidualScale)));
+  } else {
+    InferContext::require(!ctx.has(kResidualScale),
+                          "residual_scale (input 8) goes with an i8 residual only");
+    ctx.expect_dtype(kResidual, out_dtype,
+                     int8_conv ? "residual (the float type, or i8 with residual_scale)"
+                               : "residual (the output's dtype)");
+  }
   InferContext::require(ctx.shape(kResidual) == out,
                         "residual (input 7) shape " + shape_to_string(ctx.shape(kResidual)) +
                             " differs from the output's " + shape_to_string(out));
@@ -180,7 +201,7 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
   ctx.check_equal(a[a.size() - 1], b[1], "a's last dim (K) equals b's dim 1 (K)");
   Shape out(a.begin(), a.end() - 1);
   out.push_back(b[0]);
-  expect_product_residual(p.requantize, p.out, out, ctx);
+  expect_product_residual(p.requantize, p.out, out, /*int8_conv=*/false, ctx);
   ctx.add_output(expect_product_epilogue(p.epilogue, p.requantize, p.out, 4, b[0],
                                          q == DataType::kF8E4M3, ctx),
                  std::move(out));
@@ -188,7 +209,7 @@ void infer(const QuantizedMatrixMultiplyParams& p, InferContext& ctx) {
 
 void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
   enum : size_t { kX = 0, kW = 1, kXScale = 2, kWScale = 3, kBias = 4 };
-  ctx.expect_num_inputs(4, 8);
+  ctx.expect_num_inputs(4, 9);
   InferContext::require(static_cast<int>(p.out) < kNumDataTypes && dtype_is_float(p.out),
                         "the output type must be f32, f16 or bf16");
   const DataType q = ctx.dtype(kX);
@@ -220,7 +241,7 @@ void infer(const QuantizedConvolutionParams& p, InferContext& ctx) {
     ctx.expect_rank(kWScale, 1, "per-channel w_scale");
     ctx.check_equal(ws[0], ctx.shape(kW)[0], "w_scale length equals w's dim 0 (K)");
   }
-  expect_product_residual(p.requantize, p.out, out, ctx);
+  expect_product_residual(p.requantize, p.out, out, q != DataType::kF8E4M3, ctx);
   ctx.add_output(out_dtype, std::move(out));
 }
 

@@ -337,6 +337,10 @@ struct CudaQConv {
   bool fp8 = false;  ///< FP8 E4M3 x and w (per-tensor w_scale).
   /// Non-empty: a residual input "r" of these (the output's NCHW) dims, added before the relu.
   std::vector<int64_t> residual_dims;
+  /// The residual is int8 with a scale (input 8; ResNet's shortcut read from the previous
+  /// block's int8 output), read as residual * residual_scale rounded to `out`.
+  bool residual_int8 = false;
+  float residual_scale = 0.01f;
   float out_scale = 0.04f;  ///< The requantization's scale.
   int32_t quant_min = -128;  ///< The int8 requantization's lower bound (ember.quantize: -127).
 };
@@ -426,12 +430,14 @@ std::vector<float> fp8_conv_sum_error(const CudaQConv& c, const TestTensor& x,
 }
 
 /// Per NCHW output element of a 2-d INT8 convolution with groups = 1 that requantizes to int8:
-/// the value the reference rounds (the scaled, biased sum, rounded to the layer's float type,
-/// after the relu, over out_scale), in double. expect_int8_within_ties takes it.
+/// the value the reference rounds (the scaled, biased sum plus the residual's NCHW values when
+/// given, rounded to the layer's float type, after the relu, over out_scale), in double.
+/// expect_int8_within_ties takes it.
 std::vector<double> int8_requantized_values(const CudaQConv& c, const TestTensor& x,
                                             const std::vector<int8_t>& w, float x_scale,
                                             const std::vector<float>& w_scale,
-                                            const std::vector<float>& bias, float out_scale) {
+                                            const std::vector<float>& bias, float out_scale,
+                                            const std::vector<float>& residual) {
   std::vector<double> values;
   for_each_conv_sum(
       c, [&](int64_t i) { return static_cast<int8_t>(x.bytes[static_cast<size_t>(i)]); },
@@ -439,6 +445,7 @@ std::vector<double> int8_requantized_values(const CudaQConv& c, const TestTensor
       [&](int64_t kk, double sum, double) {
         double v = sum * x_scale * w_scale[static_cast<size_t>(kk) % w_scale.size()];
         if (!bias.empty()) v += bias[static_cast<size_t>(kk)];
+        if (!residual.empty()) v += residual[values.size()];
         // The reference rounds to the layer's float type before the requantization.
         v = TestTensor::floats(c.out, {1}, {static_cast<float>(v)}).to_floats()[0];
         if (c.relu) v = std::max(v, 0.0);
@@ -526,8 +533,9 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   }
   if (!c.residual_dims.empty()) {
     inputs.resize(7, nullptr);
-    inputs.push_back(
-        net.add_input("r", c.out, Shape(c.residual_dims.begin(), c.residual_dims.end())));
+    inputs.push_back(net.add_input("r", c.residual_int8 ? DataType::kI8 : c.out,
+                                   Shape(c.residual_dims.begin(), c.residual_dims.end())));
+    if (c.residual_int8) inputs.push_back(f32_constant(net, {c.residual_scale}));
   }
   net.mark_output(net.add_layer(p, inputs, "qconv")->output(), "y");
   TestTensor xt;
@@ -543,7 +551,9 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   }
   std::vector<TestTensor> ins{xt};
   if (!c.residual_dims.empty()) {
-    ins.push_back(TestTensor::random(c.out, c.residual_dims, 7, -1.0f, 1.0f));
+    ins.push_back(c.residual_int8
+                      ? TestTensor::random(DataType::kI8, c.residual_dims, 7, -127.0f, 128.0f)
+                      : TestTensor::random(c.out, c.residual_dims, 7, -1.0f, 1.0f));
   }
   {
     // The implementation the plan records: cuDNN's path, or the direct kernel, by shape.
@@ -569,7 +579,20 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   // by their product first): at a rounding tie a value may land on the tie's other side.
   std::vector<double> int8_values;
   if (takes_graph && c.requantize && !c.fp8) {
-    int8_values = int8_requantized_values(c, xt, w8, 0.02f, ws, bias, c.out_scale);
+    std::vector<float> residual;  // as the layer reads it (layers.h)
+    if (!c.residual_dims.empty()) {
+      const TestTensor& rt = ins.back();
+      for (size_t i = 0; i < rt.bytes.size(); ++i) {
+        const float v = c.residual_int8
+                            ? static_cast<float>(static_cast<int8_t>(rt.bytes[i])) *
+                                  c.residual_scale
+                            : 0.0f;
+        residual.push_back(
+            c.residual_int8 ? TestTensor::floats(c.out, {1}, {v}).to_floats()[0]
+                            : rt.to_floats()[i]);
+      }
+    }
+    int8_values = int8_requantized_values(c, xt, w8, 0.02f, ws, bias, c.out_scale, residual);
   }
   const int64_t graph_runs = graph_executions_during([&] {
     check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
@@ -655,6 +678,26 @@ void check_int8_convolutions() {
   residual_direct.w_dims = {16, 4, 3, 3};
   residual_direct.direct = true;
   check_convolution(residual_direct, "grouped + residual + relu (direct kernel)");
+  // An int8 residual with its scale (ResNet's shortcut read from the previous block's int8
+  // output, ember.quantize's quantize_residuals): into an f16 output, and requantized to int8
+  // (the block's output); a 1x1 expansion as ResNet's, the 3x3 above, and the direct kernel.
+  CudaQConv residual8{{2, 16, 10, 10}, {32, 16, 1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 1}};
+  residual8.out = DataType::kF16;
+  residual8.relu = true;
+  residual8.residual_dims = {2, 32, 10, 10};
+  residual8.residual_int8 = true;
+  check_convolution(residual8, "1x1 f16 + int8 residual + relu");
+  CudaQConv residual8_requant = residual8;
+  residual8_requant.requantize = true;
+  check_convolution(residual8_requant, "1x1 f16 + int8 residual + relu, requantized");
+  CudaQConv residual8_3x3 = residual;
+  residual8_3x3.residual_int8 = true;
+  residual8_3x3.requantize = true;
+  check_convolution(residual8_3x3, "3x3 f16 + int8 residual + relu, requantized");
+  CudaQConv residual8_direct = residual_direct;
+  residual8_direct.residual_int8 = true;
+  residual8_direct.requantize = true;
+  check_convolution(residual8_direct, "grouped + int8 residual + relu, requantized (direct)");
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {

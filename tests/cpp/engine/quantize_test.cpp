@@ -1114,8 +1114,8 @@ TEST(QuantizedEpilogues, ConvolutionTakesAResidualAdd) {
   // conv + r -> relu (ResNet's block end, r the shortcut) for INT8 and FP8: the residual joins
   // the convolution (input 7) before its relu, no ElementWise or Activation is left, and the
   // engine equals the unfused network (on the CPU here; cuda_quantize_test.cpp runs the GPU's
-  // paths). A Quantize after it (the next block's input) stays a layer of its own: the
-  // convolution takes no requantization with a residual.
+  // paths). A Quantize after it (the next block's input) joins an INT8 convolution as its
+  // requantization; an FP8 convolution takes no requantization with a residual.
   const TestTensor x = TestTensor::random(DataType::kF32, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
   const TestTensor r = TestTensor::random(DataType::kF32, {2, 8, 6, 3}, 23, -1.0f, 1.0f);
   for (const bool fp8 : {false, true}) {
@@ -1135,13 +1135,93 @@ TEST(QuantizedEpilogues, ConvolutionTakesAResidualAdd) {
       EXPECT_EQ(qc[0]->input(7)->name(), "r");
       const auto& p = qc[0]->params_as<QuantizedConvolutionParams>();
       EXPECT_TRUE(p.epilogue.fused_activation);
-      EXPECT_FALSE(p.requantize.enabled);
-      EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), then_quantize ? 2u : 1u);
+      const bool requantized = then_quantize && !fp8;
+      EXPECT_EQ(p.requantize.enabled, requantized);
+      EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(),
+                then_quantize && !requantized ? 2u : 1u);
       EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
       EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
       const auto fused = test::run_network(net, {x, r}, {{}, 3});
       const auto unfused = test::run_network(net, {x, r}, {{}, 0});
       test::expect_close(fused[0], unfused[0].to_floats(), DataType::kF32, "fused vs unfused");
+    }
+  }
+}
+
+TEST(QuantizedEpilogues, Int8ConvolutionReadsAnInt8ShortcutAndRequantizes) {
+  // ResNet's block end as ember.quantize writes it (quantize_residuals): conv + DQ(q_r) -> relu
+  // -> Q, the shortcut q_r the int8 tensor the previous block made. The convolution takes q_r
+  // as an i8 residual (input 7) with its scale (input 8), and the Quantize as its
+  // requantization: no Dequantize of the shortcut, no ElementWise, Activation or output Quantize
+  // is left, and the engine's values are the unfused network's.
+  for (const bool f16 : {false, true}) {
+    SCOPED_TRACE(f16 ? "f16" : "f32");
+    const DataType dt = f16 ? DataType::kF16 : DataType::kF32;
+    Network net;
+    Tensor* in = net.add_input("x", dt, {2, 4, 6, 6});
+    Tensor* rin = net.add_input("r", dt, {2, 8, 6, 6});
+    Tensor* sx = scales(net, {0.02f});
+    Tensor* sr = scales(net, {0.03f});
+    DequantizeParams dp;
+    dp.to = dt;
+    Tensor* xd = net.add_dequantize(net.add_quantize(in, sx, nullptr, QuantizeParams{})->output(),
+                                    sx, nullptr, dp)
+                     ->output();
+    Tensor* qr = net.add_quantize(rin, sr, nullptr, QuantizeParams{}, "q_shortcut")->output();
+    Tensor* rd = net.add_dequantize(qr, sr, nullptr, dp, "dq_shortcut")->output();
+    std::vector<int8_t> w8(8 * 4 * 3 * 3);
+    for (size_t j = 0; j < w8.size(); ++j) {
+      w8[j] = static_cast<int8_t>((static_cast<int>(j) * 53) % 255 - 127);
+    }
+    Tensor* wq = net.add_constant(Weights::from_vector(DataType::kI8, {8, 4, 3, 3}, w8))->output();
+    DequantizeParams wdp;
+    wdp.to = dt;
+    Tensor* wd = net.add_dequantize(wq, scales(net, {0.004f}), nullptr, wdp)->output();
+    ConvolutionParams cp;
+    cp.stride = cp.dilation = {1, 1};
+    cp.padding_begin = cp.padding_end = {1, 1};
+    Tensor* y = net.add_convolution(xd, wd, nullptr, cp, "conv")->output();
+    y = net.add_elementwise(y, rd, ElementWiseOp::kSum, "add_shortcut")->output();
+    y = net.add_activation(y, ActivationType::kRelu, 0.0, 0.0, "relu")->output();
+    Tensor* so = scales(net, {0.05f});
+    y = net.add_dequantize(net.add_quantize(y, so, nullptr, QuantizeParams{}, "q_out")->output(),
+                           so, nullptr, dp, "dq_out")
+            ->output();
+    net.mark_output(y, "y");
+    const PlanModel plan = built_plan(net);
+    const auto qc = layers_of(plan, LayerKind::kQuantizedConvolution);
+    ASSERT_EQ(qc.size(), 1u);
+    ASSERT_NE(qc[0]->input(7), nullptr);
+    EXPECT_EQ(qc[0]->input(7)->dtype(), DataType::kI8);
+    EXPECT_EQ(qc[0]->input(7)->producer()->name(), "q_shortcut");
+    ASSERT_NE(qc[0]->input(8), nullptr);
+    const auto& p = qc[0]->params_as<QuantizedConvolutionParams>();
+    EXPECT_TRUE(p.epilogue.fused_activation);
+    EXPECT_TRUE(p.requantize.enabled);
+    EXPECT_EQ(qc[0]->output()->dtype(), DataType::kI8);
+    EXPECT_EQ(layers_of(plan, LayerKind::kQuantize).size(), 2u);    // x's and the shortcut's
+    EXPECT_EQ(layers_of(plan, LayerKind::kDequantize).size(), 1u);  // the output's
+    EXPECT_TRUE(layers_of(plan, LayerKind::kElementWise).empty());
+    EXPECT_TRUE(layers_of(plan, LayerKind::kActivation).empty());
+    const TestTensor x = TestTensor::random(dt, {2, 4, 6, 6}, 17, -2.0f, 2.0f);
+    const TestTensor r = TestTensor::random(dt, {2, 8, 6, 6}, 23, -3.0f, 3.0f);
+    const auto fused = test::run_network(net, {x, r}, {{}, 3});
+    const auto unfused = test::run_network(net, {x, r}, {{}, 0});
+    if (!f16) {
+      // f32: the fused sum adds the bias-free product and the shortcut as the unfused add does.
+      EXPECT_EQ(fused[0].bytes, unfused[0].bytes);
+    } else {
+      // f16: the unfused network rounds the product to f16 before the add, the fused one adds
+      // in f32 and rounds once, so a value near a rounding tie of the requantization may move
+      // one step (0.05) of the output.
+      const std::vector<float> a = fused[0].to_floats(), b = unfused[0].to_floats();
+      size_t moved = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        if (a[i] == b[i]) continue;
+        ++moved;
+        EXPECT_NEAR(a[i], b[i], 0.0501f) << "element " << i;
+      }
+      EXPECT_LE(moved, a.size() / 50) << moved << " of " << a.size() << " moved a step";
     }
   }
 }
@@ -1164,11 +1244,39 @@ TEST(QuantizedEpilogues, ConvolutionResidualIsCheckedOnTheLayer) {
                       "residual (input 7) shape [2, 8, 6, 5] differs from the output's "
                       "[2, 8, 6, 6]"});
   test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r_half}); },
-                     {"residual (the output's dtype)"});
+                     {"residual (the float type, or i8 with residual_scale)"});
+  // An int8 convolution's residual may be i8 with its scale (input 8), and it may requantize.
+  Tensor* r8 = net.add_input("r8", DataType::kI8, {2, 8, 6, 6});
+  EXPECT_EQ(net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r8, s})->output()->dtype(),
+            DataType::kF32);
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r8}); },
+                     {"an i8 residual (input 7) needs its residual_scale (input 8)"});
+  test::expect_error(
+      [&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, nullptr, s}); },
+      {"residual_scale (input 8) is given without a residual (input 7)"});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r, s}); },
+                     {"residual_scale (input 8) goes with an i8 residual only"});
+  Tensor* two = scales(net, {1.0f, 2.0f});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r8, two}); },
+                     {"residual_scale (input 8) must have one element, got shape [2]"});
+  test::expect_error([&] { net.add_layer(p, {x, w, s, s, nullptr, nullptr, nullptr, r8, r8}); },
+                     {"residual_scale"});
   QuantizedConvolutionParams requant = p;
   requant.requantize.enabled = true;
-  test::expect_error([&] { net.add_layer(requant, {x, w, s, s, nullptr, s, nullptr, r}); },
+  EXPECT_EQ(net.add_layer(requant, {x, w, s, s, nullptr, s, nullptr, r})->output()->dtype(),
+            DataType::kI8);
+  EXPECT_EQ(net.add_layer(requant, {x, w, s, s, nullptr, s, nullptr, r8, s})->output()->dtype(),
+            DataType::kI8);
+  // An FP8 convolution keeps the residual to its float output.
+  Tensor* x8 = net.add_input("x8", DataType::kF8E4M3, {2, 4, 6, 6});
+  Tensor* w8 = net.add_input("w8", DataType::kF8E4M3, {8, 4, 3, 3});
+  requant.requantize.to = DataType::kF8E4M3;
+  test::expect_error([&] { net.add_layer(requant, {x8, w8, s, s, nullptr, s, nullptr, r}); },
                      {"a residual (input 7) is not taken with requantize on"});
+  test::expect_error([&] { net.add_layer(p, {x8, w8, s, s, nullptr, nullptr, nullptr, r8, s}); },
+                     {"residual_scale (input 8) goes with an i8 residual only"});
+  test::expect_error([&] { net.add_layer(p, {x8, w8, s, s, nullptr, nullptr, nullptr, r8}); },
+                     {"residual (the output's dtype)"});
 }
 
 TEST(QuantizedEpilogues, NearMissesAreNotFused) {

@@ -290,8 +290,16 @@ void run(const QuantizedConvolutionParams& p, const KernelArgs& a) {
   const ProductFinish finish(p.out, p.epilogue, p.requantize, a, 5);
   const auto scale = static_cast<float>(p.epilogue.scale);
   const HostTensor* residual = a.has(7) ? &a.in(7) : nullptr;  // the output's shape and layout
+  // An i8 residual reads as the Dequantize it replaces: residual * residual_scale, rounded to
+  // the float type.
+  const float residual_scale = a.has(8) ? a.in(8).as<const float>()[0] : 0.0f;
   auto store = [&](int64_t i, int64_t k, float sum) {
-    const float r = residual != nullptr ? load_float(residual->dtype, residual->data, i) : 0.0f;
+    float r = 0.0f;
+    if (residual != nullptr && residual->dtype == DataType::kI8) {
+      r = rounded(p.out, static_cast<float>(residual->as<const int8_t>()[i]) * residual_scale);
+    } else if (residual != nullptr) {
+      r = load_float(residual->dtype, residual->data, i);
+    }
     finish.store(ot.data, i,
                  semantics::quantized_product_value(sum, xs * ws[per_channel ? k : 0], scale,
                                                     bias[static_cast<size_t>(k)], r));

@@ -129,8 +129,10 @@ void finalize(const Desc& d, const char* what) { ok(cudnnBackendFinalize(d.get()
 /// Virtual ones from 101: the convolution's sums, then one per epilogue step (kStepOut + i).
 enum Uid : int64_t {
   kX = 1, kW, kY, kBias, kResidual, kXScale, kWScale, kOutScale,
-  kRoundMagic,  ///< By value: 1.5 * 2^23 (round_steps)
-  kConvOut = 101, kStepOut = 102
+  kRoundMagic,     ///< By value: 1.5 * 2^23 (epilogue_steps)
+  kResidualScale,  ///< An int8 residual's scale
+  kConvOut = 101, kStepOut = 102,
+  kResidualValue = 150  ///< An int8 residual times its scale, in the float type
 };
 
 /// 1.5 * 2^23: adding it to an f32 |v| <= 2^22 leaves v rounded to an integer (half to even,
@@ -250,6 +252,8 @@ struct Problem {
   bool quantized = false, w_per_channel = false, requantize = false;
   /// An int8 requantization's range (y int8): [quant_min, quant_max].
   float quant_min = -128.0f, quant_max = 127.0f;
+  /// The residual is int8, read as residual * residual_scale rounded to the epilogue type.
+  bool residual_int8 = false;
   /// INT8 only: the convolution's output as a virtual int32 tensor (cuDNN's int8 samples)
   /// instead of f32; the second graph tried when the first finds no engine.
   bool int32_sums = false;
@@ -281,6 +285,10 @@ struct Step {
   bool clip = false;  ///< RELU_FWD as a clamp to [clip_lo, clip_hi]
   float clip_lo = 0.0f, clip_hi = 0.0f;
   bool by_value = false;  ///< The operand is a scalar passed by value (kRoundMagic)
+  /// Nonzero: the operand (int8) is first multiplied by this scalar operand into a virtual
+  /// tensor of `value_type` (an int8 residual read as the Dequantize it replaces).
+  int64_t operand_scale = 0;
+  cudnnDataType_t value_type = CUDNN_DATA_FLOAT;
 };
 
 /// The epilogue chain of `pb`, in order: the quantized scales, the bias, the residual, the
@@ -301,7 +309,13 @@ std::vector<Step> epilogue_steps(const Problem& pb) {
   if (pb.bias) {
     steps.push_back({CUDNN_POINTWISE_ADD, kBias, et, Step::Dims::kChannel, pb.align_bias});
   }
-  if (pb.residual) {
+  if (pb.residual && pb.residual_int8) {
+    Step add{CUDNN_POINTWISE_ADD, kResidual, CUDNN_DATA_INT8, Step::Dims::kFull,
+             pb.align_residual};
+    add.operand_scale = kResidualScale;
+    add.value_type = et;
+    steps.push_back(add);
+  } else if (pb.residual) {
     steps.push_back({CUDNN_POINTWISE_ADD, kResidual, et, Step::Dims::kFull, pb.align_residual});
   }
   if (pb.relu) steps.push_back({CUDNN_POINTWISE_RELU_FWD});
@@ -413,6 +427,23 @@ std::unique_ptr<Graph> build_graph(const Problem& pb, bool fused, cudnnHandle_t 
         operand_at = g->keep.size() - 1;
         operand_tensors.emplace_back(st.operand, operand_at);
         g->uids.push_back(st.operand);
+      }
+      if (st.operand_scale != 0) {
+        // value = MUL(operand, scale), a virtual tensor of the float type (the rounding the
+        // Dequantize it replaces does), which the step then reads as its operand.
+        const std::vector<int64_t> one(pb.y.size(), 1);
+        g->keep.push_back(make_tensor(st.operand_scale, CUDNN_DATA_FLOAT, one, strides(one), 4,
+                                      false));
+        const size_t scale_at = g->keep.size() - 1;
+        g->uids.push_back(st.operand_scale);
+        g->keep.push_back(
+            make_tensor(kResidualValue, st.value_type, pb.y, y_strides, 16, true));
+        const size_t value_at = g->keep.size() - 1;
+        Desc mul = make_pointwise(g->keep, CUDNN_POINTWISE_MUL, g->keep[operand_at],
+                                  &g->keep[scale_at], g->keep[value_at]);
+        ops.push_back(mul.get());
+        g->keep.push_back(std::move(mul));
+        operand_at = value_at;
       }
     }
     size_t out_at = y_at;
@@ -675,6 +706,7 @@ struct Operands {
   const void* x_scale = nullptr;
   const void* w_scale = nullptr;
   const void* out_scale = nullptr;
+  const void* residual_scale = nullptr;
 };
 
 /// What a kept problem is besides its dims: which operands are present, their alignments, and
@@ -754,6 +786,7 @@ std::vector<void*> operand_ptrs(const std::vector<int64_t>& uids, const Operands
       case kWScale: p = o.w_scale; break;
       case kOutScale: p = o.out_scale; break;
       case kRoundMagic: p = &kRoundMagicValue; break;  // by value: a host pointer
+      case kResidualScale: p = o.residual_scale; break;
       default: break;
     }
     ptrs.push_back(const_cast<void*>(p));
@@ -1150,7 +1183,8 @@ ConvGraphStatus run_quantized_conv_graph(const QuantizedConvolutionParams& p,
     return ConvGraphStatus::kNotCovered;
   }
   Call call;
-  call.ops = {x.data, w.data, y.data, e.bias, e.residual, e.x_scale, e.w_scale, e.out_scale};
+  call.ops = {x.data,    w.data,    y.data,      e.bias,          e.residual,
+              e.x_scale, e.w_scale, e.out_scale, e.residual_scale};
   call.x_dims = &x.dims;
   call.w_dims = &w.dims;
   call.y_dims = &y.dims;
@@ -1177,6 +1211,7 @@ ConvGraphStatus run_quantized_conv_graph(const QuantizedConvolutionParams& p,
     pb.requantize = e.out_scale != nullptr;
     pb.quant_min = e.quant_min;
     pb.quant_max = e.quant_max;
+    pb.residual_int8 = e.residual_scale != nullptr;
     set_alignments(pb, c.flags);
     c.precision = Precision::kQuantized;
     c.fusable = true;

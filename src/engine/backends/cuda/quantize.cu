@@ -173,10 +173,39 @@ __device__ __forceinline__ TO product_value(int64_t channel, float sum, const Pr
   return product_value_with<TO>(channel, sum, e, residual, ActivationFn{e.type, e.alpha, e.beta});
 }
 
-/// Element i (in the output's layout) of a fused product's residual as f32 (0 without one).
+/// An int8 residual element read as the Dequantize it replaces (layers.h): q * residual_scale,
+/// rounded to TO.
+template <typename TO>
+__device__ __forceinline__ float dequantized_residual(int8_t q, const ProductEpilogue& e) {
+  return Num<TO>::load(Num<TO>::store(static_cast<float>(q) * e.residual_scale[0]));
+}
+
+/// Element i (in the output's layout) of a fused product's residual as f32 (0 without one): a
+/// TO value, or an int8 one (e.residual_scale set).
 template <typename TO>
 __device__ __forceinline__ float residual_at(const ProductEpilogue& e, int64_t i) {
-  return e.residual != nullptr ? Num<TO>::load(static_cast<const TO*>(e.residual)[i]) : 0.0f;
+  if (e.residual == nullptr) return 0.0f;
+  if (e.residual_scale != nullptr) {
+    return dequantized_residual<TO>(static_cast<const int8_t*>(e.residual)[i], e);
+  }
+  return Num<TO>::load(static_cast<const TO*>(e.residual)[i]);
+}
+
+/// residual_at for the four elements of group g (one 4- or 8-byte load).
+template <typename TO>
+__device__ __forceinline__ void residual_group(const ProductEpilogue& e, int64_t g, float r[4]) {
+  if (e.residual == nullptr) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) r[k] = 0.0f;
+  } else if (e.residual_scale != nullptr) {
+    const Vec4<int8_t> q = reinterpret_cast<const Vec4<int8_t>*>(e.residual)[g];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) r[k] = dequantized_residual<TO>(q.v[k], e);
+  } else {
+    const Vec4<TO> v = reinterpret_cast<const Vec4<TO>*>(e.residual)[g];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) r[k] = Num<TO>::load(v.v[k]);
+  }
 }
 
 /// product_value requantized (e.out_scale set): to int8, or to f8e4m3 (e.fp8_out; the byte
@@ -256,13 +285,12 @@ __global__ void product_epilogue_vec4_kernel(const TA* __restrict__ acc, void* o
   for (int64_t g = global_thread(); g < groups; g += grid_threads()) {
     const int64_t c = (g * 4) % n;  // the four share a row: n % 4 == 0
     const Vec4<TA> a = reinterpret_cast<const Vec4<TA>*>(acc)[g];
-    Vec4<TO> r{};
-    if (e.residual != nullptr) r = reinterpret_cast<const Vec4<TO>*>(e.residual)[g];
+    float r[4];
+    residual_group<TO>(e, g, r);
     Vec4<TO> v;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      v.v[k] = product_value_with<TO>(c + k, corrected_sum(a.v[k], c + k, e), e,
-                                      e.residual != nullptr ? Num<TO>::load(r.v[k]) : 0.0f, act);
+      v.v[k] = product_value_with<TO>(c + k, corrected_sum(a.v[k], c + k, e), e, r[k], act);
     }
     store_group<TO>(out, g, v, e);
   }
@@ -417,7 +445,10 @@ void launch_product_epilogue(const void* acc, bool int32_acc, void* out, DataTyp
     using TO = std::remove_pointer_t<decltype(tag)>;
     const size_t out_align = e.out_scale != nullptr ? 4 : 4 * sizeof(TO);
     const bool residual_aligned =
-        e.residual == nullptr || reinterpret_cast<uintptr_t>(e.residual) % (4 * sizeof(TO)) == 0;
+        e.residual == nullptr ||
+        reinterpret_cast<uintptr_t>(e.residual) %
+                (4 * (e.residual_scale != nullptr ? sizeof(int8_t) : sizeof(TO))) ==
+            0;
     if (n % 4 == 0 && reinterpret_cast<uintptr_t>(acc) % 16 == 0 && residual_aligned &&
         reinterpret_cast<uintptr_t>(out) % out_align == 0) {
       const int64_t groups = total / 4;

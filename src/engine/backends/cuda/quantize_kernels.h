@@ -32,6 +32,10 @@ struct ProductEpilogue {
   /// m x n for a product, NCHW or NHWC for a convolution), added in f32 with the bias; nullptr:
   /// none.
   const void* residual = nullptr;
+  /// An int8 residual's scale (device, one element; QuantizedConvolution input 8): the residual
+  /// is then int8 and reads as q * residual_scale rounded to the float type. nullptr: the
+  /// residual is in the float type.
+  const float* residual_scale = nullptr;
   /// Asymmetric activations: the library summed x' * w with x' = x - zero_point_offset (uint8
   /// shifted into int8: offset 128; int8: 0), so the true sum over (x - zero_point) * w is the
   /// library's minus (zero_point - offset) * weight_sums[channel]. nullptr: no correction.

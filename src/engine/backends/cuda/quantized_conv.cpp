@@ -401,7 +401,8 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
                     " pad=" + dims_to_string(p.padding_begin) + dims_to_string(p.padding_end) +
                     " dilation=" + dims_to_string(p.dilation) +
                     " epilogue=" + (e.per_channel ? "k" : "1") + (e.bias ? "b" : "") +
-                    (e.residual ? "r" : "") + (e.activation ? "a" : "") +
+                    (e.residual ? (e.residual_scale ? "r8" : "r") : "") +
+                    (e.activation ? "a" : "") +
                     (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) +
                     (e.out_scale && !e.fp8_out ? " range=" + std::to_string(e.quant_min) + ":" +
                                                      std::to_string(e.quant_max)

@@ -505,6 +505,8 @@ ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, con
   e.alpha = static_cast<float>(ep.alpha);
   e.beta = static_cast<float>(ep.beta);
   e.residual = a.has(7) ? a.in(7).data : nullptr;  // in the output's shape and layout
+  // An int8 convolution's int8 residual (input 8: its scale).
+  e.residual_scale = a.has(8) ? static_cast<const float*>(a.in(8).data) : nullptr;
   if (r.enabled) {
     e.out_scale = static_cast<const float*>(a.in(5).data);
     e.fp8_out = r.to == DataType::kF8E4M3;

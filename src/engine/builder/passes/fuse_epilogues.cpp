@@ -18,8 +18,13 @@
 //                                                                          after an int8 conv)
 //   QConv/QMatMul -> x + r  (r a tensor of the output's shape)          => residual input 7
 //                    (ResNet's shortcut after an INT8/FP8 convolution)
+//   INT8 QConv -> x + Dequantize(q, s)  (q i8, per tensor, symmetric)   => residual q, input 8
+//                    s (the shortcut read from the int8 tensor the previous block wrote; the
+//                    Dequantize goes when nothing else reads it)
 //   QConv/QMatMul -> Quantize (per-tensor, symmetric, int8)             => requantize: the
 //                                                                          layer outputs int8
+//                    (an INT8 QConv with a residual too: ResNet's block output, once the next
+//                    block's shortcut reads the int8 tensor)
 //   FP8 QConv/QMatMul -> Quantize (per-tensor, f8e4m3)                  => requantize to FP8
 //                    (BERT's erf GELU: the GELU and the quantization in one pass after the
 //                    GEMM, instead of a GELU pass in place and a Quantize pass)
@@ -339,8 +344,11 @@ struct Fuser {
     Requantize* r = prod->kind() == LayerKind::kQuantizedConvolution
                         ? &std::get<QuantizedConvolutionParams>(params).requantize
                         : &std::get<QuantizedMatrixMultiplyParams>(params).requantize;
-    // A residual stays the float output's: the layer takes no requantization with one.
-    if (r->enabled || prod->input(7) != nullptr) return false;
+    // A residual stays the float output's, except in an int8 convolution (layers.h): the layer
+    // takes no requantization with one.
+    const bool int8_conv = prod->kind() == LayerKind::kQuantizedConvolution &&
+                           prod->input(0)->dtype() != DataType::kF8E4M3;
+    if (r->enabled || (prod->input(7) != nullptr && !int8_conv)) return false;
     Layer* reshape = nullptr;
     Layer* next = next_through_reshape(prod, reshape);
     if (next == nullptr || next->kind() != LayerKind::kQuantize || next->input(2) != nullptr) {
@@ -388,6 +396,39 @@ struct Fuser {
       result = net.add_reshape(result, absorbed->output()->shape(), reshape->name() + "+")->output();
     }
     net.replace_all_uses(absorbed->output(), result);
+  }
+
+  /// An int8 QuantizedConvolution followed by x + Dequantize(q, s), q i8 and the Dequantize per
+  /// tensor, symmetric and to the output's type: q becomes the residual (input 7) and s its
+  /// scale (input 8), so the shortcut is read as one byte an element, and the Dequantize goes
+  /// when nothing else reads it (remove_dead_layers).
+  bool fuse_int8_residual(Layer* prod, const Epilogue& e) {
+    if (e.fused_activation || prod->input(7) != nullptr ||
+        prod->input(0)->dtype() == DataType::kF8E4M3) {
+      return false;
+    }
+    Tensor* out = prod->output();
+    Layer* next = sole_consumer(net, out);
+    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
+        next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum) {
+      return false;
+    }
+    Tensor* r = other_input(*next, out);
+    const Layer* dq = r != nullptr ? r->producer() : nullptr;
+    if (dq == nullptr || dq->kind() != LayerKind::kDequantize || dq->input(2) != nullptr ||
+        dq->params_as<DequantizeParams>().per_channel || dq->input(0)->dtype() != DataType::kI8 ||
+        r->dtype() != out->dtype() || !shapes_equal(r->shape(), out->shape()) ||
+        !shapes_equal(next->output()->shape(), out->shape())) {
+      return false;
+    }
+    std::vector<Tensor*> inputs = prod->inputs();
+    inputs.resize(9, nullptr);
+    inputs[7] = dq->input(0);
+    inputs[8] = dq->input(1);
+    net.replace_all_uses(next->output(),
+                         net.add_layer(prod->params(), inputs, fused_name(*prod, *next))->output());
+    ++residuals;
+    return true;
   }
 
   /// Conv/MatMul followed by x + r, r a computed tensor of the output's shape (directly, or
@@ -482,8 +523,8 @@ struct Fuser {
     }
     if (l->kind() == LayerKind::kQuantizedConvolution && is_float(l->output()->dtype())) {
       const auto& e = l->params_as<QuantizedConvolutionParams>().epilogue;
-      return fold_qconv_affine(l) || fuse_residual(l, e, 7) || fuse_activation(l) ||
-             fuse_requantize(l);
+      return fold_qconv_affine(l) || fuse_int8_residual(l, e) || fuse_residual(l, e, 7) ||
+             fuse_activation(l) || fuse_requantize(l);
     }
     return false;
   }
