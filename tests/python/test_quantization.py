@@ -527,6 +527,78 @@ def test_a_batch_norm_after_an_int8_convolution_folds_into_its_scales():
     assert_matches_fake_quant(out, reference, f32)
 
 
+class ResidualNet(torch.nn.Module):
+    """A stem and two ResNet basic blocks (conv-bn-relu, conv-bn, + shortcut, relu), the second
+    with a 1x1 downsampling shortcut, then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a1 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.a2 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b1 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.b2 = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.down = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False)
+        self.bns = torch.nn.ModuleList(torch.nn.BatchNorm2d(c) for c in (8, 8, 16, 16, 16))
+        for bn in self.bns:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.bns[0](self.a1(x)))
+        x = torch.relu(self.bns[1](self.a2(y)) + x)
+        y = torch.relu(self.bns[2](self.b1(x)))
+        x = torch.relu(self.bns[3](self.b2(y)) + self.bns[4](self.down(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_resnet_shortcuts_read_int8_and_blocks_write_int8(caplog):
+    """quantize_residuals (the default): the first block's shortcut add reads the block input
+    through its fake-quant pair, so the engine's convolution reads the shortcut as int8 (input 7
+    i8 with its scale) and writes the block's output as int8 (its Quantize joins it). The
+    second block's shortcut is a float convolution output (the downsample's) and stays float.
+    With quantize_residuals=False every shortcut is float and a Quantize stays after the first
+    block."""
+    model = ResidualNet().eval()
+    data = calibration((2, 3, 8, 8))
+    x = data[1][0]
+    with caplog.at_level(logging.INFO, logger="ember.quantization"):
+        qmodel = ember.quantize(model, data, dtype=torch.int8)
+    assert "1 residual adds read their shortcut quantized" in caplog.text, caplog.text
+    adds = [n for n in qmodel.graph.nodes if str(n.target) == "aten.add.Tensor"]
+    assert any("dequantize" in str(a.target) for n in adds for a in n.args
+               if isinstance(a, torch.fx.Node)), [n.args for n in adds]
+    gm = compile_full(qmodel, [x])
+    records = engine_layer_records(gm)
+    types = [r["type"] for r in records]
+    assert types.count("QuantizedConvolution") == 6, types
+    assert "ElementWise" not in types and "Activation" not in types, types
+    # The input's Quantize and the head's (after the mean): the stem and the first block's end
+    # requantize in their epilogues, and nothing dequantizes the shortcut.
+    assert types.count("Quantize") == 2, types
+    shortcut = [r for r in records if r["type"] == "QuantizedConvolution"
+                and len(r["inputs"]) > 7 and r["inputs"][7] is not None]
+    assert [r["inputs"][7]["dtype"] for r in shortcut] == ["i8", "f32"], shortcut
+    assert "Dequantize" not in types, types
+    with torch.no_grad():
+        out, reference, f32 = gm(x), qmodel(x), model(x)
+    assert_matches_fake_quant(out, reference, f32)
+
+    float_shortcuts = ember.quantize(model, data, dtype=torch.int8, quantize_residuals=False)
+    gm_float = compile_full(float_shortcuts, [x])
+    types = [t for t, _ in engine_layers(gm_float)]
+    assert types.count("Quantize") == 3, types  # and the first block's output, for the next
+    with torch.no_grad():
+        out, reference = gm_float(x), float_shortcuts(x)
+    assert_matches_fake_quant(out, reference, f32)
+    with pytest.raises(TypeError, match="quantize_residuals must be True or False"):
+        ember.quantize(model, data, quantize_residuals="yes")
+
+
 def test_fp8_convolutions_fuse_and_match():
     """FP8 E4M3 convolutions (per-tensor scales): one QuantizedConvolution each, summing exact
     E4M3 products in f32, with the batch norm after it folded into its scales."""
