@@ -415,15 +415,21 @@ def _source_conv(n: Any, convs: set) -> bool:
 
 
 def _route_residuals(graph: torch.fx.Graph, dq_of: dict, convs: set) -> int:
-    """Makes each aten.add.Tensor of a quantized convolution's output and a tensor that has a
-    fake-quantize pair (dq_of) read that pair's dequantized value; returns how many."""
+    """Makes each add (aten.add.Tensor or add_) of a quantized convolution's output and a tensor
+    that has a fake-quantize pair (dq_of) read that pair's dequantized value; returns how
+    many."""
     routed = 0
     order = {n: i for i, n in enumerate(graph.nodes)}
     for n in list(graph.nodes):
-        if n.op != "call_function" or _op_key(n.target) != "aten.add.Tensor" or len(n.args) < 2:
+        # export keeps torchvision's `out += identity` as add_ (on a temporary: the
+        # convolution's output, so reading the shortcut through the pair changes nothing else).
+        if n.op != "call_function" or len(n.args) < 2 or \
+                _op_key(n.target) not in ("aten.add.Tensor", "aten.add_.Tensor"):
             continue
         a, b = n.args[0], n.args[1]
         for i, (x, other) in enumerate(((a, b), (b, a))):
+            if i == 0 and _op_key(n.target) == "aten.add_.Tensor":
+                continue  # add_ writes its first argument: that one stays the tensor itself
             # The pair sits before x's first quantized reader; an add before that keeps x.
             if isinstance(x, torch.fx.Node) and x.name in dq_of and \
                     order[dq_of[x.name]] < order[n] and _source_conv(other, convs):

@@ -372,7 +372,8 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
 /// pass after it. Taken under channels_last, where x [N, H, W, C] and w [K, R, S, C] are the
 /// operands cuDNN reads, for 2-d layers with symmetric activations whose channels are
 /// multiples of 16 (FP8) or 4 (INT8) and a relu or no activation; a requantization to int8 is
-/// clamped and rounded in the graph as the reference does (conv_graph.cpp's epilogue_steps).
+/// clamped and rounded in the graph as the reference does (conv_graph.cpp's epilogue_steps),
+/// and an int8 residual is read with its scale (only into an int8 output: see below).
 /// FP8 layers come here only with EMBER_QCONV=graph (graph_first). False
 /// (nothing enqueued) where it does not apply or cuDNN has no engine for the graph (remembered
 /// per layer and problem), with `why` set in the second case.
@@ -384,9 +385,13 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   const bool fp8 = x.dtype == DataType::kF8E4M3;
   const int64_t multiple = fp8 ? 16 : 4;
   const bool relu_or_none = !e.activation || e.type == ActivationType::kRelu;
+  // An int8 shortcut into a float output found no cuDNN engine (an H200, cuDNN 9.19,
+  // 2026-12-07: "1x1 f16 + int8 residual + relu"; with a requantization it has one), so such a
+  // layer (ResNet's last block, before the pooling) takes the GEMM path without asking.
+  const bool int8_residual_to_float = e.residual_scale != nullptr && e.out_scale == nullptr;
   if (!p.channels_last || x.dims.size() != 4 || x.dtype == DataType::kU8 || a.has(6) ||
       g.in_channels % multiple != 0 || g.out_channels % multiple != 0 || !relu_or_none ||
-      (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
+      int8_residual_to_float || (e.activation && (e.alpha != 0.0f || e.beta != 0.0f))) {
     return false;
   }
   ConvGraphOptions options;
