@@ -7,8 +7,8 @@
 // w's C. 1-d convolutions get H = 1, as on the legacy path. A quantized convolution
 // (run_quantized_conv_graph: INT8 or FP8 x and w) has only the fused graph, whose chain starts
 // with MUL(x_scale) -> MUL(w_scale) and may end with DIV(out_scale) into an int8 or FP8 y
-// (epilogue_steps; into int8 through a clamp and an explicit round-half-even, see there). Both kinds of call share the per-layer state and the choice below
-// (run_call).
+// (epilogue_steps; into int8 through a clamp and an explicit round-half-even, see there). Both
+// kinds of call share the per-layer state and the choice below (run_call).
 //
 // Precision, as on the legacy path: accumulation and the epilogue in f32 (the conv's compute type
 // and the pointwise ops' math precision); engines whose numerical notes say tensor cores (TF32
