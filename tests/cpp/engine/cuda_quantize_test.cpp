@@ -64,8 +64,9 @@ void expect_fp8_within_one_code(const std::vector<uint8_t>& got, const std::vect
                                           << " FP8 codes differ from the reference";
 }
 
+struct TieValue;
 void expect_int8_within_ties(const std::vector<uint8_t>& got, const std::vector<uint8_t>& ref,
-                             const std::string& label, const std::vector<double>& values);
+                             const std::string& label, const std::vector<TieValue>& values);
 
 /// Runs `net` on the GPU and on the CPU reference; quantized outputs must match byte for byte
 /// (FP8 ones within one code when `fp8_from_tensor_cores`: expect_fp8_within_one_code; int8
@@ -75,7 +76,7 @@ void check_bytes_and_floats(const Network& net, const std::vector<TestTensor>& i
                             ChannelsLast channels_last = ChannelsLast::kAuto,
                             bool fp8_from_tensor_cores = false,
                             const std::vector<float>& fp8_sum_error = {},
-                            const std::vector<double>& int8_values = {}) {
+                            const std::vector<TieValue>& int8_values = {}) {
   test::CudaRunner runner(net, inputs, {}, 3, channels_last);
   EXPECT_EQ(runner.inspect_json().find("cuda.host"), std::string::npos) << what;
   // Layer by layer (which prepares, e.g. packs a convolution's weight once), then the CUDA
@@ -343,6 +344,11 @@ struct CudaQConv {
   float residual_scale = 0.01f;
   float out_scale = 0.04f;  ///< The requantization's scale.
   int32_t quant_min = -128;  ///< The int8 requantization's lower bound (ember.quantize: -127).
+  float x_scale = 0.02f;
+  float w_scale_unit = 0.0005f;  ///< w_scale[k] = unit * (k % 5 + 1)
+  /// Powers-of-two scales and no bias: every path's requantized value is exact, so values on
+  /// an exact rounding tie must round half to even as the reference does (bytes must match).
+  bool exact_scales = false;
 };
 
 /// The graph path's (run_quantized_conv_graph) executions while `f` runs: the channels_last
@@ -429,16 +435,25 @@ std::vector<float> fp8_conv_sum_error(const CudaQConv& c, const TestTensor& x,
   return bound;
 }
 
+/// One int8 output element as the reference computes it before rounding (value, in int8
+/// steps) and how far another order of the same f32 arithmetic may move it (window).
+struct TieValue {
+  double value = 0.0, window = 0.0;
+};
+
 /// Per NCHW output element of a 2-d INT8 convolution with groups = 1 that requantizes to int8:
 /// the value the reference rounds (the scaled, biased sum plus the residual's NCHW values when
-/// given, rounded to the layer's float type, after the relu, over out_scale), in double.
-/// expect_int8_within_ties takes it.
-std::vector<double> int8_requantized_values(const CudaQConv& c, const TestTensor& x,
-                                            const std::vector<int8_t>& w, float x_scale,
-                                            const std::vector<float>& w_scale,
-                                            const std::vector<float>& bias, float out_scale,
-                                            const std::vector<float>& residual) {
-  std::vector<double> values;
+/// given, rounded to the layer's float type, after the relu, over out_scale), in double, and
+/// its window: 2^-10 for the f32 steps' last bits, plus, for a 16-bit float type, one ulp of
+/// that type at the value over out_scale (a last-bit difference before that rounding moves the
+/// value by a whole ulp). expect_int8_within_ties takes them.
+std::vector<TieValue> int8_requantized_values(const CudaQConv& c, const TestTensor& x,
+                                              const std::vector<int8_t>& w, float x_scale,
+                                              const std::vector<float>& w_scale,
+                                              const std::vector<float>& bias, float out_scale,
+                                              const std::vector<float>& residual) {
+  const int mantissa_bits = c.out == DataType::kF16 ? 10 : c.out == DataType::kBF16 ? 7 : 0;
+  std::vector<TieValue> values;
   for_each_conv_sum(
       c, [&](int64_t i) { return static_cast<int8_t>(x.bytes[static_cast<size_t>(i)]); },
       [&](int64_t i) { return w[static_cast<size_t>(i)]; },
@@ -449,31 +464,38 @@ std::vector<double> int8_requantized_values(const CudaQConv& c, const TestTensor
         // The reference rounds to the layer's float type before the requantization.
         v = TestTensor::floats(c.out, {1}, {static_cast<float>(v)}).to_floats()[0];
         if (c.relu) v = std::max(v, 0.0);
-        values.push_back(v / out_scale);
+        double window = 1.0 / 1024.0;
+        if (mantissa_bits > 0 && v != 0.0) {
+          int e = 0;
+          std::frexp(v, &e);  // |v| in [2^(e-1), 2^e)
+          window += std::ldexp(1.0, e - 1 - mantissa_bits) / out_scale;
+        }
+        values.push_back({v / out_scale, window});
       });
   return values;
 }
 
 /// int8 outputs of a path that computes the requantized value in another order than the
 /// reference (cuDNN's graph: the scales one after another, a division for the reciprocal's
-/// product): equal bytes, except that an element whose value (int8_requantized_values) lies
-/// within 2^-10 of a rounding tie (x.5) may round to the tie's other side. Those few-ulp
-/// differences can only move such an element; a wrong rounding mode or clamp moves others.
+/// product): equal bytes, except that an element whose value lies within its window of a
+/// rounding tie (x.5; int8_requantized_values) may round to the tie's other side. Those
+/// last-bit differences can only move such an element; a wrong rounding mode or clamp moves
+/// others. (Rounding at exact ties is checked with exact scales: the "exact ties" case.)
 void expect_int8_within_ties(const std::vector<uint8_t>& got, const std::vector<uint8_t>& ref,
-                             const std::string& label, const std::vector<double>& values) {
+                             const std::string& label, const std::vector<TieValue>& values) {
   ASSERT_EQ(got.size(), ref.size()) << label;
   ASSERT_EQ(values.size(), got.size()) << label;
   size_t ties = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (got[i] == ref[i]) continue;
     const int g = static_cast<int8_t>(got[i]), r = static_cast<int8_t>(ref[i]);
-    const double frac = values[i] - std::floor(values[i]);
-    const bool at_tie = std::fabs(frac - 0.5) < 1.0 / 1024.0;
+    const double v = values[i].value;
+    const bool at_tie = std::fabs(v - std::floor(v) - 0.5) < values[i].window;
     const bool other_side =
-        g == static_cast<int>(std::floor(values[i])) || g == static_cast<int>(std::ceil(values[i]));
+        g == static_cast<int>(std::floor(v)) || g == static_cast<int>(std::ceil(v));
     EXPECT_TRUE(at_tie && other_side && std::abs(g - r) == 1)
-        << label << " element " << i << ": " << g << " against " << r << " (value "
-        << values[i] << ")";
+        << label << " element " << i << ": " << g << " against " << r << " (value " << v
+        << ", window " << values[i].window << ")";
     ++ties;
   }
   EXPECT_LE(ties, got.size() / 100 + 1) << label << ": " << ties << " of " << got.size()
@@ -499,9 +521,9 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
                   ->output();
   std::vector<float> ws;
   for (int64_t j = 0; j < (c.per_channel ? k : 1); ++j) {
-    ws.push_back(0.0005f * static_cast<float>(j % 5 + 1));
+    ws.push_back(c.w_scale_unit * static_cast<float>(j % 5 + 1));
   }
-  std::vector<Tensor*> inputs{x, w, f32_constant(net, {0.02f}), f32_constant(net, ws)};
+  std::vector<Tensor*> inputs{x, w, f32_constant(net, {c.x_scale}), f32_constant(net, ws)};
   std::vector<float> bias;  // as the layer holds it (rounded to the float type)
   if (c.bias) {
     std::vector<float> bv;
@@ -566,7 +588,7 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   // with them).
   std::vector<float> sum_error;
   if (c.fp8 && c.requantize && !c.direct) {  // the direct kernel sums as the reference
-    sum_error = fp8_conv_sum_error(c, xt, wf, 0.02f, ws, c.out_scale);
+    sum_error = fp8_conv_sum_error(c, xt, wf, c.x_scale, ws, c.out_scale);
   }
   check_bytes_and_floats(net, ins, what + " (NCHW)", ChannelsLast::kOff, c.fp8, sum_error);
   // Under channels_last, the cases the implicit-GEMM graph takes (quantized_conv.cpp's
@@ -578,22 +600,20 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
       !(c.residual_int8 && !c.requantize);  // cuDNN had no engine for that one (run_graph)
   // The graph requantizes to int8 from the scales applied one by one (the reference multiplies
   // by their product first): at a rounding tie a value may land on the tie's other side.
-  std::vector<double> int8_values;
-  if (takes_graph && c.requantize && !c.fp8) {
-    std::vector<float> residual;  // as the layer reads it (layers.h)
-    if (!c.residual_dims.empty()) {
-      const TestTensor& rt = ins.back();
-      for (size_t i = 0; i < rt.bytes.size(); ++i) {
-        const float v = c.residual_int8
-                            ? static_cast<float>(static_cast<int8_t>(rt.bytes[i])) *
-                                  c.residual_scale
-                            : 0.0f;
-        residual.push_back(
-            c.residual_int8 ? TestTensor::floats(c.out, {1}, {v}).to_floats()[0]
-                            : rt.to_floats()[i]);
+  // With exact scales (powers of two, no bias) both orders are exact: bytes must match.
+  std::vector<TieValue> int8_values;
+  if (takes_graph && c.requantize && !c.fp8 && !c.exact_scales) {
+    std::vector<float> residual;  // as the layer reads it (layers.h), one per element
+    if (!c.residual_dims.empty() && c.residual_int8) {
+      for (const uint8_t q : ins.back().bytes) {
+        const float v = static_cast<float>(static_cast<int8_t>(q)) * c.residual_scale;
+        residual.push_back(TestTensor::floats(c.out, {1}, {v}).to_floats()[0]);
       }
+    } else if (!c.residual_dims.empty()) {
+      residual = ins.back().to_floats();
     }
-    int8_values = int8_requantized_values(c, xt, w8, 0.02f, ws, bias, c.out_scale, residual);
+    int8_values =
+        int8_requantized_values(c, xt, w8, c.x_scale, ws, bias, c.out_scale, residual);
   }
   const int64_t graph_runs = graph_executions_during([&] {
     check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
@@ -699,6 +719,24 @@ void check_int8_convolutions() {
   residual8_direct.residual_int8 = true;
   residual8_direct.requantize = true;
   check_convolution(residual8_direct, "grouped + int8 residual + relu, requantized (direct)");
+  // A float shortcut into a requantizing convolution (ResNet's downsampling block: the
+  // shortcut is the 1x1 downsample's f16 output, the block's output int8).
+  CudaQConv residual_requant = residual;
+  residual_requant.requantize = true;
+  check_convolution(residual_requant, "3x3 f16 + residual + relu, requantized");
+  // Exact rounding ties: x_scale and w_scale / 16 are powers of two times 1..5, no bias,
+  // out_scale 1, C = 4 taps of a 1x1: value = sum * m / 256, so about 1 in 256 elements lands
+  // exactly on x.5, and each must round half to even (and clamp to [-127, 127]) as the
+  // reference does.
+  CudaQConv ties{{2, 4, 10, 10}, {16, 4, 1, 1}, {1, 1}, {0, 0}, {0, 0}, {1, 1}};
+  ties.bias = false;
+  ties.requantize = true;
+  ties.x_scale = 0.0625f;
+  ties.w_scale_unit = 0.0625f;
+  ties.out_scale = 1.0f;
+  ties.quant_min = -127;
+  ties.exact_scales = true;
+  check_convolution(ties, "1x1 requantized at exact rounding ties");
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {
