@@ -546,25 +546,10 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   // generated source indexes the last dim through the gather).
   const bool by_rows = semantics::fused_has_reduction(p);
   const bool keep_last = (by_rows || gathers) && rank > 0;
-  const size_t merged_rank = keep_last ? rank - 1 : rank;
   std::vector<int64_t> mdims;
-  std::vector<std::vector<int64_t>> mst(n_in);
-  for (size_t d = 0; d < merged_rank; ++d) {
-    if (dims[d] == 1) continue;
-    bool merge = !mdims.empty();
-    for (size_t i = 0; merge && i < n_in; ++i) merge = mst[i].back() == st[i][d] * dims[d];
-    if (merge) {
-      mdims.back() *= dims[d];
-      for (size_t i = 0; i < n_in; ++i) mst[i].back() = st[i][d];
-      continue;
-    }
-    mdims.push_back(dims[d]);
-    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][d]);
-  }
-  if (keep_last) {
-    mdims.push_back(dims[rank - 1]);
-    for (size_t i = 0; i < n_in; ++i) mst[i].push_back(st[i][rank - 1]);
-  } else if (by_rows) {  // a rank-0 output: one row of one element
+  std::vector<std::vector<int64_t>> mst;
+  semantics::merge_walk_dims(dims, st, keep_last, mdims, mst);
+  if (!keep_last && by_rows) {  // a rank-0 output: one row of one element
     mdims.push_back(1);
     for (size_t i = 0; i < n_in; ++i) mst[i].push_back(0);
   }

@@ -150,27 +150,8 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   // (as the unfused kernels' BroadcastLoop), so the walk below moves in long runs. A gathered
   // last dim stays a dim of its own (its indices run along it), even of size 1.
   std::vector<int64_t> mdims;
-  std::vector<std::vector<int64_t>> mstrides(n_in);
-  for (size_t d = 0; d < rank; ++d) {
-    const bool gathered_last = gathers && d + 1 == rank;
-    if (out_dims[d] == 1 && !gathered_last) continue;
-    if (gathered_last) {
-      mdims.push_back(out_dims[d]);
-      for (size_t k = 0; k < n_in; ++k) mstrides[k].push_back(strides[k][d]);
-      continue;
-    }
-    bool merge = !mdims.empty();
-    for (size_t k = 0; merge && k < n_in; ++k) {
-      merge = mstrides[k].back() == strides[k][d] * out_dims[d];
-    }
-    if (merge) {
-      mdims.back() *= out_dims[d];
-      for (size_t k = 0; k < n_in; ++k) mstrides[k].back() = strides[k][d];
-      continue;
-    }
-    mdims.push_back(out_dims[d]);
-    for (size_t k = 0; k < n_in; ++k) mstrides[k].push_back(strides[k][d]);
-  }
+  std::vector<std::vector<int64_t>> mstrides;
+  semantics::merge_walk_dims(out_dims, strides, gathers && rank > 0, mdims, mstrides);
   if (mdims.empty()) {
     mdims.push_back(1);
     for (size_t k = 0; k < n_in; ++k) mstrides[k].push_back(0);

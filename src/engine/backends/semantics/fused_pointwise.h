@@ -159,6 +159,39 @@ inline bool view_strides(const std::vector<int64_t>& dims, const InputView& v,
   return true;
 }
 
+/// The output's `dims` and every input's `strides` over them (view_strides) with the dims of
+/// size 1 dropped and neighbours merged wherever every input steps through both as one, so a
+/// walk moves in long runs (the CPU interpreter's loop and the generated kernels' launch). With
+/// `keep_last` (a rank > 0 output) the last dim stays a dim of its own, even of size 1: a row
+/// reduction's row, or a gathered input's indexed dim. An output of no dims left gets none.
+inline void merge_walk_dims(const std::vector<int64_t>& dims,
+                            const std::vector<std::vector<int64_t>>& strides, bool keep_last,
+                            std::vector<int64_t>& mdims,
+                            std::vector<std::vector<int64_t>>& mstrides) {
+  const size_t n_in = strides.size();
+  const size_t merged_rank = keep_last ? dims.size() - 1 : dims.size();
+  mdims.clear();
+  mstrides.assign(n_in, {});
+  for (size_t d = 0; d < merged_rank; ++d) {
+    if (dims[d] == 1) continue;
+    bool merge = !mdims.empty();
+    for (size_t i = 0; merge && i < n_in; ++i) {
+      merge = mstrides[i].back() == strides[i][d] * dims[d];
+    }
+    if (merge) {
+      mdims.back() *= dims[d];
+      for (size_t i = 0; i < n_in; ++i) mstrides[i].back() = strides[i][d];
+      continue;
+    }
+    mdims.push_back(dims[d]);
+    for (size_t i = 0; i < n_in; ++i) mstrides[i].push_back(strides[i][d]);
+  }
+  if (keep_last) {
+    mdims.push_back(dims.back());
+    for (size_t i = 0; i < n_in; ++i) mstrides[i].push_back(strides[i].back());
+  }
+}
+
 /// Appends `step` to `p` (the builder's pass and tests write programs through this).
 inline void fused_append(FusedPointwiseParams& p, const FusedStep& step) {
   p.program.insert(p.program.end(),

@@ -398,41 +398,11 @@ struct Fuser {
     net.replace_all_uses(absorbed->output(), result);
   }
 
-  /// An int8 QuantizedConvolution followed by x + Dequantize(q, s), q i8 and the Dequantize per
-  /// tensor, symmetric and to the output's type: q becomes the residual (input 7) and s its
-  /// scale (input 8), so the shortcut is read as one byte an element, and the Dequantize goes
-  /// when nothing else reads it (remove_dead_layers).
-  bool fuse_int8_residual(Layer* prod, const Epilogue& e) {
-    if (e.fused_activation || prod->input(7) != nullptr ||
-        prod->input(0)->dtype() == DataType::kF8E4M3) {
-      return false;
-    }
-    Tensor* out = prod->output();
-    Layer* next = sole_consumer(net, out);
-    if (next == nullptr || next->kind() != LayerKind::kElementWise ||
-        next->params_as<ElementWiseParams>().op != ElementWiseOp::kSum) {
-      return false;
-    }
-    Tensor* r = other_input(*next, out);
-    const Layer* dq = r != nullptr ? r->producer() : nullptr;
-    if (dq == nullptr || dq->kind() != LayerKind::kDequantize || dq->input(2) != nullptr ||
-        dq->params_as<DequantizeParams>().per_channel || dq->input(0)->dtype() != DataType::kI8 ||
-        r->dtype() != out->dtype() || !shapes_equal(r->shape(), out->shape()) ||
-        !shapes_equal(next->output()->shape(), out->shape())) {
-      return false;
-    }
-    std::vector<Tensor*> inputs = prod->inputs();
-    inputs.resize(9, nullptr);
-    inputs[7] = dq->input(0);
-    inputs[8] = dq->input(1);
-    net.replace_all_uses(next->output(),
-                         net.add_layer(prod->params(), inputs, fused_name(*prod, *next))->output());
-    ++residuals;
-    return true;
-  }
-
   /// Conv/MatMul followed by x + r, r a computed tensor of the output's shape (directly, or
-  /// after a reshape of a MatMul's output), into the residual input.
+  /// after a reshape of a MatMul's output), into the residual input. An int8
+  /// QuantizedConvolution whose r is a per-tensor symmetric Dequantize(q, s) of an i8 q takes q
+  /// as the residual and s as its scale (input 8): the shortcut is read as one byte an element,
+  /// and the Dequantize goes when nothing else reads it (remove_dead_layers).
   bool fuse_residual(Layer* prod, const Epilogue& e, size_t residual_index) {
     if (e.fused_activation || prod->input(residual_index) != nullptr) return false;
     Tensor* out = prod->output();
@@ -452,9 +422,20 @@ struct Fuser {
     if (reshape != nullptr) {
       r = net.add_reshape(r, out->shape(), next->name() + "/residual")->output();
     }
+    Tensor* residual_scale = nullptr;
+    if (const Layer* dq = r->producer();
+        prod->kind() == LayerKind::kQuantizedConvolution &&
+        prod->input(0)->dtype() != DataType::kF8E4M3 && dq != nullptr &&
+        dq->kind() == LayerKind::kDequantize && dq->input(2) == nullptr &&
+        !dq->params_as<DequantizeParams>().per_channel &&
+        dq->input(0)->dtype() == DataType::kI8) {
+      r = dq->input(0);
+      residual_scale = dq->input(1);
+    }
     std::vector<Tensor*> inputs = prod->inputs();
-    inputs.resize(residual_index + 1, nullptr);
+    inputs.resize(residual_index + (residual_scale != nullptr ? 2 : 1), nullptr);
     inputs[residual_index] = r;
+    if (residual_scale != nullptr) inputs[residual_index + 1] = residual_scale;
     replace_through_reshape(net.add_layer(prod->params(), inputs, fused_name(*prod, *next)), next,
                             reshape);
     ++residuals;
@@ -523,8 +504,8 @@ struct Fuser {
     }
     if (l->kind() == LayerKind::kQuantizedConvolution && is_float(l->output()->dtype())) {
       const auto& e = l->params_as<QuantizedConvolutionParams>().epilogue;
-      return fold_qconv_affine(l) || fuse_int8_residual(l, e) || fuse_residual(l, e, 7) ||
-             fuse_activation(l) || fuse_requantize(l);
+      return fold_qconv_affine(l) || fuse_residual(l, e, 7) || fuse_activation(l) ||
+             fuse_requantize(l);
     }
     return false;
   }
