@@ -501,10 +501,9 @@ def quantize(model: Any, calibration_inputs: Iterable, dtype: Any = torch.int8,
             devices += [p.device for p in model.parameters()][:1]
         for d in devices:
             check_fp8_device(d)
-    for flag, value in (("quantize_residuals", quantize_residuals),):
-        if not isinstance(value, bool):
-            raise TypeError(f"ember.quantize: {flag} must be True or False, got "
-                            f"{type(value).__name__} {value!r}")
+    if not isinstance(quantize_residuals, bool):
+        raise TypeError("ember.quantize: quantize_residuals must be True or False, got "
+                        f"{type(quantize_residuals).__name__} {quantize_residuals!r}")
     if not isinstance(include_grouped_convolutions, bool):
         raise TypeError("ember.quantize: include_grouped_convolutions must be True or False, got "
                         f"{type(include_grouped_convolutions).__name__} "
