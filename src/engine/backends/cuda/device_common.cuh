@@ -11,6 +11,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/semantics/activation.h"
+#include "backends/semantics/fused_pointwise.h"
 
 namespace ember::engine::cuda {
 
@@ -151,21 +152,8 @@ template <int N>
 bool make_index_map(const std::vector<int64_t>& dims,
                     const std::vector<std::vector<int64_t>>& strides, IndexMap<N>& m) {
   std::vector<int64_t> md;
-  std::vector<std::vector<int64_t>> ms(N);
-  for (size_t d = 0; d < dims.size(); ++d) {
-    if (dims[d] == 1) continue;
-    if (!md.empty()) {
-      bool merge = true;
-      for (int k = 0; k < N; ++k) merge &= ms[k].back() == strides[k][d] * dims[d];
-      if (merge) {
-        md.back() *= dims[d];
-        for (int k = 0; k < N; ++k) ms[k].back() = strides[k][d];
-        continue;
-      }
-    }
-    md.push_back(dims[d]);
-    for (int k = 0; k < N; ++k) ms[k].push_back(strides[k][d]);
-  }
+  std::vector<std::vector<int64_t>> ms;
+  semantics::merge_walk_dims(dims, strides, /*keep_last=*/false, md, ms);
   if (md.size() > static_cast<size_t>(kMaxRank)) return false;
   m.rank = static_cast<int>(md.size());
   for (int d = 0; d < m.rank; ++d) {
