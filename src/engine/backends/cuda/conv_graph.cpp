@@ -812,13 +812,6 @@ cudnnStatus_t run_kept(ConvGraphPrep& prep, cudnnHandle_t handle, std::vector<vo
   return cudnnBackendExecute(handle, prep.plan.get(), prep.pack.get());
 }
 
-/// Whether two byte ranges of length `bytes` starting at p and q overlap.
-bool overlaps(const void* p, const void* q, size_t bytes) {
-  const auto* a = static_cast<const uint8_t*>(p);
-  const auto* b = static_cast<const uint8_t*>(q);
-  return a < b + bytes && b < a + bytes;
-}
-
 const char* mode_name(cudnnBackendHeurMode_t m) {
   return m == CUDNN_HEUR_MODE_A ? "A" : m == CUDNN_HEUR_MODE_FALLBACK ? "fallback" : "other";
 }

@@ -60,6 +60,14 @@ bool tactic_log();
 /// compute capability, and the CUDA runtime, cuBLASLt and cuDNN versions.
 const std::string& timing_device_key();
 
+/// Whether two byte ranges of length `bytes` starting at p and q overlap (a residual that
+/// shares the output's memory: repeated launches would add it again and again).
+inline bool overlaps(const void* p, const void* q, size_t bytes) {
+  const auto* a = static_cast<const uint8_t*>(p);
+  const auto* b = static_cast<const uint8_t*>(q);
+  return a < b + bytes && b < a + bytes;
+}
+
 /// A two-way tactic choice (one byte, 0 or 1: cuDNN's attention against Ember's kernel, Ember's
 /// depthwise kernel against cuDNN) in `cache` for `problem` on this device, or nothing (no
 /// cache, none stored, or bytes that are not such a choice: timed again). A choice loaded from a

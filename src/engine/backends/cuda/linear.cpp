@@ -556,13 +556,6 @@ void init_output(DeviceTensor& out, const void* bias, cudaStream_t stream,
   launch_fill_channel_bias(out.dtype, out.data, bias, batch, channels, plane, stream);
 }
 
-/// Whether two byte ranges of length `bytes` starting at p and q overlap.
-bool overlaps(const void* p, const void* q, size_t bytes) {
-  const auto* a = static_cast<const uint8_t*>(p);
-  const auto* b = static_cast<const uint8_t*>(q);
-  return a < b + bytes && b < a + bytes;
-}
-
 /// The epilogue residual input `index` (nullptr when absent); it must match the output.
 const void* epilogue_residual(const CudaArgs& a, size_t index, const char* layer) {
   if (!a.has(index)) return nullptr;
