@@ -61,11 +61,6 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `int8_plain_norms` / `fp8_plain_norms`: `int8` / `fp8` with EMBER_QUANTIZE_NORM_OUTPUTS=0
   while built, so each layer norm before a quantized product keeps a Quantize pass of its own
   instead of writing the quantized tensor itself (the A/B of the quantize_norm_outputs pass).
-- `int8_lib` / `int8_graph` / `int8_gemm`: `int8` with EMBER_QCONV=lib (an INT8 convolution
-  that requantizes to int8 behind a relu takes cuBLASLt's IMMA GEMM with the requantization in
-  its epilogue before cuDNN's graph; by default the two are timed per layer), graph (cuDNN's
-  graph first, never that GEMM) or gemm (every INT8 convolution on the GEMM path, that epilogue
-  included where it applies).
 Eager PyTorch f16 is timed in the same process for scale. Set EMBER_LAYER_PROFILE=1 to have the
 CUDA back end print, at exit, the host time per layer kind of the layer-by-layer calls.
 """
@@ -88,7 +83,7 @@ VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductio
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8", "int8_plain_norms", "fp8_plain_norms", "half_written_rms",
-            "half_unpadded_channels", "half_no_space_to_depth", "int8_lib", "int8_graph", "int8_gemm")
+            "half_unpadded_channels", "half_no_space_to_depth")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -142,9 +137,6 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_unpadded_channels": ("EMBER_PAD_CONV_CHANNELS", "0"),
                 "half_no_space_to_depth": ("EMBER_SPACE_TO_DEPTH", "0"),
                 "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
-                "int8_lib": ("EMBER_QCONV", "lib"),
-                "int8_graph": ("EMBER_QCONV", "graph"),
-                "int8_gemm": ("EMBER_QCONV", "gemm"),
                 "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None

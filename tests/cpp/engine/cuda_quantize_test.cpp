@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "backends/cuda/conv_graph.h"
-#include "backends/cuda/quantize_kernels.h"
 #include "builder/passes/passes.h"
 #include "cuda_test_util.h"
 #include "ember/engine/half.h"
@@ -379,17 +378,6 @@ bool graph_selected(bool fp8) {
   return fp8 ? q == "graph" : q != "gemm" && q != "cudnn";
 }
 
-/// quantized_conv.cpp's lib_order under the current EMBER_QCONV: an INT8 layer that cuBLASLt
-/// can requantize itself takes that GEMM first (lib, gemm), times it against cuDNN's graph
-/// (unset), or never takes it (graph, cudnn).
-enum class LibOrder { kNone, kFirst, kTimed };
-LibOrder lib_order() {
-  const char* v = std::getenv("EMBER_QCONV");
-  const std::string q = v != nullptr ? v : "";
-  if (q == "lib" || q == "gemm") return LibOrder::kFirst;
-  return q == "graph" || q == "cudnn" ? LibOrder::kNone : LibOrder::kTimed;
-}
-
 /// Calls f(k, sum, abs_sum) for each NCHW output element of a 2-d convolution with groups = 1:
 /// its output channel, sum x * w and sum |x * w| over its taps in double, with x(i) and w(i)
 /// the decoded values of x's and w's i-th NCHW / KCRS elements.
@@ -453,22 +441,12 @@ struct TieValue {
   double value = 0.0, window = 0.0;
 };
 
-/// One ulp of a float type with `mantissa_bits` at v (0 for v = 0 or an f32 type).
-double ulp_at(double v, int mantissa_bits) {
-  if (mantissa_bits == 0 || v == 0.0) return 0.0;
-  int e = 0;
-  std::frexp(v, &e);  // |v| in [2^(e-1), 2^e)
-  return std::ldexp(1.0, e - 1 - mantissa_bits);
-}
-
 /// Per NCHW output element of a 2-d INT8 convolution with groups = 1 that requantizes to int8:
 /// the value the reference rounds (the scaled, biased sum plus the residual's NCHW values when
 /// given, rounded to the layer's float type, after the relu, over out_scale), in double, and
 /// its window: 2^-10 for the f32 steps' last bits, plus, for a 16-bit float type, one ulp of
 /// that type at the value over out_scale (a last-bit difference before that rounding moves the
-/// value by a whole ulp), plus half an ulp of that type at the residual over out_scale (a path
-/// that adds an int8 residual's q * scale in f32, as cuBLASLt's epilogue does, skips the
-/// reference's rounding of it to the float type). expect_int8_within_ties takes them.
+/// value by a whole ulp). expect_int8_within_ties takes them.
 std::vector<TieValue> int8_requantized_values(const CudaQConv& c, const TestTensor& x,
                                               const std::vector<int8_t>& w, float x_scale,
                                               const std::vector<float>& w_scale,
@@ -481,16 +459,17 @@ std::vector<TieValue> int8_requantized_values(const CudaQConv& c, const TestTens
       [&](int64_t i) { return w[static_cast<size_t>(i)]; },
       [&](int64_t kk, double sum, double) {
         double v = sum * x_scale * w_scale[static_cast<size_t>(kk) % w_scale.size()];
-        double window = 1.0 / 1024.0;
         if (!bias.empty()) v += bias[static_cast<size_t>(kk)];
-        if (!residual.empty()) {
-          v += residual[values.size()];
-          window += ulp_at(residual[values.size()], mantissa_bits) / 2.0 / out_scale;
-        }
+        if (!residual.empty()) v += residual[values.size()];
         // The reference rounds to the layer's float type before the requantization.
         v = TestTensor::floats(c.out, {1}, {static_cast<float>(v)}).to_floats()[0];
         if (c.relu) v = std::max(v, 0.0);
-        window += ulp_at(v, mantissa_bits) / out_scale;
+        double window = 1.0 / 1024.0;
+        if (mantissa_bits > 0 && v != 0.0) {
+          int e = 0;
+          std::frexp(v, &e);  // |v| in [2^(e-1), 2^e)
+          window += std::ldexp(1.0, e - 1 - mantissa_bits) / out_scale;
+        }
         values.push_back({v / out_scale, window});
       });
   return values;
@@ -614,25 +593,16 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   check_bytes_and_floats(net, ins, what + " (NCHW)", ChannelsLast::kOff, c.fp8, sum_error);
   // Under channels_last, the cases the implicit-GEMM graph takes (quantized_conv.cpp's
   // run_graph) run there on Hopper; the others never do.
-  // cuBLASLt's requantizing IMMA epilogue (lib_requantization_applies: an int8 output in the
-  // library's saturation range, a relu or none, no residual but an int8 one) comes first
-  // (takes_lib) or is timed against the graph, whose timing runs both (may_take_lib).
-  const bool lib_applies = !c.fp8 && c.x_dims.size() == 4 && c.groups == 1 &&
-                           c.zero_point < 0 && c.w_dims[0] % 4 == 0 && c.requantize &&
-                           (c.quant_min == -128 || c.relu) &&
-                           (c.residual_dims.empty() || c.residual_int8);
-  const bool takes_lib = lib_applies && lib_order() == LibOrder::kFirst;
-  const bool may_take_lib = lib_applies && lib_order() != LibOrder::kNone;
   const int64_t multiple = c.fp8 ? 16 : 4;
   const bool takes_graph =
-      graph_selected(c.fp8) && !takes_lib && c.x_dims.size() == 4 && c.groups == 1 &&
-      c.zero_point < 0 && c.x_dims[1] % multiple == 0 && c.w_dims[0] % multiple == 0 &&
+      graph_selected(c.fp8) && c.x_dims.size() == 4 && c.groups == 1 && c.zero_point < 0 &&
+      c.x_dims[1] % multiple == 0 && c.w_dims[0] % multiple == 0 &&
       !(c.residual_int8 && !c.requantize);  // cuDNN had no engine for that one (run_graph)
   // The graph requantizes to int8 from the scales applied one by one (the reference multiplies
   // by their product first): at a rounding tie a value may land on the tie's other side.
   // With exact scales (powers of two, no bias) both orders are exact: bytes must match.
   std::vector<TieValue> int8_values;
-  if ((takes_graph || may_take_lib) && c.requantize && !c.fp8 && !c.exact_scales) {
+  if (takes_graph && c.requantize && !c.fp8 && !c.exact_scales) {
     std::vector<float> residual;  // as the layer reads it (layers.h), one per element
     if (!c.residual_dims.empty() && c.residual_int8) {
       for (const uint8_t q : ins.back().bytes) {
@@ -645,17 +615,10 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     int8_values =
         int8_requantized_values(c, xt, w8, c.x_scale, ws, bias, c.out_scale, residual);
   }
-  const int64_t lib_before = cuda::int8_lib_requantized_runs();
   const int64_t graph_runs = graph_executions_during([&] {
     check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
                            sum_error, int8_values);
   });
-  const int64_t lib_runs = cuda::int8_lib_requantized_runs() - lib_before;
-  if (!may_take_lib) {
-    EXPECT_EQ(lib_runs, 0) << what;
-  } else if (expect_quantized_graph_engines()) {  // Hopper's cuBLASLt: IMMA with an int8 D
-    EXPECT_GT(lib_runs, 0) << what << ": cuBLASLt's requantizing GEMM did not run it";
-  }
   if (!takes_graph) {
     EXPECT_EQ(graph_runs, 0) << what;
   } else if (expect_quantized_graph_engines()) {
@@ -774,11 +737,6 @@ void check_int8_convolutions() {
   ties.quant_min = -127;
   ties.exact_scales = true;
   check_convolution(ties, "1x1 requantized at exact rounding ties");
-  // The same behind a relu, the form cuBLASLt's requantizing epilogue takes (EMBER_QCONV=lib
-  // and gemm): its rounding of exact ties must be half to even too.
-  CudaQConv ties_relu = ties;
-  ties_relu.relu = true;
-  check_convolution(ties_relu, "1x1 relu, requantized at exact rounding ties");
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {
@@ -792,15 +750,6 @@ TEST(CudaQuantize, Int8ConvolutionThroughTheGemmMatchesTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   setenv("EMBER_QCONV", "gemm", 1);
   EXPECT_EQ(graph_executions_during(check_int8_convolutions), 0);
-  unsetenv("EMBER_QCONV");
-}
-
-TEST(CudaQuantize, Int8ConvolutionRequantizedByCublasLtMatchesTheReference) {
-  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
-  setenv("EMBER_QCONV", "lib", 1);
-  const int64_t before = cuda::int8_lib_requantized_runs();
-  check_int8_convolutions();
-  if (expect_quantized_graph_engines()) EXPECT_GT(cuda::int8_lib_requantized_runs(), before);
   unsetenv("EMBER_QCONV");
 }
 

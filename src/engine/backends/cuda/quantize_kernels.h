@@ -97,31 +97,6 @@ bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int
                           int64_t n, int64_t k, void* value, void* out, DataType float_type,
                           const ProductEpilogue& e, void* ws, float* row_scales = nullptr);
 
-/// An INT8 product requantized to int8 by cuBLASLt's own epilogue (int8_gemm_requantized):
-/// D = sat_int8(round(relu(alpha[c] * sum + beta * residual + bias[c]))), f32 arithmetic, one
-/// rounding. The caller folds the scales into it once: alpha[c] = x_scale * w_scale[c] * scale /
-/// out_scale, bias[c] = the layer's bias / out_scale, beta = residual_scale / out_scale.
-struct Int8LibRequantization {
-  const float* alpha = nullptr;  ///< n multipliers, one per output channel (device).
-  const float* bias = nullptr;   ///< n f32 values (device); nullptr: none.
-  bool relu = false;
-  const void* residual = nullptr;  ///< int8 in the output's layout; nullptr: none.
-  float beta = 0.0f;               ///< The residual's factor (host).
-};
-
-/// out[m, n] (int8, row-major) from act[m, k] w[n, k]^T (both int8, K-contiguous) through
-/// cuBLASLt's IMMA kernels with `r` in their epilogue: no int32 sums in memory and no pass
-/// after the GEMM. The library rounds to nearest even and saturates to [-128, 127], so a
-/// layer whose range is narrower comes here only when a relu makes that the same. False, with
-/// nothing enqueued, when cuBLASLt takes no such problem (or has no such pointer mode). `ws`:
-/// kInt8GemmWorkspaceBytes of cuBLASLt workspace.
-bool int8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int64_t m,
-                           int64_t n, int64_t k, void* out, const Int8LibRequantization& r,
-                           void* ws);
-
-/// How many quantized-convolution calls int8_gemm_requantized ran (atomic; tests).
-int64_t int8_lib_requantized_runs();
-
 /// The rest of `e` after a library wrote the product's value y (`total` elements of
 /// `float_type`, already scaled, biased and rounded; e.g. cuBLASLt's FP8 GEMM with a 16-bit
 /// output): the activation when e.activation (rounded to the float type again), then the

@@ -51,22 +51,16 @@
 #include <cudnn.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <string>
-#include <vector>
 
 #include "backends/cuda/conv_graph.h"
 #include "backends/cuda/cuda_backend.h"
-#include "backends/cuda/linear_kernels.h"
 #include "backends/cuda/quantize_kernels.h"
-#include "backends/semantics/quantize.h"
-#include "ember/engine/half.h"
 
 namespace ember::engine::cuda {
 
@@ -258,103 +252,6 @@ const PackedWeight* packed_weight(const CudaArgs& a, const QConvGeometry& g, int
   return made;
 }
 
-std::atomic<int64_t> lib_requantized_runs{0};
-
-/// The engine constant behind input `i` of `layer`, or nullptr (absent, or computed at run time).
-const Weights* constant_input(const Layer* layer, size_t i) {
-  const Tensor* t = layer != nullptr ? layer->input(i) : nullptr;
-  if (t == nullptr || t->producer() == nullptr ||
-      t->producer()->kind() != LayerKind::kConstant) {
-    return nullptr;
-  }
-  return &t->producer()->params_as<ConstantParams>().weights;
-}
-
-/// Element i of an f32, f16 or bf16 constant as f32.
-float constant_at(const Weights& w, int64_t i) {
-  switch (w.dtype()) {
-    case DataType::kF16: return f16_to_f32(w.as<uint16_t>()[i]);
-    case DataType::kBF16: return bf16_to_f32(w.as<uint16_t>()[i]);
-    default: return w.as<float>()[i];
-  }
-}
-
-/// The multipliers and biases of cuBLASLt's requantizing epilogue for one layer
-/// (Int8LibRequantization), folded once from the engine's constants on the layer's first eager
-/// call and kept with the layer: alpha and bias in one device buffer, beta on the host.
-/// `usable` false: the layer's scales are not all constants, or cuBLASLt refused the problem
-/// (asked once).
-struct LibRequantization final : PreparedLaunch {
-  bool usable = false;
-  int choice = -1;  ///< Against cuDNN's graph (lib_beats_graph): -1 not yet, 0 graph, 1 cuBLASLt.
-  std::vector<float> host;  ///< alpha[0, K), then bias[0, K): what `vectors` was copied from.
-  DeviceBuffer vectors;
-  Int8LibRequantization r;
-};
-
-constexpr int kLibRequantSlot = 2;  // 0: the packed weight; 1: cuDNN's graph (conv_graph.cpp)
-
-/// Whether cuBLASLt's requantizing IMMA epilogue can be this layer's: symmetric int8 x, a
-/// channels_last output whose channels are the GEMM's (K a multiple of 4), a requantization to
-/// int8 whose range the library's saturation gives ([-128, 127], or [quant_min, 127] behind a
-/// relu), no activation but a relu, and no residual but an int8 one (C must be D's type).
-bool lib_requantization_applies(const CudaArgs& a, const QConvGeometry& g,
-                                const ProductEpilogue& e) {
-  const bool relu = e.activation && e.type == ActivationType::kRelu && e.alpha == 0.0f &&
-                    e.beta == 0.0f;
-  return a.in(0).dtype == DataType::kI8 && !a.has(6) && g.channels_last &&
-         g.out_channels % 4 == 0 && e.out_scale != nullptr && !e.fp8_out &&
-         e.quant_max == 127.0f && (e.quant_min == -128.0f || relu) &&
-         (!e.activation || relu) && (e.residual == nullptr || e.residual_scale != nullptr) &&
-         a.layer != nullptr;
-}
-
-/// The layer's LibRequantization when it is usable (made now on an eager call), else nullptr.
-LibRequantization* lib_requantization(const CudaArgs& a, const QConvGeometry& g,
-                                      const ProductEpilogue& e) {
-  if (!lib_requantization_applies(a, g, e) || !a.res->keeps_prepared()) return nullptr;
-  if (auto* kept = static_cast<LibRequantization*>(a.res->prepared(a.layer, kLibRequantSlot))) {
-    return kept->usable ? kept : nullptr;
-  }
-  if (capturing(a.stream())) return nullptr;  // no allocation inside a capture
-  auto made = std::make_unique<LibRequantization>();
-  LibRequantization* state = made.get();
-  a.res->set_prepared(a.layer, kLibRequantSlot, std::move(made));
-  const Weights* xs = constant_input(a.layer, 2);
-  const Weights* ws = constant_input(a.layer, 3);
-  const Weights* bias = constant_input(a.layer, 4);
-  const Weights* os = constant_input(a.layer, 5);
-  const Weights* rs = constant_input(a.layer, 8);
-  if (xs == nullptr || ws == nullptr || os == nullptr || (a.has(4) && bias == nullptr) ||
-      (e.residual != nullptr && rs == nullptr)) {
-    return nullptr;  // scales computed at run time: the layer keeps the epilogue kernels
-  }
-  const int64_t k = g.out_channels;
-  // The reference's order (semantics::quantized_product_value, then * 1 / out_scale) with the
-  // factors multiplied first: the same value up to the last bits of f32.
-  const float inv = semantics::quant_inv_scale(constant_at(*os, 0));
-  const float x_scale = constant_at(*xs, 0);
-  state->host.resize(static_cast<size_t>(2 * k));
-  for (int64_t c = 0; c < k; ++c) {
-    const float w_scale = constant_at(*ws, ws->numel() > 1 ? c : 0);
-    state->host[static_cast<size_t>(c)] = x_scale * w_scale * e.scale * inv;
-    state->host[static_cast<size_t>(k + c)] = bias != nullptr ? constant_at(*bias, c) * inv : 0.0f;
-  }
-  state->vectors = DeviceBuffer(a.res->allocator(), state->host.size() * sizeof(float),
-                                "quantized convolution requantization vectors");
-  check(cudaMemcpyAsync(state->vectors.get(), state->host.data(),
-                        state->host.size() * sizeof(float), cudaMemcpyHostToDevice, a.stream()),
-        "cudaMemcpyAsync (requantization vectors)");
-  const auto* vec = static_cast<const float*>(state->vectors.get());
-  state->r.alpha = vec;
-  state->r.bias = bias != nullptr ? vec + k : nullptr;
-  state->r.relu = e.activation;
-  state->r.residual = e.residual;
-  state->r.beta = e.residual != nullptr ? constant_at(*rs, 0) * inv : 0.0f;
-  state->usable = true;
-  return state;
-}
-
 /// Path 1: im2col and cuBLASLt's GEMM; false when cuBLASLt refuses (only workspace written).
 /// INT8 (int8 or uint8 x) pads the channels to multiples of 4 and sums in int32; FP8 E4M3 pads
 /// them to multiples of 16 (what its GEMM wants) and sums in f32. The packing kernels copy
@@ -366,13 +263,8 @@ LibRequantization* lib_requantization(const CudaArgs& a, const QConvGeometry& g,
 /// NHWC already: xn is x itself when its channels are the GEMM's (no copy), and the epilogue
 /// writes NHWC rows without a transpose. Before, one kernel wrote
 /// col byte by byte straight from NCHW (reads strided by H * W): 6.1 of ResNet-50's 10.4 ms.
-///
-/// `lib`: cuBLASLt requantizes in its own epilogue (int8_gemm_requantized): the GEMM writes the
-/// int8 output and nothing follows it. With `lib_only`, a refusal returns false before the
-/// int32 sums are tried (the caller then takes cuDNN's graph).
 bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QConvGeometry& g,
-              ProductEpilogue e, std::string& why, LibRequantization* lib = nullptr,
-              bool lib_only = false) {
+              ProductEpilogue e, std::string& why) {
   const DeviceTensor& x = a.in(0);
   const DeviceTensor& w = a.in(1);
   const bool fp8 = x.dtype == DataType::kF8E4M3;
@@ -462,19 +354,6 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
                                              base, row_scales)) {
     return true;
   }
-  if (lib != nullptr) {
-    // The residual pointer is this call's (the arena may place it elsewhere per shape).
-    lib->r.residual = e.residual;
-    if (int8_gemm_requantized(a, col, wpk, m, kp, kd, a.out().data, lib->r, base)) {
-      lib_requantized_runs.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-    lib->usable = false;  // cuBLASLt has no such kernel: not asked again for this layer
-    if (lib_only) {
-      why = "cuBLASLt has no INT8 GEMM that requantizes in its epilogue for it";
-      return false;  // im2col and the packing wrote only workspace
-    }
-  }
   const bool ran = fp8 ? fp8_gemm_tn(a, col, wpk, m, kp, kd, static_cast<float*>(acc), base)
                        : int8_gemm_tn(a, col, wpk, m, kp, kd, static_cast<int32_t*>(acc), base);
   if (!ran) {
@@ -485,26 +364,6 @@ bool run_gemm(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCon
   }
   launch_qconv_epilogue(acc, /*int32_acc=*/!fp8, a.out().data, p.out, g, kp, e, a.stream());
   return true;
-}
-
-/// The layer's problem as the tactic log and the timing cache name it: types, shapes,
-/// geometry and the epilogue's form.
-std::string qconv_problem(const QuantizedConvolutionParams& p, const CudaArgs& a,
-                          const ProductEpilogue& e) {
-  const DeviceTensor& x = a.in(0);
-  const DeviceTensor& w = a.in(1);
-  const DeviceTensor& out = a.out();
-  return std::string("qconv ") + dtype_name(x.dtype) + "->" + dtype_name(out.dtype) +
-         " float=" + dtype_name(p.out) + " x=" + dims_to_string(x.dims) +
-         " w=" + dims_to_string(w.dims) + " y=" + dims_to_string(out.dims) +
-         " stride=" + dims_to_string(p.stride) + " pad=" + dims_to_string(p.padding_begin) +
-         dims_to_string(p.padding_end) + " dilation=" + dims_to_string(p.dilation) +
-         " epilogue=" + (e.per_channel ? "k" : "1") + (e.bias ? "b" : "") +
-         (e.residual ? (e.residual_scale ? "r8" : "r") : "") + (e.activation ? "a" : "") +
-         (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) +
-         (e.out_scale && !e.fp8_out
-              ? " range=" + std::to_string(e.quant_min) + ":" + std::to_string(e.quant_max)
-              : std::string());
 }
 
 /// The implicit-GEMM path (conv_graph.cpp's run_quantized_conv_graph): cuDNN's graph of the
@@ -539,7 +398,23 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   options.fusion = ConvGraphOptions::Fusion::kForce;
   options.max_workspace = kInt8GemmWorkspaceBytes;
   options.log = tactic_log();
-  options.problem = [&] { return qconv_problem(p, a, e) + ";"; };
+  options.problem = [&] {
+    std::string s = std::string("qconv ") + dtype_name(x.dtype) + "->" + dtype_name(out.dtype) +
+                    " float=" + dtype_name(p.out) +
+                    " x=" + dims_to_string(x.dims) + " w=" + dims_to_string(w.dims) +
+                    " y=" + dims_to_string(out.dims) + " stride=" + dims_to_string(p.stride) +
+                    " pad=" + dims_to_string(p.padding_begin) + dims_to_string(p.padding_end) +
+                    " dilation=" + dims_to_string(p.dilation) +
+                    " epilogue=" + (e.per_channel ? "k" : "1") + (e.bias ? "b" : "") +
+                    (e.residual ? (e.residual_scale ? "r8" : "r") : "") +
+                    (e.activation ? "a" : "") +
+                    (e.out_scale ? "q" : "") + " scale=" + std::to_string(e.scale) +
+                    (e.out_scale && !e.fp8_out ? " range=" + std::to_string(e.quant_min) + ":" +
+                                                     std::to_string(e.quant_max)
+                                               : std::string()) +
+                    ";";
+    return s;
+  };
   switch (run_quantized_conv_graph(p, e, a, options, &why)) {
     case ConvGraphStatus::kRan: return true;
     case ConvGraphStatus::kNotCovered: why.clear(); return false;
@@ -568,65 +443,7 @@ bool graph_first(DataType x_type) {
          (v == nullptr || (std::strcmp(v, "gemm") != 0 && std::strcmp(v, "cudnn") != 0));
 }
 
-/// How an INT8 layer that cuBLASLt can requantize itself (lib_requantization_applies) chooses
-/// between that GEMM and cuDNN's graph: timed per layer (the default), the GEMM first
-/// (EMBER_QCONV=lib, and on the GEMM path, gemm), or not at all (graph, cudnn). Read per call,
-/// so a process (or a test) can compare them.
-enum class LibOrder { kNone, kFirst, kTimed };
-
-LibOrder lib_order() {
-  const char* v = std::getenv("EMBER_QCONV");
-  if (v == nullptr) return LibOrder::kTimed;
-  if (std::strcmp(v, "lib") == 0 || std::strcmp(v, "gemm") == 0) return LibOrder::kFirst;
-  return std::strcmp(v, "graph") == 0 || std::strcmp(v, "cudnn") == 0 ? LibOrder::kNone
-                                                                      : LibOrder::kTimed;
-}
-
-/// Whether cuBLASLt's requantizing GEMM runs this layer rather than cuDNN's graph: the layer's
-/// kept choice, else the timing cache's, else timed now (eager calls: each path's first run
-/// prepares it, then the best of three pairs of launches each, behind the stream gate). A
-/// capture keeps the graph, untimed; a residual sharing y's memory (which the graph does not
-/// take, and repeated launches would add again) takes the GEMM, untimed.
-bool lib_beats_graph(const QuantizedConvolutionParams& p, const CudaArgs& a,
-                     const QConvGeometry& g, const ProductEpilogue& e, LibRequantization& lib) {
-  if (lib.choice >= 0) return lib.choice == 1;
-  const DeviceTensor& y = a.out();
-  if (e.residual != nullptr && overlaps(e.residual, y.data, y.nbytes())) return true;
-  const std::string problem = "lib/graph " + qconv_problem(p, a, e);
-  TimingCache* cache = a.res->timing_cache();
-  std::optional<bool> use_lib = lookup_choice(cache, problem);
-  if (!use_lib) {
-    if (capturing(a.stream())) return false;
-    std::string why;
-    auto graph = [&] { return run_graph(p, a, g, e, why); };
-    auto gemm = [&] { return run_gemm(p, a, g, e, why, &lib, /*lib_only=*/true); };
-    const bool graph_ran = graph(), gemm_ran = gemm();
-    float graph_ms = graph_ran ? 1e30f : -1.0f, gemm_ms = gemm_ran ? 1e30f : -1.0f;
-    if (graph_ran && gemm_ran) {
-      TacticTimer timer;
-      for (int rep = 0; rep < 3; ++rep) {
-        graph_ms = std::min(graph_ms, time_launches(timer, a.stream(), graph));
-        gemm_ms = std::min(gemm_ms, time_launches(timer, a.stream(), gemm));
-      }
-    }
-    use_lib = gemm_ms >= 0.0f && (graph_ms < 0.0f || gemm_ms < graph_ms);
-    if (tactic_log()) {
-      std::fprintf(stderr,
-                   "[ember tactic] %s: cuDNN graph %.4f ms, cuBLASLt requantizing GEMM %.4f ms "
-                   "(2 runs; -1: did not run) -> %s\n",
-                   problem.c_str(), graph_ms, gemm_ms, *use_lib ? "cuBLASLt" : "cuDNN graph");
-    }
-    store_choice(cache, problem, *use_lib);
-  }
-  lib.choice = *use_lib ? 1 : 0;
-  return *use_lib;
-}
-
 }  // namespace
-
-int64_t int8_lib_requantized_runs() {
-  return lib_requantized_runs.load(std::memory_order_relaxed);
-}
 
 std::string qconv_direct_reason(const QuantizedConvolutionParams& p) {
   if (p.stride.size() == 3) {
@@ -653,18 +470,7 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
     // The implicit-GEMM graph first; its refusal is kept with the layer's state (cuDNN is asked
     // once per layer and problem), printed under the tactic log on each eager call, and the
     // layer takes the paths below.
-    std::string graph_why, lib_why;
-    // cuBLASLt's IMMA GEMM requantizing in its own epilogue, where it applies and is selected.
-    const LibOrder order = why.empty() ? lib_order() : LibOrder::kNone;
-    LibRequantization* lib = order != LibOrder::kNone ? lib_requantization(a, g, e) : nullptr;
-    if (lib != nullptr && (order == LibOrder::kFirst || lib_beats_graph(p, a, g, e, *lib)) &&
-        run_gemm(p, a, g, e, lib_why, lib, /*lib_only=*/true)) {
-      return;
-    }
-    if (!lib_why.empty() && tactic_log()) {
-      std::fprintf(stderr, "[ember tactic] %s: %s\n", a.layer->describe().c_str(),
-                   lib_why.c_str());
-    }
+    std::string graph_why;
     if (why.empty() && graph_first(x.dtype) && run_graph(p, a, g, e, graph_why)) return;
     if (!graph_why.empty() && tactic_log()) {
       std::fprintf(stderr, "[ember tactic] %s: no cuDNN graph: %s\n",

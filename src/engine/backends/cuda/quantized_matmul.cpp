@@ -162,11 +162,7 @@ struct LibEpilogue {
   const void* bias = nullptr;
   bool relu = false;
   float alpha = 1.0f;
-  const void* residual = nullptr;  ///< C (d's type and layout), added with beta; or none.
-  float beta = 1.0f;               ///< The residual's factor (host).
-  /// INT8 into an int8 d (cuBLASLt requantizes): one f32 multiplier per output column (our n;
-  /// device), in place of alpha, with f32 scale type, an f32 bias and an int8 residual.
-  const float* alpha_vector = nullptr;
+  const void* residual = nullptr;  ///< C (d's type and layout), added with beta 1; or none.
 };
 
 /// `outer_vectors` (FP8 only): w_scale is a vector of n scales (one per output column) and
@@ -180,27 +176,12 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
       !aligned_to(d, 16)) {
     return false;
   }
-  // INT8 with an int8 d: int32 sums, f32 scales (alpha one per output column), and the
-  // library's rounding and saturation to int8 (int8_gemm_requantized).
-  const bool int8_out = !fp8 && lib != nullptr && lib->alpha_vector != nullptr;
-  if (!fp8 && lib != nullptr && !int8_out) return false;  // INT8's epilogue is ours otherwise
   auto handle = static_cast<cublasLtHandle_t>(a.res->cublaslt());
   Desc op;
   qlt_check(cublasLtMatmulDescCreate(&op.h, fp8 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32I,
-                                     fp8 || int8_out ? CUDA_R_32F : CUDA_R_32I),
+                                     fp8 ? CUDA_R_32F : CUDA_R_32I),
             "cublasLtMatmulDescCreate");
   set_tn(op.h);
-  if (int8_out) {
-    // Alpha is a device vector; beta a host scalar with a residual, else zero. A cuBLASLt
-    // without these modes refuses here: no such path then.
-    const cublasLtPointerMode_t mode = lib->residual != nullptr
-                                           ? CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST
-                                           : CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_ZERO;
-    if (cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode,
-                                       sizeof(mode)) != CUBLAS_STATUS_SUCCESS) {
-      return false;
-    }
-  }
   if (outer_vectors && (!fp8 || w_scale == nullptr || act_scale == nullptr)) return false;
   if (outer_vectors) {
     // One scale per row of the library's A (our n) and per column of its B (our m); the two
@@ -234,10 +215,8 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
       qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                &lib->bias, sizeof(lib->bias)),
                 "set bias pointer");
-      // IMMA kernels with an int8 d take an f32 bias (the scale type); the others d's type.
-      const cudaDataType_t bias_type = int8_out ? CUDA_R_32F : d_type;
       qlt_check(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                               &bias_type, sizeof(bias_type)),
+                                               &d_type, sizeof(d_type)),
                 "set bias type");
     }
   }
@@ -256,22 +235,18 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
   qlt_check(cublasLtMatrixLayoutCreate(&first.h, q, k, n, k), "layout b");
   qlt_check(cublasLtMatrixLayoutCreate(&second.h, q, k, m, k), "layout a");
   qlt_check(cublasLtMatrixLayoutCreate(&out.h, d_type, n, m, n), "layout out");
-  // The scale type is f32 for FP8 and for an int8 d, int32 for INT8 sums. A residual is C with
-  // beta (D = alpha * scales * sum + beta * C, then the bias and relu epilogue), in D's type
-  // and layout: 16-bit for FP8, int8 for an int8 d.
+  // The scale type is the compute type's: f32 for FP8, int32 for INT8. A residual is C with
+  // beta 1 (FP8 only: D = alpha * scales * sum + C, then the bias and relu epilogue), in D's
+  // type and layout, which is what cuBLASLt's FP8 kernels take for a 16-bit D.
   const void* residual = lib != nullptr ? lib->residual : nullptr;
-  if (residual != nullptr && ((!fp8 && !int8_out) || !aligned_to(residual, 16))) return false;
+  if (residual != nullptr && (!fp8 || !aligned_to(residual, 16))) return false;
   const float f_one = lib != nullptr ? lib->alpha : 1.0f;
-  const float f_beta = residual != nullptr ? lib->beta : 0.0f;
+  const float f_beta = residual != nullptr ? 1.0f : 0.0f;
   const int32_t i_one = 1, i_zero = 0;
-  const void* alpha = int8_out ? static_cast<const void*>(lib->alpha_vector)
-                      : fp8    ? static_cast<const void*>(&f_one)
-                               : &i_one;
-  const void* beta = fp8 || int8_out ? static_cast<const void*>(&f_beta) : &i_zero;
+  const void* alpha = fp8 ? static_cast<const void*>(&f_one) : &i_one;
+  const void* beta = fp8 ? static_cast<const void*>(&f_beta) : &i_zero;
   const void* c = residual != nullptr ? residual : d;
-  const size_t d_size = d_type == CUDA_R_32F || d_type == CUDA_R_32I ? 4
-                        : d_type == CUDA_R_8I                         ? 1
-                                                                      : 2;
+  const size_t d_size = d_type == CUDA_R_32F || d_type == CUDA_R_32I ? 4 : 2;
   // The pointers' alignments (the leading dims are the shape's business: K and N multiples of
   // 4 or 16 were checked above).
   const uint32_t align_w = alignment_of({reinterpret_cast<uint64_t>(w)});
@@ -291,7 +266,7 @@ bool gemm_tn(const CudaArgs& a, bool fp8, const void* act, const void* w, int64_
                   std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                   " d=" + std::to_string(static_cast<int>(d_type)) + " scales=" +
                   (outer_vectors ? std::string("vectors") : std::to_string(w_scale != nullptr)) +
-                  " epilogue=" + std::to_string(epi) + (int8_out ? " alpha=vector" : "") +
+                  " epilogue=" + std::to_string(epi) +
                   " residual=" + std::to_string(residual != nullptr) + " fast=" +
                   std::to_string(fast) + " align=" + std::to_string(align_w) + "," +
                   std::to_string(align_act) + "," + std::to_string(align_out) +
@@ -516,18 +491,6 @@ bool fp8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int
   rest.activation = e.activation && e.type != ActivationType::kRelu;
   launch_product_finish(value, out, float_type, m * n, rest, a.stream());
   return true;
-}
-
-bool int8_gemm_requantized(const CudaArgs& a, const void* act, const void* w, int64_t m,
-                           int64_t n, int64_t k, void* out, const Int8LibRequantization& r,
-                           void* ws) {
-  LibEpilogue lib;
-  lib.bias = r.bias;
-  lib.relu = r.relu;
-  lib.residual = r.residual;
-  lib.beta = r.beta;
-  lib.alpha_vector = r.alpha;
-  return gemm_tn(a, /*fp8=*/false, act, w, m, n, k, out, CUDA_R_8I, nullptr, nullptr, ws, &lib);
 }
 
 ProductEpilogue product_epilogue_of(const Epilogue& ep, const Requantize& r, const CudaArgs& a) {
