@@ -15,7 +15,10 @@ modern convnets, segmentation, encoder-only, encoder-decoder, decoders with and 
 grouped-query attention) at batch 1 and its serving batch; `--models` narrows it (to split a
 run over several calls). A row that fails (export, build, run) is reported as a row with an
 "error" field and the others still run; with `--isolate` each row runs in its own process, so
-a CUDA error or a hang (`--row-timeout`) cannot take later rows with it. Prints markdown tables.
+a CUDA error or a hang (`--row-timeout`) cannot take later rows with it. Prints markdown tables,
+among them each row's roofline: the FLOPs of its products, the bytes its layers move and the
+least time they need on this GPU, against Ember's time (bench/roofline.py; `ember_gflop`,
+`ember_mbytes`, `ember_roofline_ms`, `ember_roofline_fraction`).
 
 Two loop patterns are timed for eager, every torch.compile mode and Ember:
 - benchmark: one input tensor reused, every output dropped (what most benchmarks do);
@@ -48,6 +51,7 @@ import ember
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models as bench_models  # noqa: E402 (bench/models.py, beside this file)
+import roofline  # noqa: E402 (bench/roofline.py)
 
 DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_ROWS = "resnet50:1,resnet50:32,bert:1,bert:32,gpt2:1,gpt2:32"
@@ -244,6 +248,8 @@ def _run_row(row: dict, name: str, batch: int, iters: int, modes: list[str],
             row[f"{prefix}_graphs_off"] = sorted(reasons)
 
     graph_stats("ember")
+    # FLOPs, bytes and the least time the engines' layers need on this GPU (bench/roofline.py).
+    roofline.add_to_row(row, engines, torch.cuda.get_device_name())
     row["ember_serving_ms"] = serving_ms(gm, pool, iters, keep)
     graph_stats("ember_after_serving")
     with torch.no_grad():
@@ -328,6 +334,25 @@ def table(rows: list[dict]) -> str:
                      f"{f(r, 'reduce_overhead_build_s', '{:.1f}')} | {f(r, 'ember_build_s', '{:.1f}')} | "
                      f"{r.get('ember_engines', '-')} | {r.get('ember_fallback_nodes', '-')} | "
                      f"{f(r, 'ember_cos', '{:.6f}')} | {f(r, 'ember_maxerr', '{:.2e}')} |")
+    return "\n".join(lines)
+
+
+def roofline_table(rows: list[dict]) -> str:
+    """What each row's engines must do at least (bench/roofline.py) and how near Ember gets."""
+    head = ("| model | batch | dtype | GFLOP | MB moved | roofline ms | Ember ms | "
+            "roofline fraction | Ember TFLOP/s |")
+    lines = ["Roofline (products' FLOPs and each layer's bytes against the GPU's peaks):", head,
+             "|" + " --- |" * 9]
+    f = cell
+    for r in rows:
+        if "ember_roofline_ms" not in r:
+            continue
+        tflops = r["ember_gflop"] / r["ember_ms"] if r.get("ember_ms") else None
+        lines.append(f"| {r['model']} | {r['batch']} | {r.get('dtype', 'f16')} | "
+                     f"{f(r, 'ember_gflop', '{:.1f}')} | {f(r, 'ember_mbytes', '{:.0f}')} | "
+                     f"{f(r, 'ember_roofline_ms')} | {f(r, 'ember_ms')} | "
+                     f"{f(r, 'ember_roofline_fraction', '{:.2f}')} | "
+                     f"{'-' if tflops is None else f'{tflops:.0f}'} |")
     return "\n".join(lines)
 
 
@@ -439,6 +464,8 @@ def main():
     print(table(ok))
     print()
     print(serving_table(ok))
+    print()
+    print(roofline_table(ok))
     if args.ember_torch_compile:
         print()
         print(torch_compile_table(ok))

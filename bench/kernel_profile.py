@@ -17,6 +17,10 @@ CUDA-graph counters are printed too, so a layer that left the fast path shows.
 inputs instead of Ember (the baseline's kernels beside Ember's: which GEMMs it picks, what it
 fuses); the engine lines are then not printed.
 
+For Ember it also prints the roofline (bench/roofline.py): the FLOPs of the engines' products,
+the bytes their layers move, the least time those need on this GPU against the GPU time
+measured, and that least time by layer type (to set beside the kernel families).
+
 Models are bench.py's (bench/models.py): any of the wide suite's.
 """
 
@@ -30,6 +34,7 @@ import torch
 
 import ember
 from bench import DTYPES, channels_last_settings, make
+import roofline  # bench/roofline.py (this script's folder is on the path)
 
 
 def main():
@@ -89,6 +94,17 @@ def main():
     total = sum(t for t, _ in totals.values())
     print(f"{args.model} batch {args.batch} {args.dtype} ({args.compiler}): {total / args.iters / 1e3:.3f} ms of GPU time per "
           f"call in {sum(n for _, n in totals.values()) // args.iters} kernels")
+    peaks = roofline.peaks_for(torch.cuda.get_device_name())
+    if engines and peaks is not None:
+        # The least time the engines' layers need on this GPU (bench/roofline.py).
+        texts = [e.inspect() for e in engines]
+        r = roofline.roofline(texts, peaks)
+        if r is not None:
+            print(f"roofline: {r['flops'] / 1e9:.1f} GFLOP in products, {r['bytes'] / 1e6:.0f} MB "
+                  f"moved, at least {r['ms']:.3f} ms on this GPU: the GPU time is at "
+                  f"{r['ms'] / (total / args.iters / 1e3):.2f} of it")
+            print("least ms by layer type:", {k: (round(ms, 4), n) for k, (ms, n) in sorted(
+                roofline.by_type(texts, peaks).items(), key=lambda kv: -kv[1][0])})
     print("| share | ms/call | calls/call | kernel |\n| --- | --- | --- | --- |")
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"| {100 * t / total:.1f}% | {t / args.iters / 1e3:.3f} | {n // args.iters} | `{name}` |")

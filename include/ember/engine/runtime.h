@@ -59,7 +59,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   /// Bytes of activation memory one context needs.
   int64_t arena_bytes() const;
   /// Per-layer information as JSON: name, type, implementation, input/output names, dtypes and
-  /// (symbolic) shapes, parameters.
+  /// (symbolic) shapes, parameters, and the layer's least work ("flops" of its products and
+  /// "bytes" it must move; null where a shape is symbolic), summed at the top level.
   std::string inspect_json() const;
   /// A new context. Contexts are independent; each owns its activation memory.
   std::unique_ptr<ExecutionContext> create_execution_context() const;

@@ -4,6 +4,7 @@
 
 #include "ember/engine/runtime.h"
 #include "plan/plan.h"
+#include "runtime/cost.h"
 
 namespace ember::engine {
 namespace {
@@ -127,6 +128,8 @@ std::string Engine::inspect_json() const {
   tensor_list(os, p.network.outputs());
   os << ", \"layers\": [";
   const auto layers = p.network.layers();
+  double flops = 0.0, bytes = 0.0;
+  bool all_static = true;
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer* l = layers[i];
     os << (i ? ",\n  " : "\n  ") << "{\"name\": " << quote(l->name()) << ", \"type\": "
@@ -135,6 +138,16 @@ std::string Engine::inspect_json() const {
     tensor_list(os, l->inputs());
     os << ", \"outputs\": ";
     tensor_list(os, l->outputs());
+    // The least work (runtime/cost.h): null where a shape is symbolic.
+    const std::optional<LayerCost> cost = layer_cost(*l);
+    if (cost) {
+      os << ", \"flops\": " << cost->flops << ", \"bytes\": " << cost->bytes;
+      flops += cost->flops;
+      bytes += cost->bytes;
+    } else {
+      os << ", \"flops\": null, \"bytes\": null";
+      all_static = false;
+    }
     os << ", \"params\": {";
     std::visit(
         [&os](const auto& params) {
@@ -144,7 +157,12 @@ std::string Engine::inspect_json() const {
         l->params());
     os << "}}";
   }
-  os << "\n]}";
+  os << "\n], ";
+  if (all_static) {
+    os << "\"flops\": " << flops << ", \"bytes\": " << bytes << "}";
+  } else {
+    os << "\"flops\": null, \"bytes\": null}";
+  }
   return os.str();
 }
 

@@ -1,0 +1,142 @@
+// layer_cost (runtime/cost.h) and the costs Engine::inspect_json reports: FLOPs of products
+// counted by hand, bytes of each distinct tensor read or written, null for symbolic shapes.
+#include <gtest/gtest.h>
+
+#include "ember/engine/builder.h"
+#include "ember/engine/runtime.h"
+#include "runtime/cost.h"
+
+namespace ember::engine {
+namespace {
+
+Tensor* zeros(Network& net, DataType t, std::vector<int64_t> dims) {
+  return net.add_constant(Weights::zeros(t, std::move(dims)))->output();
+}
+
+LayerCost cost_of(const Layer* l) {
+  const auto c = layer_cost(*l);
+  EXPECT_TRUE(c.has_value()) << l->describe();
+  return c.value_or(LayerCost{});
+}
+
+TEST(LayerCost, MatrixMultiplyCountsTwoFlopsPerMultiplyAdd) {
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kF32, {4, 8});
+  const Layer* mm = net.add_matrix_multiply(a, false, zeros(net, DataType::kF32, {8, 16}),
+                                            false, "mm");
+  const LayerCost c = cost_of(mm);
+  EXPECT_DOUBLE_EQ(c.flops, 2.0 * 4 * 16 * 8);
+  EXPECT_DOUBLE_EQ(c.bytes, (4 * 8 + 8 * 16 + 4 * 16) * 4.0);  // a, the weight, the output
+  // transpose_a: a is [8, 4], its reduced dim the first.
+  Tensor* at = net.add_input("at", DataType::kF16, {8, 4});
+  const Layer* mt = net.add_matrix_multiply(at, true, zeros(net, DataType::kF16, {8, 16}),
+                                            false, "mt");
+  EXPECT_DOUBLE_EQ(cost_of(mt).flops, 2.0 * 4 * 16 * 8);
+  EXPECT_DOUBLE_EQ(cost_of(mt).bytes, (8 * 4 + 8 * 16 + 4 * 16) * 2.0);
+}
+
+TEST(LayerCost, ConvolutionsCountTheirKernelTaps) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 3, 8, 8});
+  ConvolutionParams p;
+  p.stride = {1, 1};
+  p.padding_begin = p.padding_end = {1, 1};
+  p.dilation = {1, 1};
+  const Layer* conv = net.add_convolution(x, zeros(net, DataType::kF32, {5, 3, 3, 3}),
+                                          zeros(net, DataType::kF32, {5}), p, "conv");
+  // y [2, 5, 8, 8]: 27 multiply-adds an element.
+  EXPECT_DOUBLE_EQ(cost_of(conv).flops, 2.0 * (2 * 5 * 8 * 8) * 27);
+  EXPECT_DOUBLE_EQ(cost_of(conv).bytes, (2 * 3 * 8 * 8 + 5 * 27 + 5 + 2 * 5 * 8 * 8) * 4.0);
+  // Grouped: w [6, 1, 3, 3] with groups = 3 on 3 channels (two outputs a group).
+  ConvolutionParams g = p;
+  g.groups = 3;
+  const Layer* grouped =
+      net.add_convolution(x, zeros(net, DataType::kF32, {6, 1, 3, 3}), nullptr, g, "grouped");
+  EXPECT_DOUBLE_EQ(cost_of(grouped).flops, 2.0 * (2 * 6 * 8 * 8) * 9);
+  // Transposed: each input element meets K * taps weights (w [C, K, 3, 3]).
+  DeconvolutionParams d;
+  d.stride = {2, 2};
+  d.padding_begin = d.padding_end = {0, 0};
+  d.dilation = {1, 1};
+  d.output_padding = {0, 0};
+  const Layer* deconv = net.add_deconvolution(x, zeros(net, DataType::kF32, {3, 4, 3, 3}),
+                                              nullptr, d, "deconv");
+  EXPECT_DOUBLE_EQ(cost_of(deconv).flops, 2.0 * (2 * 3 * 8 * 8) * (4 * 9));
+}
+
+TEST(LayerCost, AttentionCountsScoresAndValuesAndHalvesCausal) {
+  Network net;
+  Tensor* q = net.add_input("q", DataType::kF16, {2, 3, 16, 8});  // B, H, L, E
+  Tensor* k = net.add_input("k", DataType::kF16, {2, 3, 16, 8});
+  Tensor* v = net.add_input("v", DataType::kF16, {2, 3, 16, 8});
+  AttentionParams p;
+  p.scale = 0.125;
+  const Layer* full = net.add_layer(p, {q, k, v}, "full");
+  EXPECT_DOUBLE_EQ(cost_of(full).flops, 2.0 * 6 * (16 * 16) * (8 + 8));
+  EXPECT_DOUBLE_EQ(cost_of(full).bytes, 4 * (2 * 3 * 16 * 8) * 2.0);  // q, k, v, out
+  p.causal = true;  // query i sees i + 1 keys: 16 * 17 / 2 pairs
+  const Layer* causal = net.add_layer(p, {q, k, v}, "causal");
+  EXPECT_DOUBLE_EQ(cost_of(causal).flops, 2.0 * 6 * (16 * 17 / 2) * (8 + 8));
+  // One tensor read three times is read once.
+  const Layer* self = net.add_layer(p, {q, q, q}, "self");
+  EXPECT_DOUBLE_EQ(cost_of(self).bytes, 2 * (2 * 3 * 16 * 8) * 2.0);
+}
+
+TEST(LayerCost, GatherReadsOnlyTheRowsItOutputs) {
+  Network net;
+  Tensor* ids = net.add_input("ids", DataType::kI64, {10});
+  GatherParams p;
+  const Layer* g = net.add_gather(zeros(net, DataType::kF32, {1000, 64}), ids, p, "embed");
+  const LayerCost c = cost_of(g);
+  EXPECT_DOUBLE_EQ(c.flops, 0.0);
+  EXPECT_DOUBLE_EQ(c.bytes, 10 * 64 * 4.0 + 10 * 8.0 + 10 * 64 * 4.0);  // rows, ids, output
+}
+
+TEST(LayerCost, AReshapeMovesNothingUnlessItIsAnOutput) {
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {4, 8});
+  Layer* r = net.add_reshape(x, {32}, "flat");
+  EXPECT_DOUBLE_EQ(cost_of(r).bytes, 0.0);
+  net.mark_output(r->output(), "y");  // copied into the caller's buffer then
+  EXPECT_DOUBLE_EQ(cost_of(r).bytes, 2 * 32 * 2.0);
+}
+
+TEST(LayerCost, SymbolicShapesHaveNoCost) {
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kF32, {DimExpr::symbol("n"), 8});
+  const Layer* mm = net.add_matrix_multiply(a, false, zeros(net, DataType::kF32, {8, 4}), false);
+  EXPECT_FALSE(layer_cost(*mm).has_value());
+}
+
+std::shared_ptr<const Engine> build(const Network& net,
+                                    const std::vector<OptimizationProfile>& profiles = {}) {
+  BuilderConfig config;
+  config.profiles = profiles;
+  const auto plan = Builder(config).build(net);
+  return Runtime().deserialize(plan.data(), plan.size());
+}
+
+TEST(LayerCost, InspectorReportsEachLayerAndTheTotal) {
+  Network net;
+  Tensor* a = net.add_input("a", DataType::kF32, {4, 8});
+  Tensor* y = net.add_matrix_multiply(a, false, zeros(net, DataType::kF32, {8, 16}), false, "mm")
+                  ->output();
+  net.mark_output(y, "y");
+  const std::string json = build(net)->inspect_json();
+  // One layer (the product): its cost is the engine's.
+  EXPECT_NE(json.find("\"flops\": 1024, \"bytes\": 896"), std::string::npos) << json;
+  EXPECT_NE(json.find("], \"flops\": 1024, \"bytes\": 896}"), std::string::npos) << json;
+
+  Network dyn;
+  Tensor* x = dyn.add_input("x", DataType::kF32, {DimExpr::symbol("n"), 8});
+  dyn.mark_output(
+      dyn.add_matrix_multiply(x, false, zeros(dyn, DataType::kF32, {8, 16}), false)->output(),
+      "y");
+  const std::string dyn_json =
+      build(dyn, {OptimizationProfile().set_range("n", 1, 4, 8)})->inspect_json();
+  EXPECT_NE(dyn_json.find("], \"flops\": null, \"bytes\": null}"), std::string::npos)
+      << dyn_json;
+}
+
+}  // namespace
+}  // namespace ember::engine
