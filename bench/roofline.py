@@ -85,7 +85,11 @@ def add_to_row(row: dict, engines: list, device_name: str, prefix: str = "ember"
     peaks = peaks_for(device_name)
     if peaks is None or not engines:
         return
-    r = roofline([e.inspect() for e in engines], peaks)
+    try:
+        r = roofline([e.inspect() for e in engines], peaks)
+    except (ValueError, KeyError, TypeError, IndexError) as e:  # never costs the row its timings
+        row[f"{prefix}_roofline_error"] = f"{type(e).__name__}: {e}"
+        return
     if r is None:
         return
     row[f"{prefix}_gflop"] = r["flops"] / 1e9
