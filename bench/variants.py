@@ -61,7 +61,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `int8_plain_norms` / `fp8_plain_norms`: `int8` / `fp8` with EMBER_QUANTIZE_NORM_OUTPUTS=0
   while built, so each layer norm before a quantized product keeps a Quantize pass of its own
   instead of writing the quantized tensor itself (the A/B of the quantize_norm_outputs pass).
-Eager PyTorch f16 is timed in the same process for scale. Set EMBER_LAYER_PROFILE=1 to have the
+Each variant's row also carries its roofline (bench/roofline.py: `<variant>_gflop`,
+`_mbytes`, `_roofline_ms`, `_roofline_fraction`), so an INT8 or FP8 engine is measured
+against its own peaks. Eager PyTorch f16 is timed in the same process for scale. Set EMBER_LAYER_PROFILE=1 to have the
 CUDA back end print, at exit, the host time per layer kind of the layer-by-layer calls.
 """
 
@@ -76,6 +78,7 @@ import torch
 
 import ember
 from bench import accuracy, first_tensor, make, median_ms
+import roofline  # bench/roofline.py (this script's folder is on the path)
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
             "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
@@ -188,6 +191,10 @@ def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> 
         row[f"{variant}_fused"] = [line for e in report.engines for line in e["build_log"]
                                    if line.startswith("fuse_quantized")]
     row[f"{variant}_ms"] = median_ms(gm, xin, iters)
+    # The variant's least time on this GPU (bench/roofline.py): INT8 and FP8 engines against
+    # their own peaks.
+    roofline.add_to_row(row, [getattr(gm, n) for n in dir(gm) if n.startswith("_ember_engine_")],
+                        torch.cuda.get_device_name(), prefix=variant)
     row[f"{variant}_host_us"] = host_us(gm, xin)
     with torch.no_grad():
         row[f"{variant}_cos"], row[f"{variant}_maxerr"] = accuracy(
@@ -227,8 +234,8 @@ def main():
             with open(args.json, "w") as fh:
                 json.dump(rows, fh, indent=1)
     print("| model | batch | variant | Ember ms | host us/call | eager f16 ms | build s | "
-          "engines | fallback | cosine vs f32 |")
-    print("|" + " --- |" * 10)
+          "engines | fallback | cosine vs f32 | roofline ms | roofline fraction |")
+    print("|" + " --- |" * 12)
     for r in rows:
         for v in variants:
             if f"{v}_ms" not in r:
@@ -239,7 +246,8 @@ def main():
             print(f"| {r['model']} | {r['batch']} | {v} | {r[f'{v}_ms']:.3f} | "
                   f"{r[f'{v}_host_us']:.0f} | {'-' if eager is None else f'{eager:.3f}'} | "
                   f"{r[f'{v}_build_s']:.1f} | {r[f'{v}_engines']} | {r[f'{v}_fallback_nodes']} | "
-                  f"{r[f'{v}_cos']:.6f} |")
+                  f"{r[f'{v}_cos']:.6f} | {r.get(f'{v}_roofline_ms', float('nan')):.3f} | "
+                  f"{r.get(f'{v}_roofline_fraction', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":
