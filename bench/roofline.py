@@ -10,6 +10,10 @@ Peaks are the data-sheet figures of the SXM parts (dense tensor throughput, HBM 
 project measured ~768 TFLOP/s for f16 GEMMs on an H100 (issue 18), so a row near 0.8 is at what
 the chip gives in practice. f32 products count the CUDA-core peak: Ember keeps f32 as f32 (no
 TF32).
+
+The roofline covers Ember's engines only: a row with nodes left to PyTorch has their time in
+its measured time, so its fraction reads lower. The counts are the built engine's work
+(src/engine/runtime/cost.h), channels the builder padded included.
 """
 
 from __future__ import annotations
@@ -25,8 +29,16 @@ PEAKS = {
 }
 
 
+# Parts whose names contain a PEAKS key but whose peaks differ (PCIe and NVL boards, the Grace
+# Hopper superchip): no roofline for them until they have entries of their own.
+OTHER_PARTS = ("PCIe", "NVL", "GH200")
+
+
 def peaks_for(device_name: str) -> dict | None:
-    """The PEAKS entry whose key is in `device_name` ("NVIDIA H100 80GB HBM3"), or None."""
+    """The PEAKS entry whose key is in `device_name` ("NVIDIA H100 80GB HBM3", "NVIDIA H200"),
+    or None (another GPU, or a PCIe/NVL/GH200 part of these)."""
+    if any(part in device_name for part in OTHER_PARTS):
+        return None
     for key in sorted(PEAKS, key=len, reverse=True):  # the most specific key first
         if key in device_name:
             return PEAKS[key]
@@ -47,12 +59,18 @@ def layer_ms(layer: dict, peaks: dict) -> float | None:
     return t * 1e3
 
 
-def roofline(inspect_jsons: list[str], peaks: dict) -> dict | None:
+def _info(inspected) -> dict:
+    """An engine's inspect() result: the JSON text (the TorchScript engine class) or the dict
+    (ember.engine.Engine)."""
+    return inspected if isinstance(inspected, dict) else json.loads(inspected)
+
+
+def roofline(inspect_jsons: list, peaks: dict) -> dict | None:
     """Totals over the engines: flops, bytes and the roofline time in ms (sum of per-layer
     bounds), or None when some layer's cost is unknown."""
     flops = nbytes = ms = 0.0
     for text in inspect_jsons:
-        info = json.loads(text)
+        info = _info(text)
         if info.get("flops") is None or info.get("bytes") is None:
             return None
         flops += info["flops"]
@@ -65,11 +83,11 @@ def roofline(inspect_jsons: list[str], peaks: dict) -> dict | None:
     return {"flops": flops, "bytes": nbytes, "ms": ms}
 
 
-def by_type(inspect_jsons: list[str], peaks: dict) -> dict[str, tuple[float, int]]:
+def by_type(inspect_jsons: list, peaks: dict) -> dict[str, tuple[float, int]]:
     """Least ms and layer count per layer type over the engines (unknown costs left out)."""
     out: dict[str, tuple[float, int]] = {}
     for text in inspect_jsons:
-        for layer in json.loads(text)["layers"]:
+        for layer in _info(text)["layers"]:
             t = layer_ms(layer, peaks)
             if t is None or layer["type"] == "Constant":
                 continue
@@ -87,7 +105,7 @@ def add_to_row(row: dict, engines: list, device_name: str, prefix: str = "ember"
         return
     try:
         r = roofline([e.inspect() for e in engines], peaks)
-    except (ValueError, KeyError, TypeError, IndexError) as e:  # never costs the row its timings
+    except Exception as e:  # noqa: BLE001 - a roofline never costs the row its timings
         row[f"{prefix}_roofline_error"] = f"{type(e).__name__}: {e}"
         return
     if r is None:

@@ -82,3 +82,52 @@ def test_a_dynamic_engine_reports_no_cost():
     texts = [e.inspect() for e in engines_of(gm)]
     assert texts and all(json.loads(t)["flops"] is None for t in texts)
     assert roofline.roofline(texts, {"tflops": {"f32": 1.0}, "tbps": 1.0}) is None
+
+
+def _layer(kind, flops, nbytes, dtype):
+    return {"type": kind, "flops": flops, "bytes": nbytes, "inputs": [{"dtype": dtype}]}
+
+
+def test_each_layer_takes_the_peak_of_its_dtype_and_the_larger_bound():
+    peaks = {"tflops": {"f16": 1000.0, "i8": 2000.0}, "tbps": 2.0}
+    f16 = _layer("MatrixMultiply", 2e12, 1e9, "f16")   # 2 ms of compute, 0.5 ms of bytes
+    i8 = _layer("QuantizedMatrixMultiply", 2e12, 1e9, "i8")  # 1 ms, 0.5 ms
+    odd = _layer("MatrixMultiply", 2e12, 0.0, "f8e5m2")  # no peak of its own: the largest
+    norm = _layer("Normalization", 0, 4e9, "f16")      # bytes only: 2 ms
+    assert abs(roofline.layer_ms(f16, peaks) - 2.0) < 1e-12
+    assert abs(roofline.layer_ms(i8, peaks) - 1.0) < 1e-12
+    assert abs(roofline.layer_ms(odd, peaks) - 1.0) < 1e-12
+    assert abs(roofline.layer_ms(norm, peaks) - 2.0) < 1e-12
+    assert roofline.layer_ms({"type": "Shuffle", "flops": None, "bytes": None}, peaks) is None
+    engine = {"flops": 6e12, "bytes": 6e9, "layers": [f16, i8, odd, norm]}
+    r = roofline.roofline([engine, json.dumps(engine)], peaks)  # a dict and a JSON text
+    assert abs(r["ms"] - 12.0) < 1e-9 and r["flops"] == 12e12
+    types = roofline.by_type([engine], peaks)
+    assert types["MatrixMultiply"][1] == 2 and abs(types["MatrixMultiply"][0] - 3.0) < 1e-9
+    # No measured time: the totals but no fraction.
+    row = {}
+    roofline.PEAKS["Test GPU"] = peaks
+
+    class Engine:
+        def inspect(self):
+            return json.dumps(engine)
+
+    class Broken:
+        def inspect(self):
+            raise RuntimeError("no plan")
+
+    try:
+        roofline.add_to_row(row, [Engine()], "Test GPU")
+        assert "ember_roofline_ms" in row and "ember_roofline_fraction" not in row
+        broken = {"ember_ms": 1.0}
+        roofline.add_to_row(broken, [Broken()], "Test GPU")  # said in the row, not raised
+        assert "RuntimeError" in broken["ember_roofline_error"]
+    finally:
+        del roofline.PEAKS["Test GPU"]
+
+
+def test_peaks_are_found_for_the_sxm_parts_only():
+    assert roofline.peaks_for("NVIDIA H100 80GB HBM3")["tbps"] == 3.35
+    assert roofline.peaks_for("NVIDIA H200")["tbps"] == 4.8
+    for other in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA GH200 480GB", "NVIDIA A100"):
+        assert roofline.peaks_for(other) is None, other

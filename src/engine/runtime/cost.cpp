@@ -6,8 +6,6 @@
 #include <set>
 #include <vector>
 
-#include "builder/passes/passes.h"
-
 namespace ember::engine {
 namespace {
 
@@ -74,12 +72,8 @@ std::optional<double> attention_flops(const AttentionParams& p,
 
 }  // namespace
 
-std::optional<LayerCost> layer_cost(const Layer& layer) {
-  // A reshape shares its input's memory (plan_memory aliases it) unless it is an output.
-  if (layer.kind() == LayerKind::kConstant ||
-      (is_pure_reshape(&layer) && !layer.output()->is_output())) {
-    return LayerCost{};
-  }
+std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased) {
+  if (layer.kind() == LayerKind::kConstant) return LayerCost{};
   std::vector<std::vector<int64_t>> in(layer.inputs().size());
   for (size_t i = 0; i < in.size(); ++i) {
     if (layer.input(i) == nullptr) continue;
@@ -95,15 +89,23 @@ std::optional<LayerCost> layer_cost(const Layer& layer) {
     cost.bytes += bytes_of(t, *d);
     out.push_back(std::move(*d));
   }
-  // Reads: each distinct input once; a Gather's or Slice's data only as much as it outputs.
+  if (aliased) return LayerCost{};  // its output is its input's memory: nothing moves
+  // Reads: each distinct input once; a Gather's or Slice's data only as much as it outputs; an
+  // attention's packed q, k and v a third each when they are distinct tensors.
   const bool partial_data =
       layer.kind() == LayerKind::kGather || layer.kind() == LayerKind::kSlice;
+  const bool packed = layer.kind() == LayerKind::kAttention &&
+                      layer.params_as<AttentionParams>().packed_heads > 0;
   std::set<const Tensor*> seen;
   for (size_t i = 0; i < in.size(); ++i) {
     const Tensor* t = layer.input(i);
     if (t == nullptr || !seen.insert(t).second) continue;
     if (partial_data && i == 0 && !out.empty()) {
       cost.bytes += numel(out[0]) * static_cast<double>(dtype_size(t->dtype()));
+    } else if (packed && i < 3) {
+      const bool shared = (i != 0 && t == layer.input(0)) || (i != 1 && t == layer.input(1)) ||
+                          (i != 2 && t == layer.input(2));
+      cost.bytes += bytes_of(t, in[i]) / (shared ? 1.0 : 3.0);
     } else {
       cost.bytes += bytes_of(t, in[i]);
     }

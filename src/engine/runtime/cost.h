@@ -15,15 +15,21 @@ namespace ember::engine {
 ///   its scores it needs). Every other layer counts 0: pointwise layers, norms, softmax and
 ///   data movement are bound by their bytes, and their arithmetic runs on the CUDA cores.
 /// - bytes: each distinct input tensor read once (weights included) plus each output written
-///   once; a Gather or Slice reads only the part of its data it outputs. Constant layers count
-///   nothing (their readers count them), nor does a reshape that is not a network output (the
-///   memory plan gives it its input's memory).
+///   once; a Gather or Slice reads only the part of its data it outputs, and an attention
+///   with packed heads a third of each distinct packed input. Constant layers count nothing
+///   (their readers count them), nor does a layer whose output shares its input's memory
+///   (`aliased`: a reshape the memory plan placed on its input's slot).
+/// The counts are the built engine's work: a convolution whose channels the builder padded
+/// (pad_conv_channels: the RGB stem's 3 to 8, or its 2x2 space-to-depth) counts the padded
+/// multiply-adds too, so such a layer's bound is above the model's own.
+/// bench/bench.py, bench/variants.py and bench/kernel_profile.py read them through
+/// Engine::inspect_json (bench/roofline.py).
 struct LayerCost {
   double flops = 0.0;
   double bytes = 0.0;
 };
 
 /// The layer's cost, or nothing when a shape it depends on is symbolic (a dynamic dimension).
-std::optional<LayerCost> layer_cost(const Layer& layer);
+std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased = false);
 
 }  // namespace ember::engine

@@ -139,7 +139,15 @@ std::string Engine::inspect_json() const {
     os << ", \"outputs\": ";
     tensor_list(os, l->outputs());
     // The least work (runtime/cost.h): null where a shape is symbolic.
-    const std::optional<LayerCost> cost = layer_cost(*l);
+    // A reshape the memory plan placed on its input's slot moves nothing.
+    const auto offset = [&p](const Tensor* t) {
+      return t != nullptr && static_cast<size_t>(t->id()) < p.placements.size()
+                 ? p.placements[static_cast<size_t>(t->id())].arena_offset
+                 : int64_t{-1};
+    };
+    const bool aliased = l->kind() == LayerKind::kShuffle && offset(l->output()) >= 0 &&
+                         offset(l->output()) == offset(l->input(0));
+    const std::optional<LayerCost> cost = layer_cost(*l, aliased);
     if (cost) {
       os << ", \"flops\": " << cost->flops << ", \"bytes\": " << cost->bytes;
       flops += cost->flops;

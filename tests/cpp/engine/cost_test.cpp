@@ -92,13 +92,28 @@ TEST(LayerCost, GatherReadsOnlyTheRowsItOutputs) {
   EXPECT_DOUBLE_EQ(c.bytes, 10 * 64 * 4.0 + 10 * 8.0 + 10 * 64 * 4.0);  // rows, ids, output
 }
 
-TEST(LayerCost, AReshapeMovesNothingUnlessItIsAnOutput) {
+TEST(LayerCost, AnAliasedLayerMovesNothing) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF16, {4, 8});
   Layer* r = net.add_reshape(x, {32}, "flat");
-  EXPECT_DOUBLE_EQ(cost_of(r).bytes, 0.0);
-  net.mark_output(r->output(), "y");  // copied into the caller's buffer then
-  EXPECT_DOUBLE_EQ(cost_of(r).bytes, 2 * 32 * 2.0);
+  EXPECT_DOUBLE_EQ(cost_of(r).bytes, 2 * 32 * 2.0);  // a copy: read and written
+  EXPECT_DOUBLE_EQ(layer_cost(*r, /*aliased=*/true).value().bytes, 0.0);
+}
+
+TEST(LayerCost, PackedAttentionReadsAThirdOfEachDistinctInput) {
+  Network net;
+  // [B, L, 3 * heads * E] with 2 heads of E = 8: q, k and v side by side.
+  Tensor* qkv = net.add_input("qkv", DataType::kF16, {2, 16, 48});
+  AttentionParams p;
+  p.packed_heads = 2;
+  p.seq_major = true;
+  const Layer* one = net.add_layer(p, {qkv, qkv, qkv}, "one");
+  const double qkv_bytes = 2 * 16 * 48 * 2.0, out_bytes = 2 * 16 * 2 * 8 * 2.0;
+  EXPECT_DOUBLE_EQ(cost_of(one).bytes, qkv_bytes + out_bytes);
+  EXPECT_DOUBLE_EQ(cost_of(one).flops, 2.0 * (2 * 2) * (16 * 16) * (8 + 8));
+  Tensor* other = net.add_input("other", DataType::kF16, {2, 16, 48});
+  const Layer* two = net.add_layer(p, {qkv, other, other}, "two");
+  EXPECT_DOUBLE_EQ(cost_of(two).bytes, qkv_bytes / 3 + qkv_bytes + out_bytes);
 }
 
 TEST(LayerCost, SymbolicShapesHaveNoCost) {
@@ -126,6 +141,23 @@ TEST(LayerCost, InspectorReportsEachLayerAndTheTotal) {
   // One layer (the product): its cost is the engine's.
   EXPECT_NE(json.find("\"flops\": 1024, \"bytes\": 896"), std::string::npos) << json;
   EXPECT_NE(json.find("], \"flops\": 1024, \"bytes\": 896}"), std::string::npos) << json;
+
+  // A reshape between two layers shares its input's slot (plan_memory): it moves nothing.
+  Network chain;
+  Tensor* c = chain.add_input("c", DataType::kF32, {4, 8});
+  Tensor* h = chain.add_activation(c, ActivationType::kRelu, 0, 0, "relu")->output();
+  h = chain.add_reshape(h, {32}, "flat")->output();
+  h = chain.add_unary(h, UnaryOp::kAbs, "abs")->output();
+  chain.mark_output(h, "y");
+  BuilderConfig level0;
+  level0.optimization_level = 0;  // keep the layers as written
+  const auto plan = Builder(level0).build(chain);
+  const std::string chain_json = Runtime().deserialize(plan.data(), plan.size())->inspect_json();
+  EXPECT_NE(chain_json.find("\"name\": \"flat\""), std::string::npos) << chain_json;
+  const size_t flat = chain_json.find("\"name\": \"flat\"");
+  EXPECT_NE(chain_json.find("\"flops\": 0, \"bytes\": 0", flat), std::string::npos);
+  EXPECT_LT(chain_json.find("\"flops\": 0, \"bytes\": 0", flat),
+            chain_json.find("\"name\": \"abs\"")) << chain_json;
 
   Network dyn;
   Tensor* x = dyn.add_input("x", DataType::kF32, {DimExpr::symbol("n"), 8});
