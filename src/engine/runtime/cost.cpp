@@ -82,16 +82,16 @@ std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased) {
     in[i] = std::move(*d);
   }
   std::vector<std::vector<int64_t>> out;
-  LayerCost cost;
   for (const Tensor* t : layer.outputs()) {
     auto d = dims_of(t);
     if (!d) return std::nullopt;
-    cost.bytes += bytes_of(t, *d);
     out.push_back(std::move(*d));
   }
-  if (aliased) return LayerCost{};  // its output is its input's memory: nothing moves
-  // Reads: each distinct input once; a Gather's or Slice's data only as much as it outputs; an
-  // attention's packed q, k and v a third each when they are distinct tensors.
+  LayerCost cost;
+  if (aliased) return cost;  // its output is its input's memory: nothing moves
+  for (size_t i = 0; i < out.size(); ++i) cost.bytes += bytes_of(layer.output(i), out[i]);
+  // Reads: each distinct input once; a Gather's or Slice's data only as much as it outputs; a
+  // packed attention input the thirds of it that q, k and v read from it.
   const bool partial_data =
       layer.kind() == LayerKind::kGather || layer.kind() == LayerKind::kSlice;
   const bool packed = layer.kind() == LayerKind::kAttention &&
@@ -103,9 +103,9 @@ std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased) {
     if (partial_data && i == 0 && !out.empty()) {
       cost.bytes += numel(out[0]) * static_cast<double>(dtype_size(t->dtype()));
     } else if (packed && i < 3) {
-      const bool shared = (i != 0 && t == layer.input(0)) || (i != 1 && t == layer.input(1)) ||
-                          (i != 2 && t == layer.input(2));
-      cost.bytes += bytes_of(t, in[i]) / (shared ? 1.0 : 3.0);
+      const auto& qkv = layer.inputs();
+      const auto thirds = std::count(qkv.begin(), qkv.begin() + 3, t);
+      cost.bytes += bytes_of(t, in[i]) * static_cast<double>(thirds) / 3.0;
     } else {
       cost.bytes += bytes_of(t, in[i]);
     }

@@ -16,7 +16,7 @@ namespace ember::engine {
 ///   data movement are bound by their bytes, and their arithmetic runs on the CUDA cores.
 /// - bytes: each distinct input tensor read once (weights included) plus each output written
 ///   once; a Gather or Slice reads only the part of its data it outputs, and an attention
-///   with packed heads a third of each distinct packed input. Constant layers count nothing
+///   with packed heads the thirds of each packed input that its q, k and v read. Constant layers count nothing
 ///   (their readers count them), nor does a layer whose output shares its input's memory
 ///   (`aliased`: a reshape the memory plan placed on its input's slot).
 /// The counts are the built engine's work: a convolution whose channels the builder padded

@@ -130,6 +130,11 @@ std::string Engine::inspect_json() const {
   const auto layers = p.network.layers();
   double flops = 0.0, bytes = 0.0;
   bool all_static = true;
+  const auto offset = [&p](const Tensor* t) {  // arena offset; -1 for I/O and constants
+    return t != nullptr && static_cast<size_t>(t->id()) < p.placements.size()
+               ? p.placements[static_cast<size_t>(t->id())].arena_offset
+               : int64_t{-1};
+  };
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer* l = layers[i];
     os << (i ? ",\n  " : "\n  ") << "{\"name\": " << quote(l->name()) << ", \"type\": "
@@ -138,13 +143,8 @@ std::string Engine::inspect_json() const {
     tensor_list(os, l->inputs());
     os << ", \"outputs\": ";
     tensor_list(os, l->outputs());
-    // The least work (runtime/cost.h): null where a shape is symbolic.
-    // A reshape the memory plan placed on its input's slot moves nothing.
-    const auto offset = [&p](const Tensor* t) {
-      return t != nullptr && static_cast<size_t>(t->id()) < p.placements.size()
-                 ? p.placements[static_cast<size_t>(t->id())].arena_offset
-                 : int64_t{-1};
-    };
+    // The least work (runtime/cost.h): null where a shape is symbolic. A reshape the memory
+    // plan placed on its input's slot moves nothing.
     const bool aliased = l->kind() == LayerKind::kShuffle && offset(l->output()) >= 0 &&
                          offset(l->output()) == offset(l->input(0));
     const std::optional<LayerCost> cost = layer_cost(*l, aliased);

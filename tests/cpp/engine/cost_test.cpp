@@ -100,7 +100,7 @@ TEST(LayerCost, AnAliasedLayerMovesNothing) {
   EXPECT_DOUBLE_EQ(layer_cost(*r, /*aliased=*/true).value().bytes, 0.0);
 }
 
-TEST(LayerCost, PackedAttentionReadsAThirdOfEachDistinctInput) {
+TEST(LayerCost, PackedAttentionReadsTheThirdsItUses) {
   Network net;
   // [B, L, 3 * heads * E] with 2 heads of E = 8: q, k and v side by side.
   Tensor* qkv = net.add_input("qkv", DataType::kF16, {2, 16, 48});
@@ -113,7 +113,8 @@ TEST(LayerCost, PackedAttentionReadsAThirdOfEachDistinctInput) {
   EXPECT_DOUBLE_EQ(cost_of(one).flops, 2.0 * (2 * 2) * (16 * 16) * (8 + 8));
   Tensor* other = net.add_input("other", DataType::kF16, {2, 16, 48});
   const Layer* two = net.add_layer(p, {qkv, other, other}, "two");
-  EXPECT_DOUBLE_EQ(cost_of(two).bytes, qkv_bytes / 3 + qkv_bytes + out_bytes);
+  // q's third of qkv, k's and v's thirds of other.
+  EXPECT_DOUBLE_EQ(cost_of(two).bytes, qkv_bytes / 3 + 2 * qkv_bytes / 3 + out_bytes);
 }
 
 TEST(LayerCost, SymbolicShapesHaveNoCost) {
