@@ -40,6 +40,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   space-to-depth form);
 - `half_lt32`: `half` with EMBER_LT_CANDIDATES=32 (cuBLASLt's tactic timing tries 32 of its
   heuristic's candidates instead of 8: whether the fastest algorithm sits further down);
+- `half_lt_wide`: `half` with EMBER_LT_SEARCH=wide (tactic timing adds every cuBLASLt algorithm
+  id's configurations and their cluster/swizzle/split-K variants, and times the fastest again
+  over more launches);
 - `half_depthwise_timed` / `half_own_depthwise` / `half_cudnn_depthwise`: `half` with
   EMBER_DEPTHWISE_CONV=timed, force or off: Ember's direct depthwise channels_last kernel timed
   against cuDNN per problem (the faster kept), always, or never (the default today);
@@ -82,7 +85,7 @@ import roofline  # bench/roofline.py (this script's folder is on the path)
 
 VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductions",
             "half_no_views", "half_own_attention", "half_cudnn_timed", "half_cudnn_attention",
-            "half_serial_reductions", "half_lt32", "half_cudnn_depthwise", "half_own_depthwise",
+            "half_serial_reductions", "half_lt32", "half_lt_wide", "half_cudnn_depthwise", "half_own_depthwise",
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8", "int8_plain_norms", "fp8_plain_norms", "half_written_rms",
@@ -136,6 +139,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_cudnn_timed": ("EMBER_CUDNN_ATTENTION", "timed"),
                 "half_cudnn_attention": ("EMBER_CUDNN_ATTENTION", "force"),
                 "half_lt32": ("EMBER_LT_CANDIDATES", "32"),
+                "half_lt_wide": ("EMBER_LT_SEARCH", "wide"),
                 "half_written_rms": ("EMBER_RECOGNIZE_RMS_NORMS", "0"),
                 "half_unpadded_channels": ("EMBER_PAD_CONV_CHANNELS", "0"),
                 "half_no_space_to_depth": ("EMBER_SPACE_TO_DEPTH", "0"),

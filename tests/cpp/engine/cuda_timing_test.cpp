@@ -276,6 +276,52 @@ TEST(CudaTiming, NewShapesAreTimedOnTheirFirstCallOnly) {
   EXPECT_EQ(runner.engine().timing_cache().timed_problems(), 1);
 }
 
+// EMBER_LT_SEARCH=wide: the plan times the same problems (more candidates each), its choices
+// run and match the CPU, a saved cache rebuilds without timing; a bad value is refused by name.
+TEST(CudaTiming, WideCublasLtSearchChoosesAlgorithmsThatRunAndAreKept) {
+  EMBER_SKIP_WITHOUT_CUDA();
+  {
+    const test::ScopedEnv wide("EMBER_LT_SEARCH", "wide");
+    for (DataType t : kTypes) {
+      const auto c = make_case(t);
+      // A product big enough for cuBLASLt's multi-tile, cluster and split-K kernels, with a
+      // residual read as C (timing must not accumulate into it).
+      Network& net = c->net;
+      Tensor* a = net.add_input("wa", t, {512, 256});
+      Tensor* b = net.add_input("wb", t, {256, 384});
+      Tensor* bias = net.add_input("wbias", t, {384});
+      Tensor* r = net.add_input("wr", t, {512, 384});
+      MatrixMultiplyParams mp;
+      net.mark_output(net.add_layer(mp, {a, b, bias, r}, "wide_mm")->output(), "wide_mm");
+      uint32_t seed = 90;
+      for (size_t i = c->inputs.size(); i < net.inputs().size(); ++i) {
+        std::vector<int64_t> dims;
+        for (const DimExpr& d : net.inputs()[i]->shape()) dims.push_back(d.constant());
+        c->inputs.push_back(TestTensor::random(t, dims, seed++, -0.5f, 0.5f));
+      }
+      auto cache = std::make_shared<TimingCache>();
+      BuildReport report;
+      const auto plan = build(*c, cache, &report);
+      EXPECT_GE(report.timing_entries, 4) << dtype_name(t);  // conv, deconv, two matmuls
+      EXPECT_EQ(report.timed_problems, report.timing_entries) << dtype_name(t);
+      run_and_check(*c, load(plan), std::string("wide search ") + dtype_name(t));
+      const std::vector<uint8_t> saved = cache->serialize();
+      BuildReport again;
+      build(*c, TimingCache::deserialize(saved.data(), saved.size()), &again);
+      EXPECT_EQ(again.timed_problems, 0) << dtype_name(t);
+    }
+  }
+  const test::ScopedEnv bad("EMBER_LT_SEARCH", "widest");
+  const auto c = make_case(DataType::kF16);
+  try {
+    build(*c, std::make_shared<TimingCache>(), nullptr);
+    ADD_FAILURE() << "EMBER_LT_SEARCH=widest built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("EMBER_LT_SEARCH='widest'"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace ember::engine
 

@@ -7,6 +7,13 @@
 // choice look it up. A choice loaded from bytes is checked against the library before its first
 // use. A call being captured into a CUDA graph cannot synchronize: it takes the heuristic's first
 // candidate and stores nothing.
+//
+// EMBER_LT_SEARCH=wide widens the timed set the way TensorRT's higher builder optimization
+// levels do: besides the heuristic's list, the best configurations cuBLASLt's heuristic finds
+// for every algorithm id it has for the problem's types, and each of those with other cluster
+// shapes, CTA swizzles and split-K counts (cublasLtMatmulAlgoCheck keeps those that run). Every
+// candidate is timed once; the fastest few are timed again over more launches, so the winner is
+// not a one-off reading among hundreds.
 #pragma once
 
 #include <cublasLt.h>
@@ -25,6 +32,13 @@ namespace ember::engine::cuda {
 /// list the fastest algorithm sits) says otherwise.
 inline constexpr int kLtCandidates = 8;
 int lt_candidates();
+
+/// How widely the first eager call of a problem searches: kHeuristic times the heuristic's first
+/// lt_candidates(); kWide adds every algorithm id's configurations and their variants (see the
+/// file comment). EMBER_LT_SEARCH="heuristic" (the default) or "wide", read at each timing; any
+/// other value is an error.
+enum class LtSearch { kHeuristic, kWide };
+LtSearch lt_search();
 
 /// Largest power of two (at most 256) dividing every one of `bytes` (0 entries ignored): the
 /// alignment cuBLASLt's heuristic is told the operands have (it assumes 256 otherwise, and an
