@@ -105,7 +105,9 @@ struct LtCandidate {
   cublasLtMatmulAlgo_t algo;
   size_t workspace = 0;
   LtSource source = LtSource::kHeuristic;
-  float ms = -1.0f;  ///< Per launch, memset nodes included; negative: did not run.
+  float first_ms = -1.0f;  ///< First pass, per launch, graph nodes included; < 0: did not run.
+  float ms = -1.0f;        ///< Second pass (the fastest few only); < 0: not timed again.
+  int extra_nodes = 0;     ///< Memset and copy nodes one launch puts in a graph.
 };
 
 bool same_algo(const cublasLtMatmulAlgo_t& a, const cublasLtMatmulAlgo_t& b) {
@@ -140,12 +142,13 @@ bool read_types(const LtCall& call, LtTypes& t) {
   return ok;
 }
 
-/// Most candidates a wide search times (the heuristic's list first, then each algorithm id's
-/// configurations, then variants), and the configurations asked of each algorithm id.
+/// The wide search's bounds: candidates in all; configurations asked of each algorithm id; the
+/// fastest of the first pass whose variants are tried; and the fastest timed again,
+/// kWideRefineLaunches launches a round in two interleaved rounds (the lower per-launch time of
+/// the two counts).
 constexpr size_t kWideMaxCandidates = 1536;
 constexpr int kWidePerAlgoId = 16;
-/// The fastest of the first timing pass that are timed again, kWideRefineLaunches launches a
-/// round, in two interleaved rounds (the per-launch minimum of the two counts).
+constexpr size_t kWideVariantBases = 24;
 constexpr size_t kWideRefine = 6;
 constexpr int kWideRefineLaunches = 10;
 
@@ -156,211 +159,236 @@ void add_candidate(std::vector<LtCandidate>& list, const cublasLtMatmulAlgo_t& a
   for (const LtCandidate& c : list) {
     if (same_algo(c.algo, algo)) return;
   }
-  list.push_back({algo, workspace, source, -1.0f});
+  LtCandidate c;
+  c.algo = algo;
+  c.workspace = workspace;
+  c.source = source;
+  list.push_back(c);
 }
 
-/// The wide search's additions to `list` (which holds the heuristic's usable candidates):
-/// every algorithm id's best configurations (the heuristic limited to that id), then each
-/// candidate so far with other cluster shapes, CTA swizzles and split-K counts that
-/// cublasLtMatmulAlgoCheck accepts. The preference's search mode is put back on every path.
-void add_wide_candidates(const LtCall& call, cublasLtMatmulPreference_t pref,
-                         std::vector<LtCandidate>& list) {
+/// Every algorithm id's best configurations for the problem: cuBLASLt's heuristic limited to
+/// that id (CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID). The preference's search mode is put back.
+void add_algo_id_candidates(const LtCall& call, cublasLtMatmulPreference_t pref,
+                            std::vector<LtCandidate>& list) {
   LtTypes t{};
   if (!read_types(call, t)) return;
   std::vector<int> ids(256);
   int n_ids = 0;
   if (cublasLtMatmulAlgoGetIds(call.handle, t.compute, t.scale, t.a, t.b, t.cd, t.cd,
                                static_cast<int>(ids.size()), ids.data(),
-                               &n_ids) != CUBLAS_STATUS_SUCCESS) {
-    n_ids = 0;
+                               &n_ids) != CUBLAS_STATUS_SUCCESS ||
+      n_ids <= 0) {
+    return;
   }
   uint32_t mode = CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID;
-  if (n_ids > 0 && cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE,
-                                                        &mode, sizeof mode) ==
-                       CUBLAS_STATUS_SUCCESS) {
-    for (int i = 0; i < n_ids; ++i) {
-      cublasLtMatmulAlgo_t init;
-      if (cublasLtMatmulAlgoInit(call.handle, t.compute, t.scale, t.a, t.b, t.cd, t.cd, ids[i],
-                                 &init) != CUBLAS_STATUS_SUCCESS) {
-        continue;
-      }
-      std::vector<LtResult> r(kWidePerAlgoId);
-      for (LtResult& x : r) x.algo = init;
-      int returned = 0;
-      if (cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
-                                         call.out, pref, kWidePerAlgoId, r.data(),
-                                         &returned) != CUBLAS_STATUS_SUCCESS) {
-        continue;
-      }
-      for (int j = 0; j < returned; ++j) {
-        if (r[j].state == CUBLAS_STATUS_SUCCESS) {
-          add_candidate(list, r[j].algo, r[j].workspaceSize, LtSource::kAlgoId,
-                        call.workspace_bytes);
-        }
-      }
-    }
-    mode = CUBLASLT_SEARCH_BEST_FIT;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode,
-                                         sizeof mode);
+  if (cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode,
+                                           sizeof mode) != CUBLAS_STATUS_SUCCESS) {
+    return;
   }
-  // Variants of what was found: the attributes the heuristic sets per problem rather than per
-  // kernel. A variant the library rejects fails cublasLtMatmulAlgoCheck and is not timed.
-  static constexpr uint16_t kClusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
-                                           CUBLASLT_CLUSTER_SHAPE_2x1x1,
-                                           CUBLASLT_CLUSTER_SHAPE_1x2x1,
-                                           CUBLASLT_CLUSTER_SHAPE_2x2x1};
-  static constexpr uint32_t kSwizzles[] = {0, 1};
-  static constexpr int32_t kSplits[] = {1, 2, 4};
-  const size_t bases = list.size();
-  for (size_t i = 0; i < bases && list.size() < kWideMaxCandidates; ++i) {
-    const cublasLtMatmulAlgo_t base = list[i].algo;
-    uint32_t scheme_mask = 0;
-    size_t written = 0;
-    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK,
-                                      &scheme_mask, sizeof scheme_mask, &written);
-    // The first split-K reduction the algorithm supports (in place, then in the compute type,
-    // then in the output type).
-    uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_NONE;
-    for (uint32_t s : {uint32_t{CUBLASLT_REDUCTION_SCHEME_INPLACE},
-                       uint32_t{CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE},
-                       uint32_t{CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE}}) {
-      if ((scheme_mask & s) != 0) {
-        scheme = s;
-        break;
+  for (int i = 0; i < n_ids; ++i) {
+    cublasLtMatmulAlgo_t init;
+    if (cublasLtMatmulAlgoInit(call.handle, t.compute, t.scale, t.a, t.b, t.cd, t.cd, ids[i],
+                               &init) != CUBLAS_STATUS_SUCCESS) {
+      continue;
+    }
+    std::vector<LtResult> r(kWidePerAlgoId);
+    for (LtResult& x : r) x.algo = init;
+    int returned = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(call.handle, call.op, call.first, call.second, call.out,
+                                       call.out, pref, kWidePerAlgoId, r.data(),
+                                       &returned) != CUBLAS_STATUS_SUCCESS) {
+      continue;
+    }
+    for (int j = 0; j < returned; ++j) {
+      if (r[j].state == CUBLAS_STATUS_SUCCESS) {
+        add_candidate(list, r[j].algo, r[j].workspaceSize, LtSource::kAlgoId,
+                      call.workspace_bytes);
       }
     }
-    for (uint16_t cluster : kClusters) {
-      for (uint32_t swizzle : kSwizzles) {
-        for (int32_t split : kSplits) {
-          if (split > 1 && scheme == CUBLASLT_REDUCTION_SCHEME_NONE) continue;
-          cublasLtMatmulAlgo_t v = base;
-          const uint32_t reduction = split > 1 ? scheme : uint32_t{CUBLASLT_REDUCTION_SCHEME_NONE};
-          if (cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
-                                                   &cluster, sizeof cluster) !=
-                  CUBLAS_STATUS_SUCCESS ||
-              cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
-                                                   &swizzle, sizeof swizzle) !=
-                  CUBLAS_STATUS_SUCCESS ||
-              cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split,
-                                                   sizeof split) != CUBLAS_STATUS_SUCCESS ||
-              cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                                                   &reduction, sizeof reduction) !=
-                  CUBLAS_STATUS_SUCCESS) {
-            continue;
-          }
-          LtResult checked{};
-          if (cublasLtMatmulAlgoCheck(call.handle, call.op, call.first, call.second, call.out,
-                                      call.out, &v, &checked) == CUBLAS_STATUS_SUCCESS) {
-            add_candidate(list, v, checked.workspaceSize, LtSource::kVariant,
-                          call.workspace_bytes);
-          }
+  }
+  mode = CUBLASLT_SEARCH_BEST_FIT;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode,
+                                       sizeof mode);
+}
+
+/// `base` with other cluster shapes, CTA swizzles and split-K counts (the attributes the
+/// heuristic sets per problem rather than per kernel) that cublasLtMatmulAlgoCheck accepts.
+void add_variants(const LtCall& call, const cublasLtMatmulAlgo_t& base,
+                  std::vector<LtCandidate>& list) {
+  static constexpr uint16_t kClusters[] = {
+      CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
+      CUBLASLT_CLUSTER_SHAPE_1x2x1, CUBLASLT_CLUSTER_SHAPE_2x2x1};
+  static constexpr int32_t kSplits[] = {1, 2, 4};
+  size_t written = 0;
+  int32_t splitk_support = 0;
+  uint32_t scheme_mask = 0, swizzle_support = 0;
+  cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &splitk_support,
+                                    sizeof splitk_support, &written);
+  cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &scheme_mask,
+                                    sizeof scheme_mask, &written);
+  cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT,
+                                    &swizzle_support, sizeof swizzle_support, &written);
+  // The first split-K reduction the algorithm supports: in place, in the compute type, in the
+  // output type.
+  uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_NONE;
+  for (uint32_t s : {uint32_t{CUBLASLT_REDUCTION_SCHEME_INPLACE},
+                     uint32_t{CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE},
+                     uint32_t{CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE}}) {
+    if ((scheme_mask & s) != 0) {
+      scheme = s;
+      break;
+    }
+  }
+  for (uint16_t cluster : kClusters) {
+    for (uint32_t swizzle = 0; swizzle <= (swizzle_support != 0 ? 1u : 0u); ++swizzle) {
+      for (int32_t split : kSplits) {
+        if (split > 1 && (splitk_support == 0 || scheme == CUBLASLT_REDUCTION_SCHEME_NONE)) {
+          continue;
+        }
+        cublasLtMatmulAlgo_t v = base;
+        const uint32_t reduction =
+            split > 1 ? scheme : uint32_t{CUBLASLT_REDUCTION_SCHEME_NONE};
+        const auto set = [&](cublasLtMatmulAlgoConfigAttributes_t attr, const void* value,
+                             size_t size) {
+          return cublasLtMatmulAlgoConfigSetAttribute(&v, attr, value, size) ==
+                 CUBLAS_STATUS_SUCCESS;
+        };
+        if (!set(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof cluster) ||
+            !set(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof swizzle) ||
+            !set(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof split) ||
+            !set(CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof reduction)) {
+          continue;
+        }
+        LtResult checked{};
+        if (cublasLtMatmulAlgoCheck(call.handle, call.op, call.first, call.second, call.out,
+                                    call.out, &v, &checked) == CUBLAS_STATUS_SUCCESS) {
+          add_candidate(list, v, checked.workspaceSize, LtSource::kVariant, call.workspace_bytes);
         }
       }
     }
   }
 }
 
-/// Times every candidate of a wide search into `d` (one warm-up, two launches), then the
-/// fastest kWideRefine and the heuristic list's fastest again over kWideRefineLaunches launches
-/// in two interleaved rounds; each candidate's ms becomes its per-launch time with its memset
-/// and copy nodes' cost added. Returns the winner's index, or -1 when none ran.
-int time_wide(const LtCall& call, const LtProblem& p, void* d, TacticTimer& timer,
-              std::vector<LtCandidate>& list) {
-  const SideStream side_stream;
-  std::vector<int> extra(list.size(), 0);
-  for (size_t i = 0; i < list.size(); ++i) {
+/// First pass over list[from..]: one warm-up and two launches each (time_candidate), into `d`.
+void time_first_pass(const LtCall& call, void* d, TacticTimer& timer, cudaStream_t side,
+                     std::vector<LtCandidate>& list, size_t from) {
+  for (size_t i = from; i < list.size(); ++i) {
     LtCandidate& c = list[i];
     const float timed = time_candidate(call, c.algo, d, timer);
     if (timed < 0.0f) continue;
     LtCall on_side = call;
-    on_side.stream = side_stream.s;
-    extra[i] = non_kernel_nodes(side_stream.s, [&] {
+    on_side.stream = side;
+    c.extra_nodes = non_kernel_nodes(side, [&] {
       return on_side.run(c.algo, d) == CUBLAS_STATUS_SUCCESS;
     });
-    c.ms = timed / 2.0f + non_kernel_node_ms() * static_cast<float>(extra[i]);
+    c.first_ms = timed / 2.0f + non_kernel_node_ms() * static_cast<float>(c.extra_nodes);
   }
-  std::vector<float> first_pass(list.size());
+}
+
+/// Indices of the candidates that ran, fastest first pass first.
+std::vector<size_t> by_first_pass(const std::vector<LtCandidate>& list) {
   std::vector<size_t> order;
   for (size_t i = 0; i < list.size(); ++i) {
-    first_pass[i] = list[i].ms;
-    if (list[i].ms >= 0.0f) order.push_back(i);
+    if (list[i].first_ms >= 0.0f) order.push_back(i);
   }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return list[a].first_ms < list[b].first_ms; });
+  return order;
+}
+
+void log_wide(const LtProblem& p, const std::vector<LtCandidate>& list,
+              const std::vector<size_t>& refine, size_t ran, int winner) {
+  size_t counts[3] = {0, 0, 0};
+  for (const LtCandidate& c : list) ++counts[static_cast<int>(c.source)];
+  std::fprintf(stderr,
+               "[ember tactic] %s: wide search timed %zu candidates (%zu from the heuristic's "
+               "list, %zu from algorithm ids, %zu variants), %zu ran\n",
+               p.key.c_str(), list.size(), counts[0], counts[1], counts[2], ran);
+  float heuristic_ms = -1.0f;
+  for (size_t i : refine) {
+    const LtCandidate& c = list[i];
+    if (c.source == LtSource::kHeuristic && c.ms >= 0.0f &&
+        (heuristic_ms < 0.0f || c.ms < heuristic_ms)) {
+      heuristic_ms = c.ms;
+    }
+    int32_t algo_id = -1, splits = -1;
+    uint32_t tile = 0, stages = 0, swizzle = 0;
+    uint16_t cluster = 0;
+    size_t w = 0;
+    const auto get = [&](cublasLtMatmulAlgoConfigAttributes_t attr, void* value, size_t size) {
+      cublasLtMatmulAlgoConfigGetAttribute(&c.algo, attr, value, size, &w);
+    };
+    get(CUBLASLT_ALGO_CONFIG_ID, &algo_id, sizeof algo_id);
+    get(CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile);
+    get(CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages);
+    get(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof splits);
+    get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof cluster);
+    get(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof swizzle);
+    std::fprintf(stderr,
+                 "[ember tactic] %s:   %s%.4f ms a launch (first pass %.4f): id %d tile %u "
+                 "stages %u split-K %d cluster %u swizzle %u, %d memset/copy node(s), "
+                 "workspace %zu B, from %s\n",
+                 p.key.c_str(), static_cast<int>(i) == winner ? "chosen " : "", c.ms, c.first_ms,
+                 algo_id, tile, stages, splits, static_cast<unsigned>(cluster), swizzle,
+                 c.extra_nodes, c.workspace, source_name(c.source));
+  }
+  if (winner >= 0 && heuristic_ms > 0.0f) {
+    const float chosen = list[static_cast<size_t>(winner)].ms;
+    std::fprintf(stderr,
+                 "[ember tactic] %s: wide choice %.4f ms against the heuristic list's best %.4f "
+                 "ms (%+.1f%%)\n",
+                 p.key.c_str(), chosen, heuristic_ms, 100.0f * (chosen / heuristic_ms - 1.0f));
+  }
+}
+
+/// The wide search over `list` (the heuristic's usable candidates on entry): each algorithm
+/// id's configurations are added and timed, then the variants of the kWideVariantBases fastest,
+/// then the kWideRefine fastest and the heuristic list's fastest (what the default search would
+/// take) are timed again. Returns the winner's index in `list`, or -1 when none ran.
+int wide_search(const LtCall& call, cublasLtMatmulPreference_t pref, const LtProblem& p,
+                void* d, TacticTimer& timer, std::vector<LtCandidate>& list) {
+  const SideStream side_stream;
+  add_algo_id_candidates(call, pref, list);
+  time_first_pass(call, d, timer, side_stream.s, list, 0);
+  const std::vector<size_t> fastest = by_first_pass(list);
+  const size_t before_variants = list.size();
+  for (size_t k = 0; k < fastest.size() && k < kWideVariantBases; ++k) {
+    const cublasLtMatmulAlgo_t base = list[fastest[k]].algo;  // list may grow below
+    add_variants(call, base, list);
+  }
+  time_first_pass(call, d, timer, side_stream.s, list, before_variants);
+  const std::vector<size_t> order = by_first_pass(list);
   if (order.empty()) return -1;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return list[a].ms < list[b].ms; });
   std::vector<size_t> refine(order.begin(), order.begin() + std::min(order.size(), kWideRefine));
-  for (size_t i : order) {  // the heuristic list's fastest: what the default search would take
+  for (size_t i : order) {
     if (list[i].source == LtSource::kHeuristic) {
       if (std::find(refine.begin(), refine.end(), i) == refine.end()) refine.push_back(i);
       break;
     }
   }
-  std::vector<float> best(list.size(), -1.0f);
   for (int round = 0; round < 2; ++round) {
     for (size_t i : refine) {
+      LtCandidate& c = list[i];
       const float ms = time_launches(timer, call.stream, [&] {
         for (int k = 0; k < kWideRefineLaunches / 2; ++k) {
-          if (call.run(list[i].algo, d) != CUBLAS_STATUS_SUCCESS) return false;
+          if (call.run(c.algo, d) != CUBLAS_STATUS_SUCCESS) return false;
         }
         return true;
       });
       if (ms < 0.0f) continue;
       const float per_launch = ms / static_cast<float>(kWideRefineLaunches) +
-                               non_kernel_node_ms() * static_cast<float>(extra[i]);
-      if (best[i] < 0.0f || per_launch < best[i]) best[i] = per_launch;
+                               non_kernel_node_ms() * static_cast<float>(c.extra_nodes);
+      if (c.ms < 0.0f || per_launch < c.ms) c.ms = per_launch;
     }
   }
   int winner = -1;
   for (size_t i : refine) {
-    if (best[i] < 0.0f) continue;
-    list[i].ms = best[i];
-    if (winner < 0 || best[i] < list[static_cast<size_t>(winner)].ms) winner = static_cast<int>(i);
-  }
-  if (tactic_log()) {
-    size_t counts[3] = {0, 0, 0};
-    for (const LtCandidate& c : list) ++counts[static_cast<int>(c.source)];
-    std::fprintf(stderr,
-                 "[ember tactic] %s: wide search timed %zu candidates (%zu from the heuristic's "
-                 "list, %zu from algorithm ids, %zu variants), %zu ran\n",
-                 p.key.c_str(), list.size(), counts[0], counts[1], counts[2], order.size());
-    float heuristic_ms = -1.0f;
-    for (size_t i : refine) {
-      if (list[i].source == LtSource::kHeuristic && best[i] >= 0.0f &&
-          (heuristic_ms < 0.0f || best[i] < heuristic_ms)) {
-        heuristic_ms = best[i];
-      }
-    }
-    for (size_t i : refine) {
-      int32_t algo_id = -1, tile = -1, stages = -1, splits = -1;
-      uint16_t cluster = 0;
-      uint32_t swizzle = 0;
-      size_t w = 0;
-      cublasLtMatmulAlgoConfigGetAttribute(&list[i].algo, CUBLASLT_ALGO_CONFIG_ID, &algo_id,
-                                           sizeof algo_id, &w);
-      cublasLtMatmulAlgoConfigGetAttribute(&list[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile,
-                                           sizeof tile, &w);
-      cublasLtMatmulAlgoConfigGetAttribute(&list[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages,
-                                           sizeof stages, &w);
-      cublasLtMatmulAlgoConfigGetAttribute(&list[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits,
-                                           sizeof splits, &w);
-      cublasLtMatmulAlgoConfigGetAttribute(&list[i].algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
-                                           &cluster, sizeof cluster, &w);
-      cublasLtMatmulAlgoConfigGetAttribute(&list[i].algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
-                                           &swizzle, sizeof swizzle, &w);
-      std::fprintf(stderr,
-                   "[ember tactic] %s:   %s%.4f ms a launch (first pass %.4f): id %d tile %d "
-                   "stages %d split-K %d cluster %u swizzle %u, %d memset/copy node(s), from %s\n",
-                   p.key.c_str(), static_cast<int>(i) == winner ? "chosen " : "", best[i],
-                   first_pass[i], algo_id, tile, stages, splits, cluster, swizzle, extra[i],
-                   source_name(list[i].source));
-    }
-    if (winner >= 0 && heuristic_ms > 0.0f) {
-      std::fprintf(stderr,
-                   "[ember tactic] %s: wide choice %.4f ms against the heuristic list's best "
-                   "%.4f ms (%+.1f%%)\n",
-                   p.key.c_str(), list[static_cast<size_t>(winner)].ms, heuristic_ms,
-                   100.0f * (list[static_cast<size_t>(winner)].ms / heuristic_ms - 1.0f));
+    if (list[i].ms >= 0.0f &&
+        (winner < 0 || list[i].ms < list[static_cast<size_t>(winner)].ms)) {
+      winner = static_cast<int>(i);
     }
   }
+  if (tactic_log()) log_wide(p, list, refine, order.size(), winner);
   return winner;
 }
 
@@ -424,12 +452,14 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
   if (wide) {
     std::vector<LtCandidate> list;
     for (int i = first; i < returned; ++i) {
-      if (usable(i)) list.push_back({results[i].algo, results[i].workspaceSize, LtSource::kHeuristic});
+      if (usable(i)) {
+        add_candidate(list, results[i].algo, results[i].workspaceSize, LtSource::kHeuristic,
+                      call.workspace_bytes);
+      }
     }
-    add_wide_candidates(call, pref, list);
     TacticTimer timer;
     void* d = timing_target(call, p, args, timer);
-    const int winner = time_wide(call, p, d, timer, list);
+    const int winner = wide_search(call, pref, p, d, timer, list);
     if (winner < 0) {
       return no_algorithm("none of the wide search's " + std::to_string(list.size()) +
                           " candidates ran");

@@ -10,10 +10,10 @@
 //
 // EMBER_LT_SEARCH=wide widens the timed set the way TensorRT's higher builder optimization
 // levels do: besides the heuristic's list, the best configurations cuBLASLt's heuristic finds
-// for every algorithm id it has for the problem's types, and each of those with other cluster
-// shapes, CTA swizzles and split-K counts (cublasLtMatmulAlgoCheck keeps those that run). Every
-// candidate is timed once; the fastest few are timed again over more launches, so the winner is
-// not a one-off reading among hundreds.
+// for every algorithm id it has for the problem's types, and the fastest of those with other
+// cluster shapes, CTA swizzles and split-K counts (cublasLtMatmulAlgoCheck keeps those that
+// run). Every candidate is timed once; the fastest few are timed again over more launches, so
+// the winner is not a one-off reading among hundreds.
 #pragma once
 
 #include <cublasLt.h>
