@@ -8,6 +8,7 @@
 #include "backends/codegen/pointwise_codegen.h"
 #include "backends/cuda/attention_cudnn.h"
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/lt_algo.h"
 #include "builder/passes/passes.h"
 #include "ember/engine/plugin.h"
 #include "plan/plan.h"
@@ -236,6 +237,10 @@ class CudaBackend final : public Backend {
       s.log.push_back("time_tactics: skipped (no GPU); the first call of each problem times it");
       return;
     }
+    // The tactic settings are read at each timing, and an error inside the run below only
+    // stops timing early: a bad value must fail the build here, by name, instead.
+    cuda::lt_candidates();
+    cuda::lt_search();
     // The plan is built for this GPU: its choices are timed here, and a GPU of a lower compute
     // capability refuses it at load (check_device_for_plan).
     s.plan.target = cuda::device_target();
