@@ -61,6 +61,8 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   method "max", calibrated on 4 random batches of the row's input shape): convolutions, linear
   layers and matmuls on int8 / FP8 operands, the rest in f16 (issue 17). Its cosine is against
   the f32 model, like the others.
+- `int8_igemm`: `int8` with EMBER_QCONV=igemm (the NHWC convolutions it covers run in Ember's
+  INT8 implicit-GEMM kernel, epilogue included, instead of cuDNN's graph);
 - `int8_plain_norms` / `fp8_plain_norms`: `int8` / `fp8` with EMBER_QUANTIZE_NORM_OUTPUTS=0
   while built, so each layer norm before a quantized product keeps a Quantize pass of its own
   instead of writing the quantized tensor itself (the A/B of the quantize_norm_outputs pass).
@@ -88,7 +90,7 @@ VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductio
             "half_serial_reductions", "half_lt32", "half_lt_wide", "half_cudnn_depthwise", "half_own_depthwise",
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
-            "int8", "fp8", "int8_plain_norms", "fp8_plain_norms", "half_written_rms",
+            "int8", "fp8", "int8_igemm", "int8_plain_norms", "fp8_plain_norms", "half_written_rms",
             "half_unpadded_channels", "half_no_space_to_depth")
 
 
@@ -144,6 +146,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_unpadded_channels": ("EMBER_PAD_CONV_CHANNELS", "0"),
                 "half_no_space_to_depth": ("EMBER_SPACE_TO_DEPTH", "0"),
                 "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
+                "int8_igemm": ("EMBER_QCONV", "igemm"),
                 "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
     env, value = switches.get(variant, (None, None))
     old = os.environ.get(env) if env else None

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backends/cuda/conv_graph.h"
+#include "backends/cuda/quantize_kernels.h"
 #include "builder/passes/passes.h"
 #include "cuda_test_util.h"
 #include "ember/engine/half.h"
@@ -378,6 +379,14 @@ bool graph_selected(bool fp8) {
   return fp8 ? q == "graph" : q != "gemm" && q != "cudnn";
 }
 
+/// Whether EMBER_QCONV=igemm sends an INT8 case to Ember's implicit-GEMM kernel
+/// (quantized_conv.cpp; igemm_covers: NHWC 2-d, groups = 1, symmetric int8, C % 16 == 0).
+bool igemm_selected(const CudaQConv& c) {
+  const char* v = std::getenv("EMBER_QCONV");
+  return v != nullptr && std::string(v) == "igemm" && !c.fp8 && c.x_dims.size() == 4 &&
+         c.groups == 1 && c.zero_point < 0 && c.x_dims[1] % 16 == 0;
+}
+
 /// Calls f(k, sum, abs_sum) for each NCHW output element of a 2-d convolution with groups = 1:
 /// its output channel, sum x * w and sum |x * w| over its taps in double, with x(i) and w(i)
 /// the decoded values of x's and w's i-th NCHW / KCRS elements.
@@ -597,7 +606,8 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
   const bool takes_graph =
       graph_selected(c.fp8) && c.x_dims.size() == 4 && c.groups == 1 && c.zero_point < 0 &&
       c.x_dims[1] % multiple == 0 && c.w_dims[0] % multiple == 0 &&
-      !(c.residual_int8 && !c.requantize);  // cuDNN had no engine for that one (run_graph)
+      !(c.residual_int8 && !c.requantize) &&  // cuDNN had no engine for that one (run_graph)
+      !igemm_selected(c);
   // The graph requantizes to int8 from the scales applied one by one (the reference multiplies
   // by their product first): at a rounding tie a value may land on the tie's other side.
   // With exact scales (powers of two, no bias) both orders are exact: bytes must match.
@@ -615,10 +625,14 @@ void check_convolution(const CudaQConv& c, const std::string& what) {
     int8_values =
         int8_requantized_values(c, xt, w8, c.x_scale, ws, bias, c.out_scale, residual);
   }
+  const int64_t igemm_before = cuda::igemm_launches();
   const int64_t graph_runs = graph_executions_during([&] {
     check_bytes_and_floats(net, ins, what + " (channels_last)", ChannelsLast::kOn, c.fp8,
                            sum_error, int8_values);
   });
+  // Ember's implicit GEMM finishes its int32 sums with the epilogue pass's arithmetic: the
+  // bytes matched above without a tie window.
+  EXPECT_EQ(cuda::igemm_launches() > igemm_before, igemm_selected(c)) << what;
   if (!takes_graph) {
     EXPECT_EQ(graph_runs, 0) << what;
   } else if (expect_quantized_graph_engines()) {
@@ -737,6 +751,14 @@ void check_int8_convolutions() {
   ties.quant_min = -127;
   ties.exact_scales = true;
   check_convolution(ties, "1x1 requantized at exact rounding ties");
+  // Several 128 x 128 tiles of the implicit GEMM: M = 800 output pixels, K = 160 channels (a
+  // partial second column of tiles), a reduction of 288 (4.5 steps of 64), padding, f16 + relu
+  // requantized.
+  CudaQConv tiles{{2, 32, 20, 20}, {160, 32, 3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+  tiles.out = DataType::kF16;
+  tiles.relu = true;
+  tiles.requantize = true;
+  check_convolution(tiles, "3x3, 800 x 160 output, requantized");
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {
@@ -744,6 +766,12 @@ TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {
   unsetenv("EMBER_QCONV");
   const int64_t ran = graph_executions_during(check_int8_convolutions);
   if (expect_quantized_graph_engines()) EXPECT_GT(ran, 0);
+}
+
+TEST(CudaQuantize, Int8ConvolutionThroughTheImplicitGemmKernelMatchesTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  const test::ScopedEnv igemm("EMBER_QCONV", "igemm");
+  check_int8_convolutions();
 }
 
 TEST(CudaQuantize, Int8ConvolutionThroughTheGemmMatchesTheReference) {

@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "backends/semantics/conv_geometry.h"
 #include "ember/engine/layers.h"
@@ -161,5 +162,19 @@ void launch_qconv_epilogue(const void* y, bool int32_acc, void* out, DataType fl
 void launch_qconv_direct(const void* x, bool u8, bool fp8, const int32_t* zero_point,
                          const void* w, void* out, DataType float_type, const QConvGeometry& g,
                          const ProductEpilogue& e, cudaStream_t stream);
+
+/// Why the INT8 implicit-GEMM kernel (qconv_implicit_gemm.cu) does not take a convolution of
+/// geometry `g` with activations of `x_type` (`zero_point`: it has one) at x and w; empty when
+/// it does: NHWC 2-d, groups = 1, symmetric int8, C % 16 == 0, 16-byte aligned operands, sizes
+/// within 32-bit indices.
+std::string igemm_covers(const QConvGeometry& g, DataType x_type, bool zero_point, const void* x,
+                         const void* w);
+/// The convolution of NHWC int8 x and KRSC int8 w into NHWC `out` through `e` (the float type's
+/// values, or int8 when e requantizes) in one kernel: exact int32 sums on the tensor cores, the
+/// epilogue pass's arithmetic on them in registers. Only for what igemm_covers accepts.
+void launch_qconv_igemm(const void* x, const void* w, void* out, DataType float_type,
+                        const QConvGeometry& g, const ProductEpilogue& e, cudaStream_t stream);
+/// launch_qconv_igemm's launches so far in this process (tests check which path ran).
+int64_t igemm_launches();
 
 }  // namespace ember::engine::cuda

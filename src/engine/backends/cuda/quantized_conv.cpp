@@ -424,6 +424,14 @@ bool run_graph(const QuantizedConvolutionParams& p, const CudaArgs& a, const QCo
   return false;
 }
 
+/// EMBER_QCONV=igemm: Ember's INT8 implicit-GEMM kernel (qconv_implicit_gemm.cu) first, for
+/// the layers it covers (igemm_covers). Read per call, so a process (or a test) can compare it
+/// with cuDNN's graph.
+bool igemm_first() {
+  const char* v = std::getenv("EMBER_QCONV");
+  return v != nullptr && std::strcmp(v, "igemm") == 0;
+}
+
 /// EMBER_QCONV=cudnn: cuDNN's INT8 convolution first (the A/B of the GEMM path). Read per call,
 /// so a process (or a test) can compare both.
 bool cudnn_first() {
@@ -470,6 +478,11 @@ void run(const QuantizedConvolutionParams& p, const CudaArgs& a) {
     // The implicit-GEMM graph first; its refusal is kept with the layer's state (cuDNN is asked
     // once per layer and problem), printed under the tactic log on each eager call, and the
     // layer takes the paths below.
+    if (why.empty() && igemm_first() &&
+        igemm_covers(g, x.dtype, a.has(6), x.data, w.data).empty()) {
+      launch_qconv_igemm(x.data, w.data, out.data, p.out, g, e, a.stream());
+      return;
+    }
     std::string graph_why;
     if (why.empty() && graph_first(x.dtype) && run_graph(p, a, g, e, graph_why)) return;
     if (!graph_why.empty() && tactic_log()) {
