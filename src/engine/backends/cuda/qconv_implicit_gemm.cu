@@ -216,9 +216,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename TO>
 void launch_typed(const int8_t* x, const int8_t* w, void* out, const IgemmGeometry& g,
                   const ProductEpilogue& e, cudaStream_t stream) {
-  static const cudaError_t attr = cudaFuncSetAttribute(
-      qconv_igemm_kernel<TO>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  check(attr, "cudaFuncSetAttribute (int8 implicit GEMM)");
+  // Per device, so set on every launch (a host call, no stream work: allowed in a capture).
+  check(cudaFuncSetAttribute(qconv_igemm_kernel<TO>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kSmemBytes),
+        "cudaFuncSetAttribute (int8 implicit GEMM)");
   const dim3 grid((g.m + kBlockM - 1) / kBlockM, (g.k + kBlockN - 1) / kBlockN);
   qconv_igemm_kernel<TO><<<grid, kThreads, kSmemBytes, stream>>>(x, w, out, g, e);
   check(cudaGetLastError(), "int8 implicit GEMM launch");
