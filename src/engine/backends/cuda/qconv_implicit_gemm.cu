@@ -246,10 +246,17 @@ std::string igemm_covers(const QConvGeometry& g, DataType x_type, bool zero_poin
   }
   const int64_t m = g.batch * g.out[1] * g.out[2];
   const int64_t kd = g.kernel[1] * g.kernel[2] * g.in_channels;
-  if (!fits32(m) || !fits32(kd) || !fits32(g.out_channels) ||
-      !fits32(g.batch * g.in[1] * g.in[2]) || !fits32(kd + kBlockK)) {
+  // Tile edges (m0 + row, n0 + row, k + 16) and the input coordinates stay in int32.
+  const int64_t reach_h = (g.out[1] - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1];
+  const int64_t reach_w = (g.out[2] - 1) * g.stride[2] + (g.kernel[2] - 1) * g.dilation[2];
+  if (!fits32(m + kBlockM) || !fits32(g.out_channels + kBlockN) || !fits32(kd + kBlockK) ||
+      !fits32(g.batch * g.in[1] * g.in[2]) || !fits32(reach_h + g.pad[1]) ||
+      !fits32(reach_w + g.pad[2])) {
     return "a size does not fit its 32-bit indices";
   }
+  if ((g.out_channels + kBlockN - 1) / kBlockN > 65535) return "it has too many output channels";
+  // |x * w| <= 128 * 128 per tap: int32 sums cannot wrap below 2^17 taps.
+  if (kd > (int64_t{1} << 17)) return "its reduction is longer than 2^17";
   return {};
 }
 
