@@ -61,8 +61,9 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
   method "max", calibrated on 4 random batches of the row's input shape): convolutions, linear
   layers and matmuls on int8 / FP8 operands, the rest in f16 (issue 17). Its cosine is against
   the f32 model, like the others.
-- `int8_igemm`: `int8` with EMBER_QCONV=igemm (the NHWC convolutions it covers run in Ember's
-  INT8 implicit-GEMM kernel, epilogue included, instead of cuDNN's graph);
+- `int8_igemm`: `int8` with EMBER_QCONV=igemm and EMBER_QMATMUL=igemm (the NHWC convolutions
+  and the products it covers run in Ember's INT8 implicit-GEMM kernel, epilogue included,
+  instead of cuDNN's graph or cuBLASLt's GEMM and the epilogue pass);
 - `int8_plain_norms` / `fp8_plain_norms`: `int8` / `fp8` with EMBER_QUANTIZE_NORM_OUTPUTS=0
   while built, so each layer norm before a quantized product keeps a Quantize pass of its own
   instead of writing the quantized tensor itself (the A/B of the quantize_norm_outputs pass).
@@ -146,19 +147,22 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_unpadded_channels": ("EMBER_PAD_CONV_CHANNELS", "0"),
                 "half_no_space_to_depth": ("EMBER_SPACE_TO_DEPTH", "0"),
                 "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
-                "int8_igemm": ("EMBER_QCONV", "igemm"),
+                "int8_igemm": (("EMBER_QCONV", "igemm"), ("EMBER_QMATMUL", "igemm")),
                 "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
-    env, value = switches.get(variant, (None, None))
-    old = os.environ.get(env) if env else None
-    if env:
+    # A variant may set several variables: a tuple of (name, value) pairs.
+    setting = switches.get(variant, ())
+    pairs = setting if setting and isinstance(setting[0], tuple) else ((setting,) if setting else ())
+    old = {env: os.environ.get(env) for env, _ in pairs}
+    for env, value in pairs:
         os.environ[env] = value
     try:
         _run_variant(row, variant, name, batch, iters)
     finally:
-        if env and old is None:
-            os.environ.pop(env, None)
-        elif env:
-            os.environ[env] = old
+        for env, value in old.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 def _run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> None:

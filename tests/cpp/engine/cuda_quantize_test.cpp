@@ -278,6 +278,31 @@ TEST(CudaQuantize, ProductEpiloguesMatchTheReference) {
   }
 }
 
+// EMBER_QMATMUL=igemm: the symmetric int8 products with k % 16 == 0 run in Ember's
+// implicit-GEMM kernel (as 1x1 convolutions), the epilogue in it: bytes must match. The others
+// (k = 12, a zero point) keep cuBLASLt's or the direct path.
+TEST(CudaQuantize, Int8ProductsThroughTheImplicitGemmKernelMatchTheReference) {
+  if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+  const test::ScopedEnv igemm("EMBER_QMATMUL", "igemm");
+  const int64_t before = cuda::igemm_launches();
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128);
+  check_product(DataType::kI8, DataType::kF16, 33, 16, 64);
+  const int64_t plain = cuda::igemm_launches();
+  EXPECT_GT(plain, before);
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128, true);
+  check_product(DataType::kI8, DataType::kF16, 33, 16, 64, false, -1, ProductTail::kBiasResidual);
+  // Several tiles: m = 300 rows, n = 200 columns (a partial second column of tiles), k = 208
+  // (3.25 steps of 64), GELU and requantization.
+  check_product(DataType::kI8, DataType::kF16, 300, 200, 208, true);
+  check_product(DataType::kI8, DataType::kBF16, 300, 200, 208, false, -1,
+                ProductTail::kBiasResidualGeluErf);
+  const int64_t covered = cuda::igemm_launches();
+  EXPECT_GE(covered - plain, 4);
+  check_product(DataType::kI8, DataType::kF32, 7, 6, 12, false, -1, ProductTail::kBiasResidual);
+  check_product(DataType::kI8, DataType::kF32, 64, 48, 128, false, 128);
+  EXPECT_EQ(cuda::igemm_launches(), covered);  // k = 12, and a zero point: not the kernel's
+}
+
 TEST(CudaQuantize, Fp8GemmThroughCublasLtMatchesTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   int dev = 0, major = 0, minor = 0;

@@ -34,6 +34,7 @@
 #include <cublasLt.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <string>
@@ -108,11 +109,34 @@ void set_tn(cublasLtMatmulDesc_t op) {
             "set TRANSB");
 }
 
+/// EMBER_QMATMUL=igemm: symmetric INT8 products run in Ember's implicit-GEMM kernel
+/// (qconv_implicit_gemm.cu) as the 1x1 convolution they are (m pixels of k channels, n output
+/// channels), the epilogue in the same kernel: no int32 sums in memory. Read per call.
+bool igemm_products() {
+  const char* v = std::getenv("EMBER_QMATMUL");
+  return v != nullptr && std::strcmp(v, "igemm") == 0;
+}
+
+/// The product as igemm's 1x1 convolution; false (nothing enqueued) where the kernel does not
+/// cover it (igemm_covers: symmetric int8, k % 16 == 0, aligned operands, sizes).
+bool run_int8_igemm(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
+                    const ProductEpilogue& e) {
+  QConvGeometry g;
+  g.channels_last = true;
+  g.batch = m;
+  g.in_channels = k;
+  g.out_channels = n;
+  if (!igemm_covers(g, a.in(0).dtype, a.has(6), a.in(0).data, a.in(1).data).empty()) return false;
+  launch_qconv_igemm(a.in(0).data, a.in(1).data, a.out().data, float_type, g, e, a.stream());
+  return true;
+}
+
 /// INT8: returns false when cuBLASLt cannot take the problem.
 bool run_int8(const CudaArgs& a, int64_t m, int64_t n, int64_t k, DataType float_type,
               ProductEpilogue e) {
   const DeviceTensor& qa = a.in(0);
   const DeviceTensor& qb = a.in(1);
+  if (igemm_products() && run_int8_igemm(a, m, n, k, float_type, e)) return true;
   if (k % 4 != 0 || n % 4 != 0 || !aligned_to(qa.data, 16) || !aligned_to(qb.data, 16)) {
     return false;
   }
