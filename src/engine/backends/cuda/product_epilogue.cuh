@@ -16,17 +16,34 @@ namespace ember::engine::cuda {
 /// The value of a fused product's output element of channel `channel` from its sum, through `e`
 /// (layers.h): scales and bias in f32, rounding to TO, activation. Before requantization.
 /// `act` is e's activation (ActivationFn, or a StaticActivationFn of the same type).
+/// The scale multiplier of channel `channel` (x_scale * w_scale) and its bias as f32.
+template <typename TO>
+__device__ __forceinline__ float product_multiplier(int64_t channel, const ProductEpilogue& e) {
+  return e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
+}
+template <typename TO>
+__device__ __forceinline__ float product_bias(int64_t channel, const ProductEpilogue& e) {
+  return e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
+}
+
+/// product_value_with from the channel's multiplier and bias already read (a kernel that
+/// finishes many rows of one channel reads them once).
 template <typename TO, typename Act>
-__device__ __forceinline__ TO product_value_with(int64_t channel, float sum,
+__device__ __forceinline__ TO product_value_from(float multiplier, float bias, float sum,
                                                  const ProductEpilogue& e, float residual,
                                                  const Act& act) {
-  const float multiplier = e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
-  const float bias =
-      e.bias != nullptr ? Num<TO>::load(static_cast<const TO*>(e.bias)[channel]) : 0.0f;
   TO v = Num<TO>::store(
       semantics::quantized_product_value(sum, multiplier, e.scale, bias, residual));
   if (e.activation) v = Num<TO>::store(act(Num<TO>::load(v)));
   return v;
+}
+
+template <typename TO, typename Act>
+__device__ __forceinline__ TO product_value_with(int64_t channel, float sum,
+                                                 const ProductEpilogue& e, float residual,
+                                                 const Act& act) {
+  return product_value_from<TO>(product_multiplier<TO>(channel, e), product_bias<TO>(channel, e),
+                                sum, e, residual, act);
 }
 
 template <typename TO>
@@ -55,15 +72,21 @@ __device__ __forceinline__ float residual_at(const ProductEpilogue& e, int64_t i
 
 /// product_value requantized (e.out_scale set): to int8, or to f8e4m3 (e.fp8_out; the byte
 /// returned as int8_t) as the Quantize kernel does.
+/// product_requantized with the inverse out_scale already computed.
 template <typename TO>
-__device__ __forceinline__ int8_t product_requantized(TO v, const ProductEpilogue& e) {
-  const float inv = semantics::quant_inv_scale(e.out_scale[0]);
+__device__ __forceinline__ int8_t product_requantized_with(TO v, float inv,
+                                                           const ProductEpilogue& e) {
   if (e.fp8_out) {
     return static_cast<int8_t>(
         __nv_cvt_float_to_fp8(Num<TO>::load(v) * inv, __NV_SATFINITE, __NV_E4M3));
   }
   return static_cast<int8_t>(
       semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
+}
+
+template <typename TO>
+__device__ __forceinline__ int8_t product_requantized(TO v, const ProductEpilogue& e) {
+  return product_requantized_with<TO>(v, semantics::quant_inv_scale(e.out_scale[0]), e);
 }
 
 /// Finishes output element `i` (output channel `channel`) of a fused product from its sum.

@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "backends/cuda/device_common.cuh"
@@ -72,7 +73,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_
 
 __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                        uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
@@ -192,7 +193,23 @@ __global__ void __launch_bounds__(kThreads)
   asm volatile("cp.async.wait_group 0;\n" ::);
 
   // The accumulator of m16n8: d0, d1 at (lane / 4, 2 * (lane % 4) + {0, 1}); d2, d3 eight rows
-  // further. Each finished as the epilogue pass finishes an int32 sum.
+  // further. Each finished with the epilogue pass's arithmetic (product_epilogue.cuh), the
+  // channel's multiplier and bias read once for this thread's eight columns.
+  const ActivationFn act{e.type, e.alpha, e.beta};
+  const float inv = e.out_scale != nullptr ? semantics::quant_inv_scale(e.out_scale[0]) : 1.0f;
+  float mult[4][2], bias[4][2];
+#pragma unroll
+  for (int nj = 0; nj < 4; ++nj) {
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+      const int n = n0 + warp_n * 32 + nj * 8 + ((lane & 3) << 1) + v;
+      mult[nj][v] = n < g.k ? product_multiplier<TO>(n, e) : 0.0f;
+      bias[nj][v] = n < g.k ? product_bias<TO>(n, e) : 0.0f;
+    }
+  }
+  // Columns come in pairs (n even); with K even both are in range and the pair is one aligned
+  // 2- or 4-byte store.
+  const bool pairs = (g.k & 1) == 0;
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi) {
 #pragma unroll
@@ -201,12 +218,36 @@ __global__ void __launch_bounds__(kThreads)
       if (m >= g.m) continue;
 #pragma unroll
       for (int nj = 0; nj < 4; ++nj) {
+        const int n = n0 + warp_n * 32 + nj * 8 + ((lane & 3) << 1);
+        if (n >= g.k) continue;
+        const int64_t i = static_cast<int64_t>(m) * g.k + n;
+        TO val[2];
 #pragma unroll
         for (int v = 0; v < 2; ++v) {
-          const int n = n0 + warp_n * 32 + nj * 8 + ((lane & 3) << 1) + v;
-          if (n >= g.k) continue;
-          product_store<TO>(out, static_cast<int64_t>(m) * g.k + n, n,
-                            corrected_sum(acc[mi][nj][half * 2 + v], n, e), e);
+          if (v == 1 && n + 1 >= g.k) break;
+          val[v] = product_value_from<TO>(
+              mult[nj][v], bias[nj][v],
+              static_cast<float>(acc[mi][nj][half * 2 + v]), e, residual_at<TO>(e, i + v), act);
+        }
+        if (e.out_scale != nullptr) {
+          int8_t q[2];
+          q[0] = product_requantized_with<TO>(val[0], inv, e);
+          if (pairs) {
+            q[1] = product_requantized_with<TO>(val[1], inv, e);
+            uint16_t word;
+            memcpy(&word, q, 2);
+            *reinterpret_cast<uint16_t*>(static_cast<int8_t*>(out) + i) = word;
+          } else {
+            static_cast<int8_t*>(out)[i] = q[0];
+            if (n + 1 < g.k) static_cast<int8_t*>(out)[i + 1] = product_requantized_with<TO>(val[1], inv, e);
+          }
+        } else if (pairs && sizeof(TO) == 2) {
+          uint32_t word;
+          memcpy(&word, val, 4);
+          *reinterpret_cast<uint32_t*>(static_cast<TO*>(out) + i) = word;
+        } else {
+          static_cast<TO*>(out)[i] = val[0];
+          if (n + 1 < g.k) static_cast<TO*>(out)[i + 1] = val[1];
         }
       }
     }
