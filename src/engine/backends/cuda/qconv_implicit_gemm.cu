@@ -42,8 +42,11 @@ constexpr int kThreads = 256;
 constexpr int kTileBytes = kBlockM * kBlockK;  // one operand's tile per stage (A and B alike)
 constexpr int kPipelineBytes = kStages * 2 * kTileBytes;
 // The epilogue stages the block's int32 sums through the same shared memory: 128 rows of 128
-// sums, rows padded by 4 words so that a warp's pair stores spread over the banks.
-constexpr int kSumStride = kBlockN + 4;
+// sums, rows padded by 8 words so that a half-warp's pair stores (four rows of eight words)
+// land on distinct banks.
+constexpr int kSumStride = kBlockN + 8;
+static_assert(kThreads % (kBlockN / 2) == 0 && kBlockN == 128 && kBlockM == 128,
+              "the epilogue's loop gives each thread one column pair of every fourth row");
 constexpr int kEpilogueBytes = kBlockM * kSumStride * 4;
 constexpr int kSmemBytes = kPipelineBytes > kEpilogueBytes ? kPipelineBytes : kEpilogueBytes;
 
