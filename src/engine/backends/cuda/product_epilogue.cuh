@@ -16,7 +16,7 @@ namespace ember::engine::cuda {
 /// The value of a fused product's output element of channel `channel` from its sum, through `e`
 /// (layers.h): scales and bias in f32, rounding to TO, activation. Before requantization.
 /// `act` is e's activation (ActivationFn, or a StaticActivationFn of the same type).
-/// The scale multiplier of channel `channel` (x_scale * w_scale) and its bias as f32.
+/// The scale multiplier of channel `channel` (x_scale * w_scale), and its bias as f32.
 template <typename TO>
 __device__ __forceinline__ float product_multiplier(int64_t channel, const ProductEpilogue& e) {
   return e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
@@ -71,8 +71,7 @@ __device__ __forceinline__ float residual_at(const ProductEpilogue& e, int64_t i
 }
 
 /// product_value requantized (e.out_scale set): to int8, or to f8e4m3 (e.fp8_out; the byte
-/// returned as int8_t) as the Quantize kernel does.
-/// product_requantized with the inverse out_scale already computed.
+/// returned as int8_t) as the Quantize kernel does; `inv` is quant_inv_scale(*e.out_scale).
 template <typename TO>
 __device__ __forceinline__ int8_t product_requantized_with(TO v, float inv,
                                                            const ProductEpilogue& e) {
@@ -84,6 +83,7 @@ __device__ __forceinline__ int8_t product_requantized_with(TO v, float inv,
       semantics::quant_round_clamp(Num<TO>::load(v), inv, 0.0f, e.quant_min, e.quant_max));
 }
 
+/// product_requantized_with, reading e.out_scale.
 template <typename TO>
 __device__ __forceinline__ int8_t product_requantized(TO v, const ProductEpilogue& e) {
   return product_requantized_with<TO>(v, semantics::quant_inv_scale(e.out_scale[0]), e);

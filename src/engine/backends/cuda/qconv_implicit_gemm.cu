@@ -1,5 +1,9 @@
 // INT8 convolution as an implicit GEMM on the tensor cores, finished in the same kernel
-// (quantized_conv.cpp's path 0, EMBER_QCONV=igemm).
+// (quantized_conv.cpp's path 0, EMBER_QCONV=igemm; quantized_matmul.cpp runs symmetric INT8
+// products through it as 1x1 convolutions with EMBER_QMATMUL=igemm). Opt-in: on an H100 it
+// measured slower than cuDNN's graph (bench/results/2026-12-07-session41.md), each block's
+// fully unrolled epilogue having cost ~30-40 us; the epilogue below (through shared memory, a
+// loop not unrolled) has not run on a GPU yet.
 //
 //   out[m, k] = epilogue(sum over (r, s, c) of x[n, oh*sh - ph + r*dh, ow*sw - pw + s*dw, c]
 //                                            * w[k, r, s, c])
@@ -16,7 +20,8 @@
 // cp.async's zero fill, exact since the activations are symmetric) and w rows go to shared
 // memory by cp.async, kStages steps in flight, in rows of four 16-byte chunks stored at
 // chunk ^ ((row / 2) % 4) so that ldmatrix reads eight rows without a bank conflict. Each warp
-// multiplies with mma.sync m16n8k32 (s8 x s8 -> s32).
+// multiplies with mma.sync m16n8k32 (s8 x s8 -> s32). The sums then go through shared memory
+// as the block's tile, and each thread finishes one column pair of every fourth row.
 //
 // Covered: 2-d, groups = 1, int8 (not uint8) activations without a zero point, C % 16 == 0,
 // x and w 16-byte aligned, sizes that fit the kernel's 32-bit pixel and reduction indices.

@@ -1,5 +1,7 @@
 // QuantizedConvolution on the GPU. Two paths for 1-d and 2-d convolutions with groups = 1, and
-// a direct kernel for the rest:
+// a direct kernel for the rest (INT8 NHWC layers first try cuDNN's implicit-GEMM graph,
+// run_graph below, and with EMBER_QCONV=igemm Ember's own implicit-GEMM kernel,
+// qconv_implicit_gemm.cu, before that):
 //
 // 1. The INT8 GEMM (the default): im2col, then cuBLASLt's IMMA tensor-core GEMM, then the
 //    epilogue, all kernels of quantize.cu or cuBLASLt:
