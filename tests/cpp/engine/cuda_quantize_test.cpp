@@ -793,6 +793,55 @@ TEST(CudaQuantize, Int8ConvolutionThroughTheCudnnGraphMatchesTheReference) {
   if (expect_quantized_graph_engines()) EXPECT_GT(ran, 0);
 }
 
+// What the INT8 implicit-GEMM kernel takes is decided on the host (igemm_covers): checked
+// without a GPU (CI runs it).
+TEST(CudaQuantize, ImplicitGemmCoversOnlyWhatItComputesExactly) {
+  alignas(16) static const int8_t buffer[32] = {};
+  const void* x = buffer;
+  const void* w = buffer;
+  semantics::ConvGeometry g;  // ResNet's 3x3 64 -> 64 at 56x56, b32, NHWC
+  g.channels_last = true;
+  g.batch = 32;
+  g.in_channels = g.out_channels = 64;
+  g.in[1] = g.in[2] = g.out[1] = g.out[2] = 56;
+  g.kernel[1] = g.kernel[2] = 3;
+  g.pad[1] = g.pad[2] = 1;
+  EXPECT_EQ(cuda::igemm_covers(g, DataType::kI8, false, x, w), "");
+  const auto refused = [&](semantics::ConvGeometry h, DataType t, bool zp, const void* px,
+                           const std::string& why) {
+    EXPECT_EQ(cuda::igemm_covers(h, t, zp, px, w), why);
+  };
+  semantics::ConvGeometry nchw = g;
+  nchw.channels_last = false;
+  refused(nchw, DataType::kI8, false, x, "its activations are not NHWC");
+  semantics::ConvGeometry grouped = g;
+  grouped.groups = 2;
+  refused(grouped, DataType::kI8, false, x, "it is grouped");
+  semantics::ConvGeometry volumetric = g;
+  volumetric.in[0] = volumetric.out[0] = 4;
+  refused(volumetric, DataType::kI8, false, x, "it is 3-d");
+  refused(g, DataType::kU8, false, x, "its activations are not symmetric int8");
+  refused(g, DataType::kI8, true, x, "its activations are not symmetric int8");
+  refused(g, DataType::kF8E4M3, false, x, "its activations are not symmetric int8");
+  semantics::ConvGeometry rgb = g;
+  rgb.in_channels = 3;
+  refused(rgb, DataType::kI8, false, x, "its input channels are not a multiple of 16");
+  refused(g, DataType::kI8, false, buffer + 4, "an operand is not 16-byte aligned");
+  semantics::ConvGeometry huge = g;
+  huge.batch = int64_t{1} << 20;  // 3.3e12 output pixels
+  refused(huge, DataType::kI8, false, x, "a size does not fit its 32-bit indices");
+  semantics::ConvGeometry long_reduction = g;
+  long_reduction.in_channels = 16384;  // 9 * 16384 taps > 2^17
+  refused(long_reduction, DataType::kI8, false, x, "its reduction is longer than 2^17");
+  // A product as the 1x1 convolution quantized_matmul.cpp makes of it: m rows of k channels.
+  semantics::ConvGeometry product;
+  product.channels_last = true;
+  product.batch = 4096;
+  product.in_channels = 768;
+  product.out_channels = 3072;
+  EXPECT_EQ(cuda::igemm_covers(product, DataType::kI8, false, x, w), "");
+}
+
 TEST(CudaQuantize, Int8ConvolutionThroughTheImplicitGemmKernelMatchesTheReference) {
   if (!test::cuda_device_present()) GTEST_SKIP() << "no CUDA device";
   const test::ScopedEnv igemm("EMBER_QCONV", "igemm");

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "backends/cuda/lt_algo.h"
 #include "cuda_test_util.h"
 #include "ember/engine/half.h"
 #include "ember/engine/timing_cache.h"
@@ -318,6 +319,31 @@ TEST(CudaTiming, WideCublasLtSearchChoosesAlgorithmsThatRunAndAreKept) {
     ADD_FAILURE() << "EMBER_LT_SEARCH=widest built";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("EMBER_LT_SEARCH='widest'"), std::string::npos)
+        << e.what();
+  }
+}
+
+// The setting itself is host code: checked without a GPU (CI runs it).
+TEST(CudaTiming, LtSearchSettingIsParsedAndABadValueNamed) {
+  {
+    const test::ScopedEnv unset("EMBER_LT_SEARCH", nullptr);
+    EXPECT_EQ(cuda::lt_search(), cuda::LtSearch::kHeuristic);
+  }
+  {
+    const test::ScopedEnv wide("EMBER_LT_SEARCH", "wide");
+    EXPECT_EQ(cuda::lt_search(), cuda::LtSearch::kWide);
+  }
+  {
+    const test::ScopedEnv heuristic("EMBER_LT_SEARCH", "heuristic");
+    EXPECT_EQ(cuda::lt_search(), cuda::LtSearch::kHeuristic);
+  }
+  const test::ScopedEnv bad("EMBER_LT_SEARCH", "Wide");
+  try {
+    cuda::lt_search();
+    ADD_FAILURE() << "EMBER_LT_SEARCH=Wide was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("EMBER_LT_SEARCH='Wide': expected 'heuristic' or 'wide'"),
+              std::string::npos)
         << e.what();
   }
 }
