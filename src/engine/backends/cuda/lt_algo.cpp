@@ -341,6 +341,31 @@ void log_wide(const LtProblem& p, const std::vector<LtCandidate>& list,
   }
 }
 
+/// The default search: every candidate of the heuristic's list timed once (time_first_pass),
+/// the fastest kept. Returns its index in `list`, or -1 when none ran.
+int heuristic_search(const LtCall& call, const LtProblem& p, void* d, TacticTimer& timer,
+                     std::vector<LtCandidate>& list) {
+  const SideStream side_stream;
+  time_first_pass(call, d, timer, side_stream.s, list, 0);
+  const std::vector<size_t> order = by_first_pass(list);
+  const int winner = order.empty() ? -1 : static_cast<int>(order.front());
+  if (tactic_log()) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      std::fprintf(stderr,
+                   "[ember tactic] %s: candidate %zu of %zu: %.4f ms a launch, %d memset/copy "
+                   "node(s), workspace %zu B%s\n",
+                   p.key.c_str(), i, list.size(), list[i].first_ms, list[i].extra_nodes,
+                   list[i].workspace, list[i].first_ms < 0.0f ? " (failed to launch)" : "");
+    }
+    if (winner >= 0) {
+      std::fprintf(stderr, "[ember tactic] %s: chose candidate %d (%.4f ms; the heuristic's "
+                   "first: 0)\n",
+                   p.key.c_str(), winner, list[static_cast<size_t>(winner)].first_ms);
+    }
+  }
+  return winner;
+}
+
 /// The wide search over `list` (the heuristic's usable candidates on entry): each algorithm
 /// id's configurations are added and timed, then the variants of the kWideVariantBases fastest,
 /// then the kWideRefine fastest and the heuristic list's fastest (what the default search would
@@ -420,7 +445,8 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
   // Timing needs the whole list; a capture or a call without a cache takes the first usable one.
   const bool timing = cache != nullptr && !capturing(call.stream);
   const bool wide = timing && lt_search() == LtSearch::kWide;
-  const int wanted = !timing ? kLtCandidates : wide ? std::max(lt_candidates(), 32) : lt_candidates();
+  const int wanted =
+      !timing ? kLtCandidates : wide ? std::max(lt_candidates(), 32) : lt_candidates();
   std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(wanted));
   int returned = 0;
   const cublasStatus_t st =
@@ -449,73 +475,31 @@ std::optional<cublasLtMatmulAlgo_t> choose_lt_algo(const LtCall& call,
                         " candidates fits the workspace");
   }
   if (!timing) return results[first].algo;
-  if (wide) {
-    std::vector<LtCandidate> list;
-    for (int i = first; i < returned; ++i) {
-      if (usable(i)) {
-        add_candidate(list, results[i].algo, results[i].workspaceSize, LtSource::kHeuristic,
-                      call.workspace_bytes);
-      }
+  std::vector<LtCandidate> list;  // the usable candidates, in the heuristic's order
+  for (int i = first; i < returned; ++i) {
+    if (usable(i)) {
+      add_candidate(list, results[i].algo, results[i].workspaceSize, LtSource::kHeuristic,
+                    call.workspace_bytes);
     }
-    TacticTimer timer;
-    void* d = timing_target(call, p, args, timer);
-    const int winner = wide_search(call, pref, p, d, timer, list);
-    if (winner < 0) {
-      return no_algorithm("none of the wide search's " + std::to_string(list.size()) +
-                          " candidates ran");
-    }
-    const cublasLtMatmulAlgo_t& algo = list[static_cast<size_t>(winner)].algo;
-    const auto* bytes = reinterpret_cast<const uint8_t*>(&algo);
-    cache->store(*device, p.key, std::vector<uint8_t>(bytes, bytes + sizeof(cublasLtMatmulAlgo_t)));
-    cache->note_timed();
-    return algo;
   }
-  int best = first;
-  if (returned > 1) {
+  int winner = 0;  // a single candidate is taken untimed (unless the search is wide)
+  if (wide || list.size() > 1) {
     TacticTimer timer;
     void* d = timing_target(call, p, args, timer);
-    float best_ms = -1.0f;
-    best = -1;
-    const bool log = tactic_log();
-    const SideStream side_stream;
-    cudaStream_t side = side_stream.s;
-    for (int i = first; i < returned; ++i) {
-      if (!usable(i)) continue;
-      const float timed = time_candidate(call, results[i].algo, d, timer);
-      LtCall on_side = call;
-      on_side.stream = side;
-      const int extra = timed < 0.0f ? 0 : non_kernel_nodes(side, [&] {
-        return on_side.run(results[i].algo, d) == CUBLAS_STATUS_SUCCESS;
-      });
-      // time_candidate times two launches: two launches' extra nodes.
-      const float ms = timed < 0.0f ? timed : timed + 2.0f * non_kernel_node_ms() * extra;
-      if (log) {
-        std::fprintf(stderr,
-                     "[ember tactic] %s: candidate %d of %d: %.4f ms, %d memset/copy node(s), "
-                     "workspace %zu B%s\n",
-                     p.key.c_str(), i, returned, ms, extra, results[i].workspaceSize,
-                     timed < 0.0f ? " (failed to launch)" : "");
-      }
-      if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
-        best = i;
-        best_ms = ms;
-      }
-    }
-    if (log && best >= 0) {
-      std::fprintf(stderr, "[ember tactic] %s: chose candidate %d (%.4f ms; the heuristic's first: "
-                   "%d)\n", p.key.c_str(), best, best_ms, first);
-    }
+    winner = wide ? wide_search(call, pref, p, d, timer, list)
+                  : heuristic_search(call, p, d, timer, list);
     // Nothing was enqueued by a candidate that failed to launch: the caller may still take
     // another path (the quantized products' f32 sums or direct kernel).
-    if (best < 0) {
-      return no_algorithm("none of the heuristic's " + std::to_string(returned) +
-                          " candidates ran");
+    if (winner < 0) {
+      return no_algorithm(std::string("none of the ") + (wide ? "wide search's " : "heuristic's ") +
+                          std::to_string(list.size()) + " candidates ran");
     }
   }
-  const auto* bytes = reinterpret_cast<const uint8_t*>(&results[best].algo);
+  const cublasLtMatmulAlgo_t& algo = list[static_cast<size_t>(winner)].algo;
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&algo);
   cache->store(*device, p.key, std::vector<uint8_t>(bytes, bytes + sizeof(cublasLtMatmulAlgo_t)));
   cache->note_timed();
-  return results[best].algo;
+  return algo;
 }
 
 }  // namespace ember::engine::cuda

@@ -17,7 +17,6 @@ namespace ember::engine::cuda {
 /// (layers.h): scales and bias in f32, rounding to TO, activation. Before requantization.
 /// `act` is e's activation (ActivationFn, or a StaticActivationFn of the same type).
 /// The scale multiplier of channel `channel` (x_scale * w_scale), and its bias as f32.
-template <typename TO>
 __device__ __forceinline__ float product_multiplier(int64_t channel, const ProductEpilogue& e) {
   return e.x_scale[0] * e.w_scale[e.per_channel ? channel : 0];
 }
@@ -42,7 +41,7 @@ template <typename TO, typename Act>
 __device__ __forceinline__ TO product_value_with(int64_t channel, float sum,
                                                  const ProductEpilogue& e, float residual,
                                                  const Act& act) {
-  return product_value_from<TO>(product_multiplier<TO>(channel, e), product_bias<TO>(channel, e),
+  return product_value_from<TO>(product_multiplier(channel, e), product_bias<TO>(channel, e),
                                 sum, e, residual, act);
 }
 

@@ -235,8 +235,8 @@ __global__ void __launch_bounds__(kThreads)
   const int n = n0 + 2 * pair;
   if (n >= g.k) return;
   const bool second = n + 1 < g.k;
-  const float mult0 = product_multiplier<TO>(n, e), bias0 = product_bias<TO>(n, e);
-  const float mult1 = second ? product_multiplier<TO>(n + 1, e) : 0.0f;
+  const float mult0 = product_multiplier(n, e), bias0 = product_bias<TO>(n, e);
+  const float mult1 = second ? product_multiplier(n + 1, e) : 0.0f;
   const float bias1 = second ? product_bias<TO>(n + 1, e) : 0.0f;
   // With K even, n + 1 is in range and the pair is one aligned 2- or 4-byte store.
   const bool pairs = (g.k & 1) == 0;
