@@ -33,6 +33,7 @@ std::vector<Pass> default_passes() {
       {"gather_slices", 2, pass_gather_slices},
       {"compose_row_moves", 2, pass_compose_row_moves},
       {"fuse_epilogues_after_row_moves", 2, pass_fuse_epilogues_after_row_moves},
+      {"merge_sibling_products", 2, pass_merge_sibling_products},
       {"fuse_pointwise", 2, pass_fuse_pointwise},
       {"select_implementations", 0, pass_select_implementations},
       {"plan_memory", 0, pass_plan_memory},

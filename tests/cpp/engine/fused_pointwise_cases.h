@@ -86,6 +86,29 @@ inline void rope(Network& net, DataType dt, int64_t heads, int64_t e, bool rever
   net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "rope")->output(), "out");
 }
 
+/// x[..., start : start + size] (every other dim whole).
+inline Tensor* last_dim_slice(Network& net, Tensor* x, int64_t start, int64_t size,
+                              const std::string& name) {
+  const Shape& xs = x->shape();
+  Shape from(xs.size(), DimExpr(0)), sizes = xs;
+  from.back() = DimExpr(start);
+  sizes.back() = DimExpr(size);
+  return net.add_slice(x, from, sizes, std::vector<int64_t>(xs.size(), 1), name)->output();
+}
+
+/// silu(y[..., g0 : g0 + n]) * y[..., u0 : u0 + n] over y of `dims`: SwiGLU on the two parts
+/// of a merged product (merge_sibling_products).
+inline void gated_parts(Network& net, DataType dt, std::vector<int64_t> dims, int64_t g0,
+                        int64_t u0, int64_t n) {
+  Shape shape;
+  for (int64_t d : dims) shape.push_back(DimExpr(d));
+  Tensor* y = net.add_input("y", dt, shape);
+  Tensor* g = last_dim_slice(net, y, g0, n, "gate_part");
+  Tensor* u = last_dim_slice(net, y, u0, n, "up_part");
+  g = net.add_activation(g, ActivationType::kSilu, 0, 0, "silu")->output();
+  net.mark_output(net.add_elementwise(g, u, ElementWiseOp::kProd, "gated")->output(), "out");
+}
+
 inline std::vector<Chain> chains() {
   return {
       {"add+relu",
@@ -304,6 +327,31 @@ inline std::vector<Chain> chains() {
       {"a reversed last-dim gather (no vectors)",
        [](Network& net, DataType dt) { rope(net, dt, 2, 64, /*reversed=*/true); },
        {{2, 3, 2, 64}, {3, 64}, {3, 64}}, 1, 0},
+      // Last-dim slices (the parts of a merged product) are gathers by one run: read in place,
+      // through the vectorized strided path where the parts are whole vectors.
+      {"SwiGLU over the two parts of one tensor: last-dim slices read in place",
+       [](Network& net, DataType dt) { gated_parts(net, dt, {3, 5, 32}, 0, 16, 16); },
+       {{3, 5, 32}}, 1, 0},
+      {"slice views at unaligned offsets",
+       [](Network& net, DataType dt) { gated_parts(net, dt, {2, 3, 13}, 7, 1, 6); },
+       {{2, 3, 13}}, 1, 0},
+      {"a lone product of two last-dim slices",
+       [](Network& net, DataType dt) {
+         Tensor* y = net.add_input("y", dt, {4, 24});
+         Tensor* a = last_dim_slice(net, y, 0, 8, "a");
+         Tensor* b = last_dim_slice(net, y, 16, 8, "b");
+         net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kProd, "ab")->output(), "out");
+       },
+       {{4, 24}}, 1, 0},
+      {"a row program over a last-dim slice",
+       [](Network& net, DataType dt) {
+         Tensor* y = net.add_input("y", dt, {4, 12});
+         Tensor* t = last_dim_slice(net, y, 3, 8, "part");
+         Tensor* mu = row_reduce(net, t, ReduceOp::kAvg, "mean");
+         net.mark_output(net.add_elementwise(t, mu, ElementWiseOp::kSub, "center")->output(),
+                         "out");
+       },
+       {{4, 12}}, 1, 0, 0},
       {"views in a row program: a layer norm over a transposed input",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {3, 5, 6});

@@ -52,12 +52,13 @@ TEST(FusePointwise, GroupsEachChainAndGivesTheUnfusedBitsPerDtype) {
                        count(fused, LayerKind::kSelect);
       EXPECT_EQ(left, c.pointwise_left);
       EXPECT_EQ(count(fused, LayerKind::kReduce), c.reduce_left);
-      // Views: every transpose and gather in these chains is read in place, except the
+      // Views: every transpose, gather and slice in these chains is read in place, except the
       // transpose that is also a network output.
       const bool kept = c.name.find("read elsewhere") != std::string::npos ||
                         c.name.find("moves the last dim") != std::string::npos;
       EXPECT_EQ(count(fused, LayerKind::kShuffle), kept ? count(net, LayerKind::kShuffle) : 0);
       EXPECT_EQ(count(fused, LayerKind::kGather), 0);
+      EXPECT_EQ(count(fused, LayerKind::kSlice), 0);
       ASSERT_EQ(fused.outputs().size(), net.outputs().size());
       for (size_t i = 0; i < net.outputs().size(); ++i) {
         EXPECT_EQ(fused.outputs()[i]->name(), net.outputs()[i]->name());

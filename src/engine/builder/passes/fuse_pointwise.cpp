@@ -1,8 +1,9 @@
 // fuse_pointwise: replaces each group of two or more connected pointwise layers (Activation,
 // float ElementWise arithmetic, float Unary math, Cast, Select, Identity) of one output shape
 // (and, below, the row reductions and scalars they read) by one FusedPointwise layer, whose
-// program lists the steps in order; on a back end that asks for it (CUDA), a lone layer that
-// broadcasts an operand too. Without it, every
+// program lists the steps in order; so does a lone layer that reads a last-dim gather or slice
+// (read in place, the copy goes away) and, on a back end that asks for it (CUDA), one that
+// broadcasts an operand. Without it, every
 // such layer is a kernel of its own on the GPU, with a round trip of its output through memory.
 //
 // Grouping: a layer joins the pointwise layers of its output shape that read its output; when
@@ -261,8 +262,52 @@ std::optional<std::vector<int64_t>> last_dim_gather(const Layer* g) {
   return out;
 }
 
-/// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather and
-/// then a transpose that keeps the last dim (a Shuffle with only its first transpose) are
+/// The last-dim indices start .. start + size - 1 of `l` when it is a unit-stride Slice of its
+/// input's last dim (at least two elements of a last dim of known size) that keeps every other
+/// dim whole: a gather by one run, which a fused kernel reads in place (the parts of a merged
+/// product, merge_sibling_products).
+std::optional<std::vector<int64_t>> last_dim_slice(const Layer* l) {
+  if (l == nullptr || l->kind() != LayerKind::kSlice) return std::nullopt;
+  const auto& sp = l->params_as<SliceParams>();
+  const Shape& xs = l->input(0)->shape();
+  const size_t rank = xs.size();
+  if (rank == 0 || sp.start.size() != rank || sp.size.size() != rank ||
+      sp.stride.size() != rank || !xs.back().is_constant() || !sp.start.back().is_constant() ||
+      !sp.size.back().is_constant()) {
+    return std::nullopt;
+  }
+  for (size_t d = 0; d < rank; ++d) {
+    if (sp.stride[d] != 1) return std::nullopt;
+    if (d + 1 < rank && (!(sp.start[d] == DimExpr(0)) || !(sp.size[d] == xs[d]))) {
+      return std::nullopt;
+    }
+  }
+  const int64_t start = sp.start.back().constant();
+  const int64_t size = sp.size.back().constant();
+  if (start < 0 || size < 2 || start + size > xs.back().constant()) return std::nullopt;
+  std::vector<int64_t> out(static_cast<size_t>(size));
+  std::iota(out.begin(), out.end(), start);
+  return out;
+}
+
+/// A last-dim gather's or slice's indices (either reads in place through a gather view).
+std::optional<std::vector<int64_t>> last_dim_view(const Layer* l) {
+  if (auto idx = last_dim_gather(l)) return idx;
+  return last_dim_slice(l);
+}
+
+/// Whether `l` reads a last-dim gather or slice that nothing else reads: fused alone, it reads
+/// that through a view and the copy goes away.
+bool reads_a_last_dim_view(const Network& net, const Layer* l) {
+  const std::set<const Layer*> self{l};
+  for (const Tensor* in : l->inputs()) {
+    if (in != nullptr && last_dim_view(in->producer()) && only_read_by(net, in, self)) return true;
+  }
+  return false;
+}
+
+/// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather (or
+/// slice) and then a transpose that keeps the last dim (a Shuffle with only its first transpose) are
 /// looked through when nothing but the group (and the gathers looked through) reads their
 /// results.
 std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>& inputs,
@@ -272,7 +317,7 @@ std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>&
   std::set<const Layer*> readers = in_group;
   for (size_t k = 0; k < inputs.size(); ++k) {
     const Layer* g = inputs[k]->producer();
-    if (auto idx = last_dim_gather(g); idx && only_read_by(net, inputs[k], in_group)) {
+    if (auto idx = last_dim_view(g); idx && only_read_by(net, inputs[k], in_group)) {
       views[k].gather = *idx;
       sources[k] = g->input(0);
       readers.insert(g);
@@ -431,8 +476,13 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   // tried again; the rest cannot be re-entered any more, the reached part may split further.
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const std::vector<Layer*> members = groups[gi];
-    if (members.size() < 2 && !(lone_broadcasts && members.size() == 1 &&
-                                broadcasts_an_operand(members[0], steps))) {
+    // A lone layer becomes a fused one where that saves a copy (it reads a last-dim gather or
+    // slice in place), and on a back end that asks for it, where it broadcasts.
+    if (members.size() < 2 &&
+        !(members.size() == 1 &&
+          ((lone_broadcasts && broadcasts_an_operand(members[0], steps)) ||
+           (steps.at(members[0]).family != FusedOpFamily::kReduce &&
+            reads_a_last_dim_view(net, members[0]))))) {
       continue;
     }
     const std::set<const Layer*> in_group(members.begin(), members.end());
@@ -586,7 +636,8 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   remove_unreachable_layers(net);
   if (notes && absorbed_views > 0) {
     notes->push_back(std::to_string(absorbed_views) +
-                     " inputs read through their transpose or last-dim gather (no copy)");
+                     " inputs read through their transpose or last-dim gather or slice "
+                     "(no copy)");
   }
   if (notes && reductions > 0) {
     notes->push_back(std::to_string(reductions) + " row reductions fused with their pointwise layers");

@@ -20,6 +20,32 @@ Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector
   return w;
 }
 
+/// Concatenates rank-2 weights along the product's N axis (rows when transpose_b: [N, K]).
+Weights concat_product_weights(const std::vector<const Weights*>& ws, bool transpose_b) {
+  const DataType dt = ws[0]->dtype();
+  const size_t elem = dtype_size(dt);
+  const int64_t k = transpose_b ? ws[0]->dims()[1] : ws[0]->dims()[0];
+  int64_t n = 0;
+  for (const Weights* w : ws) n += transpose_b ? w->dims()[0] : w->dims()[1];
+  std::vector<uint8_t> bytes;
+  bytes.reserve(static_cast<size_t>(n * k) * elem);
+  if (transpose_b) {  // [N_i, K] blocks one after another
+    for (const Weights* w : ws) {
+      const auto* b = static_cast<const uint8_t*>(w->data());
+      bytes.insert(bytes.end(), b, b + w->nbytes());
+    }
+    return Weights::copy(dt, {n, k}, bytes.data());
+  }
+  for (int64_t row = 0; row < k; ++row) {  // [K, N_i] side by side
+    for (const Weights* w : ws) {
+      const size_t row_bytes = static_cast<size_t>(w->dims()[1]) * elem;
+      const auto* b = static_cast<const uint8_t*>(w->data()) + static_cast<size_t>(row) * row_bytes;
+      bytes.insert(bytes.end(), b, b + row_bytes);
+    }
+  }
+  return Weights::copy(dt, {k, n}, bytes.data());
+}
+
 bool switched_off_by_env(const char* name) {
   const char* env = std::getenv(name);
   return env != nullptr && std::strcmp(env, "0") == 0;

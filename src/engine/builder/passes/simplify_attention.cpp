@@ -203,32 +203,6 @@ Layer* projection_of(const Network& net, const Tensor* t) {
   return w != nullptr && w->dims().size() == 2 && bias_ok ? mm : nullptr;
 }
 
-/// Concatenates rank-2 weights along the product's N axis (rows when transpose_b: [N, K]).
-Weights concat_weights(const std::vector<const Weights*>& ws, bool transpose_b) {
-  const DataType dt = ws[0]->dtype();
-  const size_t elem = dtype_size(dt);
-  const int64_t k = transpose_b ? ws[0]->dims()[1] : ws[0]->dims()[0];
-  int64_t n = 0;
-  for (const Weights* w : ws) n += transpose_b ? w->dims()[0] : w->dims()[1];
-  std::vector<uint8_t> bytes;
-  bytes.reserve(static_cast<size_t>(n * k) * elem);
-  if (transpose_b) {  // [N_i, K] blocks one after another
-    for (const Weights* w : ws) {
-      const auto* b = static_cast<const uint8_t*>(w->data());
-      bytes.insert(bytes.end(), b, b + w->nbytes());
-    }
-    return Weights::copy(dt, {n, k}, bytes.data());
-  }
-  for (int64_t row = 0; row < k; ++row) {  // [K, N_i] side by side
-    for (const Weights* w : ws) {
-      const size_t row_bytes = static_cast<size_t>(w->dims()[1]) * elem;
-      const auto* b = static_cast<const uint8_t*>(w->data()) + static_cast<size_t>(row) * row_bytes;
-      bytes.insert(bytes.end(), b, b + row_bytes);
-    }
-  }
-  return Weights::copy(dt, {k, n}, bytes.data());
-}
-
 /// The three projections `of` finds behind attn's q, k and v, when all three are there and
 /// distinct.
 bool three_projections(const Network& net, const Layer* attn,
@@ -293,7 +267,7 @@ bool merge_float_projections(Network& net, Layer* attn) {
     if (w->dtype() != ws[0]->dtype() || w->dims() != ws[0]->dims()) return false;
   }
   const std::string name = mm[0]->name() + "+" + mm[1]->name() + "+" + mm[2]->name();
-  Tensor* w = net.add_constant(concat_weights(ws, p0.transpose_b), name + "/weight")->output();
+  Tensor* w = net.add_constant(concat_product_weights(ws, p0.transpose_b), name + "/weight")->output();
   Tensor* bias = concat_biases(net, bs, name + "/bias");
   read_back_thirds(net, net.add_layer(p0, {mm[0]->input(0), w, bias}, name)->output(), mm);
   return true;
@@ -376,7 +350,7 @@ bool merge_quantized_projections(Network& net, Layer* attn) {
                              unique_layer_name(net, name + "/weight_scale"))
                 ->output();
   }
-  Tensor* w = net.add_constant(concat_weights(ws, /*transpose_b=*/true),
+  Tensor* w = net.add_constant(concat_product_weights(ws, /*transpose_b=*/true),
                                unique_layer_name(net, name + "/weight"))
                   ->output();
   Tensor* bias = concat_biases(net, bs, name + "/bias");
