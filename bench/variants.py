@@ -38,6 +38,8 @@ Variants (each compiled from the same random weights, inputs and f32 reference):
 - `half_no_space_to_depth`: `half` with EMBER_SPACE_TO_DEPTH=0, so a stride-2 image stem reads
   8 padded channels instead of 2x2 blocks of 16 as a stride-1 layer (the A/B of the pass's
   space-to-depth form);
+- `half_unmerged`: `half` with EMBER_MERGE_SIBLING_PRODUCTS=0 (products that read one input
+  stay separate GEMMs: SwiGLU's gate and up projections as two, before session 42);
 - `half_lt32`: `half` with EMBER_LT_CANDIDATES=32 (cuBLASLt's tactic timing tries 32 of its
   heuristic's candidates instead of 8: whether the fastest algorithm sits further down);
 - `half_lt_wide`: `half` with EMBER_LT_SEARCH=wide (tactic timing adds every cuBLASLt algorithm
@@ -92,7 +94,7 @@ VARIANTS = ("half", "half_unfused", "half_no_row_reductions", "half_row_reductio
             "half_depthwise_timed", "half_generic_broadcasts", "half_no_lone_broadcasts",
             "graphs_off", "graphs_off_legacy_conv", "autocast_f16", "autocast_bf16", "attn_eager", "attn_sdpa",
             "int8", "fp8", "int8_igemm", "int8_plain_norms", "fp8_plain_norms", "half_written_rms",
-            "half_unpadded_channels", "half_no_space_to_depth")
+            "half_unpadded_channels", "half_no_space_to_depth", "half_unmerged")
 
 
 def make_hf(name: str, batch: int, attn: str):
@@ -146,6 +148,7 @@ def run_variant(row: dict, variant: str, name: str, batch: int, iters: int) -> N
                 "half_written_rms": ("EMBER_RECOGNIZE_RMS_NORMS", "0"),
                 "half_unpadded_channels": ("EMBER_PAD_CONV_CHANNELS", "0"),
                 "half_no_space_to_depth": ("EMBER_SPACE_TO_DEPTH", "0"),
+                "half_unmerged": ("EMBER_MERGE_SIBLING_PRODUCTS", "0"),
                 "int8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0"),
                 "int8_igemm": (("EMBER_QCONV", "igemm"), ("EMBER_QMATMUL", "igemm")),
                 "fp8_plain_norms": ("EMBER_QUANTIZE_NORM_OUTPUTS", "0")}
