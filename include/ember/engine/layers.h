@@ -722,6 +722,11 @@ inline constexpr int kNumFusedOpFamilies = 7;
 /// of its last dim instead of a copy made by a layer before it: per input, in order,
 /// {n, perm[0..n), m, index[0..m)}; the input is read as transpose(input, perm) (n = 0: as it
 /// is), then its last dim through the constant indices (m = 0: whole), and broadcast as usual.
+/// `slices` (plan format 18; empty: none) reads a part of an input before that: per input, in
+/// order, {n, then n triples (dim, start, size)}: the input is read as its slice starting at
+/// `start` with `size` elements along each listed dim (unit stride, the other dims whole),
+/// then through its view. A product's part inside a merged product (merge_sibling_products:
+/// q and k from one GEMM) is read this way in place.
 /// kernel_*: the CUDA back end's generated kernel (empty for other back ends): its CUDA C
 /// source, the architecture it was compiled for ("sm_90") and the CUBIN image; a GPU of another
 /// architecture recompiles the source when the plan is loaded.
@@ -736,11 +741,12 @@ struct FusedPointwiseParams {
   std::string kernel_target;
   std::vector<uint8_t> kernel_image;
   std::vector<int64_t> views;
+  std::vector<int64_t> slices;
   int64_t num_steps() const { return static_cast<int64_t>(program.size()) / kStride; }
   template <class V> void fields(V& v) {
     v("program", program); v("attrs", attrs); v("outputs", outputs);
     v("kernel_source", kernel_source); v("kernel_target", kernel_target);
-    v("kernel_image", kernel_image); v("views", views);
+    v("kernel_image", kernel_image); v("views", views); v("slices", slices);
   }
 };
 

@@ -166,15 +166,37 @@ void infer(const FusedPointwiseParams& p, InferContext& ctx) {
                         "a kernel image needs its target architecture");
   InferContext::require(p.kernel_target.empty() || !p.kernel_source.empty(),
                         "a kernel target needs the kernel's source (to recompile elsewhere)");
-  // Each input as the program reads it: through its view (a transpose, a last-dim gather).
+  // Each input as the program reads it: through its slice and view (a transpose, a last-dim
+  // gather).
   std::vector<semantics::InputView> views;
   InferContext::require(semantics::fused_views(p, n_in, views),
                         "views has " + std::to_string(p.views.size()) +
                             " entries that do not encode one {n, perm, m, indices} per input");
+  InferContext::require(semantics::fused_slices(p, views),
+                        "slices has " + std::to_string(p.slices.size()) +
+                            " entries that do not encode one {n, n (dim, start, size)} per input");
   auto view_shape = [&](size_t i) {
     Shape s = ctx.shape(i);
     const semantics::InputView& v = views[i];
     const std::string where = "input " + std::to_string(i) + "'s view";
+    std::vector<bool> sliced(s.size(), false);
+    for (size_t t = 0; t + 2 < v.slice.size(); t += 3) {
+      const int64_t d = v.slice[t], start = v.slice[t + 1], size = v.slice[t + 2];
+      InferContext::require(d >= 0 && d < static_cast<int64_t>(s.size()) &&
+                                !sliced[static_cast<size_t>(d)],
+                            where + ": slice dim " + std::to_string(d) +
+                                " is not a dim of the rank-" + std::to_string(s.size()) +
+                                " input, or is sliced twice");
+      const DimExpr& dim = s[static_cast<size_t>(d)];
+      InferContext::require(dim.is_constant() && start >= 0 && size >= 1 &&
+                                start <= dim.constant() - size,
+                            where + ": the slice [" + std::to_string(start) + ", " +
+                                std::to_string(start) + " + " + std::to_string(size) +
+                                ") of dim " + std::to_string(d) + " is not inside its " +
+                                dim.to_string() + " elements");
+      sliced[static_cast<size_t>(d)] = true;
+      s[static_cast<size_t>(d)] = DimExpr(size);
+    }
     if (!v.perm.empty()) {
       InferContext::require(v.perm.size() == s.size(),
                             where + ": a transpose of " + std::to_string(v.perm.size()) +

@@ -54,7 +54,7 @@
 namespace ember::engine {
 
 inline constexpr char kPlanMagic[8] = {'E', 'M', 'B', 'R', 'P', 'L', 'A', 'N'};
-inline constexpr uint32_t kPlanFormatVersion = 17;  // 2: fused epilogues, 3: timing section,
+inline constexpr uint32_t kPlanFormatVersion = 18;  // 2: fused epilogues, 3: timing section,
                                                    // 4: channels_last, 5: build target,
                                                    // 6: Plugin, Quantize/Dequantize, f8e4m3,
                                                    // 7: QuantizedConvolution, quantized
@@ -70,7 +70,8 @@ inline constexpr uint32_t kPlanFormatVersion = 17;  // 2: fused epilogues, 3: ti
                                                    // 14: requantize_to (FP8 requantization),
                                                    // 15: Normalization's quantized output,
                                                    // 16: Padding's input_permutation,
-                                                   // 17: Padding's input_shape
+                                                   // 17: Padding's input_shape,
+                                                   // 18: FusedPointwise slices
 /// The oldest version this build still reads: versions 6 and 7 added layer kinds (Plugin,
 /// Quantize, Dequantize, QuantizedMatrixMultiply; QuantizedConvolution) and the f8e4m3 dtype,
 /// and 7 the epilogue fields of QuantizedMatrixMultiply (read only from version 7 on), so version
@@ -83,7 +84,7 @@ inline constexpr uint32_t kPlanFormatVersion = 17;  // 2: fused epilogues, 3: ti
 /// products (read only from version 14 on; i8 before); 15 Normalization's quantize fields
 /// (read only from version 15 on; no quantized output before); 16 Padding's input_permutation
 /// (read only from version 16 on; none before); 17 Padding's input_shape (read only from version
-/// 17 on; none before).
+/// 17 on; none before); 18 FusedPointwise's slices (read only from version 18 on; none before).
 inline constexpr uint32_t kPlanMinReadableVersion = 5;
 inline constexpr size_t kPlanWeightAlignment = 256;
 

@@ -467,9 +467,11 @@ class PlanReader {
       if (kind == LayerKind::kQuantizedMatrixMultiply && version_ < 7) {
         // Version 6 stored only the output type (no epilogue, no requantization).
         fields("out", std::get<QuantizedMatrixMultiplyParams>(params).out);
-      } else if (kind == LayerKind::kFusedPointwise && version_ < 10) {
-        // Versions 8 and 9 stored no views (every input read as it is).
-        FieldsBut all_but{fields, {"views"}};
+      } else if (kind == LayerKind::kFusedPointwise && version_ < 18) {
+        // Versions 8 and 9 stored no views (every input read as it is), versions before 18 no
+        // slices.
+        FieldsBut all_but{fields, {"slices"}};
+        if (version_ < 10) all_but.skip.push_back("views");
         std::get<FusedPointwiseParams>(params).fields(all_but);
       } else if (kind == LayerKind::kAttention && version_ < 12) {
         // Versions before 11 stored no seq_major_operands (one layout flag for all operands),

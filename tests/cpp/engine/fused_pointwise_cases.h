@@ -66,8 +66,8 @@ inline void append_elementwise(FusedPointwiseParams& p, ElementWiseOp op, int a,
 /// RoPE on a transposed [B, L, H, E] input (B = 2, L = 3): x' cos + gather(x', table) sin with
 /// x' the [B, H, L, E] transpose, the table rotate_half's (E / 2 .. E - 1, 0 .. E / 2 - 1) or
 /// reversed.
-inline void rope(Network& net, DataType dt, int64_t heads, int64_t e, bool reversed) {
-  Tensor* x = net.add_input("x", dt, {2, 3, heads, e});
+inline void rope_of(Network& net, DataType dt, Tensor* x, bool reversed) {
+  const int64_t e = x->shape().back().constant();
   Tensor* c = net.add_input("cos", dt, {3, e});
   Tensor* s = net.add_input("sin", dt, {3, e});
   ShuffleParams tp;
@@ -84,6 +84,25 @@ inline void rope(Network& net, DataType dt, int64_t heads, int64_t e, bool rever
   Tensor* a = net.add_elementwise(q, c, ElementWiseOp::kProd, "q_cos")->output();
   Tensor* b = net.add_elementwise(rot, s, ElementWiseOp::kProd, "rot_sin")->output();
   net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "rope")->output(), "out");
+}
+
+inline void rope(Network& net, DataType dt, int64_t heads, int64_t e, bool reversed) {
+  rope_of(net, dt, net.add_input("x", dt, {2, 3, heads, e}), reversed);
+}
+
+inline Tensor* last_dim_slice(Network& net, Tensor* x, int64_t start, int64_t size,
+                              const std::string& name);
+
+/// RoPE on the part y[..., start : start + heads * e] of a merged q/k product y [2, 3, width],
+/// reshaped into heads of e (merge_sibling_products' parts read as heads).
+inline void rope_on_part(Network& net, DataType dt, int64_t width, int64_t start, int64_t heads,
+                         int64_t e) {
+  Tensor* y = net.add_input("y", dt, {2, 3, width});
+  Tensor* part = last_dim_slice(net, y, start, heads * e, "part");
+  rope_of(net, dt,
+          net.add_reshape(part, {DimExpr(2), DimExpr(3), DimExpr(heads), DimExpr(e)}, "heads")
+              ->output(),
+          /*reversed=*/false);
 }
 
 /// x[..., start : start + size] (every other dim whole).
@@ -352,6 +371,14 @@ inline std::vector<Chain> chains() {
                          "out");
        },
        {{4, 12}}, 1, 0, 0},
+      // A reshape into heads of a last-dim slice (q or k of a merged product, before RoPE):
+      // read as a slice of the whole tensor's heads, on the vectorized path where e allows.
+      {"RoPE on a part reshaped into heads (a slice of the rows of heads)",
+       [](Network& net, DataType dt) { rope_on_part(net, dt, 40, 16, 3, 8); },
+       {{2, 3, 40}, {3, 8}, {3, 8}}, 1, 0},
+      {"RoPE over a head dim of 64 on a part reshaped into heads",
+       [](Network& net, DataType dt) { rope_on_part(net, dt, 256, 64, 2, 64); },
+       {{2, 3, 256}, {3, 64}, {3, 64}}, 1, 0},
       {"views in a row program: a layer norm over a transposed input",
        [](Network& net, DataType dt) {
          Tensor* x = net.add_input("x", dt, {3, 5, 6});

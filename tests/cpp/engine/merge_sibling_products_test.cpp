@@ -104,6 +104,94 @@ TEST(MergeSiblingProducts, SwiGluProjectionsBecomeOneProductReadInPlace) {
   }
 }
 
+/// x [2, 5, 32] -> q (4 heads of 8), k and v (2 heads of 8 each), biased; q and k are
+/// reshaped into heads and rotated (RoPE: a transpose, rotate_half's gather, products with
+/// cos and sin), v is reshaped and read by a product (attention's stand-in).
+void decoder_projections(Network& net, DataType dt) {
+  Tensor* x = net.add_input("x", dt, {2, 5, 32});
+  Tensor* cs = net.add_input("cos", dt, {5, 8});
+  Tensor* sn = net.add_input("sin", dt, {5, 8});
+  std::vector<int32_t> rot{4, 5, 6, 7, 0, 1, 2, 3};
+  Tensor* idx = net.add_constant(Weights::copy(DataType::kI32, {8}, rot.data()), "rot")->output();
+  auto heads = [&](Tensor* t, int64_t h, const std::string& name) {
+    return net.add_reshape(t, {DimExpr(2), DimExpr(5), DimExpr(h), DimExpr(8)}, name)->output();
+  };
+  auto rope = [&](Tensor* t, const std::string& name) {
+    Tensor* tt = net.add_transpose(t, {0, 2, 1, 3}, name + "/transpose")->output();
+    GatherParams gp;
+    gp.axis = 3;
+    Tensor* r = net.add_gather(tt, idx, gp, name + "/rotate")->output();
+    Tensor* a = net.add_elementwise(tt, cs, ElementWiseOp::kProd, name + "/cos")->output();
+    Tensor* b = net.add_elementwise(r, sn, ElementWiseOp::kProd, name + "/sin")->output();
+    return net.add_elementwise(a, b, ElementWiseOp::kSum, name)->output();
+  };
+  Tensor* q = rope(heads(linear(net, x, 32, 1, "q", 4), 4, "q_heads"), "q_rope");
+  Tensor* k = rope(heads(linear(net, x, 16, 2, "k", 5), 2, "k_heads"), "k_rope");
+  Tensor* v = heads(linear(net, x, 16, 3, "v", 6), 2, "v_heads");
+  net.mark_output(q, "q");
+  net.mark_output(k, "k");
+  net.mark_output(net.add_matrix_multiply(k, false, net.add_transpose(v, {0, 2, 3, 1}, "vt")
+                                                        ->output(), false, "kv")->output(),
+                  "kv");
+}
+
+TEST(MergeSiblingProducts, QueryAndKeyBeforeRopeBecomeOneProductReadAsHeads) {
+  for (DataType dt : kFloatTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    Network net;
+    decoder_projections(net, dt);
+    Network merged = net.clone();
+    // q and k merge (their parts are read as heads, through RoPE's views); v's reader is not
+    // pointwise, so it stays a product of its own.
+    EXPECT_EQ(merge_sibling_products(merged), 2);
+    EXPECT_EQ(products(merged), 3);  // q+k, v and the kv product
+    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 5, 32}, 7),
+                                         TestTensor::random(dt, {5, 8}, 8),
+                                         TestTensor::random(dt, {5, 8}, 9)};
+    expect_same_outputs(net, merged, ins, "merged");
+    fuse_pointwise_layers(merged, nullptr, nullptr);
+    EXPECT_EQ(count(merged, LayerKind::kSlice), 0);
+    EXPECT_EQ(count(merged, LayerKind::kGather), 0);
+    EXPECT_EQ(count(merged, LayerKind::kFusedPointwise), 2);
+    expect_same_outputs(net, merged, ins, "merged and fused");
+    EXPECT_TRUE(test::build_logs(net, 2, "merge_sibling_products: 2 products"));
+    test::run_network(net, ins);
+  }
+}
+
+TEST(MergeSiblingProducts, APartReadAsHeadsMustStartOnAHead) {
+  // q read as heads of 16, and a pointwise sibling 8 wide: merged, the part after the sibling
+  // would start inside a head, so the sibling stays out, whichever comes first; a second
+  // sibling 16 wide still merges with q.
+  for (const bool narrow_first : {false, true}) {
+    for (const bool third : {false, true}) {
+      SCOPED_TRACE(std::string(narrow_first ? "narrow first" : "q first") +
+                   (third ? ", a 16-wide sibling" : ""));
+      Network net;
+      Tensor* x = net.add_input("x", DataType::kF32, {2, 16});
+      auto narrow = [&] {
+        Tensor* p = linear(net, x, 8, 2, "p");
+        net.mark_output(net.add_activation(p, ActivationType::kRelu, 0, 0, "rp")->output(), "p");
+      };
+      if (narrow_first) narrow();
+      Tensor* q = linear(net, x, 32, 1, "q");
+      Tensor* h = net.add_reshape(q, {DimExpr(2), DimExpr(2), DimExpr(16)}, "heads")->output();
+      net.mark_output(net.add_activation(h, ActivationType::kRelu, 0, 0, "rh")->output(), "h");
+      if (!narrow_first) narrow();
+      if (third) {
+        Tensor* w = linear(net, x, 16, 3, "w");
+        net.mark_output(net.add_activation(w, ActivationType::kTanh, 0, 0, "tw")->output(), "w");
+      }
+      Network merged = net.clone();
+      EXPECT_EQ(merge_sibling_products(merged), third ? 2 : 0);
+      const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF32, {2, 16}, 3)};
+      expect_same_outputs(net, merged, ins, "merged");
+      fuse_pointwise_layers(merged, nullptr, nullptr);
+      EXPECT_EQ(count(merged, LayerKind::kSlice), 0);
+    }
+  }
+}
+
 TEST(MergeSiblingProducts, SymbolicRowsAndAWeightNotTransposed) {
   // [n, 16] x [16, 8] and [n, 16] x [16, 16] (weights [K, N]), their parts added: merged, run
   // at several row counts through the builder.

@@ -742,8 +742,8 @@ TEST(PlanFormat, ChecksumPerVersion) {
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size(), 13), base);
   std::swap(bytes[0], bytes[8]);
   EXPECT_NE(plan_checksum(bytes.data(), bytes.size() - 1, 13), base);
-  EXPECT_EQ(plan_format_version(), 17u);
-  for (uint32_t v = 14; v <= 17; ++v) {  // 14 to 17 keep 13's
+  EXPECT_EQ(plan_format_version(), 18u);
+  for (uint32_t v = 14; v <= 18; ++v) {  // 14 to 18 keep 13's
     EXPECT_EQ(plan_checksum(bytes.data(), bytes.size(), v), base) << v;
   }
 }
@@ -983,10 +983,11 @@ TEST(PlanFormat, Version15And16PaddingsReadWithoutTheirInputPermutationAndView) 
   }
 }
 
-TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {
-  // Version 10 added a FusedPointwise layer's input views (its last field, an int64 list).
-  // Cutting that empty list (its 4-byte count) out of a current plan gives the version-9 bytes,
-  // which must read back to the same network: written again, the current plan.
+TEST(PlanFormat, Version9And17FusedPointwiseReadWithoutViewsAndSlices) {
+  // Version 10 added a FusedPointwise layer's input views, version 18 its slices (its last two
+  // fields, int64 lists). Cutting the empty slices (a 4-byte count) out of a current plan gives
+  // the version-17 bytes, and cutting the views' count too the version-9 bytes; both must read
+  // back to the same network: written again, the current plan.
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 3});
   FusedPointwiseParams fp;  // relu(x): one step
@@ -999,14 +1000,17 @@ TEST(PlanFormat, Version9FusedPointwiseReadsWithoutViews) {
   const std::vector<uint8_t> current =
       plan_write(make_plan(net, std::vector<OptimizationProfile>(1)));
   // After the implementation name and the one input id: program (4 + 48), attrs (4 + 16),
-  // outputs (4 + 8), an empty kernel source, target and image (4 each), then the views (4).
+  // outputs (4 + 8), an empty kernel source, target and image (4 each), then the views' and
+  // the slices' counts (4 each).
   const std::string impl = "cpu.FusedPointwise";
   const size_t params_at = find_bytes(current, encoded(impl)) + 4 + impl.size() + 4 + 4;
   const size_t views_at = params_at + 52 + 20 + 12 + 12;
-  ASSERT_EQ(get_u64(current, views_at) & 0xffffffffu, 0u);
-  const std::vector<uint8_t> v9 = without_field(current, views_at, 4, 9);
-  const PlanModel read = plan_read(v9.data(), v9.size());
-  EXPECT_EQ(plan_write(read), current);
+  ASSERT_EQ(get_u64(current, views_at), 0u);
+  for (const auto& [version, bytes] : {std::pair<uint32_t, size_t>{17, 4}, {9, 8}}) {
+    const std::vector<uint8_t> old = without_field(current, views_at + 8 - bytes, bytes, version);
+    const PlanModel read = plan_read(old.data(), old.size());
+    EXPECT_EQ(plan_write(read), current) << version;
+  }
 }
 
 TEST(PlanFormat, Version10AttentionReadsWithoutSeqMajorOperands) {

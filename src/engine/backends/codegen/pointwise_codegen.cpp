@@ -395,7 +395,7 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
   // A gathered input's indices, as a table in the source (the cache keys on the text); a run
   // (a slice) needs none.
   std::vector<semantics::InputView> views;
-  if (!semantics::fused_views(p, n_in, views)) {
+  if (!semantics::fused_input_views(p, n_in, views)) {
     throw Error("fused pointwise codegen: the input views do not parse");
   }
   for (size_t k = 0; k < n_in; ++k) {
@@ -543,17 +543,22 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   if (n == 0) return launch;
   PointwiseKernelArgs& k = launch.args;
   k.n = n;
-  for (size_t i = 0; i < n_in; ++i) k.in[i] = ins[i].data;
-  for (size_t o = 0; o < outs.size(); ++o) k.out[o] = const_cast<void*>(outs[o].data);
   // Strides of every input over the output's dims (0 where it broadcasts), then the dims
   // merged wherever every input can step through two as one (as the CPU's BroadcastLoop).
   // An input with a view (FusedPointwiseParams::views) steps through its transposed dims; a
-  // gathered last dim's stride is the one its indices (in the kernel's source) multiply.
+  // gathered last dim's stride is the one its indices (in the kernel's source) multiply; a
+  // sliced input's address moves to where its part starts (FusedPointwiseParams::slices).
   const size_t rank = dims.size();
   std::vector<semantics::InputView> views;
-  if (!semantics::fused_views(p, n_in, views)) {
+  if (!semantics::fused_input_views(p, n_in, views)) {
     throw Error(what + ": the input views do not parse (the plan may be corrupt)");
   }
+  for (size_t i = 0; i < n_in; ++i) {
+    const int64_t offset = semantics::view_offset(*ins[i].dims, views[i]);
+    k.in[i] = static_cast<const uint8_t*>(ins[i].data) +
+              static_cast<size_t>(offset) * dtype_size(ins[i].dtype);
+  }
+  for (size_t o = 0; o < outs.size(); ++o) k.out[o] = const_cast<void*>(outs[o].data);
   bool any_view = false, gathers = false;
   std::vector<std::vector<int64_t>> st(n_in, std::vector<int64_t>(rank, 0));
   for (size_t i = 0; i < n_in; ++i) {
@@ -611,7 +616,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
     if (m == 1) {
       mask |= 2 << i;
     } else {
-      vec = m == n && aligned(ins[i].data);
+      vec = m == n && aligned(k.in[i]);
     }
   }
   for (size_t o = 0; vec && o < outs.size(); ++o) vec = aligned(outs[o].data);
@@ -636,7 +641,7 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   }
   for (size_t i = 0; wide && i < n_in; ++i) {
     const int64_t last = mst[i].back();
-    wide = (last == 0 || last == 1) && (last == 0 || aligned(ins[i].data));
+    wide = (last == 0 || last == 1) && (last == 0 || aligned(k.in[i]));
     // A vector input's other strides keep its vectors aligned; an input broadcast along the
     // last dim is one element for the V outputs, wherever it is ([C, 1, 1] over NCHW planes).
     for (size_t d = 0; wide && last == 1 && d + 1 < mst[i].size(); ++d) {

@@ -50,10 +50,12 @@ struct PointwiseKernelArgs {
   int index32;
 };
 
-/// One operand of a launch: its address (only its alignment is read) and its dims.
+/// One operand of a launch: its address (only its alignment is read, and a sliced input's is
+/// moved to its part's start), its dims and its dtype.
 struct PointwiseOperand {
   const void* data = nullptr;
   const std::vector<int64_t>* dims = nullptr;  ///< Not owned: the caller's tensor's.
+  DataType dtype = DataType::kF32;
 };
 
 /// What a FusedPointwise launch needs, decided on the host: the CUDA back end

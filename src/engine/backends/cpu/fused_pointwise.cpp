@@ -136,11 +136,13 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   // Per input: its strides over the output's dims (0 where it broadcasts), through its view.
   const size_t rank = out_dims.size();
   std::vector<semantics::InputView> views;
-  if (!semantics::fused_views(p, n_in, views)) fail("the input views do not parse");
+  if (!semantics::fused_input_views(p, n_in, views)) fail("the input views do not parse");
   bool gathers = false;
   std::vector<std::vector<int64_t>> strides(n_in);
+  std::vector<int64_t> base(n_in, 0);  // where a sliced input's part starts
   for (size_t k = 0; k < n_in; ++k) {
     gathers = gathers || !views[k].gather.empty();
+    base[k] = semantics::view_offset(args.in(k).dims, views[k]);
     if (!semantics::view_strides(args.in(k).dims, views[k], out_dims, strides[k])) {
       fail("input " + std::to_string(k) + " dims " + dims_to_string(args.in(k).dims) +
            " do not broadcast to " + dims_to_string(out_dims) + " through its view");
@@ -161,7 +163,7 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   std::vector<Access> access(n_in, Access::kStrided);
   for (size_t k = 0; k < n_in; ++k) {
     const int64_t m = args.in(k).numel();
-    access[k] = views[k].any()        ? Access::kStrided  // transposed or gathered: walk it
+    access[k] = views[k].any()        ? Access::kStrided  // through a view: walk it
                 : m == total_elements ? Access::kWhole
                 : m == 1              ? Access::kOne
                                       : Access::kStrided;
@@ -219,7 +221,7 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
         // fills, any other steps through its stride.
         const size_t last = mrank - 1;
         int64_t rem = begin;
-        std::fill(offset.begin(), offset.end(), 0);
+        std::copy(base.begin(), base.end(), offset.begin());
         for (size_t d = mrank; d-- > 0;) {
           idx[d] = rem % mdims[d];
           rem /= mdims[d];

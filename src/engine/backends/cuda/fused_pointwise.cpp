@@ -236,8 +236,12 @@ bool index32_enabled() {
 
 void run(const FusedPointwiseParams& p, const CudaArgs& a) {
   std::vector<codegen::PointwiseOperand> ins, outs;
-  for (size_t i = 0; i < a.inputs.size(); ++i) ins.push_back({a.in(i).data, &a.in(i).dims});
-  for (size_t o = 0; o < a.outputs.size(); ++o) outs.push_back({a.out(o).data, &a.out(o).dims});
+  for (size_t i = 0; i < a.inputs.size(); ++i) {
+    ins.push_back({a.in(i).data, &a.in(i).dims, a.in(i).dtype});
+  }
+  for (size_t o = 0; o < a.outputs.size(); ++o) {
+    outs.push_back({a.out(o).data, &a.out(o).dims, a.out(o).dtype});
+  }
   codegen::PointwiseLaunchOptions options;
   options.strided_vectors = strided_vectors_enabled();
   options.index32 = index32_enabled();

@@ -71,12 +71,13 @@ inline std::vector<FusedStep> fused_steps(const FusedPointwiseParams& p) {
   return steps;
 }
 
-/// How a FusedPointwise input is read (FusedPointwiseParams::views): through a transpose, then
-/// a gather of its last dim.
+/// How a FusedPointwise input is read (FusedPointwiseParams::slices and views): a slice of some
+/// dims, then a transpose, then a gather of its last dim.
 struct InputView {
+  std::vector<int64_t> slice;   ///< (dim, start, size) triples over the input's dims; empty: whole.
   std::vector<int64_t> perm;    ///< Empty: not transposed.
   std::vector<int64_t> gather;  ///< Empty: the last dim whole.
-  bool any() const { return !perm.empty() || !gather.empty(); }
+  bool any() const { return !slice.empty() || !perm.empty() || !gather.empty(); }
 };
 
 /// The views of `p`'s `n_in` inputs (all plain when p.views is empty). Returns false when the
@@ -102,6 +103,42 @@ inline bool fused_views(const FusedPointwiseParams& p, size_t n_in, std::vector<
   return at == p.views.size();
 }
 
+/// The slices of `p`'s `n_in` inputs into `out` (fused_views' result; none when p.slices is
+/// empty): per input {n, n triples}. False when the encoding does not parse.
+inline bool fused_slices(const FusedPointwiseParams& p, std::vector<InputView>& out) {
+  if (p.slices.empty()) return true;
+  size_t at = 0;
+  for (InputView& v : out) {
+    if (at >= p.slices.size() || p.slices[at] < 0 ||
+        static_cast<size_t>(p.slices[at]) > (p.slices.size() - at - 1) / 3) {
+      return false;
+    }
+    const auto n = 3 * static_cast<size_t>(p.slices[at]);
+    v.slice.assign(p.slices.begin() + static_cast<std::ptrdiff_t>(at + 1),
+                   p.slices.begin() + static_cast<std::ptrdiff_t>(at + 1 + n));
+    at += 1 + n;
+  }
+  return at == p.slices.size();
+}
+
+/// fused_views and fused_slices together: every input's whole view.
+inline bool fused_input_views(const FusedPointwiseParams& p, size_t n_in,
+                              std::vector<InputView>& out) {
+  return fused_views(p, n_in, out) && fused_slices(p, out);
+}
+
+/// The element offset of an input of `dims` (contiguous) where its slice starts.
+inline int64_t view_offset(const std::vector<int64_t>& dims, const InputView& v) {
+  std::vector<int64_t> contiguous(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) contiguous[i - 1] = contiguous[i] * dims[i];
+  int64_t offset = 0;
+  for (size_t t = 0; t + 2 < v.slice.size(); t += 3) {
+    const auto d = static_cast<size_t>(v.slice[t]);
+    if (d < dims.size()) offset += v.slice[t + 1] * contiguous[d];
+  }
+  return offset;
+}
+
 /// Whether a last-dim gather keeps runs of `v` consecutive outputs on `v` consecutive, aligned
 /// source elements: every run starting at a multiple of `v` maps to one starting at a multiple
 /// of `v` and stepping by 1 (rotate_half's table over a last dim whose half is a multiple of
@@ -121,8 +158,16 @@ inline bool gather_keeps_vectors(const std::vector<int64_t>& gather, int64_t v) 
 /// Sets `p.views` from `views` (none when no input has one).
 inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView>& views) {
   p.views.clear();
+  p.slices.clear();
+  bool sliced = false;
+  for (const InputView& v : views) sliced = sliced || !v.slice.empty();
+  for (const InputView& v : views) {
+    if (!sliced) break;
+    p.slices.push_back(static_cast<int64_t>(v.slice.size() / 3));
+    p.slices.insert(p.slices.end(), v.slice.begin(), v.slice.end());
+  }
   bool any = false;
-  for (const InputView& v : views) any = any || v.any();
+  for (const InputView& v : views) any = any || !v.perm.empty() || !v.gather.empty();
   if (!any) return;
   for (const InputView& v : views) {
     p.views.push_back(static_cast<int64_t>(v.perm.size()));
@@ -132,17 +177,22 @@ inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView
   }
 }
 
-/// The element strides of a contiguous input of `dims`, read through `v`, over the output's
-/// `out_dims` (0 where it broadcasts; a gathered last dim's stride is the one its indices
-/// multiply). False when the view does not broadcast to `out_dims` (shape inference refused
+/// The element strides of a contiguous input of `dims`, read through `v` (from view_offset on),
+/// over the output's `out_dims` (0 where it broadcasts; a gathered last dim's stride is the one
+/// its indices multiply). False when the view does not broadcast to `out_dims` (shape inference refused
 /// such a layer; the kernels say so).
 inline bool view_strides(const std::vector<int64_t>& dims, const InputView& v,
                          const std::vector<int64_t>& out_dims, std::vector<int64_t>& strides) {
   std::vector<int64_t> contiguous(dims.size(), 1);
   for (size_t i = dims.size(); i-- > 1;) contiguous[i - 1] = contiguous[i] * dims[i];
-  std::vector<int64_t> view_dims = dims, st = contiguous;
+  std::vector<int64_t> sliced = dims;  // the slice's sizes; its start is view_offset's
+  for (size_t t = 0; t + 2 < v.slice.size(); t += 3) {
+    const auto d = static_cast<size_t>(v.slice[t]);
+    if (d < sliced.size()) sliced[d] = v.slice[t + 2];
+  }
+  std::vector<int64_t> view_dims = sliced, st = contiguous;
   for (size_t i = 0; i < v.perm.size() && v.perm.size() == dims.size(); ++i) {
-    view_dims[i] = dims[static_cast<size_t>(v.perm[i])];
+    view_dims[i] = sliced[static_cast<size_t>(v.perm[i])];
     st[i] = contiguous[static_cast<size_t>(v.perm[i])];
   }
   if (!v.gather.empty() && !view_dims.empty()) {

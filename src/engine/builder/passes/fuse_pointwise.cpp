@@ -296,21 +296,76 @@ std::optional<std::vector<int64_t>> last_dim_view(const Layer* l) {
   return last_dim_slice(l);
 }
 
-/// Whether `l` reads a last-dim gather or slice that nothing else reads: fused alone, it reads
-/// that through a view and the copy goes away.
+
+
+/// A reshape of `y` [.., W] to [.., W / e, e]: one that a layer already makes, or a new one (a
+/// reshape shares its input's memory: it costs nothing).
+Tensor* rows_of(Network& net, Tensor* y, int64_t e) {
+  Shape shape = y->shape();
+  shape.back() = DimExpr(shape.back().constant() / e);
+  shape.push_back(DimExpr(e));
+  for (Layer* c : net.consumers(y)) {
+    if (is_pure_reshape(c) && c->output()->shape() == shape) return c->output();
+  }
+  return net.add_reshape(y, shape, unique_layer_name(net, y->name() + "/rows"))->output();
+}
+
+/// A reshape of a last-dim slice into heads, as a slice of the sliced tensor's rows of heads.
+struct SplitSlice {
+  Tensor* y = nullptr;          ///< the tensor sliced
+  int64_t e = 0;                ///< the head size
+  std::vector<int64_t> slice;   ///< (dim, start, size) over y's rows of e
+};
+
+/// When `t` is a reshape that splits the last dim of a last-dim slice y[..., s : s + n] into
+/// [.., n / e, e] (a projection's part read as heads: q or k of a merged q/k product), and
+/// nothing but `readers` reads the reshape and nothing else the slice: y, e, and the slice of
+/// y's rows of e (rows_of) that `t` is, (dim, s / e, n / e). Needs s, n and y's width to be
+/// multiples of e.
+std::optional<SplitSlice> split_slice_of(const Network& net, const Tensor* t,
+                                         const std::set<const Layer*>& readers) {
+  const Layer* r = t->producer();
+  if (!is_pure_reshape(r) || !only_read_by(net, t, readers)) return std::nullopt;
+  const Tensor* part = r->input(0);
+  const Layer* sl = part->producer();
+  const auto idx = last_dim_slice(sl);
+  if (!idx || !only_read_by(net, part, {r})) return std::nullopt;
+  Tensor* y = sl->input(0);
+  const Shape& ps = part->shape();
+  const Shape& ts = t->shape();
+  if (ts.size() != ps.size() + 1 || !ts.back().is_constant() || !ts[ts.size() - 2].is_constant()) {
+    return std::nullopt;
+  }
+  for (size_t d = 0; d + 1 < ps.size(); ++d) {
+    if (!(ts[d] == ps[d])) return std::nullopt;
+  }
+  const int64_t e = ts.back().constant();
+  const int64_t start = idx->front(), n = static_cast<int64_t>(idx->size());
+  const int64_t width = y->shape().back().constant();
+  if (e <= 0 || start % e != 0 || n % e != 0 || width % e != 0 ||
+      ts[ts.size() - 2].constant() != n / e) {
+    return std::nullopt;
+  }
+  return SplitSlice{y, e, {static_cast<int64_t>(ts.size()) - 2, start / e, n / e}};
+}
+
+/// Whether `l` reads a last-dim gather or slice, or a reshape of a slice into heads, that
+/// nothing else reads: fused alone, it reads that through a view and the copy goes away.
 bool reads_a_last_dim_view(const Network& net, const Layer* l) {
   const std::set<const Layer*> self{l};
   for (const Tensor* in : l->inputs()) {
-    if (in != nullptr && last_dim_view(in->producer()) && only_read_by(net, in, self)) return true;
+    if (in == nullptr || !only_read_by(net, in, self)) continue;
+    if (last_dim_view(in->producer()) || split_slice_of(net, in, self)) return true;
   }
   return false;
 }
 
 /// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather (or
-/// slice) and then a transpose that keeps the last dim (a Shuffle with only its first transpose) are
-/// looked through when nothing but the group (and the gathers looked through) reads their
-/// results.
-std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>& inputs,
+/// slice), then a transpose that keeps the last dim (a Shuffle with only its first transpose),
+/// then a reshape of a last-dim slice into heads (split_slice_of: read as a slice of the whole
+/// tensor's rows of heads), each looked through when nothing but the group (and the layers
+/// looked through) reads its result.
+std::vector<Tensor*> input_views(Network& net, const std::vector<Tensor*>& inputs,
                                  const std::set<const Layer*>& in_group,
                                  std::vector<semantics::InputView>& views) {
   std::vector<Tensor*> sources = inputs;
@@ -337,6 +392,13 @@ std::vector<Tensor*> input_views(const Network& net, const std::vector<Tensor*>&
     }
     views[k].perm = sp.first_transpose;
     sources[k] = t->input(0);
+    readers.insert(t);
+  }
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    if (auto split = split_slice_of(net, sources[k], readers)) {
+      sources[k] = rows_of(net, split->y, split->e);
+      views[k].slice = split->slice;
+    }
   }
   return sources;
 }

@@ -6,13 +6,18 @@
 //   =>  y = x [W_g; W_u]^T
 //       h = act(y[..., :N_g]) * y[..., N_g:]            (one fused kernel reads both parts)
 //
+//   q = x Wq^T + bq,  k = x Wk^T + bk  -> reshape to heads -> RoPE   (GQA decoders: Qwen2, Llama)
+//   =>  y = x [Wq; Wk]^T + [bq; bk];   RoPE reads y's rows of heads 0 .. Hq and Hq .. Hq + Hk
+//
 // One larger GEMM instead of two (one launch and one wave tail less per layer, and a wider
 // grid), and the same bytes: the parts are not copied, because fuse_pointwise (which runs next)
-// reads a last-dim slice as a view of the merged output. That is why a sibling is taken only
-// when every reader of its output is a pointwise layer fuse_pointwise groups, at the output's
-// shape: a part read by anything else (a reshape to attention heads, another product) would be
-// a copy, and the merge would cost bytes. Attention's q/k/v projections are simplify_attention's
-// (read packed in place by the attention kernels), which runs before this.
+// reads a last-dim slice as a view of the merged output, and a reshape of one into heads as a
+// slice of the merged output's heads. That is why a sibling is taken only when fuse_pointwise
+// will read its output in place: pointwise layers at its shape, or a reshape into heads whose
+// readers are pointwise layers (through the transposes and last-dim gathers fuse_pointwise
+// reads through). A part read by anything else (attention's v operand, another product) would
+// be a copy, and the merge would cost bytes. Attention's q/k/v projections without RoPE are
+// simplify_attention's (read packed in place by the attention kernels), which runs before this.
 //
 // Siblings must agree on what one product can do for all of them: the transposes, the weight's
 // dtype and K, the epilogue's scale, and no residual input. Biases go side by side (zeros for a
@@ -23,6 +28,7 @@
 //
 // Runs after the epilogue fusions and before fuse_pointwise (level >= 2), only when
 // fuse_pointwise runs too. EMBER_MERGE_SIBLING_PRODUCTS=0 turns it off (A/B timing).
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -37,10 +43,60 @@ namespace {
 /// elements: 16 bytes of f16/bf16, the fused kernels' vector.
 constexpr int64_t kPartAlign = 8;
 
+/// Whether fuse_pointwise will read `t` in place: it is not a network output, and every reader
+/// is a fusable pointwise layer, or a transpose that keeps the last dim last or a constant
+/// last-dim gather (which fuse_pointwise reads through) whose own readers are such (RoPE's
+/// transpose and rotate_half gather before its products).
+bool read_in_place(const Network& net, const Tensor* t, int depth = 0) {
+  if (t->is_output() || depth > 3) return false;
+  const std::vector<Layer*> readers = net.consumers(t);
+  if (readers.empty()) return false;
+  for (const Layer* r : readers) {
+    if (is_fusable_pointwise(r)) continue;
+    bool view = false;
+    if (r->kind() == LayerKind::kShuffle) {
+      const auto& sp = r->params_as<ShuffleParams>();
+      view = !sp.first_transpose.empty() && !sp.has_reshape && sp.second_transpose.empty() &&
+             sp.first_transpose.back() == static_cast<int64_t>(sp.first_transpose.size()) - 1;
+    } else if (r->kind() == LayerKind::kGather) {
+      const auto& gp = r->params_as<GatherParams>();
+      const int64_t rank = static_cast<int64_t>(t->rank());
+      const Weights* idx = constant_of(r->input(1));
+      view = r->input(0) == t && gp.mode == GatherMode::kDefault &&
+             (gp.axis == rank - 1 || gp.axis == -1) && idx != nullptr && idx->dims().size() == 1;
+    }
+    if (!view || !read_in_place(net, r->output(), depth + 1)) return false;
+  }
+  return true;
+}
+
+/// How the readers of a product's output `y` would read its part of a merged product: 0 when
+/// they are pointwise layers of its shape, e when it is read only by a reshape into heads of e
+/// ([.., N] -> [.., N / e, e]) that fuse_pointwise reads in place (its split_slice_view: q and
+/// k of a decoder, before RoPE), -1 otherwise (the part would be copied).
+int64_t part_reading(const Network& net, const Tensor* y) {
+  const Shape& ys = y->shape();
+  const std::vector<Layer*> readers = net.consumers(y);
+  if (y->is_output() || readers.empty()) return -1;
+  if (readers.size() == 1 && is_pure_reshape(readers[0])) {
+    const Shape& rs = readers[0]->output()->shape();
+    if (rs.size() != ys.size() + 1 || !rs.back().is_constant()) return -1;
+    for (size_t d = 0; d + 1 < ys.size(); ++d) {
+      if (!(rs[d] == ys[d])) return -1;
+    }
+    const int64_t e = rs.back().constant();
+    const bool heads = e > 0 && e % kPartAlign == 0 && ys.back().constant() % e == 0;
+    return heads && read_in_place(net, readers[0]->output()) ? e : -1;
+  }
+  for (const Layer* r : readers) {
+    if (!is_fusable_pointwise(r) || !(r->output()->shape() == ys)) return -1;
+  }
+  return 0;
+}
+
 /// Whether `mm` can be merged with siblings: a MatrixMultiply with a constant rank-2 weight, a
 /// constant bias or none, no residual, a known output width that is a multiple of kPartAlign,
-/// and an output that is not a network output and is read only by fusable pointwise layers of
-/// its shape.
+/// and an output that fuse_pointwise will read in place as a part (part_reading).
 bool mergeable(const Network& net, const Layer* mm) {
   if (mm->kind() != LayerKind::kMatrixMultiply || mm->input(3) != nullptr) return false;
   const Weights* w = constant_of(mm->input(1));
@@ -49,18 +105,11 @@ bool mergeable(const Network& net, const Layer* mm) {
     const Weights* b = constant_of(mm->input(2));
     if (b == nullptr || b->dims().size() != 1) return false;
   }
-  const Tensor* y = mm->output();
-  const Shape& ys = y->shape();
-  if (y->is_output() || ys.size() < 2 || !ys.back().is_constant() ||
-      ys.back().constant() % kPartAlign != 0) {
+  const Shape& ys = mm->output()->shape();
+  if (ys.size() < 2 || !ys.back().is_constant() || ys.back().constant() % kPartAlign != 0) {
     return false;
   }
-  const std::vector<Layer*> readers = net.consumers(y);
-  if (readers.empty()) return false;
-  for (const Layer* r : readers) {
-    if (!is_fusable_pointwise(r) || !(r->output()->shape() == ys)) return false;
-  }
-  return true;
+  return part_reading(net, mm->output()) >= 0;
 }
 
 /// Whether `b` can share one product with `a` (both mergeable): the same input read the same
@@ -184,6 +233,19 @@ int merge_sibling_products(Network& net) {
       for (size_t i = 1; i < rest.size(); ++i) {
         (siblings(rest[0], rest[i]) ? group : others).push_back(rest[i]);
       }
+      // A part read as heads of e must start at a multiple of e: every part's width must be
+      // one (q and k of 64-wide heads: 896 and 128). When rest[0] is not, it stays alone and
+      // the others try again without it; otherwise those that are not wait for another group.
+      int64_t heads = 1;
+      for (const Layer* m : group) heads = std::max(heads, part_reading(net, m->output()));
+      auto fits = [&](const Layer* m) { return m->output()->shape().back().constant() % heads == 0; };
+      if (!fits(group[0])) {
+        others.insert(others.end(), group.begin() + 1, group.end());
+        group.resize(1);
+      }
+      std::vector<Layer*> whole;
+      for (Layer* m : group) (fits(m) || m == group[0] ? whole : others).push_back(m);
+      group = std::move(whole);
       if (group.size() >= 2) {
         merge(net, group);
         merged += static_cast<int>(group.size());
