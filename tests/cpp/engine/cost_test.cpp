@@ -171,5 +171,28 @@ TEST(LayerCost, InspectorReportsEachLayerAndTheTotal) {
       << dyn_json;
 }
 
+TEST(LayerCost, AFusedLayerReadsOnlyTheSlicesOfItsInputs) {
+  // y [2, 3, 8, 16] read as two parts of 4 heads (merge_sibling_products' q and k): the whole
+  // of y once; read as one part of 2 heads, twice through the same slice (RoPE reads q and its
+  // rotation): a quarter of y.
+  auto sum_of = [](Network& net, Tensor* y, std::vector<int64_t> slices, const std::string& name) {
+    FusedPointwiseParams p;
+    p.program = {static_cast<int64_t>(FusedOpFamily::kElementWise),
+                 static_cast<int64_t>(ElementWiseOp::kSum), static_cast<int64_t>(DataType::kF32),
+                 0, 1, -1};
+    p.attrs = {0.0, 0.0};
+    p.outputs = {2};
+    p.slices = std::move(slices);
+    return net.add_layer(p, {y, y}, name);
+  };
+  Network net;
+  Tensor* y = net.add_input("y", DataType::kF32, {2, 3, 8, 16});
+  const Layer* halves = sum_of(net, y, {1, 2, 0, 4, 1, 2, 4, 4}, "halves");
+  EXPECT_EQ(halves->output()->shape(), (Shape{2, 3, 4, 16}));
+  EXPECT_DOUBLE_EQ(cost_of(halves).bytes, (2 * 3 * 8 * 16 + 2 * 3 * 4 * 16) * 4.0);
+  const Layer* quarter = sum_of(net, y, {1, 2, 6, 2, 1, 2, 6, 2}, "quarter");
+  EXPECT_DOUBLE_EQ(cost_of(quarter).bytes, (2 * 3 * 2 * 16 + 2 * 3 * 2 * 16) * 4.0);
+}
+
 }  // namespace
 }  // namespace ember::engine
