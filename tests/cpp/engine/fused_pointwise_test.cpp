@@ -254,6 +254,25 @@ TEST(FusePointwise, CorruptProgramsAreRejectedWithTheirReason) {
   bad([](auto& p) { p.slices = {1, 1, 0, 0}; }, "the slice [0, 0 + 0) of dim 1");
 }
 
+TEST(PointwiseCodegen, ASlicedInputsVectorsMustStayAligned) {
+  // An f32 input [4, 64] read through the slice [start, start + 16) of its last dim: the
+  // launch reads from the slice's start, and takes the strided vectorized path only when that
+  // address keeps its 16-byte vectors aligned (x86 hosts would not catch a misaligned vector).
+  FusedPointwiseParams p = small_program();
+  const std::vector<int64_t> in_dims = {4, 64}, out_dims = {4, 16};
+  const auto* base = reinterpret_cast<const uint8_t*>(uintptr_t{1} << 20);  // never read
+  for (const int64_t start : {4, 2, 0, 48}) {
+    SCOPED_TRACE(start);
+    p.slices = {1, 1, start, 16};
+    const codegen::PointwiseLaunch launch = codegen::plan_pointwise_launch(
+        p, {{base, &in_dims, DataType::kF32}}, {{base + 65536, &out_dims, DataType::kF32}}, {},
+        "sliced");
+    EXPECT_EQ(launch.args.in[0], base + start * 4);
+    EXPECT_EQ(launch.args.wide, start % 4 == 0 ? 1 : 0);
+    EXPECT_EQ(launch.args.vec, 0);  // a view: never the contiguous path
+  }
+}
+
 TEST(FusePointwise, OldPlanFormatsCannotHoldIt) {
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {2, 3});

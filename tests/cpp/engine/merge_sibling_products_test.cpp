@@ -1,15 +1,19 @@
-// The builder's merge_sibling_products pass: products that read one input with constant weights
-// and feed only pointwise layers become one product whose parts fuse_pointwise reads in place
-// (SwiGLU's gate and up projections); what one product cannot compute for all, or what would
-// leave a part to be copied, stays as it is.
+// The builder's merge_sibling_products pass, which runs after fuse_pointwise: products that read
+// one input with constant weights and feed only fused pointwise kernels become one product whose
+// parts those kernels read in place through slice views (SwiGLU's gate and up, q and k before
+// RoPE); what one product cannot compute for all, or a part something else reads, stays.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "backends/semantics/fused_pointwise.h"
 #include "builder/passes/passes.h"
+#include "ember/engine/builder.h"
+#include "plan/plan.h"
 #include "fused_pointwise_cases.h"
 #include "test_util.h"
 
@@ -43,14 +47,33 @@ Tensor* linear(Network& net, Tensor* x, int64_t n, uint32_t seed, const std::str
   return net.add_layer(p, in, name)->output();
 }
 
-/// silu(x Wg^T) * (x Wu^T + bu) over x [rows, 5, 16]: the SiLU in the gate's epilogue (where
-/// the CPU's fuse_epilogues puts it), a bias on the up projection only.
-void swiglu(Network& net, DataType dt, DimExpr rows = DimExpr(2)) {
-  Tensor* x = net.add_input("x", dt, {rows, DimExpr(5), DimExpr(16)});
-  const ActivationType silu = ActivationType::kSilu;
-  Tensor* g = linear(net, x, 24, 1, "gate", 0, &silu);
+/// silu(x Wg^T) * (x Wu^T + bu) over x [2, 5, 16], the SiLU a layer of its own (as the CUDA
+/// back end leaves it: cuBLASLt has no SiLU epilogue), a bias on the up projection only.
+void swiglu(Network& net, DataType dt) {
+  Tensor* x = net.add_input("x", dt, {2, 5, 16});
+  Tensor* g = linear(net, x, 24, 1, "gate");
   Tensor* u = linear(net, x, 24, 2, "up", 3);
+  g = net.add_activation(g, ActivationType::kSilu, 0, 0, "silu")->output();
   net.mark_output(net.add_elementwise(g, u, ElementWiseOp::kProd, "gated")->output(), "out");
+}
+
+/// fuse_pointwise, then the pass (the builder's order); returns what the pass merged.
+int fuse_and_merge(Network& net) {
+  fuse_pointwise_layers(net, nullptr, nullptr);
+  return merge_sibling_products(net);
+}
+
+/// The (dim, start, size) triples of every input of `net`'s FusedPointwise layers, in order.
+std::vector<std::vector<int64_t>> fused_slices(const Network& net) {
+  std::vector<std::vector<int64_t>> out;
+  for (const Layer* l : net.layers()) {
+    if (l->kind() != LayerKind::kFusedPointwise) continue;
+    std::vector<semantics::InputView> views;
+    EXPECT_TRUE(semantics::fused_input_views(l->params_as<FusedPointwiseParams>(),
+                                             l->inputs().size(), views));
+    for (const auto& v : views) out.push_back(v.slice);
+  }
+  return out;
 }
 
 int products(const Network& net) { return count(net, LayerKind::kMatrixMultiply); }
@@ -71,37 +94,65 @@ TEST(MergeSiblingProducts, SwiGluProjectionsBecomeOneProductReadInPlace) {
     Network net;
     swiglu(net, dt);
     Network merged = net.clone();
-    EXPECT_EQ(merge_sibling_products(merged), 2);
+    EXPECT_EQ(fuse_and_merge(merged), 2);
     EXPECT_EQ(products(merged), 1);
-    EXPECT_EQ(count(merged, LayerKind::kSlice), 2);
-    EXPECT_EQ(count(merged, LayerKind::kActivation), 1);  // the gate's SiLU, on its part
-    for (const Layer* l : merged.layers()) {
-      if (l->kind() != LayerKind::kMatrixMultiply) continue;
-      EXPECT_FALSE(l->params_as<MatrixMultiplyParams>().epilogue.fused_activation);
-      EXPECT_EQ(l->output()->shape().back().constant(), 48);
-      ASSERT_NE(l->input(2), nullptr);  // the up projection's bias, zeros for the gate's part
-      const auto bias = constant_of(l->input(2));
-      ASSERT_NE(bias, nullptr);
-      EXPECT_EQ(bias->dims(), (std::vector<int64_t>{48}));
-      const TestTensor b{bias->dtype(), bias->dims(),
-                         std::vector<uint8_t>(static_cast<const uint8_t*>(bias->data()),
-                                              static_cast<const uint8_t*>(bias->data()) +
-                                                  bias->nbytes())};
-      const std::vector<float> v = b.to_floats();
-      for (size_t j = 0; j < 24; ++j) EXPECT_EQ(v[j], 0.0f) << j;
-    }
-    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 5, 16}, 7)};
-    expect_same_outputs(net, merged, ins, "merged");
-    // fuse_pointwise reads both parts in place: no slice copy is left.
-    fuse_pointwise_layers(merged, nullptr, nullptr);
     EXPECT_EQ(count(merged, LayerKind::kSlice), 0);
     EXPECT_EQ(count(merged, LayerKind::kFusedPointwise), 1);
     EXPECT_EQ(count(merged, LayerKind::kElementWise) + count(merged, LayerKind::kActivation), 0);
-    expect_same_outputs(net, merged, ins, "merged and fused");
-    // The builder runs the pass; the plan matches the reference.
-    EXPECT_TRUE(test::build_logs(net, 2, "merge_sibling_products: 2 products"));
-    test::run_network(net, ins);
+    // The fused kernel reads the merged product twice: its first 24 and its last 24 columns.
+    EXPECT_EQ(fused_slices(merged),
+              (std::vector<std::vector<int64_t>>{{2, 0, 24}, {2, 24, 24}}));
+    for (const Layer* l : merged.layers()) {
+      if (l->kind() != LayerKind::kMatrixMultiply) continue;
+      EXPECT_EQ(l->output()->shape().back().constant(), 48);
+      ASSERT_NE(l->input(2), nullptr);  // the up projection's bias, zeros for the gate's part
+      const Weights* bias = constant_of(l->input(2));
+      ASSERT_NE(bias, nullptr);
+      EXPECT_EQ(bias->dims(), (std::vector<int64_t>{48}));
+      const auto* bytes = static_cast<const uint8_t*>(bias->data());
+      const TestTensor b{bias->dtype(), bias->dims(),
+                         std::vector<uint8_t>(bytes, bytes + bias->nbytes())};
+      const TestTensor up_bias = TestTensor::random(dt, {24}, 3);
+      const std::vector<float> v = b.to_floats(), want = up_bias.to_floats();
+      for (size_t j = 0; j < 24; ++j) {
+        EXPECT_EQ(v[j], 0.0f) << j;
+        EXPECT_EQ(v[24 + j], want[j]) << j;
+      }
+    }
+    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 5, 16}, 7)};
+    expect_same_outputs(net, merged, ins, "merged");
   }
+  // Through the builder on the CPU (whose products take the SiLU into their epilogue, so this
+  // gated form has none: tanh(x Wg^T * x Wu^T)), a plan that matches the reference.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF16, {2, 5, 16});
+  Tensor* g = linear(net, x, 24, 1, "gate", 4);
+  Tensor* u = linear(net, x, 24, 2, "up", 3);
+  Tensor* h = net.add_elementwise(g, u, ElementWiseOp::kProd, "gated")->output();
+  net.mark_output(net.add_activation(h, ActivationType::kTanh, 0, 0, "tanh")->output(), "out");
+  EXPECT_TRUE(test::build_logs(net, 2, "merge_sibling_products: 2 products"));
+  test::run_network(net, {TestTensor::random(DataType::kF16, {2, 5, 16}, 7)});
+  // A CUDA plan (built without a GPU: nothing is timed) of SwiGLU as written, the SiLU after the
+  // gate projection: fuse_epilogues leaves the SiLU to the fused kernel there, so the two
+  // projections merge into one GEMM.
+  const auto backends = available_backends();
+  if (std::find(backends.begin(), backends.end(), "cuda") == backends.end()) return;
+  Network written;
+  Tensor* xw = written.add_input("x", DataType::kF16, {2, 5, 16});
+  Tensor* gw = written.add_matrix_multiply(xw, false, constant(written, DataType::kF16, {24, 16}, 1,
+                                                               "wg"), true, "gate")->output();
+  Tensor* uw = written.add_matrix_multiply(xw, false, constant(written, DataType::kF16, {24, 16}, 2,
+                                                               "wu"), true, "up")->output();
+  gw = written.add_activation(gw, ActivationType::kSilu, 0, 0, "silu")->output();
+  written.mark_output(written.add_elementwise(gw, uw, ElementWiseOp::kProd, "gated")->output(),
+                      "out");
+  BuilderConfig config;
+  config.backend = "cuda";
+  const auto plan = Builder(config).build(written);
+  const PlanModel model = plan_read(plan.data(), plan.size());
+  EXPECT_EQ(products(model.network), 1);
+  EXPECT_EQ(count(model.network, LayerKind::kFusedPointwise), 1);
+  EXPECT_EQ(count(model.network, LayerKind::kSlice), 0);
 }
 
 /// x [2, 5, 32] -> q (4 heads of 8), k and v (2 heads of 8 each), biased; q and k are
@@ -141,18 +192,22 @@ TEST(MergeSiblingProducts, QueryAndKeyBeforeRopeBecomeOneProductReadAsHeads) {
     Network net;
     decoder_projections(net, dt);
     Network merged = net.clone();
-    // q and k merge (their parts are read as heads, through RoPE's views); v's reader is not
-    // pointwise, so it stays a product of its own.
-    EXPECT_EQ(merge_sibling_products(merged), 2);
+    // q and k merge (RoPE's kernels read their heads); v's reader is a product, not a fused
+    // kernel, so it stays a product of its own.
+    EXPECT_EQ(fuse_and_merge(merged), 2);
     EXPECT_EQ(products(merged), 3);  // q+k, v and the kv product
-    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 5, 32}, 7),
-                                         TestTensor::random(dt, {5, 8}, 8),
-                                         TestTensor::random(dt, {5, 8}, 9)};
-    expect_same_outputs(net, merged, ins, "merged");
-    fuse_pointwise_layers(merged, nullptr, nullptr);
     EXPECT_EQ(count(merged, LayerKind::kSlice), 0);
     EXPECT_EQ(count(merged, LayerKind::kGather), 0);
     EXPECT_EQ(count(merged, LayerKind::kFusedPointwise), 2);
+    // Each RoPE kernel reads q (heads 0..3) or k (heads 4..5) of the [2, 5, 6, 8] rows of heads,
+    // twice (the value and its rotation).
+    std::vector<std::vector<int64_t>> slices = fused_slices(merged);
+    std::sort(slices.begin(), slices.end());
+    EXPECT_EQ(slices, (std::vector<std::vector<int64_t>>{
+                          {}, {}, {}, {}, {2, 0, 4}, {2, 0, 4}, {2, 4, 2}, {2, 4, 2}}));
+    const std::vector<TestTensor> ins = {TestTensor::random(dt, {2, 5, 32}, 7),
+                                         TestTensor::random(dt, {5, 8}, 8),
+                                         TestTensor::random(dt, {5, 8}, 9)};
     expect_same_outputs(net, merged, ins, "merged and fused");
     EXPECT_TRUE(test::build_logs(net, 2, "merge_sibling_products: 2 products"));
     test::run_network(net, ins);
@@ -160,92 +215,74 @@ TEST(MergeSiblingProducts, QueryAndKeyBeforeRopeBecomeOneProductReadAsHeads) {
 }
 
 TEST(MergeSiblingProducts, APartReadAsHeadsMustStartOnAHead) {
-  // q read as heads of 16, and a pointwise sibling 8 wide: merged, the part after the sibling
-  // would start inside a head, so the sibling stays out, whichever comes first; a second
-  // sibling 16 wide still merges with q.
+  // q read as heads of 16 (relu then tanh on the heads: one fused kernel), and a sibling 8 wide
+  // read by a fused kernel: merged, a part would start inside a head, so the narrow sibling
+  // stays out, whichever comes first; a third sibling 16 wide still merges with q.
   for (const bool narrow_first : {false, true}) {
     for (const bool third : {false, true}) {
       SCOPED_TRACE(std::string(narrow_first ? "narrow first" : "q first") +
                    (third ? ", a 16-wide sibling" : ""));
       Network net;
       Tensor* x = net.add_input("x", DataType::kF32, {2, 16});
-      auto narrow = [&] {
-        Tensor* p = linear(net, x, 8, 2, "p");
-        net.mark_output(net.add_activation(p, ActivationType::kRelu, 0, 0, "rp")->output(), "p");
+      auto fused_out = [&](Tensor* t, const std::string& name) {
+        t = net.add_activation(t, ActivationType::kRelu, 0, 0, name + "_relu")->output();
+        net.mark_output(net.add_activation(t, ActivationType::kTanh, 0, 0, name)->output(), name);
       };
+      auto narrow = [&] { fused_out(linear(net, x, 8, 2, "p"), "p_out"); };
       if (narrow_first) narrow();
       Tensor* q = linear(net, x, 32, 1, "q");
-      Tensor* h = net.add_reshape(q, {DimExpr(2), DimExpr(2), DimExpr(16)}, "heads")->output();
-      net.mark_output(net.add_activation(h, ActivationType::kRelu, 0, 0, "rh")->output(), "h");
+      fused_out(net.add_reshape(q, {DimExpr(2), DimExpr(2), DimExpr(16)}, "heads")->output(),
+                "h_out");
       if (!narrow_first) narrow();
-      if (third) {
-        Tensor* w = linear(net, x, 16, 3, "w");
-        net.mark_output(net.add_activation(w, ActivationType::kTanh, 0, 0, "tw")->output(), "w");
-      }
+      if (third) fused_out(linear(net, x, 16, 3, "w"), "w_out");
       Network merged = net.clone();
-      EXPECT_EQ(merge_sibling_products(merged), third ? 2 : 0);
+      EXPECT_EQ(fuse_and_merge(merged), third ? 2 : 0);
+      EXPECT_EQ(products(merged), third ? 2 : 2);
       const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF32, {2, 16}, 3)};
       expect_same_outputs(net, merged, ins, "merged");
-      fuse_pointwise_layers(merged, nullptr, nullptr);
-      EXPECT_EQ(count(merged, LayerKind::kSlice), 0);
     }
   }
 }
 
 TEST(MergeSiblingProducts, SymbolicRowsAndAWeightNotTransposed) {
-  // [n, 16] x [16, 8] and [n, 16] x [16, 16] (weights [K, N]), their parts added: merged, run
-  // at several row counts through the builder.
+  // [n, 16] x [16, 8] twice (weights [K, N]), their difference through a ReLU: merged, run at
+  // several row counts directly and through the builder.
   Network net;
   const DimExpr n = DimExpr::symbol("n");
   Tensor* x = net.add_input("x", DataType::kF16, {n, DimExpr(16)});
   Tensor* a = net.add_matrix_multiply(x, false, constant(net, DataType::kF16, {16, 8}, 1, "wa"),
                                       false, "a")->output();
-  Tensor* b = net.add_matrix_multiply(x, false, constant(net, DataType::kF16, {16, 16}, 2, "wb"),
-                                      false, "b")->output();
-  Tensor* b0 = fused_cases::last_dim_slice(net, b, 0, 8, "b_head");  // a slice read in place too
-  Tensor* s = net.add_elementwise(a, b0, ElementWiseOp::kSum, "sum")->output();
+  Tensor* c = net.add_matrix_multiply(x, false, constant(net, DataType::kF16, {16, 8}, 2, "wc"),
+                                      false, "c")->output();
+  Tensor* s = net.add_elementwise(a, c, ElementWiseOp::kSub, "diff")->output();
   net.mark_output(net.add_activation(s, ActivationType::kRelu, 0, 0, "relu")->output(), "out");
   Network merged = net.clone();
-  // b's reader is a Slice, not a pointwise layer: only products read by pointwise layers merge.
-  EXPECT_EQ(merge_sibling_products(merged), 0);
-
-  Network net2;
-  Tensor* x2 = net2.add_input("x", DataType::kF16, {n, DimExpr(16)});
-  Tensor* a2 = net2.add_matrix_multiply(x2, false, constant(net2, DataType::kF16, {16, 8}, 1, "wa"),
-                                        false, "a")->output();
-  Tensor* c2 = net2.add_matrix_multiply(x2, false, constant(net2, DataType::kF16, {16, 8}, 2, "wc"),
-                                        false, "c")->output();
-  Tensor* s2 = net2.add_elementwise(a2, c2, ElementWiseOp::kSub, "diff")->output();
-  net2.mark_output(net2.add_activation(s2, ActivationType::kRelu, 0, 0, "relu")->output(), "out");
-  Network merged2 = net2.clone();
-  EXPECT_EQ(merge_sibling_products(merged2), 2);
-  EXPECT_EQ(products(merged2), 1);
+  EXPECT_EQ(fuse_and_merge(merged), 2);
+  EXPECT_EQ(products(merged), 1);
   for (int64_t rows : {1, 6, 19}) {
     const std::vector<TestTensor> ins = {TestTensor::random(DataType::kF16, {rows, 16}, 9)};
-    expect_same_outputs(net2, merged2, ins, "rows " + std::to_string(rows));
+    expect_same_outputs(net, merged, ins, "rows " + std::to_string(rows));
     OptimizationProfile p;
     p.set_range("n", 1, rows, 32);
-    test::run_network(net2, ins, {{p}});
+    test::run_network(net, ins, {{p}});
   }
 }
 
 TEST(MergeSiblingProducts, ASharedActivationStaysInTheMergedEpilogue) {
-  // Three siblings with the same ReLU epilogue, summed: one product with the ReLU, no
-  // Activation layer.
+  // Three siblings with the same ReLU epilogue, read by one fused kernel: one product with the
+  // ReLU.
   Network net;
   Tensor* x = net.add_input("x", DataType::kF32, {3, 16});
   const ActivationType relu = ActivationType::kRelu;
   Tensor* a = linear(net, x, 8, 1, "a", 4, &relu);
   Tensor* b = linear(net, x, 8, 2, "b", 5, &relu);
-  Tensor* c = linear(net, x, 16, 3, "c", 6, &relu);
-  Tensor* c0 = net.add_activation(c, ActivationType::kSigmoid, 0, 0, "gate")->output();
-  Tensor* s = net.add_elementwise(a, b, ElementWiseOp::kSum, "sum")->output();
-  Tensor* t = net.add_concatenation({s, s}, 1, "twice")->output();
-  net.mark_output(net.add_elementwise(t, c0, ElementWiseOp::kProd, "out_prod")->output(), "out");
+  Tensor* c = linear(net, x, 8, 3, "c", 6, &relu);
+  Tensor* g = net.add_activation(c, ActivationType::kSigmoid, 0, 0, "gate")->output();
+  Tensor* t = net.add_elementwise(a, b, ElementWiseOp::kSum, "sum")->output();
+  net.mark_output(net.add_elementwise(t, g, ElementWiseOp::kProd, "out_prod")->output(), "out");
   Network merged = net.clone();
-  EXPECT_EQ(merge_sibling_products(merged), 3);
+  EXPECT_EQ(fuse_and_merge(merged), 3);
   EXPECT_EQ(products(merged), 1);
-  EXPECT_EQ(count(merged, LayerKind::kActivation), 1);  // the sigmoid, as written
   for (const Layer* l : merged.layers()) {
     if (l->kind() == LayerKind::kMatrixMultiply) {
       const Epilogue& e = l->params_as<MatrixMultiplyParams>().epilogue;
@@ -259,11 +296,13 @@ TEST(MergeSiblingProducts, ASharedActivationStaysInTheMergedEpilogue) {
 }
 
 TEST(MergeSiblingProducts, WhatOneProductCannotComputeOrWouldCopyStays) {
+  // x Wa^T (N = 8) and a second product, each read by one fused kernel (relu then tanh) unless
+  // the case says otherwise: nothing merges.
   struct Case {
     std::string name;
-    std::function<Tensor*(Network&, Tensor*)> second;  ///< the sibling of x Wa^T (N = 8)
+    std::function<Tensor*(Network&, Tensor*)> second;
   };
-  auto first = [](Network& net, Tensor* x) { return linear(net, x, 8, 1, "a"); };
+  const ActivationType relu = ActivationType::kRelu;
   const std::vector<Case> cases = {
       {"another input",
        [](Network& net, Tensor*) {
@@ -291,48 +330,54 @@ TEST(MergeSiblingProducts, WhatOneProductCannotComputeOrWouldCopyStays) {
          return net.add_layer(p, {x, constant(net, DataType::kF32, {8, 16}, 2, "b/w")}, "b")
              ->output();
        }},
+      {"another activation in the epilogue",
+       [relu](Network& net, Tensor* x) { return linear(net, x, 8, 2, "b", 0, &relu); }},
       {"a weight that is an input",
        [](Network& net, Tensor* x) {
          Tensor* w = net.add_input("w", DataType::kF32, {8, 16});
          return net.add_matrix_multiply(x, false, w, true, "b")->output();
        }},
-      {"read by a reshape (attention heads): the part would be a copy",
+      {"a width that is not a whole vector",
+       [](Network& net, Tensor* x) { return linear(net, x, 6, 2, "b"); }},
+      {"read as heads by a product (attention's v): the part would be a copy",
        [](Network& net, Tensor* x) {
          Tensor* b = linear(net, x, 8, 2, "b");
-         return net.add_reshape(b, {DimExpr(2), DimExpr(4), DimExpr(2), DimExpr(4)}, "heads")
-             ->output();
+         Tensor* h = net.add_reshape(b, {DimExpr(2), DimExpr(4), DimExpr(2), DimExpr(4)}, "heads")
+                         ->output();
+         return net.add_matrix_multiply(h, false, h, true, "scores")->output();
+       }},
+      {"read by a pointwise layer left alone (no fused kernel)",
+       [](Network& net, Tensor* x) {
+         Tensor* b = linear(net, x, 8, 2, "b");
+         return net.add_elementwise(b, b, ElementWiseOp::kProd, "square")->output();
        }},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     Network net;
     Tensor* x = net.add_input("x", DataType::kF32, {2, 4, 16});
-    Tensor* a = first(net, x);
+    Tensor* a = linear(net, x, 8, 1, "a");
+    a = net.add_activation(a, ActivationType::kRelu, 0, 0, "ra")->output();
+    net.mark_output(net.add_activation(a, ActivationType::kTanh, 0, 0, "ta")->output(), "a");
     Tensor* b = c.second(net, x);
-    Tensor* s = b->shape().size() == a->shape().size() && b->shape() == a->shape()
-                    ? net.add_elementwise(a, b, ElementWiseOp::kSum, "sum")->output()
-                    : nullptr;
-    if (s == nullptr) {
-      net.mark_output(net.add_activation(a, ActivationType::kRelu, 0, 0, "ra")->output(), "a");
-      net.mark_output(b, "b");
-    } else {
-      net.mark_output(s, "out");
+    if (b->producer()->kind() == LayerKind::kMatrixMultiply) {
+      b = net.add_activation(b, ActivationType::kRelu, 0, 0, "rb")->output();
+      b = net.add_activation(b, ActivationType::kTanh, 0, 0, "tb")->output();
     }
+    net.mark_output(b, "b");
     const int before = products(net);
-    EXPECT_EQ(merge_sibling_products(net), 0);
+    EXPECT_EQ(fuse_and_merge(net), 0);
     EXPECT_EQ(products(net), before);
   }
-  // A product that is a network output itself stays too; so do parts whose width is not a
-  // whole vector (their reads would leave the vectorized path).
-  for (int64_t width : {8, 6}) {
-    Network net;
-    Tensor* x = net.add_input("x", DataType::kF32, {2, 16});
-    Tensor* a = linear(net, x, width, 1, "a");
-    Tensor* b = linear(net, x, width, 2, "b");
-    if (width == 8) net.mark_output(a, "a");
-    net.mark_output(net.add_elementwise(a, b, ElementWiseOp::kSum, "sum")->output(), "out");
-    EXPECT_EQ(merge_sibling_products(net), 0) << width;
-  }
+  // A product that is a network output itself stays too.
+  Network net;
+  Tensor* x = net.add_input("x", DataType::kF32, {2, 16});
+  Tensor* a = linear(net, x, 8, 1, "a");
+  Tensor* b = linear(net, x, 8, 2, "b");
+  net.mark_output(a, "a");
+  Tensor* t = net.add_elementwise(a, b, ElementWiseOp::kSum, "sum")->output();
+  net.mark_output(net.add_activation(t, ActivationType::kRelu, 0, 0, "r")->output(), "out");
+  EXPECT_EQ(fuse_and_merge(net), 0);
 }
 
 TEST(MergeSiblingProducts, OffWithoutFusePointwiseOrByItsSwitch) {
@@ -340,6 +385,7 @@ TEST(MergeSiblingProducts, OffWithoutFusePointwiseOrByItsSwitch) {
   swiglu(net, DataType::kF32);
   BuildState s;
   s.plan.network = net.clone();
+  fuse_pointwise_layers(s.plan.network, nullptr, nullptr);
   s.config.fuse_pointwise = false;
   pass_merge_sibling_products(s);
   EXPECT_EQ(products(s.plan.network), 2);

@@ -206,26 +206,6 @@ std::string step_line(const FusedStep& s, size_t value, const std::string& inden
          dtype_name(s.dtype) + "\n";
 }
 
-/// The first index of `gather` when it is one run (gather[j] == gather[0] + j: a last-dim slice
-/// read in place, such as a merged product's part); -1 otherwise. A run needs no table: the
-/// source indexes with `j + start`.
-int64_t gather_run_start(const std::vector<int64_t>& gather) {
-  if (gather.empty()) return -1;
-  for (size_t j = 1; j < gather.size(); ++j) {
-    if (gather[j] != gather[0] + static_cast<int64_t>(j)) return -1;
-  }
-  return gather[0];
-}
-
-/// The source expression of input K's gathered index `j` (of C type `t`): its table's entry, or
-/// `j + start` for a run.
-std::string gathered(const semantics::InputView& v, const std::string& K, const std::string& j,
-                     const std::string& t) {
-  const int64_t start = gather_run_start(v.gather);
-  if (start < 0) return "ember_g" + K + "[" + j + "]";
-  return "(" + j + " + (" + t + ")" + std::to_string(start) + ")";
-}
-
 /// The loop that adds to `<var>k` (declared before it) input k's offset of flat index `index`
 /// over the dims `last_dim` down to 0, indexing a gathered input's last dim through its table.
 /// With a.index32 set (PointwiseKernelArgs) the walk divides in 32 bits and sums the offsets in
@@ -243,8 +223,7 @@ std::string offset_walk(const std::vector<semantics::InputView>& views, const st
       const std::string K = std::to_string(k);
       const std::string i = views[k].gather.empty()
                                 ? "idx"
-                                : "(" + t + ")(d == a.rank - 1 ? " +
-                                      gathered(views[k], K, "idx", t) + " : idx)";
+                                : "(" + t + ")(d == a.rank - 1 ? ember_g" + K + "[idx] : idx)";
       src += "        " + var + K + " += (" + t + ")(" + i + " * (" + t + ")a.strides[" + K +
              "][d]);\n";
     }
@@ -288,8 +267,7 @@ std::string row_kernel(const FusedPointwiseParams& p, const std::vector<FusedSte
     for (size_t k = 0; k < n_in; ++k) {
       const std::string K = std::to_string(k);
       const DataType t = input_dtypes[k];
-      const std::string j =
-          views[k].gather.empty() ? "j" : gathered(views[k], K, "j", "long long");
+      const std::string j = views[k].gather.empty() ? "j" : "ember_g" + K + "[j]";
       l += "      const float v" + K + " = " +
            load_expr(t, "((const " + std::string(storage_type(t)) + "*)a.in[" + K + "])[base" + K +
                             " + " + j + " * step" + K + "]") +
@@ -392,14 +370,13 @@ std::string pointwise_kernel_source(const FusedPointwiseParams& p,
     src += "__device__ __forceinline__ float ember_hard_sigmoid(float y) { return y != y ? y : "
            "fmaxf(0.0f, fminf(1.0f, y)); }\n";
   }
-  // A gathered input's indices, as a table in the source (the cache keys on the text); a run
-  // (a slice) needs none.
+  // A gathered input's indices, as a table in the source (the cache keys on the text).
   std::vector<semantics::InputView> views;
   if (!semantics::fused_input_views(p, n_in, views)) {
     throw Error("fused pointwise codegen: the input views do not parse");
   }
   for (size_t k = 0; k < n_in; ++k) {
-    if (views[k].gather.empty() || gather_run_start(views[k].gather) >= 0) continue;
+    if (views[k].gather.empty()) continue;
     src += "__device__ const long long ember_g" + std::to_string(k) + "[" +
            std::to_string(views[k].gather.size()) + "] = {";
     for (size_t j = 0; j < views[k].gather.size(); ++j) {

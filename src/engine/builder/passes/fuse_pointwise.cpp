@@ -262,11 +262,10 @@ std::optional<std::vector<int64_t>> last_dim_gather(const Layer* g) {
   return out;
 }
 
-/// The last-dim indices start .. start + size - 1 of `l` when it is a unit-stride Slice of its
-/// input's last dim (at least two elements of a last dim of known size) that keeps every other
-/// dim whole: a gather by one run, which a fused kernel reads in place (the parts of a merged
-/// product, merge_sibling_products).
-std::optional<std::vector<int64_t>> last_dim_slice(const Layer* l) {
+/// (start, size) of `l` when it is a unit-stride Slice of its input's last dim (of known size)
+/// that keeps every other dim whole: a fused kernel reads it in place, as a slice of that dim
+/// (FusedPointwiseParams::slices; the parts of a product that chunk() splits).
+std::optional<std::pair<int64_t, int64_t>> last_dim_slice(const Layer* l) {
   if (l == nullptr || l->kind() != LayerKind::kSlice) return std::nullopt;
   const auto& sp = l->params_as<SliceParams>();
   const Shape& xs = l->input(0)->shape();
@@ -284,30 +283,8 @@ std::optional<std::vector<int64_t>> last_dim_slice(const Layer* l) {
   }
   const int64_t start = sp.start.back().constant();
   const int64_t size = sp.size.back().constant();
-  if (start < 0 || size < 2 || start + size > xs.back().constant()) return std::nullopt;
-  std::vector<int64_t> out(static_cast<size_t>(size));
-  std::iota(out.begin(), out.end(), start);
-  return out;
-}
-
-/// A last-dim gather's or slice's indices (either reads in place through a gather view).
-std::optional<std::vector<int64_t>> last_dim_view(const Layer* l) {
-  if (auto idx = last_dim_gather(l)) return idx;
-  return last_dim_slice(l);
-}
-
-
-
-/// A reshape of `y` [.., W] to [.., W / e, e]: one that a layer already makes, or a new one (a
-/// reshape shares its input's memory: it costs nothing).
-Tensor* rows_of(Network& net, Tensor* y, int64_t e) {
-  Shape shape = y->shape();
-  shape.back() = DimExpr(shape.back().constant() / e);
-  shape.push_back(DimExpr(e));
-  for (Layer* c : net.consumers(y)) {
-    if (is_pure_reshape(c) && c->output()->shape() == shape) return c->output();
-  }
-  return net.add_reshape(y, shape, unique_layer_name(net, y->name() + "/rows"))->output();
+  if (start < 0 || size < 1 || start + size > xs.back().constant()) return std::nullopt;
+  return std::make_pair(start, size);
 }
 
 /// A reshape of a last-dim slice into heads, as a slice of the sliced tensor's rows of heads.
@@ -318,18 +295,18 @@ struct SplitSlice {
 };
 
 /// When `t` is a reshape that splits the last dim of a last-dim slice y[..., s : s + n] into
-/// [.., n / e, e] (a projection's part read as heads: q or k of a merged q/k product), and
-/// nothing but `readers` reads the reshape and nothing else the slice: y, e, and the slice of
-/// y's rows of e (rows_of) that `t` is, (dim, s / e, n / e). Needs s, n and y's width to be
-/// multiples of e.
+/// [.., n / e, e] (q or k cut from a model's fused qkv projection), and nothing but `readers`
+/// reads the reshape and nothing else the slice: y, e, and the slice of y's rows of e
+/// (rows_of_heads) that `t` is, (dim, s / e, n / e). Needs s, n and y's width to be multiples
+/// of e.
 std::optional<SplitSlice> split_slice_of(const Network& net, const Tensor* t,
                                          const std::set<const Layer*>& readers) {
   const Layer* r = t->producer();
   if (!is_pure_reshape(r) || !only_read_by(net, t, readers)) return std::nullopt;
   const Tensor* part = r->input(0);
   const Layer* sl = part->producer();
-  const auto idx = last_dim_slice(sl);
-  if (!idx || !only_read_by(net, part, {r})) return std::nullopt;
+  const auto cut = last_dim_slice(sl);
+  if (!cut || !only_read_by(net, part, {r})) return std::nullopt;
   Tensor* y = sl->input(0);
   const Shape& ps = part->shape();
   const Shape& ts = t->shape();
@@ -340,7 +317,7 @@ std::optional<SplitSlice> split_slice_of(const Network& net, const Tensor* t,
     if (!(ts[d] == ps[d])) return std::nullopt;
   }
   const int64_t e = ts.back().constant();
-  const int64_t start = idx->front(), n = static_cast<int64_t>(idx->size());
+  const auto [start, n] = *cut;
   const int64_t width = y->shape().back().constant();
   if (e <= 0 || start % e != 0 || n % e != 0 || width % e != 0 ||
       ts[ts.size() - 2].constant() != n / e) {
@@ -355,13 +332,16 @@ bool reads_a_last_dim_view(const Network& net, const Layer* l) {
   const std::set<const Layer*> self{l};
   for (const Tensor* in : l->inputs()) {
     if (in == nullptr || !only_read_by(net, in, self)) continue;
-    if (last_dim_view(in->producer()) || split_slice_of(net, in, self)) return true;
+    if (last_dim_gather(in->producer()) || last_dim_slice(in->producer()) ||
+        split_slice_of(net, in, self)) {
+      return true;
+    }
   }
   return false;
 }
 
-/// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather (or
-/// slice), then a transpose that keeps the last dim (a Shuffle with only its first transpose),
+/// The tensors a group reads its `inputs` from, each through `views[k]`: a last-dim gather or
+/// slice, then a transpose that keeps the last dim (a Shuffle with only its first transpose),
 /// then a reshape of a last-dim slice into heads (split_slice_of: read as a slice of the whole
 /// tensor's rows of heads), each looked through when nothing but the group (and the layers
 /// looked through) reads its result.
@@ -372,11 +352,17 @@ std::vector<Tensor*> input_views(Network& net, const std::vector<Tensor*>& input
   std::set<const Layer*> readers = in_group;
   for (size_t k = 0; k < inputs.size(); ++k) {
     const Layer* g = inputs[k]->producer();
-    if (auto idx = last_dim_view(g); idx && only_read_by(net, inputs[k], in_group)) {
+    if (!only_read_by(net, inputs[k], in_group)) continue;
+    if (auto idx = last_dim_gather(g)) {
       views[k].gather = *idx;
-      sources[k] = g->input(0);
-      readers.insert(g);
+    } else if (auto cut = last_dim_slice(g)) {
+      // A slice of the last dim, which a transpose below keeps last: the same dim before it.
+      views[k].slice = {static_cast<int64_t>(inputs[k]->rank()) - 1, cut->first, cut->second};
+    } else {
+      continue;
     }
+    sources[k] = g->input(0);
+    readers.insert(g);
   }
   for (size_t k = 0; k < inputs.size(); ++k) {
     const Layer* t = sources[k]->producer();
@@ -396,8 +382,8 @@ std::vector<Tensor*> input_views(Network& net, const std::vector<Tensor*>& input
   }
   for (size_t k = 0; k < inputs.size(); ++k) {
     if (auto split = split_slice_of(net, sources[k], readers)) {
-      sources[k] = rows_of(net, split->y, split->e);
-      views[k].slice = split->slice;
+      sources[k] = rows_of_heads(net, split->y, split->e);
+      views[k].slice.insert(views[k].slice.end(), split->slice.begin(), split->slice.end());
     }
   }
   return sources;
@@ -698,7 +684,7 @@ int fuse_pointwise_layers(Network& net, const Backend* backend, std::vector<std:
   remove_unreachable_layers(net);
   if (notes && absorbed_views > 0) {
     notes->push_back(std::to_string(absorbed_views) +
-                     " inputs read through their transpose or last-dim gather or slice "
+                     " inputs read through their transpose, last-dim gather or slice "
                      "(no copy)");
   }
   if (notes && reductions > 0) {

@@ -46,6 +46,16 @@ Weights concat_product_weights(const std::vector<const Weights*>& ws, bool trans
   return Weights::copy(dt, {k, n}, bytes.data());
 }
 
+Tensor* rows_of_heads(Network& net, Tensor* y, int64_t e) {
+  Shape shape = y->shape();
+  shape.back() = DimExpr(shape.back().constant() / e);
+  shape.push_back(DimExpr(e));
+  for (Layer* c : net.consumers(y)) {
+    if (is_pure_reshape(c) && c->output()->shape() == shape) return c->output();
+  }
+  return net.add_reshape(y, shape, unique_layer_name(net, y->name() + "/rows"))->output();
+}
+
 bool switched_off_by_env(const char* name) {
   const char* env = std::getenv(name);
   return env != nullptr && std::strcmp(env, "0") == 0;

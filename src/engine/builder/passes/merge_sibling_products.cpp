@@ -1,38 +1,42 @@
-// merge_sibling_products: matrix products that read one input with constant weights (siblings)
-// become one product with the weights side by side, whose parts the pointwise layers after
-// them read in place:
+// merge_sibling_products: matrix products that read one input with constant weights (siblings),
+// and whose outputs only fused pointwise kernels read, become one product with the weights side
+// by side, and those kernels read their parts of it in place:
 //
-//   g = act(x W_g^T)    u = x W_u^T    h = g * u        (SwiGLU: Llama, Qwen2, Mistral's MLP)
-//   =>  y = x [W_g; W_u]^T
-//       h = act(y[..., :N_g]) * y[..., N_g:]            (one fused kernel reads both parts)
+//   g = x Wg^T    u = x Wu^T    h = FusedPointwise[silu(g) * u]    (SwiGLU: Llama, Qwen2)
+//   =>  y = x [Wg; Wu]^T        h = FusedPointwise[silu(y[.., :Ng]) * y[.., Ng:]]
 //
-//   q = x Wq^T + bq,  k = x Wk^T + bk  -> reshape to heads -> RoPE   (GQA decoders: Qwen2, Llama)
-//   =>  y = x [Wq; Wk]^T + [bq; bk];   RoPE reads y's rows of heads 0 .. Hq and Hq .. Hq + Hk
+//   q = x Wq^T + bq   k = x Wk^T + bk   each reshaped into heads, rotated by a FusedPointwise
+//   (RoPE) before attention (grouped-query decoders: q and k differ in width, so
+//   simplify_attention's packing of three equal projections does not apply)
+//   =>  y = x [Wq; Wk]^T + [bq; bk]; each RoPE kernel reads its heads of y's rows of heads
 //
 // One larger GEMM instead of two (one launch and one wave tail less per layer, and a wider
-// grid), and the same bytes: the parts are not copied, because fuse_pointwise (which runs next)
-// reads a last-dim slice as a view of the merged output, and a reshape of one into heads as a
-// slice of the merged output's heads. That is why a sibling is taken only when fuse_pointwise
-// will read its output in place: pointwise layers at its shape, or a reshape into heads whose
-// readers are pointwise layers (through the transposes and last-dim gathers fuse_pointwise
-// reads through). A part read by anything else (attention's v operand, another product) would
-// be a copy, and the merge would cost bytes. Attention's q/k/v projections without RoPE are
-// simplify_attention's (read packed in place by the attention kernels), which runs before this.
+// grid), and the same bytes: the parts are never copied. A fused kernel reads a part through a
+// slice view (FusedPointwiseParams::slices: its address moves to the part's start, its strides
+// stay the merged tensor's), on the last dim, or on the heads dim of the merged tensor's rows of
+// heads when the part was read through a reshape into heads. The kernel's source does not
+// change: the slice is in the launch's address and strides only.
 //
-// Siblings must agree on what one product can do for all of them: the transposes, the weight's
-// dtype and K, the epilogue's scale, and no residual input. Biases go side by side (zeros for a
-// sibling without one). An activation in a sibling's epilogue (fuse_epilogues put SwiGLU's SiLU
-// into the gate projection) moves to an Activation layer on its part, which joins the fused
-// kernel; one activation shared by all siblings stays in the merged epilogue. Each part starts
-// at a multiple of kPartAlign elements, so the fused kernel's vector loads stay aligned.
+// The pass runs after fuse_pointwise, so that it knows exactly who reads each product: a
+// sibling is taken only when every reader of its output is a FusedPointwise layer (directly, or
+// through one reshape into heads that only FusedPointwise layers read). A part read by anything
+// else (attention's v operand, another product, a pointwise layer left alone) would be a copy,
+// and the merge would cost bytes.
 //
-// Runs after the epilogue fusions and before fuse_pointwise (level >= 2), only when
-// fuse_pointwise runs too. EMBER_MERGE_SIBLING_PRODUCTS=0 turns it off (A/B timing).
+// Siblings must agree on what one product computes for all of them: the transposes, the
+// weight's dtype and K, the epilogue's scale and activation, the output dtype, and no residual
+// input. Biases go side by side (zeros for a sibling without one). Each part's width must be a
+// multiple of kPartAlign elements (the fused kernels' vectors stay aligned) and of every head
+// size a sibling is read as (each part read as heads starts on a head).
+//
+// Level >= 2, only when fuse_pointwise ran. EMBER_MERGE_SIBLING_PRODUCTS=0 turns it off.
 #include <algorithm>
 #include <map>
+#include <numeric>
 #include <string>
 #include <vector>
 
+#include "backends/semantics/fused_pointwise.h"
 #include "builder/passes/passes.h"
 
 namespace ember::engine {
@@ -43,60 +47,45 @@ namespace {
 /// elements: 16 bytes of f16/bf16, the fused kernels' vector.
 constexpr int64_t kPartAlign = 8;
 
-/// Whether fuse_pointwise will read `t` in place: it is not a network output, and every reader
-/// is a fusable pointwise layer, or a transpose that keeps the last dim last or a constant
-/// last-dim gather (which fuse_pointwise reads through) whose own readers are such (RoPE's
-/// transpose and rotate_half gather before its products).
-bool read_in_place(const Network& net, const Tensor* t, int depth = 0) {
-  if (t->is_output() || depth > 3) return false;
+/// How the fused kernels read a product's output: directly (heads = 0) or through `reshape`
+/// into heads of `heads` elements.
+struct Reading {
+  int64_t heads = 0;
+  const Layer* reshape = nullptr;
+};
+
+bool only_fused_readers(const Network& net, const Tensor* t) {
   const std::vector<Layer*> readers = net.consumers(t);
-  if (readers.empty()) return false;
+  if (t->is_output() || readers.empty()) return false;
   for (const Layer* r : readers) {
-    if (is_fusable_pointwise(r)) continue;
-    bool view = false;
-    if (r->kind() == LayerKind::kShuffle) {
-      const auto& sp = r->params_as<ShuffleParams>();
-      view = !sp.first_transpose.empty() && !sp.has_reshape && sp.second_transpose.empty() &&
-             sp.first_transpose.back() == static_cast<int64_t>(sp.first_transpose.size()) - 1;
-    } else if (r->kind() == LayerKind::kGather) {
-      const auto& gp = r->params_as<GatherParams>();
-      const int64_t rank = static_cast<int64_t>(t->rank());
-      const Weights* idx = constant_of(r->input(1));
-      view = r->input(0) == t && gp.mode == GatherMode::kDefault &&
-             (gp.axis == rank - 1 || gp.axis == -1) && idx != nullptr && idx->dims().size() == 1;
-    }
-    if (!view || !read_in_place(net, r->output(), depth + 1)) return false;
+    if (r->kind() != LayerKind::kFusedPointwise) return false;
   }
   return true;
 }
 
-/// How the readers of a product's output `y` would read its part of a merged product: 0 when
-/// they are pointwise layers of its shape, e when it is read only by a reshape into heads of e
-/// ([.., N] -> [.., N / e, e]) that fuse_pointwise reads in place (its split_slice_view: q and
-/// k of a decoder, before RoPE), -1 otherwise (the part would be copied).
-int64_t part_reading(const Network& net, const Tensor* y) {
-  const Shape& ys = y->shape();
+/// How `y` (a product's output [.., N]) is read, when only fused kernels read it, directly or
+/// through one reshape into heads [.., N / e, e].
+std::optional<Reading> reading_of(const Network& net, const Tensor* y) {
+  if (only_fused_readers(net, y)) return Reading{};
   const std::vector<Layer*> readers = net.consumers(y);
-  if (y->is_output() || readers.empty()) return -1;
-  if (readers.size() == 1 && is_pure_reshape(readers[0])) {
-    const Shape& rs = readers[0]->output()->shape();
-    if (rs.size() != ys.size() + 1 || !rs.back().is_constant()) return -1;
-    for (size_t d = 0; d + 1 < ys.size(); ++d) {
-      if (!(rs[d] == ys[d])) return -1;
-    }
-    const int64_t e = rs.back().constant();
-    const bool heads = e > 0 && e % kPartAlign == 0 && ys.back().constant() % e == 0;
-    return heads && read_in_place(net, readers[0]->output()) ? e : -1;
+  if (y->is_output() || readers.size() != 1 || !is_pure_reshape(readers[0])) return std::nullopt;
+  const Shape& ys = y->shape();
+  const Shape& rs = readers[0]->output()->shape();
+  if (rs.size() != ys.size() + 1 || !rs.back().is_constant()) return std::nullopt;
+  for (size_t d = 0; d + 1 < ys.size(); ++d) {
+    if (!(rs[d] == ys[d])) return std::nullopt;
   }
-  for (const Layer* r : readers) {
-    if (!is_fusable_pointwise(r) || !(r->output()->shape() == ys)) return -1;
+  const int64_t e = rs.back().constant();
+  if (e <= 0 || ys.back().constant() % e != 0 ||
+      !only_fused_readers(net, readers[0]->output())) {
+    return std::nullopt;
   }
-  return 0;
+  return Reading{e, readers[0]};
 }
 
 /// Whether `mm` can be merged with siblings: a MatrixMultiply with a constant rank-2 weight, a
 /// constant bias or none, no residual, a known output width that is a multiple of kPartAlign,
-/// and an output that fuse_pointwise will read in place as a part (part_reading).
+/// read only by fused kernels (reading_of).
 bool mergeable(const Network& net, const Layer* mm) {
   if (mm->kind() != LayerKind::kMatrixMultiply || mm->input(3) != nullptr) return false;
   const Weights* w = constant_of(mm->input(1));
@@ -109,11 +98,17 @@ bool mergeable(const Network& net, const Layer* mm) {
   if (ys.size() < 2 || !ys.back().is_constant() || ys.back().constant() % kPartAlign != 0) {
     return false;
   }
-  return part_reading(net, mm->output()) >= 0;
+  return reading_of(net, mm->output()).has_value();
+}
+
+bool same_activation(const Epilogue& a, const Epilogue& b) {
+  return a.fused_activation == b.fused_activation &&
+         (!a.fused_activation ||
+          (a.activation == b.activation && a.alpha == b.alpha && a.beta == b.beta));
 }
 
 /// Whether `b` can share one product with `a` (both mergeable): the same input read the same
-/// way, weights of one dtype and K, the same scale, outputs alike but for the last dim.
+/// way, weights of one dtype and K, the same epilogue, outputs alike but for the last dim.
 bool siblings(const Layer* a, const Layer* b) {
   const auto& pa = a->params_as<MatrixMultiplyParams>();
   const auto& pb = b->params_as<MatrixMultiplyParams>();
@@ -122,8 +117,8 @@ bool siblings(const Layer* a, const Layer* b) {
   const size_t k_axis = pa.transpose_b ? 1 : 0;  // [N, K] or [K, N]
   if (a->input(0) != b->input(0) || pa.transpose_a != pb.transpose_a ||
       pa.transpose_b != pb.transpose_b || pa.epilogue.scale != pb.epilogue.scale ||
-      wa->dtype() != wb->dtype() || wa->dims()[k_axis] != wb->dims()[k_axis] ||
-      a->output()->dtype() != b->output()->dtype()) {
+      !same_activation(pa.epilogue, pb.epilogue) || wa->dtype() != wb->dtype() ||
+      wa->dims()[k_axis] != wb->dims()[k_axis] || a->output()->dtype() != b->output()->dtype()) {
     return false;
   }
   const Weights* ba = constant_of(a->input(2));
@@ -138,11 +133,7 @@ bool siblings(const Layer* a, const Layer* b) {
   return true;
 }
 
-bool same_activation(const Epilogue& a, const Epilogue& b) {
-  return a.fused_activation == b.fused_activation &&
-         (!a.fused_activation ||
-          (a.activation == b.activation && a.alpha == b.alpha && a.beta == b.beta));
-}
+int64_t width_of(const Layer* mm) { return mm->output()->shape().back().constant(); }
 
 /// The biases of `group` side by side ([sum N]), zeros for a product without one; nullptr when
 /// none has one.
@@ -156,59 +147,90 @@ Tensor* merged_bias(Network& net, const std::vector<Layer*>& group, const std::s
   std::vector<uint8_t> bytes;
   int64_t n = 0;
   for (const Layer* m : group) {
-    const int64_t width = m->output()->shape().back().constant();
     if (const Weights* b = constant_of(m->input(2))) {
       const auto* d = static_cast<const uint8_t*>(b->data());
       bytes.insert(bytes.end(), d, d + b->nbytes());
     } else {
-      bytes.insert(bytes.end(), static_cast<size_t>(width) * elem, uint8_t{0});  // +0.0
+      bytes.insert(bytes.end(), static_cast<size_t>(width_of(m)) * elem, uint8_t{0});  // +0.0
     }
-    n += width;
+    n += width_of(m);
   }
   return net.add_constant(Weights::copy(any->dtype(), {n}, bytes.data()),
                           unique_layer_name(net, name + "/bias"))
       ->output();
 }
 
-/// Replaces `group` (two or more siblings, in network order) by one product; each output
-/// becomes a slice of the merged one (with its own activation after it, where the merged
-/// epilogue does not have it).
+/// One input of a fused layer to read from the merged product instead: `source`, sliced along
+/// `dim` from `start` for `size` elements.
+struct Redirect {
+  size_t input = 0;
+  Tensor* source = nullptr;
+  int64_t dim = 0, start = 0, size = 0;
+};
+
+/// Adds the slice (dim, start, size) to a view that may already slice that dim (a model's own
+/// chunk of the part): the two compose.
+void add_slice(semantics::InputView& v, int64_t dim, int64_t start, int64_t size) {
+  for (size_t t = 0; t + 2 < v.slice.size(); t += 3) {
+    if (v.slice[t] == dim) {
+      v.slice[t + 1] += start;
+      return;
+    }
+  }
+  v.slice.insert(v.slice.end(), {dim, start, size});
+}
+
+/// Replaces `group` (two or more siblings, in network order) by one product, and every fused
+/// layer that read them by one that reads their parts of it.
 void merge(Network& net, const std::vector<Layer*>& group) {
   const auto& p0 = group[0]->params_as<MatrixMultiplyParams>();
   std::string name = group[0]->name();
   for (size_t i = 1; i < group.size(); ++i) name += "+" + group[i]->name();
   std::vector<const Weights*> ws;
   for (const Layer* m : group) ws.push_back(constant_of(m->input(1)));
-  bool shared_activation = true;
-  for (const Layer* m : group) {
-    shared_activation = shared_activation &&
-                        same_activation(m->params_as<MatrixMultiplyParams>().epilogue, p0.epilogue);
-  }
-  MatrixMultiplyParams p = p0;
-  if (!shared_activation) p.epilogue.fused_activation = false;
-  Tensor* w = net.add_constant(concat_product_weights(ws, p.transpose_b),
+  Tensor* w = net.add_constant(concat_product_weights(ws, p0.transpose_b),
                                unique_layer_name(net, name + "/weight"))
                   ->output();
   Tensor* bias = merged_bias(net, group, name);
   std::vector<Tensor*> inputs{group[0]->input(0), w};
   if (bias != nullptr) inputs.push_back(bias);
-  Tensor* y = net.add_layer(p, inputs, unique_layer_name(net, name))->output();
+  Tensor* y = net.add_layer(p0, inputs, unique_layer_name(net, name))->output();
+
+  // Per fused reader, in network order, the inputs it now reads from y.
+  std::vector<Layer*> readers;
+  std::map<const Layer*, std::vector<Redirect>> redirects;
   int64_t offset = 0;
-  for (Layer* m : group) {
-    const Shape& part = m->output()->shape();
-    Shape start(part.size(), DimExpr(0));
-    start.back() = DimExpr(offset);
-    Tensor* t = net.add_slice(y, start, part, std::vector<int64_t>(part.size(), 1),
-                              unique_layer_name(net, m->name() + "/part"))
-                    ->output();
-    const Epilogue& e = m->params_as<MatrixMultiplyParams>().epilogue;
-    if (!shared_activation && e.fused_activation) {
-      t = net.add_activation(t, e.activation, e.alpha, e.beta,
-                             unique_layer_name(net, m->name() + "/activation"))
-              ->output();
+  for (const Layer* m : group) {
+    const Reading r = *reading_of(net, m->output());
+    const int64_t n = width_of(m);
+    const Tensor* read = r.reshape != nullptr ? r.reshape->output() : m->output();
+    Tensor* source = r.heads > 0 ? rows_of_heads(net, y, r.heads) : y;
+    const int64_t dim = static_cast<int64_t>(source->rank()) - (r.heads > 0 ? 2 : 1);
+    const int64_t start = r.heads > 0 ? offset / r.heads : offset;
+    const int64_t size = r.heads > 0 ? n / r.heads : n;
+    for (Layer* f : net.consumers(read)) {
+      if (redirects.count(f) == 0) readers.push_back(f);
+      for (size_t k = 0; k < f->inputs().size(); ++k) {
+        if (f->input(k) == read) redirects[f].push_back({k, source, dim, start, size});
+      }
     }
-    net.replace_all_uses(m->output(), t);
-    offset += part.back().constant();
+    offset += n;
+  }
+  for (Layer* f : readers) {
+    FusedPointwiseParams p = f->params_as<FusedPointwiseParams>();
+    std::vector<semantics::InputView> views;
+    semantics::fused_input_views(p, f->inputs().size(), views);  // infer() checked them
+    std::vector<Tensor*> ins = f->inputs();
+    for (const Redirect& r : redirects.at(f)) {
+      ins[r.input] = r.source;
+      add_slice(views[r.input], r.dim, r.start, r.size);
+    }
+    semantics::fused_set_views(p, views);
+    Layer* g = net.add_layer(std::move(p), ins, unique_layer_name(net, f->name()));
+    for (size_t o = 0; o < f->outputs().size(); ++o) {
+      net.replace_all_uses(f->output(o), g->output(o));
+    }
+    net.remove_layer(f);  // now, so that later groups see only live readers
   }
 }
 
@@ -229,26 +251,26 @@ int merge_sibling_products(Network& net) {
   for (const Tensor* x : order) {
     std::vector<Layer*> rest = by_input.at(x);
     while (rest.size() >= 2) {
-      std::vector<Layer*> group{rest[0]}, others;
+      // rest[0] and its siblings; a part read as heads must start on a head, so every width
+      // must be a multiple of every head size in the group (their lcm). When rest[0]'s is not,
+      // it stays alone and the others try again without it; otherwise those whose width is
+      // not wait for another group.
+      std::vector<Layer*> group, others;
       for (size_t i = 1; i < rest.size(); ++i) {
         (siblings(rest[0], rest[i]) ? group : others).push_back(rest[i]);
       }
-      // A part read as heads of e must start at a multiple of e: every part's width must be
-      // one (q and k of 64-wide heads: 896 and 128). When rest[0] is not, it stays alone and
-      // the others try again without it; otherwise those that are not wait for another group.
-      int64_t heads = 1;
-      for (const Layer* m : group) heads = std::max(heads, part_reading(net, m->output()));
-      auto fits = [&](const Layer* m) { return m->output()->shape().back().constant() % heads == 0; };
-      if (!fits(group[0])) {
-        others.insert(others.end(), group.begin() + 1, group.end());
-        group.resize(1);
+      int64_t heads = std::max<int64_t>(1, reading_of(net, rest[0]->output())->heads);
+      for (const Layer* m : group) {
+        heads = std::lcm(heads, std::max<int64_t>(1, reading_of(net, m->output())->heads));
       }
-      std::vector<Layer*> whole;
-      for (Layer* m : group) (fits(m) || m == group[0] ? whole : others).push_back(m);
-      group = std::move(whole);
-      if (group.size() >= 2) {
-        merge(net, group);
-        merged += static_cast<int>(group.size());
+      std::vector<Layer*> whole{rest[0]};
+      for (Layer* m : group) {
+        (width_of(rest[0]) % heads == 0 && width_of(m) % heads == 0 ? whole : others)
+            .push_back(m);
+      }
+      if (whole.size() >= 2) {
+        merge(net, whole);
+        merged += static_cast<int>(whole.size());
       }
       rest = std::move(others);
     }
@@ -263,7 +285,7 @@ void pass_merge_sibling_products(BuildState& s) {
     return;
   }
   if (!fuse_pointwise_enabled(s.config)) {
-    // Without fuse_pointwise the parts would be copies: the merge would cost bytes.
+    // Its parts are read in place by fused kernels only.
     s.log.push_back("merge_sibling_products: off (fuse_pointwise is off)");
     return;
   }

@@ -5,7 +5,7 @@
 // remove_dead_layers -> recognize_rms_norms -> absorb_casts -> fuse_epilogues ->
 // quantize_norm_outputs -> channels_last -> pad_conv_channels ->
 // simplify_attention -> fuse_epilogues_after_attention -> gather_slices -> compose_row_moves ->
-// fuse_epilogues_after_row_moves -> merge_sibling_products -> fuse_pointwise ->
+// fuse_epilogues_after_row_moves -> fuse_pointwise -> merge_sibling_products ->
 // select_implementations -> plan_memory -> time_tactics -> emission (plan_write).
 #pragma once
 
@@ -155,15 +155,19 @@ bool fuse_pointwise_enabled(const BuilderConfig& config);
 /// The values of a float constant as f32, and f32 values as a constant of `dtype` (rounded).
 std::vector<float> to_floats(const Weights& w);
 Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector<float>& v);
+/// A reshape of `y` [.., W] to its rows of heads [.., W / e, e]: one a layer already makes, or a
+/// new one (a reshape shares its input's memory: it costs nothing).
+Tensor* rows_of_heads(Network& net, Tensor* y, int64_t e);
 /// Rank-2 product weights side by side along N (rows of [N_i, K] blocks when transpose_b, else
 /// [K, N_i] blocks side by side): the weight of one product that computes them all.
 Weights concat_product_weights(const std::vector<const Weights*>& ws, bool transpose_b);
-/// Merges MatrixMultiply layers that read one input with constant weights, and whose outputs
-/// only pointwise layers read, into one product read back as last-dim slices (SwiGLU's gate and
-/// up projections; see merge_sibling_products.cpp). Returns how many products it merged.
+/// After fuse_pointwise: merges MatrixMultiply layers that read one input with constant weights,
+/// and whose outputs only FusedPointwise layers read (directly or through a reshape into heads),
+/// into one product whose parts those layers read in place through slice views (SwiGLU's gate
+/// and up, a GQA decoder's q and k before RoPE; see merge_sibling_products.cpp). Returns how
+/// many products it merged.
 int merge_sibling_products(Network& net);
-/// merge_sibling_products when fuse_pointwise runs (it reads the parts in place), unless
-/// EMBER_MERGE_SIBLING_PRODUCTS=0.
+/// merge_sibling_products when fuse_pointwise ran, unless EMBER_MERGE_SIBLING_PRODUCTS=0.
 void pass_merge_sibling_products(BuildState& s);
 /// True when fuse_pointwise groups `l` with pointwise layers of its shape (an Activation, float
 /// ElementWise arithmetic, float Unary math, a float Cast or an Identity).
