@@ -99,17 +99,14 @@ std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased) {
       layer.kind() == LayerKind::kGather || layer.kind() == LayerKind::kSlice;
   const bool packed = layer.kind() == LayerKind::kAttention &&
                       layer.params_as<AttentionParams>().packed_heads > 0;
-  // A fused pointwise layer's sliced inputs (FusedPointwiseParams::slices): the parts it reads
-  // of each tensor, at most the whole (SwiGLU's halves of one product, q's and k's heads).
+  // A fused pointwise layer's sliced inputs (FusedPointwiseParams::slices): per tensor, the
+  // fraction each distinct slice of it covers, summed up to the whole (SwiGLU's halves of one
+  // product; RoPE reads q and its rotation through one slice, which counts once).
+  std::map<const Tensor*, std::map<std::vector<int64_t>, double>> parts;
   std::vector<semantics::InputView> views;
-  const bool sliced = layer.kind() == LayerKind::kFusedPointwise &&
-                      !layer.params_as<FusedPointwiseParams>().slices.empty() &&
-                      semantics::fused_input_views(layer.params_as<FusedPointwiseParams>(),
-                                                   in.size(), views);
-  if (sliced) {
-    // Per tensor, the fraction each distinct slice of it covers (an input read twice through
-    // one slice, as RoPE reads q and its rotation, counts once).
-    std::map<const Tensor*, std::map<std::vector<int64_t>, double>> parts;
+  if (layer.kind() == LayerKind::kFusedPointwise &&
+      !layer.params_as<FusedPointwiseParams>().slices.empty() &&
+      semantics::fused_input_views(layer.params_as<FusedPointwiseParams>(), in.size(), views)) {
     for (size_t i = 0; i < in.size(); ++i) {
       double f = 1.0;
       for (size_t t = 0; t + 2 < views[i].slice.size(); t += 3) {
@@ -120,17 +117,9 @@ std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased) {
       }
       parts[layer.input(i)][views[i].slice] = f;
     }
-    for (size_t i = 0; i < in.size(); ++i) {
-      const auto it = parts.find(layer.input(i));
-      if (it == parts.end()) continue;
-      double f = 0.0;
-      for (const auto& [slice, fraction] : it->second) f += fraction;
-      cost.bytes += bytes_of(layer.input(i), in[i]) * std::min(1.0, f);
-      parts.erase(it);
-    }
   }
   std::set<const Tensor*> seen;
-  for (size_t i = 0; i < in.size() && !sliced; ++i) {
+  for (size_t i = 0; i < in.size(); ++i) {
     const Tensor* t = layer.input(i);
     if (t == nullptr || !seen.insert(t).second) continue;
     if (partial_data && i == 0 && !out.empty()) {
@@ -139,6 +128,10 @@ std::optional<LayerCost> layer_cost(const Layer& layer, bool aliased) {
       const auto& qkv = layer.inputs();
       const auto thirds = std::count(qkv.begin(), qkv.begin() + 3, t);
       cost.bytes += bytes_of(t, in[i]) * static_cast<double>(thirds) / 3.0;
+    } else if (const auto it = parts.find(t); it != parts.end()) {
+      double f = 0.0;
+      for (const auto& [slice, fraction] : it->second) f += fraction;
+      cost.bytes += bytes_of(t, in[i]) * std::min(1.0, f);
     } else {
       cost.bytes += bytes_of(t, in[i]);
     }

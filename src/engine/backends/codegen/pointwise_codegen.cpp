@@ -530,21 +530,19 @@ PointwiseLaunch plan_pointwise_launch(const FusedPointwiseParams& p,
   if (!semantics::fused_input_views(p, n_in, views)) {
     throw Error(what + ": the input views do not parse (the plan may be corrupt)");
   }
-  for (size_t i = 0; i < n_in; ++i) {
-    const int64_t offset = semantics::view_offset(*ins[i].dims, views[i]);
-    k.in[i] = static_cast<const uint8_t*>(ins[i].data) +
-              static_cast<size_t>(offset) * dtype_size(ins[i].dtype);
-  }
   for (size_t o = 0; o < outs.size(); ++o) k.out[o] = const_cast<void*>(outs[o].data);
   bool any_view = false, gathers = false;
   std::vector<std::vector<int64_t>> st(n_in, std::vector<int64_t>(rank, 0));
   for (size_t i = 0; i < n_in; ++i) {
     any_view = any_view || views[i].any();
     gathers = gathers || !views[i].gather.empty();
-    if (!semantics::view_strides(*ins[i].dims, views[i], dims, st[i])) {
+    int64_t offset = 0;
+    if (!semantics::view_strides(*ins[i].dims, views[i], dims, st[i], offset)) {
       throw Error(what + ": input " + std::to_string(i) +
                   " does not broadcast to the output through its view (the plan may be corrupt)");
     }
+    k.in[i] = static_cast<const uint8_t*>(ins[i].data) +
+              static_cast<size_t>(offset) * dtype_size(ins[i].dtype);
   }
   // A program with row reductions keeps the last dim (the row) as it is: only the dims before
   // it merge, and the row kernel walks them per row. So does one with a gathered input (the

@@ -142,8 +142,7 @@ void run(const FusedPointwiseParams& p, const KernelArgs& args) {
   std::vector<int64_t> base(n_in, 0);  // where a sliced input's part starts
   for (size_t k = 0; k < n_in; ++k) {
     gathers = gathers || !views[k].gather.empty();
-    base[k] = semantics::view_offset(args.in(k).dims, views[k]);
-    if (!semantics::view_strides(args.in(k).dims, views[k], out_dims, strides[k])) {
+    if (!semantics::view_strides(args.in(k).dims, views[k], out_dims, strides[k], base[k])) {
       fail("input " + std::to_string(k) + " dims " + dims_to_string(args.in(k).dims) +
            " do not broadcast to " + dims_to_string(out_dims) + " through its view");
     }

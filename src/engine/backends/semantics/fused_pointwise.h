@@ -127,18 +127,6 @@ inline bool fused_input_views(const FusedPointwiseParams& p, size_t n_in,
   return fused_views(p, n_in, out) && fused_slices(p, out);
 }
 
-/// The element offset of an input of `dims` (contiguous) where its slice starts.
-inline int64_t view_offset(const std::vector<int64_t>& dims, const InputView& v) {
-  std::vector<int64_t> contiguous(dims.size(), 1);
-  for (size_t i = dims.size(); i-- > 1;) contiguous[i - 1] = contiguous[i] * dims[i];
-  int64_t offset = 0;
-  for (size_t t = 0; t + 2 < v.slice.size(); t += 3) {
-    const auto d = static_cast<size_t>(v.slice[t]);
-    if (d < dims.size()) offset += v.slice[t + 1] * contiguous[d];
-  }
-  return offset;
-}
-
 /// Whether a last-dim gather keeps runs of `v` consecutive outputs on `v` consecutive, aligned
 /// source elements: every run starting at a multiple of `v` maps to one starting at a multiple
 /// of `v` and stepping by 1 (rotate_half's table over a last dim whose half is a multiple of
@@ -155,16 +143,17 @@ inline bool gather_keeps_vectors(const std::vector<int64_t>& gather, int64_t v) 
   return true;
 }
 
-/// Sets `p.views` from `views` (none when no input has one).
+/// Sets `p.views` and `p.slices` from `views` (each empty when no input has one).
 inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView>& views) {
   p.views.clear();
   p.slices.clear();
   bool sliced = false;
   for (const InputView& v : views) sliced = sliced || !v.slice.empty();
-  for (const InputView& v : views) {
-    if (!sliced) break;
-    p.slices.push_back(static_cast<int64_t>(v.slice.size() / 3));
-    p.slices.insert(p.slices.end(), v.slice.begin(), v.slice.end());
+  if (sliced) {
+    for (const InputView& v : views) {
+      p.slices.push_back(static_cast<int64_t>(v.slice.size() / 3));
+      p.slices.insert(p.slices.end(), v.slice.begin(), v.slice.end());
+    }
   }
   bool any = false;
   for (const InputView& v : views) any = any || !v.perm.empty() || !v.gather.empty();
@@ -177,18 +166,23 @@ inline void fused_set_views(FusedPointwiseParams& p, const std::vector<InputView
   }
 }
 
-/// The element strides of a contiguous input of `dims`, read through `v` (from view_offset on),
-/// over the output's `out_dims` (0 where it broadcasts; a gathered last dim's stride is the one
-/// its indices multiply). False when the view does not broadcast to `out_dims` (shape inference refused
-/// such a layer; the kernels say so).
+/// The element strides of a contiguous input of `dims`, read through `v`, over the output's
+/// `out_dims` (0 where it broadcasts; a gathered last dim's stride is the one its indices
+/// multiply), and in `offset` the element where its slice starts (0 without one). False when
+/// the view does not broadcast to `out_dims` (shape inference refused such a layer; the kernels
+/// say so).
 inline bool view_strides(const std::vector<int64_t>& dims, const InputView& v,
-                         const std::vector<int64_t>& out_dims, std::vector<int64_t>& strides) {
+                         const std::vector<int64_t>& out_dims, std::vector<int64_t>& strides,
+                         int64_t& offset) {
   std::vector<int64_t> contiguous(dims.size(), 1);
   for (size_t i = dims.size(); i-- > 1;) contiguous[i - 1] = contiguous[i] * dims[i];
-  std::vector<int64_t> sliced = dims;  // the slice's sizes; its start is view_offset's
+  std::vector<int64_t> sliced = dims;  // the slice's sizes
+  offset = 0;
   for (size_t t = 0; t + 2 < v.slice.size(); t += 3) {
     const auto d = static_cast<size_t>(v.slice[t]);
-    if (d < sliced.size()) sliced[d] = v.slice[t + 2];
+    if (d >= sliced.size()) continue;  // infer() refused it
+    offset += v.slice[t + 1] * contiguous[d];
+    sliced[d] = v.slice[t + 2];
   }
   std::vector<int64_t> view_dims = sliced, st = contiguous;
   for (size_t i = 0; i < v.perm.size() && v.perm.size() == dims.size(); ++i) {

@@ -46,6 +46,34 @@ Weights concat_product_weights(const std::vector<const Weights*>& ws, bool trans
   return Weights::copy(dt, {k, n}, bytes.data());
 }
 
+bool same_epilogue(const Epilogue& a, const Epilogue& b) {
+  return a.scale == b.scale && a.fused_activation == b.fused_activation &&
+         (!a.fused_activation ||
+          (a.activation == b.activation && a.alpha == b.alpha && a.beta == b.beta));
+}
+
+Tensor* concat_biases(Network& net, const std::vector<const Weights*>& biases,
+                      const std::vector<int64_t>& widths, const std::string& name) {
+  const Weights* any = nullptr;
+  for (const Weights* b : biases) any = b != nullptr ? b : any;
+  if (any == nullptr) return nullptr;
+  const size_t elem = dtype_size(any->dtype());
+  std::vector<uint8_t> bytes;
+  int64_t n = 0;
+  for (size_t i = 0; i < biases.size(); ++i) {
+    if (const Weights* b = biases[i]) {
+      const auto* d = static_cast<const uint8_t*>(b->data());
+      bytes.insert(bytes.end(), d, d + b->nbytes());
+    } else {
+      bytes.insert(bytes.end(), static_cast<size_t>(widths[i]) * elem, uint8_t{0});  // +0.0
+    }
+    n += widths[i];
+  }
+  return net.add_constant(Weights::copy(any->dtype(), {n}, bytes.data()),
+                          unique_layer_name(net, name))
+      ->output();
+}
+
 Tensor* rows_of_heads(Network& net, Tensor* y, int64_t e) {
   Shape shape = y->shape();
   shape.back() = DimExpr(shape.back().constant() / e);

@@ -101,12 +101,6 @@ bool mergeable(const Network& net, const Layer* mm) {
   return reading_of(net, mm->output()).has_value();
 }
 
-bool same_activation(const Epilogue& a, const Epilogue& b) {
-  return a.fused_activation == b.fused_activation &&
-         (!a.fused_activation ||
-          (a.activation == b.activation && a.alpha == b.alpha && a.beta == b.beta));
-}
-
 /// Whether `b` can share one product with `a` (both mergeable): the same input read the same
 /// way, weights of one dtype and K, the same epilogue, outputs alike but for the last dim.
 bool siblings(const Layer* a, const Layer* b) {
@@ -116,8 +110,8 @@ bool siblings(const Layer* a, const Layer* b) {
   const Weights* wb = constant_of(b->input(1));
   const size_t k_axis = pa.transpose_b ? 1 : 0;  // [N, K] or [K, N]
   if (a->input(0) != b->input(0) || pa.transpose_a != pb.transpose_a ||
-      pa.transpose_b != pb.transpose_b || pa.epilogue.scale != pb.epilogue.scale ||
-      !same_activation(pa.epilogue, pb.epilogue) || wa->dtype() != wb->dtype() ||
+      pa.transpose_b != pb.transpose_b || !same_epilogue(pa.epilogue, pb.epilogue) ||
+      wa->dtype() != wb->dtype() ||
       wa->dims()[k_axis] != wb->dims()[k_axis] || a->output()->dtype() != b->output()->dtype()) {
     return false;
   }
@@ -134,31 +128,6 @@ bool siblings(const Layer* a, const Layer* b) {
 }
 
 int64_t width_of(const Layer* mm) { return mm->output()->shape().back().constant(); }
-
-/// The biases of `group` side by side ([sum N]), zeros for a product without one; nullptr when
-/// none has one.
-Tensor* merged_bias(Network& net, const std::vector<Layer*>& group, const std::string& name) {
-  const Weights* any = nullptr;
-  for (const Layer* m : group) {
-    if (const Weights* b = constant_of(m->input(2))) any = b;
-  }
-  if (any == nullptr) return nullptr;
-  const size_t elem = dtype_size(any->dtype());
-  std::vector<uint8_t> bytes;
-  int64_t n = 0;
-  for (const Layer* m : group) {
-    if (const Weights* b = constant_of(m->input(2))) {
-      const auto* d = static_cast<const uint8_t*>(b->data());
-      bytes.insert(bytes.end(), d, d + b->nbytes());
-    } else {
-      bytes.insert(bytes.end(), static_cast<size_t>(width_of(m)) * elem, uint8_t{0});  // +0.0
-    }
-    n += width_of(m);
-  }
-  return net.add_constant(Weights::copy(any->dtype(), {n}, bytes.data()),
-                          unique_layer_name(net, name + "/bias"))
-      ->output();
-}
 
 /// One input of a fused layer to read from the merged product instead: `source`, sliced along
 /// `dim` from `start` for `size` elements.
@@ -191,7 +160,13 @@ void merge(Network& net, const std::vector<Layer*>& group) {
   Tensor* w = net.add_constant(concat_product_weights(ws, p0.transpose_b),
                                unique_layer_name(net, name + "/weight"))
                   ->output();
-  Tensor* bias = merged_bias(net, group, name);
+  std::vector<const Weights*> biases;
+  std::vector<int64_t> widths;
+  for (const Layer* m : group) {
+    biases.push_back(constant_of(m->input(2)));
+    widths.push_back(width_of(m));
+  }
+  Tensor* bias = concat_biases(net, biases, widths, name + "/bias");
   std::vector<Tensor*> inputs{group[0]->input(0), w};
   if (bias != nullptr) inputs.push_back(bias);
   Tensor* y = net.add_layer(p0, inputs, unique_layer_name(net, name))->output();

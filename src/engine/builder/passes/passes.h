@@ -158,6 +158,12 @@ Weights from_floats(DataType dtype, std::vector<int64_t> dims, const std::vector
 /// A reshape of `y` [.., W] to its rows of heads [.., W / e, e]: one a layer already makes, or a
 /// new one (a reshape shares its input's memory: it costs nothing).
 Tensor* rows_of_heads(Network& net, Tensor* y, int64_t e);
+/// Whether two products' epilogues compute the same thing (scale and activation).
+bool same_epilogue(const Epilogue& a, const Epilogue& b);
+/// Rank-1 biases of products of `widths` side by side as one constant named `name` (zeros, +0.0,
+/// for a null entry: a product without a bias); nullptr when every entry is null.
+Tensor* concat_biases(Network& net, const std::vector<const Weights*>& biases,
+                      const std::vector<int64_t>& widths, const std::string& name);
 /// Rank-2 product weights side by side along N (rows of [N_i, K] blocks when transpose_b, else
 /// [K, N_i] blocks side by side): the weight of one product that computes them all.
 Weights concat_product_weights(const std::vector<const Weights*>& ws, bool transpose_b);

@@ -182,12 +182,6 @@ Tensor* packed_source(const Tensor* t, int third) {
   return unit && starts && sizes && rows ? x : nullptr;
 }
 
-bool same_epilogue(const Epilogue& a, const Epilogue& b) {
-  return a.scale == b.scale && a.fused_activation == b.fused_activation &&
-         (!a.fused_activation ||
-          (a.activation == b.activation && a.alpha == b.alpha && a.beta == b.beta));
-}
-
 /// The MatrixMultiply behind a reshape-only Shuffle that produces `t`, when the product feeds
 /// only that reshape and has a constant rank-2 weight, a constant bias or none, no residual.
 Layer* projection_of(const Network& net, const Tensor* t) {
@@ -203,6 +197,13 @@ Layer* projection_of(const Network& net, const Tensor* t) {
   return w != nullptr && w->dims().size() == 2 && bias_ok ? mm : nullptr;
 }
 
+/// The lengths of rank-1 biases.
+std::vector<int64_t> widths_of(const std::vector<const Weights*>& bs) {
+  std::vector<int64_t> n;
+  for (const Weights* b : bs) n.push_back(b->dims()[0]);
+  return n;
+}
+
 /// The three projections `of` finds behind attn's q, k and v, when all three are there and
 /// distinct.
 bool three_projections(const Network& net, const Layer* attn,
@@ -212,22 +213,6 @@ bool three_projections(const Network& net, const Layer* attn,
     if (mm[t] == nullptr) return false;
   }
   return mm[0] != mm[1] && mm[1] != mm[2] && mm[0] != mm[2];
-}
-
-/// The biases `bs` side by side as one constant, or nullptr when there are none.
-Tensor* concat_biases(Network& net, const std::vector<const Weights*>& bs,
-                      const std::string& name) {
-  if (bs.empty()) return nullptr;
-  std::vector<uint8_t> bytes;
-  int64_t n = 0;
-  for (const Weights* b : bs) {
-    const auto* d = static_cast<const uint8_t*>(b->data());
-    bytes.insert(bytes.end(), d, d + b->nbytes());
-    n += b->dims()[0];
-  }
-  return net.add_constant(Weights::copy(bs[0]->dtype(), {n}, bytes.data()),
-                          unique_layer_name(net, name))
-      ->output();
 }
 
 /// Replaces each projection's output [B, L, N] by its third of the merged product y
@@ -268,7 +253,7 @@ bool merge_float_projections(Network& net, Layer* attn) {
   }
   const std::string name = mm[0]->name() + "+" + mm[1]->name() + "+" + mm[2]->name();
   Tensor* w = net.add_constant(concat_product_weights(ws, p0.transpose_b), name + "/weight")->output();
-  Tensor* bias = concat_biases(net, bs, name + "/bias");
+  Tensor* bias = concat_biases(net, bs, widths_of(bs), name + "/bias");
   read_back_thirds(net, net.add_layer(p0, {mm[0]->input(0), w, bias}, name)->output(), mm);
   return true;
 }
@@ -353,7 +338,7 @@ bool merge_quantized_projections(Network& net, Layer* attn) {
   Tensor* w = net.add_constant(concat_product_weights(ws, /*transpose_b=*/true),
                                unique_layer_name(net, name + "/weight"))
                   ->output();
-  Tensor* bias = concat_biases(net, bs, name + "/bias");
+  Tensor* bias = concat_biases(net, bs, widths_of(bs), name + "/bias");
   std::vector<Tensor*> inputs{mm[0]->input(0), w, mm[0]->input(2), scale, bias, nullptr,
                               mm[0]->input(6)};
   while (inputs.back() == nullptr) inputs.pop_back();  // optional inputs: absent at the end
